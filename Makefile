@@ -1,0 +1,38 @@
+# FlowMaestro: `make demo` runs a bundled workflow end to end; `make test` runs the tests.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-fast serve bench server-stop clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/flowmaestro run examples/hello.json --input name=Ada
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -ra
+
+# Only the tests that need no Prefect server.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not prefect"
+
+serve: $(STAMP)
+	$(BIN)/flowmaestro serve
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/compile.py
+	$(BIN)/python benchmarks/engine.py
+
+server-stop: $(STAMP)
+	$(BIN)/flowmaestro server stop
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,200 @@
+"""The ``flowmaestro`` command line (canvas spec, section 11).
+
+``validate``, ``plan`` and ``schema`` need no server and do not import Prefect.
+``run`` uses the Prefect server at ``PREFECT_API_URL``, or starts the embedded one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+
+from builder.compiler import CompileResult, compile_canvas
+from builder.inputs import coerce_text, validate_inputs
+from builder.issues import InputsInvalid, Issue
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_CANCELLED = 0, 1, 2, 4
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="FlowMaestro: run canvas workflows durably on Prefect.")
+server_app = typer.Typer(no_args_is_help=True, help="The embedded local Prefect server.")
+app.add_typer(server_app, name="server")
+err = Console(stderr=True)
+out = Console()
+
+
+def _registry():
+    from node_handlers.registry import default_registry
+
+    return default_registry()
+
+
+def _load(file: Path) -> tuple[Any, list[Issue]]:
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        return None, [Issue("unreadable_file", f"cannot read {file}: {exc.strerror or exc}")]
+    try:
+        return json.loads(text), []
+    except json.JSONDecodeError as exc:
+        return None, [Issue("invalid_json", f"{file} is not valid JSON: {exc.msg} at line {exc.lineno}, "
+                                            f"column {exc.colno}")]
+
+
+def _print_issues(issues: list[Issue] | tuple[Issue, ...]) -> None:
+    for issue in issues:
+        style = "red" if issue.severity == "error" else "yellow"
+        err.print(f"[{style}]{issue}[/{style}]", highlight=False, markup=True, soft_wrap=True)
+
+
+def _compile(file: Path) -> tuple[Any, CompileResult | None, list[Issue]]:
+    raw, issues = _load(file)
+    if issues:
+        return raw, None, issues
+    result = compile_canvas(raw, _registry())
+    return raw, result, list(result.issues)
+
+
+@app.command()
+def validate(file: Path, as_json: bool = typer.Option(False, "--json", help="Print the issues as JSON.")) -> None:
+    """Check a canvas; exit 0 when it compiles, 2 with every problem otherwise."""
+    _, result, issues = _compile(file)
+    ok = result is not None and result.ok
+    if as_json:
+        print(json.dumps({"valid": ok, "issues": [i.to_dict() for i in issues],
+                          "plan_hash": result.plan.hash if ok and result.plan else None}, indent=2))
+    else:
+        _print_issues(issues)
+        if ok:
+            err.print(f"[green]valid[/green]: {file}" + (f" ({len(issues)} warnings)" if issues else ""))
+        else:
+            errors = [i for i in issues if i.severity == "error"]
+            err.print(f"[red]invalid[/red]: {len(errors)} error(s) in {file}")
+    raise typer.Exit(EXIT_OK if ok else EXIT_INVALID)
+
+
+@app.command()
+def plan(file: Path, as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON.")) -> None:
+    """Show the execution plan of a canvas: levels, containers, handles."""
+    from builder.describe import describe_plan
+
+    _, result, issues = _compile(file)
+    if result is None or not result.ok or result.plan is None:
+        _print_issues(issues)
+        raise typer.Exit(EXIT_INVALID)
+    _print_issues(issues)
+    print(json.dumps(result.plan.to_dict(), indent=2, default=str) if as_json else describe_plan(result.plan))
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of a canvas (node data schemas included)."""
+    from builder.schema import canvas_json_schema
+
+    print(json.dumps(canvas_json_schema(_registry()), indent=2))
+
+
+def _parse_inputs(inputs_json: str | None, pairs: list[str], declared: dict[str, Any]) -> dict[str, Any]:
+    inputs: dict[str, Any] = {}
+    if inputs_json:
+        try:
+            loaded = json.loads(inputs_json)
+        except json.JSONDecodeError as exc:
+            raise InputsInvalid([Issue("invalid_json", f"--inputs-json is not valid JSON: {exc.msg}")]) from exc
+        if not isinstance(loaded, dict):
+            raise InputsInvalid([Issue("invalid_json", "--inputs-json must be a JSON object")])
+        inputs.update(loaded)
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InputsInvalid([Issue("invalid_input", f"--input {pair!r} must look like key=value")])
+        type_name = declared.get(key, {}).get("type", "string")
+        inputs[key] = coerce_text(value, type_name)
+    return inputs
+
+
+@app.command()
+def run(
+    file: Path,
+    inputs_json: Optional[str] = typer.Option(None, "--inputs-json", help="Inputs as a JSON object."),
+    input_pairs: list[str] = typer.Option([], "--input", help="One input as key=value (repeatable)."),
+    as_json: bool = typer.Option(False, "--json", help="Print only the run result as JSON."),
+) -> None:
+    """Run a canvas on Prefect and print its result. Exit 0 completed, 1 failed,
+    2 invalid canvas or inputs, 4 cancelled."""
+    raw, result, issues = _compile(file)
+    if result is None or not result.ok or result.plan is None:
+        _print_issues(issues)
+        raise typer.Exit(EXIT_INVALID)
+    try:
+        inputs = _parse_inputs(inputs_json, input_pairs, dict(result.plan.inputs))
+        validate_inputs(result.plan.inputs, inputs)
+    except InputsInvalid as exc:
+        _print_issues(list(exc.issues))
+        raise typer.Exit(EXIT_INVALID)
+
+    from flows.local_server import ServerError, ensure_server
+
+    try:
+        server = ensure_server(quiet=as_json)
+    except ServerError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(EXIT_FAILED)
+    from api.progress import run_with_progress
+
+    record = asyncio.run(run_with_progress(raw, inputs, server.ui_url, quiet=as_json, console=err))
+    if as_json:
+        print(json.dumps(record, indent=2, default=str))
+    else:
+        from api.progress import print_result
+
+        print_result(record, server.ui_url, out)
+    status = record.get("status")
+    raise typer.Exit({"completed": EXIT_OK, "cancelled": EXIT_CANCELLED}.get(status, EXIT_FAILED))
+
+
+@server_app.command("start")
+def server_start() -> None:
+    """Start the embedded Prefect server (or report the one in use)."""
+    from flows.local_server import ServerError, ensure_server
+
+    try:
+        info = ensure_server()
+    except ServerError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(EXIT_FAILED)
+    out.print(f"Prefect API: {info.api_url}\nPrefect UI:  {info.ui_url}")
+
+
+@server_app.command("status")
+def server_status() -> None:
+    """Show which Prefect server runs would use."""
+    from flows.local_server import status
+
+    info = status()
+    if info is None:
+        out.print("no Prefect server is running (flowmaestro run will start one)")
+        raise typer.Exit(EXIT_FAILED)
+    owner = "embedded, started by FlowMaestro" if info.managed else "from PREFECT_API_URL"
+    out.print(f"Prefect API: {info.api_url} ({owner})\nPrefect UI:  {info.ui_url}")
+
+
+@server_app.command("stop")
+def server_stop() -> None:
+    """Stop the embedded Prefect server."""
+    from flows.local_server import stop
+
+    out.print("stopped" if stop() else "no embedded server was running")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,133 @@
+"""Pydantic models of the canvas-v1 document, as a frontend sends it.
+
+React Flow exports are accepted as they are: UI keys (``position``, ``measured``, ...) are
+ignored. A node's ``data`` stays a plain dict here; each handler's own schema validates it
+in the compiler, because only the catalog knows which node types exist.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+INPUT_TYPES = ("string", "number", "integer", "boolean", "object", "array")
+RETRY_CLASSES = ("timeout", "connection", "5xx", "429", "error")
+"""What a retry policy can retry: timeouts, connection errors, HTTP 5xx, HTTP 429, and
+``error`` for any other error a handler marks retryable (an LLM reply that does not fit
+its schema, for instance)."""
+
+JoinMode = Literal["all", "any"]
+OnError = Literal["fail_fast", "continue"]
+
+# Keys React Flow (v11/v12) and common canvas libraries put on nodes and edges for
+# drawing. They are dropped silently; any other unknown key earns a warning so a typo
+# such as ``timout_s`` does not go unnoticed.
+UI_NODE_KEYS = frozenset(
+    {
+        "position", "positionAbsolute", "width", "height", "selected", "dragging", "style",
+        "measured", "className", "hidden", "draggable", "selectable", "connectable",
+        "deletable", "zIndex", "extent", "expandParent", "sourcePosition", "targetPosition",
+        "dragHandle", "ariaLabel", "focusable", "resizing", "origin", "handles", "initialWidth",
+        "initialHeight", "parentNode", "internals", "domAttributes", "ariaRole",
+    }
+)
+UI_EDGE_KEYS = frozenset(
+    {
+        "type", "animated", "style", "label", "labelStyle", "labelShowBg", "labelBgStyle",
+        "labelBgPadding", "labelBgBorderRadius", "markerStart", "markerEnd", "selected",
+        "hidden", "deletable", "focusable", "zIndex", "interactionWidth", "ariaLabel",
+        "className", "pathOptions", "updatable", "reconnectable", "sourceX", "sourceY",
+        "targetX", "targetY", "domAttributes", "ariaRole",
+    }
+)
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class InputSpec(BaseModel):
+    """One declared run input."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["string", "number", "integer", "boolean", "object", "array"]
+    required: bool = False
+    default: Any = None
+    description: str | None = None
+
+
+class RetrySpec(BaseModel):
+    """Per-node retry policy; unset fields take the handler type's defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_attempts: int | None = Field(None, ge=1, le=100, description="Total attempts, first one included.")
+    initial_delay_s: float | None = Field(None, ge=0, le=3600)
+    backoff_factor: float | None = Field(None, ge=1, le=10)
+    max_delay_s: float | None = Field(None, ge=0, le=86400)
+    jitter: float | None = Field(None, ge=0, le=1, description="Random spread as a fraction of each delay.")
+    retry_on: list[Literal["timeout", "connection", "5xx", "429", "error"]] | None = None
+
+
+class CacheSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = False
+    ttl_s: float | None = Field(None, gt=0, description="Lifetime of a stored result; none means no expiry.")
+
+
+class RunSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_concurrency: int = Field(8, ge=1, le=1000, description="Nodes running at once in a run.")
+    timeout_s: float | None = Field(None, gt=0, description="Whole-run time limit.")
+    on_error: OnError = "fail_fast"
+
+
+class NodeModel(_Lenient):
+    id: str = Field(min_length=1, max_length=128)
+    type: str = Field(min_length=1)
+    parentId: str | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+    retry: RetrySpec | None = None
+    timeout_s: float | None = Field(None, gt=0, le=86400)
+    cache: CacheSpec | None = None
+    join: JoinMode = "all"
+
+
+class EdgeCondition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    field: Any = Field(description="Left operand, usually a template such as '{{ fetch.status }}'.")
+    operator: str
+    value: Any = None
+
+
+class EdgeData(_Lenient):
+    condition: EdgeCondition | None = None
+
+
+class EdgeModel(_Lenient):
+    id: str | None = Field(None, min_length=1, max_length=256)
+    source: str = Field(min_length=1)
+    target: str = Field(min_length=1)
+    sourceHandle: str | None = None
+    targetHandle: str | None = None
+    data: EdgeData | None = None
+
+
+class CanvasHeader(_Lenient):
+    """The document without its nodes and edges, which are parsed one by one so that a
+    bad node does not hide the problems of the others."""
+
+    schema_version: Literal[1] = 1
+    name: str = Field("workflow", min_length=1, max_length=200)
+    description: str | None = None
+    inputs: dict[str, InputSpec] = Field(default_factory=dict)
+    variables: dict[str, Any] = Field(default_factory=dict)
+    output: Any = None
+    settings: RunSettings = Field(default_factory=RunSettings)
+
+
+class CanvasDocument(CanvasHeader):
+    """The whole document; used for the published JSON Schema."""
+
+    nodes: list[NodeModel] = Field(default_factory=list)
+    edges: list[EdgeModel] = Field(default_factory=list)

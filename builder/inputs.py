@@ -1,0 +1,92 @@
+"""Run inputs: checking the declarations at compile time and the values at run time."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from builder.issues import InputsInvalid, Issue
+
+
+def json_type_matches(value: Any, type_name: str) -> bool:
+    if type_name == "string":
+        return isinstance(value, str)
+    if type_name == "boolean":
+        return isinstance(value, bool)
+    if type_name == "integer":
+        return isinstance(value, int) and not isinstance(value, bool) or (
+            isinstance(value, float) and value.is_integer()
+        )
+    if type_name == "number":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if type_name == "object":
+        return isinstance(value, dict)
+    if type_name == "array":
+        return isinstance(value, list)
+    return False
+
+
+def check_input_declarations(inputs: Mapping[str, Any]) -> list[Issue]:
+    issues = []
+    for name, spec in inputs.items():
+        if spec.default is not None and not json_type_matches(spec.default, spec.type):
+            issues.append(Issue("input_default_type", f"input {name!r} is declared {spec.type} but its default "
+                                f"{spec.default!r} is not", field=f"inputs.{name}.default"))
+        if spec.required and spec.default is not None:
+            issues.append(Issue("input_required_default", f"input {name!r} is required and also has a default; "
+                                "the default is never used", field=f"inputs.{name}", severity="warning"))
+    return issues
+
+
+def coerce_text(value: str, type_name: str) -> Any:
+    """Turn a command-line ``key=value`` string into the declared type."""
+    import json
+
+    if type_name == "string":
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value  # left as text; validate_inputs reports the mismatch
+
+
+def validate_inputs(declared: Mapping[str, Mapping[str, Any]], given: Mapping[str, Any]) -> dict[str, Any]:
+    """Check ``given`` against the declarations and fill defaults; raise ``InputsInvalid``
+    naming every bad input. Undeclared inputs are refused too when the canvas declares
+    any: a typo in an input name should not silently fall back to a default."""
+    issues = []
+    resolved: dict[str, Any] = {}
+    for name, spec in declared.items():
+        if name in given:
+            value = given[name]
+            if not json_type_matches(value, spec["type"]):
+                issues.append(Issue("input_type", f"input {name!r} must be {_article(spec['type'])}, got "
+                                    f"{_describe(value)}", field=f"inputs.{name}"))
+                continue
+            if spec["type"] == "integer" and isinstance(value, float):
+                value = int(value)
+            resolved[name] = value
+        elif spec.get("required"):
+            issues.append(Issue("input_missing", f"input {name!r} is required", field=f"inputs.{name}"))
+        else:
+            resolved[name] = spec.get("default")
+    # A canvas that declares no inputs takes whatever it is given.
+    for name in sorted(set(given) - set(declared)) if declared else ():
+        known = ", ".join(sorted(declared)) or "none"
+        issues.append(Issue("input_unknown", f"input {name!r} is not declared by the workflow (declared: {known})",
+                            field=f"inputs.{name}"))
+    if issues:
+        raise InputsInvalid(issues)
+    return resolved
+
+
+def _article(type_name: str) -> str:
+    return ("an " if type_name[0] in "aeiou" else "a ") + type_name
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    kind = {bool: "boolean", int: "integer", float: "number", str: "string", dict: "object", list: "array"}.get(
+        type(value), type(value).__name__)
+    return f"{kind} {text}"

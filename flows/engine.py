@@ -1,0 +1,421 @@
+"""The engine: runs a compiled plan.
+
+``Execution`` is the thin stateful loop around the pure scheduler: it starts ready
+nodes (up to ``settings.max_concurrency``), resolves their templates, hands the call to a
+``NodeRunner`` (a Prefect task run, or in-process), and feeds what happened back to the
+scheduler. Containers run their bodies through the same loop (``flows.containers``),
+each iteration or branch in its own ``Frame``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+
+from builder.conditions import ConditionError, evaluate_condition
+from builder.plan import TOP, Plan, PlanEdge, PlanNode, ScopeId
+from builder.templates import EnvNamespace, TemplateRenderError, render_value
+from flows.calls import CallResult, DirectRunner, NodeCall, NodeRunner
+from flows.events import EventBus, utcnow
+from flows.frames import Frame
+from flows.records import NodeRun, RunRecord
+from flows.scheduler import ScopeScheduler
+from node_handlers.base import Completed, NodeContext, NodeError, NodeHandler
+from node_handlers.registry import HandlerRegistry
+
+log = logging.getLogger("flowmaestro.engine")
+
+
+@dataclass(frozen=True)
+class NodeOutcome:
+    status: str  # completed | cached | failed | cancelled
+    output: Any = None
+    handles: frozenset[str] = frozenset()
+    error: dict[str, Any] | None = None
+
+
+@dataclass
+class ScopeResult:
+    failures: list[NodeRun] = field(default_factory=list)
+    """Nodes that failed with nothing to catch them (no error edge)."""
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.failures)
+
+
+class ApprovalGate(Protocol):
+    async def wait(self, execution: Execution, node: PlanNode, frame: Frame, config: Any) -> Completed: ...
+
+
+class NoApprovals:
+    async def wait(self, execution: Execution, node: PlanNode, frame: Frame, config: Any) -> Completed:
+        raise NodeError("approval nodes need a Prefect flow run to pause; run the workflow with "
+                        "'flowmaestro run' or the API")
+
+
+def error_info(exc: BaseException, node_id: str, attempts: int) -> dict[str, Any]:
+    error_type = getattr(exc, "error_type", None) or type(exc).__name__
+    message = getattr(exc, "message", None) or str(exc) or error_type
+    return {"message": message, "type": error_type, "node_id": node_id, "attempts": attempts}
+
+
+def cache_key(node: PlanNode, config: Any, upstream: Mapping[str, Any] | None) -> str:
+    """Handler type and version, resolved configuration and (for nodes that read them)
+    upstream outputs: the same key means the same work."""
+    body = {"type": node.type, "version": node.version,
+            "config": config.model_dump(mode="json", exclude={"label", "description"}),
+            "upstream": upstream}
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+    return f"flowmaestro-{node.type}-{digest}"
+
+
+class Execution:
+    def __init__(self, plan: Plan, registry: HandlerRegistry, *, run_id: str, inputs: Mapping[str, Any],
+                 runner: NodeRunner | None = None, bus: EventBus | None = None,
+                 env: Mapping[str, str] | None = None, env_allowlist: frozenset[str] = frozenset(),
+                 workflow_id: str | None = None, version: int | None = None, inline_control: bool = True,
+                 approvals: ApprovalGate | None = None, services: Any = None):
+        self.plan = plan
+        self.registry = registry
+        self.inputs = dict(inputs)
+        self.runner: NodeRunner = runner or DirectRunner()
+        self.inline = DirectRunner()
+        self.bus = bus or EventBus(run_id)
+        self.variables: dict[str, Any] = dict(plan.variables)
+        self.env = EnvNamespace(env or {}, env_allowlist)
+        self.inline_control = inline_control
+        self.approvals: ApprovalGate = approvals or NoApprovals()
+        self.services = services
+        self.on_error = plan.settings.get("on_error", "fail_fast")
+        self.slots = asyncio.Semaphore(int(plan.settings.get("max_concurrency") or 8))
+        self.record = RunRecord(id=run_id, workflow=plan.name, workflow_id=workflow_id, version=version,
+                                plan_hash=plan.hash)
+        self.run_info = {"id": run_id, "workflow_id": workflow_id, "workflow": plan.name, "started_at": None}
+
+    # --- the run ---------------------------------------------------------------------------------
+
+    async def run(self) -> RunRecord:
+        record = self.record
+        record.status, record.started_at = "running", utcnow()
+        self.run_info["started_at"] = record.started_at.isoformat()
+        self.bus.publish("execution:started", workflow=self.plan.name)
+        top = Frame(TOP, ())
+        timeout = self.plan.settings.get("timeout_s")
+        try:
+            async with asyncio.timeout(timeout):
+                result = await self.run_scope(TOP, top)
+        except asyncio.CancelledError:
+            self._finish("cancelled", {"message": "the run was cancelled"})
+            raise
+        except TimeoutError:
+            self._cancel_open_records()
+            self._finish("failed", {"message": f"the run exceeded its time limit of {timeout:g} s",
+                                    "type": "RunTimeout"})
+            return record
+        if result.failed:
+            first = result.failures[0]
+            failed_nodes = [{"node_id": f.node_id, "path": list(f.path), "error": f.error} for f in result.failures]
+            self._finish("failed", {"message": f"node {first.node_id!r} failed: {first.error['message']}",
+                                    "node_id": first.node_id, "type": first.error.get("type"),
+                                    "failed_nodes": failed_nodes})
+        else:
+            try:
+                record.output = self._run_output(top)
+            except TemplateRenderError as exc:
+                self._finish("failed", {"message": f"the workflow output could not be built: {exc.message}",
+                                        "type": "TemplateError"})
+                return record
+            self._finish("completed", None)
+        return record
+
+    def _finish(self, status: str, error: dict[str, Any] | None) -> None:
+        record = self.record
+        record.status, record.error, record.ended_at = status, error, utcnow()
+        for node_id in self.plan.scopes[TOP].nodes:
+            record.nodes.setdefault(node_id, NodeRun(node_id, ()))
+        event = {"completed": "execution:completed", "failed": "execution:failed",
+                 "cancelled": "execution:cancelled"}[status]
+        self.bus.publish(event, status=status, error=error,
+                         output=record.output if status == "completed" else None)
+
+    def _cancel_open_records(self) -> None:
+        for run in self.record.trace:
+            if run.status in ("running", "paused", "pending"):
+                run.end("cancelled")
+
+    def _run_output(self, top: Frame) -> Any:
+        plan = self.plan
+        top_nodes = plan.scopes[TOP].nodes
+        if plan.output is not None:
+            outputs = {n: top.outputs.get(n) if n in top.completed else None for n in top_nodes}
+            scope = self._base_scope(top) | {"nodes": outputs} | outputs
+            return render_value(plan.output, scope, field="output")
+        ends = [n for n in top_nodes if plan.nodes[n].type == "end"]
+        if ends:
+            done = [n for n in ends if n in top.completed]
+            return top.outputs[done[0]] if len(done) == 1 else {n: top.outputs[n] for n in done}
+        terminals = plan.scopes[TOP].terminals
+        return {n: top.outputs[n] for n in terminals if n in top.completed}
+
+    # --- one scope ----------------------------------------------------------------------------------
+
+    async def run_scope(self, scope_id: ScopeId, frame: Frame) -> ScopeResult:
+        plan = self.plan
+        scheduler = ScopeScheduler(plan, scope_id)
+        result = ScopeResult()
+        running: dict[asyncio.Task[NodeOutcome], str] = {}
+        runs: dict[str, NodeRun] = {}
+        stopping = False
+
+        def launch(node_ids: list[str]) -> None:
+            for node_id in node_ids:
+                run = self._new_run(node_id, frame)
+                runs[node_id] = run
+                running[asyncio.create_task(self.execute(plan.nodes[node_id], frame, run))] = node_id
+
+        def skip(node_ids: list[str]) -> None:
+            for node_id in node_ids:
+                run = self._new_run(node_id, frame, trace=False)
+                run.end("skipped")
+                self.bus.publish("node:skipped", node_id=node_id, path=frame.path)
+
+        try:
+            launch(scheduler.start())
+            while running:
+                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in sorted(done, key=lambda t: scheduler.order[running[t]]):
+                    node_id = running.pop(task)
+                    node, run = plan.nodes[node_id], runs[node_id]
+                    fired, unhandled = self._settle(node, frame, task.result(), run)
+                    if unhandled:
+                        result.failures.append(run)
+                        stopping = stopping or self.on_error == "fail_fast"
+                    step = scheduler.resolve(node_id, fired)
+                    skip(step.skipped)
+                    if stopping:
+                        for ready in step.ready:
+                            self._new_run(ready, frame, trace=False).end("cancelled")
+                    else:
+                        launch(step.ready)
+                if stopping and running:
+                    await _cancel_all(running)  # each execute() records its node as cancelled
+                    running.clear()
+        except asyncio.CancelledError:
+            await _cancel_all(running)
+            raise
+        if stopping:
+            for node_id in scheduler.undecided():
+                self._new_run(node_id, frame, trace=False).end("cancelled")
+        return result
+
+    def _new_run(self, node_id: str, frame: Frame, trace: bool = True) -> NodeRun:
+        run = NodeRun(node_id, frame.path)
+        if frame.scope_id == TOP:
+            self.record.nodes[node_id] = run
+        if trace:
+            self.record.trace.append(run)
+        return run
+
+    def _settle(self, node: PlanNode, frame: Frame, outcome: NodeOutcome, run: NodeRun) -> tuple[set[str], bool]:
+        """Store the outcome; return the outgoing edges that fire, and whether the node
+        failed with no error edge to catch it."""
+        if outcome.status in ("completed", "cached"):
+            frame.outputs[node.id] = outcome.output
+            frame.completed.add(node.id)
+            try:
+                return self._fired(node, frame, outcome.handles), False
+            except (TemplateRenderError, ConditionError) as exc:
+                # A broken edge condition is the node's failure: it must not pass silently.
+                outcome = NodeOutcome("failed", error=error_info(exc, node.id, run.attempts))
+                run.status, run.error = "failed", outcome.error
+                frame.completed.discard(node.id)
+                self.bus.publish("node:error", node_id=node.id, path=frame.path, error=outcome.error)
+        if outcome.status == "failed":
+            frame.outputs[node.id] = {"error": outcome.error}
+            if any(self.plan.edges[e].handle == "error" for e in node.outgoing):
+                try:
+                    return self._fired(node, frame, frozenset({"error"})), False
+                except (TemplateRenderError, ConditionError):
+                    return set(), True
+            return set(), True
+        return set(), False  # cancelled
+
+    def _fired(self, node: PlanNode, frame: Frame, handles: frozenset[str]) -> set[str]:
+        fired = set()
+        scope = None
+        for edge_id in node.outgoing:
+            edge = self.plan.edges[edge_id]
+            if edge.handle not in handles:
+                continue
+            if edge.condition is not None:
+                scope = scope or self.template_scope(node, frame, include_self=True)
+                if not self._edge_holds(edge, scope):
+                    continue
+            fired.add(edge_id)
+        frame.fired_edges |= fired
+        return fired
+
+    @staticmethod
+    def _edge_holds(edge: PlanEdge, scope: Mapping[str, Any]) -> bool:
+        cond = edge.condition
+        assert cond is not None
+        left = render_value(cond.field, scope, field=f"edge {edge.id}: data.condition.field")
+        right = render_value(cond.value, scope, field=f"edge {edge.id}: data.condition.value")
+        try:
+            return evaluate_condition(left, cond.operator, right)
+        except ConditionError as exc:
+            raise ConditionError(f"edge {edge.id}: {exc}") from exc
+
+    # --- one node -------------------------------------------------------------------------------------
+
+    def _base_scope(self, frame: Frame) -> dict[str, Any]:
+        scope: dict[str, Any] = {"inputs": self.inputs, "var": self.variables, "env": self.env,
+                                 "run": self.run_info}
+        if frame.loop is not None:
+            scope["loop"] = frame.loop
+        if frame.parallel is not None:
+            scope["parallel"] = frame.parallel
+        return scope
+
+    def template_scope(self, node: PlanNode, frame: Frame, include_self: bool = False) -> dict[str, Any]:
+        outputs = {ref: frame.lookup(self.plan, ref) for ref in node.references if ref != node.id}
+        if include_self:
+            outputs[node.id] = frame.outputs.get(node.id)
+        scope = self._base_scope(frame)
+        scope["nodes"] = outputs
+        scope.update(outputs)
+        return scope
+
+    async def execute(self, node: PlanNode, frame: Frame, run: NodeRun) -> NodeOutcome:
+        run.start()
+        self.bus.publish("node:started", node_id=node.id, path=frame.path, type=node.type, label=node.label)
+        try:
+            if node.container:
+                from flows.containers import run_container
+
+                outcome = await run_container(self, node, frame)
+            else:
+                outcome = await self.execute_leaf(node, frame, run)
+        except asyncio.CancelledError:
+            run.end("cancelled")
+            raise
+        except Exception as exc:  # a bug must fail the node, never hang the run
+            log.exception("node %s crashed the engine", node.id)
+            outcome = NodeOutcome("failed", error=error_info(exc, node.id, max(run.attempts, 1)))
+        run.output = outcome.output if outcome.status != "failed" else None
+        run.error = outcome.error
+        run.cached = outcome.status == "cached"
+        run.end(outcome.status)
+        event = {"completed": "node:completed", "cached": "node:cached", "failed": "node:error"}[outcome.status]
+        self.bus.publish(event, node_id=node.id, path=frame.path, status=outcome.status,
+                         output=outcome.output if outcome.status != "failed" else None, error=outcome.error,
+                         attempts=run.attempts, handles=sorted(outcome.handles))
+        return outcome
+
+    async def execute_leaf(self, node: PlanNode, frame: Frame, run: NodeRun) -> NodeOutcome:
+        handler = self.registry.handler(node.type)
+        upstream = {self.plan.edges[e].source: frame.outputs.get(self.plan.edges[e].source)
+                    for e in node.incoming if e in frame.fired_edges}
+        try:
+            config = self.resolve_config(node, handler, frame)
+        except NodeError as exc:
+            run.attempts = 1
+            failed = CallResult(None, exc, 1)
+            self.runner.record(self._call(node, frame, handler, None, upstream, run), failed, run.started_at, utcnow())
+            return NodeOutcome("failed", error=error_info(exc, node.id, 1))
+        if node.type == "approval":
+            run.status = "paused"
+            completed = await self.approvals.wait(self, node, frame, config)
+            return self._completed(node, completed)
+        call = self._call(node, frame, handler, config, upstream, run)
+        if self._runs_inline(node, handler):
+            result = await self.inline.run(call)
+            self.runner.record(call, result, run.started_at, utcnow())
+        else:
+            async with self.slots:
+                result = await self.runner.run(call)
+        run.attempts = result.attempts
+        run.task_run_id = call.task_run_id
+        if result.completed is None:
+            return NodeOutcome("failed", error=error_info(result.error, node.id, result.attempts))
+        outcome = self._completed(node, result.completed)
+        return NodeOutcome("cached", outcome.output, outcome.handles) if result.cached else outcome
+
+    def _completed(self, node: PlanNode, completed: Completed) -> NodeOutcome:
+        if completed.variables:
+            self.variables.update(completed.variables)
+        if completed.usage:
+            for key, value in completed.usage.items():
+                if isinstance(value, (int, float)):
+                    self.record.usage[key] = self.record.usage.get(key, 0) + value
+        return NodeOutcome("completed", completed.output, frozenset(completed.handles))
+
+    def resolve_config(self, node: PlanNode, handler: NodeHandler, frame: Frame,
+                       skip_keys: frozenset[str] = frozenset()) -> Any:
+        """Resolve the node's templates and validate the result with the handler's schema."""
+        data = {k: v for k, v in node.data.items() if k not in skip_keys}
+        try:
+            resolved = render_value(data, self.template_scope(node, frame), expression_keys=handler.expression_keys)
+        except TemplateRenderError as exc:
+            raise NodeError(exc.message, error_type="TemplateError") from exc
+        resolved.update({k: node.data[k] for k in skip_keys if k in node.data})
+        try:
+            return handler.Config.model_validate(resolved)
+        except ValidationError as exc:
+            problems = "; ".join(f"data.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                                 for e in exc.errors(include_url=False))
+            raise NodeError(f"invalid configuration after resolving templates: {problems}",
+                            error_type="ConfigError") from exc
+
+    def _runs_inline(self, node: PlanNode, handler: NodeHandler) -> bool:
+        return (self.inline_control and handler.control and node.retry.max_attempts == 1
+                and not node.cache.enabled and node.timeout_s is None)
+
+    def _call(self, node: PlanNode, frame: Frame, handler: NodeHandler, config: Any,
+              upstream: dict[str, Any], run: NodeRun) -> NodeCall:
+        path = frame.path
+
+        def make_context(attempt: int) -> NodeContext:
+            return NodeContext(node_id=node.id, path=path, run_id=self.record.id, workflow=self.plan.name,
+                               attempt=attempt, upstream=upstream, inputs=self.inputs,
+                               emit=lambda event_type, data: self.bus.publish(event_type, node_id=node.id,
+                                                                              path=path, **data),
+                               services=self.services)
+
+        def on_retry(attempt: int, exc: BaseException, delay: float) -> None:
+            run.attempts = attempt
+            self.bus.publish("node:retrying", node_id=node.id, path=path, attempt=attempt,
+                             next_attempt_in_s=round(delay, 3), error=error_info(exc, node.id, attempt))
+
+        key = None
+        if config is not None and node.cache.enabled:
+            key = cache_key(node, config, upstream if handler.reads_upstream else None)
+        return NodeCall(node=node, path=path, handler=handler, config=config, make_context=make_context,
+                        cache_key=key, on_retry=on_retry, task_run_name=task_run_name(self.plan, node, path))
+
+
+def task_run_name(plan: Plan, node: PlanNode, path: tuple[int, ...]) -> str:
+    """``summarize [2/10]`` inside a loop, ``fetch [branch 3]`` inside a parallel."""
+    if not path:
+        return node.label
+    parts = []
+    container = node.scope
+    for index in reversed(path):
+        kind = plan.nodes[container].container if container in plan.nodes else None
+        parts.append(f"branch {index}" if kind == "parallel" else f"{index + 1}")
+        container = plan.nodes[container].scope if container in plan.nodes else TOP
+    return f"{node.label} [{' / '.join(reversed(parts))}]"
+
+
+async def _cancel_all(running: Mapping[asyncio.Task[Any], str]) -> None:
+    for task in running:
+        task.cancel()
+    await asyncio.gather(*running, return_exceptions=True)

@@ -1,0 +1,78 @@
+"""Run events: what the engine reports as a run unfolds (canvas spec, section 10).
+
+The engine publishes every event to an ``EventBus`` owned by the run. Each event gets the
+next sequence number of that run, so consumers can order, deduplicate and resume. Sinks
+(the CLI's progress view, a durable event log) subscribe to the bus.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+EVENT_TYPES = frozenset({
+    "execution:started", "execution:completed", "execution:failed", "execution:paused",
+    "execution:resumed", "execution:cancelled", "node:started", "node:completed", "node:error",
+    "node:skipped", "node:retrying", "node:cached", "node:paused", "stream:chunk", "stream:done",
+})
+FINAL_EVENT_TYPES = frozenset({"execution:completed", "execution:failed", "execution:cancelled"})
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    seq: int
+    type: str
+    execution_id: str
+    timestamp: str
+    node_id: str | None = None
+    path: tuple[int, ...] | None = None
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+    def payload(self) -> dict[str, Any]:
+        """The JSON ``data`` of the SSE event."""
+        body: dict[str, Any] = {"execution_id": self.execution_id, "timestamp": self.timestamp}
+        if self.node_id is not None:
+            body["node_id"] = self.node_id
+            body["path"] = list(self.path or ())
+        body.update(self.data)
+        return body
+
+
+Subscriber = Callable[[RunEvent], None]
+
+
+class EventBus:
+    """Numbers and fans out the events of one run. Subscribers must be quick and must
+    not raise; a failing subscriber is logged and dropped so it cannot stop the run."""
+
+    def __init__(self, execution_id: str, start_seq: int = 0):
+        self.execution_id = execution_id
+        self._seq = start_seq
+        self._subscribers: list[Subscriber] = []
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        self._subscribers.append(subscriber)
+
+    def publish(self, event_type: str, *, node_id: str | None = None, path: tuple[int, ...] | None = None,
+                **data: Any) -> RunEvent:
+        if event_type not in EVENT_TYPES:
+            raise ValueError(f"unknown event type {event_type!r}")
+        self._seq += 1
+        event = RunEvent(self._seq, event_type, self.execution_id, utcnow().isoformat(), node_id,
+                         None if node_id is None else tuple(path or ()), data)
+        for subscriber in list(self._subscribers):
+            try:
+                subscriber(event)
+            except Exception:
+                log.exception("event subscriber failed; dropping it")
+                self._subscribers.remove(subscriber)
+        return event

@@ -1,0 +1,155 @@
+"""The embedded default: a local Prefect server (SQLite) started once and reused.
+
+``flowmaestro run`` and ``serve`` use the server at ``PREFECT_API_URL`` when it is set.
+Otherwise they start ``prefect server start`` in the background, with its own
+``PREFECT_HOME`` under ``FLOWMAESTRO_HOME`` (``~/.flowmaestro``), and reuse it on the next
+call. Never Prefect's ephemeral mode: it starts a throwaway server per process and loses
+task runs at exit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from flows.settings import engine_settings
+
+# The server's recorder writes task-run states in batches; these keep the UI within a
+# couple of seconds of a burst of task runs instead of tens of seconds.
+RECORDER_SETTINGS = {
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "100",
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_READ_BATCH_SIZE": "100",
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "1",
+}
+START_TIMEOUT_S = 120
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    api_url: str
+    ui_url: str
+    pid: int | None
+    managed: bool
+    """True when FlowMaestro started it (and may stop it)."""
+
+
+def _state_file(home: Path) -> Path:
+    return home / "prefect-server.json"
+
+
+def healthy(api_url: str, timeout: float = 2.0) -> bool:
+    try:
+        response = httpx.get(f"{api_url.rstrip('/')}/health", timeout=timeout)
+        return response.status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def ui_url_for(api_url: str) -> str:
+    return api_url.rstrip("/").removesuffix("/api")
+
+
+def status(home: Path | None = None) -> ServerInfo | None:
+    """The server in use: ``PREFECT_API_URL``'s, or the embedded one if it is up."""
+    external = os.environ.get("PREFECT_API_URL")
+    if external:
+        return ServerInfo(external, ui_url_for(external), None, managed=False) if healthy(external) else None
+    home = home or engine_settings().home
+    state_file = _state_file(home)
+    if not state_file.exists():
+        return None
+    state = json.loads(state_file.read_text())
+    if healthy(state["api_url"]):
+        return ServerInfo(state["api_url"], ui_url_for(state["api_url"]), state.get("pid"), managed=True)
+    return None
+
+
+def ensure_server(home: Path | None = None, port: int | None = None, *, quiet: bool = False) -> ServerInfo:
+    """Return the server to use, starting the embedded one if needed, and point this
+    process's Prefect client at it (``PREFECT_API_URL``)."""
+    running = status(home)
+    if running is not None:
+        os.environ["PREFECT_API_URL"] = running.api_url
+        return running
+    if os.environ.get("PREFECT_API_URL"):
+        raise ServerError(f"PREFECT_API_URL is set to {os.environ['PREFECT_API_URL']} but no Prefect server "
+                          "answers there; start it, or unset PREFECT_API_URL to use the embedded server")
+    settings = engine_settings()
+    home = home or settings.home
+    port = port or settings.server_port
+    if not _port_free(port):
+        port = _free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    prefect_home = home / "prefect"
+    prefect_home.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PREFECT_HOME=str(prefect_home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PREFECT_UI_API_URL=api_url, PREFECT_API_URL=api_url, **RECORDER_SETTINGS)
+    log_file = (home / "prefect-server.log").open("ab")
+    if not quiet:
+        print(f"Starting a local Prefect server on port {port} (first start takes ~30 s) ...", file=sys.stderr)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+    )
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ServerError(f"the Prefect server exited with code {process.returncode}; see "
+                              f"{home / 'prefect-server.log'}")
+        if healthy(api_url, timeout=1.0):
+            _state_file(home).write_text(json.dumps({"api_url": api_url, "pid": process.pid}))
+            os.environ["PREFECT_API_URL"] = api_url
+            return ServerInfo(api_url, ui_url_for(api_url), process.pid, managed=True)
+        time.sleep(0.5)
+    process.terminate()
+    raise ServerError(f"the Prefect server did not answer within {START_TIMEOUT_S} s; see "
+                      f"{home / 'prefect-server.log'}")
+
+
+def stop(home: Path | None = None) -> bool:
+    """Stop the embedded server if FlowMaestro started it."""
+    home = home or engine_settings().home
+    state_file = _state_file(home)
+    if not state_file.exists():
+        return False
+    state = json.loads(state_file.read_text())
+    state_file.unlink()
+    pid = state.get("pid")
+    if not pid:
+        return False
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    for _ in range(50):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    os.killpg(pid, signal.SIGKILL)
+    return True

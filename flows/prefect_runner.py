@@ -1,0 +1,146 @@
+"""Run node calls as Prefect task runs.
+
+Every node becomes a task run named after the node (``summarize [2/10]`` in a body),
+tagged ``node:<id>`` and ``type:<type>``, with the node's retry policy, timeout and
+cache key. Pure control nodes that ran inline are recorded as task runs too, by emitting
+the same state events Prefect's own task engine emits (its server builds task runs
+from those events), at a fraction of the cost of a full task run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from prefect import Task, task
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import TaskRun, TaskRunPolicy
+from prefect.context import FlowRunContext, TaskRunContext
+from prefect.states import Completed as CompletedState
+from prefect.states import Failed, Pending, Running
+from prefect.utilities.engine import emit_task_run_state_change_event
+
+from builder.plan import PlanNode
+from flows.calls import CallResult, NodeCall, retry_delay, should_retry
+from node_handlers.base import Completed, NodeError
+
+TASK_KEY = "flowmaestro-node"
+
+
+async def _node_body(call: NodeCall) -> dict[str, Any]:
+    context = TaskRunContext.get()
+    attempt = context.task_run.run_count if context else 1
+    if context:
+        call.task_run_id = str(context.task_run.id)
+    try:
+        completed = await call.invoke(attempt)
+    except Exception as exc:
+        if should_retry(exc, call.node.retry, attempt):
+            call.on_retry(attempt, exc, retry_delay(exc, call.node.retry, attempt))
+        raise
+    # A plain dict, so a cached result can be read back by any process.
+    return {"output": completed.output, "handles": sorted(completed.handles),
+            "variables": dict(completed.variables), "usage": dict(completed.usage or {})}
+
+
+def _cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
+    return parameters["call"].cache_key
+
+
+_plain_task = task(_node_body, name="node", cache_policy=NO_CACHE, persist_result=False)
+_cached_task = task(_node_body, name="node", cache_key_fn=_cache_key, persist_result=True)
+
+
+def _retry_condition(node: PlanNode):
+    def retry_condition(task: Task, task_run: TaskRun, state: Any) -> bool:
+        exc = state.data if isinstance(state.data, BaseException) else None
+        return exc is not None and should_retry(exc, node.retry, task_run.run_count)
+
+    return retry_condition
+
+
+class PrefectRunner:
+    """A ``NodeRunner`` that runs calls as Prefect task runs of the current flow run."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, Task] = {}
+
+    def _task_for(self, node: PlanNode) -> Task:
+        found = self._tasks.get(node.id)
+        if found is None:
+            retry = node.retry
+            base = _cached_task if node.cache.enabled else _plain_task
+            found = base.with_options(
+                name=node.label,
+                tags={f"node:{node.id}", f"type:{node.type}"},
+                retries=retry.max_attempts - 1,
+                retry_delay_seconds=list(retry.delays()) or 0,
+                retry_jitter_factor=retry.jitter or None,
+                retry_condition_fn=_retry_condition(node),
+                timeout_seconds=node.timeout_s,
+                cache_expiration=timedelta(seconds=node.cache.ttl_s) if node.cache.ttl_s else None,
+            )
+            self._tasks[node.id] = found
+        return found
+
+    async def run(self, call: NodeCall) -> CallResult:
+        prefect_task = self._task_for(call.node).with_options(task_run_name=call.task_run_name)
+        state = await prefect_task(call, return_state=True)
+        if state.is_completed():
+            value = await state.result()
+            completed = Completed(output=value["output"], handles=frozenset(value["handles"]),
+                                  variables=value.get("variables") or {}, usage=value.get("usage") or None)
+            cached = state.name == "Cached"
+            return CallResult(completed, None, 0 if cached else max(call.attempts, 1), cached=cached)
+        error = await state.result(raise_on_failure=False)
+        if not isinstance(error, BaseException):
+            error = NodeError(state.message or "the task run failed", error_type=state.name or "Failed")
+        if isinstance(error, TimeoutError) or state.name == "TimedOut":
+            error = NodeError(f"timed out after {call.node.timeout_s:g} s", retry_class="timeout",
+                              error_type="Timeout")
+        return CallResult(None, error, max(call.attempts, 1))
+
+    def record(self, call: NodeCall, result: CallResult, started: datetime | None, ended: datetime | None) -> None:
+        """Record an inline node as a task run: Pending, Running, then Completed/Failed."""
+        flow_context = FlowRunContext.get()
+        if flow_context is None or flow_context.flow_run is None:
+            return
+        flow_run_id = flow_context.flow_run.id
+        task_run_id = uuid.uuid4()
+        call.task_run_id = str(task_run_id)
+        node = call.node
+        pending = Pending()
+        pending.timestamp = started or pending.timestamp
+        run = TaskRun(
+            id=task_run_id, name=call.task_run_name, flow_run_id=flow_run_id, task_key=f"{TASK_KEY}-{node.type}",
+            dynamic_key=f"{node.id}-{'.'.join(map(str, call.path)) or 'top'}-{task_run_id.hex[:8]}",
+            empirical_policy=TaskRunPolicy(), tags=[f"node:{node.id}", f"type:{node.type}", "inline"],
+            task_inputs={}, expected_start_time=pending.timestamp, state=pending, state_type=pending.type,
+            state_name=pending.name, created=pending.timestamp,
+        )
+        running = Running()
+        running.timestamp = pending.timestamp + timedelta(microseconds=1)
+        if result.completed is not None:
+            final = CompletedState(message="ran inline (control node)")
+        else:
+            final = Failed(message=str(result.error))
+        final.timestamp = max(ended or final.timestamp, running.timestamp + timedelta(microseconds=1))
+        previous = pending
+        last_event = emit_task_run_state_change_event(task_run=run, initial_state=None, validated_state=pending)
+        for state in (running, final):
+            state.state_details.task_run_id = task_run_id
+            state.state_details.flow_run_id = flow_run_id
+            run.state, run.state_type, run.state_name = state, state.type, state.name
+            if state is running:
+                run.run_count, run.start_time = 1, state.timestamp
+            else:
+                run.end_time = state.timestamp
+                run.total_run_time = state.timestamp - running.timestamp
+            last_event = emit_task_run_state_change_event(task_run=run, initial_state=previous,
+                                                          validated_state=state, follows=last_event)
+            previous = state
+
+
+__all__ = ["PrefectRunner", "asyncio"]

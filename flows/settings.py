@@ -1,0 +1,35 @@
+"""Engine settings, read once per process from the environment (``FLOWMAESTRO_*``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class EngineSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FLOWMAESTRO_", extra="ignore")
+
+    home: Path = Field(Path.home() / ".flowmaestro", description="Where the embedded Prefect server keeps its "
+                       "database, logs and pid file.")
+    server_port: int = Field(4200, description="Port of the embedded Prefect server (a free one is chosen if "
+                             "it is taken by something else).")
+    env_allowlist: frozenset[str] = Field(frozenset(), description="Environment variables templates may read "
+                                          "as env.NAME (comma-separated).")
+    inline_control_nodes: bool = Field(True, description="Run start/end/condition/merge/transform/set_variable "
+                                       "in-process and record them in Prefect by events, instead of full task runs.")
+    cancel_poll_s: float = Field(1.0, gt=0, description="How often a run checks whether it was cancelled.")
+
+    @field_validator("env_allowlist", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return frozenset(v.strip() for v in value.split(",") if v.strip())
+        return value
+
+
+@lru_cache(maxsize=1)
+def engine_settings() -> EngineSettings:
+    return EngineSettings()

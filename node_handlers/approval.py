@@ -1,0 +1,55 @@
+"""The approval node: a person decides, through a form.
+
+The handler only describes the form. Pausing the run is the engine's job
+(``flows/approvals.py``), because it needs Prefect's ``pause_flow_run``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from builder.catalog import NodeConfig
+from node_handlers.base import NodeHandler
+
+FORM_TYPES = ("string", "number", "integer", "boolean", "object", "array")
+
+
+class FormField(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["string", "number", "integer", "boolean", "object", "array"] = "string"
+    description: str | None = None
+    required: bool = False
+    default: Any = None
+    enum: list[Any] | None = None
+
+
+class ApprovalConfig(NodeConfig):
+    message: str | None = Field(None, description="Shown to the approver; a template.")
+    form: dict[str, FormField] = Field(default_factory=dict, description="Extra fields the approver fills in.")
+    timeout_s: float | None = Field(None, gt=0, description="After this, the timeout handle fires.")
+    approvers: list[str] = Field(default_factory=list, description="Who may decide; recorded with the decision.")
+
+    @field_validator("form")
+    @classmethod
+    def _field_names(cls, form: dict[str, FormField]) -> dict[str, FormField]:
+        for name in form:
+            if name == "approved":
+                raise ValueError("'approved' is always part of the form; do not declare it")
+            if not name.isidentifier():
+                raise ValueError(f"form field {name!r} must be a valid identifier")
+        return form
+
+
+class ApprovalHandler(NodeHandler):
+    type = "approval"
+    description = "Pauses the run until a person approves or rejects, or the timeout passes."
+    Config = ApprovalConfig
+    cacheable = False
+
+    def handles(self, config: NodeConfig) -> frozenset[str]:
+        return frozenset({"approved", "rejected", "timeout", "error"})
+
+
+HANDLERS = [ApprovalHandler]

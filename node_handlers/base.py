@@ -1,0 +1,117 @@
+"""The handler contract.
+
+A handler turns a node's resolved configuration into an outcome. It never knows about
+edges or scheduling: it returns ``Completed`` with its output and the source handles it
+selected, or raises ``NodeError`` saying whether and how the failure may be retried.
+The engine decides what follows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from builder.catalog import NodeConfig, NodeTypeSpec
+from builder.plan import CachePolicy, RetryPolicy
+
+SOURCE = frozenset({"source"})
+SOURCE_AND_ERROR = frozenset({"source", "error"})
+
+
+@dataclass(frozen=True)
+class Completed:
+    """A node finished. ``handles`` are the source handles it selected."""
+
+    output: Any
+    handles: frozenset[str] = SOURCE
+    variables: Mapping[str, Any] = field(default_factory=dict)
+    """Workflow variables to set (``set_variable``)."""
+    usage: Mapping[str, Any] | None = None
+    """Token usage of LLM calls, summed per run by the engine."""
+
+
+class NodeError(Exception):
+    """A handler failed.
+
+    ``retry_class`` names what kind of failure it is so a node's ``retry_on`` list can
+    decide: ``timeout``, ``connection``, ``5xx``, ``429``, ``error`` (anything else worth
+    retrying), or ``None`` for failures that retrying cannot fix (a 404, bad input).
+    """
+
+    def __init__(self, message: str, *, retry_class: str | None = None, retry_after_s: float | None = None,
+                 error_type: str | None = None, details: Mapping[str, Any] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.retry_class = retry_class
+        self.retry_after_s = retry_after_s
+        self.error_type = error_type or type(self).__name__
+        self.details = dict(details or {})
+
+
+def retry_class_of(exc: BaseException) -> str | None:
+    """Which ``retry_on`` class an exception belongs to."""
+    if isinstance(exc, NodeError):
+        return exc.retry_class
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+        return "timeout"
+    if isinstance(exc, ConnectionError):
+        return "connection"
+    return "error"
+
+
+Emit = Callable[[str, Mapping[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class NodeContext:
+    """What a handler may know about where it runs."""
+
+    node_id: str
+    path: tuple[int, ...]
+    run_id: str
+    workflow: str
+    attempt: int
+    upstream: Mapping[str, Any]
+    """Outputs of the nodes whose edges fired into this one, by node id."""
+    inputs: Mapping[str, Any]
+    emit: Emit
+    """Publish an event of this node (``stream:chunk`` tokens, for instance)."""
+    services: Any = None
+    """Process-wide resources (HTTP client, settings); see ``node_handlers.services``."""
+
+
+class NodeHandler:
+    """Base class of handlers. Subclasses set the class attributes and ``run``."""
+
+    type: ClassVar[str]
+    version: ClassVar[str] = "1"
+    description: ClassVar[str] = ""
+    Config: ClassVar[type[NodeConfig]] = NodeConfig
+    default_retry: ClassVar[RetryPolicy] = RetryPolicy()
+    default_cache: ClassVar[CachePolicy] = CachePolicy()
+    cacheable: ClassVar[bool] = True
+    expression_keys: ClassVar[frozenset[str]] = frozenset()
+    own_scope_keys: ClassVar[frozenset[str]] = frozenset()
+    container: ClassVar[str | None] = None
+    terminal: ClassVar[bool] = False
+    control: ClassVar[bool] = False
+    """Pure, fast, side-effect free: the engine may run it inline instead of as a full
+    Prefect task run (it is still recorded in Prefect; see docs/engine.md)."""
+    reads_upstream: ClassVar[bool] = False
+    """The output depends on upstream outputs directly (merge), so they enter the cache key."""
+
+    def handles(self, config: NodeConfig) -> frozenset[str]:
+        return SOURCE_AND_ERROR
+
+    async def run(self, config: Any, ctx: NodeContext) -> Completed:
+        raise NodeError(f"{self.type} nodes cannot run in this version of FlowMaestro")
+
+    def spec(self) -> NodeTypeSpec:
+        return NodeTypeSpec(
+            type=self.type, config_model=self.Config, handles=self.handles, version=self.version,
+            description=self.description, container=self.container,  # type: ignore[arg-type]
+            default_retry=self.default_retry, default_cache=self.default_cache, cacheable=self.cacheable,
+            expression_keys=self.expression_keys, own_scope_keys=self.own_scope_keys, terminal=self.terminal,
+        )

@@ -1,0 +1,51 @@
+"""The delay node."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime, timezone
+
+from pydantic import Field, model_validator
+
+from builder.catalog import NodeConfig, Templatable
+from node_handlers.base import SOURCE, Completed, NodeContext, NodeError, NodeHandler
+
+MAX_DELAY_S = 30 * 24 * 3600
+
+
+class DelayConfig(NodeConfig):
+    seconds: Templatable[float] | None = Field(None, description="How long to wait.")
+    until: Templatable[datetime] | None = Field(None, description="ISO 8601 time to wait for (UTC if no zone).")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> "DelayConfig":
+        if (self.seconds is None) == (self.until is None):
+            raise ValueError("give exactly one of 'seconds' or 'until'")
+        return self
+
+
+class DelayHandler(NodeHandler):
+    type = "delay"
+    description = "Waits a number of seconds or until a time."
+    Config = DelayConfig
+    cacheable = False
+
+    def handles(self, config: NodeConfig) -> frozenset[str]:
+        return SOURCE
+
+    async def run(self, config: DelayConfig, ctx: NodeContext) -> Completed:
+        if config.until is not None:
+            until = config.until if config.until.tzinfo else config.until.replace(tzinfo=timezone.utc)
+            wait = (until - datetime.now(timezone.utc)).total_seconds()
+        else:
+            wait = float(config.seconds)  # type: ignore[arg-type]
+        wait = max(0.0, wait)
+        if wait > MAX_DELAY_S:
+            raise NodeError(f"a delay of {wait:.0f} s is longer than the 30-day limit")
+        started = time.monotonic()
+        await asyncio.sleep(wait)
+        return Completed(output={"waited_s": round(time.monotonic() - started, 3)})
+
+
+HANDLERS = [DelayHandler]
