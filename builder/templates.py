@@ -112,9 +112,6 @@ class EnvNamespace(Mapping[str, str]):
         self._allowlist = frozenset(allowlist)
         self._values = {name: environ[name] for name in sorted(self._allowlist) if name in environ}
 
-    def is_allowed(self, name: str) -> bool:
-        return name in self._allowlist
-
     def __getitem__(self, name: str) -> str:
         if name in self._values:
             return self._values[name]
@@ -183,7 +180,7 @@ class _SandboxEnvironment(ImmutableSandboxedEnvironment):
     def getattr(self, obj: Any, attribute: str) -> Any:
         if isinstance(obj, Mapping) and attribute in obj:
             return obj[attribute]
-        if isinstance(obj, EnvNamespace) and attribute not in _MAPPING_METHODS:
+        if isinstance(obj, EnvNamespace) and attribute not in _MAPPING_METHODS and not attribute.startswith("__"):
             # Not set or not allowlisted: let __getitem__ explain which (the generic
             # fallback would only report "no attribute").
             try:

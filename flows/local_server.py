@@ -99,8 +99,14 @@ def ensure_server(home: Path | None = None, port: int | None = None, *, quiet: b
         raise ServerError(f"PREFECT_API_URL is set to {os.environ['PREFECT_API_URL']} but no Prefect server "
                           "answers there; start it, or unset PREFECT_API_URL to use the embedded server")
     settings = engine_settings()
-    home = home or settings.home
-    port = port or settings.server_port
+    info = start_server(home or settings.home, port or settings.server_port, quiet=quiet)
+    os.environ["PREFECT_API_URL"] = info.api_url
+    return info
+
+
+def start_server(home: Path, port: int, *, quiet: bool = True) -> ServerInfo:
+    """Start ``prefect server start`` in the background (its own session, so it outlives
+    this process) with its ``PREFECT_HOME`` under ``home``, and wait until it answers."""
     if not _port_free(port):
         port = _free_port()
     api_url = f"http://127.0.0.1:{port}/api"
@@ -108,26 +114,25 @@ def ensure_server(home: Path | None = None, port: int | None = None, *, quiet: b
     prefect_home.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PREFECT_HOME=str(prefect_home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
                PREFECT_UI_API_URL=api_url, PREFECT_API_URL=api_url, **RECORDER_SETTINGS)
-    log_file = (home / "prefect-server.log").open("ab")
+    log_path = home / "prefect-server.log"
     if not quiet:
-        print(f"Starting a local Prefect server on port {port} (first start takes ~30 s) ...", file=sys.stderr)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-    )
+        print(f"Starting a local Prefect server on port {port} (the first start takes ~30 s) ...",
+              file=sys.stderr)
+    with log_path.open("ab") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise ServerError(f"the Prefect server exited with code {process.returncode}; see "
-                              f"{home / 'prefect-server.log'}")
+            raise ServerError(f"the Prefect server exited with code {process.returncode}; see {log_path}")
         if healthy(api_url, timeout=1.0):
             _state_file(home).write_text(json.dumps({"api_url": api_url, "pid": process.pid}))
-            os.environ["PREFECT_API_URL"] = api_url
             return ServerInfo(api_url, ui_url_for(api_url), process.pid, managed=True)
         time.sleep(0.5)
-    process.terminate()
-    raise ServerError(f"the Prefect server did not answer within {START_TIMEOUT_S} s; see "
-                      f"{home / 'prefect-server.log'}")
+    os.killpg(process.pid, signal.SIGTERM)
+    raise ServerError(f"the Prefect server did not answer within {START_TIMEOUT_S} s; see {log_path}")
 
 
 def stop(home: Path | None = None) -> bool:

@@ -1,0 +1,46 @@
+"""Test session setup.
+
+Prefect reads its settings when it is first imported, so the environment is set here,
+before any test module imports it: a private PREFECT_HOME and FLOWMAESTRO_HOME, and the
+API URL of the one real Prefect server the session starts (lazily, the first time a test
+needs it).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="flowmaestro-tests-"))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+_PORT = _free_port()
+os.environ["PREFECT_HOME"] = str(_SESSION_DIR / "client-prefect-home")
+os.environ["FLOWMAESTRO_HOME"] = str(_SESSION_DIR / "flowmaestro-home")
+os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{_PORT}/api"
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
+os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(_SESSION_DIR / "results"))
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One real Prefect server (SQLite) for the whole session."""
+    from flows.local_server import ServerInfo, start_server, stop
+
+    home = _SESSION_DIR / "server"
+    home.mkdir(parents=True, exist_ok=True)
+    info: ServerInfo = start_server(home, _PORT)
+    assert info.api_url == os.environ["PREFECT_API_URL"], "the chosen port was taken; rerun the tests"
+    yield info
+    stop(home)

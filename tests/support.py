@@ -1,0 +1,119 @@
+"""Helpers shared by the engine tests: tiny canvases and handlers with observable effects."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from pydantic import Field
+
+from builder.catalog import NodeConfig
+from builder.compiler import compile_canvas
+from builder.plan import RetryPolicy
+from node_handlers.base import Completed, NodeContext, NodeError, NodeHandler
+from node_handlers.registry import HandlerRegistry, builtin_handlers
+
+
+def canvas(nodes: list[dict[str, Any]], edges: list[Any] = (), **extra: Any) -> dict[str, Any]:
+    """Nodes as dicts; edges as dicts or (source, target[, handle]) tuples."""
+    out_edges = []
+    for i, edge in enumerate(edges):
+        if isinstance(edge, dict):
+            out_edges.append(edge)
+        else:
+            source, target, *handle = edge
+            out_edges.append({"id": f"e{i}", "source": source, "target": target,
+                              "sourceHandle": handle[0] if handle else None})
+    return {"name": extra.pop("name", "test"), "nodes": nodes, "edges": out_edges, **extra}
+
+
+def node(node_id: str, node_type: str = "transform", **fields: Any) -> dict[str, Any]:
+    data = fields.pop("data", None)
+    if data is None and node_type == "transform":
+        data = {"output": node_id}
+    return {"id": node_id, "type": node_type, "data": data or {}, **fields}
+
+
+class Journal:
+    """Records what test handlers did, in order, with monotonic times."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[int, ...], int]] = []
+        self.spans: dict[tuple[str, tuple[int, ...]], tuple[float, float]] = {}
+
+    def clear(self) -> None:
+        self.calls.clear()
+        self.spans.clear()
+
+
+JOURNAL = Journal()
+
+
+class SleepConfig(NodeConfig):
+    seconds: float = 0.0
+    value: Any = None
+
+
+class SleepHandler(NodeHandler):
+    """Sleeps, then returns ``value``; records its span so tests can check overlap."""
+
+    type = "test_sleep"
+    Config = SleepConfig
+
+    async def run(self, config: SleepConfig, ctx: NodeContext) -> Completed:
+        start = time.monotonic()
+        JOURNAL.calls.append((ctx.node_id, ctx.path, ctx.attempt))
+        await asyncio.sleep(config.seconds)
+        JOURNAL.spans[(ctx.node_id, ctx.path)] = (start, time.monotonic())
+        return Completed(output=config.value if config.value is not None else ctx.node_id)
+
+
+class FlakyConfig(NodeConfig):
+    failures: int = 1
+    retry_class: str | None = "5xx"
+    value: Any = "ok"
+
+
+class FlakyHandler(NodeHandler):
+    """Fails its first ``failures`` attempts (per node and path) with the given class."""
+
+    type = "test_flaky"
+    Config = FlakyConfig
+    default_retry = RetryPolicy(max_attempts=3, initial_delay_s=0.05, backoff_factor=2,
+                                retry_on=frozenset({"5xx", "timeout"}))
+
+    async def run(self, config: FlakyConfig, ctx: NodeContext) -> Completed:
+        JOURNAL.calls.append((ctx.node_id, ctx.path, ctx.attempt))
+        if ctx.attempt <= config.failures:
+            raise NodeError(f"attempt {ctx.attempt} failed", retry_class=config.retry_class)
+        return Completed(output=config.value)
+
+
+class CountConfig(NodeConfig):
+    value: Any = None
+    label_suffix: str = Field("", description="changes the config without changing the value")
+
+
+class CountHandler(NodeHandler):
+    """Returns ``value`` and records every real call: a cache hit leaves no record."""
+
+    type = "test_count"
+    Config = CountConfig
+
+    async def run(self, config: CountConfig, ctx: NodeContext) -> Completed:
+        JOURNAL.calls.append((ctx.node_id, ctx.path, ctx.attempt))
+        return Completed(output={"value": config.value, "called": True})
+
+
+TEST_HANDLERS = [SleepHandler, FlakyHandler, CountHandler]
+
+
+def make_registry() -> HandlerRegistry:
+    return HandlerRegistry(builtin_handlers() + [cls() for cls in TEST_HANDLERS])
+
+
+def compiled(raw: dict[str, Any], registry: HandlerRegistry | None = None):
+    result = compile_canvas(raw, registry or make_registry())
+    assert result.ok, [str(i) for i in result.errors]
+    return result.plan

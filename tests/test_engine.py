@@ -1,0 +1,209 @@
+"""Engine semantics in-process (DirectRunner): what a run does, without Prefect."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from flows.engine import Execution
+from tests.support import JOURNAL, canvas, compiled, node, make_registry
+
+
+@pytest.fixture(autouse=True)
+def _clean_journal():
+    JOURNAL.clear()
+
+
+async def run(raw, inputs=None, **kwargs):
+    registry = make_registry()
+    plan = compiled(raw, registry)
+    execution = Execution(plan, registry, run_id="run-1", inputs=inputs or {}, **kwargs)
+    events = []
+    execution.bus.subscribe(events.append)
+    record = await execution.run()
+    return record.result(), events
+
+
+def sleep(node_id, seconds=0.0, value=None, **fields):
+    return node(node_id, "test_sleep", data={"seconds": seconds, "value": value}, **fields)
+
+
+async def test_outputs_flow_through_templates_and_keep_types():
+    raw = canvas([node("start", "start"),
+                  node("double", data={"output": {"n": "{{ inputs.n * 2 }}", "text": "n={{ inputs.n }}"}}),
+                  node("end", "end", data={"output": "{{ double.n + 1 }}"})],
+                 [("start", "double"), ("double", "end")],
+                 inputs={"n": {"type": "integer", "required": True}})
+    result, _ = await run(raw, {"n": 20})
+    assert result["status"] == "completed"
+    assert result["output"] == 41
+    assert result["nodes"]["double"]["output"] == {"n": 40, "text": "n=20"}
+
+
+async def test_condition_routes_and_skips_the_other_branch():
+    raw = canvas([node("start", "start"),
+                  node("cond", "condition", data={"conditions": [{"id": "big", "expression": "inputs.n > 10"}]}),
+                  node("big"), node("small")],
+                 [("start", "cond"), ("cond", "big", "condition-big"), ("cond", "small", "else")])
+    result, events = await run(raw, {"n": 3})
+    assert result["nodes"]["small"]["status"] == "completed"
+    assert result["nodes"]["big"]["status"] == "skipped"
+    assert result["nodes"]["cond"]["output"] == {"matched": []}
+    assert [e.node_id for e in events if e.type == "node:skipped"] == ["big"]
+    assert result["output"] == {"small": "small"}  # no end node: completed terminal nodes
+
+
+async def test_condition_mode_all_fires_every_match():
+    raw = canvas([node("cond", "condition", data={"mode": "all", "conditions": [
+                      {"id": "a", "expression": "true"}, {"id": "b", "expression": "{{ 1 == 1 }}"},
+                      {"id": "c", "expression": "false"}]}),
+                  node("a"), node("b"), node("c")],
+                 [("cond", "a", "condition-a"), ("cond", "b", "condition-b"), ("cond", "c", "condition-c")])
+    result, _ = await run(raw)
+    assert {n: r["status"] for n, r in result["nodes"].items()} == {
+        "cond": "completed", "a": "completed", "b": "completed", "c": "skipped"}
+
+
+async def test_edge_conditions_gate_edges():
+    raw = canvas([node("src", data={"output": {"status": 404}}), node("ok"), node("missing")],
+                 [{"id": "e1", "source": "src", "target": "ok",
+                   "data": {"condition": {"field": "{{ src.status }}", "operator": "lt", "value": 400}}},
+                  {"id": "e2", "source": "src", "target": "missing",
+                   "data": {"condition": {"field": "{{ src.status }}", "operator": "eq", "value": 404}}}])
+    result, _ = await run(raw)
+    assert result["nodes"]["ok"]["status"] == "skipped"
+    assert result["nodes"]["missing"]["status"] == "completed"
+
+
+async def test_independent_nodes_overlap_in_time():
+    raw = canvas([sleep("a", 0.3), sleep("b", 0.3), node("j", "merge")], [("a", "j"), ("b", "j")])
+    result, _ = await run(raw)
+    (a_start, a_end), (b_start, b_end) = JOURNAL.spans[("a", ())], JOURNAL.spans[("b", ())]
+    assert b_start < a_end and a_start < b_end
+    assert result["nodes"]["j"]["output"] == {"a": "a", "b": "b"}
+
+
+async def test_max_concurrency_one_serializes():
+    raw = canvas([sleep("a", 0.1), sleep("b", 0.1)], settings={"max_concurrency": 1})
+    await run(raw)
+    (a_start, a_end), (b_start, b_end) = sorted(JOURNAL.spans.values())
+    assert b_start >= a_end
+
+
+async def test_retries_until_success_and_reports_attempts():
+    raw = canvas([node("f", "test_flaky", data={"failures": 2})])
+    result, events = await run(raw)
+    assert result["nodes"]["f"]["status"] == "completed"
+    assert result["nodes"]["f"]["attempts"] == 3
+    assert [c[2] for c in JOURNAL.calls] == [1, 2, 3]
+    assert [e.data["attempt"] for e in events if e.type == "node:retrying"] == [1, 2]
+
+
+async def test_errors_outside_retry_on_are_not_retried():
+    raw = canvas([node("f", "test_flaky", data={"failures": 5, "retry_class": None})])
+    result, _ = await run(raw)
+    assert result["status"] == "failed"
+    assert result["nodes"]["f"]["attempts"] == 1
+    assert result["error"]["node_id"] == "f"
+
+
+async def test_retry_policy_override_per_node():
+    raw = canvas([node("f", "test_flaky", data={"failures": 3},
+                       retry={"max_attempts": 2, "initial_delay_s": 0})])
+    result, _ = await run(raw)
+    assert result["nodes"]["f"]["status"] == "failed"
+    assert result["nodes"]["f"]["attempts"] == 2
+
+
+async def test_error_edge_catches_a_failure_and_the_run_goes_on():
+    raw = canvas([node("f", "test_flaky", data={"failures": 9, "retry_class": None}),
+                  node("after"), node("handler", data={"output": "caught {{ f.error.message }}"})],
+                 [("f", "after"), ("f", "handler", "error")])
+    result, _ = await run(raw)
+    assert result["status"] == "completed"
+    assert result["nodes"]["f"]["status"] == "failed"
+    assert result["nodes"]["after"]["status"] == "skipped"
+    assert result["nodes"]["handler"]["output"] == "caught attempt 1 failed"
+
+
+async def test_fail_fast_cancels_running_nodes_and_starts_nothing_new():
+    raw = canvas([node("boom", "test_flaky", data={"failures": 9, "retry_class": None}),
+                  sleep("slow", 5), node("after_slow")], [("slow", "after_slow")])
+    result, _ = await run(raw)
+    assert result["status"] == "failed"
+    assert result["nodes"]["slow"]["status"] == "cancelled"
+    assert result["nodes"]["after_slow"]["status"] == "cancelled"
+    assert ("slow", ()) not in JOURNAL.spans  # it never finished sleeping
+
+
+async def test_continue_lets_other_branches_finish_and_lists_every_failure():
+    raw = canvas([node("bad1", "test_flaky", data={"failures": 9, "retry_class": None}),
+                  node("bad2", "test_flaky", data={"failures": 9, "retry_class": None}),
+                  node("after_bad"), sleep("good", 0.1), node("after_good")],
+                 [("bad1", "after_bad"), ("good", "after_good")], settings={"on_error": "continue"})
+    result, _ = await run(raw)
+    assert result["status"] == "failed"
+    assert result["nodes"]["after_bad"]["status"] == "skipped"
+    assert result["nodes"]["after_good"]["status"] == "completed"
+    assert sorted(f["node_id"] for f in result["error"]["failed_nodes"]) == ["bad1", "bad2"]
+
+
+async def test_missing_reference_at_run_time_fails_the_node_with_the_field():
+    raw = canvas([node("a", data={"output": {"x": 1}}), node("b", data={"output": "{{ a.nope }}"})], [("a", "b")])
+    result, _ = await run(raw)
+    assert result["nodes"]["b"]["status"] == "failed"
+    assert "nope" in result["nodes"]["b"]["error"]["message"]
+    assert result["nodes"]["b"]["error"]["type"] == "TemplateError"
+
+
+async def test_skipped_upstream_reads_as_none():
+    raw = canvas([node("cond", "condition", data={"conditions": [{"id": "x", "expression": "false"}]}),
+                  node("maybe"), node("j", data={"output": "{{ maybe is none }}"}, join="any"), node("other")],
+                 [("cond", "maybe", "condition-x"), ("cond", "other", "else"), ("maybe", "j"), ("other", "j")])
+    result, _ = await run(raw)
+    assert result["nodes"]["j"]["output"] is True
+
+
+async def test_set_variable_is_seen_downstream():
+    raw = canvas([node("set", "set_variable", data={"name": "greeting", "value": "hi {{ inputs.who }}"}),
+                  node("use", data={"output": "{{ var.greeting }}!"})], [("set", "use")],
+                 variables={"greeting": "hello"})
+    result, _ = await run(raw, {"who": "Ada"})
+    assert result["nodes"]["use"]["output"] == "hi Ada!"
+
+
+async def test_document_output_mapping():
+    raw = canvas([node("a", data={"output": 1}), node("b", data={"output": 2})], [("a", "b")],
+                 output={"sum": "{{ a + b }}", "label": "a={{ a }}"})
+    result, _ = await run(raw)
+    assert result["output"] == {"sum": 3, "label": "a=1"}
+
+
+async def test_run_timeout_fails_the_run():
+    raw = canvas([sleep("slow", 5)], settings={"timeout_s": 0.3})
+    result, events = await run(raw)
+    assert result["status"] == "failed"
+    assert "time limit" in result["error"]["message"]
+    assert events[-1].type == "execution:failed"
+
+
+async def test_event_sequence_is_strictly_increasing_and_ordered_per_node():
+    raw = canvas([node("a"), node("b")], [("a", "b")])
+    _, events = await run(raw)
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert [e.type for e in events] == ["execution:started", "node:started", "node:completed", "node:started",
+                                        "node:completed", "execution:completed"]
+
+
+async def test_cancelling_the_run_cancels_running_nodes():
+    registry = make_registry()
+    plan = compiled(canvas([sleep("slow", 5)]), registry)
+    execution = Execution(plan, registry, run_id="r", inputs={})
+    task = asyncio.create_task(execution.run())
+    await asyncio.sleep(0.2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert execution.record.status == "cancelled"
+    assert execution.record.nodes["slow"].status == "cancelled"
