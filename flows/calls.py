@@ -69,9 +69,10 @@ def retry_delay(exc: BaseException, policy: RetryPolicy, attempt: int) -> float:
 class NodeRunner(Protocol):
     async def run(self, call: NodeCall) -> CallResult: ...
 
-    def record(self, call: NodeCall, result: CallResult, started: Any, ended: Any) -> None:
-        """Make a node that ran inline (or failed before running) visible where the
-        runner shows its runs."""
+    def record(self, node: PlanNode, path: tuple[int, ...], name: str, error: BaseException | None,
+               started: Any, ended: Any) -> str | None:
+        """Make a node that ran without the runner (inline control nodes, containers, a
+        node that failed before running) visible where the runner shows its runs."""
 
 
 class DirectRunner:
@@ -101,5 +102,6 @@ class DirectRunner:
                 call.on_retry(attempt, exc, delay)
                 await asyncio.sleep(delay)
 
-    def record(self, call: NodeCall, result: CallResult, started: Any, ended: Any) -> None:
+    def record(self, node: PlanNode, path: tuple[int, ...], name: str, error: BaseException | None,
+               started: Any, ended: Any) -> str | None:
         return None

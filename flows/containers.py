@@ -85,7 +85,8 @@ async def _run_loop(ex: Execution, node: PlanNode, frame: Frame, config: Any) ->
         if total is None and index >= limit:
             raise NodeError(f"the loop reached max_iterations={limit} and its condition still holds",
                             error_type="MaxIterationsExceeded")
-        child = frame.child(node.id, index, loop=state)
+        label = f"{index + 1}/{total}" if total is not None else str(index + 1)
+        child = frame.child(node.id, index, label, loop=state)
         result = await ex.run_scope(node.id, child)
         if result.failed:
             raise body_error(result, f"iteration {index}")
@@ -117,7 +118,7 @@ async def _run_parallel(ex: Execution, node: PlanNode, frame: Frame, config: Any
         async with gate:
             item = items[index] if items is not None else None
             state = {"index": index, "item": item, "currentItem": item, "total": total}
-            child = frame.child(node.id, index, parallel=state)
+            child = frame.child(node.id, index, f"branch {index}", parallel=state)
             return index, child, await ex.run_scope(node.id, child)
 
     results: list[Any] = [None] * total

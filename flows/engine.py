@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from builder.conditions import ConditionError, evaluate_condition
 from builder.plan import TOP, Plan, PlanEdge, PlanNode, ScopeId
 from builder.templates import EnvNamespace, TemplateRenderError, render_value
-from flows.calls import CallResult, DirectRunner, NodeCall, NodeRunner
+from flows.calls import DirectRunner, NodeCall, NodeRunner
 from flows.events import EventBus, utcnow
 from flows.frames import Frame
 from flows.records import NodeRun, RunRecord
@@ -302,6 +302,9 @@ class Execution:
                 from flows.containers import run_container
 
                 outcome = await run_container(self, node, frame)
+                failure = None if outcome.status != "failed" else NodeError(outcome.error["message"])
+                run.task_run_id = self.runner.record(node, frame.path, task_run_name(node, frame), failure,
+                                                     run.started_at, utcnow())
             else:
                 outcome = await self.execute_leaf(node, frame, run)
         except asyncio.CancelledError:
@@ -328,8 +331,8 @@ class Execution:
             config = self.resolve_config(node, handler, frame)
         except NodeError as exc:
             run.attempts = 1
-            failed = CallResult(None, exc, 1)
-            self.runner.record(self._call(node, frame, handler, None, upstream, run), failed, run.started_at, utcnow())
+            run.task_run_id = self.runner.record(node, frame.path, task_run_name(node, frame), exc,
+                                                 run.started_at, utcnow())
             return NodeOutcome("failed", error=error_info(exc, node.id, 1))
         if node.type == "approval":
             run.status = "paused"
@@ -338,7 +341,8 @@ class Execution:
         call = self._call(node, frame, handler, config, upstream, run)
         if self._runs_inline(node, handler):
             result = await self.inline.run(call)
-            self.runner.record(call, result, run.started_at, utcnow())
+            call.task_run_id = self.runner.record(node, frame.path, call.task_run_name, result.error,
+                                                  run.started_at, utcnow())
         else:
             async with self.slots:
                 result = await self.runner.run(call)
@@ -399,20 +403,12 @@ class Execution:
         if config is not None and node.cache.enabled:
             key = cache_key(node, config, upstream if handler.reads_upstream else None)
         return NodeCall(node=node, path=path, handler=handler, config=config, make_context=make_context,
-                        cache_key=key, on_retry=on_retry, task_run_name=task_run_name(self.plan, node, path))
+                        cache_key=key, on_retry=on_retry, task_run_name=task_run_name(node, frame))
 
 
-def task_run_name(plan: Plan, node: PlanNode, path: tuple[int, ...]) -> str:
+def task_run_name(node: PlanNode, frame: Frame) -> str:
     """``summarize [2/10]`` inside a loop, ``fetch [branch 3]`` inside a parallel."""
-    if not path:
-        return node.label
-    parts = []
-    container = node.scope
-    for index in reversed(path):
-        kind = plan.nodes[container].container if container in plan.nodes else None
-        parts.append(f"branch {index}" if kind == "parallel" else f"{index + 1}")
-        container = plan.nodes[container].scope if container in plan.nodes else TOP
-    return f"{node.label} [{' / '.join(reversed(parts))}]"
+    return f"{node.label} [{' / '.join(frame.labels)}]" if frame.labels else node.label
 
 
 async def _cancel_all(running: Mapping[asyncio.Task[Any], str]) -> None:

@@ -26,10 +26,13 @@ class Frame:
     outputs: dict[str, Any] = field(default_factory=dict)
     completed: set[str] = field(default_factory=set)
     fired_edges: set[str] = field(default_factory=set)
+    labels: tuple[str, ...] = ()
+    """How each index of ``path`` reads to a person: ``2/10`` or ``branch 3``."""
 
-    def child(self, scope_id: ScopeId, index: int, *, loop: dict[str, Any] | None = None,
+    def child(self, scope_id: ScopeId, index: int, label: str, *, loop: dict[str, Any] | None = None,
               parallel: dict[str, Any] | None = None) -> Frame:
-        return Frame(scope_id, self.path + (index,), self, loop or self.loop, parallel or self.parallel)
+        return Frame(scope_id, self.path + (index,), self, loop or self.loop, parallel or self.parallel,
+                     labels=self.labels + (label,))
 
     def lookup(self, plan: Plan, node_id: str) -> Any:
         """Output of ``node_id`` as seen from this frame; ``None`` if it was skipped."""

@@ -9,7 +9,6 @@ from those events), at a fraction of the cost of a full task run.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
@@ -102,30 +101,27 @@ class PrefectRunner:
                               error_type="Timeout")
         return CallResult(None, error, max(call.attempts, 1))
 
-    def record(self, call: NodeCall, result: CallResult, started: datetime | None, ended: datetime | None) -> None:
-        """Record an inline node as a task run: Pending, Running, then Completed/Failed."""
+    def record(self, node: PlanNode, path: tuple[int, ...], name: str, error: BaseException | None,
+               started: datetime | None, ended: datetime | None) -> str | None:
+        """Record a node that ran outside Prefect's task engine as a task run: Pending,
+        Running, then Completed or Failed."""
         flow_context = FlowRunContext.get()
         if flow_context is None or flow_context.flow_run is None:
-            return
+            return None
         flow_run_id = flow_context.flow_run.id
         task_run_id = uuid.uuid4()
-        call.task_run_id = str(task_run_id)
-        node = call.node
         pending = Pending()
         pending.timestamp = started or pending.timestamp
         run = TaskRun(
-            id=task_run_id, name=call.task_run_name, flow_run_id=flow_run_id, task_key=f"{TASK_KEY}-{node.type}",
-            dynamic_key=f"{node.id}-{'.'.join(map(str, call.path)) or 'top'}-{task_run_id.hex[:8]}",
+            id=task_run_id, name=name, flow_run_id=flow_run_id, task_key=f"{TASK_KEY}-{node.type}",
+            dynamic_key=f"{node.id}-{'.'.join(map(str, path)) or 'top'}-{task_run_id.hex[:8]}",
             empirical_policy=TaskRunPolicy(), tags=[f"node:{node.id}", f"type:{node.type}", "inline"],
             task_inputs={}, expected_start_time=pending.timestamp, state=pending, state_type=pending.type,
             state_name=pending.name, created=pending.timestamp,
         )
         running = Running()
         running.timestamp = pending.timestamp + timedelta(microseconds=1)
-        if result.completed is not None:
-            final = CompletedState(message="ran inline (control node)")
-        else:
-            final = Failed(message=str(result.error))
+        final = CompletedState() if error is None else Failed(message=str(error))
         final.timestamp = max(ended or final.timestamp, running.timestamp + timedelta(microseconds=1))
         previous = pending
         last_event = emit_task_run_state_change_event(task_run=run, initial_state=None, validated_state=pending)
@@ -141,6 +137,4 @@ class PrefectRunner:
             last_event = emit_task_run_state_change_event(task_run=run, initial_state=previous,
                                                           validated_state=state, follows=last_event)
             previous = state
-
-
-__all__ = ["PrefectRunner", "asyncio"]
+        return str(task_run_id)

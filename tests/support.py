@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import Field
 
-from builder.catalog import NodeConfig
+from builder.catalog import NodeConfig, Templatable
 from builder.compiler import compile_canvas
 from builder.plan import RetryPolicy
 from node_handlers.base import Completed, NodeContext, NodeError, NodeHandler
@@ -70,7 +70,7 @@ class SleepHandler(NodeHandler):
 
 
 class FlakyConfig(NodeConfig):
-    failures: int = 1
+    failures: Templatable[int] = 1
     retry_class: str | None = "5xx"
     value: Any = "ok"
 
