@@ -69,8 +69,9 @@ def validate_inputs(declared: Mapping[str, Mapping[str, Any]], given: Mapping[st
             issues.append(Issue("input_missing", f"input {name!r} is required", field=f"inputs.{name}"))
         else:
             resolved[name] = spec.get("default")
-    # A canvas that declares no inputs takes whatever it is given.
-    for name in sorted(set(given) - set(declared)) if declared else ():
+    if not declared:
+        return dict(given)  # a canvas that declares no inputs takes whatever it is given
+    for name in sorted(set(given) - set(declared)):
         known = ", ".join(sorted(declared)) or "none"
         issues.append(Issue("input_unknown", f"input {name!r} is not declared by the workflow (declared: {known})",
                             field=f"inputs.{name}"))

@@ -28,11 +28,21 @@ from node_handlers.base import Completed, NodeError
 TASK_KEY = "flowmaestro-node"
 
 
+def node_tags(node: PlanNode) -> list[str]:
+    return ["flowmaestro", f"node:{node.id}", f"type:{node.type}"]
+
+
 async def _node_body(call: NodeCall) -> dict[str, Any]:
     context = TaskRunContext.get()
     attempt = context.task_run.run_count if context else 1
     if context:
         call.task_run_id = str(context.task_run.id)
+        # Tags are added here, after the run started, not in the task's options: Prefect
+        # acquires a tag concurrency slot for every tag set before a run starts, and a
+        # new tag set costs ~0.65 s the first time (a service thread and client per set),
+        # which a tag per node would pay for every node. The state events that follow
+        # carry these tags, and Prefect's server records them on the task run.
+        context.task_run.tags = sorted(set(context.task_run.tags) | set(node_tags(call.node)))
     try:
         completed = await call.invoke(attempt)
     except Exception as exc:
@@ -73,7 +83,6 @@ class PrefectRunner:
             base = _cached_task if node.cache.enabled else _plain_task
             found = base.with_options(
                 name=node.label,
-                tags={f"node:{node.id}", f"type:{node.type}"},
                 retries=retry.max_attempts - 1,
                 retry_delay_seconds=list(retry.delays()) or 0,
                 retry_jitter_factor=retry.jitter or None,
@@ -115,7 +124,7 @@ class PrefectRunner:
         run = TaskRun(
             id=task_run_id, name=name, flow_run_id=flow_run_id, task_key=f"{TASK_KEY}-{node.type}",
             dynamic_key=f"{node.id}-{'.'.join(map(str, path)) or 'top'}-{task_run_id.hex[:8]}",
-            empirical_policy=TaskRunPolicy(), tags=[f"node:{node.id}", f"type:{node.type}", "inline"],
+            empirical_policy=TaskRunPolicy(), tags=node_tags(node) + ["inline"],
             task_inputs={}, expected_start_time=pending.timestamp, state=pending, state_type=pending.type,
             state_name=pending.name, created=pending.timestamp,
         )

@@ -30,6 +30,7 @@ os.environ["FLOWMAESTRO_HOME"] = str(_SESSION_DIR / "flowmaestro-home")
 os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{_PORT}/api"
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
+os.environ["PREFECT_LOGGING_TO_API_ENABLED"] = "false"  # the server stops before the log shipper
 os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(_SESSION_DIR / "results"))
 
 
