@@ -139,8 +139,12 @@ def run(
         _print_issues(list(exc.issues))
         raise typer.Exit(EXIT_INVALID)
 
+    import os
+
     from flows.local_server import ServerError, ensure_server
 
+    # The progress view shows node states; Prefect's per-task INFO lines would repeat them.
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     try:
         server = ensure_server(quiet=as_json)
     except ServerError as exc:
@@ -198,3 +202,7 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

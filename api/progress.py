@@ -47,7 +47,8 @@ class ProgressView:
 
     def on_event(self, event: RunEvent) -> None:
         if event.type == "execution:started":
-            self.console.print(f"run {event.execution_id} started: {run_link(self.ui_url, event.execution_id)}")
+            self.console.print(f"run {event.execution_id} started: {run_link(self.ui_url, event.execution_id)}",
+                               soft_wrap=True)
             if self.console.is_terminal:
                 self.live = Live(self._table(), console=self.console, refresh_per_second=8, transient=False)
                 self.live.start()
@@ -106,4 +107,4 @@ def print_result(result: dict[str, Any], ui_url: str, console: Console) -> None:
         console.print("output:")
         console.print_json(json.dumps(result.get("output"), default=str))
     if result.get("id"):
-        console.print(f"Prefect UI: {run_link(ui_url, result['id'])}")
+        console.print(f"Prefect UI: {run_link(ui_url, result['id'])}", soft_wrap=True)

@@ -1,0 +1,108 @@
+"""The command line: exit codes, every issue reported, no tracebacks, JSON output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from api.cli import app
+
+ROOT = Path(__file__).resolve().parent.parent
+HELLO = ROOT / "examples" / "hello.json"
+runner = CliRunner()
+
+
+def write(tmp_path: Path, content: str | dict) -> Path:
+    path = tmp_path / "canvas.json"
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    return path
+
+
+def test_validate_a_valid_canvas_exits_0():
+    result = runner.invoke(app, ["validate", str(HELLO)])
+    assert result.exit_code == 0, result.output
+
+
+def test_validate_reports_every_problem_and_exits_2(tmp_path):
+    bad = {"name": "bad", "nodes": [
+        {"id": "a", "type": "transform", "data": {"output": "{{ ghost.x }}"}},
+        {"id": "b", "type": "nope"},
+        {"id": "c", "type": "transform", "data": {"output": 1}},
+        {"id": "d", "type": "transform", "data": {"output": 1}}],
+        "edges": [{"id": "e1", "source": "c", "target": "d"}, {"id": "e2", "source": "d", "target": "c"},
+                  {"id": "e3", "source": "a", "target": "zzz"}]}
+    result = runner.invoke(app, ["validate", str(write(tmp_path, bad)), "--json"])
+    assert result.exit_code == 2
+    report = json.loads(result.stdout)
+    assert report["valid"] is False
+    codes = {(i["code"], i["node_id"] or i["edge_id"]) for i in report["issues"] if i["severity"] == "error"}
+    assert codes == {("unknown_reference", "a"), ("unknown_node_type", "b"), ("cycle", "c"), ("dangling_edge", "e3")}
+
+
+def test_validate_malformed_json_is_a_clear_error_not_a_traceback(tmp_path):
+    result = runner.invoke(app, ["validate", str(write(tmp_path, '{"nodes": [}'))])
+    assert result.exit_code == 2
+    assert "not valid JSON" in result.output and "line 1" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_validate_missing_file(tmp_path):
+    result = runner.invoke(app, ["validate", str(tmp_path / "missing.json")])
+    assert result.exit_code == 2
+    assert "cannot read" in result.output
+
+
+def test_plan_shows_levels_and_container_bodies():
+    result = runner.invoke(app, ["plan", str(HELLO)])
+    assert result.exit_code == 0, result.output
+    assert "level 0:" in result.stdout and "body:" in result.stdout
+    assert "--condition-short--> excited" in result.stdout
+
+
+def test_schema_is_json_schema():
+    result = runner.invoke(app, ["schema"])
+    schema = json.loads(result.stdout)
+    assert schema["title"] == "FlowMaestro canvas v1"
+    assert "transform" in schema["$defs"]["NodeModel"]["properties"]["type"]["enum"]
+
+
+def test_run_refuses_bad_inputs_before_starting_anything():
+    result = runner.invoke(app, ["run", str(HELLO), "--inputs-json", '{"name": 3}'])
+    assert result.exit_code == 2
+    assert "input 'name' must be a string" in result.output
+
+
+def test_run_refuses_a_missing_required_input():
+    result = runner.invoke(app, ["run", str(HELLO)])
+    assert result.exit_code == 2
+    assert "input 'name' is required" in result.output
+
+
+@pytest.mark.prefect
+def test_run_json_prints_the_run_result_alone(prefect_server):
+    proc = subprocess.run([sys.executable, "-m", "api.cli", "run", str(HELLO), "--input", "name=Grace",
+                           "--input", 'languages=["fr"]', "--json"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    assert result["status"] == "completed"
+    assert result["output"]["greetings"] == ["Bonjour Grace!"]
+    assert result["nodes"]["calm"]["status"] == "completed"  # "Grace" is longer than 4 letters
+    assert {t["node_id"] for t in result["trace"]} >= {"start", "tone", "translate", "wait", "greet", "end"}
+
+
+@pytest.mark.prefect
+def test_run_exit_code_1_when_the_run_fails(prefect_server, tmp_path):
+    failing = {"name": "failing", "nodes": [
+        {"id": "t", "type": "transform", "data": {"output": "{{ inputs.missing.deeper }}"}}]}
+    proc = subprocess.run([sys.executable, "-m", "api.cli", "run", str(write(tmp_path, failing)), "--json"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    assert result["status"] == "failed"
+    assert result["nodes"]["t"]["error"]["type"] == "TemplateError"
