@@ -1,12 +1,266 @@
-"""Approval nodes pause the Prefect flow run (arrives with the approval issue)."""
+"""Approval nodes: pause the Prefect flow run for a person, resume from the UI or the API.
+
+Prefect pauses a whole flow run, with one form at a time, and fails a run whose pause
+times out. FlowMaestro therefore keeps its own list of pending approvals per run and
+shows them to Prefect one at a time:
+
+- each waiting approval is announced as a flow-run input ``fm-pending-<slug>`` (node,
+  path, message, form), so any process (the API, the CLI) can list and answer it;
+- the oldest one is the Prefect pause (``pause_flow_run`` with the form as its
+  ``RunInput``, key = slug, polled every second), so the Prefect UI shows its Resume
+  button and form; the others wait their turn;
+- decisions for any approval can also arrive as flow-run inputs ``fm-decision-<slug>``
+  (written by ``resume_approval``), polled twice a second;
+- FlowMaestro enforces ``timeout_s`` itself and then ends the Prefect pause by setting
+  the run back to Running, so a timed-out approval routes along ``timeout`` instead of
+  failing the run (Prefect's own pause timeout is set far beyond it);
+- every outcome is recorded as ``fm-result-<slug>``.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import json
+import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from flows.engine import NoApprovals
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import StateType
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
+from prefect.states import Running
+from pydantic import ValidationError
+
+from builder.plan import PlanNode
+from node_handlers.approval import ApprovalConfig, form_model
+from node_handlers.base import Completed, NodeError
+
+log = logging.getLogger("flowmaestro.approvals")
+
+PENDING, DECISION, RESULT = "fm-pending-", "fm-decision-", "fm-result-"
+PREFECT_PAUSE_LIMIT_S = 365 * 24 * 3600  # Prefect fails a run at its pause timeout: keep it out of reach
+DECISION_POLL_S = 0.5
+PAUSE_POLL_S = 1
 
 
-class PrefectApprovals(NoApprovals):
-    async def wait(self, execution: Any, node: Any, frame: Any, config: Any) -> Any:
-        return await super().wait(execution, node, frame, config)
+def approval_slug(node_id: str, path: tuple[int, ...] | list[int]) -> str:
+    """A Prefect pause/input key for one approval execution: lowercase letters, digits
+    and dashes, unique per (node, path)."""
+    base = re.sub(r"[^a-z0-9]+", "-", node_id.lower()).strip("-")[:40] or "node"
+    where = "-".join(map(str, path))
+    digest = hashlib.sha1(f"{node_id}|{list(path)}".encode()).hexdigest()[:8]
+    return f"{base}-{where + '-' if where else ''}{digest}"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+@dataclass
+class Waiting:
+    slug: str
+    node: PlanNode
+    path: tuple[int, ...]
+    config: ApprovalConfig
+    deadline: float | None
+    future: asyncio.Future[dict[str, Any]] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class PrefectApprovals:
+    """The approval gate of one flow run."""
+
+    def __init__(self, run_id: str):
+        self.run_id = uuid.UUID(run_id)
+        self.waiting: dict[str, Waiting] = {}
+        self.current: str | None = None
+        self.pause_task: asyncio.Task[Any] | None = None
+        self.loop_task: asyncio.Task[None] | None = None
+        self.seen_decisions: set[str] = set()
+
+    async def wait(self, execution: Any, node: PlanNode, frame: Any, config: ApprovalConfig) -> Completed:
+        slug = approval_slug(node.id, frame.path)
+        deadline = time.monotonic() + config.timeout_s if config.timeout_s else None
+        timeout_at = (datetime.now(timezone.utc) + timedelta(seconds=config.timeout_s)).isoformat() \
+            if config.timeout_s else None
+        record = {"node_id": node.id, "path": list(frame.path), "slug": slug, "message": config.message,
+                  "form": {k: v.model_dump() for k, v in config.form.items()},
+                  "schema": form_model(config.form, config.message).model_json_schema(),
+                  "approvers": config.approvers, "requested_at": _now(), "timeout_at": timeout_at}
+        async with get_client() as client:
+            await client.create_flow_run_input(self.run_id, key=PENDING + slug, value=json.dumps(record))
+        waiting = Waiting(slug, node, frame.path, config, deadline)
+        first = not self.waiting
+        self.waiting[slug] = waiting
+        execution.bus.publish("node:paused", node_id=node.id, path=frame.path, message=config.message,
+                              form=record["schema"], timeout_at=timeout_at, approvers=config.approvers)
+        if first:
+            execution.bus.publish("execution:paused", pending=[{"node_id": node.id, "path": list(frame.path)}])
+        if self.loop_task is None or self.loop_task.done():
+            self.loop_task = asyncio.create_task(self._run())
+        try:
+            decision = await waiting.future
+        finally:
+            self.waiting.pop(slug, None)
+        async with get_client() as client:
+            await client.create_flow_run_input(self.run_id, key=RESULT + slug, value=json.dumps(decision))
+        if not self.waiting:
+            execution.bus.publish("execution:resumed", node_id=node.id, path=list(frame.path))
+        timeout_connected = any(execution.plan.edges[e].handle == "timeout" for e in node.outgoing)
+        return self._outcome(config, decision, timeout_connected)
+
+    @staticmethod
+    def _outcome(config: ApprovalConfig, decision: dict[str, Any], timeout_connected: bool) -> Completed:
+        if decision["outcome"] == "timeout":
+            if not timeout_connected:
+                raise NodeError(f"no decision within {config.timeout_s:g} s", error_type="ApprovalTimeout")
+            output = {"approved": None, "input": {}, "decided_at": decision["decided_at"], "timed_out": True}
+            return Completed(output=output, handles=frozenset({"timeout"}))
+        values = dict(decision.get("input") or {})
+        approved = bool(values.pop("approved", False))
+        output = {"approved": approved, "input": values, "decided_at": decision["decided_at"],
+                  "decided_by": decision.get("decided_by"), "via": decision.get("via")}
+        return Completed(output=output, handles=frozenset({"approved" if approved else "rejected"}))
+
+    # --- the loop that serves every waiting approval of the run ---------------------------------
+
+    async def _run(self) -> None:
+        async with get_client() as client:
+            while self.waiting:
+                try:
+                    await self._step(client)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # an API hiccup must not lose approvals: try again
+                    log.exception("approval loop step failed")
+                await asyncio.sleep(DECISION_POLL_S)
+            await self._stop_pause(client)
+
+    async def _step(self, client: Any) -> None:
+        if self.current is not None and self.pause_task is not None and self.pause_task.done():
+            slug, self.current = self.current, None
+            if not self.pause_task.cancelled() and self.pause_task.exception() is None:
+                answer = self.pause_task.result()
+                self._resolve(slug, {"outcome": "decided", "input": answer.model_dump(exclude={"metadata"}),
+                                     "decided_at": _now(), "via": "prefect-ui"})
+        decisions = await client.filter_flow_run_input(self.run_id, key_prefix=DECISION, limit=200,
+                                                       exclude_keys=self.seen_decisions)
+        for item in decisions:
+            self.seen_decisions.add(item.key)
+            decision = json.loads(item.value)
+            self._resolve(item.key.removeprefix(DECISION), decision)
+        now = time.monotonic()
+        for slug, waiting in list(self.waiting.items()):
+            if waiting.deadline is not None and now >= waiting.deadline:
+                self._resolve(slug, {"outcome": "timeout", "decided_at": _now(), "via": "timeout"})
+        if self.current is not None and self.current not in self.waiting:
+            await self._stop_pause(client)  # decided elsewhere or timed out: end Prefect's pause
+        if self.current is None and self.waiting:
+            slug = next(iter(self.waiting))
+            self.current = slug
+            waiting = self.waiting[slug]
+            model = form_model(waiting.config.form, waiting.config.message, base=RunInput)
+            self.pause_task = asyncio.create_task(pause_flow_run(
+                wait_for_input=model, timeout=PREFECT_PAUSE_LIMIT_S, poll_interval=PAUSE_POLL_S, key=slug))
+
+    def _resolve(self, slug: str, decision: dict[str, Any]) -> None:
+        waiting = self.waiting.get(slug)
+        if waiting is not None and not waiting.future.done():
+            waiting.future.set_result(decision)
+
+    async def _stop_pause(self, client: Any) -> None:
+        """End the Prefect pause of an approval decided another way. Only while the run
+        is still paused on that very key, so a person's resume at the same moment wins."""
+        task, slug = self.pause_task, self.current
+        self.current, self.pause_task = None, None
+        if task is None or task.done():
+            return
+        task.cancel()
+        flow_run = await client.read_flow_run(self.run_id)
+        state = flow_run.state
+        if state is not None and state.type == StateType.PAUSED and state.state_details.pause_key == slug:
+            await client.set_flow_run_state(self.run_id, Running(), force=True)
+
+
+# --- answering approvals from another process (API, CLI) ---------------------------------------
+
+
+@dataclass(frozen=True)
+class ResumeAnswer:
+    status: str  # accepted | refused | not_waiting
+    message: str
+    issues: tuple[dict[str, Any], ...] = ()
+
+
+async def pending_approvals(run_id: str) -> list[dict[str, Any]]:
+    """Approvals of a run still waiting for a decision, oldest first."""
+    async with get_client() as client:
+        pending = await _inputs(client, run_id, PENDING)
+        done = await _inputs(client, run_id, RESULT)
+        asked = await _inputs(client, run_id, DECISION)
+    out = []
+    for slug, record in pending.items():
+        if slug not in done:
+            out.append({k: record[k] for k in ("node_id", "path", "message", "schema", "approvers", "requested_at",
+                                                "timeout_at")} | {"decision_sent": slug in asked})
+    return sorted(out, key=lambda r: r["requested_at"])
+
+
+async def _inputs(client: Any, run_id: str, prefix: str) -> dict[str, Any]:
+    found = await client.filter_flow_run_input(uuid.UUID(run_id), key_prefix=prefix, limit=1000, exclude_keys=set())
+    return {item.key.removeprefix(prefix): json.loads(item.value) for item in found}
+
+
+async def resume_approval(run_id: str, node_id: str, path: list[int] | None = None,
+                          values: dict[str, Any] | None = None, decided_by: str | None = None) -> ResumeAnswer:
+    """Answer a waiting approval. ``path`` may be left out when the node waits once."""
+    try:
+        run_uuid = uuid.UUID(run_id)
+    except ValueError:
+        return ResumeAnswer("not_waiting", f"{run_id!r} is not a run id")
+    waiting = [p for p in await pending_approvals(run_id) if p["node_id"] == node_id]
+    if path is not None:
+        waiting = [p for p in waiting if p["path"] == list(path)]
+    if not waiting:
+        return ResumeAnswer("not_waiting", f"no approval of node {node_id!r}"
+                            f"{'' if path is None else f' at path {list(path)}'} is waiting in run {run_id}")
+    if len(waiting) > 1:
+        paths = ", ".join(str(p["path"]) for p in waiting)
+        return ResumeAnswer("refused", f"node {node_id!r} waits at several paths ({paths}); give the path")
+    target = waiting[0]
+    if target["decision_sent"]:
+        return ResumeAnswer("not_waiting", "a decision for this approval was already sent")
+    async with get_client() as client:
+        pending = await _inputs(client, run_id, PENDING)
+        record = next(r for r in pending.values() if r["node_id"] == node_id and r["path"] == target["path"])
+        model = form_model(record["form"], record["message"])
+        try:
+            checked = model.model_validate(values or {})
+        except ValidationError as exc:
+            issues = tuple({"field": ".".join(map(str, e["loc"])), "message": e["msg"]}
+                           for e in exc.errors(include_url=False))
+            text = "; ".join(f"{i['field']}: {i['message']}" for i in issues)
+            return ResumeAnswer("refused", f"the input does not fit the form: {text}", issues)
+        slug = record["slug"]
+        flow_run = await client.read_flow_run(run_uuid)
+        state = flow_run.state
+        if state is None or state.is_final():
+            return ResumeAnswer("not_waiting", f"run {run_id} has ended ({state.name if state else 'unknown'})")
+        if state.type == StateType.PAUSED and state.state_details.pause_key == slug:
+            result = await client.resume_flow_run(run_uuid, run_input=checked.model_dump())
+            if result.status.value == "ACCEPT":
+                return ResumeAnswer("accepted", "approval answered; the run resumes")
+            if result.status.value == "REJECT":
+                return ResumeAnswer("refused", f"Prefect refused the input: {result.details.reason}")
+        decision = {"outcome": "decided", "input": checked.model_dump(), "decided_at": _now(),
+                    "decided_by": decided_by, "via": "api"}
+        try:
+            await client.create_flow_run_input(run_uuid, key=DECISION + slug, value=json.dumps(decision))
+        except Exception as exc:  # the key exists: someone answered first
+            return ResumeAnswer("not_waiting", f"a decision for this approval was already sent ({exc})")
+    return ResumeAnswer("accepted", "approval answered; the run resumes within a second")

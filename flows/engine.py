@@ -336,7 +336,12 @@ class Execution:
             return NodeOutcome("failed", error=error_info(exc, node.id, 1))
         if node.type == "approval":
             run.status = "paused"
-            completed = await self.approvals.wait(self, node, frame, config)
+            try:
+                completed = await self.approvals.wait(self, node, frame, config)
+            except NodeError as exc:
+                return NodeOutcome("failed", error=error_info(exc, node.id, 1))
+            finally:
+                run.attempts = 1
             return self._completed(node, completed)
         call = self._call(node, frame, handler, config, upstream, run)
         if self._runs_inline(node, handler):

@@ -80,7 +80,7 @@ async def run_workflow(canvas: dict[str, Any], inputs: dict[str, Any] | None = N
     execution = Execution(plan, registry, run_id=run_id, inputs=resolved_inputs, runner=PrefectRunner(), bus=bus,
                           env=os.environ, env_allowlist=settings.env_allowlist, workflow_id=workflow_id,
                           version=version, inline_control=settings.inline_control_nodes,
-                          approvals=PrefectApprovals())
+                          approvals=PrefectApprovals(run_id))
     record = await _run_watching_cancellation(execution, run_id, settings.cancel_poll_s)
     await _summary_artifact(record)
     result = record.result()

@@ -53,3 +53,32 @@ class ApprovalHandler(NodeHandler):
 
 
 HANDLERS = [ApprovalHandler]
+
+
+_PY_TYPES: dict[str, Any] = {"string": str, "number": float, "integer": int, "boolean": bool,
+                             "object": dict, "array": list}
+
+
+def form_model(form: dict[str, Any], message: str | None = None, base: type[BaseModel] = BaseModel) -> type[BaseModel]:
+    """The model of an approval's form: ``approved`` plus the declared fields.
+
+    The same model validates a decision sent to the API and, as a Prefect ``RunInput``
+    (``base``), renders the Resume form in the Prefect UI, so both refuse the same input.
+    """
+    from typing import Literal as TypingLiteral
+
+    from pydantic import create_model
+
+    fields: dict[str, Any] = {"approved": (bool, Field(description="Approve (true) or reject (false)."))}
+    for name, raw in form.items():
+        spec = raw if isinstance(raw, FormField) else FormField.model_validate(raw)
+        annotation: Any = _PY_TYPES[spec.type]
+        if spec.enum:
+            annotation = TypingLiteral[tuple(spec.enum)]  # type: ignore[valid-type]
+        if spec.required:
+            fields[name] = (annotation, Field(description=spec.description))
+        else:
+            fields[name] = (annotation | None, Field(spec.default, description=spec.description))
+    model = create_model("ApprovalForm", __base__=base, **fields)
+    model.__doc__ = message or "Approve or reject to continue the run."
+    return model

@@ -1,39 +1,393 @@
-"""PLACEHOLDER until the llm handler lands: schema only."""
+"""The llm and router nodes: streamed chat completions from an OpenAI-compatible API.
+
+Every call streams: each content delta is published as ``stream:chunk`` while the model
+writes, then ``stream:done``. The API key comes from the node's ``api_key_secret`` (the
+environment variable ``FLOWMAESTRO_SECRET_<NAME>``) or from the handler settings
+(``FLOWMAESTRO_OPENAI_API_KEY`` / ``OPENAI_API_KEY``), and is redacted from every error
+message. The base URL passes the egress policy, and the connection is pinned to the
+checked address (``node_handlers.egress``).
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+import asyncio
+import hashlib
+import json
+import math
+import re
+import time
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
-from builder.catalog import NodeConfig
-from node_handlers.base import NodeHandler
+import httpx
+import openai
+from jsonschema import exceptions as jsonschema_exceptions
+from jsonschema.validators import validator_for
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from builder.catalog import NodeConfig, Templatable
+from builder.plan import RetryPolicy
+from node_handlers.base import Completed, NodeContext, NodeError, NodeHandler
+from node_handlers.branching import HANDLE_ID
+from node_handlers.egress import PerLoopCache, check_url, pinned_client
+from node_handlers.http import parse_retry_after
+from node_handlers.settings import SecretName, handler_settings, read_secret, redact
+
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+CHARS_PER_TOKEN = 4
+"""Rough size of a token in English text, to estimate usage when the server reports none."""
+EXCERPT_CHARS = 200
+LLM_RETRY = RetryPolicy(max_attempts=3, initial_delay_s=1.0, backoff_factor=2.0, max_delay_s=30.0, jitter=0.2,
+                        retry_on=frozenset({"timeout", "connection", "5xx", "429", "error"}))
 
 
-class LlmConfig(NodeConfig):
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[dict[str, Any]] = Field(description="Text, or content parts (images, ...).")
+
+
+class JsonSchemaSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    schema_: dict[str, Any] = Field(alias="schema", description="JSON Schema the reply must fit.")
+    strict: bool | None = None
+    description: str | None = None
+
+    @field_validator("schema_")
+    @classmethod
+    def _valid_schema(cls, schema: dict[str, Any]) -> dict[str, Any]:
+        try:
+            validator_for(schema).check_schema(schema)
+        except jsonschema_exceptions.SchemaError as exc:
+            raise ValueError(f"not a valid JSON Schema: {exc.message}") from None
+        return schema
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaSpec
+
+
+class JsonObjectFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["json_object"]
+
+
+ResponseFormat = Annotated[JsonSchemaFormat | JsonObjectFormat, Field(discriminator="type")]
+Temperature = Annotated[float, Field(ge=0, le=2)]
+PositiveInt = Annotated[int, Field(ge=1)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class ModelCallConfig(NodeConfig):
+    """What every node calling a chat model has."""
+
+    model: str | None = Field(None, description="Model name; FLOWMAESTRO_DEFAULT_MODEL when absent.")
+    system: str | None = Field(None, description="System instructions.")
+    temperature: Templatable[Temperature] | None = None
+    max_tokens: Templatable[PositiveInt] | None = Field(None, description="Limit of generated tokens.")
+    base_url: str | None = Field(None, description="OpenAI-compatible API base URL (e.g. http://host:11434/v1); "
+                                 "FLOWMAESTRO_OPENAI_BASE_URL or OpenAI's when absent.")
+    api_key_secret: SecretName | None = Field(None, description="Secret holding the API key; the handler "
+                                              "settings' key (OPENAI_API_KEY) when absent.")
+    timeout_s: Templatable[PositiveFloat] = Field(120.0, description="Deadline of the whole streamed reply.")
+
+
+class LlmConfig(ModelCallConfig):
+    prompt: str | None = Field(None, description="The user message; a template.")
+    messages: Templatable[list[Message]] | None = Field(None, description="The conversation instead of prompt.")
+    response_format: ResponseFormat | None = Field(None, description="Ask for JSON ({type: json_object}) or "
+                                                   "JSON fitting a schema ({type: json_schema, json_schema: "
+                                                   "{name, schema}}); the reply is parsed into output.json.")
+
+    @model_validator(mode="after")
+    def _prompt_or_messages(self) -> LlmConfig:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'prompt' or 'messages'")
+        return self
+
+
+@dataclass(frozen=True)
+class ChatReply:
+    text: str
     model: str
-    prompt: str | None = None
+    finish_reason: str | None
+    usage: dict[str, Any]
+    latency_ms: int
+    cost_usd: float | None
+
+    def usage_totals(self) -> dict[str, Any]:
+        """What the engine sums per run."""
+        totals = {"input_tokens": self.usage["input_tokens"], "output_tokens": self.usage["output_tokens"]}
+        if self.cost_usd is not None:
+            totals["cost_usd"] = self.cost_usd
+        return totals
 
 
 class LlmHandler(NodeHandler):
     type = "llm"
+    description = "Streams a chat completion from an OpenAI-compatible API; output {text, json?, usage, ...}."
     Config = LlmConfig
+    default_retry = LLM_RETRY
+
+    async def run(self, config: LlmConfig, ctx: NodeContext) -> Completed:
+        response_format = (config.response_format.model_dump(by_alias=True, exclude_none=True)
+                           if config.response_format else None)
+        reply = await stream_chat(config, build_messages(config), ctx, response_format)
+        output: dict[str, Any] = {"text": reply.text, "usage": reply.usage, "model": reply.model,
+                                  "finish_reason": reply.finish_reason, "latency_ms": reply.latency_ms}
+        if config.response_format is not None:
+            schema = (config.response_format.json_schema.schema_
+                      if isinstance(config.response_format, JsonSchemaFormat) else None)
+            output["json"] = parse_json_reply(reply.text, schema)
+        if reply.cost_usd is not None:
+            output["cost_usd"] = reply.cost_usd
+        return Completed(output=output, usage=reply.usage_totals())
+
+
+def build_messages(config: LlmConfig) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = [{"role": "system", "content": config.system}] if config.system else []
+    if config.messages is not None:
+        messages += [Message.model_validate(m).model_dump() for m in config.messages]  # type: ignore[union-attr]
+    else:
+        messages.append({"role": "user", "content": config.prompt})
+    return messages
 
 
 class Route(BaseModel):
-    id: str
-    description: str = ""
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(pattern=HANDLE_ID, description="Names the handle route-<id>.")
+    description: str = Field("", description="When to take this route; the model reads it.")
 
 
-class RouterConfig(NodeConfig):
-    model: str
-    routes: list[Route]
+class RouterConfig(ModelCallConfig):
+    routes: list[Route] = Field(min_length=1)
+    prompt: str = Field(description="The text to classify; usually a template.")
+    temperature: Templatable[Temperature] | None = 0.0
+
+    @field_validator("routes")
+    @classmethod
+    def _unique_ids(cls, routes: list[Route]) -> list[Route]:
+        ids = [r.id for r in routes]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"route ids must be unique; repeated: {', '.join(duplicates)}")
+        return routes
 
 
 class RouterHandler(NodeHandler):
     type = "router"
+    description = "A model picks one of data.routes for the prompt; fires route-<id>; output {route, reasoning}."
     Config = RouterConfig
+    default_retry = LLM_RETRY
 
     def handles(self, config: RouterConfig) -> frozenset[str]:  # type: ignore[override]
         return frozenset({f"route-{r.id}" for r in config.routes} | {"error"})
+
+    async def run(self, config: RouterConfig, ctx: NodeContext) -> Completed:
+        ids = [r.id for r in config.routes]
+        messages = [{"role": "system", "content": router_instructions(config)},
+                    {"role": "user", "content": config.prompt}]
+        reply = await stream_chat(config, messages, ctx, router_response_format(ids))
+        # The schema's enum also catches a server that ignored it: an unknown route is retried.
+        choice = parse_json_reply(reply.text, router_schema(ids))
+        route = choice["route"]
+        return Completed(output={"route": route, "reasoning": choice.get("reasoning", "")},
+                         handles=frozenset({f"route-{route}"}), usage=reply.usage_totals())
+
+
+def router_instructions(config: RouterConfig) -> str:
+    routes = "\n".join(f"- {r.id}: {r.description or r.id}" for r in config.routes)
+    text = ("Classify the user's message into exactly one of these routes:\n"
+            f"{routes}\n"
+            'Reply with JSON only: {"route": "<one route id>", "reasoning": "<one short sentence>"}.')
+    return f"{config.system}\n\n{text}" if config.system else text
+
+
+def router_schema(ids: list[str]) -> dict[str, Any]:
+    return {"type": "object", "additionalProperties": False, "required": ["route", "reasoning"],
+            "properties": {"route": {"type": "string", "enum": ids}, "reasoning": {"type": "string"}}}
+
+
+def router_response_format(ids: list[str]) -> dict[str, Any]:
+    return {"type": "json_schema",
+            "json_schema": {"name": "route_choice", "strict": True, "schema": router_schema(ids)}}
+
+
+# The streamed call, shared by both nodes.
+
+_openai_clients: PerLoopCache[tuple[str, str], openai.AsyncOpenAI] = PerLoopCache(
+    is_closed=lambda client: client.is_closed(), close=lambda client: client.close())
+
+
+def openai_client(base_url: str, api_key: str) -> openai.AsyncOpenAI:
+    """One client per (base URL, key) and event loop. No retries of its own: the engine
+    retries with the node's policy. Its connections pass the egress policy."""
+    key_id = hashlib.sha256(api_key.encode()).hexdigest()  # the cache holds no key in clear text
+
+    def create() -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=0,
+                                  http_client=pinned_client(follow_redirects=False))
+
+    return _openai_clients.get((base_url, key_id), create)
+
+
+def resolve_endpoint(config: ModelCallConfig) -> tuple[str, str]:
+    """Base URL and API key of a node."""
+    settings = handler_settings()
+    base_url = (config.base_url or settings.openai_base_url or OPENAI_BASE_URL).rstrip("/")
+    if config.api_key_secret:
+        return base_url, read_secret(config.api_key_secret)
+    if settings.openai_api_key is not None and settings.openai_api_key.get_secret_value():
+        return base_url, settings.openai_api_key.get_secret_value()
+    if base_url == OPENAI_BASE_URL:
+        raise NodeError("no API key for OpenAI: set OPENAI_API_KEY (or FLOWMAESTRO_OPENAI_API_KEY) where the "
+                        "workflow runs, or name a secret in the node's api_key_secret", error_type="MissingSecret")
+    return base_url, "unused"  # local servers (Ollama, vLLM) accept any key
+
+
+async def stream_chat(config: ModelCallConfig, messages: list[dict[str, Any]], ctx: NodeContext,
+                      response_format: dict[str, Any] | None) -> ChatReply:
+    base_url, api_key = resolve_endpoint(config)
+    await check_url(base_url)
+    model = config.model or handler_settings().default_model
+    request: dict[str, Any] = {"model": model, "messages": messages, "stream": True,
+                               "stream_options": {"include_usage": True}, "timeout": float(config.timeout_s)}
+    if config.temperature is not None:
+        request["temperature"] = float(config.temperature)
+    if config.max_tokens is not None:
+        request["max_tokens"] = int(config.max_tokens)
+    if response_format is not None:
+        request["response_format"] = response_format
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(float(config.timeout_s)):
+            collected = await collect_stream(openai_client(base_url, api_key), request, ctx)
+    except (openai.OpenAIError, httpx.HTTPError, TimeoutError) as exc:
+        raise api_error(exc, base_url, float(config.timeout_s), secrets=[api_key]) from None
+    text = "".join(collected.parts)
+    ctx.emit("stream:done", {"text_length": len(text), "attempt": ctx.attempt})
+    usage = collected.usage or estimate_usage(messages, len(collected.parts))
+    return ChatReply(text=text, model=collected.model or model, finish_reason=collected.finish_reason,
+                     usage=usage, latency_ms=round((time.monotonic() - started) * 1000),
+                     cost_usd=cost_of(usage, model, collected.model))
+
+
+@dataclass
+class StreamState:
+    parts: list[str]
+    model: str | None = None
+    finish_reason: str | None = None
+    usage: dict[str, Any] | None = None
+
+
+async def collect_stream(client: openai.AsyncOpenAI, request: dict[str, Any], ctx: NodeContext) -> StreamState:
+    state = StreamState(parts=[])
+    stream = await client.chat.completions.create(**request)
+    async with stream:
+        async for chunk in stream:
+            state.model = chunk.model or state.model
+            if chunk.usage is not None:
+                state.usage = {"input_tokens": chunk.usage.prompt_tokens,
+                               "output_tokens": chunk.usage.completion_tokens}
+            for choice in chunk.choices[:1]:
+                delta = choice.delta.content if choice.delta else None
+                if delta:
+                    # attempt: a client can drop the chunks of an attempt that failed halfway.
+                    ctx.emit("stream:chunk", {"index": len(state.parts), "text": delta, "attempt": ctx.attempt})
+                    state.parts.append(delta)
+                state.finish_reason = choice.finish_reason or state.finish_reason
+    return state
+
+
+def estimate_usage(messages: list[dict[str, Any]], chunks: int) -> dict[str, Any]:
+    """Usage when the server reports none: a chunk is about a token, a token about 4 characters."""
+    chars = sum(len(m["content"]) if isinstance(m["content"], str) else len(json.dumps(m["content"]))
+                for m in messages)
+    return {"input_tokens": math.ceil(chars / CHARS_PER_TOKEN), "output_tokens": chunks, "estimated": True}
+
+
+def cost_of(usage: dict[str, Any], *models: str | None) -> float | None:
+    prices = handler_settings().llm_prices
+    price = next((prices[m] for m in models if m and m in prices), None)
+    if price is None:
+        return None
+    cost = (usage["input_tokens"] * price.input_per_1m + usage["output_tokens"] * price.output_per_1m) / 1_000_000
+    return round(cost, 8)
+
+
+_FENCED = re.compile(r"^\s*```(?:json)?\s*\n?(.*?)\n?\s*```\s*$", re.DOTALL)
+
+
+def parse_json_reply(text: str, schema: dict[str, Any] | None) -> Any:
+    """The reply as JSON, checked against ``schema``. A reply that is not JSON or does not fit
+    is a retryable failure: models get it right on another try more often than not."""
+    match = _FENCED.match(text)
+    try:
+        value = json.loads(match.group(1) if match else text)
+    except ValueError as exc:
+        raise NodeError(f"the model's reply is not valid JSON ({exc.msg}): {text[:EXCERPT_CHARS]!r}",
+                        retry_class="error", error_type="InvalidModelOutput") from None
+    if schema is not None:
+        error = jsonschema_exceptions.best_match(validator_for(schema)(schema).iter_errors(value))
+        if error is not None:
+            where = "/".join(str(p) for p in error.absolute_path) or "the reply"
+            raise NodeError(f"the model's JSON does not fit the schema at {where}: {error.message}",
+                            retry_class="error", error_type="InvalidModelOutput")
+    return value
+
+
+def api_error(exc: BaseException, base_url: str, timeout_s: float, *, secrets: list[str]) -> NodeError:
+    """The NodeError for a failed call, its message redacted of the API key."""
+    retry_after: float | None = None
+    if isinstance(exc, (openai.APITimeoutError, httpx.TimeoutException, TimeoutError)):
+        retry_class, message = "timeout", f"the model at {base_url} did not answer within {timeout_s:g} s"
+    elif isinstance(exc, (openai.APIConnectionError, httpx.TransportError)):
+        retry_class, message = "connection", f"cannot reach the model at {base_url}: {_cause_text(exc)}"
+    elif isinstance(exc, openai.APIStatusError):
+        retry_class = status_retry_class(exc.status_code)
+        message = f"the model at {base_url} answered {exc.status_code}: {_server_message(exc)}"
+        if exc.status_code == 429:
+            retry_after = _retry_after(exc.response.headers)
+    else:
+        retry_class, message = "error", f"the model call failed: {type(exc).__name__}: {exc}"
+    return NodeError(redact(message, secrets), retry_class=retry_class, retry_after_s=retry_after,
+                     error_type=type(exc).__name__)
+
+
+def status_retry_class(status: int) -> str | None:
+    if status == 429:
+        return "429"
+    if status >= 500:
+        return "5xx"
+    if status == 408:
+        return "timeout"
+    return None
+
+
+def _retry_after(headers: Any) -> float | None:
+    milliseconds = headers.get("retry-after-ms")
+    try:
+        if milliseconds:
+            return float(milliseconds) / 1000
+    except ValueError:
+        pass
+    return parse_retry_after(headers.get("retry-after"))
+
+
+def _server_message(exc: openai.APIStatusError) -> str:
+    """The server's own words (``{"error": {"message": ...}}``), else the SDK's summary."""
+    body = exc.body
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return body["message"]
+    return exc.message
+
+
+def _cause_text(exc: BaseException) -> str:
+    cause = exc.__cause__ or exc
+    return f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__
 
 
 HANDLERS = [LlmHandler, RouterHandler]

@@ -1,0 +1,196 @@
+"""Approvals on a real Prefect server: pause, resume from Prefect's API or ours,
+refusals, timeouts that route, several pending at once, approvals inside loops."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from flows.approvals import pending_approvals, resume_approval
+from flows.flow import add_run_listener, remove_run_listener, run_workflow
+from node_handlers.registry import default_registry
+from tests.support import JOURNAL, TEST_HANDLERS, canvas, node
+
+pytestmark = [pytest.mark.prefect, pytest.mark.usefixtures("prefect_server")]
+
+
+@pytest.fixture(autouse=True)
+def _test_handlers():
+    registry = default_registry()
+    for cls in TEST_HANDLERS:
+        registry.register(cls(), replace=True)
+    JOURNAL.clear()
+
+
+class Started:
+    """Starts a run in the background and learns its id from the first event."""
+
+    def __init__(self, raw, inputs=None):
+        self.events = []
+        self.run_id: str | None = None
+        self._ready = asyncio.Event()
+
+        def listener(bus):
+            self.run_id = bus.execution_id
+            bus.subscribe(self.events.append)
+            self._ready.set()
+
+        add_run_listener(listener)
+        self._listener = listener
+        self.task = asyncio.create_task(run_workflow(canvas=raw, inputs=inputs or {}, return_state=True))
+
+    async def id(self) -> str:
+        await asyncio.wait_for(self._ready.wait(), 60)
+        remove_run_listener(self._listener)
+        return self.run_id
+
+    async def pending(self, count: int, timeout: float = 60):
+        run_id = await self.id()
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            found = await pending_approvals(run_id)
+            if len(found) >= count:
+                return found
+            assert asyncio.get_running_loop().time() < deadline, f"only {len(found)} approvals pending"
+            await asyncio.sleep(0.2)
+
+    async def result(self):
+        state = await asyncio.wait_for(self.task, 120)
+        return state, await state.result(raise_on_failure=False)
+
+
+def approval_canvas(**approval_data):
+    data = {"message": "Ship {{ inputs.what }}?", "form": {"reason": {"type": "string", "required": True}}}
+    data.update(approval_data)
+    return canvas([node("start", "start"), node("ask", "approval", data=data),
+                   node("ship", data={"output": "shipped because {{ ask.input.reason }}"}),
+                   node("drop", data={"output": "dropped"}), node("late", data={"output": "too late"})],
+                  [("start", "ask"), ("ask", "ship", "approved"), ("ask", "drop", "rejected"),
+                   ("ask", "late", "timeout")], inputs={"what": {"type": "string", "default": "v2"}})
+
+
+async def test_resume_through_prefects_own_api_like_the_ui(prefect_server):
+    run = Started(approval_canvas())
+    [pending] = await run.pending(1)
+    assert pending["message"] == "Ship v2?"
+    assert pending["schema"]["required"] == ["approved", "reason"]
+    run_id = await run.id()
+    async with httpx.AsyncClient(base_url=prefect_server.api_url) as client:
+        for _ in range(100):  # the Prefect pause starts within a second of the approval
+            state = (await client.get(f"/flow_runs/{run_id}")).json()["state"]
+            if state["type"] == "PAUSED":
+                break
+            await asyncio.sleep(0.2)
+        response = await client.post(f"/flow_runs/{run_id}/resume",
+                                     json={"run_input": {"approved": True, "reason": "tests pass"}})
+    assert response.json()["status"] == "ACCEPT"
+    state, result = await run.result()
+    assert state.is_completed()
+    assert result["nodes"]["ship"]["output"] == "shipped because tests pass"
+    assert result["nodes"]["ask"]["output"]["via"] == "prefect-ui"
+    assert result["nodes"]["drop"]["status"] == "skipped"
+    assert [e.type for e in run.events if e.type.startswith("execution:")] == [
+        "execution:started", "execution:paused", "execution:resumed", "execution:completed"]
+
+
+async def test_reject_through_our_resume_function():
+    run = Started(approval_canvas())
+    await run.pending(1)
+    answer = await resume_approval(await run.id(), "ask", values={"approved": False, "reason": "not yet"},
+                                   decided_by="ada")
+    assert answer.status == "accepted", answer.message
+    state, result = await run.result()
+    assert result["nodes"]["drop"]["status"] == "completed"
+    assert result["nodes"]["ask"]["output"]["approved"] is False
+    assert result["nodes"]["ask"]["output"]["input"] == {"reason": "not yet"}
+
+
+async def test_wrong_input_is_refused_and_the_run_stays_paused():
+    run = Started(approval_canvas())
+    await run.pending(1)
+    run_id = await run.id()
+    refused = await resume_approval(run_id, "ask", values={"approved": "perhaps"})
+    assert refused.status == "refused"
+    assert "approved" in refused.message and "reason" in refused.message
+    assert len(await pending_approvals(run_id)) == 1
+    assert not run.task.done()
+    accepted = await resume_approval(run_id, "ask", values={"approved": True, "reason": "fixed"})
+    assert accepted.status == "accepted"
+    _, result = await run.result()
+    assert result["status"] == "completed"
+    again = await resume_approval(run_id, "ask", values={"approved": True, "reason": "twice"})
+    assert again.status == "not_waiting"
+
+
+async def test_timeout_routes_along_the_timeout_edge():
+    run = Started(approval_canvas(timeout_s=1.5))
+    state, result = await run.result()
+    assert state.is_completed()
+    assert result["nodes"]["late"]["output"] == "too late"
+    assert result["nodes"]["ask"]["output"]["timed_out"] is True
+    assert result["nodes"]["ship"]["status"] == "skipped"
+
+
+async def test_timeout_with_nothing_connected_fails_the_node_not_by_prefect():
+    raw = canvas([node("ask", "approval", data={"timeout_s": 1}), node("fallback")], [("ask", "fallback", "error")])
+    run = Started(raw)
+    state, result = await run.result()
+    assert state.is_completed()
+    assert result["nodes"]["ask"]["status"] == "failed"
+    assert result["nodes"]["ask"]["error"]["type"] == "ApprovalTimeout"
+    assert result["nodes"]["fallback"]["status"] == "completed"
+
+
+async def test_two_approvals_in_parallel_branches_answered_in_reverse_order():
+    raw = canvas([node("a", "approval", data={"message": "first"}), node("b", "approval", data={"message": "second"}),
+                  node("busy", "test_sleep", data={"seconds": 0.3}), node("j", "merge", join="all")],
+                 [("a", "j", "approved"), ("b", "j", "approved"), ("busy", "j")])
+    run = Started(raw)
+    pending = await run.pending(2)
+    assert sorted(p["node_id"] for p in pending) == ["a", "b"]
+    run_id = await run.id()
+    assert (await resume_approval(run_id, "b", values={"approved": True})).status == "accepted"
+    for _ in range(100):  # b goes on by itself while a still waits
+        if [p["node_id"] for p in await pending_approvals(run_id)] == ["a"]:
+            break
+        await asyncio.sleep(0.1)
+    assert [p["node_id"] for p in await pending_approvals(run_id)] == ["a"]
+    assert (await resume_approval(run_id, "a", values={"approved": True})).status == "accepted"
+    state, result = await run.result()
+    assert state.is_completed()
+    assert set(result["nodes"]["j"]["output"]) == {"a", "b", "busy"}
+    assert ("busy", ()) in JOURNAL.spans  # the branch without approval ran while the others waited
+    decided = [e.node_id for e in run.events if e.type == "node:completed" and e.node_id in ("a", "b")]
+    assert decided == ["b", "a"]
+
+
+async def test_approval_inside_a_loop_pauses_each_iteration():
+    raw = canvas([node("lp", "loop", data={"mode": "for", "count": 2}),
+                  node("ask", "approval", parentId="lp", data={"message": "iteration {{ loop.index }}"}),
+                  node("rec", "transform", parentId="lp", data={"output": "{{ ask.approved }}"})],
+                 [("ask", "rec", "approved"), ("ask", "rec", "rejected")])
+    run = Started(raw)
+    run_id = await run.id()
+    for index, approved in ((0, True), (1, False)):
+        [pending] = await run.pending(1)
+        assert pending["path"] == [index] and pending["message"] == f"iteration {index}"
+        answer = await resume_approval(run_id, "ask", path=[index], values={"approved": approved})
+        assert answer.status == "accepted", answer.message
+        for _ in range(100):
+            if not [p for p in await pending_approvals(run_id) if p["path"] == [index]]:
+                break
+            await asyncio.sleep(0.1)
+    _, result = await run.result()
+    assert result["nodes"]["lp"]["output"]["results"] == [True, False]
+
+
+async def test_resume_of_an_unknown_run_or_node_is_not_waiting():
+    assert (await resume_approval("not-a-uuid", "ask")).status == "not_waiting"
+    run = Started(approval_canvas())
+    await run.pending(1)
+    answer = await resume_approval(await run.id(), "nobody", values={"approved": True})
+    assert answer.status == "not_waiting"
+    await resume_approval(await run.id(), "ask", values={"approved": True, "reason": "cleanup"})
+    await run.result()
