@@ -163,6 +163,63 @@ def run(
     raise typer.Exit({"completed": EXIT_OK, "cancelled": EXIT_CANCELLED}.get(status, EXIT_FAILED))
 
 
+@app.command()
+def resume(
+    run_id: str,
+    node: str = typer.Option(..., "--node", help="The approval node to answer."),
+    path: Optional[str] = typer.Option(None, "--path", help="Iteration/branch indices, e.g. 2 or 0,1."),
+    input_json: str = typer.Option('{"approved": true}', "--input-json", help="The form values, with approved."),
+    by: Optional[str] = typer.Option(None, "--by", help="Who decides (recorded)."),
+) -> None:
+    """Answer a waiting approval: prints accepted, refused: <why>, or not waiting."""
+    try:
+        values = json.loads(input_json)
+        indices = [int(p) for p in path.split(",")] if path else None
+    except ValueError as exc:
+        err.print(f"[red]refused[/red]: {exc}")
+        raise typer.Exit(EXIT_INVALID)
+    from flows.local_server import ServerError, ensure_server
+
+    try:
+        ensure_server(quiet=True)
+    except ServerError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(EXIT_FAILED)
+    from flows.approvals import resume_approval
+
+    answer = asyncio.run(resume_approval(run_id, node, indices, values, decided_by=by))
+    label = {"accepted": "accepted", "refused": "refused", "not_waiting": "not waiting"}[answer.status]
+    out.print(f"{label}: {answer.message}")
+    raise typer.Exit({"accepted": EXIT_OK, "refused": EXIT_INVALID}.get(answer.status, EXIT_FAILED))
+
+
+@app.command()
+def serve(host: str = typer.Option("127.0.0.1", "--host"), port: int = typer.Option(8000, "--port")) -> None:
+    """Start the API (uvicorn), with the local Prefect server when PREFECT_API_URL is
+    not set; runs execute inside this process. Ctrl-C stops it cleanly."""
+    import os
+    import secrets
+
+    from flows.local_server import ServerError, ensure_server
+
+    try:
+        server = ensure_server()
+    except ServerError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(EXIT_FAILED)
+    if not os.environ.get("FLOWMAESTRO_API_KEYS"):
+        key = secrets.token_urlsafe(24)
+        os.environ["FLOWMAESTRO_API_KEYS"] = f"local:{key}"
+        out.print(f"No FLOWMAESTRO_API_KEYS set; generated one for this session:\n  Authorization: Bearer {key}")
+    import uvicorn
+
+    from api.app import create_app
+
+    out.print(f"FlowMaestro API: http://{host}:{port}  (docs: http://{host}:{port}/docs)\n"
+              f"Prefect UI:      {server.ui_url}", soft_wrap=True)
+    uvicorn.run(create_app(), host=host, port=port, log_level="info", timeout_graceful_shutdown=10)
+
+
 @server_app.command("start")
 def server_start() -> None:
     """Start the embedded Prefect server (or report the one in use)."""

@@ -53,8 +53,15 @@ class ProgressView:
                 self.live = Live(self._table(), console=self.console, refresh_per_second=8, transient=False)
                 self.live.start()
             return
-        if event.type == "execution:paused":
-            self.console.print(f"[yellow]paused[/]: {event.data.get('message', '')}")
+        if event.type == "node:paused":
+            where = f" --path {','.join(map(str, event.path))}" if event.path else ""
+            self.console.print(
+                f"[yellow]waiting for approval[/] of {event.node_id}{where}: {event.data.get('message') or ''}\n"
+                f"  resume in the Prefect UI: {run_link(self.ui_url, event.execution_id)}\n"
+                f"  or: flowmaestro resume {event.execution_id} --node {event.node_id}{where} "
+                "--input-json '{\"approved\": true}'\n"
+                f"  or: POST /api/executions/{event.execution_id}/resume "
+                f"{{\"node_id\": \"{event.node_id}\", \"input\": {{\"approved\": true}}}}", soft_wrap=True)
             return
         if event.type in ("execution:completed", "execution:failed", "execution:cancelled"):
             if self.live is not None:

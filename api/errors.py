@@ -1,0 +1,48 @@
+"""One error shape for every failure: ``{"detail": ..., "issues": [...]}`` with a 4xx
+code for anything the client can fix; a 500 never leaks internals."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("flowmaestro.api")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, detail: str, issues: list[dict[str, Any]] | None = None,
+                 headers: dict[str, str] | None = None):
+        self.status, self.detail, self.issues, self.headers = status, detail, issues or [], headers
+
+
+def _body(detail: str, issues: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return {"detail": detail, "issues": issues or []}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(_body(exc.detail, exc.issues), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        issues = []
+        for error in exc.errors():
+            loc = [str(part) for part in error.get("loc", ())]
+            issues.append({"code": "invalid_request", "field": ".".join(loc), "message": f"{'.'.join(loc)}: "
+                           f"{error.get('msg')}"})
+        return JSONResponse(_body("invalid request", issues), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(_body(str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return JSONResponse(_body("internal error; see the server log"), status_code=500)

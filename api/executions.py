@@ -1,0 +1,73 @@
+"""Executions: start, list, read, stream, cancel, resume."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Header, Query, Request
+from sse_starlette.sse import EventSourceResponse
+
+from api.auth import Owner
+from api.deps import RunsDep, SessionDep
+from api.schemas import ErrorBody, ExecuteBody, ExecutionAccepted, ExecutionSummary, ResumeBody, ResumeOut
+from api.workflows import find_version, find_workflow
+
+router = APIRouter(tags=["executions"])
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (401, 404, 409, 422)}
+
+
+@router.post("/api/workflows/{workflow_id}/execute", status_code=202, response_model=ExecutionAccepted,
+             responses=ERRORS)
+async def execute_workflow(workflow_id: str, body: ExecuteBody, owner: Owner, session: SessionDep,
+                           runs: RunsDep) -> ExecutionAccepted:
+    """Start a run. Inputs are checked first (422 naming each bad input); the answer
+    comes as soon as the run exists, with links to follow it."""
+    workflow = await find_workflow(session, owner, workflow_id)
+    version = await find_version(session, workflow, body.version)
+    run_id = await runs.start(owner=owner, workflow=workflow, version=version, inputs=body.inputs)
+    return ExecutionAccepted(execution_id=run_id, status="pending", links=runs.links(run_id))
+
+
+@router.get("/api/executions", response_model=list[ExecutionSummary], responses=ERRORS)
+async def list_executions(owner: Owner, runs: RunsDep, workflow_id: str | None = None,
+                          status: str | None = None) -> list[ExecutionSummary]:
+    rows = await runs.list(owner, workflow_id, status)
+    return [ExecutionSummary(id=r.id, workflow_id=r.workflow_id, workflow=r.workflow_name, version=r.version,
+                             status=r.status, created_at=r.created_at, updated_at=r.updated_at) for r in rows]
+
+
+@router.get("/api/executions/{execution_id}", responses=ERRORS)
+async def read_execution(execution_id: str, owner: Owner, runs: RunsDep) -> dict[str, Any]:
+    """The run result (canvas spec section 9), plus ``pending_approvals`` while paused."""
+    return await runs.read(owner, execution_id)
+
+
+@router.post("/api/executions/{execution_id}/cancel", status_code=202, responses=ERRORS)
+async def cancel_execution(execution_id: str, owner: Owner, runs: RunsDep) -> dict[str, str]:
+    return {"status": await runs.cancel(owner, execution_id)}
+
+
+@router.post("/api/executions/{execution_id}/resume", response_model=ResumeOut, responses=ERRORS)
+async def resume_execution(execution_id: str, body: ResumeBody, owner: Owner, runs: RunsDep) -> ResumeOut:
+    """Answer a waiting approval: 422 when the input does not fit its form (the run stays
+    paused), 409 when nothing of that node is waiting."""
+    return ResumeOut(**await runs.resume(owner, execution_id, body.node_id, body.path, body.input))
+
+
+@router.get("/api/executions/{execution_id}/stream", responses=ERRORS)
+async def stream_execution(execution_id: str, request: Request, owner: Owner, runs: RunsDep,
+                           after: int | None = Query(None, ge=0, description="Replay events after this id."),
+                           last_event_id: str | None = Header(None)) -> EventSourceResponse:
+    """Server-Sent Events of the run (canvas spec section 10): replay from
+    ``Last-Event-ID`` (or ``?after=``), then live events; ends after the final event."""
+    await runs.find(owner, execution_id)
+    start = after if after is not None else int(last_event_id) if (last_event_id or "").isdigit() else 0
+    log = request.app.state.event_log
+
+    async def events():
+        async for event in log.follow(execution_id, after=start):
+            if await request.is_disconnected():
+                return
+            yield event.sse()
+
+    return EventSourceResponse(events(), ping=15)

@@ -1,0 +1,100 @@
+"""Request and response bodies of the REST API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+EXAMPLE_CANVAS = {
+    "name": "hello",
+    "inputs": {"name": {"type": "string", "required": True}},
+    "nodes": [
+        {"id": "start", "type": "start", "data": {}},
+        {"id": "greet", "type": "transform", "data": {"output": "Hello {{ inputs.name }}"}},
+        {"id": "end", "type": "end", "data": {"output": "{{ greet }}"}},
+    ],
+    "edges": [{"id": "e1", "source": "start", "target": "greet"}, {"id": "e2", "source": "greet", "target": "end"}],
+}
+
+
+class IssueOut(BaseModel):
+    code: str | None = None
+    message: str
+    node_id: str | None = None
+    edge_id: str | None = None
+    field: str | None = None
+    severity: str = "error"
+    related: list[str] = Field(default_factory=list)
+
+
+class ErrorBody(BaseModel):
+    detail: str
+    issues: list[IssueOut] = Field(default_factory=list)
+
+
+class CanvasBody(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"canvas": EXAMPLE_CANVAS}]})
+    canvas: dict[str, Any] = Field(description="A canvas-v1 document (React Flow export accepted).")
+
+
+class WorkflowSaved(BaseModel):
+    id: str
+    version: int
+    name: str
+    warnings: list[IssueOut] = Field(default_factory=list)
+
+
+class WorkflowSummary(BaseModel):
+    id: str
+    name: str
+    latest_version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class WorkflowPublic(WorkflowSummary):
+    version: int
+    canvas: dict[str, Any]
+    plan_hash: str
+
+
+class ValidationReport(BaseModel):
+    valid: bool
+    issues: list[IssueOut]
+    plan: dict[str, Any] | None = None
+
+
+class ExecuteBody(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"inputs": {"name": "Ada"}}]})
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    version: int | None = Field(None, ge=1, description="Version to run; the latest when absent.")
+
+
+class ExecutionAccepted(BaseModel):
+    execution_id: str
+    status: str
+    links: dict[str, str]
+
+
+class ExecutionSummary(BaseModel):
+    id: str
+    workflow_id: str
+    workflow: str
+    version: int
+    status: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class ResumeBody(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"node_id": "approve", "input": {"approved": True}}]})
+    node_id: str
+    path: list[int] | None = Field(None, description="Iteration/branch indices when the node waits in a body.")
+    input: dict[str, Any] = Field(default_factory=dict, description="Form values, with 'approved'.")
+
+
+class ResumeOut(BaseModel):
+    status: str
+    message: str

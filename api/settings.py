@@ -1,0 +1,51 @@
+"""API settings, read once per process from ``FLOWMAESTRO_*`` environment variables and
+injected into the app (tests build their own)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_home() -> Path:
+    return Path.home() / ".flowmaestro"
+
+
+class ApiSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FLOWMAESTRO_", extra="ignore")
+
+    home: Path = Field(default_factory=default_home, description="Where local state lives.")
+    database_url: str | None = Field(None, description="SQLAlchemy async URL; SQLite under home by default, "
+                                     "e.g. postgresql+asyncpg://user@host/db in production.")
+    api_keys: str = Field("", description="Comma-separated bearer keys, each 'owner:key' or a bare key "
+                          "(then the key is its own owner).")
+    cors_origins: list[str] = Field(default_factory=list, description="Origins allowed to call the API "
+                                    "from a browser (a canvas frontend).")
+    max_request_bytes: int = Field(2_000_000, description="Largest request body accepted.")
+    ui_url: str | None = Field(None, description="Public Prefect UI URL for links; derived from "
+                               "PREFECT_API_URL when unset.")
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str) and not value.startswith("["):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    def sqlalchemy_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.home / 'flowmaestro.db'}"
+
+    def key_owners(self) -> dict[str, str]:
+        """Key -> owner."""
+        owners = {}
+        for item in (part.strip() for part in self.api_keys.split(",")):
+            if not item:
+                continue
+            owner, sep, key = item.partition(":")
+            if not sep:
+                key, owner = item, "key-" + hashlib.sha256(item.encode()).hexdigest()[:12]
+            owners[key] = owner
+        return owners

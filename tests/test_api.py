@@ -1,0 +1,204 @@
+"""The REST API on the ASGI app, against SQLite and a real PostgreSQL, with the session's
+real Prefect server for runs."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import asyncpg
+import httpx
+import pytest
+
+from api.app import create_app
+from api.settings import ApiSettings
+from node_handlers.registry import default_registry
+from tests.support import TEST_HANDLERS, canvas, node
+
+ALICE, BOB = "alice-key", "bob-key"
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture(scope="module")
+async def postgres_url():
+    name = f"fm_api_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(PG_ADMIN)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    admin = await asyncpg.connect(PG_ADMIN)
+    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def api(request, tmp_path, postgres_url):
+    url = f"sqlite+aiosqlite:///{tmp_path / 'api.db'}" if request.param == "sqlite" else postgres_url
+    # Fresh owners per test: the PostgreSQL database is shared by the module's tests.
+    alice, bob = f"alice-{uuid.uuid4().hex}", f"bob-{uuid.uuid4().hex}"
+    settings = ApiSettings(database_url=url, api_keys=f"{alice}:{ALICE}-{alice},{bob}:{BOB}-{bob}",
+                           max_request_bytes=200_000, home=tmp_path)
+    app = create_app(settings)
+    registry = default_registry()
+    for cls in TEST_HANDLERS:
+        registry.register(cls(), replace=True)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test",
+                                     headers={"Authorization": f"Bearer {ALICE}-{alice}"}) as client:
+            client.bob = {"Authorization": f"Bearer {BOB}-{bob}"}
+            yield client
+
+
+def hello(name: str | None = None):
+    return canvas([node("start", "start"), node("greet", data={"output": "Hello {{ inputs.who }}"}),
+                   node("end", "end", data={"output": "{{ greet }}"})],
+                  [("start", "greet"), ("greet", "end")], name=name or f"hello-{uuid.uuid4().hex[:6]}",
+                  inputs={"who": {"type": "string", "required": True}})
+
+
+async def create(api, raw):
+    response = await api.post("/api/workflows", json={"canvas": raw})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def wait_final(api, execution_id, timeout=60):
+    for _ in range(int(timeout / 0.2)):
+        body = (await api.get(f"/api/executions/{execution_id}")).json()
+        if body["status"] in ("completed", "failed", "cancelled"):
+            return body
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"execution {execution_id} did not end: {body}")
+
+
+async def test_requests_need_a_valid_key(api):
+    assert (await api.get("/api/workflows", headers={"Authorization": ""})).status_code == 401
+    wrong = await api.get("/api/workflows", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and wrong.json() == {"detail": "invalid API key", "issues": []}
+
+
+async def test_workflow_crud_with_versions(api):
+    saved = await create(api, hello("crud"))
+    assert saved["version"] == 1 and saved["name"] == "crud"
+    changed = hello("crud")
+    changed["nodes"][1]["data"]["output"] = "Hi {{ inputs.who }}"
+    updated = await api.put(f"/api/workflows/{saved['id']}", json={"canvas": changed})
+    assert updated.status_code == 200 and updated.json()["version"] == 2
+    latest = (await api.get(f"/api/workflows/{saved['id']}")).json()
+    first = (await api.get(f"/api/workflows/{saved['id']}", params={"version": 1})).json()
+    assert latest["version"] == 2 and latest["canvas"]["nodes"][1]["data"]["output"].startswith("Hi")
+    assert first["canvas"]["nodes"][1]["data"]["output"].startswith("Hello")
+    assert [w["id"] for w in (await api.get("/api/workflows")).json()] == [saved["id"]]
+    assert (await api.get(f"/api/workflows/{saved['id']}", params={"version": 9})).status_code == 404
+    assert (await api.delete(f"/api/workflows/{saved['id']}")).status_code == 204
+    assert (await api.get(f"/api/workflows/{saved['id']}")).status_code == 404
+    assert (await api.get("/api/workflows")).json() == []
+    # The name is free again once deleted.
+    await create(api, hello("crud"))
+
+
+async def test_invalid_canvas_is_422_with_every_issue(api):
+    bad = {"name": "bad", "nodes": [{"id": "a", "type": "nope"}, {"id": "b", "type": "transform"}],
+           "edges": [{"id": "e", "source": "a", "target": "ghost"}]}
+    response = await api.post("/api/workflows", json={"canvas": bad})
+    assert response.status_code == 422
+    codes = sorted(i["code"] for i in response.json()["issues"] if i["severity"] == "error")
+    assert codes == ["dangling_edge", "invalid_config", "unknown_node_type"]
+
+
+async def test_validate_does_not_save(api):
+    report = (await api.post("/api/workflows/validate", json={"canvas": hello()})).json()
+    assert report["valid"] is True and report["plan"]["hash"]
+    assert (await api.get("/api/workflows")).json() == []
+
+
+async def test_duplicate_name_is_409(api):
+    await create(api, hello("same"))
+    response = await api.post("/api/workflows", json={"canvas": hello("same")})
+    assert response.status_code == 409 and "already exists" in response.json()["detail"]
+
+
+async def test_another_owners_ids_are_404(api):
+    saved = await create(api, hello())
+    bob = api.bob
+    assert (await api.get(f"/api/workflows/{saved['id']}", headers=bob)).status_code == 404
+    assert (await api.delete(f"/api/workflows/{saved['id']}", headers=bob)).status_code == 404
+    assert (await api.post(f"/api/workflows/{saved['id']}/execute", json={"inputs": {}}, headers=bob)).status_code == 404
+    assert (await api.get("/api/workflows", headers=bob)).json() == []
+
+
+async def test_malformed_requests_are_4xx_not_500(api):
+    response = await api.post("/api/workflows", content=b"{not json", headers={"content-type": "application/json"})
+    assert response.status_code == 422 and response.json()["issues"]
+    missing = await api.post("/api/workflows", json={"canvas_typo": {}})
+    assert missing.status_code == 422 and missing.json()["issues"][0]["field"] == "body.canvas"
+    huge = await api.post("/api/workflows", json={"canvas": {"name": "x" * 300_000}})
+    assert huge.status_code == 413
+    assert (await api.get("/api/executions/not-a-run")).status_code == 404
+
+
+async def test_health_and_metrics(api):
+    health = await api.get("/health")
+    assert health.json()["checks"]["database"] == "ok"
+    metrics = await api.get("/metrics")
+    assert "flowmaestro_runs_started_total" in metrics.text
+
+
+@pytest.mark.prefect
+async def test_execute_and_read_the_result(api, prefect_server):
+    saved = await create(api, hello())
+    bad = await api.post(f"/api/workflows/{saved['id']}/execute", json={"inputs": {"who": 5}})
+    assert bad.status_code == 422 and bad.json()["issues"][0]["field"] == "inputs.who"
+    started = await api.post(f"/api/workflows/{saved['id']}/execute", json={"inputs": {"who": "Ada"}})
+    assert started.status_code == 202
+    accepted = started.json()
+    assert accepted["links"]["prefect_ui"].endswith(f"/runs/flow-run/{accepted['execution_id']}")
+    result = await wait_final(api, accepted["execution_id"])
+    assert result["status"] == "completed" and result["output"] == "Hello Ada"
+    assert result["nodes"]["greet"]["status"] == "completed"
+    listed = (await api.get("/api/executions", params={"workflow_id": saved["id"]})).json()
+    assert [e["id"] for e in listed] == [accepted["execution_id"]]
+    assert (await api.get("/api/executions", params={"status": "failed"})).json() == []
+    assert (await api.get(f"/api/executions/{accepted['execution_id']}",
+                          headers=api.bob)).status_code == 404
+    metrics = (await api.get("/metrics")).text
+    assert 'flowmaestro_runs_finished_total{status="completed"' in metrics
+
+
+@pytest.mark.prefect
+async def test_cancel_a_running_execution(api, prefect_server):
+    raw = canvas([node("slow", "test_sleep", data={"seconds": 60}), node("after")], [("slow", "after")])
+    saved = await create(api, raw)
+    execution_id = (await api.post(f"/api/workflows/{saved['id']}/execute", json={})).json()["execution_id"]
+    await asyncio.sleep(1.0)
+    assert (await api.post(f"/api/executions/{execution_id}/cancel")).status_code == 202
+    result = await wait_final(api, execution_id)
+    assert result["status"] == "cancelled"
+    assert (await api.post(f"/api/executions/{execution_id}/cancel")).status_code == 409
+
+
+@pytest.mark.prefect
+async def test_resume_an_approval_through_the_api(api, prefect_server):
+    raw = canvas([node("ask", "approval", data={"form": {"reason": {"type": "string", "required": True}}}),
+                  node("yes", data={"output": "{{ ask.input.reason }}"})], [("ask", "yes", "approved")])
+    saved = await create(api, raw)
+    execution_id = (await api.post(f"/api/workflows/{saved['id']}/execute", json={})).json()["execution_id"]
+    for _ in range(150):
+        body = (await api.get(f"/api/executions/{execution_id}")).json()
+        if body["pending_approvals"]:
+            break
+        await asyncio.sleep(0.2)
+    assert body["pending_approvals"][0]["node_id"] == "ask"
+    refused = await api.post(f"/api/executions/{execution_id}/resume", json={"node_id": "ask", "input": {"approved": True}})
+    assert refused.status_code == 422 and "reason" in refused.json()["detail"]
+    nobody = await api.post(f"/api/executions/{execution_id}/resume", json={"node_id": "nobody", "input": {}})
+    assert nobody.status_code == 409
+    accepted = await api.post(f"/api/executions/{execution_id}/resume",
+                              json={"node_id": "ask", "input": {"approved": True, "reason": "ok"}})
+    assert accepted.status_code == 200 and accepted.json()["status"] == "accepted"
+    result = await wait_final(api, execution_id)
+    assert result["output"] == {"yes": "ok"}
+    again = await api.post(f"/api/executions/{execution_id}/resume",
+                           json={"node_id": "ask", "input": {"approved": True, "reason": "twice"}})
+    assert again.status_code == 409
