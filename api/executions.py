@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import APIRouter, Header, Query, Request
@@ -11,6 +12,9 @@ from api.auth import Owner
 from api.deps import RunsDep, SessionDep
 from api.schemas import ErrorBody, ExecuteBody, ExecutionAccepted, ExecutionSummary, ResumeBody, ResumeOut
 from api.workflows import find_version, find_workflow
+from flows.events import FINAL_EVENT_TYPES, utcnow
+
+IDLE_CHECK_S = 5.0
 
 router = APIRouter(tags=["executions"])
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (401, 404, 409, 422)}
@@ -65,9 +69,24 @@ async def stream_execution(execution_id: str, request: Request, owner: Owner, ru
     log = request.app.state.event_log
 
     async def events():
-        async for event in log.follow(execution_id, after=start):
-            if await request.is_disconnected():
+        last = start
+        ended: str | None = None
+        while True:
+            # Once the run has ended, one last short pass drains what was stored meanwhile.
+            async for event in log.follow(execution_id, after=last, idle_timeout=1.0 if ended else IDLE_CHECK_S):
+                if await request.is_disconnected():
+                    return
+                last = event.seq
+                yield event.sse()
+                if event.type in FINAL_EVENT_TYPES:
+                    return
+            if ended is not None:
+                # The run ended without its final event (its process died, or it was
+                # cancelled outside FlowMaestro): end the stream with what Prefect says.
+                yield {"id": str(last + 1), "event": f"execution:{ended}",
+                       "data": json.dumps({"execution_id": execution_id, "status": ended, "reconciled": True,
+                                           "timestamp": utcnow().isoformat()})}
                 return
-            yield event.sse()
+            ended = await runs.ended_status(execution_id)
 
     return EventSourceResponse(events(), ping=15)

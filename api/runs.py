@@ -126,6 +126,15 @@ class RunService:
                 "pending_approvals": await pending_approvals(run_id) if status in ("paused", "running") else [],
                 "started_at": flow_run.start_time.isoformat() if flow_run.start_time else None, "ended_at": None}
 
+    async def ended_status(self, run_id: str) -> str | None:
+        """The final status Prefect has for a run, or None while it goes on."""
+        if run_id in self.running:
+            return None
+        async with get_client() as client:
+            flow_run = await client.read_flow_run(uuid.UUID(run_id))
+        status = STATUS_OF_STATE.get(flow_run.state.type) if flow_run.state else None
+        return status if status in FINAL else None
+
     async def list(self, owner: str, workflow_id: str | None, status: str | None) -> list[Execution]:
         query = select(Execution).where(Execution.owner == owner).order_by(Execution.created_at.desc()).limit(500)
         if workflow_id:

@@ -25,6 +25,7 @@ from builder.compiler import compile_canvas
 from builder.inputs import validate_inputs
 from builder.issues import InputsInvalid
 from flows.engine import Execution
+from flows.event_log import EventLog, EventLogWriter, event_log_from_env
 from flows.events import EventBus, utcnow
 from flows.prefect_runner import PrefectRunner
 from flows.records import RunRecord
@@ -59,22 +60,33 @@ async def run_workflow(canvas: dict[str, Any], inputs: dict[str, Any] | None = N
     context = FlowRunContext.get()
     run_id = str(context.flow_run.id) if context and context.flow_run else "local"
     registry = default_registry()
+    bus = EventBus(run_id)
+    for listener in list(_run_listeners):
+        listener(bus)
+    # Every run keeps its events in the event log, wherever it executes.
+    writer = EventLogWriter(_process_event_log())
+    writer.attach(bus)
+    try:
+        return await _run(canvas, inputs, workflow_id, version, run_id, registry, bus)
+    finally:
+        await writer.close()
+
+
+async def _run(canvas: dict[str, Any], inputs: dict[str, Any] | None, workflow_id: str | None,
+               version: int | None, run_id: str, registry: Any, bus: EventBus) -> Any:
     compiled = compile_canvas(canvas, registry)
     name = canvas.get("name", "workflow") if isinstance(canvas, dict) else "workflow"
     if not compiled.ok:
         issues = [issue.to_dict() for issue in compiled.errors]
-        return _refused(run_id, name, "invalid canvas", issues)
+        return _refused(bus, name, "invalid canvas", issues)
     plan = compiled.plan
     assert plan is not None
     try:
         resolved_inputs = validate_inputs(plan.inputs, inputs or {})
     except InputsInvalid as exc:
-        return _refused(run_id, name, "invalid inputs", [issue.to_dict() for issue in exc.issues])
+        return _refused(bus, name, "invalid inputs", [issue.to_dict() for issue in exc.issues])
 
     settings = engine_settings()
-    bus = EventBus(run_id)
-    for listener in list(_run_listeners):
-        listener(bus)
     from flows.approvals import PrefectApprovals
 
     execution = Execution(plan, registry, run_id=run_id, inputs=resolved_inputs, runner=PrefectRunner(), bus=bus,
@@ -93,13 +105,28 @@ async def run_workflow(canvas: dict[str, Any], inputs: dict[str, Any] | None = N
     return Failed(message=message, data=result)
 
 
-def _refused(run_id: str, name: str, what: str, issues: list[dict[str, Any]]) -> Any:
+def _refused(bus: EventBus, name: str, what: str, issues: list[dict[str, Any]]) -> Any:
+    """A run refused before anything ran (invalid canvas or inputs)."""
     now = utcnow().isoformat()
     message = f"{what}: " + "; ".join(i["message"] for i in issues)
-    result = {"id": run_id, "workflow": name, "status": "failed", "output": None,
-              "error": {"message": message, "type": what.replace(" ", "_"), "issues": issues},
+    error = {"message": message, "type": what.replace(" ", "_"), "issues": issues}
+    result = {"id": bus.execution_id, "workflow": name, "status": "failed", "output": None, "error": error,
               "nodes": {}, "trace": [], "started_at": now, "ended_at": now}
+    bus.publish("execution:failed", status="failed", error=error, output=None)
     return Failed(message=message, data=result)
+
+
+_event_logs: dict[int, EventLog] = {}
+
+
+def _process_event_log() -> EventLog:
+    """One event log (and connection pool) per event loop of this process."""
+    loop = asyncio.get_running_loop()
+    found = _event_logs.get(id(loop))
+    if found is None:
+        _event_logs.clear()  # a new loop: older pools belong to loops that are gone
+        found = _event_logs[id(loop)] = event_log_from_env()
+    return found
 
 
 async def _run_watching_cancellation(execution: Execution, run_id: str, poll_s: float) -> RunRecord:
