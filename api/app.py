@@ -65,6 +65,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         from flows.event_log import event_log_from_env
         from flows.flow import add_run_listener, remove_run_listener
         from flows.local_server import ui_url_for
+        from flows.subworkflows import set_workflow_resolver
 
         url = settings.sqlalchemy_url()
         await upgrade_schema(url)
@@ -72,8 +73,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.sessions = sessions(engine)
         ui_url = settings.ui_url or ui_url_for(os.environ.get("PREFECT_API_URL", "http://127.0.0.1:4200/api"))
-        app.state.runs = RunService(app.state.sessions, metrics, ui_url)
         app.state.event_log = event_log_from_env()
+        app.state.runs = RunService(app.state.sessions, metrics, ui_url, app.state.event_log)
+        set_workflow_resolver(app.state.runs.resolve_subworkflow)
         add_run_listener(metrics.attach)
         try:
             yield

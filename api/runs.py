@@ -12,10 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from contextvars import ContextVar
 from typing import Any
 
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.sorting import FlowRunSort
 from prefect.states import Cancelling
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -27,7 +30,9 @@ from builder.compiler import compile_canvas
 from builder.inputs import validate_inputs
 from builder.issues import InputsInvalid
 from flows.approvals import pending_approvals, resume_approval
+from flows.event_log import EventLog
 from flows.launch import start_run
+from node_handlers.base import NodeError
 from node_handlers.registry import default_registry
 
 log = logging.getLogger("flowmaestro.api.runs")
@@ -38,11 +43,17 @@ STATUS_OF_STATE = {
     StateType.FAILED: "failed", StateType.CRASHED: "failed", StateType.CANCELLED: "cancelled",
 }
 FINAL = ("completed", "failed", "cancelled")
+RUN_OWNER: ContextVar[str | None] = ContextVar("flowmaestro_run_owner", default=None)
+NODE_STATUS_OF_EVENT = {"node:started": "running", "node:retrying": "running", "node:paused": "paused",
+                        "node:completed": "completed", "node:cached": "cached", "node:error": "failed",
+                        "node:skipped": "skipped"}
 
 
 class RunService:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], metrics: Metrics, ui_url: str):
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], metrics: Metrics, ui_url: str,
+                 event_log: EventLog):
         self.sessions = sessions
+        self.event_log = event_log
         self.metrics = metrics
         self.ui_url = ui_url
         self.running: dict[str, asyncio.Task[Any]] = {}
@@ -60,7 +71,12 @@ class RunService:
             validate_inputs(plan.inputs, inputs)
         except InputsInvalid as exc:
             raise ApiError(422, str(exc), [i.to_dict() for i in exc.issues]) from exc
-        run_id, task = await start_run(version.canvas, inputs, workflow_id=workflow.id, version=version.version)
+        token = RUN_OWNER.set(owner)  # the run's task inherits it: subworkflows resolve within the owner
+        try:
+            run_id, task = await start_run(version.canvas, inputs, workflow_id=workflow.id,
+                                           version=version.version)
+        finally:
+            RUN_OWNER.reset(token)
         async with self.sessions() as session:
             session.add(Execution(id=run_id, owner=owner, workflow_id=workflow.id, version=version.version,
                                   workflow_name=workflow.name, status="pending", inputs=inputs))
@@ -122,9 +138,33 @@ class RunService:
             await self._store(run_id, result)
             return result | {"pending_approvals": []}
         return {"id": run_id, "workflow": row.workflow_name, "workflow_id": row.workflow_id, "version": row.version,
-                "status": status, "output": None, "error": None, "nodes": {}, "trace": [],
+                "status": status, "output": None, "error": None, "nodes": await self._live_nodes(run_id), "trace": [],
                 "pending_approvals": await pending_approvals(run_id) if status in ("paused", "running") else [],
                 "started_at": flow_run.start_time.isoformat() if flow_run.start_time else None, "ended_at": None}
+
+    async def _live_nodes(self, run_id: str) -> dict[str, Any]:
+        """Top-level node states of a run in progress, folded from its event log."""
+        nodes: dict[str, Any] = {}
+        after = 0
+        while True:
+            batch = await self.event_log.read(run_id, after=after, limit=1000)
+            for event in batch:
+                status = NODE_STATUS_OF_EVENT.get(event.type)
+                node_id = event.data.get("node_id")
+                if status is None or node_id is None or event.data.get("path"):
+                    continue
+                node = nodes.setdefault(node_id, {"status": status, "output": None, "error": None, "attempts": 0,
+                                                  "cached": False, "started_at": None, "ended_at": None})
+                node["status"] = status
+                if event.type == "node:started":
+                    node["started_at"] = event.data.get("timestamp")
+                elif event.type in ("node:completed", "node:cached", "node:error"):
+                    node.update(output=event.data.get("output"), error=event.data.get("error"),
+                                attempts=event.data.get("attempts", 0), cached=event.type == "node:cached",
+                                ended_at=event.data.get("timestamp"))
+            if len(batch) < 1000:
+                return nodes
+            after = batch[-1].seq
 
     async def ended_status(self, run_id: str) -> str | None:
         """The final status Prefect has for a run, or None while it goes on."""
@@ -136,13 +176,27 @@ class RunService:
         return status if status in FINAL else None
 
     async def list(self, owner: str, workflow_id: str | None, status: str | None) -> list[Execution]:
+        """Runs of an owner, newest first. The stored status of a run in progress is
+        refreshed from Prefect, so ``status=running`` or ``paused`` finds it."""
         query = select(Execution).where(Execution.owner == owner).order_by(Execution.created_at.desc()).limit(500)
         if workflow_id:
             query = query.where(Execution.workflow_id == workflow_id)
-        if status:
+        if status in FINAL:
             query = query.where(Execution.status == status)
         async with self.sessions() as session:
-            return list(await session.scalars(query))
+            rows = list(await session.scalars(query))
+        live = [row for row in rows if row.status not in FINAL]
+        if live:
+            async with get_client() as client:
+                flow_runs = await client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[uuid.UUID(r.id) for r in live])),
+                    limit=len(live), sort=FlowRunSort.ID_DESC)
+            states = {str(f.id): f.state for f in flow_runs}
+            for row in live:
+                state = states.get(row.id)
+                if state is not None:
+                    row.status = STATUS_OF_STATE.get(state.type, row.status)
+        return [row for row in rows if status is None or row.status == status]
 
     async def cancel(self, owner: str, run_id: str) -> str:
         row = await self.find(owner, run_id)
@@ -165,6 +219,18 @@ class RunService:
         if answer.status == "not_waiting":
             raise ApiError(409, answer.message)
         return {"status": answer.status, "message": answer.message}
+
+    async def resolve_subworkflow(self, reference: str, version: int | None, parent_run_id: str) -> dict[str, Any]:
+        """The canvas of a saved workflow of the same owner as the run asking for it."""
+        owner = RUN_OWNER.get()
+        async with self.sessions() as session:
+            workflow = await session.get(Workflow, reference)
+            if workflow is None or workflow.owner != owner or workflow.deleted_at is not None:
+                raise NodeError(f"subworkflow {reference!r}: no such workflow", error_type="SubworkflowNotFound")
+            found = await session.get(WorkflowVersion, (workflow.id, version or workflow.latest_version))
+        if found is None:
+            raise NodeError(f"subworkflow {reference!r} has no version {version}", error_type="SubworkflowNotFound")
+        return found.canvas
 
     async def shutdown(self) -> None:
         """Stop runs in flight; each is recorded as cancelled (the server shut down)."""

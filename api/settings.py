@@ -7,7 +7,9 @@ import hashlib
 from pathlib import Path
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from typing import Annotated
+
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def default_home() -> Path:
@@ -22,7 +24,7 @@ class ApiSettings(BaseSettings):
                                      "e.g. postgresql+asyncpg://user@host/db in production.")
     api_keys: str = Field("", description="Comma-separated bearer keys, each 'owner:key' or a bare key "
                           "(then the key is its own owner).")
-    cors_origins: list[str] = Field(default_factory=list, description="Origins allowed to call the API "
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Origins allowed to call the API "
                                     "from a browser (a canvas frontend).")
     max_request_bytes: int = Field(2_000_000, description="Largest request body accepted.")
     ui_url: str | None = Field(None, description="Public Prefect UI URL for links; derived from "

@@ -142,18 +142,19 @@ class PrefectApprovals:
             await self._stop_pause(client)
 
     async def _step(self, client: Any) -> None:
+        # Decisions sent through resume_approval first: a person's answer through the API
+        # to the approval Prefect is paused on must keep who decided.
+        decisions = await client.filter_flow_run_input(self.run_id, key_prefix=DECISION, limit=200,
+                                                       exclude_keys=self.seen_decisions)
+        for item in decisions:
+            self.seen_decisions.add(item.key)
+            self._resolve(item.key.removeprefix(DECISION), json.loads(item.value))
         if self.current is not None and self.pause_task is not None and self.pause_task.done():
             slug, self.current = self.current, None
             if not self.pause_task.cancelled() and self.pause_task.exception() is None:
                 answer = self.pause_task.result()
                 self._resolve(slug, {"outcome": "decided", "input": answer.model_dump(exclude={"metadata"}),
                                      "decided_at": _now(), "via": "prefect-ui"})
-        decisions = await client.filter_flow_run_input(self.run_id, key_prefix=DECISION, limit=200,
-                                                       exclude_keys=self.seen_decisions)
-        for item in decisions:
-            self.seen_decisions.add(item.key)
-            decision = json.loads(item.value)
-            self._resolve(item.key.removeprefix(DECISION), decision)
         now = time.monotonic()
         for slug, waiting in list(self.waiting.items()):
             if waiting.deadline is not None and now >= waiting.deadline:
@@ -251,12 +252,9 @@ async def resume_approval(run_id: str, node_id: str, path: list[int] | None = No
         state = flow_run.state
         if state is None or state.is_final():
             return ResumeAnswer("not_waiting", f"run {run_id} has ended ({state.name if state else 'unknown'})")
-        if state.type == StateType.PAUSED and state.state_details.pause_key == slug:
-            result = await client.resume_flow_run(run_uuid, run_input=checked.model_dump())
-            if result.status.value == "ACCEPT":
-                return ResumeAnswer("accepted", "approval answered; the run resumes")
-            if result.status.value == "REJECT":
-                return ResumeAnswer("refused", f"Prefect refused the input: {result.details.reason}")
+        # Written as a decision input for every approval, the one Prefect is paused on
+        # included: the run picks it up (and ends Prefect's pause) within a second, and
+        # the decision keeps who made it.
         decision = {"outcome": "decided", "input": checked.model_dump(), "decided_at": _now(),
                     "decided_by": decided_by, "via": "api"}
         try:

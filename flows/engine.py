@@ -82,7 +82,7 @@ class Execution:
                  runner: NodeRunner | None = None, bus: EventBus | None = None,
                  env: Mapping[str, str] | None = None, env_allowlist: frozenset[str] = frozenset(),
                  workflow_id: str | None = None, version: int | None = None, inline_control: bool = True,
-                 approvals: ApprovalGate | None = None, services: Any = None):
+                 approvals: ApprovalGate | None = None, subworkflows: Any = None):
         self.plan = plan
         self.registry = registry
         self.inputs = dict(inputs)
@@ -93,7 +93,8 @@ class Execution:
         self.env = EnvNamespace(env or {}, env_allowlist)
         self.inline_control = inline_control
         self.approvals: ApprovalGate = approvals or NoApprovals()
-        self.services = services
+        self.subworkflows = subworkflows
+        """Runs child workflows (``flows.subworkflows``); without it, subworkflow nodes fail."""
         self.on_error = plan.settings.get("on_error", "fail_fast")
         self.slots = asyncio.Semaphore(int(plan.settings.get("max_concurrency") or 8))
         self.record = RunRecord(id=run_id, workflow=plan.name, workflow_id=workflow_id, version=version,
@@ -240,12 +241,12 @@ class Execution:
                 self.bus.publish("node:error", node_id=node.id, path=frame.path, error=outcome.error)
         if outcome.status == "failed":
             frame.outputs[node.id] = {"error": outcome.error}
-            if any(self.plan.edges[e].handle == "error" for e in node.outgoing):
-                try:
-                    return self._fired(node, frame, frozenset({"error"})), False
-                except (TemplateRenderError, ConditionError):
-                    return set(), True
-            return set(), True
+            try:
+                fired = self._fired(node, frame, frozenset({"error"}))
+            except (TemplateRenderError, ConditionError):
+                fired = set()
+            # Handled only when an error edge actually fires (its condition may not hold).
+            return fired, not fired
         return set(), False  # cancelled
 
     def _fired(self, node: PlanNode, frame: Frame, handles: frozenset[str]) -> set[str]:
@@ -334,6 +335,14 @@ class Execution:
             run.task_run_id = self.runner.record(node, frame.path, task_run_name(node, frame), exc,
                                                  run.started_at, utcnow())
             return NodeOutcome("failed", error=error_info(exc, node.id, 1))
+        if node.type == "subworkflow" and self.subworkflows is not None:
+            try:
+                completed = await self.subworkflows.run(self, node, config)
+            except NodeError as exc:
+                return NodeOutcome("failed", error=error_info(exc, node.id, 1))
+            finally:
+                run.attempts = 1
+            return self._completed(node, completed)
         if node.type == "approval":
             run.status = "paused"
             try:
@@ -396,8 +405,7 @@ class Execution:
             return NodeContext(node_id=node.id, path=path, run_id=self.record.id, workflow=self.plan.name,
                                attempt=attempt, upstream=upstream, inputs=self.inputs,
                                emit=lambda event_type, data: self.bus.publish(event_type, node_id=node.id,
-                                                                              path=path, **data),
-                               services=self.services)
+                                                                              path=path, **data))
 
         def on_retry(attempt: int, exc: BaseException, delay: float) -> None:
             run.attempts = attempt

@@ -56,9 +56,25 @@ REDIS_KEY_PREFIX = "flowmaestro:events:"
 
 
 def _dumps(value: Any) -> str:
-    """JSON for storage; values JSON cannot express (dates, sets, objects) are stored as text
-    rather than failing the whole batch."""
-    return json.dumps(value, default=str, separators=(",", ":"))
+    """Strict JSON for storage (and for browsers' ``JSON.parse``): values JSON cannot express are
+    stored as text (dates, objects), NaN and infinities as null, rather than failing a batch."""
+    try:
+        return json.dumps(value, default=str, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError):
+        return json.dumps(_plain(value, set()), default=str, separators=(",", ":"), allow_nan=False)
+
+
+def _plain(value: Any, seen: set[int]) -> Any:
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else None
+    if isinstance(value, (dict, list, tuple, set, frozenset)):
+        if id(value) in seen:
+            return "<cycle>"
+        seen = seen | {id(value)}
+        if isinstance(value, dict):
+            return {k if isinstance(k, str) else str(k): _plain(v, seen) for k, v in value.items()}
+        return [_plain(v, seen) for v in value]
+    return value
 
 
 @dataclass(frozen=True)
@@ -92,6 +108,10 @@ class EventLog(Protocol):
                idle_timeout: float | None = None) -> AsyncIterator[StoredEvent]:
         """Every event after ``after``, then the live ones as they are appended, ending after
         the run's final event (or after ``idle_timeout`` seconds without a new event)."""
+
+    async def last_seq(self, execution_id: str) -> int:
+        """The highest seq stored for the run (0 when none)."""
+        ...
 
     async def close(self) -> None:
         ...
@@ -310,18 +330,29 @@ class RedisEventLog:
     ids ``<seq>-0`` with fields ``type`` and ``data`` (JSON). Redis refuses an id that is not
     greater than the stream's last one, which makes appends idempotent (and means a seq can
     never be inserted behind a later one). After the final event the stream expires in
-    ``retention_days``. ``follow`` blocks on ``XREAD`` (``block_ms`` at a time) on a pool of its
-    own, so waiting followers never hold up appends."""
+    ``retention_days``.
+
+    A batch is appended by one Lua script (``XADD`` of each event with its explicit id, errors
+    "equal or smaller than the target stream top item" ignored, then ``EXPIRE`` when the batch
+    holds the final event): one round trip, and two to three times less client CPU than a
+    pipeline of ``XADD`` (redis-py parses each reply in Python). ``use_script=False`` pipelines
+    the same commands instead, for servers that refuse scripts.
+
+    ``follow`` blocks on ``XREAD`` (``block_ms`` at a time) on a connection pool of its own, so
+    waiting followers never hold up appends."""
 
     def __init__(self, url: str, *, retention_days: float = 7.0, block_ms: int = 1000,
-                 max_follow_connections: int = 1000, key_prefix: str = REDIS_KEY_PREFIX):
+                 max_follow_connections: int = 1000, key_prefix: str = REDIS_KEY_PREFIX,
+                 use_script: bool = True):
         import redis.asyncio as redis
 
         self.url = url
         self.retention_days = retention_days
         self.block_ms = block_ms
         self.key_prefix = key_prefix
+        self.use_script = use_script
         self.redis = redis.Redis.from_url(url, decode_responses=True)
+        self._append_script = self.redis.register_script(_APPEND_LUA)
         # Followers wait in XREAD BLOCK for up to block_ms: their own pool, which queues (rather
         # than refuses) followers beyond its size, with a socket timeout longer than the block.
         self._follow_pool = redis.BlockingConnectionPool.from_url(
@@ -337,26 +368,35 @@ class RedisEventLog:
         return max(1, int(self.retention_days * 86400))
 
     async def append(self, events: Sequence[RunEvent]) -> None:
-        from redis.exceptions import ResponseError
-
         if not events:
             return
-        ordered = sorted(events, key=lambda e: (e.execution_id, e.seq))
-        finals: set[str] = set()
+        runs: dict[str, list[RunEvent]] = {}
+        for event in sorted(events, key=lambda e: (e.execution_id, e.seq)):
+            runs.setdefault(event.execution_id, []).append(event)
+        for execution_id, batch in runs.items():
+            ttl = self.ttl_seconds if any(e.type in FINAL_EVENT_TYPES for e in batch) else 0
+            if self.use_script:
+                args: list[Any] = [ttl]
+                for event in batch:
+                    args += [f"{event.seq}-0", event.type, _dumps(event.payload())]
+                await self._append_script(keys=[self.key(execution_id)], args=args)
+            else:
+                await self._append_pipeline(execution_id, batch, ttl)
+
+    async def _append_pipeline(self, execution_id: str, batch: list[RunEvent], ttl: int) -> None:
+        from redis.exceptions import ResponseError
+
+        key = self.key(execution_id)
         async with self.redis.pipeline(transaction=False) as pipe:
-            for event in ordered:
-                pipe.xadd(self.key(event.execution_id), {"type": event.type, "data": _dumps(event.payload())},
-                          id=f"{event.seq}-0", nomkstream=False)
-                if event.type in FINAL_EVENT_TYPES:
-                    finals.add(event.execution_id)
-            for execution_id in finals:
-                pipe.expire(self.key(execution_id), self.ttl_seconds)
+            for event in batch:
+                pipe.xadd(key, {"type": event.type, "data": _dumps(event.payload())}, id=f"{event.seq}-0",
+                          nomkstream=False)
+            if ttl:
+                pipe.expire(key, ttl)
             results = await pipe.execute(raise_on_error=False)
         for result in results:
-            if isinstance(result, ResponseError):
-                if "equal or smaller" in str(result):
-                    continue  # already stored (or behind the stream's top): ignored
-                raise result
+            if isinstance(result, ResponseError) and _ALREADY_STORED in str(result):
+                continue  # already stored (or behind the stream's top): ignored
             if isinstance(result, Exception):
                 raise result
 
@@ -402,6 +442,29 @@ class RedisEventLog:
         await self.follow_redis.aclose()
         await self._follow_pool.disconnect()
         await self.redis.aclose()
+
+
+_ALREADY_STORED = "equal or smaller"
+_APPEND_LUA = """
+-- KEYS[1]: the run's stream; ARGV[1]: TTL in seconds to set afterwards (0: none);
+-- then (id, type, data) per event, ascending.
+local added = 0
+for i = 2, #ARGV, 3 do
+  local reply = redis.pcall('XADD', KEYS[1], ARGV[i], 'type', ARGV[i + 1], 'data', ARGV[i + 2])
+  if type(reply) == 'table' and reply.err then
+    if not string.find(reply.err, 'equal or smaller', 1, true) then
+      return redis.error_reply(reply.err)
+    end
+  else
+    added = added + 1
+  end
+end
+local ttl = tonumber(ARGV[1])
+if ttl > 0 then
+  redis.call('EXPIRE', KEYS[1], ttl)
+end
+return added
+"""
 
 
 def _xread_entries(response: Any, key: str) -> list[tuple[str, dict[str, str]]]:
@@ -501,16 +564,24 @@ class EventLogWriter:
             self._wake = asyncio.Event()
 
     def _on_event(self, event: RunEvent) -> None:
-        """The bus subscriber: O(1), never blocks, never awaits."""
+        """The bus subscriber: O(1), never blocks, never awaits, never raises."""
         self._queue.append(event)
         if event.type in FINAL_EVENT_TYPES:
             self._final_queued = True
-        if self._loop is None:
-            self._bind(asyncio.get_running_loop())
+        loop = self._loop
+        if loop is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return  # no event loop yet: stored by the next event published in one, or close()
+            self._bind(loop)
         if threading.get_ident() == self._loop_thread:
             self._kick()
         else:  # published from another thread (a sync node in a worker thread)
-            self._loop.call_soon_threadsafe(self._kick)  # type: ignore[union-attr]
+            try:
+                loop.call_soon_threadsafe(self._kick)
+            except RuntimeError:
+                pass  # the loop is closed; close() reports what was not stored
 
     def _flush_now(self) -> bool:
         return len(self._queue) >= self.max_batch or self._closing or self._final_queued

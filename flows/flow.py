@@ -60,11 +60,13 @@ async def run_workflow(canvas: dict[str, Any], inputs: dict[str, Any] | None = N
     context = FlowRunContext.get()
     run_id = str(context.flow_run.id) if context and context.flow_run else "local"
     registry = default_registry()
-    bus = EventBus(run_id)
+    event_log = _process_event_log()
+    # A run executed again (a Prefect retry, elsewhere) continues its event numbering.
+    bus = EventBus(run_id, start_seq=await event_log.last_seq(run_id) if run_id != "local" else 0)
     for listener in list(_run_listeners):
         listener(bus)
     # Every run keeps its events in the event log, wherever it executes.
-    writer = EventLogWriter(_process_event_log())
+    writer = EventLogWriter(event_log)
     writer.attach(bus)
     try:
         return await _run(canvas, inputs, workflow_id, version, run_id, registry, bus)
@@ -88,11 +90,12 @@ async def _run(canvas: dict[str, Any], inputs: dict[str, Any] | None, workflow_i
 
     settings = engine_settings()
     from flows.approvals import PrefectApprovals
+    from flows.subworkflows import PrefectSubworkflows
 
     execution = Execution(plan, registry, run_id=run_id, inputs=resolved_inputs, runner=PrefectRunner(), bus=bus,
                           env=os.environ, env_allowlist=settings.env_allowlist, workflow_id=workflow_id,
                           version=version, inline_control=settings.inline_control_nodes,
-                          approvals=PrefectApprovals(run_id))
+                          approvals=PrefectApprovals(run_id), subworkflows=PrefectSubworkflows())
     record = await _run_watching_cancellation(execution, run_id, settings.cancel_poll_s)
     await _summary_artifact(record)
     result = record.result()

@@ -9,6 +9,7 @@ from those events), at a fraction of the cost of a full task run.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
@@ -47,7 +48,13 @@ async def _node_body(call: NodeCall) -> dict[str, Any]:
         completed = await call.invoke(attempt)
     except Exception as exc:
         if should_retry(exc, call.node.retry, attempt):
-            call.on_retry(attempt, exc, retry_delay(exc, call.node.retry, attempt))
+            delay = retry_delay(exc, call.node.retry, attempt)
+            call.on_retry(attempt, exc, delay)
+            # Prefect's retry delays are fixed when the task is built; when the server
+            # asked for a longer wait (Retry-After), wait the difference here.
+            scheduled = call.node.retry.delays()[min(attempt - 1, len(call.node.retry.delays()) - 1)]
+            if getattr(exc, "retry_after_s", None) and delay > scheduled:
+                await asyncio.sleep(delay - scheduled)
         raise
     # A plain dict, so a cached result can be read back by any process.
     return {"output": completed.output, "handles": sorted(completed.handles),

@@ -6,7 +6,9 @@ from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from typing import Annotated
+
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class EngineSettings(BaseSettings):
@@ -16,7 +18,7 @@ class EngineSettings(BaseSettings):
                        "database, logs and pid file.")
     server_port: int = Field(4200, description="Port of the embedded Prefect server (a free one is chosen if "
                              "it is taken by something else).")
-    env_allowlist: frozenset[str] = Field(frozenset(), description="Environment variables templates may read "
+    env_allowlist: Annotated[frozenset[str], NoDecode] = Field(frozenset(), description="Environment variables templates may read "
                                           "as env.NAME (comma-separated).")
     inline_control_nodes: bool = Field(True, description="Run start/end/condition/merge/transform/set_variable "
                                        "in-process and record them in Prefect by events, instead of full task runs.")

@@ -78,8 +78,6 @@ class NodeContext:
     inputs: Mapping[str, Any]
     emit: Emit
     """Publish an event of this node (``stream:chunk`` tokens, for instance)."""
-    services: Any = None
-    """Process-wide resources (HTTP client, settings); see ``node_handlers.services``."""
 
 
 class NodeHandler:

@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import Field
 
 from builder.catalog import NodeConfig
-from node_handlers.base import NodeHandler
+from node_handlers.base import Completed, NodeContext, NodeError, NodeHandler
 
 
 class SubworkflowConfig(NodeConfig):
@@ -21,6 +21,11 @@ class SubworkflowHandler(NodeHandler):
     description = "Runs another workflow as a child Prefect flow run; its output is the child's output."
     Config = SubworkflowConfig
     cacheable = False
+
+    async def run(self, config: SubworkflowConfig, ctx: NodeContext) -> Completed:
+        # The engine runs child workflows itself (flows/subworkflows.py); this runs only
+        # where no engine is there to do it.
+        raise NodeError("subworkflow nodes run only inside a Prefect flow run (flowmaestro run, or the API)")
 
 
 HANDLERS = [SubworkflowHandler]

@@ -184,12 +184,16 @@ async def test_resume_an_approval_through_the_api(api, prefect_server):
                   node("yes", data={"output": "{{ ask.input.reason }}"})], [("ask", "yes", "approved")])
     saved = await create(api, raw)
     execution_id = (await api.post(f"/api/workflows/{saved['id']}/execute", json={})).json()["execution_id"]
-    for _ in range(150):
+    for _ in range(150):  # the approval is announced, then Prefect's pause starts
         body = (await api.get(f"/api/executions/{execution_id}")).json()
-        if body["pending_approvals"]:
+        if body["pending_approvals"] and body["status"] == "paused":
             break
         await asyncio.sleep(0.2)
     assert body["pending_approvals"][0]["node_id"] == "ask"
+    assert body["status"] == "paused"
+    assert body["nodes"]["ask"]["status"] == "paused"  # node states of a live run, from its event log
+    paused = (await api.get("/api/executions", params={"status": "paused"})).json()
+    assert [e["id"] for e in paused] == [execution_id]
     refused = await api.post(f"/api/executions/{execution_id}/resume", json={"node_id": "ask", "input": {"approved": True}})
     assert refused.status_code == 422 and "reason" in refused.json()["detail"]
     nobody = await api.post(f"/api/executions/{execution_id}/resume", json={"node_id": "nobody", "input": {}})

@@ -105,6 +105,8 @@ async def test_reject_through_our_resume_function():
     assert result["nodes"]["drop"]["status"] == "completed"
     assert result["nodes"]["ask"]["output"]["approved"] is False
     assert result["nodes"]["ask"]["output"]["input"] == {"reason": "not yet"}
+    assert result["nodes"]["ask"]["output"]["decided_by"] == "ada"
+    assert result["nodes"]["ask"]["output"]["via"] == "api"
 
 
 async def test_wrong_input_is_refused_and_the_run_stays_paused():

@@ -10,7 +10,7 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import StateType
-from prefect.client.schemas.sorting import TaskRunSort
+from prefect.client.schemas.sorting import FlowRunSort, TaskRunSort
 from prefect.states import Cancelling
 
 from flows.flow import add_run_listener, remove_run_listener, run_workflow
@@ -171,3 +171,24 @@ async def test_cancelling_in_prefect_ends_the_run_cancelled():
     assert result["status"] == "cancelled"
     assert result["nodes"]["slow"]["status"] == "cancelled"
     assert result["nodes"]["after"]["status"] != "completed"
+
+
+async def test_subworkflow_runs_a_child_canvas_as_a_subflow(tmp_path, monkeypatch):
+    child = canvas([node("start", "start"), node("twice", data={"output": "{{ inputs.n * 2 }}"}),
+                    node("end", "end", data={"output": "{{ twice }}"})], [("start", "twice"), ("twice", "end")],
+                   name="child", inputs={"n": {"type": "integer", "required": True}})
+    (tmp_path / "child.json").write_text(__import__("json").dumps(child))
+    monkeypatch.chdir(tmp_path)
+    parent = canvas([node("call", "subworkflow", data={"workflow": "child.json", "inputs": {"n": 21}}),
+                     node("use", data={"output": "{{ call + 1 }}"}),
+                     node("broken", "subworkflow", data={"workflow": "missing.json"}), node("fallback")],
+                    [("call", "use"), ("broken", "fallback", "error")])
+    state, result = await execute(parent)
+    assert result["nodes"]["call"]["output"] == 42
+    assert result["nodes"]["use"]["output"] == 43
+    assert result["nodes"]["broken"]["error"]["type"] == "SubworkflowNotFound"
+    assert result["nodes"]["fallback"]["status"] == "completed"
+    async with get_client() as client:
+        children = await client.read_flow_runs(limit=50, sort=FlowRunSort.ID_DESC)
+    parent_id = result["id"]
+    assert any(run.parent_task_run_id is not None and run.name == "child" for run in children), parent_id
