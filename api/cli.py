@@ -220,6 +220,40 @@ def serve(host: str = typer.Option("127.0.0.1", "--host"), port: int = typer.Opt
     uvicorn.run(create_app(), host=host, port=port, log_level="info", timeout_graceful_shutdown=10)
 
 
+@app.command()
+def deploy(
+    file: Path,
+    cron: Optional[str] = typer.Option(None, "--cron", help="Schedule, e.g. '*/15 * * * *'."),
+    timezone: Optional[str] = typer.Option(None, "--timezone", help="Time zone of the schedule (UTC)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Deployment name (the canvas name)."),
+    inputs_json: Optional[str] = typer.Option(None, "--inputs-json", help="Inputs of scheduled runs."),
+    input_pairs: list[str] = typer.Option([], "--input", help="One input as key=value (repeatable)."),
+    limit: int = typer.Option(8, "--limit", help="Runs at once in this process."),
+) -> None:
+    """Serve a canvas as a Prefect deployment (schedules, runs from the Prefect UI/API)
+    until Ctrl-C."""
+    raw, result, issues = _compile(file)
+    if result is None or not result.ok or result.plan is None:
+        _print_issues(issues)
+        raise typer.Exit(EXIT_INVALID)
+    try:
+        inputs = _parse_inputs(inputs_json, input_pairs, dict(result.plan.inputs))
+        validate_inputs(result.plan.inputs, inputs)
+    except InputsInvalid as exc:
+        _print_issues(list(exc.issues))
+        raise typer.Exit(EXIT_INVALID)
+    from flows.local_server import ServerError, ensure_server
+
+    try:
+        ensure_server()
+    except ServerError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(EXIT_FAILED)
+    from deployments.serve import build_deployment, serve_deployments
+
+    serve_deployments(build_deployment(raw, inputs, name=name, cron=cron, timezone=timezone), limit=limit)
+
+
 @server_app.command("start")
 def server_start() -> None:
     """Start the embedded Prefect server (or report the one in use)."""
