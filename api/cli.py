@@ -119,6 +119,32 @@ def _parse_inputs(inputs_json: str | None, pairs: list[str], declared: dict[str,
     return inputs
 
 
+def _canvas_and_inputs(file: Path, inputs_json: str | None, pairs: list[str]) -> tuple[Any, dict[str, Any]]:
+    """Compile the canvas and check the inputs; exit 2 with every problem otherwise."""
+    raw, result, issues = _compile(file)
+    if result is None or not result.ok or result.plan is None:
+        _print_issues(issues)
+        raise typer.Exit(EXIT_INVALID)
+    try:
+        inputs = _parse_inputs(inputs_json, pairs, dict(result.plan.inputs))
+        validate_inputs(result.plan.inputs, inputs)
+    except InputsInvalid as exc:
+        _print_issues(list(exc.issues))
+        raise typer.Exit(EXIT_INVALID)
+    return raw, inputs
+
+
+def _prefect_server(quiet: bool = False) -> Any:
+    """The Prefect server to use (the embedded one is started if needed); exit 1 if none."""
+    from flows.local_server import ServerError, ensure_server
+
+    try:
+        return ensure_server(quiet=quiet)
+    except ServerError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(EXIT_FAILED)
+
+
 @app.command()
 def run(
     file: Path,
@@ -128,28 +154,13 @@ def run(
 ) -> None:
     """Run a canvas on Prefect and print its result. Exit 0 completed, 1 failed,
     2 invalid canvas or inputs, 4 cancelled."""
-    raw, result, issues = _compile(file)
-    if result is None or not result.ok or result.plan is None:
-        _print_issues(issues)
-        raise typer.Exit(EXIT_INVALID)
-    try:
-        inputs = _parse_inputs(inputs_json, input_pairs, dict(result.plan.inputs))
-        validate_inputs(result.plan.inputs, inputs)
-    except InputsInvalid as exc:
-        _print_issues(list(exc.issues))
-        raise typer.Exit(EXIT_INVALID)
+    raw, inputs = _canvas_and_inputs(file, inputs_json, input_pairs)
 
     import os
 
-    from flows.local_server import ServerError, ensure_server
-
     # The progress view shows node states; Prefect's per-task INFO lines would repeat them.
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    try:
-        server = ensure_server(quiet=as_json)
-    except ServerError as exc:
-        err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(EXIT_FAILED)
+    server = _prefect_server(quiet=as_json)
     from api.progress import run_with_progress
 
     record = asyncio.run(run_with_progress(raw, inputs, server.ui_url, quiet=as_json, console=err))
@@ -178,13 +189,7 @@ def resume(
     except ValueError as exc:
         err.print(f"[red]refused[/red]: {exc}")
         raise typer.Exit(EXIT_INVALID)
-    from flows.local_server import ServerError, ensure_server
-
-    try:
-        ensure_server(quiet=True)
-    except ServerError as exc:
-        err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(EXIT_FAILED)
+    _prefect_server(quiet=True)
     from flows.approvals import resume_approval
 
     answer = asyncio.run(resume_approval(run_id, node, indices, values, decided_by=by))
@@ -200,13 +205,7 @@ def serve(host: str = typer.Option("127.0.0.1", "--host"), port: int = typer.Opt
     import os
     import secrets
 
-    from flows.local_server import ServerError, ensure_server
-
-    try:
-        server = ensure_server()
-    except ServerError as exc:
-        err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(EXIT_FAILED)
+    server = _prefect_server()
     if not os.environ.get("FLOWMAESTRO_API_KEYS"):
         key = secrets.token_urlsafe(24)
         os.environ["FLOWMAESTRO_API_KEYS"] = f"local:{key}"
@@ -232,23 +231,8 @@ def deploy(
 ) -> None:
     """Serve a canvas as a Prefect deployment (schedules, runs from the Prefect UI/API)
     until Ctrl-C."""
-    raw, result, issues = _compile(file)
-    if result is None or not result.ok or result.plan is None:
-        _print_issues(issues)
-        raise typer.Exit(EXIT_INVALID)
-    try:
-        inputs = _parse_inputs(inputs_json, input_pairs, dict(result.plan.inputs))
-        validate_inputs(result.plan.inputs, inputs)
-    except InputsInvalid as exc:
-        _print_issues(list(exc.issues))
-        raise typer.Exit(EXIT_INVALID)
-    from flows.local_server import ServerError, ensure_server
-
-    try:
-        ensure_server()
-    except ServerError as exc:
-        err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(EXIT_FAILED)
+    raw, inputs = _canvas_and_inputs(file, inputs_json, input_pairs)
+    _prefect_server()
     from deployments.serve import build_deployment, serve_deployments
 
     serve_deployments(build_deployment(raw, inputs, name=name, cron=cron, timezone=timezone), limit=limit)
@@ -257,13 +241,7 @@ def deploy(
 @server_app.command("start")
 def server_start() -> None:
     """Start the embedded Prefect server (or report the one in use)."""
-    from flows.local_server import ServerError, ensure_server
-
-    try:
-        info = ensure_server()
-    except ServerError as exc:
-        err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(EXIT_FAILED)
+    info = _prefect_server()
     out.print(f"Prefect API: {info.api_url}\nPrefect UI:  {info.ui_url}")
 
 

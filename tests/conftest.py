@@ -45,3 +45,17 @@ def prefect_server():
     assert info.api_url == os.environ["PREFECT_API_URL"], "the chosen port was taken; rerun the tests"
     yield info
     stop(home)
+
+
+@pytest.fixture
+def test_handlers():
+    """Registers the test handlers (tests/support.py) in the process registry the flow
+    uses, and clears their journal."""
+    from node_handlers.registry import default_registry
+    from tests.support import JOURNAL, TEST_HANDLERS
+
+    registry = default_registry()
+    for cls in TEST_HANDLERS:
+        registry.register(cls(), replace=True)
+    JOURNAL.clear()
+    return JOURNAL

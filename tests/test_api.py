@@ -12,8 +12,7 @@ import pytest
 
 from api.app import create_app
 from api.settings import ApiSettings
-from node_handlers.registry import default_registry
-from tests.support import TEST_HANDLERS, canvas, node
+from tests.support import canvas, node
 
 ALICE, BOB = "alice-key", "bob-key"
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -32,16 +31,13 @@ async def postgres_url():
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-async def api(request, tmp_path, postgres_url):
+async def api(request, tmp_path, postgres_url, test_handlers):
     url = f"sqlite+aiosqlite:///{tmp_path / 'api.db'}" if request.param == "sqlite" else postgres_url
     # Fresh owners per test: the PostgreSQL database is shared by the module's tests.
     alice, bob = f"alice-{uuid.uuid4().hex}", f"bob-{uuid.uuid4().hex}"
     settings = ApiSettings(database_url=url, api_keys=f"{alice}:{ALICE}-{alice},{bob}:{BOB}-{bob}",
                            max_request_bytes=200_000, home=tmp_path)
     app = create_app(settings)
-    registry = default_registry()
-    for cls in TEST_HANDLERS:
-        registry.register(cls(), replace=True)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test",

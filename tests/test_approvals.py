@@ -10,18 +10,9 @@ import pytest
 
 from flows.approvals import pending_approvals, resume_approval
 from flows.flow import add_run_listener, remove_run_listener, run_workflow
-from node_handlers.registry import default_registry
-from tests.support import JOURNAL, TEST_HANDLERS, canvas, node
+from tests.support import JOURNAL, canvas, node
 
-pytestmark = [pytest.mark.prefect, pytest.mark.usefixtures("prefect_server")]
-
-
-@pytest.fixture(autouse=True)
-def _test_handlers():
-    registry = default_registry()
-    for cls in TEST_HANDLERS:
-        registry.register(cls(), replace=True)
-    JOURNAL.clear()
+pytestmark = [pytest.mark.prefect, pytest.mark.usefixtures("prefect_server", "test_handlers")]
 
 
 class Started:

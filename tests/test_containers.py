@@ -6,7 +6,7 @@ import pytest
 
 from tests.support import JOURNAL
 from tests.support import canvas, node
-from tests.test_engine import run, sleep
+from tests.test_engine import run
 
 
 @pytest.fixture(autouse=True)
