@@ -236,7 +236,7 @@ class Execution:
             except (TemplateRenderError, ConditionError) as exc:
                 # A broken edge condition is the node's failure: it must not pass silently.
                 outcome = NodeOutcome("failed", error=error_info(exc, node.id, run.attempts))
-                run.status, run.error = "failed", outcome.error
+                run.status, run.error, run.output = "failed", outcome.error, None
                 frame.completed.discard(node.id)
                 self.bus.publish("node:error", node_id=node.id, path=frame.path, error=outcome.error)
         if outcome.status == "failed":
