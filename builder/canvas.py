@@ -29,7 +29,7 @@ UI_NODE_KEYS = frozenset(
         "measured", "className", "hidden", "draggable", "selectable", "connectable",
         "deletable", "zIndex", "extent", "expandParent", "sourcePosition", "targetPosition",
         "dragHandle", "ariaLabel", "focusable", "resizing", "origin", "handles", "initialWidth",
-        "initialHeight", "parentNode", "internals", "domAttributes", "ariaRole",
+        "initialHeight", "internals", "domAttributes", "ariaRole",
     }
 )
 UI_EDGE_KEYS = frozenset(
@@ -41,6 +41,13 @@ UI_EDGE_KEYS = frozenset(
         "targetX", "targetY", "domAttributes", "ariaRole",
     }
 )
+
+
+# Top-level keys of a canvas document that are not part of it but are known to be harmless:
+# React Flow's ``toObject()`` adds ``viewport``; stored workflows carry ``id``/``version``;
+# editors add ``$schema``; test fixtures carry ``expect``. Any other unknown key earns a
+# warning (a typo such as ``setings`` would otherwise silently mean "defaults").
+DOCUMENT_EXTRA_KEYS = frozenset({"viewport", "expect", "id", "version", "$schema", "metadata"})
 
 
 class _Lenient(BaseModel):
@@ -86,6 +93,8 @@ class NodeModel(_Lenient):
     id: str = Field(min_length=1, max_length=128)
     type: str = Field(min_length=1)
     parentId: str | None = None
+    parentNode: str | None = Field(None, description="React Flow v11's name of parentId; either may be used "
+                                   "(the compiler reads parentNode when parentId is absent).")
     data: dict[str, Any] = Field(default_factory=dict)
     retry: RetrySpec | None = None
     timeout_s: float | None = Field(None, gt=0, le=86400)

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Annotated, Literal, Protocol, TypeVar
+from typing import Annotated, Any, Literal, Protocol, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, GetCoreSchemaHandler, GetJsonSchemaHandler, \
+    ValidationError, ValidationInfo, ValidatorFunctionWrapHandler, WithJsonSchema
+from pydantic_core import PydanticCustomError, core_schema
 
 from builder.plan import CachePolicy, RetryPolicy
 
@@ -29,17 +31,90 @@ class NodeConfig(BaseModel):
     description: str | None = None
 
 
+def _is_template(text: str) -> bool:
+    return "{{" in text or "{%" in text
+
+
 def _must_be_template(text: str) -> str:
-    if "{{" not in text and "{%" not in text:
+    if not _is_template(text):
         raise ValueError("expected a template such as '{{ inputs.count }}'")
     return text
 
 
-TemplateStr = Annotated[str, AfterValidator(_must_be_template)]
+TEMPLATE_JSON_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "pattern": r"\{\{|\{%",
+    "description": "A template, computed when the node runs, e.g. '{{ inputs.x }}'.",
+}
+"""JSON Schema of a template string: text holding ``{{`` or ``{%``."""
+
+TemplateStr = Annotated[str, AfterValidator(_must_be_template), WithJsonSchema(TEMPLATE_JSON_SCHEMA)]
 """A string that is a template: allowed where a field may be computed at run time."""
 
+_EXPECTED = {
+    "int_parsing": "an integer", "int_type": "an integer", "int_from_float": "an integer",
+    "float_parsing": "a number", "float_type": "a number", "decimal_parsing": "a number",
+    "bool_parsing": "true or false", "bool_type": "true or false",
+    "list_type": "an array", "tuple_type": "an array", "set_type": "an array",
+    "dict_type": "an object", "model_type": "an object", "model_attributes_type": "an object",
+    "string_type": "a string", "none_required": "null",
+}
+
+
+def expected_kind(error: Any) -> str:
+    """What a failed pydantic check wanted, in a few words ("an integer", "'GET' or
+    'POST'"); its message when there is no shorter way to say it."""
+    if error["type"] in ("literal_error", "enum") and "expected" in (error.get("ctx") or {}):
+        return str(error["ctx"]["expected"])
+    return _EXPECTED.get(error["type"]) or str(error["msg"])
+
+
+def template_hint(field_name: str | None) -> str:
+    name = field_name if field_name and field_name.isidentifier() else "value"
+    return f"a template such as '{{{{ inputs.{name} }}}}'"
+
+
+def _templatable(value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
+    if isinstance(value, str) and _is_template(value):
+        return value  # computed at run time; the handler checks the value it gives then
+    try:
+        return handler(value)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        if not (isinstance(value, str) and len(errors) == 1 and not errors[0]["loc"]):
+            raise  # the value's own problems, where they are
+        # Text that is neither a value of the type nor a template: one error, in words.
+        raise PydanticCustomError(
+            "templatable", f"expected {expected_kind(errors[0])}, or {template_hint(info.field_name)}") from None
+
+
+def _serialize_templatable(value: Any, handler: core_schema.SerializerFunctionWrapHandler) -> Any:
+    return value if isinstance(value, str) and _is_template(value) else handler(value)
+
+
+class _TemplateOr:
+    """``Annotated`` marker behind :data:`Templatable`: validates with the wrapped type
+    unless the value is a template, and publishes ``anyOf: [type, template]``."""
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        inner = handler(source)
+        return core_schema.with_info_wrap_validator_function(
+            _templatable, inner,
+            serialization=core_schema.wrap_serializer_function_ser_schema(_serialize_templatable, schema=inner))
+
+    def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema,
+                                     handler: GetJsonSchemaHandler) -> dict[str, Any]:
+        return {"anyOf": [handler(schema), dict(TEMPLATE_JSON_SCHEMA)]}
+
+    def __repr__(self) -> str:
+        return "TemplateOr()"
+
+
 T = TypeVar("T")
-Templatable = T | TemplateStr  # e.g. Templatable[int]: a number, or a template giving one
+Templatable = Annotated[T, _TemplateOr()]
+"""``Templatable[int]``: a number, or a template giving one at run time. A string that is
+neither earns one error on the field ("expected an integer, or a template such as
+'{{ inputs.count }}'"), not one per alternative."""
 
 
 @dataclass(frozen=True)

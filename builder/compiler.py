@@ -7,33 +7,43 @@ every issue found, errors apart from warnings.
 
 from __future__ import annotations
 
+import gc
 from collections import defaultdict, deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from pydantic import ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from builder.canvas import UI_EDGE_KEYS, UI_NODE_KEYS, CanvasHeader, EdgeModel, NodeModel
+from builder.canvas import DOCUMENT_EXTRA_KEYS, UI_EDGE_KEYS, UI_NODE_KEYS, CanvasHeader, EdgeModel, NodeModel
 from builder.catalog import NodeCatalog, NodeConfig, NodeTypeSpec
 from builder.conditions import OPERATORS, UNARY_OPERATORS
 from builder.inputs import check_input_declarations
-from builder.issues import Issue, errors_of
+from builder.issues import Issue, errors_of, field_path, readable_errors
 from builder.plan import (
     TOP,
     CachePolicy,
     EdgeConditionSpec,
+    FrozenDict,
     Plan,
     PlanEdge,
     PlanNode,
     RetryPolicy,
     Scope,
-    content_hash,
+    assemble,
+    freeze,
+    plan_hash,
 )
 from builder.references import check_references
-from builder.graph import find_cycles, longest_path_levels
+from builder.graph import analyse_scope
 
-RESERVED_IDS = frozenset({"inputs", "var", "env", "loop", "parallel", "run", "nodes"})
+NAMESPACE_IDS = frozenset({"inputs", "var", "env", "loop", "parallel", "run", "nodes"})
+"""Template namespaces (section 8 of the spec)."""
+TEMPLATE_GLOBAL_IDS = frozenset({"range", "dict", "lipsum", "cycler", "joiner", "namespace", "self"})
+"""Names Jinja itself provides in every template: ``{{ range.x }}`` would read Jinja's, never a node."""
+RESERVED_IDS = NAMESPACE_IDS | TEMPLATE_GLOBAL_IDS
 
 
 @dataclass(frozen=True)
@@ -53,6 +63,9 @@ class Draft:
     excluded: frozenset[str] = frozenset()
     """Nodes not reachable from ``start``: reported, not run."""
     levels: Mapping[str, int] = field(default_factory=dict)
+    """Per scope, the longest edge count from a root; nodes on one cycle share a level."""
+    components: Mapping[str, str] = field(default_factory=dict)
+    """Nodes on a cycle: the smallest id of their cycle's strongly connected component."""
     references: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     def add(self, *issues: Issue, **changes: Any) -> Draft:
@@ -78,40 +91,115 @@ class CompileResult:
 
 
 def compile_canvas(raw: Any, catalog: NodeCatalog) -> CompileResult:
-    draft = parse_document(Draft(raw=raw))
-    draft = check_nodes(draft, catalog)
-    draft = build_containers(draft)
-    draft = check_edges(draft)
-    draft = mark_reachable(draft)
-    draft = check_graph_cycles(draft)
-    draft = check_references(draft)
-    return build_plan(draft)
+    with _collector_paused():
+        draft = parse_document(Draft(raw=raw))
+        draft = check_nodes(draft, catalog)
+        draft = build_containers(draft)
+        draft = check_edges(draft)
+        draft = mark_reachable(draft)
+        draft = check_graph_cycles(draft)
+        draft = check_references(draft)
+        return build_plan(draft)
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector, paused while a canvas compiles.
+
+    A compile allocates a few hundred thousand container objects (models, dicts, sets),
+    nearly all of which live until it ends and none of which form reference cycles; the
+    collector's passes over them (and over the caller's canvas, and every other live
+    object) were about 30% of the compile time of a 10k-node canvas. Reference counting
+    still frees everything as usual; the collector resumes at the end (only if it was
+    running before), so at most one compile's worth of time goes without it.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 # --- stage 1: parse -------------------------------------------------------------------
 
 
-def _path(loc: tuple[Any, ...], prefix: str = "") -> str:
-    out = prefix
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
+_path = field_path  # the former name
 
 
 def validation_issues(
     error: ValidationError, *, code: str, prefix: str = "", node_id: str | None = None,
     edge_id: str | None = None, what: str = ""
 ) -> list[Issue]:
-    issues = []
-    for err in error.errors(include_url=False):
-        where = _path(tuple(err["loc"]), prefix)
-        issues.append(
-            Issue(code, f"{what}{where}: {err['msg']}", node_id=node_id, edge_id=edge_id, field=where)
-        )
-    return issues
+    """One issue per field a pydantic error is about (see ``issues.readable_errors``)."""
+    return [Issue(code, f"{what}{where}: {message}", node_id=node_id, edge_id=edge_id, field=where)
+            for where, message in readable_errors(error, prefix)]
+
+
+def _parse_header(header_raw: dict[str, Any]) -> tuple[CanvasHeader, list[Issue]]:
+    """The document's header, and its problems. A bad value does not hide the rest: it is
+    reported and left out (the bad entry of ``inputs`` or ``settings``, or the whole
+    field), and what remains is kept, so input defaults and output references are still
+    checked."""
+    try:
+        return CanvasHeader.model_validate(header_raw), []
+    except ValidationError as exc:
+        issues = validation_issues(exc, code="invalid_document")
+        errors = exc.errors(include_url=False)
+    cleaned = dict(header_raw)
+    copied: set[str] = set()
+    for err in errors:
+        loc = err["loc"]
+        if not loc or loc[0] not in cleaned:
+            continue
+        top, value = loc[0], cleaned[loc[0]]
+        if len(loc) > 1 and isinstance(value, dict):
+            if loc[1] in value:  # (not when an earlier error of the same entry removed it)
+                if top not in copied:
+                    value = cleaned[top] = dict(value)
+                    copied.add(top)
+                del value[loc[1]]
+        else:
+            del cleaned[top]
+    bad_fields = {err["loc"][0] for err in errors if err["loc"]}
+    for attempt in (cleaned, {k: v for k, v in cleaned.items() if k not in bad_fields}):
+        try:
+            return CanvasHeader.model_validate(attempt), issues
+        except ValidationError:
+            continue
+    return CanvasHeader(), issues
+
+
+_NODE_LIST = TypeAdapter(list[NodeModel])
+_EDGE_LIST = TypeAdapter(list[EdgeModel])
+
+
+def _validate_all(adapter: TypeAdapter[Any], model: type[BaseModel], items: list[Any]) -> list[Any]:
+    """Each item validated: the model, or the ValidationError of that item alone. The whole
+    list is validated in one call first (the usual case: every item is fine), one by one
+    only when some item is not."""
+    try:
+        return adapter.validate_python(items)
+    except ValidationError:
+        pass
+    out: list[Any] = []
+    for item in items:
+        try:
+            out.append(model.model_validate(item))
+        except ValidationError as exc:
+            out.append(exc)
+    return out
+
+
+def _reserved_id(node_id: str) -> Issue:
+    if node_id in NAMESPACE_IDS:
+        return Issue("reserved_id", f"node id {node_id!r} is reserved for the template namespace of that name; "
+                     f"rename the node", node_id=node_id, field="id")
+    return Issue("reserved_id", f"node id {node_id!r} is the name of a function every template has "
+                 f"({', '.join(sorted(TEMPLATE_GLOBAL_IDS))}), so templates could not read this node by name; "
+                 f"rename the node", node_id=node_id, field="id")
 
 
 def parse_document(draft: Draft) -> Draft:
@@ -121,63 +209,72 @@ def parse_document(draft: Draft) -> Draft:
         return draft.add(Issue("not_an_object", f"a canvas is a JSON object, got {kind}"))
     issues: list[Issue] = []
     header_raw = {k: v for k, v in raw.items() if k not in ("nodes", "edges")}
-    header = None
-    try:
-        header = CanvasHeader.model_validate(header_raw)
-    except ValidationError as exc:
-        issues += validation_issues(exc, code="invalid_document")
-    if header is not None:
-        issues += check_input_declarations(header.inputs)
+    header, header_issues = _parse_header(header_raw)
+    issues += header_issues
+    issues += check_input_declarations(header.inputs)
+    known = CanvasHeader.model_fields
+    for key in sorted((k for k in header_raw if k not in known and k not in DOCUMENT_EXTRA_KEYS), key=str):
+        issues.append(Issue("unknown_key", f"unknown key {key!r} at the top level of the canvas is ignored",
+                            field=str(key), severity="warning"))
 
     nodes: dict[str, NodeModel] = {}
     raw_nodes = raw.get("nodes", [])
     if not isinstance(raw_nodes, list):
         issues.append(Issue("invalid_document", "nodes must be a list", field="nodes"))
         raw_nodes = []
-    for index, item in enumerate(raw_nodes):
-        where = f"nodes[{index}]"
-        node_id = item.get("id") if isinstance(item, dict) else None
-        node_id = node_id if isinstance(node_id, str) else None
-        try:
-            node = NodeModel.model_validate(item)
-        except ValidationError as exc:
-            issues += validation_issues(exc, code="invalid_node", node_id=node_id, prefix="",
-                                        what=f"{where} ")
+    for index, node in enumerate(_validate_all(_NODE_LIST, NodeModel, raw_nodes)):
+        if isinstance(node, ValidationError):
+            item = raw_nodes[index]
+            node_id = item.get("id") if isinstance(item, dict) else None
+            issues += validation_issues(node, code="invalid_node", node_id=node_id if isinstance(node_id, str) else None,
+                                        prefix="", what=f"nodes[{index}] ")
             continue
-        if node.id in nodes:
-            issues.append(Issue("duplicate_node_id", f"node id {node.id!r} is used by more than one node "
-                                f"({where} repeats it)", node_id=node.id, field="id"))
+        node_id = node.id
+        if node_id in nodes:
+            issues.append(Issue("duplicate_node_id", f"node id {node_id!r} is used by more than one node "
+                                f"(nodes[{index}] repeats it)", node_id=node_id, field="id"))
             continue
-        if node.id in RESERVED_IDS:
-            issues.append(Issue("reserved_id", f"node id {node.id!r} is reserved for the template "
-                                f"namespace of that name; rename the node", node_id=node.id, field="id"))
-        for key in sorted((node.model_extra or {}).keys() - UI_NODE_KEYS):
-            issues.append(Issue("unknown_key", f"unknown key {key!r} on node is ignored",
-                                node_id=node.id, field=key, severity="warning"))
-        nodes[node.id] = node
+        if node_id in RESERVED_IDS:
+            issues.append(_reserved_id(node_id))
+        if node.parentNode is not None:  # React Flow v11 calls parentId parentNode
+            if node.parentId is None:
+                node.parentId = node.parentNode
+            elif node.parentId != node.parentNode:
+                issues.append(Issue("invalid_node", f"nodes[{index}] parentId {node.parentId!r} and parentNode "
+                                    f"{node.parentNode!r} (React Flow v11's name for it) name different "
+                                    f"containers; keep one", node_id=node_id, field="parentNode"))
+        extra = node.__pydantic_extra__
+        if extra and not extra.keys() <= UI_NODE_KEYS:
+            for key in sorted(extra.keys() - UI_NODE_KEYS):
+                issues.append(Issue("unknown_key", f"unknown key {key!r} on node is ignored",
+                                    node_id=node_id, field=key, severity="warning"))
+        nodes[node_id] = node
 
     edges: dict[str, EdgeModel] = {}
     raw_edges = raw.get("edges", [])
     if not isinstance(raw_edges, list):
         issues.append(Issue("invalid_document", "edges must be a list", field="edges"))
         raw_edges = []
-    for index, item in enumerate(raw_edges):
-        edge_id = item.get("id") if isinstance(item, dict) else None
-        edge_id = edge_id if isinstance(edge_id, str) and edge_id else f"edges[{index}]"
-        try:
-            edge = EdgeModel.model_validate(item)
-        except ValidationError as exc:
-            issues += validation_issues(exc, code="invalid_edge", edge_id=edge_id,
-                                        what=f"edges[{index}] ")
+    for index, edge in enumerate(_validate_all(_EDGE_LIST, EdgeModel, raw_edges)):
+        if isinstance(edge, ValidationError):
+            item = raw_edges[index]
+            edge_id = item.get("id") if isinstance(item, dict) else None
+            edge_id = edge_id if isinstance(edge_id, str) and edge_id else f"edges[{index}]"
+            issues += validation_issues(edge, code="invalid_edge", edge_id=edge_id, what=f"edges[{index}] ")
             continue
+        edge_id = edge.id or f"edges[{index}]"
         if edge_id in edges:
             issues.append(Issue("duplicate_edge_id", f"edge id {edge_id!r} is used by more than one edge",
                                 edge_id=edge_id, field="id"))
             continue
-        for key in sorted((edge.model_extra or {}).keys() - UI_EDGE_KEYS):
-            issues.append(Issue("unknown_key", f"unknown key {key!r} on edge is ignored",
-                                edge_id=edge_id, field=key, severity="warning"))
-        edges[edge_id] = edge.model_copy(update={"id": edge_id})
+        extra = edge.__pydantic_extra__
+        if extra and not extra.keys() <= UI_EDGE_KEYS:
+            for key in sorted(extra.keys() - UI_EDGE_KEYS):
+                issues.append(Issue("unknown_key", f"unknown key {key!r} on edge is ignored",
+                                    edge_id=edge_id, field=key, severity="warning"))
+        if edge.id != edge_id:
+            edge.id = edge_id  # an edge without id is named after its position
+        edges[edge_id] = edge
     return draft.add(*issues, header=header, nodes=MappingProxyType(nodes),
                      edges=MappingProxyType(edges))
 
@@ -191,23 +288,34 @@ def check_nodes(draft: Draft, catalog: NodeCatalog) -> Draft:
     configs: dict[str, NodeConfig] = {}
     known = None
     starts = []
+    by_model: dict[type[NodeConfig], list[NodeModel]] = defaultdict(list)
     for node in draft.nodes.values():
         spec = catalog.spec(node.type)
+        if spec is not None:
+            specs[node.id] = spec
+            by_model[spec.config_model].append(node)
+    # Each type's configurations validated together (one call per type, not per node).
+    checked: dict[str, NodeConfig | ValidationError] = {}
+    for model, group in by_model.items():
+        for node, result in zip(group, _validate_all(_list_adapter(model), model, [n.data for n in group])):
+            checked[node.id] = result
+    for node in draft.nodes.values():
+        spec = specs.get(node.id)
         if spec is None:
             known = known or ", ".join(sorted(catalog.types()))
             issues.append(Issue("unknown_node_type", f"unknown node type {node.type!r}; known types: {known}",
                                 node_id=node.id, field="type"))
             continue
-        specs[node.id] = spec
-        try:
-            config = spec.config_model.model_validate(node.data)
-        except ValidationError as exc:
-            issues += validation_issues(exc, code="invalid_config", node_id=node.id, prefix="data")
+        config = checked[node.id]
+        if isinstance(config, ValidationError):
+            issues += validation_issues(config, code="invalid_config", node_id=node.id, prefix="data")
             continue
         configs[node.id] = config
-        for key in sorted((config.model_extra or {}).keys()):
-            issues.append(Issue("unknown_key", f"unknown key {key!r} in data of a {node.type} node is ignored",
-                                node_id=node.id, field=f"data.{key}", severity="warning"))
+        extra = config.__pydantic_extra__
+        if extra:
+            for key in sorted(extra):
+                issues.append(Issue("unknown_key", f"unknown key {key!r} in data of a {node.type} node is ignored",
+                                    node_id=node.id, field=f"data.{key}", severity="warning"))
         if node.cache is not None and node.cache.enabled and not spec.cacheable:
             issues.append(Issue("not_cacheable", f"{node.type} nodes have side effects and are never cached",
                                 node_id=node.id, field="cache.enabled", severity="warning"))
@@ -217,6 +325,16 @@ def check_nodes(draft: Draft, catalog: NodeCatalog) -> Draft:
         issues.append(Issue("multiple_start", f"a canvas has at most one start node; found {', '.join(starts)}",
                             node_id=starts[1], field="type", related=tuple(starts)))
     return draft.add(*issues, specs=MappingProxyType(specs), configs=MappingProxyType(configs))
+
+
+_LIST_ADAPTERS: dict[type[BaseModel], TypeAdapter[Any]] = {}
+
+
+def _list_adapter(model: type[BaseModel]) -> TypeAdapter[Any]:
+    adapter = _LIST_ADAPTERS.get(model)
+    if adapter is None:
+        adapter = _LIST_ADAPTERS[model] = TypeAdapter(list[model])  # type: ignore[valid-type]
+    return adapter
 
 
 # --- stage 3: containers ------------------------------------------------------------------
@@ -246,10 +364,12 @@ def build_containers(draft: Draft) -> Draft:
         scope_of[node.id] = parent
 
     # A chain of parentIds that comes back to itself cannot be nested.
-    for node_id in scope_of:
+    nested = {TOP}  # nodes whose chain of parents is known to end at the top level
+    for node_id, current in scope_of.items():
+        if current == TOP:
+            continue
         seen = [node_id]
-        current = scope_of[node_id]
-        while current != TOP:
+        while current not in nested:
             if current in seen:
                 cycle = seen[seen.index(current):]
                 if node_id == min(cycle):
@@ -259,6 +379,8 @@ def build_containers(draft: Draft) -> Draft:
                 break
             seen.append(current)
             current = scope_of.get(current, TOP)
+        else:
+            nested.update(seen)
     cyclic = {i.node_id for i in issues if i.code == "container_cycle"} | {
         r for i in issues if i.code == "container_cycle" for r in i.related}
     for node_id in cyclic:
@@ -268,11 +390,9 @@ def build_containers(draft: Draft) -> Draft:
         if node.type == "start" and scope_of[node.id] != TOP:
             issues.append(Issue("start_in_container", "a start node cannot be inside a container",
                                 node_id=node.id, field="parentId"))
-    bodies = defaultdict(int)
-    for scope in scope_of.values():
-        bodies[scope] += 1
+    bodies = set(scope_of.values())
     for node_id, spec in draft.specs.items():
-        if spec.container and not bodies.get(node_id):
+        if spec.container and node_id not in bodies:
             issues.append(Issue("empty_container", f"{spec.type} {node_id!r} has no body nodes "
                                 f"(nodes with parentId {node_id!r})", node_id=node_id, severity="warning"))
     return draft.add(*issues, scope_of=MappingProxyType(scope_of))
@@ -295,19 +415,18 @@ def check_edges(draft: Draft) -> Draft:
     issues: list[Issue] = []
     handles: dict[str, str] = {}
     seen_pairs: set[tuple[str, str, str]] = set()
+    nodes, scope_of, specs, configs = draft.nodes, draft.scope_of, draft.specs, draft.configs
+    offered_by: dict[str, frozenset[str]] = {}  # handles of each source node, asked of its type once
     for edge_id, edge in draft.edges.items():
-        problems = []
-        for end in ("source", "target"):
-            node_id = getattr(edge, end)
-            if node_id not in draft.nodes:
-                problems.append(Issue("dangling_edge", f"{end} {node_id!r} is not a node", edge_id=edge_id,
-                                      field=end))
-        if problems:
-            issues += problems
+        source, target = nodes.get(edge.source), nodes.get(edge.target)
+        if source is None or target is None:
+            for end, node_id in (("source", edge.source), ("target", edge.target)):
+                if node_id not in nodes:
+                    issues.append(Issue("dangling_edge", f"{end} {node_id!r} is not a node", edge_id=edge_id,
+                                        field=end))
             continue
-        source, target = draft.nodes[edge.source], draft.nodes[edge.target]
         handle = edge.sourceHandle or "source"
-        s_scope, t_scope = draft.scope_of[source.id], draft.scope_of[target.id]
+        s_scope, t_scope = scope_of[source.id], scope_of[target.id]
         if s_scope != t_scope:
             issues.append(Issue("edge_crosses_container",
                                 f"edge {source.id} -> {target.id} crosses a container boundary "
@@ -318,9 +437,11 @@ def check_edges(draft: Draft) -> Draft:
             issues.append(Issue("edge_into_start", "a start node cannot have incoming edges",
                                 edge_id=edge_id, field="target", related=(target.id,)))
             continue
-        spec, config = draft.specs.get(source.id), draft.configs.get(source.id)
+        spec, config = specs.get(source.id), configs.get(source.id)
         if spec is not None and config is not None:
-            offered = spec.handles(config)
+            offered = offered_by.get(source.id)
+            if offered is None:
+                offered = offered_by[source.id] = spec.handles(config)
             if handle not in offered:
                 offers = ", ".join(sorted(offered)) or "no handles"
                 issues.append(Issue("unknown_handle", f"{source.type} node {source.id!r} has no handle "
@@ -373,8 +494,15 @@ def mark_reachable(draft: Draft) -> Draft:
                 queue.append(nxt)
     excluded = set()
     issues = []
-    for node_id, scope in draft.scope_of.items():
-        top = node_id if scope == TOP else container_path(draft.scope_of, node_id)[-1]
+    scope_of = draft.scope_of
+    top_of: dict[str, str] = {}  # the top-level node each node is (or is inside)
+    for node_id, scope in scope_of.items():
+        if scope == TOP:
+            top = node_id
+        else:
+            top = top_of.get(scope)
+            if top is None:
+                top = top_of[scope] = container_path(scope_of, node_id)[-1]
         if top not in reached:
             excluded.add(node_id)
             if scope == TOP:
@@ -398,14 +526,19 @@ def check_graph_cycles(draft: Draft) -> Draft:
             successors[edge.source].append(edge.target)
     issues = []
     levels: dict[str, int] = {}
+    components: dict[str, str] = {}
     for scope, members in by_scope.items():
-        for cycle in find_cycles(members, successors):
+        graph = analyse_scope(members, successors)
+        for cycle in graph.cycles:
             where = "" if scope == TOP else f" inside {scope!r}"
+            path = " -> ".join(cycle.path + cycle.path[:1])
+            also = f"; also involved: {', '.join(cycle.others)}" if cycle.others else ""
             hint = "" if scope != TOP else "; use a loop container to repeat work"
-            issues.append(Issue("cycle", f"cycle{where}: {' -> '.join(cycle + [cycle[0]])}{hint}",
-                                node_id=cycle[0], related=tuple(cycle)))
-        levels.update(longest_path_levels(members, successors))
-    return draft.add(*issues, levels=MappingProxyType(levels))
+            issues.append(Issue("cycle", f"cycle{where}: {path}{also}{hint}", node_id=cycle.path[0],
+                                related=cycle.members))
+        levels.update(graph.levels)
+        components.update(graph.component)
+    return draft.add(*issues, levels=MappingProxyType(levels), components=MappingProxyType(components))
 
 
 # --- stage 8: the plan ------------------------------------------------------------------------------
@@ -430,40 +563,52 @@ def _cache_policy(node: NodeModel, spec: NodeTypeSpec) -> CachePolicy:
 
 
 def build_plan(draft: Draft) -> CompileResult:
+    """The plan, when no stage found an error. It shares nothing with the canvas: node
+    data, variables, output, input declarations and edge conditions are deep read-only
+    copies (``plan.freeze``)."""
     if errors_of(draft.issues):
         return CompileResult(plan=None, issues=draft.issues)
     header = draft.header
     assert header is not None
-    live = [n for n in draft.nodes.values() if n.id not in draft.excluded]
+    excluded = draft.excluded
     edges: dict[str, PlanEdge] = {}
     incoming: dict[str, list[str]] = defaultdict(list)
     outgoing: dict[str, list[str]] = defaultdict(list)
     for edge_id, handle in draft.handles.items():
         edge = draft.edges[edge_id]
-        if edge.source in draft.excluded or edge.target in draft.excluded:
+        if edge.source in excluded or edge.target in excluded:
             continue
         cond = edge.data.condition if edge.data else None
-        edges[edge_id] = PlanEdge(
-            id=edge_id, source=edge.source, target=edge.target, handle=handle,
-            condition=None if cond is None else EdgeConditionSpec(cond.field, cond.operator, cond.value),
-        )
+        edges[edge_id] = assemble(PlanEdge, {
+            "id": edge_id, "source": edge.source, "target": edge.target, "handle": handle,
+            "condition": None if cond is None else EdgeConditionSpec(freeze(cond.field), cond.operator,
+                                                                     freeze(cond.value)),
+        })
         incoming[edge.target].append(edge_id)
         outgoing[edge.source].append(edge_id)
 
     nodes: dict[str, PlanNode] = {}
     members: dict[str, list[str]] = defaultdict(list)
-    for node in live:
-        spec, config = draft.specs[node.id], draft.configs[node.id]
-        scope = draft.scope_of[node.id]
-        members[scope].append(node.id)
-        nodes[node.id] = PlanNode(
-            id=node.id, type=node.type, label=node.data.get("label") or node.id, scope=scope,
-            data=MappingProxyType(dict(node.data)), retry=_retry_policy(node, spec),
-            timeout_s=node.timeout_s, cache=_cache_policy(node, spec), join=node.join,
-            handles=spec.handles(config), incoming=tuple(sorted(incoming[node.id])),
-            outgoing=tuple(sorted(outgoing[node.id])), references=draft.references.get(node.id, frozenset()),
-            level=draft.levels.get(node.id, 0), version=spec.version, container=spec.container,
-        )
+    no_edges: tuple[str, ...] = ()
+    no_references: frozenset[str] = frozenset()
+    levels, references = draft.levels, draft.references
+    for node in draft.nodes.values():
+        node_id = node.id
+        if node_id in excluded:
+            continue
+        spec, config = draft.specs[node_id], draft.configs[node_id]
+        scope = draft.scope_of[node_id]
+        members[scope].append(node_id)
+        ins, outs = incoming.get(node_id), outgoing.get(node_id)
+        nodes[node_id] = assemble(PlanNode, {
+            "id": node_id, "type": node.type, "label": config.label or node_id, "scope": scope,
+            "data": freeze(node.data), "retry": _retry_policy(node, spec),
+            "timeout_s": node.timeout_s, "cache": _cache_policy(node, spec), "join": node.join,
+            "handles": spec.handles(config), "incoming": tuple(sorted(ins)) if ins else no_edges,
+            "outgoing": tuple(sorted(outs)) if outs else no_edges,
+            "references": references.get(node_id, no_references),
+            "level": levels.get(node_id, 0), "version": spec.version, "container": spec.container,
+        })
     scopes = {}
     for scope_id, ids in members.items():
         ordered = tuple(sorted(ids, key=lambda i: (nodes[i].level, i)))
@@ -479,10 +624,10 @@ def build_plan(draft: Draft) -> CompileResult:
         scopes[TOP] = Scope(id=TOP, nodes=(), roots=(), terminals=())
     plan = Plan(
         name=header.name, description=header.description,
-        inputs=MappingProxyType({k: v.model_dump() for k, v in header.inputs.items()}),
-        variables=MappingProxyType(dict(header.variables)), output=header.output,
-        settings=MappingProxyType(header.settings.model_dump()),
+        inputs=FrozenDict({k: freeze(v.model_dump()) for k, v in header.inputs.items()}),
+        variables=freeze(dict(header.variables)), output=freeze(header.output),
+        settings=freeze(header.settings.model_dump()),
         nodes=MappingProxyType(nodes), edges=MappingProxyType(edges), scopes=MappingProxyType(scopes),
     )
-    plan = replace(plan, hash=content_hash(plan.to_dict()))
+    plan = replace(plan, hash=plan_hash(plan))
     return CompileResult(plan=plan, issues=draft.issues)

@@ -5,17 +5,62 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 
-def find_cycles(nodes: Sequence[str], successors: Mapping[str, Sequence[str]]) -> list[list[str]]:
-    """Strongly connected components that form cycles (Tarjan), each listed in edge order
-    starting from its smallest id. Edges to nodes outside ``nodes`` are ignored."""
+@dataclass(frozen=True)
+class Cycle:
+    """A strongly connected component of more than one node (or a node with an edge to itself)."""
+
+    path: tuple[str, ...]
+    """A simple cycle through the component's smallest id, starting there, in edge order:
+    ``path[0] -> path[1] -> ... -> path[0]``; every step is an edge."""
+    others: tuple[str, ...] = ()
+    """The component's other nodes (on other cycles through the same nodes), sorted."""
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        return self.path + self.others
+
+
+@dataclass(frozen=True)
+class ScopeGraph:
+    """What the compiler needs to know about the edges of one scope."""
+
+    cycles: list[Cycle]
+    levels: dict[str, int]
+    """Longest edge count from a root, with each strongly connected component counted as one
+    node (its members share a level): along any edge the level never decreases, and it
+    grows unless both ends are on the same cycle."""
+    component: dict[str, str] = field(default_factory=dict)
+    """For nodes on a cycle: the smallest id of their component."""
+
+
+def analyse_scope(nodes: Sequence[str], successors: Mapping[str, Sequence[str]]) -> ScopeGraph:
+    """Cycles (Tarjan's strongly connected components) and levels of the scope made of
+    ``nodes``. Edges to nodes outside ``nodes`` are ignored."""
+    components = _components(nodes, successors)
+    cycles: list[Cycle] = []
+    component_of: dict[str, str] = {}
+    for members in components:
+        if len(members) > 1 or members[0] in successors.get(members[0], ()):
+            cycle = _simple_cycle(members, successors)
+            cycles.append(cycle)
+            for member in members:
+                component_of[member] = cycle.path[0]
+    cycles.sort(key=lambda c: c.path[0])
+    return ScopeGraph(cycles, _levels(components, successors), component_of)
+
+
+def _components(nodes: Sequence[str], successors: Mapping[str, Sequence[str]]) -> list[list[str]]:
+    """Strongly connected components in reverse topological order (Tarjan emits a
+    component after every component it leads to)."""
     members = set(nodes)
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     on_stack: set[str] = set()
     stack: list[str] = []
-    cycles: list[list[str]] = []
+    components: list[list[str]] = []
     counter = 0
     for root in nodes:
         if root in index:
@@ -39,15 +84,21 @@ def find_cycles(nodes: Sequence[str], successors: Mapping[str, Sequence[str]]) -
                     work.append((child, iter(successors.get(child, ()))))
                     advanced = True
                     break
-                if child in on_stack:
-                    low[node] = min(low[node], index[child])
+                if child in on_stack and index[child] < low[node]:
+                    low[node] = index[child]
             if advanced:
                 continue
             work.pop()
             if work:
                 parent = work[-1][0]
-                low[parent] = min(low[parent], low[node])
+                if low[node] < low[parent]:
+                    low[parent] = low[node]
             if low[node] == index[node]:
+                if stack[-1] == node:  # the usual case: a component of one node
+                    stack.pop()
+                    on_stack.discard(node)
+                    components.append([node])
+                    continue
                 component = []
                 while True:
                     item = stack.pop()
@@ -55,60 +106,88 @@ def find_cycles(nodes: Sequence[str], successors: Mapping[str, Sequence[str]]) -
                     component.append(item)
                     if item == node:
                         break
-                if len(component) > 1 or node in successors.get(node, ()):
-                    cycles.append(_cycle_order(component, successors))
-    return cycles
+                components.append(component)
+    return components
 
 
-def _cycle_order(component: list[str], successors: Mapping[str, Sequence[str]]) -> list[str]:
-    """Walk the component from its smallest id so the message reads as a path."""
+def _simple_cycle(component: list[str], successors: Mapping[str, Sequence[str]]) -> Cycle:
+    """The shortest cycle through the component's smallest id (breadth-first, following
+    edges in their order), and the component's other members."""
     members = set(component)
     start = min(component)
-    order = [start]
-    seen = {start}
-    current = start
-    while True:
-        nxt = next((s for s in successors.get(current, ()) if s in members and s not in seen), None)
-        if nxt is None:
-            break
-        order.append(nxt)
-        seen.add(nxt)
-        current = nxt
-    order += sorted(members - seen)
-    return order
+    parent: dict[str, str] = {}
+    queue = deque([start])
+    end = None
+    while queue and end is None:
+        current = queue.popleft()
+        for nxt in successors.get(current, ()):
+            if nxt == start:
+                end = current
+                break
+            if nxt in members and nxt not in parent:
+                parent[nxt] = current
+                queue.append(nxt)
+    path = []
+    node = end if end is not None else start  # a strongly connected component always has one
+    while node != start:
+        path.append(node)
+        node = parent[node]
+    path.append(start)
+    path.reverse()
+    return Cycle(tuple(path), tuple(sorted(members - set(path))))
+
+
+def _levels(components: list[list[str]], successors: Mapping[str, Sequence[str]]) -> dict[str, int]:
+    level: dict[str, int] = {}
+    for members in reversed(components):  # topological order of the components
+        if len(members) == 1:
+            node = members[0]
+            base = level.setdefault(node, 0)
+            for nxt in successors.get(node, ()):
+                # Only nodes of this scope that come later have no final level yet.
+                if nxt != node and level.get(nxt, -1) <= base:
+                    level[nxt] = base + 1
+            continue
+        inside = set(members)
+        base = max(level.get(member, 0) for member in members)
+        for member in members:
+            level[member] = base
+        for member in members:
+            for nxt in successors.get(member, ()):
+                if nxt not in inside and level.get(nxt, -1) <= base:
+                    level[nxt] = base + 1
+    return {node: level[node] for members in components for node in members}
+
+
+def find_cycles(nodes: Sequence[str], successors: Mapping[str, Sequence[str]]) -> list[list[str]]:
+    """Each cycle as a list of nodes in edge order from its component's smallest id
+    (``Cycle.path``); see :func:`analyse_scope` for the whole component."""
+    return [list(cycle.path) for cycle in analyse_scope(nodes, successors).cycles]
 
 
 def longest_path_levels(nodes: Iterable[str], successors: Mapping[str, Sequence[str]]) -> dict[str, int]:
-    """Level of each node: the longest edge count from a root (Kahn's order). Nodes on
-    cycles keep the level they had when the walk stopped."""
-    members = set(nodes)
-    indegree = {n: 0 for n in members}
-    for n in members:
-        for s in successors.get(n, ()):
-            if s in members:
-                indegree[s] += 1
-    level = {n: 0 for n in members}
-    queue = deque(n for n in members if indegree[n] == 0)
-    while queue:
-        n = queue.popleft()
-        for s in successors.get(n, ()):
-            if s not in members:
-                continue
-            level[s] = max(level[s], level[n] + 1)
-            indegree[s] -= 1
-            if indegree[s] == 0:
-                queue.append(s)
-    return level
+    """Level of each node: the longest edge count from a root, each cycle counted as one node."""
+    return analyse_scope(list(nodes), successors).levels
 
 
 def is_upstream(
-    candidate: str, node: str, predecessors: Mapping[str, Sequence[str]], levels: Mapping[str, int]
+    candidate: str, node: str, predecessors: Mapping[str, Sequence[str]], levels: Mapping[str, int],
+    component: Mapping[str, str] | None = None,
 ) -> bool:
     """Whether a path leads from ``candidate`` to ``node``. Searches backwards from
-    ``node`` and prunes every node whose level is not above the candidate's, so a
-    reference to a nearby node costs a few steps even in a huge graph."""
+    ``node`` and prunes every node whose level is below the candidate's, or equal to it
+    without being on a cycle with it (levels from :func:`analyse_scope`, ``component``
+    its map of nodes on cycles), so a reference to a nearby node costs a few steps even
+    in a huge graph."""
     target_level = levels.get(candidate, 0)
-    if levels.get(node, 0) <= target_level:
+    cyclic = component.get(candidate) if component else None
+
+    def may_lead_back(other: str) -> bool:
+        other_level = levels.get(other, 0)
+        return other_level > target_level or (
+            other_level == target_level and cyclic is not None and component.get(other) == cyclic)  # type: ignore[union-attr]
+
+    if not may_lead_back(node):
         return False
     seen = {node}
     stack = [node]
@@ -117,7 +196,7 @@ def is_upstream(
         for pred in predecessors.get(current, ()):
             if pred == candidate:
                 return True
-            if pred not in seen and levels.get(pred, 0) > target_level:
+            if pred not in seen and may_lead_back(pred):
                 seen.add(pred)
                 stack.append(pred)
     return False

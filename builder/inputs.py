@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from builder.issues import InputsInvalid, Issue
+from builder.plan import thaw
 
 
 def json_type_matches(value: Any, type_name: str) -> bool:
@@ -68,7 +69,7 @@ def validate_inputs(declared: Mapping[str, Mapping[str, Any]], given: Mapping[st
         elif spec.get("required"):
             issues.append(Issue("input_missing", f"input {name!r} is required", field=f"inputs.{name}"))
         else:
-            resolved[name] = spec.get("default")
+            resolved[name] = thaw(spec.get("default"))  # a plan's defaults are read-only; a run's values are not
     if not declared:
         return dict(given)  # a canvas that declares no inputs takes whatever it is given
     for name in sorted(set(given) - set(declared)):

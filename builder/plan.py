@@ -5,21 +5,113 @@ type, resolved settings (retry, timeout, cache, join), its incoming and outgoing
 with handles, and the container structure as scopes. ``Plan.hash`` is a content hash of
 the canonical JSON form: the same canvas yields the same hash whatever its key or node
 order.
+
+A plan shares nothing with the canvas it was compiled from and cannot be changed: the JSON
+values it carries (node ``data``, ``variables``, ``output``, input declarations, edge
+conditions) are deep copies made of :class:`FrozenDict` and :class:`FrozenList`, which are
+``dict`` and ``list`` for every reader (``isinstance``, ``json.dumps``, pydantic, Jinja)
+but refuse every change with ``TypeError``. :func:`thaw` gives back plain, mutable copies.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, NoReturn, TypeVar
 
 NodeId = str
 EdgeId = str
 ScopeId = str  # "" is the top level; otherwise the container node's id
 
 TOP: ScopeId = ""
+_T = TypeVar("_T")
+
+
+# --------------------------------------------------------------------------- read-only JSON values
+
+
+def _refuse(self: Any, *args: Any, **kwargs: Any) -> NoReturn:
+    raise TypeError(f"a {type(self).__name__} is read-only: a compiled plan cannot be changed "
+                    "(thaw() gives a mutable copy)")
+
+
+class FrozenDict(dict):  # type: ignore[type-arg]
+    """A ``dict`` that refuses changes. Reading, iterating, ``dict(x)``, ``x | y`` and
+    ``json.dumps`` work as for any dict (``dict(x)`` and ``x.copy()`` are plain dicts)."""
+
+    __slots__ = ()
+    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _refuse
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickle without going through __setitem__
+        return type(self), (dict(self),)
+
+    def __copy__(self) -> FrozenDict:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> FrozenDict:
+        return type(self)({key: copy.deepcopy(value, memo) for key, value in self.items()})
+
+
+class FrozenList(list):  # type: ignore[type-arg]
+    """A ``list`` that refuses changes (a JSON array of a plan); ``list(x)`` is a plain list."""
+
+    __slots__ = ()
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = append = extend = insert = pop = remove = clear = sort = \
+        reverse = _refuse
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (list(self),)
+
+    def __copy__(self) -> FrozenList:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> FrozenList:
+        return type(self)(copy.deepcopy(value, memo) for value in self)
+
+
+_EMPTY_DICT = FrozenDict()
+_EMPTY_LIST = FrozenList()
+
+
+_ATOMS = frozenset({str, int, float, bool, type(None)})
+
+
+def freeze(value: Any) -> Any:
+    """A deep, read-only copy of a JSON-like value: mappings become :class:`FrozenDict`,
+    lists and tuples :class:`FrozenList`; strings, numbers, booleans and None are kept
+    (they are immutable), as is anything else."""
+    kind = type(value)
+    if kind is dict:
+        if not value:
+            return _EMPTY_DICT
+        atoms = _ATOMS
+        return FrozenDict({key: item if type(item) in atoms else freeze(item) for key, item in value.items()})
+    if kind is list:
+        if not value:
+            return _EMPTY_LIST
+        atoms = _ATOMS
+        return FrozenList([item if type(item) in atoms else freeze(item) for item in value])
+    if kind in _ATOMS or kind is FrozenDict or kind is FrozenList:
+        return value  # (a FrozenDict/FrozenList made by freeze() is frozen all the way down)
+    if isinstance(value, Mapping):
+        return FrozenDict({key: freeze(item) for key, item in value.items()}) if value else _EMPTY_DICT
+    if isinstance(value, (list, tuple)):
+        return FrozenList([freeze(item) for item in value]) if value else _EMPTY_LIST
+    return value
+
+
+def thaw(value: Any) -> Any:
+    """A deep, mutable copy of a (frozen) JSON-like value: mappings become ``dict``, lists
+    and tuples ``list``."""
+    if isinstance(value, Mapping):
+        return {key: thaw(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [thaw(item) for item in value]
+    return value
 
 
 @dataclass(frozen=True)
@@ -82,7 +174,7 @@ class PlanEdge:
             "handle": self.handle,
             "condition": None
             if cond is None
-            else {"field": cond.field, "operator": cond.operator, "value": cond.value},
+            else {"field": thaw(cond.field), "operator": cond.operator, "value": thaw(cond.value)},
         }
 
 
@@ -94,7 +186,8 @@ class PlanNode:
     scope: ScopeId
     """The container this node belongs to (``TOP`` for top-level nodes)."""
     data: Mapping[str, Any]
-    """The node's configuration as written (templates unresolved). Read-only."""
+    """The node's configuration as written (templates unresolved): a deeply read-only
+    copy (:class:`FrozenDict`)."""
     retry: RetryPolicy
     timeout_s: float | None
     cache: CachePolicy
@@ -116,7 +209,7 @@ class PlanNode:
             "type": self.type,
             "label": self.label,
             "scope": self.scope,
-            "data": dict(self.data),
+            "data": thaw(self.data),
             "retry": self.retry.to_dict(),
             "timeout_s": self.timeout_s,
             "cache": self.cache.to_dict(),
@@ -168,10 +261,10 @@ class Plan:
         return {
             "name": self.name,
             "description": self.description,
-            "inputs": {k: dict(v) for k, v in sorted(self.inputs.items())},
-            "variables": dict(self.variables),
-            "output": self.output,
-            "settings": dict(self.settings),
+            "inputs": {k: thaw(v) for k, v in sorted(self.inputs.items())},
+            "variables": thaw(self.variables),
+            "output": thaw(self.output),
+            "settings": thaw(self.settings),
             "nodes": [self.nodes[k].to_dict() for k in sorted(self.nodes)],
             "edges": [self.edges[k].to_dict() for k in sorted(self.edges)],
             "scopes": [self.scopes[k].to_dict() for k in sorted(self.scopes)],
@@ -179,9 +272,74 @@ class Plan:
         }
 
 
+def assemble(cls: type[_T], fields: dict[str, Any]) -> _T:
+    """An instance of a frozen plan class (``PlanNode``, ``PlanEdge``...) from a dict of
+    *all* its fields. The same object the constructor makes, without the generated
+    ``__init__``'s ``object.__setattr__`` per field: about twice as fast, which counts for
+    the compiler on 10k-node canvases."""
+    obj = object.__new__(cls)
+    object.__setattr__(obj, "__dict__", fields)
+    return obj
+
+
 def content_hash(plan_dict: Mapping[str, Any]) -> str:
-    body = {k: v for k, v in plan_dict.items() if k != "hash"}
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    """The hash of a plan from its ``to_dict()`` form; equals ``Plan.hash``."""
+    header = {key: plan_dict[key] for key in _HEADER_KEYS}
+    nodes = [[n["id"], n["type"], n["scope"], n["data"], _retry_key(n["retry"]), n["timeout_s"],
+              [n["cache"]["enabled"], n["cache"]["ttl_s"]], n["join"], sorted(n["handles"]), n["version"],
+              n["container"]] for n in sorted(plan_dict["nodes"], key=lambda n: n["id"])]
+    edges = [[e["id"], e["source"], e["target"], e["handle"], e["condition"]]
+             for e in sorted(plan_dict["edges"], key=lambda e: e["id"])]
+    return _digest(header, nodes, edges)
+
+
+def plan_hash(plan: Plan) -> str:
+    """The content hash of a plan, computed from the plan itself (no ``to_dict()``).
+
+    It covers the canonical JSON (sorted keys, compact) of the document's header (name,
+    description, inputs, variables, output, settings), of every node's own settings (id,
+    type, scope, data, retry, timeout, cache, join, handles, version, container) and of
+    every edge (id, source, target, handle, condition), nodes and edges sorted by id. What
+    the compiler derives from those (incoming/outgoing edges, references, levels, scopes,
+    labels) is left out: it follows from them, and ``PLAN_FORMAT`` changes when the way it
+    follows does.
+    """
+    header = {"name": plan.name, "description": plan.description, "inputs": plan.inputs,
+              "variables": plan.variables, "output": plan.output, "settings": plan.settings}
+    retry_keys: dict[RetryPolicy, list[Any]] = {}  # most nodes share their type's default policy
+    nodes = []
+    for node_id in sorted(plan.nodes):
+        node = plan.nodes[node_id]
+        retry = retry_keys.get(node.retry)
+        if retry is None:
+            retry = retry_keys[node.retry] = _retry_key(node.retry.to_dict())
+        nodes.append([node.id, node.type, node.scope, node.data, retry, node.timeout_s,
+                      [node.cache.enabled, node.cache.ttl_s], node.join, sorted(node.handles), node.version,
+                      node.container])
+    edges = []
+    for edge_id in sorted(plan.edges):
+        edge = plan.edges[edge_id]
+        cond = edge.condition
+        edges.append([edge.id, edge.source, edge.target, edge.handle, None if cond is None else
+                      {"field": cond.field, "operator": cond.operator, "value": cond.value}])
+    return _digest(header, nodes, edges)
+
+
+PLAN_FORMAT = 2
+"""Version of what ``plan_hash`` covers and of how the compiler derives the rest."""
+
+_HEADER_KEYS = ("name", "description", "inputs", "variables", "output", "settings")
+
+
+def _retry_key(retry: Mapping[str, Any]) -> list[Any]:
+    return [retry["max_attempts"], retry["initial_delay_s"], retry["backoff_factor"], retry["max_delay_s"],
+            retry["jitter"], sorted(retry["retry_on"])]
+
+
+def _digest(header: Mapping[str, Any], nodes: list[Any], edges: list[Any]) -> str:
+    body = [PLAN_FORMAT, header, nodes, edges]
+    # (No check for circular values: plan data is JSON, and freeze() would not end either.)
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str, check_circular=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 

@@ -4,6 +4,10 @@ Every string in a node's ``data``, in edge conditions and in the document's ``ou
 is parsed; what it reads must exist when it runs. A node may read the outputs of nodes
 upstream of it in its own scope or upstream of any enclosing container, never of its
 own container nor of nodes inside another container (use that container's output).
+
+A container's own-scope keys (a loop's ``condition``) are evaluated by the container
+itself, between iterations, outside its body: they may use ``loop.*`` but not the
+outputs of the body's nodes (``loop.results`` holds what the iterations gave).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ if TYPE_CHECKING:
 NAMESPACES = frozenset({"inputs", "var", "env", "run", "loop", "parallel", "nodes"})
 JINJA_GLOBALS = frozenset({"range", "dict", "lipsum", "cycler", "joiner", "namespace", "true", "false", "none",
                            "True", "False", "None"})
+_NOT_NODES = NAMESPACES | JINJA_GLOBALS
 
 
 def check_references(draft: Draft) -> Draft:
@@ -33,24 +38,29 @@ def check_references(draft: Draft) -> Draft:
     checker = _Checker(draft, predecessors)
     issues: list[Issue] = []
     references: dict[str, frozenset[str]] = {}
+    excluded, specs = draft.excluded, draft.specs
     for node_id, node in draft.nodes.items():
-        if node_id in draft.excluded or node_id not in draft.specs:
+        if node_id in excluded or node_id not in specs:
             continue
-        spec = draft.specs[node_id]
+        spec = specs[node_id]
         own_keys = spec.own_scope_keys
-        outer_data = {k: v for k, v in node.data.items() if k not in own_keys}
-        inner_data = {k: v for k, v in node.data.items() if k in own_keys}
+        data = node.data
         found: set[str] = set()
+        if own_keys and not own_keys.isdisjoint(data):
+            outer_data = {k: v for k, v in data.items() if k not in own_keys}
+            inner_data = {k: v for k, v in data.items() if k in own_keys}
+            for refs in find_references(inner_data, expression_keys=spec.expression_keys | own_keys):
+                found |= checker.check(refs, reader=node_id, inside=node_id, issues=issues)
+        else:
+            outer_data = data
         for refs in find_references(outer_data, expression_keys=spec.expression_keys):
             found |= checker.check(refs, reader=node_id, inside=None, issues=issues)
-        for refs in find_references(inner_data, expression_keys=spec.expression_keys | own_keys):
-            found |= checker.check(refs, reader=node_id, inside=node_id, issues=issues)
         references[node_id] = frozenset(found)
 
     for edge_id in draft.handles:
         edge = draft.edges[edge_id]
         condition = edge.data.condition if edge.data else None
-        if condition is None or edge.source in draft.excluded:
+        if condition is None or edge.source in excluded:
             continue
         value = {"field": condition.field, "value": condition.value}
         for refs in find_references(value, field="data.condition"):
@@ -65,46 +75,79 @@ def check_references(draft: Draft) -> Draft:
     return draft.add(*issues, references=MappingProxyType(references))
 
 
+def _where(reader: str, edge_id: str | None, field: str) -> dict[str, Any]:
+    """Where an issue is: the reading node, or the edge whose condition reads."""
+    return {"node_id": None if edge_id else reader, "edge_id": edge_id, "field": field}
+
+
 class _Checker:
     def __init__(self, draft: Draft, predecessors: dict[str, list[str]]):
         self.draft = draft
         self.predecessors = predecessors
+        self.scope_of = draft.scope_of
+        self.components = getattr(draft, "components", None) or {}
+        self._chains: dict[str, tuple[str, ...]] = {}
+        self._kind_cache: dict[str, tuple[str | None, ...]] = {}
 
-    def _containers(self, node_id: str) -> list[str]:
-        out = []
-        current = self.draft.scope_of.get(node_id, TOP)
-        while current != TOP:
-            out.append(current)
-            current = self.draft.scope_of.get(current, TOP)
-        return out
+    def _containers(self, node_id: str) -> tuple[str, ...]:
+        """Enclosing containers of a node, innermost first (computed once per node)."""
+        chain = self._chains.get(node_id)
+        if chain is None:
+            path: list[str] = []
+            current = self.scope_of.get(node_id, TOP)
+            while current != TOP:
+                known = self._chains.get(current)
+                if known is not None:
+                    path += (current, *known)
+                    break
+                path.append(current)
+                current = self.scope_of.get(current, TOP)
+            chain = self._chains[node_id] = tuple(path)
+        return chain
+
+    def _kinds(self, node_id: str) -> tuple[str | None, ...]:
+        """``loop`` or ``parallel`` for each container around a node, innermost first."""
+        kinds = self._kind_cache.get(node_id)
+        if kinds is None:
+            specs = self.draft.specs
+            kinds = self._kind_cache[node_id] = tuple(specs[c].container if c in specs else None
+                                                      for c in self._containers(node_id))
+        return kinds
 
     def check(self, refs: TemplateRefs, *, reader: str, inside: str | None, issues: list[Issue],
               edge_id: str | None = None, reader_included: bool = False) -> set[str]:
         """Check one template string read by node ``reader``; ``inside`` is set when the
-        string is evaluated inside that container's own iterations."""
-        where = {"node_id": None if edge_id else reader, "edge_id": edge_id, "field": refs.field}
+        string is evaluated by that container between its own iterations."""
         if refs.error is not None:
-            issues.append(Issue("template_syntax", f"{refs.field}: {refs.error.message}", **where))
+            issues.append(Issue("template_syntax", f"{refs.field}: {refs.error.message}",
+                                **_where(reader, edge_id, refs.field)))
             return set()
         containers = self._containers(reader)
-        if inside is not None:
-            containers = [inside] + containers
-        kinds = [self.draft.specs[c].container if c in self.draft.specs else None for c in containers]
-        for namespace in ("loop", "parallel"):
-            if namespace in refs.names and namespace not in kinds:
-                issues.append(Issue(f"{namespace}_outside_container",
-                                    f"{refs.field} uses {namespace}.* but the node is not inside a {namespace} "
-                                    f"container", **where))
-        targets = {n for n in refs.names if n not in NAMESPACES and n not in JINJA_GLOBALS} | set(refs.node_keys)
+        names = refs.names
+        if "loop" in names or "parallel" in names:
+            where = _where(reader, edge_id, refs.field)
+            kinds = self._kinds(reader)
+            if inside is not None:  # the container's own keys see its own namespace too
+                spec = self.draft.specs.get(inside)
+                kinds = (spec.container if spec else None, *kinds)
+            for namespace in ("loop", "parallel"):
+                if namespace in names and namespace not in kinds:
+                    issues.append(Issue(f"{namespace}_outside_container",
+                                        f"{refs.field} uses {namespace}.* but the node is not inside a {namespace} "
+                                        f"container", **where))
+        targets = names - _NOT_NODES
+        if refs.node_keys:
+            targets = targets | refs.node_keys
         found = set()
-        for target in sorted(targets):
-            if self._check_target(target, reader, containers, refs.field, issues, where, reader_included):
+        for target in sorted(targets) if len(targets) > 1 else targets:
+            if self._check_target(target, reader, inside, containers, refs.field, issues, edge_id, reader_included):
                 found.add(target)
         return found
 
-    def _check_target(self, target: str, reader: str, containers: list[str], field: str, issues: list[Issue],
-                      where: dict[str, Any], reader_included: bool) -> bool:
+    def _check_target(self, target: str, reader: str, inside: str | None, containers: tuple[str, ...], field: str,
+                      issues: list[Issue], edge_id: str | None, reader_included: bool) -> bool:
         draft = self.draft
+        where = _where(reader, edge_id, field)
         if target not in draft.nodes:
             issues.append(Issue("unknown_reference", f"{field} of {reader!r} reads {target!r}, which is not a node "
                                 f"nor a template namespace", related=(target,), **where))
@@ -115,22 +158,35 @@ class _Checker:
             return False
         if reader_included and target == reader:
             return True
-        target_scope = draft.scope_of[target]
+        target_scope = self.scope_of[target]
+        if inside is not None and (target_scope == inside or inside in self._containers(target)):
+            # The container evaluates this between iterations, outside its body.
+            kind = draft.specs[inside].container if inside in draft.specs else "container"
+            issues.append(Issue("reference_into_container", f"{field} of {reader!r} reads {target!r}, which is "
+                                f"inside {reader!r} itself; the {kind} evaluates it outside its body, where the "
+                                f"body's outputs do not exist: read what past iterations gave with loop.results "
+                                f"(loop.results[-1] is the last one)", related=(target,), **where))
+            return False
         if target_scope != TOP and target_scope not in containers:
             issues.append(Issue("reference_into_container", f"{field} of {reader!r} reads {target!r}, which is "
                                 f"inside container {target_scope!r}; read {target_scope!r}'s output instead",
                                 related=(target,), **where))
             return False
-        # Lift the reader to the target's scope: the reader itself, or its enclosing
-        # container that sits in that scope.
-        chain = [reader] + self._containers(reader)
-        lifted = next(c for c in chain if draft.scope_of.get(c, TOP) == target_scope)
-        if lifted == target or target in containers:
+        if target == reader:
+            issues.append(Issue("reference_not_upstream", f"{field} of {reader!r} reads its own output, which "
+                                f"does not exist before the node has run", related=(target,), **where))
+            return False
+        if target in containers:
             issues.append(Issue("reference_not_upstream", f"{field} of {reader!r} reads {target!r}, which "
                                 f"contains it; its output exists only after the container ends",
                                 related=(target,), **where))
             return False
-        if not is_upstream(target, lifted, self.predecessors, draft.levels):
+        # Lift the reader to the target's scope: the reader itself, or its enclosing
+        # container that sits in that scope (target_scope is TOP or one of containers).
+        lifted = reader
+        if self.scope_of.get(reader, TOP) != target_scope:
+            lifted = next(c for c in containers if self.scope_of.get(c, TOP) == target_scope)
+        if not is_upstream(target, lifted, self.predecessors, draft.levels, self.components):
             issues.append(Issue("reference_not_upstream", f"{field} of {reader!r} reads {target!r}, which is not "
                                 f"upstream of it (no path of edges leads from {target!r} to {lifted!r})",
                                 related=(target,), **where))
@@ -145,14 +201,14 @@ class _Checker:
             if namespace in refs.names:
                 issues.append(Issue(f"{namespace}_outside_container", f"{refs.field} uses {namespace}.* outside "
                                     f"a container", field=refs.field))
-        targets = {n for n in refs.names if n not in NAMESPACES and n not in JINJA_GLOBALS} | set(refs.node_keys)
+        targets = (refs.names - _NOT_NODES) | refs.node_keys
         for target in sorted(targets):
             if target not in self.draft.nodes:
                 issues.append(Issue("output_unknown_reference", f"the workflow output reads {target!r}, which is "
                                     f"not a node", field=refs.field, related=(target,)))
-            elif self.draft.scope_of[target] != TOP:
+            elif self.scope_of[target] != TOP:
                 issues.append(Issue("reference_into_container", f"the workflow output reads {target!r}, which is "
-                                    f"inside container {self.draft.scope_of[target]!r}", field=refs.field,
+                                    f"inside container {self.scope_of[target]!r}", field=refs.field,
                                     related=(target,)))
             elif target in self.draft.excluded:
                 issues.append(Issue("reference_unreachable", f"the workflow output reads {target!r}, which never "

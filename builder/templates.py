@@ -26,8 +26,7 @@ import json
 import re
 from collections import ChainMap
 from collections.abc import Iterator, Mapping, MappingView, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import jinja2
 import jinja2.meta
@@ -402,8 +401,9 @@ def render_value(
     """Render every template string inside ``value`` (dicts and lists, recursively).
 
     Dict keys are never rendered. A string directly under a dict key in
-    ``expression_keys`` is an expression (bare or wrapped). Returns new containers and
-    never mutates ``value``. Raises :class:`TemplateRenderError` whose ``field`` is the
+    ``expression_keys`` is an expression (bare or wrapped). Returns new, plain containers
+    (any mapping gives a ``dict``, any list or tuple a ``list``, so a plan's read-only data
+    renders to values a handler may change) and never mutates ``value``. Raises :class:`TemplateRenderError` whose ``field`` is the
     dotted path of the failing string (``data.conditions[0].expression``).
     """
     if isinstance(value, str):
@@ -418,10 +418,10 @@ def render_value(
                 rendered[key] = render_value(item, scope, expression_keys=expression_keys, field=item_field)
         return rendered
     if isinstance(value, (list, tuple)):
-        return type(value)(
+        return [
             render_value(item, scope, expression_keys=expression_keys, field=f"{field}[{index}]")
             for index, item in enumerate(value)
-        )
+        ]
     return value
 
 
@@ -550,23 +550,24 @@ def _resolve(node: nodes.Node, scope: Mapping[str, Any]) -> Any:
 # --------------------------------------------------------------------------- references (compile time)
 
 
-@dataclass(frozen=True)
-class TemplateRefs:
-    """What one template/expression string reads, for the compiler's reference checks."""
+class TemplateRefs(NamedTuple):
+    """What one template/expression string reads, for the compiler's reference checks.
+
+    ``field``: dotted path of the string this came from. ``names``: top-level names read
+    freely (``inputs``, ``fetch``, ``nodes``...); names bound inside the template
+    (``{% for x %}``, ``{% set %}``) and names Jinja provides (``range``...) are excluded.
+    ``node_keys``: constant keys used as ``nodes["some-id"]`` / ``nodes.some_id``.
+    ``error``: the syntax error when the string does not parse (then names and node_keys
+    are empty).
+    """
 
     field: str
-    """Dotted path of the string this came from."""
     names: frozenset[str]
-    """Top-level names read freely (``inputs``, ``fetch``, ``nodes``...); names bound inside
-    the template (``{% for x %}``, ``{% set %}``) are excluded."""
     node_keys: frozenset[str]
-    """Constant keys used as ``nodes["some-id"]`` / ``nodes.some_id``."""
     error: TemplateError | None
-    """The syntax error when the string does not parse (then names/node_keys are empty)."""
 
 
-@dataclass(frozen=True)
-class _Analysis:
+class _Analysis(NamedTuple):
     names: frozenset[str]
     node_keys: frozenset[str]
     error_message: str | None
@@ -578,49 +579,437 @@ _NO_NAMES: frozenset[str] = frozenset()
 
 @functools.lru_cache(maxsize=65536)
 def _analyse(text: str, as_expression: bool) -> _Analysis:
-    """What one string reads; cached because canvases repeat the same strings a lot."""
-    return _analyse_lookups(text, as_expression) or _analyse_parsed(text, as_expression)
+    """What one string reads; cached because canvases repeat the same strings a lot.
+
+    Exact in every case: the fast path (a regex for lookup paths, then a token-level
+    reader of the expression grammar) answers for the usual strings, Jinja's parser for
+    everything else (block tags, slices, unknown filters, syntax errors, ...).
+    """
+    return _analyse_tokens(text, as_expression) or _analyse_parsed(text, as_expression)
 
 
-# Most strings only interpolate lookup paths ("https://x/{{ fetch.body.id }}",
-# '{{ nodes["my-node"].x }}'). Jinja's parser takes ~0.1 ms per string; on 50k-node
-# canvases that is seconds, so such strings are read with a regex instead. Anything
-# else (operators, filters, spacing inside paths, escapes, keywords) goes to the parser.
-_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
-_STEP = rf"""\.{_IDENT}|\[(?:"[^"\\{{}}]*"|'[^'\\{{}}]*'|[0-9]+)\]"""
-_PATH = rf"{_IDENT}(?:{_STEP})*"
-_PATH_ONLY = re.compile(rf"[ \t]*(?P<path>{_PATH})[ \t]*")
-_PATH_TAG = re.compile(rf"(?<!\{{)\{{\{{[ \t]*(?P<path>{_PATH})[ \t]*\}}\}}")
-# The head name of a path and, when it is a name or string key, its first step.
-_FIRST_STEP = re.compile(rf"""(?P<head>{_IDENT})(?:\.(?P<attr>{_IDENT})|\["(?P<dq>[^"]*)"\]|\['(?P<sq>[^']*)'\])?""")
+# Most tags only interpolate a lookup path ("https://x/{{ fetch.body.id }}",
+# '{{ nodes["my-node"].x }}'): one regex reads those. Jinja's parser takes ~0.1-0.4 ms
+# per string, seconds on 10k-node canvases.
+# (Possessive quantifiers: a string that is not a path fails at once, without backtracking.)
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]*+"
+_INDEX = r"(?:0|[1-9][0-9]*+)"  # Jinja reads 007 as 00 then 7, a syntax error
+_STEP = rf"""\.{_IDENT}|\[(?:"[^"\\{{}}]*+"|'[^'\\{{}}]*+'|{_INDEX})\]"""
+# A whole expression that is a lookup path: its head and, when it is a name or a string
+# key, its first step (for nodes["id"] / nodes.id).
+_LOOKUP = re.compile(rf"""[ \t]*+(?P<head>{_IDENT})(?:\.(?P<attr>{_IDENT})|\["(?P<dq>[^"\\{{}}]*+)"\]"""
+                     rf"""|\['(?P<sq>[^'\\{{}}]*+)'\]|\[{_INDEX}\])?+(?:{_STEP})*+[ \t]*+""")
 # Words Jinja reads as constants or operators, not as variable names.
 _NOT_NAMES = frozenset({"true", "false", "none", "True", "False", "None", "and", "or", "not", "in", "is", "if", "else"})
 
 
 def _analyse_lookups(text: str, as_expression: bool) -> _Analysis | None:
-    """The fast path: None unless every template part of ``text`` is a plain lookup path."""
+    """The fast path restricted to strings whose every expression is a lookup path."""
     if as_expression:
-        match = _PATH_ONLY.fullmatch(_expression_source(text))
-        if match is None:
-            return None
-        paths = [match.group("path")]
+        parts: list[str] | None = [_expression_source(text)]
+    elif "{%" in text or "{#" in text:
+        return None
     else:
-        paths = []
-        rest = _PATH_TAG.sub(lambda tag: paths.append(tag.group("path")) or "", text)
-        if not paths or "{{" in rest or "{%" in rest or "{#" in rest:
+        parts = _tag_sources(text)
+    if not parts:
+        return None
+    names: set[str] = set()
+    keys: set[str] = set()
+    for part in parts:
+        if not _read_lookup(part, names, keys):
             return None
-    names, node_keys = set(), set()
-    for path in paths:
-        step = _FIRST_STEP.match(path)
-        head = step.group("head")
-        if head in _NOT_NAMES:
+    return _Analysis(frozenset(names), frozenset(keys) if keys and "nodes" in names else _NO_NAMES, None, None)
+
+
+def _read_lookup(source: str, names: set[str], keys: set[str]) -> bool | None:
+    """Read a lookup path: True when read, None when it is not one (or starts with a
+    word Jinja does not read as a name)."""
+    match = _LOOKUP.fullmatch(source)
+    if match is None:
+        return None
+    head = match.group("head")
+    if head in _NOT_NAMES:
+        return None
+    if head not in _jinja_globals():
+        names.add(head)
+        if head == "nodes":
+            for key in match.group("attr", "dq", "sq"):
+                if key is not None:
+                    keys.add(key)
+                    break
+    return True
+
+
+def _tag_sources(text: str) -> list[str] | None:
+    """The expressions of a template's ``{{ ... }}`` tags (whitespace control removed), or
+    None when a tag is not closed."""
+    single = _single_expression(text)
+    if single is not None:
+        return [single]
+    parts = []
+    start = text.find("{{")
+    while start >= 0:
+        start += 2
+        if text.startswith(("-", "+"), start):  # whitespace control
+            start += 1
+        # The tag ends at the first "}}": one inside a string or within brackets leaves
+        # a quote or a bracket unclosed, which the reader refuses.
+        end = text.find("}}", start)
+        if end < 0:
             return None
-        if not _is_jinja_global(head):
+        parts.append(text[start:end - 1] if end > start and text[end - 1] == "-" else text[start:end])
+        start = text.find("{{", end + 2)
+    return parts
+
+
+# Strings with operators, filters, tests, calls or literals ("{{ a | tojson }}",
+# "score > 0.5", "{{ x if y else z }}") are read token by token: a small recogniser of
+# Jinja's expression grammar (the same productions as ``jinja2.parser.Parser``, without
+# building a tree) collects the free names and ``nodes[...]`` keys about 10x faster than
+# the parser. It is conservative: whatever it does not know for certain (block tags,
+# comments, slices, tuples, escapes in strings, unusual numbers, unknown filters or
+# tests, syntax errors) makes it answer None, and the parser decides.
+# One token per match, whitespace skipped; the final "." takes any other character so that
+# nothing is skipped silently (it is then refused, or read as Jinja would: see _tokenize).
+_TOKEN = re.compile(r"""\s*+(
+    [A-Za-z_][A-Za-z0-9_]*+
+  | // | \*\* | == | != | <= | >= | [-+*/%~<>=()\[\]{}.,|:]
+  | "[^"\\\r]*+" | '[^'\\\r]*+'
+  | (?:0|[1-9][0-9]*+)(?:\.[0-9]++)?(?![\w.])
+  | .
+)""", re.VERBOSE | re.DOTALL)
+_FIRST_CHAR = {**{c: "name" for c in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_"},
+               **{c: "num" for c in "0123456789"}, '"': "str", "'": "str"}
+_OPERATORS = frozenset({"//", "**", "==", "!=", "<=", ">=", "-", "+", "*", "/", "%", "~", "<", ">", "=", "(", ")",
+                        "[", "]", "{", "}", ".", ",", "|", ":"})
+_KEYWORDS = frozenset({"and", "or", "not", "in", "is", "if", "else"})
+_CONSTANTS = frozenset({"true", "false", "none", "True", "False", "None"})
+# The kind of a name token: a keyword is its own kind, a constant "const", others "name".
+_WORD_KIND = {**{word: word for word in _KEYWORDS}, **{word: "const" for word in _CONSTANTS}}
+_NAME_KINDS = frozenset({"name", "const", *_KEYWORDS})  # what may follow "." or "|", or name a test/keyword
+_BINARY = frozenset({"+", "-", "*", "/", "//", "%", "**", "~", "==", "!=", "<", "<=", ">", ">=", "in"})
+_TEST_ARGUMENT = frozenset({"num", "str", "[", "{", ".", "name", "const", "not", "in", "is", "if"})
+_END = "<end>"
+_PADDING = (_END, _END)
+# Whole tokens whose kind is not given by their first character; a lone quote is a string
+# that does not close.
+_TOKEN_KIND = {**{op: op for op in _OPERATORS}, **_WORD_KIND, '"': "?", "'": "?"}
+
+
+def _tokenize(source: str) -> tuple[list[str], list[str]] | None:
+    """The tokens of one expression: kinds and texts, both ending with ``_END`` (twice). A kind is
+    "num", "str", "name", "const" (true, none, ...), a keyword (and, if, ...) or the
+    operator itself. None when ``source`` holds a character this reader does not handle
+    (escapes or a line break in a string, an unclosed string, ``!``, ``;``, non-ASCII
+    names...). Brackets are not matched here: the reader refuses what does not close.
+
+    A character that only the catch-all matched is refused, except a digit glued to what
+    follows (``1.x``, ``1e5``, ``007``): it is read as a number and the next token as
+    another, which Jinja reads the same way or the reader refuses (two operands in a row).
+    """
+    values = _TOKEN.findall(source.rstrip())  # (trailing blanks would reach the catch-all)
+    kind_of, first_char = _TOKEN_KIND.get, _FIRST_CHAR.get
+    kinds = [kind_of(token) or first_char(token[0]) or "?" for token in values]
+    if "?" in kinds:
+        return None
+    kinds += _PADDING  # the reader looks up to two tokens ahead
+    values += ("", "")
+    return kinds, values
+
+
+class _Reader:
+    """Recognises one expression over a token list (see ``_tokenize``), mirroring
+    ``jinja2.parser.Parser.parse_expression``; every method returns False to give up."""
+
+    __slots__ = ("kinds", "values", "i", "names", "keys", "key_tokens", "filters", "tests", "globals")
+
+    def __init__(self, kinds: list[str], values: list[str], names: set[str], keys: set[str]) -> None:
+        env = get_environment()
+        self.kinds, self.values, self.i = kinds, values, 0
+        self.names, self.keys = names, keys
+        self.key_tokens: list[int] = []
+        """Positions of the string tokens used as keys (``nodes["id"]``); ``keys`` gets
+        the names used as keys (``nodes.id``)."""
+        self.filters, self.tests, self.globals = env.filters, env.tests, _jinja_globals()
+
+    def whole(self) -> bool:
+        return self.expression() and self.kinds[self.i] == _END
+
+    def expression(self) -> bool:
+        """parse_condexpr: ``a``, ``a if b``, ``a if b else c``."""
+        if not self.operations():
+            return False
+        kinds = self.kinds
+        while kinds[self.i] == "if":
+            self.i += 1
+            if not self.operations():
+                return False
+            if kinds[self.i] == "else":
+                self.i += 1
+                if not self.expression():
+                    return False
+        return True
+
+    def operations(self) -> bool:
+        """parse_or down to parse_pow, flattened: which operator binds tighter does not
+        change what is valid, only where ``not`` may appear (first, or after and/or)."""
+        kinds = self.kinds
+        while True:
+            while kinds[self.i] == "not":
+                self.i += 1
+            if not self.unary():
+                return False
+            while True:
+                kind = kinds[self.i]
+                if kind in _BINARY:  # arithmetic, comparison, "in"
+                    self.i += 1
+                elif kind == "not" and kinds[self.i + 1] == "in":
+                    self.i += 2
+                else:
+                    break
+                if not self.unary():
+                    return False
+            if kinds[self.i] == "and" or kinds[self.i] == "or":
+                self.i += 1
+                continue
+            return True
+
+    def unary(self) -> bool:
+        """parse_unary: signs, a primary, its lookups and calls, then filters and tests."""
+        kinds, values = self.kinds, self.values
+        i = self.i
+        while kinds[i] == "-" or kinds[i] == "+":
+            i += 1
+        kind = kinds[i]
+        is_nodes = False
+        if kind == "name":
+            value = values[i]
+            if value not in self.globals:
+                self.names.add(value)
+                is_nodes = value == "nodes"
+            i += 1
+        elif kind == "num" or kind == "const":
+            i += 1
+        elif kind == "str":
+            i += 1
+            while kinds[i] == "str":  # adjacent strings are one constant
+                i += 1
+        elif kind == "(" or kind == "[":
+            self.i = i + 1
+            if not self.sequence(")" if kind == "(" else "]"):
+                return False
+            i = self.i
+            if kind == "(" and (kinds[i] == "." or kinds[i] == "["):
+                return False  # (nodes)["x"] is nodes["x"] to Jinja: leave it to the parser
+        elif kind == "{":
+            self.i = i
+            if not self.mapping():
+                return False
+            i = self.i
+        else:
+            return False  # a keyword, an operator, the end
+        # parse_postfix
+        while True:
+            kind = kinds[i]
+            if kind == ".":
+                if kinds[i + 1] not in _NAME_KINDS:
+                    return False
+                if is_nodes:
+                    self.keys.add(values[i + 1])
+                i += 2
+            elif kind == "[":
+                if is_nodes:  # nodes["id"] / nodes[0]; anything else goes to the parser
+                    if kinds[i + 2] != "]" or (kinds[i + 1] != "str" and kinds[i + 1] != "num"):
+                        return False
+                    if kinds[i + 1] == "str":
+                        self.key_tokens.append(i + 1)
+                    i += 3
+                else:
+                    self.i = i + 1
+                    if not self.expression():
+                        return False
+                    i = self.i
+                    if kinds[i] != "]":
+                        return False
+                    i += 1
+            elif kind == "(":
+                self.i = i
+                if not self.call():
+                    return False
+                i = self.i
+            else:
+                break
+            is_nodes = False
+        # parse_filter_expr
+        while True:
+            kind = kinds[i]
+            if kind == "|":
+                if kinds[i + 1] not in _NAME_KINDS or values[i + 1] not in self.filters or kinds[i + 2] == ".":
+                    return False  # unknown (or dotted) filter: the parser says which
+                i += 2
+                if kinds[i] == "(":
+                    self.i = i
+                    if not self.call():
+                        return False
+                    i = self.i
+            elif kind == "is":
+                i += 1
+                if kinds[i] == "not":
+                    i += 1
+                test = values[i]
+                if kinds[i] not in _NAME_KINDS or test not in self.tests or test == "filter" or test == "test":
+                    return False
+                i += 1
+                if kinds[i] == "(":
+                    self.i = i
+                    if not self.call():
+                        return False
+                    i = self.i
+                elif kinds[i] in _TEST_ARGUMENT:
+                    return False  # a test argument without parentheses, or a dotted name
+            elif kind == "(":
+                self.i = i
+                if not self.call():
+                    return False
+                i = self.i
+            else:
+                self.i = i
+                return True
+
+    def sequence(self, close: str) -> bool:
+        """A parenthesised expression or tuple, or a list literal, after its opening bracket."""
+        kinds = self.kinds
+        while kinds[self.i] != close:
+            if not self.expression():
+                return False
+            if kinds[self.i] != ",":
+                break
+            self.i += 1
+        if kinds[self.i] != close:
+            return False
+        self.i += 1
+        return True
+
+    def mapping(self) -> bool:
+        kinds = self.kinds
+        self.i += 1
+        while kinds[self.i] != "}":
+            if not self.expression() or kinds[self.i] != ":":
+                return False
+            self.i += 1
+            if not self.expression():
+                return False
+            if kinds[self.i] != ",":
+                break
+            self.i += 1
+        if kinds[self.i] != "}":
+            return False
+        self.i += 1
+        return True
+
+    def call(self) -> bool:
+        """parse_call_args: positional arguments, then keyword arguments (no ``*``/``**``)."""
+        kinds = self.kinds
+        self.i += 1
+        keywords = False
+        while kinds[self.i] != ")":
+            if kinds[self.i] in _NAME_KINDS and kinds[self.i + 1] == "=":
+                self.i += 2  # the keyword is not a name read from the scope
+                keywords = True
+            elif keywords:
+                return False
+            if not self.expression():
+                return False
+            if kinds[self.i] != ",":
+                break
+            self.i += 1
+        if kinds[self.i] != ")":
+            return False
+        self.i += 1
+        return True
+
+
+def _analyse_tokens(text: str, as_expression: bool) -> _Analysis | None:
+    """The fast path: None unless every expression of ``text`` is a lookup path or is
+    understood by the token reader (then the answer is exactly the parser's)."""
+    if as_expression:
+        parts = [_expression_source(text)]
+        if "}}" in parts[0]:
+            return None  # Jinja's lexer would end the expression there
+    else:
+        if "{%" in text or "{#" in text:
+            return None
+        parts = _tag_sources(text)
+        if not parts:
+            return None
+    names: set[str] = set()
+    keys: set[str] = set()
+    for part in parts:
+        if not _read_expression(part, names, keys):
+            return None
+    return _Analysis(frozenset(names), frozenset(keys) if keys and "nodes" in names else _NO_NAMES, None, None)
+
+
+# Canvases repeat the same expressions with other node ids in them ('nodes["a-1"] | tojson',
+# 'nodes["a-2"] | tojson'): an expression is read once per *shape*, its string literals
+# blanked, and the keys it reads from nodes[...] are taken back from its own literals.
+_LITERAL = re.compile(r""""[^"\\\r{}]*+"|'[^'\\\r{}]*+'""")
+
+
+def _read_expression(source: str, names: set[str], keys: set[str]) -> bool:
+    """Add what one expression (a tag's, or an expression key's) reads; False when the
+    fast path cannot tell."""
+    if '"' in source or "'" in source:
+        literals = _LITERAL.findall(source)
+        shape = _LITERAL.sub('""', source)
+        # Every quote must belong to a literal with plain text inside (no escapes, line
+        # breaks or braces): then the blanked literals are exactly the lexer's strings.
+        if "'" in shape or shape.count('"') != 2 * len(literals):
+            return False
+    else:
+        literals, shape = [], source
+    entry = _shape_entry(shape)
+    if entry is None:
+        return False
+    shape_names, name_keys, literal_keys = entry
+    names |= shape_names
+    if name_keys:
+        keys |= name_keys
+    for position in literal_keys:
+        keys.add(literals[position][1:-1])
+    return True
+
+
+@functools.lru_cache(maxsize=16384)
+def _shape_entry(shape: str) -> tuple[frozenset[str], frozenset[str], tuple[int, ...]] | None:
+    """What an expression whose string literals are all blank reads: its free names, the
+    names used as ``nodes.<key>``, and the positions (among its string literals) of those
+    used as ``nodes["<key>"]``. None when neither the lookup regex nor the token reader
+    can tell."""
+    names: set[str] = set()
+    keys: set[str] = set()
+    match = _LOOKUP.fullmatch(shape)
+    if match is not None and match.group("head") not in _NOT_NAMES:
+        head = match.group("head")
+        if head not in _jinja_globals():
             names.add(head)
-        keys = [key for key in step.group("attr", "dq", "sq") if key is not None]
-        if head == "nodes" and keys:
-            node_keys.add(keys[0])
-    return _Analysis(frozenset(names), frozenset(node_keys), None, None)
+            if head == "nodes" and match.group("attr") is not None:
+                keys.add(match.group("attr"))
+            elif head == "nodes" and (match.group("dq") is not None or match.group("sq") is not None):
+                return frozenset(names), frozenset(), (0,)  # the path's first literal
+        return frozenset(names), frozenset(keys), ()
+    tokens = _tokenize(shape)
+    if tokens is None:
+        return None
+    kinds, values = tokens
+    reader = _Reader(kinds, values, names, keys)
+    if not reader.whole():
+        return None
+    literal_keys: tuple[int, ...] = ()
+    if reader.key_tokens:
+        strings = [index for index, kind in enumerate(kinds) if kind == "str"]
+        literal_keys = tuple(strings.index(index) for index in reader.key_tokens)
+    return frozenset(names), frozenset(keys), literal_keys
 
 
 def _analyse_parsed(text: str, as_expression: bool) -> _Analysis:
@@ -633,49 +1022,89 @@ def _analyse_parsed(text: str, as_expression: bool) -> _Analysis:
             tree = _expression_as_template(_parse_expression(inner))
         else:
             tree = get_environment().parse(text)
-        names = _free_names(tree)
+        names, node_keys = _names_and_keys(tree)
     except TemplateSyntaxError as exc:
         return _Analysis(_NO_NAMES, _NO_NAMES, _syntax_message(exc, expression=as_expression, source=text),
                          exc.lineno)
-    node_keys = _node_keys(tree) if "nodes" in names else _NO_NAMES
-    return _Analysis(names, node_keys, None, None)
+    return _Analysis(names, node_keys if "nodes" in names else _NO_NAMES, None, None)
 
 
 _SIMPLE_STATEMENTS = (nodes.Output, nodes.If)
 
 
+class _NeedsJinja(Exception):
+    """The tree binds names (for, set, macro, ...): Jinja's own scoping rules decide."""
+
+
 def _free_names(tree: nodes.Template) -> frozenset[str]:
-    """Names the template reads from its scope; raises TemplateSyntaxError for unknown filters/tests.
+    """Names the template reads from its scope; raises TemplateSyntaxError for unknown filters/tests."""
+    return _names_and_keys(tree)[0]
+
+
+def _names_and_keys(tree: nodes.Template) -> tuple[frozenset[str], frozenset[str]]:
+    """Free names and ``nodes[...]`` keys in one walk of the tree; raises
+    TemplateSyntaxError for unknown filters/tests.
 
     Most configuration strings are interpolations and conditionals that bind nothing, so
     every loaded name is free: one walk of the tree answers, about 3x faster than
     ``jinja2.meta.find_undeclared_variables`` (which runs the code generator). Strings with
     for/set/macro/with/... (or ``is filter`` guards) take that exact, slower route.
     """
+    try:
+        return _walk(tree)
+    except _NeedsJinja:
+        return _undeclared_by_jinja(tree), _node_keys(tree)
+
+
+def _walk(tree: nodes.Node) -> tuple[frozenset[str], frozenset[str]]:
     env = get_environment()
     names: set[str] = set()
-    for node in tree.find_all(nodes.Node):
-        if isinstance(node, nodes.Name):
+    keys: set[str] = set()
+    stack: list[Any] = [tree]
+    while stack:
+        node = stack.pop()
+        kind = type(node)
+        if kind is nodes.Name:
             if not _is_jinja_global(node.name):
                 names.add(node.name)
-        elif isinstance(node, nodes.Filter):
+            continue
+        if kind is nodes.Getattr or kind is nodes.Getitem:
+            owner = node.node
+            if type(owner) is nodes.Name and owner.name == "nodes":
+                if kind is nodes.Getattr:
+                    keys.add(node.attr)
+                elif type(node.arg) is nodes.Const and isinstance(node.arg.value, str):
+                    keys.add(node.arg.value)
+        elif kind is nodes.Filter:
             if node.name not in env.filters:
                 raise TemplateSyntaxError(f"No filter named {node.name!r}.", node.lineno)
-        elif isinstance(node, nodes.Test):
+        elif kind is nodes.Test:
             if node.name in ("filter", "test"):
-                return _undeclared_by_jinja(tree)
+                raise _NeedsJinja
             if node.name not in env.tests:
                 raise TemplateSyntaxError(f"No test named {node.name!r}.", node.lineno)
         elif isinstance(node, nodes.Stmt) and not isinstance(node, _SIMPLE_STATEMENTS):
-            # Binding constructs: Jinja's own scoping rules decide (and validate the rest).
-            return _undeclared_by_jinja(tree)
-    return frozenset(names)
+            raise _NeedsJinja
+        children = []  # visited in document order, like Node.find_all
+        for name in node.fields:
+            child = getattr(node, name, None)
+            if isinstance(child, nodes.Node):
+                children.append(child)
+            elif isinstance(child, list):
+                children.extend(item for item in child if isinstance(item, nodes.Node))
+        stack.extend(reversed(children))
+    return frozenset(names), frozenset(keys)
 
 
 def _is_jinja_global(name: str) -> bool:
     """Names Jinja itself provides (range, dict, namespace, ..., self); like
     ``find_undeclared_variables``, they are not reported."""
-    return name == "self" or name in get_environment().globals
+    return name in _jinja_globals()
+
+
+@functools.cache
+def _jinja_globals() -> frozenset[str]:
+    return frozenset(get_environment().globals) | {"self"}
 
 
 def _undeclared_by_jinja(tree: nodes.Template) -> frozenset[str]:
@@ -718,17 +1147,30 @@ def find_references(
     return found
 
 
+_SCALARS = frozenset({int, float, bool, type(None)})
+
+
+def _is_container(value: Any) -> bool:
+    return isinstance(value, (dict, list, tuple)) or (type(value) not in _SCALARS and isinstance(value, Mapping))
+
+
 def _collect_references(value: Any, expression_keys: frozenset[str], field: str, found: list[TemplateRefs]) -> None:
     if isinstance(value, str):
-        if is_template(value):
+        if "{{" in value or "{%" in value:
             found.append(_refs(value, field, as_expression=False))
-    elif isinstance(value, Mapping):
+    elif isinstance(value, dict) or (type(value) not in _SCALARS and isinstance(value, Mapping)):
         for key, item in value.items():
-            item_field = f"{field}.{key}"
-            if isinstance(item, str) and key in expression_keys:
-                found.append(_refs(item, item_field, as_expression=True))
-            else:
-                _collect_references(item, expression_keys, item_field, found)
+            if isinstance(item, str):  # (the field path is only built for what is read)
+                if key in expression_keys:
+                    found.append(_refs(item, f"{field}.{key}", as_expression=True))
+                elif "{{" in item or "{%" in item:
+                    found.append(_refs(item, f"{field}.{key}", as_expression=False))
+            elif type(item) not in _SCALARS and _is_container(item):
+                _collect_references(item, expression_keys, f"{field}.{key}", found)
     elif isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
-            _collect_references(item, expression_keys, f"{field}[{index}]", found)
+            if isinstance(item, str):
+                if "{{" in item or "{%" in item:
+                    found.append(_refs(item, f"{field}[{index}]", as_expression=False))
+            elif type(item) not in _SCALARS and _is_container(item):
+                _collect_references(item, expression_keys, f"{field}[{index}]", found)

@@ -283,6 +283,17 @@ def test_render_value_walks_dicts_and_lists_without_touching_keys_or_input():
 # --------------------------------------------------------------------------- expressions
 
 
+def test_render_value_returns_plain_containers_for_read_only_ones():
+    from builder.plan import freeze
+
+    frozen = freeze({"a": ["{{ inputs.count }}", {"b": ("{{ inputs.name }}", 1)}], "c": "plain"})
+    rendered = render_value(frozen, make_scope())
+    assert rendered == {"a": [3, {"b": ["Ada", 1]}], "c": "plain"}
+    assert type(rendered) is dict and type(rendered["a"]) is list and type(rendered["a"][1]["b"]) is list
+    rendered["a"].append(4)  # the result belongs to the caller
+    assert render_value(MappingProxyType({"t": ("x",)}), make_scope()) == {"t": ["x"]}
+
+
 @pytest.mark.parametrize("text", ["inputs.score > 0.5", "{{ inputs.score > 0.5 }}", "  {{inputs.score > 0.5}} "])
 def test_expression_bare_or_wrapped(text):
     assert evaluate_expression(text, make_scope()) is True
@@ -483,21 +494,117 @@ def test_find_references_custom_root_field():
         "{{ nodes.z[0] }}",
         "{{ nodes[1] }}",
         "{{- a }}",
+        "{{ a[01] }}",
+        "{{ a[007] }}",
+        '{{ nodes["{x"] }}',
+        "{{ a -}} b",
     ],
 )
 def test_fast_reference_path_agrees_with_the_parser(text):
-    fast = templates._analyse_lookups(text, False)
     parsed = templates._analyse_parsed(text, False)
-    assert fast is None or fast == parsed
+    for fast in (templates._analyse_lookups(text, False), templates._analyse_tokens(text, False)):
+        assert fast is None or fast == parsed
 
 
 @pytest.mark.parametrize(
-    "text", ["a", " a.b ", "{{ nodes['k'].v }}", "nodes.k", "true", "a b", "a.b > 1", "{{ a }} {{ b }}", ""]
+    "text", ["a", " a.b ", "{{ nodes['k'].v }}", "nodes.k", "true", "a b", "a.b > 1", "{{ a }} {{ b }}", "", "a[01]"]
 )
 def test_fast_reference_path_agrees_with_the_parser_for_expressions(text):
-    fast = templates._analyse_lookups(text, True)
     parsed = templates._analyse_parsed(text, True)
-    assert fast is None or fast == parsed
+    for fast in (templates._analyse_lookups(text, True), templates._analyse_tokens(text, True)):
+        assert fast is None or fast == parsed
+
+
+TOKEN_READER_CASES = [
+    # (text, as_expression): what the token reader must answer itself, exactly like the parser
+    ('layer 3: {{ nodes["n-2-3"] | tojson }} / {{ inputs.seed + 3 }}', False),
+    ("nodes['n-1-3'].value > 3 and not fetch.done", True),
+    ("{{ nodes['x'].value < 0 }}", True),
+    ("{{ a | map(attribute='x') | join(', ') }}", False),
+    ("{{ x if y else z }} and {{ a if b }}", False),
+    ("{{ a.b(c=d, e=f) }}", False),
+    ("{{ [a, {'k': b}, (c, d), ()] }}", False),
+    ("{{ a is defined and b is not none }}", False),
+    ("{{ 'x' 'y' ~ a ~ -b ** 2 // 3 % 4 }}", False),
+    ("loop.index < 3 or parallel.item in inputs.list", True),
+    ("{{ x not in [1, 2.5] }}", False),
+    ("{{ items | selectattr('ok') | list | length }}", False),
+    ("{{- greeting -}}\n{{ self }} {{ range(3) | list }}", False),
+    ("{{ x is divisibleby(3) }}", False),
+    ("{{ nodes.fetch.body }}", False),
+]
+
+
+@pytest.mark.parametrize(("text", "as_expression"), TOKEN_READER_CASES)
+def test_token_reader_answers_the_usual_strings_like_the_parser(text, as_expression):
+    fast = templates._analyse_tokens(text, as_expression)
+    assert fast is not None, "the token reader should understand this string"
+    assert fast == templates._analyse_parsed(text, as_expression)
+
+
+@pytest.mark.parametrize(
+    ("text", "as_expression"),
+    [
+        ("{{ a | shout }}", False),           # unknown filter: the parser reports it
+        ("{{ a is shouting }}", False),       # unknown test
+        ("{{ a[1:2] }}", False),              # slice
+        ("{{ a, b }}", False),                # tuple
+        ("{{ 'it\\'s' }}", False),           # escape in a string
+        ("{{ a.b.c | upper.x }}", False),     # dotted filter name
+        ("{% if a %}{{ b }}{% endif %}", False),
+        ("{{ {'a': {'b': 1}} }}", False),     # "}}" inside brackets
+        ("{{ x is sameas none }}", False),    # test argument without parentheses
+        ("{{ nodes[('k')] }}", False),        # a constant key the reader cannot see
+        ("{{ (nodes)['k'] }}", False),
+        ("a }} b", True),
+        ("{{ a + }}", False),                 # syntax error
+        ("{{ f(x=1, y) }}", False),
+        ("{{ 1e5 }}", False),
+        ("{{ é }}", False),
+    ],
+)
+def test_token_reader_leaves_the_rest_to_the_parser(text, as_expression):
+    assert templates._analyse_tokens(text, as_expression) is None
+    assert templates._analyse(text, as_expression) == templates._analyse_parsed(text, as_expression)
+
+
+_FUZZ_WORDS = ["a", "b", "nodes", "inputs", "x_1", "range", "self", "true", "None", "and", "or", "not", "in", "is",
+               "if", "else", "defined", "none", "upper", "tojson", "shout", "map", "attribute", "filter", "test",
+               "1", "0", "2.5", "007", "1e3", "'k'", '"my-node"', "'a\\'b'", '""', "'}}'", '"{{"', "'open",
+               "+", "-", "*", "/", "//", "%", "**", "~", "==", "!=", "<", "<=", ">", ">=", "=",
+               "(", ")", "[", "]", "{", "}", ".", ",", "|", ":", ";", "}}", "{{", "{%", "-}}", "é", "#", "!",
+               "\n", "\t", "1.x", "x.0", "3.", ".5", "(nodes)", "nodes[('k')]", "nodes['a' 'b']"]
+_FUZZ_SEEDS = ["a.b", "nodes['k'].v", "nodes.k", "a | upper", "a is defined", "a is not none", "a if b else c",
+               "not a and b", "a not in b", "[a, b,]", "{'k': a}", "(a, b)", "f(a, x=b)",
+               "a | map(attribute='x') | list", "-a ** 2", "a ~ 'x'", 'nodes["my-node"] | tojson', "a[b]",
+               "a.b(c)(d)", "x is divisibleby(3)", "'a' 'b'", "a if b", "()", "nodes[0]"]
+
+
+def test_token_reader_agrees_with_the_parser_on_random_strings():
+    """Differential check: whenever the fast path answers, it answers what the parser does."""
+    import random
+
+    rng = random.Random(20240607)
+    answered = 0
+    for _ in range(3000):
+        if rng.random() < 0.4:
+            words = rng.choices(_FUZZ_WORDS, k=rng.randint(1, 8))
+        else:
+            words = rng.choice(_FUZZ_SEEDS).replace("(", " ( ").replace(")", " ) ").split()
+            for _ in range(rng.randint(0, 3)):
+                position = rng.randint(0, len(words))
+                if rng.random() < 0.5 and words:
+                    words[min(position, len(words) - 1)] = rng.choice(_FUZZ_WORDS)
+                else:
+                    words.insert(position, rng.choice(_FUZZ_WORDS))
+        expr = rng.choice([" ", ""]).join(words)
+        for text, as_expression in [(expr, True), ("{{ " + expr + " }}", False), ("x {{ " + expr + " }} y", False),
+                                    ("{{" + expr + "-}} {{ a }}", False)]:
+            fast = templates._analyse_tokens(text, as_expression)
+            if fast is not None:
+                answered += 1
+                assert fast == templates._analyse_parsed(text, as_expression), (text, as_expression)
+    assert answered > 1000  # the check itself exercised the reader
 
 
 @pytest.mark.parametrize(
@@ -515,6 +622,26 @@ def test_fast_reference_path_agrees_with_the_parser_for_expressions(text):
 def test_tree_walk_agrees_with_jinja_meta(text):
     tree = templates.get_environment().parse(text)
     assert templates._free_names(tree) == templates._undeclared_by_jinja(templates.get_environment().parse(text))
+
+
+@pytest.mark.parametrize(
+    "shape",
+    ["{{ nodes[@] }}", "{{ nodes[@].x | default(@) }}", "{{ @ ~ nodes[@] ~ nodes.k }} and {{ nodes[@] }}",
+     "{{ nodes[@][@] }}", "{{ x | replace(@, @) }} {{ nodes[@] if a else nodes[@] }}", "{{ [@, nodes[@]] }}"],
+)
+def test_expressions_of_one_shape_read_their_own_keys(shape):
+    """The fast path reads an expression once per shape (string literals blanked); each
+    string of that shape must still get its own nodes[...] keys, exactly like the parser."""
+    variants = ['"a"', "'b-1'", '""', "'x y'", '"it\'s"', "'a\"b'", '"é | ( ] ."', '"{x}"', "'}}'", '"a\\"']
+    templates._shape_entry.cache_clear()
+    for round_ in range(3):
+        for offset in range(len(variants)):
+            text = shape
+            for n in range(shape.count("@")):
+                text = text.replace("@", variants[(offset + n * (round_ + 1)) % len(variants)], 1)
+            fast = templates._analyse_tokens(text, False)
+            assert fast is None or fast == templates._analyse_parsed(text, False), text
+    assert templates._shape_entry.cache_info().hits > 0
 
 
 def test_find_references_is_cached_per_string():
