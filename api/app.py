@@ -65,7 +65,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         from flows.event_log import event_log_from_env
         from flows.flow import add_run_listener, remove_run_listener
         from flows.local_server import ui_url_for
-        from flows.subworkflows import set_workflow_resolver
+        from flows.subworkflows import canvas_file_resolver, set_workflow_resolver
 
         url = settings.sqlalchemy_url()
         await upgrade_schema(url)
@@ -80,6 +80,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            set_workflow_resolver(canvas_file_resolver)  # the process default again
             remove_run_listener(metrics.attach)
             await app.state.runs.shutdown()
             await app.state.event_log.close()
