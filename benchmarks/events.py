@@ -532,8 +532,11 @@ class BareServer:
                                                         log_level="warning"))
             threading.Thread(target=self.server.run, daemon=True).start()
         else:
+            # Its output is dropped: subscribers cut at the time cap make asyncio log
+            # "socket.send() raised exception." for every frame still queued for them.
             self.process = subprocess.Popen([sys.executable, __file__, "--bare-server", str(self.port)],
-                                            start_new_session=True, stdin=subprocess.DEVNULL)
+                                            start_new_session=True, stdin=subprocess.DEVNULL,
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
