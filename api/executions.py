@@ -28,6 +28,9 @@ async def execute_workflow(workflow_id: str, body: ExecuteBody, owner: Owner, se
     comes as soon as the run exists, with links to follow it."""
     workflow = await find_workflow(session, owner, workflow_id)
     version = await find_version(session, workflow, body.version)
+    # Give the connection back before the Prefect calls: holding it while start() opens
+    # its own session deadlocked the pool under concurrent executes.
+    await session.close()
     run_id = await runs.start(owner=owner, workflow=workflow, version=version, inputs=body.inputs)
     return ExecutionAccepted(execution_id=run_id, status="pending", links=runs.links(run_id))
 

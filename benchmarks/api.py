@@ -244,6 +244,7 @@ class Served:
     home: Path
     startup_s: float
     redis_url: str | None
+    run_ids: list[str] = field(default_factory=list)
 
     @property
     def pid(self) -> int:
@@ -391,7 +392,8 @@ class Execution:
 
 
 async def execute_and_follow(client: httpx.AsyncClient, workflow_id: str, *, post_timeout: float = 60.0,
-                             timeout: float = 180.0, gate: asyncio.Semaphore | None = None) -> Execution:
+                             timeout: float = 180.0, gate: asyncio.Semaphore | None = None,
+                             registry: list[str] | None = None) -> Execution:
     """POST execute, then follow the SSE stream (opened right after the 202) to the final event.
     ``gate`` bounds the POSTs in flight (not the runs)."""
     if gate is not None:
@@ -411,6 +413,8 @@ async def execute_and_follow(client: httpx.AsyncClient, workflow_id: str, *, pos
         run.error = f"HTTP {answer.status_code}"
         return run
     run.execution_id = answer.json()["execution_id"]
+    if registry is not None:
+        registry.append(run.execution_id)
     try:
         await asyncio.wait_for(_follow(client, run), timeout)
     except asyncio.TimeoutError:
@@ -518,7 +522,7 @@ async def bench_latency(served: Served, runs: int, budget_s: float, prefect_url:
         with CpuMeter(serve=served.pid, prefect=prefect_pid) as meter, LogWatch(served) as watch:
             deadline = time.monotonic() + budget_s
             for _ in range(runs):
-                results.append(await execute_and_follow(client, workflow_id))
+                results.append(await execute_and_follow(client, workflow_id, registry=served.run_ids))
                 if time.monotonic() > deadline:
                     break
     errors = Counter(r.error or r.final_type for r in results if not r.ok)
@@ -565,7 +569,8 @@ async def bench_concurrent(served: Served, count: int, post_limit: int, prefect_
         workflow_id = await save_workflow(client, chain_canvas("bench-concurrent", 3))
         with CpuMeter(serve=served.pid, prefect=prefect_pid) as meter, LogWatch(served) as watch:
             async with loop_probe, prefect_probe:
-                results = await asyncio.gather(*(execute_and_follow(client, workflow_id, timeout=240, gate=gate)
+                results = await asyncio.gather(*(execute_and_follow(client, workflow_id, timeout=240, gate=gate,
+                                                                    registry=served.run_ids)
                                                  for _ in range(count)))
         ids = [r.execution_id for r in results if r.execution_id]
         statuses = await asyncio.gather(*(stored_status(client, i) for i in ids))
@@ -600,6 +605,21 @@ async def bench_concurrent(served: Served, count: int, post_limit: int, prefect_
 
 
 # ----------------------------------------------------------------------------- main
+
+
+async def delete_streams(served: Served) -> None:
+    """Delete the Redis streams of the runs this benchmark started (they would stay 7 days)."""
+    if not served.redis_url or not served.run_ids:
+        return
+    try:
+        import redis.asyncio as redis
+
+        client = redis.Redis.from_url(served.redis_url)
+        for start in range(0, len(served.run_ids), 500):
+            await client.delete(*(f"flowmaestro:events:{i}" for i in served.run_ids[start:start + 500]))
+        await client.aclose()
+    except Exception as exc:  # cleanup only
+        print(f"(could not delete the benchmark's Redis streams: {exc})", file=sys.stderr)
 
 
 def code_fingerprint() -> str:
@@ -640,6 +660,7 @@ async def main_async(args: argparse.Namespace) -> int:
         raise
     finally:
         await asyncio.to_thread(served.stop)
+        await delete_streams(served)
         if not args.keep:
             shutil.rmtree(served.home, ignore_errors=True)
     print(f"total {time.perf_counter() - started:.0f} s" + (f"; serve home kept: {served.home}" if args.keep else ""),

@@ -613,9 +613,7 @@ async def main_async(args: argparse.Namespace) -> int:
 
     def start(name: str) -> Any:
         redis_url = (args.redis_url or B.DEFAULT_REDIS) if name == "redis" else None
-        served = B.start_serve(name, prefect_url, redis_url=redis_url, wait=False)
-        served.run_ids = []
-        return served
+        return B.start_serve(name, prefect_url, redis_url=redis_url, wait=False)
 
     servers = [start(name) for name in backends]
     t0 = time.perf_counter()
@@ -678,15 +676,7 @@ short streams, "reconciled": the server ended the stream with a made-up final ev
 
 async def _cleanup(servers: list[Any], keep: bool) -> None:
     for served in servers:
-        if served.redis_url and served.run_ids:
-            try:
-                import redis.asyncio as redis
-
-                client = redis.Redis.from_url(served.redis_url)
-                await client.delete(*(f"flowmaestro:events:{i}" for i in served.run_ids))
-                await client.aclose()
-            except Exception as exc:  # cleanup only
-                print(f"(could not delete the benchmark's Redis streams: {exc})", file=sys.stderr)
+        await B.delete_streams(served)
         if not keep:
             shutil.rmtree(served.home, ignore_errors=True)
 
