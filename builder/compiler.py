@@ -226,8 +226,8 @@ def parse_document(draft: Draft) -> Draft:
         if isinstance(node, ValidationError):
             item = raw_nodes[index]
             node_id = item.get("id") if isinstance(item, dict) else None
-            issues += validation_issues(node, code="invalid_node", node_id=node_id if isinstance(node_id, str) else None,
-                                        prefix="", what=f"nodes[{index}] ")
+            issues += validation_issues(node, code="invalid_node", prefix="", what=f"nodes[{index}] ",
+                                        node_id=node_id if isinstance(node_id, str) else None)
             continue
         node_id = node.id
         if node_id in nodes:
@@ -574,8 +574,9 @@ def build_plan(draft: Draft) -> CompileResult:
     edges: dict[str, PlanEdge] = {}
     incoming: dict[str, list[str]] = defaultdict(list)
     outgoing: dict[str, list[str]] = defaultdict(list)
+    draft_edges = draft.edges
     for edge_id, handle in draft.handles.items():
-        edge = draft.edges[edge_id]
+        edge = draft_edges[edge_id]
         if edge.source in excluded or edge.target in excluded:
             continue
         cond = edge.data.condition if edge.data else None
@@ -592,12 +593,13 @@ def build_plan(draft: Draft) -> CompileResult:
     no_edges: tuple[str, ...] = ()
     no_references: frozenset[str] = frozenset()
     levels, references = draft.levels, draft.references
+    specs, configs, scope_of = draft.specs, draft.configs, draft.scope_of
     for node in draft.nodes.values():
         node_id = node.id
         if node_id in excluded:
             continue
-        spec, config = draft.specs[node_id], draft.configs[node_id]
-        scope = draft.scope_of[node_id]
+        spec, config = specs[node_id], configs[node_id]
+        scope = scope_of[node_id]
         members[scope].append(node_id)
         ins, outs = incoming.get(node_id), outgoing.get(node_id)
         nodes[node_id] = assemble(PlanNode, {

@@ -179,13 +179,16 @@ def is_upstream(
     without being on a cycle with it (levels from :func:`analyse_scope`, ``component``
     its map of nodes on cycles), so a reference to a nearby node costs a few steps even
     in a huge graph."""
+    if candidate in predecessors.get(node, ()):
+        return True  # the usual case: a template reads the node just before
     target_level = levels.get(candidate, 0)
-    cyclic = component.get(candidate) if component else None
+    components = component or {}
+    cyclic = components.get(candidate)
 
     def may_lead_back(other: str) -> bool:
         other_level = levels.get(other, 0)
         return other_level > target_level or (
-            other_level == target_level and cyclic is not None and component.get(other) == cyclic)  # type: ignore[union-attr]
+            other_level == target_level and cyclic is not None and components.get(other) == cyclic)
 
     if not may_lead_back(node):
         return False

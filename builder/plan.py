@@ -78,6 +78,8 @@ _EMPTY_LIST = FrozenList()
 
 
 _ATOMS = frozenset({str, int, float, bool, type(None)})
+_set_item = dict.__setitem__
+_set_element = list.__setitem__
 
 
 def freeze(value: Any) -> Any:
@@ -88,13 +90,19 @@ def freeze(value: Any) -> Any:
     if kind is dict:
         if not value:
             return _EMPTY_DICT
-        atoms = _ATOMS
-        return FrozenDict({key: item if type(item) in atoms else freeze(item) for key, item in value.items()})
+        out = FrozenDict(value)  # a copy made in C; containers inside are replaced below
+        for key, item in value.items():
+            if type(item) not in _ATOMS:
+                _set_item(out, key, freeze(item))
+        return out
     if kind is list:
         if not value:
             return _EMPTY_LIST
-        atoms = _ATOMS
-        return FrozenList([item if type(item) in atoms else freeze(item) for item in value])
+        out_list = FrozenList(value)
+        for index, item in enumerate(value):
+            if type(item) not in _ATOMS:
+                _set_element(out_list, index, freeze(item))
+        return out_list
     if kind in _ATOMS or kind is FrozenDict or kind is FrozenList:
         return value  # (a FrozenDict/FrozenList made by freeze() is frozen all the way down)
     if isinstance(value, Mapping):
@@ -285,36 +293,48 @@ def assemble(cls: type[_T], fields: dict[str, Any]) -> _T:
 def content_hash(plan_dict: Mapping[str, Any]) -> str:
     """The hash of a plan from its ``to_dict()`` form; equals ``Plan.hash``."""
     header = {key: plan_dict[key] for key in _HEADER_KEYS}
-    nodes = [[n["id"], n["type"], n["scope"], n["data"], _retry_key(n["retry"]), n["timeout_s"],
-              [n["cache"]["enabled"], n["cache"]["ttl_s"]], n["join"], sorted(n["handles"]), n["version"],
-              n["container"]] for n in sorted(plan_dict["nodes"], key=lambda n: n["id"])]
+    policies: dict[str, int] = {}  # canonical text of (retry, cache, handles) -> its number
+    nodes = []
+    for n in sorted(plan_dict["nodes"], key=lambda n: n["id"]):
+        policy = _canonical([_retry_key(n["retry"]), [n["cache"]["enabled"], n["cache"]["ttl_s"]],
+                             sorted(n["handles"])])
+        number = policies.setdefault(policy, len(policies))
+        nodes.append([n["id"], n["type"], n["scope"], n["data"], number, n["timeout_s"], n["join"], n["version"],
+                      n["container"]])
     edges = [[e["id"], e["source"], e["target"], e["handle"], e["condition"]]
              for e in sorted(plan_dict["edges"], key=lambda e: e["id"])]
-    return _digest(header, nodes, edges)
+    return _digest(header, list(policies), nodes, edges)
 
 
 def plan_hash(plan: Plan) -> str:
     """The content hash of a plan, computed from the plan itself (no ``to_dict()``).
 
-    It covers the canonical JSON (sorted keys, compact) of the document's header (name,
-    description, inputs, variables, output, settings), of every node's own settings (id,
-    type, scope, data, retry, timeout, cache, join, handles, version, container) and of
-    every edge (id, source, target, handle, condition), nodes and edges sorted by id. What
-    the compiler derives from those (incoming/outgoing edges, references, levels, scopes,
-    labels) is left out: it follows from them, and ``PLAN_FORMAT`` changes when the way it
-    follows does.
+    It is a BLAKE2b-256 digest of the canonical JSON (sorted keys, compact) of the
+    document's header (name, description, inputs, variables, output, settings), of every
+    node's own settings (id, type, scope, data, retry, timeout, cache, join, handles,
+    version, container) and of every edge (id, source, target, handle, condition), nodes
+    and edges sorted by id; each distinct (retry, cache, handles) triple is written once,
+    numbered in order of first use, and nodes give its number. What the compiler derives
+    from all this (incoming/outgoing edges, references, levels, scopes, labels) is left
+    out: it follows from them, and ``PLAN_FORMAT`` changes when the way it follows does.
     """
     header = {"name": plan.name, "description": plan.description, "inputs": plan.inputs,
               "variables": plan.variables, "output": plan.output, "settings": plan.settings}
-    retry_keys: dict[RetryPolicy, list[Any]] = {}  # most nodes share their type's default policy
+    # Most nodes share their type's policies and handle set: keyed by identity first (the
+    # plan keeps those objects alive meanwhile), then by content.
+    by_identity: dict[tuple[int, int, int], int] = {}
+    policies: dict[str, int] = {}
     nodes = []
-    for node_id in sorted(plan.nodes):
-        node = plan.nodes[node_id]
-        retry = retry_keys.get(node.retry)
-        if retry is None:
-            retry = retry_keys[node.retry] = _retry_key(node.retry.to_dict())
-        nodes.append([node.id, node.type, node.scope, node.data, retry, node.timeout_s,
-                      [node.cache.enabled, node.cache.ttl_s], node.join, sorted(node.handles), node.version,
+    plan_nodes = plan.nodes
+    for node_id in sorted(plan_nodes):
+        node = plan_nodes[node_id]
+        retry, cache, handles = node.retry, node.cache, node.handles
+        identity = (id(retry), id(cache), id(handles))
+        number = by_identity.get(identity)
+        if number is None:
+            policy = _canonical([_retry_key(retry.to_dict()), [cache.enabled, cache.ttl_s], sorted(handles)])
+            number = by_identity[identity] = policies.setdefault(policy, len(policies))
+        nodes.append([node.id, node.type, node.scope, node.data, number, node.timeout_s, node.join, node.version,
                       node.container])
     edges = []
     for edge_id in sorted(plan.edges):
@@ -322,7 +342,7 @@ def plan_hash(plan: Plan) -> str:
         cond = edge.condition
         edges.append([edge.id, edge.source, edge.target, edge.handle, None if cond is None else
                       {"field": cond.field, "operator": cond.operator, "value": cond.value}])
-    return _digest(header, nodes, edges)
+    return _digest(header, list(policies), nodes, edges)
 
 
 PLAN_FORMAT = 2
@@ -336,11 +356,14 @@ def _retry_key(retry: Mapping[str, Any]) -> list[Any]:
             retry["jitter"], sorted(retry["retry_on"])]
 
 
-def _digest(header: Mapping[str, Any], nodes: list[Any], edges: list[Any]) -> str:
-    body = [PLAN_FORMAT, header, nodes, edges]
+def _canonical(value: Any) -> str:
     # (No check for circular values: plan data is JSON, and freeze() would not end either.)
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str, check_circular=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str, check_circular=False)
+
+
+def _digest(header: Mapping[str, Any], policies: list[str], nodes: list[Any], edges: list[Any]) -> str:
+    canonical = _canonical([PLAN_FORMAT, header, policies, nodes, edges])
+    return hashlib.blake2b(canonical.encode(), digest_size=32).hexdigest()
 
 
 def frozen_mapping(items: Mapping[str, Any]) -> Mapping[str, Any]:

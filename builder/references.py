@@ -45,16 +45,21 @@ def check_references(draft: Draft) -> Draft:
         spec = specs[node_id]
         own_keys = spec.own_scope_keys
         data = node.data
-        found: set[str] = set()
+        found: set[str] = set()  # targets checked and fine (strings of a node often share them)
         if own_keys and not own_keys.isdisjoint(data):
             outer_data = {k: v for k, v in data.items() if k not in own_keys}
             inner_data = {k: v for k, v in data.items() if k in own_keys}
+            inner_found: set[str] = set()
             for refs in find_references(inner_data, expression_keys=spec.expression_keys | own_keys):
-                found |= checker.check(refs, reader=node_id, inside=node_id, issues=issues)
+                checker.check(refs, reader=node_id, inside=node_id, issues=issues, found=inner_found)
+            found |= inner_found
+            outer_found: set[str] = set()
+            for refs in find_references(outer_data, expression_keys=spec.expression_keys):
+                checker.check(refs, reader=node_id, inside=None, issues=issues, found=outer_found)
+            found |= outer_found
         else:
-            outer_data = data
-        for refs in find_references(outer_data, expression_keys=spec.expression_keys):
-            found |= checker.check(refs, reader=node_id, inside=None, issues=issues)
+            for refs in find_references(data, expression_keys=spec.expression_keys):
+                checker.check(refs, reader=node_id, inside=None, issues=issues, found=found)
         references[node_id] = frozenset(found)
 
     for edge_id in draft.handles:
@@ -90,42 +95,50 @@ class _Checker:
         self._kind_cache: dict[str, tuple[str | None, ...]] = {}
 
     def _containers(self, node_id: str) -> tuple[str, ...]:
-        """Enclosing containers of a node, innermost first (computed once per node)."""
-        chain = self._chains.get(node_id)
+        """Enclosing containers of a node, innermost first (computed once per scope)."""
+        scope = self.scope_of.get(node_id, TOP)
+        if scope == TOP:
+            return ()
+        chain = self._chains.get(scope)
         if chain is None:
             path: list[str] = []
-            current = self.scope_of.get(node_id, TOP)
+            current = scope
             while current != TOP:
                 known = self._chains.get(current)
                 if known is not None:
-                    path += (current, *known)
+                    path += known
                     break
                 path.append(current)
                 current = self.scope_of.get(current, TOP)
-            chain = self._chains[node_id] = tuple(path)
+            chain = self._chains[scope] = tuple(path)
         return chain
 
     def _kinds(self, node_id: str) -> tuple[str | None, ...]:
         """``loop`` or ``parallel`` for each container around a node, innermost first."""
-        kinds = self._kind_cache.get(node_id)
+        scope = self.scope_of.get(node_id, TOP)
+        kinds = self._kind_cache.get(scope)
         if kinds is None:
             specs = self.draft.specs
-            kinds = self._kind_cache[node_id] = tuple(specs[c].container if c in specs else None
-                                                      for c in self._containers(node_id))
+            kinds = self._kind_cache[scope] = tuple(specs[c].container if c in specs else None
+                                                    for c in self._containers(node_id))
         return kinds
 
     def check(self, refs: TemplateRefs, *, reader: str, inside: str | None, issues: list[Issue],
-              edge_id: str | None = None, reader_included: bool = False) -> set[str]:
+              edge_id: str | None = None, reader_included: bool = False,
+              found: set[str] | None = None) -> set[str]:
         """Check one template string read by node ``reader``; ``inside`` is set when the
-        string is evaluated by that container between its own iterations."""
+        string is evaluated by that container between its own iterations. Returns the
+        nodes it may read, added to ``found`` when given: targets already there (checked
+        fine for the same reader, same way) are not checked again."""
+        if found is None:
+            found = set()
         if refs.error is not None:
             issues.append(Issue("template_syntax", f"{refs.field}: {refs.error.message}",
                                 **_where(reader, edge_id, refs.field)))
-            return set()
+            return found
         containers = self._containers(reader)
         names = refs.names
         if "loop" in names or "parallel" in names:
-            where = _where(reader, edge_id, refs.field)
             kinds = self._kinds(reader)
             if inside is not None:  # the container's own keys see its own namespace too
                 spec = self.draft.specs.get(inside)
@@ -134,11 +147,12 @@ class _Checker:
                 if namespace in names and namespace not in kinds:
                     issues.append(Issue(f"{namespace}_outside_container",
                                         f"{refs.field} uses {namespace}.* but the node is not inside a {namespace} "
-                                        f"container", **where))
+                                        f"container", **_where(reader, edge_id, refs.field)))
         targets = names - _NOT_NODES
         if refs.node_keys:
             targets = targets | refs.node_keys
-        found = set()
+        if found:
+            targets = targets - found
         for target in sorted(targets) if len(targets) > 1 else targets:
             if self._check_target(target, reader, inside, containers, refs.field, issues, edge_id, reader_included):
                 found.add(target)
@@ -147,14 +161,15 @@ class _Checker:
     def _check_target(self, target: str, reader: str, inside: str | None, containers: tuple[str, ...], field: str,
                       issues: list[Issue], edge_id: str | None, reader_included: bool) -> bool:
         draft = self.draft
-        where = _where(reader, edge_id, field)
         if target not in draft.nodes:
             issues.append(Issue("unknown_reference", f"{field} of {reader!r} reads {target!r}, which is not a node "
-                                f"nor a template namespace", related=(target,), **where))
+                                f"nor a template namespace", related=(target,),
+                                **_where(reader, edge_id, field)))
             return False
         if target in draft.excluded:
             issues.append(Issue("reference_unreachable", f"{field} of {reader!r} reads {target!r}, which is not "
-                                f"reachable from start and never runs", related=(target,), **where))
+                                f"reachable from start and never runs", related=(target,),
+                                **_where(reader, edge_id, field)))
             return False
         if reader_included and target == reader:
             return True
@@ -165,21 +180,25 @@ class _Checker:
             issues.append(Issue("reference_into_container", f"{field} of {reader!r} reads {target!r}, which is "
                                 f"inside {reader!r} itself; the {kind} evaluates it outside its body, where the "
                                 f"body's outputs do not exist: read what past iterations gave with loop.results "
-                                f"(loop.results[-1] is the last one)", related=(target,), **where))
+                                f"(loop.results[-1] is the last one)", related=(target,),
+                                **_where(reader, edge_id, field)))
             return False
         if target_scope != TOP and target_scope not in containers:
             issues.append(Issue("reference_into_container", f"{field} of {reader!r} reads {target!r}, which is "
                                 f"inside container {target_scope!r}; read {target_scope!r}'s output instead",
-                                related=(target,), **where))
+                                related=(target,),
+                                **_where(reader, edge_id, field)))
             return False
         if target == reader:
             issues.append(Issue("reference_not_upstream", f"{field} of {reader!r} reads its own output, which "
-                                f"does not exist before the node has run", related=(target,), **where))
+                                f"does not exist before the node has run", related=(target,),
+                                **_where(reader, edge_id, field)))
             return False
         if target in containers:
             issues.append(Issue("reference_not_upstream", f"{field} of {reader!r} reads {target!r}, which "
                                 f"contains it; its output exists only after the container ends",
-                                related=(target,), **where))
+                                related=(target,),
+                                **_where(reader, edge_id, field)))
             return False
         # Lift the reader to the target's scope: the reader itself, or its enclosing
         # container that sits in that scope (target_scope is TOP or one of containers).
@@ -189,7 +208,8 @@ class _Checker:
         if not is_upstream(target, lifted, self.predecessors, draft.levels, self.components):
             issues.append(Issue("reference_not_upstream", f"{field} of {reader!r} reads {target!r}, which is not "
                                 f"upstream of it (no path of edges leads from {target!r} to {lifted!r})",
-                                related=(target,), **where))
+                                related=(target,),
+                                **_where(reader, edge_id, field)))
             return False
         return True
 

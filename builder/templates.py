@@ -403,8 +403,9 @@ def render_value(
     Dict keys are never rendered. A string directly under a dict key in
     ``expression_keys`` is an expression (bare or wrapped). Returns new, plain containers
     (any mapping gives a ``dict``, any list or tuple a ``list``, so a plan's read-only data
-    renders to values a handler may change) and never mutates ``value``. Raises :class:`TemplateRenderError` whose ``field`` is the
-    dotted path of the failing string (``data.conditions[0].expression``).
+    renders to values a handler may change) and never mutates ``value``. Raises
+    :class:`TemplateRenderError` whose ``field`` is the dotted path of the failing string
+    (``data.conditions[0].expression``).
     """
     if isinstance(value, str):
         return _evaluate(value, scope, field, as_expression=False) if is_template(value) else value
