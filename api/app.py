@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, PlainTextResponse
+from prefect.client.orchestration import get_client
 from prometheus_client import generate_latest
 from sqlalchemy import text
 
 from api import executions, workflows
-from api.db import make_engine, sessions, upgrade_schema
 from api.errors import install_error_handlers
 from api.metrics import Metrics
 from api.runs import RunService
 from api.settings import ApiSettings
+from deployments.workflow_deployments import WorkflowDeployments
+from flows.event_log import event_log_from_env
+from flows.local_server import ui_url_for
+from node_handlers.registry import default_registry
+from store.db import make_engine, sessions, upgrade_schema
+from store.queries import Executions, Workflows
 
 
 class BodySizeLimit:
@@ -62,36 +69,28 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
-        from flows.event_log import event_log_from_env
-        from flows.flow import add_run_listener, remove_run_listener
-        from flows.local_server import ui_url_for
-        from flows.subworkflows import canvas_file_resolver, set_workflow_resolver
-
         url = settings.sqlalchemy_url()
         await upgrade_schema(url)
         engine = make_engine(url)
-        app.state.engine = engine
-        app.state.sessions = sessions(engine)
+        database = sessions(engine)
         ui_url = settings.ui_url or ui_url_for(os.environ.get("PREFECT_API_URL", "http://127.0.0.1:4200/api"))
-        app.state.event_log = event_log_from_env()
-        app.state.runs = RunService(app.state.sessions, metrics, ui_url, app.state.event_log)
-        set_workflow_resolver(app.state.runs.resolve_subworkflow)
-        add_run_listener(metrics.attach)
-        try:
+        event_log = event_log_from_env()
+        async with AsyncExitStack() as stack:
+            stack.push_async_callback(engine.dispose)
+            stack.push_async_callback(event_log.close)
+            # One Prefect client (and connection pool) for the process, not one per request.
+            prefect = await stack.enter_async_context(get_client())
+            app.state.engine, app.state.sessions, app.state.event_log = engine, database, event_log
+            app.state.runs = RunService(workflows=Workflows(database), executions=Executions(database),
+                                        deployments=WorkflowDeployments(settings.work_pool), prefect=prefect,
+                                        registry=default_registry(), event_log=event_log, metrics=metrics,
+                                        ui_url=ui_url, prefect_timeout_s=settings.prefect_timeout_s)
             yield
-        finally:
-            set_workflow_resolver(canvas_file_resolver)  # the process default again
-            remove_run_listener(metrics.attach)
-            await app.state.runs.shutdown()
-            await app.state.event_log.close()
-            await engine.dispose()
 
     metrics = Metrics()
     app = FastAPI(title="FlowMaestro", version="0.1.0", lifespan=lifespan,
-                  description="Save canvas workflows, run them on Prefect, follow them live.")
-    app.state.settings = settings
+                  description="Save canvas workflows, run them on Prefect workers, follow them live.")
     app.state.key_owners = settings.key_owners()
-    app.state.metrics = metrics
     install_error_handlers(app)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
@@ -102,23 +101,27 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     @app.get("/health", tags=["operations"])
     async def health(request: Request) -> JSONResponse:
-        """Checks the database and the Prefect server."""
-        from flows.local_server import healthy
-
+        """Checks the database and the Prefect server; 503 names what is down."""
         checks: dict[str, str] = {}
         try:
             async with request.app.state.engine.connect() as connection:
-                await connection.execute(text("SELECT 1"))
+                await asyncio.wait_for(connection.execute(text("SELECT 1")), timeout=5)
             checks["database"] = "ok"
         except Exception as exc:  # report, do not raise: this is the health endpoint
             checks["database"] = f"error: {type(exc).__name__}"
-        api_url = os.environ.get("PREFECT_API_URL", "")
-        checks["prefect"] = "ok" if api_url and healthy(api_url) else "unreachable"
+        prefect = request.app.state.runs.prefect
+        try:
+            answer = await asyncio.wait_for(prefect.api_healthcheck(), timeout=5)
+            checks["prefect"] = "ok" if answer is None else f"error: {type(answer).__name__}"
+        except Exception as exc:
+            checks["prefect"] = f"unreachable: {type(exc).__name__}"
         ok = all(v == "ok" for v in checks.values())
-        return JSONResponse({"status": "ok" if ok else "degraded", "checks": checks}, status_code=200 if ok else 503)
+        return JSONResponse({"status": "ok" if ok else "degraded", "checks": checks}, status_code=200 if ok else 503,
+                            headers=None if ok else {"Retry-After": "5"})
 
     @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
-    async def prometheus_metrics() -> PlainTextResponse:
+    async def prometheus_metrics(request: Request) -> PlainTextResponse:
+        await metrics.refresh(request.app.state.sessions)
         return PlainTextResponse(generate_latest(metrics.registry).decode(),
                                  media_type="text/plain; version=0.0.4")
 

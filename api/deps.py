@@ -1,24 +1,28 @@
-"""Typed dependencies of the routes."""
+"""Typed dependencies of the routes: the collaborators the app built at startup."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.runs import RunService
-
-
-async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    async with request.app.state.sessions() as session:
-        yield session
+from node_handlers.registry import HandlerRegistry
+from store.queries import Workflows
 
 
 def get_runs(request: Request) -> RunService:
     return request.app.state.runs
 
 
-SessionDep = Annotated[AsyncSession, Depends(get_session)]
+def get_workflows(request: Request) -> Workflows:
+    return request.app.state.runs.workflows
+
+
+def get_registry(request: Request) -> HandlerRegistry:
+    return request.app.state.runs.registry
+
+
 RunsDep = Annotated[RunService, Depends(get_runs)]
+WorkflowsDep = Annotated[Workflows, Depends(get_workflows)]
+RegistryDep = Annotated[HandlerRegistry, Depends(get_registry)]

@@ -11,10 +11,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from store.errors import Conflict, DomainError, Invalid, NotFound, Unavailable
+
 log = logging.getLogger("flowmaestro.api")
 
 
+STATUS_OF_ERROR: dict[type[DomainError], int] = {NotFound: 404, Conflict: 409, Invalid: 422, Unavailable: 503}
+
+
 class ApiError(Exception):
+    """An HTTP answer decided by the HTTP layer itself (authentication, request limits)."""
+
     def __init__(self, status: int, detail: str, issues: list[dict[str, Any]] | None = None,
                  headers: dict[str, str] | None = None):
         self.status, self.detail, self.issues, self.headers = status, detail, issues or [], headers
@@ -28,6 +35,16 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(_body(exc.detail, exc.issues), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(DomainError)
+    async def _domain_error(request: Request, exc: DomainError) -> JSONResponse:
+        status = next((code for kind, code in STATUS_OF_ERROR.items() if isinstance(exc, kind)), 400)
+        headers = None
+        body = _body(exc.message, exc.issues)
+        if isinstance(exc, Unavailable):
+            headers = {"Retry-After": str(exc.retry_after_s)}
+            body["service"] = exc.service
+        return JSONResponse(body, status_code=status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

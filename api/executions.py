@@ -9,42 +9,39 @@ from fastapi import APIRouter, Header, Query, Request
 from sse_starlette.sse import EventSourceResponse
 
 from api.auth import Owner
-from api.deps import RunsDep, SessionDep
-from api.schemas import ErrorBody, ExecuteBody, ExecutionAccepted, ExecutionSummary, ResumeBody, ResumeOut
-from api.workflows import find_version, find_workflow
+from api.deps import RunsDep
+from api.schemas import ErrorBody, ExecuteBody, ExecutionAccepted, ExecutionSummary, ResumeBody, ResumeOut, RunResult
 from flows.events import FINAL_EVENT_TYPES, utcnow
 
 IDLE_CHECK_S = 5.0
 
 router = APIRouter(tags=["executions"])
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (401, 404, 409, 422)}
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (401, 404, 409, 422, 503)}
+TRIGGERS = ("api", "schedule", "webhook", "prefect-ui", "retry", "parent")
 
 
 @router.post("/api/workflows/{workflow_id}/execute", status_code=202, response_model=ExecutionAccepted,
              responses=ERRORS)
-async def execute_workflow(workflow_id: str, body: ExecuteBody, owner: Owner, session: SessionDep,
-                           runs: RunsDep) -> ExecutionAccepted:
-    """Start a run. Inputs are checked first (422 naming each bad input); the answer
-    comes as soon as the run exists, with links to follow it."""
-    workflow = await find_workflow(session, owner, workflow_id)
-    version = await find_version(session, workflow, body.version)
-    # Give the connection back before the Prefect calls: holding it while start() opens
-    # its own session deadlocked the pool under concurrent executes.
-    await session.close()
-    run_id = await runs.start(owner=owner, workflow=workflow, version=version, inputs=body.inputs)
+async def execute_workflow(workflow_id: str, body: ExecuteBody, owner: Owner, runs: RunsDep) -> ExecutionAccepted:
+    """Start a run on a worker. Inputs are checked first (422 naming each bad input); the
+    answer comes as soon as the run exists in Prefect, with links to follow it."""
+    run_id = await runs.start(owner=owner, workflow_id=workflow_id, version=body.version, inputs=body.inputs)
     return ExecutionAccepted(execution_id=run_id, status="pending", links=runs.links(run_id))
 
 
 @router.get("/api/executions", response_model=list[ExecutionSummary], responses=ERRORS)
 async def list_executions(owner: Owner, runs: RunsDep, workflow_id: str | None = None,
-                          status: str | None = None) -> list[ExecutionSummary]:
-    rows = await runs.list(owner, workflow_id, status)
+                          status: str | None = None,
+                          trigger: str | None = Query(None, description=f"One of {', '.join(TRIGGERS)}.")
+                          ) -> list[ExecutionSummary]:
+    rows = await runs.list(owner, workflow_id, status, trigger)
     return [ExecutionSummary(id=r.id, workflow_id=r.workflow_id, workflow=r.workflow_name, version=r.version,
-                             status=r.status, created_at=r.created_at, updated_at=r.updated_at) for r in rows]
+                             status=r.status, trigger=r.trigger or {"type": r.trigger_type},
+                             created_at=r.created_at, updated_at=r.updated_at) for r in rows]
 
 
-@router.get("/api/executions/{execution_id}", responses=ERRORS)
-async def read_execution(execution_id: str, owner: Owner, runs: RunsDep) -> dict[str, Any]:
+@router.get("/api/executions/{execution_id}", response_model=RunResult, responses=ERRORS)
+async def read_execution(execution_id: str, owner: Owner, runs: RunsDep) -> RunResult:
     """The run result (canvas spec section 9), plus ``pending_approvals`` while paused."""
     return await runs.read(owner, execution_id)
 
@@ -67,7 +64,7 @@ async def stream_execution(execution_id: str, request: Request, owner: Owner, ru
                            last_event_id: str | None = Header(None)) -> EventSourceResponse:
     """Server-Sent Events of the run (canvas spec section 10): replay from
     ``Last-Event-ID`` (or ``?after=``), then live events; ends after the final event."""
-    await runs.find(owner, execution_id)
+    await runs.executions.get(owner, execution_id)
     start = after if after is not None else int(last_event_id) if (last_event_id or "").isdigit() else 0
     log = request.app.state.event_log
 

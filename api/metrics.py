@@ -1,39 +1,53 @@
-"""Prometheus metrics of the API process (``GET /metrics``)."""
+"""Prometheus metrics of the API (``GET /metrics``).
+
+Runs execute on workers, so what the API counts itself is what passes through it (runs
+started here); how many runs ended, by status, and how many are in flight is read from
+the store when scraped, so it is right whichever worker ran them and survives restarts.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from collections.abc import Iterable
 
-from flows.events import EventBus, RunEvent
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from store.db import ExecutionRow
+from store.queries import FINAL_STATUSES
+
+
+class _StoredRuns:
+    """A collector of the last counts read from the store (``refresh`` before a scrape)."""
+
+    def __init__(self) -> None:
+        self.counts: list[tuple[str, str, int]] = []
+
+    def collect(self) -> Iterable[Metric]:
+        finished = CounterMetricFamily("flowmaestro_runs_finished", "Runs that ended, by final status.",
+                                       labels=["workflow", "status"])
+        in_flight = GaugeMetricFamily("flowmaestro_runs_in_flight", "Runs started and not ended, all workers.")
+        waiting = 0
+        for workflow, status, count in self.counts:
+            if status in FINAL_STATUSES:
+                finished.add_metric([workflow, status], count)
+            else:
+                waiting += count
+        in_flight.add_metric([], waiting)
+        return [finished, in_flight]
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.runs_started = Counter("flowmaestro_runs_started_total", "Runs started through the API.",
+        self.runs_started = Counter("flowmaestro_runs_started_total", "Runs started through this API process.",
                                     ["workflow"], registry=self.registry)
-        self.runs_finished = Counter("flowmaestro_runs_finished_total", "Runs that ended, by final status.",
-                                     ["workflow", "status"], registry=self.registry)
-        self.runs_in_flight = Gauge("flowmaestro_runs_in_flight", "Runs executing in this process (queue depth).",
-                                    registry=self.registry)
-        self.node_duration = Histogram("flowmaestro_node_duration_seconds", "Node execution time by node type.",
-                                       ["type", "status"], registry=self.registry,
-                                       buckets=(0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120, 600))
-        self._started: dict[tuple[str, str, tuple[int, ...]], tuple[float, str]] = {}
+        self._stored = _StoredRuns()
+        self.registry.register(self._stored)
 
-    def attach(self, bus: EventBus) -> None:
-        bus.subscribe(self._on_event)
-
-    def _on_event(self, event: RunEvent) -> None:
-        if event.node_id is None:
-            return
-        key = (event.execution_id, event.node_id, event.path or ())
-        if event.type == "node:started":
-            from time import monotonic
-
-            self._started[key] = (monotonic(), str(event.data.get("type", "unknown")))
-        elif event.type in ("node:completed", "node:cached", "node:error") and key in self._started:
-            from time import monotonic
-
-            started, node_type = self._started.pop(key)
-            self.node_duration.labels(node_type, event.type.split(":")[1]).observe(monotonic() - started)
+    async def refresh(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        query = select(ExecutionRow.workflow_name, ExecutionRow.status, func.count()).group_by(
+            ExecutionRow.workflow_name, ExecutionRow.status)
+        async with sessions() as session:
+            self._stored.counts = [(name, status, count) for name, status, count in await session.execute(query)]

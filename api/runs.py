@@ -1,9 +1,12 @@
-"""Executions: start runs in this process, follow them, cancel them, answer approvals.
+"""Executions: start runs on workers, follow them, cancel them, answer approvals.
 
-What is authoritative for what:
-- the run result (outputs, node states, trace) is the engine's, stored when the run ends;
+The API never executes a run. ``start`` creates a flow run of the workflow's Prefect
+deployment and answers; a worker picks it up, records its start and its result in the
+store. What is authoritative for what:
+
+- the run result (outputs, node states, trace) is the worker's, stored when the run ends;
 - whether a run is still going is Prefect's: a run cancelled in the Prefect UI, or whose
-  process died, shows the state Prefect has for it;
+  worker died, shows the state Prefect has for it;
 - while a run is going, node states come from the run's event log.
 """
 
@@ -12,135 +15,139 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from contextvars import ContextVar
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
-from prefect.client.orchestration import get_client
+import httpx
+from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-from prefect.client.schemas.objects import StateType
-from prefect.client.schemas.sorting import FlowRunSort
-from prefect.states import Cancelling
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from prefect.client.schemas.objects import State, StateType
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
-from api.db import Execution, Workflow, WorkflowVersion, utcnow
-from api.errors import ApiError
 from api.metrics import Metrics
+from api.schemas import RunResult
 from builder.compiler import compile_canvas
 from builder.inputs import validate_inputs
 from builder.issues import InputsInvalid
+from deployments.workflow_deployments import WorkflowDeployment, WorkflowDeployments
 from flows.approvals import pending_approvals, resume_approval
 from flows.event_log import EventLog
-from flows.launch import start_run
-from node_handlers.base import NodeError
-from node_handlers.registry import default_registry
+from flows.prefect_compat import request_cancellation
+from node_handlers.registry import HandlerRegistry
+from store.db import ExecutionRow
+from store.errors import Conflict, Invalid, NotFound, Unavailable
+from store.queries import FINAL_STATUSES, Executions, SavedVersion, Workflows
 
 log = logging.getLogger("flowmaestro.api.runs")
+T = TypeVar("T")
 
 STATUS_OF_STATE = {
     StateType.SCHEDULED: "pending", StateType.PENDING: "pending", StateType.RUNNING: "running",
     StateType.PAUSED: "paused", StateType.CANCELLING: "running", StateType.COMPLETED: "completed",
     StateType.FAILED: "failed", StateType.CRASHED: "failed", StateType.CANCELLED: "cancelled",
 }
-FINAL = ("completed", "failed", "cancelled")
-RUN_OWNER: ContextVar[str | None] = ContextVar("flowmaestro_run_owner", default=None)
 NODE_STATUS_OF_EVENT = {"node:started": "running", "node:retrying": "running", "node:paused": "paused",
                         "node:completed": "completed", "node:cached": "cached", "node:error": "failed",
                         "node:skipped": "skipped"}
 
 
 class RunService:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], metrics: Metrics, ui_url: str,
-                 event_log: EventLog):
-        self.sessions = sessions
+    def __init__(self, *, workflows: Workflows, executions: Executions, deployments: WorkflowDeployments,
+                 prefect: PrefectClient, registry: HandlerRegistry, event_log: EventLog, metrics: Metrics,
+                 ui_url: str, prefect_timeout_s: float = 10.0):
+        self.workflows = workflows
+        self.executions = executions
+        self.deployments = deployments
+        self.prefect = prefect
+        self.registry = registry
         self.event_log = event_log
         self.metrics = metrics
         self.ui_url = ui_url
-        self.running: dict[str, asyncio.Task[Any]] = {}
+        self.prefect_timeout_s = prefect_timeout_s
+        self._deployment_ids: dict[tuple[str, int], uuid.UUID] = {}
 
     def links(self, run_id: str) -> dict[str, str]:
         return {"self": f"/api/executions/{run_id}", "stream": f"/api/executions/{run_id}/stream",
                 "prefect_ui": f"{self.ui_url}/runs/flow-run/{run_id}"}
 
-    async def start(self, *, owner: str, workflow: Workflow, version: WorkflowVersion,
-                    inputs: dict[str, Any]) -> str:
-        plan = compile_canvas(version.canvas, default_registry()).plan
+    # --- deployments -----------------------------------------------------------------
+
+    async def sync_deployment(self, saved: SavedVersion) -> uuid.UUID:
+        """Create or update the workflow's deployment (after a save)."""
+        plan = compile_canvas(saved.canvas, self.registry).plan
+        inputs = plan.inputs if plan is not None else {}
+        description = plan.description if plan is not None else None
+        deployment = WorkflowDeployment(saved.workflow_id, saved.owner, saved.name, saved.latest_version,
+                                        {name: dict(spec) for name, spec in inputs.items()}, description)
+        deployment_id = await self._call("create the workflow's deployment",
+                                         lambda: self.deployments.ensure(self.prefect, deployment))
+        self._deployment_ids[(saved.workflow_id, saved.latest_version)] = deployment_id
+        return deployment_id
+
+    async def remove_deployment(self, workflow_id: str, name: str) -> None:
+        await self._call("remove the workflow's deployment",
+                         lambda: self.deployments.remove(self.prefect, workflow_id, name))
+
+    # --- runs ------------------------------------------------------------------------
+
+    async def start(self, *, owner: str, workflow_id: str, version: int | None, inputs: dict[str, Any],
+                    trigger: dict[str, Any] | None = None, idempotency_key: str | None = None) -> str:
+        """Check the inputs, create the flow run, record it; the worker does the rest."""
+        saved = await self.workflows.version(owner, workflow_id, version)
+        plan = compile_canvas(saved.canvas, self.registry).plan
         if plan is None:  # saved canvases compiled when saved; a registry change could break one
-            raise ApiError(422, "this workflow version no longer compiles; save a new version")
+            raise Invalid("this workflow version no longer compiles; save a new version")
         try:
             validate_inputs(plan.inputs, inputs)
         except InputsInvalid as exc:
-            raise ApiError(422, str(exc), [i.to_dict() for i in exc.issues]) from exc
-        token = RUN_OWNER.set(owner)  # the run's task inherits it: subworkflows resolve within the owner
-        try:
-            run_id, task = await start_run(version.canvas, inputs, workflow_id=workflow.id,
-                                           version=version.version)
-        finally:
-            RUN_OWNER.reset(token)
-        async with self.sessions() as session:
-            session.add(Execution(id=run_id, owner=owner, workflow_id=workflow.id, version=version.version,
-                                  workflow_name=workflow.name, status="pending", inputs=inputs))
-            await session.commit()
-        self.metrics.runs_started.labels(workflow.name).inc()
-        self.metrics.runs_in_flight.inc()
-        self.running[run_id] = asyncio.create_task(self._finish(run_id, workflow.name, task))
+            raise Invalid(str(exc), [i.to_dict() for i in exc.issues]) from exc
+        trigger = trigger or {"type": "api"}
+        deployment_id = self._deployment_ids.get((saved.workflow_id, saved.latest_version))
+        if deployment_id is None:  # first run since this process started, or a new version
+            deployment_id = await self.sync_deployment(saved)
+        flow_run = await self._call("start the run", lambda: self.deployments.start(
+            self.prefect, deployment_id, workflow_id=saved.workflow_id, version=saved.version, inputs=inputs,
+            trigger=trigger, idempotency_key=idempotency_key))
+        run_id = str(flow_run.id)
+        await self.executions.record_start(execution_id=run_id, owner=owner, workflow_id=saved.workflow_id,
+                                           version=saved.version, workflow_name=saved.name, inputs=inputs,
+                                           trigger=trigger)
+        self.metrics.runs_started.labels(saved.name).inc()
         return run_id
 
-    async def _finish(self, run_id: str, workflow: str, task: asyncio.Task[Any]) -> None:
-        try:
-            state = await task
-            result = await state.result(raise_on_failure=False)
-            if not isinstance(result, dict):
-                result = {"id": run_id, "status": STATUS_OF_STATE.get(state.type, "failed"),
-                          "error": {"message": state.message or str(result)}, "nodes": {}, "trace": []}
-        except asyncio.CancelledError:
-            result = {"id": run_id, "status": "cancelled", "nodes": {}, "trace": [],
-                      "error": {"message": "the API server shut down while the run was in flight"}}
-        except Exception as exc:  # the run crashed: record it rather than leave it 'running'
-            log.exception("run %s crashed", run_id)
-            result = {"id": run_id, "status": "failed", "nodes": {}, "trace": [],
-                      "error": {"message": f"the run crashed: {exc}"}}
-        finally:
-            self.metrics.runs_in_flight.dec()
-            self.running.pop(run_id, None)
-        await self._store(run_id, result)
-        self.metrics.runs_finished.labels(workflow, result.get("status", "failed")).inc()
-
-    async def _store(self, run_id: str, result: dict[str, Any]) -> None:
-        async with self.sessions() as session:
-            row = await session.get(Execution, run_id)
-            if row is not None:
-                row.status, row.result, row.updated_at = result.get("status", "failed"), result, utcnow()
-                await session.commit()
-
-    async def find(self, owner: str, run_id: str) -> Execution:
-        async with self.sessions() as session:
-            row = await session.get(Execution, run_id)
-        if row is None or row.owner != owner:
-            raise ApiError(404, f"execution {run_id} not found")
-        return row
-
-    async def read(self, owner: str, run_id: str) -> dict[str, Any]:
-        row = await self.find(owner, run_id)
-        if row.result is not None:
-            return row.result | {"pending_approvals": []}
-        async with get_client() as client:
-            flow_run = await client.read_flow_run(uuid.UUID(run_id))
+    async def read(self, owner: str, run_id: str) -> RunResult:
+        row = await self.executions.get(owner, run_id)
+        if row.result is not None and row.status in FINAL_STATUSES:
+            return RunResult.of(row.result, trigger=row.trigger)
+        flow_run = await self._call("read the run", lambda: self.prefect.read_flow_run(uuid.UUID(run_id)))
         state = flow_run.state
         status = STATUS_OF_STATE.get(state.type, "running") if state else "pending"
-        if status in FINAL and run_id not in self.running:
-            # Ended outside this process (or the process died): take Prefect's word.
-            result = await state.result(raise_on_failure=False) if state else None
-            if not isinstance(result, dict):
-                result = {"id": run_id, "status": status, "nodes": {}, "trace": [],
-                          "error": None if status == "completed" else {"message": state.message if state else None}}
-            result["status"] = status
-            await self._store(run_id, result)
-            return result | {"pending_approvals": []}
-        return {"id": run_id, "workflow": row.workflow_name, "workflow_id": row.workflow_id, "version": row.version,
-                "status": status, "output": None, "error": None, "nodes": await self._live_nodes(run_id), "trace": [],
-                "pending_approvals": await pending_approvals(run_id) if status in ("paused", "running") else [],
-                "started_at": flow_run.start_time.isoformat() if flow_run.start_time else None, "ended_at": None}
+        if status in FINAL_STATUSES:
+            # Ended without its worker storing the result (the worker died, or the run was
+            # cancelled before it started): take Prefect's word, and keep it.
+            result = await self._final_from_prefect(row, status, state)
+            await self.executions.record_result(run_id, result.model_dump())
+            return result
+        approvals = await self._call("read approvals", lambda: pending_approvals(run_id)) \
+            if status in ("paused", "running") else []
+        return RunResult(id=run_id, workflow=row.workflow_name, workflow_id=row.workflow_id, version=row.version,
+                         status=status, nodes=await self._live_nodes(run_id), trigger=row.trigger,
+                         pending_approvals=approvals,
+                         started_at=flow_run.start_time.isoformat() if flow_run.start_time else None)
+
+    async def _final_from_prefect(self, row: ExecutionRow, status: str, state: State | None) -> RunResult:
+        stored: Any = None
+        if state is not None:
+            try:
+                stored = await state.result(raise_on_failure=False)
+            except Exception:  # the result lives in a storage this process cannot read
+                stored = None
+        if isinstance(stored, dict) and "nodes" in stored:
+            return RunResult.of(stored | {"status": status}, trigger=row.trigger)
+        message = None if status == "completed" else (state.message if state else None) or status
+        return RunResult(id=row.id, workflow=row.workflow_name, workflow_id=row.workflow_id, version=row.version,
+                         status=status, error={"message": message} if message else None, trigger=row.trigger,
+                         nodes=await self._live_nodes(row.id))
 
     async def _live_nodes(self, run_id: str) -> dict[str, Any]:
         """Top-level node states of a run in progress, folded from its event log."""
@@ -168,29 +175,20 @@ class RunService:
 
     async def ended_status(self, run_id: str) -> str | None:
         """The final status Prefect has for a run, or None while it goes on."""
-        if run_id in self.running:
-            return None
-        async with get_client() as client:
-            flow_run = await client.read_flow_run(uuid.UUID(run_id))
+        flow_run = await self._call("read the run", lambda: self.prefect.read_flow_run(uuid.UUID(run_id)))
         status = STATUS_OF_STATE.get(flow_run.state.type) if flow_run.state else None
-        return status if status in FINAL else None
+        return status if status in FINAL_STATUSES else None
 
-    async def list(self, owner: str, workflow_id: str | None, status: str | None) -> list[Execution]:
+    async def list(self, owner: str, workflow_id: str | None, status: str | None,
+                   trigger: str | None = None) -> list[ExecutionRow]:
         """Runs of an owner, newest first. The stored status of a run in progress is
         refreshed from Prefect, so ``status=running`` or ``paused`` finds it."""
-        query = select(Execution).where(Execution.owner == owner).order_by(Execution.created_at.desc()).limit(500)
-        if workflow_id:
-            query = query.where(Execution.workflow_id == workflow_id)
-        if status in FINAL:
-            query = query.where(Execution.status == status)
-        async with self.sessions() as session:
-            rows = list(await session.scalars(query))
-        live = [row for row in rows if row.status not in FINAL]
+        rows = await self.executions.list(owner, workflow_id=workflow_id, status=status, trigger=trigger)
+        live = [row for row in rows if row.status not in FINAL_STATUSES]
         if live:
-            async with get_client() as client:
-                flow_runs = await client.read_flow_runs(
-                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[uuid.UUID(r.id) for r in live])),
-                    limit=len(live), sort=FlowRunSort.ID_DESC)
+            flow_runs = await self._call("read run states", lambda: self.prefect.read_flow_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[uuid.UUID(r.id) for r in live])),
+                limit=len(live)))
             states = {str(f.id): f.state for f in flow_runs}
             for row in live:
                 state = states.get(row.id)
@@ -199,42 +197,38 @@ class RunService:
         return [row for row in rows if status is None or row.status == status]
 
     async def cancel(self, owner: str, run_id: str) -> str:
-        row = await self.find(owner, run_id)
-        if row.status in FINAL:
-            raise ApiError(409, f"execution {run_id} has already ended ({row.status})")
-        async with get_client() as client:
-            flow_run = await client.read_flow_run(uuid.UUID(run_id))
-            if flow_run.state and flow_run.state.is_final():
-                raise ApiError(409, f"execution {run_id} has already ended ({flow_run.state.name})")
-            # The run watches its own state and stops within a second (flows/flow.py).
-            await client.set_flow_run_state(uuid.UUID(run_id), Cancelling(), force=True)
+        row = await self.executions.get(owner, run_id)
+        if row.status in FINAL_STATUSES:
+            raise Conflict(f"execution {run_id} has already ended ({row.status})")
+        flow_run = await self._call("read the run", lambda: self.prefect.read_flow_run(uuid.UUID(run_id)))
+        if flow_run.state and flow_run.state.is_final():
+            raise Conflict(f"execution {run_id} has already ended ({flow_run.state.name})")
+        # The run's worker watches its runs' states and stops this one within a second.
+        await self._call("cancel the run", lambda: request_cancellation(self.prefect, uuid.UUID(run_id)))
         return "cancelling"
 
     async def resume(self, owner: str, run_id: str, node_id: str, path: list[int] | None,
                      values: dict[str, Any]) -> dict[str, str]:
-        await self.find(owner, run_id)
-        answer = await resume_approval(run_id, node_id, path, values, decided_by=owner)
+        await self.executions.get(owner, run_id)
+        answer = await self._call("answer the approval",
+                                  lambda: resume_approval(run_id, node_id, path, values, decided_by=owner))
         if answer.status == "refused":
-            raise ApiError(422, answer.message, [{"code": "refused", **i} for i in answer.issues])
+            raise Invalid(answer.message, [{"code": "refused", **i} for i in answer.issues])
         if answer.status == "not_waiting":
-            raise ApiError(409, answer.message)
+            raise Conflict(answer.message)
         return {"status": answer.status, "message": answer.message}
 
-    async def resolve_subworkflow(self, reference: str, version: int | None, parent_run_id: str) -> dict[str, Any]:
-        """The canvas of a saved workflow of the same owner as the run asking for it."""
-        owner = RUN_OWNER.get()
-        async with self.sessions() as session:
-            workflow = await session.get(Workflow, reference)
-            if workflow is None or workflow.owner != owner or workflow.deleted_at is not None:
-                raise NodeError(f"subworkflow {reference!r}: no such workflow", error_type="SubworkflowNotFound")
-            found = await session.get(WorkflowVersion, (workflow.id, version or workflow.latest_version))
-        if found is None:
-            raise NodeError(f"subworkflow {reference!r} has no version {version}", error_type="SubworkflowNotFound")
-        return found.canvas
-
-    async def shutdown(self) -> None:
-        """Stop runs in flight; each is recorded as cancelled (the server shut down)."""
-        tasks = list(self.running.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    async def _call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """A call to Prefect that answers within ``prefect_timeout_s`` or becomes a 503:
+        the client already retries 429/503 with backoff; this bounds the whole."""
+        try:
+            return await asyncio.wait_for(call(), timeout=self.prefect_timeout_s)
+        except ObjectNotFound as exc:
+            raise NotFound(f"Prefect does not know this run or deployment ({what})") from exc
+        except (asyncio.TimeoutError, httpx.TransportError) as exc:
+            raise Unavailable("prefect", f"the Prefect server did not answer in time; could not {what}") from exc
+        except PrefectHTTPStatusError as exc:
+            if exc.response.status_code >= 500 or exc.response.status_code == 429:
+                raise Unavailable("prefect", f"the Prefect server is unavailable "
+                                             f"({exc.response.status_code}); could not {what}") from exc
+            raise

@@ -84,8 +84,37 @@ class ExecutionSummary(BaseModel):
     workflow: str
     version: int
     status: str
+    trigger: dict[str, Any] = Field(description="What started the run: {'type': 'api'|'schedule'|'webhook'|"
+                                                "'prefect-ui'|'retry'|'parent', ...}.")
     created_at: datetime
     updated_at: datetime
+
+
+class RunResult(BaseModel):
+    """The run result of canvas-v1 section 9, as stored by the worker when the run ended
+    or assembled from Prefect and the event log while it goes on."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str
+    workflow: str | None = None
+    workflow_id: str | None = None
+    version: int | None = None
+    status: str
+    output: Any = None
+    error: dict[str, Any] | None = None
+    nodes: dict[str, Any] = Field(default_factory=dict)
+    trace: list[dict[str, Any]] = Field(default_factory=list)
+    usage: dict[str, Any] | None = None
+    plan_hash: str | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    trigger: dict[str, Any] = Field(default_factory=dict)
+    pending_approvals: list[dict[str, Any]] = Field(default_factory=list)
+
+    @classmethod
+    def of(cls, stored: dict[str, Any], **more: Any) -> RunResult:
+        """A stored result (the flow's own ``RunRecord.result()``), with ``more`` on top."""
+        return cls.model_validate({**stored, **{k: v for k, v in more.items() if v is not None}})
 
 
 class ResumeBody(BaseModel):

@@ -1,13 +1,12 @@
-"""Storage of workflows, their versions and executions (SQLAlchemy 2, async).
+"""Tables of workflows, their versions and executions (SQLAlchemy 2, async).
 
 SQLite by default, PostgreSQL via ``FLOWMAESTRO_DATABASE_URL``. The schema is managed by
-Alembic (``api/migrations``), upgraded when the app starts.
+Alembic (``store/migrations``), upgraded when the API or a worker starts.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -51,7 +50,9 @@ class WorkflowVersion(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class Execution(Base):
+class ExecutionRow(Base):
+    """What FlowMaestro keeps of a run; Prefect keeps the rest (states, task runs, logs)."""
+
     __tablename__ = "executions"
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     """The Prefect flow run id."""
@@ -62,6 +63,10 @@ class Execution(Base):
     status: Mapped[str] = mapped_column(String(16), index=True)
     inputs: Mapped[dict[str, Any]] = mapped_column(JSON)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    trigger_type: Mapped[str] = mapped_column(String(16), default="api", index=True)
+    """What started the run: api, schedule, webhook, prefect-ui, retry or parent."""
+    trigger: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    """The trigger with its details (``{"type": "schedule", "schedule_id": ...}``)."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -98,8 +103,3 @@ async def upgrade_schema(url: str) -> None:
     config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     await asyncio.to_thread(command.upgrade, config, "head")
-
-
-async def session_scope(factory: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
-    async with factory() as session:
-        yield session

@@ -6,13 +6,13 @@ import asyncio
 
 from alembic import context
 
-from api.db import Base, make_engine
+from store.db import Base, make_engine
 
 target_metadata = Base.metadata
 
 
 def _include(obj, name, type_, reflected, compare_to) -> bool:  # type: ignore[no-untyped-def]
-    # fm_events belongs to the event log (flows/event_log.py), which manages it itself.
+    # fm_events belongs to the event log (flows/event_log), which manages it itself.
     return not (type_ == "table" and name == "fm_events")
 
 

@@ -1,0 +1,63 @@
+"""What a worker's runs read from and write to FlowMaestro's store.
+
+A run of a saved workflow names it (``workflow_id``, ``owner``, maybe ``version``); the
+worker loads that version's canvas here, records that the run started (so a run started
+from the Prefect UI or a schedule is an execution like any other) and stores its result
+when it ends. Sub-workflow nodes resolve saved workflows here too, within the owner.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from flows.run_context import SavedCanvas
+from node_handlers.base import NodeError
+from store.db import make_engine, sessions
+from store.errors import NotFound
+from store.queries import Executions, Workflows
+
+
+class StoreRuns:
+    """The store as a run sees it (``flows.run_context.RunStore``)."""
+
+    def __init__(self, engine: AsyncEngine):
+        self.engine = engine
+        database = sessions(engine)
+        self.workflows = Workflows(database)
+        self.executions = Executions(database)
+
+    @classmethod
+    def from_url(cls, url: str) -> StoreRuns:
+        return cls(make_engine(url))
+
+    async def load(self, owner: str, workflow_id: str, version: int | None) -> SavedCanvas:
+        try:
+            saved = await self.workflows.version(owner, workflow_id, version)
+        except NotFound as exc:
+            raise LookupError(f"workflow {workflow_id} of {owner!r}: {exc.message} (deleted?)") from exc
+        return SavedCanvas(workflow_id=saved.workflow_id, name=saved.name, version=saved.version,
+                           canvas=saved.canvas)
+
+    async def resolve_subworkflow(self, owner: str | None, reference: str, version: int | None) -> dict[str, Any]:
+        """The canvas of a saved workflow of the same owner as the run asking for it."""
+        if owner is None:
+            raise NodeError(f"subworkflow {reference!r}: a run without an owner cannot use saved workflows",
+                            error_type="SubworkflowNotFound")
+        try:
+            return (await self.workflows.version(owner, reference, version)).canvas
+        except NotFound as exc:
+            raise NodeError(f"subworkflow {reference!r}: {exc.message}", error_type="SubworkflowNotFound") from exc
+
+    async def started(self, run_id: str, *, owner: str, workflow_id: str, version: int, name: str,
+                      inputs: dict[str, Any], trigger: dict[str, Any]) -> None:
+        await self.executions.record_start(execution_id=run_id, owner=owner, workflow_id=workflow_id,
+                                           version=version, workflow_name=name, inputs=inputs, trigger=trigger,
+                                           status="running")
+
+    async def ended(self, run_id: str, result: dict[str, Any]) -> None:
+        await self.executions.record_result(run_id, result)
+
+    async def close(self) -> None:
+        await self.engine.dispose()

@@ -1,0 +1,163 @@
+"""The FlowMaestro worker: Prefect's worker machinery, runs in the worker's own event loop.
+
+Prefect's process worker starts a fresh Python process per flow run, and importing
+Prefect and FlowMaestro costs 1-2 s of every run (measured in ``benchmarks/api.py``).
+Canvas runs spend most of their time waiting on I/O, so this worker runs each flow run
+as an asyncio task of its own process, up to ``limit`` at once, and keeps everything
+warm: imports, the Prefect client, the event log and database pools.
+
+All the rest is Prefect's ``BaseWorker``: polling the work pool, the work-pool heartbeat,
+the concurrency limit, proposing Pending, the worker's page in the Prefect UI. What a
+process boundary would give for free is done here:
+
+- cancellation: one watcher per worker reads the states of all its runs at once (instead
+  of every run polling its own), and a cancelled run is stopped by its flow, which
+  records it as cancelled;
+- SIGTERM/SIGINT stop polling, let the runs in flight finish for ``grace_s``, and cancel
+  what is left (those runs end ``cancelled``, not lost: crash recovery is for SIGKILL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.flow_engine import run_flow_async
+from prefect.flows import Flow
+from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
+
+from deployments.workflow_deployments import DEFAULT_POOL, WORKER_TYPE
+
+
+class FlowMaestroJobConfiguration(BaseJobConfiguration):
+    """Nothing to configure per run: runs execute in the worker's process."""
+
+
+class FlowMaestroVariables(BaseVariables):
+    pass
+
+
+class FlowMaestroWorkerResult(BaseWorkerResult):
+    pass
+
+
+class FlowMaestroWorker(BaseWorker[FlowMaestroJobConfiguration, FlowMaestroVariables, FlowMaestroWorkerResult]):
+    type = WORKER_TYPE
+    job_configuration = FlowMaestroJobConfiguration
+    job_configuration_variables = FlowMaestroVariables
+    _description = "Runs FlowMaestro canvas workflows as asyncio tasks of the worker's own process."
+
+    def __init__(self, *, flow: Flow[..., Any], work_pool_name: str = DEFAULT_POOL, limit: int = 20,
+                 cancel_poll_s: float = 1.0, name: str | None = None, on_cancel: Callable[[str], None] | None = None,
+                 **kwargs: Any):
+        """``flow`` is the generic flow bound to this worker's run context; ``on_cancel``
+        tells that context that a run was cancelled in Prefect (the flow then stops it)."""
+        super().__init__(work_pool_name=work_pool_name, limit=limit, name=name,
+                         base_job_template=self.get_default_base_job_template(), **kwargs)
+        self.flow = flow
+        self.cancel_poll_s = cancel_poll_s
+        self.on_cancel = on_cancel
+        self.running: dict[str, asyncio.Task[Any]] = {}
+        self.draining = False
+        self._watcher: asyncio.Task[None] | None = None
+        self.identifier = f"{socket.gethostname()}:{os.getpid()}"
+
+    async def get_and_submit_flow_runs(self) -> list[FlowRun]:
+        if self.draining:  # shutting down: leave new runs to other workers
+            return []
+        return await super().get_and_submit_flow_runs()
+
+    async def run(self, flow_run: FlowRun, configuration: FlowMaestroJobConfiguration,
+                  task_status: anyio.abc.TaskStatus[Any] | None = None) -> FlowMaestroWorkerResult:
+        if self._watcher is None and self.on_cancel is not None:
+            self._watcher = asyncio.create_task(self._watch_cancellations())
+        run_id = str(flow_run.id)
+        task = asyncio.create_task(run_flow_async(self.flow, flow_run=flow_run, parameters=dict(flow_run.parameters),
+                                                  return_type="state"))
+        self.running[run_id] = task
+        if task_status is not None:
+            # BaseWorker records this as the run's infrastructure and only then counts the
+            # run as submitted; a falsy value would release its concurrency slot at once.
+            task_status.started(self.identifier)
+        try:
+            await task
+            status_code = 0
+        except asyncio.CancelledError:
+            status_code = 0 if task.cancelled() else 1
+            if not task.done():
+                raise
+        except Exception:  # the engine records the state itself; count it as a failed run
+            self._logger.exception("flow run %s raised out of the engine", run_id)
+            status_code = 1
+        finally:
+            self.running.pop(run_id, None)
+        return FlowMaestroWorkerResult(identifier=self.identifier, status_code=status_code)
+
+    async def _watch_cancellations(self) -> None:
+        """One read of all this worker's runs per poll, whatever their number."""
+        while True:
+            await asyncio.sleep(self.cancel_poll_s)
+            ids = list(self.running)
+            if not ids:
+                continue
+            try:
+                flow_runs = await self.client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)), limit=len(ids))
+            except Exception as exc:  # a hiccup of the API must not end the watcher
+                self._logger.debug("could not read run states: %s", exc)
+                continue
+            for flow_run in flow_runs:
+                if flow_run.state and flow_run.state.type in (StateType.CANCELLING, StateType.CANCELLED):
+                    assert self.on_cancel is not None
+                    self.on_cancel(str(flow_run.id))
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Take no new runs; wait up to ``grace_s`` for runs in flight, then cancel the rest."""
+        self.draining = True
+        tasks = list(self.running.values())
+        if tasks:
+            self._logger.info("waiting up to %.0f s for %d run(s) in flight", grace_s, len(tasks))
+            _done, pending = await asyncio.wait(tasks, timeout=grace_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._watcher is not None:
+            self._watcher.cancel()
+
+    async def kill_infrastructure(self, infrastructure_pid: str, configuration: FlowMaestroJobConfiguration,
+                                  grace_seconds: int = 30) -> None:
+        """Called by Prefect for a run cancelled before it started; it never ran here."""
+        return None
+
+
+async def run_worker(flow: Flow[..., Any], *, pool: str = DEFAULT_POOL, limit: int = 20, poll_s: float = 1.0,
+                     cancel_poll_s: float = 1.0, grace_s: float = 30.0, name: str | None = None,
+                     on_cancel: Callable[[str], None] | None = None, started: Callable[[str], None] | None = None,
+                     ) -> None:
+    """Run one worker until SIGTERM or SIGINT, then drain it (see ``FlowMaestroWorker.shutdown``)."""
+    from prefect.settings import PREFECT_WORKER_QUERY_SECONDS, temporary_settings
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    # Prefect's default poll is every 10 s; runs started through the API should start
+    # within about a second. The poll is one cheap query per worker.
+    with temporary_settings({PREFECT_WORKER_QUERY_SECONDS: poll_s}):
+        worker = FlowMaestroWorker(flow=flow, work_pool_name=pool, limit=limit, cancel_poll_s=cancel_poll_s,
+                                   name=name, on_cancel=on_cancel)
+        main = asyncio.create_task(worker.start(printer=started or (lambda _line: None)))
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({main, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not main.done():
+            await worker.shutdown(grace_s)
+            main.cancel()
+        await asyncio.gather(main, return_exceptions=True)
+        stopping.cancel()

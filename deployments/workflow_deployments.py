@@ -1,0 +1,144 @@
+"""Every saved workflow is a Prefect deployment of the generic flow.
+
+A deployment is what lets Prefect start a run of a workflow without FlowMaestro's API:
+its UI's Run button, its schedules, automations. The deployment carries no canvas. Its
+default parameters name the workflow (``workflow_id``, ``owner``) and the worker that picks
+a run loads the version it names, or the latest one, from FlowMaestro's store. Versions
+are immutable, so ``(workflow_id, version)`` says exactly what ran, in every run's
+parameters, and a new version changes nothing on Prefect but the Run form (and the
+description): parameters stay small however large the canvas.
+
+The Run form is the deployment's parameter schema: one ``inputs`` object whose fields are
+the workflow's declared inputs (type, description, default, required).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.client.schemas.objects import FlowRun
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+FLOW_NAME = "flowmaestro"
+"""The name of the generic flow (``flows.flow.run_workflow``)."""
+WORKER_TYPE = "flowmaestro"
+DEFAULT_POOL = "flowmaestro"
+ENTRYPOINT = "flows/flow.py:run_workflow"
+WORKFLOW_TAG = "workflow:{id}"
+
+
+def deployment_name(workflow_id: str, name: str) -> str:
+    """The workflow's name (made safe for Prefect's ``flow/deployment`` addressing) and
+    the start of its id: names are unique per owner, not across owners."""
+    safe = re.sub(r"[/%]+", "-", name).strip() or "workflow"
+    return f"{safe[:150]} [{workflow_id[:8]}]"
+
+
+def parameter_schema(declared_inputs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The OpenAPI schema of the Run form: the declared inputs as the fields of ``inputs``."""
+    properties: dict[str, Any] = {}
+    for position, (name, spec) in enumerate(declared_inputs.items()):
+        field: dict[str, Any] = {"title": name, "type": spec.get("type", "string"), "position": position}
+        if spec.get("description"):
+            field["description"] = spec["description"]
+        if spec.get("default") is not None:
+            field["default"] = spec["default"]
+        properties[name] = field
+    required = [name for name, spec in declared_inputs.items() if spec.get("required")]
+    inputs: dict[str, Any] = {"title": "inputs", "type": "object", "position": 0,
+                              "description": "The workflow's inputs.", "properties": properties}
+    if required:
+        inputs["required"] = required
+    defaults = {name: field["default"] for name, field in properties.items() if "default" in field}
+    if defaults:
+        inputs["default"] = defaults
+    return {"title": "Parameters", "type": "object", "properties": {"inputs": inputs},
+            "required": ["inputs"] if required else [], "definitions": {}}
+
+
+@dataclass(frozen=True)
+class WorkflowDeployment:
+    """What the deployment of a workflow is made from."""
+
+    workflow_id: str
+    owner: str
+    name: str
+    latest_version: int
+    inputs: Mapping[str, Mapping[str, Any]]
+    description: str | None = None
+
+
+class WorkflowDeployments:
+    """Creates, updates and removes the deployments of saved workflows, and starts their runs.
+
+    Every call takes the Prefect client of the caller: the API keeps one for the process.
+    """
+
+    def __init__(self, pool: str = DEFAULT_POOL):
+        self.pool = pool
+        self._flow_id: UUID | None = None
+        self._pool_ready = False
+
+    async def ensure(self, client: PrefectClient, workflow: WorkflowDeployment) -> UUID:
+        """Create or update the deployment (Prefect upserts by flow and name)."""
+        flow_id = await self._generic_flow(client)
+        await self._ensure_pool(client)
+        return await client.create_deployment(
+            flow_id=flow_id, name=deployment_name(workflow.workflow_id, workflow.name),
+            version=str(workflow.latest_version), work_pool_name=self.pool, entrypoint=ENTRYPOINT,
+            parameters={"workflow_id": workflow.workflow_id, "owner": workflow.owner},
+            parameter_openapi_schema=parameter_schema(workflow.inputs), enforce_parameter_schema=False,
+            tags=["flowmaestro", WORKFLOW_TAG.format(id=workflow.workflow_id)],
+            description=workflow.description or f"FlowMaestro workflow {workflow.name!r} "
+                                                f"(version {workflow.latest_version} is the latest)",
+        )
+
+    async def find(self, client: PrefectClient, workflow_id: str, name: str) -> UUID | None:
+        try:
+            found = await client.read_deployment_by_name(f"{FLOW_NAME}/{deployment_name(workflow_id, name)}")
+        except ObjectNotFound:
+            return None
+        return found.id
+
+    async def remove(self, client: PrefectClient, workflow_id: str, name: str) -> None:
+        """Delete the deployment; its runs keep their history in Prefect."""
+        deployment_id = await self.find(client, workflow_id, name)
+        if deployment_id is not None:
+            try:
+                await client.delete_deployment(deployment_id)
+            except ObjectNotFound:
+                pass
+
+    async def start(self, client: PrefectClient, deployment_id: UUID, *, workflow_id: str, version: int,
+                    inputs: dict[str, Any], trigger: dict[str, Any],
+                    idempotency_key: str | None = None) -> FlowRun:
+        """Create a flow run of the deployment; a worker picks it up (Scheduled now)."""
+        parameters = {"inputs": inputs, "version": version, "trigger": trigger}
+        tags = ["flowmaestro", WORKFLOW_TAG.format(id=workflow_id), f"version:{version}",
+                f"trigger:{trigger.get('type', 'api')}"]
+        return await client.create_flow_run_from_deployment(deployment_id, parameters=parameters, tags=tags,
+                                                            idempotency_key=idempotency_key)
+
+    async def _generic_flow(self, client: PrefectClient) -> UUID:
+        if self._flow_id is None:
+            self._flow_id = await client.create_flow_from_name(FLOW_NAME)
+        return self._flow_id
+
+    async def _ensure_pool(self, client: PrefectClient) -> None:
+        if self._pool_ready:
+            return
+        try:
+            await client.read_work_pool(self.pool)
+        except ObjectNotFound:
+            try:
+                await client.create_work_pool(WorkPoolCreate(
+                    name=self.pool, type=WORKER_TYPE, description="FlowMaestro workers (flowmaestro worker)"))
+            except ObjectAlreadyExists:
+                pass  # another process created it meanwhile
+        self._pool_ready = True
