@@ -327,6 +327,24 @@ async def test_follow_ends_after_idle_timeout(logs):
     assert await collect(log, logs.run_id(), idle_timeout=0.3) == []
 
 
+async def test_a_slow_consumer_does_not_count_as_idle(logs):
+    """The idle clock measures time without new events, not the time the consumer spends on
+    them: a consumer slower than ``idle_timeout`` still gets what was appended meanwhile."""
+    writer, reader = logs.new(), logs.new()
+    run = logs.run_id()
+    events = run_events(run, 30)
+    await writer.append(events[:1])
+    received: list[StoredEvent] = []
+    async with asyncio.timeout(TIMEOUT):
+        async with contextlib.aclosing(reader.follow(run, idle_timeout=0.2)) as stream:
+            async for stored in stream:
+                received.append(stored)
+                if stored.seq == 1:
+                    await writer.append(events[1:])  # the run goes on while the consumer is busy
+                    await asyncio.sleep(0.5)  # longer than idle_timeout, with no new event to wait for
+    assert_exactly(received, 1, 30)
+
+
 async def test_writer_stores_5000_bus_events_in_order(logs):
     log, reader = logs.new(), logs.new()
     run = logs.run_id()

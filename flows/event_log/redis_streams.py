@@ -104,20 +104,22 @@ class RedisEventLog:
         idle = IdleClock(idle_timeout)
         while True:
             remaining = idle.remaining()
-            if remaining is not None and remaining <= 0:
-                return
+            # XREAD BLOCK 0 would wait forever: at least 1 ms, so that an expired clock still
+            # reads what is already there before giving up.
             block = self.block_ms if remaining is None else max(1, min(self.block_ms, int(remaining * 1000) + 1))
             response = await self.follow_redis.xread({key: last_id}, count=1000, block=block)
             entries = _xread_entries(response, key)
             if not entries:
+                if idle.expired():
+                    return
                 continue
-            idle.restart()
             for entry_id, fields in entries:
                 event = self._stored(execution_id, entry_id, fields)
                 last_id = entry_id
                 yield event
                 if event.type in FINAL_EVENT_TYPES:
                     return
+            idle.restart()  # the consumer has taken the batch: only now does waiting begin
 
     async def last_seq(self, execution_id: str) -> int:
         """The highest stored seq of the run (0 if none)."""
