@@ -557,17 +557,22 @@ async def test_sql_schema_is_created_lazily_by_concurrent_instances(tmp_path):
 
 
 @pytest.mark.parametrize("use_script", [True, False], ids=["lua", "pipeline"])
-async def test_redis_stream_expires_after_the_final_event(redis_logs, use_script):
+async def test_redis_stream_expires_retention_days_after_its_last_append(redis_logs, use_script):
     log = redis_logs.new(retention_days=0.5, use_script=use_script)
     run = redis_logs.run_id()
+    key = log.key(run)
     events = run_events(run, 20)
-    await log.append(events[:19])
-    assert await log.redis.ttl(log.key(run)) == -1  # a live run never expires
+    await log.append(events[:10])
+    # A run whose process dies never writes its final event: its stream expires all the same.
+    assert 43000 < await log.redis.ttl(key) <= 43200
+    await log.redis.expire(key, 100)  # as if the run had been quiet for almost half a day
+    await log.append(events[10:19])
+    assert 43000 < await log.redis.ttl(key) <= 43200  # every append restarts the clock
+    await log.redis.expire(key, 100)
     await log.append(events[19:])
-    ttl = await log.redis.ttl(log.key(run))
-    assert 0 < ttl <= 43200
+    assert 43000 < await log.redis.ttl(key) <= 43200  # the final event too
     assert await log.last_seq(run) == 20
-    entries = await log.redis.xrange(log.key(run), count=2)
+    entries = await log.redis.xrange(key, count=2)
     assert [entry_id for entry_id, _ in entries] == ["1-0", "2-0"]  # seq == stream id
 
 

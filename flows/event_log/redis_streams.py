@@ -21,14 +21,15 @@ class RedisEventLog:
     greater than the stream's last one, which makes appends idempotent (and means a seq can
     never be inserted behind a later one).
 
-    After the final event the stream expires in ``retention_days``.
+    Every append (re)sets the stream's TTL to ``retention_days``: a stream expires that long
+    after its last event, whether the run ended or not (its process died before the final
+    event), as the SQL log purges the runs whose last event is older than its retention.
 
     A batch is appended by one Lua script (``XADD`` of each event with its explicit id, errors
-    "equal or smaller than the target stream top item" ignored, then ``EXPIRE`` when the batch
-    holds the final event): one round
-    trip, and two to three times less client CPU than a pipeline of ``XADD`` (redis-py parses
-    each reply in Python). ``use_script=False`` pipelines the same commands instead, for servers
-    that refuse scripts.
+    "equal or smaller than the target stream top item" ignored, then ``EXPIRE``): one round trip,
+    and two to three times less client CPU than a pipeline of ``XADD`` (redis-py parses each
+    reply in Python). ``use_script=False`` pipelines the same commands instead, for servers that
+    refuse scripts.
 
     ``follow`` blocks on ``XREAD`` (``block_ms`` at a time) on a connection pool of its own, so
     waiting followers never hold up appends."""
@@ -66,16 +67,15 @@ class RedisEventLog:
         for event in sorted(events, key=lambda e: (e.execution_id, e.seq)):
             runs.setdefault(event.execution_id, []).append(event)
         for execution_id, batch in runs.items():
-            ttl = self.ttl_seconds if any(e.type in FINAL_EVENT_TYPES for e in batch) else 0
             if self.use_script:
-                args: list[Any] = [ttl]
+                args: list[Any] = [self.ttl_seconds]
                 for event in batch:
                     args += [f"{event.seq}-0", event.type, strict_json(event.payload())]
                 await self._append_script(keys=[self.key(execution_id)], args=args)
             else:
-                await self._append_pipeline(execution_id, batch, ttl)
+                await self._append_pipeline(execution_id, batch)
 
-    async def _append_pipeline(self, execution_id: str, batch: list[RunEvent], ttl: int) -> None:
+    async def _append_pipeline(self, execution_id: str, batch: list[RunEvent]) -> None:
         from redis.exceptions import ResponseError
 
         key = self.key(execution_id)
@@ -83,8 +83,7 @@ class RedisEventLog:
             for event in batch:
                 pipe.xadd(key, {"type": event.type, "data": strict_json(event.payload())}, id=f"{event.seq}-0",
                           nomkstream=False)
-            if ttl:
-                pipe.expire(key, ttl)
+            pipe.expire(key, self.ttl_seconds)
             results = await pipe.execute(raise_on_error=False)
         for result in results:
             if isinstance(result, ResponseError) and _ALREADY_STORED in str(result):
@@ -138,7 +137,7 @@ class RedisEventLog:
 
 _ALREADY_STORED = "equal or smaller"
 _APPEND_LUA = """
--- KEYS[1]: the run's stream; ARGV[1]: TTL in seconds to set afterwards (0: none);
+-- KEYS[1]: the run's stream; ARGV[1]: its TTL in seconds, set afterwards;
 -- then (id, type, data) per event, ascending.
 local added = 0
 for i = 2, #ARGV, 3 do
@@ -151,10 +150,7 @@ for i = 2, #ARGV, 3 do
     added = added + 1
   end
 end
-local ttl = tonumber(ARGV[1])
-if ttl > 0 then
-  redis.call('EXPIRE', KEYS[1], ttl)
-end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
 return added
 """
 

@@ -22,8 +22,12 @@ class EventLogSettings(BaseSettings):
                                      "home by default.")
     home: Path = Field(default_factory=lambda: Path.home() / ".flowmaestro",
                        description="Where local state lives (the default SQLite database).")
-    event_retention_days: float = Field(7.0, gt=0, description="How long the events of a finished run are "
-                                        "kept (days).")
+    event_retention_days: float = Field(7.0, gt=0, description="How long the events of a run are kept after "
+                                        "its last event (days), whether the run ended or not: in the "
+                                        "database, runs whose last event is older are purged now and then; "
+                                        "in Redis, this is the TTL of the run's stream, set again on every "
+                                        "append, so the stream of a run that never wrote its final event "
+                                        "(its process died) expires too.")
 
     def sqlalchemy_url(self) -> str:
         return self.database_url or f"sqlite+aiosqlite:///{self.home / 'flowmaestro.db'}"
