@@ -1,4 +1,4 @@
-"""The durable event log (flows/event_log.py) against real stores: SQLite in tmp_path, a
+"""The durable event log (flows/event_log/) against real stores: SQLite in tmp_path, a
 throwaway PostgreSQL database created for the session, and Redis.
 
 Every test uses fresh execution ids (uuid4). Waits are gated on what happened (an event
@@ -22,7 +22,7 @@ import asyncpg
 import pytest
 
 from flows.event_log import (EventLog, EventLogRecorder, EventLogSettings, EventLogWriter, RedisEventLog,
-                             SqlEventLog, StoredEvent, event_log_from_env)
+                             SqlEventLog, StoredEvent, event_log_from_env, event_log_from_settings)
 from flows.events import FINAL_EVENT_TYPES, EventBus, RunEvent
 
 PG_ADMIN_DSN = os.environ.get("FLOWMAESTRO_TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -556,6 +556,29 @@ async def test_sql_schema_is_created_lazily_by_concurrent_instances(tmp_path):
             await log.close()
 
 
+async def test_sqlite_engines_share_one_setup(tmp_path):
+    """flows.database.create_database_engine, behind both the event log and the API's tables."""
+    from sqlalchemy import text
+
+    from api.db import make_engine
+    from flows.database import create_database_engine
+
+    path = tmp_path / "new" / "dir" / "shared.db"
+    engines = [make_engine(f"sqlite+aiosqlite:///{path}"), SqlEventLog(f"sqlite+aiosqlite:///{path}").engine,
+               create_database_engine("sqlite+aiosqlite:///:memory:", pool_size=10, max_overflow=20)]
+    try:
+        found = []
+        for engine in engines:
+            async with engine.connect() as connection:
+                found.append([(await connection.execute(text(f"PRAGMA {name}"))).scalar()
+                              for name in ("busy_timeout", "foreign_keys", "journal_mode")])
+        assert found == [[30000, 1, "wal"], [30000, 1, "wal"], [30000, 1, "memory"]]  # in memory: no WAL
+        assert path.parent.is_dir()
+    finally:
+        for engine in engines:
+            await engine.dispose()
+
+
 @pytest.mark.parametrize("use_script", [True, False], ids=["lua", "pipeline"])
 async def test_redis_stream_expires_retention_days_after_its_last_append(redis_logs, use_script):
     log = redis_logs.new(retention_days=0.5, use_script=use_script)
@@ -606,6 +629,26 @@ def test_event_log_from_env(monkeypatch, tmp_path):
     assert isinstance(redis_log, RedisEventLog) and isinstance(redis_log, EventLog)
     assert redis_log.retention_days == 2.5
     assert EventLogSettings.model_fields["redis_url"].description
+
+
+async def test_event_log_from_settings_uses_the_settings_given_not_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("FLOWMAESTRO_REDIS_URL", "redis://not-this-one:1/0")
+    monkeypatch.setenv("FLOWMAESTRO_EVENT_RETENTION_DAYS", "99")
+    url = f"sqlite+aiosqlite:///{tmp_path / 'injected.db'}"
+    # model_construct: no environment at all, as when a caller injects its own settings.
+    sql = event_log_from_settings(EventLogSettings.model_construct(redis_url=None, database_url=url,
+                                                                   home=tmp_path, event_retention_days=3.0))
+    try:
+        assert isinstance(sql, SqlEventLog) and sql.url == url and sql.retention_days == 3.0
+    finally:
+        await sql.close()
+    redis_log = event_log_from_settings(EventLogSettings.model_construct(
+        redis_url=REDIS_URL, database_url=None, home=tmp_path, event_retention_days=0.25))
+    try:
+        assert isinstance(redis_log, RedisEventLog) and redis_log.url == REDIS_URL
+        assert redis_log.ttl_seconds == 6 * 3600
+    finally:
+        await redis_log.close()
 
 
 def test_final_event_types_end_the_stream():
