@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
+
+from store.database import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -21,10 +22,6 @@ EVENT_TYPES = frozenset({
     "node:skipped", "node:retrying", "node:cached", "node:paused", "stream:chunk", "stream:done",
 })
 FINAL_EVENT_TYPES = frozenset({"execution:completed", "execution:failed", "execution:cancelled"})
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 @dataclass(frozen=True)

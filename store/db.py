@@ -7,17 +7,15 @@ Alembic (``store/migrations``), upgraded when the API or a worker starts.
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, event, text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+from store.database import create_database_engine, utcnow
 
 
 class Base(DeclarativeBase):
@@ -72,21 +70,9 @@ class ExecutionRow(Base):
 
 
 def make_engine(url: str) -> AsyncEngine:
-    if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 30})
-
-        @event.listens_for(engine.sync_engine, "connect")
-        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.close()
-
-        return engine
-    return create_async_engine(url, pool_pre_ping=True)
+    """The API's engine: the same connection setup as the event log's (SQLite: WAL, busy
+    timeout, foreign keys), with SQLAlchemy's default pool."""
+    return create_database_engine(url)
 
 
 def sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

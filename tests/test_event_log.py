@@ -1,4 +1,4 @@
-"""The durable event log (flows/event_log.py) against real stores: SQLite in tmp_path, a
+"""The durable event log (flows/event_log/) against real stores: SQLite in tmp_path, a
 throwaway PostgreSQL database created for the session, and Redis.
 
 Every test uses fresh execution ids (uuid4). Waits are gated on what happened (an event
@@ -22,7 +22,7 @@ import asyncpg
 import pytest
 
 from flows.event_log import (EventLog, EventLogRecorder, EventLogSettings, EventLogWriter, RedisEventLog,
-                             SqlEventLog, StoredEvent, event_log_from_env)
+                             SqlEventLog, StoredEvent, event_log_from_env, event_log_from_settings)
 from flows.events import FINAL_EVENT_TYPES, EventBus, RunEvent
 
 PG_ADMIN_DSN = os.environ.get("FLOWMAESTRO_TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -327,6 +327,24 @@ async def test_follow_ends_after_idle_timeout(logs):
     assert await collect(log, logs.run_id(), idle_timeout=0.3) == []
 
 
+async def test_a_slow_consumer_does_not_count_as_idle(logs):
+    """The idle clock measures time without new events, not the time the consumer spends on
+    them: a consumer slower than ``idle_timeout`` still gets what was appended meanwhile."""
+    writer, reader = logs.new(), logs.new()
+    run = logs.run_id()
+    events = run_events(run, 30)
+    await writer.append(events[:1])
+    received: list[StoredEvent] = []
+    async with asyncio.timeout(TIMEOUT):
+        async with contextlib.aclosing(reader.follow(run, idle_timeout=0.2)) as stream:
+            async for stored in stream:
+                received.append(stored)
+                if stored.seq == 1:
+                    await writer.append(events[1:])  # the run goes on while the consumer is busy
+                    await asyncio.sleep(0.5)  # longer than idle_timeout, with no new event to wait for
+    assert_exactly(received, 1, 30)
+
+
 async def test_writer_stores_5000_bus_events_in_order(logs):
     log, reader = logs.new(), logs.new()
     run = logs.run_id()
@@ -538,18 +556,46 @@ async def test_sql_schema_is_created_lazily_by_concurrent_instances(tmp_path):
             await log.close()
 
 
+async def test_sqlite_engines_share_one_setup(tmp_path):
+    """store.database.create_database_engine, behind both the event log and the API's tables."""
+    from sqlalchemy import text
+
+    from api.db import make_engine
+    from store.database import create_database_engine
+
+    path = tmp_path / "new" / "dir" / "shared.db"
+    engines = [make_engine(f"sqlite+aiosqlite:///{path}"), SqlEventLog(f"sqlite+aiosqlite:///{path}").engine,
+               create_database_engine("sqlite+aiosqlite:///:memory:", pool_size=10, max_overflow=20)]
+    try:
+        found = []
+        for engine in engines:
+            async with engine.connect() as connection:
+                found.append([(await connection.execute(text(f"PRAGMA {name}"))).scalar()
+                              for name in ("busy_timeout", "foreign_keys", "journal_mode")])
+        assert found == [[30000, 1, "wal"], [30000, 1, "wal"], [30000, 1, "memory"]]  # in memory: no WAL
+        assert path.parent.is_dir()
+    finally:
+        for engine in engines:
+            await engine.dispose()
+
+
 @pytest.mark.parametrize("use_script", [True, False], ids=["lua", "pipeline"])
-async def test_redis_stream_expires_after_the_final_event(redis_logs, use_script):
+async def test_redis_stream_expires_retention_days_after_its_last_append(redis_logs, use_script):
     log = redis_logs.new(retention_days=0.5, use_script=use_script)
     run = redis_logs.run_id()
+    key = log.key(run)
     events = run_events(run, 20)
-    await log.append(events[:19])
-    assert await log.redis.ttl(log.key(run)) == -1  # a live run never expires
+    await log.append(events[:10])
+    # A run whose process dies never writes its final event: its stream expires all the same.
+    assert 43000 < await log.redis.ttl(key) <= 43200
+    await log.redis.expire(key, 100)  # as if the run had been quiet for almost half a day
+    await log.append(events[10:19])
+    assert 43000 < await log.redis.ttl(key) <= 43200  # every append restarts the clock
+    await log.redis.expire(key, 100)
     await log.append(events[19:])
-    ttl = await log.redis.ttl(log.key(run))
-    assert 0 < ttl <= 43200
+    assert 43000 < await log.redis.ttl(key) <= 43200  # the final event too
     assert await log.last_seq(run) == 20
-    entries = await log.redis.xrange(log.key(run), count=2)
+    entries = await log.redis.xrange(key, count=2)
     assert [entry_id for entry_id, _ in entries] == ["1-0", "2-0"]  # seq == stream id
 
 
@@ -583,6 +629,26 @@ def test_event_log_from_env(monkeypatch, tmp_path):
     assert isinstance(redis_log, RedisEventLog) and isinstance(redis_log, EventLog)
     assert redis_log.retention_days == 2.5
     assert EventLogSettings.model_fields["redis_url"].description
+
+
+async def test_event_log_from_settings_uses_the_settings_given_not_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("FLOWMAESTRO_REDIS_URL", "redis://not-this-one:1/0")
+    monkeypatch.setenv("FLOWMAESTRO_EVENT_RETENTION_DAYS", "99")
+    url = f"sqlite+aiosqlite:///{tmp_path / 'injected.db'}"
+    # model_construct: no environment at all, as when a caller injects its own settings.
+    sql = event_log_from_settings(EventLogSettings.model_construct(redis_url=None, database_url=url,
+                                                                   home=tmp_path, event_retention_days=3.0))
+    try:
+        assert isinstance(sql, SqlEventLog) and sql.url == url and sql.retention_days == 3.0
+    finally:
+        await sql.close()
+    redis_log = event_log_from_settings(EventLogSettings.model_construct(
+        redis_url=REDIS_URL, database_url=None, home=tmp_path, event_retention_days=0.25))
+    try:
+        assert isinstance(redis_log, RedisEventLog) and redis_log.url == REDIS_URL
+        assert redis_log.ttl_seconds == 6 * 3600
+    finally:
+        await redis_log.close()
 
 
 def test_final_event_types_end_the_stream():

@@ -1,0 +1,206 @@
+"""The event log in a SQL database: SQLAlchemy async, SQLite (aiosqlite) or PostgreSQL (asyncpg).
+
+SQLAlchemy is imported where it is used: a process that keeps its events in Redis never loads
+it (about half a second of start-up).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
+from typing import Any
+
+from flows.event_log.base import IdleClock, StoredEvent, strict_json
+from flows.events import FINAL_EVENT_TYPES, RunEvent, utcnow
+
+log = logging.getLogger(__name__)
+
+EVENTS_TABLE = "fm_events"
+
+
+def _sql_table(metadata: Any) -> Any:
+    from sqlalchemy import JSON, Column, DateTime, Index, Integer, String, Table
+
+    return Table(
+        EVENTS_TABLE, metadata,
+        Column("execution_id", String(64), primary_key=True),
+        Column("seq", Integer, primary_key=True, autoincrement=False),
+        Column("type", String(64), nullable=False),
+        Column("data", JSON, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        Index(f"ix_{EVENTS_TABLE}_created_at", "created_at"),
+        comment="Run events, owned and created by flows.event_log (not by the API's Alembic migrations).",
+    )
+
+
+class SqlEventLog:
+    """The event log in a SQL database (SQLAlchemy async: SQLite or PostgreSQL).
+
+    The table ``fm_events`` (primary key ``(execution_id, seq)``) belongs to this class, which
+    creates it on first use (``ensure_schema``); the API's tables are migrated by Alembic, this
+    one is not. ``follow`` polls every ``poll_interval`` seconds (SQLite has no notifications).
+    With ``retention_days``, the events of runs whose last event is older than that are purged
+    now and then (at most hourly, when a run's final event is appended); ``purge`` does it on
+    demand.
+    """
+
+    purge_every_s = 3600.0
+    gap_grace_s = 2.0
+    """How long ``follow`` waits for a missing seq (a batch committed out of order) before
+    skipping it."""
+
+    def __init__(self, url: str, *, poll_interval: float = 0.1, retention_days: float | None = None,
+                 engine_options: dict[str, Any] | None = None):
+        from sqlalchemy import MetaData
+
+        from store.database import create_database_engine
+
+        self.url = url
+        self.poll_interval = poll_interval
+        self.retention_days = retention_days
+        self.metadata = MetaData()
+        self.table = _sql_table(self.metadata)
+        self.engine = create_database_engine(url, **{"pool_size": 10, "max_overflow": 20,
+                                                     "json_serializer": strict_json, **(engine_options or {})})
+        self._schema_ready = False
+        self._schema_lock = asyncio.Lock()
+        self._last_purge = 0.0
+
+    async def ensure_schema(self) -> None:
+        """Create ``fm_events`` and its index unless they exist (``create_all(checkfirst=True)``).
+        Called lazily on first use; safe when several processes start at once."""
+        if self._schema_ready:
+            return
+        async with self._schema_lock:
+            if self._schema_ready:
+                return
+            for attempt in range(3):
+                try:
+                    async with self.engine.begin() as connection:
+                        await connection.run_sync(self.metadata.create_all, checkfirst=True)
+                    break
+                except Exception:
+                    # Another process created the table between our check and our CREATE.
+                    if attempt == 2:
+                        raise
+                    await asyncio.sleep(0.05 * (attempt + 1))
+            self._schema_ready = True
+
+    def _insert(self, connection: Any) -> Any:
+        name = connection.dialect.name
+        if name == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        elif name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            return None
+        return insert(self.table).on_conflict_do_nothing(index_elements=["execution_id", "seq"])
+
+    async def append(self, events: Sequence[RunEvent]) -> None:
+        if not events:
+            return
+        await self.ensure_schema()
+        now = utcnow()
+        rows = [{"execution_id": e.execution_id, "seq": e.seq, "type": e.type, "data": e.payload(),
+                 "created_at": now} for e in events]
+        async with self.engine.begin() as connection:
+            statement = self._insert(connection)
+            for start in range(0, len(rows), 1000):
+                chunk = rows[start:start + 1000]
+                if statement is not None:
+                    await connection.execute(statement, chunk)
+                else:
+                    await self._insert_missing(connection, chunk)
+        if self.retention_days is not None and any(e.type in FINAL_EVENT_TYPES for e in events):
+            if time.monotonic() - self._last_purge >= self.purge_every_s or not self._last_purge:
+                self._last_purge = time.monotonic()
+                try:
+                    await self.purge(self.retention_days)
+                except Exception:
+                    log.exception("event log: purging events older than %s days failed", self.retention_days)
+
+    async def _insert_missing(self, connection: Any, rows: list[dict[str, Any]]) -> None:
+        """Other dialects: insert the rows that are not stored yet (one writer per run)."""
+        from sqlalchemy import select, tuple_
+
+        keys = [(r["execution_id"], r["seq"]) for r in rows]
+        found = await connection.execute(select(self.table.c.execution_id, self.table.c.seq)
+                                         .where(tuple_(self.table.c.execution_id, self.table.c.seq).in_(keys)))
+        existing = {tuple(row) for row in found}
+        missing = [r for r in rows if (r["execution_id"], r["seq"]) not in existing]
+        if missing:
+            await connection.execute(self.table.insert(), missing)
+
+    async def read(self, execution_id: str, after: int = 0, limit: int = 1000) -> list[StoredEvent]:
+        from sqlalchemy import select
+
+        await self.ensure_schema()
+        c = self.table.c
+        query = (select(c.seq, c.type, c.data).where(c.execution_id == execution_id, c.seq > after)
+                 .order_by(c.seq).limit(limit))
+        async with self.engine.connect() as connection:
+            result = await connection.execute(query)
+            return [StoredEvent(execution_id, seq, type_, data) for seq, type_, data in result]
+
+    async def follow(self, execution_id: str, after: int = 0, *,
+                     idle_timeout: float | None = None) -> AsyncIterator[StoredEvent]:
+        last = after
+        idle = IdleClock(idle_timeout)
+        gap_since: float | None = None
+        while True:
+            batch = await self.read(execution_id, after=last, limit=1000)
+            progressed = False
+            for event in batch:
+                if event.seq != last + 1:
+                    # A later batch is visible before an earlier one: wait for the gap to
+                    # fill (briefly) so that nothing is skipped, then give up on it.
+                    now = time.monotonic()
+                    gap_since = gap_since or now
+                    if now - gap_since < self.gap_grace_s:
+                        break
+                    log.warning("event log: run %s has no events %d..%d; skipping them", execution_id,
+                                last + 1, event.seq - 1)
+                gap_since = None
+                last = event.seq
+                progressed = True
+                yield event
+                if event.type in FINAL_EVENT_TYPES:
+                    return
+            if progressed:
+                idle.restart()
+                if len(batch) == 1000 and gap_since is None:
+                    continue  # more is waiting: no sleep
+            elif idle.expired():
+                return
+            await asyncio.sleep(self.poll_interval)
+
+    async def purge(self, older_than_days: float) -> int:
+        """Delete the events of every run whose newest event is older than ``older_than_days``
+        (whole runs, so a long-paused run never loses the start of its log). Returns the number
+        of events deleted."""
+        from sqlalchemy import and_, delete, select
+
+        await self.ensure_schema()
+        cutoff = utcnow() - timedelta(days=older_than_days)
+        c = self.table.c
+        recent = select(c.execution_id).where(c.created_at >= cutoff).distinct()
+        statement = delete(self.table).where(and_(c.created_at < cutoff, c.execution_id.not_in(recent)))
+        async with self.engine.begin() as connection:
+            result = await connection.execute(statement)
+        return int(result.rowcount or 0)
+
+    async def last_seq(self, execution_id: str) -> int:
+        """The highest stored seq of the run (0 if none): where a resumed run's bus continues."""
+        from sqlalchemy import func, select
+
+        await self.ensure_schema()
+        async with self.engine.connect() as connection:
+            value = await connection.scalar(select(func.max(self.table.c.seq))
+                                            .where(self.table.c.execution_id == execution_id))
+        return int(value or 0)
+
+    async def close(self) -> None:
+        await self.engine.dispose()

@@ -1,0 +1,55 @@
+"""The one way FlowMaestro opens a SQL database: an async SQLAlchemy engine, SQLite (through
+aiosqlite) or PostgreSQL (through asyncpg). Used by the store's tables (``store.db``) and by
+the SQL event log (``flows.event_log``), which may share one SQLite file.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+def utcnow() -> datetime:
+    """Now, timezone-aware (UTC): every timestamp FlowMaestro stores or sends."""
+    return datetime.now(timezone.utc)
+
+
+SQLITE_BUSY_TIMEOUT_S = 30
+"""How long a SQLite connection waits for another's write lock before "database is locked"."""
+
+
+def create_database_engine(url: str, *, pool_size: int | None = None, max_overflow: int | None = None,
+                           **options: Any) -> AsyncEngine:
+    """An async engine on ``url``; ``options`` go to SQLAlchemy's ``create_async_engine``.
+
+    SQLite: the database file's directory is created; every connection uses WAL (readers never
+    block the writer, nor it them, so any number of processes can share the file), waits
+    ``SQLITE_BUSY_TIMEOUT_S`` for a writer's lock instead of failing, and enforces foreign keys.
+    ``pool_size`` and ``max_overflow`` apply to a database named by its path only (an in-memory
+    database has a single connection, no pool to size). Other databases: connections are pinged before use, so that one the server
+    closed is replaced instead of failing a request.
+    """
+    parsed = make_url(url)
+    pool = {name: value for name, value in (("pool_size", pool_size), ("max_overflow", max_overflow))
+            if value is not None}
+    if parsed.get_backend_name() != "sqlite":
+        return create_async_engine(url, **{"pool_pre_ping": True, **pool, **options})
+    path = parsed.database or ""
+    named_by_path = path not in ("", ":memory:") and not path.startswith("file:")  # file:...: a URI
+    if named_by_path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_async_engine(url, **{"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S},
+                                         **(pool if named_by_path else {}), **options})
+    event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
