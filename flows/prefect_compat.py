@@ -133,10 +133,10 @@ def start_flow_run_in_process(flow: Any, flow_run: FlowRun, parameters: dict[str
 
 
 async def request_cancellation(client: Any, flow_run_id: uuid.UUID | str) -> None:
-    """Ask a running flow run to stop by setting it Cancelling. Forced: for a run without
-    infrastructure (in-process) the server would otherwise turn Cancelling into Cancelled at
-    once, and the run, which watches its own state for Cancelling (flows/flow.py), could not
-    end itself with its result."""
+    """Ask a flow run to stop by setting it Cancelling: an in-process run has no runner to
+    kill it, so it watches its own state (flows/flow.py) and ends itself Cancelled, with its
+    result. Forced, so no orchestration rule swaps Cancelling for another state (the server
+    does, for a run still Scheduled without infrastructure: straight to Cancelled)."""
     await client.set_flow_run_state(flow_run_id, Cancelling(), force=True)
 
 

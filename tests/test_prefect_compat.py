@@ -210,8 +210,7 @@ async def test_a_flow_run_created_beforehand_runs_in_process():
 @pytest.mark.prefect
 @pytest.mark.usefixtures("prefect_server")
 async def test_a_cancellation_request_reaches_an_in_process_run_as_cancelling():
-    """Unforced, the server would turn Cancelling into Cancelled for a run without
-    infrastructure, and the run could not end itself with its result."""
+    """The run sees Cancelling (nothing else acts on it in process) and ends itself Cancelled."""
     seen = []
 
     @flow(name="compat-cancellable")
