@@ -63,9 +63,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
         from flows.event_log import event_log_from_env
-        from flows.flow import add_run_listener, remove_run_listener
         from flows.local_server import ui_url_for
-        from flows.subworkflows import canvas_file_resolver, set_workflow_resolver
+        from flows.settings import EngineSettings
 
         url = settings.sqlalchemy_url()
         await upgrade_schema(url)
@@ -74,14 +73,10 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         app.state.sessions = sessions(engine)
         ui_url = settings.ui_url or ui_url_for(os.environ.get("PREFECT_API_URL", "http://127.0.0.1:4200/api"))
         app.state.event_log = event_log_from_env()
-        app.state.runs = RunService(app.state.sessions, metrics, ui_url, app.state.event_log)
-        set_workflow_resolver(app.state.runs.resolve_subworkflow)
-        add_run_listener(metrics.attach)
+        app.state.runs = RunService(app.state.sessions, metrics, ui_url, app.state.event_log, EngineSettings())
         try:
             yield
         finally:
-            set_workflow_resolver(canvas_file_resolver)  # the process default again
-            remove_run_listener(metrics.attach)
             await app.state.runs.shutdown()
             await app.state.event_log.close()
             await engine.dispose()

@@ -12,14 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from contextvars import ContextVar
 from typing import Any
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import StateType
 from prefect.client.schemas.sorting import FlowRunSort
-from prefect.states import Cancelling
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -31,7 +29,11 @@ from builder.inputs import validate_inputs
 from builder.issues import InputsInvalid
 from flows.approvals import pending_approvals, resume_approval
 from flows.event_log import EventLog
+from flows.flow import workflow_flow
 from flows.launch import start_run
+from flows.prefect_compat import request_cancellation
+from flows.run_context import RunContext
+from flows.settings import EngineSettings
 from node_handlers.base import NodeError
 from node_handlers.registry import default_registry
 
@@ -43,7 +45,6 @@ STATUS_OF_STATE = {
     StateType.FAILED: "failed", StateType.CRASHED: "failed", StateType.CANCELLED: "cancelled",
 }
 FINAL = ("completed", "failed", "cancelled")
-RUN_OWNER: ContextVar[str | None] = ContextVar("flowmaestro_run_owner", default=None)
 NODE_STATUS_OF_EVENT = {"node:started": "running", "node:retrying": "running", "node:paused": "paused",
                         "node:completed": "completed", "node:cached": "cached", "node:error": "failed",
                         "node:skipped": "skipped"}
@@ -51,12 +52,16 @@ NODE_STATUS_OF_EVENT = {"node:started": "running", "node:retrying": "running", "
 
 class RunService:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], metrics: Metrics, ui_url: str,
-                 event_log: EventLog):
+                 event_log: EventLog, engine_settings: EngineSettings):
         self.sessions = sessions
         self.event_log = event_log
         self.metrics = metrics
         self.ui_url = ui_url
         self.running: dict[str, asyncio.Task[Any]] = {}
+        # Runs execute in this process, with the API's event log, metrics and saved workflows.
+        self.workflow = workflow_flow(RunContext(
+            registry=default_registry(), event_log=event_log, settings=engine_settings,
+            resolve_workflow=self.resolve_subworkflow, listeners=(metrics.attach,)))
 
     def links(self, run_id: str) -> dict[str, str]:
         return {"self": f"/api/executions/{run_id}", "stream": f"/api/executions/{run_id}/stream",
@@ -71,12 +76,8 @@ class RunService:
             validate_inputs(plan.inputs, inputs)
         except InputsInvalid as exc:
             raise ApiError(422, str(exc), [i.to_dict() for i in exc.issues]) from exc
-        token = RUN_OWNER.set(owner)  # the run's task inherits it: subworkflows resolve within the owner
-        try:
-            run_id, task = await start_run(version.canvas, inputs, workflow_id=workflow.id,
-                                           version=version.version)
-        finally:
-            RUN_OWNER.reset(token)
+        run_id, task = await start_run(self.workflow, version.canvas, inputs, workflow_id=workflow.id,
+                                       version=version.version, owner=owner)
         async with self.sessions() as session:
             session.add(Execution(id=run_id, owner=owner, workflow_id=workflow.id, version=version.version,
                                   workflow_name=workflow.name, status="pending", inputs=inputs))
@@ -207,7 +208,7 @@ class RunService:
             if flow_run.state and flow_run.state.is_final():
                 raise ApiError(409, f"execution {run_id} has already ended ({flow_run.state.name})")
             # The run watches its own state and stops within a second (flows/flow.py).
-            await client.set_flow_run_state(uuid.UUID(run_id), Cancelling(), force=True)
+            await request_cancellation(client, uuid.UUID(run_id))
         return "cancelling"
 
     async def resume(self, owner: str, run_id: str, node_id: str, path: list[int] | None,
@@ -220,9 +221,9 @@ class RunService:
             raise ApiError(409, answer.message)
         return {"status": answer.status, "message": answer.message}
 
-    async def resolve_subworkflow(self, reference: str, version: int | None, parent_run_id: str) -> dict[str, Any]:
+    async def resolve_subworkflow(self, reference: str, version: int | None, parent_run_id: str,
+                                  owner: str | None) -> dict[str, Any]:
         """The canvas of a saved workflow of the same owner as the run asking for it."""
-        owner = RUN_OWNER.get()
         async with self.sessions() as session:
             workflow = await session.get(Workflow, reference)
             if workflow is None or workflow.owner != owner or workflow.deleted_at is not None:

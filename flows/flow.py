@@ -4,16 +4,24 @@ It compiles the canvas it is given (so the flow run's parameters show exactly wh
 checks the inputs before anything runs, executes the plan with every node as a task run,
 watches for cancellation, and returns the run result of the canvas spec (section 9).
 A failed or cancelled run ends in that Prefect state and still carries the run result.
+
+A run gets everything it uses from its ``RunContext`` (flows/run_context.py). Two doors:
+
+- ``workflow_flow(context)``: the flow bound to a context its caller built, for runs in the
+  caller's process (``flowmaestro run``, the API through ``flows.launch``);
+- ``run_workflow``: the module-level flow, the entry point of deployments
+  (``flows/flow.py:run_workflow``), which a worker process imports: each run builds its
+  context from the environment.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import Flow, flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
@@ -24,27 +32,17 @@ from prefect.states import Cancelled, Failed
 from builder.compiler import compile_canvas
 from builder.inputs import validate_inputs
 from builder.issues import InputsInvalid
+from flows import prefect_compat
+from flows.approvals import PrefectApprovals
 from flows.engine import Execution
-from flows.event_log import EventLog, EventLogWriter, event_log_from_env
+from flows.event_log import EventLogWriter
 from flows.events import EventBus, utcnow
 from flows.prefect_runner import PrefectRunner
 from flows.records import RunRecord
-from flows.settings import engine_settings
-from node_handlers.registry import default_registry
+from flows.run_context import RunContext
+from flows.subworkflows import ChildFlow, PrefectSubworkflows
 
-RunListener = Callable[[EventBus], None]
-_run_listeners: list[RunListener] = []
-
-
-def add_run_listener(listener: RunListener) -> None:
-    """Call ``listener(bus)`` at the start of every run executed in this process, so it
-    can subscribe to the run's events (the CLI's progress view, durable event logs)."""
-    _run_listeners.append(listener)
-
-
-def remove_run_listener(listener: RunListener) -> None:
-    if listener in _run_listeners:
-        _run_listeners.remove(listener)
+FLOW_NAME = "flowmaestro"
 
 
 def _run_name() -> str:
@@ -53,29 +51,63 @@ def _run_name() -> str:
     return str(name or "workflow")
 
 
-@flow(name="flowmaestro", flow_run_name=_run_name, persist_result=True, validate_parameters=False)
+def _generic_flow(fn: Callable[..., Coroutine[Any, Any, Any]]) -> Flow:
+    """The Prefect options of the generic flow, the same for every door."""
+    return flow(name=FLOW_NAME, flow_run_name=_run_name, persist_result=True, validate_parameters=False)(fn)
+
+
+def workflow_flow(context: RunContext) -> Flow:
+    """The generic flow bound to ``context``: call it as ``await bound(canvas=..., inputs=...,
+    return_state=True)``. Child workflows run through it too, so they share the context."""
+
+    async def run_workflow(canvas: dict[str, Any], inputs: dict[str, Any] | None = None,
+                           workflow_id: str | None = None, version: int | None = None,
+                           owner: str | None = None) -> Any:
+        """Run a FlowMaestro canvas (canvas-v1 JSON) with the given inputs."""
+        return await _run_in_flow(context, bound, canvas, inputs, workflow_id, version, owner)
+
+    bound = _generic_flow(run_workflow)
+    return bound
+
+
+@_generic_flow
 async def run_workflow(canvas: dict[str, Any], inputs: dict[str, Any] | None = None,
-                       workflow_id: str | None = None, version: int | None = None) -> Any:
+                       workflow_id: str | None = None, version: int | None = None,
+                       owner: str | None = None) -> Any:
     """Run a FlowMaestro canvas (canvas-v1 JSON) with the given inputs."""
-    context = FlowRunContext.get()
-    run_id = str(context.flow_run.id) if context and context.flow_run else "local"
-    registry = default_registry()
-    event_log = _process_event_log()
+    # The deployment entry point: a worker process runs one flow run, so this is where its
+    # context (settings, event log) is built, once.
+    context = RunContext.from_environment()
+    try:
+        return await _run_in_flow(context, workflow_flow(context), canvas, inputs, workflow_id, version, owner)
+    finally:
+        await context.event_log.close()
+
+
+async def _run_in_flow(context: RunContext, child_flow: ChildFlow, canvas: dict[str, Any],
+                       inputs: dict[str, Any] | None, workflow_id: str | None, version: int | None,
+                       owner: str | None) -> Any:
+    flow_context = FlowRunContext.get()
+    run_id = str(flow_context.flow_run.id) if flow_context and flow_context.flow_run else "local"
     # A run executed again (a Prefect retry, elsewhere) continues its event numbering.
-    bus = EventBus(run_id, start_seq=await event_log.last_seq(run_id) if run_id != "local" else 0)
-    for listener in list(_run_listeners):
+    start_seq = await context.event_log.last_seq(run_id) if run_id != "local" else 0
+    bus = EventBus(run_id, start_seq=start_seq)
+    for listener in context.listeners:
         listener(bus)
     # Every run keeps its events in the event log, wherever it executes.
-    writer = EventLogWriter(event_log)
+    writer = EventLogWriter(context.event_log)
     writer.attach(bus)
     try:
-        return await _run(canvas, inputs, workflow_id, version, run_id, registry, bus)
+        subworkflows = PrefectSubworkflows(context.resolve_workflow, child_flow, owner)
+        return await _run(context, canvas, inputs, workflow_id, version, run_id, bus, subworkflows)
     finally:
         await writer.close()
 
 
-async def _run(canvas: dict[str, Any], inputs: dict[str, Any] | None, workflow_id: str | None,
-               version: int | None, run_id: str, registry: Any, bus: EventBus) -> Any:
+async def _run(context: RunContext, canvas: dict[str, Any], inputs: dict[str, Any] | None,
+               workflow_id: str | None, version: int | None, run_id: str, bus: EventBus,
+               subworkflows: PrefectSubworkflows) -> Any:
+    registry = context.registry
     compiled = compile_canvas(canvas, registry)
     name = canvas.get("name", "workflow") if isinstance(canvas, dict) else "workflow"
     if not compiled.ok:
@@ -88,14 +120,15 @@ async def _run(canvas: dict[str, Any], inputs: dict[str, Any] | None, workflow_i
     except InputsInvalid as exc:
         return _refused(bus, name, "invalid inputs", [issue.to_dict() for issue in exc.issues])
 
-    settings = engine_settings()
-    from flows.approvals import PrefectApprovals
-    from flows.subworkflows import PrefectSubworkflows
-
-    execution = Execution(plan, registry, run_id=run_id, inputs=resolved_inputs, runner=PrefectRunner(), bus=bus,
-                          env=os.environ, env_allowlist=settings.env_allowlist, workflow_id=workflow_id,
-                          version=version, inline_control=settings.inline_control_nodes,
-                          approvals=PrefectApprovals(run_id), subworkflows=PrefectSubworkflows())
+    settings = context.settings
+    # Off when the installed Prefect is not one inline recording was tested on: control
+    # nodes then run as normal task runs, and containers are not recorded.
+    record_inline = prefect_compat.inline_recording_supported()
+    execution = Execution(plan, registry, run_id=run_id, inputs=resolved_inputs,
+                          runner=PrefectRunner(record_inline=record_inline), bus=bus, env=os.environ,
+                          env_allowlist=settings.env_allowlist, workflow_id=workflow_id, version=version,
+                          inline_control=settings.inline_control_nodes and record_inline,
+                          approvals=PrefectApprovals(run_id), subworkflows=subworkflows)
     record = await _run_watching_cancellation(execution, run_id, settings.cancel_poll_s)
     await _summary_artifact(record)
     result = record.result()
@@ -117,19 +150,6 @@ def _refused(bus: EventBus, name: str, what: str, issues: list[dict[str, Any]]) 
               "nodes": {}, "trace": [], "started_at": now, "ended_at": now}
     bus.publish("execution:failed", status="failed", error=error, output=None)
     return Failed(message=message, data=result)
-
-
-_event_logs: dict[int, EventLog] = {}
-
-
-def _process_event_log() -> EventLog:
-    """One event log (and connection pool) per event loop of this process."""
-    loop = asyncio.get_running_loop()
-    found = _event_logs.get(id(loop))
-    if found is None:
-        _event_logs.clear()  # a new loop: older pools belong to loops that are gone
-        found = _event_logs[id(loop)] = event_log_from_env()
-    return found
 
 
 async def _run_watching_cancellation(execution: Execution, run_id: str, poll_s: float) -> RunRecord:

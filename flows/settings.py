@@ -1,8 +1,12 @@
-"""Engine settings, read once per process from the environment (``FLOWMAESTRO_*``)."""
+"""Engine settings, from the environment (``FLOWMAESTRO_*``).
+
+Built once per process by its entry point (the CLI, the API, the deployment entry point
+``flows.flow.run_workflow``) and handed to runs in their ``RunContext``; nothing reads
+them behind a caller's back.
+"""
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field, field_validator
@@ -30,8 +34,3 @@ class EngineSettings(BaseSettings):
         if isinstance(value, str):
             return frozenset(v.strip() for v in value.split(",") if v.strip())
         return value
-
-
-@lru_cache(maxsize=1)
-def engine_settings() -> EngineSettings:
-    return EngineSettings()
