@@ -4,24 +4,15 @@ injected into the app (tests build their own)."""
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
-
-from pydantic import Field, field_validator
 from typing import Annotated
 
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
+
+from store.settings import StoreSettings
 
 
-def default_home() -> Path:
-    return Path.home() / ".flowmaestro"
-
-
-class ApiSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="FLOWMAESTRO_", extra="ignore")
-
-    home: Path = Field(default_factory=default_home, description="Where local state lives.")
-    database_url: str | None = Field(None, description="SQLAlchemy async URL; SQLite under home by default, "
-                                     "e.g. postgresql+asyncpg://user@host/db in production.")
+class ApiSettings(StoreSettings):
     api_keys: str = Field("", description="Comma-separated bearer keys, each 'owner:key' or a bare key "
                           "(then the key is its own owner).")
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Origins allowed to call the API "
@@ -40,9 +31,6 @@ class ApiSettings(BaseSettings):
         if isinstance(value, str) and not value.startswith("["):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
-
-    def sqlalchemy_url(self) -> str:
-        return self.database_url or f"sqlite+aiosqlite:///{self.home / 'flowmaestro.db'}"
 
     def key_owners(self) -> dict[str, str]:
         """Key -> owner."""

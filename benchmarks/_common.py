@@ -15,7 +15,7 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +39,12 @@ def prepare_prefect(quiet: bool = True) -> Any:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
         os.environ.setdefault("PREFECT_LOGGING_LOG_PRINTS", "false")
     from flows.local_server import ensure_server
-    from flows.settings import engine_settings
+    from flows.settings import EngineSettings
 
     global _server_log
     info = ensure_server(quiet=quiet)
     _server_pid = info.pid
-    home = engine_settings().home
+    home = EngineSettings().home
     try:  # an external URL may still be our embedded server: then we know its pid and log
         state = json.loads((home / "prefect-server.json").read_text())
         if state.get("api_url") == info.api_url:
@@ -82,13 +82,23 @@ def server_log_drops(since: int | None) -> int | None:
         return None
 
 
-def set_inline_control(inline: bool) -> None:
-    """Run control nodes inline (the default) or as full task runs, for the next runs."""
-    from flows.settings import engine_settings
+_fm_flows: dict[tuple[bool, tuple[Any, ...]], Any] = {}
 
-    os.environ["FLOWMAESTRO_INLINE_CONTROL_NODES"] = "true" if inline else "false"
-    engine_settings.cache_clear()
-    assert engine_settings().inline_control_nodes is inline
+
+def fm_flow(inline: bool, listeners: tuple[Any, ...] = ()) -> Any:
+    """The generic flow bound to a context that runs control nodes inline (the default) or as
+    full task runs, with ``listeners``; one per combination, so runs share an event log as the
+    runs of one API process do."""
+    key = (inline, listeners)
+    if key not in _fm_flows:
+        from flows.flow import workflow_flow
+        from flows.run_context import RunContext
+        from flows.settings import EngineSettings
+
+        context = RunContext.from_environment(listeners=listeners)
+        context = replace(context, settings=EngineSettings(inline_control_nodes=inline))
+        _fm_flows[key] = workflow_flow(context)
+    return _fm_flows[key]
 
 
 # --------------------------------------------------------------------------- server load

@@ -6,7 +6,7 @@ Usage::
     python benchmarks/api.py [--quick] [--redis] [--only latency,concurrent] [--runs 50] [--budget-a 90]
                              [--concurrent 100] [--post-limits 0,10] [--keep]
 
-The script starts ``python -m api.cli serve --port P`` with a temporary ``FLOWMAESTRO_HOME``,
+The script starts ``python -m cli serve --port P`` with a temporary ``FLOWMAESTRO_HOME``,
 its API database in SQLite there (``FLOWMAESTRO_DATABASE_URL``), ``FLOWMAESTRO_API_KEYS`` and
 ``PREFECT_API_URL`` pointing at a healthy Prefect server (``$PREFECT_API_URL``, else
 http://127.0.0.1:4200/api, else the embedded server started by ``benchmarks/_common.py``).
@@ -236,7 +236,7 @@ def probes(served: Served, prefect_url: str) -> tuple[Probe, Probe]:
 
 @dataclass
 class Served:
-    """A ``python -m api.cli serve`` process with a temporary home (see ``start_serve``)."""
+    """A ``python -m cli serve`` process with a temporary home (see ``start_serve``)."""
 
     name: str
     base: str
@@ -268,7 +268,7 @@ class Served:
 
 def start_serve(name: str, prefect_url: str, *, redis_url: str | None = None, home: Path | None = None,
                 extra_env: dict[str, str] | None = None, wait: bool = True) -> Served:
-    """Start ``python -m api.cli serve --port P``: SQLite API database (and SQL event log,
+    """Start ``python -m cli serve --port P``: SQLite API database (and SQL event log,
     unless ``redis_url``) in a temporary home. Its output goes to ``<home>/serve.log``."""
     home = home or Path(tempfile.mkdtemp(prefix=f"fm-bench-{name}-"))
     port = free_port()
@@ -282,7 +282,7 @@ def start_serve(name: str, prefect_url: str, *, redis_url: str | None = None, ho
         env["FLOWMAESTRO_REDIS_URL"] = redis_url
     env.update(extra_env or {})
     with (home / "serve.log").open("ab") as log_file:
-        process = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(port)], cwd=ROOT,
+        process = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--port", str(port)], cwd=ROOT,
                                    env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True)
     served = Served(name, f"http://127.0.0.1:{port}", process, home, 0.0, redis_url)

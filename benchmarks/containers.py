@@ -54,7 +54,6 @@ from prefect.client.orchestration import get_client  # noqa: E402
 
 from builder.compiler import compile_canvas  # noqa: E402
 from flows.engine import Execution  # noqa: E402
-from flows.flow import run_workflow  # noqa: E402
 from node_handlers.registry import default_registry  # noqa: E402
 
 BRANCH_SLEEP = 0.1
@@ -107,8 +106,7 @@ async def aio_parallel(branches: int, seconds: float) -> None:
 
 
 async def run_fm(raw: dict[str, Any], inline: bool = True) -> tuple[str, dict[str, Any]]:
-    _common.set_inline_control(inline)
-    state = await run_workflow(canvas=raw, inputs={}, return_state=True)
+    state = await _common.fm_flow(inline)(canvas=raw, inputs={}, return_state=True)
     result = await state.result(raise_on_failure=False)
     if not state.is_completed():
         raise RuntimeError(f"{raw['name']} ended {state.name}: {result.get('error') if isinstance(result, dict) else result}")
@@ -324,7 +322,6 @@ async def bench_loop(iterations: int, full_iterations: int, reps: int, check: bo
         fr_id, fr_result = await run_fm(small, inline=False)
         fwall, fcpu = time.perf_counter() - t, time.process_time() - c
         fcensus = await task_run_census(fr_id, len(fr_result["trace"]), timeout=120.0) if check else {}
-        _common.set_inline_control(True)
         await _common.wait_server_idle(timeout=60)
         c, t = time.process_time(), time.perf_counter()
         ir_id, ir_result = await run_fm(small, inline=True)

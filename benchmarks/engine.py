@@ -76,7 +76,6 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 import flows.flow as product_flow  # noqa: E402
 from builder.compiler import compile_canvas  # noqa: E402
 from flows.engine import Execution  # noqa: E402
-from flows.flow import add_run_listener, run_workflow  # noqa: E402
 from node_handlers.registry import default_registry  # noqa: E402
 
 WIDTH = 20
@@ -230,7 +229,6 @@ def _on_run(bus: Any) -> None:
     bus.subscribe(stamp)
 
 
-add_run_listener(_on_run)
 _summary_artifact = product_flow._summary_artifact
 
 
@@ -249,10 +247,10 @@ PHASES: list[dict[str, float]] = []
 
 def fm_runner(raw: dict[str, Any], inline: bool) -> _common.Runner:
     async def run() -> str:
-        _common.set_inline_control(inline)
+        workflow = _common.fm_flow(inline, listeners=(_on_run,))
         _marks.clear()
         called = time.perf_counter()
-        state = await run_workflow(canvas=raw, inputs={}, return_state=True)
+        state = await workflow(canvas=raw, inputs={}, return_state=True)
         returned = time.perf_counter()
         result = await state.result(raise_on_failure=False)
         if not state.is_completed():

@@ -40,8 +40,10 @@ class StoreRuns:
         return SavedCanvas(workflow_id=saved.workflow_id, name=saved.name, version=saved.version,
                            canvas=saved.canvas)
 
-    async def resolve_subworkflow(self, owner: str | None, reference: str, version: int | None) -> dict[str, Any]:
-        """The canvas of a saved workflow of the same owner as the run asking for it."""
+    async def resolve_subworkflow(self, reference: str, version: int | None, parent_run_id: str,
+                                  owner: str | None) -> dict[str, Any]:
+        """The canvas of a saved workflow of the same owner as the run asking for it
+        (a ``flows.subworkflows.WorkflowResolver``)."""
         if owner is None:
             raise NodeError(f"subworkflow {reference!r}: a run without an owner cannot use saved workflows",
                             error_type="SubworkflowNotFound")

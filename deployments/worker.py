@@ -23,7 +23,9 @@ import asyncio
 import os
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -33,7 +35,10 @@ from prefect.flow_engine import run_flow_async
 from prefect.flows import Flow
 from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
 
+from deployments.run_store import StoreRuns
+from deployments.settings import WorkerSettings
 from deployments.workflow_deployments import DEFAULT_POOL, WORKER_TYPE
+from flows.run_context import CancelSignals, RunContext
 
 
 class FlowMaestroJobConfiguration(BaseJobConfiguration):
@@ -161,3 +166,33 @@ async def run_worker(flow: Flow[..., Any], *, pool: str = DEFAULT_POOL, limit: i
             main.cancel()
         await asyncio.gather(main, return_exceptions=True)
         stopping.cancel()
+
+
+@asynccontextmanager
+async def worker_context(database_url: str) -> AsyncIterator[RunContext]:
+    """The run context every run of one worker process shares: warm pools, one store, one
+    cancellation watcher."""
+    store = StoreRuns.from_url(database_url)
+    base = RunContext.from_environment()
+    context = replace(base, store=store, resolve_workflow=store.resolve_subworkflow, cancellations=CancelSignals())
+    try:
+        yield context
+    finally:
+        await context.event_log.close()
+        await store.close()
+
+
+async def serve_worker(settings: WorkerSettings, *, name: str | None = None,
+                       started: Callable[[str], None] | None = None) -> None:
+    """``flowmaestro worker``: one worker process with its context, until SIGTERM/SIGINT."""
+    from flows.flow import workflow_flow
+    from store.db import upgrade_schema
+
+    url = settings.sqlalchemy_url()
+    await upgrade_schema(url)  # a no-op when the API (or another worker) already did it
+    async with worker_context(url) as context:
+        assert context.cancellations is not None
+        await run_worker(workflow_flow(context), pool=settings.work_pool, limit=settings.worker_limit,
+                         poll_s=settings.worker_poll_s, cancel_poll_s=context.settings.cancel_poll_s,
+                         grace_s=settings.worker_grace_s, name=name, on_cancel=context.cancellations.cancel,
+                         started=started)

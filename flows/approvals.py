@@ -12,8 +12,9 @@ shows them to Prefect one at a time:
 - decisions for any approval can also arrive as flow-run inputs ``fm-decision-<slug>``
   (written by ``resume_approval``), polled twice a second;
 - FlowMaestro enforces ``timeout_s`` itself and then ends the Prefect pause by setting
-  the run back to Running, so a timed-out approval routes along ``timeout`` instead of
-  failing the run (Prefect's own pause timeout is set far beyond it);
+  the run back to Running (``prefect_compat.end_pause``), so a timed-out approval routes
+  along ``timeout`` instead of failing the run (Prefect's own pause timeout is set far
+  beyond it);
 - every outcome is recorded as ``fm-result-<slug>``.
 """
 
@@ -31,13 +32,12 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.objects import StateType
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
-from prefect.states import Running
 from pydantic import ValidationError
 
 from builder.plan import PlanNode
+from flows import prefect_compat
 from node_handlers.approval import ApprovalConfig, form_model
 from node_handlers.base import Completed, NodeError
 
@@ -179,13 +179,10 @@ class PrefectApprovals:
         is still paused on that very key, so a person's resume at the same moment wins."""
         task, slug = self.pause_task, self.current
         self.current, self.pause_task = None, None
-        if task is None or task.done():
+        if task is None or task.done() or slug is None:
             return
         task.cancel()
-        flow_run = await client.read_flow_run(self.run_id)
-        state = flow_run.state
-        if state is not None and state.type == StateType.PAUSED and state.state_details.pause_key == slug:
-            await client.set_flow_run_state(self.run_id, Running(), force=True)
+        await prefect_compat.end_pause(client, self.run_id, slug)
 
 
 # --- answering approvals from another process (API, CLI) ---------------------------------------

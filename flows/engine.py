@@ -1,54 +1,38 @@
 """The engine: runs a compiled plan.
 
-``Execution`` is the thin stateful loop around the pure scheduler: it starts ready
-nodes (up to ``settings.max_concurrency``), resolves their templates, hands the call to a
-``NodeRunner`` (a Prefect task run, or in-process), and feeds what happened back to the
-scheduler. Containers run their bodies through the same loop (``flows.containers``),
-each iteration or branch in its own ``Frame``.
+``Execution`` is the stateful loop around the pure rules of ``flows.scheduler``: it starts
+the nodes a ``ScopeRun`` says are ready (up to ``settings.max_concurrency``), resolves their
+templates, hands the call to a ``NodeRunner`` (a Prefect task run, or in-process), tells
+the ``ScopeRun`` how each node ended, and records and publishes what it decided. Which
+edges fire, how errors route, when a scope stops and what it returns are decided there,
+not here. Containers run their bodies through the same loop (``flows.containers``), each
+iteration or branch in its own ``Frame``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from builder.conditions import ConditionError, evaluate_condition
-from builder.plan import TOP, Plan, PlanEdge, PlanNode, ScopeId
+from builder.plan import TOP, Plan, PlanNode
 from builder.templates import EnvNamespace, TemplateRenderError, render_value
 from flows.calls import DirectRunner, NodeCall, NodeRunner
+from flows.containers import run_container
 from flows.events import EventBus, utcnow
 from flows.frames import Frame
 from flows.records import NodeRun, RunRecord
-from flows.scheduler import ScopeScheduler
-from node_handlers.base import Completed, NodeContext, NodeError, NodeHandler
+from flows.scheduler import NodeOutcome, ScopeResult, ScopeRun, error_info
+from node_handlers.base import SOURCE, Completed, NodeContext, NodeError, NodeHandler
 from node_handlers.registry import HandlerRegistry
 
 log = logging.getLogger("flowmaestro.engine")
-
-
-@dataclass(frozen=True)
-class NodeOutcome:
-    status: str  # completed | cached | failed | cancelled
-    output: Any = None
-    handles: frozenset[str] = frozenset()
-    error: dict[str, Any] | None = None
-
-
-@dataclass
-class ScopeResult:
-    failures: list[NodeRun] = field(default_factory=list)
-    """Nodes that failed with nothing to catch them (no error edge)."""
-
-    @property
-    def failed(self) -> bool:
-        return bool(self.failures)
 
 
 class ApprovalGate(Protocol):
@@ -59,12 +43,6 @@ class NoApprovals:
     async def wait(self, execution: Execution, node: PlanNode, frame: Frame, config: Any) -> Completed:
         raise NodeError("approval nodes need a Prefect flow run to pause; run the workflow with "
                         "'flowmaestro run' or the API")
-
-
-def error_info(exc: BaseException, node_id: str, attempts: int) -> dict[str, Any]:
-    error_type = getattr(exc, "error_type", None) or type(exc).__name__
-    message = getattr(exc, "message", None) or str(exc) or error_type
-    return {"message": message, "type": error_type, "node_id": node_id, "attempts": attempts}
 
 
 def cache_key(node: PlanNode, config: Any, upstream: Mapping[str, Any] | None) -> str:
@@ -108,11 +86,10 @@ class Execution:
         record.status, record.started_at = "running", utcnow()
         self.run_info["started_at"] = record.started_at.isoformat()
         self.bus.publish("execution:started", workflow=self.plan.name)
-        top = Frame(TOP, ())
         timeout = self.plan.settings.get("timeout_s")
         try:
             async with asyncio.timeout(timeout):
-                result = await self.run_scope(TOP, top)
+                result = await self.run_scope(Frame(TOP, ()))
         except asyncio.CancelledError:
             self._finish("cancelled", {"message": "the run was cancelled"})
             raise
@@ -127,13 +104,11 @@ class Execution:
             self._finish("failed", {"message": f"node {first.node_id!r} failed: {first.error['message']}",
                                     "node_id": first.node_id, "type": first.error.get("type"),
                                     "failed_nodes": failed_nodes})
+        elif result.output_error is not None:
+            self._finish("failed", {"message": f"the workflow output could not be built: {result.output_error}",
+                                    "type": "TemplateError"})
         else:
-            try:
-                record.output = self._run_output(top)
-            except TemplateRenderError as exc:
-                self._finish("failed", {"message": f"the workflow output could not be built: {exc.message}",
-                                        "type": "TemplateError"})
-                return record
+            record.output = result.output
             self._finish("completed", None)
         return record
 
@@ -152,70 +127,48 @@ class Execution:
             if run.status in ("running", "paused", "pending"):
                 run.end("cancelled")
 
-    def _run_output(self, top: Frame) -> Any:
-        plan = self.plan
-        top_nodes = plan.scopes[TOP].nodes
-        if plan.output is not None:
-            outputs = {n: top.outputs.get(n) if n in top.completed else None for n in top_nodes}
-            scope = self._base_scope(top) | {"nodes": outputs} | outputs
-            return render_value(plan.output, scope, field="output")
-        ends = [n for n in top_nodes if plan.nodes[n].type == "end"]
-        if ends:
-            done = [n for n in ends if n in top.completed]
-            return top.outputs[done[0]] if len(done) == 1 else {n: top.outputs[n] for n in done}
-        terminals = plan.scopes[TOP].terminals
-        return {n: top.outputs[n] for n in terminals if n in top.completed}
-
     # --- one scope ----------------------------------------------------------------------------------
 
-    async def run_scope(self, scope_id: ScopeId, frame: Frame) -> ScopeResult:
+    async def run_scope(self, frame: Frame) -> ScopeResult:
+        """Run the nodes of ``frame``'s scope as its ``ScopeRun`` decides; what it returns."""
         plan = self.plan
-        scheduler = ScopeScheduler(plan, scope_id)
-        result = ScopeResult()
+        state = ScopeRun(plan, frame.scope_id, on_error=self.on_error, path=frame.path, outputs=frame.outputs)
         running: dict[asyncio.Task[NodeOutcome], str] = {}
         runs: dict[str, NodeRun] = {}
-        stopping = False
 
-        def launch(node_ids: list[str]) -> None:
+        def launch(node_ids: tuple[str, ...] | list[str]) -> None:
             for node_id in node_ids:
                 run = self._new_run(node_id, frame)
                 runs[node_id] = run
-                running[asyncio.create_task(self.execute(plan.nodes[node_id], frame, run))] = node_id
-
-        def skip(node_ids: list[str]) -> None:
-            for node_id in node_ids:
-                run = self._new_run(node_id, frame, trace=False)
-                run.end("skipped")
-                self.bus.publish("node:skipped", node_id=node_id, path=frame.path)
+                task = asyncio.create_task(self.execute(plan.nodes[node_id], frame, run, state.upstream(node_id)))
+                running[task] = node_id
 
         try:
-            launch(scheduler.start())
+            launch(state.start())
             while running:
                 done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                for task in sorted(done, key=lambda t: scheduler.order[running[t]]):
+                for task in sorted(done, key=lambda t: state.order[running[t]]):
                     node_id = running.pop(task)
-                    node, run = plan.nodes[node_id], runs[node_id]
-                    fired, unhandled = self._settle(node, frame, task.result(), run)
-                    if unhandled:
-                        result.failures.append(run)
-                        stopping = stopping or self.on_error == "fail_fast"
-                    step = scheduler.resolve(node_id, fired)
-                    skip(step.skipped)
-                    if stopping:
-                        for ready in step.ready:
-                            self._new_run(ready, frame, trace=False).end("cancelled")
-                    else:
-                        launch(step.ready)
-                if stopping and running:
+                    node, run = plan.nodes[node_id], runs.pop(node_id)
+                    edge_scope = functools.partial(self.template_scope, node, frame, include_self=True)
+                    decision = state.node_ended(node_id, task.result(), edge_scope, attempts=run.attempts)
+                    if decision.broken_condition is not None:
+                        run.status, run.error, run.output = "failed", decision.broken_condition, None
+                        self.bus.publish("node:error", node_id=node_id, path=frame.path,
+                                         error=decision.broken_condition)
+                    for skipped in decision.skipped:
+                        self._new_run(skipped, frame, trace=False).end("skipped")
+                        self.bus.publish("node:skipped", node_id=skipped, path=frame.path)
+                    self._never_started(decision.cancelled, frame)
+                    launch(decision.ready)
+                if state.stopping and running:
                     await _cancel_all(running)  # each execute() records its node as cancelled
                     running.clear()
         except asyncio.CancelledError:
             await _cancel_all(running)
             raise
-        if stopping:
-            for node_id in scheduler.undecided():
-                self._new_run(node_id, frame, trace=False).end("cancelled")
-        return result
+        self._never_started(state.never_started(), frame)
+        return state.result(self._base_scope(frame) if frame.scope_id == TOP else None)
 
     def _new_run(self, node_id: str, frame: Frame, trace: bool = True) -> NodeRun:
         run = NodeRun(node_id, frame.path)
@@ -225,55 +178,9 @@ class Execution:
             self.record.trace.append(run)
         return run
 
-    def _settle(self, node: PlanNode, frame: Frame, outcome: NodeOutcome, run: NodeRun) -> tuple[set[str], bool]:
-        """Store the outcome; return the outgoing edges that fire, and whether the node
-        failed with no error edge to catch it."""
-        if outcome.status in ("completed", "cached"):
-            frame.outputs[node.id] = outcome.output
-            frame.completed.add(node.id)
-            try:
-                return self._fired(node, frame, outcome.handles), False
-            except (TemplateRenderError, ConditionError) as exc:
-                # A broken edge condition is the node's failure: it must not pass silently.
-                outcome = NodeOutcome("failed", error=error_info(exc, node.id, run.attempts))
-                run.status, run.error, run.output = "failed", outcome.error, None
-                frame.completed.discard(node.id)
-                self.bus.publish("node:error", node_id=node.id, path=frame.path, error=outcome.error)
-        if outcome.status == "failed":
-            frame.outputs[node.id] = {"error": outcome.error}
-            try:
-                fired = self._fired(node, frame, frozenset({"error"}))
-            except (TemplateRenderError, ConditionError):
-                fired = set()
-            # Handled only when an error edge actually fires (its condition may not hold).
-            return fired, not fired
-        return set(), False  # cancelled
-
-    def _fired(self, node: PlanNode, frame: Frame, handles: frozenset[str]) -> set[str]:
-        fired = set()
-        scope = None
-        for edge_id in node.outgoing:
-            edge = self.plan.edges[edge_id]
-            if edge.handle not in handles:
-                continue
-            if edge.condition is not None:
-                scope = scope or self.template_scope(node, frame, include_self=True)
-                if not self._edge_holds(edge, scope):
-                    continue
-            fired.add(edge_id)
-        frame.fired_edges |= fired
-        return fired
-
-    @staticmethod
-    def _edge_holds(edge: PlanEdge, scope: Mapping[str, Any]) -> bool:
-        cond = edge.condition
-        assert cond is not None
-        left = render_value(cond.field, scope, field=f"edge {edge.id}: data.condition.field")
-        right = render_value(cond.value, scope, field=f"edge {edge.id}: data.condition.value")
-        try:
-            return evaluate_condition(left, cond.operator, right)
-        except ConditionError as exc:
-            raise ConditionError(f"edge {edge.id}: {exc}") from exc
+    def _never_started(self, node_ids: list[str] | tuple[str, ...], frame: Frame) -> None:
+        for node_id in node_ids:
+            self._new_run(node_id, frame, trace=False).end("cancelled")
 
     # --- one node -------------------------------------------------------------------------------------
 
@@ -295,19 +202,16 @@ class Execution:
         scope.update(outputs)
         return scope
 
-    async def execute(self, node: PlanNode, frame: Frame, run: NodeRun) -> NodeOutcome:
+    async def execute(self, node: PlanNode, frame: Frame, run: NodeRun, upstream: Mapping[str, Any]) -> NodeOutcome:
+        """Run one node and record how it ended. ``upstream``: outputs of the nodes whose
+        edges fired into it."""
         run.start()
         self.bus.publish("node:started", node_id=node.id, path=frame.path, type=node.type, label=node.label)
         try:
             if node.container:
-                from flows.containers import run_container
-
-                outcome = await run_container(self, node, frame)
-                failure = None if outcome.status != "failed" else NodeError(outcome.error["message"])
-                run.task_run_id = self.runner.record(node, frame.path, task_run_name(node, frame), failure,
-                                                     run.started_at, utcnow())
+                outcome = await self.execute_container(node, frame, run)
             else:
-                outcome = await self.execute_leaf(node, frame, run)
+                outcome = await self.execute_leaf(node, frame, run, upstream)
         except asyncio.CancelledError:
             run.end("cancelled")
             raise
@@ -324,10 +228,23 @@ class Execution:
                          attempts=run.attempts, handles=sorted(outcome.handles))
         return outcome
 
-    async def execute_leaf(self, node: PlanNode, frame: Frame, run: NodeRun) -> NodeOutcome:
+    async def execute_container(self, node: PlanNode, frame: Frame, run: NodeRun) -> NodeOutcome:
+        """A loop or parallel: its configuration resolved here, its bodies run by
+        ``flows.containers`` through ``run_scope``. Its ``source`` edges fire when it
+        completes, its ``error`` edges when it fails."""
         handler = self.registry.handler(node.type)
-        upstream = {self.plan.edges[e].source: frame.outputs.get(self.plan.edges[e].source)
-                    for e in node.incoming if e in frame.fired_edges}
+        try:
+            config = self.resolve_config(node, handler, frame, skip_keys=handler.own_scope_keys)
+            outcome = NodeOutcome("completed", await run_container(self, node, frame, config), SOURCE)
+        except NodeError as exc:
+            outcome = NodeOutcome("failed", error=error_info(exc, node.id, 1))
+        failure = None if outcome.error is None else NodeError(outcome.error["message"])
+        run.task_run_id = self.runner.record(node, frame.path, task_run_name(node, frame), failure,
+                                             run.started_at, utcnow())
+        return outcome
+
+    async def execute_leaf(self, node: PlanNode, frame: Frame, run: NodeRun, upstream: Mapping[str, Any]) -> NodeOutcome:
+        handler = self.registry.handler(node.type)
         try:
             config = self.resolve_config(node, handler, frame)
         except NodeError as exc:
@@ -398,7 +315,7 @@ class Execution:
                 and not node.cache.enabled and node.timeout_s is None)
 
     def _call(self, node: PlanNode, frame: Frame, handler: NodeHandler, config: Any,
-              upstream: dict[str, Any], run: NodeRun) -> NodeCall:
+              upstream: Mapping[str, Any], run: NodeRun) -> NodeCall:
         path = frame.path
 
         def make_context(attempt: int) -> NodeContext:

@@ -4,16 +4,24 @@ It compiles the canvas it is given (so the flow run's parameters show exactly wh
 checks the inputs before anything runs, executes the plan with every node as a task run,
 watches for cancellation, and returns the run result of the canvas spec (section 9).
 A failed or cancelled run ends in that Prefect state and still carries the run result.
+
+A run gets everything it uses from its ``RunContext`` (flows/run_context.py). Two doors:
+
+- ``workflow_flow(context)``: the flow bound to a context its caller built, for runs in the
+  caller's process (``flowmaestro run``, the API through ``flows.launch``);
+- ``run_workflow``: the module-level flow, the entry point of deployments
+  (``flows/flow.py:run_workflow``), which a worker process imports: each run builds its
+  context from the environment.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import Flow, flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
@@ -24,58 +32,128 @@ from prefect.states import Cancelled, Failed
 from builder.compiler import compile_canvas
 from builder.inputs import validate_inputs
 from builder.issues import InputsInvalid
+from flows import prefect_compat
+from flows.approvals import PrefectApprovals
 from flows.engine import Execution
-from flows.event_log import EventLog, EventLogWriter, event_log_from_env
+from flows.event_log import EventLogWriter
 from flows.events import EventBus, utcnow
 from flows.prefect_runner import PrefectRunner
 from flows.records import RunRecord
-from flows.settings import engine_settings
-from node_handlers.registry import default_registry
+from flows.run_context import CancelSignals, RunContext
+from flows.subworkflows import ChildFlow, PrefectSubworkflows
 
-RunListener = Callable[[EventBus], None]
-_run_listeners: list[RunListener] = []
-
-
-def add_run_listener(listener: RunListener) -> None:
-    """Call ``listener(bus)`` at the start of every run executed in this process, so it
-    can subscribe to the run's events (the CLI's progress view, durable event logs)."""
-    _run_listeners.append(listener)
-
-
-def remove_run_listener(listener: RunListener) -> None:
-    if listener in _run_listeners:
-        _run_listeners.remove(listener)
+FLOW_NAME = "flowmaestro"
 
 
 def _run_name() -> str:
-    canvas = runtime_flow_run.parameters.get("canvas") or {}
+    parameters = runtime_flow_run.parameters
+    canvas = parameters.get("canvas") or {}
     name = canvas.get("name") if isinstance(canvas, dict) else None
-    return str(name or "workflow")
+    return str(name or parameters.get("workflow_name") or "workflow")
 
 
-@flow(name="flowmaestro", flow_run_name=_run_name, persist_result=True, validate_parameters=False)
-async def run_workflow(canvas: dict[str, Any], inputs: dict[str, Any] | None = None,
-                       workflow_id: str | None = None, version: int | None = None) -> Any:
+def _generic_flow(fn: Callable[..., Coroutine[Any, Any, Any]]) -> Flow:
+    """The Prefect options of the generic flow, the same for every door."""
+    return flow(name=FLOW_NAME, flow_run_name=_run_name, persist_result=True, validate_parameters=False)(fn)
+
+
+def workflow_flow(context: RunContext) -> Flow:
+    """The generic flow bound to ``context``: call it as ``await bound(canvas=..., inputs=...,
+    return_state=True)``. Child workflows run through it too, so they share the context."""
+
+    async def run_workflow(canvas: dict[str, Any] | None = None, inputs: dict[str, Any] | None = None,
+                           workflow_id: str | None = None, version: int | None = None,
+                           owner: str | None = None, trigger: dict[str, Any] | None = None) -> Any:
+        """Run a FlowMaestro canvas (canvas-v1 JSON) with the given inputs: the ``canvas``
+        given, or version ``version`` (the latest when empty) of the saved workflow
+        ``workflow_id`` of ``owner``."""
+        return await _run_in_flow(context, bound, canvas, inputs, workflow_id, version, owner, trigger)
+
+    bound = _generic_flow(run_workflow)
+    return bound
+
+
+@_generic_flow
+async def run_workflow(canvas: dict[str, Any] | None = None, inputs: dict[str, Any] | None = None,
+                       workflow_id: str | None = None, version: int | None = None,
+                       owner: str | None = None, trigger: dict[str, Any] | None = None) -> Any:
     """Run a FlowMaestro canvas (canvas-v1 JSON) with the given inputs."""
-    context = FlowRunContext.get()
-    run_id = str(context.flow_run.id) if context and context.flow_run else "local"
-    registry = default_registry()
-    event_log = _process_event_log()
+    # An entry point for processes that run one flow run (Prefect's own workers): the
+    # context is built from the environment for this run. FlowMaestro's worker
+    # (deployments/worker.py) binds the flow to one context for all its runs instead.
+    context = RunContext.from_environment()
+    try:
+        return await _run_in_flow(context, workflow_flow(context), canvas, inputs, workflow_id, version, owner,
+                                  trigger)
+    finally:
+        await context.event_log.close()
+
+
+async def _run_in_flow(context: RunContext, child_flow: ChildFlow, canvas: dict[str, Any] | None,
+                       inputs: dict[str, Any] | None, workflow_id: str | None, version: int | None,
+                       owner: str | None, trigger: dict[str, Any] | None) -> Any:
+    flow_context = FlowRunContext.get()
+    flow_run = flow_context.flow_run if flow_context else None
+    run_id = str(flow_run.id) if flow_run else "local"
     # A run executed again (a Prefect retry, elsewhere) continues its event numbering.
-    bus = EventBus(run_id, start_seq=await event_log.last_seq(run_id) if run_id != "local" else 0)
-    for listener in list(_run_listeners):
+    start_seq = await context.event_log.last_seq(run_id) if run_id != "local" else 0
+    bus = EventBus(run_id, start_seq=start_seq)
+    for listener in context.listeners:
         listener(bus)
     # Every run keeps its events in the event log, wherever it executes.
-    writer = EventLogWriter(event_log)
+    writer = EventLogWriter(context.event_log)
     writer.attach(bus)
+    saved = context.store is not None and workflow_id is not None and owner is not None
     try:
-        return await _run(canvas, inputs, workflow_id, version, run_id, registry, bus)
+        if saved:
+            assert context.store is not None and workflow_id is not None and owner is not None
+            try:
+                found = await context.store.load(owner, workflow_id, version)
+            except LookupError as exc:
+                return _refused(bus, canvas.get("name", "workflow") if isinstance(canvas, dict) else "workflow",
+                                "workflow not found", [{"message": str(exc), "code": "workflow_not_found"}])
+            canvas, version = found.canvas, found.version
+            await context.store.started(run_id, owner=owner, workflow_id=workflow_id, version=found.version,
+                                        name=found.name, inputs=dict(inputs or {}),
+                                        trigger=trigger or _trigger_of(flow_run))
+        subworkflows = PrefectSubworkflows(context.resolve_workflow, child_flow, owner, by_reference=saved)
+        outcome = await _run(context, canvas or {}, inputs, workflow_id, version, run_id, bus, subworkflows)
+        if saved:
+            assert context.store is not None
+            await context.store.ended(run_id, _result_of(outcome))
+        return outcome
     finally:
         await writer.close()
 
 
-async def _run(canvas: dict[str, Any], inputs: dict[str, Any] | None, workflow_id: str | None,
-               version: int | None, run_id: str, registry: Any, bus: EventBus) -> Any:
+def _trigger_of(flow_run: Any) -> dict[str, Any]:
+    """What started a run that does not say so itself (the API and webhooks do)."""
+    if flow_run is None:
+        return {"type": "api"}
+    if flow_run.parent_task_run_id is not None:
+        return {"type": "parent"}
+    if flow_run.auto_scheduled:
+        key = flow_run.idempotency_key or ""  # Prefect's scheduler: "scheduled <deployment> <schedule> <time>"
+        parts = key.split(" ")
+        return {"type": "schedule", "schedule_id": parts[2]} if len(parts) > 3 and parts[0] == "scheduled" \
+            else {"type": "schedule"}
+    return {"type": "prefect-ui"}
+
+
+def _result_of(outcome: Any) -> dict[str, Any]:
+    """The run result inside what the flow returns (a result, or a final state carrying one)."""
+    if isinstance(outcome, dict):
+        return outcome
+    data = getattr(outcome, "data", None)
+    if isinstance(data, dict):
+        return data
+    return {"status": "failed", "error": {"message": str(getattr(outcome, "message", outcome))}}
+
+
+async def _run(context: RunContext, canvas: dict[str, Any], inputs: dict[str, Any] | None,
+               workflow_id: str | None, version: int | None, run_id: str, bus: EventBus,
+               subworkflows: PrefectSubworkflows) -> Any:
+    registry = context.registry
     compiled = compile_canvas(canvas, registry)
     name = canvas.get("name", "workflow") if isinstance(canvas, dict) else "workflow"
     if not compiled.ok:
@@ -88,15 +166,16 @@ async def _run(canvas: dict[str, Any], inputs: dict[str, Any] | None, workflow_i
     except InputsInvalid as exc:
         return _refused(bus, name, "invalid inputs", [issue.to_dict() for issue in exc.issues])
 
-    settings = engine_settings()
-    from flows.approvals import PrefectApprovals
-    from flows.subworkflows import PrefectSubworkflows
-
-    execution = Execution(plan, registry, run_id=run_id, inputs=resolved_inputs, runner=PrefectRunner(), bus=bus,
-                          env=os.environ, env_allowlist=settings.env_allowlist, workflow_id=workflow_id,
-                          version=version, inline_control=settings.inline_control_nodes,
-                          approvals=PrefectApprovals(run_id), subworkflows=PrefectSubworkflows())
-    record = await _run_watching_cancellation(execution, run_id, settings.cancel_poll_s)
+    settings = context.settings
+    # Off when the installed Prefect is not one inline recording was tested on: control
+    # nodes then run as normal task runs, and containers are not recorded.
+    record_inline = prefect_compat.inline_recording_supported()
+    execution = Execution(plan, registry, run_id=run_id, inputs=resolved_inputs,
+                          runner=PrefectRunner(record_inline=record_inline), bus=bus, env=os.environ,
+                          env_allowlist=settings.env_allowlist, workflow_id=workflow_id, version=version,
+                          inline_control=settings.inline_control_nodes and record_inline,
+                          approvals=PrefectApprovals(run_id), subworkflows=subworkflows)
+    record = await _run_watching_cancellation(execution, run_id, settings.cancel_poll_s, context.cancellations)
     await _summary_artifact(record)
     result = record.result()
     if record.status == "completed":
@@ -119,25 +198,18 @@ def _refused(bus: EventBus, name: str, what: str, issues: list[dict[str, Any]]) 
     return Failed(message=message, data=result)
 
 
-_event_logs: dict[int, EventLog] = {}
-
-
-def _process_event_log() -> EventLog:
-    """One event log (and connection pool) per event loop of this process."""
-    loop = asyncio.get_running_loop()
-    found = _event_logs.get(id(loop))
-    if found is None:
-        _event_logs.clear()  # a new loop: older pools belong to loops that are gone
-        found = _event_logs[id(loop)] = event_log_from_env()
-    return found
-
-
-async def _run_watching_cancellation(execution: Execution, run_id: str, poll_s: float) -> RunRecord:
-    """Prefect does not interrupt an in-process flow run that is cancelled: poll the
+async def _run_watching_cancellation(execution: Execution, run_id: str, poll_s: float,
+                                     signals: CancelSignals | None) -> RunRecord:
+    """Prefect does not interrupt an in-process flow run that is cancelled: watch the
     run's state and cancel the execution ourselves (running async nodes are cancelled at
-    their next await)."""
+    their next await). A worker delivers the cancellations of all its runs (``signals``);
+    otherwise the run polls its own state."""
     main = asyncio.create_task(execution.run())
-    cancelled = asyncio.Event()
+    cancelled = signals.watch(run_id) if signals is not None else asyncio.Event()
+
+    async def wait_for_signal() -> None:
+        await cancelled.wait()
+        main.cancel()
 
     async def watch() -> None:
         async with get_client() as client:
@@ -152,7 +224,9 @@ async def _run_watching_cancellation(execution: Execution, run_id: str, poll_s: 
                     main.cancel()
                     return
 
-    watcher = asyncio.create_task(watch()) if run_id != "local" else None
+    watcher = None
+    if run_id != "local":
+        watcher = asyncio.create_task(wait_for_signal() if signals is not None else watch())
     try:
         return await main
     except asyncio.CancelledError:
@@ -162,6 +236,8 @@ async def _run_watching_cancellation(execution: Execution, run_id: str, poll_s: 
     finally:
         if watcher is not None:
             watcher.cancel()
+        if signals is not None:
+            signals.forget(run_id)
 
 
 async def _summary_artifact(record: RunRecord) -> None:

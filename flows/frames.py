@@ -24,8 +24,8 @@ class Frame:
     parallel: dict[str, Any] | None = None
     """``parallel.*`` of the innermost enclosing parallel branch."""
     outputs: dict[str, Any] = field(default_factory=dict)
-    completed: set[str] = field(default_factory=set)
-    fired_edges: set[str] = field(default_factory=set)
+    """Outputs of this scope's nodes that ended, as downstream reads them; written by the
+    scope's ``flows.scheduler.ScopeRun``."""
     labels: tuple[str, ...] = ()
     """How each index of ``path`` reads to a person: ``2/10`` or ``branch 3``."""
 

@@ -11,24 +11,27 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from prefect import Flow
 from prefect.client.orchestration import get_client
-from prefect.flow_engine import run_flow_async
 from prefect.states import Pending
 
-from flows.flow import run_workflow
+from flows.prefect_compat import start_flow_run_in_process
 
 
-async def start_run(canvas: dict[str, Any], inputs: dict[str, Any], *, workflow_id: str | None = None,
-                    version: int | None = None, tags: list[str] | None = None) -> tuple[str, asyncio.Task[Any]]:
-    parameters = {"canvas": canvas, "inputs": inputs, "workflow_id": workflow_id, "version": version}
+async def start_run(workflow: Flow, canvas: dict[str, Any], inputs: dict[str, Any], *,
+                    workflow_id: str | None = None, version: int | None = None, owner: str | None = None,
+                    tags: list[str] | None = None) -> tuple[str, asyncio.Task[Any]]:
+    """Start ``workflow`` (the generic flow bound to the caller's context,
+    ``flows.flow.workflow_flow``) on a canvas; returns the run id and the task whose result
+    is the run's final state."""
+    parameters = {"canvas": canvas, "inputs": inputs, "workflow_id": workflow_id, "version": version,
+                  "owner": owner}
     run_tags = ["flowmaestro", *(tags or [])]
     if workflow_id:
         run_tags.append(f"workflow:{workflow_id}")
     if version is not None:
         run_tags.append(f"version:{version}")
     async with get_client() as client:
-        flow_run = await client.create_flow_run(run_workflow, name=str(canvas.get("name") or "workflow"),
+        flow_run = await client.create_flow_run(workflow, name=str(canvas.get("name") or "workflow"),
                                                 parameters=parameters, tags=run_tags, state=Pending())
-    task = asyncio.create_task(run_flow_async(run_workflow, flow_run=flow_run, parameters=parameters,
-                                              return_type="state"))
-    return str(flow_run.id), task
+    return str(flow_run.id), start_flow_run_in_process(workflow, flow_run, parameters)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from flows.settings import engine_settings
+from flows.settings import EngineSettings
 
 # The server's recorder writes task-run states in batches; these keep the UI within a
 # couple of seconds of a burst of task runs instead of tens of seconds.
@@ -78,7 +78,7 @@ def status(home: Path | None = None) -> ServerInfo | None:
     external = os.environ.get("PREFECT_API_URL")
     if external:
         return ServerInfo(external, ui_url_for(external), None, managed=False) if healthy(external) else None
-    home = home or engine_settings().home
+    home = home or EngineSettings().home
     state_file = _state_file(home)
     if not state_file.exists():
         return None
@@ -98,7 +98,7 @@ def ensure_server(home: Path | None = None, port: int | None = None, *, quiet: b
     if os.environ.get("PREFECT_API_URL"):
         raise ServerError(f"PREFECT_API_URL is set to {os.environ['PREFECT_API_URL']} but no Prefect server "
                           "answers there; start it, or unset PREFECT_API_URL to use the embedded server")
-    settings = engine_settings()
+    settings = EngineSettings()
     info = start_server(home or settings.home, port or settings.server_port, quiet=quiet)
     os.environ["PREFECT_API_URL"] = info.api_url
     return info
@@ -137,7 +137,7 @@ def start_server(home: Path, port: int, *, quiet: bool = True) -> ServerInfo:
 
 def stop(home: Path | None = None) -> bool:
     """Stop the embedded server if FlowMaestro started it."""
-    home = home or engine_settings().home
+    home = home or EngineSettings().home
     state_file = _state_file(home)
     if not state_file.exists():
         return False

@@ -2,27 +2,23 @@
 
 Every node becomes a task run named after the node (``summarize [2/10]`` in a body),
 tagged ``node:<id>`` and ``type:<type>``, with the node's retry policy, timeout and
-cache key. Pure control nodes that ran inline are recorded as task runs too, by emitting
-the same state events Prefect's own task engine emits (its server builds task runs
-from those events), at a fraction of the cost of a full task run.
+cache key. Pure control nodes that ran inline are recorded as task runs too
+(``prefect_compat.record_task_run``), at a fraction of the cost of a full task run.
 """
 
 from __future__ import annotations
 
 import asyncio
-import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
-from prefect.client.schemas.objects import TaskRun, TaskRunPolicy
-from prefect.context import FlowRunContext, TaskRunContext
-from prefect.states import Completed as CompletedState
-from prefect.states import Failed, Pending, Running
-from prefect.utilities.engine import emit_task_run_state_change_event
+from prefect.client.schemas.objects import TaskRun
+from prefect.context import TaskRunContext
 
 from builder.plan import PlanNode
+from flows import prefect_compat
 from flows.calls import CallResult, NodeCall, retry_delay, should_retry
 from node_handlers.base import Completed, NodeError
 
@@ -38,12 +34,9 @@ async def _node_body(call: NodeCall) -> dict[str, Any]:
     attempt = context.task_run.run_count if context else 1
     if context:
         call.task_run_id = str(context.task_run.id)
-        # Tags are added here, after the run started, not in the task's options: Prefect
-        # acquires a tag concurrency slot for every tag set before a run starts, and a
-        # new tag set costs ~0.65 s the first time (a service thread and client per set),
-        # which a tag per node would pay for every node. The state events that follow
-        # carry these tags, and Prefect's server records them on the task run.
-        context.task_run.tags = sorted(set(context.task_run.tags) | set(node_tags(call.node)))
+        # Not in the task's options: a tag set before the run starts costs a concurrency
+        # slot lookup per tag, and ~0.65 s the first time for every new set.
+        prefect_compat.add_tags_to_running_task_run(node_tags(call.node))
     try:
         completed = await call.invoke(attempt)
     except Exception as exc:
@@ -80,8 +73,10 @@ def _retry_condition(node: PlanNode):
 class PrefectRunner:
     """A ``NodeRunner`` that runs calls as Prefect task runs of the current flow run."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, record_inline: bool = True) -> None:
         self._tasks: dict[str, Task] = {}
+        self.record_inline = record_inline
+        """Whether nodes that ran outside the task engine are recorded as task runs."""
 
     def _task_for(self, node: PlanNode) -> Task:
         found = self._tasks.get(node.id)
@@ -107,12 +102,12 @@ class PrefectRunner:
             value = await state.result()
             completed = Completed(output=value["output"], handles=frozenset(value["handles"]),
                                   variables=value.get("variables") or {}, usage=value.get("usage") or None)
-            cached = state.name == "Cached"
+            cached = prefect_compat.is_cached(state)
             return CallResult(completed, None, 0 if cached else max(call.attempts, 1), cached=cached)
         error = await state.result(raise_on_failure=False)
         if not isinstance(error, BaseException):
             error = NodeError(state.message or "the task run failed", error_type=state.name or "Failed")
-        if isinstance(error, TimeoutError) or state.name == "TimedOut":
+        if isinstance(error, TimeoutError) or prefect_compat.is_timed_out(state):
             error = NodeError(f"timed out after {call.node.timeout_s:g} s", retry_class="timeout",
                               error_type="Timeout")
         return CallResult(None, error, max(call.attempts, 1))
@@ -121,36 +116,8 @@ class PrefectRunner:
                started: datetime | None, ended: datetime | None) -> str | None:
         """Record a node that ran outside Prefect's task engine as a task run: Pending,
         Running, then Completed or Failed."""
-        flow_context = FlowRunContext.get()
-        if flow_context is None or flow_context.flow_run is None:
+        if not self.record_inline:
             return None
-        flow_run_id = flow_context.flow_run.id
-        task_run_id = uuid.uuid4()
-        pending = Pending()
-        pending.timestamp = started or pending.timestamp
-        run = TaskRun(
-            id=task_run_id, name=name, flow_run_id=flow_run_id, task_key=f"{TASK_KEY}-{node.type}",
-            dynamic_key=f"{node.id}-{'.'.join(map(str, path)) or 'top'}-{task_run_id.hex[:8]}",
-            empirical_policy=TaskRunPolicy(), tags=node_tags(node) + ["inline"],
-            task_inputs={}, expected_start_time=pending.timestamp, state=pending, state_type=pending.type,
-            state_name=pending.name, created=pending.timestamp,
-        )
-        running = Running()
-        running.timestamp = pending.timestamp + timedelta(microseconds=1)
-        final = CompletedState() if error is None else Failed(message=str(error))
-        final.timestamp = max(ended or final.timestamp, running.timestamp + timedelta(microseconds=1))
-        previous = pending
-        last_event = emit_task_run_state_change_event(task_run=run, initial_state=None, validated_state=pending)
-        for state in (running, final):
-            state.state_details.task_run_id = task_run_id
-            state.state_details.flow_run_id = flow_run_id
-            run.state, run.state_type, run.state_name = state, state.type, state.name
-            if state is running:
-                run.run_count, run.start_time = 1, state.timestamp
-            else:
-                run.end_time = state.timestamp
-                run.total_run_time = state.timestamp - running.timestamp
-            last_event = emit_task_run_state_change_event(task_run=run, initial_state=previous,
-                                                          validated_state=state, follows=last_event)
-            previous = state
-        return str(task_run_id)
+        return prefect_compat.record_task_run(
+            name=name, task_key=f"{TASK_KEY}-{node.type}", dynamic_key=f"{node.id}-{'.'.join(map(str, path)) or 'top'}",
+            tags=node_tags(node) + ["inline"], error=error, started=started, ended=ended)

@@ -1,21 +1,21 @@
-"""Engine settings, read once per process from the environment (``FLOWMAESTRO_*``)."""
+"""Engine settings, from the environment (``FLOWMAESTRO_*``).
+
+Built once per process by its entry point (the CLI, the API, the deployment entry point
+``flows.flow.run_workflow``) and handed to runs in their ``RunContext``; nothing reads
+them behind a caller's back.
+"""
 
 from __future__ import annotations
 
-from functools import lru_cache
-from pathlib import Path
-
-from pydantic import Field, field_validator
 from typing import Annotated
 
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
+
+from store.settings import StoreSettings
 
 
-class EngineSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="FLOWMAESTRO_", extra="ignore")
-
-    home: Path = Field(Path.home() / ".flowmaestro", description="Where the embedded Prefect server keeps its "
-                       "database, logs and pid file.")
+class EngineSettings(StoreSettings):
     server_port: int = Field(4200, description="Port of the embedded Prefect server (a free one is chosen if "
                              "it is taken by something else).")
     env_allowlist: Annotated[frozenset[str], NoDecode] = Field(frozenset(), description="Environment variables templates may read "
@@ -30,8 +30,3 @@ class EngineSettings(BaseSettings):
         if isinstance(value, str):
             return frozenset(v.strip() for v in value.split(",") if v.strip())
         return value
-
-
-@lru_cache(maxsize=1)
-def engine_settings() -> EngineSettings:
-    return EngineSettings()

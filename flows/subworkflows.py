@@ -1,9 +1,9 @@
 """Subworkflow nodes: run another workflow as a child Prefect flow run.
 
-Where the child canvas comes from depends on who runs the parent: the CLI reads canvas
+Where the child canvas comes from depends on who runs the parent, so the resolver is part
+of the run's context (``flows.run_context.RunContext``): the CLI and deployments read canvas
 files (``data.workflow`` is a path, relative to the working directory), the API reads its
-saved workflows (``data.workflow`` is a workflow id of the same owner). The process sets
-the resolver once with ``set_workflow_resolver``.
+saved workflows (``data.workflow`` is a workflow id of the run's owner).
 """
 
 from __future__ import annotations
@@ -11,15 +11,16 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from node_handlers.base import Completed, NodeError
 
-# (reference, version, parent run id) -> canvas
-WorkflowResolver = Callable[[str, int | None, str], Awaitable[dict[str, Any]]]
+# (reference, version, parent run id, owner of the run) -> canvas
+WorkflowResolver = Callable[[str, int | None, str, str | None], Awaitable[dict[str, Any]]]
 
 
-async def canvas_file_resolver(reference: str, version: int | None, parent_run_id: str) -> dict[str, Any]:
+async def canvas_file_resolver(reference: str, version: int | None, parent_run_id: str,
+                               owner: str | None) -> dict[str, Any]:
     path = Path(reference)
     if not path.is_file():
         raise NodeError(f"subworkflow {reference!r}: no such canvas file", error_type="SubworkflowNotFound")
@@ -29,24 +30,32 @@ async def canvas_file_resolver(reference: str, version: int | None, parent_run_i
         raise NodeError(f"subworkflow {reference!r} is not valid JSON: {exc}", error_type="SubworkflowInvalid") from exc
 
 
-_resolver: WorkflowResolver = canvas_file_resolver
+class ChildFlow(Protocol):
+    """The generic flow as a subworkflow node calls it (``flows.flow.workflow_flow``): called
+    inside a flow run, Prefect records the call as a subflow run and returns its final state."""
 
-
-def set_workflow_resolver(resolver: WorkflowResolver) -> None:
-    global _resolver
-    _resolver = resolver
+    def __call__(self, *, canvas: dict[str, Any] | None, inputs: dict[str, Any], workflow_id: str | None,
+                 version: int | None, owner: str | None, return_state: bool) -> Awaitable[Any]: ...
 
 
 class PrefectSubworkflows:
     """Runs a child canvas through the generic flow: Prefect records it as a subflow run
-    of the parent, with its own events and result."""
+    of the parent, with its own events and result. The child belongs to the parent's owner."""
+
+    def __init__(self, resolver: WorkflowResolver, child_flow: ChildFlow, owner: str | None, *,
+                 by_reference: bool = False):
+        """``by_reference``: the child is a saved workflow the child run loads itself (on a
+        worker), so its parameters name it instead of carrying its canvas."""
+        self.resolver = resolver
+        self.child_flow = child_flow
+        self.owner = owner
+        self.by_reference = by_reference
 
     async def run(self, execution: Any, node: Any, config: Any) -> Completed:
-        from flows.flow import run_workflow
-
-        canvas = await _resolver(config.workflow, config.version, execution.record.id)
-        state = await run_workflow(canvas=canvas, inputs=dict(config.inputs), workflow_id=config.workflow,
-                                   version=config.version, return_state=True)
+        canvas = None if self.by_reference else await self.resolver(config.workflow, config.version,
+                                                                    execution.record.id, self.owner)
+        state = await self.child_flow(canvas=canvas, inputs=dict(config.inputs), workflow_id=config.workflow,
+                                      version=config.version, owner=self.owner, return_state=True)
         result = await state.result(raise_on_failure=False)
         child_id = str(state.state_details.flow_run_id)
         if not isinstance(result, dict) or result.get("status") != "completed":

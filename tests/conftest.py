@@ -59,3 +59,15 @@ def test_handlers():
         registry.register(cls(), replace=True)
     JOURNAL.clear()
     return JOURNAL
+
+
+@pytest.fixture
+async def run_context():
+    """A run context built from the test environment, as an in-process caller builds one;
+    bind the generic flow to it with ``flows.flow.workflow_flow`` (with listeners:
+    ``dataclasses.replace(run_context, listeners=(...,))``)."""
+    from flows.run_context import RunContext
+
+    context = RunContext.from_environment()
+    yield context
+    await context.event_log.close()

@@ -4,12 +4,13 @@ refusals, timeouts that route, several pending at once, approvals inside loops."
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import httpx
 import pytest
 
 from flows.approvals import pending_approvals, resume_approval
-from flows.flow import add_run_listener, remove_run_listener, run_workflow
+from flows.flow import workflow_flow
 from tests.support import JOURNAL, canvas, node
 
 pytestmark = [pytest.mark.prefect, pytest.mark.usefixtures("prefect_server", "test_handlers")]
@@ -18,7 +19,7 @@ pytestmark = [pytest.mark.prefect, pytest.mark.usefixtures("prefect_server", "te
 class Started:
     """Starts a run in the background and learns its id from the first event."""
 
-    def __init__(self, raw, inputs=None):
+    def __init__(self, context, raw, inputs=None):
         self.events = []
         self.run_id: str | None = None
         self._ready = asyncio.Event()
@@ -28,13 +29,11 @@ class Started:
             bus.subscribe(self.events.append)
             self._ready.set()
 
-        add_run_listener(listener)
-        self._listener = listener
-        self.task = asyncio.create_task(run_workflow(canvas=raw, inputs=inputs or {}, return_state=True))
+        workflow = workflow_flow(dataclasses.replace(context, listeners=(listener,)))
+        self.task = asyncio.create_task(workflow(canvas=raw, inputs=inputs or {}, return_state=True))
 
     async def id(self) -> str:
         await asyncio.wait_for(self._ready.wait(), 60)
-        remove_run_listener(self._listener)
         return self.run_id
 
     async def pending(self, count: int, timeout: float = 60):
@@ -52,6 +51,12 @@ class Started:
         return state, await state.result(raise_on_failure=False)
 
 
+@pytest.fixture
+def start(run_context):
+    """``start(raw, inputs=None)`` starts a run in the background (``Started``)."""
+    return lambda raw, inputs=None: Started(run_context, raw, inputs)
+
+
 def approval_canvas(**approval_data):
     data = {"message": "Ship {{ inputs.what }}?", "form": {"reason": {"type": "string", "required": True}}}
     data.update(approval_data)
@@ -62,8 +67,8 @@ def approval_canvas(**approval_data):
                    ("ask", "late", "timeout")], inputs={"what": {"type": "string", "default": "v2"}})
 
 
-async def test_resume_through_prefects_own_api_like_the_ui(prefect_server):
-    run = Started(approval_canvas())
+async def test_resume_through_prefects_own_api_like_the_ui(prefect_server, start):
+    run = start(approval_canvas())
     [pending] = await run.pending(1)
     assert pending["message"] == "Ship v2?"
     assert pending["schema"]["required"] == ["approved", "reason"]
@@ -86,8 +91,8 @@ async def test_resume_through_prefects_own_api_like_the_ui(prefect_server):
         "execution:started", "execution:paused", "execution:resumed", "execution:completed"]
 
 
-async def test_reject_through_our_resume_function():
-    run = Started(approval_canvas())
+async def test_reject_through_our_resume_function(start):
+    run = start(approval_canvas())
     await run.pending(1)
     answer = await resume_approval(await run.id(), "ask", values={"approved": False, "reason": "not yet"},
                                    decided_by="ada")
@@ -100,8 +105,8 @@ async def test_reject_through_our_resume_function():
     assert result["nodes"]["ask"]["output"]["via"] == "api"
 
 
-async def test_wrong_input_is_refused_and_the_run_stays_paused():
-    run = Started(approval_canvas())
+async def test_wrong_input_is_refused_and_the_run_stays_paused(start):
+    run = start(approval_canvas())
     await run.pending(1)
     run_id = await run.id()
     refused = await resume_approval(run_id, "ask", values={"approved": "perhaps"})
@@ -117,8 +122,8 @@ async def test_wrong_input_is_refused_and_the_run_stays_paused():
     assert again.status == "not_waiting"
 
 
-async def test_timeout_routes_along_the_timeout_edge():
-    run = Started(approval_canvas(timeout_s=1.5))
+async def test_timeout_routes_along_the_timeout_edge(start):
+    run = start(approval_canvas(timeout_s=1.5))
     state, result = await run.result()
     assert state.is_completed()
     assert result["nodes"]["late"]["output"] == "too late"
@@ -126,9 +131,9 @@ async def test_timeout_routes_along_the_timeout_edge():
     assert result["nodes"]["ship"]["status"] == "skipped"
 
 
-async def test_timeout_with_nothing_connected_fails_the_node_not_by_prefect():
+async def test_timeout_with_nothing_connected_fails_the_node_not_by_prefect(start):
     raw = canvas([node("ask", "approval", data={"timeout_s": 1}), node("fallback")], [("ask", "fallback", "error")])
-    run = Started(raw)
+    run = start(raw)
     state, result = await run.result()
     assert state.is_completed()
     assert result["nodes"]["ask"]["status"] == "failed"
@@ -136,11 +141,11 @@ async def test_timeout_with_nothing_connected_fails_the_node_not_by_prefect():
     assert result["nodes"]["fallback"]["status"] == "completed"
 
 
-async def test_two_approvals_in_parallel_branches_answered_in_reverse_order():
+async def test_two_approvals_in_parallel_branches_answered_in_reverse_order(start):
     raw = canvas([node("a", "approval", data={"message": "first"}), node("b", "approval", data={"message": "second"}),
                   node("busy", "test_sleep", data={"seconds": 0.3}), node("j", "merge", join="all")],
                  [("a", "j", "approved"), ("b", "j", "approved"), ("busy", "j")])
-    run = Started(raw)
+    run = start(raw)
     pending = await run.pending(2)
     assert sorted(p["node_id"] for p in pending) == ["a", "b"]
     run_id = await run.id()
@@ -159,12 +164,12 @@ async def test_two_approvals_in_parallel_branches_answered_in_reverse_order():
     assert decided == ["b", "a"]
 
 
-async def test_approval_inside_a_loop_pauses_each_iteration():
+async def test_approval_inside_a_loop_pauses_each_iteration(start):
     raw = canvas([node("lp", "loop", data={"mode": "for", "count": 2}),
                   node("ask", "approval", parentId="lp", data={"message": "iteration {{ loop.index }}"}),
                   node("rec", "transform", parentId="lp", data={"output": "{{ ask.approved }}"})],
                  [("ask", "rec", "approved"), ("ask", "rec", "rejected")])
-    run = Started(raw)
+    run = start(raw)
     run_id = await run.id()
     for index, approved in ((0, True), (1, False)):
         [pending] = await run.pending(1)
@@ -179,9 +184,9 @@ async def test_approval_inside_a_loop_pauses_each_iteration():
     assert result["nodes"]["lp"]["output"]["results"] == [True, False]
 
 
-async def test_resume_of_an_unknown_run_or_node_is_not_waiting():
+async def test_resume_of_an_unknown_run_or_node_is_not_waiting(start):
     assert (await resume_approval("not-a-uuid", "ask")).status == "not_waiting"
-    run = Started(approval_canvas())
+    run = start(approval_canvas())
     await run.pending(1)
     answer = await resume_approval(await run.id(), "nobody", values={"approved": True})
     assert answer.status == "not_waiting"

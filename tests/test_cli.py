@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from api.cli import app
+from cli.main import app
 
 ROOT = Path(__file__).resolve().parent.parent
 HELLO = ROOT / "examples" / "hello.json"
@@ -85,7 +85,7 @@ def test_run_refuses_a_missing_required_input():
 
 @pytest.mark.prefect
 def test_run_json_prints_the_run_result_alone(prefect_server):
-    proc = subprocess.run([sys.executable, "-m", "api.cli", "run", str(HELLO), "--input", "name=Grace",
+    proc = subprocess.run([sys.executable, "-m", "cli", "run", str(HELLO), "--input", "name=Grace",
                            "--input", 'languages=["fr"]', "--json"],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -100,7 +100,7 @@ def test_run_json_prints_the_run_result_alone(prefect_server):
 def test_run_exit_code_1_when_the_run_fails(prefect_server, tmp_path):
     failing = {"name": "failing", "nodes": [
         {"id": "t", "type": "transform", "data": {"output": "{{ inputs.missing.deeper }}"}}]}
-    proc = subprocess.run([sys.executable, "-m", "api.cli", "run", str(write(tmp_path, failing)), "--json"],
+    proc = subprocess.run([sys.executable, "-m", "cli", "run", str(write(tmp_path, failing)), "--json"],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 1, proc.stderr[-2000:]
     result = json.loads(proc.stdout)

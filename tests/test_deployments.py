@@ -38,7 +38,7 @@ async def test_flowmaestro_deploy_serves_runs_triggered_through_prefect(tmp_path
     path = tmp_path / "canvas.json"
     path.write_text(json.dumps(canvas))
     env = dict(os.environ, PREFECT_RUNNER_POLL_FREQUENCY="1")
-    process = subprocess.Popen([sys.executable, "-m", "api.cli", "deploy", str(path), "--input", "who=Ada"],
+    process = subprocess.Popen([sys.executable, "-m", "cli", "deploy", str(path), "--input", "who=Ada"],
                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                start_new_session=True)
     try:

@@ -76,6 +76,28 @@ async def test_edge_conditions_gate_edges():
     assert result["nodes"]["missing"]["status"] == "completed"
 
 
+async def test_a_broken_edge_condition_fails_its_node_and_the_run():
+    raw = canvas([node("src", data={"output": "text"}), node("next")],
+                 [{"id": "e1", "source": "src", "target": "next",
+                   "data": {"condition": {"field": "{{ src }}", "operator": "gt", "value": 3}}}])
+    result, events = await run(raw)
+    assert result["status"] == "failed"
+    assert result["error"]["node_id"] == "src" and result["error"]["type"] == "ConditionError"
+    assert result["nodes"]["src"]["status"] == "failed" and result["nodes"]["src"]["output"] is None
+    assert result["nodes"]["next"]["status"] == "skipped"
+    assert [e.type for e in events if e.node_id == "src"] == ["node:started", "node:completed", "node:error"]
+
+
+async def test_merge_after_an_error_edge_joins_the_error_output():
+    raw = canvas([node("f", "test_flaky", data={"failures": 9, "retry_class": None}), node("ok"),
+                  node("m", "merge")], [("f", "m", "error"), ("ok", "m")])
+    result, _ = await run(raw)
+    assert result["status"] == "completed"
+    assert result["nodes"]["m"]["output"] == {"f": {"error": {"message": "attempt 1 failed", "type": "NodeError",
+                                                              "node_id": "f", "attempts": 1}},
+                                              "ok": "ok"}
+
+
 async def test_independent_nodes_overlap_in_time():
     raw = canvas([sleep("a", 0.3), sleep("b", 0.3), node("j", "merge")], [("a", "j"), ("b", "j")])
     result, _ = await run(raw)

@@ -4,6 +4,8 @@ cancellation and concurrency as Prefect records them."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import uuid
 
 import pytest
@@ -11,17 +13,24 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import StateType
 from prefect.client.schemas.sorting import FlowRunSort, TaskRunSort
-from prefect.states import Cancelling
 
-from flows.flow import add_run_listener, remove_run_listener, run_workflow
+from flows.flow import run_workflow, workflow_flow
+from flows.prefect_compat import request_cancellation
 from tests.support import JOURNAL, canvas, node
 
 pytestmark = [pytest.mark.prefect, pytest.mark.usefixtures("prefect_server", "test_handlers")]
 
 
-async def execute(raw, inputs=None):
-    state = await run_workflow(canvas=raw, inputs=inputs or {}, return_state=True)
+async def execute(raw, inputs=None, flow=run_workflow):
+    """Run through the deployment entry point (context from the environment) unless given a
+    flow bound to a context."""
+    state = await flow(canvas=raw, inputs=inputs or {}, return_state=True)
     return state, await state.result(raise_on_failure=False)
+
+
+def listening(context, listener):
+    """The generic flow bound to ``context`` with ``listener`` called for every run."""
+    return workflow_flow(dataclasses.replace(context, listeners=(listener,)))
 
 
 async def task_runs_of(run_id: str, expected: int, timeout: float = 60.0):
@@ -56,16 +65,11 @@ async def test_a_run_completes_and_every_node_is_a_task_run_tagged_with_its_id()
     assert flow_run.name == "greeter"
 
 
-async def test_retries_are_prefect_retries_with_attempts_reported():
+async def test_retries_are_prefect_retries_with_attempts_reported(run_context):
     raw = canvas([node("flaky", "test_flaky", data={"failures": 2},
                        retry={"max_attempts": 3, "initial_delay_s": 0.2, "backoff_factor": 2})])
     events = []
-    listener = lambda bus: bus.subscribe(events.append)  # noqa: E731
-    add_run_listener(listener)
-    try:
-        state, result = await execute(raw)
-    finally:
-        remove_run_listener(listener)
+    state, result = await execute(raw, flow=listening(run_context, lambda bus: bus.subscribe(events.append)))
     assert result["nodes"]["flaky"]["status"] == "completed"
     assert result["nodes"]["flaky"]["attempts"] == 3
     assert [e.data["attempt"] for e in events if e.type == "node:retrying"] == [1, 2]
@@ -140,7 +144,7 @@ async def test_invalid_inputs_fail_before_anything_runs():
     assert JOURNAL.calls == []
 
 
-async def test_cancelling_in_prefect_ends_the_run_cancelled():
+async def test_cancelling_in_prefect_ends_the_run_cancelled(run_context):
     raw = canvas([node("slow", "test_sleep", data={"seconds": 60}), node("after")], [("slow", "after")])
     started = asyncio.Event()
     run_ids = []
@@ -149,15 +153,11 @@ async def test_cancelling_in_prefect_ends_the_run_cancelled():
         run_ids.append(bus.execution_id)
         bus.subscribe(lambda event: started.set() if event.type == "node:started" else None)
 
-    add_run_listener(listener)
-    try:
-        running = asyncio.create_task(execute(raw))
-        await asyncio.wait_for(started.wait(), 30)
-        async with get_client() as client:
-            await client.set_flow_run_state(run_ids[0], Cancelling(), force=True)
-        state, result = await asyncio.wait_for(running, 60)
-    finally:
-        remove_run_listener(listener)
+    running = asyncio.create_task(execute(raw, flow=listening(run_context, listener)))
+    await asyncio.wait_for(started.wait(), 30)
+    async with get_client() as client:
+        await request_cancellation(client, run_ids[0])  # what the API's cancel does
+    state, result = await asyncio.wait_for(running, 60)
     assert state.type == StateType.CANCELLED
     assert result["status"] == "cancelled"
     assert result["nodes"]["slow"]["status"] == "cancelled"
@@ -168,7 +168,7 @@ async def test_subworkflow_runs_a_child_canvas_as_a_subflow(tmp_path, monkeypatc
     child = canvas([node("start", "start"), node("twice", data={"output": "{{ inputs.n * 2 }}"}),
                     node("end", "end", data={"output": "{{ twice }}"})], [("start", "twice"), ("twice", "end")],
                    name="child", inputs={"n": {"type": "integer", "required": True}})
-    (tmp_path / "child.json").write_text(__import__("json").dumps(child))
+    (tmp_path / "child.json").write_text(json.dumps(child))
     monkeypatch.chdir(tmp_path)
     parent = canvas([node("call", "subworkflow", data={"workflow": "child.json", "inputs": {"n": 21}}),
                      node("use", data={"output": "{{ call + 1 }}"}),
@@ -183,3 +183,31 @@ async def test_subworkflow_runs_a_child_canvas_as_a_subflow(tmp_path, monkeypatc
         children = await client.read_flow_runs(limit=50, sort=FlowRunSort.ID_DESC)
     parent_id = result["id"]
     assert any(run.parent_task_run_id is not None and run.name == "child" for run in children), parent_id
+
+
+async def test_a_subworkflow_is_resolved_for_the_runs_owner_through_its_context(run_context):
+    """The owner is a flow parameter handed to the context's resolver, for nested children too;
+    the context's listeners see the parent and every child run."""
+    child = canvas([node("start", "start"), node("end", "end", data={"output": "{{ inputs.n + 1 }}"})],
+                   [("start", "end")], name="owned-child", inputs={"n": {"type": "integer", "required": True}})
+    middle = canvas([node("start", "start"), node("inner", "subworkflow", data={"workflow": "child", "inputs": {"n": 1}}),
+                     node("end", "end", data={"output": "{{ inner }}"})], [("start", "inner"), ("inner", "end")],
+                    name="owned-middle")
+    asked = []
+
+    async def resolver(reference, version, parent_run_id, owner):
+        asked.append((reference, owner, parent_run_id))
+        return {"middle": middle, "child": child}[reference]
+
+    runs = []
+    context = dataclasses.replace(run_context, resolve_workflow=resolver, listeners=(lambda bus: runs.append(bus.execution_id),))
+    parent = canvas([node("call", "subworkflow", data={"workflow": "middle"})], [])
+    state = await workflow_flow(context)(canvas=parent, inputs={}, owner="ada", return_state=True)
+    result = await state.result(raise_on_failure=False)
+    assert result["status"] == "completed", result["error"]
+    assert result["nodes"]["call"]["output"] == 2
+    assert [(reference, owner) for reference, owner, _ in asked] == [("middle", "ada"), ("child", "ada")]
+    assert asked[0][2] == result["id"] and len(set(runs)) == 3 and runs[0] == result["id"]
+    async with get_client() as client:
+        child_run = await client.read_flow_run(uuid.UUID(asked[1][2]))
+    assert child_run.parameters["owner"] == "ada"

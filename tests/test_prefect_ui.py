@@ -4,12 +4,13 @@ form is rendered from the approval's form, and submitting it resumes the run."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shutil
 
 import pytest
 
 from flows.approvals import pending_approvals
-from flows.flow import add_run_listener, remove_run_listener, run_workflow
+from flows.flow import workflow_flow
 from tests.support import canvas, node
 
 pytestmark = [pytest.mark.prefect, pytest.mark.usefixtures("prefect_server")]
@@ -20,7 +21,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
-async def test_resume_an_approval_in_the_prefect_ui(prefect_server):
+async def test_resume_an_approval_in_the_prefect_ui(prefect_server, run_context):
     from playwright.async_api import async_playwright
 
     raw = canvas([node("ask", "approval", data={"message": "Ship it?",
@@ -29,15 +30,12 @@ async def test_resume_an_approval_in_the_prefect_ui(prefect_server):
                  [("ask", "ship", "approved"), ("ask", "stop", "rejected")], name="ui-approval")
     ids: list[str] = []
     listener = lambda bus: ids.append(bus.execution_id)  # noqa: E731
-    add_run_listener(listener)
-    try:
-        run = asyncio.create_task(run_workflow(canvas=raw, inputs={}, return_state=True))
-        for _ in range(300):
-            if ids and await pending_approvals(ids[0]):
-                break
-            await asyncio.sleep(0.2)
-    finally:
-        remove_run_listener(listener)
+    workflow = workflow_flow(dataclasses.replace(run_context, listeners=(listener,)))
+    run = asyncio.create_task(workflow(canvas=raw, inputs={}, return_state=True))
+    for _ in range(300):
+        if ids and await pending_approvals(ids[0]):
+            break
+        await asyncio.sleep(0.2)
     run_id = ids[0]
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

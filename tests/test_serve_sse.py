@@ -49,7 +49,7 @@ def served(request, tmp_path_factory, prefect_server, fake_llm):
     env.pop("FLOWMAESTRO_REDIS_URL", None)
     if request.param == "redis":
         env["FLOWMAESTRO_REDIS_URL"] = "redis://127.0.0.1:6379/0"
-    process = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(port)], cwd=ROOT, env=env,
+    process = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--port", str(port)], cwd=ROOT, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90

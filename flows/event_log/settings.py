@@ -2,35 +2,25 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from flows.event_log.base import EventLog
 from flows.event_log.redis_streams import RedisEventLog
 from flows.event_log.sql import SqlEventLog
+from store.settings import StoreSettings
 
 
-class EventLogSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="FLOWMAESTRO_", extra="ignore")
+class EventLogSettings(StoreSettings):
+    """The events of a run live in Redis when ``redis_url`` is set, else in the database."""
 
     redis_url: str | None = Field(None, description="Redis URL (redis://host:6379/0); when set, run events "
                                   "are kept in Redis streams instead of the database.")
-    database_url: str | None = Field(None, description="SQLAlchemy async URL of the database that keeps run "
-                                     "events (table fm_events) when no Redis is configured; SQLite under "
-                                     "home by default.")
-    home: Path = Field(default_factory=lambda: Path.home() / ".flowmaestro",
-                       description="Where local state lives (the default SQLite database).")
     event_retention_days: float = Field(7.0, gt=0, description="How long the events of a run are kept after "
                                         "its last event (days), whether the run ended or not: in the "
                                         "database, runs whose last event is older are purged now and then; "
                                         "in Redis, this is the TTL of the run's stream, set again on every "
                                         "append, so the stream of a run that never wrote its final event "
                                         "(its process died) expires too.")
-
-    def sqlalchemy_url(self) -> str:
-        return self.database_url or f"sqlite+aiosqlite:///{self.home / 'flowmaestro.db'}"
 
 
 def event_log_from_settings(settings: EventLogSettings) -> EventLog:

@@ -161,13 +161,13 @@ def run(
     # The progress view shows node states; Prefect's per-task INFO lines would repeat them.
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     server = _prefect_server(quiet=as_json)
-    from api.progress import run_with_progress
+    from cli.progress import run_with_progress
 
     record = asyncio.run(run_with_progress(raw, inputs, server.ui_url, quiet=as_json, console=err))
     if as_json:
         print(json.dumps(record, indent=2, default=str))
     else:
-        from api.progress import print_result
+        from cli.progress import print_result
 
         print_result(record, server.ui_url, out)
     status = record.get("status")
@@ -199,24 +199,59 @@ def resume(
 
 
 @app.command()
-def serve(host: str = typer.Option("127.0.0.1", "--host"), port: int = typer.Option(8000, "--port")) -> None:
-    """Start the API (uvicorn), with the local Prefect server when PREFECT_API_URL is
-    not set; runs execute inside this process. Ctrl-C stops it cleanly."""
+def serve(host: str = typer.Option("127.0.0.1", "--host"), port: int = typer.Option(8000, "--port"),
+          workers: int = typer.Option(1, "--workers", min=0, help="Worker processes to start beside the API "
+                                      "(0: the API alone; runs then wait for workers started elsewhere)."),
+          ) -> None:
+    """Start the API (uvicorn) and WORKERS worker processes, with the local Prefect server
+    when PREFECT_API_URL is not set. Runs execute on the workers, never in the API.
+    Ctrl-C or SIGTERM stops them all cleanly."""
     import os
     import secrets
 
     server = _prefect_server()
     if not os.environ.get("FLOWMAESTRO_API_KEYS"):
         key = secrets.token_urlsafe(24)
-        os.environ["FLOWMAESTRO_API_KEYS"] = f"local:{key}"
+        os.environ["FLOWMAESTRO_API_KEYS"] = f"local:{key}"  # the worker children need not see it
         out.print(f"No FLOWMAESTRO_API_KEYS set; generated one for this session:\n  Authorization: Bearer {key}")
     import uvicorn
 
     from api.app import create_app
+    from api.settings import ApiSettings
+    from cli.children import Children
+    from store.db import upgrade_schema
 
+    settings = ApiSettings()
+    # Migrate before any worker starts, so that no two processes migrate at once.
+    asyncio.run(upgrade_schema(settings.sqlalchemy_url()))
     out.print(f"FlowMaestro API: http://{host}:{port}  (docs: http://{host}:{port}/docs)\n"
               f"Prefect UI:      {server.ui_url}", soft_wrap=True)
-    uvicorn.run(create_app(), host=host, port=port, log_level="info", timeout_graceful_shutdown=10)
+    with Children.workers(workers, pool=settings.work_pool) as children:
+        if workers:
+            out.print(f"Workers:         {workers} on pool {settings.work_pool!r} (pids {children.pids()})")
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="info", timeout_graceful_shutdown=10)
+
+
+@app.command()
+def worker(
+    pool: Optional[str] = typer.Option(None, "--pool", help="Work pool to poll (FLOWMAESTRO_WORK_POOL, "
+                                       "default flowmaestro); created on first use."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Runs at once (FLOWMAESTRO_WORKER_LIMIT, 20)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Worker name shown in the Prefect UI."),
+) -> None:
+    """Run a worker until SIGTERM or SIGINT: it executes the runs of saved workflows from
+    the Prefect work pool, then lets its runs in flight finish (FLOWMAESTRO_WORKER_GRACE_S)."""
+    import os
+
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    _prefect_server(quiet=True)
+    from deployments.settings import WorkerSettings
+    from deployments.worker import serve_worker
+
+    settings = WorkerSettings()
+    overrides = {k: v for k, v in (("work_pool", pool), ("worker_limit", limit)) if v is not None}
+    settings = settings.model_copy(update=overrides)
+    asyncio.run(serve_worker(settings, name=name, started=lambda line: out.print(line)))
 
 
 @app.command()

@@ -86,16 +86,15 @@ class ProgressView:
 
 async def run_with_progress(canvas: Any, inputs: dict[str, Any], ui_url: str, *, quiet: bool,
                             console: Console) -> dict[str, Any]:
-    from flows.flow import add_run_listener, remove_run_listener, run_workflow
+    from flows.flow import workflow_flow
+    from flows.run_context import RunContext
 
     view = ProgressView(console, ui_url)
-    listener = view.attach
-    if not quiet:
-        add_run_listener(listener)
+    context = RunContext.from_environment(listeners=() if quiet else (view.attach,))
     try:
-        state = await run_workflow(canvas=canvas, inputs=inputs, return_state=True)
+        state = await workflow_flow(context)(canvas=canvas, inputs=inputs, return_state=True)
     finally:
-        remove_run_listener(listener)
+        await context.event_log.close()
     result = await state.result(raise_on_failure=False)
     if isinstance(result, dict):
         return result

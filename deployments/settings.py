@@ -1,0 +1,17 @@
+"""Worker settings, from the environment (``FLOWMAESTRO_*``); the CLI's flags override them."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from store.settings import StoreSettings
+
+
+class WorkerSettings(StoreSettings):
+    work_pool: str = Field("flowmaestro", description="The Prefect work pool workers poll (created on first use).")
+    worker_limit: int = Field(20, ge=1, description="Runs one worker process executes at once; more wait in the "
+                              "pool for this or another worker.")
+    worker_poll_s: float = Field(1.0, gt=0, description="How often a worker asks Prefect for runs to start "
+                                 "(Prefect's own default is 10 s).")
+    worker_grace_s: float = Field(30.0, ge=0, description="On SIGTERM, how long a worker lets its runs in "
+                                  "flight finish before cancelling them.")

@@ -1,0 +1,91 @@
+"""What a run of the generic flow is given, instead of reaching for process globals.
+
+The entry point of a process builds one ``RunContext`` (the CLI per command, the API when it
+starts, the deployment entry point ``flows.flow.run_workflow`` per worker run) and binds the
+generic flow to it with ``flows.flow.workflow_flow``; child workflows run through the same
+bound flow, so they share the context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from flows.event_log import EventLog, event_log_from_env
+from flows.events import EventBus
+from flows.settings import EngineSettings
+from flows.subworkflows import WorkflowResolver, canvas_file_resolver
+from node_handlers.registry import HandlerRegistry, default_registry
+
+RunListener = Callable[[EventBus], None]
+"""Called with a run's ``EventBus`` when the run starts, to subscribe to its events (the
+CLI's progress view, the API's metrics)."""
+
+
+@dataclass(frozen=True)
+class SavedCanvas:
+    """A saved workflow version, as a run loads it."""
+
+    workflow_id: str
+    name: str
+    version: int
+    canvas: dict[str, Any]
+
+
+class RunStore(Protocol):
+    """FlowMaestro's records, as runs of saved workflows use them (``deployments.run_store``):
+    a run names its workflow and loads the canvas, says it started, stores its result."""
+
+    async def load(self, owner: str, workflow_id: str, version: int | None) -> SavedCanvas:
+        """The version (the latest when None); ``LookupError`` when there is none."""
+        ...
+
+    async def started(self, run_id: str, *, owner: str, workflow_id: str, version: int, name: str,
+                      inputs: dict[str, Any], trigger: dict[str, Any]) -> None: ...
+
+    async def ended(self, run_id: str, result: dict[str, Any]) -> None: ...
+
+
+class CancelSignals:
+    """Cancellation requests for the runs of this process, set by whoever watches Prefect
+    for all of them (the worker reads all its runs' states at once); without one, each run
+    polls its own state."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, asyncio.Event] = {}
+
+    def watch(self, run_id: str) -> asyncio.Event:
+        return self._events.setdefault(run_id, asyncio.Event())
+
+    def forget(self, run_id: str) -> None:
+        self._events.pop(run_id, None)
+
+    def cancel(self, run_id: str) -> None:
+        event = self._events.get(run_id)
+        if event is not None:
+            event.set()
+
+
+@dataclass(frozen=True)
+class RunContext:
+    registry: HandlerRegistry
+    event_log: EventLog
+    """Where every run keeps its events; the context's builder closes it."""
+    settings: EngineSettings
+    resolve_workflow: WorkflowResolver = canvas_file_resolver
+    """Finds the canvas a subworkflow node names."""
+    listeners: tuple[RunListener, ...] = ()
+    store: RunStore | None = None
+    """Where runs of saved workflows load their canvas and record themselves (workers)."""
+    cancellations: CancelSignals | None = field(default=None, compare=False)
+    """Cancellation requests delivered by the process (workers); None: each run polls."""
+
+    @classmethod
+    def from_environment(cls, *, listeners: tuple[RunListener, ...] = ()) -> RunContext:
+        """The context of a process configured by its environment (``FLOWMAESTRO_*``): the
+        default handler registry, the event log and engine settings it names, canvas files
+        as subworkflows."""
+        return cls(registry=default_registry(), event_log=event_log_from_env(), settings=EngineSettings(),
+                   listeners=listeners)

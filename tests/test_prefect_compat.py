@@ -1,0 +1,271 @@
+"""Each use of Prefect beyond its public API (flows/prefect_compat.py), checked against the
+session's real Prefect server: when a Prefect upgrade changes one of them, a test here fails
+and names it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import prefect
+import pytest
+from prefect import flow, task
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.objects import StateType
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
+from prefect.runtime import flow_run as current_flow_run
+from prefect.states import Cancelled, Pending
+
+from flows import prefect_compat
+from flows.flow import run_workflow
+from tests.support import canvas, node
+
+
+async def task_runs_of(flow_run_id: str, expected: int, timeout: float = 60.0):
+    """The final task runs of a flow run, once the server's recorder has written ``expected``."""
+    async with get_client() as client:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            runs = await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[uuid.UUID(flow_run_id)])), limit=200)
+            final = [r for r in runs if r.state_type in (StateType.COMPLETED, StateType.FAILED)]
+            if len(final) >= expected or asyncio.get_running_loop().time() > deadline:
+                return final
+            await asyncio.sleep(0.3)
+
+
+async def state_of(client, flow_run_id) -> StateType | None:
+    flow_run = await client.read_flow_run(flow_run_id)
+    return flow_run.state.type if flow_run.state else None
+
+
+# --- the version range ---------------------------------------------------------------------------
+
+
+def test_the_tested_range_is_3_9_from_3_9_1():
+    tested = prefect_compat.prefect_version_tested
+    assert tested("3.9.1") and tested("3.9.14") and tested("3.9.2.dev3")
+    assert not tested("3.9.0") and not tested("3.8.8") and not tested("3.10.0") and not tested("4.0.0")
+    assert not tested("3.10.0rc1")  # a pre-release of 3.10 is 3.10
+    assert not tested("not a version")
+
+
+def test_the_installed_prefect_is_in_the_tested_range():
+    """Fails after a Prefect upgrade: re-run this module against it, then widen TESTED_PREFECT."""
+    assert prefect_compat.prefect_version_tested(prefect.__version__), prefect.__version__
+    assert prefect_compat.inline_recording_supported()
+
+
+@pytest.fixture
+def untested_prefect(monkeypatch):
+    """The installed Prefect pretends to be a version outside the tested range."""
+    monkeypatch.setattr(prefect, "__version__", "3.10.0")
+    prefect_compat.inline_recording_supported.cache_clear()
+    yield
+    prefect_compat.inline_recording_supported.cache_clear()
+
+
+def test_outside_the_range_inline_recording_is_off_with_one_warning(untested_prefect, caplog):
+    with caplog.at_level(logging.WARNING, logger="flowmaestro.prefect"):
+        assert prefect_compat.inline_recording_supported() is False
+        assert prefect_compat.inline_recording_supported() is False
+    warnings = [r for r in caplog.records if r.name == "flowmaestro.prefect"]
+    assert len(warnings) == 1
+    assert "3.10.0" in warnings[0].getMessage() and ">=3.9.1,<3.10" in warnings[0].getMessage()
+
+
+@pytest.mark.prefect
+@pytest.mark.usefixtures("prefect_server", "untested_prefect")
+async def test_outside_the_range_control_nodes_run_as_normal_task_runs():
+    raw = canvas([node("start", "start"), node("shape", "transform", data={"output": "{{ inputs.x }}"})],
+                 [("start", "shape")], inputs={"x": {"type": "integer", "default": 3}})
+    state = await run_workflow(canvas=raw, inputs={}, return_state=True)
+    result = await state.result()
+    assert result["nodes"]["shape"]["output"] == 3
+    runs = await task_runs_of(result["id"], 2)
+    assert sorted(r.name for r in runs) == ["shape", "start"]
+    assert not [r for r in runs if "inline" in r.tags]
+    assert sorted(t for r in runs for t in r.tags if t.startswith("node:")) == ["node:shape", "node:start"]
+
+
+# --- task runs -----------------------------------------------------------------------------------
+
+
+@pytest.mark.prefect
+@pytest.mark.usefixtures("prefect_server")
+async def test_a_recorded_task_run_appears_in_the_server_with_its_name_state_tags_and_times():
+    started = datetime.now(timezone.utc) - timedelta(seconds=2)
+    ended = started + timedelta(seconds=1)
+
+    @flow
+    async def recording() -> tuple[str | None, str | None]:
+        done = prefect_compat.record_task_run(name="shape [1/3]", task_key="flowmaestro-node-transform",
+                                              dynamic_key="shape-0", tags=["flowmaestro", "node:shape", "inline"],
+                                              error=None, started=started, ended=ended)
+        failed = prefect_compat.record_task_run(name="check", task_key="flowmaestro-node-condition",
+                                                dynamic_key="check-top", tags=["node:check"],
+                                                error=ValueError("no such field"), started=started, ended=ended)
+        return done, failed
+
+    assert prefect_compat.record_task_run(name="x", task_key="k", dynamic_key="d", tags=[], error=None,
+                                          started=None, ended=None) is None  # outside a flow run
+    state = await recording(return_state=True)
+    done_id, failed_id = await state.result()
+    runs = {str(r.id): r for r in await task_runs_of(str(state.state_details.flow_run_id), 2)}
+    assert set(runs) == {done_id, failed_id}
+    done, failed = runs[done_id], runs[failed_id]
+    assert done.name == "shape [1/3]" and done.state_type == StateType.COMPLETED
+    assert sorted(done.tags) == ["flowmaestro", "inline", "node:shape"]
+    assert done.task_key == "flowmaestro-node-transform" and done.run_count == 1
+    assert abs((done.start_time - started).total_seconds()) < 0.01
+    assert abs((done.end_time - ended).total_seconds()) < 0.01
+    assert failed.name == "check" and failed.state_type == StateType.FAILED and failed.tags == ["node:check"]
+    assert failed.state.message == "no such field"
+
+
+@pytest.mark.prefect
+@pytest.mark.usefixtures("prefect_server")
+async def test_tags_added_to_a_running_task_run_are_recorded_by_the_server():
+    @task
+    async def work() -> int:
+        prefect_compat.add_tags_to_running_task_run(["node:work", "type:http"])
+        return 1
+
+    @flow
+    async def tagging() -> int:
+        return await work()
+
+    assert work.tags == set()
+    state = await tagging(return_state=True)
+    [run] = await task_runs_of(str(state.state_details.flow_run_id), 1)
+    assert sorted(run.tags) == ["node:work", "type:http"]
+
+
+@pytest.mark.prefect
+@pytest.mark.usefixtures("prefect_server")
+async def test_a_cache_hit_is_recognised():
+    key = f"compat-{uuid.uuid4().hex}"
+    calls = []
+
+    @task(cache_key_fn=lambda context, parameters: key, persist_result=True)
+    async def cached() -> str:
+        calls.append(1)
+        return "value"
+
+    @flow
+    async def twice() -> list[bool]:
+        first = await cached(return_state=True)
+        second = await cached(return_state=True)
+        assert await second.result() == "value"
+        return [prefect_compat.is_cached(first), prefect_compat.is_cached(second)]
+
+    assert await twice() == [False, True]
+    assert calls == [1]
+
+
+@pytest.mark.prefect
+@pytest.mark.usefixtures("prefect_server")
+async def test_a_timed_out_task_run_is_recognised_and_a_failed_one_is_not():
+    @task(timeout_seconds=0.3)
+    async def slow() -> None:
+        await asyncio.sleep(10)
+
+    @task
+    async def broken() -> None:
+        raise ValueError("broken")
+
+    @flow
+    async def failing() -> list[bool]:
+        timed_out = await slow(return_state=True)
+        failed = await broken(return_state=True)
+        assert timed_out.is_failed() and failed.is_failed()
+        return [prefect_compat.is_timed_out(timed_out), prefect_compat.is_timed_out(failed)]
+
+    assert await failing() == [True, False]
+
+
+# --- flow runs -----------------------------------------------------------------------------------
+
+
+@pytest.mark.prefect
+@pytest.mark.usefixtures("prefect_server")
+async def test_a_flow_run_created_beforehand_runs_in_process():
+    @flow(name="compat-created-beforehand")
+    async def double(n: int) -> int:
+        return n * 2
+
+    async with get_client() as client:
+        flow_run = await client.create_flow_run(double, parameters={"n": 21}, state=Pending())
+    running = prefect_compat.start_flow_run_in_process(double, flow_run, {"n": 21})
+    assert isinstance(running, asyncio.Task)
+    state = await asyncio.wait_for(running, 60)
+    assert state.is_completed() and await state.result() == 42
+    assert state.state_details.flow_run_id == flow_run.id
+
+
+@pytest.mark.prefect
+@pytest.mark.usefixtures("prefect_server")
+async def test_a_cancellation_request_reaches_an_in_process_run_as_cancelling():
+    """The run sees Cancelling (nothing else acts on it in process) and ends itself Cancelled."""
+    seen = []
+
+    @flow(name="compat-cancellable")
+    async def watching() -> object:
+        async with get_client() as client:
+            for _ in range(600):
+                state = await state_of(client, uuid.UUID(current_flow_run.id))
+                if state in (StateType.CANCELLING, StateType.CANCELLED):
+                    seen.append(state)
+                    return Cancelled(message="stopped by request")
+                await asyncio.sleep(0.1)
+        return "never cancelled"
+
+    async with get_client() as client:
+        flow_run = await client.create_flow_run(watching, state=Pending())
+        running = prefect_compat.start_flow_run_in_process(watching, flow_run, {})
+        for _ in range(300):
+            if await state_of(client, flow_run.id) == StateType.RUNNING:
+                break
+            await asyncio.sleep(0.1)
+        await prefect_compat.request_cancellation(client, flow_run.id)
+        state = await asyncio.wait_for(running, 60)
+        assert seen == [StateType.CANCELLING]
+        assert state.type == StateType.CANCELLED
+        assert await state_of(client, flow_run.id) == StateType.CANCELLED
+
+
+class Decision(RunInput):
+    approved: bool
+
+
+@pytest.mark.prefect
+@pytest.mark.usefixtures("prefect_server")
+async def test_ending_a_pause_resumes_the_paused_run():
+    @flow(name="compat-paused")
+    async def pausing() -> dict[str, object]:
+        run_id = uuid.UUID(current_flow_run.id)
+        pause = asyncio.create_task(pause_flow_run(wait_for_input=Decision, timeout=3600, poll_interval=1,
+                                                   key="ask-1"))
+        async with get_client() as client:
+            for _ in range(300):
+                if await state_of(client, run_id) == StateType.PAUSED:
+                    break
+                await asyncio.sleep(0.1)
+            paused = await state_of(client, run_id)
+            other_key = await prefect_compat.end_pause(client, run_id, "ask-2")  # not the pause: left alone
+            still = await state_of(client, run_id)
+            pause.cancel()
+            ended = await prefect_compat.end_pause(client, run_id, "ask-1")
+            resumed = await state_of(client, run_id)
+            again = await prefect_compat.end_pause(client, run_id, "ask-1")  # no longer paused
+        return {"paused": paused, "other_key": other_key, "still": still, "ended": ended, "resumed": resumed,
+                "again": again}
+
+    state = await asyncio.wait_for(pausing(return_state=True), 120)
+    assert state.is_completed(), state
+    assert await state.result() == {"paused": StateType.PAUSED, "other_key": False, "still": StateType.PAUSED,
+                                    "ended": True, "resumed": StateType.RUNNING, "again": False}
