@@ -208,6 +208,7 @@ def serve(host: str = typer.Option("127.0.0.1", "--host"), port: int = typer.Opt
     Ctrl-C or SIGTERM stops them all cleanly."""
     import os
     import secrets
+    import signal
 
     server = _prefect_server()
     if not os.environ.get("FLOWMAESTRO_API_KEYS"):
@@ -226,6 +227,9 @@ def serve(host: str = typer.Option("127.0.0.1", "--host"), port: int = typer.Opt
     asyncio.run(upgrade_schema(settings.sqlalchemy_url()))
     out.print(f"FlowMaestro API: http://{host}:{port}  (docs: http://{host}:{port}/docs)\n"
               f"Prefect UI:      {server.ui_url}", soft_wrap=True)
+    # uvicorn re-raises the SIGTERM it handled once it has shut down; with the default
+    # handler that would end this process before the workers are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with Children.workers(workers, pool=settings.work_pool) as children:
         if workers:
             out.print(f"Workers:         {workers} on pool {settings.work_pool!r} (pids {children.pids()})")

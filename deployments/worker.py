@@ -145,14 +145,16 @@ class FlowMaestroWorker(BaseWorker[FlowMaestroJobConfiguration, FlowMaestroVaria
 async def run_worker(flow: Flow[..., Any], *, pool: str = DEFAULT_POOL, limit: int = 20, poll_s: float = 1.0,
                      cancel_poll_s: float = 1.0, grace_s: float = 30.0, name: str | None = None,
                      on_cancel: Callable[[str], None] | None = None, started: Callable[[str], None] | None = None,
-                     ) -> None:
-    """Run one worker until SIGTERM or SIGINT, then drain it (see ``FlowMaestroWorker.shutdown``)."""
+                     stop: asyncio.Event | None = None) -> None:
+    """Run one worker until ``stop`` is set (by default: SIGTERM or SIGINT), then drain it
+    (see ``FlowMaestroWorker.shutdown``)."""
     from prefect.settings import PREFECT_WORKER_QUERY_SECONDS, temporary_settings
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
     # Prefect's default poll is every 10 s; runs started through the API should start
     # within about a second. The poll is one cheap query per worker.
     with temporary_settings({PREFECT_WORKER_QUERY_SECONDS: poll_s}):

@@ -8,6 +8,7 @@ needs it).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import tempfile
@@ -71,3 +72,38 @@ async def run_context():
     context = RunContext.from_environment()
     yield context
     await context.event_log.close()
+
+
+class InProcessWorkers:
+    """FlowMaestro workers running in the test process (so the test handlers registered in
+    its registry run there too), each on its own work pool and database."""
+
+    def __init__(self) -> None:
+        self.running: list[tuple[asyncio.Event, asyncio.Task, object]] = []
+
+    async def start(self, database_url: str, pool: str) -> None:
+        from deployments.worker import run_worker, worker_context
+        from flows.flow import workflow_flow
+
+        manager = worker_context(database_url)
+        context = await manager.__aenter__()
+        stop, ready = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(run_worker(workflow_flow(context), pool=pool, limit=50, poll_s=0.5,
+                                              cancel_poll_s=0.5, grace_s=5, on_cancel=context.cancellations.cancel,
+                                              started=lambda _line: ready.set(), stop=stop))
+        await asyncio.wait_for(ready.wait(), timeout=60)
+        self.running.append((stop, task, manager))
+
+    async def stop_all(self) -> None:
+        for stop, task, manager in self.running:
+            stop.set()
+            await asyncio.wait_for(task, timeout=60)
+            await manager.__aexit__(None, None, None)
+        self.running.clear()
+
+
+@pytest.fixture(scope="module")
+async def in_process_workers():
+    workers = InProcessWorkers()
+    yield workers
+    await workers.stop_all()

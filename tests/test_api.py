@@ -1,5 +1,6 @@
 """The REST API on the ASGI app, against SQLite and a real PostgreSQL, with the session's
-real Prefect server for runs."""
+real Prefect server: saved workflows are deployments, and their runs execute on a worker
+running in this process (so the test handlers are there too), on a work pool per database."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import pytest
 from api.app import create_app
 from api.settings import ApiSettings
 from tests.support import canvas, node
+
+pytestmark = pytest.mark.prefect
 
 ALICE, BOB = "alice-key", "bob-key"
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -30,13 +33,38 @@ async def postgres_url():
     await admin.close()
 
 
+@pytest.fixture(scope="module")
+def sqlite_url(tmp_path_factory):
+    return f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('api') / 'api.db'}"
+
+
+@pytest.fixture(scope="module")
+async def databases(sqlite_url, postgres_url, prefect_server, in_process_workers):
+    """Each database with the work pool its worker polls; workers start on first use."""
+    from store.db import upgrade_schema
+
+    pools = {"sqlite": (sqlite_url, f"api-sqlite-{uuid.uuid4().hex[:6]}"),
+             "postgres": (postgres_url, f"api-postgres-{uuid.uuid4().hex[:6]}")}
+    started: set[str] = set()
+
+    async def database(kind: str) -> tuple[str, str]:
+        url, pool = pools[kind]
+        if kind not in started:
+            await upgrade_schema(url)
+            await in_process_workers.start(url, pool)
+            started.add(kind)
+        return url, pool
+
+    return database
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
-async def api(request, tmp_path, postgres_url, test_handlers):
-    url = f"sqlite+aiosqlite:///{tmp_path / 'api.db'}" if request.param == "sqlite" else postgres_url
-    # Fresh owners per test: the PostgreSQL database is shared by the module's tests.
+async def api(request, tmp_path, databases, test_handlers):
+    url, pool = await databases(request.param)
+    # Fresh owners per test: each database is shared by the module's tests.
     alice, bob = f"alice-{uuid.uuid4().hex}", f"bob-{uuid.uuid4().hex}"
     settings = ApiSettings(database_url=url, api_keys=f"{alice}:{ALICE}-{alice},{bob}:{BOB}-{bob}",
-                           max_request_bytes=200_000, home=tmp_path)
+                           max_request_bytes=200_000, home=tmp_path, work_pool=pool)
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
