@@ -116,7 +116,12 @@ class RunService:
         return run_id
 
     async def read(self, owner: str, run_id: str) -> RunResult:
-        row = await self.executions.get(owner, run_id)
+        try:
+            row = await self.executions.get(owner, run_id)
+        except NotFound:
+            # Started outside the API (Prefect UI, a schedule) and not picked up by a worker
+            # yet: it is the owner's when the run names a workflow of theirs.
+            return await self._not_started(owner, run_id)
         if row.result is not None and row.status in FINAL_STATUSES:
             return RunResult.of(row.result, trigger=row.trigger)
         flow_run = await self._call("read the run", lambda: self.prefect.read_flow_run(uuid.UUID(run_id)))
@@ -134,6 +139,21 @@ class RunService:
                          status=status, nodes=await self._live_nodes(run_id), trigger=row.trigger,
                          pending_approvals=approvals,
                          started_at=flow_run.start_time.isoformat() if flow_run.start_time else None)
+
+    async def _not_started(self, owner: str, run_id: str) -> RunResult:
+        try:
+            run_uuid = uuid.UUID(run_id)
+        except ValueError:
+            raise NotFound(f"execution {run_id} not found") from None
+        flow_run = await self._call("read the run", lambda: self.prefect.read_flow_run(run_uuid))
+        parameters = flow_run.parameters or {}
+        if parameters.get("owner") != owner or not parameters.get("workflow_id"):
+            raise NotFound(f"execution {run_id} not found")
+        workflow = await self.workflows.get(owner, str(parameters["workflow_id"]))
+        state = flow_run.state
+        return RunResult(id=run_id, workflow=workflow.name, workflow_id=workflow.id,
+                         version=parameters.get("version"), status=STATUS_OF_STATE.get(state.type, "pending")
+                         if state else "pending", trigger=parameters.get("trigger") or {})
 
     async def _final_from_prefect(self, row: ExecutionRow, status: str, state: State | None) -> RunResult:
         stored: Any = None

@@ -171,7 +171,7 @@ async def _run(context: RunContext, canvas: dict[str, Any], inputs: dict[str, An
     # nodes then run as normal task runs, and containers are not recorded.
     record_inline = prefect_compat.inline_recording_supported()
     execution = Execution(plan, registry, run_id=run_id, inputs=resolved_inputs,
-                          runner=PrefectRunner(record_inline=record_inline), bus=bus, env=os.environ,
+                          runner=PrefectRunner(record_inline=record_inline, cached=context.cached_task), bus=bus, env=os.environ,
                           env_allowlist=settings.env_allowlist, workflow_id=workflow_id, version=version,
                           inline_control=settings.inline_control_nodes and record_inline,
                           approvals=PrefectApprovals(run_id), subworkflows=subworkflows)

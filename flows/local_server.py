@@ -104,16 +104,18 @@ def ensure_server(home: Path | None = None, port: int | None = None, *, quiet: b
     return info
 
 
-def start_server(home: Path, port: int, *, quiet: bool = True) -> ServerInfo:
+def start_server(home: Path, port: int, *, quiet: bool = True, env: dict[str, str] | None = None) -> ServerInfo:
     """Start ``prefect server start`` in the background (its own session, so it outlives
-    this process) with its ``PREFECT_HOME`` under ``home``, and wait until it answers."""
+    this process) with its ``PREFECT_HOME`` under ``home``, and wait until it answers.
+    ``env`` adds settings of the server, e.g. ``PREFECT_SERVER_DATABASE_CONNECTION_URL``
+    for PostgreSQL."""
     if not _port_free(port):
         port = _free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     prefect_home = home / "prefect"
     prefect_home.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PREFECT_HOME=str(prefect_home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_UI_API_URL=api_url, PREFECT_API_URL=api_url, **RECORDER_SETTINGS)
+               PREFECT_UI_API_URL=api_url, PREFECT_API_URL=api_url, **RECORDER_SETTINGS, **(env or {}))
     log_path = home / "prefect-server.log"
     if not quiet:
         print(f"Starting a local Prefect server on port {port} (the first start takes ~30 s) ...",

@@ -13,13 +13,16 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from prefect import Task, task
-from prefect.cache_policies import NO_CACHE
+from prefect.cache_policies import NO_CACHE, CacheKeyFnPolicy
 from prefect.client.schemas.objects import TaskRun
 from prefect.context import TaskRunContext
+from prefect.locking.filesystem import FileSystemLockManager
+from prefect.locking.protocol import LockManager
 
 from builder.plan import PlanNode
 from flows import prefect_compat
 from flows.calls import CallResult, NodeCall, retry_delay, should_retry
+from flows.settings import EngineSettings
 from node_handlers.base import Completed, NodeError
 
 TASK_KEY = "flowmaestro-node"
@@ -59,7 +62,24 @@ def _cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
 
 
 _plain_task = task(_node_body, name="node", cache_policy=NO_CACHE, persist_result=False)
-_cached_task = task(_node_body, name="node", cache_key_fn=_cache_key, persist_result=True)
+
+
+def cache_lock_manager(settings: EngineSettings) -> LockManager:
+    """Locks that make concurrent runs needing the same cache key wait for one another
+    (the first executes, the others read its result): Redis across machines, lock files
+    for the processes of one machine."""
+    if settings.cache_lock_redis_url:
+        from prefect_redis.locking import RedisLockManager
+
+        return RedisLockManager(connection_url=settings.cache_lock_redis_url)
+    return FileSystemLockManager(lock_files_directory=settings.home / "cache-locks")
+
+
+def cached_task(lock_manager: LockManager) -> Task:
+    """The task of nodes with caching on: keyed by ``NodeCall.cache_key``, SERIALIZABLE."""
+    policy = CacheKeyFnPolicy(cache_key_fn=_cache_key).configure(isolation_level="SERIALIZABLE",
+                                                                   lock_manager=lock_manager)
+    return task(_node_body, name="node", cache_policy=policy, persist_result=True)
 
 
 def _retry_condition(node: PlanNode):
@@ -73,8 +93,11 @@ def _retry_condition(node: PlanNode):
 class PrefectRunner:
     """A ``NodeRunner`` that runs calls as Prefect task runs of the current flow run."""
 
-    def __init__(self, *, record_inline: bool = True) -> None:
+    def __init__(self, *, record_inline: bool = True, cached: Task | None = None) -> None:
+        """``cached``: the task of nodes with caching on (``cached_task``); without one,
+        two runs may both execute a node they could share."""
         self._tasks: dict[str, Task] = {}
+        self._cached = cached or task(_node_body, name="node", cache_key_fn=_cache_key, persist_result=True)
         self.record_inline = record_inline
         """Whether nodes that ran outside the task engine are recorded as task runs."""
 
@@ -82,7 +105,7 @@ class PrefectRunner:
         found = self._tasks.get(node.id)
         if found is None:
             retry = node.retry
-            base = _cached_task if node.cache.enabled else _plain_task
+            base = self._cached if node.cache.enabled else _plain_task
             found = base.with_options(
                 name=node.label,
                 retries=retry.max_attempts - 1,

@@ -13,8 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from prefect import Task
+
 from flows.event_log import EventLog, event_log_from_env
 from flows.events import EventBus
+from flows.prefect_runner import cache_lock_manager, cached_task
 from flows.settings import EngineSettings
 from flows.subworkflows import WorkflowResolver, canvas_file_resolver
 from node_handlers.registry import HandlerRegistry, default_registry
@@ -81,11 +84,14 @@ class RunContext:
     """Where runs of saved workflows load their canvas and record themselves (workers)."""
     cancellations: CancelSignals | None = field(default=None, compare=False)
     """Cancellation requests delivered by the process (workers); None: each run polls."""
+    cached_task: Task | None = field(default=None, compare=False)
+    """The Prefect task of nodes with caching on, with this process's cache lock manager."""
 
     @classmethod
     def from_environment(cls, *, listeners: tuple[RunListener, ...] = ()) -> RunContext:
         """The context of a process configured by its environment (``FLOWMAESTRO_*``): the
         default handler registry, the event log and engine settings it names, canvas files
         as subworkflows."""
-        return cls(registry=default_registry(), event_log=event_log_from_env(), settings=EngineSettings(),
-                   listeners=listeners)
+        settings = EngineSettings()
+        return cls(registry=default_registry(), event_log=event_log_from_env(), settings=settings,
+                   listeners=listeners, cached_task=cached_task(cache_lock_manager(settings)))

@@ -23,6 +23,10 @@ class EngineSettings(StoreSettings):
     inline_control_nodes: bool = Field(True, description="Run start/end/condition/merge/transform/set_variable "
                                        "in-process and record them in Prefect by events, instead of full task runs.")
     cancel_poll_s: float = Field(1.0, gt=0, description="How often a run checks whether it was cancelled.")
+    cache_lock_redis_url: str | None = Field(None, description="Redis URL of the lock manager that makes two runs "
+                                             "needing the same cached node execute it once (Prefect's SERIALIZABLE "
+                                             "cache isolation) across machines; unset, lock files under home do "
+                                             "it for the processes of one machine.")
 
     @field_validator("env_allowlist", mode="before")
     @classmethod

@@ -54,7 +54,7 @@ def stack(tmp_path_factory, pg_prefect, counting):
         env = dict(os.environ, PREFECT_API_URL=pg_prefect.api_url, FLOWMAESTRO_HOME=str(home),
                    FLOWMAESTRO_DATABASE_URL=database_url, FLOWMAESTRO_API_KEYS=f"tester:{KEY}",
                    FLOWMAESTRO_REDIS_URL="redis://127.0.0.1:6379/0", FLOWMAESTRO_HTTP_ALLOW_HOSTS="127.0.0.1",
-                   FLOWMAESTRO_LOCK_REDIS_URL="redis://127.0.0.1:6379/1",
+                   FLOWMAESTRO_CACHE_LOCK_REDIS_URL="redis://127.0.0.1:6379/1",
                    PREFECT_LOCAL_STORAGE_PATH=str(home / "results"), PREFECT_HOME=str(home / "prefect-client"))
         yield home, env
 
