@@ -54,7 +54,7 @@ NODE_STATUS_OF_EVENT = {"node:started": "running", "node:retrying": "running", "
 class RunService:
     def __init__(self, *, workflows: Workflows, executions: Executions, deployments: WorkflowDeployments,
                  prefect: PrefectClient, registry: HandlerRegistry, event_log: EventLog, metrics: Metrics,
-                 ui_url: str, prefect_timeout_s: float = 10.0):
+                 ui_url: str, prefect_timeout_s: float = 20.0):
         self.workflows = workflows
         self.executions = executions
         self.deployments = deployments

@@ -20,7 +20,7 @@ class ApiSettings(StoreSettings):
     max_request_bytes: int = Field(2_000_000, description="Largest request body accepted.")
     work_pool: str = Field("flowmaestro", description="Prefect work pool of the workflows' deployments; "
                            "workers poll it.")
-    prefect_timeout_s: float = Field(10.0, gt=0, description="Longest a request waits on the Prefect server "
+    prefect_timeout_s: float = Field(20.0, gt=0, description="Longest a request waits on the Prefect server "
                                      "(its client retries included) before answering 503.")
     ui_url: str | None = Field(None, description="Public Prefect UI URL for links; derived from "
                                "PREFECT_API_URL when unset.")

@@ -13,8 +13,8 @@ from api.schemas import (CanvasBody, ErrorBody, IssueOut, ValidationReport, Work
                          WorkflowSummary)
 from builder.compiler import CompileResult, compile_canvas
 from node_handlers.registry import HandlerRegistry
-from store.errors import Invalid, Unavailable
-from store.queries import SavedVersion
+from store.errors import Invalid, NotFound, Unavailable
+from store.queries import SavedVersion, Workflows
 
 log = logging.getLogger("flowmaestro.api.workflows")
 router = APIRouter(prefix="/api/workflows", tags=["workflows"])
@@ -26,6 +26,43 @@ def compile_or_invalid(canvas: dict[str, Any], registry: HandlerRegistry) -> Com
     if not result.ok:
         raise Invalid(f"invalid canvas: {len(result.errors)} error(s)", [i.to_dict() for i in result.issues])
     return result
+
+
+def subworkflow_references(canvas: dict[str, Any]) -> list[tuple[str, int | None]]:
+    """The saved workflows a canvas's subworkflow nodes run, with their pinned versions."""
+    found = []
+    for node in canvas.get("nodes") or []:
+        data = node.get("data") or {} if isinstance(node, dict) else {}
+        if node.get("type") == "subworkflow" and isinstance(data.get("workflow"), str):
+            version = data.get("version")
+            found.append((data["workflow"], version if isinstance(version, int) else None))
+    return found
+
+
+async def refuse_cycles(workflows: Workflows, owner: str, workflow_id: str, canvas: dict[str, Any]) -> None:
+    """422 when saving ``canvas`` as ``workflow_id`` would let it run itself through
+    sub-workflows (the cycle is named); references to no saved workflow are left to the run."""
+    path = [workflow_id]
+
+    async def visit(references: list[tuple[str, int | None]], seen: set[tuple[str, int | None]]) -> None:
+        for reference in references:
+            child, version = reference
+            if child == workflow_id:
+                names = " -> ".join(path + [child])
+                raise Invalid(f"sub-workflow cycle: {names}", [{"code": "subworkflow_cycle", "field": "nodes",
+                                                                "message": f"this workflow would run itself: {names}"}])
+            if reference in seen:
+                continue
+            seen.add(reference)
+            try:
+                saved = await workflows.version(owner, child, version)
+            except NotFound:
+                continue
+            path.append(child)
+            await visit(subworkflow_references(saved.canvas), seen)
+            path.pop()
+
+    await visit(subworkflow_references(canvas), set())
 
 
 async def _saved(saved: SavedVersion, result: CompileResult, runs: RunsDep) -> WorkflowSaved:
@@ -81,6 +118,7 @@ async def update_workflow(workflow_id: str, body: CanvasBody, owner: Owner, work
     before = await workflows.get(owner, workflow_id)  # 404 before 422: the workflow must be there
     result = compile_or_invalid(body.canvas, registry)
     assert result.plan is not None
+    await refuse_cycles(workflows, owner, workflow_id, body.canvas)
     saved = await workflows.add_version(owner, workflow_id, result.plan.name, body.canvas, result.plan.hash)
     answer = await _saved(saved, result, runs)
     if before.name != saved.name:  # the deployment is named after the workflow: drop the old name's

@@ -63,11 +63,12 @@ def workflow_flow(context: RunContext) -> Flow:
 
     async def run_workflow(canvas: dict[str, Any] | None = None, inputs: dict[str, Any] | None = None,
                            workflow_id: str | None = None, version: int | None = None,
-                           owner: str | None = None, trigger: dict[str, Any] | None = None) -> Any:
+                           owner: str | None = None, trigger: dict[str, Any] | None = None,
+                           depth: int = 0) -> Any:
         """Run a FlowMaestro canvas (canvas-v1 JSON) with the given inputs: the ``canvas``
         given, or version ``version`` (the latest when empty) of the saved workflow
-        ``workflow_id`` of ``owner``."""
-        return await _run_in_flow(context, bound, canvas, inputs, workflow_id, version, owner, trigger)
+        ``workflow_id`` of ``owner``. ``depth``: how deep a sub-workflow run is nested."""
+        return await _run_in_flow(context, bound, canvas, inputs, workflow_id, version, owner, trigger, depth)
 
     bound = _generic_flow(run_workflow)
     return bound
@@ -76,7 +77,7 @@ def workflow_flow(context: RunContext) -> Flow:
 @_generic_flow
 async def run_workflow(canvas: dict[str, Any] | None = None, inputs: dict[str, Any] | None = None,
                        workflow_id: str | None = None, version: int | None = None,
-                       owner: str | None = None, trigger: dict[str, Any] | None = None) -> Any:
+                       owner: str | None = None, trigger: dict[str, Any] | None = None, depth: int = 0) -> Any:
     """Run a FlowMaestro canvas (canvas-v1 JSON) with the given inputs."""
     # An entry point for processes that run one flow run (Prefect's own workers): the
     # context is built from the environment for this run. FlowMaestro's worker
@@ -84,14 +85,14 @@ async def run_workflow(canvas: dict[str, Any] | None = None, inputs: dict[str, A
     context = RunContext.from_environment()
     try:
         return await _run_in_flow(context, workflow_flow(context), canvas, inputs, workflow_id, version, owner,
-                                  trigger)
+                                  trigger, depth)
     finally:
         await context.event_log.close()
 
 
 async def _run_in_flow(context: RunContext, child_flow: ChildFlow, canvas: dict[str, Any] | None,
                        inputs: dict[str, Any] | None, workflow_id: str | None, version: int | None,
-                       owner: str | None, trigger: dict[str, Any] | None) -> Any:
+                       owner: str | None, trigger: dict[str, Any] | None, depth: int = 0) -> Any:
     flow_context = FlowRunContext.get()
     flow_run = flow_context.flow_run if flow_context else None
     run_id = str(flow_run.id) if flow_run else "local"
@@ -116,7 +117,8 @@ async def _run_in_flow(context: RunContext, child_flow: ChildFlow, canvas: dict[
             await context.store.started(run_id, owner=owner, workflow_id=workflow_id, version=found.version,
                                         name=found.name, inputs=dict(inputs or {}),
                                         trigger=trigger or _trigger_of(flow_run))
-        subworkflows = PrefectSubworkflows(context.resolve_workflow, child_flow, owner, by_reference=saved)
+        subworkflows = PrefectSubworkflows(context.resolve_workflow, child_flow, owner, by_reference=saved,
+                                           depth=depth, max_depth=context.settings.max_subworkflow_depth)
         outcome = await _run(context, canvas or {}, inputs, workflow_id, version, run_id, bus, subworkflows)
         if saved:
             assert context.store is not None

@@ -23,6 +23,8 @@ class EngineSettings(StoreSettings):
     inline_control_nodes: bool = Field(True, description="Run start/end/condition/merge/transform/set_variable "
                                        "in-process and record them in Prefect by events, instead of full task runs.")
     cancel_poll_s: float = Field(1.0, gt=0, description="How often a run checks whether it was cancelled.")
+    max_subworkflow_depth: int = Field(10, ge=1, description="How deep sub-workflows may nest; a child deeper "
+                                       "than this fails its subworkflow node.")
     cache_lock_redis_url: str | None = Field(None, description="Redis URL of the lock manager that makes two runs "
                                              "needing the same cached node execute it once (Prefect's SERIALIZABLE "
                                              "cache isolation) across machines; unset, lock files under home do "

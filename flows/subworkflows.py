@@ -35,7 +35,7 @@ class ChildFlow(Protocol):
     inside a flow run, Prefect records the call as a subflow run and returns its final state."""
 
     def __call__(self, *, canvas: dict[str, Any] | None, inputs: dict[str, Any], workflow_id: str | None,
-                 version: int | None, owner: str | None, return_state: bool) -> Awaitable[Any]: ...
+                 version: int | None, owner: str | None, depth: int, return_state: bool) -> Awaitable[Any]: ...
 
 
 class PrefectSubworkflows:
@@ -43,19 +43,27 @@ class PrefectSubworkflows:
     of the parent, with its own events and result. The child belongs to the parent's owner."""
 
     def __init__(self, resolver: WorkflowResolver, child_flow: ChildFlow, owner: str | None, *,
-                 by_reference: bool = False):
+                 by_reference: bool = False, depth: int = 0, max_depth: int = 10):
         """``by_reference``: the child is a saved workflow the child run loads itself (on a
-        worker), so its parameters name it instead of carrying its canvas."""
+        worker), so its parameters name it instead of carrying its canvas. ``depth``: how
+        deep the parent run is nested (0 at the top); children deeper than ``max_depth``
+        are refused, so workflows that run one another cannot nest without end."""
         self.resolver = resolver
         self.child_flow = child_flow
         self.owner = owner
         self.by_reference = by_reference
+        self.depth = depth
+        self.max_depth = max_depth
 
     async def run(self, execution: Any, node: Any, config: Any) -> Completed:
+        if self.depth + 1 > self.max_depth:
+            raise NodeError(f"subworkflow {config.workflow!r}: sub-workflows nest at most {self.max_depth} deep "
+                            "(FLOWMAESTRO_MAX_SUBWORKFLOW_DEPTH)", error_type="SubworkflowTooDeep")
         canvas = None if self.by_reference else await self.resolver(config.workflow, config.version,
                                                                     execution.record.id, self.owner)
         state = await self.child_flow(canvas=canvas, inputs=dict(config.inputs), workflow_id=config.workflow,
-                                      version=config.version, owner=self.owner, return_state=True)
+                                      version=config.version, owner=self.owner, depth=self.depth + 1,
+                                      return_state=True)
         result = await state.result(raise_on_failure=False)
         child_id = str(state.state_details.flow_run_id)
         if not isinstance(result, dict) or result.get("status") != "completed":

@@ -230,3 +230,18 @@ async def test_resume_an_approval_through_the_api(api, prefect_server):
     again = await api.post(f"/api/executions/{execution_id}/resume",
                            json={"node_id": "ask", "input": {"approved": True, "reason": "twice"}})
     assert again.status_code == 409
+
+
+async def test_saving_a_cycle_between_saved_workflows_is_refused_naming_it(api):
+    first = await create(api, hello("first"))
+    calls_first = canvas([node("start", "start"), node("call", "subworkflow", data={"workflow": first["id"]})],
+                         [("start", "call")], name="second")
+    second = await create(api, calls_first)
+    calls_second = canvas([node("start", "start"), node("call", "subworkflow", data={"workflow": second["id"]})],
+                          [("start", "call")], name="first")
+    refused = await api.put(f"/api/workflows/{first['id']}", json={"canvas": calls_second})
+    assert refused.status_code == 422, refused.text
+    body = refused.json()
+    assert body["detail"] == f"sub-workflow cycle: {first['id']} -> {second['id']} -> {first['id']}"
+    assert body["issues"][0]["code"] == "subworkflow_cycle"
+    assert (await api.get(f"/api/workflows/{first['id']}")).json()["latest_version"] == 1  # nothing saved

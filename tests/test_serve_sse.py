@@ -1,5 +1,6 @@
-"""End to end through a real `flowmaestro serve` process (uvicorn): save, execute, read,
-and the Server-Sent Events stream with Redis and with the SQL event log."""
+"""End to end through a real `flowmaestro serve` process (uvicorn, and the worker process
+it starts): save, execute, read, and the Server-Sent Events stream with Redis and with the
+SQL event log."""
 
 from __future__ import annotations
 
@@ -45,7 +46,9 @@ def served(request, tmp_path_factory, prefect_server, fake_llm):
     port = _free_port()
     env = dict(os.environ, FLOWMAESTRO_API_KEYS=f"tester:{KEY}", FLOWMAESTRO_HOME=str(home),
                FLOWMAESTRO_DATABASE_URL=f"sqlite+aiosqlite:///{home / 'api.db'}",
-               FLOWMAESTRO_HTTP_ALLOW_HOSTS="127.0.0.1", OPENAI_API_KEY="sk-test-secret")
+               FLOWMAESTRO_HTTP_ALLOW_HOSTS="127.0.0.1", OPENAI_API_KEY="sk-test-secret",
+               # The session's Prefect server is on SQLite and busy after the fan-out tests.
+               FLOWMAESTRO_PREFECT_TIMEOUT_S="60")
     env.pop("FLOWMAESTRO_REDIS_URL", None)
     if request.param == "redis":
         env["FLOWMAESTRO_REDIS_URL"] = "redis://127.0.0.1:6379/0"
