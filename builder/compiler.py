@@ -21,7 +21,7 @@ from builder.canvas import DOCUMENT_EXTRA_KEYS, UI_EDGE_KEYS, UI_NODE_KEYS, Canv
 from builder.catalog import NodeCatalog, NodeConfig, NodeTypeSpec
 from builder.conditions import OPERATORS, UNARY_OPERATORS
 from builder.inputs import check_input_declarations
-from builder.issues import Issue, errors_of, field_path, readable_errors
+from builder.issues import Issue, errors_of, readable_errors
 from builder.plan import (
     TOP,
     CachePolicy,
@@ -124,9 +124,6 @@ def _collector_paused() -> Iterator[None]:
 
 
 # --- stage 1: parse -------------------------------------------------------------------
-
-
-_path = field_path  # the former name
 
 
 def validation_issues(

@@ -4,7 +4,7 @@ Python's recursion limit."""
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 
@@ -157,17 +157,6 @@ def _levels(components: list[list[str]], successors: Mapping[str, Sequence[str]]
                 if nxt not in inside and level.get(nxt, -1) <= base:
                     level[nxt] = base + 1
     return {node: level[node] for members in components for node in members}
-
-
-def find_cycles(nodes: Sequence[str], successors: Mapping[str, Sequence[str]]) -> list[list[str]]:
-    """Each cycle as a list of nodes in edge order from its component's smallest id
-    (``Cycle.path``); see :func:`analyse_scope` for the whole component."""
-    return [list(cycle.path) for cycle in analyse_scope(nodes, successors).cycles]
-
-
-def longest_path_levels(nodes: Iterable[str], successors: Mapping[str, Sequence[str]]) -> dict[str, int]:
-    """Level of each node: the longest edge count from a root, each cycle counted as one node."""
-    return analyse_scope(list(nodes), successors).levels
 
 
 def is_upstream(
