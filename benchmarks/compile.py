@@ -43,7 +43,7 @@ from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from builder import templates  # noqa: E402
+from builder.templates import analysis, render, token_reader  # noqa: E402
 from builder.compiler import compile_canvas  # noqa: E402
 from node_handlers.registry import default_registry  # noqa: E402
 
@@ -171,10 +171,9 @@ SHAPES: dict[str, Callable[[int], dict[str, Any]]] = {"layered": layered_canvas,
 
 
 def _clear_caches() -> None:
-    for name in ("_analyse", "_shape_entry", "_compiled_template", "_compiled_expression"):
-        cached = getattr(templates, name, None)
-        if cached is not None and hasattr(cached, "cache_clear"):
-            cached.cache_clear()
+    for cached in (analysis.analyse, token_reader._shape_entry, render._compiled_template,
+                   render._compiled_expression):
+        cached.cache_clear()
 
 
 def _compile_once(canvas: dict[str, Any], warm: bool, gc_off: bool = False) -> float:

@@ -36,14 +36,12 @@ from builder.plan import (
     freeze,
     plan_hash,
 )
+from builder.graph import analyse_scope, container_path
 from builder.references import check_references
-from builder.graph import analyse_scope
+from builder.templates import JINJA_GLOBALS, NAMESPACES
 
-NAMESPACE_IDS = frozenset({"inputs", "var", "env", "loop", "parallel", "run", "nodes"})
-"""Template namespaces (section 8 of the spec)."""
-TEMPLATE_GLOBAL_IDS = frozenset({"range", "dict", "lipsum", "cycler", "joiner", "namespace", "self"})
-"""Names Jinja itself provides in every template: ``{{ range.x }}`` would read Jinja's, never a node."""
-RESERVED_IDS = NAMESPACE_IDS | TEMPLATE_GLOBAL_IDS
+RESERVED_IDS = NAMESPACES | JINJA_GLOBALS
+"""Node ids a template could not read a node by: its namespaces and the names Jinja provides."""
 
 
 @dataclass(frozen=True)
@@ -191,11 +189,11 @@ def _validate_all(adapter: TypeAdapter[Any], model: type[BaseModel], items: list
 
 
 def _reserved_id(node_id: str) -> Issue:
-    if node_id in NAMESPACE_IDS:
+    if node_id in NAMESPACES:
         return Issue("reserved_id", f"node id {node_id!r} is reserved for the template namespace of that name; "
                      f"rename the node", node_id=node_id, field="id")
     return Issue("reserved_id", f"node id {node_id!r} is the name of a function every template has "
-                 f"({', '.join(sorted(TEMPLATE_GLOBAL_IDS))}), so templates could not read this node by name; "
+                 f"({', '.join(sorted(JINJA_GLOBALS))}), so templates could not read this node by name; "
                  f"rename the node", node_id=node_id, field="id")
 
 
@@ -393,16 +391,6 @@ def build_containers(draft: Draft) -> Draft:
             issues.append(Issue("empty_container", f"{spec.type} {node_id!r} has no body nodes "
                                 f"(nodes with parentId {node_id!r})", node_id=node_id, severity="warning"))
     return draft.add(*issues, scope_of=MappingProxyType(scope_of))
-
-
-def container_path(scope_of: Mapping[str, str], node_id: str) -> list[str]:
-    """Enclosing containers of a node, innermost first."""
-    path = []
-    current = scope_of.get(node_id, TOP)
-    while current != TOP:
-        path.append(current)
-        current = scope_of.get(current, TOP)
-    return path
 
 
 # --- stage 4: edges and handles -------------------------------------------------------------

@@ -7,6 +7,8 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from builder.plan import TOP
+
 
 @dataclass(frozen=True)
 class Cycle:
@@ -192,3 +194,15 @@ def is_upstream(
                 seen.add(pred)
                 stack.append(pred)
     return False
+
+
+def container_path(scope_of: Mapping[str, str], node_id: str) -> tuple[str, ...]:
+    """Enclosing containers of a node, innermost first: its container, that one's
+    container, ... (``scope_of`` maps each node to its container or ``TOP``, and has no
+    cycles)."""
+    path = []
+    current = scope_of.get(node_id, TOP)
+    while current != TOP:
+        path.append(current)
+        current = scope_of.get(current, TOP)
+    return tuple(path)

@@ -29,10 +29,10 @@ from builder.compiler import (
     check_graph_cycles,
     check_nodes,
     compile_canvas,
-    container_path,
     mark_reachable,
     parse_document,
 )
+from builder.graph import container_path
 from builder.plan import TOP, CachePolicy, RetryPolicy, content_hash
 from builder.references import check_references
 
@@ -315,7 +315,7 @@ def test_build_containers_records_each_scope():
     draft = _containers([node("outer", "box", data={"items": [1]}), node("inner", "fan", "outer"),
                          node("leaf", parent="inner"), node("top")])
     assert dict(draft.scope_of) == {"outer": TOP, "inner": "outer", "leaf": "inner", "top": TOP}
-    assert container_path(draft.scope_of, "leaf") == ["inner", "outer"]
+    assert container_path(draft.scope_of, "leaf") == ("inner", "outer")
     assert draft.issues == ()
 
 
