@@ -832,6 +832,29 @@ def test_compile_is_a_pure_function_of_the_canvas():
     assert results[0].plan == results[1].plan and results[0].issues == results[1].issues
 
 
+def test_compile_leaves_the_garbage_collector_as_it_was():
+    import gc
+
+    class Watching:  # a catalog that records the collector's state during the compile
+        def spec(self, node_type):
+            seen.append(gc.isenabled())
+            return CATALOG.spec(node_type)
+
+        def types(self):
+            return CATALOG.types()
+
+    was_enabled = gc.isenabled()
+    try:
+        for enabled in (True, False):
+            seen: list[bool] = []
+            (gc.enable if enabled else gc.disable)()
+            assert compile_canvas(PLAN_CANVAS, Watching()).ok
+            assert gc.isenabled() is enabled
+            assert seen and not any(seen)  # paused meanwhile
+    finally:
+        (gc.enable if was_enabled else gc.disable)()
+
+
 def test_node_and_edge_order_do_not_change_issues():
     raw = canvas([node("a", data={"text": "{{ c }}"}), node("b"), node("c"), node("z", "nonesuch")],
                  [edge("a", "b"), edge("b", "c"), edge("c", "ghost")])
