@@ -27,11 +27,10 @@ from builder.compiler import (
     build_plan,
     check_edges,
     check_graph_cycles,
-    check_nodes,
     compile_canvas,
     mark_reachable,
-    parse_document,
 )
+from builder.document import check_nodes, parse_document
 from builder.graph import container_path
 from builder.plan import TOP, CachePolicy, RetryPolicy, content_hash
 from builder.references import check_references
@@ -636,7 +635,7 @@ def test_a_node_named_like_a_jinja_global_is_checked_or_reserved():
 
 
 def test_every_name_jinja_provides_is_a_reserved_id():
-    from builder.compiler import RESERVED_IDS
+    from builder.document import RESERVED_IDS
     from builder.templates import get_environment
 
     assert set(get_environment().globals) | {"self"} <= RESERVED_IDS
