@@ -110,11 +110,11 @@ def _collector_paused() -> Iterator[None]:
     A compile allocates a few hundred thousand container objects (models, dicts, sets),
     nearly all of which live until it ends and none of which form reference cycles; the
     collector's passes over them (and over the caller's canvas, and every other live
-    object) cost more than a third of the compile time. Measured with
-    ``benchmarks/compile.py --sizes 10000 [--gc-on]`` (CPU time, median of 5 cold
-    compiles): layered 1.36 s paused / 2.15 s collecting, nested 0.91 s / 1.45 s; with
-    Prefect, FastAPI and SQLAlchemy imported, as in a server, 1.40 s / 2.42 s and
-    0.92 s / 1.86 s.
+    object) cost a third or more of the compile time. Measured on cold compiles of the
+    10k-node canvases of ``benchmarks/compile.py`` (CPU time, best of 5): layered 1.0 s
+    paused / 1.9 s collecting, nested 0.7 s / 1.0-1.4 s; with Prefect, FastAPI and
+    SQLAlchemy imported, as in a server, 1.4 s / 2.4 s and 0.9 s / 1.9 s (medians).
+    ``benchmarks/compile.py --gc-on`` shows the difference in wall-clock time.
 
     ``gc.disable()`` is process-wide, so other threads go without the collector for that
     time too; reference counting still frees everything as usual. The previous state is
