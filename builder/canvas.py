@@ -11,8 +11,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-INPUT_TYPES = ("string", "number", "integer", "boolean", "object", "array")
-RETRY_CLASSES = ("timeout", "connection", "5xx", "429", "error")
+from builder.json_types import JsonType
+
+RetryClass = Literal["timeout", "connection", "5xx", "429", "error"]
 """What a retry policy can retry: timeouts, connection errors, HTTP 5xx, HTTP 429, and
 ``error`` for any other error a handler marks retryable (an LLM reply that does not fit
 its schema, for instance)."""
@@ -58,7 +59,7 @@ class InputSpec(BaseModel):
     """One declared run input."""
 
     model_config = ConfigDict(extra="forbid")
-    type: Literal["string", "number", "integer", "boolean", "object", "array"]
+    type: JsonType
     required: bool = False
     default: Any = None
     description: str | None = None
@@ -73,7 +74,7 @@ class RetrySpec(BaseModel):
     backoff_factor: float | None = Field(None, ge=1, le=10)
     max_delay_s: float | None = Field(None, ge=0, le=86400)
     jitter: float | None = Field(None, ge=0, le=1, description="Random spread as a fraction of each delay.")
-    retry_on: list[Literal["timeout", "connection", "5xx", "429", "error"]] | None = None
+    retry_on: list[RetryClass] | None = None
 
 
 class CacheSpec(BaseModel):

@@ -15,6 +15,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, GetCoreSchemaHandler
 from pydantic_core import PydanticCustomError, core_schema
 
 from builder.plan import CachePolicy, RetryPolicy
+from builder.templates import is_template
 
 ContainerKind = Literal["loop", "parallel"]
 
@@ -31,12 +32,8 @@ class NodeConfig(BaseModel):
     description: str | None = None
 
 
-def _is_template(text: str) -> bool:
-    return "{{" in text or "{%" in text
-
-
 def _must_be_template(text: str) -> str:
-    if not _is_template(text):
+    if not is_template(text):
         raise ValueError("expected a template such as '{{ inputs.count }}'")
     return text
 
@@ -75,7 +72,7 @@ def template_hint(field_name: str | None) -> str:
 
 
 def _templatable(value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
-    if isinstance(value, str) and _is_template(value):
+    if isinstance(value, str) and is_template(value):
         return value  # computed at run time; the handler checks the value it gives then
     try:
         return handler(value)
@@ -89,7 +86,7 @@ def _templatable(value: Any, handler: ValidatorFunctionWrapHandler, info: Valida
 
 
 def _serialize_templatable(value: Any, handler: core_schema.SerializerFunctionWrapHandler) -> Any:
-    return value if isinstance(value, str) and _is_template(value) else handler(value)
+    return value if isinstance(value, str) and is_template(value) else handler(value)
 
 
 class _TemplateOr:

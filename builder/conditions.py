@@ -45,16 +45,14 @@ import re
 from collections.abc import Callable, Mapping, Sized
 from typing import Any
 
+from builder.json_types import JSON_TYPES, has_json_type, is_integral, type_name
+
 __all__ = [
-    "JSON_TYPES",
     "OPERATORS",
     "UNARY_OPERATORS",
     "ConditionError",
     "evaluate_condition",
-    "type_name",
 ]
-
-JSON_TYPES: tuple[str, ...] = ("string", "number", "integer", "boolean", "object", "array", "null")
 
 
 class ConditionError(ValueError):
@@ -62,27 +60,6 @@ class ConditionError(ValueError):
 
 
 # --------------------------------------------------------------------------- describing values
-
-
-def type_name(value: Any) -> str:
-    """The JSON type name of ``value``: null, boolean, number, string, array or object.
-
-    Integers and floats are both "number" (JSON does not tell them apart); values that
-    have no JSON type get their Python class name.
-    """
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, (list, tuple)):
-        return "array"
-    if isinstance(value, Mapping):
-        return "object"
-    return type(value).__name__
 
 
 def _describe(value: Any) -> str:
@@ -122,16 +99,9 @@ def _is_key(key: Any, mapping: Mapping) -> bool:
         return False
 
 
-def _is_integral(value: Any) -> bool:
-    """3 and 3.0 yes, 3.5 and True no (JSON Schema's "integer")."""
-    if isinstance(value, float):
-        return value.is_integer()
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _whole_number(operator: str, value: Any) -> int:
     """The length to compare against: ``3``, ``3.0`` or ``"3"``, nothing fractional."""
-    if _is_integral(value):
+    if is_integral(value):
         return int(value)
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         return int(value)
@@ -264,9 +234,7 @@ def _length_lt(left: Any, right: Any) -> bool:
 def _type_is(left: Any, right: Any) -> bool:
     if right not in JSON_TYPES:
         raise ConditionError(f"type_is needs one of {', '.join(JSON_TYPES)} as the value, got {_describe(right)}")
-    if right == "integer":
-        return _is_integral(left)
-    return type_name(left) == right
+    return has_json_type(left, right)
 
 
 _OPERATIONS: dict[str, Callable[[Any, Any], bool]] = {

@@ -4,8 +4,10 @@ Python's recursion limit."""
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+
+from builder.plan import TOP
 
 
 @dataclass(frozen=True)
@@ -159,17 +161,6 @@ def _levels(components: list[list[str]], successors: Mapping[str, Sequence[str]]
     return {node: level[node] for members in components for node in members}
 
 
-def find_cycles(nodes: Sequence[str], successors: Mapping[str, Sequence[str]]) -> list[list[str]]:
-    """Each cycle as a list of nodes in edge order from its component's smallest id
-    (``Cycle.path``); see :func:`analyse_scope` for the whole component."""
-    return [list(cycle.path) for cycle in analyse_scope(nodes, successors).cycles]
-
-
-def longest_path_levels(nodes: Iterable[str], successors: Mapping[str, Sequence[str]]) -> dict[str, int]:
-    """Level of each node: the longest edge count from a root, each cycle counted as one node."""
-    return analyse_scope(list(nodes), successors).levels
-
-
 def is_upstream(
     candidate: str, node: str, predecessors: Mapping[str, Sequence[str]], levels: Mapping[str, int],
     component: Mapping[str, str] | None = None,
@@ -203,3 +194,15 @@ def is_upstream(
                 seen.add(pred)
                 stack.append(pred)
     return False
+
+
+def container_path(scope_of: Mapping[str, str], node_id: str) -> tuple[str, ...]:
+    """Enclosing containers of a node, innermost first: its container, that one's
+    container, ... (``scope_of`` maps each node to its container or ``TOP``, and has no
+    cycles)."""
+    path = []
+    current = scope_of.get(node_id, TOP)
+    while current != TOP:
+        path.append(current)
+        current = scope_of.get(current, TOP)
+    return tuple(path)

@@ -5,31 +5,14 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from builder.issues import InputsInvalid, Issue
+from builder.json_types import has_json_type, type_name
 from builder.plan import thaw
-
-
-def json_type_matches(value: Any, type_name: str) -> bool:
-    if type_name == "string":
-        return isinstance(value, str)
-    if type_name == "boolean":
-        return isinstance(value, bool)
-    if type_name == "integer":
-        return isinstance(value, int) and not isinstance(value, bool) or (
-            isinstance(value, float) and value.is_integer()
-        )
-    if type_name == "number":
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if type_name == "object":
-        return isinstance(value, dict)
-    if type_name == "array":
-        return isinstance(value, list)
-    return False
 
 
 def check_input_declarations(inputs: Mapping[str, Any]) -> list[Issue]:
     issues = []
     for name, spec in inputs.items():
-        if spec.default is not None and not json_type_matches(spec.default, spec.type):
+        if spec.default is not None and not has_json_type(spec.default, spec.type):
             issues.append(Issue("input_default_type", f"input {name!r} is declared {spec.type} but its default "
                                 f"{spec.default!r} is not", field=f"inputs.{name}.default"))
         if spec.required and spec.default is not None:
@@ -38,11 +21,11 @@ def check_input_declarations(inputs: Mapping[str, Any]) -> list[Issue]:
     return issues
 
 
-def coerce_text(value: str, type_name: str) -> Any:
+def coerce_text(value: str, declared: str) -> Any:
     """Turn a command-line ``key=value`` string into the declared type."""
     import json
 
-    if type_name == "string":
+    if declared == "string":
         return value
     try:
         return json.loads(value)
@@ -59,7 +42,7 @@ def validate_inputs(declared: Mapping[str, Mapping[str, Any]], given: Mapping[st
     for name, spec in declared.items():
         if name in given:
             value = given[name]
-            if not json_type_matches(value, spec["type"]):
+            if not has_json_type(value, spec["type"]):
                 issues.append(Issue("input_type", f"input {name!r} must be {_article(spec['type'])}, got "
                                     f"{_describe(value)}", field=f"inputs.{name}"))
                 continue
@@ -81,14 +64,13 @@ def validate_inputs(declared: Mapping[str, Mapping[str, Any]], given: Mapping[st
     return resolved
 
 
-def _article(type_name: str) -> str:
-    return ("an " if type_name[0] in "aeiou" else "a ") + type_name
+def _article(name: str) -> str:
+    return ("an " if name[0] in "aeiou" else "a ") + name
 
 
 def _describe(value: Any) -> str:
     text = repr(value)
     if len(text) > 60:
         text = text[:57] + "..."
-    kind = {bool: "boolean", int: "integer", float: "number", str: "string", dict: "object", list: "array"}.get(
-        type(value), type(value).__name__)
+    kind = "integer" if type(value) is int else type_name(value)  # (an input tells integers from numbers)
     return f"{kind} {text}"

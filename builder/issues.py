@@ -54,17 +54,6 @@ def errors_of(issues: tuple[Issue, ...] | list[Issue]) -> list[Issue]:
     return [issue for issue in issues if issue.severity == "error"]
 
 
-class CanvasInvalid(ValueError):
-    """A canvas did not compile; ``issues`` holds every problem found."""
-
-    def __init__(self, issues: list[Issue] | tuple[Issue, ...]):
-        self.issues = tuple(issues)
-        errors = errors_of(self.issues)
-        first = str(errors[0]) if errors else "no errors"
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        super().__init__(f"invalid canvas: {first}{more}")
-
-
 class InputsInvalid(ValueError):
     """Run inputs do not match the canvas's declared ``inputs``."""
 

@@ -20,7 +20,6 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any, NoReturn, TypeVar
 
 NodeId = str
@@ -261,9 +260,6 @@ class Plan:
     scopes: Mapping[ScopeId, Scope]
     hash: str = field(default="", compare=False)
 
-    def node(self, node_id: NodeId) -> PlanNode:
-        return self.nodes[node_id]
-
     def to_dict(self) -> dict[str, Any]:
         """Canonical JSON-ready form; nodes, edges and scopes sorted by id."""
         return {
@@ -365,6 +361,3 @@ def _digest(header: Mapping[str, Any], policies: list[str], nodes: list[Any], ed
     canonical = _canonical([PLAN_FORMAT, header, policies, nodes, edges])
     return hashlib.blake2b(canonical.encode(), digest_size=32).hexdigest()
 
-
-def frozen_mapping(items: Mapping[str, Any]) -> Mapping[str, Any]:
-    return MappingProxyType(dict(items))

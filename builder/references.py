@@ -16,18 +16,13 @@ from collections import defaultdict
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from builder.graph import is_upstream
+from builder.graph import container_path, is_upstream
 from builder.issues import Issue
 from builder.plan import TOP
-from builder.templates import TemplateRefs, find_references
+from builder.templates import NAMESPACES, TemplateRefs, find_references
 
 if TYPE_CHECKING:
     from builder.compiler import Draft
-
-NAMESPACES = frozenset({"inputs", "var", "env", "run", "loop", "parallel", "nodes"})
-JINJA_GLOBALS = frozenset({"range", "dict", "lipsum", "cycler", "joiner", "namespace", "true", "false", "none",
-                           "True", "False", "None"})
-_NOT_NODES = NAMESPACES | JINJA_GLOBALS
 
 
 def check_references(draft: Draft) -> Draft:
@@ -97,20 +92,9 @@ class _Checker:
     def _containers(self, node_id: str) -> tuple[str, ...]:
         """Enclosing containers of a node, innermost first (computed once per scope)."""
         scope = self.scope_of.get(node_id, TOP)
-        if scope == TOP:
-            return ()
         chain = self._chains.get(scope)
         if chain is None:
-            path: list[str] = []
-            current = scope
-            while current != TOP:
-                known = self._chains.get(current)
-                if known is not None:
-                    path += known
-                    break
-                path.append(current)
-                current = self.scope_of.get(current, TOP)
-            chain = self._chains[scope] = tuple(path)
+            chain = self._chains[scope] = container_path(self.scope_of, node_id)
         return chain
 
     def _kinds(self, node_id: str) -> tuple[str | None, ...]:
@@ -148,7 +132,7 @@ class _Checker:
                     issues.append(Issue(f"{namespace}_outside_container",
                                         f"{refs.field} uses {namespace}.* but the node is not inside a {namespace} "
                                         f"container", **_where(reader, edge_id, refs.field)))
-        targets = names - _NOT_NODES
+        targets = names - NAMESPACES  # (names Jinja provides are never in refs.names)
         if refs.node_keys:
             targets = targets | refs.node_keys
         if found:
@@ -221,7 +205,7 @@ class _Checker:
             if namespace in refs.names:
                 issues.append(Issue(f"{namespace}_outside_container", f"{refs.field} uses {namespace}.* outside "
                                     f"a container", field=refs.field))
-        targets = (refs.names - _NOT_NODES) | refs.node_keys
+        targets = (refs.names - NAMESPACES) | refs.node_keys
         for target in sorted(targets):
             if target not in self.draft.nodes:
                 issues.append(Issue("output_unknown_reference", f"the workflow output reads {target!r}, which is "

@@ -8,17 +8,16 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from builder.catalog import NodeConfig
+from builder.json_types import JsonType
 from node_handlers.base import NodeHandler
-
-FORM_TYPES = ("string", "number", "integer", "boolean", "object", "array")
 
 
 class FormField(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    type: Literal["string", "number", "integer", "boolean", "object", "array"] = "string"
+    type: JsonType = "string"
     description: str | None = None
     required: bool = False
     default: Any = None
@@ -55,8 +54,8 @@ class ApprovalHandler(NodeHandler):
 HANDLERS = [ApprovalHandler]
 
 
-_PY_TYPES: dict[str, Any] = {"string": str, "number": float, "integer": int, "boolean": bool,
-                             "object": dict, "array": list}
+_PY_TYPES: dict[JsonType, type] = {"string": str, "number": float, "integer": int, "boolean": bool,
+                                   "object": dict, "array": list}
 
 
 def form_model(form: dict[str, Any], message: str | None = None, base: type[BaseModel] = BaseModel) -> type[BaseModel]:
@@ -65,16 +64,12 @@ def form_model(form: dict[str, Any], message: str | None = None, base: type[Base
     The same model validates a decision sent to the API and, as a Prefect ``RunInput``
     (``base``), renders the Resume form in the Prefect UI, so both refuse the same input.
     """
-    from typing import Literal as TypingLiteral
-
-    from pydantic import create_model
-
     fields: dict[str, Any] = {"approved": (bool, Field(description="Approve (true) or reject (false)."))}
     for name, raw in form.items():
         spec = raw if isinstance(raw, FormField) else FormField.model_validate(raw)
         annotation: Any = _PY_TYPES[spec.type]
         if spec.enum:
-            annotation = TypingLiteral[tuple(spec.enum)]  # type: ignore[valid-type]
+            annotation = Literal[tuple(spec.enum)]  # type: ignore[valid-type]
         if spec.required:
             fields[name] = (annotation, Field(description=spec.description))
         else:

@@ -10,7 +10,15 @@ from builder.catalog import NodeConfig
 from node_handlers.base import Completed, NodeContext, NodeHandler
 
 HANDLE_ID = r"^[A-Za-z0-9_-]{1,64}$"
+"""The id of a condition or a route, which names a handle (``condition-<id>``, ``route-<id>``)."""
 FALSY_TEXT = frozenset({"", "false", "0", "no", "off", "none", "null"})
+
+
+def check_unique_ids(ids: list[str], what: str) -> None:
+    """Refuse ids that name the same handle twice (``what``: "condition", "route")."""
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise ValueError(f"{what} ids must be unique; repeated: {', '.join(duplicates)}")
 
 
 class ConditionItem(BaseModel):
@@ -26,10 +34,7 @@ class ConditionConfig(NodeConfig):
     @field_validator("conditions")
     @classmethod
     def _unique_ids(cls, items: list[ConditionItem]) -> list[ConditionItem]:
-        ids = [item.id for item in items]
-        duplicates = sorted({i for i in ids if ids.count(i) > 1})
-        if duplicates:
-            raise ValueError(f"condition ids must be unique; repeated: {', '.join(duplicates)}")
+        check_unique_ids([item.id for item in items], "condition")
         return items
 
 

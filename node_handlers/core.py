@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from builder.catalog import NodeConfig
-from node_handlers.base import SOURCE, SOURCE_AND_ERROR, Completed, NodeContext, NodeHandler
+from node_handlers.base import SOURCE, Completed, NodeContext, NodeHandler
 
 
 class StartHandler(NodeHandler):
@@ -107,4 +107,3 @@ class SetVariableHandler(NodeHandler):
 
 
 HANDLERS = [StartHandler, EndHandler, TransformHandler, MergeHandler, SetVariableHandler]
-__all__ = ["HANDLERS", "SOURCE_AND_ERROR"]

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from builder.catalog import NodeConfig, Templatable
 from builder.plan import RetryPolicy
+from builder.templates import is_template
 from node_handlers.base import Completed, NodeContext, NodeError, NodeHandler
 from node_handlers.egress import PerLoopCache, pinned_client
 from node_handlers.settings import SecretName, read_secret, redact
@@ -85,7 +86,7 @@ class HttpConfig(NodeConfig):
     @field_validator("expected_status", mode="before")
     @classmethod
     def _as_list(cls, value: Any) -> Any:
-        return [value] if isinstance(value, (int, str)) and not _is_template(value) else value
+        return [value] if isinstance(value, int) or (isinstance(value, str) and not is_template(value)) else value
 
     @field_validator("expected_status")
     @classmethod
@@ -104,10 +105,6 @@ class HttpConfig(NodeConfig):
         if len(given) > 1:
             raise ValueError(f"give at most one of json, body and form; got {' and '.join(given)}")
         return self
-
-
-def _is_template(value: Any) -> bool:
-    return isinstance(value, str) and ("{{" in value or "{%" in value)
 
 
 def is_expected(status: int, expected: list[int | str]) -> bool:

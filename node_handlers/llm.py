@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from builder.catalog import NodeConfig, Templatable
 from builder.plan import RetryPolicy
 from node_handlers.base import Completed, NodeContext, NodeError, NodeHandler
-from node_handlers.branching import HANDLE_ID
+from node_handlers.branching import HANDLE_ID, check_unique_ids
 from node_handlers.egress import PerLoopCache, check_url, pinned_client
 from node_handlers.http import parse_retry_after
 from node_handlers.settings import SecretName, handler_settings, read_secret, redact
@@ -170,10 +170,7 @@ class RouterConfig(ModelCallConfig):
     @field_validator("routes")
     @classmethod
     def _unique_ids(cls, routes: list[Route]) -> list[Route]:
-        ids = [r.id for r in routes]
-        duplicates = sorted({i for i in ids if ids.count(i) > 1})
-        if duplicates:
-            raise ValueError(f"route ids must be unique; repeated: {', '.join(duplicates)}")
+        check_unique_ids([r.id for r in routes], "route")
         return routes
 
 

@@ -180,3 +180,18 @@ def test_many_problems_are_reported_together():
     for stage, expected in stages.items():
         assert expected <= codes, f"{stage}: missing {expected - codes}"
     assert len(codes) >= 18
+
+
+@pytest.mark.parametrize(("node_type", "data", "field", "message"), [
+    ("condition", {"conditions": [{"id": "a", "expression": "true"}, {"id": "a", "expression": "false"},
+                                  {"id": "b", "expression": "true"}]},
+     "data.conditions", "condition ids must be unique; repeated: a"),
+    ("router", {"prompt": "{{ inputs.text }}", "routes": [{"id": "x"}, {"id": "y"}, {"id": "y"}, {"id": "x"}]},
+     "data.routes", "route ids must be unique; repeated: x, y"),
+])
+def test_ids_that_name_one_handle_twice_are_refused(node_type: str, data: dict[str, Any], field: str, message: str):
+    raw = {"name": "ids", "nodes": [{"id": "start", "type": "start"}, {"id": "pick", "type": node_type, "data": data}],
+           "edges": [{"source": "start", "target": "pick"}]}
+    [issue] = compile_canvas(raw, default_registry()).errors
+    assert (issue.code, issue.node_id, issue.field) == ("invalid_config", "pick", field)
+    assert message in issue.message

@@ -27,12 +27,11 @@ from builder.compiler import (
     build_plan,
     check_edges,
     check_graph_cycles,
-    check_nodes,
     compile_canvas,
-    container_path,
     mark_reachable,
-    parse_document,
 )
+from builder.document import check_nodes, parse_document
+from builder.graph import container_path
 from builder.plan import TOP, CachePolicy, RetryPolicy, content_hash
 from builder.references import check_references
 
@@ -315,7 +314,7 @@ def test_build_containers_records_each_scope():
     draft = _containers([node("outer", "box", data={"items": [1]}), node("inner", "fan", "outer"),
                          node("leaf", parent="inner"), node("top")])
     assert dict(draft.scope_of) == {"outer": TOP, "inner": "outer", "leaf": "inner", "top": TOP}
-    assert container_path(draft.scope_of, "leaf") == ["inner", "outer"]
+    assert container_path(draft.scope_of, "leaf") == ("inner", "outer")
     assert draft.issues == ()
 
 
@@ -636,7 +635,7 @@ def test_a_node_named_like_a_jinja_global_is_checked_or_reserved():
 
 
 def test_every_name_jinja_provides_is_a_reserved_id():
-    from builder.compiler import RESERVED_IDS
+    from builder.document import RESERVED_IDS
     from builder.templates import get_environment
 
     assert set(get_environment().globals) | {"self"} <= RESERVED_IDS
@@ -830,6 +829,29 @@ def test_compile_is_a_pure_function_of_the_canvas():
     results = [compile_(raw) for _ in range(2)]
     assert json.dumps(raw, sort_keys=True) == snapshot  # the input is not modified
     assert results[0].plan == results[1].plan and results[0].issues == results[1].issues
+
+
+def test_compile_leaves_the_garbage_collector_as_it_was():
+    import gc
+
+    class Watching:  # a catalog that records the collector's state during the compile
+        def spec(self, node_type):
+            seen.append(gc.isenabled())
+            return CATALOG.spec(node_type)
+
+        def types(self):
+            return CATALOG.types()
+
+    was_enabled = gc.isenabled()
+    try:
+        for enabled in (True, False):
+            seen: list[bool] = []
+            (gc.enable if enabled else gc.disable)()
+            assert compile_canvas(PLAN_CANVAS, Watching()).ok
+            assert gc.isenabled() is enabled
+            assert seen and not any(seen)  # paused meanwhile
+    finally:
+        (gc.enable if was_enabled else gc.disable)()
 
 
 def test_node_and_edge_order_do_not_change_issues():

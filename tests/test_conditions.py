@@ -7,8 +7,8 @@ from builder.conditions import (
     UNARY_OPERATORS,
     ConditionError,
     evaluate_condition,
-    type_name,
 )
+from builder.json_types import type_name
 
 ALL_OPERATORS = {
     "eq", "neq", "gt", "gte", "lt", "lte", "contains", "not_contains", "starts_with", "ends_with",

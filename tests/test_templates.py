@@ -16,6 +16,7 @@ from builder.templates import (
     is_template,
     render_value,
 )
+from builder.templates import analysis, token_reader
 
 
 def make_scope(**extra):
@@ -427,6 +428,10 @@ def test_loop_namespace_outside_a_for_is_reported():
     assert refs_by_field({"x": "{{ loop.index }}"})["data.x"].names == {"loop"}
 
 
+def test_the_names_jinja_provides_are_those_of_the_environment():
+    assert templates.JINJA_GLOBALS == set(templates.get_environment().globals) | {"self"}
+
+
 def test_jinja_constants_and_globals_are_not_names():
     found = refs_by_field({"a": "{{ true }} {{ none }}", "b": "{% for i in range(3) %}{{ i }}{% endfor %}"})
     assert found["data.a"].names == set()
@@ -501,18 +506,18 @@ def test_find_references_custom_root_field():
     ],
 )
 def test_fast_reference_path_agrees_with_the_parser(text):
-    parsed = templates._analyse_parsed(text, False)
-    for fast in (templates._analyse_lookups(text, False), templates._analyse_tokens(text, False)):
-        assert fast is None or fast == parsed
+    parsed = analysis.analyse_parsed(text, False)
+    fast = analysis.analyse_tokens(text, False)
+    assert fast is None or fast == parsed
 
 
 @pytest.mark.parametrize(
     "text", ["a", " a.b ", "{{ nodes['k'].v }}", "nodes.k", "true", "a b", "a.b > 1", "{{ a }} {{ b }}", "", "a[01]"]
 )
 def test_fast_reference_path_agrees_with_the_parser_for_expressions(text):
-    parsed = templates._analyse_parsed(text, True)
-    for fast in (templates._analyse_lookups(text, True), templates._analyse_tokens(text, True)):
-        assert fast is None or fast == parsed
+    parsed = analysis.analyse_parsed(text, True)
+    fast = analysis.analyse_tokens(text, True)
+    assert fast is None or fast == parsed
 
 
 TOKEN_READER_CASES = [
@@ -537,9 +542,9 @@ TOKEN_READER_CASES = [
 
 @pytest.mark.parametrize(("text", "as_expression"), TOKEN_READER_CASES)
 def test_token_reader_answers_the_usual_strings_like_the_parser(text, as_expression):
-    fast = templates._analyse_tokens(text, as_expression)
+    fast = analysis.analyse_tokens(text, as_expression)
     assert fast is not None, "the token reader should understand this string"
-    assert fast == templates._analyse_parsed(text, as_expression)
+    assert fast == analysis.analyse_parsed(text, as_expression)
 
 
 @pytest.mark.parametrize(
@@ -564,8 +569,8 @@ def test_token_reader_answers_the_usual_strings_like_the_parser(text, as_express
     ],
 )
 def test_token_reader_leaves_the_rest_to_the_parser(text, as_expression):
-    assert templates._analyse_tokens(text, as_expression) is None
-    assert templates._analyse(text, as_expression) == templates._analyse_parsed(text, as_expression)
+    assert analysis.analyse_tokens(text, as_expression) is None
+    assert analysis.analyse(text, as_expression) == analysis.analyse_parsed(text, as_expression)
 
 
 _FUZZ_WORDS = ["a", "b", "nodes", "inputs", "x_1", "range", "self", "true", "None", "and", "or", "not", "in", "is",
@@ -600,10 +605,10 @@ def test_token_reader_agrees_with_the_parser_on_random_strings():
         expr = rng.choice([" ", ""]).join(words)
         for text, as_expression in [(expr, True), ("{{ " + expr + " }}", False), ("x {{ " + expr + " }} y", False),
                                     ("{{" + expr + "-}} {{ a }}", False)]:
-            fast = templates._analyse_tokens(text, as_expression)
+            fast = analysis.analyse_tokens(text, as_expression)
             if fast is not None:
                 answered += 1
-                assert fast == templates._analyse_parsed(text, as_expression), (text, as_expression)
+                assert fast == analysis.analyse_parsed(text, as_expression), (text, as_expression)
     assert answered > 1000  # the check itself exercised the reader
 
 
@@ -621,7 +626,7 @@ def test_token_reader_agrees_with_the_parser_on_random_strings():
 )
 def test_tree_walk_agrees_with_jinja_meta(text):
     tree = templates.get_environment().parse(text)
-    assert templates._free_names(tree) == templates._undeclared_by_jinja(templates.get_environment().parse(text))
+    assert analysis.names_and_keys(tree)[0] == analysis._undeclared_by_jinja(templates.get_environment().parse(text))
 
 
 @pytest.mark.parametrize(
@@ -633,22 +638,22 @@ def test_expressions_of_one_shape_read_their_own_keys(shape):
     """The fast path reads an expression once per shape (string literals blanked); each
     string of that shape must still get its own nodes[...] keys, exactly like the parser."""
     variants = ['"a"', "'b-1'", '""', "'x y'", '"it\'s"', "'a\"b'", '"é | ( ] ."', '"{x}"', "'}}'", '"a\\"']
-    templates._shape_entry.cache_clear()
+    token_reader._shape_entry.cache_clear()
     for round_ in range(3):
         for offset in range(len(variants)):
             text = shape
             for n in range(shape.count("@")):
                 text = text.replace("@", variants[(offset + n * (round_ + 1)) % len(variants)], 1)
-            fast = templates._analyse_tokens(text, False)
-            assert fast is None or fast == templates._analyse_parsed(text, False), text
-    assert templates._shape_entry.cache_info().hits > 0
+            fast = analysis.analyse_tokens(text, False)
+            assert fast is None or fast == analysis.analyse_parsed(text, False), text
+    assert token_reader._shape_entry.cache_info().hits > 0
 
 
 def test_find_references_is_cached_per_string():
-    templates._analyse.cache_clear()
+    analysis.analyse.cache_clear()
     value = [{"u": "{{ fetch.x }}"}] * 100
     find_references(value)
-    assert templates._analyse.cache_info().misses == 1
+    assert analysis.analyse.cache_info().misses == 1
 
 
 def test_errors_survive_pickling():
