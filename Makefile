@@ -14,8 +14,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Save -> execute -> a worker runs it -> result, with the Prefect UI link (server and worker reused).
 demo: $(STAMP)
-	$(BIN)/flowmaestro run examples/hello.json --input name=Ada
+	$(BIN)/flowmaestro demo examples/hello.json --input name=Ada
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra

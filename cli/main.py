@@ -175,6 +175,32 @@ def run(
 
 
 @app.command()
+def demo(
+    file: Path = typer.Argument(Path("examples/hello.json"), help="The canvas to run."),
+    inputs_json: Optional[str] = typer.Option(None, "--inputs-json", help="Inputs as a JSON object."),
+    input_pairs: list[str] = typer.Option([], "--input", help="One input as key=value (repeatable)."),
+) -> None:
+    """The whole path on the embedded default: save the canvas through the API, execute
+    it, let a worker run it (started in the background and reused), print the result and
+    the Prefect UI link. Exit 0 completed, 1 otherwise."""
+    import os
+
+    raw, inputs = _canvas_and_inputs(file, inputs_json, input_pairs)
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    server = _prefect_server()
+    from cli.demo import ensure_worker, print_result, run_demo
+    from deployments.settings import WorkerSettings
+    from store.db import upgrade_schema
+
+    settings = WorkerSettings()
+    asyncio.run(upgrade_schema(settings.sqlalchemy_url()))  # before the worker starts, so one process migrates
+    ensure_worker(settings.home, settings.work_pool, err)
+    result = asyncio.run(run_demo(raw, inputs, server.ui_url, err))
+    print_result(result, server.ui_url, out)
+    raise typer.Exit(EXIT_OK if result.get("status") == "completed" else EXIT_FAILED)
+
+
+@app.command()
 def resume(
     run_id: str,
     node: str = typer.Option(..., "--node", help="The approval node to answer."),
@@ -299,9 +325,13 @@ def server_status() -> None:
 
 @server_app.command("stop")
 def server_stop() -> None:
-    """Stop the embedded Prefect server."""
+    """Stop the embedded Prefect server, and the background worker of ``flowmaestro demo``."""
+    from cli.demo import stop_worker
+    from deployments.settings import WorkerSettings
     from flows.local_server import stop
 
+    if stop_worker(WorkerSettings().home):
+        out.print("stopped the background worker")
     out.print("stopped" if stop() else "no embedded server was running")
 
 

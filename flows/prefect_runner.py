@@ -16,11 +16,11 @@ from prefect import Task, task
 from prefect.cache_policies import NO_CACHE, CacheKeyFnPolicy
 from prefect.client.schemas.objects import TaskRun
 from prefect.context import TaskRunContext
-from prefect.locking.filesystem import FileSystemLockManager
 from prefect.locking.protocol import LockManager
 
 from builder.plan import PlanNode
 from flows import prefect_compat
+from flows.cache_locks import FileCacheLocks, RedisCacheLocks
 from flows.calls import CallResult, NodeCall, retry_delay, should_retry
 from flows.settings import EngineSettings
 from node_handlers.base import Completed, NodeError
@@ -69,10 +69,8 @@ def cache_lock_manager(settings: EngineSettings) -> LockManager:
     (the first executes, the others read its result): Redis across machines, lock files
     for the processes of one machine."""
     if settings.cache_lock_redis_url:
-        from prefect_redis.locking import RedisLockManager
-
-        return RedisLockManager(connection_url=settings.cache_lock_redis_url)
-    return FileSystemLockManager(lock_files_directory=settings.home / "cache-locks")
+        return RedisCacheLocks(settings.cache_lock_redis_url)
+    return FileCacheLocks(settings.home / "cache-locks")
 
 
 def cached_task(lock_manager: LockManager) -> Task:
