@@ -4,6 +4,7 @@ injected into the app (tests build their own)."""
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Annotated
 
 from pydantic import Field, field_validator
@@ -28,7 +29,9 @@ class ApiSettings(StoreSettings):
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
-        if isinstance(value, str) and not value.startswith("["):
+        if isinstance(value, str):
+            if value.strip().startswith("["):
+                return json.loads(value)  # a JSON list, as pydantic-settings would read it
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
 

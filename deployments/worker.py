@@ -13,8 +13,9 @@ process boundary would give for free is done here:
 - cancellation: one watcher per worker reads the states of all its runs at once (instead
   of every run polling its own), and a cancelled run is stopped by its flow, which
   records it as cancelled;
-- SIGTERM/SIGINT stop polling, let the runs in flight finish for ``grace_s``, and cancel
-  what is left (those runs end ``cancelled``, not lost: crash recovery is for SIGKILL).
+- SIGTERM/SIGINT stop polling, let the runs in flight finish for ``grace_s``, then cancel
+  what is left the way a cancel request does: those runs end ``cancelled`` with their
+  result so far (continuing them elsewhere is for crash recovery).
 """
 
 from __future__ import annotations
@@ -129,6 +130,13 @@ class FlowMaestroWorker(BaseWorker[FlowMaestroJobConfiguration, FlowMaestroVaria
         if tasks:
             self._logger.info("waiting up to %.0f s for %d run(s) in flight", grace_s, len(tasks))
             _done, pending = await asyncio.wait(tasks, timeout=grace_s)
+            if pending and self.on_cancel is not None:
+                # As if cancelled in Prefect: each flow stops its execution and ends
+                # Cancelled with its result, instead of being torn down (Crashed).
+                for run_id, task in list(self.running.items()):
+                    if task in pending:
+                        self.on_cancel(run_id)
+                _done, pending = await asyncio.wait(pending, timeout=10)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)

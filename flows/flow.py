@@ -8,7 +8,7 @@ A failed or cancelled run ends in that Prefect state and still carries the run r
 A run gets everything it uses from its ``RunContext`` (flows/run_context.py). Two doors:
 
 - ``workflow_flow(context)``: the flow bound to a context its caller built, for runs in the
-  caller's process (``flowmaestro run``, the API through ``flows.launch``);
+  caller's process (``flowmaestro run``; FlowMaestro's worker, for all its runs);
 - ``run_workflow``: the module-level flow, the entry point of deployments
   (``flows/flow.py:run_workflow``), which a worker process imports: each run builds its
   context from the environment.

@@ -245,3 +245,41 @@ async def test_saving_a_cycle_between_saved_workflows_is_refused_naming_it(api):
     assert body["detail"] == f"sub-workflow cycle: {first['id']} -> {second['id']} -> {first['id']}"
     assert body["issues"][0]["code"] == "subworkflow_cycle"
     assert (await api.get(f"/api/workflows/{first['id']}")).json()["latest_version"] == 1  # nothing saved
+
+
+async def test_prefect_down_answers_503_naming_it_and_loses_no_saved_workflow(tmp_path, sqlite_url):
+    """With nothing listening at the Prefect API URL: saving keeps the workflow (with a
+    warning), executing answers 503 with Retry-After within the configured bound."""
+    import socket
+    import time
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}/api"
+    settings = ApiSettings(database_url=sqlite_url, api_keys=f"solo:{ALICE}-solo", home=tmp_path,
+                           prefect_timeout_s=3, work_pool="nowhere")
+    with temporary_settings({PREFECT_API_URL: dead}):
+        app = create_app(settings)
+        async with app.router.lifespan_context(app):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test",
+                                         headers={"Authorization": f"Bearer {ALICE}-solo"}) as client:
+                saved = await client.post("/api/workflows", json={"canvas": hello()})
+                assert saved.status_code == 201, saved.text
+                assert [w["code"] for w in saved.json()["warnings"]] == ["deployment_pending"]
+                assert (await client.get(f"/api/workflows/{saved.json()['id']}")).status_code == 200
+                started = time.monotonic()
+                answer = await client.post(f"/api/workflows/{saved.json()['id']}/execute",
+                                           json={"inputs": {"who": "Ada"}})
+                assert time.monotonic() - started < 15
+                assert answer.status_code == 503, answer.text
+                assert answer.headers["retry-after"] == "5" and answer.json()["service"] == "prefect"
+                health = await client.get("/health")
+                assert health.status_code == 503 and health.json()["checks"]["prefect"] != "ok"
+
+
+def test_cors_origins_read_as_a_list_or_json():
+    assert ApiSettings(cors_origins="https://a.example, https://b.example").cors_origins == [
+        "https://a.example", "https://b.example"]
+    assert ApiSettings(cors_origins='["https://a.example"]').cors_origins == ["https://a.example"]
