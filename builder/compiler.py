@@ -15,7 +15,7 @@ import gc
 from collections import defaultdict, deque
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any, Mapping
 
@@ -23,6 +23,7 @@ from builder.canvas import CanvasHeader, EdgeModel, NodeModel
 from builder.catalog import NodeCatalog, NodeConfig, NodeTypeSpec
 from builder.conditions import OPERATORS, UNARY_OPERATORS
 from builder.document import check_nodes, parse_document
+from builder.draft import Draft
 from builder.graph import analyse_scope, container_path
 from builder.issues import Issue, errors_of
 from builder.plan import (
@@ -40,32 +41,6 @@ from builder.plan import (
     plan_hash,
 )
 from builder.references import check_references
-
-
-@dataclass(frozen=True)
-class Draft:
-    """Everything known about a canvas so far. Stages fill it in, never mutate it."""
-
-    raw: Any
-    issues: tuple[Issue, ...] = ()
-    header: CanvasHeader | None = None
-    nodes: Mapping[str, NodeModel] = field(default_factory=dict)
-    edges: Mapping[str, EdgeModel] = field(default_factory=dict)
-    specs: Mapping[str, NodeTypeSpec] = field(default_factory=dict)
-    configs: Mapping[str, NodeConfig] = field(default_factory=dict)
-    scope_of: Mapping[str, str] = field(default_factory=dict)
-    handles: Mapping[str, str] = field(default_factory=dict)
-    """Source handle of each valid edge; edges with problems are left out."""
-    excluded: frozenset[str] = frozenset()
-    """Nodes not reachable from ``start``: reported, not run."""
-    levels: Mapping[str, int] = field(default_factory=dict)
-    """Per scope, the longest edge count from a root; nodes on one cycle share a level."""
-    components: Mapping[str, str] = field(default_factory=dict)
-    """Nodes on a cycle: the smallest id of their cycle's strongly connected component."""
-    references: Mapping[str, frozenset[str]] = field(default_factory=dict)
-
-    def add(self, *issues: Issue, **changes: Any) -> Draft:
-        return replace(self, issues=self.issues + issues, **changes)
 
 
 @dataclass(frozen=True)

@@ -10,18 +10,17 @@ from __future__ import annotations
 import functools
 from collections import defaultdict
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from builder.canvas import DOCUMENT_EXTRA_KEYS, UI_EDGE_KEYS, UI_NODE_KEYS, CanvasHeader, EdgeModel, NodeModel
 from builder.catalog import NodeCatalog, NodeConfig, NodeTypeSpec
 from builder.inputs import check_input_declarations
+from builder.draft import Draft
 from builder.issues import Issue, readable_errors
 from builder.templates import JINJA_GLOBALS, NAMESPACES
 
-if TYPE_CHECKING:
-    from builder.compiler import Draft
 
 RESERVED_IDS = NAMESPACES | JINJA_GLOBALS
 """Node ids a template could not read a node by: its namespaces and the names Jinja provides."""

@@ -14,15 +14,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from builder.graph import container_path, is_upstream
+from builder.draft import Draft
 from builder.issues import Issue
 from builder.plan import TOP
 from builder.templates import NAMESPACES, TemplateRefs, find_references
 
-if TYPE_CHECKING:
-    from builder.compiler import Draft
 
 
 def check_references(draft: Draft) -> Draft:

@@ -31,13 +31,13 @@ from typing import Any
 import anyio
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import FlowRun, StateType
-from prefect.flow_engine import run_flow_async
 from prefect.flows import Flow
 from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
 
 from deployments.run_store import StoreRuns
 from deployments.settings import WorkerSettings
 from deployments.workflow_deployments import DEFAULT_POOL, WORKER_TYPE
+from flows.prefect_compat import start_flow_run_in_process
 from flows.run_context import CancelSignals, RunContext
 
 
@@ -84,8 +84,7 @@ class FlowMaestroWorker(BaseWorker[FlowMaestroJobConfiguration, FlowMaestroVaria
         if self._watcher is None and self.on_cancel is not None:
             self._watcher = asyncio.create_task(self._watch_cancellations())
         run_id = str(flow_run.id)
-        task = asyncio.create_task(run_flow_async(self.flow, flow_run=flow_run, parameters=dict(flow_run.parameters),
-                                                  return_type="state"))
+        task = start_flow_run_in_process(self.flow, flow_run, dict(flow_run.parameters))
         self.running[run_id] = task
         if task_status is not None:
             # BaseWorker records this as the run's infrastructure and only then counts the

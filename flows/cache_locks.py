@@ -12,9 +12,10 @@ key on two workers: every run stalled):
   synchronous ``release_lock``, so the release is a coroutine nobody awaits: the key stays
   locked and every later run waits forever.
 
-These two wait with ``await`` and release synchronously (Prefect calls ``release_lock``
-synchronously even from its async transactions). A lock expires after ``hold_s`` so a
-worker killed while holding one delays the others, never blocks them for good.
+These two wait with ``await asyncio.sleep`` between tries, and try, check and release with
+one quick synchronous call (a file operation, or one Redis command): Prefect calls
+``release_lock`` synchronously even from its async transactions. A lock expires after
+``hold_s``, so a worker killed while holding one delays the others, never blocks them.
 """
 
 from __future__ import annotations
@@ -30,7 +31,59 @@ POLL_S = 0.05
 DEFAULT_HOLD_S = 600.0
 
 
-class FileCacheLocks:
+class _PollingLocks:
+    """Waiting, for both kinds: try, then sleep ``POLL_S`` (``await`` in the async forms)."""
+
+    def _try(self, key: str, holder: str) -> bool:
+        raise NotImplementedError
+
+    def is_locked(self, key: str) -> bool:
+        raise NotImplementedError
+
+    def acquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None,
+                     hold_timeout: float | None = None) -> bool:
+        deadline = _deadline(acquire_timeout)
+        while not self._try(key, holder):
+            if _past(deadline):
+                return False
+            time.sleep(POLL_S)
+        return True
+
+    async def aacquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None,
+                            hold_timeout: float | None = None) -> bool:
+        deadline = _deadline(acquire_timeout)
+        while not self._try(key, holder):
+            if _past(deadline):
+                return False
+            await asyncio.sleep(POLL_S)
+        return True
+
+    def wait_for_lock(self, key: str, timeout: float | None = None) -> bool:
+        deadline = _deadline(timeout)
+        while self.is_locked(key):
+            if _past(deadline):
+                return False
+            time.sleep(POLL_S)
+        return True
+
+    async def await_for_lock(self, key: str, timeout: float | None = None) -> bool:
+        deadline = _deadline(timeout)
+        while self.is_locked(key):
+            if _past(deadline):
+                return False
+            await asyncio.sleep(POLL_S)
+        return True
+
+
+def _deadline(timeout: float | None) -> float | None:
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() > deadline
+
+
+class FileCacheLocks(_PollingLocks):
     """Locks as files created atomically (``O_EXCL``) in one directory: for the processes
     of one machine."""
 
@@ -63,24 +116,6 @@ class FileCacheLocks:
         except (FileNotFoundError, ValueError):
             return None
 
-    def acquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None,
-                     hold_timeout: float | None = None) -> bool:
-        deadline = None if acquire_timeout is None else time.monotonic() + acquire_timeout
-        while not self._try(key, holder):
-            if deadline is not None and time.monotonic() > deadline:
-                return False
-            time.sleep(POLL_S)
-        return True
-
-    async def aacquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None,
-                            hold_timeout: float | None = None) -> bool:
-        deadline = None if acquire_timeout is None else time.monotonic() + acquire_timeout
-        while not self._try(key, holder):
-            if deadline is not None and time.monotonic() > deadline:
-                return False
-            await asyncio.sleep(POLL_S)
-        return True
-
     def release_lock(self, key: str, holder: str) -> None:
         path = self._path(key)
         info = self._read(path)
@@ -95,94 +130,31 @@ class FileCacheLocks:
         info = self._read(self._path(key))
         return info is not None and info["holder"] == holder
 
-    def wait_for_lock(self, key: str, timeout: float | None = None) -> bool:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.is_locked(key):
-            if deadline is not None and time.monotonic() > deadline:
-                return False
-            time.sleep(POLL_S)
-        return True
-
-    async def await_for_lock(self, key: str, timeout: float | None = None) -> bool:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.is_locked(key):
-            if deadline is not None and time.monotonic() > deadline:
-                return False
-            await asyncio.sleep(POLL_S)
-        return True
-
 
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 
-class RedisCacheLocks:
+class RedisCacheLocks(_PollingLocks):
     """Locks as Redis keys (``SET NX PX``; released by compare-and-delete): for workers on
     several machines."""
 
     def __init__(self, url: str, hold_s: float = DEFAULT_HOLD_S, prefix: str = "flowmaestro:cache-lock:"):
         from redis import Redis
-        from redis.asyncio import Redis as AsyncRedis
 
-        self.sync = Redis.from_url(url)
-        self.url = url
-        self._async: dict[int, AsyncRedis] = {}  # one client per event loop that asks
+        self.redis = Redis.from_url(url)
         self.hold_s = hold_s
         self.prefix = prefix
 
-    def _client(self):  # type: ignore[no-untyped-def]
-        from redis.asyncio import Redis as AsyncRedis
-
-        loop = id(asyncio.get_running_loop())
-        found = self._async.get(loop)
-        if found is None:
-            found = self._async[loop] = AsyncRedis.from_url(self.url)
-        return found
-
-    def acquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None,
-                     hold_timeout: float | None = None) -> bool:
-        deadline = None if acquire_timeout is None else time.monotonic() + acquire_timeout
-        while not self.sync.set(self.prefix + key, holder, nx=True, px=int(self.hold_s * 1000)):
-            if self.is_lock_holder(key, holder):
-                return True
-            if deadline is not None and time.monotonic() > deadline:
-                return False
-            time.sleep(POLL_S)
-        return True
-
-    async def aacquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None,
-                            hold_timeout: float | None = None) -> bool:
-        client = self._client()
-        deadline = None if acquire_timeout is None else time.monotonic() + acquire_timeout
-        while not await client.set(self.prefix + key, holder, nx=True, px=int(self.hold_s * 1000)):
-            if (await client.get(self.prefix + key)) == holder.encode():
-                return True
-            if deadline is not None and time.monotonic() > deadline:
-                return False
-            await asyncio.sleep(POLL_S)
-        return True
+    def _try(self, key: str, holder: str) -> bool:
+        name = self.prefix + key
+        return bool(self.redis.set(name, holder, nx=True, px=int(self.hold_s * 1000))) or \
+            self.redis.get(name) == holder.encode()
 
     def release_lock(self, key: str, holder: str) -> None:
-        self.sync.eval(_RELEASE, 1, self.prefix + key, holder)
+        self.redis.eval(_RELEASE, 1, self.prefix + key, holder)
 
     def is_locked(self, key: str) -> bool:
-        return bool(self.sync.exists(self.prefix + key))
+        return bool(self.redis.exists(self.prefix + key))
 
     def is_lock_holder(self, key: str, holder: str) -> bool:
-        return self.sync.get(self.prefix + key) == holder.encode()
-
-    def wait_for_lock(self, key: str, timeout: float | None = None) -> bool:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.is_locked(key):
-            if deadline is not None and time.monotonic() > deadline:
-                return False
-            time.sleep(POLL_S)
-        return True
-
-    async def await_for_lock(self, key: str, timeout: float | None = None) -> bool:
-        client = self._client()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while await client.exists(self.prefix + key):
-            if deadline is not None and time.monotonic() > deadline:
-                return False
-            await asyncio.sleep(POLL_S)
-        return True
+        return self.redis.get(self.prefix + key) == holder.encode()
