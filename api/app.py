@@ -28,7 +28,12 @@ from store.queries import Executions, Workflows
 
 
 class BodySizeLimit:
-    """Refuse request bodies over the limit with 413, chunked ones included."""
+    """Refuse request bodies over the limit with 413, chunked ones included.
+
+    A declared Content-Length over the limit is refused before the app runs. A body that
+    grows past the limit while it is read (chunked, or lying about its length) gets the 413
+    at once; the app is told the client went away, and whatever it tries to answer is
+    dropped (raising instead would reach FastAPI's body parser as a 400)."""
 
     def __init__(self, app: Any, limit: int):
         self.app, self.limit = app, limit
@@ -40,28 +45,30 @@ class BodySizeLimit:
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             return await self._refuse(send)
         seen = 0
+        refused = False
 
         async def limited_receive() -> dict[str, Any]:
-            nonlocal seen
+            nonlocal seen, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.limit:
-                raise _TooLarge()
+                refused = True
+                await self._refuse(send)
+                return {"type": "http.disconnect"}
             return message
 
-        try:
-            await self.app(scope, limited_receive, send)
-        except _TooLarge:
-            await self._refuse(send)
+        async def guarded_send(message: dict[str, Any]) -> None:
+            if not refused:
+                await send(message)
+
+        await self.app(scope, limited_receive, guarded_send)
 
     async def _refuse(self, send: Any) -> None:
         response = JSONResponse({"detail": f"request body larger than {self.limit} bytes", "issues": []},
                                 status_code=413)
         await response({"type": "http"}, None, send)
-
-
-class _TooLarge(Exception):
-    pass
 
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:

@@ -32,7 +32,7 @@ from builder.issues import InputsInvalid
 from deployments.workflow_deployments import WorkflowDeployment, WorkflowDeployments
 from flows.approvals import pending_approvals, resume_approval
 from flows.event_log import EventLog
-from flows.prefect_compat import request_cancellation
+from flows.prefect_compat import mark_cancelled, request_cancellation
 from node_handlers.registry import HandlerRegistry
 from store.db import ExecutionRow
 from store.errors import Conflict, Invalid, NotFound, Unavailable
@@ -223,6 +223,11 @@ class RunService:
         flow_run = await self._call("read the run", lambda: self.prefect.read_flow_run(uuid.UUID(run_id)))
         if flow_run.state and flow_run.state.is_final():
             raise Conflict(f"execution {run_id} has already ended ({flow_run.state.name})")
+        if flow_run.state and flow_run.state.type in (StateType.SCHEDULED, StateType.PENDING):
+            # No worker runs it yet: nothing would answer a Cancelling, so end it here.
+            await self._call("cancel the run", lambda: mark_cancelled(
+                self.prefect, uuid.UUID(run_id), "cancelled before it started"))
+            return "cancelled"
         # The run's worker watches its runs' states and stops this one within a second.
         await self._call("cancel the run", lambda: request_cancellation(self.prefect, uuid.UUID(run_id)))
         return "cancelling"

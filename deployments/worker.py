@@ -38,7 +38,7 @@ from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker
 from deployments.run_store import StoreRuns
 from deployments.settings import WorkerSettings
 from deployments.workflow_deployments import DEFAULT_POOL, WORKER_TYPE
-from flows.prefect_compat import start_flow_run_in_process
+from flows.prefect_compat import mark_cancelled, start_flow_run_in_process
 from flows.run_context import CancelSignals, RunContext
 
 
@@ -92,8 +92,12 @@ class FlowMaestroWorker(BaseWorker[FlowMaestroJobConfiguration, FlowMaestroVaria
             # run as submitted; a falsy value would release its concurrency slot at once.
             task_status.started(self.identifier)
         try:
-            await task
+            state = await task
             status_code = 0
+            if state is not None and state.type == StateType.CANCELLING:
+                # Cancelled while the worker was starting it: the engine saw Cancelling and
+                # gave up before the flow ran; nothing else would ever end it.
+                await mark_cancelled(self.client, flow_run.id, "cancelled before it started")
         except asyncio.CancelledError:
             status_code = 0 if task.cancelled() else 1
             if not task.done():

@@ -27,7 +27,7 @@ from packaging.version import InvalidVersion, Version
 from prefect.client.schemas.objects import FlowRun, StateType, TaskRun, TaskRunPolicy
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.flow_engine import run_flow_async
-from prefect.states import Cancelling, Completed, Failed, Pending, Running, State
+from prefect.states import Cancelled, Cancelling, Completed, Failed, Pending, Running, State
 from prefect.utilities.engine import emit_task_run_state_change_event
 
 log = logging.getLogger("flowmaestro.prefect")
@@ -138,6 +138,12 @@ async def request_cancellation(client: Any, flow_run_id: uuid.UUID | str) -> Non
     result. Forced, so no orchestration rule swaps Cancelling for another state (the server
     does, for a run still Scheduled without infrastructure: straight to Cancelled)."""
     await client.set_flow_run_state(flow_run_id, Cancelling(), force=True)
+
+
+async def mark_cancelled(client: Any, flow_run_id: uuid.UUID | str, message: str) -> None:
+    """End a flow run Cancelled that nothing executes (cancelled before a worker started its
+    flow, or whose engine gave up on seeing Cancelling): forced, as no engine will."""
+    await client.set_flow_run_state(flow_run_id, Cancelled(message=message), force=True)
 
 
 async def end_pause(client: Any, flow_run_id: uuid.UUID, pause_key: str) -> bool:

@@ -283,3 +283,13 @@ def test_cors_origins_read_as_a_list_or_json():
     assert ApiSettings(cors_origins="https://a.example, https://b.example").cors_origins == [
         "https://a.example", "https://b.example"]
     assert ApiSettings(cors_origins='["https://a.example"]').cors_origins == ["https://a.example"]
+
+
+async def test_a_chunked_body_over_the_limit_answers_413(api):
+    async def chunks():
+        for _ in range(30):
+            yield b'{"canvas": {"name": "' + b"x" * 9_000  # 270 kB in all, no Content-Length
+
+    answer = await api.post("/api/workflows", content=chunks(), headers={"content-type": "application/json"})
+    assert answer.status_code == 413, answer.text
+    assert answer.json() == {"detail": "request body larger than 200000 bytes", "issues": []}

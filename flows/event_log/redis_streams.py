@@ -44,7 +44,9 @@ class RedisEventLog:
         self.block_ms = block_ms
         self.key_prefix = key_prefix
         self.use_script = use_script
-        self.redis = redis.Redis.from_url(url, decode_responses=True)
+        # redis-py's 5 s timeouts run on the event loop's clock: a worker busy with many runs
+        # (or a loaded machine) could see a healthy Redis time out and fail a run for it.
+        self.redis = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=30, socket_timeout=30)
         self._append_script = self.redis.register_script(_APPEND_LUA)
         # Followers wait in XREAD BLOCK for up to block_ms: their own pool, which queues (rather
         # than refuses) followers beyond its size, with a socket timeout longer than the block.
