@@ -102,9 +102,11 @@ async def _run_in_flow(context: RunContext, child_flow: ChildFlow, canvas: dict[
     for listener in context.listeners:
         listener(bus)
     # Every run keeps its events in the event log, wherever it executes.
-    writer = EventLogWriter(context.event_log)
-    writer.attach(bus)
     saved = context.store is not None and workflow_id is not None and owner is not None
+    # For a saved workflow the final event waits until the result is stored: a client that
+    # sees the run end reads its result.
+    writer = EventLogWriter(context.event_log, hold_final=saved)
+    writer.attach(bus)
     try:
         if saved:
             assert context.store is not None and workflow_id is not None and owner is not None
@@ -123,6 +125,7 @@ async def _run_in_flow(context: RunContext, child_flow: ChildFlow, canvas: dict[
         if saved:
             assert context.store is not None
             await context.store.ended(run_id, _result_of(outcome))
+            writer.release_final()
         return outcome
     finally:
         await writer.close()

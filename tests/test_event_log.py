@@ -653,3 +653,26 @@ async def test_event_log_from_settings_uses_the_settings_given_not_the_environme
 
 def test_final_event_types_end_the_stream():
     assert {"execution:completed", "execution:failed", "execution:cancelled"} == FINAL_EVENT_TYPES
+
+
+async def test_a_held_final_event_is_stored_only_once_released(tmp_path):
+    from flows.event_log import EventLogWriter, SqlEventLog
+    from flows.events import EventBus
+
+    log = SqlEventLog(f"sqlite+aiosqlite:///{tmp_path / 'held.db'}")
+    writer = EventLogWriter(log, hold_final=True)
+    bus = EventBus("run-held")
+    writer.attach(bus)
+    bus.publish("execution:started", status="running")
+    bus.publish("execution:completed", status="completed", output=1)
+    for _ in range(50):
+        if await log.read("run-held", after=0, limit=10):
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.2)
+    assert [e.type for e in await log.read("run-held", after=0, limit=10)] == ["execution:started"]
+    writer.release_final()
+    await writer.close()
+    assert [e.type for e in await log.read("run-held", after=0, limit=10)] == ["execution:started",
+                                                                                 "execution:completed"]
+    await log.close()

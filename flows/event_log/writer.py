@@ -27,8 +27,13 @@ class EventLogWriter:
     """
 
     def __init__(self, log: EventLog, *, max_batch: int = 200, max_delay_s: float = 0.05, retries: int = 5,
-                 backoff_s: float = 0.2):
+                 backoff_s: float = 0.2, hold_final: bool = False):
+        """``hold_final``: keep the run's final event back until ``release_final()`` (or
+        ``close()``), so that whoever sees it in the log can read what the run stored
+        after it ended (its result)."""
         self.log = log
+        self.hold_final = hold_final
+        self._held: RunEvent | None = None
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
         self.retries = retries
@@ -67,6 +72,9 @@ class EventLogWriter:
 
     def _on_event(self, event: RunEvent) -> None:
         """The bus subscriber: O(1), never blocks, never awaits, never raises."""
+        if self.hold_final and event.type in FINAL_EVENT_TYPES:
+            self._held = event
+            return
         self._queue.append(event)
         if event.type in FINAL_EVENT_TYPES:
             self._final_queued = True
@@ -140,9 +148,16 @@ class EventLogWriter:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
+    def release_final(self) -> None:
+        """Queue the final event held back (``hold_final``)."""
+        held, self._held, self.hold_final = self._held, None, False
+        if held is not None:
+            self._on_event(held)
+
     async def close(self) -> None:
         """Store everything still queued (call when the run ends). Returns once it is stored,
         or given up on after the retries."""
+        self.release_final()
         self._closing = True
         if self._loop is None:
             if self._queue:
