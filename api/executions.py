@@ -22,10 +22,15 @@ TRIGGERS = ("api", "schedule", "webhook", "prefect-ui", "retry", "parent")
 
 @router.post("/api/workflows/{workflow_id}/execute", status_code=202, response_model=ExecutionAccepted,
              responses=ERRORS)
-async def execute_workflow(workflow_id: str, body: ExecuteBody, owner: Owner, runs: RunsDep) -> ExecutionAccepted:
+async def execute_workflow(workflow_id: str, body: ExecuteBody, owner: Owner, runs: RunsDep,
+                           idempotency_key: str | None = Header(None, max_length=200, description=(
+                               "Retry-safe execute: a second request with the same key for the same "
+                               "workflow answers the run the first one started."))) -> ExecutionAccepted:
     """Start a run on a worker. Inputs are checked first (422 naming each bad input); the
     answer comes as soon as the run exists in Prefect, with links to follow it."""
-    run_id = await runs.start(owner=owner, workflow_id=workflow_id, version=body.version, inputs=body.inputs)
+    key = f"api:{owner}:{workflow_id}:{idempotency_key}" if idempotency_key else None
+    run_id = await runs.start(owner=owner, workflow_id=workflow_id, version=body.version, inputs=body.inputs,
+                              idempotency_key=key)
     return ExecutionAccepted(execution_id=run_id, status="pending", links=runs.links(run_id))
 
 

@@ -110,18 +110,16 @@ class Executions:
     async def record_start(self, *, execution_id: str, owner: str, workflow_id: str, version: int,
                            workflow_name: str, inputs: dict[str, Any], trigger: dict[str, Any],
                            status: str = "pending") -> None:
-        """Create the row of a run, or bring an existing one up to date (a run executed
-        again, or registered first by the API and then by its worker)."""
+        """Create the row of a run; a worker starting a run that has one (registered by the
+        API, or a run executed again) marks it running and clears the old result."""
         async with self.sessions() as session:
             row = await session.get(ExecutionRow, execution_id)
             if row is None:
                 session.add(ExecutionRow(id=execution_id, owner=owner, workflow_id=workflow_id, version=version,
                                          workflow_name=workflow_name, status=status, inputs=inputs,
                                          trigger_type=str(trigger.get("type", "api")), trigger=trigger))
-            else:
-                row.version, row.status, row.updated_at = version, status, utcnow()
-                if row.status not in FINAL_STATUSES:
-                    row.result = None
+            elif status != "pending":  # a worker (re)starting it; an API retry changes nothing
+                row.version, row.status, row.updated_at, row.result = version, status, utcnow(), None
             try:
                 await session.commit()
             except IntegrityError:  # the API and the worker raced to create it: it exists now

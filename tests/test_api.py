@@ -293,3 +293,16 @@ async def test_a_chunked_body_over_the_limit_answers_413(api):
     answer = await api.post("/api/workflows", content=chunks(), headers={"content-type": "application/json"})
     assert answer.status_code == 413, answer.text
     assert answer.json() == {"detail": "request body larger than 200000 bytes", "issues": []}
+
+
+async def test_execute_with_the_same_idempotency_key_starts_one_run(api):
+    saved = await create(api, hello())
+    headers = {"Idempotency-Key": f"retry-{uuid.uuid4().hex}"}
+    first = await api.post(f"/api/workflows/{saved['id']}/execute", json={"inputs": {"who": "A"}}, headers=headers)
+    again = await api.post(f"/api/workflows/{saved['id']}/execute", json={"inputs": {"who": "A"}}, headers=headers)
+    other = await api.post(f"/api/workflows/{saved['id']}/execute", json={"inputs": {"who": "A"}})
+    assert first.status_code == again.status_code == other.status_code == 202
+    assert first.json()["execution_id"] == again.json()["execution_id"] != other.json()["execution_id"]
+    await wait_final(api, first.json()["execution_id"])
+    listed = (await api.get("/api/executions", params={"workflow_id": saved["id"]})).json()
+    assert len(listed) == 2
