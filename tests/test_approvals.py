@@ -47,7 +47,7 @@ class Started:
             await asyncio.sleep(0.2)
 
     async def result(self):
-        state = await asyncio.wait_for(self.task, 120)
+        state = await asyncio.wait_for(self.task, 300)  # generous: two pauses on a loaded machine
         return state, await state.result(raise_on_failure=False)
 
 

@@ -560,7 +560,7 @@ async def test_sqlite_engines_share_one_setup(tmp_path):
     """store.database.create_database_engine, behind both the event log and the API's tables."""
     from sqlalchemy import text
 
-    from api.db import make_engine
+    from store.db import make_engine
     from store.database import create_database_engine
 
     path = tmp_path / "new" / "dir" / "shared.db"
