@@ -106,8 +106,8 @@ class RunService:
         if deployment_id is None:  # first run since this process started, or a new version
             deployment_id = await self.sync_deployment(saved)
         flow_run = await self._call("start the run", lambda: self.deployments.start(
-            self.prefect, deployment_id, workflow_id=saved.workflow_id, version=saved.version, inputs=inputs,
-            trigger=trigger, idempotency_key=idempotency_key))
+            self.prefect, deployment_id, workflow_id=saved.workflow_id, name=saved.name, version=saved.version,
+            inputs=inputs, trigger=trigger, idempotency_key=idempotency_key))
         run_id = str(flow_run.id)
         await self.executions.record_start(execution_id=run_id, owner=owner, workflow_id=saved.workflow_id,
                                            version=saved.version, workflow_name=saved.name, inputs=inputs,

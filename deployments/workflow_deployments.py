@@ -115,15 +115,15 @@ class WorkflowDeployments:
             except ObjectNotFound:
                 pass
 
-    async def start(self, client: PrefectClient, deployment_id: UUID, *, workflow_id: str, version: int,
-                    inputs: dict[str, Any], trigger: dict[str, Any],
+    async def start(self, client: PrefectClient, deployment_id: UUID, *, workflow_id: str, name: str,
+                    version: int, inputs: dict[str, Any], trigger: dict[str, Any],
                     idempotency_key: str | None = None) -> FlowRun:
         """Create a flow run of the deployment; a worker picks it up (Scheduled now)."""
         parameters = {"inputs": inputs, "version": version, "trigger": trigger}
         tags = ["flowmaestro", WORKFLOW_TAG.format(id=workflow_id), f"version:{version}",
                 f"trigger:{trigger.get('type', 'api')}"]
         return await client.create_flow_run_from_deployment(deployment_id, parameters=parameters, tags=tags,
-                                                            idempotency_key=idempotency_key)
+                                                            name=name, idempotency_key=idempotency_key)
 
     async def _generic_flow(self, client: PrefectClient) -> UUID:
         if self._flow_id is None:

@@ -46,10 +46,11 @@ FLOW_NAME = "flowmaestro"
 
 
 def _run_name() -> str:
-    parameters = runtime_flow_run.parameters
-    canvas = parameters.get("canvas") or {}
+    """The canvas's name; a run of a saved workflow keeps the name it was created with (the
+    API names it after the workflow)."""
+    canvas = runtime_flow_run.parameters.get("canvas") or {}
     name = canvas.get("name") if isinstance(canvas, dict) else None
-    return str(name or parameters.get("workflow_name") or "workflow")
+    return str(name or runtime_flow_run.name or "workflow")
 
 
 def _generic_flow(fn: Callable[..., Coroutine[Any, Any, Any]]) -> Flow:

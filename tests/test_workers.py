@@ -189,6 +189,18 @@ async def test_twenty_runs_over_two_workers_none_lost_and_a_cached_node_executed
     assert sum(1 for r in results if r["nodes"]["fetch"]["cached"]) == 19
 
 
+async def test_runs_are_named_after_their_workflow_in_prefect(api, workers, pg_prefect):
+    proc, base = api
+    name = f"named-{uuid.uuid4().hex[:6]}"
+    async with client(base) as http:
+        saved = await save(http, greeting(name))
+        run_id = (await http.post(f"/api/workflows/{saved['id']}/execute", json={"inputs": {"who": "N"}})
+                  ).json()["execution_id"]
+        assert (await final(http, run_id))["status"] == "completed"
+    async with PrefectClient(pg_prefect.api_url) as prefect:
+        assert (await prefect.read_flow_run(uuid.UUID(run_id))).name == name
+
+
 async def test_the_api_killed_mid_run_changes_nothing_for_the_run(stack, api, workers, counting):
     home, env = stack
     proc, base = api
