@@ -44,6 +44,7 @@ def install_error_handlers(app: FastAPI) -> None:
         if isinstance(exc, Unavailable):
             headers = {"Retry-After": str(exc.retry_after_s)}
             body["service"] = exc.service
+            body.update(exc.details)
         return JSONResponse(body, status_code=status, headers=headers)
 
     @app.exception_handler(RequestValidationError)

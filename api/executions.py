@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 from fastapi import APIRouter, Header, Query, Request
@@ -12,6 +13,7 @@ from api.auth import Owner
 from api.deps import RunsDep
 from api.schemas import ErrorBody, ExecuteBody, ExecutionAccepted, ExecutionSummary, ResumeBody, ResumeOut, RunResult
 from flows.events import FINAL_EVENT_TYPES, utcnow
+from store.errors import Unavailable
 
 IDLE_CHECK_S = 5.0
 
@@ -28,9 +30,16 @@ async def execute_workflow(workflow_id: str, body: ExecuteBody, owner: Owner, ru
                                "workflow answers the run the first one started."))) -> ExecutionAccepted:
     """Start a run on a worker. Inputs are checked first (422 naming each bad input); the
     answer comes as soon as the run exists in Prefect, with links to follow it."""
-    key = f"api:{owner}:{workflow_id}:{idempotency_key}" if idempotency_key else None
-    run_id = await runs.start(owner=owner, workflow_id=workflow_id, version=body.version, inputs=body.inputs,
-                              idempotency_key=key)
+    # Every execute has a key: when Prefect answers too late, the run may exist all the same,
+    # and a retry with the key the 503 names answers that run instead of starting another.
+    given = idempotency_key or str(uuid.uuid4())
+    try:
+        run_id = await runs.start(owner=owner, workflow_id=workflow_id, version=body.version, inputs=body.inputs,
+                                  idempotency_key=f"api:{owner}:{workflow_id}:{given}")
+    except Unavailable as exc:
+        exc.message += "; the run may still start: retry with the header Idempotency-Key: " + given
+        exc.details["idempotency_key"] = given
+        raise
     return ExecutionAccepted(execution_id=run_id, status="pending", links=runs.links(run_id))
 
 

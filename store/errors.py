@@ -29,7 +29,9 @@ class Invalid(DomainError):
 class Unavailable(DomainError):
     """A service this needs is down or too slow; retry after ``retry_after_s``."""
 
-    def __init__(self, service: str, message: str, retry_after_s: int = 5):
+    def __init__(self, service: str, message: str, retry_after_s: int = 5, details: dict | None = None):
         super().__init__(message)
         self.service = service
         self.retry_after_s = retry_after_s
+        self.details = details or {}
+        """More for the client, e.g. the ``idempotency_key`` to send again with a retry."""

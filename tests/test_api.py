@@ -275,6 +275,8 @@ async def test_prefect_down_answers_503_naming_it_and_loses_no_saved_workflow(tm
                 assert time.monotonic() - started < 15
                 assert answer.status_code == 503, answer.text
                 assert answer.headers["retry-after"] == "5" and answer.json()["service"] == "prefect"
+                key = answer.json()["idempotency_key"]  # to retry safely: the run may exist all the same
+                assert key and f"Idempotency-Key: {key}" in answer.json()["detail"]
                 health = await client.get("/health")
                 assert health.status_code == 503 and health.json()["checks"]["prefect"] != "ok"
 

@@ -76,6 +76,9 @@ def served(request, tmp_path_factory, prefect_server, fake_llm):
 
 
 async def save_and_execute(client: httpx.AsyncClient, raw: dict, inputs: dict | None = None) -> str:
+    # Saving creates a Prefect deployment: after the fan-out tests the session's Prefect
+    # server (SQLite) may take tens of seconds to answer; the API waits up to 60 s for it.
+    client.timeout = httpx.Timeout(120)
     saved = await client.post("/api/workflows", json={"canvas": raw})
     assert saved.status_code == 201, saved.text
     started = await client.post(f"/api/workflows/{saved.json()['id']}/execute", json={"inputs": inputs or {}})
