@@ -130,12 +130,11 @@ def start_worker(home: Path, env: dict[str, str], *, name: str, limit: int = 20,
 
 
 class CountingServer:
-    """A local HTTP server that counts requests per path (and per Idempotency-Key) and
-    answers ``{"path": ..., "count": n}`` after an optional delay (``?delay=0.5``)."""
+    """A local HTTP server that counts requests per path and answers
+    ``{"path": ..., "count": n}`` after an optional delay (``?delay=0.5``)."""
 
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
-        self.keys: Counter[str] = Counter()
         self.lock = threading.Lock()
         outer = self
 
@@ -154,9 +153,6 @@ class CountingServer:
                 with outer.lock:
                     outer.counts[path] += 1
                     count = outer.counts[path]
-                    key = self.headers.get("idempotency-key")
-                    if key:
-                        outer.keys[key] += 1
                 delay = float(params.get("delay", 0))
                 if delay:
                     time.sleep(delay)
