@@ -1,0 +1,95 @@
+"""The last two tables of ``benchmarks/api.py``: the three paths side by side with their
+ratios, and the targets, with where the time went for each one missed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from _stack import PathResult, ms, pct, table
+
+FIRST_NODE_P95_S = 1.5
+ACCEPT_P95_S = 0.3
+MIN_RUNS_PER_S = 10.0
+MIN_VS_RAW = 0.8
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return "-" if a is None or b is None or b == 0 else f"{a / b:.2f}x"
+
+
+def comparison(paths: list[PathResult], count: int, workers: int, limit: int) -> str:
+    if not paths:
+        return ""
+    headers = ["path", "runs", "completed", "errors", "lost", "accept p50", "accept p95", "1st step p50",
+               "1st step p95", "done p50", "done p95", "wall s", "runs/s"]
+    rows = [[p.path, p.count, p.completed, p.errors, p.lost, ms(pct(p.accept, 50)), ms(pct(p.accept, 95)),
+             ms(pct(p.first_step, 50)), ms(pct(p.first_step, 95)), ms(pct(p.done, 50)), ms(pct(p.done, 95)),
+             f"{p.wall_s:.1f}", f"{p.runs_per_s:.2f}"] for p in paths]
+    by_name = {p.path: p for p in paths}
+    fm = by_name.get("FlowMaestro")
+    for other in ("raw Prefect", "in-process"):
+        base = by_name.get(other)
+        if fm is None or base is None:
+            continue
+        rows.append([f"FlowMaestro / {other}", "", "", "", "",
+                     _ratio(pct(fm.accept, 50), pct(base.accept, 50)), _ratio(pct(fm.accept, 95), pct(base.accept, 95)),
+                     _ratio(pct(fm.first_step, 50), pct(base.first_step, 50)),
+                     _ratio(pct(fm.first_step, 95), pct(base.first_step, 95)),
+                     _ratio(pct(fm.done, 50), pct(base.done, 50)), _ratio(pct(fm.done, 95), pct(base.done, 95)),
+                     _ratio(fm.wall_s, base.wall_s), _ratio(fm.runs_per_s, base.runs_per_s)])
+    title = (f"Side by side: {count} runs of the 5-step chain started at once, ms from each request "
+             f"(FlowMaestro: POST execute -> 202 / 1st node:started received / execution:completed received, "
+             f"API + {workers} workers x {limit}; raw Prefect: create_flow_run_from_deployment -> answer / 1st "
+             f"task started / Completed, {workers} workers x {limit}; in-process: start_run -> returned / 1st "
+             f"node:started / final state, this process)")
+    return table(headers, rows, title=title)
+
+
+def _breakdown(result: PathResult, top: int = 4) -> list[str]:
+    """The largest phases by median, then the CPU by process."""
+    return _ranked(result.phases, top) + [f"    CPU {line}" for line in result.cpu[:2]]
+
+
+def _ranked(phases: list[tuple[str, list[float]]], top: int = 4) -> list[str]:
+    ranked = sorted(((pct(v, 50) or 0.0, pct(v, 95) or 0.0, name) for name, v in phases
+                     if v and "all events" not in name), reverse=True)
+    return [f"    {name}: p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms" for p50, p95, name in ranked[:top]]
+
+
+def targets(latency: Any, fm: PathResult | None, raw: PathResult | None) -> str:
+    """``latency``: the (a) result of ``benchmarks/api.py`` (``first(q)``, ``warm_phases``,
+    ``cpu``), or None."""
+    rows: list[list[Any]] = []
+    missed: list[str] = []
+
+    def check(name: str, measured: str, ok: bool | None, why: list[str]) -> None:
+        rows.append([name, measured, "-" if ok is None else "yes" if ok else "MISSED"])
+        if ok is False:
+            missed.append(f"  {name} ({measured}):")
+            missed.extend(why)
+
+    if latency is not None:
+        p95 = latency.first(95)
+        check(f"execute -> 1st node started p95 (warm) <= {FIRST_NODE_P95_S:.1f} s", ms(p95, 0) + " ms",
+              None if p95 is None else p95 <= FIRST_NODE_P95_S,
+              _ranked(latency.warm_phases, 5) + [f"    CPU during (a): {latency.cpu}"])
+    if fm is not None:
+        n = fm.count
+        check(f"{n} concurrent executes: 0 errors", str(fm.errors), fm.errors == 0, _breakdown(fm))
+        check(f"{n} concurrent executes: 0 lost", str(fm.lost), fm.lost == 0, _breakdown(fm))
+        accept95 = pct(fm.accept, 95)
+        check(f"{n} concurrent executes: POST -> 202 p95 <= {ACCEPT_P95_S * 1000:.0f} ms", ms(accept95, 0) + " ms",
+              None if accept95 is None else accept95 <= ACCEPT_P95_S, _breakdown(fm))
+        check(f"{n} concurrent executes: >= {MIN_RUNS_PER_S:.0f} runs/s", f"{fm.runs_per_s:.2f}",
+              fm.runs_per_s >= MIN_RUNS_PER_S, _breakdown(fm))
+        if raw is not None:
+            ratio = fm.runs_per_s / raw.runs_per_s if raw.runs_per_s else None
+            check(f"{n} concurrent executes: >= {MIN_VS_RAW}x raw Prefect runs/s",
+                  "-" if ratio is None else f"{ratio:.2f}x ({fm.runs_per_s:.2f} vs {raw.runs_per_s:.2f})",
+                  None if ratio is None else ratio >= MIN_VS_RAW,
+                  ["   FlowMaestro:", *_breakdown(fm), "   raw Prefect:", *_breakdown(raw)])
+    out = table(["target", "measured", "met"], rows, title="Targets")
+    if missed:
+        out += "\n\nWhere the time goes, for each target missed (largest phases by median; CPU by process):\n"
+        out += "\n".join(missed)
+    return out

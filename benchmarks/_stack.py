@@ -1,0 +1,542 @@
+"""What ``benchmarks/api.py`` (and ``events.py`` through it) runs against, and how it looks
+at it: statistics and tables, CPU time of processes and process groups, probes of an
+event loop, throwaway PostgreSQL databases, a Prefect server on PostgreSQL, and the
+``flowmaestro serve`` / ``flowmaestro worker`` / raw-Prefect worker processes.
+
+Nothing here imports Prefect: the benchmark points ``PREFECT_API_URL`` at its server first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.processes import Proc, postgres_database, wait_until  # noqa: E402  (stdlib and httpx only)
+
+KEY = "bench-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def pct(values: list[float], q: float) -> float | None:
+    """The q-th percentile (0..100), linear interpolation between closest ranks."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q / 100
+    lo = int(k)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def ms(value: float | None, width: int = 8) -> str:
+    return f"{'-':>{width}}" if value is None else f"{value * 1000:>{width}.0f}"
+
+
+def table(headers: list[str], rows: list[list[Any]], title: str | None = None) -> str:
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    out = [] if title is None else [title]
+    out.append("  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths))))
+    out.append("  ".join("-" * w for w in widths))
+    for row in cells:
+        out.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+    return "\n".join(out)
+
+
+def spread_row(name: str, values: list[float]) -> list[Any]:
+    """[name, n, p50, p95, max] in ms."""
+    return [name, len(values), ms(pct(values, 50)), ms(pct(values, 95)), ms(max(values) if values else None)]
+
+
+@dataclass
+class PathResult:
+    """N runs of the 5-node chain started at once along one path, as the comparison needs them."""
+
+    path: str
+    count: int
+    completed: int
+    errors: int
+    """Requests refused and runs that ended otherwise than completed."""
+    lost: int
+    """Runs accepted that never reached a final state."""
+    wall_s: float
+    """First request sent -> last run completed."""
+    accept: list[float] = field(default_factory=list)
+    """Request -> answer (POST -> 202, the create call, ``start_run`` returned)."""
+    first_step: list[float] = field(default_factory=list)
+    """Request -> first node (task) started."""
+    done: list[float] = field(default_factory=list)
+    """Request -> completed."""
+    phases: list[tuple[str, list[float]]] = field(default_factory=list)
+    cpu: list[str] = field(default_factory=list)
+    """CPU of the processes involved, per window of the part."""
+
+    @property
+    def runs_per_s(self) -> float:
+        return self.completed / self.wall_s if self.wall_s > 0 else 0.0
+
+    def phase_table(self, title: str) -> str:
+        return table([title, "n", "p50", "p95", "max"], [spread_row(name, v) for name, v in self.phases])
+
+
+def deltas(pairs: list[tuple[float | None, float | None]]) -> list[float]:
+    """b - a for each pair where both are known."""
+    return [b - a for a, b in pairs if a is not None and b is not None]
+
+
+# ----------------------------------------------------------------------------- processes and CPU
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def pid_listening_on(port: int) -> int | None:
+    """The pid of the local process listening on a TCP port (Linux /proc), if visible."""
+    inodes = set()
+    for proc_table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(proc_table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            if parts[3] == "0A" and int(parts[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(f"socket:[{parts[9]}]")
+    if not inodes:
+        return None
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            for fd in (proc / "fd").iterdir():
+                if os.readlink(fd) in inodes:
+                    return int(proc.name)
+        except OSError:
+            continue
+    return None
+
+
+def _stat(pid: int | str) -> tuple[str, list[str]] | None:
+    """(command name, the fields after it) of /proc/<pid>/stat."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    head, _, rest = text.rpartition(")")
+    return head.partition("(")[2], rest.split()
+
+
+def cpu_s(pid: int | None) -> float | None:
+    """CPU seconds (user + system) used so far by a process."""
+    if pid is None:
+        return None
+    stat = _stat(pid)
+    if stat is None:
+        return None
+    fields = stat[1]
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+@dataclass(frozen=True)
+class Procs:
+    """Processes whose CPU time is added up: ``pids`` (and their descendants alive at the
+    time of reading, when ``tree``), or every process named ``comm`` (``postgres``: all of
+    the machine's PostgreSQL backends, other users' included)."""
+
+    pids: tuple[int, ...] = ()
+    tree: bool = False
+    comm: str | None = None
+
+    def members(self) -> list[int]:
+        if self.comm is not None:
+            return [int(p.name) for p in Path("/proc").iterdir()
+                    if p.name.isdigit() and (_stat(p.name) or ("",))[0] == self.comm]
+        if not self.tree:
+            return list(self.pids)
+        children: dict[int, list[int]] = {}
+        for proc in Path("/proc").iterdir():
+            stat = _stat(proc.name) if proc.name.isdigit() else None
+            if stat is not None:
+                children.setdefault(int(stat[1][1]), []).append(int(proc.name))
+        found, todo = [], list(self.pids)
+        while todo:
+            pid = todo.pop()
+            found.append(pid)
+            todo += children.get(pid, [])
+        return found
+
+    def cpu_s(self) -> float | None:
+        used = [cpu_s(pid) for pid in self.members()]
+        known = [u for u in used if u is not None]
+        return sum(known) if known else None
+
+
+class CpuMeter:
+    """CPU seconds used by some processes while a block runs, and the wall time. Each
+    name is given a pid, a ``Procs`` or None (not measured)."""
+
+    def __init__(self, **procs: int | Procs | None):
+        self.procs = {name: Procs((p,)) if isinstance(p, int) else p for name, p in procs.items()}
+        self.used: dict[str, float | None] = {}
+        self.wall = 0.0
+
+    def __enter__(self) -> CpuMeter:
+        self._before = {name: p.cpu_s() if p else None for name, p in self.procs.items()}
+        self._own = time.process_time()
+        self._t = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.wall = time.perf_counter() - self._t
+        for name, p in self.procs.items():
+            before, after = self._before[name], p.cpu_s() if p else None
+            # A process tree can lose a member meanwhile (its CPU leaves the sum): never below 0.
+            self.used[name] = None if before is None or after is None else max(0.0, after - before)
+        self.used["client"] = time.process_time() - self._own
+
+    def describe(self) -> str:
+        parts = [f"wall {self.wall:.1f} s"]
+        for name, used in self.used.items():
+            if used is not None:
+                parts.append(f"{name} CPU {used:.1f} s ({used / self.wall * 100:.0f}% of a core)")
+        return ", ".join(parts) + f"; load average {loadavg()}"
+
+
+class CpuTimeline:
+    """Samples the CPU time of some processes every ``interval`` seconds while a block runs,
+    so the CPU of a window inside it (the burst of POSTs, the runs after) can be told apart
+    from the rest (``used_between``)."""
+
+    def __init__(self, interval: float = 0.25, **procs: int | Procs | None):
+        self.interval = interval
+        self.procs = {name: Procs((p,)) if isinstance(p, int) else p for name, p in procs.items() if p}
+        self.samples: list[tuple[float, dict[str, float | None]]] = []
+
+    def _sample(self) -> None:
+        self.samples.append((time.time(), {name: p.cpu_s() for name, p in self.procs.items()}))
+
+    async def __aenter__(self) -> CpuTimeline:
+        self._stop = asyncio.Event()
+        self._sample()
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self._stop.set()
+        await self._task
+        self._sample()
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await asyncio.wait_for(self._stop.wait(), self.interval)
+            except asyncio.TimeoutError:
+                self._sample()
+
+    def used_between(self, t0: float, t1: float) -> tuple[float, dict[str, float | None]]:
+        """(the window actually measured, in s; CPU seconds per name): from the last sample
+        at or before ``t0`` to the first at or after ``t1``."""
+        if not self.samples:
+            return 0.0, {}
+        before = max((s for s in self.samples if s[0] <= t0), default=self.samples[0], key=lambda s: s[0])
+        after = min((s for s in self.samples if s[0] >= t1), default=self.samples[-1], key=lambda s: s[0])
+        used = {name: None if before[1].get(name) is None or after[1].get(name) is None
+                else max(0.0, after[1][name] - before[1][name]) for name in self.procs}
+        return after[0] - before[0], used
+
+    def describe(self, t0: float, t1: float) -> str:
+        wall, used = self.used_between(t0, t1)
+        parts = [f"{name} {u:.1f} s ({u / wall * 100:.0f}%)" for name, u in used.items()
+                 if u is not None and wall > 0]
+        return f"{wall:.1f} s: " + ", ".join(parts)
+
+
+class Probe:
+    """Times one cheap request every ``interval`` seconds while a block runs: ``GET /docs`` of
+    the serve process (static: its answer time is how long its event loop was busy) or
+    ``POST /flow_runs/count`` of the Prefect server (one query: how responsive Prefect was)."""
+
+    def __init__(self, name: str, method: str, url: str, interval: float = 0.25, body: Any = None):
+        self.name, self.method, self.url, self.interval, self.body = name, method, url, interval, body
+        self.times: list[float] = []
+        self.failures = 0
+
+    async def __aenter__(self) -> Probe:
+        self._stop = asyncio.Event()
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self._stop.set()
+        await self._task
+
+    async def _run(self) -> None:
+        async with httpx.AsyncClient(timeout=120) as client:
+            while not self._stop.is_set():
+                started = time.perf_counter()
+                try:
+                    response = await client.request(self.method, self.url, json=self.body)
+                    if response.status_code >= 400:
+                        self.failures += 1
+                except httpx.HTTPError:
+                    self.failures += 1
+                self.times.append(time.perf_counter() - started)
+                try:
+                    await asyncio.wait_for(self._stop.wait(), self.interval)
+                except asyncio.TimeoutError:
+                    pass
+
+    def describe(self) -> str:
+        t = self.times
+        return (f"{self.name}: {len(t)} probes, p50 {ms(pct(t, 50), 0)} ms, p95 {ms(pct(t, 95), 0)} ms, "
+                f"max {ms(max(t) if t else None, 0)} ms" + (f", {self.failures} failed" if self.failures else ""))
+
+
+def prefect_probe(prefect_url: str) -> Probe:
+    return Probe("Prefect API (POST /flow_runs/count)", "POST", f"{prefect_url.rstrip('/')}/flow_runs/count", body={})
+
+
+async def settle(procs: Procs | None, threshold: float = 0.15, window: float = 0.5, timeout: float = 20.0) -> float:
+    """Wait until ``procs`` (the Prefect server) use less than ``threshold`` of a core over
+    ``window`` seconds, so one part does not pay for the backlog of the last; seconds waited."""
+    started = time.monotonic()
+    while procs is not None and time.monotonic() - started < timeout:
+        before = procs.cpu_s()
+        await asyncio.sleep(window)
+        after = procs.cpu_s()
+        if before is None or after is None or (after - before) / window < threshold:
+            break
+    return time.monotonic() - started
+
+
+# ----------------------------------------------------------------------------- canvases
+
+
+def chain_canvas(name: str, middle: int) -> dict[str, Any]:
+    """start -> t1 -> ... -> t<middle> -> end (transform nodes)."""
+    ids = ["start", *(f"t{i}" for i in range(1, middle + 1)), "end"]
+    nodes = [{"id": "start", "type": "start", "data": {}}]
+    nodes += [{"id": f"t{i}", "type": "transform", "data": {"output": f"{{{{ {i} }}}}"}}
+              for i in range(1, middle + 1)]
+    nodes.append({"id": "end", "type": "end", "data": {"output": f"{{{{ {ids[-2]} }}}}"}})
+    edges = [{"id": f"e{i}", "source": a, "target": b} for i, (a, b) in enumerate(zip(ids, ids[1:]))]
+    return {"name": name, "nodes": nodes, "edges": edges}
+
+
+# ----------------------------------------------------------------------------- PostgreSQL and Prefect
+
+
+@dataclass(frozen=True)
+class PrefectServer:
+    api_url: str
+    procs: Procs | None
+    """Its processes, when it runs on this host and we know them."""
+    log: Path | None = None
+
+
+@contextmanager
+def prefect_on_postgres(home: Path) -> Iterator[PrefectServer]:
+    """A Prefect server of the benchmark's own: its own port, its own PostgreSQL database."""
+    from flows.local_server import start_server, stop  # no Prefect import there
+
+    with postgres_database("fm_bench_prefect") as url:
+        info = start_server(home, free_port(), env={"PREFECT_SERVER_DATABASE_CONNECTION_URL": url})
+        try:
+            yield PrefectServer(info.api_url, Procs((info.pid,), tree=True) if info.pid else None,
+                                home / "prefect-server.log")
+        finally:
+            stop(home)
+
+
+def external_prefect(api_url: str) -> PrefectServer:
+    """A Prefect server given by URL; its process is found by its port when it is on this host."""
+    port = httpx.URL(api_url).port
+    pid = pid_listening_on(port) if port else None
+    return PrefectServer(api_url, Procs((pid,), tree=True) if pid else None)
+
+
+# ----------------------------------------------------------------------------- serve and worker processes
+
+
+@dataclass
+class Served:
+    """A ``python -m cli serve`` process with a temporary home (see ``start_serve``)."""
+
+    name: str
+    base: str
+    process: subprocess.Popen[bytes]
+    home: Path
+    startup_s: float
+    redis_url: str | None
+    run_ids: list[str] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def log_path(self) -> Path:
+        return self.home / "serve.log"
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGINT)  # Ctrl-C: a clean shutdown
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+
+
+def base_env(prefect_url: str, home: Path, *, database_url: str | None = None, redis_url: str | None = None,
+             extra_env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment every FlowMaestro process of one benchmark shares: Prefect server,
+    home, database (SQLite in the home by default), event log, result storage."""
+    # prefect.client at DEBUG logs its retries ("retryable status code 503 ...", counted by LogWatch)
+    # and one line per client it connects: a few lines per run.
+    env = dict(os.environ, PREFECT_API_URL=prefect_url, FLOWMAESTRO_API_KEYS=f"bench:{KEY}",
+               FLOWMAESTRO_HOME=str(home),
+               FLOWMAESTRO_DATABASE_URL=database_url or f"sqlite+aiosqlite:///{home / 'api.db'}",
+               PREFECT_LOCAL_STORAGE_PATH=str(home / "results"),
+               PREFECT_LOGGING_LOGGERS_PREFECT_CLIENT_LEVEL="DEBUG")
+    env.pop("FLOWMAESTRO_REDIS_URL", None)
+    if redis_url:
+        env["FLOWMAESTRO_REDIS_URL"] = redis_url
+    env.update(extra_env or {})
+    return env
+
+
+def start_serve(name: str, prefect_url: str, *, redis_url: str | None = None, home: Path | None = None,
+                extra_env: dict[str, str] | None = None, wait: bool = True, database_url: str | None = None,
+                workers: int | None = None) -> Served:
+    """Start ``python -m cli serve --port P`` (with ``--workers N`` when given; serve's
+    default otherwise): SQLite API database (and SQL event log, unless ``redis_url``) in a
+    temporary home unless ``database_url``. Its output goes to ``<home>/serve.log``."""
+    home = home or Path(tempfile.mkdtemp(prefix=f"fm-bench-{name}-"))
+    port = free_port()
+    env = base_env(prefect_url, home, database_url=database_url, redis_url=redis_url, extra_env=extra_env)
+    args = [sys.executable, "-m", "cli", "serve", "--port", str(port)]
+    if workers is not None:
+        args += ["--workers", str(workers)]
+    with (home / "serve.log").open("ab") as log_file:
+        process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+    served = Served(name, f"http://127.0.0.1:{port}", process, home, 0.0, redis_url)
+    if wait:
+        wait_healthy(served, time.perf_counter())
+    return served
+
+
+def wait_healthy(served: Served, started: float, timeout: float = 120.0) -> None:
+    deadline = started + timeout
+    while time.perf_counter() < deadline:
+        if served.process.poll() is not None:
+            raise RuntimeError(f"flowmaestro serve ({served.name}) exited:\n{served.log_tail()}")
+        try:
+            if httpx.get(f"{served.base}/health", timeout=5).status_code == 200:
+                served.startup_s = time.perf_counter() - started
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    served.stop()
+    raise RuntimeError(f"flowmaestro serve ({served.name}) did not become healthy:\n{served.log_tail()}")
+
+
+def start_worker(name: str, args: list[str], env: dict[str, str], home: Path) -> Proc:
+    """Start ``python ARGS`` from the repository root (a worker), its output in
+    ``<home>/worker-<name>.log``; ``wait_started`` waits for it."""
+    return Proc([sys.executable, *args], env, home / f"worker-{name}.log")
+
+
+def wait_started(worker: Proc, timeout: float = 120.0) -> None:
+    """Until the worker says it started polling (both kinds of worker print "started")."""
+    def started() -> bool:
+        if not worker.alive():
+            raise RuntimeError(f"worker {worker.args} exited:\n{worker.output()}")
+        return "started" in worker.output(20000)
+
+    wait_until(started, timeout=timeout, what=f"worker {worker.args[-1]} starting")
+
+
+def workers_procs(workers: list[Proc]) -> Procs:
+    return Procs(tuple(w.pid for w in workers))
+
+
+class LogWatch:
+    """The exceptions some processes logged while a block ran (from their log files), and
+    the requests their Prefect clients retried."""
+
+    PATTERN = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Timeout)): (.{0,140})")
+
+    def __init__(self, *paths: Path):
+        self.paths = paths
+
+    def __enter__(self) -> LogWatch:
+        self.offsets = [p.stat().st_size if p.exists() else 0 for p in self.paths]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+    def summary(self) -> list[str]:
+        found: Counter = Counter()
+        retries: Counter = Counter()
+        for path, offset in zip(self.paths, self.offsets):
+            try:
+                with path.open("rb") as f:
+                    f.seek(offset)
+                    text = f.read().decode(errors="replace")
+            except OSError:
+                continue
+            for line in text.splitlines():
+                match = self.PATTERN.match(line)
+                if match:
+                    found[f"{match.group(1)}: {re.sub(r'[0-9a-f-]{36}', '<id>', match.group(2))}"] += 1
+                elif "prefect.client" in line and "Another attempt will be made" in line:
+                    code = re.search(r"retryable status code (\d+)", line)
+                    retries[code.group(1) if code else "exception"] += 1
+        # Each unexpected error of the API is logged twice (FlowMaestro's handler, then uvicorn): halve.
+        lines = [f"{max(1, n // 2)} x {what}" for what, n in found.most_common(4)]
+        if retries:
+            lines.append(f"Prefect client retried {sum(retries.values())} request(s) after ~2 s backoff: "
+                         + ", ".join(f"{n} x {code}" for code, n in retries.items()))
+        return lines
