@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from _prefect_record import FINAL_TYPES, epoch, first_task_starts, state_times, wait_final
-from _stack import (CpuMeter, CpuTimeline, PathResult, PrefectServer, Procs, deltas, prefect_probe, settle,
-                    start_worker, wait_started, workers_procs)
+from _stack import (CpuMeter, CpuTimeline, PathResult, PrefectRequests, PrefectServer, cpu_fields, deltas,
+                    postgres_backends, prefect_probe, settle, start_worker, wait_started, workers_procs)
 
 RUN_TIMEOUT_S = 240.0
 
@@ -53,7 +53,8 @@ async def raw_prefect(prefect: PrefectServer, env: dict[str, str], home: Path, *
             warm = [str((await client.create_flow_run_from_deployment(deployment_id)).id) for _ in range(2 * workers)]
             await wait_final(prefect.api_url, warm, RUN_TIMEOUT_S)
             await settle(prefect.procs)
-            meter_procs = dict(workers=workers_procs(procs), prefect=prefect.procs, postgres=Procs(comm="postgres"))
+            meter_procs = dict(workers=workers_procs(procs), prefect=prefect.procs,
+                               postgres=postgres_backends(prefect.database, env["FLOWMAESTRO_DATABASE_URL"]))
             probe = prefect_probe(prefect.api_url)
 
             async def create() -> tuple[str | None, float, float]:
@@ -64,7 +65,7 @@ async def raw_prefect(prefect: PrefectServer, env: dict[str, str], home: Path, *
                     return None, sent, time.time()
                 return str(run.id), sent, time.time()
 
-            with CpuMeter(**meter_procs) as meter:
+            with CpuMeter(**meter_procs) as meter, PrefectRequests(prefect) as requests:
                 async with CpuTimeline(**meter_procs) as timeline, probe:
                     first_sent = time.time()
                     created = await asyncio.gather(*(create() for _ in range(count)))
@@ -84,20 +85,24 @@ async def raw_prefect(prefect: PrefectServer, env: dict[str, str], home: Path, *
     st = {i: states.get(i, {}) for i in completed}
     result = PathResult(
         "raw Prefect", count, len(completed), errors=(count - len(ids)) + (len(ended) - len(completed)),
-        lost=len(ids) - len(ended), wall_s=last_done - first_sent,
+        lost=len(ids) - len(ended), wall_s=last_done - first_sent, wall_prefect_s=last_done - first_sent,
         accept=[c[2] - c[1] for c in created],
         first_step=deltas([(sent[i], starts.get(i)) for i in completed]),
         done=deltas([(sent[i], done_at[i]) for i in completed]),
         phases=[("create_flow_run_from_deployment call (client)", [c[2] - c[1] for c in created]),
-                ("created -> picked by a worker (Pending)", deltas([(answered[i], st[i].get("PENDING")) for i in completed])),
-                ("Pending -> Running (worker submits, flow engine starts)",
-                 deltas([(st[i].get("PENDING"), st[i].get("RUNNING")) for i in completed])),
+                ("created -> picked by a worker (Pending)",
+                 deltas([(answered[i], st[i].get("PENDING")) for i in completed])),
+                ("Pending -> Submitting (worker: job configuration, labels)",
+                 deltas([(st[i].get("PENDING"), st[i].get("Submitting")) for i in completed])),
+                ("Submitting -> Running (worker runs the flow engine, which starts)",
+                 deltas([(st[i].get("Submitting"), st[i].get("RUNNING")) for i in completed])),
                 ("Running -> 1st task started", deltas([(st[i].get("RUNNING"), starts.get(i)) for i in completed])),
                 ("1st task started -> Completed (5 tasks, final state)",
                  deltas([(starts.get(i), done_at[i]) for i in completed]))],
         cpu=[f"creates (first sent -> last answered) {timeline.describe(first_sent, last_answer)}",
              f"runs (last answered -> last completed) {timeline.describe(last_answer, last_done)}",
-             f"whole part: {meter.describe()}", probe.describe()])
+             f"whole part: {meter.describe()}"],
+        notes=[probe.describe(), requests.describe(count)], **cpu_fields(meter, len(completed)))
     return result
 
 
@@ -133,9 +138,10 @@ async def in_process(prefect: PrefectServer, canvas: dict[str, Any], *, count: i
     try:
         await one()  # warm-up: imports, the flow's first run in this process
         await settle(prefect.procs)
-        meter_procs = dict(prefect=prefect.procs, postgres=Procs(comm="postgres"))
+        meter_procs = dict(prefect=prefect.procs,
+                           postgres=postgres_backends(prefect.database, os.environ.get("FLOWMAESTRO_DATABASE_URL")))
         probe = prefect_probe(prefect.api_url)
-        with CpuMeter(**meter_procs) as meter:
+        with CpuMeter(**meter_procs) as meter, PrefectRequests(prefect) as requests:
             async with CpuTimeline(**meter_procs, client=os.getpid()) as timeline, probe:
                 first_sent = time.time()
                 results = await asyncio.gather(*(one() for _ in range(count)))
@@ -149,7 +155,8 @@ async def in_process(prefect: PrefectServer, canvas: dict[str, Any], *, count: i
     last_done = max((r[3] for r in ok), default=last_answer)
     ev = {r[0]: seen.get(r[0], {}) for r in ok}
     return PathResult(
-        "in-process", count, len(ok), errors=count - len(ok), lost=0, wall_s=last_done - first_sent,
+        "in-process", count, len(ok), errors=count - len(ok), lost=0, wall_s=last_done - first_sent, client_runs=True,
+        wall_prefect_s=max((states.get(r[0], {}).get("COMPLETED", 0.0) for r in ok), default=first_sent) - first_sent,
         accept=[r[2] - r[1] for r in results],
         first_step=deltas([(r[1], ev[r[0]].get("node:started")) for r in ok]),
         done=[r[3] - r[1] for r in ok],
@@ -164,4 +171,5 @@ async def in_process(prefect: PrefectServer, canvas: dict[str, Any], *, count: i
                  deltas([(ev[r[0]].get("execution:completed"), r[3]) for r in ok]))],
         cpu=[f"starts (first sent -> last start_run returned) {timeline.describe(first_sent, last_answer)}",
              f"runs (-> last completed) {timeline.describe(last_answer, last_done)}",
-             f"whole part: {meter.describe()}", probe.describe()])
+             f"whole part: {meter.describe()}"],
+        notes=[probe.describe(), requests.describe(count)], **cpu_fields(meter, len(ok)))

@@ -56,8 +56,9 @@ async def wait_final(prefect_url: str, ids: list[str], timeout: float, poll_s: f
 
 
 async def state_times(prefect_url: str, ids: list[str], concurrency: int = 8) -> dict[str, dict[str, float]]:
-    """For each run, the first time it entered each state type: ``{"SCHEDULED": t, "PENDING": t,
-    "RUNNING": t, "COMPLETED": t, ...}``."""
+    """For each run, the first time it entered each state type and each state name:
+    ``{"SCHEDULED": t, "PENDING": t, "Submitting": t, "RUNNING": t, "COMPLETED": t, ...}``
+    (the worker proposes Pending when it takes the run, then Pending named Submitting)."""
     gate = asyncio.Semaphore(concurrency)
     times: dict[str, dict[str, float]] = {}
     async with client(prefect_url) as http:
@@ -70,8 +71,9 @@ async def state_times(prefect_url: str, ids: list[str], concurrency: int = 8) ->
             seen: dict[str, float] = {}
             for state in answer.json():
                 t = epoch(state.get("timestamp"))
-                if t is not None and (state["type"] not in seen or t < seen[state["type"]]):
-                    seen[state["type"]] = t
+                for key in (state["type"], state.get("name")):
+                    if t is not None and key and (key not in seen or t < seen[key]):
+                        seen[key] = t
             times[run_id] = seen
 
         await asyncio.gather(*(one(i) for i in ids))

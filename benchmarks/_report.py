@@ -3,6 +3,7 @@ ratios, and the targets, with where the time went for each one missed."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from _stack import PathResult, ms, pct, table
@@ -21,10 +22,11 @@ def comparison(paths: list[PathResult], count: int, workers: int, limit: int) ->
     if not paths:
         return ""
     headers = ["path", "runs", "completed", "errors", "lost", "accept p50", "accept p95", "1st step p50",
-               "1st step p95", "done p50", "done p95", "wall s", "runs/s"]
+               "1st step p95", "done p50", "done p95", "wall s", "runs/s", "runs/s (Prefect Completed)"]
     rows = [[p.path, p.count, p.completed, p.errors, p.lost, ms(pct(p.accept, 50)), ms(pct(p.accept, 95)),
              ms(pct(p.first_step, 50)), ms(pct(p.first_step, 95)), ms(pct(p.done, 50)), ms(pct(p.done, 95)),
-             f"{p.wall_s:.1f}", f"{p.runs_per_s:.2f}"] for p in paths]
+             f"{p.wall_s:.1f}", f"{p.runs_per_s:.2f}",
+             "-" if p.runs_per_s_prefect is None else f"{p.runs_per_s_prefect:.2f}"] for p in paths]
     by_name = {p.path: p for p in paths}
     fm = by_name.get("FlowMaestro")
     for other in ("raw Prefect", "in-process"):
@@ -36,18 +38,39 @@ def comparison(paths: list[PathResult], count: int, workers: int, limit: int) ->
                      _ratio(pct(fm.first_step, 50), pct(base.first_step, 50)),
                      _ratio(pct(fm.first_step, 95), pct(base.first_step, 95)),
                      _ratio(pct(fm.done, 50), pct(base.done, 50)), _ratio(pct(fm.done, 95), pct(base.done, 95)),
-                     _ratio(fm.wall_s, base.wall_s), _ratio(fm.runs_per_s, base.runs_per_s)])
+                     _ratio(fm.wall_s, base.wall_s), _ratio(fm.runs_per_s, base.runs_per_s),
+                     _ratio(fm.runs_per_s_prefect, base.runs_per_s_prefect)])
     title = (f"Side by side: {count} runs of the 5-step chain started at once, ms from each request "
              f"(FlowMaestro: POST execute -> 202 / 1st node:started received / execution:completed received, "
              f"API + {workers} workers x {limit}; raw Prefect: create_flow_run_from_deployment -> answer / 1st "
              f"task started / Completed, {workers} workers x {limit}; in-process: start_run -> returned / 1st "
              f"node:started / final state, this process)")
-    return table(headers, rows, title=title)
+    out = table(headers, rows, title=title)
+    names = [n for n in ("api", "workers", "prefect", "postgres", "client") if any(n in p.cpu_per_run for p in paths)]
+    cpu_rows = []
+    for p in paths:
+        total = p.cpu_total_per_run
+        cpu_rows.append([p.path, *(f"{p.cpu_per_run[n] * 1000:.0f}" if n in p.cpu_per_run else "-" for n in names),
+                         "-" if total is None else f"{total * 1000:.0f}",
+                         "-" if not total else f"{(os.cpu_count() or 1) / total:.1f}",
+                         "-" if p.others_share is None else f"{p.others_share * 100:.0f}%"])
+    fm_total = fm.cpu_total_per_run if fm else None
+    for other in ("raw Prefect", "in-process"):
+        base = by_name.get(other)
+        if fm_total and base is not None and base.cpu_total_per_run:
+            cpu_rows.append([f"FlowMaestro / {other}", *([""] * len(names)), _ratio(fm_total, base.cpu_total_per_run),
+                             "", ""])
+    out += "\n\n" + table(["path", *(f"{n} ms" for n in names), "total ms", f"runs/s {os.cpu_count()} CPUs allow",
+                            "machine CPU used by others"], cpu_rows,
+                           title="CPU per completed run, ms, by process (client: the benchmark itself; in the "
+                                 "total only for in-process, where it ran the runs), over the whole part")
+    return out
 
 
 def _breakdown(result: PathResult, top: int = 4) -> list[str]:
     """The largest phases by median, then the CPU by process."""
-    return _ranked(result.phases, top) + [f"    CPU {line}" for line in result.cpu[:2]]
+    return (_ranked(result.phases, top) + [f"    CPU {line}" for line in result.cpu[:2]]
+            + [f"    {line}" for line in result.notes if line.startswith("Prefect requests")])
 
 
 def _ranked(phases: list[tuple[str, list[float]]], top: int = 4) -> list[str]:

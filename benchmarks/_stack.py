@@ -91,14 +91,48 @@ class PathResult:
     """Request -> completed."""
     phases: list[tuple[str, list[float]]] = field(default_factory=list)
     cpu: list[str] = field(default_factory=list)
-    """CPU of the processes involved, per window of the part."""
+    """CPU of the processes involved, per window of the part (the requests, the runs after)."""
+    notes: list[str] = field(default_factory=list)
+    """The rest worth printing: CPU over the whole part, probes, Prefect requests."""
+    cpu_per_run: dict[str, float] = field(default_factory=dict)
+    """CPU seconds per completed run, by process group (``client``: the benchmark itself)."""
+    others_share: float | None = None
+    """The part of the machine's CPU that others used meanwhile (0..1)."""
+    client_runs: bool = False
+    """The benchmark's own process ran the runs (in-process): its CPU is the path's."""
+    wall_prefect_s: float | None = None
+    """First request sent -> last run Completed in Prefect (FlowMaestro's runs are completed
+    for their clients a little before: the worker then stores the result and ends the flow run)."""
 
     @property
     def runs_per_s(self) -> float:
         return self.completed / self.wall_s if self.wall_s > 0 else 0.0
 
+    @property
+    def cpu_total_per_run(self) -> float | None:
+        """CPU seconds per run of the path's own processes (the benchmark's only when it ran them)."""
+        used = [u for name, u in self.cpu_per_run.items() if name != "client" or self.client_runs]
+        return sum(used) if used else None
+
+    @property
+    def runs_per_s_prefect(self) -> float | None:
+        return self.completed / self.wall_prefect_s if self.wall_prefect_s else None
+
     def phase_table(self, title: str) -> str:
         return table([title, "n", "p50", "p95", "max"], [spread_row(name, v) for name, v in self.phases])
+
+    def report(self, part: str, title: str) -> str:
+        """The breakdown, then the CPU and notes, each line marked with the part."""
+        return "\n".join([self.phase_table(title), *(f"CPU during {part}: {line}" for line in self.cpu),
+                          *(f"during {part}: {line}" for line in self.notes)])
+
+
+def cpu_fields(meter: CpuMeter, completed: int) -> dict[str, Any]:
+    """The ``PathResult`` fields a part's ``CpuMeter`` gives."""
+    others = meter.others()
+    capacity = meter.wall * (os.cpu_count() or 1)
+    return {"cpu_per_run": meter.per_run(completed),
+            "others_share": None if others is None or capacity <= 0 else others / capacity}
 
 
 def deltas(pairs: list[tuple[float | None, float | None]]) -> list[float]:
@@ -162,6 +196,16 @@ def cpu_s(pid: int | None) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_busy_s() -> float | None:
+    """CPU seconds the whole machine has been busy (all cores: not idle, not waiting on I/O)."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, idle, iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def loadavg() -> str:
     try:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -171,18 +215,25 @@ def loadavg() -> str:
 
 @dataclass(frozen=True)
 class Procs:
-    """Processes whose CPU time is added up: ``pids`` (and their descendants alive at the
-    time of reading, when ``tree``), or every process named ``comm`` (``postgres``: all of
-    the machine's PostgreSQL backends, other users' included)."""
+    """Processes whose CPU time is added up: ``pids`` (and their descendants, when ``tree``),
+    or every process whose command line contains one of ``match`` (a PostgreSQL backend
+    shows its database there)."""
 
     pids: tuple[int, ...] = ()
     tree: bool = False
-    comm: str | None = None
+    match: tuple[str, ...] = ()
 
     def members(self) -> list[int]:
-        if self.comm is not None:
-            return [int(p.name) for p in Path("/proc").iterdir()
-                    if p.name.isdigit() and (_stat(p.name) or ("",))[0] == self.comm]
+        if self.match:
+            found = []
+            for proc in Path("/proc").iterdir():
+                try:
+                    if proc.name.isdigit() and any(m in (proc / "cmdline").read_text(errors="replace")
+                                                   for m in self.match):
+                        found.append(int(proc.name))
+                except OSError:
+                    continue
+            return found
         if not self.tree:
             return list(self.pids)
         children: dict[int, list[int]] = {}
@@ -197,10 +248,23 @@ class Procs:
             todo += children.get(pid, [])
         return found
 
+    def snapshot(self) -> dict[int, float]:
+        """CPU seconds so far, per member."""
+        used = {pid: cpu_s(pid) for pid in self.members()}
+        return {pid: u for pid, u in used.items() if u is not None}
+
     def cpu_s(self) -> float | None:
-        used = [cpu_s(pid) for pid in self.members()]
-        known = [u for u in used if u is not None]
-        return sum(known) if known else None
+        snapshot = self.snapshot()
+        return sum(snapshot.values()) if snapshot else None
+
+
+def cpu_between(before: dict[int, float] | None, after: dict[int, float] | None) -> float | None:
+    """CPU used between two snapshots: what each process alive at the end used since the
+    first (all of it, for one that started meanwhile); one that ended meanwhile is missed."""
+    if not before and not after:
+        return None
+    before = before or {}
+    return sum(max(0.0, used - before.get(pid, 0.0)) for pid, used in (after or {}).items())
 
 
 class CpuMeter:
@@ -213,24 +277,39 @@ class CpuMeter:
         self.wall = 0.0
 
     def __enter__(self) -> CpuMeter:
-        self._before = {name: p.cpu_s() if p else None for name, p in self.procs.items()}
+        self._before = {name: p.snapshot() if p else None for name, p in self.procs.items()}
         self._own = time.process_time()
+        self._machine = machine_busy_s()
         self._t = time.perf_counter()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.wall = time.perf_counter() - self._t
         for name, p in self.procs.items():
-            before, after = self._before[name], p.cpu_s() if p else None
-            # A process tree can lose a member meanwhile (its CPU leaves the sum): never below 0.
-            self.used[name] = None if before is None or after is None else max(0.0, after - before)
+            self.used[name] = cpu_between(self._before[name], p.snapshot()) if p else None
         self.used["client"] = time.process_time() - self._own
+        after = machine_busy_s()
+        self.machine = None if after is None or self._machine is None else after - self._machine
+        """CPU seconds the whole machine was busy meanwhile (every process, others' too)."""
+
+    def others(self) -> float | None:
+        """CPU seconds used meanwhile by processes not measured here (other users of the machine)."""
+        if self.machine is None:
+            return None
+        return max(0.0, self.machine - sum(u for u in self.used.values() if u is not None))
+
+    def per_run(self, runs: int) -> dict[str, float]:
+        return {name: u / runs for name, u in self.used.items() if u is not None and runs}
 
     def describe(self) -> str:
         parts = [f"wall {self.wall:.1f} s"]
         for name, used in self.used.items():
             if used is not None:
                 parts.append(f"{name} CPU {used:.1f} s ({used / self.wall * 100:.0f}% of a core)")
+        others = self.others()
+        if others is not None and self.wall > 0:
+            parts.append(f"other processes of the machine {others:.1f} s ({others / self.wall * 100:.0f}% of a "
+                         f"core, of {os.cpu_count()})")
         return ", ".join(parts) + f"; load average {loadavg()}"
 
 
@@ -242,10 +321,10 @@ class CpuTimeline:
     def __init__(self, interval: float = 0.25, **procs: int | Procs | None):
         self.interval = interval
         self.procs = {name: Procs((p,)) if isinstance(p, int) else p for name, p in procs.items() if p}
-        self.samples: list[tuple[float, dict[str, float | None]]] = []
+        self.samples: list[tuple[float, dict[str, dict[int, float]]]] = []
 
     def _sample(self) -> None:
-        self.samples.append((time.time(), {name: p.cpu_s() for name, p in self.procs.items()}))
+        self.samples.append((time.time(), {name: p.snapshot() for name, p in self.procs.items()}))
 
     async def __aenter__(self) -> CpuTimeline:
         self._stop = asyncio.Event()
@@ -272,8 +351,7 @@ class CpuTimeline:
             return 0.0, {}
         before = max((s for s in self.samples if s[0] <= t0), default=self.samples[0], key=lambda s: s[0])
         after = min((s for s in self.samples if s[0] >= t1), default=self.samples[-1], key=lambda s: s[0])
-        used = {name: None if before[1].get(name) is None or after[1].get(name) is None
-                else max(0.0, after[1][name] - before[1][name]) for name in self.procs}
+        used = {name: cpu_between(before[1].get(name), after[1].get(name)) for name in self.procs}
         return after[0] - before[0], used
 
     def describe(self, t0: float, t1: float) -> str:
@@ -364,6 +442,18 @@ class PrefectServer:
     procs: Procs | None
     """Its processes, when it runs on this host and we know them."""
     log: Path | None = None
+    database: str | None = None
+    """Its PostgreSQL database, when the benchmark made it."""
+
+
+def database_name(url: str) -> str:
+    return url.rsplit("/", 1)[1]
+
+
+def postgres_backends(*urls_or_names: str | None) -> Procs:
+    """The PostgreSQL backends serving these databases (their command lines name them)."""
+    names = tuple(f" {database_name(n) if '/' in n else n} " for n in urls_or_names if n)
+    return Procs(match=names)
 
 
 @contextmanager
@@ -372,10 +462,12 @@ def prefect_on_postgres(home: Path) -> Iterator[PrefectServer]:
     from flows.local_server import start_server, stop  # no Prefect import there
 
     with postgres_database("fm_bench_prefect") as url:
-        info = start_server(home, free_port(), env={"PREFECT_SERVER_DATABASE_CONNECTION_URL": url})
+        # INFO: uvicorn's access log, one line per request (``PrefectRequests`` counts them).
+        info = start_server(home, free_port(), env={"PREFECT_SERVER_DATABASE_CONNECTION_URL": url,
+                                                    "PREFECT_SERVER_LOGGING_LEVEL": "INFO"})
         try:
             yield PrefectServer(info.api_url, Procs((info.pid,), tree=True) if info.pid else None,
-                                home / "prefect-server.log")
+                                home / "prefect-server.log", database=database_name(url))
         finally:
             stop(home)
 
@@ -540,3 +632,35 @@ class LogWatch:
             lines.append(f"Prefect client retried {sum(retries.values())} request(s) after ~2 s backoff: "
                          + ", ".join(f"{n} x {code}" for code, n in retries.items()))
         return lines
+
+
+class PrefectRequests:
+    """The requests the Prefect server answered while a block ran, by route, from its access
+    log (the server the benchmark starts logs at INFO); nothing when its log is unknown."""
+
+    LINE = re.compile(r'"(GET|POST|PATCH|PUT|DELETE) (/api/[^ ?"]*)')
+    ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+    def __init__(self, prefect: PrefectServer):
+        self.path = prefect.log
+
+    def __enter__(self) -> PrefectRequests:
+        self.offset = self.path.stat().st_size if self.path and self.path.exists() else None
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.counts: Counter = Counter()
+        if self.path is None or self.offset is None:
+            return
+        with self.path.open("rb") as f:
+            f.seek(self.offset)
+            text = f.read().decode(errors="replace")
+        for match in self.LINE.finditer(text):
+            self.counts[f"{match.group(1)} {self.ID.sub('{id}', match.group(2))}"] += 1
+
+    def describe(self, runs: int, top: int = 8) -> str:
+        if not self.counts:
+            return "Prefect requests: not known (no access log)"
+        total = sum(self.counts.values())
+        parts = ", ".join(f"{route} {n}" for route, n in self.counts.most_common(top))
+        return f"Prefect requests: {total} ({total / max(runs, 1):.1f} per run); {parts}"

@@ -47,7 +47,7 @@ started p95 <= 1.5 s warm; N concurrent executes: 0 errors, 0 lost, POST -> 202 
 >= 10 runs/s and >= 0.8x the raw Prefect path. For a missed target, where the time went.
 
 Each part prints the CPU seconds of the API, the workers, the Prefect server and PostgreSQL
-(every backend of the machine's server: others' too) during it, and for the bursts during
+(the backends of the benchmark's two databases) during it, and for the bursts during
 the requests and during the runs after them; two probes run meanwhile, one request every
 0.25 s: ``GET /docs`` of the API (its answer time is how long its event loop was busy) and
 ``POST /flow_runs/count`` of Prefect (how responsive it was). Exceptions and Prefect-client
@@ -85,10 +85,11 @@ from httpx_sse import aconnect_sse  # noqa: E402
 
 from _prefect_record import state_times  # noqa: E402
 from _report import comparison, targets  # noqa: E402
-from _stack import (AUTH, CpuMeter, CpuTimeline, LogWatch, PathResult, Probe, Procs, PrefectServer,  # noqa: E402,F401
-                    Served, base_env, chain_canvas, cpu_s, deltas, external_prefect, free_port, loadavg, ms, pct,
-                    pid_listening_on, postgres_database, prefect_on_postgres, prefect_probe, settle, spread_row,
-                    start_serve, start_worker, table, wait_healthy, wait_started, workers_procs)
+from _stack import (AUTH, CpuMeter, CpuTimeline, LogWatch, PathResult, PrefectRequests,  # noqa: E402
+                    PrefectServer, Probe, Served, base_env, chain_canvas, cpu_fields, deltas, external_prefect,
+                    loadavg, ms, pct, postgres_backends, postgres_database, prefect_on_postgres, prefect_probe,
+                    settle, spread_row, start_serve, start_worker, table, wait_started, workers_procs)
+from _stack import free_port, wait_healthy  # noqa: E402,F401  (events.py uses them from here)
 
 FINAL = ("execution:completed", "execution:failed", "execution:cancelled")
 DEFAULT_PREFECT = "http://127.0.0.1:4200/api"
@@ -237,8 +238,10 @@ def phases(runs: list[Execution]) -> list[tuple[str, list[float]]]:
     return [
         ("POST -> 202 (accept)", [r.accepted - r.posted for r in runs if r.accepted is not None]),
         ("202 -> picked by a worker (Pending)", deltas([(r.accepted, s(r, "PENDING")) for r in ok])),
-        ("Pending -> Running (worker submits, flow engine starts)",
-         deltas([(s(r, "PENDING"), s(r, "RUNNING")) for r in ok])),
+        ("Pending -> Submitting (worker: job configuration, labels)",
+         deltas([(s(r, "PENDING"), s(r, "Submitting")) for r in ok])),
+        ("Submitting -> Running (worker runs the flow engine, which starts)",
+         deltas([(s(r, "Submitting"), s(r, "RUNNING")) for r in ok])),
         ("Running -> execution:started (load canvas, record start)",
          deltas([(s(r, "RUNNING"), r.exec_started_pub) for r in ok])),
         ("execution:started -> 1st node:started", deltas([(r.exec_started_pub, r.first_started_pub) for r in ok])),
@@ -260,10 +263,11 @@ class FmStack:
     served: Served
     workers: list[Any]
     prefect: PrefectServer
+    database_url: str
 
     def procs(self) -> dict[str, Any]:
         return dict(api=self.served.pid, workers=workers_procs(self.workers), prefect=self.prefect.procs,
-                    postgres=Procs(comm="postgres"))
+                    postgres=postgres_backends(self.prefect.database, self.database_url))
 
     def logs(self) -> LogWatch:
         return LogWatch(self.served.log_path, *(w.log for w in self.workers))
@@ -296,7 +300,7 @@ async def bench_latency(stack: FmStack, runs: int, budget_s: float) -> tuple[str
     async with api_client(served.base) as client, loop_probe, prefect_pr:
         workflow_id = await save_workflow(client, chain_canvas("bench-latency", 1))
         results: list[Execution] = []
-        with CpuMeter(**stack.procs()) as meter, stack.logs() as watch:
+        with CpuMeter(**stack.procs()) as meter, stack.logs() as watch, PrefectRequests(stack.prefect) as requests:
             deadline = time.monotonic() + budget_s
             for _ in range(runs):
                 results.append(await execute_and_follow(client, workflow_id, registry=served.run_ids))
@@ -328,7 +332,8 @@ async def bench_latency(stack: FmStack, runs: int, budget_s: float) -> tuple[str
         lines.append(f"failed: {dict(errors)} (not in the table)")
     lines += [f"logs: {line}" for line in watch.summary()]
     lines.append(f"during (a): {meter.describe()}")
-    lines += [f"during (a): {loop_probe.describe()}", f"during (a): {prefect_pr.describe()}"]
+    lines += [f"during (a): {loop_probe.describe()}", f"during (a): {prefect_pr.describe()}",
+              f"during (a): {requests.describe(len(results))}"]
     return "\n".join(lines), result
 
 
@@ -342,7 +347,7 @@ async def bench_concurrent(stack: FmStack, count: int, post_limit: int) -> tuple
             await asyncio.gather(*(execute_and_follow(client, workflow_id, registry=served.run_ids)
                                    for _ in range(2 * len(stack.workers))))
         await settle(stack.prefect.procs)
-        with CpuMeter(**stack.procs()) as meter, stack.logs() as watch:
+        with CpuMeter(**stack.procs()) as meter, stack.logs() as watch, PrefectRequests(stack.prefect) as requests:
             async with loop_probe, prefect_pr, CpuTimeline(**stack.procs()) as timeline:
                 first_post = time.time()
                 results = await asyncio.gather(*(execute_and_follow(client, workflow_id, timeout=240, gate=gate,
@@ -362,12 +367,14 @@ async def bench_concurrent(stack: FmStack, count: int, post_limit: int) -> tuple
     result = PathResult(
         "FlowMaestro", count, len(ok), errors=sum(non_202.values()) + sum(failed_runs.values())
         + sum(stream_errors.values()), lost=lost, wall_s=last_done - first_post,
+        wall_prefect_s=max((r.states.get("COMPLETED", 0.0) for r in ok), default=first_post) - first_post,
         accept=[r.accepted - r.posted for r in results if r.accepted is not None],
         first_step=[r.first_started_recv - r.posted for r in ok], done=[r.final_recv - r.posted for r in ok],
         phases=phases(results),
         cpu=[f"POSTs (first POST -> last 202) {timeline.describe(first_post, last_202)}",
              f"runs (last 202 -> last completed) {timeline.describe(last_202, last_done)}",
-             f"whole part: {meter.describe()}", loop_probe.describe(), prefect_pr.describe()])
+             f"whole part: {meter.describe()}"],
+        notes=[loop_probe.describe(), prefect_pr.describe(), requests.describe(count)], **cpu_fields(meter, len(ok)))
     label = f"{count}, all POSTs at once" if not post_limit else f"{count}, <= {post_limit} POSTs in flight"
     rows = [[label, len(ok), f"{result.wall_s:.1f}", f"{result.runs_per_s:.2f}", ms(pct(result.done, 50)),
              ms(pct(result.done, 95)), ms(max(result.done) if result.done else None), ms(pct(result.accept, 50)),
@@ -383,7 +390,7 @@ async def bench_concurrent(stack: FmStack, count: int, post_limit: int) -> tuple
         if errors and (what != "stored status" or set(errors) != {"completed"}):
             lines.append(f"{what}: {dict(errors)}")
     lines += [f"logs: {line}" for line in watch.summary()]
-    lines += [f"CPU during (b): {line}" for line in result.cpu[:3]] + [f"during (b): {p}" for p in result.cpu[3:]]
+    lines += [f"CPU during (b): {line}" for line in result.cpu] + [f"during (b): {line}" for line in result.notes]
     return "\n".join(lines), result
 
 
@@ -441,7 +448,7 @@ async def run_flowmaestro(args: argparse.Namespace, prefect: PrefectServer, env:
         await asyncio.gather(*(asyncio.to_thread(wait_started, w) for w in workers))
         print(f"API pid {served.pid} and {len(workers)} workers (pids {', '.join(str(w.pid) for w in workers)}, "
               f"limit {args.worker_limit} each) up after {time.perf_counter() - t:.1f} s\n", flush=True)
-        stack = FmStack(served, workers, prefect)
+        stack = FmStack(served, workers, prefect, database_url)
         if "latency" in only:
             text, latency = await bench_latency(stack, sizes["runs"], sizes["budget"])
             print(text + "\n", flush=True)
@@ -494,18 +501,15 @@ async def main_async(args: argparse.Namespace) -> int:
             raw = await raw_prefect(prefect, env, home, count=sizes["count"], workers=args.workers,
                                     limit=args.worker_limit, poll_s=float(os.environ.get("FLOWMAESTRO_WORKER_POLL_S",
                                                                                          "1")), pool=f"bench-raw-{tag}")
-            print(raw.phase_table(f"(c) raw Prefect: {sizes['count']} runs of a 5-task flow created at once, "
-                                  f"breakdown, ms") + "\n" + "\n".join(f"CPU during (c): {c}" for c in raw.cpu[:3])
-                  + f"\nduring (c): {raw.cpu[3]}\n", flush=True)
+            print(raw.report("(c)", f"(c) raw Prefect: {sizes['count']} runs of a 5-task flow created at once, "
+                                    f"breakdown, ms") + "\n", flush=True)
         if "inprocess" in only:
             from _baselines import in_process
 
             await settle(prefect.procs)
             local = await in_process(prefect, chain_canvas("bench-in-process", 3), count=sizes["count"])
-            print(local.phase_table(f"(d) in-process: {sizes['count']} runs of the 5-node chain started at once "
-                                    f"with flows.launch.start_run, breakdown, ms") + "\n"
-                  + "\n".join(f"CPU during (d): {c}" for c in local.cpu[:3]) + f"\nduring (d): {local.cpu[3]}\n",
-                  flush=True)
+            print(local.report("(d)", f"(d) in-process: {sizes['count']} runs of the 5-node chain started at "
+                                      f"once with flows.launch.start_run, breakdown, ms") + "\n", flush=True)
         print(comparison([p for p in (fm, raw, local) if p], sizes["count"], args.workers, args.worker_limit)
               + "\n", flush=True)
         print(targets(latency, fm, raw) + "\n", flush=True)
