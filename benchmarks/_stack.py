@@ -658,7 +658,7 @@ class PrefectRequests:
         for match in self.LINE.finditer(text):
             self.counts[f"{match.group(1)} {self.ID.sub('{id}', match.group(2))}"] += 1
 
-    def describe(self, runs: int, top: int = 8) -> str:
+    def describe(self, runs: int, top: int = 12) -> str:
         if not self.counts:
             return "Prefect requests: not known (no access log)"
         total = sum(self.counts.values())

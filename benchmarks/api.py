@@ -14,7 +14,7 @@ The script starts a Prefect server of its own on PostgreSQL (its own port and da
 this run, every process with the same ``FLOWMAESTRO_HOME``, database and result storage.
 
 (a) **latency** (FlowMaestro): ``--runs`` (50; 10 with ``--quick``) executions, one after the
-    other (stopping early after ``--budget-a`` s, 90; 30 with ``--quick``), of a 3-node workflow
+    other (stopping early after ``--budget-a`` s, 90; 20 with ``--quick``), of a 3-node workflow
     (start -> transform -> end): ``POST /api/workflows/{id}/execute``, then, right after the 202,
     ``GET /api/executions/{id}/stream`` until ``execution:completed``. Cold (the first run after
     the processes started) and warm: POST -> 202, POST -> first ``node:started`` received,
@@ -31,7 +31,7 @@ this run, every process with the same ``FLOWMAESTRO_HOME``, database and result 
     node, -> completed (p50/p95/max), errors (answers other than 202, runs that ended otherwise
     than completed, streams that broke) and lost runs (accepted, never final in the store), with
     the same breakdown. One round per ``--post-limits`` value (0: every POST at once; N: at most
-    N POSTs in flight); the comparison uses the first round.
+    N POSTs in flight; default 0 alone); the comparison uses the first round.
 
 (c) **raw Prefect** (``_baselines.py``): the same 5-step chain as a hand-written Prefect flow
     (``raw_prefect_worker.py``: five tiny ``@task`` calls in an async ``@flow``), deployed on a
@@ -473,9 +473,9 @@ async def main_async(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     only = set(args.only.split(",")) if args.only else {"latency", "concurrent", "raw", "inprocess"}
     redis_url = (args.redis_url or DEFAULT_REDIS) if args.redis else None
-    sizes = {"runs": args.runs or (10 if args.quick else 50), "budget": args.budget_a or (30 if args.quick else 90),
+    sizes = {"runs": args.runs or (10 if args.quick else 50), "budget": args.budget_a or (20 if args.quick else 90),
              "count": args.concurrent or (20 if args.quick else 100),
-             "limits": [int(x) for x in (args.post_limits or ("0" if args.quick else "0,10")).split(",")]}
+             "limits": [int(x) for x in (args.post_limits or "0").split(",")]}
     home = Path(tempfile.mkdtemp(prefix="fm-bench-api-"))
     tag = uuid.uuid4().hex[:6]
     with ExitStack() as cleanup:
@@ -523,13 +523,13 @@ async def main_async(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="10 sequential runs (30 s at most), 20 concurrent")
+    parser.add_argument("--quick", action="store_true", help="10 sequential runs (20 s at most), 20 concurrent")
     parser.add_argument("--only", default="", help="latency,concurrent,raw,inprocess (default all)")
     parser.add_argument("--runs", type=int, default=0, help="sequential runs for (a) (default 50)")
     parser.add_argument("--budget-a", type=float, default=0, help="stop (a) after this many seconds (default 90)")
     parser.add_argument("--concurrent", type=int, default=0, help="concurrent runs for (b), (c), (d) (default 100)")
     parser.add_argument("--post-limits", default="", help="rounds of (b): POSTs in flight at once, 0 = all "
-                        "(default 0,10; quick 0)")
+                        "(default 0; e.g. 0,10 adds a round with at most 10)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes for (a), (b) and (c) (default 2)")
     parser.add_argument("--worker-limit", type=int, default=20, help="runs at once per worker (default 20)")
     parser.add_argument("--prefect-url", default=None, help="use this Prefect server instead of starting one on "
