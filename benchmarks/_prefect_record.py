@@ -42,6 +42,30 @@ async def flow_runs(prefect_url: str, ids: list[str]) -> dict[str, dict[str, Any
     return found
 
 
+async def tagged_flow_runs(prefect_url: str, tag: str) -> list[dict[str, Any]]:
+    """Every flow run with this tag."""
+    found: list[dict[str, Any]] = []
+    async with client(prefect_url) as http:
+        while True:
+            answer = await http.post("flow_runs/filter", json={"flow_runs": {"tags": {"all_": [tag]}},
+                                                               "limit": PAGE, "offset": len(found)})
+            answer.raise_for_status()
+            page = answer.json()
+            found += page
+            if len(page) < PAGE:
+                return found
+
+
+async def wait_tagged_final(prefect_url: str, tag: str, timeout: float, poll_s: float = 0.5) -> list[dict[str, Any]]:
+    """Poll until every flow run with this tag is in a final state (or ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = await tagged_flow_runs(prefect_url, tag)
+        if all(run.get("state_type") in FINAL_TYPES for run in runs) or time.monotonic() > deadline:
+            return runs
+        await asyncio.sleep(poll_s)
+
+
 async def wait_final(prefect_url: str, ids: list[str], timeout: float, poll_s: float = 0.25
                      ) -> dict[str, dict[str, Any]]:
     """Poll until every run is in a final state (or ``timeout``); the runs as last read."""
