@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from _prefect_record import FINAL_TYPES, epoch, first_task_starts, state_times, wait_final
-from _stack import (CpuMeter, CpuTimeline, PathResult, PrefectRequests, PrefectServer, cpu_fields, deltas,
-                    postgres_backends, prefect_probe, settle, start_worker, wait_started, workers_procs)
+from _measure import CpuMeter, CpuTimeline, PathResult, PrefectRequests, cpu_fields, deltas, prefect_probe, settle
+from _stack import PrefectServer, postgres_backends, start_worker, wait_started, workers_procs
 
 RUN_TIMEOUT_S = 240.0
 
@@ -65,7 +65,7 @@ async def raw_prefect(prefect: PrefectServer, env: dict[str, str], home: Path, *
                     return None, sent, time.time()
                 return str(run.id), sent, time.time()
 
-            with CpuMeter(**meter_procs) as meter, PrefectRequests(prefect) as requests:
+            with CpuMeter(**meter_procs) as meter, PrefectRequests(prefect.log) as requests:
                 async with CpuTimeline(**meter_procs) as timeline, probe:
                     first_sent = time.time()
                     created = await asyncio.gather(*(create() for _ in range(count)))
@@ -141,7 +141,7 @@ async def in_process(prefect: PrefectServer, canvas: dict[str, Any], *, count: i
         meter_procs = dict(prefect=prefect.procs,
                            postgres=postgres_backends(prefect.database, os.environ.get("FLOWMAESTRO_DATABASE_URL")))
         probe = prefect_probe(prefect.api_url)
-        with CpuMeter(**meter_procs) as meter, PrefectRequests(prefect) as requests:
+        with CpuMeter(**meter_procs) as meter, PrefectRequests(prefect.log) as requests:
             async with CpuTimeline(**meter_procs, client=os.getpid()) as timeline, probe:
                 first_sent = time.time()
                 results = await asyncio.gather(*(one() for _ in range(count)))

@@ -4,7 +4,7 @@ side with the same work on raw Prefect and in one process, on one Prefect server
 Usage::
 
     python benchmarks/api.py [--quick] [--redis] [--only latency,concurrent,raw,inprocess]
-                             [--runs 50] [--budget-a 90] [--concurrent 100] [--post-limits 0,10]
+                             [--runs 50] [--budget-a 60] [--concurrent 100] [--post-limits 0,10]
                              [--workers 2] [--worker-limit 20] [--prefect-url URL] [--keep]
 
 The script starts a Prefect server of its own on PostgreSQL (its own port and database;
@@ -14,7 +14,7 @@ The script starts a Prefect server of its own on PostgreSQL (its own port and da
 this run, every process with the same ``FLOWMAESTRO_HOME``, database and result storage.
 
 (a) **latency** (FlowMaestro): ``--runs`` (50; 10 with ``--quick``) executions, one after the
-    other (stopping early after ``--budget-a`` s, 90; 20 with ``--quick``), of a 3-node workflow
+    other (stopping early after ``--budget-a`` s, 60; 20 with ``--quick``), of a 3-node workflow
     (start -> transform -> end): ``POST /api/workflows/{id}/execute``, then, right after the 202,
     ``GET /api/executions/{id}/stream`` until ``execution:completed``. Cold (the first run after
     the processes started) and warm: POST -> 202, POST -> first ``node:started`` received,
@@ -85,10 +85,11 @@ from httpx_sse import aconnect_sse  # noqa: E402
 
 from _prefect_record import state_times, wait_tagged_final  # noqa: E402
 from _report import comparison, targets  # noqa: E402
-from _stack import (AUTH, CpuMeter, CpuTimeline, LogWatch, PathResult, PrefectRequests,  # noqa: E402
-                    PrefectServer, Probe, Served, base_env, chain_canvas, cpu_fields, deltas, external_prefect,
-                    loadavg, ms, pct, postgres_backends, postgres_database, prefect_on_postgres, prefect_probe,
-                    settle, spread_row, start_serve, start_worker, table, wait_started, workers_procs)
+from _measure import (CpuMeter, CpuTimeline, LogWatch, PathResult, PrefectRequests, Probe,  # noqa: E402
+                      cpu_fields, deltas, loadavg, ms, pct, prefect_probe, settle, spread_row, table)
+from _stack import (AUTH, PrefectServer, Served, base_env, chain_canvas, external_prefect,  # noqa: E402
+                    postgres_backends, postgres_database, prefect_on_postgres, start_serve, start_worker,
+                    wait_started, workers_procs)
 from _stack import free_port, wait_healthy  # noqa: E402,F401  (events.py uses them from here)
 
 FINAL = ("execution:completed", "execution:failed", "execution:cancelled")
@@ -302,7 +303,7 @@ async def bench_latency(stack: FmStack, runs: int, budget_s: float) -> tuple[str
     async with api_client(served.base) as client, loop_probe, prefect_pr:
         workflow_id = await save_workflow(client, chain_canvas("bench-latency", 1))
         results: list[Execution] = []
-        with CpuMeter(**stack.procs()) as meter, stack.logs() as watch, PrefectRequests(stack.prefect) as requests:
+        with CpuMeter(**stack.procs()) as meter, stack.logs() as watch, PrefectRequests(stack.prefect.log) as requests:
             deadline = time.monotonic() + budget_s
             for _ in range(runs):
                 results.append(await execute_and_follow(client, workflow_id, registry=served.run_ids))
@@ -350,7 +351,7 @@ async def bench_concurrent(stack: FmStack, count: int, post_limit: int) -> tuple
                                    for _ in range(2 * len(stack.workers))))
         await settle(stack.prefect.procs)
         tag = f"workflow:{workflow_id}"
-        with CpuMeter(**stack.procs()) as meter, stack.logs() as watch, PrefectRequests(stack.prefect) as requests:
+        with CpuMeter(**stack.procs()) as meter, stack.logs() as watch, PrefectRequests(stack.prefect.log) as requests:
             async with loop_probe, prefect_pr, CpuTimeline(**stack.procs()) as timeline:
                 first_post = time.time()
                 results = await asyncio.gather(*(execute_and_follow(client, workflow_id, timeout=240, gate=gate,
@@ -494,7 +495,7 @@ async def main_async(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     only = set(args.only.split(",")) if args.only else {"latency", "concurrent", "raw", "inprocess"}
     redis_url = (args.redis_url or DEFAULT_REDIS) if args.redis else None
-    sizes = {"runs": args.runs or (10 if args.quick else 50), "budget": args.budget_a or (20 if args.quick else 90),
+    sizes = {"runs": args.runs or (10 if args.quick else 50), "budget": args.budget_a or (20 if args.quick else 60),
              "count": args.concurrent or (20 if args.quick else 100),
              "limits": [int(x) for x in (args.post_limits or "0").split(",")]}
     home = Path(tempfile.mkdtemp(prefix="fm-bench-api-"))
@@ -547,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="10 sequential runs (20 s at most), 20 concurrent")
     parser.add_argument("--only", default="", help="latency,concurrent,raw,inprocess (default all)")
     parser.add_argument("--runs", type=int, default=0, help="sequential runs for (a) (default 50)")
-    parser.add_argument("--budget-a", type=float, default=0, help="stop (a) after this many seconds (default 90)")
+    parser.add_argument("--budget-a", type=float, default=0, help="stop (a) after this many seconds (default 60)")
     parser.add_argument("--concurrent", type=int, default=0, help="concurrent runs for (b), (c), (d) (default 100)")
     parser.add_argument("--post-limits", default="", help="rounds of (b): POSTs in flight at once, 0 = all "
                         "(default 0; e.g. 0,10 adds a round with at most 10)")
