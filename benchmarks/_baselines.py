@@ -4,9 +4,10 @@
   deployment on a work pool of its own, served by FlowMaestro's worker (the same class,
   the same number of processes and limit, the same 1 s poll), N runs created at once with
   ``create_flow_run_from_deployment``: what Prefect and the worker cost without FlowMaestro;
-- **in-process**: the 5-node chain canvas through ``flows.launch.start_run`` in the
-  benchmark's own process (the flow run is created, then runs as an asyncio task here, as
-  the API ran runs before workers): what a run costs without any worker or API.
+- **in-process**: the 5-node chain canvas started in the benchmark's own process as the
+  API started runs before workers (``flows.launch.start_run``, since removed: the flow run
+  is created Pending, then runs as an asyncio task here, ``start_in_process``): what a run
+  costs without any worker or API.
 
 Both need Prefect imported in this process, after ``PREFECT_API_URL`` points at the server.
 """
@@ -106,10 +107,24 @@ async def raw_prefect(prefect: PrefectServer, env: dict[str, str], home: Path, *
     return result
 
 
+async def start_in_process(flow: Any, canvas: dict[str, Any], inputs: dict[str, Any]) -> tuple[str, Any]:
+    """What ``flows.launch.start_run`` did: create the flow run (Pending, so its id is known at
+    once), then run the flow for it as an asyncio task of this process; (run id, the task)."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Pending
+
+    from flows.prefect_compat import start_flow_run_in_process
+
+    parameters = {"canvas": canvas, "inputs": inputs, "workflow_id": None, "version": None, "owner": None}
+    async with get_client() as client:
+        flow_run = await client.create_flow_run(flow, name=str(canvas.get("name") or "workflow"),
+                                                parameters=parameters, tags=["flowmaestro"], state=Pending())
+    return str(flow_run.id), start_flow_run_in_process(flow, flow_run, parameters)
+
+
 async def in_process(prefect: PrefectServer, canvas: dict[str, Any], *, count: int) -> PathResult:
-    """``count`` runs of ``canvas`` started at once with ``flows.launch.start_run`` here."""
+    """``count`` runs of ``canvas`` started at once in this process (``start_in_process``)."""
     from flows.flow import workflow_flow
-    from flows.launch import start_run
     from flows.run_context import RunContext
 
     seen: dict[str, dict[str, float]] = {}
@@ -124,7 +139,7 @@ async def in_process(prefect: PrefectServer, canvas: dict[str, Any], *, count: i
     async def one() -> tuple[str | None, float, float, float, bool]:
         sent = time.time()
         try:
-            run_id, task = await start_run(flow, canvas, {})
+            run_id, task = await start_in_process(flow, canvas, {})
         except Exception:
             return None, sent, time.time(), time.time(), False
         answered = time.time()
@@ -160,7 +175,7 @@ async def in_process(prefect: PrefectServer, canvas: dict[str, Any], *, count: i
         accept=[r[2] - r[1] for r in results],
         first_step=deltas([(r[1], ev[r[0]].get("node:started")) for r in ok]),
         done=[r[3] - r[1] for r in ok],
-        phases=[("start_run returned (flow run created)", [r[2] - r[1] for r in results]),
+        phases=[("flow run created (start_in_process returned)", [r[2] - r[1] for r in results]),
                 ("created -> Running (flow engine starts here)",
                  deltas([(r[2], states.get(r[0], {}).get("RUNNING")) for r in ok])),
                 ("Running -> 1st node:started", deltas([(states.get(r[0], {}).get("RUNNING"),
@@ -169,7 +184,7 @@ async def in_process(prefect: PrefectServer, canvas: dict[str, Any], *, count: i
                  deltas([(ev[r[0]].get("node:started"), ev[r[0]].get("execution:completed")) for r in ok])),
                 ("execution:completed -> final state returned",
                  deltas([(ev[r[0]].get("execution:completed"), r[3]) for r in ok]))],
-        cpu=[f"starts (first sent -> last start_run returned) {timeline.describe(first_sent, last_answer)}",
+        cpu=[f"starts (first sent -> last start_in_process returned) {timeline.describe(first_sent, last_answer)}",
              f"runs (-> last completed) {timeline.describe(last_answer, last_done)}",
              f"whole part: {meter.describe()}"],
         notes=[probe.describe(), requests.describe(count)], **cpu_fields(meter, len(ok)))

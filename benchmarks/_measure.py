@@ -67,7 +67,7 @@ class PathResult:
     wall_s: float
     """First request sent -> last run completed."""
     accept: list[float] = field(default_factory=list)
-    """Request -> answer (POST -> 202, the create call, ``start_run`` returned)."""
+    """Request -> answer (POST -> 202, the create call, the in-process flow run created)."""
     first_step: list[float] = field(default_factory=list)
     """Request -> first node (task) started."""
     done: list[float] = field(default_factory=list)

@@ -43,7 +43,7 @@ def comparison(paths: list[PathResult], count: int, workers: int, limit: int) ->
     title = (f"Side by side: {count} runs of the 5-step chain started at once, ms from each request "
              f"(FlowMaestro: POST execute -> 202 / 1st node:started received / execution:completed received, "
              f"API + {workers} workers x {limit}; raw Prefect: create_flow_run_from_deployment -> answer / 1st "
-             f"task started / Completed, {workers} workers x {limit}; in-process: start_run -> returned / 1st "
+             f"task started / Completed, {workers} workers x {limit}; in-process: flow run created / 1st "
              f"node:started / final state, this process)")
     out = table(headers, rows, title=title)
     names = [n for n in ("api", "workers", "prefect", "postgres", "client") if any(n in p.cpu_per_run for p in paths)]

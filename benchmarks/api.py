@@ -39,8 +39,9 @@ this run, every process with the same ``FLOWMAESTRO_HOME``, database and result 
     processes, same limit and poll), ``--concurrent`` runs created at once with
     ``create_flow_run_from_deployment``: runs/s, create -> first task started, -> completed.
 
-(d) **in-process** (``_baselines.py``): the 5-node chain through ``flows.launch.start_run`` in
-    this process, ``--concurrent`` at once: runs/s (the path the API took before workers).
+(d) **in-process** (``_baselines.py``): the 5-node chain started in this process as
+    ``flows.launch.start_run`` did (flow run created, then run as an asyncio task here),
+    ``--concurrent`` at once: runs/s (the path the API took before workers).
 
 Then one table of the three paths with the ratios, and the targets: execute -> first node
 started p95 <= 1.5 s warm; N concurrent executes: 0 errors, 0 lost, POST -> 202 p95 <= 300 ms,
@@ -531,7 +532,7 @@ async def main_async(args: argparse.Namespace) -> int:
             await settle(prefect.procs)
             local = await in_process(prefect, chain_canvas("bench-in-process", 3), count=sizes["count"])
             print(local.report("(d)", f"(d) in-process: {sizes['count']} runs of the 5-node chain started at "
-                                      f"once with flows.launch.start_run, breakdown, ms") + "\n", flush=True)
+                                      f"once in this process (flow run created, then run here), breakdown, ms") + "\n", flush=True)
         print(comparison([p for p in (fm, raw, local) if p], sizes["count"], args.workers, args.worker_limit)
               + "\n", flush=True)
         print(targets(latency, fm, raw) + "\n", flush=True)
