@@ -1,49 +1,58 @@
-"""End-to-end latency and throughput of the REST API, measured against a real
-``flowmaestro serve`` process (uvicorn, runs executing inside it) over HTTP and SSE.
+"""End-to-end latency and throughput of FlowMaestro's REST API with runs on workers, side by
+side with the same work on raw Prefect and in one process, on one Prefect server.
 
 Usage::
 
-    python benchmarks/api.py [--quick] [--redis] [--only latency,concurrent] [--runs 50] [--budget-a 90]
-                             [--concurrent 100] [--post-limits 0,10] [--keep]
+    python benchmarks/api.py [--quick] [--redis] [--only latency,concurrent,raw,inprocess]
+                             [--runs 50] [--budget-a 60] [--concurrent 100] [--post-limits 0,10]
+                             [--workers 2] [--worker-limit 20] [--prefect-url URL] [--keep]
 
-The script starts ``python -m cli serve --port P`` with a temporary ``FLOWMAESTRO_HOME``,
-its API database in SQLite there (``FLOWMAESTRO_DATABASE_URL``), ``FLOWMAESTRO_API_KEYS`` and
-``PREFECT_API_URL`` pointing at a healthy Prefect server (``$PREFECT_API_URL``, else
-http://127.0.0.1:4200/api, else the embedded server started by ``benchmarks/_common.py``).
-``--redis`` sets ``FLOWMAESTRO_REDIS_URL`` (event log in Redis streams instead of SQL).
+The script starts a Prefect server of its own on PostgreSQL (its own port and database;
+``--prefect-url`` uses a running one instead), a PostgreSQL database for FlowMaestro's store
+(and its event log, unless ``--redis``: Redis streams), ``python -m cli serve --workers 0``
+(the API alone) and ``--workers`` (2) ``python -m cli worker`` processes on a work pool of
+this run, every process with the same ``FLOWMAESTRO_HOME``, database and result storage.
 
-(a) **latency**: ``--runs`` (50; 10 with ``--quick``) executions, one after the other (stopping
-    early after ``--budget-a`` seconds, 90; 30 with ``--quick``), of a 3-node workflow (start -> transform -> end). For each: ``POST /api/workflows/{id}/execute``,
-    then, right after the 202, ``GET /api/executions/{id}/stream`` (httpx-sse) until
-    ``execution:completed``. Reported separately for the first run after the server started
-    ("cold", n=1) and the others ("warm"): POST -> 202, POST -> first ``node:started``
-    received, POST -> ``execution:completed`` received (p50/p95/max), and a breakdown of the
-    warm medians using the events' own ``timestamp`` (set by the engine when it published
-    the event; same machine, same clock): accept (POST -> 202), 202 -> the engine published
-    the first ``node:started``, the run itself (first ``node:started`` -> ``execution:completed``
-    published) and delivery (published -> received by the SSE client).
+(a) **latency** (FlowMaestro): ``--runs`` (50; 10 with ``--quick``) executions, one after the
+    other (stopping early after ``--budget-a`` s, 60; 20 with ``--quick``), of a 3-node workflow
+    (start -> transform -> end): ``POST /api/workflows/{id}/execute``, then, right after the 202,
+    ``GET /api/executions/{id}/stream`` until ``execution:completed``. Cold (the first run after
+    the processes started) and warm: POST -> 202, POST -> first ``node:started`` received,
+    POST -> ``execution:completed`` received; and a breakdown of the warm runs with the events'
+    own timestamps (set by the engine when it published them) and Prefect's state times (set
+    by the clients that proposed them; same machine, same clock): accept, 202 -> picked by a
+    worker (Pending: the worker's poll), Pending -> Running, Running -> ``execution:started``
+    (the worker loads the canvas and records the start), -> first ``node:started``, the run,
+    -> Completed in Prefect (result stored), and delivery (published -> received over SSE).
 
-(b) **throughput**: ``--concurrent`` (100; 20 with ``--quick``) executions of a 5-node chain
-    (start -> t1 -> t2 -> t3 -> end) fired at once, each followed over its own SSE stream until
-    its final event: completed runs per second (first POST -> last ``execution:completed``),
-    latency POST -> completion (p50/p95/max), POST -> 202 (p50/p95), and errors: answers other
-    than 202, runs that ended otherwise than ``completed``, streams that broke or timed out,
-    and runs whose stored status (``GET /api/executions/{id}``) is not ``completed``. One round
-    per ``--post-limits`` value: 0 fires every POST at once; N keeps at most N POSTs in flight
-    (the runs themselves still overlap), which tells the API's admission apart from the runs.
-    Failed runs are left out of the latency columns and counted in the error columns.
+(b) **throughput** (FlowMaestro): ``--concurrent`` (100; 20 with ``--quick``) executions of a
+    5-node chain (start -> t1 -> t2 -> t3 -> end) fired at once, each followed over its own SSE
+    stream: runs/s (first POST -> last ``execution:completed`` received), POST -> 202, -> first
+    node, -> completed (p50/p95/max), errors (answers other than 202, runs that ended otherwise
+    than completed, streams that broke) and lost runs (accepted, never final in the store), with
+    the same breakdown. One round per ``--post-limits`` value (0: every POST at once; N: at most
+    N POSTs in flight; default 0 alone); the comparison uses the first round.
 
-Exceptions the serve process logged during each part are summarized from its log
-(``<home>/serve.log``; ``--keep`` keeps the temporary home), with the requests its Prefect
-client retried (``prefect.client`` logs at DEBUG in the serve process: a 503 from Prefect
-costs a ~2 s backoff).
+(c) **raw Prefect** (``_baselines.py``): the same 5-step chain as a hand-written Prefect flow
+    (``raw_prefect_worker.py``: five tiny ``@task`` calls in an async ``@flow``), deployed on a
+    work pool of its own served by the same worker class (``FlowMaestroWorker``, as many
+    processes, same limit and poll), ``--concurrent`` runs created at once with
+    ``create_flow_run_from_deployment``: runs/s, create -> first task started, -> completed.
 
-CPU seconds used by the serve process and by the Prefect server (found by its listening
-port, when on this host) during each part, and the load average, are printed with the
-tables: on a shared machine they say how much of the wall time was ours. Two probes run
-meanwhile, one request every 0.25 s: ``GET /docs`` of the serve process (a static page: its
-answer time is how long the serve event loop was too busy to answer) and
-``POST /flow_runs/count`` of the Prefect server (how responsive Prefect itself was).
+(d) **in-process** (``_baselines.py``): the 5-node chain started in this process as
+    ``flows.launch.start_run`` did (flow run created, then run as an asyncio task here),
+    ``--concurrent`` at once: runs/s (the path the API took before workers).
+
+Then one table of the three paths with the ratios, and the targets: execute -> first node
+started p95 <= 1.5 s warm; N concurrent executes: 0 errors, 0 lost, POST -> 202 p95 <= 300 ms,
+>= 10 runs/s and >= 0.8x the raw Prefect path. For a missed target, where the time went.
+
+Each part prints the CPU seconds of the API, the workers, the Prefect server and PostgreSQL
+(the backends of the benchmark's two databases) during it, and for the bursts during
+the requests and during the runs after them; two probes run meanwhile, one request every
+0.25 s: ``GET /docs`` of the API (its answer time is how long its event loop was busy) and
+``POST /flow_runs/count`` of Prefect (how responsive it was). Exceptions and Prefect-client
+retries the API and workers logged are summarized (``--keep`` keeps their logs).
 
 ``events.py`` imports the serve-process helpers of this module.
 """
@@ -54,16 +63,13 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections import Counter
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -71,20 +77,25 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
-if str(BENCH) not in sys.path:
-    sys.path.insert(0, str(BENCH))
+for _path in (str(BENCH), str(ROOT)):  # this worktree's packages, not an installed copy
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
 
 import httpx  # noqa: E402
 from httpx_sse import aconnect_sse  # noqa: E402
 
-KEY = "bench-key"
-AUTH = {"Authorization": f"Bearer {KEY}"}
+from _prefect_record import state_times, wait_tagged_final  # noqa: E402
+from _report import comparison, targets  # noqa: E402
+from _measure import (CpuMeter, CpuTimeline, LogWatch, PathResult, PrefectRequests, Probe,  # noqa: E402
+                      cpu_fields, deltas, loadavg, ms, pct, prefect_probe, settle, spread_row, table)
+from _stack import (AUTH, PrefectServer, Served, base_env, chain_canvas, external_prefect,  # noqa: E402
+                    postgres_backends, postgres_database, prefect_on_postgres, start_serve, start_worker,
+                    wait_started, workers_procs)
+from _stack import free_port, wait_healthy  # noqa: E402,F401  (events.py uses them from here)
+
 FINAL = ("execution:completed", "execution:failed", "execution:cancelled")
 DEFAULT_PREFECT = "http://127.0.0.1:4200/api"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
-
-
-# ----------------------------------------------------------------------------- environment
 
 
 def _healthy(api_url: str, timeout: float = 5.0) -> bool:
@@ -95,8 +106,8 @@ def _healthy(api_url: str, timeout: float = 5.0) -> bool:
 
 
 def prefect_api_url() -> str:
-    """A healthy Prefect server: ``$PREFECT_API_URL``, else the one on :4200, else the
-    embedded server (started if needed) through ``_common.prepare_prefect``."""
+    """A healthy Prefect server for ``events.py``: ``$PREFECT_API_URL``, else the one on
+    :4200, else the embedded server (started if needed) through ``_common.prepare_prefect``."""
     for url in (os.environ.get("PREFECT_API_URL"), DEFAULT_PREFECT):
         if url and _healthy(url):
             return url
@@ -105,206 +116,8 @@ def prefect_api_url() -> str:
     return _common.prepare_prefect().api_url
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def pid_listening_on(port: int) -> int | None:
-    """The pid of the local process listening on a TCP port (Linux /proc), if visible."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            parts = line.split()
-            if parts[3] == "0A" and int(parts[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
-                inodes.add(f"socket:[{parts[9]}]")
-    if not inodes:
-        return None
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            for fd in (proc / "fd").iterdir():
-                if os.readlink(fd) in inodes:
-                    return int(proc.name)
-        except OSError:
-            continue
-    return None
-
-
-def cpu_s(pid: int | None) -> float | None:
-    """CPU seconds (user + system) used so far by a process."""
-    if pid is None:
-        return None
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "?"
-
-
-class CpuMeter:
-    """CPU seconds used by some processes while a block runs, and the wall time."""
-
-    def __init__(self, **pids: int | None):
-        self.pids = pids
-        self.used: dict[str, float | None] = {}
-        self.wall = 0.0
-
-    def __enter__(self) -> "CpuMeter":
-        self._before = {name: cpu_s(pid) for name, pid in self.pids.items()}
-        self._own = time.process_time()
-        self._t = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.wall = time.perf_counter() - self._t
-        for name, pid in self.pids.items():
-            before, after = self._before[name], cpu_s(pid)
-            self.used[name] = None if before is None or after is None else after - before
-        self.used["client"] = time.process_time() - self._own
-
-    def describe(self) -> str:
-        parts = [f"wall {self.wall:.1f} s"]
-        for name, used in self.used.items():
-            if used is not None:
-                parts.append(f"{name} CPU {used:.1f} s ({used / self.wall * 100:.0f}% of a core)")
-        return ", ".join(parts) + f"; load average {loadavg()}"
-
-
-class Probe:
-    """Times one cheap request every ``interval`` seconds while a block runs: ``GET /docs`` of
-    the serve process (static: its answer time is how long its event loop was busy) or
-    ``POST /flow_runs/count`` of the Prefect server (one query: how responsive Prefect was)."""
-
-    def __init__(self, name: str, method: str, url: str, interval: float = 0.25, body: Any = None):
-        self.name, self.method, self.url, self.interval, self.body = name, method, url, interval, body
-        self.times: list[float] = []
-        self.failures = 0
-
-    async def __aenter__(self) -> "Probe":
-        self._stop = asyncio.Event()
-        self._task = asyncio.create_task(self._run())
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        self._stop.set()
-        await self._task
-
-    async def _run(self) -> None:
-        async with httpx.AsyncClient(timeout=120) as client:
-            while not self._stop.is_set():
-                started = time.perf_counter()
-                try:
-                    response = await client.request(self.method, self.url, json=self.body)
-                    if response.status_code >= 400:
-                        self.failures += 1
-                except httpx.HTTPError:
-                    self.failures += 1
-                self.times.append(time.perf_counter() - started)
-                try:
-                    await asyncio.wait_for(self._stop.wait(), self.interval)
-                except asyncio.TimeoutError:
-                    pass
-
-    def describe(self) -> str:
-        t = self.times
-        return (f"{self.name}: {len(t)} probes, p50 {ms(pct(t, 50), 0)} ms, p95 {ms(pct(t, 95), 0)} ms, "
-                f"max {ms(max(t) if t else None, 0)} ms" + (f", {self.failures} failed" if self.failures else ""))
-
-
 def probes(served: Served, prefect_url: str) -> tuple[Probe, Probe]:
-    return (Probe("serve event loop (GET /docs)", "GET", f"{served.base}/docs"),
-            Probe("Prefect API (POST /flow_runs/count)", "POST", f"{prefect_url.rstrip('/')}/flow_runs/count",
-                  body={}))
-
-
-# ----------------------------------------------------------------------------- serve process
-
-
-@dataclass
-class Served:
-    """A ``python -m cli serve`` process with a temporary home (see ``start_serve``)."""
-
-    name: str
-    base: str
-    process: subprocess.Popen[bytes]
-    home: Path
-    startup_s: float
-    redis_url: str | None
-    run_ids: list[str] = field(default_factory=list)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def log_tail(self, chars: int = 3000) -> str:
-        try:
-            return (self.home / "serve.log").read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGINT)  # Ctrl-C: a clean shutdown
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
-
-
-def start_serve(name: str, prefect_url: str, *, redis_url: str | None = None, home: Path | None = None,
-                extra_env: dict[str, str] | None = None, wait: bool = True) -> Served:
-    """Start ``python -m cli serve --port P``: SQLite API database (and SQL event log,
-    unless ``redis_url``) in a temporary home. Its output goes to ``<home>/serve.log``."""
-    home = home or Path(tempfile.mkdtemp(prefix=f"fm-bench-{name}-"))
-    port = free_port()
-    # prefect.client at DEBUG logs its retries ("retryable status code 503 ...", counted by LogWatch)
-    # and one line per client it connects: a few lines per run.
-    env = dict(os.environ, PREFECT_API_URL=prefect_url, FLOWMAESTRO_API_KEYS=f"bench:{KEY}",
-               FLOWMAESTRO_HOME=str(home), FLOWMAESTRO_DATABASE_URL=f"sqlite+aiosqlite:///{home / 'api.db'}",
-               PREFECT_LOGGING_LOGGERS_PREFECT_CLIENT_LEVEL="DEBUG")
-    env.pop("FLOWMAESTRO_REDIS_URL", None)
-    if redis_url:
-        env["FLOWMAESTRO_REDIS_URL"] = redis_url
-    env.update(extra_env or {})
-    with (home / "serve.log").open("ab") as log_file:
-        process = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--port", str(port)], cwd=ROOT,
-                                   env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True)
-    served = Served(name, f"http://127.0.0.1:{port}", process, home, 0.0, redis_url)
-    if wait:
-        wait_healthy(served, time.perf_counter())
-    return served
-
-
-def wait_healthy(served: Served, started: float, timeout: float = 120.0) -> None:
-    deadline = started + timeout
-    while time.perf_counter() < deadline:
-        if served.process.poll() is not None:
-            raise RuntimeError(f"flowmaestro serve ({served.name}) exited:\n{served.log_tail()}")
-        try:
-            if httpx.get(f"{served.base}/health", timeout=5).status_code == 200:
-                served.startup_s = time.perf_counter() - started
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    served.stop()
-    raise RuntimeError(f"flowmaestro serve ({served.name}) did not become healthy:\n{served.log_tail()}")
+    return Probe("API event loop (GET /docs)", "GET", f"{served.base}/docs"), prefect_probe(prefect_url)
 
 
 def api_client(base: str, timeout: float = 300.0) -> httpx.AsyncClient:
@@ -325,49 +138,6 @@ def event_time(data: dict[str, Any]) -> float:
     return datetime.fromisoformat(data["timestamp"]).timestamp()
 
 
-# ----------------------------------------------------------------------------- statistics
-
-
-def pct(values: list[float], q: float) -> float | None:
-    """The q-th percentile (0..100), linear interpolation between closest ranks."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * q / 100
-    lo = int(k)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
-
-
-def ms(value: float | None, width: int = 8) -> str:
-    return f"{'-':>{width}}" if value is None else f"{value * 1000:>{width}.0f}"
-
-
-def table(headers: list[str], rows: list[list[Any]], title: str | None = None) -> str:
-    cells = [[str(c) for c in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    out = [] if title is None else [title]
-    out.append("  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths))))
-    out.append("  ".join("-" * w for w in widths))
-    for row in cells:
-        out.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
-    return "\n".join(out)
-
-
-# ----------------------------------------------------------------------------- canvases
-
-
-def chain_canvas(name: str, middle: int) -> dict[str, Any]:
-    """start -> t1 -> ... -> t<middle> -> end (transform nodes)."""
-    ids = ["start", *(f"t{i}" for i in range(1, middle + 1)), "end"]
-    nodes = [{"id": "start", "type": "start", "data": {}}]
-    nodes += [{"id": f"t{i}", "type": "transform", "data": {"output": f"{{{{ {i} }}}}"}}
-              for i in range(1, middle + 1)]
-    nodes.append({"id": "end", "type": "end", "data": {"output": f"{{{{ {ids[-2]} }}}}"}})
-    edges = [{"id": f"e{i}", "source": a, "target": b} for i, (a, b) in enumerate(zip(ids, ids[1:]))]
-    return {"name": name, "nodes": nodes, "edges": edges}
-
-
 # ----------------------------------------------------------------------------- one execution
 
 
@@ -377,6 +147,7 @@ class Execution:
     accepted: float | None = None
     status_code: int | None = None
     execution_id: str | None = None
+    exec_started_pub: float | None = None
     first_started_recv: float | None = None
     first_started_pub: float | None = None
     final_recv: float | None = None
@@ -385,6 +156,8 @@ class Execution:
     events: int = 0
     error: str | None = None
     lags: list[float] = field(default_factory=list)
+    states: dict[str, float] = field(default_factory=dict)
+    """When Prefect saw the run enter each state type (filled in after a part)."""
 
     @property
     def ok(self) -> bool:
@@ -434,6 +207,8 @@ async def _follow(client: httpx.AsyncClient, run: Execution) -> None:
             run.events += 1
             published = event_time(data)
             run.lags.append(now - published)
+            if sse.event == "execution:started" and run.exec_started_pub is None:
+                run.exec_started_pub = published
             if sse.event == "node:started" and run.first_started_recv is None:
                 run.first_started_recv, run.first_started_pub = now, published
             if sse.event in FINAL:
@@ -458,73 +233,84 @@ async def stored_status(client: httpx.AsyncClient, execution_id: str, timeout: f
     return status
 
 
-class LogWatch:
-    """The exceptions the serve process logged while a block ran (from its log file)."""
-
-    PATTERN = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Timeout)): (.{0,140})")
-
-    def __init__(self, served: Served):
-        self.path = served.home / "serve.log"
-
-    def __enter__(self) -> "LogWatch":
-        self.offset = self.path.stat().st_size if self.path.exists() else 0
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        pass
-
-    def summary(self) -> list[str]:
-        try:
-            with self.path.open("rb") as f:
-                f.seek(self.offset)
-                text = f.read().decode(errors="replace")
-        except OSError:
-            return []
-        found: Counter = Counter()
-        retries: Counter = Counter()
-        for line in text.splitlines():
-            match = self.PATTERN.match(line)
-            if match:
-                found[f"{match.group(1)}: {re.sub(r'[0-9a-f-]{36}', '<id>', match.group(2))}"] += 1
-            elif "prefect.client" in line and "Another attempt will be made" in line:
-                code = re.search(r"retryable status code (\d+)", line)
-                retries[code.group(1) if code else "exception"] += 1
-        # Each unexpected error is logged twice (FlowMaestro's handler, then uvicorn): halve.
-        lines = [f"{max(1, n // 2)} x {what}" for what, n in found.most_common(4)]
-        if retries:
-            lines.append(f"Prefect client retried {sum(retries.values())} request(s) after ~2 s backoff: "
-                         + ", ".join(f"{n} x {code}" for code, n in retries.items()))
-        return lines
-
-
-def phase_rows(runs: list[Execution]) -> list[list[Any]]:
+def phases(runs: list[Execution]) -> list[tuple[str, list[float]]]:
+    """Where the time of the runs went, from the events' timestamps (runs whose stream
+    reached its final event) and Prefect's state times (every run accepted)."""
     ok = [r for r in runs if r.ok]
-    parts = {
-        "POST -> 202 (accept)": [r.accepted - r.posted for r in runs if r.accepted is not None],
-        "POST -> 1st node:started published (engine start)": [r.first_started_pub - r.posted for r in ok],
-        "1st node:started -> execution:completed published (the run)": [r.final_pub - r.first_started_pub
-                                                                        for r in ok],
-        "execution:completed published -> received (delivery)": [r.final_recv - r.final_pub for r in ok],
-        "any event published -> received (delivery, all events)": [lag for r in ok for lag in r.lags],
-    }
-    return [[name, len(v), ms(pct(v, 50)), ms(pct(v, 95)), ms(max(v) if v else None)] for name, v in parts.items()]
+    accepted = [r for r in runs if r.execution_id]
+    s = lambda r, key: r.states.get(key)  # noqa: E731
+    return [
+        ("POST -> 202 (accept)", [r.accepted - r.posted for r in runs if r.accepted is not None]),
+        ("202 -> picked by a worker (Pending)", deltas([(r.accepted, s(r, "PENDING")) for r in accepted])),
+        ("Pending -> Submitting (worker: job configuration, labels)",
+         deltas([(s(r, "PENDING"), s(r, "Submitting")) for r in accepted])),
+        ("Submitting -> Running (worker runs the flow engine, which starts)",
+         deltas([(s(r, "Submitting"), s(r, "RUNNING")) for r in accepted])),
+        ("Running -> execution:started (load canvas, record start)",
+         deltas([(s(r, "RUNNING"), r.exec_started_pub) for r in ok])),
+        ("execution:started -> 1st node:started", deltas([(r.exec_started_pub, r.first_started_pub) for r in ok])),
+        ("1st node:started -> execution:completed (the run)", [r.final_pub - r.first_started_pub for r in ok]),
+        ("execution:completed -> Completed in Prefect (result stored)",
+         deltas([(r.final_pub, s(r, "COMPLETED")) for r in ok])),
+        ("execution:completed published -> received (delivery)", [r.final_recv - r.final_pub for r in ok]),
+        ("any event published -> received (delivery, all events)", [lag for r in ok for lag in r.lags]),
+    ]
 
 
-# ----------------------------------------------------------------------------- (a) latency
+# ----------------------------------------------------------------------------- FlowMaestro: API + workers
 
 
-async def bench_latency(served: Served, runs: int, budget_s: float, prefect_url: str, prefect_pid: int | None
-                        ) -> str:
-    loop_probe, prefect_probe = probes(served, prefect_url)
-    async with api_client(served.base) as client, loop_probe, prefect_probe:
+@dataclass
+class FmStack:
+    """The API process and its workers, on one Prefect server."""
+
+    served: Served
+    workers: list[Any]
+    prefect: PrefectServer
+    database_url: str
+
+    def procs(self) -> dict[str, Any]:
+        return dict(api=self.served.pid, workers=workers_procs(self.workers), prefect=self.prefect.procs,
+                    postgres=postgres_backends(self.prefect.database, self.database_url))
+
+    def logs(self) -> LogWatch:
+        return LogWatch(self.served.log_path, *(w.log for w in self.workers))
+
+
+async def read_states(prefect_url: str, runs: list[Execution]) -> None:
+    ids = [r.execution_id for r in runs if r.execution_id]
+    times = await state_times(prefect_url, ids)
+    for r in runs:
+        r.states = times.get(r.execution_id or "", {})
+
+
+@dataclass
+class Latency:
+    cold: list[Execution]
+    warm: list[Execution]
+    cpu: str = ""
+
+    @property
+    def warm_phases(self) -> list[tuple[str, list[float]]]:
+        return phases(self.warm)
+
+    def first(self, q: float) -> float | None:
+        return pct([r.first_started_recv - r.posted for r in self.warm], q)
+
+
+async def bench_latency(stack: FmStack, runs: int, budget_s: float) -> tuple[str, Latency]:
+    served, prefect_url = stack.served, stack.prefect.api_url
+    loop_probe, prefect_pr = probes(served, prefect_url)
+    async with api_client(served.base) as client, loop_probe, prefect_pr:
         workflow_id = await save_workflow(client, chain_canvas("bench-latency", 1))
         results: list[Execution] = []
-        with CpuMeter(serve=served.pid, prefect=prefect_pid) as meter, LogWatch(served) as watch:
+        with CpuMeter(**stack.procs()) as meter, stack.logs() as watch, PrefectRequests(stack.prefect.log) as requests:
             deadline = time.monotonic() + budget_s
             for _ in range(runs):
                 results.append(await execute_and_follow(client, workflow_id, registry=served.run_ids))
                 if time.monotonic() > deadline:
                     break
+    await read_states(prefect_url, results)
     errors = Counter(r.error or r.final_type for r in results if not r.ok)
 
     def row(label: str, group: list[Execution]) -> list[Any]:
@@ -534,74 +320,101 @@ async def bench_latency(served: Served, runs: int, budget_s: float, prefect_url:
         return [label, len(group), ms(pct(accept, 50)), ms(pct(accept, 95)), ms(pct(first, 50)), ms(pct(first, 95)),
                 ms(pct(done, 50)), ms(pct(done, 95)), ms(max(done) if done else None)]
 
-    cold = [r for r in results[:1] if r.ok]
-    warm = [r for r in results[1:] if r.ok]
+    result = Latency(cold=[r for r in results[:1] if r.ok], warm=[r for r in results[1:] if r.ok],
+                     cpu=meter.describe())
     note = "" if len(results) == runs else f"; stopped after {len(results)} runs: --budget-a {budget_s:.0f} s"
     lines = [table(["run", "n", "202 p50", "202 p95", "1st node p50", "1st node p95", "done p50", "done p95",
                     "done max"],
-                   [row("cold (1st after start)", cold), row("warm", warm)],
-                   title=f"(a) latency of a 3-node run (start -> transform -> end), ms from POST execute "
-                         f"[{served.name} event log, {runs} runs one after the other{note}]")]
-    if cold:
-        c = cold[0]
-        lines.append(f"cold run: accept {ms(c.accepted - c.posted, 0)} ms, engine start "
-                     f"{ms(c.first_started_pub - c.posted, 0)} ms, run {ms(c.final_pub - c.first_started_pub, 0)}"
-                     f" ms, delivery {ms(c.final_recv - c.final_pub, 0)} ms")
-    if warm:
-        lines.append(table(["warm breakdown, ms (event timestamps, same clock)", "n", "p50", "p95", "max"],
-                           phase_rows(warm)))
+                   [row("cold (1st after start)", result.cold), row("warm", result.warm)],
+                   title=f"(a) FlowMaestro: latency of a 3-node run (start -> transform -> end), ms from POST "
+                         f"execute [{served.name}, {runs} runs one after the other{note}]")]
+    for label, group in (("cold run", result.cold), ("warm runs", result.warm)):
+        if group:
+            rows = [spread_row(name, values) for name, values in phases(group)]
+            lines.append(table([f"{label}: breakdown, ms", "n", "p50", "p95", "max"], rows))
     if errors:
         lines.append(f"failed: {dict(errors)} (not in the table)")
-    lines += [f"serve log: {line}" for line in watch.summary()]
+    lines += [f"logs: {line}" for line in watch.summary()]
     lines.append(f"during (a): {meter.describe()}")
-    lines += [f"during (a): {loop_probe.describe()}", f"during (a): {prefect_probe.describe()}"]
-    return "\n".join(lines)
+    lines += [f"during (a): {loop_probe.describe()}", f"during (a): {prefect_pr.describe()}",
+              f"during (a): {requests.describe(len(results))}"]
+    return "\n".join(lines), result
 
 
-# ----------------------------------------------------------------------------- (b) throughput
-
-
-async def bench_concurrent(served: Served, count: int, post_limit: int, prefect_url: str,
-                           prefect_pid: int | None) -> str:
+async def bench_concurrent(stack: FmStack, count: int, post_limit: int) -> tuple[str, PathResult]:
+    served, prefect_url = stack.served, stack.prefect.api_url
     gate = asyncio.Semaphore(post_limit) if post_limit else None
-    loop_probe, prefect_probe = probes(served, prefect_url)
+    loop_probe, prefect_pr = probes(served, prefect_url)
     async with api_client(served.base) as client:
         workflow_id = await save_workflow(client, chain_canvas("bench-concurrent", 3))
-        with CpuMeter(serve=served.pid, prefect=prefect_pid) as meter, LogWatch(served) as watch:
-            async with loop_probe, prefect_probe:
+        if not served.run_ids:  # nothing warmed the workers up yet (--only concurrent)
+            await asyncio.gather(*(execute_and_follow(client, workflow_id, registry=served.run_ids)
+                                   for _ in range(2 * len(stack.workers))))
+        await settle(stack.prefect.procs)
+        tag = f"workflow:{workflow_id}"
+        with CpuMeter(**stack.procs()) as meter, stack.logs() as watch, PrefectRequests(stack.prefect.log) as requests:
+            async with loop_probe, prefect_pr, CpuTimeline(**stack.procs()) as timeline:
+                first_post = time.time()
                 results = await asyncio.gather(*(execute_and_follow(client, workflow_id, timeout=240, gate=gate,
                                                                     registry=served.run_ids)
                                                  for _ in range(count)))
-        ids = [r.execution_id for r in results if r.execution_id]
-        statuses = await asyncio.gather(*(stored_status(client, i) for i in ids))
+                # Until every run is over, those whose stream broke and those Prefect created although
+                # the API answered otherwise than 202 included: the CPU then covers all the work done.
+                ids = [r.execution_id for r in results if r.execution_id]
+                statuses = dict(zip(ids, await asyncio.gather(*(stored_status(client, i, 240) for i in ids))))
+                in_prefect = await wait_tagged_final(prefect_url, tag, 240)
+    await read_states(prefect_url, results)
+    # Completed for its client: its final event arrived; or, when its stream broke, its stored status.
+    done_at = {r.execution_id: r.final_recv if r.ok else r.states.get("COMPLETED") for r in results
+               if r.execution_id and statuses.get(r.execution_id) == "completed"}
+    done_runs = [r for r in results if done_at.get(r.execution_id or "")]
     ok = [r for r in results if r.ok]
     non_202 = Counter(r.error for r in results if r.status_code != 202)
     failed_runs = Counter(r.final_type for r in results if r.final_type not in (None, "execution:completed"))
     stream_errors = Counter(r.error for r in results if r.status_code == 202 and r.error)
-    stored_bad = Counter(s for s in statuses if s != "completed")
-    first_post = min(r.posted for r in results)
-    last_done = max((r.final_recv for r in ok), default=first_post)
-    wall = last_done - first_post
-    done = [r.final_recv - r.posted for r in ok]
-    accept = [r.accepted - r.posted for r in results if r.accepted is not None]
+    stored = Counter(statuses.values())
+    lost = sum(n for status, n in stored.items() if status not in ("completed", "failed", "cancelled"))
+    ghosts = [run for run in in_prefect if run["id"] not in statuses]
+    completed_in_prefect = sum(run.get("state_type") == "COMPLETED" for run in in_prefect)
+    last_202 = max((r.accepted for r in results if r.accepted is not None), default=first_post)
+    last_done = max(done_at.values(), default=first_post)
+    result = PathResult(
+        "FlowMaestro", count, len(done_runs), errors=sum(non_202.values()) + sum(failed_runs.values())
+        + sum(stream_errors.values()), lost=lost, wall_s=last_done - first_post,
+        wall_prefect_s=max((r.states.get("COMPLETED", 0.0) for r in done_runs), default=first_post) - first_post,
+        accept=[r.accepted - r.posted for r in results if r.accepted is not None],
+        first_step=[r.first_started_recv - r.posted for r in ok],
+        done=[done_at[r.execution_id] - r.posted for r in done_runs],
+        phases=phases(results),
+        cpu=[f"POSTs (first POST -> last 202) {timeline.describe(first_post, last_202)}",
+             f"runs (last 202 -> last completed) {timeline.describe(last_202, last_done)}",
+             f"whole part: {meter.describe()}"],
+        notes=[loop_probe.describe(), prefect_pr.describe(), requests.describe(len(in_prefect))],
+        **cpu_fields(meter, completed_in_prefect))
     label = f"{count}, all POSTs at once" if not post_limit else f"{count}, <= {post_limit} POSTs in flight"
-    rows = [[label, len(ok), f"{wall:.1f}", f"{len(ok) / wall if wall > 0 else 0:.2f}",
-             ms(pct(done, 50)), ms(pct(done, 95)), ms(max(done) if done else None),
-             ms(pct(accept, 50)), ms(pct(accept, 95)), sum(non_202.values()), sum(failed_runs.values()),
-             sum(stream_errors.values()), sum(stored_bad.values())]]
+    rows = [[label, len(done_runs), f"{result.wall_s:.1f}", f"{result.runs_per_s:.2f}", ms(pct(result.done, 50)),
+             ms(pct(result.done, 95)), ms(max(result.done) if result.done else None), ms(pct(result.accept, 50)),
+             ms(pct(result.accept, 95)), sum(non_202.values()), sum(failed_runs.values()),
+             sum(stream_errors.values()), lost, len(ghosts)]]
     lines = [table(["executions", "completed", "wall s", "runs/s", "done p50", "done p95", "done max", "202 p50",
-                    "202 p95", "non-202", "failed", "stream err", "stored!=completed"], rows,
-                   title=f"(b) concurrent executions of a 5-node chain (start -> t1 -> t2 -> t3 -> end), ms from "
-                         f"each POST [{served.name} event log]")]
-    lines.append(table(["breakdown, ms (event timestamps)", "n", "p50", "p95", "max"], phase_rows(results)))
+                    "202 p95", "non-202", "failed", "stream err", "lost", "ghost"], rows,
+                   title=f"(b) FlowMaestro: concurrent executions of a 5-node chain (start -> t1 -> t2 -> t3 -> "
+                         f"end), ms from each POST [{served.name}]"),
+             result.phase_table("breakdown, ms (event and Prefect state timestamps)")]
     for what, errors in (("non-202", non_202), ("failed runs", failed_runs), ("stream errors", stream_errors),
-                         ("stored status", stored_bad)):
-        if errors:
+                         ("stored status", stored)):
+        if errors and (what != "stored status" or set(errors) != {"completed"}):
             lines.append(f"{what}: {dict(errors)}")
-    lines += [f"serve log: {line}" for line in watch.summary()]
-    lines.append(f"during (b): {meter.describe()}")
-    lines += [f"during (b): {loop_probe.describe()}", f"during (b): {prefect_probe.describe()}"]
-    return "\n".join(lines)
+    if ghosts:
+        lines.append(f"ghost runs: Prefect has {len(in_prefect)} flow runs of this workflow for {len(statuses)} "
+                     f"accepted executions: {len(ghosts)} exist although the API did not answer 202 (it gave up "
+                     f"waiting on Prefect), {sum(g.get('state_type') == 'COMPLETED' for g in ghosts)} of them "
+                     f"executed to completion by the workers")
+    lines.append("completed: the final event arrived over SSE, or (stream broken) the stored status is completed; "
+                 "CPU per run below divides by every run of the workflow completed in Prefect, ghosts included")
+    lines += [f"logs: {line}" for line in watch.summary()]
+    lines += [f"CPU during (b): {line}" for line in result.cpu] + [f"during (b): {line}" for line in result.notes]
+    return "\n".join(lines), result
 
 
 # ----------------------------------------------------------------------------- main
@@ -626,60 +439,127 @@ def code_fingerprint() -> str:
     import hashlib
 
     digest = hashlib.sha256()
-    for folder in ("api", "flows", "builder", "node_handlers"):
+    for folder in ("api", "flows", "builder", "node_handlers", "deployments"):
         for path in sorted((ROOT / folder).glob("*.py")):
             digest.update(path.name.encode() + path.read_bytes())
     return digest.hexdigest()[:12]
 
 
-async def main_async(args: argparse.Namespace) -> int:
-    started = time.perf_counter()
-    only = set(args.only.split(",")) if args.only else {"latency", "concurrent"}
-    prefect_url = prefect_api_url()
-    prefect_port = httpx.URL(prefect_url).port
-    prefect_pid = pid_listening_on(prefect_port) if prefect_port else None
-    redis_url = (args.redis_url or DEFAULT_REDIS) if args.redis else None
-    runs = args.runs or (10 if args.quick else 50)
-    budget = args.budget_a or (30 if args.quick else 90)
-    count = args.concurrent or (20 if args.quick else 100)
-    limits = [int(x) for x in (args.post_limits or ("0" if args.quick else "0,10")).split(",")]
-    print(f"FlowMaestro API benchmark: Prefect {prefect_url} (pid {prefect_pid or '?'}), event log "
-          f"{'Redis ' + redis_url if redis_url else 'SQL (SQLite)'}, code {code_fingerprint()}, "
-          f"{os.cpu_count()} CPUs, load average {loadavg()}", flush=True)
+def point_this_process_at(env: dict[str, str]) -> None:
+    """This process runs Prefect clients (raw runs) and flows (in-process) of its own: the
+    same server, home, database, event log and result storage as the others; quiet logs."""
+    for name in ("PREFECT_API_URL", "PREFECT_HOME", "PREFECT_LOCAL_STORAGE_PATH", "FLOWMAESTRO_HOME",
+                 "FLOWMAESTRO_DATABASE_URL", "FLOWMAESTRO_WORK_POOL"):
+        os.environ[name] = env[name]
+    os.environ.pop("FLOWMAESTRO_REDIS_URL", None)
+    if "FLOWMAESTRO_REDIS_URL" in env:
+        os.environ["FLOWMAESTRO_REDIS_URL"] = env["FLOWMAESTRO_REDIS_URL"]
+    os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
+
+
+async def run_flowmaestro(args: argparse.Namespace, prefect: PrefectServer, env: dict[str, str], home: Path,
+                          database_url: str, redis_url: str | None, only: set[str], sizes: dict[str, Any]
+                          ) -> tuple[Latency | None, PathResult | None]:
     t = time.perf_counter()
-    served = await asyncio.to_thread(start_serve, "redis" if redis_url else "sql", prefect_url, redis_url=redis_url)
-    print(f"serve process pid {served.pid} healthy after {time.perf_counter() - t:.1f} s\n", flush=True)
+    served = await asyncio.to_thread(start_serve, "API --workers 0", prefect.api_url, redis_url=redis_url, home=home,
+                                     database_url=database_url, workers=0, extra_env=env)
+    pool = env["FLOWMAESTRO_WORK_POOL"]
+    workers = [start_worker(f"fm-{i}", ["-m", "cli", "worker", "--pool", pool, "--limit", str(args.worker_limit),
+                                        "--name", f"{pool}-{i}"], env, home) for i in range(args.workers)]
+    latency, concurrent = None, None
     try:
+        await asyncio.gather(*(asyncio.to_thread(wait_started, w) for w in workers))
+        print(f"API pid {served.pid} and {len(workers)} workers (pids {', '.join(str(w.pid) for w in workers)}, "
+              f"limit {args.worker_limit} each) up after {time.perf_counter() - t:.1f} s\n", flush=True)
+        stack = FmStack(served, workers, prefect, database_url)
         if "latency" in only:
-            print(await bench_latency(served, runs, budget, prefect_url, prefect_pid) + "\n", flush=True)
+            text, latency = await bench_latency(stack, sizes["runs"], sizes["budget"])
+            print(text + "\n", flush=True)
         if "concurrent" in only:
-            for limit in limits:
-                print(await bench_concurrent(served, count, limit, prefect_url, prefect_pid) + "\n", flush=True)
+            for limit in sizes["limits"]:
+                await settle(prefect.procs)
+                text, result = await bench_concurrent(stack, sizes["count"], limit)
+                concurrent = concurrent or result
+                print(text + "\n", flush=True)
     except Exception:
-        print(f"--- serve log tail ---\n{served.log_tail()}", file=sys.stderr)
+        print(f"--- API log tail ---\n{served.log_tail()}", file=sys.stderr)
+        for w in workers:
+            print(f"--- worker log tail {w.args} ---\n{w.output()}", file=sys.stderr)
         raise
     finally:
-        await asyncio.to_thread(served.stop)
+        await asyncio.gather(asyncio.to_thread(served.stop), *(asyncio.to_thread(w.stop) for w in workers))
         await delete_streams(served)
-        if not args.keep:
-            shutil.rmtree(served.home, ignore_errors=True)
-    print(f"total {time.perf_counter() - started:.0f} s" + (f"; serve home kept: {served.home}" if args.keep else ""),
-          flush=True)
+    return latency, concurrent
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    only = set(args.only.split(",")) if args.only else {"latency", "concurrent", "raw", "inprocess"}
+    redis_url = (args.redis_url or DEFAULT_REDIS) if args.redis else None
+    sizes = {"runs": args.runs or (10 if args.quick else 50), "budget": args.budget_a or (20 if args.quick else 60),
+             "count": args.concurrent or (20 if args.quick else 100),
+             "limits": [int(x) for x in (args.post_limits or "0").split(",")]}
+    home = Path(tempfile.mkdtemp(prefix="fm-bench-api-"))
+    tag = uuid.uuid4().hex[:6]
+    with ExitStack() as cleanup:
+        t = time.perf_counter()
+        prefect = (external_prefect(args.prefect_url) if args.prefect_url
+                   else cleanup.enter_context(prefect_on_postgres(home / "prefect-server")))
+        database_url = cleanup.enter_context(postgres_database("fm_bench_store"))
+        env = base_env(prefect.api_url, home, database_url=database_url, redis_url=redis_url,
+                       extra_env={"FLOWMAESTRO_WORK_POOL": f"bench-fm-{tag}", "PREFECT_HOME": str(home / "prefect")})
+        point_this_process_at(env)
+        print(f"FlowMaestro API benchmark: Prefect {prefect.api_url} "
+              f"({'given' if args.prefect_url else 'on PostgreSQL, started'} in {time.perf_counter() - t:.1f} s), "
+              f"store on PostgreSQL, event log {'Redis ' + redis_url if redis_url else 'SQL (PostgreSQL)'}, "
+              f"{args.workers} workers x limit {args.worker_limit}, code {code_fingerprint()}, {os.cpu_count()} "
+              f"CPUs, load average {loadavg()}", flush=True)
+        latency = fm = raw = local = None
+        if only & {"latency", "concurrent"}:
+            latency, fm = await run_flowmaestro(args, prefect, env, home, database_url, redis_url, only, sizes)
+        if "raw" in only:
+            from _baselines import raw_prefect
+
+            await settle(prefect.procs)
+            raw = await raw_prefect(prefect, env, home, count=sizes["count"], workers=args.workers,
+                                    limit=args.worker_limit, poll_s=float(os.environ.get("FLOWMAESTRO_WORKER_POLL_S",
+                                                                                         "1")), pool=f"bench-raw-{tag}")
+            print(raw.report("(c)", f"(c) raw Prefect: {sizes['count']} runs of a 5-task flow created at once, "
+                                    f"breakdown, ms") + "\n", flush=True)
+        if "inprocess" in only:
+            from _baselines import in_process
+
+            await settle(prefect.procs)
+            local = await in_process(prefect, chain_canvas("bench-in-process", 3), count=sizes["count"])
+            print(local.report("(d)", f"(d) in-process: {sizes['count']} runs of the 5-node chain started at "
+                                      f"once in this process (flow run created, then run here), breakdown, ms") + "\n", flush=True)
+        print(comparison([p for p in (fm, raw, local) if p], sizes["count"], args.workers, args.worker_limit)
+              + "\n", flush=True)
+        print(targets(latency, fm, raw) + "\n", flush=True)
+    if args.keep:
+        print(f"logs kept in {home}")
+    else:
+        shutil.rmtree(home, ignore_errors=True)
+    print(f"total {time.perf_counter() - started:.0f} s; load average {loadavg()}", flush=True)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="10 sequential runs (30 s at most), 20 concurrent")
-    parser.add_argument("--only", default="", help="latency,concurrent (default both)")
+    parser.add_argument("--quick", action="store_true", help="10 sequential runs (20 s at most), 20 concurrent")
+    parser.add_argument("--only", default="", help="latency,concurrent,raw,inprocess (default all)")
     parser.add_argument("--runs", type=int, default=0, help="sequential runs for (a) (default 50)")
-    parser.add_argument("--budget-a", type=float, default=0, help="stop (a) after this many seconds (default 90)")
-    parser.add_argument("--concurrent", type=int, default=0, help="concurrent executions for (b) (default 100)")
+    parser.add_argument("--budget-a", type=float, default=0, help="stop (a) after this many seconds (default 60)")
+    parser.add_argument("--concurrent", type=int, default=0, help="concurrent runs for (b), (c), (d) (default 100)")
     parser.add_argument("--post-limits", default="", help="rounds of (b): POSTs in flight at once, 0 = all "
-                        "(default 0,10; quick 0)")
+                        "(default 0; e.g. 0,10 adds a round with at most 10)")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes for (a), (b) and (c) (default 2)")
+    parser.add_argument("--worker-limit", type=int, default=20, help="runs at once per worker (default 20)")
+    parser.add_argument("--prefect-url", default=None, help="use this Prefect server instead of starting one on "
+                        "PostgreSQL")
     parser.add_argument("--redis", action="store_true", help="event log in Redis (FLOWMAESTRO_REDIS_URL)")
     parser.add_argument("--redis-url", default=None, help=f"Redis URL for --redis (default {DEFAULT_REDIS})")
-    parser.add_argument("--keep", action="store_true", help="keep the serve process's temporary home (its log)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary home (the processes' logs)")
     args = parser.parse_args(argv)
     return asyncio.run(main_async(args))
 
