@@ -360,13 +360,14 @@ async def bench_concurrent(stack: FmStack, count: int, post_limit: int) -> tuple
         with CpuMeter(**stack.procs()) as meter, stack.logs() as watch, PrefectRequests(stack.prefect.log) as requests:
             async with loop_probe, prefect_pr, CpuTimeline(**stack.procs()) as timeline:
                 first_post = time.time()
-                results = await asyncio.gather(*(execute_and_follow(client, workflow_id, timeout=RUN_TIMEOUT_S, gate=gate,
-                                                                    registry=served.run_ids)
+                results = await asyncio.gather(*(execute_and_follow(client, workflow_id, timeout=RUN_TIMEOUT_S,
+                                                                    gate=gate, registry=served.run_ids)
                                                  for _ in range(count)))
                 # Until every run is over, those whose stream broke and those Prefect created although
                 # the API answered otherwise than 202 included: the CPU then covers all the work done.
                 ids = [r.execution_id for r in results if r.execution_id]
-                statuses = dict(zip(ids, await asyncio.gather(*(stored_status(client, i, RUN_TIMEOUT_S) for i in ids))))
+                finals = await asyncio.gather(*(stored_status(client, i, RUN_TIMEOUT_S) for i in ids))
+                statuses = dict(zip(ids, finals))
                 in_prefect = await wait_tagged_final(prefect_url, tag, RUN_TIMEOUT_S)
     await read_states(prefect_url, results)
     # Completed for its client: its final event arrived; or, when its stream broke, its stored status.
