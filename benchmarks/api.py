@@ -537,8 +537,9 @@ async def main_async(args: argparse.Namespace) -> int:
 
             await settle(prefect.procs)
             local = await in_process(prefect, chain_canvas("bench-in-process", 3), count=sizes["count"])
-            print(local.report("(d)", f"(d) in-process: {sizes['count']} runs of the 5-node chain started at "
-                                      f"once in this process (flow run created, then run here), breakdown, ms") + "\n", flush=True)
+            title = (f"(d) in-process: {sizes['count']} runs of the 5-node chain started at once in this "
+                     f"process (flow run created, then run here), breakdown, ms")
+            print(local.report("(d)", title) + "\n", flush=True)
         print(comparison([p for p in (fm, raw, local) if p], sizes["count"], args.workers, args.worker_limit)
               + "\n", flush=True)
         print(targets(latency, fm, raw) + "\n", flush=True)
