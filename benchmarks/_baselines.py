@@ -24,7 +24,7 @@ from _prefect_record import FINAL_TYPES, epoch, first_task_starts, state_times, 
 from _measure import CpuMeter, CpuTimeline, PathResult, PrefectRequests, cpu_fields, deltas, prefect_probe, settle
 from _stack import PrefectServer, postgres_backends, start_worker, wait_started, workers_procs
 
-RUN_TIMEOUT_S = 240.0
+RUN_TIMEOUT_S = 600.0
 
 
 async def raw_prefect(prefect: PrefectServer, env: dict[str, str], home: Path, *, count: int, workers: int,

@@ -94,6 +94,8 @@ from _stack import (AUTH, PrefectServer, Served, base_env, chain_canvas, externa
 from _stack import free_port, wait_healthy  # noqa: E402,F401  (events.py uses them from here)
 
 FINAL = ("execution:completed", "execution:failed", "execution:cancelled")
+RUN_TIMEOUT_S = 600.0
+"""How long (b) follows a run before calling its stream timed out (runs queue for minutes at 100)."""
 DEFAULT_PREFECT = "http://127.0.0.1:4200/api"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 
@@ -217,8 +219,11 @@ async def _follow(client: httpx.AsyncClient, run: Execution) -> None:
     raise ValueError("the stream ended without a final event")
 
 
-async def stored_status(client: httpx.AsyncClient, execution_id: str, timeout: float = 30.0) -> str:
-    """The status ``GET /api/executions/{id}`` reports, once final (or whatever it is at the timeout)."""
+async def stored_status(client: httpx.AsyncClient, execution_id: str, timeout: float = 30.0,
+                        poll_s: float = 1.0) -> str:
+    """The status ``GET /api/executions/{id}`` reports, once final (or whatever it is at the timeout).
+    Once a second, as a client would: each read of a run still going costs the API two Prefect
+    requests (the run, its pending approvals), which a faster poll would add to what is measured."""
     deadline = time.monotonic() + timeout
     status = "?"
     while time.monotonic() < deadline:
@@ -229,7 +234,7 @@ async def stored_status(client: httpx.AsyncClient, execution_id: str, timeout: f
             status = type(exc).__name__
         if status in ("completed", "failed", "cancelled"):
             return status
-        await asyncio.sleep(0.25)
+        await asyncio.sleep(poll_s)
     return status
 
 
@@ -355,14 +360,15 @@ async def bench_concurrent(stack: FmStack, count: int, post_limit: int) -> tuple
         with CpuMeter(**stack.procs()) as meter, stack.logs() as watch, PrefectRequests(stack.prefect.log) as requests:
             async with loop_probe, prefect_pr, CpuTimeline(**stack.procs()) as timeline:
                 first_post = time.time()
-                results = await asyncio.gather(*(execute_and_follow(client, workflow_id, timeout=240, gate=gate,
-                                                                    registry=served.run_ids)
+                results = await asyncio.gather(*(execute_and_follow(client, workflow_id, timeout=RUN_TIMEOUT_S,
+                                                                    gate=gate, registry=served.run_ids)
                                                  for _ in range(count)))
                 # Until every run is over, those whose stream broke and those Prefect created although
                 # the API answered otherwise than 202 included: the CPU then covers all the work done.
                 ids = [r.execution_id for r in results if r.execution_id]
-                statuses = dict(zip(ids, await asyncio.gather(*(stored_status(client, i, 240) for i in ids))))
-                in_prefect = await wait_tagged_final(prefect_url, tag, 240)
+                finals = await asyncio.gather(*(stored_status(client, i, RUN_TIMEOUT_S) for i in ids))
+                statuses = dict(zip(ids, finals))
+                in_prefect = await wait_tagged_final(prefect_url, tag, RUN_TIMEOUT_S)
     await read_states(prefect_url, results)
     # Completed for its client: its final event arrived; or, when its stream broke, its stored status.
     done_at = {r.execution_id: r.final_recv if r.ok else r.states.get("COMPLETED") for r in results
@@ -531,8 +537,9 @@ async def main_async(args: argparse.Namespace) -> int:
 
             await settle(prefect.procs)
             local = await in_process(prefect, chain_canvas("bench-in-process", 3), count=sizes["count"])
-            print(local.report("(d)", f"(d) in-process: {sizes['count']} runs of the 5-node chain started at "
-                                      f"once in this process (flow run created, then run here), breakdown, ms") + "\n", flush=True)
+            title = (f"(d) in-process: {sizes['count']} runs of the 5-node chain started at once in this "
+                     f"process (flow run created, then run here), breakdown, ms")
+            print(local.report("(d)", title) + "\n", flush=True)
         print(comparison([p for p in (fm, raw, local) if p], sizes["count"], args.workers, args.worker_limit)
               + "\n", flush=True)
         print(targets(latency, fm, raw) + "\n", flush=True)
