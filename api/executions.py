@@ -101,6 +101,11 @@ async def stream_execution(execution_id: str, request: Request, owner: Owner, ru
                        "data": json.dumps({"execution_id": execution_id, "status": ended, "reconciled": True,
                                            "timestamp": utcnow().isoformat()})}
                 return
-            ended = await runs.ended_status(execution_id)
+            try:
+                ended = await runs.ended_status(execution_id)
+            except Unavailable:
+                # The response has started: a 503 cannot be sent now. Prefect is slow, so
+                # keep following the event log and ask again at the next idle check.
+                ended = None
 
     return EventSourceResponse(events(), ping=15)
