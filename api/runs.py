@@ -29,6 +29,7 @@ from api.schemas import RunResult
 from builder.compiler import compile_canvas
 from builder.inputs import validate_inputs
 from builder.issues import InputsInvalid
+from builder.plan import Plan
 from deployments.workflow_deployments import WorkflowDeployment, WorkflowDeployments
 from flows.approvals import pending_approvals, resume_approval
 from flows.event_log import EventLog
@@ -72,13 +73,11 @@ class RunService:
 
     # --- deployments -----------------------------------------------------------------
 
-    async def sync_deployment(self, saved: SavedVersion) -> uuid.UUID:
-        """Create or update the workflow's deployment (after a save)."""
-        plan = compile_canvas(saved.canvas, self.registry).plan
-        inputs = plan.inputs if plan is not None else {}
-        description = plan.description if plan is not None else None
+    async def sync_deployment(self, saved: SavedVersion, plan: Plan) -> uuid.UUID:
+        """Create or update the workflow's deployment from its latest version (``saved``, and
+        ``plan`` compiled from it by the caller): its Run form asks for that version's inputs."""
         deployment = WorkflowDeployment(saved.workflow_id, saved.owner, saved.name, saved.latest_version,
-                                        {name: dict(spec) for name, spec in inputs.items()}, description)
+                                        {name: dict(spec) for name, spec in plan.inputs.items()}, plan.description)
         deployment_id = await self._call("create the workflow's deployment",
                                          lambda: self.deployments.ensure(self.prefect, deployment))
         self._deployment_ids[(saved.workflow_id, saved.latest_version)] = deployment_id
@@ -104,7 +103,11 @@ class RunService:
         trigger = trigger or {"type": "api"}
         deployment_id = self._deployment_ids.get((saved.workflow_id, saved.latest_version))
         if deployment_id is None:  # first run since this process started, or a new version
-            deployment_id = await self.sync_deployment(saved)
+            latest, latest_plan = saved, plan
+            if saved.version != saved.latest_version:  # an older version runs; the form is the latest's
+                latest = await self.workflows.version(owner, workflow_id, None)
+                latest_plan = compile_canvas(latest.canvas, self.registry).plan or plan
+            deployment_id = await self.sync_deployment(latest, latest_plan)
         flow_run = await self._call("start the run", lambda: self.deployments.start(
             self.prefect, deployment_id, workflow_id=saved.workflow_id, name=saved.name, version=saved.version,
             inputs=inputs, trigger=trigger, idempotency_key=idempotency_key))

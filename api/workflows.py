@@ -67,8 +67,9 @@ async def refuse_cycles(workflows: Workflows, owner: str, workflow_id: str, canv
 
 async def _saved(saved: SavedVersion, result: CompileResult, runs: RunsDep) -> WorkflowSaved:
     warnings = [IssueOut(**i.to_dict()) for i in result.warnings]
+    assert result.plan is not None
     try:
-        await runs.sync_deployment(saved)
+        await runs.sync_deployment(saved, result.plan)
     except Unavailable as exc:
         # The version is saved (nothing is lost); its deployment follows at the first run.
         log.warning("deployment of workflow %s not updated: %s", saved.workflow_id, exc.message)

@@ -8,7 +8,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,17 +19,12 @@ import pytest
 from httpx_sse import aconnect_sse
 
 from tests.openai_server import FakeOpenAI
+from tests.processes import free_port
 
 pytestmark = [pytest.mark.prefect, pytest.mark.usefixtures("prefect_server")]
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "sse-test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +37,7 @@ def fake_llm():
 def served(request, tmp_path_factory, prefect_server, fake_llm):
     """A `flowmaestro serve` process, with Redis or with the SQL event log."""
     home = tmp_path_factory.mktemp(f"serve-{request.param}")
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, FLOWMAESTRO_API_KEYS=f"tester:{KEY}", FLOWMAESTRO_HOME=str(home),
                FLOWMAESTRO_DATABASE_URL=f"sqlite+aiosqlite:///{home / 'api.db'}",
                FLOWMAESTRO_HTTP_ALLOW_HOSTS="127.0.0.1", OPENAI_API_KEY="sk-test-secret",
