@@ -8,6 +8,7 @@ when it ends. Sub-workflow nodes resolve saved workflows here too, within the ow
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -16,7 +17,7 @@ from flows.run_context import SavedCanvas
 from node_handlers.base import NodeError
 from store.db import make_engine, sessions
 from store.errors import NotFound
-from store.queries import Executions, Workflows
+from store.queries import Executions, NodeOutcome, NodeOutcomes, Workflows
 
 
 class StoreRuns:
@@ -27,6 +28,7 @@ class StoreRuns:
         database = sessions(engine)
         self.workflows = Workflows(database)
         self.executions = Executions(database)
+        self.outcomes_table = NodeOutcomes(database)
 
     @classmethod
     def from_url(cls, url: str) -> StoreRuns:
@@ -60,6 +62,13 @@ class StoreRuns:
 
     async def ended(self, run_id: str, result: dict[str, Any]) -> None:
         await self.executions.record_result(run_id, result)
+
+    async def outcomes(self, journal_id: str) -> list[NodeOutcome]:
+        return await self.outcomes_table.of_run(journal_id)
+
+    async def save_outcomes(self, journal_id: str, outcomes: Sequence[NodeOutcome], *, workflow_id: str | None,
+                            owner: str | None) -> None:
+        await self.outcomes_table.save(journal_id, outcomes, workflow_id=workflow_id, owner=owner)
 
     async def close(self) -> None:
         await self.engine.dispose()

@@ -12,6 +12,7 @@ iteration or branch in its own ``Frame``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import hashlib
 import json
@@ -27,6 +28,7 @@ from flows.calls import DirectRunner, NodeCall, NodeRunner
 from flows.containers import run_container
 from flows.events import EventBus, utcnow
 from flows.frames import Frame
+from flows.journal import RunJournal
 from flows.records import NodeRun, RunRecord
 from flows.scheduler import NodeOutcome, ScopeResult, ScopeRun, error_info
 from node_handlers.base import SOURCE, Completed, NodeContext, NodeError, NodeHandler
@@ -60,7 +62,8 @@ class Execution:
                  runner: NodeRunner | None = None, bus: EventBus | None = None,
                  env: Mapping[str, str] | None = None, env_allowlist: frozenset[str] = frozenset(),
                  workflow_id: str | None = None, version: int | None = None, inline_control: bool = True,
-                 approvals: ApprovalGate | None = None, subworkflows: Any = None):
+                 approvals: ApprovalGate | None = None, subworkflows: Any = None,
+                 journal: RunJournal | None = None):
         self.plan = plan
         self.registry = registry
         self.inputs = dict(inputs)
@@ -73,6 +76,8 @@ class Execution:
         self.approvals: ApprovalGate = approvals or NoApprovals()
         self.subworkflows = subworkflows
         """Runs child workflows (``flows.subworkflows``); without it, subworkflow nodes fail."""
+        self.journal = journal or RunJournal(run_id)
+        """What an earlier execution of this run completed, and where this one records it."""
         self.on_error = plan.settings.get("on_error", "fail_fast")
         self.slots = asyncio.Semaphore(int(plan.settings.get("max_concurrency") or 8))
         self.record = RunRecord(id=run_id, workflow=plan.name, workflow_id=workflow_id, version=version,
@@ -221,11 +226,13 @@ class Execution:
         run.output = outcome.output if outcome.status != "failed" else None
         run.error = outcome.error
         run.cached = outcome.status == "cached"
+        run.restored = outcome.restored
         run.end(outcome.status)
         event = {"completed": "node:completed", "cached": "node:cached", "failed": "node:error"}[outcome.status]
+        extra = {"restored": True} if outcome.restored else {}
         self.bus.publish(event, node_id=node.id, path=frame.path, status=outcome.status,
                          output=outcome.output if outcome.status != "failed" else None, error=outcome.error,
-                         attempts=run.attempts, handles=sorted(outcome.handles))
+                         attempts=run.attempts, handles=sorted(outcome.handles), **extra)
         return outcome
 
     async def execute_container(self, node: PlanNode, frame: Frame, run: NodeRun) -> NodeOutcome:
@@ -252,9 +259,32 @@ class Execution:
             run.task_run_id = self.runner.record(node, frame.path, task_run_name(node, frame), exc,
                                                  run.started_at, utcnow())
             return NodeOutcome("failed", error=error_info(exc, node.id, 1))
+        key = cache_key(node, config, upstream if handler.reads_upstream else None)
+        restored = self.journal.restore(node.id, frame.path, key)
+        if restored is not None:
+            completed, run.attempts = restored
+            return dataclasses.replace(self._completed(node, completed), restored=True)
+        inline = self._runs_inline(node, handler)
+        outcome = await self._run_leaf(node, frame, run, handler, config, upstream, key, inline)
+        if outcome.succeeded:
+            completed = Completed(output=outcome.output, handles=outcome.handles,
+                                  variables=outcome.variables, usage=outcome.usage)
+            # Pure control nodes are computed again if lost; anything else is written before
+            # the run moves on, so it is never repeated.
+            await self.journal.completed(node.id, frame.path, key, completed, run.attempts,
+                                         durable=not (inline or handler.control))
+        else:
+            assert outcome.error is not None
+            caught = any(self.plan.edges[e].handle == "error" for e in node.outgoing)
+            await self.journal.failed(node.id, frame.path, key, outcome.error, run.attempts,
+                                      config.model_dump(mode="json"), dead_letter=not caught)
+        return outcome
+
+    async def _run_leaf(self, node: PlanNode, frame: Frame, run: NodeRun, handler: NodeHandler, config: Any,
+                        upstream: Mapping[str, Any], key: str, inline: bool) -> NodeOutcome:
         if node.type == "subworkflow" and self.subworkflows is not None:
             try:
-                completed = await self.subworkflows.run(self, node, config)
+                completed = await self.subworkflows.run(self, node, config, journal=self.child_journal_id(node, frame))
             except NodeError as exc:
                 return NodeOutcome("failed", error=error_info(exc, node.id, 1))
             finally:
@@ -269,8 +299,9 @@ class Execution:
             finally:
                 run.attempts = 1
             return self._completed(node, completed)
-        call = self._call(node, frame, handler, config, upstream, run)
-        if self._runs_inline(node, handler):
+        first_started = await self.journal.started(node.id, frame.path, key) if handler.resumes_waiting else None
+        call = self._call(node, frame, handler, config, upstream, run, first_started)
+        if inline:
             result = await self.inline.run(call)
             call.task_run_id = self.runner.record(node, frame.path, call.task_run_name, result.error,
                                                   run.started_at, utcnow())
@@ -282,7 +313,12 @@ class Execution:
         if result.completed is None:
             return NodeOutcome("failed", error=error_info(result.error, node.id, result.attempts))
         outcome = self._completed(node, result.completed)
-        return NodeOutcome("cached", outcome.output, outcome.handles) if result.cached else outcome
+        return dataclasses.replace(outcome, status="cached") if result.cached else outcome
+
+    def child_journal_id(self, node: PlanNode, frame: Frame) -> str:
+        """Where a sub-workflow node's child run keeps its journal: the child executed again
+        is a new flow run, which must find what the first one completed."""
+        return f"{self.journal.journal_id}:{node.id}:{'.'.join(map(str, frame.path))}"
 
     def _completed(self, node: PlanNode, completed: Completed) -> NodeOutcome:
         if completed.variables:
@@ -291,7 +327,8 @@ class Execution:
             for key, value in completed.usage.items():
                 if isinstance(value, (int, float)):
                     self.record.usage[key] = self.record.usage.get(key, 0) + value
-        return NodeOutcome("completed", completed.output, frozenset(completed.handles))
+        return NodeOutcome("completed", completed.output, frozenset(completed.handles),
+                           variables=dict(completed.variables), usage=dict(completed.usage or {}))
 
     def resolve_config(self, node: PlanNode, handler: NodeHandler, frame: Frame,
                        skip_keys: frozenset[str] = frozenset()) -> Any:
@@ -315,12 +352,12 @@ class Execution:
                 and not node.cache.enabled and node.timeout_s is None)
 
     def _call(self, node: PlanNode, frame: Frame, handler: NodeHandler, config: Any,
-              upstream: Mapping[str, Any], run: NodeRun) -> NodeCall:
+              upstream: Mapping[str, Any], run: NodeRun, first_started: Any = None) -> NodeCall:
         path = frame.path
 
         def make_context(attempt: int) -> NodeContext:
             return NodeContext(node_id=node.id, path=path, run_id=self.record.id, workflow=self.plan.name,
-                               attempt=attempt, upstream=upstream, inputs=self.inputs,
+                               attempt=attempt, upstream=upstream, inputs=self.inputs, first_started=first_started,
                                emit=lambda event_type, data: self.bus.publish(event_type, node_id=node.id,
                                                                               path=path, **data))
 

@@ -37,6 +37,7 @@ from flows.approvals import PrefectApprovals
 from flows.engine import Execution
 from flows.event_log import EventLogWriter
 from flows.events import EventBus, utcnow
+from flows.journal import RunJournal
 from flows.prefect_runner import PrefectRunner
 from flows.records import RunRecord
 from flows.run_context import CancelSignals, RunContext
@@ -65,11 +66,13 @@ def workflow_flow(context: RunContext) -> Flow:
     async def run_workflow(canvas: dict[str, Any] | None = None, inputs: dict[str, Any] | None = None,
                            workflow_id: str | None = None, version: int | None = None,
                            owner: str | None = None, trigger: dict[str, Any] | None = None,
-                           depth: int = 0) -> Any:
+                           depth: int = 0, journal: str | None = None) -> Any:
         """Run a FlowMaestro canvas (canvas-v1 JSON) with the given inputs: the ``canvas``
         given, or version ``version`` (the latest when empty) of the saved workflow
-        ``workflow_id`` of ``owner``. ``depth``: how deep a sub-workflow run is nested."""
-        return await _run_in_flow(context, bound, canvas, inputs, workflow_id, version, owner, trigger, depth)
+        ``workflow_id`` of ``owner``. ``depth``: how deep a sub-workflow run is nested;
+        ``journal``: where a child run keeps what it completed (the flow run id otherwise)."""
+        return await _run_in_flow(context, bound, canvas, inputs, workflow_id, version, owner, trigger, depth,
+                                  journal)
 
     bound = _generic_flow(run_workflow)
     return bound
@@ -78,7 +81,8 @@ def workflow_flow(context: RunContext) -> Flow:
 @_generic_flow
 async def run_workflow(canvas: dict[str, Any] | None = None, inputs: dict[str, Any] | None = None,
                        workflow_id: str | None = None, version: int | None = None,
-                       owner: str | None = None, trigger: dict[str, Any] | None = None, depth: int = 0) -> Any:
+                       owner: str | None = None, trigger: dict[str, Any] | None = None, depth: int = 0,
+                       journal: str | None = None) -> Any:
     """Run a FlowMaestro canvas (canvas-v1 JSON) with the given inputs."""
     # An entry point for processes that run one flow run (Prefect's own workers): the
     # context is built from the environment for this run. FlowMaestro's worker
@@ -86,14 +90,15 @@ async def run_workflow(canvas: dict[str, Any] | None = None, inputs: dict[str, A
     context = RunContext.from_environment()
     try:
         return await _run_in_flow(context, workflow_flow(context), canvas, inputs, workflow_id, version, owner,
-                                  trigger, depth)
+                                  trigger, depth, journal)
     finally:
         await context.event_log.close()
 
 
 async def _run_in_flow(context: RunContext, child_flow: ChildFlow, canvas: dict[str, Any] | None,
                        inputs: dict[str, Any] | None, workflow_id: str | None, version: int | None,
-                       owner: str | None, trigger: dict[str, Any] | None, depth: int = 0) -> Any:
+                       owner: str | None, trigger: dict[str, Any] | None, depth: int = 0,
+                       journal_id: str | None = None) -> Any:
     flow_context = FlowRunContext.get()
     flow_run = flow_context.flow_run if flow_context else None
     run_id = str(flow_run.id) if flow_run else "local"
@@ -117,12 +122,25 @@ async def _run_in_flow(context: RunContext, child_flow: ChildFlow, canvas: dict[
                 return _refused(bus, canvas.get("name", "workflow") if isinstance(canvas, dict) else "workflow",
                                 "workflow not found", [{"message": str(exc), "code": "workflow_not_found"}])
             canvas, version = found.canvas, found.version
+            crashes = await _crashes(run_id) if flow_run is not None and flow_run.run_count > 1 else 0
+            if crashes > context.settings.crash_retries:
+                refused = _refused(bus, found.name, "crashed too often",
+                                   [{"message": f"its worker died {crashes} times (FLOWMAESTRO_CRASH_RETRIES="
+                                     f"{context.settings.crash_retries}); retry it when the cause is fixed",
+                                     "code": "crash_retries_exhausted"}])
+                await context.store.ended(run_id, _result_of(refused))
+                return refused
             await context.store.started(run_id, owner=owner, workflow_id=workflow_id, version=found.version,
                                         name=found.name, inputs=dict(inputs or {}),
                                         trigger=trigger or _trigger_of(flow_run))
         subworkflows = PrefectSubworkflows(context.resolve_workflow, child_flow, owner, by_reference=saved,
                                            depth=depth, max_depth=context.settings.max_subworkflow_depth)
-        outcome = await _run(context, canvas or {}, inputs, workflow_id, version, run_id, bus, subworkflows)
+        # Only saved runs keep their journal: they are the ones Prefect can run again.
+        journal = await RunJournal.open(journal_id or run_id, context.store if saved else None,
+                                        workflow_id=workflow_id, owner=owner,
+                                        secrets=[os.environ.get(n, "") for n in context.settings.env_allowlist])
+        outcome = await _run(context, canvas or {}, inputs, workflow_id, version, run_id, bus, subworkflows,
+                             journal)
         if saved:
             assert context.store is not None
             await context.store.ended(run_id, _result_of(outcome))
@@ -130,6 +148,13 @@ async def _run_in_flow(context: RunContext, child_flow: ChildFlow, canvas: dict[
         return outcome
     finally:
         await writer.close()
+
+
+async def _crashes(run_id: str) -> int:
+    """How many times the run crashed (its worker died) before this execution."""
+    async with get_client() as client:
+        states = await client.read_flow_run_states(run_id)
+    return sum(1 for state in states if state.type == StateType.CRASHED)
 
 
 def _trigger_of(flow_run: Any) -> dict[str, Any]:
@@ -158,7 +183,7 @@ def _result_of(outcome: Any) -> dict[str, Any]:
 
 async def _run(context: RunContext, canvas: dict[str, Any], inputs: dict[str, Any] | None,
                workflow_id: str | None, version: int | None, run_id: str, bus: EventBus,
-               subworkflows: PrefectSubworkflows) -> Any:
+               subworkflows: PrefectSubworkflows, journal: RunJournal) -> Any:
     registry = context.registry
     compiled = compile_canvas(canvas, registry)
     name = canvas.get("name", "workflow") if isinstance(canvas, dict) else "workflow"
@@ -180,8 +205,11 @@ async def _run(context: RunContext, canvas: dict[str, Any], inputs: dict[str, An
                           runner=PrefectRunner(record_inline=record_inline, cached=context.cached_task), bus=bus, env=os.environ,
                           env_allowlist=settings.env_allowlist, workflow_id=workflow_id, version=version,
                           inline_control=settings.inline_control_nodes and record_inline,
-                          approvals=PrefectApprovals(run_id), subworkflows=subworkflows)
-    record = await _run_watching_cancellation(execution, run_id, settings.cancel_poll_s, context.cancellations)
+                          approvals=PrefectApprovals(run_id), subworkflows=subworkflows, journal=journal)
+    try:
+        record = await _run_watching_cancellation(execution, run_id, settings.cancel_poll_s, context.cancellations)
+    finally:
+        await journal.flush()
     await _summary_artifact(record)
     result = record.result()
     if record.status == "completed":

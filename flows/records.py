@@ -25,6 +25,8 @@ class NodeRun:
     error: dict[str, Any] | None = None
     attempts: int = 0
     cached: bool = False
+    restored: bool = False
+    """Completed in an earlier execution of the run and restored from its journal."""
     started_at: datetime | None = None
     ended_at: datetime | None = None
     task_run_id: str | None = None
@@ -51,6 +53,7 @@ class NodeRun:
             "error": self.error,
             "attempts": self.attempts,
             "cached": self.cached,
+            "restored": self.restored,
             "started_at": _iso(self.started_at),
             "ended_at": _iso(self.ended_at),
             "duration_ms": self.duration_ms,

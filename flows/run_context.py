@@ -17,6 +17,7 @@ from prefect import Task
 
 from flows.event_log import EventLog, event_log_from_env
 from flows.events import EventBus
+from flows.journal import OutcomeStore
 from flows.prefect_runner import cache_lock_manager, cached_task
 from flows.settings import EngineSettings
 from flows.subworkflows import WorkflowResolver, canvas_file_resolver
@@ -37,9 +38,10 @@ class SavedCanvas:
     canvas: dict[str, Any]
 
 
-class RunStore(Protocol):
+class RunStore(OutcomeStore, Protocol):
     """FlowMaestro's records, as runs of saved workflows use them (``deployments.run_store``):
-    a run names its workflow and loads the canvas, says it started, stores its result."""
+    a run names its workflow and loads the canvas, says it started, keeps its journal
+    (``flows.journal``), stores its result."""
 
     async def load(self, owner: str, workflow_id: str, version: int | None) -> SavedCanvas:
         """The version (the latest when None); ``LookupError`` when there is none."""

@@ -50,6 +50,11 @@ class NodeOutcome:
     """The source handles it selected (when it succeeded)."""
     error: dict[str, Any] | None = None
     """``{message, type, node_id, attempts}`` (when it failed)."""
+    restored: bool = False
+    """Read back from the run's journal instead of executed (``flows.journal``)."""
+    variables: Mapping[str, Any] = field(default_factory=dict)
+    """Workflow variables it set (set_variable), as the journal keeps them."""
+    usage: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def succeeded(self) -> bool:

@@ -25,6 +25,11 @@ class EngineSettings(StoreSettings):
     cancel_poll_s: float = Field(1.0, gt=0, description="How often a run checks whether it was cancelled.")
     max_subworkflow_depth: int = Field(10, ge=1, description="How deep sub-workflows may nest; a child deeper "
                                        "than this fails its subworkflow node.")
+    crash_retries: int = Field(3, ge=0, description="How many times a run whose worker died is continued "
+                               "(by any worker) before it ends failed.")
+    crash_detect_s: float = Field(90.0, ge=15, description="A run whose worker sends no heartbeat for this long "
+                                  "is marked Crashed and rescheduled (Prefect automations; workers beat every "
+                                  "third of it).")
     cache_lock_redis_url: str | None = Field(None, description="Redis URL of the lock manager that makes two runs "
                                              "needing the same cached node execute it once (Prefect's SERIALIZABLE "
                                              "cache isolation) across machines; unset, lock files under home do "

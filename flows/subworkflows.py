@@ -35,7 +35,8 @@ class ChildFlow(Protocol):
     inside a flow run, Prefect records the call as a subflow run and returns its final state."""
 
     def __call__(self, *, canvas: dict[str, Any] | None, inputs: dict[str, Any], workflow_id: str | None,
-                 version: int | None, owner: str | None, depth: int, return_state: bool) -> Awaitable[Any]: ...
+                 version: int | None, owner: str | None, depth: int, journal: str | None,
+                 return_state: bool) -> Awaitable[Any]: ...
 
 
 class PrefectSubworkflows:
@@ -55,7 +56,8 @@ class PrefectSubworkflows:
         self.depth = depth
         self.max_depth = max_depth
 
-    async def run(self, execution: Any, node: Any, config: Any) -> Completed:
+    async def run(self, execution: Any, node: Any, config: Any, journal: str | None = None) -> Completed:
+        """``journal``: the child run's journal id (``Execution.child_journal_id``)."""
         if self.depth + 1 > self.max_depth:
             raise NodeError(f"subworkflow {config.workflow!r}: sub-workflows nest at most {self.max_depth} deep "
                             "(FLOWMAESTRO_MAX_SUBWORKFLOW_DEPTH)", error_type="SubworkflowTooDeep")
@@ -63,7 +65,7 @@ class PrefectSubworkflows:
                                                                     execution.record.id, self.owner)
         state = await self.child_flow(canvas=canvas, inputs=dict(config.inputs), workflow_id=config.workflow,
                                       version=config.version, owner=self.owner, depth=self.depth + 1,
-                                      return_state=True)
+                                      journal=journal, return_state=True)
         result = await state.result(raise_on_failure=False)
         child_id = str(state.state_details.flow_run_id)
         if not isinstance(result, dict) or result.get("status") != "completed":

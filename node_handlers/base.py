@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, ClassVar
 
 from builder.catalog import NodeConfig, NodeTypeSpec
@@ -78,6 +79,9 @@ class NodeContext:
     inputs: Mapping[str, Any]
     emit: Emit
     """Publish an event of this node (``stream:chunk`` tokens, for instance)."""
+    first_started: datetime | None = None
+    """For handlers that ``resumes_waiting``: when this node execution first started, in an
+    earlier execution of the run if there was one (a delay then waits only what is left)."""
 
 
 class NodeHandler:
@@ -97,6 +101,9 @@ class NodeHandler:
     control: ClassVar[bool] = False
     """Pure, fast, side-effect free: the engine may run it inline instead of as a full
     Prefect task run (it is still recorded in Prefect; see docs/engine.md)."""
+    resumes_waiting: ClassVar[bool] = False
+    """It waits (a delay): the run's journal keeps when it first started, so a run executed
+    again after a crash gives it ``NodeContext.first_started`` and it waits only what is left."""
     reads_upstream: ClassVar[bool] = False
     """The output depends on upstream outputs directly (merge), so they enter the cache key."""
 

@@ -30,6 +30,7 @@ class DelayHandler(NodeHandler):
     description = "Waits a number of seconds or until a time."
     Config = DelayConfig
     cacheable = False
+    resumes_waiting = True
 
     def handles(self, config: NodeConfig) -> frozenset[str]:
         return SOURCE
@@ -40,6 +41,8 @@ class DelayHandler(NodeHandler):
             wait = (until - datetime.now(timezone.utc)).total_seconds()
         else:
             wait = float(config.seconds)  # type: ignore[arg-type]
+            if ctx.first_started is not None:  # executed again: only what is left
+                wait -= (datetime.now(timezone.utc) - ctx.first_started).total_seconds()
         wait = max(0.0, wait)
         if wait > MAX_DELAY_S:
             raise NodeError(f"a delay of {wait:.0f} s is longer than the 30-day limit")

@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, text
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -19,7 +19,7 @@ from store.database import create_database_engine, utcnow
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON, datetime: DateTime(timezone=True)}
+    type_annotation_map = {dict[str, Any]: JSON, datetime: DateTime(timezone=True), bool: Boolean}
 
 
 class Workflow(Base):
@@ -67,6 +67,35 @@ class ExecutionRow(Base):
     """The trigger with its details (``{"type": "schedule", "schedule_id": ...}``)."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class NodeOutcomeRow(Base):
+    """One node execution ``(node_id, path)`` of a run that ended: what a run executed again
+    (after a crash, a suspend, a retry) restores instead of executing it again. A failed one
+    is kept for its dead letter and replaced when the node completes on a later attempt."""
+
+    __tablename__ = "node_outcomes"
+    id: Mapped[str] = mapped_column(String(36), unique=True)
+    """The id of its dead letter."""
+    run_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    """The flow run id; for a sub-workflow's child run, ``<parent's>:<node id>:<path>`` (the
+    child executed again is a new flow run that must find its nodes)."""
+    node_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    path: Mapped[str] = mapped_column(String(200), primary_key=True)
+    """The iteration/branch indexes, dot-separated ("" at the top level)."""
+    key: Mapped[str] = mapped_column(String(120))
+    """Hash of the handler version and resolved configuration: restored only when equal."""
+    status: Mapped[str] = mapped_column(String(16))
+    """completed | started (a waiting node: when it first started) | failed."""
+    outcome: Mapped[dict[str, Any]] = mapped_column(JSON)
+    """Completed: output, handles, variables, usage; failed: error, redacted configuration."""
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    workflow_id: Mapped[str | None] = mapped_column(String(36), nullable=True, index=True)
+    owner: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
+    dead_letter: Mapped[bool] = mapped_column(default=False, index=True)
+    """Failed after its last attempt with no error edge to catch it, and not dismissed."""
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    ended_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 def make_engine(url: str) -> AsyncEngine:

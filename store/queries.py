@@ -6,13 +6,16 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from store.db import ExecutionRow, Workflow, WorkflowVersion, utcnow
+from store.db import ExecutionRow, NodeOutcomeRow, Workflow, WorkflowVersion, utcnow
 from store.errors import Conflict, NotFound
 
 FINAL_STATUSES = ("completed", "failed", "cancelled")
@@ -154,3 +157,115 @@ async def _commit_or_conflict(session: AsyncSession, name: str) -> None:
     except IntegrityError as exc:
         await session.rollback()
         raise Conflict(f"a workflow named {name!r} already exists") from exc
+
+
+@dataclass(frozen=True)
+class NodeOutcome:
+    """A node execution of a run that ended (``store.db.NodeOutcomeRow``)."""
+
+    node_id: str
+    path: tuple[int, ...]
+    key: str
+    status: str  # completed | started | failed
+    outcome: dict[str, Any]
+    attempts: int = 1
+    dead_letter: bool = False
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    id: str
+    run_id: str
+    workflow_id: str | None
+    node_id: str
+    path: tuple[int, ...]
+    error: dict[str, Any]
+    config: dict[str, Any]
+    attempts: int
+    failed_at: datetime
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite gives back naive datetimes; FlowMaestro stores UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _path_text(path: Sequence[int]) -> str:
+    return ".".join(map(str, path))
+
+
+def _path_of(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.split(".")) if text else ()
+
+
+class NodeOutcomes:
+    """The journal of node executions that runs executed again restore, and the dead
+    letters among them."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]):
+        self.sessions = sessions
+
+    async def of_run(self, run_id: str) -> list[NodeOutcome]:
+        async with self.sessions() as session:
+            rows = await session.scalars(select(NodeOutcomeRow).where(NodeOutcomeRow.run_id == run_id))
+            return [NodeOutcome(r.node_id, _path_of(r.path), r.key, r.status, r.outcome, r.attempts,
+                                r.dead_letter, _aware(r.started_at), _aware(r.ended_at)) for r in rows]
+
+    async def save(self, run_id: str, outcomes: Sequence[NodeOutcome], *, workflow_id: str | None,
+                   owner: str | None) -> None:
+        """Insert or replace, in one transaction (one statement)."""
+        if not outcomes:
+            return
+        now = utcnow()
+        values = [{"id": str(uuid.uuid4()), "run_id": run_id, "node_id": o.node_id, "path": _path_text(o.path),
+                   "key": o.key, "status": o.status, "outcome": o.outcome, "attempts": o.attempts,
+                   "workflow_id": workflow_id, "owner": owner, "dead_letter": o.dead_letter,
+                   "started_at": o.started_at or now, "ended_at": o.ended_at or now} for o in outcomes]
+        async with self.sessions() as session:
+            dialect = session.bind.dialect.name
+            insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+            statement = insert(NodeOutcomeRow)
+            statement = statement.on_conflict_do_update(
+                index_elements=["run_id", "node_id", "path"],
+                set_={name: statement.excluded[name] for name in
+                      ("key", "status", "outcome", "attempts", "dead_letter", "ended_at")})
+            await session.execute(statement, values)
+            await session.commit()
+
+    async def dead_letters(self, owner: str, *, workflow_id: str | None = None, limit: int = 500) -> list[DeadLetter]:
+        query = select(NodeOutcomeRow).where(NodeOutcomeRow.owner == owner, NodeOutcomeRow.dead_letter.is_(True))
+        if workflow_id:
+            query = query.where(NodeOutcomeRow.workflow_id == workflow_id)
+        async with self.sessions() as session:
+            rows = await session.scalars(query.order_by(NodeOutcomeRow.ended_at.desc()).limit(limit))
+            return [_dead_letter(r) for r in rows]
+
+    async def dead_letter(self, owner: str, dead_letter_id: str) -> DeadLetter:
+        async with self.sessions() as session:
+            row = await session.scalar(select(NodeOutcomeRow).where(NodeOutcomeRow.id == dead_letter_id))
+        if row is None or row.owner != owner or not row.dead_letter:
+            raise NotFound(f"dead letter {dead_letter_id} not found")
+        return _dead_letter(row)
+
+    async def dismiss(self, owner: str, dead_letter_id: str) -> None:
+        """No longer a dead letter (the failed outcome stays, for the run's history)."""
+        await self.dead_letter(owner, dead_letter_id)
+        async with self.sessions() as session:
+            await session.execute(update(NodeOutcomeRow).where(NodeOutcomeRow.id == dead_letter_id)
+                                  .values(dead_letter=False))
+            await session.commit()
+
+    async def dismiss_run(self, run_id: str) -> None:
+        """A run retried: its dead letters are handled (they come back if it fails again)."""
+        async with self.sessions() as session:
+            await session.execute(update(NodeOutcomeRow).where(NodeOutcomeRow.run_id == run_id)
+                                  .values(dead_letter=False))
+            await session.commit()
+
+
+def _dead_letter(row: NodeOutcomeRow) -> DeadLetter:
+    return DeadLetter(row.id, row.run_id, row.workflow_id, row.node_id, _path_of(row.path),
+                      row.outcome.get("error") or {}, row.outcome.get("config") or {}, row.attempts,
+                      _aware(row.ended_at))

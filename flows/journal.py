@@ -1,0 +1,152 @@
+"""The journal of a run: what it restores when it is executed again.
+
+A flow run can run its code more than once: a crashed run rescheduled, a suspended
+approval resumed, a Prefect retry, the Prefect UI's Retry button, ``POST .../retry``. Each
+time the flow starts from the top. Every node execution ``(node_id, path)`` that completed
+is kept here with the hash of its resolved configuration (``key``); executed again, the
+engine restores the outcome instead of running the node, as long as the key is the same.
+
+When a write happens decides what is exactly-once:
+
+- nodes with side effects (every node but the pure control nodes) are written before the
+  run moves on (``durable=True``): once their successors start, they are never repeated;
+- pure control nodes (condition, transform, ...) are buffered and written with the next
+  durable write or at the end: lost in a crash, they are computed again from restored
+  inputs, which gives the same result;
+- a waiting node (a delay) writes when it first started, so executed again it waits only
+  what is left.
+
+Runs without a store (``flowmaestro run``) keep the journal in memory only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+from flows.events import utcnow
+from node_handlers.base import Completed
+from node_handlers.settings import REDACTED
+from store.queries import NodeOutcome
+
+log = logging.getLogger("flowmaestro.journal")
+
+Path = tuple[int, ...]
+WRITE_ATTEMPTS = 4
+SECRET_FIELD = re.compile(r"(authorization|password|passwd|secret|token|api[-_]?key|cookie)", re.IGNORECASE)
+
+
+class JournalUnavailable(RuntimeError):
+    """The store did not take a durable write: going on would risk repeating the node."""
+
+
+class OutcomeStore(Protocol):
+    """Where journals persist (``deployments.run_store.StoreRuns``)."""
+
+    async def outcomes(self, journal_id: str) -> list[NodeOutcome]: ...
+
+    async def save_outcomes(self, journal_id: str, outcomes: Sequence[NodeOutcome], *, workflow_id: str | None,
+                            owner: str | None) -> None: ...
+
+
+class RunJournal:
+    def __init__(self, journal_id: str, entries: Sequence[NodeOutcome] = (), *, store: OutcomeStore | None = None,
+                 workflow_id: str | None = None, owner: str | None = None, secrets: Sequence[str] = ()):
+        """``journal_id``: the flow run id (a child run's: parent's id, node and path).
+        ``secrets``: values to redact from the configurations kept with failures."""
+        self.journal_id = journal_id
+        self.store = store
+        self.workflow_id = workflow_id
+        self.owner = owner
+        self.secrets = tuple(s for s in secrets if s)
+        self.entries: dict[tuple[str, Path], NodeOutcome] = {(e.node_id, e.path): e for e in entries}
+        self.restored_count = 0
+        self._buffer: list[NodeOutcome] = []
+
+    @classmethod
+    async def open(cls, journal_id: str, store: OutcomeStore | None, **kwargs: Any) -> RunJournal:
+        entries = await store.outcomes(journal_id) if store is not None else []
+        return cls(journal_id, entries, store=store, **kwargs)
+
+    @property
+    def replayed(self) -> bool:
+        """Whether an earlier execution of this run left anything."""
+        return bool(self.entries)
+
+    def restore(self, node_id: str, path: Path, key: str) -> tuple[Completed, int] | None:
+        """The outcome and attempts of a node execution that completed with this key."""
+        entry = self.entries.get((node_id, path))
+        if entry is None or entry.status != "completed" or entry.key != key:
+            return None
+        self.restored_count += 1
+        data = entry.outcome
+        completed = Completed(output=data.get("output"), handles=frozenset(data.get("handles") or ()),
+                              variables=data.get("variables") or {}, usage=data.get("usage") or None)
+        return completed, entry.attempts
+
+    def first_started(self, node_id: str, path: Path, key: str) -> datetime | None:
+        entry = self.entries.get((node_id, path))
+        return entry.started_at if entry is not None and entry.key == key else None
+
+    async def started(self, node_id: str, path: Path, key: str) -> datetime:
+        """Record when a waiting node first started (kept when it did already); that time."""
+        earlier = self.first_started(node_id, path, key)
+        if earlier is not None:
+            return earlier
+        now = utcnow()
+        await self._write(NodeOutcome(node_id, path, key, "started", {}, 0, started_at=now, ended_at=now), True)
+        return now
+
+    async def completed(self, node_id: str, path: Path, key: str, completed: Completed, attempts: int, *,
+                        durable: bool) -> None:
+        earlier = self.entries.get((node_id, path))
+        outcome = {"output": completed.output, "handles": sorted(completed.handles),
+                   "variables": dict(completed.variables), "usage": dict(completed.usage or {})}
+        await self._write(NodeOutcome(node_id, path, key, "completed", outcome, attempts,
+                                      started_at=earlier.started_at if earlier else None, ended_at=utcnow()), durable)
+
+    async def failed(self, node_id: str, path: Path, key: str, error: Mapping[str, Any], attempts: int,
+                     config: Mapping[str, Any] | None, *, dead_letter: bool) -> None:
+        """A node execution that failed after its last attempt; a dead letter when no error
+        edge caught it. Kept with its configuration, secrets redacted."""
+        outcome = {"error": self._redact(dict(error)), "config": self._redact(dict(config or {}))}
+        await self._write(NodeOutcome(node_id, path, key, "failed", outcome, attempts, dead_letter=dead_letter,
+                                      ended_at=utcnow()), False)
+
+    async def flush(self) -> None:
+        if not self._buffer or self.store is None:
+            self._buffer.clear()
+            return
+        batch, self._buffer = self._buffer, []
+        for attempt in range(WRITE_ATTEMPTS):
+            try:
+                await self.store.save_outcomes(self.journal_id, batch, workflow_id=self.workflow_id,
+                                               owner=self.owner)
+                return
+            except Exception as exc:  # a database hiccup must not cost the run its journal
+                if attempt == WRITE_ATTEMPTS - 1:
+                    raise JournalUnavailable(f"the run's journal could not be written: {exc}") from exc
+                log.warning("journal write failed (%s); trying again", exc)
+                await asyncio.sleep(0.5 * 2 ** attempt)
+
+    async def _write(self, entry: NodeOutcome, durable: bool) -> None:
+        self.entries[(entry.node_id, entry.path)] = entry
+        self._buffer.append(entry)
+        if durable:
+            await self.flush()
+
+    def _redact(self, value: Any, field: str = "") -> Any:
+        if SECRET_FIELD.search(field) and value not in (None, "", {}, []):
+            return REDACTED
+        if isinstance(value, dict):
+            return {k: self._redact(v, str(k)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._redact(v, field) for v in value]
+        if isinstance(value, str):
+            for secret in self.secrets:
+                value = value.replace(secret, REDACTED)
+        return value

@@ -1,0 +1,197 @@
+"""The run journal in the engine (no Prefect): a run executed again restores what an earlier
+execution completed, runs the rest, and keeps its dead letters; plus the store's journal
+table on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import pytest
+
+from flows.engine import Execution
+from flows.journal import RunJournal
+from store.queries import NodeOutcome
+from tests.support import JOURNAL, canvas, compiled, make_registry, node
+
+
+class MemoryOutcomes:
+    """An ``OutcomeStore`` in memory, counting writes."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict[tuple[str, tuple[int, ...]], NodeOutcome]] = {}
+        self.writes = 0
+
+    async def outcomes(self, journal_id: str) -> list[NodeOutcome]:
+        return list(self.rows.get(journal_id, {}).values())
+
+    async def save_outcomes(self, journal_id: str, outcomes: Sequence[NodeOutcome], *, workflow_id, owner) -> None:
+        self.writes += 1
+        for o in outcomes:
+            self.rows.setdefault(journal_id, {})[(o.node_id, o.path)] = o
+
+
+@pytest.fixture(autouse=True)
+def _clean():
+    JOURNAL.clear()
+
+
+async def execute(raw, store, inputs=None):
+    """One execution of run ``run-1`` with its journal in ``store``."""
+    registry = make_registry()
+    journal = await RunJournal.open("run-1", store)
+    execution = Execution(compiled(raw, registry), registry, run_id="run-1", inputs=inputs or {}, journal=journal)
+    events = []
+    execution.bus.subscribe(events.append)
+    record = await execution.run()
+    await journal.flush()
+    return record.result(), events
+
+
+def count(node_id, value=None, **fields):
+    return node(node_id, "test_count", data={"value": value or node_id}, **fields)
+
+
+def calls_of(node_id):
+    return [c for c in JOURNAL.calls if c[0] == node_id]
+
+
+async def test_a_run_executed_again_restores_completed_nodes_and_runs_the_rest():
+    raw = canvas([count("a"), count("b"), node("boom", "test_flaky", data={"failures": 1, "retry_class": None}),
+                  count("after")],
+                 [("a", "b"), ("b", "boom"), ("boom", "after")])
+    store = MemoryOutcomes()
+    first, _ = await execute(raw, store)
+    assert first["status"] == "failed"
+    assert [c[0] for c in JOURNAL.calls] == ["a", "b", "boom"]
+    JOURNAL.clear()
+    # Executed again (a retry): the flaky node's second attempt succeeds this time.
+    raw["nodes"][2]["data"]["failures"] = 0
+    second, events = await execute(raw, store)
+    assert second["status"] == "completed"
+    assert [c[0] for c in JOURNAL.calls] == ["boom", "after"]  # a and b restored, not called
+    restored = [e.node_id for e in events if e.type == "node:completed" and e.data.get("restored")]
+    assert restored == ["a", "b"]
+    assert second["nodes"]["a"]["restored"] is True and second["nodes"]["after"]["restored"] is False
+    assert second["nodes"]["b"]["output"] == {"value": "b", "called": True}
+
+
+async def test_a_changed_configuration_runs_the_node_again():
+    # b reads a's output, c does not: only what the change reaches runs again.
+    raw = canvas([count("a", "one"), count("b", "{{ a.value }}!"), count("c")], [("a", "b"), ("b", "c")])
+    store = MemoryOutcomes()
+    await execute(raw, store)
+    JOURNAL.clear()
+    raw["nodes"][0]["data"]["value"] = "two"
+    result, _ = await execute(raw, store)
+    assert [c[0] for c in JOURNAL.calls] == ["a", "b"]
+    assert result["nodes"]["b"]["output"]["value"] == "two!"
+    assert result["nodes"]["c"]["restored"] is True
+
+
+async def test_loop_iterations_and_variables_are_restored_per_path():
+    raw = canvas([node("set", "set_variable", data={"name": "who", "value": "Ada"}),
+                  node("lp", "loop", data={"mode": "for", "count": 3}),
+                  node("step", "test_count", parentId="lp", data={"value": "{{ var.who }} {{ loop.index }}"}),
+                  node("stop", "test_flaky", data={"failures": 1, "retry_class": None})],
+                 [("set", "lp"), ("lp", "stop")])
+    store = MemoryOutcomes()
+    await execute(raw, store)
+    assert len(calls_of("step")) == 3
+    JOURNAL.clear()
+    raw["nodes"][3]["data"]["failures"] = 0
+    result, _ = await execute(raw, store)
+    assert calls_of("step") == []
+    assert [r["value"] for r in result["nodes"]["lp"]["output"]["results"]] == ["Ada 0", "Ada 1", "Ada 2"]
+    assert result["status"] == "completed"
+
+
+async def test_a_delay_executed_again_waits_only_what_is_left():
+    raw = canvas([node("wait", "delay", data={"seconds": 2})])
+    store = MemoryOutcomes()
+    journal = await RunJournal.open("run-1", store)
+    # The first execution started the delay 1.5 s ago and died.
+    await journal.started("wait", (), _key_of(raw, "wait"))
+    store.rows["run-1"][("wait", ())] = _shifted(store.rows["run-1"][("wait", ())], -1.5)
+    started = time.monotonic()
+    result, _ = await execute(raw, store)
+    waited = time.monotonic() - started
+    assert result["status"] == "completed"
+    assert waited < 1.4, f"waited {waited:.2f} s of a 2 s delay that had 0.5 s left"
+    assert result["nodes"]["wait"]["output"]["waited_s"] <= 0.7
+
+
+async def test_failed_nodes_without_an_error_edge_are_dead_letters_with_secrets_redacted():
+    raw = canvas([node("call", "test_flaky", data={"failures": 9, "retry_class": None,
+                                                   "value": {"api_key": "sk-123", "note": "x"}}),
+                  node("caught", "test_flaky", data={"failures": 9, "retry_class": None}),
+                  count("fix")],
+                 [("caught", "fix", "error")], settings={"on_error": "continue"})
+    store = MemoryOutcomes()
+    await execute(raw, store)
+    rows = store.rows["run-1"]
+    assert rows[("call", ())].status == "failed" and rows[("call", ())].dead_letter is True
+    assert rows[("call", ())].outcome["config"]["value"] == {"api_key": "[redacted]", "note": "x"}
+    assert rows[("caught", ())].dead_letter is False
+
+
+async def test_pure_control_nodes_ride_along_with_the_next_durable_write():
+    raw = canvas([node("t1"), node("t2"), count("side"), node("t3")], [("t1", "t2"), ("t2", "side"), ("side", "t3")])
+    store = MemoryOutcomes()
+    await execute(raw, store)
+    # side's write carries t1 and t2; t3 is written when the run ends.
+    assert store.writes == 2
+    assert set(store.rows["run-1"]) == {("t1", ()), ("t2", ()), ("side", ()), ("t3", ())}
+
+
+def _key_of(raw, node_id):
+    from flows.engine import cache_key
+
+    registry = make_registry()
+    plan = compiled(raw, registry)
+    planned = plan.nodes[node_id]
+    handler = registry.handler(planned.type)
+    return cache_key(planned, handler.Config.model_validate(planned.data), None)
+
+
+def _shifted(entry: NodeOutcome, seconds: float) -> NodeOutcome:
+    import dataclasses
+    from datetime import timedelta
+
+    return dataclasses.replace(entry, started_at=entry.started_at + timedelta(seconds=seconds))
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+async def test_the_store_keeps_and_replaces_outcomes(database, tmp_path):
+    from store.db import make_engine, sessions, upgrade_schema
+    from store.queries import NodeOutcomes
+    from tests.processes import postgres_database
+
+    if database == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'journal.db'}"
+        await _roundtrip(url, make_engine, sessions, upgrade_schema, NodeOutcomes)
+    else:
+        with postgres_database() as url:
+            await _roundtrip(url, make_engine, sessions, upgrade_schema, NodeOutcomes)
+
+
+async def _roundtrip(url, make_engine, sessions, upgrade_schema, NodeOutcomes):
+    await upgrade_schema(url)
+    engine = make_engine(url)
+    try:
+        table = NodeOutcomes(sessions(engine))
+        failed = NodeOutcome("n", (0, 2), "k1", "failed", {"error": {"message": "boom"}, "config": {}}, 3,
+                             dead_letter=True)
+        await table.save("run-x", [failed, NodeOutcome("m", (), "k2", "completed", {"output": 1})],
+                         workflow_id="wf", owner="alice")
+        [letter] = await table.dead_letters("alice")
+        assert (letter.node_id, letter.path, letter.attempts) == ("n", (0, 2), 3)
+        assert await table.dead_letters("bob") == []
+        await table.save("run-x", [NodeOutcome("n", (0, 2), "k1", "completed", {"output": 2})],
+                         workflow_id="wf", owner="alice")
+        rows = {(o.node_id, o.path): o for o in await table.of_run("run-x")}
+        assert rows[("n", (0, 2))].status == "completed" and rows[("n", (0, 2))].outcome == {"output": 2}
+        assert rows[("n", (0, 2))].started_at.tzinfo is not None
+        assert await table.dead_letters("alice") == []
+    finally:
+        await engine.dispose()
