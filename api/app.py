@@ -14,7 +14,7 @@ from prefect.client.orchestration import get_client
 from prometheus_client import generate_latest
 from sqlalchemy import text
 
-from api import executions, workflows
+from api import dead_letters, executions, workflows
 from api.errors import install_error_handlers
 from api.metrics import Metrics
 from api.runs import RunService
@@ -24,7 +24,7 @@ from flows.event_log import event_log_from_env
 from flows.local_server import ui_url_for
 from node_handlers.registry import default_registry
 from store.db import make_engine, sessions, upgrade_schema
-from store.queries import Executions, Workflows
+from store.queries import Executions, NodeOutcomes, Workflows
 
 
 class BodySizeLimit:
@@ -89,7 +89,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             prefect = await stack.enter_async_context(get_client())
             app.state.engine, app.state.sessions, app.state.event_log = engine, database, event_log
             app.state.runs = RunService(workflows=Workflows(database), executions=Executions(database),
-                                        deployments=WorkflowDeployments(settings.work_pool), prefect=prefect,
+                                        outcomes=NodeOutcomes(database), deployments=WorkflowDeployments(settings.work_pool), prefect=prefect,
                                         registry=default_registry(), event_log=event_log, metrics=metrics,
                                         ui_url=ui_url, prefect_timeout_s=settings.prefect_timeout_s)
             yield
@@ -105,6 +105,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, limit=settings.max_request_bytes)
     app.include_router(workflows.router)
     app.include_router(executions.router)
+    app.include_router(dead_letters.router)
 
     @app.get("/health", tags=["operations"])
     async def health(request: Request) -> JSONResponse:

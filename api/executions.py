@@ -1,4 +1,4 @@
-"""Executions: start, list, read, stream, cancel, resume."""
+"""Executions: start, list, read, stream, cancel, resume, retry."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from sse_starlette.sse import EventSourceResponse
 
 from api.auth import Owner
 from api.deps import RunsDep
-from api.schemas import ErrorBody, ExecuteBody, ExecutionAccepted, ExecutionSummary, ResumeBody, ResumeOut, RunResult
+from api.schemas import (ErrorBody, ExecuteBody, ExecutionAccepted, ExecutionSummary, ResumeBody, ResumeOut,
+                         RetryBody, RunResult)
 from flows.events import FINAL_EVENT_TYPES, utcnow
 from store.errors import Unavailable
 
@@ -63,6 +64,17 @@ async def read_execution(execution_id: str, owner: Owner, runs: RunsDep) -> RunR
 @router.post("/api/executions/{execution_id}/cancel", status_code=202, responses=ERRORS)
 async def cancel_execution(execution_id: str, owner: Owner, runs: RunsDep) -> dict[str, str]:
     return {"status": await runs.cancel(owner, execution_id)}
+
+
+@router.post("/api/executions/{execution_id}/retry", status_code=202, response_model=ExecutionAccepted,
+             responses=ERRORS)
+async def retry_execution(execution_id: str, owner: Owner, runs: RunsDep,
+                          body: RetryBody | None = None) -> ExecutionAccepted:
+    """Execute a failed or cancelled run again (the same execution id): nodes that completed
+    with the same resolved configuration are restored, the rest run. 409 for a run that has
+    not ended or that completed."""
+    status = await runs.retry(owner, execution_id, body.version if body else None)
+    return ExecutionAccepted(execution_id=execution_id, status=status, links=runs.links(execution_id))
 
 
 @router.post("/api/executions/{execution_id}/resume", response_model=ResumeOut, responses=ERRORS)

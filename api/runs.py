@@ -33,11 +33,11 @@ from builder.plan import Plan
 from deployments.workflow_deployments import WorkflowDeployment, WorkflowDeployments
 from flows.approvals import pending_approvals, resume_approval
 from flows.event_log import EventLog
-from flows.prefect_compat import mark_cancelled, request_cancellation
+from flows.prefect_compat import mark_cancelled, request_cancellation, schedule_again
 from node_handlers.registry import HandlerRegistry
 from store.db import ExecutionRow
 from store.errors import Conflict, Invalid, NotFound, Unavailable
-from store.queries import FINAL_STATUSES, Executions, SavedVersion, Workflows
+from store.queries import FINAL_STATUSES, Executions, NodeOutcomes, SavedVersion, Workflows
 
 log = logging.getLogger("flowmaestro.api.runs")
 T = TypeVar("T")
@@ -47,17 +47,19 @@ STATUS_OF_STATE = {
     StateType.PAUSED: "paused", StateType.CANCELLING: "running", StateType.COMPLETED: "completed",
     StateType.FAILED: "failed", StateType.CRASHED: "failed", StateType.CANCELLED: "cancelled",
 }
+RETRYABLE_STATES = (StateType.FAILED, StateType.CRASHED, StateType.CANCELLED)
 NODE_STATUS_OF_EVENT = {"node:started": "running", "node:retrying": "running", "node:paused": "paused",
                         "node:completed": "completed", "node:cached": "cached", "node:error": "failed",
                         "node:skipped": "skipped"}
 
 
 class RunService:
-    def __init__(self, *, workflows: Workflows, executions: Executions, deployments: WorkflowDeployments,
-                 prefect: PrefectClient, registry: HandlerRegistry, event_log: EventLog, metrics: Metrics,
-                 ui_url: str, prefect_timeout_s: float = 20.0):
+    def __init__(self, *, workflows: Workflows, executions: Executions, outcomes: NodeOutcomes,
+                 deployments: WorkflowDeployments, prefect: PrefectClient, registry: HandlerRegistry,
+                 event_log: EventLog, metrics: Metrics, ui_url: str, prefect_timeout_s: float = 20.0):
         self.workflows = workflows
         self.executions = executions
+        self.outcomes = outcomes
         self.deployments = deployments
         self.prefect = prefect
         self.registry = registry
@@ -245,6 +247,36 @@ class RunService:
         if answer.status == "not_waiting":
             raise Conflict(answer.message)
         return {"status": answer.status, "message": answer.message}
+
+    async def retry(self, owner: str, run_id: str, version: int | None) -> str:
+        """Execute a failed or cancelled run again, the same run: its worker restores every
+        node that completed with the same resolved configuration and runs the rest. With
+        ``version``, that version's canvas runs (nodes it left unchanged are reused)."""
+        row = await self.executions.get(owner, run_id)
+        flow_run = await self._call("read the run", lambda: self.prefect.read_flow_run(uuid.UUID(run_id)))
+        state = flow_run.state
+        if state is None or state.type not in RETRYABLE_STATES:
+            status = STATUS_OF_STATE.get(state.type, row.status) if state else row.status
+            raise Conflict(f"execution {run_id} is {status}: only a failed or cancelled run can be retried")
+        version = version or row.version
+        if version != row.version:
+            saved = await self.workflows.version(owner, row.workflow_id, version)
+            plan = compile_canvas(saved.canvas, self.registry).plan
+            if plan is None:
+                raise Invalid(f"version {version} no longer compiles; save a new version")
+            try:
+                validate_inputs(plan.inputs, row.inputs)
+            except InputsInvalid as exc:
+                raise Invalid(f"the run's inputs do not fit version {version}: {exc}",
+                              [i.to_dict() for i in exc.issues]) from exc
+            parameters = dict(flow_run.parameters, version=version)
+            await self._call("set the version to run", lambda: self.prefect.update_flow_run(
+                flow_run.id, parameters=parameters))
+        await self.executions.reopen(run_id, version)
+        await self.outcomes.dismiss_run(run_id)
+        await self._call("schedule the run again", lambda: schedule_again(
+            self.prefect, flow_run.id, f"retried by {owner} through FlowMaestro's API"))
+        return "pending"
 
     async def _call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """A call to Prefect that answers within ``prefect_timeout_s`` or becomes a 503:

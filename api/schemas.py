@@ -117,6 +117,24 @@ class RunResult(BaseModel):
         return cls.model_validate({**stored, **{k: v for k, v in more.items() if v is not None}})
 
 
+class RetryBody(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{}, {"version": 3}]})
+    version: int | None = Field(None, ge=1, description="Run this version's canvas (its unchanged nodes are "
+                                "reused); the run's own version when absent.")
+
+
+class DeadLetterOut(BaseModel):
+    id: str
+    execution_id: str
+    workflow_id: str | None
+    node_id: str
+    path: list[int]
+    error: dict[str, Any]
+    attempts: int
+    config: dict[str, Any] = Field(description="The node's resolved configuration, secrets redacted.")
+    failed_at: datetime
+
+
 class ResumeBody(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"node_id": "approve", "input": {"approved": True}}]})
     node_id: str

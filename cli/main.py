@@ -344,3 +344,25 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@app.command()
+def retry(
+    run_id: str,
+    version: Optional[int] = typer.Option(None, "--version", min=1, help="Run this version's canvas (its "
+                                          "unchanged nodes are reused)."),
+    api: Optional[str] = typer.Option(None, "--api", help="The API's URL (FLOWMAESTRO_API_URL; "
+                                      "http://127.0.0.1:8000)."),
+    key: Optional[str] = typer.Option(None, "--key", help="API key (FLOWMAESTRO_API_KEY)."),
+) -> None:
+    """Execute a failed or cancelled run again through the API: completed nodes are restored,
+    the rest run. Prints the execution id and its status."""
+    from cli.remote import ApiError, call_api
+
+    try:
+        answer = call_api("POST", f"/api/executions/{run_id}/retry", api=api, key=key,
+                          json={"version": version} if version else {})
+    except ApiError as exc:
+        err.print(f"[red]not retried[/red] ({exc.status}): {exc.message}")
+        raise typer.Exit(EXIT_INVALID if 400 <= exc.status < 500 else EXIT_FAILED)
+    out.print(f"{answer['execution_id']}: {answer['status']} (follow: {answer['links']['self']})")

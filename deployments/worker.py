@@ -15,7 +15,9 @@ process boundary would give for free is done here:
   records it as cancelled;
 - SIGTERM/SIGINT stop polling, let the runs in flight finish for ``grace_s``, then cancel
   what is left the way a cancel request does: those runs end ``cancelled`` with their
-  result so far (continuing them elsewhere is for crash recovery).
+  result so far;
+- liveness: heartbeats for every run it holds, so that a run whose worker died is found
+  and continued by another (``deployments.recovery``).
 """
 
 from __future__ import annotations
@@ -30,11 +32,13 @@ from dataclasses import replace
 from typing import Any
 
 import anyio
+from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.flows import Flow
 from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
 
+from deployments.recovery import HeartbeatEmitter, ensure_recovery_automations, heartbeat_interval
 from deployments.run_store import StoreRuns
 from deployments.settings import WorkerSettings
 from deployments.workflow_deployments import DEFAULT_POOL, WORKER_TYPE
@@ -62,14 +66,16 @@ class FlowMaestroWorker(BaseWorker[FlowMaestroJobConfiguration, FlowMaestroVaria
 
     def __init__(self, *, flow: Flow[..., Any], work_pool_name: str = DEFAULT_POOL, limit: int = 20,
                  cancel_poll_s: float = 1.0, name: str | None = None, on_cancel: Callable[[str], None] | None = None,
-                 **kwargs: Any):
+                 heartbeats: HeartbeatEmitter | None = None, **kwargs: Any):
         """``flow`` is the generic flow bound to this worker's run context; ``on_cancel``
-        tells that context that a run was cancelled in Prefect (the flow then stops it)."""
+        tells that context that a run was cancelled in Prefect (the flow then stops it);
+        ``heartbeats`` beats for the runs it holds."""
         super().__init__(work_pool_name=work_pool_name, limit=limit, name=name,
                          base_job_template=self.get_default_base_job_template(), **kwargs)
         self.flow = flow
         self.cancel_poll_s = cancel_poll_s
         self.on_cancel = on_cancel
+        self.heartbeats = heartbeats
         self.running: dict[str, asyncio.Task[Any]] = {}
         self.draining = False
         self._watcher: asyncio.Task[None] | None = None
@@ -87,6 +93,8 @@ class FlowMaestroWorker(BaseWorker[FlowMaestroJobConfiguration, FlowMaestroVaria
         run_id = str(flow_run.id)
         task = start_flow_run_in_process(self.flow, flow_run, dict(flow_run.parameters))
         self.running[run_id] = task
+        if self.heartbeats is not None:
+            self.heartbeats.beat_for([run_id])  # at once: a worker may die before the next beat
         if task_status is not None:
             # BaseWorker records this as the run's infrastructure and only then counts the
             # run as submitted; a falsy value would release its concurrency slot at once.
@@ -156,9 +164,12 @@ class FlowMaestroWorker(BaseWorker[FlowMaestroJobConfiguration, FlowMaestroVaria
 async def run_worker(flow: Flow[..., Any], *, pool: str = DEFAULT_POOL, limit: int = 20, poll_s: float = 1.0,
                      cancel_poll_s: float = 1.0, grace_s: float = 30.0, name: str | None = None,
                      on_cancel: Callable[[str], None] | None = None, started: Callable[[str], None] | None = None,
-                     stop: asyncio.Event | None = None) -> None:
+                     stop: asyncio.Event | None = None, crash_detect_s: float | None = None,
+                     signals: CancelSignals | None = None) -> None:
     """Run one worker until ``stop`` is set (by default: SIGTERM or SIGINT), then drain it
-    (see ``FlowMaestroWorker.shutdown``)."""
+    (see ``FlowMaestroWorker.shutdown``). With ``crash_detect_s``, it makes sure the
+    recovery automations exist and beats for its runs (and the children ``signals``
+    watches)."""
     from prefect.settings import PREFECT_WORKER_QUERY_SECONDS, temporary_settings
 
     if stop is None:
@@ -169,8 +180,18 @@ async def run_worker(flow: Flow[..., Any], *, pool: str = DEFAULT_POOL, limit: i
     # Prefect's default poll is every 10 s; runs started through the API should start
     # within about a second. The poll is one cheap query per worker.
     with temporary_settings({PREFECT_WORKER_QUERY_SECONDS: poll_s}):
+        heartbeats = None
+        if crash_detect_s is not None:
+            async with get_client() as client:
+                await ensure_recovery_automations(client, pool, crash_detect_s)
+            heartbeats = HeartbeatEmitter(interval_s=heartbeat_interval(crash_detect_s))
         worker = FlowMaestroWorker(flow=flow, work_pool_name=pool, limit=limit, cancel_poll_s=cancel_poll_s,
-                                   name=name, on_cancel=on_cancel)
+                                   name=name, on_cancel=on_cancel, heartbeats=heartbeats)
+        if heartbeats is not None:
+            heartbeats.runs = lambda: {*worker.running, *(signals.watched() if signals else ())}
+            if signals is not None:
+                signals.on_watch = lambda run_id: heartbeats.beat_for([run_id])
+        beating = asyncio.create_task(heartbeats.run()) if heartbeats is not None else None
         main = asyncio.create_task(worker.start(printer=started or (lambda _line: None)))
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({main, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -179,6 +200,8 @@ async def run_worker(flow: Flow[..., Any], *, pool: str = DEFAULT_POOL, limit: i
             main.cancel()
         await asyncio.gather(main, return_exceptions=True)
         stopping.cancel()
+        if beating is not None:
+            beating.cancel()
 
 
 @asynccontextmanager
@@ -208,4 +231,5 @@ async def serve_worker(settings: WorkerSettings, *, name: str | None = None,
         await run_worker(workflow_flow(context), pool=settings.work_pool, limit=settings.worker_limit,
                          poll_s=settings.worker_poll_s, cancel_poll_s=context.settings.cancel_poll_s,
                          grace_s=settings.worker_grace_s, name=name, on_cancel=context.cancellations.cancel,
-                         started=started)
+                         started=started, crash_detect_s=context.settings.crash_detect_s,
+                         signals=context.cancellations)

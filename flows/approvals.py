@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import httpx
 from prefect.client.orchestration import get_client
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
@@ -79,6 +80,9 @@ class PrefectApprovals:
         self.run_id = uuid.UUID(run_id)
         self.waiting: dict[str, Waiting] = {}
         self.current: str | None = None
+        """The slug of the approval Prefect is paused on."""
+        self.current_key: str | None = None
+        """The Prefect pause key of that pause (the slug, or a new one on a run executed again)."""
         self.pause_task: asyncio.Task[Any] | None = None
         self.loop_task: asyncio.Task[None] | None = None
         self.seen_decisions: set[str] = set()
@@ -93,7 +97,15 @@ class PrefectApprovals:
                   "schema": form_model(config.form, config.message).model_json_schema(),
                   "approvers": config.approvers, "requested_at": _now(), "timeout_at": timeout_at}
         async with get_client() as client:
-            await client.create_flow_run_input(self.run_id, key=PENDING + slug, value=json.dumps(record))
+            earlier = await self._earlier_decision(client, slug)
+            if earlier is not None:  # the run executed again: a decision is never asked twice
+                timeout_connected = any(execution.plan.edges[e].handle == "timeout" for e in node.outgoing)
+                return self._outcome(config, earlier, timeout_connected)
+            try:
+                await client.create_flow_run_input(self.run_id, key=PENDING + slug, value=json.dumps(record))
+            except httpx.HTTPStatusError as exc:
+                if exc.response.status_code != 409:
+                    raise  # 409: announced by an earlier execution of the run
         waiting = Waiting(slug, node, frame.path, config, deadline)
         first = not self.waiting
         self.waiting[slug] = waiting
@@ -126,6 +138,24 @@ class PrefectApprovals:
         output = {"approved": approved, "input": values, "decided_at": decision["decided_at"],
                   "decided_by": decision.get("decided_by"), "via": decision.get("via")}
         return Completed(output=output, handles=frozenset({"approved" if approved else "rejected"}))
+
+    async def _earlier_decision(self, client: Any, slug: str) -> dict[str, Any] | None:
+        """The decision an earlier execution of the run recorded or received: its result, a
+        decision sent through the API, or an answer given in the Prefect UI to any earlier
+        pause (or suspension) of this approval."""
+        for prefix in (RESULT, DECISION):
+            found = await client.filter_flow_run_input(self.run_id, key_prefix=prefix + slug, limit=1,
+                                                       exclude_keys=set())
+            if found and found[0].key == prefix + slug:
+                return json.loads(found[0].value)
+        for state_name in ("paused", "suspended"):
+            found = await client.filter_flow_run_input(self.run_id, key_prefix=f"{state_name}-{slug}", limit=50,
+                                                       exclude_keys=set())
+            for item in found:
+                if item.key.endswith("-response"):
+                    answer = {k: v for k, v in json.loads(item.value).items() if k != "metadata"}
+                    return {"outcome": "decided", "input": answer, "decided_at": _now(), "via": "prefect-ui"}
+        return None
 
     # --- the loop that serves every waiting approval of the run ---------------------------------
 
@@ -164,10 +194,22 @@ class PrefectApprovals:
         if self.current is None and self.waiting:
             slug = next(iter(self.waiting))
             self.current = slug
+            self.current_key = await self._fresh_pause_key(client, slug)
             waiting = self.waiting[slug]
             model = form_model(waiting.config.form, waiting.config.message, base=RunInput)
             self.pause_task = asyncio.create_task(pause_flow_run(
-                wait_for_input=model, timeout=PREFECT_PAUSE_LIMIT_S, poll_interval=PAUSE_POLL_S, key=slug))
+                wait_for_input=model, timeout=PREFECT_PAUSE_LIMIT_S, poll_interval=PAUSE_POLL_S,
+                key=self.current_key))
+
+    async def _fresh_pause_key(self, client: Any, slug: str) -> str:
+        """Prefect pauses a run at most once per key: an approval paused on by an earlier
+        execution of the run (that died unanswered) pauses again on a new key."""
+        used = set((await client.read_flow_run(self.run_id)).empirical_policy.pause_keys or ())
+        key, n = slug, 1
+        while key in used:
+            n += 1
+            key = f"{slug}-{n}"
+        return key
 
     def _resolve(self, slug: str, decision: dict[str, Any]) -> None:
         waiting = self.waiting.get(slug)
@@ -177,12 +219,12 @@ class PrefectApprovals:
     async def _stop_pause(self, client: Any) -> None:
         """End the Prefect pause of an approval decided another way. Only while the run
         is still paused on that very key, so a person's resume at the same moment wins."""
-        task, slug = self.pause_task, self.current
-        self.current, self.pause_task = None, None
-        if task is None or task.done() or slug is None:
+        task, key = self.pause_task, self.current_key
+        self.current, self.current_key, self.pause_task = None, None, None
+        if task is None or task.done() or key is None:
             return
         task.cancel()
-        await prefect_compat.end_pause(client, self.run_id, slug)
+        await prefect_compat.end_pause(client, self.run_id, key)
 
 
 # --- answering approvals from another process (API, CLI) ---------------------------------------

@@ -358,6 +358,7 @@ class Execution:
         def make_context(attempt: int) -> NodeContext:
             return NodeContext(node_id=node.id, path=path, run_id=self.record.id, workflow=self.plan.name,
                                attempt=attempt, upstream=upstream, inputs=self.inputs, first_started=first_started,
+                               idempotency_key=f"{self.journal.journal_id}:{node.id}:{'.'.join(map(str, path))}",
                                emit=lambda event_type, data: self.bus.publish(event_type, node_id=node.id,
                                                                               path=path, **data))
 

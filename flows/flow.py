@@ -151,10 +151,17 @@ async def _run_in_flow(context: RunContext, child_flow: ChildFlow, canvas: dict[
 
 
 async def _crashes(run_id: str) -> int:
-    """How many times the run crashed (its worker died) before this execution."""
+    """How many times the run crashed (its worker died) since it last ended otherwise: a
+    run retried after it failed for crashing too often gets its crash retries again."""
     async with get_client() as client:
         states = await client.read_flow_run_states(run_id)
-    return sum(1 for state in states if state.type == StateType.CRASHED)
+    crashes = 0
+    for state in sorted(states, key=lambda s: s.timestamp):
+        if state.type == StateType.CRASHED:
+            crashes += 1
+        elif state.type in (StateType.FAILED, StateType.CANCELLED, StateType.COMPLETED):
+            crashes = 0
+    return crashes
 
 
 def _trigger_of(flow_run: Any) -> dict[str, Any]:

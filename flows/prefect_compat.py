@@ -27,7 +27,7 @@ from packaging.version import InvalidVersion, Version
 from prefect.client.schemas.objects import FlowRun, StateType, TaskRun, TaskRunPolicy
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.flow_engine import run_flow_async
-from prefect.states import Cancelled, Cancelling, Completed, Failed, Pending, Running, State
+from prefect.states import Cancelled, Cancelling, Completed, Failed, Pending, Running, Scheduled, State
 from prefect.utilities.engine import emit_task_run_state_change_event
 
 log = logging.getLogger("flowmaestro.prefect")
@@ -144,6 +144,13 @@ async def mark_cancelled(client: Any, flow_run_id: uuid.UUID | str, message: str
     """End a flow run Cancelled that nothing executes (cancelled before a worker started its
     flow, or whose engine gave up on seeing Cancelling): forced, as no engine will."""
     await client.set_flow_run_state(flow_run_id, Cancelled(message=message), force=True)
+
+
+async def schedule_again(client: Any, flow_run_id: uuid.UUID | str, message: str) -> None:
+    """Put an ended flow run back in its work pool's queue, as the Prefect UI's Retry does:
+    a worker executes it again from the top (its journal restores what completed). Forced:
+    Prefect's orchestration refuses to leave a final state otherwise."""
+    await client.set_flow_run_state(flow_run_id, Scheduled(name="AwaitingRetry", message=message), force=True)
 
 
 async def end_pause(client: Any, flow_run_id: uuid.UUID, pause_key: str) -> bool:

@@ -58,11 +58,20 @@ class CancelSignals:
     for all of them (the worker reads all its runs' states at once); without one, each run
     polls its own state."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_watch: Callable[[str], None] | None = None) -> None:
+        """``on_watch``: called with each run that starts being watched (the worker's first
+        heartbeat for it)."""
         self._events: dict[str, asyncio.Event] = {}
+        self.on_watch = on_watch
 
     def watch(self, run_id: str) -> asyncio.Event:
+        if run_id not in self._events and self.on_watch is not None:
+            self.on_watch(run_id)
         return self._events.setdefault(run_id, asyncio.Event())
+
+    def watched(self) -> list[str]:
+        """The runs of this process executing now, children of sub-workflow nodes included."""
+        return list(self._events)
 
     def forget(self, run_id: str) -> None:
         self._events.pop(run_id, None)

@@ -79,6 +79,9 @@ class NodeContext:
     inputs: Mapping[str, Any]
     emit: Emit
     """Publish an event of this node (``stream:chunk`` tokens, for instance)."""
+    idempotency_key: str = ""
+    """``<run id>:<node id>:<path>``, the same in every execution of the run (a child run's
+    run id is its parent's journal id): what an ``http`` node sends as ``Idempotency-Key``."""
     first_started: datetime | None = None
     """For handlers that ``resumes_waiting``: when this node execution first started, in an
     earlier execution of the run if there was one (a delay then waits only what is left)."""

@@ -77,6 +77,9 @@ class HttpConfig(NodeConfig):
     follow_redirects: Templatable[bool] = Field(True, description=f"Follow up to {MAX_REDIRECTS} redirects.")
     max_response_bytes: Templatable[int] = Field(DEFAULT_MAX_RESPONSE_BYTES, description="Larger responses fail "
                                                  "the node (decompressed size).")
+    idempotency_key: Templatable[str] | bool = Field(True, description="The Idempotency-Key header: true sends "
+                                                     "'<run id>:<node id>:<path>' (the same when a run executed "
+                                                     "again repeats the request), a string sends that, false none.")
 
     @field_validator("method", mode="before")
     @classmethod
@@ -154,10 +157,15 @@ class HttpHandler(NodeHandler):
 
     async def run(self, config: HttpConfig, ctx: NodeContext) -> Completed:
         credentials, secrets = credentials_of(config.auth)
+        extra = {}
+        if config.idempotency_key is not False and not _has_header(config.headers, IDEMPOTENCY_HEADER):
+            key = ctx.idempotency_key if config.idempotency_key is True else str(config.idempotency_key)
+            if key:
+                extra[IDEMPOTENCY_HEADER] = key
         deadline = float(config.timeout_s)
         try:
             async with asyncio.timeout(deadline):
-                response, body = await self._exchange(config, credentials)
+                response, body = await self._exchange(config, credentials, extra)
         except (TimeoutError, httpx.TimeoutException):
             raise NodeError(f"{config.method} {config.url} timed out after {deadline:g} s",
                             retry_class="timeout", error_type="Timeout") from None
@@ -173,10 +181,11 @@ class HttpHandler(NodeHandler):
             raise status_error(response, output["body"], str(config.method))
         return Completed(output=output)
 
-    async def _exchange(self, config: HttpConfig, credentials: dict[str, str]) -> tuple[httpx.Response, bytes]:
+    async def _exchange(self, config: HttpConfig, credentials: dict[str, str],
+                        extra: dict[str, str]) -> tuple[httpx.Response, bytes]:
         client = shared_client()
         request = client.build_request(
-            str(config.method), config.url, headers={**stringify(config.headers), **credentials},
+            str(config.method), config.url, headers={**stringify(config.headers), **extra, **credentials},
             params=config.query or None, json=config.json_body, content=config.body,
             data=config.form, timeout=float(config.timeout_s))
         origin = request.url.copy_with(path="/", query=None, fragment=None)
@@ -189,6 +198,13 @@ class HttpHandler(NodeHandler):
                 await response.aclose()
             request = redirect_request(client, request, response, origin, credentials)
         raise NodeError(f"{config.url} redirected more than {MAX_REDIRECTS} times", error_type="TooManyRedirects")
+
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+def _has_header(headers: Any, name: str) -> bool:
+    return any(str(k).lower() == name.lower() for k in dict(headers))
 
 
 def stringify(headers: Any) -> dict[str, str]:

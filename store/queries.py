@@ -136,6 +136,14 @@ class Executions:
                 row.status, row.updated_at = status, utcnow()
                 await session.commit()
 
+    async def reopen(self, execution_id: str, version: int) -> None:
+        """A run retried: pending again (with the version it will run), its old result gone."""
+        async with self.sessions() as session:
+            row = await session.get(ExecutionRow, execution_id)
+            if row is not None:
+                row.status, row.result, row.version, row.updated_at = "pending", None, version, utcnow()
+                await session.commit()
+
     async def record_result(self, execution_id: str, result: dict[str, Any]) -> None:
         async with self.sessions() as session:
             row = await session.get(ExecutionRow, execution_id)

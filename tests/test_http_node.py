@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import ipaddress
 import json
 import threading
@@ -181,6 +182,17 @@ async def test_post_sends_json_query_and_headers(web: RecordingApp, base: str) -
     assert echoed["headers"]["content-type"] == "application/json"
     assert echoed["query"] == {"q": "x y", "n": "3"}
     assert echoed["headers"]["x-trace"] == "t-1" and echoed["headers"]["x-num"] == "5"
+
+
+@pytest.mark.usefixtures("loopback_allowed")
+async def test_idempotency_key_by_default_overridden_or_off(web: RecordingApp, base: str) -> None:
+    handler = HttpHandler()
+    context = dataclasses.replace(make_context(), idempotency_key="run-7:charge:2.0")
+    for data in ({}, {"idempotency_key": "order-{{ 1 }}"}, {"idempotency_key": False},
+                 {"headers": {"idempotency-key": "mine"}}):
+        await handler.run(HttpConfig.model_validate({"method": "POST", "url": f"{base}/echo", **data}), context)
+    sent = [r["headers"].get("idempotency-key") for r in web.requests]
+    assert sent == ["run-7:charge:2.0", "order-{{ 1 }}", None, "mine"]
 
 
 @pytest.mark.usefixtures("loopback_allowed")
