@@ -45,7 +45,10 @@ T = TypeVar("T")
 STATUS_OF_STATE = {
     StateType.SCHEDULED: "pending", StateType.PENDING: "pending", StateType.RUNNING: "running",
     StateType.PAUSED: "paused", StateType.CANCELLING: "running", StateType.COMPLETED: "completed",
-    StateType.FAILED: "failed", StateType.CRASHED: "failed", StateType.CANCELLED: "cancelled",
+    StateType.FAILED: "failed", StateType.CANCELLED: "cancelled",
+    # Its worker died: the recovery automation schedules it again at once, and a run out of
+    # crash retries ends Failed (deployments/recovery.py). So it waits for a worker.
+    StateType.CRASHED: "pending",
 }
 RETRYABLE_STATES = (StateType.FAILED, StateType.CRASHED, StateType.CANCELLED)
 NODE_STATUS_OF_EVENT = {"node:started": "running", "node:retrying": "running", "node:paused": "paused",

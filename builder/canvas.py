@@ -101,6 +101,8 @@ class NodeModel(_Lenient):
     timeout_s: float | None = Field(None, gt=0, le=86400)
     cache: CacheSpec | None = None
     join: JoinMode = "all"
+    replay: bool = Field(True, description="Whether a run executed again (after a crash, on retry) restores this "
+                         "node's completed outcome (true) or executes it again (false).")
 
 
 class EdgeCondition(BaseModel):

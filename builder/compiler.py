@@ -368,6 +368,7 @@ def build_plan(draft: Draft) -> CompileResult:
             "outgoing": tuple(sorted(outs)) if outs else no_edges,
             "references": references.get(node_id, no_references),
             "level": levels.get(node_id, 0), "version": spec.version, "container": spec.container,
+            "replay": node.replay,
         })
     scopes = {}
     for scope_id, ids in members.items():

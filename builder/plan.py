@@ -209,6 +209,8 @@ class PlanNode:
     version: str = "1"
     container: str | None = None
     """``loop`` or ``parallel`` when this node is a container."""
+    replay: bool = True
+    """Restored from the run's journal when the run executes again (``flows.journal``)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -228,6 +230,7 @@ class PlanNode:
             "level": self.level,
             "version": self.version,
             "container": self.container,
+            "replay": self.replay,
         }
 
 
@@ -296,7 +299,7 @@ def content_hash(plan_dict: Mapping[str, Any]) -> str:
                              sorted(n["handles"])])
         number = policies.setdefault(policy, len(policies))
         nodes.append([n["id"], n["type"], n["scope"], n["data"], number, n["timeout_s"], n["join"], n["version"],
-                      n["container"]])
+                      n["container"], *_replay_key(n.get("replay", True))])
     edges = [[e["id"], e["source"], e["target"], e["handle"], e["condition"]]
              for e in sorted(plan_dict["edges"], key=lambda e: e["id"])]
     return _digest(header, list(policies), nodes, edges)
@@ -331,7 +334,7 @@ def plan_hash(plan: Plan) -> str:
             policy = _canonical([_retry_key(retry.to_dict()), [cache.enabled, cache.ttl_s], sorted(handles)])
             number = by_identity[identity] = policies.setdefault(policy, len(policies))
         nodes.append([node.id, node.type, node.scope, node.data, number, node.timeout_s, node.join, node.version,
-                      node.container])
+                      node.container, *_replay_key(node.replay)])
     edges = []
     for edge_id in sorted(plan.edges):
         edge = plan.edges[edge_id]
@@ -339,6 +342,11 @@ def plan_hash(plan: Plan) -> str:
         edges.append([edge.id, edge.source, edge.target, edge.handle, None if cond is None else
                       {"field": cond.field, "operator": cond.operator, "value": cond.value}])
     return _digest(header, list(policies), nodes, edges)
+
+
+def _replay_key(replay: bool) -> list[bool]:
+    """Only ``replay: false`` enters the hash, so plans written before it existed keep theirs."""
+    return [] if replay else [False]
 
 
 PLAN_FORMAT = 2

@@ -2,11 +2,12 @@
 
 Prefect leaves a flow run ``Running`` forever when the process running it dies. Here:
 
-1. every FlowMaestro worker emits ``flowmaestro.flow-run.heartbeat`` for each run it holds
-   (children and paused runs included), every third of ``crash_detect_s``
-   (``HeartbeatEmitter``);
-2. automation "lost worker": a run that emitted a heartbeat and then neither another one
-   nor a final state (nor a suspension) within ``crash_detect_s`` is set ``Crashed``;
+1. every FlowMaestro worker emits a heartbeat event for each run it holds (children and
+   paused runs included), every third of ``crash_detect_s`` (``HeartbeatEmitter``);
+2. automations "lost worker": a run of the pool that a worker took (Pending, Running) or
+   beat for, and that then sends neither a heartbeat nor a final state (nor a suspension)
+   within ``crash_detect_s``, is set ``Crashed``; child runs the same from their first
+   heartbeat;
 3. automation "continue": a ``Crashed`` run of the pool's deployments is set ``Scheduled``
    again; any worker picks it up and the flow restores what its journal holds
    (``flows.journal``). The flow counts its own crashes and ends ``Failed`` after
@@ -14,8 +15,8 @@ Prefect leaves a flow run ``Running`` forever when the process running it dies. 
    cannot loop.
 
 The automations are Prefect's (visible, editable in its UI) and created idempotently when
-a worker starts; the detection window is one per Prefect server (the last worker to start
-sets it). Children of a sub-workflow node are marked crashed but not rescheduled:
+a worker starts; the detection window of child runs is one per Prefect server (the last
+worker to start sets it). Children of a sub-workflow node are marked crashed but not rescheduled:
 their parent runs them again, and their journal makes them continue.
 """
 
@@ -35,6 +36,9 @@ from prefect.events.schemas.automations import AutomationCore, EventTrigger, Pos
 log = logging.getLogger("flowmaestro.recovery")
 
 HEARTBEAT = "flowmaestro.flow-run.heartbeat"
+"""For a run a worker took from its pool; it names the pool, as Prefect's own events of the run do."""
+CHILD_HEARTBEAT = "flowmaestro.child-run.heartbeat"
+"""For the child run of a sub-workflow node (a subflow run: no pool)."""
 ENDED = ("Completed", "Failed", "Cancelled", "Crashed", "Suspended")
 """States after which a run needs no heartbeat (``Suspended``: an approval released by its
 worker; ``Paused`` runs are held by a worker, which keeps beating for them)."""
@@ -46,32 +50,46 @@ def heartbeat_interval(crash_detect_s: float) -> float:
 
 
 def recovery_automations(pool: str, crash_detect_s: float) -> list[AutomationCore]:
-    # Not filtered by pool: only FlowMaestro workers send this heartbeat, and the final
-    # states that answer it must match too, which a child run's (it has no pool) would not.
+    ended = {f"prefect.flow-run.{state}" for state in ENDED}
+    on_pool = {"prefect.resource.role": "work-pool", "prefect.resource.name": pool}
+    crash = [ChangeFlowRunState(state=StateType.CRASHED, force=True,
+                                message=f"no heartbeat from its worker for {crash_detect_s:g} s: the worker died "
+                                        "or lost its connection")]
+    # A run of the pool is watched from the moment Prefect says a worker took it (Pending,
+    # Running: events the server itself emits), so a worker that dies before its first
+    # heartbeat got out is caught too. Every event of such a run names the pool.
     lost = AutomationCore(
-        name="flowmaestro: mark runs of lost workers crashed",
-        description=f"A FlowMaestro run whose worker sent no heartbeat for {crash_detect_s:g} s is Crashed "
-                    "(and then continued by another worker).",
+        name=f"flowmaestro {pool}: mark runs of lost workers crashed",
+        description=f"A FlowMaestro run of pool {pool!r} whose worker sent no heartbeat for {crash_detect_s:g} s "
+                    "is Crashed (and then continued by another worker).",
         trigger=EventTrigger(
-            match={"prefect.resource.id": "prefect.flow-run.*"},
-            after={HEARTBEAT}, expect={HEARTBEAT, *(f"prefect.flow-run.{state}" for state in ENDED)},
-            for_each={"prefect.resource.id"}, posture=Posture.Proactive, threshold=1,
-            within=timedelta(seconds=crash_detect_s)),
-        actions=[ChangeFlowRunState(state=StateType.CRASHED, force=True,
-                                    message=f"no heartbeat from its worker for {crash_detect_s:g} s: the worker "
-                                            "died or lost its connection")])
+            match={"prefect.resource.id": "prefect.flow-run.*"}, match_related=on_pool,
+            after={HEARTBEAT, "prefect.flow-run.Pending", "prefect.flow-run.Running"},
+            expect={HEARTBEAT, *ended}, for_each={"prefect.resource.id"}, posture=Posture.Proactive,
+            threshold=1, within=timedelta(seconds=crash_detect_s)),
+        actions=crash)
+    # Child runs have no pool, so their own events cannot be filtered by it: they are
+    # watched from their first heartbeat, which only FlowMaestro workers send.
+    lost_child = AutomationCore(
+        name="flowmaestro: mark child runs of lost workers crashed",
+        description=f"The child run of a FlowMaestro sub-workflow node whose worker sent no heartbeat for "
+                    f"{crash_detect_s:g} s is Crashed (its parent, continued elsewhere, runs it again).",
+        trigger=EventTrigger(
+            match={"prefect.resource.id": "prefect.flow-run.*"}, after={CHILD_HEARTBEAT},
+            expect={CHILD_HEARTBEAT, *ended}, for_each={"prefect.resource.id"}, posture=Posture.Proactive,
+            threshold=1, within=timedelta(seconds=crash_detect_s)),
+        actions=crash)
     resume = AutomationCore(
         name=f"flowmaestro {pool}: continue crashed runs",
         description="A crashed FlowMaestro run is scheduled again; a worker continues it from its journal "
                     "(completed nodes are restored, not repeated).",
         trigger=EventTrigger(
-            match={"prefect.resource.id": "prefect.flow-run.*"},
-            match_related={"prefect.resource.role": "work-pool", "prefect.resource.name": pool},
+            match={"prefect.resource.id": "prefect.flow-run.*"}, match_related=on_pool,
             expect={"prefect.flow-run.Crashed"}, for_each={"prefect.resource.id"},
             posture=Posture.Reactive, threshold=1, within=timedelta(0)),
         actions=[ChangeFlowRunState(state=StateType.SCHEDULED, force=True,
                                     message="scheduled again after a crash: a worker continues it")])
-    return [lost, resume]
+    return [lost, lost_child, resume]
 
 
 async def ensure_recovery_automations(client: Any, pool: str, crash_detect_s: float) -> None:
@@ -90,37 +108,53 @@ async def ensure_recovery_automations(client: Any, pool: str, crash_detect_s: fl
 
 
 def _differs(existing: Any, wanted: AutomationCore) -> bool:
-    fields = ("trigger", "actions", "enabled")
-    return any(getattr(existing, f).model_dump(mode="json") != getattr(wanted, f).model_dump(mode="json")
-               if hasattr(getattr(wanted, f), "model_dump") else
-               _dump(getattr(existing, f)) != _dump(getattr(wanted, f)) for f in fields)
+    # An update forgets the runs the trigger was watching (a worker that died just before
+    # would go unnoticed), so update only on a real change.
+    return any(_normal(getattr(existing, f)) != _normal(getattr(wanted, f)) for f in ("trigger", "actions", "enabled"))
 
 
-def _dump(value: Any) -> Any:
-    if isinstance(value, list):
-        return [_dump(v) for v in value]
-    return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
+def _normal(value: Any) -> Any:
+    """JSON form with sets in a fixed order (a set's order differs from process to process)."""
+    if hasattr(value, "model_dump"):
+        value = value.model_dump(mode="json")
+    if isinstance(value, dict):
+        return {k: _normal(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = [_normal(v) for v in value]
+        return sorted(items) if all(isinstance(i, str) for i in items) else items
+    return value
 
 
 class HeartbeatEmitter:
     """Beats for every run a worker holds, in one loop (Prefect's own flow heartbeat is a
     thread per run, at least 30 s apart)."""
 
-    def __init__(self, *, interval_s: float, runs: Callable[[], Iterable[str]] = tuple):
-        """``runs``: the runs to beat for, asked at every beat."""
-        self.runs = runs
+    def __init__(self, *, pool: str, interval_s: float):
+        self.pool = pool
+        self.pool_id: str | None = None
+        """The pool's id, once the worker knows it (events name resources by id)."""
         self.interval_s = interval_s
+        self.runs: Callable[[], Iterable[str]] = tuple
+        """The runs the worker took from its pool, asked at every beat."""
+        self.children: Callable[[], Iterable[str]] = tuple
+        """Child runs executing in the worker, asked at every beat."""
         self.beats = 0
 
-    def beat_for(self, run_ids: Iterable[str]) -> None:
+    def beat_for(self, run_ids: Iterable[str], *, child: bool = False) -> None:
+        pool = [{"prefect.resource.id": f"prefect.work-pool.{self.pool_id or self.pool}",
+                 "prefect.resource.role": "work-pool", "prefect.resource.name": self.pool}]
         for run_id in run_ids:
-            emit_event(event=HEARTBEAT, resource={"prefect.resource.id": f"prefect.flow-run.{run_id}"})
+            emit_event(event=CHILD_HEARTBEAT if child else HEARTBEAT,
+                       resource={"prefect.resource.id": f"prefect.flow-run.{run_id}"},
+                       related=None if child else pool)
             self.beats += 1
 
     async def run(self) -> None:
         while True:
             try:
-                self.beat_for(list(self.runs()))
+                runs = set(self.runs())
+                self.beat_for(runs)
+                self.beat_for(set(self.children()) - runs, child=True)
             except Exception as exc:  # the events client reconnects by itself; keep beating
                 log.warning("could not send heartbeats: %s", exc)
             await asyncio.sleep(self.interval_s)

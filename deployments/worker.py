@@ -94,6 +94,7 @@ class FlowMaestroWorker(BaseWorker[FlowMaestroJobConfiguration, FlowMaestroVaria
         task = start_flow_run_in_process(self.flow, flow_run, dict(flow_run.parameters))
         self.running[run_id] = task
         if self.heartbeats is not None:
+            self.heartbeats.pool_id = self.heartbeats.pool_id or (str(self._work_pool.id) if self._work_pool else None)
             self.heartbeats.beat_for([run_id])  # at once: a worker may die before the next beat
         if task_status is not None:
             # BaseWorker records this as the run's infrastructure and only then counts the
@@ -184,13 +185,16 @@ async def run_worker(flow: Flow[..., Any], *, pool: str = DEFAULT_POOL, limit: i
         if crash_detect_s is not None:
             async with get_client() as client:
                 await ensure_recovery_automations(client, pool, crash_detect_s)
-            heartbeats = HeartbeatEmitter(interval_s=heartbeat_interval(crash_detect_s))
+            heartbeats = HeartbeatEmitter(pool=pool, interval_s=heartbeat_interval(crash_detect_s))
         worker = FlowMaestroWorker(flow=flow, work_pool_name=pool, limit=limit, cancel_poll_s=cancel_poll_s,
                                    name=name, on_cancel=on_cancel, heartbeats=heartbeats)
         if heartbeats is not None:
-            heartbeats.runs = lambda: {*worker.running, *(signals.watched() if signals else ())}
+            beats = heartbeats
+            beats.runs = lambda: list(worker.running)
             if signals is not None:
-                signals.on_watch = lambda run_id: heartbeats.beat_for([run_id])
+                beats.children = signals.watched
+                signals.on_watch = lambda run_id: None if run_id in worker.running else beats.beat_for(
+                    [run_id], child=True)
         beating = asyncio.create_task(heartbeats.run()) if heartbeats is not None else None
         main = asyncio.create_task(worker.start(printer=started or (lambda _line: None)))
         stopping = asyncio.create_task(stop.wait())

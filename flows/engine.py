@@ -260,7 +260,7 @@ class Execution:
                                                  run.started_at, utcnow())
             return NodeOutcome("failed", error=error_info(exc, node.id, 1))
         key = cache_key(node, config, upstream if handler.reads_upstream else None)
-        restored = self.journal.restore(node.id, frame.path, key)
+        restored = self.journal.restore(node.id, frame.path, key) if node.replay else None
         if restored is not None:
             completed, run.attempts = restored
             return dataclasses.replace(self._completed(node, completed), restored=True)

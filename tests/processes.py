@@ -18,8 +18,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
+
+if TYPE_CHECKING:
+    from flows.local_server import ServerInfo
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_HOST = os.environ.get("FLOWMAESTRO_TEST_PG_HOST", "127.0.0.1")
@@ -46,6 +50,32 @@ def postgres_database(prefix: str = "fm_test") -> Iterator[str]:
         yield f"postgresql+asyncpg://{PG_USER}@{PG_HOST}:5432/{name}"
     finally:
         _psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def prefect_on_postgres(home: Path) -> Iterator[ServerInfo]:
+    """A Prefect server of its own on a new PostgreSQL database (several workers write to it
+    at once; Prefect on SQLite is one writer at a time)."""
+    from flows.local_server import start_server, stop
+
+    with postgres_database("fm_prefect") as url:
+        info = start_server(home, free_port(), env={"PREFECT_SERVER_DATABASE_CONNECTION_URL": url})
+        try:
+            yield info
+        finally:
+            stop(home)
+
+
+def stack_env(home: Path, prefect: ServerInfo, database_url: str, api_key: str, **extra: str) -> dict[str, str]:
+    """The environment every process of one FlowMaestro installation shares: its Prefect
+    server, the store and event log on PostgreSQL, Redis, one result storage, one lock
+    manager, loopback allowed for http nodes."""
+    return dict(os.environ, PREFECT_API_URL=prefect.api_url, FLOWMAESTRO_HOME=str(home),
+                FLOWMAESTRO_DATABASE_URL=database_url, FLOWMAESTRO_API_KEYS=f"tester:{api_key}",
+                FLOWMAESTRO_REDIS_URL="redis://127.0.0.1:6379/0", FLOWMAESTRO_HTTP_ALLOW_HOSTS="127.0.0.1",
+                FLOWMAESTRO_CACHE_LOCK_REDIS_URL="redis://127.0.0.1:6379/1",
+                PREFECT_LOCAL_STORAGE_PATH=str(home / "results"), PREFECT_HOME=str(home / "prefect-client"),
+                **extra)
 
 
 def wait_until(check, *, timeout: float, interval: float = 0.2, what: str = "the condition"):
@@ -135,6 +165,10 @@ class CountingServer:
 
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
+        self.requests: list[dict[str, object]] = []
+        """Every request: path, its Idempotency-Key, when it arrived and was answered (wall clock)."""
+        self.failing: set[str] = set()
+        """Paths answered 500 for now."""
         self.lock = threading.Lock()
         outer = self
 
@@ -150,18 +184,25 @@ class CountingServer:
             def _answer(self) -> None:
                 path, _, query = self.path.partition("?")
                 params = dict(p.split("=", 1) for p in query.split("&") if "=" in p)
+                record = {"path": path, "key": self.headers.get("idempotency-key"), "at": time.time()}
                 with outer.lock:
                     outer.counts[path] += 1
                     count = outer.counts[path]
+                    outer.requests.append(record)
+                    failing = path in outer.failing
                 delay = float(params.get("delay", 0))
                 if delay:
                     time.sleep(delay)
                 body = json.dumps({"path": path, "count": count}).encode()
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.send_response(500 if failing else 200)
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):  # the caller was killed meanwhile
+                    return
+                record["answered"] = time.time()
 
             def log_message(self, *args: object) -> None:
                 pass

@@ -195,3 +195,15 @@ async def _roundtrip(url, make_engine, sessions, upgrade_schema, NodeOutcomes):
         assert await table.dead_letters("alice") == []
     finally:
         await engine.dispose()
+
+
+async def test_a_node_with_replay_off_executes_again():
+    raw = canvas([count("a"), {**count("poll"), "replay": False}, node("boom", "test_flaky",
+                  data={"failures": 1, "retry_class": None})], [("a", "poll"), ("poll", "boom")])
+    store = MemoryOutcomes()
+    await execute(raw, store)
+    JOURNAL.clear()
+    raw["nodes"][2]["data"]["failures"] = 0
+    result, _ = await execute(raw, store)
+    assert [c[0] for c in JOURNAL.calls] == ["poll", "boom"]
+    assert result["nodes"]["a"]["restored"] is True and result["nodes"]["poll"]["restored"] is False

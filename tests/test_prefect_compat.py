@@ -269,3 +269,52 @@ async def test_ending_a_pause_resumes_the_paused_run():
     assert state.is_completed(), state
     assert await state.result() == {"paused": StateType.PAUSED, "other_key": False, "still": StateType.PAUSED,
                                     "ended": True, "resumed": StateType.RUNNING, "again": False}
+
+
+async def test_recovery_automations_are_created_once_and_not_updated_when_unchanged(prefect_server):
+    """Updating an automation forgets the runs its trigger watches, so a worker starting
+    next to a dead one must leave unchanged automations alone (sets dump in any order)."""
+    from prefect.client.orchestration import get_client
+
+    from deployments.recovery import ensure_recovery_automations, recovery_automations
+
+    pool = f"recovery-{uuid.uuid4().hex[:6]}"
+    async with get_client() as client:
+        updates = []
+        real_update = client.update_automation
+
+        async def counting_update(automation_id, automation):
+            updates.append(automation.name)
+            await real_update(automation_id, automation)
+
+        client.update_automation = counting_update
+        await ensure_recovery_automations(client, pool, 30)
+        wanted = recovery_automations(pool, 30)
+        first = {a.name: a.id for w in wanted for a in await client.read_automations_by_name(w.name)}
+        assert set(first) == {w.name for w in wanted}
+        await ensure_recovery_automations(client, pool, 30)
+        assert updates == [], "unchanged automations were updated"
+        again = {a.name: a.id for w in wanted for a in await client.read_automations_by_name(w.name)}
+        assert again == first
+        await ensure_recovery_automations(client, pool, 45)  # a new window: updated in place
+        assert sorted(updates) == sorted(w.name for w in wanted if w.trigger.posture == "Proactive")
+        changed = {a.name: a for w in wanted for a in await client.read_automations_by_name(w.name)}
+        assert {n: a.id for n, a in changed.items()} == first
+        assert changed[wanted[0].name].trigger.within.total_seconds() == 45
+
+
+def test_an_automation_read_back_from_another_process_is_not_a_change():
+    """Sets dump in the order of their process's string hashes: the same trigger read back
+    by another worker lists ``after``/``expect`` in another order."""
+    from types import SimpleNamespace
+
+    from deployments.recovery import _differs, recovery_automations
+
+    wanted = recovery_automations("pool", 30)[0]
+    dumped = wanted.trigger.model_dump(mode="json")
+    reordered = {**dumped, "after": list(reversed(dumped["after"])), "expect": list(reversed(dumped["expect"]))}
+    assert reordered != dumped
+    stored = SimpleNamespace(trigger=reordered, actions=[a.model_dump(mode="json") for a in wanted.actions],
+                             enabled=True)
+    assert not _differs(stored, wanted)
+    assert _differs(SimpleNamespace(**{**vars(stored), "trigger": {**reordered, "within": 31.0}}), wanted)

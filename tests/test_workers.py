@@ -9,18 +9,14 @@ over two workers with a cached node executed once; the API killed mid-run.
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import signal
 import uuid
-from pathlib import Path
 
 import httpx
 import pytest
 from prefect.client.orchestration import PrefectClient
 
-from flows.local_server import start_server, stop
-from tests.processes import CountingServer, free_port, postgres_database, start_serve, start_worker, wait_until
+from tests.processes import (CountingServer, postgres_database, prefect_on_postgres, stack_env, start_serve,
+                             start_worker, wait_until)
 
 pytestmark = [pytest.mark.prefect, pytest.mark.workers]
 KEY = "worker-test-key"
@@ -29,14 +25,8 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 
 @pytest.fixture(scope="module")
 def pg_prefect(tmp_path_factory):
-    """A Prefect server of its own, on PostgreSQL (several workers write to it at once)."""
-    home = tmp_path_factory.mktemp("prefect-pg")
-    with postgres_database("fm_prefect") as url:
-        info = start_server(home, free_port(), env={"PREFECT_SERVER_DATABASE_CONNECTION_URL": url})
-        try:
-            yield info
-        finally:
-            stop(home)
+    with prefect_on_postgres(tmp_path_factory.mktemp("prefect-pg")) as info:
+        yield info
 
 
 @pytest.fixture(scope="module")
@@ -47,16 +37,9 @@ def counting():
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, pg_prefect, counting):
-    """The environment every process of this module shares: the Prefect server, the
-    store and event log on PostgreSQL and Redis, one result storage, one lock manager."""
     home = tmp_path_factory.mktemp("stack")
     with postgres_database("fm_store") as database_url:
-        env = dict(os.environ, PREFECT_API_URL=pg_prefect.api_url, FLOWMAESTRO_HOME=str(home),
-                   FLOWMAESTRO_DATABASE_URL=database_url, FLOWMAESTRO_API_KEYS=f"tester:{KEY}",
-                   FLOWMAESTRO_REDIS_URL="redis://127.0.0.1:6379/0", FLOWMAESTRO_HTTP_ALLOW_HOSTS="127.0.0.1",
-                   FLOWMAESTRO_CACHE_LOCK_REDIS_URL="redis://127.0.0.1:6379/1",
-                   PREFECT_LOCAL_STORAGE_PATH=str(home / "results"), PREFECT_HOME=str(home / "prefect-client"))
-        yield home, env
+        yield home, stack_env(home, pg_prefect, database_url, KEY)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,407 @@
+"""Durability with real processes and real signals: a worker SIGKILLed mid-run is detected
+and its run continued by a fresh worker without repeating completed nodes; approvals that
+outlive the API or their worker; retry from failure through our API and Prefect's (as its
+UI's Retry button does it); dead letters; an approval answered once however often the run
+executes again.
+
+The stack: a Prefect server on PostgreSQL (several workers), the API (`flowmaestro serve
+--workers 0`) and worker processes (`flowmaestro worker`), all separate processes, with
+crash detection shortened to 15 s (the default is 90).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+import uuid
+
+import httpx
+import pytest
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.objects import StateType
+
+from store.db import make_engine, sessions
+from store.queries import NodeOutcomes
+from tests.processes import (CountingServer, postgres_database, prefect_on_postgres, stack_env, start_serve,
+                             start_worker)
+
+pytestmark = [pytest.mark.prefect, pytest.mark.workers]
+KEY = "durability-test-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+CRASH_DETECT_S = 15
+TRIALS = int(os.environ.get("FLOWMAESTRO_CRASH_TRIALS", "2"))
+
+
+@pytest.fixture(scope="module")
+def pg_prefect(tmp_path_factory):
+    with prefect_on_postgres(tmp_path_factory.mktemp("prefect-pg")) as info:
+        yield info
+
+
+@pytest.fixture(scope="module")
+def counting():
+    with CountingServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, pg_prefect):
+    home = tmp_path_factory.mktemp("stack")
+    with postgres_database("fm_store") as database_url:
+        env = stack_env(home, pg_prefect, database_url, KEY, FLOWMAESTRO_CRASH_DETECT_S=str(CRASH_DETECT_S))
+        yield home, env, database_url
+
+
+@pytest.fixture(scope="module")
+def api(stack):
+    home, env, _ = stack
+    proc, base = start_serve(home, env, workers=0)
+    yield proc, base
+    proc.stop()
+
+
+class Workers:
+    """Worker processes of the stack, started and killed by the tests."""
+
+    def __init__(self, home, env):
+        self.home, self.env = home, env
+        self.procs = []
+
+    def start(self):
+        proc = start_worker(self.home, self.env, name=f"w-{uuid.uuid4().hex[:6]}")
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self):
+        for proc in self.procs:
+            proc.stop()
+
+
+@pytest.fixture
+def workers(stack, api):
+    home, env, _ = stack
+    started = Workers(home, env)
+    yield started
+    started.stop_all()
+
+
+def client(base: str) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=base, headers=AUTH, timeout=30)
+
+
+async def save(http: httpx.AsyncClient, raw: dict) -> str:
+    saved = await http.post("/api/workflows", json={"canvas": raw})
+    assert saved.status_code == 201, saved.text
+    return saved.json()["id"]
+
+
+async def execute(http: httpx.AsyncClient, workflow_id: str, inputs: dict | None = None) -> str:
+    started = await http.post(f"/api/workflows/{workflow_id}/execute", json={"inputs": inputs or {}})
+    assert started.status_code == 202, started.text
+    return started.json()["execution_id"]
+
+
+async def final(http: httpx.AsyncClient, execution_id: str, timeout: float = 240) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = (await http.get(f"/api/executions/{execution_id}")).json()
+        if body.get("status") in ("completed", "failed", "cancelled"):
+            return body
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"execution {execution_id} did not end within {timeout} s: {body}")
+
+
+async def until(check, *, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = await check()
+        if value:
+            return value
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{what} did not happen within {timeout} s")
+
+
+def http_node(node_id: str, path: str, parent: str | None = None, delay: float = 0.4) -> dict:
+    found = {"id": node_id, "type": "http", "data": {"method": "POST", "url": f"{{{{ inputs.base }}}}{path}?delay={delay}"},
+             "retry": {"max_attempts": 1}}
+    if parent:
+        found["parentId"] = parent
+    return found
+
+
+def crash_canvas(name: str) -> dict:
+    """HTTP nodes before, inside a loop and a parallel, and after a delay."""
+    nodes = [{"id": "start", "type": "start", "data": {}},
+             http_node("before", "/before"),
+             {"id": "lp", "type": "loop", "data": {"mode": "for", "count": 3}},
+             http_node("step", "/loop/{{ loop.index }}", parent="lp"),
+             {"id": "par", "type": "parallel", "data": {"mode": "collection", "items": [1, 2, 3]}},
+             http_node("hit", "/par/{{ parallel.item }}", parent="par", delay=0.8),
+             {"id": "wait", "type": "delay", "data": {"seconds": 3}},
+             http_node("after", "/after"),
+             {"id": "end", "type": "end", "data": {"output": {
+                 "before": "{{ before.body.path }}", "loop": "{{ lp.results | length }}",
+                 "par": "{{ par.results | length }}", "after": "{{ after.body.path }}"}}}]
+    chain = ["start", "before", "lp", "par", "wait", "after", "end"]
+    edges = [{"id": f"e{i}", "source": a, "target": b} for i, (a, b) in enumerate(zip(chain, chain[1:]))]
+    return {"name": name, "inputs": {"base": {"type": "string", "required": True}}, "nodes": nodes, "edges": edges}
+
+
+async def journal_of(database_url: str, run_id: str) -> dict:
+    engine = make_engine(database_url)
+    try:
+        return {(o.node_id, o.path): o for o in await NodeOutcomes(sessions(engine)).of_run(run_id)}
+    finally:
+        await engine.dispose()
+
+
+async def states_of(prefect_url: str, run_id: str):
+    async with PrefectClient(prefect_url) as prefect:
+        return sorted(await prefect.read_flow_run_states(uuid.UUID(run_id)), key=lambda s: s.timestamp)
+
+
+def repeated_completed_nodes(requests: list[dict], journal: dict, run_id: str) -> list[str]:
+    """Requests for a node execution that arrived after that execution's completion had been
+    written to the journal: a completed node executed again."""
+    repeated = []
+    for request in requests:
+        key = request["key"] or ""
+        if not key.startswith(run_id + ":"):
+            continue
+        _, node_id, path = key.split(":")
+        entry = journal.get((node_id, tuple(int(p) for p in path.split(".")) if path else ()))
+        if entry is not None and entry.status == "completed" and request["at"] > entry.ended_at.timestamp():
+            repeated.append(key)
+    return repeated
+
+
+async def one_crash_trial(http, workers, victim, counting, database_url, prefect_url, workflow_id, rng):
+    """Start a run, SIGKILL the worker's process group after a random number of requests
+    (nodes in flight), start a fresh worker, and check what the run did."""
+    already = len(counting.requests)
+    run_id = await execute(http, workflow_id, {"base": counting.url})
+    kill_after = rng.randint(1, 8)  # of the run's 8 requests; 8: during the delay or the last node
+
+    async def seen():
+        return len([r for r in counting.requests[already:] if (r["key"] or "").startswith(run_id)]) >= kill_after
+
+    await until(seen, timeout=120, what=f"{kill_after} requests of run {run_id}")
+    killed_at = time.time()
+    victim.kill()
+    fresh = workers.start()
+    try:
+        result = await final(http, run_id, timeout=240)
+    except AssertionError as exc:
+        history = [(s.timestamp.isoformat(), s.name, s.message) for s in await states_of(prefect_url, run_id)]
+        async with httpx.AsyncClient(base_url=prefect_url, timeout=30) as prefect:
+            found = (await prefect.post("/events/filter", json={
+                "filter": {"any_resource": {"id": [f"prefect.flow-run.{run_id}"]}}, "limit": 100})).json()
+        events = sorted((e["occurred"], e["event"]) for e in found.get("events", []))
+        raise AssertionError(f"{exc}\nPrefect states: {history}\nevents: {events}\n"
+                             f"killed at {killed_at}\nfresh worker: {fresh.output()}") from None
+    requests = [r for r in counting.requests[already:] if (r["key"] or "").startswith(run_id)]
+    journal = await journal_of(database_url, run_id)
+    states = await states_of(prefect_url, run_id)
+    crashed = [s for s in states if s.type == StateType.CRASHED]
+    resumed = [s for s in states if s.type == StateType.RUNNING and crashed and s.timestamp > crashed[0].timestamp]
+    detect_s = crashed[0].timestamp.timestamp() - killed_at if crashed else None
+    resume_s = resumed[0].timestamp.timestamp() - crashed[0].timestamp.timestamp() if resumed else None
+    return {"run_id": run_id, "kill_after": kill_after, "result": result, "requests": requests,
+            "journal": journal, "crashed": len(crashed), "detect_s": detect_s, "resume_s": resume_s,
+            "repeated": repeated_completed_nodes(requests, journal, run_id), "fresh": fresh,
+            "states": [(s.timestamp.isoformat(), s.name, s.message) for s in states]}
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} s"
+
+
+async def test_a_worker_killed_mid_run_is_replaced_and_nothing_completed_runs_twice(
+        api, workers, counting, stack, pg_prefect):
+    _, base = api
+    _, _, database_url = stack
+    seed = int(os.environ.get("FLOWMAESTRO_CRASH_SEED", time.time()))
+    print(f"crash trials: seed {seed} (FLOWMAESTRO_CRASH_SEED)")
+    rng = random.Random(seed)
+    victim = workers.start()
+    async with client(base) as http:
+        workflow_id = await save(http, crash_canvas(f"crash-{uuid.uuid4().hex[:6]}"))
+        for trial in range(TRIALS):
+            outcome = await one_crash_trial(http, workers, victim, counting, database_url, pg_prefect.api_url,
+                                            workflow_id, rng)
+            victim = outcome["fresh"]
+            print(f"trial {trial}: killed after {outcome['kill_after']} requests; detected in "
+                  f"{_seconds(outcome['detect_s'])}, resumed {_seconds(outcome['resume_s'])} later; "
+                  f"{len(outcome['requests'])} requests for 8 node executions")
+            result = outcome["result"]
+            assert outcome["crashed"] == 1, f"the lost run was marked Crashed once: {outcome['states']}"
+            assert result["status"] == "completed", result
+            assert result["output"] == {"before": "/before", "loop": 3, "par": 3, "after": "/after"}
+            assert outcome["detect_s"] < CRASH_DETECT_S + 15, outcome["detect_s"]
+            assert outcome["repeated"] == [], f"completed nodes executed again: {outcome['repeated']}"
+            # Every node execution happened, each at most twice (once more only if in flight).
+            keys = [r["key"] for r in outcome["requests"]]
+            assert len(set(keys)) == 8 and max(keys.count(k) for k in keys) <= 2, keys
+            restored = [n for n, r in result["nodes"].items() if r.get("restored")]
+            if outcome["kill_after"] > 1:
+                assert "before" in restored, result["nodes"]
+
+
+async def test_retry_of_a_failed_run_reuses_completed_nodes_and_its_dead_letter_is_listed(
+        api, workers, counting):
+    _, base = api
+    workers.start()
+    tag = uuid.uuid4().hex[:6]
+    nodes = [{"id": "start", "type": "start", "data": {}}, http_node("a", f"/r{tag}/a", delay=0),
+             http_node("b", f"/r{tag}/b", delay=0), http_node("c", f"/r{tag}/c", delay=0),
+             {"id": "end", "type": "end", "data": {"output": "{{ c.body.count }}"}}]
+    chain = ["start", "a", "b", "c", "end"]
+    raw = {"name": f"retry-{tag}", "inputs": {"base": {"type": "string", "required": True}}, "nodes": nodes,
+           "edges": [{"id": f"e{i}", "source": x, "target": y} for i, (x, y) in enumerate(zip(chain, chain[1:]))]}
+    counting.failing.add(f"/r{tag}/c")
+    async with client(base) as http:
+        workflow_id = await save(http, raw)
+        run_id = await execute(http, workflow_id, {"base": counting.url})
+        failed = await final(http, run_id)
+        assert failed["status"] == "failed", failed
+        letters = (await http.get("/api/dead-letters", params={"workflow_id": workflow_id})).json()
+        assert [(d["execution_id"], d["node_id"], d["attempts"]) for d in letters] == [(run_id, "c", 1)], letters
+        assert "500" in letters[0]["error"]["message"]
+        counting.failing.discard(f"/r{tag}/c")
+        retried = await http.post(f"/api/dead-letters/{letters[0]['id']}/retry")
+        assert retried.status_code == 202 and retried.json()["execution_id"] == run_id, retried.text
+        result = await final(http, run_id)
+        assert result["status"] == "completed", result
+        assert result["output"] == 2  # c's second request
+        assert counting.counts[f"/r{tag}/a"] == 1 and counting.counts[f"/r{tag}/b"] == 1
+        assert result["nodes"]["a"]["restored"] and result["nodes"]["b"]["restored"]
+        assert not result["nodes"]["c"]["restored"]
+        assert (await http.get("/api/dead-letters", params={"workflow_id": workflow_id})).json() == []
+        again = await http.post(f"/api/executions/{run_id}/retry", json={})
+        assert again.status_code == 409, again.text  # completed: nothing to retry
+
+
+async def test_retry_through_prefects_api_as_its_ui_retry_button_does(api, workers, counting, pg_prefect):
+    _, base = api
+    workers.start()
+    tag = uuid.uuid4().hex[:6]
+    raw = {"name": f"ui-retry-{tag}", "inputs": {"base": {"type": "string", "required": True}},
+           "nodes": [{"id": "start", "type": "start", "data": {}}, http_node("a", f"/u{tag}/a", delay=0),
+                     http_node("b", f"/u{tag}/b", delay=0)],
+           "edges": [{"id": "e1", "source": "start", "target": "a"}, {"id": "e2", "source": "a", "target": "b"}]}
+    counting.failing.add(f"/u{tag}/b")
+    async with client(base) as http:
+        run_id = await execute(http, await save(http, raw), {"base": counting.url})
+        assert (await final(http, run_id))["status"] == "failed"
+        counting.failing.discard(f"/u{tag}/b")
+        async with httpx.AsyncClient(base_url=pg_prefect.api_url, timeout=30) as prefect:
+            answer = await prefect.post(f"/flow_runs/{run_id}/set_state", json={
+                "state": {"type": "SCHEDULED", "name": "AwaitingRetry", "message": "Retry from the UI"},
+                "force": True})
+            assert answer.json()["status"] == "ACCEPT", answer.text
+
+        async def running_again():
+            body = (await http.get(f"/api/executions/{run_id}")).json()
+            return body["status"] != "failed" or body.get("nodes", {}).get("b", {}).get("status") == "completed"
+
+        await until(running_again, timeout=60, what="the run picked up again")
+        result = await final(http, run_id)
+    assert result["status"] == "completed", result
+    assert counting.counts[f"/u{tag}/a"] == 1 and counting.counts[f"/u{tag}/b"] == 2
+    assert result["nodes"]["a"]["restored"] is True
+
+
+def approval_canvas(name: str) -> dict:
+    return {"name": name, "inputs": {"base": {"type": "string", "required": True}},
+            "nodes": [{"id": "start", "type": "start", "data": {}}, http_node("before", f"/{name}/before", delay=0),
+                      {"id": "ask", "type": "approval", "data": {"message": "Ship?"}},
+                      http_node("ship", f"/{name}/ship", delay=0),
+                      {"id": "end", "type": "end", "data": {"output": "{{ ask.approved }}"}}],
+            "edges": [{"id": "e1", "source": "start", "target": "before"},
+                      {"id": "e2", "source": "before", "target": "ask"},
+                      {"id": "e3", "source": "ask", "target": "ship", "sourceHandle": "approved"},
+                      {"id": "e4", "source": "ship", "target": "end"}]}
+
+
+async def pending(http, run_id):
+    async def found():
+        body = (await http.get(f"/api/executions/{run_id}")).json()
+        return body.get("pending_approvals")
+
+    return await until(found, timeout=120, what="an approval pending")
+
+
+async def test_a_worker_killed_while_paused_then_the_approval_answered(api, workers, counting):
+    _, base = api
+    victim = workers.start()
+    name = f"paused-{uuid.uuid4().hex[:6]}"
+    async with client(base) as http:
+        run_id = await execute(http, await save(http, approval_canvas(name)), {"base": counting.url})
+        await pending(http, run_id)
+        victim.kill()
+        workers.start()
+        answer = await http.post(f"/api/executions/{run_id}/resume", json={"node_id": "ask",
+                                                                          "input": {"approved": True}})
+        assert answer.status_code == 200 and answer.json()["status"] == "accepted", answer.text
+        result = await final(http, run_id)
+    assert result["status"] == "completed" and result["output"] is True, result
+    assert counting.counts[f"/{name}/before"] == 1 and counting.counts[f"/{name}/ship"] == 1
+    assert result["nodes"]["before"]["restored"] is True
+
+
+async def test_the_api_killed_while_a_run_is_paused(stack, api, workers, counting):
+    home, env, _ = stack
+    workers.start()
+    name = f"api-{uuid.uuid4().hex[:6]}"
+    proc, base = start_serve(home, env, workers=0)
+    try:
+        async with client(base) as http:
+            run_id = await execute(http, await save(http, approval_canvas(name)), {"base": counting.url})
+            await pending(http, run_id)
+        proc.kill()
+        proc, base = start_serve(home, env, workers=0)
+        async with client(base) as http:
+            answer = await http.post(f"/api/executions/{run_id}/resume", json={"node_id": "ask",
+                                                                              "input": {"approved": True}})
+            assert answer.status_code == 200, answer.text
+            result = await final(http, run_id)
+    finally:
+        proc.stop()
+    assert result["status"] == "completed" and result["output"] is True
+    assert not result["nodes"]["before"]["restored"], "the worker never stopped: nothing to restore"
+
+
+async def test_an_approval_is_answered_once_however_often_the_run_executes_again(api, workers, counting,
+                                                                                  pg_prefect):
+    _, base = api
+    workers.start()
+    name = f"thrice-{uuid.uuid4().hex[:6]}"
+    async with client(base) as http:
+        run_id = await execute(http, await save(http, approval_canvas(name)), {"base": counting.url})
+        await pending(http, run_id)
+        answer = await http.post(f"/api/executions/{run_id}/resume", json={"node_id": "ask",
+                                                                          "input": {"approved": True}})
+        assert answer.json()["status"] == "accepted"
+        assert (await final(http, run_id))["status"] == "completed"
+        for replay in range(3):
+            # Executed again from the top, through Prefect (as a Retry would, even on a completed run).
+            async with httpx.AsyncClient(base_url=pg_prefect.api_url, timeout=30) as prefect:
+                forced = await prefect.post(f"/flow_runs/{run_id}/set_state", json={
+                    "state": {"type": "SCHEDULED", "name": "AwaitingRetry"}, "force": True})
+                assert forced.json()["status"] == "ACCEPT"
+            await until(lambda: _runs(pg_prefect.api_url, run_id, replay + 2), timeout=90,
+                        what=f"execution {replay + 2} of the run")
+            result = await final(http, run_id)
+            assert result["status"] == "completed" and result["output"] is True, result
+            assert result["nodes"]["ask"]["restored"] is True
+            assert result.get("pending_approvals") in (None, [])
+    assert counting.counts[f"/{name}/ship"] == 1
+    states = await states_of(pg_prefect.api_url, run_id)
+    assert sum(1 for s in states if s.type == StateType.PAUSED) == 1, "asked once"
+
+
+async def _runs(prefect_url: str, run_id: str, count: int) -> bool:
+    states = await states_of(prefect_url, run_id)
+    return sum(1 for s in states if s.type == StateType.COMPLETED) >= count
