@@ -27,6 +27,7 @@ import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import anyio
@@ -35,6 +36,7 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.flows import Flow
 from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
 
+from deployments.catch_up import missed_to_skip, scheduled_time
 from deployments.run_store import StoreRuns
 from deployments.settings import WorkerSettings
 from deployments.workflow_deployments import DEFAULT_POOL, WORKER_TYPE
@@ -62,7 +64,7 @@ class FlowMaestroWorker(BaseWorker[FlowMaestroJobConfiguration, FlowMaestroVaria
 
     def __init__(self, *, flow: Flow[..., Any], work_pool_name: str = DEFAULT_POOL, limit: int = 20,
                  cancel_poll_s: float = 1.0, name: str | None = None, on_cancel: Callable[[str], None] | None = None,
-                 **kwargs: Any):
+                 catch_up: str = "latest", late_after_s: float = 60.0, **kwargs: Any):
         """``flow`` is the generic flow bound to this worker's run context; ``on_cancel``
         tells that context that a run was cancelled in Prefect (the flow then stops it)."""
         super().__init__(work_pool_name=work_pool_name, limit=limit, name=name,
@@ -74,11 +76,27 @@ class FlowMaestroWorker(BaseWorker[FlowMaestroJobConfiguration, FlowMaestroVaria
         self.draining = False
         self._watcher: asyncio.Task[None] | None = None
         self.identifier = f"{socket.gethostname()}:{os.getpid()}"
+        self.catch_up, self.late_after = catch_up, timedelta(seconds=late_after_s)
 
     async def get_and_submit_flow_runs(self) -> list[FlowRun]:
         if self.draining:  # shutting down: leave new runs to other workers
             return []
         return await super().get_and_submit_flow_runs()
+
+    async def _get_scheduled_flow_runs(self) -> list[Any]:
+        """Prefect's query, less the missed scheduled runs the catch-up policy does not
+        start (deployments/catch_up.py); those end Cancelled, saying why."""
+        due = await super()._get_scheduled_flow_runs()
+        skip = missed_to_skip([entry.flow_run for entry in due], datetime.now(timezone.utc), self.catch_up,
+                              self.late_after)
+        for flow_run in skip:
+            try:
+                await mark_cancelled(self.client, flow_run.id, f"missed while no worker ran (scheduled for "
+                                     f"{scheduled_time(flow_run)}); FLOWMAESTRO_SCHEDULE_CATCH_UP={self.catch_up}")
+            except Exception as exc:  # left for the next poll
+                self._logger.warning("could not skip missed run %s: %s", flow_run.id, exc)
+        skipped = {flow_run.id for flow_run in skip}
+        return [entry for entry in due if entry.flow_run.id not in skipped]
 
     async def run(self, flow_run: FlowRun, configuration: FlowMaestroJobConfiguration,
                   task_status: anyio.abc.TaskStatus[Any] | None = None) -> FlowMaestroWorkerResult:
@@ -156,7 +174,7 @@ class FlowMaestroWorker(BaseWorker[FlowMaestroJobConfiguration, FlowMaestroVaria
 async def run_worker(flow: Flow[..., Any], *, pool: str = DEFAULT_POOL, limit: int = 20, poll_s: float = 1.0,
                      cancel_poll_s: float = 1.0, grace_s: float = 30.0, name: str | None = None,
                      on_cancel: Callable[[str], None] | None = None, started: Callable[[str], None] | None = None,
-                     stop: asyncio.Event | None = None) -> None:
+                     stop: asyncio.Event | None = None, catch_up: str = "latest", late_after_s: float = 60.0) -> None:
     """Run one worker until ``stop`` is set (by default: SIGTERM or SIGINT), then drain it
     (see ``FlowMaestroWorker.shutdown``)."""
     from prefect.settings import PREFECT_WORKER_QUERY_SECONDS, temporary_settings
@@ -170,7 +188,7 @@ async def run_worker(flow: Flow[..., Any], *, pool: str = DEFAULT_POOL, limit: i
     # within about a second. The poll is one cheap query per worker.
     with temporary_settings({PREFECT_WORKER_QUERY_SECONDS: poll_s}):
         worker = FlowMaestroWorker(flow=flow, work_pool_name=pool, limit=limit, cancel_poll_s=cancel_poll_s,
-                                   name=name, on_cancel=on_cancel)
+                                   name=name, on_cancel=on_cancel, catch_up=catch_up, late_after_s=late_after_s)
         main = asyncio.create_task(worker.start(printer=started or (lambda _line: None)))
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({main, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -208,4 +226,5 @@ async def serve_worker(settings: WorkerSettings, *, name: str | None = None,
         await run_worker(workflow_flow(context), pool=settings.work_pool, limit=settings.worker_limit,
                          poll_s=settings.worker_poll_s, cancel_poll_s=context.settings.cancel_poll_s,
                          grace_s=settings.worker_grace_s, name=name, on_cancel=context.cancellations.cancel,
-                         started=started)
+                         started=started, catch_up=settings.schedule_catch_up,
+                         late_after_s=settings.schedule_late_after_s)
