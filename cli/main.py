@@ -18,6 +18,7 @@ from rich.console import Console
 from builder.compiler import CompileResult, compile_canvas
 from builder.inputs import coerce_text, validate_inputs
 from builder.issues import InputsInvalid, Issue
+from cli.triggers import schedules_app, webhooks_app
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_CANCELLED = 0, 1, 2, 4
 
@@ -25,6 +26,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="FlowMaestro: run canvas workflows durably on Prefect.")
 server_app = typer.Typer(no_args_is_help=True, help="The embedded local Prefect server.")
 app.add_typer(server_app, name="server")
+app.add_typer(schedules_app, name="schedules")
+app.add_typer(webhooks_app, name="webhooks")
 err = Console(stderr=True)
 out = Console()
 
@@ -282,25 +285,6 @@ def worker(
     overrides = {k: v for k, v in (("work_pool", pool), ("worker_limit", limit)) if v is not None}
     settings = settings.model_copy(update=overrides)
     asyncio.run(serve_worker(settings, name=name, started=lambda line: out.print(line)))
-
-
-@app.command()
-def deploy(
-    file: Path,
-    cron: Optional[str] = typer.Option(None, "--cron", help="Schedule, e.g. '*/15 * * * *'."),
-    timezone: Optional[str] = typer.Option(None, "--timezone", help="Time zone of the schedule (UTC)."),
-    name: Optional[str] = typer.Option(None, "--name", help="Deployment name (the canvas name)."),
-    inputs_json: Optional[str] = typer.Option(None, "--inputs-json", help="Inputs of scheduled runs."),
-    input_pairs: list[str] = typer.Option([], "--input", help="One input as key=value (repeatable)."),
-    limit: int = typer.Option(8, "--limit", help="Runs at once in this process."),
-) -> None:
-    """Serve a canvas as a Prefect deployment (schedules, runs from the Prefect UI/API)
-    until Ctrl-C."""
-    raw, inputs = _canvas_and_inputs(file, inputs_json, input_pairs)
-    _prefect_server()
-    from deployments.serve import build_deployment, serve_deployments
-
-    serve_deployments(build_deployment(raw, inputs, name=name, cron=cron, timezone=timezone), limit=limit)
 
 
 @server_app.command("start")

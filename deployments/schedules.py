@@ -127,11 +127,19 @@ class DeploymentSchedules:
                      timing: Timing | None = None, inputs: dict[str, Any] | None = None,
                      active: bool | None = None) -> None:
         """Change what is given. Prefect then drops the schedule's future runs and its
-        scheduler makes new ones from the schedule as it is now."""
+        scheduler makes new ones from the schedule as it is now.
+
+        The schedule's parameters are always sent, as the Prefect UI does: Prefect 3.9's
+        PATCH resets the parameters of a schedule to ``{}`` when they are left out (its
+        update model defaults them to an empty dict), which would drop the inputs."""
+        current = next((s for s in await client.read_deployment_schedules(deployment_id)
+                        if str(s.id) == schedule_id), None)
+        parameters = dict(current.parameters or {}) if current is not None else {}
+        if inputs is not None:
+            parameters["inputs"] = inputs
         await client.update_deployment_schedule(
             deployment_id, UUID(schedule_id), active=active,
-            schedule=timing.schedule() if timing is not None else None,
-            parameters={"inputs": inputs} if inputs is not None else None)
+            schedule=timing.schedule() if timing is not None else None, parameters=parameters)
 
     async def delete(self, client: PrefectClient, deployment_id: UUID, schedule_id: str) -> None:
         await client.delete_deployment_schedule(deployment_id, UUID(schedule_id))

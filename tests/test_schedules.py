@@ -218,14 +218,29 @@ async def test_a_schedule_paused_or_edited_in_prefect_is_reported_so(api):
     created = (await api.post(f"/api/workflows/{workflow_id}/schedules",
                               json={"cron": "*/5 * * * *", "inputs": {"who": "x"}, "overlap": "queue"})).json()
     deployment = await deployment_id(api, workflow_id)
-    # As the Prefect UI does it: PATCH the deployment schedule on Prefect's REST API.
+    # As the Prefect UI's pause toggle does it (prefect/server/ui: updateDeploymentSchedule
+    # with the schedule's slug, schedule and parameters): a PATCH on Prefect's REST API.
     async with httpx.AsyncClient(base_url=os.environ["PREFECT_API_URL"]) as prefect:
-        answer = await prefect.patch(f"/deployments/{deployment}/schedules/{created['id']}",
-                                     json={"active": False, "schedule": {"cron": "0 12 * * *", "timezone": "Asia/Tokyo"}})
+        url = f"/deployments/{deployment}/schedules/{created['id']}"
+        current = next(s for s in (await prefect.get(f"/deployments/{deployment}/schedules")).json()
+                       if s["id"] == created["id"])
+        answer = await prefect.patch(url, json={"slug": current["slug"], "schedule": current["schedule"],
+                                                "parameters": current["parameters"], "active": False})
+        assert answer.status_code == 204, answer.text
+        listed = (await api.get(f"/api/workflows/{workflow_id}/schedules")).json()
+        assert [(s["id"], s["active"], s["inputs"], s["next_runs"]) for s in listed] == [
+            (created["id"], False, {"who": "x"}, [])]
+        # Edited there (as the UI's schedule form does): ours reports the new timing.
+        answer = await prefect.patch(url, json={"schedule": {"cron": "0 12 * * *", "timezone": "Asia/Tokyo"},
+                                                "parameters": {"inputs": {"who": "from the UI"}}, "active": True})
         assert answer.status_code == 204, answer.text
     listed = (await api.get(f"/api/workflows/{workflow_id}/schedules")).json()
-    assert [(s["id"], s["active"], s["cron"], s["timezone"], s["overlap"]) for s in listed] == [
-        (created["id"], False, "0 12 * * *", "Asia/Tokyo", "queue")]
+    assert [(s["id"], s["active"], s["cron"], s["timezone"], s["inputs"], s["overlap"]) for s in listed] == [
+        (created["id"], True, "0 12 * * *", "Asia/Tokyo", {"who": "from the UI"}, "queue")]
+    assert datetime.fromisoformat(listed[0]["next_runs"][0]).utcoffset().total_seconds() == 9 * 3600
+    # Paused through ours, the inputs stay (Prefect's PATCH alone would reset them).
+    paused = await api.patch(f"/api/workflows/{workflow_id}/schedules/{created['id']}", json={"active": False})
+    assert (paused.json()["active"], paused.json()["inputs"]) == (False, {"who": "from the UI"})
 
 
 async def test_a_new_version_keeps_the_schedules_and_warns_about_inputs_that_no_longer_fit(api):
