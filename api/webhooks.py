@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
 
 from api.auth import Owner
 from api.deps import WebhooksDep
@@ -66,7 +67,10 @@ async def deliver_webhook(
 ) -> Response:
     """Start a run of the workflow's latest version with the JSON body as its inputs.
     No bearer key: the request is signed with the hook's secret (docs/triggers.md)."""
-    body = await request.body()
+    try:
+        body = await request.body()
+    except ClientDisconnect:  # BodySizeLimit refused it midway and has answered 413
+        return Response(status_code=413)
     try:
         inputs: Any = json.loads(body) if body.strip() else {}
     except (ValueError, UnicodeDecodeError):

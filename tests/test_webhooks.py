@@ -41,6 +41,7 @@ async def stack(prefect_server, in_process_workers):
     await upgrade_schema(url)
     await in_process_workers.start(url, pool)
     yield url, pool, name
+    await in_process_workers.stop_all()  # before its database goes
     admin = await asyncpg.connect(PG_ADMIN)
     await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     await admin.close()
