@@ -15,6 +15,7 @@ schedules into one (docs/triggers.md says what that means for runs started other
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -33,6 +34,7 @@ from store.errors import Invalid
 Overlap = Literal["allow", "skip", "queue"]
 OVERLAPS: tuple[Overlap, ...] = ("allow", "skip", "queue")
 MIN_INTERVAL_S = 10
+MAX_INTERVAL_S = 366 * 86_400
 NEXT_RUNS = 5
 STRATEGY_OF_OVERLAP = {"skip": ConcurrencyLimitStrategy.CANCEL_NEW, "queue": ConcurrencyLimitStrategy.ENQUEUE}
 
@@ -60,6 +62,11 @@ class Timing:
             if self.rrule is not None:
                 return RRuleSchedule(rrule=self.rrule, timezone=timezone)
             assert self.interval_s is not None
+            if not math.isfinite(self.interval_s) or self.interval_s > MAX_INTERVAL_S:
+                raise Invalid("interval_s must be a number of seconds up to a year",
+                              [{"code": "invalid_schedule", "field": "interval_s",
+                                "message": f"interval_s: {self.interval_s} is not between {MIN_INTERVAL_S} "
+                                           f"and {MAX_INTERVAL_S} seconds"}])
             if self.interval_s < MIN_INTERVAL_S:
                 raise Invalid(f"interval_s must be at least {MIN_INTERVAL_S} seconds",
                               [{"code": "invalid_schedule", "field": "interval_s",

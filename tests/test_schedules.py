@@ -272,6 +272,7 @@ async def test_invalid_schedule_requests_are_precise_4xx(api):
         ({"inputs": {"who": "x"}}, "schedule", "exactly one"),
         ({"cron": "* * * * *", "interval_s": 60, "inputs": {"who": "x"}}, "schedule", "only one"),
         ({"interval_s": 5, "inputs": {"who": "x"}}, "interval_s", "below 10"),
+        ({"interval_s": 1e20, "inputs": {"who": "x"}}, "interval_s", "not between"),
         ({"cron": "61 * * * *", "inputs": {"who": "x"}}, "cron", "Invalid cron"),
         ({"cron": "* * * * *", "timezone": "Mars/Olympus", "inputs": {"who": "x"}}, "timezone", "Invalid timezone"),
         ({"rrule": "NOT A RULE", "inputs": {"who": "x"}}, "rrule", "Invalid RRule"),
