@@ -58,10 +58,18 @@ class ScheduleService:
         _saved, plan, deployment_id = await self.runs.deployment_of(owner, workflow_id)
         timing.schedule()  # 422 naming the field before anything is created
         check_inputs(plan, inputs)
+        # A schedule that limits overlap is created paused and resumed once the deployment's
+        # concurrency is set: Prefect's scheduler makes the first run at once, and a run
+        # that starts before the limit exists holds no slot, so the next would overlap it.
+        limited = overlap != "allow" and active
         created = await self.runs.call_prefect("create the schedule", lambda: self.schedules.create(
-            self.runs.prefect, deployment_id, timing, inputs, active))
+            self.runs.prefect, deployment_id, timing, inputs, active and not limited))
         await self.overlaps.set(owner, workflow_id, created.id, overlap)
         await self._apply_overlap(owner, workflow_id, deployment_id)
+        if limited:
+            await self.runs.call_prefect("resume the schedule", lambda: self.schedules.update(
+                self.runs.prefect, deployment_id, created.id, active=True))
+            created = await self._read(deployment_id, created.id)
         return ScheduleView(workflow_id, created, overlap)
 
     async def update(self, owner: str, workflow_id: str, schedule_id: str, change: ScheduleChange) -> ScheduleView:
