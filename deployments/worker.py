@@ -31,17 +31,22 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import anyio
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterDeploymentId, FlowRunFilterId,
+                                           FlowRunFilterState, FlowRunFilterStateName)
+from prefect.client.schemas.objects import ConcurrencyLimitStrategy, FlowRun, StateType
 from prefect.flows import Flow
 from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
 
-from deployments.catch_up import missed_to_skip, scheduled_time
+from deployments.catch_up import missed_to_skip, schedule_of, scheduled_time
 from deployments.run_store import StoreRuns
 from deployments.settings import WorkerSettings
 from deployments.workflow_deployments import DEFAULT_POOL, WORKER_TYPE
 from flows.prefect_compat import mark_cancelled, start_flow_run_in_process
 from flows.run_context import CancelSignals, RunContext
+
+
+AWAITING_SLOT = "AwaitingConcurrencySlot"
+"""The Scheduled state Prefect puts a run in when its deployment's limit is reached (ENQUEUE)."""
 
 
 class FlowMaestroJobConfiguration(BaseJobConfiguration):
@@ -96,7 +101,38 @@ class FlowMaestroWorker(BaseWorker[FlowMaestroJobConfiguration, FlowMaestroVaria
             except Exception as exc:  # left for the next poll
                 self._logger.warning("could not skip missed run %s: %s", flow_run.id, exc)
         skipped = {flow_run.id for flow_run in skip}
+        due = [entry for entry in due if entry.flow_run.id not in skipped]
+        for flow_run in await self._beyond_the_queue([entry.flow_run for entry in due]):
+            try:
+                await mark_cancelled(self.client, flow_run.id, "overlap queue: a run of this workflow already "
+                                     "waits for the one going to end (at most one waits)")
+                skipped.add(flow_run.id)
+            except Exception as exc:  # left for the next poll
+                self._logger.warning("could not skip queued run %s: %s", flow_run.id, exc)
         return [entry for entry in due if entry.flow_run.id not in skipped]
+
+    async def _beyond_the_queue(self, due: list[FlowRun]) -> list[FlowRun]:
+        """Overlap ``queue`` keeps at most one scheduled run waiting (docs/triggers.md), but
+        Prefect's ENQUEUE keeps every colliding run. So a scheduled run that comes due
+        while a run of its deployment already waits for the slot (AwaitingConcurrencySlot)
+        does not start; of several due at once with none waiting, only the first goes on.
+        The deployment's collision strategy is Prefect's, read here: no policy copy."""
+        candidates = sorted((r for r in due if schedule_of(r) and r.deployment_id
+                             and not (r.state and r.state.name == AWAITING_SLOT)),
+                            key=lambda r: scheduled_time(r) or datetime.min.replace(tzinfo=timezone.utc))
+        drop: list[FlowRun] = []
+        for deployment_id in dict.fromkeys(r.deployment_id for r in candidates):
+            deployment = await self.client.read_deployment(deployment_id)
+            options = deployment.concurrency_options
+            if deployment.global_concurrency_limit is None or options is None \
+                    or options.collision_strategy != ConcurrencyLimitStrategy.ENQUEUE:
+                continue
+            mine = [r for r in candidates if r.deployment_id == deployment_id]
+            waiting = await self.client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]),
+                state=FlowRunFilterState(name=FlowRunFilterStateName(any_=[AWAITING_SLOT]))), limit=1)
+            drop += mine if waiting else mine[1:]
+        return drop
 
     async def run(self, flow_run: FlowRun, configuration: FlowMaestroJobConfiguration,
                   task_status: anyio.abc.TaskStatus[Any] | None = None) -> FlowMaestroWorkerResult:

@@ -224,6 +224,36 @@ async def test_overlap_skip_cancels_a_scheduled_run_while_one_goes(api):
     assert found.global_concurrency_limit is None  # no schedule asks for a limit any more
 
 
+async def test_overlap_queue_runs_the_colliding_run_later_and_keeps_at_most_one_waiting(api):
+    slow = canvas([node("start", "start"), node("slow", "test_sleep", data={"seconds": 25})], [("start", "slow")],
+                  name=f"queued-{uuid.uuid4().hex[:6]}")
+    workflow_id = await create(api, slow)
+    created = await api.post(f"/api/workflows/{workflow_id}/schedules", json={"interval_s": 10, "overlap": "queue"})
+    assert created.status_code == 201 and created.json()["overlap"] == "queue", created.text
+    deployment = await deployment_id(api, workflow_id)
+    async with get_client() as client:
+        found = await client.read_deployment(deployment)
+        assert found.concurrency_options.collision_strategy == ConcurrencyLimitStrategy.ENQUEUE
+
+        async def waited_then_ran_and_one_dropped():
+            runs = await flow_runs(deployment)
+            dropped = [r for r in runs if r.state and r.state.is_cancelled()
+                       and "at most one waits" in (r.state.message or "")]
+            for run in (r for r in runs if r.state and r.state.is_completed()):
+                names = [s.name for s in await client.read_flow_run_states(run.id)]
+                if "AwaitingConcurrencySlot" in names and dropped:
+                    return run, dropped
+            return None
+
+        queued, dropped = await eventually(waited_then_ran_and_one_dropped,
+                                           "a run queued then ran, and one beyond the queue dropped", 180)
+    assert all(r.run_count == 0 for r in dropped)
+    ran = sorted((r for r in await flow_runs(deployment) if r.run_count), key=lambda r: r.start_time)
+    for first, second in zip(ran, ran[1:]):  # never two at once
+        assert first.end_time is not None and first.end_time <= second.start_time, (first, second)
+    assert (await api.delete(f"/api/workflows/{workflow_id}/schedules/{created.json()['id']}")).status_code == 204
+
+
 async def test_a_schedule_paused_or_edited_in_prefect_is_reported_so(api):
     workflow_id = await create(api, hello())
     created = (await api.post(f"/api/workflows/{workflow_id}/schedules",
