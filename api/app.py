@@ -14,10 +14,13 @@ from prefect.client.orchestration import get_client
 from prometheus_client import generate_latest
 from sqlalchemy import text
 
-from api import dead_letters, executions, workflows
+from api import dead_letters, executions, schedules, webhooks, workflows
 from api.errors import install_error_handlers
 from api.metrics import Metrics
+from api.rate_limit import MemoryRateLimiter, RedisRateLimiter
 from api.runs import RunService
+from api.schedule_service import ScheduleService
+from api.webhook_service import WebhookService
 from api.settings import ApiSettings
 from deployments.workflow_deployments import WorkflowDeployments
 from flows.event_log import event_log_from_env
@@ -25,6 +28,8 @@ from flows.local_server import ui_url_for
 from node_handlers.registry import default_registry
 from store.db import make_engine, sessions, upgrade_schema
 from store.queries import Executions, NodeOutcomes, Workflows
+from store.secrets import SecretBox
+from store.triggers import ScheduleOverlaps, Webhooks
 
 
 class BodySizeLimit:
@@ -35,15 +40,21 @@ class BodySizeLimit:
     at once; the app is told the client went away, and whatever it tries to answer is
     dropped (raising instead would reach FastAPI's body parser as a 400)."""
 
-    def __init__(self, app: Any, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app: Any, limit: int, path_limits: tuple[tuple[str, int], ...] = ()):
+        """``path_limits``: (path prefix, limit) pairs, for routes that take less (webhooks)."""
+        self.app, self.default_limit, self.path_limits = app, limit, path_limits
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        path = scope.get("path", "")
+        limit = min([self.default_limit] + [n for prefix, n in self.path_limits if path.startswith(prefix)])
+        await self._limited(scope, receive, send, limit)
+
+    async def _limited(self, scope: dict[str, Any], receive: Any, send: Any, limit: int) -> None:
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await self._refuse(send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return await self._refuse(send, limit)
         seen = 0
         refused = False
 
@@ -53,9 +64,9 @@ class BodySizeLimit:
                 return {"type": "http.disconnect"}
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.limit:
+            if seen > limit:
                 refused = True
-                await self._refuse(send)
+                await self._refuse(send, limit)
                 return {"type": "http.disconnect"}
             return message
 
@@ -65,8 +76,8 @@ class BodySizeLimit:
 
         await self.app(scope, limited_receive, guarded_send)
 
-    async def _refuse(self, send: Any) -> None:
-        response = JSONResponse({"detail": f"request body larger than {self.limit} bytes", "issues": []},
+    async def _refuse(self, send: Any, limit: int) -> None:
+        response = JSONResponse({"detail": f"request body larger than {limit} bytes", "issues": []},
                                 status_code=413)
         await response({"type": "http"}, None, send)
 
@@ -89,9 +100,17 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             prefect = await stack.enter_async_context(get_client())
             app.state.engine, app.state.sessions, app.state.event_log = engine, database, event_log
             app.state.runs = RunService(workflows=Workflows(database), executions=Executions(database),
-                                        outcomes=NodeOutcomes(database), deployments=WorkflowDeployments(settings.work_pool), prefect=prefect,
+                                        outcomes=NodeOutcomes(database),
+                                        deployments=WorkflowDeployments(settings.work_pool), prefect=prefect,
                                         registry=default_registry(), event_log=event_log, metrics=metrics,
                                         ui_url=ui_url, prefect_timeout_s=settings.prefect_timeout_s)
+            app.state.schedules = ScheduleService(app.state.runs, ScheduleOverlaps(database))
+            secret_key = settings.secret_key.get_secret_value() if settings.secret_key else None
+            box = SecretBox.from_settings(secret_key, settings.home)
+            limiter = RedisRateLimiter(settings.redis_url, settings.webhook_rate_limit) if settings.redis_url \
+                else MemoryRateLimiter(settings.webhook_rate_limit)
+            stack.push_async_callback(limiter.close)
+            app.state.webhooks = WebhookService(app.state.runs, Webhooks(database, box), limiter)
             yield
 
     metrics = Metrics()
@@ -102,10 +121,14 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["*"])
-    app.add_middleware(BodySizeLimit, limit=settings.max_request_bytes)
+    app.add_middleware(BodySizeLimit, limit=settings.max_request_bytes,
+                       path_limits=(("/hooks/", settings.webhook_max_body_bytes),))
     app.include_router(workflows.router)
     app.include_router(executions.router)
     app.include_router(dead_letters.router)
+    app.include_router(schedules.router)
+    app.include_router(webhooks.router)
+    app.include_router(webhooks.intake)
 
     @app.get("/health", tags=["operations"])
     async def health(request: Request) -> JSONResponse:

@@ -7,6 +7,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from api.runs import RunService
+from api.schedule_service import ScheduleService
+from api.webhook_service import WebhookService
 from node_handlers.registry import HandlerRegistry
 from store.queries import Workflows
 
@@ -26,3 +28,15 @@ def get_registry(request: Request) -> HandlerRegistry:
 RunsDep = Annotated[RunService, Depends(get_runs)]
 WorkflowsDep = Annotated[Workflows, Depends(get_workflows)]
 RegistryDep = Annotated[HandlerRegistry, Depends(get_registry)]
+
+
+def get_schedules(request: Request) -> ScheduleService:
+    return request.app.state.schedules
+
+
+def get_webhooks(request: Request) -> WebhookService:
+    return request.app.state.webhooks
+
+
+SchedulesDep = Annotated[ScheduleService, Depends(get_schedules)]
+WebhooksDep = Annotated[WebhookService, Depends(get_webhooks)]

@@ -56,6 +56,14 @@ NODE_STATUS_OF_EVENT = {"node:started": "running", "node:retrying": "running", "
                         "node:skipped": "skipped"}
 
 
+def check_inputs(plan: Plan, inputs: dict[str, Any]) -> None:
+    """422 naming each input that does not fit the plan's declared inputs."""
+    try:
+        validate_inputs(plan.inputs, inputs)
+    except InputsInvalid as exc:
+        raise Invalid(str(exc), [i.to_dict() for i in exc.issues]) from exc
+
+
 class RunService:
     def __init__(self, *, workflows: Workflows, executions: Executions, outcomes: NodeOutcomes,
                  deployments: WorkflowDeployments, prefect: PrefectClient, registry: HandlerRegistry,
@@ -88,6 +96,22 @@ class RunService:
         self._deployment_ids[(saved.workflow_id, saved.latest_version)] = deployment_id
         return deployment_id
 
+    def plan_of(self, saved: SavedVersion) -> Plan:
+        plan = compile_canvas(saved.canvas, self.registry).plan
+        if plan is None:  # saved canvases compiled when saved; a registry change could break one
+            raise Invalid("this workflow version no longer compiles; save a new version")
+        return plan
+
+    async def deployment_of(self, owner: str, workflow_id: str) -> tuple[SavedVersion, Plan, uuid.UUID]:
+        """The workflow's latest version, its plan and its deployment (created when missing,
+        e.g. when Prefect was down at the save)."""
+        saved = await self.workflows.version(owner, workflow_id, None)
+        plan = self.plan_of(saved)
+        deployment_id = self._deployment_ids.get((saved.workflow_id, saved.latest_version))
+        if deployment_id is None:
+            deployment_id = await self.sync_deployment(saved, plan)
+        return saved, plan, deployment_id
+
     async def remove_deployment(self, workflow_id: str, name: str) -> None:
         await self._call("remove the workflow's deployment",
                          lambda: self.deployments.remove(self.prefect, workflow_id, name))
@@ -98,13 +122,8 @@ class RunService:
                     trigger: dict[str, Any] | None = None, idempotency_key: str | None = None) -> str:
         """Check the inputs, create the flow run, record it; the worker does the rest."""
         saved = await self.workflows.version(owner, workflow_id, version)
-        plan = compile_canvas(saved.canvas, self.registry).plan
-        if plan is None:  # saved canvases compiled when saved; a registry change could break one
-            raise Invalid("this workflow version no longer compiles; save a new version")
-        try:
-            validate_inputs(plan.inputs, inputs)
-        except InputsInvalid as exc:
-            raise Invalid(str(exc), [i.to_dict() for i in exc.issues]) from exc
+        plan = self.plan_of(saved)
+        check_inputs(plan, inputs)
         trigger = trigger or {"type": "api"}
         deployment_id = self._deployment_ids.get((saved.workflow_id, saved.latest_version))
         if deployment_id is None:  # first run since this process started, or a new version
@@ -280,6 +299,10 @@ class RunService:
         await self._call("schedule the run again", lambda: schedule_again(
             self.prefect, flow_run.id, f"retried by {owner} through FlowMaestro's API"))
         return "pending"
+
+    async def call_prefect(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """``_call`` for the other services of the API (schedules, webhooks)."""
+        return await self._call(what, call)
 
     async def _call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """A call to Prefect that answers within ``prefect_timeout_s`` or becomes a 503:

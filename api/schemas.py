@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -145,3 +145,73 @@ class ResumeBody(BaseModel):
 class ResumeOut(BaseModel):
     status: str
     message: str
+
+
+# --- schedules and webhooks (docs/triggers.md) -------------------------------------------
+
+Overlap = Literal["allow", "skip", "queue"]
+
+
+class ScheduleBody(BaseModel):
+    """Exactly one of ``cron``, ``interval_s``, ``rrule``."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"cron": "0 9 * * 1-5", "timezone": "Europe/Paris", "inputs": {"who": "Ada"}, "overlap": "skip"}]})
+    cron: str | None = Field(None, description="A cron expression (5 fields), in ``timezone``.")
+    interval_s: float | None = Field(None, description="Seconds between runs (at least 10).")
+    rrule: str | None = Field(None, description="An iCalendar RRULE, e.g. FREQ=WEEKLY;BYDAY=MO.")
+    timezone: str | None = Field(None, description="IANA time zone of the schedule; UTC by default.")
+    inputs: dict[str, Any] = Field(default_factory=dict, description="Inputs of every run it starts.")
+    active: bool = True
+    overlap: Overlap = Field("allow", description="allow; skip: no new run while one goes; queue: wait.")
+
+
+class SchedulePatch(BaseModel):
+    """What is given changes; a new cron, interval_s or rrule replaces the timing."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"active": False}]})
+    cron: str | None = None
+    interval_s: float | None = None
+    rrule: str | None = None
+    timezone: str | None = None
+    inputs: dict[str, Any] | None = None
+    active: bool | None = None
+    overlap: Overlap | None = None
+
+
+class ScheduleOut(BaseModel):
+    id: str
+    workflow_id: str
+    cron: str | None = None
+    interval_s: float | None = None
+    rrule: str | None = None
+    timezone: str
+    inputs: dict[str, Any]
+    active: bool
+    overlap: Overlap
+    next_runs: list[str] = Field(description="Up to 5 next start times (ISO 8601, in the schedule's time "
+                                             "zone); none while paused.")
+
+
+class WebhookBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"name": "github push"}]})
+    name: str = Field(min_length=1, max_length=200)
+
+
+class WebhookOut(BaseModel):
+    id: str
+    workflow_id: str
+    name: str
+    url: str
+    created_at: datetime
+    rotated_at: datetime | None = None
+
+
+class WebhookCreated(BaseModel):
+    id: str
+    url: str
+    secret: str = Field(description="Shown once: sign requests with it (docs/triggers.md).")
+
+
+class WebhookAccepted(BaseModel):
+    execution_id: str

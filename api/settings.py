@@ -7,7 +7,7 @@ import hashlib
 import json
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
 from store.settings import StoreSettings
@@ -23,6 +23,14 @@ class ApiSettings(StoreSettings):
                            "workers poll it.")
     prefect_timeout_s: float = Field(20.0, gt=0, description="Longest a request waits on the Prefect server "
                                      "(its client retries included) before answering 503.")
+    secret_key: SecretStr | None = Field(None, description="Key that encrypts webhook secrets at rest (a Fernet "
+                                         "key, or any string to derive one from); a key file under home "
+                                         "(secret.key, mode 0600) is generated when unset.")
+    redis_url: str | None = Field(None, description="Redis URL; when set, webhook rate limits are counted there "
+                                  "(shared by every API process) instead of in each process.")
+    webhook_rate_limit: int = Field(60, ge=1, description="Requests a minute one webhook accepts before "
+                                    "answering 429 with Retry-After.")
+    webhook_max_body_bytes: int = Field(1_048_576, ge=1, description="Largest webhook request body (413 above).")
     ui_url: str | None = Field(None, description="Public Prefect UI URL for links; derived from "
                                "PREFECT_API_URL when unset.")
 

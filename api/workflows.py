@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Response
 
 from api.auth import Owner
-from api.deps import RegistryDep, RunsDep, WorkflowsDep
+from api.deps import RegistryDep, RunsDep, SchedulesDep, WorkflowsDep
 from api.schemas import (CanvasBody, ErrorBody, IssueOut, ValidationReport, WorkflowPublic, WorkflowSaved,
                          WorkflowSummary)
 from builder.compiler import CompileResult, compile_canvas
@@ -114,8 +114,9 @@ async def read_workflow(workflow_id: str, owner: Owner, workflows: WorkflowsDep,
 
 @router.put("/{workflow_id}", response_model=WorkflowSaved, responses=ERRORS)
 async def update_workflow(workflow_id: str, body: CanvasBody, owner: Owner, workflows: WorkflowsDep,
-                          runs: RunsDep, registry: RegistryDep) -> WorkflowSaved:
-    """Save a new version; earlier versions stay readable and runnable."""
+                          runs: RunsDep, registry: RegistryDep, schedules: SchedulesDep) -> WorkflowSaved:
+    """Save a new version; earlier versions stay readable and runnable. The workflow's
+    schedules stay; one whose inputs the new version refuses is named in a warning."""
     before = await workflows.get(owner, workflow_id)  # 404 before 422: the workflow must be there
     result = compile_or_invalid(body.canvas, registry)
     assert result.plan is not None
@@ -123,7 +124,13 @@ async def update_workflow(workflow_id: str, body: CanvasBody, owner: Owner, work
     saved = await workflows.add_version(owner, workflow_id, result.plan.name, body.canvas, result.plan.hash)
     answer = await _saved(saved, result, runs)
     if before.name != saved.name:  # the deployment is named after the workflow: drop the old name's
+        await _move_schedules(runs, schedules, owner, workflow_id, before.name)
         await _remove_deployment(runs, workflow_id, before.name)
+    if not any(w.code == "deployment_pending" for w in answer.warnings):
+        try:
+            answer.warnings += [IssueOut(**w) for w in await schedules.misfits(owner, workflow_id, result.plan)]
+        except Unavailable as exc:  # the version is saved; the warning is a courtesy
+            log.warning("schedules of workflow %s not checked: %s", workflow_id, exc.message)
     return answer
 
 
@@ -134,6 +141,17 @@ async def delete_workflow(workflow_id: str, owner: Owner, workflows: WorkflowsDe
     await workflows.delete(owner, workflow_id)
     await _remove_deployment(runs, workflow_id, workflow.name)
     return Response(status_code=204)
+
+
+async def _move_schedules(runs: RunsDep, schedules: SchedulesDep, owner: str, workflow_id: str,
+                          old_name: str) -> None:
+    try:
+        old = await runs.call_prefect("find the old deployment",
+                                      lambda: runs.deployments.find(runs.prefect, workflow_id, old_name))
+        if old is not None:
+            await schedules.move(owner, workflow_id, old)
+    except Unavailable as exc:
+        log.warning("schedules of renamed workflow %s not moved: %s", workflow_id, exc.message)
 
 
 async def _remove_deployment(runs: RunsDep, workflow_id: str, name: str) -> None:

@@ -18,6 +18,7 @@ from rich.console import Console
 from builder.compiler import CompileResult, compile_canvas
 from builder.inputs import coerce_text, validate_inputs
 from builder.issues import InputsInvalid, Issue
+from cli.triggers import ApiKey, ApiUrl, call_api, schedules_app, webhooks_app
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_CANCELLED = 0, 1, 2, 4
 
@@ -25,6 +26,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="FlowMaestro: run canvas workflows durably on Prefect.")
 server_app = typer.Typer(no_args_is_help=True, help="The embedded local Prefect server.")
 app.add_typer(server_app, name="server")
+app.add_typer(schedules_app, name="schedules")
+app.add_typer(webhooks_app, name="webhooks")
 err = Console(stderr=True)
 out = Console()
 
@@ -284,25 +287,6 @@ def worker(
     asyncio.run(serve_worker(settings, name=name, started=lambda line: out.print(line)))
 
 
-@app.command()
-def deploy(
-    file: Path,
-    cron: Optional[str] = typer.Option(None, "--cron", help="Schedule, e.g. '*/15 * * * *'."),
-    timezone: Optional[str] = typer.Option(None, "--timezone", help="Time zone of the schedule (UTC)."),
-    name: Optional[str] = typer.Option(None, "--name", help="Deployment name (the canvas name)."),
-    inputs_json: Optional[str] = typer.Option(None, "--inputs-json", help="Inputs of scheduled runs."),
-    input_pairs: list[str] = typer.Option([], "--input", help="One input as key=value (repeatable)."),
-    limit: int = typer.Option(8, "--limit", help="Runs at once in this process."),
-) -> None:
-    """Serve a canvas as a Prefect deployment (schedules, runs from the Prefect UI/API)
-    until Ctrl-C."""
-    raw, inputs = _canvas_and_inputs(file, inputs_json, input_pairs)
-    _prefect_server()
-    from deployments.serve import build_deployment, serve_deployments
-
-    serve_deployments(build_deployment(raw, inputs, name=name, cron=cron, timezone=timezone), limit=limit)
-
-
 @server_app.command("start")
 def server_start() -> None:
     """Start the embedded Prefect server (or report the one in use)."""
@@ -351,18 +335,11 @@ def retry(
     run_id: str,
     version: Optional[int] = typer.Option(None, "--version", min=1, help="Run this version's canvas (its "
                                           "unchanged nodes are reused)."),
-    api: Optional[str] = typer.Option(None, "--api", help="The API's URL (FLOWMAESTRO_API_URL; "
-                                      "http://127.0.0.1:8000)."),
-    key: Optional[str] = typer.Option(None, "--key", help="API key (FLOWMAESTRO_API_KEY)."),
+    api_url: str = ApiUrl,
+    api_key: str = ApiKey,
 ) -> None:
     """Execute a failed or cancelled run again through the API: completed nodes are restored,
     the rest run. Prints the execution id and its status."""
-    from cli.remote import ApiError, call_api
-
-    try:
-        answer = call_api("POST", f"/api/executions/{run_id}/retry", api=api, key=key,
-                          json={"version": version} if version else {})
-    except ApiError as exc:
-        err.print(f"[red]not retried[/red] ({exc.status}): {exc.message}")
-        raise typer.Exit(EXIT_INVALID if 400 <= exc.status < 500 else EXIT_FAILED)
+    answer = call_api(api_url, api_key, "POST", f"/api/executions/{run_id}/retry",
+                      {"version": version} if version else {})
     out.print(f"{answer['execution_id']}: {answer['status']} (follow: {answer['links']['self']})")

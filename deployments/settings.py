@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from store.settings import StoreSettings
@@ -15,3 +17,9 @@ class WorkerSettings(StoreSettings):
                                  "(Prefect's own default is 10 s).")
     worker_grace_s: float = Field(30.0, ge=0, description="On SIGTERM, how long a worker lets its runs in "
                                   "flight finish before cancelling them.")
+    schedule_catch_up: Literal["none", "latest", "all"] = Field(
+        "latest", description="Scheduled runs missed while FlowMaestro's workers were down (late by more than "
+        "schedule_late_after_s): none are run, only the latest of each schedule, or all of them. The others "
+        "end Cancelled, saying why.")
+    schedule_late_after_s: float = Field(60.0, gt=0, description="A scheduled run that a worker sees this "
+                                         "much after its time is a missed run (see schedule_catch_up).")

@@ -29,21 +29,28 @@ import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import anyio
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterDeploymentId, FlowRunFilterId,
+                                           FlowRunFilterState, FlowRunFilterStateName)
+from prefect.client.schemas.objects import ConcurrencyLimitStrategy, FlowRun, StateType
 from prefect.flows import Flow
 from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
 
+from deployments.catch_up import missed_to_skip, schedule_of, scheduled_time
 from deployments.recovery import HeartbeatEmitter, ensure_recovery_automations, heartbeat_interval
 from deployments.run_store import StoreRuns
 from deployments.settings import WorkerSettings
 from deployments.workflow_deployments import DEFAULT_POOL, WORKER_TYPE
 from flows.prefect_compat import mark_cancelled, start_flow_run_in_process
 from flows.run_context import CancelSignals, RunContext
+
+
+AWAITING_SLOT = "AwaitingConcurrencySlot"
+"""The Scheduled state Prefect puts a run in when its deployment's limit is reached (ENQUEUE)."""
 
 
 class FlowMaestroJobConfiguration(BaseJobConfiguration):
@@ -66,7 +73,8 @@ class FlowMaestroWorker(BaseWorker[FlowMaestroJobConfiguration, FlowMaestroVaria
 
     def __init__(self, *, flow: Flow[..., Any], work_pool_name: str = DEFAULT_POOL, limit: int = 20,
                  cancel_poll_s: float = 1.0, name: str | None = None, on_cancel: Callable[[str], None] | None = None,
-                 heartbeats: HeartbeatEmitter | None = None, **kwargs: Any):
+                 heartbeats: HeartbeatEmitter | None = None, catch_up: str = "latest", late_after_s: float = 60.0,
+                 **kwargs: Any):
         """``flow`` is the generic flow bound to this worker's run context; ``on_cancel``
         tells that context that a run was cancelled in Prefect (the flow then stops it);
         ``heartbeats`` beats for the runs it holds."""
@@ -80,11 +88,58 @@ class FlowMaestroWorker(BaseWorker[FlowMaestroJobConfiguration, FlowMaestroVaria
         self.draining = False
         self._watcher: asyncio.Task[None] | None = None
         self.identifier = f"{socket.gethostname()}:{os.getpid()}"
+        self.catch_up, self.late_after = catch_up, timedelta(seconds=late_after_s)
 
     async def get_and_submit_flow_runs(self) -> list[FlowRun]:
         if self.draining:  # shutting down: leave new runs to other workers
             return []
         return await super().get_and_submit_flow_runs()
+
+    async def _get_scheduled_flow_runs(self) -> list[Any]:
+        """Prefect's query, less the missed scheduled runs the catch-up policy does not
+        start (deployments/catch_up.py); those end Cancelled, saying why."""
+        due = await super()._get_scheduled_flow_runs()
+        skip = missed_to_skip([entry.flow_run for entry in due], datetime.now(timezone.utc), self.catch_up,
+                              self.late_after)
+        for flow_run in skip:
+            try:
+                await mark_cancelled(self.client, flow_run.id, f"missed while no worker ran (scheduled for "
+                                     f"{scheduled_time(flow_run)}); FLOWMAESTRO_SCHEDULE_CATCH_UP={self.catch_up}")
+            except Exception as exc:  # left for the next poll
+                self._logger.warning("could not skip missed run %s: %s", flow_run.id, exc)
+        skipped = {flow_run.id for flow_run in skip}
+        due = [entry for entry in due if entry.flow_run.id not in skipped]
+        for flow_run in await self._beyond_the_queue([entry.flow_run for entry in due]):
+            try:
+                await mark_cancelled(self.client, flow_run.id, "overlap queue: a run of this workflow already "
+                                     "waits for the one going to end (at most one waits)")
+                skipped.add(flow_run.id)
+            except Exception as exc:  # left for the next poll
+                self._logger.warning("could not skip queued run %s: %s", flow_run.id, exc)
+        return [entry for entry in due if entry.flow_run.id not in skipped]
+
+    async def _beyond_the_queue(self, due: list[FlowRun]) -> list[FlowRun]:
+        """Overlap ``queue`` keeps at most one scheduled run waiting (docs/triggers.md), but
+        Prefect's ENQUEUE keeps every colliding run. So a scheduled run that comes due
+        while a run of its deployment already waits for the slot (AwaitingConcurrencySlot)
+        does not start; of several due at once with none waiting, only the first goes on.
+        The deployment's collision strategy is Prefect's, read here: no policy copy."""
+        candidates = sorted((r for r in due if schedule_of(r) and r.deployment_id
+                             and not (r.state and r.state.name == AWAITING_SLOT)),
+                            key=lambda r: scheduled_time(r) or datetime.min.replace(tzinfo=timezone.utc))
+        drop: list[FlowRun] = []
+        for deployment_id in dict.fromkeys(r.deployment_id for r in candidates):
+            deployment = await self.client.read_deployment(deployment_id)
+            options = deployment.concurrency_options
+            if deployment.global_concurrency_limit is None or options is None \
+                    or options.collision_strategy != ConcurrencyLimitStrategy.ENQUEUE:
+                continue
+            mine = [r for r in candidates if r.deployment_id == deployment_id]
+            waiting = await self.client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]),
+                state=FlowRunFilterState(name=FlowRunFilterStateName(any_=[AWAITING_SLOT]))), limit=1)
+            drop += mine if waiting else mine[1:]
+        return drop
 
     async def run(self, flow_run: FlowRun, configuration: FlowMaestroJobConfiguration,
                   task_status: anyio.abc.TaskStatus[Any] | None = None) -> FlowMaestroWorkerResult:
@@ -166,7 +221,8 @@ async def run_worker(flow: Flow[..., Any], *, pool: str = DEFAULT_POOL, limit: i
                      cancel_poll_s: float = 1.0, grace_s: float = 30.0, name: str | None = None,
                      on_cancel: Callable[[str], None] | None = None, started: Callable[[str], None] | None = None,
                      stop: asyncio.Event | None = None, crash_detect_s: float | None = None,
-                     signals: CancelSignals | None = None) -> None:
+                     signals: CancelSignals | None = None, catch_up: str = "latest",
+                     late_after_s: float = 60.0) -> None:
     """Run one worker until ``stop`` is set (by default: SIGTERM or SIGINT), then drain it
     (see ``FlowMaestroWorker.shutdown``). With ``crash_detect_s``, it makes sure the
     recovery automations exist and beats for its runs (and the children ``signals``
@@ -187,7 +243,8 @@ async def run_worker(flow: Flow[..., Any], *, pool: str = DEFAULT_POOL, limit: i
                 await ensure_recovery_automations(client, pool, crash_detect_s)
             heartbeats = HeartbeatEmitter(pool=pool, interval_s=heartbeat_interval(crash_detect_s))
         worker = FlowMaestroWorker(flow=flow, work_pool_name=pool, limit=limit, cancel_poll_s=cancel_poll_s,
-                                   name=name, on_cancel=on_cancel, heartbeats=heartbeats)
+                                   name=name, on_cancel=on_cancel, heartbeats=heartbeats, catch_up=catch_up,
+                                   late_after_s=late_after_s)
         if heartbeats is not None:
             beats = heartbeats
             beats.runs = lambda: list(worker.running)
@@ -236,4 +293,5 @@ async def serve_worker(settings: WorkerSettings, *, name: str | None = None,
                          poll_s=settings.worker_poll_s, cancel_poll_s=context.settings.cancel_poll_s,
                          grace_s=settings.worker_grace_s, name=name, on_cancel=context.cancellations.cancel,
                          started=started, crash_detect_s=context.settings.crash_detect_s,
-                         signals=context.cancellations)
+                         signals=context.cancellations, catch_up=settings.schedule_catch_up,
+                         late_after_s=settings.schedule_late_after_s)

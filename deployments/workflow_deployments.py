@@ -21,7 +21,7 @@ from typing import Any
 from uuid import UUID
 
 from prefect.client.orchestration import PrefectClient
-from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.client.schemas.actions import DeploymentUpdate, WorkPoolCreate
 from prefect.client.schemas.objects import FlowRun
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
@@ -86,11 +86,16 @@ class WorkflowDeployments:
         self._pool_ready = False
 
     async def ensure(self, client: PrefectClient, workflow: WorkflowDeployment) -> UUID:
-        """Create or update the deployment (Prefect upserts by flow and name)."""
+        """Create the deployment, or update the one there is.
+
+        An existing deployment is PATCHed, never re-created: Prefect's create is an upsert
+        that deletes every schedule of the deployment (and its future scheduled runs) and
+        resets its concurrency limit, so a new version saved would silently drop the
+        workflow's schedules and overlap policy."""
         flow_id = await self._generic_flow(client)
         await self._ensure_pool(client)
-        return await client.create_deployment(
-            flow_id=flow_id, name=deployment_name(workflow.workflow_id, workflow.name),
+        name = deployment_name(workflow.workflow_id, workflow.name)
+        fields: dict[str, Any] = dict(
             version=str(workflow.latest_version), work_pool_name=self.pool, entrypoint=ENTRYPOINT,
             parameters={"workflow_id": workflow.workflow_id, "owner": workflow.owner},
             parameter_openapi_schema=parameter_schema(workflow.inputs), enforce_parameter_schema=False,
@@ -98,6 +103,11 @@ class WorkflowDeployments:
             description=workflow.description or f"FlowMaestro workflow {workflow.name!r} "
                                                 f"(version {workflow.latest_version} is the latest)",
         )
+        existing = await self.find(client, workflow.workflow_id, workflow.name)
+        if existing is not None:
+            await client.update_deployment(existing, DeploymentUpdate(**fields))
+            return existing
+        return await client.create_deployment(flow_id=flow_id, name=name, **fields)
 
     async def find(self, client: PrefectClient, workflow_id: str, name: str) -> UUID | None:
         try:

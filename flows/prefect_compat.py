@@ -166,3 +166,14 @@ async def end_pause(client: Any, flow_run_id: uuid.UUID, pause_key: str) -> bool
         return False
     await client.set_flow_run_state(flow_run_id, Running(), force=True)
     return True
+
+
+async def next_schedule_dates(schedule: Any, n: int, start: datetime | None = None) -> list[datetime]:
+    """The next ``n`` times (from ``start``, now by default) Prefect's scheduler starts runs
+    of ``schedule``, a client schedule (cron, interval or rrule). The client's schedule
+    models cannot compute dates; the server's, which the scheduler service itself uses
+    (daylight-saving rules included), can: the client model is rebuilt as its server twin."""
+    from prefect.server.schemas import schedules as server_schedules
+
+    twin = getattr(server_schedules, type(schedule).__name__).model_validate(schedule.model_dump(mode="json"))
+    return list(await twin.get_dates(n=n, start=start))

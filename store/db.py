@@ -98,6 +98,41 @@ class NodeOutcomeRow(Base):
     ended_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class ScheduleOverlap(Base):
+    """What Prefect cannot keep of a schedule: its overlap policy (the rest is Prefect's)."""
+
+    __tablename__ = "schedule_overlaps"
+    schedule_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    """The Prefect deployment schedule id."""
+    owner: Mapped[str] = mapped_column(String(128), index=True)
+    workflow_id: Mapped[str] = mapped_column(String(36), index=True)
+    overlap: Mapped[str] = mapped_column(String(8))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookRow(Base):
+    """A webhook of a workflow; its secret is stored encrypted (``store.secrets``)."""
+
+    __tablename__ = "webhooks"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128), index=True)
+    workflow_id: Mapped[str] = mapped_column(String(36), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    secret_encrypted: Mapped[str] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    rotated_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class WebhookDelivery(Base):
+    """A webhook request that carried an ``Idempotency-Key``, and the run it started."""
+
+    __tablename__ = "webhook_deliveries"
+    webhook_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    idempotency_key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    execution_id: Mapped[str] = mapped_column(String(36))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 def make_engine(url: str) -> AsyncEngine:
     """The API's engine: the same connection setup as the event log's (SQLite: WAL, busy
     timeout, foreign keys), with SQLAlchemy's default pool."""

@@ -42,7 +42,9 @@ def prefect_server():
 
     home = _SESSION_DIR / "server"
     home.mkdir(parents=True, exist_ok=True)
-    info: ServerInfo = start_server(home, _PORT)
+    # The scheduler service makes the runs of deployment schedules every 60 s by default;
+    # schedule tests would wait on it for minutes.
+    info: ServerInfo = start_server(home, _PORT, env={"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2"})
     assert info.api_url == os.environ["PREFECT_API_URL"], "the chosen port was taken; rerun the tests"
     yield info
     stop(home)

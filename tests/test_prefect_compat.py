@@ -318,3 +318,19 @@ def test_an_automation_read_back_from_another_process_is_not_a_change():
                              enabled=True)
     assert not _differs(stored, wanted)
     assert _differs(SimpleNamespace(**{**vars(stored), "trigger": {**reordered, "within": 31.0}}), wanted)
+
+
+async def test_next_schedule_dates_are_the_server_schedules_dates():
+    """The client's schedule models compute no dates; the server twins the scheduler
+    service uses do, daylight saving included (a local time that does not exist moves on)."""
+
+    from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
+
+    from flows.prefect_compat import next_schedule_dates
+
+    start = datetime(2027, 3, 26, tzinfo=timezone.utc)
+    dates = await next_schedule_dates(CronSchedule(cron="30 2 * * *", timezone="Europe/Paris"), 4, start)
+    assert [d.isoformat() for d in dates] == ["2027-03-26T02:30:00+01:00", "2027-03-27T02:30:00+01:00",
+                                              "2027-03-28T03:30:00+02:00", "2027-03-29T02:30:00+02:00"]
+    every = await next_schedule_dates(IntervalSchedule(interval=60, anchor_date=start), 2, start)
+    assert [d.isoformat() for d in every] == ["2027-03-26T00:00:00+00:00", "2027-03-26T00:01:00+00:00"]

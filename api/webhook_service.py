@@ -1,0 +1,110 @@
+"""Webhooks: signed requests from elsewhere that start runs of a workflow.
+
+Prefect's webhooks are Prefect Cloud's; this intake is FlowMaestro's, and every run it
+starts goes through ``RunService.start`` like ``POST /execute``: the inputs are checked
+against the latest version, the run is a flow run of the workflow's deployment, and the
+execution records ``trigger: {"type": "webhook", "webhook_id": ...}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from api.errors import ApiError
+from api.rate_limit import RateLimiter, retry_after
+from api.runs import RunService
+from api.schemas import RunResult
+from api.signing import BadSignature, verify
+from store.errors import Invalid, Unavailable
+from store.queries import FINAL_STATUSES
+from store.triggers import Webhook, Webhooks
+
+IDEMPOTENCY_WINDOW = timedelta(hours=24)
+WAIT_POLL_S = 0.25
+
+
+@dataclass(frozen=True)
+class Delivery:
+    execution_id: str
+    replayed: bool = False
+    """True when an earlier request with the same Idempotency-Key started the run."""
+    result: RunResult | None = None
+    """The run result when the request asked to wait and the run ended meanwhile."""
+
+
+def new_secret() -> str:
+    return "whsec_" + secrets.token_urlsafe(32)
+
+
+class WebhookService:
+    def __init__(self, runs: RunService, webhooks: Webhooks, limiter: RateLimiter):
+        self.runs, self.webhooks, self.limiter = runs, webhooks, limiter
+
+    async def create(self, owner: str, workflow_id: str, name: str) -> Webhook:
+        await self.runs.workflows.get(owner, workflow_id)  # 404 for another owner's workflow
+        return await self.webhooks.create(owner, workflow_id, name, new_secret())
+
+    async def list(self, owner: str, workflow_id: str) -> list[Webhook]:
+        await self.runs.workflows.get(owner, workflow_id)
+        return await self.webhooks.list(owner, workflow_id)
+
+    async def rotate(self, owner: str, workflow_id: str, hook_id: str) -> Webhook:
+        return await self.webhooks.rotate(owner, workflow_id, hook_id, new_secret())
+
+    async def delete(self, owner: str, workflow_id: str, hook_id: str) -> None:
+        await self.webhooks.delete(owner, workflow_id, hook_id)
+
+    async def deliver(self, hook_id: str, *, timestamp: str | None, signature: str | None, body: bytes,
+                      inputs: Any, idempotency_key: str | None, wait_s: float | None) -> Delivery:
+        """Check, count, start (or find the run of an earlier request with the same key)."""
+        try:
+            hook = await self.webhooks.for_delivery(hook_id)
+        except ValueError as exc:  # encrypted under another key: the operator must fix it
+            raise Unavailable("secret-key", str(exc)) from exc
+        assert hook.secret is not None
+        try:
+            verify(hook.secret, timestamp, signature, body, now=time.time())
+        except BadSignature as exc:
+            raise ApiError(401, f"invalid webhook signature: {exc}") from None
+        # Only signed requests count: unsigned ones cannot use up a hook's budget.
+        try:
+            wait = await self.limiter.hit(hook.id)
+        except Exception as exc:  # Redis down or unreachable
+            raise Unavailable("redis", f"the rate limiter's Redis did not answer ({type(exc).__name__})") from exc
+        if wait is not None:
+            raise ApiError(429, f"webhook rate limit reached; retry in {retry_after(wait)} s",
+                           headers={"Retry-After": retry_after(wait)})
+        if not isinstance(inputs, dict):
+            raise Invalid("the request body must be a JSON object of the workflow's inputs",
+                          [{"code": "invalid_request", "field": "body", "message": "body: expected a JSON object"}])
+        if idempotency_key:
+            earlier = await self.webhooks.delivered(hook.id, idempotency_key, IDEMPOTENCY_WINDOW)
+            if earlier is not None:
+                return Delivery(earlier, replayed=True)
+        # Hook-scoped, and scoped to the day: past the 24 h window the same key starts a
+        # new run, which Prefect's flow-run idempotency (forever) would otherwise refuse.
+        day = int(time.time() // 86_400)
+        key = f"webhook:{hook.id}:{idempotency_key}:{day}" if idempotency_key else None
+        run_id = await self.runs.start(owner=hook.owner, workflow_id=hook.workflow_id, version=None, inputs=inputs,
+                                       trigger={"type": "webhook", "webhook_id": hook.id}, idempotency_key=key)
+        if idempotency_key:
+            first = await self.webhooks.record_delivery(hook.id, idempotency_key, run_id)
+            if first != run_id:
+                return Delivery(first, replayed=True)
+        result = await self._wait(hook.owner, run_id, wait_s) if wait_s else None
+        return Delivery(run_id, result=result)
+
+    async def _wait(self, owner: str, run_id: str, wait_s: float) -> RunResult | None:
+        deadline = time.monotonic() + wait_s
+        while True:
+            result = await self.runs.read(owner, run_id)
+            if result.status in FINAL_STATUSES:
+                return result
+            if time.monotonic() + WAIT_POLL_S > deadline:
+                return None
+            await asyncio.sleep(WAIT_POLL_S)

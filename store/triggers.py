@@ -1,0 +1,149 @@
+"""Queries on what starts workflows by themselves: webhooks, their idempotent deliveries,
+and the overlap policies of schedules (the schedules themselves are Prefect's).
+
+Everything read on behalf of an owner is filtered by that owner here, like
+``store.queries``; the one exception is ``Webhooks.for_delivery``, for the unauthenticated
+intake, which proves who it is with the signature instead.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from store.db import ScheduleOverlap, WebhookDelivery, WebhookRow, utcnow
+from store.errors import NotFound
+from store.secrets import SecretBox
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """A webhook as the rest of the system sees it; ``secret`` only where it is needed."""
+
+    id: str
+    owner: str
+    workflow_id: str
+    name: str
+    created_at: datetime
+    rotated_at: datetime | None = None
+    secret: str | None = None
+
+    @property
+    def url(self) -> str:
+        return f"/hooks/{self.id}"
+
+
+def _webhook(row: WebhookRow, secret: str | None = None) -> Webhook:
+    return Webhook(row.id, row.owner, row.workflow_id, row.name, row.created_at, row.rotated_at, secret)
+
+
+class Webhooks:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], box: SecretBox):
+        self.sessions, self.box = sessions, box
+
+    async def create(self, owner: str, workflow_id: str, name: str, secret: str) -> Webhook:
+        row = WebhookRow(id=str(uuid.uuid4()), owner=owner, workflow_id=workflow_id, name=name,
+                         secret_encrypted=self.box.seal(secret), created_at=utcnow())
+        async with self.sessions() as session:
+            session.add(row)
+            await session.commit()
+        return _webhook(row, secret)
+
+    async def list(self, owner: str, workflow_id: str) -> list[Webhook]:
+        async with self.sessions() as session:
+            rows = await session.scalars(select(WebhookRow).where(
+                WebhookRow.owner == owner, WebhookRow.workflow_id == workflow_id).order_by(WebhookRow.created_at))
+            return [_webhook(r) for r in rows]
+
+    async def rotate(self, owner: str, workflow_id: str, hook_id: str, secret: str) -> Webhook:
+        async with self.sessions() as session:
+            row = await _owned(session, owner, workflow_id, hook_id)
+            row.secret_encrypted, row.rotated_at = self.box.seal(secret), utcnow()
+            await session.commit()
+            return _webhook(row, secret)
+
+    async def delete(self, owner: str, workflow_id: str, hook_id: str) -> None:
+        async with self.sessions() as session:
+            row = await _owned(session, owner, workflow_id, hook_id)
+            await session.delete(row)
+            await session.execute(delete(WebhookDelivery).where(WebhookDelivery.webhook_id == hook_id))
+            await session.commit()
+
+    async def for_delivery(self, hook_id: str) -> Webhook:
+        """The webhook with its secret, for checking a request's signature."""
+        async with self.sessions() as session:
+            row = await session.get(WebhookRow, hook_id)
+        if row is None:
+            raise NotFound(f"webhook {hook_id} not found")
+        return _webhook(row, self.box.open(row.secret_encrypted))
+
+    async def delivered(self, hook_id: str, key: str, within: timedelta) -> str | None:
+        """The run a request with this key started within ``within``, if any."""
+        async with self.sessions() as session:
+            row = await session.get(WebhookDelivery, (hook_id, key))
+        if row is None or _aware(row.created_at) < utcnow() - within:
+            return None
+        return row.execution_id
+
+    async def record_delivery(self, hook_id: str, key: str, execution_id: str) -> str:
+        """Remember the run; answers the run recorded first when two requests raced."""
+        async with self.sessions() as session:
+            row = await session.get(WebhookDelivery, (hook_id, key))
+            if row is None:
+                session.add(WebhookDelivery(webhook_id=hook_id, idempotency_key=key, execution_id=execution_id,
+                                            created_at=utcnow()))
+            else:  # an expired one: the key starts a new run
+                row.execution_id, row.created_at = execution_id, utcnow()
+            try:
+                await session.commit()
+            except IntegrityError:
+                await session.rollback()
+                found = await session.get(WebhookDelivery, (hook_id, key))
+                return found.execution_id if found else execution_id
+        return execution_id
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)  # SQLite drops the zone
+
+
+async def _owned(session: AsyncSession, owner: str, workflow_id: str, hook_id: str) -> WebhookRow:
+    row = await session.get(WebhookRow, hook_id)
+    if row is None or row.owner != owner or row.workflow_id != workflow_id:
+        raise NotFound(f"webhook {hook_id} not found")
+    return row
+
+
+class ScheduleOverlaps:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]):
+        self.sessions = sessions
+
+    async def set(self, owner: str, workflow_id: str, schedule_id: str, overlap: str) -> None:
+        async with self.sessions() as session:
+            row = await session.get(ScheduleOverlap, schedule_id)
+            if row is None:
+                session.add(ScheduleOverlap(schedule_id=schedule_id, owner=owner, workflow_id=workflow_id,
+                                            overlap=overlap, created_at=utcnow()))
+            elif row.owner == owner:
+                row.overlap = overlap
+            await session.commit()
+
+    async def of_workflow(self, owner: str, workflow_id: str) -> dict[str, str]:
+        """Schedule id -> policy; schedules made in the Prefect UI have none (``allow``)."""
+        async with self.sessions() as session:
+            rows = await session.scalars(select(ScheduleOverlap).where(
+                ScheduleOverlap.owner == owner, ScheduleOverlap.workflow_id == workflow_id))
+            return {r.schedule_id: r.overlap for r in rows}
+
+    async def forget(self, owner: str, schedule_ids: list[str]) -> None:
+        if not schedule_ids:
+            return
+        async with self.sessions() as session:
+            await session.execute(delete(ScheduleOverlap).where(
+                ScheduleOverlap.owner == owner, ScheduleOverlap.schedule_id.in_(schedule_ids)))
+            await session.commit()
