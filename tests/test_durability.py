@@ -11,7 +11,6 @@ crash detection shortened to 15 s (the default is 90).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 import time
@@ -19,17 +18,14 @@ import uuid
 
 import httpx
 import pytest
-from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.objects import StateType
 
-from store.db import make_engine, sessions
-from store.queries import NodeOutcomes
+from tests.crash_harness import (KEY, NODE_EXECUTIONS, client, crash_canvas, execute, final, http_node,
+                                 one_crash_trial, problems_of, save, seconds, states_of, until)
 from tests.processes import (CountingServer, postgres_database, prefect_on_postgres, stack_env, start_serve,
                              start_worker)
 
 pytestmark = [pytest.mark.prefect, pytest.mark.workers]
-KEY = "durability-test-key"
-AUTH = {"Authorization": f"Bearer {KEY}"}
 CRASH_DETECT_S = 15
 TRIALS = int(os.environ.get("FLOWMAESTRO_CRASH_TRIALS", "2"))
 
@@ -87,137 +83,6 @@ def workers(stack, api):
     started.stop_all()
 
 
-def client(base: str) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=base, headers=AUTH, timeout=30)
-
-
-async def save(http: httpx.AsyncClient, raw: dict) -> str:
-    saved = await http.post("/api/workflows", json={"canvas": raw})
-    assert saved.status_code == 201, saved.text
-    return saved.json()["id"]
-
-
-async def execute(http: httpx.AsyncClient, workflow_id: str, inputs: dict | None = None) -> str:
-    started = await http.post(f"/api/workflows/{workflow_id}/execute", json={"inputs": inputs or {}})
-    assert started.status_code == 202, started.text
-    return started.json()["execution_id"]
-
-
-async def final(http: httpx.AsyncClient, execution_id: str, timeout: float = 240) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body = (await http.get(f"/api/executions/{execution_id}")).json()
-        if body.get("status") in ("completed", "failed", "cancelled"):
-            return body
-        await asyncio.sleep(0.25)
-    raise AssertionError(f"execution {execution_id} did not end within {timeout} s: {body}")
-
-
-async def until(check, *, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = await check()
-        if value:
-            return value
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"{what} did not happen within {timeout} s")
-
-
-def http_node(node_id: str, path: str, parent: str | None = None, delay: float = 0.4) -> dict:
-    found = {"id": node_id, "type": "http", "data": {"method": "POST", "url": f"{{{{ inputs.base }}}}{path}?delay={delay}"},
-             "retry": {"max_attempts": 1}}
-    if parent:
-        found["parentId"] = parent
-    return found
-
-
-def crash_canvas(name: str) -> dict:
-    """HTTP nodes before, inside a loop and a parallel, and after a delay."""
-    nodes = [{"id": "start", "type": "start", "data": {}},
-             http_node("before", "/before"),
-             {"id": "lp", "type": "loop", "data": {"mode": "for", "count": 3}},
-             http_node("step", "/loop/{{ loop.index }}", parent="lp"),
-             {"id": "par", "type": "parallel", "data": {"mode": "collection", "items": [1, 2, 3]}},
-             http_node("hit", "/par/{{ parallel.item }}", parent="par", delay=0.8),
-             {"id": "wait", "type": "delay", "data": {"seconds": 3}},
-             http_node("after", "/after"),
-             {"id": "end", "type": "end", "data": {"output": {
-                 "before": "{{ before.body.path }}", "loop": "{{ lp.results | length }}",
-                 "par": "{{ par.results | length }}", "after": "{{ after.body.path }}"}}}]
-    chain = ["start", "before", "lp", "par", "wait", "after", "end"]
-    edges = [{"id": f"e{i}", "source": a, "target": b} for i, (a, b) in enumerate(zip(chain, chain[1:]))]
-    return {"name": name, "inputs": {"base": {"type": "string", "required": True}}, "nodes": nodes, "edges": edges}
-
-
-async def journal_of(database_url: str, run_id: str) -> dict:
-    engine = make_engine(database_url)
-    try:
-        return {(o.node_id, o.path): o for o in await NodeOutcomes(sessions(engine)).of_run(run_id)}
-    finally:
-        await engine.dispose()
-
-
-async def states_of(prefect_url: str, run_id: str):
-    async with PrefectClient(prefect_url) as prefect:
-        return sorted(await prefect.read_flow_run_states(uuid.UUID(run_id)), key=lambda s: s.timestamp)
-
-
-def repeated_completed_nodes(requests: list[dict], journal: dict, run_id: str) -> list[str]:
-    """Requests for a node execution that arrived after that execution's completion had been
-    written to the journal: a completed node executed again."""
-    repeated = []
-    for request in requests:
-        key = request["key"] or ""
-        if not key.startswith(run_id + ":"):
-            continue
-        _, node_id, path = key.split(":")
-        entry = journal.get((node_id, tuple(int(p) for p in path.split(".")) if path else ()))
-        if entry is not None and entry.status == "completed" and request["at"] > entry.ended_at.timestamp():
-            repeated.append(key)
-    return repeated
-
-
-async def one_crash_trial(http, workers, victim, counting, database_url, prefect_url, workflow_id, rng):
-    """Start a run, SIGKILL the worker's process group after a random number of requests
-    (nodes in flight), start a fresh worker, and check what the run did."""
-    already = len(counting.requests)
-    run_id = await execute(http, workflow_id, {"base": counting.url})
-    kill_after = rng.randint(1, 8)  # of the run's 8 requests; 8: during the delay or the last node
-
-    async def seen():
-        return len([r for r in counting.requests[already:] if (r["key"] or "").startswith(run_id)]) >= kill_after
-
-    await until(seen, timeout=120, what=f"{kill_after} requests of run {run_id}")
-    killed_at = time.time()
-    victim.kill()
-    fresh = workers.start()
-    try:
-        result = await final(http, run_id, timeout=240)
-    except AssertionError as exc:
-        history = [(s.timestamp.isoformat(), s.name, s.message) for s in await states_of(prefect_url, run_id)]
-        async with httpx.AsyncClient(base_url=prefect_url, timeout=30) as prefect:
-            found = (await prefect.post("/events/filter", json={
-                "filter": {"any_resource": {"id": [f"prefect.flow-run.{run_id}"]}}, "limit": 100})).json()
-        events = sorted((e["occurred"], e["event"]) for e in found.get("events", []))
-        raise AssertionError(f"{exc}\nPrefect states: {history}\nevents: {events}\n"
-                             f"killed at {killed_at}\nfresh worker: {fresh.output()}") from None
-    requests = [r for r in counting.requests[already:] if (r["key"] or "").startswith(run_id)]
-    journal = await journal_of(database_url, run_id)
-    states = await states_of(prefect_url, run_id)
-    crashed = [s for s in states if s.type == StateType.CRASHED]
-    resumed = [s for s in states if s.type == StateType.RUNNING and crashed and s.timestamp > crashed[0].timestamp]
-    detect_s = crashed[0].timestamp.timestamp() - killed_at if crashed else None
-    resume_s = resumed[0].timestamp.timestamp() - crashed[0].timestamp.timestamp() if resumed else None
-    return {"run_id": run_id, "kill_after": kill_after, "result": result, "requests": requests,
-            "journal": journal, "crashed": len(crashed), "detect_s": detect_s, "resume_s": resume_s,
-            "repeated": repeated_completed_nodes(requests, journal, run_id), "fresh": fresh,
-            "states": [(s.timestamp.isoformat(), s.name, s.message) for s in states]}
-
-
-def _seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f} s"
-
-
 async def test_a_worker_killed_mid_run_is_replaced_and_nothing_completed_runs_twice(
         api, workers, counting, stack, pg_prefect):
     _, base = api
@@ -233,20 +98,9 @@ async def test_a_worker_killed_mid_run_is_replaced_and_nothing_completed_runs_tw
                                             workflow_id, rng)
             victim = outcome["fresh"]
             print(f"trial {trial}: killed after {outcome['kill_after']} requests; detected in "
-                  f"{_seconds(outcome['detect_s'])}, resumed {_seconds(outcome['resume_s'])} later; "
-                  f"{len(outcome['requests'])} requests for 8 node executions")
-            result = outcome["result"]
-            assert outcome["crashed"] == 1, f"the lost run was marked Crashed once: {outcome['states']}"
-            assert result["status"] == "completed", result
-            assert result["output"] == {"before": "/before", "loop": 3, "par": 3, "after": "/after"}
-            assert outcome["detect_s"] < CRASH_DETECT_S + 15, outcome["detect_s"]
-            assert outcome["repeated"] == [], f"completed nodes executed again: {outcome['repeated']}"
-            # Every node execution happened, each at most twice (once more only if in flight).
-            keys = [r["key"] for r in outcome["requests"]]
-            assert len(set(keys)) == 8 and max(keys.count(k) for k in keys) <= 2, keys
-            restored = [n for n, r in result["nodes"].items() if r.get("restored")]
-            if outcome["kill_after"] > 1:
-                assert "before" in restored, result["nodes"]
+                  f"{seconds(outcome['detect_s'])}, resumed {seconds(outcome['resume_s'])} later; "
+                  f"{len(outcome['requests'])} requests for {NODE_EXECUTIONS} node executions")
+            assert problems_of(outcome, CRASH_DETECT_S + 15) == []
 
 
 async def test_retry_of_a_failed_run_reuses_completed_nodes_and_its_dead_letter_is_listed(
