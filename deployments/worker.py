@@ -37,6 +37,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterDeploymentId, FlowRunFilterId,
                                            FlowRunFilterState, FlowRunFilterStateName)
 from prefect.client.schemas.objects import ConcurrencyLimitStrategy, FlowRun, StateType
+from prefect.exceptions import Pause
 from prefect.flows import Flow
 from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
 
@@ -162,6 +163,8 @@ class FlowMaestroWorker(BaseWorker[FlowMaestroJobConfiguration, FlowMaestroVaria
                 # Cancelled while the worker was starting it: the engine saw Cancelling and
                 # gave up before the flow ran; nothing else would ever end it.
                 await mark_cancelled(self.client, flow_run.id, "cancelled before it started")
+        except Pause:  # released while it waits for an approval (suspended): resumed elsewhere
+            status_code = 0
         except asyncio.CancelledError:
             status_code = 0 if task.cancelled() else 1
             if not task.done():

@@ -27,14 +27,18 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import httpx
 from prefect.client.orchestration import get_client
-from prefect.flow_runs import pause_flow_run
+from prefect.client.schemas.objects import StateType
+from prefect.exceptions import Pause
+from prefect.flow_runs import asuspend_flow_run, pause_flow_run
 from prefect.input import RunInput
+from prefect.states import Scheduled
 from pydantic import ValidationError
 
 from builder.plan import PlanNode
@@ -76,8 +80,16 @@ class Waiting:
 class PrefectApprovals:
     """The approval gate of one flow run."""
 
-    def __init__(self, run_id: str):
+    def __init__(self, run_id: str, *, hold_s: float | None = None, busy: Callable[[], bool] = lambda: False):
+        """``hold_s``: how long the run stays paused in this process before it is released
+        (Prefect suspend: the process lets go of it; resuming schedules it again and a
+        worker continues it from its journal); None holds it until it is answered. Only
+        runs of deployments can be released. ``busy``: whether other nodes of the run are
+        running (then it is not released: they would be cut short)."""
         self.run_id = uuid.UUID(run_id)
+        self.hold_s = hold_s
+        self.busy = busy
+        self.paused_since: float | None = None
         self.waiting: dict[str, Waiting] = {}
         self.current: str | None = None
         """The slug of the approval Prefect is paused on."""
@@ -116,7 +128,7 @@ class PrefectApprovals:
         if self.loop_task is None or self.loop_task.done():
             self.loop_task = asyncio.create_task(self._run())
         try:
-            decision = await waiting.future
+            decision = await waiting.future  # raises Pause when the run is released
         finally:
             self.waiting.pop(slug, None)
         async with get_client() as client:
@@ -164,12 +176,42 @@ class PrefectApprovals:
             while self.waiting:
                 try:
                     await self._step(client)
+                    if self._may_release():
+                        await self._release(client)
+                        return
                 except asyncio.CancelledError:
                     raise
                 except Exception:  # an API hiccup must not lose approvals: try again
                     log.exception("approval loop step failed")
                 await asyncio.sleep(DECISION_POLL_S)
             await self._stop_pause(client)
+
+    def _may_release(self) -> bool:
+        """Held long enough, nothing else running, and no approval whose timeout this
+        process must keep (a released run has nobody to time it out)."""
+        return (self.hold_s is not None and self.paused_since is not None
+                and time.monotonic() - self.paused_since >= self.hold_s and self.current is not None
+                and all(w.deadline is None for w in self.waiting.values()) and not self.busy())
+
+    async def _release(self, client: Any) -> None:
+        """Suspend the run on the approval Prefect shows (its form, a new pause key): the
+        flow exits and the worker lets go of it. Every waiting approval's ``wait`` raises
+        Prefect's ``Pause``, which ends the flow run Suspended; an answer (Prefect UI, API)
+        schedules it again and the approval finds the answer when the run replays."""
+        slug = self.current
+        assert slug is not None
+        model = form_model(self.waiting[slug].config.form, self.waiting[slug].config.message, base=RunInput)
+        await self._stop_pause(client)
+        key = await self._fresh_pause_key(client, slug)
+        log.info("run %s: releasing it while approval %s waits (suspended on key %s)", self.run_id, slug, key)
+        try:
+            await asuspend_flow_run(wait_for_input=model, key=key)
+        except Pause as signal:
+            for waiting in self.waiting.values():
+                if not waiting.future.done():
+                    waiting.future.set_exception(signal)
+            return
+        raise RuntimeError("the run was not suspended")  # Prefect answers Pause or refuses
 
     async def _step(self, client: Any) -> None:
         # Decisions sent through resume_approval first: a person's answer through the API
@@ -200,6 +242,7 @@ class PrefectApprovals:
             self.pause_task = asyncio.create_task(pause_flow_run(
                 wait_for_input=model, timeout=PREFECT_PAUSE_LIMIT_S, poll_interval=PAUSE_POLL_S,
                 key=self.current_key))
+            self.paused_since = time.monotonic()
 
     async def _fresh_pause_key(self, client: Any, slug: str) -> str:
         """Prefect pauses a run at most once per key: an approval paused on by an earlier
@@ -300,4 +343,11 @@ async def resume_approval(run_id: str, node_id: str, path: list[int] | None = No
             await client.create_flow_run_input(run_uuid, key=DECISION + slug, value=json.dumps(decision))
         except Exception as exc:  # the key exists: someone answered first
             return ResumeAnswer("not_waiting", f"a decision for this approval was already sent ({exc})")
+        if state.type == StateType.PAUSED and state.state_details.pause_reschedule:
+            # Released by its worker (suspended): nobody polls for the decision, so schedule
+            # the run again; a worker replays it and the approval reads the decision.
+            await client.set_flow_run_state(run_uuid, Scheduled(name="Resuming", message="approval answered"),
+                                            force=True)
+            return ResumeAnswer("accepted", "approval answered; the run is scheduled again and continues when a "
+                                            "worker takes it")
     return ResumeAnswer("accepted", "approval answered; the run resumes within a second")

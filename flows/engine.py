@@ -127,6 +127,11 @@ class Execution:
         self.bus.publish(event, status=status, error=error,
                          output=record.output if status == "completed" else None)
 
+    def leaf_running(self) -> bool:
+        """Whether a node other than a container or an approval is executing now."""
+        return any(run.status == "running" and not self.plan.nodes[run.node_id].container
+                   for run in self.record.trace)
+
     def _cancel_open_records(self) -> None:
         for run in self.record.trace:
             if run.status in ("running", "paused", "pending"):
@@ -169,7 +174,7 @@ class Execution:
                 if state.stopping and running:
                     await _cancel_all(running)  # each execute() records its node as cancelled
                     running.clear()
-        except asyncio.CancelledError:
+        except BaseException:  # cancelled, or released (Prefect's Pause): stop the rest of the scope
             await _cancel_all(running)
             raise
         self._never_started(state.never_started(), frame)

@@ -208,11 +208,18 @@ async def _run(context: RunContext, canvas: dict[str, Any], inputs: dict[str, An
     # Off when the installed Prefect is not one inline recording was tested on: control
     # nodes then run as normal task runs, and containers are not recorded.
     record_inline = prefect_compat.inline_recording_supported()
+    # A worker lets go of a run of a deployment that waits long for a person (the run
+    # replays from its journal when answered); other runs have nobody to replay them.
+    flow_context = FlowRunContext.get()
+    releasable = journal.store is not None and flow_context is not None \
+        and flow_context.flow_run.deployment_id is not None
+    approvals = PrefectApprovals(run_id, hold_s=settings.approval_hold_s if releasable else None)
     execution = Execution(plan, registry, run_id=run_id, inputs=resolved_inputs,
                           runner=PrefectRunner(record_inline=record_inline, cached=context.cached_task), bus=bus, env=os.environ,
                           env_allowlist=settings.env_allowlist, workflow_id=workflow_id, version=version,
                           inline_control=settings.inline_control_nodes and record_inline,
-                          approvals=PrefectApprovals(run_id), subworkflows=subworkflows, journal=journal)
+                          approvals=approvals, subworkflows=subworkflows, journal=journal)
+    approvals.busy = execution.leaf_running
     try:
         record = await _run_watching_cancellation(execution, run_id, settings.cancel_poll_s, context.cancellations)
     finally:

@@ -30,6 +30,10 @@ class EngineSettings(StoreSettings):
     crash_detect_s: float = Field(90.0, ge=15, description="A run whose worker sends no heartbeat for this long "
                                   "is marked Crashed and rescheduled (Prefect automations; workers beat every "
                                   "third of it).")
+    approval_hold_s: float | None = Field(300.0, ge=0, description="How long a worker holds a run paused on an "
+                                          "approval (a fast resume) before releasing it (Prefect suspend: waiting "
+                                          "costs no process; an answer schedules it again). Empty: hold until "
+                                          "answered. Approvals with a timeout_s are always held.")
     cache_lock_redis_url: str | None = Field(None, description="Redis URL of the lock manager that makes two runs "
                                              "needing the same cached node execute it once (Prefect's SERIALIZABLE "
                                              "cache isolation) across machines; unset, lock files under home do "

@@ -65,8 +65,8 @@ class Workers:
         self.home, self.env = home, env
         self.procs = []
 
-    def start(self):
-        proc = start_worker(self.home, self.env, name=f"w-{uuid.uuid4().hex[:6]}")
+    def start(self, **env):
+        proc = start_worker(self.home, {**self.env, **env}, name=f"w-{uuid.uuid4().hex[:6]}")
         self.procs.append(proc)
         return proc
 
@@ -203,6 +203,38 @@ async def test_a_worker_killed_while_paused_then_the_approval_answered(api, work
     assert result["status"] == "completed" and result["output"] is True, result
     assert counting.counts[f"/{name}/before"] == 1 and counting.counts[f"/{name}/ship"] == 1
     assert result["nodes"]["before"]["restored"] is True
+
+
+async def test_a_long_wait_is_released_by_its_worker_and_answered_from_the_prefect_ui_or_the_api(
+        api, workers, counting, pg_prefect):
+    _, base = api
+    workers.start(FLOWMAESTRO_APPROVAL_HOLD_S="2")
+    name = f"released-{uuid.uuid4().hex[:6]}"
+    async with client(base) as http:
+        workflow_id = await save(http, approval_canvas(name))
+        by_ui, by_api = [await execute(http, workflow_id, {"base": counting.url}) for _ in range(2)]
+        for run_id in (by_ui, by_api):
+            await pending(http, run_id)
+
+            async def suspended(run_id=run_id):
+                states = await states_of(pg_prefect.api_url, run_id)
+                return states[-1].name == "Suspended"
+
+            await until(suspended, timeout=90, what=f"run {run_id} released (Suspended)")
+            body = (await http.get(f"/api/executions/{run_id}")).json()
+            assert body["status"] == "paused" and [p["node_id"] for p in body["pending_approvals"]] == ["ask"], body
+        async with httpx.AsyncClient(base_url=pg_prefect.api_url, timeout=30) as prefect:
+            answer = await prefect.post(f"/flow_runs/{by_ui}/resume", json={"run_input": {"approved": True}})
+            assert answer.json()["status"] == "ACCEPT", answer.text
+        answer = await http.post(f"/api/executions/{by_api}/resume", json={"node_id": "ask", "input": {"approved": True}})
+        assert answer.status_code == 200 and answer.json()["status"] == "accepted", answer.text
+        results = {run_id: await final(http, run_id) for run_id in (by_ui, by_api)}
+    for run_id, via in ((by_ui, "prefect-ui"), (by_api, "api")):
+        result = results[run_id]
+        assert result["status"] == "completed" and result["output"] is True, result
+        assert result["nodes"]["before"]["restored"] is True
+        assert result["nodes"]["ask"]["output"]["via"] == via
+    assert counting.counts[f"/{name}/before"] == 2 and counting.counts[f"/{name}/ship"] == 2
 
 
 async def test_the_api_killed_while_a_run_is_paused(stack, api, workers, counting):
