@@ -1,4 +1,4 @@
-"""Crash recovery on Prefect's own parts: heartbeats, two automations, the run's journal.
+"""Crash recovery on Prefect's own parts: heartbeats, three automations, the run's journal.
 
 Prefect leaves a flow run ``Running`` forever when the process running it dies. Here:
 
@@ -16,8 +16,8 @@ Prefect leaves a flow run ``Running`` forever when the process running it dies. 
 
 The automations are Prefect's (visible, editable in its UI) and created idempotently when
 a worker starts; the detection window of child runs is one per Prefect server (the last
-worker to start sets it). Children of a sub-workflow node are marked crashed but not rescheduled:
-their parent runs them again, and their journal makes them continue.
+worker to start sets it). Children of a sub-workflow node are marked crashed but not
+rescheduled: their parent runs them again, and their journal makes them continue.
 """
 
 from __future__ import annotations

@@ -32,12 +32,17 @@ class EngineSettings(StoreSettings):
                                   "third of it).")
     approval_hold_s: float | None = Field(300.0, ge=0, description="How long a worker holds a run paused on an "
                                           "approval (a fast resume) before releasing it (Prefect suspend: waiting "
-                                          "costs no process; an answer schedules it again). Empty: hold until "
-                                          "answered. Approvals with a timeout_s are always held.")
+                                          "costs no process; an answer schedules it again). 'never' (or empty): "
+                                          "hold until answered. Approvals with a timeout_s are always held.")
     cache_lock_redis_url: str | None = Field(None, description="Redis URL of the lock manager that makes two runs "
                                              "needing the same cached node execute it once (Prefect's SERIALIZABLE "
                                              "cache isolation) across machines; unset, lock files under home do "
                                              "it for the processes of one machine.")
+
+    @field_validator("approval_hold_s", mode="before")
+    @classmethod
+    def _never(cls, value: object) -> object:
+        return None if isinstance(value, str) and value.strip().lower() in ("", "never", "none") else value
 
     @field_validator("env_allowlist", mode="before")
     @classmethod

@@ -85,3 +85,21 @@ def test_the_api_down_exits_1_and_deploy_is_gone():
         "FLOWMAESTRO_API_URL": f"http://127.0.0.1:{_free_port()}", "FLOWMAESTRO_API_KEY": KEY})
     assert result.exit_code == 1 and "did not answer" in result.stderr
     assert CliRunner().invoke(cli, ["deploy", "x.json"]).exit_code == 2  # no such command
+
+
+def test_retry_from_the_command_line(api_url):
+    """No worker serves this API's pool: a run stays pending, is refused a retry, is
+    cancelled, and then retried (pending again)."""
+    raw = canvas([node("start", "start"), node("t")], [("start", "t")], name=f"cli-retry-{uuid.uuid4().hex[:6]}")
+    auth = {"Authorization": f"Bearer {KEY}"}
+    workflow_id = httpx.post(f"{api_url}/api/workflows", json={"canvas": raw}, headers=auth).json()["id"]
+    run_id = httpx.post(f"{api_url}/api/workflows/{workflow_id}/execute", json={}, headers=auth).json()["execution_id"]
+    env = {"FLOWMAESTRO_API_URL": api_url, "FLOWMAESTRO_API_KEY": KEY}
+    refused = CliRunner().invoke(cli, ["retry", run_id], env=env)
+    assert refused.exit_code == 2 and "only a failed or cancelled run can be retried" in refused.stderr, refused.output
+    assert httpx.post(f"{api_url}/api/executions/{run_id}/cancel", headers=auth).json()["status"] == "cancelled"
+    retried = CliRunner().invoke(cli, ["retry", run_id], env=env)
+    assert retried.exit_code == 0 and f"{run_id}: pending" in retried.stdout, retried.output
+    assert httpx.get(f"{api_url}/api/executions/{run_id}", headers=auth).json()["status"] == "pending"
+    unknown = CliRunner().invoke(cli, ["retry", str(uuid.uuid4())], env=env)
+    assert unknown.exit_code == 2 and "not found" in unknown.stderr

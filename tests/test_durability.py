@@ -103,6 +103,25 @@ async def test_a_worker_killed_mid_run_is_replaced_and_nothing_completed_runs_tw
             assert problems_of(outcome, CRASH_DETECT_S + 15) == []
 
 
+async def test_a_run_whose_worker_keeps_dying_ends_failed_saying_why(api, workers, counting):
+    _, base = api
+    victim = workers.start()
+    async with client(base) as http:
+        run_id = await execute(http, await save(http, crash_canvas(f"doomed-{uuid.uuid4().hex[:6]}")),
+                               {"base": counting.url})
+
+        async def started():
+            return any((r["key"] or "").startswith(run_id) for r in counting.requests)
+
+        await until(started, timeout=120, what="the run's first request")
+        victim.kill()
+        workers.start(FLOWMAESTRO_CRASH_RETRIES="0")  # the one crash is already too many
+        result = await final(http, run_id)
+    assert result["status"] == "failed", result
+    assert result["error"]["issues"][0]["code"] == "crash_retries_exhausted", result["error"]
+    assert "its worker died 1 time (FLOWMAESTRO_CRASH_RETRIES=0)" in result["error"]["message"]
+
+
 async def test_retry_of_a_failed_run_reuses_completed_nodes_and_its_dead_letter_is_listed(
         api, workers, counting):
     _, base = api
