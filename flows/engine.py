@@ -323,7 +323,10 @@ class Execution:
     def child_journal_id(self, node: PlanNode, frame: Frame) -> str:
         """Where a sub-workflow node's child run keeps its journal: the child executed again
         is a new flow run, which must find what the first one completed."""
-        return f"{self.journal.journal_id}:{node.id}:{'.'.join(map(str, frame.path))}"
+        journal_id = f"{self.journal.journal_id}:{node.id}:{'.'.join(map(str, frame.path))}"
+        if len(journal_id) > 200:  # deep nesting: the store keeps 255 characters
+            journal_id = f"{journal_id[:36]}:{hashlib.sha256(journal_id.encode()).hexdigest()[:40]}"
+        return journal_id
 
     def _completed(self, node: PlanNode, completed: Completed) -> NodeOutcome:
         if completed.variables:

@@ -207,3 +207,17 @@ async def test_a_node_with_replay_off_executes_again():
     result, _ = await execute(raw, store)
     assert [c[0] for c in JOURNAL.calls] == ["poll", "boom"]
     assert result["nodes"]["a"]["restored"] is True and result["nodes"]["poll"]["restored"] is False
+
+
+def test_child_journal_ids_stay_within_the_stores_column():
+    from types import SimpleNamespace
+
+    registry = make_registry()
+    plan = compiled(canvas([count("a")]), registry)
+    execution = Execution(plan, registry, run_id="r", inputs={}, journal=RunJournal("x" * 190))
+    frame = SimpleNamespace(path=(1, 2))
+    long_id = execution.child_journal_id(SimpleNamespace(id="sub"), frame)
+    assert len(long_id) <= 200 and long_id.startswith("x" * 36)
+    assert long_id == execution.child_journal_id(SimpleNamespace(id="sub"), frame)  # stable
+    short = Execution(plan, registry, run_id="r", inputs={}, journal=RunJournal("run-1"))
+    assert short.child_journal_id(SimpleNamespace(id="sub"), frame) == "run-1:sub:1.2"
