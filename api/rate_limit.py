@@ -1,16 +1,20 @@
-"""Requests a minute per key (a webhook), as fixed one-minute windows.
+"""Requests a minute per key (a webhook), over a sliding window: a request is allowed when
+fewer than ``limit`` were allowed in the 60 s before it (fixed windows would let twice the
+limit through across a boundary).
 
-With Redis configured (``FLOWMAESTRO_REDIS_URL``) the counts are shared by every API
-process: one ``INCR`` and, on a window's first request, an ``EXPIRE`` per request. This is
-a dozen lines on the redis client the project already has, so no rate-limit library is
-added. Without Redis each API process counts on its own: N processes accept up to N
-times the limit.
+With Redis configured (``FLOWMAESTRO_REDIS_URL``) the window is shared by every API
+process: a sorted set of the allowed requests' times per key, trimmed and checked in one
+Lua script (atomic; a dozen lines on the redis client the project already has, so no
+rate-limit library). Without Redis each API process counts on its own: N processes accept
+up to N times the limit.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import uuid
+from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
@@ -25,22 +29,37 @@ class RateLimiter(Protocol):
 
 
 class MemoryRateLimiter:
-    def __init__(self, limit: int, clock: Callable[[], float] = time.time):
+    def __init__(self, limit: int, clock: Callable[[], float] = time.monotonic):
         self.limit, self.clock = limit, clock
-        self._counts: dict[str, tuple[int, int]] = {}
+        self._allowed: dict[str, deque[float]] = {}
 
     async def hit(self, key: str) -> float | None:
         now = self.clock()
-        window = int(now // WINDOW_S)
-        seen_window, count = self._counts.get(key, (window, 0))
-        count = count + 1 if seen_window == window else 1
-        self._counts[key] = (window, count)
-        if len(self._counts) > 10_000:  # forget the keys of past windows
-            self._counts = {k: v for k, v in self._counts.items() if v[0] == window}
-        return None if count <= self.limit else (window + 1) * WINDOW_S - now
+        allowed = self._allowed.setdefault(key, deque())
+        while allowed and allowed[0] <= now - WINDOW_S:
+            allowed.popleft()
+        if len(allowed) >= self.limit:
+            return allowed[0] + WINDOW_S - now
+        allowed.append(now)
+        if len(self._allowed) > 10_000:  # forget keys with nothing in their window
+            self._allowed = {k: v for k, v in self._allowed.items() if v and v[-1] > now - WINDOW_S}
+        return None
 
     async def close(self) -> None:
         return None
+
+
+# KEYS[1]: the key's sorted set; ARGV: now, window, limit, a unique member.
+_SLIDING_WINDOW = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', tonumber(ARGV[1]) - tonumber(ARGV[2]))
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return tostring(tonumber(oldest[2]) + tonumber(ARGV[2]) - tonumber(ARGV[1]))
+end
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return false
+"""
 
 
 class RedisRateLimiter:
@@ -48,15 +67,14 @@ class RedisRateLimiter:
         from redis.asyncio import Redis
 
         self.redis, self.limit, self.prefix = Redis.from_url(url), limit, prefix
+        self._script = self.redis.register_script(_SLIDING_WINDOW)
 
     async def hit(self, key: str) -> float | None:
-        now = time.time()
-        window = int(now // WINDOW_S)
-        name = f"{self.prefix}{key}:{window}"
-        count = await self.redis.incr(name)
-        if count == 1:
-            await self.redis.expire(name, WINDOW_S * 2)
-        return None if count <= self.limit else (window + 1) * WINDOW_S - now
+        # Redis's clock is the one all API processes share; wall time here would let hosts' clocks skew it.
+        seconds, micros = await self.redis.time()
+        wait = await self._script(keys=[f"{self.prefix}{key}"],
+                                  args=[seconds + micros / 1e6, WINDOW_S, self.limit, uuid.uuid4().hex])
+        return None if wait is None else float(wait)
 
     async def close(self) -> None:
         await self.redis.aclose()
