@@ -124,10 +124,11 @@ async def _run_in_flow(context: RunContext, child_flow: ChildFlow, canvas: dict[
             canvas, version = found.canvas, found.version
             crashes = await _crashes(run_id) if flow_run is not None and flow_run.run_count > 1 else 0
             if crashes > context.settings.crash_retries:
-                refused = _refused(bus, found.name, "crashed too often",
-                                   [{"message": f"its worker died {crashes} time{'s' if crashes > 1 else ''} (FLOWMAESTRO_CRASH_RETRIES="
-                                     f"{context.settings.crash_retries}); retry it when the cause is fixed",
-                                     "code": "crash_retries_exhausted"}])
+                times = f"{crashes} time{'s' if crashes > 1 else ''}"
+                refused = _refused(bus, found.name, "crashed too often", [{
+                    "message": f"its worker died {times} (FLOWMAESTRO_CRASH_RETRIES="
+                               f"{context.settings.crash_retries}); retry it when the cause is fixed",
+                    "code": "crash_retries_exhausted"}])
                 await context.store.ended(run_id, _result_of(refused))
                 return refused
             await context.store.started(run_id, owner=owner, workflow_id=workflow_id, version=found.version,
