@@ -66,6 +66,7 @@ class RunJournal:
         self.entries: dict[tuple[str, Path], NodeOutcome] = {(e.node_id, e.path): e for e in entries}
         self.restored_count = 0
         self._buffer: list[NodeOutcome] = []
+        self._writing = asyncio.Lock()
 
     @classmethod
     async def open(cls, journal_id: str, store: OutcomeStore | None, **kwargs: Any) -> RunJournal:
@@ -118,6 +119,11 @@ class RunJournal:
                                       ended_at=utcnow()), False)
 
     async def flush(self) -> None:
+        """Write everything buffered, in one transaction."""
+        async with self._writing:
+            await self._flush()
+
+    async def _flush(self) -> None:
         if not self._buffer or self.store is None:
             self._buffer.clear()
             return
@@ -129,6 +135,7 @@ class RunJournal:
                 return
             except Exception as exc:  # a database hiccup must not cost the run its journal
                 if attempt == WRITE_ATTEMPTS - 1:
+                    self._buffer[:0] = batch  # not written: whoever flushes next tries again
                     raise JournalUnavailable(f"the run's journal could not be written: {exc}") from exc
                 log.warning("journal write failed (%s); trying again", exc)
                 await asyncio.sleep(0.5 * 2 ** attempt)
@@ -137,7 +144,12 @@ class RunJournal:
         self.entries[(entry.node_id, entry.path)] = entry
         self._buffer.append(entry)
         if durable:
-            await self.flush()
+            # Group commit: nodes that complete while a write is under way wait for it, and
+            # the next one writes all of them in one transaction (a fan-out's branches end
+            # together). Each returns once its own entry is stored.
+            async with self._writing:
+                if any(e is entry for e in self._buffer):
+                    await self._flush()
 
     def _redact(self, value: Any, field: str = "") -> Any:
         if SECRET_FIELD.search(field) and value not in (None, "", {}, []):

@@ -221,3 +221,34 @@ def test_child_journal_ids_stay_within_the_stores_column():
     assert long_id == execution.child_journal_id(SimpleNamespace(id="sub"), frame)  # stable
     short = Execution(plan, registry, run_id="r", inputs={}, journal=RunJournal("run-1"))
     assert short.child_journal_id(SimpleNamespace(id="sub"), frame) == "run-1:sub:1.2"
+
+
+async def test_durable_writes_that_meet_share_one_transaction_and_a_failed_one_is_kept():
+    import asyncio
+
+    class SlowStore(MemoryOutcomes):
+        def __init__(self):
+            super().__init__()
+            self.batches, self.fail = [], 0
+
+        async def save_outcomes(self, journal_id, outcomes, *, workflow_id, owner):
+            await asyncio.sleep(0.05)
+            if self.fail:
+                self.fail -= 1
+                raise ConnectionError("database gone")
+            self.batches.append([o.node_id for o in outcomes])
+            await super().save_outcomes(journal_id, outcomes, workflow_id=workflow_id, owner=owner)
+
+    from node_handlers.base import Completed
+
+    store = SlowStore()
+    journal = RunJournal("run-1", store=store)
+    await asyncio.gather(*(journal.completed(f"n{i}", (), "k", Completed(output=i), 1, durable=True)
+                           for i in range(10)))
+    assert sorted(sum(store.batches, [])) == sorted(f"n{i}" for i in range(10))
+    assert len(store.batches) == 2  # the first alone, the nine that came during it together
+    store.fail = 4  # every attempt of the next write fails: the entry stays buffered
+    with pytest.raises(Exception, match="could not be written"):
+        await journal.completed("late", (), "k", Completed(output=1), 1, durable=True)
+    await journal.flush()
+    assert ("late", ()) in store.rows["run-1"]
