@@ -105,6 +105,24 @@ class InProcessWorkers:
 
 
 @pytest.fixture(scope="module")
+def pg_prefect(tmp_path_factory):
+    """A Prefect server of the module's own, on PostgreSQL (several worker processes)."""
+    from tests.processes import prefect_on_postgres
+
+    with prefect_on_postgres(tmp_path_factory.mktemp("prefect-pg")) as info:
+        yield info
+
+
+@pytest.fixture(scope="module")
+def counting():
+    """A local HTTP server counting requests (``tests.processes.CountingServer``)."""
+    from tests.processes import CountingServer
+
+    with CountingServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
 async def in_process_workers():
     workers = InProcessWorkers()
     yield workers

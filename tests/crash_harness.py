@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from functools import partial
 
 import httpx
 from prefect.client.orchestration import PrefectClient
@@ -16,9 +17,11 @@ from prefect.client.schemas.objects import StateType
 
 from store.db import make_engine, sessions
 from store.queries import NodeOutcomes
+from tests.support import wait_final
 
 KEY = "durability-test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
+final = partial(wait_final, timeout=240)
 NODE_EXECUTIONS = 8
 """Requests of one run of ``crash_canvas``: before, 3 loop steps, 3 parallel hits, after."""
 
@@ -37,16 +40,6 @@ async def execute(http: httpx.AsyncClient, workflow_id: str, inputs: dict | None
     started = await http.post(f"/api/workflows/{workflow_id}/execute", json={"inputs": inputs or {}})
     assert started.status_code == 202, started.text
     return started.json()["execution_id"]
-
-
-async def final(http: httpx.AsyncClient, execution_id: str, timeout: float = 240) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body = (await http.get(f"/api/executions/{execution_id}")).json()
-        if body.get("status") in ("completed", "failed", "cancelled"):
-            return body
-        await asyncio.sleep(0.25)
-    raise AssertionError(f"execution {execution_id} did not end within {timeout} s: {body}")
 
 
 async def until(check, *, timeout: float, what: str):

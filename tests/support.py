@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
+
+import httpx
 
 from pydantic import Field
 
@@ -117,3 +121,32 @@ def compiled(raw: dict[str, Any], registry: HandlerRegistry | None = None):
     result = compile_canvas(raw, registry or make_registry())
     assert result.ok, [str(i) for i in result.errors]
     return result.plan
+
+
+async def wait_final(client: httpx.AsyncClient, execution_id: str, *, timeout: float) -> dict[str, Any]:
+    """Read ``GET /api/executions/{id}`` until the run has ended; its body."""
+    deadline = time.monotonic() + timeout
+    body: Any = None
+    while time.monotonic() < deadline:
+        body = (await client.get(f"/api/executions/{execution_id}")).json()
+        if body.get("status") in ("completed", "failed", "cancelled"):
+            return body
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"execution {execution_id} did not end within {timeout} s: {body}")
+
+
+@asynccontextmanager
+async def api_without_prefect(settings: Any, key: str) -> AsyncIterator[httpx.AsyncClient]:
+    """The API (in this process) with nothing listening at its Prefect API URL, and a client
+    with the bearer ``key``."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from api.app import create_app
+    from tests.processes import free_port
+
+    with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{free_port()}/api"}):
+        app = create_app(settings)
+        async with app.router.lifespan_context(app):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test",
+                                         headers={"Authorization": f"Bearer {key}"}) as client:
+                yield client

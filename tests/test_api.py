@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from functools import partial
 
 import asyncpg
 import httpx
@@ -13,7 +14,10 @@ import pytest
 
 from api.app import create_app
 from api.settings import ApiSettings
-from tests.support import canvas, node
+from tests.support import api_without_prefect, canvas, node
+from tests.support import wait_final as _wait_final
+
+wait_final = partial(_wait_final, timeout=60)
 
 pytestmark = pytest.mark.prefect
 
@@ -85,15 +89,6 @@ async def create(api, raw):
     response = await api.post("/api/workflows", json={"canvas": raw})
     assert response.status_code == 201, response.text
     return response.json()
-
-
-async def wait_final(api, execution_id, timeout=60):
-    for _ in range(int(timeout / 0.2)):
-        body = (await api.get(f"/api/executions/{execution_id}")).json()
-        if body["status"] in ("completed", "failed", "cancelled"):
-            return body
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"execution {execution_id} did not end: {body}")
 
 
 async def test_requests_need_a_valid_key(api):
@@ -250,35 +245,25 @@ async def test_saving_a_cycle_between_saved_workflows_is_refused_naming_it(api):
 async def test_prefect_down_answers_503_naming_it_and_loses_no_saved_workflow(tmp_path, sqlite_url):
     """With nothing listening at the Prefect API URL: saving keeps the workflow (with a
     warning), executing answers 503 with Retry-After within the configured bound."""
-    import socket
     import time
 
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{sock.getsockname()[1]}/api"
     settings = ApiSettings(database_url=sqlite_url, api_keys=f"solo:{ALICE}-solo", home=tmp_path,
                            prefect_timeout_s=3, work_pool="nowhere")
-    with temporary_settings({PREFECT_API_URL: dead}):
-        app = create_app(settings)
-        async with app.router.lifespan_context(app):
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test",
-                                         headers={"Authorization": f"Bearer {ALICE}-solo"}) as client:
-                saved = await client.post("/api/workflows", json={"canvas": hello()})
-                assert saved.status_code == 201, saved.text
-                assert [w["code"] for w in saved.json()["warnings"]] == ["deployment_pending"]
-                assert (await client.get(f"/api/workflows/{saved.json()['id']}")).status_code == 200
-                started = time.monotonic()
-                answer = await client.post(f"/api/workflows/{saved.json()['id']}/execute",
-                                           json={"inputs": {"who": "Ada"}})
-                assert time.monotonic() - started < 15
-                assert answer.status_code == 503, answer.text
-                assert answer.headers["retry-after"] == "5" and answer.json()["service"] == "prefect"
-                key = answer.json()["idempotency_key"]  # to retry safely: the run may exist all the same
-                assert key and f"Idempotency-Key: {key}" in answer.json()["detail"]
-                health = await client.get("/health")
-                assert health.status_code == 503 and health.json()["checks"]["prefect"] != "ok"
+    async with api_without_prefect(settings, f"{ALICE}-solo") as client:
+        saved = await client.post("/api/workflows", json={"canvas": hello()})
+        assert saved.status_code == 201, saved.text
+        assert [w["code"] for w in saved.json()["warnings"]] == ["deployment_pending"]
+        assert (await client.get(f"/api/workflows/{saved.json()['id']}")).status_code == 200
+        started = time.monotonic()
+        answer = await client.post(f"/api/workflows/{saved.json()['id']}/execute",
+                                   json={"inputs": {"who": "Ada"}})
+        assert time.monotonic() - started < 15
+        assert answer.status_code == 503, answer.text
+        assert answer.headers["retry-after"] == "5" and answer.json()["service"] == "prefect"
+        key = answer.json()["idempotency_key"]  # to retry safely: the run may exist all the same
+        assert key and f"Idempotency-Key: {key}" in answer.json()["detail"]
+        health = await client.get("/health")
+        assert health.status_code == 503 and health.json()["checks"]["prefect"] != "ok"
 
 
 def test_cors_origins_read_as_a_list_or_json():

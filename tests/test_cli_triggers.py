@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from api.app import create_app
 from api.settings import ApiSettings
 from cli.main import app as cli
-from tests.conftest import _free_port
+from tests.processes import free_port
 from tests.support import canvas, node
 
 pytestmark = pytest.mark.prefect
@@ -28,7 +28,7 @@ def api_url(prefect_server, tmp_path_factory):
     home = tmp_path_factory.mktemp("cli-triggers")
     settings = ApiSettings(database_url=f"sqlite+aiosqlite:///{home / 'api.db'}", api_keys=f"cli:{KEY}", home=home,
                            work_pool=f"cli-{uuid.uuid4().hex[:6]}")
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -82,7 +82,7 @@ def test_schedules_and_webhooks_from_the_command_line(api_url):
 
 def test_the_api_down_exits_1_and_deploy_is_gone():
     result = CliRunner().invoke(cli, ["schedules", "list", "w"], env={
-        "FLOWMAESTRO_API_URL": f"http://127.0.0.1:{_free_port()}", "FLOWMAESTRO_API_KEY": KEY})
+        "FLOWMAESTRO_API_URL": f"http://127.0.0.1:{free_port()}", "FLOWMAESTRO_API_KEY": KEY})
     assert result.exit_code == 1 and "did not answer" in result.stderr
     assert CliRunner().invoke(cli, ["deploy", "x.json"]).exit_code == 2  # no such command
 

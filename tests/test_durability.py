@@ -22,24 +22,11 @@ from prefect.client.schemas.objects import StateType
 
 from tests.crash_harness import (KEY, NODE_EXECUTIONS, client, crash_canvas, execute, final, http_node,
                                  one_crash_trial, problems_of, save, seconds, states_of, until)
-from tests.processes import (CountingServer, postgres_database, prefect_on_postgres, stack_env, start_serve,
-                             start_worker)
+from tests.processes import postgres_database, stack_env, start_serve, start_worker
 
 pytestmark = [pytest.mark.prefect, pytest.mark.workers]
 CRASH_DETECT_S = 15
 TRIALS = int(os.environ.get("FLOWMAESTRO_CRASH_TRIALS", "2"))
-
-
-@pytest.fixture(scope="module")
-def pg_prefect(tmp_path_factory):
-    with prefect_on_postgres(tmp_path_factory.mktemp("prefect-pg")) as info:
-        yield info
-
-
-@pytest.fixture(scope="module")
-def counting():
-    with CountingServer() as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from prefect.exceptions import ObjectNotFound
 from api.app import create_app
 from api.settings import ApiSettings
 from deployments.workflow_deployments import deployment_name
-from tests.support import canvas, node
+from tests.support import api_without_prefect, canvas, node
 
 pytestmark = pytest.mark.prefect
 
@@ -348,24 +348,13 @@ async def test_invalid_schedule_requests_are_precise_4xx(api):
 
 
 async def test_prefect_down_answers_503_naming_it(tmp_path, stack):
-    import socket
-
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     url, _pool = stack
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{sock.getsockname()[1]}/api"
     settings = ApiSettings(database_url=url, api_keys=f"solo:{KEY}-solo", home=tmp_path, prefect_timeout_s=3,
                            work_pool="nowhere")
-    with temporary_settings({PREFECT_API_URL: dead}):
-        app = create_app(settings)
-        async with app.router.lifespan_context(app):
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test",
-                                         headers={"Authorization": f"Bearer {KEY}-solo"}) as client:
-                saved = (await client.post("/api/workflows", json={"canvas": hello()})).json()
-                for answer in (await client.post(f"/api/workflows/{saved['id']}/schedules",
-                                                 json={"cron": "0 1 * * *", "inputs": {"who": "x"}}),
-                               await client.get(f"/api/workflows/{saved['id']}/schedules")):
-                    assert answer.status_code == 503, answer.text
-                    assert answer.json()["service"] == "prefect" and answer.headers["retry-after"] == "5"
+    async with api_without_prefect(settings, f"{KEY}-solo") as client:
+        saved = (await client.post("/api/workflows", json={"canvas": hello()})).json()
+        for answer in (await client.post(f"/api/workflows/{saved['id']}/schedules",
+                                         json={"cron": "0 1 * * *", "inputs": {"who": "x"}}),
+                       await client.get(f"/api/workflows/{saved['id']}/schedules")):
+            assert answer.status_code == 503, answer.text
+            assert answer.json()["service"] == "prefect" and answer.headers["retry-after"] == "5"

@@ -3,12 +3,12 @@ worker in this process: signed deliveries start runs of the workflow's deploymen
 
 from __future__ import annotations
 
-import asyncio
 import json
 import stat
 import time
 import uuid
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -20,7 +20,10 @@ from api.rate_limit import MemoryRateLimiter, RedisRateLimiter
 from api.settings import ApiSettings
 from api.signing import sign
 from store.secrets import KEY_FILE, SecretBox
-from tests.support import canvas, node
+from tests.support import api_without_prefect, canvas, node
+from tests.support import wait_final as _wait_final
+
+wait_final = partial(_wait_final, timeout=90)
 
 pytestmark = pytest.mark.prefect
 
@@ -102,16 +105,6 @@ async def deliver(api, hook: dict[str, Any], inputs: Any, params: dict[str, Any]
 
 async def executions(api, workflow_id: str) -> list[dict[str, Any]]:
     return (await api.get("/api/executions", params={"workflow_id": workflow_id})).json()
-
-
-async def wait_final(api, execution_id: str, timeout: float = 90) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body = (await api.get(f"/api/executions/{execution_id}")).json()
-        if body["status"] in ("completed", "failed", "cancelled"):
-            return body
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"execution {execution_id} did not end: {body}")
 
 
 async def test_a_signed_request_starts_a_run_of_the_latest_version_recorded_as_a_webhook_run(api):
@@ -306,23 +299,12 @@ def test_the_secret_key_comes_from_the_environment_or_a_private_key_file(tmp_pat
 
 
 async def test_prefect_down_answers_503_naming_it(tmp_path, stack):
-    import socket
-
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     url, _pool, _name = stack
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{sock.getsockname()[1]}/api"
     settings = ApiSettings(database_url=url, api_keys=f"solo:{KEY}-solo", home=tmp_path, prefect_timeout_s=3,
                            work_pool="nowhere")
-    with temporary_settings({PREFECT_API_URL: dead}):
-        app = create_app(settings)
-        async with app.router.lifespan_context(app):
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test",
-                                         headers={"Authorization": f"Bearer {KEY}-solo"}) as client:
-                saved = (await client.post("/api/workflows", json={"canvas": hello()})).json()
-                hook = (await client.post(f"/api/workflows/{saved['id']}/webhooks", json={"name": "x"})).json()
-                answer = await deliver(client, hook, {"who": "x"})
-                assert answer.status_code == 503, answer.text
-                assert answer.json()["service"] == "prefect" and answer.headers["retry-after"] == "5"
+    async with api_without_prefect(settings, f"{KEY}-solo") as client:
+        saved = (await client.post("/api/workflows", json={"canvas": hello()})).json()
+        hook = (await client.post(f"/api/workflows/{saved['id']}/webhooks", json={"name": "x"})).json()
+        answer = await deliver(client, hook, {"who": "x"})
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["service"] == "prefect" and answer.headers["retry-after"] == "5"

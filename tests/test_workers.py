@@ -10,29 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from functools import partial
 
 import httpx
 import pytest
 from prefect.client.orchestration import PrefectClient
 
-from tests.processes import (CountingServer, postgres_database, prefect_on_postgres, stack_env, start_serve,
-                             start_worker, wait_until)
+from tests.processes import postgres_database, stack_env, start_serve, start_worker, wait_until
+from tests.support import wait_final
+
+final = partial(wait_final, timeout=120)
 
 pytestmark = [pytest.mark.prefect, pytest.mark.workers]
 KEY = "worker-test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-
-
-@pytest.fixture(scope="module")
-def pg_prefect(tmp_path_factory):
-    with prefect_on_postgres(tmp_path_factory.mktemp("prefect-pg")) as info:
-        yield info
-
-
-@pytest.fixture(scope="module")
-def counting():
-    with CountingServer() as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
@@ -68,15 +59,6 @@ async def save(http: httpx.AsyncClient, raw: dict) -> dict:
     assert saved.status_code == 201, saved.text
     assert not [w for w in saved.json()["warnings"] if w["code"] == "deployment_pending"], saved.text
     return saved.json()
-
-
-async def final(http: httpx.AsyncClient, execution_id: str, timeout: float = 120) -> dict:
-    for _ in range(int(timeout / 0.25)):
-        body = (await http.get(f"/api/executions/{execution_id}")).json()
-        if body["status"] in ("completed", "failed", "cancelled"):
-            return body
-        await asyncio.sleep(0.25)
-    raise AssertionError(f"execution {execution_id} did not end: {body}")
 
 
 def greeting(name: str) -> dict:
