@@ -161,7 +161,7 @@ async def in_process(prefect: PrefectServer, canvas: dict[str, Any], *, count: i
                 first_sent = time.time()
                 results = await asyncio.gather(*(one() for _ in range(count)))
     finally:
-        await context.event_log.close()
+        await context.close()
     ok = [r for r in results if r[4]]
     started = [r for r in results if r[0]]
     ids = [r[0] for r in started]

@@ -94,7 +94,7 @@ async def run_with_progress(canvas: Any, inputs: dict[str, Any], ui_url: str, *,
     try:
         state = await workflow_flow(context)(canvas=canvas, inputs=inputs, return_state=True)
     finally:
-        await context.event_log.close()
+        await context.close()
     result = await state.result(raise_on_failure=False)
     if isinstance(result, dict):
         return result

@@ -278,7 +278,7 @@ async def worker_context(database_url: str) -> AsyncIterator[RunContext]:
     try:
         yield context
     finally:
-        await context.event_log.close()
+        await context.close()
         await store.close()
 
 

@@ -11,6 +11,7 @@ import asyncio
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 from builder.plan import PlanNode, RetryPolicy
@@ -31,6 +32,10 @@ class NodeCall:
     task_run_name: str
     attempts: int = 0
     task_run_id: str | None = None
+    upstream_task_runs: tuple[str, ...] = ()
+    """Task runs of the nodes whose edges fired into this one (the Prefect run graph's edges)."""
+    parent_task_run: str | None = None
+    """Task run of the container this node runs in."""
 
     async def invoke(self, attempt: int) -> Completed:
         self.attempts = attempt
@@ -66,13 +71,35 @@ def retry_delay(exc: BaseException, policy: RetryPolicy, attempt: int) -> float:
     return max(0.0, delay)
 
 
+@dataclass(frozen=True)
+class NodeRecord:
+    """A node execution that ran without the runner (inline nodes, containers, a node that
+    failed before running), to show where the runner shows its runs."""
+
+    node: PlanNode
+    path: tuple[int, ...]
+    name: str
+    task_run_id: str
+    started: datetime
+    ended: datetime | None
+    """None: it has started and goes on (a container, a delay)."""
+    error: BaseException | None = None
+    upstream: tuple[str, ...] = ()
+    parent: str | None = None
+    attempts: int = 1
+
+
 class NodeRunner(Protocol):
+    recording: bool
+    """Whether ``record`` and ``log`` show anything (so task run ids are worth making)."""
+
     async def run(self, call: NodeCall) -> CallResult: ...
 
-    def record(self, node: PlanNode, path: tuple[int, ...], name: str, error: BaseException | None,
-               started: Any, ended: Any) -> str | None:
-        """Make a node that ran without the runner (inline control nodes, containers, a
-        node that failed before running) visible where the runner shows its runs."""
+    def record(self, entry: NodeRecord) -> None:
+        """Show ``entry`` where the runner shows its runs (Prefect: as a task run)."""
+
+    def log(self, line: str, *, task_run_id: str | None, failed: bool) -> None:
+        """A line about a node execution that ended, where the runner keeps logs."""
 
 
 class DirectRunner:
@@ -102,6 +129,10 @@ class DirectRunner:
                 call.on_retry(attempt, exc, delay)
                 await asyncio.sleep(delay)
 
-    def record(self, node: PlanNode, path: tuple[int, ...], name: str, error: BaseException | None,
-               started: Any, ended: Any) -> str | None:
-        return None
+    recording = False
+
+    def record(self, entry: NodeRecord) -> None:
+        pass
+
+    def log(self, line: str, *, task_run_id: str | None, failed: bool) -> None:
+        pass

@@ -17,6 +17,7 @@ import functools
 import hashlib
 import json
 import logging
+import uuid
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -24,11 +25,12 @@ from pydantic import ValidationError
 
 from builder.plan import TOP, Plan, PlanNode
 from builder.templates import EnvNamespace, TemplateRenderError, render_value
-from flows.calls import DirectRunner, NodeCall, NodeRunner
+from flows.calls import DirectRunner, NodeCall, NodeRecord, NodeRunner
 from flows.containers import run_container
 from flows.events import EventBus, utcnow
 from flows.frames import Frame
 from flows.journal import RunJournal
+from flows.node_logs import node_log_line
 from flows.records import NodeRun, RunRecord
 from flows.scheduler import NodeOutcome, ScopeResult, ScopeRun, error_info
 from node_handlers.base import SOURCE, Completed, NodeContext, NodeError, NodeHandler
@@ -219,7 +221,7 @@ class Execution:
         self.bus.publish("node:started", node_id=node.id, path=frame.path, type=node.type, label=node.label)
         try:
             if node.container:
-                outcome = await self.execute_container(node, frame, run)
+                outcome = await self.execute_container(node, frame, run, upstream)
             else:
                 outcome = await self.execute_leaf(node, frame, run, upstream)
         except asyncio.CancelledError:
@@ -238,21 +240,43 @@ class Execution:
         self.bus.publish(event, node_id=node.id, path=frame.path, status=outcome.status,
                          output=outcome.output if outcome.status != "failed" else None, error=outcome.error,
                          attempts=run.attempts, handles=sorted(outcome.handles), **extra)
+        if run.task_run_id is not None:
+            frame.task_runs[node.id] = run.task_run_id
+        if self.runner.recording:
+            line = node_log_line(node, task_run_name(node, frame), run, outcome, redact=self.journal.redact)
+            self.runner.log(line, task_run_id=run.task_run_id, failed=outcome.status == "failed")
         return outcome
 
-    async def execute_container(self, node: PlanNode, frame: Frame, run: NodeRun) -> NodeOutcome:
+    def _record(self, node: PlanNode, frame: Frame, run: NodeRun, upstream: Mapping[str, Any], *,
+                ended: Any = None, error: BaseException | None = None) -> None:
+        """Show a node execution that runs without the runner (``ended`` None: it has started
+        and goes on); its task run id is made the first time."""
+        if not self.runner.recording:
+            return
+        if run.task_run_id is None:
+            run.task_run_id = str(uuid.uuid4())
+        assert run.started_at is not None
+        self.runner.record(NodeRecord(
+            node=node, path=frame.path, name=task_run_name(node, frame), task_run_id=run.task_run_id,
+            started=run.started_at, ended=ended, error=error, attempts=max(run.attempts, 1),
+            upstream=_upstream_task_runs(frame, upstream), parent=frame.container_task_run))
+
+    async def execute_container(self, node: PlanNode, frame: Frame, run: NodeRun,
+                                upstream: Mapping[str, Any]) -> NodeOutcome:
         """A loop or parallel: its configuration resolved here, its bodies run by
         ``flows.containers`` through ``run_scope``. Its ``source`` edges fire when it
         completes, its ``error`` edges when it fails."""
         handler = self.registry.handler(node.type)
+        self._record(node, frame, run, upstream)  # running: the bodies' task runs are inside it
+        if run.task_run_id is not None:
+            frame.task_runs[node.id] = run.task_run_id
         try:
             config = self.resolve_config(node, handler, frame, skip_keys=handler.own_scope_keys)
             outcome = NodeOutcome("completed", await run_container(self, node, frame, config), SOURCE)
         except NodeError as exc:
             outcome = NodeOutcome("failed", error=error_info(exc, node.id, 1))
         failure = None if outcome.error is None else NodeError(outcome.error["message"])
-        run.task_run_id = self.runner.record(node, frame.path, task_run_name(node, frame), failure,
-                                             run.started_at, utcnow())
+        self._record(node, frame, run, upstream, ended=utcnow(), error=failure)
         return outcome
 
     async def execute_leaf(self, node: PlanNode, frame: Frame, run: NodeRun, upstream: Mapping[str, Any]) -> NodeOutcome:
@@ -261,8 +285,7 @@ class Execution:
             config = self.resolve_config(node, handler, frame)
         except NodeError as exc:
             run.attempts = 1
-            run.task_run_id = self.runner.record(node, frame.path, task_run_name(node, frame), exc,
-                                                 run.started_at, utcnow())
+            self._record(node, frame, run, upstream, ended=utcnow(), error=exc)
             return NodeOutcome("failed", error=error_info(exc, node.id, 1))
         key = cache_key(node, config, upstream if handler.reads_upstream else None)
         restored = self.journal.restore(node.id, frame.path, key) if node.replay else None
@@ -274,8 +297,8 @@ class Execution:
         if outcome.succeeded:
             completed = Completed(output=outcome.output, handles=outcome.handles,
                                   variables=outcome.variables, usage=outcome.usage)
-            # Pure control nodes are computed again if lost; anything else is written before
-            # the run moves on, so it is never repeated.
+            # Inline nodes (no side effects) are computed again if lost; anything else is
+            # written before the run moves on, so it is never repeated.
             await self.journal.completed(node.id, frame.path, key, completed, run.attempts,
                                          durable=not (inline or handler.control))
         else:
@@ -307,14 +330,16 @@ class Execution:
         first_started = await self.journal.started(node.id, frame.path, key) if handler.resumes_waiting else None
         call = self._call(node, frame, handler, config, upstream, run, first_started)
         if inline:
+            if handler.resumes_waiting:  # it waits: show it running meanwhile
+                self._record(node, frame, run, upstream)
             result = await self.inline.run(call)
-            call.task_run_id = self.runner.record(node, frame.path, call.task_run_name, result.error,
-                                                  run.started_at, utcnow())
+            run.attempts = result.attempts
+            self._record(node, frame, run, upstream, ended=utcnow(), error=result.error)
         else:
             async with self.slots:
                 result = await self.runner.run(call)
+            run.task_run_id = call.task_run_id
         run.attempts = result.attempts
-        run.task_run_id = call.task_run_id
         if result.completed is None:
             return NodeOutcome("failed", error=error_info(result.error, node.id, result.attempts))
         outcome = self._completed(node, result.completed)
@@ -356,7 +381,7 @@ class Execution:
                             error_type="ConfigError") from exc
 
     def _runs_inline(self, node: PlanNode, handler: NodeHandler) -> bool:
-        return (self.inline_control and handler.control and node.retry.max_attempts == 1
+        return (self.inline_control and handler.inline_safe and node.retry.max_attempts == 1
                 and not node.cache.enabled and node.timeout_s is None)
 
     def _call(self, node: PlanNode, frame: Frame, handler: NodeHandler, config: Any,
@@ -379,12 +404,19 @@ class Execution:
         if config is not None and node.cache.enabled:
             key = cache_key(node, config, upstream if handler.reads_upstream else None)
         return NodeCall(node=node, path=path, handler=handler, config=config, make_context=make_context,
-                        cache_key=key, on_retry=on_retry, task_run_name=task_run_name(node, frame))
+                        cache_key=key, on_retry=on_retry, task_run_name=task_run_name(node, frame),
+                        upstream_task_runs=_upstream_task_runs(frame, upstream),
+                        parent_task_run=frame.container_task_run)
 
 
 def task_run_name(node: PlanNode, frame: Frame) -> str:
     """``summarize [2/10]`` inside a loop, ``fetch [branch 3]`` inside a parallel."""
     return f"{node.label} [{' / '.join(frame.labels)}]" if frame.labels else node.label
+
+
+def _upstream_task_runs(frame: Frame, upstream: Mapping[str, Any]) -> tuple[str, ...]:
+    """Task runs of the nodes whose edges fired into a node (``upstream``'s keys)."""
+    return tuple(frame.task_runs[source] for source in upstream if source in frame.task_runs)
 
 
 async def _cancel_all(running: Mapping[asyncio.Task[Any], str]) -> None:

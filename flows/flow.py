@@ -17,8 +17,9 @@ A run gets everything it uses from its ``RunContext`` (flows/run_context.py). Tw
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from prefect import Flow, flow, get_run_logger
@@ -92,7 +93,7 @@ async def run_workflow(canvas: dict[str, Any] | None = None, inputs: dict[str, A
         return await _run_in_flow(context, workflow_flow(context), canvas, inputs, workflow_id, version, owner,
                                   trigger, depth, journal)
     finally:
-        await context.event_log.close()
+        await context.close()
 
 
 async def _run_in_flow(context: RunContext, child_flow: ChildFlow, canvas: dict[str, Any] | None,
@@ -113,7 +114,10 @@ async def _run_in_flow(context: RunContext, child_flow: ChildFlow, canvas: dict[
     # sees the run end reads its result.
     writer = EventLogWriter(context.event_log, hold_final=saved)
     writer.attach(bus)
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(writer.close)
+        # Closed first: what it has not sent yet goes before the run ends.
+        recorder = await stack.enter_async_context(_recorder(context))
         if saved:
             assert context.store is not None and workflow_id is not None and owner is not None
             try:
@@ -140,15 +144,27 @@ async def _run_in_flow(context: RunContext, child_flow: ChildFlow, canvas: dict[
         journal = await RunJournal.open(journal_id or run_id, context.store if saved else None,
                                         workflow_id=workflow_id, owner=owner,
                                         secrets=[os.environ.get(n, "") for n in context.settings.env_allowlist])
-        outcome = await _run(context, canvas or {}, inputs, workflow_id, version, run_id, bus, subworkflows,
-                             journal)
+        outcome, record = await _run(context, canvas or {}, inputs, workflow_id, version, run_id, bus,
+                                     subworkflows, journal, recorder)
         if saved:
             assert context.store is not None
             await context.store.ended(run_id, _result_of(outcome))
             writer.release_final()
+        if record is not None:  # after the result is out: the run's followers need not wait for it
+            await _summary_artifact(record, context.settings.api_url)
         return outcome
-    finally:
-        await writer.close()
+
+
+@contextlib.asynccontextmanager
+async def _recorder(context: RunContext) -> AsyncIterator[prefect_compat.TaskRunRecorder | None]:
+    """Where inline nodes are recorded as task runs and node log lines go. None outside a
+    flow run, and when the installed Prefect is not one inline recording was tested on
+    (control nodes then run as normal task runs, containers are not recorded)."""
+    if not prefect_compat.inline_recording_supported():
+        yield None
+        return
+    async with prefect_compat.task_run_recorder(context.task_run_sender, logs=context.settings.node_logs) as recorder:
+        yield recorder
 
 
 async def _crashes(run_id: str) -> int:
@@ -191,24 +207,24 @@ def _result_of(outcome: Any) -> dict[str, Any]:
 
 async def _run(context: RunContext, canvas: dict[str, Any], inputs: dict[str, Any] | None,
                workflow_id: str | None, version: int | None, run_id: str, bus: EventBus,
-               subworkflows: PrefectSubworkflows, journal: RunJournal) -> Any:
+               subworkflows: PrefectSubworkflows, journal: RunJournal,
+               recorder: prefect_compat.TaskRunRecorder | None) -> tuple[Any, RunRecord | None]:
+    """The run's outcome (its result, or a final state carrying it) and record (None when
+    it was refused before anything ran)."""
     registry = context.registry
     compiled = compile_canvas(canvas, registry)
     name = canvas.get("name", "workflow") if isinstance(canvas, dict) else "workflow"
     if not compiled.ok:
         issues = [issue.to_dict() for issue in compiled.errors]
-        return _refused(bus, name, "invalid canvas", issues)
+        return _refused(bus, name, "invalid canvas", issues), None
     plan = compiled.plan
     assert plan is not None
     try:
         resolved_inputs = validate_inputs(plan.inputs, inputs or {})
     except InputsInvalid as exc:
-        return _refused(bus, name, "invalid inputs", [issue.to_dict() for issue in exc.issues])
+        return _refused(bus, name, "invalid inputs", [issue.to_dict() for issue in exc.issues]), None
 
     settings = context.settings
-    # Off when the installed Prefect is not one inline recording was tested on: control
-    # nodes then run as normal task runs, and containers are not recorded.
-    record_inline = prefect_compat.inline_recording_supported()
     # A worker lets go of a run of a deployment that waits long for a person (the run
     # replays from its journal when answered); other runs have nobody to replay them.
     flow_context = FlowRunContext.get()
@@ -216,24 +232,23 @@ async def _run(context: RunContext, canvas: dict[str, Any], inputs: dict[str, An
         and flow_context.flow_run.deployment_id is not None
     approvals = PrefectApprovals(run_id, hold_s=settings.approval_hold_s if releasable else None)
     execution = Execution(plan, registry, run_id=run_id, inputs=resolved_inputs,
-                          runner=PrefectRunner(record_inline=record_inline, cached=context.cached_task), bus=bus, env=os.environ,
-                          env_allowlist=settings.env_allowlist, workflow_id=workflow_id, version=version,
-                          inline_control=settings.inline_control_nodes and record_inline,
+                          runner=PrefectRunner(recorder=recorder, cached=context.cached_task), bus=bus,
+                          env=os.environ, env_allowlist=settings.env_allowlist, workflow_id=workflow_id,
+                          version=version, inline_control=settings.inline_control_nodes and recorder is not None,
                           approvals=approvals, subworkflows=subworkflows, journal=journal)
     approvals.busy = execution.leaf_running
     try:
         record = await _run_watching_cancellation(execution, run_id, settings.cancel_poll_s, context.cancellations)
     finally:
         await journal.flush()
-    await _summary_artifact(record)
     result = record.result()
     if record.status == "completed":
-        return result
+        return result, record
     message = (record.error or {}).get("message") or record.status
     get_run_logger().error("run %s: %s", record.status, message)
     if record.status == "cancelled":
-        return Cancelled(message=message, data=result)
-    return Failed(message=message, data=result)
+        return Cancelled(message=message, data=result), record
+    return Failed(message=message, data=result), record
 
 
 def _refused(bus: EventBus, name: str, what: str, issues: list[dict[str, Any]]) -> Any:
@@ -289,7 +304,9 @@ async def _run_watching_cancellation(execution: Execution, run_id: str, poll_s: 
             signals.forget(run_id)
 
 
-async def _summary_artifact(record: RunRecord) -> None:
+async def _summary_artifact(record: RunRecord, api_url: str) -> None:
+    """A markdown artifact of the run (the Prefect UI's Artifacts tab), linking back to the
+    run in FlowMaestro for runs of saved workflows (the API knows only those)."""
     rows = ["| node | path | status | attempts | duration | cached |", "|---|---|---|---|---|---|"]
     for run in record.trace[:500]:
         path = "/".join(map(str, run.path)) or "-"
@@ -305,6 +322,10 @@ async def _summary_artifact(record: RunRecord) -> None:
         header += f" — {record.error.get('message')}"
     if skipped:
         header += f"\n\nNot run: {', '.join(skipped)}"
+    if record.workflow_id is not None:
+        base = api_url.rstrip("/")
+        header += (f"\n\n[Run page]({base}/ui/executions/{record.id}) · "
+                   f"[API: GET /api/executions/{record.id}]({base}/api/executions/{record.id})")
     try:
         await acreate_markdown_artifact(markdown=header + "\n\n" + "\n".join(rows), key="flowmaestro-summary",
                                         description=f"FlowMaestro summary of {record.workflow}")

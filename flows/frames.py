@@ -28,6 +28,14 @@ class Frame:
     scope's ``flows.scheduler.ScopeRun``."""
     labels: tuple[str, ...] = ()
     """How each index of ``path`` reads to a person: ``2/10`` or ``branch 3``."""
+    task_runs: dict[str, str] = field(default_factory=dict)
+    """Task run ids of this scope's nodes (where the runner shows them), for the edges of
+    the Prefect run graph: a container's from its start, a node's once it has one."""
+
+    @property
+    def container_task_run(self) -> str | None:
+        """The task run of the container execution this frame is a body of."""
+        return self.parent.task_runs.get(self.scope_id) if self.parent is not None else None
 
     def child(self, scope_id: ScopeId, index: int, label: str, *, loop: dict[str, Any] | None = None,
               parallel: dict[str, Any] | None = None) -> Frame:

@@ -114,7 +114,7 @@ class RunJournal:
                      config: Mapping[str, Any] | None, *, dead_letter: bool) -> None:
         """A node execution that failed after its last attempt; a dead letter when no error
         edge caught it. Kept with its configuration, secrets redacted."""
-        outcome = {"error": self._redact(dict(error)), "config": self._redact(dict(config or {}))}
+        outcome = {"error": self.redact(dict(error)), "config": self.redact(dict(config or {}))}
         await self._write(NodeOutcome(node_id, path, key, "failed", outcome, attempts, dead_letter=dead_letter,
                                       ended_at=utcnow()), False)
 
@@ -151,13 +151,14 @@ class RunJournal:
                 if any(e is entry for e in self._buffer):
                     await self._flush()
 
-    def _redact(self, value: Any, field: str = "") -> Any:
+    def redact(self, value: Any, field: str = "") -> Any:
+        """``value`` with secret fields and the run's secret values replaced."""
         if SECRET_FIELD.search(field) and value not in (None, "", {}, []):
             return REDACTED
         if isinstance(value, dict):
-            return {k: self._redact(v, str(k)) for k, v in value.items()}
+            return {k: self.redact(v, str(k)) for k, v in value.items()}
         if isinstance(value, list):
-            return [self._redact(v, field) for v in value]
+            return [self.redact(v, field) for v in value]
         if isinstance(value, str):
             for secret in self.secrets:
                 value = value.replace(secret, REDACTED)

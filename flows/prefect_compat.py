@@ -14,21 +14,24 @@ with one warning: control nodes then run as normal task runs.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 import uuid
-from collections.abc import Iterable
-from datetime import datetime, timedelta
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from datetime import datetime, timezone
 from typing import Any
 
 import prefect
 from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
-from prefect.client.schemas.objects import FlowRun, StateType, TaskRun, TaskRunPolicy
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import FlowRun, StateType, TaskRunResult
 from prefect.context import FlowRunContext, TaskRunContext
+from prefect.events.related import related_resources_from_run_context
 from prefect.flow_engine import run_flow_async
-from prefect.states import Cancelled, Cancelling, Completed, Failed, Pending, Running, Scheduled, State
-from prefect.utilities.engine import emit_task_run_state_change_event
+from prefect.states import Cancelled, Cancelling, Running, Scheduled, State
 
 log = logging.getLogger("flowmaestro.prefect")
 
@@ -57,46 +60,188 @@ def inline_recording_supported() -> bool:
 # --- task runs -----------------------------------------------------------------------------------
 
 
-def record_task_run(*, name: str, task_key: str, dynamic_key: str, tags: Iterable[str], error: BaseException | None,
-                    started: datetime | None, ended: datetime | None) -> str | None:
-    """Record work done outside Prefect's task engine as a task run of the current flow run:
-    Pending, Running, then Completed (or Failed when ``error``). Prefect's task engine reports
-    task runs to the server only as these state-change events (``emit_task_run_state_change_event``),
-    and the server's recorder builds the task run from them; emitting the same events costs a
-    fraction of a real task run. Returns the task run id, or None outside a flow run."""
+class TaskRunSender:
+    """Sends task-run events and log lines to Prefect in batches (its public ``POST /events``
+    and ``POST /logs/``), from a background task: the runs that record pay a dict per node,
+    not a message. One per process, shared by its runs (a worker), or one per run; ``close``
+    sends what is left. Until then a run's task runs may appear in Prefect after the run has
+    ended, as they do behind Prefect's own recorder."""
+
+    BATCH = 500
+
+    def __init__(self) -> None:
+        self._events: list[dict[str, Any]] = []
+        self._logs: list[dict[str, Any]] = []
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._sender: asyncio.Task[None] | None = None
+        self.sent = 0
+        self.lost = 0
+        """Events or log lines Prefect refused or could not be reached for (each logged)."""
+
+    def add_event(self, event: dict[str, Any]) -> None:
+        self._add(self._events, event)
+
+    def add_log(self, line: dict[str, Any]) -> None:
+        self._add(self._logs, line)
+
+    def _add(self, buffer: list[dict[str, Any]], item: dict[str, Any]) -> None:
+        buffer.append(item)
+        if self._sender is None:
+            # A context of its own: a task started inside a flow run would otherwise keep
+            # using that run's Prefect client, closed when the run ends.
+            self._sender = asyncio.create_task(self._send_forever(), context=contextvars.Context())
+        if len(buffer) >= self.BATCH:
+            self._wake.set()
+
+    async def _send_forever(self) -> None:
+        async with get_client() as client:
+            while True:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=0.5)
+                except TimeoutError:
+                    pass
+                self._wake.clear()
+                while self._events or self._logs:
+                    if self._events:
+                        batch, self._events = self._events[:self.BATCH], self._events[self.BATCH:]
+                        await self._post(client, "/events", batch)
+                    if self._logs:
+                        batch, self._logs = self._logs[:self.BATCH], self._logs[self.BATCH:]
+                        await self._post(client, "/logs/", batch)
+                if self._closing:
+                    return
+
+    async def _post(self, client: Any, route: Any, batch: list[dict[str, Any]]) -> None:
+        for attempt in range(5):  # a busy or restarting server: try again for ~15 s
+            try:
+                await client.request("POST", route, json=batch)
+                self.sent += len(batch)
+                return
+            except Exception as exc:
+                if attempt == 4:
+                    self.lost += len(batch)
+                    log.warning("Prefect did not take %d task-run records (POST %s): %s", len(batch), route, exc)
+                    return
+                await asyncio.sleep(2**attempt)
+
+    async def close(self, timeout_s: float = 120.0) -> None:
+        """Send what is left (waiting at most ``timeout_s``), then stop."""
+        self._closing = True
+        if self._sender is None:
+            return
+        self._wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._sender), timeout=timeout_s)
+        except TimeoutError:
+            self._sender.cancel()
+            log.warning("gave up sending %d task-run records to Prefect after %g s",
+                        len(self._events) + len(self._logs), timeout_s)
+
+
+class TaskRunRecorder:
+    """Records work done outside Prefect's task engine as task runs of one flow run, and
+    node log lines in the flow run's logs.
+
+    Prefect's task engine reports a task run as three state-change events (Pending, Running,
+    then a final state), each a pydantic ``Event`` sent on its own over a websocket; the
+    server's recorder builds the task run from them. Here a node that has ended is one event
+    carrying its final state (the recorder accepts a task run first seen in a final state),
+    built as a plain dict and sent in a batch by a ``TaskRunSender``. A node that goes on
+    for a while (a container, a delay) also reports Running when it starts, so the Prefect
+    UI shows it meanwhile. Build it with ``task_run_recorder()`` inside a flow run."""
+
+    def __init__(self, sender: TaskRunSender, flow_run_id: uuid.UUID, related: list[dict[str, str]], *,
+                 logs: bool = True) -> None:
+        self._sender = sender
+        self._flow_run_id = str(flow_run_id)
+        self._related = related
+        self._logs_on = logs
+
+    def record(self, *, task_run_id: str, name: str, task_key: str, dynamic_key: str, tags: Iterable[str],
+               started: datetime, ended: datetime | None, error: BaseException | None = None,
+               upstream: Iterable[str] = (), parent: str | None = None, attempts: int = 1) -> None:
+        """Report the task run ``task_run_id``: ended (Completed, or Failed with ``error``), or
+        Running when ``ended`` is None. ``upstream``: task runs whose results it used (the
+        Prefect UI's run graph draws them as edges); ``parent``: the task run it ran inside."""
+        if ended is None:
+            state_type, state_name, message, at = "RUNNING", "Running", "", started
+        elif error is None:
+            state_type, state_name, message, at = "COMPLETED", "Completed", "", max(ended, started)
+        else:
+            state_type, state_name, message, at = "FAILED", "Failed", str(error)[:10_000], max(ended, started)
+        tags = sorted(tags)
+        inputs: dict[str, list[dict[str, str]]] = {"upstream": [{"input_type": "task_run", "id": i} for i in upstream]}
+        if parent:
+            inputs["__parents__"] = [{"input_type": "task_run", "id": parent}]
+        start_iso, at_iso = started.isoformat(), at.isoformat()
+        task_run: dict[str, Any] = {
+            "name": name, "task_key": task_key, "dynamic_key": f"{dynamic_key}-{task_run_id[:8]}",
+            "empirical_policy": {}, "tags": tags, "task_inputs": inputs, "run_count": attempts,
+            "expected_start_time": start_iso, "start_time": start_iso, "state_details": {}}
+        if ended is not None:
+            task_run["end_time"] = at_iso
+            task_run["total_run_time"] = (at - started).total_seconds()
+        self._sender.add_event({
+            "id": str(uuid.uuid4()), "occurred": at_iso, "event": f"prefect.task-run.{state_name}",
+            "resource": {"prefect.resource.id": f"prefect.task-run.{task_run_id}", "prefect.resource.name": name,
+                         "prefect.run-count": str(attempts), "prefect.state-message": message,
+                         "prefect.state-name": state_name, "prefect.state-timestamp": at_iso,
+                         "prefect.state-type": state_type, "prefect.orchestration": "client"},
+            "related": self._related + [{"prefect.resource.id": f"prefect.tag.{tag}", "prefect.resource.role": "tag"}
+                                        for tag in tags],
+            "payload": {"intended": {"from": None, "to": state_type}, "initial_state": None,
+                        "validated_state": {"type": state_type, "name": state_name, "message": message,
+                                            "state_details": {}, "data": None},
+                        "task_run": task_run},
+        })
+
+    def log(self, message: str, *, task_run_id: str | None, level: int = logging.INFO,
+            at: datetime | None = None) -> None:
+        """A line in the flow run's Prefect logs (attached to ``task_run_id``'s task run)."""
+        if self._logs_on:
+            self._sender.add_log({"name": "flowmaestro.node", "level": level, "message": message,
+                                  "timestamp": (at or datetime.now(timezone.utc)).isoformat(),
+                                  "flow_run_id": self._flow_run_id, "task_run_id": task_run_id})
+
+
+@asynccontextmanager
+async def task_run_recorder(sender: TaskRunSender | None = None, *,
+                            logs: bool = True) -> AsyncIterator[TaskRunRecorder | None]:
+    """A ``TaskRunRecorder`` for the current flow run (None outside one). Without a
+    ``sender`` (the process's), it has one of its own, which sends everything before the
+    context exits."""
     flow_context = FlowRunContext.get()
     if flow_context is None or flow_context.flow_run is None:
-        return None
-    flow_run_id = flow_context.flow_run.id
-    task_run_id = uuid.uuid4()
-    pending = Pending()
-    pending.timestamp = started or pending.timestamp
-    run = TaskRun(
-        id=task_run_id, name=name, flow_run_id=flow_run_id, task_key=task_key,
-        dynamic_key=f"{dynamic_key}-{task_run_id.hex[:8]}", empirical_policy=TaskRunPolicy(), tags=list(tags),
-        task_inputs={}, expected_start_time=pending.timestamp, state=pending, state_type=pending.type,
-        state_name=pending.name, created=pending.timestamp,
-    )
-    # Each state strictly after the one before, as the task engine does (the server orders by time).
-    running = Running()
-    running.timestamp = pending.timestamp + timedelta(microseconds=1)
-    final = Completed() if error is None else Failed(message=str(error))
-    final.timestamp = max(ended or final.timestamp, running.timestamp + timedelta(microseconds=1))
-    previous = pending
-    last_event = emit_task_run_state_change_event(task_run=run, initial_state=None, validated_state=pending)
-    for state in (running, final):
-        state.state_details.task_run_id = task_run_id
-        state.state_details.flow_run_id = flow_run_id
-        run.state, run.state_type, run.state_name = state, state.type, state.name
-        if state is running:
-            run.run_count, run.start_time = 1, state.timestamp
-        else:
-            run.end_time = state.timestamp
-            run.total_run_time = state.timestamp - running.timestamp
-        last_event = emit_task_run_state_change_event(task_run=run, initial_state=previous,
-                                                      validated_state=state, follows=last_event)
-        previous = state
-    return str(task_run_id)
+        yield None
+        return
+    own = sender is None
+    sender = sender or TaskRunSender()
+    async with get_client() as client:  # the flow run's own client
+        # The resources Prefect's own task-run events name (flow run, flow, deployment, work
+        # pool...), read once per run: the UI and automations find the events by them.
+        related = [r.model_dump(mode="json") for r in await related_resources_from_run_context(client)]
+    try:
+        yield TaskRunRecorder(sender, flow_context.flow_run.id, related, logs=logs)
+    finally:
+        if own:
+            await sender.close()
+
+
+def set_inputs_of_running_task_run(upstream: Iterable[str], parent: str | None) -> None:
+    """Name the task runs the task run executing now (inside a task's body) used, and the one
+    it ran inside, as Prefect's run graph reads them (``task_inputs``). Prefect derives them
+    from futures passed as arguments, which FlowMaestro does not use (the engine schedules);
+    the task engine's later state events carry the ``TaskRun`` object's inputs, and the
+    server records them, as for tags."""
+    context = TaskRunContext.get()
+    if context is None:
+        return
+    inputs = dict(context.task_run.task_inputs)
+    inputs["upstream"] = [TaskRunResult(id=uuid.UUID(i)) for i in upstream]
+    if parent:
+        inputs["__parents__"] = [TaskRunResult(id=uuid.UUID(parent))]
+    context.task_run.task_inputs = inputs
 
 
 def add_tags_to_running_task_run(tags: Iterable[str]) -> None:

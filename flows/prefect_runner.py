@@ -2,14 +2,17 @@
 
 Every node becomes a task run named after the node (``summarize [2/10]`` in a body),
 tagged ``node:<id>`` and ``type:<type>``, with the node's retry policy, timeout and
-cache key. Pure control nodes that ran inline are recorded as task runs too
-(``prefect_compat.record_task_run``), at a fraction of the cost of a full task run.
+cache key, and the task runs of its upstream nodes as inputs (the Prefect UI's run graph
+draws the canvas's edges from them). Nodes that ran inline are recorded as task runs too
+(``prefect_compat.TaskRunRecorder``), at a fraction of the cost of a full task run, and
+every node that ends writes a line to the flow run's logs.
 """
 
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta
+import logging
+from datetime import timedelta
 from typing import Any
 
 from prefect import Task, task
@@ -17,11 +20,12 @@ from prefect.cache_policies import NO_CACHE, CacheKeyFnPolicy
 from prefect.client.schemas.objects import TaskRun
 from prefect.context import TaskRunContext
 from prefect.locking.protocol import LockManager
+from prefect.utilities.annotations import quote
 
 from builder.plan import PlanNode
 from flows import prefect_compat
 from flows.cache_locks import FileCacheLocks, RedisCacheLocks
-from flows.calls import CallResult, NodeCall, retry_delay, should_retry
+from flows.calls import CallResult, NodeCall, NodeRecord, retry_delay, should_retry
 from flows.settings import EngineSettings
 from node_handlers.base import Completed, NodeError
 
@@ -40,6 +44,7 @@ async def _node_body(call: NodeCall) -> dict[str, Any]:
         # Not in the task's options: a tag set before the run starts costs a concurrency
         # slot lookup per tag, and ~0.65 s the first time for every new set.
         prefect_compat.add_tags_to_running_task_run(node_tags(call.node))
+        prefect_compat.set_inputs_of_running_task_run(call.upstream_task_runs, call.parent_task_run)
     try:
         completed = await call.invoke(attempt)
     except Exception as exc:
@@ -57,8 +62,19 @@ async def _node_body(call: NodeCall) -> dict[str, Any]:
             "variables": dict(completed.variables), "usage": dict(completed.usage or {})}
 
 
+def _call_of(parameters: dict[str, Any]) -> NodeCall:
+    call = parameters["call"]
+    return call.unwrap() if isinstance(call, quote) else call
+
+
 def _cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
-    return parameters["call"].cache_key
+    return _call_of(parameters).cache_key
+
+
+def _task_run_name(parameters: dict[str, Any]) -> str:
+    """A callable name: Prefect formats a string name with the parameters, which a label
+    with braces breaks, and a name per call would need a new task per call."""
+    return _call_of(parameters).task_run_name
 
 
 _plain_task = task(_node_body, name="node", cache_policy=NO_CACHE, persist_result=False)
@@ -91,13 +107,18 @@ def _retry_condition(node: PlanNode):
 class PrefectRunner:
     """A ``NodeRunner`` that runs calls as Prefect task runs of the current flow run."""
 
-    def __init__(self, *, record_inline: bool = True, cached: Task | None = None) -> None:
-        """``cached``: the task of nodes with caching on (``cached_task``); without one,
-        two runs may both execute a node they could share."""
+    def __init__(self, *, recorder: prefect_compat.TaskRunRecorder | None = None, cached: Task | None = None) -> None:
+        """``recorder``: where nodes that ran outside the task engine are recorded as task
+        runs, and node log lines go (nowhere without one). ``cached``: the task of nodes with
+        caching on (``cached_task``); without one, two runs may both execute a node they
+        could share."""
         self._tasks: dict[str, Task] = {}
         self._cached = cached or task(_node_body, name="node", cache_key_fn=_cache_key, persist_result=True)
-        self.record_inline = record_inline
-        """Whether nodes that ran outside the task engine are recorded as task runs."""
+        self.recorder = recorder
+
+    @property
+    def recording(self) -> bool:
+        return self.recorder is not None
 
     def _task_for(self, node: PlanNode) -> Task:
         found = self._tasks.get(node.id)
@@ -112,13 +133,15 @@ class PrefectRunner:
                 retry_condition_fn=_retry_condition(node),
                 timeout_seconds=node.timeout_s,
                 cache_expiration=timedelta(seconds=node.cache.ttl_s) if node.cache.ttl_s else None,
+                task_run_name=_task_run_name,
             )
             self._tasks[node.id] = found
         return found
 
     async def run(self, call: NodeCall) -> CallResult:
-        prefect_task = self._task_for(call.node).with_options(task_run_name=call.task_run_name)
-        state = await prefect_task(call, return_state=True)
+        # Quoted: Prefect would otherwise walk the call (configuration, handler, closures)
+        # looking for futures, on every call.
+        state = await self._task_for(call.node)(quote(call), return_state=True)
         if state.is_completed():
             value = await state.result()
             completed = Completed(output=value["output"], handles=frozenset(value["handles"]),
@@ -133,12 +156,16 @@ class PrefectRunner:
                               error_type="Timeout")
         return CallResult(None, error, max(call.attempts, 1))
 
-    def record(self, node: PlanNode, path: tuple[int, ...], name: str, error: BaseException | None,
-               started: datetime | None, ended: datetime | None) -> str | None:
-        """Record a node that ran outside Prefect's task engine as a task run: Pending,
-        Running, then Completed or Failed."""
-        if not self.record_inline:
-            return None
-        return prefect_compat.record_task_run(
-            name=name, task_key=f"{TASK_KEY}-{node.type}", dynamic_key=f"{node.id}-{'.'.join(map(str, path)) or 'top'}",
-            tags=node_tags(node) + ["inline"], error=error, started=started, ended=ended)
+    def record(self, entry: NodeRecord) -> None:
+        if self.recorder is None:
+            return
+        node = entry.node
+        self.recorder.record(task_run_id=entry.task_run_id, name=entry.name, task_key=f"{TASK_KEY}-{node.type}",
+                             dynamic_key=f"{node.id}-{'.'.join(map(str, entry.path)) or 'top'}",
+                             tags=node_tags(node) + ["inline"], started=entry.started, ended=entry.ended,
+                             error=entry.error, upstream=entry.upstream, parent=entry.parent,
+                             attempts=entry.attempts)
+
+    def log(self, line: str, *, task_run_id: str | None, failed: bool) -> None:
+        if self.recorder is not None:
+            self.recorder.log(line, task_run_id=task_run_id, level=logging.ERROR if failed else logging.INFO)

@@ -18,6 +18,7 @@ from prefect import Task
 from flows.event_log import EventLog, event_log_from_env
 from flows.events import EventBus
 from flows.journal import OutcomeStore
+from flows.prefect_compat import TaskRunSender
 from flows.prefect_runner import cache_lock_manager, cached_task
 from flows.settings import EngineSettings
 from flows.subworkflows import WorkflowResolver, canvas_file_resolver
@@ -97,6 +98,9 @@ class RunContext:
     """Cancellation requests delivered by the process (workers); None: each run polls."""
     cached_task: Task | None = field(default=None, compare=False)
     """The Prefect task of nodes with caching on, with this process's cache lock manager."""
+    task_run_sender: TaskRunSender | None = field(default=None, compare=False)
+    """Sends what runs record in Prefect (inline task runs, node logs) for all of them, after
+    they have ended if need be; None: each run sends its own before it ends."""
 
     @classmethod
     def from_environment(cls, *, listeners: tuple[RunListener, ...] = ()) -> RunContext:
@@ -105,4 +109,12 @@ class RunContext:
         as subworkflows."""
         settings = EngineSettings()
         return cls(registry=default_registry(), event_log=event_log_from_env(), settings=settings,
-                   listeners=listeners, cached_task=cached_task(cache_lock_manager(settings)))
+                   listeners=listeners, cached_task=cached_task(cache_lock_manager(settings)),
+                   task_run_sender=TaskRunSender())
+
+    async def close(self) -> None:
+        """Send what runs recorded in Prefect and close the event log: the builder of a
+        context calls it when the process is done with it."""
+        if self.task_run_sender is not None:
+            await self.task_run_sender.close()
+        await self.event_log.close()

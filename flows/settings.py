@@ -20,8 +20,13 @@ class EngineSettings(StoreSettings):
                              "it is taken by something else).")
     env_allowlist: Annotated[frozenset[str], NoDecode] = Field(frozenset(), description="Environment variables templates may read "
                                           "as env.NAME (comma-separated).")
-    inline_control_nodes: bool = Field(True, description="Run start/end/condition/merge/transform/set_variable "
-                                       "in-process and record them in Prefect by events, instead of full task runs.")
+    inline_control_nodes: bool = Field(True, description="Run control nodes (start/end/condition/merge/transform/"
+                                       "set_variable) and inline-safe ones (delay, plugins that say so) in the flow "
+                                       "run and record them in Prefect by events, instead of full task runs.")
+    node_logs: bool = Field(True, description="Every node that ends writes a line (status, duration, attempts, "
+                            "HTTP status, tokens and cost) to its flow run's Prefect logs.")
+    api_url: str = Field("http://127.0.0.1:8000", description="The FlowMaestro API as people reach it: the run "
+                         "summary in the Prefect UI links to the run there.")
     cancel_poll_s: float = Field(1.0, gt=0, description="How often a run checks whether it was cancelled.")
     max_subworkflow_depth: int = Field(10, ge=1, description="How deep sub-workflows may nest; a child deeper "
                                        "than this fails its subworkflow node.")

@@ -102,13 +102,22 @@ class NodeHandler:
     container: ClassVar[str | None] = None
     terminal: ClassVar[bool] = False
     control: ClassVar[bool] = False
-    """Pure, fast, side-effect free: the engine may run it inline instead of as a full
-    Prefect task run (it is still recorded in Prefect; see docs/engine.md)."""
+    """Pure, fast, side-effect free: computed again rather than journaled durably when a
+    run is executed again, and run inline (``inline_safe``)."""
+    inline: ClassVar[bool] = False
+    """No side effect (it computes or only waits), so it needs no retry, cache or task of its
+    own: the engine may run it inside the flow run instead of as a full Prefect task run,
+    recording it as a task run all the same (docs/engine.md). Control nodes always are;
+    a plugin sets this for a handler that only waits or computes."""
     resumes_waiting: ClassVar[bool] = False
     """It waits (a delay): the run's journal keeps when it first started, so a run executed
     again after a crash gives it ``NodeContext.first_started`` and it waits only what is left."""
     reads_upstream: ClassVar[bool] = False
     """The output depends on upstream outputs directly (merge), so they enter the cache key."""
+
+    @property
+    def inline_safe(self) -> bool:
+        return self.control or self.inline
 
     def handles(self, config: NodeConfig) -> frozenset[str]:
         return SOURCE_AND_ERROR

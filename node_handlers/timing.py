@@ -31,6 +31,7 @@ class DelayHandler(NodeHandler):
     Config = DelayConfig
     cacheable = False
     resumes_waiting = True
+    inline = True  # it only waits: no task run of its own needed
 
     def handles(self, config: NodeConfig) -> frozenset[str]:
         return SOURCE

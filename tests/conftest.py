@@ -73,7 +73,7 @@ async def run_context():
 
     context = RunContext.from_environment()
     yield context
-    await context.event_log.close()
+    await context.close()
 
 
 class InProcessWorkers:

@@ -97,34 +97,73 @@ async def test_outside_the_range_control_nodes_run_as_normal_task_runs():
 
 @pytest.mark.prefect
 @pytest.mark.usefixtures("prefect_server")
-async def test_a_recorded_task_run_appears_in_the_server_with_its_name_state_tags_and_times():
+async def test_recorded_task_runs_appear_in_the_server_with_names_states_tags_times_inputs_and_logs():
     started = datetime.now(timezone.utc) - timedelta(seconds=2)
     ended = started + timedelta(seconds=1)
+    ids = {name: str(uuid.uuid4()) for name in ("loop", "shape", "check")}
 
     @flow
-    async def recording() -> tuple[str | None, str | None]:
-        done = prefect_compat.record_task_run(name="shape [1/3]", task_key="flowmaestro-node-transform",
-                                              dynamic_key="shape-0", tags=["flowmaestro", "node:shape", "inline"],
-                                              error=None, started=started, ended=ended)
-        failed = prefect_compat.record_task_run(name="check", task_key="flowmaestro-node-condition",
-                                                dynamic_key="check-top", tags=["node:check"],
-                                                error=ValueError("no such field"), started=started, ended=ended)
-        return done, failed
+    async def recording() -> None:
+        async with prefect_compat.task_run_recorder() as recorder:
+            # a container reports Running when it starts, its final state when it ends
+            recorder.record(task_run_id=ids["loop"], name="loop", task_key="flowmaestro-node-loop",
+                            dynamic_key="loop-top", tags=["node:loop"], started=started, ended=None)
+            recorder.record(task_run_id=ids["shape"], name="shape [1/3]", task_key="flowmaestro-node-transform",
+                            dynamic_key="shape-0", tags=["flowmaestro", "node:shape", "inline"],
+                            started=started, ended=ended, parent=ids["loop"])
+            recorder.record(task_run_id=ids["check"], name="check {weird}", task_key="flowmaestro-node-condition",
+                            dynamic_key="check-0", tags=["node:check"], started=started, ended=ended,
+                            error=ValueError("no such field"), upstream=[ids["shape"]], parent=ids["loop"],
+                            attempts=2)
+            recorder.log("check failed", task_run_id=ids["check"], level=logging.ERROR)
+            recorder.record(task_run_id=ids["loop"], name="loop", task_key="flowmaestro-node-loop",
+                            dynamic_key="loop-top", tags=["node:loop"], started=started,
+                            ended=ended + timedelta(seconds=1))
 
-    assert prefect_compat.record_task_run(name="x", task_key="k", dynamic_key="d", tags=[], error=None,
-                                          started=None, ended=None) is None  # outside a flow run
+    async with prefect_compat.task_run_recorder() as outside:
+        assert outside is None  # outside a flow run
     state = await recording(return_state=True)
-    done_id, failed_id = await state.result()
-    runs = {str(r.id): r for r in await task_runs_of(str(state.state_details.flow_run_id), 2)}
-    assert set(runs) == {done_id, failed_id}
-    done, failed = runs[done_id], runs[failed_id]
-    assert done.name == "shape [1/3]" and done.state_type == StateType.COMPLETED
-    assert sorted(done.tags) == ["flowmaestro", "inline", "node:shape"]
-    assert done.task_key == "flowmaestro-node-transform" and done.run_count == 1
-    assert abs((done.start_time - started).total_seconds()) < 0.01
-    assert abs((done.end_time - ended).total_seconds()) < 0.01
-    assert failed.name == "check" and failed.state_type == StateType.FAILED and failed.tags == ["node:check"]
-    assert failed.state.message == "no such field"
+    flow_run_id = str(state.state_details.flow_run_id)
+    runs = {str(r.id): r for r in await task_runs_of(flow_run_id, 3)}
+    assert set(runs) == set(ids.values())
+    loop, shape, check = runs[ids["loop"]], runs[ids["shape"]], runs[ids["check"]]
+    assert loop.state_type == StateType.COMPLETED  # the final state won over the earlier Running
+    assert abs((loop.end_time - ended).total_seconds() - 1) < 0.01
+    assert shape.name == "shape [1/3]" and shape.state_type == StateType.COMPLETED
+    assert sorted(shape.tags) == ["flowmaestro", "inline", "node:shape"]
+    assert shape.task_key == "flowmaestro-node-transform" and shape.run_count == 1
+    assert abs((shape.start_time - started).total_seconds()) < 0.01
+    assert abs((shape.end_time - ended).total_seconds()) < 0.01
+    assert [str(i.id) for i in shape.task_inputs["__parents__"]] == [ids["loop"]]
+    assert check.name == "check {weird}" and check.state_type == StateType.FAILED and check.tags == ["node:check"]
+    assert check.state.message == "no such field" and check.run_count == 2
+    assert [str(i.id) for i in check.task_inputs["upstream"]] == [ids["shape"]]
+    async with get_client() as client:
+        logs = (await client.request("POST", "/logs/filter",
+                                     json={"logs": {"flow_run_id": {"any_": [flow_run_id]}}})).json()
+    [line] = [entry for entry in logs if entry["name"] == "flowmaestro.node"]
+    assert line["message"] == "check failed" and line["task_run_id"] == ids["check"]
+    assert line["level"] == logging.ERROR
+
+
+@pytest.mark.prefect
+@pytest.mark.usefixtures("prefect_server")
+async def test_inputs_set_on_a_running_task_run_are_recorded_by_the_server():
+    upstream = str(uuid.uuid4())
+
+    @task
+    async def work() -> int:
+        prefect_compat.set_inputs_of_running_task_run([upstream], parent=None)
+        return 1
+
+    @flow
+    async def linking() -> int:
+        return await work()
+
+    state = await linking(return_state=True)
+    [run] = await task_runs_of(str(state.state_details.flow_run_id), 1)
+    assert [str(i.id) for i in run.task_inputs["upstream"]] == [upstream]
+    assert "__parents__" not in run.task_inputs
 
 
 @pytest.mark.prefect
