@@ -65,7 +65,11 @@ class Execution:
                  env: Mapping[str, str] | None = None, env_allowlist: frozenset[str] = frozenset(),
                  workflow_id: str | None = None, version: int | None = None, inline_control: bool = True,
                  approvals: ApprovalGate | None = None, subworkflows: Any = None,
-                 journal: RunJournal | None = None):
+                 journal: RunJournal | None = None, max_task_runs: int = 10_000):
+        """``max_task_runs``: how many task runs the run shows in Prefect one by one; beyond
+        that, what ran inline in container bodies is shown as one summary task run per body
+        node and container execution (Prefect's run graph draws at most 10,000 nodes, and
+        its in-memory broker drops messages it cannot queue)."""
         self.plan = plan
         self.registry = registry
         self.inputs = dict(inputs)
@@ -85,6 +89,11 @@ class Execution:
         self.record = RunRecord(id=run_id, workflow=plan.name, workflow_id=workflow_id, version=version,
                                 plan_hash=plan.hash)
         self.run_info = {"id": run_id, "workflow_id": workflow_id, "workflow": plan.name, "started_at": None}
+        self.max_task_runs = max_task_runs
+        self.task_runs = 0
+        """Task runs made so far, recorded or by the runner."""
+        self._unrecorded: dict[tuple[str, tuple[int, ...]], dict[str, _Tally]] = {}
+        """Per container execution ``(node_id, path)``: body node executions not shown one by one."""
 
     # --- the run ---------------------------------------------------------------------------------
 
@@ -242,10 +251,15 @@ class Execution:
                          attempts=run.attempts, handles=sorted(outcome.handles), **extra)
         if run.task_run_id is not None:
             frame.task_runs[node.id] = run.task_run_id
-        if self.runner.recording:
+        if self.runner.recording and not (run.task_run_id is None and self._summarized(frame)):
             line = node_log_line(node, task_run_name(node, frame), run, outcome, redact=self.journal.redact)
             self.runner.log(line, task_run_id=run.task_run_id, failed=outcome.status == "failed")
         return outcome
+
+    def _summarized(self, frame: Frame) -> bool:
+        """Whether the node executions of ``frame`` are shown in summary only (the run has
+        made all the task runs it shows one by one); top-level nodes always are shown."""
+        return frame.scope_id != TOP and self.task_runs >= self.max_task_runs
 
     def _record(self, node: PlanNode, frame: Frame, run: NodeRun, upstream: Mapping[str, Any], *,
                 ended: Any = None, error: BaseException | None = None) -> None:
@@ -254,7 +268,13 @@ class Execution:
         if not self.runner.recording:
             return
         if run.task_run_id is None:
+            if self._summarized(frame):
+                if ended is not None:
+                    tallies = self._unrecorded.setdefault((frame.scope_id, frame.path[:-1]), {})
+                    tallies.setdefault(node.id, _Tally()).add(run, error)
+                return
             run.task_run_id = str(uuid.uuid4())
+            self.task_runs += 1
         assert run.started_at is not None
         self.runner.record(NodeRecord(
             node=node, path=frame.path, name=task_run_name(node, frame), task_run_id=run.task_run_id,
@@ -276,8 +296,31 @@ class Execution:
         except NodeError as exc:
             outcome = NodeOutcome("failed", error=error_info(exc, node.id, 1))
         failure = None if outcome.error is None else NodeError(outcome.error["message"])
+        self._record_summaries(node, frame, run)
         self._record(node, frame, run, upstream, ended=utcnow(), error=failure)
         return outcome
+
+    def _record_summaries(self, container: PlanNode, frame: Frame, run: NodeRun) -> None:
+        """One task run (and log line) per body node of a container execution for what its
+        bodies ran that was not shown one by one."""
+        tallies = self._unrecorded.pop((container.id, frame.path), {})
+        if run.task_run_id is None and frame.scope_id != TOP:
+            # The container execution is itself only counted: its bodies' nodes go to the
+            # summaries of the container around it.
+            outer = self._unrecorded.setdefault((frame.scope_id, frame.path[:-1]), {})
+            for node_id, tally in tallies.items():
+                outer.setdefault(node_id, _Tally()).merge(tally)
+            return
+        for node_id, tally in tallies.items():
+            node = self.plan.nodes[node_id]
+            name = f"{node.label} [{' / '.join(frame.labels + (f'{tally.count} more',))}]"
+            summary = f"{tally.count} executions not shown one by one: {tally.count - tally.failed} completed, " \
+                      f"{tally.failed} failed"
+            task_run_id = str(uuid.uuid4())
+            self.runner.record(NodeRecord(
+                node=node, path=frame.path, name=name, task_run_id=task_run_id, started=tally.started,
+                ended=tally.ended, error=NodeError(summary) if tally.failed else None, parent=run.task_run_id))
+            self.runner.log(f"{name} ({node.type}): {summary}", task_run_id=task_run_id, failed=tally.failed > 0)
 
     async def execute_leaf(self, node: PlanNode, frame: Frame, run: NodeRun, upstream: Mapping[str, Any]) -> NodeOutcome:
         handler = self.registry.handler(node.type)
@@ -339,6 +382,7 @@ class Execution:
             async with self.slots:
                 result = await self.runner.run(call)
             run.task_run_id = call.task_run_id
+            self.task_runs += 1
         run.attempts = result.attempts
         if result.completed is None:
             return NodeOutcome("failed", error=error_info(result.error, node.id, result.attempts))
@@ -412,6 +456,28 @@ class Execution:
 def task_run_name(node: PlanNode, frame: Frame) -> str:
     """``summarize [2/10]`` inside a loop, ``fetch [branch 3]`` inside a parallel."""
     return f"{node.label} [{' / '.join(frame.labels)}]" if frame.labels else node.label
+
+
+@dataclasses.dataclass
+class _Tally:
+    """Node executions counted instead of shown one by one."""
+
+    count: int = 0
+    failed: int = 0
+    started: Any = None
+    ended: Any = None
+
+    def add(self, run: NodeRun, error: BaseException | None) -> None:
+        self.count += 1
+        self.failed += error is not None
+        self.started = self.started or run.started_at
+        self.ended = utcnow()
+
+    def merge(self, other: _Tally) -> None:
+        self.count += other.count
+        self.failed += other.failed
+        self.started = self.started or other.started
+        self.ended = other.ended or self.ended
 
 
 def _upstream_task_runs(frame: Frame, upstream: Mapping[str, Any]) -> tuple[str, ...]:

@@ -23,6 +23,9 @@ class EngineSettings(StoreSettings):
     inline_control_nodes: bool = Field(True, description="Run control nodes (start/end/condition/merge/transform/"
                                        "set_variable) and inline-safe ones (delay, plugins that say so) in the flow "
                                        "run and record them in Prefect by events, instead of full task runs.")
+    max_task_runs: int = Field(10_000, ge=0, description="How many task runs a run shows in Prefect one by one; "
+                               "beyond that, container bodies' inline nodes are shown as one summary task run per "
+                               "body node and container execution (Prefect's run graph draws at most 10,000).")
     node_logs: bool = Field(True, description="Every node that ends writes a line (status, duration, attempts, "
                             "HTTP status, tokens and cost) to its flow run's Prefect logs.")
     api_url: str = Field("http://127.0.0.1:8000", description="The FlowMaestro API as people reach it: the run "
