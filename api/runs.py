@@ -160,7 +160,7 @@ class RunService:
             result = await self._final_from_prefect(row, status, state)
             await self.executions.record_result(run_id, result.model_dump())
             return result
-        approvals = await self._call("read approvals", lambda: pending_approvals(run_id)) \
+        approvals = await self._call("read approvals", lambda: pending_approvals(run_id, self.prefect)) \
             if status in ("paused", "running") else []
         return RunResult(id=run_id, workflow=row.workflow_name, workflow_id=row.workflow_id, version=row.version,
                          status=status, nodes=await self._live_nodes(run_id), trigger=row.trigger,
@@ -263,7 +263,8 @@ class RunService:
                      values: dict[str, Any]) -> dict[str, str]:
         await self.executions.get(owner, run_id)
         answer = await self._call("answer the approval",
-                                  lambda: resume_approval(run_id, node_id, path, values, decided_by=owner))
+                                  lambda: resume_approval(run_id, node_id, path, values, decided_by=owner,
+                                                          client=self.prefect))
         if answer.status == "refused":
             raise Invalid(answer.message, [{"code": "refused", **i} for i in answer.issues])
         if answer.status == "not_waiting":

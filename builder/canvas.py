@@ -7,7 +7,7 @@ in the compiler, because only the catalog knows which node types exist.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -17,6 +17,7 @@ RetryClass = Literal["timeout", "connection", "5xx", "429", "error"]
 """What a retry policy can retry: timeouts, connection errors, HTTP 5xx, HTTP 429, and
 ``error`` for any other error a handler marks retryable (an LLM reply that does not fit
 its schema, for instance)."""
+RETRY_CLASSES: tuple[str, ...] = get_args(RetryClass)
 
 JoinMode = Literal["all", "any"]
 OnError = Literal["fail_fast", "continue"]

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from builder.canvas import CanvasHeader, EdgeModel, NodeModel
+from builder.canvas import RETRY_CLASSES, CanvasHeader, EdgeModel, NodeModel
 from builder.catalog import NodeCatalog, NodeConfig, NodeTypeSpec
 from builder.conditions import OPERATORS, UNARY_OPERATORS
 from builder.document import check_nodes, parse_document
@@ -309,6 +309,10 @@ def _retry_policy(node: NodeModel, spec: NodeTypeSpec) -> RetryPolicy:
     given = node.retry.model_dump(exclude_none=True)
     if "retry_on" in given:
         given["retry_on"] = frozenset(given["retry_on"])
+    elif not base.retry_on and given.get("max_attempts", 1) > 1:
+        # Attempts asked for on a type that retries nothing by default: retry what can be
+        # retried (a warning of check_nodes says so), rather than silently nothing.
+        given["retry_on"] = frozenset(RETRY_CLASSES)
     return replace(base, **given)
 
 

@@ -14,7 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from builder.canvas import DOCUMENT_EXTRA_KEYS, UI_EDGE_KEYS, UI_NODE_KEYS, CanvasHeader, EdgeModel, NodeModel
+from builder.canvas import (DOCUMENT_EXTRA_KEYS, RETRY_CLASSES, UI_EDGE_KEYS, UI_NODE_KEYS, CanvasHeader, EdgeModel,
+                            NodeModel)
 from builder.catalog import NodeCatalog, NodeConfig, NodeTypeSpec
 from builder.inputs import check_input_declarations
 from builder.draft import Draft
@@ -189,6 +190,7 @@ def check_nodes(draft: Draft, catalog: NodeCatalog) -> Draft:
         if node.cache is not None and node.cache.enabled and not spec.cacheable:
             issues.append(Issue("not_cacheable", f"{node.type} nodes have side effects and are never cached",
                                 node_id=node.id, field="cache.enabled", severity="warning"))
+        issues += _ignored_settings(node, spec)
         if node.type == "start":
             starts.append(node.id)
     if len(starts) > 1:
@@ -226,3 +228,29 @@ def _validate_all(model: type[BaseModel], items: list[Any]) -> list[Any]:
 @functools.cache
 def _list_adapter(model: type[BaseModel]) -> TypeAdapter[Any]:
     return TypeAdapter(list[model])  # type: ignore[valid-type]
+
+
+# Node types that run no handler call of their own: a retry or time limit of the node would
+# apply to nothing (a container's bodies, a person's answer, a child run) and is ignored.
+_NO_SINGLE_CALL = {"approval": "an approval waits for a person (its data.timeout_s bounds the wait)",
+                   "subworkflow": "a subworkflow node runs a child run (set retries and limits in the child)"}
+
+
+def _ignored_settings(node: NodeModel, spec: NodeTypeSpec) -> list[Issue]:
+    """Warnings for a node's ``retry`` and ``timeout_s`` that will have no effect."""
+    why = (f"a {spec.container} runs its body nodes (set them there; settings.timeout_s bounds the run)"
+           if spec.container else _NO_SINGLE_CALL.get(node.type))
+    issues = []
+    if why is not None:
+        if node.retry is not None and (node.retry.max_attempts or 1) > 1:
+            issues.append(Issue("ignored_setting", f"retry is ignored on {node.type} nodes: {why}",
+                                node_id=node.id, field="retry", severity="warning"))
+        if node.timeout_s is not None:
+            issues.append(Issue("ignored_setting", f"timeout_s is ignored on {node.type} nodes: {why}",
+                                node_id=node.id, field="timeout_s", severity="warning"))
+    elif node.retry is not None and (node.retry.max_attempts or 1) > 1 and node.retry.retry_on is None \
+            and not spec.default_retry.retry_on:
+        issues.append(Issue("retry_on_defaulted", f"retry.retry_on is not given and {node.type} nodes retry nothing "
+                            f"by default: retrying {', '.join(RETRY_CLASSES)}", node_id=node.id,
+                            field="retry.retry_on", severity="warning"))
+    return issues

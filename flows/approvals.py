@@ -21,6 +21,7 @@ shows them to Prefect one at a time:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -280,9 +281,15 @@ class ResumeAnswer:
     issues: tuple[dict[str, Any], ...] = ()
 
 
-async def pending_approvals(run_id: str) -> list[dict[str, Any]]:
+def _client(client: Any) -> Any:
+    """The caller's Prefect client (the API's, kept open), else a new one: building one
+    costs an SSL context and a connection pool."""
+    return contextlib.nullcontext(client) if client is not None else get_client()
+
+
+async def pending_approvals(run_id: str, client: Any = None) -> list[dict[str, Any]]:
     """Approvals of a run still waiting for a decision, oldest first."""
-    async with get_client() as client:
+    async with _client(client) as client:
         pending = await _inputs(client, run_id, PENDING)
         done = await _inputs(client, run_id, RESULT)
         asked = await _inputs(client, run_id, DECISION)
@@ -300,13 +307,14 @@ async def _inputs(client: Any, run_id: str, prefix: str) -> dict[str, Any]:
 
 
 async def resume_approval(run_id: str, node_id: str, path: list[int] | None = None,
-                          values: dict[str, Any] | None = None, decided_by: str | None = None) -> ResumeAnswer:
+                          values: dict[str, Any] | None = None, decided_by: str | None = None,
+                          client: Any = None) -> ResumeAnswer:
     """Answer a waiting approval. ``path`` may be left out when the node waits once."""
     try:
         run_uuid = uuid.UUID(run_id)
     except ValueError:
         return ResumeAnswer("not_waiting", f"{run_id!r} is not a run id")
-    waiting = [p for p in await pending_approvals(run_id) if p["node_id"] == node_id]
+    waiting = [p for p in await pending_approvals(run_id, client) if p["node_id"] == node_id]
     if path is not None:
         waiting = [p for p in waiting if p["path"] == list(path)]
     if not waiting:
@@ -318,7 +326,7 @@ async def resume_approval(run_id: str, node_id: str, path: list[int] | None = No
     target = waiting[0]
     if target["decision_sent"]:
         return ResumeAnswer("not_waiting", "a decision for this approval was already sent")
-    async with get_client() as client:
+    async with _client(client) as client:
         pending = await _inputs(client, run_id, PENDING)
         record = next(r for r in pending.values() if r["node_id"] == node_id and r["path"] == target["path"])
         model = form_model(record["form"], record["message"])

@@ -732,11 +732,16 @@ def test_plan_to_dict_is_json():
 def test_retry_defaults_come_from_the_type_merged_with_the_node():
     raw = canvas([node("plain"), node("tuned", retry={"initial_delay_s": 0.5, "retry_on": ["timeout"]}),
                   node("sw", "switch", data={"cases": ["a"]}, retry={"max_attempts": 2})])
-    nodes = compile_(raw).plan.nodes
+    result = compile_(raw)
+    nodes = result.plan.nodes
     assert nodes["plain"].retry == FAKE_SPECS["task"].default_retry
     assert nodes["tuned"].retry == RetryPolicy(max_attempts=3, initial_delay_s=0.5, backoff_factor=3.0,
                                                retry_on=frozenset({"timeout"}))
-    assert nodes["sw"].retry == RetryPolicy(max_attempts=2)
+    # switch retries nothing by default: attempts asked for without retry_on retry every class,
+    # and a warning says so
+    assert nodes["sw"].retry == RetryPolicy(max_attempts=2, retry_on=frozenset(
+        {"timeout", "connection", "5xx", "429", "error"}))
+    assert [(w.code, w.node_id, w.field) for w in result.warnings] == [("retry_on_defaulted", "sw", "retry.retry_on")]
 
 
 def test_cache_defaults_and_non_cacheable_types():
