@@ -13,6 +13,8 @@ Scenarios (sizes with ``--quick`` in brackets):
 ``fanout``   100 [50] parallel ``delay`` nodes of 0.1 s, then a ``merge``.
 ``layered``  a 500-node [200] layered DAG, 25 [10] layers x 20; each node depends on the
              node below it in the previous layer and, for even indexes, on its neighbour too.
+``http``     50 [20] parallel ``http`` GETs of a local server answering after 50 ms, then a
+             ``merge``: real task runs doing real work.
 
 Variants:
 
@@ -21,8 +23,8 @@ Variants:
                 by emitted state events (the default).
 ``fm tasks``    the same canvas with ``FLOWMAESTRO_INLINE_CONTROL_NODES=false``: every
                 control node is a full Prefect task run.
-``fm delay0``   no-op nodes are ``delay`` nodes of 0 s (not control nodes): a full task run
-                per node, whatever the setting.
+``fm delay0``   no-op nodes are ``delay`` nodes of 0 s: inline-safe (they only wait), so run
+                inline too, but each also reports Running when it starts.
 ``hand``        the same graph as a hand-written async ``@flow`` awaiting async ``@task``
                 calls (``cache_policy=NO_CACHE, persist_result=False``); fan-out with
                 ``asyncio.gather``, the layered DAG with one asyncio task per node awaiting
@@ -55,6 +57,7 @@ import argparse
 import asyncio
 import cProfile
 import io
+import os
 import pstats
 import sys
 import time
@@ -69,6 +72,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
 SERVER = _common.prepare_prefect()  # before prefect is imported
+os.environ.setdefault("FLOWMAESTRO_HTTP_ALLOW_HOSTS", "127.0.0.1")  # the http scenario's local server
+
+import httpx  # noqa: E402
 
 from prefect import flow, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
@@ -82,6 +88,7 @@ WIDTH = 20
 WARM_LAYERS = 5  # the layered scenario warms up on 5 layers x 20 (same shape, a quarter of the time)
 MAX_CONCURRENCY = 100
 FANOUT_SLEEP = 0.1
+HTTP_DELAY = 0.05
 TARGET_RATIO = 1.2
 
 
@@ -122,6 +129,13 @@ def fanout_canvas(width: int, seconds: float) -> dict[str, Any]:
     return _canvas(f"bench-fanout-{width}", nodes, [(f"d{i}", "merge") for i in range(width)])
 
 
+def http_canvas(width: int, base_url: str) -> dict[str, Any]:
+    nodes = [{"id": f"h{i}", "type": "http", "data": {"url": f"{base_url}/h{i}?delay={HTTP_DELAY}"}}
+             for i in range(width)]
+    nodes.append({"id": "merge", "type": "merge", "data": {}})
+    return _canvas(f"bench-http-{width}", nodes, [(f"h{i}", "merge") for i in range(width)])
+
+
 def layered_canvas(layers: int, width: int, kind: str) -> dict[str, Any]:
     nodes, edges = [], []
     for layer in range(layers):
@@ -157,6 +171,23 @@ async def hand_chain(n: int) -> Any:
 async def hand_fanout(width: int, seconds: float) -> int:
     values = await asyncio.gather(*(noop_task(i, seconds) for i in range(width)))
     return await merge_task(list(values))
+
+
+@task(name="get", cache_policy=NO_CACHE, persist_result=False)
+async def get_task(client: Any, url: str) -> int:
+    return (await client.get(url)).status_code
+
+
+@flow(name="bench-hand-http", validate_parameters=False)
+async def hand_http(width: int, base_url: str) -> int:
+    async with httpx.AsyncClient() as client:
+        codes = await asyncio.gather(*(get_task(client, f"{base_url}/h{i}?delay={HTTP_DELAY}") for i in range(width)))
+    return await merge_task(list(codes))
+
+
+async def aio_http(width: int, base_url: str) -> None:
+    async with httpx.AsyncClient() as client:
+        await asyncio.gather(*(client.get(f"{base_url}/h{i}?delay={HTTP_DELAY}") for i in range(width)))
 
 
 @flow(name="bench-hand-layered", validate_parameters=False)
@@ -232,10 +263,10 @@ def _on_run(bus: Any) -> None:
 _summary_artifact = product_flow._summary_artifact
 
 
-async def _timed_summary_artifact(record: Any) -> None:
+async def _timed_summary_artifact(*args: Any) -> None:
     started = time.perf_counter()
     try:
-        await _summary_artifact(record)
+        await _summary_artifact(*args)
     finally:
         _marks["artifact_s"] = time.perf_counter() - started
 
@@ -314,8 +345,9 @@ class Scenario:
     variants: list[Variant]
 
 
-def scenarios(quick: bool) -> list[Scenario]:
+def scenarios(quick: bool, http_url: str = "") -> list[Scenario]:
     chain_n = 20 if quick else 40
+    http_w = 20 if quick else 50
     fan_w = 50 if quick else 100
     layers = 10 if quick else 25
     lay_n = layers * WIDTH
@@ -356,6 +388,13 @@ def scenarios(quick: bool) -> list[Scenario]:
             Variant("asyncio", "asyncio", aio_runner(aio_layered, layers, WIDTH)),
             Variant("direct transform", "direct", direct_runner(layered_canvas(layers, WIDTH, "transform"))),
             Variant("direct delay0", "direct", direct_runner(layered_canvas(layers, WIDTH, "delay0"))),
+        ]),
+        Scenario("http", f"{http_w}-wide fan-out of http GETs answered after {HTTP_DELAY * 1000:g} ms, then a merge",
+                 http_w + 1, HTTP_DELAY, [
+            Variant("fm inline", "fm", fm_runner(http_canvas(http_w, http_url), True), http_w + 1),
+            Variant("hand", "hand", hand_runner(hand_http, http_w, http_url), http_w + 1),
+            Variant("asyncio", "asyncio", aio_runner(aio_http, http_w, http_url)),
+            Variant("direct", "direct", direct_runner(http_canvas(http_w, http_url))),
         ]),
     ]
     return out
@@ -464,7 +503,7 @@ def print_verdicts(all_results: list[tuple[Scenario, dict[str, _common.Result]]]
 async def profile(spec: str, quick: bool, top: int) -> None:
     name, _, variant = spec.partition(":")
     variant = variant.replace("-", " ")
-    sc = next(s for s in scenarios(quick) if s.name == name)
+    sc = next(s for s in scenarios(quick, "http://127.0.0.1:9") if s.name == name)
     v = next(v for v in sc.variants if v.name == variant)
     await _common.measure(v.runner)  # warm-up
     profiler = cProfile.Profile()
@@ -485,7 +524,7 @@ async def main_async(args: argparse.Namespace) -> None:
         await profile(args.profile, args.quick, args.top)
         return
     reps = args.reps or (1 if args.quick else 3)
-    wanted = {"base"} | set((args.only or "chain,fanout,layered").split(","))
+    wanted = {"base"} | set((args.only or "chain,fanout,layered,http").split(","))
     started = time.monotonic()
     idle = await _common.server_idle_level()
     print(f"Prefect server {SERVER.api_url} (pid {_common._server_pid}, idle at "
@@ -493,13 +532,16 @@ async def main_async(args: argparse.Namespace) -> None:
           f"warm-up + {reps} interleaved rep(s), median; max_concurrency={MAX_CONCURRENCY} on the canvases; "
           f"code flows/ builder/ node_handlers/ {_common.code_fingerprint('flows', 'builder', 'node_handlers')}")
     all_results = []
-    for sc in scenarios(args.quick):
-        if sc.name not in wanted:
-            continue
-        t0 = time.monotonic()
-        results = await run_scenario(sc, reps, not args.no_check)
-        print(f"  {sc.name}: {sc.label} ... {time.monotonic() - t0:.1f} s", flush=True)
-        all_results.append((sc, results))
+    from tests.processes import CountingServer
+
+    with CountingServer() as http_server:
+        for sc in scenarios(args.quick, http_server.url):
+            if sc.name not in wanted:
+                continue
+            t0 = time.monotonic()
+            results = await run_scenario(sc, reps, not args.no_check)
+            print(f"  {sc.name}: {sc.label} ... {time.monotonic() - t0:.1f} s", flush=True)
+            all_results.append((sc, results))
     print()
     print_table(all_results)
     print_phases(all_results)
@@ -516,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller graphs, 1 rep")
     parser.add_argument("--reps", type=int, default=0, help="measured runs per variant (default 3, quick 1)")
-    parser.add_argument("--only", help="comma-separated scenarios: chain,fanout,layered")
+    parser.add_argument("--only", help="comma-separated scenarios: chain,fanout,layered,http")
     parser.add_argument("--no-check", action="store_true", help="do not wait for task runs to be visible")
     parser.add_argument("--profile", metavar="SCENARIO:VARIANT", help="cProfile one run, e.g. layered:fm-delay0")
     parser.add_argument("--top", type=int, default=30)

@@ -65,11 +65,14 @@ class Execution:
                  env: Mapping[str, str] | None = None, env_allowlist: frozenset[str] = frozenset(),
                  workflow_id: str | None = None, version: int | None = None, inline_control: bool = True,
                  approvals: ApprovalGate | None = None, subworkflows: Any = None,
-                 journal: RunJournal | None = None, max_task_runs: int = 10_000):
+                 journal: RunJournal | None = None, max_task_runs: int = 10_000,
+                 max_event_output_bytes: int | None = None):
         """``max_task_runs``: how many task runs the run shows in Prefect one by one; beyond
         that, what ran inline in container bodies is shown as one summary task run per body
         node and container execution (Prefect's run graph draws at most 10,000 nodes, and
-        its in-memory broker drops messages it cannot queue)."""
+        its in-memory broker drops messages it cannot queue). ``max_event_output_bytes``: an
+        output larger than this as JSON is left out of its event (the run result and the
+        journal keep it), so a long run of large outputs does not flood the event log."""
         self.plan = plan
         self.registry = registry
         self.inputs = dict(inputs)
@@ -90,6 +93,7 @@ class Execution:
                                 plan_hash=plan.hash)
         self.run_info = {"id": run_id, "workflow_id": workflow_id, "workflow": plan.name, "started_at": None}
         self.max_task_runs = max_task_runs
+        self.max_event_output_bytes = max_event_output_bytes
         self.task_runs = 0
         """Task runs made so far, recorded or by the runner."""
         self._unrecorded: dict[tuple[str, tuple[int, ...]], dict[str, _Tally]] = {}
@@ -239,7 +243,9 @@ class Execution:
         except Exception as exc:  # a bug must fail the node, never hang the run
             log.exception("node %s crashed the engine", node.id)
             outcome = NodeOutcome("failed", error=error_info(exc, node.id, max(run.attempts, 1)))
-        run.output = outcome.output if outcome.status != "failed" else None
+        # Kept for the run result's top-level nodes only: a body execution's output lives in
+        # its frame while later nodes of the iteration may read it (a long loop stays flat).
+        run.output = outcome.output if outcome.status != "failed" and frame.scope_id == TOP else None
         run.error = outcome.error
         run.cached = outcome.status == "cached"
         run.restored = outcome.restored
@@ -247,14 +253,26 @@ class Execution:
         event = {"completed": "node:completed", "cached": "node:cached", "failed": "node:error"}[outcome.status]
         extra = {"restored": True} if outcome.restored else {}
         self.bus.publish(event, node_id=node.id, path=frame.path, status=outcome.status,
-                         output=outcome.output if outcome.status != "failed" else None, error=outcome.error,
-                         attempts=run.attempts, handles=sorted(outcome.handles), **extra)
+                         output=self._event_output(outcome.output) if outcome.status != "failed" else None,
+                         error=outcome.error, attempts=run.attempts, handles=sorted(outcome.handles), **extra)
         if run.task_run_id is not None:
             frame.task_runs[node.id] = run.task_run_id
         if self.runner.recording and not (run.task_run_id is None and self._summarized(frame)):
             line = node_log_line(node, task_run_name(node, frame), run, outcome, redact=self.journal.redact)
             self.runner.log(line, task_run_id=run.task_run_id, failed=outcome.status == "failed")
         return outcome
+
+    def _event_output(self, output: Any) -> Any:
+        """``output``, or what stands for it in an event when it is too large."""
+        limit = self.max_event_output_bytes
+        if limit is None or output is None or isinstance(output, (bool, int, float)):
+            return output
+        if isinstance(output, str) and len(output) * 4 <= limit:  # at most 4 bytes a character
+            return output
+        text = json.dumps(output, default=str)
+        if len(text) <= limit:
+            return output
+        return {"truncated": True, "bytes": len(text), "preview": text[:200]}
 
     def _summarized(self, frame: Frame) -> bool:
         """Whether the node executions of ``frame`` are shown in summary only (the run has

@@ -236,7 +236,8 @@ async def _run(context: RunContext, canvas: dict[str, Any], inputs: dict[str, An
                           env=os.environ, env_allowlist=settings.env_allowlist, workflow_id=workflow_id,
                           version=version, inline_control=settings.inline_control_nodes and recorder is not None,
                           approvals=approvals, subworkflows=subworkflows, journal=journal,
-                          max_task_runs=settings.max_task_runs)
+                          max_task_runs=settings.max_task_runs,
+                          max_event_output_bytes=settings.event_output_max_bytes)
     approvals.busy = execution.leaf_running
     try:
         record = await _run_watching_cancellation(execution, run_id, settings.cancel_poll_s, context.cancellations)

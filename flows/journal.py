@@ -37,6 +37,8 @@ log = logging.getLogger("flowmaestro.journal")
 
 Path = tuple[int, ...]
 WRITE_ATTEMPTS = 4
+MAX_BUFFERED = 500
+"""Entries of inline nodes the journal holds before it writes them anyway."""
 SECRET_FIELD = re.compile(r"(authorization|password|passwd|secret|token|api[-_]?key|cookie)", re.IGNORECASE)
 
 
@@ -141,9 +143,13 @@ class RunJournal:
                 await asyncio.sleep(0.5 * 2 ** attempt)
 
     async def _write(self, entry: NodeOutcome, durable: bool) -> None:
-        self.entries[(entry.node_id, entry.path)] = entry
+        if entry.status == "started":  # read back by completed() and first_started()
+            self.entries[(entry.node_id, entry.path)] = entry
+        if self.store is None:  # nothing to replay it from: keep nothing
+            return
         self._buffer.append(entry)
-        if durable:
+        # A long run of inline nodes is written in batches, not held until the end.
+        if durable or len(self._buffer) >= MAX_BUFFERED:
             # Group commit: nodes that complete while a write is under way wait for it, and
             # the next one writes all of them in one transaction (a fan-out's branches end
             # together). Each returns once its own entry is stored.

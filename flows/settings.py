@@ -26,6 +26,9 @@ class EngineSettings(StoreSettings):
     max_task_runs: int = Field(10_000, ge=0, description="How many task runs a run shows in Prefect one by one; "
                                "beyond that, container bodies' inline nodes are shown as one summary task run per "
                                "body node and container execution (Prefect's run graph draws at most 10,000).")
+    event_output_max_bytes: int = Field(262_144, ge=1024, description="A node output larger than this (as JSON) is "
+                                        "left out of its event, which says so and gives its size; the run result "
+                                        "keeps it.")
     node_logs: bool = Field(True, description="Every node that ends writes a line (status, duration, attempts, "
                             "HTTP status, tokens and cost) to its flow run's Prefect logs.")
     api_url: str = Field("http://127.0.0.1:8000", description="The FlowMaestro API as people reach it: the run "

@@ -229,3 +229,24 @@ async def test_cancelling_the_run_cancels_running_nodes():
         await task
     assert execution.record.status == "cancelled"
     assert execution.record.nodes["slow"].status == "cancelled"
+
+
+async def test_an_output_over_the_event_limit_is_left_out_of_its_event_and_kept_in_the_result():
+    raw = canvas([node("big", data={"output": "{{ 'x' * 3000 }}"}), node("small", data={"output": "ok"})])
+    record, events = await run(raw, max_event_output_bytes=2048)
+    completed = {e.node_id: e.data["output"] for e in events if e.type == "node:completed"}
+    assert completed["small"] == "ok"
+    assert completed["big"]["truncated"] is True and completed["big"]["bytes"] == 3002  # with its quotes
+    assert completed["big"]["preview"].startswith('"xxx') and len(completed["big"]["preview"]) == 200
+    assert record["nodes"]["big"]["output"] == "x" * 3000
+
+
+async def test_body_executions_keep_no_output_once_their_iteration_is_over():
+    raw = canvas([node("repeat", "loop", data={"mode": "for", "count": 3, "max_iterations": 3}),
+                  node("big", parentId="repeat", data={"output": "{{ 'x' * 100 ~ loop.index }}"}),
+                  node("size", parentId="repeat", data={"output": "{{ big | length }}"})], [("big", "size")])
+    registry = make_registry()
+    record = await Execution(compiled(raw, registry), registry, run_id="run-1", inputs={}).run()
+    assert record.nodes["repeat"].output["results"] == [101, 101, 101]
+    body_runs = [r for r in record.trace if r.node_id in ("big", "size")]
+    assert len(body_runs) == 6 and all(r.status == "completed" and r.output is None for r in body_runs)
