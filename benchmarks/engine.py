@@ -503,7 +503,13 @@ def print_verdicts(all_results: list[tuple[Scenario, dict[str, _common.Result]]]
 async def profile(spec: str, quick: bool, top: int) -> None:
     name, _, variant = spec.partition(":")
     variant = variant.replace("-", " ")
-    sc = next(s for s in scenarios(quick, "http://127.0.0.1:9") if s.name == name)
+    from tests.processes import CountingServer
+
+    with CountingServer() as http_server:
+        await _profile(next(s for s in scenarios(quick, http_server.url) if s.name == name), variant, top)
+
+
+async def _profile(sc: Scenario, variant: str, top: int) -> None:
     v = next(v for v in sc.variants if v.name == variant)
     await _common.measure(v.runner)  # warm-up
     profiler = cProfile.Profile()

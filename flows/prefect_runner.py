@@ -11,6 +11,7 @@ every node that ends writes a line to the flow run's logs.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from datetime import timedelta
 from typing import Any
@@ -22,7 +23,7 @@ from prefect.context import TaskRunContext
 from prefect.locking.protocol import LockManager
 from prefect.utilities.annotations import quote
 
-from builder.plan import PlanNode
+from builder.plan import PlanNode, RetryPolicy
 from flows import prefect_compat
 from flows.cache_locks import FileCacheLocks, RedisCacheLocks
 from flows.calls import CallResult, NodeCall, NodeRecord, retry_delay, should_retry
@@ -96,12 +97,28 @@ def cached_task(lock_manager: LockManager) -> Task:
     return task(_node_body, name="node", cache_policy=policy, persist_result=True)
 
 
-def _retry_condition(node: PlanNode):
+def _retry_condition(policy: RetryPolicy):
     def retry_condition(task: Task, task_run: TaskRun, state: Any) -> bool:
         exc = state.data if isinstance(state.data, BaseException) else None
-        return exc is not None and should_retry(exc, node.retry, task_run.run_count)
+        return exc is not None and should_retry(exc, policy, task_run.run_count)
 
     return retry_condition
+
+
+@functools.lru_cache(maxsize=1024)
+def _task_with_policy(base: Task, retry: RetryPolicy, timeout_s: float | None, ttl_s: float | None) -> Task:
+    """``base`` with a node's retry policy, time limit and cache expiry, built once per
+    process for each such policy: building a task reads its function's source (a few ms),
+    and most nodes share a policy. The task run's name comes from the call."""
+    return base.with_options(
+        retries=retry.max_attempts - 1,
+        retry_delay_seconds=list(retry.delays()) or 0,
+        retry_jitter_factor=retry.jitter or None,
+        retry_condition_fn=_retry_condition(retry),
+        timeout_seconds=timeout_s,
+        cache_expiration=timedelta(seconds=ttl_s) if ttl_s else None,
+        task_run_name=_task_run_name,
+    )
 
 
 class PrefectRunner:
@@ -112,7 +129,6 @@ class PrefectRunner:
         runs, and node log lines go (nowhere without one). ``cached``: the task of nodes with
         caching on (``cached_task``); without one, two runs may both execute a node they
         could share."""
-        self._tasks: dict[str, Task] = {}
         self._cached = cached or task(_node_body, name="node", cache_key_fn=_cache_key, persist_result=True)
         self.recorder = recorder
 
@@ -121,22 +137,8 @@ class PrefectRunner:
         return self.recorder is not None
 
     def _task_for(self, node: PlanNode) -> Task:
-        found = self._tasks.get(node.id)
-        if found is None:
-            retry = node.retry
-            base = self._cached if node.cache.enabled else _plain_task
-            found = base.with_options(
-                name=node.label,
-                retries=retry.max_attempts - 1,
-                retry_delay_seconds=list(retry.delays()) or 0,
-                retry_jitter_factor=retry.jitter or None,
-                retry_condition_fn=_retry_condition(node),
-                timeout_seconds=node.timeout_s,
-                cache_expiration=timedelta(seconds=node.cache.ttl_s) if node.cache.ttl_s else None,
-                task_run_name=_task_run_name,
-            )
-            self._tasks[node.id] = found
-        return found
+        base = self._cached if node.cache.enabled else _plain_task
+        return _task_with_policy(base, node.retry, node.timeout_s, node.cache.ttl_s if node.cache.enabled else None)
 
     async def run(self, call: NodeCall) -> CallResult:
         # Quoted: Prefect would otherwise walk the call (configuration, handler, closures)

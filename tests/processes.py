@@ -159,6 +159,11 @@ def start_worker(home: Path, env: dict[str, str], *, name: str, limit: int = 20,
     return proc
 
 
+class _BusyHTTPServer(ThreadingHTTPServer):
+    request_queue_size = 256  # the default backlog (5) drops the connections of a wide fan-out
+    daemon_threads = True
+
+
 class CountingServer:
     """A local HTTP server that counts requests per path and answers
     ``{"path": ..., "count": n}`` after an optional delay (``?delay=0.5``)."""
@@ -207,7 +212,7 @@ class CountingServer:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _BusyHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
