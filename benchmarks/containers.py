@@ -2,24 +2,27 @@
 
 Usage::
 
-    python benchmarks/containers.py [--quick] [--reps 3] [--only parallel,loop] [--tracemalloc]
+    python benchmarks/containers.py [--quick] [--reps 3] [--only parallel,loop,memory] [--tracemalloc]
 
 (a) ``parallel``: a ``parallel`` container (mode count, 200 [50] branches,
     max_concurrency 200, canvas settings.max_concurrency 200) whose body is one ``delay``
-    of 0.1 s, a non-control node, so a real Prefect task run per branch; against the same
+    of 0.1 s, which only waits, so runs inline (recorded as a task run); against the same
     as a hand-written async Prefect flow (200 gathered task calls, ``NO_CACHE``, no
     persisted results), plain asyncio, and the FlowMaestro engine with its in-process
     ``DirectRunner`` (no Prefect). Warm-up, then ``--reps`` interleaved runs, median.
 
 (b) ``loop``: a ``loop`` (mode for) of 5,000 [1,000] iterations whose body is one
-    ``transform`` node: a control node, run inline and recorded in Prefect by emitted
-    task-run state events (the default). Reported: wall time, task runs created in
+    ``transform`` node: a control node, run inline and recorded in Prefect as one
+    final-state event, sent in batches (the default). Reported: wall time, task runs created in
     Prefect (counted in the API, see below), how long after the run the Prefect server had
     recorded them all, peak memory (RSS sampled every 20 ms, peak minus before; optional
     tracemalloc peak), the server's CPU and RSS; the same loop with the ``DirectRunner``;
     and, for reference, a loop of 500 [100] iterations with control nodes as full task
     runs (``FLOWMAESTRO_INLINE_CONTROL_NODES=false``), i.e. what the loop would cost
     without the inline path.
+
+(c) ``memory``: a loop of 10,000 [2,000] iterations whose body makes a 10 kB output and
+    keeps its length, against the same with 1-byte outputs: peak RSS of each.
 
 Counting task runs: ``POST /task_runs/count`` for the flow run (task runs in a final
 state) is polled every 0.5 s until it reaches the expected number (or stops at a
@@ -155,7 +158,7 @@ async def bench_parallel(branches: int, reps: int, check: bool) -> None:
         for name, runner, expected in variants[k:] + variants[:k]:
             results[name].samples.append(await _common.measure(runner, check_task_runs=expected if check else None))
     print(f"(a) parallel container, mode count, {branches} branches, body = one delay of {BRANCH_SLEEP:g} s "
-          f"(a full task run per branch); max_concurrency {branches} on the container and the canvas. "
+          f"(inline: it only waits; one recorded task run per branch); max_concurrency {branches} on the container and the canvas. "
           f"Warm-up + {reps} interleaved rep(s), median; {time.monotonic() - t0:.1f} s.")
     hand_r, aio_r = results["hand"], results["asyncio"]
     header = (f"  {'variant':<12} {'wall s':>7} {'ovh ms/branch':>13} {'ovh x hand':>10} {'wall x hand':>11} "
@@ -218,7 +221,7 @@ async def task_run_census(flow_run_id: str, expected: int, timeout: float, stall
 async def bench_loop(iterations: int, full_iterations: int, reps: int, check: bool, trace_malloc: bool) -> None:
     raw = loop_canvas(iterations)
     print(f"(b) loop container, mode for, {iterations} iterations, body = one transform (a control node: "
-          "run inline, recorded in Prefect by emitted task-run state events)")
+          "run inline, recorded in Prefect as one final-state event each, sent in batches)")
     # Warm-up on a small loop (imports, first-call costs), then let the server drain.
     await run_fm(loop_canvas(50))
     await _common.wait_server_idle()
@@ -311,8 +314,8 @@ async def bench_loop(iterations: int, full_iterations: int, reps: int, check: bo
           f"peak RSS delta {statistics.median(deltas):.1f} MB; tracemalloc peak {dpeak / 1e6:.1f} MB; "
           f"trace of {len(record.trace)} node runs")
     print(f"    Prefect's share        {wall - dwall:.2f} s of {wall:.2f} s ({(wall - dwall) / wall * 100:.0f}%): "
-          f"{(wall - dwall) / iterations * 1000:.3f} ms per iteration for recording the body node "
-          "(3 state events) in the flow run")
+          f"{(wall - dwall) / iterations * 1000:.3f} ms per iteration for the flow run, its event log and "
+          "recording the body node in Prefect")
 
     # Reference: the same body as full task runs.
     if full_iterations:
@@ -350,18 +353,52 @@ async def bench_loop(iterations: int, full_iterations: int, reps: int, check: bo
               + f"; {per_iter_ms:.1f} ms per iteration against {dwall / iterations * 1000:.2f} ms without Prefect, "
               f"so recording, not the engine, is the cost"
               + ("" if drops is None else f"; the server dropped {drops} event messages") + ".")
-    print("  What the product does about Prefect's trouble at a few thousand task runs per flow: pure control "
-          "nodes (start/end/condition/merge/transform/set_variable) run in-process and are recorded as task "
-          "runs by emitting the Pending/Running/Completed state events Prefect's own task engine would emit "
-          "(flows/prefect_runner.py PrefectRunner.record), instead of going through Prefect's task engine. "
-          "This removes the client-side task-engine cost, but NOT the task runs: every iteration still creates "
-          "one task run in Prefect's database, written by the server's recorder from those events (see the "
-          "counts and catch-up time above).")
+    print("  How: control and inline-safe nodes run in the flow run and are recorded as task runs by one "
+          "final-state event each (a plain dict), sent to Prefect's POST /events in batches of 500 by the "
+          "process's TaskRunSender (flows/prefect_compat.py), off the run's critical path; every iteration "
+          "still creates one task run in Prefect's database, written by the server's recorder (see the counts "
+          "and catch-up time above). Past FLOWMAESTRO_MAX_TASK_RUNS (10,000) body nodes are summarised.")
+
+
+def memory_canvas(iterations: int, size: int) -> dict[str, Any]:
+    """A loop whose body makes a ``size``-character string (a new one each iteration) and
+    keeps only its length: nothing later can read the big outputs."""
+    return {"schema_version": 1, "name": f"bench-memory-{iterations}-{size}",
+            "nodes": [{"id": "repeat", "type": "loop",
+                       "data": {"mode": "for", "count": iterations, "max_iterations": iterations}},
+                      {"id": "big", "type": "transform", "parentId": "repeat",
+                       "data": {"output": f"{{{{ ('x' * {size}) ~ loop.index }}}}"}},
+                      {"id": "size", "type": "transform", "parentId": "repeat",
+                       "data": {"output": "{{ big | length }}"}}],
+            "edges": [{"id": "e", "source": "big", "target": "size"}]}
+
+
+async def bench_memory(iterations: int) -> None:
+    """(c) Peak memory of a long loop with large outputs against the same loop with tiny ones:
+    what the run holds beyond what later templates can read (the loop's results)."""
+    print(f"(c) memory: loop of {iterations} iterations, body = a 10 kB output then its length "
+          "(FlowMaestro on Prefect, the product path)")
+    await run_fm(memory_canvas(20, 10))
+    rows = []
+    for size in (10_000, 1):
+        await _common.wait_server_idle(timeout=60)
+        gc.collect()
+        with _common.PeakRSS() as mem:
+            t = time.perf_counter()
+            _, result = await run_fm(memory_canvas(iterations, size))
+            wall = time.perf_counter() - t
+        assert len(result["nodes"]["repeat"]["output"]["results"]) == iterations
+        rows.append((size, wall, mem.delta, mem.peak))
+        print(f"    outputs of {size:>6} B   wall {wall:6.2f} s; peak RSS delta {mem.delta:7.1f} MB (peak {mem.peak:.0f} MB)")
+    (_, _, big, _), (_, _, small, _) = rows
+    held = iterations * 10_000 / 1e6
+    print(f"  The 10 kB outputs add {big - small:.1f} MB to the peak, of the {held:.0f} MB they total: what is held "
+          "is bookkeeping per iteration (trace entries, events and task-run records in flight), not outputs.")
 
 
 async def main_async(args: argparse.Namespace) -> None:
     reps = args.reps or (1 if args.quick else 3)
-    wanted = set((args.only or "parallel,loop").split(","))
+    wanted = set((args.only or "parallel,loop,memory").split(","))
     started = time.monotonic()
     idle = await _common.server_idle_level()
     print(f"Prefect server {SERVER.api_url} (pid {_common._server_pid}, idle at "
@@ -373,6 +410,9 @@ async def main_async(args: argparse.Namespace) -> None:
     if "loop" in wanted:
         await bench_loop(1000 if args.quick else 5000, 100 if args.quick else 500, reps, not args.no_check,
                          args.tracemalloc)
+        print()
+    if "memory" in wanted:
+        await bench_memory(2000 if args.quick else 10_000)
     print(f"\nTotal {time.monotonic() - started:.1f} s; load average now {_common.loadavg()}.")
 
 
@@ -380,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="50 branches, 1,000 iterations, 1 rep")
     parser.add_argument("--reps", type=int, default=0, help="measured runs (default 3, quick 1)")
-    parser.add_argument("--only", help="comma-separated: parallel,loop")
+    parser.add_argument("--only", help="comma-separated: parallel,loop,memory")
     parser.add_argument("--no-check", action="store_true", help="do not query task runs in the Prefect API")
     parser.add_argument("--tracemalloc", action="store_true",
                         help="one more loop run under tracemalloc for the peak of Python allocations")
