@@ -23,6 +23,13 @@ from node_handlers.base import NodeError
 from node_handlers.branching import is_truthy
 
 
+DEFAULT_BRANCHES_IN_FLIGHT = 100
+"""Branches of a parallel started at once when it does not say: every branch in flight takes
+a step in each turn of the event loop, so thousands of them (of inline nodes that never
+wait) would hold the loop for seconds at a time (2,000 branches: 0.8 s), and with it every
+other run, heartbeat and stream of the process."""
+
+
 class ScopeRunner(Protocol):
     """What a container needs of the engine."""
 
@@ -109,7 +116,7 @@ def _condition(runner: ScopeRunner, node: PlanNode, frame: Frame, config: Any, s
 async def _run_parallel(runner: ScopeRunner, node: PlanNode, frame: Frame, config: Any) -> dict[str, Any]:
     items = _items(config) if config.mode == "collection" else None
     total = len(items) if items is not None else _count(config)
-    gate = asyncio.Semaphore(config.max_concurrency or max(total, 1))
+    gate = asyncio.Semaphore(config.max_concurrency or DEFAULT_BRANCHES_IN_FLIGHT)
     collect = config.on_error == "collect"
 
     async def branch(index: int) -> tuple[int, ScopeResult]:

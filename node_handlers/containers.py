@@ -47,7 +47,8 @@ class ParallelConfig(NodeConfig):
     mode: Literal["count", "collection"]
     count: Templatable[int] | None = None
     items: list[Any] | TemplateStr | None = None
-    max_concurrency: int | None = Field(None, ge=1, le=1000, description="Branches in flight at once.")
+    max_concurrency: int | None = Field(None, ge=1, le=1000, description="Branches in flight at once (100 when "
+                                        "not given).")
     on_error: Literal["fail_fast", "collect"] = "fail_fast"
 
     @model_validator(mode="after")
