@@ -20,7 +20,7 @@ Variants:
 
 ``fm inline``   the canvas through ``flows.flow.run_workflow`` (the product path); no-op
                 nodes are ``transform`` (control) nodes, run inline and recorded in Prefect
-                by emitted state events (the default).
+                as one final-state event each, sent in batches (the default).
 ``fm tasks``    the same canvas with ``FLOWMAESTRO_INLINE_CONTROL_NODES=false``: every
                 control node is a full Prefect task run.
 ``fm delay0``   no-op nodes are ``delay`` nodes of 0 s: inline-safe (they only wait), so run
