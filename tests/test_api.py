@@ -11,6 +11,8 @@ from functools import partial
 import asyncpg
 import httpx
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
 
 from api.app import create_app
 from api.settings import ApiSettings
@@ -183,6 +185,13 @@ async def test_execute_and_read_the_result(api, prefect_server):
                           headers=api.bob)).status_code == 404
     metrics = (await api.get("/metrics")).text
     assert 'flowmaestro_runs_finished_total{status="completed"' in metrics
+    # the Prefect UI's summary artifact links back to the run here
+    async with get_client() as client:
+        [artifact] = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["flowmaestro-summary"])),
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[uuid.UUID(accepted["execution_id"])])))
+    assert f"/ui/executions/{accepted['execution_id']})" in artifact.data
+    assert f"/api/executions/{accepted['execution_id']})" in artifact.data
 
 
 @pytest.mark.prefect
