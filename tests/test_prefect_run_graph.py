@@ -26,7 +26,9 @@ ARTIFACTS = Path(os.environ.get("FLOWMAESTRO_TEST_ARTIFACTS", Path(__file__).par
 def graph_canvas(base_url: str) -> dict:
     return canvas([node("start", "start"),
                    node("shape", "transform", data={"output": {"n": 2}}),
-                   node("fetch", "http", data={"url": f"{base_url}/graph", "method": "GET"}),
+                   # a real task run, named by its label: braces once broke Prefect's name template
+                   node("fetch", "http", data={"url": f"{base_url}/graph", "method": "GET",
+                                               "label": "fetch {users}"}),
                    node("both", "merge", data={"mode": "all"}),
                    node("repeat", "loop", data={"mode": "for", "count": 2, "max_iterations": 5}),
                    node("step", "transform", parentId="repeat", data={"output": "{{ loop.index }}"}),
@@ -57,7 +59,7 @@ async def test_the_run_graph_has_the_canvas_edges_and_the_loop_around_its_bodies
     flow_run_id = str(state.state_details.flow_run_id)
     graph = await graph_of(flow_run_id, 8)
     nodes = {n["label"]: n for _, n in graph["nodes"]}
-    assert sorted(nodes) == ["both", "done", "fetch", "repeat", "shape", "start", "step [1/2]", "step [2/2]"]
+    assert sorted(nodes) == ["both", "done", "fetch {users}", "repeat", "shape", "start", "step [1/2]", "step [2/2]"]
     label_of = {n["id"]: label for label, n in nodes.items()}
 
     def parents(label: str) -> list[str]:
@@ -66,8 +68,8 @@ async def test_the_run_graph_has_the_canvas_edges_and_the_loop_around_its_bodies
 
     # roots: nodes with no upstream (the loop's bodies hang inside it instead)
     assert sorted(label_of[i] for i in graph["root_node_ids"]) == ["start", "step [1/2]", "step [2/2]"]
-    assert parents("shape") == parents("fetch") == ["start"]
-    assert parents("both") == ["fetch", "shape"]  # fetch is a real task run: its edges too
+    assert parents("shape") == parents("fetch {users}") == ["start"]
+    assert parents("both") == ["fetch {users}", "shape"]  # fetch is a real task run: its edges too
     assert parents("repeat") == ["both"] and parents("done") == ["repeat"]
     for step in ("step [1/2]", "step [2/2]"):
         assert [label_of[e["id"]] for e in nodes[step]["encapsulating"]] == ["repeat"]
