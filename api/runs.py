@@ -276,7 +276,7 @@ class RunService:
         node that completed with the same resolved configuration and runs the rest. With
         ``version``, that version's canvas runs (nodes it left unchanged are reused)."""
         row = await self.executions.get(owner, run_id)
-        flow_run = await self._call("read the run", lambda: self.prefect.read_flow_run(uuid.UUID(run_id)))
+        flow_run = await self._settled_flow_run(run_id, row)
         state = flow_run.state
         if state is None or state.type not in RETRYABLE_STATES:
             status = STATUS_OF_STATE.get(state.type, row.status) if state else row.status
@@ -300,6 +300,19 @@ class RunService:
         await self._call("schedule the run again", lambda: schedule_again(
             self.prefect, flow_run.id, f"retried by {owner} through FlowMaestro's API"))
         return "pending"
+
+    async def _settled_flow_run(self, run_id: str, row: ExecutionRow, wait_s: float = 10.0) -> Any:
+        """The run's flow run. When the store has the run's result but Prefect still has it
+        running (its worker stored the result and is ending the flow run), once Prefect has
+        caught up: a client that saw the run fail may retry it at once."""
+        deadline = asyncio.get_running_loop().time() + wait_s
+        while True:
+            flow_run = await self._call("read the run", lambda: self.prefect.read_flow_run(uuid.UUID(run_id)))
+            state = flow_run.state
+            if (row.status not in FINAL_STATUSES or state is None or state.type != StateType.RUNNING
+                    or asyncio.get_running_loop().time() > deadline):
+                return flow_run
+            await asyncio.sleep(0.2)
 
     async def call_prefect(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """``_call`` for the other services of the API (schedules, webhooks)."""
