@@ -22,6 +22,7 @@ from api.runs import RunService
 from api.schedule_service import ScheduleService
 from api.webhook_service import WebhookService
 from api.settings import ApiSettings
+from api.stream_tokens import StreamTokens, token_key
 from deployments.workflow_deployments import WorkflowDeployments
 from flows.event_log import event_log_from_env
 from flows.local_server import ui_url_for
@@ -111,6 +112,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                 else MemoryRateLimiter(settings.webhook_rate_limit)
             stack.push_async_callback(limiter.close)
             app.state.webhooks = WebhookService(app.state.runs, Webhooks(database, box), limiter)
+            app.state.stream_tokens = StreamTokens(token_key(settings), settings.stream_token_ttl_s)
             yield
 
     metrics = Metrics()
