@@ -14,7 +14,7 @@ from prefect.client.orchestration import get_client
 from prometheus_client import generate_latest
 from sqlalchemy import text
 
-from api import dead_letters, executions, schedules, webhooks, workflows
+from api import dead_letters, executions, schedules, ui, webhooks, workflows
 from api.errors import install_error_handlers
 from api.metrics import Metrics
 from api.rate_limit import MemoryRateLimiter, RedisRateLimiter
@@ -131,6 +131,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(schedules.router)
     app.include_router(webhooks.router)
     app.include_router(webhooks.intake)
+    ui.mount(app)  # the run page, the list and the playground under /ui (docs/ui.md)
 
     @app.get("/health", tags=["operations"])
     async def health(request: Request) -> JSONResponse:
