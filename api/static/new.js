@@ -3,7 +3,7 @@
 // exists) and land on its run page.
 
 import { ApiError, api, apiKey, el, header, pageUrl } from "./common.js";
-import { canvasFrame, drawCanvas } from "./canvas.js";
+import { canvasFrame, clip, drawCanvas } from "./canvas.js";
 
 const text = el("textarea", { class: "source", rows: 16, spellcheck: "false", "data-role": "canvas-json",
                               placeholder: "Paste a canvas (React Flow export) here" });
@@ -41,7 +41,7 @@ function showIssues(canvas, issues) {
     view.g.setAttribute("data-issues", String(found.length));
     view.g.setAttribute("data-issue-severity", severity);
     view.g.setAttribute("data-issue-codes", found.map((i) => i.code).join(" "));
-    view.detail.textContent = `${severity === "error" ? "⚠" : "•"} ${found[0].message}`;
+    view.detail.textContent = clip(`${severity === "error" ? "⚠" : "•"} ${found[0].message}`, view.chars);
     view.title.textContent = found.map((i) => `${i.severity} ${i.code}: ${i.message}`).join("\n");
   }
   preview.replaceChildren(canvasFrame(drawn.root));

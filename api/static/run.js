@@ -5,7 +5,7 @@
 // with thousands of events catches up without freezing the page.
 
 import { API, ApiError, PREFECT_UI, api, el, frameScheduler, header, shortJson } from "./common.js";
-import { canvasFrame, drawCanvas } from "./canvas.js";
+import { canvasFrame, clip, drawCanvas } from "./canvas.js";
 import { approvalForm } from "./approval.js";
 
 const EVENT_TYPES = ["execution:started", "execution:paused", "execution:resumed", "execution:completed",
@@ -230,8 +230,9 @@ class RunPage {
     } else if (node.attempts > 1) {
       text = `${node.attempts} attempts`;
     }
+    text = clip(text, view.chars);
     if (view.detail && view.detail.textContent !== text) view.detail.textContent = text;
-    if (node.tokens) view.g.setAttribute("data-tokens", node.tokens);
+    if (node.tokens && view.g.getAttribute("data-tokens") !== node.tokens) view.g.setAttribute("data-tokens", node.tokens);
     view.title.textContent = tip;
   }
 
