@@ -139,7 +139,7 @@ async def browser(served):
 
 @pytest.fixture
 async def context(browser):
-    context = await browser.new_context(viewport={"width": 1300, "height": 800})
+    context = await browser.new_context(viewport={"width": 1300, "height": 800}, device_scale_factor=1)
     errors: list[str] = []
     context.on("weberror", lambda e: errors.append(str(e.error)))
     yield context
@@ -246,19 +246,29 @@ async def test_tokens_stream_into_their_node_and_containers_count_iterations(ser
     await page.screenshot(path=str(ARTIFACTS / "run-tokens-and-containers.png"))
 
 
-async def test_an_approval_answered_on_the_page_resumes_the_run(served, context):
+async def test_an_approval_answered_on_the_page_resumes_the_run(served, context, fake_llm):
+    fake_llm.enqueue(Reply(chunks=["Release ", "notes: ", "all ", "green"]))
     raw = {"name": name("ui-approval"),
-           "nodes": [{"id": "start", "type": "start", "position": {"x": 0, "y": 60}, "data": {}},
-                     {"id": "ask", "type": "approval", "position": {"x": 220, "y": 60},
+           "nodes": [{"id": "start", "type": "start", "position": {"x": 0, "y": 60}, "data": {"label": "Start"}},
+                     {"id": "checks", "type": "loop", "position": {"x": 220, "y": 20},
+                      "style": {"width": 220, "height": 130}, "data": {"label": "Checks", "mode": "for", "count": 3}},
+                     {"id": "check", "type": "delay", "parentId": "checks", "position": {"x": 20, "y": 50},
+                      "data": {"label": "Run a check", "seconds": 0.1}},
+                     {"id": "notes", "type": "llm", "position": {"x": 450, "y": 60},
+                      "data": {"label": "Write notes", "model": "text", "prompt": "notes", "base_url": fake_llm.base_url}},
+                     {"id": "ask", "type": "approval", "position": {"x": 655, "y": 60},
                       "data": {"label": "Ship it?", "message": "Ship the release?",
                                "form": {"reason": {"type": "string", "required": True, "description": "Why"},
                                         "copies": {"type": "integer"}}}},
-                     {"id": "ship", "type": "transform", "position": {"x": 440, "y": 0},
-                      "data": {"output": "{{ ask.input.reason }} x{{ ask.input.copies }}"}},
-                     {"id": "stop", "type": "transform", "position": {"x": 440, "y": 120}, "data": {"output": "no"}}],
-           "edges": [{"id": "e1", "source": "start", "target": "ask"},
-                     {"id": "e2", "source": "ask", "sourceHandle": "approved", "target": "ship"},
-                     {"id": "e3", "source": "ask", "sourceHandle": "rejected", "target": "stop"}]}
+                     {"id": "ship", "type": "transform", "position": {"x": 860, "y": 0},
+                      "data": {"label": "Ship", "output": "{{ ask.input.reason }} x{{ ask.input.copies }}"}},
+                     {"id": "stop", "type": "transform", "position": {"x": 860, "y": 120},
+                      "data": {"label": "Stop", "output": "no"}}],
+           "edges": [{"id": "e0", "source": "start", "target": "checks"},
+                     {"id": "e1", "source": "checks", "target": "notes"},
+                     {"id": "e2", "source": "notes", "target": "ask"},
+                     {"id": "e3", "source": "ask", "sourceHandle": "approved", "target": "ship"},
+                     {"id": "e4", "source": "ask", "sourceHandle": "rejected", "target": "stop"}]}
     run_id = await execute(served, raw)
     page = await open_run(context, served, run_id)
     form = page.locator("form[data-node-id='ask']")
@@ -268,7 +278,10 @@ async def test_an_approval_answered_on_the_page_resumes_the_run(served, context)
     assert "Ship the release?" in await form.text_content()
     await form.locator("textarea[name='reason']").fill("tests are green")
     await form.locator("input[name='copies']").fill("3")
-    await page.screenshot(path=str(ARTIFACTS / "run-approval.png"))
+    await page.click("[data-node-id='notes']")
+    # docs/ui-run-page.png is this picture.
+    await page.set_viewport_size({"width": 1500, "height": 800})
+    await page.screenshot(path=str(ARTIFACTS / "run-approval.png"), clip={"x": 0, "y": 0, "width": 1500, "height": 540})
     await form.locator("[data-role='approve']").click()
     await caught_up(page)
     assert await page.locator("form[data-node-id='ask']").count() == 0, "the answered form goes away"

@@ -58,7 +58,7 @@ export function approvalForm(data, submit, key) {
               el("small", { class: "error", "data-field-error": name }));
   });
   const form = el("form", { class: "approval", "data-approval": key, "data-node-id": data.node_id },
-    el("h3", {}, `Approval: ${data.node_id}${data.path?.length ? ` [${data.path.join(", ")}]` : ""}`),
+    el("h3", {}, `Approval: ${data.label ?? data.node_id}${data.path?.length ? ` [${data.path.join(", ")}]` : ""}`),
     data.message ? el("p", { class: "message" }, data.message) : null,
     data.approvers?.length ? el("p", { class: "muted" }, `Approvers: ${data.approvers.join(", ")}`) : null,
     data.timeout_at ? el("p", { class: "muted" }, `Answer before ${data.timeout_at}`) : null,

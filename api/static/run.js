@@ -255,7 +255,8 @@ class RunPage {
     for (const [key, form] of shown) if (!this.model.approvals.has(key)) form.remove();
     for (const [key, data] of this.model.approvals) {
       if (shown.has(key)) continue;
-      this.approvalsBox.append(approvalForm(data, (input) => api(
+      const label = this.model.nodes.get(data.node_id)?.label;
+      this.approvalsBox.append(approvalForm({ ...data, label }, (input) => api(
         `/api/executions/${encodeURIComponent(executionId)}/resume`,
         { method: "POST", body: { node_id: data.node_id, path: data.path || [], input } }), key));
     }
