@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Header, Query, Request
 from sse_starlette.sse import EventSourceResponse
 
+from api import ui
 from api.auth import Owner
 from api.deps import RunsDep
 from api.schemas import (ErrorBody, ExecuteBody, ExecutionAccepted, ExecutionSummary, ResumeBody, ResumeOut,
@@ -26,7 +27,7 @@ TRIGGERS = ("api", "schedule", "webhook", "prefect-ui", "retry", "parent")
 
 @router.post("/api/workflows/{workflow_id}/execute", status_code=202, response_model=ExecutionAccepted,
              responses=ERRORS)
-async def execute_workflow(workflow_id: str, body: ExecuteBody, owner: Owner, runs: RunsDep,
+async def execute_workflow(workflow_id: str, body: ExecuteBody, owner: Owner, runs: RunsDep, request: Request,
                            idempotency_key: str | None = Header(None, max_length=200, description=(
                                "Retry-safe execute: a second request with the same key for the same "
                                "workflow answers the run the first one started."))) -> ExecutionAccepted:
@@ -42,6 +43,7 @@ async def execute_workflow(workflow_id: str, body: ExecuteBody, owner: Owner, ru
         exc.message += "; the run may still start: retry with the header Idempotency-Key: " + given
         exc.details["idempotency_key"] = given
         raise
+    ui.link_back(request, run_id)  # the Prefect UI links to the run page
     return ExecutionAccepted(execution_id=run_id, status="pending", links=runs.links(run_id))
 
 

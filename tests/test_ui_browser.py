@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -191,7 +192,7 @@ def delay(node_id: str, seconds: float) -> dict:
     return {"id": node_id, "type": "delay", "data": {"label": node_id, "seconds": seconds}}
 
 
-async def test_node_states_change_in_order_as_the_run_proceeds(served, context):
+async def test_node_states_change_in_order_as_the_run_proceeds(served, context, prefect_server):
     # "pre" gives the page time to be live before "a" starts: what follows is seen as it happens.
     raw = {"name": name("ui-order"), **chain(delay("pre", 1.5), delay("a", 0.6), delay("b", 0.6))}
     run_id = await execute(served, raw)
@@ -210,6 +211,12 @@ async def test_node_states_change_in_order_as_the_run_proceeds(served, context):
     events = await page.text_content("[data-role='event-count']")
     assert events == f"{await page.get_attribute('body', 'data-last-event-id')} events", "every event once"
     await page.screenshot(path=str(ARTIFACTS / "run-completed.png"))
+    # And back: the flow run in Prefect carries a link to this page.
+    async with httpx.AsyncClient(timeout=60) as client:
+        artifacts = (await client.post(f"{prefect_server.api_url}/artifacts/filter",
+                                       json={"artifacts": {"flow_run_id": {"any_": [run_id]}}})).json()
+    links = [a["data"] for a in artifacts if a["description"] == "FlowMaestro run page"]
+    assert links == [f"[Open this run's page in FlowMaestro]({served}/ui/executions/{run_id})"], artifacts
 
 
 async def test_tokens_stream_into_their_node_and_containers_count_iterations(served, context, fake_llm):
@@ -386,3 +393,40 @@ async def test_a_frontend_of_another_origin_follows_a_run_with_a_plain_event_sou
                                     timeout=120)
     assert events[0] == [1, "execution:started"] and events[-1][1] == "execution:completed"
     assert [e[0] for e in events] == sorted({e[0] for e in events})
+
+
+async def test_the_page_renews_a_refused_token_and_resumes_after_the_last_event(served, context):
+    """The first stream request is refused (as an expired token is), the second is cut after
+    three events: the page asks for a new token, then reconnects from event 4 with the
+    token it has, and every event is applied once."""
+    run_id = await execute(served, {"name": name("ui-reconnect"), **chain(delay("a", 0.1), delay("b", 0.1))})
+    await final(served, run_id)
+    urls: list[str] = []
+    first_ids: list[str] = []
+
+    async def flaky(route):
+        urls.append(route.request.url)
+        if len(urls) == 1:
+            await route.fulfill(status=401, content_type="application/json",
+                                body=json.dumps({"detail": "stream token expired", "issues": []}))
+            return
+        answer = await route.fetch()
+        body = await answer.text()
+        first_ids.append(re.search(r"^id: (\d+)", body, re.M).group(1))
+        if len(urls) == 2:
+            body = "\r\n\r\n".join(re.split(r"\r\n\r\n", body)[:3]) + "\r\n\r\n"
+        await route.fulfill(response=answer, body=body)
+
+    await context.route(re.compile(r"/stream\?token="), flaky)
+    page = await context.new_page()
+    tokens_asked: list[str] = []
+    page.on("request", lambda r: tokens_asked.append(r.url) if r.url.endswith("/stream-token") else None)
+    await page.add_init_script(RECORDER % json.dumps(KEY))
+    await page.goto(f"{served}/ui/executions/{run_id}")
+    await caught_up(page)
+    assert first_ids == ["1", "4"], (first_ids, urls)
+    assert urls[2].endswith("&after=3") and urls[1] == urls[2].removesuffix("&after=3"), "the same token, still valid"
+    assert len(tokens_asked) == 2, "a new token after the refusal"
+    last = int(await page.get_attribute("body", "data-last-event-id"))
+    assert await page.text_content("[data-role='event-count']") == f"{last} events", "each event applied once"
+    assert await page.get_attribute("[data-node-id='b']", "data-state") == "completed"

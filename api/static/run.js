@@ -282,34 +282,48 @@ class RunPage {
   }
 }
 
-/** Follows the stream with a stream token; reconnects from the last event seen. */
+/** Follows the stream with a stream token, and reconnects from the last event received.
+ *
+ * It does not leave reconnection to the browser: its EventSource would retry with the same
+ * URL (a token that may have expired) after its own delay, and some paths (proxies,
+ * interception) drop the Last-Event-ID header it sends. The page knows the last id it got,
+ * so it reopens with ?after= that id (the server's equivalent of Last-Event-ID), with the
+ * token while it is valid and a new one otherwise. */
 class Follower {
   constructor(page) {
     this.page = page;
-    this.delay = 1000;
+    this.delay = 500;
+    this.token = null;
+    this.expires = 0;
   }
 
   async open() {
-    const { token } = await api(`/api/executions/${encodeURIComponent(executionId)}/stream-token`, { method: "POST" });
+    const run = encodeURIComponent(executionId);
+    if (!this.token || Date.now() > this.expires - 5000) {
+      const issued = await api(`/api/executions/${run}/stream-token`, { method: "POST" });
+      this.token = issued.token;
+      this.expires = Date.parse(issued.expires_at);
+    }
     const after = lastQueued(this.page);
-    const url = `${API}/api/executions/${encodeURIComponent(executionId)}/stream?token=${encodeURIComponent(token)}`
-                + (after ? `&after=${after}` : "");
-    const source = new EventSource(url);
+    const source = new EventSource(`${API}/api/executions/${run}/stream?token=${encodeURIComponent(this.token)}`
+                                   + (after ? `&after=${after}` : ""));
     this.source = source;
     for (const type of EVENT_TYPES) {
       source.addEventListener(type, (event) => {
-        this.delay = 1000;
+        this.delay = 500;
         this.page.push(type, Number(event.lastEventId) || 0, event.data);
-        if (FINAL.has(type)) source.close();  // the server ends the stream: do not reconnect
+        if (FINAL.has(type)) source.close();  // the server ends the stream here: no reconnection
       });
     }
+    let opened = false;
+    source.onopen = () => { opened = true; document.body.dataset.stream = "open"; };
     source.onerror = () => {
-      // CONNECTING: the browser reconnects by itself, sending Last-Event-ID. CLOSED: it gave
-      // up (the token expired, the API restarted and refused it): a new token, then go on.
-      if (source.readyState === EventSource.CLOSED && !this.page.finalSeen) {
-        setTimeout(() => this.open().catch(() => this.retryLater()), this.delay);
-        this.delay = Math.min(this.delay * 2, 15000);
-      }
+      source.close();
+      document.body.dataset.stream = "reconnecting";
+      // A refusal (401/403) is an error before the stream opened, with no status to read:
+      // the next attempt asks for a new token, in case this one expired.
+      if (!opened) this.token = null;
+      this.retryLater();
     };
   }
 
