@@ -342,6 +342,13 @@ async def test_an_error_is_shown_on_the_node_that_failed(served, context):
     assert "division" in await page.text_content("[data-role='node-error']"), "the failed node is selected"
     assert await page.get_attribute("[data-node-id='after']", "data-state") in ("pending", "skipped")
     await page.screenshot(path=str(ARTIFACTS / "run-error.png"))
+    await page.click("header nav a:has-text('Runs')")  # the list, newest first, links to run pages
+    row = page.locator(f"tr[data-execution-id='{run_id}']")
+    await row.wait_for(timeout=30_000)
+    assert await page.locator("tbody tr").first.get_attribute("data-execution-id") == run_id
+    assert await row.locator("[data-status]").text_content() == "failed"
+    await row.locator("a").click()
+    await page.wait_for_url(f"{served}/ui/executions/{run_id}")
 
 
 async def test_playground_shows_compile_issues_on_their_nodes_then_runs(served, context):

@@ -213,8 +213,10 @@ class RunPage {
     if (view.g.getAttribute("data-state") !== node.state) view.g.setAttribute("data-state", node.state);
     let text = "", tip = `${node.label} (${node.type}, id ${id}): ${node.state}`;
     if (view.g.classList.contains("container")) {
-      const total = node.total ?? (node.state === "completed" && node.output?.iterations) ?? null;
-      const of = total !== null && total !== undefined ? `/${total}` : "";
+      // The total is known up front for a literal count or list, otherwise once it ended.
+      const ended = node.output?.iterations ?? node.output?.results?.length;
+      const total = node.total ?? (Number.isInteger(ended) ? ended : null);
+      const of = total === null ? "" : `/${total}`;
       if (node.type === "loop" && node.started.size) text = `iteration ${node.started.size}${of}`;
       else if (node.started.size) text = `${node.done}${of} branches done`;
     } else if (node.error) {
