@@ -17,6 +17,8 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
+import re
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -118,3 +120,23 @@ def stream_reader(request: Request, execution_id: str,
 
 
 StreamReader = Annotated[str, Depends(stream_reader)]
+
+
+_TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&\s]+")
+
+
+class RedactStreamTokens(logging.Filter):
+    """Writes ``token=[redacted]`` in uvicorn's access log lines: a token in a URL would
+    otherwise be in every log that keeps them, readable for its ten minutes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(isinstance(a, str) and "token=" in a for a in record.args):
+            record.args = tuple(_TOKEN_IN_QUERY.sub(r"\1[redacted]", a) if isinstance(a, str) else a
+                                for a in record.args)
+        return True
+
+
+def redact_access_logs() -> None:
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, RedactStreamTokens) for f in access.filters):
+        access.addFilter(RedactStreamTokens())

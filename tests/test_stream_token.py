@@ -179,3 +179,14 @@ async def test_ui_pages_are_public_shells_with_a_strict_policy(client):
     script = await client.get("/ui/static/run.js", headers={"Authorization": ""})
     assert script.status_code == 200 and "javascript" in script.headers["content-type"]
     assert "innerHTML" not in script.text
+
+
+def test_access_logs_do_not_keep_tokens():
+    import logging
+
+    from api.stream_tokens import RedactStreamTokens
+
+    record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d', (
+        "127.0.0.1:5000", "GET", "/api/executions/x/stream?after=3&token=v1.abc.def", "1.1", 200), None)
+    RedactStreamTokens().filter(record)
+    assert record.getMessage() == '127.0.0.1:5000 - "GET /api/executions/x/stream?after=3&token=[redacted] HTTP/1.1" 200'

@@ -159,12 +159,22 @@ class RunPage {
       this.statusBadge, this.counter,
       prefect ? el("a", { href: prefect, target: "_blank", rel: "noopener", "data-role": "prefect-link" },
                    "Open in the Prefect UI") : null);
+    const frame = canvasFrame(this.drawn.root);
+    title.append(el("button", { type: "button", class: "secondary", "data-role": "fit",
+                                onclick: () => frame.classList.toggle("fit") }, "Fit / actual size"));
     document.body.append(header(), el("main", { class: "run" }, title, this.banner,
-      el("div", { class: "split" }, canvasFrame(this.drawn.root),
+      el("div", { class: "split" }, frame,
          el("aside", {}, this.approvalsBox, this.details))));
     this.drawn.root.addEventListener("click", (event) => {
       const g = event.target.closest?.("[data-node-id]");
       if (g) this.select(g.getAttribute("data-node-id"));
+    });
+    this.drawn.root.addEventListener("keydown", (event) => {  // nodes are focusable: Tab, then Enter
+      const g = event.target.closest?.("[data-node-id]");
+      if (g && (event.key === "Enter" || event.key === " ")) {
+        event.preventDefault();
+        this.select(g.getAttribute("data-node-id"));
+      }
     });
   }
 
