@@ -23,6 +23,7 @@ import socket
 import statistics
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -77,19 +78,15 @@ def big_run(run_id: str, n: int, chunks: int):
     return events
 
 
-async def prepare(app, n: int, chunks: int) -> str:
-    canvas = big_canvas(n)
-    saved = await app.state.runs.workflows.create("bench", "big", canvas, "bench")
+async def new_run(app, workflow_id: str, n: int, chunks: int):
+    """A run in the store (its result stored, so its page needs no Prefect) and its events."""
     run_id = str(uuid.uuid4())
     executions = app.state.runs.executions
-    await executions.record_start(execution_id=run_id, owner="bench", workflow_id=saved.workflow_id, version=1,
+    await executions.record_start(execution_id=run_id, owner="bench", workflow_id=workflow_id, version=1,
                                   workflow_name="big", inputs={}, trigger={"type": "api"})
-    await executions.record_result(run_id, {"id": run_id, "workflow": "big", "workflow_id": saved.workflow_id,
+    await executions.record_result(run_id, {"id": run_id, "workflow": "big", "workflow_id": workflow_id,
                                             "version": 1, "status": "completed", "nodes": {}})
-    events = big_run(run_id, n, chunks)
-    for start in range(0, len(events), 1000):
-        await app.state.event_log.append(events[start:start + 1000])
-    return run_id
+    return run_id, big_run(run_id, n, chunks)
 
 
 PROBE = """
@@ -113,14 +110,23 @@ setInterval(() => {
 """
 
 
-async def trial(browser, base: str, run_id: str, n: int, screenshot: Path | None) -> dict:
+async def trial(browser, base: str, run_id: str, n: int, screenshot: Path | None, feed=None) -> dict:
+    """Opens the run page; with ``feed``, the run's events are appended only once the page
+    is painted (``feed()``, a coroutine), as a live run's are."""
     context = await browser.new_context(viewport={"width": 1400, "height": 900})
     await context.add_init_script(f"sessionStorage.setItem('flowmaestro.apiKey', '{KEY}');" + PROBE)
     page = await context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     await page.goto(f"{base}/ui/executions/{run_id}")
-    await page.wait_for_selector("body[data-caught-up='true']", timeout=120_000)
+    lag_ms = None
+    if feed is not None:
+        await page.wait_for_selector("body[data-painted='true']", timeout=120_000)
+        await feed()
+        fed = time.perf_counter()
+        await page.wait_for_selector("body[data-caught-up='true']", timeout=120_000, state="attached")
+        lag_ms = (time.perf_counter() - fed) * 1000
+    await page.wait_for_selector("body[data-caught-up='true']", timeout=120_000, state="attached")
     numbers = await page.evaluate("""() => {
       const nav = performance.getEntriesByType("navigation")[0];
       const mark = (name) => performance.getEntriesByName(name)[0].startTime;
@@ -132,6 +138,7 @@ async def trial(browser, base: str, run_id: str, n: int, screenshot: Path | None
     }""")
     assert not errors, errors
     assert numbers["completed"] == n, numbers
+    numbers["lag_ms"] = lag_ms
     if screenshot:
         await page.screenshot(path=str(screenshot))
     await context.close()
@@ -141,8 +148,6 @@ async def trial(browser, base: str, run_id: str, n: int, screenshot: Path | None
 async def read_stream(base: str, run_id: str) -> float:
     """Seconds the API takes to send the whole stream to a client that does nothing else:
     the floor under the page's catch-up time."""
-    import time
-
     import httpx
 
     async with httpx.AsyncClient(base_url=base, timeout=120, headers={"Authorization": f"Bearer {KEY}"}) as client:
@@ -159,6 +164,8 @@ async def main() -> None:
     parser.add_argument("--chunks", type=int, default=8, help="token chunks per node")
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--screenshot", type=Path)
+    parser.add_argument("--live-rate", type=int, default=1000,
+                        help="events a second appended while the page is open, in the live trial")
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="fm-ui-bench-"))
     os.environ.update(FLOWMAESTRO_HOME=str(home), PREFECT_HOME=str(home / "prefect"),
@@ -178,7 +185,9 @@ async def main() -> None:
     while not server.started:
         await asyncio.sleep(0.05)
     try:
-        run_id = await prepare(app, args.nodes, args.chunks)
+        saved = await app.state.runs.workflows.create("bench", "big", big_canvas(args.nodes), "bench")
+        run_id, events = await new_run(app, saved.workflow_id, args.nodes, args.chunks)
+        await app.state.event_log.append(events)
         base = f"http://127.0.0.1:{port}"
         stream_s = await read_stream(base, run_id)
         async with async_playwright() as playwright:
@@ -188,6 +197,15 @@ async def main() -> None:
             for i in range(args.trials):
                 results.append(await trial(browser, base, run_id, args.nodes,
                                            args.screenshot if i == args.trials - 1 else None))
+            live_id, live_events = await new_run(app, saved.workflow_id, args.nodes, args.chunks)
+            batch = max(1, args.live_rate // 20)
+
+            async def feed() -> None:  # 20 batches a second
+                for start in range(0, len(live_events), batch):
+                    await app.state.event_log.append(live_events[start:start + batch])
+                    await asyncio.sleep(0.05)
+
+            live = await trial(browser, base, live_id, args.nodes, None, feed)
             await browser.close()
     finally:
         server.should_exit = True
@@ -201,6 +219,9 @@ async def main() -> None:
         print(f"{i:>5} {r['first_paint_ms']:>10.0f}ms {r['caught_up_ms']:>8.0f}ms {r['longest_frame_ms']:>12.0f}ms "
               f"{r['worst_timer_delay_ms']:>16.0f}ms")
     print(f"the API alone sends the {first['events']} events to a plain HTTP client in {stream_s * 1000:.0f} ms")
+    print(f" live: {live['events']} events appended at {args.live_rate}/s while the page is open: the page is "
+          f"{live['lag_ms']:.0f} ms behind the last one; longest frame {live['longest_frame_ms']:.0f} ms, worst timer "
+          f"delay {live['worst_timer_delay_ms']:.0f} ms")
     print(f"median: first paint {statistics.median(r['first_paint_ms'] for r in results):.0f} ms, caught up "
           f"{statistics.median(r['caught_up_ms'] for r in results):.0f} ms after navigation start")
 
