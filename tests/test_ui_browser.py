@@ -143,6 +143,10 @@ async def context(browser):
     context = await browser.new_context(viewport={"width": 1300, "height": 800}, device_scale_factor=1)
     errors: list[str] = []
     context.on("weberror", lambda e: errors.append(str(e.error)))
+    # Console errors too (a Content-Security-Policy violation is one), except the failed
+    # requests some tests cause on purpose.
+    context.on("console", lambda m: errors.append(m.text) if m.type == "error"
+               and not m.text.startswith("Failed to load resource") else None)
     yield context
     await context.close()
     assert not errors, f"errors in the page: {errors}"

@@ -363,9 +363,13 @@ async function main() {
     const workflow = await api(`/api/workflows/${encodeURIComponent(execution.workflow_id)}?version=${execution.version}`);
     canvas = workflow.canvas;
   } catch {
-    canvas = { nodes: [], edges: [] };  // a deleted workflow: states still show in the details
+    canvas = null;  // its workflow was deleted: the run's status and events still show
   }
-  const page = new RunPage(execution, canvas);
+  const page = new RunPage(execution, canvas || { nodes: [], edges: [] });
+  if (!canvas) {
+    page.banner.textContent = "The workflow of this run was deleted: its canvas cannot be drawn.";
+    page.banner.hidden = false;
+  }
   // Painted: the frame that draws the canvas has been rendered (its style and layout too).
   requestAnimationFrame(() => setTimeout(() => {
     performance.mark("fm:first-paint");
