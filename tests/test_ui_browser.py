@@ -441,3 +441,40 @@ async def test_the_page_renews_a_refused_token_and_resumes_after_the_last_event(
     last = int(await page.get_attribute("body", "data-last-event-id"))
     assert await page.text_content("[data-role='event-count']") == f"{last} events", "each event applied once"
     assert await page.get_attribute("[data-node-id='b']", "data-state") == "completed"
+
+
+async def test_a_canvas_without_positions_is_laid_out_without_overlaps(served, context):
+    """Hand-written canvases have no positions: columns by depth, bodies inside their containers."""
+    raw = {"name": name("ui-layout"),
+           "nodes": [{"id": "start", "type": "start", "data": {}},
+                     {"id": "left", "type": "transform", "data": {"output": 1}},
+                     {"id": "right", "type": "transform", "data": {"output": 2}},
+                     {"id": "each", "type": "loop", "data": {"mode": "for", "count": 2}},
+                     {"id": "inner", "type": "transform", "parentId": "each", "data": {"output": 3}},
+                     {"id": "inner2", "type": "transform", "parentId": "each", "data": {"output": 4}},
+                     {"id": "end", "type": "end", "data": {}}],
+           "edges": [{"id": "a", "source": "start", "target": "left"}, {"id": "b", "source": "start", "target": "right"},
+                     {"id": "c", "source": "left", "target": "each"}, {"id": "d", "source": "right", "target": "each"},
+                     {"id": "e", "source": "inner", "target": "inner2"}, {"id": "f", "source": "each", "target": "end"}]}
+    page = await context.new_page()
+    await page.add_init_script(RECORDER % json.dumps(KEY))
+    await page.goto(f"{served}/ui/new")
+    await page.fill("[data-role='canvas-json']", json.dumps(raw))
+    await page.wait_for_selector("body[data-valid='true']", timeout=30_000)
+    boxes = await page.evaluate("""() => Object.fromEntries([...document.querySelectorAll("[data-node-id]")].map((g) => {
+      const r = g.querySelector("rect").getBoundingClientRect();
+      return [g.getAttribute("data-node-id"), [r.left, r.top, r.right, r.bottom]];
+    }))""")
+
+    def overlap(a, b):
+        return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+    def inside(a, b):
+        return b[0] <= a[0] and b[1] <= a[1] and a[2] <= b[2] and a[3] <= b[3]
+
+    top = ["start", "left", "right", "each", "end"]
+    assert not [(a, b) for a in top for b in top if a < b and overlap(boxes[a], boxes[b])], boxes
+    assert inside(boxes["inner"], boxes["each"]) and inside(boxes["inner2"], boxes["each"]), boxes
+    assert not overlap(boxes["inner"], boxes["inner2"]) and boxes["inner"][2] <= boxes["inner2"][0], "inner -> inner2"
+    assert boxes["start"][2] <= boxes["left"][0] and boxes["left"][2] <= boxes["each"][0] <= boxes["end"][0]
+    assert boxes["left"][0] == boxes["right"][0], "same depth, same column"
