@@ -375,8 +375,10 @@ async function main() {
     performance.mark("fm:first-paint");
     document.body.dataset.painted = "true";
   }));
-  await new Follower(page).open();
-  window.__flowmaestro = page;  // for the browser tests and the benchmark
+  // A run started from the Prefect UI or a schedule has no stream until a worker takes it.
+  const follower = new Follower(page);
+  follower.open().catch(() => follower.retryLater());
+  window.__flowmaestro = page;  // for poking at in the browser's console
 }
 
 main();
