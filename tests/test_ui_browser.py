@@ -374,7 +374,8 @@ async def test_playground_shows_compile_issues_on_their_nodes_then_runs(served, 
               "edges": [{"id": "e1", "source": "start", "target": "mystery"},
                         {"id": "e2", "source": "mystery", "target": "shape"},
                         {"id": "e3", "source": "shape", "target": "ghost"}]}
-    await page.fill("[data-role='canvas-json']", json.dumps(broken, indent=1))
+    await page.set_input_files("[data-role='canvas-file']", files=[  # uploaded; the fixed one below is pasted
+        {"name": "broken.json", "mimeType": "application/json", "buffer": json.dumps(broken, indent=1).encode()}])
     await page.wait_for_selector("[data-node-id='mystery'][data-issue-severity='error']", timeout=30_000)
     assert "unknown_node_type" in await page.get_attribute("[data-node-id='mystery']", "data-issue-codes")
     assert "invalid_config" in await page.get_attribute("[data-node-id='shape']", "data-issue-codes")
