@@ -33,6 +33,7 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 PAGES = {"list": "Runs", "run": "Run", "new": "Playground"}
+_LINKING: set[asyncio.Task[None]] = set()
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
@@ -103,10 +104,9 @@ def link_back(request: Request, execution_id: str) -> None:
         except Exception as exc:  # a missing link is not worth failing anything for
             log.warning("run page link of %s not added in Prefect: %s", execution_id, exc)
 
-    pending: set[asyncio.Task[None]] = request.app.state.__dict__.setdefault("ui_link_tasks", set())
     task = asyncio.create_task(create())
-    pending.add(task)  # a reference until it ends: the loop keeps only weak ones
-    task.add_done_callback(pending.discard)
+    _LINKING.add(task)  # a reference until it ends: the event loop keeps only weak ones
+    task.add_done_callback(_LINKING.discard)
 
 
 def mount(app: FastAPI) -> None:
