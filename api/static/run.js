@@ -324,13 +324,17 @@ class Follower {
       source.addEventListener(type, (event) => {
         this.delay = 500;
         this.page.push(type, Number(event.lastEventId) || 0, event.data);
-        if (FINAL.has(type)) source.close();  // the server ends the stream here: no reconnection
+        if (FINAL.has(type)) {  // the server ends the stream here: no reconnection
+          this.done = true;
+          source.close();
+        }
       });
     }
     let opened = false;
     source.onopen = () => { opened = true; document.body.dataset.stream = "open"; };
     source.onerror = () => {
       source.close();
+      if (this.done) return;
       document.body.dataset.stream = "reconnecting";
       // A refusal (401/403) is an error before the stream opened, with no status to read:
       // the next attempt asks for a new token, in case this one expired.
