@@ -47,6 +47,22 @@ class RunModel {
              total: containerTotal(n), started: new Set(), ended: new Map(), done: 0 };
   }
 
+  /** States from the stored result of a run that ended: what shows when its events are
+   * gone (older than the event log's retention); the events, if any, then replay over it. */
+  baseline(execution) {
+    for (const [id, stored] of Object.entries(execution.nodes || {})) {
+      const node = this.node(id, stored);
+      node.state = stored.status || node.state;
+      node.output = stored.output;
+      node.error = stored.error || null;
+      node.attempts = stored.attempts || 0;
+      this.dirty.add(id);
+    }
+    this.status = execution.status;
+    this.error = execution.error || null;
+    this.changed.status = true;
+  }
+
   node(id, data) {
     if (!this.nodes.has(id)) this.nodes.set(id, this.blank({ id, type: data?.type, data: { label: data?.label } }));
     return this.nodes.get(id);
@@ -250,6 +266,7 @@ class RunPage {
 
   renderStatus() {
     const m = this.model;
+    document.title = `${m.status} · ${this.execution.workflow || "run"} · FlowMaestro`;
     this.statusBadge.textContent = m.status;
     this.statusBadge.dataset.status = m.status;
     document.body.dataset.runStatus = m.status;
@@ -379,6 +396,10 @@ async function main() {
     performance.mark("fm:first-paint");
     document.body.dataset.painted = "true";
   }));
+  if (["completed", "failed", "cancelled"].includes(execution.status)) {
+    page.model.baseline(execution);
+    page.schedule();
+  }
   // A run started from the Prefect UI or a schedule has no stream until a worker takes it.
   const follower = new Follower(page);
   follower.open().catch(() => follower.retryLater());
