@@ -132,8 +132,8 @@ export function drawCanvas(canvas) {
   const defs = svg("defs", {}, svg("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 7,
                                               markerHeight: 7, orient: "auto-start-reverse" },
                                    svg("path", { d: "M0,0 L10,5 L0,10 z", class: "arrowhead" })));
-  const containerLayer = svg("g", {}), edgeLayer = svg("g", {}), nodeLayer = svg("g", {});
-  root.append(defs, containerLayer, edgeLayer, nodeLayer);
+  const containerLayer = svg("g", {}), edgeLayer = svg("g", {}), nodeLayer = svg("g", {}), labelLayer = svg("g", {});
+  root.append(defs, containerLayer, edgeLayer, nodeLayer, labelLayer);  // handle labels stay readable on top
 
   const views = new Map();
   const ordered = [...nodes].sort((a, b) => boxes.get(a.id).depth - boxes.get(b.id).depth);
@@ -165,8 +165,8 @@ export function drawCanvas(canvas) {
                                "marker-end": "url(#arrow)" });
     edgeLayer.append(path);
     if (handle !== "source") {
-      edgeLayer.append(svg("text", { class: "edge-label", x: (x1 + x2) / 2, y: (y1 + y2) / 2 - 4,
-                                     "text-anchor": "middle" }, handle));
+      labelLayer.append(svg("text", { class: "edge-label", x: (x1 + x2) / 2, y: (y1 + y2) / 2 + 3,
+                                      "text-anchor": "middle" }, handle));
     }
     edgeViews.set(e.id ?? `edges[${index}]`, path);
   });
