@@ -14,7 +14,7 @@ from prefect.client.orchestration import get_client
 from prometheus_client import generate_latest
 from sqlalchemy import text
 
-from api import dead_letters, executions, schedules, webhooks, workflows
+from api import dead_letters, executions, schedules, ui, webhooks, workflows
 from api.errors import install_error_handlers
 from api.metrics import Metrics
 from api.rate_limit import MemoryRateLimiter, RedisRateLimiter
@@ -22,6 +22,7 @@ from api.runs import RunService
 from api.schedule_service import ScheduleService
 from api.webhook_service import WebhookService
 from api.settings import ApiSettings
+from api.stream_tokens import StreamTokens, redact_access_logs, token_key
 from deployments.workflow_deployments import WorkflowDeployments
 from flows.event_log import event_log_from_env
 from flows.local_server import ui_url_for
@@ -111,12 +112,15 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                 else MemoryRateLimiter(settings.webhook_rate_limit)
             stack.push_async_callback(limiter.close)
             app.state.webhooks = WebhookService(app.state.runs, Webhooks(database, box), limiter)
+            app.state.stream_tokens = StreamTokens(token_key(settings), settings.stream_token_ttl_s)
             yield
 
     metrics = Metrics()
     app = FastAPI(title="FlowMaestro", version="0.1.0", lifespan=lifespan,
                   description="Save canvas workflows, run them on Prefect workers, follow them live.")
     app.state.key_owners = settings.key_owners()
+    app.state.public_url = settings.public_url
+    redact_access_logs()  # stream tokens travel in URLs
     install_error_handlers(app)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
@@ -129,6 +133,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(schedules.router)
     app.include_router(webhooks.router)
     app.include_router(webhooks.intake)
+    ui.mount(app)  # the run page, the list and the playground under /ui (docs/ui.md)
 
     @app.get("/health", tags=["operations"])
     async def health(request: Request) -> JSONResponse:

@@ -9,10 +9,12 @@ from typing import Any
 from fastapi import APIRouter, Header, Query, Request
 from sse_starlette.sse import EventSourceResponse
 
+from api import ui
 from api.auth import Owner
 from api.deps import RunsDep
 from api.schemas import (ErrorBody, ExecuteBody, ExecutionAccepted, ExecutionSummary, ResumeBody, ResumeOut,
-                         RetryBody, RunResult)
+                         RetryBody, RunResult, StreamTokenOut)
+from api.stream_tokens import StreamReader
 from flows.events import FINAL_EVENT_TYPES, utcnow
 from store.errors import Unavailable
 
@@ -25,7 +27,7 @@ TRIGGERS = ("api", "schedule", "webhook", "prefect-ui", "retry", "parent")
 
 @router.post("/api/workflows/{workflow_id}/execute", status_code=202, response_model=ExecutionAccepted,
              responses=ERRORS)
-async def execute_workflow(workflow_id: str, body: ExecuteBody, owner: Owner, runs: RunsDep,
+async def execute_workflow(workflow_id: str, body: ExecuteBody, owner: Owner, runs: RunsDep, request: Request,
                            idempotency_key: str | None = Header(None, max_length=200, description=(
                                "Retry-safe execute: a second request with the same key for the same "
                                "workflow answers the run the first one started."))) -> ExecutionAccepted:
@@ -41,6 +43,7 @@ async def execute_workflow(workflow_id: str, body: ExecuteBody, owner: Owner, ru
         exc.message += "; the run may still start: retry with the header Idempotency-Key: " + given
         exc.details["idempotency_key"] = given
         raise
+    ui.link_back(request, run_id)  # the Prefect UI links to the run page
     return ExecutionAccepted(execution_id=run_id, status="pending", links=runs.links(run_id))
 
 
@@ -84,12 +87,23 @@ async def resume_execution(execution_id: str, body: ResumeBody, owner: Owner, ru
     return ResumeOut(**await runs.resume(owner, execution_id, body.node_id, body.path, body.input))
 
 
-@router.get("/api/executions/{execution_id}/stream", responses=ERRORS)
-async def stream_execution(execution_id: str, request: Request, owner: Owner, runs: RunsDep,
+@router.post("/api/executions/{execution_id}/stream-token", response_model=StreamTokenOut, responses=ERRORS)
+async def stream_token(execution_id: str, request: Request, owner: Owner, runs: RunsDep) -> StreamTokenOut:
+    """A short-lived token that reads this run's stream and nothing else, for clients that
+    cannot send ``Authorization`` (a browser's ``EventSource``): ``?token=`` on the stream."""
+    await runs.executions.get(owner, execution_id)
+    token, expires_at = request.app.state.stream_tokens.issue(execution_id, owner)
+    return StreamTokenOut(token=token, expires_at=expires_at,
+                          stream=f"/api/executions/{execution_id}/stream?token={token}")
+
+
+@router.get("/api/executions/{execution_id}/stream", responses=ERRORS | {403: {"model": ErrorBody}})
+async def stream_execution(execution_id: str, request: Request, owner: StreamReader, runs: RunsDep,
                            after: int | None = Query(None, ge=0, description="Replay events after this id."),
                            last_event_id: str | None = Header(None)) -> EventSourceResponse:
     """Server-Sent Events of the run (canvas spec section 10): replay from
-    ``Last-Event-ID`` (or ``?after=``), then live events; ends after the final event."""
+    ``Last-Event-ID`` (or ``?after=``), then live events; ends after the final event.
+    Authenticated by the bearer key, or by ``?token=`` (a stream token of this run)."""
     await runs.executions.get(owner, execution_id)
     start = after if after is not None else int(last_event_id) if (last_event_id or "").isdigit() else 0
     log = request.app.state.event_log

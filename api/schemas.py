@@ -147,6 +147,12 @@ class ResumeOut(BaseModel):
     message: str
 
 
+class StreamTokenOut(BaseModel):
+    token: str
+    expires_at: datetime
+    stream: str = Field(description="The stream's path with the token, for an EventSource.")
+
+
 # --- schedules and webhooks (docs/triggers.md) -------------------------------------------
 
 Overlap = Literal["allow", "skip", "queue"]

@@ -1,0 +1,481 @@
+"""The /ui pages in headless Chromium (Debian's, driven by Playwright) against a real
+`flowmaestro serve` (uvicorn and its worker) on the session's Prefect server, with the
+local streaming OpenAI server for tokens.
+
+What the page shows is read from the DOM, not from pixels: every node's ``data-state``
+change and token text is recorded by a MutationObserver installed before the page's own
+scripts, and read back in order. One server and one browser serve the whole module.
+Screenshots go to tests/artifacts/ui/ (printed at the start).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import threading
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+from httpx_sse import aconnect_sse
+
+from tests.openai_server import FakeOpenAI, Reply
+from tests.processes import free_port, start_serve
+from tests.support import wait_final
+from tests.test_prefect_ui import CHROMIUM, CHROMIUM_ARGS, require_chromium
+
+pytestmark = [pytest.mark.prefect, pytest.mark.usefixtures("prefect_server")]
+KEY = "ui-test-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts" / "ui"
+# Runs before the page's scripts: the key for the session, and a recorder of what the page
+# changes, in the order it changes it.
+RECORDER = """
+sessionStorage.setItem("flowmaestro.apiKey", %s);
+window.__seen = [];
+new MutationObserver((records) => {
+  for (const r of records) {
+    const t = r.target;
+    if (r.attributeName === "data-state") __seen.push(["state", t.getAttribute("data-node-id"), t.getAttribute("data-state")]);
+    else if (r.attributeName === "data-tokens") __seen.push(["tokens", t.getAttribute("data-node-id"), t.getAttribute("data-tokens")]);
+    else if (r.type === "characterData" || r.type === "childList") {
+      const host = (r.target.nodeType === 3 ? r.target.parentNode : r.target);
+      if (host && host.getAttribute && host.getAttribute("data-role") === "progress")
+        __seen.push(["progress", host.closest("[data-node-id]").getAttribute("data-node-id"), host.textContent]);
+    }
+  }
+}).observe(document, {subtree: true, attributes: true, attributeFilter: ["data-state", "data-tokens"],
+                      childList: true, characterData: true});
+"""
+
+
+@pytest.fixture(scope="module")
+def fake_llm():
+    with FakeOpenAI().running() as server:
+        yield server
+
+
+class OtherOrigin:
+    """A page of another origin (a canvas frontend) that follows a run with a plain EventSource."""
+
+    PAGE = b"""<!doctype html><meta charset="utf-8"><title>frontend</title><script>
+window.follow = async (api, key, run) => {
+  const answer = await fetch(`${api}/api/executions/${run}/stream-token`,
+                             {method: "POST", headers: {Authorization: `Bearer ${key}`}});
+  const {token} = await answer.json();
+  const events = [];
+  return await new Promise((resolve, reject) => {
+    const source = new EventSource(`${api}/api/executions/${run}/stream?token=${encodeURIComponent(token)}`);
+    for (const type of ["execution:started", "node:started", "node:completed", "execution:completed"])
+      source.addEventListener(type, (e) => {
+        events.push([Number(e.lastEventId), type]);
+        if (type === "execution:completed") { source.close(); resolve(events); }
+      });
+    source.onerror = () => { if (source.readyState === EventSource.CLOSED) reject(new Error("stream refused")); };
+  });
+};
+</script>"""
+
+    def __init__(self) -> None:
+        page = self.PAGE
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                self.send_response(200)
+                self.send_header("content-type", "text/html")
+                self.end_headers()
+                self.wfile.write(page)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.port = free_port()
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.url = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def frontend():
+    origin = OtherOrigin()
+    yield origin
+    origin.close()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, prefect_server, fake_llm, frontend):
+    require_chromium()
+    import os
+
+    home = tmp_path_factory.mktemp("ui-serve")
+    env = dict(os.environ, FLOWMAESTRO_API_KEYS=f"tester:{KEY}", FLOWMAESTRO_HOME=str(home),
+               FLOWMAESTRO_DATABASE_URL=f"sqlite+aiosqlite:///{home / 'api.db'}",
+               FLOWMAESTRO_REDIS_URL="redis://127.0.0.1:6379/0", OPENAI_API_KEY="sk-test-secret",
+               FLOWMAESTRO_HTTP_ALLOW_HOSTS="127.0.0.1", FLOWMAESTRO_CORS_ORIGINS=frontend.url,
+               # The session's Prefect server is on SQLite and may be slow after other modules.
+               FLOWMAESTRO_PREFECT_TIMEOUT_S="60")
+    proc, base = start_serve(home, env)
+    yield base
+    proc.stop(60)
+
+
+@pytest.fixture(scope="module")
+async def browser(served):
+    from playwright.async_api import async_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    print(f"\nUI screenshots: {ARTIFACTS}")
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        await browser.close()
+
+
+@pytest.fixture
+async def context(browser):
+    context = await browser.new_context(viewport={"width": 1300, "height": 800}, device_scale_factor=1)
+    errors: list[str] = []
+    context.on("weberror", lambda e: errors.append(str(e.error)))
+    # Console errors too (a Content-Security-Policy violation is one), except the failed
+    # requests some tests cause on purpose.
+    context.on("console", lambda m: errors.append(m.text) if m.type == "error"
+               and not m.text.startswith("Failed to load resource") else None)
+    yield context
+    await context.close()
+    assert not errors, f"errors in the page: {errors}"
+
+
+async def execute(base: str, raw: dict, inputs: dict | None = None) -> str:
+    async with httpx.AsyncClient(base_url=base, headers=AUTH, timeout=120) as client:
+        saved = await client.post("/api/workflows", json={"canvas": raw})
+        assert saved.status_code == 201, saved.text
+        started = await client.post(f"/api/workflows/{saved.json()['id']}/execute", json={"inputs": inputs or {}})
+        assert started.status_code == 202, started.text
+        return started.json()["execution_id"]
+
+
+async def final(base: str, run_id: str) -> dict:
+    async with httpx.AsyncClient(base_url=base, headers=AUTH, timeout=60) as client:
+        return await wait_final(client, run_id, timeout=120)
+
+
+async def open_run(context, base: str, run_id: str, *, recorder: bool = True):
+    page = await context.new_page()
+    if recorder:
+        await page.add_init_script(RECORDER % json.dumps(KEY))
+    await page.goto(f"{base}/ui/executions/{run_id}")
+    await page.wait_for_selector("body[data-painted='true']", timeout=60_000)
+    return page
+
+
+async def caught_up(page) -> None:
+    await page.wait_for_selector("body[data-caught-up='true']", timeout=120_000)
+
+
+def name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+def chain(*nodes: dict) -> dict:
+    """start -> nodes... in order."""
+    all_nodes = [{"id": "start", "type": "start", "position": {"x": 0, "y": 0}, "data": {"label": "Start"}}]
+    for i, n in enumerate(nodes, 1):
+        all_nodes.append({"position": {"x": 220 * i, "y": 0}, **n})
+    edges = [{"id": f"e{i}", "source": a["id"], "target": b["id"]} for i, (a, b) in enumerate(zip(all_nodes, all_nodes[1:]))]
+    return {"nodes": all_nodes, "edges": edges}
+
+
+def delay(node_id: str, seconds: float) -> dict:
+    return {"id": node_id, "type": "delay", "data": {"label": node_id, "seconds": seconds}}
+
+
+async def test_node_states_change_in_order_as_the_run_proceeds(served, context, prefect_server):
+    # "pre" gives the page time to be live before "a" starts: what follows is seen as it happens.
+    raw = {"name": name("ui-order"), **chain(delay("pre", 1.5), delay("a", 0.6), delay("b", 0.6))}
+    run_id = await execute(served, raw)
+    page = await open_run(context, served, run_id)
+    await caught_up(page)
+    seen = await page.evaluate("__seen")
+    states = [(node, state) for kind, node, state in seen if kind == "state" and node in ("a", "b")]
+    assert states == [("a", "running"), ("a", "completed"), ("b", "running"), ("b", "completed")], seen
+    for node_id in ("start", "pre", "a", "b"):
+        assert await page.get_attribute(f"[data-node-id='{node_id}']", "data-state") == "completed"
+    assert await page.text_content("[data-role='run-status']") == "completed"
+    colour = await page.eval_on_selector("[data-node-id='a'] rect", "r => getComputedStyle(r).stroke")
+    assert colour == "rgb(22, 163, 74)", "completed nodes are drawn green"
+    link = await page.get_attribute("[data-role='prefect-link']", "href")
+    assert link.endswith(f"/runs/flow-run/{run_id}") and link.startswith("http://127.0.0.1:")
+    events = await page.text_content("[data-role='event-count']")
+    assert events == f"{await page.get_attribute('body', 'data-last-event-id')} events", "every event once"
+    await page.screenshot(path=str(ARTIFACTS / "run-completed.png"))
+    # And back: the flow run in Prefect carries a link to this page.
+    async with httpx.AsyncClient(timeout=60) as client:
+        artifacts = (await client.post(f"{prefect_server.api_url}/artifacts/filter",
+                                       json={"artifacts": {"flow_run_id": {"any_": [run_id]}}})).json()
+    links = [a["data"] for a in artifacts if a["description"] == "FlowMaestro run page"]
+    assert links == [f"[Open this run's page in FlowMaestro]({served}/ui/executions/{run_id})"], artifacts
+
+
+async def test_tokens_stream_into_their_node_and_containers_count_iterations(served, context, fake_llm):
+    fake_llm.enqueue(Reply(chunks=["Once ", "upon ", "a ", "time"], chunk_delay_s=0.4))
+    raw = {"name": name("ui-tokens"),
+           "nodes": [{"id": "start", "type": "start", "position": {"x": 0, "y": 60}, "data": {}},
+                     {"id": "laps", "type": "loop", "position": {"x": 200, "y": 0},
+                      "style": {"width": 220, "height": 130}, "data": {"label": "Laps", "mode": "for", "count": 4}},
+                     {"id": "lap", "type": "delay", "parentId": "laps", "position": {"x": 20, "y": 50},
+                      "data": {"seconds": 0.3}},
+                     {"id": "fan", "type": "parallel", "position": {"x": 480, "y": 0},
+                      "style": {"width": 220, "height": 130}, "data": {"mode": "count", "count": 3}},
+                     {"id": "leg", "type": "transform", "parentId": "fan", "position": {"x": 20, "y": 50},
+                      "data": {"output": "{{ parallel.index }}"}},
+                     {"id": "story", "type": "llm", "position": {"x": 760, "y": 40},
+                      "data": {"label": "Tell a story", "model": "text", "prompt": "A story",
+                               "base_url": fake_llm.base_url}}],
+           "edges": [{"id": "e1", "source": "start", "target": "laps"}, {"id": "e2", "source": "laps", "target": "fan"},
+                     {"id": "e3", "source": "fan", "target": "story"}]}
+    run_id = await execute(served, raw)
+    page = await open_run(context, served, run_id)
+    await caught_up(page)
+    seen = await page.evaluate("__seen")
+    texts = [value for kind, node, value in seen if kind == "tokens" and node == "story"]
+    assert len(texts) >= 3, f"tokens appear as they come: {texts}"
+    assert all(b.startswith(a) and len(b) > len(a) for a, b in zip(texts, texts[1:])), texts
+    assert texts[-1] == "Once upon a time"
+    assert (await final(served, run_id))["nodes"]["story"]["output"]["text"] == "Once upon a time"
+    laps = [value for kind, node, value in seen if kind == "progress" and node == "laps"]
+    assert laps[-1] == "iteration 4/4" and "iteration 1/4" in laps, laps
+    assert await page.text_content("[data-node-id='fan'] [data-role='progress']") == "3/3 branches done"
+    await page.click("[data-node-id='story']")
+    assert await page.text_content("[data-role='node-tokens']") == "Once upon a time"
+    await page.screenshot(path=str(ARTIFACTS / "run-tokens-and-containers.png"))
+
+
+async def test_an_approval_answered_on_the_page_resumes_the_run(served, context, fake_llm):
+    fake_llm.enqueue(Reply(chunks=["Release ", "notes: ", "all ", "green"]))
+    raw = {"name": name("ui-approval"),
+           "nodes": [{"id": "start", "type": "start", "position": {"x": 0, "y": 60}, "data": {"label": "Start"}},
+                     {"id": "checks", "type": "loop", "position": {"x": 220, "y": 20},
+                      "style": {"width": 220, "height": 130}, "data": {"label": "Checks", "mode": "for", "count": 3}},
+                     {"id": "check", "type": "delay", "parentId": "checks", "position": {"x": 20, "y": 50},
+                      "data": {"label": "Run a check", "seconds": 0.1}},
+                     {"id": "notes", "type": "llm", "position": {"x": 450, "y": 60},
+                      "data": {"label": "Write notes", "model": "text", "prompt": "notes", "base_url": fake_llm.base_url}},
+                     {"id": "ask", "type": "approval", "position": {"x": 655, "y": 60},
+                      "data": {"label": "Ship it?", "message": "Ship the release?",
+                               "form": {"reason": {"type": "string", "required": True, "description": "Why"},
+                                        "copies": {"type": "integer"}}}},
+                     {"id": "ship", "type": "transform", "position": {"x": 860, "y": 0},
+                      "data": {"label": "Ship", "output": "{{ ask.input.reason }} x{{ ask.input.copies }}"}},
+                     {"id": "stop", "type": "transform", "position": {"x": 860, "y": 120},
+                      "data": {"label": "Stop", "output": "no"}}],
+           "edges": [{"id": "e0", "source": "start", "target": "checks"},
+                     {"id": "e1", "source": "checks", "target": "notes"},
+                     {"id": "e2", "source": "notes", "target": "ask"},
+                     {"id": "e3", "source": "ask", "sourceHandle": "approved", "target": "ship"},
+                     {"id": "e4", "source": "ask", "sourceHandle": "rejected", "target": "stop"}]}
+    run_id = await execute(served, raw)
+    page = await open_run(context, served, run_id)
+    form = page.locator("form[data-node-id='ask']")
+    await form.wait_for(timeout=60_000)
+    assert await page.get_attribute("[data-node-id='ask']", "data-state") == "paused"
+    assert await page.text_content("[data-role='run-status']") == "paused"
+    assert "Ship the release?" in await form.text_content()
+    await form.locator("textarea[name='reason']").fill("tests are green")
+    await form.locator("input[name='copies']").fill("3")
+    await page.click("[data-node-id='notes']")
+    # docs/ui-run-page.png is this picture.
+    await page.set_viewport_size({"width": 1500, "height": 800})
+    await page.screenshot(path=str(ARTIFACTS / "run-approval.png"), clip={"x": 0, "y": 0, "width": 1500, "height": 540})
+    await form.locator("[data-role='approve']").click()
+    await caught_up(page)
+    assert await page.locator("form[data-node-id='ask']").count() == 0, "the answered form goes away"
+    assert await page.get_attribute("[data-node-id='ship']", "data-state") == "completed"
+    assert await page.get_attribute("[data-node-id='stop']", "data-state") == "skipped"
+    result = await final(served, run_id)
+    assert result["status"] == "completed" and result["nodes"]["ship"]["output"] == "tests are green x3"
+    assert result["nodes"]["ask"]["output"]["decided_by"] == "tester"
+    states = [(n, s) for kind, n, s in await page.evaluate("__seen") if kind == "state" and n == "ask"]
+    assert states == [("ask", "running"), ("ask", "paused"), ("ask", "completed")] or \
+        states == [("ask", "paused"), ("ask", "completed")], states
+
+
+async def test_a_page_reloaded_mid_run_catches_up(served, context):
+    raw = {"name": name("ui-reload"), **chain(delay("a", 0.3), delay("b", 4), delay("c", 0.5))}
+    run_id = await execute(served, raw)
+    page = await open_run(context, served, run_id)
+    await page.wait_for_selector("[data-node-id='b'][data-state='running']", timeout=60_000)
+    await page.reload()
+    await page.wait_for_selector("body[data-painted='true']")
+    # Caught up from the history, while b still runs: a done, b running, c not started.
+    await page.wait_for_selector("[data-node-id='a'][data-state='completed']", timeout=10_000)
+    assert await page.get_attribute("[data-node-id='b']", "data-state") == "running"
+    assert await page.get_attribute("[data-node-id='c']", "data-state") == "pending"
+    await caught_up(page)
+    seen = [(n, s) for kind, n, s in await page.evaluate("__seen") if kind == "state"]
+    assert seen.index(("b", "completed")) < seen.index(("c", "running")) < seen.index(("c", "completed")), seen
+    assert ("a", "running") not in seen[seen.index(("b", "completed")):], "history is not replayed twice"
+    ids = []
+    async with httpx.AsyncClient(base_url=served, timeout=60) as client:
+        async with aconnect_sse(client, "GET", f"/api/executions/{run_id}/stream", headers=AUTH) as source:
+            async for sse in source.aiter_sse():
+                if sse.data:
+                    ids.append(int(sse.id))
+    assert await page.get_attribute("body", "data-last-event-id") == str(ids[-1])
+    assert await page.text_content("[data-role='event-count']") == f"{len(ids)} events"
+
+
+async def test_an_error_is_shown_on_the_node_that_failed(served, context):
+    raw = {"name": name("ui-error"),
+           **chain({"id": "boom", "type": "transform", "data": {"label": "Divide", "output": "{{ 1 // 0 }}"}},
+                   {"id": "after", "type": "transform", "data": {"output": "never"}})}
+    run_id = await execute(served, raw)
+    page = await open_run(context, served, run_id)
+    await caught_up(page)
+    assert await page.get_attribute("[data-node-id='boom']", "data-state") == "failed"
+    assert "division" in (await page.get_attribute("[data-node-id='boom']", "data-error"))
+    assert "division" in await page.text_content("[data-node-id='boom'] [data-role='detail']")
+    banner = await page.text_content("[data-role='run-error']")
+    assert banner.startswith("Run failed") and "division" in banner
+    assert "division" in await page.text_content("[data-role='node-error']"), "the failed node is selected"
+    assert await page.get_attribute("[data-node-id='after']", "data-state") in ("pending", "skipped")
+    await page.screenshot(path=str(ARTIFACTS / "run-error.png"))
+    await page.click("header nav a:has-text('Runs')")  # the list, newest first, links to run pages
+    row = page.locator(f"tr[data-execution-id='{run_id}']")
+    await row.wait_for(timeout=30_000)
+    assert await page.locator("tbody tr").first.get_attribute("data-execution-id") == run_id
+    assert await row.locator("[data-status]").text_content() == "failed"
+    await row.locator("a").click()
+    await page.wait_for_url(f"{served}/ui/executions/{run_id}")
+
+
+async def test_playground_shows_compile_issues_on_their_nodes_then_runs(served, context):
+    page = await context.new_page()  # no key yet: the page asks for one
+    await page.goto(f"{served}/ui/new")
+    login = page.locator("[data-role='login']")
+    await login.locator("input").fill("wrong-key")
+    await login.locator("button").click()
+    await page.wait_for_selector("[data-role='login'] .error:has-text('not accepted')")
+    await login.locator("input").fill(KEY)
+    await login.locator("button").click()
+    await login.wait_for(state="detached")
+    assert await page.evaluate("sessionStorage.getItem('flowmaestro.apiKey')") == KEY
+    assert await page.evaluate("localStorage.length") == 0, "the key is kept for the session only"
+    broken = {"name": name("ui-playground"),
+              "nodes": [{"id": "start", "type": "start", "position": {"x": 0, "y": 0}, "data": {}},
+                        {"id": "mystery", "type": "nope", "position": {"x": 220, "y": 0}, "data": {}},
+                        {"id": "shape", "type": "transform", "position": {"x": 440, "y": 0}, "data": {}}],
+              "edges": [{"id": "e1", "source": "start", "target": "mystery"},
+                        {"id": "e2", "source": "mystery", "target": "shape"},
+                        {"id": "e3", "source": "shape", "target": "ghost"}]}
+    await page.set_input_files("[data-role='canvas-file']", files=[  # uploaded; the fixed one below is pasted
+        {"name": "broken.json", "mimeType": "application/json", "buffer": json.dumps(broken, indent=1).encode()}])
+    await page.wait_for_selector("[data-node-id='mystery'][data-issue-severity='error']", timeout=30_000)
+    assert "unknown_node_type" in await page.get_attribute("[data-node-id='mystery']", "data-issue-codes")
+    assert "invalid_config" in await page.get_attribute("[data-node-id='shape']", "data-issue-codes")
+    assert (await page.text_content("[data-node-id='shape'] [data-role='detail']")).startswith("⚠ data.output")
+    assert "Field required" in await page.text_content("[data-node-id='shape'] title"), "the whole message on hover"
+    assert await page.get_attribute("[data-node-id='start']", "data-issues") is None
+    assert await page.locator("[data-role='issues'] li[data-code='dangling_edge']").count() == 1
+    assert await page.get_attribute("body", "data-valid") == "false"
+    await page.screenshot(path=str(ARTIFACTS / "playground-issues.png"))
+    fixed = {"name": broken["name"], "inputs": {"who": {"type": "string", "required": True}},
+             **chain({"id": "greet", "type": "transform", "data": {"output": "Hello {{ inputs.who }}"}})}
+    await page.fill("[data-role='canvas-json']", json.dumps(fixed))
+    await page.fill("[data-role='inputs-json']", '{"who": "Ada"}')
+    await page.click("[data-role='run']")
+    await page.wait_for_url(f"{served}/ui/executions/*", timeout=60_000)
+    await caught_up(page)
+    assert await page.get_attribute("[data-node-id='greet']", "data-state") == "completed"
+    run_id = page.url.rsplit("/", 1)[1]
+    assert (await final(served, run_id))["output"] == {"greet": "Hello Ada"}
+
+
+async def test_a_frontend_of_another_origin_follows_a_run_with_a_plain_event_source(served, context, frontend):
+    run_id = await execute(served, {"name": name("ui-cors"), **chain(delay("a", 0.2))})
+    page = await context.new_page()
+    await page.goto(frontend.url)
+    events = await asyncio.wait_for(page.evaluate("([api, key, run]) => follow(api, key, run)", [served, KEY, run_id]),
+                                    timeout=120)
+    assert events[0] == [1, "execution:started"] and events[-1][1] == "execution:completed"
+    assert [e[0] for e in events] == sorted({e[0] for e in events})
+
+
+async def test_the_page_renews_a_refused_token_and_resumes_after_the_last_event(served, context):
+    """The first stream request is refused (as an expired token is), the second is cut after
+    three events: the page asks for a new token, then reconnects from event 4 with the
+    token it has, and every event is applied once."""
+    run_id = await execute(served, {"name": name("ui-reconnect"), **chain(delay("a", 0.1), delay("b", 0.1))})
+    await final(served, run_id)
+    urls: list[str] = []
+    first_ids: list[str] = []
+
+    async def flaky(route):
+        urls.append(route.request.url)
+        if len(urls) == 1:
+            await route.fulfill(status=401, content_type="application/json",
+                                body=json.dumps({"detail": "stream token expired", "issues": []}))
+            return
+        answer = await route.fetch()
+        body = await answer.text()
+        first_ids.append(re.search(r"^id: (\d+)", body, re.M).group(1))
+        if len(urls) == 2:
+            body = "\r\n\r\n".join(re.split(r"\r\n\r\n", body)[:3]) + "\r\n\r\n"
+        await route.fulfill(response=answer, body=body)
+
+    await context.route(re.compile(r"/stream\?token="), flaky)
+    page = await context.new_page()
+    tokens_asked: list[str] = []
+    page.on("request", lambda r: tokens_asked.append(r.url) if r.url.endswith("/stream-token") else None)
+    await page.add_init_script(RECORDER % json.dumps(KEY))
+    await page.goto(f"{served}/ui/executions/{run_id}")
+    await caught_up(page)
+    assert first_ids == ["1", "4"], (first_ids, urls)
+    assert urls[2].endswith("&after=3") and urls[1] == urls[2].removesuffix("&after=3"), "the same token, still valid"
+    assert len(tokens_asked) == 2, "a new token after the refusal"
+    last = int(await page.get_attribute("body", "data-last-event-id"))
+    assert await page.text_content("[data-role='event-count']") == f"{last} events", "each event applied once"
+    assert await page.get_attribute("[data-node-id='b']", "data-state") == "completed"
+
+
+async def test_a_canvas_without_positions_is_laid_out_without_overlaps(served, context):
+    """Hand-written canvases have no positions: columns by depth, bodies inside their containers."""
+    raw = {"name": name("ui-layout"),
+           "nodes": [{"id": "start", "type": "start", "data": {}},
+                     {"id": "left", "type": "transform", "data": {"output": 1}},
+                     {"id": "right", "type": "transform", "data": {"output": 2}},
+                     {"id": "each", "type": "loop", "data": {"mode": "for", "count": 2}},
+                     {"id": "inner", "type": "transform", "parentId": "each", "data": {"output": 3}},
+                     {"id": "inner2", "type": "transform", "parentId": "each", "data": {"output": 4}},
+                     {"id": "end", "type": "end", "data": {}}],
+           "edges": [{"id": "a", "source": "start", "target": "left"}, {"id": "b", "source": "start", "target": "right"},
+                     {"id": "c", "source": "left", "target": "each"}, {"id": "d", "source": "right", "target": "each"},
+                     {"id": "e", "source": "inner", "target": "inner2"}, {"id": "f", "source": "each", "target": "end"}]}
+    page = await context.new_page()
+    await page.add_init_script(RECORDER % json.dumps(KEY))
+    await page.goto(f"{served}/ui/new")
+    await page.fill("[data-role='canvas-json']", json.dumps(raw))
+    await page.wait_for_selector("body[data-valid='true']", timeout=30_000)
+    boxes = await page.evaluate("""() => Object.fromEntries([...document.querySelectorAll("[data-node-id]")].map((g) => {
+      const r = g.querySelector("rect").getBoundingClientRect();
+      return [g.getAttribute("data-node-id"), [r.left, r.top, r.right, r.bottom]];
+    }))""")
+
+    def overlap(a, b):
+        return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+    def inside(a, b):
+        return b[0] <= a[0] and b[1] <= a[1] and a[2] <= b[2] and a[3] <= b[3]
+
+    top = ["start", "left", "right", "each", "end"]
+    assert not [(a, b) for a in top for b in top if a < b and overlap(boxes[a], boxes[b])], boxes
+    assert inside(boxes["inner"], boxes["each"]) and inside(boxes["inner2"], boxes["each"]), boxes
+    assert not overlap(boxes["inner"], boxes["inner2"]) and boxes["inner"][2] <= boxes["inner2"][0], "inner -> inner2"
+    assert boxes["start"][2] <= boxes["left"][0] and boxes["left"][2] <= boxes["each"][0] <= boxes["end"][0]
+    assert boxes["left"][0] == boxes["right"][0], "same depth, same column"
