@@ -119,7 +119,6 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app = FastAPI(title="FlowMaestro", version="0.1.0", lifespan=lifespan,
                   description="Save canvas workflows, run them on Prefect workers, follow them live.")
     app.state.key_owners = settings.key_owners()
-    app.state.public_url = settings.public_url
     redact_access_logs()  # stream tokens travel in URLs
     install_error_handlers(app)
     if settings.cors_origins:

@@ -9,7 +9,6 @@ from typing import Any
 from fastapi import APIRouter, Header, Query, Request
 from sse_starlette.sse import EventSourceResponse
 
-from api import ui
 from api.auth import Owner
 from api.deps import RunsDep
 from api.schemas import (ErrorBody, ExecuteBody, ExecutionAccepted, ExecutionSummary, ResumeBody, ResumeOut,
@@ -43,7 +42,6 @@ async def execute_workflow(workflow_id: str, body: ExecuteBody, owner: Owner, ru
         exc.message += "; the run may still start: retry with the header Idempotency-Key: " + given
         exc.details["idempotency_key"] = given
         raise
-    ui.link_back(request, run_id)  # the Prefect UI links to the run page
     return ExecutionAccepted(execution_id=run_id, status="pending", links=runs.links(run_id))
 
 

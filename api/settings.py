@@ -33,9 +33,6 @@ class ApiSettings(StoreSettings):
     webhook_max_body_bytes: int = Field(1_048_576, ge=1, description="Largest webhook request body (413 above).")
     ui_url: str | None = Field(None, description="Public Prefect UI URL for links; derived from "
                                "PREFECT_API_URL when unset.")
-    public_url: str | None = Field(None, description="This API's URL as browsers reach it (behind a proxy), "
-                                   "for the links to run pages put on Prefect flow runs; the request's own "
-                                   "address when unset.")
     stream_token_key: SecretStr | None = Field(None, description="Key that signs stream tokens (?token= on a "
                                                "run's stream, for browsers); derived from the secret key "
                                                "when unset. Every API process must have the same.")

@@ -10,16 +10,13 @@ with a stream token (``api/stream_tokens.py``). What the pages do: docs/ui.md.
 
 from __future__ import annotations
 
-import asyncio
 import html
 import logging
-import uuid
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
-from prefect.client.schemas.actions import ArtifactCreate
 
 log = logging.getLogger("flowmaestro.api.ui")
 STATIC = Path(__file__).resolve().parent / "static"
@@ -33,7 +30,6 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 PAGES = {"list": "Runs", "run": "Run", "new": "Playground"}
-_LINKING: set[asyncio.Task[None]] = set()
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
@@ -81,32 +77,6 @@ async def playground_page(request: Request) -> HTMLResponse:
 @router.get("/executions/{execution_id}", response_class=HTMLResponse)
 async def run_page(request: Request, execution_id: str) -> HTMLResponse:
     return _shell(request, "run")
-
-
-def run_page_url(request: Request, execution_id: str) -> str:
-    """The run page as browsers reach this API: ``FLOWMAESTRO_PUBLIC_URL``, or the address
-    the request came to."""
-    base = request.app.state.public_url or str(request.base_url)
-    return f"{base.rstrip('/')}/ui/executions/{execution_id}"
-
-
-def link_back(request: Request, execution_id: str) -> None:
-    """Puts a link to the run page on the flow run in Prefect (an artifact, in its
-    Artifacts tab), so the Prefect UI leads back. In the background: the run has started
-    whether Prefect takes the link or not, and the answer does not wait for it."""
-    runs, url = request.app.state.runs, run_page_url(request, execution_id)
-
-    async def create() -> None:
-        try:
-            await runs.call_prefect("link the run page", lambda: runs.prefect.create_artifact(ArtifactCreate(
-                type="markdown", flow_run_id=uuid.UUID(execution_id), description="FlowMaestro run page",
-                data=f"[Open this run's page in FlowMaestro]({url})")))
-        except Exception as exc:  # a missing link is not worth failing anything for
-            log.warning("run page link of %s not added in Prefect: %s", execution_id, exc)
-
-    task = asyncio.create_task(create())
-    _LINKING.add(task)  # a reference until it ends: the event loop keeps only weak ones
-    task.add_done_callback(_LINKING.discard)
 
 
 def mount(app: FastAPI) -> None:

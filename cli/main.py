@@ -260,6 +260,8 @@ def serve(host: str = typer.Option("127.0.0.1", "--host"), port: int = typer.Opt
     # uvicorn re-raises the SIGTERM it handled once it has shut down; with the default
     # handler that would end this process before the workers are stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    # Its workers link their runs' Prefect summaries to the run pages here.
+    os.environ.setdefault("FLOWMAESTRO_PUBLIC_URL", f"http://{host}:{port}")
     with Children.workers(workers, pool=settings.work_pool) as children:
         if workers:
             out.print(f"Workers:         {workers} on pool {settings.work_pool!r} (pids {children.pids()})")

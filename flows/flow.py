@@ -151,7 +151,7 @@ async def _run_in_flow(context: RunContext, child_flow: ChildFlow, canvas: dict[
             await context.store.ended(run_id, _result_of(outcome))
             writer.release_final()
         if record is not None:  # after the result is out: the run's followers need not wait for it
-            await _summary_artifact(record, context.settings.api_url)
+            await _summary_artifact(record, context.settings.public_url)
         return outcome
 
 
@@ -306,7 +306,7 @@ async def _run_watching_cancellation(execution: Execution, run_id: str, poll_s: 
             signals.forget(run_id)
 
 
-async def _summary_artifact(record: RunRecord, api_url: str) -> None:
+async def _summary_artifact(record: RunRecord, public_url: str) -> None:
     """A markdown artifact of the run (the Prefect UI's Artifacts tab), linking back to the
     run in FlowMaestro for runs of saved workflows (the API knows only those)."""
     rows = ["| node | path | status | attempts | duration | cached |", "|---|---|---|---|---|---|"]
@@ -325,7 +325,7 @@ async def _summary_artifact(record: RunRecord, api_url: str) -> None:
     if skipped:
         header += f"\n\nNot run: {', '.join(skipped)}"
     if record.workflow_id is not None:
-        base = api_url.rstrip("/")
+        base = public_url.rstrip("/")
         header += (f"\n\n[Run page]({base}/ui/executions/{record.id}) · "
                    f"[API: GET /api/executions/{record.id}]({base}/api/executions/{record.id})")
     try:

@@ -31,8 +31,9 @@ class EngineSettings(StoreSettings):
                                         "keeps it.")
     node_logs: bool = Field(True, description="Every node that ends writes a line (status, duration, attempts, "
                             "HTTP status, tokens and cost) to its flow run's Prefect logs.")
-    api_url: str = Field("http://127.0.0.1:8000", description="The FlowMaestro API as people reach it: the run "
-                         "summary in the Prefect UI links to the run there.")
+    public_url: str = Field("http://127.0.0.1:8000", description="The FlowMaestro API's URL as browsers reach "
+                            "it: the run summary in the Prefect UI links to the run page there ('flowmaestro "
+                            "serve' sets it for its workers).")
     cancel_poll_s: float = Field(1.0, gt=0, description="How often a run checks whether it was cancelled.")
     max_subworkflow_depth: int = Field(10, ge=1, description="How deep sub-workflows may nest; a child deeper "
                                        "than this fails its subworkflow node.")

@@ -215,12 +215,16 @@ async def test_node_states_change_in_order_as_the_run_proceeds(served, context, 
     events = await page.text_content("[data-role='event-count']")
     assert events == f"{await page.get_attribute('body', 'data-last-event-id')} events", "every event once"
     await page.screenshot(path=str(ARTIFACTS / "run-completed.png"))
-    # And back: the flow run in Prefect carries a link to this page.
+    # And back: the run's summary in Prefect links to this page (written once the result is out).
     async with httpx.AsyncClient(timeout=60) as client:
-        artifacts = (await client.post(f"{prefect_server.api_url}/artifacts/filter",
-                                       json={"artifacts": {"flow_run_id": {"any_": [run_id]}}})).json()
-    links = [a["data"] for a in artifacts if a["description"] == "FlowMaestro run page"]
-    assert links == [f"[Open this run's page in FlowMaestro]({served}/ui/executions/{run_id})"], artifacts
+        for _ in range(150):
+            artifacts = (await client.post(f"{prefect_server.api_url}/artifacts/filter", json={
+                "artifacts": {"flow_run_id": {"any_": [run_id]}, "key": {"any_": ["flowmaestro-summary"]}}})).json()
+            if artifacts:
+                break
+            await asyncio.sleep(0.2)
+    [summary] = [a["data"] for a in artifacts]
+    assert f"[Run page]({served}/ui/executions/{run_id})" in summary, summary
 
 
 async def test_tokens_stream_into_their_node_and_containers_count_iterations(served, context, fake_llm):
