@@ -26,7 +26,7 @@ TRIGGERS = ("api", "schedule", "webhook", "prefect-ui", "retry", "parent")
 
 @router.post("/api/workflows/{workflow_id}/execute", status_code=202, response_model=ExecutionAccepted,
              responses=ERRORS)
-async def execute_workflow(workflow_id: str, body: ExecuteBody, owner: Owner, runs: RunsDep, request: Request,
+async def execute_workflow(workflow_id: str, body: ExecuteBody, owner: Owner, runs: RunsDep,
                            idempotency_key: str | None = Header(None, max_length=200, description=(
                                "Retry-safe execute: a second request with the same key for the same "
                                "workflow answers the run the first one started."))) -> ExecutionAccepted:
