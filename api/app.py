@@ -15,6 +15,7 @@ from prometheus_client import generate_latest
 from sqlalchemy import text
 
 from api import dead_letters, executions, schedules, webhooks, workflows
+from api.auth import require_metrics_key
 from api.errors import install_error_handlers
 from api.metrics import Metrics
 from api.rate_limit import MemoryRateLimiter, RedisRateLimiter
@@ -152,6 +153,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
     async def prometheus_metrics(request: Request) -> PlainTextResponse:
+        """Prometheus metrics; with ``FLOWMAESTRO_METRICS_KEY`` set, only for that bearer key."""
+        require_metrics_key(request, settings.metrics_key)
         await metrics.refresh(request.app.state.sessions)
         return PlainTextResponse(generate_latest(metrics.registry).decode(),
                                  media_type="text/plain; version=0.0.4")

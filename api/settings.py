@@ -31,6 +31,8 @@ class ApiSettings(StoreSettings):
     webhook_rate_limit: int = Field(60, ge=1, description="Requests a minute one webhook accepts before "
                                     "answering 429 with Retry-After.")
     webhook_max_body_bytes: int = Field(1_048_576, ge=1, description="Largest webhook request body (413 above).")
+    metrics_key: SecretStr | None = Field(None, description="Bearer key that GET /metrics then needs (its "
+                                          "labels name every owner's workflows); public when unset.")
     ui_url: str | None = Field(None, description="Public Prefect UI URL for links; derived from "
                                "PREFECT_API_URL when unset.")
 
