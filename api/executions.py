@@ -13,6 +13,7 @@ from api.auth import Owner
 from api.deps import RunsDep
 from api.schemas import (ErrorBody, ExecuteBody, ExecutionAccepted, ExecutionSummary, ResumeBody, ResumeOut,
                          RetryBody, RunResult)
+from api.unavailable import probe_event_log
 from flows.events import FINAL_EVENT_TYPES, utcnow
 from store.errors import Unavailable
 
@@ -93,6 +94,7 @@ async def stream_execution(execution_id: str, request: Request, owner: Owner, ru
     await runs.executions.get(owner, execution_id)
     start = after if after is not None else int(last_event_id) if (last_event_id or "").isdigit() else 0
     log = request.app.state.event_log
+    await probe_event_log(log, execution_id)  # a 503 is possible only before the stream starts
 
     async def events():
         last = start

@@ -20,6 +20,10 @@ def utcnow() -> datetime:
 
 SQLITE_BUSY_TIMEOUT_S = 30
 """How long a SQLite connection waits for another's write lock before "database is locked"."""
+PG_CONNECT_TIMEOUT_S = 5
+PG_COMMAND_TIMEOUT_S = 10
+"""A PostgreSQL server that hangs (overloaded, stopped, a network that drops packets) fails a
+query after this long instead of holding the request, the run or the health check forever."""
 
 
 def create_database_engine(url: str, *, pool_size: int | None = None, max_overflow: int | None = None,
@@ -37,7 +41,9 @@ def create_database_engine(url: str, *, pool_size: int | None = None, max_overfl
     pool = {name: value for name, value in (("pool_size", pool_size), ("max_overflow", max_overflow))
             if value is not None}
     if parsed.get_backend_name() != "sqlite":
-        return create_async_engine(url, **{"pool_pre_ping": True, **pool, **options})
+        connect_args = {"timeout": PG_CONNECT_TIMEOUT_S, "command_timeout": PG_COMMAND_TIMEOUT_S} \
+            if parsed.get_backend_name() == "postgresql" else {}
+        return create_async_engine(url, **{"pool_pre_ping": True, "connect_args": connect_args, **pool, **options})
     path = parsed.database or ""
     named_by_path = path not in ("", ":memory:") and not path.startswith("file:")  # file:...: a URI
     if named_by_path:

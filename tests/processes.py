@@ -70,12 +70,12 @@ def stack_env(home: Path, prefect: ServerInfo, database_url: str, api_key: str, 
     """The environment every process of one FlowMaestro installation shares: its Prefect
     server, the store and event log on PostgreSQL, Redis, one result storage, one lock
     manager, loopback allowed for http nodes."""
-    return dict(os.environ, PREFECT_API_URL=prefect.api_url, FLOWMAESTRO_HOME=str(home),
-                FLOWMAESTRO_DATABASE_URL=database_url, FLOWMAESTRO_API_KEYS=f"tester:{api_key}",
-                FLOWMAESTRO_REDIS_URL="redis://127.0.0.1:6379/0", FLOWMAESTRO_HTTP_ALLOW_HOSTS="127.0.0.1",
-                FLOWMAESTRO_CACHE_LOCK_REDIS_URL="redis://127.0.0.1:6379/1",
-                PREFECT_LOCAL_STORAGE_PATH=str(home / "results"), PREFECT_HOME=str(home / "prefect-client"),
-                **extra)
+    return {**os.environ, "PREFECT_API_URL": prefect.api_url, "FLOWMAESTRO_HOME": str(home),
+            "FLOWMAESTRO_DATABASE_URL": database_url, "FLOWMAESTRO_API_KEYS": f"tester:{api_key}",
+            "FLOWMAESTRO_REDIS_URL": "redis://127.0.0.1:6379/0", "FLOWMAESTRO_HTTP_ALLOW_HOSTS": "127.0.0.1",
+            "FLOWMAESTRO_CACHE_LOCK_REDIS_URL": "redis://127.0.0.1:6379/1",
+            "PREFECT_LOCAL_STORAGE_PATH": str(home / "results"), "PREFECT_HOME": str(home / "prefect-client"),
+            **extra}  # extra may replace any of them (a private Redis, say)
 
 
 def wait_until(check, *, timeout: float, interval: float = 0.2, what: str = "the condition"):
