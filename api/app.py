@@ -22,6 +22,7 @@ from api.runs import RunService
 from api.schedule_service import ScheduleService
 from api.webhook_service import WebhookService
 from api.settings import ApiSettings
+from api.stream_slots import StreamSlots
 from deployments.workflow_deployments import WorkflowDeployments
 from flows.event_log import event_log_from_env
 from flows.local_server import ui_url_for
@@ -119,6 +120,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app = FastAPI(title="FlowMaestro", version="0.1.0", lifespan=lifespan,
                   description="Save canvas workflows, run them on Prefect workers, follow them live.")
     app.state.key_owners = settings.key_owners()
+    app.state.stream_slots = StreamSlots(settings.max_streams_per_run)
     install_error_handlers(app)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],

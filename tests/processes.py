@@ -161,7 +161,8 @@ def start_worker(home: Path, env: dict[str, str], *, name: str, limit: int = 20,
 
 class CountingServer:
     """A local HTTP server that counts requests per path and answers
-    ``{"path": ..., "count": n}`` after an optional delay (``?delay=0.5``)."""
+    ``{"path": ..., "count": n}`` after an optional delay (``?delay=0.5``), with the request's
+    headers under ``headers`` for ``?echo=1``."""
 
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
@@ -193,7 +194,10 @@ class CountingServer:
                 delay = float(params.get("delay", 0))
                 if delay:
                     time.sleep(delay)
-                body = json.dumps({"path": path, "count": count}).encode()
+                answer: dict[str, object] = {"path": path, "count": count}
+                if "echo" in params:  # as servers do: what was sent comes back (secrets must not)
+                    answer["headers"] = dict(self.headers)
+                body = json.dumps(answer).encode()
                 try:
                     self.send_response(500 if failing else 200)
                     self.send_header("content-type", "application/json")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 from fastapi.testclient import TestClient
@@ -21,7 +22,8 @@ from tests.canvas_strategies import broken_export, misshapen, react_flow_export
 
 REGISTRY = default_registry()
 KEY = "canvas-fuzz-key"
-FAST = settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+EXAMPLES = int(os.environ.get("FLOWMAESTRO_FUZZ_EXAMPLES", "150"))  # scripts/fuzz.py runs thousands
+FAST = settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _strip_react_flow(raw: dict) -> dict:
@@ -76,7 +78,7 @@ def _json_body(raw) -> str:
     return json.dumps({"canvas": raw}, allow_nan=True)
 
 
-@settings(max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 @given(st.one_of(react_flow_export(), broken_export(), misshapen()))
 def test_the_api_agrees_with_the_compiler(api, raw):
     answer = api.post("/api/workflows/validate", content=_json_body(raw), headers={"content-type": "application/json"})
