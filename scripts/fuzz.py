@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 
 from flows.local_server import start_server, stop  # noqa: E402  (imports no Prefect)
-from tests.fuzzing import fuzz, world_ids  # noqa: E402
-from tests.processes import free_port, stack_env, start_serve, wait_until  # noqa: E402
+from tests.fuzzing import build_world, credentials_of, fuzz  # noqa: E402
+from tests.processes import free_port, stack_env, start_serve  # noqa: E402
 
 
 def fuzz_api(home: Path, examples: int, seed: int | None) -> int:
@@ -40,18 +40,8 @@ def fuzz_api(home: Path, examples: int, seed: int | None) -> int:
         serve, base = start_serve(home, env, workers=1)
         try:
             with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {owner}"}, timeout=60) as api:
-                raw = {"name": "fuzzed", "inputs": {"who": {"type": "string"}},
-                       "nodes": [{"id": "start", "type": "start", "data": {}},
-                                 {"id": "end", "type": "end", "data": {"output": "{{ inputs.who }}"}}],
-                       "edges": [{"id": "e", "source": "start", "target": "end"}]}
-                workflow_id = api.post("/api/workflows", json={"canvas": raw}).json()["id"]
-                run_id = api.post(f"/api/workflows/{workflow_id}/execute", json={"inputs": {"who": "x"}}).json()[
-                    "execution_id"]
-                ids = world_ids(api, workflow_id, run_id)
-                wait_until(lambda: api.get(f"/api/executions/{run_id}").json()["status"] == "completed",
-                           timeout=120, what="the fuzzed workflow's run completing")
-            credentials = {"owner": {"Authorization": f"Bearer {owner}"}, "none": {},
-                           "wrong": {"Authorization": "Bearer nope"}, "other": {"Authorization": f"Bearer {other}"}}
+                ids = build_world(api)
+            credentials = credentials_of(owner, other)
             print(f"fuzzing {base} with {examples} requests a route ...", flush=True)
             report = fuzz(base, credentials, ids, examples=examples, seed=seed)
         finally:

@@ -141,10 +141,28 @@ def _fuzz_operation(operation: Any, stats: RouteStats, session: requests.Session
     one()
 
 
-def world_ids(api: Any, workflow_id: str, run_id: str) -> dict[str, str]:
-    """Ids of real objects of the owner for the path parameters (``api``: an httpx client)."""
+def build_world(api: Any) -> dict[str, str]:
+    """The owner's objects the fuzz uses as path ids (``api``: an httpx client with the owner's
+    key): a workflow, a completed run of it (its stream ends: no request waits on a live run),
+    a schedule, a webhook."""
+    from tests.processes import wait_until
+
+    raw = {"name": "fuzzed", "inputs": {"who": {"type": "string"}},
+           "nodes": [{"id": "start", "type": "start", "data": {}},
+                     {"id": "end", "type": "end", "data": {"output": "{{ inputs.who }}"}}],
+           "edges": [{"id": "e", "source": "start", "target": "end"}]}
+    workflow_id = api.post("/api/workflows", json={"canvas": raw}).json()["id"]
+    run_id = api.post(f"/api/workflows/{workflow_id}/execute", json={"inputs": {"who": "x"}}).json()["execution_id"]
     schedule = api.post(f"/api/workflows/{workflow_id}/schedules", json={"interval_s": 3600, "active": False})
     hook = api.post(f"/api/workflows/{workflow_id}/webhooks", json={"name": "fuzz"})
     assert schedule.status_code == hook.status_code == 201, (schedule.text, hook.text)
+    wait_until(lambda: api.get(f"/api/executions/{run_id}").json()["status"] == "completed", timeout=120,
+               what="the fuzzed workflow's run completing")
     return {"workflow_id": workflow_id, "execution_id": run_id, "schedule_id": schedule.json()["id"],
             "hook_id": hook.json()["id"], "dead_letter_id": str(uuid.uuid4())}
+
+
+def credentials_of(owner_key: str, other_key: str) -> dict[str, dict[str, str]]:
+    """The four credentials, the owner's first."""
+    return {"owner": {"Authorization": f"Bearer {owner_key}"}, "none": {},
+            "wrong": {"Authorization": "Bearer nope"}, "other": {"Authorization": f"Bearer {other_key}"}}
