@@ -95,6 +95,21 @@ def start_running(api: httpx.Client, workflow_id: str) -> str:
     return run_id
 
 
+def approval_waiting(api: httpx.Client) -> str:
+    """A run paused on an approval ``ask`` (``approved`` leads to the output ``yes``)."""
+    raw = {"name": f"ask-{uuid.uuid4().hex[:6]}",
+           "nodes": [{"id": "start", "type": "start", "data": {}}, {"id": "ask", "type": "approval", "data": {}},
+                     {"id": "end", "type": "end", "data": {"output": "yes"}}],
+           "edges": [{"id": "a", "source": "start", "target": "ask"},
+                     {"id": "b", "source": "ask", "target": "end", "sourceHandle": "approved"}]}
+    saved = api.post("/api/workflows", json={"canvas": raw})
+    assert saved.status_code == 201, saved.text
+    run_id = api.post(f"/api/workflows/{saved.json()['id']}/execute", json={}).json()["execution_id"]
+    wait_until(lambda: api.get(f"/api/executions/{run_id}").json()["status"] == "paused", timeout=120,
+               what=f"run {run_id} waiting for its approval")
+    return run_id
+
+
 def refused(answer: httpx.Response, service: str) -> None:
     """A 503 that names ``service`` and says when to retry; no traceback."""
     assert answer.status_code == 503, f"{answer.request.method} {answer.request.url.path}: {answer.status_code} {answer.text}"
@@ -210,6 +225,7 @@ def test_prefect_killed_then_back(stack):
     finished = api.post(f"/api/workflows/{slow_workflow(api, 0.1)}/execute", json={}).json()["execution_id"]
     assert wait_ended(api, finished)["status"] == "completed"
     workflow_id = slow_workflow(api, 3)
+    waiting = approval_waiting(api)
     before = start_running(api, workflow_id)
     stack.prefect_kill()
     wait_until(lambda: not healthy(stack.prefect.api_url), timeout=30, what="the Prefect server gone")
@@ -225,3 +241,11 @@ def test_prefect_killed_then_back(stack):
     assert result["status"] == "completed", result
     assert_whole(events_of(api, before))
     assert api.post(f"/api/workflows/{workflow_id}/execute", json={}).status_code == 202
+    # The approval asked before the outage is still waiting, and answered now, the run goes on.
+    pending = wait_until(lambda: api.get(f"/api/executions/{waiting}").json()["pending_approvals"], timeout=60,
+                         what="the approval listed again")
+    assert [a["node_id"] for a in pending] == ["ask"]
+    answer = api.post(f"/api/executions/{waiting}/resume", json={"node_id": "ask", "input": {"approved": True}})
+    assert answer.status_code == 200, answer.text
+    approved = wait_ended(api, waiting)
+    assert approved["status"] == "completed" and approved["output"] == "yes", approved
