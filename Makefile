@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast serve bench server-stop clean
+.PHONY: install demo test test-fast serve bench fuzz server-stop clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ serve: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/compile.py
 	$(BIN)/python benchmarks/engine.py
+
+# The long fuzz run (make test runs a short one): every API route, thousands of canvases.
+fuzz: $(STAMP)
+	$(BIN)/python scripts/fuzz.py
 
 server-stop: $(STAMP)
 	$(BIN)/flowmaestro server stop

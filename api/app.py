@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -12,16 +11,18 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prefect.client.orchestration import get_client
 from prometheus_client import generate_latest
-from sqlalchemy import text
 
 from api import dead_letters, executions, schedules, ui, webhooks, workflows
+from api.auth import require_metrics_key
 from api.errors import install_error_handlers
+from api.health import health_checks
 from api.metrics import Metrics
 from api.rate_limit import MemoryRateLimiter, RedisRateLimiter
 from api.runs import RunService
 from api.schedule_service import ScheduleService
 from api.webhook_service import WebhookService
 from api.settings import ApiSettings
+from api.stream_slots import StreamSlots
 from api.stream_tokens import StreamTokens, redact_access_logs, token_key
 from deployments.workflow_deployments import WorkflowDeployments
 from flows.event_log import event_log_from_env
@@ -111,6 +112,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             limiter = RedisRateLimiter(settings.redis_url, settings.webhook_rate_limit) if settings.redis_url \
                 else MemoryRateLimiter(settings.webhook_rate_limit)
             stack.push_async_callback(limiter.close)
+            # Redis for /health: the event log's or the rate limiter's, when either is on Redis.
+            app.state.redis = getattr(event_log, "redis", None) or getattr(limiter, "redis", None)
             app.state.webhooks = WebhookService(app.state.runs, Webhooks(database, box), limiter)
             app.state.stream_tokens = StreamTokens(token_key(settings), settings.stream_token_ttl_s)
             yield
@@ -120,6 +123,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                   description="Save canvas workflows, run them on Prefect workers, follow them live.")
     app.state.key_owners = settings.key_owners()
     redact_access_logs()  # stream tokens travel in URLs
+    app.state.stream_slots = StreamSlots(settings.max_streams_per_run)
     install_error_handlers(app)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
@@ -136,26 +140,17 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     @app.get("/health", tags=["operations"])
     async def health(request: Request) -> JSONResponse:
-        """Checks the database and the Prefect server; 503 names what is down."""
-        checks: dict[str, str] = {}
-        try:
-            async with request.app.state.engine.connect() as connection:
-                await asyncio.wait_for(connection.execute(text("SELECT 1")), timeout=5)
-            checks["database"] = "ok"
-        except Exception as exc:  # report, do not raise: this is the health endpoint
-            checks["database"] = f"error: {type(exc).__name__}"
-        prefect = request.app.state.runs.prefect
-        try:
-            answer = await asyncio.wait_for(prefect.api_healthcheck(), timeout=5)
-            checks["prefect"] = "ok" if answer is None else f"error: {type(answer).__name__}"
-        except Exception as exc:
-            checks["prefect"] = f"unreachable: {type(exc).__name__}"
+        """Checks the database, the Prefect server and Redis (when used); 503 names what is down."""
+        state = request.app.state
+        checks = await health_checks(state.engine, state.runs.prefect, state.redis)
         ok = all(v == "ok" for v in checks.values())
         return JSONResponse({"status": "ok" if ok else "degraded", "checks": checks}, status_code=200 if ok else 503,
                             headers=None if ok else {"Retry-After": "5"})
 
     @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
     async def prometheus_metrics(request: Request) -> PlainTextResponse:
+        """Prometheus metrics; with ``FLOWMAESTRO_METRICS_KEY`` set, only for that bearer key."""
+        require_metrics_key(request, settings.metrics_key)
         await metrics.refresh(request.app.state.sessions)
         return PlainTextResponse(generate_latest(metrics.registry).decode(),
                                  media_type="text/plain; version=0.0.4")

@@ -6,15 +6,20 @@ import hmac
 from typing import Annotated
 
 from fastapi import Depends, Request
+from pydantic import SecretStr
 
 from api.errors import ApiError
 
 
-def require_owner(request: Request) -> str:
-    header = request.headers.get("authorization", "")
-    scheme, _, key = header.partition(" ")
+def _bearer(request: Request) -> str:
+    scheme, _, key = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not key:
         raise ApiError(401, "missing bearer API key", headers={"WWW-Authenticate": "Bearer"})
+    return key
+
+
+def require_owner(request: Request) -> str:
+    key = _bearer(request)
     owner = None
     # Compare against every key in constant time, so timing tells nothing about keys.
     for known, known_owner in request.app.state.key_owners.items():
@@ -26,3 +31,12 @@ def require_owner(request: Request) -> str:
 
 
 Owner = Annotated[str, Depends(require_owner)]
+
+
+def require_metrics_key(request: Request, metrics_key: SecretStr | None) -> None:
+    """/metrics names every owner's workflows: with a metrics key set, only that key reads it
+    (an owner's API key does not)."""
+    if metrics_key is None:
+        return
+    if not hmac.compare_digest(_bearer(request).encode(), metrics_key.get_secret_value().encode()):
+        raise ApiError(401, "invalid metrics key", headers={"WWW-Authenticate": "Bearer"})

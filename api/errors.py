@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.unavailable import ERROR_TYPES, service_down
 from store.errors import Conflict, DomainError, Invalid, NotFound, Unavailable
 
 log = logging.getLogger("flowmaestro.api")
@@ -59,6 +60,17 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse(_body(str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
+
+    async def _maybe_down(request: Request, exc: Exception) -> JSONResponse:
+        down = service_down(exc)
+        if down is None:
+            return await _unexpected(request, exc)
+        log.warning("%s %s: %s is down: %s: %s", request.method, request.url.path, down.service,
+                    type(exc).__name__, exc)
+        return await _domain_error(request, down)
+
+    for kind in ERROR_TYPES:  # a service down is a 503 naming it, not a 500
+        app.add_exception_handler(kind, _maybe_down)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

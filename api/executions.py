@@ -8,12 +8,15 @@ from typing import Any
 
 from fastapi import APIRouter, Header, Query, Request
 from sse_starlette.sse import EventSourceResponse
+from starlette.background import BackgroundTask
 
 from api.auth import Owner
 from api.deps import RunsDep
 from api.schemas import (ErrorBody, ExecuteBody, ExecutionAccepted, ExecutionSummary, ResumeBody, ResumeOut,
                          RetryBody, RunResult, StreamTokenOut)
+from api.stream_slots import released_after
 from api.stream_tokens import StreamReader
+from api.unavailable import probe_event_log
 from flows.events import FINAL_EVENT_TYPES, utcnow
 from store.errors import Unavailable
 
@@ -105,6 +108,8 @@ async def stream_execution(execution_id: str, request: Request, owner: StreamRea
     await runs.executions.get(owner, execution_id)
     start = after if after is not None else int(last_event_id) if (last_event_id or "").isdigit() else 0
     log = request.app.state.event_log
+    await probe_event_log(log, execution_id)  # a 503 is possible only before the stream starts
+    give_back = request.app.state.stream_slots.lease(execution_id)  # 429 beyond the cap
 
     async def events():
         last = start
@@ -132,4 +137,6 @@ async def stream_execution(execution_id: str, request: Request, owner: StreamRea
                 # keep following the event log and ask again at the next idle check.
                 ended = None
 
-    return EventSourceResponse(events(), ping=15)
+    # Given back when the stream ends, and after the response in any case (a client gone
+    # before the first event leaves a generator that never started).
+    return EventSourceResponse(released_after(events(), give_back), ping=15, background=BackgroundTask(give_back))

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 WINDOW_S = 60
+REDIS_TIMEOUT_S = 5
 
 
 class RateLimiter(Protocol):
@@ -65,8 +66,16 @@ return false
 class RedisRateLimiter:
     def __init__(self, url: str, limit: int, prefix: str = "flowmaestro:ratelimit:"):
         from redis.asyncio import Redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import ExponentialBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
 
-        self.redis, self.limit, self.prefix = Redis.from_url(url), limit, prefix
+        # Bounded: a Redis that hangs answers the webhook 503 in seconds, not never.
+        # A restarted Redis fails each pooled connection's next command: retry on a new one.
+        self.redis = Redis.from_url(url, socket_connect_timeout=REDIS_TIMEOUT_S, socket_timeout=REDIS_TIMEOUT_S,
+                                    retry=Retry(ExponentialBackoff(cap=1.0, base=0.1), 3),
+                                    retry_on_error=[RedisConnectionError])
+        self.limit, self.prefix = limit, prefix
         self._script = self.redis.register_script(_SLIDING_WINDOW)
 
     async def hit(self, key: str) -> float | None:

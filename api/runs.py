@@ -172,7 +172,11 @@ class RunService:
             run_uuid = uuid.UUID(run_id)
         except ValueError:
             raise NotFound(f"execution {run_id} not found") from None
-        flow_run = await self._call("read the run", lambda: self.prefect.read_flow_run(run_uuid))
+        try:
+            flow_run = await self._call("read the run", lambda: self.prefect.read_flow_run(run_uuid))
+        except NotFound:
+            # The same answer as for another owner's run: the id tells nothing about others.
+            raise NotFound(f"execution {run_id} not found") from None
         parameters = flow_run.parameters or {}
         if parameters.get("owner") != owner or not parameters.get("workflow_id"):
             raise NotFound(f"execution {run_id} not found")

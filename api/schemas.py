@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Literal
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+Timestamp = Annotated[datetime, AfterValidator(_utc)]
+"""Stored in UTC; SQLite gives it back without its zone, which is no RFC 3339 date-time."""
 
 EXAMPLE_CANVAS = {
     "name": "hello",
@@ -50,8 +58,8 @@ class WorkflowSummary(BaseModel):
     id: str
     name: str
     latest_version: int
-    created_at: datetime
-    updated_at: datetime
+    created_at: Timestamp
+    updated_at: Timestamp
 
 
 class WorkflowPublic(WorkflowSummary):
@@ -86,8 +94,8 @@ class ExecutionSummary(BaseModel):
     status: str
     trigger: dict[str, Any] = Field(description="What started the run: {'type': 'api'|'schedule'|'webhook'|"
                                                 "'prefect-ui'|'retry'|'parent', ...}.")
-    created_at: datetime
-    updated_at: datetime
+    created_at: Timestamp
+    updated_at: Timestamp
 
 
 class RunResult(BaseModel):
@@ -132,7 +140,7 @@ class DeadLetterOut(BaseModel):
     error: dict[str, Any]
     attempts: int
     config: dict[str, Any] = Field(description="The node's resolved configuration, secrets redacted.")
-    failed_at: datetime
+    failed_at: Timestamp
 
 
 class ResumeBody(BaseModel):
@@ -209,8 +217,8 @@ class WebhookOut(BaseModel):
     workflow_id: str
     name: str
     url: str
-    created_at: datetime
-    rotated_at: datetime | None = None
+    created_at: Timestamp
+    rotated_at: Timestamp | None = None
 
 
 class WebhookCreated(BaseModel):

@@ -19,6 +19,8 @@ class ApiSettings(StoreSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Origins allowed to call the API "
                                     "from a browser (a canvas frontend).")
     max_request_bytes: int = Field(2_000_000, description="Largest request body accepted.")
+    max_streams_per_run: int = Field(50, ge=1, description="Live event streams of one run one API process keeps "
+                                     "open at once; more answer 429 with Retry-After.")
     work_pool: str = Field("flowmaestro", description="Prefect work pool of the workflows' deployments; "
                            "workers poll it.")
     prefect_timeout_s: float = Field(20.0, gt=0, description="Longest a request waits on the Prefect server "
@@ -31,6 +33,8 @@ class ApiSettings(StoreSettings):
     webhook_rate_limit: int = Field(60, ge=1, description="Requests a minute one webhook accepts before "
                                     "answering 429 with Retry-After.")
     webhook_max_body_bytes: int = Field(1_048_576, ge=1, description="Largest webhook request body (413 above).")
+    metrics_key: SecretStr | None = Field(None, description="Bearer key that GET /metrics then needs (its "
+                                          "labels name every owner's workflows); public when unset.")
     ui_url: str | None = Field(None, description="Public Prefect UI URL for links; derived from "
                                "PREFECT_API_URL when unset.")
     stream_token_key: SecretStr | None = Field(None, description="Key that signs stream tokens (?token= on a "

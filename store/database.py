@@ -20,10 +20,14 @@ def utcnow() -> datetime:
 
 SQLITE_BUSY_TIMEOUT_S = 30
 """How long a SQLite connection waits for another's write lock before "database is locked"."""
+PG_CONNECT_TIMEOUT_S = 5
+PG_COMMAND_TIMEOUT_S = 10
+"""A PostgreSQL server that hangs (overloaded, stopped, a network that drops packets) fails a
+query after this long instead of holding the request, the run or the health check forever."""
 
 
 def create_database_engine(url: str, *, pool_size: int | None = None, max_overflow: int | None = None,
-                           **options: Any) -> AsyncEngine:
+                           command_timeout_s: float | None = PG_COMMAND_TIMEOUT_S, **options: Any) -> AsyncEngine:
     """An async engine on ``url``; ``options`` go to SQLAlchemy's ``create_async_engine``.
 
     SQLite: the database file's directory is created; every connection uses WAL (readers never
@@ -31,13 +35,17 @@ def create_database_engine(url: str, *, pool_size: int | None = None, max_overfl
     ``SQLITE_BUSY_TIMEOUT_S`` for a writer's lock instead of failing, and enforces foreign keys.
     ``pool_size`` and ``max_overflow`` apply to a database named by its path only (an in-memory
     database has a single connection, no pool to size). Other databases: connections are pinged before use, so that one the server
-    closed is replaced instead of failing a request.
+    closed is replaced instead of failing a request; PostgreSQL connects within
+    ``PG_CONNECT_TIMEOUT_S`` and each statement ends within ``command_timeout_s`` (None: no
+    bound, for migrations, which may take long on big tables).
     """
     parsed = make_url(url)
     pool = {name: value for name, value in (("pool_size", pool_size), ("max_overflow", max_overflow))
             if value is not None}
     if parsed.get_backend_name() != "sqlite":
-        return create_async_engine(url, **{"pool_pre_ping": True, **pool, **options})
+        connect_args = {"timeout": PG_CONNECT_TIMEOUT_S, "command_timeout": command_timeout_s} \
+            if parsed.get_backend_name() == "postgresql" else {}
+        return create_async_engine(url, **{"pool_pre_ping": True, "connect_args": connect_args, **pool, **options})
     path = parsed.database or ""
     named_by_path = path not in ("", ":memory:") and not path.startswith("file:")  # file:...: a URI
     if named_by_path:

@@ -133,10 +133,11 @@ class WebhookDelivery(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-def make_engine(url: str) -> AsyncEngine:
+def make_engine(url: str, **options: Any) -> AsyncEngine:
     """The API's engine: the same connection setup as the event log's (SQLite: WAL, busy
-    timeout, foreign keys), with SQLAlchemy's default pool."""
-    return create_database_engine(url)
+    timeout, foreign keys), with SQLAlchemy's default pool; ``options`` as
+    ``create_database_engine`` takes them."""
+    return create_database_engine(url, **options)
 
 
 def sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -12,6 +12,7 @@ import asyncio
 import os
 import socket
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -127,3 +128,42 @@ async def in_process_workers():
     workers = InProcessWorkers()
     yield workers
     await workers.stop_all()
+
+
+STREAMS_PER_RUN = 3
+"""The cap on live streams of one run of ``served`` (tests/test_limits.py reaches it)."""
+
+
+@dataclass(frozen=True)
+class Served:
+    """A running ``flowmaestro serve``: its URL, home (logs, SQLite store), keys and secret."""
+
+    base: str
+    home: Path
+    owner_key: str
+    other_key: str
+    secret: str
+    """``FLOWMAESTRO_SECRET_TOKEN`` of its workers: http nodes send it as ``token_secret: TOKEN``."""
+    prefect_log: Path
+    """The log of the session's Prefect server, which it uses."""
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory, prefect_server):
+    """One ``flowmaestro serve`` (the API and a worker, a SQLite store, Redis events) for the
+    tests that need a real server process: the API fuzz, the secrets sweep."""
+    import uuid
+
+    from tests.processes import stack_env, start_serve
+
+    home = tmp_path_factory.mktemp("served")
+    owner, other, secret = (f"{what}-{uuid.uuid4().hex}" for what in ("owner", "other", "secret"))
+    env = stack_env(home, prefect_server, f"sqlite+aiosqlite:///{home / 'store.db'}", owner,
+                    FLOWMAESTRO_API_KEYS=f"owner:{owner},other:{other}", FLOWMAESTRO_SECRET_TOKEN=secret,
+                    FLOWMAESTRO_WORK_POOL=f"served-{uuid.uuid4().hex[:6]}", FLOWMAESTRO_WORKER_GRACE_S="2",
+                    FLOWMAESTRO_MAX_STREAMS_PER_RUN=str(STREAMS_PER_RUN))
+    serve, base = start_serve(home, env, workers=1)
+    try:
+        yield Served(base, home, owner, other, secret, _SESSION_DIR / "server" / "prefect-server.log")
+    finally:
+        serve.stop()

@@ -70,12 +70,12 @@ def stack_env(home: Path, prefect: ServerInfo, database_url: str, api_key: str, 
     """The environment every process of one FlowMaestro installation shares: its Prefect
     server, the store and event log on PostgreSQL, Redis, one result storage, one lock
     manager, loopback allowed for http nodes."""
-    return dict(os.environ, PREFECT_API_URL=prefect.api_url, FLOWMAESTRO_HOME=str(home),
-                FLOWMAESTRO_DATABASE_URL=database_url, FLOWMAESTRO_API_KEYS=f"tester:{api_key}",
-                FLOWMAESTRO_REDIS_URL="redis://127.0.0.1:6379/0", FLOWMAESTRO_HTTP_ALLOW_HOSTS="127.0.0.1",
-                FLOWMAESTRO_CACHE_LOCK_REDIS_URL="redis://127.0.0.1:6379/1",
-                PREFECT_LOCAL_STORAGE_PATH=str(home / "results"), PREFECT_HOME=str(home / "prefect-client"),
-                **extra)
+    return {**os.environ, "PREFECT_API_URL": prefect.api_url, "FLOWMAESTRO_HOME": str(home),
+            "FLOWMAESTRO_DATABASE_URL": database_url, "FLOWMAESTRO_API_KEYS": f"tester:{api_key}",
+            "FLOWMAESTRO_REDIS_URL": "redis://127.0.0.1:6379/0", "FLOWMAESTRO_HTTP_ALLOW_HOSTS": "127.0.0.1",
+            "FLOWMAESTRO_CACHE_LOCK_REDIS_URL": "redis://127.0.0.1:6379/1",
+            "PREFECT_LOCAL_STORAGE_PATH": str(home / "results"), "PREFECT_HOME": str(home / "prefect-client"),
+            **extra}  # extra may replace any of them (a private Redis, say)
 
 
 def wait_until(check, *, timeout: float, interval: float = 0.2, what: str = "the condition"):
@@ -166,7 +166,8 @@ class _BusyHTTPServer(ThreadingHTTPServer):
 
 class CountingServer:
     """A local HTTP server that counts requests per path and answers
-    ``{"path": ..., "count": n}`` after an optional delay (``?delay=0.5``)."""
+    ``{"path": ..., "count": n}`` after an optional delay (``?delay=0.5``), with the request's
+    headers under ``headers`` for ``?echo=1``."""
 
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
@@ -198,7 +199,10 @@ class CountingServer:
                 delay = float(params.get("delay", 0))
                 if delay:
                     time.sleep(delay)
-                body = json.dumps({"path": path, "count": count}).encode()
+                answer: dict[str, object] = {"path": path, "count": count}
+                if "echo" in params:  # as servers do: what was sent comes back (secrets must not)
+                    answer["headers"] = dict(self.headers)
+                body = json.dumps(answer).encode()
                 try:
                     self.send_response(500 if failing else 200)
                     self.send_header("content-type", "application/json")

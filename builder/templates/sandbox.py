@@ -1,13 +1,16 @@
 """The sandboxed Jinja2 environment every template runs in, and the names it sees.
 
 Templates run in Jinja's immutable sandbox: no private attributes, no mutation of lists or
-dicts. The sandbox does not bound CPU or memory (a huge ``'x' * 10**9`` still runs).
+dicts. Jinja's sandbox does not bound CPU or memory; the ways one short template makes a huge
+value are refused here: ``'x' * 10**9``, ``9 ** 9999999`` (which Jinja would even compute while
+compiling, in the API's event loop), ``'x'.ljust(10**9)``, ``'x' | center(10**9)``.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import operator as operator_module
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -90,11 +93,42 @@ class _ExplainingUndefined(jinja2.StrictUndefined):
 _MAPPING_METHODS = frozenset({"get", "keys", "items", "values"})
 
 
+MAX_BUILT_LENGTH = 1_000_000
+"""The longest string or list ``*``, padding methods and ``center`` may build (10 MB of text
+as a template's output is already more than any node should pass on)."""
+MAX_POWER_BITS = 100_000
+"""The largest integer ``**`` may build, in bits (30,000 digits)."""
+_WIDTH_METHODS = frozenset({"ljust", "rjust", "center", "zfill", "expandtabs"})
+
+
+def _bounded_binop(operator: str, left: Any, right: Any) -> Any:
+    if operator == "**" and isinstance(left, int) and isinstance(right, int) and right > 0 and abs(left) > 1:
+        if right * abs(left).bit_length() > MAX_POWER_BITS:
+            raise SecurityError(f"{left} ** {right} is too large (over {MAX_POWER_BITS} bits)")
+    if operator == "*":
+        for sequence, count in ((left, right), (right, left)):
+            if isinstance(sequence, (str, list, tuple)) and isinstance(count, int) \
+                    and len(sequence) * count > MAX_BUILT_LENGTH:
+                raise SecurityError(f"repeating a {type(sequence).__name__} {count} times is too large "
+                                    f"(over {MAX_BUILT_LENGTH} items)")
+    return operator_module.mul(left, right) if operator == "*" else operator_module.pow(left, right)
+
+
+def _bounded_width(width: int) -> int:
+    if isinstance(width, int) and width > MAX_BUILT_LENGTH:
+        raise SecurityError(f"a width of {width} is too large (over {MAX_BUILT_LENGTH})")
+    return width
+
+
 class _SandboxEnvironment(ImmutableSandboxedEnvironment):
-    """Immutable sandbox where mapping keys beat methods of the same name.
+    """Immutable sandbox where mapping keys beat methods of the same name, and the operators,
+    methods and filters that build large values from short templates are bounded.
 
     Workflow data is JSON: ``fetch.items`` must read the key ``"items"``, not ``dict.items``.
     """
+
+    # Intercepted operators are also never folded into constants at compile time.
+    intercepted_binops = frozenset({"*", "**"})
 
     def __init__(self) -> None:
         super().__init__(
@@ -103,6 +137,17 @@ class _SandboxEnvironment(ImmutableSandboxedEnvironment):
             keep_trailing_newline=True,  # "line\n" in a config must stay "line\n"
             finalize=_finalize_output,
         )
+        center = self.filters["center"]
+        self.filters["center"] = lambda value, width=80: center(value, _bounded_width(width))
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        return _bounded_binop(operator, left, right)
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805 (Jinja's names)
+        if getattr(__obj, "__name__", None) in _WIDTH_METHODS and isinstance(getattr(__obj, "__self__", None), str):
+            for width in args[:1]:
+                _bounded_width(width)
+        return super().call(__context, __obj, *args, **kwargs)
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         if isinstance(obj, Mapping) and attribute in obj:

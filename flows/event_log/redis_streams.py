@@ -38,6 +38,9 @@ class RedisEventLog:
                  max_follow_connections: int = 1000, key_prefix: str = REDIS_KEY_PREFIX,
                  use_script: bool = True):
         import redis.asyncio as redis
+        import redis.exceptions as redis_errors
+        from redis.asyncio.retry import Retry
+        from redis.backoff import ExponentialBackoff
 
         self.url = url
         self.retention_days = retention_days
@@ -46,13 +49,19 @@ class RedisEventLog:
         self.use_script = use_script
         # redis-py's 5 s timeouts run on the event loop's clock: a worker busy with many runs
         # (or a loaded machine) could see a healthy Redis time out and fail a run for it.
-        self.redis = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=30, socket_timeout=30)
+        # After Redis restarts, every pooled connection fails its next command ("Connection closed
+        # by server"): retry those on a new connection (reads and the idempotent append are safe
+        # to repeat), or the next run of each worker fails at its start and streams break.
+        reconnect = {"retry": Retry(ExponentialBackoff(cap=1.0, base=0.1), 3),
+                     "retry_on_error": [redis_errors.ConnectionError]}
+        self.redis = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=30, socket_timeout=30,
+                                          **reconnect)
         self._append_script = self.redis.register_script(_APPEND_LUA)
         # Followers wait in XREAD BLOCK for up to block_ms: their own pool, which queues (rather
         # than refuses) followers beyond its size, with a socket timeout longer than the block.
         self._follow_pool = redis.BlockingConnectionPool.from_url(
             url, decode_responses=True, max_connections=max_follow_connections, timeout=None,
-            socket_timeout=block_ms / 1000 + 10)
+            socket_timeout=block_ms / 1000 + 10, **reconnect)
         self.follow_redis = redis.Redis(connection_pool=self._follow_pool)
 
     def key(self, execution_id: str) -> str:

@@ -26,9 +26,10 @@ class EventLogWriter:
     (and starts again should anything follow); ``close()`` flushes whatever is still queued.
     """
 
-    def __init__(self, log: EventLog, *, max_batch: int = 200, max_delay_s: float = 0.05, retries: int = 5,
+    def __init__(self, log: EventLog, *, max_batch: int = 200, max_delay_s: float = 0.05, retries: int = 30,
                  backoff_s: float = 0.2, hold_final: bool = False):
-        """``hold_final``: keep the run's final event back until ``release_final()`` (or
+        """``retries``: 30 at most 5 s apart ride out an event store down for about two minutes
+        (a restart, a failover); 5 gave up after 6 s and lost the events. ``hold_final``: keep the run's final event back until ``release_final()`` (or
         ``close()``), so that whoever sees it in the log can read what the run stored
         after it ended (its result)."""
         self.log = log

@@ -1,0 +1,251 @@
+"""PostgreSQL, Redis and Prefect stopped for real while `flowmaestro serve` (API and one
+worker) runs on them, then started again.
+
+Every service is a private instance of this module (its own port and data), killed with
+SIGKILL or frozen with SIGSTOP, so the rest of the suite keeps the machine's services.
+While one is down the API answers 503 with Retry-After naming it (never a 500, never a
+hang), /health says which is down, and a run in flight ends as it would have once the
+service is back; nothing written before (workflows, executions, events) is lost.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from api.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from flows.local_server import ServerInfo, healthy, start_server, stop
+from tests.processes import Proc, free_port, stack_env, start_serve, wait_until
+from tests.services import PrivatePostgres, PrivateRedis
+
+pytestmark = pytest.mark.workers
+
+KEY = "failing-" + uuid.uuid4().hex
+ANSWER_WITHIN_S = 20
+"""The longest any request may take while a service is down or frozen (the bounds are
+5 s for a check, 5 s to connect and 10 s per query on PostgreSQL, FLOWMAESTRO_PREFECT_TIMEOUT_S)."""
+
+
+@dataclass
+class Stack:
+    home: object
+    postgres: PrivatePostgres
+    redis: PrivateRedis
+    prefect_home: object
+    prefect: ServerInfo
+    serve: Proc
+    api: httpx.Client
+
+    def prefect_kill(self) -> None:
+        os.killpg(self.prefect.pid, signal.SIGKILL)
+
+    def prefect_start(self) -> None:
+        port = int(self.prefect.api_url.rsplit(":", 1)[1].split("/")[0])
+        self.prefect = start_server(self.prefect_home, port)
+        assert self.prefect.api_url.endswith(f":{port}/api"), "the Prefect port was taken meanwhile"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("failing")
+    postgres, redis = PrivatePostgres(root / "postgres"), PrivateRedis(root / "redis")
+    postgres.start()
+    redis.start()
+    prefect_home = root / "prefect"
+    prefect = start_server(prefect_home, free_port())
+    env = stack_env(root, prefect, postgres.url, KEY, FLOWMAESTRO_API_KEYS=f"tester:{KEY}",
+                    FLOWMAESTRO_REDIS_URL=redis.url, FLOWMAESTRO_CACHE_LOCK_REDIS_URL=redis.url,
+                    FLOWMAESTRO_PREFECT_TIMEOUT_S="5", FLOWMAESTRO_WORKER_GRACE_S="2", FLOWMAESTRO_WORK_POOL=f"failing-{uuid.uuid4().hex[:6]}")
+    serve, base = start_serve(root, env, workers=1)
+    api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+    stack = Stack(root, postgres, redis, prefect_home, prefect, serve, api)
+    try:
+        yield stack
+    finally:
+        api.close()
+        serve.stop()
+        stop(stack.prefect_home)
+        redis.stop()
+        postgres.stop()
+
+
+def slow_workflow(api: httpx.Client, seconds: float) -> str:
+    raw = {"name": f"slow-{uuid.uuid4().hex[:6]}",
+           "nodes": [{"id": "start", "type": "start", "data": {}},
+                     {"id": "wait", "type": "delay", "data": {"seconds": seconds}},
+                     {"id": "end", "type": "end", "data": {"output": "done"}}],
+           "edges": [{"id": "a", "source": "start", "target": "wait"}, {"id": "b", "source": "wait", "target": "end"}]}
+    saved = api.post("/api/workflows", json={"canvas": raw})
+    assert saved.status_code == 201 and not saved.json()["warnings"], saved.text
+    return saved.json()["id"]
+
+
+def start_running(api: httpx.Client, workflow_id: str) -> str:
+    """Execute and wait until the worker runs it (its delay node started)."""
+    run_id = api.post(f"/api/workflows/{workflow_id}/execute", json={}).json()["execution_id"]
+    wait_until(lambda: api.get(f"/api/executions/{run_id}").json()["nodes"].get("wait", {}).get("status") == "running",
+               timeout=120, what=f"run {run_id} running its delay node")
+    return run_id
+
+
+def approval_waiting(api: httpx.Client) -> str:
+    """A run paused on an approval ``ask`` (``approved`` leads to the output ``yes``)."""
+    raw = {"name": f"ask-{uuid.uuid4().hex[:6]}",
+           "nodes": [{"id": "start", "type": "start", "data": {}}, {"id": "ask", "type": "approval", "data": {}},
+                     {"id": "end", "type": "end", "data": {"output": "yes"}}],
+           "edges": [{"id": "a", "source": "start", "target": "ask"},
+                     {"id": "b", "source": "ask", "target": "end", "sourceHandle": "approved"}]}
+    saved = api.post("/api/workflows", json={"canvas": raw})
+    assert saved.status_code == 201, saved.text
+    run_id = api.post(f"/api/workflows/{saved.json()['id']}/execute", json={}).json()["execution_id"]
+    wait_until(lambda: api.get(f"/api/executions/{run_id}").json()["status"] == "paused", timeout=120,
+               what=f"run {run_id} waiting for its approval")
+    return run_id
+
+
+def refused(answer: httpx.Response, service: str) -> None:
+    """A 503 that names ``service`` and says when to retry; no traceback."""
+    assert answer.status_code == 503, f"{answer.request.method} {answer.request.url.path}: {answer.status_code} {answer.text}"
+    body = answer.json()
+    assert body["service"] == service and answer.headers["retry-after"].isdigit(), answer.text
+    assert "Traceback" not in answer.text and "File \"" not in answer.text
+
+
+def timed(call, *args, **kwargs) -> httpx.Response:
+    started = time.monotonic()
+    answer = call(*args, **kwargs)
+    elapsed = time.monotonic() - started
+    assert elapsed < ANSWER_WITHIN_S, f"{args[0]} took {elapsed:.1f} s"
+    return answer
+
+
+def health(api: httpx.Client) -> dict[str, str]:
+    answer = timed(api.get, "/health")
+    assert answer.status_code == (200 if set(answer.json()["checks"].values()) == {"ok"} else 503)
+    return answer.json()["checks"]
+
+
+def wait_ended(api: httpx.Client, run_id: str, timeout: float = 120) -> dict:
+    def ended():
+        answer = api.get(f"/api/executions/{run_id}")
+        return answer.status_code == 200 and answer.json()["status"] in ("completed", "failed", "cancelled") \
+            and answer.json()
+    return wait_until(ended, timeout=timeout, interval=0.5, what=f"run {run_id} ending")
+
+
+def events_of(api: httpx.Client, run_id: str) -> list[tuple[int, str]]:
+    """The run's whole stream: (id, event type) in order."""
+    with api.stream("GET", f"/api/executions/{run_id}/stream", timeout=30) as answer:
+        assert answer.status_code == 200
+        lines = list(answer.iter_lines())
+    ids = [int(line[4:]) for line in lines if line.startswith("id: ")]
+    types = [line[7:] for line in lines if line.startswith("event: ")]
+    return list(zip(ids, types))
+
+
+def assert_whole(events: list[tuple[int, str]], final: str = "execution:completed") -> None:
+    assert [seq for seq, _ in events] == list(range(1, len(events) + 1)), events
+    assert events[0][1] == "execution:started" and events[-1][1] == final, events
+    kinds = [kind for _, kind in events]
+    assert kinds.count("node:started") == kinds.count("node:completed") == 3, events
+
+
+def test_postgres_killed_then_back(stack):
+    api = stack.api
+    workflow_id = slow_workflow(api, 3)
+    before = start_running(api, workflow_id)
+    stack.postgres.kill()
+    for method, path in (("GET", "/api/workflows"), ("GET", f"/api/workflows/{workflow_id}"),
+                         ("POST", f"/api/workflows/{workflow_id}/execute"), ("GET", "/api/executions"),
+                         ("GET", f"/api/executions/{before}"), ("GET", f"/api/executions/{before}/stream")):
+        refused(timed(api.request, method, path, json={} if method == "POST" else None), "database")
+    checks = health(api)
+    assert checks["database"].startswith("error") and checks["prefect"] == checks["redis"] == "ok", checks
+    time.sleep(4)  # the run's delay ends while the store is down: its worker must keep the result
+    stack.postgres.start()
+    wait_until(lambda: health(api)["database"] == "ok", timeout=30, what="the API seeing PostgreSQL again")
+    result = wait_ended(api, before)
+    assert result["status"] == "completed" and result["output"] == "done", result
+    assert_whole(events_of(api, before))
+    assert [w["id"] for w in api.get("/api/workflows").json()].count(workflow_id) == 1
+    after = api.post(f"/api/workflows/{workflow_id}/execute", json={})
+    assert after.status_code == 202, after.text
+
+
+def test_postgres_frozen_answers_503_in_bounded_time(stack):
+    api = stack.api
+    stack.postgres.pause()
+    try:
+        checks = health(api)
+        assert checks["database"].startswith("unreachable") and checks["prefect"] == "ok", checks
+        refused(timed(api.get, "/api/workflows"), "database")
+    finally:
+        stack.postgres.resume()
+    wait_until(lambda: health(api)["database"] == "ok", timeout=30, what="the API seeing PostgreSQL again")
+    assert api.get("/api/workflows").status_code == 200
+
+
+def test_redis_killed_then_back(stack):
+    api = stack.api
+    workflow_id = slow_workflow(api, 2)
+    hook = api.post(f"/api/workflows/{workflow_id}/webhooks", json={"name": "h"}).json()
+    before = start_running(api, workflow_id)
+    stack.redis.kill()
+    refused(timed(api.get, f"/api/executions/{before}/stream"), "redis")
+    now = str(int(time.time()))
+    signed = {TIMESTAMP_HEADER: now, SIGNATURE_HEADER: sign(hook["secret"], now, b"{}")}
+    refused(timed(api.post, f"/hooks/{hook['id']}", content=b"{}", headers=signed), "redis")  # its rate limit
+    checks = health(api)
+    assert checks["redis"].startswith("error") and checks["database"] == checks["prefect"] == "ok", checks
+    during = api.post(f"/api/workflows/{workflow_id}/execute", json={})  # Redis is not needed to start one
+    assert during.status_code == 202, during.text
+    time.sleep(3)  # the first run publishes events meanwhile; its writer keeps them until Redis is back
+    stack.redis.start()
+    wait_until(lambda: health(api)["redis"] == "ok", timeout=30, what="the API seeing Redis again")
+    assert wait_ended(api, before)["status"] == "completed"
+    assert_whole(events_of(api, before))
+    # Started while Redis was down: its flow could not open its event log, so it failed saying
+    # so; retried now, it runs.
+    during_id = during.json()["execution_id"]
+    failed = wait_ended(api, during_id)
+    assert failed["status"] == "failed" and "ConnectionError" in str(failed["error"]), failed
+    assert api.post(f"/api/executions/{during_id}/retry", json={}).status_code == 202
+    assert wait_ended(api, during_id)["status"] == "completed"
+
+
+def test_prefect_killed_then_back(stack):
+    api = stack.api
+    finished = api.post(f"/api/workflows/{slow_workflow(api, 0.1)}/execute", json={}).json()["execution_id"]
+    assert wait_ended(api, finished)["status"] == "completed"
+    workflow_id = slow_workflow(api, 3)
+    waiting = approval_waiting(api)
+    before = start_running(api, workflow_id)
+    stack.prefect_kill()
+    wait_until(lambda: not healthy(stack.prefect.api_url), timeout=30, what="the Prefect server gone")
+    refused(timed(api.post, f"/api/workflows/{workflow_id}/execute", json={}), "prefect")
+    refused(timed(api.get, f"/api/executions/{before}"), "prefect")  # in flight: its state is Prefect's
+    assert timed(api.get, f"/api/executions/{finished}").json()["output"] == "done"  # ended: the store is enough
+    checks = health(api)
+    assert checks["prefect"].startswith(("error", "unreachable")) and checks["database"] == "ok", checks
+    time.sleep(2)  # the run's delay ends while Prefect is away
+    stack.prefect_start()
+    wait_until(lambda: health(api)["prefect"] == "ok", timeout=60, what="the API seeing Prefect again")
+    result = wait_ended(api, before, timeout=180)
+    assert result["status"] == "completed", result
+    assert_whole(events_of(api, before))
+    assert api.post(f"/api/workflows/{workflow_id}/execute", json={}).status_code == 202
+    # The approval asked before the outage is still waiting, and answered now, the run goes on.
+    pending = wait_until(lambda: api.get(f"/api/executions/{waiting}").json()["pending_approvals"], timeout=60,
+                         what="the approval listed again")
+    assert [a["node_id"] for a in pending] == ["ask"]
+    answer = api.post(f"/api/executions/{waiting}/resume", json={"node_id": "ask", "input": {"approved": True}})
+    assert answer.status_code == 200, answer.text
+    approved = wait_ended(api, waiting)
+    assert approved["status"] == "completed" and approved["output"] == "yes", approved
