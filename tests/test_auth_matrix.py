@@ -258,8 +258,9 @@ async def check_bearer(client: httpx.AsyncClient, route: Route, recipe: Recipe, 
             text = text.replace(value, "<id>")
         return text
 
-    for headers, detail in (({}, "missing bearer API key"), (bearer("wrong-" + OWNER_KEY), "invalid API key"),
-                            ({"Authorization": f"Basic {OWNER_KEY}"}, "missing bearer API key")):
+    missing = "missing bearer API key" + (" (or ?token= stream token)" if route.path in TOKEN_ALSO else "")
+    for headers, detail in (({}, missing), (bearer("wrong-" + OWNER_KEY), "invalid API key"),
+                            ({"Authorization": f"Basic {OWNER_KEY}"}, missing)):
         answer = await call(headers)
         assert answer.status_code == 401, f"{what} with {headers or 'no key'}: {answer.status_code} {answer.text}"
         assert answer.json()["detail"] == detail and answer.headers["www-authenticate"] == "Bearer", what
@@ -309,11 +310,24 @@ async def check_operator(client: httpx.AsyncClient, route: Route, world: World) 
     assert (await client.get(route.path, headers=bearer(METRICS_KEY))).status_code == 200
 
 
+# Public pages that take ids: the page is the same shell for any id (it reads the run with the
+# visitor's key), so a real id must show nothing of the run but the id the URL already has.
+PUBLIC_PAGE_PARAMS = {"/ui/executions/{execution_id}": "execution"}
+
+
 async def check_public(client: httpx.AsyncClient, route: Route, world: World) -> None:
-    if route.method != "GET" or "{" in route.path:
+    if (route.method, route.path) == ("*", "/ui/static"):  # the pages' scripts and styles
+        assert (await client.get("/ui/static/ui.css")).status_code == 200
+        for outside in ("/ui/static/../ui.py", "/ui/static/%2e%2e/settings.py", "/ui/static/missing.js"):
+            assert (await client.get(outside)).status_code == 404, outside
+        return
+    known = route.path in PUBLIC_PAGE_PARAMS
+    if route.method != "GET" or ("{" in route.path and not known):
         raise AssertionError(f"{route.method} {route.path}: public routes are GET pages without parameters here; "
-                             "add a check for this one to tests/test_auth_matrix.py")
-    answer = await client.get(route.path)
+                             "add a check for this one to tests/test_auth_matrix.py (PUBLIC_PAGE_PARAMS)")
+    in_path = getattr(world, PUBLIC_PAGE_PARAMS[route.path]) if known else None
+    answer = await client.get(route.path.format(execution_id=in_path))
     assert answer.status_code < 500 and answer.status_code != 401, f"{route.path}: {answer.status_code}"
     for secret in (world.workflow, world.name, world.execution, OWNER_KEY, world.hook_secret):
-        assert secret not in answer.text, f"{route.path} shows {secret!r} to anyone"
+        if secret != in_path:
+            assert secret not in answer.text, f"{route.path} shows {secret!r} to anyone"
