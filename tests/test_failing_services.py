@@ -211,20 +211,25 @@ def test_redis_killed_then_back(stack):
     wait_until(lambda: health(api)["redis"] == "ok", timeout=30, what="the API seeing Redis again")
     assert wait_ended(api, before)["status"] == "completed"
     assert_whole(events_of(api, before))
-    # Started while Redis was down: its flow could not open its event log, so it failed saying
-    # so; retried now, it runs.
+    # Started while Redis was down. If a worker took it then, its flow could not open its event
+    # log and failed saying so, and a retry now runs it; if it was taken once Redis was back
+    # (the worker's poll decides), it just ran. Either way nothing is lost.
     during_id = during.json()["execution_id"]
-    failed = wait_ended(api, during_id)
-    assert failed["status"] == "failed" and "ConnectionError" in str(failed["error"]), failed
-    assert api.post(f"/api/executions/{during_id}/retry", json={}).status_code == 202
-    assert wait_ended(api, during_id)["status"] == "completed"
+    ended = wait_ended(api, during_id)
+    if ended["status"] == "failed":
+        assert "ConnectionError" in str(ended["error"]), ended
+        assert api.post(f"/api/executions/{during_id}/retry", json={}).status_code == 202
+        ended = wait_ended(api, during_id)
+    assert ended["status"] == "completed", ended
 
 
 def test_prefect_killed_then_back(stack):
     api = stack.api
     finished = api.post(f"/api/workflows/{slow_workflow(api, 0.1)}/execute", json={}).json()["execution_id"]
     assert wait_ended(api, finished)["status"] == "completed"
-    workflow_id = slow_workflow(api, 3)
+    # Long enough to be in flight when the API is asked about it, short enough to end while
+    # Prefect is away (a restart takes ~20 s): delays run inline, needing no Prefect to end.
+    workflow_id = slow_workflow(api, 8)
     waiting = approval_waiting(api)
     before = start_running(api, workflow_id)
     stack.prefect_kill()
