@@ -17,7 +17,6 @@ import functools
 import hashlib
 import json
 import logging
-import uuid
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -25,12 +24,12 @@ from pydantic import ValidationError
 
 from builder.plan import TOP, Plan, PlanNode
 from builder.templates import EnvNamespace, TemplateRenderError, render_value
-from flows.calls import DirectRunner, NodeCall, NodeRecord, NodeRunner
+from flows.calls import DirectRunner, NodeCall, NodeRunner
 from flows.containers import run_container
-from flows.events import EventBus, utcnow
+from flows.events import EventBus, event_output, utcnow
 from flows.frames import Frame
 from flows.journal import RunJournal
-from flows.node_logs import node_log_line
+from flows.recording import RunRecording, task_run_name, upstream_task_runs
 from flows.records import NodeRun, RunRecord
 from flows.scheduler import NodeOutcome, ScopeResult, ScopeRun, error_info
 from node_handlers.base import SOURCE, Completed, NodeContext, NodeError, NodeHandler
@@ -67,12 +66,10 @@ class Execution:
                  approvals: ApprovalGate | None = None, subworkflows: Any = None,
                  journal: RunJournal | None = None, max_task_runs: int = 10_000,
                  max_event_output_bytes: int | None = None):
-        """``max_task_runs``: how many task runs the run shows in Prefect one by one; beyond
-        that, what ran inline in container bodies is shown as one summary task run per body
-        node and container execution (Prefect's run graph draws at most 10,000 nodes, and
-        its in-memory broker drops messages it cannot queue). ``max_event_output_bytes``: an
-        output larger than this as JSON is left out of its event (the run result and the
-        journal keep it), so a long run of large outputs does not flood the event log."""
+        """``max_task_runs``: how many task runs the run shows one by one (``RunRecording``).
+        ``max_event_output_bytes``: an output larger than this as JSON is left out of its
+        event (the run result and the journal keep it), so a long run of large outputs does
+        not flood the event log."""
         self.plan = plan
         self.registry = registry
         self.inputs = dict(inputs)
@@ -92,12 +89,9 @@ class Execution:
         self.record = RunRecord(id=run_id, workflow=plan.name, workflow_id=workflow_id, version=version,
                                 plan_hash=plan.hash)
         self.run_info = {"id": run_id, "workflow_id": workflow_id, "workflow": plan.name, "started_at": None}
-        self.max_task_runs = max_task_runs
         self.max_event_output_bytes = max_event_output_bytes
-        self.task_runs = 0
-        """Task runs made so far, recorded or by the runner."""
-        self._unrecorded: dict[tuple[str, tuple[int, ...]], dict[str, _Tally]] = {}
-        """Per container execution ``(node_id, path)``: body node executions not shown one by one."""
+        self.recording = RunRecording(plan, self.runner, max_task_runs=max_task_runs, redact=self.journal.redact)
+        """What the run shows where the runner shows runs (Prefect's task runs and logs)."""
 
     # --- the run ---------------------------------------------------------------------------------
 
@@ -253,51 +247,11 @@ class Execution:
         event = {"completed": "node:completed", "cached": "node:cached", "failed": "node:error"}[outcome.status]
         extra = {"restored": True} if outcome.restored else {}
         self.bus.publish(event, node_id=node.id, path=frame.path, status=outcome.status,
-                         output=self._event_output(outcome.output) if outcome.status != "failed" else None,
+                         output=event_output(outcome.output, self.max_event_output_bytes)
+                         if outcome.status != "failed" else None,
                          error=outcome.error, attempts=run.attempts, handles=sorted(outcome.handles), **extra)
-        if run.task_run_id is not None:
-            frame.task_runs[node.id] = run.task_run_id
-        if self.runner.recording and not (run.task_run_id is None and self._summarized(frame)):
-            line = node_log_line(node, task_run_name(node, frame), run, outcome, redact=self.journal.redact)
-            self.runner.log(line, task_run_id=run.task_run_id, failed=outcome.status == "failed")
+        self.recording.outcome(node, frame, run, outcome)
         return outcome
-
-    def _event_output(self, output: Any) -> Any:
-        """``output``, or what stands for it in an event when it is too large."""
-        limit = self.max_event_output_bytes
-        if limit is None or output is None or isinstance(output, (bool, int, float)):
-            return output
-        if isinstance(output, str) and len(output) * 4 <= limit:  # at most 4 bytes a character
-            return output
-        text = json.dumps(output, default=str)
-        if len(text) <= limit:
-            return output
-        return {"truncated": True, "bytes": len(text), "preview": text[:200]}
-
-    def _summarized(self, frame: Frame) -> bool:
-        """Whether the node executions of ``frame`` are shown in summary only (the run has
-        made all the task runs it shows one by one); top-level nodes always are shown."""
-        return frame.scope_id != TOP and self.task_runs >= self.max_task_runs
-
-    def _record(self, node: PlanNode, frame: Frame, run: NodeRun, upstream: Mapping[str, Any], *,
-                ended: Any = None, error: BaseException | None = None) -> None:
-        """Show a node execution that runs without the runner (``ended`` None: it has started
-        and goes on); its task run id is made the first time."""
-        if not self.runner.recording:
-            return
-        if run.task_run_id is None:
-            if self._summarized(frame):
-                if ended is not None:
-                    tallies = self._unrecorded.setdefault((frame.scope_id, frame.path[:-1]), {})
-                    tallies.setdefault(node.id, _Tally()).add(run, error)
-                return
-            run.task_run_id = str(uuid.uuid4())
-            self.task_runs += 1
-        assert run.started_at is not None
-        self.runner.record(NodeRecord(
-            node=node, path=frame.path, name=task_run_name(node, frame), task_run_id=run.task_run_id,
-            started=run.started_at, ended=ended, error=error, attempts=max(run.attempts, 1),
-            upstream=_upstream_task_runs(frame, upstream), parent=frame.container_task_run))
 
     async def execute_container(self, node: PlanNode, frame: Frame, run: NodeRun,
                                 upstream: Mapping[str, Any]) -> NodeOutcome:
@@ -305,40 +259,15 @@ class Execution:
         ``flows.containers`` through ``run_scope``. Its ``source`` edges fire when it
         completes, its ``error`` edges when it fails."""
         handler = self.registry.handler(node.type)
-        self._record(node, frame, run, upstream)  # running: the bodies' task runs are inside it
-        if run.task_run_id is not None:
-            frame.task_runs[node.id] = run.task_run_id
+        self.recording.started(node, frame, run, upstream)
         try:
             config = self.resolve_config(node, handler, frame, skip_keys=handler.own_scope_keys)
             outcome = NodeOutcome("completed", await run_container(self, node, frame, config), SOURCE)
         except NodeError as exc:
             outcome = NodeOutcome("failed", error=error_info(exc, node.id, 1))
         failure = None if outcome.error is None else NodeError(outcome.error["message"])
-        self._record_summaries(node, frame, run)
-        self._record(node, frame, run, upstream, ended=utcnow(), error=failure)
+        self.recording.ended(node, frame, run, upstream, failure)
         return outcome
-
-    def _record_summaries(self, container: PlanNode, frame: Frame, run: NodeRun) -> None:
-        """One task run (and log line) per body node of a container execution for what its
-        bodies ran that was not shown one by one."""
-        tallies = self._unrecorded.pop((container.id, frame.path), {})
-        if run.task_run_id is None and frame.scope_id != TOP:
-            # The container execution is itself only counted: its bodies' nodes go to the
-            # summaries of the container around it.
-            outer = self._unrecorded.setdefault((frame.scope_id, frame.path[:-1]), {})
-            for node_id, tally in tallies.items():
-                outer.setdefault(node_id, _Tally()).merge(tally)
-            return
-        for node_id, tally in tallies.items():
-            node = self.plan.nodes[node_id]
-            name = f"{node.label} [{' / '.join(frame.labels + (f'{tally.count} more',))}]"
-            summary = f"{tally.count} executions not shown one by one: {tally.count - tally.failed} completed, " \
-                      f"{tally.failed} failed"
-            task_run_id = str(uuid.uuid4())
-            self.runner.record(NodeRecord(
-                node=node, path=frame.path, name=name, task_run_id=task_run_id, started=tally.started,
-                ended=tally.ended, error=NodeError(summary) if tally.failed else None, parent=run.task_run_id))
-            self.runner.log(f"{name} ({node.type}): {summary}", task_run_id=task_run_id, failed=tally.failed > 0)
 
     async def execute_leaf(self, node: PlanNode, frame: Frame, run: NodeRun, upstream: Mapping[str, Any]) -> NodeOutcome:
         handler = self.registry.handler(node.type)
@@ -346,7 +275,7 @@ class Execution:
             config = self.resolve_config(node, handler, frame)
         except NodeError as exc:
             run.attempts = 1
-            self._record(node, frame, run, upstream, ended=utcnow(), error=exc)
+            self.recording.ended(node, frame, run, upstream, exc)
             return NodeOutcome("failed", error=error_info(exc, node.id, 1))
         key = cache_key(node, config, upstream if handler.reads_upstream else None)
         restored = self.journal.restore(node.id, frame.path, key) if node.replay else None
@@ -392,15 +321,15 @@ class Execution:
         call = self._call(node, frame, handler, config, upstream, run, first_started)
         if inline:
             if handler.resumes_waiting:  # it waits: show it running meanwhile
-                self._record(node, frame, run, upstream)
+                self.recording.started(node, frame, run, upstream)
             result = await self.inline.run(call)
             run.attempts = result.attempts
-            self._record(node, frame, run, upstream, ended=utcnow(), error=result.error)
+            self.recording.ended(node, frame, run, upstream, result.error)
         else:
             async with self.slots:
                 result = await self.runner.run(call)
             run.task_run_id = call.task_run_id
-            self.task_runs += 1
+            self.recording.ran_as_task()
         run.attempts = result.attempts
         if result.completed is None:
             return NodeOutcome("failed", error=error_info(result.error, node.id, result.attempts))
@@ -467,40 +396,8 @@ class Execution:
             key = cache_key(node, config, upstream if handler.reads_upstream else None)
         return NodeCall(node=node, path=path, handler=handler, config=config, make_context=make_context,
                         cache_key=key, on_retry=on_retry, task_run_name=task_run_name(node, frame),
-                        upstream_task_runs=_upstream_task_runs(frame, upstream),
+                        upstream_task_runs=upstream_task_runs(frame, upstream),
                         parent_task_run=frame.container_task_run)
-
-
-def task_run_name(node: PlanNode, frame: Frame) -> str:
-    """``summarize [2/10]`` inside a loop, ``fetch [branch 3]`` inside a parallel."""
-    return f"{node.label} [{' / '.join(frame.labels)}]" if frame.labels else node.label
-
-
-@dataclasses.dataclass
-class _Tally:
-    """Node executions counted instead of shown one by one."""
-
-    count: int = 0
-    failed: int = 0
-    started: Any = None
-    ended: Any = None
-
-    def add(self, run: NodeRun, error: BaseException | None) -> None:
-        self.count += 1
-        self.failed += error is not None
-        self.started = self.started or run.started_at
-        self.ended = utcnow()
-
-    def merge(self, other: _Tally) -> None:
-        self.count += other.count
-        self.failed += other.failed
-        self.started = self.started or other.started
-        self.ended = other.ended or self.ended
-
-
-def _upstream_task_runs(frame: Frame, upstream: Mapping[str, Any]) -> tuple[str, ...]:
-    """Task runs of the nodes whose edges fired into a node (``upstream``'s keys)."""
-    return tuple(frame.task_runs[source] for source in upstream if source in frame.task_runs)
 
 
 async def _cancel_all(running: Mapping[asyncio.Task[Any], str]) -> None:
