@@ -392,8 +392,9 @@ async def bench_memory(iterations: int) -> None:
         print(f"    outputs of {size:>6} B   wall {wall:6.2f} s; peak RSS delta {mem.delta:7.1f} MB (peak {mem.peak:.0f} MB)")
     (_, _, big, _), (_, _, small, _) = rows
     held = iterations * 10_000 / 1e6
-    print(f"  The 10 kB outputs add {big - small:.1f} MB to the peak, of the {held:.0f} MB they total: what is held "
-          "is bookkeeping per iteration (trace entries, events and task-run records in flight), not outputs.")
+    print(f"  The 10 kB outputs add {big - small:.1f} MB to the peak, of the {held:.0f} MB they total: no output is "
+          "kept once its iteration is over; what grows with them is the events still on their way to the event "
+          "log (outputs over FLOWMAESTRO_EVENT_OUTPUT_MAX_BYTES are left out of events).")
 
 
 async def main_async(args: argparse.Namespace) -> None:
