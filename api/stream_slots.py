@@ -37,9 +37,6 @@ class StreamSlots:
 
         return give_back
 
-    def open(self, execution_id: str) -> int:
-        return self._open[execution_id]
-
 
 async def released_after(events: AsyncIterator[Any], give_back: Callable[[], None]) -> AsyncIterator[Any]:
     """``events``, giving the slot back when the stream ends, fails or its client leaves."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from prefect import Flow, flow, get_run_logger
@@ -117,7 +117,8 @@ async def _run_in_flow(context: RunContext, child_flow: ChildFlow, canvas: dict[
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(writer.close)
         # Closed first: what it has not sent yet goes before the run ends.
-        recorder = await stack.enter_async_context(_recorder(context))
+        recorder = await stack.enter_async_context(
+            prefect_compat.task_run_recorder(context.task_run_sender, logs=context.settings.node_logs))
         if saved:
             assert context.store is not None and workflow_id is not None and owner is not None
             try:
@@ -153,18 +154,6 @@ async def _run_in_flow(context: RunContext, child_flow: ChildFlow, canvas: dict[
         if record is not None:  # after the result is out: the run's followers need not wait for it
             await _summary_artifact(record, context.settings.public_url)
         return outcome
-
-
-@contextlib.asynccontextmanager
-async def _recorder(context: RunContext) -> AsyncIterator[prefect_compat.TaskRunRecorder | None]:
-    """Where inline nodes are recorded as task runs and node log lines go. None outside a
-    flow run, and when the installed Prefect is not one inline recording was tested on
-    (control nodes then run as normal task runs, containers are not recorded)."""
-    if not prefect_compat.inline_recording_supported():
-        yield None
-        return
-    async with prefect_compat.task_run_recorder(context.task_run_sender, logs=context.settings.node_logs) as recorder:
-        yield recorder
 
 
 async def _crashes(run_id: str) -> int:

@@ -75,9 +75,6 @@ class TaskRunSender:
         self._wake = asyncio.Event()
         self._closing = False
         self._sender: asyncio.Task[None] | None = None
-        self.sent = 0
-        self.lost = 0
-        """Events or log lines Prefect refused or could not be reached for (each logged)."""
 
     def add_event(self, event: dict[str, Any]) -> None:
         self._add(self._events, event)
@@ -116,11 +113,9 @@ class TaskRunSender:
         for attempt in range(5):  # a busy or restarting server: try again for ~15 s
             try:
                 await client.request("POST", route, json=batch)
-                self.sent += len(batch)
                 return
             except Exception as exc:
                 if attempt == 4:
-                    self.lost += len(batch)
                     log.warning("Prefect did not take %d task-run records (POST %s): %s", len(batch), route, exc)
                     return
                 await asyncio.sleep(2**attempt)
@@ -196,23 +191,23 @@ class TaskRunRecorder:
                         "task_run": task_run},
         })
 
-    def log(self, message: str, *, task_run_id: str | None, level: int = logging.INFO,
-            at: datetime | None = None) -> None:
+    def log(self, message: str, *, task_run_id: str | None, level: int = logging.INFO) -> None:
         """A line in the flow run's Prefect logs (attached to ``task_run_id``'s task run)."""
         if self._logs_on:
             self._sender.add_log({"name": "flowmaestro.node", "level": level, "message": message,
-                                  "timestamp": (at or datetime.now(timezone.utc)).isoformat(),
+                                  "timestamp": datetime.now(timezone.utc).isoformat(),
                                   "flow_run_id": self._flow_run_id, "task_run_id": task_run_id})
 
 
 @asynccontextmanager
 async def task_run_recorder(sender: TaskRunSender | None = None, *,
                             logs: bool = True) -> AsyncIterator[TaskRunRecorder | None]:
-    """A ``TaskRunRecorder`` for the current flow run (None outside one). Without a
-    ``sender`` (the process's), it has one of its own, which sends everything before the
-    context exits."""
+    """A ``TaskRunRecorder`` for the current flow run; None outside one, and when the
+    installed Prefect is not one inline recording was tested on (control nodes then run as
+    normal task runs, containers are not recorded). Without a ``sender`` (the process's), it
+    has one of its own, which sends everything before the context exits."""
     flow_context = FlowRunContext.get()
-    if flow_context is None or flow_context.flow_run is None:
+    if flow_context is None or flow_context.flow_run is None or not inline_recording_supported():
         yield None
         return
     own = sender is None
