@@ -135,6 +135,37 @@ async def wait_final(client: httpx.AsyncClient, execution_id: str, *, timeout: f
     raise AssertionError(f"execution {execution_id} did not end within {timeout} s: {body}")
 
 
+FINAL_TASK_RUN_STATES = ("COMPLETED", "FAILED", "CANCELLED", "CRASHED")
+
+
+async def task_runs_of(flow_run_id: str, expected: int, *, timeout: float = 120.0) -> list[Any]:
+    """The task runs of a flow run in start order, once ``expected`` of them are final.
+
+    Prefect's recorder writes a task run row and its state row one after the other, and
+    events may arrive after the run has returned: wait until ``expected`` runs have a final
+    state that can be read, then return every run with such a state.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    flow_runs = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+    deadline = time.monotonic() + timeout
+    async with get_client() as client:
+        while True:
+            runs: list[Any] = []
+            while True:
+                page = await client.read_task_runs(flow_run_filter=flow_runs, limit=200, offset=len(runs),
+                                                   sort=TaskRunSort.EXPECTED_START_TIME_ASC)
+                runs += page
+                if len(page) < 200:
+                    break
+            final = [r for r in runs if r.state is not None and r.state.type.value in FINAL_TASK_RUN_STATES]
+            if len(final) >= expected or time.monotonic() > deadline:
+                return final
+            await asyncio.sleep(0.5)
+
+
 @asynccontextmanager
 async def api_without_prefect(settings: Any, key: str) -> AsyncIterator[httpx.AsyncClient]:
     """The API (in this process) with nothing listening at its Prefect API URL, and a client

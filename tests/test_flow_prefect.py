@@ -10,13 +10,12 @@ import uuid
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import StateType
-from prefect.client.schemas.sorting import FlowRunSort, TaskRunSort
+from prefect.client.schemas.sorting import FlowRunSort
 
 from flows.flow import run_workflow, workflow_flow
 from flows.prefect_compat import request_cancellation
-from tests.support import JOURNAL, canvas, node
+from tests.support import JOURNAL, canvas, node, task_runs_of
 
 pytestmark = [pytest.mark.prefect, pytest.mark.usefixtures("prefect_server", "test_handlers")]
 
@@ -32,20 +31,6 @@ def listening(context, listener):
     """The generic flow bound to ``context`` with ``listener`` called for every run."""
     return workflow_flow(dataclasses.replace(context, listeners=(listener,)))
 
-
-async def task_runs_of(run_id: str, expected: int, timeout: float = 60.0):
-    """Prefect's recorder writes task runs a little after they happen: wait for them."""
-    async with get_client() as client:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            runs = await client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[uuid.UUID(run_id)])), limit=200,
-                sort=TaskRunSort.EXPECTED_START_TIME_ASC)
-            final = [r for r in runs if r.state_type and r.state_type.value in ("COMPLETED", "FAILED", "CANCELLED",
-                                                                                 "CRASHED")]
-            if len(final) >= expected or asyncio.get_running_loop().time() > deadline:
-                return final
-            await asyncio.sleep(0.5)
 
 
 async def test_a_run_completes_and_every_node_is_a_task_run_tagged_with_its_id():

@@ -13,7 +13,6 @@ import prefect
 import pytest
 from prefect import flow, task
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import StateType
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
@@ -22,20 +21,8 @@ from prefect.states import Cancelled, Pending
 
 from flows import prefect_compat
 from flows.flow import run_workflow
-from tests.support import canvas, node
+from tests.support import canvas, node, task_runs_of
 
-
-async def task_runs_of(flow_run_id: str, expected: int, timeout: float = 60.0):
-    """The final task runs of a flow run, once the server's recorder has written ``expected``."""
-    async with get_client() as client:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            runs = await client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[uuid.UUID(flow_run_id)])), limit=200)
-            final = [r for r in runs if r.state_type in (StateType.COMPLETED, StateType.FAILED)]
-            if len(final) >= expected or asyncio.get_running_loop().time() > deadline:
-                return final
-            await asyncio.sleep(0.3)
 
 
 async def state_of(client, flow_run_id) -> StateType | None:

@@ -8,19 +8,15 @@ on a real Prefect server, from the task runs and logs Prefect has.
 
 from __future__ import annotations
 
-import asyncio
-import uuid
 from collections import Counter
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-from prefect.client.schemas.sorting import TaskRunSort
 
 from flows.calls import DirectRunner, NodeRecord
 from flows.engine import Execution
 from node_handlers.registry import default_registry
-from tests.support import canvas, compiled, node
+from tests.support import canvas, compiled, node, task_runs_of
 
 
 class KeepingRunner(DirectRunner):
@@ -121,25 +117,6 @@ async def test_nested_containers_past_the_limit_count_into_the_outer_summary():
     # outer, the first inner and its first x; then everything else is counted
     assert names == ["inner [1/4]", "inner [3 more]", "outer", "x [1/4 / 1/3]", "x [1/4 / 2 more]", "x [9 more]"]
 
-
-async def task_runs_of(flow_run_id: str, expected: int, timeout: float = 120.0) -> list:
-    """All task runs of a flow run (pages of 200), once the server has ``expected`` final ones."""
-    async with get_client() as client:
-        deadline = asyncio.get_running_loop().time() + timeout
-        flow_runs = FlowRunFilter(id=FlowRunFilterId(any_=[uuid.UUID(flow_run_id)]))
-        while True:
-            count = (await client.request("POST", "/task_runs/count",
-                                          json={"flow_runs": flow_runs.model_dump(mode="json")})).json()
-            if count >= expected or asyncio.get_running_loop().time() > deadline:
-                break
-            await asyncio.sleep(0.5)
-        runs: list = []
-        while True:
-            page = await client.read_task_runs(flow_run_filter=flow_runs, limit=200, offset=len(runs),
-                                               sort=TaskRunSort.EXPECTED_START_TIME_ASC)
-            runs += page
-            if len(page) < 200:
-                return runs
 
 
 async def node_logs_of(flow_run_id: str) -> list[dict]:
