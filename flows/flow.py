@@ -27,7 +27,6 @@ from prefect.artifacts import acreate_markdown_artifact
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
 from prefect.context import FlowRunContext
-from prefect.runtime import flow_run as runtime_flow_run
 from prefect.states import Cancelled, Failed
 
 from builder.compiler import compile_canvas
@@ -47,17 +46,22 @@ from flows.subworkflows import ChildFlow, PrefectSubworkflows
 FLOW_NAME = "flowmaestro"
 
 
-def _run_name() -> str:
-    """The canvas's name; a run of a saved workflow keeps the name it was created with (the
-    API names it after the workflow)."""
-    canvas = runtime_flow_run.parameters.get("canvas") or {}
-    name = canvas.get("name") if isinstance(canvas, dict) else None
-    return str(name or runtime_flow_run.name or "workflow")
-
-
 def _generic_flow(fn: Callable[..., Coroutine[Any, Any, Any]]) -> Flow:
-    """The Prefect options of the generic flow, the same for every door."""
-    return flow(name=FLOW_NAME, flow_run_name=_run_name, persist_result=True, validate_parameters=False)(fn)
+    """The Prefect options of the generic flow, the same for every door. No ``flow_run_name``:
+    Prefect would look up the server's default result storage once more per run (about
+    40 ms) to call it; the run names itself (``_name_after_canvas``)."""
+    return flow(name=FLOW_NAME, persist_result=True, validate_parameters=False)(fn)
+
+
+async def _name_after_canvas(flow_context: FlowRunContext | None, canvas: Any) -> None:
+    """A run given a canvas is named after it; a run of a saved workflow keeps the name it
+    was created with (the API names it after the workflow)."""
+    name = canvas.get("name") if isinstance(canvas, dict) else None
+    if flow_context is None or flow_context.flow_run is None or not isinstance(name, str) or not name \
+            or flow_context.flow_run.name == name:
+        return
+    await flow_context.client.set_flow_run_name(flow_context.flow_run.id, name)
+    flow_context.flow_run.name = name
 
 
 def workflow_flow(context: RunContext) -> Flow:
@@ -103,6 +107,7 @@ async def _run_in_flow(context: RunContext, child_flow: ChildFlow, canvas: dict[
     flow_context = FlowRunContext.get()
     flow_run = flow_context.flow_run if flow_context else None
     run_id = str(flow_run.id) if flow_run else "local"
+    await _name_after_canvas(flow_context, canvas)
     # A run executed again (a Prefect retry, elsewhere) continues its event numbering.
     start_seq = await context.event_log.last_seq(run_id) if run_id != "local" else 0
     bus = EventBus(run_id, start_seq=start_seq)
@@ -152,7 +157,7 @@ async def _run_in_flow(context: RunContext, child_flow: ChildFlow, canvas: dict[
             await context.store.ended(run_id, _result_of(outcome))
             writer.release_final()
         if record is not None:  # after the result is out: the run's followers need not wait for it
-            await _summary_artifact(record, context.settings.public_url)
+            await _summary_artifact(record, context.settings.public_url, recorder)
         return outcome
 
 
@@ -295,9 +300,11 @@ async def _run_watching_cancellation(execution: Execution, run_id: str, poll_s: 
             signals.forget(run_id)
 
 
-async def _summary_artifact(record: RunRecord, public_url: str) -> None:
+async def _summary_artifact(record: RunRecord, public_url: str,
+                            recorder: prefect_compat.TaskRunRecorder | None) -> None:
     """A markdown artifact of the run (the Prefect UI's Artifacts tab), linking back to the
-    run in FlowMaestro for runs of saved workflows (the API knows only those)."""
+    run in FlowMaestro for runs of saved workflows (the API knows only those). Sent after the
+    run's task runs, off the critical path, by the ``recorder`` when there is one."""
     rows = ["| node | path | status | attempts | duration | cached |", "|---|---|---|---|---|---|"]
     for run in record.trace[:500]:
         path = "/".join(map(str, run.path)) or "-"
@@ -317,8 +324,11 @@ async def _summary_artifact(record: RunRecord, public_url: str) -> None:
         base = public_url.rstrip("/")
         header += (f"\n\n[Run page]({base}/ui/executions/{record.id}) · "
                    f"[API: GET /api/executions/{record.id}]({base}/api/executions/{record.id})")
+    markdown, description = header + "\n\n" + "\n".join(rows), f"FlowMaestro summary of {record.workflow}"
+    if recorder is not None:
+        recorder.markdown_artifact(markdown, key="flowmaestro-summary", description=description)
+        return
     try:
-        await acreate_markdown_artifact(markdown=header + "\n\n" + "\n".join(rows), key="flowmaestro-summary",
-                                        description=f"FlowMaestro summary of {record.workflow}")
+        await acreate_markdown_artifact(markdown=markdown, key="flowmaestro-summary", description=description)
     except Exception as exc:  # monitoring must not fail the run
         get_run_logger().warning("could not create the summary artifact: %s", exc)

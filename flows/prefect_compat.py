@@ -62,16 +62,18 @@ def inline_recording_supported() -> bool:
 
 class TaskRunSender:
     """Sends task-run events and log lines to Prefect in batches (its public ``POST /events``
-    and ``POST /logs/``), from a background task: the runs that record pay a dict per node,
-    not a message. One per process, shared by its runs (a worker), or one per run; ``close``
-    sends what is left. Until then a run's task runs may appear in Prefect after the run has
-    ended, as they do behind Prefect's own recorder."""
+    and ``POST /logs/``), and runs' summary artifacts (``POST /artifacts/``), from a
+    background task: the runs that record pay a dict per node, not a message. One per
+    process, shared by its runs (a worker), or one per run; ``close`` sends what is left.
+    Until then a run's task runs may appear in Prefect after the run has ended, as they do
+    behind Prefect's own recorder."""
 
     BATCH = 500
 
     def __init__(self) -> None:
         self._events: list[dict[str, Any]] = []
         self._logs: list[dict[str, Any]] = []
+        self._artifacts: list[dict[str, Any]] = []
         self._wake = asyncio.Event()
         self._closing = False
         self._sender: asyncio.Task[None] | None = None
@@ -81,6 +83,9 @@ class TaskRunSender:
 
     def add_log(self, line: dict[str, Any]) -> None:
         self._add(self._logs, line)
+
+    def add_artifact(self, artifact: dict[str, Any]) -> None:
+        self._add(self._artifacts, artifact)
 
     def _add(self, buffer: list[dict[str, Any]], item: dict[str, Any]) -> None:
         buffer.append(item)
@@ -99,24 +104,27 @@ class TaskRunSender:
                 except TimeoutError:
                     pass
                 self._wake.clear()
-                while self._events or self._logs:
+                while self._events or self._logs or self._artifacts:
                     if self._events:
                         batch, self._events = self._events[:self.BATCH], self._events[self.BATCH:]
                         await self._post(client, "/events", batch)
                     if self._logs:
                         batch, self._logs = self._logs[:self.BATCH], self._logs[self.BATCH:]
                         await self._post(client, "/logs/", batch)
+                    if self._artifacts:  # after the events: the artifact's task runs are there
+                        await self._post(client, "/artifacts/", self._artifacts.pop(0))
                 if self._closing:
                     return
 
-    async def _post(self, client: Any, route: Any, batch: list[dict[str, Any]]) -> None:
+    async def _post(self, client: Any, route: Any, body: list[dict[str, Any]] | dict[str, Any]) -> None:
         for attempt in range(5):  # a busy or restarting server: try again for ~15 s
             try:
-                await client.request("POST", route, json=batch)
+                await client.request("POST", route, json=body)
                 return
             except Exception as exc:
                 if attempt == 4:
-                    log.warning("Prefect did not take %d task-run records (POST %s): %s", len(batch), route, exc)
+                    what = f"{len(body)} task-run records" if isinstance(body, list) else "an artifact"
+                    log.warning("Prefect did not take %s (POST %s): %s", what, route, exc)
                     return
                 await asyncio.sleep(2**attempt)
 
@@ -130,8 +138,8 @@ class TaskRunSender:
             await asyncio.wait_for(asyncio.shield(self._sender), timeout=timeout_s)
         except TimeoutError:
             self._sender.cancel()
-            log.warning("gave up sending %d task-run records to Prefect after %g s",
-                        len(self._events) + len(self._logs), timeout_s)
+            log.warning("gave up sending %d task-run records and %d artifacts to Prefect after %g s",
+                        len(self._events) + len(self._logs), len(self._artifacts), timeout_s)
 
 
 class TaskRunRecorder:
@@ -197,6 +205,11 @@ class TaskRunRecorder:
             self._sender.add_log({"name": "flowmaestro.node", "level": level, "message": message,
                                   "timestamp": datetime.now(timezone.utc).isoformat(),
                                   "flow_run_id": self._flow_run_id, "task_run_id": task_run_id})
+
+    def markdown_artifact(self, markdown: str, *, key: str, description: str) -> None:
+        """A markdown artifact of the flow run (the Prefect UI's Artifacts tab)."""
+        self._sender.add_artifact({"key": key, "type": "markdown", "description": description, "data": markdown,
+                                   "flow_run_id": self._flow_run_id})
 
 
 @asynccontextmanager

@@ -185,11 +185,16 @@ async def test_execute_and_read_the_result(api, prefect_server):
                           headers=api.bob)).status_code == 404
     metrics = (await api.get("/metrics")).text
     assert 'flowmaestro_runs_finished_total{status="completed"' in metrics
-    # the Prefect UI's summary artifact links back to the run here
+    # the Prefect UI's summary artifact (sent in the background) links back to the run here
     async with get_client() as client:
-        [artifact] = await client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["flowmaestro-summary"])),
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[uuid.UUID(accepted["execution_id"])])))
+        for _ in range(300):
+            artifacts = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["flowmaestro-summary"])),
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[uuid.UUID(accepted["execution_id"])])))
+            if artifacts:
+                break
+            await asyncio.sleep(0.2)
+        [artifact] = artifacts
     assert f"/ui/executions/{accepted['execution_id']})" in artifact.data
     assert f"/api/executions/{accepted['execution_id']})" in artifact.data
 

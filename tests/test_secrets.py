@@ -48,9 +48,13 @@ def prefect_records(api_url: str, run_id: str) -> list[str]:
             return text if {"fetch", "refused"} <= {task["name"] for task in json.loads(text)} else None
 
         tasks_text = wait_until(http_tasks_recorded, timeout=60, what=f"Prefect recording the task runs of {run_id}")
-        found = [prefect.get(f"/flow_runs/{run_id}").text, tasks_text]
-        for path, body in (("/artifacts/filter", by_run),
-                           ("/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})):
+        def summary_kept() -> str | None:  # sent after the task runs, in the background
+            text = prefect.post("/artifacts/filter", json=by_run).text
+            return text if json.loads(text) else None
+
+        artifacts_text = wait_until(summary_kept, timeout=60, what=f"Prefect keeping the summary artifact of {run_id}")
+        found = [prefect.get(f"/flow_runs/{run_id}").text, tasks_text, artifacts_text]
+        for path, body in (("/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200}),):
             answer = prefect.post(path, json=body)
             assert answer.status_code == 200, answer.text
             found.append(answer.text)
