@@ -103,6 +103,7 @@ async def test_recorded_task_runs_appear_in_the_server_with_names_states_tags_ti
                             error=ValueError("no such field"), upstream=[ids["shape"]], parent=ids["loop"],
                             attempts=2)
             recorder.log("check failed", task_run_id=ids["check"], level=logging.ERROR)
+            recorder.markdown_artifact("**recording**: failed", key="recording-summary", description="the summary")
             recorder.record(task_run_id=ids["loop"], name="loop", task_key="flowmaestro-node-loop",
                             dynamic_key="loop-top", tags=["node:loop"], started=started,
                             ended=ended + timedelta(seconds=1))
@@ -131,6 +132,11 @@ async def test_recorded_task_runs_appear_in_the_server_with_names_states_tags_ti
     [line] = [entry for entry in logs if entry["name"] == "flowmaestro.node"]
     assert line["message"] == "check failed" and line["task_run_id"] == ids["check"]
     assert line["level"] == logging.ERROR
+    async with get_client() as client:
+        [artifact] = (await client.request("POST", "/artifacts/filter", json={
+            "artifacts": {"flow_run_id": {"any_": [flow_run_id]}}})).json()
+    assert (artifact["key"], artifact["type"], artifact["data"], artifact["description"]) == (
+        "recording-summary", "markdown", "**recording**: failed", "the summary")
 
 
 @pytest.mark.prefect
