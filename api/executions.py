@@ -6,7 +6,7 @@ import json
 import uuid
 from typing import Any
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Query, Request, Response
 from sse_starlette.sse import EventSourceResponse
 from starlette.background import BackgroundTask
 
@@ -63,6 +63,14 @@ async def list_executions(owner: Owner, runs: RunsDep, workflow_id: str | None =
 async def read_execution(execution_id: str, owner: Owner, runs: RunsDep) -> RunResult:
     """The run result (canvas spec section 9), plus ``pending_approvals`` while paused."""
     return await runs.read(owner, execution_id)
+
+
+@router.get("/api/executions/{execution_id}/outputs/{ref}", responses=ERRORS | {
+    200: {"content": {"application/json": {}}, "description": "the output, whole, as JSON"}})
+async def read_large_output(execution_id: str, ref: str, owner: Owner, runs: RunsDep) -> Response:
+    """A node output too large for events and the run result, which show its size, a preview
+    and this ``ref`` instead (``FLOWMAESTRO_EVENT_OUTPUT_MAX_BYTES``)."""
+    return Response(await runs.large_output(owner, execution_id, ref), media_type="application/json")
 
 
 @router.post("/api/executions/{execution_id}/cancel", status_code=202, responses=ERRORS)

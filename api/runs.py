@@ -33,7 +33,8 @@ from builder.plan import Plan
 from deployments.workflow_deployments import WorkflowDeployment, WorkflowDeployments
 from flows.approvals import pending_approvals, resume_approval
 from flows.event_log import EventLog
-from flows.prefect_compat import mark_cancelled, request_cancellation, schedule_again
+from flows.large_outputs import output_path
+from flows.prefect_compat import default_result_storage, mark_cancelled, read_path, request_cancellation, schedule_again
 from node_handlers.registry import HandlerRegistry
 from store.db import ExecutionRow
 from store.errors import Conflict, Invalid, NotFound, Unavailable
@@ -166,6 +167,23 @@ class RunService:
                          status=status, nodes=await self._live_nodes(run_id), trigger=row.trigger,
                          pending_approvals=approvals,
                          started_at=flow_run.start_time.isoformat() if flow_run.start_time else None)
+
+    async def large_output(self, owner: str, run_id: str, ref: str) -> bytes:
+        """A node output that events and the run result refer to by ``ref`` (as JSON), read
+        from the result storage the workers write to (flows/large_outputs.py)."""
+        await self.executions.get(owner, run_id)
+        try:
+            path = output_path(run_id, ref)
+        except ValueError:
+            raise NotFound(f"execution {run_id} has no output {ref!r}") from None
+        try:
+            return await read_path(await default_result_storage(), path)
+        except (FileNotFoundError, ValueError):  # LocalFileSystem: ValueError, the path does not exist
+            raise NotFound(f"execution {run_id} has no output {ref!r}") from None
+        except Exception as exc:
+            log.warning("reading %s from result storage failed: %r", path, exc)
+            raise Unavailable("result storage", f"the result storage could not be read ({type(exc).__name__}); "
+                              "retry later") from exc
 
     async def _not_started(self, owner: str, run_id: str) -> RunResult:
         try:

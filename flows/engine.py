@@ -26,9 +26,10 @@ from builder.plan import TOP, Plan, PlanNode
 from builder.templates import EnvNamespace, TemplateRenderError, render_value
 from flows.calls import DirectRunner, NodeCall, NodeRunner
 from flows.containers import run_container
-from flows.events import EventBus, event_output, utcnow
+from flows.events import EventBus, utcnow
 from flows.frames import Frame
 from flows.journal import RunJournal
+from flows.large_outputs import LargeOutputs, is_reference
 from flows.recording import RunRecording, task_run_name, upstream_task_runs
 from flows.records import NodeRun, RunRecord
 from flows.scheduler import NodeOutcome, ScopeResult, ScopeRun, error_info
@@ -65,11 +66,11 @@ class Execution:
                  workflow_id: str | None = None, version: int | None = None, inline_control: bool = True,
                  approvals: ApprovalGate | None = None, subworkflows: Any = None,
                  journal: RunJournal | None = None, max_task_runs: int = 10_000,
-                 max_event_output_bytes: int | None = None):
+                 large_outputs: LargeOutputs | None = None):
         """``max_task_runs``: how many task runs the run shows one by one (``RunRecording``).
-        ``max_event_output_bytes``: an output larger than this as JSON is left out of its
-        event (the run result and the journal keep it), so a long run of large outputs does
-        not flood the event log."""
+        ``large_outputs``: how outputs over a size are shown in events and the run result
+        (a reference to result storage, ``flows.large_outputs``), so that a long run of large
+        outputs floods neither the event log nor the records; none by default."""
         self.plan = plan
         self.registry = registry
         self.inputs = dict(inputs)
@@ -89,7 +90,7 @@ class Execution:
         self.record = RunRecord(id=run_id, workflow=plan.name, workflow_id=workflow_id, version=version,
                                 plan_hash=plan.hash)
         self.run_info = {"id": run_id, "workflow_id": workflow_id, "workflow": plan.name, "started_at": None}
-        self.max_event_output_bytes = max_event_output_bytes
+        self.large_outputs = large_outputs or LargeOutputs(run_id, None)
         self.recording = RunRecording(plan, self.runner, max_task_runs=max_task_runs, redact=self.journal.redact)
         """What the run shows where the runner shows runs (Prefect's task runs and logs)."""
 
@@ -122,19 +123,19 @@ class Execution:
             self._finish("failed", {"message": f"the workflow output could not be built: {result.output_error}",
                                     "type": "TemplateError"})
         else:
-            record.output = result.output
-            self._finish("completed", None)
+            record.output = result.output  # whole: it is what the run answers
+            self._finish("completed", None, await self.large_outputs.shown(result.output))
         return record
 
-    def _finish(self, status: str, error: dict[str, Any] | None) -> None:
+    def _finish(self, status: str, error: dict[str, Any] | None, output: Any = None) -> None:
+        """End the run; ``output``: the run's output as its final event shows it."""
         record = self.record
         record.status, record.error, record.ended_at = status, error, utcnow()
         for node_id in self.plan.scopes[TOP].nodes:
             record.nodes.setdefault(node_id, NodeRun(node_id, ()))
         event = {"completed": "execution:completed", "failed": "execution:failed",
                  "cancelled": "execution:cancelled"}[status]
-        self.bus.publish(event, status=status, error=error,
-                         output=record.output if status == "completed" else None)
+        self.bus.publish(event, status=status, error=error, output=output)
 
     def leaf_running(self) -> bool:
         """Whether a node other than a container or an approval is executing now."""
@@ -237,18 +238,21 @@ class Execution:
         except Exception as exc:  # a bug must fail the node, never hang the run
             log.exception("node %s crashed the engine", node.id)
             outcome = NodeOutcome("failed", error=error_info(exc, node.id, max(run.attempts, 1)))
+        shown = await self.large_outputs.shown(outcome.output) if outcome.status != "failed" else None
         # Kept for the run result's top-level nodes only: a body execution's output lives in
         # its frame while later nodes of the iteration may read it (a long loop stays flat).
-        run.output = outcome.output if outcome.status != "failed" and frame.scope_id == TOP else None
+        # One kept in result storage is referred to there too.
+        if outcome.status != "failed" and frame.scope_id == TOP:
+            run.output = shown if is_reference(shown) else outcome.output
+        else:
+            run.output = None
         run.error = outcome.error
         run.cached = outcome.status == "cached"
         run.restored = outcome.restored
         run.end(outcome.status)
         event = {"completed": "node:completed", "cached": "node:cached", "failed": "node:error"}[outcome.status]
         extra = {"restored": True} if outcome.restored else {}
-        self.bus.publish(event, node_id=node.id, path=frame.path, status=outcome.status,
-                         output=event_output(outcome.output, self.max_event_output_bytes)
-                         if outcome.status != "failed" else None,
+        self.bus.publish(event, node_id=node.id, path=frame.path, status=outcome.status, output=shown,
                          error=outcome.error, attempts=run.attempts, handles=sorted(outcome.handles), **extra)
         self.recording.outcome(node, frame, run, outcome)
         return outcome

@@ -7,7 +7,6 @@ next sequence number of that run, so consumers can order, deduplicate and resume
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -43,19 +42,6 @@ class RunEvent:
             body["path"] = list(self.path or ())
         body.update(self.data)
         return body
-
-
-def event_output(output: Any, limit: int | None) -> Any:
-    """A node's output as its event carries it: itself, or when larger than ``limit`` bytes
-    as JSON, its size and a preview (the run result keeps it whole)."""
-    if limit is None or output is None or isinstance(output, (bool, int, float)):
-        return output
-    if isinstance(output, str) and len(output) * 4 <= limit:  # at most 4 bytes a character
-        return output
-    text = json.dumps(output, default=str)
-    if len(text) <= limit:
-        return output
-    return {"truncated": True, "bytes": len(text), "preview": text[:200]}
 
 
 Subscriber = Callable[[RunEvent], None]

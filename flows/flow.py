@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -38,6 +39,7 @@ from flows.engine import Execution
 from flows.event_log import EventLogWriter
 from flows.events import EventBus, utcnow
 from flows.journal import RunJournal
+from flows.large_outputs import LargeOutputs
 from flows.prefect_runner import PrefectRunner
 from flows.records import RunRecord
 from flows.run_context import CancelSignals, RunContext
@@ -231,7 +233,7 @@ async def _run(context: RunContext, canvas: dict[str, Any], inputs: dict[str, An
                           version=version, inline_control=settings.inline_control_nodes and recorder is not None,
                           approvals=approvals, subworkflows=subworkflows, journal=journal,
                           max_task_runs=settings.max_task_runs,
-                          max_event_output_bytes=settings.event_output_max_bytes)
+                          large_outputs=_large_outputs(run_id, settings.event_output_max_bytes))
     approvals.busy = execution.leaf_running
     try:
         record = await _run_watching_cancellation(execution, run_id, settings.cancel_poll_s, context.cancellations)
@@ -245,6 +247,13 @@ async def _run(context: RunContext, canvas: dict[str, Any], inputs: dict[str, An
     if record.status == "cancelled":
         return Cancelled(message=message, data=result), record
     return Failed(message=message, data=result), record
+
+
+def _large_outputs(run_id: str, limit: int) -> LargeOutputs:
+    """Outputs over ``limit`` bytes go to the flow run's result storage, by reference."""
+    storage = prefect_compat.run_result_storage()
+    keep = functools.partial(prefect_compat.write_path, storage) if storage is not None else None
+    return LargeOutputs(run_id, limit, keep)
 
 
 def _refused(bus: EventBus, name: str, what: str, issues: list[dict[str, Any]]) -> Any:

@@ -330,3 +330,37 @@ async def next_schedule_dates(schedule: Any, n: int, start: datetime | None = No
 
     twin = getattr(server_schedules, type(schedule).__name__).model_validate(schedule.model_dump(mode="json"))
     return list(await twin.get_dates(n=n, start=start))
+
+
+# --- result storage ------------------------------------------------------------------------------
+
+
+def run_result_storage() -> Any | None:
+    """The result storage of the flow run executing now (Prefect's default one unless the
+    flow names another); None outside a flow run."""
+    context = FlowRunContext.get()
+    store = context.result_store if context is not None else None
+    return store.result_storage if store is not None else None
+
+
+async def default_result_storage() -> Any:
+    """The result storage a flow run of this process would use (``PREFECT_RESULTS_DEFAULT_
+    STORAGE_BLOCK``, else the server's default, else ``PREFECT_LOCAL_STORAGE_PATH``)."""
+    from prefect.results import aget_default_result_storage
+
+    return await aget_default_result_storage()
+
+
+async def write_path(storage: Any, path: str, content: bytes) -> None:
+    """Write ``content`` at ``path`` of a storage block, as Prefect's result store does:
+    storage blocks differ in whether ``write_path`` is async (prefect issue #15008)."""
+    from prefect._internal.compatibility.blocks import call_explicitly_async_block_method
+
+    await call_explicitly_async_block_method(storage, "write_path", (path,), {"content": content})
+
+
+async def read_path(storage: Any, path: str) -> bytes:
+    """The content at ``path`` of a storage block (see ``write_path``)."""
+    from prefect._internal.compatibility.blocks import call_explicitly_async_block_method
+
+    return await call_explicitly_async_block_method(storage, "read_path", (path,), {})

@@ -27,8 +27,9 @@ class EngineSettings(StoreSettings):
                                "beyond that, container bodies' inline nodes are shown as one summary task run per "
                                "body node and container execution (Prefect's run graph draws at most 10,000).")
     event_output_max_bytes: int = Field(262_144, ge=1024, description="A node output larger than this (as JSON) is "
-                                        "left out of its event, which says so and gives its size; the run result "
-                                        "keeps it.")
+                                        "kept in the flow run's result storage: its event, and the run result for "
+                                        "a top-level node, carry its size, a preview and a reference to read it "
+                                        "(GET /api/executions/{id}/outputs/{ref}).")
     node_logs: bool = Field(True, description="Every node that ends writes a line (status, duration, attempts, "
                             "HTTP status, tokens and cost) to its flow run's Prefect logs.")
     public_url: str = Field("http://127.0.0.1:8000", description="The FlowMaestro API's URL as browsers reach "

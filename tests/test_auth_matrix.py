@@ -25,6 +25,8 @@ from api.app import create_app
 from api.settings import ApiSettings
 from api.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from flows.events import RunEvent, utcnow
+from flows.large_outputs import output_path
+from flows.prefect_compat import default_result_storage, write_path
 from store.queries import NodeOutcome
 from tests.support import canvas, node
 
@@ -77,6 +79,7 @@ RECIPES: dict[tuple[str, str], Recipe] = {
                                                               json={"node_id": "nobody", "input": {}}, owner=409),
     ("GET", "/api/executions/{execution_id}/stream"): Recipe({"execution_id": "streamed"}),
     ("POST", "/api/executions/{execution_id}/stream-token"): Recipe({"execution_id": "execution"}),
+    ("GET", "/api/executions/{execution_id}/outputs/{ref}"): Recipe({"execution_id": "execution", "ref": "output_ref"}),
     ("GET", "/api/dead-letters"): Recipe(lists="dead_letter"),
     # A retry dismisses its run's dead letters: the one deleted below is of another run.
     ("POST", "/api/dead-letters/{dead_letter_id}/retry"): Recipe({"dead_letter_id": "retried_letter"}),
@@ -111,6 +114,7 @@ class World:
     schedule: str = ""
     hook: str = ""
     hook_secret: str = ""
+    output_ref: str = ""
 
 
 @dataclass(frozen=True)
@@ -204,6 +208,9 @@ async def build_world(app, client: httpx.AsyncClient) -> World:
                                                  json={"interval_s": 3600, "active": False}, headers=owner)))["id"]
     hook = await ok(await client.post(f"/api/workflows/{world.workflow}/webhooks", json={"name": "h"}, headers=owner))
     world.hook, world.hook_secret = hook["id"], hook["secret"]
+    # A large output of the run, where a worker would have kept it.
+    world.output_ref = uuid.uuid4().hex
+    await write_path(await default_result_storage(), output_path(world.execution, world.output_ref), b'"large"')
     return world
 
 

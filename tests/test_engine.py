@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
 from flows.engine import Execution
+from flows.large_outputs import REF, LargeOutputs, is_reference, output_path
 from tests.support import JOURNAL, canvas, compiled, node, make_registry
 
 
@@ -231,14 +233,67 @@ async def test_cancelling_the_run_cancels_running_nodes():
     assert execution.record.nodes["slow"].status == "cancelled"
 
 
-async def test_an_output_over_the_event_limit_is_left_out_of_its_event_and_kept_in_the_result():
+async def test_without_result_storage_an_output_over_the_limit_is_left_out_of_its_event_and_kept_in_the_result():
     raw = canvas([node("big", data={"output": "{{ 'x' * 3000 }}"}), node("small", data={"output": "ok"})])
-    record, events = await run(raw, max_event_output_bytes=2048)
+    record, events = await run(raw, large_outputs=LargeOutputs("run-1", 2048))
     completed = {e.node_id: e.data["output"] for e in events if e.type == "node:completed"}
     assert completed["small"] == "ok"
-    assert completed["big"]["truncated"] is True and completed["big"]["bytes"] == 3002  # with its quotes
-    assert completed["big"]["preview"].startswith('"xxx') and len(completed["big"]["preview"]) == 200
+    assert completed["big"] == {"truncated": True, "bytes": 3002, "preview": '"' + "x" * 199}  # with its quotes
     assert record["nodes"]["big"]["output"] == "x" * 3000
+
+
+class KeptOutputs:
+    """A result storage in memory: what ``LargeOutputs`` was given to keep, by path."""
+
+    def __init__(self, fail: bool = False):
+        self.paths: dict[str, bytes] = {}
+        self.fail = fail
+
+    async def keep(self, path: str, content: bytes) -> None:
+        if self.fail:
+            raise OSError("the storage is down")
+        self.paths[path] = content
+
+
+async def test_an_output_over_the_limit_is_kept_in_result_storage_and_referred_to_in_events_and_the_result():
+    raw = canvas([node("big", data={"output": "{{ ['é' * 2000, 7] }}"}), node("size", data={"output": "{{ big[0] | length }}"}),
+                  node("repeat", "loop", data={"mode": "for", "count": 2, "max_iterations": 2}),
+                  node("inner", parentId="repeat", data={"output": "{{ 'y' * 3000 }}"})],
+                 [("big", "size")], output="{{ big }}")
+    storage = KeptOutputs()
+    record, events = await run(raw, large_outputs=LargeOutputs("run-1", 2048, storage.keep))
+    shown = {(e.node_id, tuple(e.path)): e.data["output"] for e in events if e.type == "node:completed"}
+    big = shown[("big", ())]
+    assert big["truncated"] is True and big["bytes"] == len(json.dumps(["é" * 2000, 7]).encode())
+    assert REF.fullmatch(big["ref"]) and big["preview"] == json.dumps(["é" * 2000, 7])[:200]
+    assert json.loads(storage.paths[output_path("run-1", big["ref"])]) == ["é" * 2000, 7]
+    assert record["nodes"]["big"]["output"] == big  # the run result refers to it too
+    assert shown[("size", ())] == record["nodes"]["size"]["output"] == 2000  # templates read it whole
+    inner = [shown[("inner", (i,))] for i in (0, 1)]
+    assert all(is_reference(o) for o in inner) and json.loads(storage.paths[output_path("run-1", inner[1]["ref"])]) == "y" * 3000
+    repeat = shown[("repeat", ())]  # the loop's results (2 x 3,000 characters) too
+    assert record["nodes"]["repeat"]["output"] == repeat and is_reference(repeat)
+    assert record["output"] == ["é" * 2000, 7]  # the run's answer stays whole in the result...
+    [final] = [e.data["output"] for e in events if e.type == "execution:completed"]
+    assert is_reference(final)  # ...not in its event
+    # every reference names its own copy, and nothing else was written
+    refs = [o["ref"] for o in (big, *inner, repeat, final)]
+    assert set(storage.paths) == {output_path("run-1", ref) for ref in refs} and len(set(refs)) == 5
+
+
+async def test_when_result_storage_fails_the_run_goes_on_and_the_result_keeps_the_output():
+    raw = canvas([node("big", data={"output": "{{ 'x' * 3000 }}"})])
+    record, events = await run(raw, large_outputs=LargeOutputs("run-1", 2048, KeptOutputs(fail=True).keep))
+    [completed] = [e.data["output"] for e in events if e.type == "node:completed"]
+    assert record["status"] == "completed" and "ref" not in completed and completed["bytes"] == 3002
+    assert record["nodes"]["big"]["output"] == "x" * 3000
+
+
+def test_an_output_path_takes_nothing_but_a_reference():
+    assert output_path("r", "0" * 32) == f"flowmaestro-outputs/r/{'0' * 32}.json"
+    for bad in ("../../etc/passwd", "0" * 31, "G" * 32, "0" * 32 + "/x", ""):
+        with pytest.raises(ValueError):
+            output_path("r", bad)
 
 
 async def test_body_executions_keep_no_output_once_their_iteration_is_over():

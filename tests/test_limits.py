@@ -84,3 +84,37 @@ def test_streams_of_one_run_are_capped_and_given_back(served):
             for context in opened:
                 context.__exit__(None, None, None)
             api.post(f"/api/executions/{run_id}/cancel")
+
+
+@pytest.mark.prefect
+def test_a_large_output_is_kept_in_result_storage_and_read_by_reference_across_processes(served):
+    """The worker process keeps the output; the API process reads it back, for its owner only."""
+    headers = {"Authorization": f"Bearer {served.owner_key}"}
+    size = 300_000  # over FLOWMAESTRO_EVENT_OUTPUT_MAX_BYTES (256 kB)
+    with httpx.Client(base_url=served.base, headers=headers, timeout=60) as api:
+        raw = {"name": f"large-{uuid.uuid4().hex[:6]}",
+               "nodes": [{"id": "start", "type": "start", "data": {}},
+                         {"id": "big", "type": "transform", "data": {"output": f"{{{{ 'x' * {size} }}}}"}},
+                         {"id": "end", "type": "end", "data": {"output": "{{ big | length }}"}}],
+               "edges": [{"id": "a", "source": "start", "target": "big"}, {"id": "b", "source": "big", "target": "end"}]}
+        workflow_id = api.post("/api/workflows", json={"canvas": raw}).json()["id"]
+        run_id = api.post(f"/api/workflows/{workflow_id}/execute", json={}).json()["execution_id"]
+
+        def completed() -> dict | None:
+            body = api.get(f"/api/executions/{run_id}").json()
+            return body if body["status"] == "completed" else None
+
+        result = wait_until(completed, timeout=120, what="the run completing")
+        assert result["output"] == size  # the next node read it whole
+        shown = result["nodes"]["big"]["output"]
+        assert shown["truncated"] is True and shown["bytes"] == size + 2 and shown["preview"] == '"' + "x" * 199
+        whole = api.get(f"/api/executions/{run_id}/outputs/{shown['ref']}")
+        assert whole.status_code == 200 and whole.headers["content-type"] == "application/json"
+        assert whole.json() == "x" * size
+        events = api.get(f"/api/executions/{run_id}/stream").text  # the whole stream: the run has ended
+        assert shown["ref"] in events and "x" * 1000 not in events  # the event refers to it too
+        other = api.get(f"/api/executions/{run_id}/outputs/{shown['ref']}",
+                        headers={"Authorization": f"Bearer {served.other_key}"})
+        assert other.status_code == 404, other.text
+        for ref in ("0" * 32, "..%2F..%2Fstore.db", "x"):
+            assert api.get(f"/api/executions/{run_id}/outputs/{ref}").status_code == 404, ref

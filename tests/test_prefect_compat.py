@@ -368,3 +368,22 @@ async def test_next_schedule_dates_are_the_server_schedules_dates():
                                               "2027-03-28T03:30:00+02:00", "2027-03-29T02:30:00+02:00"]
     every = await next_schedule_dates(IntervalSchedule(interval=60, anchor_date=start), 2, start)
     assert [d.isoformat() for d in every] == ["2027-03-26T00:00:00+00:00", "2027-03-26T00:01:00+00:00"]
+
+
+# --- result storage ------------------------------------------------------------------------------
+
+
+@pytest.mark.prefect
+@pytest.mark.usefixtures("prefect_server")
+async def test_what_a_flow_run_writes_to_its_result_storage_the_default_storage_reads():
+    path = f"flowmaestro-outputs/test/{uuid.uuid4().hex}.json"
+
+    @flow
+    async def writing() -> None:
+        storage = prefect_compat.run_result_storage()
+        assert storage is not None
+        await prefect_compat.write_path(storage, path, b'{"a": 1}')
+
+    assert prefect_compat.run_result_storage() is None  # outside a flow run
+    await writing()
+    assert await prefect_compat.read_path(await prefect_compat.default_result_storage(), path) == b'{"a": 1}'

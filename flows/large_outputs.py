@@ -1,0 +1,80 @@
+"""Node outputs too large to travel in events and run records.
+
+An output larger than the limit (``FLOWMAESTRO_EVENT_OUTPUT_MAX_BYTES``, as JSON) is shown
+as ``{"truncated": true, "bytes": n, "preview": "...", "ref": "<key>"}``: in its event, and
+for a top-level node in the run result that the store and Prefect keep. The whole output
+goes to the flow run's result storage (Prefect's, shared by the workers and the API) at
+``output_path(run, ref)``, where ``GET /api/executions/{id}/outputs/{ref}`` reads it.
+Templates of the run still read the whole output: it lives in the run's frames.
+
+Without a result storage (a run outside Prefect), or when writing it fails, the reference
+has no ``ref`` and the run result keeps the whole output.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+log = logging.getLogger("flowmaestro.engine")
+
+FOLDER = "flowmaestro-outputs"
+PREVIEW_CHARS = 200
+REF = re.compile(r"[0-9a-f]{32}")
+"""What a reference's key looks like (a uuid4's hex): nothing else is ever read."""
+
+
+def output_path(run_id: str, ref: str) -> str:
+    """Where an output referred to as ``ref`` by run ``run_id`` is kept in result storage."""
+    if not REF.fullmatch(ref):
+        raise ValueError(f"{ref!r} is not an output reference")
+    return f"{FOLDER}/{run_id}/{ref}.json"
+
+
+def is_reference(value: Any) -> bool:
+    """Whether ``value`` is what ``LargeOutputs.shown`` makes of an output kept in storage."""
+    return isinstance(value, dict) and value.get("truncated") is True and isinstance(value.get("ref"), str)
+
+
+def _oversize_json(output: Any, limit: int | None) -> str | None:
+    """``output`` as JSON when that is larger than ``limit`` bytes; None when it fits."""
+    if limit is None or output is None or isinstance(output, (bool, int, float)):
+        return None
+    if isinstance(output, str) and len(output) * 4 <= limit:  # at most 4 bytes a character
+        return None
+    text = json.dumps(output, default=str)
+    return text if len(text.encode()) > limit else None
+
+
+class LargeOutputs:
+    """Shows the outputs of one run's nodes: each itself, or a reference to where it is kept."""
+
+    def __init__(self, run_id: str, limit: int | None,
+                 keep: Callable[[str, bytes], Awaitable[None]] | None = None):
+        """``keep(path, content)`` writes to the run's result storage (None: there is none)."""
+        self.run_id = run_id
+        self.limit = limit
+        self.keep = keep
+
+    async def shown(self, output: Any) -> Any:
+        """``output``, or when larger than the limit its size, a preview and (when it could
+        be written to result storage) the ``ref`` to read it whole."""
+        text = _oversize_json(output, self.limit)
+        if text is None:
+            return output
+        content = text.encode()
+        shown: dict[str, Any] = {"truncated": True, "bytes": len(content), "preview": text[:PREVIEW_CHARS]}
+        if self.keep is not None:
+            ref = uuid.uuid4().hex
+            try:
+                await self.keep(output_path(self.run_id, ref), content)
+            except Exception as exc:  # storage down: the run goes on, the record keeps the whole
+                log.warning("run %s: could not keep an output of %d bytes in result storage: %s",
+                            self.run_id, len(content), exc)
+            else:
+                shown["ref"] = ref
+        return shown
