@@ -40,14 +40,15 @@ def is_reference(value: Any) -> bool:
     return isinstance(value, dict) and value.get("truncated") is True and isinstance(value.get("ref"), str)
 
 
-def _oversize_json(output: Any, limit: int | None) -> str | None:
+def _oversize_json(output: Any, limit: int | None) -> bytes | None:
     """``output`` as JSON when that is larger than ``limit`` bytes; None when it fits."""
     if limit is None or output is None or isinstance(output, (bool, int, float)):
         return None
-    if isinstance(output, str) and len(output) * 4 <= limit:  # at most 4 bytes a character
+    # JSON (ASCII) writes a character in at most 12 bytes: an astral one as two \uXXXX escapes.
+    if isinstance(output, str) and len(output) * 12 + 2 <= limit:
         return None
-    text = json.dumps(output, default=str)
-    return text if len(text.encode()) > limit else None
+    content = json.dumps(output, default=str).encode()  # ASCII (ensure_ascii): a byte a character
+    return content if len(content) > limit else None
 
 
 class LargeOutputs:
@@ -63,11 +64,11 @@ class LargeOutputs:
     async def shown(self, output: Any) -> Any:
         """``output``, or when larger than the limit its size, a preview and (when it could
         be written to result storage) the ``ref`` to read it whole."""
-        text = _oversize_json(output, self.limit)
-        if text is None:
+        content = _oversize_json(output, self.limit)
+        if content is None:
             return output
-        content = text.encode()
-        shown: dict[str, Any] = {"truncated": True, "bytes": len(content), "preview": text[:PREVIEW_CHARS]}
+        shown: dict[str, Any] = {"truncated": True, "bytes": len(content),
+                                 "preview": content[:PREVIEW_CHARS].decode()}
         if self.keep is not None:
             ref = uuid.uuid4().hex
             try:

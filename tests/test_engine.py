@@ -289,6 +289,13 @@ async def test_when_result_storage_fails_the_run_goes_on_and_the_result_keeps_th
     assert record["nodes"]["big"]["output"] == "x" * 3000
 
 
+async def test_the_limit_counts_bytes_of_json_so_400_accented_characters_are_over_2048():
+    raw = canvas([node("accents", data={"output": "{{ 'é' * 400 }}"})])  # 400 characters, 2,402 bytes of JSON
+    record, events = await run(raw, large_outputs=LargeOutputs("run-1", 2048))
+    [completed] = [e.data["output"] for e in events if e.type == "node:completed"]
+    assert completed["truncated"] is True and completed["bytes"] == 2402
+
+
 def test_an_output_path_takes_nothing_but_a_reference():
     assert output_path("r", "0" * 32) == f"flowmaestro-outputs/r/{'0' * 32}.json"
     for bad in ("../../etc/passwd", "0" * 31, "G" * 32, "0" * 32 + "/x", ""):
