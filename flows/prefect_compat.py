@@ -26,11 +26,13 @@ from typing import Any
 import prefect
 from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
+from prefect._internal.compatibility.blocks import call_explicitly_async_block_method
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun, StateType, TaskRunResult
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.events.related import related_resources_from_run_context
 from prefect.flow_engine import run_flow_async
+from prefect.results import aget_default_result_storage
 from prefect.states import Cancelled, Cancelling, Running, Scheduled, State
 
 log = logging.getLogger("flowmaestro.prefect")
@@ -346,21 +348,15 @@ def run_result_storage() -> Any | None:
 async def default_result_storage() -> Any:
     """The result storage a flow run of this process would use (``PREFECT_RESULTS_DEFAULT_
     STORAGE_BLOCK``, else the server's default, else ``PREFECT_LOCAL_STORAGE_PATH``)."""
-    from prefect.results import aget_default_result_storage
-
     return await aget_default_result_storage()
 
 
 async def write_path(storage: Any, path: str, content: bytes) -> None:
     """Write ``content`` at ``path`` of a storage block, as Prefect's result store does:
     storage blocks differ in whether ``write_path`` is async (prefect issue #15008)."""
-    from prefect._internal.compatibility.blocks import call_explicitly_async_block_method
-
     await call_explicitly_async_block_method(storage, "write_path", (path,), {"content": content})
 
 
 async def read_path(storage: Any, path: str) -> bytes:
     """The content at ``path`` of a storage block (see ``write_path``)."""
-    from prefect._internal.compatibility.blocks import call_explicitly_async_block_method
-
     return await call_explicitly_async_block_method(storage, "read_path", (path,), {})

@@ -166,6 +166,23 @@ async def task_runs_of(flow_run_id: str, expected: int, *, timeout: float = 120.
             await asyncio.sleep(0.5)
 
 
+async def summary_artifact_of(flow_run_id: str, *, timeout: float = 60.0) -> str:
+    """The markdown of a run's summary artifact, once Prefect has it: the run's process sends
+    it in the background, after the run's task runs."""
+    from prefect.client.orchestration import get_client
+
+    query = {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}, "key": {"any_": ["flowmaestro-summary"]}}}
+    deadline = time.monotonic() + timeout
+    async with get_client() as client:
+        while time.monotonic() < deadline:
+            found = (await client.request("POST", "/artifacts/filter", json=query)).json()
+            if found:
+                [artifact] = found
+                return artifact["data"]
+            await asyncio.sleep(0.2)
+    raise AssertionError(f"no summary artifact of flow run {flow_run_id} within {timeout} s")
+
+
 @asynccontextmanager
 async def api_without_prefect(settings: Any, key: str) -> AsyncIterator[httpx.AsyncClient]:
     """The API (in this process) with nothing listening at its Prefect API URL, and a client

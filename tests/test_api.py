@@ -11,12 +11,10 @@ from functools import partial
 import asyncpg
 import httpx
 import pytest
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
 
 from api.app import create_app
 from api.settings import ApiSettings
-from tests.support import api_without_prefect, canvas, node
+from tests.support import api_without_prefect, canvas, node, summary_artifact_of
 from tests.support import wait_final as _wait_final
 
 wait_final = partial(_wait_final, timeout=60)
@@ -185,18 +183,10 @@ async def test_execute_and_read_the_result(api, prefect_server):
                           headers=api.bob)).status_code == 404
     metrics = (await api.get("/metrics")).text
     assert 'flowmaestro_runs_finished_total{status="completed"' in metrics
-    # the Prefect UI's summary artifact (sent in the background) links back to the run here
-    async with get_client() as client:
-        for _ in range(300):
-            artifacts = await client.read_artifacts(
-                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["flowmaestro-summary"])),
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[uuid.UUID(accepted["execution_id"])])))
-            if artifacts:
-                break
-            await asyncio.sleep(0.2)
-        [artifact] = artifacts
-    assert f"/ui/executions/{accepted['execution_id']})" in artifact.data
-    assert f"/api/executions/{accepted['execution_id']})" in artifact.data
+    # the Prefect UI's summary artifact links back to the run here
+    summary = await summary_artifact_of(accepted["execution_id"])
+    assert f"/ui/executions/{accepted['execution_id']})" in summary
+    assert f"/api/executions/{accepted['execution_id']})" in summary
 
 
 @pytest.mark.prefect

@@ -24,7 +24,7 @@ from httpx_sse import aconnect_sse
 
 from tests.openai_server import FakeOpenAI, Reply
 from tests.processes import free_port, start_serve
-from tests.support import wait_final
+from tests.support import summary_artifact_of, wait_final
 from tests.test_prefect_ui import CHROMIUM, CHROMIUM_ARGS, require_chromium
 
 pytestmark = [pytest.mark.prefect, pytest.mark.usefixtures("prefect_server")]
@@ -196,7 +196,7 @@ def delay(node_id: str, seconds: float) -> dict:
     return {"id": node_id, "type": "delay", "data": {"label": node_id, "seconds": seconds}}
 
 
-async def test_node_states_change_in_order_as_the_run_proceeds(served, context, prefect_server):
+async def test_node_states_change_in_order_as_the_run_proceeds(served, context):
     # "pre" gives the page time to be live before "a" starts: what follows is seen as it happens.
     raw = {"name": name("ui-order"), **chain(delay("pre", 1.5), delay("a", 0.6), delay("b", 0.6))}
     run_id = await execute(served, raw)
@@ -216,14 +216,7 @@ async def test_node_states_change_in_order_as_the_run_proceeds(served, context, 
     assert events == f"{await page.get_attribute('body', 'data-last-event-id')} events", "every event once"
     await page.screenshot(path=str(ARTIFACTS / "run-completed.png"))
     # And back: the run's summary in Prefect links to this page (written once the result is out).
-    async with httpx.AsyncClient(timeout=60) as client:
-        for _ in range(150):
-            artifacts = (await client.post(f"{prefect_server.api_url}/artifacts/filter", json={
-                "artifacts": {"flow_run_id": {"any_": [run_id]}, "key": {"any_": ["flowmaestro-summary"]}}})).json()
-            if artifacts:
-                break
-            await asyncio.sleep(0.2)
-    [summary] = [a["data"] for a in artifacts]
+    summary = await summary_artifact_of(run_id)
     assert f"[Run page]({served}/ui/executions/{run_id})" in summary, summary
 
 
