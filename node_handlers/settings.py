@@ -50,7 +50,10 @@ class HandlerSettings(StoreSettings):
     prefect_api_url: str | None = Field(None, validation_alias=AliasChoices("PREFECT_API_URL"),
                                         description="The Prefect API this process uses.")
     server_port: int = Field(4200, description="Port of the embedded Prefect server, when PREFECT_API_URL is unset.")
-    public_url: str = Field("http://127.0.0.1:8000", description="The FlowMaestro API's URL.")
+    # No default, unlike EngineSettings.public_url: 'flowmaestro run' has no API, and its
+    # default port (8000) is vLLM's too.
+    public_url: str | None = Field(None, description="The FlowMaestro API's URL, when set ('flowmaestro serve' "
+                                   "sets it for its workers).")
     api_bind: str | None = Field(None, description="host:port the FlowMaestro API listens on ('flowmaestro serve' "
                                  "sets it for its workers).")
     redis_url: str | None = Field(None, description="Redis of the event log and rate limits.")
