@@ -28,7 +28,7 @@ from typing import Any, Generic, TypeVar
 import httpcore
 import httpx
 
-from node_handlers.addresses import (IPAddress, IPNetwork, embedded_ipv4, interface_addresses, normalize_host,
+from node_handlers.addresses import (IPAddress, IPNetwork, forms_of, interface_addresses, normalize_host,
                                      refusal_reason)
 from node_handlers.base import NodeError
 from node_handlers.protected import ProtectedService, ServiceAddress, protect, service_addresses
@@ -127,8 +127,7 @@ class EgressPolicy:
         return refusal_reason(address)
 
     def _is_own(self, address: IPAddress) -> bool:
-        forms = (address, *(inner for _form, inner in embedded_ipv4(address)))
-        return any(form in self.own_addresses and not form.is_loopback for form in forms)
+        return any(form in self.own_addresses and not form.is_loopback for form in forms_of(address))
 
     def allows_host(self, host: str, port: int | None = None) -> bool:
         """Whether an entry allows ``host`` by name (on ``port``; None: on some port)."""
@@ -140,8 +139,8 @@ class EgressPolicy:
         return self.refusal("", address, port) is None
 
 
-def _show(address: IPAddress) -> str:
-    return f"[{address}]" if address.version == 6 else str(address)
+def _show(address: IPAddress | str) -> str:
+    return f"[{address}]" if ":" in str(address) else str(address)
 
 
 @lru_cache(maxsize=8)
@@ -168,18 +167,19 @@ class EgressDenied(NodeError):
 
 
 def deny(host: str, address: IPAddress, reason: str, port: int | None = None) -> EgressDenied:
-    target = f"{host}:{port}" if port is not None else host
+    target = f"{_show(host)}:{port}" if port is not None else host
     shown = f"{_show(address)}:{port}" if port is not None else str(address)
     return EgressDenied(
         f"outbound request to {target} refused: it resolves to {address}, {reason}. To allow it, add the host "
-        f"({target}) or the address or its network (e.g. {shown}) to {ALLOW_HOSTS_ENV} (comma-separated; "
-        f"a port is optional; '*' allows everything but FlowMaestro's own services)",
+        f"({target}) or the address or its network (e.g. {shown}) to {ALLOW_HOSTS_ENV} (comma-separated "
+        f"host:port or network:port entries, the port optional; '*' allows everything but FlowMaestro's own "
+        f"services)",
         host=host, address=str(address))
 
 
 def deny_service(host: str, address: IPAddress, port: int, service: ServiceAddress) -> EgressDenied:
     return EgressDenied(
-        f"outbound request to {host}:{port} refused: it reaches {service}, which workflow nodes may never "
+        f"outbound request to {_show(host)}:{port} refused: it reaches {service}, which workflow nodes may never "
         f"call, whatever {ALLOW_HOSTS_ENV} says", host=host, address=str(address), service=service.name)
 
 
