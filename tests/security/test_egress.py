@@ -403,8 +403,7 @@ def attack_canvas(prefect_port: int, api_port: int, victim_run: str, allowed_url
     return {"name": f"egress-{uuid.uuid4().hex[:6]}", "nodes": nodes, "edges": edges}
 
 
-@pytest.mark.prefect
-@pytest.mark.workers
+@pytest.mark.prefect  # `served`, like tests/test_secrets.py: the session's Prefect server, one serve
 def test_a_canvas_cannot_reach_prefect_the_api_or_redis(served, counting, prefect_server) -> None:  # noqa: ANN001
     owner = {"Authorization": f"Bearer {served.owner_key}"}
     api_port = urlsplit(served.base).port
