@@ -262,6 +262,8 @@ def serve(host: str = typer.Option("127.0.0.1", "--host"), port: int = typer.Opt
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     # Its workers link their runs' Prefect summaries to the run pages here.
     os.environ.setdefault("FLOWMAESTRO_PUBLIC_URL", f"http://{host}:{port}")
+    # And refuse it to their http and llm nodes, whatever the public URL is (a proxy's).
+    os.environ["FLOWMAESTRO_API_BIND"] = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     with Children.workers(workers, pool=settings.work_pool) as children:
         if workers:
             out.print(f"Workers:         {workers} on pool {settings.work_pool!r} (pids {children.pids()})")

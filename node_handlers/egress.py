@@ -1,8 +1,11 @@
-"""The outbound policy of http and llm nodes (spec section 12).
+"""The outbound policy of http and llm nodes (spec section 12; issue 30, findings 1a and 14).
 
-A canvas must not turn the engine into a proxy to what only the engine can reach: its own
-loopback services, the private network, link-local addresses and the cloud metadata
-endpoint are refused unless ``FLOWMAESTRO_HTTP_ALLOW_HOSTS`` lists the host or network.
+A canvas must not turn the engine into a proxy to what only the engine can reach. Nodes
+reach globally routable addresses (``node_handlers.addresses``: IPv4 inside IPv6 forms is
+checked too); loopback, private, link-local, metadata and this machine's own addresses are
+refused unless ``FLOWMAESTRO_HTTP_ALLOW_HOSTS`` allows them (``host``, ``host:port``,
+``network``, ``network:port``). FlowMaestro's own services (the Prefect API, the API, the
+database, Redis: ``node_handlers.protected``) are refused whatever it says.
 
 The check is made on the resolved addresses, at the moment a connection is opened, and
 the connection goes to an address that was checked (``PinnedNetworkBackend``): a DNS
@@ -25,101 +28,159 @@ from typing import Any, Generic, TypeVar
 import httpcore
 import httpx
 
+from node_handlers.addresses import (IPAddress, IPNetwork, forms_of, interface_addresses, normalize_host,
+                                     refusal_reason)
 from node_handlers.base import NodeError
+from node_handlers.protected import ProtectedService, ServiceAddress, protect, service_addresses
 from node_handlers.settings import handler_settings
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 ALLOW_HOSTS_ENV = "FLOWMAESTRO_HTTP_ALLOW_HOSTS"
 ALLOW_ALL = "*"
 
-# Most specific first: the first match names the reason in the refusal.
-_REFUSED_NETWORKS: tuple[tuple[str, str], ...] = (
-    ("169.254.169.254/32", "the cloud metadata endpoint"),
-    ("fd00:ec2::254/128", "the cloud metadata endpoint"),
-    ("127.0.0.0/8", "a loopback address"),
-    ("::1/128", "a loopback address"),
-    ("0.0.0.0/8", "an unspecified address"),
-    ("::/128", "an unspecified address"),
-    ("10.0.0.0/8", "a private address"),
-    ("172.16.0.0/12", "a private address"),
-    ("192.168.0.0/16", "a private address"),
-    ("100.64.0.0/10", "a private (carrier-grade NAT) address"),
-    ("fc00::/7", "a private (unique local) address"),
-    ("169.254.0.0/16", "a link-local address"),
-    ("fe80::/10", "a link-local address"),
-    ("224.0.0.0/4", "a multicast address"),
-    ("ff00::/8", "a multicast address"),
-    ("240.0.0.0/4", "a reserved or broadcast address"),
-)
-REFUSED_NETWORKS: tuple[tuple[IPNetwork, str], ...] = tuple(
-    (ipaddress.ip_network(net), reason) for net, reason in _REFUSED_NETWORKS)
+
+@dataclass(frozen=True)
+class AllowRule:
+    """One entry of ``FLOWMAESTRO_HTTP_ALLOW_HOSTS``: a host name or a network, on one port or all."""
+
+    host: str | None = None
+    network: IPNetwork | None = None
+    port: int | None = None
+
+    @classmethod
+    def parse(cls, entry: str) -> AllowRule:
+        """``host``, ``host:port``, ``network``, ``network:port``; IPv6 in brackets when a
+        port follows (``[::1]:8080``, ``[fd00::/8]:443``); a bare IPv6 address has no port."""
+        target, port = entry, None
+        if entry.startswith("["):
+            inside, bracket, rest = entry[1:].partition("]")
+            if not bracket or (rest and not rest.startswith(":")):
+                raise ValueError(f"{entry!r}: an IPv6 entry is [address] or [address]:port")
+            target, port = inside, rest[1:] if rest else None
+        elif entry.count(":") == 1:
+            target, port = entry.split(":")
+        try:
+            network: IPNetwork | None = ipaddress.ip_network(target, strict=False)
+        except ValueError:
+            network = None
+        host = None if network is not None else normalize_host(target)
+        if host is not None and (not host or not all(part.isalnum() or part in "-_." for part in host)):
+            raise ValueError(f"{entry!r} is neither a host name nor an IP network")
+        return cls(host=host, network=network, port=_port(entry, port))
+
+    def matches(self, host: str, address: IPAddress, port: int) -> bool:
+        if self.port is not None and port != self.port:
+            return False
+        if self.host is not None:
+            return normalize_host(host) == self.host
+        assert self.network is not None
+        mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+        return any(a.version == self.network.version and a in self.network for a in (address, mapped) if a)
 
 
-def refusal_reason(address: IPAddress) -> str | None:
-    """Why the policy refuses ``address`` by default, or None for a public address."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
-    for network, reason in REFUSED_NETWORKS:
-        if address.version == network.version and address in network:
-            return reason
-    return None
+def _port(entry: str, port: str | None) -> int | None:
+    if port is None:
+        return None
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{entry!r}: {port!r} is not a port (1-65535)")
+    return int(port)
 
 
 @dataclass(frozen=True)
 class EgressPolicy:
-    """What ``FLOWMAESTRO_HTTP_ALLOW_HOSTS`` allows beyond public addresses."""
+    """Where http and llm nodes may connect: globally routable addresses, plus what
+    ``FLOWMAESTRO_HTTP_ALLOW_HOSTS`` allows, minus FlowMaestro's own services (always)."""
 
     allow_all: bool = False
-    hosts: frozenset[str] = frozenset()
-    networks: tuple[IPNetwork, ...] = ()
+    rules: tuple[AllowRule, ...] = ()
+    protected: tuple[ProtectedService, ...] = ()
+    own_addresses: frozenset[IPAddress] = frozenset()
+    """This machine's interface addresses: global ones are refused too, unless an entry with a port allows them."""
 
     @classmethod
-    def parse(cls, allow_hosts: str) -> EgressPolicy:
+    def parse(cls, allow_hosts: str, protected: tuple[ProtectedService, ...] = (),
+              own_addresses: frozenset[IPAddress] = frozenset()) -> EgressPolicy:
         entries = [e.strip() for e in allow_hosts.split(",") if e.strip()]
-        hosts: set[str] = set()
-        networks: list[IPNetwork] = []
-        for entry in entries:
-            try:
-                networks.append(ipaddress.ip_network(entry.strip("[]"), strict=False))
-            except ValueError:
-                hosts.add(normalize_host(entry))
-        return cls(allow_all=ALLOW_ALL in entries, hosts=frozenset(hosts), networks=tuple(networks))
+        rules = tuple(AllowRule.parse(entry) for entry in entries if entry != ALLOW_ALL)
+        return cls(allow_all=ALLOW_ALL in entries, rules=rules, protected=protected, own_addresses=own_addresses)
 
-    def allows_host(self, host: str) -> bool:
-        return self.allow_all or normalize_host(host) in self.hosts
+    def protected_service(self, host: str, address: IPAddress, port: int) -> ServiceAddress | None:
+        """The service of FlowMaestro's own that ``address:port`` (or ``host``) reaches, if any."""
+        host = normalize_host(host)
+        for service in self.protected:
+            if service.matches(host, address, port, self.own_addresses):
+                return service.service
+        return None
 
-    def allows_address(self, address: IPAddress) -> bool:
-        if self.allow_all or refusal_reason(address) is None:
-            return True
-        return any(address.version == net.version and address in net for net in self.networks)
+    def refusal(self, host: str, address: IPAddress, port: int | None) -> str | None:
+        """Why a connection to ``address`` on ``port`` (None: on some port) for ``host`` is
+        refused, or None. Protected services are checked apart (``protected_service``)."""
+        if self.allow_all:
+            return None
+        rules = [r for r in self.rules if r.matches(host, address, r.port if port is None else port)]
+        if self._is_own(address):
+            if any(rule.port is not None for rule in rules):
+                return None
+            return "an address of this machine (allow it with a port, e.g. " \
+                   f"{_show(address)}:{port or 8080}, to reach one of its services)"
+        if rules:
+            return None
+        return refusal_reason(address)
+
+    def _is_own(self, address: IPAddress) -> bool:
+        return any(form in self.own_addresses and not form.is_loopback for form in forms_of(address))
+
+    def allows_host(self, host: str, port: int | None = None) -> bool:
+        """Whether an entry allows ``host`` by name (on ``port``; None: on some port)."""
+        return self.allow_all or any(
+            r.host == normalize_host(host) and (port is None or r.port in (None, port)) for r in self.rules)
+
+    def allows_address(self, address: IPAddress, port: int | None = None) -> bool:
+        """Whether ``address`` may be reached (on ``port``; None: on some port), services aside."""
+        return self.refusal("", address, port) is None
 
 
-def normalize_host(host: str) -> str:
-    return host.strip().strip("[]").rstrip(".").lower()
+def _show(address: IPAddress | str) -> str:
+    return f"[{address}]" if ":" in str(address) else str(address)
 
 
 @lru_cache(maxsize=8)
-def _parse_policy(allow_hosts: str) -> EgressPolicy:
-    return EgressPolicy.parse(allow_hosts)
+def build_policy(allow_hosts: str, services: tuple[ServiceAddress, ...]) -> EgressPolicy:
+    """The policy of these settings: resolves the services' names and reads this machine's
+    addresses now, once per process and settings (blocking, but a few milliseconds)."""
+    own = interface_addresses()
+    try:
+        return EgressPolicy.parse(allow_hosts, protect(services, own), own)
+    except ValueError as exc:
+        raise NodeError(f"{ALLOW_HOSTS_ENV}: {exc}", error_type="InvalidSetting") from None
 
 
 def current_policy() -> EgressPolicy:
-    return _parse_policy(handler_settings().http_allow_hosts)
+    settings = handler_settings()
+    return build_policy(settings.http_allow_hosts, service_addresses(settings))
 
 
 class EgressDenied(NodeError):
-    def __init__(self, message: str, *, host: str, address: str | None):
+    def __init__(self, message: str, *, host: str, address: str | None, service: str | None = None):
         # Not retryable: the policy does not change between attempts.
-        super().__init__(message, retry_class=None, error_type="EgressDenied",
-                         details={"host": host, "address": address})
+        details = {"host": host, "address": address, **({"service": service} if service else {})}
+        super().__init__(message, retry_class=None, error_type="EgressDenied", details=details)
 
 
-def deny(host: str, address: IPAddress, reason: str) -> EgressDenied:
+def deny(host: str, address: IPAddress, reason: str, port: int | None = None) -> EgressDenied:
+    target = f"{_show(host)}:{port}" if port is not None else host
+    shown = f"{_show(address)}:{port}" if port is not None else str(address)
     return EgressDenied(
-        f"outbound request to {host} refused: it resolves to {address}, {reason}. To allow it, add the host "
-        f"({host}) or the address or its network (e.g. {address}) to {ALLOW_HOSTS_ENV} (comma-separated; "
-        f"'*' allows everything)", host=host, address=str(address))
+        f"outbound request to {target} refused: it resolves to {address}, {reason}. To allow it, add the host "
+        f"({target}) or the address or its network (e.g. {shown}) to {ALLOW_HOSTS_ENV} (comma-separated "
+        f"host:port or network:port entries, the port optional; '*' allows everything but FlowMaestro's own "
+        f"services)",
+        host=host, address=str(address))
+
+
+def deny_service(host: str, address: IPAddress, port: int, service: ServiceAddress) -> EgressDenied:
+    return EgressDenied(
+        f"outbound request to {_show(host)}:{port} refused: it reaches {service}, which workflow nodes may never "
+        f"call, whatever {ALLOW_HOSTS_ENV} says", host=host, address=str(address), service=service.name)
 
 
 async def resolve_host(host: str, port: int) -> list[IPAddress]:
@@ -134,13 +195,15 @@ async def resolve_host(host: str, port: int) -> list[IPAddress]:
     return addresses
 
 
-def check_addresses(host: str, addresses: Sequence[IPAddress], policy: EgressPolicy) -> None:
-    """Raise ``EgressDenied`` unless every address may be reached (or the host name is allowed)."""
-    if policy.allows_host(host):
-        return
+def check_addresses(host: str, addresses: Sequence[IPAddress], policy: EgressPolicy, port: int) -> None:
+    """Raise ``EgressDenied`` unless every address may be reached on ``port`` for ``host``."""
     for address in addresses:
-        if not policy.allows_address(address):
-            raise deny(host, address, refusal_reason(address) or "not allowed")
+        service = policy.protected_service(host, address, port)
+        if service is not None:
+            raise deny_service(host, address, port, service)
+        reason = policy.refusal(host, address, port)
+        if reason is not None:
+            raise deny(host, address, reason, port)
 
 
 async def allowed_addresses(host: str, port: int) -> list[IPAddress]:
@@ -153,7 +216,7 @@ async def allowed_addresses(host: str, port: int) -> list[IPAddress]:
     addresses = [literal] if literal is not None else await resolve_host(host, port)
     if not addresses:
         raise OSError(f"{host} resolves to no address")
-    check_addresses(host, addresses, current_policy())
+    check_addresses(host, addresses, current_policy(), port)
     return addresses
 
 

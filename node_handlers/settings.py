@@ -17,9 +17,10 @@ from functools import lru_cache
 from typing import Annotated, Any
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from node_handlers.base import NodeError
+from store.settings import StoreSettings
 
 SECRET_ENV_PREFIX = "FLOWMAESTRO_SECRET_"
 SECRET_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
@@ -34,12 +35,36 @@ class ModelPrice(BaseModel):
     output_per_1m: float = Field(ge=0, description="USD per million output (completion) tokens.")
 
 
-class HandlerSettings(BaseSettings):
+class HandlerSettings(StoreSettings):
+    """Extends ``StoreSettings`` for ``database_url``: like the other URLs of the
+    installation below, it is read to refuse it to nodes (``node_handlers.protected``)."""
+
     model_config = SettingsConfigDict(env_prefix="FLOWMAESTRO_", extra="ignore", populate_by_name=True)
 
-    http_allow_hosts: str = Field("", description="Hosts, IPs and CIDRs that http and llm nodes may reach even "
-                                  "though they are loopback, private, link-local or metadata addresses "
-                                  "(comma-separated; '*' allows everything).")
+    http_allow_hosts: str = Field("", description="What http and llm nodes may reach beyond globally routable "
+                                  "addresses, comma-separated: host, host:port, network, network:port (IPv6 in "
+                                  "brackets: [::1]:8080); '*' allows everything. This machine's own non-loopback "
+                                  "addresses need an entry with a port. FlowMaestro's own services are refused "
+                                  "whatever it says.")
+    # FlowMaestro's own services, refused to nodes whatever http_allow_hosts says.
+    prefect_api_url: str | None = Field(None, validation_alias=AliasChoices("PREFECT_API_URL"),
+                                        description="The Prefect API this process uses.")
+    server_port: int = Field(4200, description="Port of the embedded Prefect server, when PREFECT_API_URL is unset.")
+    # No default, unlike EngineSettings.public_url: 'flowmaestro run' has no API, and its
+    # default port (8000) is vLLM's too.
+    public_url: str | None = Field(None, description="The FlowMaestro API's URL, when set ('flowmaestro serve' "
+                                   "sets it for its workers).")
+    api_bind: str | None = Field(None, description="host:port the FlowMaestro API listens on ('flowmaestro serve' "
+                                 "sets it for its workers).")
+    redis_url: str | None = Field(None, description="Redis of the event log and rate limits.")
+    cache_lock_redis_url: str | None = Field(None, description="Redis of the cache lock manager.")
+    prefect_redis_messaging_url: str | None = Field(
+        None, validation_alias=AliasChoices("PREFECT_REDIS_MESSAGING_URL"), description="Redis of Prefect's "
+        "messaging, when this process sees it.")
+    prefect_database_url: str | None = Field(
+        None, validation_alias=AliasChoices("PREFECT_SERVER_DATABASE_CONNECTION_URL",
+                                            "PREFECT_API_DATABASE_CONNECTION_URL"),
+        description="The Prefect server's database, when this process sees it.")
     openai_base_url: str | None = Field(None, description="Default base URL of llm and router nodes (an "
                                         "OpenAI-compatible API); OpenAI's own when unset.")
     openai_api_key: SecretStr | None = Field(
