@@ -272,7 +272,8 @@ def test_router_handles_and_route_ids() -> None:
 async def test_the_api_key_reaches_the_server_and_nothing_else(openai_server: FakeOpenAI,
                                                                handler_env: pytest.MonkeyPatch,
                                                                caplog: pytest.LogCaptureFixture) -> None:
-    set_env(handler_env, FLOWMAESTRO_SECRET_LLM_KEY=API_KEY)
+    set_env(handler_env, FLOWMAESTRO_SECRET_LLM_KEY=API_KEY, FLOWMAESTRO_SECRET_LLM_KEY_OWNERS="*",
+            FLOWMAESTRO_SECRET_LLM_KEY_HOSTS="127.0.0.1")
     caplog.set_level(logging.DEBUG)
     emitted = Emitted()
     completed = await run_llm(llm_data(openai_server, api_key_secret="LLM_KEY"), emitted)
@@ -289,7 +290,7 @@ async def test_the_api_key_reaches_the_server_and_nothing_else(openai_server: Fa
 
 
 async def test_the_key_from_openai_api_key(openai_server: FakeOpenAI, handler_env: pytest.MonkeyPatch) -> None:
-    set_env(handler_env, OPENAI_API_KEY=API_KEY)
+    set_env(handler_env, OPENAI_API_KEY=API_KEY, FLOWMAESTRO_OPENAI_BASE_URL=openai_server.base_url)
     await run_llm(llm_data(openai_server))
     assert openai_server.requests[0].headers["authorization"] == f"Bearer {API_KEY}"
 
