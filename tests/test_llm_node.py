@@ -340,7 +340,10 @@ async def ticket(request: Any) -> JSONResponse:
     return JSONResponse({"title": "How do I export?", "body": "Where is the export button?"})
 
 
-async def test_the_example_canvas_runs_against_local_servers(openai_server: FakeOpenAI) -> None:
+async def test_the_example_canvas_runs_against_local_servers(openai_server: FakeOpenAI,
+                                                             handler_env: pytest.MonkeyPatch) -> None:
+    # The example's model is the configured one: it takes no base_url from its inputs.
+    set_env(handler_env, FLOWMAESTRO_OPENAI_BASE_URL=openai_server.base_url)
     registry = default_registry()
     compiled = compile_canvas(json.loads(EXAMPLE.read_text()), registry)
     assert compiled.ok, [str(i) for i in compiled.errors]
@@ -348,8 +351,7 @@ async def test_the_example_canvas_runs_against_local_servers(openai_server: Fake
     openai_server.enqueue(route_reply("question"), Reply(chunks=['{"reply": "Use the ', 'Export menu.", ',
                                                                 '"confidence": 0.9}']))
     with serve_in_thread(Starlette(routes=[Route("/ticket", ticket)])) as tickets:
-        inputs = validate_inputs(plan.inputs, {"ticket_url": f"{tickets.url}/ticket",
-                                               "base_url": openai_server.base_url, "model": "local-model"})
+        inputs = validate_inputs(plan.inputs, {"ticket_url": f"{tickets.url}/ticket", "model": "local-model"})
         execution = Execution(plan, registry, run_id="run-example", inputs=inputs)
         events: list[Any] = []
         execution.bus.subscribe(events.append)
