@@ -226,3 +226,66 @@ async def test_encoded_echoes_are_redacted_in_output_and_events(recorder: Record
     for blob in (base64.b64encode(b"bob:" + TOKEN.encode()).decode(),
                  base64.b64encode(b"xy" + TOKEN.encode() + b"tail").decode()):
         assert blob[4:-4] not in seen
+
+
+# Finding 13: the stream token in uvicorn's access log
+
+
+STREAM_TOKEN = "st-4f1c9e0b7a2d5e8f"
+
+
+def test_the_stream_token_is_redacted_from_a_real_access_log(tmp_path) -> None:
+    """A real uvicorn writes its access log (through the filter ``create_app`` installs) to a
+    file; every spelling of the token parameter a client may use is redacted there."""
+    import logging
+    import socket
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+    from fastapi import FastAPI
+
+    from api.stream_tokens import redact_access_logs
+
+    app = FastAPI()
+
+    @app.get("/{path:path}")
+    def anything(path: str) -> dict[str, str]:
+        return {"path": path}
+
+    log_file = tmp_path / "access.log"
+    config = uvicorn.Config(app, access_log=True, log_level="info", lifespan="off", log_config={
+        "version": 1, "disable_existing_loggers": False,
+        "formatters": {"access": {"()": "uvicorn.logging.AccessFormatter", "use_colors": False,
+                                  "fmt": '%(client_addr)s - "%(request_line)s" %(status_code)s'}},
+        "handlers": {"file": {"class": "logging.FileHandler", "filename": str(log_file), "formatter": "access"}},
+        "loggers": {"uvicorn.access": {"handlers": ["file"], "level": "INFO", "propagate": False}}})
+    redact_access_logs()  # as create_app does
+    server = uvicorn.Server(config)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    spellings = ["token", "%74oken", "TOKEN", "Token", "%54%4F%4B%45%4E", "to%6Ben"]
+    paths = [f"/api/executions/x/stream?after=3&{name}={STREAM_TOKEN}" for name in spellings]
+    paths += [f"/api/executions/x/stream;token={STREAM_TOKEN}", f"/api/executions/x/stream?a=1;ToKeN={STREAM_TOKEN}"]
+    try:
+        deadline = time.monotonic() + 60
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+            time.sleep(0.01)
+        with httpx.Client(base_url=base, timeout=30) as client:
+            for path in paths:
+                assert client.get(path).status_code == 200
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
+        sock.close()
+        for handler in logging.getLogger("uvicorn.access").handlers:
+            handler.flush()
+    lines = log_file.read_text().splitlines()
+    assert len(lines) == len(paths), lines  # every request was logged
+    assert all("[redacted]" in line for line in lines), lines
+    assert STREAM_TOKEN not in log_file.read_text()
