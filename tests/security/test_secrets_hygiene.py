@@ -7,6 +7,7 @@ key goes only to the configured base URL; redaction catches the common encodings
 from __future__ import annotations
 
 import base64
+import contextlib
 import binascii
 import json
 from typing import Any
@@ -289,3 +290,217 @@ def test_the_stream_token_is_redacted_from_a_real_access_log(tmp_path) -> None:
     assert len(lines) == len(paths), lines  # every request was logged
     assert all("[redacted]" in line for line in lines), lines
     assert STREAM_TOKEN not in log_file.read_text()
+
+
+# Finding 15: hygiene
+
+
+OWNER_KEY = "owner-key-3b9d0f6c"
+
+
+@contextlib.asynccontextmanager
+async def local_api(tmp_path, client: tuple[str, int] = ("127.0.0.1", 50000), **overrides: Any):
+    """The API on a SQLite store, no Prefect call made: (app, client as ``client``'s address)."""
+    import httpx
+
+    from api.app import create_app
+    from api.settings import ApiSettings
+
+    settings = ApiSettings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'api.db'}", home=tmp_path,
+                           api_keys=f"owner:{OWNER_KEY}", **overrides)
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, client=client)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as http:
+            yield app, http
+
+
+# 15 (a)
+
+
+def test_workers_and_the_prefect_server_get_no_api_keys() -> None:
+    from flows.child_environment import prefect_server_environment, worker_environment
+
+    parent = {"PATH": "/usr/bin", "HOME": "/home/x", "FLOWMAESTRO_API_KEYS": "alice:k", "FLOWMAESTRO_METRICS_KEY": "m",
+              "FLOWMAESTRO_SECRET_KEY": "fernet", "FLOWMAESTRO_STREAM_TOKEN_KEY": "s", "FLOWMAESTRO_API_KEY": "c",
+              "FLOWMAESTRO_SECRET_GITHUB": "ghp", "FLOWMAESTRO_SECRET_GITHUB_OWNERS": "alice", "OPENAI_API_KEY": "sk",
+              "FLOWMAESTRO_DATABASE_URL": "sqlite://", "PREFECT_API_URL": "http://p", "AWS_SECRET_ACCESS_KEY": "a",
+              "PREFECT_SERVER_API_AUTH_STRING": "u:p", "PREFECT_API_AUTH_STRING": "u:p", "GITHUB_TOKEN": "t"}
+    worker = worker_environment(parent)
+    for name in ("FLOWMAESTRO_API_KEYS", "FLOWMAESTRO_METRICS_KEY", "FLOWMAESTRO_SECRET_KEY",
+                 "FLOWMAESTRO_STREAM_TOKEN_KEY", "FLOWMAESTRO_API_KEY", "PREFECT_SERVER_API_AUTH_STRING"):
+        assert name not in worker, name
+    for name in ("FLOWMAESTRO_SECRET_GITHUB", "OPENAI_API_KEY", "FLOWMAESTRO_DATABASE_URL", "PREFECT_API_URL",
+                 "PREFECT_API_AUTH_STRING", "PATH"):  # what running nodes needs
+        assert worker[name] == parent[name], name
+    server = prefect_server_environment(parent)
+    assert sorted(server) == ["HOME", "PATH", "PREFECT_API_AUTH_STRING", "PREFECT_API_URL",
+                              "PREFECT_SERVER_API_AUTH_STRING"]
+
+
+@pytest.mark.prefect
+def test_the_workers_of_serve_do_not_see_the_api_keys(served) -> None:
+    """``flowmaestro serve`` (tests/conftest.py's ``served``) has FLOWMAESTRO_API_KEYS; the
+    environment of each worker process it started has not."""
+    from pathlib import Path
+
+    from tests.processes import wait_until
+
+    def serve_pid() -> int:
+        port = served.base.rsplit(":", 1)[1]
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                try:
+                    args = (proc / "cmdline").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                if b"serve" in args and port.encode() in args:
+                    return int(proc.name)
+        raise AssertionError("no flowmaestro serve process")
+
+    def children_of(pid: int) -> list[int]:
+        found = []
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found += [int(c) for c in (task / "children").read_text().split()]
+        return found
+
+    parent = serve_pid()
+    assert b"FLOWMAESTRO_API_KEYS=" in Path(f"/proc/{parent}/environ").read_bytes()
+    workers = wait_until(lambda: [c for c in children_of(parent)
+                                  if b"worker" in Path(f"/proc/{c}/cmdline").read_bytes().split(b"\0")],
+                         timeout=120, what="the worker of flowmaestro serve")
+    for worker in workers:
+        environ = Path(f"/proc/{worker}/environ").read_bytes()
+        assert b"FLOWMAESTRO_SECRET_TOKEN=" in environ  # it runs nodes
+        assert b"FLOWMAESTRO_API_KEYS=" not in environ and served.owner_key.encode() not in environ
+
+
+# 15 (b)
+
+
+async def test_the_sqlite_store_is_private(tmp_path) -> None:
+    import os
+    import stat
+
+    from sqlalchemy import text
+
+    from store.database import create_database_engine
+
+    home = tmp_path / "home"
+    engine = create_database_engine(f"sqlite+aiosqlite:///{home / 'store.db'}")
+    async with engine.begin() as connection:
+        await connection.execute(text("CREATE TABLE t (x TEXT)"))
+        await connection.execute(text("INSERT INTO t VALUES ('alice''s canvas')"))
+        files = sorted(home.iterdir())
+        assert {f.name for f in files} >= {"store.db", "store.db-wal"}
+        for file in files:
+            assert stat.S_IMODE(os.stat(file).st_mode) == 0o600, file
+    await engine.dispose()
+    assert stat.S_IMODE(os.stat(home).st_mode) == 0o700
+
+
+# 15 (c)
+
+
+def test_the_cli_takes_no_api_key_on_the_command_line(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    import cli.triggers
+    from cli.main import app
+
+    sent: list[str] = []
+    monkeypatch.setattr(cli.triggers, "call_api", lambda url, key, *args, **kwargs: sent.append(key) or [])
+    monkeypatch.delenv("FLOWMAESTRO_API_KEY", raising=False)
+    monkeypatch.delenv("FLOWMAESTRO_API_KEY_FILE", raising=False)
+    runner = CliRunner()
+    refused = runner.invoke(app, ["schedules", "list", "wf", "--api-key", OWNER_KEY])
+    assert refused.exit_code == 2 and "--api-key-file" in refused.output and sent == []
+    key_file = tmp_path / "key"
+    key_file.write_text(OWNER_KEY + "\n")
+    assert runner.invoke(app, ["schedules", "list", "wf", "--api-key-file", str(key_file)]).exit_code == 0
+    assert runner.invoke(app, ["webhooks", "list", "wf"], env={"FLOWMAESTRO_API_KEY": "from-env"}).exit_code == 0
+    assert sent == [OWNER_KEY, "from-env"]
+    missing = runner.invoke(app, ["schedules", "list", "wf"])
+    assert missing.exit_code == 2 and "FLOWMAESTRO_API_KEY" in missing.output
+
+
+# 15 (d)
+
+
+async def test_metrics_are_closed_by_default(tmp_path) -> None:
+    async with local_api(tmp_path) as (_app, api):
+        for headers in ({}, {"Authorization": f"Bearer {OWNER_KEY}"}):
+            closed = await api.get("/metrics", headers=headers)
+            assert closed.status_code == 403 and "FLOWMAESTRO_METRICS_PUBLIC" in closed.json()["detail"]
+            assert "flowmaestro_runs" not in closed.text
+    async with local_api(tmp_path, metrics_public=True) as (_app, api):
+        assert "flowmaestro_runs_in_flight" in (await api.get("/metrics")).text
+
+
+# 15 (e)
+
+
+async def test_the_api_docs_load_nothing_from_a_cdn(tmp_path) -> None:
+    import re
+
+    async with local_api(tmp_path) as (_app, api):
+        for page in ("/docs", "/redoc"):
+            html = (await api.get(page)).text
+            assets = re.findall(r'(?:src|href)="([^"]+)"', html) + re.findall(r"url: '([^']+)'", html)
+            assert assets, html
+            assert not [a for a in assets if a.startswith(("http:", "https:", "//"))], (page, assets)
+            assert "cdn" not in html.lower() and "fonts.googleapis" not in html
+            for asset in assets:
+                answer = await api.get(asset)
+                assert answer.status_code == 200 and answer.content, asset
+        script = (await api.get("/docs/static/swagger-ui-bundle.js")).text
+        assert "SwaggerUIBundle" in script
+
+
+# 15 (f)
+
+
+def test_an_approval_of_yes_is_not_true() -> None:
+    from pydantic import ValidationError
+
+    from node_handlers.approval import form_model
+
+    form = form_model({"notify": {"type": "boolean"}})
+    assert form.model_validate({"approved": True}).approved is True
+    assert form.model_validate({"approved": False, "notify": True}).notify is True
+    for lax in ({"approved": "yes"}, {"approved": "true"}, {"approved": 1}, {"approved": "on"},
+                {"approved": True, "notify": "yes"}):
+        with pytest.raises(ValidationError):
+            form.model_validate(lax)
+
+
+# 15 (g)
+
+
+REFUSED_LIMIT = 5
+
+
+async def test_unsigned_webhook_requests_are_rate_limited_per_hook_and_per_client(tmp_path) -> None:
+    import uuid
+
+    import httpx
+
+    async with local_api(tmp_path, webhook_refused_rate_limit=REFUSED_LIMIT) as (app, api):
+        saved = await app.state.runs.workflows.create("owner", "hooked", {"name": "hooked"}, "hash")
+        hook = await app.state.webhooks.webhooks.create("owner", saved.workflow_id, "h", "whsec_x")
+        bad = {"X-FlowMaestro-Timestamp": "1", "X-FlowMaestro-Signature": "v1=00"}
+
+        # Per hook: from many addresses, the hook's refused budget runs out.
+        codes = []
+        for i in range(REFUSED_LIMIT + 2):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=(f"10.0.0.{i + 1}", 4000)),
+                                         base_url="http://test") as one:
+                codes.append(await one.post(f"/hooks/{hook.id}", content=b"{}", headers=bad))
+        assert [a.status_code for a in codes] == [401] * REFUSED_LIMIT + [429, 429], [a.text for a in codes]
+        assert 1 <= int(codes[-1].headers["retry-after"]) <= 60
+
+        # Per client address: unknown hooks from one address.
+        answers = [await api.post(f"/hooks/{uuid.uuid4()}", content=b"{}", headers=bad)
+                   for _ in range(REFUSED_LIMIT + 1)]
+        assert [a.status_code for a in answers] == [404] * REFUSED_LIMIT + [429]
+        assert "retry-after" in answers[-1].headers
