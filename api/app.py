@@ -14,6 +14,7 @@ from prometheus_client import generate_latest
 
 from api import dead_letters, executions, schedules, ui, webhooks, workflows
 from api.auth import require_metrics_key
+from api.docs import install_docs
 from api.errors import install_error_handlers
 from api.health import health_checks
 from api.metrics import Metrics
@@ -112,15 +113,20 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             limiter = RedisRateLimiter(settings.redis_url, settings.webhook_rate_limit) if settings.redis_url \
                 else MemoryRateLimiter(settings.webhook_rate_limit)
             stack.push_async_callback(limiter.close)
+            refused_limiter = RedisRateLimiter(settings.redis_url, settings.webhook_refused_rate_limit,
+                                               prefix="flowmaestro:ratelimit:refused:") if settings.redis_url \
+                else MemoryRateLimiter(settings.webhook_refused_rate_limit)
+            stack.push_async_callback(refused_limiter.close)
             # Redis for /health: the event log's or the rate limiter's, when either is on Redis.
             app.state.redis = getattr(event_log, "redis", None) or getattr(limiter, "redis", None)
-            app.state.webhooks = WebhookService(app.state.runs, Webhooks(database, box), limiter)
+            app.state.webhooks = WebhookService(app.state.runs, Webhooks(database, box), limiter, refused_limiter)
             app.state.stream_tokens = StreamTokens(token_key(settings), settings.stream_token_ttl_s)
             yield
 
     metrics = Metrics()
-    app = FastAPI(title="FlowMaestro", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="FlowMaestro", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Save canvas workflows, run them on Prefect workers, follow them live.")
+    install_docs(app)  # Swagger UI and ReDoc from here, not a CDN
     app.state.key_owners = settings.key_owners()
     redact_access_logs()  # stream tokens travel in URLs
     app.state.stream_slots = StreamSlots(settings.max_streams_per_run)
@@ -149,8 +155,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
     async def prometheus_metrics(request: Request) -> PlainTextResponse:
-        """Prometheus metrics; with ``FLOWMAESTRO_METRICS_KEY`` set, only for that bearer key."""
-        require_metrics_key(request, settings.metrics_key)
+        """Prometheus metrics: for the bearer key ``FLOWMAESTRO_METRICS_KEY``; closed (403) without
+        one unless ``FLOWMAESTRO_METRICS_PUBLIC=true``."""
+        require_metrics_key(request, settings.metrics_key, settings.metrics_public)
         await metrics.refresh(request.app.state.sessions)
         return PlainTextResponse(generate_latest(metrics.registry).decode(),
                                  media_type="text/plain; version=0.0.4")

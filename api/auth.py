@@ -33,10 +33,14 @@ def require_owner(request: Request) -> str:
 Owner = Annotated[str, Depends(require_owner)]
 
 
-def require_metrics_key(request: Request, metrics_key: SecretStr | None) -> None:
+def require_metrics_key(request: Request, metrics_key: SecretStr | None, public: bool = False) -> None:
     """/metrics names every owner's workflows: with a metrics key set, only that key reads it
-    (an owner's API key does not)."""
+    (an owner's API key does not); without one it is closed unless the operator opened it
+    (``FLOWMAESTRO_METRICS_PUBLIC=true``)."""
     if metrics_key is None:
-        return
+        if public:
+            return
+        raise ApiError(403, "GET /metrics is closed: set FLOWMAESTRO_METRICS_KEY (and send it as a bearer key) "
+                            "or FLOWMAESTRO_METRICS_PUBLIC=true")
     if not hmac.compare_digest(_bearer(request).encode(), metrics_key.get_secret_value().encode()):
         raise ApiError(401, "invalid metrics key", headers={"WWW-Authenticate": "Bearer"})

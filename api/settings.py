@@ -32,9 +32,15 @@ class ApiSettings(StoreSettings):
                                   "(shared by every API process) instead of in each process.")
     webhook_rate_limit: int = Field(60, ge=1, description="Requests a minute one webhook accepts before "
                                     "answering 429 with Retry-After.")
+    webhook_refused_rate_limit: int = Field(30, ge=1, description="Webhook requests a minute that fail the "
+                                            "signature check (or name no webhook), per webhook and per client "
+                                            "address, before answering 429 with Retry-After.")
     webhook_max_body_bytes: int = Field(1_048_576, ge=1, description="Largest webhook request body (413 above).")
-    metrics_key: SecretStr | None = Field(None, description="Bearer key that GET /metrics then needs (its "
-                                          "labels name every owner's workflows); public when unset.")
+    metrics_key: SecretStr | None = Field(None, description="Bearer key that GET /metrics needs (its labels "
+                                          "name every owner's workflows); closed when unset, unless "
+                                          "metrics_public.")
+    metrics_public: bool = Field(False, description="Open GET /metrics to anyone when no metrics key is set "
+                                 "(a deliberate choice: it names every owner's workflows).")
     ui_url: str | None = Field(None, description="Public Prefect UI URL for links; derived from "
                                "PREFECT_API_URL when unset.")
     stream_token_key: SecretStr | None = Field(None, description="Key that signs stream tokens (?token= on a "

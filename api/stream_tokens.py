@@ -23,12 +23,14 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Annotated
+from urllib.parse import unquote_plus
 
 from fastapi import Depends, Query, Request
 
 from api.auth import require_owner
 from api.errors import ApiError
 from api.settings import ApiSettings
+from node_handlers.redaction import REDACTED
 from store.secrets import KEY_FILE, SecretBox
 
 VERSION = "v1"
@@ -122,7 +124,24 @@ def stream_reader(request: Request, execution_id: str,
 StreamReader = Annotated[str, Depends(stream_reader)]
 
 
-_TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&\s]+")
+_SEPARATOR = r"(?:[?&;]|%3[bBfF]|%26)"
+_EQUALS = r"(?:=|%3[dD])"
+_URL_PARAMETER = re.compile(
+    rf"(?P<lead>{_SEPARATOR}(?P<name>(?:[^=&;#\s%]|%(?!3[bBdDfF]|26)[0-9A-Fa-f]{{2}})*){_EQUALS})"
+    rf"(?P<value>(?:[^&;#\s%]|%(?!3[bBfF]|26)[0-9A-Fa-f]{{2}})*)")
+"""A parameter of a URL: after ``?``, ``&`` or ``;`` (query and matrix parameters alike),
+the separators maybe percent-encoded as uvicorn writes a path (``stream%3Btoken%3D...``)."""
+
+
+def redact_token_parameters(text: str) -> str:
+    """``text`` with the value of every ``token`` parameter replaced, whatever its case or
+    percent-encoding (``?%74oken=``, ``;TOKEN=``): a client may spell it so, and the
+    spelling must not keep the token out of redaction."""
+
+    def replace(match: re.Match[str]) -> str:
+        return match["lead"] + REDACTED if unquote_plus(match["name"]).strip().lower() == "token" else match[0]
+
+    return _URL_PARAMETER.sub(replace, text)
 
 
 class RedactStreamTokens(logging.Filter):
@@ -130,9 +149,8 @@ class RedactStreamTokens(logging.Filter):
     otherwise be in every log that keeps them, readable for its ten minutes."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple) and any(isinstance(a, str) and "token=" in a for a in record.args):
-            record.args = tuple(_TOKEN_IN_QUERY.sub(r"\1[redacted]", a) if isinstance(a, str) else a
-                                for a in record.args)
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact_token_parameters(a) if isinstance(a, str) else a for a in record.args)
         return True
 
 

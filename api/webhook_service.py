@@ -20,7 +20,7 @@ from api.rate_limit import RateLimiter, retry_after
 from api.runs import RunService
 from api.schemas import RunResult
 from api.signing import BadSignature, verify
-from store.errors import Invalid, Unavailable
+from store.errors import Invalid, NotFound, Unavailable
 from store.queries import FINAL_STATUSES
 from store.triggers import Webhook, Webhooks
 
@@ -42,8 +42,13 @@ def new_secret() -> str:
 
 
 class WebhookService:
-    def __init__(self, runs: RunService, webhooks: Webhooks, limiter: RateLimiter):
+    def __init__(self, runs: RunService, webhooks: Webhooks, limiter: RateLimiter,
+                 refused_limiter: RateLimiter | None = None):
+        """``limiter``: signed requests a minute per hook. ``refused_limiter``: requests that
+        fail the signature check (or name no hook) a minute, per hook and per client address,
+        answered 429 past it, so nobody floods the intake with unsigned requests."""
         self.runs, self.webhooks, self.limiter = runs, webhooks, limiter
+        self.refused_limiter = refused_limiter
 
     async def create(self, owner: str, workflow_id: str, name: str) -> Webhook:
         await self.runs.workflows.get(owner, workflow_id)  # 404 for another owner's workflow
@@ -60,25 +65,25 @@ class WebhookService:
         await self.webhooks.delete(owner, workflow_id, hook_id)
 
     async def deliver(self, hook_id: str, *, timestamp: str | None, signature: str | None, body: bytes,
-                      inputs: Any, idempotency_key: str | None, wait_s: float | None) -> Delivery:
-        """Check, count, start (or find the run of an earlier request with the same key)."""
+                      inputs: Any, idempotency_key: str | None, wait_s: float | None,
+                      client: str = "unknown") -> Delivery:
+        """Check, count, start (or find the run of an earlier request with the same key).
+        ``client``: the requesting address, whose refused requests are counted."""
         try:
             hook = await self.webhooks.for_delivery(hook_id)
         except ValueError as exc:  # encrypted under another key: the operator must fix it
             raise Unavailable("secret-key", str(exc)) from exc
+        except NotFound:
+            await self._count_refused(f"client:{client}")
+            raise
         assert hook.secret is not None
         try:
             verify(hook.secret, timestamp, signature, body, now=time.time())
         except BadSignature as exc:
+            await self._count_refused(f"hook:{hook.id}", f"client:{client}")
             raise ApiError(401, f"invalid webhook signature: {exc}") from None
-        # Only signed requests count: unsigned ones cannot use up a hook's budget.
-        try:
-            wait = await self.limiter.hit(hook.id)
-        except Exception as exc:  # Redis down or unreachable
-            raise Unavailable("redis", f"the rate limiter's Redis did not answer ({type(exc).__name__})") from exc
-        if wait is not None:
-            raise ApiError(429, f"webhook rate limit reached; retry in {retry_after(wait)} s",
-                           headers={"Retry-After": retry_after(wait)})
+        # Signed requests have their own budget: unsigned ones cannot use it up.
+        await self._limit(self.limiter, hook.id, "webhook rate limit reached")
         if not isinstance(inputs, dict):
             raise Invalid("the request body must be a JSON object of the workflow's inputs",
                           [{"code": "invalid_request", "field": "body", "message": "body: expected a JSON object"}])
@@ -98,6 +103,22 @@ class WebhookService:
                 return Delivery(first, replayed=True)
         result = await self._wait(hook.owner, run_id, wait_s) if wait_s else None
         return Delivery(run_id, result=result)
+
+    async def _count_refused(self, *keys: str) -> None:
+        """Count a refused request against each key: 429 once one has had its minute's worth."""
+        if self.refused_limiter is None:
+            return
+        for key in keys:
+            await self._limit(self.refused_limiter, key, "too many unsigned or wrongly signed webhook requests")
+
+    @staticmethod
+    async def _limit(limiter: RateLimiter, key: str, what: str) -> None:
+        try:
+            wait = await limiter.hit(key)
+        except Exception as exc:  # Redis down or unreachable
+            raise Unavailable("redis", f"the rate limiter's Redis did not answer ({type(exc).__name__})") from exc
+        if wait is not None:
+            raise ApiError(429, f"{what}; retry in {retry_after(wait)} s", headers={"Retry-After": retry_after(wait)})
 
     async def _wait(self, owner: str, run_id: str, wait_s: float) -> RunResult | None:
         deadline = time.monotonic() + wait_s

@@ -76,7 +76,8 @@ async def deliver_webhook(
     except (ValueError, UnicodeDecodeError):
         inputs = NOT_JSON
     delivery = await webhooks.deliver(hook_id, timestamp=timestamp, signature=signature, body=body, inputs=inputs,
-                                      idempotency_key=idempotency_key, wait_s=wait)
+                                      idempotency_key=idempotency_key, wait_s=wait,
+                                      client=request.client.host if request.client else "unknown")
     if delivery.result is not None:
         return JSONResponse(delivery.result.model_dump(mode="json"), status_code=200)
     return JSONResponse({"execution_id": delivery.execution_id}, status_code=200 if delivery.replayed else 202)

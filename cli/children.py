@@ -9,6 +9,8 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from flows.child_environment import worker_environment
+
 STOP_TIMEOUT_S = 60
 
 
@@ -25,7 +27,8 @@ class Children:
         """``count`` ``flowmaestro worker`` processes for the block. Each gets its own process
         group: the terminal's Ctrl-C reaches the API, which then stops them in order."""
         processes = [subprocess.Popen([sys.executable, "-m", "cli", "worker", "--pool", pool,
-                                       "--name", f"serve-{os.getpid()}-{index}"], start_new_session=True)
+                                       "--name", f"serve-{os.getpid()}-{index}"], start_new_session=True,
+                                      env=worker_environment(os.environ))  # not the API's keys
                      for index in range(count)]
         children = cls(processes)
         try:

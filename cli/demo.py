@@ -22,6 +22,7 @@ from httpx_sse import aconnect_sse
 from rich.console import Console
 
 from cli.progress import NODE_EVENTS, STYLES, print_result, run_link
+from flows.child_environment import worker_environment
 
 DEMO_OWNER, DEMO_KEY = "demo", "demo-local-key"
 
@@ -48,7 +49,8 @@ def ensure_worker(home: Path, pool: str, console: Console) -> int:
     home.mkdir(parents=True, exist_ok=True)
     log = (home / "demo-worker.log").open("ab")
     process = subprocess.Popen([sys.executable, "-m", "cli", "worker", "--pool", pool, "--name", "embedded"],
-                               stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+                               stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                               env=worker_environment(os.environ))  # not the API's keys
     state.write_text(json.dumps({"pid": process.pid}))
     console.print(f"Started a worker in the background (pid {process.pid}, log {home / 'demo-worker.log'}); "
                   "`flowmaestro server stop` stops it.", soft_wrap=True)

@@ -1,7 +1,9 @@
 """``flowmaestro schedules ...`` and ``flowmaestro webhooks ...``: clients of a running API.
 
 They speak HTTP to the API (``--api-url`` / ``FLOWMAESTRO_API_URL``, default
-http://127.0.0.1:8000) with a bearer key (``--api-key`` / ``FLOWMAESTRO_API_KEY``), with
+http://127.0.0.1:8000) with a bearer key read from a file (``--api-key-file`` /
+``FLOWMAESTRO_API_KEY_FILE``) or from ``FLOWMAESTRO_API_KEY`` — never from the command line,
+where every user of the machine reads it in ``ps`` — with
 httpx like the demo's client, and print the JSON answers. Exit 0 on success, 2 when the
 API refused the request (4xx, its detail and issues on stderr), 1 when it could not
 answer (down, 5xx).
@@ -10,6 +12,8 @@ answer (down, 5xx).
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 from typing import Any, Optional
 
 import typer
@@ -24,7 +28,29 @@ err = Console(stderr=True)
 
 ApiUrl = typer.Option("http://127.0.0.1:8000", "--api-url", envvar="FLOWMAESTRO_API_URL",
                       help="The FlowMaestro API (flowmaestro serve).")
-ApiKey = typer.Option(..., "--api-key", envvar="FLOWMAESTRO_API_KEY", help="A bearer key of FLOWMAESTRO_API_KEYS.")
+API_KEY_ENV = "FLOWMAESTRO_API_KEY"
+
+
+def read_api_key(key_file: Optional[str]) -> str:
+    """The bearer key: the first line of ``key_file`` when given, else ``FLOWMAESTRO_API_KEY``."""
+    if key_file:
+        try:
+            key = Path(key_file).read_text().strip()
+        except OSError as exc:
+            raise typer.BadParameter(f"cannot read the key file {key_file}: {exc.strerror or exc}") from None
+        if not key:
+            raise typer.BadParameter(f"the key file {key_file} is empty")
+        return key
+    key = os.environ.get(API_KEY_ENV, "").strip()
+    if not key:
+        raise typer.BadParameter(f"give --api-key-file or set {API_KEY_ENV} (a key on the command line would "
+                                 f"show in ps)", param_hint="'--api-key-file'")
+    return key
+
+
+ApiKey = typer.Option(None, "--api-key-file", envvar="FLOWMAESTRO_API_KEY_FILE", callback=read_api_key,
+                      show_default=False, help="File holding a bearer key of FLOWMAESTRO_API_KEYS; "
+                      "FLOWMAESTRO_API_KEY when absent.")
 
 
 def call_api(api_url: str, api_key: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:

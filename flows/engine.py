@@ -63,7 +63,8 @@ class Execution:
     def __init__(self, plan: Plan, registry: HandlerRegistry, *, run_id: str, inputs: Mapping[str, Any],
                  runner: NodeRunner | None = None, bus: EventBus | None = None,
                  env: Mapping[str, str] | None = None, env_allowlist: frozenset[str] = frozenset(),
-                 workflow_id: str | None = None, version: int | None = None, inline_control: bool = True,
+                 workflow_id: str | None = None, version: int | None = None, owner: str | None = None,
+                 inline_control: bool = True,
                  approvals: ApprovalGate | None = None, subworkflows: Any = None,
                  journal: RunJournal | None = None, max_task_runs: int = 10_000,
                  large_outputs: LargeOutputs | None = None):
@@ -73,6 +74,8 @@ class Execution:
         outputs floods neither the event log nor the records; none by default."""
         self.plan = plan
         self.registry = registry
+        self.owner = owner
+        """Whose run this is: handlers use only the secrets bound to this owner."""
         self.inputs = dict(inputs)
         self.runner: NodeRunner = runner or DirectRunner()
         self.inline = DirectRunner()
@@ -386,6 +389,7 @@ class Execution:
         def make_context(attempt: int) -> NodeContext:
             return NodeContext(node_id=node.id, path=path, run_id=self.record.id, workflow=self.plan.name,
                                attempt=attempt, upstream=upstream, inputs=self.inputs, first_started=first_started,
+                               owner=self.owner,
                                idempotency_key=f"{self.journal.journal_id}:{node.id}:{'.'.join(map(str, path))}",
                                emit=lambda event_type, data: self.bus.publish(event_type, node_id=node.id,
                                                                               path=path, **data))

@@ -152,7 +152,7 @@ async def _run_in_flow(context: RunContext, child_flow: ChildFlow, canvas: dict[
         journal = await RunJournal.open(journal_id or run_id, context.store if saved else None,
                                         workflow_id=workflow_id, owner=owner,
                                         secrets=[os.environ.get(n, "") for n in context.settings.env_allowlist])
-        outcome, record = await _run(context, canvas or {}, inputs, workflow_id, version, run_id, bus,
+        outcome, record = await _run(context, canvas or {}, inputs, workflow_id, version, owner, run_id, bus,
                                      subworkflows, journal, recorder)
         if saved:
             assert context.store is not None
@@ -202,7 +202,7 @@ def _result_of(outcome: Any) -> dict[str, Any]:
 
 
 async def _run(context: RunContext, canvas: dict[str, Any], inputs: dict[str, Any] | None,
-               workflow_id: str | None, version: int | None, run_id: str, bus: EventBus,
+               workflow_id: str | None, version: int | None, owner: str | None, run_id: str, bus: EventBus,
                subworkflows: PrefectSubworkflows, journal: RunJournal,
                recorder: prefect_compat.TaskRunRecorder | None) -> tuple[Any, RunRecord | None]:
     """The run's outcome (its result, or a final state carrying it) and record (None when
@@ -230,7 +230,7 @@ async def _run(context: RunContext, canvas: dict[str, Any], inputs: dict[str, An
     execution = Execution(plan, registry, run_id=run_id, inputs=resolved_inputs,
                           runner=PrefectRunner(recorder=recorder, cached=context.cached_task), bus=bus,
                           env=os.environ, env_allowlist=settings.env_allowlist, workflow_id=workflow_id,
-                          version=version, inline_control=settings.inline_control_nodes and recorder is not None,
+                          version=version, owner=owner, inline_control=settings.inline_control_nodes and recorder is not None,
                           approvals=approvals, subworkflows=subworkflows, journal=journal,
                           max_task_runs=settings.max_task_runs,
                           large_outputs=_large_outputs(run_id, settings.event_output_max_bytes))

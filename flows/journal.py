@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from flows.events import utcnow
 from node_handlers.base import Completed
-from node_handlers.settings import REDACTED
+from node_handlers.redaction import REDACTED, redact
 from store.queries import NodeOutcome
 
 log = logging.getLogger("flowmaestro.journal")
@@ -166,6 +166,5 @@ class RunJournal:
         if isinstance(value, list):
             return [self.redact(v, field) for v in value]
         if isinstance(value, str):
-            for secret in self.secrets:
-                value = value.replace(secret, REDACTED)
+            return redact(value, self.secrets)  # every encoding of them, longest first
         return value

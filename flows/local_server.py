@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 
+from flows.child_environment import prefect_server_environment
 from flows.settings import EngineSettings
 
 # The server's recorder writes task-run states in batches; these keep the UI within a
@@ -114,7 +115,8 @@ def start_server(home: Path, port: int, *, quiet: bool = True, env: dict[str, st
     api_url = f"http://127.0.0.1:{port}/api"
     prefect_home = home / "prefect"
     prefect_home.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, PREFECT_HOME=str(prefect_home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    # Not our API keys, node secrets or provider keys: the server reads none of them.
+    env = dict(prefect_server_environment(os.environ), PREFECT_HOME=str(prefect_home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
                PREFECT_UI_API_URL=api_url, PREFECT_API_URL=api_url, **RECORDER_SETTINGS, **(env or {}))
     log_path = home / "prefect-server.log"
     if not quiet:

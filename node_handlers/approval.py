@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, create_model, field_validator
 
 from builder.catalog import NodeConfig
 from builder.json_types import JsonType
@@ -54,8 +54,10 @@ class ApprovalHandler(NodeHandler):
 HANDLERS = [ApprovalHandler]
 
 
-_PY_TYPES: dict[JsonType, type] = {"string": str, "number": float, "integer": int, "boolean": bool,
-                                   "object": dict, "array": list}
+# Booleans are strict: a decision of "yes", "on" or 1 is not an approval (pydantic's lax
+# mode would read them as true); only JSON true and false are.
+_PY_TYPES: dict[JsonType, Any] = {"string": str, "number": float, "integer": int, "boolean": StrictBool,
+                                  "object": dict, "array": list}
 
 
 def form_model(form: dict[str, Any], message: str | None = None, base: type[BaseModel] = BaseModel) -> type[BaseModel]:
@@ -64,7 +66,7 @@ def form_model(form: dict[str, Any], message: str | None = None, base: type[Base
     The same model validates a decision sent to the API and, as a Prefect ``RunInput``
     (``base``), renders the Resume form in the Prefect UI, so both refuse the same input.
     """
-    fields: dict[str, Any] = {"approved": (bool, Field(description="Approve (true) or reject (false)."))}
+    fields: dict[str, Any] = {"approved": (StrictBool, Field(description="Approve (true) or reject (false)."))}
     for name, raw in form.items():
         spec = raw if isinstance(raw, FormField) else FormField.model_validate(raw)
         annotation: Any = _PY_TYPES[spec.type]

@@ -82,6 +82,9 @@ class NodeContext:
     idempotency_key: str = ""
     """``<run id>:<node id>:<path>``, the same in every execution of the run (a child run's
     run id is its parent's journal id): what an ``http`` node sends as ``Idempotency-Key``."""
+    owner: str | None = None
+    """Whose run it is (the API key's owner of a saved workflow); None for a local run
+    (``flowmaestro run``). Secrets are bound to owners (``node_handlers.operator_secrets``)."""
     first_started: datetime | None = None
     """For handlers that ``resumes_waiting``: when this node execution first started, in an
     earlier execution of the run if there was one (a delay then waits only what is left)."""

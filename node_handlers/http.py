@@ -1,10 +1,12 @@
 """The http node: one HTTP request with httpx, typed errors, egress policy, secrets.
 
 Credentials never live in a canvas: ``auth`` names secrets, read from the environment as
-``FLOWMAESTRO_SECRET_<NAME>`` when the node runs (``node_handlers.settings.read_secret``),
-and their values are redacted from the node's output and error messages (servers echo
-them back). Redirects are followed here, hop by hop, so that credentials are sent to the
-original origin only; every hop's connection passes the egress policy (``egress``).
+``FLOWMAESTRO_SECRET_<NAME>`` when the node runs, if the run's owner may use them and only
+to the hosts they are bound to (``node_handlers.operator_secrets``); their values, in every
+common encoding, are redacted from the node's output and error messages (servers echo them
+back). Redirects are followed here, hop by hop, so that credentials are sent to the
+original origin only, and to a host of the secret; every hop's connection passes the
+egress policy (``egress``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from builder.plan import RetryPolicy
 from builder.templates import is_template
 from node_handlers.base import Completed, NodeContext, NodeError, NodeHandler
 from node_handlers.egress import PerLoopCache, pinned_client
-from node_handlers.settings import SecretName, read_secret, redact
+from node_handlers.operator_secrets import OperatorSecret, read_secret
+from node_handlers.redaction import redact
+from node_handlers.settings import SecretName
 
 Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 MAX_REDIRECTS = 5
@@ -156,7 +160,7 @@ class HttpHandler(NodeHandler):
                                 jitter=0.2, retry_on=frozenset({"5xx", "429", "timeout", "connection"}))
 
     async def run(self, config: HttpConfig, ctx: NodeContext) -> Completed:
-        credentials, secrets = credentials_of(config.auth)
+        credentials, secrets, bound = credentials_of(config.auth, ctx.owner)
         extra = {}
         if config.idempotency_key is not False and not _has_header(config.headers, IDEMPOTENCY_HEADER):
             key = ctx.idempotency_key if config.idempotency_key is True else str(config.idempotency_key)
@@ -165,7 +169,7 @@ class HttpHandler(NodeHandler):
         deadline = float(config.timeout_s)
         try:
             async with asyncio.timeout(deadline):
-                response, body = await self._exchange(config, credentials, extra)
+                response, body = await self._exchange(config, credentials, bound, extra)
         except (TimeoutError, httpx.TimeoutException):
             raise NodeError(f"{config.method} {config.url} timed out after {deadline:g} s",
                             retry_class="timeout", error_type="Timeout") from None
@@ -181,7 +185,7 @@ class HttpHandler(NodeHandler):
             raise status_error(response, output["body"], str(config.method))
         return Completed(output=output)
 
-    async def _exchange(self, config: HttpConfig, credentials: dict[str, str],
+    async def _exchange(self, config: HttpConfig, credentials: dict[str, str], bound: OperatorSecret | None,
                         extra: dict[str, str]) -> tuple[httpx.Response, bytes]:
         client = shared_client()
         request = client.build_request(
@@ -190,6 +194,8 @@ class HttpHandler(NodeHandler):
             data=config.form, timeout=float(config.timeout_s))
         origin = request.url.copy_with(path="/", query=None, fragment=None)
         for _hop in range(MAX_REDIRECTS + 1):
+            if bound is not None and any(name in request.headers for name in credentials):
+                bound.check_url(request.url)  # every request that carries the secret, redirects included
             response = await client.send(request, stream=True)
             try:
                 if not (config.follow_redirects and is_redirect(response)):
@@ -211,20 +217,22 @@ def stringify(headers: Any) -> dict[str, str]:
     return {str(k): str(v) for k, v in dict(headers).items() if v is not None}
 
 
-def credentials_of(auth: BearerAuth | BasicAuth | HeaderAuth | None) -> tuple[dict[str, str], list[str]]:
-    """The headers carrying the node's credentials, and every form the secret takes on the
-    wire (the value, the header value, the base64 of basic auth), to redact."""
+def credentials_of(auth: BearerAuth | BasicAuth | HeaderAuth | None, owner: str | None
+                   ) -> tuple[dict[str, str], list[str], OperatorSecret | None]:
+    """The headers carrying the node's credentials, every form the secret takes on the wire
+    (the value, the header value, the base64 of basic auth), to redact, and the secret
+    (``owner``'s to use, else NodeError), whose hosts every request carrying it must go to."""
     if auth is None:
-        return {}, []
+        return {}, [], None
     if isinstance(auth, BearerAuth):
-        token = read_secret(auth.token_secret)
-        return {"Authorization": f"Bearer {token}"}, [token, f"Bearer {token}"]
+        secret = read_secret(auth.token_secret, owner)
+        return {"Authorization": f"Bearer {secret.value}"}, [secret.value, f"Bearer {secret.value}"], secret
     if isinstance(auth, BasicAuth):
-        password = read_secret(auth.password_secret)
-        encoded = base64.b64encode(f"{auth.username}:{password}".encode()).decode()
-        return {"Authorization": f"Basic {encoded}"}, [password, encoded, f"Basic {encoded}"]
-    value = read_secret(auth.value_secret)
-    return {auth.header: value}, [value]
+        secret = read_secret(auth.password_secret, owner)
+        encoded = base64.b64encode(f"{auth.username}:{secret.value}".encode()).decode()
+        return {"Authorization": f"Basic {encoded}"}, [secret.value, encoded, f"Basic {encoded}"], secret
+    secret = read_secret(auth.value_secret, owner)
+    return {auth.header: secret.value}, [secret.value], secret
 
 
 def is_redirect(response: httpx.Response) -> bool:

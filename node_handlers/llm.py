@@ -2,9 +2,9 @@
 
 Every call streams: each content delta is published as ``stream:chunk`` while the model
 writes, then ``stream:done``. The API key comes from the node's ``api_key_secret`` (the
-environment variable ``FLOWMAESTRO_SECRET_<NAME>``) or from the handler settings
-(``FLOWMAESTRO_OPENAI_API_KEY`` / ``OPENAI_API_KEY``), and is redacted from every error
-message. The base URL passes the egress policy, and the connection is pinned to the
+environment variable ``FLOWMAESTRO_SECRET_<NAME>``, bound to owners and hosts) or from the
+handler settings (``FLOWMAESTRO_OPENAI_API_KEY`` / ``OPENAI_API_KEY``), which goes to the
+configured default base URL only; it is redacted from every error message. The base URL passes the egress policy, and the connection is pinned to the
 checked address (``node_handlers.egress``).
 """
 
@@ -31,7 +31,9 @@ from node_handlers.base import Completed, NodeContext, NodeError, NodeHandler
 from node_handlers.branching import HANDLE_ID, check_unique_ids
 from node_handlers.egress import PerLoopCache, check_url, pinned_client
 from node_handlers.http import parse_retry_after
-from node_handlers.settings import SecretName, handler_settings, read_secret, redact
+from node_handlers.operator_secrets import read_secret
+from node_handlers.redaction import redact
+from node_handlers.settings import SecretName, handler_settings
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 CHARS_PER_TOKEN = 4
@@ -231,23 +233,33 @@ def openai_client(base_url: str, api_key: str) -> openai.AsyncOpenAI:
     return _openai_clients.get((base_url, key_id), create)
 
 
-def resolve_endpoint(config: ModelCallConfig) -> tuple[str, str]:
-    """Base URL and API key of a node."""
+def resolve_endpoint(config: ModelCallConfig, owner: str | None) -> tuple[str, str]:
+    """Base URL and API key of a node of ``owner``'s run. The operator's default key goes only
+    to the configured default base URL: a canvas (or a template of its inputs) pointing
+    ``base_url`` elsewhere would otherwise receive it."""
     settings = handler_settings()
-    base_url = (config.base_url or settings.openai_base_url or OPENAI_BASE_URL).rstrip("/")
+    default_url = (settings.openai_base_url or OPENAI_BASE_URL).rstrip("/")
+    base_url = (config.base_url or default_url).rstrip("/")
     if config.api_key_secret:
-        return base_url, read_secret(config.api_key_secret)
-    if settings.openai_api_key is not None and settings.openai_api_key.get_secret_value():
-        return base_url, settings.openai_api_key.get_secret_value()
+        secret = read_secret(config.api_key_secret, owner)
+        secret.check_url(base_url)
+        return base_url, secret.value
+    operator_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key is not None else ""
+    if operator_key:
+        if base_url != default_url:
+            raise NodeError(f"base_url {base_url} is not the configured model API ({default_url}): the operator's "
+                            f"API key goes there only; name a secret of yours for {base_url} in api_key_secret",
+                            error_type="MissingSecret")
+        return base_url, operator_key
     if base_url == OPENAI_BASE_URL:
         raise NodeError("no API key for OpenAI: set OPENAI_API_KEY (or FLOWMAESTRO_OPENAI_API_KEY) where the "
                         "workflow runs, or name a secret in the node's api_key_secret", error_type="MissingSecret")
-    return base_url, "unused"  # local servers (Ollama, vLLM) accept any key
+    return base_url, "unused"  # no key configured at all: local servers (Ollama, vLLM) accept any
 
 
 async def stream_chat(config: ModelCallConfig, messages: list[dict[str, Any]], ctx: NodeContext,
                       response_format: dict[str, Any] | None) -> ChatReply:
-    base_url, api_key = resolve_endpoint(config)
+    base_url, api_key = resolve_endpoint(config, ctx.owner)
     await check_url(base_url)
     model = config.model or handler_settings().default_model
     request: dict[str, Any] = {"model": model, "messages": messages, "stream": True,

@@ -5,29 +5,27 @@ Settings are read once per process from the environment (``FLOWMAESTRO_*``) thro
 
 Secrets are different: a canvas never holds one. It names it (``token_secret: "GITHUB"``)
 and the handler reads ``FLOWMAESTRO_SECRET_GITHUB`` from the environment when the node
-runs, so rotating a secret needs no restart, and no template can ever read it.
+runs, so rotating a secret needs no restart, and no template can ever read it. Each is
+bound to owners and hosts (``node_handlers.operator_secrets``); every encoding of it is
+redacted (``node_handlers.redaction``).
 """
 
 from __future__ import annotations
 
-import os
-import re
-from collections.abc import Iterable
 from functools import lru_cache
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from node_handlers.base import NodeError
 from store.settings import StoreSettings
+from node_handlers.operator_secrets import (SECRET_ENV_PREFIX, SECRET_NAME_PATTERN, OperatorSecret,  # noqa: F401
+                                            read_secret, secret_env_name)
+from node_handlers.redaction import REDACTED, redact  # noqa: F401 (their home before)
 
-SECRET_ENV_PREFIX = "FLOWMAESTRO_SECRET_"
-SECRET_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
-"""Letters, digits and underscores: a name, never a template, so no secret passes through one."""
-REDACTED = "[redacted]"
 SecretName = Annotated[str, Field(pattern=SECRET_NAME_PATTERN, description="Name of a secret: its value is "
-                                  "read from the environment variable FLOWMAESTRO_SECRET_<NAME>.")]
+                                  "read from the environment variable FLOWMAESTRO_SECRET_<NAME>, bound to owners "
+                                  "and hosts (FLOWMAESTRO_SECRET_<NAME>_OWNERS, _HOSTS).")]
 
 
 class ModelPrice(BaseModel):
@@ -84,41 +82,3 @@ def handler_settings() -> HandlerSettings:
 def reset_handler_settings() -> None:
     """Forget the cached settings: the next ``handler_settings()`` reads the environment again."""
     handler_settings.cache_clear()
-
-
-def secret_env_name(name: str) -> str:
-    return SECRET_ENV_PREFIX + name.upper()
-
-
-def read_secret(name: str) -> str:
-    """The value of the secret ``name`` (environment ``FLOWMAESTRO_SECRET_<NAME>``)."""
-    if not re.match(SECRET_NAME_PATTERN, name):
-        raise NodeError(f"{name!r} is not a secret name (letters, digits and underscores)",
-                        error_type="MissingSecret")
-    value = os.environ.get(secret_env_name(name))
-    if not value:
-        raise NodeError(f"secret {name!r} is not set: define the environment variable {secret_env_name(name)} "
-                        f"where the workflow runs", error_type="MissingSecret")
-    return value
-
-
-def redact(value: Any, secrets: Iterable[str]) -> Any:
-    """``value`` with every occurrence of each secret replaced, in strings nested in dicts
-    and lists too (servers echo credentials back in bodies and error messages)."""
-    # Longest first, so a secret containing another one is replaced whole.
-    ordered = sorted({s for s in secrets if s}, key=len, reverse=True)
-    if not ordered:
-        return value
-    return _redact(value, ordered)
-
-
-def _redact(value: Any, secrets: list[str]) -> Any:
-    if isinstance(value, str):
-        for secret in secrets:
-            value = value.replace(secret, REDACTED)
-        return value
-    if isinstance(value, dict):
-        return {_redact(k, secrets): _redact(v, secrets) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_redact(v, secrets) for v in value]
-    return value

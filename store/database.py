@@ -5,6 +5,7 @@ the SQL event log (``flows.event_log``), which may share one SQLite file.
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -49,11 +50,26 @@ def create_database_engine(url: str, *, pool_size: int | None = None, max_overfl
     path = parsed.database or ""
     named_by_path = path not in ("", ":memory:") and not path.startswith("file:")  # file:...: a URI
     if named_by_path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        private_file(Path(path))
     engine = create_async_engine(url, **{"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S},
                                          **(pool if named_by_path else {}), **options})
     event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine
+
+
+def private_file(path: Path) -> None:
+    """Create the database file (and its directory) readable by this user only, before SQLite
+    would create it 0644: it holds every owner's canvases, inputs and outputs. SQLite gives
+    its -wal and -shm files the database file's mode. An existing file is tightened."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))  # an empty file is an empty database
+    except FileExistsError:
+        try:
+            if path.stat().st_mode & 0o077:
+                path.chmod(0o600)
+        except PermissionError:  # not ours to change: whoever created it chose
+            pass
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -160,6 +160,7 @@ def served(tmp_path_factory, prefect_server):
     owner, other, secret = (f"{what}-{uuid.uuid4().hex}" for what in ("owner", "other", "secret"))
     env = stack_env(home, prefect_server, f"sqlite+aiosqlite:///{home / 'store.db'}", owner,
                     FLOWMAESTRO_API_KEYS=f"owner:{owner},other:{other}", FLOWMAESTRO_SECRET_TOKEN=secret,
+                    FLOWMAESTRO_SECRET_TOKEN_OWNERS="owner", FLOWMAESTRO_SECRET_TOKEN_HOSTS="127.0.0.1",
                     FLOWMAESTRO_WORK_POOL=f"served-{uuid.uuid4().hex[:6]}", FLOWMAESTRO_WORKER_GRACE_S="2",
                     FLOWMAESTRO_MAX_STREAMS_PER_RUN=str(STREAMS_PER_RUN))
     serve, base = start_serve(home, env, workers=1)

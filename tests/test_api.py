@@ -68,7 +68,8 @@ async def api(request, tmp_path, databases, test_handlers):
     # Fresh owners per test: each database is shared by the module's tests.
     alice, bob = f"alice-{uuid.uuid4().hex}", f"bob-{uuid.uuid4().hex}"
     settings = ApiSettings(database_url=url, api_keys=f"{alice}:{ALICE}-{alice},{bob}:{BOB}-{bob}",
-                           max_request_bytes=200_000, home=tmp_path, work_pool=pool)
+                           max_request_bytes=200_000, home=tmp_path, work_pool=pool,
+                           metrics_public=True)  # /metrics is closed by default (tests/security/test_secrets_hygiene.py)
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)

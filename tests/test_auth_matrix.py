@@ -36,10 +36,11 @@ OWNER_KEY, OTHER_KEY = "owner-key-" + uuid.uuid4().hex, "other-key-" + uuid.uuid
 METRICS_KEY = "metrics-key-" + uuid.uuid4().hex
 
 # How each route is protected. A route in none of these fails the test.
-PUBLIC = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/health"}
+PUBLIC = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/health", "/docs/static"}
 """No key needed, and nothing of any owner in the answer."""
 OPERATOR = {"/metrics"}
-"""Everyone's numbers: the metrics key when one is set (it is here), public otherwise."""
+"""Everyone's numbers: the metrics key when one is set (it is here); closed otherwise unless
+FLOWMAESTRO_METRICS_PUBLIC=true (tests/security/test_secrets_hygiene.py)."""
 SIGNED = {"/hooks/{hook_id}"}
 """Authenticated by the webhook's HMAC signature; a bearer key grants nothing."""
 PUBLIC_SHELL_PREFIX = "/ui"
@@ -326,6 +327,11 @@ async def check_public(client: httpx.AsyncClient, route: Route, world: World) ->
     if (route.method, route.path) == ("*", "/ui/static"):  # the pages' scripts and styles
         assert (await client.get("/ui/static/ui.css")).status_code == 200
         for outside in ("/ui/static/../ui.py", "/ui/static/%2e%2e/settings.py", "/ui/static/missing.js"):
+            assert (await client.get(outside)).status_code == 404, outside
+        return
+    if (route.method, route.path) == ("*", "/docs/static"):  # Swagger UI's and ReDoc's files (api/docs.py)
+        assert (await client.get("/docs/static/swagger-ui-bundle.js")).status_code == 200
+        for outside in ("/docs/static/../app.py", "/docs/static/%2e%2e/settings.py", "/docs/static/missing.js"):
             assert (await client.get(outside)).status_code == 404, outside
         return
     known = route.path in PUBLIC_PAGE_PARAMS

@@ -465,7 +465,8 @@ def test_allowlist_entries() -> None:
 @pytest.mark.usefixtures("loopback_allowed")
 async def test_bearer_secret_reaches_the_server_but_not_the_output(web: RecordingApp, base: str,
                                                                    handler_env: pytest.MonkeyPatch) -> None:
-    set_env(handler_env, FLOWMAESTRO_SECRET_API_TOKEN=TOKEN)
+    set_env(handler_env, FLOWMAESTRO_SECRET_API_TOKEN=TOKEN, FLOWMAESTRO_SECRET_API_TOKEN_OWNERS="*",
+            FLOWMAESTRO_SECRET_API_TOKEN_HOSTS="127.0.0.1")
     output = await call({"url": f"{base}/echo", "auth": {"type": "bearer", "token_secret": "API_TOKEN"}})
     assert web.requests[0]["headers"]["authorization"] == f"Bearer {TOKEN}"
     assert TOKEN not in json.dumps(output)
@@ -475,7 +476,8 @@ async def test_bearer_secret_reaches_the_server_but_not_the_output(web: Recordin
 @pytest.mark.usefixtures("loopback_allowed")
 async def test_basic_secret_is_absent_from_the_error(web: RecordingApp, base: str,
                                                      handler_env: pytest.MonkeyPatch) -> None:
-    set_env(handler_env, FLOWMAESTRO_SECRET_SVC_PASSWORD=PASSWORD)
+    set_env(handler_env, FLOWMAESTRO_SECRET_SVC_PASSWORD=PASSWORD, FLOWMAESTRO_SECRET_SVC_PASSWORD_OWNERS="*",
+            FLOWMAESTRO_SECRET_SVC_PASSWORD_HOSTS="127.0.0.1")
     error = await call_error({"url": f"{base}/status/401",
                               "auth": {"type": "basic", "username": "svc", "password_secret": "svc_password"}})
     sent = web.requests[0]["headers"]["authorization"]
@@ -487,15 +489,17 @@ async def test_basic_secret_is_absent_from_the_error(web: RecordingApp, base: st
 
 async def test_credentials_are_not_forwarded_to_another_origin(web: RecordingApp, port: int,
                                                                handler_env: pytest.MonkeyPatch) -> None:
-    set_env(handler_env, FLOWMAESTRO_SECRET_KEY=TOKEN, FLOWMAESTRO_HTTP_ALLOW_HOSTS="127.0.0.1,localhost")
+    set_env(handler_env, FLOWMAESTRO_SECRET_SVC_KEY=TOKEN, FLOWMAESTRO_SECRET_SVC_KEY_OWNERS="*",
+            FLOWMAESTRO_SECRET_SVC_KEY_HOSTS="127.0.0.1,localhost", FLOWMAESTRO_HTTP_ALLOW_HOSTS="127.0.0.1,localhost")
     output = await call({"url": f"http://127.0.0.1:{port}/redirect?to=http://localhost:{port}/echo",
-                         "auth": {"type": "header", "header": "X-Api-Key", "value_secret": "KEY"}})
+                         "auth": {"type": "header", "header": "X-Api-Key", "value_secret": "SVC_KEY"}})
     assert web.requests[0]["headers"]["x-api-key"] == TOKEN
     assert "x-api-key" not in web.requests[1]["headers"]
     assert "x-api-key" not in output["body"]["headers"]
 
 
-async def test_a_missing_secret_names_its_variable() -> None:
+async def test_a_missing_secret_names_its_variable(handler_env: pytest.MonkeyPatch) -> None:
+    set_env(handler_env, FLOWMAESTRO_SECRET_NOPE_OWNERS="*")
     error = await call_error({"url": "http://example.invalid/", "auth": {"type": "bearer", "token_secret": "NOPE"}})
     assert error.error_type == "MissingSecret"
     assert "FLOWMAESTRO_SECRET_NOPE" in error.message

@@ -272,7 +272,8 @@ def test_router_handles_and_route_ids() -> None:
 async def test_the_api_key_reaches_the_server_and_nothing_else(openai_server: FakeOpenAI,
                                                                handler_env: pytest.MonkeyPatch,
                                                                caplog: pytest.LogCaptureFixture) -> None:
-    set_env(handler_env, FLOWMAESTRO_SECRET_LLM_KEY=API_KEY)
+    set_env(handler_env, FLOWMAESTRO_SECRET_LLM_KEY=API_KEY, FLOWMAESTRO_SECRET_LLM_KEY_OWNERS="*",
+            FLOWMAESTRO_SECRET_LLM_KEY_HOSTS="127.0.0.1")
     caplog.set_level(logging.DEBUG)
     emitted = Emitted()
     completed = await run_llm(llm_data(openai_server, api_key_secret="LLM_KEY"), emitted)
@@ -289,7 +290,7 @@ async def test_the_api_key_reaches_the_server_and_nothing_else(openai_server: Fa
 
 
 async def test_the_key_from_openai_api_key(openai_server: FakeOpenAI, handler_env: pytest.MonkeyPatch) -> None:
-    set_env(handler_env, OPENAI_API_KEY=API_KEY)
+    set_env(handler_env, OPENAI_API_KEY=API_KEY, FLOWMAESTRO_OPENAI_BASE_URL=openai_server.base_url)
     await run_llm(llm_data(openai_server))
     assert openai_server.requests[0].headers["authorization"] == f"Bearer {API_KEY}"
 
@@ -339,7 +340,10 @@ async def ticket(request: Any) -> JSONResponse:
     return JSONResponse({"title": "How do I export?", "body": "Where is the export button?"})
 
 
-async def test_the_example_canvas_runs_against_local_servers(openai_server: FakeOpenAI) -> None:
+async def test_the_example_canvas_runs_against_local_servers(openai_server: FakeOpenAI,
+                                                             handler_env: pytest.MonkeyPatch) -> None:
+    # The example's model is the configured one: it takes no base_url from its inputs.
+    set_env(handler_env, FLOWMAESTRO_OPENAI_BASE_URL=openai_server.base_url)
     registry = default_registry()
     compiled = compile_canvas(json.loads(EXAMPLE.read_text()), registry)
     assert compiled.ok, [str(i) for i in compiled.errors]
@@ -347,8 +351,7 @@ async def test_the_example_canvas_runs_against_local_servers(openai_server: Fake
     openai_server.enqueue(route_reply("question"), Reply(chunks=['{"reply": "Use the ', 'Export menu.", ',
                                                                 '"confidence": 0.9}']))
     with serve_in_thread(Starlette(routes=[Route("/ticket", ticket)])) as tickets:
-        inputs = validate_inputs(plan.inputs, {"ticket_url": f"{tickets.url}/ticket",
-                                               "base_url": openai_server.base_url, "model": "local-model"})
+        inputs = validate_inputs(plan.inputs, {"ticket_url": f"{tickets.url}/ticket", "model": "local-model"})
         execution = Execution(plan, registry, run_id="run-example", inputs=inputs)
         events: list[Any] = []
         execution.bus.subscribe(events.append)

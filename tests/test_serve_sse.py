@@ -41,6 +41,7 @@ def served(request, tmp_path_factory, prefect_server, fake_llm):
     env = dict(os.environ, FLOWMAESTRO_API_KEYS=f"tester:{KEY}", FLOWMAESTRO_HOME=str(home),
                FLOWMAESTRO_DATABASE_URL=f"sqlite+aiosqlite:///{home / 'api.db'}",
                FLOWMAESTRO_HTTP_ALLOW_HOSTS="127.0.0.1", OPENAI_API_KEY="sk-test-secret",
+               FLOWMAESTRO_OPENAI_BASE_URL=fake_llm.base_url,  # the operator's key goes there only
                # The session's Prefect server is on SQLite and busy after the fan-out tests.
                FLOWMAESTRO_PREFECT_TIMEOUT_S="60")
     env.pop("FLOWMAESTRO_REDIS_URL", None)

@@ -118,6 +118,7 @@ def served(tmp_path_factory, prefect_server, fake_llm, frontend):
     env = dict(os.environ, FLOWMAESTRO_API_KEYS=f"tester:{KEY}", FLOWMAESTRO_HOME=str(home),
                FLOWMAESTRO_DATABASE_URL=f"sqlite+aiosqlite:///{home / 'api.db'}",
                FLOWMAESTRO_REDIS_URL="redis://127.0.0.1:6379/0", OPENAI_API_KEY="sk-test-secret",
+               FLOWMAESTRO_OPENAI_BASE_URL=fake_llm.base_url,  # the operator's key goes there only
                FLOWMAESTRO_HTTP_ALLOW_HOSTS="127.0.0.1", FLOWMAESTRO_CORS_ORIGINS=frontend.url,
                # The session's Prefect server is on SQLite and may be slow after other modules.
                FLOWMAESTRO_PREFECT_TIMEOUT_S="60")

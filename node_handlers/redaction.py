@@ -1,0 +1,89 @@
+"""One redaction function for every secret in play: handlers, the journal, node logs.
+
+A server that echoes a credential rarely echoes it verbatim only: it comes back base64'd
+(a decoded ``Authorization: Basic`` header, a JWT-ish blob), URL-encoded (a query string
+echoed back) or hex-encoded (a debug dump). ``secret_forms`` lists those encodings of a
+secret, and ``redact`` replaces all of them, longest first, so that a form containing
+another one is replaced whole.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import quote, quote_plus
+
+REDACTED = "[redacted]"
+MIN_EMBEDDED_CHARS = 6
+"""Shortest base64 run of a secret embedded in a longer base64 stream that is redacted:
+shorter runs would match ordinary text by chance."""
+
+
+def _b64_variants(data: bytes) -> set[str]:
+    forms = set()
+    for encode in (base64.b64encode, base64.urlsafe_b64encode):
+        text = encode(data).decode()
+        forms |= {text, text.rstrip("=")}
+    return forms
+
+
+def _embedded_b64(data: bytes) -> set[str]:
+    """The base64 characters that encode only ``data``, at each of the three alignments it
+    can have inside a longer base64 stream (``user:secret`` of basic auth, for one): one of
+    them is in any base64 text that contains ``data``."""
+    cores = set()
+    for offset in range(3):
+        bits_start, bits_end = 8 * offset, 8 * (offset + len(data))
+        first, last = -(-bits_start // 6), bits_end // 6  # characters wholly inside the secret's bits
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            text = encode(b"\0" * offset + data + b"\0\0").decode()
+            core = text[first:last]
+            if len(core) >= MIN_EMBEDDED_CHARS:
+                cores.add(core)
+    return cores
+
+
+def secret_forms(secret: str) -> set[str]:
+    """``secret`` and its common encodings: base64 (standard and URL-safe, with and without
+    padding, and embedded in a longer stream), URL encoding (quote and quote_plus) and hex
+    (lower and upper case)."""
+    if not secret:
+        return set()
+    data = secret.encode()
+    forms = {secret, quote(secret), quote(secret, safe=""), quote_plus(secret)}
+    hexed = binascii.hexlify(data).decode()
+    forms |= {hexed, hexed.upper()}
+    forms |= _b64_variants(data) | _embedded_b64(data)
+    return {f for f in forms if f}
+
+
+def redaction_forms(secrets: Iterable[str]) -> list[str]:
+    """Every form of every secret, longest first."""
+    forms: set[str] = set()
+    for secret in secrets:
+        forms |= secret_forms(secret)
+    return sorted(forms, key=len, reverse=True)
+
+
+def redact(value: Any, secrets: Iterable[str]) -> Any:
+    """``value`` with every form of each secret replaced, in strings nested in dicts and
+    lists too (keys included)."""
+    forms = redaction_forms(secrets)
+    if not forms:
+        return value
+    return _redact(value, forms)
+
+
+def _redact(value: Any, forms: list[str]) -> Any:
+    if isinstance(value, str):
+        for form in forms:
+            if form in value:
+                value = value.replace(form, REDACTED)
+        return value
+    if isinstance(value, dict):
+        return {_redact(k, forms): _redact(v, forms) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_redact(v, forms) for v in value]
+    return value
