@@ -18,6 +18,7 @@ from api.errors import install_error_handlers
 from api.health import health_checks
 from api.metrics import Metrics
 from api.rate_limit import MemoryRateLimiter, RedisRateLimiter
+from api.replay_guard import MemoryReplayGuard, RedisReplayGuard
 from api.runs import RunService
 from api.schedule_service import ScheduleService
 from api.webhook_service import WebhookService
@@ -114,7 +115,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             stack.push_async_callback(limiter.close)
             # Redis for /health: the event log's or the rate limiter's, when either is on Redis.
             app.state.redis = getattr(event_log, "redis", None) or getattr(limiter, "redis", None)
-            app.state.webhooks = WebhookService(app.state.runs, Webhooks(database, box), limiter)
+            replays = RedisReplayGuard(limiter.redis) if isinstance(limiter, RedisRateLimiter) else MemoryReplayGuard()
+            app.state.webhooks = WebhookService(app.state.runs, Webhooks(database, box), limiter, replays)
             app.state.stream_tokens = StreamTokens(token_key(settings), settings.stream_token_ttl_s)
             yield
 
