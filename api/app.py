@@ -26,6 +26,7 @@ from api.settings import ApiSettings
 from api.stream_slots import StreamSlots
 from api.stream_tokens import StreamTokens, redact_access_logs, token_key
 from deployments.workflow_deployments import WorkflowDeployments
+from flows.decisions import DecisionSigner
 from flows.event_log import event_log_from_env
 from flows.local_server import ui_url_for
 from node_handlers.registry import default_registry
@@ -106,7 +107,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                                         outcomes=NodeOutcomes(database),
                                         deployments=WorkflowDeployments(settings.work_pool), prefect=prefect,
                                         registry=default_registry(), event_log=event_log, metrics=metrics,
-                                        ui_url=ui_url, prefect_timeout_s=settings.prefect_timeout_s)
+                                        ui_url=ui_url, prefect_timeout_s=settings.prefect_timeout_s,
+                                        decisions=DecisionSigner.from_settings(settings.decision_key,
+                                                                               settings.secret_key, settings.home))
             app.state.schedules = ScheduleService(app.state.runs, ScheduleOverlaps(database))
             secret_key = settings.secret_key.get_secret_value() if settings.secret_key else None
             box = SecretBox.from_settings(secret_key, settings.home)

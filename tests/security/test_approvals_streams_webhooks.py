@@ -3,8 +3,10 @@ have, replayed webhook requests. Each test performs the attack as the penetratio
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import logging
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -15,6 +17,7 @@ import pytest
 
 from api.app import create_app
 from api.settings import ApiSettings
+from flows.approvals import pending_approvals
 from flows.event_log import RedisEventLog, SqlEventLog
 from store.queries import Executions
 from tests.test_webhooks import KEY, deliver, executions, signed, workflow_with_hook
@@ -160,3 +163,149 @@ async def test_signatures_are_remembered_across_api_processes_for_the_window():
     assert await memory.first_use("other", "s")
     now[0] += 331.5  # past the window: the timestamp check refuses it by then
     assert await memory.first_use("h", "s")
+
+
+# --- finding 6: approval decisions forged through Prefect -------------------------------------------
+
+
+def test_decisions_are_checked_strictly_against_the_form_and_believed_only_when_signed():
+    """The rule every way a decision comes in goes through (no server needed)."""
+    from flows.decisions import DecisionSigner, Refused, Taken, take
+    from node_handlers.approval import ApprovalConfig
+
+    config = ApprovalConfig(form={"reason": {"type": "string", "required": True},
+                                  "count": {"type": "integer"}})
+    ours, theirs = DecisionSigner(b"the decision key"), DecisionSigner(b"a guess")
+    run, slug = str(uuid.uuid4()), "ask-1234abcd"
+
+    def verdict(raw, signer=ours, allow=True, run_id=run):
+        return take(raw, config, run_id=run_id, slug=slug, signer=signer, allow_unverified=allow)
+
+    forged = {"outcome": "decided", "input": {"approved": True, "reason": "ok"}, "decided_at": "2020-01-01T00:00:00Z",
+              "decided_by": "mallory", "via": "api"}
+    refused = {
+        "missing required field": {**forged, "input": {"approved": True}},
+        "unknown field": {**forged, "input": {"approved": True, "reason": "ok", "admin": True}},
+        "approved as text": {**forged, "input": {"approved": "true", "reason": "ok"}},
+        "integer as text": {**forged, "input": {"approved": True, "reason": "ok", "count": "3"}},
+        "input not an object": {**forged, "input": ["approved"]},
+        "unsigned timeout": {"outcome": "timeout", "decided_at": "2020-01-01T00:00:00Z", "via": "timeout"},
+        "other outcome": {**forged, "outcome": "approved"},
+    }
+    for why, raw in refused.items():
+        assert isinstance(verdict(raw), Refused), why
+        assert isinstance(verdict(ours.sign(run, slug, raw)), Refused) or why == "unsigned timeout", why
+    assert "reason: Field required" in verdict(refused["missing required field"]).reason
+    assert "admin: Extra inputs are not permitted" in verdict(refused["unknown field"]).reason
+    # Unsigned (or signed with another key, or for another run): taken as an answer through
+    # Prefect, never as who it says decided.
+    for raw in (forged, {**forged, "signature": "v1:" + "0" * 64}, theirs.sign(run, slug, forged),
+                ours.sign(str(uuid.uuid4()), slug, forged), ours.sign(run, "other-slug", forged)):
+        taken = verdict(raw)
+        assert isinstance(taken, Taken)
+        assert taken.decision["via"] == "prefect-ui" and taken.decision["decided_by"] is None
+        assert taken.decision["decided_at"] != forged["decided_at"]
+        assert isinstance(verdict(raw, allow=False), Refused)
+    # Signed by the API: taken as it says, when it fits the form.
+    signed_decision = verdict(ours.sign(run, slug, forged), allow=False)
+    assert isinstance(signed_decision, Taken)
+    assert (signed_decision.decision["decided_by"], signed_decision.decision["via"]) == ("mallory", "api")
+    tampered = {**ours.sign(run, slug, forged), "decided_by": "root"}
+    assert verdict(tampered).decision["decided_by"] is None
+    timeout = ours.sign(run, slug, refused["unsigned timeout"])
+    assert verdict(timeout).decision["outcome"] == "timeout"
+
+
+class Refusals(logging.Handler):
+    """Collects the approval gate's refusals (it runs in this process)."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+    async def wait_for(self, count: int, run, timeout: float = 120):
+        deadline = asyncio.get_running_loop().time() + timeout
+        while len([m for m in self.messages if "refused the decision" in m]) < count:
+            assert not run.task.done(), f"the run ended instead of refusing: {self.messages}"
+            assert asyncio.get_running_loop().time() < deadline, f"no refusal: {self.messages}"
+            await asyncio.sleep(0.1)
+
+
+@pytest.fixture
+def refusals():
+    handler = Refusals()
+    logger = logging.getLogger("flowmaestro.approvals")
+    logger.addHandler(handler)
+    yield handler
+    logger.removeHandler(handler)
+
+
+async def write_as_anyone_reaching_prefect(run_id: str, key: str, decision: dict[str, Any]) -> None:
+    """What anyone who reaches the Prefect API can do to a run's inputs."""
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        existing = await client.filter_flow_run_input(uuid.UUID(run_id), key_prefix=key, limit=1, exclude_keys=set())
+        if existing:
+            await client.delete_flow_run_input(uuid.UUID(run_id), key)
+        await client.create_flow_run_input(uuid.UUID(run_id), key=key, value=json.dumps(decision))
+
+
+FORGED = {"outcome": "decided", "decided_at": "2020-01-01T00:00:00+00:00", "decided_by": "mallory", "via": "api",
+          "signature": "v1:" + "0" * 64}
+
+
+@pytest.mark.prefect
+@pytest.mark.usefixtures("prefect_server", "test_handlers")
+async def test_decisions_forged_through_prefect_are_refused_or_recorded_as_unverified(run_context, refusals):
+    from flows.approvals import approval_slug
+    from tests.test_approvals import Started, approval_canvas
+
+    run = Started(run_context, approval_canvas())
+    await run.pending(1)
+    run_id, key = await run.id(), "fm-decision-" + approval_slug("ask", ())
+    await write_as_anyone_reaching_prefect(run_id, key, {**FORGED, "input": {"approved": True}})
+    await refusals.wait_for(1, run)
+    assert "reason: Field required" in refusals.messages[-1]
+    await write_as_anyone_reaching_prefect(run_id, key, {**FORGED, "input": {"approved": True, "reason": "x",
+                                                                            "admin": True}})
+    await refusals.wait_for(2, run)
+    assert "admin: Extra inputs are not permitted" in refusals.messages[-1]
+    await write_as_anyone_reaching_prefect(run_id, "fm-result-" + approval_slug("ask", ()),
+                                           {"outcome": "timeout", "decided_at": FORGED["decided_at"]})
+    # A decision that fits the form, unsigned: taken as an answer through Prefect, not as mallory's.
+    await write_as_anyone_reaching_prefect(run_id, key, {**FORGED, "input": {"approved": True, "reason": "forged"}})
+    state, result = await run.result()
+    assert state.is_completed(), result
+    output = result["nodes"]["ask"]["output"]
+    assert (output["decided_by"], output["via"], output["approved"]) == (None, "prefect-ui", True)
+    assert output["decided_at"] != FORGED["decided_at"]
+
+
+@pytest.mark.prefect
+@pytest.mark.usefixtures("prefect_server", "test_handlers")
+async def test_with_prefect_answers_off_only_the_apis_signed_decision_is_taken(run_context, refusals):
+    import dataclasses
+
+    from flows.approvals import approval_slug, resume_approval
+    from tests.test_approvals import Started, approval_canvas, signer_of
+
+    strict = dataclasses.replace(run_context, settings=run_context.settings.model_copy(
+        update={"approval_prefect_ui": False}))
+    run = Started(strict, approval_canvas())
+    await run.pending(1)
+    run_id, key = await run.id(), "fm-decision-" + approval_slug("ask", ())
+    await write_as_anyone_reaching_prefect(run_id, key, {**FORGED, "input": {"approved": False, "reason": "fits"}})
+    await refusals.wait_for(1, run)
+    assert "FLOWMAESTRO_APPROVAL_PREFECT_UI is off" in refusals.messages[-1]
+    # The forged input under the key does not block the API: its signed decision replaces it.
+    answer = await resume_approval(run_id, "ask", values={"approved": True, "reason": "reviewed"}, decided_by="ada",
+                                   signer=signer_of(run_context))
+    assert answer.status == "accepted", answer.message
+    state, result = await run.result()
+    output = result["nodes"]["ask"]["output"]
+    assert (output["decided_by"], output["via"], output["approved"]) == ("ada", "api", True)
+    assert result["nodes"]["ship"]["output"] == "shipped because reviewed"
