@@ -19,6 +19,7 @@ from api.errors import install_error_handlers
 from api.health import health_checks
 from api.metrics import Metrics
 from api.rate_limit import MemoryRateLimiter, RedisRateLimiter
+from api.replay_guard import MemoryReplayGuard, RedisReplayGuard
 from api.runs import RunService
 from api.schedule_service import ScheduleService
 from api.webhook_service import WebhookService
@@ -26,6 +27,7 @@ from api.settings import ApiSettings
 from api.stream_slots import StreamSlots
 from api.stream_tokens import StreamTokens, redact_access_logs, token_key
 from deployments.workflow_deployments import WorkflowDeployments
+from flows.decisions import DecisionSigner
 from flows.event_log import event_log_from_env
 from flows.local_server import ui_url_for
 from node_handlers.registry import default_registry
@@ -106,7 +108,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                                         outcomes=NodeOutcomes(database),
                                         deployments=WorkflowDeployments(settings.work_pool), prefect=prefect,
                                         registry=default_registry(), event_log=event_log, metrics=metrics,
-                                        ui_url=ui_url, prefect_timeout_s=settings.prefect_timeout_s)
+                                        ui_url=ui_url, prefect_timeout_s=settings.prefect_timeout_s,
+                                        decisions=DecisionSigner.from_settings(settings.decision_key,
+                                                                               settings.secret_key, settings.home))
             app.state.schedules = ScheduleService(app.state.runs, ScheduleOverlaps(database))
             secret_key = settings.secret_key.get_secret_value() if settings.secret_key else None
             box = SecretBox.from_settings(secret_key, settings.home)
@@ -119,7 +123,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             stack.push_async_callback(refused_limiter.close)
             # Redis for /health: the event log's or the rate limiter's, when either is on Redis.
             app.state.redis = getattr(event_log, "redis", None) or getattr(limiter, "redis", None)
-            app.state.webhooks = WebhookService(app.state.runs, Webhooks(database, box), limiter, refused_limiter)
+            replays = RedisReplayGuard(limiter.redis) if isinstance(limiter, RedisRateLimiter) else MemoryReplayGuard()
+            app.state.webhooks = WebhookService(app.state.runs, Webhooks(database, box), limiter, replays,
+                                                refused_limiter)
             app.state.stream_tokens = StreamTokens(token_key(settings), settings.stream_token_ttl_s)
             yield
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from typing import Any
 
@@ -17,8 +18,9 @@ from api.schemas import (ErrorBody, ExecuteBody, ExecutionAccepted, ExecutionSum
 from api.stream_slots import released_after
 from api.stream_tokens import StreamReader
 from api.unavailable import probe_event_log
+from flows.event_log.base import MAX_SEQ
 from flows.events import FINAL_EVENT_TYPES, utcnow
-from store.errors import Unavailable
+from store.errors import Invalid, Unavailable
 
 IDLE_CHECK_S = 5.0
 
@@ -106,15 +108,31 @@ async def stream_token(execution_id: str, request: Request, owner: Owner, runs: 
                           stream=f"/api/executions/{execution_id}/stream?token={token}")
 
 
+def resume_point(last_event_id: str | None) -> int:
+    """The seq after which a reconnecting ``EventSource`` resumes: its ``Last-Event-ID`` (an
+    id this API sent), 0 when absent or not a number; 422 for a number no event can have."""
+    text = (last_event_id or "").strip()
+    if not re.fullmatch(r"[0-9]{1,30}", text):  # ASCII digits: int() refuses '²' (isdigit does not)
+        return 0
+    if int(text) > MAX_SEQ:
+        raise Invalid(f"Last-Event-ID must be an event id (0 to {MAX_SEQ})",
+                      [{"code": "invalid_request", "field": "header.Last-Event-ID",
+                        "message": f"Last-Event-ID: must be at most {MAX_SEQ}"}])
+    return int(text)
+
+
 @router.get("/api/executions/{execution_id}/stream", responses=ERRORS | {403: {"model": ErrorBody}})
 async def stream_execution(execution_id: str, request: Request, owner: StreamReader, runs: RunsDep,
-                           after: int | None = Query(None, ge=0, description="Replay events after this id."),
+                           after: int | None = Query(None, ge=0, le=MAX_SEQ, description="Replay events after "
+                                                     "this id (0 to 2^63-1)."),
                            last_event_id: str | None = Header(None)) -> EventSourceResponse:
     """Server-Sent Events of the run (canvas spec section 10): replay from
     ``Last-Event-ID`` (or ``?after=``), then live events; ends after the final event.
     Authenticated by the bearer key, or by ``?token=`` (a stream token of this run)."""
     await runs.executions.get(owner, execution_id)
-    start = after if after is not None else int(last_event_id) if (last_event_id or "").isdigit() else 0
+    # Checked before the response starts: an id no event can have would otherwise fail the
+    # event log's query mid-stream and drop the connection.
+    start = after if after is not None else resume_point(last_event_id)
     log = request.app.state.event_log
     await probe_event_log(log, execution_id)  # a 503 is possible only before the stream starts
     give_back = request.app.state.stream_slots.lease(execution_id)  # 429 beyond the cap

@@ -32,6 +32,7 @@ from builder.issues import InputsInvalid
 from builder.plan import Plan
 from deployments.workflow_deployments import WorkflowDeployment, WorkflowDeployments
 from flows.approvals import pending_approvals, resume_approval
+from flows.decisions import DecisionSigner
 from flows.event_log import EventLog
 from flows.large_outputs import output_path
 from flows.prefect_compat import default_result_storage, mark_cancelled, read_path, request_cancellation, schedule_again
@@ -68,7 +69,9 @@ def check_inputs(plan: Plan, inputs: dict[str, Any]) -> None:
 class RunService:
     def __init__(self, *, workflows: Workflows, executions: Executions, outcomes: NodeOutcomes,
                  deployments: WorkflowDeployments, prefect: PrefectClient, registry: HandlerRegistry,
-                 event_log: EventLog, metrics: Metrics, ui_url: str, prefect_timeout_s: float = 20.0):
+                 event_log: EventLog, metrics: Metrics, ui_url: str, decisions: DecisionSigner,
+                 prefect_timeout_s: float = 20.0):
+        """``decisions``: signs the approval decisions this API writes (workers check them)."""
         self.workflows = workflows
         self.executions = executions
         self.outcomes = outcomes
@@ -79,6 +82,7 @@ class RunService:
         self.metrics = metrics
         self.ui_url = ui_url
         self.prefect_timeout_s = prefect_timeout_s
+        self.decisions = decisions
         self._deployment_ids: dict[tuple[str, int], uuid.UUID] = {}
 
     def links(self, run_id: str) -> dict[str, str]:
@@ -286,7 +290,7 @@ class RunService:
         await self.executions.get(owner, run_id)
         answer = await self._call("answer the approval",
                                   lambda: resume_approval(run_id, node_id, path, values, decided_by=owner,
-                                                          client=self.prefect))
+                                                          client=self.prefect, signer=self.decisions))
         if answer.status == "refused":
             raise Invalid(answer.message, [{"code": "refused", **i} for i in answer.issues])
         if answer.status == "not_waiting":

@@ -46,6 +46,9 @@ class ApiSettings(StoreSettings):
     stream_token_key: SecretStr | None = Field(None, description="Key that signs stream tokens (?token= on a "
                                                "run's stream, for browsers); derived from the secret key "
                                                "when unset. Every API process must have the same.")
+    decision_key: SecretStr | None = Field(None, description="Key that signs the approval decisions the API "
+                                           "writes, which workers check; derived from the secret key when unset. "
+                                           "Workers need the same (FLOWMAESTRO_DECISION_KEY).")
     stream_token_ttl_s: float = Field(600.0, gt=0, le=86_400, description="How long a stream token "
                                       "reads its run's stream.")
 

@@ -9,6 +9,7 @@ execution records ``trigger: {"type": "webhook", "webhook_id": ...}``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import Any
 
 from api.errors import ApiError
 from api.rate_limit import RateLimiter, retry_after
+from api.replay_guard import ReplayGuard
 from api.runs import RunService
 from api.schemas import RunResult
 from api.signing import BadSignature, verify
@@ -42,12 +44,13 @@ def new_secret() -> str:
 
 
 class WebhookService:
-    def __init__(self, runs: RunService, webhooks: Webhooks, limiter: RateLimiter,
+    def __init__(self, runs: RunService, webhooks: Webhooks, limiter: RateLimiter, replays: ReplayGuard,
                  refused_limiter: RateLimiter | None = None):
-        """``limiter``: signed requests a minute per hook. ``refused_limiter``: requests that
-        fail the signature check (or name no hook) a minute, per hook and per client address,
-        answered 429 past it, so nobody floods the intake with unsigned requests."""
-        self.runs, self.webhooks, self.limiter = runs, webhooks, limiter
+        """``limiter``: signed requests a minute per hook. ``replays``: the signatures already
+        used in their window. ``refused_limiter``: requests that fail the signature check (or
+        name no hook) a minute, per hook and per client address, answered 429 past it, so
+        nobody floods the intake with unsigned requests."""
+        self.runs, self.webhooks, self.limiter, self.replays = runs, webhooks, limiter, replays
         self.refused_limiter = refused_limiter
 
     async def create(self, owner: str, workflow_id: str, name: str) -> Webhook:
@@ -82,15 +85,44 @@ class WebhookService:
         except BadSignature as exc:
             await self._count_refused(f"hook:{hook.id}", f"client:{client}")
             raise ApiError(401, f"invalid webhook signature: {exc}") from None
+        assert signature is not None  # verified
+        if idempotency_key:
+            # A retry of a delivered request (the same signed request, the same key) is
+            # answered with its run, as before: it starts nothing.
+            earlier = await self.webhooks.delivered(hook.id, idempotency_key, IDEMPOTENCY_WINDOW)
+            if earlier is not None:
+                return Delivery(earlier, replayed=True)
+        # Any other copy of a signed request is a replay: refused, whatever unsigned headers
+        # (an Idempotency-Key) it carries, and before the rate limit so replays use none of
+        # the hook's budget.
+        try:
+            first = await self.replays.first_use(hook.id, signature)
+        except Exception as exc:  # Redis down or unreachable
+            raise Unavailable("redis", f"the webhook replay guard's Redis did not answer "
+                                       f"({type(exc).__name__})") from exc
+        if not first:
+            raise ApiError(409, "this signed request was already delivered (a replay); sign each request with its "
+                                "own timestamp")
+        try:
+            run_id, replayed = await self._start(hook, inputs, idempotency_key)
+        except BaseException:
+            # It started nothing: the sender may send the very same request again.
+            with contextlib.suppress(Exception):  # the original error is the answer
+                await self.replays.forget(hook.id, signature)
+            raise
+        if replayed:
+            return Delivery(run_id, replayed=True)
+        result = await self._wait(hook.owner, run_id, wait_s) if wait_s else None
+        return Delivery(run_id, result=result)
+
+    async def _start(self, hook: Webhook, inputs: Any, idempotency_key: str | None) -> tuple[str, bool]:
+        """Count the request, check its inputs, start its run: (run id, whether an earlier
+        request with the same key, at the same moment, started it)."""
         # Signed requests have their own budget: unsigned ones cannot use it up.
         await self._limit(self.limiter, hook.id, "webhook rate limit reached")
         if not isinstance(inputs, dict):
             raise Invalid("the request body must be a JSON object of the workflow's inputs",
                           [{"code": "invalid_request", "field": "body", "message": "body: expected a JSON object"}])
-        if idempotency_key:
-            earlier = await self.webhooks.delivered(hook.id, idempotency_key, IDEMPOTENCY_WINDOW)
-            if earlier is not None:
-                return Delivery(earlier, replayed=True)
         # Hook-scoped, and scoped to the day: past the 24 h window the same key starts a
         # new run, which Prefect's flow-run idempotency (forever) would otherwise refuse.
         day = int(time.time() // 86_400)
@@ -100,9 +132,8 @@ class WebhookService:
         if idempotency_key:
             first = await self.webhooks.record_delivery(hook.id, idempotency_key, run_id)
             if first != run_id:
-                return Delivery(first, replayed=True)
-        result = await self._wait(hook.owner, run_id, wait_s) if wait_s else None
-        return Delivery(run_id, result=result)
+                return first, True
+        return run_id, False
 
     async def _count_refused(self, *keys: str) -> None:
         """Count a refused request against each key: 429 once one has had its minute's worth."""

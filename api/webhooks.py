@@ -55,7 +55,7 @@ async def delete_webhook(workflow_id: str, hook_id: str, owner: Owner, webhooks:
 
 
 @intake.post("/hooks/{hook_id}", status_code=202, response_model=WebhookAccepted,
-             responses={code: {"model": ErrorBody} for code in (401, 404, 413, 422, 429, 503)})
+             responses={code: {"model": ErrorBody} for code in (401, 404, 409, 413, 422, 429, 503)})
 async def deliver_webhook(
     hook_id: str, request: Request, webhooks: WebhooksDep,
     wait: float | None = Query(None, ge=0, le=MAX_WAIT_S, description="Wait up to this many seconds for the "

@@ -6,7 +6,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 from flows.child_environment import worker_environment
@@ -23,12 +23,14 @@ class Children:
 
     @classmethod
     @contextmanager
-    def workers(cls, count: int, *, pool: str) -> Iterator[Children]:
+    def workers(cls, count: int, *, pool: str, env: Mapping[str, str] | None = None) -> Iterator[Children]:
         """``count`` ``flowmaestro worker`` processes for the block. Each gets its own process
-        group: the terminal's Ctrl-C reaches the API, which then stops them in order."""
+        group: the terminal's Ctrl-C reaches the API, which then stops them in order.
+        ``env``: variables the workers get on top of this process's environment (the
+        approval decision key)."""
         processes = [subprocess.Popen([sys.executable, "-m", "cli", "worker", "--pool", pool,
                                        "--name", f"serve-{os.getpid()}-{index}"], start_new_session=True,
-                                      env=worker_environment(os.environ))  # not the API's keys
+                                      env=worker_environment({**os.environ, **(env or {})}))  # not the API's keys
                      for index in range(count)]
         children = cls(processes)
         try:

@@ -220,8 +220,13 @@ def resume(
         raise typer.Exit(EXIT_INVALID)
     _prefect_server(quiet=True)
     from flows.approvals import resume_approval
+    from flows.decisions import DecisionSigner
+    from flows.settings import EngineSettings
 
-    answer = asyncio.run(resume_approval(run_id, node, indices, values, decided_by=by))
+    # Signed with the decision key (as the API signs): who holds it is trusted to say --by.
+    settings = EngineSettings()
+    signer = DecisionSigner.from_settings(settings.decision_key, settings.secret_key, settings.home)
+    answer = asyncio.run(resume_approval(run_id, node, indices, values, decided_by=by, signer=signer))
     label = {"accepted": "accepted", "refused": "refused", "not_waiting": "not waiting"}[answer.status]
     out.print(f"{label}: {answer.message}")
     raise typer.Exit({"accepted": EXIT_OK, "refused": EXIT_INVALID}.get(answer.status, EXIT_FAILED))
@@ -264,7 +269,13 @@ def serve(host: str = typer.Option("127.0.0.1", "--host"), port: int = typer.Opt
     os.environ.setdefault("FLOWMAESTRO_PUBLIC_URL", f"http://{host}:{port}")
     # And refuse it to their http and llm nodes, whatever the public URL is (a proxy's).
     os.environ["FLOWMAESTRO_API_BIND"] = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    with Children.workers(workers, pool=settings.work_pool) as children:
+    # Workers check the approval decisions this API signs: they get the decision key (derived,
+    # it cannot decrypt webhook secrets), explicitly, whatever else of the environment they see.
+    from flows.decisions import decision_key_text
+
+    worker_env = {"FLOWMAESTRO_DECISION_KEY": decision_key_text(settings.decision_key, settings.secret_key,
+                                                                settings.home)}
+    with Children.workers(workers, pool=settings.work_pool, env=worker_env) as children:
         if workers:
             out.print(f"Workers:         {workers} on pool {settings.work_pool!r} (pids {children.pids()})")
         uvicorn.run(create_app(settings), host=host, port=port, log_level="info", timeout_graceful_shutdown=10)

@@ -15,7 +15,12 @@ shows them to Prefect one at a time:
   the run back to Running (``prefect_compat.end_pause``), so a timed-out approval routes
   along ``timeout`` instead of failing the run (Prefect's own pause timeout is set far
   beyond it);
-- every outcome is recorded as ``fm-result-<slug>``.
+- every outcome is recorded as ``fm-result-<slug>``, signed by the worker.
+
+Every decision, whatever its way in, goes through ``flows.decisions.take``: checked
+strictly against the approval's form, and recorded with its ``decided_by``/``via`` only
+when FlowMaestro signed it (an answer through Prefect is ``via: "prefect-ui"``, and taken
+only while ``FLOWMAESTRO_APPROVAL_PREFECT_UI`` allows it).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from pydantic import ValidationError
 
 from builder.plan import PlanNode
 from flows import prefect_compat
+from flows.decisions import DecisionSigner, Refused, Taken, take
 from node_handlers.approval import ApprovalConfig, form_model
 from node_handlers.base import Completed, NodeError
 
@@ -68,6 +74,14 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat()
 
 
+def _loads(value: str) -> Any:
+    """An input's JSON; None (refused by ``take``) when it is not JSON."""
+    try:
+        return json.loads(value)
+    except ValueError:
+        return None
+
+
 @dataclass
 class Waiting:
     slug: str
@@ -81,13 +95,18 @@ class Waiting:
 class PrefectApprovals:
     """The approval gate of one flow run."""
 
-    def __init__(self, run_id: str, *, hold_s: float | None = None, busy: Callable[[], bool] = lambda: False):
-        """``hold_s``: how long the run stays paused in this process before it is released
+    def __init__(self, run_id: str, *, signer: DecisionSigner, allow_unverified: bool = True,
+                 hold_s: float | None = None, busy: Callable[[], bool] = lambda: False):
+        """``signer``: checks the decisions FlowMaestro signed, signs the outcomes recorded.
+        ``allow_unverified``: whether answers through Prefect (unsigned) are taken.
+        ``hold_s``: how long the run stays paused in this process before it is released
         (Prefect suspend: the process lets go of it; resuming schedules it again and a
         worker continues it from its journal); None holds it until it is answered. Only
         runs of deployments can be released. ``busy``: whether other nodes of the run are
         running (then it is not released: they would be cut short)."""
         self.run_id = uuid.UUID(run_id)
+        self.signer = signer
+        self.allow_unverified = allow_unverified
         self.hold_s = hold_s
         self.busy = busy
         self.paused_since: float | None = None
@@ -99,6 +118,8 @@ class PrefectApprovals:
         self.pause_task: asyncio.Task[Any] | None = None
         self.loop_task: asyncio.Task[None] | None = None
         self.seen_decisions: set[str] = set()
+        self.refused_inputs: set[uuid.UUID] = set()
+        """Decision inputs refused (each logged once); the API may replace one with its own."""
 
     async def wait(self, execution: Any, node: PlanNode, frame: Any, config: ApprovalConfig) -> Completed:
         slug = approval_slug(node.id, frame.path)
@@ -110,7 +131,7 @@ class PrefectApprovals:
                   "schema": form_model(config.form, config.message).model_json_schema(),
                   "approvers": config.approvers, "requested_at": _now(), "timeout_at": timeout_at}
         async with get_client() as client:
-            earlier = await self._earlier_decision(client, slug)
+            earlier = await self._earlier_decision(client, slug, config)
             if earlier is not None:  # the run executed again: a decision is never asked twice
                 timeout_connected = any(execution.plan.edges[e].handle == "timeout" for e in node.outgoing)
                 return self._outcome(config, earlier, timeout_connected)
@@ -133,7 +154,7 @@ class PrefectApprovals:
         finally:
             self.waiting.pop(slug, None)
         async with get_client() as client:
-            await client.create_flow_run_input(self.run_id, key=RESULT + slug, value=json.dumps(decision))
+            await self._record_result(client, slug, decision)
         if not self.waiting:
             execution.bus.publish("execution:resumed", node_id=node.id, path=list(frame.path))
         timeout_connected = any(execution.plan.edges[e].handle == "timeout" for e in node.outgoing)
@@ -152,23 +173,60 @@ class PrefectApprovals:
                   "decided_by": decision.get("decided_by"), "via": decision.get("via")}
         return Completed(output=output, handles=frozenset({"approved" if approved else "rejected"}))
 
-    async def _earlier_decision(self, client: Any, slug: str) -> dict[str, Any] | None:
+    async def _earlier_decision(self, client: Any, slug: str, config: ApprovalConfig) -> dict[str, Any] | None:
         """The decision an earlier execution of the run recorded or received: its result, a
         decision sent through the API, or an answer given in the Prefect UI to any earlier
-        pause (or suspension) of this approval."""
+        pause (or suspension) of this approval; each only if ``take`` takes it."""
         for prefix in (RESULT, DECISION):
             found = await client.filter_flow_run_input(self.run_id, key_prefix=prefix + slug, limit=1,
                                                        exclude_keys=set())
             if found and found[0].key == prefix + slug:
-                return json.loads(found[0].value)
+                taken = self._take(slug, config, _loads(found[0].value), f"input {found[0].key}")
+                if taken is not None:
+                    return taken
         for state_name in ("paused", "suspended"):
             found = await client.filter_flow_run_input(self.run_id, key_prefix=f"{state_name}-{slug}", limit=50,
                                                        exclude_keys=set())
             for item in found:
                 if item.key.endswith("-response"):
-                    answer = {k: v for k, v in json.loads(item.value).items() if k != "metadata"}
-                    return {"outcome": "decided", "input": answer, "decided_at": _now(), "via": "prefect-ui"}
+                    answer = _loads(item.value)
+                    if isinstance(answer, dict):
+                        answer = {k: v for k, v in answer.items() if k != "metadata"}
+                    taken = self._take(slug, config, {"outcome": "decided", "input": answer},
+                                       f"the Prefect answer {item.key}")
+                    if taken is not None:
+                        return taken
         return None
+
+    def _take(self, slug: str, config: ApprovalConfig, raw: Any, source: str) -> dict[str, Any] | None:
+        """The decision as the run takes it, or None (refused: logged, the approval waits)."""
+        verdict = take(raw, config, run_id=str(self.run_id), slug=slug, signer=self.signer,
+                       allow_unverified=self.allow_unverified)
+        if isinstance(raw, dict) and "signature" in raw \
+                and not self.signer.verifies(str(self.run_id), slug, raw):
+            log.warning("run %s: approval %s: the signature of the decision from %s does not verify (forged, or "
+                        "this worker's FLOWMAESTRO_DECISION_KEY differs from the API's): taken as unverified at "
+                        "most", self.run_id, slug, source)
+        if isinstance(verdict, Refused):
+            log.warning("run %s: approval %s: refused the decision from %s: %s", self.run_id, slug, source,
+                        verdict.reason)
+            return None
+        assert isinstance(verdict, Taken)
+        return verdict.decision
+
+    async def _record_result(self, client: Any, slug: str, decision: dict[str, Any]) -> None:
+        """Record the outcome, signed: a run executed again takes it as it is. An input
+        already under its key was not written by this approval (it would have been taken):
+        it is replaced."""
+        value = json.dumps(self.signer.sign(str(self.run_id), slug, decision))
+        try:
+            await client.create_flow_run_input(self.run_id, key=RESULT + slug, value=value)
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code != 409:
+                raise
+            log.warning("run %s: approval %s: replacing an outcome someone else recorded", self.run_id, slug)
+            await client.delete_flow_run_input(self.run_id, RESULT + slug)
+            await client.create_flow_run_input(self.run_id, key=RESULT + slug, value=value)
 
     # --- the loop that serves every waiting approval of the run ---------------------------------
 
@@ -220,14 +278,30 @@ class PrefectApprovals:
         decisions = await client.filter_flow_run_input(self.run_id, key_prefix=DECISION, limit=200,
                                                        exclude_keys=self.seen_decisions)
         for item in decisions:
+            if item.id in self.refused_inputs:
+                continue
+            slug = item.key.removeprefix(DECISION)
+            waiting = self.waiting.get(slug)
+            if waiting is None:  # not waiting here: an approval that starts later reads it then
+                self.seen_decisions.add(item.key)
+                continue
+            decision = self._take(slug, waiting.config, _loads(item.value), f"input {item.key}")
+            if decision is None:
+                self.refused_inputs.add(item.id)
+                continue
             self.seen_decisions.add(item.key)
-            self._resolve(item.key.removeprefix(DECISION), json.loads(item.value))
+            self._resolve(slug, decision)
         if self.current is not None and self.pause_task is not None and self.pause_task.done():
             slug, self.current = self.current, None
-            if not self.pause_task.cancelled() and self.pause_task.exception() is None:
+            waiting = self.waiting.get(slug)
+            if waiting is not None and not self.pause_task.cancelled() and self.pause_task.exception() is None:
                 answer = self.pause_task.result()
-                self._resolve(slug, {"outcome": "decided", "input": answer.model_dump(exclude={"metadata"}),
-                                     "decided_at": _now(), "via": "prefect-ui"})
+                # Refused, the approval pauses again below (on a new key).
+                decision = self._take(slug, waiting.config, {"outcome": "decided",
+                                                             "input": answer.model_dump(exclude={"metadata"})},
+                                      "the Prefect pause's answer")
+                if decision is not None:
+                    self._resolve(slug, decision)
         now = time.monotonic()
         for slug, waiting in list(self.waiting.items()):
             if waiting.deadline is not None and now >= waiting.deadline:
@@ -308,8 +382,12 @@ async def _inputs(client: Any, run_id: str, prefix: str) -> dict[str, Any]:
 
 async def resume_approval(run_id: str, node_id: str, path: list[int] | None = None,
                           values: dict[str, Any] | None = None, decided_by: str | None = None,
-                          client: Any = None) -> ResumeAnswer:
-    """Answer a waiting approval. ``path`` may be left out when the node waits once."""
+                          client: Any = None, signer: DecisionSigner | None = None) -> ResumeAnswer:
+    """Answer a waiting approval. ``path`` may be left out when the node waits once.
+
+    ``signer``: the decision key of FlowMaestro's API/CLI. Signed, the run records the
+    decision with ``decided_by``; without it the decision is like an answer through Prefect
+    (unverified: ``via: "prefect-ui"``, and refused when the workers do not take those)."""
     try:
         run_uuid = uuid.UUID(run_id)
     except ValueError:
@@ -324,7 +402,7 @@ async def resume_approval(run_id: str, node_id: str, path: list[int] | None = No
         paths = ", ".join(str(p["path"]) for p in waiting)
         return ResumeAnswer("refused", f"node {node_id!r} waits at several paths ({paths}); give the path")
     target = waiting[0]
-    if target["decision_sent"]:
+    if target["decision_sent"] and signer is None:
         return ResumeAnswer("not_waiting", "a decision for this approval was already sent")
     async with _client(client) as client:
         pending = await _inputs(client, run_id, PENDING)
@@ -347,10 +425,13 @@ async def resume_approval(run_id: str, node_id: str, path: list[int] | None = No
         # the decision keeps who made it.
         decision = {"outcome": "decided", "input": checked.model_dump(), "decided_at": _now(),
                     "decided_by": decided_by, "via": "api"}
+        if signer is not None:
+            decision = signer.sign(str(run_uuid), slug, decision)
         try:
             await client.create_flow_run_input(run_uuid, key=DECISION + slug, value=json.dumps(decision))
         except Exception as exc:  # the key exists: someone answered first
-            return ResumeAnswer("not_waiting", f"a decision for this approval was already sent ({exc})")
+            if signer is None or not await _replace_unsigned(client, run_uuid, slug, decision, signer):
+                return ResumeAnswer("not_waiting", f"a decision for this approval was already sent ({exc})")
         if state.type == StateType.PAUSED and state.state_details.pause_reschedule:
             # Released by its worker (suspended): nobody polls for the decision, so schedule
             # the run again; a worker replays it and the approval reads the decision.
@@ -359,3 +440,20 @@ async def resume_approval(run_id: str, node_id: str, path: list[int] | None = No
             return ResumeAnswer("accepted", "approval answered; the run is scheduled again and continues when a "
                                             "worker takes it")
     return ResumeAnswer("accepted", "approval answered; the run resumes within a second")
+
+
+async def _replace_unsigned(client: Any, run_uuid: uuid.UUID, slug: str, decision: dict[str, Any],
+                            signer: DecisionSigner) -> bool:
+    """Put the API's signed decision in place of one under the same key that FlowMaestro did
+    not sign (written through Prefect's API: a run that refuses it, or has not read it yet,
+    would otherwise never see the API's). False when the one there is signed: it stands."""
+    try:
+        existing = json.loads(await client.read_flow_run_input(run_uuid, DECISION + slug))
+    except ValueError:
+        existing = None
+    if isinstance(existing, dict) and signer.verifies(str(run_uuid), slug, existing):
+        return False
+    log.warning("run %s: approval %s: replacing an unsigned decision with the API's", run_uuid, slug)
+    await client.delete_flow_run_input(run_uuid, DECISION + slug)
+    await client.create_flow_run_input(run_uuid, key=DECISION + slug, value=json.dumps(decision))
+    return True

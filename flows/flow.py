@@ -35,6 +35,7 @@ from builder.inputs import validate_inputs
 from builder.issues import InputsInvalid
 from flows import prefect_compat
 from flows.approvals import PrefectApprovals
+from flows.decisions import DecisionSigner
 from flows.engine import Execution
 from flows.event_log import EventLogWriter
 from flows.events import EventBus, utcnow
@@ -226,7 +227,10 @@ async def _run(context: RunContext, canvas: dict[str, Any], inputs: dict[str, An
     flow_context = FlowRunContext.get()
     releasable = journal.store is not None and flow_context is not None \
         and flow_context.flow_run.deployment_id is not None
-    approvals = PrefectApprovals(run_id, hold_s=settings.approval_hold_s if releasable else None)
+    approvals = PrefectApprovals(run_id, hold_s=settings.approval_hold_s if releasable else None,
+                                 signer=DecisionSigner.from_settings(settings.decision_key, settings.secret_key,
+                                                                     settings.home),
+                                 allow_unverified=settings.approval_prefect_ui)
     execution = Execution(plan, registry, run_id=run_id, inputs=resolved_inputs,
                           runner=PrefectRunner(recorder=recorder, cached=context.cached_task), bus=bus,
                           env=os.environ, env_allowlist=settings.env_allowlist, workflow_id=workflow_id,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
 from store.settings import StoreSettings
@@ -47,6 +47,17 @@ class EngineSettings(StoreSettings):
                                           "approval (a fast resume) before releasing it (Prefect suspend: waiting "
                                           "costs no process; an answer schedules it again). 'never' (or empty): "
                                           "hold until answered. Approvals with a timeout_s are always held.")
+    approval_prefect_ui: bool = Field(True, description="Whether approvals take answers given through Prefect "
+                                      "(its UI's Resume form, its API): unverified, they are recorded as via "
+                                      "'prefect-ui' without decided_by. false: only decisions FlowMaestro's API "
+                                      "or CLI signed are taken (docs/operations.md#approvals).")
+    decision_key: SecretStr | None = Field(None, description="Key that signs approval decisions (the API, the "
+                                           "CLI) and checks them (workers); derived from secret_key when unset. "
+                                           "Every API process and worker needs the same; 'flowmaestro serve' "
+                                           "passes it to its workers.")
+    secret_key: SecretStr | None = Field(None, description="The API's key that encrypts webhook secrets: only "
+                                         "to derive decision_key from when that is unset (a key file under home "
+                                         "when both are).")
     cache_lock_redis_url: str | None = Field(None, description="Redis URL of the lock manager that makes two runs "
                                              "needing the same cached node execute it once (Prefect's SERIALIZABLE "
                                              "cache isolation) across machines; unset, lock files under home do "

@@ -60,11 +60,18 @@ _PY_TYPES: dict[JsonType, Any] = {"string": str, "number": float, "integer": int
                                   "object": dict, "array": list}
 
 
-def form_model(form: dict[str, Any], message: str | None = None, base: type[BaseModel] = BaseModel) -> type[BaseModel]:
+class FormAnswer(BaseModel):
+    """An answer has the form's fields and no others (Prefect's ``RunInput`` forbids extras too)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def form_model(form: dict[str, Any], message: str | None = None, base: type[BaseModel] = FormAnswer) -> type[BaseModel]:
     """The model of an approval's form: ``approved`` plus the declared fields.
 
-    The same model validates a decision sent to the API and, as a Prefect ``RunInput``
-    (``base``), renders the Resume form in the Prefect UI, so both refuse the same input.
+    The same model validates a decision sent to the API, every decision the run takes
+    (strictly, ``flows/decisions.py``) and, as a Prefect ``RunInput`` (``base``), renders the
+    Resume form in the Prefect UI, so all refuse the same input.
     """
     fields: dict[str, Any] = {"approved": (StrictBool, Field(description="Approve (true) or reject (false)."))}
     for name, raw in form.items():

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from flows.approvals import pending_approvals, resume_approval
+from flows.decisions import DecisionSigner
 from flows.flow import workflow_flow
 from tests.support import JOURNAL, canvas, node
 
@@ -98,11 +99,18 @@ async def test_resume_through_prefects_own_api_like_the_ui(prefect_server, start
         "execution:started", "execution:paused", "execution:resumed", "execution:completed"]
 
 
-async def test_reject_through_our_resume_function(start):
+def signer_of(context) -> DecisionSigner:
+    """The decision key FlowMaestro's API and CLI sign with, as the run's process has it."""
+    return DecisionSigner.from_settings(context.settings.decision_key, context.settings.secret_key,
+                                        context.settings.home)
+
+
+async def test_reject_through_our_resume_function(start, run_context):
     run = start(approval_canvas())
     await run.pending(1)
+    # Signed, as the API and the CLI sign: unsigned, who decided would not be believed.
     answer = await resume_approval(await run.id(), "ask", values={"approved": False, "reason": "not yet"},
-                                   decided_by="ada")
+                                   decided_by="ada", signer=signer_of(run_context))
     assert answer.status == "accepted", answer.message
     state, result = await run.result()
     assert result["nodes"]["drop"]["status"] == "completed"

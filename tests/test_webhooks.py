@@ -96,11 +96,11 @@ def signed(secret: str, body: bytes, timestamp: int | None = None, **more: str) 
 
 
 async def deliver(api, hook: dict[str, Any], inputs: Any, params: dict[str, Any] | None = None,
-                  **headers: str) -> httpx.Response:
+                  timestamp: int | None = None, **headers: str) -> httpx.Response:
     body = json.dumps(inputs).encode()
     # No bearer key: the signature is the credential.
     return await api.post(hook["url"], content=body, params=params,
-                          headers={"Authorization": "", **signed(hook["secret"], body), **headers})
+                          headers={"Authorization": "", **signed(hook["secret"], body, timestamp), **headers})
 
 
 async def executions(api, workflow_id: str) -> list[dict[str, Any]]:
@@ -159,7 +159,10 @@ async def test_the_same_idempotency_key_starts_one_run(api):
     key = f"delivery-{uuid.uuid4().hex}"
     first = await deliver(api, hook, {"who": "Once"}, **{"Idempotency-Key": key})
     again = await deliver(api, hook, {"who": "Once"}, **{"Idempotency-Key": key})
-    other = await deliver(api, hook, {"who": "Once"}, **{"Idempotency-Key": key + "-2"})
+    # Another request (its own timestamp: the same signed request again would be a replay,
+    # whatever its Idempotency-Key) with another key starts another run.
+    other = await deliver(api, hook, {"who": "Once"}, timestamp=int(time.time()) - 1,
+                          **{"Idempotency-Key": key + "-2"})
     assert (first.status_code, again.status_code, other.status_code) == (202, 200, 202)
     assert first.json()["execution_id"] == again.json()["execution_id"] != other.json()["execution_id"]
     # The key is the hook's: another hook of the same workflow may use it too.

@@ -12,6 +12,18 @@ from typing import Any, Protocol, runtime_checkable
 from flows.events import FINAL_EVENT_TYPES, RunEvent
 
 
+MAX_SEQ = 2**63 - 1
+"""The largest seq: a signed 64-bit integer (the SQL column, a Redis stream id's half)."""
+
+
+def checked_after(after: int) -> int:
+    """``after`` when it can be a seq (0..MAX_SEQ); ValueError otherwise, rather than a
+    database or Redis error from deep inside a read."""
+    if not 0 <= after <= MAX_SEQ:
+        raise ValueError(f"after must be between 0 and {MAX_SEQ}, not {after}")
+    return after
+
+
 @dataclass(frozen=True)
 class StoredEvent:
     """An event as stored: ``data`` is ``RunEvent.payload()``, the JSON ``data`` of the SSE event."""

@@ -9,7 +9,7 @@ import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from flows.event_log.base import IdleClock, StoredEvent, strict_json
+from flows.event_log.base import IdleClock, StoredEvent, checked_after, strict_json
 from flows.events import FINAL_EVENT_TYPES, RunEvent
 
 REDIS_KEY_PREFIX = "flowmaestro:events:"
@@ -103,14 +103,14 @@ class RedisEventLog:
                 raise result
 
     async def read(self, execution_id: str, after: int = 0, limit: int = 1000) -> list[StoredEvent]:
-        entries = await self.redis.xrange(self.key(execution_id), min=f"({after}-0" if after else "-",
+        entries = await self.redis.xrange(self.key(execution_id), min=f"({checked_after(after)}-0" if after else "-",
                                           max="+", count=limit)
         return [self._stored(execution_id, entry_id, fields) for entry_id, fields in entries]
 
     async def follow(self, execution_id: str, after: int = 0, *,
                      idle_timeout: float | None = None) -> AsyncIterator[StoredEvent]:
         key = self.key(execution_id)
-        last_id = f"{after}-0"
+        last_id = f"{checked_after(after)}-0"
         idle = IdleClock(idle_timeout)
         while True:
             remaining = idle.remaining()

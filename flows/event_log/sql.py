@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from typing import Any
 
-from flows.event_log.base import IdleClock, StoredEvent, strict_json
+from flows.event_log.base import IdleClock, StoredEvent, checked_after, strict_json
 from flows.events import FINAL_EVENT_TYPES, RunEvent, utcnow
 
 log = logging.getLogger(__name__)
@@ -137,6 +137,7 @@ class SqlEventLog:
     async def read(self, execution_id: str, after: int = 0, limit: int = 1000) -> list[StoredEvent]:
         from sqlalchemy import select
 
+        checked_after(after)
         await self.ensure_schema()
         c = self.table.c
         query = (select(c.seq, c.type, c.data).where(c.execution_id == execution_id, c.seq > after)
@@ -147,7 +148,7 @@ class SqlEventLog:
 
     async def follow(self, execution_id: str, after: int = 0, *,
                      idle_timeout: float | None = None) -> AsyncIterator[StoredEvent]:
-        last = after
+        last = checked_after(after)
         idle = IdleClock(idle_timeout)
         gap_since: float | None = None
         while True:
