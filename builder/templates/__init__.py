@@ -13,7 +13,8 @@ Rules users notice:
   nothing silently renders as an empty string.
 * For a mapping, ``a.items`` means the key ``"items"`` when the mapping has one, not ``dict.items``.
 * Templates run in Jinja's immutable sandbox: no private attributes, no mutation of lists/dicts.
-  The sandbox does not bound CPU or memory (a huge ``'x' * 10**9`` still runs).
+  Every render has a CPU and size budget (``budget``, ``bounds``): a loop that runs too long
+  or a value too large to build fails the field with a message naming the limit.
 
 The modules, from the bottom up: ``errors``; ``sandbox`` (the Jinja environment, the
 ``env`` namespace, the names every template sees); ``syntax`` (what is a template or an
