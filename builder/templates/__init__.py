@@ -26,6 +26,7 @@ This package is the bottom layer of ``builder``: pure, no Prefect/FastAPI import
 """
 
 from builder.templates.analysis import TemplateRefs, find_references
+from builder.templates.budget import TemplateBudgetError, TemplateLimits
 from builder.templates.errors import TemplateError, TemplateRenderError
 from builder.templates.render import evaluate_expression, render_value
 from builder.templates.sandbox import JINJA_GLOBALS, NAMESPACES, EnvNamespace, get_environment
@@ -37,6 +38,8 @@ __all__ = [
     "EnvNamespace",
     "TemplateError",
     "TemplateRefs",
+    "TemplateBudgetError",
+    "TemplateLimits",
     "TemplateRenderError",
     "evaluate_expression",
     "find_references",
