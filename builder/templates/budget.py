@@ -72,8 +72,8 @@ class RenderBudget:
     def will_build(self, size: int, what: str = "a value") -> None:
         """Refuse, before it is allocated, a string or list of ``size`` characters or items."""
         if size > self.limits.max_chars:
-            raise TemplateBudgetError(f"{what} of {size:,} characters or items is larger than the template limit of "
-                                      f"{self.limits.max_chars:,} (FLOWMAESTRO_TEMPLATE_MAX_CHARS)")
+            raise TemplateBudgetError(f"{what} of {size:,} characters or items is too large (over the template "
+                                      f"limit of {self.limits.max_chars:,}, FLOWMAESTRO_TEMPLATE_MAX_CHARS)")
         self.step(1 + size // CHARS_PER_STEP)
 
     def grew(self, result: Any, source: Any, what: str) -> Any:
