@@ -8,9 +8,12 @@ the value is allocated (measured with tracemalloc's peak).
 
 from __future__ import annotations
 
+import json
 import time
 import tracemalloc
+import uuid
 
+import httpx
 import pytest
 
 from builder.compiler import compile_canvas
@@ -169,3 +172,54 @@ async def test_a_node_output_over_the_limit_fails_the_node_before_it_is_kept():
     assert result["nodes"]["wide"]["status"] == "failed"
     assert result["nodes"]["wide"]["error"]["type"] == "OutputTooLarge"
     assert "FLOWMAESTRO_MAX_NODE_OUTPUT_BYTES" in result["nodes"]["wide"]["error"]["message"]
+
+
+def _save(api: httpx.Client, key: str, raw: dict) -> str:
+    workflow = api.post("/api/workflows", json={"canvas": raw}, headers={"Authorization": f"Bearer {key}"})
+    assert workflow.status_code in (200, 201), workflow.text
+    return workflow.json()["id"]
+
+
+def _start(api: httpx.Client, key: str, workflow_id: str) -> str:
+    headers = {"Authorization": f"Bearer {key}"}
+    started = api.post(f"/api/workflows/{workflow_id}/execute", json={}, headers=headers)
+    assert started.status_code in (200, 201, 202), started.text
+    return started.json()["execution_id"]
+
+
+def _wait(api: httpx.Client, key: str, execution_id: str, statuses: tuple[str, ...]) -> dict:
+    deadline = time.monotonic() + 300
+    body: dict = {}
+    while time.monotonic() < deadline:
+        body = api.get(f"/api/executions/{execution_id}", headers={"Authorization": f"Bearer {key}"}).json()
+        if body.get("status") in statuses:
+            return body
+        time.sleep(0.1)  # polling an external process's state, not synchronising on time
+    raise AssertionError(f"execution {execution_id} never reached {statuses}: {body}")
+
+
+@pytest.mark.prefect
+def test_another_owners_run_is_not_held_by_a_heavy_template_on_the_same_worker(served):
+    """Bob's node loops 6e8 times (19 s of the worker's event loop before); Alice's simple
+    run, started while Bob's runs on the same worker, takes about as long as alone."""
+    simple = canvas([node("start", "start"), node("hello", data={"output": "hi {{ run.id }}"})],
+                    [("start", "hello")], name=f"alice-{uuid.uuid4().hex[:6]}")
+    heavy = canvas([node("start", "start")] + [node(f"heavy{i}", data={"output": NESTED_RANGE}) for i in range(3)],
+                   [("start", f"heavy{i}") for i in range(3)], name=f"bob-{uuid.uuid4().hex[:6]}")
+    alice, bob = served.other_key, served.owner_key
+    with httpx.Client(base_url=served.base, timeout=120) as api:
+        simple, heavy = _save(api, alice, simple), _save(api, bob, heavy)
+        started = time.monotonic()
+        _wait(api, alice, _start(api, alice, simple), ("completed",))
+        alone = time.monotonic() - started
+
+        bob_run = _start(api, bob, heavy)
+        _wait(api, bob, bob_run, ("running", "failed", "completed"))
+        started = time.monotonic()
+        _wait(api, alice, _start(api, alice, simple), ("completed",))
+        meanwhile = time.monotonic() - started
+
+        bob_result = _wait(api, bob, bob_run, ("failed", "completed"))
+    assert bob_result["status"] == "failed"
+    assert "FLOWMAESTRO_TEMPLATE_MAX_STEPS" in json.dumps(bob_result)
+    assert meanwhile < alone + 5, f"alone {alone:.1f} s, beside the heavy run {meanwhile:.1f} s"
