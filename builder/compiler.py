@@ -21,7 +21,7 @@ from typing import Any, Mapping
 
 from builder.canvas import RETRY_CLASSES, CanvasHeader, EdgeModel, NodeModel
 from builder.catalog import NodeCatalog, NodeConfig, NodeTypeSpec
-from builder.conditions import OPERATORS, UNARY_OPERATORS
+from builder.conditions import OPERATORS, UNARY_OPERATORS, pattern_problem
 from builder.document import check_nodes, parse_document
 from builder.draft import Draft
 from builder.graph import analyse_scope, container_path
@@ -41,6 +41,7 @@ from builder.plan import (
     plan_hash,
 )
 from builder.references import check_references
+from builder.templates import is_template
 
 
 @dataclass(frozen=True)
@@ -219,6 +220,12 @@ def check_edges(draft: Draft) -> Draft:
                 issues.append(Issue("missing_value", f"operator {condition.operator!r} needs a value",
                                     edge_id=edge_id, field="data.condition.value"))
                 continue
+            if condition.operator == "matches" and isinstance(condition.value, str) \
+                    and not is_template(condition.value):
+                problem = pattern_problem(condition.value)
+                if problem is not None:  # a template's pattern is only known when the run gets there
+                    issues.append(Issue("invalid_pattern", problem, edge_id=edge_id, field="data.condition.value"))
+                    continue
         key = (source.id, handle, target.id)
         if key in seen_pairs:
             issues.append(Issue("duplicate_edge", f"another edge already joins {source.id} ({handle}) to "

@@ -20,7 +20,9 @@ not_contains       the opposite of contains (same errors).
 starts_with        string left starts with string ``value``; non-strings are errors.
 ends_with          string left ends with string ``value``; non-strings are errors.
 matches            ``value`` is a regular expression found anywhere in the string left
-                   (``re.search``; anchor with ``^...$``). Invalid pattern is an error.
+                   (anchor with ``^...$``), matched by RE2 in linear time: Python's
+                   syntax without backreferences (``\\1``) and lookaround (``(?=``,
+                   ``(?!``, ``(?<=``, ``(?<!``). An invalid pattern is an error.
 in / not_in        left is an element of the array ``value``, a substring of the string
                    ``value`` (left must be a string) or a key of the object ``value``.
 exists             left is not None (null). ``not_exists``: left is None.
@@ -45,6 +47,8 @@ import re
 from collections.abc import Callable, Mapping, Sized
 from typing import Any
 
+import re2
+
 from builder.json_types import JSON_TYPES, has_json_type, is_integral, type_name
 
 __all__ = [
@@ -52,6 +56,7 @@ __all__ = [
     "UNARY_OPERATORS",
     "ConditionError",
     "evaluate_condition",
+    "pattern_problem",
 ]
 
 
@@ -114,12 +119,30 @@ def _require_string(operator: str, side: str, value: Any) -> str:
     return value
 
 
-@functools.lru_cache(maxsize=256)
-def _compiled_pattern(pattern: str) -> re.Pattern[str]:
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # a user's bad pattern is a ConditionError, not a line on stderr
+
+
+def pattern_problem(pattern: str) -> str | None:
+    """Why ``pattern`` cannot be used by ``matches`` (None: it can); the compiler reports it."""
     try:
-        return re.compile(pattern)
-    except re.error as exc:
-        raise ConditionError(f"matches: invalid regular expression {pattern!r}: {exc}") from None
+        _compiled_pattern(pattern)
+    except ConditionError as exc:
+        return str(exc)
+    return None
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled_pattern(pattern: str) -> Any:
+    # RE2 matches in time linear in the text: Python's re backtracks, and '^(a+)+$' on 28
+    # a's and a '!' held the worker's event loop for 10 s (each extra 'a' doubling it).
+    try:
+        return re2.compile(pattern, _RE2_OPTIONS)
+    except re2.error as exc:
+        reason = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        hint = ("; backreferences and lookaround are not supported (RE2 matches in linear time)"
+                if re.search(r"\\[1-9]|\(\?<?[=!]", pattern) else "")
+        raise ConditionError(f"matches: invalid regular expression {pattern!r}: {reason}{hint}") from None
 
 
 # --------------------------------------------------------------------------- operators

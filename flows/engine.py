@@ -23,13 +23,13 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from builder.plan import TOP, Plan, PlanNode
-from builder.templates import EnvNamespace, TemplateRenderError, render_value
+from builder.templates import EnvNamespace, TemplateLimits, TemplateRenderError, render_value
 from flows.calls import DirectRunner, NodeCall, NodeRunner
 from flows.containers import run_container
 from flows.events import EventBus, utcnow
 from flows.frames import Frame
 from flows.journal import RunJournal
-from flows.large_outputs import LargeOutputs, is_reference
+from flows.large_outputs import LargeOutputs, is_reference, json_size_over
 from flows.recording import RunRecording, task_run_name, upstream_task_runs
 from flows.records import NodeRun, RunRecord
 from flows.scheduler import NodeOutcome, ScopeResult, ScopeRun, error_info
@@ -67,11 +67,16 @@ class Execution:
                  inline_control: bool = True,
                  approvals: ApprovalGate | None = None, subworkflows: Any = None,
                  journal: RunJournal | None = None, max_task_runs: int = 10_000,
-                 large_outputs: LargeOutputs | None = None):
+                 large_outputs: LargeOutputs | None = None, template_limits: TemplateLimits = TemplateLimits(),
+                 max_node_output_bytes: int | None = None):
         """``max_task_runs``: how many task runs the run shows one by one (``RunRecording``).
         ``large_outputs``: how outputs over a size are shown in events and the run result
         (a reference to result storage, ``flows.large_outputs``), so that a long run of large
-        outputs floods neither the event log nor the records; none by default."""
+        outputs floods neither the event log nor the records; none by default.
+        ``template_limits``: the CPU and size budget of a node's templates.
+        ``max_node_output_bytes``: a larger output (as JSON) fails its node before it is kept."""
+        self.template_limits = template_limits
+        self.max_node_output_bytes = max_node_output_bytes
         self.plan = plan
         self.registry = registry
         self.owner = owner
@@ -291,6 +296,11 @@ class Execution:
             return dataclasses.replace(self._completed(node, completed), restored=True)
         inline = self._runs_inline(node, handler)
         outcome = await self._run_leaf(node, frame, run, handler, config, upstream, key, inline)
+        oversize = json_size_over(outcome.output, self.max_node_output_bytes) if outcome.succeeded else None
+        if oversize is not None:  # refused before it is journaled, kept in result storage or shown
+            outcome = NodeOutcome("failed", error=error_info(NodeError(
+                f"its output (over {oversize:,} bytes as JSON) is larger than FLOWMAESTRO_MAX_NODE_OUTPUT_BYTES "
+                f"({self.max_node_output_bytes:,})", error_type="OutputTooLarge"), node.id, run.attempts))
         if outcome.succeeded:
             completed = Completed(output=outcome.output, handles=outcome.handles,
                                   variables=outcome.variables, usage=outcome.usage)
@@ -366,7 +376,8 @@ class Execution:
         """Resolve the node's templates and validate the result with the handler's schema."""
         data = {k: v for k, v in node.data.items() if k not in skip_keys}
         try:
-            resolved = render_value(data, self.template_scope(node, frame), expression_keys=handler.expression_keys)
+            resolved = render_value(data, self.template_scope(node, frame), expression_keys=handler.expression_keys,
+                                    limits=self.template_limits)
         except TemplateRenderError as exc:
             raise NodeError(exc.message, error_type="TemplateError") from exc
         resolved.update({k: node.data[k] for k in skip_keys if k in node.data})

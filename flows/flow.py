@@ -237,7 +237,8 @@ async def _run(context: RunContext, canvas: dict[str, Any], inputs: dict[str, An
                           version=version, owner=owner, inline_control=settings.inline_control_nodes and recorder is not None,
                           approvals=approvals, subworkflows=subworkflows, journal=journal,
                           max_task_runs=settings.max_task_runs,
-                          large_outputs=_large_outputs(run_id, settings.event_output_max_bytes))
+                          large_outputs=_large_outputs(run_id, settings.event_output_max_bytes),
+                          template_limits=settings.template_limits, max_node_output_bytes=settings.max_node_output_bytes)
     approvals.busy = execution.leaf_running
     try:
         record = await _run_watching_cancellation(execution, run_id, settings.cancel_poll_s, context.cancellations)

@@ -17,7 +17,7 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 log = logging.getLogger("flowmaestro.engine")
@@ -79,3 +79,30 @@ class LargeOutputs:
             else:
                 shown["ref"] = ref
         return shown
+
+
+def json_size_over(output: Any, limit: int | None) -> int | None:
+    """How many bytes of ``output``'s JSON were counted before passing ``limit`` (None: it
+    fits). Counts characters of strings and keys and the digits of numbers, stopping as
+    soon as the limit is passed, so measuring a huge output costs little."""
+    if limit is None:
+        return None
+    total = 0
+    stack = [output]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            total += len(value) + 3
+        elif isinstance(value, Mapping):
+            total += 2
+            for key, item in value.items():
+                total += len(str(key)) + 4
+                stack.append(item)
+        elif isinstance(value, (list, tuple)):
+            total += 2 + len(value)
+            stack.extend(value)
+        else:
+            total += len(str(value)) + 1 if isinstance(value, (int, float)) else 5
+        if total > limit:
+            return total
+    return None

@@ -12,6 +12,7 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
+from builder.templates import TemplateLimits
 from store.settings import StoreSettings
 
 
@@ -30,6 +31,14 @@ class EngineSettings(StoreSettings):
                                         "kept in the flow run's result storage: its event, and the run result for "
                                         "a top-level node, carry its size, a preview and a reference to read it "
                                         "(GET /api/executions/{id}/outputs/{ref}).")
+    template_max_steps: int = Field(1_000_000, ge=1000, description="The CPU budget of one node's templates "
+                                    "(all the strings of its configuration) or one condition: loop iterations, calls, "
+                                    "filters and operators, plus one step per 16 characters built (about 0.2-0.5 s "
+                                    "when spent). A render over it fails its node with a message naming the limit.")
+    template_max_chars: int = Field(1_000_000, ge=1000, description="The longest string or list a template may "
+                                    "build, and the longest text it may render; refused before it is allocated.")
+    max_node_output_bytes: int = Field(16_000_000, ge=1024, description="A node output larger than this (as JSON) "
+                                       "fails the node before it is journaled, kept or shown.")
     node_logs: bool = Field(True, description="Every node that ends writes a line (status, duration, attempts, "
                             "HTTP status, tokens and cost) to its flow run's Prefect logs.")
     public_url: str = Field("http://127.0.0.1:8000", description="The FlowMaestro API's URL as browsers reach "
@@ -62,6 +71,10 @@ class EngineSettings(StoreSettings):
                                              "needing the same cached node execute it once (Prefect's SERIALIZABLE "
                                              "cache isolation) across machines; unset, lock files under home do "
                                              "it for the processes of one machine.")
+
+    @property
+    def template_limits(self) -> TemplateLimits:
+        return TemplateLimits(max_steps=self.template_max_steps, max_chars=self.template_max_chars)
 
     @field_validator("approval_hold_s", mode="before")
     @classmethod

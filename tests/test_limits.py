@@ -10,7 +10,8 @@ import pytest
 from jinja2.exceptions import SecurityError
 
 from builder.compiler import compile_canvas
-from builder.templates.sandbox import MAX_BUILT_LENGTH, get_environment
+from builder.templates.budget import DEFAULT_LIMITS
+from builder.templates.sandbox import get_environment
 from node_handlers.registry import default_registry
 from tests.conftest import STREAMS_PER_RUN
 from tests.processes import wait_until
@@ -53,7 +54,7 @@ def test_templates_within_the_bounds_still_work():
     render = lambda template: get_environment().from_string(template).render()  # noqa: E731
     assert render("{{ 'ab' * 3 }}|{{ 3 * 'ab' }}|{{ 2 ** 10 }}|{{ [1] * 2 }}|{{ 'x'.ljust(3) }}|{{ 'x' | center(3) }}") \
         == "ababab|ababab|1024|[1, 1]|x  | x "
-    assert len(render("{{ 'x' * %d }}" % MAX_BUILT_LENGTH)) == MAX_BUILT_LENGTH
+    assert len(render("{{ 'x' * %d }}" % DEFAULT_LIMITS.max_chars)) == DEFAULT_LIMITS.max_chars
 
 
 @pytest.mark.prefect

@@ -13,7 +13,8 @@ Rules users notice:
   nothing silently renders as an empty string.
 * For a mapping, ``a.items`` means the key ``"items"`` when the mapping has one, not ``dict.items``.
 * Templates run in Jinja's immutable sandbox: no private attributes, no mutation of lists/dicts.
-  The sandbox does not bound CPU or memory (a huge ``'x' * 10**9`` still runs).
+  Every render has a CPU and size budget (``budget``, ``bounds``): a loop that runs too long
+  or a value too large to build fails the field with a message naming the limit.
 
 The modules, from the bottom up: ``errors``; ``sandbox`` (the Jinja environment, the
 ``env`` namespace, the names every template sees); ``syntax`` (what is a template or an
@@ -25,6 +26,7 @@ This package is the bottom layer of ``builder``: pure, no Prefect/FastAPI import
 """
 
 from builder.templates.analysis import TemplateRefs, find_references
+from builder.templates.budget import TemplateBudgetError, TemplateLimits
 from builder.templates.errors import TemplateError, TemplateRenderError
 from builder.templates.render import evaluate_expression, render_value
 from builder.templates.sandbox import JINJA_GLOBALS, NAMESPACES, EnvNamespace, get_environment
@@ -36,6 +38,8 @@ __all__ = [
     "EnvNamespace",
     "TemplateError",
     "TemplateRefs",
+    "TemplateBudgetError",
+    "TemplateLimits",
     "TemplateRenderError",
     "evaluate_expression",
     "find_references",

@@ -17,6 +17,7 @@ import jinja2.meta
 from jinja2 import nodes
 from jinja2.exceptions import TemplateSyntaxError
 
+from builder.templates.bounds import REFUSED_FILTERS, REFUSED_GLOBALS
 from builder.templates.errors import TemplateError
 from builder.templates.sandbox import JINJA_GLOBALS, get_environment
 from builder.templates.syntax import (
@@ -138,6 +139,8 @@ def analyse_parsed(text: str, as_expression: bool) -> Analysis:
         else:
             tree = get_environment().parse(text)
         names, node_keys = names_and_keys(tree)
+    except RefusedName as exc:
+        return Analysis(NO_NAMES, NO_NAMES, exc.message, exc.lineno)
     except TemplateSyntaxError as exc:
         return Analysis(NO_NAMES, NO_NAMES, syntax_message(exc, expression=as_expression, source=text),
                         exc.lineno)
@@ -145,6 +148,27 @@ def analyse_parsed(text: str, as_expression: bool) -> Analysis:
 
 
 _SIMPLE_STATEMENTS = (nodes.Output, nodes.If)
+
+
+class RefusedName(TemplateSyntaxError):
+    """A template uses a name that is not offered because it is not deterministic."""
+
+
+def _refused(node: nodes.Name | nodes.Filter) -> RefusedName:
+    if isinstance(node, nodes.Filter):
+        what, why = f"the {node.name} filter", REFUSED_FILTERS[node.name]
+    else:
+        what, why = node.name, REFUSED_GLOBALS[node.name]
+    return RefusedName(f"{what} is not allowed: {why}, so the node would get a new configuration each time "
+                       "it runs and run again after a crash or retry; pass such values in as inputs", node.lineno)
+
+
+def _check_refused(tree: nodes.Node) -> None:
+    for node in tree.find_all((nodes.Name, nodes.Filter)):
+        if isinstance(node, nodes.Filter) and node.name in REFUSED_FILTERS:
+            raise _refused(node)
+        if isinstance(node, nodes.Name) and node.ctx == "load" and node.name in REFUSED_GLOBALS:
+            raise _refused(node)
 
 
 class _NeedsJinja(Exception):
@@ -163,6 +187,7 @@ def names_and_keys(tree: nodes.Template) -> tuple[frozenset[str], frozenset[str]
     try:
         return _walk(tree)
     except _NeedsJinja:
+        _check_refused(tree)
         return _undeclared_by_jinja(tree), _node_keys(tree)
 
 
@@ -175,6 +200,8 @@ def _walk(tree: nodes.Node) -> tuple[frozenset[str], frozenset[str]]:
         node = stack.pop()
         kind = type(node)
         if kind is nodes.Name:
+            if node.name in REFUSED_GLOBALS:
+                raise _refused(node)
             if node.name not in JINJA_GLOBALS:
                 names.add(node.name)
             continue
@@ -186,6 +213,8 @@ def _walk(tree: nodes.Node) -> tuple[frozenset[str], frozenset[str]]:
                 elif type(node.arg) is nodes.Const and isinstance(node.arg.value, str):
                     keys.add(node.arg.value)
         elif kind is nodes.Filter:
+            if node.name in REFUSED_FILTERS:
+                raise _refused(node)
             if node.name not in env.filters:
                 raise TemplateSyntaxError(f"No filter named {node.name!r}.", node.lineno)
         elif kind is nodes.Test:

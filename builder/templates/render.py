@@ -17,6 +17,7 @@ import jinja2
 from jinja2 import nodes
 from jinja2.exceptions import SecurityError, TemplateSyntaxError, UndefinedError
 
+from builder.templates.budget import DEFAULT_LIMITS, RenderBudget, TemplateLimits
 from builder.templates.errors import TemplateRenderError
 from builder.templates.explain import explain_undefined
 from builder.templates.sandbox import get_environment
@@ -35,6 +36,7 @@ def render_value(
     *,
     expression_keys: frozenset[str] = frozenset(),
     field: str = "data",
+    limits: TemplateLimits = DEFAULT_LIMITS,
 ) -> Any:
     """Render every template string inside ``value`` (dicts and lists, recursively).
 
@@ -44,40 +46,49 @@ def render_value(
     renders to values a handler may change) and never mutates ``value``. Raises
     :class:`TemplateRenderError` whose ``field`` is the dotted path of the failing string
     (``data.conditions[0].expression``).
+
+    All the strings share one budget of ``limits`` (``budget``): a loop that runs too long
+    or a value too large fails the string that exceeded it, with a message naming the limit.
     """
+    return _render(value, scope, expression_keys, field, RenderBudget(limits))
+
+
+def _render(value: Any, scope: Mapping[str, Any], expression_keys: frozenset[str], field: str,
+            budget: RenderBudget) -> Any:
     if isinstance(value, str):
-        return _evaluate(value, scope, field, as_expression=False) if is_template(value) else value
+        return _evaluate(value, scope, field, budget, as_expression=False) if is_template(value) else value
     if isinstance(value, Mapping):
         rendered = {}
         for key, item in value.items():
             item_field = f"{field}.{key}"
             if isinstance(item, str) and key in expression_keys:
-                rendered[key] = _evaluate(item, scope, item_field, as_expression=True)
+                rendered[key] = _evaluate(item, scope, item_field, budget, as_expression=True)
             else:
-                rendered[key] = render_value(item, scope, expression_keys=expression_keys, field=item_field)
+                rendered[key] = _render(item, scope, expression_keys, item_field, budget)
         return rendered
     if isinstance(value, (list, tuple)):
         return [
-            render_value(item, scope, expression_keys=expression_keys, field=f"{field}[{index}]")
+            _render(item, scope, expression_keys, f"{field}[{index}]", budget)
             for index, item in enumerate(value)
         ]
     return value
 
 
-def evaluate_expression(expression: str, scope: Mapping[str, Any], *, field: str = "expression") -> Any:
+def evaluate_expression(expression: str, scope: Mapping[str, Any], *, field: str = "expression",
+                        limits: TemplateLimits = DEFAULT_LIMITS) -> Any:
     """Evaluate an expression written bare (``a > 1``) or wrapped (``{{ a > 1 }}``) to its Python value."""
-    return _evaluate(expression, scope, field, as_expression=True)
+    return _evaluate(expression, scope, field, RenderBudget(limits), as_expression=True)
 
 
-def _evaluate(text: str, scope: Mapping[str, Any], field: str, *, as_expression: bool) -> Any:
+def _evaluate(text: str, scope: Mapping[str, Any], field: str, budget: RenderBudget, *, as_expression: bool) -> Any:
     """Evaluate one string; every failure becomes a TemplateRenderError naming ``field``."""
     inner = expression_source(text) if as_expression else single_expression(text)
     try:
         if inner is not None:
             if not inner.strip():
                 raise TemplateRenderError("the expression is empty", field)
-            return _run_expression(inner, scope)
-        return _run_template(text, scope)
+            return _run_expression(inner, scope, budget)
+        return _run_template(text, scope, budget)
     except TemplateRenderError as exc:
         raise TemplateRenderError(exc.message, field) from exc
     except TemplateSyntaxError as exc:
@@ -93,18 +104,21 @@ def _evaluate(text: str, scope: Mapping[str, Any], field: str, *, as_expression:
         raise TemplateRenderError(str(exc) or type(exc).__name__, field) from exc
 
 
-def _run_template(text: str, scope: Mapping[str, Any]) -> str:
+def _run_template(text: str, scope: Mapping[str, Any], budget: RenderBudget) -> str:
     template = _compiled_template(text)
     context = template.new_context(_context_vars(scope, template), shared=True)
-    return get_environment().concat(template.root_render_func(context))  # type: ignore[attr-defined]
+    context.budget = budget  # type: ignore[attr-defined]
+    # Counted as it is produced: the render stops at the size limit, before joining.
+    return budget.joined(template.root_render_func(context))  # type: ignore[attr-defined]
 
 
-def _run_expression(source: str, scope: Mapping[str, Any]) -> Any:
+def _run_expression(source: str, scope: Mapping[str, Any], budget: RenderBudget) -> Any:
     compiled, may_hold_undefined = _compiled_expression(source)
     # TemplateExpression.__call__ copies its arguments into a dict; run its template
     # directly instead (same steps, without the copy).
     template = compiled._template
     context = template.new_context(_context_vars(scope, template), shared=True)
+    context.budget = budget  # type: ignore[attr-defined]
     for _ in template.root_render_func(context):
         pass
     result = context.vars["result"]

@@ -1,24 +1,40 @@
 """The sandboxed Jinja2 environment every template runs in, and the names it sees.
 
 Templates run in Jinja's immutable sandbox: no private attributes, no mutation of lists or
-dicts. Jinja's sandbox does not bound CPU or memory; the ways one short template makes a huge
-value are refused here: ``'x' * 10**9``, ``9 ** 9999999`` (which Jinja would even compute while
-compiling, in the API's event loop), ``'x'.ljust(10**9)``, ``'x' | center(10**9)``.
+dicts. Jinja's sandbox bounds neither CPU nor memory; here every loop iteration, call,
+filter and intercepted operator spends the render's budget (``budget``), and every
+operation that can build a large value from a short template (``'x' * 10**9``,
+``'%050000000d' % 0``, ``'{:>99999999}'.format(1)``, ``indent``, ``replace``, ``join``,
+``batch``, ``~``...) is checked before it allocates (``bounds``). Nothing a template
+computes runs while Jinja compiles it: filters take the context and the operators that
+build values are intercepted, so Jinja's constant folding (in the API) leaves them alone.
+Non-deterministic names (``lipsum``, the ``random`` filter) are not offered at all.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import operator as operator_module
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jinja2
+from jinja2 import nodes
+from jinja2.compiler import CodeGenerator
 from jinja2.defaults import DEFAULT_NAMESPACE
 from jinja2.exceptions import SecurityError
+from jinja2.runtime import Context, LoopContext, Macro
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from builder.templates.bounds import (
+    REFUSED_GLOBALS,
+    bounded_binop,
+    budgeted_filters,
+    check_format,
+    check_str_method,
+    format_method_of,
+)
+from builder.templates.budget import DEFAULT_LIMITS, RenderBudget
 from builder.templates.errors import TemplateRenderError
 
 ENV_ALLOWLIST_SETTING = "FLOWMAESTRO_ENV_ALLOWLIST"
@@ -90,45 +106,79 @@ class _ExplainingUndefined(jinja2.StrictUndefined):
         return message
 
 
+MACRO_CALL_STEPS = 30
+"""What calling a macro costs (measured: a call of a small macro takes about as long as 30
+loop iterations), so recursion runs out of budget as fast as loops do."""
+
 _MAPPING_METHODS = frozenset({"get", "keys", "items", "values"})
 
 
-MAX_BUILT_LENGTH = 1_000_000
-"""The longest string or list ``*``, padding methods and ``center`` may build (10 MB of text
-as a template's output is already more than any node should pass on)."""
-MAX_POWER_BITS = 100_000
-"""The largest integer ``**`` may build, in bits (30,000 digits)."""
-_WIDTH_METHODS = frozenset({"ljust", "rjust", "center", "zfill", "expandtabs"})
+class _BudgetStep:
+    """Marks the constant the code generator writes as ``context.budget.step()`` (Jinja
+    allows no new node types)."""
+
+    def __repr__(self) -> str:
+        return "context.budget.step()"
 
 
-def _bounded_binop(operator: str, left: Any, right: Any) -> Any:
-    if operator == "**" and isinstance(left, int) and isinstance(right, int) and right > 0 and abs(left) > 1:
-        if right * abs(left).bit_length() > MAX_POWER_BITS:
-            raise SecurityError(f"{left} ** {right} is too large (over {MAX_POWER_BITS} bits)")
-    if operator == "*":
-        for sequence, count in ((left, right), (right, left)):
-            if isinstance(sequence, (str, list, tuple)) and isinstance(count, int) \
-                    and len(sequence) * count > MAX_BUILT_LENGTH:
-                raise SecurityError(f"repeating a {type(sequence).__name__} {count} times is too large "
-                                    f"(over {MAX_BUILT_LENGTH} items)")
-    return operator_module.mul(left, right) if operator == "*" else operator_module.pow(left, right)
+_STEP = _BudgetStep()
 
 
-def _bounded_width(width: int) -> int:
-    if isinstance(width, int) and width > MAX_BUILT_LENGTH:
-        raise SecurityError(f"a width of {width} is too large (over {MAX_BUILT_LENGTH})")
-    return width
+def _step_node(lineno: int) -> nodes.Const:
+    return nodes.Const(_STEP, lineno=lineno)
+
+
+class _BudgetedCodeGenerator(CodeGenerator):
+    """Jinja's code generator, with the render's budget where Jinja has no hook: every
+    loop iteration (body and ``if`` filter), ``~`` and the buffers of macros and blocks."""
+
+    def visit_For(self, node: nodes.For, frame: Any) -> None:
+        lineno = node.lineno
+        body = [nodes.ExprStmt(_step_node(lineno), lineno=lineno), *node.body]
+        test = None if node.test is None else nodes.And(_step_node(lineno), node.test, lineno=lineno)
+        counted = nodes.For(node.target, node.iter, body, node.else_, test, node.recursive, lineno=lineno)
+        counted.set_environment(self.environment)
+        super().visit_For(counted, frame)
+
+    def visit_Const(self, node: nodes.Const, frame: Any) -> None:
+        if node.value is _STEP:
+            self.write("context.budget.step()")
+        else:
+            super().visit_Const(node, frame)
+
+    def visit_Concat(self, node: nodes.Concat, frame: Any) -> None:
+        self.write("context.budget.concat((")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
+
+    def buffer(self, frame: Any) -> None:
+        frame.buffer = self.temporary_identifier()
+        self.writeline(f"{frame.buffer} = context.budget.buffer()")
+
+
+class _BudgetedContext(Context):
+    """A render's context, carrying its budget (``render`` gives each render its own; a
+    context made elsewhere gets the default limits)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.budget = RenderBudget(DEFAULT_LIMITS)
 
 
 class _SandboxEnvironment(ImmutableSandboxedEnvironment):
-    """Immutable sandbox where mapping keys beat methods of the same name, and the operators,
-    methods and filters that build large values from short templates are bounded.
+    """Immutable sandbox where mapping keys beat methods of the same name, and every
+    operator, call, filter and loop spends the render's budget (``budget``, ``bounds``).
 
     Workflow data is JSON: ``fetch.items`` must read the key ``"items"``, not ``dict.items``.
     """
 
-    # Intercepted operators are also never folded into constants at compile time.
-    intercepted_binops = frozenset({"*", "**"})
+    # Intercepted operators go through call_binop, and are never folded into constants
+    # while compiling (in the API, outside any budget).
+    intercepted_binops = frozenset({"*", "**", "%", "+"})
+    code_generator_class = _BudgetedCodeGenerator
+    context_class = _BudgetedContext
 
     def __init__(self) -> None:
         super().__init__(
@@ -136,18 +186,30 @@ class _SandboxEnvironment(ImmutableSandboxedEnvironment):
             autoescape=False,
             keep_trailing_newline=True,  # "line\n" in a config must stay "line\n"
             finalize=_finalize_output,
+            # No constant folding: what a template computes runs in a render, with its
+            # budget, never while Jinja compiles it (in the API).
+            optimized=False,
         )
-        center = self.filters["center"]
-        self.filters["center"] = lambda value, width=80: center(value, _bounded_width(width))
+        self.filters = budgeted_filters(self.filters)
+        for name in REFUSED_GLOBALS:
+            del self.globals[name]
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        return _bounded_binop(operator, left, right)
+        return bounded_binop(context.budget, operator, left, right)
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805 (Jinja's names)
-        if getattr(__obj, "__name__", None) in _WIDTH_METHODS and isinstance(getattr(__obj, "__self__", None), str):
-            for width in args[:1]:
-                _bounded_width(width)
-        return super().call(__context, __obj, *args, **kwargs)
+        budget: RenderBudget = __context.budget
+        # A macro (or a recursive loop's loop()) costs about as much as 30 plain steps.
+        budget.step(MACRO_CALL_STEPS if isinstance(__obj, (Macro, LoopContext)) else 1)
+        owner = getattr(__obj, "__self__", None)
+        if isinstance(owner, str):
+            args = check_str_method(budget, owner, getattr(__obj, "__name__", ""), args, kwargs)
+        else:
+            owner = format_method_of(__obj)
+            if owner is not None:
+                check_format(budget, owner)
+        result = super().call(__context, __obj, *args, **kwargs)
+        return budget.grew(result, owner, "a call's result") if owner is not None else result
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         if isinstance(obj, Mapping) and attribute in obj:

@@ -18,6 +18,7 @@ import functools
 import re
 from collections.abc import Callable
 
+from builder.templates.bounds import REFUSED_GLOBALS
 from builder.templates.sandbox import JINJA_GLOBALS, get_environment
 from builder.templates.syntax import expression_source, single_expression
 
@@ -109,6 +110,8 @@ def _shape_entry(shape: str) -> tuple[frozenset[str], frozenset[str], tuple[int,
     match = _LOOKUP.fullmatch(shape)
     if match is not None and match.group("head") not in _NOT_NAMES:
         head = match.group("head")
+        if head in REFUSED_GLOBALS:
+            return None  # the parser words the refusal
         if head not in JINJA_GLOBALS:
             names.add(head)
             if head == "nodes" and match.group("attr") is not None:
@@ -266,6 +269,8 @@ class _Reader:
         is_nodes = False
         if kind == "name":
             value = values[i]
+            if value in REFUSED_GLOBALS:
+                return False  # the parser words the refusal
             if value not in self.globals:
                 self.names.add(value)
                 is_nodes = value == "nodes"
