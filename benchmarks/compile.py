@@ -14,6 +14,12 @@ Two shapes of generated canvases, each of about N nodes:
     nodes whose edges leave on ``condition-hi`` and ``else`` handles, followed two layers
     later by ``merge`` nodes. Every node has two incoming edges from the previous layer.
 
+``chain``
+    The attack of issue 30 (finding 3): ``start`` then one long chain of transforms, each
+    reading the first one (``{{ n0 }}``), so every reference check asks whether a node
+    thousands of edges up leads to it. Quadratic before reference checks used ancestor
+    bitsets (16,000 nodes: 55 s in the API; now well under a second).
+
 ``nested``
     A chain of blocks: a ``parallel`` (collection) holding a ``loop`` (forEach over
     ``parallel.item``) holding a chain of transforms and an inner ``parallel`` with its own
@@ -168,7 +174,23 @@ def nested_canvas(size: int) -> dict[str, Any]:
             "nodes": nodes, "edges": edges}
 
 
-SHAPES: dict[str, Callable[[int], dict[str, Any]]] = {"layered": layered_canvas, "nested": nested_canvas}
+def chain_canvas(size: int) -> dict[str, Any]:
+    """``start`` -> n0 -> n1 -> ... each transform reading ``n0`` (n0 reads the inputs)."""
+    nodes: list[dict[str, Any]] = [{"id": "start", "type": "start", "data": {}}]
+    edges: list[dict[str, Any]] = []
+    previous = "start"
+    for i in range(max(1, size - 1)):
+        node_id = f"n{i}"
+        read = "{{ inputs.seed }}" if i == 0 else "{{ n0 }}"
+        nodes.append({"id": node_id, "type": "transform", "data": {"output": read}})
+        edges.append({"id": f"e{i}", "source": previous, "target": node_id})
+        previous = node_id
+    return {"schema_version": 1, "name": f"chain-{size}", "inputs": {"seed": {"type": "integer", "default": 1}},
+            "nodes": nodes, "edges": edges}
+
+
+SHAPES: dict[str, Callable[[int], dict[str, Any]]] = {"layered": layered_canvas, "nested": nested_canvas,
+                                                      "chain": chain_canvas}
 
 
 # --------------------------------------------------------------------------- measuring

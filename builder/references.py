@@ -16,7 +16,7 @@ from collections import defaultdict
 from types import MappingProxyType
 from typing import Any
 
-from builder.graph import container_path, is_upstream
+from builder.graph import Ancestry, container_path
 from builder.draft import Draft
 from builder.issues import Issue
 from builder.plan import TOP
@@ -87,6 +87,23 @@ class _Checker:
         self.components = getattr(draft, "components", None) or {}
         self._chains: dict[str, tuple[str, ...]] = {}
         self._kind_cache: dict[str, tuple[str | None, ...]] = {}
+        self._ancestry: dict[str, Ancestry] = {}  # per scope, built when a reference needs it
+        self._members: dict[str, list[str]] | None = None  # the nodes that run, per scope
+
+    def _is_upstream(self, target: str, node: str, scope: str) -> bool:
+        """Whether a path leads from ``target`` to ``node``, both in ``scope``."""
+        if target in self.predecessors.get(node, ()):
+            return True  # the usual case: a template reads the node just before
+        ancestry = self._ancestry.get(scope)
+        if ancestry is None:
+            if self._members is None:
+                self._members = defaultdict(list)
+                for node_id, node_scope in self.scope_of.items():
+                    if node_id not in self.draft.excluded:
+                        self._members[node_scope].append(node_id)
+            ancestry = self._ancestry[scope] = Ancestry(self._members[scope], self.predecessors,
+                                                        self.draft.levels, self.components)
+        return ancestry.is_upstream(target, node)
 
     def _containers(self, node_id: str) -> tuple[str, ...]:
         """Enclosing containers of a node, innermost first (computed once per scope)."""
@@ -188,7 +205,7 @@ class _Checker:
         lifted = reader
         if self.scope_of.get(reader, TOP) != target_scope:
             lifted = next(c for c in containers if self.scope_of.get(c, TOP) == target_scope)
-        if not is_upstream(target, lifted, self.predecessors, draft.levels, self.components):
+        if not self._is_upstream(target, lifted, target_scope):
             issues.append(Issue("reference_not_upstream", f"{field} of {reader!r} reads {target!r}, which is not "
                                 f"upstream of it (no path of edges leads from {target!r} to {lifted!r})",
                                 related=(target,),
