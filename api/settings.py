@@ -10,10 +10,11 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
+from builder.limits import CompileSettings
 from store.settings import StoreSettings
 
 
-class ApiSettings(StoreSettings):
+class ApiSettings(StoreSettings, CompileSettings):
     api_keys: str = Field("", description="Comma-separated bearer keys, each 'owner:key' or a bare key "
                           "(then the key is its own owner).")
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Origins allowed to call the API "

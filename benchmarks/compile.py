@@ -55,9 +55,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from builder.templates import analysis, render, token_reader  # noqa: E402
 from builder import compiler  # noqa: E402
 from builder.compiler import compile_canvas  # noqa: E402
+from builder.limits import CompileLimits  # noqa: E402
 from node_handlers.registry import default_registry  # noqa: E402
 
 WIDTH = 20
+UNLIMITED = CompileLimits.unlimited()  # measured past the caps the API enforces (5,000 nodes by default)
 
 
 # --------------------------------------------------------------------------- generators
@@ -212,7 +214,7 @@ def _compile_once(canvas: dict[str, Any], warm: bool, gc_on: bool = False) -> fl
         compiler._collector_paused = contextlib.nullcontext
     try:
         started = time.perf_counter()
-        result = compile_canvas(canvas, registry)
+        result = compile_canvas(canvas, registry, UNLIMITED)
         elapsed = time.perf_counter() - started
     finally:
         compiler._collector_paused = paused
@@ -229,7 +231,7 @@ def _peak_memory_mb(canvas: dict[str, Any], warm: bool) -> float:
     gc.collect()
     tracemalloc.start()
     try:
-        compile_canvas(canvas, registry)
+        compile_canvas(canvas, registry, UNLIMITED)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -253,7 +255,7 @@ def profile(shape: str, size: int, top: int = 15) -> str:
     _clear_caches()
     profiler = cProfile.Profile()
     profiler.enable()
-    compile_canvas(canvas, registry)
+    compile_canvas(canvas, registry, UNLIMITED)
     profiler.disable()
     out = io.StringIO()
     pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(top)

@@ -24,7 +24,7 @@ compiler) with its fast path ``token_reader``.
 This package is the bottom layer of ``builder``: pure, no Prefect/FastAPI imports.
 """
 
-from builder.templates.analysis import TemplateRefs, find_references
+from builder.templates.analysis import TemplateLimits, TemplateRefs, find_references
 from builder.templates.errors import TemplateError, TemplateRenderError
 from builder.templates.render import evaluate_expression, render_value
 from builder.templates.sandbox import JINJA_GLOBALS, NAMESPACES, EnvNamespace, get_environment
@@ -35,6 +35,7 @@ __all__ = [
     "NAMESPACES",
     "EnvNamespace",
     "TemplateError",
+    "TemplateLimits",
     "TemplateRefs",
     "TemplateRenderError",
     "evaluate_expression",
