@@ -41,6 +41,9 @@ class ApiSettings(StoreSettings, CompileSettings):
     stream_token_key: SecretStr | None = Field(None, description="Key that signs stream tokens (?token= on a "
                                                "run's stream, for browsers); derived from the secret key "
                                                "when unset. Every API process must have the same.")
+    plan_cache_nodes: int = Field(50_000, ge=1, description="Plans of saved versions one API process keeps "
+                                  "(least recently used dropped first), counted in nodes: execute, webhooks and "
+                                  "schedules then do not compile a version again.")
     stream_token_ttl_s: float = Field(600.0, gt=0, le=86_400, description="How long a stream token "
                                       "reads its run's stream.")
 
