@@ -89,6 +89,10 @@ class CanvasCompiler:
             raise Invalid(f"invalid canvas: {len(result.errors)} error(s)", [i.to_dict() for i in result.issues])
         return result
 
+    def remember(self, saved: SavedVersion, plan: Plan) -> None:
+        """The plan a version was just saved with: its first run does not compile it again."""
+        self.cache.put((saved.workflow_id, saved.version), plan)
+
     async def plan_of(self, saved: SavedVersion) -> Plan:
         """The plan of a saved version, compiled at most once per process."""
         key = (saved.workflow_id, saved.version)

@@ -61,6 +61,7 @@ async def refuse_cycles(workflows: Workflows, owner: str, workflow_id: str, canv
 async def _saved(saved: SavedVersion, result: CompileResult, runs: RunsDep) -> WorkflowSaved:
     warnings = [IssueOut(**i.to_dict()) for i in result.warnings]
     assert result.plan is not None
+    runs.compiler.remember(saved, result.plan)
     try:
         await runs.sync_deployment(saved, result.plan)
     except Unavailable as exc:
