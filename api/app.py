@@ -14,6 +14,7 @@ from prometheus_client import generate_latest
 
 from api import dead_letters, executions, schedules, ui, webhooks, workflows
 from api.auth import require_metrics_key
+from api.compiling import CanvasCompiler, PlanCache
 from api.docs import install_docs
 from api.errors import install_error_handlers
 from api.health import health_checks
@@ -104,11 +105,14 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             # One Prefect client (and connection pool) for the process, not one per request.
             prefect = await stack.enter_async_context(get_client())
             app.state.engine, app.state.sessions, app.state.event_log = engine, database, event_log
+            registry = default_registry()
+            compiler = CanvasCompiler(registry, settings.compile_limits(), PlanCache(settings.plan_cache_nodes),
+                                      metrics.canvas_compiles)
             app.state.runs = RunService(workflows=Workflows(database), executions=Executions(database),
                                         outcomes=NodeOutcomes(database),
                                         deployments=WorkflowDeployments(settings.work_pool), prefect=prefect,
-                                        registry=default_registry(), event_log=event_log, metrics=metrics,
-                                        ui_url=ui_url, prefect_timeout_s=settings.prefect_timeout_s,
+                                        registry=registry, event_log=event_log, metrics=metrics,
+                                        ui_url=ui_url, compiler=compiler, prefect_timeout_s=settings.prefect_timeout_s,
                                         decisions=DecisionSigner.from_settings(settings.decision_key,
                                                                                settings.secret_key, settings.home))
             app.state.schedules = ScheduleService(app.state.runs, ScheduleOverlaps(database))

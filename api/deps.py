@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from api.compiling import CanvasCompiler
 from api.runs import RunService
 from api.schedule_service import ScheduleService
 from api.webhook_service import WebhookService
@@ -25,7 +26,12 @@ def get_registry(request: Request) -> HandlerRegistry:
     return request.app.state.runs.registry
 
 
+def get_compiler(request: Request) -> CanvasCompiler:
+    return request.app.state.runs.compiler
+
+
 RunsDep = Annotated[RunService, Depends(get_runs)]
+CompilerDep = Annotated[CanvasCompiler, Depends(get_compiler)]
 WorkflowsDep = Annotated[Workflows, Depends(get_workflows)]
 RegistryDep = Annotated[HandlerRegistry, Depends(get_registry)]
 

@@ -43,6 +43,9 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.runs_started = Counter("flowmaestro_runs_started_total", "Runs started through this API process.",
                                     ["workflow"], registry=self.registry)
+        self.canvas_compiles = Counter("flowmaestro_canvas_compiles_total", "Canvases this API process compiled "
+                                       "(validate, save; a saved version's plan is compiled once, then cached).",
+                                       registry=self.registry)
         self._stored = _StoredRuns()
         self.registry.register(self._stored)
 

@@ -24,9 +24,9 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import State, StateType
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
+from api.compiling import CanvasCompiler
 from api.metrics import Metrics
 from api.schemas import RunResult
-from builder.compiler import compile_canvas
 from builder.inputs import validate_inputs
 from builder.issues import InputsInvalid
 from builder.plan import Plan
@@ -69,8 +69,8 @@ def check_inputs(plan: Plan, inputs: dict[str, Any]) -> None:
 class RunService:
     def __init__(self, *, workflows: Workflows, executions: Executions, outcomes: NodeOutcomes,
                  deployments: WorkflowDeployments, prefect: PrefectClient, registry: HandlerRegistry,
-                 event_log: EventLog, metrics: Metrics, ui_url: str, decisions: DecisionSigner,
-                 prefect_timeout_s: float = 20.0):
+                 event_log: EventLog, metrics: Metrics, ui_url: str, compiler: CanvasCompiler,
+                 decisions: DecisionSigner, prefect_timeout_s: float = 20.0):
         """``decisions``: signs the approval decisions this API writes (workers check them)."""
         self.workflows = workflows
         self.executions = executions
@@ -78,6 +78,7 @@ class RunService:
         self.deployments = deployments
         self.prefect = prefect
         self.registry = registry
+        self.compiler = compiler
         self.event_log = event_log
         self.metrics = metrics
         self.ui_url = ui_url
@@ -101,17 +102,11 @@ class RunService:
         self._deployment_ids[(saved.workflow_id, saved.latest_version)] = deployment_id
         return deployment_id
 
-    def plan_of(self, saved: SavedVersion) -> Plan:
-        plan = compile_canvas(saved.canvas, self.registry).plan
-        if plan is None:  # saved canvases compiled when saved; a registry change could break one
-            raise Invalid("this workflow version no longer compiles; save a new version")
-        return plan
-
     async def deployment_of(self, owner: str, workflow_id: str) -> tuple[SavedVersion, Plan, uuid.UUID]:
         """The workflow's latest version, its plan and its deployment (created when missing,
         e.g. when Prefect was down at the save)."""
         saved = await self.workflows.version(owner, workflow_id, None)
-        plan = self.plan_of(saved)
+        plan = await self.compiler.plan_of(saved)
         deployment_id = self._deployment_ids.get((saved.workflow_id, saved.latest_version))
         if deployment_id is None:
             deployment_id = await self.sync_deployment(saved, plan)
@@ -127,7 +122,7 @@ class RunService:
                     trigger: dict[str, Any] | None = None, idempotency_key: str | None = None) -> str:
         """Check the inputs, create the flow run, record it; the worker does the rest."""
         saved = await self.workflows.version(owner, workflow_id, version)
-        plan = self.plan_of(saved)
+        plan = await self.compiler.plan_of(saved)
         check_inputs(plan, inputs)
         trigger = trigger or {"type": "api"}
         deployment_id = self._deployment_ids.get((saved.workflow_id, saved.latest_version))
@@ -135,7 +130,7 @@ class RunService:
             latest, latest_plan = saved, plan
             if saved.version != saved.latest_version:  # an older version runs; the form is the latest's
                 latest = await self.workflows.version(owner, workflow_id, None)
-                latest_plan = compile_canvas(latest.canvas, self.registry).plan or plan
+                latest_plan = await self.compiler.plan_of(latest)
             deployment_id = await self.sync_deployment(latest, latest_plan)
         flow_run = await self._call("start the run", lambda: self.deployments.start(
             self.prefect, deployment_id, workflow_id=saved.workflow_id, name=saved.name, version=saved.version,
@@ -310,9 +305,7 @@ class RunService:
         version = version or row.version
         if version != row.version:
             saved = await self.workflows.version(owner, row.workflow_id, version)
-            plan = compile_canvas(saved.canvas, self.registry).plan
-            if plan is None:
-                raise Invalid(f"version {version} no longer compiles; save a new version")
+            plan = await self.compiler.plan_of(saved)
             try:
                 validate_inputs(plan.inputs, row.inputs)
             except InputsInvalid as exc:

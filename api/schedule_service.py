@@ -16,7 +16,8 @@ from api.runs import RunService, check_inputs
 from builder.inputs import validate_inputs
 from builder.issues import InputsInvalid
 from builder.plan import Plan
-from deployments.schedules import DeploymentSchedules, Overlap, Timing, WorkflowSchedule, overlap_strategy
+from deployments.schedules import (DeploymentSchedules, Overlap, Timing, WorkflowSchedule, overlap_strategy,
+                                   refuse_short_gaps)
 from store.errors import NotFound
 from store.triggers import ScheduleOverlaps
 
@@ -57,6 +58,7 @@ class ScheduleService:
                      overlap: Overlap) -> ScheduleView:
         _saved, plan, deployment_id = await self.runs.deployment_of(owner, workflow_id)
         timing.schedule()  # 422 naming the field before anything is created
+        await refuse_short_gaps(timing)
         check_inputs(plan, inputs)
         # A schedule that limits overlap is created paused and resumed once the deployment's
         # concurrency is set: Prefect's scheduler makes the first run at once, and a run
@@ -82,6 +84,7 @@ class ScheduleService:
             timing = replace(current.timing, timezone=change.timezone)
         if timing is not None:
             timing.schedule()
+            await refuse_short_gaps(timing)
         if change.inputs is not None:
             check_inputs(plan, change.inputs)
         if timing is not None or change.inputs is not None or change.active is not None:

@@ -10,10 +10,11 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
+from builder.limits import CompileSettings
 from store.settings import StoreSettings
 
 
-class ApiSettings(StoreSettings):
+class ApiSettings(StoreSettings, CompileSettings):
     api_keys: str = Field("", description="Comma-separated bearer keys, each 'owner:key' or a bare key "
                           "(then the key is its own owner).")
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Origins allowed to call the API "
@@ -49,6 +50,9 @@ class ApiSettings(StoreSettings):
     decision_key: SecretStr | None = Field(None, description="Key that signs the approval decisions the API "
                                            "writes, which workers check; derived from the secret key when unset. "
                                            "Workers need the same (FLOWMAESTRO_DECISION_KEY).")
+    plan_cache_nodes: int = Field(50_000, ge=1, description="Plans of saved versions one API process keeps "
+                                  "(least recently used dropped first), counted in nodes: execute, webhooks and "
+                                  "schedules then do not compile a version again.")
     stream_token_ttl_s: float = Field(600.0, gt=0, le=86_400, description="How long a stream token "
                                       "reads its run's stream.")
 

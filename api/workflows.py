@@ -2,30 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 from fastapi import APIRouter, Response
 
 from api.auth import Owner
-from api.deps import RegistryDep, RunsDep, SchedulesDep, WorkflowsDep
+from api.deps import CompilerDep, RunsDep, SchedulesDep, WorkflowsDep
 from api.schemas import (CanvasBody, ErrorBody, IssueOut, ValidationReport, WorkflowPublic, WorkflowSaved,
                          WorkflowSummary)
-from builder.compiler import CompileResult, compile_canvas
-from node_handlers.registry import HandlerRegistry
+from builder.compiler import CompileResult
 from store.errors import Invalid, NotFound, Unavailable
 from store.queries import SavedVersion, Workflows
 
 log = logging.getLogger("flowmaestro.api.workflows")
 router = APIRouter(prefix="/api/workflows", tags=["workflows"])
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (401, 404, 409, 422, 503)}
-
-
-def compile_or_invalid(canvas: dict[str, Any], registry: HandlerRegistry) -> CompileResult:
-    result = compile_canvas(canvas, registry)
-    if not result.ok:
-        raise Invalid(f"invalid canvas: {len(result.errors)} error(s)", [i.to_dict() for i in result.issues])
-    return result
 
 
 def subworkflow_references(canvas: dict[str, Any]) -> list[tuple[str, int | None]]:
@@ -68,6 +61,7 @@ async def refuse_cycles(workflows: Workflows, owner: str, workflow_id: str, canv
 async def _saved(saved: SavedVersion, result: CompileResult, runs: RunsDep) -> WorkflowSaved:
     warnings = [IssueOut(**i.to_dict()) for i in result.warnings]
     assert result.plan is not None
+    runs.compiler.remember(saved, result.plan)
     try:
         await runs.sync_deployment(saved, result.plan)
     except Unavailable as exc:
@@ -80,13 +74,19 @@ async def _saved(saved: SavedVersion, result: CompileResult, runs: RunsDep) -> W
 
 @router.post("", status_code=201, response_model=WorkflowSaved, responses=ERRORS)
 async def create_workflow(body: CanvasBody, owner: Owner, workflows: WorkflowsDep, runs: RunsDep,
-                          registry: RegistryDep) -> WorkflowSaved:
+                          compiler: CompilerDep) -> WorkflowSaved:
     """Save a new workflow (version 1) and its Prefect deployment. An invalid canvas
-    answers 422 with every issue."""
-    result = compile_or_invalid(body.canvas, registry)
+    answers 422 with every issue, one too large to compile 413."""
+    result = await compiler.valid(body.canvas)
     assert result.plan is not None
     saved = await workflows.create(owner, result.plan.name, body.canvas, result.plan.hash)
-    return await _saved(saved, result, runs)
+    try:
+        return await _saved(saved, result, runs)
+    except Exception:
+        # Prefect refused the deployment (Prefect down is a warning, not this): nothing is
+        # left half-saved, the workflow goes and its name is free again.
+        await workflows.delete(owner, saved.workflow_id)
+        raise
 
 
 @router.get("", response_model=list[WorkflowSummary], responses=ERRORS)
@@ -95,11 +95,12 @@ async def list_workflows(owner: Owner, workflows: WorkflowsDep) -> list[Workflow
 
 
 @router.post("/validate", response_model=ValidationReport, responses=ERRORS)
-async def validate_workflow(body: CanvasBody, owner: Owner, registry: RegistryDep) -> ValidationReport:
-    """Compile without saving: every issue, and the plan when valid."""
-    result = compile_canvas(body.canvas, registry)
-    return ValidationReport(valid=result.ok, issues=[IssueOut(**i.to_dict()) for i in result.issues],
-                            plan=result.plan.to_dict() if result.plan else None)
+async def validate_workflow(body: CanvasBody, owner: Owner, compiler: CompilerDep) -> ValidationReport:
+    """Compile without saving: every issue, and the plan when valid (413 when the canvas is
+    too large to compile)."""
+    result = await compiler.compile(body.canvas)
+    plan = await asyncio.to_thread(result.plan.to_dict) if result.plan else None  # (large: off the loop too)
+    return ValidationReport(valid=result.ok, issues=[IssueOut(**i.to_dict()) for i in result.issues], plan=plan)
 
 
 @router.get("/{workflow_id}", response_model=WorkflowPublic, responses=ERRORS)
@@ -114,11 +115,11 @@ async def read_workflow(workflow_id: str, owner: Owner, workflows: WorkflowsDep,
 
 @router.put("/{workflow_id}", response_model=WorkflowSaved, responses=ERRORS)
 async def update_workflow(workflow_id: str, body: CanvasBody, owner: Owner, workflows: WorkflowsDep,
-                          runs: RunsDep, registry: RegistryDep, schedules: SchedulesDep) -> WorkflowSaved:
+                          runs: RunsDep, compiler: CompilerDep, schedules: SchedulesDep) -> WorkflowSaved:
     """Save a new version; earlier versions stay readable and runnable. The workflow's
     schedules stay; one whose inputs the new version refuses is named in a warning."""
     before = await workflows.get(owner, workflow_id)  # 404 before 422: the workflow must be there
-    result = compile_or_invalid(body.canvas, registry)
+    result = await compiler.valid(body.canvas)
     assert result.plan is not None
     await refuse_cycles(workflows, owner, workflow_id, body.canvas)
     saved = await workflows.add_version(owner, workflow_id, result.plan.name, body.canvas, result.plan.hash)

@@ -14,6 +14,12 @@ Two shapes of generated canvases, each of about N nodes:
     nodes whose edges leave on ``condition-hi`` and ``else`` handles, followed two layers
     later by ``merge`` nodes. Every node has two incoming edges from the previous layer.
 
+``chain``
+    The attack of issue 30 (finding 3): ``start`` then one long chain of transforms, each
+    reading the first one (``{{ n0 }}``), so every reference check asks whether a node
+    thousands of edges up leads to it. Quadratic before reference checks used ancestor
+    bitsets (16,000 nodes: 55 s in the API; now well under a second).
+
 ``nested``
     A chain of blocks: a ``parallel`` (collection) holding a ``loop`` (forEach over
     ``parallel.item``) holding a chain of transforms and an inner ``parallel`` with its own
@@ -49,9 +55,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from builder.templates import analysis, render, token_reader  # noqa: E402
 from builder import compiler  # noqa: E402
 from builder.compiler import compile_canvas  # noqa: E402
+from builder.limits import CompileLimits  # noqa: E402
 from node_handlers.registry import default_registry  # noqa: E402
 
 WIDTH = 20
+UNLIMITED = CompileLimits.unlimited()  # measured past the caps the API enforces (5,000 nodes by default)
 
 
 # --------------------------------------------------------------------------- generators
@@ -168,7 +176,23 @@ def nested_canvas(size: int) -> dict[str, Any]:
             "nodes": nodes, "edges": edges}
 
 
-SHAPES: dict[str, Callable[[int], dict[str, Any]]] = {"layered": layered_canvas, "nested": nested_canvas}
+def chain_canvas(size: int) -> dict[str, Any]:
+    """``start`` -> n0 -> n1 -> ... each transform reading ``n0`` (n0 reads the inputs)."""
+    nodes: list[dict[str, Any]] = [{"id": "start", "type": "start", "data": {}}]
+    edges: list[dict[str, Any]] = []
+    previous = "start"
+    for i in range(max(1, size - 1)):
+        node_id = f"n{i}"
+        read = "{{ inputs.seed }}" if i == 0 else "{{ n0 }}"
+        nodes.append({"id": node_id, "type": "transform", "data": {"output": read}})
+        edges.append({"id": f"e{i}", "source": previous, "target": node_id})
+        previous = node_id
+    return {"schema_version": 1, "name": f"chain-{size}", "inputs": {"seed": {"type": "integer", "default": 1}},
+            "nodes": nodes, "edges": edges}
+
+
+SHAPES: dict[str, Callable[[int], dict[str, Any]]] = {"layered": layered_canvas, "nested": nested_canvas,
+                                                      "chain": chain_canvas}
 
 
 # --------------------------------------------------------------------------- measuring
@@ -190,7 +214,7 @@ def _compile_once(canvas: dict[str, Any], warm: bool, gc_on: bool = False) -> fl
         compiler._collector_paused = contextlib.nullcontext
     try:
         started = time.perf_counter()
-        result = compile_canvas(canvas, registry)
+        result = compile_canvas(canvas, registry, UNLIMITED)
         elapsed = time.perf_counter() - started
     finally:
         compiler._collector_paused = paused
@@ -207,7 +231,7 @@ def _peak_memory_mb(canvas: dict[str, Any], warm: bool) -> float:
     gc.collect()
     tracemalloc.start()
     try:
-        compile_canvas(canvas, registry)
+        compile_canvas(canvas, registry, UNLIMITED)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -231,7 +255,7 @@ def profile(shape: str, size: int, top: int = 15) -> str:
     _clear_caches()
     profiler = cProfile.Profile()
     profiler.enable()
-    compile_canvas(canvas, registry)
+    compile_canvas(canvas, registry, UNLIMITED)
     profiler.disable()
     out = io.StringIO()
     pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(top)

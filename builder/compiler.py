@@ -26,6 +26,7 @@ from builder.document import check_nodes, parse_document
 from builder.draft import Draft
 from builder.graph import analyse_scope, container_path
 from builder.issues import Issue, errors_of
+from builder.limits import BudgetExceeded, CompileLimits, Deadline
 from builder.plan import (
     TOP,
     CachePolicy,
@@ -62,21 +63,53 @@ class CompileResult:
         return [issue for issue in self.issues if issue.severity == "warning"]
 
 
-def compile_canvas(raw: Any, catalog: NodeCatalog) -> CompileResult:
+def compile_canvas(raw: Any, catalog: NodeCatalog, limits: CompileLimits | None = None) -> CompileResult:
     """Every issue of the canvas ``raw``, and its plan when none is an error.
+
+    ``limits`` (``builder.limits``; the defaults when None) bound the work: a canvas over
+    a size cap stops at the first stage with one issue naming the cap, nesting deeper than
+    allowed stops after the containers' stage (later stages walk the nesting), and past
+    the time budget the compile stops with ``compile_time_exceeded``.
 
     Python's cyclic garbage collector is paused meanwhile (``_collector_paused``), for the
     whole process; it is left as it was when the compile ends.
     """
+    limits = limits or CompileLimits()
+    deadline = Deadline(limits.time_budget_s)
+    draft = Draft(raw=raw)
     with _collector_paused():
-        draft = parse_document(Draft(raw=raw))
-        draft = check_nodes(draft, catalog)
-        draft = build_containers(draft)
-        draft = check_edges(draft)
-        draft = mark_reachable(draft)
-        draft = check_graph_cycles(draft)
-        draft = check_references(draft)
-        return build_plan(draft)
+        try:
+            draft = parse_document(draft, limits)
+            if _stopped(draft, "too_many_nodes", "too_many_edges"):
+                return CompileResult(plan=None, issues=draft.issues)
+            deadline.check("the document")
+            draft = check_nodes(draft, catalog)
+            deadline.check("node configurations")
+            draft = build_containers(draft, limits)
+            if _stopped(draft, "container_too_deep"):
+                return CompileResult(plan=None, issues=draft.issues)
+            draft = check_edges(draft)
+            draft = mark_reachable(draft)
+            draft = check_graph_cycles(draft)
+            deadline.check("the graph")
+            draft = check_references(draft, limits, deadline)
+            deadline.check("template references")
+            return build_plan(draft)
+        except BudgetExceeded as exc:
+            return CompileResult(plan=None, issues=draft.issues + (Issue(
+                "compile_time_exceeded", f"compiling this canvas took longer than {limits.time_budget_s:g} s "
+                f"(stopped while checking {exc.stage}); make it smaller"),))
+        except RecursionError:
+            # Something nested beyond what the caps measure reached a recursive library
+            # (pydantic, Jinja): an issue, not a traceback of a thousand frames per request.
+            return CompileResult(plan=None, issues=draft.issues + (Issue(
+                "nested_too_deeply", "the canvas is nested too deeply to be compiled (JSON values or "
+                "templates inside one another); flatten it"),))
+
+
+def _stopped(draft: Draft, *codes: str) -> bool:
+    """Whether a stage found an issue that stops the compile there (a cap exceeded)."""
+    return any(issue.code in codes for issue in draft.issues)
 
 
 @contextmanager
@@ -109,7 +142,7 @@ def _collector_paused() -> Iterator[None]:
 # --- stage 3: containers ------------------------------------------------------------------
 
 
-def build_containers(draft: Draft) -> Draft:
+def build_containers(draft: Draft, limits: CompileLimits = CompileLimits()) -> Draft:
     issues: list[Issue] = []
     scope_of: dict[str, str] = {}
     for node in draft.nodes.values():
@@ -155,6 +188,7 @@ def build_containers(draft: Draft) -> Draft:
     for node_id in cyclic:
         scope_of[node_id] = TOP
 
+    issues += _too_deep(scope_of, limits.max_container_depth)
     for node in draft.nodes.values():
         if node.type == "start" and scope_of[node.id] != TOP:
             issues.append(Issue("start_in_container", "a start node cannot be inside a container",
@@ -165,6 +199,28 @@ def build_containers(draft: Draft) -> Draft:
             issues.append(Issue("empty_container", f"{spec.type} {node_id!r} has no body nodes "
                                 f"(nodes with parentId {node_id!r})", node_id=node_id, severity="warning"))
     return draft.add(*issues, scope_of=MappingProxyType(scope_of))
+
+
+def _too_deep(scope_of: Mapping[str, str], max_depth: int) -> list[Issue]:
+    """An issue for each node nested one level deeper than ``max_depth`` containers (the
+    outermost place the cap is passed). ``scope_of`` has no cycles; each chain of parents
+    is walked once, so this is linear."""
+    depth: dict[str, int] = {TOP: 0}
+    issues = []
+    for node_id in scope_of:
+        path = []
+        current = node_id
+        while current not in depth:
+            path.append(current)
+            current = scope_of.get(current, TOP)
+        known = depth[current]
+        for item in reversed(path):
+            known += 1
+            depth[item] = known
+            if known == max_depth + 2:  # (depth counts the node itself: 1 at the top level)
+                issues.append(Issue("container_too_deep", f"node {item!r} is inside {known - 1} nested containers; "
+                                    f"at most {max_depth} may nest", node_id=item, field="parentId"))
+    return issues
 
 
 # --- stage 4: edges and handles -------------------------------------------------------------

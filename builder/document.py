@@ -18,6 +18,7 @@ from builder.canvas import (DOCUMENT_EXTRA_KEYS, RETRY_CLASSES, UI_EDGE_KEYS, UI
                             NodeModel)
 from builder.catalog import NodeCatalog, NodeConfig, NodeTypeSpec
 from builder.inputs import check_input_declarations
+from builder.limits import CompileLimits
 from builder.draft import Draft
 from builder.issues import Issue, readable_errors
 from builder.templates import JINJA_GLOBALS, NAMESPACES
@@ -27,11 +28,14 @@ RESERVED_IDS = NAMESPACES | JINJA_GLOBALS
 """Node ids a template could not read a node by: its namespaces and the names Jinja provides."""
 
 
-def parse_document(draft: Draft) -> Draft:
+def parse_document(draft: Draft, limits: CompileLimits = CompileLimits()) -> Draft:
     raw = draft.raw
     if not isinstance(raw, dict):
         kind = type(raw).__name__
         return draft.add(Issue("not_an_object", f"a canvas is a JSON object, got {kind}"))
+    too_large = _over_size_caps(raw, limits)
+    if too_large:  # counted before anything is validated: the work a canvas costs is bounded first
+        return draft.add(*too_large)
     issues: list[Issue] = []
     header_raw = {k: v for k, v in raw.items() if k not in ("nodes", "edges")}
     header, header_issues = _parse_header(header_raw)
@@ -81,6 +85,16 @@ def parse_document(draft: Draft) -> Draft:
         edges[edge_id] = edge
     return draft.add(*issues, header=header, nodes=MappingProxyType(nodes),
                      edges=MappingProxyType(edges))
+
+
+def _over_size_caps(raw: dict[str, Any], limits: CompileLimits) -> list[Issue]:
+    issues = []
+    for key, code, cap in (("nodes", "too_many_nodes", limits.max_nodes), ("edges", "too_many_edges", limits.max_edges)):
+        items = raw.get(key)
+        if isinstance(items, list) and len(items) > cap:
+            issues.append(Issue(code, f"the canvas has {len(items)} {key}; at most {cap} are allowed "
+                                f"(FLOWMAESTRO_MAX_CANVAS_{key.upper()})", field=key))
+    return issues
 
 
 def _parse_header(header_raw: dict[str, Any]) -> tuple[CanvasHeader, list[Issue]]:

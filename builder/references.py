@@ -12,19 +12,21 @@ outputs of the body's nodes (``loop.results`` holds what the iterations gave).
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from types import MappingProxyType
 from typing import Any
 
-from builder.graph import container_path, is_upstream
+from builder.graph import Ancestry, container_path
 from builder.draft import Draft
 from builder.issues import Issue
 from builder.plan import TOP
-from builder.templates import NAMESPACES, TemplateRefs, find_references
+from builder.limits import NO_DEADLINE, CompileLimits, Deadline
+from builder.templates import NAMESPACES, TemplateShapeLimits, TemplateRefs, find_references
 
 
-
-def check_references(draft: Draft) -> Draft:
+def check_references(draft: Draft, limits: CompileLimits = CompileLimits(),
+                     deadline: Deadline = NO_DEADLINE) -> Draft:
     predecessors: dict[str, list[str]] = defaultdict(list)
     for edge_id in draft.handles:
         edge = draft.edges[edge_id]
@@ -33,7 +35,11 @@ def check_references(draft: Draft) -> Draft:
     issues: list[Issue] = []
     references: dict[str, frozenset[str]] = {}
     excluded, specs = draft.excluded, draft.specs
-    for node_id, node in draft.nodes.items():
+    template_limits = TemplateShapeLimits(limits.max_template_chars, limits.max_template_nesting)
+    find = functools.partial(find_references, limits=template_limits)
+    for count, (node_id, node) in enumerate(draft.nodes.items()):
+        if count % 256 == 0:
+            deadline.check("template references")
         if node_id in excluded or node_id not in specs:
             continue
         spec = specs[node_id]
@@ -44,15 +50,15 @@ def check_references(draft: Draft) -> Draft:
             outer_data = {k: v for k, v in data.items() if k not in own_keys}
             inner_data = {k: v for k, v in data.items() if k in own_keys}
             inner_found: set[str] = set()
-            for refs in find_references(inner_data, expression_keys=spec.expression_keys | own_keys):
+            for refs in find(inner_data, expression_keys=spec.expression_keys | own_keys):
                 checker.check(refs, reader=node_id, inside=node_id, issues=issues, found=inner_found)
             found |= inner_found
             outer_found: set[str] = set()
-            for refs in find_references(outer_data, expression_keys=spec.expression_keys):
+            for refs in find(outer_data, expression_keys=spec.expression_keys):
                 checker.check(refs, reader=node_id, inside=None, issues=issues, found=outer_found)
             found |= outer_found
         else:
-            for refs in find_references(data, expression_keys=spec.expression_keys):
+            for refs in find(data, expression_keys=spec.expression_keys):
                 checker.check(refs, reader=node_id, inside=None, issues=issues, found=found)
         references[node_id] = frozenset(found)
 
@@ -62,14 +68,14 @@ def check_references(draft: Draft) -> Draft:
         if condition is None or edge.source in excluded:
             continue
         value = {"field": condition.field, "value": condition.value}
-        for refs in find_references(value, field="data.condition"):
+        for refs in find(value, field="data.condition"):
             found = checker.check(refs, reader=edge.source, inside=None, issues=issues, edge_id=edge_id,
                                   reader_included=True)
             # The engine evaluates edge conditions with the source's references in scope.
             references[edge.source] = references.get(edge.source, frozenset()) | found
 
     if draft.header is not None and draft.header.output is not None:
-        for refs in find_references(draft.header.output, field="output"):
+        for refs in find(draft.header.output, field="output"):
             checker.check_output(refs, issues)
     return draft.add(*issues, references=MappingProxyType(references))
 
@@ -87,6 +93,23 @@ class _Checker:
         self.components = getattr(draft, "components", None) or {}
         self._chains: dict[str, tuple[str, ...]] = {}
         self._kind_cache: dict[str, tuple[str | None, ...]] = {}
+        self._ancestry: dict[str, Ancestry] = {}  # per scope, built when a reference needs it
+        self._members: dict[str, list[str]] | None = None  # the nodes that run, per scope
+
+    def _is_upstream(self, target: str, node: str, scope: str) -> bool:
+        """Whether a path leads from ``target`` to ``node``, both in ``scope``."""
+        if target in self.predecessors.get(node, ()):
+            return True  # the usual case: a template reads the node just before
+        ancestry = self._ancestry.get(scope)
+        if ancestry is None:
+            if self._members is None:
+                self._members = defaultdict(list)
+                for node_id, node_scope in self.scope_of.items():
+                    if node_id not in self.draft.excluded:
+                        self._members[node_scope].append(node_id)
+            ancestry = self._ancestry[scope] = Ancestry(self._members[scope], self.predecessors,
+                                                        self.draft.levels, self.components)
+        return ancestry.is_upstream(target, node)
 
     def _containers(self, node_id: str) -> tuple[str, ...]:
         """Enclosing containers of a node, innermost first (computed once per scope)."""
@@ -116,7 +139,7 @@ class _Checker:
         if found is None:
             found = set()
         if refs.error is not None:
-            issues.append(Issue("template_syntax", f"{refs.field}: {refs.error.message}",
+            issues.append(Issue(refs.error_code, f"{refs.field}: {refs.error.message}",
                                 **_where(reader, edge_id, refs.field)))
             return found
         containers = self._containers(reader)
@@ -188,7 +211,7 @@ class _Checker:
         lifted = reader
         if self.scope_of.get(reader, TOP) != target_scope:
             lifted = next(c for c in containers if self.scope_of.get(c, TOP) == target_scope)
-        if not is_upstream(target, lifted, self.predecessors, draft.levels, self.components):
+        if not self._is_upstream(target, lifted, target_scope):
             issues.append(Issue("reference_not_upstream", f"{field} of {reader!r} reads {target!r}, which is not "
                                 f"upstream of it (no path of edges leads from {target!r} to {lifted!r})",
                                 related=(target,),
@@ -198,7 +221,7 @@ class _Checker:
 
     def check_output(self, refs: TemplateRefs, issues: list[Issue]) -> None:
         if refs.error is not None:
-            issues.append(Issue("template_syntax", f"{refs.field}: {refs.error.message}", field=refs.field))
+            issues.append(Issue(refs.error_code, f"{refs.field}: {refs.error.message}", field=refs.field))
             return
         for namespace in ("loop", "parallel"):
             if namespace in refs.names:

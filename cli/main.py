@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 
 from builder.compiler import CompileResult, compile_canvas
+from builder.limits import CompileSettings
 from builder.inputs import coerce_text, validate_inputs
 from builder.issues import InputsInvalid, Issue
 from cli.triggers import ApiKey, ApiUrl, call_api, schedules_app, webhooks_app
@@ -60,7 +61,7 @@ def _compile(file: Path) -> tuple[Any, CompileResult | None, list[Issue]]:
     raw, issues = _load(file)
     if issues:
         return raw, None, issues
-    result = compile_canvas(raw, _registry())
+    result = compile_canvas(raw, _registry(), CompileSettings().compile_limits(timed=False))
     return raw, result, list(result.issues)
 
 

@@ -15,10 +15,12 @@ schedules into one (docs/triggers.md says what that means for runs started other
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 from uuid import UUID
 
@@ -26,9 +28,10 @@ from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import DeploymentScheduleCreate, DeploymentUpdate
 from prefect.client.schemas.objects import ConcurrencyLimitStrategy, ConcurrencyOptions, DeploymentSchedule
 from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule, RRuleSchedule
+from dateutil.rrule import SECONDLY, rruleset, rrulestr
 from pydantic import ValidationError
 
-from flows.prefect_compat import next_schedule_dates
+from flows.prefect_compat import cron_dates, next_schedule_dates
 from store.errors import Invalid
 
 Overlap = Literal["allow", "skip", "queue"]
@@ -36,6 +39,10 @@ OVERLAPS: tuple[Overlap, ...] = ("allow", "skip", "queue")
 MIN_INTERVAL_S = 10
 MAX_INTERVAL_S = 366 * 86_400
 NEXT_RUNS = 5
+GAP_SAMPLE = 1000
+"""Occurrences of a cron with seconds or an rrule whose gaps are measured: the pattern of a
+cron repeats within its firing hours (a seconds set of 7 values or more has a gap under
+10 s inside one minute), and Prefect's scheduler looks no further ahead either."""
 STRATEGY_OF_OVERLAP = {"skip": ConcurrencyLimitStrategy.CANCEL_NEW, "queue": ConcurrencyLimitStrategy.ENQUEUE}
 
 
@@ -80,6 +87,55 @@ class Timing:
                 issues.append({"code": "invalid_schedule", "field": name,
                                "message": f"{name}: {str(error['msg']).removeprefix('Value error, ')}"})
             raise Invalid("invalid schedule: " + "; ".join(i["message"] for i in issues), issues) from exc
+
+
+async def refuse_short_gaps(timing: Timing) -> None:
+    """``Invalid`` naming the field when runs of a cron or rrule would come closer than
+    ``MIN_INTERVAL_S`` (``interval_s`` is checked by ``Timing.schedule``): a 6-field cron
+    (seconds) or an rrule with ``FREQ=SECONDLY`` or several ``BYSECOND`` values. Measured
+    on the next occurrences, in a thread: iterating dates is CPU work."""
+    if timing.cron is not None and len(timing.cron.split()) > 5:
+        schedule = timing.schedule()
+        gap = _smallest_gap(await asyncio.to_thread(cron_dates, schedule, GAP_SAMPLE))
+        field, value = "cron", timing.cron
+    elif timing.rrule is not None:
+        gap = await asyncio.to_thread(_rrule_gap, timing.rrule)
+        field, value = "rrule", timing.rrule
+    else:
+        return
+    if gap is not None and gap < MIN_INTERVAL_S:
+        message = (f"{field}: {value!r} starts runs {gap:g} s apart; at least {MIN_INTERVAL_S} s are needed "
+                   f"between two runs")
+        raise Invalid(message, [{"code": "invalid_schedule", "field": field, "message": message}])
+
+
+def _rrule_gap(text: str) -> float | None:
+    """The smallest gap of an rrule (set), from its next occurrences and its listed dates
+    (RDATE). A per-second rule is refused whatever its interval: Prefect's scheduler walks
+    every occurrence from the rule's start (2020 when the rule gives none), hundreds of
+    millions for a per-second rule."""
+    now = datetime.now(timezone.utc).replace(microsecond=0, tzinfo=None)
+    rules = rrulestr(text, forceset=True, dtstart=now)
+    if any(rule._freq == SECONDLY for rule in rules._rrule):
+        message = "rrule: FREQ=SECONDLY is not accepted; use interval_s for runs seconds apart (at least " \
+                  f"{MIN_INTERVAL_S} s)"
+        raise Invalid(message, [{"code": "invalid_schedule", "field": "rrule", "message": message}])
+    # Each rule restarted now (naive), so no rule is walked from a DTSTART years ago; the
+    # gaps of a rule do not depend on where it starts. Exclusions are left out: they only
+    # widen gaps.
+    restarted = rruleset()
+    for rule in rules._rrule:
+        until = rule._until.replace(tzinfo=None) if rule._until else None
+        if until is None or until > now:  # (a rule that has ended starts no more runs)
+            restarted.rrule(rule.replace(dtstart=now, until=until))
+    dates = list(itertools.islice(restarted, GAP_SAMPLE))
+    rdates = sorted(d.replace(tzinfo=None) for d in rules._rdate)  # listed dates may sit anywhere
+    return min((gap for gap in (_smallest_gap(dates), _smallest_gap(rdates)) if gap is not None), default=None)
+
+
+def _smallest_gap(dates: list[datetime]) -> float | None:
+    gaps = [(later - earlier).total_seconds() for earlier, later in zip(dates, dates[1:])]
+    return min(gaps) if gaps else None
 
 
 @dataclass(frozen=True)

@@ -33,10 +33,20 @@ ENTRYPOINT = "flows/flow.py:run_workflow"
 WORKFLOW_TAG = "workflow:{id}"
 
 
+_UNSAFE_IN_DEPLOYMENT_NAMES = re.compile(r"[/%&<>?#\\\x00-\x1f\x7f]+")
+"""What Prefect refuses in a deployment name (``prefect.types.names.BANNED_CHARACTERS``:
+/ % & > <), and what would cut the URL its client reads a deployment by name from
+(``/deployments/name/{flow}/{name}``, not quoted: ? and # end the path there, so the
+deployment would never be found and each save would re-create it, dropping its schedules),
+and control characters."""
+
+
 def deployment_name(workflow_id: str, name: str) -> str:
-    """The workflow's name (made safe for Prefect's ``flow/deployment`` addressing) and
-    the start of its id: names are unique per owner, not across owners."""
-    safe = re.sub(r"[/%]+", "-", name).strip() or "workflow"
+    """The workflow's name made safe for Prefect and the start of its id: names are
+    unique per owner, not across owners. Any display name is fine for a workflow
+    (``R&D <report>``); its deployment is ``R-D -report- [1234abcd]``. Names without
+    those characters map to themselves, so existing deployments keep theirs."""
+    safe = _UNSAFE_IN_DEPLOYMENT_NAMES.sub("-", name).strip() or "workflow"
     return f"{safe[:150]} [{workflow_id[:8]}]"
 
 

@@ -209,7 +209,9 @@ async def _run(context: RunContext, canvas: dict[str, Any], inputs: dict[str, An
     """The run's outcome (its result, or a final state carrying it) and record (None when
     it was refused before anything ran)."""
     registry = context.registry
-    compiled = compile_canvas(canvas, registry)
+    # The caps the API applies, without its time budget: a busy worker must not refuse a
+    # saved version for being slow, and the caps bound its work already.
+    compiled = compile_canvas(canvas, registry, context.settings.compile_limits(timed=False))
     name = canvas.get("name", "workflow") if isinstance(canvas, dict) else "workflow"
     if not compiled.ok:
         issues = [issue.to_dict() for issue in compiled.errors]

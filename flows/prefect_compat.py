@@ -334,6 +334,15 @@ async def next_schedule_dates(schedule: Any, n: int, start: datetime | None = No
     return list(await twin.get_dates(n=n, start=start))
 
 
+def cron_dates(schedule: Any, n: int) -> list[datetime]:
+    """``next_schedule_dates`` of a cron schedule, without an event loop (for a thread):
+    the server twin's date generator is synchronous under its async wrapper."""
+    from prefect.server.schemas import schedules as server_schedules
+
+    twin = server_schedules.CronSchedule.model_validate(schedule.model_dump(mode="json"))
+    return sorted(twin._get_dates_generator(n=n))
+
+
 # --- result storage ------------------------------------------------------------------------------
 
 

@@ -13,10 +13,11 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
 from builder.templates import TemplateLimits
+from builder.limits import CompileSettings
 from store.settings import StoreSettings
 
 
-class EngineSettings(StoreSettings):
+class EngineSettings(StoreSettings, CompileSettings):
     server_port: int = Field(4200, description="Port of the embedded Prefect server (a free one is chosen if "
                              "it is taken by something else).")
     env_allowlist: Annotated[frozenset[str], NoDecode] = Field(frozenset(), description="Environment variables templates may read "

@@ -25,7 +25,7 @@ compiler) with its fast path ``token_reader``.
 This package is the bottom layer of ``builder``: pure, no Prefect/FastAPI imports.
 """
 
-from builder.templates.analysis import TemplateRefs, find_references
+from builder.templates.analysis import TemplateRefs, TemplateShapeLimits, find_references
 from builder.templates.budget import TemplateBudgetError, TemplateLimits
 from builder.templates.errors import TemplateError, TemplateRenderError
 from builder.templates.render import evaluate_expression, render_value
@@ -37,9 +37,10 @@ __all__ = [
     "NAMESPACES",
     "EnvNamespace",
     "TemplateError",
+    "TemplateLimits",
     "TemplateRefs",
     "TemplateBudgetError",
-    "TemplateLimits",
+    "TemplateShapeLimits",
     "TemplateRenderError",
     "evaluate_expression",
     "find_references",

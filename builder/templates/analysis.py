@@ -21,6 +21,7 @@ from builder.templates.bounds import REFUSED_FILTERS, REFUSED_GLOBALS
 from builder.templates.errors import TemplateError
 from builder.templates.sandbox import JINJA_GLOBALS, get_environment
 from builder.templates.syntax import (
+    bracket_depth,
     expression_as_template,
     expression_source,
     parse_expression,
@@ -38,13 +39,26 @@ class TemplateRefs(NamedTuple):
     (``{% for x %}``, ``{% set %}``) and names Jinja provides (``range``...) are excluded.
     ``node_keys``: constant keys used as ``nodes["some-id"]`` / ``nodes.some_id``.
     ``error``: the syntax error when the string does not parse (then names and node_keys
-    are empty).
+    are empty); ``error_code`` says which kind: ``template_syntax``, or
+    ``template_too_long`` / ``template_too_deep`` for a string over the limits.
     """
 
     field: str
     names: frozenset[str]
     node_keys: frozenset[str]
     error: TemplateError | None
+    error_code: str = "template_syntax"
+
+
+class TemplateShapeLimits(NamedTuple):
+    """How large a template string may be before it is parsed (``builder.limits``)."""
+
+    max_chars: int
+    max_nesting: int
+    """Brackets open at once: Jinja's parser recurses once per level."""
+
+
+NO_TEMPLATE_LIMITS = TemplateShapeLimits(10**9, 10**9)
 
 
 def find_references(
@@ -52,13 +66,15 @@ def find_references(
     *,
     expression_keys: frozenset[str] = frozenset(),
     field: str = "data",
+    limits: TemplateShapeLimits = NO_TEMPLATE_LIMITS,
 ) -> list[TemplateRefs]:
     """One :class:`TemplateRefs` per template or expression string inside ``value``.
 
     Walks dicts and lists exactly like :func:`render_value`; plain strings give nothing.
+    A string over ``limits`` is not parsed: its TemplateRefs carries the error.
     """
     found: list[TemplateRefs] = []
-    _collect_references(value, expression_keys, field, found)
+    _collect_references(value, expression_keys, field, found, limits)
     return found
 
 
@@ -69,34 +85,52 @@ def _is_container(value: Any) -> bool:
     return isinstance(value, (dict, list, tuple)) or (type(value) not in _SCALARS and isinstance(value, Mapping))
 
 
-def _collect_references(value: Any, expression_keys: frozenset[str], field: str, found: list[TemplateRefs]) -> None:
+def _collect_references(value: Any, expression_keys: frozenset[str], field: str, found: list[TemplateRefs],
+                        limits: TemplateShapeLimits) -> None:
     if isinstance(value, str):
         if "{{" in value or "{%" in value:
-            found.append(_refs(value, field, as_expression=False))
+            found.append(_refs(value, field, as_expression=False, limits=limits))
     elif isinstance(value, dict) or (type(value) not in _SCALARS and isinstance(value, Mapping)):
         for key, item in value.items():
             if isinstance(item, str):  # (the field path is only built for what is read)
                 if key in expression_keys:
-                    found.append(_refs(item, f"{field}.{key}", as_expression=True))
+                    found.append(_refs(item, f"{field}.{key}", as_expression=True, limits=limits))
                 elif "{{" in item or "{%" in item:
-                    found.append(_refs(item, f"{field}.{key}", as_expression=False))
+                    found.append(_refs(item, f"{field}.{key}", as_expression=False, limits=limits))
             elif type(item) not in _SCALARS and _is_container(item):
-                _collect_references(item, expression_keys, f"{field}.{key}", found)
+                _collect_references(item, expression_keys, f"{field}.{key}", found, limits)
     elif isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
             if isinstance(item, str):
                 if "{{" in item or "{%" in item:
-                    found.append(_refs(item, f"{field}[{index}]", as_expression=False))
+                    found.append(_refs(item, f"{field}[{index}]", as_expression=False, limits=limits))
             elif type(item) not in _SCALARS and _is_container(item):
-                _collect_references(item, expression_keys, f"{field}[{index}]", found)
+                _collect_references(item, expression_keys, f"{field}[{index}]", found, limits)
 
 
-def _refs(text: str, field: str, *, as_expression: bool) -> TemplateRefs:
+def _refs(text: str, field: str, *, as_expression: bool, limits: TemplateShapeLimits) -> TemplateRefs:
+    too_large = _over_limits(text, limits)
+    if too_large is not None:
+        code, message = too_large
+        return TemplateRefs(field, NO_NAMES, NO_NAMES, TemplateError(message, field), code)
     analysis = analyse(text, as_expression)
     error = None
     if analysis.error_message is not None:
         error = TemplateError(analysis.error_message, field, analysis.error_lineno)
-    return TemplateRefs(field, analysis.names, analysis.node_keys, error)
+    return TemplateRefs(field, analysis.names, analysis.node_keys, error, analysis.error_code)
+
+
+def _over_limits(text: str, limits: TemplateShapeLimits) -> tuple[str, str] | None:
+    """The issue code and message of a string too large to parse, else None."""
+    if len(text) > limits.max_chars:
+        return "template_too_long", (f"the template is {len(text)} characters long; at most "
+                                     f"{limits.max_chars} are allowed")
+    if len(text) > limits.max_nesting:  # (fewer characters cannot open that many brackets)
+        depth = bracket_depth(text)
+        if depth > limits.max_nesting:
+            return "template_too_deep", (f"the template is nested too deeply: {depth} brackets open at once, at "
+                                         f"most {limits.max_nesting} are allowed")
+    return None
 
 
 class Analysis(NamedTuple):
@@ -106,6 +140,7 @@ class Analysis(NamedTuple):
     node_keys: frozenset[str]
     error_message: str | None
     error_lineno: int | None
+    error_code: str = "template_syntax"
 
 
 NO_NAMES: frozenset[str] = frozenset()
@@ -119,7 +154,14 @@ def analyse(text: str, as_expression: bool) -> Analysis:
     reader of the expression grammar) answers for the usual strings, Jinja's parser for
     everything else (block tags, slices, unknown filters, syntax errors, ...).
     """
-    return analyse_tokens(text, as_expression) or analyse_parsed(text, as_expression)
+    try:
+        return analyse_tokens(text, as_expression) or analyse_parsed(text, as_expression)
+    except RecursionError:
+        # Nesting that the bracket count does not see (chains of unary operators, inline
+        # ifs, nested blocks): Jinja's recursive parser ran out of stack. An issue, never
+        # a traceback (thousands of lines) in the API's log.
+        return Analysis(NO_NAMES, NO_NAMES, "the template is nested too deeply to be parsed", None,
+                        "template_too_deep")
 
 
 def analyse_tokens(text: str, as_expression: bool) -> Analysis | None:

@@ -78,3 +78,24 @@ def syntax_message(exc: TemplateSyntaxError, *, expression: bool, source: str) -
         return ("expected one expression, bare (inputs.score > 0.5) or wrapped in a single {{ ... }}, "
                 f"not text mixed with template tags: {text}")
     return f"template syntax error: {text}"
+
+
+_DELIMITERS = re.compile(r"\{\{|\}\}|\{%|%\}|\{#|#\}")
+_BRACKETS = re.compile(r"[()\[\]{}]")
+_OPENING = frozenset("([{")
+
+
+def bracket_depth(text: str) -> int:
+    """The most brackets ``( [ {`` open at once in ``text``, template delimiters (``{{``,
+    ``{%``...) aside. Counted without parsing, so a string too deep for Jinja's recursive
+    parser is refused before it reaches it; brackets in string literals count too (a
+    template with 32 open brackets inside quotes is not a real one)."""
+    depth = deepest = 0
+    for match in _BRACKETS.finditer(_DELIMITERS.sub("", text)):
+        if match.group() in _OPENING:
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+        elif depth:
+            depth -= 1
+    return deepest
