@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -26,7 +25,6 @@ from api.stream_slots import StreamSlots
 from api.stream_tokens import StreamTokens, redact_access_logs, token_key
 from deployments.workflow_deployments import WorkflowDeployments
 from flows.event_log import event_log_from_env
-from flows.local_server import ui_url_for
 from node_handlers.registry import default_registry
 from store.db import make_engine, sessions, upgrade_schema
 from store.queries import Executions, NodeOutcomes, Workflows
@@ -93,7 +91,6 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         await upgrade_schema(url)
         engine = make_engine(url)
         database = sessions(engine)
-        ui_url = settings.ui_url or ui_url_for(os.environ.get("PREFECT_API_URL", "http://127.0.0.1:4200/api"))
         event_log = event_log_from_env()
         async with AsyncExitStack() as stack:
             stack.push_async_callback(engine.dispose)
@@ -105,7 +102,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                                         outcomes=NodeOutcomes(database),
                                         deployments=WorkflowDeployments(settings.work_pool), prefect=prefect,
                                         registry=default_registry(), event_log=event_log, metrics=metrics,
-                                        ui_url=ui_url, prefect_timeout_s=settings.prefect_timeout_s)
+                                        prefect_public_url=settings.prefect_public_url,
+                                        prefect_timeout_s=settings.prefect_timeout_s)
             app.state.schedules = ScheduleService(app.state.runs, ScheduleOverlaps(database))
             secret_key = settings.secret_key.get_secret_value() if settings.secret_key else None
             box = SecretBox.from_settings(secret_key, settings.home)

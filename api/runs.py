@@ -72,7 +72,11 @@ def check_inputs(plan: Plan, inputs: dict[str, Any]) -> None:
 class RunService:
     def __init__(self, *, workflows: Workflows, executions: Executions, outcomes: NodeOutcomes,
                  deployments: WorkflowDeployments, prefect: PrefectClient, registry: HandlerRegistry,
-                 event_log: EventLog, metrics: Metrics, ui_url: str, prefect_timeout_s: float = 20.0):
+                 event_log: EventLog, metrics: Metrics, prefect_public_url: str | None = None,
+                 prefect_timeout_s: float = 20.0):
+        """``prefect_public_url``: the Prefect UI as browsers reach it, for links; None gives
+        out no Prefect address (its API is code execution on every host that reads its
+        results, so where it is stays the operator's to publish)."""
         self.workflows = workflows
         self.executions = executions
         self.outcomes = outcomes
@@ -81,13 +85,15 @@ class RunService:
         self.registry = registry
         self.event_log = event_log
         self.metrics = metrics
-        self.ui_url = ui_url
+        self.prefect_public_url = prefect_public_url.rstrip("/") if prefect_public_url else None
         self.prefect_timeout_s = prefect_timeout_s
         self._deployment_ids: dict[tuple[str, int], uuid.UUID] = {}
 
     def links(self, run_id: str) -> dict[str, str]:
-        return {"self": f"/api/executions/{run_id}", "stream": f"/api/executions/{run_id}/stream",
-                "prefect_ui": f"{self.ui_url}/runs/flow-run/{run_id}"}
+        links = {"self": f"/api/executions/{run_id}", "stream": f"/api/executions/{run_id}/stream"}
+        if self.prefect_public_url:
+            links["prefect_ui"] = f"{self.prefect_public_url}/runs/flow-run/{run_id}"
+        return links
 
     # --- deployments -----------------------------------------------------------------
 

@@ -35,8 +35,9 @@ class ApiSettings(StoreSettings):
     webhook_max_body_bytes: int = Field(1_048_576, ge=1, description="Largest webhook request body (413 above).")
     metrics_key: SecretStr | None = Field(None, description="Bearer key that GET /metrics then needs (its "
                                           "labels name every owner's workflows); public when unset.")
-    ui_url: str | None = Field(None, description="Public Prefect UI URL for links; derived from "
-                               "PREFECT_API_URL when unset.")
+    prefect_public_url: str | None = Field(None, description="The Prefect UI's address as browsers reach it "
+                                           "(e.g. behind an authenticating proxy); execute answers and the run "
+                                           "pages link to runs there. Unset: no Prefect address is given out.")
     stream_token_key: SecretStr | None = Field(None, description="Key that signs stream tokens (?token= on a "
                                                "run's stream, for browsers); derived from the secret key "
                                                "when unset. Every API process must have the same.")

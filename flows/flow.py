@@ -52,9 +52,11 @@ def _generic_flow(fn: Callable[..., Coroutine[Any, Any, Any]]) -> Flow:
     """The Prefect options of the generic flow, the same for every door. No ``flow_run_name``:
     Prefect would look up the server's default result storage once more per run (about
     40 ms) to call it; the run names itself (``_name_after_canvas``)."""
-    # Results as plain JSON (``prefect_compat.ResultJSON``): nothing FlowMaestro writes to
-    # Prefect's result storage is a pickle, and ``prefect_compat.run_result`` reads only these.
-    return flow(name=FLOW_NAME, persist_result=True, validate_parameters=False,
+    # The run result is not persisted in Prefect's result storage: the store keeps it, and a
+    # file there holding node outputs verbatim is one a forged state could point Prefect's
+    # reader at. Callers in this process read the state's in-memory result
+    # (``prefect_compat.run_result``); should a result ever be persisted, it is plain JSON.
+    return flow(name=FLOW_NAME, persist_result=False, validate_parameters=False,
                 result_serializer=prefect_compat.RESULT_SERIALIZER)(fn)
 
 
