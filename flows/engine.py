@@ -69,7 +69,7 @@ class Execution:
                  large_outputs: LargeOutputs | None = None):
         """``max_task_runs``: how many task runs the run shows one by one (``RunRecording``).
         ``large_outputs``: how outputs over a size are shown in events and the run result
-        (a reference to result storage, ``flows.large_outputs``), so that a long run of large
+        (a reference to the store, ``flows.large_outputs``), so that a long run of large
         outputs floods neither the event log nor the records; none by default."""
         self.plan = plan
         self.registry = registry
@@ -241,7 +241,7 @@ class Execution:
         shown = await self.large_outputs.shown(outcome.output) if outcome.status != "failed" else None
         # Kept for the run result's top-level nodes only: a body execution's output lives in
         # its frame while later nodes of the iteration may read it (a long loop stays flat).
-        # One kept in result storage is referred to there too.
+        # One kept in the store is referred to there too.
         if outcome.status != "failed" and frame.scope_id == TOP:
             run.output = shown if is_reference(shown) else outcome.output
         else:

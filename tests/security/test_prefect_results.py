@@ -98,18 +98,14 @@ async def test_plant_forge_read_runs_no_code_in_the_api(served, tmp_path):
         assert shown["truncated"] is True and shown["ref"], shown
         whole = await api.get(f"/api/executions/{plant_run}/outputs/{shown['ref']}")  # the feature stays
         assert whole.status_code == 200 and whole.json()["result"] == payload(marker)
-        # Nothing of it where Prefect reads results: no file under its result storage holds it.
-        holding = [p for p in files_under(results_root) if payload(marker).encode() in p.read_bytes()]
-        assert holding == [], f"the planted output is in Prefect's result storage: {holding}"
-        old_place = results_root / "flowmaestro-outputs" / plant_run / f"{shown['ref']}.json"
-        assert not old_place.exists()
+        old_place = results_root / "flowmaestro-outputs" / plant_run / f"{shown['ref']}.json"  # before the fix
 
         # (c) forge: one of bob's paused runs set Completed, its result "at" the planted output's
         # old place; and another at a pickle record that is there (put by whoever can write there).
         paused = [await start_paused(api) for _ in range(2)]
         results_root.mkdir(parents=True, exist_ok=True)
-        present = results_root / f"present-{uuid.uuid4().hex}"
-        present.write_text(json.dumps(record_shaped(marker)))
+        present, present_marker = results_root / f"present-{uuid.uuid4().hex}", tmp_path / "api-unpickled-present"
+        present.write_text(json.dumps(record_shaped(present_marker)))
         await forge_completed(paused[0], str(old_place))
         await forge_completed(paused[1], str(present))  # live: see test_prefects_own_reader_would_run...
         # (d) read: the API answers from its store and the event log, and runs no code.
@@ -118,7 +114,11 @@ async def test_plant_forge_read_runs_no_code_in_the_api(served, tmp_path):
             assert answer.status_code == 200, answer.text
             assert answer.json()["status"] == "completed"  # Prefect's word on the status, nothing more
             assert payload(marker) not in answer.text
-        assert not marker.exists(), "the API unpickled a forged result"
+        assert not marker.exists(), "the API unpickled the planted output through a forged result"
+        assert not present_marker.exists(), "the API unpickled a forged result"
+        # Nothing of the planted output where Prefect reads results: no file there holds it.
+        holding = [p for p in files_under(results_root) if payload(marker).encode() in p.read_bytes()]
+        assert holding == [] and not old_place.exists(), f"the planted output is in Prefect's result storage: {holding}"
 
 
 @pytest.mark.prefect
@@ -277,7 +277,7 @@ def test_the_embedded_prefect_server_refuses_requests_without_its_auth_string(tm
                 return body if body["status"] in ("completed", "failed", "cancelled") else None
 
             result = wait_until(ended, timeout=300, interval=0.5, what="the run ending on serve's worker")
-            assert result["status"] == "completed" and result["output"] == "hi", result
+            assert result["status"] == "completed" and result["output"] == {"greet": "hi"}, result
             assert secret.split(":", 1)[1] not in json.dumps(result)
         serve.stop(60)
         assert secret.split(":", 1)[1] not in serve.output(tail=10_000_000)
