@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -30,7 +29,6 @@ from api.stream_tokens import StreamTokens, redact_access_logs, token_key
 from deployments.workflow_deployments import WorkflowDeployments
 from flows.decisions import DecisionSigner
 from flows.event_log import event_log_from_env
-from flows.local_server import ui_url_for
 from node_handlers.registry import default_registry
 from store.db import make_engine, sessions, upgrade_schema
 from store.queries import Executions, NodeOutcomes, Workflows
@@ -97,7 +95,6 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         await upgrade_schema(url)
         engine = make_engine(url)
         database = sessions(engine)
-        ui_url = settings.ui_url or ui_url_for(os.environ.get("PREFECT_API_URL", "http://127.0.0.1:4200/api"))
         event_log = event_log_from_env()
         async with AsyncExitStack() as stack:
             stack.push_async_callback(engine.dispose)
@@ -111,10 +108,11 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             app.state.runs = RunService(workflows=Workflows(database), executions=Executions(database),
                                         outcomes=NodeOutcomes(database),
                                         deployments=WorkflowDeployments(settings.work_pool), prefect=prefect,
-                                        registry=registry, event_log=event_log, metrics=metrics,
-                                        ui_url=ui_url, compiler=compiler, prefect_timeout_s=settings.prefect_timeout_s,
+                                        registry=registry, event_log=event_log, metrics=metrics, compiler=compiler,
                                         decisions=DecisionSigner.from_settings(settings.decision_key,
-                                                                               settings.secret_key, settings.home))
+                                                                               settings.secret_key, settings.home),
+                                        prefect_public_url=settings.prefect_public_url,
+                                        prefect_timeout_s=settings.prefect_timeout_s)
             app.state.schedules = ScheduleService(app.state.runs, ScheduleOverlaps(database))
             secret_key = settings.secret_key.get_secret_value() if settings.secret_key else None
             box = SecretBox.from_settings(secret_key, settings.home)

@@ -8,6 +8,10 @@ store. What is authoritative for what:
 - whether a run is still going is Prefect's: a run cancelled in the Prefect UI, or whose
   worker died, shows the state Prefect has for it;
 - while a run is going, node states come from the run's event log.
+
+The API never reads a result from Prefect (``State.result()``): a state's data names a file
+and a serializer, and whoever can set a state through Prefect's API names a pickle. A run
+that ended without its worker storing the result gets its node states from the event log.
 """
 
 from __future__ import annotations
@@ -34,8 +38,8 @@ from deployments.workflow_deployments import WorkflowDeployment, WorkflowDeploym
 from flows.approvals import pending_approvals, resume_approval
 from flows.decisions import DecisionSigner
 from flows.event_log import EventLog
-from flows.large_outputs import output_path
-from flows.prefect_compat import default_result_storage, mark_cancelled, read_path, request_cancellation, schedule_again
+from flows.large_outputs import is_ref
+from flows.prefect_compat import mark_cancelled, request_cancellation, schedule_again
 from node_handlers.registry import HandlerRegistry
 from store.db import ExecutionRow
 from store.errors import Conflict, Invalid, NotFound, Unavailable
@@ -69,9 +73,12 @@ def check_inputs(plan: Plan, inputs: dict[str, Any]) -> None:
 class RunService:
     def __init__(self, *, workflows: Workflows, executions: Executions, outcomes: NodeOutcomes,
                  deployments: WorkflowDeployments, prefect: PrefectClient, registry: HandlerRegistry,
-                 event_log: EventLog, metrics: Metrics, ui_url: str, compiler: CanvasCompiler,
-                 decisions: DecisionSigner, prefect_timeout_s: float = 20.0):
-        """``decisions``: signs the approval decisions this API writes (workers check them)."""
+                 event_log: EventLog, metrics: Metrics, compiler: CanvasCompiler, decisions: DecisionSigner,
+                 prefect_public_url: str | None = None, prefect_timeout_s: float = 20.0):
+        """``decisions``: signs the approval decisions this API writes (workers check them).
+        ``prefect_public_url``: the Prefect UI as browsers reach it, for links; None gives
+        out no Prefect address (its API is code execution on every host that reads its
+        results, so where it is stays the operator's to publish)."""
         self.workflows = workflows
         self.executions = executions
         self.outcomes = outcomes
@@ -81,14 +88,16 @@ class RunService:
         self.compiler = compiler
         self.event_log = event_log
         self.metrics = metrics
-        self.ui_url = ui_url
+        self.prefect_public_url = prefect_public_url.rstrip("/") if prefect_public_url else None
         self.prefect_timeout_s = prefect_timeout_s
         self.decisions = decisions
         self._deployment_ids: dict[tuple[str, int], uuid.UUID] = {}
 
     def links(self, run_id: str) -> dict[str, str]:
-        return {"self": f"/api/executions/{run_id}", "stream": f"/api/executions/{run_id}/stream",
-                "prefect_ui": f"{self.ui_url}/runs/flow-run/{run_id}"}
+        links = {"self": f"/api/executions/{run_id}", "stream": f"/api/executions/{run_id}/stream"}
+        if self.prefect_public_url:
+            links["prefect_ui"] = f"{self.prefect_public_url}/runs/flow-run/{run_id}"
+        return links
 
     # --- deployments -----------------------------------------------------------------
 
@@ -157,7 +166,7 @@ class RunService:
         if status in FINAL_STATUSES:
             # Ended without its worker storing the result (the worker died, or the run was
             # cancelled before it started): take Prefect's word, and keep it.
-            result = await self._final_from_prefect(row, status, state)
+            result = await self._final_without_result(row, status, state)
             await self.executions.record_result(run_id, result.model_dump())
             return result
         approvals = await self._call("read approvals", lambda: pending_approvals(run_id, self.prefect)) \
@@ -168,21 +177,12 @@ class RunService:
                          started_at=flow_run.start_time.isoformat() if flow_run.start_time else None)
 
     async def large_output(self, owner: str, run_id: str, ref: str) -> bytes:
-        """A node output that events and the run result refer to by ``ref`` (as JSON), read
-        from the result storage the workers write to (flows/large_outputs.py)."""
-        await self.executions.get(owner, run_id)
-        try:
-            path = output_path(run_id, ref)
-        except ValueError:
-            raise NotFound(f"execution {run_id} has no output {ref!r}") from None
-        try:
-            return await read_path(await default_result_storage(), path)
-        except (FileNotFoundError, ValueError):  # LocalFileSystem: ValueError, the path does not exist
-            raise NotFound(f"execution {run_id} has no output {ref!r}") from None
-        except Exception as exc:
-            log.warning("reading %s from result storage failed: %r", path, exc)
-            raise Unavailable("result storage", f"the result storage could not be read ({type(exc).__name__}); "
-                              "retry later") from exc
+        """A node output that events and the run result refer to by ``ref``, as the JSON its
+        worker kept in the store (flows/large_outputs.py)."""
+        if not is_ref(ref):
+            await self.executions.get(owner, run_id)  # another owner's run: the same 404 as none
+            raise NotFound(f"execution {run_id} has no output {ref!r}")
+        return await self.executions.output(owner, run_id, ref)
 
     async def _not_started(self, owner: str, run_id: str) -> RunResult:
         try:
@@ -203,15 +203,9 @@ class RunService:
                          version=parameters.get("version"), status=STATUS_OF_STATE.get(state.type, "pending")
                          if state else "pending", trigger=parameters.get("trigger") or {})
 
-    async def _final_from_prefect(self, row: ExecutionRow, status: str, state: State | None) -> RunResult:
-        stored: Any = None
-        if state is not None:
-            try:
-                stored = await state.result(raise_on_failure=False)
-            except Exception:  # the result lives in a storage this process cannot read
-                stored = None
-        if isinstance(stored, dict) and "nodes" in stored:
-            return RunResult.of(stored | {"status": status}, trigger=row.trigger)
+    async def _final_without_result(self, row: ExecutionRow, status: str, state: State | None) -> RunResult:
+        """A run Prefect says has ended and whose worker stored no result: its status and
+        message from Prefect, its nodes from the event log. Never the state's data."""
         message = None if status == "completed" else (state.message if state else None) or status
         return RunResult(id=row.id, workflow=row.workflow_name, workflow_id=row.workflow_id, version=row.version,
                          status=status, error={"message": message} if message else None, trigger=row.trigger,

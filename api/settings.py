@@ -42,8 +42,9 @@ class ApiSettings(StoreSettings, CompileSettings):
                                           "metrics_public.")
     metrics_public: bool = Field(False, description="Open GET /metrics to anyone when no metrics key is set "
                                  "(a deliberate choice: it names every owner's workflows).")
-    ui_url: str | None = Field(None, description="Public Prefect UI URL for links; derived from "
-                               "PREFECT_API_URL when unset.")
+    prefect_public_url: str | None = Field(None, description="The Prefect UI's address as browsers reach it "
+                                           "(e.g. behind an authenticating proxy); execute answers and the run "
+                                           "pages link to runs there. Unset: no Prefect address is given out.")
     stream_token_key: SecretStr | None = Field(None, description="Key that signs stream tokens (?token= on a "
                                                "run's stream, for browsers); derived from the secret key "
                                                "when unset. Every API process must have the same.")

@@ -35,9 +35,10 @@ router = APIRouter(prefix="/ui", include_in_schema=False)
 
 
 def _shell(request: Request, page: str) -> HTMLResponse:
-    """The page's HTML: where the API and the Prefect UI are, and the page's module."""
+    """The page's HTML: where the API is, the Prefect UI's public address when the operator
+    configured one (``FLOWMAESTRO_PREFECT_PUBLIC_URL``; none otherwise), and the page's module."""
     root = request.scope.get("root_path", "")
-    prefect_ui = getattr(getattr(request.app.state, "runs", None), "ui_url", "") or ""
+    prefect_ui = getattr(getattr(request.app.state, "runs", None), "prefect_public_url", None) or ""
     e = html.escape
     body = f"""<!doctype html>
 <html lang="en">

@@ -115,7 +115,7 @@ def prefect_on_postgres(home: Path) -> Iterator[PrefectServer]:
     with postgres_database("fm_bench_prefect") as url:
         # INFO: uvicorn's access log, one line per request (``_measure.PrefectRequests`` counts them).
         info = start_server(home, free_port(), env={"PREFECT_SERVER_DATABASE_CONNECTION_URL": url,
-                                                    "PREFECT_SERVER_LOGGING_LEVEL": "INFO"})
+                                                    "PREFECT_SERVER_LOGGING_LEVEL": "INFO"}, auth=False)
         try:
             yield PrefectServer(info.api_url, Procs((info.pid,), tree=True) if info.pid else None,
                                 home / "prefect-server.log", database=database_name(url))

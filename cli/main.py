@@ -260,9 +260,11 @@ def serve(host: str = typer.Option("127.0.0.1", "--host"), port: int = typer.Opt
     settings = ApiSettings()
     # Migrate before any worker starts, so that no two processes migrate at once.
     asyncio.run(upgrade_schema(settings.sqlalchemy_url()))
+    # Where the auth string is, never the string itself: this output ends up in logs.
+    login = f"  (it asks for the auth string in {settings.home / 'prefect-auth'})" if server.auth else ""
     out.print(f"FlowMaestro API: http://{host}:{port}  (docs: http://{host}:{port}/docs)\n"
               f"Run pages:       http://{host}:{port}/ui/\n"
-              f"Prefect UI:      {server.ui_url}", soft_wrap=True)
+              f"Prefect UI:      {server.ui_url}{login}", soft_wrap=True)
     # uvicorn re-raises the SIGTERM it handled once it has shut down; with the default
     # handler that would end this process before the workers are stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -87,6 +87,7 @@ class ProgressView:
 async def run_with_progress(canvas: Any, inputs: dict[str, Any], ui_url: str, *, quiet: bool,
                             console: Console) -> dict[str, Any]:
     from flows.flow import workflow_flow
+    from flows.prefect_compat import UntrustedResult, run_result
     from flows.run_context import RunContext
 
     view = ProgressView(console, ui_url)
@@ -95,7 +96,10 @@ async def run_with_progress(canvas: Any, inputs: dict[str, Any], ui_url: str, *,
         state = await workflow_flow(context)(canvas=canvas, inputs=inputs, return_state=True)
     finally:
         await context.close()
-    result = await state.result(raise_on_failure=False)
+    try:
+        result: Any = await run_result(state)  # the run's, in memory: never a pickle Prefect names
+    except UntrustedResult as exc:
+        result = f"its result was refused ({exc})"
     if isinstance(result, dict):
         return result
     run_id = str(state.state_details.flow_run_id)

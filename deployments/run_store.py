@@ -63,6 +63,9 @@ class StoreRuns:
     async def ended(self, run_id: str, result: dict[str, Any]) -> None:
         await self.executions.record_result(run_id, result)
 
+    async def keep_output(self, run_id: str, ref: str, content: bytes) -> None:
+        await self.executions.keep_output(run_id, ref, content)
+
     async def outcomes(self, journal_id: str) -> list[NodeOutcome]:
         return await self.outcomes_table.of_run(journal_id)
 

@@ -71,7 +71,7 @@ class Execution:
                  max_node_output_bytes: int | None = None):
         """``max_task_runs``: how many task runs the run shows one by one (``RunRecording``).
         ``large_outputs``: how outputs over a size are shown in events and the run result
-        (a reference to result storage, ``flows.large_outputs``), so that a long run of large
+        (a reference to the store, ``flows.large_outputs``), so that a long run of large
         outputs floods neither the event log nor the records; none by default.
         ``template_limits``: the CPU and size budget of a node's templates.
         ``max_node_output_bytes``: a larger output (as JSON) fails its node before it is kept."""
@@ -249,7 +249,7 @@ class Execution:
         shown = await self.large_outputs.shown(outcome.output) if outcome.status != "failed" else None
         # Kept for the run result's top-level nodes only: a body execution's output lives in
         # its frame while later nodes of the iteration may read it (a long loop stays flat).
-        # One kept in result storage is referred to there too.
+        # One kept in the store is referred to there too.
         if outcome.status != "failed" and frame.scope_id == TOP:
             run.output = shown if is_reference(shown) else outcome.output
         else:

@@ -43,7 +43,7 @@ from flows.journal import RunJournal
 from flows.large_outputs import LargeOutputs
 from flows.prefect_runner import PrefectRunner
 from flows.records import RunRecord
-from flows.run_context import CancelSignals, RunContext
+from flows.run_context import CancelSignals, RunContext, RunStore
 from flows.subworkflows import ChildFlow, PrefectSubworkflows
 
 FLOW_NAME = "flowmaestro"
@@ -53,7 +53,12 @@ def _generic_flow(fn: Callable[..., Coroutine[Any, Any, Any]]) -> Flow:
     """The Prefect options of the generic flow, the same for every door. No ``flow_run_name``:
     Prefect would look up the server's default result storage once more per run (about
     40 ms) to call it; the run names itself (``_name_after_canvas``)."""
-    return flow(name=FLOW_NAME, persist_result=True, validate_parameters=False)(fn)
+    # The run result is not persisted in Prefect's result storage: the store keeps it, and a
+    # file there holding node outputs verbatim is one a forged state could point Prefect's
+    # reader at. Callers in this process read the state's in-memory result
+    # (``prefect_compat.run_result``); should a result ever be persisted, it is plain JSON.
+    return flow(name=FLOW_NAME, persist_result=False, validate_parameters=False,
+                result_serializer=prefect_compat.RESULT_SERIALIZER)(fn)
 
 
 async def _name_after_canvas(flow_context: FlowRunContext | None, canvas: Any) -> None:
@@ -239,7 +244,8 @@ async def _run(context: RunContext, canvas: dict[str, Any], inputs: dict[str, An
                           version=version, owner=owner, inline_control=settings.inline_control_nodes and recorder is not None,
                           approvals=approvals, subworkflows=subworkflows, journal=journal,
                           max_task_runs=settings.max_task_runs,
-                          large_outputs=_large_outputs(run_id, settings.event_output_max_bytes),
+                          large_outputs=_large_outputs(run_id, settings.event_output_max_bytes,
+                                                       context.store if journal.store is not None else None),
                           template_limits=settings.template_limits, max_node_output_bytes=settings.max_node_output_bytes)
     approvals.busy = execution.leaf_running
     try:
@@ -256,10 +262,10 @@ async def _run(context: RunContext, canvas: dict[str, Any], inputs: dict[str, An
     return Failed(message=message, data=result), record
 
 
-def _large_outputs(run_id: str, limit: int) -> LargeOutputs:
-    """Outputs over ``limit`` bytes go to the flow run's result storage, by reference."""
-    storage = prefect_compat.run_result_storage()
-    keep = functools.partial(prefect_compat.write_path, storage) if storage is not None else None
+def _large_outputs(run_id: str, limit: int, store: RunStore | None) -> LargeOutputs:
+    """Outputs over ``limit`` bytes go to the store, by reference, for runs of saved
+    workflows (the API reads them back for the run's owner); other runs keep them whole."""
+    keep = functools.partial(store.keep_output, run_id) if store is not None else None
     return LargeOutputs(run_id, limit, keep)
 
 

@@ -3,12 +3,14 @@
 An output larger than the limit (``FLOWMAESTRO_EVENT_OUTPUT_MAX_BYTES``, as JSON) is shown
 as ``{"truncated": true, "bytes": n, "preview": "...", "ref": "<key>"}``: in its event, and
 for a top-level node in the run result that the store and Prefect keep. The whole output
-goes to the flow run's result storage (Prefect's, shared by the workers and the API) at
-``output_path(run, ref)``, where ``GET /api/executions/{id}/outputs/{ref}`` reads it.
+goes to FlowMaestro's store (table ``large_outputs``, by run and a random ``ref``), where
+``GET /api/executions/{id}/outputs/{ref}`` reads it back as JSON. Never to Prefect's result
+storage: a file there shaped like a result record (a node's output can take any shape) is
+one that Prefect's ``State.result()`` unpickles for whoever points a state at it.
 Templates of the run still read the whole output: it lives in the run's frames.
 
-Without a result storage (a run outside Prefect), or when writing it fails, the reference
-has no ``ref`` and the run result keeps the whole output.
+Without a store (a run of a canvas file, ``flowmaestro run``), or when writing fails, the
+reference has no ``ref`` and the run result keeps the whole output.
 """
 
 from __future__ import annotations
@@ -22,17 +24,14 @@ from typing import Any
 
 log = logging.getLogger("flowmaestro.engine")
 
-FOLDER = "flowmaestro-outputs"
 PREVIEW_CHARS = 200
 REF = re.compile(r"[0-9a-f]{32}")
 """What a reference's key looks like (a uuid4's hex): nothing else is ever read."""
 
 
-def output_path(run_id: str, ref: str) -> str:
-    """Where an output referred to as ``ref`` by run ``run_id`` is kept in result storage."""
-    if not REF.fullmatch(ref):
-        raise ValueError(f"{ref!r} is not an output reference")
-    return f"{FOLDER}/{run_id}/{ref}.json"
+def is_ref(ref: str) -> bool:
+    """Whether ``ref`` is what an output reference's key looks like."""
+    return REF.fullmatch(ref) is not None
 
 
 def is_reference(value: Any) -> bool:
@@ -56,14 +55,14 @@ class LargeOutputs:
 
     def __init__(self, run_id: str, limit: int | None,
                  keep: Callable[[str, bytes], Awaitable[None]] | None = None):
-        """``keep(path, content)`` writes to the run's result storage (None: there is none)."""
+        """``keep(ref, content)`` keeps an output of this run in the store (None: there is none)."""
         self.run_id = run_id
         self.limit = limit
         self.keep = keep
 
     async def shown(self, output: Any) -> Any:
         """``output``, or when larger than the limit its size, a preview and (when it could
-        be written to result storage) the ``ref`` to read it whole."""
+        be kept) the ``ref`` to read it whole."""
         content = _oversize_json(output, self.limit)
         if content is None:
             return output
@@ -72,9 +71,9 @@ class LargeOutputs:
         if self.keep is not None:
             ref = uuid.uuid4().hex
             try:
-                await self.keep(output_path(self.run_id, ref), content)
-            except Exception as exc:  # storage down: the run goes on, the record keeps the whole
-                log.warning("run %s: could not keep an output of %d bytes in result storage: %s",
+                await self.keep(ref, content)
+            except Exception as exc:  # store down: the run goes on, the record keeps the whole
+                log.warning("run %s: could not keep an output of %d bytes in the store: %s",
                             self.run_id, len(content), exc)
             else:
                 shown["ref"] = ref

@@ -5,12 +5,21 @@ Otherwise they start ``prefect server start`` in the background, with its own
 ``PREFECT_HOME`` under ``FLOWMAESTRO_HOME`` (``~/.flowmaestro``), and reuse it on the next
 call. Never Prefect's ephemeral mode: it starts a throwaway server per process and loses
 task runs at exit.
+
+Prefect's API has no authentication by default, and whoever reaches it can run code in
+every process that reads a run's result from it (a state names a pickle to load). So the
+embedded server runs with Prefect's own basic auth (``PREFECT_SERVER_API_AUTH_STRING``, a
+secret generated once under the home, 0600, file ``prefect-auth``): every FlowMaestro
+process that uses it gets ``PREFECT_API_AUTH_STRING`` in its environment from
+``ensure_server``, and the Prefect UI asks for it once per browser. Its CORS allows only
+its own origin (the UI), not every site a browser visits.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -32,6 +41,8 @@ RECORDER_SETTINGS = {
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "1",
 }
 START_TIMEOUT_S = 120
+AUTH_FILE = "prefect-auth"
+AUTH_USER = "flowmaestro"
 
 
 class ServerError(RuntimeError):
@@ -45,6 +56,8 @@ class ServerInfo:
     pid: int | None
     managed: bool
     """True when FlowMaestro started it (and may stop it)."""
+    auth: bool = False
+    """True when it requires the auth string under the home (``auth_string``)."""
 
 
 def _state_file(home: Path) -> Path:
@@ -70,6 +83,24 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def auth_string(home: Path) -> str:
+    """The embedded server's credentials (``user:password``, Prefect's auth string format):
+    read from the home, generated the first time, with mode 0600 from the start. Never
+    logged, printed nor passed as a parameter: processes get it in their environment."""
+    path = home / AUTH_FILE
+    if path.exists():
+        return path.read_text().strip()
+    home.mkdir(parents=True, exist_ok=True)
+    value = f"{AUTH_USER}:{secrets.token_urlsafe(32)}"
+    try:  # O_EXCL: of two processes starting at once, one writes and the other reads
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as file:
+        file.write(value)
+    return value
+
+
 def ui_url_for(api_url: str) -> str:
     return api_url.rstrip("/").removesuffix("/api")
 
@@ -85,39 +116,54 @@ def status(home: Path | None = None) -> ServerInfo | None:
         return None
     state = json.loads(state_file.read_text())
     if healthy(state["api_url"]):
-        return ServerInfo(state["api_url"], ui_url_for(state["api_url"]), state.get("pid"), managed=True)
+        return ServerInfo(state["api_url"], ui_url_for(state["api_url"]), state.get("pid"), managed=True,
+                          auth=bool(state.get("auth")))
     return None
 
 
 def ensure_server(home: Path | None = None, port: int | None = None, *, quiet: bool = False) -> ServerInfo:
     """Return the server to use, starting the embedded one if needed, and point this
     process's Prefect client at it (``PREFECT_API_URL``)."""
+    home = home or EngineSettings().home
     running = status(home)
     if running is not None:
-        os.environ["PREFECT_API_URL"] = running.api_url
+        _use(running, home)
         return running
     if os.environ.get("PREFECT_API_URL"):
         raise ServerError(f"PREFECT_API_URL is set to {os.environ['PREFECT_API_URL']} but no Prefect server "
                           "answers there; start it, or unset PREFECT_API_URL to use the embedded server")
-    settings = EngineSettings()
-    info = start_server(home or settings.home, port or settings.server_port, quiet=quiet)
-    os.environ["PREFECT_API_URL"] = info.api_url
+    info = start_server(home, port or EngineSettings().server_port, quiet=quiet)
+    _use(info, home)
     return info
 
 
-def start_server(home: Path, port: int, *, quiet: bool = True, env: dict[str, str] | None = None) -> ServerInfo:
+def _use(info: ServerInfo, home: Path) -> None:
+    """Point this process's Prefect client (and the processes it starts) at ``info``'s
+    server, with its credentials. Before Prefect is imported: it reads them once."""
+    os.environ["PREFECT_API_URL"] = info.api_url
+    if info.auth:
+        os.environ["PREFECT_API_AUTH_STRING"] = auth_string(home)
+
+
+def start_server(home: Path, port: int, *, quiet: bool = True, env: dict[str, str] | None = None,
+                 auth: bool = True) -> ServerInfo:
     """Start ``prefect server start`` in the background (its own session, so it outlives
     this process) with its ``PREFECT_HOME`` under ``home``, and wait until it answers.
     ``env`` adds settings of the server, e.g. ``PREFECT_SERVER_DATABASE_CONNECTION_URL``
-    for PostgreSQL."""
+    for PostgreSQL. ``auth``: require ``auth_string(home)`` of every request (``/health``
+    excepted); its CORS allows its own origin only either way."""
     if not _port_free(port):
         port = _free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     prefect_home = home / "prefect"
     prefect_home.mkdir(parents=True, exist_ok=True)
+    origin = api_url.removesuffix("/api")
     # Not our API keys, node secrets or provider keys: the server reads none of them.
-    env = dict(prefect_server_environment(os.environ), PREFECT_HOME=str(prefect_home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_UI_API_URL=api_url, PREFECT_API_URL=api_url, **RECORDER_SETTINGS, **(env or {}))
+    env = dict(prefect_server_environment(os.environ), PREFECT_HOME=str(prefect_home),
+               PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_API_URL=api_url, PREFECT_API_URL=api_url,
+               PREFECT_SERVER_CORS_ALLOWED_ORIGINS=origin, **RECORDER_SETTINGS, **(env or {}))
+    if auth:  # the server's own clients (its services) present it too
+        env["PREFECT_SERVER_API_AUTH_STRING"] = env["PREFECT_API_AUTH_STRING"] = auth_string(home)
     log_path = home / "prefect-server.log"
     if not quiet:
         print(f"Starting a local Prefect server on port {port} (the first start takes ~30 s) ...",
@@ -132,8 +178,8 @@ def start_server(home: Path, port: int, *, quiet: bool = True, env: dict[str, st
         if process.poll() is not None:
             raise ServerError(f"the Prefect server exited with code {process.returncode}; see {log_path}")
         if healthy(api_url, timeout=1.0):
-            _state_file(home).write_text(json.dumps({"api_url": api_url, "pid": process.pid}))
-            return ServerInfo(api_url, ui_url_for(api_url), process.pid, managed=True)
+            _state_file(home).write_text(json.dumps({"api_url": api_url, "pid": process.pid, "auth": auth}))
+            return ServerInfo(api_url, ui_url_for(api_url), process.pid, managed=True, auth=auth)
         time.sleep(0.5)
     os.killpg(process.pid, signal.SIGTERM)
     raise ServerError(f"the Prefect server did not answer within {START_TIMEOUT_S} s; see {log_path}")

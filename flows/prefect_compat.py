@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Iterable
@@ -32,7 +33,9 @@ from prefect.client.schemas.objects import FlowRun, StateType, TaskRunResult
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.events.related import related_resources_from_run_context
 from prefect.flow_engine import run_flow_async
-from prefect.results import aget_default_result_storage
+from prefect.results import ResultRecord, ResultRecordMetadata, aget_default_result_storage
+from prefect.serializers import Serializer
+from pydantic import Field
 from prefect.states import Cancelled, Cancelling, Running, Scheduled, State
 
 log = logging.getLogger("flowmaestro.prefect")
@@ -343,29 +346,76 @@ def cron_dates(schedule: Any, n: int) -> list[datetime]:
     return sorted(twin._get_dates_generator(n=n))
 
 
-# --- result storage ------------------------------------------------------------------------------
+# --- results -------------------------------------------------------------------------------------
+#
+# A flow run's state in Prefect says where its result is (``storage_key``, ``storage_block_id``)
+# and with which serializer to read it; whoever can set a state through Prefect's API chooses
+# both, and Prefect's own ``State.result()`` obeys: a "pickle" serializer unpickles the file (code
+# execution in the reading process), and even Prefect's "json" serializer imports and calls
+# any class a ``__class__`` key names. So FlowMaestro reads results through ``run_result``
+# only, and persists its flows' results with ``ResultJSON``: plain JSON, nothing else.
 
 
-def run_result_storage() -> Any | None:
-    """The result storage of the flow run executing now (Prefect's default one unless the
-    flow names another); None outside a flow run."""
-    context = FlowRunContext.get()
-    store = context.result_store if context is not None else None
-    return store.result_storage if store is not None else None
+class ResultJSON(Serializer):
+    """The serializer of FlowMaestro's flow results: ``json.dumps``/``json.loads`` and nothing
+    more (no object hooks, no imports). Run results are JSON already (the store keeps them so);
+    a value JSON cannot hold is written as its ``str``."""
+
+    type: str = Field(default="flowmaestro-json", frozen=True)
+
+    def dumps(self, obj: Any) -> bytes:
+        return json.dumps(obj, default=str).encode()
+
+    def loads(self, blob: bytes) -> Any:
+        return json.loads(blob)
 
 
-async def default_result_storage() -> Any:
-    """The result storage a flow run of this process would use (``PREFECT_RESULTS_DEFAULT_
-    STORAGE_BLOCK``, else the server's default, else ``PREFECT_LOCAL_STORAGE_PATH``)."""
-    return await aget_default_result_storage()
+RESULT_SERIALIZER = ResultJSON()
 
 
-async def write_path(storage: Any, path: str, content: bytes) -> None:
-    """Write ``content`` at ``path`` of a storage block, as Prefect's result store does:
-    storage blocks differ in whether ``write_path`` is async (prefect issue #15008)."""
-    await call_explicitly_async_block_method(storage, "write_path", (path,), {"content": content})
+class UntrustedResult(Exception):
+    """A run's result that ``run_result`` refuses to read (a serializer other than
+    ``ResultJSON``, another storage, data that is no result record)."""
+
+
+async def run_result(state: State) -> Any:
+    """The value a flow or task run ended with, never unpickled nor decoded by Prefect:
+
+    - held in memory by this process's engine (a run it executed): that very value;
+    - kept in result storage (a state read back from the server): read as plain JSON, only
+      when both the state and the stored record name ``ResultJSON``, and only from this
+      process's default result storage;
+    - no data (a run that failed before it had a result): None.
+
+    Anything else raises ``UntrustedResult``: data set through Prefect's API is not ours."""
+    data = state.data
+    if data is None:
+        return None
+    if isinstance(data, ResultRecord):
+        return data.result
+    if not isinstance(data, ResultRecordMetadata):
+        raise UntrustedResult(f"the state carries {type(data).__name__} data, not a result record")
+    if data.serializer.type != RESULT_SERIALIZER.type or not data.storage_key:
+        raise UntrustedResult(f"the result's serializer is {data.serializer.type!r}, not {RESULT_SERIALIZER.type!r}")
+    storage = await aget_default_result_storage()
+    if data.storage_block_id is not None and data.storage_block_id != getattr(storage, "_block_document_id", None):
+        raise UntrustedResult("the result is kept in another storage than this process's result storage")
+    try:
+        stored = json.loads(await read_path(storage, data.storage_key))
+    except Exception as exc:  # unreadable, or not JSON: nothing to trust either
+        raise UntrustedResult(f"the stored result could not be read as JSON: {exc}") from exc
+    # Prefect writes the serialized value alone (the state holds the metadata), or a whole
+    # record (metadata and value) when no metadata storage is configured.
+    if isinstance(stored, dict) and stored.keys() == {"metadata", "result"}:
+        serializer = (stored["metadata"] or {}).get("serializer", {}).get("type") \
+            if isinstance(stored["metadata"], dict) else None
+        if serializer != RESULT_SERIALIZER.type or not isinstance(stored["result"], str):
+            raise UntrustedResult(f"the stored record's serializer is {serializer!r}, not {RESULT_SERIALIZER.type!r}")
+        return json.loads(stored["result"])
+    return stored
 
 
 async def read_path(storage: Any, path: str) -> bytes:
-    """The content at ``path`` of a storage block (see ``write_path``)."""
+    """The content at ``path`` of a storage block: storage blocks differ in whether
+    ``read_path`` is async (prefect issue #15008)."""
     return await call_explicitly_async_block_method(storage, "read_path", (path,), {})

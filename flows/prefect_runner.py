@@ -144,13 +144,18 @@ class PrefectRunner:
         # Quoted: Prefect would otherwise walk the call (configuration, handler, closures)
         # looking for futures, on every call.
         state = await self._task_for(call.node)(quote(call), return_state=True)
+        # The task ran in this process: its value is the engine's, in memory (or what Prefect's
+        # cache read for it); never read from wherever a state set through the API points.
         if state.is_completed():
-            value = await state.result()
+            value = await prefect_compat.run_result(state)
             completed = Completed(output=value["output"], handles=frozenset(value["handles"]),
                                   variables=value.get("variables") or {}, usage=value.get("usage") or None)
             cached = prefect_compat.is_cached(state)
             return CallResult(completed, None, 0 if cached else max(call.attempts, 1), cached=cached)
-        error = await state.result(raise_on_failure=False)
+        try:
+            error = await prefect_compat.run_result(state)
+        except prefect_compat.UntrustedResult:
+            error = None
         if not isinstance(error, BaseException):
             error = NodeError(state.message or "the task run failed", error_type=state.name or "Failed")
         if isinstance(error, TimeoutError) or prefect_compat.is_timed_out(state):

@@ -53,6 +53,9 @@ class RunStore(OutcomeStore, Protocol):
 
     async def ended(self, run_id: str, result: dict[str, Any]) -> None: ...
 
+    async def keep_output(self, run_id: str, ref: str, content: bytes) -> None:
+        """Keep a node output too large for events (``flows.large_outputs``), as JSON."""
+
 
 class CancelSignals:
     """Cancellation requests for the runs of this process, set by whoever watches Prefect

@@ -29,7 +29,7 @@ class EngineSettings(StoreSettings, CompileSettings):
                                "beyond that, container bodies' inline nodes are shown as one summary task run per "
                                "body node and container execution (Prefect's run graph draws at most 10,000).")
     event_output_max_bytes: int = Field(262_144, ge=1024, description="A node output larger than this (as JSON) is "
-                                        "kept in the flow run's result storage: its event, and the run result for "
+                                        "kept in the store (runs of saved workflows): its event, and the run result for "
                                         "a top-level node, carry its size, a preview and a reference to read it "
                                         "(GET /api/executions/{id}/outputs/{ref}).")
     template_max_steps: int = Field(1_000_000, ge=1000, description="The CPU budget of one node's templates "

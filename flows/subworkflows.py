@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from flows.prefect_compat import UntrustedResult, run_result
 from node_handlers.base import Completed, NodeError
 
 # (reference, version, parent run id, owner of the run) -> canvas
@@ -66,8 +67,14 @@ class PrefectSubworkflows:
         state = await self.child_flow(canvas=canvas, inputs=dict(config.inputs), workflow_id=config.workflow,
                                       version=config.version, owner=self.owner, depth=self.depth + 1,
                                       journal=journal, return_state=True)
-        result = await state.result(raise_on_failure=False)
         child_id = str(state.state_details.flow_run_id)
+        try:
+            # The child ran in this process: its result is the engine's, in memory. Never
+            # Prefect's ``State.result()``, which would unpickle whatever a forged state names.
+            result = await run_result(state)
+        except UntrustedResult as exc:
+            raise NodeError(f"child run {child_id}: its result was refused ({exc})", error_type="SubworkflowFailed",
+                            details={"child_run_id": child_id}) from exc
         if not isinstance(result, dict) or result.get("status") != "completed":
             message = (result or {}).get("error", {}).get("message") if isinstance(result, dict) else str(result)
             raise NodeError(f"child run {child_id} did not complete: {message}", error_type="SubworkflowFailed",

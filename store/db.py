@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, text
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -67,6 +67,20 @@ class ExecutionRow(Base):
     """The trigger with its details (``{"type": "schedule", "schedule_id": ...}``)."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class LargeOutputRow(Base):
+    """A node output too large for events and run records (``flows/large_outputs.py``), as
+    JSON, kept by the run's worker and read back only by ``GET /api/executions/{id}/outputs/
+    {ref}`` (the run's owner). Here, not in Prefect's result storage: there a file shaped like a
+    result record is one that Prefect unpickles for whoever names it in a state."""
+
+    __tablename__ = "large_outputs"
+    execution_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    ref: Mapped[str] = mapped_column(String(32), primary_key=True)
+    """A random key (uuid4 hex) the run's events and result refer to it by."""
+    content: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class NodeOutcomeRow(Base):

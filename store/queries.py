@@ -15,7 +15,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from store.db import ExecutionRow, NodeOutcomeRow, Workflow, WorkflowVersion, utcnow
+from store.db import ExecutionRow, LargeOutputRow, NodeOutcomeRow, Workflow, WorkflowVersion, utcnow
 from store.errors import Conflict, NotFound
 
 FINAL_STATUSES = ("completed", "failed", "cancelled")
@@ -150,6 +150,21 @@ class Executions:
             if row is not None:
                 row.status, row.result, row.updated_at = str(result.get("status", "failed")), result, utcnow()
                 await session.commit()
+
+    async def keep_output(self, execution_id: str, ref: str, content: bytes) -> None:
+        """Keep a node output of a run too large for its events (JSON), under a new ``ref``."""
+        async with self.sessions() as session:
+            session.add(LargeOutputRow(execution_id=execution_id, ref=ref, content=content.decode()))
+            await session.commit()
+
+    async def output(self, owner: str, execution_id: str, ref: str) -> bytes:
+        """A large output of a run of ``owner``, as the JSON it was kept as."""
+        await self.get(owner, execution_id)
+        async with self.sessions() as session:
+            row = await session.get(LargeOutputRow, (execution_id, ref))
+        if row is None:
+            raise NotFound(f"execution {execution_id} has no output {ref!r}")
+        return row.content.encode()
 
 
 async def _workflow(session: AsyncSession, owner: str, workflow_id: str) -> Workflow:

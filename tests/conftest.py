@@ -45,7 +45,10 @@ def prefect_server():
     home.mkdir(parents=True, exist_ok=True)
     # The scheduler service makes the runs of deployment schedules every 60 s by default;
     # schedule tests would wait on it for minutes.
-    info: ServerInfo = start_server(home, _PORT, env={"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2"})
+    # Without auth: the test process and the servers it starts are its clients, set up before
+    # Prefect is imported (the embedded default's auth: tests/security/test_prefect_results.py).
+    info: ServerInfo = start_server(home, _PORT, env={"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2"},
+                                    auth=False)
     assert info.api_url == os.environ["PREFECT_API_URL"], "the chosen port was taken; rerun the tests"
     yield info
     stop(home)

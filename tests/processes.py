@@ -59,7 +59,7 @@ def prefect_on_postgres(home: Path) -> Iterator[ServerInfo]:
     from flows.local_server import start_server, stop
 
     with postgres_database("fm_prefect") as url:
-        info = start_server(home, free_port(), env={"PREFECT_SERVER_DATABASE_CONNECTION_URL": url})
+        info = start_server(home, free_port(), env={"PREFECT_SERVER_DATABASE_CONNECTION_URL": url}, auth=False)
         try:
             yield info
         finally:

@@ -25,8 +25,6 @@ from api.app import create_app
 from api.settings import ApiSettings
 from api.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from flows.events import RunEvent, utcnow
-from flows.large_outputs import output_path
-from flows.prefect_compat import default_result_storage, write_path
 from store.queries import NodeOutcome
 from tests.support import canvas, node
 
@@ -211,7 +209,7 @@ async def build_world(app, client: httpx.AsyncClient) -> World:
     world.hook, world.hook_secret = hook["id"], hook["secret"]
     # A large output of the run, where a worker would have kept it.
     world.output_ref = uuid.uuid4().hex
-    await write_path(await default_result_storage(), output_path(world.execution, world.output_ref), b'"large"')
+    await app.state.runs.executions.keep_output(world.execution, world.output_ref, b'"large"')
     return world
 
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from flows.engine import Execution
-from flows.large_outputs import REF, LargeOutputs, is_reference, output_path
+from flows.large_outputs import REF, LargeOutputs, is_ref, is_reference
 from tests.support import JOURNAL, canvas, compiled, node, make_registry
 
 
@@ -233,7 +233,7 @@ async def test_cancelling_the_run_cancels_running_nodes():
     assert execution.record.nodes["slow"].status == "cancelled"
 
 
-async def test_without_result_storage_an_output_over_the_limit_is_left_out_of_its_event_and_kept_in_the_result():
+async def test_without_a_store_an_output_over_the_limit_is_left_out_of_its_event_and_kept_in_the_result():
     raw = canvas([node("big", data={"output": "{{ 'x' * 3000 }}"}), node("small", data={"output": "ok"})])
     record, events = await run(raw, large_outputs=LargeOutputs("run-1", 2048))
     completed = {e.node_id: e.data["output"] for e in events if e.type == "node:completed"}
@@ -243,19 +243,19 @@ async def test_without_result_storage_an_output_over_the_limit_is_left_out_of_it
 
 
 class KeptOutputs:
-    """A result storage in memory: what ``LargeOutputs`` was given to keep, by path."""
+    """A store in memory: what ``LargeOutputs`` was given to keep, by ref."""
 
     def __init__(self, fail: bool = False):
         self.paths: dict[str, bytes] = {}
         self.fail = fail
 
-    async def keep(self, path: str, content: bytes) -> None:
+    async def keep(self, ref: str, content: bytes) -> None:
         if self.fail:
-            raise OSError("the storage is down")
-        self.paths[path] = content
+            raise OSError("the store is down")
+        self.paths[ref] = content
 
 
-async def test_an_output_over_the_limit_is_kept_in_result_storage_and_referred_to_in_events_and_the_result():
+async def test_an_output_over_the_limit_is_kept_in_the_store_and_referred_to_in_events_and_the_result():
     raw = canvas([node("big", data={"output": "{{ ['é' * 2000, 7] }}"}), node("size", data={"output": "{{ big[0] | length }}"}),
                   node("repeat", "loop", data={"mode": "for", "count": 2, "max_iterations": 2}),
                   node("inner", parentId="repeat", data={"output": "{{ 'y' * 3000 }}"})],
@@ -266,11 +266,11 @@ async def test_an_output_over_the_limit_is_kept_in_result_storage_and_referred_t
     big = shown[("big", ())]
     assert big["truncated"] is True and big["bytes"] == len(json.dumps(["é" * 2000, 7]).encode())
     assert REF.fullmatch(big["ref"]) and big["preview"] == json.dumps(["é" * 2000, 7])[:200]
-    assert json.loads(storage.paths[output_path("run-1", big["ref"])]) == ["é" * 2000, 7]
+    assert json.loads(storage.paths[big["ref"]]) == ["é" * 2000, 7]
     assert record["nodes"]["big"]["output"] == big  # the run result refers to it too
     assert shown[("size", ())] == record["nodes"]["size"]["output"] == 2000  # templates read it whole
     inner = [shown[("inner", (i,))] for i in (0, 1)]
-    assert all(is_reference(o) for o in inner) and json.loads(storage.paths[output_path("run-1", inner[1]["ref"])]) == "y" * 3000
+    assert all(is_reference(o) for o in inner) and json.loads(storage.paths[inner[1]["ref"]]) == "y" * 3000
     repeat = shown[("repeat", ())]  # the loop's results (2 x 3,000 characters) too
     assert record["nodes"]["repeat"]["output"] == repeat and is_reference(repeat)
     assert record["output"] == ["é" * 2000, 7]  # the run's answer stays whole in the result...
@@ -278,10 +278,10 @@ async def test_an_output_over_the_limit_is_kept_in_result_storage_and_referred_t
     assert is_reference(final)  # ...not in its event
     # every reference names its own copy, and nothing else was written
     refs = [o["ref"] for o in (big, *inner, repeat, final)]
-    assert set(storage.paths) == {output_path("run-1", ref) for ref in refs} and len(set(refs)) == 5
+    assert set(storage.paths) == set(refs) and len(set(refs)) == 5
 
 
-async def test_when_result_storage_fails_the_run_goes_on_and_the_result_keeps_the_output():
+async def test_when_the_store_fails_the_run_goes_on_and_the_result_keeps_the_output():
     raw = canvas([node("big", data={"output": "{{ 'x' * 3000 }}"})])
     record, events = await run(raw, large_outputs=LargeOutputs("run-1", 2048, KeptOutputs(fail=True).keep))
     [completed] = [e.data["output"] for e in events if e.type == "node:completed"]
@@ -296,11 +296,10 @@ async def test_the_limit_counts_bytes_of_json_so_400_accented_characters_are_ove
     assert completed["truncated"] is True and completed["bytes"] == 2402
 
 
-def test_an_output_path_takes_nothing_but_a_reference():
-    assert output_path("r", "0" * 32) == f"flowmaestro-outputs/r/{'0' * 32}.json"
+def test_an_output_reference_is_nothing_but_32_hex_digits():
+    assert is_ref("0" * 32)
     for bad in ("../../etc/passwd", "0" * 31, "G" * 32, "0" * 32 + "/x", ""):
-        with pytest.raises(ValueError):
-            output_path("r", bad)
+        assert not is_ref(bad)
 
 
 async def test_body_executions_keep_no_output_once_their_iteration_is_over():

@@ -48,7 +48,7 @@ class Stack:
 
     def prefect_start(self) -> None:
         port = int(self.prefect.api_url.rsplit(":", 1)[1].split("/")[0])
-        self.prefect = start_server(self.prefect_home, port)
+        self.prefect = start_server(self.prefect_home, port, auth=False)
         assert self.prefect.api_url.endswith(f":{port}/api"), "the Prefect port was taken meanwhile"
 
 
@@ -59,7 +59,7 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
     postgres.start()
     redis.start()
     prefect_home = root / "prefect"
-    prefect = start_server(prefect_home, free_port())
+    prefect = start_server(prefect_home, free_port(), auth=False)  # its clients carry no auth string
     env = stack_env(root, prefect, postgres.url, KEY, FLOWMAESTRO_API_KEYS=f"tester:{KEY}",
                     FLOWMAESTRO_REDIS_URL=redis.url, FLOWMAESTRO_CACHE_LOCK_REDIS_URL=redis.url,
                     FLOWMAESTRO_PREFECT_TIMEOUT_S="5", FLOWMAESTRO_WORKER_GRACE_S="2", FLOWMAESTRO_WORK_POOL=f"failing-{uuid.uuid4().hex[:6]}")

@@ -5,8 +5,12 @@ and names it."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import logging
+import pickle
 import uuid
+from pathlib import Path
 from datetime import datetime, timedelta, timezone
 
 import prefect
@@ -17,7 +21,9 @@ from prefect.client.schemas.objects import StateType
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from prefect.runtime import flow_run as current_flow_run
-from prefect.states import Cancelled, Pending
+from prefect._internal.compatibility.blocks import call_explicitly_async_block_method
+from prefect.results import aget_default_result_storage
+from prefect.states import Cancelled, Completed, Pending
 
 from flows import prefect_compat
 from flows.flow import run_workflow
@@ -370,20 +376,103 @@ async def test_next_schedule_dates_are_the_server_schedules_dates():
     assert [d.isoformat() for d in every] == ["2027-03-26T00:00:00+00:00", "2027-03-26T00:01:00+00:00"]
 
 
-# --- result storage ------------------------------------------------------------------------------
+# --- results ------------------------------------------------------------------------------------
+
+
+async def plant(storage, key: str, content: bytes) -> None:
+    """Write a file into result storage, as anyone who can write there could."""
+    await call_explicitly_async_block_method(storage, "write_path", (key,), {"content": content})
+
+
+def stored_record(serializer: str, result: str) -> bytes:
+    """A result record as Prefect's result store writes one to storage."""
+    return json.dumps({"metadata": {"storage_key": None, "serializer": {"type": serializer},
+                                    "prefect_version": prefect.__version__, "storage_block_id": None},
+                       "result": result}).encode()
+
+
+async def forged_state(storage_key: str, serializer: dict, block_id: uuid.UUID | None = None):
+    """A flow run forced Completed through the API (a plain request, as anyone reaching
+    Prefect sends it) with data pointing at ``storage_key``, as read back from the server."""
+    async with get_client() as client:
+        flow_id = await client.create_flow_from_name(f"forged-{uuid.uuid4().hex[:6]}")
+        run_id = (await client.request("POST", "/flow_runs/", json={"flow_id": str(flow_id)})).json()["id"]
+        await client.request("POST", "/flow_runs/{id}/set_state", path_params={"id": run_id}, json={
+            "force": True, "state": {"type": "COMPLETED", "name": "Completed", "data": {
+                "storage_key": storage_key, "serializer": serializer,
+                "storage_block_id": str(block_id) if block_id else None}}})
+        return (await client.read_flow_run(run_id)).state
 
 
 @pytest.mark.prefect
 @pytest.mark.usefixtures("prefect_server")
-async def test_what_a_flow_run_writes_to_its_result_storage_the_default_storage_reads():
-    path = f"flowmaestro-outputs/test/{uuid.uuid4().hex}.json"
+async def test_a_flow_result_is_plain_json_and_read_back_in_memory_or_from_storage():
+    @flow(persist_result=True, result_serializer=prefect_compat.RESULT_SERIALIZER)
+    async def answering() -> dict:
+        return {"status": "completed", "output": ["x", 1, None]}
+
+    state = await answering(return_state=True)
+    assert await prefect_compat.run_result(state) == {"status": "completed", "output": ["x", 1, None]}
+    async with get_client() as client:  # the same state, as any other process reads it
+        from_server = (await client.read_flow_run(state.state_details.flow_run_id)).state
+    assert from_server.data.serializer.type == "flowmaestro-json"
+    storage = await aget_default_result_storage()
+    # What is in storage: the value as plain JSON (the state holds its metadata), no pickle.
+    stored = await prefect_compat.read_path(storage, from_server.data.storage_key)
+    assert json.loads(stored) == {"status": "completed", "output": ["x", 1, None]}
+    assert await prefect_compat.run_result(from_server) == {"status": "completed", "output": ["x", 1, None]}
+
+
+@pytest.mark.prefect
+@pytest.mark.usefixtures("prefect_server")
+async def test_a_task_result_is_held_in_memory():
+    @task(persist_result=False)
+    async def value() -> dict:
+        return {"output": 1}
 
     @flow
-    async def writing() -> None:
-        storage = prefect_compat.run_result_storage()
-        assert storage is not None
-        await prefect_compat.write_path(storage, path, b'{"a": 1}')
+    async def running() -> tuple:
+        state = await value(return_state=True)
+        return state.data.__class__.__name__, await prefect_compat.run_result(state)
 
-    assert prefect_compat.run_result_storage() is None  # outside a flow run
-    await writing()
-    assert await prefect_compat.read_path(await prefect_compat.default_result_storage(), path) == b'{"a": 1}'
+    assert await running() == ("ResultRecord", {"output": 1})
+
+
+@pytest.mark.prefect
+@pytest.mark.usefixtures("prefect_server")
+async def test_results_a_state_set_through_the_api_points_elsewhere_are_refused(tmp_path):
+    storage = await aget_default_result_storage()
+    key = f"planted-{uuid.uuid4().hex}"
+    marker = tmp_path / "unpickled"
+    # Prefect's pickle serializer would run this; Prefect's json one would import and call it.
+    pickled = base64.b64encode(pickle.dumps(MarkerOnUnpickle(str(marker)))).decode()
+    await plant(storage, key, stored_record("pickle", pickled))
+    await plant(storage, key + "-json", stored_record(
+        "json", json.dumps({"__class__": "pathlib.Path.touch", "data": str(marker)})))
+    await plant(storage, key + "-ours", stored_record("pickle", pickled))
+    await plant(storage, key + "-raw", pickled.encode())
+    refused = [
+        (await forged_state(key, {"type": "pickle"}), "'pickle'"),
+        (await forged_state(key + "-json", {"type": "json"}), "'json'"),
+        (await forged_state(key, {"type": "flowmaestro-json"}, uuid.uuid4()), "another storage"),
+        (await forged_state(key + "-ours", {"type": "flowmaestro-json"}), "'pickle'"),  # the file says pickle
+        (await forged_state("no-such-file", {"type": "flowmaestro-json"}), "could not be read"),
+        (await forged_state(key + "-raw", {"type": "flowmaestro-json"}), "could not be read"),  # a bare pickle
+        (Completed(data={"status": "completed"}), "dict data"),  # data attached as is
+    ]
+    for state, why in refused:
+        with pytest.raises(prefect_compat.UntrustedResult, match=why):
+            await prefect_compat.run_result(state)
+    assert not marker.exists()
+    assert await prefect_compat.run_result(Completed(data=None)) is None
+
+
+class MarkerOnUnpickle:
+    """Unpickled, it touches a marker file: harmless proof that unpickling ran code."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path(self.path).touch, ())
+

@@ -120,6 +120,8 @@ def served(tmp_path_factory, prefect_server, fake_llm, frontend):
                FLOWMAESTRO_REDIS_URL="redis://127.0.0.1:6379/0", OPENAI_API_KEY="sk-test-secret",
                FLOWMAESTRO_OPENAI_BASE_URL=fake_llm.base_url,  # the operator's key goes there only
                FLOWMAESTRO_HTTP_ALLOW_HOSTS="127.0.0.1", FLOWMAESTRO_CORS_ORIGINS=frontend.url,
+               # The run page links to the run in the Prefect UI only at an address the operator publishes.
+               FLOWMAESTRO_PREFECT_PUBLIC_URL=prefect_server.ui_url,
                # The session's Prefect server is on SQLite and may be slow after other modules.
                FLOWMAESTRO_PREFECT_TIMEOUT_S="60")
     proc, base = start_serve(home, env)
