@@ -3,7 +3,8 @@
 Prefect leaves a flow run ``Running`` forever when the process running it dies. Here:
 
 1. every FlowMaestro worker emits a heartbeat event for each run it holds (children and
-   paused runs included), every third of ``crash_detect_s`` (``HeartbeatEmitter``);
+   paused runs included), every third of ``crash_detect_s``, from a thread, so a run that
+   keeps the event loop busy does not silence the others (``HeartbeatEmitter``);
 2. automations "lost worker": a run of the pool that a worker took (Pending, Running) or
    beat for, and that then sends neither a heartbeat nor a final state (nor a suspension)
    within ``crash_detect_s``, is set ``Crashed``; child runs the same from their first
@@ -23,7 +24,10 @@ rescheduled: their parent runs them again, and their journal makes them continue
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any
@@ -47,6 +51,13 @@ worker; ``Paused`` runs are held by a worker, which keeps beating for them)."""
 def heartbeat_interval(crash_detect_s: float) -> float:
     """Three beats per detection window: one lost event does not crash a run."""
     return crash_detect_s / 3
+
+
+def loop_stall_limit(crash_detect_s: float) -> float:
+    """How long a worker's event loop may not turn at all before its heartbeats stop: far
+    longer than anything a run does between two awaits (the engine yields in long inline
+    stretches), so only a process that is wedged for good loses its runs."""
+    return max(600.0, 10 * crash_detect_s)
 
 
 def recovery_automations(pool: str, crash_detect_s: float) -> list[AutomationCore]:
@@ -126,19 +137,50 @@ def _normal(value: Any) -> Any:
 
 
 class HeartbeatEmitter:
-    """Beats for every run a worker holds, in one loop (Prefect's own flow heartbeat is a
-    thread per run, at least 30 s apart)."""
+    """Beats for every run a worker holds, from a thread of its own.
 
-    def __init__(self, *, pool: str, interval_s: float):
+    A heartbeat says "the process holding this run is alive", not "its event loop is idle":
+    a run that keeps the loop busy (a long loop of inline nodes) must not get the other runs
+    of its worker marked Crashed. So the beats come from a thread, which Python schedules
+    even while the loop's thread computes, and Prefect's events client sends them from its
+    own thread too. One thread per worker (Prefect's own flow heartbeat is a thread per run,
+    at least 30 s apart).
+
+    A loop that has not turned at all for ``stall_limit_s`` (a deadlock, a call that never
+    returns) is a process that no longer runs anything: the beats stop, and its runs are
+    continued elsewhere."""
+
+    def __init__(self, *, pool: str, interval_s: float, stall_limit_s: float | None = None):
         self.pool = pool
         self.pool_id: str | None = None
         """The pool's id, once the worker knows it (events name resources by id)."""
         self.interval_s = interval_s
-        self.runs: Callable[[], Iterable[str]] = tuple
-        """The runs the worker took from its pool, asked at every beat."""
+        self.stall_limit_s = stall_limit_s
         self.children: Callable[[], Iterable[str]] = tuple
-        """Child runs executing in the worker, asked at every beat."""
+        """Child runs executing in the worker, asked at every beat (from the beating thread)."""
         self.beats = 0
+        self.stalled = False
+        """Whether the beats stopped because the event loop did not turn for ``stall_limit_s``."""
+        self._held: set[str] = set()
+        self._lock = threading.Lock()  # the worker's loop changes _held while the thread reads it
+        self._loop_turned = time.monotonic()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def hold(self, run_id: str) -> None:
+        """A run the worker took from its pool: beat for it now (a worker may die before the
+        next beat) and until ``release``."""
+        with self._lock:
+            self._held.add(run_id)
+        self.beat_for([run_id])
+
+    def release(self, run_id: str) -> None:
+        with self._lock:
+            self._held.discard(run_id)
+
+    def held(self) -> list[str]:
+        with self._lock:
+            return list(self._held)
 
     def beat_for(self, run_ids: Iterable[str], *, child: bool = False) -> None:
         pool = [{"prefect.resource.id": f"prefect.work-pool.{self.pool_id or self.pool}",
@@ -149,12 +191,40 @@ class HeartbeatEmitter:
                        related=None if child else pool)
             self.beats += 1
 
-    async def run(self) -> None:
-        while True:
+    def beat_once(self) -> None:
+        """One beat for every run held and every child run, unless the loop is stalled."""
+        stalled = self.stall_limit_s is not None and time.monotonic() - self._loop_turned > self.stall_limit_s
+        if stalled and not self.stalled:
+            log.error("the worker's event loop has not turned for %.0f s: no more heartbeats, so its runs are "
+                      "continued elsewhere", self.stall_limit_s)
+        self.stalled = stalled
+        if stalled:
+            return
+        runs = set(self.held())
+        try:
+            children = set(self.children())
+        except RuntimeError:  # changed by the loop while read: the next beat reads it again
+            children = set()
+        self.beat_for(runs)
+        self.beat_for(children - runs, child=True)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval_s):
             try:
-                runs = set(self.runs())
-                self.beat_for(runs)
-                self.beat_for(set(self.children()) - runs, child=True)
+                self.beat_once()
             except Exception as exc:  # the events client reconnects by itself; keep beating
                 log.warning("could not send heartbeats: %s", exc)
-            await asyncio.sleep(self.interval_s)
+
+    async def run(self) -> None:
+        """Beat from a thread until cancelled; meanwhile tell it the loop still turns."""
+        context = contextvars.copy_context()  # the worker's Prefect settings, in the thread too
+        self._stop.clear()
+        self._thread = threading.Thread(target=context.run, args=(self._beat,), name="flowmaestro-heartbeats",
+                                        daemon=True)
+        self._thread.start()
+        try:
+            while True:
+                self._loop_turned = time.monotonic()
+                await asyncio.sleep(self.interval_s / 2)
+        finally:
+            self._stop.set()

@@ -42,7 +42,8 @@ from prefect.flows import Flow
 from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
 
 from deployments.catch_up import missed_to_skip, schedule_of, scheduled_time
-from deployments.recovery import HeartbeatEmitter, ensure_recovery_automations, heartbeat_interval
+from deployments.recovery import (HeartbeatEmitter, ensure_recovery_automations, heartbeat_interval,
+                                  loop_stall_limit)
 from deployments.run_store import StoreRuns
 from deployments.settings import WorkerSettings
 from deployments.workflow_deployments import DEFAULT_POOL, WORKER_TYPE
@@ -151,7 +152,7 @@ class FlowMaestroWorker(BaseWorker[FlowMaestroJobConfiguration, FlowMaestroVaria
         self.running[run_id] = task
         if self.heartbeats is not None:
             self.heartbeats.pool_id = self.heartbeats.pool_id or (str(self._work_pool.id) if self._work_pool else None)
-            self.heartbeats.beat_for([run_id])  # at once: a worker may die before the next beat
+            self.heartbeats.hold(run_id)
         if task_status is not None:
             # BaseWorker records this as the run's infrastructure and only then counts the
             # run as submitted; a falsy value would release its concurrency slot at once.
@@ -174,6 +175,8 @@ class FlowMaestroWorker(BaseWorker[FlowMaestroJobConfiguration, FlowMaestroVaria
             status_code = 1
         finally:
             self.running.pop(run_id, None)
+            if self.heartbeats is not None:
+                self.heartbeats.release(run_id)
         return FlowMaestroWorkerResult(identifier=self.identifier, status_code=status_code)
 
     async def _watch_cancellations(self) -> None:
@@ -244,13 +247,13 @@ async def run_worker(flow: Flow[..., Any], *, pool: str = DEFAULT_POOL, limit: i
         if crash_detect_s is not None:
             async with get_client() as client:
                 await ensure_recovery_automations(client, pool, crash_detect_s)
-            heartbeats = HeartbeatEmitter(pool=pool, interval_s=heartbeat_interval(crash_detect_s))
+            heartbeats = HeartbeatEmitter(pool=pool, interval_s=heartbeat_interval(crash_detect_s),
+                                          stall_limit_s=loop_stall_limit(crash_detect_s))
         worker = FlowMaestroWorker(flow=flow, work_pool_name=pool, limit=limit, cancel_poll_s=cancel_poll_s,
                                    name=name, on_cancel=on_cancel, heartbeats=heartbeats, catch_up=catch_up,
                                    late_after_s=late_after_s)
         if heartbeats is not None:
             beats = heartbeats
-            beats.runs = lambda: list(worker.running)
             if signals is not None:
                 beats.children = signals.watched
                 signals.on_watch = lambda run_id: None if run_id in worker.running else beats.beat_for(
