@@ -103,7 +103,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             app.state.engine, app.state.sessions, app.state.event_log = engine, database, event_log
             app.state.runs = RunService(workflows=Workflows(database), executions=Executions(database),
                                         outcomes=NodeOutcomes(database),
-                                        deployments=WorkflowDeployments(settings.work_pool), prefect=prefect,
+                                        deployments=WorkflowDeployments(settings.work_pool, settings.owner_max_runs), prefect=prefect,
                                         registry=default_registry(), event_log=event_log, metrics=metrics,
                                         ui_url=ui_url, prefect_timeout_s=settings.prefect_timeout_s)
             app.state.schedules = ScheduleService(app.state.runs, ScheduleOverlaps(database))
