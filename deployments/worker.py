@@ -91,6 +91,8 @@ class FlowMaestroWorker(BaseWorker[FlowMaestroJobConfiguration, FlowMaestroVaria
         self._watcher: asyncio.Task[None] | None = None
         self.identifier = f"{socket.gethostname()}:{os.getpid()}"
         self.catch_up, self.late_after = catch_up, timedelta(seconds=late_after_s)
+        self._queue_of: dict[Any, str | None] = {}
+        """The work queue of each run this worker took and is still submitting."""
 
     async def get_and_submit_flow_runs(self) -> list[FlowRun]:
         if self.draining:  # shutting down: leave new runs to other workers
@@ -118,7 +120,20 @@ class FlowMaestroWorker(BaseWorker[FlowMaestroJobConfiguration, FlowMaestroVaria
                 skipped.add(flow_run.id)
             except Exception as exc:  # left for the next poll
                 self._logger.warning("could not skip queued run %s: %s", flow_run.id, exc)
-        return [entry for entry in due if entry.flow_run.id not in skipped]
+        due = [entry for entry in due if entry.flow_run.id not in skipped]
+        return self._after_submissions_of_their_queue(due)
+
+    def _after_submissions_of_their_queue(self, due: list[Any]) -> list[Any]:
+        """Prefect counts a queue's runs in flight (its concurrency limit: an owner's runs,
+        workflow_deployments.owner_queue) when the worker polls, but a run this worker took
+        at the last poll counts only once it is Pending: runs of a queue with submissions
+        still under way wait for the next poll, so one worker never exceeds the limit."""
+        submitting = self._submitting_flow_run_ids
+        self._queue_of = {run_id: queue for run_id, queue in self._queue_of.items() if run_id in submitting}
+        busy = set(self._queue_of.values())
+        taken = [entry for entry in due if entry.flow_run.work_queue_name not in busy]
+        self._queue_of.update({entry.flow_run.id: entry.flow_run.work_queue_name for entry in taken})
+        return taken
 
     async def _beyond_the_queue(self, due: list[FlowRun]) -> list[FlowRun]:
         """Overlap ``queue`` keeps at most one scheduled run waiting (docs/triggers.md), but

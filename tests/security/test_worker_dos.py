@@ -155,3 +155,132 @@ async def test_a_long_inline_loop_lets_another_run_of_the_process_go_on(loop_cap
     assert result["status"] == "completed" and result["nodes"]["lp"]["output"]["iterations"] == 10_000
     print(f"bob's 10,000 iterations: {took:.1f} s; alice ticked {len(gaps)} times, longest gap {max(gaps):.3f} s")
     assert len(gaps) > 10 and max(gaps) < 2.0, f"alice's longest wait {max(gaps):.2f} s while bob looped {took:.1f} s"
+
+
+# --- on real processes: the API, one worker, Prefect on PostgreSQL -----------------------------------
+
+BOB, ALICE = "bob-key-worker-dos", "alice-key-worker-dos"
+CRASH_DETECT_S = 15
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, pg_prefect):
+    """``flowmaestro serve`` with one worker of 20 slots, bob and alice as owners, crash
+    detection at its shortest (15 s), owners limited to 10 runs in flight (the default)."""
+    import uuid
+
+    from tests.processes import postgres_database, stack_env, start_serve
+
+    home = tmp_path_factory.mktemp("worker-dos")
+    with postgres_database("fm_store") as database_url:
+        env = stack_env(home, pg_prefect, database_url, BOB, FLOWMAESTRO_API_KEYS=f"bob:{BOB},alice:{ALICE}",
+                        FLOWMAESTRO_WORK_POOL=f"dos-{uuid.uuid4().hex[:6]}", FLOWMAESTRO_WORKER_LIMIT="20",
+                        FLOWMAESTRO_CRASH_DETECT_S=str(CRASH_DETECT_S), FLOWMAESTRO_WORKER_GRACE_S="2")
+        proc, base = start_serve(home, env, workers=1)
+        try:
+            yield base
+        finally:
+            proc.stop()
+
+
+def owner_client(base: str, key: str):
+    import httpx
+
+    return httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=60)
+
+
+async def save_and_start(http, raw: dict, runs: int = 1, inputs: dict | None = None) -> list[str]:
+    saved = await http.post("/api/workflows", json={"canvas": raw})
+    assert saved.status_code == 201, saved.text
+    started = await asyncio.gather(*(http.post(f"/api/workflows/{saved.json()['id']}/execute",
+                                               json={"inputs": inputs or {}}) for _ in range(runs)))
+    assert [s.status_code for s in started] == [202] * runs, [s.text for s in started]
+    return [s.json()["execution_id"] for s in started]
+
+
+def sleeper(name: str, seconds: float) -> dict:
+    from tests.support import canvas, node
+
+    return canvas([node("start", "start"), node("wait", "delay", data={"seconds": seconds}),
+                   node("end", "end", data={"output": "{{ wait.waited_s }}"})],
+                  [("start", "wait"), ("wait", "end")], name=name)
+
+
+async def statuses(http, run_ids: list[str]) -> list[str]:
+    answers = await asyncio.gather(*(http.get(f"/api/executions/{run_id}") for run_id in run_ids))
+    return [a.json()["status"] for a in answers]
+
+
+async def crashed_states(prefect_url: str, run_id: str) -> int:
+    import uuid
+
+    from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.objects import StateType
+
+    async with PrefectClient(prefect_url) as prefect:
+        states = await prefect.read_flow_run_states(uuid.UUID(run_id))
+    return sum(1 for s in states if s.type == StateType.CRASHED)
+
+
+@pytest.mark.prefect
+@pytest.mark.workers
+async def test_twenty_runs_of_one_owner_on_a_long_delay_leave_room_for_another_owner(stack):
+    """Before: bob's 20 runs took the worker's 20 slots and alice's run stayed pending until
+    he cancelled them. Now bob has at most 10 in flight; the others wait in Prefect."""
+    from tests.support import wait_final
+
+    async with owner_client(stack, BOB) as bob, owner_client(stack, ALICE) as alice:
+        bobs = await save_and_start(bob, sleeper("bob-sleeps", 3600), runs=20)
+        deadline = time.monotonic() + 180
+        while (await statuses(bob, bobs)).count("running") < 10 and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+        assert (await statuses(bob, bobs)).count("running") == 10, await statuses(bob, bobs)
+        started = time.monotonic()
+        [mine] = await save_and_start(alice, sleeper("alice-quick", 0.1))
+        result = await wait_final(alice, mine, timeout=180)
+        took = time.monotonic() - started
+        print(f"alice's run ended {took:.1f} s after it was started, with bob's 20 runs on a 1 h delay")
+        assert result["status"] == "completed", result
+        assert took < 60, f"alice waited {took:.0f} s"
+        now = await statuses(bob, bobs)
+        assert now.count("running") == 10 and now.count("pending") == 10, now
+        cancelled = await asyncio.gather(*(bob.post(f"/api/executions/{run_id}/cancel") for run_id in bobs))
+        assert all(c.status_code in (202, 409) for c in cancelled), [c.text for c in cancelled]
+        for run_id in bobs:
+            assert (await wait_final(bob, run_id, timeout=180))["status"] == "cancelled"
+
+
+@pytest.mark.prefect
+@pytest.mark.workers
+async def test_a_long_loop_of_one_owner_crashes_no_run_of_another_owner(stack, pg_prefect):
+    """Before: bob's 20,000-iteration loop silenced the worker's heartbeats and alice's run,
+    held by the same worker, was marked Crashed. Now the loop is capped (10,000 per loop
+    execution, a longer one is refused), the beats come from a thread, and alice's run,
+    which waits longer than the crash detection window meanwhile, is never Crashed."""
+    from tests.support import canvas, node, wait_final
+
+    loop = canvas([node("start", "start"),
+                   node("lp", "loop", data={"mode": "for", "count": "{{ inputs.n }}", "max_iterations": 100_000}),
+                   node("step", "transform", parentId="lp", data={"output": "{{ loop.index * 2 }}"}),
+                   node("end", "end", data={"output": "{{ lp.iterations }}"})],
+                  [("start", "lp"), ("lp", "end")], inputs={"n": {"type": "integer", "required": True}},
+                  name="bob-loops")
+    async with owner_client(stack, BOB) as bob, owner_client(stack, ALICE) as alice:
+        saved = await bob.post("/api/workflows", json={"canvas": dict(loop, nodes=loop["nodes"][:2] + [
+            dict(loop["nodes"][2], data=dict(loop["nodes"][2]["data"], count=20_000))] + loop["nodes"][3:])})
+        assert saved.status_code == 422 and "FLOWMAESTRO_MAX_LOOP_ITERATIONS=10000" in saved.text, saved.text
+        [refused] = await save_and_start(bob, loop, inputs={"n": 20_000})
+        [looping] = await save_and_start(bob, dict(loop, name="bob-loops-at-the-cap"), inputs={"n": 10_000})
+        [mine] = await save_and_start(alice, sleeper("alice-waits", CRASH_DETECT_S * 2))
+        started = time.monotonic()
+        ended = await asyncio.gather(wait_final(alice, mine, timeout=300), wait_final(bob, looping, timeout=300),
+                                     wait_final(bob, refused, timeout=300))
+        took = time.monotonic() - started
+        print(f"alice's {CRASH_DETECT_S * 2} s run and bob's 10,000 iterations ended within {took:.1f} s")
+    alice_result, loop_result, refused_result = ended
+    assert alice_result["status"] == "completed", alice_result
+    assert loop_result["status"] == "completed" and loop_result["output"] == 10_000, loop_result.get("error")
+    assert refused_result["status"] == "failed"
+    assert "FLOWMAESTRO_MAX_LOOP_ITERATIONS=10000" in refused_result["nodes"]["lp"]["error"]["message"]
+    assert await crashed_states(pg_prefect.api_url, mine) == 0
+    assert await crashed_states(pg_prefect.api_url, looping) == 0
