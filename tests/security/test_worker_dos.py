@@ -266,8 +266,9 @@ async def test_a_long_loop_of_one_owner_crashes_no_run_of_another_owner(stack, p
                   [("start", "lp"), ("lp", "end")], inputs={"n": {"type": "integer", "required": True}},
                   name="bob-loops")
     async with owner_client(stack, BOB) as bob, owner_client(stack, ALICE) as alice:
-        saved = await bob.post("/api/workflows", json={"canvas": dict(loop, nodes=loop["nodes"][:2] + [
-            dict(loop["nodes"][2], data=dict(loop["nodes"][2]["data"], count=20_000))] + loop["nodes"][3:])})
+        static = dict(loop, nodes=[dict(n, data=dict(n["data"], count=20_000)) if n["id"] == "lp" else n
+                                   for n in loop["nodes"]])
+        saved = await bob.post("/api/workflows", json={"canvas": static})
         assert saved.status_code == 422 and "FLOWMAESTRO_MAX_LOOP_ITERATIONS=10000" in saved.text, saved.text
         [refused] = await save_and_start(bob, loop, inputs={"n": 20_000})
         [looping] = await save_and_start(bob, dict(loop, name="bob-loops-at-the-cap"), inputs={"n": 10_000})
