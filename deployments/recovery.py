@@ -13,7 +13,13 @@ Prefect leaves a flow run ``Running`` forever when the process running it dies. 
    again; any worker picks it up and the flow restores what its journal holds
    (``flows.journal``). The flow counts its own crashes and ends ``Failed`` after
    ``crash_retries`` of them (``flows.flow``), so a run that kills its worker every time
-   cannot loop.
+   cannot loop;
+4. every worker sweeps its pool (``CrashSweeper``): a run still ``Crashed`` ``grace_s``
+   after it crashed (the automation's action failed, e.g. Prefect on SQLite answered
+   "database is locked", and Prefect does not retry an action) is scheduled again the same
+   way; and a worker that finds a run it still executes marked ``Crashed`` or scheduled
+   again (a false alarm) sets it back to what it was (``state_to_restore``), instead of
+   leaving it ``pending`` until its execution ends.
 
 The automations are Prefect's (visible, editable in its UI) and created idempotently when
 a worker starts; the detection window of child runs is one per Prefect server (the last
@@ -29,13 +35,17 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from prefect.client.schemas.objects import StateType
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import State, StateType
 from prefect.events import emit_event
 from prefect.events.actions import ChangeFlowRunState
 from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+
+from flows import prefect_compat
 
 log = logging.getLogger("flowmaestro.recovery")
 
@@ -46,6 +56,10 @@ CHILD_HEARTBEAT = "flowmaestro.child-run.heartbeat"
 ENDED = ("Completed", "Failed", "Cancelled", "Crashed", "Suspended")
 """States after which a run needs no heartbeat (``Suspended``: an approval released by its
 worker; ``Paused`` runs are held by a worker, which keeps beating for them)."""
+LOST_MESSAGE = "no heartbeat from its worker"
+"""How the message of the Crashed state the lost-worker automations write starts."""
+CONTINUED_MESSAGE = "scheduled again after a crash: a worker continues it"
+"""The message of the Scheduled state the automation "continue" and the sweep write."""
 
 
 def heartbeat_interval(crash_detect_s: float) -> float:
@@ -64,7 +78,7 @@ def recovery_automations(pool: str, crash_detect_s: float) -> list[AutomationCor
     ended = {f"prefect.flow-run.{state}" for state in ENDED}
     on_pool = {"prefect.resource.role": "work-pool", "prefect.resource.name": pool}
     crash = [ChangeFlowRunState(state=StateType.CRASHED, force=True,
-                                message=f"no heartbeat from its worker for {crash_detect_s:g} s: the worker died "
+                                message=f"{LOST_MESSAGE} for {crash_detect_s:g} s: the worker died "
                                         "or lost its connection")]
     # A run of the pool is watched from the moment Prefect says a worker took it (Pending,
     # Running: events the server itself emits), so a worker that dies before its first
@@ -98,8 +112,7 @@ def recovery_automations(pool: str, crash_detect_s: float) -> list[AutomationCor
             match={"prefect.resource.id": "prefect.flow-run.*"}, match_related=on_pool,
             expect={"prefect.flow-run.Crashed"}, for_each={"prefect.resource.id"},
             posture=Posture.Reactive, threshold=1, within=timedelta(0)),
-        actions=[ChangeFlowRunState(state=StateType.SCHEDULED, force=True,
-                                    message="scheduled again after a crash: a worker continues it")])
+        actions=[ChangeFlowRunState(state=StateType.SCHEDULED, force=True, message=CONTINUED_MESSAGE)])
     return [lost, lost_child, resume]
 
 
@@ -228,3 +241,85 @@ class HeartbeatEmitter:
                 await asyncio.sleep(self.interval_s / 2)
         finally:
             self._stop.set()
+
+
+# --- when the automations did not do it, or did it wrongly ------------------------------------------
+
+
+@dataclass(frozen=True)
+class CrashedRun:
+    run_id: str
+    state_id: str
+    """The id of its Crashed state: it is continued only while still in that very state."""
+    crashed_at: datetime
+
+
+def runs_to_continue(crashed: Iterable[CrashedRun], *, now: datetime, grace_s: float,
+                     held: Iterable[str]) -> list[CrashedRun]:
+    """The crashed runs a sweep schedules again: crashed at least ``grace_s`` ago (the
+    automation continues a run within a second or so; the sweep only catches the ones it
+    failed to), and not held by this worker (those it still executes: ``state_to_restore``)."""
+    mine = set(held)
+    return [run for run in crashed
+            if run.run_id not in mine and (now - run.crashed_at).total_seconds() >= grace_s]
+
+
+def written_by_recovery(state: State | None) -> bool:
+    """A state the recovery machinery wrote: the lost-worker automations' Crashed, the
+    Scheduled of the automation "continue" or of the sweep."""
+    if state is None:
+        return False
+    message = state.message or ""
+    return ((state.type == StateType.CRASHED and message.startswith(LOST_MESSAGE))
+            or (state.type == StateType.SCHEDULED and message == CONTINUED_MESSAGE))
+
+
+def state_to_restore(history: Iterable[State]) -> State | None:
+    """For a run its worker still executes: when its current state is one recovery wrote
+    (so the crash was a false alarm), the state it had before, if that was ``Running`` or
+    ``Paused`` (on an approval, its engine waiting); else None, and nothing is changed.
+    States recovery did not write (a cancellation, the engine's own) are never overridden."""
+    ordered = sorted(history, key=lambda state: state.timestamp)
+    if not ordered or not written_by_recovery(ordered[-1]):
+        return None
+    for state in reversed(ordered):
+        if not written_by_recovery(state):
+            return state if state.type in (StateType.RUNNING, StateType.PAUSED) else None
+    return None
+
+
+class CrashSweeper:
+    """Every ``interval_s``, schedules again the runs of the pool that stayed ``Crashed`` for
+    ``grace_s``: Prefect runs an automation's action once, and when setting the state fails
+    (SQLite's "database is locked" under load) the run would stay Crashed for good. Every
+    worker sweeps; ``prefect_compat.continue_crashed_run`` makes one of them win."""
+
+    def __init__(self, *, pool: str, grace_s: float, interval_s: float,
+                 held: Callable[[], Iterable[str]] = tuple):
+        self.pool = pool
+        self.grace_s = grace_s
+        self.interval_s = interval_s
+        self.held = held
+        """The runs this worker executes (asked at every sweep)."""
+        self.continued = 0
+
+    async def sweep_once(self, client: Any) -> list[str]:
+        found = await prefect_compat.read_crashed_runs(client, self.pool)
+        crashed = [CrashedRun(str(run.id), str(run.state.id), run.state.timestamp) for run in found if run.state]
+        continued: list[str] = []
+        for run in runs_to_continue(crashed, now=datetime.now(timezone.utc), grace_s=self.grace_s, held=self.held()):
+            if await prefect_compat.continue_crashed_run(client, run.run_id, run.state_id, CONTINUED_MESSAGE):
+                log.warning("flow run %s was still Crashed %.0f s after it crashed (the automation did not continue "
+                            "it): scheduled again", run.run_id, self.grace_s)
+                continued.append(run.run_id)
+        self.continued += len(continued)
+        return continued
+
+    async def run(self) -> None:
+        async with get_client() as client:
+            while True:
+                await asyncio.sleep(self.interval_s)
+                try:
+                    await self.sweep_once(client)
+                except Exception as exc:  # Prefect busy or restarting: the next sweep tries again
+                    log.warning("could not sweep crashed runs of pool %s: %s", self.pool, exc)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -164,17 +165,23 @@ CRASH_DETECT_S = 15
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, pg_prefect):
-    """``flowmaestro serve`` with one worker of 20 slots, bob and alice as owners, crash
-    detection at its shortest (15 s), owners limited to 10 runs in flight (the default)."""
+def pool() -> str:
+    """The work pool of the module's stack (its own: automations are per pool)."""
     import uuid
 
+    return f"dos-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, pg_prefect, pool):
+    """``flowmaestro serve`` with one worker of 20 slots, bob and alice as owners, crash
+    detection at its shortest (15 s), owners limited to 10 runs in flight (the default)."""
     from tests.processes import postgres_database, stack_env, start_serve
 
     home = tmp_path_factory.mktemp("worker-dos")
     with postgres_database("fm_store") as database_url:
         env = stack_env(home, pg_prefect, database_url, BOB, FLOWMAESTRO_API_KEYS=f"bob:{BOB},alice:{ALICE}",
-                        FLOWMAESTRO_WORK_POOL=f"dos-{uuid.uuid4().hex[:6]}", FLOWMAESTRO_WORKER_LIMIT="20",
+                        FLOWMAESTRO_WORK_POOL=pool, FLOWMAESTRO_WORKER_LIMIT="20",
                         FLOWMAESTRO_CRASH_DETECT_S=str(CRASH_DETECT_S), FLOWMAESTRO_WORKER_GRACE_S="2")
         proc, base = start_serve(home, env, workers=1)
         try:
@@ -285,3 +292,183 @@ async def test_a_long_loop_of_one_owner_crashes_no_run_of_another_owner(stack, p
     assert "FLOWMAESTRO_MAX_LOOP_ITERATIONS=10000" in refused_result["nodes"]["lp"]["error"]["message"]
     assert await crashed_states(pg_prefect.api_url, mine) == 0
     assert await crashed_states(pg_prefect.api_url, looping) == 0
+
+
+# --- a crashed run always continues ----------------------------------------------------------------
+#
+# Why the reported run was not: Prefect runs an automation's action once, so when setting the
+# state failed (SQLite: "database is locked") the run stayed Crashed for good; and a run marked
+# Crashed while its worker still executed it was scheduled again, which that worker skips as a
+# duplicate submission: it showed pending until its first execution ended.
+
+
+def _at(seconds: float):
+    return datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=seconds)
+
+
+def test_the_sweep_continues_runs_crashed_longer_than_the_grace_and_not_held_here():
+    crashed = [recovery.CrashedRun("old", "s1", _at(0)), recovery.CrashedRun("fresh", "s2", _at(95)),
+               recovery.CrashedRun("mine", "s3", _at(0)), recovery.CrashedRun("just", "s4", _at(10))]
+    chosen = recovery.runs_to_continue(crashed, now=_at(100), grace_s=90, held=["mine"])
+    assert [run.run_id for run in chosen] == ["old", "just"]
+
+
+def test_a_held_run_marked_crashed_by_recovery_gets_back_the_state_it_had():
+    from prefect.states import Cancelling, Crashed, Paused, Pending, Running, Scheduled
+
+    lost = f"{recovery.LOST_MESSAGE} for 15 s: the worker died or lost its connection"
+    restore = recovery.state_to_restore
+    running = restore([Pending(timestamp=_at(0)), Running(timestamp=_at(1)), Crashed(message=lost, timestamp=_at(20))])
+    assert running is not None and running.type.value == "RUNNING"
+    # the automation "continue" already scheduled it again: still back to Running
+    again = restore([Running(timestamp=_at(1)), Crashed(message=lost, timestamp=_at(20)),
+                     Scheduled(message=recovery.CONTINUED_MESSAGE, timestamp=_at(21))])
+    assert again is not None and again.type.value == "RUNNING"
+    # paused on an approval: paused again on the same key, so its engine goes on waiting
+    paused = restore([Running(timestamp=_at(1)), Paused(pause_key="approval-1", timestamp=_at(5)),
+                      Crashed(message=lost, timestamp=_at(30))])
+    assert paused is not None and paused.type.value == "PAUSED" and paused.state_details.pause_key == "approval-1"
+    # states recovery did not write are never overridden
+    assert restore([Running(timestamp=_at(1)), Crashed(message="Execution was cancelled", timestamp=_at(2))]) is None
+    assert restore([Running(timestamp=_at(1)), Cancelling(timestamp=_at(2))]) is None
+    assert restore([Running(timestamp=_at(1)), Scheduled(name="AwaitingConcurrencySlot", timestamp=_at(2))]) is None
+    # taken but not started: the engine moves it to Running itself
+    assert restore([Pending(timestamp=_at(0)), Crashed(message=lost, timestamp=_at(20))]) is None
+    assert restore([]) is None
+
+
+@pytest.mark.prefect
+@pytest.mark.parametrize("server", ["prefect_server", "pg_prefect"])
+async def test_workers_sweeping_at_once_continue_a_crashed_run_once(server, request):
+    """Several workers sweep the same pool: exactly one moves a crashed run, and none moves
+    a run that left that Crashed state meanwhile (Prefect on SQLite and on PostgreSQL)."""
+    import uuid
+
+    from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed, Pending
+
+    from flows import prefect_compat
+
+    async with PrefectClient(request.getfixturevalue(server).api_url) as client:
+        flow_id = await client.create_flow_from_name(f"sweep-{uuid.uuid4().hex[:6]}")
+        deployment_id = await client.create_deployment(flow_id=flow_id, name="d")
+        flow_run = await client.create_flow_run_from_deployment(deployment_id)
+        await client.set_flow_run_state(flow_run.id, Crashed(message=recovery.LOST_MESSAGE), force=True)
+        crashed = (await client.read_flow_run(flow_run.id)).state
+        moved = await asyncio.gather(*(prefect_compat.continue_crashed_run(
+            client, flow_run.id, crashed.id, recovery.CONTINUED_MESSAGE) for _ in range(5)))
+        assert sorted(moved) == [False] * 4 + [True]
+        states = await client.read_flow_run_states(flow_run.id)
+        assert [s.type for s in states].count(StateType.SCHEDULED) == 2  # created, then continued once
+        # a worker took it: a sweep that read the old Crashed state changes nothing
+        await client.set_flow_run_state(flow_run.id, Pending())
+        assert not await prefect_compat.continue_crashed_run(client, flow_run.id, crashed.id,
+                                                             recovery.CONTINUED_MESSAGE)
+        assert (await client.read_flow_run(flow_run.id)).state.type == StateType.PENDING
+
+
+async def prefect_states(prefect_url: str, run_id: str) -> list:
+    import uuid
+
+    from prefect.client.orchestration import PrefectClient
+
+    async with PrefectClient(prefect_url) as prefect:
+        return sorted(await prefect.read_flow_run_states(uuid.UUID(run_id)), key=lambda s: s.timestamp)
+
+
+async def wait_for_state(prefect_url: str, run_id: str, check, *, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = await prefect_states(prefect_url, run_id)
+        if states and check(states):
+            return states
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"not {what} within {timeout:.0f} s: {[(s.name, s.message) for s in states]}")
+
+
+@pytest.mark.prefect
+@pytest.mark.workers
+async def test_a_crashed_run_the_automation_did_not_continue_is_continued_by_the_sweep(stack, pg_prefect, pool):
+    """Before: when the automation's action failed, the run stayed Crashed (pending in the
+    API) for good. The automation is paused here (its action never happens) and a run is
+    marked Crashed by hand before any worker took it; the workers' sweep continues it."""
+    import uuid
+
+    from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed
+
+    from tests.support import wait_final
+
+    async with owner_client(stack, BOB) as bob, PrefectClient(pg_prefect.api_url) as prefect:
+        name = f"flowmaestro {pool}: continue crashed runs"
+        deadline = time.monotonic() + 120  # the worker creates it when it starts
+        while not await prefect.read_automations_by_name(name) and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+        [automation] = await prefect.read_automations_by_name(name)
+        saved = await bob.post("/api/workflows", json={"canvas": sleeper("bob-crashed", 0.1)})
+        assert saved.status_code == 201, saved.text
+        queues = [q for q in await prefect.read_work_queues(work_pool_name=pool) if q.name.startswith("owner-bob")]
+        assert len(queues) == 1, [q.name for q in queues]
+        await prefect.pause_automation(automation.id)
+        await prefect.update_work_queue(queues[0].id, is_paused=True)  # no worker takes it before the crash
+        try:
+            started = await bob.post(f"/api/workflows/{saved.json()['id']}/execute", json={"inputs": {}})
+            assert started.status_code == 202, started.text
+            run_id = started.json()["execution_id"]
+            await prefect.set_flow_run_state(uuid.UUID(run_id), Crashed(
+                message=f"{recovery.LOST_MESSAGE} for {CRASH_DETECT_S} s: marked by hand"), force=True)
+            await prefect.update_work_queue(queues[0].id, is_paused=False)
+            result = await wait_final(bob, run_id, timeout=240)
+        finally:
+            await prefect.update_work_queue(queues[0].id, is_paused=False)
+            await prefect.resume_automation(automation.id)
+    assert result["status"] == "completed", result
+    states = await prefect_states(pg_prefect.api_url, run_id)
+    crashed = [i for i, s in enumerate(states) if s.type == StateType.CRASHED]
+    assert len(crashed) == 1, [(s.name, s.message) for s in states]
+    after = states[crashed[0] + 1:]
+    assert after[0].type == StateType.SCHEDULED and after[0].message == recovery.CONTINUED_MESSAGE
+    waited = (after[0].timestamp - states[crashed[0]].timestamp).total_seconds()
+    print(f"crashed run continued by the sweep {waited:.1f} s after it crashed")
+    assert waited >= CRASH_DETECT_S  # the sweep's grace: it was the sweep, not the automation
+    assert [s.type for s in after].count(StateType.SCHEDULED) == 1
+    assert after[-1].type == StateType.COMPLETED
+
+
+@pytest.mark.prefect
+@pytest.mark.workers
+async def test_a_run_marked_crashed_while_its_worker_executes_it_is_set_back_to_running(stack, pg_prefect):
+    """Before: the automation set it Scheduled, its worker skipped it as a duplicate
+    submission, and it showed pending until that execution ended. Now the worker sets it back
+    to Running at once, and it completes once, on the same worker."""
+    import uuid
+
+    from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed
+
+    from tests.support import wait_final
+
+    async with owner_client(stack, BOB) as bob:
+        [run_id] = await save_and_start(bob, sleeper("bob-false-alarm", 45))
+        await wait_for_state(pg_prefect.api_url, run_id, lambda ss: ss[-1].type == StateType.RUNNING,
+                             timeout=120, what="running")
+        async with PrefectClient(pg_prefect.api_url) as prefect:
+            await prefect.set_flow_run_state(uuid.UUID(run_id), Crashed(
+                message=f"{recovery.LOST_MESSAGE} for {CRASH_DETECT_S} s: marked by hand"), force=True)
+        marked = time.monotonic()
+        # Settled: the automation scheduled it again (once) and the worker set it back after that.
+        await wait_for_state(pg_prefect.api_url, run_id, lambda ss: ss[-1].type == StateType.RUNNING
+                             and (ss[-1].message or "").startswith("set back to Running")
+                             and any(s.message == recovery.CONTINUED_MESSAGE for s in ss), timeout=40,
+                             what="scheduled again by the automation and set back to Running")
+        print(f"set back to Running {time.monotonic() - marked:.1f} s after it was marked Crashed")
+        assert (await bob.get(f"/api/executions/{run_id}")).json()["status"] == "running"
+        result = await wait_final(bob, run_id, timeout=240)
+    assert result["status"] == "completed", result
+    states = await prefect_states(pg_prefect.api_url, run_id)
+    after = [s.type for s in states[[s.type for s in states].index(StateType.CRASHED) + 1:]]
+    assert StateType.PENDING not in after, after  # no worker took it a second time
+    assert after.count(StateType.COMPLETED) == 1 and after[-1] == StateType.COMPLETED, after
