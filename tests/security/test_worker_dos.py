@@ -3,7 +3,9 @@
 - a run whose loop keeps the event loop busy (20,000 inline iterations) silenced every
   heartbeat of its worker, so another owner's run was marked Crashed;
 - 20 of one owner's runs sleeping on a long delay held every slot of the worker, and another
-  owner's run stayed pending.
+  owner's run stayed pending;
+- a crashed run was not always continued: left Crashed when the automation's action failed,
+  and left pending when it was marked Crashed while its worker still executed it.
 
 The fast tests need no server; the others run the API, a worker and Prefect as separate
 processes (tests/processes.py).
@@ -366,6 +368,33 @@ async def test_workers_sweeping_at_once_continue_a_crashed_run_once(server, requ
         assert not await prefect_compat.continue_crashed_run(client, flow_run.id, crashed.id,
                                                              recovery.CONTINUED_MESSAGE)
         assert (await client.read_flow_run(flow_run.id)).state.type == StateType.PENDING
+
+
+@pytest.mark.prefect
+async def test_setting_back_a_paused_run_keeps_its_pause_key(prefect_server):
+    """A run held on an approval and marked Crashed by mistake is paused again on the same
+    key (its engine still waits on it), not set Running (which would read as resumed)."""
+    import uuid
+
+    from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed, Paused, Running
+
+    from flows import prefect_compat
+
+    async with PrefectClient(prefect_server.api_url) as client:
+        flow_id = await client.create_flow_from_name(f"set-back-{uuid.uuid4().hex[:6]}")
+        deployment_id = await client.create_deployment(flow_id=flow_id, name="d")
+        flow_run = await client.create_flow_run_from_deployment(deployment_id)
+        await client.set_flow_run_state(flow_run.id, Running(), force=True)
+        await client.set_flow_run_state(flow_run.id, Paused(pause_key="approval-1", timeout_seconds=3600), force=True)
+        await client.set_flow_run_state(flow_run.id, Crashed(message=recovery.LOST_MESSAGE), force=True)
+        earlier = recovery.state_to_restore(await client.read_flow_run_states(flow_run.id))
+        assert earlier is not None
+        await prefect_compat.restore_state(client, flow_run.id, earlier, "set back to Paused: test")
+        state = (await client.read_flow_run(flow_run.id)).state
+    assert state.type == StateType.PAUSED and state.state_details.pause_key == "approval-1"
+    assert state.message == "set back to Paused: test"
 
 
 async def prefect_states(prefect_url: str, run_id: str) -> list:
