@@ -28,10 +28,10 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
 from prefect._internal.compatibility.blocks import call_explicitly_async_block_method
 from prefect.client.orchestration import get_client
+from prefect.client.schemas import OrchestrationResult
 from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType, WorkPoolFilter,
                                            WorkPoolFilterName)
 from prefect.client.schemas.objects import FlowRun, StateType, TaskRunResult
-from prefect.client.schemas import OrchestrationResult
 from prefect.client.schemas.responses import SetStateStatus
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.events.related import related_resources_from_run_context
@@ -346,7 +346,8 @@ async def continue_crashed_run(client: Any, flow_run_id: uuid.UUID | str, crashe
     the crashed state, which Prefect's ``PreventDuplicateTransitions`` rule rejects when the
     run already made that very transition (two workers sweeping at once). A non-forced
     ``Crashed`` -> ``Scheduled`` is what Prefect's ``HandleFlowTerminalStateTransitions``
-    allows a run with a deployment, as for a retry."""
+    allows a run with a deployment, as for a retry. Checked against real servers (SQLite,
+    PostgreSQL) in ``tests/security/test_worker_dos.py``."""
     flow_run = await client.read_flow_run(flow_run_id)
     state = flow_run.state
     if state is None or state.type != StateType.CRASHED or str(state.id) != str(crashed_state_id):
