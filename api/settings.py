@@ -24,6 +24,10 @@ class ApiSettings(StoreSettings, CompileSettings):
                                      "open at once; more answer 429 with Retry-After.")
     work_pool: str = Field("flowmaestro", description="Prefect work pool of the workflows' deployments; "
                            "workers poll it.")
+    owner_max_runs: int | None = Field(10, ge=1, description="Runs of one owner in flight (pending or running) "
+                                       "at once, across all workers: each owner's deployments use a work queue of "
+                                       "their own (owner-<name>) with this concurrency limit, so their further runs "
+                                       "wait in Prefect without taking a worker slot. Empty: no limit.")
     prefect_timeout_s: float = Field(20.0, gt=0, description="Longest a request waits on the Prefect server "
                                      "(its client retries included) before answering 503.")
     secret_key: SecretStr | None = Field(None, description="Key that encrypts webhook secrets at rest (a Fernet "
@@ -56,6 +60,11 @@ class ApiSettings(StoreSettings, CompileSettings):
                                   "schedules then do not compile a version again.")
     stream_token_ttl_s: float = Field(600.0, gt=0, le=86_400, description="How long a stream token "
                                       "reads its run's stream.")
+
+    @field_validator("owner_max_runs", mode="before")
+    @classmethod
+    def _no_limit(cls, value: object) -> object:
+        return None if isinstance(value, str) and value.strip().lower() in ("", "none") else value
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -3,7 +3,8 @@
 Prefect leaves a flow run ``Running`` forever when the process running it dies. Here:
 
 1. every FlowMaestro worker emits a heartbeat event for each run it holds (children and
-   paused runs included), every third of ``crash_detect_s`` (``HeartbeatEmitter``);
+   paused runs included), every third of ``crash_detect_s``, from a thread, so a run that
+   keeps the event loop busy does not silence the others (``HeartbeatEmitter``);
 2. automations "lost worker": a run of the pool that a worker took (Pending, Running) or
    beat for, and that then sends neither a heartbeat nor a final state (nor a suspension)
    within ``crash_detect_s``, is set ``Crashed``; child runs the same from their first
@@ -12,7 +13,13 @@ Prefect leaves a flow run ``Running`` forever when the process running it dies. 
    again; any worker picks it up and the flow restores what its journal holds
    (``flows.journal``). The flow counts its own crashes and ends ``Failed`` after
    ``crash_retries`` of them (``flows.flow``), so a run that kills its worker every time
-   cannot loop.
+   cannot loop;
+4. every worker sweeps its pool (``CrashSweeper``): a run still ``Crashed`` ``grace_s``
+   after it crashed (the automation's action failed, e.g. Prefect on SQLite answered
+   "database is locked", and Prefect does not retry an action) is scheduled again the same
+   way; and a worker that finds a run it still executes marked ``Crashed`` or scheduled
+   again (a false alarm) sets it back to what it was (``state_to_restore``), instead of
+   leaving it ``pending`` until its execution ends.
 
 The automations are Prefect's (visible, editable in its UI) and created idempotently when
 a worker starts; the detection window of child runs is one per Prefect server (the last
@@ -23,15 +30,22 @@ rescheduled: their parent runs them again, and their journal makes them continue
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterable
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from prefect.client.schemas.objects import StateType
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import State, StateType
 from prefect.events import emit_event
 from prefect.events.actions import ChangeFlowRunState
 from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+
+from flows import prefect_compat
 
 log = logging.getLogger("flowmaestro.recovery")
 
@@ -42,6 +56,10 @@ CHILD_HEARTBEAT = "flowmaestro.child-run.heartbeat"
 ENDED = ("Completed", "Failed", "Cancelled", "Crashed", "Suspended")
 """States after which a run needs no heartbeat (``Suspended``: an approval released by its
 worker; ``Paused`` runs are held by a worker, which keeps beating for them)."""
+LOST_MESSAGE = "no heartbeat from its worker"
+"""How the message of the Crashed state the lost-worker automations write starts."""
+CONTINUED_MESSAGE = "scheduled again after a crash: a worker continues it"
+"""The message of the Scheduled state the automation "continue" and the sweep write."""
 
 
 def heartbeat_interval(crash_detect_s: float) -> float:
@@ -49,11 +67,18 @@ def heartbeat_interval(crash_detect_s: float) -> float:
     return crash_detect_s / 3
 
 
+def loop_stall_limit(crash_detect_s: float) -> float:
+    """How long a worker's event loop may not turn at all before its heartbeats stop: far
+    longer than anything a run does between two awaits (the engine yields in long inline
+    stretches), so only a process that is wedged for good loses its runs."""
+    return max(600.0, 10 * crash_detect_s)
+
+
 def recovery_automations(pool: str, crash_detect_s: float) -> list[AutomationCore]:
     ended = {f"prefect.flow-run.{state}" for state in ENDED}
     on_pool = {"prefect.resource.role": "work-pool", "prefect.resource.name": pool}
     crash = [ChangeFlowRunState(state=StateType.CRASHED, force=True,
-                                message=f"no heartbeat from its worker for {crash_detect_s:g} s: the worker died "
+                                message=f"{LOST_MESSAGE} for {crash_detect_s:g} s: the worker died "
                                         "or lost its connection")]
     # A run of the pool is watched from the moment Prefect says a worker took it (Pending,
     # Running: events the server itself emits), so a worker that dies before its first
@@ -87,8 +112,7 @@ def recovery_automations(pool: str, crash_detect_s: float) -> list[AutomationCor
             match={"prefect.resource.id": "prefect.flow-run.*"}, match_related=on_pool,
             expect={"prefect.flow-run.Crashed"}, for_each={"prefect.resource.id"},
             posture=Posture.Reactive, threshold=1, within=timedelta(0)),
-        actions=[ChangeFlowRunState(state=StateType.SCHEDULED, force=True,
-                                    message="scheduled again after a crash: a worker continues it")])
+        actions=[ChangeFlowRunState(state=StateType.SCHEDULED, force=True, message=CONTINUED_MESSAGE)])
     return [lost, lost_child, resume]
 
 
@@ -126,19 +150,50 @@ def _normal(value: Any) -> Any:
 
 
 class HeartbeatEmitter:
-    """Beats for every run a worker holds, in one loop (Prefect's own flow heartbeat is a
-    thread per run, at least 30 s apart)."""
+    """Beats for every run a worker holds, from a thread of its own.
 
-    def __init__(self, *, pool: str, interval_s: float):
+    A heartbeat says "the process holding this run is alive", not "its event loop is idle":
+    a run that keeps the loop busy (a long loop of inline nodes) must not get the other runs
+    of its worker marked Crashed. So the beats come from a thread, which Python schedules
+    even while the loop's thread computes, and Prefect's events client sends them from its
+    own thread too. One thread per worker (Prefect's own flow heartbeat is a thread per run,
+    at least 30 s apart).
+
+    A loop that has not turned at all for ``stall_limit_s`` (a deadlock, a call that never
+    returns) is a process that no longer runs anything: the beats stop, and its runs are
+    continued elsewhere."""
+
+    def __init__(self, *, pool: str, interval_s: float, stall_limit_s: float | None = None):
         self.pool = pool
         self.pool_id: str | None = None
         """The pool's id, once the worker knows it (events name resources by id)."""
         self.interval_s = interval_s
-        self.runs: Callable[[], Iterable[str]] = tuple
-        """The runs the worker took from its pool, asked at every beat."""
+        self.stall_limit_s = stall_limit_s
         self.children: Callable[[], Iterable[str]] = tuple
-        """Child runs executing in the worker, asked at every beat."""
+        """Child runs executing in the worker, asked at every beat (from the beating thread)."""
         self.beats = 0
+        self.stalled = False
+        """Whether the beats stopped because the event loop did not turn for ``stall_limit_s``."""
+        self._held: set[str] = set()
+        self._lock = threading.Lock()  # the worker's loop changes _held while the thread reads it
+        self._loop_turned = time.monotonic()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def hold(self, run_id: str) -> None:
+        """A run the worker took from its pool: beat for it now (a worker may die before the
+        next beat) and until ``release``."""
+        with self._lock:
+            self._held.add(run_id)
+        self.beat_for([run_id])
+
+    def release(self, run_id: str) -> None:
+        with self._lock:
+            self._held.discard(run_id)
+
+    def held(self) -> list[str]:
+        with self._lock:
+            return list(self._held)
 
     def beat_for(self, run_ids: Iterable[str], *, child: bool = False) -> None:
         pool = [{"prefect.resource.id": f"prefect.work-pool.{self.pool_id or self.pool}",
@@ -149,12 +204,122 @@ class HeartbeatEmitter:
                        related=None if child else pool)
             self.beats += 1
 
-    async def run(self) -> None:
-        while True:
+    def beat_once(self) -> None:
+        """One beat for every run held and every child run, unless the loop is stalled."""
+        stalled = self.stall_limit_s is not None and time.monotonic() - self._loop_turned > self.stall_limit_s
+        if stalled and not self.stalled:
+            log.error("the worker's event loop has not turned for %.0f s: no more heartbeats, so its runs are "
+                      "continued elsewhere", self.stall_limit_s)
+        self.stalled = stalled
+        if stalled:
+            return
+        runs = set(self.held())
+        try:
+            children = set(self.children())
+        except RuntimeError:  # changed by the loop while read: the next beat reads it again
+            children = set()
+        self.beat_for(runs)
+        self.beat_for(children - runs, child=True)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval_s):
             try:
-                runs = set(self.runs())
-                self.beat_for(runs)
-                self.beat_for(set(self.children()) - runs, child=True)
+                self.beat_once()
             except Exception as exc:  # the events client reconnects by itself; keep beating
                 log.warning("could not send heartbeats: %s", exc)
-            await asyncio.sleep(self.interval_s)
+
+    async def run(self) -> None:
+        """Beat from a thread until cancelled; meanwhile tell it the loop still turns."""
+        context = contextvars.copy_context()  # the worker's Prefect settings, in the thread too
+        self._stop.clear()
+        self._thread = threading.Thread(target=context.run, args=(self._beat,), name="flowmaestro-heartbeats",
+                                        daemon=True)
+        self._thread.start()
+        try:
+            while True:
+                self._loop_turned = time.monotonic()
+                await asyncio.sleep(self.interval_s / 2)
+        finally:
+            self._stop.set()
+
+
+# --- when the automations did not do it, or did it wrongly ------------------------------------------
+
+
+@dataclass(frozen=True)
+class CrashedRun:
+    run_id: str
+    state_id: str
+    """The id of its Crashed state: it is continued only while still in that very state."""
+    crashed_at: datetime
+
+
+def runs_to_continue(crashed: Iterable[CrashedRun], *, now: datetime, grace_s: float,
+                     held: Iterable[str]) -> list[CrashedRun]:
+    """The crashed runs a sweep schedules again: crashed at least ``grace_s`` ago (the
+    automation continues a run within a second or so; the sweep only catches the ones it
+    failed to), and not held by this worker (those it still executes: ``state_to_restore``)."""
+    mine = set(held)
+    return [run for run in crashed
+            if run.run_id not in mine and (now - run.crashed_at).total_seconds() >= grace_s]
+
+
+def written_by_recovery(state: State | None) -> bool:
+    """A state the recovery machinery wrote: the lost-worker automations' Crashed, the
+    Scheduled of the automation "continue" or of the sweep."""
+    if state is None:
+        return False
+    message = state.message or ""
+    return ((state.type == StateType.CRASHED and message.startswith(LOST_MESSAGE))
+            or (state.type == StateType.SCHEDULED and message == CONTINUED_MESSAGE))
+
+
+def state_to_restore(history: Iterable[State]) -> State | None:
+    """For a run its worker still executes: when its current state is one recovery wrote
+    (so the crash was a false alarm), the state it had before, if that was ``Running`` or
+    ``Paused`` (on an approval, its engine waiting); else None, and nothing is changed.
+    States recovery did not write (a cancellation, the engine's own) are never overridden."""
+    ordered = sorted(history, key=lambda state: state.timestamp)
+    if not ordered or not written_by_recovery(ordered[-1]):
+        return None
+    for state in reversed(ordered):
+        if not written_by_recovery(state):
+            return state if state.type in (StateType.RUNNING, StateType.PAUSED) else None
+    return None
+
+
+class CrashSweeper:
+    """Every ``interval_s``, schedules again the runs of the pool that stayed ``Crashed`` for
+    ``grace_s``: Prefect runs an automation's action once, and when setting the state fails
+    (SQLite's "database is locked" under load) the run would stay Crashed for good. Every
+    worker sweeps; ``prefect_compat.continue_crashed_run`` makes one of them win."""
+
+    def __init__(self, *, pool: str, grace_s: float, interval_s: float,
+                 held: Callable[[], Iterable[str]] = tuple):
+        self.pool = pool
+        self.grace_s = grace_s
+        self.interval_s = interval_s
+        self.held = held
+        """The runs this worker executes (asked at every sweep)."""
+        self.continued = 0
+
+    async def sweep_once(self, client: Any) -> list[str]:
+        found = await prefect_compat.read_crashed_runs(client, self.pool)
+        crashed = [CrashedRun(str(run.id), str(run.state.id), run.state.timestamp) for run in found if run.state]
+        continued: list[str] = []
+        for run in runs_to_continue(crashed, now=datetime.now(timezone.utc), grace_s=self.grace_s, held=self.held()):
+            if await prefect_compat.continue_crashed_run(client, run.run_id, run.state_id, CONTINUED_MESSAGE):
+                log.warning("flow run %s was still Crashed %.0f s after it crashed (the automation did not continue "
+                            "it): scheduled again", run.run_id, self.grace_s)
+                continued.append(run.run_id)
+        self.continued += len(continued)
+        return continued
+
+    async def run(self) -> None:
+        async with get_client() as client:
+            while True:
+                await asyncio.sleep(self.interval_s)
+                try:
+                    await self.sweep_once(client)
+                except Exception as exc:  # Prefect busy or restarting: the next sweep tries again
+                    log.warning("could not sweep crashed runs of pool %s: %s", self.pool, exc)

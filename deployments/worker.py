@@ -17,7 +17,8 @@ process boundary would give for free is done here:
   what is left the way a cancel request does: those runs end ``cancelled`` with their
   result so far;
 - liveness: heartbeats for every run it holds, so that a run whose worker died is found
-  and continued by another (``deployments.recovery``).
+  and continued by another, a sweep of the pool's runs left Crashed, and a run it still
+  executes set back when it was marked Crashed by mistake (``deployments.recovery``).
 """
 
 from __future__ import annotations
@@ -42,11 +43,12 @@ from prefect.flows import Flow
 from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
 
 from deployments.catch_up import missed_to_skip, schedule_of, scheduled_time
-from deployments.recovery import HeartbeatEmitter, ensure_recovery_automations, heartbeat_interval
+from deployments.recovery import (CrashSweeper, HeartbeatEmitter, ensure_recovery_automations, heartbeat_interval,
+                                  loop_stall_limit, state_to_restore, written_by_recovery)
 from deployments.run_store import StoreRuns
 from deployments.settings import WorkerSettings
 from deployments.workflow_deployments import DEFAULT_POOL, WORKER_TYPE
-from flows.prefect_compat import mark_cancelled, start_flow_run_in_process
+from flows.prefect_compat import mark_cancelled, restore_state, start_flow_run_in_process
 from flows.run_context import CancelSignals, RunContext
 
 
@@ -90,6 +92,8 @@ class FlowMaestroWorker(BaseWorker[FlowMaestroJobConfiguration, FlowMaestroVaria
         self._watcher: asyncio.Task[None] | None = None
         self.identifier = f"{socket.gethostname()}:{os.getpid()}"
         self.catch_up, self.late_after = catch_up, timedelta(seconds=late_after_s)
+        self._queue_of: dict[Any, str | None] = {}
+        """The work queue of each run this worker took and is still submitting."""
 
     async def get_and_submit_flow_runs(self) -> list[FlowRun]:
         if self.draining:  # shutting down: leave new runs to other workers
@@ -117,7 +121,20 @@ class FlowMaestroWorker(BaseWorker[FlowMaestroJobConfiguration, FlowMaestroVaria
                 skipped.add(flow_run.id)
             except Exception as exc:  # left for the next poll
                 self._logger.warning("could not skip queued run %s: %s", flow_run.id, exc)
-        return [entry for entry in due if entry.flow_run.id not in skipped]
+        due = [entry for entry in due if entry.flow_run.id not in skipped]
+        return self._after_submissions_of_their_queue(due)
+
+    def _after_submissions_of_their_queue(self, due: list[Any]) -> list[Any]:
+        """Prefect counts a queue's runs in flight (its concurrency limit: an owner's runs,
+        workflow_deployments.owner_queue) when the worker polls, but a run this worker took
+        at the last poll counts only once it is Pending: runs of a queue with submissions
+        still under way wait for the next poll, so one worker never exceeds the limit."""
+        submitting = self._submitting_flow_run_ids
+        self._queue_of = {run_id: queue for run_id, queue in self._queue_of.items() if run_id in submitting}
+        busy = set(self._queue_of.values())
+        taken = [entry for entry in due if entry.flow_run.work_queue_name not in busy]
+        self._queue_of.update({entry.flow_run.id: entry.flow_run.work_queue_name for entry in taken})
+        return taken
 
     async def _beyond_the_queue(self, due: list[FlowRun]) -> list[FlowRun]:
         """Overlap ``queue`` keeps at most one scheduled run waiting (docs/triggers.md), but
@@ -151,7 +168,7 @@ class FlowMaestroWorker(BaseWorker[FlowMaestroJobConfiguration, FlowMaestroVaria
         self.running[run_id] = task
         if self.heartbeats is not None:
             self.heartbeats.pool_id = self.heartbeats.pool_id or (str(self._work_pool.id) if self._work_pool else None)
-            self.heartbeats.beat_for([run_id])  # at once: a worker may die before the next beat
+            self.heartbeats.hold(run_id)
         if task_status is not None:
             # BaseWorker records this as the run's infrastructure and only then counts the
             # run as submitted; a falsy value would release its concurrency slot at once.
@@ -174,10 +191,13 @@ class FlowMaestroWorker(BaseWorker[FlowMaestroJobConfiguration, FlowMaestroVaria
             status_code = 1
         finally:
             self.running.pop(run_id, None)
+            if self.heartbeats is not None:
+                self.heartbeats.release(run_id)
         return FlowMaestroWorkerResult(identifier=self.identifier, status_code=status_code)
 
     async def _watch_cancellations(self) -> None:
-        """One read of all this worker's runs per poll, whatever their number."""
+        """One read of all this worker's runs per poll, whatever their number: cancelled runs
+        are stopped, runs wrongly marked crashed while they execute here are set back."""
         while True:
             await asyncio.sleep(self.cancel_poll_s)
             ids = list(self.running)
@@ -193,6 +213,27 @@ class FlowMaestroWorker(BaseWorker[FlowMaestroJobConfiguration, FlowMaestroVaria
                 if flow_run.state and flow_run.state.type in (StateType.CANCELLING, StateType.CANCELLED):
                     assert self.on_cancel is not None
                     self.on_cancel(str(flow_run.id))
+                elif self.heartbeats is not None and written_by_recovery(flow_run.state):
+                    await self._set_back(flow_run)
+
+    async def _set_back(self, flow_run: FlowRun) -> None:
+        """A run this worker still executes that recovery marked Crashed (its beats were late)
+        or scheduled again: Prefect's worker would skip it as a duplicate submission and it
+        would show pending until this execution ends. Its state is made true again."""
+        task = self.running.get(str(flow_run.id))
+        if task is None or task.done():
+            return
+        try:
+            earlier = state_to_restore(await self.client.read_flow_run_states(flow_run.id))
+            if earlier is None or task.done():
+                return
+            assert flow_run.state is not None
+            await restore_state(self.client, flow_run.id, earlier, f"set back to {earlier.name}: it was marked "
+                                f"{flow_run.state.name} while its worker {self.identifier} still executes it")
+            self._logger.warning("flow run %s was marked %s while this worker executes it: set back to %s",
+                                 flow_run.id, flow_run.state.name, earlier.name)
+        except Exception as exc:  # the next poll tries again
+            self._logger.warning("could not set back flow run %s: %s", flow_run.id, exc)
 
     async def shutdown(self, grace_s: float) -> None:
         """Take no new runs; wait up to ``grace_s`` for runs in flight, then cancel the rest."""
@@ -240,22 +281,27 @@ async def run_worker(flow: Flow[..., Any], *, pool: str = DEFAULT_POOL, limit: i
     # Prefect's default poll is every 10 s; runs started through the API should start
     # within about a second. The poll is one cheap query per worker.
     with temporary_settings({PREFECT_WORKER_QUERY_SECONDS: poll_s}):
-        heartbeats = None
+        heartbeats, sweeper = None, None
         if crash_detect_s is not None:
             async with get_client() as client:
                 await ensure_recovery_automations(client, pool, crash_detect_s)
-            heartbeats = HeartbeatEmitter(pool=pool, interval_s=heartbeat_interval(crash_detect_s))
+            heartbeats = HeartbeatEmitter(pool=pool, interval_s=heartbeat_interval(crash_detect_s),
+                                          stall_limit_s=loop_stall_limit(crash_detect_s))
+            sweeper = CrashSweeper(pool=pool, grace_s=crash_detect_s, interval_s=heartbeat_interval(crash_detect_s))
         worker = FlowMaestroWorker(flow=flow, work_pool_name=pool, limit=limit, cancel_poll_s=cancel_poll_s,
                                    name=name, on_cancel=on_cancel, heartbeats=heartbeats, catch_up=catch_up,
                                    late_after_s=late_after_s)
         if heartbeats is not None:
             beats = heartbeats
-            beats.runs = lambda: list(worker.running)
             if signals is not None:
                 beats.children = signals.watched
                 signals.on_watch = lambda run_id: None if run_id in worker.running else beats.beat_for(
                     [run_id], child=True)
         beating = asyncio.create_task(heartbeats.run()) if heartbeats is not None else None
+        sweeping = None
+        if sweeper is not None:
+            sweeper.held = lambda: list(worker.running)
+            sweeping = asyncio.create_task(sweeper.run())
         main = asyncio.create_task(worker.start(printer=started or (lambda _line: None)))
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({main, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -264,8 +310,9 @@ async def run_worker(flow: Flow[..., Any], *, pool: str = DEFAULT_POOL, limit: i
             main.cancel()
         await asyncio.gather(main, return_exceptions=True)
         stopping.cancel()
-        if beating is not None:
-            beating.cancel()
+        for background in (beating, sweeping):
+            if background is not None:
+                background.cancel()
 
 
 @asynccontextmanager

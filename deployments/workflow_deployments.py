@@ -10,10 +10,17 @@ description): parameters stay small however large the canvas.
 
 The Run form is the deployment's parameter schema: one ``inputs`` object whose fields are
 the workflow's declared inputs (type, description, default, required).
+
+Each owner's deployments go to a work queue of their own in the pool (``owner-<slug>``)
+whose concurrency limit is ``owner_max_runs``: Prefect counts the queue's runs in flight
+(Pending, Running, Cancelling) and hands a worker no more of them, so an owner's extra
+runs wait in Prefect, not in a worker slot, and one owner cannot take every slot of the
+workers. Workers poll every queue of the pool, those created later included.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -48,6 +55,15 @@ def deployment_name(workflow_id: str, name: str) -> str:
     those characters map to themselves, so existing deployments keep theirs."""
     safe = _UNSAFE_IN_DEPLOYMENT_NAMES.sub("-", name).strip() or "workflow"
     return f"{safe[:150]} [{workflow_id[:8]}]"
+
+
+def owner_queue(owner: str) -> str:
+    """The work queue of an owner's runs: a readable slug, and a hash of the owner when
+    the slug is not the owner itself (``a.b`` and ``a-b`` are two owners)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", owner.lower()).strip("-")[:40] or "owner"
+    if slug != owner:
+        slug = f"{slug}-{hashlib.sha256(owner.encode()).hexdigest()[:8]}"
+    return f"owner-{slug}"
 
 
 def parameter_schema(declared_inputs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -90,10 +106,14 @@ class WorkflowDeployments:
     Every call takes the Prefect client of the caller: the API keeps one for the process.
     """
 
-    def __init__(self, pool: str = DEFAULT_POOL):
+    def __init__(self, pool: str = DEFAULT_POOL, owner_max_runs: int | None = None):
+        """``owner_max_runs``: runs of one owner in flight at once (the concurrency limit of
+        their work queue); None: no limit."""
         self.pool = pool
+        self.owner_max_runs = owner_max_runs
         self._flow_id: UUID | None = None
         self._pool_ready = False
+        self._queues_ready: set[str] = set()
 
     async def ensure(self, client: PrefectClient, workflow: WorkflowDeployment) -> UUID:
         """Create the deployment, or update the one there is.
@@ -104,9 +124,11 @@ class WorkflowDeployments:
         workflow's schedules and overlap policy."""
         flow_id = await self._generic_flow(client)
         await self._ensure_pool(client)
+        queue = await self._ensure_owner_queue(client, workflow.owner)
         name = deployment_name(workflow.workflow_id, workflow.name)
         fields: dict[str, Any] = dict(
-            version=str(workflow.latest_version), work_pool_name=self.pool, entrypoint=ENTRYPOINT,
+            version=str(workflow.latest_version), work_pool_name=self.pool, work_queue_name=queue,
+            entrypoint=ENTRYPOINT,
             parameters={"workflow_id": workflow.workflow_id, "owner": workflow.owner},
             parameter_openapi_schema=parameter_schema(workflow.inputs), enforce_parameter_schema=False,
             tags=["flowmaestro", WORKFLOW_TAG.format(id=workflow.workflow_id)],
@@ -162,3 +184,25 @@ class WorkflowDeployments:
             except ObjectAlreadyExists:
                 pass  # another process created it meanwhile
         self._pool_ready = True
+
+    async def _ensure_owner_queue(self, client: PrefectClient, owner: str) -> str:
+        """The owner's work queue in the pool, with the limit of runs in flight (set again
+        when the setting changed since the queue was made)."""
+        name = owner_queue(owner)
+        if name in self._queues_ready:
+            return name
+        try:
+            queue = await client.read_work_queue_by_name(name, work_pool_name=self.pool)
+        except ObjectNotFound:
+            try:
+                await client.create_work_queue(name, work_pool_name=self.pool, concurrency_limit=self.owner_max_runs,
+                                               description=f"Runs of FlowMaestro owner {owner!r}: at most "
+                                                           f"{self.owner_max_runs or 'any number'} in flight")
+                self._queues_ready.add(name)
+                return name
+            except ObjectAlreadyExists:  # another process created it meanwhile
+                queue = await client.read_work_queue_by_name(name, work_pool_name=self.pool)
+        if queue.concurrency_limit != self.owner_max_runs:
+            await client.update_work_queue(queue.id, concurrency_limit=self.owner_max_runs)
+        self._queues_ready.add(name)
+        return name

@@ -30,6 +30,13 @@ wait) would hold the loop for seconds at a time (2,000 branches: 0.8 s), and wit
 other run, heartbeat and stream of the process."""
 
 
+YIELD_EVERY = 20
+"""A loop gives the event loop a turn every this many iterations: the worker's other runs,
+streams and cancellation watcher go on while one run loops over thousands of inline
+nodes (each iteration awaits its body, but a body of nodes that never wait can keep the
+loop's ready queue to itself)."""
+
+
 class ScopeRunner(Protocol):
     """What a container needs of the engine."""
 
@@ -72,11 +79,11 @@ def body_error(result: ScopeResult, where: str) -> NodeError:
 
 
 async def _run_loop(runner: ScopeRunner, node: PlanNode, frame: Frame, config: Any) -> dict[str, Any]:
-    mode, limit = config.mode, config.max_iterations
+    mode, limit = config.mode, config.iteration_cap
     items: list[Any] | None = _items(config) if mode == "forEach" else None
     total: int | None = len(items) if items is not None else (_count(config) if mode == "for" else None)
     if total is not None and total > limit:
-        raise NodeError(f"the loop would run {total} iterations, more than max_iterations={limit}",
+        raise NodeError(f"the loop would run {total} iterations, more than {config.cap_name}",
                         error_type="MaxIterationsExceeded")
     results: list[Any] = []
     index = 0
@@ -88,8 +95,10 @@ async def _run_loop(runner: ScopeRunner, node: PlanNode, frame: Frame, config: A
         if mode == "while" and not _condition(runner, node, frame, config, state):
             break
         if total is None and index >= limit:
-            raise NodeError(f"the loop reached max_iterations={limit} and its condition still holds",
+            raise NodeError(f"the loop reached {config.cap_name} and its condition still holds",
                             error_type="MaxIterationsExceeded")
+        if index and index % YIELD_EVERY == 0:
+            await asyncio.sleep(0)
         label = f"{index + 1}/{total}" if total is not None else str(index + 1)
         child = frame.child(node.id, index, label, loop=state)
         result = await runner.run_scope(child)

@@ -34,6 +34,7 @@ from flows.recording import RunRecording, task_run_name, upstream_task_runs
 from flows.records import NodeRun, RunRecord
 from flows.scheduler import NodeOutcome, ScopeResult, ScopeRun, error_info
 from node_handlers.base import SOURCE, Completed, NodeContext, NodeError, NodeHandler
+from node_handlers.containers import RESOLVED
 from node_handlers.registry import HandlerRegistry
 
 log = logging.getLogger("flowmaestro.engine")
@@ -382,7 +383,7 @@ class Execution:
             raise NodeError(exc.message, error_type="TemplateError") from exc
         resolved.update({k: node.data[k] for k in skip_keys if k in node.data})
         try:
-            return handler.Config.model_validate(resolved)
+            return handler.Config.model_validate(resolved, context={RESOLVED: True})
         except ValidationError as exc:
             problems = "; ".join(f"data.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
                                  for e in exc.errors(include_url=False))

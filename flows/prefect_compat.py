@@ -29,14 +29,18 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
 from prefect._internal.compatibility.blocks import call_explicitly_async_block_method
 from prefect.client.orchestration import get_client
+from prefect.client.schemas import OrchestrationResult
+from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType, WorkPoolFilter,
+                                           WorkPoolFilterName)
 from prefect.client.schemas.objects import FlowRun, StateType, TaskRunResult
+from prefect.client.schemas.responses import SetStateStatus
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.events.related import related_resources_from_run_context
 from prefect.flow_engine import run_flow_async
 from prefect.results import ResultRecord, ResultRecordMetadata, aget_default_result_storage
 from prefect.serializers import Serializer
+from prefect.states import Cancelled, Cancelling, Running, Scheduled, State, to_state_create
 from pydantic import Field
-from prefect.states import Cancelled, Cancelling, Running, Scheduled, State
 
 log = logging.getLogger("flowmaestro.prefect")
 
@@ -324,6 +328,51 @@ async def end_pause(client: Any, flow_run_id: uuid.UUID, pause_key: str) -> bool
         return False
     await client.set_flow_run_state(flow_run_id, Running(), force=True)
     return True
+
+
+async def read_crashed_runs(client: Any, pool: str, limit: int = 200) -> list[FlowRun]:
+    """The flow runs of work pool ``pool``'s deployments whose state is ``Crashed`` (child
+    runs of sub-workflow nodes have no pool: their parent runs them again)."""
+    return list(await client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.CRASHED]))),
+        work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool])), limit=limit))
+
+
+async def continue_crashed_run(client: Any, flow_run_id: uuid.UUID | str, crashed_state_id: uuid.UUID | str,
+                               message: str) -> bool:
+    """Set ``Scheduled`` a flow run that is still in the ``Crashed`` state ``crashed_state_id``
+    (what the automation "continue crashed runs" does); False when it is no longer in that
+    state, or another worker continued it first.
+
+    Prefect has no compare-and-set on a run's state, so two guards: the state is read again
+    just before, and the proposal is not forced but carries a ``transition_id`` derived from
+    the crashed state, which Prefect's ``PreventDuplicateTransitions`` rule rejects when the
+    run already made that very transition (two workers sweeping at once). A non-forced
+    ``Crashed`` -> ``Scheduled`` is what Prefect's ``HandleFlowTerminalStateTransitions``
+    allows a run with a deployment, as for a retry. Checked against real servers (SQLite,
+    PostgreSQL) in ``tests/security/test_worker_dos.py``."""
+    flow_run = await client.read_flow_run(flow_run_id)
+    state = flow_run.state
+    if state is None or state.type != StateType.CRASHED or str(state.id) != str(crashed_state_id):
+        return False
+    proposed = to_state_create(Scheduled(message=message))
+    proposed.state_details.flow_run_id = uuid.UUID(str(flow_run_id))
+    # The client's set_flow_run_state gives every proposal a fresh transition_id: posted here.
+    proposed.state_details.transition_id = uuid.uuid5(uuid.NAMESPACE_URL, f"flowmaestro:continue:{crashed_state_id}")
+    response = await client.request("POST", "/flow_runs/{id}/set_state", path_params={"id": str(flow_run_id)},
+                                    json={"state": proposed.model_dump(mode="json", serialize_as_any=True),
+                                          "force": False})
+    return OrchestrationResult.model_validate(response.json()).status == SetStateStatus.ACCEPT
+
+
+async def restore_state(client: Any, flow_run_id: uuid.UUID | str, earlier: State, message: str) -> None:
+    """Set a flow run back to a copy of its ``earlier`` state (``Running``, or ``Paused`` with
+    its pause key, so a pause waiting in the engine goes on waiting), for a run its worker
+    still executes while the recovery machinery wrongly moved it. Forced: the run left
+    ``Running`` for ``Crashed``, a final state orchestration does not leave for ``Paused``."""
+    details = earlier.state_details.model_copy(update={"transition_id": None})
+    await client.set_flow_run_state(flow_run_id, State(type=earlier.type, name=earlier.name, message=message,
+                                                       state_details=details), force=True)
 
 
 async def next_schedule_dates(schedule: Any, n: int, start: datetime | None = None) -> list[datetime]:

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, model_validator
 
 from builder.catalog import NodeConfig, Templatable, TemplateStr
 from node_handlers.base import NodeHandler
+from node_handlers.settings import handler_settings
 
 DEFAULT_MAX_ITERATIONS = 1000
+RESOLVED = "resolved"
+"""Validation context key: the configuration is the one a run resolved, not the canvas's."""
 
 
 class LoopConfig(NodeConfig):
@@ -24,13 +27,34 @@ class LoopConfig(NodeConfig):
     max_iterations: int = Field(DEFAULT_MAX_ITERATIONS, ge=1, le=1_000_000)
 
     @model_validator(mode="after")
-    def _fields_of_mode(self) -> "LoopConfig":
+    def _fields_of_mode(self, info: ValidationInfo) -> "LoopConfig":
         needed = {"for": "count", "forEach": "items", "while": "condition", "doWhile": "condition"}[self.mode]
         if getattr(self, needed) is None:
             raise ValueError(f"a {self.mode} loop needs '{needed}'")
         if isinstance(self.count, int) and self.count < 0:
             raise ValueError("count cannot be negative")
+        # Known before the run (no template): refused when the canvas compiles. Once the run
+        # resolved the templates, the loop itself fails (MaxIterationsExceeded, its error edge).
+        if info.context and info.context.get(RESOLVED):
+            return self
+        static = self.count if self.mode == "for" and isinstance(self.count, int) else \
+            len(self.items) if self.mode == "forEach" and isinstance(self.items, list) else None
+        if static is not None and static > self.iteration_cap:
+            raise ValueError(f"the loop would run {static} iterations, more than {self.cap_name}")
         return self
+
+    @property
+    def iteration_cap(self) -> int:
+        """The most iterations this loop runs: its max_iterations, within the process's cap."""
+        return min(self.max_iterations, handler_settings().max_loop_iterations)
+
+    @property
+    def cap_name(self) -> str:
+        """Which limit ``iteration_cap`` is, as the error names it."""
+        cap = handler_settings().max_loop_iterations
+        if self.max_iterations <= cap:
+            return f"max_iterations={self.max_iterations}"
+        return f"FLOWMAESTRO_MAX_LOOP_ITERATIONS={cap} (the most one loop execution may run on this installation)"
 
 
 class LoopHandler(NodeHandler):

@@ -70,6 +70,10 @@ class HandlerSettings(StoreSettings):
         description="API key of llm and router nodes without their own api_key_secret "
                     "(FLOWMAESTRO_OPENAI_API_KEY, else OPENAI_API_KEY).")
     default_model: str = Field("gpt-4o-mini", description="Model of llm and router nodes that name none.")
+    max_loop_iterations: int = Field(10_000, ge=1, description="Most iterations one execution of a loop node "
+                                     "runs, whatever its max_iterations says: a loop over more items fails the node "
+                                     "(and a canvas whose loop count is known fails to compile), so one run cannot "
+                                     "keep a shared worker busy for long.")
     llm_prices: dict[str, ModelPrice] = Field(default_factory=dict, description="JSON mapping a model name to "
                                               "{input_per_1m, output_per_1m} in USD, to report cost_usd.")
 

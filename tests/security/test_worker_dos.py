@@ -1,0 +1,503 @@
+"""Issue 30, findings 4 (second half) and 7: one owner must not stall a shared worker.
+
+- a run whose loop keeps the event loop busy (20,000 inline iterations) silenced every
+  heartbeat of its worker, so another owner's run was marked Crashed;
+- 20 of one owner's runs sleeping on a long delay held every slot of the worker, and another
+  owner's run stayed pending;
+- a crashed run was not always continued: left Crashed when the automation's action failed,
+  and left pending when it was marked Crashed while its worker still executed it.
+
+The fast tests need no server; the others run the API, a worker and Prefect as separate
+processes (tests/processes.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from deployments import recovery
+
+
+# --- heartbeats that do not need an idle event loop ------------------------------------------------
+
+
+@pytest.fixture
+def sent(monkeypatch):
+    """The heartbeat events emitted, with the time each was sent."""
+    events: list[tuple[float, str, str]] = []
+    monkeypatch.setattr(recovery, "emit_event", lambda event, resource, related=None: events.append(
+        (time.monotonic(), event, resource["prefect.resource.id"])))
+    return events
+
+
+async def test_heartbeats_continue_while_the_event_loop_is_blocked(sent):
+    beats = recovery.HeartbeatEmitter(pool="p", interval_s=0.05, stall_limit_s=60)
+    beating = asyncio.create_task(beats.run())
+    await asyncio.sleep(0)  # the thread starts
+    beats.hold("alice-run")
+    blocked_at = time.monotonic()
+    time.sleep(1.0)  # the loop's thread computes (a busy run) and awaits nothing for a second
+    blocked_until = time.monotonic()
+    during = [at for at, _, run in sent if run == "prefect.flow-run.alice-run" and blocked_at < at < blocked_until]
+    beating.cancel()
+    await asyncio.gather(beating, return_exceptions=True)
+    # Every 0.05 s: about 20 while the loop was blocked; the old loop-bound emitter sent none.
+    assert len(during) >= 5, f"{len(during)} heartbeats while the loop was blocked for 1 s"
+    assert not beats.stalled
+
+
+async def test_heartbeats_stop_for_released_runs_and_when_the_loop_never_turns_again(sent):
+    beats = recovery.HeartbeatEmitter(pool="p", interval_s=0.05, stall_limit_s=0.5)
+    beating = asyncio.create_task(beats.run())
+    await asyncio.sleep(0)
+    beats.hold("gone")
+    beats.hold("wedged")
+    beats.release("gone")
+    released_at = time.monotonic()
+    time.sleep(3.0)  # a loop that does not turn for far longer than the stall limit
+    beating.cancel()
+    await asyncio.gather(beating, return_exceptions=True)
+    assert not [at for at, _, run in sent if run == "prefect.flow-run.gone" and at > released_at]
+    wedged = [at for at, _, run in sent if run == "prefect.flow-run.wedged" and at > released_at]
+    assert wedged, "no heartbeat at all while the loop was blocked"
+    assert beats.stalled
+    # Nothing after the stall limit (plus generous slack): a wedged process lets its runs go.
+    assert max(wedged) < released_at + 1.5, [round(at - released_at, 2) for at in wedged]
+
+
+async def test_the_beating_thread_stops_with_the_worker(sent):
+    beats = recovery.HeartbeatEmitter(pool="p", interval_s=0.02)
+    beating = asyncio.create_task(beats.run())
+    await asyncio.sleep(0.1)
+    thread = beats._thread
+    assert thread is not None and thread.is_alive()
+    beating.cancel()
+    await asyncio.gather(beating, return_exceptions=True)
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+
+
+# --- a cap on loop iterations, and loops that let other runs go on -----------------------------------
+
+
+@pytest.fixture
+def loop_cap(monkeypatch):
+    """FLOWMAESTRO_MAX_LOOP_ITERATIONS for the test (handler settings are read once per process)."""
+    from node_handlers.settings import reset_handler_settings
+
+    def set_cap(value: int) -> None:
+        monkeypatch.setenv("FLOWMAESTRO_MAX_LOOP_ITERATIONS", str(value))
+        reset_handler_settings()
+
+    yield set_cap
+    monkeypatch.delenv("FLOWMAESTRO_MAX_LOOP_ITERATIONS", raising=False)
+    reset_handler_settings()
+
+
+def big_loop(count, max_iterations=1_000_000):
+    from tests.support import canvas, node
+
+    return canvas([node("lp", "loop", data={"mode": "for", "count": count, "max_iterations": max_iterations}),
+                   node("step", "transform", parentId="lp", data={"output": "{{ loop.index }}"})])
+
+
+def test_a_static_loop_over_the_cap_is_refused_when_the_canvas_compiles(loop_cap):
+    from builder.compiler import compile_canvas
+    from node_handlers.registry import default_registry
+
+    loop_cap(10_000)
+    compiled = compile_canvas(big_loop(20_000), default_registry())
+    assert not compiled.ok
+    [issue] = [i for i in compiled.errors if i.node_id == "lp"]
+    assert "20000 iterations" in issue.message and "FLOWMAESTRO_MAX_LOOP_ITERATIONS=10000" in issue.message, issue
+    assert compile_canvas(big_loop(10_000), default_registry()).ok
+
+
+async def test_a_templated_loop_over_the_cap_fails_its_node_naming_the_cap(loop_cap):
+    from tests.support import canvas, node
+    from tests.test_engine import run
+
+    loop_cap(10_000)
+    raw = canvas([node("lp", "loop", data={"mode": "for", "count": "{{ inputs.n }}", "max_iterations": 1_000_000}),
+                  node("step", "transform", parentId="lp", data={"output": "{{ loop.index }}"})],
+                 inputs={"n": {"type": "integer"}})
+    result, _ = await run(raw, {"n": 20_000})
+    assert result["status"] == "failed"
+    error = result["nodes"]["lp"]["error"]
+    assert error["type"] == "MaxIterationsExceeded"
+    assert "20000 iterations" in error["message"] and "FLOWMAESTRO_MAX_LOOP_ITERATIONS=10000" in error["message"]
+    assert not [t for t in result["trace"] if t["node_id"] == "step"], "no iteration ran"
+
+
+async def test_a_long_inline_loop_lets_another_run_of_the_process_go_on(loop_cap):
+    """Two runs in one process, as on a worker: bob loops over 10,000 inline iterations,
+    alice's run ticks meanwhile; the longest gap between alice's ticks stays short."""
+    from tests.test_engine import run
+
+    loop_cap(10_000)
+    gaps: list[float] = []
+
+    async def alice() -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    ticking = asyncio.create_task(alice())
+    started = time.monotonic()
+    result, _ = await run(big_loop(10_000))
+    took = time.monotonic() - started
+    ticking.cancel()
+    await asyncio.gather(ticking, return_exceptions=True)
+    assert result["status"] == "completed" and result["nodes"]["lp"]["output"]["iterations"] == 10_000
+    print(f"bob's 10,000 iterations: {took:.1f} s; alice ticked {len(gaps)} times, longest gap {max(gaps):.3f} s")
+    assert len(gaps) > 10 and max(gaps) < 2.0, f"alice's longest wait {max(gaps):.2f} s while bob looped {took:.1f} s"
+
+
+# --- on real processes: the API, one worker, Prefect on PostgreSQL -----------------------------------
+
+BOB, ALICE = "bob-key-worker-dos", "alice-key-worker-dos"
+CRASH_DETECT_S = 15
+
+
+@pytest.fixture(scope="module")
+def pool() -> str:
+    """The work pool of the module's stack (its own: automations are per pool)."""
+    import uuid
+
+    return f"dos-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, pg_prefect, pool):
+    """``flowmaestro serve`` with one worker of 20 slots, bob and alice as owners, crash
+    detection at its shortest (15 s), owners limited to 10 runs in flight (the default)."""
+    from tests.processes import postgres_database, stack_env, start_serve
+
+    home = tmp_path_factory.mktemp("worker-dos")
+    with postgres_database("fm_store") as database_url:
+        env = stack_env(home, pg_prefect, database_url, BOB, FLOWMAESTRO_API_KEYS=f"bob:{BOB},alice:{ALICE}",
+                        FLOWMAESTRO_WORK_POOL=pool, FLOWMAESTRO_WORKER_LIMIT="20",
+                        FLOWMAESTRO_CRASH_DETECT_S=str(CRASH_DETECT_S), FLOWMAESTRO_WORKER_GRACE_S="2")
+        proc, base = start_serve(home, env, workers=1)
+        try:
+            yield base
+        finally:
+            proc.stop()
+
+
+def owner_client(base: str, key: str):
+    import httpx
+
+    return httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=60)
+
+
+async def save_and_start(http, raw: dict, runs: int = 1, inputs: dict | None = None) -> list[str]:
+    saved = await http.post("/api/workflows", json={"canvas": raw})
+    assert saved.status_code == 201, saved.text
+    started = await asyncio.gather(*(http.post(f"/api/workflows/{saved.json()['id']}/execute",
+                                               json={"inputs": inputs or {}}) for _ in range(runs)))
+    assert [s.status_code for s in started] == [202] * runs, [s.text for s in started]
+    return [s.json()["execution_id"] for s in started]
+
+
+def sleeper(name: str, seconds: float) -> dict:
+    from tests.support import canvas, node
+
+    return canvas([node("start", "start"), node("wait", "delay", data={"seconds": seconds}),
+                   node("end", "end", data={"output": "{{ wait.waited_s }}"})],
+                  [("start", "wait"), ("wait", "end")], name=name)
+
+
+async def statuses(http, run_ids: list[str]) -> list[str]:
+    answers = await asyncio.gather(*(http.get(f"/api/executions/{run_id}") for run_id in run_ids))
+    return [a.json()["status"] for a in answers]
+
+
+async def crashed_states(prefect_url: str, run_id: str) -> int:
+    import uuid
+
+    from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.objects import StateType
+
+    async with PrefectClient(prefect_url) as prefect:
+        states = await prefect.read_flow_run_states(uuid.UUID(run_id))
+    return sum(1 for s in states if s.type == StateType.CRASHED)
+
+
+@pytest.mark.prefect
+@pytest.mark.workers
+async def test_twenty_runs_of_one_owner_on_a_long_delay_leave_room_for_another_owner(stack):
+    """Before: bob's 20 runs took the worker's 20 slots and alice's run stayed pending until
+    he cancelled them. Now bob has at most 10 in flight; the others wait in Prefect."""
+    from tests.support import wait_final
+
+    async with owner_client(stack, BOB) as bob, owner_client(stack, ALICE) as alice:
+        bobs = await save_and_start(bob, sleeper("bob-sleeps", 3600), runs=20)
+        deadline = time.monotonic() + 180
+        while (await statuses(bob, bobs)).count("running") < 10 and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+        assert (await statuses(bob, bobs)).count("running") == 10, await statuses(bob, bobs)
+        started = time.monotonic()
+        [mine] = await save_and_start(alice, sleeper("alice-quick", 0.1))
+        result = await wait_final(alice, mine, timeout=180)
+        took = time.monotonic() - started
+        print(f"alice's run ended {took:.1f} s after it was started, with bob's 20 runs on a 1 h delay")
+        assert result["status"] == "completed", result
+        assert took < 60, f"alice waited {took:.0f} s"
+        now = await statuses(bob, bobs)
+        assert now.count("running") == 10 and now.count("pending") == 10, now
+        cancelled = await asyncio.gather(*(bob.post(f"/api/executions/{run_id}/cancel") for run_id in bobs))
+        assert all(c.status_code in (202, 409) for c in cancelled), [c.text for c in cancelled]
+        for run_id in bobs:
+            assert (await wait_final(bob, run_id, timeout=180))["status"] == "cancelled"
+
+
+@pytest.mark.prefect
+@pytest.mark.workers
+async def test_a_long_loop_of_one_owner_crashes_no_run_of_another_owner(stack, pg_prefect):
+    """Before: bob's 20,000-iteration loop silenced the worker's heartbeats and alice's run,
+    held by the same worker, was marked Crashed. Now the loop is capped (10,000 per loop
+    execution, a longer one is refused), the beats come from a thread, and alice's run,
+    which waits longer than the crash detection window meanwhile, is never Crashed."""
+    from tests.support import canvas, node, wait_final
+
+    loop = canvas([node("start", "start"),
+                   node("lp", "loop", data={"mode": "for", "count": "{{ inputs.n }}", "max_iterations": 100_000}),
+                   node("step", "transform", parentId="lp", data={"output": "{{ loop.index * 2 }}"}),
+                   node("end", "end", data={"output": "{{ lp.iterations }}"})],
+                  [("start", "lp"), ("lp", "end")], inputs={"n": {"type": "integer", "required": True}},
+                  name="bob-loops")
+    async with owner_client(stack, BOB) as bob, owner_client(stack, ALICE) as alice:
+        static = dict(loop, nodes=[dict(n, data=dict(n["data"], count=20_000)) if n["id"] == "lp" else n
+                                   for n in loop["nodes"]])
+        saved = await bob.post("/api/workflows", json={"canvas": static})
+        assert saved.status_code == 422 and "FLOWMAESTRO_MAX_LOOP_ITERATIONS=10000" in saved.text, saved.text
+        [refused] = await save_and_start(bob, loop, inputs={"n": 20_000})
+        [looping] = await save_and_start(bob, dict(loop, name="bob-loops-at-the-cap"), inputs={"n": 10_000})
+        [mine] = await save_and_start(alice, sleeper("alice-waits", CRASH_DETECT_S * 2))
+        started = time.monotonic()
+        ended = await asyncio.gather(wait_final(alice, mine, timeout=300), wait_final(bob, looping, timeout=300),
+                                     wait_final(bob, refused, timeout=300))
+        took = time.monotonic() - started
+        print(f"alice's {CRASH_DETECT_S * 2} s run and bob's 10,000 iterations ended within {took:.1f} s")
+    alice_result, loop_result, refused_result = ended
+    assert alice_result["status"] == "completed", alice_result
+    assert loop_result["status"] == "completed" and loop_result["output"] == 10_000, loop_result.get("error")
+    assert refused_result["status"] == "failed"
+    assert "FLOWMAESTRO_MAX_LOOP_ITERATIONS=10000" in refused_result["nodes"]["lp"]["error"]["message"]
+    assert await crashed_states(pg_prefect.api_url, mine) == 0
+    assert await crashed_states(pg_prefect.api_url, looping) == 0
+
+
+# --- a crashed run always continues ----------------------------------------------------------------
+#
+# Why the reported run was not: Prefect runs an automation's action once, so when setting the
+# state failed (SQLite: "database is locked") the run stayed Crashed for good; and a run marked
+# Crashed while its worker still executed it was scheduled again, which that worker skips as a
+# duplicate submission: it showed pending until its first execution ended.
+
+
+def _at(seconds: float):
+    return datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=seconds)
+
+
+def test_the_sweep_continues_runs_crashed_longer_than_the_grace_and_not_held_here():
+    crashed = [recovery.CrashedRun("old", "s1", _at(0)), recovery.CrashedRun("fresh", "s2", _at(95)),
+               recovery.CrashedRun("mine", "s3", _at(0)), recovery.CrashedRun("just", "s4", _at(10))]
+    chosen = recovery.runs_to_continue(crashed, now=_at(100), grace_s=90, held=["mine"])
+    assert [run.run_id for run in chosen] == ["old", "just"]
+
+
+def test_a_held_run_marked_crashed_by_recovery_gets_back_the_state_it_had():
+    from prefect.states import Cancelling, Crashed, Paused, Pending, Running, Scheduled
+
+    lost = f"{recovery.LOST_MESSAGE} for 15 s: the worker died or lost its connection"
+    restore = recovery.state_to_restore
+    running = restore([Pending(timestamp=_at(0)), Running(timestamp=_at(1)), Crashed(message=lost, timestamp=_at(20))])
+    assert running is not None and running.type.value == "RUNNING"
+    # the automation "continue" already scheduled it again: still back to Running
+    again = restore([Running(timestamp=_at(1)), Crashed(message=lost, timestamp=_at(20)),
+                     Scheduled(message=recovery.CONTINUED_MESSAGE, timestamp=_at(21))])
+    assert again is not None and again.type.value == "RUNNING"
+    # paused on an approval: paused again on the same key, so its engine goes on waiting
+    paused = restore([Running(timestamp=_at(1)), Paused(pause_key="approval-1", timestamp=_at(5)),
+                      Crashed(message=lost, timestamp=_at(30))])
+    assert paused is not None and paused.type.value == "PAUSED" and paused.state_details.pause_key == "approval-1"
+    # states recovery did not write are never overridden
+    assert restore([Running(timestamp=_at(1)), Crashed(message="Execution was cancelled", timestamp=_at(2))]) is None
+    assert restore([Running(timestamp=_at(1)), Cancelling(timestamp=_at(2))]) is None
+    assert restore([Running(timestamp=_at(1)), Scheduled(name="AwaitingConcurrencySlot", timestamp=_at(2))]) is None
+    # taken but not started: the engine moves it to Running itself
+    assert restore([Pending(timestamp=_at(0)), Crashed(message=lost, timestamp=_at(20))]) is None
+    assert restore([]) is None
+
+
+@pytest.mark.prefect
+@pytest.mark.parametrize("server", ["prefect_server", "pg_prefect"])
+async def test_workers_sweeping_at_once_continue_a_crashed_run_once(server, request):
+    """Several workers sweep the same pool: exactly one moves a crashed run, and none moves
+    a run that left that Crashed state meanwhile (Prefect on SQLite and on PostgreSQL)."""
+    import uuid
+
+    from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed, Pending
+
+    from flows import prefect_compat
+
+    async with PrefectClient(request.getfixturevalue(server).api_url) as client:
+        flow_id = await client.create_flow_from_name(f"sweep-{uuid.uuid4().hex[:6]}")
+        deployment_id = await client.create_deployment(flow_id=flow_id, name="d")
+        flow_run = await client.create_flow_run_from_deployment(deployment_id)
+        await client.set_flow_run_state(flow_run.id, Crashed(message=recovery.LOST_MESSAGE), force=True)
+        crashed = (await client.read_flow_run(flow_run.id)).state
+        moved = await asyncio.gather(*(prefect_compat.continue_crashed_run(
+            client, flow_run.id, crashed.id, recovery.CONTINUED_MESSAGE) for _ in range(5)))
+        assert sorted(moved) == [False] * 4 + [True]
+        states = await client.read_flow_run_states(flow_run.id)
+        assert [s.type for s in states].count(StateType.SCHEDULED) == 2  # created, then continued once
+        # a worker took it: a sweep that read the old Crashed state changes nothing
+        await client.set_flow_run_state(flow_run.id, Pending())
+        assert not await prefect_compat.continue_crashed_run(client, flow_run.id, crashed.id,
+                                                             recovery.CONTINUED_MESSAGE)
+        assert (await client.read_flow_run(flow_run.id)).state.type == StateType.PENDING
+
+
+@pytest.mark.prefect
+async def test_setting_back_a_paused_run_keeps_its_pause_key(prefect_server):
+    """A run held on an approval and marked Crashed by mistake is paused again on the same
+    key (its engine still waits on it), not set Running (which would read as resumed)."""
+    import uuid
+
+    from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed, Paused, Running
+
+    from flows import prefect_compat
+
+    async with PrefectClient(prefect_server.api_url) as client:
+        flow_id = await client.create_flow_from_name(f"set-back-{uuid.uuid4().hex[:6]}")
+        deployment_id = await client.create_deployment(flow_id=flow_id, name="d")
+        flow_run = await client.create_flow_run_from_deployment(deployment_id)
+        await client.set_flow_run_state(flow_run.id, Running(), force=True)
+        await client.set_flow_run_state(flow_run.id, Paused(pause_key="approval-1", timeout_seconds=3600), force=True)
+        await client.set_flow_run_state(flow_run.id, Crashed(message=recovery.LOST_MESSAGE), force=True)
+        earlier = recovery.state_to_restore(await client.read_flow_run_states(flow_run.id))
+        assert earlier is not None
+        await prefect_compat.restore_state(client, flow_run.id, earlier, "set back to Paused: test")
+        state = (await client.read_flow_run(flow_run.id)).state
+    assert state.type == StateType.PAUSED and state.state_details.pause_key == "approval-1"
+    assert state.message == "set back to Paused: test"
+
+
+async def prefect_states(prefect_url: str, run_id: str) -> list:
+    import uuid
+
+    from prefect.client.orchestration import PrefectClient
+
+    async with PrefectClient(prefect_url) as prefect:
+        return sorted(await prefect.read_flow_run_states(uuid.UUID(run_id)), key=lambda s: s.timestamp)
+
+
+async def wait_for_state(prefect_url: str, run_id: str, check, *, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = await prefect_states(prefect_url, run_id)
+        if states and check(states):
+            return states
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"not {what} within {timeout:.0f} s: {[(s.name, s.message) for s in states]}")
+
+
+@pytest.mark.prefect
+@pytest.mark.workers
+async def test_a_crashed_run_the_automation_did_not_continue_is_continued_by_the_sweep(stack, pg_prefect, pool):
+    """Before: when the automation's action failed, the run stayed Crashed (pending in the
+    API) for good. The automation is paused here (its action never happens) and a run is
+    marked Crashed by hand before any worker took it; the workers' sweep continues it."""
+    import uuid
+
+    from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed
+
+    from tests.support import wait_final
+
+    async with owner_client(stack, BOB) as bob, PrefectClient(pg_prefect.api_url) as prefect:
+        name = f"flowmaestro {pool}: continue crashed runs"
+        deadline = time.monotonic() + 120  # the worker creates it when it starts
+        while not await prefect.read_automations_by_name(name) and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+        [automation] = await prefect.read_automations_by_name(name)
+        saved = await bob.post("/api/workflows", json={"canvas": sleeper("bob-crashed", 0.1)})
+        assert saved.status_code == 201, saved.text
+        queues = [q for q in await prefect.read_work_queues(work_pool_name=pool) if q.name.startswith("owner-bob")]
+        assert len(queues) == 1, [q.name for q in queues]
+        await prefect.pause_automation(automation.id)
+        await prefect.update_work_queue(queues[0].id, is_paused=True)  # no worker takes it before the crash
+        try:
+            started = await bob.post(f"/api/workflows/{saved.json()['id']}/execute", json={"inputs": {}})
+            assert started.status_code == 202, started.text
+            run_id = started.json()["execution_id"]
+            await prefect.set_flow_run_state(uuid.UUID(run_id), Crashed(
+                message=f"{recovery.LOST_MESSAGE} for {CRASH_DETECT_S} s: marked by hand"), force=True)
+            await prefect.update_work_queue(queues[0].id, is_paused=False)
+            result = await wait_final(bob, run_id, timeout=240)
+        finally:
+            await prefect.update_work_queue(queues[0].id, is_paused=False)
+            await prefect.resume_automation(automation.id)
+    assert result["status"] == "completed", result
+    states = await prefect_states(pg_prefect.api_url, run_id)
+    crashed = [i for i, s in enumerate(states) if s.type == StateType.CRASHED]
+    assert len(crashed) == 1, [(s.name, s.message) for s in states]
+    after = states[crashed[0] + 1:]
+    assert after[0].type == StateType.SCHEDULED and after[0].message == recovery.CONTINUED_MESSAGE
+    waited = (after[0].timestamp - states[crashed[0]].timestamp).total_seconds()
+    print(f"crashed run continued by the sweep {waited:.1f} s after it crashed")
+    assert waited >= CRASH_DETECT_S  # the sweep's grace: it was the sweep, not the automation
+    assert [s.type for s in after].count(StateType.SCHEDULED) == 1
+    assert after[-1].type == StateType.COMPLETED
+
+
+@pytest.mark.prefect
+@pytest.mark.workers
+async def test_a_run_marked_crashed_while_its_worker_executes_it_is_set_back_to_running(stack, pg_prefect):
+    """Before: the automation set it Scheduled, its worker skipped it as a duplicate
+    submission, and it showed pending until that execution ended. Now the worker sets it back
+    to Running at once, and it completes once, on the same worker."""
+    import uuid
+
+    from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed
+
+    from tests.support import wait_final
+
+    async with owner_client(stack, BOB) as bob:
+        [run_id] = await save_and_start(bob, sleeper("bob-false-alarm", 45))
+        await wait_for_state(pg_prefect.api_url, run_id, lambda ss: ss[-1].type == StateType.RUNNING,
+                             timeout=120, what="running")
+        async with PrefectClient(pg_prefect.api_url) as prefect:
+            await prefect.set_flow_run_state(uuid.UUID(run_id), Crashed(
+                message=f"{recovery.LOST_MESSAGE} for {CRASH_DETECT_S} s: marked by hand"), force=True)
+        marked = time.monotonic()
+        # Settled: the automation scheduled it again (once) and the worker set it back after that.
+        await wait_for_state(pg_prefect.api_url, run_id, lambda ss: ss[-1].type == StateType.RUNNING
+                             and (ss[-1].message or "").startswith("set back to Running")
+                             and any(s.message == recovery.CONTINUED_MESSAGE for s in ss), timeout=40,
+                             what="scheduled again by the automation and set back to Running")
+        print(f"set back to Running {time.monotonic() - marked:.1f} s after it was marked Crashed")
+        assert (await bob.get(f"/api/executions/{run_id}")).json()["status"] == "running"
+        result = await wait_final(bob, run_id, timeout=240)
+    assert result["status"] == "completed", result
+    states = await prefect_states(pg_prefect.api_url, run_id)
+    after = [s.type for s in states[[s.type for s in states].index(StateType.CRASHED) + 1:]]
+    assert StateType.PENDING not in after, after  # no worker took it a second time
+    assert after.count(StateType.COMPLETED) == 1 and after[-1] == StateType.COMPLETED, after
