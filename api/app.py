@@ -107,8 +107,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                                       metrics.canvas_compiles)
             app.state.runs = RunService(workflows=Workflows(database), executions=Executions(database),
                                         outcomes=NodeOutcomes(database),
-                                        deployments=WorkflowDeployments(settings.work_pool,
-                                                                                 settings.owner_max_runs), prefect=prefect,
+                                        deployments=WorkflowDeployments(settings.work_pool, settings.owner_max_runs),
+                                        prefect=prefect,
                                         registry=registry, event_log=event_log, metrics=metrics, compiler=compiler,
                                         decisions=DecisionSigner.from_settings(settings.decision_key,
                                                                                settings.secret_key, settings.home),
