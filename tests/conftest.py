@@ -149,6 +149,8 @@ class Served:
     """``FLOWMAESTRO_SECRET_TOKEN`` of its workers: http nodes send it as ``token_secret: TOKEN``."""
     prefect_log: Path
     """The log of the session's Prefect server, which it uses."""
+    metrics_key: str = ""
+    """The operator's key for GET /metrics (closed without it)."""
 
 
 @pytest.fixture(scope="session")
@@ -160,14 +162,14 @@ def served(tmp_path_factory, prefect_server):
     from tests.processes import stack_env, start_serve
 
     home = tmp_path_factory.mktemp("served")
-    owner, other, secret = (f"{what}-{uuid.uuid4().hex}" for what in ("owner", "other", "secret"))
+    owner, other, secret, metrics = (f"{what}-{uuid.uuid4().hex}" for what in ("owner", "other", "secret", "metrics"))
     env = stack_env(home, prefect_server, f"sqlite+aiosqlite:///{home / 'store.db'}", owner,
                     FLOWMAESTRO_API_KEYS=f"owner:{owner},other:{other}", FLOWMAESTRO_SECRET_TOKEN=secret,
                     FLOWMAESTRO_SECRET_TOKEN_OWNERS="owner", FLOWMAESTRO_SECRET_TOKEN_HOSTS="127.0.0.1",
                     FLOWMAESTRO_WORK_POOL=f"served-{uuid.uuid4().hex[:6]}", FLOWMAESTRO_WORKER_GRACE_S="2",
-                    FLOWMAESTRO_MAX_STREAMS_PER_RUN=str(STREAMS_PER_RUN))
+                    FLOWMAESTRO_MAX_STREAMS_PER_RUN=str(STREAMS_PER_RUN), FLOWMAESTRO_METRICS_KEY=metrics)
     serve, base = start_serve(home, env, workers=1)
     try:
-        yield Served(base, home, owner, other, secret, _SESSION_DIR / "server" / "prefect-server.log")
+        yield Served(base, home, owner, other, secret, _SESSION_DIR / "server" / "prefect-server.log", metrics)
     finally:
         serve.stop()

@@ -88,8 +88,11 @@ def test_no_secret_in_anything_a_run_leaves(served, counting, prefect_server):
             seen.append(api.get(f"/api/executions/{run_id}/stream", timeout=30).text)
             seen += prefect_records(prefect_server.api_url, run_id)
         for path in ("/api/executions", f"/api/workflows/{workflow_id}", f"/api/workflows/{workflow_id}/webhooks",
-                     "/api/dead-letters", "/metrics"):
+                     "/api/dead-letters"):
             seen.append(api.get(path).text)
+        metrics = api.get("/metrics", headers={"Authorization": f"Bearer {served.metrics_key}"})
+        assert metrics.status_code == 200, metrics.text
+        seen.append(metrics.text)
         # Error bodies: a wrong key, a wrong signature.
         seen.append(api.get("/api/workflows", headers={"Authorization": f"Bearer {served.owner_key}x"}).text)
         seen.append(api.post(f"/hooks/{hook['id']}", content=body, headers={

@@ -207,8 +207,10 @@ def test_a_canvas_at_the_cap_compiles_off_the_event_loop(served):
         assert latencies and max(latencies) < 2, latencies
 
 
-def _compiles(api: httpx.Client) -> float:
-    text = api.get("/metrics").text
+def _compiles(api: httpx.Client, metrics_key: str) -> float:
+    answer = api.get("/metrics", headers={"Authorization": f"Bearer {metrics_key}"})
+    answer.raise_for_status()
+    text = answer.text
     return float(re.search(r"^flowmaestro_canvas_compiles_total (\S+)$", text, re.M).group(1))
 
 
@@ -217,12 +219,12 @@ def test_a_saved_version_is_not_compiled_again_to_run(served):
     with _client(served) as api:
         saved = api.post("/api/workflows", content=compact({"canvas": chain(50, name="cached plan")}))
         assert saved.status_code == 201, saved.text
-        before = _compiles(api)
+        before = _compiles(api, served.metrics_key)
         for _ in range(2):
             started = api.post(f"/api/workflows/{saved.json()['id']}/execute", json={})
             assert started.status_code == 202, started.text
         api.get(f"/api/workflows/{saved.json()['id']}/schedules").raise_for_status()
-        assert _compiles(api) == before
+        assert _compiles(api, served.metrics_key) == before
         api.delete(f"/api/workflows/{saved.json()['id']}")
 
 
