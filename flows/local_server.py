@@ -32,6 +32,7 @@ import httpx
 
 from flows.child_environment import prefect_server_environment
 from flows.settings import EngineSettings
+from store.secrets import private_file
 
 # The server's recorder writes task-run states in batches; these keep the UI within a
 # couple of seconds of a burst of task runs instead of tens of seconds.
@@ -87,18 +88,7 @@ def auth_string(home: Path) -> str:
     """The embedded server's credentials (``user:password``, Prefect's auth string format):
     read from the home, generated the first time, with mode 0600 from the start. Never
     logged, printed nor passed as a parameter: processes get it in their environment."""
-    path = home / AUTH_FILE
-    if path.exists():
-        return path.read_text().strip()
-    home.mkdir(parents=True, exist_ok=True)
-    value = f"{AUTH_USER}:{secrets.token_urlsafe(32)}"
-    try:  # O_EXCL: of two processes starting at once, one writes and the other reads
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as file:
-        file.write(value)
-    return value
+    return private_file(home / AUTH_FILE, lambda: f"{AUTH_USER}:{secrets.token_urlsafe(32)}".encode()).decode()
 
 
 def ui_url_for(api_url: str) -> str:

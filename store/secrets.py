@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -33,21 +34,25 @@ def _fernet_key(value: str) -> bytes:
     return base64.urlsafe_b64encode(hashlib.sha256(raw).digest())
 
 
-def _key_file(home: Path) -> bytes:
-    path = home / KEY_FILE
+def private_file(path: Path, generate: Callable[[], bytes]) -> bytes:
+    """The contents of a key file: read, or written once with ``generate()``. Created with
+    mode 0600 from the start (no window where another user could read it); O_EXCL: of two
+    processes starting at once, one writes and the other reads."""
     if path.exists():
         return path.read_bytes().strip()
-    home.mkdir(parents=True, exist_ok=True)
-    key = Fernet.generate_key()
-    # Created with 0600 from the start (no window where another user could read it);
-    # O_EXCL: of two processes starting at once, one writes and the other reads.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = generate()
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         return path.read_bytes().strip()
     with os.fdopen(fd, "wb") as file:
-        file.write(key)
-    return key
+        file.write(value)
+    return value
+
+
+def _key_file(home: Path) -> bytes:
+    return private_file(home / KEY_FILE, Fernet.generate_key)
 
 
 class SecretBox:
