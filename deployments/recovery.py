@@ -254,14 +254,22 @@ class CrashedRun:
     crashed_at: datetime
 
 
+SWEEP_WINDOWS = 20
+"""A sweep continues runs crashed less than this many grace periods ago (30 min at the
+default 90 s): older ones crashed before the worker started sweeping (an upgrade, a pool
+without workers for a while), and running them again unasked could repeat what their nodes
+did long ago. They stay Crashed, for a person to retry."""
+
+
 def runs_to_continue(crashed: Iterable[CrashedRun], *, now: datetime, grace_s: float,
                      held: Iterable[str]) -> list[CrashedRun]:
     """The crashed runs a sweep schedules again: crashed at least ``grace_s`` ago (the
     automation continues a run within a second or so; the sweep only catches the ones it
-    failed to), and not held by this worker (those it still executes: ``state_to_restore``)."""
+    failed to) and less than ``SWEEP_WINDOWS`` grace periods ago, and not held by this worker
+    (those it still executes: ``state_to_restore``)."""
     mine = set(held)
     return [run for run in crashed
-            if run.run_id not in mine and (now - run.crashed_at).total_seconds() >= grace_s]
+            if run.run_id not in mine and grace_s <= (now - run.crashed_at).total_seconds() < SWEEP_WINDOWS * grace_s]
 
 
 def written_by_recovery(state: State | None) -> bool:

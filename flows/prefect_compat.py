@@ -33,6 +33,7 @@ from prefect.client.schemas import OrchestrationResult
 from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType, WorkPoolFilter,
                                            WorkPoolFilterName)
 from prefect.client.schemas.objects import FlowRun, StateType, TaskRunResult
+from prefect.client.schemas.sorting import FlowRunSort
 from prefect.client.schemas.responses import SetStateStatus
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.events.related import related_resources_from_run_context
@@ -332,10 +333,12 @@ async def end_pause(client: Any, flow_run_id: uuid.UUID, pause_key: str) -> bool
 
 async def read_crashed_runs(client: Any, pool: str, limit: int = 200) -> list[FlowRun]:
     """The flow runs of work pool ``pool``'s deployments whose state is ``Crashed`` (child
-    runs of sub-workflow nodes have no pool: their parent runs them again)."""
+    runs of sub-workflow nodes have no pool: their parent runs them again), the most recently
+    expected first."""
     return list(await client.read_flow_runs(
         flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.CRASHED]))),
-        work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool])), limit=limit))
+        work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool])),
+        sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=limit))
 
 
 async def continue_crashed_run(client: Any, flow_run_id: uuid.UUID | str, crashed_state_id: uuid.UUID | str,

@@ -310,9 +310,10 @@ def _at(seconds: float):
 
 def test_the_sweep_continues_runs_crashed_longer_than_the_grace_and_not_held_here():
     crashed = [recovery.CrashedRun("old", "s1", _at(0)), recovery.CrashedRun("fresh", "s2", _at(95)),
-               recovery.CrashedRun("mine", "s3", _at(0)), recovery.CrashedRun("just", "s4", _at(10))]
+               recovery.CrashedRun("mine", "s3", _at(0)), recovery.CrashedRun("just", "s4", _at(10)),
+               recovery.CrashedRun("long ago", "s5", _at(100 - 90 * recovery.SWEEP_WINDOWS))]
     chosen = recovery.runs_to_continue(crashed, now=_at(100), grace_s=90, held=["mine"])
-    assert [run.run_id for run in chosen] == ["old", "just"]
+    assert [run.run_id for run in chosen] == ["old", "just"]  # not "long ago": before sweeps began
 
 
 def test_a_held_run_marked_crashed_by_recovery_gets_back_the_state_it_had():
