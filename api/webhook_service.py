@@ -43,6 +43,14 @@ def new_secret() -> str:
     return "whsec_" + secrets.token_urlsafe(32)
 
 
+def started_nothing(error: Exception) -> bool:
+    """Whether a delivery that failed with ``error`` surely started no run: refused (429, 4xx)
+    or stopped by our own store or Redis. Prefect not answering in time is not sure (it may
+    have created the run), nor is a cancelled request (not an ``Exception``): their signature
+    stays used, and the sender signs a retry anew or sends an Idempotency-Key."""
+    return not (isinstance(error, Unavailable) and error.service == "prefect")
+
+
 class WebhookService:
     def __init__(self, runs: RunService, webhooks: Webhooks, limiter: RateLimiter, replays: ReplayGuard,
                  refused_limiter: RateLimiter | None = None):
@@ -105,10 +113,10 @@ class WebhookService:
                                 "own timestamp")
         try:
             run_id, replayed = await self._start(hook, inputs, idempotency_key)
-        except BaseException:
-            # It started nothing: the sender may send the very same request again.
-            with contextlib.suppress(Exception):  # the original error is the answer
-                await self.replays.forget(hook.id, signature)
+        except Exception as exc:
+            if started_nothing(exc):  # the sender may send the very same request again
+                with contextlib.suppress(Exception):  # the original error is the answer
+                    await self.replays.forget(hook.id, signature)
             raise
         if replayed:
             return Delivery(run_id, replayed=True)

@@ -309,3 +309,17 @@ async def test_with_prefect_answers_off_only_the_apis_signed_decision_is_taken(r
     output = result["nodes"]["ask"]["output"]
     assert (output["decided_by"], output["via"], output["approved"]) == ("ada", "api", True)
     assert result["nodes"]["ship"]["output"] == "shipped because reviewed"
+
+
+def test_a_signature_stays_used_when_prefect_may_have_started_its_run():
+    """A delivery refused before any run (429, bad inputs, Redis down) may be sent again as is;
+    one whose run Prefect may have created before it stopped answering may not: forgetting its
+    signature would let a replay start a second run."""
+    from api.errors import ApiError
+    from api.webhook_service import started_nothing
+    from store.errors import Invalid, Unavailable
+
+    assert started_nothing(ApiError(429, "webhook rate limit reached"))
+    assert started_nothing(Invalid("bad inputs", []))
+    assert started_nothing(Unavailable("redis", "down"))
+    assert not started_nothing(Unavailable("prefect", "did not answer in time"))
