@@ -105,6 +105,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             registry = default_registry()
             compiler = CanvasCompiler(registry, settings.compile_limits(), PlanCache(settings.plan_cache_nodes),
                                       metrics.canvas_compiles)
+            stack.callback(compiler.close)
             app.state.runs = RunService(workflows=Workflows(database), executions=Executions(database),
                                         outcomes=NodeOutcomes(database),
                                         deployments=WorkflowDeployments(settings.work_pool, settings.owner_max_runs),

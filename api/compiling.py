@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from prometheus_client import Counter
@@ -67,16 +68,24 @@ class CanvasCompiler:
     """Compiles canvases for the API's routes and services (injected; one per app)."""
 
     def __init__(self, catalog: NodeCatalog, limits: CompileLimits, cache: PlanCache,
-                 counter: Counter | None = None):
-        """``counter``: counts every compile (``flowmaestro_canvas_compiles_total``)."""
+                 counter: Counter | None = None, threads: int = 2):
+        """``counter``: counts every compile (``flowmaestro_canvas_compiles_total``).
+        ``threads``: compiles at once. Their own pool, not asyncio's default one, which also
+        resolves names for new database and Redis connections: a burst of large compiles
+        must not hold those up. Close with ``close()``."""
         self.catalog, self.limits, self.cache, self.counter = catalog, limits, cache, counter
+        self._threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="compile")
+
+    def close(self) -> None:
+        self._threads.shutdown(wait=False, cancel_futures=True)
 
     async def compile(self, canvas: Any) -> CompileResult:
         """Every issue of ``canvas`` and its plan when valid; 413 naming the cap when it is
         too large to compile here (too many nodes or edges, or over the time budget)."""
         if self.counter is not None:
             self.counter.inc()
-        result = await asyncio.to_thread(compile_canvas, canvas, self.catalog, self.limits)
+        result = await asyncio.get_running_loop().run_in_executor(
+            self._threads, compile_canvas, canvas, self.catalog, self.limits)
         over = [issue.to_dict() for issue in result.issues if issue.code in LIMIT_CODES]
         if over:
             raise ApiError(413, "canvas too large to compile: " + "; ".join(i["message"] for i in over), over)

@@ -32,7 +32,7 @@ import httpx
 
 from flows.child_environment import prefect_server_environment
 from flows.settings import EngineSettings
-from store.secrets import private_file
+from store.secrets import private_key_file
 
 # The server's recorder writes task-run states in batches; these keep the UI within a
 # couple of seconds of a burst of task runs instead of tens of seconds.
@@ -88,7 +88,7 @@ def auth_string(home: Path) -> str:
     """The embedded server's credentials (``user:password``, Prefect's auth string format):
     read from the home, generated the first time, with mode 0600 from the start. Never
     logged, printed nor passed as a parameter: processes get it in their environment."""
-    return private_file(home / AUTH_FILE, lambda: f"{AUTH_USER}:{secrets.token_urlsafe(32)}".encode()).decode()
+    return private_key_file(home / AUTH_FILE, lambda: f"{AUTH_USER}:{secrets.token_urlsafe(32)}".encode()).decode()
 
 
 def ui_url_for(api_url: str) -> str:
@@ -146,7 +146,7 @@ def start_server(home: Path, port: int, *, quiet: bool = True, env: dict[str, st
         port = _free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     prefect_home = home / "prefect"
-    prefect_home.mkdir(parents=True, exist_ok=True)
+    prefect_home.mkdir(mode=0o700, parents=True, exist_ok=True)  # its database and results: private
     origin = api_url.removesuffix("/api")
     # Not our API keys, node secrets or provider keys: the server reads none of them.
     env = dict(prefect_server_environment(os.environ), PREFECT_HOME=str(prefect_home),

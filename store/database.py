@@ -50,14 +50,14 @@ def create_database_engine(url: str, *, pool_size: int | None = None, max_overfl
     path = parsed.database or ""
     named_by_path = path not in ("", ":memory:") and not path.startswith("file:")  # file:...: a URI
     if named_by_path:
-        private_file(Path(path))
+        private_database_file(Path(path))
     engine = create_async_engine(url, **{"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S},
                                          **(pool if named_by_path else {}), **options})
     event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine
 
 
-def private_file(path: Path) -> None:
+def private_database_file(path: Path) -> None:
     """Create the database file (and its directory) readable by this user only, before SQLite
     would create it 0644: it holds every owner's canvases, inputs and outputs. SQLite gives
     its -wal and -shm files the database file's mode. An existing file is tightened."""

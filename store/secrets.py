@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,25 +35,29 @@ def _fernet_key(value: str) -> bytes:
     return base64.urlsafe_b64encode(hashlib.sha256(raw).digest())
 
 
-def private_file(path: Path, generate: Callable[[], bytes]) -> bytes:
-    """The contents of a key file: read, or written once with ``generate()``. Created with
-    mode 0600 from the start (no window where another user could read it); O_EXCL: of two
-    processes starting at once, one writes and the other reads."""
+def private_key_file(path: Path, generate: Callable[[], bytes]) -> bytes:
+    """The contents of a key file: read, or written once with ``generate()``. Written to a
+    file of its own with mode 0600 from the start (no window where another user could read
+    it), then linked into place, which fails if the file exists: of two processes starting
+    at once, one writes and the other reads the whole key, never a half-written one."""
     if path.exists():
         return path.read_bytes().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     value = generate()
+    draft = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    with os.fdopen(os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as file:
+        file.write(value)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.link(draft, path)
     except FileExistsError:
         return path.read_bytes().strip()
-    with os.fdopen(fd, "wb") as file:
-        file.write(value)
+    finally:
+        draft.unlink()
     return value
 
 
 def _key_file(home: Path) -> bytes:
-    return private_file(home / KEY_FILE, Fernet.generate_key)
+    return private_key_file(home / KEY_FILE, Fernet.generate_key)
 
 
 class SecretBox:

