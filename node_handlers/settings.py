@@ -19,9 +19,7 @@ from pydantic import AliasChoices, BaseModel, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from store.settings import StoreSettings
-from node_handlers.operator_secrets import (SECRET_ENV_PREFIX, SECRET_NAME_PATTERN, OperatorSecret,  # noqa: F401
-                                            read_secret, secret_env_name)
-from node_handlers.redaction import REDACTED, redact  # noqa: F401 (their home before)
+from node_handlers.operator_secrets import SECRET_NAME_PATTERN
 
 SecretName = Annotated[str, Field(pattern=SECRET_NAME_PATTERN, description="Name of a secret: its value is "
                                   "read from the environment variable FLOWMAESTRO_SECRET_<NAME>, bound to owners "
