@@ -273,33 +273,48 @@ def budgeted_filters(filters: Mapping[str, Callable[..., Any]]) -> dict[str, Cal
     return wrapped
 
 
-CONSTANT_TIME_FILTERS = frozenset({"length", "count", "first", "last", "default", "d", "attr", "safe"})
+CONSTANT_TIME_FILTERS = frozenset({"length", "count", "first", "last", "default", "d", "attr"})
 """Filters that do not read all of a list or string they are given (``len``, one item)."""
 SORTING_FILTERS = frozenset({"sort", "dictsort", "groupby", "unique"})
 """Filters that sort their input (or hash every item with a key function): a step per item
 and per comparison round (n log n)."""
+STRING_SCANNING_FILTERS = frozenset({
+    "upper", "lower", "capitalize", "trim", "replace", "reverse", "list", "string", "indent", "center",
+    "truncate", "format", "e", "escape", "forceescape", "safe", "int", "float", "tojson", "wordwrap",
+    "striptags", "urlencode", "filesizeformat",
+})
+"""Filters that read a string in C (or with one regular expression): a step per
+``CHARS_PER_STEP`` characters. Any other filter given a string reads it character by
+character in Python (``max``, ``unique``, ``map``...): a step per character."""
+ITEM_STEPS = {"selectattr": 4, "rejectattr": 4, "map": 4, "groupby": 4, "pprint": 4, "xmlattr": 4, "urlize": 12,
+              "title": 2, "urlencode": 2}
+"""Filters slower per item (or character) than a plain step, measured: the sandbox's
+attribute lookup per item, pprint's Python formatting, urlize's and title's regular
+expressions per word (urlize of a list reads its text, several characters per item)."""
 
 
 def charged_input(budget: RenderBudget, name: str, value: Any) -> Any:
     """Spend what filter ``name`` will take to read ``value``, and the value to give it.
 
     A filter's cost grows with its input, not with the number of calls: ``max`` of a
-    100,000-item range takes milliseconds. A string is scanned in C (a step per
-    ``CHARS_PER_STEP`` characters); a list, mapping or range is read item by item with a
-    key function or a Python loop (a step per item); an iterator of unknown length (a
-    generator of ``map`` or ``select``, a loop) is charged as it is read.
+    100,000-item range takes milliseconds. A list, mapping or range is read item by item
+    with a key function or a Python loop (a step per item); a string in C by most filters
+    (a step per ``CHARS_PER_STEP`` characters), character by character by the others; an
+    iterator of unknown length (a generator of ``map`` or ``select``, a loop) is charged as
+    it is read.
     """
-    if isinstance(value, str):
-        if name not in CONSTANT_TIME_FILTERS:
-            budget.scan(value)
+    if name in CONSTANT_TIME_FILTERS and not isinstance(value, Iterator):
         return value
-    if isinstance(value, Iterator):
+    if isinstance(value, str):
+        if name in STRING_SCANNING_FILTERS:
+            budget.scan(value)
+            return value
+    elif isinstance(value, Iterator):
         return budget.counted(value)
-    if name not in CONSTANT_TIME_FILTERS:
-        size = size_hint(value)
-        if name in SORTING_FILTERS and size > 1:
-            size *= 1 + size.bit_length() // 4
-        budget.step(1 + size)
+    size = size_hint(value)
+    if name in SORTING_FILTERS and size > 1:
+        size *= 1 + size.bit_length() // 4
+    budget.step(1 + size * ITEM_STEPS.get(name, 1))
     return value
 
 

@@ -233,6 +233,9 @@ SCANNING = {
     "in_list_longer": "{% set l = range(100000)|list %}{% for i in range(10000) %}{{ (-1 in l)|int }}{% endfor %}",
     "max_of_range": "{% for i in range(2000) %}{{ range(100000)|max }}{% endfor %}",
     "sort": "{% set l = range(100000)|list|reverse|list %}{% for i in range(2000) %}{{ l|sort|first }}{% endfor %}",
+    "max_of_string": "{% set s = 'ab ' * 300000 %}{% for i in range(2000) %}{{ s|max }}{% endfor %}",
+    "selectattr": "{% set l = range(100000)|list %}{% for i in range(2000) %}{{ l|selectattr('real')|list|length }}"
+                  "{% endfor %}",
     "unique": "{% set l = range(100000)|list %}{% for i in range(2000) %}{{ l|unique|list|length }}{% endfor %}",
     "in_string": "{% set s = 'ab' * 400000 %}{% for i in range(900) %}{% for j in range(1000) %}"
                  "{% if 'c' in s %}x{% endif %}{% endfor %}{% endfor %}",
