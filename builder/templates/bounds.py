@@ -70,14 +70,31 @@ def check_percent(budget: RenderBudget, template: str) -> None:
 # --------------------------------------------------------------------------- operators
 
 
+BIG_INT_BITS_PER_STEP = 1 << 21
+"""Multiplying or dividing integers of a and b bits costs a step per 2**21 of a * b
+(measured: 49,000 by 30,000 bits takes about 150 us, some 700 steps)."""
+
+
+def _big_int_steps(left: Any, right: Any) -> int:
+    if isinstance(left, int) and isinstance(right, int):
+        return left.bit_length() * right.bit_length() // BIG_INT_BITS_PER_STEP
+    return 0
+
+
 def bounded_binop(budget: RenderBudget, operator: str, left: Any, right: Any) -> Any:
-    """``left <operator> right`` for the operators the sandbox intercepts (``* ** % +``)."""
+    """``left <operator> right`` for the operators the sandbox intercepts (``* ** % + //``)."""
     budget.step()
     if operator == "**":
-        if isinstance(left, int) and isinstance(right, int) and right > 0 and abs(left) > 1 \
-                and right * abs(left).bit_length() > MAX_POWER_BITS:
-            raise TemplateBudgetError(f"{left} ** {right} is too large (over {MAX_POWER_BITS:,} bits)")
+        if isinstance(left, int) and isinstance(right, int) and right > 0 and abs(left) > 1:
+            bits = right * abs(left).bit_length()
+            if bits > MAX_POWER_BITS:
+                raise TemplateBudgetError(f"{left} ** {right} is too large (over {MAX_POWER_BITS:,} bits)")
+            budget.step(bits * bits // BIG_INT_BITS_PER_STEP)
         return operator_module.pow(left, right)
+    # Schoolbook division and multiplication of big integers take a * b digit operations.
+    budget.step(_big_int_steps(left, right))
+    if operator == "//":
+        return operator_module.floordiv(left, right)
     if operator == "*":
         if isinstance(left, int) and isinstance(right, int) \
                 and left.bit_length() + right.bit_length() > MAX_POWER_BITS:

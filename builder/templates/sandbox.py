@@ -204,7 +204,7 @@ class _SandboxEnvironment(ImmutableSandboxedEnvironment):
 
     # Intercepted operators go through call_binop, and are never folded into constants
     # while compiling (in the API, outside any budget).
-    intercepted_binops = frozenset({"*", "**", "%", "+"})
+    intercepted_binops = frozenset({"*", "**", "%", "+", "//"})
     code_generator_class = _BudgetedCodeGenerator
     context_class = _BudgetedContext
 

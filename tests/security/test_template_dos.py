@@ -236,6 +236,8 @@ SCANNING = {
     "max_of_string": "{% set s = 'ab ' * 300000 %}{% for i in range(2000) %}{{ s|max }}{% endfor %}",
     "selectattr": "{% set l = range(100000)|list %}{% for i in range(2000) %}{{ l|selectattr('real')|list|length }}"
                   "{% endfor %}",
+    "big_int_division": "{% set x = 2 ** 49000 %}{% set y = 3 ** 30000 %}{% for i in range(100000) %}"
+                        "{% if x // y %}{% endif %}{% endfor %}",
     "unique": "{% set l = range(100000)|list %}{% for i in range(2000) %}{{ l|unique|list|length }}{% endfor %}",
     "in_string": "{% set s = 'ab' * 400000 %}{% for i in range(900) %}{% for j in range(1000) %}"
                  "{% if 'c' in s %}x{% endif %}{% endfor %}{% endfor %}",
