@@ -12,7 +12,7 @@ from __future__ import annotations
 import operator as operator_module
 import re
 import string
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import jinja2
@@ -20,7 +20,7 @@ from jinja2.exceptions import SecurityError
 from jinja2.filters import make_attrgetter
 from jinja2.utils import _PassArg
 
-from builder.templates.budget import RenderBudget, TemplateBudgetError
+from builder.templates.budget import CHARS_PER_STEP, RenderBudget, TemplateBudgetError, size_hint
 
 MAX_POWER_BITS = 100_000
 """The largest integer ``**`` or ``*`` may build, in bits (30,000 digits)."""
@@ -70,14 +70,31 @@ def check_percent(budget: RenderBudget, template: str) -> None:
 # --------------------------------------------------------------------------- operators
 
 
+BIG_INT_BITS_PER_STEP = 1 << 21
+"""Multiplying or dividing integers of a and b bits costs a step per 2**21 of a * b
+(measured: 49,000 by 30,000 bits takes about 150 us, some 700 steps)."""
+
+
+def _big_int_steps(left: Any, right: Any) -> int:
+    if isinstance(left, int) and isinstance(right, int):
+        return left.bit_length() * right.bit_length() // BIG_INT_BITS_PER_STEP
+    return 0
+
+
 def bounded_binop(budget: RenderBudget, operator: str, left: Any, right: Any) -> Any:
-    """``left <operator> right`` for the operators the sandbox intercepts (``* ** % +``)."""
+    """``left <operator> right`` for the operators the sandbox intercepts (``* ** % + //``)."""
     budget.step()
     if operator == "**":
-        if isinstance(left, int) and isinstance(right, int) and right > 0 and abs(left) > 1 \
-                and right * abs(left).bit_length() > MAX_POWER_BITS:
-            raise TemplateBudgetError(f"{left} ** {right} is too large (over {MAX_POWER_BITS:,} bits)")
+        if isinstance(left, int) and isinstance(right, int) and right > 0 and abs(left) > 1:
+            bits = right * abs(left).bit_length()
+            if bits > MAX_POWER_BITS:
+                raise TemplateBudgetError(f"{left} ** {right} is too large (over {MAX_POWER_BITS:,} bits)")
+            budget.step(bits * bits // BIG_INT_BITS_PER_STEP)
         return operator_module.pow(left, right)
+    # Schoolbook division and multiplication of big integers take a * b digit operations.
+    budget.step(_big_int_steps(left, right))
+    if operator == "//":
+        return operator_module.floordiv(left, right)
     if operator == "*":
         if isinstance(left, int) and isinstance(right, int) \
                 and left.bit_length() + right.bit_length() > MAX_POWER_BITS:
@@ -224,6 +241,7 @@ _FILTER_CHECKS: dict[str, Callable[[RenderBudget, Any, tuple[Any, ...], Mapping[
 def _join(context: Any, value: Iterable[Any], d: Any = "", attribute: Any = None) -> str:
     """The join filter, counting as it goes (Jinja's joins whatever it is given at once)."""
     budget: RenderBudget = context.budget
+    value = charged_input(budget, "join", value)
     if attribute is not None:
         value = map(make_attrgetter(context.environment, attribute), value)
     separator = d if isinstance(d, str) else str(d)
@@ -243,6 +261,7 @@ def _sum(context: Any, iterable: Iterable[Any], attribute: Any = None, start: An
     """The sum filter; lists and tuples are concatenated once (Python's sum copies the
     growing result at every item: quadratic)."""
     budget: RenderBudget = context.budget
+    iterable = charged_input(budget, "sum", iterable)
     if attribute is not None:
         iterable = map(make_attrgetter(context.environment, attribute), iterable)
     items = list(iterable)
@@ -271,6 +290,51 @@ def budgeted_filters(filters: Mapping[str, Callable[..., Any]]) -> dict[str, Cal
     return wrapped
 
 
+CONSTANT_TIME_FILTERS = frozenset({"length", "count", "first", "last", "default", "d", "attr"})
+"""Filters that do not read all of a list or string they are given (``len``, one item)."""
+SORTING_FILTERS = frozenset({"sort", "dictsort", "groupby", "unique"})
+"""Filters that sort their input (or hash every item with a key function): a step per item
+and per comparison round (n log n)."""
+STRING_SCANNING_FILTERS = frozenset({
+    "upper", "lower", "capitalize", "trim", "replace", "reverse", "list", "string", "indent", "center",
+    "truncate", "format", "e", "escape", "forceescape", "safe", "int", "float", "tojson", "wordwrap",
+    "striptags", "urlencode", "filesizeformat",
+})
+"""Filters that read a string in C (or with one regular expression): a step per
+``CHARS_PER_STEP`` characters. Any other filter given a string reads it character by
+character in Python (``max``, ``unique``, ``map``...): a step per character."""
+ITEM_STEPS = {"selectattr": 4, "rejectattr": 4, "map": 4, "groupby": 4, "pprint": 4, "xmlattr": 4, "urlize": 12,
+              "title": 2, "urlencode": 2}
+"""Filters slower per item (or character) than a plain step, measured: the sandbox's
+attribute lookup per item, pprint's Python formatting, urlize's and title's regular
+expressions per word (urlize of a list reads its text, several characters per item)."""
+
+
+def charged_input(budget: RenderBudget, name: str, value: Any) -> Any:
+    """Spend what filter ``name`` will take to read ``value``, and the value to give it.
+
+    A filter's cost grows with its input, not with the number of calls: ``max`` of a
+    100,000-item range takes milliseconds. A list, mapping or range is read item by item
+    with a key function or a Python loop (a step per item); a string in C by most filters
+    (a step per ``CHARS_PER_STEP`` characters), character by character by the others; an
+    iterator of unknown length (a generator of ``map`` or ``select``, a loop) is charged as
+    it is read.
+    """
+    if name in CONSTANT_TIME_FILTERS and not isinstance(value, Iterator):
+        return value
+    if isinstance(value, str):
+        if name in STRING_SCANNING_FILTERS:
+            budget.scan(value)
+            return value
+    elif isinstance(value, Iterator):
+        return budget.counted(value)
+    size = size_hint(value)
+    if name in SORTING_FILTERS and size > 1:
+        size *= 1 + size.bit_length() // 4
+    budget.step(1 + size * ITEM_STEPS.get(name, 1))
+    return value
+
+
 def _budgeted(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
     pass_arg = _PassArg.from_obj(function)
     check = _FILTER_CHECKS.get(name)
@@ -281,7 +345,7 @@ def _budgeted(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
     @jinja2.pass_context
     def budgeted(context: Any, value: Any, *args: Any, **kwargs: Any) -> Any:
         budget: RenderBudget = context.budget
-        budget.step()
+        value = charged_input(budget, name, value)
         if check is not None:
             check(budget, value, args, kwargs)
         if pass_arg is _PassArg.context:
@@ -296,3 +360,49 @@ def _budgeted(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
 
     budgeted.__name__ = budgeted.__qualname__ = f"{name}_filter"
     return budgeted
+
+
+# --------------------------------------------------------------------------- tests
+
+_CONTAINER_TESTS = frozenset({"in"})
+_COMPARING_TESTS = frozenset({"==", "eq", "equalto", "!=", "ne", ">", "gt", "greaterthan", "ge", ">=",
+                              "<", "lt", "lessthan", "<=", "le"})
+_STRING_TESTS = frozenset({"lower", "upper"})
+
+
+def budgeted_tests(tests: Mapping[str, Callable[..., Any]]) -> dict[str, Callable[..., Any]]:
+    """Jinja's tests; those that scan a list or string (``is in``, ``is eq``, ``is lower``...,
+    also through ``select``) charged like the operators they stand for."""
+    wrapped = dict(tests)
+    for name, function in tests.items():
+        if name in _CONTAINER_TESTS or name in _COMPARING_TESTS or name in _STRING_TESTS:
+            wrapped[name] = _budgeted_test(name, function)
+    return wrapped
+
+
+def _budgeted_test(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+    @jinja2.pass_context
+    def budgeted(context: Any, value: Any, *args: Any, **kwargs: Any) -> Any:
+        budget: RenderBudget = context.budget
+        if name in _STRING_TESTS:
+            budget.scan(value)
+        elif args:
+            args = (budget.container(args[0]) if name in _CONTAINER_TESTS else budget.compared(args[0]), *args[1:])
+        return function(value, *args, **kwargs)
+
+    budgeted.__name__ = budgeted.__qualname__ = f"{name}_test"
+    return budgeted
+
+
+def charge_method_call(budget: RenderBudget, owner: Any, name: str, args: tuple[Any, ...],
+                       kwargs: Mapping[str, Any]) -> None:
+    """A method of a string, list or tuple reads its owner (``count``, ``find``, ``split``,
+    ``index``...) and its arguments; a mapping's methods are lookups or views (charged
+    when read)."""
+    size = sum(map(size_hint, args)) + sum(map(size_hint, kwargs.values()))
+    if isinstance(owner, (str, list, tuple)) and name not in ("startswith", "endswith"):
+        size += len(owner)
+    elif isinstance(owner, Mapping) and name == "copy":
+        size += len(owner)
+    if size >= CHARS_PER_STEP:
+        budget.step(size // CHARS_PER_STEP)

@@ -14,16 +14,21 @@ configuration, or one condition), so a configuration of many strings shares it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sized
+from collections.abc import Iterable, Iterator, Mapping, Sized
 from dataclasses import dataclass
 from typing import Any
 
+from jinja2 import Undefined
+from jinja2.runtime import LoopContext
 from jinja2.exceptions import SecurityError
 
 CHARS_PER_STEP = 16
 """Building this many characters (or list items) costs one step: copying memory is cheap
 next to a step of the template, but a template that builds tens of megabytes in small
 pieces must still run out of budget."""
+
+LOOP_ITEM_STEPS = 4
+"""Reading an item of a loop (``loop|list``) costs as much as 4 plain steps (measured)."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,19 @@ def size_of(value: Any) -> int:
     return 0
 
 
+def size_hint(value: Any) -> int:
+    """What reading ``value`` once costs: the length of anything sized (strings, lists,
+    mappings, ranges, views); 0 for numbers, undefined values and the rest."""
+    if isinstance(value, (str, list, tuple, dict, range)):
+        return len(value)
+    if isinstance(value, Sized) and not isinstance(value, Undefined):
+        try:
+            return len(value)
+        except Exception:  # a __len__ that fails: nothing to charge, the operation will say why
+            return 0
+    return 0
+
+
 class RenderBudget:
     """The steps and characters one render has left (a counter, mutated by the sandbox)."""
 
@@ -68,6 +86,42 @@ class RenderBudget:
             raise TemplateBudgetError(f"the template ran out of its budget of {self.limits.max_steps:,} steps "
                                       "(FLOWMAESTRO_TEMPLATE_MAX_STEPS): a loop or recursion runs too long")
         return True
+
+    def scan(self, value: Any, per_step: int = CHARS_PER_STEP) -> None:
+        """Spend what reading ``value`` once costs: a step per ``per_step`` items or characters
+        (Python's scans of a list or string run far faster than a step of the template)."""
+        self.step(1 + size_hint(value) // per_step)
+
+    def counted(self, items: Iterable[Any]) -> Iterator[Any]:
+        """``items`` (an iterator of unknown length: a generator of a filter, a loop),
+        spending a step per item as it is read."""
+        # A loop advanced by hand (``loop|list``) runs Jinja's Python bookkeeping per item.
+        per_item = LOOP_ITEM_STEPS if isinstance(items, LoopContext) else 1
+        for item in items:
+            self.step(per_item)
+            yield item
+
+    def container(self, value: Any) -> Any:
+        """The right side of ``in`` / ``not in``, charged for the scan it will take: a list,
+        string or range is scanned, a mapping is a hash lookup, an iterator is read item by item."""
+        if isinstance(value, Mapping):
+            self.step()
+            return value
+        if isinstance(value, Iterator):
+            return self.counted(value)
+        self.scan(value)
+        return value
+
+    def compared(self, value: Any) -> Any:
+        """An operand of ``==``, ``<``, ...: comparing two lists, strings or mappings reads them."""
+        self.scan(value)
+        return value
+
+    def sliced(self, value: Any, start: Any, stop: Any, stride: Any) -> Any:
+        """``value[start:stop:stride]``: charged for the copy it makes."""
+        result = value[start:stop:stride]
+        self.scan(result)
+        return result
 
     def will_build(self, size: int, what: str = "a value") -> None:
         """Refuse, before it is allocated, a string or list of ``size`` characters or items."""

@@ -20,7 +20,7 @@ from typing import Any
 
 import jinja2
 from jinja2 import nodes
-from jinja2.compiler import CodeGenerator
+from jinja2.compiler import CodeGenerator, operators
 from jinja2.defaults import DEFAULT_NAMESPACE
 from jinja2.exceptions import SecurityError
 from jinja2.runtime import Context, LoopContext, Macro
@@ -30,11 +30,13 @@ from builder.templates.bounds import (
     REFUSED_GLOBALS,
     bounded_binop,
     budgeted_filters,
+    budgeted_tests,
+    charge_method_call,
     check_format,
     check_str_method,
     format_method_of,
 )
-from builder.templates.budget import DEFAULT_LIMITS, RenderBudget
+from builder.templates.budget import CHARS_PER_STEP, DEFAULT_LIMITS, RenderBudget
 from builder.templates.errors import TemplateRenderError
 
 ENV_ALLOWLIST_SETTING = "FLOWMAESTRO_ENV_ALLOWLIST"
@@ -153,6 +155,32 @@ class _BudgetedCodeGenerator(CodeGenerator):
             self.write(", ")
         self.write("))")
 
+    def visit_Operand(self, node: nodes.Operand, frame: Any) -> None:
+        # ``x in items`` scans items, ``a == b`` reads both lists or strings: the right
+        # operand goes through the budget (a comparison reads at most the shorter side).
+        if isinstance(node.expr, nodes.Const) and not isinstance(node.expr.value, (str, tuple)):
+            super().visit_Operand(node, frame)
+            return
+        charge = "container" if node.op in ("in", "notin") else "compared"
+        self.write(f" {operators[node.op]} context.budget.{charge}(")
+        self.visit(node.expr, frame)
+        self.write(")")
+
+    def visit_Getitem(self, node: nodes.Getitem, frame: Any) -> None:
+        if not isinstance(node.arg, nodes.Slice):
+            super().visit_Getitem(node, frame)
+            return
+        # A slice copies what it selects (Jinja writes it as Python's, outside getitem).
+        self.write("context.budget.sliced(")
+        self.visit(node.node, frame)
+        for part in (node.arg.start, node.arg.stop, node.arg.step):
+            self.write(", ")
+            if part is None:
+                self.write("None")
+            else:
+                self.visit(part, frame)
+        self.write(")")
+
     def buffer(self, frame: Any) -> None:
         frame.buffer = self.temporary_identifier()
         self.writeline(f"{frame.buffer} = context.budget.buffer()")
@@ -176,7 +204,7 @@ class _SandboxEnvironment(ImmutableSandboxedEnvironment):
 
     # Intercepted operators go through call_binop, and are never folded into constants
     # while compiling (in the API, outside any budget).
-    intercepted_binops = frozenset({"*", "**", "%", "+"})
+    intercepted_binops = frozenset({"*", "**", "%", "+", "//"})
     code_generator_class = _BudgetedCodeGenerator
     context_class = _BudgetedContext
 
@@ -191,6 +219,7 @@ class _SandboxEnvironment(ImmutableSandboxedEnvironment):
             optimized=False,
         )
         self.filters = budgeted_filters(self.filters)
+        self.tests = budgeted_tests(self.tests)
         for name in REFUSED_GLOBALS:
             del self.globals[name]
 
@@ -202,6 +231,11 @@ class _SandboxEnvironment(ImmutableSandboxedEnvironment):
         # A macro (or a recursive loop's loop()) costs about as much as 30 plain steps.
         budget.step(MACRO_CALL_STEPS if isinstance(__obj, (Macro, LoopContext)) else 1)
         owner = getattr(__obj, "__self__", None)
+        # Work that grows with the data: a method reading its string or list, arguments
+        # copied into the call (``dict(pairs)``, ``f(*items)``).
+        charge_method_call(budget, owner, getattr(__obj, "__name__", ""), args, kwargs)
+        if len(args) + len(kwargs) > CHARS_PER_STEP:
+            budget.step((len(args) + len(kwargs)) // CHARS_PER_STEP)
         if isinstance(owner, str):
             args = check_str_method(budget, owner, getattr(__obj, "__name__", ""), args, kwargs)
         else:

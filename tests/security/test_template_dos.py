@@ -224,3 +224,53 @@ def test_another_owners_run_is_not_held_by_a_heavy_template_on_the_same_worker(s
     assert "FLOWMAESTRO_TEMPLATE_MAX_STEPS" in json.dumps(bob_result)
     # Before: another owner's 1 s run took 19 s beside one such template (this one has three).
     assert meanwhile < alone + 15, f"alone {alone:.1f} s, beside the heavy run {meanwhile:.1f} s"
+
+
+# Finding 4, second round: one step per filter call, whatever its input, let a loop of
+# 2,000 calls on a 100,000-item list hold the worker for seconds to minutes (default
+# limits: 3.5 s for the pentest's 2,000 `in`, 69 s for 2,000 `max`, measured before the fix).
+SCANNING = {
+    "in_list": "{% set l = range(100000)|list %}{% for i in range(2000) %}{{ (-1 in l)|int }}{% endfor %}",
+    "in_list_longer": "{% set l = range(100000)|list %}{% for i in range(10000) %}{{ (-1 in l)|int }}{% endfor %}",
+    "max_of_range": "{% for i in range(2000) %}{{ range(100000)|max }}{% endfor %}",
+    "sort": "{% set l = range(100000)|list|reverse|list %}{% for i in range(2000) %}{{ l|sort|first }}{% endfor %}",
+    "max_of_string": "{% set s = 'ab ' * 300000 %}{% for i in range(2000) %}{{ s|max }}{% endfor %}",
+    "selectattr": "{% set l = range(100000)|list %}{% for i in range(2000) %}{{ l|selectattr('real')|list|length }}"
+                  "{% endfor %}",
+    "big_int_division": "{% set x = 2 ** 49000 %}{% set y = 3 ** 30000 %}{% for i in range(100000) %}"
+                        "{% if x // y %}{% endif %}{% endfor %}",
+    "unique": "{% set l = range(100000)|list %}{% for i in range(2000) %}{{ l|unique|list|length }}{% endfor %}",
+    "in_string": "{% set s = 'ab' * 400000 %}{% for i in range(900) %}{% for j in range(1000) %}"
+                 "{% if 'c' in s %}x{% endif %}{% endfor %}{% endfor %}",
+    "str_count": "{% set s = 'ab' * 400000 %}{% for i in range(100000) %}{{ s.count('c') }}{% endfor %}",
+    "equal_lists": "{% set a = range(100000)|list %}{% set b = range(100000)|list %}"
+                   "{% for i in range(100000) %}{{ a == b }}{% endfor %}",
+    "is_in_test": "{% set l = range(100000)|list %}{% for i in range(100000) %}{{ -1 is in l }}{% endfor %}",
+    "slice_copy": "{% set l = range(100000)|list %}{% for i in range(100000) %}{{ l[1:]|length }}{% endfor %}",
+    "loop_as_list": "{% for x in range(1000) %}{% for y in range(100000) %}{{ loop|list|length }}{% endfor %}"
+                    "{% endfor %}",
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCANNING))
+def test_a_loop_of_operations_on_a_big_value_runs_out_of_budget_quickly(name):
+    message, seconds = _refused(SCANNING[name])
+    assert "budget of 1,000,000 steps" in message and "FLOWMAESTRO_TEMPLATE_MAX_STEPS" in message
+    assert seconds < 15, f"{seconds:.1f} s"  # about 1 s here; minutes for some before
+
+
+def test_the_length_of_a_big_list_in_a_loop_finishes_quickly():
+    """``length`` does not read the list: it is not charged by its size."""
+    started = time.perf_counter()
+    assert render_value("{% set l = range(100000)|list %}{% for i in range(20000) %}{{ l|length }}{% endfor %}"
+                        "", {}).startswith("100000100000")
+    assert time.perf_counter() - started < 15
+
+
+def test_ordinary_operations_on_data_keep_their_results():
+    scope = {"inputs": {"ids": [1, 2, 3], "text": "a,b,a", "rows": [{"k": 2}, {"k": 1}], "m": {"x": 1}}}
+    assert render_value("{{ 2 in inputs.ids }} {{ 'x' in inputs.m }} {{ inputs.text.count('a') }} "
+                        "{{ inputs.ids[1:] }} {{ inputs.ids[::-1] }} {{ inputs.rows|sort(attribute='k')|map(attribute='k')|join }} "
+                        "{{ inputs.ids|select('in', [1, 3])|list }} {{ inputs.ids == [1, 2, 3] }} "
+                        "{{ inputs.text.split(',')|unique|list }} {{ 'b' not in inputs.text }}", scope) \
+        == 'true true 2 [2, 3] [3, 2, 1] 12 [1, 3] true ["a", "b"] false'
