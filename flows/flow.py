@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import functools
 import os
+import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -43,6 +44,7 @@ from flows.journal import RunJournal
 from flows.large_outputs import LargeOutputs
 from flows.prefect_runner import PrefectRunner
 from flows.records import RunRecord
+from flows.releases import DelayRelease
 from flows.run_context import CancelSignals, RunContext, RunStore
 from flows.subworkflows import ChildFlow, PrefectSubworkflows
 
@@ -246,7 +248,8 @@ async def _run(context: RunContext, canvas: dict[str, Any], inputs: dict[str, An
                           max_task_runs=settings.max_task_runs,
                           large_outputs=_large_outputs(run_id, settings.event_output_max_bytes,
                                                        context.store if journal.store is not None else None),
-                          template_limits=settings.template_limits, max_node_output_bytes=settings.max_node_output_bytes)
+                          template_limits=settings.template_limits, max_node_output_bytes=settings.max_node_output_bytes,
+                          release=_delay_release(run_id, settings.delay_release_s) if releasable else None)
     approvals.busy = execution.leaf_running
     try:
         record = await _run_watching_cancellation(execution, run_id, settings.cancel_poll_s, context.cancellations)
@@ -260,6 +263,13 @@ async def _run(context: RunContext, canvas: dict[str, Any], inputs: dict[str, An
     if record.status == "cancelled":
         return Cancelled(message=message, data=result), record
     return Failed(message=message, data=result), record
+
+
+def _delay_release(run_id: str, after_s: float | None) -> DelayRelease | None:
+    """How a long delay lets go of the run (``flows.releases``); None: delays hold it."""
+    if after_s is None:
+        return None
+    return DelayRelease(uuid.UUID(run_id), after_s=max(after_s, prefect_compat.worker_prefetch_s()))
 
 
 def _large_outputs(run_id: str, limit: int, store: RunStore | None) -> LargeOutputs:
