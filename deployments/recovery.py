@@ -177,6 +177,8 @@ class HeartbeatEmitter:
         self.stalled = False
         """Whether the beats stopped because the event loop did not turn for ``stall_limit_s``."""
         self._held: set[str] = set()
+        self._let_go: set[str] = set()
+        """Runs released (suspended): no beat for them, as held runs or as children, until held again."""
         self._lock = threading.Lock()  # the worker's loop changes _held while the thread reads it
         self._loop_turned = time.monotonic()
         self._stop = threading.Event()
@@ -187,11 +189,16 @@ class HeartbeatEmitter:
         next beat) and until ``release``."""
         with self._lock:
             self._held.add(run_id)
+            self._let_go.discard(run_id)
         self.beat_for([run_id])
 
     def release(self, run_id: str) -> None:
+        """No more beats for the run: once this returns, the thread sends none (beats are
+        emitted under the same lock). A run that lets go of its worker (suspended) is released
+        before its suspension: a beat after it would have the run marked crashed."""
         with self._lock:
             self._held.discard(run_id)
+            self._let_go.add(run_id)
 
     def held(self) -> list[str]:
         with self._lock:
@@ -215,13 +222,15 @@ class HeartbeatEmitter:
         self.stalled = stalled
         if stalled:
             return
-        runs = set(self.held())
         try:
             children = set(self.children())
         except RuntimeError:  # changed by the loop while read: the next beat reads it again
             children = set()
-        self.beat_for(runs)
-        self.beat_for(children - runs, child=True)
+        with self._lock:
+            runs = set(self._held)
+            self._let_go &= children | runs  # the others are gone for good: nothing to keep out
+            self.beat_for(runs)
+            self.beat_for(children - runs - self._let_go, child=True)
 
     def _beat(self) -> None:
         while not self._stop.wait(self.interval_s):

@@ -297,6 +297,7 @@ async def run_worker(flow: Flow[..., Any], *, pool: str = DEFAULT_POOL, limit: i
                 beats.children = signals.watched
                 signals.on_watch = lambda run_id: None if run_id in worker.running else beats.beat_for(
                     [run_id], child=True)
+                signals.on_holding = lambda run_id, held: beats.hold(run_id) if held else beats.release(run_id)
         beating = asyncio.create_task(heartbeats.run()) if heartbeats is not None else None
         sweeping = None
         if sweeper is not None:

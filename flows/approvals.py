@@ -96,15 +96,18 @@ class PrefectApprovals:
     """The approval gate of one flow run."""
 
     def __init__(self, run_id: str, *, signer: DecisionSigner, allow_unverified: bool = True,
-                 hold_s: float | None = None, busy: Callable[[], bool] = lambda: False):
+                 hold_s: float | None = None, busy: Callable[[], bool] = lambda: False,
+                 holding: Callable[[bool], None] = lambda held: None):
         """``signer``: checks the decisions FlowMaestro signed, signs the outcomes recorded.
         ``allow_unverified``: whether answers through Prefect (unsigned) are taken.
         ``hold_s``: how long the run stays paused in this process before it is released
         (Prefect suspend: the process lets go of it; resuming schedules it again and a
         worker continues it from its journal); None holds it until it is answered. Only
         runs of deployments can be released. ``busy``: whether other nodes of the run are
-        running (then it is not released: they would be cut short)."""
+        running (then it is not released: they would be cut short). ``holding``: tells the
+        worker the run lets go of it (``prefect_compat.release_flow_run``)."""
         self.run_id = uuid.UUID(run_id)
+        self.holding = holding
         self.signer = signer
         self.allow_unverified = allow_unverified
         self.hold_s = hold_s
@@ -264,7 +267,8 @@ class PrefectApprovals:
         key = await prefect_compat.fresh_pause_key(client, self.run_id, slug)
         log.info("run %s: releasing it while approval %s waits (suspended on key %s)", self.run_id, slug, key)
         try:
-            await prefect_compat.release_flow_run(client, self.run_id, key, wait_for_input=model)
+            await prefect_compat.release_flow_run(client, self.run_id, key, wait_for_input=model,
+                                                  holding=self.holding)
         except Pause as signal:
             for waiting in self.waiting.values():
                 if not waiting.future.done():

@@ -19,7 +19,7 @@ import functools
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from typing import Any, NoReturn
@@ -359,7 +359,8 @@ async def fresh_pause_key(client: Any, flow_run_id: uuid.UUID, base: str) -> str
 
 
 async def release_flow_run(client: Any, flow_run_id: uuid.UUID, key: str, *, wait_for_input: Any = None,
-                           until: datetime | None = None) -> NoReturn:
+                           until: datetime | None = None,
+                           holding: Callable[[bool], None] = lambda held: None) -> NoReturn:
     """Let go of the flow run this process executes: Prefect's suspend ends it ``Suspended``
     (pause key ``key``, fresh: ``fresh_pause_key``; ``wait_for_input``: the form the Prefect
     UI's Resume shows) and raises ``Pause``, which the flow lets out: Prefect's engine then
@@ -370,16 +371,25 @@ async def release_flow_run(client: Any, flow_run_id: uuid.UUID, key: str, *, wai
     straight from Running: the lost-worker automation counts ``Suspended`` as an end (its
     heartbeats stop now) but not ``Scheduled``, and would mark the run Crashed. The
     suspension's ``pause_timeout`` is ``until``, so a run left Suspended (its worker died in
-    between) is found by the sweep (``deployments.recovery.due_delay_releases``)."""
+    between) is found by the sweep (``CrashSweeper``).
+
+    ``holding(False)`` is called just before the suspension (the worker stops the run's
+    heartbeats: one sent after it would start the automation's watch again, and the run
+    would be marked Crashed), ``holding(True)`` if the run was not suspended after all."""
     timeout = None
     if until is not None:
         timeout = max(1, int((until - datetime.now(timezone.utc)).total_seconds() + 0.999))
+    holding(False)
     try:
         await asuspend_flow_run(wait_for_input=wait_for_input, key=key, timeout=timeout)
     except Pause:
         if until is not None:
             await schedule_delayed(client, flow_run_id, until)
         raise
+    except BaseException:
+        holding(True)
+        raise
+    holding(True)
     raise RuntimeError("the run was not suspended")  # Prefect answers Pause or refuses
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from prefect.client.orchestration import get_client
@@ -36,6 +37,8 @@ class DelayRelease:
     run_id: uuid.UUID
     after_s: float
     """Only waits longer than this are let go of."""
+    holding: Callable[[bool], None] = field(default=lambda held: None)
+    """Tells the worker the run lets go of it (``prefect_compat.release_flow_run``)."""
 
     async def __call__(self, node_id: str, path: tuple[int, ...], until: datetime) -> None:
         left = (until - datetime.now(timezone.utc)).total_seconds()
@@ -45,4 +48,4 @@ class DelayRelease:
             key = await prefect_compat.fresh_pause_key(client, self.run_id, delay_pause_key(node_id, path))
             log.info("run %s: releasing it while delay %s waits %.0f s (until %s)", self.run_id, node_id, left,
                      until.isoformat())
-            await prefect_compat.release_flow_run(client, self.run_id, key, until=until)
+            await prefect_compat.release_flow_run(client, self.run_id, key, until=until, holding=self.holding)
