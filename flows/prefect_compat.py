@@ -401,12 +401,20 @@ async def schedule_delayed(client: Any, flow_run_id: uuid.UUID | str, until: dat
         message=f"released while a delay waits: continues at {until.isoformat()}"), force=True)
 
 
-async def read_due_delay_releases(client: Any, pool: str, now: datetime, limit: int = 200) -> list[FlowRun]:
+async def read_due_delay_releases(client: Any, pool: str, now: datetime, page: int = 200) -> list[FlowRun]:
     """Runs of work pool ``pool`` still ``Suspended`` on a delay (``release_flow_run``)
-    whose time has come: their worker died before it scheduled them again."""
-    found = await client.read_flow_runs(
-        flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))),
-        work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool])), limit=limit)
+    whose time has come: their worker died before it scheduled them again. Every paused run
+    of the pool is read (approvals too: Prefect cannot filter on the pause key), a page at
+    a time."""
+    found: list[FlowRun] = []
+    while True:
+        batch = await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
+                any_=[StateType.PAUSED]))),
+            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool])), limit=page, offset=len(found))
+        found += batch
+        if len(batch) < page:
+            break
     return [run for run in found
             if run.state is not None and run.state.state_details.pause_reschedule
             and (run.state.state_details.pause_key or "").startswith(DELAY_RELEASE)
