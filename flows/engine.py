@@ -156,9 +156,10 @@ class Execution:
         self.bus.publish(event, status=status, error=error, output=output)
 
     def others_running(self, run: NodeRun) -> bool:
-        """Whether a node other than ``run`` and the containers around it is executing or
-        waiting (an approval) now: then the run is not let go of, they would be cut short."""
-        return any(other is not run and other.status in ("running", "paused")
+        """Whether a node other than ``run`` and the containers around it is executing,
+        waiting (an approval) or launched and about to start (a parallel branch) now: then
+        the run is not let go of, they would be cut short."""
+        return any(other is not run and other.status in ("pending", "running", "paused")
                    and not self.plan.nodes[other.node_id].container for other in self.record.trace)
 
     def leaf_running(self) -> bool:

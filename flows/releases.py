@@ -19,14 +19,14 @@ from datetime import datetime, timezone
 from prefect.client.orchestration import get_client
 
 from flows import prefect_compat
+from flows.approvals import approval_slug
 
 log = logging.getLogger("flowmaestro.releases")
 
 
 def delay_pause_key(node_id: str, path: tuple[int, ...]) -> str:
-    """The pause key a delay's release starts from (``prefect_compat.DELAY_RELEASE``...)."""
-    from flows.approvals import approval_slug  # the same key scheme: letters, digits, dashes
-
+    """The pause key a delay's release starts from: an approval's key scheme behind
+    ``prefect_compat.DELAY_RELEASE``."""
     return prefect_compat.DELAY_RELEASE + approval_slug(node_id, path)
 
 

@@ -55,6 +55,46 @@ async def test_a_run_letting_go_of_its_worker_gets_no_heartbeat_after_it_said_so
             ] and all(event == recovery.HEARTBEAT for _, event, _ in sent)
 
 
+class Released(BaseException):
+    """Stands for Prefect's Pause in the engine tests below."""
+
+
+async def run_with_release(raw: dict) -> list:
+    from flows.engine import Execution
+    from tests.support import compiled, make_registry
+
+    calls = []
+
+    async def release(node_id, path, until):
+        calls.append((node_id, path, until))
+        raise Released()
+
+    registry = make_registry()
+    execution = Execution(compiled(raw, registry), registry, run_id="run-1", inputs={}, release=release)
+    try:
+        await execution.run()
+    except Released:
+        pass
+    return calls
+
+
+async def test_a_delay_asks_to_release_the_run_until_its_end_only_when_nothing_else_runs():
+    from tests.support import canvas, node
+
+    before = datetime.now(timezone.utc)
+    alone = await run_with_release(sleeper("alone", 3600))
+    assert [(node_id, path) for node_id, path, _ in alone] == [("wait", ())]
+    assert before + timedelta(seconds=3599) <= alone[0][2] <= datetime.now(timezone.utc) + timedelta(seconds=3600)
+    # Two delays in parallel branches: releasing the run would cut the other short.
+    side_by_side = canvas([node("start", "start"), node("a", "delay", data={"seconds": 0.3}),
+                           node("b", "delay", data={"seconds": 0.3}), node("end", "end", data={"output": 1})],
+                          [("start", "a"), ("start", "b"), ("a", "end"), ("b", "end")], name="side-by-side")
+    assert await run_with_release(side_by_side) == []
+    # A delay that runs as a task run of its own (timeout_s) is held: its task would take the
+    # release signal for its own failure.
+    assert await run_with_release(sleeper("held", 0.3, held=True)) == []
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, pg_prefect):
     from tests.processes import postgres_database, stack_env, start_serve
