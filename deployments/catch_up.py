@@ -45,6 +45,8 @@ def missed_to_skip(flow_runs: Sequence[Any], now: datetime, policy: str, late_af
         return []
     missed: dict[str, list[Any]] = {}
     for flow_run in flow_runs:
+        if getattr(flow_run, "run_count", 0):  # it started already (a delay let go of it): no missed start
+            continue
         schedule, when = schedule_of(flow_run), scheduled_time(flow_run)
         if schedule is not None and when is not None and now - when > late_after:
             missed.setdefault(schedule, []).append(flow_run)

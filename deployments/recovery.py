@@ -19,7 +19,9 @@ Prefect leaves a flow run ``Running`` forever when the process running it dies. 
    "database is locked", and Prefect does not retry an action) is scheduled again the same
    way; and a worker that finds a run it still executes marked ``Crashed`` or scheduled
    again (a false alarm) sets it back to what it was (``state_to_restore``), instead of
-   leaving it ``pending`` until its execution ends.
+   leaving it ``pending`` until its execution ends. The sweep also schedules again a run
+   released while a delay waits (``flows.releases``) whose worker died between suspending
+   it and scheduling it for the delay's end, once that end has come.
 
 The automations are Prefect's (visible, editable in its UI) and created idempotently when
 a worker starts; the detection window of child runs is one per Prefect server (the last
@@ -54,7 +56,7 @@ HEARTBEAT = "flowmaestro.flow-run.heartbeat"
 CHILD_HEARTBEAT = "flowmaestro.child-run.heartbeat"
 """For the child run of a sub-workflow node (a subflow run: no pool)."""
 ENDED = ("Completed", "Failed", "Cancelled", "Crashed", "Suspended")
-"""States after which a run needs no heartbeat (``Suspended``: an approval released by its
+"""States after which a run needs no heartbeat (``Suspended``: a run released by its
 worker; ``Paused`` runs are held by a worker, which keeps beating for them)."""
 LOST_MESSAGE = "no heartbeat from its worker"
 """How the message of the Crashed state the lost-worker automations write starts."""
@@ -175,6 +177,8 @@ class HeartbeatEmitter:
         self.stalled = False
         """Whether the beats stopped because the event loop did not turn for ``stall_limit_s``."""
         self._held: set[str] = set()
+        self._let_go: set[str] = set()
+        """Runs released (suspended): no beat for them, as held runs or as children, until held again."""
         self._lock = threading.Lock()  # the worker's loop changes _held while the thread reads it
         self._loop_turned = time.monotonic()
         self._stop = threading.Event()
@@ -185,11 +189,16 @@ class HeartbeatEmitter:
         next beat) and until ``release``."""
         with self._lock:
             self._held.add(run_id)
+            self._let_go.discard(run_id)
         self.beat_for([run_id])
 
     def release(self, run_id: str) -> None:
+        """No more beats for the run: once this returns, the thread sends none (beats are
+        emitted under the same lock). A run that lets go of its worker (suspended) is released
+        before its suspension: a beat after it would have the run marked crashed."""
         with self._lock:
             self._held.discard(run_id)
+            self._let_go.add(run_id)
 
     def held(self) -> list[str]:
         with self._lock:
@@ -213,13 +222,15 @@ class HeartbeatEmitter:
         self.stalled = stalled
         if stalled:
             return
-        runs = set(self.held())
         try:
             children = set(self.children())
         except RuntimeError:  # changed by the loop while read: the next beat reads it again
             children = set()
-        self.beat_for(runs)
-        self.beat_for(children - runs, child=True)
+        with self._lock:
+            runs = set(self._held)
+            self._let_go &= children | runs  # the others are gone for good: nothing to keep out
+            self.beat_for(runs)
+            self.beat_for(children - runs - self._let_go, child=True)
 
     def _beat(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -320,6 +331,12 @@ class CrashSweeper:
                 log.warning("flow run %s was still Crashed %.0f s after it crashed (the automation did not continue "
                             "it): scheduled again", run.run_id, self.grace_s)
                 continued.append(run.run_id)
+        for flow_run in await prefect_compat.read_due_delay_releases(client, self.pool, datetime.now(timezone.utc)):
+            # Released while a delay waits, and its worker died before it scheduled the run
+            # again: nobody else would (Suspended waits for a Resume).
+            if await prefect_compat.continue_delay_release(client, flow_run):
+                log.warning("flow run %s was left Suspended on a delay that has ended: scheduled again", flow_run.id)
+                continued.append(str(flow_run.id))
         self.continued += len(continued)
         return continued
 

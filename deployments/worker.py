@@ -142,7 +142,7 @@ class FlowMaestroWorker(BaseWorker[FlowMaestroJobConfiguration, FlowMaestroVaria
         while a run of its deployment already waits for the slot (AwaitingConcurrencySlot)
         does not start; of several due at once with none waiting, only the first goes on.
         The deployment's collision strategy is Prefect's, read here: no policy copy."""
-        candidates = sorted((r for r in due if schedule_of(r) and r.deployment_id
+        candidates = sorted((r for r in due if schedule_of(r) and r.deployment_id and not r.run_count
                              and not (r.state and r.state.name == AWAITING_SLOT)),
                             key=lambda r: scheduled_time(r) or datetime.min.replace(tzinfo=timezone.utc))
         drop: list[FlowRun] = []
@@ -180,7 +180,7 @@ class FlowMaestroWorker(BaseWorker[FlowMaestroJobConfiguration, FlowMaestroVaria
                 # Cancelled while the worker was starting it: the engine saw Cancelling and
                 # gave up before the flow ran; nothing else would ever end it.
                 await mark_cancelled(self.client, flow_run.id, "cancelled before it started")
-        except Pause:  # released while it waits for an approval (suspended): resumed elsewhere
+        except Pause:  # released while an approval or a delay waits (suspended): continued later
             status_code = 0
         except asyncio.CancelledError:
             status_code = 0 if task.cancelled() else 1
@@ -297,6 +297,7 @@ async def run_worker(flow: Flow[..., Any], *, pool: str = DEFAULT_POOL, limit: i
                 beats.children = signals.watched
                 signals.on_watch = lambda run_id: None if run_id in worker.running else beats.beat_for(
                     [run_id], child=True)
+                signals.on_holding = lambda run_id, held: beats.hold(run_id) if held else beats.release(run_id)
         beating = asyncio.create_task(heartbeats.run()) if heartbeats is not None else None
         sweeping = None
         if sweeper is not None:

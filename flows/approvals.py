@@ -42,7 +42,7 @@ import httpx
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
 from prefect.exceptions import Pause
-from prefect.flow_runs import asuspend_flow_run, pause_flow_run
+from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from prefect.states import Scheduled
 from pydantic import ValidationError
@@ -96,15 +96,18 @@ class PrefectApprovals:
     """The approval gate of one flow run."""
 
     def __init__(self, run_id: str, *, signer: DecisionSigner, allow_unverified: bool = True,
-                 hold_s: float | None = None, busy: Callable[[], bool] = lambda: False):
+                 hold_s: float | None = None, busy: Callable[[], bool] = lambda: False,
+                 holding: Callable[[bool], None] = lambda held: None):
         """``signer``: checks the decisions FlowMaestro signed, signs the outcomes recorded.
         ``allow_unverified``: whether answers through Prefect (unsigned) are taken.
         ``hold_s``: how long the run stays paused in this process before it is released
         (Prefect suspend: the process lets go of it; resuming schedules it again and a
         worker continues it from its journal); None holds it until it is answered. Only
         runs of deployments can be released. ``busy``: whether other nodes of the run are
-        running (then it is not released: they would be cut short)."""
+        running (then it is not released: they would be cut short). ``holding``: tells the
+        worker the run lets go of it (``prefect_compat.release_flow_run``)."""
         self.run_id = uuid.UUID(run_id)
+        self.holding = holding
         self.signer = signer
         self.allow_unverified = allow_unverified
         self.hold_s = hold_s
@@ -261,16 +264,15 @@ class PrefectApprovals:
         assert slug is not None
         model = form_model(self.waiting[slug].config.form, self.waiting[slug].config.message, base=RunInput)
         await self._stop_pause(client)
-        key = await self._fresh_pause_key(client, slug)
+        key = await prefect_compat.fresh_pause_key(client, self.run_id, slug)
         log.info("run %s: releasing it while approval %s waits (suspended on key %s)", self.run_id, slug, key)
         try:
-            await asuspend_flow_run(wait_for_input=model, key=key)
+            await prefect_compat.release_flow_run(client, self.run_id, key, wait_for_input=model,
+                                                  holding=self.holding)
         except Pause as signal:
             for waiting in self.waiting.values():
                 if not waiting.future.done():
                     waiting.future.set_exception(signal)
-            return
-        raise RuntimeError("the run was not suspended")  # Prefect answers Pause or refuses
 
     async def _step(self, client: Any) -> None:
         # Decisions sent through resume_approval first: a person's answer through the API
@@ -311,23 +313,13 @@ class PrefectApprovals:
         if self.current is None and self.waiting:
             slug = next(iter(self.waiting))
             self.current = slug
-            self.current_key = await self._fresh_pause_key(client, slug)
+            self.current_key = await prefect_compat.fresh_pause_key(client, self.run_id, slug)
             waiting = self.waiting[slug]
             model = form_model(waiting.config.form, waiting.config.message, base=RunInput)
             self.pause_task = asyncio.create_task(pause_flow_run(
                 wait_for_input=model, timeout=PREFECT_PAUSE_LIMIT_S, poll_interval=PAUSE_POLL_S,
                 key=self.current_key))
             self.paused_since = time.monotonic()
-
-    async def _fresh_pause_key(self, client: Any, slug: str) -> str:
-        """Prefect pauses a run at most once per key: an approval paused on by an earlier
-        execution of the run (that died unanswered) pauses again on a new key."""
-        used = set((await client.read_flow_run(self.run_id)).empirical_policy.pause_keys or ())
-        key, n = slug, 1
-        while key in used:
-            n += 1
-            key = f"{slug}-{n}"
-        return key
 
     def _resolve(self, slug: str, decision: dict[str, Any]) -> None:
         waiting = self.waiting.get(slug)

@@ -17,7 +17,8 @@ import functools
 import hashlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
 from typing import Any, Protocol
 
 from pydantic import ValidationError
@@ -42,6 +43,11 @@ log = logging.getLogger("flowmaestro.engine")
 
 class ApprovalGate(Protocol):
     async def wait(self, execution: Execution, node: PlanNode, frame: Frame, config: Any) -> Completed: ...
+
+
+RunRelease = Callable[[str, tuple[int, ...], datetime], Awaitable[None]]
+"""Lets go of the run until a time (node id, path, time): raises the runner's release signal
+(Prefect's ``Pause``), or returns when the run is not let go of (``flows.releases``)."""
 
 
 class NoApprovals:
@@ -69,13 +75,16 @@ class Execution:
                  approvals: ApprovalGate | None = None, subworkflows: Any = None,
                  journal: RunJournal | None = None, max_task_runs: int = 10_000,
                  large_outputs: LargeOutputs | None = None, template_limits: TemplateLimits = TemplateLimits(),
-                 max_node_output_bytes: int | None = None):
+                 max_node_output_bytes: int | None = None, release: RunRelease | None = None):
         """``max_task_runs``: how many task runs the run shows one by one (``RunRecording``).
         ``large_outputs``: how outputs over a size are shown in events and the run result
         (a reference to the store, ``flows.large_outputs``), so that a long run of large
         outputs floods neither the event log nor the records; none by default.
         ``template_limits``: the CPU and size budget of a node's templates.
-        ``max_node_output_bytes``: a larger output (as JSON) fails its node before it is kept."""
+        ``max_node_output_bytes``: a larger output (as JSON) fails its node before it is kept.
+        ``release``: lets go of the run while a node waits long (``NodeContext.release_until``);
+        without it, nodes wait in the process."""
+        self.release = release
         self.template_limits = template_limits
         self.max_node_output_bytes = max_node_output_bytes
         self.plan = plan
@@ -145,6 +154,13 @@ class Execution:
         event = {"completed": "execution:completed", "failed": "execution:failed",
                  "cancelled": "execution:cancelled"}[status]
         self.bus.publish(event, status=status, error=error, output=output)
+
+    def others_running(self, run: NodeRun) -> bool:
+        """Whether a node other than ``run`` and the containers around it is executing,
+        waiting (an approval) or launched and about to start (a parallel branch) now: then
+        the run is not let go of, they would be cut short."""
+        return any(other is not run and other.status in ("pending", "running", "paused")
+                   and not self.plan.nodes[other.node_id].container for other in self.record.trace)
 
     def leaf_running(self) -> bool:
         """Whether a node other than a container or an approval is executing now."""
@@ -336,7 +352,7 @@ class Execution:
                 run.attempts = 1
             return self._completed(node, completed)
         first_started = await self.journal.started(node.id, frame.path, key) if handler.resumes_waiting else None
-        call = self._call(node, frame, handler, config, upstream, run, first_started)
+        call = self._call(node, frame, handler, config, upstream, run, first_started, releasable=inline)
         if inline:
             if handler.resumes_waiting:  # it waits: show it running meanwhile
                 self.recording.started(node, frame, run, upstream)
@@ -395,13 +411,21 @@ class Execution:
                 and not node.cache.enabled and node.timeout_s is None)
 
     def _call(self, node: PlanNode, frame: Frame, handler: NodeHandler, config: Any,
-              upstream: Mapping[str, Any], run: NodeRun, first_started: Any = None) -> NodeCall:
+              upstream: Mapping[str, Any], run: NodeRun, first_started: Any = None,
+              releasable: bool = False) -> NodeCall:
+        """``releasable``: the node runs in the flow itself (inline), so it may let go of the
+        run (a task run would take the release signal for its own failure)."""
         path = frame.path
+        release = self.release if releasable else None
+
+        async def release_until(until: datetime) -> None:
+            if release is not None and not self.others_running(run):
+                await release(node.id, path, until)
 
         def make_context(attempt: int) -> NodeContext:
             return NodeContext(node_id=node.id, path=path, run_id=self.record.id, workflow=self.plan.name,
                                attempt=attempt, upstream=upstream, inputs=self.inputs, first_started=first_started,
-                               owner=self.owner,
+                               owner=self.owner, release_until=release_until,
                                idempotency_key=f"{self.journal.journal_id}:{node.id}:{'.'.join(map(str, path))}",
                                emit=lambda event_type, data: self.bus.publish(event_type, node_id=node.id,
                                                                               path=path, **data))

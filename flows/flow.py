@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import functools
 import os
+import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -43,6 +44,7 @@ from flows.journal import RunJournal
 from flows.large_outputs import LargeOutputs
 from flows.prefect_runner import PrefectRunner
 from flows.records import RunRecord
+from flows.releases import DelayRelease
 from flows.run_context import CancelSignals, RunContext, RunStore
 from flows.subworkflows import ChildFlow, PrefectSubworkflows
 
@@ -229,12 +231,15 @@ async def _run(context: RunContext, canvas: dict[str, Any], inputs: dict[str, An
         return _refused(bus, name, "invalid inputs", [issue.to_dict() for issue in exc.issues]), None
 
     settings = context.settings
-    # A worker lets go of a run of a deployment that waits long for a person (the run
-    # replays from its journal when answered); other runs have nobody to replay them.
+    # A worker lets go of a run of a deployment that waits long for a person or on a delay
+    # (the run replays from its journal when answered or due); other runs have nobody to
+    # replay them.
     flow_context = FlowRunContext.get()
     releasable = journal.store is not None and flow_context is not None \
         and flow_context.flow_run.deployment_id is not None
-    approvals = PrefectApprovals(run_id, hold_s=settings.approval_hold_s if releasable else None,
+    signals = context.cancellations
+    holding = functools.partial(signals.holding, run_id) if signals is not None else (lambda held: None)
+    approvals = PrefectApprovals(run_id, hold_s=settings.approval_hold_s if releasable else None, holding=holding,
                                  signer=DecisionSigner.from_settings(settings.decision_key, settings.secret_key,
                                                                      settings.home),
                                  allow_unverified=settings.approval_prefect_ui)
@@ -246,7 +251,8 @@ async def _run(context: RunContext, canvas: dict[str, Any], inputs: dict[str, An
                           max_task_runs=settings.max_task_runs,
                           large_outputs=_large_outputs(run_id, settings.event_output_max_bytes,
                                                        context.store if journal.store is not None else None),
-                          template_limits=settings.template_limits, max_node_output_bytes=settings.max_node_output_bytes)
+                          template_limits=settings.template_limits, max_node_output_bytes=settings.max_node_output_bytes,
+                          release=_delay_release(run_id, settings.delay_release_s, holding) if releasable else None)
     approvals.busy = execution.leaf_running
     try:
         record = await _run_watching_cancellation(execution, run_id, settings.cancel_poll_s, context.cancellations)
@@ -260,6 +266,13 @@ async def _run(context: RunContext, canvas: dict[str, Any], inputs: dict[str, An
     if record.status == "cancelled":
         return Cancelled(message=message, data=result), record
     return Failed(message=message, data=result), record
+
+
+def _delay_release(run_id: str, after_s: float | None, holding: Callable[[bool], None]) -> DelayRelease | None:
+    """How a long delay lets go of the run (``flows.releases``); None: delays hold it."""
+    if after_s is None:
+        return None
+    return DelayRelease(uuid.UUID(run_id), after_s=max(after_s, prefect_compat.worker_prefetch_s()), holding=holding)
 
 
 def _large_outputs(run_id: str, limit: int, store: RunStore | None) -> LargeOutputs:

@@ -19,10 +19,10 @@ import functools
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NoReturn
 
 import prefect
 from packaging.specifiers import SpecifierSet
@@ -37,7 +37,9 @@ from prefect.client.schemas.sorting import FlowRunSort
 from prefect.client.schemas.responses import SetStateStatus
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.events.related import related_resources_from_run_context
+from prefect.exceptions import Pause
 from prefect.flow_engine import run_flow_async
+from prefect.flow_runs import asuspend_flow_run
 from prefect.results import ResultRecord, ResultRecordMetadata, aget_default_result_storage
 from prefect.serializers import Serializer
 from prefect.states import Cancelled, Cancelling, Running, Scheduled, State, to_state_create
@@ -328,6 +330,107 @@ async def end_pause(client: Any, flow_run_id: uuid.UUID, pause_key: str) -> bool
     if state is None or state.type != StateType.PAUSED or state.state_details.pause_key != pause_key:
         return False
     await client.set_flow_run_state(flow_run_id, Running(), force=True)
+    return True
+
+
+DELAY_RELEASE = "fm-delay:"
+"""How the pause key of a run released while a delay waits starts (``release_flow_run``); the
+colon keeps it apart from approval pause keys (letters, digits and dashes)."""
+DELAY_RELEASE_STATE = "Delayed"
+"""The name of the Scheduled state such a run comes back in."""
+
+
+def worker_prefetch_s() -> float:
+    """How early Prefect's workers take a scheduled run (``PREFECT_WORKER_PREFETCH_SECONDS``,
+    10 s by default): a delay released for less than this would be taken back at once."""
+    from prefect.settings import PREFECT_WORKER_PREFETCH_SECONDS
+
+    return float(PREFECT_WORKER_PREFETCH_SECONDS.value())
+
+
+async def fresh_pause_key(client: Any, flow_run_id: uuid.UUID, base: str) -> str:
+    """``base``, or ``base-2``, ``base-3``...: Prefect pauses (and suspends) a run at most
+    once per key, and a run executed again may pause again where an earlier execution did."""
+    used = set((await client.read_flow_run(flow_run_id)).empirical_policy.pause_keys or ())
+    key, n = base, 1
+    while key in used:
+        n += 1
+        key = f"{base}-{n}"
+    return key
+
+
+async def release_flow_run(client: Any, flow_run_id: uuid.UUID, key: str, *, wait_for_input: Any = None,
+                           until: datetime | None = None,
+                           holding: Callable[[bool], None] = lambda held: None) -> NoReturn:
+    """Let go of the flow run this process executes: Prefect's suspend ends it ``Suspended``
+    (pause key ``key``, fresh: ``fresh_pause_key``; ``wait_for_input``: the form the Prefect
+    UI's Resume shows) and raises ``Pause``, which the flow lets out: Prefect's engine then
+    changes no state, and the worker counts the run as released.
+
+    With ``until``, the run is then forced ``Scheduled`` for that time (named
+    ``DELAY_RELEASE_STATE``): any worker takes it then. Suspended first, not Scheduled
+    straight from Running: the lost-worker automation counts ``Suspended`` as an end (its
+    heartbeats stop now) but not ``Scheduled``, and would mark the run Crashed. The
+    suspension's ``pause_timeout`` is ``until``, so a run left Suspended (its worker died in
+    between) is found by the sweep (``CrashSweeper``).
+
+    ``holding(False)`` is called just before the suspension (the worker stops the run's
+    heartbeats: one sent after it would start the automation's watch again, and the run
+    would be marked Crashed), ``holding(True)`` if the run was not suspended after all."""
+    timeout = None
+    if until is not None:
+        timeout = max(1, int((until - datetime.now(timezone.utc)).total_seconds() + 0.999))
+    holding(False)
+    try:
+        await asuspend_flow_run(wait_for_input=wait_for_input, key=key, timeout=timeout)
+    except Pause:
+        if until is not None:
+            await schedule_delayed(client, flow_run_id, until)
+        raise
+    except BaseException:
+        holding(True)
+        raise
+    holding(True)
+    raise RuntimeError("the run was not suspended")  # Prefect answers Pause or refuses
+
+
+async def schedule_delayed(client: Any, flow_run_id: uuid.UUID | str, until: datetime) -> None:
+    """Put a run released while a delay waits back in its pool's queue for ``until``.
+    Forced: Prefect's orchestration keeps a Suspended run for its Resume otherwise."""
+    await client.set_flow_run_state(flow_run_id, Scheduled(
+        scheduled_time=until, name=DELAY_RELEASE_STATE,
+        message=f"released while a delay waits: continues at {until.isoformat()}"), force=True)
+
+
+async def read_due_delay_releases(client: Any, pool: str, now: datetime, page: int = 200) -> list[FlowRun]:
+    """Runs of work pool ``pool`` still ``Suspended`` on a delay (``release_flow_run``)
+    whose time has come: their worker died before it scheduled them again. Every paused run
+    of the pool is read (approvals too: Prefect cannot filter on the pause key), a page at
+    a time."""
+    found: list[FlowRun] = []
+    while True:
+        batch = await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
+                any_=[StateType.PAUSED]))),
+            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool])), limit=page, offset=len(found))
+        found += batch
+        if len(batch) < page:
+            break
+    return [run for run in found
+            if run.state is not None and run.state.state_details.pause_reschedule
+            and (run.state.state_details.pause_key or "").startswith(DELAY_RELEASE)
+            and run.state.state_details.pause_timeout is not None and run.state.state_details.pause_timeout <= now]
+
+
+async def continue_delay_release(client: Any, flow_run: FlowRun) -> bool:
+    """Schedule again a run ``read_due_delay_releases`` found, while it is still in that very
+    Suspended state (read again just before); False when it moved meanwhile."""
+    state = flow_run.state
+    assert state is not None and state.state_details.pause_timeout is not None
+    now = (await client.read_flow_run(flow_run.id)).state
+    if now is None or str(now.id) != str(state.id):
+        return False
+    await schedule_delayed(client, flow_run.id, state.state_details.pause_timeout)
     return True
 
 

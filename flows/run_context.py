@@ -67,6 +67,13 @@ class CancelSignals:
         heartbeat for it)."""
         self._events: dict[str, asyncio.Event] = {}
         self.on_watch = on_watch
+        self.on_holding: Callable[[str, bool], None] | None = None
+        """Told when a run is about to let go of its worker (False: suspended, the worker stops
+        its heartbeats first) or keeps it after all (True)."""
+
+    def holding(self, run_id: str, held: bool) -> None:
+        if self.on_holding is not None:
+            self.on_holding(run_id, held)
 
     def watch(self, run_id: str) -> asyncio.Event:
         if run_id not in self._events and self.on_watch is not None:

@@ -57,6 +57,11 @@ class EngineSettings(StoreSettings, CompileSettings):
                                           "approval (a fast resume) before releasing it (Prefect suspend: waiting "
                                           "costs no process; an answer schedules it again). 'never' (or empty): "
                                           "hold until answered. Approvals with a timeout_s are always held.")
+    delay_release_s: float | None = Field(60.0, ge=0, description="A delay in a run of a saved workflow that "
+                                          "still has longer than this to wait (and longer than the workers' "
+                                          "prefetch, 10 s) lets go of its worker slot: the run is suspended and "
+                                          "scheduled again for the delay's end, when any worker continues it. "
+                                          "'never' (or empty): delays wait in their worker.")
     approval_prefect_ui: bool = Field(True, description="Whether approvals take answers given through Prefect "
                                       "(its UI's Resume form, its API): unverified, they are recorded as via "
                                       "'prefect-ui' without decided_by. false: only decisions FlowMaestro's API "
@@ -77,7 +82,7 @@ class EngineSettings(StoreSettings, CompileSettings):
     def template_limits(self) -> TemplateLimits:
         return TemplateLimits(max_steps=self.template_max_steps, max_chars=self.template_max_chars)
 
-    @field_validator("approval_hold_s", mode="before")
+    @field_validator("approval_hold_s", "delay_release_s", mode="before")
     @classmethod
     def _never(cls, value: object) -> object:
         return None if isinstance(value, str) and value.strip().lower() in ("", "never", "none") else value

@@ -9,7 +9,7 @@ The engine decides what follows.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
@@ -88,6 +88,16 @@ class NodeContext:
     first_started: datetime | None = None
     """For handlers that ``resumes_waiting``: when this node execution first started, in an
     earlier execution of the run if there was one (a delay then waits only what is left)."""
+    release_until: Callable[[datetime], Awaitable[None]] = field(default=lambda until: _stays())
+    """Let go of the run until ``until`` (a long delay): in a run of a deployment, when the wait
+    is long enough and no other node of the run is executing, the worker's slot is freed and
+    the run comes back then (scheduled, on any worker, replayed from its journal). It then
+    raises the runner's release signal, which the handler must let through (it is not an
+    ``Exception``); otherwise it returns and the handler waits itself."""
+
+
+async def _stays() -> None:
+    """The default ``release_until``: the run is never let go of."""
 
 
 class NodeHandler:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from pydantic import Field, model_validator
 
@@ -48,6 +48,8 @@ class DelayHandler(NodeHandler):
         if wait > MAX_DELAY_S:
             raise NodeError(f"a delay of {wait:.0f} s is longer than the 30-day limit")
         started = time.monotonic()
+        if wait > 0:  # a long wait lets go of the run when it may: it comes back for what is left
+            await ctx.release_until(datetime.now(timezone.utc) + timedelta(seconds=wait))
         await asyncio.sleep(wait)
         return Completed(output={"waited_s": round(time.monotonic() - started, 3)})
 

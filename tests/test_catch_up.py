@@ -54,3 +54,11 @@ def test_a_scheduled_run_records_its_schedule_as_its_trigger():
     assert _trigger_of(scheduled) == {"type": "schedule", "schedule_id": "5c1e1d4e-0000-4000-8000-000000000002"}
     assert _trigger_of(run("b", 1, schedule=None)) == {"type": "prefect-ui"}
     assert schedule_of(run("b", 1, schedule=None)) is None
+
+
+def test_a_run_that_already_started_is_never_a_missed_one():
+    # A scheduled run released on a long delay comes back Scheduled for the delay's end; if
+    # no worker was up then, it is late, but it is a run under way, not a missed start.
+    delayed = run("delayed", 30)
+    delayed.run_count = 1
+    assert names(missed_to_skip([delayed, run("a", 20)], NOW, "none", LATE)) == ["a"]

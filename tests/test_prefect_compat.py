@@ -476,3 +476,79 @@ class MarkerOnUnpickle:
     def __reduce__(self):
         return (Path(self.path).touch, ())
 
+
+
+async def deployment_of(client, a_flow) -> uuid.UUID:
+    """A deployment of ``a_flow`` in a work pool of its own (Prefect suspends only runs of
+    deployments)."""
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    pool = f"compat-{uuid.uuid4().hex[:6]}"
+    await client.create_work_pool(WorkPoolCreate(name=pool, type="flowmaestro"))
+    return await client.create_deployment(flow_id=await client.create_flow(a_flow), name=pool, work_pool_name=pool)
+
+
+@pytest.mark.prefect
+@pytest.mark.usefixtures("prefect_server")
+async def test_releasing_a_run_until_a_time_suspends_it_then_schedules_it_for_that_time():
+    """Suspended first (the lost-worker automation counts it as an end), then Scheduled for
+    ``until``; the engine lets ``Pause`` out and changes no state after it; keys are fresh."""
+    until = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(hours=1)
+    keys = {}
+
+    @flow(name="compat-released")
+    async def releasing() -> None:
+        run_id = uuid.UUID(current_flow_run.id)
+        async with get_client() as client:
+            keys["first"] = await prefect_compat.fresh_pause_key(client, run_id, "fm-delay:wait")
+            await prefect_compat.release_flow_run(client, run_id, keys["first"], until=until)
+
+    async with get_client() as client:
+        flow_run = await client.create_flow_run_from_deployment(await deployment_of(client, releasing))
+        running = prefect_compat.start_flow_run_in_process(releasing, flow_run, {})
+        with pytest.raises(prefect.exceptions.Pause):
+            await asyncio.wait_for(running, 60)
+        await asyncio.sleep(1)  # anything the engine would still write after the Pause
+        states = sorted(await client.read_flow_run_states(flow_run.id), key=lambda s: s.timestamp)
+        again = await prefect_compat.fresh_pause_key(client, flow_run.id, "fm-delay:wait")
+    assert keys["first"] == "fm-delay:wait" and again == "fm-delay:wait-2"
+    assert [s.type for s in states[-3:]] == [StateType.RUNNING, StateType.PAUSED, StateType.SCHEDULED], states
+    suspended, scheduled = states[-2:]
+    assert suspended.name == "Suspended" and suspended.state_details.pause_reschedule
+    assert suspended.state_details.pause_key == "fm-delay:wait"
+    assert abs((suspended.state_details.pause_timeout - until).total_seconds()) <= 1
+    assert scheduled.name == prefect_compat.DELAY_RELEASE_STATE
+    assert scheduled.state_details.scheduled_time == until
+
+
+@pytest.mark.prefect
+async def test_runs_left_suspended_on_a_delay_whose_time_came_are_found_and_scheduled_again(prefect_server):
+    """What the sweep does for a run whose worker died between suspending it and scheduling it:
+    only a delay's suspension (not an approval's, not one still to come), once."""
+    from prefect.states import Suspended
+
+    now = datetime.now(timezone.utc)
+
+    @flow(name="compat-delay-sweep")
+    async def nothing() -> None:
+        return None
+
+    async with get_client() as client:
+        deployment_id = await deployment_of(client, nothing)
+        pool = (await client.read_deployment(deployment_id)).work_pool_name
+        runs = {}
+        for name, key, timeout_s in (("due", "fm-delay:wait", -1), ("later", "fm-delay:wait", 3600),
+                                     ("approval", "ask-1", None)):
+            flow_run = await client.create_flow_run_from_deployment(deployment_id)
+            await client.set_flow_run_state(flow_run.id, Suspended(
+                pause_key=key, pause_expiration_time=None if timeout_s is None else now + timedelta(seconds=timeout_s)),
+                force=True)
+            runs[name] = flow_run.id
+        found = await prefect_compat.read_due_delay_releases(client, pool, datetime.now(timezone.utc), page=1)
+        assert [r.id for r in found] == [runs["due"]]  # read a page of one at a time: all three seen
+        assert await prefect_compat.continue_delay_release(client, found[0]) is True
+        assert await prefect_compat.continue_delay_release(client, found[0]) is False  # it moved meanwhile
+        state = (await client.read_flow_run(runs["due"])).state
+        assert state.type == StateType.SCHEDULED and state.name == prefect_compat.DELAY_RELEASE_STATE
+        assert abs((state.state_details.scheduled_time - (now - timedelta(seconds=1))).total_seconds()) < 1
+        assert await prefect_compat.read_due_delay_releases(client, pool, datetime.now(timezone.utc)) == []

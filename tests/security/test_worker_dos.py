@@ -217,10 +217,14 @@ async def save_and_start(http, raw: dict, runs: int = 1, inputs: dict | None = N
     return [s.json()["execution_id"] for s in started]
 
 
-def sleeper(name: str, seconds: float) -> dict:
+def sleeper(name: str, seconds: float, held: bool = False) -> dict:
+    """A run that waits ``seconds`` on a delay; ``held``: one that keeps its worker slot all
+    along (a ``timeout_s`` makes the delay a task run of its own, which is never released:
+    tests/security/test_delay_release.py shows the release)."""
     from tests.support import canvas, node
 
-    return canvas([node("start", "start"), node("wait", "delay", data={"seconds": seconds}),
+    wait = node("wait", "delay", data={"seconds": seconds}, **({"timeout_s": seconds + 600} if held else {}))
+    return canvas([node("start", "start"), wait,
                    node("end", "end", data={"output": "{{ wait.waited_s }}"})],
                   [("start", "wait"), ("wait", "end")], name=name)
 
@@ -245,11 +249,13 @@ async def crashed_states(prefect_url: str, run_id: str) -> int:
 @pytest.mark.workers
 async def test_twenty_runs_of_one_owner_on_a_long_delay_leave_room_for_another_owner(stack):
     """Before: bob's 20 runs took the worker's 20 slots and alice's run stayed pending until
-    he cancelled them. Now bob has at most 10 in flight; the others wait in Prefect."""
+    he cancelled them. Now bob has at most 10 in flight; the others wait in Prefect. (A plain
+    long delay is now released and holds no slot at all: these delays are held, as a run
+    waiting on anything else that takes long would be.)"""
     from tests.support import wait_final
 
     async with owner_client(stack, BOB) as bob, owner_client(stack, ALICE) as alice:
-        bobs = await save_and_start(bob, sleeper("bob-sleeps", 3600), runs=20)
+        bobs = await save_and_start(bob, sleeper("bob-sleeps", 3600, held=True), runs=20)
         deadline = time.monotonic() + 180
         while (await statuses(bob, bobs)).count("running") < 10 and time.monotonic() < deadline:
             await asyncio.sleep(0.5)
