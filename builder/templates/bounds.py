@@ -324,7 +324,7 @@ def charged_input(budget: RenderBudget, name: str, value: Any) -> Any:
         return value
     if isinstance(value, str):
         if name in STRING_SCANNING_FILTERS:
-            budget.scan(value)
+            budget.step(1 + len(value) // CHARS_PER_STEP)
             return value
     elif isinstance(value, Iterator):
         return budget.counted(value)
@@ -399,7 +399,7 @@ def charge_method_call(budget: RenderBudget, owner: Any, name: str, args: tuple[
     """A method of a string, list or tuple reads its owner (``count``, ``find``, ``split``,
     ``index``...) and its arguments; a mapping's methods are lookups or views (charged
     when read)."""
-    size = sum(map(size_hint, args)) + sum(map(size_hint, kwargs.values()))
+    size = sum(map(size_hint, args)) + sum(map(size_hint, kwargs.values())) if args or kwargs else 0
     if isinstance(owner, (str, list, tuple)) and name not in ("startswith", "endswith"):
         size += len(owner)
     elif isinstance(owner, Mapping) and name == "copy":

@@ -4,7 +4,8 @@ Templates run in the worker's event loop, next to every other run of the worker,
 the API while it compiles. A Python thread cannot be interrupted, so a deadline would not
 stop a template that loops for minutes; a counter checked *inside* the render does. Every
 loop iteration, call, filter and intercepted operator is a step; building text costs a
-step per ``CHARS_PER_STEP`` characters. A render that runs out of steps, or builds one
+step per ``CHARS_PER_STEP`` characters, and reading a large value (a filter's input, the
+right side of ``in`` or ``==``, a string a method scans) costs steps by its size. A render that runs out of steps, or builds one
 string or list longer than ``max_chars``, stops with :class:`TemplateBudgetError` naming
 the limit, before it allocates the value.
 
@@ -37,8 +38,9 @@ class TemplateLimits:
     ``FLOWMAESTRO_TEMPLATE_MAX_CHARS``)."""
 
     max_steps: int = 1_000_000
-    """Loop iterations, calls, filters and operators (plus a step per 16 characters built):
-    about 0.2-0.5 s of CPU when spent entirely."""
+    """Loop iterations, calls, filters and operators (plus a step per 16 characters built,
+    and what reading a large value costs, by its size: ``bounds.charged_input``):
+    about 0.2-1 s of CPU when spent entirely."""
     max_chars: int = 1_000_000
     """The longest string or list a template may build, and the longest text it may render."""
 
@@ -104,6 +106,9 @@ class RenderBudget:
     def container(self, value: Any) -> Any:
         """The right side of ``in`` / ``not in``, charged for the scan it will take: a list,
         string or range is scanned, a mapping is a hash lookup, an iterator is read item by item."""
+        if isinstance(value, (str, list, tuple)):
+            self.step(1 + len(value) // CHARS_PER_STEP)
+            return value
         if isinstance(value, Mapping):
             self.step()
             return value
@@ -114,7 +119,10 @@ class RenderBudget:
 
     def compared(self, value: Any) -> Any:
         """An operand of ``==``, ``<``, ...: comparing two lists, strings or mappings reads them."""
-        self.scan(value)
+        if isinstance(value, (int, float)):
+            self.step()
+        else:
+            self.scan(value)
         return value
 
     def sliced(self, value: Any, start: Any, stop: Any, stride: Any) -> Any:
