@@ -164,9 +164,12 @@ async def test_subworkflow_runs_a_child_canvas_as_a_subflow(tmp_path, monkeypatc
     assert result["nodes"]["use"]["output"] == 43
     assert result["nodes"]["broken"]["error"]["type"] == "SubworkflowNotFound"
     assert result["nodes"]["fallback"]["status"] == "completed"
-    async with get_client() as client:
-        children = await client.read_flow_runs(limit=50, sort=FlowRunSort.ID_DESC)
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
     parent_id = result["id"]
+    async with get_client() as client:  # the parent's children, not the session's latest runs
+        children = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[uuid.UUID(parent_id)])))
     assert any(run.parent_task_run_id is not None and run.name == "child" for run in children), parent_id
 
 
