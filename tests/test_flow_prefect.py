@@ -11,7 +11,6 @@ import uuid
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
-from prefect.client.schemas.sorting import FlowRunSort
 
 from flows.flow import run_workflow, workflow_flow
 from flows.prefect_compat import request_cancellation
