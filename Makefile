@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/flowmaestro demo examples/hello.json --input name=Ada
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --durations=25
 
 # Only the tests that need no Prefect server.
 test-fast: $(STAMP)
