@@ -331,11 +331,12 @@ class CrashSweeper:
                 log.warning("flow run %s was still Crashed %.0f s after it crashed (the automation did not continue "
                             "it): scheduled again", run.run_id, self.grace_s)
                 continued.append(run.run_id)
-        for flow_run in await prefect_compat.read_due_delay_releases(client, self.pool, datetime.now(timezone.utc)):
+        suspended_before = datetime.now(timezone.utc) - timedelta(seconds=self.grace_s)
+        for flow_run in await prefect_compat.read_stranded_delay_releases(client, self.pool, suspended_before):
             # Released while a delay waits, and its worker died before it scheduled the run
-            # again: nobody else would (Suspended waits for a Resume).
+            # again: nobody else would (Suspended waits for a Resume, then Prefect fails it).
             if await prefect_compat.continue_delay_release(client, flow_run):
-                log.warning("flow run %s was left Suspended on a delay that has ended: scheduled again", flow_run.id)
+                log.warning("flow run %s was left Suspended on a delay: scheduled for its end", flow_run.id)
                 continued.append(str(flow_run.id))
         self.continued += len(continued)
         return continued

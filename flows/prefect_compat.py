@@ -402,28 +402,32 @@ async def schedule_delayed(client: Any, flow_run_id: uuid.UUID | str, until: dat
         message=f"released while a delay waits: continues at {until.isoformat()}"), force=True)
 
 
-async def read_due_delay_releases(client: Any, pool: str, now: datetime, page: int = 200) -> list[FlowRun]:
-    """Runs of work pool ``pool`` still ``Suspended`` on a delay (``release_flow_run``)
-    whose time has come: their worker died before it scheduled them again. Every paused run
-    of the pool is read (approvals too: Prefect cannot filter on the pause key), a page at
-    a time."""
+async def read_stranded_delay_releases(client: Any, pool: str, suspended_before: datetime,
+                                       page: int = 200) -> list[FlowRun]:
+    """Runs of work pool ``pool`` still ``Suspended`` on a delay (``release_flow_run``) since
+    before ``suspended_before``: their worker died between suspending them and scheduling
+    them, which it does within a second. Found by when they were suspended, not when their
+    delay ends: Prefect fails a paused run once its pause times out, so waiting for the end
+    would leave it to Prefect. Every paused run of the pool is read (approvals too: Prefect
+    cannot filter on the pause key), a page at a time."""
     found: list[FlowRun] = []
     while True:
         batch = await client.read_flow_runs(
             flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
                 any_=[StateType.PAUSED]))),
-            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool])), limit=page, offset=len(found))
+            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool])),
+            sort=FlowRunSort.ID_DESC, limit=page, offset=len(found))
         found += batch
         if len(batch) < page:
             break
     return [run for run in found
             if run.state is not None and run.state.state_details.pause_reschedule
             and (run.state.state_details.pause_key or "").startswith(DELAY_RELEASE)
-            and run.state.state_details.pause_timeout is not None and run.state.state_details.pause_timeout <= now]
+            and run.state.state_details.pause_timeout is not None and run.state.timestamp < suspended_before]
 
 
 async def continue_delay_release(client: Any, flow_run: FlowRun) -> bool:
-    """Schedule again a run ``read_due_delay_releases`` found, while it is still in that very
+    """Schedule again a run ``read_stranded_delay_releases`` found (for its delay's end), while it is still in that very
     Suspended state (read again just before); False when it moved meanwhile."""
     state = flow_run.state
     assert state is not None and state.state_details.pause_timeout is not None

@@ -522,12 +522,13 @@ async def test_releasing_a_run_until_a_time_suspends_it_then_schedules_it_for_th
 
 
 @pytest.mark.prefect
-async def test_runs_left_suspended_on_a_delay_whose_time_came_are_found_and_scheduled_again(prefect_server):
+async def test_runs_left_suspended_on_a_delay_are_found_and_scheduled_for_its_end(prefect_server):
     """What the sweep does for a run whose worker died between suspending it and scheduling it:
-    only a delay's suspension (not an approval's, not one still to come), once."""
+    only a delay's suspension (not an approval's), only one suspended before the given time,
+    once. (Delays end an hour ahead: Prefect itself fails a paused run whose pause timed out.)"""
     from prefect.states import Suspended
 
-    now = datetime.now(timezone.utc)
+    ends = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(hours=1)
 
     @flow(name="compat-delay-sweep")
     async def nothing() -> None:
@@ -537,18 +538,20 @@ async def test_runs_left_suspended_on_a_delay_whose_time_came_are_found_and_sche
         deployment_id = await deployment_of(client, nothing)
         pool = (await client.read_deployment(deployment_id)).work_pool_name
         runs = {}
-        for name, key, timeout_s in (("due", "fm-delay:wait", -1), ("later", "fm-delay:wait", 3600),
-                                     ("approval", "ask-1", None)):
+        for name, key, expires in (("delay", "fm-delay:wait", ends), ("approval", "ask-1", None)):
             flow_run = await client.create_flow_run_from_deployment(deployment_id)
-            await client.set_flow_run_state(flow_run.id, Suspended(
-                pause_key=key, pause_expiration_time=None if timeout_s is None else now + timedelta(seconds=timeout_s)),
-                force=True)
+            await client.set_flow_run_state(flow_run.id, Suspended(pause_key=key, pause_expiration_time=expires),
+                                            force=True)
             runs[name] = flow_run.id
-        found = await prefect_compat.read_due_delay_releases(client, pool, datetime.now(timezone.utc), page=1)
-        assert [r.id for r in found] == [runs["due"]]  # read a page of one at a time: all three seen
+        written = datetime.now(timezone.utc)
+        # Suspended just now: not stranded yet (its worker schedules it within a second).
+        assert await prefect_compat.read_stranded_delay_releases(client, pool, written - timedelta(minutes=5)) == []
+        later = written + timedelta(minutes=5)
+        found = await prefect_compat.read_stranded_delay_releases(client, pool, later, page=1)
+        assert [r.id for r in found] == [runs["delay"]]  # read a page of one at a time: both seen
         assert await prefect_compat.continue_delay_release(client, found[0]) is True
         assert await prefect_compat.continue_delay_release(client, found[0]) is False  # it moved meanwhile
-        state = (await client.read_flow_run(runs["due"])).state
+        state = (await client.read_flow_run(runs["delay"])).state
         assert state.type == StateType.SCHEDULED and state.name == prefect_compat.DELAY_RELEASE_STATE
-        assert abs((state.state_details.scheduled_time - (now - timedelta(seconds=1))).total_seconds()) < 1
-        assert await prefect_compat.read_due_delay_releases(client, pool, datetime.now(timezone.utc)) == []
+        assert abs((state.state_details.scheduled_time - ends).total_seconds()) < 1
+        assert await prefect_compat.read_stranded_delay_releases(client, pool, later) == []
