@@ -53,7 +53,8 @@ def run(api_url: str, *args: str) -> tuple[int, object, str]:
 def test_schedules_and_webhooks_from_the_command_line(api_url):
     raw = canvas([node("start", "start"), node("greet", data={"output": "Hi {{ inputs.who }}"})], [("start", "greet")],
                  name=f"cli-{uuid.uuid4().hex[:6]}", inputs={"who": {"type": "string", "required": True}})
-    saved = httpx.post(f"{api_url}/api/workflows", json={"canvas": raw}, headers={"Authorization": f"Bearer {KEY}"})
+    saved = httpx.post(f"{api_url}/api/workflows", json={"canvas": raw}, headers={"Authorization": f"Bearer {KEY}"},
+                       timeout=60)
     workflow_id = saved.json()["id"]
 
     code, added, _ = run(api_url, "schedules", "add", workflow_id, "--cron", "0 9 * * 1-5", "--timezone",
@@ -92,15 +93,15 @@ def test_retry_from_the_command_line(api_url):
     cancelled, and then retried (pending again)."""
     raw = canvas([node("start", "start"), node("t")], [("start", "t")], name=f"cli-retry-{uuid.uuid4().hex[:6]}")
     auth = {"Authorization": f"Bearer {KEY}"}
-    workflow_id = httpx.post(f"{api_url}/api/workflows", json={"canvas": raw}, headers=auth).json()["id"]
-    run_id = httpx.post(f"{api_url}/api/workflows/{workflow_id}/execute", json={}, headers=auth).json()["execution_id"]
+    workflow_id = httpx.post(f"{api_url}/api/workflows", json={"canvas": raw}, headers=auth, timeout=60).json()["id"]
+    run_id = httpx.post(f"{api_url}/api/workflows/{workflow_id}/execute", json={}, headers=auth, timeout=60).json()["execution_id"]
     env = {"FLOWMAESTRO_API_URL": api_url, "FLOWMAESTRO_API_KEY": KEY}
     refused = CliRunner().invoke(cli, ["retry", run_id], env=env)
     assert refused.exit_code == 2, refused.output
     assert "only a failed or cancelled run can be retried" in " ".join(refused.stderr.split())  # rich wraps lines
-    assert httpx.post(f"{api_url}/api/executions/{run_id}/cancel", headers=auth).json()["status"] == "cancelled"
+    assert httpx.post(f"{api_url}/api/executions/{run_id}/cancel", headers=auth, timeout=60).json()["status"] == "cancelled"
     retried = CliRunner().invoke(cli, ["retry", run_id], env=env)
     assert retried.exit_code == 0 and f"{run_id}: pending" in " ".join(retried.stdout.split()), retried.output
-    assert httpx.get(f"{api_url}/api/executions/{run_id}", headers=auth).json()["status"] == "pending"
+    assert httpx.get(f"{api_url}/api/executions/{run_id}", headers=auth, timeout=60).json()["status"] == "pending"
     unknown = CliRunner().invoke(cli, ["retry", str(uuid.uuid4())], env=env)
     assert unknown.exit_code == 2 and "not found" in " ".join(unknown.stderr.split())
