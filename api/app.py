@@ -13,7 +13,8 @@ from prometheus_client import generate_latest
 
 from api import dead_letters, executions, schedules, ui, webhooks, workflows
 from api.auth import require_metrics_key
-from api.compiling import CanvasCompiler, PlanCache
+from api.compiling import CanvasCompiler
+from builder.plan_cache import PlanCache
 from api.docs import install_docs
 from api.errors import install_error_handlers
 from api.health import health_checks
