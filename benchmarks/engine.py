@@ -432,7 +432,7 @@ def print_table(all_results: list[tuple[Scenario, dict[str, _common.Result]]]) -
         hand, aio = results.get("hand"), results.get("asyncio")
         families = {v.name: v.family for v in sc.variants}
 
-        def marginal(r: _common.Result, family: str) -> tuple[float | None, float | None]:
+        def marginal(r: _common.Result, family: str, sc=sc) -> tuple[float | None, float | None]:
             if sc.name == "base" or family not in base_of:
                 return None, None
             b = base[base_of[family]]

@@ -19,8 +19,8 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from builder.canvas import RETRY_CLASSES, CanvasHeader, EdgeModel, NodeModel
-from builder.catalog import NodeCatalog, NodeConfig, NodeTypeSpec
+from builder.canvas import RETRY_CLASSES, NodeModel
+from builder.catalog import NodeCatalog, NodeTypeSpec
 from builder.conditions import OPERATORS, UNARY_OPERATORS, pattern_problem
 from builder.document import check_nodes, parse_document
 from builder.draft import Draft

@@ -134,7 +134,7 @@ def _canvas_and_inputs(file: Path, inputs_json: str | None, pairs: list[str]) ->
         validate_inputs(result.plan.inputs, inputs)
     except InputsInvalid as exc:
         _print_issues(list(exc.issues))
-        raise typer.Exit(EXIT_INVALID)
+        raise typer.Exit(EXIT_INVALID) from None
     return raw, inputs
 
 
@@ -146,7 +146,7 @@ def _prefect_server(quiet: bool = False) -> Any:
         return ensure_server(quiet=quiet)
     except ServerError as exc:
         err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(EXIT_FAILED)
+        raise typer.Exit(EXIT_FAILED) from None
 
 
 @app.command()
@@ -218,7 +218,7 @@ def resume(
         indices = [int(p) for p in path.split(",")] if path else None
     except ValueError as exc:
         err.print(f"[red]refused[/red]: {exc}")
-        raise typer.Exit(EXIT_INVALID)
+        raise typer.Exit(EXIT_INVALID) from None
     _prefect_server(quiet=True)
     from flows.approvals import resume_approval
     from flows.decisions import DecisionSigner

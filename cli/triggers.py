@@ -61,7 +61,7 @@ def call_api(api_url: str, api_key: str, method: str, path: str, body: dict[str,
                                  headers={"Authorization": f"Bearer {api_key}"})
     except httpx.HTTPError as exc:
         err.print(f"[red]the API at {api_url} did not answer: {exc}[/red]")
-        raise typer.Exit(EXIT_FAILED)
+        raise typer.Exit(EXIT_FAILED) from None
     if response.status_code >= 400:
         try:
             answer = response.json()
@@ -86,7 +86,7 @@ def _inputs(inputs_json: str | None) -> dict[str, Any] | None:
         inputs = json.loads(inputs_json)
     except json.JSONDecodeError as exc:
         err.print(f"[red]--inputs-json is not valid JSON: {exc.msg}[/red]")
-        raise typer.Exit(EXIT_INVALID)
+        raise typer.Exit(EXIT_INVALID) from None
     if not isinstance(inputs, dict):
         err.print("[red]--inputs-json must be a JSON object[/red]")
         raise typer.Exit(EXIT_INVALID)

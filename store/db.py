@@ -19,7 +19,7 @@ from store.database import create_database_engine, utcnow
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON, datetime: DateTime(timezone=True), bool: Boolean}
+    type_annotation_map = {dict[str, Any]: JSON, datetime: DateTime(timezone=True), bool: Boolean}  # noqa: RUF012 (SQLAlchemy's hook)
 
 
 class Workflow(Base):

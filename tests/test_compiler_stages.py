@@ -24,7 +24,6 @@ from builder.compiler import (
     CompileResult,
     Draft,
     build_containers,
-    build_plan,
     check_edges,
     check_graph_cycles,
     compile_canvas,

@@ -245,7 +245,7 @@ async def test_durable_writes_that_meet_share_one_transaction_and_a_failed_one_i
     journal = RunJournal("run-1", store=store)
     await asyncio.gather(*(journal.completed(f"n{i}", (), "k", Completed(output=i), 1, durable=True)
                            for i in range(10)))
-    assert sorted(sum(store.batches, [])) == sorted(f"n{i}" for i in range(10))
+    assert sorted(name for batch in store.batches for name in batch) == sorted(f"n{i}" for i in range(10))
     assert len(store.batches) == 2  # the first alone, the nine that came during it together
     store.fail = 4  # every attempt of the next write fails: the entry stays buffered
     with pytest.raises(Exception, match="could not be written"):

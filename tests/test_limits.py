@@ -54,7 +54,7 @@ def test_templates_within_the_bounds_still_work():
     render = lambda template: get_environment().from_string(template).render()  # noqa: E731
     assert render("{{ 'ab' * 3 }}|{{ 3 * 'ab' }}|{{ 2 ** 10 }}|{{ [1] * 2 }}|{{ 'x'.ljust(3) }}|{{ 'x' | center(3) }}") \
         == "ababab|ababab|1024|[1, 1]|x  | x "
-    assert len(render("{{ 'x' * %d }}" % DEFAULT_LIMITS.max_chars)) == DEFAULT_LIMITS.max_chars
+    assert len(render("{{ 'x' * %d }}" % DEFAULT_LIMITS.max_chars)) == DEFAULT_LIMITS.max_chars  # noqa: UP031 (Jinja's braces)
 
 
 @pytest.mark.prefect

@@ -67,7 +67,7 @@ def served(request, tmp_path_factory, prefect_server, fake_llm):
         process.wait(30)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
-        raise AssertionError("flowmaestro serve did not stop on Ctrl-C")
+        raise AssertionError("flowmaestro serve did not stop on Ctrl-C") from None
 
 
 async def save_and_execute(client: httpx.AsyncClient, raw: dict, inputs: dict | None = None) -> str:

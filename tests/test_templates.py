@@ -324,9 +324,9 @@ def test_expression_errors_name_the_field():
     value = {"conditions": [{"expression": "inputs.scor > 0.5"}]}
     message = render_error(value, expression_keys=frozenset({"expression"}))
     assert message.startswith("data.conditions[0].expression: 'inputs' has no attribute 'scor'")
-    with pytest.raises(TemplateRenderError, match="^expression: 'missing' is not defined"):
+    with pytest.raises(TemplateRenderError, match=r"^expression: 'missing' is not defined"):
         evaluate_expression("missing > 1", make_scope())
-    with pytest.raises(TemplateRenderError, match="^cond: "):
+    with pytest.raises(TemplateRenderError, match=r"^cond: "):
         evaluate_expression("missing", make_scope(), field="cond")
 
 
@@ -368,7 +368,7 @@ def test_env_namespace_exposes_only_allowlisted_names_that_exist():
     assert env["API_URL"] == "https://api"
     with pytest.raises(KeyError):
         env["REGION"]
-    with pytest.raises(TemplateRenderError, match="^env.SECRET_KEY is not in FLOWMAESTRO_ENV_ALLOWLIST$"):
+    with pytest.raises(TemplateRenderError, match=r"^env\.SECRET_KEY is not in FLOWMAESTRO_ENV_ALLOWLIST$"):
         env["SECRET_KEY"]
     assert "s3cret" not in repr(env)
 

@@ -122,14 +122,11 @@ def _resolve(node: nodes.Node, scope: Mapping[str, Any]) -> Any:
     env = get_environment()
     try:
         if isinstance(node, nodes.Name):
-            return scope[node.name] if node.name in scope else _UNRESOLVED
+            return scope.get(node.name, _UNRESOLVED)
         base = _resolve(node.node, scope)
         if base is _UNRESOLVED:
             return _UNRESOLVED
-        if isinstance(node, nodes.Getattr):
-            value = env.getattr(base, node.attr)
-        else:
-            value = env.getitem(base, node.arg.value)
+        value = env.getattr(base, node.attr) if isinstance(node, nodes.Getattr) else env.getitem(base, node.arg.value)
     except Exception:
         return _UNRESOLVED
     return _UNRESOLVED if isinstance(value, jinja2.Undefined) else value

@@ -114,8 +114,8 @@ class SqlEventLog:
                     await connection.execute(statement, chunk)
                 else:
                     await self._insert_missing(connection, chunk)
-        if self.retention_days is not None and any(e.type in FINAL_EVENT_TYPES for e in events):
-            if time.monotonic() - self._last_purge >= self.purge_every_s or not self._last_purge:
+        if self.retention_days is not None and any(e.type in FINAL_EVENT_TYPES for e in events) and (
+                time.monotonic() - self._last_purge >= self.purge_every_s or not self._last_purge):
                 self._last_purge = time.monotonic()
                 try:
                     await self.purge(self.retention_days)

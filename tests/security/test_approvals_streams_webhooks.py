@@ -17,7 +17,6 @@ import pytest
 
 from api.app import create_app
 from api.settings import ApiSettings
-from flows.approvals import pending_approvals
 from flows.event_log import RedisEventLog, SqlEventLog
 from store.queries import Executions
 from tests.test_webhooks import KEY, deliver, executions, signed, workflow_with_hook

@@ -14,6 +14,7 @@ without its auth string while serve's runs still complete with it.
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import pickle
@@ -178,7 +179,7 @@ async def test_a_sub_workflow_parent_and_the_cli_refuse_a_forged_result(prefect_
     monkeypatch.setattr(flows.flow, "workflow_flow", lambda context: Bound())
     from rich.console import Console
 
-    result = await run_with_progress({}, {}, "http://prefect.invalid", quiet=True, console=Console(file=open(os.devnull, "w")))
+    result = await run_with_progress({}, {}, "http://prefect.invalid", quiet=True, console=Console(file=io.StringIO()))
     assert result["status"] == "failed" and "refused" in result["error"]["message"]
     assert not marker.exists()
 
