@@ -17,6 +17,7 @@ that ended without its worker storing the result gets its node states from the e
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -274,7 +275,7 @@ class RunService:
         await self._call("cancel the run", lambda: request_cancellation(self.prefect, uuid.UUID(run_id)))
         return "cancelling"
 
-    async def resume(self, owner: str, run_id: str, node_id: str, path: list[int] | None,
+    async def resume(self, owner: str, run_id: str, node_id: str, path: builtins.list[int] | None,
                      values: dict[str, Any]) -> dict[str, str]:
         await self.executions.get(owner, run_id)
         answer = await self._call("answer the approval",

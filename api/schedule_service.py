@@ -8,6 +8,7 @@ concurrency is set from the policies of all the workflow's schedules.
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass, replace
 from typing import Any
 from uuid import UUID
@@ -120,7 +121,7 @@ class ScheduleService:
         if moved:
             await self._apply_overlap(owner, workflow_id, deployment_id)
 
-    async def misfits(self, owner: str, workflow_id: str, plan: Plan) -> list[dict[str, Any]]:
+    async def misfits(self, owner: str, workflow_id: str, plan: Plan) -> builtins.list[dict[str, Any]]:
         """Warnings for the schedules whose inputs the version ``plan`` was compiled from
         would refuse (a new version saved): their runs fail until their inputs are changed."""
         _saved, _plan, deployment_id = await self.runs.deployment_of(owner, workflow_id)

@@ -6,6 +6,7 @@ registry, or a small fake in tests), which keeps the compiler pure.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Protocol, TypeVar
@@ -119,7 +120,7 @@ class NodeTypeSpec:
     """The static description of a node type."""
 
     type: str
-    config_model: type[NodeConfig]
+    config_model: builtins.type[NodeConfig]  # `type` above is a field
     handles: Callable[[NodeConfig], frozenset[str]]
     """Source handles a node of this type offers, given its validated configuration."""
     version: str = "1"

@@ -203,15 +203,15 @@ class Ancestry:
                     pred_bit = self._bit.get(pred)  # (None: a node that never runs)
                     if pred_bit is not None and pred_bit != bit:
                         found |= self._ancestors[pred] | pred_bit
-                key = components.get(node)
-                if key is None:
+                cycle = components.get(node)
+                if cycle is None:
                     self._ancestors[node] = found
                 else:
-                    cycles[key] = cycles.get(key, 0) | found
+                    cycles[cycle] = cycles.get(cycle, 0) | found
             for node in group:
-                key = components.get(node)
-                if key is not None:
-                    self._ancestors[node] = cycles[key] | self._bit[node]
+                cycle = components.get(node)
+                if cycle is not None:
+                    self._ancestors[node] = cycles[cycle] | self._bit[node]
             start = stop
 
     def is_upstream(self, candidate: str, node: str) -> bool:

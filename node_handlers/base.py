@@ -9,6 +9,7 @@ The engine decides what follows.
 from __future__ import annotations
 
 import asyncio
+import builtins
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -106,7 +107,7 @@ class NodeHandler:
     type: ClassVar[str]
     version: ClassVar[str] = "1"
     description: ClassVar[str] = ""
-    Config: ClassVar[type[NodeConfig]] = NodeConfig
+    Config: ClassVar[builtins.type[NodeConfig]] = NodeConfig  # `type` above is an attribute
     default_retry: ClassVar[RetryPolicy] = RetryPolicy()
     default_cache: ClassVar[CachePolicy] = CachePolicy()
     cacheable: ClassVar[bool] = True

@@ -247,6 +247,7 @@ class NodeOutcomes:
                    "workflow_id": workflow_id, "owner": owner, "dead_letter": o.dead_letter,
                    "started_at": o.started_at or now, "ended_at": o.ended_at or now} for o in outcomes]
         async with self.sessions() as session:
+            assert session.bind is not None  # the store's sessions are made bound to its engine
             dialect = session.bind.dialect.name
             insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
             statement = insert(NodeOutcomeRow)

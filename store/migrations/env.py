@@ -25,7 +25,9 @@ def _run(connection) -> None:  # type: ignore[no-untyped-def]
 
 async def _online() -> None:
     # No statement timeout: a migration of a big table may rightly take minutes.
-    engine = make_engine(context.config.get_main_option("sqlalchemy.url"), command_timeout_s=None)
+    url = context.config.get_main_option("sqlalchemy.url")
+    assert url, "alembic.ini or the caller sets sqlalchemy.url"
+    engine = make_engine(url, command_timeout_s=None)
     async with engine.connect() as connection:
         await connection.run_sync(_run)
     await engine.dispose()
