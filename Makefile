@@ -1,10 +1,11 @@
-# FlowMaestro: `make demo` runs a bundled workflow end to end; `make test` runs the tests.
+# FlowMaestro: `make demo` runs a bundled workflow end to end; `make test` runs the tests;
+# `make lint` checks the code.
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast serve bench fuzz server-stop clean
+.PHONY: install demo test test-fast lint serve bench fuzz server-stop clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +26,17 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not prefect"
 
+# ruff (lint, then the format check: `ruff format --diff <file>` shows what it would change)
+# and mypy; every check runs, and any that fails fails the target. The packages, tests,
+# benchmarks and scripts for ruff; mypy's files are in pyproject.toml.
+LINT_PATHS := api builder cli deployments flows node_handlers store tests benchmarks scripts examples
+lint: $(STAMP)
+	@status=0; \
+	echo "ruff check"; $(BIN)/ruff check $(LINT_PATHS) || status=1; \
+	echo "ruff format --check"; $(BIN)/ruff format --check --output-format concise $(LINT_PATHS) || status=1; \
+	echo "mypy"; $(BIN)/mypy || status=1; \
+	exit $$status
+
 serve: $(STAMP)
 	$(BIN)/flowmaestro serve
 
@@ -40,4 +52,4 @@ server-stop: $(STAMP)
 	$(BIN)/flowmaestro server stop
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
