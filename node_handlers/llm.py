@@ -336,8 +336,9 @@ def parse_json_reply(text: str, schema: dict[str, Any] | None) -> Any:
     match = _FENCED.match(text)
     try:
         value = json.loads(match.group(1) if match else text)
-    except ValueError as exc:
-        raise NodeError(f"the model's reply is not valid JSON ({exc.msg}): {text[:EXCERPT_CHARS]!r}",
+    except ValueError as exc:  # a JSONDecodeError, or a plain ValueError (an integer past 4,300 digits)
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+        raise NodeError(f"the model's reply is not valid JSON ({reason}): {text[:EXCERPT_CHARS]!r}",
                         retry_class="error", error_type="InvalidModelOutput") from None
     if schema is not None:
         error = jsonschema_exceptions.best_match(validator_for(schema)(schema).iter_errors(value))

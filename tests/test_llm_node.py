@@ -21,7 +21,7 @@ from builder.inputs import validate_inputs
 from flows.engine import Execution
 from node_handlers import egress
 from node_handlers.base import Completed, NodeError
-from node_handlers.llm import LlmConfig, LlmHandler, RouterConfig, RouterHandler
+from node_handlers.llm import LlmConfig, LlmHandler, RouterConfig, RouterHandler, parse_json_reply
 from node_handlers.registry import default_registry
 from tests.conftest_llm import (  # noqa: F401
     Emitted,
@@ -171,6 +171,14 @@ async def test_a_malformed_reply_is_retried(openai_server: FakeOpenAI) -> None:
     error = run.retries[0][1]
     assert isinstance(error, NodeError) and error.retry_class == "error" and "not valid JSON" in error.message
     assert [c["attempt"] for c in run.emitted.of_type("stream:chunk")] == [1, 1, 2, 2, 2, 2]
+
+
+def test_a_reply_python_cannot_parse_as_json_is_a_retryable_error_too() -> None:
+    # json.loads raises a plain ValueError (not a JSONDecodeError, which has .msg) for an
+    # integer past Python's 4,300-digit limit; found by mypy.
+    with pytest.raises(NodeError, match="not valid JSON") as raised:
+        parse_json_reply('{"answer": ' + "1" * 5000 + "}", None)
+    assert raised.value.retry_class == "error" and raised.value.error_type == "InvalidModelOutput"
 
 
 # Provider errors
