@@ -283,7 +283,7 @@ async def test_an_approval_is_answered_once_however_often_the_run_executes_again
                 forced = await prefect.post(f"/flow_runs/{run_id}/set_state", json={
                     "state": {"type": "SCHEDULED", "name": "AwaitingRetry"}, "force": True})
                 assert forced.json()["status"] == "ACCEPT"
-            await until(lambda: _runs(pg_prefect.api_url, run_id, replay + 2), timeout=90,  # noqa: B023 (awaited here)
+            await until(lambda replay=replay: _runs(pg_prefect.api_url, run_id, replay + 2), timeout=90,
                         what=f"execution {replay + 2} of the run")
             result = await final(http, run_id)
             assert result["status"] == "completed" and result["output"] is True, result
