@@ -17,7 +17,7 @@ import jinja2.meta
 from jinja2 import nodes
 from jinja2.exceptions import TemplateSyntaxError
 
-from builder.templates.bounds import REFUSED_FILTERS, REFUSED_GLOBALS
+from builder.templates.determinism import NONDETERMINISTIC_CODE, REFUSED_FILTERS, REFUSED_GLOBALS
 from builder.templates.errors import TemplateError
 from builder.templates.sandbox import JINJA_GLOBALS, get_environment
 from builder.templates.syntax import (
@@ -39,8 +39,10 @@ class TemplateRefs(NamedTuple):
     (``{% for x %}``, ``{% set %}``) and names Jinja provides (``range``...) are excluded.
     ``node_keys``: constant keys used as ``nodes["some-id"]`` / ``nodes.some_id``.
     ``error``: the syntax error when the string does not parse (then names and node_keys
-    are empty); ``error_code`` says which kind: ``template_syntax``, or
-    ``template_too_long`` / ``template_too_deep`` for a string over the limits.
+    are empty); ``error_code`` says which kind: ``template_syntax``,
+    ``nondeterministic_template`` for a name refused because it is not deterministic
+    (``determinism``), or ``template_too_long`` / ``template_too_deep`` for a string over
+    the limits.
     """
 
     field: str
@@ -182,7 +184,7 @@ def analyse_parsed(text: str, as_expression: bool) -> Analysis:
             tree = get_environment().parse(text)
         names, node_keys = names_and_keys(tree)
     except RefusedName as exc:
-        return Analysis(NO_NAMES, NO_NAMES, exc.message, exc.lineno)
+        return Analysis(NO_NAMES, NO_NAMES, exc.message, exc.lineno, NONDETERMINISTIC_CODE)
     except TemplateSyntaxError as exc:
         return Analysis(NO_NAMES, NO_NAMES, syntax_message(exc, expression=as_expression, source=text),
                         exc.lineno)
