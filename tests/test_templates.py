@@ -682,6 +682,9 @@ def test_env_namespace_internals_stay_behind_the_sandbox():
     ("{{ [1, 2] | random }}", "random filter"),
     ("Hello {{ inputs.name }} {{ lipsum(1) }}", "lipsum"),
     ("{% for x in [1] %}{{ [x, 2] | random }}{% endfor %}", "random filter"),
+    # True for a value read in this execution, False once restored from the journal.
+    ("{{ inputs.name is sameas inputs.name }}", "sameas test"),
+    ("{% if inputs.name is not sameas none %}x{% endif %}", "sameas test"),
 ])
 def test_a_non_deterministic_name_is_a_compile_issue_naming_node_field_and_name(template, name):
     from builder.compiler import compile_canvas

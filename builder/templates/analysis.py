@@ -17,7 +17,7 @@ import jinja2.meta
 from jinja2 import nodes
 from jinja2.exceptions import TemplateSyntaxError
 
-from builder.templates.determinism import NONDETERMINISTIC_CODE, REFUSED_FILTERS, REFUSED_GLOBALS
+from builder.templates.determinism import NONDETERMINISTIC_CODE, REFUSED_FILTERS, REFUSED_GLOBALS, REFUSED_TESTS
 from builder.templates.errors import TemplateError
 from builder.templates.sandbox import JINJA_GLOBALS, get_environment
 from builder.templates.syntax import (
@@ -198,18 +198,24 @@ class RefusedName(TemplateSyntaxError):
     """A template uses a name that is not offered because it is not deterministic."""
 
 
-def _refused(node: nodes.Name | nodes.Filter) -> RefusedName:
+def _refused(node: nodes.Name | nodes.Filter | nodes.Test) -> RefusedName:
+    advice = "pass such values in as inputs"
     if isinstance(node, nodes.Filter):
         what, why = f"the {node.name} filter", REFUSED_FILTERS[node.name]
+    elif isinstance(node, nodes.Test):
+        what, why = f"the {node.name} test", REFUSED_TESTS[node.name]
+        advice = "use 'is none', 'is true', 'is false' or '=='"
     else:
         what, why = node.name, REFUSED_GLOBALS[node.name]
     return RefusedName(f"{what} is not allowed: {why}, so the node would get a new configuration each time "
-                       "it runs and run again after a crash or retry; pass such values in as inputs", node.lineno)
+                       f"it runs and run again after a crash or retry; {advice}", node.lineno)
 
 
 def _check_refused(tree: nodes.Node) -> None:
-    for node in tree.find_all((nodes.Name, nodes.Filter)):
+    for node in tree.find_all((nodes.Name, nodes.Filter, nodes.Test)):
         if isinstance(node, nodes.Filter) and node.name in REFUSED_FILTERS:
+            raise _refused(node)
+        if isinstance(node, nodes.Test) and node.name in REFUSED_TESTS:
             raise _refused(node)
         if isinstance(node, nodes.Name) and node.ctx == "load" and node.name in REFUSED_GLOBALS:
             raise _refused(node)
@@ -262,6 +268,8 @@ def _walk(tree: nodes.Node) -> tuple[frozenset[str], frozenset[str]]:
             if node.name not in env.filters:
                 raise TemplateSyntaxError(f"No filter named {node.name!r}.", node.lineno)
         elif kind is nodes.Test:
+            if node.name in REFUSED_TESTS:
+                raise _refused(node)
             if node.name in ("filter", "test"):
                 raise _NeedsJinja
             if node.name not in env.tests:

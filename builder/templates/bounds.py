@@ -21,7 +21,7 @@ from jinja2.filters import make_attrgetter
 from jinja2.utils import _PassArg
 
 from builder.templates.budget import CHARS_PER_STEP, RenderBudget, TemplateBudgetError, size_hint
-from builder.templates.determinism import REFUSED_FILTERS, check_printable, text_of
+from builder.templates.determinism import REFUSED_FILTERS, REFUSED_TESTS, check_printable, text_of
 
 MAX_POWER_BITS = 100_000
 """The largest integer ``**`` or ``*`` may build, in bits (30,000 digits)."""
@@ -379,9 +379,10 @@ _STRING_TESTS = frozenset({"lower", "upper"})
 
 def budgeted_tests(tests: Mapping[str, Callable[..., Any]]) -> dict[str, Callable[..., Any]]:
     """Jinja's tests; those that scan a list or string (``is in``, ``is eq``, ``is lower``...,
-    also through ``select``) charged like the operators they stand for."""
-    wrapped = dict(tests)
-    for name, function in tests.items():
+    also through ``select``) charged like the operators they stand for; ``sameas`` left out
+    (see REFUSED_TESTS)."""
+    wrapped = {name: function for name, function in tests.items() if name not in REFUSED_TESTS}
+    for name, function in wrapped.items():
         if name in _CONTAINER_TESTS or name in _COMPARING_TESTS or name in _STRING_TESTS:
             wrapped[name] = _budgeted_test(name, function)
     return wrapped

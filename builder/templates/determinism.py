@@ -5,8 +5,9 @@ crash or retry (the run's journal, Prefect's cache). So every value a template g
 the same on every execution of the run, given the same first start time, inputs, upstream
 outputs and run id. Two kinds of values are not:
 
-* names that draw random values (``lipsum``, the ``random`` filter): refused when the canvas
-  is compiled (``REFUSED_GLOBALS``, ``REFUSED_FILTERS``; issue ``nondeterministic_template``);
+* names that draw random values (``lipsum``, the ``random`` filter) or ask for an object's
+  identity (the ``sameas`` test): refused when the canvas is compiled (``REFUSED_GLOBALS``,
+  ``REFUSED_FILTERS``, ``REFUSED_TESTS``; issue ``nondeterministic_template``);
 * Python objects whose text holds their memory address (a method, a function, a generator,
   ``cycler(...)``: ``<built-in method upper of str object at 0x7f...>``), written into a
   string: refused when the template renders (:func:`check_printable`), since which of them a
@@ -31,6 +32,10 @@ REFUSED_FILTERS = {"random": "it picks another item on every run"}
 configuration changes gets a new key, so it would run again after a crash or retry."""
 REFUSED_GLOBALS = {"lipsum": "it writes random text on every run"}
 """Jinja globals refused for the same reason (removed from the sandbox too)."""
+REFUSED_TESTS = {"sameas": "whether two values are the same Python object depends on whether they were computed in "
+                           "this execution or restored from the run's journal"}
+"""Jinja tests refused for the same reason: ``is none``, ``is true``, ``is false`` and ``==``
+say what ``sameas`` was used for."""
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 _PLAIN = (str, int, float, type(None))
