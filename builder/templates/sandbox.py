@@ -8,7 +8,8 @@ operation that can build a large value from a short template (``'x' * 10**9``,
 ``batch``, ``~``...) is checked before it allocates (``bounds``). Nothing a template
 computes runs while Jinja compiles it: filters take the context and the operators that
 build values are intercepted, so Jinja's constant folding (in the API) leaves them alone.
-Non-deterministic names (``lipsum``, the ``random`` filter) are not offered at all, and
+Non-deterministic names (``lipsum``, the ``random`` filter, the ``sameas`` test) are not
+offered at all, and
 no object whose text holds its memory address is written as text (``determinism``).
 """
 
