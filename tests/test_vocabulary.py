@@ -91,3 +91,10 @@ def test_the_bus_refuses_an_event_type_outside_the_enum():
     with pytest.raises(ValueError, match="not an EventType"):
         bus.publish("node:teleported", node_id="a")
     assert bus.publish(EventType.NODE_STARTED, node_id="a").type == "node:started"
+
+
+def test_the_api_docs_describe_every_event_type():
+    api_doc = (ROOT / "docs" / "api.md").read_text()
+    table = api_doc[api_doc.index("#### Event types"):]
+    documented = set(re.findall(r"^\| `([a-z]+:[a-z_]+)` \|", table, re.MULTILINE))
+    assert documented == set(EventType)
