@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from store.vocabulary import NodeStatus, RunStatus
+
 
 def _utc(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
@@ -82,7 +84,7 @@ class ExecuteBody(BaseModel):
 
 class ExecutionAccepted(BaseModel):
     execution_id: str
-    status: str
+    status: RunStatus
     links: dict[str, str]
 
 
@@ -91,11 +93,18 @@ class ExecutionSummary(BaseModel):
     workflow_id: str
     workflow: str
     version: int
-    status: str
+    status: RunStatus
     trigger: dict[str, Any] = Field(description="What started the run: {'type': 'api'|'schedule'|'webhook'|"
                                                 "'prefect-ui'|'retry'|'parent', ...}.")
     created_at: Timestamp
     updated_at: Timestamp
+
+
+class NodeResult(BaseModel):
+    """One top-level node of a run result: its status, output, error, attempts, times."""
+
+    model_config = ConfigDict(extra="allow")
+    status: NodeStatus
 
 
 class RunResult(BaseModel):
@@ -107,10 +116,10 @@ class RunResult(BaseModel):
     workflow: str | None = None
     workflow_id: str | None = None
     version: int | None = None
-    status: str
+    status: RunStatus
     output: Any = None
     error: dict[str, Any] | None = None
-    nodes: dict[str, Any] = Field(default_factory=dict)
+    nodes: dict[str, NodeResult] = Field(default_factory=dict)
     trace: list[dict[str, Any]] = Field(default_factory=list)
     usage: dict[str, Any] | None = None
     plan_hash: str | None = None

@@ -23,6 +23,7 @@ from rich.console import Console
 
 from cli.progress import NODE_EVENTS, STYLES, print_result, run_link
 from flows.child_environment import worker_environment
+from store.vocabulary import FINAL_EVENT_TYPES
 
 DEMO_OWNER, DEMO_KEY = "demo", "demo-local-key"
 
@@ -100,8 +101,7 @@ async def run_demo(canvas: dict[str, Any], inputs: dict[str, Any], ui_url: str, 
                     state = NODE_EVENTS.get(sse.event)
                     if state and not event.get("path"):
                         console.print(f"  {event['node_id']}: [{STYLES.get(state, '')}]{state}[/]")
-                    if sse.event.startswith("execution:") and sse.event.split(":")[1] in (
-                            "completed", "failed", "cancelled"):
+                    if sse.event in FINAL_EVENT_TYPES:
                         break
             return (await api.get(f"/api/executions/{run_id}")).json()
 

@@ -10,12 +10,12 @@ from rich.live import Live
 from rich.table import Table
 
 from flows.events import EventBus, RunEvent
+from store.vocabulary import FINAL_EVENT_TYPES, NODE_STATUS_OF_EVENT, EventType
 
 STYLES = {"running": "cyan", "completed": "green", "cached": "blue", "failed": "red", "skipped": "dim",
           "paused": "yellow", "cancelled": "magenta", "retrying": "yellow"}
-NODE_EVENTS = {"node:started": "running", "node:completed": "completed", "node:cached": "cached",
-               "node:error": "failed", "node:skipped": "skipped", "node:retrying": "retrying",
-               "node:paused": "paused"}
+# A node between two attempts is running; the progress view shows it as a state of its own.
+NODE_EVENTS = {**NODE_STATUS_OF_EVENT, EventType.NODE_RETRYING: "retrying"}
 
 
 def run_link(ui_url: str, run_id: str) -> str:
@@ -63,7 +63,7 @@ class ProgressView:
                 f"  or: POST /api/executions/{event.execution_id}/resume "
                 f"{{\"node_id\": \"{event.node_id}\", \"input\": {{\"approved\": true}}}}", soft_wrap=True)
             return
-        if event.type in ("execution:completed", "execution:failed", "execution:cancelled"):
+        if event.type in FINAL_EVENT_TYPES:
             if self.live is not None:
                 self.live.update(self._table())
                 self.live.stop()

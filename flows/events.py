@@ -1,5 +1,7 @@
 """Run events: what the engine reports as a run unfolds (canvas spec, section 10).
 
+Their types are ``EventType`` (``store/vocabulary.py``), the one list the API publishes.
+
 The engine publishes every event to an ``EventBus`` owned by the run. Each event gets the
 next sequence number of that run, so consumers can order, deduplicate and resume. Sinks
 (the CLI's progress view, a durable event log) subscribe to the bus.
@@ -13,15 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from store.database import utcnow
+from store.vocabulary import FINAL_EVENT_TYPES, EventType
+
+__all__ = ["EVENT_TYPES", "FINAL_EVENT_TYPES", "EventBus", "EventType", "RunEvent", "Subscriber", "utcnow"]
 
 log = logging.getLogger(__name__)
 
-EVENT_TYPES = frozenset({
-    "execution:started", "execution:completed", "execution:failed", "execution:paused",
-    "execution:resumed", "execution:cancelled", "node:started", "node:completed", "node:error",
-    "node:skipped", "node:retrying", "node:cached", "node:paused", "stream:chunk", "stream:done",
-})
-FINAL_EVENT_TYPES = frozenset({"execution:completed", "execution:failed", "execution:cancelled"})
+EVENT_TYPES = frozenset(EventType)
+"""Every event type (``store.vocabulary.EventType``): the bus publishes no other."""
 
 
 @dataclass(frozen=True)
@@ -59,10 +60,11 @@ class EventBus:
     def subscribe(self, subscriber: Subscriber) -> None:
         self._subscribers.append(subscriber)
 
-    def publish(self, event_type: str, *, node_id: str | None = None, path: tuple[int, ...] | None = None,
-                **data: Any) -> RunEvent:
+    def publish(self, event_type: EventType | str, *, node_id: str | None = None,
+                path: tuple[int, ...] | None = None, **data: Any) -> RunEvent:
         if event_type not in EVENT_TYPES:
-            raise ValueError(f"unknown event type {event_type!r}")
+            # Clients (the run page, the CLI) know only these: a new type goes into EventType.
+            raise ValueError(f"unknown event type {event_type!r}: not an EventType (store/vocabulary.py)")
         self._seq += 1
         event = RunEvent(self._seq, event_type, self.execution_id, utcnow().isoformat(), node_id,
                          None if node_id is None else tuple(path or ()), data)

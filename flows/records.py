@@ -10,9 +10,6 @@ from typing import Any
 
 from flows.events import utcnow
 
-RUN_STATUSES = ("pending", "running", "paused", "completed", "failed", "cancelled")
-NODE_STATUSES = ("pending", "running", "completed", "cached", "failed", "skipped", "paused", "cancelled")
-
 
 @dataclass
 class NodeRun:

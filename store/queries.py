@@ -17,8 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from store.db import ExecutionRow, LargeOutputRow, NodeOutcomeRow, Workflow, WorkflowVersion, utcnow
 from store.errors import Conflict, NotFound
+from store.vocabulary import FINAL_RUN_STATUSES
 
-FINAL_STATUSES = ("completed", "failed", "cancelled")
+FINAL_STATUSES = FINAL_RUN_STATUSES  # a run that has ended: its row's status and result stay
 
 
 @dataclass(frozen=True)

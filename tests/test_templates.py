@@ -671,3 +671,65 @@ def test_env_namespace_internals_stay_behind_the_sandbox():
     assert "refused by the template sandbox" in render_error("{{ env.__class__ }}")
     # Names starting with one "_" are ordinary (unlisted) variable names, never internals.
     assert render_error("{{ env._values }}") == "data: env._values is not in FLOWMAESTRO_ENV_ALLOWLIST"
+
+
+# --- a pure function of the run (issue 21 bug 1) ------------------------------------------------
+# A node's resolved configuration is its key: a value that differs on another execution of the
+# same run makes the node run again after a crash or retry.
+
+@pytest.mark.parametrize(("template", "name"), [
+    ("{{ lipsum() }}", "lipsum"),
+    ("{{ [1, 2] | random }}", "random filter"),
+    ("Hello {{ inputs.name }} {{ lipsum(1) }}", "lipsum"),
+    ("{% for x in [1] %}{{ [x, 2] | random }}{% endfor %}", "random filter"),
+    # True for a value read in this execution, False once restored from the journal.
+    ("{{ inputs.name is sameas inputs.name }}", "sameas test"),
+    ("{% if inputs.name is not sameas none %}x{% endif %}", "sameas test"),
+])
+def test_a_non_deterministic_name_is_a_compile_issue_naming_node_field_and_name(template, name):
+    from builder.compiler import compile_canvas
+    from tests.support import canvas, make_registry, node
+
+    raw = canvas([node("greet", data={"output": {"text": template}})], inputs={"name": {"type": "string"}})
+    [issue] = compile_canvas(raw, make_registry()).errors
+    assert (issue.code, issue.node_id, issue.field) == ("nondeterministic_template", "greet", "data.output.text")
+    assert name in issue.message
+
+
+ADDRESS_BEARING = [
+    "{{ 'a'.upper }}", "x {{ 'a'.upper }}", "x {{ inputs.tags.count }}", "{{ inputs.get }}", "x {{ range }}",
+    "x {{ cycler(1, 2) }}", "{{ cycler(1, 2) }}", "x {{ joiner() }}", "{{ [inputs.get] }}", "x {{ [inputs.get] }}",
+    "{{ 'x' ~ inputs.name.upper }}", "{{ inputs.name.upper | string }}", "{{ inputs.name.upper | e }}",
+    "{{ '%s' % inputs.name.upper }}", "{{ '{}'.format(inputs.name.upper) }}", "{{ [inputs.name.upper] | join }}",
+    "{{ '%s' | format(inputs.name.upper) }}", "{{ inputs.name | attr('upper') | pprint }}",
+]
+
+
+@pytest.mark.parametrize("template", ADDRESS_BEARING)
+def test_an_object_whose_text_holds_its_memory_address_is_refused(template):
+    message = render_error({"o": template})
+    assert "memory address" in message and "run again after a crash or retry" in message
+
+
+@pytest.mark.parametrize(("template", "expected"), [
+    ("x {{ inputs.tags | map('upper') }}", 'x ["A", "B"]'),
+    ("x {{ inputs.tags | reverse }}", 'x ["b", "a"]'),
+    ("x {{ inputs.tags | select }}", 'x ["a", "b"]'),
+    ("x {{ inputs.tags | batch(1) }}", 'x [["a"], ["b"]]'),
+])
+def test_a_generator_written_into_text_gives_its_items_as_json(template, expected):
+    assert render_value(template, make_scope()) == expected
+    assert render_value(template, make_scope()) == render_value(template, make_scope())
+
+
+@pytest.mark.parametrize(("template", "expected"), [
+    ("{{ 'x' ~ inputs.where }}", "x['meet at 0x10 street']"),
+    ("x {{ inputs.where }}", 'x ["meet at 0x10 street"]'),
+    ("{{ '%s' % inputs.where[0] }}", "meet at 0x10 street"),
+    ("{{ inputs.where | join }}", "meet at 0x10 street"),
+    ("{% for i in [1] %}{{ loop }}{% endfor %}", "<LoopContext 1/1>"),
+    ("x {{ namespace(a=1) }}", "x <Namespace {'a': 1}>"),
+    ("{{ 'a'.upper() ~ inputs.count }}", "A3"),
+])
+def test_data_that_looks_like_an_address_and_deterministic_objects_still_render(template, expected):
+    assert render_value(template, make_scope(inputs={"where": ["meet at 0x10 street"], "count": 3})) == expected

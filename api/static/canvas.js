@@ -6,6 +6,7 @@
 // left to right by depth along its edges. Containers are drawn around their body.
 
 import { el, svg } from "./common.js";
+import { NodeStatus } from "../vocabulary.js";
 
 const NODE_W = 180, NODE_H = 58, GAP_X = 60, GAP_Y = 26, PAD = 20, HEADER = 34;
 const CONTAINERS = new Set(["loop", "parallel"]);
@@ -144,7 +145,7 @@ export function drawCanvas(canvas) {
     const title = svg("title", {}, `${label} (${n.type ?? "?"}, id ${n.id})`);
     const detail = svg("text", { class: "detail", x: 10, y: container ? 46 : 46, "data-role": "detail" });
     const g = svg("g", { class: container ? "node container" : "node", "data-node-id": n.id, "data-type": n.type ?? "",
-                         "data-state": "pending", transform: `translate(${box.x},${box.y})`, tabindex: 0 },
+                         "data-state": NodeStatus.PENDING, transform: `translate(${box.x},${box.y})`, tabindex: 0 },
       title,
       svg("rect", { class: "box", width: box.w, height: box.h, rx: 8 }),
       svg("text", { class: "label", x: 10, y: 20 }, clip(label, Math.floor(box.w / 8))),

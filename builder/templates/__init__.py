@@ -16,7 +16,12 @@ Rules users notice:
   Every render has a CPU and size budget (``budget``, ``bounds``): a loop that runs too long
   or a value too large to build fails the field with a message naming the limit.
 
-The modules, from the bottom up: ``errors``; ``sandbox`` (the Jinja environment, the
+* Every value is a pure function of the run (``determinism``): ``lipsum`` and the
+  ``random`` filter are refused at compile time, and no object whose text holds its memory
+  address is written as text.
+
+The modules, from the bottom up: ``errors``; ``determinism`` (what is refused because it is
+not a pure function of the run); ``sandbox`` (the Jinja environment, the
 ``env`` namespace, the names every template sees); ``syntax`` (what is a template or an
 expression, parsing, syntax errors in user words); ``render`` (evaluation at run time) with
 ``explain`` (missing values in user words); ``analysis`` (what a string reads, for the

@@ -17,7 +17,7 @@ import jinja2.meta
 from jinja2 import nodes
 from jinja2.exceptions import TemplateSyntaxError
 
-from builder.templates.bounds import REFUSED_FILTERS, REFUSED_GLOBALS
+from builder.templates.determinism import NONDETERMINISTIC_CODE, REFUSED_FILTERS, REFUSED_GLOBALS, REFUSED_TESTS
 from builder.templates.errors import TemplateError
 from builder.templates.sandbox import JINJA_GLOBALS, get_environment
 from builder.templates.syntax import (
@@ -39,8 +39,10 @@ class TemplateRefs(NamedTuple):
     (``{% for x %}``, ``{% set %}``) and names Jinja provides (``range``...) are excluded.
     ``node_keys``: constant keys used as ``nodes["some-id"]`` / ``nodes.some_id``.
     ``error``: the syntax error when the string does not parse (then names and node_keys
-    are empty); ``error_code`` says which kind: ``template_syntax``, or
-    ``template_too_long`` / ``template_too_deep`` for a string over the limits.
+    are empty); ``error_code`` says which kind: ``template_syntax``,
+    ``nondeterministic_template`` for a name refused because it is not deterministic
+    (``determinism``), or ``template_too_long`` / ``template_too_deep`` for a string over
+    the limits.
     """
 
     field: str
@@ -182,7 +184,7 @@ def analyse_parsed(text: str, as_expression: bool) -> Analysis:
             tree = get_environment().parse(text)
         names, node_keys = names_and_keys(tree)
     except RefusedName as exc:
-        return Analysis(NO_NAMES, NO_NAMES, exc.message, exc.lineno)
+        return Analysis(NO_NAMES, NO_NAMES, exc.message, exc.lineno, NONDETERMINISTIC_CODE)
     except TemplateSyntaxError as exc:
         return Analysis(NO_NAMES, NO_NAMES, syntax_message(exc, expression=as_expression, source=text),
                         exc.lineno)
@@ -196,18 +198,24 @@ class RefusedName(TemplateSyntaxError):
     """A template uses a name that is not offered because it is not deterministic."""
 
 
-def _refused(node: nodes.Name | nodes.Filter) -> RefusedName:
+def _refused(node: nodes.Name | nodes.Filter | nodes.Test) -> RefusedName:
+    advice = "pass such values in as inputs"
     if isinstance(node, nodes.Filter):
         what, why = f"the {node.name} filter", REFUSED_FILTERS[node.name]
+    elif isinstance(node, nodes.Test):
+        what, why = f"the {node.name} test", REFUSED_TESTS[node.name]
+        advice = "use 'is none', 'is true', 'is false' or '=='"
     else:
         what, why = node.name, REFUSED_GLOBALS[node.name]
     return RefusedName(f"{what} is not allowed: {why}, so the node would get a new configuration each time "
-                       "it runs and run again after a crash or retry; pass such values in as inputs", node.lineno)
+                       f"it runs and run again after a crash or retry; {advice}", node.lineno)
 
 
 def _check_refused(tree: nodes.Node) -> None:
-    for node in tree.find_all((nodes.Name, nodes.Filter)):
+    for node in tree.find_all((nodes.Name, nodes.Filter, nodes.Test)):
         if isinstance(node, nodes.Filter) and node.name in REFUSED_FILTERS:
+            raise _refused(node)
+        if isinstance(node, nodes.Test) and node.name in REFUSED_TESTS:
             raise _refused(node)
         if isinstance(node, nodes.Name) and node.ctx == "load" and node.name in REFUSED_GLOBALS:
             raise _refused(node)
@@ -260,6 +268,8 @@ def _walk(tree: nodes.Node) -> tuple[frozenset[str], frozenset[str]]:
             if node.name not in env.filters:
                 raise TemplateSyntaxError(f"No filter named {node.name!r}.", node.lineno)
         elif kind is nodes.Test:
+            if node.name in REFUSED_TESTS:
+                raise _refused(node)
             if node.name in ("filter", "test"):
                 raise _NeedsJinja
             if node.name not in env.tests:

@@ -21,17 +21,13 @@ from jinja2.filters import make_attrgetter
 from jinja2.utils import _PassArg
 
 from builder.templates.budget import CHARS_PER_STEP, RenderBudget, TemplateBudgetError, size_hint
+from builder.templates.determinism import REFUSED_FILTERS, REFUSED_TESTS, check_printable, text_of
 
 MAX_POWER_BITS = 100_000
 """The largest integer ``**`` or ``*`` may build, in bits (30,000 digits)."""
 MAX_JSON_INDENT = 64
 _DIGITS = re.compile(r"\d+")
 _PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?([#0\- +]*(?:\*|\d+)?(?:\.(?:\*|\d+))?)[hlL]?[a-zA-Z%]")
-
-REFUSED_FILTERS = {"random": "it picks another item on every run"}
-"""Filters that make a node's configuration differ each time it runs: a node whose
-configuration changes gets a new key, so it would run again after a crash or retry."""
-REFUSED_GLOBALS = {"lipsum": "it writes random text on every run"}
 
 
 # --------------------------------------------------------------------------- formats
@@ -111,6 +107,7 @@ def bounded_binop(budget: RenderBudget, operator: str, left: Any, right: Any) ->
     if operator == "%":
         if isinstance(left, str):
             check_percent(budget, left)
+            check_printable(right)
             return budget.grew(left % right, left, "a '%' formatting result")
         return operator_module.mod(left, right)
     raise SecurityError(f"operator {operator!r} is not bounded by the sandbox")  # pragma: no cover
@@ -200,6 +197,11 @@ def _check_replace(budget: RenderBudget, value: Any, args: tuple[Any, ...], kwar
 
 def _check_format(budget: RenderBudget, value: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
     check_percent(budget, str(value))
+    check_printable((args, dict(kwargs)))
+
+
+def _check_printable(budget: RenderBudget, value: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+    check_printable(value)
 
 
 def _check_fill(name: str) -> Callable[..., None]:
@@ -235,6 +237,8 @@ _FILTER_CHECKS: dict[str, Callable[[RenderBudget, Any, tuple[Any, ...], Mapping[
     "slice": _check_fill("slice"),
     "wordwrap": _check_wordwrap,
     "tojson": _check_tojson,
+    "string": _check_printable,
+    "pprint": _check_printable,
 }
 
 
@@ -248,7 +252,7 @@ def _join(context: Any, value: Iterable[Any], d: Any = "", attribute: Any = None
     parts: list[str] = []
     total = 0
     for item in value:
-        text = item if isinstance(item, str) else str(item)
+        text = text_of(item)
         total += len(text) + (len(separator) if parts else 0)
         if total > budget.limits.max_chars:
             budget.will_build(total, "the join filter's result")
@@ -356,6 +360,8 @@ def _budgeted(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
             result = function(context.environment, value, *args, **kwargs)
         else:
             result = function(value, *args, **kwargs)
+        if isinstance(result, str) and not isinstance(value, (str, int, float)):
+            check_printable(value)  # it wrote a function or generator as text (``| e``, ``| trim``...)
         return budget.grew(result, value, what)
 
     budgeted.__name__ = budgeted.__qualname__ = f"{name}_filter"
@@ -372,9 +378,10 @@ _STRING_TESTS = frozenset({"lower", "upper"})
 
 def budgeted_tests(tests: Mapping[str, Callable[..., Any]]) -> dict[str, Callable[..., Any]]:
     """Jinja's tests; those that scan a list or string (``is in``, ``is eq``, ``is lower``...,
-    also through ``select``) charged like the operators they stand for."""
-    wrapped = dict(tests)
-    for name, function in tests.items():
+    also through ``select``) charged like the operators they stand for; ``sameas`` left out
+    (see REFUSED_TESTS)."""
+    wrapped = {name: function for name, function in tests.items() if name not in REFUSED_TESTS}
+    for name, function in wrapped.items():
         if name in _CONTAINER_TESTS or name in _COMPARING_TESTS or name in _STRING_TESTS:
             wrapped[name] = _budgeted_test(name, function)
     return wrapped

@@ -23,6 +23,8 @@ from jinja2 import Undefined
 from jinja2.runtime import LoopContext
 from jinja2.exceptions import SecurityError
 
+from builder.templates.determinism import text_of
+
 CHARS_PER_STEP = 16
 """Building this many characters (or list items) costs one step: copying memory is cheap
 next to a step of the template, but a template that builds tens of megabytes in small
@@ -160,7 +162,7 @@ class RenderBudget:
 
     def concat(self, items: tuple[Any, ...]) -> str:
         """The ``~`` operator: each item as text, joined, refused before joining when too long."""
-        parts = [item if isinstance(item, str) else str(item) for item in items]
+        parts = [item if isinstance(item, str) else text_of(item) for item in items]
         self.will_build(sum(map(len, parts)), "a '~' concatenation")
         return "".join(parts)
 

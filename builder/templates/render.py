@@ -18,6 +18,7 @@ from jinja2 import nodes
 from jinja2.exceptions import SecurityError, TemplateSyntaxError, UndefinedError
 
 from builder.templates.budget import DEFAULT_LIMITS, RenderBudget, TemplateLimits
+from builder.templates.determinism import check_printable
 from builder.templates.errors import TemplateRenderError
 from builder.templates.explain import explain_undefined
 from builder.templates.sandbox import get_environment
@@ -129,7 +130,14 @@ def _run_expression(source: str, scope: Mapping[str, Any], budget: RenderBudget)
         result = list(result)
     if may_hold_undefined:
         _raise_if_undefined_inside(result)
+        check_printable(result)
+    elif not isinstance(result, _DATA):
+        check_printable(result)  # a method read by a lookup path: ``{{ inputs.get }}``
     return result
+
+
+_DATA = (str, int, float, type(None), Mapping, list, tuple)
+"""What a lookup path gives from the scope, which holds data (JSON) only."""
 
 
 def _raise_if_undefined_inside(value: Any) -> None:

@@ -8,7 +8,9 @@ operation that can build a large value from a short template (``'x' * 10**9``,
 ``batch``, ``~``...) is checked before it allocates (``bounds``). Nothing a template
 computes runs while Jinja compiles it: filters take the context and the operators that
 build values are intercepted, so Jinja's constant folding (in the API) leaves them alone.
-Non-deterministic names (``lipsum``, the ``random`` filter) are not offered at all.
+Non-deterministic names (``lipsum``, the ``random`` filter, the ``sameas`` test) are not
+offered at all, and
+no object whose text holds its memory address is written as text (``determinism``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from jinja2.runtime import Context, LoopContext, Macro
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from builder.templates.bounds import (
-    REFUSED_GLOBALS,
     bounded_binop,
     budgeted_filters,
     budgeted_tests,
@@ -37,6 +38,7 @@ from builder.templates.bounds import (
     format_method_of,
 )
 from builder.templates.budget import CHARS_PER_STEP, DEFAULT_LIMITS, RenderBudget
+from builder.templates.determinism import REFUSED_GLOBALS, check_printable
 from builder.templates.errors import TemplateRenderError
 
 ENV_ALLOWLIST_SETTING = "FLOWMAESTRO_ENV_ALLOWLIST"
@@ -242,6 +244,7 @@ class _SandboxEnvironment(ImmutableSandboxedEnvironment):
             owner = format_method_of(__obj)
             if owner is not None:
                 check_format(budget, owner)
+                check_printable((args, kwargs))
         result = super().call(__context, __obj, *args, **kwargs)
         return budget.grew(result, owner, "a call's result") if owner is not None else result
 
@@ -276,6 +279,13 @@ def _finalize_output(value: Any) -> Any:
     """
     if value is None or isinstance(value, (bool, Mapping, list, tuple)):
         return json.dumps(value, ensure_ascii=False, default=_json_fallback)
+    if isinstance(value, (str, int, float)):
+        return value
+    if isinstance(value, Iterator) and not isinstance(value, LoopContext):
+        # A generator (map, select, reverse...) writes its items, as a single expression
+        # gives them, never its repr (which holds its memory address).
+        return json.dumps(list(value), ensure_ascii=False, default=_json_fallback)
+    check_printable(value)
     return value
 
 
@@ -284,6 +294,7 @@ def _json_fallback(value: Any) -> Any:
         return dict(value)
     if isinstance(value, (set, frozenset)):
         return list(value)
+    check_printable(value)
     return str(value)
 
 

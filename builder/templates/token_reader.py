@@ -18,7 +18,7 @@ import functools
 import re
 from collections.abc import Callable
 
-from builder.templates.bounds import REFUSED_GLOBALS
+from builder.templates.determinism import REFUSED_GLOBALS
 from builder.templates.sandbox import JINJA_GLOBALS, get_environment
 from builder.templates.syntax import expression_source, single_expression
 
