@@ -421,9 +421,14 @@ async def resume_approval(run_id: str, node_id: str, path: list[int] | None = No
             decision = signer.sign(str(run_uuid), slug, decision)
         try:
             await client.create_flow_run_input(run_uuid, key=DECISION + slug, value=json.dumps(decision))
-        except Exception as exc:  # the key exists: someone answered first
+        except httpx.HTTPStatusError as exc:
+            # Only a 409 says the key exists (someone answered first). Anything else is Prefect
+            # failing (a 5xx; connection errors are no HTTPStatusError): raised, for the caller
+            # to answer "Prefect unavailable" (the API: 503), never "already sent".
+            if exc.response.status_code != 409:
+                raise
             if signer is None or not await _replace_unsigned(client, run_uuid, slug, decision, signer):
-                return ResumeAnswer("not_waiting", f"a decision for this approval was already sent ({exc})")
+                return ResumeAnswer("not_waiting", "a decision for this approval was already sent")
         if state.type == StateType.PAUSED and state.state_details.pause_reschedule:
             # Released by its worker (suspended): nobody polls for the decision, so schedule
             # the run again; a worker replays it and the approval reads the decision.
