@@ -40,11 +40,9 @@ from typing import Any
 
 import httpx
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.objects import StateType
 from prefect.exceptions import Pause
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
-from prefect.states import Scheduled
 from pydantic import ValidationError
 
 from builder.plan import PlanNode
@@ -187,18 +185,13 @@ class PrefectApprovals:
                 taken = self._take(slug, config, _loads(found[0].value), f"input {found[0].key}")
                 if taken is not None:
                     return taken
-        for state_name in ("paused", "suspended"):
-            found = await client.filter_flow_run_input(self.run_id, key_prefix=f"{state_name}-{slug}", limit=50,
-                                                       exclude_keys=set())
-            for item in found:
-                if item.key.endswith("-response"):
-                    answer = _loads(item.value)
-                    if isinstance(answer, dict):
-                        answer = {k: v for k, v in answer.items() if k != "metadata"}
-                    taken = self._take(slug, config, {"outcome": "decided", "input": answer},
-                                       f"the Prefect answer {item.key}")
-                    if taken is not None:
-                        return taken
+        for key, value in await prefect_compat.read_pause_answers(client, self.run_id, slug):
+            answer = _loads(value)
+            if isinstance(answer, dict):
+                answer = {k: v for k, v in answer.items() if k != "metadata"}
+            taken = self._take(slug, config, {"outcome": "decided", "input": answer}, f"the Prefect answer {key}")
+            if taken is not None:
+                return taken
         return None
 
     def _take(self, slug: str, config: ApprovalConfig, raw: Any, source: str) -> dict[str, Any] | None:
@@ -429,11 +422,10 @@ async def resume_approval(run_id: str, node_id: str, path: list[int] | None = No
                 raise
             if signer is None or not await _replace_unsigned(client, run_uuid, slug, decision, signer):
                 return ResumeAnswer("not_waiting", "a decision for this approval was already sent")
-        if state.type == StateType.PAUSED and state.state_details.pause_reschedule:
+        if prefect_compat.is_released(state):
             # Released by its worker (suspended): nobody polls for the decision, so schedule
             # the run again; a worker replays it and the approval reads the decision.
-            await client.set_flow_run_state(run_uuid, Scheduled(name="Resuming", message="approval answered"),
-                                            force=True)
+            await prefect_compat.schedule_released(client, run_uuid, "approval answered")
             return ResumeAnswer("accepted", "approval answered; the run is scheduled again and continues when a "
                                             "worker takes it")
     return ResumeAnswer("accepted", "approval answered; the run resumes within a second")

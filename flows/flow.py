@@ -193,10 +193,8 @@ def _trigger_of(flow_run: Any) -> dict[str, Any]:
     if flow_run.parent_task_run_id is not None:
         return {"type": "parent"}
     if flow_run.auto_scheduled:
-        key = flow_run.idempotency_key or ""  # Prefect's scheduler: "scheduled <deployment> <schedule> <time>"
-        parts = key.split(" ")
-        return {"type": "schedule", "schedule_id": parts[2]} if len(parts) > 3 and parts[0] == "scheduled" \
-            else {"type": "schedule"}
+        schedule_id = prefect_compat.schedule_id_of(flow_run)
+        return {"type": "schedule", "schedule_id": schedule_id} if schedule_id else {"type": "schedule"}
     return {"type": "prefect-ui"}
 
 
