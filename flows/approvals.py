@@ -372,7 +372,10 @@ async def resume_approval(run_id: str, node_id: str, path: list[int] | None = No
 
     ``signer``: the decision key of FlowMaestro's API/CLI. Signed, the run records the
     decision with ``decided_by``; without it the decision is like an answer through Prefect
-    (unverified: ``via: "prefect-ui"``, and refused when the workers do not take those)."""
+    (unverified: ``via: "prefect-ui"``, and refused when the workers do not take those).
+
+    Prefect failing (a 5xx, no connection) is raised as the client raised it, never answered
+    as "not waiting": the API turns it into 503 naming Prefect (``RunService``)."""
     try:
         run_uuid = uuid.UUID(run_id)
     except ValueError:

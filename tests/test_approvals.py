@@ -218,6 +218,8 @@ class FailingPrefect:
         self.upstream = upstream.rstrip("/")
         self.failing = asyncio.Event()
         self.failed: list[str] = []
+        self.url = ""
+        """Its Prefect API URL, once it serves (the ``failing_prefect`` fixture)."""
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "lifespan":
