@@ -21,16 +21,14 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from flows.prefect_compat import schedule_id_of
+
 CATCH_UP_POLICIES = ("none", "latest", "all")
 
 
 def schedule_of(flow_run: Any) -> str | None:
-    """The deployment schedule that created a run (Prefect's scheduler keys its runs
-    ``scheduled <deployment> <schedule> <time>``), or None for a run started otherwise."""
-    if not getattr(flow_run, "auto_scheduled", False):
-        return None
-    parts = (flow_run.idempotency_key or "").split(" ")
-    return parts[2] if len(parts) > 3 and parts[0] == "scheduled" else None
+    """The deployment schedule that created a run, or None for a run started otherwise."""
+    return schedule_id_of(flow_run)
 
 
 def scheduled_time(flow_run: Any) -> datetime | None:

@@ -40,7 +40,7 @@ from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterDeployme
 from prefect.client.schemas.objects import ConcurrencyLimitStrategy, FlowRun, StateType
 from prefect.exceptions import Pause
 from prefect.flows import Flow
-from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
+from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorkerResult
 
 from deployments.catch_up import missed_to_skip, schedule_of, scheduled_time
 from deployments.recovery import (CrashSweeper, HeartbeatEmitter, ensure_recovery_automations, heartbeat_interval,
@@ -48,7 +48,7 @@ from deployments.recovery import (CrashSweeper, HeartbeatEmitter, ensure_recover
 from deployments.run_store import StoreRuns
 from deployments.settings import WorkerSettings
 from deployments.workflow_deployments import DEFAULT_POOL, WORKER_TYPE
-from flows.prefect_compat import mark_cancelled, restore_state, start_flow_run_in_process
+from flows.prefect_compat import PollingWorker, mark_cancelled, restore_state, start_flow_run_in_process
 from flows.run_context import CancelSignals, RunContext
 
 
@@ -68,11 +68,11 @@ class FlowMaestroWorkerResult(BaseWorkerResult):
     pass
 
 
-class FlowMaestroWorker(BaseWorker[FlowMaestroJobConfiguration, FlowMaestroVariables, FlowMaestroWorkerResult]):
+class FlowMaestroWorker(PollingWorker):
     type = WORKER_TYPE
     job_configuration = FlowMaestroJobConfiguration
     job_configuration_variables = FlowMaestroVariables
-    _description = "Runs FlowMaestro canvas workflows as asyncio tasks of the worker's own process."
+    description = "Runs FlowMaestro canvas workflows as asyncio tasks of the worker's own process."
 
     def __init__(self, *, flow: Flow[..., Any], work_pool_name: str = DEFAULT_POOL, limit: int = 20,
                  cancel_poll_s: float = 1.0, name: str | None = None, on_cancel: Callable[[str], None] | None = None,
@@ -100,10 +100,9 @@ class FlowMaestroWorker(BaseWorker[FlowMaestroJobConfiguration, FlowMaestroVaria
             return []
         return await super().get_and_submit_flow_runs()
 
-    async def _get_scheduled_flow_runs(self) -> list[Any]:
-        """Prefect's query, less the missed scheduled runs the catch-up policy does not
-        start (deployments/catch_up.py); those end Cancelled, saying why."""
-        due = await super()._get_scheduled_flow_runs()
+    async def filter_due(self, due: list[Any]) -> list[Any]:
+        """The runs Prefect's poll found due, less the missed scheduled runs the catch-up
+        policy does not start (deployments/catch_up.py); those end Cancelled, saying why."""
         skip = missed_to_skip([entry.flow_run for entry in due], datetime.now(timezone.utc), self.catch_up,
                               self.late_after)
         for flow_run in skip:
@@ -111,7 +110,7 @@ class FlowMaestroWorker(BaseWorker[FlowMaestroJobConfiguration, FlowMaestroVaria
                 await mark_cancelled(self.client, flow_run.id, f"missed while no worker ran (scheduled for "
                                      f"{scheduled_time(flow_run)}); FLOWMAESTRO_SCHEDULE_CATCH_UP={self.catch_up}")
             except Exception as exc:  # left for the next poll
-                self._logger.warning("could not skip missed run %s: %s", flow_run.id, exc)
+                self.logger.warning("could not skip missed run %s: %s", flow_run.id, exc)
         skipped = {flow_run.id for flow_run in skip}
         due = [entry for entry in due if entry.flow_run.id not in skipped]
         for flow_run in await self._beyond_the_queue([entry.flow_run for entry in due]):
@@ -120,7 +119,7 @@ class FlowMaestroWorker(BaseWorker[FlowMaestroJobConfiguration, FlowMaestroVaria
                                      "waits for the one going to end (at most one waits)")
                 skipped.add(flow_run.id)
             except Exception as exc:  # left for the next poll
-                self._logger.warning("could not skip queued run %s: %s", flow_run.id, exc)
+                self.logger.warning("could not skip queued run %s: %s", flow_run.id, exc)
         due = [entry for entry in due if entry.flow_run.id not in skipped]
         return self._after_submissions_of_their_queue(due)
 
@@ -129,7 +128,7 @@ class FlowMaestroWorker(BaseWorker[FlowMaestroJobConfiguration, FlowMaestroVaria
         workflow_deployments.owner_queue) when the worker polls, but a run this worker took
         at the last poll counts only once it is Pending: runs of a queue with submissions
         still under way wait for the next poll, so one worker never exceeds the limit."""
-        submitting = self._submitting_flow_run_ids
+        submitting = self.submitting_ids
         self._queue_of = {run_id: queue for run_id, queue in self._queue_of.items() if run_id in submitting}
         busy = set(self._queue_of.values())
         taken = [entry for entry in due if entry.flow_run.work_queue_name not in busy]
@@ -167,7 +166,7 @@ class FlowMaestroWorker(BaseWorker[FlowMaestroJobConfiguration, FlowMaestroVaria
         task = start_flow_run_in_process(self.flow, flow_run, dict(flow_run.parameters))
         self.running[run_id] = task
         if self.heartbeats is not None:
-            self.heartbeats.pool_id = self.heartbeats.pool_id or (str(self._work_pool.id) if self._work_pool else None)
+            self.heartbeats.pool_id = self.heartbeats.pool_id or self.work_pool_id
             self.heartbeats.hold(run_id)
         if task_status is not None:
             # BaseWorker records this as the run's infrastructure and only then counts the
@@ -187,7 +186,7 @@ class FlowMaestroWorker(BaseWorker[FlowMaestroJobConfiguration, FlowMaestroVaria
             if not task.done():
                 raise
         except Exception:  # the engine records the state itself; count it as a failed run
-            self._logger.exception("flow run %s raised out of the engine", run_id)
+            self.logger.exception("flow run %s raised out of the engine", run_id)
             status_code = 1
         finally:
             self.running.pop(run_id, None)
@@ -207,7 +206,7 @@ class FlowMaestroWorker(BaseWorker[FlowMaestroJobConfiguration, FlowMaestroVaria
                 flow_runs = await self.client.read_flow_runs(
                     flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)), limit=len(ids))
             except Exception as exc:  # a hiccup of the API must not end the watcher
-                self._logger.debug("could not read run states: %s", exc)
+                self.logger.debug("could not read run states: %s", exc)
                 continue
             for flow_run in flow_runs:
                 if flow_run.state and flow_run.state.type in (StateType.CANCELLING, StateType.CANCELLED):
@@ -230,17 +229,17 @@ class FlowMaestroWorker(BaseWorker[FlowMaestroJobConfiguration, FlowMaestroVaria
             assert flow_run.state is not None
             await restore_state(self.client, flow_run.id, earlier, f"set back to {earlier.name}: it was marked "
                                 f"{flow_run.state.name} while its worker {self.identifier} still executes it")
-            self._logger.warning("flow run %s was marked %s while this worker executes it: set back to %s",
+            self.logger.warning("flow run %s was marked %s while this worker executes it: set back to %s",
                                  flow_run.id, flow_run.state.name, earlier.name)
         except Exception as exc:  # the next poll tries again
-            self._logger.warning("could not set back flow run %s: %s", flow_run.id, exc)
+            self.logger.warning("could not set back flow run %s: %s", flow_run.id, exc)
 
     async def shutdown(self, grace_s: float) -> None:
         """Take no new runs; wait up to ``grace_s`` for runs in flight, then cancel the rest."""
         self.draining = True
         tasks = list(self.running.values())
         if tasks:
-            self._logger.info("waiting up to %.0f s for %d run(s) in flight", grace_s, len(tasks))
+            self.logger.info("waiting up to %.0f s for %d run(s) in flight", grace_s, len(tasks))
             _done, pending = await asyncio.wait(tasks, timeout=grace_s)
             if pending and self.on_cancel is not None:
                 # As if cancelled in Prefect: each flow stops its execution and ends

@@ -32,12 +32,13 @@ from prefect.client.schemas.actions import DeploymentUpdate, WorkPoolCreate
 from prefect.client.schemas.objects import FlowRun
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
+from flows.subworkflows import WORKFLOW_TAG  # one definition: child runs carry it too
+
 FLOW_NAME = "flowmaestro"
 """The name of the generic flow (``flows.flow.run_workflow``)."""
 WORKER_TYPE = "flowmaestro"
 DEFAULT_POOL = "flowmaestro"
 ENTRYPOINT = "flows/flow.py:run_workflow"
-WORKFLOW_TAG = "workflow:{id}"
 
 
 _UNSAFE_IN_DEPLOYMENT_NAMES = re.compile(r"[/%&<>?#\\\x00-\x1f\x7f]+")

@@ -40,11 +40,9 @@ from typing import Any
 
 import httpx
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.objects import StateType
 from prefect.exceptions import Pause
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
-from prefect.states import Scheduled
 from pydantic import ValidationError
 
 from builder.plan import PlanNode
@@ -187,18 +185,13 @@ class PrefectApprovals:
                 taken = self._take(slug, config, _loads(found[0].value), f"input {found[0].key}")
                 if taken is not None:
                     return taken
-        for state_name in ("paused", "suspended"):
-            found = await client.filter_flow_run_input(self.run_id, key_prefix=f"{state_name}-{slug}", limit=50,
-                                                       exclude_keys=set())
-            for item in found:
-                if item.key.endswith("-response"):
-                    answer = _loads(item.value)
-                    if isinstance(answer, dict):
-                        answer = {k: v for k, v in answer.items() if k != "metadata"}
-                    taken = self._take(slug, config, {"outcome": "decided", "input": answer},
-                                       f"the Prefect answer {item.key}")
-                    if taken is not None:
-                        return taken
+        for key, value in await prefect_compat.read_pause_answers(client, self.run_id, slug):
+            answer = _loads(value)
+            if isinstance(answer, dict):
+                answer = {k: v for k, v in answer.items() if k != "metadata"}
+            taken = self._take(slug, config, {"outcome": "decided", "input": answer}, f"the Prefect answer {key}")
+            if taken is not None:
+                return taken
         return None
 
     def _take(self, slug: str, config: ApprovalConfig, raw: Any, source: str) -> dict[str, Any] | None:
@@ -379,7 +372,10 @@ async def resume_approval(run_id: str, node_id: str, path: list[int] | None = No
 
     ``signer``: the decision key of FlowMaestro's API/CLI. Signed, the run records the
     decision with ``decided_by``; without it the decision is like an answer through Prefect
-    (unverified: ``via: "prefect-ui"``, and refused when the workers do not take those)."""
+    (unverified: ``via: "prefect-ui"``, and refused when the workers do not take those).
+
+    Prefect failing (a 5xx, no connection) is raised as the client raised it, never answered
+    as "not waiting": the API turns it into 503 naming Prefect (``RunService``)."""
     try:
         run_uuid = uuid.UUID(run_id)
     except ValueError:
@@ -421,14 +417,18 @@ async def resume_approval(run_id: str, node_id: str, path: list[int] | None = No
             decision = signer.sign(str(run_uuid), slug, decision)
         try:
             await client.create_flow_run_input(run_uuid, key=DECISION + slug, value=json.dumps(decision))
-        except Exception as exc:  # the key exists: someone answered first
+        except httpx.HTTPStatusError as exc:
+            # Only a 409 says the key exists (someone answered first). Anything else is Prefect
+            # failing (a 5xx; connection errors are no HTTPStatusError): raised, for the caller
+            # to answer "Prefect unavailable" (the API: 503), never "already sent".
+            if exc.response.status_code != 409:
+                raise
             if signer is None or not await _replace_unsigned(client, run_uuid, slug, decision, signer):
-                return ResumeAnswer("not_waiting", f"a decision for this approval was already sent ({exc})")
-        if state.type == StateType.PAUSED and state.state_details.pause_reschedule:
+                return ResumeAnswer("not_waiting", "a decision for this approval was already sent")
+        if prefect_compat.is_released(state):
             # Released by its worker (suspended): nobody polls for the decision, so schedule
             # the run again; a worker replays it and the approval reads the decision.
-            await client.set_flow_run_state(run_uuid, Scheduled(name="Resuming", message="approval answered"),
-                                            force=True)
+            await prefect_compat.schedule_released(client, run_uuid, "approval answered")
             return ResumeAnswer("accepted", "approval answered; the run is scheduled again and continues when a "
                                             "worker takes it")
     return ResumeAnswer("accepted", "approval answered; the run resumes within a second")

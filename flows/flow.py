@@ -46,7 +46,7 @@ from flows.prefect_runner import PrefectRunner
 from flows.records import RunRecord
 from flows.releases import DelayRelease
 from flows.run_context import CancelSignals, RunContext, RunStore
-from flows.subworkflows import ChildFlow, PrefectSubworkflows
+from flows.subworkflows import ChildFlow, PrefectSubworkflows, tag_run_with_workflow
 
 FLOW_NAME = "flowmaestro"
 
@@ -136,6 +136,7 @@ async def _run_in_flow(context: RunContext, child_flow: ChildFlow, canvas: dict[
             prefect_compat.task_run_recorder(context.task_run_sender, logs=context.settings.node_logs))
         if saved:
             assert context.store is not None and workflow_id is not None and owner is not None
+            await tag_run_with_workflow(flow_context, workflow_id)  # a child run's tag (its parent's call has none)
             try:
                 found = await context.store.load(owner, workflow_id, version)
             except LookupError as exc:
@@ -192,10 +193,8 @@ def _trigger_of(flow_run: Any) -> dict[str, Any]:
     if flow_run.parent_task_run_id is not None:
         return {"type": "parent"}
     if flow_run.auto_scheduled:
-        key = flow_run.idempotency_key or ""  # Prefect's scheduler: "scheduled <deployment> <schedule> <time>"
-        parts = key.split(" ")
-        return {"type": "schedule", "schedule_id": parts[2]} if len(parts) > 3 and parts[0] == "scheduled" \
-            else {"type": "schedule"}
+        schedule_id = prefect_compat.schedule_id_of(flow_run)
+        return {"type": "schedule", "schedule_id": schedule_id} if schedule_id else {"type": "schedule"}
     return {"type": "prefect-ui"}
 
 

@@ -2,8 +2,10 @@
 
 FlowMaestro leans on a few Prefect behaviours that no public API promises: how the task
 engine reports task runs (state events the server turns into task runs), what it calls a
-cache hit or a timeout (state *names*), how a forced state moves a flow run, and the flow
-engine's entry point for a flow run created beforehand. They were read in, and measured
+cache hit or a timeout (state *names*), how a forced state moves a flow run, the flow
+engine's entry point for a flow run created beforehand, how the scheduler keys its runs and
+where Prefect keeps the answers to pauses, and the base worker's private poll. No other
+module uses a private Prefect name (``tests/test_private_prefect_names.py``). They were read in, and measured
 against, Prefect ``TESTED_PREFECT``; ``tests/test_prefect_compat.py`` checks each one
 against a real Prefect server, so a Prefect upgrade that changes one fails there, loudly.
 
@@ -13,6 +15,7 @@ with one warning: control nodes then run as normal task runs.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextvars
 import functools
@@ -318,6 +321,44 @@ async def schedule_again(client: Any, flow_run_id: uuid.UUID | str, message: str
     await client.set_flow_run_state(flow_run_id, Scheduled(name="AwaitingRetry", message=message), force=True)
 
 
+def schedule_id_of(flow_run: Any) -> str | None:
+    """The id of the deployment schedule whose run this is, or None for a run started
+    otherwise. Prefect's scheduler creates a schedule's runs ``auto_scheduled`` with the
+    idempotency key ``scheduled <deployment id> <schedule id> <time>`` (its
+    ``models.deployments``); no field of the run names the schedule."""
+    if not getattr(flow_run, "auto_scheduled", False):
+        return None
+    parts = (getattr(flow_run, "idempotency_key", None) or "").split(" ")
+    return parts[2] if len(parts) > 3 and parts[0] == "scheduled" else None
+
+
+async def read_pause_answers(client: Any, flow_run_id: uuid.UUID, pause_key: str,
+                             limit: int = 50) -> list[tuple[str, str]]:
+    """The answers (input key, JSON text) given through Prefect's Resume (its UI, ``resume_flow_run``)
+    to every pause or suspension of a flow run on ``pause_key`` or one of its fresh
+    variants (``fresh_pause_key``). Prefect keeps each as the run input
+    ``<state name>-<pause key>-response`` (``prefect.input.keyset_from_paused_state``)."""
+    answers: list[tuple[str, str]] = []
+    for state_name in ("paused", "suspended"):
+        found = await client.filter_flow_run_input(flow_run_id, key_prefix=f"{state_name}-{pause_key}", limit=limit,
+                                                   exclude_keys=set())
+        answers += [(item.key, item.value) for item in found if item.key.endswith("-response")]
+    return answers
+
+
+def is_released(state: State | None) -> bool:
+    """A flow run its process let go of while it waits (``release_flow_run``: Prefect's
+    suspend): nothing polls for its answer; ``schedule_released`` puts it back."""
+    return state is not None and state.type == StateType.PAUSED and bool(state.state_details.pause_reschedule)
+
+
+async def schedule_released(client: Any, flow_run_id: uuid.UUID | str, message: str) -> None:
+    """Schedule again a run ``is_released`` says its process let go of, for any worker to
+    continue it (named ``Resuming``). Forced: Prefect's own resume of a suspended run insists
+    on the input of its paused form, and an answer that came another way has none."""
+    await client.set_flow_run_state(flow_run_id, Scheduled(name="Resuming", message=message), force=True)
+
+
 async def end_pause(client: Any, flow_run_id: uuid.UUID, pause_key: str) -> bool:
     """End a pause nobody will answer through Prefect (it was decided another way) by forcing
     the flow run back to Running; the ``pause_flow_run`` waiting on it must be cancelled first,
@@ -578,3 +619,61 @@ async def read_path(storage: Any, path: str) -> bytes:
     """The content at ``path`` of a storage block: storage blocks differ in whether
     ``read_path`` is async (prefect issue #15008)."""
     return await call_explicitly_async_block_method(storage, "read_path", (path,), {})
+
+
+# --- the worker ----------------------------------------------------------------------------------
+
+
+def _polling_worker_class() -> type:
+    """``PollingWorker``, built on first use: importing Prefect's workers costs 0.1-0.2 s,
+    which a process that runs no worker (the API, ``flowmaestro run``) does not pay."""
+    from prefect.workers.base import BaseWorker
+
+    # abc.ABC: Prefect registers every worker class by its ``type``, but an abstract one.
+    class PollingWorker(BaseWorker, abc.ABC):  # type: ignore[type-arg]
+        """Prefect's ``BaseWorker`` with public hooks for what FlowMaestro's worker changes:
+
+        - ``filter_due(entries)``: the scheduled runs a poll found (``entry.flow_run``),
+          before they are submitted; it returns those to submit (Prefect's private
+          ``_get_scheduled_flow_runs`` is the query);
+        - ``work_pool_id``, ``submitting_ids`` (runs taken and not yet Pending), ``logger``;
+        - ``description``: what the worker type says of itself (``get_description``, which
+          reads a private ``_description`` otherwise).
+        """
+
+        description = ""
+
+        @classmethod
+        def get_description(cls) -> str:
+            return cls.description
+
+        async def filter_due(self, due: list[Any]) -> list[Any]:
+            return due
+
+        async def _get_scheduled_flow_runs(self) -> list[Any]:
+            return await self.filter_due(list(await super()._get_scheduled_flow_runs()))
+
+        @property
+        def work_pool_id(self) -> str | None:
+            """The work pool's id, once the worker has read its pool (after its first poll)."""
+            return str(self._work_pool.id) if self._work_pool is not None else None
+
+        @property
+        def submitting_ids(self) -> set[Any]:
+            """Ids of the flow runs this worker took and is still submitting (not yet Pending)."""
+            return set(self._submitting_flow_run_ids)
+
+        @property
+        def logger(self) -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+            return self._logger
+
+    PollingWorker.__qualname__ = "PollingWorker"
+    return PollingWorker
+
+
+def __getattr__(name: str) -> Any:
+    if name == "PollingWorker":
+        cls = _polling_worker_class()
+        globals()["PollingWorker"] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

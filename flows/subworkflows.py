@@ -16,6 +16,30 @@ from typing import Any, Protocol
 from flows.prefect_compat import UntrustedResult, run_result
 from node_handlers.base import Completed, NodeError
 
+WORKFLOW_TAG = "workflow:{id}"
+"""The Prefect tag of every flow run of a saved workflow: its deployment's runs carry it
+(``deployments.workflow_deployments``), and so does a child run a parent starts."""
+
+
+def workflow_tag(workflow_id: str) -> str:
+    return WORKFLOW_TAG.format(id=workflow_id)
+
+
+async def tag_run_with_workflow(flow_context: Any, workflow_id: str) -> None:
+    """Give the flow run executing now its saved workflow's tag, when it lacks it: a child run
+    (a subworkflow node) is created by Prefect with the tags of the context it was called in,
+    never its deployment's. Set on the flow run only, once it exists: a ``tags()`` context
+    around the child's call would tag every task run of the child as well, and Prefect takes a
+    tag concurrency slot (a server call) for each task run that starts with tags."""
+    flow_run = getattr(flow_context, "flow_run", None)
+    tag = workflow_tag(workflow_id)
+    if flow_run is None or tag in (flow_run.tags or ()):
+        return
+    tags = sorted(set(flow_run.tags or ()) | {tag})
+    await flow_context.client.update_flow_run(flow_run.id, tags=tags)
+    flow_run.tags = tags
+
+
 # (reference, version, parent run id, owner of the run) -> canvas
 WorkflowResolver = Callable[[str, int | None, str, str | None], Awaitable[dict[str, Any]]]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import uuid
 
 import httpx
 import pytest
@@ -207,3 +208,140 @@ async def test_resume_of_an_unknown_run_or_node_is_not_waiting(start):
     assert answer.status == "not_waiting"
     await resume_approval(await run.id(), "ask", values={"approved": True, "reason": "cleanup"})
     await run.result()
+
+
+class FailingPrefect:
+    """A proxy in front of the session's Prefect server that answers 500 for the decision
+    inputs FlowMaestro's API writes while ``failing`` is set; everything else goes through."""
+
+    def __init__(self, upstream: str):
+        self.upstream = upstream.rstrip("/")
+        self.failing = asyncio.Event()
+        self.failed: list[str] = []
+        self.url = ""
+        """Its Prefect API URL, once it serves (the ``failing_prefect`` fixture)."""
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "lifespan":
+            while (message := await receive())["type"] != "lifespan.shutdown":
+                await send({"type": message["type"] + ".complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        path = scope["path"]
+        if self.failing.is_set() and scope["method"] == "POST" and path.endswith("/input") \
+                and b'"fm-decision-' in body:
+            self.failed.append(path)
+            await send({"type": "http.response.start", "status": 500,
+                        "headers": [(b"content-type", b"application/json")]})
+            await send({"type": "http.response.body", "body": b'{"detail": "Internal Server Error"}'})
+            return
+        upstream = self.upstream + path.removeprefix("/api")
+        headers = [(k.decode(), v.decode()) for k, v in scope["headers"] if k.lower() not in (b"host",
+                                                                                          b"content-length")]
+        async with httpx.AsyncClient(timeout=60) as client:
+            answer = await client.request(scope["method"], upstream, params=scope["query_string"].decode(),
+                                          headers=headers, content=body)
+        await send({"type": "http.response.start", "status": answer.status_code,
+                    "headers": [(k.encode(), v.encode()) for k, v in answer.headers.items()
+                                if k.lower() not in ("content-length", "content-encoding", "transfer-encoding")]})
+        await send({"type": "http.response.body", "body": answer.content})
+
+
+@pytest.fixture
+async def failing_prefect(prefect_server):
+    import uvicorn
+
+    from tests.processes import free_port
+
+    proxy = FailingPrefect(prefect_server.api_url)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(proxy, host="127.0.0.1", port=port, log_level="warning"))
+    serving = asyncio.create_task(server.serve())
+    deadline = asyncio.get_running_loop().time() + 60
+    while not server.started:
+        assert not serving.done() and asyncio.get_running_loop().time() < deadline, "the proxy did not start"
+        await asyncio.sleep(0.05)
+    proxy.url = f"http://127.0.0.1:{port}/api"
+    yield proxy
+    server.should_exit = True
+    await asyncio.wait_for(serving, 60)
+
+
+async def test_prefect_failing_while_a_decision_is_sent_answers_503_naming_it_not_409(
+        tmp_path, failing_prefect, in_process_workers):
+    """Bug: any failure of Prefect while the decision was written answered 409 "already sent".
+    The API here reaches Prefect through a proxy that fails that write with a 500: 503 naming
+    Prefect, and the approval still waits; once Prefect answers again, the same request goes
+    through."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from api.app import create_app
+    from api.settings import ApiSettings
+    from tests.support import wait_final
+
+    key, pool = f"key-{uuid.uuid4().hex}", f"approvals-{uuid.uuid4().hex[:6]}"
+    database = f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+    settings = ApiSettings(database_url=database, api_keys=f"ada:{key}", home=tmp_path, work_pool=pool,
+                           prefect_timeout_s=20)
+    # The worker talks to Prefect directly; only the API goes through the proxy.
+    from store.db import upgrade_schema
+
+    await upgrade_schema(database)
+    await in_process_workers.start(database, pool)
+    raw = canvas([node("ask", "approval", data={"form": {"reason": {"type": "string", "required": True}}}),
+                  node("yes", data={"output": "{{ ask.input.reason }}"})], [("ask", "yes", "approved")],
+                 name=f"ask-{uuid.uuid4().hex[:6]}")
+    with temporary_settings({PREFECT_API_URL: failing_prefect.url}):
+        app = create_app(settings)
+        async with app.router.lifespan_context(app), httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://test",
+                headers={"Authorization": f"Bearer {key}"}, timeout=120) as api:
+            saved = await api.post("/api/workflows", json={"canvas": raw})
+            assert saved.status_code == 201, saved.text
+            started = await api.post(f"/api/workflows/{saved.json()['id']}/execute", json={})
+            assert started.status_code == 202, started.text
+            execution_id = started.json()["execution_id"]
+            deadline = asyncio.get_running_loop().time() + 120
+            while not (await api.get(f"/api/executions/{execution_id}")).json()["pending_approvals"]:
+                assert asyncio.get_running_loop().time() < deadline, "the approval was never announced"
+                await asyncio.sleep(0.2)
+            answer = {"node_id": "ask", "input": {"approved": True, "reason": "ok"}}
+            failing_prefect.failing.set()
+            refused = await api.post(f"/api/executions/{execution_id}/resume", json=answer)
+            assert failing_prefect.failed, "the decision never reached the failing Prefect"
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["service"] == "prefect" and refused.headers["retry-after"]
+            [pending] = (await api.get(f"/api/executions/{execution_id}")).json()["pending_approvals"]
+            assert pending["decision_sent"] is False
+            failing_prefect.failing.clear()
+            accepted = await api.post(f"/api/executions/{execution_id}/resume", json=answer)
+            assert accepted.status_code == 200, accepted.text
+            result = await wait_final(api, execution_id, timeout=120)
+            assert result["output"] == {"yes": "ok"}
+
+
+async def test_prefect_failing_while_an_unsigned_decision_is_sent_raises_not_already_sent(start, failing_prefect):
+    """The CLI's way (no API): the failure is raised, not answered "a decision was already sent"."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import PrefectHTTPStatusError
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    run = start(approval_canvas())
+    await run.pending(1)
+    run_id = await run.id()
+    failing_prefect.failing.set()
+    with temporary_settings({PREFECT_API_URL: failing_prefect.url}):
+        async with get_client() as client:
+            with pytest.raises(PrefectHTTPStatusError) as raised:
+                await resume_approval(run_id, "ask", values={"approved": True, "reason": "x"}, client=client)
+    assert raised.value.response.status_code == 500
+    assert [p["decision_sent"] for p in await pending_approvals(run_id)] == [False]
+    failing_prefect.failing.clear()
+    assert (await resume_approval(run_id, "ask", values={"approved": True, "reason": "ok"})).status == "accepted"
+    state, result = await run.result()
+    assert result["nodes"]["ship"]["output"] == "shipped because ok"

@@ -555,3 +555,158 @@ async def test_runs_left_suspended_on_a_delay_are_found_and_scheduled_for_its_en
         assert state.type == StateType.SCHEDULED and state.name == prefect_compat.DELAY_RELEASE_STATE
         assert abs((state.state_details.scheduled_time - ends).total_seconds()) < 1
         assert await prefect_compat.read_stranded_delay_releases(client, pool, later) == []
+
+
+# --- the scheduler's runs, answers to pauses, released runs, the worker's hooks ----------------
+
+
+@pytest.mark.prefect
+@pytest.mark.usefixtures("prefect_server")
+async def test_a_run_of_a_deployment_schedule_names_its_schedule():
+    """Prefect's scheduler keys a schedule's runs ``scheduled <deployment> <schedule> <time>``;
+    ``schedule_id_of`` reads the schedule back (a run created by hand has none)."""
+    from prefect.client.schemas.actions import DeploymentScheduleCreate
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.client.schemas.schedules import IntervalSchedule
+
+    @flow(name="compat-scheduled")
+    async def nothing() -> None:
+        return None
+
+    async with get_client() as client:
+        deployment_id = await client.create_deployment(
+            flow_id=await client.create_flow(nothing), name=f"compat-{uuid.uuid4().hex[:6]}",
+            schedules=[DeploymentScheduleCreate(schedule=IntervalSchedule(interval=timedelta(days=30)))])
+        [schedule] = (await client.read_deployment(deployment_id)).schedules
+        # What the scheduler service does every loop (it may well have done it already).
+        response = await client.request("POST", "/deployments/{id}/schedule", path_params={"id": deployment_id},
+                                        json={"max_runs": 2})
+        assert response.status_code < 300
+        deadline = asyncio.get_running_loop().time() + 60
+        while not (runs := await client.read_flow_runs(deployment_filter=DeploymentFilter(
+                id=DeploymentFilterId(any_=[deployment_id])))):
+            assert asyncio.get_running_loop().time() < deadline, "the scheduler made no run"
+            await asyncio.sleep(0.5)
+        by_hand = await client.create_flow_run_from_deployment(deployment_id)
+        await client.delete_deployment(deployment_id)
+    scheduled = [run for run in runs if run.auto_scheduled]
+    assert scheduled, runs
+    assert {prefect_compat.schedule_id_of(run) for run in scheduled} == {str(schedule.id)}
+    assert prefect_compat.schedule_id_of(by_hand) is None
+
+
+@pytest.mark.prefect
+@pytest.mark.usefixtures("prefect_server")
+async def test_an_answer_through_prefects_resume_is_read_back_by_its_pause_key():
+    """Prefect keeps the answer to a pause as the input ``<state name>-<pause key>-response``,
+    for the key given and its fresh variants (``key-2``...), and for no other key."""
+    from prefect.input import keyset_from_paused_state
+    from prefect.states import Paused, Suspended
+
+    assert keyset_from_paused_state(Paused(pause_key="ask-9"))["response"] == "paused-ask-9-response"
+    assert keyset_from_paused_state(Suspended(pause_key="ask-9"))["response"] == "suspended-ask-9-response"
+
+    @flow(name="compat-answered")
+    async def answered() -> dict[str, object]:
+        run_id = uuid.UUID(current_flow_run.id)
+        answers = {}
+        async with get_client() as client:
+            for key in ("ask-9", "ask-9-2"):
+                pause = asyncio.create_task(pause_flow_run(wait_for_input=Decision, timeout=3600, poll_interval=1,
+                                                           key=key))
+                for _ in range(300):
+                    if await state_of(client, run_id) == StateType.PAUSED:
+                        break
+                    await asyncio.sleep(0.1)
+                await client.resume_flow_run(run_id, run_input={"approved": key == "ask-9"})
+                answers[key] = (await asyncio.wait_for(pause, 60)).approved
+        return answers
+
+    state = await asyncio.wait_for(answered(return_state=True), 180)
+    assert state.is_completed(), state
+    assert await state.result() == {"ask-9": True, "ask-9-2": False}
+    async with get_client() as client:
+        found = await prefect_compat.read_pause_answers(client, state.state_details.flow_run_id, "ask-9")
+        other = await prefect_compat.read_pause_answers(client, state.state_details.flow_run_id, "ask-8")
+    assert sorted((key, json.loads(value)["approved"]) for key, value in found) == [
+        ("paused-ask-9-2-response", False), ("paused-ask-9-response", True)]
+    assert other == []
+
+
+@pytest.mark.prefect
+@pytest.mark.usefixtures("prefect_server")
+async def test_a_released_run_is_recognised_and_scheduled_again_resuming():
+    """A run suspended (its process let go of it) is released, a paused one is not; putting it
+    back makes it Scheduled ``Resuming``, which Prefect's own resume refuses without input."""
+    from prefect.states import Paused, Suspended
+
+    @flow(name="compat-released-again")
+    async def nothing() -> None:
+        return None
+
+    async with get_client() as client:
+        deployment_id = await deployment_of(client, nothing)
+        suspended = await client.create_flow_run_from_deployment(deployment_id)
+        await client.set_flow_run_state(suspended.id, Suspended(pause_key="ask-1"), force=True)
+        paused = await client.create_flow_run_from_deployment(deployment_id)
+        await client.set_flow_run_state(paused.id, Paused(pause_key="ask-1"), force=True)
+        suspended_state = (await client.read_flow_run(suspended.id)).state
+        paused_state = (await client.read_flow_run(paused.id)).state
+        assert prefect_compat.is_released(suspended_state) and not prefect_compat.is_released(paused_state)
+        assert not prefect_compat.is_released(None)
+        await prefect_compat.schedule_released(client, suspended.id, "approval answered")
+        state = (await client.read_flow_run(suspended.id)).state
+    assert state.type == StateType.SCHEDULED and state.name == "Resuming" and state.message == "approval answered"
+
+
+@pytest.mark.prefect
+@pytest.mark.usefixtures("prefect_server")
+async def test_a_polling_worker_hands_its_due_runs_to_filter_due_and_submits_what_it_returns():
+    """``PollingWorker``'s hooks over ``BaseWorker``'s private poll: the due runs (entries with
+    ``flow_run``) reach ``filter_due``; only what it returns is submitted; the pool's id, the
+    runs being submitted, the logger and the description are there."""
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.workers.base import BaseJobConfiguration, BaseWorkerResult
+
+    submitted: list[uuid.UUID] = []
+    seen: list[list[uuid.UUID]] = []
+
+    class Polling(prefect_compat.PollingWorker):
+        type = "fm-compat-polling"
+        job_configuration = BaseJobConfiguration
+        description = "a worker of the contract test"
+
+        async def filter_due(self, due):
+            seen.append([entry.flow_run.id for entry in due])
+            assert isinstance(self.submitting_ids, set)
+            self.logger.info("filtering %d due runs", len(due))
+            return [entry for entry in due if entry.flow_run.name == "keep"]
+
+        async def run(self, flow_run, configuration, task_status=None):
+            submitted.append(flow_run.id)
+            if task_status is not None:
+                task_status.started("in-test")
+            return BaseWorkerResult(identifier="in-test", status_code=0)
+
+    @flow(name="compat-polled")
+    async def nothing() -> None:
+        return None
+
+    assert Polling.get_description() == "a worker of the contract test"
+    pool = f"compat-poll-{uuid.uuid4().hex[:6]}"
+    async with get_client() as client:
+        created = await client.create_work_pool(WorkPoolCreate(name=pool, type=Polling.type))
+        deployment_id = await client.create_deployment(flow_id=await client.create_flow(nothing), name=pool,
+                                                       work_pool_name=pool)
+        keep = await client.create_flow_run_from_deployment(deployment_id, name="keep")
+        drop = await client.create_flow_run_from_deployment(deployment_id, name="drop")
+    async with Polling(work_pool_name=pool) as worker:
+        await worker.sync_with_backend()
+        assert worker.work_pool_id == str(created.id)
+        deadline = asyncio.get_running_loop().time() + 60
+        while not submitted:
+            assert asyncio.get_running_loop().time() < deadline, f"nothing submitted; due runs seen: {seen}"
+            await worker.get_and_submit_flow_runs()
+            await asyncio.sleep(0.5)
+    assert any({keep.id, drop.id} <= set(ids) for ids in seen), seen
+    assert submitted == [keep.id]
