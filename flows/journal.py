@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
 from flows.events import utcnow
 from node_handlers.base import Completed
-from node_handlers.redaction import REDACTED, redact
+from node_handlers.redaction import SECRET_FIELDS, redact
 from store.queries import NodeOutcome
 
 log = logging.getLogger("flowmaestro.journal")
@@ -39,7 +38,6 @@ Path = tuple[int, ...]
 WRITE_ATTEMPTS = 4
 MAX_BUFFERED = 500
 """Entries of inline nodes the journal holds before it writes them anyway."""
-SECRET_FIELD = re.compile(r"(authorization|password|passwd|secret|token|api[-_]?key|cookie)", re.IGNORECASE)
 
 
 class JournalUnavailable(RuntimeError):
@@ -157,14 +155,7 @@ class RunJournal:
                 if any(e is entry for e in self._buffer):
                     await self._flush()
 
-    def redact(self, value: Any, field: str = "") -> Any:
-        """``value`` with secret fields and the run's secret values replaced."""
-        if SECRET_FIELD.search(field) and value not in (None, "", {}, []):
-            return REDACTED
-        if isinstance(value, dict):
-            return {k: self.redact(v, str(k)) for k, v in value.items()}
-        if isinstance(value, list):
-            return [self.redact(v, field) for v in value]
-        if isinstance(value, str):
-            return redact(value, self.secrets)  # every encoding of them, longest first
-        return value
+    def redact(self, value: Any) -> Any:
+        """``value`` with secret fields and every form of the run's secret values replaced
+        (``node_handlers.redaction.redact``, as the handlers do)."""
+        return redact(value, self.secrets, secret_fields=SECRET_FIELDS)

@@ -252,3 +252,18 @@ async def test_durable_writes_that_meet_share_one_transaction_and_a_failed_one_i
         await journal.completed("late", (), "k", Completed(output=1), 1, durable=True)
     await journal.flush()
     assert ("late", ()) in store.rows["run-1"]
+
+
+def test_the_journal_redacts_like_the_handlers_keys_and_tuples_included():
+    # Bug 4: one redaction function for the journal and the handlers.
+    from node_handlers.redaction import redact
+
+    journal = RunJournal("run-1", secrets=["sk-abc", "sk-abc-long-tail"])
+    value = {"message": "sent sk-abc-long-tail and sk-abc", "sk-abc-long-tail": 1,
+             "pair": ("sk-abc", "x"), "headers": {"Authorization": "Bearer whatever"}}
+    kept = journal.redact(value)
+    text = repr(kept)
+    assert "sk-abc" not in text and "long-tail" not in text and "whatever" not in text
+    assert kept["message"] == "sent [redacted] and [redacted]"
+    assert kept["headers"] == {"Authorization": "[redacted]"}
+    assert redact("sent sk-abc-long-tail", ["sk-abc", "sk-abc-long-tail"]) == "sent [redacted]"
