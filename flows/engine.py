@@ -32,13 +32,13 @@ from flows.capabilities import RunCapabilities
 from flows.containers import run_container
 from flows.events import EventBus, utcnow
 from flows.frames import Frame
-from flows.journal import RunJournal
+from flows.journal import JournalUnavailable, RunJournal
 from flows.large_outputs import LargeOutputs
 from flows.policies import (is_dead_letter, journals_durably, kept_output, node_cache_key, oversize_error,
                             restores, runs_inline)
 from flows.recording import TaskRunMirror, task_run_name, upstream_task_runs
 from flows.records import NodeRun, RunRecord
-from flows.scheduler import NodeResult, ScopeResult, ScopeRun, error_info
+from flows.scheduler import Decision, NodeResult, ScopeResult, ScopeRun, error_info
 from node_handlers.base import NO_CAPABILITIES, SOURCE, Completed, NodeContext, NodeError, NodeHandler
 from node_handlers.containers import RESOLVED
 from node_handlers.registry import HandlerRegistry
@@ -223,11 +223,8 @@ class Execution:
                     result = task.result()
                     decision = state.node_ended(node_id, result, edge_scope, attempts=run.attempts)
                     failed_call = self._failed_calls.pop((node_id, frame.path), None)
-                    if failed_call is not None:  # buffered: written with the next durable write
-                        assert result.error is not None
-                        await self.journal.failed(node_id, frame.path, failed_call.key, result.error,
-                                                  failed_call.attempts, failed_call.config,
-                                                  dead_letter=is_dead_letter(decision))
+                    if failed_call is not None:
+                        await self._journal_failure(node_id, frame, failed_call, result, decision)
                     if decision.broken_condition is not None:
                         run.status, run.error, run.output = "failed", decision.broken_condition, None
                         self.bus.publish("node:error", node_id=node_id, path=frame.path,
@@ -245,6 +242,18 @@ class Execution:
             raise
         self._never_started(state.never_started(), frame)
         return state.result(self._base_scope(frame) if frame.scope_id == TOP else None)
+
+    async def _journal_failure(self, node_id: str, frame: Frame, failed_call: FailedCall, result: NodeResult,
+                               decision: Decision) -> None:
+        """Keep a leaf's failure in the journal, a dead letter when the scheduler found
+        nothing to catch it. Buffered (written with the next durable write): a store that
+        does not take a batch meanwhile keeps it buffered, and the node has failed anyway."""
+        assert result.error is not None
+        try:
+            await self.journal.failed(node_id, frame.path, failed_call.key, result.error, failed_call.attempts,
+                                      failed_call.config, dead_letter=is_dead_letter(decision))
+        except JournalUnavailable as exc:
+            log.warning("node %s: its failure stays buffered in the journal: %s", node_id, exc)
 
     def _new_run(self, node_id: str, frame: Frame, trace: bool = True) -> NodeRun:
         run = NodeRun(node_id, frame.path)

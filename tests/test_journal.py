@@ -343,3 +343,20 @@ async def test_journaled_sub_steps_are_read_back_when_the_run_executes_again():
     result = await execute_once()
     assert result["status"] == "completed" and StepsHandler.computed == []
     assert result["nodes"]["agent"]["output"] == [{"said": "turn-1"}, {"said": "turn-2"}]
+
+
+async def test_a_failure_the_store_cannot_take_stays_buffered_and_the_run_reports_the_node(monkeypatch):
+    import flows.journal
+
+    class DownStore(MemoryOutcomes):
+        async def save_outcomes(self, journal_id, outcomes, *, workflow_id, owner):
+            raise ConnectionError("database gone")
+
+    monkeypatch.setattr(flows.journal, "MAX_BUFFERED", 1)  # the failure's buffered write is due at once
+    registry = make_registry()
+    journal = RunJournal("run-1", store=DownStore())
+    raw = canvas([node("boom", "test_flaky", data={"failures": 9, "retry_class": None})])
+    execution = Execution(compiled(raw, registry), registry, run_id="run-1", inputs={}, journal=journal)
+    result = (await execution.run()).result()
+    assert result["status"] == "failed" and result["error"]["node_id"] == "boom"
+    assert [(e.node_id, e.dead_letter) for e in journal._buffer] == [("boom", True)]
