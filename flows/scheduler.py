@@ -42,7 +42,8 @@ output included). Called only when a condition is on a selected handle."""
 
 @dataclass(frozen=True)
 class NodeResult:
-    """How a node ended, as its handler (or container) reported it."""
+    """How a node execution ended, as its handler (or container) reported it. (What the
+    run's journal keeps of it is a ``store.queries.NodeOutcome``.)"""
 
     status: str  # completed | cached | failed
     output: Any = None
