@@ -349,14 +349,21 @@ async def test_a_failure_the_store_cannot_take_stays_buffered_and_the_run_report
     import flows.journal
 
     class DownStore(MemoryOutcomes):
+        down = True
+
         async def save_outcomes(self, journal_id, outcomes, *, workflow_id, owner):
-            raise ConnectionError("database gone")
+            if self.down:
+                raise ConnectionError("database gone")
+            await super().save_outcomes(journal_id, outcomes, workflow_id=workflow_id, owner=owner)
 
     monkeypatch.setattr(flows.journal, "MAX_BUFFERED", 1)  # the failure's buffered write is due at once
     registry = make_registry()
-    journal = RunJournal("run-1", store=DownStore())
+    store = DownStore()
+    journal = RunJournal("run-1", store=store)
     raw = canvas([node("boom", "test_flaky", data={"failures": 9, "retry_class": None})])
     execution = Execution(compiled(raw, registry), registry, run_id="run-1", inputs={}, journal=journal)
     result = (await execution.run()).result()
     assert result["status"] == "failed" and result["error"]["node_id"] == "boom"
-    assert [(e.node_id, e.dead_letter) for e in journal._buffer] == [("boom", True)]
+    store.down = False  # back: the next flush writes what stayed buffered
+    await journal.flush()
+    assert store.rows["run-1"][("boom", ())].dead_letter is True
