@@ -46,7 +46,7 @@ SERVER = _common.prepare_prefect()  # before prefect is imported
 
 import engine  # noqa: E402  (its graphs and hand-written flows; imports prefect after the line above)
 
-from deployments.run_store import StoreRuns  # noqa: E402
+from deployments.run_store import SqlRunStore  # noqa: E402
 from flows.flow import workflow_flow  # noqa: E402
 from flows.run_context import RunContext  # noqa: E402
 from store.db import upgrade_schema  # noqa: E402
@@ -56,7 +56,7 @@ from tests.processes import postgres_database  # noqa: E402
 OWNER = "bench"
 
 
-class NoJournalStore(StoreRuns):
+class NoJournalStore(SqlRunStore):
     """The store with the journal's reads and writes dropped: a run as it was before."""
 
     async def outcomes(self, journal_id: str) -> list[Any]:
@@ -67,7 +67,7 @@ class NoJournalStore(StoreRuns):
         return None
 
 
-async def saved_runner(store: StoreRuns, raw: dict[str, Any]) -> _common.Runner:
+async def saved_runner(store: SqlRunStore, raw: dict[str, Any]) -> _common.Runner:
     """A runner of ``raw`` saved as a workflow of ``store``, run as a worker runs it."""
     saved = await Workflows(store.workflows.sessions).create(OWNER, f"{raw['name']}-{uuid.uuid4().hex[:6]}", raw,
                                                              "bench")
@@ -99,7 +99,7 @@ def scenarios(quick: bool) -> list[tuple[str, dict[str, Any], Any, Any, int]]:
 
 async def journal_cost(database: str, url: str, reps: int, quick: bool) -> list[list[Any]]:
     await upgrade_schema(url)
-    with_journal, without = StoreRuns.from_url(url), NoJournalStore.from_url(url)
+    with_journal, without = SqlRunStore.from_url(url), NoJournalStore.from_url(url)
     rows = []
     try:
         for name, raw, hand, aio, nodes in scenarios(quick):

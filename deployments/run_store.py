@@ -20,8 +20,8 @@ from store.errors import NotFound
 from store.queries import Executions, NodeOutcome, NodeOutcomes, Workflows
 
 
-class StoreRuns:
-    """The store as a run sees it (``flows.run_context.RunStore``)."""
+class SqlRunStore:
+    """The ``flows.run_context.RunStore`` of a worker: FlowMaestro's SQL store as its runs see it."""
 
     def __init__(self, engine: AsyncEngine):
         self.engine = engine
@@ -31,7 +31,7 @@ class StoreRuns:
         self.outcomes_table = NodeOutcomes(database)
 
     @classmethod
-    def from_url(cls, url: str) -> StoreRuns:
+    def from_url(cls, url: str) -> SqlRunStore:
         return cls(make_engine(url))
 
     async def load(self, owner: str, workflow_id: str, version: int | None) -> SavedCanvas:

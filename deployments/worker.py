@@ -45,7 +45,7 @@ from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker
 from deployments.catch_up import missed_to_skip, schedule_of, scheduled_time
 from deployments.recovery import (CrashSweeper, HeartbeatEmitter, ensure_recovery_automations, heartbeat_interval,
                                   loop_stall_limit, state_to_restore, written_by_recovery)
-from deployments.run_store import StoreRuns
+from deployments.run_store import SqlRunStore
 from deployments.settings import WorkerSettings
 from deployments.workflow_deployments import DEFAULT_POOL, WORKER_TYPE
 from flows.prefect_compat import PollingWorker, mark_cancelled, restore_state, start_flow_run_in_process
@@ -319,7 +319,7 @@ async def run_worker(flow: Flow[..., Any], *, pool: str = DEFAULT_POOL, limit: i
 async def worker_context(database_url: str) -> AsyncIterator[RunContext]:
     """The run context every run of one worker process shares: warm pools, one store, one
     cancellation watcher."""
-    store = StoreRuns.from_url(database_url)
+    store = SqlRunStore.from_url(database_url)
     base = RunContext.from_environment()
     context = replace(base, store=store, resolve_workflow=store.resolve_subworkflow, cancellations=CancelSignals())
     try:

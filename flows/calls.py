@@ -72,7 +72,7 @@ def retry_delay(exc: BaseException, policy: RetryPolicy, attempt: int) -> float:
 
 
 @dataclass(frozen=True)
-class NodeRecord:
+class MirroredRun:
     """A node execution that ran without the runner (inline nodes, containers, a node that
     failed before running), to show where the runner shows its runs."""
 
@@ -95,7 +95,7 @@ class NodeRunner(Protocol):
 
     async def run(self, call: NodeCall) -> CallResult: ...
 
-    def record(self, entry: NodeRecord) -> None:
+    def record(self, entry: MirroredRun) -> None:
         """Show ``entry`` where the runner shows its runs (Prefect: as a task run)."""
 
     def log(self, line: str, *, task_run_id: str | None, failed: bool) -> None:
@@ -131,7 +131,7 @@ class DirectRunner:
 
     recording = False
 
-    def record(self, entry: NodeRecord) -> None:
+    def record(self, entry: MirroredRun) -> None:
         pass
 
     def log(self, line: str, *, task_run_id: str | None, failed: bool) -> None:

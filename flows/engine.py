@@ -5,8 +5,11 @@ the nodes a ``ScopeRun`` says are ready (up to ``settings.max_concurrency``), re
 templates, hands the call to a ``NodeRunner`` (a Prefect task run, or in-process), tells
 the ``ScopeRun`` how each node ended, and records and publishes what it decided. Which
 edges fire, how errors route, when a scope stops and what it returns are decided there,
-not here. Containers run their bodies through the same loop (``flows.containers``), each
-iteration or branch in its own ``Frame``.
+not here; what to do with one node execution (restore it, run it inline, journal it
+durably, keep it as a dead letter, keep its output) is decided by ``flows.policies``.
+Containers run their bodies through the same loop (``flows.containers``), each iteration
+or branch in its own ``Frame``. Handlers that need the run itself (approvals,
+sub-workflows) get it through their ``NodeContext.capabilities`` (``flows.capabilities``).
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ import asyncio
 import dataclasses
 import functools
 import hashlib
-import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
@@ -26,15 +28,18 @@ from pydantic import ValidationError
 from builder.plan import TOP, Plan, PlanNode
 from builder.templates import EnvNamespace, TemplateLimits, TemplateRenderError, render_value
 from flows.calls import DirectRunner, NodeCall, NodeRunner
+from flows.capabilities import RunCapabilities
 from flows.containers import run_container
 from flows.events import EventBus, utcnow
 from flows.frames import Frame
-from flows.journal import RunJournal
-from flows.large_outputs import LargeOutputs, is_reference, json_size_over
-from flows.recording import RunRecording, task_run_name, upstream_task_runs
+from flows.journal import JournalUnavailable, RunJournal
+from flows.large_outputs import LargeOutputs
+from flows.policies import (is_dead_letter, journals_durably, kept_output, node_cache_key, oversize_error,
+                            restores, runs_inline)
+from flows.recording import TaskRunMirror, task_run_name, upstream_task_runs
 from flows.records import NodeRun, RunRecord
-from flows.scheduler import NodeOutcome, ScopeResult, ScopeRun, error_info
-from node_handlers.base import SOURCE, Completed, NodeContext, NodeError, NodeHandler
+from flows.scheduler import Decision, NodeResult, ScopeResult, ScopeRun, error_info
+from node_handlers.base import NO_CAPABILITIES, SOURCE, Completed, NodeContext, NodeError, NodeHandler
 from node_handlers.containers import RESOLVED
 from node_handlers.registry import HandlerRegistry
 
@@ -52,18 +57,32 @@ RunRelease = Callable[[str, tuple[int, ...], datetime], Awaitable[None]]
 
 class NoApprovals:
     async def wait(self, execution: Execution, node: PlanNode, frame: Frame, config: Any) -> Completed:
-        raise NodeError("approval nodes need a Prefect flow run to pause; run the workflow with "
-                        "'flowmaestro run' or the API")
+        return await NO_CAPABILITIES.pause_for_person(config)
 
 
-def cache_key(node: PlanNode, config: Any, upstream: Mapping[str, Any] | None) -> str:
-    """Handler type and version, resolved configuration and (for nodes that read them)
-    upstream outputs: the same key means the same work."""
-    body = {"type": node.type, "version": node.version,
-            "config": config.model_dump(mode="json", exclude={"label", "description"}),
-            "upstream": upstream}
-    digest = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
-    return f"flowmaestro-{node.type}-{digest}"
+@dataclasses.dataclass(frozen=True)
+class NodeEnded:
+    """A node execution has ended, as the outcome listeners (``Execution.outcome_listeners``)
+    see it. ``shown``: its output as events show it (a reference to the store when large)."""
+
+    node: PlanNode
+    frame: Frame
+    run: NodeRun
+    result: NodeResult
+    shown: Any
+
+
+OutcomeListener = Callable[[NodeEnded], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class FailedCall:
+    """What the journal keeps of a leaf's failure, written once the scheduler has decided
+    whether it was caught (``policies.is_dead_letter``)."""
+
+    key: str
+    config: Mapping[str, Any]
+    attempts: int
 
 
 class Execution:
@@ -76,7 +95,7 @@ class Execution:
                  journal: RunJournal | None = None, max_task_runs: int = 10_000,
                  large_outputs: LargeOutputs | None = None, template_limits: TemplateLimits = TemplateLimits(),
                  max_node_output_bytes: int | None = None, release: RunRelease | None = None):
-        """``max_task_runs``: how many task runs the run shows one by one (``RunRecording``).
+        """``max_task_runs``: how many task runs the run shows one by one (``TaskRunMirror``).
         ``large_outputs``: how outputs over a size are shown in events and the run result
         (a reference to the store, ``flows.large_outputs``), so that a long run of large
         outputs floods neither the event log nor the records; none by default.
@@ -109,8 +128,13 @@ class Execution:
                                 plan_hash=plan.hash)
         self.run_info = {"id": run_id, "workflow_id": workflow_id, "workflow": plan.name, "started_at": None}
         self.large_outputs = large_outputs or LargeOutputs(run_id, None)
-        self.recording = RunRecording(plan, self.runner, max_task_runs=max_task_runs, redact=self.journal.redact)
+        self.mirror = TaskRunMirror(plan, self.runner, max_task_runs=max_task_runs, redact=self.journal.redact)
         """What the run shows where the runner shows runs (Prefect's task runs and logs)."""
+        self.outcome_listeners: list[OutcomeListener] = [self._publish_outcome, self._mirror_outcome]
+        """Told, in order, of every node execution that ended (the event log, then the
+        mirror in Prefect and its node log line). The journal is not one of them: its
+        write must be awaited before the run moves on (``execute_leaf``, ``run_scope``)."""
+        self._failed_calls: dict[tuple[str, tuple[int, ...]], FailedCall] = {}
 
     # --- the run ---------------------------------------------------------------------------------
 
@@ -178,7 +202,7 @@ class Execution:
         """Run the nodes of ``frame``'s scope as its ``ScopeRun`` decides; what it returns."""
         plan = self.plan
         state = ScopeRun(plan, frame.scope_id, on_error=self.on_error, path=frame.path, outputs=frame.outputs)
-        running: dict[asyncio.Task[NodeOutcome], str] = {}
+        running: dict[asyncio.Task[NodeResult], str] = {}
         runs: dict[str, NodeRun] = {}
 
         def launch(node_ids: tuple[str, ...] | list[str]) -> None:
@@ -196,7 +220,11 @@ class Execution:
                     node_id = running.pop(task)
                     node, run = plan.nodes[node_id], runs.pop(node_id)
                     edge_scope = functools.partial(self.template_scope, node, frame, include_self=True)
-                    decision = state.node_ended(node_id, task.result(), edge_scope, attempts=run.attempts)
+                    result = task.result()
+                    decision = state.node_ended(node_id, result, edge_scope, attempts=run.attempts)
+                    failed_call = self._failed_calls.pop((node_id, frame.path), None)
+                    if failed_call is not None:
+                        await self._journal_failure(node_id, frame, failed_call, result, decision)
                     if decision.broken_condition is not None:
                         run.status, run.error, run.output = "failed", decision.broken_condition, None
                         self.bus.publish("node:error", node_id=node_id, path=frame.path,
@@ -214,6 +242,18 @@ class Execution:
             raise
         self._never_started(state.never_started(), frame)
         return state.result(self._base_scope(frame) if frame.scope_id == TOP else None)
+
+    async def _journal_failure(self, node_id: str, frame: Frame, failed_call: FailedCall, result: NodeResult,
+                               decision: Decision) -> None:
+        """Keep a leaf's failure in the journal, a dead letter when the scheduler found
+        nothing to catch it. Buffered (written with the next durable write): a store that
+        does not take a batch meanwhile keeps it buffered, and the node has failed anyway."""
+        assert result.error is not None
+        try:
+            await self.journal.failed(node_id, frame.path, failed_call.key, result.error, failed_call.attempts,
+                                      failed_call.config, dead_letter=is_dead_letter(decision))
+        except JournalUnavailable as exc:
+            log.warning("node %s: its failure stays buffered in the journal: %s", node_id, exc)
 
     def _new_run(self, node_id: str, frame: Frame, trace: bool = True) -> NodeRun:
         run = NodeRun(node_id, frame.path)
@@ -247,7 +287,7 @@ class Execution:
         scope.update(outputs)
         return scope
 
-    async def execute(self, node: PlanNode, frame: Frame, run: NodeRun, upstream: Mapping[str, Any]) -> NodeOutcome:
+    async def execute(self, node: PlanNode, frame: Frame, run: NodeRun, upstream: Mapping[str, Any]) -> NodeResult:
         """Run one node and record how it ended. ``upstream``: outputs of the nodes whose
         edges fired into it."""
         run.start()
@@ -262,111 +302,108 @@ class Execution:
             raise
         except Exception as exc:  # a bug must fail the node, never hang the run
             log.exception("node %s crashed the engine", node.id)
-            outcome = NodeOutcome("failed", error=error_info(exc, node.id, max(run.attempts, 1)))
-        shown = await self.large_outputs.shown(outcome.output) if outcome.status != "failed" else None
-        # Kept for the run result's top-level nodes only: a body execution's output lives in
-        # its frame while later nodes of the iteration may read it (a long loop stays flat).
-        # One kept in the store is referred to there too.
-        if outcome.status != "failed" and frame.scope_id == TOP:
-            run.output = shown if is_reference(shown) else outcome.output
-        else:
-            run.output = None
+            outcome = NodeResult("failed", error=error_info(exc, node.id, max(run.attempts, 1)))
+        shown = await self.large_outputs.shown(outcome.output) if outcome.succeeded else None
+        run.output = kept_output(frame.scope_id, outcome.succeeded, outcome.output, shown)
         run.error = outcome.error
         run.cached = outcome.status == "cached"
         run.restored = outcome.restored
         run.end(outcome.status)
-        event = {"completed": "node:completed", "cached": "node:cached", "failed": "node:error"}[outcome.status]
-        extra = {"restored": True} if outcome.restored else {}
-        self.bus.publish(event, node_id=node.id, path=frame.path, status=outcome.status, output=shown,
-                         error=outcome.error, attempts=run.attempts, handles=sorted(outcome.handles), **extra)
-        self.recording.outcome(node, frame, run, outcome)
+        ended = NodeEnded(node, frame, run, outcome, shown)
+        for listener in self.outcome_listeners:
+            listener(ended)
         return outcome
 
+    def _publish_outcome(self, ended: NodeEnded) -> None:
+        """The node's final event in the event log."""
+        outcome, run = ended.result, ended.run
+        event = {"completed": "node:completed", "cached": "node:cached", "failed": "node:error"}[outcome.status]
+        extra = {"restored": True} if outcome.restored else {}
+        self.bus.publish(event, node_id=ended.node.id, path=ended.frame.path, status=outcome.status,
+                         output=ended.shown, error=outcome.error, attempts=run.attempts,
+                         handles=sorted(outcome.handles), **extra)
+
+    def _mirror_outcome(self, ended: NodeEnded) -> None:
+        """Its task run found by downstream nodes in Prefect, and its log line."""
+        self.mirror.outcome(ended.node, ended.frame, ended.run, ended.result)
+
     async def execute_container(self, node: PlanNode, frame: Frame, run: NodeRun,
-                                upstream: Mapping[str, Any]) -> NodeOutcome:
+                                upstream: Mapping[str, Any]) -> NodeResult:
         """A loop or parallel: its configuration resolved here, its bodies run by
         ``flows.containers`` through ``run_scope``. Its ``source`` edges fire when it
         completes, its ``error`` edges when it fails."""
         handler = self.registry.handler(node.type)
-        self.recording.started(node, frame, run, upstream)
+        self.mirror.started(node, frame, run, upstream)
         try:
             config = self.resolve_config(node, handler, frame, skip_keys=handler.own_scope_keys)
-            outcome = NodeOutcome("completed", await run_container(self, node, frame, config), SOURCE)
+            outcome = NodeResult("completed", await run_container(self, node, frame, config), SOURCE)
         except NodeError as exc:
-            outcome = NodeOutcome("failed", error=error_info(exc, node.id, 1))
+            outcome = NodeResult("failed", error=error_info(exc, node.id, 1))
         failure = None if outcome.error is None else NodeError(outcome.error["message"])
-        self.recording.ended(node, frame, run, upstream, failure)
+        self.mirror.ended(node, frame, run, upstream, failure)
         return outcome
 
-    async def execute_leaf(self, node: PlanNode, frame: Frame, run: NodeRun, upstream: Mapping[str, Any]) -> NodeOutcome:
+    async def execute_leaf(self, node: PlanNode, frame: Frame, run: NodeRun, upstream: Mapping[str, Any]) -> NodeResult:
         handler = self.registry.handler(node.type)
         try:
             config = self.resolve_config(node, handler, frame)
         except NodeError as exc:
             run.attempts = 1
-            self.recording.ended(node, frame, run, upstream, exc)
-            return NodeOutcome("failed", error=error_info(exc, node.id, 1))
-        key = cache_key(node, config, upstream if handler.reads_upstream else None)
-        restored = self.journal.restore(node.id, frame.path, key) if node.replay else None
-        if restored is not None:
-            completed, run.attempts = restored
+            self.mirror.ended(node, frame, run, upstream, exc)
+            return NodeResult("failed", error=error_info(exc, node.id, 1))
+        key = node_cache_key(node, handler, config, upstream)
+        entry = self.journal.entry(node.id, frame.path)
+        if entry is not None and restores(node, entry.status, entry.key, key):
+            completed, run.attempts = self.journal.restored(entry)
             return dataclasses.replace(self._completed(node, completed), restored=True)
-        inline = self._runs_inline(node, handler)
-        outcome = await self._run_leaf(node, frame, run, handler, config, upstream, key, inline)
-        oversize = json_size_over(outcome.output, self.max_node_output_bytes) if outcome.succeeded else None
+        inline = runs_inline(node, handler, inline_control=self.inline_control)
+        if handler.in_flow:
+            outcome = await self._run_in_flow(node, frame, run, handler, config, upstream, key)
+        else:
+            outcome = await self._run_leaf(node, frame, run, handler, config, upstream, key, inline)
+        oversize = oversize_error(outcome.output, self.max_node_output_bytes, node.id, run.attempts) \
+            if outcome.succeeded else None
         if oversize is not None:  # refused before it is journaled, kept in result storage or shown
-            outcome = NodeOutcome("failed", error=error_info(NodeError(
-                f"its output (over {oversize:,} bytes as JSON) is larger than FLOWMAESTRO_MAX_NODE_OUTPUT_BYTES "
-                f"({self.max_node_output_bytes:,})", error_type="OutputTooLarge"), node.id, run.attempts))
+            outcome = NodeResult("failed", error=oversize)
         if outcome.succeeded:
             completed = Completed(output=outcome.output, handles=outcome.handles,
                                   variables=outcome.variables, usage=outcome.usage)
-            # Inline nodes (no side effects) are computed again if lost; anything else is
-            # written before the run moves on, so it is never repeated.
             await self.journal.completed(node.id, frame.path, key, completed, run.attempts,
-                                         durable=not (inline or handler.control))
-        else:
-            assert outcome.error is not None
-            caught = any(self.plan.edges[e].handle == "error" for e in node.outgoing)
-            await self.journal.failed(node.id, frame.path, key, outcome.error, run.attempts,
-                                      config.model_dump(mode="json"), dead_letter=not caught)
+                                         durable=journals_durably(handler, inline=inline))
+        else:  # journaled by run_scope once the scheduler has decided whether it was caught
+            self._failed_calls[(node.id, frame.path)] = FailedCall(key, config.model_dump(mode="json"), run.attempts)
         return outcome
 
+    async def _run_in_flow(self, node: PlanNode, frame: Frame, run: NodeRun, handler: NodeHandler, config: Any,
+                           upstream: Mapping[str, Any], key: str) -> NodeResult:
+        """A handler that uses the run itself (``NodeHandler.in_flow``): called once, here."""
+        call = self._call(node, frame, handler, config, upstream, run, key)
+        try:
+            completed = await handler.run(config, call.make_context(1))
+        except NodeError as exc:
+            return NodeResult("failed", error=error_info(exc, node.id, 1))
+        finally:
+            run.attempts = 1
+        return self._completed(node, completed)
+
     async def _run_leaf(self, node: PlanNode, frame: Frame, run: NodeRun, handler: NodeHandler, config: Any,
-                        upstream: Mapping[str, Any], key: str, inline: bool) -> NodeOutcome:
-        if node.type == "subworkflow" and self.subworkflows is not None:
-            try:
-                completed = await self.subworkflows.run(self, node, config, journal=self.child_journal_id(node, frame))
-            except NodeError as exc:
-                return NodeOutcome("failed", error=error_info(exc, node.id, 1))
-            finally:
-                run.attempts = 1
-            return self._completed(node, completed)
-        if node.type == "approval":
-            run.status = "paused"
-            try:
-                completed = await self.approvals.wait(self, node, frame, config)
-            except NodeError as exc:
-                return NodeOutcome("failed", error=error_info(exc, node.id, 1))
-            finally:
-                run.attempts = 1
-            return self._completed(node, completed)
+                        upstream: Mapping[str, Any], key: str, inline: bool) -> NodeResult:
         first_started = await self.journal.started(node.id, frame.path, key) if handler.resumes_waiting else None
-        call = self._call(node, frame, handler, config, upstream, run, first_started, releasable=inline)
+        call = self._call(node, frame, handler, config, upstream, run, key, first_started, releasable=inline)
         if inline:
             if handler.resumes_waiting:  # it waits: show it running meanwhile
-                self.recording.started(node, frame, run, upstream)
+                self.mirror.started(node, frame, run, upstream)
             result = await self.inline.run(call)
             run.attempts = result.attempts
-            self.recording.ended(node, frame, run, upstream, result.error)
+            self.mirror.ended(node, frame, run, upstream, result.error)
         else:
             async with self.slots:
                 result = await self.runner.run(call)
             run.task_run_id = call.task_run_id
-            self.recording.ran_as_task()
+            self.mirror.ran_as_task()
         run.attempts = result.attempts
         if result.completed is None:
-            return NodeOutcome("failed", error=error_info(result.error, node.id, result.attempts))
+            return NodeResult("failed", error=error_info(result.error, node.id, result.attempts))
         outcome = self._completed(node, result.completed)
         return dataclasses.replace(outcome, status="cached") if result.cached else outcome
 
@@ -378,14 +415,14 @@ class Execution:
             journal_id = f"{journal_id[:36]}:{hashlib.sha256(journal_id.encode()).hexdigest()[:40]}"
         return journal_id
 
-    def _completed(self, node: PlanNode, completed: Completed) -> NodeOutcome:
+    def _completed(self, node: PlanNode, completed: Completed) -> NodeResult:
         if completed.variables:
             self.variables.update(completed.variables)
         if completed.usage:
             for key, value in completed.usage.items():
                 if isinstance(value, (int, float)):
                     self.record.usage[key] = self.record.usage.get(key, 0) + value
-        return NodeOutcome("completed", completed.output, frozenset(completed.handles),
+        return NodeResult("completed", completed.output, frozenset(completed.handles),
                            variables=dict(completed.variables), usage=dict(completed.usage or {}))
 
     def resolve_config(self, node: PlanNode, handler: NodeHandler, frame: Frame,
@@ -406,17 +443,16 @@ class Execution:
             raise NodeError(f"invalid configuration after resolving templates: {problems}",
                             error_type="ConfigError") from exc
 
-    def _runs_inline(self, node: PlanNode, handler: NodeHandler) -> bool:
-        return (self.inline_control and handler.inline_safe and node.retry.max_attempts == 1
-                and not node.cache.enabled and node.timeout_s is None)
-
     def _call(self, node: PlanNode, frame: Frame, handler: NodeHandler, config: Any,
-              upstream: Mapping[str, Any], run: NodeRun, first_started: Any = None,
+              upstream: Mapping[str, Any], run: NodeRun, key: str, first_started: Any = None,
               releasable: bool = False) -> NodeCall:
-        """``releasable``: the node runs in the flow itself (inline), so it may let go of the
-        run (a task run would take the release signal for its own failure)."""
+        """``key``: the node execution's cache key (``policies.node_cache_key``), Prefect's
+        cache key when the node caches. ``releasable``: the node runs in the flow itself
+        (inline), so it may let go of the run (a task run would take the release signal for
+        its own failure)."""
         path = frame.path
         release = self.release if releasable else None
+        capabilities = RunCapabilities(self, node, frame, run, key)
 
         async def release_until(until: datetime) -> None:
             if release is not None and not self.others_running(run):
@@ -425,7 +461,7 @@ class Execution:
         def make_context(attempt: int) -> NodeContext:
             return NodeContext(node_id=node.id, path=path, run_id=self.record.id, workflow=self.plan.name,
                                attempt=attempt, upstream=upstream, inputs=self.inputs, first_started=first_started,
-                               owner=self.owner, release_until=release_until,
+                               owner=self.owner, release_until=release_until, capabilities=capabilities,
                                idempotency_key=f"{self.journal.journal_id}:{node.id}:{'.'.join(map(str, path))}",
                                emit=lambda event_type, data: self.bus.publish(event_type, node_id=node.id,
                                                                               path=path, **data))
@@ -435,11 +471,9 @@ class Execution:
             self.bus.publish("node:retrying", node_id=node.id, path=path, attempt=attempt,
                              next_attempt_in_s=round(delay, 3), error=error_info(exc, node.id, attempt))
 
-        key = None
-        if config is not None and node.cache.enabled:
-            key = cache_key(node, config, upstream if handler.reads_upstream else None)
         return NodeCall(node=node, path=path, handler=handler, config=config, make_context=make_context,
-                        cache_key=key, on_retry=on_retry, task_run_name=task_run_name(node, frame),
+                        cache_key=key if node.cache.enabled else None, on_retry=on_retry,
+                        task_run_name=task_run_name(node, frame),
                         upstream_task_runs=upstream_task_runs(frame, upstream),
                         parent_task_run=frame.container_task_run)
 

@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
 from flows.events import utcnow
 from node_handlers.base import Completed
-from node_handlers.redaction import REDACTED, redact
+from node_handlers.redaction import SECRET_FIELDS, redact
 from store.queries import NodeOutcome
 
 log = logging.getLogger("flowmaestro.journal")
@@ -39,7 +38,6 @@ Path = tuple[int, ...]
 WRITE_ATTEMPTS = 4
 MAX_BUFFERED = 500
 """Entries of inline nodes the journal holds before it writes them anyway."""
-SECRET_FIELD = re.compile(r"(authorization|password|passwd|secret|token|api[-_]?key|cookie)", re.IGNORECASE)
 
 
 class JournalUnavailable(RuntimeError):
@@ -47,7 +45,7 @@ class JournalUnavailable(RuntimeError):
 
 
 class OutcomeStore(Protocol):
-    """Where journals persist (``deployments.run_store.StoreRuns``)."""
+    """Where journals persist (``deployments.run_store.SqlRunStore``)."""
 
     async def outcomes(self, journal_id: str) -> list[NodeOutcome]: ...
 
@@ -66,7 +64,6 @@ class RunJournal:
         self.owner = owner
         self.secrets = tuple(s for s in secrets if s)
         self.entries: dict[tuple[str, Path], NodeOutcome] = {(e.node_id, e.path): e for e in entries}
-        self.restored_count = 0
         self._buffer: list[NodeOutcome] = []
         self._writing = asyncio.Lock()
 
@@ -75,17 +72,14 @@ class RunJournal:
         entries = await store.outcomes(journal_id) if store is not None else []
         return cls(journal_id, entries, store=store, **kwargs)
 
-    @property
-    def replayed(self) -> bool:
-        """Whether an earlier execution of this run left anything."""
-        return bool(self.entries)
+    def entry(self, node_id: str, path: Path) -> NodeOutcome | None:
+        """What an earlier execution of the run left of a node execution, if anything
+        (whether it is restored is ``flows.policies.restores``)."""
+        return self.entries.get((node_id, path))
 
-    def restore(self, node_id: str, path: Path, key: str) -> tuple[Completed, int] | None:
-        """The outcome and attempts of a node execution that completed with this key."""
-        entry = self.entries.get((node_id, path))
-        if entry is None or entry.status != "completed" or entry.key != key:
-            return None
-        self.restored_count += 1
+    @staticmethod
+    def restored(entry: NodeOutcome) -> tuple[Completed, int]:
+        """The outcome and attempts of a node execution that completed."""
         data = entry.outcome
         completed = Completed(output=data.get("output"), handles=frozenset(data.get("handles") or ()),
                               variables=data.get("variables") or {}, usage=data.get("usage") or None)
@@ -103,6 +97,21 @@ class RunJournal:
         now = utcnow()
         await self._write(NodeOutcome(node_id, path, key, "started", {}, 0, started_at=now, ended_at=now), True)
         return now
+
+    async def step(self, node_id: str, path: Path, key: str, name: str,
+                   compute: Callable[[], Awaitable[Any]]) -> Any:
+        """A named sub-step of a node execution (an agent's turn, a tool call): its result as
+        an earlier execution of the run wrote it (same node configuration), else computed
+        now and written before the node goes on. Kept as the entry ``<node id>#<name>`` at
+        the node's path; ``name`` is unique within the node execution."""
+        step_id = f"{node_id}#{name}"
+        earlier = self.entries.get((step_id, path))
+        if earlier is not None and earlier.status == "completed" and earlier.key == key:
+            return earlier.outcome.get("output")
+        output = await compute()
+        await self._write(NodeOutcome(step_id, path, key, "completed", {"output": output}, 1, ended_at=utcnow()),
+                          True)
+        return output
 
     async def completed(self, node_id: str, path: Path, key: str, completed: Completed, attempts: int, *,
                         durable: bool) -> None:
@@ -157,14 +166,7 @@ class RunJournal:
                 if any(e is entry for e in self._buffer):
                     await self._flush()
 
-    def redact(self, value: Any, field: str = "") -> Any:
-        """``value`` with secret fields and the run's secret values replaced."""
-        if SECRET_FIELD.search(field) and value not in (None, "", {}, []):
-            return REDACTED
-        if isinstance(value, dict):
-            return {k: self.redact(v, str(k)) for k, v in value.items()}
-        if isinstance(value, list):
-            return [self.redact(v, field) for v in value]
-        if isinstance(value, str):
-            return redact(value, self.secrets)  # every encoding of them, longest first
-        return value
+    def redact(self, value: Any) -> Any:
+        """``value`` with secret fields and every form of the run's secret values replaced
+        (``node_handlers.redaction.redact``, as the handlers do)."""
+        return redact(value, self.secrets, secret_fields=SECRET_FIELDS)

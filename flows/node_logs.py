@@ -12,10 +12,10 @@ from typing import Any
 
 from builder.plan import PlanNode
 from flows.records import NodeRun
-from flows.scheduler import NodeOutcome
+from flows.scheduler import NodeResult
 
 
-def node_log_line(node: PlanNode, name: str, run: NodeRun, outcome: NodeOutcome,
+def node_log_line(node: PlanNode, name: str, run: NodeRun, outcome: NodeResult,
                   redact: Callable[[Any], Any] = lambda value: value) -> str:
     """``fetch [2/10] (http) completed in 52 ms, 1 attempt: HTTP 200``."""
     parts = [f"{name} ({node.type}) {outcome.status}"]
@@ -35,7 +35,7 @@ def _duration(ms: int) -> str:
     return f"{ms} ms" if ms < 1000 else f"{ms / 1000:.2f} s"
 
 
-def _details(node: PlanNode, outcome: NodeOutcome) -> list[str]:
+def _details(node: PlanNode, outcome: NodeResult) -> list[str]:
     details: list[str] = []
     output = outcome.output if isinstance(outcome.output, dict) else {}
     status = output.get("status") if node.type == "http" else None

@@ -26,7 +26,7 @@ from prefect.utilities.annotations import quote
 from builder.plan import PlanNode, RetryPolicy
 from flows import prefect_compat
 from flows.cache_locks import FileCacheLocks, RedisCacheLocks
-from flows.calls import CallResult, NodeCall, NodeRecord, retry_delay, should_retry
+from flows.calls import CallResult, MirroredRun, NodeCall, retry_delay, should_retry
 from flows.settings import EngineSettings
 from node_handlers.base import Completed, NodeError
 
@@ -163,7 +163,7 @@ class PrefectRunner:
                               error_type="Timeout")
         return CallResult(None, error, max(call.attempts, 1))
 
-    def record(self, entry: NodeRecord) -> None:
+    def record(self, entry: MirroredRun) -> None:
         if self.recorder is None:
             return
         node = entry.node

@@ -1,7 +1,7 @@
 """What a run shows where its runner shows runs: in Prefect, a task run per node execution
 (with the task runs it depends on and the container it ran in) and a log line each.
 
-Nodes that run as task runs show themselves; ``RunRecording`` records the ones that run
+Nodes that run as task runs show themselves; ``TaskRunMirror`` records the ones that run
 without the runner (inline nodes, containers, a node that failed before running) and counts
 the task runs made, so that a run past ``max_task_runs`` shows what its container bodies ran
 inline as one summary task run per body node and container execution instead.
@@ -15,12 +15,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from builder.plan import TOP, Plan, PlanNode
-from flows.calls import NodeRecord, NodeRunner
+from flows.calls import MirroredRun, NodeRunner
 from flows.events import utcnow
 from flows.frames import Frame
 from flows.node_logs import node_log_line
 from flows.records import NodeRun
-from flows.scheduler import NodeOutcome
+from flows.scheduler import NodeResult
 from node_handlers.base import NodeError
 
 
@@ -34,7 +34,7 @@ def upstream_task_runs(frame: Frame, upstream: Mapping[str, Any]) -> tuple[str, 
     return tuple(frame.task_runs[source] for source in upstream if source in frame.task_runs)
 
 
-class RunRecording:
+class TaskRunMirror:
     def __init__(self, plan: Plan, runner: NodeRunner, *, max_task_runs: int,
                  redact: Callable[[Any], Any] = lambda value: value) -> None:
         """``max_task_runs``: how many task runs the run shows one by one (Prefect's run graph
@@ -67,7 +67,7 @@ class RunRecording:
             self._record_summaries(node, frame, run)
         self._record(node, frame, run, upstream, ended=utcnow(), error=error)
 
-    def outcome(self, node: PlanNode, frame: Frame, run: NodeRun, outcome: NodeOutcome) -> None:
+    def outcome(self, node: PlanNode, frame: Frame, run: NodeRun, outcome: NodeResult) -> None:
         """Any node execution has ended: downstream nodes find its task run, and it writes
         its log line (unless it is only counted)."""
         if run.task_run_id is not None:
@@ -94,7 +94,7 @@ class RunRecording:
             run.task_run_id = str(uuid.uuid4())
             self.task_runs += 1
         assert run.started_at is not None
-        self.runner.record(NodeRecord(
+        self.runner.record(MirroredRun(
             node=node, path=frame.path, name=task_run_name(node, frame), task_run_id=run.task_run_id,
             started=run.started_at, ended=ended, error=error, attempts=max(run.attempts, 1),
             upstream=upstream_task_runs(frame, upstream), parent=frame.container_task_run))
@@ -116,7 +116,7 @@ class RunRecording:
             summary = f"{tally.count} executions not shown one by one: {tally.count - tally.failed} completed, " \
                       f"{tally.failed} failed"
             task_run_id = str(uuid.uuid4())
-            self.runner.record(NodeRecord(
+            self.runner.record(MirroredRun(
                 node=node, path=frame.path, name=name, task_run_id=task_run_id, started=tally.started,
                 ended=tally.ended, error=NodeError(summary) if tally.failed else None, parent=run.task_run_id))
             self.runner.log(f"{name} ({node.type}): {summary}", task_run_id=task_run_id, failed=tally.failed > 0)

@@ -41,8 +41,9 @@ output included). Called only when a condition is on a selected handle."""
 
 
 @dataclass(frozen=True)
-class NodeOutcome:
-    """How a node ended, as its handler (or container) reported it."""
+class NodeResult:
+    """How a node execution ended, as its handler (or container) reported it. (What the
+    run's journal keeps of it is a ``store.queries.NodeOutcome``.)"""
 
     status: str  # completed | cached | failed
     output: Any = None
@@ -115,7 +116,7 @@ class Decision:
 # --- section 3: which edges fire ----------------------------------------------------------------------
 
 
-def selected_handles(outcome: NodeOutcome) -> frozenset[str]:
+def selected_handles(outcome: NodeResult) -> frozenset[str]:
     """A success selects the handles its handler chose; a failure (after the last
     attempt) selects ``error`` and nothing else, so ``source`` never fires on failure."""
     return outcome.handles if outcome.succeeded else frozenset({ERROR_HANDLE})
@@ -275,7 +276,7 @@ class ScopeRun:
         joins); taken when the node starts, so a join-any ignores later arrivals."""
         return {source: self.outputs.get(source) for source in self.graph.fired_sources(node_id)}
 
-    def node_ended(self, node_id: str, outcome: NodeOutcome, edge_scope: EdgeScope, *,
+    def node_ended(self, node_id: str, outcome: NodeResult, edge_scope: EdgeScope, *,
                    attempts: int = 1) -> Decision:
         """``node_id`` ended with ``outcome`` after ``attempts`` attempts: what follows."""
         node = self.plan.nodes[node_id]

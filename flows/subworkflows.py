@@ -1,9 +1,12 @@
 """Subworkflow nodes: run another workflow as a child Prefect flow run.
 
-Where the child canvas comes from depends on who runs the parent, so the resolver is part
-of the run's context (``flows.run_context.RunContext``): the CLI and deployments read canvas
-files (``data.workflow`` is a path, relative to the working directory), the API reads its
-saved workflows (``data.workflow`` is a workflow id of the run's owner).
+The subworkflow handler asks for a child run (``NodeCapabilities.start_child_run``); the
+engine hands the request to the run's ``PrefectSubworkflows``. Where the child canvas comes
+from depends on what the parent runs, so the resolver is part of the run's context
+(``flows.run_context.RunContext``): a canvas file run with ``flowmaestro run`` reads canvas
+files (``data.workflow`` is a path, relative to the working directory); a worker running a
+saved workflow reads the owner's saved workflows (``data.workflow`` is a workflow id,
+``deployments.run_store``). The API never runs one: it only starts flow runs.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from flows.capabilities import ChildRun
 from flows.prefect_compat import UntrustedResult, run_result
 from node_handlers.base import Completed, NodeError
 
@@ -81,8 +85,9 @@ class PrefectSubworkflows:
         self.depth = depth
         self.max_depth = max_depth
 
-    async def run(self, execution: Any, node: Any, config: Any, journal: str | None = None) -> Completed:
-        """``journal``: the child run's journal id (``Execution.child_journal_id``)."""
+    async def run(self, execution: Any, node: Any, config: ChildRun, journal: str | None = None) -> Completed:
+        """Run ``config`` as a child of ``execution``'s run; its output. ``journal``: the child
+        run's journal id (``Execution.child_journal_id``)."""
         if self.depth + 1 > self.max_depth:
             raise NodeError(f"subworkflow {config.workflow!r}: sub-workflows nest at most {self.max_depth} deep "
                             "(FLOWMAESTRO_MAX_SUBWORKFLOW_DEPTH)", error_type="SubworkflowTooDeep")

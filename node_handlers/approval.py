@@ -1,6 +1,7 @@
 """The approval node: a person decides, through a form.
 
-The handler only describes the form. Pausing the run is the engine's job
+The handler describes the form and asks the engine to pause for a person
+(``NodeCapabilities.pause_for_person``); the pause itself is the run's approval gate
 (``flows/approvals.py``), because it needs Prefect's ``pause_flow_run``.
 """
 
@@ -12,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, create_model, fie
 
 from builder.catalog import NodeConfig
 from builder.json_types import JsonType
-from node_handlers.base import NodeHandler
+from node_handlers.base import Completed, NodeContext, NodeHandler
 
 
 class FormField(BaseModel):
@@ -46,9 +47,13 @@ class ApprovalHandler(NodeHandler):
     description = "Pauses the run until a person approves or rejects, or the timeout passes."
     Config = ApprovalConfig
     cacheable = False
+    in_flow = True
 
     def handles(self, config: NodeConfig) -> frozenset[str]:
         return frozenset({"approved", "rejected", "timeout", "error"})
+
+    async def run(self, config: ApprovalConfig, ctx: NodeContext) -> Completed:
+        return await ctx.capabilities.pause_for_person(config)
 
 
 HANDLERS = [ApprovalHandler]

@@ -13,7 +13,7 @@ import builtins
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from builder.catalog import NodeConfig, NodeTypeSpec
 from builder.plan import CachePolicy, RetryPolicy
@@ -66,6 +66,48 @@ def retry_class_of(exc: BaseException) -> str | None:
 Emit = Callable[[str, Mapping[str, Any]], None]
 
 
+class NodeCapabilities(Protocol):
+    """What the engine does for a handler that needs the run itself, beyond its own call.
+    Every handler gets them (``NodeContext.capabilities``); the engine binds them to the node
+    execution (node, path, run), so a handler names only what it asks for.
+
+    - ``pause_for_person``: wait for a person's decision through a form (an approval; an
+      agent's tool approval). ``request`` is an ``ApprovalConfig`` (message, form,
+      timeout_s, approvers); the run shows it paused meanwhile and may be released. Returns
+      the decision as the approval node's ``Completed`` (handles approved, rejected, timeout).
+    - ``start_child_run``: run another workflow as a child run (a sub-workflow); returns its
+      output (and usage) once it completed, raises ``NodeError`` otherwise.
+    - ``journal_step``: a named sub-step whose result is written durably in the run's journal
+      and, when the run executes again with the same node configuration, read back instead
+      of computed (an agent's turns and tool calls). ``compute`` returns JSON-able data.
+
+    Publishing an event of the node is ``NodeContext.emit``.
+    """
+
+    async def pause_for_person(self, request: Any) -> Completed: ...
+
+    async def start_child_run(self, workflow: str, version: int | None, inputs: Mapping[str, Any]) -> Completed: ...
+
+    async def journal_step(self, name: str, compute: Callable[[], Awaitable[Any]]) -> Any: ...
+
+
+class NoCapabilities:
+    """Capabilities where no run is there to give them (a handler called on its own)."""
+
+    async def pause_for_person(self, request: Any) -> Completed:
+        raise NodeError("approval nodes need a Prefect flow run to pause; run the workflow with "
+                        "'flowmaestro run' or the API")
+
+    async def start_child_run(self, workflow: str, version: int | None, inputs: Mapping[str, Any]) -> Completed:
+        raise NodeError("subworkflow nodes run only inside a Prefect flow run (flowmaestro run, or the API)")
+
+    async def journal_step(self, name: str, compute: Callable[[], Awaitable[Any]]) -> Any:
+        return await compute()  # no journal: nothing to read back
+
+
+NO_CAPABILITIES = NoCapabilities()
+
+
 @dataclass(frozen=True)
 class NodeContext:
     """What a handler may know about where it runs."""
@@ -95,6 +137,9 @@ class NodeContext:
     the run comes back then (scheduled, on any worker, replayed from its journal). It then
     raises the runner's release signal, which the handler must let through (it is not an
     ``Exception``); otherwise it returns and the handler waits itself."""
+    capabilities: NodeCapabilities = NO_CAPABILITIES
+    """What the engine does for the handler: pause for a person, start a child run, journal
+    a sub-step (``NodeCapabilities``)."""
 
 
 async def _stays() -> None:
@@ -128,6 +173,11 @@ class NodeHandler:
     again after a crash gives it ``NodeContext.first_started`` and it waits only what is left."""
     reads_upstream: ClassVar[bool] = False
     """The output depends on upstream outputs directly (merge), so they enter the cache key."""
+    in_flow: ClassVar[bool] = False
+    """It uses the run itself (``NodeContext.capabilities``: it pauses the run for a person,
+    starts a child run): the engine calls it once, in the flow, not as a task run, without
+    the runner's retries and timeout (which would repeat or cut short a person's wait or a
+    child run)."""
 
     @property
     def inline_safe(self) -> bool:

@@ -1,5 +1,9 @@
 """One redaction function for every secret in play: handlers, the journal, node logs.
 
+The journal keeps a failed node's configuration and so also redacts fields whose names
+say they hold secrets (``SECRET_FIELDS``, ``redact(..., secret_fields=...)``); otherwise it
+goes through exactly the same function as the handlers.
+
 A server that echoes a credential rarely echoes it verbatim only: it comes back base64'd
 (a decoded ``Authorization: Basic`` header, a JWT-ish blob), URL-encoded (a query string
 echoed back) or hex-encoded (a debug dump). ``secret_forms`` lists those encodings of a
@@ -11,11 +15,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote, quote_plus
 
 REDACTED = "[redacted]"
+SECRET_FIELDS = re.compile(r"(authorization|password|passwd|secret|token|api[-_]?key|cookie)", re.IGNORECASE)
+"""Field names whose values are secrets whatever they are (a configuration kept with a failure)."""
 MIN_EMBEDDED_CHARS = 6
 """Shortest base64 run of a secret embedded in a longer base64 stream that is redacted:
 shorter runs would match ordinary text by chance."""
@@ -67,23 +74,26 @@ def redaction_forms(secrets: Iterable[str]) -> list[str]:
     return sorted(forms, key=len, reverse=True)
 
 
-def redact(value: Any, secrets: Iterable[str]) -> Any:
-    """``value`` with every form of each secret replaced, in strings nested in dicts and
-    lists too (keys included)."""
+def redact(value: Any, secrets: Iterable[str], *, secret_fields: re.Pattern[str] | None = None) -> Any:
+    """``value`` with every form of each secret replaced, longest first, in strings nested in
+    dicts, lists and tuples too (keys included). ``secret_fields``: the non-empty value of a
+    field whose name matches is replaced whole."""
     forms = redaction_forms(secrets)
-    if not forms:
+    if not forms and secret_fields is None:
         return value
-    return _redact(value, forms)
+    return _redact(value, forms, secret_fields, "")
 
 
-def _redact(value: Any, forms: list[str]) -> Any:
+def _redact(value: Any, forms: list[str], secret_fields: re.Pattern[str] | None, field: str) -> Any:
+    if secret_fields is not None and field and secret_fields.search(field) and value not in (None, "", {}, []):
+        return REDACTED
     if isinstance(value, str):
         for form in forms:
             if form in value:
                 value = value.replace(form, REDACTED)
         return value
     if isinstance(value, dict):
-        return {_redact(k, forms): _redact(v, forms) for k, v in value.items()}
+        return {_redact(k, forms, None, ""): _redact(v, forms, secret_fields, str(k)) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_redact(v, forms) for v in value]
+        return [_redact(v, forms, secret_fields, field) for v in value]
     return value

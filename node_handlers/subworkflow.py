@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import Field
 
 from builder.catalog import NodeConfig
-from node_handlers.base import Completed, NodeContext, NodeError, NodeHandler
+from node_handlers.base import Completed, NodeContext, NodeHandler
 
 
 class SubworkflowConfig(NodeConfig):
@@ -21,11 +21,11 @@ class SubworkflowHandler(NodeHandler):
     description = "Runs another workflow as a child Prefect flow run; its output is the child's output."
     Config = SubworkflowConfig
     cacheable = False
+    in_flow = True
 
     async def run(self, config: SubworkflowConfig, ctx: NodeContext) -> Completed:
-        # The engine runs child workflows itself (flows/subworkflows.py); this runs only
-        # where no engine is there to do it.
-        raise NodeError("subworkflow nodes run only inside a Prefect flow run (flowmaestro run, or the API)")
+        # The run starts the child (flows/subworkflows.py): it is a subflow run of this one.
+        return await ctx.capabilities.start_child_run(config.workflow, config.version, config.inputs)
 
 
 HANDLERS = [SubworkflowHandler]

@@ -311,3 +311,41 @@ async def test_body_executions_keep_no_output_once_their_iteration_is_over():
     assert record.nodes["repeat"].output["results"] == [101, 101, 101]
     body_runs = [r for r in record.trace if r.node_id in ("big", "size")]
     assert len(body_runs) == 6 and all(r.status == "completed" and r.output is None for r in body_runs)
+
+
+async def test_approvals_and_sub_workflows_are_handlers_using_the_runs_capabilities():
+    from node_handlers.base import Completed
+
+    seen = {}
+
+    class Gate:  # the run's approval gate, as the approval handler reaches it
+        async def wait(self, execution, node, frame, config):
+            seen["status while waiting"] = execution.record.nodes[node.id].status
+            seen["message"] = config.message
+            return Completed(output={"approved": True}, handles=frozenset({"approved"}))
+
+    class Children:  # the run's sub-workflows, as the subworkflow handler reaches them
+        async def run(self, execution, node, child, journal=None):
+            seen["child"] = (child.workflow, child.version, child.inputs, journal)
+            return Completed(output={"child": "done"})
+
+    raw = canvas([node("ask", "approval", data={"message": "ship {{ inputs.what }}?"}),
+                  node("sub", "subworkflow",
+                       data={"workflow": "wf-2", "version": 3, "inputs": {"x": "{{ ask.approved }}"}}),
+                  node("no", data={"output": "rejected"})],
+                 [("ask", "sub", "approved"), ("ask", "no", "rejected")])
+    result, _ = await run(raw, {"what": "it"}, approvals=Gate(), subworkflows=Children())
+    assert result["status"] == "completed"
+    assert seen == {"status while waiting": "paused", "message": "ship it?",
+                    "child": ("wf-2", 3, {"x": True}, "run-1:sub:")}
+    assert result["nodes"]["sub"]["output"] == {"child": "done"} and result["nodes"]["no"]["status"] == "skipped"
+    assert result["nodes"]["ask"]["attempts"] == result["nodes"]["sub"]["attempts"] == 1
+
+
+async def test_without_a_run_to_pause_or_start_children_those_nodes_fail_saying_so():
+    raw = canvas([node("ask", "approval"), node("sub", "subworkflow", data={"workflow": "x"})],
+                 settings={"on_error": "continue"})
+    result, _ = await run(raw)
+    assert result["status"] == "failed"
+    assert "need a Prefect flow run to pause" in result["nodes"]["ask"]["error"]["message"]
+    assert "only inside a Prefect flow run" in result["nodes"]["sub"]["error"]["message"]

@@ -12,6 +12,8 @@ import pytest
 from flows.engine import Execution
 from flows.journal import RunJournal
 from store.queries import NodeOutcome
+from builder.catalog import NodeConfig
+from node_handlers.base import Completed, NodeContext, NodeError, NodeHandler
 from tests.support import JOURNAL, canvas, compiled, make_registry, node
 
 
@@ -145,7 +147,7 @@ async def test_pure_control_nodes_ride_along_with_the_next_durable_write():
 
 
 def _key_of(raw, node_id):
-    from flows.engine import cache_key
+    from flows.policies import cache_key
 
     registry = make_registry()
     plan = compiled(raw, registry)
@@ -252,3 +254,116 @@ async def test_durable_writes_that_meet_share_one_transaction_and_a_failed_one_i
         await journal.completed("late", (), "k", Completed(output=1), 1, durable=True)
     await journal.flush()
     assert ("late", ()) in store.rows["run-1"]
+
+
+async def test_a_failure_whose_error_edge_does_not_fire_is_a_dead_letter():
+    # Bug 2: one rule for "caught". The error edge's condition does not hold, so the failure
+    # goes uncaught (the run fails) and the journal keeps it as a dead letter; the one whose
+    # error edge fires is caught and is not.
+    raw = canvas([node("missed", "test_flaky", data={"failures": 9, "retry_class": None}),
+                  node("caught", "test_flaky", data={"failures": 9, "retry_class": None}),
+                  count("fix_missed"), count("fix_caught")],
+                 [{"id": "e1", "source": "missed", "target": "fix_missed", "sourceHandle": "error",
+                   "data": {"condition": {"field": "{{ missed.error.type }}", "operator": "eq",
+                                          "value": "SomethingElse"}}},
+                  {"id": "e2", "source": "caught", "target": "fix_caught", "sourceHandle": "error",
+                   "data": {"condition": {"field": "{{ caught.error.type }}", "operator": "eq",
+                                          "value": "NodeError"}}}],
+                 settings={"on_error": "continue"})
+    store = MemoryOutcomes()
+    result, _ = await execute(raw, store)
+    assert result["status"] == "failed"
+    assert [f["node_id"] for f in result["error"]["failed_nodes"]] == ["missed"]
+    rows = store.rows["run-1"]
+    assert rows[("missed", ())].status == "failed" and rows[("missed", ())].dead_letter is True
+    assert rows[("caught", ())].status == "failed" and rows[("caught", ())].dead_letter is False
+
+
+def test_the_journal_redacts_like_the_handlers_keys_and_tuples_included():
+    # Bug 4: one redaction function for the journal and the handlers.
+    from node_handlers.redaction import redact
+
+    journal = RunJournal("run-1", secrets=["sk-abc", "sk-abc-long-tail"])
+    value = {"message": "sent sk-abc-long-tail and sk-abc", "sk-abc-long-tail": 1,
+             "pair": ("sk-abc", "x"), "headers": {"Authorization": "Bearer whatever"}}
+    kept = journal.redact(value)
+    text = repr(kept)
+    assert "sk-abc" not in text and "long-tail" not in text and "whatever" not in text
+    assert kept["message"] == "sent [redacted] and [redacted]"
+    assert kept["headers"] == {"Authorization": "[redacted]"}
+    assert redact("sent sk-abc-long-tail", ["sk-abc", "sk-abc-long-tail"]) == "sent [redacted]"
+
+
+class StepsConfig(NodeConfig):
+    fail_after: bool = False
+
+
+class StepsHandler(NodeHandler):
+    """Journals two sub-steps through its capabilities, then fails when told to."""
+
+    type = "test_steps"
+    Config = StepsConfig
+    computed: list[str] = []
+
+    async def run(self, config: StepsConfig, ctx: NodeContext) -> Completed:
+        async def turn(name: str):
+            StepsHandler.computed.append(name)
+            return {"said": name}
+
+        first = await ctx.capabilities.journal_step("turn-1", lambda: turn("turn-1"))
+        second = await ctx.capabilities.journal_step("turn-2", lambda: turn("turn-2"))
+        if config.fail_after:
+            raise NodeError("the tool call after the turns failed")
+        return Completed(output=[first, second])
+
+
+async def test_journaled_sub_steps_are_read_back_when_the_run_executes_again():
+    registry = make_registry()
+    registry.register(StepsHandler())
+    raw = canvas([node("agent", "test_steps", data={"fail_after": True})])
+    store = MemoryOutcomes()
+
+    async def execute_once():
+        journal = await RunJournal.open("run-1", store)
+        execution = Execution(compiled(raw, registry), registry, run_id="run-1", inputs={}, journal=journal)
+        result = (await execution.run()).result()
+        await journal.flush()
+        return result
+
+    StepsHandler.computed = []
+    assert (await execute_once())["status"] == "failed"
+    assert StepsHandler.computed == ["turn-1", "turn-2"]
+    assert store.rows["run-1"][("agent#turn-1", ())].outcome == {"output": {"said": "turn-1"}}
+    StepsHandler.computed = []
+    raw["nodes"][0]["data"]["fail_after"] = False  # a new configuration: the turns are computed again
+    assert (await execute_once())["status"] == "completed"
+    assert StepsHandler.computed == ["turn-1", "turn-2"]
+    StepsHandler.computed = []
+    store.rows["run-1"].pop(("agent", ()))  # the node's own completion lost (a crash just before it)
+    result = await execute_once()
+    assert result["status"] == "completed" and StepsHandler.computed == []
+    assert result["nodes"]["agent"]["output"] == [{"said": "turn-1"}, {"said": "turn-2"}]
+
+
+async def test_a_failure_the_store_cannot_take_stays_buffered_and_the_run_reports_the_node(monkeypatch):
+    import flows.journal
+
+    class DownStore(MemoryOutcomes):
+        down = True
+
+        async def save_outcomes(self, journal_id, outcomes, *, workflow_id, owner):
+            if self.down:
+                raise ConnectionError("database gone")
+            await super().save_outcomes(journal_id, outcomes, workflow_id=workflow_id, owner=owner)
+
+    monkeypatch.setattr(flows.journal, "MAX_BUFFERED", 1)  # the failure's buffered write is due at once
+    registry = make_registry()
+    store = DownStore()
+    journal = RunJournal("run-1", store=store)
+    raw = canvas([node("boom", "test_flaky", data={"failures": 9, "retry_class": None})])
+    execution = Execution(compiled(raw, registry), registry, run_id="run-1", inputs={}, journal=journal)
+    result = (await execution.run()).result()
+    assert result["status"] == "failed" and result["error"]["node_id"] == "boom"
+    store.down = False  # back: the next flush writes what stayed buffered
+    await journal.flush()
+    assert store.rows["run-1"][("boom", ())].dead_letter is True

@@ -13,7 +13,7 @@ from collections import Counter
 import pytest
 from prefect.client.orchestration import get_client
 
-from flows.calls import DirectRunner, NodeRecord
+from flows.calls import DirectRunner, MirroredRun
 from flows.engine import Execution
 from node_handlers.registry import default_registry
 from tests.support import canvas, compiled, node, task_runs_of
@@ -25,16 +25,16 @@ class KeepingRunner(DirectRunner):
     recording = True
 
     def __init__(self) -> None:
-        self.records: list[NodeRecord] = []
+        self.records: list[MirroredRun] = []
         self.logs: list[tuple[str, str | None, bool]] = []
 
-    def record(self, entry: NodeRecord) -> None:
+    def record(self, entry: MirroredRun) -> None:
         self.records.append(entry)
 
     def log(self, line: str, *, task_run_id: str | None, failed: bool) -> None:
         self.logs.append((line, task_run_id, failed))
 
-    def final(self) -> dict[str, NodeRecord]:
+    def final(self) -> dict[str, MirroredRun]:
         """The last record of each task run (containers and delays report Running first)."""
         return {r.task_run_id: r for r in self.records if r.ended is not None}
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from builder.compiler import compile_canvas
 from builder.plan import TOP
-from flows.scheduler import NodeFailure, NodeOutcome, ScopeResult, ScopeRun, ScopeScheduler, scope_result
+from flows.scheduler import NodeFailure, NodeResult, ScopeResult, ScopeRun, ScopeScheduler, scope_result
 from node_handlers.registry import default_registry
 from tests.support import canvas, compiled, node
 
@@ -123,12 +123,12 @@ def plan_of(nodes: list[dict], edges: list = (), **extra):
     return result.plan
 
 
-def done(output=None, *handles: str) -> NodeOutcome:
-    return NodeOutcome("completed", output, frozenset(handles or {"source"}))
+def done(output=None, *handles: str) -> NodeResult:
+    return NodeResult("completed", output, frozenset(handles or {"source"}))
 
 
-def failed(node_id: str, error_type: str = "NodeError") -> NodeOutcome:
-    return NodeOutcome("failed", error={"message": f"{node_id} broke", "type": error_type, "node_id": node_id,
+def failed(node_id: str, error_type: str = "NodeError") -> NodeResult:
+    return NodeResult("failed", error={"message": f"{node_id} broke", "type": error_type, "node_id": node_id,
                                         "attempts": 1})
 
 
@@ -178,7 +178,7 @@ def test_a_failure_never_fires_source_edges_even_when_its_handles_name_source():
     plan = plan_of([node("n"), node("a")], [("n", "a")])
     state = ScopeRun(plan, TOP)
     state.start()
-    outcome = NodeOutcome("failed", handles=frozenset({"source"}), error=failed("n").error)
+    outcome = NodeResult("failed", handles=frozenset({"source"}), error=failed("n").error)
     decision = state.node_ended("n", outcome, no_scope)
     assert decision.fired == frozenset() and decision.skipped == ("a",)
 
