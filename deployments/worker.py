@@ -42,6 +42,7 @@ from prefect.exceptions import Pause
 from prefect.flows import Flow
 from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
 
+from builder.plan_cache import PlanCache
 from deployments.catch_up import missed_to_skip, schedule_of, scheduled_time
 from deployments.recovery import (CrashSweeper, HeartbeatEmitter, ensure_recovery_automations, heartbeat_interval,
                                   loop_stall_limit, state_to_restore, written_by_recovery)
@@ -322,7 +323,8 @@ async def worker_context(database_url: str) -> AsyncIterator[RunContext]:
     cancellation watcher."""
     store = StoreRuns.from_url(database_url)
     base = RunContext.from_environment()
-    context = replace(base, store=store, resolve_workflow=store.resolve_subworkflow, cancellations=CancelSignals())
+    context = replace(base, store=store, resolve_workflow=store.resolve_subworkflow, cancellations=CancelSignals(),
+                      plans=PlanCache(base.settings.plan_cache_nodes))
     try:
         yield context
     finally:

@@ -9,11 +9,14 @@ bound flow, so they share the context.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from prefect import Task
+
+from builder.plan_cache import PlanCache
 
 from flows.event_log import EventLog, event_log_from_env
 from flows.events import EventBus
@@ -111,6 +114,12 @@ class RunContext:
     task_run_sender: TaskRunSender | None = field(default=None, compare=False)
     """Sends what runs record in Prefect (inline task runs, node logs) for all of them, after
     they have ended if need be; None: each run sends its own before it ends."""
+    environ: Mapping[str, str] = field(default_factory=dict, compare=False)
+    """The process's environment as runs see it: what templates read as ``env.NAME`` (those
+    of ``settings.env_allowlist``), and the values the journal redacts."""
+    plans: PlanCache | None = field(default=None, compare=False)
+    """Plans of saved versions, compiled once per ``(workflow_id, version)`` (a worker);
+    None: every run compiles its canvas."""
 
     @classmethod
     def from_environment(cls, *, listeners: tuple[RunListener, ...] = ()) -> RunContext:
@@ -120,7 +129,7 @@ class RunContext:
         settings = EngineSettings()
         return cls(registry=default_registry(), event_log=event_log_from_env(), settings=settings,
                    listeners=listeners, cached_task=cached_task(cache_lock_manager(settings)),
-                   task_run_sender=TaskRunSender())
+                   task_run_sender=TaskRunSender(), environ=os.environ)
 
     async def close(self) -> None:
         """Send what runs recorded in Prefect and close the event log: the builder of a
