@@ -37,6 +37,7 @@ from flows.scheduler import NodeOutcome, ScopeResult, ScopeRun, error_info
 from node_handlers.base import SOURCE, Completed, NodeContext, NodeError, NodeHandler
 from node_handlers.containers import RESOLVED
 from node_handlers.registry import HandlerRegistry
+from node_handlers.services import HandlerServices
 
 log = logging.getLogger("flowmaestro.engine")
 
@@ -76,7 +77,7 @@ class Execution:
                  journal: RunJournal | None = None, max_task_runs: int = 10_000,
                  large_outputs: LargeOutputs | None = None, template_limits: TemplateLimits = TemplateLimits(),
                  max_node_output_bytes: int | None = None, release: RunRelease | None = None,
-                 started_at: datetime | None = None):
+                 started_at: datetime | None = None, services: HandlerServices | None = None):
         """``max_task_runs``: how many task runs the run shows one by one (``RunRecording``).
         ``large_outputs``: how outputs over a size are shown in events and the run result
         (a reference to the store, ``flows.large_outputs``), so that a long run of large
@@ -88,6 +89,8 @@ class Execution:
         ``started_at``: the run's first start, ``run.started_at`` in templates (the same in every
         execution of the run, so keys stay); this execution's start by default."""
         self.started_at = started_at
+        self.services = services
+        """Handed to every node (``NodeContext.services``): the process's handler services."""
         self.release = release
         self.template_limits = template_limits
         self.max_node_output_bytes = max_node_output_bytes
@@ -429,7 +432,7 @@ class Execution:
         def make_context(attempt: int) -> NodeContext:
             return NodeContext(node_id=node.id, path=path, run_id=self.record.id, workflow=self.plan.name,
                                attempt=attempt, upstream=upstream, inputs=self.inputs, first_started=first_started,
-                               owner=self.owner, release_until=release_until,
+                               owner=self.owner, release_until=release_until, services=self.services,
                                idempotency_key=f"{self.journal.journal_id}:{node.id}:{'.'.join(map(str, path))}",
                                emit=lambda event_type, data: self.bus.publish(event_type, node_id=node.id,
                                                                               path=path, **data))

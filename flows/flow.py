@@ -348,7 +348,7 @@ async def execute_run(prepared: PreparedRun) -> RunRecord:
                           large_outputs=_large_outputs(run_id, settings.event_output_max_bytes, opened.store),
                           template_limits=settings.template_limits, max_node_output_bytes=settings.max_node_output_bytes,
                           release=_delay_release(run_id, settings.delay_release_s, holding) if releasable else None,
-                          started_at=opened.started_at)
+                          started_at=opened.started_at, services=context.services)
     try:
         return await _run_watching_cancellation(execution, run_id, settings.cancel_poll_s, signals)
     finally:

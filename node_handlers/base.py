@@ -12,10 +12,13 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from builder.catalog import NodeConfig, NodeTypeSpec
 from builder.plan import CachePolicy, RetryPolicy
+
+if TYPE_CHECKING:  # services.py imports the egress policy, which imports this module
+    from node_handlers.services import HandlerServices
 
 SOURCE = frozenset({"source"})
 SOURCE_AND_ERROR = frozenset({"source", "error"})
@@ -94,6 +97,10 @@ class NodeContext:
     the run comes back then (scheduled, on any worker, replayed from its journal). It then
     raises the runner's release signal, which the handler must let through (it is not an
     ``Exception``); otherwise it returns and the handler waits itself."""
+    services: HandlerServices | None = None
+    """What handlers that talk to the outside share in the process (settings, egress policy,
+    pooled clients: ``node_handlers.services``), from the run's context; None when a handler
+    is called on its own (then the environment's)."""
 
 
 async def _stays() -> None:
