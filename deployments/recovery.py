@@ -165,13 +165,14 @@ class HeartbeatEmitter:
     returns) is a process that no longer runs anything: the beats stop, and its runs are
     continued elsewhere."""
 
-    def __init__(self, *, pool: str, interval_s: float, stall_limit_s: float | None = None):
+    def __init__(self, *, pool: str, interval_s: float, stall_limit_s: float | None = None,
+                 children: Callable[[], Iterable[str]] = tuple):
         self.pool = pool
         self.pool_id: str | None = None
         """The pool's id, once the worker knows it (events name resources by id)."""
         self.interval_s = interval_s
         self.stall_limit_s = stall_limit_s
-        self.children: Callable[[], Iterable[str]] = tuple
+        self.children = children
         """Child runs executing in the worker, asked at every beat (from the beating thread)."""
         self.beats = 0
         self.stalled = False

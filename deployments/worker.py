@@ -42,6 +42,7 @@ from prefect.exceptions import Pause
 from prefect.flows import Flow
 from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorkerResult
 
+from builder.plan_cache import PlanCache
 from deployments.catch_up import missed_to_skip, schedule_of, scheduled_time
 from deployments.recovery import (CrashSweeper, HeartbeatEmitter, ensure_recovery_automations, heartbeat_interval,
                                   loop_stall_limit, state_to_restore, written_by_recovery)
@@ -94,6 +95,10 @@ class FlowMaestroWorker(PollingWorker):
         self.catch_up, self.late_after = catch_up, timedelta(seconds=late_after_s)
         self._queue_of: dict[Any, str | None] = {}
         """The work queue of each run this worker took and is still submitting."""
+
+    def held(self) -> list[str]:
+        """The runs this worker executes now (a crash sweep leaves them alone)."""
+        return list(self.running)
 
     async def get_and_submit_flow_runs(self) -> list[FlowRun]:
         if self.draining:  # shutting down: leave new runs to other workers
@@ -268,8 +273,8 @@ async def run_worker(flow: Flow[..., Any], *, pool: str = DEFAULT_POOL, limit: i
                      late_after_s: float = 60.0) -> None:
     """Run one worker until ``stop`` is set (by default: SIGTERM or SIGINT), then drain it
     (see ``FlowMaestroWorker.shutdown``). With ``crash_detect_s``, it makes sure the
-    recovery automations exist and beats for its runs (and the children ``signals``
-    watches)."""
+    recovery automations exist and beats for its runs: with the heartbeats of ``signals``
+    when they are ``BeatingSignals`` (its child runs too), its own otherwise."""
     from prefect.settings import PREFECT_WORKER_QUERY_SECONDS, temporary_settings
 
     if stop is None:
@@ -284,24 +289,16 @@ async def run_worker(flow: Flow[..., Any], *, pool: str = DEFAULT_POOL, limit: i
         if crash_detect_s is not None:
             async with get_client() as client:
                 await ensure_recovery_automations(client, pool, crash_detect_s)
-            heartbeats = HeartbeatEmitter(pool=pool, interval_s=heartbeat_interval(crash_detect_s),
-                                          stall_limit_s=loop_stall_limit(crash_detect_s))
-            sweeper = CrashSweeper(pool=pool, grace_s=crash_detect_s, interval_s=heartbeat_interval(crash_detect_s))
+            heartbeats = signals.heartbeats if isinstance(signals, BeatingSignals) else HeartbeatEmitter(
+                pool=pool, interval_s=heartbeat_interval(crash_detect_s), stall_limit_s=loop_stall_limit(crash_detect_s))
         worker = FlowMaestroWorker(flow=flow, work_pool_name=pool, limit=limit, cancel_poll_s=cancel_poll_s,
                                    name=name, on_cancel=on_cancel, heartbeats=heartbeats, catch_up=catch_up,
                                    late_after_s=late_after_s)
-        if heartbeats is not None:
-            beats = heartbeats
-            if signals is not None:
-                beats.children = signals.watched
-                signals.on_watch = lambda run_id: None if run_id in worker.running else beats.beat_for(
-                    [run_id], child=True)
-                signals.on_holding = lambda run_id, held: beats.hold(run_id) if held else beats.release(run_id)
+        if crash_detect_s is not None:
+            sweeper = CrashSweeper(pool=pool, grace_s=crash_detect_s, interval_s=heartbeat_interval(crash_detect_s),
+                                   held=worker.held)
         beating = asyncio.create_task(heartbeats.run()) if heartbeats is not None else None
-        sweeping = None
-        if sweeper is not None:
-            sweeper.held = lambda: list(worker.running)
-            sweeping = asyncio.create_task(sweeper.run())
+        sweeping = asyncio.create_task(sweeper.run()) if sweeper is not None else None
         main = asyncio.create_task(worker.start(printer=started or (lambda _line: None)))
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({main, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -315,13 +312,39 @@ async def run_worker(flow: Flow[..., Any], *, pool: str = DEFAULT_POOL, limit: i
                 background.cancel()
 
 
+class BeatingSignals(CancelSignals):
+    """The cancellation signals of a worker that sends heartbeats, with those heartbeats: the
+    runs it watches are the children they beat for (a sub-workflow's child run gets its first
+    beat the moment it is watched), and a run letting go of the worker (suspended) stops its
+    beats first, until it keeps the worker after all."""
+
+    def __init__(self, *, pool: str, crash_detect_s: float):
+        super().__init__(on_watch=self._first_child_beat, on_holding=self._hold_or_release)
+        self.heartbeats = HeartbeatEmitter(pool=pool, interval_s=heartbeat_interval(crash_detect_s),
+                                           stall_limit_s=loop_stall_limit(crash_detect_s), children=self.watched)
+
+    def _first_child_beat(self, run_id: str) -> None:
+        if run_id not in self.heartbeats.held():  # the worker's own runs beat from when it took them
+            self.heartbeats.beat_for([run_id], child=True)
+
+    def _hold_or_release(self, run_id: str, held: bool) -> None:
+        if held:
+            self.heartbeats.hold(run_id)
+        else:
+            self.heartbeats.release(run_id)
+
+
 @asynccontextmanager
-async def worker_context(database_url: str) -> AsyncIterator[RunContext]:
+async def worker_context(database_url: str, *, beating_pool: str | None = None) -> AsyncIterator[RunContext]:
     """The run context every run of one worker process shares: warm pools, one store, one
-    cancellation watcher."""
+    cancellation watcher (with the heartbeats of a worker that beats for its runs of
+    ``beating_pool``: crash detection), the plans of saved versions."""
     store = SqlRunStore.from_url(database_url)
     base = RunContext.from_environment()
-    context = replace(base, store=store, resolve_workflow=store.resolve_subworkflow, cancellations=CancelSignals())
+    signals = CancelSignals() if beating_pool is None \
+        else BeatingSignals(pool=beating_pool, crash_detect_s=base.settings.crash_detect_s)
+    context = replace(base, store=store, resolve_workflow=store.resolve_subworkflow, cancellations=signals,
+                      plans=PlanCache(base.settings.plan_cache_nodes))
     try:
         yield context
     finally:
@@ -337,7 +360,7 @@ async def serve_worker(settings: WorkerSettings, *, name: str | None = None,
 
     url = settings.sqlalchemy_url()
     await upgrade_schema(url)  # a no-op when the API (or another worker) already did it
-    async with worker_context(url) as context:
+    async with worker_context(url, beating_pool=settings.work_pool) as context:
         assert context.cancellations is not None
         await run_worker(workflow_flow(context), pool=settings.work_pool, limit=settings.worker_limit,
                          poll_s=settings.worker_poll_s, cancel_poll_s=context.settings.cancel_poll_s,

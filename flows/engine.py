@@ -42,6 +42,7 @@ from flows.scheduler import Decision, NodeResult, ScopeResult, ScopeRun, error_i
 from node_handlers.base import NO_CAPABILITIES, SOURCE, Completed, NodeContext, NodeError, NodeHandler
 from node_handlers.containers import RESOLVED
 from node_handlers.registry import HandlerRegistry
+from node_handlers.services import HandlerServices
 
 log = logging.getLogger("flowmaestro.engine")
 
@@ -94,7 +95,8 @@ class Execution:
                  approvals: ApprovalGate | None = None, subworkflows: Any = None,
                  journal: RunJournal | None = None, max_task_runs: int = 10_000,
                  large_outputs: LargeOutputs | None = None, template_limits: TemplateLimits = TemplateLimits(),
-                 max_node_output_bytes: int | None = None, release: RunRelease | None = None):
+                 max_node_output_bytes: int | None = None, release: RunRelease | None = None,
+                 started_at: datetime | None = None, services: HandlerServices | None = None):
         """``max_task_runs``: how many task runs the run shows one by one (``TaskRunMirror``).
         ``large_outputs``: how outputs over a size are shown in events and the run result
         (a reference to the store, ``flows.large_outputs``), so that a long run of large
@@ -102,7 +104,12 @@ class Execution:
         ``template_limits``: the CPU and size budget of a node's templates.
         ``max_node_output_bytes``: a larger output (as JSON) fails its node before it is kept.
         ``release``: lets go of the run while a node waits long (``NodeContext.release_until``);
-        without it, nodes wait in the process."""
+        without it, nodes wait in the process.
+        ``started_at``: the run's first start, ``run.started_at`` in templates (the same in every
+        execution of the run, so keys stay); this execution's start by default."""
+        self.started_at = started_at
+        self.services = services
+        """Handed to every node (``NodeContext.services``): the process's handler services."""
         self.release = release
         self.template_limits = template_limits
         self.max_node_output_bytes = max_node_output_bytes
@@ -141,7 +148,7 @@ class Execution:
     async def run(self) -> RunRecord:
         record = self.record
         record.status, record.started_at = "running", utcnow()
-        self.run_info["started_at"] = record.started_at.isoformat()
+        self.run_info["started_at"] = (self.started_at or record.started_at).isoformat()
         self.bus.publish("execution:started", workflow=self.plan.name)
         timeout = self.plan.settings.get("timeout_s")
         try:
@@ -461,7 +468,7 @@ class Execution:
         def make_context(attempt: int) -> NodeContext:
             return NodeContext(node_id=node.id, path=path, run_id=self.record.id, workflow=self.plan.name,
                                attempt=attempt, upstream=upstream, inputs=self.inputs, first_started=first_started,
-                               owner=self.owner, release_until=release_until, capabilities=capabilities,
+                               owner=self.owner, release_until=release_until, capabilities=capabilities, services=self.services,
                                idempotency_key=f"{self.journal.journal_id}:{node.id}:{'.'.join(map(str, path))}",
                                emit=lambda event_type, data: self.bus.publish(event_type, node_id=node.id,
                                                                               path=path, **data))

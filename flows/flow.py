@@ -19,9 +19,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import os
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from prefect import Flow, flow, get_run_logger
@@ -34,6 +35,7 @@ from prefect.states import Cancelled, Failed
 from builder.compiler import compile_canvas
 from builder.inputs import validate_inputs
 from builder.issues import InputsInvalid
+from builder.plan import Plan
 from flows import prefect_compat
 from flows.approvals import PrefectApprovals
 from flows.decisions import DecisionSigner
@@ -81,13 +83,14 @@ def workflow_flow(context: RunContext) -> Flow:
     async def run_workflow(canvas: dict[str, Any] | None = None, inputs: dict[str, Any] | None = None,
                            workflow_id: str | None = None, version: int | None = None,
                            owner: str | None = None, trigger: dict[str, Any] | None = None,
-                           depth: int = 0, journal: str | None = None) -> Any:
+                           depth: int = 0, journal: str | None = None, started_at: str | None = None) -> Any:
         """Run a FlowMaestro canvas (canvas-v1 JSON) with the given inputs: the ``canvas``
         given, or version ``version`` (the latest when empty) of the saved workflow
         ``workflow_id`` of ``owner``. ``depth``: how deep a sub-workflow run is nested;
-        ``journal``: where a child run keeps what it completed (the flow run id otherwise)."""
-        return await _run_in_flow(context, bound, canvas, inputs, workflow_id, version, owner, trigger, depth,
-                                  journal)
+        ``journal``: where a child run keeps what it completed (the flow run id otherwise);
+        ``started_at``: a child run's ``run.started_at``, its parent's first start."""
+        return await _run_in_flow(context, bound, RunRequest(canvas, dict(inputs or {}), workflow_id, version, owner,
+                                                             trigger, depth, journal, started_at))
 
     bound = _generic_flow(run_workflow)
     return bound
@@ -97,36 +100,124 @@ def workflow_flow(context: RunContext) -> Flow:
 async def run_workflow(canvas: dict[str, Any] | None = None, inputs: dict[str, Any] | None = None,
                        workflow_id: str | None = None, version: int | None = None,
                        owner: str | None = None, trigger: dict[str, Any] | None = None, depth: int = 0,
-                       journal: str | None = None) -> Any:
+                       journal: str | None = None, started_at: str | None = None) -> Any:
     """Run a FlowMaestro canvas (canvas-v1 JSON) with the given inputs."""
     # An entry point for processes that run one flow run (Prefect's own workers): the
     # context is built from the environment for this run. FlowMaestro's worker
     # (deployments/worker.py) binds the flow to one context for all its runs instead.
     context = RunContext.from_environment()
     try:
-        return await _run_in_flow(context, workflow_flow(context), canvas, inputs, workflow_id, version, owner,
-                                  trigger, depth, journal)
+        return await _run_in_flow(context, workflow_flow(context), RunRequest(
+            canvas, dict(inputs or {}), workflow_id, version, owner, trigger, depth, journal, started_at))
     finally:
         await context.close()
 
 
-async def _run_in_flow(context: RunContext, child_flow: ChildFlow, canvas: dict[str, Any] | None,
-                       inputs: dict[str, Any] | None, workflow_id: str | None, version: int | None,
-                       owner: str | None, trigger: dict[str, Any] | None, depth: int = 0,
-                       journal_id: str | None = None) -> Any:
+# --- the run's phases ------------------------------------------------------------------------------
+#
+# As Prefect's own FlowRunEngine names its steps (initialize_run, begin_run, call_flow_fn,
+# handle_success/handle_crash), a run goes through four, each a function below:
+#
+#   open_run     who the run is and where what it does goes (event bus, event log writer,
+#                Prefect recorder); closed when the run is over, whatever happens
+#   prepare_run  everything decided before a node runs: the saved version, the crash count,
+#                the execution row, the plan, the inputs, the journal; or the run is refused
+#   execute_run  the plan runs (``Execution``), watching for cancellation
+#   finish_run   the result stored, the final event released, the summary sent, the
+#                Prefect state the flow ends in
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What a flow run was asked to run: the generic flow's parameters."""
+
+    canvas: dict[str, Any] | None
+    inputs: dict[str, Any]
+    workflow_id: str | None
+    version: int | None
+    owner: str | None
+    trigger: dict[str, Any] | None
+    depth: int = 0
+    journal_id: str | None = None
+    started_at: str | None = None
+    """Given to a child run by its parent: the parent's first start."""
+
+    @property
+    def name(self) -> str:
+        name = self.canvas.get("name") if isinstance(self.canvas, dict) else None
+        return name if isinstance(name, str) and name else "workflow"
+
+
+@dataclass(frozen=True)
+class OpenedRun:
+    """Who the run is and where what it does goes (``open_run``)."""
+
+    context: RunContext
+    request: RunRequest
+    run_id: str
+    flow_run: Any
+    """Prefect's ``FlowRun``; None outside a flow run."""
+    started_at: datetime
+    """The run's first start (``first_start``): its ``run.started_at`` in every execution."""
+    store: RunStore | None
+    """The store, for a run of a saved workflow (the ones Prefect can execute again)."""
+    bus: EventBus
+    writer: EventLogWriter
+    recorder: prefect_compat.TaskRunRecorder | None
+
+
+@dataclass(frozen=True)
+class PreparedRun:
+    """Everything the run's execution needs, settled before any node runs (``prepare_run``)."""
+
+    opened: OpenedRun
+    plan: Plan
+    version: int | None
+    inputs: Mapping[str, Any]
+    """Checked against the plan's declared inputs, defaults filled in."""
+    journal: RunJournal
+    subworkflows: PrefectSubworkflows
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A run refused before anything ran; ``recorded``: whether its execution row takes the
+    result (not for a workflow that is gone)."""
+
+    record: RunRecord
+    recorded: bool = True
+
+
+async def _run_in_flow(context: RunContext, child_flow: ChildFlow, request: RunRequest) -> Any:
+    async with open_run(context, request) as opened:
+        prepared = await prepare_run(opened, child_flow)
+        if isinstance(prepared, Refusal):
+            return await finish_run(opened, prepared.record, ran=False, recorded=prepared.recorded)
+        record = await execute_run(prepared)
+        return await finish_run(opened, record, ran=True)
+
+
+@contextlib.asynccontextmanager
+async def open_run(context: RunContext, request: RunRequest) -> AsyncIterator[OpenedRun]:
+    """The run's identity, its event bus (numbering continues from the event log), the
+    listeners subscribed, the writer to the event log and the recorder of inline task runs;
+    the writer and the recorder are closed when the run is over."""
     flow_context = FlowRunContext.get()
     flow_run = flow_context.flow_run if flow_context else None
     run_id = str(flow_run.id) if flow_run else "local"
-    await _name_after_canvas(flow_context, canvas)
+    await _name_after_canvas(flow_context, request.canvas)
     # A run executed again (a Prefect retry, elsewhere) continues its event numbering.
     start_seq = await context.event_log.last_seq(run_id) if run_id != "local" else 0
     bus = EventBus(run_id, start_seq=start_seq)
     for listener in context.listeners:
         listener(bus)
-    # Every run keeps its events in the event log, wherever it executes.
-    saved = context.store is not None and workflow_id is not None and owner is not None
-    # For a saved workflow the final event waits until the result is stored: a client that
-    # sees the run end reads its result.
+    saved = context.store is not None and request.workflow_id is not None and request.owner is not None
+    if saved:
+        assert request.workflow_id is not None
+        await tag_run_with_workflow(flow_context, request.workflow_id)  # a child run's tag (its parent's call has none)
+    # Every run keeps its events in the event log, wherever it executes. For a saved workflow
+    # the final event waits until the result is stored: a client that sees the run end reads
+    # its result.
     writer = EventLogWriter(context.event_log, hold_final=saved)
     writer.attach(bus)
     async with contextlib.AsyncExitStack() as stack:
@@ -134,42 +225,163 @@ async def _run_in_flow(context: RunContext, child_flow: ChildFlow, canvas: dict[
         # Closed first: what it has not sent yet goes before the run ends.
         recorder = await stack.enter_async_context(
             prefect_compat.task_run_recorder(context.task_run_sender, logs=context.settings.node_logs))
-        if saved:
-            assert context.store is not None and workflow_id is not None and owner is not None
-            await tag_run_with_workflow(flow_context, workflow_id)  # a child run's tag (its parent's call has none)
-            try:
-                found = await context.store.load(owner, workflow_id, version)
-            except LookupError as exc:
-                return _refused(bus, canvas.get("name", "workflow") if isinstance(canvas, dict) else "workflow",
-                                "workflow not found", [{"message": str(exc), "code": "workflow_not_found"}])
-            canvas, version = found.canvas, found.version
-            crashes = await _crashes(run_id) if flow_run is not None and flow_run.run_count > 1 else 0
-            if crashes > context.settings.crash_retries:
-                times = f"{crashes} time{'s' if crashes > 1 else ''}"
-                refused = _refused(bus, found.name, "crashed too often", [{
-                    "message": f"its worker died {times} (FLOWMAESTRO_CRASH_RETRIES="
-                               f"{context.settings.crash_retries}); retry it when the cause is fixed",
-                    "code": "crash_retries_exhausted"}])
-                await context.store.ended(run_id, _result_of(refused))
-                return refused
-            await context.store.started(run_id, owner=owner, workflow_id=workflow_id, version=found.version,
-                                        name=found.name, inputs=dict(inputs or {}),
-                                        trigger=trigger or _trigger_of(flow_run))
-        subworkflows = PrefectSubworkflows(context.resolve_workflow, child_flow, owner, by_reference=saved,
-                                           depth=depth, max_depth=context.settings.max_subworkflow_depth)
-        # Only saved runs keep their journal: they are the ones Prefect can run again.
-        journal = await RunJournal.open(journal_id or run_id, context.store if saved else None,
-                                        workflow_id=workflow_id, owner=owner,
-                                        secrets=[os.environ.get(n, "") for n in context.settings.env_allowlist])
-        outcome, record = await _run(context, canvas or {}, inputs, workflow_id, version, owner, run_id, bus,
-                                     subworkflows, journal, recorder)
-        if saved:
-            assert context.store is not None
-            await context.store.ended(run_id, _result_of(outcome))
-            writer.release_final()
-        if record is not None:  # after the result is out: the run's followers need not wait for it
-            await _summary_artifact(record, context.settings.public_url, recorder)
-        return outcome
+        yield OpenedRun(context=context, request=request, run_id=run_id, flow_run=flow_run,
+                        started_at=first_start(flow_run, request.started_at),
+                        store=context.store if saved else None, bus=bus, writer=writer, recorder=recorder)
+
+
+def first_start(flow_run: Any, given: str | None) -> datetime:
+    """When the run first started: what templates read as ``run.started_at``. The same in
+    every execution of the run (after a crash, a release, a retry), so that a node using it
+    keeps its key and is restored from the journal rather than executed again: Prefect sets a
+    flow run's ``start_time`` once, when it first runs (before, the Running state just
+    entered is that time). A child run is given its parent's (a parent executed again starts
+    a new child flow run); a run outside a flow run started now."""
+    if given:
+        return datetime.fromisoformat(given)
+    if flow_run is not None:
+        if flow_run.start_time is not None:
+            return flow_run.start_time
+        state = flow_run.state
+        if state is not None and state.type == StateType.RUNNING:
+            return state.timestamp
+    return utcnow()
+
+
+async def prepare_run(opened: OpenedRun, child_flow: ChildFlow) -> PreparedRun | Refusal:
+    """Everything decided before a node runs: for a saved workflow, its version loaded, the
+    crash count checked and the execution recorded as running; the plan (compiled once per
+    saved version by a process that keeps plans); the inputs checked; the journal opened.
+    A refusal when any of these says the run cannot go on."""
+    context, request, store = opened.context, opened.request, opened.store
+    canvas, version, name = request.canvas or {}, request.version, request.name
+    if store is not None:
+        assert request.workflow_id is not None and request.owner is not None
+        try:
+            found = await store.load(request.owner, request.workflow_id, request.version)
+        except LookupError as exc:
+            return Refusal(_refused(opened, name, "workflow not found",
+                                    [{"message": str(exc), "code": "workflow_not_found"}]), recorded=False)
+        canvas, version, name = found.canvas, found.version, found.name
+        flow_run = opened.flow_run
+        crashes = await _crashes(opened.run_id) if flow_run is not None and flow_run.run_count > 1 else 0
+        if crashes > context.settings.crash_retries:
+            times = f"{crashes} time{'s' if crashes > 1 else ''}"
+            return Refusal(_refused(opened, name, "crashed too often", [{
+                "message": f"its worker died {times} (FLOWMAESTRO_CRASH_RETRIES="
+                           f"{context.settings.crash_retries}); retry it when the cause is fixed",
+                "code": "crash_retries_exhausted"}]))
+        await store.started(opened.run_id, owner=request.owner, workflow_id=request.workflow_id,
+                            version=found.version, name=found.name, inputs=dict(request.inputs),
+                            trigger=request.trigger or _trigger_of(flow_run))
+    compiled = _compile(context, canvas, (request.workflow_id, version) if store is not None else None)
+    if isinstance(compiled, list):
+        return Refusal(_refused(opened, name, "invalid canvas", compiled, version))
+    try:
+        inputs = validate_inputs(compiled.inputs, request.inputs)
+    except InputsInvalid as exc:
+        return Refusal(_refused(opened, name, "invalid inputs", [issue.to_dict() for issue in exc.issues], version))
+    # Only saved runs keep their journal: they are the ones Prefect can run again.
+    journal = await RunJournal.open(request.journal_id or opened.run_id, store, workflow_id=request.workflow_id,
+                                    owner=request.owner,
+                                    secrets=[context.environ.get(n, "") for n in context.settings.env_allowlist])
+    # A child is given this run's first start: its ``run.started_at`` too.
+    children = functools.partial(child_flow, started_at=opened.started_at.isoformat())
+    subworkflows = PrefectSubworkflows(context.resolve_workflow, children, request.owner,
+                                       by_reference=store is not None, depth=request.depth,
+                                       max_depth=context.settings.max_subworkflow_depth)
+    return PreparedRun(opened=opened, plan=compiled, version=version, inputs=inputs, journal=journal,
+                       subworkflows=subworkflows)
+
+
+def _compile(context: RunContext, canvas: dict[str, Any], saved_as: tuple[Any, Any] | None) -> Plan | list[dict]:
+    """The plan of ``canvas``, or its issues. A saved version (``saved_as``: workflow id and
+    version) is compiled once by a context that keeps plans (a worker): versions never
+    change. A canvas given inline is compiled every time."""
+    key = saved_as if saved_as is not None and None not in saved_as else None
+    cached = context.plans.get(key) if context.plans is not None and key is not None else None
+    if cached is not None:
+        return cached
+    # The caps the API applies, without its time budget: a busy worker must not refuse a
+    # saved version for being slow, and the caps bound its work already.
+    compiled = compile_canvas(canvas, context.registry, context.settings.compile_limits(timed=False))
+    if not compiled.ok:
+        return [issue.to_dict() for issue in compiled.errors]
+    assert compiled.plan is not None
+    if context.plans is not None and key is not None:
+        context.plans.put(key, compiled.plan)
+    return compiled.plan
+
+
+def _refused(opened: OpenedRun, name: str, what: str, issues: list[dict[str, Any]],
+             version: int | None = None) -> RunRecord:
+    return RunRecord.refused(opened.run_id, name, what, issues, workflow_id=opened.request.workflow_id,
+                             version=version)
+
+
+async def execute_run(prepared: PreparedRun) -> RunRecord:
+    """Run the plan: the ``Execution`` with the collaborators of this run (approvals, a
+    delay's release, sub-workflows, the journal), watching for cancellation; the journal
+    flushed whatever happens."""
+    opened = prepared.opened
+    context, request, run_id = opened.context, opened.request, opened.run_id
+    settings = context.settings
+    # A worker lets go of a run of a deployment that waits long for a person or on a delay
+    # (the run replays from its journal when answered or due); other runs have nobody to
+    # replay them.
+    releasable = opened.store is not None and opened.flow_run is not None \
+        and opened.flow_run.deployment_id is not None
+    signals = context.cancellations
+    holding = functools.partial(signals.holding, run_id) if signals is not None else _holds_anyway
+    execution: Execution
+    approvals = PrefectApprovals(run_id, hold_s=settings.approval_hold_s if releasable else None, holding=holding,
+                                 signer=DecisionSigner.from_settings(settings.decision_key, settings.secret_key,
+                                                                     settings.home),
+                                 allow_unverified=settings.approval_prefect_ui,
+                                 # The two need each other: an approval is not released while
+                                 # another node of the execution runs.
+                                 busy=lambda: execution.leaf_running())
+    execution = Execution(prepared.plan, context.registry, run_id=run_id, inputs=prepared.inputs,
+                          runner=PrefectRunner(recorder=opened.recorder, cached=context.cached_task), bus=opened.bus,
+                          env=context.environ, env_allowlist=settings.env_allowlist, workflow_id=request.workflow_id,
+                          version=prepared.version, owner=request.owner,
+                          inline_control=settings.inline_control_nodes and opened.recorder is not None,
+                          approvals=approvals, subworkflows=prepared.subworkflows, journal=prepared.journal,
+                          max_task_runs=settings.max_task_runs,
+                          large_outputs=_large_outputs(run_id, settings.event_output_max_bytes, opened.store),
+                          template_limits=settings.template_limits, max_node_output_bytes=settings.max_node_output_bytes,
+                          release=_delay_release(run_id, settings.delay_release_s, holding) if releasable else None,
+                          started_at=opened.started_at, services=context.services)
+    try:
+        return await _run_watching_cancellation(execution, run_id, settings.cancel_poll_s, signals)
+    finally:
+        await prepared.journal.flush()
+
+
+def _holds_anyway(held: bool) -> None:
+    """A run without a worker's signals has no worker to tell that it lets go."""
+
+
+async def finish_run(opened: OpenedRun, record: RunRecord, *, ran: bool, recorded: bool = True) -> Any:
+    """End the run: a refused run publishes its final event; a saved run stores its result
+    (then its final event goes out); a run that ran sends its summary to Prefect. What the
+    flow returns: the result, or the final Prefect state carrying it."""
+    result = record.result()
+    message = (record.error or {}).get("message") or record.status
+    if not ran:
+        opened.bus.publish("execution:failed", status="failed", error=record.error, output=None)
+    elif record.status != "completed":
+        get_run_logger().error("run %s: %s", record.status, message)
+    if opened.store is not None and recorded:
+        await opened.store.ended(opened.run_id, result)
+        opened.writer.release_final()
+    if ran:  # after the result is out: the run's followers need not wait for it
+        await _summary_artifact(record, opened.context.settings.public_url, opened.recorder)
+    if record.status == "completed":
+        return result
+    if record.status == "cancelled":
+        return Cancelled(message=message, data=result)
+    return Failed(message=message, data=result)
 
 
 async def _crashes(run_id: str) -> int:
@@ -198,75 +410,6 @@ def _trigger_of(flow_run: Any) -> dict[str, Any]:
     return {"type": "prefect-ui"}
 
 
-def _result_of(outcome: Any) -> dict[str, Any]:
-    """The run result inside what the flow returns (a result, or a final state carrying one)."""
-    if isinstance(outcome, dict):
-        return outcome
-    data = getattr(outcome, "data", None)
-    if isinstance(data, dict):
-        return data
-    return {"status": "failed", "error": {"message": str(getattr(outcome, "message", outcome))}}
-
-
-async def _run(context: RunContext, canvas: dict[str, Any], inputs: dict[str, Any] | None,
-               workflow_id: str | None, version: int | None, owner: str | None, run_id: str, bus: EventBus,
-               subworkflows: PrefectSubworkflows, journal: RunJournal,
-               recorder: prefect_compat.TaskRunRecorder | None) -> tuple[Any, RunRecord | None]:
-    """The run's outcome (its result, or a final state carrying it) and record (None when
-    it was refused before anything ran)."""
-    registry = context.registry
-    # The caps the API applies, without its time budget: a busy worker must not refuse a
-    # saved version for being slow, and the caps bound its work already.
-    compiled = compile_canvas(canvas, registry, context.settings.compile_limits(timed=False))
-    name = canvas.get("name", "workflow") if isinstance(canvas, dict) else "workflow"
-    if not compiled.ok:
-        issues = [issue.to_dict() for issue in compiled.errors]
-        return _refused(bus, name, "invalid canvas", issues), None
-    plan = compiled.plan
-    assert plan is not None
-    try:
-        resolved_inputs = validate_inputs(plan.inputs, inputs or {})
-    except InputsInvalid as exc:
-        return _refused(bus, name, "invalid inputs", [issue.to_dict() for issue in exc.issues]), None
-
-    settings = context.settings
-    # A worker lets go of a run of a deployment that waits long for a person or on a delay
-    # (the run replays from its journal when answered or due); other runs have nobody to
-    # replay them.
-    flow_context = FlowRunContext.get()
-    releasable = journal.store is not None and flow_context is not None \
-        and flow_context.flow_run.deployment_id is not None
-    signals = context.cancellations
-    holding = functools.partial(signals.holding, run_id) if signals is not None else (lambda held: None)
-    approvals = PrefectApprovals(run_id, hold_s=settings.approval_hold_s if releasable else None, holding=holding,
-                                 signer=DecisionSigner.from_settings(settings.decision_key, settings.secret_key,
-                                                                     settings.home),
-                                 allow_unverified=settings.approval_prefect_ui)
-    execution = Execution(plan, registry, run_id=run_id, inputs=resolved_inputs,
-                          runner=PrefectRunner(recorder=recorder, cached=context.cached_task), bus=bus,
-                          env=os.environ, env_allowlist=settings.env_allowlist, workflow_id=workflow_id,
-                          version=version, owner=owner, inline_control=settings.inline_control_nodes and recorder is not None,
-                          approvals=approvals, subworkflows=subworkflows, journal=journal,
-                          max_task_runs=settings.max_task_runs,
-                          large_outputs=_large_outputs(run_id, settings.event_output_max_bytes,
-                                                       context.store if journal.store is not None else None),
-                          template_limits=settings.template_limits, max_node_output_bytes=settings.max_node_output_bytes,
-                          release=_delay_release(run_id, settings.delay_release_s, holding) if releasable else None)
-    approvals.busy = execution.leaf_running
-    try:
-        record = await _run_watching_cancellation(execution, run_id, settings.cancel_poll_s, context.cancellations)
-    finally:
-        await journal.flush()
-    result = record.result()
-    if record.status == "completed":
-        return result, record
-    message = (record.error or {}).get("message") or record.status
-    get_run_logger().error("run %s: %s", record.status, message)
-    if record.status == "cancelled":
-        return Cancelled(message=message, data=result), record
-    return Failed(message=message, data=result), record
-
-
 def _delay_release(run_id: str, after_s: float | None, holding: Callable[[bool], None]) -> DelayRelease | None:
     """How a long delay lets go of the run (``flows.releases``); None: delays hold it."""
     if after_s is None:
@@ -279,17 +422,6 @@ def _large_outputs(run_id: str, limit: int, store: RunStore | None) -> LargeOutp
     workflows (the API reads them back for the run's owner); other runs keep them whole."""
     keep = functools.partial(store.keep_output, run_id) if store is not None else None
     return LargeOutputs(run_id, limit, keep)
-
-
-def _refused(bus: EventBus, name: str, what: str, issues: list[dict[str, Any]]) -> Any:
-    """A run refused before anything ran (invalid canvas or inputs)."""
-    now = utcnow().isoformat()
-    message = f"{what}: " + "; ".join(i["message"] for i in issues)
-    error = {"message": message, "type": what.replace(" ", "_"), "issues": issues}
-    result = {"id": bus.execution_id, "workflow": name, "status": "failed", "output": None, "error": error,
-              "nodes": {}, "trace": [], "started_at": now, "ended_at": now}
-    bus.publish("execution:failed", status="failed", error=error, output=None)
-    return Failed(message=message, data=result)
 
 
 async def _run_watching_cancellation(execution: Execution, run_id: str, poll_s: float,

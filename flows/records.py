@@ -89,6 +89,17 @@ class RunRecord:
     ended_at: datetime | None = None
     plan_hash: str | None = None
 
+    @classmethod
+    def refused(cls, run_id: str, workflow: str, what: str, issues: list[dict[str, Any]], *,
+                workflow_id: str | None = None, version: int | None = None) -> RunRecord:
+        """A run refused before anything ran (``what``: invalid canvas, invalid inputs...),
+        failed with each issue in its error."""
+        now = utcnow()
+        message = f"{what}: " + "; ".join(issue["message"] for issue in issues)
+        return cls(id=run_id, workflow=workflow, workflow_id=workflow_id, version=version, status="failed",
+                   error={"message": message, "type": what.replace(" ", "_"), "issues": issues},
+                   started_at=now, ended_at=now)
+
     def result(self) -> dict[str, Any]:
         return {
             "id": self.id,

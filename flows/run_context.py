@@ -9,11 +9,14 @@ bound flow, so they share the context.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from prefect import Task
+
+from builder.plan_cache import PlanCache
 
 from flows.event_log import EventLog, event_log_from_env
 from flows.events import EventBus
@@ -22,7 +25,9 @@ from flows.prefect_compat import TaskRunSender
 from flows.prefect_runner import cache_lock_manager, cached_task
 from flows.settings import EngineSettings
 from flows.subworkflows import WorkflowResolver, canvas_file_resolver
+from node_handlers.egress import close_clients
 from node_handlers.registry import HandlerRegistry, default_registry
+from node_handlers.services import HandlerServices
 
 RunListener = Callable[[EventBus], None]
 """Called with a run's ``EventBus`` when the run starts, to subscribe to its events (the
@@ -62,14 +67,14 @@ class CancelSignals:
     for all of them (the worker reads all its runs' states at once); without one, each run
     polls its own state."""
 
-    def __init__(self, on_watch: Callable[[str], None] | None = None) -> None:
+    def __init__(self, *, on_watch: Callable[[str], None] | None = None,
+                 on_holding: Callable[[str, bool], None] | None = None) -> None:
         """``on_watch``: called with each run that starts being watched (the worker's first
-        heartbeat for it)."""
+        heartbeat for it). ``on_holding``: told when a run is about to let go of its worker
+        (False: suspended, the worker stops its heartbeats first) or keeps it after all (True)."""
         self._events: dict[str, asyncio.Event] = {}
         self.on_watch = on_watch
-        self.on_holding: Callable[[str, bool], None] | None = None
-        """Told when a run is about to let go of its worker (False: suspended, the worker stops
-        its heartbeats first) or keeps it after all (True)."""
+        self.on_holding = on_holding
 
     def holding(self, run_id: str, held: bool) -> None:
         if self.on_holding is not None:
@@ -111,6 +116,15 @@ class RunContext:
     task_run_sender: TaskRunSender | None = field(default=None, compare=False)
     """Sends what runs record in Prefect (inline task runs, node logs) for all of them, after
     they have ended if need be; None: each run sends its own before it ends."""
+    environ: Mapping[str, str] = field(default_factory=dict, compare=False)
+    """The process's environment as runs see it: what templates read as ``env.NAME`` (those
+    of ``settings.env_allowlist``), and the values the journal redacts."""
+    services: HandlerServices | None = field(default=None, compare=False)
+    """What http and llm nodes share (settings, egress policy, pooled clients), handed to
+    every node; closed with the context."""
+    plans: PlanCache | None = field(default=None, compare=False)
+    """Plans of saved versions, compiled once per ``(workflow_id, version)`` (a worker);
+    None: every run compiles its canvas."""
 
     @classmethod
     def from_environment(cls, *, listeners: tuple[RunListener, ...] = ()) -> RunContext:
@@ -120,11 +134,15 @@ class RunContext:
         settings = EngineSettings()
         return cls(registry=default_registry(), event_log=event_log_from_env(), settings=settings,
                    listeners=listeners, cached_task=cached_task(cache_lock_manager(settings)),
-                   task_run_sender=TaskRunSender())
+                   task_run_sender=TaskRunSender(), environ=os.environ, services=HandlerServices.from_environment())
 
     async def close(self) -> None:
-        """Send what runs recorded in Prefect and close the event log: the builder of a
-        context calls it when the process is done with it."""
+        """Send what runs recorded in Prefect, close the event log and the clients of http
+        and llm nodes (their connections close cleanly before the event loop ends): the
+        builder of a context calls it when the process is done with it."""
         if self.task_run_sender is not None:
             await self.task_run_sender.close()
         await self.event_log.close()
+        if self.services is not None:
+            await self.services.close()
+        await close_clients()  # those of handlers called without services in this loop

@@ -40,6 +40,8 @@ class EngineSettings(StoreSettings, CompileSettings):
                                     "build, and the longest text it may render; refused before it is allocated.")
     max_node_output_bytes: int = Field(16_000_000, ge=1024, description="A node output larger than this (as JSON) "
                                        "fails the node before it is journaled, kept or shown.")
+    plan_cache_nodes: int = Field(50_000, ge=1, description="Plans of saved versions a worker keeps compiled, "
+                                  "by (workflow, version), counted in nodes: each version is compiled once.")
     node_logs: bool = Field(True, description="Every node that ends writes a line (status, duration, attempts, "
                             "HTTP status, tokens and cost) to its flow run's Prefect logs.")
     public_url: str = Field("http://127.0.0.1:8000", description="The FlowMaestro API's URL as browsers reach "

@@ -13,10 +13,13 @@ import builtins
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from builder.catalog import NodeConfig, NodeTypeSpec
 from builder.plan import CachePolicy, RetryPolicy
+
+if TYPE_CHECKING:  # services.py imports the egress policy, which imports this module
+    from node_handlers.services import HandlerServices
 
 SOURCE = frozenset({"source"})
 SOURCE_AND_ERROR = frozenset({"source", "error"})
@@ -140,6 +143,10 @@ class NodeContext:
     capabilities: NodeCapabilities = NO_CAPABILITIES
     """What the engine does for the handler: pause for a person, start a child run, journal
     a sub-step (``NodeCapabilities``)."""
+    services: HandlerServices | None = None
+    """What handlers that talk to the outside share in the process (settings, egress policy,
+    pooled clients: ``node_handlers.services``), from the run's context; None when a handler
+    is called on its own (then the environment's)."""
 
 
 async def _stays() -> None:

@@ -145,8 +145,14 @@ def _show(address: IPAddress | str) -> str:
 
 @lru_cache(maxsize=8)
 def build_policy(allow_hosts: str, services: tuple[ServiceAddress, ...]) -> EgressPolicy:
+    """``make_policy``, once per process and settings: the policy of handlers run without
+    services (``NodeContext.services``; a run's services build their own)."""
+    return make_policy(allow_hosts, services)
+
+
+def make_policy(allow_hosts: str, services: tuple[ServiceAddress, ...]) -> EgressPolicy:
     """The policy of these settings: resolves the services' names and reads this machine's
-    addresses now, once per process and settings (blocking, but a few milliseconds)."""
+    addresses now (blocking, but a few milliseconds)."""
     own = interface_addresses()
     try:
         return EgressPolicy.parse(allow_hosts, protect(services, own), own)
@@ -206,8 +212,9 @@ def check_addresses(host: str, addresses: Sequence[IPAddress], policy: EgressPol
             raise deny(host, address, reason, port)
 
 
-async def allowed_addresses(host: str, port: int) -> list[IPAddress]:
-    """Resolve ``host`` and check the result against the current policy."""
+async def allowed_addresses(host: str, port: int, policy: EgressPolicy | None = None) -> list[IPAddress]:
+    """Resolve ``host`` and check the result against ``policy`` (a run's, ``HandlerServices``;
+    without one, the policy of the environment's settings)."""
     host = normalize_host(host)
     try:
         literal: IPAddress | None = ipaddress.ip_address(host)
@@ -216,11 +223,11 @@ async def allowed_addresses(host: str, port: int) -> list[IPAddress]:
     addresses = [literal] if literal is not None else await resolve_host(host, port)
     if not addresses:
         raise OSError(f"{host} resolves to no address")
-    check_addresses(host, addresses, current_policy(), port)
+    check_addresses(host, addresses, policy or current_policy(), port)
     return addresses
 
 
-async def check_url(url: str | httpx.URL) -> None:
+async def check_url(url: str | httpx.URL, policy: EgressPolicy | None = None) -> None:
     """Refuse ``url`` (an llm node's base_url, for instance) if the policy does not allow
     its host. A clear early answer; the connection itself is checked again when opened."""
     parsed = httpx.URL(str(url))
@@ -228,7 +235,7 @@ async def check_url(url: str | httpx.URL) -> None:
         raise NodeError(f"{url!r} is not an http(s) URL", error_type="InvalidUrl")
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
     try:
-        await allowed_addresses(parsed.host, port)
+        await allowed_addresses(parsed.host, port, policy)
     except OSError as exc:
         raise NodeError(f"cannot resolve {parsed.host}: {exc}", retry_class="connection",
                         error_type="ConnectError") from exc
@@ -246,15 +253,17 @@ class PinnedNetworkBackend(httpcore.AsyncNetworkBackend):
     one of them).
     """
 
-    def __init__(self, inner: httpcore.AsyncNetworkBackend | None = None):
+    def __init__(self, inner: httpcore.AsyncNetworkBackend | None = None, policy: EgressPolicy | None = None):
+        """``policy``: the one its connections obey; the environment's current one by default."""
         self._inner = inner or httpcore.AnyIOBackend()
+        self._policy = policy
 
     async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
                           local_address: str | None = None,
                           socket_options: Iterable[Any] | None = None) -> httpcore.AsyncNetworkStream:
         try:
             async with asyncio.timeout(timeout):
-                addresses = await allowed_addresses(host, port)
+                addresses = await allowed_addresses(host, port, self._policy)
         except TimeoutError as exc:
             raise httpcore.ConnectTimeout(f"resolving {host} timed out") from exc
         except OSError as exc:
@@ -286,7 +295,7 @@ class PinnedTransport(httpx.AsyncHTTPTransport):
     """
 
     def __init__(self, *, limits: httpx.Limits = httpx.Limits(max_connections=100, max_keepalive_connections=20),
-                 http2: bool = False):
+                 http2: bool = False, policy: EgressPolicy | None = None):
         super().__init__(trust_env=False, limits=limits, http2=http2)
         self._pool = httpcore.AsyncConnectionPool(
             ssl_context=httpx.create_ssl_context(trust_env=False),
@@ -294,7 +303,7 @@ class PinnedTransport(httpx.AsyncHTTPTransport):
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
             http1=True, http2=http2,
-            network_backend=PinnedNetworkBackend(),
+            network_backend=PinnedNetworkBackend(policy=policy),
         )
 
 
@@ -303,9 +312,10 @@ def _refuse_all_cookies() -> CookieJar:
     return CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
 
 
-def pinned_client(**kwargs: Any) -> httpx.AsyncClient:
-    """A new client whose connections obey the egress policy (no proxy, no cookie jar)."""
-    return httpx.AsyncClient(transport=PinnedTransport(), trust_env=False, cookies=_refuse_all_cookies(),
+def pinned_client(*, policy: EgressPolicy | None = None, **kwargs: Any) -> httpx.AsyncClient:
+    """A new client whose connections obey the egress policy, ``policy`` when given (a run's
+    ``HandlerServices``), the environment's current one otherwise (no proxy, no cookie jar)."""
+    return httpx.AsyncClient(transport=PinnedTransport(policy=policy), trust_env=False, cookies=_refuse_all_cookies(),
                              **kwargs)
 
 

@@ -147,7 +147,8 @@ _clients: PerLoopCache[str, httpx.AsyncClient] = PerLoopCache(is_closed=lambda c
 
 
 def shared_client() -> httpx.AsyncClient:
-    """The process's client for http nodes (one per event loop): connections are pooled."""
+    """The client of http nodes run without services (a handler called directly), one per
+    event loop; runs use their context's (``NodeContext.services``)."""
     return _clients.get("http", lambda: pinned_client(follow_redirects=False, headers={"User-Agent": "FlowMaestro"}))
 
 
@@ -169,7 +170,8 @@ class HttpHandler(NodeHandler):
         deadline = float(config.timeout_s)
         try:
             async with asyncio.timeout(deadline):
-                response, body = await self._exchange(config, credentials, bound, extra)
+                client = ctx.services.http_client() if ctx.services is not None else shared_client()
+                response, body = await self._exchange(client, config, credentials, bound, extra)
         except (TimeoutError, httpx.TimeoutException):
             raise NodeError(f"{config.method} {config.url} timed out after {deadline:g} s",
                             retry_class="timeout", error_type="Timeout") from None
@@ -185,9 +187,8 @@ class HttpHandler(NodeHandler):
             raise status_error(response, output["body"], str(config.method))
         return Completed(output=output)
 
-    async def _exchange(self, config: HttpConfig, credentials: dict[str, str], bound: OperatorSecret | None,
-                        extra: dict[str, str]) -> tuple[httpx.Response, bytes]:
-        client = shared_client()
+    async def _exchange(self, client: httpx.AsyncClient, config: HttpConfig, credentials: dict[str, str],
+                        bound: OperatorSecret | None, extra: dict[str, str]) -> tuple[httpx.Response, bytes]:
         request = client.build_request(
             str(config.method), config.url, headers={**stringify(config.headers), **extra, **credentials},
             params=config.query or None, json=config.json_body, content=config.body,

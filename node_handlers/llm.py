@@ -33,7 +33,7 @@ from node_handlers.egress import PerLoopCache, check_url, pinned_client
 from node_handlers.http import parse_retry_after
 from node_handlers.operator_secrets import read_secret
 from node_handlers.redaction import redact
-from node_handlers.settings import SecretName, handler_settings
+from node_handlers.settings import HandlerSettings, SecretName, handler_settings
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 CHARS_PER_TOKEN = 4
@@ -222,7 +222,8 @@ _openai_clients: PerLoopCache[tuple[str, str], openai.AsyncOpenAI] = PerLoopCach
 
 
 def openai_client(base_url: str, api_key: str) -> openai.AsyncOpenAI:
-    """One client per (base URL, key) and event loop. No retries of its own: the engine
+    """For nodes run without services (a handler called directly; runs use their context's,
+    ``NodeContext.services``): one client per (base URL, key) and event loop. No retries of its own: the engine
     retries with the node's policy. Its connections pass the egress policy."""
     key_id = hashlib.sha256(api_key.encode()).hexdigest()  # the cache holds no key in clear text
 
@@ -233,11 +234,12 @@ def openai_client(base_url: str, api_key: str) -> openai.AsyncOpenAI:
     return _openai_clients.get((base_url, key_id), create)
 
 
-def resolve_endpoint(config: ModelCallConfig, owner: str | None) -> tuple[str, str]:
+def resolve_endpoint(config: ModelCallConfig, owner: str | None,
+                     settings: HandlerSettings | None = None) -> tuple[str, str]:
     """Base URL and API key of a node of ``owner``'s run. The operator's default key goes only
     to the configured default base URL: a canvas (or a template of its inputs) pointing
     ``base_url`` elsewhere would otherwise receive it."""
-    settings = handler_settings()
+    settings = settings or handler_settings()
     default_url = (settings.openai_base_url or OPENAI_BASE_URL).rstrip("/")
     base_url = (config.base_url or default_url).rstrip("/")
     if config.api_key_secret:
@@ -259,9 +261,11 @@ def resolve_endpoint(config: ModelCallConfig, owner: str | None) -> tuple[str, s
 
 async def stream_chat(config: ModelCallConfig, messages: list[dict[str, Any]], ctx: NodeContext,
                       response_format: dict[str, Any] | None) -> ChatReply:
-    base_url, api_key = resolve_endpoint(config, ctx.owner)
-    await check_url(base_url)
-    model = config.model or handler_settings().default_model
+    services = ctx.services
+    settings = services.settings if services is not None else handler_settings()
+    base_url, api_key = resolve_endpoint(config, ctx.owner, settings)
+    await check_url(base_url, services.egress if services is not None else None)
+    model = config.model or settings.default_model
     request: dict[str, Any] = {"model": model, "messages": messages, "stream": True,
                                "stream_options": {"include_usage": True}, "timeout": float(config.timeout_s)}
     if config.temperature is not None:
@@ -273,7 +277,9 @@ async def stream_chat(config: ModelCallConfig, messages: list[dict[str, Any]], c
     started = time.monotonic()
     try:
         async with asyncio.timeout(float(config.timeout_s)):
-            collected = await collect_stream(openai_client(base_url, api_key), request, ctx)
+            client = services.openai_client(base_url, api_key) if services is not None \
+                else openai_client(base_url, api_key)
+            collected = await collect_stream(client, request, ctx)
     except (openai.OpenAIError, httpx.HTTPError, TimeoutError) as exc:
         raise api_error(exc, base_url, float(config.timeout_s), secrets=[api_key]) from None
     text = "".join(collected.parts)
@@ -281,7 +287,7 @@ async def stream_chat(config: ModelCallConfig, messages: list[dict[str, Any]], c
     usage = collected.usage or estimate_usage(messages, len(collected.parts))
     return ChatReply(text=text, model=collected.model or model, finish_reason=collected.finish_reason,
                      usage=usage, latency_ms=round((time.monotonic() - started) * 1000),
-                     cost_usd=cost_of(usage, model, collected.model))
+                     cost_usd=cost_of(usage, model, collected.model, prices=settings.llm_prices))
 
 
 @dataclass
@@ -318,8 +324,8 @@ def estimate_usage(messages: list[dict[str, Any]], chunks: int) -> dict[str, Any
     return {"input_tokens": math.ceil(chars / CHARS_PER_TOKEN), "output_tokens": chunks, "estimated": True}
 
 
-def cost_of(usage: dict[str, Any], *models: str | None) -> float | None:
-    prices = handler_settings().llm_prices
+def cost_of(usage: dict[str, Any], *models: str | None, prices: dict[str, Any] | None = None) -> float | None:
+    prices = handler_settings().llm_prices if prices is None else prices
     price = next((prices[m] for m in models if m and m in prices), None)
     if price is None:
         return None

@@ -297,3 +297,33 @@ async def test_an_approval_is_answered_once_however_often_the_run_executes_again
 async def _runs(prefect_url: str, run_id: str, count: int) -> bool:
     states = await states_of(prefect_url, run_id)
     return sum(1 for s in states if s.type == StateType.COMPLETED) >= count
+
+
+async def test_a_node_using_run_started_at_is_not_executed_again_after_its_worker_died(api, workers, counting):
+    """``run.started_at`` is the run's first start, the same in every execution: a completed
+    node whose configuration uses it is restored from the journal, not executed again."""
+    _, base = api
+    victim = workers.start()
+    tag = uuid.uuid4().hex[:6]
+    stamp = http_node("stamp", f"/s{tag}/stamp", delay=0)
+    stamp["data"]["headers"] = {"X-Run-Started": "{{ run.started_at }}"}
+    raw = {"name": f"started-at-{tag}", "inputs": {"base": {"type": "string", "required": True}},
+           "nodes": [{"id": "start", "type": "start", "data": {}}, stamp, http_node("slow", f"/s{tag}/slow", delay=5),
+                     {"id": "end", "type": "end", "data": {"output": "{{ stamp.body.count }}"}}],
+           "edges": [{"id": "e1", "source": "start", "target": "stamp"},
+                     {"id": "e2", "source": "stamp", "target": "slow"},
+                     {"id": "e3", "source": "slow", "target": "end"}]}
+    async with client(base) as http:
+        run_id = await execute(http, await save(http, raw), {"base": counting.url})
+
+        async def slow_started():
+            return counting.counts[f"/s{tag}/slow"] >= 1
+
+        await until(slow_started, timeout=120, what="the slow node's request")
+        victim.kill()  # stamp completed (journaled before slow started); slow in flight
+        workers.start()
+        result = await final(http, run_id)
+    assert result["status"] == "completed", result
+    assert counting.counts[f"/s{tag}/slow"] == 2, "the node in flight is executed again"
+    assert counting.counts[f"/s{tag}/stamp"] == 1, "the completed node is not"
+    assert result["nodes"]["stamp"]["restored"] is True

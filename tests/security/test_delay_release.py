@@ -19,7 +19,7 @@ import pytest
 
 from deployments import recovery
 from flows import prefect_compat
-from flows.run_context import CancelSignals
+from deployments.worker import BeatingSignals
 from tests.security.test_worker_dos import owner_client, prefect_states, save_and_start, sent, sleeper  # noqa: F401
 
 
@@ -34,10 +34,8 @@ async def test_a_run_letting_go_of_its_worker_gets_no_heartbeat_after_it_said_so
     suspension would start the lost-worker watch again and the run would be marked Crashed
     (seen: 1 of 20 released runs). Not as a held run, nor as a child (the run is still among
     the process's watched runs while its flow unwinds); holding it again beats again."""
-    beats = recovery.HeartbeatEmitter(pool="p", interval_s=0.02, stall_limit_s=60)
-    signals = CancelSignals()
-    beats.children = signals.watched
-    signals.on_holding = lambda run_id, held: beats.hold(run_id) if held else beats.release(run_id)
+    signals = BeatingSignals(pool="p", crash_detect_s=0.06)  # as a worker wires them: a beat every 0.02 s
+    beats = signals.heartbeats
     beating = asyncio.create_task(beats.run())
     await asyncio.sleep(0)
     beats.hold("delayed")

@@ -1,0 +1,80 @@
+"""What the handlers that talk to the outside share within a process: their settings, the
+egress policy those settings make, and the pooled clients of http and llm nodes.
+
+A process's entry point builds one ``HandlerServices`` (in its ``RunContext``, from the
+environment), the engine hands it to every node in ``NodeContext.services``, and the
+context closes it when the process is done: the clients' connections close cleanly
+before the event loop ends. Nothing here is a module global, so two contexts in one
+process (tests, an API with its worker) never share settings or connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from functools import cached_property
+from typing import Any
+
+import httpx
+import openai
+
+from node_handlers.egress import EgressPolicy, make_policy, pinned_client
+from node_handlers.protected import service_addresses
+from node_handlers.settings import HandlerSettings
+
+
+class HandlerServices:
+    """The handler services of one context (``RunContext.services``)."""
+
+    def __init__(self, settings: HandlerSettings | None = None):
+        """``settings``: read from the environment (``FLOWMAESTRO_*``) on first use when not given."""
+        self._given = settings
+        self._clients: dict[tuple[asyncio.AbstractEventLoop, Any], Any] = {}
+        """Clients by (event loop, key): pooled connections belong to the loop that opened them."""
+
+    @classmethod
+    def from_environment(cls) -> HandlerServices:
+        return cls()
+
+    @cached_property
+    def settings(self) -> HandlerSettings:
+        return self._given if self._given is not None else HandlerSettings()
+
+    @cached_property
+    def egress(self) -> EgressPolicy:
+        """The outbound policy of these settings (built on first use: it resolves the names of
+        FlowMaestro's own services and reads this machine's addresses)."""
+        return make_policy(self.settings.http_allow_hosts, service_addresses(self.settings))
+
+    def http_client(self) -> httpx.AsyncClient:
+        """The client of http nodes, one per event loop: connections are pooled."""
+        return self._client("http", lambda: pinned_client(follow_redirects=False, headers={"User-Agent": "FlowMaestro"},
+                                                          policy=self.egress))
+
+    def openai_client(self, base_url: str, api_key: str) -> openai.AsyncOpenAI:
+        """One client per (base URL, key) and event loop. No retries of its own: the engine
+        retries with the node's policy. Its connections pass the egress policy."""
+        key_id = hashlib.sha256(api_key.encode()).hexdigest()  # held without the key in clear text
+        return self._client(("openai", base_url, key_id), lambda: openai.AsyncOpenAI(
+            api_key=api_key, base_url=base_url, max_retries=0,
+            http_client=pinned_client(follow_redirects=False, policy=self.egress)))
+
+    def _client(self, key: Any, create: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        for stale in [k for k in self._clients if k[0].is_closed()]:  # their loop ended: nothing to close
+            del self._clients[stale]
+        client = self._clients.get((loop, key))
+        if client is None or _is_closed(client):
+            client = self._clients[(loop, key)] = create()
+        return client
+
+    async def close(self) -> None:
+        """Close the clients opened in the running event loop: call it before that loop ends."""
+        loop = asyncio.get_running_loop()
+        for key in [k for k in self._clients if k[0] is loop]:
+            client = self._clients.pop(key)
+            await (client.aclose() if isinstance(client, httpx.AsyncClient) else client.close())
+
+
+def _is_closed(client: Any) -> bool:
+    return client.is_closed if isinstance(client, httpx.AsyncClient) else client.is_closed()
