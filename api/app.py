@@ -19,6 +19,7 @@ from api.docs import install_docs
 from api.errors import install_error_handlers
 from api.health import health_checks
 from api.metrics import Metrics
+from api.prefect_gateway import PrefectGateway
 from api.rate_limit import MemoryRateLimiter, RedisRateLimiter
 from api.replay_guard import MemoryReplayGuard, RedisReplayGuard
 from api.runs import RunService
@@ -101,7 +102,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             stack.push_async_callback(engine.dispose)
             stack.push_async_callback(event_log.close)
             # One Prefect client (and connection pool) for the process, not one per request.
-            prefect = await stack.enter_async_context(get_client())
+            prefect = PrefectGateway(await stack.enter_async_context(get_client()), settings.prefect_timeout_s)
             app.state.engine, app.state.sessions, app.state.event_log = engine, database, event_log
             registry = default_registry()
             compiler = CanvasCompiler(registry, settings.compile_limits(), PlanCache(settings.plan_cache_nodes),
@@ -114,9 +115,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                                         registry=registry, event_log=event_log, metrics=metrics, compiler=compiler,
                                         decisions=DecisionSigner.from_settings(settings.decision_key,
                                                                                settings.secret_key, settings.home),
-                                        prefect_public_url=settings.prefect_public_url,
-                                        prefect_timeout_s=settings.prefect_timeout_s)
-            app.state.schedules = ScheduleService(app.state.runs, ScheduleOverlaps(database))
+                                        prefect_public_url=settings.prefect_public_url)
+            app.state.prefect = prefect
+            app.state.schedules = ScheduleService(app.state.runs, prefect, ScheduleOverlaps(database))
             secret_key = settings.secret_key.get_secret_value() if settings.secret_key else None
             box = SecretBox.from_settings(secret_key, settings.home)
             limiter = RedisRateLimiter(settings.redis_url, settings.webhook_rate_limit) if settings.redis_url \
@@ -159,7 +160,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     async def health(request: Request) -> JSONResponse:
         """Checks the database, the Prefect server and Redis (when used); 503 names what is down."""
         state = request.app.state
-        checks = await health_checks(state.engine, state.runs.prefect, state.redis)
+        checks = await health_checks(state.engine, state.prefect.client, state.redis)
         ok = all(v == "ok" for v in checks.values())
         return JSONResponse({"status": "ok" if ok else "degraded", "checks": checks}, status_code=200 if ok else 503,
                             headers=None if ok else {"Retry-After": "5"})
