@@ -1,5 +1,9 @@
 """One error shape for every failure: ``{"detail": ..., "issues": [...]}`` with a 4xx
-code for anything the client can fix; a 500 never leaks internals."""
+code for anything the client can fix; a 500 never leaks internals.
+
+A service that is down is a 503 naming it only when its own boundary said so: the store and
+the event log raise ``Unavailable("database"|"redis")`` where they do their I/O, the Prefect
+gateway ``Unavailable("prefect")``. Any other exception is a 500 (a bug)."""
 
 from __future__ import annotations
 
@@ -11,7 +15,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.unavailable import ERROR_TYPES, service_down
 from store.errors import Conflict, DomainError, Invalid, NotFound, Unavailable
 
 log = logging.getLogger("flowmaestro.api")
@@ -43,6 +46,7 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = None
         body = _body(exc.message, exc.issues)
         if isinstance(exc, Unavailable):
+            log.warning("%s %s: %s is down: %s", request.method, request.url.path, exc.service, exc.message)
             headers = {"Retry-After": str(exc.retry_after_s)}
             body["service"] = exc.service
             body.update(exc.details)
@@ -60,17 +64,6 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse(_body(str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
-
-    async def _maybe_down(request: Request, exc: Exception) -> JSONResponse:
-        down = service_down(exc)
-        if down is None:
-            return await _unexpected(request, exc)
-        log.warning("%s %s: %s is down: %s: %s", request.method, request.url.path, down.service,
-                    type(exc).__name__, exc)
-        return await _domain_error(request, down)
-
-    for kind in ERROR_TYPES:  # a service down is a 503 naming it, not a 500
-        app.add_exception_handler(kind, _maybe_down)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

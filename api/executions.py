@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import uuid
@@ -17,12 +18,14 @@ from api.schemas import (ErrorBody, ExecuteBody, ExecutionAccepted, ExecutionSum
                          RetryBody, RunResult, StreamTokenOut)
 from api.stream_slots import released_after
 from api.stream_tokens import StreamReader
-from api.unavailable import probe_event_log
+from flows.event_log import RedisEventLog
 from flows.event_log.base import MAX_SEQ
 from flows.events import FINAL_EVENT_TYPES, utcnow
 from store.errors import Invalid, Unavailable
 
 IDLE_CHECK_S = 5.0
+PROBE_S = 5
+"""How long the event log may take to answer before a stream starts (else 503)."""
 
 router = APIRouter(tags=["executions"])
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (401, 404, 409, 422, 503)}
@@ -106,6 +109,17 @@ async def stream_token(execution_id: str, request: Request, owner: Owner, runs: 
     token, expires_at = request.app.state.stream_tokens.issue(execution_id, owner)
     return StreamTokenOut(token=token, expires_at=expires_at,
                           stream=f"/api/executions/{execution_id}/stream?token={token}")
+
+
+async def probe_event_log(log: Any, execution_id: str) -> None:
+    """Raise ``Unavailable`` naming the event log's service when it does not answer in time
+    (a log that is down raises it itself)."""
+    try:
+        await asyncio.wait_for(log.last_seq(execution_id), timeout=PROBE_S)
+    except asyncio.TimeoutError:
+        service = "redis" if isinstance(log, RedisEventLog) else "database"
+        raise Unavailable(service, f"the event log ({service}) did not answer in time; could not stream the run",
+                          PROBE_S) from None
 
 
 def resume_point(last_event_id: str | None) -> int:
