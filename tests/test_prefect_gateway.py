@@ -67,4 +67,5 @@ async def test_prefect_failures_become_domain_errors(error, expected):
 
 async def test_a_client_error_that_means_a_bug_stays_an_error():
     with pytest.raises(PrefectHTTPStatusError):
-        await PrefectGateway(CLIENT, timeout_s=5).call("read the run", raising(status_error(422)))  # type: ignore[arg-type]
+        gateway = PrefectGateway(CLIENT, timeout_s=5)  # type: ignore[arg-type]
+        await gateway.call("read the run", raising(status_error(422)))
