@@ -38,6 +38,13 @@ from store.secrets import SecretBox
 from store.triggers import ScheduleOverlaps, Webhooks
 
 
+METRICS_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"description": why, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+    for code, why in ((401, "Not the metrics key"), (403, "Closed: no metrics key is set"),
+                      (503, "The database is unavailable"))}
+"""/metrics answers text, and its refusals JSON error bodies (``api.errors``)."""
+
+
 class BodySizeLimit:
     """Refuse request bodies over the limit with 413, chunked ones included.
 
@@ -156,7 +163,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(webhooks.intake)
     ui.mount(app)  # the run page, the list and the playground under /ui (docs/ui.md)
 
-    @app.get("/health", tags=["operations"])
+    @app.get("/health", tags=["operations"], responses={503: {
+        "description": "Degraded: the checks name what is down (with Retry-After)",
+        "content": {"application/json": {"schema": {}}}}})
     async def health(request: Request) -> JSONResponse:
         """Checks the database, the Prefect server and Redis (when used); 503 names what is down."""
         state = request.app.state
@@ -165,7 +174,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         return JSONResponse({"status": "ok" if ok else "degraded", "checks": checks}, status_code=200 if ok else 503,
                             headers=None if ok else {"Retry-After": "5"})
 
-    @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
+    @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse, responses=METRICS_ERRORS)
     async def prometheus_metrics(request: Request) -> PlainTextResponse:
         """Prometheus metrics: for the bearer key ``FLOWMAESTRO_METRICS_KEY``; closed (403) without
         one unless ``FLOWMAESTRO_METRICS_PUBLIC=true``."""

@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import uuid
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -135,7 +136,30 @@ def resume_point(last_event_id: str | None) -> int:
     return int(text)
 
 
-@router.get("/api/executions/{execution_id}/stream", responses=ERRORS | {403: {"model": ErrorBody}})
+SSE_EVENT = {"type": "object", "required": ["event", "data"], "properties": {
+    "id": {"type": "string", "description": "The event's seq: a reconnecting client sends it as Last-Event-ID."},
+    "event": {"type": "string", "description": "The event's type: execution:* or node:* (canvas spec, section 10)."},
+    "data": {"type": "string", "contentMediaType": "application/json", "description": "The event, as JSON."}}}
+"""One event of the stream (what OpenAPI before 3.2 has a ``text/event-stream`` schema describe)."""
+
+
+STREAM_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"description": HTTPStatus(code).phrase,
+           "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+    for code in (401, 403, 404, 409, 422, 429, 503)}
+"""The stream's refusals: JSON error bodies, though its answer is an event stream."""
+
+
+class EventStream(Response):
+    """The stream route's answer as the OpenAPI schema documents it (it returns an
+    ``EventSourceResponse``): ``text/event-stream``, not JSON."""
+
+    media_type = "text/event-stream"
+
+
+@router.get("/api/executions/{execution_id}/stream", response_class=EventStream,
+            responses=STREAM_ERRORS | {200: {"description": "Server-Sent Events of the run",
+                                             "content": {"text/event-stream": {"schema": SSE_EVENT}}}})
 async def stream_execution(execution_id: str, request: Request, owner: StreamReader, runs: RunsDep,
                            after: int | None = Query(None, ge=0, le=MAX_SEQ, description="Replay events after "
                                                      "this id (0 to 2^63-1)."),

@@ -268,8 +268,9 @@ class RunService:
                      values: dict[str, Any]) -> dict[str, str]:
         await self.executions.get(owner, run_id)
         answer = await self.prefect.call("answer the approval",
-                                  lambda client: resume_approval(run_id, node_id, path, values, decided_by=owner,
-                                                          client=client, signer=self.decisions))
+                                         lambda client: resume_approval(run_id, node_id, path, values,
+                                                                        decided_by=owner, client=client,
+                                                                        signer=self.decisions))
         if answer.status == "refused":
             raise Invalid(answer.message, [{"code": "refused", **i} for i in answer.issues])
         if answer.status == "not_waiting":

@@ -44,3 +44,22 @@ def test_a_body_that_is_not_utf8_json_is_a_422_naming_the_body(client, body):
     assert answer.json()["issues"][0]["field"] == "body"
     assert 400 not in {int(code) for code in client.app.openapi()["paths"]["/api/workflows/validate"]["post"]
                        ["responses"] if code.isdigit()}  # the 400 it used to be is documented nowhere
+
+
+def test_the_schema_documents_the_content_types_answered(client):
+    """The stream answers an event stream (its refusals JSON), /metrics text (its refusals JSON,
+    401 and 403 without the metrics key): as documented, which schemathesis checks."""
+    paths = client.app.openapi()["paths"]
+    stream = paths["/api/executions/{execution_id}/stream"]["get"]["responses"]
+    assert list(stream["200"]["content"]) == ["text/event-stream"]
+    assert set(stream["200"]["content"]["text/event-stream"]["schema"]["properties"]) == {"id", "event", "data"}
+    metrics = paths["/metrics"]["get"]["responses"]
+    assert {"401", "403"} <= set(metrics)
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            for code, response in operation["responses"].items():
+                if code[0] in "45":
+                    assert list(response.get("content", {"application/json": {}})) == ["application/json"], \
+                        (method, path, code)
+    answer = client.get("/metrics", headers={"Authorization": "Bearer not-the-metrics-key"})
+    assert answer.status_code in (401, 403) and answer.headers["content-type"] == "application/json"
