@@ -51,7 +51,8 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404",
                f"{served.base}/openapi.json", "--checks", "all", "--max-examples", str(SCHEMATHESIS_EXAMPLES),
                "--seed", "0", "--request-timeout", "30", "--suppress-health-check", "all",
                "--header", f"Authorization: Bearer {served.owner_key}"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    # In tmp_path: schemathesis keeps a cache (.schemathesis/) in its working directory.
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=tmp_path)
     summary = done.stdout[done.stdout.find("=== FAILURES ==="):] if "=== FAILURES ===" in done.stdout \
         else done.stdout[-3000:]
     print(done.stdout[-1500:])
