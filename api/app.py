@@ -19,6 +19,7 @@ from api.docs import install_docs
 from api.errors import install_error_handlers
 from api.health import health_checks
 from api.metrics import Metrics
+from api.prefect_gateway import PrefectGateway
 from api.rate_limit import MemoryRateLimiter, RedisRateLimiter
 from api.replay_guard import MemoryReplayGuard, RedisReplayGuard
 from api.runs import RunService
@@ -35,6 +36,13 @@ from store.db import make_engine, sessions, upgrade_schema
 from store.queries import Executions, NodeOutcomes, Workflows
 from store.secrets import SecretBox
 from store.triggers import ScheduleOverlaps, Webhooks
+
+
+METRICS_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"description": why, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+    for code, why in ((401, "Not the metrics key"), (403, "Closed: no metrics key is set"),
+                      (503, "The database is unavailable"))}
+"""/metrics answers text, and its refusals JSON error bodies (``api.errors``)."""
 
 
 class BodySizeLimit:
@@ -101,7 +109,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             stack.push_async_callback(engine.dispose)
             stack.push_async_callback(event_log.close)
             # One Prefect client (and connection pool) for the process, not one per request.
-            prefect = await stack.enter_async_context(get_client())
+            prefect = PrefectGateway(await stack.enter_async_context(get_client()), settings.prefect_timeout_s)
             app.state.engine, app.state.sessions, app.state.event_log = engine, database, event_log
             registry = default_registry()
             compiler = CanvasCompiler(registry, settings.compile_limits(), PlanCache(settings.plan_cache_nodes),
@@ -114,9 +122,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                                         registry=registry, event_log=event_log, metrics=metrics, compiler=compiler,
                                         decisions=DecisionSigner.from_settings(settings.decision_key,
                                                                                settings.secret_key, settings.home),
-                                        prefect_public_url=settings.prefect_public_url,
-                                        prefect_timeout_s=settings.prefect_timeout_s)
-            app.state.schedules = ScheduleService(app.state.runs, ScheduleOverlaps(database))
+                                        prefect_public_url=settings.prefect_public_url)
+            app.state.prefect = prefect
+            app.state.schedules = ScheduleService(app.state.runs, prefect, ScheduleOverlaps(database))
             secret_key = settings.secret_key.get_secret_value() if settings.secret_key else None
             box = SecretBox.from_settings(secret_key, settings.home)
             limiter = RedisRateLimiter(settings.redis_url, settings.webhook_rate_limit) if settings.redis_url \
@@ -155,16 +163,18 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(webhooks.intake)
     ui.mount(app)  # the run page, the list and the playground under /ui (docs/ui.md)
 
-    @app.get("/health", tags=["operations"])
+    @app.get("/health", tags=["operations"], responses={503: {
+        "description": "Degraded: the checks name what is down (with Retry-After)",
+        "content": {"application/json": {"schema": {}}}}})
     async def health(request: Request) -> JSONResponse:
         """Checks the database, the Prefect server and Redis (when used); 503 names what is down."""
         state = request.app.state
-        checks = await health_checks(state.engine, state.runs.prefect, state.redis)
+        checks = await health_checks(state.engine, state.prefect.client, state.redis)
         ok = all(v == "ok" for v in checks.values())
         return JSONResponse({"status": "ok" if ok else "degraded", "checks": checks}, status_code=200 if ok else 503,
                             headers=None if ok else {"Retry-After": "5"})
 
-    @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
+    @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse, responses=METRICS_ERRORS)
     async def prometheus_metrics(request: Request) -> PlainTextResponse:
         """Prometheus metrics: for the bearer key ``FLOWMAESTRO_METRICS_KEY``; closed (403) without
         one unless ``FLOWMAESTRO_METRICS_PUBLIC=true``."""

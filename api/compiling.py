@@ -11,7 +11,9 @@ and the size caps bound what it can be asked to do.
 
 Saved versions are immutable, so the plan of ``(workflow_id, version)`` is compiled once
 per process: execute, webhook deliveries, schedule changes and retries read it from a
-small LRU cache bounded by the nodes its plans hold.
+small LRU cache bounded by the nodes its plans hold. ``checked_inputs`` is the one way the
+API checks a run's inputs: the plan of the version they are for, and 422 naming each input
+that does not fit it (execute, webhooks, schedules, retries).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from prometheus_client import Counter
 from api.errors import ApiError
 from builder.catalog import NodeCatalog
 from builder.compiler import CompileResult, compile_canvas
+from builder.inputs import validate_inputs
+from builder.issues import InputsInvalid
 from builder.limits import LIMIT_CODES, CompileLimits
 from builder.plan import Plan
 from builder.plan_cache import PlanCache
@@ -85,3 +89,15 @@ class CanvasCompiler:
                           [i.to_dict() for i in result.errors])
         self.cache.put(key, result.plan)
         return result.plan
+
+    async def checked_inputs(self, saved: SavedVersion, inputs: Any, *,
+                             refused: str = "") -> tuple[Plan, dict[str, Any]]:
+        """The plan of ``saved`` and ``inputs`` resolved against its declared inputs (defaults
+        filled in); 422 naming every input that does not fit, its message led by ``refused``
+        when given (e.g. "the run's inputs do not fit version 2")."""
+        plan = await self.plan_of(saved)
+        try:
+            return plan, validate_inputs(plan.inputs, inputs)
+        except InputsInvalid as exc:
+            message = f"{refused}: {exc}" if refused else str(exc)
+            raise Invalid(message, [i.to_dict() for i in exc.issues]) from exc

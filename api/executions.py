@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import uuid
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -17,12 +19,14 @@ from api.schemas import (ErrorBody, ExecuteBody, ExecutionAccepted, ExecutionSum
                          RetryBody, RunResult, StreamTokenOut)
 from api.stream_slots import released_after
 from api.stream_tokens import StreamReader
-from api.unavailable import probe_event_log
+from flows.event_log import RedisEventLog
 from flows.event_log.base import MAX_SEQ
 from flows.events import FINAL_EVENT_TYPES, utcnow
 from store.errors import Invalid, Unavailable
 
 IDLE_CHECK_S = 5.0
+PROBE_S = 5
+"""How long the event log may take to answer before a stream starts (else 503)."""
 
 router = APIRouter(tags=["executions"])
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (401, 404, 409, 422, 503)}
@@ -108,6 +112,17 @@ async def stream_token(execution_id: str, request: Request, owner: Owner, runs: 
                           stream=f"/api/executions/{execution_id}/stream?token={token}")
 
 
+async def probe_event_log(log: Any, execution_id: str) -> None:
+    """Raise ``Unavailable`` naming the event log's service when it does not answer in time
+    (a log that is down raises it itself)."""
+    try:
+        await asyncio.wait_for(log.last_seq(execution_id), timeout=PROBE_S)
+    except asyncio.TimeoutError:
+        service = "redis" if isinstance(log, RedisEventLog) else "database"
+        raise Unavailable(service, f"the event log ({service}) did not answer in time; could not stream the run",
+                          PROBE_S) from None
+
+
 def resume_point(last_event_id: str | None) -> int:
     """The seq after which a reconnecting ``EventSource`` resumes: its ``Last-Event-ID`` (an
     id this API sent), 0 when absent or not a number; 422 for a number no event can have."""
@@ -121,7 +136,30 @@ def resume_point(last_event_id: str | None) -> int:
     return int(text)
 
 
-@router.get("/api/executions/{execution_id}/stream", responses=ERRORS | {403: {"model": ErrorBody}})
+SSE_EVENT = {"type": "object", "required": ["event", "data"], "properties": {
+    "id": {"type": "string", "description": "The event's seq: a reconnecting client sends it as Last-Event-ID."},
+    "event": {"type": "string", "description": "The event's type: execution:* or node:* (canvas spec, section 10)."},
+    "data": {"type": "string", "contentMediaType": "application/json", "description": "The event, as JSON."}}}
+"""One event of the stream (what OpenAPI before 3.2 has a ``text/event-stream`` schema describe)."""
+
+
+STREAM_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"description": HTTPStatus(code).phrase,
+           "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+    for code in (401, 403, 404, 409, 422, 429, 503)}
+"""The stream's refusals: JSON error bodies, though its answer is an event stream."""
+
+
+class EventStream(Response):
+    """The stream route's answer as the OpenAPI schema documents it (it returns an
+    ``EventSourceResponse``): ``text/event-stream``, not JSON."""
+
+    media_type = "text/event-stream"
+
+
+@router.get("/api/executions/{execution_id}/stream", response_class=EventStream,
+            responses=STREAM_ERRORS | {200: {"description": "Server-Sent Events of the run",
+                                             "content": {"text/event-stream": {"schema": SSE_EVENT}}}})
 async def stream_execution(execution_id: str, request: Request, owner: StreamReader, runs: RunsDep,
                            after: int | None = Query(None, ge=0, le=MAX_SEQ, description="Replay events after "
                                                      "this id (0 to 2^63-1)."),

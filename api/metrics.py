@@ -12,9 +12,8 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from store.db import ExecutionRow
+from store.db import ExecutionRow, Sessions
 from store.queries import FINAL_STATUSES
 
 
@@ -49,7 +48,7 @@ class Metrics:
         self._stored = _StoredRuns()
         self.registry.register(self._stored)
 
-    async def refresh(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    async def refresh(self, sessions: Sessions) -> None:
         query = select(ExecutionRow.workflow_name, ExecutionRow.status, func.count()).group_by(
             ExecutionRow.workflow_name, ExecutionRow.status)
         async with sessions() as session:

@@ -20,20 +20,15 @@ import asyncio
 import builtins
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
-import httpx
-from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import State, StateType
-from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
 from api.compiling import CanvasCompiler
 from api.metrics import Metrics
+from api.prefect_gateway import PrefectGateway
 from api.schemas import RunResult
-from builder.inputs import validate_inputs
-from builder.issues import InputsInvalid
 from builder.plan import Plan
 from deployments.workflow_deployments import WorkflowDeployment, WorkflowDeployments
 from flows.approvals import pending_approvals, resume_approval
@@ -43,11 +38,10 @@ from flows.large_outputs import is_ref
 from flows.prefect_compat import mark_cancelled, request_cancellation, schedule_again
 from node_handlers.registry import HandlerRegistry
 from store.db import ExecutionRow
-from store.errors import Conflict, Invalid, NotFound, Unavailable
+from store.errors import Conflict, Invalid, NotFound
 from store.queries import FINAL_STATUSES, Executions, NodeOutcomes, SavedVersion, Workflows
 
 log = logging.getLogger("flowmaestro.api.runs")
-T = TypeVar("T")
 
 STATUS_OF_STATE = {
     StateType.SCHEDULED: "pending", StateType.PENDING: "pending", StateType.RUNNING: "running",
@@ -63,20 +57,13 @@ NODE_STATUS_OF_EVENT = {"node:started": "running", "node:retrying": "running", "
                         "node:skipped": "skipped"}
 
 
-def check_inputs(plan: Plan, inputs: dict[str, Any]) -> None:
-    """422 naming each input that does not fit the plan's declared inputs."""
-    try:
-        validate_inputs(plan.inputs, inputs)
-    except InputsInvalid as exc:
-        raise Invalid(str(exc), [i.to_dict() for i in exc.issues]) from exc
-
-
 class RunService:
     def __init__(self, *, workflows: Workflows, executions: Executions, outcomes: NodeOutcomes,
-                 deployments: WorkflowDeployments, prefect: PrefectClient, registry: HandlerRegistry,
+                 deployments: WorkflowDeployments, prefect: PrefectGateway, registry: HandlerRegistry,
                  event_log: EventLog, metrics: Metrics, compiler: CanvasCompiler, decisions: DecisionSigner,
-                 prefect_public_url: str | None = None, prefect_timeout_s: float = 20.0):
-        """``decisions``: signs the approval decisions this API writes (workers check them).
+                 prefect_public_url: str | None = None):
+        """``prefect``: every call to Prefect goes through it (bounded, errors mapped).
+        ``decisions``: signs the approval decisions this API writes (workers check them).
         ``prefect_public_url``: the Prefect UI as browsers reach it, for links; None gives
         out no Prefect address (its API is code execution on every host that reads its
         results, so where it is stays the operator's to publish)."""
@@ -90,7 +77,6 @@ class RunService:
         self.event_log = event_log
         self.metrics = metrics
         self.prefect_public_url = prefect_public_url.rstrip("/") if prefect_public_url else None
-        self.prefect_timeout_s = prefect_timeout_s
         self.decisions = decisions
         self._deployment_ids: dict[tuple[str, int], uuid.UUID] = {}
 
@@ -107,8 +93,8 @@ class RunService:
         ``plan`` compiled from it by the caller): its Run form asks for that version's inputs."""
         deployment = WorkflowDeployment(saved.workflow_id, saved.owner, saved.name, saved.latest_version,
                                         {name: dict(spec) for name, spec in plan.inputs.items()}, plan.description)
-        deployment_id = await self._call("create the workflow's deployment",
-                                         lambda: self.deployments.ensure(self.prefect, deployment))
+        deployment_id = await self.prefect.call("create the workflow's deployment",
+                                                lambda client: self.deployments.ensure(client, deployment))
         self._deployment_ids[(saved.workflow_id, saved.latest_version)] = deployment_id
         return deployment_id
 
@@ -122,9 +108,14 @@ class RunService:
             deployment_id = await self.sync_deployment(saved, plan)
         return saved, plan, deployment_id
 
+    async def find_deployment(self, workflow_id: str, name: str) -> uuid.UUID | None:
+        """The deployment of the workflow under ``name`` (an earlier name), if Prefect has it."""
+        return await self.prefect.call("find the old deployment",
+                                       lambda client: self.deployments.find(client, workflow_id, name))
+
     async def remove_deployment(self, workflow_id: str, name: str) -> None:
-        await self._call("remove the workflow's deployment",
-                         lambda: self.deployments.remove(self.prefect, workflow_id, name))
+        await self.prefect.call("remove the workflow's deployment",
+                                lambda client: self.deployments.remove(client, workflow_id, name))
 
     # --- runs ------------------------------------------------------------------------
 
@@ -132,8 +123,7 @@ class RunService:
                     trigger: dict[str, Any] | None = None, idempotency_key: str | None = None) -> str:
         """Check the inputs, create the flow run, record it; the worker does the rest."""
         saved = await self.workflows.version(owner, workflow_id, version)
-        plan = await self.compiler.plan_of(saved)
-        check_inputs(plan, inputs)
+        plan, _resolved = await self.compiler.checked_inputs(saved, inputs)
         trigger = trigger or {"type": "api"}
         deployment_id = self._deployment_ids.get((saved.workflow_id, saved.latest_version))
         if deployment_id is None:  # first run since this process started, or a new version
@@ -142,8 +132,8 @@ class RunService:
                 latest = await self.workflows.version(owner, workflow_id, None)
                 latest_plan = await self.compiler.plan_of(latest)
             deployment_id = await self.sync_deployment(latest, latest_plan)
-        flow_run = await self._call("start the run", lambda: self.deployments.start(
-            self.prefect, deployment_id, workflow_id=saved.workflow_id, name=saved.name, version=saved.version,
+        flow_run = await self.prefect.call("start the run", lambda client: self.deployments.start(
+            client, deployment_id, workflow_id=saved.workflow_id, name=saved.name, version=saved.version,
             inputs=inputs, trigger=trigger, idempotency_key=idempotency_key))
         run_id = str(flow_run.id)
         await self.executions.record_start(execution_id=run_id, owner=owner, workflow_id=saved.workflow_id,
@@ -161,7 +151,7 @@ class RunService:
             return await self._not_started(owner, run_id)
         if row.result is not None and row.status in FINAL_STATUSES:
             return RunResult.of(row.result, trigger=row.trigger)
-        flow_run = await self._call("read the run", lambda: self.prefect.read_flow_run(uuid.UUID(run_id)))
+        flow_run = await self.prefect.call("read the run", lambda client: client.read_flow_run(uuid.UUID(run_id)))
         state = flow_run.state
         status = STATUS_OF_STATE.get(state.type, "running") if state else "pending"
         if status in FINAL_STATUSES:
@@ -170,7 +160,7 @@ class RunService:
             result = await self._final_without_result(row, status, state)
             await self.executions.record_result(run_id, result.model_dump())
             return result
-        approvals = await self._call("read approvals", lambda: pending_approvals(run_id, self.prefect)) \
+        approvals = await self.prefect.call("read approvals", lambda client: pending_approvals(run_id, client)) \
             if status in ("paused", "running") else []
         return RunResult(id=run_id, workflow=row.workflow_name, workflow_id=row.workflow_id, version=row.version,
                          status=status, nodes=await self._live_nodes(run_id), trigger=row.trigger,
@@ -191,7 +181,7 @@ class RunService:
         except ValueError:
             raise NotFound(f"execution {run_id} not found") from None
         try:
-            flow_run = await self._call("read the run", lambda: self.prefect.read_flow_run(run_uuid))
+            flow_run = await self.prefect.call("read the run", lambda client: client.read_flow_run(run_uuid))
         except NotFound:
             # The same answer as for another owner's run: the id tells nothing about others.
             raise NotFound(f"execution {run_id} not found") from None
@@ -238,7 +228,7 @@ class RunService:
 
     async def ended_status(self, run_id: str) -> str | None:
         """The final status Prefect has for a run, or None while it goes on."""
-        flow_run = await self._call("read the run", lambda: self.prefect.read_flow_run(uuid.UUID(run_id)))
+        flow_run = await self.prefect.call("read the run", lambda client: client.read_flow_run(uuid.UUID(run_id)))
         status = STATUS_OF_STATE.get(flow_run.state.type) if flow_run.state else None
         return status if status in FINAL_STATUSES else None
 
@@ -249,7 +239,7 @@ class RunService:
         rows = await self.executions.list(owner, workflow_id=workflow_id, status=status, trigger=trigger)
         live = [row for row in rows if row.status not in FINAL_STATUSES]
         if live:
-            flow_runs = await self._call("read run states", lambda: self.prefect.read_flow_runs(
+            flow_runs = await self.prefect.call("read run states", lambda client: client.read_flow_runs(
                 flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[uuid.UUID(r.id) for r in live])),
                 limit=len(live)))
             states = {str(f.id): f.state for f in flow_runs}
@@ -263,24 +253,25 @@ class RunService:
         row = await self.executions.get(owner, run_id)
         if row.status in FINAL_STATUSES:
             raise Conflict(f"execution {run_id} has already ended ({row.status})")
-        flow_run = await self._call("read the run", lambda: self.prefect.read_flow_run(uuid.UUID(run_id)))
+        flow_run = await self.prefect.call("read the run", lambda client: client.read_flow_run(uuid.UUID(run_id)))
         if flow_run.state and flow_run.state.is_final():
             raise Conflict(f"execution {run_id} has already ended ({flow_run.state.name})")
         if flow_run.state and flow_run.state.type in (StateType.SCHEDULED, StateType.PENDING):
             # No worker runs it yet: nothing would answer a Cancelling, so end it here.
-            await self._call("cancel the run", lambda: mark_cancelled(
-                self.prefect, uuid.UUID(run_id), "cancelled before it started"))
+            await self.prefect.call("cancel the run", lambda client: mark_cancelled(
+                client, uuid.UUID(run_id), "cancelled before it started"))
             return "cancelled"
         # The run's worker watches its runs' states and stops this one within a second.
-        await self._call("cancel the run", lambda: request_cancellation(self.prefect, uuid.UUID(run_id)))
+        await self.prefect.call("cancel the run", lambda client: request_cancellation(client, uuid.UUID(run_id)))
         return "cancelling"
 
     async def resume(self, owner: str, run_id: str, node_id: str, path: builtins.list[int] | None,
                      values: dict[str, Any]) -> dict[str, str]:
         await self.executions.get(owner, run_id)
-        answer = await self._call("answer the approval",
-                                  lambda: resume_approval(run_id, node_id, path, values, decided_by=owner,
-                                                          client=self.prefect, signer=self.decisions))
+        answer = await self.prefect.call("answer the approval",
+                                         lambda client: resume_approval(run_id, node_id, path, values,
+                                                                        decided_by=owner, client=client,
+                                                                        signer=self.decisions))
         if answer.status == "refused":
             raise Invalid(answer.message, [{"code": "refused", **i} for i in answer.issues])
         if answer.status == "not_waiting":
@@ -300,19 +291,15 @@ class RunService:
         version = version or row.version
         if version != row.version:
             saved = await self.workflows.version(owner, row.workflow_id, version)
-            plan = await self.compiler.plan_of(saved)
-            try:
-                validate_inputs(plan.inputs, row.inputs)
-            except InputsInvalid as exc:
-                raise Invalid(f"the run's inputs do not fit version {version}: {exc}",
-                              [i.to_dict() for i in exc.issues]) from exc
+            await self.compiler.checked_inputs(saved, row.inputs,
+                                               refused=f"the run's inputs do not fit version {version}")
             parameters = dict(flow_run.parameters, version=version)
-            await self._call("set the version to run", lambda: self.prefect.update_flow_run(
+            await self.prefect.call("set the version to run", lambda client: client.update_flow_run(
                 flow_run.id, parameters=parameters))
         await self.executions.reopen(run_id, version)
         await self.outcomes.dismiss_run(run_id)
-        await self._call("schedule the run again", lambda: schedule_again(
-            self.prefect, flow_run.id, f"retried by {owner} through FlowMaestro's API"))
+        await self.prefect.call("schedule the run again", lambda client: schedule_again(
+            client, flow_run.id, f"retried by {owner} through FlowMaestro's API"))
         return "pending"
 
     async def _settled_flow_run(self, run_id: str, row: ExecutionRow, wait_s: float = 10.0) -> Any:
@@ -321,28 +308,9 @@ class RunService:
         caught up: a client that saw the run fail may retry it at once."""
         deadline = asyncio.get_running_loop().time() + wait_s
         while True:
-            flow_run = await self._call("read the run", lambda: self.prefect.read_flow_run(uuid.UUID(run_id)))
+            flow_run = await self.prefect.call("read the run", lambda client: client.read_flow_run(uuid.UUID(run_id)))
             state = flow_run.state
             if (row.status not in FINAL_STATUSES or state is None or state.type != StateType.RUNNING
                     or asyncio.get_running_loop().time() > deadline):
                 return flow_run
             await asyncio.sleep(0.2)
-
-    async def call_prefect(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        """``_call`` for the other services of the API (schedules, webhooks)."""
-        return await self._call(what, call)
-
-    async def _call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        """A call to Prefect that answers within ``prefect_timeout_s`` or becomes a 503:
-        the client already retries 429/503 with backoff; this bounds the whole."""
-        try:
-            return await asyncio.wait_for(call(), timeout=self.prefect_timeout_s)
-        except ObjectNotFound as exc:
-            raise NotFound(f"Prefect does not know this run or deployment ({what})") from exc
-        except (asyncio.TimeoutError, httpx.TransportError) as exc:
-            raise Unavailable("prefect", f"the Prefect server did not answer in time; could not {what}") from exc
-        except PrefectHTTPStatusError as exc:
-            if exc.response.status_code >= 500 or exc.response.status_code == 429:
-                raise Unavailable("prefect", f"the Prefect server is unavailable "
-                                             f"({exc.response.status_code}); could not {what}") from exc
-            raise

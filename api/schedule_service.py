@@ -13,7 +13,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 from uuid import UUID
 
-from api.runs import RunService, check_inputs
+from api.prefect_gateway import PrefectGateway
+from api.runs import RunService
 from builder.inputs import validate_inputs
 from builder.issues import InputsInvalid
 from builder.plan import Plan
@@ -44,39 +45,41 @@ class ScheduleChange:
 
 
 class ScheduleService:
-    def __init__(self, runs: RunService, overlaps: ScheduleOverlaps, schedules: DeploymentSchedules | None = None):
-        self.runs, self.overlaps = runs, overlaps
+    def __init__(self, runs: RunService, prefect: PrefectGateway, overlaps: ScheduleOverlaps,
+                 schedules: DeploymentSchedules | None = None):
+        """``runs``: the workflow's latest version, its plan and deployment. ``prefect``: the
+        schedules' own calls to Prefect."""
+        self.runs, self.prefect, self.overlaps = runs, prefect, overlaps
         self.schedules = schedules or DeploymentSchedules()
 
     async def list(self, owner: str, workflow_id: str) -> list[ScheduleView]:
         _saved, _plan, deployment_id = await self.runs.deployment_of(owner, workflow_id)
-        found = await self.runs.call_prefect("read the schedules",
-                                             lambda: self.schedules.list(self.runs.prefect, deployment_id))
+        found = await self.prefect.call("read the schedules", lambda client: self.schedules.list(client, deployment_id))
         policies = await self.overlaps.of_workflow(owner, workflow_id)
         return [ScheduleView(workflow_id, s, policies.get(s.id, "allow")) for s in found]
 
     async def create(self, owner: str, workflow_id: str, timing: Timing, inputs: dict[str, Any], active: bool,
                      overlap: Overlap) -> ScheduleView:
-        _saved, plan, deployment_id = await self.runs.deployment_of(owner, workflow_id)
+        saved, _plan, deployment_id = await self.runs.deployment_of(owner, workflow_id)
         timing.schedule()  # 422 naming the field before anything is created
         await refuse_short_gaps(timing)
-        check_inputs(plan, inputs)
+        await self.runs.compiler.checked_inputs(saved, inputs)
         # A schedule that limits overlap is created paused and resumed once the deployment's
         # concurrency is set: Prefect's scheduler makes the first run at once, and a run
         # that starts before the limit exists holds no slot, so the next would overlap it.
         limited = overlap != "allow" and active
-        created = await self.runs.call_prefect("create the schedule", lambda: self.schedules.create(
-            self.runs.prefect, deployment_id, timing, inputs, active and not limited))
+        created = await self.prefect.call("create the schedule", lambda client: self.schedules.create(
+            client, deployment_id, timing, inputs, active and not limited))
         await self.overlaps.set(owner, workflow_id, created.id, overlap)
         await self._apply_overlap(owner, workflow_id, deployment_id)
         if limited:
-            await self.runs.call_prefect("resume the schedule", lambda: self.schedules.update(
-                self.runs.prefect, deployment_id, created.id, active=True))
+            await self.prefect.call("resume the schedule", lambda client: self.schedules.update(
+                client, deployment_id, created.id, active=True))
             created = await self._read(deployment_id, created.id)
         return ScheduleView(workflow_id, created, overlap)
 
     async def update(self, owner: str, workflow_id: str, schedule_id: str, change: ScheduleChange) -> ScheduleView:
-        _saved, plan, deployment_id = await self.runs.deployment_of(owner, workflow_id)
+        saved, _plan, deployment_id = await self.runs.deployment_of(owner, workflow_id)
         current = await self._read(deployment_id, schedule_id)
         timing = None
         if change.cron is not None or change.interval_s is not None or change.rrule is not None:
@@ -87,10 +90,10 @@ class ScheduleService:
             timing.schedule()
             await refuse_short_gaps(timing)
         if change.inputs is not None:
-            check_inputs(plan, change.inputs)
+            await self.runs.compiler.checked_inputs(saved, change.inputs)
         if timing is not None or change.inputs is not None or change.active is not None:
-            await self.runs.call_prefect("update the schedule", lambda: self.schedules.update(
-                self.runs.prefect, deployment_id, schedule_id, timing=timing, inputs=change.inputs,
+            await self.prefect.call("update the schedule", lambda client: self.schedules.update(
+                client, deployment_id, schedule_id, timing=timing, inputs=change.inputs,
                 active=change.active))
         if change.overlap is not None:
             await self.overlaps.set(owner, workflow_id, schedule_id, change.overlap)
@@ -102,8 +105,8 @@ class ScheduleService:
     async def delete(self, owner: str, workflow_id: str, schedule_id: str) -> None:
         _saved, _plan, deployment_id = await self.runs.deployment_of(owner, workflow_id)
         await self._read(deployment_id, schedule_id)
-        await self.runs.call_prefect("delete the schedule", lambda: self.schedules.delete(
-            self.runs.prefect, deployment_id, schedule_id))
+        await self.prefect.call("delete the schedule", lambda client: self.schedules.delete(
+            client, deployment_id, schedule_id))
         await self.overlaps.forget(owner, [schedule_id])
         await self._apply_overlap(owner, workflow_id, deployment_id)
 
@@ -111,8 +114,8 @@ class ScheduleService:
         """A renamed workflow: its schedules (and their policies) move to the deployment of
         its new name before the old one is removed."""
         _saved, _plan, deployment_id = await self.runs.deployment_of(owner, workflow_id)
-        moved = await self.runs.call_prefect("move the schedules", lambda: self.schedules.copy(
-            self.runs.prefect, old_deployment, deployment_id))
+        moved = await self.prefect.call("move the schedules", lambda client: self.schedules.copy(
+            client, old_deployment, deployment_id))
         policies = await self.overlaps.of_workflow(owner, workflow_id)
         for old, new in moved.items():
             if old in policies:
@@ -125,8 +128,7 @@ class ScheduleService:
         """Warnings for the schedules whose inputs the version ``plan`` was compiled from
         would refuse (a new version saved): their runs fail until their inputs are changed."""
         _saved, _plan, deployment_id = await self.runs.deployment_of(owner, workflow_id)
-        found = await self.runs.call_prefect("read the schedules",
-                                             lambda: self.schedules.list(self.runs.prefect, deployment_id))
+        found = await self.prefect.call("read the schedules", lambda client: self.schedules.list(client, deployment_id))
         warnings = []
         for schedule in found:
             try:
@@ -140,16 +142,15 @@ class ScheduleService:
         return warnings
 
     async def _read(self, deployment_id: UUID, schedule_id: str) -> WorkflowSchedule:
-        found = await self.runs.call_prefect("read the schedule", lambda: self.schedules.read(
-            self.runs.prefect, deployment_id, schedule_id))
+        found = await self.prefect.call("read the schedule", lambda client: self.schedules.read(
+            client, deployment_id, schedule_id))
         if found is None:
             raise NotFound(f"schedule {schedule_id} not found")
         return found
 
     async def _apply_overlap(self, owner: str, workflow_id: str, deployment_id: UUID) -> None:
-        found = await self.runs.call_prefect("read the schedules",
-                                             lambda: self.schedules.list(self.runs.prefect, deployment_id))
+        found = await self.prefect.call("read the schedules", lambda client: self.schedules.list(client, deployment_id))
         policies = await self.overlaps.of_workflow(owner, workflow_id)
         strategy = overlap_strategy(policies.get(s.id, "allow") for s in found)
-        await self.runs.call_prefect("set the deployment's concurrency", lambda: self.schedules.set_overlap(
-            self.runs.prefect, deployment_id, strategy))
+        await self.prefect.call("set the deployment's concurrency", lambda client: self.schedules.set_overlap(
+            client, deployment_id, strategy))

@@ -147,8 +147,7 @@ async def delete_workflow(workflow_id: str, owner: Owner, workflows: WorkflowsDe
 async def _move_schedules(runs: RunsDep, schedules: SchedulesDep, owner: str, workflow_id: str,
                           old_name: str) -> None:
     try:
-        old = await runs.call_prefect("find the old deployment",
-                                      lambda: runs.deployments.find(runs.prefect, workflow_id, old_name))
+        old = await runs.find_deployment(workflow_id, old_name)
         if old is not None:
             await schedules.move(owner, workflow_id, old)
     except Unavailable as exc:

@@ -71,40 +71,40 @@ def compile_canvas(raw: Any, catalog: NodeCatalog, limits: CompileLimits | None 
     allowed stops after the containers' stage (later stages walk the nesting), and past
     the time budget the compile stops with ``compile_time_exceeded``.
 
-    Python's cyclic garbage collector is paused meanwhile (``_collector_paused``), for the
-    whole process; it is left as it was when the compile ends.
+    The compile leaves Python's garbage collector alone: it may run in a thread of a server
+    (the API) whose other requests must keep theirs. A process that does nothing else
+    meanwhile (the CLI) may wrap it in ``collector_paused()``.
     """
     limits = limits or CompileLimits()
     deadline = Deadline(limits.time_budget_s)
     draft = Draft(raw=raw)
-    with _collector_paused():
-        try:
-            draft = parse_document(draft, limits)
-            if _stopped(draft, "too_many_nodes", "too_many_edges"):
-                return CompileResult(plan=None, issues=draft.issues)
-            deadline.check("the document")
-            draft = check_nodes(draft, catalog)
-            deadline.check("node configurations")
-            draft = build_containers(draft, limits)
-            if _stopped(draft, "container_too_deep"):
-                return CompileResult(plan=None, issues=draft.issues)
-            draft = check_edges(draft)
-            draft = mark_reachable(draft)
-            draft = check_graph_cycles(draft)
-            deadline.check("the graph")
-            draft = check_references(draft, limits, deadline)
-            deadline.check("template references")
-            return build_plan(draft)
-        except BudgetExceeded as exc:
-            return CompileResult(plan=None, issues=draft.issues + (Issue(
-                "compile_time_exceeded", f"compiling this canvas took longer than {limits.time_budget_s:g} s "
-                f"(stopped while checking {exc.stage}); make it smaller"),))
-        except RecursionError:
-            # Something nested beyond what the caps measure reached a recursive library
-            # (pydantic, Jinja): an issue, not a traceback of a thousand frames per request.
-            return CompileResult(plan=None, issues=draft.issues + (Issue(
-                "nested_too_deeply", "the canvas is nested too deeply to be compiled (JSON values or "
-                "templates inside one another); flatten it"),))
+    try:
+        draft = parse_document(draft, limits)
+        if _stopped(draft, "too_many_nodes", "too_many_edges"):
+            return CompileResult(plan=None, issues=draft.issues)
+        deadline.check("the document")
+        draft = check_nodes(draft, catalog)
+        deadline.check("node configurations")
+        draft = build_containers(draft, limits)
+        if _stopped(draft, "container_too_deep"):
+            return CompileResult(plan=None, issues=draft.issues)
+        draft = check_edges(draft)
+        draft = mark_reachable(draft)
+        draft = check_graph_cycles(draft)
+        deadline.check("the graph")
+        draft = check_references(draft, limits, deadline)
+        deadline.check("template references")
+        return build_plan(draft)
+    except BudgetExceeded as exc:
+        return CompileResult(plan=None, issues=draft.issues + (Issue(
+            "compile_time_exceeded", f"compiling this canvas took longer than {limits.time_budget_s:g} s "
+            f"(stopped while checking {exc.stage}); make it smaller"),))
+    except RecursionError:
+        # Something nested beyond what the caps measure reached a recursive library
+        # (pydantic, Jinja): an issue, not a traceback of a thousand frames per request.
+        return CompileResult(plan=None, issues=draft.issues + (Issue(
+            "nested_too_deeply", "the canvas is nested too deeply to be compiled (JSON values or "
+            "templates inside one another); flatten it"),))
 
 
 def _stopped(draft: Draft, *codes: str) -> bool:
@@ -113,21 +113,19 @@ def _stopped(draft: Draft, *codes: str) -> bool:
 
 
 @contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector, paused while a canvas compiles.
+def collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector paused, for a process that only compiles meanwhile.
 
     A compile allocates a few hundred thousand container objects (models, dicts, sets),
     nearly all of which live until it ends and none of which form reference cycles; the
-    collector's passes over them (and over the caller's canvas, and every other live
-    object) cost a third or more of the compile time. Measured on cold compiles of the
-    10k-node canvases of ``benchmarks/compile.py`` (CPU time, best of 5): layered 1.0 s
-    paused / 1.9 s collecting, nested 0.7 s / 1.0-1.4 s; with Prefect, FastAPI and
-    SQLAlchemy imported, as in a server, 1.4 s / 2.4 s and 0.9 s / 1.9 s (medians).
-    ``benchmarks/compile.py --gc-on`` shows the difference in wall-clock time.
+    collector's passes over them (and over every other live object) cost a third or more of
+    the compile time (``benchmarks/compile.py --gc-paused`` shows the difference).
 
-    ``gc.disable()`` is process-wide, so other threads go without the collector for that
-    time too; reference counting still frees everything as usual. The previous state is
-    restored exactly: the collector is enabled again only if it was running before.
+    ``gc.disable()`` is process-wide: every thread goes without the collector for that time.
+    So only the CLI pauses it (one canvas, nothing else running); ``compile_canvas`` never
+    does, since the API compiles in threads while it serves other requests, and a worker runs
+    other flows meanwhile. Reference counting frees everything as usual either way. The
+    previous state is restored exactly: enabled again only if it was running before.
     """
     if not gc.isenabled():
         yield

@@ -15,7 +15,7 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
-from builder.compiler import CompileResult, compile_canvas
+from builder.compiler import CompileResult, collector_paused, compile_canvas
 from builder.limits import CompileSettings
 from builder.inputs import coerce_text, validate_inputs
 from builder.issues import InputsInvalid, Issue
@@ -61,7 +61,8 @@ def _compile(file: Path) -> tuple[Any, CompileResult | None, list[Issue]]:
     raw, issues = _load(file)
     if issues:
         return raw, None, issues
-    result = compile_canvas(raw, _registry(), CompileSettings().compile_limits(timed=False))
+    with collector_paused():  # this process only compiles meanwhile: the collector's passes are pure cost
+        result = compile_canvas(raw, _registry(), CompileSettings().compile_limits(timed=False))
     return raw, result, list(result.issues)
 
 

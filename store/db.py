@@ -7,6 +7,8 @@ Alembic (``store/migrations``), upgraded when the API or a worker starts.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from store.database import create_database_engine, utcnow
+from store.unavailable import database_calls
 
 
 class Base(DeclarativeBase):
@@ -154,8 +157,21 @@ def make_engine(url: str, **options: Any) -> AsyncEngine:
     return create_database_engine(url, **options)
 
 
-def sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False)
+Sessions = Callable[[], AbstractAsyncContextManager[AsyncSession]]
+"""What the store's queries open their sessions with (``sessions(engine)``)."""
+
+
+def sessions(engine: AsyncEngine) -> Sessions:
+    """Sessions of ``engine``; a failure inside one that means the database is down raises
+    ``Unavailable("database")`` (``store.unavailable``), whatever the query."""
+    maker = async_sessionmaker(engine, expire_on_commit=False)
+
+    @asynccontextmanager
+    async def session() -> AsyncIterator[AsyncSession]:
+        async with database_calls(), maker() as opened:
+            yield opened
+
+    return session
 
 
 async def upgrade_schema(url: str) -> None:

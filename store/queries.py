@@ -13,9 +13,9 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from store.db import ExecutionRow, LargeOutputRow, NodeOutcomeRow, Workflow, WorkflowVersion, utcnow
+from store.db import ExecutionRow, LargeOutputRow, NodeOutcomeRow, Sessions, Workflow, WorkflowVersion, utcnow
 from store.errors import Conflict, NotFound
 from store.vocabulary import FINAL_RUN_STATUSES
 
@@ -36,7 +36,7 @@ class SavedVersion:
 
 
 class Workflows:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]):
+    def __init__(self, sessions: Sessions):
         self.sessions = sessions
 
     async def get(self, owner: str, workflow_id: str) -> Workflow:
@@ -88,7 +88,7 @@ class Workflows:
 
 
 class Executions:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]):
+    def __init__(self, sessions: Sessions):
         self.sessions = sessions
 
     async def get(self, owner: str, execution_id: str) -> ExecutionRow:
@@ -228,7 +228,7 @@ class NodeOutcomes:
     """The journal of node executions that runs executed again restore, and the dead
     letters among them."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]):
+    def __init__(self, sessions: Sessions):
         self.sessions = sessions
 
     async def of_run(self, run_id: str) -> list[NodeOutcome]:

@@ -14,9 +14,9 @@ from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from store.db import ScheduleOverlap, WebhookDelivery, WebhookRow, utcnow
+from store.db import ScheduleOverlap, Sessions, WebhookDelivery, WebhookRow, utcnow
 from store.errors import NotFound
 from store.secrets import SecretBox
 
@@ -43,7 +43,7 @@ def _webhook(row: WebhookRow, secret: str | None = None) -> Webhook:
 
 
 class Webhooks:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], box: SecretBox):
+    def __init__(self, sessions: Sessions, box: SecretBox):
         self.sessions, self.box = sessions, box
 
     async def create(self, owner: str, workflow_id: str, name: str, secret: str) -> Webhook:
@@ -120,7 +120,7 @@ async def _owned(session: AsyncSession, owner: str, workflow_id: str, hook_id: s
 
 
 class ScheduleOverlaps:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]):
+    def __init__(self, sessions: Sessions):
         self.sessions = sessions
 
     async def set(self, owner: str, workflow_id: str, schedule_id: str, overlap: str) -> None:

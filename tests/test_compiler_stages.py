@@ -836,7 +836,12 @@ def test_compile_is_a_pure_function_of_the_canvas():
 
 
 def test_compile_leaves_the_garbage_collector_as_it_was():
+    """The API compiles in threads while it serves other requests: a compile must not turn
+    the collector off for the whole process (issue 21 item 10). Only ``collector_paused``,
+    which the CLI wraps its compile in, pauses it, and restores it as it was."""
     import gc
+
+    from builder.compiler import collector_paused
 
     class Watching:  # a catalog that records the collector's state during the compile
         def spec(self, node_type):
@@ -852,6 +857,11 @@ def test_compile_leaves_the_garbage_collector_as_it_was():
             seen: list[bool] = []
             (gc.enable if enabled else gc.disable)()
             assert compile_canvas(PLAN_CANVAS, Watching()).ok
+            assert gc.isenabled() is enabled
+            assert seen and set(seen) == {enabled}  # left alone meanwhile
+            seen = []
+            with collector_paused():
+                assert compile_canvas(PLAN_CANVAS, Watching()).ok
             assert gc.isenabled() is enabled
             assert seen and not any(seen)  # paused meanwhile
     finally:

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import threading
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
@@ -21,7 +20,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from flows.event_log import (EventLog, EventLogRecorder, EventLogSettings, EventLogWriter, RedisEventLog,
+from flows.event_log import (EventLog, EventLogSettings, EventLogWriter, RedisEventLog,
                              SqlEventLog, StoredEvent, event_log_from_env, event_log_from_settings)
 from flows.events import FINAL_EVENT_TYPES, EventBus, RunEvent
 
@@ -387,25 +386,6 @@ async def test_writer_finishes_by_itself_once_the_final_event_is_stored(logs):
     await writer.close()  # nothing left: returns at once
 
 
-async def test_writer_accepts_events_published_from_threads(logs):
-    log = logs.new()
-    run = logs.run_id()
-    bus = EventBus(run)
-    writer = EventLogWriter(log, max_batch=50)
-    writer.attach(bus)
-    lock = threading.Lock()  # the bus is not thread-safe itself; one publisher at a time
-
-    def publish_many() -> None:
-        for i in range(300):
-            with lock:
-                bus.publish("stream:chunk", node_id="llm", index=i)
-
-    await asyncio.to_thread(publish_many)
-    bus.publish("execution:completed", status="completed")
-    await writer.close()
-    assert_exactly(await read_all(log, run), 1, 301)
-
-
 class FlakyLog:
     """Fails the first ``failures`` appends, then appends to ``inner``."""
 
@@ -457,24 +437,6 @@ async def test_writer_gives_up_after_retries_and_logs_the_count_lost(caplog):
     assert writer.lost == 7 and writer.stored == 0
     assert down.calls == 2 * 3  # two batches, three attempts each
     assert "lost 5 events" in caplog.text and "lost 2 events" in caplog.text
-
-
-async def test_recorder_writes_every_run_of_the_process(logs):
-    log = logs.new()
-    recorder = EventLogRecorder(log, max_delay_s=0.01)
-    runs = [logs.run_id() for _ in range(3)]
-    buses = [EventBus(run) for run in runs]
-    for bus in buses:
-        recorder(bus)  # what flows.flow calls for every run (add_run_listener)
-    for bus in buses:
-        for i in range(20):
-            bus.publish("node:started", node_id=f"n{i}")
-    buses[0].publish("execution:completed", status="completed")
-    await recorder.flush(runs[1])
-    assert_exactly(await log.read(runs[1]), 1, 20)
-    await recorder.close()
-    assert_exactly(await log.read(runs[0]), 1, 21)
-    assert_exactly(await log.read(runs[2]), 1, 20)
 
 
 async def test_sql_purge_deletes_runs_whose_last_event_is_older_than_retention(sql_logs):

@@ -24,17 +24,17 @@ Two stores:
 
 ``event_log_from_settings`` builds one from ``EventLogSettings`` (``settings.py``);
 ``event_log_from_env`` from the ``FLOWMAESTRO_*`` environment. The writers are in ``writer.py``,
-the protocol and the stored event in ``base.py``. Nothing here is process-global: every log,
-writer and recorder is an object its owner creates and closes.
+the protocol and the stored event in ``base.py``. Nothing here is process-global: every log
+and writer is an object its owner creates and closes.
 """
 
 from flows.event_log.base import EventLog, StoredEvent
 from flows.event_log.redis_streams import REDIS_KEY_PREFIX, RedisEventLog
 from flows.event_log.settings import EventLogSettings, event_log_from_env, event_log_from_settings
 from flows.event_log.sql import EVENTS_TABLE, SqlEventLog
-from flows.event_log.writer import EventLogRecorder, EventLogWriter
+from flows.event_log.writer import EventLogWriter
 
 __all__ = [
-    "EVENTS_TABLE", "REDIS_KEY_PREFIX", "EventLog", "EventLogRecorder", "EventLogSettings", "EventLogWriter",
+    "EVENTS_TABLE", "REDIS_KEY_PREFIX", "EventLog", "EventLogSettings", "EventLogWriter",
     "RedisEventLog", "SqlEventLog", "StoredEvent", "event_log_from_env", "event_log_from_settings",
 ]

@@ -7,12 +7,36 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 from flows.event_log.base import IdleClock, StoredEvent, checked_after, strict_json
 from flows.events import FINAL_EVENT_TYPES, RunEvent
+from store.errors import Unavailable
 
 REDIS_KEY_PREFIX = "flowmaestro:events:"
+RETRY_AFTER_S = 5
+
+
+def redis_down(exc: BaseException) -> bool:
+    """Whether ``exc``, raised by a Redis call, means Redis is down or too slow: a connection
+    refused, reset or timed out, a server still loading its data."""
+    import redis.exceptions as redis_errors
+
+    return isinstance(exc, (redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.BusyLoadingError,
+                            OSError))
+
+
+@asynccontextmanager
+async def redis_calls() -> AsyncIterator[None]:
+    """Around Redis I/O: a failure that means Redis is down raises ``Unavailable("redis")``."""
+    try:
+        yield
+    except Exception as exc:
+        if not redis_down(exc):
+            raise
+        raise Unavailable("redis", f"Redis is unavailable ({type(exc).__name__}); retry later",
+                          RETRY_AFTER_S) from exc
 
 
 class RedisEventLog:
@@ -71,6 +95,7 @@ class RedisEventLog:
     def ttl_seconds(self) -> int:
         return max(1, int(self.retention_days * 86400))
 
+    @redis_calls()
     async def append(self, events: Sequence[RunEvent]) -> None:
         if not events:
             return
@@ -102,6 +127,7 @@ class RedisEventLog:
             if isinstance(result, Exception):
                 raise result
 
+    @redis_calls()
     async def read(self, execution_id: str, after: int = 0, limit: int = 1000) -> list[StoredEvent]:
         entries = await self.redis.xrange(self.key(execution_id), min=f"({checked_after(after)}-0" if after else "-",
                                           max="+", count=limit)
@@ -117,7 +143,8 @@ class RedisEventLog:
             # XREAD BLOCK 0 would wait forever: at least 1 ms, so that an expired clock still
             # reads what is already there before giving up.
             block = self.block_ms if remaining is None else max(1, min(self.block_ms, int(remaining * 1000) + 1))
-            response = await self.follow_redis.xread({key: last_id}, count=1000, block=block)
+            async with redis_calls():
+                response = await self.follow_redis.xread({key: last_id}, count=1000, block=block)
             entries = _xread_entries(response, key)
             if not entries:
                 if idle.expired():
@@ -131,6 +158,7 @@ class RedisEventLog:
                     return
             idle.restart()  # the consumer has taken the batch: only now does waiting begin
 
+    @redis_calls()
     async def last_seq(self, execution_id: str) -> int:
         """The highest stored seq of the run (0 if none)."""
         entries = await self.redis.xrevrange(self.key(execution_id), count=1)

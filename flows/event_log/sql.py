@@ -7,11 +7,12 @@ it (about half a second of start-up).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from flows.event_log.base import IdleClock, StoredEvent, checked_after, strict_json
 from flows.events import FINAL_EVENT_TYPES, RunEvent, utcnow
@@ -19,6 +20,19 @@ from flows.events import FINAL_EVENT_TYPES, RunEvent, utcnow
 log = logging.getLogger(__name__)
 
 EVENTS_TABLE = "fm_events"
+T = TypeVar("T")
+
+
+def _database_calls(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """A method whose database down raises ``Unavailable("database")`` (``store.unavailable``),
+    imported at the first call, with SQLAlchemy."""
+    @functools.wraps(method)
+    async def guarded(*args: Any, **kwargs: Any) -> T:
+        from store.unavailable import database_calls
+
+        async with database_calls():
+            return await method(*args, **kwargs)
+    return guarded
 
 
 def _sql_table(metadata: Any) -> Any:
@@ -99,6 +113,7 @@ class SqlEventLog:
             return None
         return insert(self.table).on_conflict_do_nothing(index_elements=["execution_id", "seq"])
 
+    @_database_calls
     async def append(self, events: Sequence[RunEvent]) -> None:
         if not events:
             return
@@ -134,6 +149,7 @@ class SqlEventLog:
         if missing:
             await connection.execute(self.table.insert(), missing)
 
+    @_database_calls
     async def read(self, execution_id: str, after: int = 0, limit: int = 1000) -> list[StoredEvent]:
         from sqlalchemy import select
 
@@ -178,6 +194,7 @@ class SqlEventLog:
                 return
             await asyncio.sleep(self.poll_interval)
 
+    @_database_calls
     async def purge(self, older_than_days: float) -> int:
         """Delete the events of every run whose newest event is older than ``older_than_days``
         (whole runs, so a long-paused run never loses the start of its log). Returns the number
@@ -193,6 +210,7 @@ class SqlEventLog:
             result = await connection.execute(statement)
         return int(result.rowcount or 0)
 
+    @_database_calls
     async def last_seq(self, execution_id: str) -> int:
         """The highest stored seq of the run (0 if none): where a resumed run's bus continues."""
         from sqlalchemy import func, select

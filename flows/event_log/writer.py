@@ -1,13 +1,10 @@
-"""Writing a run's events to an event log: ``EventLogWriter`` for one run's bus,
-``EventLogRecorder`` for every run of a process."""
+"""Writing a run's events to an event log: ``EventLogWriter``, one per run's bus."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from collections import deque
-from typing import Any
 
 from flows.event_log.base import EventLog
 from flows.events import FINAL_EVENT_TYPES, EventBus, RunEvent
@@ -43,7 +40,6 @@ class EventLogWriter:
         self.lost = 0
         self._queue: deque[RunEvent] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread: int | None = None
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._final_queued = False
@@ -68,7 +64,6 @@ class EventLogWriter:
     def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._loop is None:
             self._loop = loop
-            self._loop_thread = threading.get_ident()
             self._wake = asyncio.Event()
 
     def _on_event(self, event: RunEvent) -> None:
@@ -79,20 +74,14 @@ class EventLogWriter:
         self._queue.append(event)
         if event.type in FINAL_EVENT_TYPES:
             self._final_queued = True
-        loop = self._loop
-        if loop is None:
+        if self._loop is None:
             try:
-                loop = asyncio.get_running_loop()
+                self._bind(asyncio.get_running_loop())
             except RuntimeError:
                 return  # no event loop yet: stored by the next event published in one, or close()
-            self._bind(loop)
-        if threading.get_ident() == self._loop_thread:
-            self._kick()
-        else:  # published from another thread (a sync node in a worker thread)
-            try:
-                loop.call_soon_threadsafe(self._kick)
-            except RuntimeError:
-                pass  # the loop is closed; close() reports what was not stored
+        # Every publisher runs in the run's event loop (handlers are coroutines, task runs are
+        # awaited in the flow's loop), so the task is kicked directly.
+        self._kick()
 
     def _flush_now(self) -> bool:
         return len(self._queue) >= self.max_batch or self._closing or self._final_queued
@@ -127,7 +116,6 @@ class EventLogWriter:
                     pass
             count = min(len(self._queue), self.max_batch)
             batch = [self._queue.popleft() for _ in range(count)]
-            batch.sort(key=lambda e: e.seq)  # a no-op unless events were published from threads
             await self._store(batch)
 
     async def _store(self, batch: list[RunEvent]) -> None:
@@ -173,33 +161,3 @@ class EventLogWriter:
             assert self._task is not None
             await asyncio.shield(self._task)
 
-
-class EventLogRecorder:
-    """A run listener (``flows.flow.add_run_listener(recorder)``) that writes every run of this
-    process to ``log``: one ``EventLogWriter`` per run. ``close()`` flushes them all (call it
-    before the process exits); a writer also finishes by itself once its run's final event is
-    stored."""
-
-    def __init__(self, log: EventLog, **writer_options: Any):
-        self.log = log
-        self.writer_options = writer_options
-        self._writers: dict[str, EventLogWriter] = {}
-
-    def __call__(self, bus: EventBus) -> None:
-        self._writers = {k: w for k, w in self._writers.items() if not w.finished}
-        writer = EventLogWriter(self.log, **self.writer_options)
-        writer.attach(bus)
-        self._writers[bus.execution_id] = writer
-
-    def writer(self, execution_id: str) -> EventLogWriter | None:
-        return self._writers.get(execution_id)
-
-    async def flush(self, execution_id: str) -> None:
-        """Store everything queued for that run."""
-        writer = self._writers.pop(execution_id, None)
-        if writer is not None:
-            await writer.close()
-
-    async def close(self) -> None:
-        writers, self._writers = list(self._writers.values()), {}
-        await asyncio.gather(*(w.close() for w in writers))
