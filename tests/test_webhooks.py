@@ -157,12 +157,14 @@ async def test_missing_wrong_and_stale_signatures_are_401_and_start_nothing(api)
 async def test_the_same_idempotency_key_starts_one_run(api):
     workflow_id, hook = await workflow_with_hook(api)
     key = f"delivery-{uuid.uuid4().hex}"
-    first = await deliver(api, hook, {"who": "Once"}, **{"Idempotency-Key": key})
-    again = await deliver(api, hook, {"who": "Once"}, **{"Idempotency-Key": key})
+    now = int(time.time())
+    first = await deliver(api, hook, {"who": "Once"}, timestamp=now, **{"Idempotency-Key": key})
+    again = await deliver(api, hook, {"who": "Once"}, timestamp=now, **{"Idempotency-Key": key})
     # Another request (its own timestamp: the same signed request again would be a replay,
-    # whatever its Idempotency-Key) with another key starts another run.
-    other = await deliver(api, hook, {"who": "Once"}, timestamp=int(time.time()) - 1,
-                          **{"Idempotency-Key": key + "-2"})
+    # whatever its Idempotency-Key) with another key starts another run. Its timestamp is
+    # set apart from the first's explicitly: "the clock minus a second" was the first's
+    # own second whenever a second ticked between the two requests (a replay, 409).
+    other = await deliver(api, hook, {"who": "Once"}, timestamp=now - 1, **{"Idempotency-Key": key + "-2"})
     assert (first.status_code, again.status_code, other.status_code) == (202, 200, 202)
     assert first.json()["execution_id"] == again.json()["execution_id"] != other.json()["execution_id"]
     # The key is the hook's: another hook of the same workflow may use it too.
