@@ -14,7 +14,7 @@ import pytest
 
 from api.app import create_app
 from api.settings import ApiSettings
-from tests.support import api_without_prefect, canvas, node, summary_artifact_of
+from tests.support import api_without_prefect, canvas, node, summary_artifact_of, wait_running
 from tests.support import wait_final as _wait_final
 
 wait_final = partial(_wait_final, timeout=60)
@@ -196,10 +196,15 @@ async def test_cancel_a_running_execution(api, prefect_server):
     raw = canvas([node("slow", "test_sleep", data={"seconds": 60}), node("after")], [("slow", "after")])
     saved = await create(api, raw)
     execution_id = (await api.post(f"/api/workflows/{saved['id']}/execute", json={})).json()["execution_id"]
-    await asyncio.sleep(1.0)
+    # Running for sure (a worker took it and its node started): a run still scheduled would
+    # be cancelled too, by another path, and the test would pass without cancelling a run.
+    running = await wait_running(api, execution_id, "slow")
+    assert running["status"] == "running" and running["nodes"]["slow"]["status"] == "running"
     assert (await api.post(f"/api/executions/{execution_id}/cancel")).status_code == 202
     result = await wait_final(api, execution_id)
     assert result["status"] == "cancelled"
+    assert result["nodes"]["slow"]["status"] == "cancelled", result
+    assert result["nodes"].get("after", {}).get("status") != "completed", result
     assert (await api.post(f"/api/executions/{execution_id}/cancel")).status_code == 409
 
 
