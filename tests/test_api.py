@@ -14,7 +14,7 @@ import pytest
 
 from api.app import create_app
 from api.settings import ApiSettings
-from tests.support import api_without_prefect, canvas, node, summary_artifact_of, wait_running
+from tests.support import canvas, node, summary_artifact_of, wait_running
 from tests.support import wait_final as _wait_final
 
 wait_final = partial(_wait_final, timeout=60)
@@ -251,30 +251,6 @@ async def test_saving_a_cycle_between_saved_workflows_is_refused_naming_it(api):
     assert body["detail"] == f"sub-workflow cycle: {first['id']} -> {second['id']} -> {first['id']}"
     assert body["issues"][0]["code"] == "subworkflow_cycle"
     assert (await api.get(f"/api/workflows/{first['id']}")).json()["latest_version"] == 1  # nothing saved
-
-
-async def test_prefect_down_answers_503_naming_it_and_loses_no_saved_workflow(tmp_path, sqlite_url):
-    """With nothing listening at the Prefect API URL: saving keeps the workflow (with a
-    warning), executing answers 503 with Retry-After within the configured bound."""
-    import time
-
-    settings = ApiSettings(database_url=sqlite_url, api_keys=f"solo:{ALICE}-solo", home=tmp_path,
-                           prefect_timeout_s=3, work_pool="nowhere")
-    async with api_without_prefect(settings, f"{ALICE}-solo") as client:
-        saved = await client.post("/api/workflows", json={"canvas": hello()})
-        assert saved.status_code == 201, saved.text
-        assert [w["code"] for w in saved.json()["warnings"]] == ["deployment_pending"]
-        assert (await client.get(f"/api/workflows/{saved.json()['id']}")).status_code == 200
-        started = time.monotonic()
-        answer = await client.post(f"/api/workflows/{saved.json()['id']}/execute",
-                                   json={"inputs": {"who": "Ada"}})
-        assert time.monotonic() - started < 15
-        assert answer.status_code == 503, answer.text
-        assert answer.headers["retry-after"] == "5" and answer.json()["service"] == "prefect"
-        key = answer.json()["idempotency_key"]  # to retry safely: the run may exist all the same
-        assert key and f"Idempotency-Key: {key}" in answer.json()["detail"]
-        health = await client.get("/health")
-        assert health.status_code == 503 and health.json()["checks"]["prefect"] != "ok"
 
 
 def test_cors_origins_read_as_a_list_or_json():
