@@ -36,6 +36,21 @@ os.environ["PREFECT_LOGGING_TO_API_ENABLED"] = "false"  # the server stops befor
 os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(_SESSION_DIR / "results"))
 
 
+SERVER_FIXTURES = {"prefect_server", "pg_prefect", "served"}
+"""Fixtures that start a Prefect server (and what runs on it): their tests are ``prefect``."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marks what the fixtures say: a test that uses a Prefect server is ``prefect``; one
+    that is ``prefect`` or ``workers`` needs services (``services``: PostgreSQL, Redis,
+    processes), like the tests marked so by hand. ``make test-fast`` runs ``not services``."""
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.prefect)
+        if item.get_closest_marker("prefect") or item.get_closest_marker("workers"):
+            item.add_marker(pytest.mark.services)
+
+
 @pytest.fixture(scope="session")
 def prefect_server():
     """One real Prefect server (SQLite) for the whole session."""

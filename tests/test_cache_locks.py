@@ -11,7 +11,7 @@ import pytest
 from flows.cache_locks import FileCacheLocks, RedisCacheLocks
 
 
-@pytest.fixture(params=["file", "redis"])
+@pytest.fixture(params=["file", pytest.param("redis", marks=pytest.mark.services)])
 def locks(request, tmp_path):
     if request.param == "file":
         return FileCacheLocks(tmp_path / "locks")

@@ -91,16 +91,24 @@ def _url(backend: str, tmp_path: Any, pg_url: str) -> str:
     return REDIS_URL
 
 
-@pytest.fixture(params=["sqlite", "postgresql", "redis"])
-async def logs(request, tmp_path, pg_url):
-    factory = Logs(request.param, _url(request.param, tmp_path, pg_url))
+ON_SERVICES = pytest.mark.services  # PostgreSQL or Redis: not in make test-fast
+
+
+def _pg_url_if_needed(request) -> str | None:
+    """The session's PostgreSQL database, created only when a postgresql test asks for it."""
+    return request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=ON_SERVICES), pytest.param("redis", marks=ON_SERVICES)])
+async def logs(request, tmp_path):
+    factory = Logs(request.param, _url(request.param, tmp_path, _pg_url_if_needed(request)))
     yield factory
     await factory.aclose()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def sql_logs(request, tmp_path, pg_url):
-    factory = Logs(request.param, _url(request.param, tmp_path, pg_url))
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=ON_SERVICES)])
+async def sql_logs(request, tmp_path):
+    factory = Logs(request.param, _url(request.param, tmp_path, _pg_url_if_needed(request)))
     yield factory
     await factory.aclose()
 
@@ -579,6 +587,7 @@ async def test_sqlite_engines_share_one_setup(tmp_path):
             await engine.dispose()
 
 
+@pytest.mark.services
 @pytest.mark.parametrize("use_script", [True, False], ids=["lua", "pipeline"])
 async def test_redis_stream_expires_retention_days_after_its_last_append(redis_logs, use_script):
     log = redis_logs.new(retention_days=0.5, use_script=use_script)
@@ -599,6 +608,7 @@ async def test_redis_stream_expires_retention_days_after_its_last_append(redis_l
     assert [entry_id for entry_id, _ in entries] == ["1-0", "2-0"]  # seq == stream id
 
 
+@pytest.mark.services
 @pytest.mark.parametrize("use_script", [True, False], ids=["lua", "pipeline"])
 async def test_redis_append_raises_other_errors(redis_logs, use_script):
     from redis.exceptions import ResponseError
