@@ -3,7 +3,7 @@ side with the same work on raw Prefect and in one process, on one Prefect server
 
 Usage::
 
-    python benchmarks/api.py [--quick] [--redis] [--only latency,concurrent,raw,inprocess]
+    python -m benchmarks.api [--quick] [--redis] [--only latency,concurrent,raw,inprocess]
                              [--runs 50] [--budget-a 60] [--concurrent 100] [--post-limits 0,10]
                              [--workers 2] [--worker-limit 20] [--prefect-url URL] [--keep]
 
@@ -76,22 +76,18 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCH = Path(__file__).resolve().parent
-for _path in (str(BENCH), str(ROOT)):  # this worktree's packages, not an installed copy
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
 
 import httpx  # noqa: E402
 from httpx_sse import aconnect_sse  # noqa: E402
 
-from _prefect_record import state_times, wait_tagged_final  # noqa: E402
-from _report import comparison, targets  # noqa: E402
-from _measure import (CpuMeter, CpuTimeline, LogWatch, PathResult, PrefectRequests, Probe,  # noqa: E402
+from benchmarks._prefect_record import state_times, wait_tagged_final  # noqa: E402
+from benchmarks._report import comparison, targets  # noqa: E402
+from benchmarks._measure import (CpuMeter, CpuTimeline, LogWatch, PathResult, PrefectRequests, Probe,  # noqa: E402
                       cpu_fields, deltas, loadavg, ms, pct, prefect_probe, settle, spread_row, table)
-from _stack import (AUTH, PrefectServer, Served, base_env, chain_canvas, external_prefect,  # noqa: E402
+from benchmarks._stack import (AUTH, PrefectServer, Served, base_env, chain_canvas, external_prefect,  # noqa: E402
                     postgres_backends, postgres_database, prefect_on_postgres, start_serve, start_worker,
                     wait_started, workers_procs)
-from _stack import free_port, wait_healthy  # noqa: E402,F401  (events.py uses them from here)
+from benchmarks._stack import free_port, wait_healthy  # noqa: E402,F401  (events.py uses them from here)
 
 FINAL = ("execution:completed", "execution:failed", "execution:cancelled")
 RUN_TIMEOUT_S = 600.0
