@@ -123,9 +123,11 @@ class InProcessWorkers:
         self.running.clear()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def pg_prefect(tmp_path_factory):
-    """A Prefect server of the module's own, on PostgreSQL (several worker processes)."""
+    """A Prefect server on PostgreSQL (several worker processes write to it at once), started
+    once for the session. Each module's installation has a work pool of its own
+    (``tests.processes.stack_env``)."""
     from tests.processes import prefect_on_postgres
 
     with prefect_on_postgres(tmp_path_factory.mktemp("prefect-pg")) as info:
