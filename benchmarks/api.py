@@ -109,7 +109,7 @@ def prefect_api_url() -> str:
     for url in (os.environ.get("PREFECT_API_URL"), DEFAULT_PREFECT):
         if url and _healthy(url):
             return url
-    import _common  # no Prefect import in this process until then; none afterwards either
+    from benchmarks import _common  # no Prefect import in this process until then; none afterwards either
 
     return _common.prepare_prefect().api_url
 
@@ -520,7 +520,7 @@ async def main_async(args: argparse.Namespace) -> int:
         if only & {"latency", "concurrent"}:
             latency, fm = await run_flowmaestro(args, prefect, env, home, database_url, redis_url, only, sizes)
         if "raw" in only:
-            from _baselines import raw_prefect
+            from benchmarks._baselines import raw_prefect
 
             await settle(prefect.procs)
             raw = await raw_prefect(prefect, env, home, count=sizes["count"], workers=args.workers,
@@ -529,7 +529,7 @@ async def main_async(args: argparse.Namespace) -> int:
             print(raw.report("(c)", f"(c) raw Prefect: {sizes['count']} runs of a 5-task flow created at once, "
                                     f"breakdown, ms") + "\n", flush=True)
         if "inprocess" in only:
-            from _baselines import in_process
+            from benchmarks._baselines import in_process
 
             await settle(prefect.procs)
             local = await in_process(prefect, chain_canvas("bench-in-process", 3), count=sizes["count"])
