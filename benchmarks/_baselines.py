@@ -32,7 +32,7 @@ async def raw_prefect(prefect: PrefectServer, env: dict[str, str], home: Path, *
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectAlreadyExists
-    from raw_prefect_worker import ENTRYPOINT, FLOW_NAME, STEPS
+    from benchmarks.raw_prefect_worker import ENTRYPOINT, FLOW_NAME, STEPS
 
     from deployments.workflow_deployments import WORKER_TYPE
 
