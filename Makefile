@@ -22,9 +22,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra --durations=25
 
-# Only the tests that need no Prefect server.
+# Only the tests that need no service: no Prefect server, PostgreSQL, Redis or process of
+# their own (the "services" marker, tests/conftest.py); under a minute.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not prefect"
+	$(BIN)/python -m pytest -q -m "not services"
 
 # ruff (lint, then the format check: `ruff format --diff <file>` shows what it would change)
 # and mypy; every check runs, and any that fails fails the target. The packages, tests,
@@ -40,9 +41,10 @@ lint: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/flowmaestro serve
 
+# Each benchmark is a module of the benchmarks package, run from the repository root.
 bench: $(STAMP)
-	$(BIN)/python benchmarks/compile.py
-	$(BIN)/python benchmarks/engine.py
+	$(BIN)/python -m benchmarks.compile
+	$(BIN)/python -m benchmarks.engine
 
 # The long fuzz run (make test runs a short one): every API route, thousands of canvases.
 fuzz: $(STAMP)

@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _prefect_record import FINAL_TYPES, epoch, first_task_starts, state_times, wait_final
-from _measure import CpuMeter, CpuTimeline, PathResult, PrefectRequests, cpu_fields, deltas, prefect_probe, settle
-from _stack import PrefectServer, postgres_backends, start_worker, wait_started, workers_procs
+from benchmarks._prefect_record import FINAL_TYPES, epoch, first_task_starts, state_times, wait_final
+from benchmarks._measure import CpuMeter, CpuTimeline, PathResult, PrefectRequests, cpu_fields, deltas, prefect_probe, settle
+from benchmarks._stack import PrefectServer, postgres_backends, start_worker, wait_started, workers_procs
 
 RUN_TIMEOUT_S = 600.0
 
@@ -32,7 +32,7 @@ async def raw_prefect(prefect: PrefectServer, env: dict[str, str], home: Path, *
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectAlreadyExists
-    from raw_prefect_worker import ENTRYPOINT, FLOW_NAME, STEPS
+    from benchmarks.raw_prefect_worker import ENTRYPOINT, FLOW_NAME, STEPS
 
     from deployments.workflow_deployments import WORKER_TYPE
 
@@ -45,7 +45,7 @@ async def raw_prefect(prefect: PrefectServer, env: dict[str, str], home: Path, *
         flow_id = await client.create_flow_from_name(FLOW_NAME)
         deployment_id = await client.create_deployment(flow_id=flow_id, name=f"raw-chain-{pool}",
                                                        work_pool_name=pool, entrypoint=ENTRYPOINT)
-        procs = [start_worker(f"raw-{i}", ["benchmarks/raw_prefect_worker.py", "--pool", pool, "--limit",
+        procs = [start_worker(f"raw-{i}", ["-m", "benchmarks.raw_prefect_worker", "--pool", pool, "--limit",
                                            str(limit), "--name", f"{pool}-{i}", "--poll-s", str(poll_s)], env, home)
                  for i in range(workers)]
         try:

@@ -20,8 +20,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 TERMINAL_STATES = ["COMPLETED", "FAILED", "CANCELLED", "CRASHED"]
 

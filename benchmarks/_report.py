@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from _measure import PathResult, ms, pct, table
+from benchmarks._measure import PathResult, ms, pct, table
 
 FIRST_NODE_P95_S = 1.5
 ACCEPT_P95_S = 0.3

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,25 +22,15 @@ from typing import Any
 
 import httpx
 
-from _measure import Procs
+from benchmarks._measure import Procs
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from tests.processes import Proc, postgres_database, wait_until  # noqa: E402,F401  (stdlib and httpx only)
+from tests.processes import ROOT, Proc, free_port, postgres_database, wait_until  # noqa: F401  (stdlib and httpx only)
 
 KEY = "bench-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 # ----------------------------------------------------------------------------- ports
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def pid_listening_on(port: int) -> int | None:

@@ -3,7 +3,7 @@ side with the same work on raw Prefect and in one process, on one Prefect server
 
 Usage::
 
-    python benchmarks/api.py [--quick] [--redis] [--only latency,concurrent,raw,inprocess]
+    python -m benchmarks.api [--quick] [--redis] [--only latency,concurrent,raw,inprocess]
                              [--runs 50] [--budget-a 60] [--concurrent 100] [--post-limits 0,10]
                              [--workers 2] [--worker-limit 20] [--prefect-url URL] [--keep]
 
@@ -76,22 +76,18 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCH = Path(__file__).resolve().parent
-for _path in (str(BENCH), str(ROOT)):  # this worktree's packages, not an installed copy
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
 
 import httpx  # noqa: E402
 from httpx_sse import aconnect_sse  # noqa: E402
 
-from _prefect_record import state_times, wait_tagged_final  # noqa: E402
-from _report import comparison, targets  # noqa: E402
-from _measure import (CpuMeter, CpuTimeline, LogWatch, PathResult, PrefectRequests, Probe,  # noqa: E402
+from benchmarks._prefect_record import state_times, wait_tagged_final  # noqa: E402
+from benchmarks._report import comparison, targets  # noqa: E402
+from benchmarks._measure import (CpuMeter, CpuTimeline, LogWatch, PathResult, PrefectRequests, Probe,  # noqa: E402
                       cpu_fields, deltas, loadavg, ms, pct, prefect_probe, settle, spread_row, table)
-from _stack import (AUTH, PrefectServer, Served, base_env, chain_canvas, external_prefect,  # noqa: E402
+from benchmarks._stack import (AUTH, PrefectServer, Served, base_env, chain_canvas, external_prefect,  # noqa: E402
                     postgres_backends, postgres_database, prefect_on_postgres, start_serve, start_worker,
                     wait_started, workers_procs)
-from _stack import free_port, wait_healthy  # noqa: E402,F401  (events.py uses them from here)
+from benchmarks._stack import free_port, wait_healthy  # noqa: E402,F401  (events.py uses them from here)
 
 FINAL = ("execution:completed", "execution:failed", "execution:cancelled")
 RUN_TIMEOUT_S = 600.0
@@ -113,7 +109,7 @@ def prefect_api_url() -> str:
     for url in (os.environ.get("PREFECT_API_URL"), DEFAULT_PREFECT):
         if url and _healthy(url):
             return url
-    import _common  # no Prefect import in this process until then; none afterwards either
+    from benchmarks import _common  # no Prefect import in this process until then; none afterwards either
 
     return _common.prepare_prefect().api_url
 
@@ -524,7 +520,7 @@ async def main_async(args: argparse.Namespace) -> int:
         if only & {"latency", "concurrent"}:
             latency, fm = await run_flowmaestro(args, prefect, env, home, database_url, redis_url, only, sizes)
         if "raw" in only:
-            from _baselines import raw_prefect
+            from benchmarks._baselines import raw_prefect
 
             await settle(prefect.procs)
             raw = await raw_prefect(prefect, env, home, count=sizes["count"], workers=args.workers,
@@ -533,7 +529,7 @@ async def main_async(args: argparse.Namespace) -> int:
             print(raw.report("(c)", f"(c) raw Prefect: {sizes['count']} runs of a 5-task flow created at once, "
                                     f"breakdown, ms") + "\n", flush=True)
         if "inprocess" in only:
-            from _baselines import in_process
+            from benchmarks._baselines import in_process
 
             await settle(prefect.procs)
             local = await in_process(prefect, chain_canvas("bench-in-process", 3), count=sizes["count"])

@@ -2,8 +2,8 @@
 
 Usage::
 
-    python benchmarks/compile.py [--sizes 1000,10000,50000] [--shapes layered,nested] [--warm] [--gc-paused]
-    python benchmarks/compile.py --profile 10000:layered
+    python -m benchmarks.compile [--sizes 1000,10000,50000] [--shapes layered,nested] [--warm] [--gc-paused]
+    python -m benchmarks.compile --profile 10000:layered
 
 Two shapes of generated canvases, each of about N nodes:
 
@@ -45,13 +45,9 @@ import cProfile
 import gc
 import io
 import pstats
-import sys
 import time
 import tracemalloc
-from pathlib import Path
 from typing import Any, Callable
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from builder.templates import analysis, render, token_reader  # noqa: E402
 from builder import compiler  # noqa: E402

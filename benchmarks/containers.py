@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/containers.py [--quick] [--reps 3] [--only parallel,loop,memory] [--tracemalloc]
+    python -m benchmarks.containers [--quick] [--reps 3] [--only parallel,loop,memory] [--tracemalloc]
 
 (a) ``parallel``: a ``parallel`` container (mode count, 200 [50] branches,
     max_concurrency 200, canvas settings.max_concurrency 200) whose body is one ``delay``
@@ -37,17 +37,13 @@ import asyncio
 import gc
 import json
 import statistics
-import sys
 import time
 import tracemalloc
 import uuid
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import _common  # noqa: E402
+from benchmarks import _common  # noqa: E402
 
 SERVER = _common.prepare_prefect()  # before prefect is imported
 

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/durability.py [--quick] [--reps 5] [--database sqlite,postgresql]
+    python -m benchmarks.durability [--quick] [--reps 5] [--database sqlite,postgresql]
                                     [--crash-trials 20] [--detect-s 15] [--seed N]
 
 1. **The journal's cost** on the engine benchmarks' chain and fan-out, in one process
@@ -38,13 +38,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import _common  # noqa: E402
+from benchmarks import _common  # noqa: E402
 
 SERVER = _common.prepare_prefect()  # before prefect is imported
 
-import engine  # noqa: E402  (its graphs and hand-written flows; imports prefect after the line above)
+from benchmarks import engine  # noqa: E402  (its graphs and hand-written flows; imports prefect after the line above)
 
 from deployments.run_store import SqlRunStore  # noqa: E402
 from flows.flow import workflow_flow  # noqa: E402

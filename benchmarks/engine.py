@@ -3,8 +3,8 @@ vs plain asyncio vs the FlowMaestro engine without Prefect, side by side in one 
 
 Usage::
 
-    python benchmarks/engine.py [--quick] [--reps 3] [--only chain,fanout,layered] [--no-check]
-    python benchmarks/engine.py --profile layered:fm-delay0     # cProfile of one run instead
+    python -m benchmarks.engine [--quick] [--reps 3] [--only chain,fanout,layered] [--no-check]
+    python -m benchmarks.engine --profile layered:fm-delay0     # cProfile of one run instead
 
 Scenarios (sizes with ``--quick`` in brackets):
 
@@ -59,17 +59,13 @@ import cProfile
 import io
 import os
 import pstats
-import sys
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import _common  # noqa: E402
+from benchmarks import _common  # noqa: E402
 
 SERVER = _common.prepare_prefect()  # before prefect is imported
 os.environ.setdefault("FLOWMAESTRO_HTTP_ALLOW_HOSTS", "127.0.0.1")  # the http scenario's local server

@@ -5,7 +5,7 @@ SQL event log (SQLite) and one with the Redis event log, against a bare Starlett
 
 Usage::
 
-    python benchmarks/events.py [--quick] [--only latency,throughput] [--backends sql,redis]
+    python -m benchmarks.events [--quick] [--only latency,throughput] [--backends sql,redis]
                                 [--subscribers 1,10,100] [--branches 2000] [--branch-concurrency N]
                                 [--cap 10] [--bare-in-thread] [--no-bare] [--keep]
 
@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import json
 import os
 import shutil
@@ -66,22 +65,9 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent
-
-
-def _load_bench_api() -> Any:
-    """benchmarks/api.py under another name (``api`` is the project's package)."""
-    spec = importlib.util.spec_from_file_location("bench_api", BENCH / "api.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_api"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-B = _load_bench_api()
+from benchmarks import api as B  # noqa: E402
 import httpx  # noqa: E402
 from httpx_sse import aconnect_sse  # noqa: E402
 
@@ -534,7 +520,8 @@ class BareServer:
         else:
             # Its output is dropped: subscribers cut at the time cap make asyncio log
             # "socket.send() raised exception." for every frame still queued for them.
-            self.process = subprocess.Popen([sys.executable, __file__, "--bare-server", str(self.port)],
+            self.process = subprocess.Popen([sys.executable, "-m", "benchmarks.events", "--bare-server", str(self.port)],
+                                            cwd=B.ROOT,
                                             start_new_session=True, stdin=subprocess.DEVNULL,
                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 30

@@ -13,7 +13,7 @@ and of the Prefect server (started on PostgreSQL, as ``benchmarks/api.py`` does)
 
 Usage::
 
-    python benchmarks/prefect_observer.py [--runs 20] [--rounds 2]
+    python -m benchmarks.prefect_observer [--runs 20] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -29,12 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent
-if str(BENCH) not in sys.path:
-    sys.path.insert(0, str(BENCH))
-
-from _measure import CpuMeter  # noqa: E402
-from _stack import prefect_on_postgres  # noqa: E402
+from benchmarks._measure import CpuMeter  # noqa: E402
+from benchmarks._stack import prefect_on_postgres  # noqa: E402
 
 
 async def lag_probe(stop: asyncio.Event, lags: list[float], every: float = 0.01) -> None:

@@ -4,7 +4,7 @@ FlowMaestro run is FlowMaestro (API, store, canvas, event log), not the worker.
 
 Usage (``benchmarks/api.py`` starts it; the flow's deployment is the benchmark's to create)::
 
-    python benchmarks/raw_prefect_worker.py --pool POOL [--limit 20] [--name NAME] [--poll-s 1]
+    python -m benchmarks.raw_prefect_worker --pool POOL [--limit 20] [--name NAME] [--poll-s 1]
 
 It prints a line with "started" once the worker polls its pool, like ``flowmaestro worker``.
 """
@@ -15,11 +15,6 @@ import argparse
 import asyncio
 import os
 import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # this worktree's packages, not an installed copy
-    sys.path.insert(0, str(ROOT))
 
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 

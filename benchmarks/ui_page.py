@@ -10,7 +10,7 @@ the browser reports those over 50 ms, so 0 means none was) and the worst delay o
 timer (about what a click would wait while the history is applied). For scale, it also prints how long the API takes to send
 the whole stream to a client that only reads it.
 
-    .venv/bin/python benchmarks/ui_page.py [--nodes 500] [--chunks 8] [--trials 3] [--screenshot PATH]
+    python -m benchmarks.ui_page [--nodes 500] [--chunks 8] [--trials 3] [--screenshot PATH]
 """
 
 from __future__ import annotations
@@ -19,27 +19,17 @@ import argparse
 import asyncio
 import os
 import shutil
-import socket
 import statistics
-import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from tests.processes import free_port
 
 KEY = "bench-key"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def big_canvas(n: int) -> dict:

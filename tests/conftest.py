@@ -36,6 +36,21 @@ os.environ["PREFECT_LOGGING_TO_API_ENABLED"] = "false"  # the server stops befor
 os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(_SESSION_DIR / "results"))
 
 
+SERVER_FIXTURES = {"prefect_server", "pg_prefect", "served"}
+"""Fixtures that start a Prefect server (and what runs on it): their tests are ``prefect``."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marks what the fixtures say: a test that uses a Prefect server is ``prefect``; one
+    that is ``prefect`` or ``workers`` needs services (``services``: PostgreSQL, Redis,
+    processes), like the tests marked so by hand. ``make test-fast`` runs ``not services``."""
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.prefect)
+        if item.get_closest_marker("prefect") or item.get_closest_marker("workers"):
+            item.add_marker(pytest.mark.services)
+
+
 @pytest.fixture(scope="session")
 def prefect_server():
     """One real Prefect server (SQLite) for the whole session."""
@@ -108,9 +123,11 @@ class InProcessWorkers:
         self.running.clear()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def pg_prefect(tmp_path_factory):
-    """A Prefect server of the module's own, on PostgreSQL (several worker processes)."""
+    """A Prefect server on PostgreSQL (several worker processes write to it at once), started
+    once for the session. Each module's installation has a work pool of its own
+    (``tests.processes.stack_env``)."""
     from tests.processes import prefect_on_postgres
 
     with prefect_on_postgres(tmp_path_factory.mktemp("prefect-pg")) as info:

@@ -6,7 +6,6 @@ a fresh worker started; what the run then did, measured. Used by tests/test_dura
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from functools import partial
@@ -17,7 +16,9 @@ from prefect.client.schemas.objects import StateType
 
 from store.db import make_engine, sessions
 from store.queries import NodeOutcomes
-from tests.support import wait_final
+from tests.support import eventually as until  # noqa: F401  (test_durability uses it from here)
+from tests.support import execute, wait_final  # noqa: F401
+from tests.support import save as save_workflow
 
 KEY = "durability-test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -31,25 +32,8 @@ def client(base: str) -> httpx.AsyncClient:
 
 
 async def save(http: httpx.AsyncClient, raw: dict) -> str:
-    saved = await http.post("/api/workflows", json={"canvas": raw})
-    assert saved.status_code == 201, saved.text
-    return saved.json()["id"]
-
-
-async def execute(http: httpx.AsyncClient, workflow_id: str, inputs: dict | None = None) -> str:
-    started = await http.post(f"/api/workflows/{workflow_id}/execute", json={"inputs": inputs or {}})
-    assert started.status_code == 202, started.text
-    return started.json()["execution_id"]
-
-
-async def until(check, *, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = await check()
-        if value:
-            return value
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"{what} did not happen within {timeout} s")
+    """The saved workflow's id (its deployment may follow at the first run)."""
+    return (await save_workflow(http, raw, deployed=False))["id"]
 
 
 def http_node(node_id: str, path: str, parent: str | None = None, delay: float = 0.4) -> dict:

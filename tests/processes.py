@@ -69,8 +69,11 @@ def prefect_on_postgres(home: Path) -> Iterator[ServerInfo]:
 def stack_env(home: Path, prefect: ServerInfo, database_url: str, api_key: str, **extra: str) -> dict[str, str]:
     """The environment every process of one FlowMaestro installation shares: its Prefect
     server, the store and event log on PostgreSQL, Redis, one result storage, one lock
-    manager, loopback allowed for http nodes."""
+    manager, loopback allowed for http nodes, and a work pool of its own (several
+    installations share the session's Prefect servers: a pool's workers must find only its
+    runs, and its crash-recovery automations are the pool's)."""
     return {**os.environ, "PREFECT_API_URL": prefect.api_url, "FLOWMAESTRO_HOME": str(home),
+            "FLOWMAESTRO_WORK_POOL": f"stack-{uuid.uuid4().hex[:8]}",
             "FLOWMAESTRO_DATABASE_URL": database_url, "FLOWMAESTRO_API_KEYS": f"tester:{api_key}",
             "FLOWMAESTRO_REDIS_URL": "redis://127.0.0.1:6379/0", "FLOWMAESTRO_HTTP_ALLOW_HOSTS": "127.0.0.1",
             "FLOWMAESTRO_CACHE_LOCK_REDIS_URL": "redis://127.0.0.1:6379/1",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -123,18 +123,74 @@ def compiled(raw: dict[str, Any], registry: HandlerRegistry | None = None):
     return result.plan
 
 
+async def eventually(check: Callable[[], Awaitable[Any]], *, timeout: float, what: str,
+                     interval: float = 0.2) -> Any:
+    """Await ``check()`` until it answers something truthy; that answer. Fails naming ``what``
+    at the deadline (a generous one: the machine may be loaded)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout} s")
+        await asyncio.sleep(interval)
+
+
+async def save(client: httpx.AsyncClient, raw: dict[str, Any], *, deployed: bool = True) -> dict[str, Any]:
+    """``POST /api/workflows``: the saved workflow (id, version, name, warnings). ``deployed``:
+    its Prefect deployment must be there too (no ``deployment_pending``)."""
+    saved = await client.post("/api/workflows", json={"canvas": raw})
+    assert saved.status_code == 201, saved.text
+    if deployed:
+        assert not [w for w in saved.json()["warnings"] if w["code"] == "deployment_pending"], saved.text
+    return saved.json()
+
+
+async def execute(client: httpx.AsyncClient, workflow_id: str, inputs: dict[str, Any] | None = None) -> str:
+    """``POST /api/workflows/{id}/execute`` (202): the execution id."""
+    started = await client.post(f"/api/workflows/{workflow_id}/execute", json={"inputs": inputs or {}})
+    assert started.status_code == 202, started.text
+    return started.json()["execution_id"]
+
+
+async def save_and_execute(client: httpx.AsyncClient, raw: dict[str, Any], inputs: dict[str, Any] | None = None, *,
+                           deployed: bool = True) -> str:
+    return await execute(client, (await save(client, raw, deployed=deployed))["id"], inputs)
+
+
+async def wait_execution(client: httpx.AsyncClient, execution_id: str, check: Callable[[dict[str, Any]], Any], *,
+                         timeout: float, what: str) -> dict[str, Any]:
+    """Read ``GET /api/executions/{id}`` until ``check(body)`` holds; that body."""
+    last: dict[str, Any] = {}
+
+    async def read() -> dict[str, Any] | None:
+        nonlocal last
+        answer = await client.get(f"/api/executions/{execution_id}")
+        last = answer.json() if answer.status_code == 200 else {"http_status": answer.status_code}
+        return last if answer.status_code == 200 and check(last) else None
+
+    try:
+        return await eventually(read, timeout=timeout, what=f"execution {execution_id}: {what}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last seen: {last}") from None
+
+
 async def wait_final(client: httpx.AsyncClient, execution_id: str, *, timeout: float) -> dict[str, Any]:
     """Read ``GET /api/executions/{id}`` until the run has ended; its body."""
-    deadline = time.monotonic() + timeout
-    body: Any = None
-    while time.monotonic() < deadline:
-        body = (await client.get(f"/api/executions/{execution_id}")).json()
-        if body.get("status") in ("completed", "failed", "cancelled"):
-            return body
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"execution {execution_id} did not end within {timeout} s: {body}")
+    return await wait_execution(client, execution_id, lambda body: body.get("status") in FINAL_STATUSES,
+                                timeout=timeout, what="ending")
 
 
+async def wait_running(client: httpx.AsyncClient, execution_id: str, node_id: str, *, timeout: float = 120) -> dict[str, Any]:
+    """Wait until the run is running ``node_id`` (a worker took it and the node started)."""
+    return await wait_execution(
+        client, execution_id,
+        lambda body: body.get("status") == "running" and (body.get("nodes") or {}).get(node_id, {}).get("status") == "running",
+        timeout=timeout, what=f"running node {node_id}")
+
+
+FINAL_STATUSES = ("completed", "failed", "cancelled")
 FINAL_TASK_RUN_STATES = ("COMPLETED", "FAILED", "CANCELLED", "CRASHED")
 
 

@@ -54,9 +54,21 @@ class Started:
 
 
 @pytest.fixture
-def start(run_context):
-    """``start(raw, inputs=None)`` starts a run in the background (``Started``)."""
-    return lambda raw, inputs=None: Started(run_context, raw, inputs)
+async def start(run_context):
+    """``start(raw, inputs=None)`` starts a run in the background (``Started``). A run the
+    test left unfinished (it failed early) is cancelled and awaited here: none outlives its
+    test, to pause or write on the session's loop during the next ones."""
+    runs: list[Started] = []
+
+    def starting(raw, inputs=None) -> Started:
+        runs.append(Started(run_context, raw, inputs))
+        return runs[-1]
+
+    yield starting
+    for run in runs:
+        if not run.task.done():
+            run.task.cancel()
+        await asyncio.wait({run.task}, timeout=120)
 
 
 def approval_canvas(**approval_data):
@@ -206,8 +218,11 @@ async def test_resume_of_an_unknown_run_or_node_is_not_waiting(start):
     await run.pending(1)
     answer = await resume_approval(await run.id(), "nobody", values={"approved": True})
     assert answer.status == "not_waiting"
-    await resume_approval(await run.id(), "ask", values={"approved": True, "reason": "cleanup"})
-    await run.result()
+    assert len(await pending_approvals(await run.id())) == 1  # the run still waits on its own node
+    answer = await resume_approval(await run.id(), "ask", values={"approved": True, "reason": "done"})
+    assert answer.status == "accepted", answer.message
+    state, result = await run.result()
+    assert state.is_completed() and result["nodes"]["ship"]["output"] == "shipped because done"
 
 
 class FailingPrefect:

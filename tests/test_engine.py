@@ -224,8 +224,11 @@ async def test_cancelling_the_run_cancels_running_nodes():
     registry = make_registry()
     plan = compiled(canvas([sleep("slow", 5)]), registry)
     execution = Execution(plan, registry, run_id="r", inputs={})
+    slow_started = asyncio.Event()
+    execution.bus.subscribe(lambda e: slow_started.set() if (e.type, e.node_id) == ("node:started", "slow") else None)
     task = asyncio.create_task(execution.run())
-    await asyncio.sleep(0.2)
+    await asyncio.wait_for(slow_started.wait(), 60)  # cancelled while its node runs, not before
+    assert execution.record.nodes["slow"].status == "running"
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

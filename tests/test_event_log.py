@@ -22,7 +22,7 @@ import pytest
 
 from flows.event_log import (EventLog, EventLogSettings, EventLogWriter, RedisEventLog,
                              SqlEventLog, StoredEvent, event_log_from_env, event_log_from_settings)
-from flows.events import FINAL_EVENT_TYPES, EventBus, RunEvent
+from flows.events import EventBus, RunEvent
 
 PG_ADMIN_DSN = os.environ.get("FLOWMAESTRO_TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("FLOWMAESTRO_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -90,16 +90,24 @@ def _url(backend: str, tmp_path: Any, pg_url: str) -> str:
     return REDIS_URL
 
 
-@pytest.fixture(params=["sqlite", "postgresql", "redis"])
-async def logs(request, tmp_path, pg_url):
-    factory = Logs(request.param, _url(request.param, tmp_path, pg_url))
+ON_SERVICES = pytest.mark.services  # PostgreSQL or Redis: not in make test-fast
+
+
+def _pg_url_if_needed(request) -> str | None:
+    """The session's PostgreSQL database, created only when a postgresql test asks for it."""
+    return request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=ON_SERVICES), pytest.param("redis", marks=ON_SERVICES)])
+async def logs(request, tmp_path):
+    factory = Logs(request.param, _url(request.param, tmp_path, _pg_url_if_needed(request)))
     yield factory
     await factory.aclose()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def sql_logs(request, tmp_path, pg_url):
-    factory = Logs(request.param, _url(request.param, tmp_path, pg_url))
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=ON_SERVICES)])
+async def sql_logs(request, tmp_path):
+    factory = Logs(request.param, _url(request.param, tmp_path, _pg_url_if_needed(request)))
     yield factory
     await factory.aclose()
 
@@ -541,6 +549,7 @@ async def test_sqlite_engines_share_one_setup(tmp_path):
             await engine.dispose()
 
 
+@pytest.mark.services
 @pytest.mark.parametrize("use_script", [True, False], ids=["lua", "pipeline"])
 async def test_redis_stream_expires_retention_days_after_its_last_append(redis_logs, use_script):
     log = redis_logs.new(retention_days=0.5, use_script=use_script)
@@ -561,6 +570,7 @@ async def test_redis_stream_expires_retention_days_after_its_last_append(redis_l
     assert [entry_id for entry_id, _ in entries] == ["1-0", "2-0"]  # seq == stream id
 
 
+@pytest.mark.services
 @pytest.mark.parametrize("use_script", [True, False], ids=["lua", "pipeline"])
 async def test_redis_append_raises_other_errors(redis_logs, use_script):
     from redis.exceptions import ResponseError
@@ -613,8 +623,18 @@ async def test_event_log_from_settings_uses_the_settings_given_not_the_environme
         await redis_log.close()
 
 
-def test_final_event_types_end_the_stream():
-    assert {"execution:completed", "execution:failed", "execution:cancelled"} == FINAL_EVENT_TYPES
+@pytest.mark.parametrize("final", ["execution:completed", "execution:failed", "execution:cancelled"])
+async def test_a_follower_ends_at_each_final_event_and_not_at_a_pause(tmp_path, final):
+    log = SqlEventLog(f"sqlite+aiosqlite:///{tmp_path / 'final.db'}", poll_interval=0.02)
+    try:
+        run = str(uuid.uuid4())
+        await log.append([event(run, 1), event(run, 2, "execution:paused"), event(run, 3, "execution:resumed"),
+                          event(run, 4, final)])
+        received = await collect(log, run)  # returns only because the stream ends by itself
+        assert [e.type for e in received] == ["execution:started", "execution:paused", "execution:resumed", final]
+        assert received[-1].final and not any(e.final for e in received[:-1])
+    finally:
+        await log.close()
 
 
 async def test_a_held_final_event_is_stored_only_once_released(tmp_path):
@@ -627,11 +647,10 @@ async def test_a_held_final_event_is_stored_only_once_released(tmp_path):
     writer.attach(bus)
     bus.publish("execution:started", status="running")
     bus.publish("execution:completed", status="completed", output=1)
-    for _ in range(50):
-        if await log.read("run-held", after=0, limit=10):
-            break
-        await asyncio.sleep(0.02)
-    await asyncio.sleep(0.2)
+    # The writer has stored what it was given and has nothing queued: the held final event
+    # could reach the log only through its queue, so it is not there, now or later.
+    await wait_for(lambda: writer.stored == 1, "the first event stored")
+    assert writer.pending == 0 and not writer.finished
     assert [e.type for e in await log.read("run-held", after=0, limit=10)] == ["execution:started"]
     writer.release_final()
     await writer.close()

@@ -76,6 +76,13 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         postgres.stop()
 
 
+@pytest.fixture(autouse=True)
+def services_back(stack):
+    """Every test starts on a whole stack: what a test before stopped is back and seen by the
+    API, and nothing a test started still runs (its runs are awaited by the test itself)."""
+    wait_until(lambda: set(health(stack.api).values()) == {"ok"}, timeout=60, what="every service seen up")
+
+
 def slow_workflow(api: httpx.Client, seconds: float) -> str:
     raw = {"name": f"slow-{uuid.uuid4().hex[:6]}",
            "nodes": [{"id": "start", "type": "start", "data": {}},
@@ -177,6 +184,7 @@ def test_postgres_killed_then_back(stack):
     assert [w["id"] for w in api.get("/api/workflows").json()].count(workflow_id) == 1
     after = api.post(f"/api/workflows/{workflow_id}/execute", json={})
     assert after.status_code == 202, after.text
+    assert wait_ended(api, after.json()["execution_id"])["status"] == "completed"  # not left to the next test
 
 
 def test_postgres_frozen_answers_503_in_bounded_time(stack):
@@ -245,7 +253,8 @@ def test_prefect_killed_then_back(stack):
     result = wait_ended(api, before, timeout=180)
     assert result["status"] == "completed", result
     assert_whole(events_of(api, before))
-    assert api.post(f"/api/workflows/{workflow_id}/execute", json={}).status_code == 202
+    again = api.post(f"/api/workflows/{workflow_id}/execute", json={})
+    assert again.status_code == 202, again.text
     # The approval asked before the outage is still waiting, and answered now, the run goes on.
     pending = wait_until(lambda: api.get(f"/api/executions/{waiting}").json()["pending_approvals"], timeout=60,
                          what="the approval listed again")
@@ -254,3 +263,4 @@ def test_prefect_killed_then_back(stack):
     assert answer.status_code == 200, answer.text
     approved = wait_ended(api, waiting)
     assert approved["status"] == "completed" and approved["output"] == "yes", approved
+    assert wait_ended(api, again.json()["execution_id"], timeout=180)["status"] == "completed"

@@ -318,11 +318,17 @@ def test_retry_after_as_seconds_or_http_date() -> None:
     assert parse_retry_after("soon") is None and parse_retry_after(None) is None
 
 
-def test_default_retry_policy() -> None:
-    policy = HttpHandler.default_retry
-    assert (policy.max_attempts, policy.initial_delay_s, policy.backoff_factor, policy.max_delay_s,
-            policy.jitter) == (3, 1.0, 2.0, 30.0, 0.2)
-    assert policy.retry_on == {"5xx", "429", "timeout", "connection"}
+@pytest.mark.usefixtures("loopback_allowed")
+async def test_by_default_a_timeout_or_a_refused_connection_is_tried_three_times(web: RecordingApp, base: str) -> None:
+    """The default policy's classes and attempts, as a run sees them (5xx, 4xx and 429: the
+    tests above)."""
+    from tests.processes import free_port
+
+    for data, retry_class in (({"url": f"{base}/slow?delay=1", "timeout_s": 0.3}, "timeout"),
+                              ({"url": f"http://127.0.0.1:{free_port()}/"}, "connection")):
+        run = await run_with_retries(HttpHandler(), data)
+        assert isinstance(run.result.error, NodeError) and run.result.attempts == 3, (retry_class, run.result)
+        assert [getattr(exc, "retry_class", None) for _, exc, _ in run.retries] == [retry_class] * 2
 
 
 # Timeouts, connection errors, size

@@ -163,7 +163,7 @@ def _shifted(entry: NodeOutcome, seconds: float) -> NodeOutcome:
     return dataclasses.replace(entry, started_at=entry.started_at + timedelta(seconds=seconds))
 
 
-@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
 async def test_the_store_keeps_and_replaces_outcomes(database, tmp_path):
     from store.db import make_engine, sessions, upgrade_schema
     from store.queries import NodeOutcomes

@@ -215,11 +215,19 @@ async def test_a_slow_stream_times_out(openai_server: FakeOpenAI) -> None:
     assert time.monotonic() - started < 2.5
 
 
-def test_default_retry_policy() -> None:
-    for handler in (LlmHandler, RouterHandler):
-        policy = handler.default_retry
-        assert policy.max_attempts == 3
-        assert policy.retry_on == {"timeout", "connection", "5xx", "429", "error"}
+@pytest.mark.parametrize("handler", [LlmHandler, RouterHandler])
+async def test_by_default_a_model_out_of_reach_or_too_slow_is_tried_three_times(openai_server: FakeOpenAI,
+                                                                                 handler: type) -> None:
+    """The default policy's classes and attempts, as a run sees them (a 5xx, a 429 and a
+    malformed reply: the tests above)."""
+    from tests.processes import free_port
+
+    data = llm_data(openai_server) if handler is LlmHandler else router_data(openai_server)
+    cases = (({"base_url": f"http://127.0.0.1:{free_port()}/v1"}, "connection"), ({"model": "slow", "timeout_s": 0.3}, "timeout"))
+    for changes, retry_class in cases:
+        run = await run_with_retries(handler(), {**data, **changes})
+        assert run.result.error is not None and run.result.attempts == 3, (retry_class, run.result)
+        assert [getattr(exc, "retry_class", None) for _, exc, _ in run.retries] == [retry_class] * 2
 
 
 # Router

@@ -23,7 +23,7 @@ from prefect.exceptions import ObjectNotFound
 from api.app import create_app
 from api.settings import ApiSettings
 from deployments.workflow_deployments import deployment_name
-from tests.support import api_without_prefect, canvas, node
+from tests.support import canvas, node
 
 pytestmark = pytest.mark.prefect
 
@@ -345,16 +345,3 @@ async def test_invalid_schedule_requests_are_precise_4xx(api):
     changed = await api.patch(f"{url}/{sid}", json={"timezone": "America/New_York"})
     assert changed.status_code == 200 and (changed.json()["cron"], changed.json()["timezone"]) == (
         "0 1 * * *", "America/New_York")
-
-
-async def test_prefect_down_answers_503_naming_it(tmp_path, stack):
-    url, _pool = stack
-    settings = ApiSettings(database_url=url, api_keys=f"solo:{KEY}-solo", home=tmp_path, prefect_timeout_s=3,
-                           work_pool="nowhere")
-    async with api_without_prefect(settings, f"{KEY}-solo") as client:
-        saved = (await client.post("/api/workflows", json={"canvas": hello()})).json()
-        for answer in (await client.post(f"/api/workflows/{saved['id']}/schedules",
-                                         json={"cron": "0 1 * * *", "inputs": {"who": "x"}}),
-                       await client.get(f"/api/workflows/{saved['id']}/schedules")):
-            assert answer.status_code == 503, answer.text
-            assert answer.json()["service"] == "prefect" and answer.headers["retry-after"] == "5"

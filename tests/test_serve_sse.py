@@ -19,6 +19,7 @@ import pytest
 from httpx_sse import aconnect_sse
 
 from tests.openai_server import FakeOpenAI
+from tests import support
 from tests.processes import free_port
 
 pytestmark = [pytest.mark.prefect, pytest.mark.usefixtures("prefect_server")]
@@ -74,11 +75,7 @@ async def save_and_execute(client: httpx.AsyncClient, raw: dict, inputs: dict | 
     # Saving creates a Prefect deployment: after the fan-out tests the session's Prefect
     # server (SQLite) may take tens of seconds to answer; the API waits up to 60 s for it.
     client.timeout = httpx.Timeout(120)
-    saved = await client.post("/api/workflows", json={"canvas": raw})
-    assert saved.status_code == 201, saved.text
-    started = await client.post(f"/api/workflows/{saved.json()['id']}/execute", json={"inputs": inputs or {}})
-    assert started.status_code == 202, started.text
-    return started.json()["execution_id"]
+    return await support.save_and_execute(client, raw, inputs, deployed=False)
 
 
 async def collect(base: str, execution_id: str, *, last_event_id: str | None = None, stop_after: int | None = None):

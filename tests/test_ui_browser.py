@@ -24,7 +24,7 @@ from httpx_sse import aconnect_sse
 
 from tests.openai_server import FakeOpenAI, Reply
 from tests.processes import free_port, start_serve
-from tests.support import summary_artifact_of, wait_final
+from tests.support import save_and_execute, summary_artifact_of, wait_final
 from tests.test_prefect_ui import CHROMIUM, CHROMIUM_ARGS, require_chromium
 
 pytestmark = [pytest.mark.prefect, pytest.mark.usefixtures("prefect_server")]
@@ -157,11 +157,7 @@ async def context(browser):
 
 async def execute(base: str, raw: dict, inputs: dict | None = None) -> str:
     async with httpx.AsyncClient(base_url=base, headers=AUTH, timeout=120) as client:
-        saved = await client.post("/api/workflows", json={"canvas": raw})
-        assert saved.status_code == 201, saved.text
-        started = await client.post(f"/api/workflows/{saved.json()['id']}/execute", json={"inputs": inputs or {}})
-        assert started.status_code == 202, started.text
-        return started.json()["execution_id"]
+        return await save_and_execute(client, raw, inputs, deployed=False)
 
 
 async def final(base: str, run_id: str) -> dict:

@@ -20,7 +20,7 @@ from api.rate_limit import MemoryRateLimiter, RedisRateLimiter
 from api.settings import ApiSettings
 from api.signing import sign
 from store.secrets import KEY_FILE, SecretBox
-from tests.support import api_without_prefect, canvas, node
+from tests.support import canvas, node
 from tests.support import wait_final as _wait_final
 
 wait_final = partial(_wait_final, timeout=90)
@@ -301,15 +301,3 @@ def test_the_secret_key_comes_from_the_environment_or_a_private_key_file(tmp_pat
     from_file = SecretBox.from_settings(None, tmp_path)
     assert stat.S_IMODE((tmp_path / KEY_FILE).stat().st_mode) == 0o600
     assert SecretBox.from_settings(None, tmp_path).open(from_file.seal("s")) == "s"  # the same key next time
-
-
-async def test_prefect_down_answers_503_naming_it(tmp_path, stack):
-    url, _pool, _name = stack
-    settings = ApiSettings(database_url=url, api_keys=f"solo:{KEY}-solo", home=tmp_path, prefect_timeout_s=3,
-                           work_pool="nowhere")
-    async with api_without_prefect(settings, f"{KEY}-solo") as client:
-        saved = (await client.post("/api/workflows", json={"canvas": hello()})).json()
-        hook = (await client.post(f"/api/workflows/{saved['id']}/webhooks", json={"name": "x"})).json()
-        answer = await deliver(client, hook, {"who": "x"})
-        assert answer.status_code == 503, answer.text
-        assert answer.json()["service"] == "prefect" and answer.headers["retry-after"] == "5"

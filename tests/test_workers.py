@@ -3,7 +3,7 @@
 The API (`flowmaestro serve --workers 0`) and the workers (`flowmaestro worker`) are
 separate processes, as in production: a run started by the API, one started through
 Prefect's API as its UI's Run form does it, one started by a parent workflow; twenty runs
-over two workers with a cached node executed once; the API killed mid-run.
+over two workers with a cached node executed once; an API process killed mid-run.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 from prefect.client.orchestration import PrefectClient
 
 from tests.processes import postgres_database, stack_env, start_serve, start_worker, wait_until
-from tests.support import wait_final
+from tests.support import save, save_and_execute, wait_final, wait_running
 
 final = partial(wait_final, timeout=120)
 
@@ -52,13 +52,6 @@ def workers(stack, api):
 
 def client(base: str) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=base, headers=AUTH, timeout=30)
-
-
-async def save(http: httpx.AsyncClient, raw: dict) -> dict:
-    saved = await http.post("/api/workflows", json={"canvas": raw})
-    assert saved.status_code == 201, saved.text
-    assert not [w for w in saved.json()["warnings"] if w["code"] == "deployment_pending"], saved.text
-    return saved.json()
 
 
 def greeting(name: str) -> dict:
@@ -166,9 +159,9 @@ async def test_runs_are_named_after_their_workflow_in_prefect(api, workers, pg_p
         assert (await prefect.read_flow_run(uuid.UUID(run_id))).name == name
 
 
-async def test_the_api_killed_mid_run_changes_nothing_for_the_run(stack, api, workers, counting):
+async def test_the_api_killed_mid_run_changes_nothing_for_the_run(stack, workers, counting):
+    """Its own API process, killed: the module's stays up for the other tests, in any order."""
     home, env = stack
-    proc, base = api
     path = f"/after-{uuid.uuid4().hex[:6]}"
     raw = {"name": f"slow-{uuid.uuid4().hex[:6]}",
            "nodes": [{"id": "start", "type": "start", "data": {}},
@@ -178,14 +171,13 @@ async def test_the_api_killed_mid_run_changes_nothing_for_the_run(stack, api, wo
            "edges": [{"id": "e1", "source": "start", "target": "wait"},
                      {"id": "e2", "source": "wait", "target": "after"},
                      {"id": "e3", "source": "after", "target": "end"}]}
-    async with client(base) as http:
-        saved = await save(http, raw)
-        run_id = (await http.post(f"/api/workflows/{saved['id']}/execute", json={})).json()["execution_id"]
-        for _ in range(100):
-            if (await http.get(f"/api/executions/{run_id}")).json()["status"] == "running":
-                break
-            await asyncio.sleep(0.1)
-    proc.kill()  # SIGKILL: the API gets no chance to do anything
+    doomed, base = start_serve(home, env, workers=0)
+    try:
+        async with client(base) as http:
+            run_id = await save_and_execute(http, raw)
+            await wait_running(http, run_id, "wait")
+    finally:
+        doomed.kill()  # SIGKILL: the API gets no chance to do anything
     wait_until(lambda: counting.counts[path] == 1, timeout=60, what="the run's last node calling out")
     restarted, new_base = start_serve(home, env, workers=0)
     try:

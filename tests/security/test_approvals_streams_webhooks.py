@@ -63,7 +63,7 @@ async def test_stream_resume_ids_beyond_a_64_bit_seq_are_a_clean_422(tmp_path):
         assert (await client.get(stream, params={"after": -1})).status_code == 422
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("redis", marks=pytest.mark.services)])
 async def test_event_logs_refuse_an_after_no_seq_can_reach(backend, tmp_path):
     log = RedisEventLog(REDIS_URL) if backend == "redis" \
         else SqlEventLog(f"sqlite+aiosqlite:///{tmp_path / 'events.db'}")
@@ -137,6 +137,7 @@ async def test_a_timestamp_more_than_30_s_ahead_is_refused(api):  # noqa: F811
     assert slightly.status_code == 202, slightly.text
 
 
+@pytest.mark.services
 async def test_signatures_are_remembered_across_api_processes_for_the_window():
     from redis.asyncio import Redis
 

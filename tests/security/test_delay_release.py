@@ -20,7 +20,7 @@ import pytest
 from deployments import recovery
 from flows import prefect_compat
 from deployments.worker import BeatingSignals
-from tests.security.test_worker_dos import owner_client, prefect_states, save_and_start, sent, sleeper  # noqa: F401
+from tests.security.owners import owner_client, owners_stack, prefect_states, save_and_start, sleeper
 
 
 BOB, ALICE = "bob-key-delay-release", "alice-key-delay-release"
@@ -29,7 +29,7 @@ RELEASE_S = 2
 """The test's FLOWMAESTRO_DELAY_RELEASE_S: delays longer than the workers' prefetch (10 s) are released."""
 
 
-async def test_a_run_letting_go_of_its_worker_gets_no_heartbeat_after_it_said_so(sent):  # noqa: F811
+async def test_a_run_letting_go_of_its_worker_gets_no_heartbeat_after_it_said_so(sent):
     """The release stops the run's heartbeats before it suspends the run: a beat after the
     suspension would start the lost-worker watch again and the run would be marked Crashed
     (seen: 1 of 20 released runs). Not as a held run, nor as a child (the run is still among
@@ -95,20 +95,11 @@ async def test_a_delay_asks_to_release_the_run_until_its_end_only_when_nothing_e
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, pg_prefect):
-    from tests.processes import postgres_database, stack_env, start_serve
-
-    home = tmp_path_factory.mktemp("delay-release")
     pool = f"delays-{uuid.uuid4().hex[:6]}"
-    with postgres_database("fm_store") as database_url:
-        env = stack_env(home, pg_prefect, database_url, BOB, FLOWMAESTRO_API_KEYS=f"bob:{BOB},alice:{ALICE}",
-                        FLOWMAESTRO_WORK_POOL=pool, FLOWMAESTRO_WORKER_LIMIT="20", FLOWMAESTRO_OWNER_MAX_RUNS="",
-                        FLOWMAESTRO_DELAY_RELEASE_S=str(RELEASE_S), FLOWMAESTRO_CRASH_DETECT_S=str(CRASH_DETECT_S),
-                        FLOWMAESTRO_WORKER_GRACE_S="2")
-        proc, base = start_serve(home, env, workers=1)
-        try:
-            yield base, pool, database_url
-        finally:
-            proc.stop()
+    with owners_stack(tmp_path_factory.mktemp("delay-release"), pg_prefect, bob=BOB, alice=ALICE, pool=pool,
+                      FLOWMAESTRO_OWNER_MAX_RUNS="", FLOWMAESTRO_DELAY_RELEASE_S=str(RELEASE_S),
+                      FLOWMAESTRO_CRASH_DETECT_S=str(CRASH_DETECT_S)) as (base, database_url):
+        yield base, pool, database_url
 
 
 async def delayed_state(prefect_url: str, run_id: str):

@@ -76,6 +76,20 @@ def plant(path: Path, record: dict) -> None:
     path.write_text(json.dumps(record))
 
 
+async def forged_completed_run(marker: Path):
+    """(b) and (c) on Prefect alone: a pickle record that touches ``marker`` planted in the
+    default result storage, and a new flow run forced Completed with its result there; the
+    state Prefect now hands back for that run."""
+    from prefect.results import aget_default_result_storage
+
+    storage = await aget_default_result_storage()
+    key = f"present-{uuid.uuid4().hex}"
+    plant(Path(storage.basepath) / key, record_shaped(marker))
+    run_id = await new_flow_run()
+    await forge_completed(run_id, key)
+    return await forged_state_of(run_id)
+
+
 def files_under(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
 
@@ -125,15 +139,9 @@ async def test_plant_forge_read_runs_no_code_in_the_api(served, tmp_path):
 @pytest.mark.prefect
 async def test_prefects_own_reader_would_run_the_forged_pickle(prefect_server, tmp_path):
     """The forgery the test above makes is the real thing: ``State.result()`` runs it."""
-    from prefect.results import aget_default_result_storage
-
     marker = tmp_path / "unpickled"
-    storage = await aget_default_result_storage()
-    key = f"present-{uuid.uuid4().hex}"
-    plant(Path(storage.basepath) / key, record_shaped(marker))
-    run_id = await new_flow_run()
-    await forge_completed(run_id, key)
-    await (await forged_state_of(run_id)).result(raise_on_failure=False)
+    forged = await forged_completed_run(marker)
+    await forged.result(raise_on_failure=False)
     assert marker.exists()
 
 
@@ -141,20 +149,13 @@ async def test_prefects_own_reader_would_run_the_forged_pickle(prefect_server, t
 async def test_a_sub_workflow_parent_and_the_cli_refuse_a_forged_result(prefect_server, tmp_path, monkeypatch):
     """The parent of a sub-workflow and ``flowmaestro run`` read the state their child / run
     ended in: a forged one (as Prefect could hand back) is refused, its pickle never loaded."""
-    from prefect.results import aget_default_result_storage
-
     import flows.flow
     from cli.progress import run_with_progress
     from flows.subworkflows import PrefectSubworkflows
     from node_handlers.base import NodeError
 
     marker = tmp_path / "unpickled"
-    storage = await aget_default_result_storage()
-    key = f"present-{uuid.uuid4().hex}"
-    plant(Path(storage.basepath) / key, record_shaped(marker))
-    run_id = await new_flow_run()
-    await forge_completed(run_id, key)
-    forged = await forged_state_of(run_id)
+    forged = await forged_completed_run(marker)
 
     async def child_flow(**_: object):
         return forged

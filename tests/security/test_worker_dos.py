@@ -20,18 +20,11 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from deployments import recovery
+from tests.security.owners import (owner_client, owners_stack, prefect_states, save_and_start, sleeper, state_types,
+                                   statuses, wait_for_state)
 
 
 # --- heartbeats that do not need an idle event loop ------------------------------------------------
-
-
-@pytest.fixture
-def sent(monkeypatch):
-    """The heartbeat events emitted, with the time each was sent."""
-    events: list[tuple[float, str, str]] = []
-    monkeypatch.setattr(recovery, "emit_event", lambda event, resource, related=None: events.append(
-        (time.monotonic(), event, resource["prefect.resource.id"])))
-    return events
 
 
 async def beating_for(sent, run: str) -> None:
@@ -186,63 +179,10 @@ def pool() -> str:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, pg_prefect, pool):
-    """``flowmaestro serve`` with one worker of 20 slots, bob and alice as owners, crash
-    detection at its shortest (15 s), owners limited to 10 runs in flight (the default)."""
-    from tests.processes import postgres_database, stack_env, start_serve
-
-    home = tmp_path_factory.mktemp("worker-dos")
-    with postgres_database("fm_store") as database_url:
-        env = stack_env(home, pg_prefect, database_url, BOB, FLOWMAESTRO_API_KEYS=f"bob:{BOB},alice:{ALICE}",
-                        FLOWMAESTRO_WORK_POOL=pool, FLOWMAESTRO_WORKER_LIMIT="20",
-                        FLOWMAESTRO_CRASH_DETECT_S=str(CRASH_DETECT_S), FLOWMAESTRO_WORKER_GRACE_S="2")
-        proc, base = start_serve(home, env, workers=1)
-        try:
-            yield base
-        finally:
-            proc.stop()
-
-
-def owner_client(base: str, key: str):
-    import httpx
-
-    return httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=60)
-
-
-async def save_and_start(http, raw: dict, runs: int = 1, inputs: dict | None = None) -> list[str]:
-    saved = await http.post("/api/workflows", json={"canvas": raw})
-    assert saved.status_code == 201, saved.text
-    started = await asyncio.gather(*(http.post(f"/api/workflows/{saved.json()['id']}/execute",
-                                               json={"inputs": inputs or {}}) for _ in range(runs)))
-    assert [s.status_code for s in started] == [202] * runs, [s.text for s in started]
-    return [s.json()["execution_id"] for s in started]
-
-
-def sleeper(name: str, seconds: float, held: bool = False) -> dict:
-    """A run that waits ``seconds`` on a delay; ``held``: one that keeps its worker slot all
-    along (a ``timeout_s`` makes the delay a task run of its own, which is never released:
-    tests/security/test_delay_release.py shows the release)."""
-    from tests.support import canvas, node
-
-    wait = node("wait", "delay", data={"seconds": seconds}, **({"timeout_s": seconds + 600} if held else {}))
-    return canvas([node("start", "start"), wait,
-                   node("end", "end", data={"output": "{{ wait.waited_s }}"})],
-                  [("start", "wait"), ("wait", "end")], name=name)
-
-
-async def statuses(http, run_ids: list[str]) -> list[str]:
-    answers = await asyncio.gather(*(http.get(f"/api/executions/{run_id}") for run_id in run_ids))
-    return [a.json()["status"] for a in answers]
-
-
-async def state_types(prefect_url: str, run_id: str) -> list[str]:
-    """The types of a flow run's states, oldest first."""
-    import uuid
-
-    from prefect.client.orchestration import PrefectClient
-
-    async with PrefectClient(prefect_url) as prefect:
-        states = await prefect.read_flow_run_states(uuid.UUID(run_id))
-    return [s.type.value for s in sorted(states, key=lambda s: s.timestamp)]
+    """Crash detection at its shortest (15 s), owners limited to 10 runs in flight (the default)."""
+    with owners_stack(tmp_path_factory.mktemp("worker-dos"), pg_prefect, bob=BOB, alice=ALICE, pool=pool,
+                      FLOWMAESTRO_CRASH_DETECT_S=str(CRASH_DETECT_S)) as (base, _database_url):
+        yield base
 
 
 @pytest.mark.prefect
@@ -421,25 +361,6 @@ async def test_setting_back_a_paused_run_keeps_its_pause_key(prefect_server):
         state = (await client.read_flow_run(flow_run.id)).state
     assert state.type == StateType.PAUSED and state.state_details.pause_key == "approval-1"
     assert state.message == "set back to Paused: test"
-
-
-async def prefect_states(prefect_url: str, run_id: str) -> list:
-    import uuid
-
-    from prefect.client.orchestration import PrefectClient
-
-    async with PrefectClient(prefect_url) as prefect:
-        return sorted(await prefect.read_flow_run_states(uuid.UUID(run_id)), key=lambda s: s.timestamp)
-
-
-async def wait_for_state(prefect_url: str, run_id: str, check, *, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        states = await prefect_states(prefect_url, run_id)
-        if states and check(states):
-            return states
-        await asyncio.sleep(0.5)
-    raise AssertionError(f"not {what} within {timeout:.0f} s: {[(s.name, s.message) for s in states]}")
 
 
 @pytest.mark.prefect

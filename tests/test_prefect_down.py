@@ -1,0 +1,78 @@
+"""With nothing listening at the Prefect API URL, every route that needs Prefect answers 503
+naming it, with Retry-After, within the configured bound; saving keeps the workflow (with a
+warning) and nothing saved is lost. The API in this process on SQLite: no service needed."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+
+from api.settings import ApiSettings
+from api.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from tests.support import api_without_prefect, canvas, node
+
+KEY = "solo-key"
+PREFECT_TIMEOUT_S = 1  # every call to Prefect fails here: a short bound keeps the test short
+ANSWER_WITHIN_S = 15
+"""The bound on a request while Prefect is down: PREFECT_TIMEOUT_S per call to Prefect, and a
+loaded machine."""
+
+
+@pytest.fixture
+async def client(tmp_path):
+    settings = ApiSettings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'api.db'}", api_keys=f"solo:{KEY}",
+                           home=tmp_path, prefect_timeout_s=PREFECT_TIMEOUT_S, work_pool="nowhere")
+    async with api_without_prefect(settings, KEY) as client:
+        yield client
+
+
+def hello() -> dict:
+    return canvas([node("start", "start"), node("greet", data={"output": "Hello {{ inputs.who }}"}),
+                   node("end", "end", data={"output": "{{ greet }}"})],
+                  [("start", "greet"), ("greet", "end")], name=f"hello-{uuid.uuid4().hex[:6]}",
+                  inputs={"who": {"type": "string", "required": True}})
+
+
+async def execute(client, workflow_id: str):
+    return await client.post(f"/api/workflows/{workflow_id}/execute", json={"inputs": {"who": "Ada"}})
+
+
+async def add_schedule(client, workflow_id: str):
+    return await client.post(f"/api/workflows/{workflow_id}/schedules", json={"cron": "0 1 * * *", "inputs": {"who": "x"}})
+
+
+async def list_schedules(client, workflow_id: str):
+    return await client.get(f"/api/workflows/{workflow_id}/schedules")
+
+
+async def deliver_webhook(client, workflow_id: str):
+    hook = await client.post(f"/api/workflows/{workflow_id}/webhooks", json={"name": "x"})
+    assert hook.status_code == 201, hook.text  # webhooks are FlowMaestro's records: no Prefect needed
+    body, now = json.dumps({"who": "x"}).encode(), int(time.time())
+    headers = {TIMESTAMP_HEADER: str(now), SIGNATURE_HEADER: sign(hook.json()["secret"], now, body),
+               "content-type": "application/json", "Authorization": ""}  # the signature is the credential
+    return await client.post(hook.json()["url"], content=body, headers=headers)
+
+
+@pytest.mark.parametrize("request_needing_prefect", [execute, add_schedule, list_schedules, deliver_webhook],
+                         ids=lambda call: call.__name__)
+async def test_prefect_down_answers_503_naming_it_and_loses_no_saved_workflow(client, request_needing_prefect):
+    saved = await client.post("/api/workflows", json={"canvas": hello()})
+    assert saved.status_code == 201, saved.text
+    assert [w["code"] for w in saved.json()["warnings"]] == ["deployment_pending"]
+    workflow_id = saved.json()["id"]
+    assert (await client.get(f"/api/workflows/{workflow_id}")).status_code == 200
+    started = time.monotonic()
+    answer = await request_needing_prefect(client, workflow_id)
+    assert time.monotonic() - started < ANSWER_WITHIN_S
+    assert answer.status_code == 503, answer.text
+    assert answer.json()["service"] == "prefect" and answer.headers["retry-after"] == "5", answer.text
+    if request_needing_prefect is execute:
+        key = answer.json()["idempotency_key"]  # to retry safely: the run may exist all the same
+        assert key and f"Idempotency-Key: {key}" in answer.json()["detail"]
+    health = await client.get("/health")
+    assert health.status_code == 503 and health.json()["checks"]["prefect"] != "ok"
+    assert [w["id"] for w in (await client.get("/api/workflows")).json()] == [workflow_id]
