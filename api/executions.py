@@ -140,6 +140,7 @@ def resume_point(last_event_id: str | None) -> int:
     return int(text)
 
 
+STREAM_PATH = "/api/executions/{execution_id}/stream"
 STREAM_EVENT_MODELS = (StreamEvent, RunEventData)
 """The stream's event and its data, published as component schemas (``publish_stream_events``)."""
 
@@ -155,6 +156,13 @@ def publish_stream_events(schema: dict[str, Any]) -> dict[str, Any]:
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     for name, definition in definitions.get("$defs", {}).items():
         components.setdefault(name, definition)
+    # Inline: a schema complete in itself for the tools that check each event's data.
+    components["StreamEvent"]["properties"]["data"]["contentSchema"] = RunEventData.model_json_schema()
+    # FastAPI gives a non-JSON answer the schema {"type": "string"} and merges the route's
+    # own into it: a "type" beside the $ref would say each event is a string.
+    ok = schema.get("paths", {}).get(STREAM_PATH, {}).get("get", {}).get("responses", {}).get("200")
+    if ok is not None:
+        ok["content"]["text/event-stream"]["schema"] = {"$ref": "#/components/schemas/StreamEvent"}
     return schema
 
 
@@ -172,7 +180,7 @@ class EventStream(Response):
     media_type = "text/event-stream"
 
 
-@router.get("/api/executions/{execution_id}/stream", response_class=EventStream,
+@router.get(STREAM_PATH, response_class=EventStream,
             responses=STREAM_ERRORS | {200: {"description": "Server-Sent Events of the run (each a StreamEvent)",
                                              "content": {"text/event-stream": {"schema": {
                                                  "$ref": "#/components/schemas/StreamEvent"}}}}})

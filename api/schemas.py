@@ -178,8 +178,8 @@ class StreamEvent(BaseModel):
 
     id: str | None = Field(None, description="The event's seq: a reconnecting client sends it as Last-Event-ID.")
     event: EventType = Field(description="The event's type: the SSE event field.")
-    data: str = Field(description="The event, as JSON (a RunEventData).", json_schema_extra={
-        "contentMediaType": "application/json", "contentSchema": {"$ref": "#/components/schemas/RunEventData"}})
+    data: str = Field(description="The event, as JSON: a RunEventData.",
+                      json_schema_extra={"contentMediaType": "application/json"})
 
 
 class ResumeBody(BaseModel):
