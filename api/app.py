@@ -163,6 +163,14 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(webhooks.intake)
     ui.mount(app)  # the run page, the list and the playground under /ui (docs/ui.md)
 
+    def openapi() -> dict[str, Any]:
+        # The stream's events are no JSON body, so FastAPI leaves their schemas out: added here.
+        if app.openapi_schema is None:
+            app.openapi_schema = executions.publish_stream_events(FastAPI.openapi(app))
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
     @app.get("/health", tags=["operations"], responses={503: {
         "description": "Degraded: the checks name what is down (with Retry-After)",
         "content": {"application/json": {"schema": {}}}}})

@@ -10,13 +10,14 @@ from http import HTTPStatus
 from typing import Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
+from pydantic.json_schema import models_json_schema
 from sse_starlette.sse import EventSourceResponse
 from starlette.background import BackgroundTask
 
 from api.auth import Owner
 from api.deps import RunsDep
-from api.schemas import (ErrorBody, ExecuteBody, ExecutionAccepted, ExecutionSummary, ResumeBody, ResumeOut,
-                         RetryBody, RunResult, StreamTokenOut)
+from api.schemas import (CancelAccepted, ErrorBody, ExecuteBody, ExecutionAccepted, ExecutionSummary, ResumeBody,
+                         ResumeOut, RetryBody, RunEventData, RunResult, StreamEvent, StreamTokenOut)
 from api.stream_slots import released_after
 from api.stream_tokens import StreamReader
 from flows.event_log import RedisEventLog
@@ -79,9 +80,12 @@ async def read_large_output(execution_id: str, ref: str, owner: Owner, runs: Run
     return Response(await runs.large_output(owner, execution_id, ref), media_type="application/json")
 
 
-@router.post("/api/executions/{execution_id}/cancel", status_code=202, responses=ERRORS)
-async def cancel_execution(execution_id: str, owner: Owner, runs: RunsDep) -> dict[str, str]:
-    return {"status": await runs.cancel(owner, execution_id)}
+@router.post("/api/executions/{execution_id}/cancel", status_code=202, response_model=CancelAccepted,
+             responses=ERRORS)
+async def cancel_execution(execution_id: str, owner: Owner, runs: RunsDep) -> CancelAccepted:
+    """Cancel a run: one that has not started ends at once ('cancelled'); a running one is
+    stopped by its worker ('cancelling', then the run ends 'cancelled'). 409 once it has ended."""
+    return CancelAccepted(status=await runs.cancel(owner, execution_id))
 
 
 @router.post("/api/executions/{execution_id}/retry", status_code=202, response_model=ExecutionAccepted,
@@ -136,11 +140,30 @@ def resume_point(last_event_id: str | None) -> int:
     return int(text)
 
 
-SSE_EVENT = {"type": "object", "required": ["event", "data"], "properties": {
-    "id": {"type": "string", "description": "The event's seq: a reconnecting client sends it as Last-Event-ID."},
-    "event": {"type": "string", "description": "The event's type: execution:* or node:* (canvas spec, section 10)."},
-    "data": {"type": "string", "contentMediaType": "application/json", "description": "The event, as JSON."}}}
-"""One event of the stream (what OpenAPI before 3.2 has a ``text/event-stream`` schema describe)."""
+STREAM_PATH = "/api/executions/{execution_id}/stream"
+STREAM_EVENT_MODELS = (StreamEvent, RunEventData)
+"""The stream's event and its data, published as component schemas (``publish_stream_events``)."""
+
+
+def publish_stream_events(schema: dict[str, Any]) -> dict[str, Any]:
+    """Add ``StreamEvent``, ``RunEventData`` and ``EventType`` to an OpenAPI ``schema``'s
+    component schemas, where the stream route's 200 response refers to them.
+
+    FastAPI publishes only the models of JSON bodies: given the stream's event as its
+    response model, it would also document a JSON answer the route never gives."""
+    _, definitions = models_json_schema([(model, "serialization") for model in STREAM_EVENT_MODELS],
+                                        ref_template="#/components/schemas/{model}")
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for name, definition in definitions.get("$defs", {}).items():
+        components.setdefault(name, definition)
+    # Inline: a schema complete in itself for the tools that check each event's data.
+    components["StreamEvent"]["properties"]["data"]["contentSchema"] = RunEventData.model_json_schema()
+    # FastAPI gives a non-JSON answer the schema {"type": "string"} and merges the route's
+    # own into it: a "type" beside the $ref would say each event is a string.
+    ok = schema.get("paths", {}).get(STREAM_PATH, {}).get("get", {}).get("responses", {}).get("200")
+    if ok is not None:
+        ok["content"]["text/event-stream"]["schema"] = {"$ref": "#/components/schemas/StreamEvent"}
+    return schema
 
 
 STREAM_ERRORS: dict[int | str, dict[str, Any]] = {
@@ -157,9 +180,10 @@ class EventStream(Response):
     media_type = "text/event-stream"
 
 
-@router.get("/api/executions/{execution_id}/stream", response_class=EventStream,
-            responses=STREAM_ERRORS | {200: {"description": "Server-Sent Events of the run",
-                                             "content": {"text/event-stream": {"schema": SSE_EVENT}}}})
+@router.get(STREAM_PATH, response_class=EventStream,
+            responses=STREAM_ERRORS | {200: {"description": "Server-Sent Events of the run (each a StreamEvent)",
+                                             "content": {"text/event-stream": {"schema": {
+                                                 "$ref": "#/components/schemas/StreamEvent"}}}}})
 async def stream_execution(execution_id: str, request: Request, owner: StreamReader, runs: RunsDep,
                            after: int | None = Query(None, ge=0, le=MAX_SEQ, description="Replay events after "
                                                      "this id (0 to 2^63-1)."),

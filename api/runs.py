@@ -20,7 +20,7 @@ import asyncio
 import builtins
 import logging
 import uuid
-from typing import Any
+from typing import Any, cast
 
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import State, StateType
@@ -40,21 +40,23 @@ from node_handlers.registry import HandlerRegistry
 from store.db import ExecutionRow
 from store.errors import Conflict, Invalid, NotFound
 from store.queries import FINAL_STATUSES, Executions, NodeOutcomes, SavedVersion, Workflows
+from store.vocabulary import NODE_STATUS_OF_EVENT, EventType, RunStatus
 
 log = logging.getLogger("flowmaestro.api.runs")
 
 STATUS_OF_STATE = {
-    StateType.SCHEDULED: "pending", StateType.PENDING: "pending", StateType.RUNNING: "running",
-    StateType.PAUSED: "paused", StateType.CANCELLING: "running", StateType.COMPLETED: "completed",
-    StateType.FAILED: "failed", StateType.CANCELLED: "cancelled",
+    StateType.SCHEDULED: RunStatus.PENDING, StateType.PENDING: RunStatus.PENDING,
+    StateType.RUNNING: RunStatus.RUNNING, StateType.PAUSED: RunStatus.PAUSED,
+    StateType.CANCELLING: RunStatus.RUNNING, StateType.COMPLETED: RunStatus.COMPLETED,
+    StateType.FAILED: RunStatus.FAILED, StateType.CANCELLED: RunStatus.CANCELLED,
     # Its worker died: the recovery automation schedules it again at once, and a run out of
     # crash retries ends Failed (deployments/recovery.py). So it waits for a worker.
-    StateType.CRASHED: "pending",
+    StateType.CRASHED: RunStatus.PENDING,
 }
 RETRYABLE_STATES = (StateType.FAILED, StateType.CRASHED, StateType.CANCELLED)
-NODE_STATUS_OF_EVENT = {"node:started": "running", "node:retrying": "running", "node:paused": "paused",
-                        "node:completed": "completed", "node:cached": "cached", "node:error": "failed",
-                        "node:skipped": "skipped"}
+CANCELLING = "cancelling"
+"""The cancel route's answer for a run whose worker was asked to stop it: not a run status
+(the run is ``running`` until its worker has stopped it, then ``cancelled``)."""
 
 
 class RunService:
@@ -153,7 +155,7 @@ class RunService:
             return RunResult.of(row.result, trigger=row.trigger)
         flow_run = await self.prefect.call("read the run", lambda client: client.read_flow_run(uuid.UUID(run_id)))
         state = flow_run.state
-        status = STATUS_OF_STATE.get(state.type, "running") if state else "pending"
+        status = STATUS_OF_STATE.get(state.type, RunStatus.RUNNING) if state else RunStatus.PENDING
         if status in FINAL_STATUSES:
             # Ended without its worker storing the result (the worker died, or the run was
             # cancelled before it started): take Prefect's word, and keep it.
@@ -161,7 +163,7 @@ class RunService:
             await self.executions.record_result(run_id, result.model_dump())
             return result
         approvals = await self.prefect.call("read approvals", lambda client: pending_approvals(run_id, client)) \
-            if status in ("paused", "running") else []
+            if status in (RunStatus.PAUSED, RunStatus.RUNNING) else []
         return RunResult(id=run_id, workflow=row.workflow_name, workflow_id=row.workflow_id, version=row.version,
                          status=status, nodes=await self._live_nodes(run_id), trigger=row.trigger,
                          pending_approvals=approvals,
@@ -191,13 +193,13 @@ class RunService:
         workflow = await self.workflows.get(owner, str(parameters["workflow_id"]))
         state = flow_run.state
         return RunResult(id=run_id, workflow=workflow.name, workflow_id=workflow.id,
-                         version=parameters.get("version"), status=STATUS_OF_STATE.get(state.type, "pending")
-                         if state else "pending", trigger=parameters.get("trigger") or {})
+                         version=parameters.get("version"), status=STATUS_OF_STATE.get(state.type, RunStatus.PENDING)
+                         if state else RunStatus.PENDING, trigger=parameters.get("trigger") or {})
 
     async def _final_without_result(self, row: ExecutionRow, status: str, state: State | None) -> RunResult:
         """A run Prefect says has ended and whose worker stored no result: its status and
         message from Prefect, its nodes from the event log. Never the state's data."""
-        message = None if status == "completed" else (state.message if state else None) or status
+        message = None if status == RunStatus.COMPLETED else (state.message if state else None) or status
         return RunResult(id=row.id, workflow=row.workflow_name, workflow_id=row.workflow_id, version=row.version,
                          status=status, error={"message": message} if message else None, trigger=row.trigger,
                          nodes=await self._live_nodes(row.id))
@@ -209,18 +211,18 @@ class RunService:
         while True:
             batch = await self.event_log.read(run_id, after=after, limit=1000)
             for event in batch:
-                status = NODE_STATUS_OF_EVENT.get(event.type)
+                status = NODE_STATUS_OF_EVENT.get(cast(EventType, event.type))  # a member hashes as its string
                 node_id = event.data.get("node_id")
                 if status is None or node_id is None or event.data.get("path"):
                     continue
                 node = nodes.setdefault(node_id, {"status": status, "output": None, "error": None, "attempts": 0,
                                                   "cached": False, "started_at": None, "ended_at": None})
                 node["status"] = status
-                if event.type == "node:started":
+                if event.type == EventType.NODE_STARTED:
                     node["started_at"] = event.data.get("timestamp")
-                elif event.type in ("node:completed", "node:cached", "node:error"):
+                elif event.type in (EventType.NODE_COMPLETED, EventType.NODE_CACHED, EventType.NODE_ERROR):
                     node.update(output=event.data.get("output"), error=event.data.get("error"),
-                                attempts=event.data.get("attempts", 0), cached=event.type == "node:cached",
+                                attempts=event.data.get("attempts", 0), cached=event.type == EventType.NODE_CACHED,
                                 ended_at=event.data.get("timestamp"))
             if len(batch) < 1000:
                 return nodes
@@ -260,10 +262,10 @@ class RunService:
             # No worker runs it yet: nothing would answer a Cancelling, so end it here.
             await self.prefect.call("cancel the run", lambda client: mark_cancelled(
                 client, uuid.UUID(run_id), "cancelled before it started"))
-            return "cancelled"
+            return RunStatus.CANCELLED
         # The run's worker watches its runs' states and stops this one within a second.
         await self.prefect.call("cancel the run", lambda client: request_cancellation(client, uuid.UUID(run_id)))
-        return "cancelling"
+        return CANCELLING
 
     async def resume(self, owner: str, run_id: str, node_id: str, path: builtins.list[int] | None,
                      values: dict[str, Any]) -> dict[str, str]:
@@ -300,7 +302,7 @@ class RunService:
         await self.outcomes.dismiss_run(run_id)
         await self.prefect.call("schedule the run again", lambda client: schedule_again(
             client, flow_run.id, f"retried by {owner} through FlowMaestro's API"))
-        return "pending"
+        return RunStatus.PENDING
 
     async def _settled_flow_run(self, run_id: str, row: ExecutionRow, wait_s: float = 10.0) -> Any:
         """The run's flow run. When the store has the run's result but Prefect still has it

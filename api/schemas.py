@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from store.vocabulary import NodeStatus, RunStatus
+from store.vocabulary import EventType, NodeStatus, RunStatus
 
 
 def _utc(moment: datetime) -> datetime:
@@ -150,6 +150,36 @@ class DeadLetterOut(BaseModel):
     attempts: int
     config: dict[str, Any] = Field(description="The node's resolved configuration, secrets redacted.")
     failed_at: Timestamp
+
+
+class CancelAccepted(BaseModel):
+    """The cancel route's answer."""
+
+    status: Literal["cancelled", "cancelling"] = Field(description=(
+        "'cancelled': the run had not started and has ended; 'cancelling': its worker was asked to "
+        "stop it, and the run ends 'cancelled' (its stream's last event is execution:cancelled)."))
+
+
+class RunEventData(BaseModel):
+    """The JSON ``data`` of a stream event: these fields, and the event type's own (canvas
+    spec, section 10), e.g. ``status``, ``output`` and ``error`` of ``node:completed``."""
+
+    model_config = ConfigDict(extra="allow")
+    execution_id: str
+    timestamp: str = Field(description="When the event happened (RFC 3339).")
+    node_id: str | None = Field(None, description="The node of a node:* or stream:* event.")
+    path: list[int] | None = Field(None, description="Iteration/branch indices of a node inside a body; [] at the "
+                                   "top level.")
+
+
+class StreamEvent(BaseModel):
+    """One Server-Sent Event of a run's stream (``text/event-stream``): its ``id``, ``event``
+    and ``data`` fields. Published as a component schema by ``api.executions.publish_stream_events``."""
+
+    id: str | None = Field(None, description="The event's seq: a reconnecting client sends it as Last-Event-ID.")
+    event: EventType = Field(description="The event's type: the SSE event field.")
+    data: str = Field(description="The event, as JSON: a RunEventData.",
+                      json_schema_extra={"contentMediaType": "application/json"})
 
 
 class ResumeBody(BaseModel):

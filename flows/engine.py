@@ -43,8 +43,18 @@ from node_handlers.base import NO_CAPABILITIES, SOURCE, Completed, NodeContext, 
 from node_handlers.containers import RESOLVED
 from node_handlers.registry import HandlerRegistry
 from node_handlers.services import HandlerServices
+from store.vocabulary import EventType, NodeStatus, RunStatus
 
 log = logging.getLogger("flowmaestro.engine")
+
+FINAL_EVENT_OF_RUN_STATUS: Mapping[str, EventType] = {
+    RunStatus.COMPLETED: EventType.EXECUTION_COMPLETED, RunStatus.FAILED: EventType.EXECUTION_FAILED,
+    RunStatus.CANCELLED: EventType.EXECUTION_CANCELLED}
+"""The last event of a run that ended with each status."""
+FINAL_EVENT_OF_NODE_STATUS: Mapping[str, EventType] = {
+    NodeStatus.COMPLETED: EventType.NODE_COMPLETED, NodeStatus.CACHED: EventType.NODE_CACHED,
+    NodeStatus.FAILED: EventType.NODE_ERROR}
+"""The event of a node that ended with each status (a skipped or cancelled one has its own)."""
 
 
 class ApprovalGate(Protocol):
@@ -147,61 +157,59 @@ class Execution:
 
     async def run(self) -> RunRecord:
         record = self.record
-        record.status, record.started_at = "running", utcnow()
+        record.status, record.started_at = RunStatus.RUNNING, utcnow()
         self.run_info["started_at"] = (self.started_at or record.started_at).isoformat()
-        self.bus.publish("execution:started", workflow=self.plan.name)
+        self.bus.publish(EventType.EXECUTION_STARTED, workflow=self.plan.name)
         timeout = self.plan.settings.get("timeout_s")
         try:
             async with asyncio.timeout(timeout):
                 result = await self.run_scope(Frame(TOP, ()))
         except asyncio.CancelledError:
-            self._finish("cancelled", {"message": "the run was cancelled"})
+            self._finish(RunStatus.CANCELLED, {"message": "the run was cancelled"})
             raise
         except TimeoutError:
             self._cancel_open_records()
-            self._finish("failed", {"message": f"the run exceeded its time limit of {timeout:g} s",
+            self._finish(RunStatus.FAILED, {"message": f"the run exceeded its time limit of {timeout:g} s",
                                     "type": "RunTimeout"})
             return record
         if result.failed:
             first = result.failures[0]
             failed_nodes = [{"node_id": f.node_id, "path": list(f.path), "error": f.error} for f in result.failures]
-            self._finish("failed", {"message": f"node {first.node_id!r} failed: {first.error['message']}",
+            self._finish(RunStatus.FAILED, {"message": f"node {first.node_id!r} failed: {first.error['message']}",
                                     "node_id": first.node_id, "type": first.error.get("type"),
                                     "failed_nodes": failed_nodes})
         elif result.output_error is not None:
-            self._finish("failed", {"message": f"the workflow output could not be built: {result.output_error}",
+            self._finish(RunStatus.FAILED, {"message": f"the workflow output could not be built: {result.output_error}",
                                     "type": "TemplateError"})
         else:
             record.output = result.output  # whole: it is what the run answers
-            self._finish("completed", None, await self.large_outputs.shown(result.output))
+            self._finish(RunStatus.COMPLETED, None, await self.large_outputs.shown(result.output))
         return record
 
-    def _finish(self, status: str, error: dict[str, Any] | None, output: Any = None) -> None:
+    def _finish(self, status: RunStatus, error: dict[str, Any] | None, output: Any = None) -> None:
         """End the run; ``output``: the run's output as its final event shows it."""
         record = self.record
         record.status, record.error, record.ended_at = status, error, utcnow()
         for node_id in self.plan.scopes[TOP].nodes:
             record.nodes.setdefault(node_id, NodeRun(node_id, ()))
-        event = {"completed": "execution:completed", "failed": "execution:failed",
-                 "cancelled": "execution:cancelled"}[status]
-        self.bus.publish(event, status=status, error=error, output=output)
+        self.bus.publish(FINAL_EVENT_OF_RUN_STATUS[status], status=status, error=error, output=output)
 
     def others_running(self, run: NodeRun) -> bool:
         """Whether a node other than ``run`` and the containers around it is executing,
         waiting (an approval) or launched and about to start (a parallel branch) now: then
         the run is not let go of, they would be cut short."""
-        return any(other is not run and other.status in ("pending", "running", "paused")
+        return any(other is not run and other.status in (NodeStatus.PENDING, NodeStatus.RUNNING, NodeStatus.PAUSED)
                    and not self.plan.nodes[other.node_id].container for other in self.record.trace)
 
     def leaf_running(self) -> bool:
         """Whether a node other than a container or an approval is executing now."""
-        return any(run.status == "running" and not self.plan.nodes[run.node_id].container
+        return any(run.status == NodeStatus.RUNNING and not self.plan.nodes[run.node_id].container
                    for run in self.record.trace)
 
     def _cancel_open_records(self) -> None:
         for run in self.record.trace:
-            if run.status in ("running", "paused", "pending"):
-                run.end("cancelled")
+            if run.status in (NodeStatus.RUNNING, NodeStatus.PAUSED, NodeStatus.PENDING):
+                run.end(NodeStatus.CANCELLED)
 
     # --- one scope ----------------------------------------------------------------------------------
 
@@ -233,12 +241,12 @@ class Execution:
                     if failed_call is not None:
                         await self._journal_failure(node_id, frame, failed_call, result, decision)
                     if decision.broken_condition is not None:
-                        run.status, run.error, run.output = "failed", decision.broken_condition, None
-                        self.bus.publish("node:error", node_id=node_id, path=frame.path,
+                        run.status, run.error, run.output = NodeStatus.FAILED, decision.broken_condition, None
+                        self.bus.publish(EventType.NODE_ERROR, node_id=node_id, path=frame.path,
                                          error=decision.broken_condition)
                     for skipped in decision.skipped:
-                        self._new_run(skipped, frame, trace=False).end("skipped")
-                        self.bus.publish("node:skipped", node_id=skipped, path=frame.path)
+                        self._new_run(skipped, frame, trace=False).end(NodeStatus.SKIPPED)
+                        self.bus.publish(EventType.NODE_SKIPPED, node_id=skipped, path=frame.path)
                     self._never_started(decision.cancelled, frame)
                     launch(decision.ready)
                 if state.stopping and running:
@@ -272,7 +280,7 @@ class Execution:
 
     def _never_started(self, node_ids: list[str] | tuple[str, ...], frame: Frame) -> None:
         for node_id in node_ids:
-            self._new_run(node_id, frame, trace=False).end("cancelled")
+            self._new_run(node_id, frame, trace=False).end(NodeStatus.CANCELLED)
 
     # --- one node -------------------------------------------------------------------------------------
 
@@ -298,22 +306,22 @@ class Execution:
         """Run one node and record how it ended. ``upstream``: outputs of the nodes whose
         edges fired into it."""
         run.start()
-        self.bus.publish("node:started", node_id=node.id, path=frame.path, type=node.type, label=node.label)
+        self.bus.publish(EventType.NODE_STARTED, node_id=node.id, path=frame.path, type=node.type, label=node.label)
         try:
             if node.container:
                 outcome = await self.execute_container(node, frame, run, upstream)
             else:
                 outcome = await self.execute_leaf(node, frame, run, upstream)
         except asyncio.CancelledError:
-            run.end("cancelled")
+            run.end(NodeStatus.CANCELLED)
             raise
         except Exception as exc:  # a bug must fail the node, never hang the run
             log.exception("node %s crashed the engine", node.id)
-            outcome = NodeResult("failed", error=error_info(exc, node.id, max(run.attempts, 1)))
+            outcome = NodeResult(NodeStatus.FAILED, error=error_info(exc, node.id, max(run.attempts, 1)))
         shown = await self.large_outputs.shown(outcome.output) if outcome.succeeded else None
         run.output = kept_output(frame.scope_id, outcome.succeeded, outcome.output, shown)
         run.error = outcome.error
-        run.cached = outcome.status == "cached"
+        run.cached = outcome.status == NodeStatus.CACHED
         run.restored = outcome.restored
         run.end(outcome.status)
         ended = NodeEnded(node, frame, run, outcome, shown)
@@ -324,9 +332,8 @@ class Execution:
     def _publish_outcome(self, ended: NodeEnded) -> None:
         """The node's final event in the event log."""
         outcome, run = ended.result, ended.run
-        event = {"completed": "node:completed", "cached": "node:cached", "failed": "node:error"}[outcome.status]
         extra = {"restored": True} if outcome.restored else {}
-        self.bus.publish(event, node_id=ended.node.id, path=ended.frame.path, status=outcome.status,
+        self.bus.publish(FINAL_EVENT_OF_NODE_STATUS[outcome.status], node_id=ended.node.id, path=ended.frame.path, status=outcome.status,
                          output=ended.shown, error=outcome.error, attempts=run.attempts,
                          handles=sorted(outcome.handles), **extra)
 
@@ -343,9 +350,9 @@ class Execution:
         self.mirror.started(node, frame, run, upstream)
         try:
             config = self.resolve_config(node, handler, frame, skip_keys=handler.own_scope_keys)
-            outcome = NodeResult("completed", await run_container(self, node, frame, config), SOURCE)
+            outcome = NodeResult(NodeStatus.COMPLETED, await run_container(self, node, frame, config), SOURCE)
         except NodeError as exc:
-            outcome = NodeResult("failed", error=error_info(exc, node.id, 1))
+            outcome = NodeResult(NodeStatus.FAILED, error=error_info(exc, node.id, 1))
         failure = None if outcome.error is None else NodeError(outcome.error["message"])
         self.mirror.ended(node, frame, run, upstream, failure)
         return outcome
@@ -357,7 +364,7 @@ class Execution:
         except NodeError as exc:
             run.attempts = 1
             self.mirror.ended(node, frame, run, upstream, exc)
-            return NodeResult("failed", error=error_info(exc, node.id, 1))
+            return NodeResult(NodeStatus.FAILED, error=error_info(exc, node.id, 1))
         key = node_cache_key(node, handler, config, upstream)
         entry = self.journal.entry(node.id, frame.path)
         if entry is not None and restores(node, entry.status, entry.key, key):
@@ -371,7 +378,7 @@ class Execution:
         oversize = oversize_error(outcome.output, self.max_node_output_bytes, node.id, run.attempts) \
             if outcome.succeeded else None
         if oversize is not None:  # refused before it is journaled, kept in result storage or shown
-            outcome = NodeResult("failed", error=oversize)
+            outcome = NodeResult(NodeStatus.FAILED, error=oversize)
         if outcome.succeeded:
             completed = Completed(output=outcome.output, handles=outcome.handles,
                                   variables=outcome.variables, usage=outcome.usage)
@@ -388,7 +395,7 @@ class Execution:
         try:
             completed = await handler.run(config, call.make_context(1))
         except NodeError as exc:
-            return NodeResult("failed", error=error_info(exc, node.id, 1))
+            return NodeResult(NodeStatus.FAILED, error=error_info(exc, node.id, 1))
         finally:
             run.attempts = 1
         return self._completed(node, completed)
@@ -410,9 +417,9 @@ class Execution:
             self.mirror.ran_as_task()
         run.attempts = result.attempts
         if result.completed is None:
-            return NodeResult("failed", error=error_info(result.error, node.id, result.attempts))
+            return NodeResult(NodeStatus.FAILED, error=error_info(result.error, node.id, result.attempts))
         outcome = self._completed(node, result.completed)
-        return dataclasses.replace(outcome, status="cached") if result.cached else outcome
+        return dataclasses.replace(outcome, status=NodeStatus.CACHED) if result.cached else outcome
 
     def child_journal_id(self, node: PlanNode, frame: Frame) -> str:
         """Where a sub-workflow node's child run keeps its journal: the child executed again
@@ -429,7 +436,7 @@ class Execution:
             for key, value in completed.usage.items():
                 if isinstance(value, (int, float)):
                     self.record.usage[key] = self.record.usage.get(key, 0) + value
-        return NodeResult("completed", completed.output, frozenset(completed.handles),
+        return NodeResult(NodeStatus.COMPLETED, completed.output, frozenset(completed.handles),
                            variables=dict(completed.variables), usage=dict(completed.usage or {}))
 
     def resolve_config(self, node: PlanNode, handler: NodeHandler, frame: Frame,
@@ -475,7 +482,7 @@ class Execution:
 
         def on_retry(attempt: int, exc: BaseException, delay: float) -> None:
             run.attempts = attempt
-            self.bus.publish("node:retrying", node_id=node.id, path=path, attempt=attempt,
+            self.bus.publish(EventType.NODE_RETRYING, node_id=node.id, path=path, attempt=attempt,
                              next_attempt_in_s=round(delay, 3), error=error_info(exc, node.id, attempt))
 
         return NodeCall(node=node, path=path, handler=handler, config=config, make_context=make_context,

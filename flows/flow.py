@@ -49,6 +49,7 @@ from flows.records import RunRecord
 from flows.releases import DelayRelease
 from flows.run_context import CancelSignals, RunContext, RunStore
 from flows.subworkflows import ChildFlow, PrefectSubworkflows, tag_run_with_workflow
+from store.vocabulary import EventType, NodeStatus, RunStatus
 
 FLOW_NAME = "flowmaestro"
 
@@ -369,17 +370,17 @@ async def finish_run(opened: OpenedRun, record: RunRecord, *, ran: bool, recorde
     result = record.result()
     message = (record.error or {}).get("message") or record.status
     if not ran:
-        opened.bus.publish("execution:failed", status="failed", error=record.error, output=None)
-    elif record.status != "completed":
+        opened.bus.publish(EventType.EXECUTION_FAILED, status=RunStatus.FAILED, error=record.error, output=None)
+    elif record.status != RunStatus.COMPLETED:
         get_run_logger().error("run %s: %s", record.status, message)
     if opened.store is not None and recorded:
         await opened.store.ended(opened.run_id, result)
         opened.writer.release_final()
     if ran:  # after the result is out: the run's followers need not wait for it
         await _summary_artifact(record, opened.context.settings.public_url, opened.recorder)
-    if record.status == "completed":
+    if record.status == RunStatus.COMPLETED:
         return result
-    if record.status == "cancelled":
+    if record.status == RunStatus.CANCELLED:
         return Cancelled(message=message, data=result)
     return Failed(message=message, data=result)
 
@@ -479,7 +480,7 @@ async def _summary_artifact(record: RunRecord, public_url: str,
                     f"{'yes' if run.cached else ''} |")
     if len(record.trace) > 500:
         rows.append(f"| ... {len(record.trace) - 500} more | | | | | |")
-    skipped = [n for n, r in record.nodes.items() if r.status in ("skipped", "cancelled", "pending")
+    skipped = [n for n, r in record.nodes.items() if r.status in (NodeStatus.SKIPPED, NodeStatus.CANCELLED, NodeStatus.PENDING)
                and r not in record.trace]
     header = f"**{record.workflow}**: {record.status}"
     if record.error:

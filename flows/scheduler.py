@@ -28,6 +28,7 @@ from typing import Any, Literal
 from builder.conditions import ConditionError, evaluate_condition
 from builder.plan import TOP, Plan, PlanEdge, PlanNode, ScopeId
 from builder.templates import TemplateRenderError, render_value
+from store.vocabulary import NodeStatus
 
 ERROR_HANDLE = "error"
 OnError = Literal["fail_fast", "continue"]
@@ -59,7 +60,7 @@ class NodeResult:
 
     @property
     def succeeded(self) -> bool:
-        return self.status in ("completed", "cached")
+        return self.status in (NodeStatus.COMPLETED, NodeStatus.CACHED)
 
 
 def error_info(exc: BaseException, node_id: str, attempts: int) -> dict[str, Any]:

@@ -52,7 +52,9 @@ def test_the_schema_documents_the_content_types_answered(client):
     paths = client.app.openapi()["paths"]
     stream = paths["/api/executions/{execution_id}/stream"]["get"]["responses"]
     assert list(stream["200"]["content"]) == ["text/event-stream"]
-    assert set(stream["200"]["content"]["text/event-stream"]["schema"]["properties"]) == {"id", "event", "data"}
+    event = stream["200"]["content"]["text/event-stream"]["schema"]  # a component: the event types' schema
+    components = client.app.openapi()["components"]["schemas"]
+    assert set(components[event["$ref"].rsplit("/", 1)[1]]["properties"]) == {"id", "event", "data"}
     metrics = paths["/metrics"]["get"]["responses"]
     assert {"401", "403"} <= set(metrics)
     for path, operations in paths.items():
