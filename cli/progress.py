@@ -15,7 +15,8 @@ from store.vocabulary import FINAL_EVENT_TYPES, NODE_STATUS_OF_EVENT, EventType
 STYLES = {"running": "cyan", "completed": "green", "cached": "blue", "failed": "red", "skipped": "dim",
           "paused": "yellow", "cancelled": "magenta", "retrying": "yellow"}
 # A node between two attempts is running; the progress view shows it as a state of its own.
-NODE_EVENTS = {**NODE_STATUS_OF_EVENT, EventType.NODE_RETRYING: "retrying"}
+NODE_EVENTS: dict[str, str] = {event: status for event, status in NODE_STATUS_OF_EVENT.items()}
+NODE_EVENTS[EventType.NODE_RETRYING] = "retrying"
 
 
 def run_link(ui_url: str, run_id: str) -> str:

@@ -65,7 +65,7 @@ class ChildFlow(Protocol):
 
     def __call__(self, *, canvas: dict[str, Any] | None, inputs: dict[str, Any], workflow_id: str | None,
                  version: int | None, owner: str | None, depth: int, journal: str | None,
-                 return_state: bool) -> Awaitable[Any]: ...
+                 return_state: bool, started_at: str | None = None) -> Awaitable[Any]: ...
 
 
 class PrefectSubworkflows:

@@ -10,9 +10,9 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from flows.event_log.base import IdleClock, StoredEvent, checked_after, strict_json
 from flows.events import FINAL_EVENT_TYPES, RunEvent, utcnow
@@ -21,13 +21,14 @@ log = logging.getLogger(__name__)
 
 EVENTS_TABLE = "fm_events"
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
-def _database_calls(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+def _database_calls(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
     """A method whose database down raises ``Unavailable("database")`` (``store.unavailable``),
     imported at the first call, with SQLAlchemy."""
     @functools.wraps(method)
-    async def guarded(*args: Any, **kwargs: Any) -> T:
+    async def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
         from store.unavailable import database_calls
 
         async with database_calls():
