@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import ClassVar
 
 import pytest
 
@@ -303,7 +304,7 @@ class StepsHandler(NodeHandler):
 
     type = "test_steps"
     Config = StepsConfig
-    computed: list[str] = []
+    computed: ClassVar[list[str]] = []
 
     async def run(self, config: StepsConfig, ctx: NodeContext) -> Completed:
         async def turn(name: str):
