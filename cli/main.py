@@ -34,9 +34,9 @@ out = Console()
 
 
 def _registry():
-    from node_handlers.registry import default_registry
+    from node_handlers.registry import build_registry
 
-    return default_registry()
+    return build_registry()
 
 
 def _load(file: Path) -> tuple[Any, list[Issue]]:
