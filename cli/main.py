@@ -17,7 +17,7 @@ from rich.console import Console
 
 from builder.compiler import CompileResult, collector_paused, compile_canvas
 from builder.limits import CompileSettings
-from builder.inputs import coerce_text, validate_inputs
+from builder.inputs import checked_inputs, coerce_text
 from builder.issues import InputsInvalid, Issue
 from cli.triggers import ApiKey, ApiUrl, call_api, schedules_app, webhooks_app
 
@@ -131,12 +131,15 @@ def _canvas_and_inputs(file: Path, inputs_json: str | None, pairs: list[str]) ->
         _print_issues(issues)
         raise typer.Exit(EXIT_INVALID)
     try:
-        inputs = _parse_inputs(inputs_json, pairs, dict(result.plan.inputs))
-        validate_inputs(result.plan.inputs, inputs)
+        given = _parse_inputs(inputs_json, pairs, dict(result.plan.inputs))
     except InputsInvalid as exc:
         _print_issues(list(exc.issues))
         raise typer.Exit(EXIT_INVALID) from None
-    return raw, inputs
+    checked = checked_inputs(result.plan, given)
+    if isinstance(checked, InputsInvalid):
+        _print_issues(list(checked.issues))
+        raise typer.Exit(EXIT_INVALID)
+    return raw, given
 
 
 def _prefect_server(quiet: bool = False) -> Any:
