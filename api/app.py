@@ -31,7 +31,7 @@ from api.stream_tokens import StreamTokens, redact_access_logs, token_key
 from deployments.workflow_deployments import WorkflowDeployments
 from flows.decisions import DecisionSigner
 from flows.event_log import event_log_from_env
-from node_handlers.registry import default_registry
+from node_handlers.registry import build_registry
 from store.db import make_engine, sessions, upgrade_schema
 from store.queries import Executions, NodeOutcomes, Workflows
 from store.secrets import SecretBox
@@ -111,7 +111,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             # One Prefect client (and connection pool) for the process, not one per request.
             prefect = PrefectGateway(await stack.enter_async_context(get_client()), settings.prefect_timeout_s)
             app.state.engine, app.state.sessions, app.state.event_log = engine, database, event_log
-            registry = default_registry()
+            registry = build_registry()  # the handler settings of the environment (the loop cap)
             compiler = CanvasCompiler(registry, settings.compile_limits(), PlanCache(settings.plan_cache_nodes),
                                       metrics.canvas_compiles)
             stack.callback(compiler.close)

@@ -27,7 +27,7 @@ from prometheus_client import Counter
 from api.errors import ApiError
 from builder.catalog import NodeCatalog
 from builder.compiler import CompileResult, compile_canvas
-from builder.inputs import validate_inputs
+from builder.inputs import checked_inputs
 from builder.issues import InputsInvalid
 from builder.limits import LIMIT_CODES, CompileLimits
 from builder.plan import Plan
@@ -96,8 +96,8 @@ class CanvasCompiler:
         filled in); 422 naming every input that does not fit, its message led by ``refused``
         when given (e.g. "the run's inputs do not fit version 2")."""
         plan = await self.plan_of(saved)
-        try:
-            return plan, validate_inputs(plan.inputs, inputs)
-        except InputsInvalid as exc:
-            message = f"{refused}: {exc}" if refused else str(exc)
-            raise Invalid(message, [i.to_dict() for i in exc.issues]) from exc
+        checked = checked_inputs(plan, inputs)
+        if isinstance(checked, InputsInvalid):
+            message = f"{refused}: {checked}" if refused else str(checked)
+            raise Invalid(message, [i.to_dict() for i in checked.issues]) from checked
+        return plan, checked

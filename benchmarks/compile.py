@@ -53,7 +53,7 @@ from builder.templates import analysis, render, token_reader  # noqa: E402
 from builder import compiler  # noqa: E402
 from builder.compiler import compile_canvas  # noqa: E402
 from builder.limits import CompileLimits  # noqa: E402
-from node_handlers.registry import default_registry  # noqa: E402
+from node_handlers.registry import build_registry  # noqa: E402
 
 WIDTH = 20
 UNLIMITED = CompileLimits.unlimited()  # measured past the caps the API enforces (5,000 nodes by default)
@@ -202,7 +202,7 @@ def _clear_caches() -> None:
 
 
 def _compile_once(canvas: dict[str, Any], warm: bool, gc_paused: bool = False) -> float:
-    registry = default_registry()
+    registry = build_registry()
     if not warm:
         _clear_caches()
     gc.collect()
@@ -217,7 +217,7 @@ def _compile_once(canvas: dict[str, Any], warm: bool, gc_paused: bool = False) -
 
 
 def _peak_memory_mb(canvas: dict[str, Any], warm: bool) -> float:
-    registry = default_registry()
+    registry = build_registry()
     if not warm:
         _clear_caches()
     gc.collect()
@@ -243,7 +243,7 @@ def measure(shape: str, size: int, warm: bool, gc_paused: bool = False) -> dict[
 
 def profile(shape: str, size: int, top: int = 15) -> str:
     canvas = SHAPES[shape](size)
-    registry = default_registry()
+    registry = build_registry()
     _clear_caches()
     profiler = cProfile.Profile()
     profiler.enable()
@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     sizes = sorted(int(s) for s in args.sizes.split(",") if s.strip())
     shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
-    default_registry()  # imports and plugin loading are not part of a compile
+    build_registry()  # imports and plugin loading are not part of a compile
     print(f"compile_canvas, {'warm' if args.warm else 'cold'} template caches"
           f"{', GC paused while compiling' if args.gc_paused else ''}; target: linear, 10k nodes < 1 s")
     ratio_name = f"vs {sizes[0] // 1000}k" if sizes[0] % 1000 == 0 else "vs 1st"

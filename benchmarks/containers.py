@@ -53,7 +53,7 @@ from prefect.client.orchestration import get_client  # noqa: E402
 
 from builder.compiler import compile_canvas  # noqa: E402
 from flows.engine import Execution  # noqa: E402
-from node_handlers.registry import default_registry  # noqa: E402
+from node_handlers.registry import build_registry  # noqa: E402
 
 BRANCH_SLEEP = 0.1
 
@@ -113,7 +113,7 @@ async def run_fm(raw: dict[str, Any], inline: bool = True) -> tuple[str, dict[st
 
 
 async def run_direct(raw: dict[str, Any]) -> Any:
-    registry = default_registry()
+    registry = build_registry()
     compiled = compile_canvas(raw, registry)
     assert compiled.ok and compiled.plan is not None, [str(i) for i in compiled.errors]
     record = await Execution(compiled.plan, registry, run_id=f"bench-{uuid.uuid4().hex[:8]}", inputs={}).run()

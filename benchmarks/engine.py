@@ -78,7 +78,7 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 import flows.flow as product_flow  # noqa: E402
 from builder.compiler import compile_canvas  # noqa: E402
 from flows.engine import Execution  # noqa: E402
-from node_handlers.registry import default_registry  # noqa: E402
+from node_handlers.registry import build_registry  # noqa: E402
 
 WIDTH = 20
 WARM_LAYERS = 5  # the layered scenario warms up on 5 layers x 20 (same shape, a quarter of the time)
@@ -310,7 +310,7 @@ def aio_runner(fn: Callable[..., Any], *args: Any) -> _common.Runner:
 
 
 def direct_runner(raw: dict[str, Any]) -> _common.Runner:
-    registry = default_registry()
+    registry = build_registry()
 
     async def run() -> None:
         compiled = compile_canvas(raw, registry)

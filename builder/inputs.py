@@ -6,7 +6,7 @@ from typing import Any, Mapping
 
 from builder.issues import InputsInvalid, Issue
 from builder.json_types import has_json_type, type_name
-from builder.plan import thaw
+from builder.plan import Plan, thaw
 
 
 def check_input_declarations(inputs: Mapping[str, Any]) -> list[Issue]:
@@ -62,6 +62,16 @@ def validate_inputs(declared: Mapping[str, Mapping[str, Any]], given: Mapping[st
     if issues:
         raise InputsInvalid(issues)
     return resolved
+
+
+def checked_inputs(plan: Plan, given: Mapping[str, Any]) -> dict[str, Any] | InputsInvalid:
+    """The run inputs of ``plan`` (defaults filled in), or why ``given`` does not fit its
+    declarations: the one check of a run's inputs, whoever starts the run (the CLI, the
+    flow, the API). Returned rather than raised so that each caller says it its own way."""
+    try:
+        return validate_inputs(plan.inputs, given)
+    except InputsInvalid as refused:
+        return refused
 
 
 def _article(name: str) -> str:

@@ -17,7 +17,7 @@ from rich.console import Console
 
 from builder.compiler import CompileResult, collector_paused, compile_canvas
 from builder.limits import CompileSettings
-from builder.inputs import coerce_text, validate_inputs
+from builder.inputs import checked_inputs, coerce_text
 from builder.issues import InputsInvalid, Issue
 from cli.triggers import ApiKey, ApiUrl, call_api, schedules_app, webhooks_app
 
@@ -34,9 +34,9 @@ out = Console()
 
 
 def _registry():
-    from node_handlers.registry import default_registry
+    from node_handlers.registry import build_registry
 
-    return default_registry()
+    return build_registry()
 
 
 def _load(file: Path) -> tuple[Any, list[Issue]]:
@@ -131,12 +131,15 @@ def _canvas_and_inputs(file: Path, inputs_json: str | None, pairs: list[str]) ->
         _print_issues(issues)
         raise typer.Exit(EXIT_INVALID)
     try:
-        inputs = _parse_inputs(inputs_json, pairs, dict(result.plan.inputs))
-        validate_inputs(result.plan.inputs, inputs)
+        given = _parse_inputs(inputs_json, pairs, dict(result.plan.inputs))
     except InputsInvalid as exc:
         _print_issues(list(exc.issues))
         raise typer.Exit(EXIT_INVALID) from None
-    return raw, inputs
+    checked = checked_inputs(result.plan, given)
+    if isinstance(checked, InputsInvalid):
+        _print_issues(list(checked.issues))
+        raise typer.Exit(EXIT_INVALID)
+    return raw, given
 
 
 def _prefect_server(quiet: bool = False) -> Any:
@@ -205,6 +208,15 @@ def demo(
     raise typer.Exit(EXIT_OK if result.get("status") == "completed" else EXIT_FAILED)
 
 
+def _prefect_failure(exc: Exception) -> str:
+    """What went wrong talking to Prefect, in a few words."""
+    import httpx
+
+    if isinstance(exc, httpx.HTTPStatusError):
+        return f"HTTP {exc.response.status_code} from {exc.request.url}"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
 @app.command()
 def resume(
     run_id: str,
@@ -221,6 +233,8 @@ def resume(
         err.print(f"[red]refused[/red]: {exc}")
         raise typer.Exit(EXIT_INVALID) from None
     _prefect_server(quiet=True)
+    import httpx
+
     from flows.approvals import resume_approval
     from flows.decisions import DecisionSigner
     from flows.settings import EngineSettings
@@ -228,7 +242,14 @@ def resume(
     # Signed with the decision key (as the API signs): who holds it is trusted to say --by.
     settings = EngineSettings()
     signer = DecisionSigner.from_settings(settings.decision_key, settings.secret_key, settings.home)
-    answer = asyncio.run(resume_approval(run_id, node, indices, values, decided_by=by, signer=signer))
+    try:
+        answer = asyncio.run(resume_approval(run_id, node, indices, values, decided_by=by, signer=signer))
+    except (httpx.HTTPStatusError, httpx.TransportError) as exc:
+        # Prefect failed while the answer was read or written: whether it was recorded is
+        # unknown, so say so in one line (no traceback) and let the caller try again.
+        err.print(f"[red]error[/red]: Prefect did not answer ({_prefect_failure(exc)}); the decision may "
+                  "not be recorded, try again", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_FAILED) from None
     label = {"accepted": "accepted", "refused": "refused", "not_waiting": "not waiting"}[answer.status]
     out.print(f"{label}: {answer.message}")
     raise typer.Exit({"accepted": EXIT_OK, "refused": EXIT_INVALID}.get(answer.status, EXIT_FAILED))

@@ -33,7 +33,7 @@ from prefect.context import FlowRunContext
 from prefect.states import Cancelled, Failed
 
 from builder.compiler import compile_canvas
-from builder.inputs import validate_inputs
+from builder.inputs import checked_inputs
 from builder.issues import InputsInvalid
 from builder.plan import Plan
 from flows import prefect_compat
@@ -278,10 +278,9 @@ async def prepare_run(opened: OpenedRun, child_flow: ChildFlow) -> PreparedRun |
     compiled = _compile(context, canvas, (request.workflow_id, version) if store is not None else None)
     if isinstance(compiled, list):
         return Refusal(_refused(opened, name, "invalid canvas", compiled, version))
-    try:
-        inputs = validate_inputs(compiled.inputs, request.inputs)
-    except InputsInvalid as exc:
-        return Refusal(_refused(opened, name, "invalid inputs", [issue.to_dict() for issue in exc.issues], version))
+    inputs = checked_inputs(compiled, request.inputs)
+    if isinstance(inputs, InputsInvalid):
+        return Refusal(_refused(opened, name, "invalid inputs", [i.to_dict() for i in inputs.issues], version))
     # Only saved runs keep their journal: they are the ones Prefect can run again.
     journal = await RunJournal.open(request.journal_id or opened.run_id, store, workflow_id=request.workflow_id,
                                     owner=request.owner,

@@ -25,8 +25,7 @@ from flows.prefect_compat import TaskRunSender
 from flows.prefect_runner import cache_lock_manager, cached_task
 from flows.settings import EngineSettings
 from flows.subworkflows import WorkflowResolver, canvas_file_resolver
-from node_handlers.egress import close_clients
-from node_handlers.registry import HandlerRegistry, default_registry
+from node_handlers.registry import HandlerRegistry, build_registry
 from node_handlers.services import HandlerServices
 
 RunListener = Callable[[EventBus], None]
@@ -129,12 +128,13 @@ class RunContext:
     @classmethod
     def from_environment(cls, *, listeners: tuple[RunListener, ...] = ()) -> RunContext:
         """The context of a process configured by its environment (``FLOWMAESTRO_*``): the
-        default handler registry, the event log and engine settings it names, canvas files
-        as subworkflows."""
+        handler registry of its handler settings (plugins included), the event log and engine
+        settings it names, canvas files as subworkflows."""
         settings = EngineSettings()
-        return cls(registry=default_registry(), event_log=event_log_from_env(), settings=settings,
+        services = HandlerServices.from_environment()
+        return cls(registry=build_registry(services.settings), event_log=event_log_from_env(), settings=settings,
                    listeners=listeners, cached_task=cached_task(cache_lock_manager(settings)),
-                   task_run_sender=TaskRunSender(), environ=os.environ, services=HandlerServices.from_environment())
+                   task_run_sender=TaskRunSender(), environ=os.environ, services=services)
 
     async def close(self) -> None:
         """Send what runs recorded in Prefect, close the event log and the clients of http
@@ -145,4 +145,3 @@ class RunContext:
         await self.event_log.close()
         if self.services is not None:
             await self.services.close()
-        await close_clients()  # those of handlers called without services in this loop

@@ -6,15 +6,17 @@ describe the configuration and the handles.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import functools
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, model_validator
 
 from builder.catalog import NodeConfig, Templatable, TemplateStr
 from node_handlers.base import NodeHandler
-from node_handlers.settings import handler_settings
 
 DEFAULT_MAX_ITERATIONS = 1000
+INSTALLATION_CAP = 10_000
+"""Default of ``FLOWMAESTRO_MAX_LOOP_ITERATIONS`` (``HandlerSettings.max_loop_iterations``)."""
 RESOLVED = "resolved"
 """Validation context key: the configuration is the one a run resolved, not the canvas's."""
 
@@ -25,6 +27,10 @@ class LoopConfig(NodeConfig):
     items: list[Any] | TemplateStr | None = Field(None, description="Array (or template giving one) for 'forEach'.")
     condition: Any = Field(None, description="Expression for while/doWhile; sees loop.index and loop.results.")
     max_iterations: int = Field(DEFAULT_MAX_ITERATIONS, ge=1, le=1_000_000)
+    installation_cap: ClassVar[int] = INSTALLATION_CAP
+    """The installation's cap (FLOWMAESTRO_MAX_LOOP_ITERATIONS): a class of its own per cap
+    (``loop_config``), so that the compiler and the engine, which validate with the
+    handler's ``Config``, both apply the cap of the registry they were given."""
 
     @model_validator(mode="after")
     def _fields_of_mode(self, info: ValidationInfo) -> "LoopConfig":
@@ -46,15 +52,26 @@ class LoopConfig(NodeConfig):
     @property
     def iteration_cap(self) -> int:
         """The most iterations this loop runs: its max_iterations, within the process's cap."""
-        return min(self.max_iterations, handler_settings().max_loop_iterations)
+        return min(self.max_iterations, self.installation_cap)
 
     @property
     def cap_name(self) -> str:
         """Which limit ``iteration_cap`` is, as the error names it."""
-        cap = handler_settings().max_loop_iterations
+        cap = self.installation_cap
         if self.max_iterations <= cap:
             return f"max_iterations={self.max_iterations}"
         return f"FLOWMAESTRO_MAX_LOOP_ITERATIONS={cap} (the most one loop execution may run on this installation)"
+
+
+@functools.cache  # one class per cap: pydantic builds a validator per class
+def loop_config(installation_cap: int) -> type[LoopConfig]:
+    """``LoopConfig`` with the installation's cap on iterations."""
+    if installation_cap == LoopConfig.installation_cap:
+        return LoopConfig
+    # Same name and module: the canvas's JSON Schema does not change with the cap.
+    capped = type("LoopConfig", (LoopConfig,), {"__module__": LoopConfig.__module__, "__qualname__": "LoopConfig",
+                                                "installation_cap": installation_cap})
+    return capped
 
 
 class LoopHandler(NodeHandler):
@@ -65,6 +82,10 @@ class LoopHandler(NodeHandler):
     cacheable = False
     expression_keys = frozenset({"condition"})
     own_scope_keys = frozenset({"condition"})
+
+    def __init__(self, max_loop_iterations: int = INSTALLATION_CAP):
+        """``max_loop_iterations``: the installation's cap (``HandlerSettings``)."""
+        self.Config = loop_config(max_loop_iterations)  # type: ignore[misc]
 
 
 class ParallelConfig(NodeConfig):

@@ -11,7 +11,8 @@ The check is made on the resolved addresses, at the moment a connection is opene
 the connection goes to an address that was checked (``PinnedNetworkBackend``): a DNS
 answer cannot change between the check and the connection (rebinding), and every redirect
 hop opens its connection through the same check. Every client of http and llm nodes comes
-from ``pinned_client()``.
+from ``pinned_client()``, with the policy of the settings it was built from
+(``HandlerServices.egress``): there is no process-wide policy.
 """
 
 from __future__ import annotations
@@ -19,11 +20,10 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from http.cookiejar import CookieJar, DefaultCookiePolicy
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import httpcore
 import httpx
@@ -31,8 +31,7 @@ import httpx
 from node_handlers.addresses import (IPAddress, IPNetwork, forms_of, interface_addresses, normalize_host,
                                      refusal_reason)
 from node_handlers.base import NodeError
-from node_handlers.protected import ProtectedService, ServiceAddress, protect, service_addresses
-from node_handlers.settings import handler_settings
+from node_handlers.protected import ProtectedService, ServiceAddress, protect
 
 ALLOW_HOSTS_ENV = "FLOWMAESTRO_HTTP_ALLOW_HOSTS"
 ALLOW_ALL = "*"
@@ -143,13 +142,6 @@ def _show(address: IPAddress | str) -> str:
     return f"[{address}]" if ":" in str(address) else str(address)
 
 
-@lru_cache(maxsize=8)
-def build_policy(allow_hosts: str, services: tuple[ServiceAddress, ...]) -> EgressPolicy:
-    """``make_policy``, once per process and settings: the policy of handlers run without
-    services (``NodeContext.services``; a run's services build their own)."""
-    return make_policy(allow_hosts, services)
-
-
 def make_policy(allow_hosts: str, services: tuple[ServiceAddress, ...]) -> EgressPolicy:
     """The policy of these settings: resolves the services' names and reads this machine's
     addresses now (blocking, but a few milliseconds)."""
@@ -158,11 +150,6 @@ def make_policy(allow_hosts: str, services: tuple[ServiceAddress, ...]) -> Egres
         return EgressPolicy.parse(allow_hosts, protect(services, own), own)
     except ValueError as exc:
         raise NodeError(f"{ALLOW_HOSTS_ENV}: {exc}", error_type="InvalidSetting") from None
-
-
-def current_policy() -> EgressPolicy:
-    settings = handler_settings()
-    return build_policy(settings.http_allow_hosts, service_addresses(settings))
 
 
 class EgressDenied(NodeError):
@@ -212,9 +199,8 @@ def check_addresses(host: str, addresses: Sequence[IPAddress], policy: EgressPol
             raise deny(host, address, reason, port)
 
 
-async def allowed_addresses(host: str, port: int, policy: EgressPolicy | None = None) -> list[IPAddress]:
-    """Resolve ``host`` and check the result against ``policy`` (a run's, ``HandlerServices``;
-    without one, the policy of the environment's settings)."""
+async def allowed_addresses(host: str, port: int, policy: EgressPolicy) -> list[IPAddress]:
+    """Resolve ``host`` and check the result against ``policy`` (``HandlerServices.egress``)."""
     host = normalize_host(host)
     try:
         literal: IPAddress | None = ipaddress.ip_address(host)
@@ -223,11 +209,11 @@ async def allowed_addresses(host: str, port: int, policy: EgressPolicy | None = 
     addresses = [literal] if literal is not None else await resolve_host(host, port)
     if not addresses:
         raise OSError(f"{host} resolves to no address")
-    check_addresses(host, addresses, policy or current_policy(), port)
+    check_addresses(host, addresses, policy, port)
     return addresses
 
 
-async def check_url(url: str | httpx.URL, policy: EgressPolicy | None = None) -> None:
+async def check_url(url: str | httpx.URL, policy: EgressPolicy) -> None:
     """Refuse ``url`` (an llm node's base_url, for instance) if the policy does not allow
     its host. A clear early answer; the connection itself is checked again when opened."""
     parsed = httpx.URL(str(url))
@@ -253,8 +239,8 @@ class PinnedNetworkBackend(httpcore.AsyncNetworkBackend):
     one of them).
     """
 
-    def __init__(self, inner: httpcore.AsyncNetworkBackend | None = None, policy: EgressPolicy | None = None):
-        """``policy``: the one its connections obey; the environment's current one by default."""
+    def __init__(self, policy: EgressPolicy, inner: httpcore.AsyncNetworkBackend | None = None):
+        """``policy``: the one its connections obey."""
         self._inner = inner or httpcore.AnyIOBackend()
         self._policy = policy
 
@@ -295,7 +281,7 @@ class PinnedTransport(httpx.AsyncHTTPTransport):
     """
 
     def __init__(self, *, limits: httpx.Limits = httpx.Limits(max_connections=100, max_keepalive_connections=20),
-                 http2: bool = False, policy: EgressPolicy | None = None):
+                 http2: bool = False, policy: EgressPolicy):
         super().__init__(trust_env=False, limits=limits, http2=http2)
         self._pool = httpcore.AsyncConnectionPool(
             ssl_context=httpx.create_ssl_context(trust_env=False),
@@ -312,52 +298,9 @@ def _refuse_all_cookies() -> CookieJar:
     return CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
 
 
-def pinned_client(*, policy: EgressPolicy | None = None, **kwargs: Any) -> httpx.AsyncClient:
-    """A new client whose connections obey the egress policy, ``policy`` when given (a run's
-    ``HandlerServices``), the environment's current one otherwise (no proxy, no cookie jar)."""
+def pinned_client(*, policy: EgressPolicy, **kwargs: Any) -> httpx.AsyncClient:
+    """A new client whose connections obey ``policy`` (``HandlerServices.egress``; no proxy,
+    no cookie jar)."""
     return httpx.AsyncClient(transport=PinnedTransport(policy=policy), trust_env=False, cookies=_refuse_all_cookies(),
                              **kwargs)
 
-
-K = TypeVar("K", bound=Hashable)
-V = TypeVar("V")
-
-
-class PerLoopCache(Generic[K, V]):
-    """Process-wide objects (clients with their connection pools) kept per event loop.
-
-    Pooled connections belong to the loop that opened them, so each running loop gets its
-    own, and those of closed loops are dropped. The current egress policy is part of the
-    key: connections opened under another policy are not reused.
-    """
-
-    def __init__(self, *, is_closed: Callable[[V], bool], close: Callable[[V], Awaitable[None]]):
-        self._by_loop: dict[asyncio.AbstractEventLoop, dict[tuple[EgressPolicy, K], V]] = {}
-        self._is_closed = is_closed
-        self._close = close
-        _CACHES.append(self)
-
-    def get(self, key: K, create: Callable[[], V]) -> V:
-        loop = asyncio.get_running_loop()
-        for stale in [other for other in self._by_loop if other.is_closed()]:
-            del self._by_loop[stale]
-        entries = self._by_loop.setdefault(loop, {})
-        full_key = (current_policy(), key)
-        value = entries.get(full_key)
-        if value is None or self._is_closed(value):
-            value = entries[full_key] = create()
-        return value
-
-    async def close_current_loop(self) -> None:
-        for value in self._by_loop.pop(asyncio.get_running_loop(), {}).values():
-            await self._close(value)
-
-
-_CACHES: list[PerLoopCache[Any, Any]] = []
-
-
-async def close_clients() -> None:
-    """Close the clients http and llm nodes opened in the running event loop: call it before
-    that loop ends (a server's shutdown), so that their connections close cleanly."""
-    for cache in _CACHES:
-        await cache.close_current_loop()

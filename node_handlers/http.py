@@ -26,9 +26,9 @@ from builder.catalog import NodeConfig, Templatable
 from builder.plan import RetryPolicy
 from builder.templates import is_template
 from node_handlers.base import Completed, NodeContext, NodeError, NodeHandler
-from node_handlers.egress import PerLoopCache, pinned_client
 from node_handlers.operator_secrets import OperatorSecret, read_secret
 from node_handlers.redaction import redact
+from node_handlers.services import services_for
 from node_handlers.settings import SecretName
 
 Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
@@ -142,16 +142,6 @@ class ResponseTooLarge(NodeError):
                          f"limit or ask for less", error_type="ResponseTooLarge", details={"limit": limit})
 
 
-_clients: PerLoopCache[str, httpx.AsyncClient] = PerLoopCache(is_closed=lambda client: client.is_closed,
-                                                               close=lambda client: client.aclose())
-
-
-def shared_client() -> httpx.AsyncClient:
-    """The client of http nodes run without services (a handler called directly), one per
-    event loop; runs use their context's (``NodeContext.services``)."""
-    return _clients.get("http", lambda: pinned_client(follow_redirects=False, headers={"User-Agent": "FlowMaestro"}))
-
-
 class HttpHandler(NodeHandler):
     type = "http"
     version = "1"
@@ -169,9 +159,8 @@ class HttpHandler(NodeHandler):
                 extra[IDEMPOTENCY_HEADER] = key
         deadline = float(config.timeout_s)
         try:
-            async with asyncio.timeout(deadline):
-                client = ctx.services.http_client() if ctx.services is not None else shared_client()
-                response, body = await self._exchange(client, config, credentials, bound, extra)
+            async with asyncio.timeout(deadline), services_for(ctx.services) as services:
+                response, body = await self._exchange(services.http_client(), config, credentials, bound, extra)
         except (TimeoutError, httpx.TimeoutException):
             raise NodeError(f"{config.method} {config.url} timed out after {deadline:g} s",
                             retry_class="timeout", error_type="Timeout") from None

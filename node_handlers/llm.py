@@ -11,7 +11,6 @@ checked address (``node_handlers.egress``).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import math
 import re
@@ -29,11 +28,12 @@ from builder.catalog import NodeConfig, Templatable
 from builder.plan import RetryPolicy
 from node_handlers.base import Completed, NodeContext, NodeError, NodeHandler
 from node_handlers.branching import HANDLE_ID, check_unique_ids
-from node_handlers.egress import PerLoopCache, check_url, pinned_client
+from node_handlers.egress import check_url
 from node_handlers.http import parse_retry_after
 from node_handlers.operator_secrets import read_secret
 from node_handlers.redaction import redact
-from node_handlers.settings import HandlerSettings, SecretName, handler_settings
+from node_handlers.services import HandlerServices, services_for
+from node_handlers.settings import HandlerSettings, SecretName
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 CHARS_PER_TOKEN = 4
@@ -217,29 +217,10 @@ def router_response_format(ids: list[str]) -> dict[str, Any]:
 
 # The streamed call, shared by both nodes.
 
-_openai_clients: PerLoopCache[tuple[str, str], openai.AsyncOpenAI] = PerLoopCache(
-    is_closed=lambda client: client.is_closed(), close=lambda client: client.close())
-
-
-def openai_client(base_url: str, api_key: str) -> openai.AsyncOpenAI:
-    """For nodes run without services (a handler called directly; runs use their context's,
-    ``NodeContext.services``): one client per (base URL, key) and event loop. No retries of its own: the engine
-    retries with the node's policy. Its connections pass the egress policy."""
-    key_id = hashlib.sha256(api_key.encode()).hexdigest()  # the cache holds no key in clear text
-
-    def create() -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=0,
-                                  http_client=pinned_client(follow_redirects=False))
-
-    return _openai_clients.get((base_url, key_id), create)
-
-
-def resolve_endpoint(config: ModelCallConfig, owner: str | None,
-                     settings: HandlerSettings | None = None) -> tuple[str, str]:
+def resolve_endpoint(config: ModelCallConfig, owner: str | None, settings: HandlerSettings) -> tuple[str, str]:
     """Base URL and API key of a node of ``owner``'s run. The operator's default key goes only
     to the configured default base URL: a canvas (or a template of its inputs) pointing
     ``base_url`` elsewhere would otherwise receive it."""
-    settings = settings or handler_settings()
     default_url = (settings.openai_base_url or OPENAI_BASE_URL).rstrip("/")
     base_url = (config.base_url or default_url).rstrip("/")
     if config.api_key_secret:
@@ -261,10 +242,15 @@ def resolve_endpoint(config: ModelCallConfig, owner: str | None,
 
 async def stream_chat(config: ModelCallConfig, messages: list[dict[str, Any]], ctx: NodeContext,
                       response_format: dict[str, Any] | None) -> ChatReply:
-    services = ctx.services
-    settings = services.settings if services is not None else handler_settings()
+    async with services_for(ctx.services) as services:
+        return await _stream_chat(config, messages, ctx, response_format, services)
+
+
+async def _stream_chat(config: ModelCallConfig, messages: list[dict[str, Any]], ctx: NodeContext,
+                       response_format: dict[str, Any] | None, services: HandlerServices) -> ChatReply:
+    settings = services.settings
     base_url, api_key = resolve_endpoint(config, ctx.owner, settings)
-    await check_url(base_url, services.egress if services is not None else None)
+    await check_url(base_url, services.egress)
     model = config.model or settings.default_model
     request: dict[str, Any] = {"model": model, "messages": messages, "stream": True,
                                "stream_options": {"include_usage": True}, "timeout": float(config.timeout_s)}
@@ -277,9 +263,7 @@ async def stream_chat(config: ModelCallConfig, messages: list[dict[str, Any]], c
     started = time.monotonic()
     try:
         async with asyncio.timeout(float(config.timeout_s)):
-            client = services.openai_client(base_url, api_key) if services is not None \
-                else openai_client(base_url, api_key)
-            collected = await collect_stream(client, request, ctx)
+            collected = await collect_stream(services.openai_client(base_url, api_key), request, ctx)
     except (openai.OpenAIError, httpx.HTTPError, TimeoutError) as exc:
         raise api_error(exc, base_url, float(config.timeout_s), secrets=[api_key]) from None
     text = "".join(collected.parts)
@@ -324,8 +308,7 @@ def estimate_usage(messages: list[dict[str, Any]], chunks: int) -> dict[str, Any
     return {"input_tokens": math.ceil(chars / CHARS_PER_TOKEN), "output_tokens": chunks, "estimated": True}
 
 
-def cost_of(usage: dict[str, Any], *models: str | None, prices: dict[str, Any] | None = None) -> float | None:
-    prices = handler_settings().llm_prices if prices is None else prices
+def cost_of(usage: dict[str, Any], *models: str | None, prices: dict[str, Any]) -> float | None:
     price = next((prices[m] for m in models if m and m in prices), None)
     if price is None:
         return None

@@ -4,17 +4,21 @@ Built-in families register themselves; plugins add handlers through the
 ``flowmaestro.node_handlers`` entry-point group (each entry point names a ``NodeHandler``
 subclass, or a callable returning a list of handler instances). The registry is the
 ``NodeCatalog`` the compiler receives.
+
+A registry is a value: each entry point (a worker's run context, the API, the CLI) builds
+one with ``build_registry`` from its settings and passes it on; nothing keeps one for the
+process, so tests build registries of their own.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from functools import lru_cache
 from importlib.metadata import entry_points
 
 from builder.catalog import NodeTypeSpec
 from node_handlers.base import NodeHandler
+from node_handlers.settings import HandlerSettings
 
 ENTRY_POINT_GROUP = "flowmaestro.node_handlers"
 log = logging.getLogger(__name__)
@@ -44,12 +48,16 @@ class HandlerRegistry:
         return sorted(self._handlers)
 
 
-def builtin_handlers() -> list[NodeHandler]:
+def builtin_handlers(settings: HandlerSettings | None = None) -> list[NodeHandler]:
+    """The built-in handlers, with the installation's settings the compiler applies (the
+    loop cap); ``settings``: read from the environment when not given."""
     from node_handlers import approval, branching, containers, core, http, llm, subworkflow, timing
 
+    settings = settings if settings is not None else HandlerSettings()
     handlers: list[NodeHandler] = []
     for module in (core, branching, timing, containers, http, llm, approval, subworkflow):
-        handlers += [cls() for cls in module.HANDLERS]
+        handlers += [containers.LoopHandler(settings.max_loop_iterations) if cls is containers.LoopHandler
+                     else cls() for cls in module.HANDLERS]
     return handlers
 
 
@@ -64,8 +72,9 @@ def load_plugins(registry: HandlerRegistry) -> None:
             log.error("node handler plugin %s could not be loaded: %s", entry.name, exc)
 
 
-@lru_cache(maxsize=1)
-def default_registry() -> HandlerRegistry:
-    registry = HandlerRegistry(builtin_handlers())
+def build_registry(settings: HandlerSettings | None = None) -> HandlerRegistry:
+    """Every handler of the installation: the built-in ones and the plugins' (which may
+    replace a built-in type). ``settings``: read from the environment when not given."""
+    registry = HandlerRegistry(builtin_handlers(settings))
     load_plugins(registry)
     return registry

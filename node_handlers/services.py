@@ -5,13 +5,16 @@ A process's entry point builds one ``HandlerServices`` (in its ``RunContext``, f
 environment), the engine hands it to every node in ``NodeContext.services``, and the
 context closes it when the process is done: the clients' connections close cleanly
 before the event loop ends. Nothing here is a module global, so two contexts in one
-process (tests, an API with its worker) never share settings or connections.
+process (tests, an API with its worker) never share settings or connections. A handler
+called on its own, without services, uses a throwaway one (``services_for``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import cached_property
 from typing import Any
 
@@ -48,16 +51,18 @@ class HandlerServices:
 
     def http_client(self) -> httpx.AsyncClient:
         """The client of http nodes, one per event loop: connections are pooled."""
-        return self._client("http", lambda: pinned_client(follow_redirects=False, headers={"User-Agent": "FlowMaestro"},
-                                                          policy=self.egress))
+        client: httpx.AsyncClient = self._client("http", lambda: pinned_client(
+            follow_redirects=False, headers={"User-Agent": "FlowMaestro"}, policy=self.egress))
+        return client
 
     def openai_client(self, base_url: str, api_key: str) -> openai.AsyncOpenAI:
         """One client per (base URL, key) and event loop. No retries of its own: the engine
         retries with the node's policy. Its connections pass the egress policy."""
         key_id = hashlib.sha256(api_key.encode()).hexdigest()  # held without the key in clear text
-        return self._client(("openai", base_url, key_id), lambda: openai.AsyncOpenAI(
+        client: openai.AsyncOpenAI = self._client(("openai", base_url, key_id), lambda: openai.AsyncOpenAI(
             api_key=api_key, base_url=base_url, max_retries=0,
             http_client=pinned_client(follow_redirects=False, policy=self.egress)))
+        return client
 
     def _client(self, key: Any, create: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -78,3 +83,18 @@ class HandlerServices:
 
 def _is_closed(client: Any) -> bool:
     return client.is_closed if isinstance(client, httpx.AsyncClient) else client.is_closed()
+
+
+@asynccontextmanager
+async def services_for(given: HandlerServices | None) -> AsyncIterator[HandlerServices]:
+    """``given`` (a context's, ``NodeContext.services``), or for a handler called on its own
+    a throwaway one read from the environment, closed when the call is done: its client
+    serves that one call."""
+    if given is not None:
+        yield given
+        return
+    own = HandlerServices.from_environment()
+    try:
+        yield own
+    finally:
+        await own.close()

@@ -1,7 +1,9 @@
 """Settings of the handlers that talk to the outside (http, llm, router), and secrets.
 
-Settings are read once per process from the environment (``FLOWMAESTRO_*``) through
-``handler_settings()``; tests change the environment and call ``reset_handler_settings()``.
+Settings are read from the environment (``FLOWMAESTRO_*``) by the entry point of a
+process, which hands them on: to its ``HandlerServices`` (what nodes read at run time) and
+to its handler registry (``build_registry``: the loop cap the compiler applies). Nothing
+caches them for the process.
 
 Secrets are different: a canvas never holds one. It names it (``token_secret: "GITHUB"``)
 and the handler reads ``FLOWMAESTRO_SECRET_GITHUB`` from the environment when the node
@@ -12,7 +14,6 @@ redacted (``node_handlers.redaction``).
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Annotated
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr
@@ -75,12 +76,3 @@ class HandlerSettings(StoreSettings):
     llm_prices: dict[str, ModelPrice] = Field(default_factory=dict, description="JSON mapping a model name to "
                                               "{input_per_1m, output_per_1m} in USD, to report cost_usd.")
 
-
-@lru_cache(maxsize=1)
-def handler_settings() -> HandlerSettings:
-    return HandlerSettings()
-
-
-def reset_handler_settings() -> None:
-    """Forget the cached settings: the next ``handler_settings()`` reads the environment again."""
-    handler_settings.cache_clear()

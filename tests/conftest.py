@@ -69,25 +69,41 @@ def prefect_server():
     stop(home)
 
 
-@pytest.fixture
-def test_handlers():
-    """Registers the test handlers (tests/support.py) in the process registry the flow
-    uses, and clears their journal."""
-    from node_handlers.registry import default_registry
-    from tests.support import JOURNAL, TEST_HANDLERS
+@pytest.fixture(scope="session")
+def test_handler_plugin(tmp_path_factory):
+    """The test handlers (tests/support.py) installed as a plugin, as an installation adds
+    node types: a distribution on ``sys.path`` whose ``flowmaestro.node_handlers`` entry
+    point names them. Every registry built afterwards in this process (a run context's, the
+    API's, an in-process worker's, ``run_workflow``'s) has them; there is no process
+    registry to register them into."""
+    from node_handlers.registry import ENTRY_POINT_GROUP
 
-    registry = default_registry()
-    for cls in TEST_HANDLERS:
-        registry.register(cls(), replace=True)
+    site = tmp_path_factory.mktemp("plugin-site")
+    info = site / "flowmaestro_test_handlers-0.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: flowmaestro-test-handlers\nVersion: 0.0\n")
+    (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\ntest_handlers = tests.support:plugin_handlers\n")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(site))
+        yield
+
+
+@pytest.fixture
+def test_handlers(test_handler_plugin):
+    """The test handlers in every registry built from now on (``test_handler_plugin``), and
+    their journal cleared."""
+    from tests.support import JOURNAL
+
     JOURNAL.clear()
     return JOURNAL
 
 
 @pytest.fixture
-async def run_context():
-    """A run context built from the test environment, as an in-process caller builds one;
-    bind the generic flow to it with ``flows.flow.workflow_flow`` (with listeners:
-    ``dataclasses.replace(run_context, listeners=(...,))``)."""
+async def run_context(test_handler_plugin):
+    """A run context built from the test environment, as an in-process caller builds one
+    (its registry has the test handlers); bind the generic flow to it with
+    ``flows.flow.workflow_flow`` (with listeners: ``dataclasses.replace(run_context,
+    listeners=(...,))``)."""
     from flows.run_context import RunContext
 
     context = RunContext.from_environment()
@@ -96,8 +112,8 @@ async def run_context():
 
 
 class InProcessWorkers:
-    """FlowMaestro workers running in the test process (so the test handlers registered in
-    its registry run there too), each on its own work pool and database."""
+    """FlowMaestro workers running in the test process (their registries have the test
+    handlers: ``test_handler_plugin``), each on its own work pool and database."""
 
     def __init__(self) -> None:
         self.running: list[tuple[asyncio.Event, asyncio.Task, object]] = []
@@ -144,7 +160,7 @@ def counting():
 
 
 @pytest.fixture(scope="module")
-async def in_process_workers():
+async def in_process_workers(test_handler_plugin):
     workers = InProcessWorkers()
     yield workers
     await workers.stop_all()

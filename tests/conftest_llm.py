@@ -21,7 +21,6 @@ from tests.openai_server import FakeOpenAI
 from builder.plan import CachePolicy, PlanNode, RetryPolicy
 from flows.calls import CallResult, DirectRunner, NodeCall
 from node_handlers.base import NodeContext, NodeHandler
-from node_handlers.settings import reset_handler_settings
 
 HANDLER_ENV = ("FLOWMAESTRO_HTTP_ALLOW_HOSTS", "FLOWMAESTRO_OPENAI_BASE_URL", "FLOWMAESTRO_OPENAI_API_KEY",
                "OPENAI_API_KEY", "FLOWMAESTRO_LLM_PRICES", "FLOWMAESTRO_DEFAULT_MODEL", "OPENAI_BASE_URL")
@@ -31,16 +30,13 @@ HANDLER_ENV = ("FLOWMAESTRO_HTTP_ALLOW_HOSTS", "FLOWMAESTRO_OPENAI_BASE_URL", "F
 def handler_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
     for name in HANDLER_ENV:
         monkeypatch.delenv(name, raising=False)
-    reset_handler_settings()
     yield monkeypatch
-    reset_handler_settings()
 
 
 def set_env(monkeypatch: pytest.MonkeyPatch, **values: str) -> None:
-    """Set environment variables and make the handler settings read them again."""
+    """Set environment variables: handler settings built from now on read them."""
     for name, value in values.items():
         monkeypatch.setenv(name, value)
-    reset_handler_settings()
 
 
 def allow_hosts(monkeypatch: pytest.MonkeyPatch, value: str) -> None:

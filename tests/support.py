@@ -113,6 +113,11 @@ class CountHandler(NodeHandler):
 TEST_HANDLERS = [SleepHandler, FlakyHandler, CountHandler]
 
 
+def plugin_handlers() -> list[NodeHandler]:
+    """The test handlers as a plugin gives them (``tests/conftest.py``: test_handler_plugin)."""
+    return [cls() for cls in TEST_HANDLERS]
+
+
 def make_registry() -> HandlerRegistry:
     return HandlerRegistry(builtin_handlers() + [cls() for cls in TEST_HANDLERS])
 

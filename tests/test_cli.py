@@ -106,3 +106,28 @@ def test_run_exit_code_1_when_the_run_fails(prefect_server, tmp_path):
     result = json.loads(proc.stdout)
     assert result["status"] == "failed"
     assert result["nodes"]["t"]["error"]["type"] == "TemplateError"
+
+
+@pytest.mark.parametrize("failure", ["503", "connection"])
+def test_resume_when_prefect_fails_is_one_line_naming_prefect_not_a_traceback(monkeypatch, tmp_path, failure):
+    import httpx
+
+    import cli.main
+    import flows.approvals
+
+    request = httpx.Request("POST", "http://prefect.test/api/flow_runs/x/input")
+
+    async def failing_resume(*args, **kwargs):
+        if failure == "503":
+            raise httpx.HTTPStatusError("unavailable", request=request, response=httpx.Response(503, request=request))
+        raise httpx.ConnectError("connection refused", request=request)
+
+    monkeypatch.setattr(cli.main, "_prefect_server", lambda quiet=False: None)
+    monkeypatch.setattr(flows.approvals, "resume_approval", failing_resume)
+    monkeypatch.setenv("FLOWMAESTRO_HOME", str(tmp_path))
+    monkeypatch.setenv("FLOWMAESTRO_DECISION_KEY", "k" * 32)
+    result = runner.invoke(app, ["resume", "00000000-0000-0000-0000-000000000001", "--node", "ask"])
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit), result.exception  # not the client's error, uncaught
+    assert "Prefect" in result.output
+    assert len(result.output.strip().splitlines()) == 1

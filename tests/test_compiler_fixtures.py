@@ -24,7 +24,7 @@ import pytest
 
 from builder.compiler import CompileResult, compile_canvas
 from builder.issues import Issue
-from node_handlers.registry import default_registry
+from node_handlers.registry import build_registry
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "canvases"
@@ -70,7 +70,7 @@ def _params(paths: list[Path]) -> list[Any]:
 
 
 def _compile(path: Path) -> CompileResult:
-    return compile_canvas(_load(path), default_registry())
+    return compile_canvas(_load(path), build_registry())
 
 
 def _key(item: dict[str, Any] | Issue) -> tuple[str, str | None, str | None]:
@@ -107,8 +107,8 @@ def test_top_level_expect_key_is_ignored_by_the_compiler():
     """Verified, not assumed: an unknown top-level key yields no issue and no plan change."""
     canvas = {"nodes": [{"id": "s", "type": "start"}, {"id": "e", "type": "end"}],
               "edges": [{"id": "e1", "source": "s", "target": "e"}]}
-    plain = compile_canvas(canvas, default_registry())
-    annotated = compile_canvas({**canvas, "expect": [{"code": "cycle", "node_id": "s"}]}, default_registry())
+    plain = compile_canvas(canvas, build_registry())
+    annotated = compile_canvas({**canvas, "expect": [{"code": "cycle", "node_id": "s"}]}, build_registry())
     assert plain.issues == annotated.issues == ()
     assert plain.plan is not None and annotated.plan is not None
     assert plain.plan.hash == annotated.plan.hash
@@ -191,6 +191,6 @@ def test_many_problems_are_reported_together():
 def test_ids_that_name_one_handle_twice_are_refused(node_type: str, data: dict[str, Any], field: str, message: str):
     raw = {"name": "ids", "nodes": [{"id": "start", "type": "start"}, {"id": "pick", "type": node_type, "data": data}],
            "edges": [{"source": "start", "target": "pick"}]}
-    [issue] = compile_canvas(raw, default_registry()).errors
+    [issue] = compile_canvas(raw, build_registry()).errors
     assert (issue.code, issue.node_id, issue.field) == ("invalid_config", "pick", field)
     assert message in issue.message

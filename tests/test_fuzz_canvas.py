@@ -17,10 +17,10 @@ from hypothesis import strategies as st
 from api.app import create_app
 from api.settings import ApiSettings
 from builder.compiler import compile_canvas
-from node_handlers.registry import default_registry
+from node_handlers.registry import build_registry
 from tests.canvas_strategies import broken_export, misshapen, react_flow_export
 
-REGISTRY = default_registry()
+REGISTRY = build_registry()
 KEY = "canvas-fuzz-key"
 EXAMPLES = int(os.environ.get("FLOWMAESTRO_FUZZ_EXAMPLES", "150"))  # scripts/fuzz.py runs thousands
 FAST = settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])

@@ -4,6 +4,7 @@ other's, and a context closes the clients it opened."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 import pytest
@@ -73,3 +74,47 @@ async def test_a_run_context_closes_its_handler_services():
     client = services.http_client()
     await context.close()
     assert client.is_closed
+
+
+async def test_one_client_per_services_and_another_for_other_settings():
+    """(Was the process's shared client: replaced when the policy changed.)"""
+    services, other = HandlerServices(HandlerSettings()), HandlerServices(HandlerSettings(http_allow_hosts="10.0.0.0/8"))
+    try:
+        first = services.http_client()
+        assert services.http_client() is first
+        assert other.http_client() is not first
+    finally:
+        await services.close()
+        await other.close()
+
+
+def test_each_event_loop_gets_its_own_client():
+    services = HandlerServices(HandlerSettings())
+
+    async def client_of_this_loop():
+        try:
+            return services.http_client()
+        finally:
+            await services.close()  # as a context does before its loop ends
+
+    first = asyncio.run(client_of_this_loop())
+    second = asyncio.run(client_of_this_loop())  # the first loop is closed now
+    assert second is not first and first.is_closed and second.is_closed
+
+
+async def test_a_handler_called_on_its_own_closes_the_services_it_built(counting, monkeypatch):
+    """Without services (a handler called directly), the call builds them from the
+    environment and closes them when it ends: no client is left to the process."""
+    built: list[HandlerServices] = []
+
+    def from_environment() -> HandlerServices:
+        built.append(HandlerServices(HandlerSettings(http_allow_hosts="127.0.0.1")))
+        return built[-1]
+
+    monkeypatch.setattr(HandlerServices, "from_environment", staticmethod(from_environment))
+    alone = NodeContext(node_id="n", path=(), run_id="r", workflow="w", attempt=1, upstream={}, inputs={},
+                        emit=lambda kind, data: None)
+    completed = await HttpHandler().run(HttpConfig.model_validate({"url": f"{counting.url}/alone"}), alone)
+    assert completed.output["status"] == 200
+    [services] = built
+    assert services._clients == {}, "the throwaway services were not closed"

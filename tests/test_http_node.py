@@ -25,8 +25,8 @@ from starlette.routing import Route
 
 from node_handlers import egress
 from node_handlers.base import NodeError
-from node_handlers.egress import EgressPolicy, close_clients, refusal_reason
-from node_handlers.http import HttpConfig, HttpHandler, parse_retry_after, shared_client
+from node_handlers.egress import EgressPolicy, refusal_reason
+from node_handlers.http import HttpConfig, HttpHandler, parse_retry_after
 
 TOKEN = "tok-very-secret-4711"
 PASSWORD = "pa55-word-very-secret"
@@ -515,26 +515,3 @@ def test_a_secret_name_cannot_be_a_template() -> None:
     with pytest.raises(ValidationError):
         HttpConfig.model_validate({"url": "http://x", "auth": {"type": "bearer", "token_secret": "{{ env.T }}"}})
 
-
-# The shared client
-
-
-async def test_one_client_is_shared_and_replaced_when_the_policy_changes(handler_env: pytest.MonkeyPatch) -> None:
-    first = shared_client()
-    assert shared_client() is first
-    allow_hosts(handler_env, "10.0.0.0/8")
-    assert shared_client() is not first
-
-
-@pytest.mark.usefixtures("loopback_allowed")
-def test_each_event_loop_gets_its_own_client(web: RecordingApp, base: str) -> None:
-    async def fetch() -> tuple[Any, int]:
-        try:
-            return shared_client(), (await call({"url": f"{base}/json"}))["status"]
-        finally:
-            await close_clients()  # as a server does at shutdown, before its loop ends
-
-    first_client, first_status = asyncio.run(fetch())
-    second_client, second_status = asyncio.run(fetch())  # the first loop is closed now
-    assert second_client is not first_client
-    assert first_status == second_status == 200

@@ -12,7 +12,7 @@ from jinja2.exceptions import SecurityError
 from builder.compiler import compile_canvas
 from builder.templates.budget import DEFAULT_LIMITS
 from builder.templates.sandbox import get_environment
-from node_handlers.registry import default_registry
+from node_handlers.registry import build_registry
 from tests.conftest import STREAMS_PER_RUN
 from tests.processes import wait_until
 
@@ -45,7 +45,7 @@ def test_templates_that_build_huge_values_are_refused(template):
                                      {"id": "t", "type": "transform", "data": {"output": template}}],
            "edges": [{"id": "e", "source": "start", "target": "t"}]}
     # Compiling evaluates nothing (Jinja folded constant operators: 9 ** 9999999 took 40 s of the API's loop).
-    assert compile_canvas(raw, default_registry()).ok
+    assert compile_canvas(raw, build_registry()).ok
     with pytest.raises(SecurityError, match="too large"):
         get_environment().from_string(template).render()
 

@@ -22,7 +22,7 @@ from flows.engine import Execution
 from node_handlers import egress
 from node_handlers.base import Completed, NodeError
 from node_handlers.llm import LlmConfig, LlmHandler, RouterConfig, RouterHandler, parse_json_reply
-from node_handlers.registry import default_registry
+from node_handlers.registry import build_registry
 from tests.conftest_llm import (  # noqa: F401
     Emitted,
     allow_hosts,
@@ -360,7 +360,7 @@ async def test_the_example_canvas_runs_against_local_servers(openai_server: Fake
                                                              handler_env: pytest.MonkeyPatch) -> None:
     # The example's model is the configured one: it takes no base_url from its inputs.
     set_env(handler_env, FLOWMAESTRO_OPENAI_BASE_URL=openai_server.base_url)
-    registry = default_registry()
+    registry = build_registry()
     compiled = compile_canvas(json.loads(EXAMPLE.read_text()), registry)
     assert compiled.ok, [str(i) for i in compiled.errors]
     plan = compiled.plan

@@ -15,7 +15,7 @@ from prefect.client.orchestration import get_client
 
 from flows.calls import DirectRunner, MirroredRun
 from flows.engine import Execution
-from node_handlers.registry import default_registry
+from node_handlers.registry import build_registry
 from tests.support import canvas, compiled, node, task_runs_of
 
 
@@ -40,8 +40,8 @@ class KeepingRunner(DirectRunner):
 
 
 async def execute(raw, runner: KeepingRunner, **options):
-    plan = compiled(raw, default_registry())
-    record = await Execution(plan, default_registry(), run_id="r", inputs={}, runner=runner, **options).run()
+    plan = compiled(raw, build_registry())
+    record = await Execution(plan, build_registry(), run_id="r", inputs={}, runner=runner, **options).run()
     assert record.status == "completed", record.error
     return record
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from builder.compiler import compile_canvas
 from builder.plan import TOP
 from flows.scheduler import NodeFailure, NodeResult, ScopeResult, ScopeRun, ScopeScheduler, scope_result
-from node_handlers.registry import default_registry
+from node_handlers.registry import build_registry
 from tests.support import canvas, compiled, node
 
 
@@ -118,7 +118,7 @@ def test_undecided_lists_nodes_that_never_ran():
 
 
 def plan_of(nodes: list[dict], edges: list = (), **extra):
-    result = compile_canvas(canvas(nodes, edges, **extra), default_registry())
+    result = compile_canvas(canvas(nodes, edges, **extra), build_registry())
     assert result.ok, [str(i) for i in result.errors]
     return result.plan
 

@@ -23,7 +23,7 @@ from jsonschema import Draft202012Validator  # noqa: E402
 
 from builder.compiler import compile_canvas  # noqa: E402
 from builder.schema import canvas_json_schema  # noqa: E402
-from node_handlers.registry import default_registry  # noqa: E402
+from node_handlers.registry import build_registry  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "canvases"
 VALID = sorted((FIXTURES / "valid").glob("*.json"))
@@ -64,7 +64,7 @@ GRAPH_RULES = [
 
 @pytest.fixture(scope="module")
 def validator() -> Draft202012Validator:
-    schema = canvas_json_schema(default_registry())
+    schema = canvas_json_schema(build_registry())
     Draft202012Validator.check_schema(schema)
     return Draft202012Validator(schema)
 
@@ -82,7 +82,7 @@ def test_schema_is_draft_2020_12_and_lists_every_node_type(validator):
     schema = validator.schema
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     node_types = schema["$defs"]["NodeModel"]["properties"]["type"]["enum"]
-    assert node_types == sorted(default_registry().types())
+    assert node_types == sorted(build_registry().types())
     assert {"start", "end", "transform", "condition", "loop", "parallel", "http", "llm"} <= set(node_types)
 
 
@@ -95,7 +95,7 @@ def test_valid_fixtures_fit_the_schema(validator, path):
 def test_structural_problems_fail_the_schema(validator, name):
     document = _load(FIXTURES / "invalid" / name)
     assert _problems(validator, document) != []
-    assert not compile_canvas(document, default_registry()).ok
+    assert not compile_canvas(document, build_registry()).ok
 
 
 @pytest.mark.parametrize("name", GRAPH_RULES)
@@ -103,7 +103,7 @@ def test_graph_rules_need_the_compiler(validator, name):
     """These canvases are well-formed, so the schema accepts them; the compiler does not."""
     document = _load(FIXTURES / "invalid" / name)
     assert _problems(validator, document) == []
-    assert not compile_canvas(document, default_registry()).ok
+    assert not compile_canvas(document, build_registry()).ok
 
 
 def _one_node(type_: str, data: Any, **extra: Any) -> dict[str, Any]:
@@ -134,12 +134,12 @@ def test_the_schema_points_at_the_structural_problem(validator, document, path):
     paths = ["/".join(map(str, error.absolute_path)) for error in validator.iter_errors(document)]
     assert paths, "the schema accepted it"
     assert any(p.startswith(path) for p in paths), paths
-    assert not compile_canvas(document, default_registry()).ok
+    assert not compile_canvas(document, build_registry()).ok
 
 
 def test_templatable_fields_accept_only_templates_as_text(validator):
     document = _one_node("loop", {"mode": "for", "count": "three"})
-    assert not compile_canvas(document, default_registry()).ok
+    assert not compile_canvas(document, build_registry()).ok
     assert _problems(validator, document) != []
 
 
@@ -158,7 +158,7 @@ def test_templatable_fields_accept_only_templates_as_text(validator):
 def test_schema_and_compiler_agree_on_value_or_template_fields(validator, type_, data, ok):
     document = _one_node(type_, data)
     assert (_problems(validator, document) == []) is ok
-    issues = [i for i in compile_canvas(document, default_registry()).errors if i.code == "invalid_config"]
+    issues = [i for i in compile_canvas(document, build_registry()).errors if i.code == "invalid_config"]
     assert (issues == []) is ok, issues
     if not ok:
         assert len(issues) == 1 and "template" in issues[0].message  # one readable error per field

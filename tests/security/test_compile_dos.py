@@ -26,7 +26,7 @@ from builder.graph import Ancestry, analyse_scope
 from builder.limits import CompileLimits
 from deployments.schedules import Timing, refuse_short_gaps
 from deployments.workflow_deployments import deployment_name
-from node_handlers.registry import default_registry
+from node_handlers.registry import build_registry
 from store.errors import Invalid
 from tests.support import wait_final
 
@@ -55,7 +55,7 @@ def compact(value: dict) -> bytes:
 def test_reference_checks_of_the_16000_chain_are_linear():
     """Before: 4,000 nodes took 10 s, 16,000 about 3 minutes (quadratic). Now a second or so (bound: 20 s, for a loaded machine)."""
     started = time.monotonic()
-    result = compile_canvas(chain(16_000), default_registry(), CompileLimits.unlimited())
+    result = compile_canvas(chain(16_000), build_registry(), CompileLimits.unlimited())
     elapsed = time.monotonic() - started
     assert result.ok, [str(i) for i in result.errors[:3]]
     assert elapsed < 20, f"the 16,000-node chain took {elapsed:.1f} s to compile"
@@ -87,7 +87,7 @@ def test_ancestor_bitsets_agree_with_a_search_of_the_graph():
 
 def test_a_canvas_over_the_node_cap_is_refused_before_any_work():
     started = time.monotonic()
-    result = compile_canvas(chain(16_000), default_registry())
+    result = compile_canvas(chain(16_000), build_registry())
     assert time.monotonic() - started < 5
     [issue] = result.issues
     assert (issue.code, issue.field) == ("too_many_nodes", "nodes")
@@ -96,14 +96,14 @@ def test_a_canvas_over_the_node_cap_is_refused_before_any_work():
 
 def test_a_canvas_at_the_caps_compiles_in_seconds():
     started = time.monotonic()
-    result = compile_canvas(chain(4_999), default_registry())
+    result = compile_canvas(chain(4_999), build_registry())
     elapsed = time.monotonic() - started
     assert result.ok and len(result.plan.nodes) == 5_000
     assert elapsed < 30, f"a canvas at the node cap took {elapsed:.1f} s"
 
 
 def test_the_time_budget_stops_a_compile_with_an_issue():
-    result = compile_canvas(chain(4_999), default_registry(), CompileLimits(time_budget_s=1e-9))
+    result = compile_canvas(chain(4_999), build_registry(), CompileLimits(time_budget_s=1e-9))
     assert not result.ok
     assert result.issues[-1].code == "compile_time_exceeded"
 
@@ -111,7 +111,7 @@ def test_the_time_budget_stops_a_compile_with_an_issue():
 def test_5000_nested_parentheses_are_an_issue_naming_node_and_field():
     raw = {"nodes": [{"id": "start", "type": "start"}, {"id": "deep", "type": "transform", "data": {"output": DEEP_TEMPLATE}}],
            "edges": [{"source": "start", "target": "deep"}]}
-    [issue] = compile_canvas(raw, default_registry()).errors
+    [issue] = compile_canvas(raw, build_registry()).errors
     assert (issue.code, issue.node_id, issue.field) == ("template_too_deep", "deep", "data.output")
     assert "5000 brackets" in issue.message
 
@@ -120,7 +120,7 @@ def test_nesting_the_parser_would_recurse_on_without_brackets_is_an_issue():
     inline_ifs = "{{ " + "1 if 1 else " * 3000 + "0 }}"
     raw = {"nodes": [{"id": "start", "type": "start"}, {"id": "ifs", "type": "transform", "data": {"output": inline_ifs}}],
            "edges": [{"source": "start", "target": "ifs"}]}
-    [issue] = compile_canvas(raw, default_registry()).errors
+    [issue] = compile_canvas(raw, build_registry()).errors
     assert (issue.code, issue.node_id, issue.field) == ("template_too_deep", "ifs", "data.output")
 
 

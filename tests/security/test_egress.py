@@ -35,7 +35,7 @@ from starlette.routing import Route
 from node_handlers import egress
 from node_handlers.addresses import interface_addresses, refusal_reason
 from node_handlers.base import NodeError
-from node_handlers.egress import AllowRule, EgressPolicy, build_policy
+from node_handlers.egress import AllowRule, EgressPolicy
 from node_handlers.http import HttpConfig, HttpHandler
 from node_handlers.llm import LlmConfig, LlmHandler
 from node_handlers.protected import ServiceAddress, protect, service_addresses
@@ -63,15 +63,6 @@ async def refused(url: str, method: str = "GET", **data: Any) -> NodeError:
     with pytest.raises(NodeError) as caught:
         await call({"url": url, "method": method, **data})
     return caught.value
-
-
-@pytest.fixture
-def fresh_policy() -> Iterator[None]:
-    """The policy is built once per settings; a test that changes what the machine's
-    addresses look like builds it again, before and after."""
-    build_policy.cache_clear()
-    yield
-    build_policy.cache_clear()
 
 
 @pytest.fixture
@@ -335,7 +326,7 @@ def test_the_machines_own_global_address_needs_an_entry_with_a_port() -> None:
 
 
 async def test_the_machines_public_address_is_refused_by_default(
-        handler_env: pytest.MonkeyPatch, monkeypatch: pytest.MonkeyPatch, fresh_policy: None) -> None:
+        handler_env: pytest.MonkeyPatch, monkeypatch: pytest.MonkeyPatch) -> None:
     # This machine had a public address (as the pentest's did): as a global address it passed.
     public = ipaddress.ip_address("93.184.216.34")
     monkeypatch.setattr(egress, "interface_addresses", lambda: interface_addresses() | {public})
@@ -361,7 +352,7 @@ class _Ok(BaseHTTPRequestHandler):
         pass
 
 
-async def test_a_server_on_the_machines_own_address(handler_env: pytest.MonkeyPatch, fresh_policy: None) -> None:
+async def test_a_server_on_the_machines_own_address(handler_env: pytest.MonkeyPatch) -> None:
     address = own_ipv4()
     if address is None:  # under CI=true (.ci/run) a skip would pass without the check ever made
         if os.environ.get("CI") == "true":

@@ -22,7 +22,7 @@ from starlette.routing import Route
 from builder.compiler import compile_canvas
 from builder.inputs import validate_inputs
 from flows.engine import Execution
-from node_handlers.registry import default_registry
+from node_handlers.registry import build_registry
 from tests.conftest_llm import handler_env, set_env  # noqa: F401
 from tests.openai_server import FakeOpenAI, serve_in_thread
 
@@ -81,7 +81,7 @@ async def run_canvas(nodes: list[dict[str, Any]], owner: str | None, inputs: dic
     edges = [{"id": f"e{i}", "source": a, "target": b} for i, (a, b) in enumerate(zip(chain, chain[1:]))]
     canvas = {"name": "attack", "inputs": declared or {}, "nodes": [{"id": "start", "type": "start", "data": {}},
                                                                     *nodes], "edges": edges}
-    registry = default_registry()
+    registry = build_registry()
     compiled = compile_canvas(canvas, registry)
     assert compiled.ok, [str(i) for i in compiled.errors]
     plan = compiled.plan

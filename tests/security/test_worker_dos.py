@@ -89,16 +89,13 @@ async def test_the_beating_thread_stops_with_the_worker(sent):
 
 @pytest.fixture
 def loop_cap(monkeypatch):
-    """FLOWMAESTRO_MAX_LOOP_ITERATIONS for the test (handler settings are read once per process)."""
-    from node_handlers.settings import reset_handler_settings
+    """FLOWMAESTRO_MAX_LOOP_ITERATIONS for the test: the registries built afterwards apply it."""
 
     def set_cap(value: int) -> None:
         monkeypatch.setenv("FLOWMAESTRO_MAX_LOOP_ITERATIONS", str(value))
-        reset_handler_settings()
 
     yield set_cap
     monkeypatch.delenv("FLOWMAESTRO_MAX_LOOP_ITERATIONS", raising=False)
-    reset_handler_settings()
 
 
 def big_loop(count, max_iterations=1_000_000):
@@ -110,14 +107,14 @@ def big_loop(count, max_iterations=1_000_000):
 
 def test_a_static_loop_over_the_cap_is_refused_when_the_canvas_compiles(loop_cap):
     from builder.compiler import compile_canvas
-    from node_handlers.registry import default_registry
+    from node_handlers.registry import build_registry
 
     loop_cap(10_000)
-    compiled = compile_canvas(big_loop(20_000), default_registry())
+    compiled = compile_canvas(big_loop(20_000), build_registry())
     assert not compiled.ok
     [issue] = [i for i in compiled.errors if i.node_id == "lp"]
     assert "20000 iterations" in issue.message and "FLOWMAESTRO_MAX_LOOP_ITERATIONS=10000" in issue.message, issue
-    assert compile_canvas(big_loop(10_000), default_registry()).ok
+    assert compile_canvas(big_loop(10_000), build_registry()).ok
 
 
 async def test_a_templated_loop_over_the_cap_fails_its_node_naming_the_cap(loop_cap):
