@@ -9,6 +9,7 @@ there to turn a hang into a failure.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -32,22 +33,29 @@ TIMEOUT = 120.0
 # ------------------------------------------------------------------------------------ fixtures
 
 
+def _admin(statement: str) -> None:
+    """One statement on PostgreSQL's admin database, in a thread of its own: ``pg_url`` is
+    created lazily, from inside the event loop of the first test that asks for it."""
+
+    async def execute() -> None:
+        admin = await asyncpg.connect(PG_ADMIN_DSN)
+        try:
+            await admin.execute(statement)
+        finally:
+            await admin.close()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as thread:
+        thread.submit(asyncio.run, execute()).result()
+
+
 @pytest.fixture(scope="session")
-async def pg_url():
+def pg_url():
     """A throwaway PostgreSQL database for the session, dropped at the end."""
     name = f"fm_test_{uuid.uuid4().hex[:16]}"
-    admin = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
+    _admin(f'CREATE DATABASE "{name}"')
     base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
     yield f"{base}/{name}"
-    admin = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 class Logs:
