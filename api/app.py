@@ -14,7 +14,6 @@ from prometheus_client import generate_latest
 from api import dead_letters, executions, schedules, ui, webhooks, workflows
 from api.auth import require_metrics_key
 from api.compiling import CanvasCompiler
-from builder.plan_cache import PlanCache
 from api.docs import install_docs
 from api.errors import install_error_handlers
 from api.health import health_checks
@@ -24,10 +23,11 @@ from api.rate_limit import MemoryRateLimiter, RedisRateLimiter
 from api.replay_guard import MemoryReplayGuard, RedisReplayGuard
 from api.runs import RunService
 from api.schedule_service import ScheduleService
-from api.webhook_service import WebhookService
 from api.settings import ApiSettings
 from api.stream_slots import StreamSlots
 from api.stream_tokens import StreamTokens, redact_access_logs, token_key
+from api.webhook_service import WebhookService
+from builder.plan_cache import PlanCache
 from deployments.workflow_deployments import WorkflowDeployments
 from flows.decisions import DecisionSigner
 from flows.event_log import event_log_from_env
@@ -37,11 +37,14 @@ from store.queries import Executions, NodeOutcomes, Workflows
 from store.secrets import SecretBox
 from store.triggers import ScheduleOverlaps, Webhooks
 
-
 METRICS_ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"description": why, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
-    for code, why in ((401, "Not the metrics key"), (403, "Closed: no metrics key is set"),
-                      (503, "The database is unavailable"))}
+    for code, why in (
+        (401, "Not the metrics key"),
+        (403, "Closed: no metrics key is set"),
+        (503, "The database is unavailable"),
+    )
+}
 """/metrics answers text, and its refusals JSON error bodies (``api.errors``)."""
 
 
@@ -90,8 +93,7 @@ class BodySizeLimit:
         await self.app(scope, limited_receive, guarded_send)
 
     async def _refuse(self, send: Any, limit: int) -> None:
-        response = JSONResponse({"detail": f"request body larger than {limit} bytes", "issues": []},
-                                status_code=413)
+        response = JSONResponse({"detail": f"request body larger than {limit} bytes", "issues": []}, status_code=413)
         await response({"type": "http"}, None, send)
 
 
@@ -112,49 +114,75 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             prefect = PrefectGateway(await stack.enter_async_context(get_client()), settings.prefect_timeout_s)
             app.state.engine, app.state.sessions, app.state.event_log = engine, database, event_log
             registry = build_registry()  # the handler settings of the environment (the loop cap)
-            compiler = CanvasCompiler(registry, settings.compile_limits(), PlanCache(settings.plan_cache_nodes),
-                                      metrics.canvas_compiles)
+            compiler = CanvasCompiler(
+                registry, settings.compile_limits(), PlanCache(settings.plan_cache_nodes), metrics.canvas_compiles
+            )
             stack.callback(compiler.close)
-            app.state.runs = RunService(workflows=Workflows(database), executions=Executions(database),
-                                        outcomes=NodeOutcomes(database),
-                                        deployments=WorkflowDeployments(settings.work_pool, settings.owner_max_runs),
-                                        prefect=prefect,
-                                        registry=registry, event_log=event_log, metrics=metrics, compiler=compiler,
-                                        decisions=DecisionSigner.from_settings(settings.decision_key,
-                                                                               settings.secret_key, settings.home),
-                                        prefect_public_url=settings.prefect_public_url)
+            app.state.runs = RunService(
+                workflows=Workflows(database),
+                executions=Executions(database),
+                outcomes=NodeOutcomes(database),
+                deployments=WorkflowDeployments(settings.work_pool, settings.owner_max_runs),
+                prefect=prefect,
+                registry=registry,
+                event_log=event_log,
+                metrics=metrics,
+                compiler=compiler,
+                decisions=DecisionSigner.from_settings(settings.decision_key, settings.secret_key, settings.home),
+                prefect_public_url=settings.prefect_public_url,
+            )
             app.state.prefect = prefect
             app.state.schedules = ScheduleService(app.state.runs, prefect, ScheduleOverlaps(database))
             secret_key = settings.secret_key.get_secret_value() if settings.secret_key else None
             box = SecretBox.from_settings(secret_key, settings.home)
-            limiter = RedisRateLimiter(settings.redis_url, settings.webhook_rate_limit) if settings.redis_url \
+            limiter = (
+                RedisRateLimiter(settings.redis_url, settings.webhook_rate_limit)
+                if settings.redis_url
                 else MemoryRateLimiter(settings.webhook_rate_limit)
+            )
             stack.push_async_callback(limiter.close)
-            refused_limiter = RedisRateLimiter(settings.redis_url, settings.webhook_refused_rate_limit,
-                                               prefix="flowmaestro:ratelimit:refused:") if settings.redis_url \
+            refused_limiter = (
+                RedisRateLimiter(
+                    settings.redis_url, settings.webhook_refused_rate_limit, prefix="flowmaestro:ratelimit:refused:"
+                )
+                if settings.redis_url
                 else MemoryRateLimiter(settings.webhook_refused_rate_limit)
+            )
             stack.push_async_callback(refused_limiter.close)
             # Redis for /health: the event log's or the rate limiter's, when either is on Redis.
             app.state.redis = getattr(event_log, "redis", None) or getattr(limiter, "redis", None)
             replays = RedisReplayGuard(limiter.redis) if isinstance(limiter, RedisRateLimiter) else MemoryReplayGuard()
-            app.state.webhooks = WebhookService(app.state.runs, Webhooks(database, box), limiter, replays,
-                                                refused_limiter)
+            app.state.webhooks = WebhookService(
+                app.state.runs, Webhooks(database, box), limiter, replays, refused_limiter
+            )
             app.state.stream_tokens = StreamTokens(token_key(settings), settings.stream_token_ttl_s)
             yield
 
     metrics = Metrics()
-    app = FastAPI(title="FlowMaestro", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description="Save canvas workflows, run them on Prefect workers, follow them live.")
+    app = FastAPI(
+        title="FlowMaestro",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        description="Save canvas workflows, run them on Prefect workers, follow them live.",
+    )
     install_docs(app)  # Swagger UI and ReDoc from here, not a CDN
     app.state.key_owners = settings.key_owners()
     redact_access_logs()  # stream tokens travel in URLs
     app.state.stream_slots = StreamSlots(settings.max_streams_per_run)
     install_error_handlers(app)
     if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
-                           allow_headers=["*"], expose_headers=["*"])
-    app.add_middleware(BodySizeLimit, limit=settings.max_request_bytes,
-                       path_limits=(("/hooks/", settings.webhook_max_body_bytes),))
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["*"],
+        )
+    app.add_middleware(
+        BodySizeLimit, limit=settings.max_request_bytes, path_limits=(("/hooks/", settings.webhook_max_body_bytes),)
+    )
     app.include_router(workflows.router)
     app.include_router(executions.router)
     app.include_router(dead_letters.router)
@@ -171,16 +199,26 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
 
-    @app.get("/health", tags=["operations"], responses={503: {
-        "description": "Degraded: the checks name what is down (with Retry-After)",
-        "content": {"application/json": {"schema": {}}}}})
+    @app.get(
+        "/health",
+        tags=["operations"],
+        responses={
+            503: {
+                "description": "Degraded: the checks name what is down (with Retry-After)",
+                "content": {"application/json": {"schema": {}}},
+            }
+        },
+    )
     async def health(request: Request) -> JSONResponse:
         """Checks the database, the Prefect server and Redis (when used); 503 names what is down."""
         state = request.app.state
         checks = await health_checks(state.engine, state.prefect.client, state.redis)
         ok = all(v == "ok" for v in checks.values())
-        return JSONResponse({"status": "ok" if ok else "degraded", "checks": checks}, status_code=200 if ok else 503,
-                            headers=None if ok else {"Retry-After": "5"})
+        return JSONResponse(
+            {"status": "ok" if ok else "degraded", "checks": checks},
+            status_code=200 if ok else 503,
+            headers=None if ok else {"Retry-After": "5"},
+        )
 
     @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse, responses=METRICS_ERRORS)
     async def prometheus_metrics(request: Request) -> PlainTextResponse:
@@ -188,7 +226,6 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         one unless ``FLOWMAESTRO_METRICS_PUBLIC=true``."""
         require_metrics_key(request, settings.metrics_key, settings.metrics_public)
         await metrics.refresh(request.app.state.sessions)
-        return PlainTextResponse(generate_latest(metrics.registry).decode(),
-                                 media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(generate_latest(metrics.registry).decode(), media_type="text/plain; version=0.0.4")
 
     return app

@@ -40,7 +40,10 @@ def require_metrics_key(request: Request, metrics_key: SecretStr | None, public:
     if metrics_key is None:
         if public:
             return
-        raise ApiError(403, "GET /metrics is closed: set FLOWMAESTRO_METRICS_KEY (and send it as a bearer key) "
-                            "or FLOWMAESTRO_METRICS_PUBLIC=true")
+        raise ApiError(
+            403,
+            "GET /metrics is closed: set FLOWMAESTRO_METRICS_KEY (and send it as a bearer key) "
+            "or FLOWMAESTRO_METRICS_PUBLIC=true",
+        )
     if not hmac.compare_digest(_bearer(request).encode(), metrics_key.get_secret_value().encode()):
         raise ApiError(401, "invalid metrics key", headers={"WWW-Authenticate": "Bearer"})

@@ -39,8 +39,14 @@ from store.queries import SavedVersion
 class CanvasCompiler:
     """Compiles canvases for the API's routes and services (injected; one per app)."""
 
-    def __init__(self, catalog: NodeCatalog, limits: CompileLimits, cache: PlanCache,
-                 counter: Counter | None = None, threads: int = 2):
+    def __init__(
+        self,
+        catalog: NodeCatalog,
+        limits: CompileLimits,
+        cache: PlanCache,
+        counter: Counter | None = None,
+        threads: int = 2,
+    ):
         """``counter``: counts every compile (``flowmaestro_canvas_compiles_total``).
         ``threads``: compiles at once. Their own pool, not asyncio's default one, which also
         resolves names for new database and Redis connections: a burst of large compiles
@@ -57,7 +63,8 @@ class CanvasCompiler:
         if self.counter is not None:
             self.counter.inc()
         result = await asyncio.get_running_loop().run_in_executor(
-            self._threads, compile_canvas, canvas, self.catalog, self.limits)
+            self._threads, compile_canvas, canvas, self.catalog, self.limits
+        )
         over = [issue.to_dict() for issue in result.issues if issue.code in LIMIT_CODES]
         if over:
             raise ApiError(413, "canvas too large to compile: " + "; ".join(i["message"] for i in over), over)
@@ -85,13 +92,15 @@ class CanvasCompiler:
         except ApiError as exc:  # saved under larger caps than this process has now
             raise Invalid(f"this workflow version no longer compiles here: {exc.detail}", exc.issues) from None
         if result.plan is None:  # saved canvases compiled when saved; a registry change could break one
-            raise Invalid("this workflow version no longer compiles; save a new version",
-                          [i.to_dict() for i in result.errors])
+            raise Invalid(
+                "this workflow version no longer compiles; save a new version", [i.to_dict() for i in result.errors]
+            )
         self.cache.put(key, result.plan)
         return result.plan
 
-    async def checked_inputs(self, saved: SavedVersion, inputs: Any, *,
-                             refused: str = "") -> tuple[Plan, dict[str, Any]]:
+    async def checked_inputs(
+        self, saved: SavedVersion, inputs: Any, *, refused: str = ""
+    ) -> tuple[Plan, dict[str, Any]]:
         """The plan of ``saved`` and ``inputs`` resolved against its declared inputs (defaults
         filled in); 422 naming every input that does not fit, its message led by ``refused``
         when given (e.g. "the run's inputs do not fit version 2")."""

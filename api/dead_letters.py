@@ -17,9 +17,17 @@ ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code i
 
 
 def _out(letter: DeadLetter) -> DeadLetterOut:
-    return DeadLetterOut(id=letter.id, execution_id=letter.run_id, workflow_id=letter.workflow_id,
-                         node_id=letter.node_id, path=list(letter.path), error=letter.error,
-                         attempts=letter.attempts, config=letter.config, failed_at=letter.failed_at)
+    return DeadLetterOut(
+        id=letter.id,
+        execution_id=letter.run_id,
+        workflow_id=letter.workflow_id,
+        node_id=letter.node_id,
+        path=list(letter.path),
+        error=letter.error,
+        attempts=letter.attempts,
+        config=letter.config,
+        failed_at=letter.failed_at,
+    )
 
 
 @router.get("/api/dead-letters", response_model=list[DeadLetterOut], responses=ERRORS)
@@ -27,8 +35,9 @@ async def list_dead_letters(owner: Owner, runs: RunsDep, workflow_id: str | None
     return [_out(letter) for letter in await runs.outcomes.dead_letters(owner, workflow_id=workflow_id)]
 
 
-@router.post("/api/dead-letters/{dead_letter_id}/retry", status_code=202, response_model=ExecutionAccepted,
-             responses=ERRORS)
+@router.post(
+    "/api/dead-letters/{dead_letter_id}/retry", status_code=202, response_model=ExecutionAccepted, responses=ERRORS
+)
 async def retry_dead_letter(dead_letter_id: str, owner: Owner, runs: RunsDep) -> ExecutionAccepted:
     """Retry the run the dead letter belongs to (``POST /api/executions/{id}/retry``)."""
     letter = await runs.outcomes.dead_letter(owner, dead_letter_id)

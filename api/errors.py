@@ -30,8 +30,13 @@ METHOD_ORDER = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 class ApiError(Exception):
     """An HTTP answer decided by the HTTP layer itself (authentication, request limits)."""
 
-    def __init__(self, status: int, detail: str, issues: list[dict[str, Any]] | None = None,
-                 headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        issues: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         self.status, self.detail, self.issues, self.headers = status, detail, issues or [], headers
 
 
@@ -76,8 +81,9 @@ def install_error_handlers(app: FastAPI) -> None:
         issues = []
         for error in exc.errors():
             loc = [str(part) for part in error.get("loc", ())]
-            issues.append({"code": "invalid_request", "field": ".".join(loc), "message": f"{'.'.join(loc)}: "
-                           f"{error.get('msg')}"})
+            issues.append(
+                {"code": "invalid_request", "field": ".".join(loc), "message": f"{'.'.join(loc)}: {error.get('msg')}"}
+            )
         return JSONResponse(_body("invalid request", issues), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
@@ -85,9 +91,13 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 400 and exc.detail == BODY_NOT_PARSED:
             # A body FastAPI could not even decode (JSON that is not UTF-8) is as invalid as one
             # that is not JSON, which it answers 422: the same answer, the one routes document.
-            return JSONResponse(_body("invalid request", [{"code": "invalid_request", "field": "body",
-                                                           "message": "body: not JSON text (UTF-8)"}]),
-                                status_code=422)
+            return JSONResponse(
+                _body(
+                    "invalid request",
+                    [{"code": "invalid_request", "field": "body", "message": "body: not JSON text (UTF-8)"}],
+                ),
+                status_code=422,
+            )
         headers = exc.headers
         if exc.status_code == 405:
             allowed = allowed_methods(request)

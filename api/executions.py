@@ -16,8 +16,20 @@ from starlette.background import BackgroundTask
 
 from api.auth import Owner
 from api.deps import RunsDep
-from api.schemas import (CancelAccepted, ErrorBody, ExecuteBody, ExecutionAccepted, ExecutionSummary, ResumeBody,
-                         ResumeOut, RetryBody, RunEventData, RunResult, StreamEvent, StreamTokenOut)
+from api.schemas import (
+    CancelAccepted,
+    ErrorBody,
+    ExecuteBody,
+    ExecutionAccepted,
+    ExecutionSummary,
+    ResumeBody,
+    ResumeOut,
+    RetryBody,
+    RunEventData,
+    RunResult,
+    StreamEvent,
+    StreamTokenOut,
+)
 from api.stream_slots import released_after
 from api.stream_tokens import StreamReader
 from flows.event_log import RedisEventLog
@@ -34,20 +46,36 @@ ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code i
 TRIGGERS = ("api", "schedule", "webhook", "prefect-ui", "retry", "parent")
 
 
-@router.post("/api/workflows/{workflow_id}/execute", status_code=202, response_model=ExecutionAccepted,
-             responses=ERRORS)
-async def execute_workflow(workflow_id: str, body: ExecuteBody, owner: Owner, runs: RunsDep,
-                           idempotency_key: str | None = Header(None, max_length=200, description=(
-                               "Retry-safe execute: a second request with the same key for the same "
-                               "workflow answers the run the first one started."))) -> ExecutionAccepted:
+@router.post(
+    "/api/workflows/{workflow_id}/execute", status_code=202, response_model=ExecutionAccepted, responses=ERRORS
+)
+async def execute_workflow(
+    workflow_id: str,
+    body: ExecuteBody,
+    owner: Owner,
+    runs: RunsDep,
+    idempotency_key: str | None = Header(
+        None,
+        max_length=200,
+        description=(
+            "Retry-safe execute: a second request with the same key for the same "
+            "workflow answers the run the first one started."
+        ),
+    ),
+) -> ExecutionAccepted:
     """Start a run on a worker. Inputs are checked first (422 naming each bad input); the
     answer comes as soon as the run exists in Prefect, with links to follow it."""
     # Every execute has a key: when Prefect answers too late, the run may exist all the same,
     # and a retry with the key the 503 names answers that run instead of starting another.
     given = idempotency_key or str(uuid.uuid4())
     try:
-        run_id = await runs.start(owner=owner, workflow_id=workflow_id, version=body.version, inputs=body.inputs,
-                                  idempotency_key=f"api:{owner}:{workflow_id}:{given}")
+        run_id = await runs.start(
+            owner=owner,
+            workflow_id=workflow_id,
+            version=body.version,
+            inputs=body.inputs,
+            idempotency_key=f"api:{owner}:{workflow_id}:{given}",
+        )
     except Unavailable as exc:
         exc.message += "; the run may still start: retry with the header Idempotency-Key: " + given
         exc.details["idempotency_key"] = given
@@ -56,14 +84,27 @@ async def execute_workflow(workflow_id: str, body: ExecuteBody, owner: Owner, ru
 
 
 @router.get("/api/executions", response_model=list[ExecutionSummary], responses=ERRORS)
-async def list_executions(owner: Owner, runs: RunsDep, workflow_id: str | None = None,
-                          status: str | None = None,
-                          trigger: str | None = Query(None, description=f"One of {', '.join(TRIGGERS)}.")
-                          ) -> list[ExecutionSummary]:
+async def list_executions(
+    owner: Owner,
+    runs: RunsDep,
+    workflow_id: str | None = None,
+    status: str | None = None,
+    trigger: str | None = Query(None, description=f"One of {', '.join(TRIGGERS)}."),
+) -> list[ExecutionSummary]:
     rows = await runs.list(owner, workflow_id, status, trigger)
-    return [ExecutionSummary(id=r.id, workflow_id=r.workflow_id, workflow=r.workflow_name, version=r.version,
-                             status=r.status, trigger=r.trigger or {"type": r.trigger_type},
-                             created_at=r.created_at, updated_at=r.updated_at) for r in rows]
+    return [
+        ExecutionSummary(
+            id=r.id,
+            workflow_id=r.workflow_id,
+            workflow=r.workflow_name,
+            version=r.version,
+            status=r.status,
+            trigger=r.trigger or {"type": r.trigger_type},
+            created_at=r.created_at,
+            updated_at=r.updated_at,
+        )
+        for r in rows
+    ]
 
 
 @router.get("/api/executions/{execution_id}", response_model=RunResult, responses=ERRORS)
@@ -72,26 +113,29 @@ async def read_execution(execution_id: str, owner: Owner, runs: RunsDep) -> RunR
     return await runs.read(owner, execution_id)
 
 
-@router.get("/api/executions/{execution_id}/outputs/{ref}", responses=ERRORS | {
-    200: {"content": {"application/json": {}}, "description": "the output, whole, as JSON"}})
+@router.get(
+    "/api/executions/{execution_id}/outputs/{ref}",
+    responses=ERRORS | {200: {"content": {"application/json": {}}, "description": "the output, whole, as JSON"}},
+)
 async def read_large_output(execution_id: str, ref: str, owner: Owner, runs: RunsDep) -> Response:
     """A node output too large for events and the run result, which show its size, a preview
     and this ``ref`` instead (``FLOWMAESTRO_EVENT_OUTPUT_MAX_BYTES``)."""
     return Response(await runs.large_output(owner, execution_id, ref), media_type="application/json")
 
 
-@router.post("/api/executions/{execution_id}/cancel", status_code=202, response_model=CancelAccepted,
-             responses=ERRORS)
+@router.post("/api/executions/{execution_id}/cancel", status_code=202, response_model=CancelAccepted, responses=ERRORS)
 async def cancel_execution(execution_id: str, owner: Owner, runs: RunsDep) -> CancelAccepted:
     """Cancel a run: one that has not started ends at once ('cancelled'); a running one is
     stopped by its worker ('cancelling', then the run ends 'cancelled'). 409 once it has ended."""
     return CancelAccepted(status=await runs.cancel(owner, execution_id))
 
 
-@router.post("/api/executions/{execution_id}/retry", status_code=202, response_model=ExecutionAccepted,
-             responses=ERRORS)
-async def retry_execution(execution_id: str, owner: Owner, runs: RunsDep,
-                          body: RetryBody | None = None) -> ExecutionAccepted:
+@router.post(
+    "/api/executions/{execution_id}/retry", status_code=202, response_model=ExecutionAccepted, responses=ERRORS
+)
+async def retry_execution(
+    execution_id: str, owner: Owner, runs: RunsDep, body: RetryBody | None = None
+) -> ExecutionAccepted:
     """Execute a failed or cancelled run again (the same execution id): nodes that completed
     with the same resolved configuration are restored, the rest run. 409 for a run that has
     not ended or that completed."""
@@ -112,8 +156,9 @@ async def stream_token(execution_id: str, request: Request, owner: Owner, runs: 
     cannot send ``Authorization`` (a browser's ``EventSource``): ``?token=`` on the stream."""
     await runs.executions.get(owner, execution_id)
     token, expires_at = request.app.state.stream_tokens.issue(execution_id, owner)
-    return StreamTokenOut(token=token, expires_at=expires_at,
-                          stream=f"/api/executions/{execution_id}/stream?token={token}")
+    return StreamTokenOut(
+        token=token, expires_at=expires_at, stream=f"/api/executions/{execution_id}/stream?token={token}"
+    )
 
 
 async def probe_event_log(log: Any, execution_id: str) -> None:
@@ -121,10 +166,11 @@ async def probe_event_log(log: Any, execution_id: str) -> None:
     (a log that is down raises it itself)."""
     try:
         await asyncio.wait_for(log.last_seq(execution_id), timeout=PROBE_S)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         service = "redis" if isinstance(log, RedisEventLog) else "database"
-        raise Unavailable(service, f"the event log ({service}) did not answer in time; could not stream the run",
-                          PROBE_S) from None
+        raise Unavailable(
+            service, f"the event log ({service}) did not answer in time; could not stream the run", PROBE_S
+        ) from None
 
 
 def resume_point(last_event_id: str | None) -> int:
@@ -134,9 +180,16 @@ def resume_point(last_event_id: str | None) -> int:
     if not re.fullmatch(r"[0-9]{1,30}", text):  # ASCII digits: int() refuses '²' (isdigit does not)
         return 0
     if int(text) > MAX_SEQ:
-        raise Invalid(f"Last-Event-ID must be an event id (0 to {MAX_SEQ})",
-                      [{"code": "invalid_request", "field": "header.Last-Event-ID",
-                        "message": f"Last-Event-ID: must be at most {MAX_SEQ}"}])
+        raise Invalid(
+            f"Last-Event-ID must be an event id (0 to {MAX_SEQ})",
+            [
+                {
+                    "code": "invalid_request",
+                    "field": "header.Last-Event-ID",
+                    "message": f"Last-Event-ID: must be at most {MAX_SEQ}",
+                }
+            ],
+        )
     return int(text)
 
 
@@ -151,8 +204,9 @@ def publish_stream_events(schema: dict[str, Any]) -> dict[str, Any]:
 
     FastAPI publishes only the models of JSON bodies: given the stream's event as its
     response model, it would also document a JSON answer the route never gives."""
-    _, definitions = models_json_schema([(model, "serialization") for model in STREAM_EVENT_MODELS],
-                                        ref_template="#/components/schemas/{model}")
+    _, definitions = models_json_schema(
+        [(model, "serialization") for model in STREAM_EVENT_MODELS], ref_template="#/components/schemas/{model}"
+    )
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     for name, definition in definitions.get("$defs", {}).items():
         components.setdefault(name, definition)
@@ -167,9 +221,12 @@ def publish_stream_events(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 STREAM_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"description": HTTPStatus(code).phrase,
-           "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
-    for code in (401, 403, 404, 409, 422, 429, 503)}
+    code: {
+        "description": HTTPStatus(code).phrase,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+    }
+    for code in (401, 403, 404, 409, 422, 429, 503)
+}
 """The stream's refusals: JSON error bodies, though its answer is an event stream."""
 
 
@@ -180,14 +237,25 @@ class EventStream(Response):
     media_type = "text/event-stream"
 
 
-@router.get(STREAM_PATH, response_class=EventStream,
-            responses=STREAM_ERRORS | {200: {"description": "Server-Sent Events of the run (each a StreamEvent)",
-                                             "content": {"text/event-stream": {"schema": {
-                                                 "$ref": "#/components/schemas/StreamEvent"}}}}})
-async def stream_execution(execution_id: str, request: Request, owner: StreamReader, runs: RunsDep,
-                           after: int | None = Query(None, ge=0, le=MAX_SEQ, description="Replay events after "
-                                                     "this id (0 to 2^63-1)."),
-                           last_event_id: str | None = Header(None)) -> EventSourceResponse:
+@router.get(
+    STREAM_PATH,
+    response_class=EventStream,
+    responses=STREAM_ERRORS
+    | {
+        200: {
+            "description": "Server-Sent Events of the run (each a StreamEvent)",
+            "content": {"text/event-stream": {"schema": {"$ref": "#/components/schemas/StreamEvent"}}},
+        }
+    },
+)
+async def stream_execution(
+    execution_id: str,
+    request: Request,
+    owner: StreamReader,
+    runs: RunsDep,
+    after: int | None = Query(None, ge=0, le=MAX_SEQ, description="Replay events after this id (0 to 2^63-1)."),
+    last_event_id: str | None = Header(None),
+) -> EventSourceResponse:
     """Server-Sent Events of the run (canvas spec section 10): replay from
     ``Last-Event-ID`` (or ``?after=``), then live events; ends after the final event.
     Authenticated by the bearer key, or by ``?token=`` (a stream token of this run)."""
@@ -214,9 +282,18 @@ async def stream_execution(execution_id: str, request: Request, owner: StreamRea
             if ended is not None:
                 # The run ended without its final event (its process died, or it was
                 # cancelled outside FlowMaestro): end the stream with what Prefect says.
-                yield {"id": str(last + 1), "event": f"execution:{ended}",
-                       "data": json.dumps({"execution_id": execution_id, "status": ended, "reconciled": True,
-                                           "timestamp": utcnow().isoformat()})}
+                yield {
+                    "id": str(last + 1),
+                    "event": f"execution:{ended}",
+                    "data": json.dumps(
+                        {
+                            "execution_id": execution_id,
+                            "status": ended,
+                            "reconciled": True,
+                            "timestamp": utcnow().isoformat(),
+                        }
+                    ),
+                }
                 return
             try:
                 ended = await runs.ended_status(execution_id)

@@ -29,7 +29,7 @@ async def _check(call: Callable[[], Awaitable[Any]]) -> str:
     try:
         await asyncio.wait_for(call(), timeout=CHECK_TIMEOUT_S)
         return "ok"
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return f"unreachable: no answer within {CHECK_TIMEOUT_S:g} s"
     except Exception as exc:  # report, do not raise: this is the health endpoint
         return f"error: {type(exc).__name__}"
@@ -37,8 +37,10 @@ async def _check(call: Callable[[], Awaitable[Any]]) -> str:
 
 async def health_checks(engine: AsyncEngine, prefect: Any, redis: Any | None) -> dict[str, str]:
     """``{"database": "ok" | why not, "prefect": ..., "redis": ...}`` (redis when configured)."""
-    checks: dict[str, Callable[[], Awaitable[Any]]] = {"database": lambda: _database(engine),
-                                                       "prefect": lambda: _prefect(prefect)}
+    checks: dict[str, Callable[[], Awaitable[Any]]] = {
+        "database": lambda: _database(engine),
+        "prefect": lambda: _prefect(prefect),
+    }
     if redis is not None:
         checks["redis"] = redis.ping
     results = await asyncio.gather(*(_check(call) for call in checks.values()))

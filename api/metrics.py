@@ -24,8 +24,9 @@ class _StoredRuns:
         self.counts: list[tuple[str, str, int]] = []
 
     def collect(self) -> Iterable[Metric]:
-        finished = CounterMetricFamily("flowmaestro_runs_finished", "Runs that ended, by final status.",
-                                       labels=["workflow", "status"])
+        finished = CounterMetricFamily(
+            "flowmaestro_runs_finished", "Runs that ended, by final status.", labels=["workflow", "status"]
+        )
         in_flight = GaugeMetricFamily("flowmaestro_runs_in_flight", "Runs started and not ended, all workers.")
         waiting = 0
         for workflow, status, count in self.counts:
@@ -40,16 +41,24 @@ class _StoredRuns:
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.runs_started = Counter("flowmaestro_runs_started_total", "Runs started through this API process.",
-                                    ["workflow"], registry=self.registry)
-        self.canvas_compiles = Counter("flowmaestro_canvas_compiles_total", "Canvases this API process compiled "
-                                       "(validate, save; a saved version's plan is compiled once, then cached).",
-                                       registry=self.registry)
+        self.runs_started = Counter(
+            "flowmaestro_runs_started_total",
+            "Runs started through this API process.",
+            ["workflow"],
+            registry=self.registry,
+        )
+        self.canvas_compiles = Counter(
+            "flowmaestro_canvas_compiles_total",
+            "Canvases this API process compiled "
+            "(validate, save; a saved version's plan is compiled once, then cached).",
+            registry=self.registry,
+        )
         self._stored = _StoredRuns()
         self.registry.register(self._stored)
 
     async def refresh(self, sessions: Sessions) -> None:
         query = select(ExecutionRow.workflow_name, ExecutionRow.status, func.count()).group_by(
-            ExecutionRow.workflow_name, ExecutionRow.status)
+            ExecutionRow.workflow_name, ExecutionRow.status
+        )
         async with sessions() as session:
             self._stored.counts = [(name, status, count) for name, status, count in await session.execute(query)]

@@ -43,7 +43,7 @@ class PrefectGateway:
             raise NotFound(f"Prefect does not know this run or deployment ({what})") from exc
         except ObjectAlreadyExists as exc:
             raise Conflict(f"Prefect refused it as a conflict; could not {what}") from exc
-        except (asyncio.TimeoutError, httpx.TransportError) as exc:
+        except (TimeoutError, httpx.TransportError) as exc:
             raise Unavailable("prefect", f"the Prefect server did not answer in time; could not {what}") from exc
         except PrefectHTTPStatusError as exc:
             status = exc.response.status_code

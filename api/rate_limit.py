@@ -72,17 +72,22 @@ class RedisRateLimiter:
 
         # Bounded: a Redis that hangs answers the webhook 503 in seconds, not never.
         # A restarted Redis fails each pooled connection's next command: retry on a new one.
-        self.redis = Redis.from_url(url, socket_connect_timeout=REDIS_TIMEOUT_S, socket_timeout=REDIS_TIMEOUT_S,
-                                    retry=Retry(ExponentialBackoff(cap=1.0, base=0.1), 3),
-                                    retry_on_error=[RedisConnectionError])
+        self.redis = Redis.from_url(
+            url,
+            socket_connect_timeout=REDIS_TIMEOUT_S,
+            socket_timeout=REDIS_TIMEOUT_S,
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.1), 3),
+            retry_on_error=[RedisConnectionError],
+        )
         self.limit, self.prefix = limit, prefix
         self._script = self.redis.register_script(_SLIDING_WINDOW)
 
     async def hit(self, key: str) -> float | None:
         # Redis's clock is the one all API processes share; wall time here would let hosts' clocks skew it.
         seconds, micros = await self.redis.time()
-        wait = await self._script(keys=[f"{self.prefix}{key}"],
-                                  args=[seconds + micros / 1e6, WINDOW_S, self.limit, uuid.uuid4().hex])
+        wait = await self._script(
+            keys=[f"{self.prefix}{key}"], args=[seconds + micros / 1e6, WINDOW_S, self.limit, uuid.uuid4().hex]
+        )
         return None if wait is None else float(wait)
 
     async def close(self) -> None:

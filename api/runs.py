@@ -45,10 +45,14 @@ from store.vocabulary import NODE_STATUS_OF_EVENT, EventType, RunStatus
 log = logging.getLogger("flowmaestro.api.runs")
 
 STATUS_OF_STATE = {
-    StateType.SCHEDULED: RunStatus.PENDING, StateType.PENDING: RunStatus.PENDING,
-    StateType.RUNNING: RunStatus.RUNNING, StateType.PAUSED: RunStatus.PAUSED,
-    StateType.CANCELLING: RunStatus.RUNNING, StateType.COMPLETED: RunStatus.COMPLETED,
-    StateType.FAILED: RunStatus.FAILED, StateType.CANCELLED: RunStatus.CANCELLED,
+    StateType.SCHEDULED: RunStatus.PENDING,
+    StateType.PENDING: RunStatus.PENDING,
+    StateType.RUNNING: RunStatus.RUNNING,
+    StateType.PAUSED: RunStatus.PAUSED,
+    StateType.CANCELLING: RunStatus.RUNNING,
+    StateType.COMPLETED: RunStatus.COMPLETED,
+    StateType.FAILED: RunStatus.FAILED,
+    StateType.CANCELLED: RunStatus.CANCELLED,
     # Its worker died: the recovery automation schedules it again at once, and a run out of
     # crash retries ends Failed (deployments/recovery.py). So it waits for a worker.
     StateType.CRASHED: RunStatus.PENDING,
@@ -60,10 +64,21 @@ CANCELLING = "cancelling"
 
 
 class RunService:
-    def __init__(self, *, workflows: Workflows, executions: Executions, outcomes: NodeOutcomes,
-                 deployments: WorkflowDeployments, prefect: PrefectGateway, registry: HandlerRegistry,
-                 event_log: EventLog, metrics: Metrics, compiler: CanvasCompiler, decisions: DecisionSigner,
-                 prefect_public_url: str | None = None):
+    def __init__(
+        self,
+        *,
+        workflows: Workflows,
+        executions: Executions,
+        outcomes: NodeOutcomes,
+        deployments: WorkflowDeployments,
+        prefect: PrefectGateway,
+        registry: HandlerRegistry,
+        event_log: EventLog,
+        metrics: Metrics,
+        compiler: CanvasCompiler,
+        decisions: DecisionSigner,
+        prefect_public_url: str | None = None,
+    ):
         """``prefect``: every call to Prefect goes through it (bounded, errors mapped).
         ``decisions``: signs the approval decisions this API writes (workers check them).
         ``prefect_public_url``: the Prefect UI as browsers reach it, for links; None gives
@@ -93,10 +108,17 @@ class RunService:
     async def sync_deployment(self, saved: SavedVersion, plan: Plan) -> uuid.UUID:
         """Create or update the workflow's deployment from its latest version (``saved``, and
         ``plan`` compiled from it by the caller): its Run form asks for that version's inputs."""
-        deployment = WorkflowDeployment(saved.workflow_id, saved.owner, saved.name, saved.latest_version,
-                                        {name: dict(spec) for name, spec in plan.inputs.items()}, plan.description)
-        deployment_id = await self.prefect.call("create the workflow's deployment",
-                                                lambda client: self.deployments.ensure(client, deployment))
+        deployment = WorkflowDeployment(
+            saved.workflow_id,
+            saved.owner,
+            saved.name,
+            saved.latest_version,
+            {name: dict(spec) for name, spec in plan.inputs.items()},
+            plan.description,
+        )
+        deployment_id = await self.prefect.call(
+            "create the workflow's deployment", lambda client: self.deployments.ensure(client, deployment)
+        )
         self._deployment_ids[(saved.workflow_id, saved.latest_version)] = deployment_id
         return deployment_id
 
@@ -112,17 +134,27 @@ class RunService:
 
     async def find_deployment(self, workflow_id: str, name: str) -> uuid.UUID | None:
         """The deployment of the workflow under ``name`` (an earlier name), if Prefect has it."""
-        return await self.prefect.call("find the old deployment",
-                                       lambda client: self.deployments.find(client, workflow_id, name))
+        return await self.prefect.call(
+            "find the old deployment", lambda client: self.deployments.find(client, workflow_id, name)
+        )
 
     async def remove_deployment(self, workflow_id: str, name: str) -> None:
-        await self.prefect.call("remove the workflow's deployment",
-                                lambda client: self.deployments.remove(client, workflow_id, name))
+        await self.prefect.call(
+            "remove the workflow's deployment", lambda client: self.deployments.remove(client, workflow_id, name)
+        )
 
     # --- runs ------------------------------------------------------------------------
 
-    async def start(self, *, owner: str, workflow_id: str, version: int | None, inputs: dict[str, Any],
-                    trigger: dict[str, Any] | None = None, idempotency_key: str | None = None) -> str:
+    async def start(
+        self,
+        *,
+        owner: str,
+        workflow_id: str,
+        version: int | None,
+        inputs: dict[str, Any],
+        trigger: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
         """Check the inputs, create the flow run, record it; the worker does the rest."""
         saved = await self.workflows.version(owner, workflow_id, version)
         plan, _resolved = await self.compiler.checked_inputs(saved, inputs)
@@ -134,13 +166,29 @@ class RunService:
                 latest = await self.workflows.version(owner, workflow_id, None)
                 latest_plan = await self.compiler.plan_of(latest)
             deployment_id = await self.sync_deployment(latest, latest_plan)
-        flow_run = await self.prefect.call("start the run", lambda client: self.deployments.start(
-            client, deployment_id, workflow_id=saved.workflow_id, name=saved.name, version=saved.version,
-            inputs=inputs, trigger=trigger, idempotency_key=idempotency_key))
+        flow_run = await self.prefect.call(
+            "start the run",
+            lambda client: self.deployments.start(
+                client,
+                deployment_id,
+                workflow_id=saved.workflow_id,
+                name=saved.name,
+                version=saved.version,
+                inputs=inputs,
+                trigger=trigger,
+                idempotency_key=idempotency_key,
+            ),
+        )
         run_id = str(flow_run.id)
-        await self.executions.record_start(execution_id=run_id, owner=owner, workflow_id=saved.workflow_id,
-                                           version=saved.version, workflow_name=saved.name, inputs=inputs,
-                                           trigger=trigger)
+        await self.executions.record_start(
+            execution_id=run_id,
+            owner=owner,
+            workflow_id=saved.workflow_id,
+            version=saved.version,
+            workflow_name=saved.name,
+            inputs=inputs,
+            trigger=trigger,
+        )
         self.metrics.runs_started.labels(saved.name).inc()
         return run_id
 
@@ -162,12 +210,22 @@ class RunService:
             result = await self._final_without_result(row, status, state)
             await self.executions.record_result(run_id, result.model_dump())
             return result
-        approvals = await self.prefect.call("read approvals", lambda client: pending_approvals(run_id, client)) \
-            if status in (RunStatus.PAUSED, RunStatus.RUNNING) else []
-        return RunResult(id=run_id, workflow=row.workflow_name, workflow_id=row.workflow_id, version=row.version,
-                         status=status, nodes=await self._live_nodes(run_id), trigger=row.trigger,
-                         pending_approvals=approvals,
-                         started_at=flow_run.start_time.isoformat() if flow_run.start_time else None)
+        approvals = (
+            await self.prefect.call("read approvals", lambda client: pending_approvals(run_id, client))
+            if status in (RunStatus.PAUSED, RunStatus.RUNNING)
+            else []
+        )
+        return RunResult(
+            id=run_id,
+            workflow=row.workflow_name,
+            workflow_id=row.workflow_id,
+            version=row.version,
+            status=status,
+            nodes=await self._live_nodes(run_id),
+            trigger=row.trigger,
+            pending_approvals=approvals,
+            started_at=flow_run.start_time.isoformat() if flow_run.start_time else None,
+        )
 
     async def large_output(self, owner: str, run_id: str, ref: str) -> bytes:
         """A node output that events and the run result refer to by ``ref``, as the JSON its
@@ -192,17 +250,29 @@ class RunService:
             raise NotFound(f"execution {run_id} not found")
         workflow = await self.workflows.get(owner, str(parameters["workflow_id"]))
         state = flow_run.state
-        return RunResult(id=run_id, workflow=workflow.name, workflow_id=workflow.id,
-                         version=parameters.get("version"), status=STATUS_OF_STATE.get(state.type, RunStatus.PENDING)
-                         if state else RunStatus.PENDING, trigger=parameters.get("trigger") or {})
+        return RunResult(
+            id=run_id,
+            workflow=workflow.name,
+            workflow_id=workflow.id,
+            version=parameters.get("version"),
+            status=STATUS_OF_STATE.get(state.type, RunStatus.PENDING) if state else RunStatus.PENDING,
+            trigger=parameters.get("trigger") or {},
+        )
 
     async def _final_without_result(self, row: ExecutionRow, status: str, state: State | None) -> RunResult:
         """A run Prefect says has ended and whose worker stored no result: its status and
         message from Prefect, its nodes from the event log. Never the state's data."""
         message = None if status == RunStatus.COMPLETED else (state.message if state else None) or status
-        return RunResult(id=row.id, workflow=row.workflow_name, workflow_id=row.workflow_id, version=row.version,
-                         status=status, error={"message": message} if message else None, trigger=row.trigger,
-                         nodes=await self._live_nodes(row.id))
+        return RunResult(
+            id=row.id,
+            workflow=row.workflow_name,
+            workflow_id=row.workflow_id,
+            version=row.version,
+            status=status,
+            error={"message": message} if message else None,
+            trigger=row.trigger,
+            nodes=await self._live_nodes(row.id),
+        )
 
     async def _live_nodes(self, run_id: str) -> dict[str, Any]:
         """Top-level node states of a run in progress, folded from its event log."""
@@ -215,15 +285,29 @@ class RunService:
                 node_id = event.data.get("node_id")
                 if status is None or node_id is None or event.data.get("path"):
                     continue
-                node = nodes.setdefault(node_id, {"status": status, "output": None, "error": None, "attempts": 0,
-                                                  "cached": False, "started_at": None, "ended_at": None})
+                node = nodes.setdefault(
+                    node_id,
+                    {
+                        "status": status,
+                        "output": None,
+                        "error": None,
+                        "attempts": 0,
+                        "cached": False,
+                        "started_at": None,
+                        "ended_at": None,
+                    },
+                )
                 node["status"] = status
                 if event.type == EventType.NODE_STARTED:
                     node["started_at"] = event.data.get("timestamp")
                 elif event.type in (EventType.NODE_COMPLETED, EventType.NODE_CACHED, EventType.NODE_ERROR):
-                    node.update(output=event.data.get("output"), error=event.data.get("error"),
-                                attempts=event.data.get("attempts", 0), cached=event.type == EventType.NODE_CACHED,
-                                ended_at=event.data.get("timestamp"))
+                    node.update(
+                        output=event.data.get("output"),
+                        error=event.data.get("error"),
+                        attempts=event.data.get("attempts", 0),
+                        cached=event.type == EventType.NODE_CACHED,
+                        ended_at=event.data.get("timestamp"),
+                    )
             if len(batch) < 1000:
                 return nodes
             after = batch[-1].seq
@@ -234,16 +318,21 @@ class RunService:
         status = STATUS_OF_STATE.get(flow_run.state.type) if flow_run.state else None
         return status if status in FINAL_STATUSES else None
 
-    async def list(self, owner: str, workflow_id: str | None, status: str | None,
-                   trigger: str | None = None) -> list[ExecutionRow]:
+    async def list(
+        self, owner: str, workflow_id: str | None, status: str | None, trigger: str | None = None
+    ) -> list[ExecutionRow]:
         """Runs of an owner, newest first. The stored status of a run in progress is
         refreshed from Prefect, so ``status=running`` or ``paused`` finds it."""
         rows = await self.executions.list(owner, workflow_id=workflow_id, status=status, trigger=trigger)
         live = [row for row in rows if row.status not in FINAL_STATUSES]
         if live:
-            flow_runs = await self.prefect.call("read run states", lambda client: client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[uuid.UUID(r.id) for r in live])),
-                limit=len(live)))
+            flow_runs = await self.prefect.call(
+                "read run states",
+                lambda client: client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[uuid.UUID(r.id) for r in live])),
+                    limit=len(live),
+                ),
+            )
             states = {str(f.id): f.state for f in flow_runs}
             for row in live:
                 state = states.get(row.id)
@@ -260,20 +349,25 @@ class RunService:
             raise Conflict(f"execution {run_id} has already ended ({flow_run.state.name})")
         if flow_run.state and flow_run.state.type in (StateType.SCHEDULED, StateType.PENDING):
             # No worker runs it yet: nothing would answer a Cancelling, so end it here.
-            await self.prefect.call("cancel the run", lambda client: mark_cancelled(
-                client, uuid.UUID(run_id), "cancelled before it started"))
+            await self.prefect.call(
+                "cancel the run",
+                lambda client: mark_cancelled(client, uuid.UUID(run_id), "cancelled before it started"),
+            )
             return RunStatus.CANCELLED
         # The run's worker watches its runs' states and stops this one within a second.
         await self.prefect.call("cancel the run", lambda client: request_cancellation(client, uuid.UUID(run_id)))
         return CANCELLING
 
-    async def resume(self, owner: str, run_id: str, node_id: str, path: builtins.list[int] | None,
-                     values: dict[str, Any]) -> dict[str, str]:
+    async def resume(
+        self, owner: str, run_id: str, node_id: str, path: builtins.list[int] | None, values: dict[str, Any]
+    ) -> dict[str, str]:
         await self.executions.get(owner, run_id)
-        answer = await self.prefect.call("answer the approval",
-                                         lambda client: resume_approval(run_id, node_id, path, values,
-                                                                        decided_by=owner, client=client,
-                                                                        signer=self.decisions))
+        answer = await self.prefect.call(
+            "answer the approval",
+            lambda client: resume_approval(
+                run_id, node_id, path, values, decided_by=owner, client=client, signer=self.decisions
+            ),
+        )
         if answer.status == "refused":
             raise Invalid(answer.message, [{"code": "refused", **i} for i in answer.issues])
         if answer.status == "not_waiting":
@@ -293,15 +387,19 @@ class RunService:
         version = version or row.version
         if version != row.version:
             saved = await self.workflows.version(owner, row.workflow_id, version)
-            await self.compiler.checked_inputs(saved, row.inputs,
-                                               refused=f"the run's inputs do not fit version {version}")
+            await self.compiler.checked_inputs(
+                saved, row.inputs, refused=f"the run's inputs do not fit version {version}"
+            )
             parameters = dict(flow_run.parameters, version=version)
-            await self.prefect.call("set the version to run", lambda client: client.update_flow_run(
-                flow_run.id, parameters=parameters))
+            await self.prefect.call(
+                "set the version to run", lambda client: client.update_flow_run(flow_run.id, parameters=parameters)
+            )
         await self.executions.reopen(run_id, version)
         await self.outcomes.dismiss_run(run_id)
-        await self.prefect.call("schedule the run again", lambda client: schedule_again(
-            client, flow_run.id, f"retried by {owner} through FlowMaestro's API"))
+        await self.prefect.call(
+            "schedule the run again",
+            lambda client: schedule_again(client, flow_run.id, f"retried by {owner} through FlowMaestro's API"),
+        )
         return RunStatus.PENDING
 
     async def _settled_flow_run(self, run_id: str, row: ExecutionRow, wait_s: float = 10.0) -> Any:
@@ -312,7 +410,11 @@ class RunService:
         while True:
             flow_run = await self.prefect.call("read the run", lambda client: client.read_flow_run(uuid.UUID(run_id)))
             state = flow_run.state
-            if (row.status not in FINAL_STATUSES or state is None or state.type != StateType.RUNNING
-                    or asyncio.get_running_loop().time() > deadline):
+            if (
+                row.status not in FINAL_STATUSES
+                or state is None
+                or state.type != StateType.RUNNING
+                or asyncio.get_running_loop().time() > deadline
+            ):
                 return flow_run
             await asyncio.sleep(0.2)

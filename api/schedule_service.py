@@ -18,8 +18,14 @@ from api.runs import RunService
 from builder.inputs import validate_inputs
 from builder.issues import InputsInvalid
 from builder.plan import Plan
-from deployments.schedules import (DeploymentSchedules, Overlap, Timing, WorkflowSchedule, overlap_strategy,
-                                   refuse_short_gaps)
+from deployments.schedules import (
+    DeploymentSchedules,
+    Overlap,
+    Timing,
+    WorkflowSchedule,
+    overlap_strategy,
+    refuse_short_gaps,
+)
 from store.errors import NotFound
 from store.triggers import ScheduleOverlaps
 
@@ -45,8 +51,13 @@ class ScheduleChange:
 
 
 class ScheduleService:
-    def __init__(self, runs: RunService, prefect: PrefectGateway, overlaps: ScheduleOverlaps,
-                 schedules: DeploymentSchedules | None = None):
+    def __init__(
+        self,
+        runs: RunService,
+        prefect: PrefectGateway,
+        overlaps: ScheduleOverlaps,
+        schedules: DeploymentSchedules | None = None,
+    ):
         """``runs``: the workflow's latest version, its plan and deployment. ``prefect``: the
         schedules' own calls to Prefect."""
         self.runs, self.prefect, self.overlaps = runs, prefect, overlaps
@@ -58,8 +69,9 @@ class ScheduleService:
         policies = await self.overlaps.of_workflow(owner, workflow_id)
         return [ScheduleView(workflow_id, s, policies.get(s.id, "allow")) for s in found]
 
-    async def create(self, owner: str, workflow_id: str, timing: Timing, inputs: dict[str, Any], active: bool,
-                     overlap: Overlap) -> ScheduleView:
+    async def create(
+        self, owner: str, workflow_id: str, timing: Timing, inputs: dict[str, Any], active: bool, overlap: Overlap
+    ) -> ScheduleView:
         saved, _plan, deployment_id = await self.runs.deployment_of(owner, workflow_id)
         timing.schedule()  # 422 naming the field before anything is created
         await refuse_short_gaps(timing)
@@ -68,13 +80,17 @@ class ScheduleService:
         # concurrency is set: Prefect's scheduler makes the first run at once, and a run
         # that starts before the limit exists holds no slot, so the next would overlap it.
         limited = overlap != "allow" and active
-        created = await self.prefect.call("create the schedule", lambda client: self.schedules.create(
-            client, deployment_id, timing, inputs, active and not limited))
+        created = await self.prefect.call(
+            "create the schedule",
+            lambda client: self.schedules.create(client, deployment_id, timing, inputs, active and not limited),
+        )
         await self.overlaps.set(owner, workflow_id, created.id, overlap)
         await self._apply_overlap(owner, workflow_id, deployment_id)
         if limited:
-            await self.prefect.call("resume the schedule", lambda client: self.schedules.update(
-                client, deployment_id, created.id, active=True))
+            await self.prefect.call(
+                "resume the schedule",
+                lambda client: self.schedules.update(client, deployment_id, created.id, active=True),
+            )
             created = await self._read(deployment_id, created.id)
         return ScheduleView(workflow_id, created, overlap)
 
@@ -92,9 +108,12 @@ class ScheduleService:
         if change.inputs is not None:
             await self.runs.compiler.checked_inputs(saved, change.inputs)
         if timing is not None or change.inputs is not None or change.active is not None:
-            await self.prefect.call("update the schedule", lambda client: self.schedules.update(
-                client, deployment_id, schedule_id, timing=timing, inputs=change.inputs,
-                active=change.active))
+            await self.prefect.call(
+                "update the schedule",
+                lambda client: self.schedules.update(
+                    client, deployment_id, schedule_id, timing=timing, inputs=change.inputs, active=change.active
+                ),
+            )
         if change.overlap is not None:
             await self.overlaps.set(owner, workflow_id, schedule_id, change.overlap)
             await self._apply_overlap(owner, workflow_id, deployment_id)
@@ -105,8 +124,9 @@ class ScheduleService:
     async def delete(self, owner: str, workflow_id: str, schedule_id: str) -> None:
         _saved, _plan, deployment_id = await self.runs.deployment_of(owner, workflow_id)
         await self._read(deployment_id, schedule_id)
-        await self.prefect.call("delete the schedule", lambda client: self.schedules.delete(
-            client, deployment_id, schedule_id))
+        await self.prefect.call(
+            "delete the schedule", lambda client: self.schedules.delete(client, deployment_id, schedule_id)
+        )
         await self.overlaps.forget(owner, [schedule_id])
         await self._apply_overlap(owner, workflow_id, deployment_id)
 
@@ -114,8 +134,9 @@ class ScheduleService:
         """A renamed workflow: its schedules (and their policies) move to the deployment of
         its new name before the old one is removed."""
         _saved, _plan, deployment_id = await self.runs.deployment_of(owner, workflow_id)
-        moved = await self.prefect.call("move the schedules", lambda client: self.schedules.copy(
-            client, old_deployment, deployment_id))
+        moved = await self.prefect.call(
+            "move the schedules", lambda client: self.schedules.copy(client, old_deployment, deployment_id)
+        )
         policies = await self.overlaps.of_workflow(owner, workflow_id)
         for old, new in moved.items():
             if old in policies:
@@ -135,15 +156,22 @@ class ScheduleService:
                 validate_inputs(plan.inputs, schedule.inputs)
             except InputsInvalid as exc:
                 message = "; ".join(i.message for i in exc.issues)
-                warnings.append({"code": "schedule_inputs_invalid", "severity": "warning", "field": "inputs",
-                                 "message": f"schedule {schedule.id}: its inputs do not fit this version "
-                                            f"({message}); its runs fail until they are changed (PATCH "
-                                            f"/api/workflows/{workflow_id}/schedules/{schedule.id})"})
+                warnings.append(
+                    {
+                        "code": "schedule_inputs_invalid",
+                        "severity": "warning",
+                        "field": "inputs",
+                        "message": f"schedule {schedule.id}: its inputs do not fit this version "
+                        f"({message}); its runs fail until they are changed (PATCH "
+                        f"/api/workflows/{workflow_id}/schedules/{schedule.id})",
+                    }
+                )
         return warnings
 
     async def _read(self, deployment_id: UUID, schedule_id: str) -> WorkflowSchedule:
-        found = await self.prefect.call("read the schedule", lambda client: self.schedules.read(
-            client, deployment_id, schedule_id))
+        found = await self.prefect.call(
+            "read the schedule", lambda client: self.schedules.read(client, deployment_id, schedule_id)
+        )
         if found is None:
             raise NotFound(f"schedule {schedule_id} not found")
         return found
@@ -152,5 +180,7 @@ class ScheduleService:
         found = await self.prefect.call("read the schedules", lambda client: self.schedules.list(client, deployment_id))
         policies = await self.overlaps.of_workflow(owner, workflow_id)
         strategy = overlap_strategy(policies.get(s.id, "allow") for s in found)
-        await self.prefect.call("set the deployment's concurrency", lambda client: self.schedules.set_overlap(
-            client, deployment_id, strategy))
+        await self.prefect.call(
+            "set the deployment's concurrency",
+            lambda client: self.schedules.set_overlap(client, deployment_id, strategy),
+        )

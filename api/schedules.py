@@ -18,9 +18,18 @@ ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code i
 
 def _out(view: ScheduleView) -> ScheduleOut:
     s = view.schedule
-    return ScheduleOut(id=s.id, workflow_id=view.workflow_id, cron=s.timing.cron, interval_s=s.timing.interval_s,
-                       rrule=s.timing.rrule, timezone=s.timing.timezone or "UTC", inputs=s.inputs, active=s.active,
-                       overlap=view.overlap, next_runs=s.next_runs)  # type: ignore[arg-type]
+    return ScheduleOut(
+        id=s.id,
+        workflow_id=view.workflow_id,
+        cron=s.timing.cron,
+        interval_s=s.timing.interval_s,
+        rrule=s.timing.rrule,
+        timezone=s.timing.timezone or "UTC",
+        inputs=s.inputs,
+        active=s.active,
+        overlap=view.overlap,
+        next_runs=s.next_runs,
+    )  # type: ignore[arg-type]
 
 
 @router.post("", status_code=201, response_model=ScheduleOut, response_model_exclude_none=True, responses=ERRORS)
@@ -38,8 +47,9 @@ async def list_schedules(workflow_id: str, owner: Owner, schedules: SchedulesDep
 
 
 @router.patch("/{schedule_id}", response_model=ScheduleOut, response_model_exclude_none=True, responses=ERRORS)
-async def update_schedule(workflow_id: str, schedule_id: str, body: SchedulePatch, owner: Owner,
-                          schedules: SchedulesDep) -> ScheduleOut:
+async def update_schedule(
+    workflow_id: str, schedule_id: str, body: SchedulePatch, owner: Owner, schedules: SchedulesDep
+) -> ScheduleOut:
     """Pause (``{"active": false}``), resume, or change the timing, inputs or overlap."""
     change = ScheduleChange(**body.model_dump(exclude_unset=True))
     return _out(await schedules.update(owner, workflow_id, schedule_id, change))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -11,7 +11,7 @@ from store.vocabulary import EventType, NodeStatus, RunStatus
 
 
 def _utc(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 Timestamp = Annotated[datetime, AfterValidator(_utc)]
@@ -94,8 +94,9 @@ class ExecutionSummary(BaseModel):
     workflow: str
     version: int
     status: RunStatus
-    trigger: dict[str, Any] = Field(description="What started the run: {'type': 'api'|'schedule'|'webhook'|"
-                                                "'prefect-ui'|'retry'|'parent', ...}.")
+    trigger: dict[str, Any] = Field(
+        description="What started the run: {'type': 'api'|'schedule'|'webhook'|'prefect-ui'|'retry'|'parent', ...}."
+    )
     created_at: Timestamp
     updated_at: Timestamp
 
@@ -136,8 +137,11 @@ class RunResult(BaseModel):
 
 class RetryBody(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{}, {"version": 3}]})
-    version: int | None = Field(None, ge=1, description="Run this version's canvas (its unchanged nodes are "
-                                "reused); the run's own version when absent.")
+    version: int | None = Field(
+        None,
+        ge=1,
+        description="Run this version's canvas (its unchanged nodes are reused); the run's own version when absent.",
+    )
 
 
 class DeadLetterOut(BaseModel):
@@ -155,9 +159,12 @@ class DeadLetterOut(BaseModel):
 class CancelAccepted(BaseModel):
     """The cancel route's answer."""
 
-    status: Literal["cancelled", "cancelling"] = Field(description=(
-        "'cancelled': the run had not started and has ended; 'cancelling': its worker was asked to "
-        "stop it, and the run ends 'cancelled' (its stream's last event is execution:cancelled)."))
+    status: Literal["cancelled", "cancelling"] = Field(
+        description=(
+            "'cancelled': the run had not started and has ended; 'cancelling': its worker was asked to "
+            "stop it, and the run ends 'cancelled' (its stream's last event is execution:cancelled)."
+        )
+    )
 
 
 class RunEventData(BaseModel):
@@ -168,8 +175,9 @@ class RunEventData(BaseModel):
     execution_id: str
     timestamp: str = Field(description="When the event happened (RFC 3339).")
     node_id: str | None = Field(None, description="The node of a node:* or stream:* event.")
-    path: list[int] | None = Field(None, description="Iteration/branch indices of a node inside a body; [] at the "
-                                   "top level.")
+    path: list[int] | None = Field(
+        None, description="Iteration/branch indices of a node inside a body; [] at the top level."
+    )
 
 
 class StreamEvent(BaseModel):
@@ -178,8 +186,9 @@ class StreamEvent(BaseModel):
 
     id: str | None = Field(None, description="The event's seq: a reconnecting client sends it as Last-Event-ID.")
     event: EventType = Field(description="The event's type: the SSE event field.")
-    data: str = Field(description="The event, as JSON: a RunEventData.",
-                      json_schema_extra={"contentMediaType": "application/json"})
+    data: str = Field(
+        description="The event, as JSON: a RunEventData.", json_schema_extra={"contentMediaType": "application/json"}
+    )
 
 
 class ResumeBody(BaseModel):
@@ -208,8 +217,14 @@ Overlap = Literal["allow", "skip", "queue"]
 class ScheduleBody(BaseModel):
     """Exactly one of ``cron``, ``interval_s``, ``rrule``."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"cron": "0 9 * * 1-5", "timezone": "Europe/Paris", "inputs": {"who": "Ada"}, "overlap": "skip"}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"cron": "0 9 * * 1-5", "timezone": "Europe/Paris", "inputs": {"who": "Ada"}, "overlap": "skip"}
+            ]
+        },
+    )
     cron: str | None = Field(None, description="A cron expression (5 fields), in ``timezone``.")
     interval_s: float | None = Field(None, description="Seconds between runs (at least 10).")
     rrule: str | None = Field(None, description="An iCalendar RRULE, e.g. FREQ=WEEKLY;BYDAY=MO.")
@@ -242,8 +257,9 @@ class ScheduleOut(BaseModel):
     inputs: dict[str, Any]
     active: bool
     overlap: Overlap
-    next_runs: list[str] = Field(description="Up to 5 next start times (ISO 8601, in the schedule's time "
-                                             "zone); none while paused.")
+    next_runs: list[str] = Field(
+        description="Up to 5 next start times (ISO 8601, in the schedule's time zone); none while paused."
+    )
 
 
 class WebhookBody(BaseModel):

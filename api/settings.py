@@ -15,51 +15,96 @@ from store.settings import StoreSettings
 
 
 class ApiSettings(StoreSettings, CompileSettings):
-    api_keys: str = Field("", description="Comma-separated bearer keys, each 'owner:key' or a bare key "
-                          "(then the key is its own owner).")
-    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Origins allowed to call the API "
-                                    "from a browser (a canvas frontend).")
+    api_keys: str = Field(
+        "", description="Comma-separated bearer keys, each 'owner:key' or a bare key (then the key is its own owner)."
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Origins allowed to call the API from a browser (a canvas frontend)."
+    )
     max_request_bytes: int = Field(2_000_000, description="Largest request body accepted.")
-    max_streams_per_run: int = Field(50, ge=1, description="Live event streams of one run one API process keeps "
-                                     "open at once; more answer 429 with Retry-After.")
-    work_pool: str = Field("flowmaestro", description="Prefect work pool of the workflows' deployments; "
-                           "workers poll it.")
-    owner_max_runs: int | None = Field(10, ge=1, description="Runs of one owner in flight (pending or running) "
-                                       "at once, across all workers: each owner's deployments use a work queue of "
-                                       "their own (owner-<name>) with this concurrency limit, so their further runs "
-                                       "wait in Prefect without taking a worker slot. Empty: no limit.")
-    prefect_timeout_s: float = Field(20.0, gt=0, description="Longest a request waits on the Prefect server "
-                                     "(its client retries included) before answering 503.")
-    secret_key: SecretStr | None = Field(None, description="Key that encrypts webhook secrets at rest (a Fernet "
-                                         "key, or any string to derive one from); a key file under home "
-                                         "(secret.key, mode 0600) is generated when unset.")
-    redis_url: str | None = Field(None, description="Redis URL; when set, webhook rate limits are counted there "
-                                  "(shared by every API process) instead of in each process.")
-    webhook_rate_limit: int = Field(60, ge=1, description="Requests a minute one webhook accepts before "
-                                    "answering 429 with Retry-After.")
-    webhook_refused_rate_limit: int = Field(30, ge=1, description="Webhook requests a minute that fail the "
-                                            "signature check (or name no webhook), per webhook and per client "
-                                            "address, before answering 429 with Retry-After.")
+    max_streams_per_run: int = Field(
+        50,
+        ge=1,
+        description="Live event streams of one run one API process keeps "
+        "open at once; more answer 429 with Retry-After.",
+    )
+    work_pool: str = Field(
+        "flowmaestro", description="Prefect work pool of the workflows' deployments; workers poll it."
+    )
+    owner_max_runs: int | None = Field(
+        10,
+        ge=1,
+        description="Runs of one owner in flight (pending or running) "
+        "at once, across all workers: each owner's deployments use a work queue of "
+        "their own (owner-<name>) with this concurrency limit, so their further runs "
+        "wait in Prefect without taking a worker slot. Empty: no limit.",
+    )
+    prefect_timeout_s: float = Field(
+        20.0,
+        gt=0,
+        description="Longest a request waits on the Prefect server (its client retries included) before answering 503.",
+    )
+    secret_key: SecretStr | None = Field(
+        None,
+        description="Key that encrypts webhook secrets at rest (a Fernet "
+        "key, or any string to derive one from); a key file under home "
+        "(secret.key, mode 0600) is generated when unset.",
+    )
+    redis_url: str | None = Field(
+        None,
+        description="Redis URL; when set, webhook rate limits are counted there "
+        "(shared by every API process) instead of in each process.",
+    )
+    webhook_rate_limit: int = Field(
+        60, ge=1, description="Requests a minute one webhook accepts before answering 429 with Retry-After."
+    )
+    webhook_refused_rate_limit: int = Field(
+        30,
+        ge=1,
+        description="Webhook requests a minute that fail the "
+        "signature check (or name no webhook), per webhook and per client "
+        "address, before answering 429 with Retry-After.",
+    )
     webhook_max_body_bytes: int = Field(1_048_576, ge=1, description="Largest webhook request body (413 above).")
-    metrics_key: SecretStr | None = Field(None, description="Bearer key that GET /metrics needs (its labels "
-                                          "name every owner's workflows); closed when unset, unless "
-                                          "metrics_public.")
-    metrics_public: bool = Field(False, description="Open GET /metrics to anyone when no metrics key is set "
-                                 "(a deliberate choice: it names every owner's workflows).")
-    prefect_public_url: str | None = Field(None, description="The Prefect UI's address as browsers reach it "
-                                           "(e.g. behind an authenticating proxy); execute answers and the run "
-                                           "pages link to runs there. Unset: no Prefect address is given out.")
-    stream_token_key: SecretStr | None = Field(None, description="Key that signs stream tokens (?token= on a "
-                                               "run's stream, for browsers); derived from the secret key "
-                                               "when unset. Every API process must have the same.")
-    decision_key: SecretStr | None = Field(None, description="Key that signs the approval decisions the API "
-                                           "writes, which workers check; derived from the secret key when unset. "
-                                           "Workers need the same (FLOWMAESTRO_DECISION_KEY).")
-    plan_cache_nodes: int = Field(50_000, ge=1, description="Plans of saved versions one API process keeps "
-                                  "(least recently used dropped first), counted in nodes: execute, webhooks and "
-                                  "schedules then do not compile a version again.")
-    stream_token_ttl_s: float = Field(600.0, gt=0, le=86_400, description="How long a stream token "
-                                      "reads its run's stream.")
+    metrics_key: SecretStr | None = Field(
+        None,
+        description="Bearer key that GET /metrics needs (its labels "
+        "name every owner's workflows); closed when unset, unless "
+        "metrics_public.",
+    )
+    metrics_public: bool = Field(
+        False,
+        description="Open GET /metrics to anyone when no metrics key is set "
+        "(a deliberate choice: it names every owner's workflows).",
+    )
+    prefect_public_url: str | None = Field(
+        None,
+        description="The Prefect UI's address as browsers reach it "
+        "(e.g. behind an authenticating proxy); execute answers and the run "
+        "pages link to runs there. Unset: no Prefect address is given out.",
+    )
+    stream_token_key: SecretStr | None = Field(
+        None,
+        description="Key that signs stream tokens (?token= on a "
+        "run's stream, for browsers); derived from the secret key "
+        "when unset. Every API process must have the same.",
+    )
+    decision_key: SecretStr | None = Field(
+        None,
+        description="Key that signs the approval decisions the API "
+        "writes, which workers check; derived from the secret key when unset. "
+        "Workers need the same (FLOWMAESTRO_DECISION_KEY).",
+    )
+    plan_cache_nodes: int = Field(
+        50_000,
+        ge=1,
+        description="Plans of saved versions one API process keeps "
+        "(least recently used dropped first), counted in nodes: execute, webhooks and "
+        "schedules then do not compile a version again.",
+    )
+    stream_token_ttl_s: float = Field(
+        600.0, gt=0, le=86_400, description="How long a stream token reads its run's stream."
+    )
 
     @field_validator("owner_max_runs", mode="before")
     @classmethod

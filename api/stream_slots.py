@@ -22,8 +22,11 @@ class StreamSlots:
         """Count a stream of the run, or answer 429 when it has ``per_run`` open already; the
         function that gives the slot back (once, however often it is called)."""
         if self._open[execution_id] >= self.per_run:
-            raise ApiError(429, f"{self.per_run} streams of this run are open already; close one or retry later",
-                           headers={"Retry-After": str(RETRY_AFTER_S)})
+            raise ApiError(
+                429,
+                f"{self.per_run} streams of this run are open already; close one or retry later",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
         self._open[execution_id] += 1
         given_back = False
 

@@ -21,7 +21,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated
 from urllib.parse import unquote_plus
 
@@ -77,15 +77,19 @@ class StreamTokens:
         expires = int((now if now is not None else time.time()) + self.ttl_s)
         payload = _b64(json.dumps({"x": execution_id, "o": owner, "exp": expires}, separators=(",", ":")).encode())
         signed = f"{VERSION}.{payload}"
-        return f"{signed}.{self._sign(signed)}", datetime.fromtimestamp(expires, timezone.utc)
+        return f"{signed}.{self._sign(signed)}", datetime.fromtimestamp(expires, UTC)
 
     def verify(self, token: str, execution_id: str, *, now: float | None = None) -> StreamGrant:
         """The grant of a token for ``execution_id``; 401 for a token this API did not sign
         or that expired, 403 for a valid token of another run."""
         version, _, rest = token.partition(".")
         payload, _, signature = rest.partition(".")
-        if version != VERSION or not payload or not signature \
-                or not hmac.compare_digest(self._sign(f"{version}.{payload}"), signature):
+        if (
+            version != VERSION
+            or not payload
+            or not signature
+            or not hmac.compare_digest(self._sign(f"{version}.{payload}"), signature)
+        ):
             raise ApiError(401, "invalid stream token")
         try:
             claims = json.loads(_unb64(payload))
@@ -93,18 +97,29 @@ class StreamTokens:
         except (ValueError, KeyError, TypeError):  # signed by us, so only an older format could do this
             raise ApiError(401, "invalid stream token") from None
         if grant.expires_at <= (now if now is not None else time.time()):
-            expired = datetime.fromtimestamp(grant.expires_at, timezone.utc).isoformat()
-            raise ApiError(401, f"stream token expired at {expired}; ask POST "
-                                f"/api/executions/{execution_id}/stream-token for a new one")
+            expired = datetime.fromtimestamp(grant.expires_at, UTC).isoformat()
+            raise ApiError(
+                401,
+                f"stream token expired at {expired}; ask POST "
+                f"/api/executions/{execution_id}/stream-token for a new one",
+            )
         if grant.execution_id != execution_id:
             raise ApiError(403, f"this stream token reads execution {grant.execution_id}, not {execution_id}")
         return grant
 
 
-def stream_reader(request: Request, execution_id: str,
-                  token: str | None = Query(None, max_length=2000, description=(
-                      "A stream token (POST /api/executions/{id}/stream-token), for clients that cannot "
-                      "send Authorization, such as a browser's EventSource."))) -> str:
+def stream_reader(
+    request: Request,
+    execution_id: str,
+    token: str | None = Query(
+        None,
+        max_length=2000,
+        description=(
+            "A stream token (POST /api/executions/{id}/stream-token), for clients that cannot "
+            "send Authorization, such as a browser's EventSource."
+        ),
+    ),
+) -> str:
     """The owner reading a run's stream: from the bearer key when there is one, otherwise
     from ``?token=``. A token whose owner has no key any more is refused (keys removed
     from ``FLOWMAESTRO_API_KEYS`` end their tokens too)."""
@@ -128,7 +143,8 @@ _SEPARATOR = r"(?:[?&;]|%3[bBfF]|%26)"
 _EQUALS = r"(?:=|%3[dD])"
 _URL_PARAMETER = re.compile(
     rf"(?P<lead>{_SEPARATOR}(?P<name>(?:[^=&;#\s%]|%(?!3[bBdDfF]|26)[0-9A-Fa-f]{{2}})*){_EQUALS})"
-    rf"(?P<value>(?:[^&;#\s%]|%(?!3[bBfF]|26)[0-9A-Fa-f]{{2}})*)")
+    rf"(?P<value>(?:[^&;#\s%]|%(?!3[bBfF]|26)[0-9A-Fa-f]{{2}})*)"
+)
 """A parameter of a URL: after ``?``, ``&`` or ``;`` (query and matrix parameters alike),
 the separators maybe percent-encoded as uvicorn writes a path (``stream%3Btoken%3D...``)."""
 

@@ -52,8 +52,14 @@ def started_nothing(error: Exception) -> bool:
 
 
 class WebhookService:
-    def __init__(self, runs: RunService, webhooks: Webhooks, limiter: RateLimiter, replays: ReplayGuard,
-                 refused_limiter: RateLimiter | None = None):
+    def __init__(
+        self,
+        runs: RunService,
+        webhooks: Webhooks,
+        limiter: RateLimiter,
+        replays: ReplayGuard,
+        refused_limiter: RateLimiter | None = None,
+    ):
         """``limiter``: signed requests a minute per hook. ``replays``: the signatures already
         used in their window. ``refused_limiter``: requests that fail the signature check (or
         name no hook) a minute, per hook and per client address, answered 429 past it, so
@@ -75,9 +81,18 @@ class WebhookService:
     async def delete(self, owner: str, workflow_id: str, hook_id: str) -> None:
         await self.webhooks.delete(owner, workflow_id, hook_id)
 
-    async def deliver(self, hook_id: str, *, timestamp: str | None, signature: str | None, body: bytes,
-                      inputs: Any, idempotency_key: str | None, wait_s: float | None,
-                      client: str = "unknown") -> Delivery:
+    async def deliver(
+        self,
+        hook_id: str,
+        *,
+        timestamp: str | None,
+        signature: str | None,
+        body: bytes,
+        inputs: Any,
+        idempotency_key: str | None,
+        wait_s: float | None,
+        client: str = "unknown",
+    ) -> Delivery:
         """Check, count, start (or find the run of an earlier request with the same key).
         ``client``: the requesting address, whose refused requests are counted."""
         try:
@@ -106,11 +121,13 @@ class WebhookService:
         try:
             first = await self.replays.first_use(hook.id, signature)
         except Exception as exc:  # Redis down or unreachable
-            raise Unavailable("redis", f"the webhook replay guard's Redis did not answer "
-                                       f"({type(exc).__name__})") from exc
+            raise Unavailable(
+                "redis", f"the webhook replay guard's Redis did not answer ({type(exc).__name__})"
+            ) from exc
         if not first:
-            raise ApiError(409, "this signed request was already delivered (a replay); sign each request with its "
-                                "own timestamp")
+            raise ApiError(
+                409, "this signed request was already delivered (a replay); sign each request with its own timestamp"
+            )
         try:
             run_id, replayed = await self._start(hook, inputs, idempotency_key)
         except Exception as exc:
@@ -129,14 +146,22 @@ class WebhookService:
         # Signed requests have their own budget: unsigned ones cannot use it up.
         await self._limit(self.limiter, hook.id, "webhook rate limit reached")
         if not isinstance(inputs, dict):
-            raise Invalid("the request body must be a JSON object of the workflow's inputs",
-                          [{"code": "invalid_request", "field": "body", "message": "body: expected a JSON object"}])
+            raise Invalid(
+                "the request body must be a JSON object of the workflow's inputs",
+                [{"code": "invalid_request", "field": "body", "message": "body: expected a JSON object"}],
+            )
         # Hook-scoped, and scoped to the day: past the 24 h window the same key starts a
         # new run, which Prefect's flow-run idempotency (forever) would otherwise refuse.
         day = int(time.time() // 86_400)
         key = f"webhook:{hook.id}:{idempotency_key}:{day}" if idempotency_key else None
-        run_id = await self.runs.start(owner=hook.owner, workflow_id=hook.workflow_id, version=None, inputs=inputs,
-                                       trigger={"type": "webhook", "webhook_id": hook.id}, idempotency_key=key)
+        run_id = await self.runs.start(
+            owner=hook.owner,
+            workflow_id=hook.workflow_id,
+            version=None,
+            inputs=inputs,
+            trigger={"type": "webhook", "webhook_id": hook.id},
+            idempotency_key=key,
+        )
         if idempotency_key:
             first = await self.webhooks.record_delivery(hook.id, idempotency_key, run_id)
             if first != run_id:

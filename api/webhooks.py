@@ -23,8 +23,14 @@ NOT_JSON = object()
 
 
 def _out(hook: Webhook) -> WebhookOut:
-    return WebhookOut(id=hook.id, workflow_id=hook.workflow_id, name=hook.name, url=hook.url,
-                      created_at=hook.created_at, rotated_at=hook.rotated_at)
+    return WebhookOut(
+        id=hook.id,
+        workflow_id=hook.workflow_id,
+        name=hook.name,
+        url=hook.url,
+        created_at=hook.created_at,
+        rotated_at=hook.rotated_at,
+    )
 
 
 @router.post("", status_code=201, response_model=WebhookCreated, responses=ERRORS)
@@ -54,16 +60,29 @@ async def delete_webhook(workflow_id: str, hook_id: str, owner: Owner, webhooks:
     return Response(status_code=204)
 
 
-@intake.post("/hooks/{hook_id}", status_code=202, response_model=WebhookAccepted,
-             responses={code: {"model": ErrorBody} for code in (401, 404, 409, 413, 422, 429, 503)})
+@intake.post(
+    "/hooks/{hook_id}",
+    status_code=202,
+    response_model=WebhookAccepted,
+    responses={code: {"model": ErrorBody} for code in (401, 404, 409, 413, 422, 429, 503)},
+)
 async def deliver_webhook(
-    hook_id: str, request: Request, webhooks: WebhooksDep,
-    wait: float | None = Query(None, ge=0, le=MAX_WAIT_S, description="Wait up to this many seconds for the "
-                               "run to end: 200 with the run result if it did, else 202."),
+    hook_id: str,
+    request: Request,
+    webhooks: WebhooksDep,
+    wait: float | None = Query(
+        None,
+        ge=0,
+        le=MAX_WAIT_S,
+        description="Wait up to this many seconds for the run to end: 200 with the run result if it did, else 202.",
+    ),
     timestamp: str | None = Header(None, alias=TIMESTAMP_HEADER),
     signature: str | None = Header(None, alias=SIGNATURE_HEADER),
-    idempotency_key: str | None = Header(None, max_length=200, description="A second request with the same "
-                                         "key within 24 h starts nothing and answers 200 with the first run."),
+    idempotency_key: str | None = Header(
+        None,
+        max_length=200,
+        description="A second request with the same key within 24 h starts nothing and answers 200 with the first run.",
+    ),
 ) -> Response:
     """Start a run of the workflow's latest version with the JSON body as its inputs.
     No bearer key: the request is signed with the hook's secret (docs/triggers.md)."""
@@ -75,9 +94,16 @@ async def deliver_webhook(
         inputs: Any = json.loads(body) if body.strip() else {}
     except (ValueError, UnicodeDecodeError):
         inputs = NOT_JSON
-    delivery = await webhooks.deliver(hook_id, timestamp=timestamp, signature=signature, body=body, inputs=inputs,
-                                      idempotency_key=idempotency_key, wait_s=wait,
-                                      client=request.client.host if request.client else "unknown")
+    delivery = await webhooks.deliver(
+        hook_id,
+        timestamp=timestamp,
+        signature=signature,
+        body=body,
+        inputs=inputs,
+        idempotency_key=idempotency_key,
+        wait_s=wait,
+        client=request.client.host if request.client else "unknown",
+    )
     if delivery.result is not None:
         return JSONResponse(delivery.result.model_dump(mode="json"), status_code=200)
     return JSONResponse({"execution_id": delivery.execution_id}, status_code=200 if delivery.replayed else 202)

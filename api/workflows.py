@@ -10,8 +10,15 @@ from fastapi import APIRouter, Response
 
 from api.auth import Owner
 from api.deps import CompilerDep, RunsDep, SchedulesDep, WorkflowsDep
-from api.schemas import (CanvasBody, ErrorBody, IssueOut, ValidationReport, WorkflowPublic, WorkflowSaved,
-                         WorkflowSummary)
+from api.schemas import (
+    CanvasBody,
+    ErrorBody,
+    IssueOut,
+    ValidationReport,
+    WorkflowPublic,
+    WorkflowSaved,
+    WorkflowSummary,
+)
 from builder.compiler import CompileResult
 from store.errors import Invalid, NotFound, Unavailable
 from store.queries import SavedVersion, Workflows
@@ -42,8 +49,16 @@ async def refuse_cycles(workflows: Workflows, owner: str, workflow_id: str, canv
             child, version = reference
             if child == workflow_id:
                 names = " -> ".join(path + [child])
-                raise Invalid(f"sub-workflow cycle: {names}", [{"code": "subworkflow_cycle", "field": "nodes",
-                                                                "message": f"this workflow would run itself: {names}"}])
+                raise Invalid(
+                    f"sub-workflow cycle: {names}",
+                    [
+                        {
+                            "code": "subworkflow_cycle",
+                            "field": "nodes",
+                            "message": f"this workflow would run itself: {names}",
+                        }
+                    ],
+                )
             if reference in seen:
                 continue
             seen.add(reference)
@@ -67,14 +82,20 @@ async def _saved(saved: SavedVersion, result: CompileResult, runs: RunsDep) -> W
     except Unavailable as exc:
         # The version is saved (nothing is lost); its deployment follows at the first run.
         log.warning("deployment of workflow %s not updated: %s", saved.workflow_id, exc.message)
-        warnings.append(IssueOut(code="deployment_pending", severity="warning",
-                                 message=f"{exc.message}; the Prefect deployment is updated at the next run"))
+        warnings.append(
+            IssueOut(
+                code="deployment_pending",
+                severity="warning",
+                message=f"{exc.message}; the Prefect deployment is updated at the next run",
+            )
+        )
     return WorkflowSaved(id=saved.workflow_id, version=saved.version, name=saved.name, warnings=warnings)
 
 
 @router.post("", status_code=201, response_model=WorkflowSaved, responses=ERRORS)
-async def create_workflow(body: CanvasBody, owner: Owner, workflows: WorkflowsDep, runs: RunsDep,
-                          compiler: CompilerDep) -> WorkflowSaved:
+async def create_workflow(
+    body: CanvasBody, owner: Owner, workflows: WorkflowsDep, runs: RunsDep, compiler: CompilerDep
+) -> WorkflowSaved:
     """Save a new workflow (version 1) and its Prefect deployment. An invalid canvas
     answers 422 with every issue, one too large to compile 413."""
     result = await compiler.valid(body.canvas)
@@ -104,18 +125,33 @@ async def validate_workflow(body: CanvasBody, owner: Owner, compiler: CompilerDe
 
 
 @router.get("/{workflow_id}", response_model=WorkflowPublic, responses=ERRORS)
-async def read_workflow(workflow_id: str, owner: Owner, workflows: WorkflowsDep,
-                        version: int | None = None) -> WorkflowPublic:
+async def read_workflow(
+    workflow_id: str, owner: Owner, workflows: WorkflowsDep, version: int | None = None
+) -> WorkflowPublic:
     workflow = await workflows.get(owner, workflow_id)
     found = await workflows.version(owner, workflow_id, version)
-    return WorkflowPublic(id=workflow.id, name=workflow.name, latest_version=workflow.latest_version,
-                          created_at=workflow.created_at, updated_at=workflow.updated_at, version=found.version,
-                          canvas=found.canvas, plan_hash=found.plan_hash)
+    return WorkflowPublic(
+        id=workflow.id,
+        name=workflow.name,
+        latest_version=workflow.latest_version,
+        created_at=workflow.created_at,
+        updated_at=workflow.updated_at,
+        version=found.version,
+        canvas=found.canvas,
+        plan_hash=found.plan_hash,
+    )
 
 
 @router.put("/{workflow_id}", response_model=WorkflowSaved, responses=ERRORS)
-async def update_workflow(workflow_id: str, body: CanvasBody, owner: Owner, workflows: WorkflowsDep,
-                          runs: RunsDep, compiler: CompilerDep, schedules: SchedulesDep) -> WorkflowSaved:
+async def update_workflow(
+    workflow_id: str,
+    body: CanvasBody,
+    owner: Owner,
+    workflows: WorkflowsDep,
+    runs: RunsDep,
+    compiler: CompilerDep,
+    schedules: SchedulesDep,
+) -> WorkflowSaved:
     """Save a new version; earlier versions stay readable and runnable. The workflow's
     schedules stay; one whose inputs the new version refuses is named in a warning."""
     before = await workflows.get(owner, workflow_id)  # 404 before 422: the workflow must be there
@@ -144,8 +180,7 @@ async def delete_workflow(workflow_id: str, owner: Owner, workflows: WorkflowsDe
     return Response(status_code=204)
 
 
-async def _move_schedules(runs: RunsDep, schedules: SchedulesDep, owner: str, workflow_id: str,
-                          old_name: str) -> None:
+async def _move_schedules(runs: RunsDep, schedules: SchedulesDep, owner: str, workflow_id: str, old_name: str) -> None:
     try:
         old = await runs.find_deployment(workflow_id, old_name)
         if old is not None:

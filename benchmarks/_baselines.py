@@ -20,42 +20,82 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks._measure import (
+    CpuMeter,
+    CpuTimeline,
+    PathResult,
+    PrefectRequests,
+    cpu_fields,
+    deltas,
+    prefect_probe,
+    settle,
+)
 from benchmarks._prefect_record import FINAL_TYPES, epoch, first_task_starts, state_times, wait_final
-from benchmarks._measure import CpuMeter, CpuTimeline, PathResult, PrefectRequests, cpu_fields, deltas, prefect_probe, settle
 from benchmarks._stack import PrefectServer, postgres_backends, start_worker, wait_started, workers_procs
 
 RUN_TIMEOUT_S = 600.0
 
 
-async def raw_prefect(prefect: PrefectServer, env: dict[str, str], home: Path, *, count: int, workers: int,
-                      limit: int, poll_s: float, pool: str) -> PathResult:
+async def raw_prefect(
+    prefect: PrefectServer,
+    env: dict[str, str],
+    home: Path,
+    *,
+    count: int,
+    workers: int,
+    limit: int,
+    poll_s: float,
+    pool: str,
+) -> PathResult:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectAlreadyExists
-    from benchmarks.raw_prefect_worker import ENTRYPOINT, FLOW_NAME, STEPS
 
+    from benchmarks.raw_prefect_worker import ENTRYPOINT, FLOW_NAME, STEPS
     from deployments.workflow_deployments import WORKER_TYPE
 
     async with get_client() as client:
         try:
-            await client.create_work_pool(WorkPoolCreate(name=pool, type=WORKER_TYPE,
-                                                         description="benchmarks/api.py: raw Prefect baseline"))
+            await client.create_work_pool(
+                WorkPoolCreate(name=pool, type=WORKER_TYPE, description="benchmarks/api.py: raw Prefect baseline")
+            )
         except ObjectAlreadyExists:
             pass
         flow_id = await client.create_flow_from_name(FLOW_NAME)
-        deployment_id = await client.create_deployment(flow_id=flow_id, name=f"raw-chain-{pool}",
-                                                       work_pool_name=pool, entrypoint=ENTRYPOINT)
-        procs = [start_worker(f"raw-{i}", ["-m", "benchmarks.raw_prefect_worker", "--pool", pool, "--limit",
-                                           str(limit), "--name", f"{pool}-{i}", "--poll-s", str(poll_s)], env, home)
-                 for i in range(workers)]
+        deployment_id = await client.create_deployment(
+            flow_id=flow_id, name=f"raw-chain-{pool}", work_pool_name=pool, entrypoint=ENTRYPOINT
+        )
+        procs = [
+            start_worker(
+                f"raw-{i}",
+                [
+                    "-m",
+                    "benchmarks.raw_prefect_worker",
+                    "--pool",
+                    pool,
+                    "--limit",
+                    str(limit),
+                    "--name",
+                    f"{pool}-{i}",
+                    "--poll-s",
+                    str(poll_s),
+                ],
+                env,
+                home,
+            )
+            for i in range(workers)
+        ]
         try:
             await asyncio.gather(*(asyncio.to_thread(wait_started, p) for p in procs))
             # Warm up both workers (first-run imports, clients), as the latency part does for FlowMaestro's.
             warm = [str((await client.create_flow_run_from_deployment(deployment_id)).id) for _ in range(2 * workers)]
             await wait_final(prefect.api_url, warm, RUN_TIMEOUT_S)
             await settle(prefect.procs)
-            meter_procs = dict(workers=workers_procs(procs), prefect=prefect.procs,
-                               postgres=postgres_backends(prefect.database, env["FLOWMAESTRO_DATABASE_URL"]))
+            meter_procs = dict(
+                workers=workers_procs(procs),
+                prefect=prefect.procs,
+                postgres=postgres_backends(prefect.database, env["FLOWMAESTRO_DATABASE_URL"]),
+            )
             probe = prefect_probe(prefect.api_url)
 
             async def create() -> tuple[str | None, float, float]:
@@ -85,25 +125,44 @@ async def raw_prefect(prefect: PrefectServer, env: dict[str, str], home: Path, *
     last_done = max(done_at.values(), default=last_answer)
     st = {i: states.get(i, {}) for i in completed}
     result = PathResult(
-        "raw Prefect", count, len(completed), errors=(count - len(ids)) + (len(ended) - len(completed)),
-        lost=len(ids) - len(ended), wall_s=last_done - first_sent, wall_prefect_s=last_done - first_sent,
+        "raw Prefect",
+        count,
+        len(completed),
+        errors=(count - len(ids)) + (len(ended) - len(completed)),
+        lost=len(ids) - len(ended),
+        wall_s=last_done - first_sent,
+        wall_prefect_s=last_done - first_sent,
         accept=[c[2] - c[1] for c in created],
         first_step=deltas([(sent[i], starts.get(i)) for i in completed]),
         done=deltas([(sent[i], done_at[i]) for i in completed]),
-        phases=[("create_flow_run_from_deployment call (client)", [c[2] - c[1] for c in created]),
-                ("created -> picked by a worker (Pending)",
-                 deltas([(answered[i], st[i].get("PENDING")) for i in completed])),
-                ("Pending -> Submitting (worker: job configuration, labels)",
-                 deltas([(st[i].get("PENDING"), st[i].get("Submitting")) for i in completed])),
-                ("Submitting -> Running (worker runs the flow engine, which starts)",
-                 deltas([(st[i].get("Submitting"), st[i].get("RUNNING")) for i in completed])),
-                ("Running -> 1st task started", deltas([(st[i].get("RUNNING"), starts.get(i)) for i in completed])),
-                ("1st task started -> Completed (5 tasks, final state)",
-                 deltas([(starts.get(i), done_at[i]) for i in completed]))],
-        cpu=[f"creates (first sent -> last answered) {timeline.describe(first_sent, last_answer)}",
-             f"runs (last answered -> last completed) {timeline.describe(last_answer, last_done)}",
-             f"whole part: {meter.describe()}"],
-        notes=[probe.describe(), requests.describe(count)], **cpu_fields(meter, len(completed)))
+        phases=[
+            ("create_flow_run_from_deployment call (client)", [c[2] - c[1] for c in created]),
+            (
+                "created -> picked by a worker (Pending)",
+                deltas([(answered[i], st[i].get("PENDING")) for i in completed]),
+            ),
+            (
+                "Pending -> Submitting (worker: job configuration, labels)",
+                deltas([(st[i].get("PENDING"), st[i].get("Submitting")) for i in completed]),
+            ),
+            (
+                "Submitting -> Running (worker runs the flow engine, which starts)",
+                deltas([(st[i].get("Submitting"), st[i].get("RUNNING")) for i in completed]),
+            ),
+            ("Running -> 1st task started", deltas([(st[i].get("RUNNING"), starts.get(i)) for i in completed])),
+            (
+                "1st task started -> Completed (5 tasks, final state)",
+                deltas([(starts.get(i), done_at[i]) for i in completed]),
+            ),
+        ],
+        cpu=[
+            f"creates (first sent -> last answered) {timeline.describe(first_sent, last_answer)}",
+            f"runs (last answered -> last completed) {timeline.describe(last_answer, last_done)}",
+            f"whole part: {meter.describe()}",
+        ],
+        notes=[probe.describe(), requests.describe(count)],
+        **cpu_fields(meter, len(completed)),
+    )
     return result
 
 
@@ -117,8 +176,13 @@ async def start_in_process(flow: Any, canvas: dict[str, Any], inputs: dict[str, 
 
     parameters = {"canvas": canvas, "inputs": inputs, "workflow_id": None, "version": None, "owner": None}
     async with get_client() as client:
-        flow_run = await client.create_flow_run(flow, name=str(canvas.get("name") or "workflow"),
-                                                parameters=parameters, tags=["flowmaestro"], state=Pending())
+        flow_run = await client.create_flow_run(
+            flow,
+            name=str(canvas.get("name") or "workflow"),
+            parameters=parameters,
+            tags=["flowmaestro"],
+            state=Pending(),
+        )
     return str(flow_run.id), start_flow_run_in_process(flow, flow_run, parameters)
 
 
@@ -153,8 +217,10 @@ async def in_process(prefect: PrefectServer, canvas: dict[str, Any], *, count: i
     try:
         await one()  # warm-up: imports, the flow's first run in this process
         await settle(prefect.procs)
-        meter_procs = dict(prefect=prefect.procs,
-                           postgres=postgres_backends(prefect.database, os.environ.get("FLOWMAESTRO_DATABASE_URL")))
+        meter_procs = dict(
+            prefect=prefect.procs,
+            postgres=postgres_backends(prefect.database, os.environ.get("FLOWMAESTRO_DATABASE_URL")),
+        )
         probe = prefect_probe(prefect.api_url)
         with CpuMeter(**meter_procs) as meter, PrefectRequests(prefect.log) as requests:
             async with CpuTimeline(**meter_procs, client=os.getpid()) as timeline, probe:
@@ -170,21 +236,41 @@ async def in_process(prefect: PrefectServer, canvas: dict[str, Any], *, count: i
     last_done = max((r[3] for r in ok), default=last_answer)
     ev = {r[0]: seen.get(r[0], {}) for r in ok}
     return PathResult(
-        "in-process", count, len(ok), errors=count - len(ok), lost=0, wall_s=last_done - first_sent, client_runs=True,
+        "in-process",
+        count,
+        len(ok),
+        errors=count - len(ok),
+        lost=0,
+        wall_s=last_done - first_sent,
+        client_runs=True,
         wall_prefect_s=max((states.get(r[0], {}).get("COMPLETED", 0.0) for r in ok), default=first_sent) - first_sent,
         accept=[r[2] - r[1] for r in results],
         first_step=deltas([(r[1], ev[r[0]].get("node:started")) for r in ok]),
         done=[r[3] - r[1] for r in ok],
-        phases=[("flow run created (start_in_process returned)", [r[2] - r[1] for r in results]),
-                ("created -> Running (flow engine starts here)",
-                 deltas([(r[2], states.get(r[0], {}).get("RUNNING")) for r in ok])),
-                ("Running -> 1st node:started", deltas([(states.get(r[0], {}).get("RUNNING"),
-                                                         ev[r[0]].get("node:started")) for r in ok])),
-                ("1st node:started -> execution:completed (the run)",
-                 deltas([(ev[r[0]].get("node:started"), ev[r[0]].get("execution:completed")) for r in ok])),
-                ("execution:completed -> final state returned",
-                 deltas([(ev[r[0]].get("execution:completed"), r[3]) for r in ok]))],
-        cpu=[f"starts (first sent -> last start_in_process returned) {timeline.describe(first_sent, last_answer)}",
-             f"runs (-> last completed) {timeline.describe(last_answer, last_done)}",
-             f"whole part: {meter.describe()}"],
-        notes=[probe.describe(), requests.describe(count)], **cpu_fields(meter, len(ok)))
+        phases=[
+            ("flow run created (start_in_process returned)", [r[2] - r[1] for r in results]),
+            (
+                "created -> Running (flow engine starts here)",
+                deltas([(r[2], states.get(r[0], {}).get("RUNNING")) for r in ok]),
+            ),
+            (
+                "Running -> 1st node:started",
+                deltas([(states.get(r[0], {}).get("RUNNING"), ev[r[0]].get("node:started")) for r in ok]),
+            ),
+            (
+                "1st node:started -> execution:completed (the run)",
+                deltas([(ev[r[0]].get("node:started"), ev[r[0]].get("execution:completed")) for r in ok]),
+            ),
+            (
+                "execution:completed -> final state returned",
+                deltas([(ev[r[0]].get("execution:completed"), r[3]) for r in ok]),
+            ),
+        ],
+        cpu=[
+            f"starts (first sent -> last start_in_process returned) {timeline.describe(first_sent, last_answer)}",
+            f"runs (-> last completed) {timeline.describe(last_answer, last_done)}",
+            f"whole part: {meter.describe()}",
+        ],
+        notes=[probe.describe(), requests.describe(count)],
+        **cpu_fields(meter, len(ok)),
+    )

@@ -199,8 +199,12 @@ async def read_all_task_runs(client: Any, flow_run_id: str, page: int = 200) -> 
     seen: dict[Any, Any] = {}
     offset = 0
     while True:
-        runs = await client.read_task_runs(flow_run_filter=_flow_run_filter(flow_run_id), limit=page,
-                                           offset=offset, sort=TaskRunSort.EXPECTED_START_TIME_ASC)
+        runs = await client.read_task_runs(
+            flow_run_filter=_flow_run_filter(flow_run_id),
+            limit=page,
+            offset=offset,
+            sort=TaskRunSort.EXPECTED_START_TIME_ASC,
+        )
         for run in runs:
             seen[run.id] = run
         if len(runs) < page:
@@ -208,8 +212,9 @@ async def read_all_task_runs(client: Any, flow_run_id: str, page: int = 200) -> 
         offset += page
 
 
-async def wait_task_runs_visible(flow_run_id: str, expected: int, timeout: float = 60.0,
-                                 poll: float = 0.25) -> tuple[float | None, int]:
+async def wait_task_runs_visible(
+    flow_run_id: str, expected: int, timeout: float = 60.0, poll: float = 0.25
+) -> tuple[float | None, int]:
     """Poll until ``expected`` task runs of the flow run are in a final state in the API.
     Returns (seconds waited or None on timeout, count seen)."""
     from prefect.client.orchestration import get_client
@@ -266,8 +271,14 @@ Runner = Callable[[], Awaitable[str | None]]
 """One run of a variant; returns the Prefect flow run id, if any."""
 
 
-async def measure(runner: Runner, *, check_task_runs: int | None = None, settle: bool = True,
-                  visible_timeout: float = 30.0, idle_timeout: float = 3.0) -> Sample:
+async def measure(
+    runner: Runner,
+    *,
+    check_task_runs: int | None = None,
+    settle: bool = True,
+    visible_timeout: float = 30.0,
+    idle_timeout: float = 3.0,
+) -> Sample:
     """Time one run (wall and client CPU, plus the server's CPU while it ran); then,
     outside the timing, settle: wait until its ``check_task_runs`` task runs are final in
     the API (the recorder's backlog of this run is gone; reported as ``visible_after``),
@@ -281,8 +292,9 @@ async def measure(runner: Runner, *, check_task_runs: int | None = None, settle:
     server_after = server_cpu_s()
     sample = Sample(wall, cpu, None if server_before is None or server_after is None else server_after - server_before)
     if flow_run_id and check_task_runs:
-        sample.visible_after, sample.task_runs_seen = await wait_task_runs_visible(flow_run_id, check_task_runs,
-                                                                                  timeout=visible_timeout)
+        sample.visible_after, sample.task_runs_seen = await wait_task_runs_visible(
+            flow_run_id, check_task_runs, timeout=visible_timeout
+        )
     if settle and flow_run_id:
         await wait_server_idle(timeout=idle_timeout)
     return sample
@@ -324,7 +336,7 @@ class PeakRSS:
         self._stop = None
         self._thread = None
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         import threading
 
         self.before = self.peak = rss_mb() or 0.0

@@ -18,7 +18,6 @@ from typing import Any
 
 import httpx
 
-
 # ----------------------------------------------------------------------------- statistics
 
 
@@ -106,16 +105,23 @@ class PathResult:
 
     def report(self, part: str, title: str) -> str:
         """The breakdown, then the CPU and notes, each line marked with the part."""
-        return "\n".join([self.phase_table(title), *(f"CPU during {part}: {line}" for line in self.cpu),
-                          *(f"during {part}: {line}" for line in self.notes)])
+        return "\n".join(
+            [
+                self.phase_table(title),
+                *(f"CPU during {part}: {line}" for line in self.cpu),
+                *(f"during {part}: {line}" for line in self.notes),
+            ]
+        )
 
 
 def cpu_fields(meter: CpuMeter, completed: int) -> dict[str, Any]:
     """The ``PathResult`` fields a part's ``CpuMeter`` gives."""
     others = meter.others()
     capacity = meter.wall * (os.cpu_count() or 1)
-    return {"cpu_per_run": meter.per_run(completed),
-            "others_share": None if others is None or capacity <= 0 else others / capacity}
+    return {
+        "cpu_per_run": meter.per_run(completed),
+        "others_share": None if others is None or capacity <= 0 else others / capacity,
+    }
 
 
 def deltas(pairs: list[tuple[float | None, float | None]]) -> list[float]:
@@ -179,8 +185,9 @@ class Procs:
             found = []
             for proc in Path("/proc").iterdir():
                 try:
-                    if proc.name.isdigit() and any(m in (proc / "cmdline").read_text(errors="replace")
-                                                   for m in self.match):
+                    if proc.name.isdigit() and any(
+                        m in (proc / "cmdline").read_text(errors="replace") for m in self.match
+                    ):
                         found.append(int(proc.name))
                 except OSError:
                     continue
@@ -259,8 +266,10 @@ class CpuMeter:
                 parts.append(f"{name} CPU {used:.1f} s ({used / self.wall * 100:.0f}% of a core)")
         others = self.others()
         if others is not None and self.wall > 0:
-            parts.append(f"other processes of the machine {others:.1f} s ({others / self.wall * 100:.0f}% of a "
-                         f"core, of {os.cpu_count()})")
+            parts.append(
+                f"other processes of the machine {others:.1f} s ({others / self.wall * 100:.0f}% of a "
+                f"core, of {os.cpu_count()})"
+            )
         return ", ".join(parts) + f"; load average {loadavg()}"
 
 
@@ -292,7 +301,7 @@ class CpuTimeline:
         while not self._stop.is_set():
             try:
                 await asyncio.wait_for(self._stop.wait(), self.interval)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self._sample()
 
     def used_between(self, t0: float, t1: float) -> tuple[float, dict[str, float | None]]:
@@ -307,8 +316,7 @@ class CpuTimeline:
 
     def describe(self, t0: float, t1: float) -> str:
         wall, used = self.used_between(t0, t1)
-        parts = [f"{name} {u:.1f} s ({u / wall * 100:.0f}%)" for name, u in used.items()
-                 if u is not None and wall > 0]
+        parts = [f"{name} {u:.1f} s ({u / wall * 100:.0f}%)" for name, u in used.items() if u is not None and wall > 0]
         return f"{wall:.1f} s: " + ", ".join(parts)
 
 
@@ -344,13 +352,15 @@ class Probe:
                 self.times.append(time.perf_counter() - started)
                 try:
                     await asyncio.wait_for(self._stop.wait(), self.interval)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
 
     def describe(self) -> str:
         t = self.times
-        return (f"{self.name}: {len(t)} probes, p50 {ms(pct(t, 50), 0)} ms, p95 {ms(pct(t, 95), 0)} ms, "
-                f"max {ms(max(t) if t else None, 0)} ms" + (f", {self.failures} failed" if self.failures else ""))
+        return (
+            f"{self.name}: {len(t)} probes, p50 {ms(pct(t, 50), 0)} ms, p95 {ms(pct(t, 95), 0)} ms, "
+            f"max {ms(max(t) if t else None, 0)} ms" + (f", {self.failures} failed" if self.failures else "")
+        )
 
 
 def prefect_probe(prefect_url: str) -> Probe:
@@ -406,8 +416,10 @@ class LogWatch:
         # Each unexpected error of the API is logged twice (FlowMaestro's handler, then uvicorn): halve.
         lines = [f"{max(1, n // 2)} x {what}" for what, n in found.most_common(4)]
         if retries:
-            lines.append(f"Prefect client retried {sum(retries.values())} request(s) after ~2 s backoff: "
-                         + ", ".join(f"{n} x {code}" for code, n in retries.items()))
+            lines.append(
+                f"Prefect client retried {sum(retries.values())} request(s) after ~2 s backoff: "
+                + ", ".join(f"{n} x {code}" for code, n in retries.items())
+            )
         return lines
 
 
@@ -443,5 +455,7 @@ class PrefectRequests:
         counts = Counter({route: n for route, n in self.counts.items() if route != self.PROBE})
         total = sum(counts.values())
         parts = ", ".join(f"{route} {n}" for route, n in counts.most_common(top))
-        return (f"Prefect requests: {total} ({total / max(runs, 1):.1f} per run; and {self.counts[self.PROBE]} of "
-                f"the probe); {parts}")
+        return (
+            f"Prefect requests: {total} ({total / max(runs, 1):.1f} per run; and {self.counts[self.PROBE]} of "
+            f"the probe); {parts}"
+        )

@@ -34,9 +34,10 @@ async def flow_runs(prefect_url: str, ids: list[str]) -> dict[str, dict[str, Any
     found: dict[str, dict[str, Any]] = {}
     async with client(prefect_url) as http:
         for start in range(0, len(ids), PAGE):
-            chunk = ids[start:start + PAGE]
-            answer = await http.post("flow_runs/filter", json={"flow_runs": {"id": {"any_": chunk}},
-                                                               "limit": len(chunk)})
+            chunk = ids[start : start + PAGE]
+            answer = await http.post(
+                "flow_runs/filter", json={"flow_runs": {"id": {"any_": chunk}}, "limit": len(chunk)}
+            )
             answer.raise_for_status()
             found.update({run["id"]: run for run in answer.json()})
     return found
@@ -47,8 +48,9 @@ async def tagged_flow_runs(prefect_url: str, tag: str) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = []
     async with client(prefect_url) as http:
         while True:
-            answer = await http.post("flow_runs/filter", json={"flow_runs": {"tags": {"all_": [tag]}},
-                                                               "limit": PAGE, "offset": len(found)})
+            answer = await http.post(
+                "flow_runs/filter", json={"flow_runs": {"tags": {"all_": [tag]}}, "limit": PAGE, "offset": len(found)}
+            )
             answer.raise_for_status()
             page = answer.json()
             found += page
@@ -66,8 +68,9 @@ async def wait_tagged_final(prefect_url: str, tag: str, timeout: float, poll_s: 
         await asyncio.sleep(poll_s)
 
 
-async def wait_final(prefect_url: str, ids: list[str], timeout: float, poll_s: float = 0.25
-                     ) -> dict[str, dict[str, Any]]:
+async def wait_final(
+    prefect_url: str, ids: list[str], timeout: float, poll_s: float = 0.25
+) -> dict[str, dict[str, Any]]:
     """Poll until every run is in a final state (or ``timeout``); the runs as last read."""
     deadline = time.monotonic() + timeout
     while True:
@@ -104,8 +107,7 @@ async def state_times(prefect_url: str, ids: list[str], concurrency: int = 8) ->
     return times
 
 
-async def first_task_starts(prefect_url: str, ids: list[str], expected: int, timeout: float = 30.0
-                            ) -> dict[str, float]:
+async def first_task_starts(prefect_url: str, ids: list[str], expected: int, timeout: float = 30.0) -> dict[str, float]:
     """For each flow run, when its first task run started; waits (up to ``timeout``) until
     ``expected`` task runs per flow run are recorded (the server records them from events,
     a little later)."""
@@ -115,8 +117,9 @@ async def first_task_starts(prefect_url: str, ids: list[str], expected: int, tim
         async with client(prefect_url) as http:
             offset = 0
             while True:
-                answer = await http.post("task_runs/filter", json={
-                    "flow_runs": {"id": {"any_": ids}}, "limit": PAGE, "offset": offset})
+                answer = await http.post(
+                    "task_runs/filter", json={"flow_runs": {"id": {"any_": ids}}, "limit": PAGE, "offset": offset}
+                )
                 answer.raise_for_status()
                 page = answer.json()
                 runs += page

@@ -23,8 +23,7 @@ from typing import Any
 import httpx
 
 from benchmarks._measure import Procs
-
-from tests.processes import ROOT, Proc, free_port, postgres_database, wait_until  # noqa: F401  (stdlib and httpx only)
+from tests.processes import ROOT, Proc, free_port, postgres_database, wait_until
 
 KEY = "bench-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -66,8 +65,7 @@ def chain_canvas(name: str, middle: int) -> dict[str, Any]:
     """start -> t1 -> ... -> t<middle> -> end (transform nodes)."""
     ids = ["start", *(f"t{i}" for i in range(1, middle + 1)), "end"]
     nodes = [{"id": "start", "type": "start", "data": {}}]
-    nodes += [{"id": f"t{i}", "type": "transform", "data": {"output": f"{{{{ {i} }}}}"}}
-              for i in range(1, middle + 1)]
+    nodes += [{"id": f"t{i}", "type": "transform", "data": {"output": f"{{{{ {i} }}}}"}} for i in range(1, middle + 1)]
     nodes.append({"id": "end", "type": "end", "data": {"output": f"{{{{ {ids[-2]} }}}}"}})
     edges = [{"id": f"e{i}", "source": a, "target": b} for i, (a, b) in enumerate(zip(ids, ids[1:]))]
     return {"name": name, "nodes": nodes, "edges": edges}
@@ -103,11 +101,19 @@ def prefect_on_postgres(home: Path) -> Iterator[PrefectServer]:
 
     with postgres_database("fm_bench_prefect") as url:
         # INFO: uvicorn's access log, one line per request (``_measure.PrefectRequests`` counts them).
-        info = start_server(home, free_port(), env={"PREFECT_SERVER_DATABASE_CONNECTION_URL": url,
-                                                    "PREFECT_SERVER_LOGGING_LEVEL": "INFO"}, auth=False)
+        info = start_server(
+            home,
+            free_port(),
+            env={"PREFECT_SERVER_DATABASE_CONNECTION_URL": url, "PREFECT_SERVER_LOGGING_LEVEL": "INFO"},
+            auth=False,
+        )
         try:
-            yield PrefectServer(info.api_url, Procs((info.pid,), tree=True) if info.pid else None,
-                                home / "prefect-server.log", database=database_name(url))
+            yield PrefectServer(
+                info.api_url,
+                Procs((info.pid,), tree=True) if info.pid else None,
+                home / "prefect-server.log",
+                database=database_name(url),
+            )
         finally:
             stop(home)
 
@@ -158,17 +164,27 @@ class Served:
                 self.process.wait(10)
 
 
-def base_env(prefect_url: str, home: Path, *, database_url: str | None = None, redis_url: str | None = None,
-             extra_env: dict[str, str] | None = None) -> dict[str, str]:
+def base_env(
+    prefect_url: str,
+    home: Path,
+    *,
+    database_url: str | None = None,
+    redis_url: str | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> dict[str, str]:
     """The environment every FlowMaestro process of one benchmark shares: Prefect server,
     home, database (SQLite in the home by default), event log, result storage."""
     # prefect.client at DEBUG logs its retries ("retryable status code 503 ...", counted by LogWatch)
     # and one line per client it connects: a few lines per run.
-    env = dict(os.environ, PREFECT_API_URL=prefect_url, FLOWMAESTRO_API_KEYS=f"bench:{KEY}",
-               FLOWMAESTRO_HOME=str(home),
-               FLOWMAESTRO_DATABASE_URL=database_url or f"sqlite+aiosqlite:///{home / 'api.db'}",
-               PREFECT_LOCAL_STORAGE_PATH=str(home / "results"),
-               PREFECT_LOGGING_LOGGERS_PREFECT_CLIENT_LEVEL="DEBUG")
+    env = dict(
+        os.environ,
+        PREFECT_API_URL=prefect_url,
+        FLOWMAESTRO_API_KEYS=f"bench:{KEY}",
+        FLOWMAESTRO_HOME=str(home),
+        FLOWMAESTRO_DATABASE_URL=database_url or f"sqlite+aiosqlite:///{home / 'api.db'}",
+        PREFECT_LOCAL_STORAGE_PATH=str(home / "results"),
+        PREFECT_LOGGING_LOGGERS_PREFECT_CLIENT_LEVEL="DEBUG",
+    )
     env.pop("FLOWMAESTRO_REDIS_URL", None)
     if redis_url:
         env["FLOWMAESTRO_REDIS_URL"] = redis_url
@@ -176,9 +192,17 @@ def base_env(prefect_url: str, home: Path, *, database_url: str | None = None, r
     return env
 
 
-def start_serve(name: str, prefect_url: str, *, redis_url: str | None = None, home: Path | None = None,
-                extra_env: dict[str, str] | None = None, wait: bool = True, database_url: str | None = None,
-                workers: int | None = None) -> Served:
+def start_serve(
+    name: str,
+    prefect_url: str,
+    *,
+    redis_url: str | None = None,
+    home: Path | None = None,
+    extra_env: dict[str, str] | None = None,
+    wait: bool = True,
+    database_url: str | None = None,
+    workers: int | None = None,
+) -> Served:
     """Start ``python -m cli serve --port P`` (with ``--workers N`` when given; serve's
     default otherwise): SQLite API database (and SQL event log, unless ``redis_url``) in a
     temporary home unless ``database_url``. Its output goes to ``<home>/serve.log``."""
@@ -189,8 +213,15 @@ def start_serve(name: str, prefect_url: str, *, redis_url: str | None = None, ho
     if workers is not None:
         args += ["--workers", str(workers)]
     with (home / "serve.log").open("ab") as log_file:
-        process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
+        process = subprocess.Popen(
+            args,
+            cwd=ROOT,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     served = Served(name, f"http://127.0.0.1:{port}", process, home, 0.0, redis_url)
     if wait:
         wait_healthy(served, time.perf_counter())
@@ -221,6 +252,7 @@ def start_worker(name: str, args: list[str], env: dict[str, str], home: Path) ->
 
 def wait_started(worker: Proc, timeout: float = 120.0) -> None:
     """Until the worker says it started polling (both kinds of worker print "started")."""
+
     def started() -> bool:
         if not worker.alive():
             raise RuntimeError(f"worker {worker.args} exited:\n{worker.output()}")

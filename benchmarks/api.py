@@ -80,14 +80,40 @@ ROOT = Path(__file__).resolve().parent.parent
 import httpx  # noqa: E402
 from httpx_sse import aconnect_sse  # noqa: E402
 
+from benchmarks._measure import (  # noqa: E402
+    CpuMeter,
+    CpuTimeline,
+    LogWatch,
+    PathResult,
+    PrefectRequests,
+    Probe,
+    cpu_fields,
+    deltas,
+    loadavg,
+    ms,
+    pct,
+    prefect_probe,
+    settle,
+    spread_row,
+    table,
+)
 from benchmarks._prefect_record import state_times, wait_tagged_final  # noqa: E402
 from benchmarks._report import comparison, targets  # noqa: E402
-from benchmarks._measure import (CpuMeter, CpuTimeline, LogWatch, PathResult, PrefectRequests, Probe,  # noqa: E402
-                      cpu_fields, deltas, loadavg, ms, pct, prefect_probe, settle, spread_row, table)
-from benchmarks._stack import (AUTH, PrefectServer, Served, base_env, chain_canvas, external_prefect,  # noqa: E402
-                    postgres_backends, postgres_database, prefect_on_postgres, start_serve, start_worker,
-                    wait_started, workers_procs)
-from benchmarks._stack import free_port, wait_healthy  # noqa: E402,F401  (events.py uses them from here)
+from benchmarks._stack import (  # noqa: E402  # noqa: E402,F401  (events.py uses them from here)
+    AUTH,
+    PrefectServer,
+    Served,
+    base_env,
+    chain_canvas,
+    external_prefect,
+    postgres_backends,
+    postgres_database,
+    prefect_on_postgres,
+    start_serve,
+    start_worker,
+    wait_started,
+    workers_procs,
+)
 
 FINAL = ("execution:completed", "execution:failed", "execution:cancelled")
 RUN_TIMEOUT_S = 600.0
@@ -119,8 +145,12 @@ def probes(served: Served, prefect_url: str) -> tuple[Probe, Probe]:
 
 
 def api_client(base: str, timeout: float = 300.0) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=base, headers=AUTH, timeout=httpx.Timeout(timeout, connect=30),
-                             limits=httpx.Limits(max_connections=None, max_keepalive_connections=200))
+    return httpx.AsyncClient(
+        base_url=base,
+        headers=AUTH,
+        timeout=httpx.Timeout(timeout, connect=30),
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=200),
+    )
 
 
 async def save_workflow(client: httpx.AsyncClient, canvas: dict[str, Any]) -> str:
@@ -162,17 +192,26 @@ class Execution:
         return self.error is None and self.final_type == "execution:completed"
 
 
-async def execute_and_follow(client: httpx.AsyncClient, workflow_id: str, *, post_timeout: float = 60.0,
-                             timeout: float = 180.0, gate: asyncio.Semaphore | None = None,
-                             registry: list[str] | None = None) -> Execution:
+async def execute_and_follow(
+    client: httpx.AsyncClient,
+    workflow_id: str,
+    *,
+    post_timeout: float = 60.0,
+    timeout: float = 180.0,
+    gate: asyncio.Semaphore | None = None,
+    registry: list[str] | None = None,
+) -> Execution:
     """POST execute, then follow the SSE stream (opened right after the 202) to the final event.
     ``gate`` bounds the POSTs in flight (not the runs)."""
     if gate is not None:
         await gate.acquire()
     run = Execution(posted=time.time())
     try:
-        answer = await client.post(f"/api/workflows/{workflow_id}/execute", json={"inputs": {}},
-                                   timeout=httpx.Timeout(post_timeout, connect=30))
+        answer = await client.post(
+            f"/api/workflows/{workflow_id}/execute",
+            json={"inputs": {}},
+            timeout=httpx.Timeout(post_timeout, connect=30),
+        )
     except httpx.HTTPError as exc:
         run.error = f"POST {type(exc).__name__}"
         return run
@@ -188,7 +227,7 @@ async def execute_and_follow(client: httpx.AsyncClient, workflow_id: str, *, pos
         registry.append(run.execution_id)
     try:
         await asyncio.wait_for(_follow(client, run), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         run.error = "stream timeout"
     except (httpx.HTTPError, ValueError) as exc:
         run.error = f"stream {type(exc).__name__}"
@@ -215,8 +254,9 @@ async def _follow(client: httpx.AsyncClient, run: Execution) -> None:
     raise ValueError("the stream ended without a final event")
 
 
-async def stored_status(client: httpx.AsyncClient, execution_id: str, timeout: float = 30.0,
-                        poll_s: float = 1.0) -> str:
+async def stored_status(
+    client: httpx.AsyncClient, execution_id: str, timeout: float = 30.0, poll_s: float = 1.0
+) -> str:
     """The status ``GET /api/executions/{id}`` reports, once final (or whatever it is at the timeout).
     Once a second, as a client would: each read of a run still going costs the API two Prefect
     requests (the run, its pending approvals), which a faster poll would add to what is measured."""
@@ -243,16 +283,24 @@ def phases(runs: list[Execution]) -> list[tuple[str, list[float]]]:
     return [
         ("POST -> 202 (accept)", [r.accepted - r.posted for r in runs if r.accepted is not None]),
         ("202 -> picked by a worker (Pending)", deltas([(r.accepted, s(r, "PENDING")) for r in accepted])),
-        ("Pending -> Submitting (worker: job configuration, labels)",
-         deltas([(s(r, "PENDING"), s(r, "Submitting")) for r in accepted])),
-        ("Submitting -> Running (worker runs the flow engine, which starts)",
-         deltas([(s(r, "Submitting"), s(r, "RUNNING")) for r in accepted])),
-        ("Running -> execution:started (load canvas, record start)",
-         deltas([(s(r, "RUNNING"), r.exec_started_pub) for r in ok])),
+        (
+            "Pending -> Submitting (worker: job configuration, labels)",
+            deltas([(s(r, "PENDING"), s(r, "Submitting")) for r in accepted]),
+        ),
+        (
+            "Submitting -> Running (worker runs the flow engine, which starts)",
+            deltas([(s(r, "Submitting"), s(r, "RUNNING")) for r in accepted]),
+        ),
+        (
+            "Running -> execution:started (load canvas, record start)",
+            deltas([(s(r, "RUNNING"), r.exec_started_pub) for r in ok]),
+        ),
         ("execution:started -> 1st node:started", deltas([(r.exec_started_pub, r.first_started_pub) for r in ok])),
         ("1st node:started -> execution:completed (the run)", [r.final_pub - r.first_started_pub for r in ok]),
-        ("execution:completed -> Completed in Prefect (result stored)",
-         deltas([(r.final_pub, s(r, "COMPLETED")) for r in ok])),
+        (
+            "execution:completed -> Completed in Prefect (result stored)",
+            deltas([(r.final_pub, s(r, "COMPLETED")) for r in ok]),
+        ),
         ("execution:completed published -> received (delivery)", [r.final_recv - r.final_pub for r in ok]),
         ("any event published -> received (delivery, all events)", [lag for r in ok for lag in r.lags]),
     ]
@@ -271,8 +319,12 @@ class FmStack:
     database_url: str
 
     def procs(self) -> dict[str, Any]:
-        return dict(api=self.served.pid, workers=workers_procs(self.workers), prefect=self.prefect.procs,
-                    postgres=postgres_backends(self.prefect.database, self.database_url))
+        return dict(
+            api=self.served.pid,
+            workers=workers_procs(self.workers),
+            prefect=self.prefect.procs,
+            postgres=postgres_backends(self.prefect.database, self.database_url),
+        )
 
     def logs(self) -> LogWatch:
         return LogWatch(self.served.log_path, *(w.log for w in self.workers))
@@ -318,17 +370,28 @@ async def bench_latency(stack: FmStack, runs: int, budget_s: float) -> tuple[str
         accept = [r.accepted - r.posted for r in group]
         first = [r.first_started_recv - r.posted for r in group]
         done = [r.final_recv - r.posted for r in group]
-        return [label, len(group), ms(pct(accept, 50)), ms(pct(accept, 95)), ms(pct(first, 50)), ms(pct(first, 95)),
-                ms(pct(done, 50)), ms(pct(done, 95)), ms(max(done) if done else None)]
+        return [
+            label,
+            len(group),
+            ms(pct(accept, 50)),
+            ms(pct(accept, 95)),
+            ms(pct(first, 50)),
+            ms(pct(first, 95)),
+            ms(pct(done, 50)),
+            ms(pct(done, 95)),
+            ms(max(done) if done else None),
+        ]
 
-    result = Latency(cold=[r for r in results[:1] if r.ok], warm=[r for r in results[1:] if r.ok],
-                     cpu=meter.describe())
+    result = Latency(cold=[r for r in results[:1] if r.ok], warm=[r for r in results[1:] if r.ok], cpu=meter.describe())
     note = "" if len(results) == runs else f"; stopped after {len(results)} runs: --budget-a {budget_s:.0f} s"
-    lines = [table(["run", "n", "202 p50", "202 p95", "1st node p50", "1st node p95", "done p50", "done p95",
-                    "done max"],
-                   [row("cold (1st after start)", result.cold), row("warm", result.warm)],
-                   title=f"(a) FlowMaestro: latency of a 3-node run (start -> transform -> end), ms from POST "
-                         f"execute [{served.name}, {runs} runs one after the other{note}]")]
+    lines = [
+        table(
+            ["run", "n", "202 p50", "202 p95", "1st node p50", "1st node p95", "done p50", "done p95", "done max"],
+            [row("cold (1st after start)", result.cold), row("warm", result.warm)],
+            title=f"(a) FlowMaestro: latency of a 3-node run (start -> transform -> end), ms from POST "
+            f"execute [{served.name}, {runs} runs one after the other{note}]",
+        )
+    ]
     for label, group in (("cold run", result.cold), ("warm runs", result.warm)):
         if group:
             rows = [spread_row(name, values) for name, values in phases(group)]
@@ -337,8 +400,11 @@ async def bench_latency(stack: FmStack, runs: int, budget_s: float) -> tuple[str
         lines.append(f"failed: {dict(errors)} (not in the table)")
     lines += [f"logs: {line}" for line in watch.summary()]
     lines.append(f"during (a): {meter.describe()}")
-    lines += [f"during (a): {loop_probe.describe()}", f"during (a): {prefect_pr.describe()}",
-              f"during (a): {requests.describe(len(results))}"]
+    lines += [
+        f"during (a): {loop_probe.describe()}",
+        f"during (a): {prefect_pr.describe()}",
+        f"during (a): {requests.describe(len(results))}",
+    ]
     return "\n".join(lines), result
 
 
@@ -349,16 +415,25 @@ async def bench_concurrent(stack: FmStack, count: int, post_limit: int) -> tuple
     async with api_client(served.base) as client:
         workflow_id = await save_workflow(client, chain_canvas("bench-concurrent", 3))
         if not served.run_ids:  # nothing warmed the workers up yet (--only concurrent)
-            await asyncio.gather(*(execute_and_follow(client, workflow_id, registry=served.run_ids)
-                                   for _ in range(2 * len(stack.workers))))
+            await asyncio.gather(
+                *(
+                    execute_and_follow(client, workflow_id, registry=served.run_ids)
+                    for _ in range(2 * len(stack.workers))
+                )
+            )
         await settle(stack.prefect.procs)
         tag = f"workflow:{workflow_id}"
         with CpuMeter(**stack.procs()) as meter, stack.logs() as watch, PrefectRequests(stack.prefect.log) as requests:
             async with loop_probe, prefect_pr, CpuTimeline(**stack.procs()) as timeline:
                 first_post = time.time()
-                results = await asyncio.gather(*(execute_and_follow(client, workflow_id, timeout=RUN_TIMEOUT_S,
-                                                                    gate=gate, registry=served.run_ids)
-                                                 for _ in range(count)))
+                results = await asyncio.gather(
+                    *(
+                        execute_and_follow(
+                            client, workflow_id, timeout=RUN_TIMEOUT_S, gate=gate, registry=served.run_ids
+                        )
+                        for _ in range(count)
+                    )
+                )
                 # Until every run is over, those whose stream broke and those Prefect created although
                 # the API answered otherwise than 202 included: the CPU then covers all the work done.
                 ids = [r.execution_id for r in results if r.execution_id]
@@ -367,8 +442,11 @@ async def bench_concurrent(stack: FmStack, count: int, post_limit: int) -> tuple
                 in_prefect = await wait_tagged_final(prefect_url, tag, RUN_TIMEOUT_S)
     await read_states(prefect_url, results)
     # Completed for its client: its final event arrived; or, when its stream broke, its stored status.
-    done_at = {r.execution_id: r.final_recv if r.ok else r.states.get("COMPLETED") for r in results
-               if r.execution_id and statuses.get(r.execution_id) == "completed"}
+    done_at = {
+        r.execution_id: r.final_recv if r.ok else r.states.get("COMPLETED")
+        for r in results
+        if r.execution_id and statuses.get(r.execution_id) == "completed"
+    }
     done_runs = [r for r in results if done_at.get(r.execution_id or "")]
     ok = [r for r in results if r.ok]
     non_202 = Counter(r.error for r in results if r.status_code != 202)
@@ -381,39 +459,87 @@ async def bench_concurrent(stack: FmStack, count: int, post_limit: int) -> tuple
     last_202 = max((r.accepted for r in results if r.accepted is not None), default=first_post)
     last_done = max(done_at.values(), default=first_post)
     result = PathResult(
-        "FlowMaestro", count, len(done_runs), errors=sum(non_202.values()) + sum(failed_runs.values())
-        + sum(stream_errors.values()), lost=lost, wall_s=last_done - first_post,
+        "FlowMaestro",
+        count,
+        len(done_runs),
+        errors=sum(non_202.values()) + sum(failed_runs.values()) + sum(stream_errors.values()),
+        lost=lost,
+        wall_s=last_done - first_post,
         wall_prefect_s=max((r.states.get("COMPLETED", 0.0) for r in done_runs), default=first_post) - first_post,
         accept=[r.accepted - r.posted for r in results if r.accepted is not None],
         first_step=[r.first_started_recv - r.posted for r in ok],
         done=[done_at[r.execution_id] - r.posted for r in done_runs],
         phases=phases(results),
-        cpu=[f"POSTs (first POST -> last 202) {timeline.describe(first_post, last_202)}",
-             f"runs (last 202 -> last completed) {timeline.describe(last_202, last_done)}",
-             f"whole part: {meter.describe()}"],
+        cpu=[
+            f"POSTs (first POST -> last 202) {timeline.describe(first_post, last_202)}",
+            f"runs (last 202 -> last completed) {timeline.describe(last_202, last_done)}",
+            f"whole part: {meter.describe()}",
+        ],
         notes=[loop_probe.describe(), prefect_pr.describe(), requests.describe(len(in_prefect))],
-        **cpu_fields(meter, completed_in_prefect))
+        **cpu_fields(meter, completed_in_prefect),
+    )
     label = f"{count}, all POSTs at once" if not post_limit else f"{count}, <= {post_limit} POSTs in flight"
-    rows = [[label, len(done_runs), f"{result.wall_s:.1f}", f"{result.runs_per_s:.2f}", ms(pct(result.done, 50)),
-             ms(pct(result.done, 95)), ms(max(result.done) if result.done else None), ms(pct(result.accept, 50)),
-             ms(pct(result.accept, 95)), sum(non_202.values()), sum(failed_runs.values()),
-             sum(stream_errors.values()), lost, len(ghosts)]]
-    lines = [table(["executions", "completed", "wall s", "runs/s", "done p50", "done p95", "done max", "202 p50",
-                    "202 p95", "non-202", "failed", "stream err", "lost", "ghost"], rows,
-                   title=f"(b) FlowMaestro: concurrent executions of a 5-node chain (start -> t1 -> t2 -> t3 -> "
-                         f"end), ms from each POST [{served.name}]"),
-             result.phase_table("breakdown, ms (event and Prefect state timestamps)")]
-    for what, errors in (("non-202", non_202), ("failed runs", failed_runs), ("stream errors", stream_errors),
-                         ("stored status", stored)):
+    rows = [
+        [
+            label,
+            len(done_runs),
+            f"{result.wall_s:.1f}",
+            f"{result.runs_per_s:.2f}",
+            ms(pct(result.done, 50)),
+            ms(pct(result.done, 95)),
+            ms(max(result.done) if result.done else None),
+            ms(pct(result.accept, 50)),
+            ms(pct(result.accept, 95)),
+            sum(non_202.values()),
+            sum(failed_runs.values()),
+            sum(stream_errors.values()),
+            lost,
+            len(ghosts),
+        ]
+    ]
+    lines = [
+        table(
+            [
+                "executions",
+                "completed",
+                "wall s",
+                "runs/s",
+                "done p50",
+                "done p95",
+                "done max",
+                "202 p50",
+                "202 p95",
+                "non-202",
+                "failed",
+                "stream err",
+                "lost",
+                "ghost",
+            ],
+            rows,
+            title=f"(b) FlowMaestro: concurrent executions of a 5-node chain (start -> t1 -> t2 -> t3 -> "
+            f"end), ms from each POST [{served.name}]",
+        ),
+        result.phase_table("breakdown, ms (event and Prefect state timestamps)"),
+    ]
+    for what, errors in (
+        ("non-202", non_202),
+        ("failed runs", failed_runs),
+        ("stream errors", stream_errors),
+        ("stored status", stored),
+    ):
         if errors and (what != "stored status" or set(errors) != {"completed"}):
             lines.append(f"{what}: {dict(errors)}")
     if ghosts:
-        lines.append(f"ghost runs: Prefect has {len(in_prefect)} flow runs of this workflow for {len(statuses)} "
-                     f"accepted executions: {len(ghosts)} exist although the API did not answer 202 (it gave up "
-                     f"waiting on Prefect), {sum(g.get('state_type') == 'COMPLETED' for g in ghosts)} of them "
-                     f"executed to completion by the workers")
-    lines.append("completed: the final event arrived over SSE, or (stream broken) the stored status is completed; "
-                 "CPU per run below divides by every run of the workflow completed in Prefect, ghosts included")
+        lines.append(
+            f"ghost runs: Prefect has {len(in_prefect)} flow runs of this workflow for {len(statuses)} "
+            f"accepted executions: {len(ghosts)} exist although the API did not answer 202 (it gave up "
+            f"waiting on Prefect), {sum(g.get('state_type') == 'COMPLETED' for g in ghosts)} of them "
+            f"executed to completion by the workers"
+        )
+    lines.append(
+        "completed: the final event arrived over SSE, or (stream broken) the stored status is completed; "
+        "CPU per run below divides by every run of the workflow completed in Prefect, ghosts included"
+    )
     lines += [f"logs: {line}" for line in watch.summary()]
     lines += [f"CPU during (b): {line}" for line in result.cpu] + [f"during (b): {line}" for line in result.notes]
     return "\n".join(lines), result
@@ -431,7 +557,7 @@ async def delete_streams(served: Served) -> None:
 
         client = redis.Redis.from_url(served.redis_url)
         for start in range(0, len(served.run_ids), 500):
-            await client.delete(*(f"flowmaestro:events:{i}" for i in served.run_ids[start:start + 500]))
+            await client.delete(*(f"flowmaestro:events:{i}" for i in served.run_ids[start : start + 500]))
         await client.aclose()
     except Exception as exc:  # cleanup only
         print(f"(could not delete the benchmark's Redis streams: {exc})", file=sys.stderr)
@@ -450,8 +576,14 @@ def code_fingerprint() -> str:
 def point_this_process_at(env: dict[str, str]) -> None:
     """This process runs Prefect clients (raw runs) and flows (in-process) of its own: the
     same server, home, database, event log and result storage as the others; quiet logs."""
-    for name in ("PREFECT_API_URL", "PREFECT_HOME", "PREFECT_LOCAL_STORAGE_PATH", "FLOWMAESTRO_HOME",
-                 "FLOWMAESTRO_DATABASE_URL", "FLOWMAESTRO_WORK_POOL"):
+    for name in (
+        "PREFECT_API_URL",
+        "PREFECT_HOME",
+        "PREFECT_LOCAL_STORAGE_PATH",
+        "FLOWMAESTRO_HOME",
+        "FLOWMAESTRO_DATABASE_URL",
+        "FLOWMAESTRO_WORK_POOL",
+    ):
         os.environ[name] = env[name]
     os.environ.pop("FLOWMAESTRO_REDIS_URL", None)
     if "FLOWMAESTRO_REDIS_URL" in env:
@@ -459,20 +591,45 @@ def point_this_process_at(env: dict[str, str]) -> None:
     os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
 
 
-async def run_flowmaestro(args: argparse.Namespace, prefect: PrefectServer, env: dict[str, str], home: Path,
-                          database_url: str, redis_url: str | None, only: set[str], sizes: dict[str, Any]
-                          ) -> tuple[Latency | None, PathResult | None]:
+async def run_flowmaestro(
+    args: argparse.Namespace,
+    prefect: PrefectServer,
+    env: dict[str, str],
+    home: Path,
+    database_url: str,
+    redis_url: str | None,
+    only: set[str],
+    sizes: dict[str, Any],
+) -> tuple[Latency | None, PathResult | None]:
     t = time.perf_counter()
-    served = await asyncio.to_thread(start_serve, "API --workers 0", prefect.api_url, redis_url=redis_url, home=home,
-                                     database_url=database_url, workers=0, extra_env=env)
+    served = await asyncio.to_thread(
+        start_serve,
+        "API --workers 0",
+        prefect.api_url,
+        redis_url=redis_url,
+        home=home,
+        database_url=database_url,
+        workers=0,
+        extra_env=env,
+    )
     pool = env["FLOWMAESTRO_WORK_POOL"]
-    workers = [start_worker(f"fm-{i}", ["-m", "cli", "worker", "--pool", pool, "--limit", str(args.worker_limit),
-                                        "--name", f"{pool}-{i}"], env, home) for i in range(args.workers)]
+    workers = [
+        start_worker(
+            f"fm-{i}",
+            ["-m", "cli", "worker", "--pool", pool, "--limit", str(args.worker_limit), "--name", f"{pool}-{i}"],
+            env,
+            home,
+        )
+        for i in range(args.workers)
+    ]
     latency, concurrent = None, None
     try:
         await asyncio.gather(*(asyncio.to_thread(wait_started, w) for w in workers))
-        print(f"API pid {served.pid} and {len(workers)} workers (pids {', '.join(str(w.pid) for w in workers)}, "
-              f"limit {args.worker_limit} each) up after {time.perf_counter() - t:.1f} s\n", flush=True)
+        print(
+            f"API pid {served.pid} and {len(workers)} workers (pids {', '.join(str(w.pid) for w in workers)}, "
+            f"limit {args.worker_limit} each) up after {time.perf_counter() - t:.1f} s\n",
+            flush=True,
+        )
         stack = FmStack(served, workers, prefect, database_url)
         if "latency" in only:
             text, latency = await bench_latency(stack, sizes["runs"], sizes["budget"])
@@ -498,24 +655,38 @@ async def main_async(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     only = set(args.only.split(",")) if args.only else {"latency", "concurrent", "raw", "inprocess"}
     redis_url = (args.redis_url or DEFAULT_REDIS) if args.redis else None
-    sizes = {"runs": args.runs or (10 if args.quick else 50), "budget": args.budget_a or (20 if args.quick else 60),
-             "count": args.concurrent or (20 if args.quick else 100),
-             "limits": [int(x) for x in (args.post_limits or "0").split(",")]}
+    sizes = {
+        "runs": args.runs or (10 if args.quick else 50),
+        "budget": args.budget_a or (20 if args.quick else 60),
+        "count": args.concurrent or (20 if args.quick else 100),
+        "limits": [int(x) for x in (args.post_limits or "0").split(",")],
+    }
     home = Path(tempfile.mkdtemp(prefix="fm-bench-api-"))
     tag = uuid.uuid4().hex[:6]
     with ExitStack() as cleanup:
         t = time.perf_counter()
-        prefect = (external_prefect(args.prefect_url) if args.prefect_url
-                   else cleanup.enter_context(prefect_on_postgres(home / "prefect-server")))
+        prefect = (
+            external_prefect(args.prefect_url)
+            if args.prefect_url
+            else cleanup.enter_context(prefect_on_postgres(home / "prefect-server"))
+        )
         database_url = cleanup.enter_context(postgres_database("fm_bench_store"))
-        env = base_env(prefect.api_url, home, database_url=database_url, redis_url=redis_url,
-                       extra_env={"FLOWMAESTRO_WORK_POOL": f"bench-fm-{tag}", "PREFECT_HOME": str(home / "prefect")})
+        env = base_env(
+            prefect.api_url,
+            home,
+            database_url=database_url,
+            redis_url=redis_url,
+            extra_env={"FLOWMAESTRO_WORK_POOL": f"bench-fm-{tag}", "PREFECT_HOME": str(home / "prefect")},
+        )
         point_this_process_at(env)
-        print(f"FlowMaestro API benchmark: Prefect {prefect.api_url} "
-              f"({'given' if args.prefect_url else 'on PostgreSQL, started'} in {time.perf_counter() - t:.1f} s), "
-              f"store on PostgreSQL, event log {'Redis ' + redis_url if redis_url else 'SQL (PostgreSQL)'}, "
-              f"{args.workers} workers x limit {args.worker_limit}, code {code_fingerprint()}, {os.cpu_count()} "
-              f"CPUs, load average {loadavg()}", flush=True)
+        print(
+            f"FlowMaestro API benchmark: Prefect {prefect.api_url} "
+            f"({'given' if args.prefect_url else 'on PostgreSQL, started'} in {time.perf_counter() - t:.1f} s), "
+            f"store on PostgreSQL, event log {'Redis ' + redis_url if redis_url else 'SQL (PostgreSQL)'}, "
+            f"{args.workers} workers x limit {args.worker_limit}, code {code_fingerprint()}, {os.cpu_count()} "
+            f"CPUs, load average {loadavg()}",
+            flush=True,
+        )
         latency = fm = raw = local = None
         if only & {"latency", "concurrent"}:
             latency, fm = await run_flowmaestro(args, prefect, env, home, database_url, redis_url, only, sizes)
@@ -523,21 +694,37 @@ async def main_async(args: argparse.Namespace) -> int:
             from benchmarks._baselines import raw_prefect
 
             await settle(prefect.procs)
-            raw = await raw_prefect(prefect, env, home, count=sizes["count"], workers=args.workers,
-                                    limit=args.worker_limit, poll_s=float(os.environ.get("FLOWMAESTRO_WORKER_POLL_S",
-                                                                                         "1")), pool=f"bench-raw-{tag}")
-            print(raw.report("(c)", f"(c) raw Prefect: {sizes['count']} runs of a 5-task flow created at once, "
-                                    f"breakdown, ms") + "\n", flush=True)
+            raw = await raw_prefect(
+                prefect,
+                env,
+                home,
+                count=sizes["count"],
+                workers=args.workers,
+                limit=args.worker_limit,
+                poll_s=float(os.environ.get("FLOWMAESTRO_WORKER_POLL_S", "1")),
+                pool=f"bench-raw-{tag}",
+            )
+            print(
+                raw.report(
+                    "(c)", f"(c) raw Prefect: {sizes['count']} runs of a 5-task flow created at once, breakdown, ms"
+                )
+                + "\n",
+                flush=True,
+            )
         if "inprocess" in only:
             from benchmarks._baselines import in_process
 
             await settle(prefect.procs)
             local = await in_process(prefect, chain_canvas("bench-in-process", 3), count=sizes["count"])
-            title = (f"(d) in-process: {sizes['count']} runs of the 5-node chain started at once in this "
-                     f"process (flow run created, then run here), breakdown, ms")
+            title = (
+                f"(d) in-process: {sizes['count']} runs of the 5-node chain started at once in this "
+                f"process (flow run created, then run here), breakdown, ms"
+            )
             print(local.report("(d)", title) + "\n", flush=True)
-        print(comparison([p for p in (fm, raw, local) if p], sizes["count"], args.workers, args.worker_limit)
-              + "\n", flush=True)
+        print(
+            comparison([p for p in (fm, raw, local) if p], sizes["count"], args.workers, args.worker_limit) + "\n",
+            flush=True,
+        )
         print(targets(latency, fm, raw) + "\n", flush=True)
     if args.keep:
         print(f"logs kept in {home}")
@@ -554,12 +741,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=0, help="sequential runs for (a) (default 50)")
     parser.add_argument("--budget-a", type=float, default=0, help="stop (a) after this many seconds (default 60)")
     parser.add_argument("--concurrent", type=int, default=0, help="concurrent runs for (b), (c), (d) (default 100)")
-    parser.add_argument("--post-limits", default="", help="rounds of (b): POSTs in flight at once, 0 = all "
-                        "(default 0; e.g. 0,10 adds a round with at most 10)")
+    parser.add_argument(
+        "--post-limits",
+        default="",
+        help="rounds of (b): POSTs in flight at once, 0 = all (default 0; e.g. 0,10 adds a round with at most 10)",
+    )
     parser.add_argument("--workers", type=int, default=2, help="worker processes for (a), (b) and (c) (default 2)")
     parser.add_argument("--worker-limit", type=int, default=20, help="runs at once per worker (default 20)")
-    parser.add_argument("--prefect-url", default=None, help="use this Prefect server instead of starting one on "
-                        "PostgreSQL")
+    parser.add_argument(
+        "--prefect-url", default=None, help="use this Prefect server instead of starting one on PostgreSQL"
+    )
     parser.add_argument("--redis", action="store_true", help="event log in Redis (FLOWMAESTRO_REDIS_URL)")
     parser.add_argument("--redis-url", default=None, help=f"Redis URL for --redis (default {DEFAULT_REDIS})")
     parser.add_argument("--keep", action="store_true", help="keep the temporary home (the processes' logs)")

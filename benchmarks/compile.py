@@ -47,13 +47,14 @@ import io
 import pstats
 import time
 import tracemalloc
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from builder.templates import analysis, render, token_reader  # noqa: E402
-from builder import compiler  # noqa: E402
-from builder.compiler import compile_canvas  # noqa: E402
-from builder.limits import CompileLimits  # noqa: E402
-from node_handlers.registry import build_registry  # noqa: E402
+from builder import compiler
+from builder.compiler import compile_canvas
+from builder.limits import CompileLimits
+from builder.templates import analysis, render, token_reader
+from node_handlers.registry import build_registry
 
 WIDTH = 20
 UNLIMITED = CompileLimits.unlimited()  # measured past the caps the API enforces (5,000 nodes by default)
@@ -99,22 +100,32 @@ def layered_canvas(size: int, width: int = WIDTH) -> dict[str, Any]:
                 continue
             up = previous[i]
             if kind == "condition":
-                data = {"mode": "first", "conditions": [
-                    {"id": "hi", "expression": f"{_ref(up, i)}.value > {i}"},
-                    {"id": "lo", "expression": f"{{{{ {_ref(up, i)}.value < 0 }}}}"},
-                ]}
+                data = {
+                    "mode": "first",
+                    "conditions": [
+                        {"id": "hi", "expression": f"{_ref(up, i)}.value > {i}"},
+                        {"id": "lo", "expression": f"{{{{ {_ref(up, i)}.value < 0 }}}}"},
+                    ],
+                }
             elif kind == "merge":
                 data = {"label": f"merge {layer}/{i}"}
             else:
-                data = {"label": f"step {layer}/{i}", "output": {
-                    "value": f"{{{{ {_ref(up, i)}.value }}}}",
-                    "text": f"layer {layer}: {{{{ {_ref(up, i)} | tojson }}}} / {{{{ inputs.seed + {i} }}}}",
-                    "n": layer * width + i,
-                }}
+                data = {
+                    "label": f"step {layer}/{i}",
+                    "output": {
+                        "value": f"{{{{ {_ref(up, i)}.value }}}}",
+                        "text": f"layer {layer}: {{{{ {_ref(up, i)} | tojson }}}} / {{{{ inputs.seed + {i} }}}}",
+                        "n": layer * width + i,
+                    },
+                }
             nodes.append({"id": node_id, "type": kind, "position": position, "data": data})
             for k, source in enumerate((previous[i], previous[(i + 1) % width])):
-                edge: dict[str, Any] = {"id": f"e-{layer}-{i}-{k}", "source": source, "target": node_id,
-                                        "type": "smoothstep"}
+                edge: dict[str, Any] = {
+                    "id": f"e-{layer}-{i}-{k}",
+                    "source": source,
+                    "target": node_id,
+                    "type": "smoothstep",
+                }
                 if _layer_kind(layer - 1) == "condition" and layer - 1:
                     edge["sourceHandle"] = "condition-hi" if k == 0 else "else"
                 edges.append(edge)
@@ -123,8 +134,14 @@ def layered_canvas(size: int, width: int = WIDTH) -> dict[str, Any]:
     for i, source in enumerate(previous):
         handle = {"sourceHandle": "else"} if _layer_kind(layers - 1) == "condition" and layers > 1 else {}
         edges.append({"id": f"e-end-{i}", "source": source, "target": "end", **handle})
-    return {"schema_version": 1, "name": f"layered-{size}", "inputs": {"seed": {"type": "integer", "default": 1}},
-            "nodes": nodes, "edges": edges, "viewport": {"x": 0, "y": 0, "zoom": 1}}
+    return {
+        "schema_version": 1,
+        "name": f"layered-{size}",
+        "inputs": {"seed": {"type": "integer", "default": 1}},
+        "nodes": nodes,
+        "edges": edges,
+        "viewport": {"x": 0, "y": 0, "zoom": 1},
+    }
 
 
 BLOCK_CHAIN = 8  # transforms in the loop body and in the inner parallel body
@@ -139,38 +156,63 @@ def nested_canvas(size: int) -> dict[str, Any]:
     for b in range(blocks):
         par, loop, inner = f"par-{b}", f"loop-{b}", f"inner-{b}"
         items = "{{ inputs.items }}" if previous == "start" else f"{{{{ {previous}.value }}}}"
-        nodes.append({"id": par, "type": "parallel", "data": {"mode": "collection", "items": items,
-                                                              "max_concurrency": 4}})
-        nodes.append({"id": loop, "type": "loop", "parentId": par,
-                      "data": {"mode": "forEach", "items": "{{ parallel.item }}", "max_iterations": 50}})
+        nodes.append(
+            {"id": par, "type": "parallel", "data": {"mode": "collection", "items": items, "max_concurrency": 4}}
+        )
+        nodes.append(
+            {
+                "id": loop,
+                "type": "loop",
+                "parentId": par,
+                "data": {"mode": "forEach", "items": "{{ parallel.item }}", "max_iterations": 50},
+            }
+        )
         chain_prev = None
         for k in range(BLOCK_CHAIN):
             node_id = f"body-{b}-{k}"
             read = f"{{{{ nodes['{chain_prev}'].value }}}}" if chain_prev else "{{ loop.item }}"
-            nodes.append({"id": node_id, "type": "transform", "parentId": loop, "data": {"output": {
-                "value": read, "where": "{{ parallel.index }}/{{ loop.index }}"}}})
+            nodes.append(
+                {
+                    "id": node_id,
+                    "type": "transform",
+                    "parentId": loop,
+                    "data": {"output": {"value": read, "where": "{{ parallel.index }}/{{ loop.index }}"}},
+                }
+            )
             if chain_prev:
                 edges.append({"id": f"e-{node_id}", "source": chain_prev, "target": node_id})
             chain_prev = node_id
-        nodes.append({"id": inner, "type": "parallel", "parentId": loop,
-                      "data": {"mode": "count", "count": 2}})
+        nodes.append({"id": inner, "type": "parallel", "parentId": loop, "data": {"mode": "count", "count": 2}})
         edges.append({"id": f"e-{inner}", "source": chain_prev, "target": inner})
         inner_prev = None
         for k in range(BLOCK_CHAIN):
             node_id = f"deep-{b}-{k}"
             read = f"{{{{ nodes['{inner_prev}'].value }}}}" if inner_prev else f"{{{{ nodes['{chain_prev}'].value }}}}"
-            nodes.append({"id": node_id, "type": "transform", "parentId": inner, "data": {"output": {
-                "value": read, "where": "{{ loop.index }}.{{ parallel.index }}"}}})
+            nodes.append(
+                {
+                    "id": node_id,
+                    "type": "transform",
+                    "parentId": inner,
+                    "data": {"output": {"value": read, "where": "{{ loop.index }}.{{ parallel.index }}"}},
+                }
+            )
             if inner_prev:
                 edges.append({"id": f"e-{node_id}", "source": inner_prev, "target": node_id})
             inner_prev = node_id
         reader = f"after_{b}"
-        nodes.append({"id": reader, "type": "transform", "data": {"output": {"value": f"{{{{ nodes['{par}'].results }}}}"}}})
+        nodes.append(
+            {"id": reader, "type": "transform", "data": {"output": {"value": f"{{{{ nodes['{par}'].results }}}}"}}}
+        )
         edges.append({"id": f"e-{par}-in", "source": previous, "target": par})
         edges.append({"id": f"e-{par}-out", "source": par, "target": reader})
         previous = reader
-    return {"schema_version": 1, "name": f"nested-{size}", "inputs": {"items": {"type": "array", "default": [[1]]}},
-            "nodes": nodes, "edges": edges}
+    return {
+        "schema_version": 1,
+        "name": f"nested-{size}",
+        "inputs": {"items": {"type": "array", "default": [[1]]}},
+        "nodes": nodes,
+        "edges": edges,
+    }
 
 
 def chain_canvas(size: int) -> dict[str, Any]:
@@ -184,20 +226,27 @@ def chain_canvas(size: int) -> dict[str, Any]:
         nodes.append({"id": node_id, "type": "transform", "data": {"output": read}})
         edges.append({"id": f"e{i}", "source": previous, "target": node_id})
         previous = node_id
-    return {"schema_version": 1, "name": f"chain-{size}", "inputs": {"seed": {"type": "integer", "default": 1}},
-            "nodes": nodes, "edges": edges}
+    return {
+        "schema_version": 1,
+        "name": f"chain-{size}",
+        "inputs": {"seed": {"type": "integer", "default": 1}},
+        "nodes": nodes,
+        "edges": edges,
+    }
 
 
-SHAPES: dict[str, Callable[[int], dict[str, Any]]] = {"layered": layered_canvas, "nested": nested_canvas,
-                                                      "chain": chain_canvas}
+SHAPES: dict[str, Callable[[int], dict[str, Any]]] = {
+    "layered": layered_canvas,
+    "nested": nested_canvas,
+    "chain": chain_canvas,
+}
 
 
 # --------------------------------------------------------------------------- measuring
 
 
 def _clear_caches() -> None:
-    for cached in (analysis.analyse, token_reader._shape_entry, render._compiled_template,
-                   render._compiled_expression):
+    for cached in (analysis.analyse, token_reader._shape_entry, render._compiled_template, render._compiled_expression):
         cached.cache_clear()
 
 
@@ -237,8 +286,16 @@ def measure(shape: str, size: int, warm: bool, gc_paused: bool = False) -> dict[
     if warm:
         _compile_once(canvas, warm=True)  # fill the caches once
     best = min(_compile_once(canvas, warm, gc_paused) for _ in range(runs))
-    return {"shape": shape, "size": size, "nodes": nodes, "edges": len(canvas["edges"]), "runs": runs,
-            "seconds": best, "us_per_node": best / nodes * 1e6, "peak_mb": _peak_memory_mb(canvas, warm)}
+    return {
+        "shape": shape,
+        "size": size,
+        "nodes": nodes,
+        "edges": len(canvas["edges"]),
+        "runs": runs,
+        "seconds": best,
+        "us_per_node": best / nodes * 1e6,
+        "peak_mb": _peak_memory_mb(canvas, warm),
+    }
 
 
 def profile(shape: str, size: int, top: int = 15) -> str:
@@ -259,8 +316,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="1000,10000,50000", help="comma-separated node counts")
     parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated: " + ", ".join(SHAPES))
     parser.add_argument("--warm", action="store_true", help="keep template caches between runs")
-    parser.add_argument("--gc-paused", action="store_true",
-                        help="pause Python's cyclic GC during each compile, as the CLI does (shows what it saves)")
+    parser.add_argument(
+        "--gc-paused",
+        action="store_true",
+        help="pause Python's cyclic GC during each compile, as the CLI does (shows what it saves)",
+    )
     parser.add_argument("--profile", metavar="SIZE:SHAPE", help="print a cProfile of one compile instead")
     args = parser.parse_args(argv)
     if args.profile:
@@ -270,11 +330,15 @@ def main(argv: list[str] | None = None) -> int:
     sizes = sorted(int(s) for s in args.sizes.split(",") if s.strip())
     shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
     build_registry()  # imports and plugin loading are not part of a compile
-    print(f"compile_canvas, {'warm' if args.warm else 'cold'} template caches"
-          f"{', GC paused while compiling' if args.gc_paused else ''}; target: linear, 10k nodes < 1 s")
+    print(
+        f"compile_canvas, {'warm' if args.warm else 'cold'} template caches"
+        f"{', GC paused while compiling' if args.gc_paused else ''}; target: linear, 10k nodes < 1 s"
+    )
     ratio_name = f"vs {sizes[0] // 1000}k" if sizes[0] % 1000 == 0 else "vs 1st"
-    header = f"{'shape':<8} {'size':>7} {'nodes':>7} {'edges':>7} {'runs':>4} {'time s':>9} " \
-             f"{'µs/node':>9} {'peak MB':>9} {ratio_name:>7}"
+    header = (
+        f"{'shape':<8} {'size':>7} {'nodes':>7} {'edges':>7} {'runs':>4} {'time s':>9} "
+        f"{'µs/node':>9} {'peak MB':>9} {ratio_name:>7}"
+    )
     print(header)
     print("-" * len(header))
     verdicts = []
@@ -284,12 +348,16 @@ def main(argv: list[str] | None = None) -> int:
             row = measure(shape, size, args.warm, args.gc_paused)
             baseline = baseline or row["us_per_node"]
             ratio = row["us_per_node"] / baseline
-            print(f"{shape:<8} {size:>7} {row['nodes']:>7} {row['edges']:>7} {row['runs']:>4} "
-                  f"{row['seconds']:>9.3f} {row['us_per_node']:>9.1f} {row['peak_mb']:>9.1f} {ratio:>7.2f}",
-                  flush=True)
+            print(
+                f"{shape:<8} {size:>7} {row['nodes']:>7} {row['edges']:>7} {row['runs']:>4} "
+                f"{row['seconds']:>9.3f} {row['us_per_node']:>9.1f} {row['peak_mb']:>9.1f} {ratio:>7.2f}",
+                flush=True,
+            )
             if 9_000 <= size <= 11_000:
-                verdicts.append(f"{shape} {size}: {row['seconds']:.3f} s "
-                                f"({'meets' if row['seconds'] < 1 else 'MISSES'} the 1 s target)")
+                verdicts.append(
+                    f"{shape} {size}: {row['seconds']:.3f} s "
+                    f"({'meets' if row['seconds'] < 1 else 'MISSES'} the 1 s target)"
+                )
     for verdict in verdicts:
         print(verdict)
     return 0

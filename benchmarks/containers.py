@@ -43,7 +43,7 @@ import uuid
 from collections import Counter
 from typing import Any
 
-from benchmarks import _common  # noqa: E402
+from benchmarks import _common
 
 SERVER = _common.prepare_prefect()  # before prefect is imported
 
@@ -62,21 +62,36 @@ BRANCH_SLEEP = 0.1
 
 
 def parallel_canvas(branches: int, seconds: float) -> dict[str, Any]:
-    return {"schema_version": 1, "name": f"bench-parallel-{branches}",
-            "settings": {"max_concurrency": branches},
-            "nodes": [{"id": "par", "type": "parallel",
-                       "data": {"mode": "count", "count": branches, "max_concurrency": branches}},
-                      {"id": "wait", "type": "delay", "parentId": "par", "data": {"seconds": seconds}}],
-            "edges": []}
+    return {
+        "schema_version": 1,
+        "name": f"bench-parallel-{branches}",
+        "settings": {"max_concurrency": branches},
+        "nodes": [
+            {
+                "id": "par",
+                "type": "parallel",
+                "data": {"mode": "count", "count": branches, "max_concurrency": branches},
+            },
+            {"id": "wait", "type": "delay", "parentId": "par", "data": {"seconds": seconds}},
+        ],
+        "edges": [],
+    }
 
 
 def loop_canvas(iterations: int) -> dict[str, Any]:
-    return {"schema_version": 1, "name": f"bench-loop-{iterations}",
-            "nodes": [{"id": "repeat", "type": "loop",
-                       "data": {"mode": "for", "count": iterations, "max_iterations": iterations}},
-                      {"id": "step", "type": "transform", "parentId": "repeat",
-                       "data": {"output": {"i": "{{ loop.index }}"}}}],
-            "edges": []}
+    return {
+        "schema_version": 1,
+        "name": f"bench-loop-{iterations}",
+        "nodes": [
+            {
+                "id": "repeat",
+                "type": "loop",
+                "data": {"mode": "for", "count": iterations, "max_iterations": iterations},
+            },
+            {"id": "step", "type": "transform", "parentId": "repeat", "data": {"output": {"i": "{{ loop.index }}"}}},
+        ],
+        "edges": [],
+    }
 
 
 # --------------------------------------------------------------------------- baselines
@@ -108,7 +123,9 @@ async def run_fm(raw: dict[str, Any], inline: bool = True) -> tuple[str, dict[st
     state = await _common.fm_flow(inline)(canvas=raw, inputs={}, return_state=True)
     result = await state.result(raise_on_failure=False)
     if not state.is_completed():
-        raise RuntimeError(f"{raw['name']} ended {state.name}: {result.get('error') if isinstance(result, dict) else result}")
+        raise RuntimeError(
+            f"{raw['name']} ended {state.name}: {result.get('error') if isinstance(result, dict) else result}"
+        )
     return result["id"], result
 
 
@@ -142,10 +159,16 @@ async def bench_parallel(branches: int, reps: int, check: bool) -> None:
     async def direct() -> None:
         await run_direct(raw)
 
-    variants = [("fm parallel", fm, branches + 1), ("hand", hand, branches), ("asyncio", aio, None),
-                ("direct", direct, None)]
-    results = {name: _common.Result("parallel", name, branches, BRANCH_SLEEP, expected_task_runs=expected)
-               for name, _, expected in variants}
+    variants = [
+        ("fm parallel", fm, branches + 1),
+        ("hand", hand, branches),
+        ("asyncio", aio, None),
+        ("direct", direct, None),
+    ]
+    results = {
+        name: _common.Result("parallel", name, branches, BRANCH_SLEEP, expected_task_runs=expected)
+        for name, _, expected in variants
+    }
     t0 = time.monotonic()
     for _, runner, _expected in variants:
         await _common.measure(runner)
@@ -153,27 +176,36 @@ async def bench_parallel(branches: int, reps: int, check: bool) -> None:
         k = rep % len(variants)
         for name, runner, expected in variants[k:] + variants[:k]:
             results[name].samples.append(await _common.measure(runner, check_task_runs=expected if check else None))
-    print(f"(a) parallel container, mode count, {branches} branches, body = one delay of {BRANCH_SLEEP:g} s "
-          f"(inline: it only waits; one recorded task run per branch); max_concurrency {branches} on the container and the canvas. "
-          f"Warm-up + {reps} interleaved rep(s), median; {time.monotonic() - t0:.1f} s.")
+    print(
+        f"(a) parallel container, mode count, {branches} branches, body = one delay of {BRANCH_SLEEP:g} s "
+        f"(inline: it only waits; one recorded task run per branch); "
+        f"max_concurrency {branches} on the container and the canvas. "
+        f"Warm-up + {reps} interleaved rep(s), median; {time.monotonic() - t0:.1f} s."
+    )
     hand_r, aio_r = results["hand"], results["asyncio"]
-    header = (f"  {'variant':<12} {'wall s':>7} {'ovh ms/branch':>13} {'ovh x hand':>10} {'wall x hand':>11} "
-              f"{'wall x aio':>10} {'cli CPU s':>9} {'srv CPU s':>9} {'visible +s':>10} {'runs seen':>9}")
+    header = (
+        f"  {'variant':<12} {'wall s':>7} {'ovh ms/branch':>13} {'ovh x hand':>10} {'wall x hand':>11} "
+        f"{'wall x aio':>10} {'cli CPU s':>9} {'srv CPU s':>9} {'visible +s':>10} {'runs seen':>9}"
+    )
     print(header)
     print("  " + "-" * (len(header) - 2))
     for name, _, expected in variants:
         r = results[name]
         seen = [s.task_runs_seen for s in r.samples if s.task_runs_seen is not None]
-        print(f"  {name:<12} {r.wall:>7.3f} {r.overhead_ms:>13.3f} "
-              f"{_common.fmt(r.overhead_ms / hand_r.overhead_ms if hand_r.overhead_ms else None, '.2f'):>10} "
-              f"{r.wall / hand_r.wall:>11.2f} {r.wall / aio_r.wall:>10.1f} {r.median_of('client_cpu'):>9.3f} "
-              f"{_common.fmt(r.median_of('server_cpu'), '.3f'):>9} "
-              f"{_common.fmt(r.median_of('visible_after'), '.2f'):>10} "
-              f"{(f'{min(seen)}/{expected}' if seen else '-'):>9}")
+        print(
+            f"  {name:<12} {r.wall:>7.3f} {r.overhead_ms:>13.3f} "
+            f"{_common.fmt(r.overhead_ms / hand_r.overhead_ms if hand_r.overhead_ms else None, '.2f'):>10} "
+            f"{r.wall / hand_r.wall:>11.2f} {r.wall / aio_r.wall:>10.1f} {r.median_of('client_cpu'):>9.3f} "
+            f"{_common.fmt(r.median_of('server_cpu'), '.3f'):>9} "
+            f"{_common.fmt(r.median_of('visible_after'), '.2f'):>10} "
+            f"{(f'{min(seen)}/{expected}' if seen else '-'):>9}"
+        )
     ratio = results["fm parallel"].overhead_ms / hand_r.overhead_ms if hand_r.overhead_ms else float("inf")
-    print(f"  Target: per-branch overhead <= 1.2x the hand-written flow: {ratio:.2f}x "
-          f"({'meets' if ratio <= 1.2 else 'MISSES'}). 'runs seen' counts the container's own "
-          f"recorded task run too ({branches + 1} = {branches} branches + the parallel node).")
+    print(
+        f"  Target: per-branch overhead <= 1.2x the hand-written flow: {ratio:.2f}x "
+        f"({'meets' if ratio <= 1.2 else 'MISSES'}). 'runs seen' counts the container's own "
+        f"recorded task run too ({branches + 1} = {branches} branches + the parallel node)."
+    )
 
 
 # --------------------------------------------------------------------------- (b) loop
@@ -216,8 +248,10 @@ async def task_run_census(flow_run_id: str, expected: int, timeout: float, stall
 
 async def bench_loop(iterations: int, full_iterations: int, reps: int, check: bool, trace_malloc: bool) -> None:
     raw = loop_canvas(iterations)
-    print(f"(b) loop container, mode for, {iterations} iterations, body = one transform (a control node: "
-          "run inline, recorded in Prefect as one final-state event each, sent in batches)")
+    print(
+        f"(b) loop container, mode for, {iterations} iterations, body = one transform (a control node: "
+        "run inline, recorded in Prefect as one final-state event each, sent in batches)"
+    )
     # Warm-up on a small loop (imports, first-call costs), then let the server drain.
     await run_fm(loop_canvas(50))
     await _common.wait_server_idle()
@@ -244,37 +278,56 @@ async def bench_loop(iterations: int, full_iterations: int, reps: int, check: bo
     per_iter_ms = wall / iterations * 1000
     print("  FlowMaestro on Prefect (inline control nodes, the default), 1 measured run after a 50-iteration warm-up:")
     print(f"    wall time              {wall:8.2f} s   ({per_iter_ms:.3f} ms per iteration); client CPU {cpu:.2f} s")
-    print(f"    peak RSS delta         {mem.delta:8.1f} MB  (RSS {mem.before:.0f} -> peak {mem.peak:.0f} -> "
-          f"{mem.after:.0f} MB after)")
-    print(f"    run result             status {result['status']}, {len(result['output']['repeat']['results']) if isinstance(result.get('output'), dict) and 'repeat' in result['output'] else '?'} "
-          f"loop results, trace of {len(trace)} node runs, result JSON {result_bytes / 1e6:.2f} MB")
+    print(
+        f"    peak RSS delta         {mem.delta:8.1f} MB  (RSS {mem.before:.0f} -> peak {mem.peak:.0f} -> "
+        f"{mem.after:.0f} MB after)"
+    )
+    output = result.get("output")
+    loop_results = len(output["repeat"]["results"]) if isinstance(output, dict) and "repeat" in output else "?"
+    print(
+        f"    run result             status {result['status']}, {loop_results} "
+        f"loop results, trace of {len(trace)} node runs, result JSON {result_bytes / 1e6:.2f} MB"
+    )
     if server_cpu_before is not None:
-        print(f"    Prefect server         CPU {server_cpu_run - server_cpu_before:.2f} s during the run, "
-              f"{server_cpu_after - server_cpu_run:.2f} s after it while recording; RSS "
-              f"{server_rss_before:.0f} -> {server_rss_after:.0f} MB")
+        print(
+            f"    Prefect server         CPU {server_cpu_run - server_cpu_before:.2f} s during the run, "
+            f"{server_cpu_after - server_cpu_run:.2f} s after it while recording; RSS "
+            f"{server_rss_before:.0f} -> {server_rss_after:.0f} MB"
+        )
     if census:
         visible = census["visible_after"]
-        print(f"    task runs in Prefect   {census['read_count']} read back with read_task_runs (paginated by 200, "
-              f"{census['read_s']:.2f} s to read; states {dict(census['states'])}, "
-              f"{census['inline_tagged']} tagged 'inline'); expected {expected} "
-              f"(= {iterations} body runs + 1 loop node)")
+        print(
+            f"    task runs in Prefect   {census['read_count']} read back with read_task_runs (paginated by 200, "
+            f"{census['read_s']:.2f} s to read; states {dict(census['states'])}, "
+            f"{census['inline_tagged']} tagged 'inline'); expected {expected} "
+            f"(= {iterations} body runs + 1 loop node)"
+        )
         if visible is not None:
             caught = f"all {expected} {visible:.1f} s after it"
         else:
-            why = (f"the count stopped growing {census['last_growth_s']:.0f} s after the run" if census["stalled"]
-                   else "timeout")
-            caught = (f"NOT all: {census['final_count']} of {expected} final ({expected - census['all_states_count']} "
-                      f"never created, {census['all_states_count'] - census['final_count']} not final); {why}")
-        print(f"    recorder caught up     {census['at_return']} of {expected} final when the run returned; {caught}"
-              f"; a count query then took {census['count_latency_s'] * 1000:.0f} ms")
+            why = (
+                f"the count stopped growing {census['last_growth_s']:.0f} s after the run"
+                if census["stalled"]
+                else "timeout"
+            )
+            caught = (
+                f"NOT all: {census['final_count']} of {expected} final ({expected - census['all_states_count']} "
+                f"never created, {census['all_states_count'] - census['final_count']} not final); {why}"
+            )
+        print(
+            f"    recorder caught up     {census['at_return']} of {expected} final when the run returned; {caught}"
+            f"; a count query then took {census['count_latency_s'] * 1000:.0f} ms"
+        )
         progress = census["progress"]
         step = max(1, len(progress) // 8)
         print("    recorder progress      " + ", ".join(f"+{t:.0f}s: {c}" for t, c in progress[::step] + progress[-1:]))
     else:
         print(f"    task runs              {len(trace)} in the run result trace (API not queried: --no-check)")
     if drops is not None:
-        print(f"    server log             {drops} 'Subscription queue is full, dropping message' warnings "
-              "(Prefect's in-memory broker holds at most 10,000 messages per subscriber and drops the rest)")
+        print(
+            f"    server log             {drops} 'Subscription queue is full, dropping message' warnings "
+            "(Prefect's in-memory broker holds at most 10,000 messages per subscriber and drops the rest)"
+        )
     print(f"    flow run               {flow_run_id}")
 
     if trace_malloc:
@@ -306,12 +359,16 @@ async def bench_loop(iterations: int, full_iterations: int, reps: int, check: bo
     tracemalloc.stop()
     dwall = statistics.median(walls)
     print(f"  FlowMaestro engine with the DirectRunner (no Prefect), median of {len(walls)}:")
-    print(f"    wall time              {dwall:8.2f} s   ({dwall / iterations * 1000:.3f} ms per iteration); "
-          f"peak RSS delta {statistics.median(deltas):.1f} MB; tracemalloc peak {dpeak / 1e6:.1f} MB; "
-          f"trace of {len(record.trace)} node runs")
-    print(f"    Prefect's share        {wall - dwall:.2f} s of {wall:.2f} s ({(wall - dwall) / wall * 100:.0f}%): "
-          f"{(wall - dwall) / iterations * 1000:.3f} ms per iteration for the flow run, its event log and "
-          "recording the body node in Prefect")
+    print(
+        f"    wall time              {dwall:8.2f} s   ({dwall / iterations * 1000:.3f} ms per iteration); "
+        f"peak RSS delta {statistics.median(deltas):.1f} MB; tracemalloc peak {dpeak / 1e6:.1f} MB; "
+        f"trace of {len(record.trace)} node runs"
+    )
+    print(
+        f"    Prefect's share        {wall - dwall:.2f} s of {wall:.2f} s ({(wall - dwall) / wall * 100:.0f}%): "
+        f"{(wall - dwall) / iterations * 1000:.3f} ms per iteration for the flow run, its event log and "
+        "recording the body node in Prefect"
+    )
 
     # Reference: the same body as full task runs.
     if full_iterations:
@@ -334,46 +391,69 @@ async def bench_loop(iterations: int, full_iterations: int, reps: int, check: bo
                 return f", all task runs visible {census['visible_after']:.1f} s after"
             return f", only {census['final_count']} task runs visible"
 
-        print(f"  Reference, {full_iterations} iterations: control nodes as full task runs {fwall:.2f} s wall "
-              f"({fwall / full_iterations * 1000:.2f} ms per iteration), client CPU {fcpu:.2f} s{seen(fcensus)}; "
-              f"inline {iwall:.2f} s wall ({iwall / full_iterations * 1000:.2f} ms per iteration), client CPU "
-              f"{icpu:.2f} s{seen(icensus)}: inline is {fwall / iwall:.1f}x faster in wall time, "
-              f"{fcpu / icpu:.1f}x in client CPU; {iterations} iterations as full task runs would take about "
-              f"{fwall / full_iterations * iterations:.0f} s")
+        print(
+            f"  Reference, {full_iterations} iterations: control nodes as full task runs {fwall:.2f} s wall "
+            f"({fwall / full_iterations * 1000:.2f} ms per iteration), client CPU {fcpu:.2f} s{seen(fcensus)}; "
+            f"inline {iwall:.2f} s wall ({iwall / full_iterations * 1000:.2f} ms per iteration), client CPU "
+            f"{icpu:.2f} s{seen(icensus)}: inline is {fwall / iwall:.1f}x faster in wall time, "
+            f"{fcpu / icpu:.1f}x in client CPU; {iterations} iterations as full task runs would take about "
+            f"{fwall / full_iterations * iterations:.0f} s"
+        )
     if census:
         complete = census.get("visible_after") is not None
-        print(f"  VERDICT: the {iterations}-iteration loop "
-              + ("completes and every iteration is recorded in Prefect"
-                 if complete else f"completes (the run result is complete) but Prefect recorded only "
-                 f"{census['final_count']} of {expected} task runs: {expected - census['final_count']} lost")
-              + f"; {per_iter_ms:.1f} ms per iteration against {dwall / iterations * 1000:.2f} ms without Prefect, "
-              f"so recording, not the engine, is the cost"
-              + ("" if drops is None else f"; the server dropped {drops} event messages") + ".")
-    print("  How: control and inline-safe nodes run in the flow run and are recorded as task runs by one "
-          "final-state event each (a plain dict), sent to Prefect's POST /events in batches of 500 by the "
-          "process's TaskRunSender (flows/prefect_compat.py), off the run's critical path; every iteration "
-          "still creates one task run in Prefect's database, written by the server's recorder (see the counts "
-          "and catch-up time above). Past FLOWMAESTRO_MAX_TASK_RUNS (10,000) body nodes are summarised.")
+        print(
+            f"  VERDICT: the {iterations}-iteration loop "
+            + (
+                "completes and every iteration is recorded in Prefect"
+                if complete
+                else f"completes (the run result is complete) but Prefect recorded only "
+                f"{census['final_count']} of {expected} task runs: {expected - census['final_count']} lost"
+            )
+            + f"; {per_iter_ms:.1f} ms per iteration against {dwall / iterations * 1000:.2f} ms without Prefect, "
+            f"so recording, not the engine, is the cost"
+            + ("" if drops is None else f"; the server dropped {drops} event messages")
+            + "."
+        )
+    print(
+        "  How: control and inline-safe nodes run in the flow run and are recorded as task runs by one "
+        "final-state event each (a plain dict), sent to Prefect's POST /events in batches of 500 by the "
+        "process's TaskRunSender (flows/prefect_compat.py), off the run's critical path; every iteration "
+        "still creates one task run in Prefect's database, written by the server's recorder (see the counts "
+        "and catch-up time above). Past FLOWMAESTRO_MAX_TASK_RUNS (10,000) body nodes are summarised."
+    )
 
 
 def memory_canvas(iterations: int, size: int) -> dict[str, Any]:
     """A loop whose body makes a ``size``-character string (a new one each iteration) and
     keeps only its length: nothing later can read the big outputs."""
-    return {"schema_version": 1, "name": f"bench-memory-{iterations}-{size}",
-            "nodes": [{"id": "repeat", "type": "loop",
-                       "data": {"mode": "for", "count": iterations, "max_iterations": iterations}},
-                      {"id": "big", "type": "transform", "parentId": "repeat",
-                       "data": {"output": f"{{{{ ('x' * {size}) ~ loop.index }}}}"}},
-                      {"id": "size", "type": "transform", "parentId": "repeat",
-                       "data": {"output": "{{ big | length }}"}}],
-            "edges": [{"id": "e", "source": "big", "target": "size"}]}
+    return {
+        "schema_version": 1,
+        "name": f"bench-memory-{iterations}-{size}",
+        "nodes": [
+            {
+                "id": "repeat",
+                "type": "loop",
+                "data": {"mode": "for", "count": iterations, "max_iterations": iterations},
+            },
+            {
+                "id": "big",
+                "type": "transform",
+                "parentId": "repeat",
+                "data": {"output": f"{{{{ ('x' * {size}) ~ loop.index }}}}"},
+            },
+            {"id": "size", "type": "transform", "parentId": "repeat", "data": {"output": "{{ big | length }}"}},
+        ],
+        "edges": [{"id": "e", "source": "big", "target": "size"}],
+    }
 
 
 async def bench_memory(iterations: int) -> None:
     """(c) Peak memory of a long loop with large outputs against the same loop with tiny ones:
     what the run holds beyond what later templates can read (the loop's results)."""
-    print(f"(c) memory: loop of {iterations} iterations, body = a 10 kB output then its length "
-          "(FlowMaestro on Prefect, the product path)")
+    print(
+        f"(c) memory: loop of {iterations} iterations, body = a 10 kB output then its length "
+        "(FlowMaestro on Prefect, the product path)"
+    )
     await run_fm(memory_canvas(20, 10))
     rows = []
     for size in (10_000, 1):
@@ -385,12 +465,17 @@ async def bench_memory(iterations: int) -> None:
             wall = time.perf_counter() - t
         assert len(result["nodes"]["repeat"]["output"]["results"]) == iterations
         rows.append((size, wall, mem.delta, mem.peak))
-        print(f"    outputs of {size:>6} B   wall {wall:6.2f} s; peak RSS delta {mem.delta:7.1f} MB (peak {mem.peak:.0f} MB)")
+        print(
+            f"    outputs of {size:>6} B   wall {wall:6.2f} s; "
+            f"peak RSS delta {mem.delta:7.1f} MB (peak {mem.peak:.0f} MB)"
+        )
     (_, _, big, _), (_, _, small, _) = rows
     held = iterations * 10_000 / 1e6
-    print(f"  The 10 kB outputs add {big - small:.1f} MB to the peak, of the {held:.0f} MB they total: no output is "
-          "kept once its iteration is over; what grows with them is the events still on their way to the event "
-          "log (outputs over FLOWMAESTRO_EVENT_OUTPUT_MAX_BYTES are left out of events).")
+    print(
+        f"  The 10 kB outputs add {big - small:.1f} MB to the peak, of the {held:.0f} MB they total: no output is "
+        "kept once its iteration is over; what grows with them is the events still on their way to the event "
+        "log (outputs over FLOWMAESTRO_EVENT_OUTPUT_MAX_BYTES are left out of events)."
+    )
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -398,15 +483,18 @@ async def main_async(args: argparse.Namespace) -> None:
     wanted = set((args.only or "parallel,loop,memory").split(","))
     started = time.monotonic()
     idle = await _common.server_idle_level()
-    print(f"Prefect server {SERVER.api_url} (pid {_common._server_pid}, idle at "
-          f"{_common.fmt(None if idle is None else idle * 100, '.0f')}% of a core); load average {_common.loadavg()}; "
-          f"code flows/ builder/ node_handlers/ {_common.code_fingerprint('flows', 'builder', 'node_handlers')}")
+    print(
+        f"Prefect server {SERVER.api_url} (pid {_common._server_pid}, idle at "
+        f"{_common.fmt(None if idle is None else idle * 100, '.0f')}% of a core); load average {_common.loadavg()}; "
+        f"code flows/ builder/ node_handlers/ {_common.code_fingerprint('flows', 'builder', 'node_handlers')}"
+    )
     if "parallel" in wanted:
         await bench_parallel(50 if args.quick else 200, reps, not args.no_check)
         print()
     if "loop" in wanted:
-        await bench_loop(1000 if args.quick else 5000, 100 if args.quick else 500, reps, not args.no_check,
-                         args.tracemalloc)
+        await bench_loop(
+            1000 if args.quick else 5000, 100 if args.quick else 500, reps, not args.no_check, args.tracemalloc
+        )
         print()
     if "memory" in wanted:
         await bench_memory(2000 if args.quick else 10_000)
@@ -419,8 +507,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=0, help="measured runs (default 3, quick 1)")
     parser.add_argument("--only", help="comma-separated: parallel,loop,memory")
     parser.add_argument("--no-check", action="store_true", help="do not query task runs in the Prefect API")
-    parser.add_argument("--tracemalloc", action="store_true",
-                        help="one more loop run under tracemalloc for the peak of Python allocations")
+    parser.add_argument(
+        "--tracemalloc",
+        action="store_true",
+        help="one more loop run under tracemalloc for the peak of Python allocations",
+    )
     args = parser.parse_args(argv)
     asyncio.run(main_async(args))
     return 0

@@ -38,12 +38,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks import _common  # noqa: E402
+from benchmarks import _common
 
 SERVER = _common.prepare_prefect()  # before prefect is imported
 
 from benchmarks import engine  # noqa: E402  (its graphs and hand-written flows; imports prefect after the line above)
-
 from deployments.run_store import SqlRunStore  # noqa: E402
 from flows.flow import workflow_flow  # noqa: E402
 from flows.run_context import RunContext  # noqa: E402
@@ -60,15 +59,17 @@ class NoJournalStore(SqlRunStore):
     async def outcomes(self, journal_id: str) -> list[Any]:
         return []
 
-    async def save_outcomes(self, journal_id: str, outcomes: Any, *, workflow_id: str | None,
-                            owner: str | None) -> None:
+    async def save_outcomes(
+        self, journal_id: str, outcomes: Any, *, workflow_id: str | None, owner: str | None
+    ) -> None:
         return None
 
 
 async def saved_runner(store: SqlRunStore, raw: dict[str, Any]) -> _common.Runner:
     """A runner of ``raw`` saved as a workflow of ``store``, run as a worker runs it."""
-    saved = await Workflows(store.workflows.sessions).create(OWNER, f"{raw['name']}-{uuid.uuid4().hex[:6]}", raw,
-                                                             "bench")
+    saved = await Workflows(store.workflows.sessions).create(
+        OWNER, f"{raw['name']}-{uuid.uuid4().hex[:6]}", raw, "bench"
+    )
     context = replace(RunContext.from_environment(), store=store)
     bound = workflow_flow(context)
 
@@ -85,13 +86,27 @@ async def saved_runner(store: SqlRunStore, raw: dict[str, Any]) -> _common.Runne
 def scenarios(quick: bool) -> list[tuple[str, dict[str, Any], Any, Any, int]]:
     chain_n, fan_w = (20, 50) if quick else (40, 100)
     return [
-        ("chain-tasks", engine.chain_canvas(chain_n, "delay0"), lambda: engine.hand_chain(chain_n, return_state=True),
-         lambda: engine.aio_chain(chain_n), chain_n),
-        ("chain-inline", engine.chain_canvas(chain_n, "transform"),
-         lambda: engine.hand_chain(chain_n, return_state=True), lambda: engine.aio_chain(chain_n), chain_n),
-        ("fanout", engine.fanout_canvas(fan_w, engine.FANOUT_SLEEP),
-         lambda: engine.hand_fanout(fan_w, engine.FANOUT_SLEEP, return_state=True),
-         lambda: engine.aio_fanout(fan_w, engine.FANOUT_SLEEP), fan_w + 1),
+        (
+            "chain-tasks",
+            engine.chain_canvas(chain_n, "delay0"),
+            lambda: engine.hand_chain(chain_n, return_state=True),
+            lambda: engine.aio_chain(chain_n),
+            chain_n,
+        ),
+        (
+            "chain-inline",
+            engine.chain_canvas(chain_n, "transform"),
+            lambda: engine.hand_chain(chain_n, return_state=True),
+            lambda: engine.aio_chain(chain_n),
+            chain_n,
+        ),
+        (
+            "fanout",
+            engine.fanout_canvas(fan_w, engine.FANOUT_SLEEP),
+            lambda: engine.hand_fanout(fan_w, engine.FANOUT_SLEEP, return_state=True),
+            lambda: engine.aio_fanout(fan_w, engine.FANOUT_SLEEP),
+            fan_w + 1,
+        ),
     ]
 
 
@@ -101,26 +116,37 @@ async def journal_cost(database: str, url: str, reps: int, quick: bool) -> list[
     rows = []
     try:
         for name, raw, hand, aio, nodes in scenarios(quick):
-            variants = {"journal": await saved_runner(with_journal, raw),
-                        "no journal": await saved_runner(without, raw),
-                        "hand": _hand(hand), "asyncio": _aio(aio)}
+            variants = {
+                "journal": await saved_runner(with_journal, raw),
+                "no journal": await saved_runner(without, raw),
+                "hand": _hand(hand),
+                "asyncio": _aio(aio),
+            }
             walls: dict[str, list[float]] = {v: [] for v in variants}
             cpus: dict[str, list[float]] = {v: [] for v in variants}
             for runner in variants.values():  # warm-up
                 await _common.measure(runner)
             for round_ in range(reps):
                 order = list(variants)
-                order = order[round_ % len(order):] + order[:round_ % len(order)]
+                order = order[round_ % len(order) :] + order[: round_ % len(order)]
                 for variant in order:
                     sample = await _common.measure(variants[variant])
                     walls[variant].append(sample.wall)
                     cpus[variant].append(sample.client_cpu)
             med = {v: statistics.median(w) for v, w in walls.items()}
             cpu = {v: statistics.median(c) for v, c in cpus.items()}
-            rows.append([database, name, nodes, *(f"{med[v]:.3f}" for v in variants),
-                         f"{med['journal'] / med['no journal']:.2f}x",
-                         f"{(med['journal'] - med['no journal']) / nodes * 1000:+.2f}",
-                         f"{cpu['journal'] / cpu['no journal']:.2f}x", f"{med['journal'] / med['hand']:.2f}x"])
+            rows.append(
+                [
+                    database,
+                    name,
+                    nodes,
+                    *(f"{med[v]:.3f}" for v in variants),
+                    f"{med['journal'] / med['no journal']:.2f}x",
+                    f"{(med['journal'] - med['no journal']) / nodes * 1000:+.2f}",
+                    f"{cpu['journal'] / cpu['no journal']:.2f}x",
+                    f"{med['journal'] / med['hand']:.2f}x",
+                ]
+            )
     finally:
         await with_journal.close()
         await without.close()
@@ -147,14 +173,17 @@ def _aio(make: Any) -> _common.Runner:
 
 async def crash_trials(trials: int, detect_s: float, seed: int) -> None:
     from tests.crash_harness import client, crash_canvas, one_crash_trial, problems_of, save, seconds
-    from tests.processes import (CountingServer, prefect_on_postgres, stack_env, start_serve, start_worker)
+    from tests.processes import CountingServer, prefect_on_postgres, stack_env, start_serve, start_worker
 
     rng = random.Random(seed)
     home = Path(tempfile.mkdtemp(prefix="fm-bench-durability-"))
     print(f"\ncrash trials: {trials}, FLOWMAESTRO_CRASH_DETECT_S={detect_s:g}, seed {seed}; logs in {home}")
     workers: list[Any] = []
-    with prefect_on_postgres(home / "prefect") as prefect, postgres_database("fm_bench_store") as url, \
-            CountingServer() as counting:
+    with (
+        prefect_on_postgres(home / "prefect") as prefect,
+        postgres_database("fm_bench_store") as url,
+        CountingServer() as counting,
+    ):
         from tests.crash_harness import KEY
 
         env = stack_env(home, prefect, url, KEY, FLOWMAESTRO_CRASH_DETECT_S=str(detect_s))
@@ -173,8 +202,9 @@ async def crash_trials(trials: int, detect_s: float, seed: int) -> None:
             async with client(base) as http:
                 workflow_id = await save(http, crash_canvas(f"bench-crash-{uuid.uuid4().hex[:6]}"))
                 for trial in range(trials):
-                    outcome = await one_crash_trial(http, pool, victim, counting, url, prefect.api_url, workflow_id,
-                                                    rng)
+                    outcome = await one_crash_trial(
+                        http, pool, victim, counting, url, prefect.api_url, workflow_id, rng
+                    )
                     victim = outcome["fresh"]
                     found = problems_of(outcome, detect_s + 15)
                     problems += bool(found)
@@ -183,20 +213,37 @@ async def crash_trials(trials: int, detect_s: float, seed: int) -> None:
                     if outcome["resume_s"] is not None:
                         resume.append(outcome["resume_s"])
                     restored = sum(1 for r in outcome["result"].get("nodes", {}).values() if r.get("restored"))
-                    rows.append([trial, outcome["kill_after"], seconds(outcome["detect_s"]),
-                                 seconds(outcome["resume_s"]), len(outcome["requests"]), restored,
-                                 len(outcome["repeated"]), outcome["result"].get("status"), "; ".join(found) or "ok"])
+                    rows.append(
+                        [
+                            trial,
+                            outcome["kill_after"],
+                            seconds(outcome["detect_s"]),
+                            seconds(outcome["resume_s"]),
+                            len(outcome["requests"]),
+                            restored,
+                            len(outcome["repeated"]),
+                            outcome["result"].get("status"),
+                            "; ".join(found) or "ok",
+                        ]
+                    )
                     print(f"  trial {trial}: {rows[-1][-1]}", flush=True)
         finally:
             api.stop()
             for proc in workers:
                 proc.stop()
-    print(_table(["trial", "killed after", "detect", "resume", "requests", "restored", "repeated", "status",
-                  "problems"], rows))
-    print(f"trials with a problem: {problems} of {trials}; completed nodes executed again: "
-          f"{sum(r[6] for r in rows)}; detection median {statistics.median(detect):.1f} s "
-          f"(max {max(detect):.1f} s), resume median {statistics.median(resume):.1f} s (max {max(resume):.1f} s)"
-          if detect and resume else f"trials with a problem: {problems} of {trials}")
+    print(
+        _table(
+            ["trial", "killed after", "detect", "resume", "requests", "restored", "repeated", "status", "problems"],
+            rows,
+        )
+    )
+    print(
+        f"trials with a problem: {problems} of {trials}; completed nodes executed again: "
+        f"{sum(r[6] for r in rows)}; detection median {statistics.median(detect):.1f} s "
+        f"(max {max(detect):.1f} s), resume median {statistics.median(resume):.1f} s (max {max(resume):.1f} s)"
+        if detect and resume
+        else f"trials with a problem: {problems} of {trials}"
+    )
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
@@ -216,8 +263,24 @@ async def main_async(args: argparse.Namespace) -> None:
             with postgres_database("fm_bench_journal") as url:
                 rows += await journal_cost(database, url, args.reps, args.quick)
     print("\nThe journal's cost (median wall seconds of saved runs; ratios journal / no journal)")
-    print(_table(["store", "scenario", "nodes", "journal", "no journal", "hand", "asyncio", "wall ratio",
-                  "ms/node", "cpu ratio", "vs hand"], rows))
+    print(
+        _table(
+            [
+                "store",
+                "scenario",
+                "nodes",
+                "journal",
+                "no journal",
+                "hand",
+                "asyncio",
+                "wall ratio",
+                "ms/node",
+                "cpu ratio",
+                "vs hand",
+            ],
+            rows,
+        )
+    )
     if args.crash_trials:
         await crash_trials(args.crash_trials, args.detect_s, args.seed)
 

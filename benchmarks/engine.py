@@ -65,13 +65,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks import _common  # noqa: E402
+from benchmarks import _common
 
 SERVER = _common.prepare_prefect()  # before prefect is imported
 os.environ.setdefault("FLOWMAESTRO_HTTP_ALLOW_HOSTS", "127.0.0.1")  # the http scenario's local server
 
 import httpx  # noqa: E402
-
 from prefect import flow, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
@@ -109,9 +108,13 @@ def _noop_node(node_id: str, kind: str) -> dict[str, Any]:
 
 
 def _canvas(name: str, nodes: list[dict[str, Any]], edges: list[tuple[str, str]]) -> dict[str, Any]:
-    return {"schema_version": 1, "name": name, "nodes": nodes,
-            "edges": [{"id": f"e{k}", "source": s, "target": t} for k, (s, t) in enumerate(edges)],
-            "settings": {"max_concurrency": MAX_CONCURRENCY}}
+    return {
+        "schema_version": 1,
+        "name": name,
+        "nodes": nodes,
+        "edges": [{"id": f"e{k}", "source": s, "target": t} for k, (s, t) in enumerate(edges)],
+        "settings": {"max_concurrency": MAX_CONCURRENCY},
+    }
 
 
 def chain_canvas(n: int, kind: str) -> dict[str, Any]:
@@ -126,8 +129,9 @@ def fanout_canvas(width: int, seconds: float) -> dict[str, Any]:
 
 
 def http_canvas(width: int, base_url: str) -> dict[str, Any]:
-    nodes = [{"id": f"h{i}", "type": "http", "data": {"url": f"{base_url}/h{i}?delay={HTTP_DELAY}"}}
-             for i in range(width)]
+    nodes = [
+        {"id": f"h{i}", "type": "http", "data": {"url": f"{base_url}/h{i}?delay={HTTP_DELAY}"}} for i in range(width)
+    ]
     nodes.append({"id": "merge", "type": "merge", "data": {}})
     return _canvas(f"bench-http-{width}", nodes, [(f"h{i}", "merge") for i in range(width)])
 
@@ -281,11 +285,19 @@ def fm_runner(raw: dict[str, Any], inline: bool) -> _common.Runner:
         returned = time.perf_counter()
         result = await state.result(raise_on_failure=False)
         if not state.is_completed():
-            raise RuntimeError(f"{raw['name']} ended {state.name}: {result.get('error') if isinstance(result, dict) else result}")
+            raise RuntimeError(
+                f"{raw['name']} ended {state.name}: {result.get('error') if isinstance(result, dict) else result}"
+            )
         if {"body", "exec_start", "exec_end"} <= set(_marks):
-            PHASES.append({"flow_start": _marks["body"] - called, "setup": _marks["exec_start"] - _marks["body"],
-                           "engine": _marks["exec_end"] - _marks["exec_start"],
-                           "finish": returned - _marks["exec_end"], "artifact": _marks.get("artifact_s", 0.0)})
+            PHASES.append(
+                {
+                    "flow_start": _marks["body"] - called,
+                    "setup": _marks["exec_start"] - _marks["body"],
+                    "engine": _marks["exec_end"] - _marks["exec_start"],
+                    "finish": returned - _marks["exec_end"],
+                    "artifact": _marks.get("artifact_s", 0.0),
+                }
+            )
         return result["id"]
 
     return run
@@ -349,49 +361,97 @@ def scenarios(quick: bool, http_url: str = "") -> list[Scenario]:
     lay_n = layers * WIDTH
     base_t = chain_canvas(1, "transform")
     out = [
-        Scenario("base", "one trivial node (fixed cost of a run)", 1, 0.0, [
-            Variant("fm inline", "fm", fm_runner(base_t, True), 1),
-            Variant("fm delay0", "fm", fm_runner(chain_canvas(1, "delay0"), True), 1),
-            Variant("hand", "hand", hand_runner(hand_chain, 1), 1),
-            Variant("asyncio", "asyncio", aio_runner(aio_chain, 1)),
-            Variant("direct", "direct", direct_runner(base_t)),
-        ]),
-        Scenario("chain", f"chain of {chain_n} no-op nodes", chain_n, 0.0, [
-            Variant("fm inline", "fm", fm_runner(chain_canvas(chain_n, "transform"), True), chain_n),
-            Variant("fm tasks", "fm", fm_runner(chain_canvas(chain_n, "transform"), False), chain_n),
-            Variant("fm delay0", "fm", fm_runner(chain_canvas(chain_n, "delay0"), True), chain_n),
-            Variant("hand", "hand", hand_runner(hand_chain, chain_n), chain_n),
-            Variant("asyncio", "asyncio", aio_runner(aio_chain, chain_n)),
-            Variant("direct transform", "direct", direct_runner(chain_canvas(chain_n, "transform"))),
-            Variant("direct delay0", "direct", direct_runner(chain_canvas(chain_n, "delay0"))),
-        ]),
-        Scenario("fanout", f"{fan_w}-wide fan-out of {FANOUT_SLEEP:g} s delays, then a merge", fan_w + 1,
-                 FANOUT_SLEEP, [
-            Variant("fm inline", "fm", fm_runner(fanout_canvas(fan_w, FANOUT_SLEEP), True), fan_w + 1),
-            Variant("hand", "hand", hand_runner(hand_fanout, fan_w, FANOUT_SLEEP), fan_w + 1),
-            Variant("asyncio", "asyncio", aio_runner(aio_fanout, fan_w, FANOUT_SLEEP)),
-            Variant("direct", "direct", direct_runner(fanout_canvas(fan_w, FANOUT_SLEEP))),
-        ]),
-        Scenario("layered", f"{lay_n}-node layered DAG ({layers} layers x {WIDTH})", lay_n, 0.0, [
-            Variant("fm inline", "fm", fm_runner(layered_canvas(layers, WIDTH, "transform"), True), lay_n,
-                    fm_runner(layered_canvas(WARM_LAYERS, WIDTH, "transform"), True)),
-            Variant("fm tasks", "fm", fm_runner(layered_canvas(layers, WIDTH, "transform"), False), lay_n,
-                    fm_runner(layered_canvas(WARM_LAYERS, WIDTH, "transform"), False)),
-            Variant("fm delay0", "fm", fm_runner(layered_canvas(layers, WIDTH, "delay0"), True), lay_n,
-                    fm_runner(layered_canvas(WARM_LAYERS, WIDTH, "delay0"), True)),
-            Variant("hand", "hand", hand_runner(hand_layered, layers, WIDTH), lay_n,
-                    hand_runner(hand_layered, WARM_LAYERS, WIDTH)),
-            Variant("asyncio", "asyncio", aio_runner(aio_layered, layers, WIDTH)),
-            Variant("direct transform", "direct", direct_runner(layered_canvas(layers, WIDTH, "transform"))),
-            Variant("direct delay0", "direct", direct_runner(layered_canvas(layers, WIDTH, "delay0"))),
-        ]),
-        Scenario("http", f"{http_w}-wide fan-out of http GETs answered after {HTTP_DELAY * 1000:g} ms, then a merge",
-                 http_w + 1, HTTP_DELAY, [
-            Variant("fm inline", "fm", fm_runner(http_canvas(http_w, http_url), True), http_w + 1),
-            Variant("hand", "hand", hand_runner(hand_http, http_w, http_url), http_w + 1),
-            Variant("asyncio", "asyncio", aio_runner(aio_http, http_w, http_url)),
-            Variant("direct", "direct", direct_runner(http_canvas(http_w, http_url))),
-        ]),
+        Scenario(
+            "base",
+            "one trivial node (fixed cost of a run)",
+            1,
+            0.0,
+            [
+                Variant("fm inline", "fm", fm_runner(base_t, True), 1),
+                Variant("fm delay0", "fm", fm_runner(chain_canvas(1, "delay0"), True), 1),
+                Variant("hand", "hand", hand_runner(hand_chain, 1), 1),
+                Variant("asyncio", "asyncio", aio_runner(aio_chain, 1)),
+                Variant("direct", "direct", direct_runner(base_t)),
+            ],
+        ),
+        Scenario(
+            "chain",
+            f"chain of {chain_n} no-op nodes",
+            chain_n,
+            0.0,
+            [
+                Variant("fm inline", "fm", fm_runner(chain_canvas(chain_n, "transform"), True), chain_n),
+                Variant("fm tasks", "fm", fm_runner(chain_canvas(chain_n, "transform"), False), chain_n),
+                Variant("fm delay0", "fm", fm_runner(chain_canvas(chain_n, "delay0"), True), chain_n),
+                Variant("hand", "hand", hand_runner(hand_chain, chain_n), chain_n),
+                Variant("asyncio", "asyncio", aio_runner(aio_chain, chain_n)),
+                Variant("direct transform", "direct", direct_runner(chain_canvas(chain_n, "transform"))),
+                Variant("direct delay0", "direct", direct_runner(chain_canvas(chain_n, "delay0"))),
+            ],
+        ),
+        Scenario(
+            "fanout",
+            f"{fan_w}-wide fan-out of {FANOUT_SLEEP:g} s delays, then a merge",
+            fan_w + 1,
+            FANOUT_SLEEP,
+            [
+                Variant("fm inline", "fm", fm_runner(fanout_canvas(fan_w, FANOUT_SLEEP), True), fan_w + 1),
+                Variant("hand", "hand", hand_runner(hand_fanout, fan_w, FANOUT_SLEEP), fan_w + 1),
+                Variant("asyncio", "asyncio", aio_runner(aio_fanout, fan_w, FANOUT_SLEEP)),
+                Variant("direct", "direct", direct_runner(fanout_canvas(fan_w, FANOUT_SLEEP))),
+            ],
+        ),
+        Scenario(
+            "layered",
+            f"{lay_n}-node layered DAG ({layers} layers x {WIDTH})",
+            lay_n,
+            0.0,
+            [
+                Variant(
+                    "fm inline",
+                    "fm",
+                    fm_runner(layered_canvas(layers, WIDTH, "transform"), True),
+                    lay_n,
+                    fm_runner(layered_canvas(WARM_LAYERS, WIDTH, "transform"), True),
+                ),
+                Variant(
+                    "fm tasks",
+                    "fm",
+                    fm_runner(layered_canvas(layers, WIDTH, "transform"), False),
+                    lay_n,
+                    fm_runner(layered_canvas(WARM_LAYERS, WIDTH, "transform"), False),
+                ),
+                Variant(
+                    "fm delay0",
+                    "fm",
+                    fm_runner(layered_canvas(layers, WIDTH, "delay0"), True),
+                    lay_n,
+                    fm_runner(layered_canvas(WARM_LAYERS, WIDTH, "delay0"), True),
+                ),
+                Variant(
+                    "hand",
+                    "hand",
+                    hand_runner(hand_layered, layers, WIDTH),
+                    lay_n,
+                    hand_runner(hand_layered, WARM_LAYERS, WIDTH),
+                ),
+                Variant("asyncio", "asyncio", aio_runner(aio_layered, layers, WIDTH)),
+                Variant("direct transform", "direct", direct_runner(layered_canvas(layers, WIDTH, "transform"))),
+                Variant("direct delay0", "direct", direct_runner(layered_canvas(layers, WIDTH, "delay0"))),
+            ],
+        ),
+        Scenario(
+            "http",
+            f"{http_w}-wide fan-out of http GETs answered after {HTTP_DELAY * 1000:g} ms, then a merge",
+            http_w + 1,
+            HTTP_DELAY,
+            [
+                Variant("fm inline", "fm", fm_runner(http_canvas(http_w, http_url), True), http_w + 1),
+                Variant("hand", "hand", hand_runner(hand_http, http_w, http_url), http_w + 1),
+                Variant("asyncio", "asyncio", aio_runner(aio_http, http_w, http_url)),
+                Variant("direct", "direct", direct_runner(http_canvas(http_w, http_url))),
+            ],
+        ),
     ]
     return out
 
@@ -400,16 +460,19 @@ def scenarios(quick: bool, http_url: str = "") -> list[Scenario]:
 
 
 async def run_scenario(sc: Scenario, reps: int, check: bool) -> dict[str, _common.Result]:
-    results = {v.name: _common.Result(sc.name, v.name, sc.nodes, sc.critical_s, expected_task_runs=v.task_runs)
-               for v in sc.variants}
+    results = {
+        v.name: _common.Result(sc.name, v.name, sc.nodes, sc.critical_s, expected_task_runs=v.task_runs)
+        for v in sc.variants
+    }
     for v in sc.variants:  # warm-up
         await _common.measure(v.warmup or v.runner, check_task_runs=None, settle=True, idle_timeout=10.0)
     for rep in range(reps):
         k = rep % len(sc.variants)
         for v in sc.variants[k:] + sc.variants[:k]:
             PHASES.clear()
-            sample = await _common.measure(v.runner, check_task_runs=v.task_runs if check else None,
-                                           idle_timeout=3.0 if check else 10.0)
+            sample = await _common.measure(
+                v.runner, check_task_runs=v.task_runs if check else None, idle_timeout=3.0 if check else 10.0
+            )
             if PHASES:
                 sample.extra.update(PHASES[-1])
             results[v.name].samples.append(sample)
@@ -419,9 +482,11 @@ async def run_scenario(sc: Scenario, reps: int, check: bool) -> dict[str, _commo
 def print_table(all_results: list[tuple[Scenario, dict[str, _common.Result]]]) -> None:
     base = dict(all_results[0][1]) if all_results and all_results[0][0].name == "base" else {}
     base_of = {"fm": "fm inline", "hand": "hand", "asyncio": "asyncio", "direct": "direct"} if base else {}
-    header = (f"{'scenario':<8} {'variant':<17} {'nodes':>5} {'wall s':>7} {'ovh ms/n':>8} {'ovh x hand':>10} "
-              f"{'wall x aio':>10} {'marg ms/n':>9} {'marg x hand':>11} {'cpu s':>6} {'marg cpu ms/n':>13} "
-              f"{'cpu x hand':>10} {'srv cpu s':>9} {'visible +s':>10} {'runs seen':>9}")
+    header = (
+        f"{'scenario':<8} {'variant':<17} {'nodes':>5} {'wall s':>7} {'ovh ms/n':>8} {'ovh x hand':>10} "
+        f"{'wall x aio':>10} {'marg ms/n':>9} {'marg x hand':>11} {'cpu s':>6} {'marg cpu ms/n':>13} "
+        f"{'cpu x hand':>10} {'srv cpu s':>9} {'visible +s':>10} {'runs seen':>9}"
+    )
     print(header)
     print("-" * len(header))
     for sc, results in all_results:
@@ -447,21 +512,27 @@ def print_table(all_results: list[tuple[Scenario, dict[str, _common.Result]]]) -
             seen_txt = f"{min(seen)}/{r.expected_task_runs}" if seen else "-"
             timeouts = sum(1 for s in r.samples if s.task_runs_seen is not None and s.visible_after is None)
             visible = _common.fmt(r.median_of("visible_after"), ".2f") + ("!" if timeouts else "")
-            print(f"{sc.name:<8} {v.name:<17} {sc.nodes:>5} {r.wall:>7.3f} {r.overhead_ms:>8.3f} "
-                  f"{_common.fmt(ovh_x, '.2f'):>10} {_common.fmt(r.wall / aio.wall if aio else None, '.1f'):>10} "
-                  f"{_common.fmt(marg, '.3f'):>9} {_common.fmt(marg_x, '.2f'):>11} "
-                  f"{r.median_of('client_cpu'):>6.3f} {_common.fmt(marg_cpu, '.3f'):>13} {_common.fmt(cpu_x, '.2f'):>10} "
-                  f"{_common.fmt(r.median_of('server_cpu'), '.3f'):>9} {visible:>10} {seen_txt:>9}")
+            print(
+                f"{sc.name:<8} {v.name:<17} {sc.nodes:>5} {r.wall:>7.3f} {r.overhead_ms:>8.3f} "
+                f"{_common.fmt(ovh_x, '.2f'):>10} {_common.fmt(r.wall / aio.wall if aio else None, '.1f'):>10} "
+                f"{_common.fmt(marg, '.3f'):>9} {_common.fmt(marg_x, '.2f'):>11} "
+                f"{r.median_of('client_cpu'):>6.3f} {_common.fmt(marg_cpu, '.3f'):>13} {_common.fmt(cpu_x, '.2f'):>10} "
+                f"{_common.fmt(r.median_of('server_cpu'), '.3f'):>9} {visible:>10} {seen_txt:>9}"
+            )
         print()
 
 
 def print_phases(all_results: list[tuple[Scenario, dict[str, _common.Result]]]) -> None:
-    print("Where a FlowMaestro run's wall time goes (median s): flow start = run_workflow called -> flow body "
-          "(Prefect creates the flow run; the canvas is its parameter); setup = compile, inputs, event log -> "
-          "engine started; engine = first to final engine event (all nodes); finish = final event -> "
-          "run_workflow returned, of which 'artifact' is the summary artifact.")
-    header = f"  {'scenario':<8} {'variant':<10} {'wall':>7} {'flow start':>10} {'setup':>7} {'engine':>7} " \
-             f"{'finish':>7} {'artifact':>8}"
+    print(
+        "Where a FlowMaestro run's wall time goes (median s): flow start = run_workflow called -> flow body "
+        "(Prefect creates the flow run; the canvas is its parameter); setup = compile, inputs, event log -> "
+        "engine started; engine = first to final engine event (all nodes); finish = final event -> "
+        "run_workflow returned, of which 'artifact' is the summary artifact."
+    )
+    header = (
+        f"  {'scenario':<8} {'variant':<10} {'wall':>7} {'flow start':>10} {'setup':>7} {'engine':>7} "
+        f"{'finish':>7} {'artifact':>8}"
+    )
     print(header)
     for sc, results in all_results:
         for name, r in results.items():
@@ -469,14 +540,18 @@ def print_phases(all_results: list[tuple[Scenario, dict[str, _common.Result]]]) 
             if not rows:
                 continue
             med = {k: _common.median([row[k] for row in rows]) for k in rows[0]}
-            print(f"  {sc.name:<8} {name:<10} {r.wall:>7.3f} {med['flow_start']:>10.3f} {med['setup']:>7.3f} "
-                  f"{med['engine']:>7.3f} {med['finish']:>7.3f} {med['artifact']:>8.3f}")
+            print(
+                f"  {sc.name:<8} {name:<10} {r.wall:>7.3f} {med['flow_start']:>10.3f} {med['setup']:>7.3f} "
+                f"{med['engine']:>7.3f} {med['finish']:>7.3f} {med['artifact']:>8.3f}"
+            )
     print()
 
 
 def print_verdicts(all_results: list[tuple[Scenario, dict[str, _common.Result]]]) -> None:
-    print(f"Targets: FlowMaestro per-node overhead <= {TARGET_RATIO}x the hand-written Prefect flow; "
-          "control nodes far cheaper than a full task run.")
+    print(
+        f"Targets: FlowMaestro per-node overhead <= {TARGET_RATIO}x the hand-written Prefect flow; "
+        "control nodes far cheaper than a full task run."
+    )
     for sc, results in all_results:
         if sc.name == "base" or "hand" not in results:
             continue
@@ -487,13 +562,17 @@ def print_verdicts(all_results: list[tuple[Scenario, dict[str, _common.Result]]]
             ratio = results[name].overhead_ms / hand.overhead_ms if hand.overhead_ms else float("inf")
             verdict = "meets" if ratio <= TARGET_RATIO else "MISSES"
             cpu = results[name].median_of("client_cpu") / hand.median_of("client_cpu")
-            print(f"  {sc.name:<8} {name:<10} {results[name].overhead_ms:7.3f} ms/node vs hand "
-                  f"{hand.overhead_ms:7.3f} ms/node = {ratio:5.2f}x  ({verdict} the {TARGET_RATIO}x target; "
-                  f"client CPU {cpu:.2f}x the hand-written flow's)")
+            print(
+                f"  {sc.name:<8} {name:<10} {results[name].overhead_ms:7.3f} ms/node vs hand "
+                f"{hand.overhead_ms:7.3f} ms/node = {ratio:5.2f}x  ({verdict} the {TARGET_RATIO}x target; "
+                f"client CPU {cpu:.2f}x the hand-written flow's)"
+            )
         if "fm inline" in results and "fm tasks" in results and sc.name != "fanout":
             inline, full = results["fm inline"].overhead_ms, results["fm tasks"].overhead_ms
-            print(f"  {sc.name:<8} control nodes inline {inline:.3f} ms/node vs as full task runs {full:.3f} "
-                  f"ms/node: {full / inline if inline else float('inf'):.1f}x cheaper inline")
+            print(
+                f"  {sc.name:<8} control nodes inline {inline:.3f} ms/node vs as full task runs {full:.3f} "
+                f"ms/node: {full / inline if inline else float('inf'):.1f}x cheaper inline"
+            )
 
 
 async def profile(spec: str, quick: bool, top: int) -> None:
@@ -529,10 +608,12 @@ async def main_async(args: argparse.Namespace) -> None:
     wanted = {"base"} | set((args.only or "chain,fanout,layered,http").split(","))
     started = time.monotonic()
     idle = await _common.server_idle_level()
-    print(f"Prefect server {SERVER.api_url} (pid {_common._server_pid}, idle at "
-          f"{_common.fmt(None if idle is None else idle * 100, '.0f')}% of a core); load average {_common.loadavg()}; "
-          f"warm-up + {reps} interleaved rep(s), median; max_concurrency={MAX_CONCURRENCY} on the canvases; "
-          f"code flows/ builder/ node_handlers/ {_common.code_fingerprint('flows', 'builder', 'node_handlers')}")
+    print(
+        f"Prefect server {SERVER.api_url} (pid {_common._server_pid}, idle at "
+        f"{_common.fmt(None if idle is None else idle * 100, '.0f')}% of a core); load average {_common.loadavg()}; "
+        f"warm-up + {reps} interleaved rep(s), median; max_concurrency={MAX_CONCURRENCY} on the canvases; "
+        f"code flows/ builder/ node_handlers/ {_common.code_fingerprint('flows', 'builder', 'node_handlers')}"
+    )
     all_results = []
     from tests.processes import CountingServer
 
@@ -548,12 +629,14 @@ async def main_async(args: argparse.Namespace) -> None:
     print_table(all_results)
     print_phases(all_results)
     print_verdicts(all_results)
-    print(f"\nTotal {time.monotonic() - started:.1f} s; load average now {_common.loadavg()}. "
-          "'visible +s': seconds after the run returned until all its task runs were final in the "
-          "Prefect API ('!' = not all within 30 s); 'runs seen': the fewest seen / expected.\n"
-          "'marg' = after subtracting the one-node run of the same family (fixed per-run cost); 'cpu' = CPU "
-          "time of this process (main thread and Prefect's worker threads), steadier than wall time on a "
-          "shared machine; 'srv cpu' = the Prefect server process's CPU during the run.")
+    print(
+        f"\nTotal {time.monotonic() - started:.1f} s; load average now {_common.loadavg()}. "
+        "'visible +s': seconds after the run returned until all its task runs were final in the "
+        "Prefect API ('!' = not all within 30 s); 'runs seen': the fewest seen / expected.\n"
+        "'marg' = after subtracting the one-node run of the same family (fixed per-run cost); 'cpu' = CPU "
+        "time of this process (main thread and Prefect's worker threads), steadier than wall time on a "
+        "shared machine; 'srv cpu' = the Prefect server process's CPU during the run."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -67,9 +67,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from benchmarks import api as B  # noqa: E402
-import httpx  # noqa: E402
-from httpx_sse import aconnect_sse  # noqa: E402
+import httpx
+from httpx_sse import aconnect_sse
+
+from benchmarks import api as B
 
 pct, ms, table, CpuMeter, loadavg = B.pct, B.ms, B.table, B.CpuMeter, B.loadavg
 SEP = b"\r\n\r\n"  # sse-starlette's frame separator (its default line separator is \r\n)
@@ -89,21 +90,30 @@ def delay_chain(k: int, seconds: float) -> dict[str, Any]:
 
 
 def delay_parallel(branches: int, seconds: float) -> dict[str, Any]:
-    return {"name": "ev-parallel", "settings": {"max_concurrency": branches},
-            "nodes": [{"id": "fan", "type": "parallel", "data": {"mode": "count", "count": branches}},
-                      {"id": "d", "type": "delay", "parentId": "fan", "data": {"seconds": seconds}}],
-            "edges": []}
+    return {
+        "name": "ev-parallel",
+        "settings": {"max_concurrency": branches},
+        "nodes": [
+            {"id": "fan", "type": "parallel", "data": {"mode": "count", "count": branches}},
+            {"id": "d", "type": "delay", "parentId": "fan", "data": {"seconds": seconds}},
+        ],
+        "edges": [],
+    }
 
 
 def transform_parallel(branches: int, branch_concurrency: int | None = None) -> dict[str, Any]:
     fan = {"mode": "count", "count": branches}
     if branch_concurrency:
         fan["max_concurrency"] = branch_concurrency
-    return {"name": "ev-big", "settings": {"max_concurrency": 64},
-            "nodes": [{"id": "fan", "type": "parallel", "data": fan},
-                      {"id": "work", "type": "transform", "parentId": "fan",
-                       "data": {"output": "{{ parallel.index }}"}}],
-            "edges": []}
+    return {
+        "name": "ev-big",
+        "settings": {"max_concurrency": 64},
+        "nodes": [
+            {"id": "fan", "type": "parallel", "data": fan},
+            {"id": "work", "type": "transform", "parentId": "fan", "data": {"output": "{{ parallel.index }}"}},
+        ],
+        "edges": [],
+    }
 
 
 RETRIED: Counter = Counter()
@@ -115,8 +125,9 @@ async def execute(client: httpx.AsyncClient, workflow_id: str, attempts: int = 3
     retried twice and counted in ``RETRIED``, printed at the end."""
     for attempt in range(attempts):
         try:
-            answer = await client.post(f"/api/workflows/{workflow_id}/execute", json={"inputs": {}},
-                                       timeout=httpx.Timeout(60, connect=30))
+            answer = await client.post(
+                f"/api/workflows/{workflow_id}/execute", json={"inputs": {}}, timeout=httpx.Timeout(60, connect=30)
+            )
         except httpx.HTTPError as exc:
             problem = f"POST {type(exc).__name__}"
         else:
@@ -163,13 +174,15 @@ async def follow_latency(client: httpx.AsyncClient, execution_id: str, node_pref
     return run
 
 
-async def bench_latency(served: Any, chain_runs: int, chain_k: int, par_branches: int, par_runs: int,
-                        seconds: float) -> list[list[Any]]:
+async def bench_latency(
+    served: Any, chain_runs: int, chain_k: int, par_branches: int, par_runs: int, seconds: float
+) -> list[list[Any]]:
     rows = []
     async with B.api_client(served.base) as client:
         for label, canvas, runs, prefix in (
-                (f"chain of {chain_k} delays", delay_chain(chain_k, seconds), chain_runs, "d"),
-                (f"parallel of {par_branches} delays", delay_parallel(par_branches, seconds), par_runs, "d")):
+            (f"chain of {chain_k} delays", delay_chain(chain_k, seconds), chain_runs, "d"),
+            (f"parallel of {par_branches} delays", delay_parallel(par_branches, seconds), par_runs, "d"),
+        ):
             workflow_id = await B.save_workflow(client, canvas)
             results: list[LatencyRun] = []
             with CpuMeter(serve=served.pid) as meter:
@@ -179,10 +192,21 @@ async def bench_latency(served: Any, chain_runs: int, chain_k: int, par_branches
                     served.run_ids.append(execution_id)
             samples = [s for r in results for s in r.samples]
             bad = Counter(r.final for r in results if r.final != "execution:completed")
-            rows.append([served.name, label, runs, len(samples), ms(pct(samples, 50)), ms(pct(samples, 90)),
-                         ms(pct(samples, 99)), ms(max(samples) if samples else None),
-                         sum(r.skipped for r in results), f"{meter.used['serve'] or 0:.1f}",
-                         ",".join(f"{k}:{v}" for k, v in bad.items()) or "-"])
+            rows.append(
+                [
+                    served.name,
+                    label,
+                    runs,
+                    len(samples),
+                    ms(pct(samples, 50)),
+                    ms(pct(samples, 90)),
+                    ms(pct(samples, 99)),
+                    ms(max(samples) if samples else None),
+                    sum(r.skipped for r in results),
+                    f"{meter.used['serve'] or 0:.1f}",
+                    ",".join(f"{k}:{v}" for k, v in bad.items()) or "-",
+                ]
+            )
             print(f"  {served.name}: {label} done ({meter.wall:.1f} s)", flush=True)
     return rows
 
@@ -237,8 +261,15 @@ FINAL_BYTES = tuple(f"event: {t}".encode() for t in FINAL)
 SAMPLE_EVERY = 20
 
 
-async def read_sse(client: httpx.AsyncClient, url: str, *, keep: bool = False, ready: asyncio.Event | None = None,
-                   deadline: float | None = None, cap_after_first: float | None = None) -> Sub:
+async def read_sse(
+    client: httpx.AsyncClient,
+    url: str,
+    *,
+    keep: bool = False,
+    ready: asyncio.Event | None = None,
+    deadline: float | None = None,
+    cap_after_first: float | None = None,
+) -> Sub:
     """Read an SSE stream to its end, or to ``deadline`` (epoch seconds), or ``cap_after_first``
     seconds after its first frame: count frames, check ids (1, 2, 3, ...), time them (each
     frame gets the time its bytes were read)."""
@@ -257,8 +288,15 @@ async def read_sse(client: httpx.AsyncClient, url: str, *, keep: bool = False, r
     return sub
 
 
-async def _read_into(sub: Sub, client: httpx.AsyncClient, url: str, keep: bool, ready: asyncio.Event | None,
-                     limit: Any, cap_after_first: float | None) -> None:
+async def _read_into(
+    sub: Sub,
+    client: httpx.AsyncClient,
+    url: str,
+    keep: bool,
+    ready: asyncio.Event | None,
+    limit: Any,
+    cap_after_first: float | None,
+) -> None:
     async with client.stream("GET", url) as response:
         sub.status, sub.opened = response.status_code, time.time()
         if ready is not None:
@@ -277,7 +315,7 @@ async def _read_into(sub: Sub, client: httpx.AsyncClient, url: str, keep: bool, 
                     continue  # a comment: sse-starlette's ping
                 if frame[:4] == b"id: ":
                     end = frame.find(b"\r\n")
-                    seq = int(frame[4:end if end > 0 else None])
+                    seq = int(frame[4 : end if end > 0 else None])
                     if seq <= sub.last_seq:
                         sub.repeats += 1
                     elif seq != sub.last_seq + 1:
@@ -329,31 +367,59 @@ def sub_summary(subs: list[Sub], expected: int | None) -> dict[str, Any]:
         if s.ended and expected is not None and s.count != expected:
             problems["short"] += 1
     cut = sum(1 for s in subs if s.cut)
-    return {"rate_p50": pct(rates, 50), "rate_min": min(rates) if rates else None,
-            "aggregate": total / window if window > 0 else None, "total": total, "cut": cut,
-            "problems": ",".join(f"{k}:{v}" for k, v in problems.items()) or "-"}
+    return {
+        "rate_p50": pct(rates, 50),
+        "rate_min": min(rates) if rates else None,
+        "aggregate": total / window if window > 0 else None,
+        "total": total,
+        "cut": cut,
+        "problems": ",".join(f"{k}:{v}" for k, v in problems.items()) or "-",
+    }
 
 
 def rate(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
 
-def row_cells(summary: dict[str, Any], subs: list[Sub], lags: list[float] | None, meter: Any, server: str,
-              probe: Any = None) -> list[Any]:
+def row_cells(
+    summary: dict[str, Any], subs: list[Sub], lags: list[float] | None, meter: Any, server: str, probe: Any = None
+) -> list[Any]:
     """The columns after "produced/s" (see HEADERS)."""
     used = meter.used.get(server)
     per_event = "-" if used is None or not summary["total"] else f"{used / summary['total'] * 1e6:,.0f}"
-    return [rate(summary["rate_p50"]), rate(summary["rate_min"]), rate(summary["aggregate"]),
-            f"{summary['total'] / len(subs):,.0f}" + (f" ({summary['cut']} cut)" if summary["cut"] else ""),
-            ms(pct(lags, 50)) if lags else "-", ms(max(lags)) if lags else "-",
-            _cpu(meter, server), per_event, _cpu(meter, "client"),
-            "-" if probe is None or not probe.times else f"{ms(pct(probe.times, 50), 0)}/{ms(max(probe.times), 0)}",
-            summary["problems"]]
+    return [
+        rate(summary["rate_p50"]),
+        rate(summary["rate_min"]),
+        rate(summary["aggregate"]),
+        f"{summary['total'] / len(subs):,.0f}" + (f" ({summary['cut']} cut)" if summary["cut"] else ""),
+        ms(pct(lags, 50)) if lags else "-",
+        ms(max(lags)) if lags else "-",
+        _cpu(meter, server),
+        per_event,
+        _cpu(meter, "client"),
+        "-" if probe is None or not probe.times else f"{ms(pct(probe.times, 50), 0)}/{ms(max(probe.times), 0)}",
+        summary["problems"],
+    ]
 
 
-HEADERS = ["path", "subs", "mode", "events", "produced/s", "per-sub p50/s", "per-sub min/s", "aggregate/s",
-           "received/sub", "lag p50 ms", "lag max ms", "server CPU", "srv CPU us/event", "client CPU",
-           "loop p50/max ms", "problems"]
+HEADERS = [
+    "path",
+    "subs",
+    "mode",
+    "events",
+    "produced/s",
+    "per-sub p50/s",
+    "per-sub min/s",
+    "aggregate/s",
+    "received/sub",
+    "lag p50 ms",
+    "lag max ms",
+    "server CPU",
+    "srv CPU us/event",
+    "client CPU",
+    "loop p50/max ms",
+    "problems",
+]
 
 
 # ----------------------------------------------------------------------------- (b) throughput
@@ -372,8 +438,9 @@ async def wait_run_ended(client: httpx.AsyncClient, execution_id: str, timeout: 
     return await B.stored_status(client, execution_id, timeout)
 
 
-async def bench_throughput(served: Any, branches: int, counts: list[int], cap: float,
-                           branch_concurrency: int | None = None) -> tuple[list[list[Any]], dict[int, Capture]]:
+async def bench_throughput(
+    served: Any, branches: int, counts: list[int], cap: float, branch_concurrency: int | None = None
+) -> tuple[list[list[Any]], dict[int, Capture]]:
     rows, captures = [], {}
     expected = 2 * branches + 4  # execution:started, fan started, 2 per branch, fan completed, execution:completed
     async with B.api_client(served.base) as client:
@@ -391,9 +458,16 @@ async def bench_throughput(served: Any, branches: int, counts: list[int], cap: f
             capture = _capture(reference) if reference.ended and reference.count == expected else None
             live = sub_summary(subs, expected)
             lags = [lag for s in subs for lag in s.published_lags()]
-            rows.append([served.name, n, "live" + ("" if status == "completed" else f" (run {status})"), expected,
-                         rate(capture.produced_rate if capture else None),
-                         *row_cells(live, subs, lags, live_meter, "serve", live_probe)])
+            rows.append(
+                [
+                    served.name,
+                    n,
+                    "live" + ("" if status == "completed" else f" (run {status})"),
+                    expected,
+                    rate(capture.produced_rate if capture else None),
+                    *row_cells(live, subs, lags, live_meter, "serve", live_probe),
+                ]
+            )
             if capture:
                 captures[n] = capture
             replay_probe = B.Probe("loop", "GET", f"{served.base}/docs")
@@ -401,10 +475,21 @@ async def bench_throughput(served: Any, branches: int, counts: list[int], cap: f
                 async with replay_probe:
                     subs = await read_many(client, url, n, cap)
             replay = sub_summary(subs, expected)
-            rows.append([served.name, n, "replay", expected, "-", *row_cells(replay, subs, None, replay_meter,
-                                                                              "serve", replay_probe)])
-            print(f"  {served.name}: {n} subscriber(s) done (live {live_meter.wall:.1f} s, replay "
-                  f"{replay_meter.wall:.1f} s)", flush=True)
+            rows.append(
+                [
+                    served.name,
+                    n,
+                    "replay",
+                    expected,
+                    "-",
+                    *row_cells(replay, subs, None, replay_meter, "serve", replay_probe),
+                ]
+            )
+            print(
+                f"  {served.name}: {n} subscriber(s) done (live {live_meter.wall:.1f} s, replay "
+                f"{replay_meter.wall:.1f} s)",
+                flush=True,
+            )
     return rows, captures
 
 
@@ -464,8 +549,9 @@ def bare_app() -> Any:
                     return
                 yield frame
 
-        return StreamingResponse(frames(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            frames(), media_type="text/event-stream", headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        )
 
     async def go(request: Request) -> JSONResponse:
         paced = request.query_params.get("paced") == "1"
@@ -488,8 +574,14 @@ def bare_app() -> Any:
         state["producer"] = asyncio.create_task(produce())
         return JSONResponse({"subscribers": len(queues), "started": start_wall})
 
-    return Starlette(routes=[Route("/health", health), Route("/load", load, methods=["POST"]),
-                             Route("/stream", stream), Route("/go", go, methods=["POST"])])
+    return Starlette(
+        routes=[
+            Route("/health", health),
+            Route("/load", load, methods=["POST"]),
+            Route("/stream", stream),
+            Route("/go", go, methods=["POST"]),
+        ]
+    )
 
 
 def serve_bare(port: int) -> None:
@@ -514,16 +606,21 @@ class BareServer:
         if self.in_thread:
             import uvicorn
 
-            self.server = uvicorn.Server(uvicorn.Config(bare_app(), host="127.0.0.1", port=self.port,
-                                                        log_level="warning"))
+            self.server = uvicorn.Server(
+                uvicorn.Config(bare_app(), host="127.0.0.1", port=self.port, log_level="warning")
+            )
             threading.Thread(target=self.server.run, daemon=True).start()
         else:
             # Its output is dropped: subscribers cut at the time cap make asyncio log
             # "socket.send() raised exception." for every frame still queued for them.
-            self.process = subprocess.Popen([sys.executable, "-m", "benchmarks.events", "--bare-server", str(self.port)],
-                                            cwd=B.ROOT,
-                                            start_new_session=True, stdin=subprocess.DEVNULL,
-                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "benchmarks.events", "--bare-server", str(self.port)],
+                cwd=B.ROOT,
+                start_new_session=True,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
@@ -549,34 +646,49 @@ async def bench_bare(bare: BareServer, backend: str, captures: dict[int, Capture
     """For every subscriber count: the frames of ``backend``'s run paced at its schedule, then
     all at once (burst, like replay)."""
     rows = []
-    async with httpx.AsyncClient(base_url=bare.base, timeout=httpx.Timeout(300, connect=30),
-                                 limits=httpx.Limits(max_connections=None, max_keepalive_connections=200)) as client:
+    async with httpx.AsyncClient(
+        base_url=bare.base,
+        timeout=httpx.Timeout(300, connect=30),
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=200),
+    ) as client:
         for n, capture in captures.items():
-            await client.post("/load", json={"frames": [f.decode() for f in capture.frames],
-                                             "offsets": capture.offsets})
+            await client.post(
+                "/load", json={"frames": [f.decode() for f in capture.frames], "offsets": capture.offsets}
+            )
             for paced in (True, False):
                 cells = await _bare_round(client, bare, n, paced, len(capture.frames), capture.offsets, cap)
                 label = f"paced as {backend} run" if paced else "burst (cf. replay)"
-                rows.append(["bare", n, label, len(capture.frames), rate(capture.produced_rate) if paced else "-",
-                             *cells])
+                rows.append(
+                    ["bare", n, label, len(capture.frames), rate(capture.produced_rate) if paced else "-", *cells]
+                )
             print(f"  bare: {n} subscriber(s) done", flush=True)
     return rows
 
 
-async def _bare_round(client: httpx.AsyncClient, bare: BareServer, n: int, paced: bool, expected: int,
-                      offsets: list[float], cap: float) -> list[Any]:
+async def _bare_round(
+    client: httpx.AsyncClient, bare: BareServer, n: int, paced: bool, expected: int, offsets: list[float], cap: float
+) -> list[Any]:
     readies = [asyncio.Event() for _ in range(n)]
     with CpuMeter(bare=bare.pid) as meter:
         deadline = time.time() + cap
-        tasks = [asyncio.create_task(read_sse(client, "/stream", ready=readies[i], deadline=deadline))
-                 for i in range(n)]
+        tasks = [
+            asyncio.create_task(read_sse(client, "/stream", ready=readies[i], deadline=deadline)) for i in range(n)
+        ]
         await asyncio.gather(*(r.wait() for r in readies))  # every subscriber's queue exists
         started = (await client.post("/go", params={"paced": "1" if paced else "0"})).json()
         subs = await asyncio.gather(*tasks)
     summary = sub_summary(subs, expected)
     # Paced: frame i was due at (start + its offset): how late did the subscribers get it?
-    lags = [received - (started["started"] + offsets[seq - 1]) for s in subs for seq, received, _ in s.samples
-            if seq <= len(offsets)] if paced else None
+    lags = (
+        [
+            received - (started["started"] + offsets[seq - 1])
+            for s in subs
+            for seq, received, _ in s.samples
+            if seq <= len(offsets)
+        ]
+        if paced
+        else None
+    )
     if bare.pid is None:
         meter.used["bare"] = None  # a thread of this process: its CPU is in "client"
     return row_cells(summary, subs, lags, meter, "bare")
@@ -595,8 +707,11 @@ async def main_async(args: argparse.Namespace) -> int:
     par_branches, par_runs = (20, 1) if args.quick else (50, 1)
     cap = args.cap or (8 if args.quick else 10)
     prefect_url = B.prefect_api_url()
-    print(f"FlowMaestro events benchmark: Prefect {prefect_url}, backends {', '.join(backends)}, code "
-          f"{B.code_fingerprint()}, {os.cpu_count()} CPUs, load average {loadavg()}", flush=True)
+    print(
+        f"FlowMaestro events benchmark: Prefect {prefect_url}, backends {', '.join(backends)}, code "
+        f"{B.code_fingerprint()}, {os.cpu_count()} CPUs, load average {loadavg()}",
+        flush=True,
+    )
 
     def start(name: str) -> Any:
         redis_url = (args.redis_url or B.DEFAULT_REDIS) if name == "redis" else None
@@ -606,22 +721,45 @@ async def main_async(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         await asyncio.gather(*(asyncio.to_thread(B.wait_healthy, s, t0) for s in servers))
-        print("serve processes: " + ", ".join(f"{s.name} pid {s.pid} ({s.startup_s:.1f} s to healthy)"
-                                              for s in servers) + "\n", flush=True)
+        print(
+            "serve processes: "
+            + ", ".join(f"{s.name} pid {s.pid} ({s.startup_s:.1f} s to healthy)" for s in servers)
+            + "\n",
+            flush=True,
+        )
         if "latency" in only:
             rows = []
             for served in servers:
                 rows += await bench_latency(served, chain_runs, chain_k, par_branches, par_runs, args.delay)
-            print(table(["backend", "workflow", "runs", "n", "p50 ms", "p90 ms", "p99 ms", "max ms",
-                         "replayed", "serve CPU s", "not completed"], rows,
-                        title=f"\n(a) node finished (node:completed published) -> event received by an SSE client, "
-                              f"delay nodes of {args.delay} s") + "\n", flush=True)
+            print(
+                table(
+                    [
+                        "backend",
+                        "workflow",
+                        "runs",
+                        "n",
+                        "p50 ms",
+                        "p90 ms",
+                        "p99 ms",
+                        "max ms",
+                        "replayed",
+                        "serve CPU s",
+                        "not completed",
+                    ],
+                    rows,
+                    title=f"\n(a) node finished (node:completed published) -> event received by an SSE client, "
+                    f"delay nodes of {args.delay} s",
+                )
+                + "\n",
+                flush=True,
+            )
         if "throughput" in only:
             rows: list[list[Any]] = []
             captures: dict[str, dict[int, Capture]] = {}
             for served in servers:
-                backend_rows, captures[served.name] = await bench_throughput(served, branches, counts, cap,
-                                                                             args.branch_concurrency or None)
+                backend_rows, captures[served.name] = await bench_throughput(
+                    served, branches, counts, cap, args.branch_concurrency or None
+                )
                 rows += backend_rows
             bare_rows: list[list[Any]] = []
             schedule = next((name for name in backends if captures.get(name)), None)
@@ -632,11 +770,17 @@ async def main_async(args: argparse.Namespace) -> int:
                     bare_rows = await bench_bare(bare, schedule, captures[schedule], cap)
                 finally:
                     bare.stop()
-            print(table(HEADERS, rows + bare_rows,
-                        title=f"\n(b) one run, parallel of {branches} transform branches"
-                              f"{f' ({args.branch_concurrency} at a time)' if args.branch_concurrency else ''}, "
-                              f"followed by N SSE subscribers (each reads {cap:.0f} s at most); (c) bare Starlette "
-                              f"StreamingResponse, same frames, same subscribers"), flush=True)
+            print(
+                table(
+                    HEADERS,
+                    rows + bare_rows,
+                    title=f"\n(b) one run, parallel of {branches} transform branches"
+                    f"{f' ({args.branch_concurrency} at a time)' if args.branch_concurrency else ''}, "
+                    f"followed by N SSE subscribers (each reads {cap:.0f} s at most); (c) bare Starlette "
+                    f"StreamingResponse, same frames, same subscribers",
+                ),
+                flush=True,
+            )
             print(LEGEND, flush=True)
     finally:
         for served in servers:
@@ -675,14 +819,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backends", default="sql,redis", help="serve processes to start: sql,redis")
     parser.add_argument("--subscribers", default="", help="subscriber counts (default 1,10,100)")
     parser.add_argument("--branches", type=int, default=0, help="branches of the large run (default 2000)")
-    parser.add_argument("--branch-concurrency", type=int, default=0, help="max_concurrency of the large "
-                        "run's parallel node (default: none, i.e. all branches at once)")
-    parser.add_argument("--cap", type=float, default=0, help="seconds each subscriber reads at most (live: "
-                        "from its first event; default 10, quick 8)")
+    parser.add_argument(
+        "--branch-concurrency",
+        type=int,
+        default=0,
+        help="max_concurrency of the large run's parallel node (default: none, i.e. all branches at once)",
+    )
+    parser.add_argument(
+        "--cap",
+        type=float,
+        default=0,
+        help="seconds each subscriber reads at most (live: from its first event; default 10, quick 8)",
+    )
     parser.add_argument("--delay", type=float, default=0.1, help="seconds of each delay node in (a)")
     parser.add_argument("--redis-url", default=None, help=f"default {B.DEFAULT_REDIS}")
-    parser.add_argument("--bare-in-thread", action="store_true", help="run the bare server in a thread of "
-                        "this process instead of a process of its own")
+    parser.add_argument(
+        "--bare-in-thread",
+        action="store_true",
+        help="run the bare server in a thread of this process instead of a process of its own",
+    )
     parser.add_argument("--no-bare", action="store_true", help="skip (c)")
     parser.add_argument("--keep", action="store_true", help="keep the serve processes' temporary homes")
     parser.add_argument("--bare-server", type=int, default=0, help=argparse.SUPPRESS)

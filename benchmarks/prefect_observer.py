@@ -29,8 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._measure import CpuMeter  # noqa: E402
-from benchmarks._stack import prefect_on_postgres  # noqa: E402
+from benchmarks._measure import CpuMeter
+from benchmarks._stack import prefect_on_postgres
 
 
 async def lag_probe(stop: asyncio.Event, lags: list[float], every: float = 0.01) -> None:
@@ -78,13 +78,16 @@ async def rounds(server: Any, runs: int, count: int) -> None:
     async with get_client() as client:
         await client.create_work_pool(WorkPoolCreate(name="bench-observer", type="flowmaestro"))
         flow_id = await client.create_flow_from_name("bench-observer-chain")
-        deployment = await client.create_deployment(flow_id=flow_id, name="bench-observer",
-                                                    work_pool_name="bench-observer", entrypoint="unused.py:chain")
-        plan = [("warm-up", True)] + [(label, on) for _ in range(count)
-                                      for label, on in (("with the observer", True), ("without it", False))]
+        deployment = await client.create_deployment(
+            flow_id=flow_id, name="bench-observer", work_pool_name="bench-observer", entrypoint="unused.py:chain"
+        )
+        plan = [("warm-up", True)] + [
+            (label, on) for _ in range(count) for label, on in (("with the observer", True), ("without it", False))
+        ]
         for label, observer_on in plan:
-            flow_engine.observe_flow_run_suspension = timed_observer if observer_on else \
-                (lambda *a, **k: contextlib.nullcontext())
+            flow_engine.observe_flow_run_suspension = (
+                timed_observer if observer_on else (lambda *a, **k: contextlib.nullcontext())
+            )
             flow_runs = [await client.create_flow_run_from_deployment(deployment) for _ in range(runs)]
             entering.clear()
             leaving.clear()
@@ -92,19 +95,25 @@ async def rounds(server: Any, runs: int, count: int) -> None:
             probe = asyncio.create_task(lag_probe(stop, lags))
             with CpuMeter(prefect=server.procs) as meter:
                 started = time.perf_counter()
-                await asyncio.gather(*(run_flow_async(chain, flow_run=r, parameters={}, return_type="state")
-                                       for r in flow_runs))
+                await asyncio.gather(
+                    *(run_flow_async(chain, flow_run=r, parameters={}, return_type="state") for r in flow_runs)
+                )
                 wall = time.perf_counter() - started
                 await asyncio.sleep(2)  # the server's recorder catches up inside the CPU window
             stop.set()
             await probe
-            blocked = (f"loop blocked entering {sum(entering):.2f} s ({sum(entering) / runs * 1000:.0f} ms/run), "
-                       f"leaving {sum(leaving):.2f} s ({sum(leaving) / runs * 1000:.0f} ms/run), "
-                       if observer_on else "")
-            print(f"{label}: {runs} runs at once, wall {wall:.2f} s, {blocked}largest loop lag "
-                  f"{max(lags) * 1000:.0f} ms; CPU per run: this process {meter.used['client'] / runs * 1000:.0f} ms, "
-                  f"Prefect server {(meter.used['prefect'] or 0) / runs * 1000:.0f} ms; {meter.describe()}",
-                  flush=True)
+            blocked = (
+                f"loop blocked entering {sum(entering):.2f} s ({sum(entering) / runs * 1000:.0f} ms/run), "
+                f"leaving {sum(leaving):.2f} s ({sum(leaving) / runs * 1000:.0f} ms/run), "
+                if observer_on
+                else ""
+            )
+            print(
+                f"{label}: {runs} runs at once, wall {wall:.2f} s, {blocked}largest loop lag "
+                f"{max(lags) * 1000:.0f} ms; CPU per run: this process {meter.used['client'] / runs * 1000:.0f} ms, "
+                f"Prefect server {(meter.used['prefect'] or 0) / runs * 1000:.0f} ms; {meter.describe()}",
+                flush=True,
+            )
     flow_engine.observe_flow_run_suspension = original
 
 
@@ -116,8 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     home = Path(tempfile.mkdtemp(prefix="fm-bench-observer-"))
     try:
         with prefect_on_postgres(home) as server:
-            os.environ.update(PREFECT_API_URL=server.api_url, PREFECT_LOGGING_LEVEL="WARNING",
-                              PREFECT_HOME=str(home / "client"), PREFECT_LOCAL_STORAGE_PATH=str(home / "results"))
+            os.environ.update(
+                PREFECT_API_URL=server.api_url,
+                PREFECT_LOGGING_LEVEL="WARNING",
+                PREFECT_HOME=str(home / "client"),
+                PREFECT_LOCAL_STORAGE_PATH=str(home / "results"),
+            )
             asyncio.run(rounds(server, args.runs, args.rounds))
     finally:
         shutil.rmtree(home, ignore_errors=True)

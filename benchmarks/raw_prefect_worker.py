@@ -18,7 +18,7 @@ import sys
 
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
-from prefect import flow, task  # noqa: E402
+from prefect import flow, task
 
 FLOW_NAME = "bench-raw-chain"
 ENTRYPOINT = "benchmarks/raw_prefect_worker.py:chain"
@@ -48,8 +48,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from deployments.worker import run_worker
 
-    asyncio.run(run_worker(chain, pool=args.pool, limit=args.limit, poll_s=args.poll_s, name=args.name,
-                           started=lambda line: print(line, flush=True)))
+    asyncio.run(
+        run_worker(
+            chain,
+            pool=args.pool,
+            limit=args.limit,
+            poll_s=args.poll_s,
+            name=args.name,
+            started=lambda line: print(line, flush=True),
+        )
+    )
     return 0
 
 

@@ -27,20 +27,68 @@ OnError = Literal["fail_fast", "continue"]
 # such as ``timout_s`` does not go unnoticed.
 UI_NODE_KEYS = frozenset(
     {
-        "position", "positionAbsolute", "width", "height", "selected", "dragging", "style",
-        "measured", "className", "hidden", "draggable", "selectable", "connectable",
-        "deletable", "zIndex", "extent", "expandParent", "sourcePosition", "targetPosition",
-        "dragHandle", "ariaLabel", "focusable", "resizing", "origin", "handles", "initialWidth",
-        "initialHeight", "internals", "domAttributes", "ariaRole",
+        "position",
+        "positionAbsolute",
+        "width",
+        "height",
+        "selected",
+        "dragging",
+        "style",
+        "measured",
+        "className",
+        "hidden",
+        "draggable",
+        "selectable",
+        "connectable",
+        "deletable",
+        "zIndex",
+        "extent",
+        "expandParent",
+        "sourcePosition",
+        "targetPosition",
+        "dragHandle",
+        "ariaLabel",
+        "focusable",
+        "resizing",
+        "origin",
+        "handles",
+        "initialWidth",
+        "initialHeight",
+        "internals",
+        "domAttributes",
+        "ariaRole",
     }
 )
 UI_EDGE_KEYS = frozenset(
     {
-        "type", "animated", "style", "label", "labelStyle", "labelShowBg", "labelBgStyle",
-        "labelBgPadding", "labelBgBorderRadius", "markerStart", "markerEnd", "selected",
-        "hidden", "deletable", "focusable", "zIndex", "interactionWidth", "ariaLabel",
-        "className", "pathOptions", "updatable", "reconnectable", "sourceX", "sourceY",
-        "targetX", "targetY", "domAttributes", "ariaRole",
+        "type",
+        "animated",
+        "style",
+        "label",
+        "labelStyle",
+        "labelShowBg",
+        "labelBgStyle",
+        "labelBgPadding",
+        "labelBgBorderRadius",
+        "markerStart",
+        "markerEnd",
+        "selected",
+        "hidden",
+        "deletable",
+        "focusable",
+        "zIndex",
+        "interactionWidth",
+        "ariaLabel",
+        "className",
+        "pathOptions",
+        "updatable",
+        "reconnectable",
+        "sourceX",
+        "sourceY",
+        "targetX",
+        "targetY",
+        "domAttributes",
+        "ariaRole",
     }
 )
 
@@ -95,15 +143,21 @@ class NodeModel(_Lenient):
     id: str = Field(min_length=1, max_length=128)
     type: str = Field(min_length=1)
     parentId: str | None = None
-    parentNode: str | None = Field(None, description="React Flow v11's name of parentId; either may be used "
-                                   "(the compiler reads parentNode when parentId is absent).")
+    parentNode: str | None = Field(
+        None,
+        description="React Flow v11's name of parentId; either may be used "
+        "(the compiler reads parentNode when parentId is absent).",
+    )
     data: dict[str, Any] = Field(default_factory=dict)
     retry: RetrySpec | None = None
     timeout_s: float | None = Field(None, gt=0, le=86400)
     cache: CacheSpec | None = None
     join: JoinMode = "all"
-    replay: bool = Field(True, description="Whether a run executed again (after a crash, on retry) restores this "
-                         "node's completed outcome (true) or executes it again (false).")
+    replay: bool = Field(
+        True,
+        description="Whether a run executed again (after a crash, on retry) restores this "
+        "node's completed outcome (true) or executes it again (false).",
+    )
 
 
 class EdgeCondition(BaseModel):

@@ -11,8 +11,17 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Protocol, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, GetCoreSchemaHandler, GetJsonSchemaHandler, \
-    ValidationError, ValidationInfo, ValidatorFunctionWrapHandler, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    WithJsonSchema,
+)
 from pydantic_core import PydanticCustomError, core_schema
 
 from builder.plan import CachePolicy, RetryPolicy
@@ -50,12 +59,22 @@ TemplateStr = Annotated[str, AfterValidator(_must_be_template), WithJsonSchema(T
 """A string that is a template: allowed where a field may be computed at run time."""
 
 _EXPECTED = {
-    "int_parsing": "an integer", "int_type": "an integer", "int_from_float": "an integer",
-    "float_parsing": "a number", "float_type": "a number", "decimal_parsing": "a number",
-    "bool_parsing": "true or false", "bool_type": "true or false",
-    "list_type": "an array", "tuple_type": "an array", "set_type": "an array",
-    "dict_type": "an object", "model_type": "an object", "model_attributes_type": "an object",
-    "string_type": "a string", "none_required": "null",
+    "int_parsing": "an integer",
+    "int_type": "an integer",
+    "int_from_float": "an integer",
+    "float_parsing": "a number",
+    "float_type": "a number",
+    "decimal_parsing": "a number",
+    "bool_parsing": "true or false",
+    "bool_type": "true or false",
+    "list_type": "an array",
+    "tuple_type": "an array",
+    "set_type": "an array",
+    "dict_type": "an object",
+    "model_type": "an object",
+    "model_attributes_type": "an object",
+    "string_type": "a string",
+    "none_required": "null",
 }
 
 
@@ -83,7 +102,8 @@ def _templatable(value: Any, handler: ValidatorFunctionWrapHandler, info: Valida
             raise  # the value's own problems, where they are
         # Text that is neither a value of the type nor a template: one error, in words.
         raise PydanticCustomError(
-            "templatable", f"expected {expected_kind(errors[0])}, or {template_hint(info.field_name)}") from None
+            "templatable", f"expected {expected_kind(errors[0])}, or {template_hint(info.field_name)}"
+        ) from None
 
 
 def _serialize_templatable(value: Any, handler: core_schema.SerializerFunctionWrapHandler) -> Any:
@@ -97,11 +117,14 @@ class _TemplateOr:
     def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
         inner = handler(source)
         return core_schema.with_info_wrap_validator_function(
-            _templatable, inner,
-            serialization=core_schema.wrap_serializer_function_ser_schema(_serialize_templatable, schema=inner))
+            _templatable,
+            inner,
+            serialization=core_schema.wrap_serializer_function_ser_schema(_serialize_templatable, schema=inner),
+        )
 
-    def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema,
-                                     handler: GetJsonSchemaHandler) -> dict[str, Any]:
+    def __get_pydantic_json_schema__(
+        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> dict[str, Any]:
         return {"anyOf": [handler(schema), dict(TEMPLATE_JSON_SCHEMA)]}
 
     def __repr__(self) -> str:

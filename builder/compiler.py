@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import gc
 from collections import defaultdict, deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from builder.canvas import RETRY_CLASSES, NodeModel
 from builder.catalog import NodeCatalog, NodeTypeSpec
@@ -96,15 +96,31 @@ def compile_canvas(raw: Any, catalog: NodeCatalog, limits: CompileLimits | None 
         deadline.check("template references")
         return build_plan(draft)
     except BudgetExceeded as exc:
-        return CompileResult(plan=None, issues=draft.issues + (Issue(
-            "compile_time_exceeded", f"compiling this canvas took longer than {limits.time_budget_s:g} s "
-            f"(stopped while checking {exc.stage}); make it smaller"),))
+        return CompileResult(
+            plan=None,
+            issues=draft.issues
+            + (
+                Issue(
+                    "compile_time_exceeded",
+                    f"compiling this canvas took longer than {limits.time_budget_s:g} s "
+                    f"(stopped while checking {exc.stage}); make it smaller",
+                ),
+            ),
+        )
     except RecursionError:
         # Something nested beyond what the caps measure reached a recursive library
         # (pydantic, Jinja): an issue, not a traceback of a thousand frames per request.
-        return CompileResult(plan=None, issues=draft.issues + (Issue(
-            "nested_too_deeply", "the canvas is nested too deeply to be compiled (JSON values or "
-            "templates inside one another); flatten it"),))
+        return CompileResult(
+            plan=None,
+            issues=draft.issues
+            + (
+                Issue(
+                    "nested_too_deeply",
+                    "the canvas is nested too deeply to be compiled (JSON values or "
+                    "templates inside one another); flatten it",
+                ),
+            ),
+        )
 
 
 def _stopped(draft: Draft, *codes: str) -> bool:
@@ -149,16 +165,23 @@ def build_containers(draft: Draft, limits: CompileLimits = CompileLimits()) -> D
             scope_of[node.id] = TOP
             continue
         if parent not in draft.nodes:
-            issues.append(Issue("unknown_parent", f"parentId {parent!r} is not a node", node_id=node.id,
-                                field="parentId"))
+            issues.append(
+                Issue("unknown_parent", f"parentId {parent!r} is not a node", node_id=node.id, field="parentId")
+            )
             scope_of[node.id] = TOP
             continue
         parent_spec = draft.specs.get(parent)
         if parent_spec is not None and parent_spec.container is None:
-            issues.append(Issue("parent_not_container",
-                                f"parentId {parent!r} is a {parent_spec.type} node; only loop and "
-                                f"parallel nodes contain other nodes", node_id=node.id, field="parentId",
-                                related=(parent,)))
+            issues.append(
+                Issue(
+                    "parent_not_container",
+                    f"parentId {parent!r} is a {parent_spec.type} node; only loop and "
+                    f"parallel nodes contain other nodes",
+                    node_id=node.id,
+                    field="parentId",
+                    related=(parent,),
+                )
+            )
             scope_of[node.id] = TOP
             continue
         scope_of[node.id] = parent
@@ -171,31 +194,47 @@ def build_containers(draft: Draft, limits: CompileLimits = CompileLimits()) -> D
         seen = [node_id]
         while current not in nested:
             if current in seen:
-                cycle = seen[seen.index(current):]
+                cycle = seen[seen.index(current) :]
                 if node_id == min(cycle):
-                    issues.append(Issue("container_cycle", "containers contain each other: "
-                                        + " -> ".join(cycle + [current]), node_id=node_id,
-                                        field="parentId", related=tuple(cycle)))
+                    issues.append(
+                        Issue(
+                            "container_cycle",
+                            "containers contain each other: " + " -> ".join(cycle + [current]),
+                            node_id=node_id,
+                            field="parentId",
+                            related=tuple(cycle),
+                        )
+                    )
                 break
             seen.append(current)
             current = scope_of.get(current, TOP)
         else:
             nested.update(seen)
     cyclic = {i.node_id for i in issues if i.code == "container_cycle"} | {
-        r for i in issues if i.code == "container_cycle" for r in i.related}
+        r for i in issues if i.code == "container_cycle" for r in i.related
+    }
     for node_id in cyclic:
         scope_of[node_id] = TOP
 
     issues += _too_deep(scope_of, limits.max_container_depth)
     for node in draft.nodes.values():
         if node.type == "start" and scope_of[node.id] != TOP:
-            issues.append(Issue("start_in_container", "a start node cannot be inside a container",
-                                node_id=node.id, field="parentId"))
+            issues.append(
+                Issue(
+                    "start_in_container", "a start node cannot be inside a container", node_id=node.id, field="parentId"
+                )
+            )
     bodies = set(scope_of.values())
     for node_id, spec in draft.specs.items():
         if spec.container and node_id not in bodies:
-            issues.append(Issue("empty_container", f"{spec.type} {node_id!r} has no body nodes "
-                                f"(nodes with parentId {node_id!r})", node_id=node_id, severity="warning"))
+            issues.append(
+                Issue(
+                    "empty_container",
+                    f"{spec.type} {node_id!r} has no body nodes (nodes with parentId {node_id!r})",
+                    node_id=node_id,
+                    severity="warning",
+                )
+            )
     return draft.add(*issues, scope_of=MappingProxyType(scope_of))
 
 
@@ -216,8 +255,14 @@ def _too_deep(scope_of: Mapping[str, str], max_depth: int) -> list[Issue]:
             known += 1
             depth[item] = known
             if known == max_depth + 2:  # (depth counts the node itself: 1 at the top level)
-                issues.append(Issue("container_too_deep", f"node {item!r} is inside {known - 1} nested containers; "
-                                    f"at most {max_depth} may nest", node_id=item, field="parentId"))
+                issues.append(
+                    Issue(
+                        "container_too_deep",
+                        f"node {item!r} is inside {known - 1} nested containers; at most {max_depth} may nest",
+                        node_id=item,
+                        field="parentId",
+                    )
+                )
     return issues
 
 
@@ -235,20 +280,34 @@ def check_edges(draft: Draft) -> Draft:
         if source is None or target is None:
             for end, node_id in (("source", edge.source), ("target", edge.target)):
                 if node_id not in nodes:
-                    issues.append(Issue("dangling_edge", f"{end} {node_id!r} is not a node", edge_id=edge_id,
-                                        field=end))
+                    issues.append(
+                        Issue("dangling_edge", f"{end} {node_id!r} is not a node", edge_id=edge_id, field=end)
+                    )
             continue
         handle = edge.sourceHandle or "source"
         s_scope, t_scope = scope_of[source.id], scope_of[target.id]
         if s_scope != t_scope:
-            issues.append(Issue("edge_crosses_container",
-                                f"edge {source.id} -> {target.id} crosses a container boundary "
-                                f"({_scope_name(s_scope)} to {_scope_name(t_scope)}); connect the container "
-                                f"itself instead", edge_id=edge_id, related=(source.id, target.id)))
+            issues.append(
+                Issue(
+                    "edge_crosses_container",
+                    f"edge {source.id} -> {target.id} crosses a container boundary "
+                    f"({_scope_name(s_scope)} to {_scope_name(t_scope)}); connect the container "
+                    f"itself instead",
+                    edge_id=edge_id,
+                    related=(source.id, target.id),
+                )
+            )
             continue
         if target.type == "start":
-            issues.append(Issue("edge_into_start", "a start node cannot have incoming edges",
-                                edge_id=edge_id, field="target", related=(target.id,)))
+            issues.append(
+                Issue(
+                    "edge_into_start",
+                    "a start node cannot have incoming edges",
+                    edge_id=edge_id,
+                    field="target",
+                    related=(target.id,),
+                )
+            )
             continue
         spec, config = specs.get(source.id), configs.get(source.id)
         if spec is not None and config is not None:
@@ -257,33 +316,59 @@ def check_edges(draft: Draft) -> Draft:
                 offered = offered_by[source.id] = spec.handles(config)
             if handle not in offered:
                 offers = ", ".join(sorted(offered)) or "no handles"
-                issues.append(Issue("unknown_handle", f"{source.type} node {source.id!r} has no handle "
-                                    f"{handle!r}; it offers {offers}", edge_id=edge_id, field="sourceHandle",
-                                    related=(source.id,)))
+                issues.append(
+                    Issue(
+                        "unknown_handle",
+                        f"{source.type} node {source.id!r} has no handle {handle!r}; it offers {offers}",
+                        edge_id=edge_id,
+                        field="sourceHandle",
+                        related=(source.id,),
+                    )
+                )
                 continue
         condition = edge.data.condition if edge.data else None
         if condition is not None:
             if condition.operator not in OPERATORS:
-                issues.append(Issue("unknown_operator", f"unknown operator {condition.operator!r}; use one of "
-                                    + ", ".join(sorted(OPERATORS)), edge_id=edge_id,
-                                    field="data.condition.operator"))
+                issues.append(
+                    Issue(
+                        "unknown_operator",
+                        f"unknown operator {condition.operator!r}; use one of " + ", ".join(sorted(OPERATORS)),
+                        edge_id=edge_id,
+                        field="data.condition.operator",
+                    )
+                )
                 continue
             if condition.operator not in UNARY_OPERATORS and "value" not in (
                 edge.data.model_dump(exclude_unset=True).get("condition") or {}
             ):
-                issues.append(Issue("missing_value", f"operator {condition.operator!r} needs a value",
-                                    edge_id=edge_id, field="data.condition.value"))
+                issues.append(
+                    Issue(
+                        "missing_value",
+                        f"operator {condition.operator!r} needs a value",
+                        edge_id=edge_id,
+                        field="data.condition.value",
+                    )
+                )
                 continue
-            if condition.operator == "matches" and isinstance(condition.value, str) \
-                    and not is_template(condition.value):
+            if (
+                condition.operator == "matches"
+                and isinstance(condition.value, str)
+                and not is_template(condition.value)
+            ):
                 problem = pattern_problem(condition.value)
                 if problem is not None:  # a template's pattern is only known when the run gets there
                     issues.append(Issue("invalid_pattern", problem, edge_id=edge_id, field="data.condition.value"))
                     continue
         key = (source.id, handle, target.id)
         if key in seen_pairs:
-            issues.append(Issue("duplicate_edge", f"another edge already joins {source.id} ({handle}) to "
-                                f"{target.id}", edge_id=edge_id, severity="warning"))
+            issues.append(
+                Issue(
+                    "duplicate_edge",
+                    f"another edge already joins {source.id} ({handle}) to {target.id}",
+                    edge_id=edge_id,
+                    severity="warning",
+                )
+            )
         seen_pairs.add(key)
         handles[edge_id] = handle
     return draft.add(*issues, handles=MappingProxyType(handles))
@@ -325,8 +410,14 @@ def mark_reachable(draft: Draft) -> Draft:
         if top not in reached:
             excluded.add(node_id)
             if scope == TOP:
-                issues.append(Issue("unreachable", f"node {node_id!r} cannot be reached from start "
-                                    f"{starts[0]!r} and will not run", node_id=node_id, severity="warning"))
+                issues.append(
+                    Issue(
+                        "unreachable",
+                        f"node {node_id!r} cannot be reached from start {starts[0]!r} and will not run",
+                        node_id=node_id,
+                        severity="warning",
+                    )
+                )
     return draft.add(*issues, excluded=frozenset(excluded))
 
 
@@ -353,8 +444,9 @@ def check_graph_cycles(draft: Draft) -> Draft:
             path = " -> ".join(cycle.path + cycle.path[:1])
             also = f"; also involved: {', '.join(cycle.others)}" if cycle.others else ""
             hint = "" if scope != TOP else "; use a loop container to repeat work"
-            issues.append(Issue("cycle", f"cycle{where}: {path}{also}{hint}", node_id=cycle.path[0],
-                                related=cycle.members))
+            issues.append(
+                Issue("cycle", f"cycle{where}: {path}{also}{hint}", node_id=cycle.path[0], related=cycle.members)
+            )
         levels.update(graph.levels)
         components.update(graph.component)
     return draft.add(*issues, levels=MappingProxyType(levels), components=MappingProxyType(components))
@@ -403,11 +495,18 @@ def build_plan(draft: Draft) -> CompileResult:
         if edge.source in excluded or edge.target in excluded:
             continue
         cond = edge.data.condition if edge.data else None
-        edges[edge_id] = assemble(PlanEdge, {
-            "id": edge_id, "source": edge.source, "target": edge.target, "handle": handle,
-            "condition": None if cond is None else EdgeConditionSpec(freeze(cond.field), cond.operator,
-                                                                     freeze(cond.value)),
-        })
+        edges[edge_id] = assemble(
+            PlanEdge,
+            {
+                "id": edge_id,
+                "source": edge.source,
+                "target": edge.target,
+                "handle": handle,
+                "condition": None
+                if cond is None
+                else EdgeConditionSpec(freeze(cond.field), cond.operator, freeze(cond.value)),
+            },
+        )
         incoming[edge.target].append(edge_id)
         outgoing[edge.source].append(edge_id)
 
@@ -425,21 +524,34 @@ def build_plan(draft: Draft) -> CompileResult:
         scope = scope_of[node_id]
         members[scope].append(node_id)
         ins, outs = incoming.get(node_id), outgoing.get(node_id)
-        nodes[node_id] = assemble(PlanNode, {
-            "id": node_id, "type": node.type, "label": config.label or node_id, "scope": scope,
-            "data": freeze(node.data), "retry": _retry_policy(node, spec),
-            "timeout_s": node.timeout_s, "cache": _cache_policy(node, spec), "join": node.join,
-            "handles": spec.handles(config), "incoming": tuple(sorted(ins)) if ins else no_edges,
-            "outgoing": tuple(sorted(outs)) if outs else no_edges,
-            "references": references.get(node_id, no_references),
-            "level": levels.get(node_id, 0), "version": spec.version, "container": spec.container,
-            "replay": node.replay,
-        })
+        nodes[node_id] = assemble(
+            PlanNode,
+            {
+                "id": node_id,
+                "type": node.type,
+                "label": config.label or node_id,
+                "scope": scope,
+                "data": freeze(node.data),
+                "retry": _retry_policy(node, spec),
+                "timeout_s": node.timeout_s,
+                "cache": _cache_policy(node, spec),
+                "join": node.join,
+                "handles": spec.handles(config),
+                "incoming": tuple(sorted(ins)) if ins else no_edges,
+                "outgoing": tuple(sorted(outs)) if outs else no_edges,
+                "references": references.get(node_id, no_references),
+                "level": levels.get(node_id, 0),
+                "version": spec.version,
+                "container": spec.container,
+                "replay": node.replay,
+            },
+        )
     scopes = {}
     for scope_id, ids in members.items():
         ordered = tuple(sorted(ids, key=lambda i: (nodes[i].level, i)))
         scopes[scope_id] = Scope(
-            id=scope_id, nodes=ordered,
+            id=scope_id,
+            nodes=ordered,
             roots=tuple(i for i in ordered if not nodes[i].incoming),
             terminals=tuple(i for i in ordered if not nodes[i].outgoing),
         )
@@ -449,11 +561,15 @@ def build_plan(draft: Draft) -> CompileResult:
     if TOP not in scopes:
         scopes[TOP] = Scope(id=TOP, nodes=(), roots=(), terminals=())
     plan = Plan(
-        name=header.name, description=header.description,
+        name=header.name,
+        description=header.description,
         inputs=FrozenDict({k: freeze(v.model_dump()) for k, v in header.inputs.items()}),
-        variables=freeze(dict(header.variables)), output=freeze(header.output),
+        variables=freeze(dict(header.variables)),
+        output=freeze(header.output),
         settings=freeze(header.settings.model_dump()),
-        nodes=MappingProxyType(nodes), edges=MappingProxyType(edges), scopes=MappingProxyType(scopes),
+        nodes=MappingProxyType(nodes),
+        edges=MappingProxyType(edges),
+        scopes=MappingProxyType(scopes),
     )
     plan = replace(plan, hash=plan_hash(plan))
     return CompileResult(plan=plan, issues=draft.issues)

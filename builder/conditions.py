@@ -140,8 +140,11 @@ def _compiled_pattern(pattern: str) -> Any:
         return re2.compile(pattern, _RE2_OPTIONS)
     except re2.error as exc:
         reason = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else str(exc)
-        hint = ("; backreferences and lookaround are not supported (RE2 matches in linear time)"
-                if re.search(r"\\[1-9]|\(\?<?[=!]", pattern) else "")
+        hint = (
+            "; backreferences and lookaround are not supported (RE2 matches in linear time)"
+            if re.search(r"\\[1-9]|\(\?<?[=!]", pattern)
+            else ""
+        )
         raise ConditionError(f"matches: invalid regular expression {pattern!r}: {reason}{hint}") from None
 
 

@@ -6,13 +6,19 @@ from builder.plan import TOP, Plan, ScopeId
 
 
 def describe_plan(plan: Plan) -> str:
-    lines = [f"workflow {plan.name!r}  (plan {plan.hash[:12]})",
-             f"  nodes: {len(plan.nodes)}  edges: {len(plan.edges)}  settings: "
-             + ", ".join(f"{k}={v}" for k, v in plan.settings.items())]
+    lines = [
+        f"workflow {plan.name!r}  (plan {plan.hash[:12]})",
+        f"  nodes: {len(plan.nodes)}  edges: {len(plan.edges)}  settings: "
+        + ", ".join(f"{k}={v}" for k, v in plan.settings.items()),
+    ]
     if plan.inputs:
-        lines.append("  inputs: " + ", ".join(
-            f"{name}: {spec['type']}{' (required)' if spec.get('required') else ''}"
-            for name, spec in plan.inputs.items()))
+        lines.append(
+            "  inputs: "
+            + ", ".join(
+                f"{name}: {spec['type']}{' (required)' if spec.get('required') else ''}"
+                for name, spec in plan.inputs.items()
+            )
+        )
     lines += _scope_lines(plan, TOP, indent="  ")
     return "\n".join(lines)
 

@@ -173,8 +173,13 @@ class Ancestry:
     share one bit and lead to each other.
     """
 
-    def __init__(self, members: Sequence[str], predecessors: Mapping[str, Sequence[str]],
-                 levels: Mapping[str, int], component: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        members: Sequence[str],
+        predecessors: Mapping[str, Sequence[str]],
+        levels: Mapping[str, int],
+        component: Mapping[str, str] | None = None,
+    ):
         """``members``: the scope's nodes that run; ``levels`` and ``component`` from
         :func:`analyse_scope` (along an edge the level grows, unless both ends are on one
         cycle), so level order is a topological order of the cycles' condensation."""

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from builder.issues import InputsInvalid, Issue
 from builder.json_types import has_json_type, type_name
@@ -13,11 +14,22 @@ def check_input_declarations(inputs: Mapping[str, Any]) -> list[Issue]:
     issues = []
     for name, spec in inputs.items():
         if spec.default is not None and not has_json_type(spec.default, spec.type):
-            issues.append(Issue("input_default_type", f"input {name!r} is declared {spec.type} but its default "
-                                f"{spec.default!r} is not", field=f"inputs.{name}.default"))
+            issues.append(
+                Issue(
+                    "input_default_type",
+                    f"input {name!r} is declared {spec.type} but its default {spec.default!r} is not",
+                    field=f"inputs.{name}.default",
+                )
+            )
         if spec.required and spec.default is not None:
-            issues.append(Issue("input_required_default", f"input {name!r} is required and also has a default; "
-                                "the default is never used", field=f"inputs.{name}", severity="warning"))
+            issues.append(
+                Issue(
+                    "input_required_default",
+                    f"input {name!r} is required and also has a default; the default is never used",
+                    field=f"inputs.{name}",
+                    severity="warning",
+                )
+            )
     return issues
 
 
@@ -43,8 +55,13 @@ def validate_inputs(declared: Mapping[str, Mapping[str, Any]], given: Mapping[st
         if name in given:
             value = given[name]
             if not has_json_type(value, spec["type"]):
-                issues.append(Issue("input_type", f"input {name!r} must be {_article(spec['type'])}, got "
-                                    f"{_describe(value)}", field=f"inputs.{name}"))
+                issues.append(
+                    Issue(
+                        "input_type",
+                        f"input {name!r} must be {_article(spec['type'])}, got {_describe(value)}",
+                        field=f"inputs.{name}",
+                    )
+                )
                 continue
             if spec["type"] == "integer" and isinstance(value, float):
                 value = int(value)
@@ -57,8 +74,13 @@ def validate_inputs(declared: Mapping[str, Mapping[str, Any]], given: Mapping[st
         return dict(given)  # a canvas that declares no inputs takes whatever it is given
     for name in sorted(set(given) - set(declared)):
         known = ", ".join(sorted(declared)) or "none"
-        issues.append(Issue("input_unknown", f"input {name!r} is not declared by the workflow (declared: {known})",
-                            field=f"inputs.{name}"))
+        issues.append(
+            Issue(
+                "input_unknown",
+                f"input {name!r} is not declared by the workflow (declared: {known})",
+                field=f"inputs.{name}",
+            )
+        )
     if issues:
         raise InputsInvalid(issues)
     return resolved

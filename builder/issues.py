@@ -111,8 +111,11 @@ def readable_errors(error: ValidationError, prefix: str = "") -> list[tuple[str,
     for where, items in groups.items():
         template = [err for err, is_template in items if is_template]
         others = [err for err, is_template in items if not is_template]
-        if template and all(err["type"] == "string_type" for err in template) and (others or any(
-                path.startswith((where + ".", where + "[")) for path in groups if path != where)):
+        if (
+            template
+            and all(err["type"] == "string_type" for err in template)
+            and (others or any(path.startswith((where + ".", where + "[")) for path in groups if path != where))
+        ):
             template = []  # not text at all: the other alternative's problems are the ones meant
         remaining = template + others
         if not remaining:

@@ -41,8 +41,9 @@ class CompileLimits:
     def unlimited(cls) -> CompileLimits:
         """No caps (benchmarks that measure huge canvases)."""
         big = 10**9
-        return cls(max_nodes=big, max_edges=big, max_container_depth=big, max_template_chars=big,
-                   max_template_nesting=big)
+        return cls(
+            max_nodes=big, max_edges=big, max_container_depth=big, max_template_chars=big, max_template_nesting=big
+        )
 
 
 class CompileSettings(BaseSettings):
@@ -50,26 +51,39 @@ class CompileSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="FLOWMAESTRO_", extra="ignore")
 
-    max_canvas_nodes: int = Field(5_000, ge=1, description="Nodes a canvas may have; more are refused (413) "
-                                  "before anything else is checked.")
+    max_canvas_nodes: int = Field(
+        5_000, ge=1, description="Nodes a canvas may have; more are refused (413) before anything else is checked."
+    )
     max_canvas_edges: int = Field(20_000, ge=1, description="Edges a canvas may have; more are refused (413).")
     max_container_depth: int = Field(10, ge=1, description="How deep containers (loop, parallel) may nest.")
-    max_template_chars: int = Field(100_000, ge=1, description="Characters of one template or expression "
-                                    "string of a canvas.")
-    max_template_nesting: int = Field(32, ge=1, le=60, description="Brackets ( [ { one template may have open "
-                                      "at once (Jinja's parser and renderer recurse once per level; past about "
-                                      "60, Python's recursion limit).")
-    compile_time_budget_s: float = Field(10.0, gt=0, description="Longest the API spends compiling one canvas "
-                                         "(off its event loop) before refusing it with 413.")
+    max_template_chars: int = Field(
+        100_000, ge=1, description="Characters of one template or expression string of a canvas."
+    )
+    max_template_nesting: int = Field(
+        32,
+        ge=1,
+        le=60,
+        description="Brackets ( [ { one template may have open "
+        "at once (Jinja's parser and renderer recurse once per level; past about "
+        "60, Python's recursion limit).",
+    )
+    compile_time_budget_s: float = Field(
+        10.0,
+        gt=0,
+        description="Longest the API spends compiling one canvas (off its event loop) before refusing it with 413.",
+    )
 
     def compile_limits(self, *, timed: bool = True) -> CompileLimits:
         """The limits; ``timed=False`` leaves out the time budget (a worker compiles a saved
         version that passed the API's budget, and the caps already bound its work)."""
-        return CompileLimits(max_nodes=self.max_canvas_nodes, max_edges=self.max_canvas_edges,
-                             max_container_depth=self.max_container_depth,
-                             max_template_chars=self.max_template_chars,
-                             max_template_nesting=self.max_template_nesting,
-                             time_budget_s=self.compile_time_budget_s if timed else None)
+        return CompileLimits(
+            max_nodes=self.max_canvas_nodes,
+            max_edges=self.max_canvas_edges,
+            max_container_depth=self.max_container_depth,
+            max_template_chars=self.max_template_chars,
+            max_template_nesting=self.max_template_nesting,
+            time_budget_s=self.compile_time_budget_s if timed else None,
+        )
 
 
 class BudgetExceeded(Exception):

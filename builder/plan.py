@@ -34,8 +34,9 @@ _T = TypeVar("_T")
 
 
 def _refuse(self: Any, *args: Any, **kwargs: Any) -> NoReturn:
-    raise TypeError(f"a {type(self).__name__} is read-only: a compiled plan cannot be changed "
-                    "(thaw() gives a mutable copy)")
+    raise TypeError(
+        f"a {type(self).__name__} is read-only: a compiled plan cannot be changed (thaw() gives a mutable copy)"
+    )
 
 
 class FrozenDict(dict):  # type: ignore[type-arg]
@@ -59,8 +60,9 @@ class FrozenList(list):  # type: ignore[type-arg]
     """A ``list`` that refuses changes (a JSON array of a plan); ``list(x)`` is a plain list."""
 
     __slots__ = ()
-    __setitem__ = __delitem__ = __iadd__ = __imul__ = append = extend = insert = pop = remove = clear = sort = \
-        reverse = _refuse
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = append = extend = insert = pop = remove = clear = sort = (
+        reverse
+    ) = _refuse
 
     def __reduce__(self) -> tuple[Any, ...]:
         return type(self), (list(self),)
@@ -133,8 +135,7 @@ class RetryPolicy:
     def delays(self) -> tuple[float, ...]:
         """Delay before each retry (attempt 2, 3, ...), exponential and capped."""
         return tuple(
-            min(self.initial_delay_s * self.backoff_factor**i, self.max_delay_s)
-            for i in range(self.max_attempts - 1)
+            min(self.initial_delay_s * self.backoff_factor**i, self.max_delay_s) for i in range(self.max_attempts - 1)
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -246,8 +247,7 @@ class Scope:
     """Nodes without outgoing edges: their outputs make a body's result."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "nodes": list(self.nodes), "roots": list(self.roots),
-                "terminals": list(self.terminals)}
+        return {"id": self.id, "nodes": list(self.nodes), "roots": list(self.roots), "terminals": list(self.terminals)}
 
 
 @dataclass(frozen=True)
@@ -295,13 +295,28 @@ def content_hash(plan_dict: Mapping[str, Any]) -> str:
     policies: dict[str, int] = {}  # canonical text of (retry, cache, handles) -> its number
     nodes = []
     for n in sorted(plan_dict["nodes"], key=lambda n: n["id"]):
-        policy = _canonical([_retry_key(n["retry"]), [n["cache"]["enabled"], n["cache"]["ttl_s"]],
-                             sorted(n["handles"])])
+        policy = _canonical(
+            [_retry_key(n["retry"]), [n["cache"]["enabled"], n["cache"]["ttl_s"]], sorted(n["handles"])]
+        )
         number = policies.setdefault(policy, len(policies))
-        nodes.append([n["id"], n["type"], n["scope"], n["data"], number, n["timeout_s"], n["join"], n["version"],
-                      n["container"], *_replay_key(n.get("replay", True))])
-    edges = [[e["id"], e["source"], e["target"], e["handle"], e["condition"]]
-             for e in sorted(plan_dict["edges"], key=lambda e: e["id"])]
+        nodes.append(
+            [
+                n["id"],
+                n["type"],
+                n["scope"],
+                n["data"],
+                number,
+                n["timeout_s"],
+                n["join"],
+                n["version"],
+                n["container"],
+                *_replay_key(n.get("replay", True)),
+            ]
+        )
+    edges = [
+        [e["id"], e["source"], e["target"], e["handle"], e["condition"]]
+        for e in sorted(plan_dict["edges"], key=lambda e: e["id"])
+    ]
     return _digest(header, list(policies), nodes, edges)
 
 
@@ -317,8 +332,14 @@ def plan_hash(plan: Plan) -> str:
     from all this (incoming/outgoing edges, references, levels, scopes, labels) is left
     out: it follows from them, and ``PLAN_FORMAT`` changes when the way it follows does.
     """
-    header = {"name": plan.name, "description": plan.description, "inputs": plan.inputs,
-              "variables": plan.variables, "output": plan.output, "settings": plan.settings}
+    header = {
+        "name": plan.name,
+        "description": plan.description,
+        "inputs": plan.inputs,
+        "variables": plan.variables,
+        "output": plan.output,
+        "settings": plan.settings,
+    }
     # Most nodes share their type's policies and handle set: keyed by identity first (the
     # plan keeps those objects alive meanwhile), then by content.
     by_identity: dict[tuple[int, int, int], int] = {}
@@ -333,14 +354,33 @@ def plan_hash(plan: Plan) -> str:
         if number is None:
             policy = _canonical([_retry_key(retry.to_dict()), [cache.enabled, cache.ttl_s], sorted(handles)])
             number = by_identity[identity] = policies.setdefault(policy, len(policies))
-        nodes.append([node.id, node.type, node.scope, node.data, number, node.timeout_s, node.join, node.version,
-                      node.container, *_replay_key(node.replay)])
+        nodes.append(
+            [
+                node.id,
+                node.type,
+                node.scope,
+                node.data,
+                number,
+                node.timeout_s,
+                node.join,
+                node.version,
+                node.container,
+                *_replay_key(node.replay),
+            ]
+        )
     edges = []
     for edge_id in sorted(plan.edges):
         edge = plan.edges[edge_id]
         cond = edge.condition
-        edges.append([edge.id, edge.source, edge.target, edge.handle, None if cond is None else
-                      {"field": cond.field, "operator": cond.operator, "value": cond.value}])
+        edges.append(
+            [
+                edge.id,
+                edge.source,
+                edge.target,
+                edge.handle,
+                None if cond is None else {"field": cond.field, "operator": cond.operator, "value": cond.value},
+            ]
+        )
     return _digest(header, list(policies), nodes, edges)
 
 
@@ -356,8 +396,14 @@ _HEADER_KEYS = ("name", "description", "inputs", "variables", "output", "setting
 
 
 def _retry_key(retry: Mapping[str, Any]) -> list[Any]:
-    return [retry["max_attempts"], retry["initial_delay_s"], retry["backoff_factor"], retry["max_delay_s"],
-            retry["jitter"], sorted(retry["retry_on"])]
+    return [
+        retry["max_attempts"],
+        retry["initial_delay_s"],
+        retry["backoff_factor"],
+        retry["max_delay_s"],
+        retry["jitter"],
+        sorted(retry["retry_on"]),
+    ]
 
 
 def _canonical(value: Any) -> str:
@@ -368,4 +414,3 @@ def _canonical(value: Any) -> str:
 def _digest(header: Mapping[str, Any], policies: list[str], nodes: list[Any], edges: list[Any]) -> str:
     canonical = _canonical([PLAN_FORMAT, header, policies, nodes, edges])
     return hashlib.blake2b(canonical.encode(), digest_size=32).hexdigest()
-

@@ -17,16 +17,15 @@ from collections import defaultdict
 from types import MappingProxyType
 from typing import Any
 
-from builder.graph import Ancestry, container_path
 from builder.draft import Draft
+from builder.graph import Ancestry, container_path
 from builder.issues import Issue
-from builder.plan import TOP
 from builder.limits import NO_DEADLINE, CompileLimits, Deadline
-from builder.templates import NAMESPACES, TemplateShapeLimits, TemplateRefs, find_references
+from builder.plan import TOP
+from builder.templates import NAMESPACES, TemplateRefs, TemplateShapeLimits, find_references
 
 
-def check_references(draft: Draft, limits: CompileLimits = CompileLimits(),
-                     deadline: Deadline = NO_DEADLINE) -> Draft:
+def check_references(draft: Draft, limits: CompileLimits = CompileLimits(), deadline: Deadline = NO_DEADLINE) -> Draft:
     predecessors: dict[str, list[str]] = defaultdict(list)
     for edge_id in draft.handles:
         edge = draft.edges[edge_id]
@@ -69,8 +68,9 @@ def check_references(draft: Draft, limits: CompileLimits = CompileLimits(),
             continue
         value = {"field": condition.field, "value": condition.value}
         for refs in find(value, field="data.condition"):
-            found = checker.check(refs, reader=edge.source, inside=None, issues=issues, edge_id=edge_id,
-                                  reader_included=True)
+            found = checker.check(
+                refs, reader=edge.source, inside=None, issues=issues, edge_id=edge_id, reader_included=True
+            )
             # The engine evaluates edge conditions with the source's references in scope.
             references[edge.source] = references.get(edge.source, frozenset()) | found
 
@@ -107,8 +107,9 @@ class _Checker:
                 for node_id, node_scope in self.scope_of.items():
                     if node_id not in self.draft.excluded:
                         self._members[node_scope].append(node_id)
-            ancestry = self._ancestry[scope] = Ancestry(self._members[scope], self.predecessors,
-                                                        self.draft.levels, self.components)
+            ancestry = self._ancestry[scope] = Ancestry(
+                self._members[scope], self.predecessors, self.draft.levels, self.components
+            )
         return ancestry.is_upstream(target, node)
 
     def _containers(self, node_id: str) -> tuple[str, ...]:
@@ -125,13 +126,22 @@ class _Checker:
         kinds = self._kind_cache.get(scope)
         if kinds is None:
             specs = self.draft.specs
-            kinds = self._kind_cache[scope] = tuple(specs[c].container if c in specs else None
-                                                    for c in self._containers(node_id))
+            kinds = self._kind_cache[scope] = tuple(
+                specs[c].container if c in specs else None for c in self._containers(node_id)
+            )
         return kinds
 
-    def check(self, refs: TemplateRefs, *, reader: str, inside: str | None, issues: list[Issue],
-              edge_id: str | None = None, reader_included: bool = False,
-              found: set[str] | None = None) -> set[str]:
+    def check(
+        self,
+        refs: TemplateRefs,
+        *,
+        reader: str,
+        inside: str | None,
+        issues: list[Issue],
+        edge_id: str | None = None,
+        reader_included: bool = False,
+        found: set[str] | None = None,
+    ) -> set[str]:
         """Check one template string read by node ``reader``; ``inside`` is set when the
         string is evaluated by that container between its own iterations. Returns the
         nodes it may read, added to ``found`` when given: targets already there (checked
@@ -139,8 +149,9 @@ class _Checker:
         if found is None:
             found = set()
         if refs.error is not None:
-            issues.append(Issue(refs.error_code, f"{refs.field}: {refs.error.message}",
-                                **_where(reader, edge_id, refs.field)))
+            issues.append(
+                Issue(refs.error_code, f"{refs.field}: {refs.error.message}", **_where(reader, edge_id, refs.field))
+            )
             return found
         containers = self._containers(reader)
         names = refs.names
@@ -151,9 +162,13 @@ class _Checker:
                 kinds = (spec.container if spec else None, *kinds)
             for namespace in ("loop", "parallel"):
                 if namespace in names and namespace not in kinds:
-                    issues.append(Issue(f"{namespace}_outside_container",
-                                        f"{refs.field} uses {namespace}.* but the node is not inside a {namespace} "
-                                        f"container", **_where(reader, edge_id, refs.field)))
+                    issues.append(
+                        Issue(
+                            f"{namespace}_outside_container",
+                            f"{refs.field} uses {namespace}.* but the node is not inside a {namespace} container",
+                            **_where(reader, edge_id, refs.field),
+                        )
+                    )
         targets = names - NAMESPACES  # (names Jinja provides are never in refs.names)
         if refs.node_keys:
             targets = targets | refs.node_keys
@@ -164,18 +179,37 @@ class _Checker:
                 found.add(target)
         return found
 
-    def _check_target(self, target: str, reader: str, inside: str | None, containers: tuple[str, ...], field: str,
-                      issues: list[Issue], edge_id: str | None, reader_included: bool) -> bool:
+    def _check_target(
+        self,
+        target: str,
+        reader: str,
+        inside: str | None,
+        containers: tuple[str, ...],
+        field: str,
+        issues: list[Issue],
+        edge_id: str | None,
+        reader_included: bool,
+    ) -> bool:
         draft = self.draft
         if target not in draft.nodes:
-            issues.append(Issue("unknown_reference", f"{field} of {reader!r} reads {target!r}, which is not a node "
-                                f"nor a template namespace", related=(target,),
-                                **_where(reader, edge_id, field)))
+            issues.append(
+                Issue(
+                    "unknown_reference",
+                    f"{field} of {reader!r} reads {target!r}, which is not a node nor a template namespace",
+                    related=(target,),
+                    **_where(reader, edge_id, field),
+                )
+            )
             return False
         if target in draft.excluded:
-            issues.append(Issue("reference_unreachable", f"{field} of {reader!r} reads {target!r}, which is not "
-                                f"reachable from start and never runs", related=(target,),
-                                **_where(reader, edge_id, field)))
+            issues.append(
+                Issue(
+                    "reference_unreachable",
+                    f"{field} of {reader!r} reads {target!r}, which is not reachable from start and never runs",
+                    related=(target,),
+                    **_where(reader, edge_id, field),
+                )
+            )
             return False
         if reader_included and target == reader:
             return True
@@ -183,28 +217,49 @@ class _Checker:
         if inside is not None and (target_scope == inside or inside in self._containers(target)):
             # The container evaluates this between iterations, outside its body.
             kind = draft.specs[inside].container if inside in draft.specs else "container"
-            issues.append(Issue("reference_into_container", f"{field} of {reader!r} reads {target!r}, which is "
-                                f"inside {reader!r} itself; the {kind} evaluates it outside its body, where the "
-                                f"body's outputs do not exist: read what past iterations gave with loop.results "
-                                f"(loop.results[-1] is the last one)", related=(target,),
-                                **_where(reader, edge_id, field)))
+            issues.append(
+                Issue(
+                    "reference_into_container",
+                    f"{field} of {reader!r} reads {target!r}, which is "
+                    f"inside {reader!r} itself; the {kind} evaluates it outside its body, where the "
+                    f"body's outputs do not exist: read what past iterations gave with loop.results "
+                    f"(loop.results[-1] is the last one)",
+                    related=(target,),
+                    **_where(reader, edge_id, field),
+                )
+            )
             return False
         if target_scope != TOP and target_scope not in containers:
-            issues.append(Issue("reference_into_container", f"{field} of {reader!r} reads {target!r}, which is "
-                                f"inside container {target_scope!r}; read {target_scope!r}'s output instead",
-                                related=(target,),
-                                **_where(reader, edge_id, field)))
+            issues.append(
+                Issue(
+                    "reference_into_container",
+                    f"{field} of {reader!r} reads {target!r}, which is "
+                    f"inside container {target_scope!r}; read {target_scope!r}'s output instead",
+                    related=(target,),
+                    **_where(reader, edge_id, field),
+                )
+            )
             return False
         if target == reader:
-            issues.append(Issue("reference_not_upstream", f"{field} of {reader!r} reads its own output, which "
-                                f"does not exist before the node has run", related=(target,),
-                                **_where(reader, edge_id, field)))
+            issues.append(
+                Issue(
+                    "reference_not_upstream",
+                    f"{field} of {reader!r} reads its own output, which does not exist before the node has run",
+                    related=(target,),
+                    **_where(reader, edge_id, field),
+                )
+            )
             return False
         if target in containers:
-            issues.append(Issue("reference_not_upstream", f"{field} of {reader!r} reads {target!r}, which "
-                                f"contains it; its output exists only after the container ends",
-                                related=(target,),
-                                **_where(reader, edge_id, field)))
+            issues.append(
+                Issue(
+                    "reference_not_upstream",
+                    f"{field} of {reader!r} reads {target!r}, which "
+                    f"contains it; its output exists only after the container ends",
+                    related=(target,),
+                    **_where(reader, edge_id, field),
+                )
+            )
             return False
         # Lift the reader to the target's scope: the reader itself, or its enclosing
         # container that sits in that scope (target_scope is TOP or one of containers).
@@ -212,10 +267,15 @@ class _Checker:
         if self.scope_of.get(reader, TOP) != target_scope:
             lifted = next(c for c in containers if self.scope_of.get(c, TOP) == target_scope)
         if not self._is_upstream(target, lifted, target_scope):
-            issues.append(Issue("reference_not_upstream", f"{field} of {reader!r} reads {target!r}, which is not "
-                                f"upstream of it (no path of edges leads from {target!r} to {lifted!r})",
-                                related=(target,),
-                                **_where(reader, edge_id, field)))
+            issues.append(
+                Issue(
+                    "reference_not_upstream",
+                    f"{field} of {reader!r} reads {target!r}, which is not "
+                    f"upstream of it (no path of edges leads from {target!r} to {lifted!r})",
+                    related=(target,),
+                    **_where(reader, edge_id, field),
+                )
+            )
             return False
         return True
 
@@ -225,17 +285,39 @@ class _Checker:
             return
         for namespace in ("loop", "parallel"):
             if namespace in refs.names:
-                issues.append(Issue(f"{namespace}_outside_container", f"{refs.field} uses {namespace}.* outside "
-                                    f"a container", field=refs.field))
+                issues.append(
+                    Issue(
+                        f"{namespace}_outside_container",
+                        f"{refs.field} uses {namespace}.* outside a container",
+                        field=refs.field,
+                    )
+                )
         targets = (refs.names - NAMESPACES) | refs.node_keys
         for target in sorted(targets):
             if target not in self.draft.nodes:
-                issues.append(Issue("output_unknown_reference", f"the workflow output reads {target!r}, which is "
-                                    f"not a node", field=refs.field, related=(target,)))
+                issues.append(
+                    Issue(
+                        "output_unknown_reference",
+                        f"the workflow output reads {target!r}, which is not a node",
+                        field=refs.field,
+                        related=(target,),
+                    )
+                )
             elif self.scope_of[target] != TOP:
-                issues.append(Issue("reference_into_container", f"the workflow output reads {target!r}, which is "
-                                    f"inside container {self.scope_of[target]!r}", field=refs.field,
-                                    related=(target,)))
+                issues.append(
+                    Issue(
+                        "reference_into_container",
+                        f"the workflow output reads {target!r}, which is inside container {self.scope_of[target]!r}",
+                        field=refs.field,
+                        related=(target,),
+                    )
+                )
             elif target in self.draft.excluded:
-                issues.append(Issue("reference_unreachable", f"the workflow output reads {target!r}, which never "
-                                    f"runs (not reachable from start)", field=refs.field, related=(target,)))
+                issues.append(
+                    Issue(
+                        "reference_unreachable",
+                        f"the workflow output reads {target!r}, which never runs (not reachable from start)",
+                        field=refs.field,
+                        related=(target,),
+                    )
+                )

@@ -26,12 +26,17 @@ def canvas_json_schema(catalog: NodeCatalog) -> dict[str, Any]:
             defs.setdefault(name, definition)
         config_name = f"{spec.config_model.__name__}_{node_type}"
         defs[config_name] = config_schema
-        variants.append({
-            "if": {"properties": {"type": {"const": node_type}}, "required": ["type"]},
-            "then": {"properties": {"data": {"$ref": f"#/$defs/{config_name}"}}},
-        })
-    node_base["properties"]["type"] = {"type": "string", "enum": sorted(catalog.types()),
-                                       "description": "A registered node type."}
+        variants.append(
+            {
+                "if": {"properties": {"type": {"const": node_type}}, "required": ["type"]},
+                "then": {"properties": {"data": {"$ref": f"#/$defs/{config_name}"}}},
+            }
+        )
+    node_base["properties"]["type"] = {
+        "type": "string",
+        "enum": sorted(catalog.types()),
+        "description": "A registered node type.",
+    }
     node_base["allOf"] = variants
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "FlowMaestro canvas v1"

@@ -28,10 +28,14 @@ class Children:
         group: the terminal's Ctrl-C reaches the API, which then stops them in order.
         ``env``: variables the workers get on top of this process's environment (the
         approval decision key)."""
-        processes = [subprocess.Popen([sys.executable, "-m", "cli", "worker", "--pool", pool,
-                                       "--name", f"serve-{os.getpid()}-{index}"], start_new_session=True,
-                                      env=worker_environment({**os.environ, **(env or {})}))  # not the API's keys
-                     for index in range(count)]
+        processes = [
+            subprocess.Popen(
+                [sys.executable, "-m", "cli", "worker", "--pool", pool, "--name", f"serve-{os.getpid()}-{index}"],
+                start_new_session=True,
+                env=worker_environment({**os.environ, **(env or {})}),
+            )  # not the API's keys
+            for index in range(count)
+        ]
         children = cls(processes)
         try:
             yield children

@@ -49,12 +49,20 @@ def ensure_worker(home: Path, pool: str, console: Console) -> int:
             return pid
     home.mkdir(parents=True, exist_ok=True)
     log = (home / "demo-worker.log").open("ab")
-    process = subprocess.Popen([sys.executable, "-m", "cli", "worker", "--pool", pool, "--name", "embedded"],
-                               stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                               env=worker_environment(os.environ))  # not the API's keys
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cli", "worker", "--pool", pool, "--name", "embedded"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        env=worker_environment(os.environ),
+    )  # not the API's keys
     state.write_text(json.dumps({"pid": process.pid}))
-    console.print(f"Started a worker in the background (pid {process.pid}, log {home / 'demo-worker.log'}); "
-                  "`flowmaestro server stop` stops it.", soft_wrap=True)
+    console.print(
+        f"Started a worker in the background (pid {process.pid}, log {home / 'demo-worker.log'}); "
+        "`flowmaestro server stop` stops it.",
+        soft_wrap=True,
+    )
     return process.pid
 
 
@@ -84,15 +92,22 @@ async def run_demo(canvas: dict[str, Any], inputs: dict[str, Any], ui_url: str, 
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://flowmaestro",
-                                     headers={"Authorization": f"Bearer {DEMO_KEY}"}, timeout=60) as api:
+        async with httpx.AsyncClient(
+            transport=transport,
+            base_url="http://flowmaestro",
+            headers={"Authorization": f"Bearer {DEMO_KEY}"},
+            timeout=60,
+        ) as api:
             workflow_id = await _save(api, canvas)
             started = await api.post(f"/api/workflows/{workflow_id}/execute", json={"inputs": inputs})
             if started.status_code != 202:
                 raise RuntimeError(f"execute answered {started.status_code}: {started.text}")
             run_id = started.json()["execution_id"]
-            console.print(f"saved workflow {workflow_id}; run {run_id} waits for a worker\n"
-                          f"  Prefect UI: {run_link(ui_url, run_id)}", soft_wrap=True)
+            console.print(
+                f"saved workflow {workflow_id}; run {run_id} waits for a worker\n"
+                f"  Prefect UI: {run_link(ui_url, run_id)}",
+                soft_wrap=True,
+            )
             async with aconnect_sse(api, "GET", f"/api/executions/{run_id}/stream") as source:
                 async for sse in source.aiter_sse():
                     if not sse.data:

@@ -10,21 +10,22 @@ import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
 
 from builder.compiler import CompileResult, collector_paused, compile_canvas
-from builder.limits import CompileSettings
 from builder.inputs import checked_inputs, coerce_text
 from builder.issues import InputsInvalid, Issue
+from builder.limits import CompileSettings
 from cli.triggers import ApiKey, ApiUrl, call_api, schedules_app, webhooks_app
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_CANCELLED = 0, 1, 2, 4
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="FlowMaestro: run canvas workflows durably on Prefect.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="FlowMaestro: run canvas workflows durably on Prefect."
+)
 server_app = typer.Typer(no_args_is_help=True, help="The embedded local Prefect server.")
 app.add_typer(server_app, name="server")
 app.add_typer(schedules_app, name="schedules")
@@ -47,8 +48,9 @@ def _load(file: Path) -> tuple[Any, list[Issue]]:
     try:
         return json.loads(text), []
     except json.JSONDecodeError as exc:
-        return None, [Issue("invalid_json", f"{file} is not valid JSON: {exc.msg} at line {exc.lineno}, "
-                                            f"column {exc.colno}")]
+        return None, [
+            Issue("invalid_json", f"{file} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}")
+        ]
 
 
 def _print_issues(issues: list[Issue] | tuple[Issue, ...]) -> None:
@@ -72,8 +74,16 @@ def validate(file: Path, as_json: bool = typer.Option(False, "--json", help="Pri
     _, result, issues = _compile(file)
     ok = result is not None and result.ok
     if as_json:
-        print(json.dumps({"valid": ok, "issues": [i.to_dict() for i in issues],
-                          "plan_hash": result.plan.hash if ok and result.plan else None}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "valid": ok,
+                    "issues": [i.to_dict() for i in issues],
+                    "plan_hash": result.plan.hash if ok and result.plan else None,
+                },
+                indent=2,
+            )
+        )
     else:
         _print_issues(issues)
         if ok:
@@ -156,7 +166,7 @@ def _prefect_server(quiet: bool = False) -> Any:
 @app.command()
 def run(
     file: Path,
-    inputs_json: Optional[str] = typer.Option(None, "--inputs-json", help="Inputs as a JSON object."),
+    inputs_json: str | None = typer.Option(None, "--inputs-json", help="Inputs as a JSON object."),
     input_pairs: list[str] = typer.Option([], "--input", help="One input as key=value (repeatable)."),
     as_json: bool = typer.Option(False, "--json", help="Print only the run result as JSON."),
 ) -> None:
@@ -185,7 +195,7 @@ def run(
 @app.command()
 def demo(
     file: Path = typer.Argument(Path("examples/hello.json"), help="The canvas to run."),
-    inputs_json: Optional[str] = typer.Option(None, "--inputs-json", help="Inputs as a JSON object."),
+    inputs_json: str | None = typer.Option(None, "--inputs-json", help="Inputs as a JSON object."),
     input_pairs: list[str] = typer.Option([], "--input", help="One input as key=value (repeatable)."),
 ) -> None:
     """The whole path on the embedded default: save the canvas through the API, execute
@@ -221,9 +231,9 @@ def _prefect_failure(exc: Exception) -> str:
 def resume(
     run_id: str,
     node: str = typer.Option(..., "--node", help="The approval node to answer."),
-    path: Optional[str] = typer.Option(None, "--path", help="Iteration/branch indices, e.g. 2 or 0,1."),
+    path: str | None = typer.Option(None, "--path", help="Iteration/branch indices, e.g. 2 or 0,1."),
     input_json: str = typer.Option('{"approved": true}', "--input-json", help="The form values, with approved."),
-    by: Optional[str] = typer.Option(None, "--by", help="Who decides (recorded)."),
+    by: str | None = typer.Option(None, "--by", help="Who decides (recorded)."),
 ) -> None:
     """Answer a waiting approval: prints accepted, refused: <why>, or not waiting."""
     try:
@@ -247,8 +257,12 @@ def resume(
     except (httpx.HTTPStatusError, httpx.TransportError) as exc:
         # Prefect failed while the answer was read or written: whether it was recorded is
         # unknown, so say so in one line (no traceback) and let the caller try again.
-        err.print(f"[red]error[/red]: Prefect did not answer ({_prefect_failure(exc)}); the decision may "
-                  "not be recorded, try again", highlight=False, soft_wrap=True)
+        err.print(
+            f"[red]error[/red]: Prefect did not answer ({_prefect_failure(exc)}); the decision may "
+            "not be recorded, try again",
+            highlight=False,
+            soft_wrap=True,
+        )
         raise typer.Exit(EXIT_FAILED) from None
     label = {"accepted": "accepted", "refused": "refused", "not_waiting": "not waiting"}[answer.status]
     out.print(f"{label}: {answer.message}")
@@ -256,10 +270,17 @@ def resume(
 
 
 @app.command()
-def serve(host: str = typer.Option("127.0.0.1", "--host"), port: int = typer.Option(8000, "--port"),
-          workers: int = typer.Option(1, "--workers", min=0, help="Worker processes to start beside the API "
-                                      "(0: the API alone; runs then wait for workers started elsewhere)."),
-          ) -> None:
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8000, "--port"),
+    workers: int = typer.Option(
+        1,
+        "--workers",
+        min=0,
+        help="Worker processes to start beside the API "
+        "(0: the API alone; runs then wait for workers started elsewhere).",
+    ),
+) -> None:
     """Start the API (uvicorn) and WORKERS worker processes, with the local Prefect server
     when PREFECT_API_URL is not set. Runs execute on the workers, never in the API.
     Ctrl-C or SIGTERM stops them all cleanly."""
@@ -284,9 +305,12 @@ def serve(host: str = typer.Option("127.0.0.1", "--host"), port: int = typer.Opt
     asyncio.run(upgrade_schema(settings.sqlalchemy_url()))
     # Where the auth string is, never the string itself: this output ends up in logs.
     login = f"  (it asks for the auth string in {settings.home / 'prefect-auth'})" if server.auth else ""
-    out.print(f"FlowMaestro API: http://{host}:{port}  (docs: http://{host}:{port}/docs)\n"
-              f"Run pages:       http://{host}:{port}/ui/\n"
-              f"Prefect UI:      {server.ui_url}{login}", soft_wrap=True)
+    out.print(
+        f"FlowMaestro API: http://{host}:{port}  (docs: http://{host}:{port}/docs)\n"
+        f"Run pages:       http://{host}:{port}/ui/\n"
+        f"Prefect UI:      {server.ui_url}{login}",
+        soft_wrap=True,
+    )
     # uvicorn re-raises the SIGTERM it handled once it has shut down; with the default
     # handler that would end this process before the workers are stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -298,8 +322,9 @@ def serve(host: str = typer.Option("127.0.0.1", "--host"), port: int = typer.Opt
     # it cannot decrypt webhook secrets), explicitly, whatever else of the environment they see.
     from flows.decisions import decision_key_text
 
-    worker_env = {"FLOWMAESTRO_DECISION_KEY": decision_key_text(settings.decision_key, settings.secret_key,
-                                                                settings.home)}
+    worker_env = {
+        "FLOWMAESTRO_DECISION_KEY": decision_key_text(settings.decision_key, settings.secret_key, settings.home)
+    }
     with Children.workers(workers, pool=settings.work_pool, env=worker_env) as children:
         if workers:
             out.print(f"Workers:         {workers} on pool {settings.work_pool!r} (pids {children.pids()})")
@@ -308,10 +333,11 @@ def serve(host: str = typer.Option("127.0.0.1", "--host"), port: int = typer.Opt
 
 @app.command()
 def worker(
-    pool: Optional[str] = typer.Option(None, "--pool", help="Work pool to poll (FLOWMAESTRO_WORK_POOL, "
-                                       "default flowmaestro); created on first use."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Runs at once (FLOWMAESTRO_WORKER_LIMIT, 20)."),
-    name: Optional[str] = typer.Option(None, "--name", help="Worker name shown in the Prefect UI."),
+    pool: str | None = typer.Option(
+        None, "--pool", help="Work pool to poll (FLOWMAESTRO_WORK_POOL, default flowmaestro); created on first use."
+    ),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Runs at once (FLOWMAESTRO_WORKER_LIMIT, 20)."),
+    name: str | None = typer.Option(None, "--name", help="Worker name shown in the Prefect UI."),
 ) -> None:
     """Run a worker until SIGTERM or SIGINT: it executes the runs of saved workflows from
     the Prefect work pool, then lets its runs in flight finish (FLOWMAESTRO_WORKER_GRACE_S)."""
@@ -374,13 +400,15 @@ if __name__ == "__main__":
 @app.command()
 def retry(
     run_id: str,
-    version: Optional[int] = typer.Option(None, "--version", min=1, help="Run this version's canvas (its "
-                                          "unchanged nodes are reused)."),
+    version: int | None = typer.Option(
+        None, "--version", min=1, help="Run this version's canvas (its unchanged nodes are reused)."
+    ),
     api_url: str = ApiUrl,
     api_key: str = ApiKey,
 ) -> None:
     """Execute a failed or cancelled run again through the API: completed nodes are restored,
     the rest run. Prints the execution id and its status."""
-    answer = call_api(api_url, api_key, "POST", f"/api/executions/{run_id}/retry",
-                      {"version": version} if version else {})
+    answer = call_api(
+        api_url, api_key, "POST", f"/api/executions/{run_id}/retry", {"version": version} if version else {}
+    )
     out.print(f"{answer['execution_id']}: {answer['status']} (follow: {answer['links']['self']})")

@@ -12,8 +12,16 @@ from rich.table import Table
 from flows.events import EventBus, RunEvent
 from store.vocabulary import FINAL_EVENT_TYPES, NODE_STATUS_OF_EVENT, EventType
 
-STYLES = {"running": "cyan", "completed": "green", "cached": "blue", "failed": "red", "skipped": "dim",
-          "paused": "yellow", "cancelled": "magenta", "retrying": "yellow"}
+STYLES = {
+    "running": "cyan",
+    "completed": "green",
+    "cached": "blue",
+    "failed": "red",
+    "skipped": "dim",
+    "paused": "yellow",
+    "cancelled": "magenta",
+    "retrying": "yellow",
+}
 # A node between two attempts is running; the progress view shows it as a state of its own.
 NODE_EVENTS: dict[str, str] = {event: status for event, status in NODE_STATUS_OF_EVENT.items()}
 NODE_EVENTS[EventType.NODE_RETRYING] = "retrying"
@@ -48,8 +56,9 @@ class ProgressView:
 
     def on_event(self, event: RunEvent) -> None:
         if event.type == "execution:started":
-            self.console.print(f"run {event.execution_id} started: {run_link(self.ui_url, event.execution_id)}",
-                               soft_wrap=True)
+            self.console.print(
+                f"run {event.execution_id} started: {run_link(self.ui_url, event.execution_id)}", soft_wrap=True
+            )
             if self.console.is_terminal:
                 self.live = Live(self._table(), console=self.console, refresh_per_second=8, transient=False)
                 self.live.start()
@@ -62,7 +71,9 @@ class ProgressView:
                 f"  or: flowmaestro resume {event.execution_id} --node {event.node_id}{where} "
                 "--input-json '{\"approved\": true}'\n"
                 f"  or: POST /api/executions/{event.execution_id}/resume "
-                f"{{\"node_id\": \"{event.node_id}\", \"input\": {{\"approved\": true}}}}", soft_wrap=True)
+                f'{{"node_id": "{event.node_id}", "input": {{"approved": true}}}}',
+                soft_wrap=True,
+            )
             return
         if event.type in FINAL_EVENT_TYPES:
             if self.live is not None:
@@ -80,13 +91,17 @@ class ProgressView:
         if self.live is not None:
             self.live.update(self._table())
         else:
-            detail = f": {event.data['error']['message']}" if state in ("failed", "retrying") and event.data.get(
-                "error") else ""
+            detail = (
+                f": {event.data['error']['message']}"
+                if state in ("failed", "retrying") and event.data.get("error")
+                else ""
+            )
             self.console.print(f"  {event.node_id}: [{STYLES.get(state, '')}]{state}[/]{detail}", highlight=False)
 
 
-async def run_with_progress(canvas: Any, inputs: dict[str, Any], ui_url: str, *, quiet: bool,
-                            console: Console) -> dict[str, Any]:
+async def run_with_progress(
+    canvas: Any, inputs: dict[str, Any], ui_url: str, *, quiet: bool, console: Console
+) -> dict[str, Any]:
     from flows.flow import workflow_flow
     from flows.prefect_compat import UntrustedResult, run_result
     from flows.run_context import RunContext
@@ -105,8 +120,14 @@ async def run_with_progress(canvas: Any, inputs: dict[str, Any], ui_url: str, *,
         return result
     run_id = str(state.state_details.flow_run_id)
     status = "cancelled" if state.is_cancelled() else "failed"
-    return {"id": run_id, "status": status, "output": None,
-            "error": {"message": state.message or str(result)}, "nodes": {}, "trace": []}
+    return {
+        "id": run_id,
+        "status": status,
+        "output": None,
+        "error": {"message": state.message or str(result)},
+        "nodes": {},
+        "trace": [],
+    }
 
 
 def print_result(result: dict[str, Any], ui_url: str, console: Console) -> None:

@@ -14,24 +14,26 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
-schedules_app = typer.Typer(no_args_is_help=True, help="Schedules of saved workflows (Prefect deployment "
-                                                       "schedules), through the API.")
+schedules_app = typer.Typer(
+    no_args_is_help=True, help="Schedules of saved workflows (Prefect deployment schedules), through the API."
+)
 webhooks_app = typer.Typer(no_args_is_help=True, help="Webhooks of saved workflows, through the API.")
 err = Console(stderr=True)
 
-ApiUrl = typer.Option("http://127.0.0.1:8000", "--api-url", envvar="FLOWMAESTRO_API_URL",
-                      help="The FlowMaestro API (flowmaestro serve).")
+ApiUrl = typer.Option(
+    "http://127.0.0.1:8000", "--api-url", envvar="FLOWMAESTRO_API_URL", help="The FlowMaestro API (flowmaestro serve)."
+)
 API_KEY_ENV = "FLOWMAESTRO_API_KEY"
 
 
-def read_api_key(key_file: Optional[str]) -> str:
+def read_api_key(key_file: str | None) -> str:
     """The bearer key: the first line of ``key_file`` when given, else ``FLOWMAESTRO_API_KEY``."""
     if key_file:
         try:
@@ -43,22 +45,30 @@ def read_api_key(key_file: Optional[str]) -> str:
         return key
     key = os.environ.get(API_KEY_ENV, "").strip()
     if not key:
-        raise typer.BadParameter(f"give --api-key-file or set {API_KEY_ENV} (a key on the command line would "
-                                 f"show in ps)", param_hint="'--api-key-file'")
+        raise typer.BadParameter(
+            f"give --api-key-file or set {API_KEY_ENV} (a key on the command line would show in ps)",
+            param_hint="'--api-key-file'",
+        )
     return key
 
 
-ApiKey = typer.Option(None, "--api-key-file", envvar="FLOWMAESTRO_API_KEY_FILE", callback=read_api_key,
-                      show_default=False, help="File holding a bearer key of FLOWMAESTRO_API_KEYS; "
-                      "FLOWMAESTRO_API_KEY when absent.")
+ApiKey = typer.Option(
+    None,
+    "--api-key-file",
+    envvar="FLOWMAESTRO_API_KEY_FILE",
+    callback=read_api_key,
+    show_default=False,
+    help="File holding a bearer key of FLOWMAESTRO_API_KEYS; FLOWMAESTRO_API_KEY when absent.",
+)
 
 
 def call_api(api_url: str, api_key: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
     import httpx
 
     try:
-        response = httpx.request(method, api_url.rstrip("/") + path, json=body, timeout=60,
-                                 headers={"Authorization": f"Bearer {api_key}"})
+        response = httpx.request(
+            method, api_url.rstrip("/") + path, json=body, timeout=60, headers={"Authorization": f"Bearer {api_key}"}
+        )
     except httpx.HTTPError as exc:
         err.print(f"[red]the API at {api_url} did not answer: {exc}[/red]")
         raise typer.Exit(EXIT_FAILED) from None
@@ -107,30 +117,39 @@ def schedules_list(workflow_id: str, api_url: str = ApiUrl, api_key: str = ApiKe
 @schedules_app.command("add")
 def schedules_add(
     workflow_id: str,
-    cron: Optional[str] = typer.Option(None, "--cron", help="A cron expression, e.g. '0 9 * * 1-5'."),
-    interval: Optional[float] = typer.Option(None, "--interval", help="Seconds between runs (>= 10)."),
-    rrule: Optional[str] = typer.Option(None, "--rrule", help="An iCalendar RRULE."),
-    timezone: Optional[str] = typer.Option(None, "--timezone", help="IANA time zone (UTC)."),
-    inputs_json: Optional[str] = typer.Option(None, "--inputs-json", help="Inputs of its runs, a JSON object."),
+    cron: str | None = typer.Option(None, "--cron", help="A cron expression, e.g. '0 9 * * 1-5'."),
+    interval: float | None = typer.Option(None, "--interval", help="Seconds between runs (>= 10)."),
+    rrule: str | None = typer.Option(None, "--rrule", help="An iCalendar RRULE."),
+    timezone: str | None = typer.Option(None, "--timezone", help="IANA time zone (UTC)."),
+    inputs_json: str | None = typer.Option(None, "--inputs-json", help="Inputs of its runs, a JSON object."),
     overlap: str = typer.Option("allow", "--overlap", help="allow, skip or queue."),
     paused: bool = typer.Option(False, "--paused", help="Create it inactive."),
-    api_url: str = ApiUrl, api_key: str = ApiKey,
+    api_url: str = ApiUrl,
+    api_key: str = ApiKey,
 ) -> None:
     """Add a schedule: exactly one of --cron, --interval, --rrule."""
-    body = {**_timing(cron, interval, rrule, timezone), "inputs": _inputs(inputs_json) or {}, "overlap": overlap,
-            "active": not paused}
+    body = {
+        **_timing(cron, interval, rrule, timezone),
+        "inputs": _inputs(inputs_json) or {},
+        "overlap": overlap,
+        "active": not paused,
+    }
     _print(call_api(api_url, api_key, "POST", f"/api/workflows/{workflow_id}/schedules", body))
 
 
 @schedules_app.command("update")
 def schedules_update(
-    workflow_id: str, schedule_id: str,
-    cron: Optional[str] = typer.Option(None, "--cron"), interval: Optional[float] = typer.Option(None, "--interval"),
-    rrule: Optional[str] = typer.Option(None, "--rrule"), timezone: Optional[str] = typer.Option(None, "--timezone"),
-    inputs_json: Optional[str] = typer.Option(None, "--inputs-json"),
-    overlap: Optional[str] = typer.Option(None, "--overlap"),
-    active: Optional[bool] = typer.Option(None, "--active/--paused", help="Resume or pause it."),
-    api_url: str = ApiUrl, api_key: str = ApiKey,
+    workflow_id: str,
+    schedule_id: str,
+    cron: str | None = typer.Option(None, "--cron"),
+    interval: float | None = typer.Option(None, "--interval"),
+    rrule: str | None = typer.Option(None, "--rrule"),
+    timezone: str | None = typer.Option(None, "--timezone"),
+    inputs_json: str | None = typer.Option(None, "--inputs-json"),
+    overlap: str | None = typer.Option(None, "--overlap"),
+    active: bool | None = typer.Option(None, "--active/--paused", help="Resume or pause it."),
+    api_url: str = ApiUrl,
+    api_key: str = ApiKey,
 ) -> None:
     """Change what is given; the rest stays."""
     body: dict[str, Any] = _timing(cron, interval, rrule, timezone)
@@ -152,8 +171,12 @@ def webhooks_list(workflow_id: str, api_url: str = ApiUrl, api_key: str = ApiKey
 
 
 @webhooks_app.command("add")
-def webhooks_add(workflow_id: str, name: str = typer.Option(..., "--name", help="What sends to it."),
-                 api_url: str = ApiUrl, api_key: str = ApiKey) -> None:
+def webhooks_add(
+    workflow_id: str,
+    name: str = typer.Option(..., "--name", help="What sends to it."),
+    api_url: str = ApiUrl,
+    api_key: str = ApiKey,
+) -> None:
     """A new webhook; its secret is printed this once."""
     _print(call_api(api_url, api_key, "POST", f"/api/workflows/{workflow_id}/webhooks", {"name": name}))
 

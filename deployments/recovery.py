@@ -38,7 +38,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prefect.client.orchestration import get_client
@@ -79,42 +79,64 @@ def loop_stall_limit(crash_detect_s: float) -> float:
 def recovery_automations(pool: str, crash_detect_s: float) -> list[AutomationCore]:
     ended = {f"prefect.flow-run.{state}" for state in ENDED}
     on_pool = {"prefect.resource.role": "work-pool", "prefect.resource.name": pool}
-    crash = [ChangeFlowRunState(state=StateType.CRASHED, force=True,
-                                message=f"{LOST_MESSAGE} for {crash_detect_s:g} s: the worker died "
-                                        "or lost its connection")]
+    crash = [
+        ChangeFlowRunState(
+            state=StateType.CRASHED,
+            force=True,
+            message=f"{LOST_MESSAGE} for {crash_detect_s:g} s: the worker died or lost its connection",
+        )
+    ]
     # A run of the pool is watched from the moment Prefect says a worker took it (Pending,
     # Running: events the server itself emits), so a worker that dies before its first
     # heartbeat got out is caught too. Every event of such a run names the pool.
     lost = AutomationCore(
         name=f"flowmaestro {pool}: mark runs of lost workers crashed",
         description=f"A FlowMaestro run of pool {pool!r} whose worker sent no heartbeat for {crash_detect_s:g} s "
-                    "is Crashed (and then continued by another worker).",
+        "is Crashed (and then continued by another worker).",
         trigger=EventTrigger(
-            match={"prefect.resource.id": "prefect.flow-run.*"}, match_related=on_pool,
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            match_related=on_pool,
             after={HEARTBEAT, "prefect.flow-run.Pending", "prefect.flow-run.Running"},
-            expect={HEARTBEAT, *ended}, for_each={"prefect.resource.id"}, posture=Posture.Proactive,
-            threshold=1, within=timedelta(seconds=crash_detect_s)),
-        actions=crash)
+            expect={HEARTBEAT, *ended},
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=crash_detect_s),
+        ),
+        actions=crash,
+    )
     # Child runs have no pool, so their own events cannot be filtered by it: they are
     # watched from their first heartbeat, which only FlowMaestro workers send.
     lost_child = AutomationCore(
         name="flowmaestro: mark child runs of lost workers crashed",
         description=f"The child run of a FlowMaestro sub-workflow node whose worker sent no heartbeat for "
-                    f"{crash_detect_s:g} s is Crashed (its parent, continued elsewhere, runs it again).",
+        f"{crash_detect_s:g} s is Crashed (its parent, continued elsewhere, runs it again).",
         trigger=EventTrigger(
-            match={"prefect.resource.id": "prefect.flow-run.*"}, after={CHILD_HEARTBEAT},
-            expect={CHILD_HEARTBEAT, *ended}, for_each={"prefect.resource.id"}, posture=Posture.Proactive,
-            threshold=1, within=timedelta(seconds=crash_detect_s)),
-        actions=crash)
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            after={CHILD_HEARTBEAT},
+            expect={CHILD_HEARTBEAT, *ended},
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=crash_detect_s),
+        ),
+        actions=crash,
+    )
     resume = AutomationCore(
         name=f"flowmaestro {pool}: continue crashed runs",
         description="A crashed FlowMaestro run is scheduled again; a worker continues it from its journal "
-                    "(completed nodes are restored, not repeated).",
+        "(completed nodes are restored, not repeated).",
         trigger=EventTrigger(
-            match={"prefect.resource.id": "prefect.flow-run.*"}, match_related=on_pool,
-            expect={"prefect.flow-run.Crashed"}, for_each={"prefect.resource.id"},
-            posture=Posture.Reactive, threshold=1, within=timedelta(0)),
-        actions=[ChangeFlowRunState(state=StateType.SCHEDULED, force=True, message=CONTINUED_MESSAGE)])
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            match_related=on_pool,
+            expect={"prefect.flow-run.Crashed"},
+            for_each={"prefect.resource.id"},
+            posture=Posture.Reactive,
+            threshold=1,
+            within=timedelta(0),
+        ),
+        actions=[ChangeFlowRunState(state=StateType.SCHEDULED, force=True, message=CONTINUED_MESSAGE)],
+    )
     return [lost, lost_child, resume]
 
 
@@ -165,8 +187,14 @@ class HeartbeatEmitter:
     returns) is a process that no longer runs anything: the beats stop, and its runs are
     continued elsewhere."""
 
-    def __init__(self, *, pool: str, interval_s: float, stall_limit_s: float | None = None,
-                 children: Callable[[], Iterable[str]] = tuple):
+    def __init__(
+        self,
+        *,
+        pool: str,
+        interval_s: float,
+        stall_limit_s: float | None = None,
+        children: Callable[[], Iterable[str]] = tuple,
+    ):
         self.pool = pool
         self.pool_id: str | None = None
         """The pool's id, once the worker knows it (events name resources by id)."""
@@ -206,20 +234,30 @@ class HeartbeatEmitter:
             return list(self._held)
 
     def beat_for(self, run_ids: Iterable[str], *, child: bool = False) -> None:
-        pool = [{"prefect.resource.id": f"prefect.work-pool.{self.pool_id or self.pool}",
-                 "prefect.resource.role": "work-pool", "prefect.resource.name": self.pool}]
+        pool = [
+            {
+                "prefect.resource.id": f"prefect.work-pool.{self.pool_id or self.pool}",
+                "prefect.resource.role": "work-pool",
+                "prefect.resource.name": self.pool,
+            }
+        ]
         for run_id in run_ids:
-            emit_event(event=CHILD_HEARTBEAT if child else HEARTBEAT,
-                       resource={"prefect.resource.id": f"prefect.flow-run.{run_id}"},
-                       related=None if child else pool)
+            emit_event(
+                event=CHILD_HEARTBEAT if child else HEARTBEAT,
+                resource={"prefect.resource.id": f"prefect.flow-run.{run_id}"},
+                related=None if child else pool,
+            )
             self.beats += 1
 
     def beat_once(self) -> None:
         """One beat for every run held and every child run, unless the loop is stalled."""
         stalled = self.stall_limit_s is not None and time.monotonic() - self._loop_turned > self.stall_limit_s
         if stalled and not self.stalled:
-            log.error("the worker's event loop has not turned for %.0f s: no more heartbeats, so its runs are "
-                      "continued elsewhere", self.stall_limit_s)
+            log.error(
+                "the worker's event loop has not turned for %.0f s: no more heartbeats, so its runs are "
+                "continued elsewhere",
+                self.stall_limit_s,
+            )
         self.stalled = stalled
         if stalled:
             return
@@ -244,8 +282,9 @@ class HeartbeatEmitter:
         """Beat from a thread until cancelled; meanwhile tell it the loop still turns."""
         context = contextvars.copy_context()  # the worker's Prefect settings, in the thread too
         self._stop.clear()
-        self._thread = threading.Thread(target=context.run, args=(self._beat,), name="flowmaestro-heartbeats",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=context.run, args=(self._beat,), name="flowmaestro-heartbeats", daemon=True
+        )
         self._thread.start()
         try:
             while True:
@@ -273,15 +312,19 @@ without workers for a while), and running them again unasked could repeat what t
 did long ago. They stay Crashed, for a person to retry."""
 
 
-def runs_to_continue(crashed: Iterable[CrashedRun], *, now: datetime, grace_s: float,
-                     held: Iterable[str]) -> list[CrashedRun]:
+def runs_to_continue(
+    crashed: Iterable[CrashedRun], *, now: datetime, grace_s: float, held: Iterable[str]
+) -> list[CrashedRun]:
     """The crashed runs a sweep schedules again: crashed at least ``grace_s`` ago (the
     automation continues a run within a second or so; the sweep only catches the ones it
     failed to) and less than ``SWEEP_WINDOWS`` grace periods ago, and not held by this worker
     (those it still executes: ``state_to_restore``)."""
     mine = set(held)
-    return [run for run in crashed
-            if run.run_id not in mine and grace_s <= (now - run.crashed_at).total_seconds() < SWEEP_WINDOWS * grace_s]
+    return [
+        run
+        for run in crashed
+        if run.run_id not in mine and grace_s <= (now - run.crashed_at).total_seconds() < SWEEP_WINDOWS * grace_s
+    ]
 
 
 def written_by_recovery(state: State | None) -> bool:
@@ -290,8 +333,9 @@ def written_by_recovery(state: State | None) -> bool:
     if state is None:
         return False
     message = state.message or ""
-    return ((state.type == StateType.CRASHED and message.startswith(LOST_MESSAGE))
-            or (state.type == StateType.SCHEDULED and message == CONTINUED_MESSAGE))
+    return (state.type == StateType.CRASHED and message.startswith(LOST_MESSAGE)) or (
+        state.type == StateType.SCHEDULED and message == CONTINUED_MESSAGE
+    )
 
 
 def state_to_restore(history: Iterable[State]) -> State | None:
@@ -314,8 +358,7 @@ class CrashSweeper:
     (SQLite's "database is locked" under load) the run would stay Crashed for good. Every
     worker sweeps; ``prefect_compat.continue_crashed_run`` makes one of them win."""
 
-    def __init__(self, *, pool: str, grace_s: float, interval_s: float,
-                 held: Callable[[], Iterable[str]] = tuple):
+    def __init__(self, *, pool: str, grace_s: float, interval_s: float, held: Callable[[], Iterable[str]] = tuple):
         self.pool = pool
         self.grace_s = grace_s
         self.interval_s = interval_s
@@ -327,12 +370,16 @@ class CrashSweeper:
         found = await prefect_compat.read_crashed_runs(client, self.pool)
         crashed = [CrashedRun(str(run.id), str(run.state.id), run.state.timestamp) for run in found if run.state]
         continued: list[str] = []
-        for run in runs_to_continue(crashed, now=datetime.now(timezone.utc), grace_s=self.grace_s, held=self.held()):
+        for run in runs_to_continue(crashed, now=datetime.now(UTC), grace_s=self.grace_s, held=self.held()):
             if await prefect_compat.continue_crashed_run(client, run.run_id, run.state_id, CONTINUED_MESSAGE):
-                log.warning("flow run %s was still Crashed %.0f s after it crashed (the automation did not continue "
-                            "it): scheduled again", run.run_id, self.grace_s)
+                log.warning(
+                    "flow run %s was still Crashed %.0f s after it crashed (the automation did not continue "
+                    "it): scheduled again",
+                    run.run_id,
+                    self.grace_s,
+                )
                 continued.append(run.run_id)
-        suspended_before = datetime.now(timezone.utc) - timedelta(seconds=self.grace_s)
+        suspended_before = datetime.now(UTC) - timedelta(seconds=self.grace_s)
         for flow_run in await prefect_compat.read_stranded_delay_releases(client, self.pool, suspended_before):
             # Released while a delay waits, and its worker died before it scheduled the run
             # again: nobody else would (Suspended waits for a Resume, then Prefect fails it).

@@ -39,26 +39,44 @@ class SqlRunStore:
             saved = await self.workflows.version(owner, workflow_id, version)
         except NotFound as exc:
             raise LookupError(f"workflow {workflow_id} of {owner!r}: {exc.message} (deleted?)") from exc
-        return SavedCanvas(workflow_id=saved.workflow_id, name=saved.name, version=saved.version,
-                           canvas=saved.canvas)
+        return SavedCanvas(workflow_id=saved.workflow_id, name=saved.name, version=saved.version, canvas=saved.canvas)
 
-    async def resolve_subworkflow(self, reference: str, version: int | None, parent_run_id: str,
-                                  owner: str | None) -> dict[str, Any]:
+    async def resolve_subworkflow(
+        self, reference: str, version: int | None, parent_run_id: str, owner: str | None
+    ) -> dict[str, Any]:
         """The canvas of a saved workflow of the same owner as the run asking for it
         (a ``flows.subworkflows.WorkflowResolver``)."""
         if owner is None:
-            raise NodeError(f"subworkflow {reference!r}: a run without an owner cannot use saved workflows",
-                            error_type="SubworkflowNotFound")
+            raise NodeError(
+                f"subworkflow {reference!r}: a run without an owner cannot use saved workflows",
+                error_type="SubworkflowNotFound",
+            )
         try:
             return (await self.workflows.version(owner, reference, version)).canvas
         except NotFound as exc:
             raise NodeError(f"subworkflow {reference!r}: {exc.message}", error_type="SubworkflowNotFound") from exc
 
-    async def started(self, run_id: str, *, owner: str, workflow_id: str, version: int, name: str,
-                      inputs: dict[str, Any], trigger: dict[str, Any]) -> None:
-        await self.executions.record_start(execution_id=run_id, owner=owner, workflow_id=workflow_id,
-                                           version=version, workflow_name=name, inputs=inputs, trigger=trigger,
-                                           status="running")
+    async def started(
+        self,
+        run_id: str,
+        *,
+        owner: str,
+        workflow_id: str,
+        version: int,
+        name: str,
+        inputs: dict[str, Any],
+        trigger: dict[str, Any],
+    ) -> None:
+        await self.executions.record_start(
+            execution_id=run_id,
+            owner=owner,
+            workflow_id=workflow_id,
+            version=version,
+            workflow_name=name,
+            inputs=inputs,
+            trigger=trigger,
+            status="running",
+        )
 
     async def ended(self, run_id: str, result: dict[str, Any]) -> None:
         await self.executions.record_result(run_id, result)
@@ -69,8 +87,9 @@ class SqlRunStore:
     async def outcomes(self, journal_id: str) -> list[NodeOutcome]:
         return await self.outcomes_table.of_run(journal_id)
 
-    async def save_outcomes(self, journal_id: str, outcomes: Sequence[NodeOutcome], *, workflow_id: str | None,
-                            owner: str | None) -> None:
+    async def save_outcomes(
+        self, journal_id: str, outcomes: Sequence[NodeOutcome], *, workflow_id: str | None, owner: str | None
+    ) -> None:
         await self.outcomes_table.save(journal_id, outcomes, workflow_id=workflow_id, owner=owner)
 
     async def close(self) -> None:

@@ -20,15 +20,15 @@ import itertools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from uuid import UUID
 
+from dateutil.rrule import SECONDLY, rruleset, rrulestr
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import DeploymentScheduleCreate, DeploymentUpdate
 from prefect.client.schemas.objects import ConcurrencyLimitStrategy, ConcurrencyOptions, DeploymentSchedule
 from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule, RRuleSchedule
-from dateutil.rrule import SECONDLY, rruleset, rrulestr
 from pydantic import ValidationError
 
 from flows.prefect_compat import cron_dates, next_schedule_dates
@@ -59,8 +59,11 @@ class Timing:
         """Prefect's schedule; ``Invalid`` naming the field that does not fit."""
         given = [name for name in ("cron", "interval_s", "rrule") if getattr(self, name) is not None]
         if len(given) != 1:
-            message = ("give exactly one of cron, interval_s, rrule" if not given
-                       else f"give only one of cron, interval_s, rrule (got {', '.join(given)})")
+            message = (
+                "give exactly one of cron, interval_s, rrule"
+                if not given
+                else f"give only one of cron, interval_s, rrule (got {', '.join(given)})"
+            )
             raise Invalid(message, [{"code": "invalid_schedule", "field": "schedule", "message": message}])
         timezone = self.timezone or "UTC"
         try:
@@ -70,22 +73,41 @@ class Timing:
                 return RRuleSchedule(rrule=self.rrule, timezone=timezone)
             assert self.interval_s is not None
             if not math.isfinite(self.interval_s) or self.interval_s > MAX_INTERVAL_S:
-                raise Invalid("interval_s must be a number of seconds up to a year",
-                              [{"code": "invalid_schedule", "field": "interval_s",
-                                "message": f"interval_s: {self.interval_s} is not between {MIN_INTERVAL_S} "
-                                           f"and {MAX_INTERVAL_S} seconds"}])
+                raise Invalid(
+                    "interval_s must be a number of seconds up to a year",
+                    [
+                        {
+                            "code": "invalid_schedule",
+                            "field": "interval_s",
+                            "message": f"interval_s: {self.interval_s} is not between {MIN_INTERVAL_S} "
+                            f"and {MAX_INTERVAL_S} seconds",
+                        }
+                    ],
+                )
             if self.interval_s < MIN_INTERVAL_S:
-                raise Invalid(f"interval_s must be at least {MIN_INTERVAL_S} seconds",
-                              [{"code": "invalid_schedule", "field": "interval_s",
-                                "message": f"interval_s: {self.interval_s} is below {MIN_INTERVAL_S} seconds"}])
+                raise Invalid(
+                    f"interval_s must be at least {MIN_INTERVAL_S} seconds",
+                    [
+                        {
+                            "code": "invalid_schedule",
+                            "field": "interval_s",
+                            "message": f"interval_s: {self.interval_s} is below {MIN_INTERVAL_S} seconds",
+                        }
+                    ],
+                )
             return IntervalSchedule(interval=timedelta(seconds=self.interval_s), timezone=timezone)
         except ValidationError as exc:
             issues = []
             for error in exc.errors():
                 name = str(error["loc"][0]) if error.get("loc") else given[0]
                 name = "interval_s" if name == "interval" else name
-                issues.append({"code": "invalid_schedule", "field": name,
-                               "message": f"{name}: {str(error['msg']).removeprefix('Value error, ')}"})
+                issues.append(
+                    {
+                        "code": "invalid_schedule",
+                        "field": name,
+                        "message": f"{name}: {str(error['msg']).removeprefix('Value error, ')}",
+                    }
+                )
             raise Invalid("invalid schedule: " + "; ".join(i["message"] for i in issues), issues) from exc
 
 
@@ -104,8 +126,9 @@ async def refuse_short_gaps(timing: Timing) -> None:
     else:
         return
     if gap is not None and gap < MIN_INTERVAL_S:
-        message = (f"{field}: {value!r} starts runs {gap:g} s apart; at least {MIN_INTERVAL_S} s are needed "
-                   f"between two runs")
+        message = (
+            f"{field}: {value!r} starts runs {gap:g} s apart; at least {MIN_INTERVAL_S} s are needed between two runs"
+        )
         raise Invalid(message, [{"code": "invalid_schedule", "field": field, "message": message}])
 
 
@@ -114,11 +137,12 @@ def _rrule_gap(text: str) -> float | None:
     (RDATE). A per-second rule is refused whatever its interval: Prefect's scheduler walks
     every occurrence from the rule's start (2020 when the rule gives none), hundreds of
     millions for a per-second rule."""
-    now = datetime.now(timezone.utc).replace(microsecond=0, tzinfo=None)
+    now = datetime.now(UTC).replace(microsecond=0, tzinfo=None)
     rules = rrulestr(text, forceset=True, dtstart=now)
     if any(rule._freq == SECONDLY for rule in rules._rrule):
-        message = "rrule: FREQ=SECONDLY is not accepted; use interval_s for runs seconds apart (at least " \
-                  f"{MIN_INTERVAL_S} s)"
+        message = (
+            f"rrule: FREQ=SECONDLY is not accepted; use interval_s for runs seconds apart (at least {MIN_INTERVAL_S} s)"
+        )
         raise Invalid(message, [{"code": "invalid_schedule", "field": "rrule", "message": message}])
     # Each rule restarted now (naive), so no rule is walked from a DTSTART years ago; the
     # gaps of a rule do not depend on where it starts. Exclusions are left out: they only
@@ -180,29 +204,44 @@ class DeploymentSchedules:
     async def read(self, client: PrefectClient, deployment_id: UUID, schedule_id: str) -> WorkflowSchedule | None:
         return next((s for s in await self.list(client, deployment_id) if s.id == schedule_id), None)
 
-    async def create(self, client: PrefectClient, deployment_id: UUID, timing: Timing, inputs: dict[str, Any],
-                     active: bool) -> WorkflowSchedule:
-        created = await client.create_deployment_schedules(deployment_id, [DeploymentScheduleCreate(
-            schedule=timing.schedule(), active=active, parameters={"inputs": inputs})])
+    async def create(
+        self, client: PrefectClient, deployment_id: UUID, timing: Timing, inputs: dict[str, Any], active: bool
+    ) -> WorkflowSchedule:
+        created = await client.create_deployment_schedules(
+            deployment_id,
+            [DeploymentScheduleCreate(schedule=timing.schedule(), active=active, parameters={"inputs": inputs})],
+        )
         return await self._of(created[0])
 
-    async def update(self, client: PrefectClient, deployment_id: UUID, schedule_id: str, *,
-                     timing: Timing | None = None, inputs: dict[str, Any] | None = None,
-                     active: bool | None = None) -> None:
+    async def update(
+        self,
+        client: PrefectClient,
+        deployment_id: UUID,
+        schedule_id: str,
+        *,
+        timing: Timing | None = None,
+        inputs: dict[str, Any] | None = None,
+        active: bool | None = None,
+    ) -> None:
         """Change what is given. Prefect then drops the schedule's future runs and its
         scheduler makes new ones from the schedule as it is now.
 
         The schedule's parameters are always sent, as the Prefect UI does: Prefect 3.9's
         PATCH resets the parameters of a schedule to ``{}`` when they are left out (its
         update model defaults them to an empty dict), which would drop the inputs."""
-        current = next((s for s in await client.read_deployment_schedules(deployment_id)
-                        if str(s.id) == schedule_id), None)
+        current = next(
+            (s for s in await client.read_deployment_schedules(deployment_id) if str(s.id) == schedule_id), None
+        )
         parameters = dict(current.parameters or {}) if current is not None else {}
         if inputs is not None:
             parameters["inputs"] = inputs
         await client.update_deployment_schedule(
-            deployment_id, UUID(schedule_id), active=active,
-            schedule=timing.schedule() if timing is not None else None, parameters=parameters)
+            deployment_id,
+            UUID(schedule_id),
+            active=active,
+            schedule=timing.schedule() if timing is not None else None,
+            parameters=parameters,
+        )
 
     async def delete(self, client: PrefectClient, deployment_id: UUID, schedule_id: str) -> None:
         await client.delete_deployment_schedule(deployment_id, UUID(schedule_id))
@@ -213,24 +252,35 @@ class DeploymentSchedules:
         found = sorted(await client.read_deployment_schedules(from_id), key=lambda s: s.created or 0)
         if not found:
             return {}
-        created = await client.create_deployment_schedules(to_id, [DeploymentScheduleCreate(
-            schedule=s.schedule, active=s.active, parameters=s.parameters, slug=s.slug) for s in found])
+        created = await client.create_deployment_schedules(
+            to_id,
+            [
+                DeploymentScheduleCreate(schedule=s.schedule, active=s.active, parameters=s.parameters, slug=s.slug)
+                for s in found
+            ],
+        )
         return {str(old.id): str(new.id) for old, new in zip(found, created)}
 
-    async def set_overlap(self, client: PrefectClient, deployment_id: UUID,
-                          strategy: ConcurrencyLimitStrategy | None) -> None:
+    async def set_overlap(
+        self, client: PrefectClient, deployment_id: UUID, strategy: ConcurrencyLimitStrategy | None
+    ) -> None:
         """One run of the deployment at a time, colliding runs cancelled or queued by
         Prefect; or no limit at all."""
         if strategy is None:
             update = DeploymentUpdate(concurrency_limit=None)
         else:
-            update = DeploymentUpdate(concurrency_limit=1,
-                                      concurrency_options=ConcurrencyOptions(collision_strategy=strategy))
+            update = DeploymentUpdate(
+                concurrency_limit=1, concurrency_options=ConcurrencyOptions(collision_strategy=strategy)
+            )
         await client.update_deployment(deployment_id, update)
 
     async def _of(self, schedule: DeploymentSchedule) -> WorkflowSchedule:
         inputs = (schedule.parameters or {}).get("inputs")
         next_runs = await next_schedule_dates(schedule.schedule, NEXT_RUNS) if schedule.active else []
-        return WorkflowSchedule(id=str(schedule.id), timing=timing_of(schedule.schedule),
-                                inputs=inputs if isinstance(inputs, dict) else {}, active=schedule.active,
-                                next_runs=[d.isoformat() for d in next_runs])
+        return WorkflowSchedule(
+            id=str(schedule.id),
+            timing=timing_of(schedule.schedule),
+            inputs=inputs if isinstance(inputs, dict) else {},
+            active=schedule.active,
+            next_runs=[d.isoformat() for d in next_runs],
+        )

@@ -11,15 +11,26 @@ from store.settings import StoreSettings
 
 class WorkerSettings(StoreSettings):
     work_pool: str = Field("flowmaestro", description="The Prefect work pool workers poll (created on first use).")
-    worker_limit: int = Field(20, ge=1, description="Runs one worker process executes at once; more wait in the "
-                              "pool for this or another worker.")
-    worker_poll_s: float = Field(1.0, gt=0, description="How often a worker asks Prefect for runs to start "
-                                 "(Prefect's own default is 10 s).")
-    worker_grace_s: float = Field(30.0, ge=0, description="On SIGTERM, how long a worker lets its runs in "
-                                  "flight finish before cancelling them.")
+    worker_limit: int = Field(
+        20,
+        ge=1,
+        description="Runs one worker process executes at once; more wait in the pool for this or another worker.",
+    )
+    worker_poll_s: float = Field(
+        1.0, gt=0, description="How often a worker asks Prefect for runs to start (Prefect's own default is 10 s)."
+    )
+    worker_grace_s: float = Field(
+        30.0, ge=0, description="On SIGTERM, how long a worker lets its runs in flight finish before cancelling them."
+    )
     schedule_catch_up: Literal["none", "latest", "all"] = Field(
-        "latest", description="Scheduled runs missed while FlowMaestro's workers were down (late by more than "
+        "latest",
+        description="Scheduled runs missed while FlowMaestro's workers were down (late by more than "
         "schedule_late_after_s): none are run, only the latest of each schedule, or all of them. The others "
-        "end Cancelled, saying why.")
-    schedule_late_after_s: float = Field(60.0, gt=0, description="A scheduled run that a worker sees this "
-                                         "much after its time is a missed run (see schedule_catch_up).")
+        "end Cancelled, saying why.",
+    )
+    schedule_late_after_s: float = Field(
+        60.0,
+        gt=0,
+        description="A scheduled run that a worker sees this "
+        "much after its time is a missed run (see schedule_catch_up).",
+    )

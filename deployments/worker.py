@@ -30,13 +30,18 @@ import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterDeploymentId, FlowRunFilterId,
-                                           FlowRunFilterState, FlowRunFilterStateName)
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterDeploymentId,
+    FlowRunFilterId,
+    FlowRunFilterState,
+    FlowRunFilterStateName,
+)
 from prefect.client.schemas.objects import ConcurrencyLimitStrategy, FlowRun, StateType
 from prefect.exceptions import Pause
 from prefect.flows import Flow
@@ -44,14 +49,20 @@ from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker
 
 from builder.plan_cache import PlanCache
 from deployments.catch_up import missed_to_skip, schedule_of, scheduled_time
-from deployments.recovery import (CrashSweeper, HeartbeatEmitter, ensure_recovery_automations, heartbeat_interval,
-                                  loop_stall_limit, state_to_restore, written_by_recovery)
+from deployments.recovery import (
+    CrashSweeper,
+    HeartbeatEmitter,
+    ensure_recovery_automations,
+    heartbeat_interval,
+    loop_stall_limit,
+    state_to_restore,
+    written_by_recovery,
+)
 from deployments.run_store import SqlRunStore
 from deployments.settings import WorkerSettings
 from deployments.workflow_deployments import DEFAULT_POOL, WORKER_TYPE
 from flows.prefect_compat import PollingWorker, mark_cancelled, restore_state, start_flow_run_in_process
 from flows.run_context import CancelSignals, RunContext
-
 
 AWAITING_SLOT = "AwaitingConcurrencySlot"
 """The Scheduled state Prefect puts a run in when its deployment's limit is reached (ENQUEUE)."""
@@ -75,15 +86,30 @@ class FlowMaestroWorker(PollingWorker):
     job_configuration_variables = FlowMaestroVariables
     description = "Runs FlowMaestro canvas workflows as asyncio tasks of the worker's own process."
 
-    def __init__(self, *, flow: Flow[..., Any], work_pool_name: str = DEFAULT_POOL, limit: int = 20,
-                 cancel_poll_s: float = 1.0, name: str | None = None, on_cancel: Callable[[str], None] | None = None,
-                 heartbeats: HeartbeatEmitter | None = None, catch_up: str = "latest", late_after_s: float = 60.0,
-                 **kwargs: Any):
+    def __init__(
+        self,
+        *,
+        flow: Flow[..., Any],
+        work_pool_name: str = DEFAULT_POOL,
+        limit: int = 20,
+        cancel_poll_s: float = 1.0,
+        name: str | None = None,
+        on_cancel: Callable[[str], None] | None = None,
+        heartbeats: HeartbeatEmitter | None = None,
+        catch_up: str = "latest",
+        late_after_s: float = 60.0,
+        **kwargs: Any,
+    ):
         """``flow`` is the generic flow bound to this worker's run context; ``on_cancel``
         tells that context that a run was cancelled in Prefect (the flow then stops it);
         ``heartbeats`` beats for the runs it holds."""
-        super().__init__(work_pool_name=work_pool_name, limit=limit, name=name,
-                         base_job_template=self.get_default_base_job_template(), **kwargs)
+        super().__init__(
+            work_pool_name=work_pool_name,
+            limit=limit,
+            name=name,
+            base_job_template=self.get_default_base_job_template(),
+            **kwargs,
+        )
         self.flow = flow
         self.cancel_poll_s = cancel_poll_s
         self.on_cancel = on_cancel
@@ -108,20 +134,26 @@ class FlowMaestroWorker(PollingWorker):
     async def filter_due(self, due: list[Any]) -> list[Any]:
         """The runs Prefect's poll found due, less the missed scheduled runs the catch-up
         policy does not start (deployments/catch_up.py); those end Cancelled, saying why."""
-        skip = missed_to_skip([entry.flow_run for entry in due], datetime.now(timezone.utc), self.catch_up,
-                              self.late_after)
+        skip = missed_to_skip([entry.flow_run for entry in due], datetime.now(UTC), self.catch_up, self.late_after)
         for flow_run in skip:
             try:
-                await mark_cancelled(self.client, flow_run.id, f"missed while no worker ran (scheduled for "
-                                     f"{scheduled_time(flow_run)}); FLOWMAESTRO_SCHEDULE_CATCH_UP={self.catch_up}")
+                await mark_cancelled(
+                    self.client,
+                    flow_run.id,
+                    f"missed while no worker ran (scheduled for "
+                    f"{scheduled_time(flow_run)}); FLOWMAESTRO_SCHEDULE_CATCH_UP={self.catch_up}",
+                )
             except Exception as exc:  # left for the next poll
                 self.logger.warning("could not skip missed run %s: %s", flow_run.id, exc)
         skipped = {flow_run.id for flow_run in skip}
         due = [entry for entry in due if entry.flow_run.id not in skipped]
         for flow_run in await self._beyond_the_queue([entry.flow_run for entry in due]):
             try:
-                await mark_cancelled(self.client, flow_run.id, "overlap queue: a run of this workflow already "
-                                     "waits for the one going to end (at most one waits)")
+                await mark_cancelled(
+                    self.client,
+                    flow_run.id,
+                    "overlap queue: a run of this workflow already waits for the one going to end (at most one waits)",
+                )
                 skipped.add(flow_run.id)
             except Exception as exc:  # left for the next poll
                 self.logger.warning("could not skip queued run %s: %s", flow_run.id, exc)
@@ -146,25 +178,44 @@ class FlowMaestroWorker(PollingWorker):
         while a run of its deployment already waits for the slot (AwaitingConcurrencySlot)
         does not start; of several due at once with none waiting, only the first goes on.
         The deployment's collision strategy is Prefect's, read here: no policy copy."""
-        candidates = sorted((r for r in due if schedule_of(r) and r.deployment_id and not r.run_count
-                             and not (r.state and r.state.name == AWAITING_SLOT)),
-                            key=lambda r: scheduled_time(r) or datetime.min.replace(tzinfo=timezone.utc))
+        candidates = sorted(
+            (
+                r
+                for r in due
+                if schedule_of(r)
+                and r.deployment_id
+                and not r.run_count
+                and not (r.state and r.state.name == AWAITING_SLOT)
+            ),
+            key=lambda r: scheduled_time(r) or datetime.min.replace(tzinfo=UTC),
+        )
         drop: list[FlowRun] = []
         for deployment_id in dict.fromkeys(r.deployment_id for r in candidates):
             deployment = await self.client.read_deployment(deployment_id)
             options = deployment.concurrency_options
-            if deployment.global_concurrency_limit is None or options is None \
-                    or options.collision_strategy != ConcurrencyLimitStrategy.ENQUEUE:
+            if (
+                deployment.global_concurrency_limit is None
+                or options is None
+                or options.collision_strategy != ConcurrencyLimitStrategy.ENQUEUE
+            ):
                 continue
             mine = [r for r in candidates if r.deployment_id == deployment_id]
-            waiting = await self.client.read_flow_runs(flow_run_filter=FlowRunFilter(
-                deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]),
-                state=FlowRunFilterState(name=FlowRunFilterStateName(any_=[AWAITING_SLOT]))), limit=1)
+            waiting = await self.client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]),
+                    state=FlowRunFilterState(name=FlowRunFilterStateName(any_=[AWAITING_SLOT])),
+                ),
+                limit=1,
+            )
             drop += mine if waiting else mine[1:]
         return drop
 
-    async def run(self, flow_run: FlowRun, configuration: FlowMaestroJobConfiguration,
-                  task_status: anyio.abc.TaskStatus[Any] | None = None) -> FlowMaestroWorkerResult:
+    async def run(
+        self,
+        flow_run: FlowRun,
+        configuration: FlowMaestroJobConfiguration,
+        task_status: anyio.abc.TaskStatus[Any] | None = None,
+    ) -> FlowMaestroWorkerResult:
         if self._watcher is None and self.on_cancel is not None:
             self._watcher = asyncio.create_task(self._watch_cancellations())
         run_id = str(flow_run.id)
@@ -209,7 +260,8 @@ class FlowMaestroWorker(PollingWorker):
                 continue
             try:
                 flow_runs = await self.client.read_flow_runs(
-                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)), limit=len(ids))
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)), limit=len(ids)
+                )
             except Exception as exc:  # a hiccup of the API must not end the watcher
                 self.logger.debug("could not read run states: %s", exc)
                 continue
@@ -232,10 +284,19 @@ class FlowMaestroWorker(PollingWorker):
             if earlier is None or task.done():
                 return
             assert flow_run.state is not None
-            await restore_state(self.client, flow_run.id, earlier, f"set back to {earlier.name}: it was marked "
-                                f"{flow_run.state.name} while its worker {self.identifier} still executes it")
-            self.logger.warning("flow run %s was marked %s while this worker executes it: set back to %s",
-                                 flow_run.id, flow_run.state.name, earlier.name)
+            await restore_state(
+                self.client,
+                flow_run.id,
+                earlier,
+                f"set back to {earlier.name}: it was marked "
+                f"{flow_run.state.name} while its worker {self.identifier} still executes it",
+            )
+            self.logger.warning(
+                "flow run %s was marked %s while this worker executes it: set back to %s",
+                flow_run.id,
+                flow_run.state.name,
+                earlier.name,
+            )
         except Exception as exc:  # the next poll tries again
             self.logger.warning("could not set back flow run %s: %s", flow_run.id, exc)
 
@@ -259,18 +320,30 @@ class FlowMaestroWorker(PollingWorker):
         if self._watcher is not None:
             self._watcher.cancel()
 
-    async def kill_infrastructure(self, infrastructure_pid: str, configuration: FlowMaestroJobConfiguration,
-                                  grace_seconds: int = 30) -> None:
+    async def kill_infrastructure(
+        self, infrastructure_pid: str, configuration: FlowMaestroJobConfiguration, grace_seconds: int = 30
+    ) -> None:
         """Called by Prefect for a run cancelled before it started; it never ran here."""
         return None
 
 
-async def run_worker(flow: Flow[..., Any], *, pool: str = DEFAULT_POOL, limit: int = 20, poll_s: float = 1.0,
-                     cancel_poll_s: float = 1.0, grace_s: float = 30.0, name: str | None = None,
-                     on_cancel: Callable[[str], None] | None = None, started: Callable[[str], None] | None = None,
-                     stop: asyncio.Event | None = None, crash_detect_s: float | None = None,
-                     signals: CancelSignals | None = None, catch_up: str = "latest",
-                     late_after_s: float = 60.0) -> None:
+async def run_worker(
+    flow: Flow[..., Any],
+    *,
+    pool: str = DEFAULT_POOL,
+    limit: int = 20,
+    poll_s: float = 1.0,
+    cancel_poll_s: float = 1.0,
+    grace_s: float = 30.0,
+    name: str | None = None,
+    on_cancel: Callable[[str], None] | None = None,
+    started: Callable[[str], None] | None = None,
+    stop: asyncio.Event | None = None,
+    crash_detect_s: float | None = None,
+    signals: CancelSignals | None = None,
+    catch_up: str = "latest",
+    late_after_s: float = 60.0,
+) -> None:
     """Run one worker until ``stop`` is set (by default: SIGTERM or SIGINT), then drain it
     (see ``FlowMaestroWorker.shutdown``). With ``crash_detect_s``, it makes sure the
     recovery automations exist and beats for its runs: with the heartbeats of ``signals``
@@ -289,14 +362,30 @@ async def run_worker(flow: Flow[..., Any], *, pool: str = DEFAULT_POOL, limit: i
         if crash_detect_s is not None:
             async with get_client() as client:
                 await ensure_recovery_automations(client, pool, crash_detect_s)
-            heartbeats = signals.heartbeats if isinstance(signals, BeatingSignals) else HeartbeatEmitter(
-                pool=pool, interval_s=heartbeat_interval(crash_detect_s), stall_limit_s=loop_stall_limit(crash_detect_s))
-        worker = FlowMaestroWorker(flow=flow, work_pool_name=pool, limit=limit, cancel_poll_s=cancel_poll_s,
-                                   name=name, on_cancel=on_cancel, heartbeats=heartbeats, catch_up=catch_up,
-                                   late_after_s=late_after_s)
+            heartbeats = (
+                signals.heartbeats
+                if isinstance(signals, BeatingSignals)
+                else HeartbeatEmitter(
+                    pool=pool,
+                    interval_s=heartbeat_interval(crash_detect_s),
+                    stall_limit_s=loop_stall_limit(crash_detect_s),
+                )
+            )
+        worker = FlowMaestroWorker(
+            flow=flow,
+            work_pool_name=pool,
+            limit=limit,
+            cancel_poll_s=cancel_poll_s,
+            name=name,
+            on_cancel=on_cancel,
+            heartbeats=heartbeats,
+            catch_up=catch_up,
+            late_after_s=late_after_s,
+        )
         if crash_detect_s is not None:
-            sweeper = CrashSweeper(pool=pool, grace_s=crash_detect_s, interval_s=heartbeat_interval(crash_detect_s),
-                                   held=worker.held)
+            sweeper = CrashSweeper(
+                pool=pool, grace_s=crash_detect_s, interval_s=heartbeat_interval(crash_detect_s), held=worker.held
+            )
         beating = asyncio.create_task(heartbeats.run()) if heartbeats is not None else None
         sweeping = asyncio.create_task(sweeper.run()) if sweeper is not None else None
         main = asyncio.create_task(worker.start(printer=started or (lambda _line: None)))
@@ -320,8 +409,12 @@ class BeatingSignals(CancelSignals):
 
     def __init__(self, *, pool: str, crash_detect_s: float):
         super().__init__(on_watch=self._first_child_beat, on_holding=self._hold_or_release)
-        self.heartbeats = HeartbeatEmitter(pool=pool, interval_s=heartbeat_interval(crash_detect_s),
-                                           stall_limit_s=loop_stall_limit(crash_detect_s), children=self.watched)
+        self.heartbeats = HeartbeatEmitter(
+            pool=pool,
+            interval_s=heartbeat_interval(crash_detect_s),
+            stall_limit_s=loop_stall_limit(crash_detect_s),
+            children=self.watched,
+        )
 
     def _first_child_beat(self, run_id: str) -> None:
         if run_id not in self.heartbeats.held():  # the worker's own runs beat from when it took them
@@ -341,10 +434,18 @@ async def worker_context(database_url: str, *, beating_pool: str | None = None) 
     ``beating_pool``: crash detection), the plans of saved versions."""
     store = SqlRunStore.from_url(database_url)
     base = RunContext.from_environment()
-    signals = CancelSignals() if beating_pool is None \
+    signals = (
+        CancelSignals()
+        if beating_pool is None
         else BeatingSignals(pool=beating_pool, crash_detect_s=base.settings.crash_detect_s)
-    context = replace(base, store=store, resolve_workflow=store.resolve_subworkflow, cancellations=signals,
-                      plans=PlanCache(base.settings.plan_cache_nodes))
+    )
+    context = replace(
+        base,
+        store=store,
+        resolve_workflow=store.resolve_subworkflow,
+        cancellations=signals,
+        plans=PlanCache(base.settings.plan_cache_nodes),
+    )
     try:
         yield context
     finally:
@@ -352,8 +453,9 @@ async def worker_context(database_url: str, *, beating_pool: str | None = None) 
         await store.close()
 
 
-async def serve_worker(settings: WorkerSettings, *, name: str | None = None,
-                       started: Callable[[str], None] | None = None) -> None:
+async def serve_worker(
+    settings: WorkerSettings, *, name: str | None = None, started: Callable[[str], None] | None = None
+) -> None:
     """``flowmaestro worker``: one worker process with its context, until SIGTERM/SIGINT."""
     from flows.flow import workflow_flow
     from store.db import upgrade_schema
@@ -362,9 +464,18 @@ async def serve_worker(settings: WorkerSettings, *, name: str | None = None,
     await upgrade_schema(url)  # a no-op when the API (or another worker) already did it
     async with worker_context(url, beating_pool=settings.work_pool) as context:
         assert context.cancellations is not None
-        await run_worker(workflow_flow(context), pool=settings.work_pool, limit=settings.worker_limit,
-                         poll_s=settings.worker_poll_s, cancel_poll_s=context.settings.cancel_poll_s,
-                         grace_s=settings.worker_grace_s, name=name, on_cancel=context.cancellations.cancel,
-                         started=started, crash_detect_s=context.settings.crash_detect_s,
-                         signals=context.cancellations, catch_up=settings.schedule_catch_up,
-                         late_after_s=settings.schedule_late_after_s)
+        await run_worker(
+            workflow_flow(context),
+            pool=settings.work_pool,
+            limit=settings.worker_limit,
+            poll_s=settings.worker_poll_s,
+            cancel_poll_s=context.settings.cancel_poll_s,
+            grace_s=settings.worker_grace_s,
+            name=name,
+            on_cancel=context.cancellations.cancel,
+            started=started,
+            crash_detect_s=context.settings.crash_detect_s,
+            signals=context.cancellations,
+            catch_up=settings.schedule_catch_up,
+            late_after_s=settings.schedule_late_after_s,
+        )

@@ -78,15 +78,25 @@ def parameter_schema(declared_inputs: Mapping[str, Mapping[str, Any]]) -> dict[s
             field["default"] = spec["default"]
         properties[name] = field
     required = [name for name, spec in declared_inputs.items() if spec.get("required")]
-    inputs: dict[str, Any] = {"title": "inputs", "type": "object", "position": 0,
-                              "description": "The workflow's inputs.", "properties": properties}
+    inputs: dict[str, Any] = {
+        "title": "inputs",
+        "type": "object",
+        "position": 0,
+        "description": "The workflow's inputs.",
+        "properties": properties,
+    }
     if required:
         inputs["required"] = required
     defaults = {name: field["default"] for name, field in properties.items() if "default" in field}
     if defaults:
         inputs["default"] = defaults
-    return {"title": "Parameters", "type": "object", "properties": {"inputs": inputs},
-            "required": ["inputs"] if required else [], "definitions": {}}
+    return {
+        "title": "Parameters",
+        "type": "object",
+        "properties": {"inputs": inputs},
+        "required": ["inputs"] if required else [],
+        "definitions": {},
+    }
 
 
 @dataclass(frozen=True)
@@ -128,13 +138,16 @@ class WorkflowDeployments:
         queue = await self._ensure_owner_queue(client, workflow.owner)
         name = deployment_name(workflow.workflow_id, workflow.name)
         fields: dict[str, Any] = dict(
-            version=str(workflow.latest_version), work_pool_name=self.pool, work_queue_name=queue,
+            version=str(workflow.latest_version),
+            work_pool_name=self.pool,
+            work_queue_name=queue,
             entrypoint=ENTRYPOINT,
             parameters={"workflow_id": workflow.workflow_id, "owner": workflow.owner},
-            parameter_openapi_schema=parameter_schema(workflow.inputs), enforce_parameter_schema=False,
+            parameter_openapi_schema=parameter_schema(workflow.inputs),
+            enforce_parameter_schema=False,
             tags=["flowmaestro", WORKFLOW_TAG.format(id=workflow.workflow_id)],
-            description=workflow.description or f"FlowMaestro workflow {workflow.name!r} "
-                                                f"(version {workflow.latest_version} is the latest)",
+            description=workflow.description
+            or f"FlowMaestro workflow {workflow.name!r} (version {workflow.latest_version} is the latest)",
         )
         existing = await self.find(client, workflow.workflow_id, workflow.name)
         if existing is not None:
@@ -158,15 +171,29 @@ class WorkflowDeployments:
             except ObjectNotFound:
                 pass
 
-    async def start(self, client: PrefectClient, deployment_id: UUID, *, workflow_id: str, name: str,
-                    version: int, inputs: dict[str, Any], trigger: dict[str, Any],
-                    idempotency_key: str | None = None) -> FlowRun:
+    async def start(
+        self,
+        client: PrefectClient,
+        deployment_id: UUID,
+        *,
+        workflow_id: str,
+        name: str,
+        version: int,
+        inputs: dict[str, Any],
+        trigger: dict[str, Any],
+        idempotency_key: str | None = None,
+    ) -> FlowRun:
         """Create a flow run of the deployment; a worker picks it up (Scheduled now)."""
         parameters = {"inputs": inputs, "version": version, "trigger": trigger}
-        tags = ["flowmaestro", WORKFLOW_TAG.format(id=workflow_id), f"version:{version}",
-                f"trigger:{trigger.get('type', 'api')}"]
-        return await client.create_flow_run_from_deployment(deployment_id, parameters=parameters, tags=tags,
-                                                            name=name, idempotency_key=idempotency_key)
+        tags = [
+            "flowmaestro",
+            WORKFLOW_TAG.format(id=workflow_id),
+            f"version:{version}",
+            f"trigger:{trigger.get('type', 'api')}",
+        ]
+        return await client.create_flow_run_from_deployment(
+            deployment_id, parameters=parameters, tags=tags, name=name, idempotency_key=idempotency_key
+        )
 
     async def _generic_flow(self, client: PrefectClient) -> UUID:
         if self._flow_id is None:
@@ -180,8 +207,11 @@ class WorkflowDeployments:
             await client.read_work_pool(self.pool)
         except ObjectNotFound:
             try:
-                await client.create_work_pool(WorkPoolCreate(
-                    name=self.pool, type=WORKER_TYPE, description="FlowMaestro workers (flowmaestro worker)"))
+                await client.create_work_pool(
+                    WorkPoolCreate(
+                        name=self.pool, type=WORKER_TYPE, description="FlowMaestro workers (flowmaestro worker)"
+                    )
+                )
             except ObjectAlreadyExists:
                 pass  # another process created it meanwhile
         self._pool_ready = True
@@ -196,9 +226,13 @@ class WorkflowDeployments:
             queue = await client.read_work_queue_by_name(name, work_pool_name=self.pool)
         except ObjectNotFound:
             try:
-                await client.create_work_queue(name, work_pool_name=self.pool, concurrency_limit=self.owner_max_runs,
-                                               description=f"Runs of FlowMaestro owner {owner!r}: at most "
-                                                           f"{self.owner_max_runs or 'any number'} in flight")
+                await client.create_work_queue(
+                    name,
+                    work_pool_name=self.pool,
+                    concurrency_limit=self.owner_max_runs,
+                    description=f"Runs of FlowMaestro owner {owner!r}: at most "
+                    f"{self.owner_max_runs or 'any number'} in flight",
+                )
                 self._queues_ready.add(name)
                 return name
             except ObjectAlreadyExists:  # another process created it meanwhile

@@ -35,7 +35,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -69,7 +69,7 @@ def approval_slug(node_id: str, path: tuple[int, ...] | list[int]) -> str:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat()
+    return datetime.now(UTC).isoformat()
 
 
 def _loads(value: str) -> Any:
@@ -93,9 +93,16 @@ class Waiting:
 class PrefectApprovals:
     """The approval gate of one flow run."""
 
-    def __init__(self, run_id: str, *, signer: DecisionSigner, allow_unverified: bool = True,
-                 hold_s: float | None = None, busy: Callable[[], bool] = lambda: False,
-                 holding: Callable[[bool], None] = lambda held: None):
+    def __init__(
+        self,
+        run_id: str,
+        *,
+        signer: DecisionSigner,
+        allow_unverified: bool = True,
+        hold_s: float | None = None,
+        busy: Callable[[], bool] = lambda: False,
+        holding: Callable[[bool], None] = lambda held: None,
+    ):
         """``signer``: checks the decisions FlowMaestro signed, signs the outcomes recorded.
         ``allow_unverified``: whether answers through Prefect (unsigned) are taken.
         ``hold_s``: how long the run stays paused in this process before it is released
@@ -125,12 +132,18 @@ class PrefectApprovals:
     async def wait(self, execution: Any, node: PlanNode, frame: Any, config: ApprovalConfig) -> Completed:
         slug = approval_slug(node.id, frame.path)
         deadline = time.monotonic() + config.timeout_s if config.timeout_s else None
-        timeout_at = (datetime.now(timezone.utc) + timedelta(seconds=config.timeout_s)).isoformat() \
-            if config.timeout_s else None
-        record = {"node_id": node.id, "path": list(frame.path), "slug": slug, "message": config.message,
-                  "form": {k: v.model_dump() for k, v in config.form.items()},
-                  "schema": form_model(config.form, config.message).model_json_schema(),
-                  "approvers": config.approvers, "requested_at": _now(), "timeout_at": timeout_at}
+        timeout_at = (datetime.now(UTC) + timedelta(seconds=config.timeout_s)).isoformat() if config.timeout_s else None
+        record = {
+            "node_id": node.id,
+            "path": list(frame.path),
+            "slug": slug,
+            "message": config.message,
+            "form": {k: v.model_dump() for k, v in config.form.items()},
+            "schema": form_model(config.form, config.message).model_json_schema(),
+            "approvers": config.approvers,
+            "requested_at": _now(),
+            "timeout_at": timeout_at,
+        }
         async with get_client() as client:
             earlier = await self._earlier_decision(client, slug, config)
             if earlier is not None:  # the run executed again: a decision is never asked twice
@@ -144,8 +157,15 @@ class PrefectApprovals:
         waiting = Waiting(slug, node, frame.path, config, deadline)
         first = not self.waiting
         self.waiting[slug] = waiting
-        execution.bus.publish("node:paused", node_id=node.id, path=frame.path, message=config.message,
-                              form=record["schema"], timeout_at=timeout_at, approvers=config.approvers)
+        execution.bus.publish(
+            "node:paused",
+            node_id=node.id,
+            path=frame.path,
+            message=config.message,
+            form=record["schema"],
+            timeout_at=timeout_at,
+            approvers=config.approvers,
+        )
         if first:
             execution.bus.publish("execution:paused", pending=[{"node_id": node.id, "path": list(frame.path)}])
         if self.loop_task is None or self.loop_task.done():
@@ -170,8 +190,13 @@ class PrefectApprovals:
             return Completed(output=output, handles=frozenset({"timeout"}))
         values = dict(decision.get("input") or {})
         approved = bool(values.pop("approved", False))
-        output = {"approved": approved, "input": values, "decided_at": decision["decided_at"],
-                  "decided_by": decision.get("decided_by"), "via": decision.get("via")}
+        output = {
+            "approved": approved,
+            "input": values,
+            "decided_at": decision["decided_at"],
+            "decided_by": decision.get("decided_by"),
+            "via": decision.get("via"),
+        }
         return Completed(output=output, handles=frozenset({"approved" if approved else "rejected"}))
 
     async def _earlier_decision(self, client: Any, slug: str, config: ApprovalConfig) -> dict[str, Any] | None:
@@ -179,8 +204,9 @@ class PrefectApprovals:
         decision sent through the API, or an answer given in the Prefect UI to any earlier
         pause (or suspension) of this approval; each only if ``take`` takes it."""
         for prefix in (RESULT, DECISION):
-            found = await client.filter_flow_run_input(self.run_id, key_prefix=prefix + slug, limit=1,
-                                                       exclude_keys=set())
+            found = await client.filter_flow_run_input(
+                self.run_id, key_prefix=prefix + slug, limit=1, exclude_keys=set()
+            )
             if found and found[0].key == prefix + slug:
                 taken = self._take(slug, config, _loads(found[0].value), f"input {found[0].key}")
                 if taken is not None:
@@ -196,16 +222,22 @@ class PrefectApprovals:
 
     def _take(self, slug: str, config: ApprovalConfig, raw: Any, source: str) -> dict[str, Any] | None:
         """The decision as the run takes it, or None (refused: logged, the approval waits)."""
-        verdict = take(raw, config, run_id=str(self.run_id), slug=slug, signer=self.signer,
-                       allow_unverified=self.allow_unverified)
-        if isinstance(raw, dict) and "signature" in raw \
-                and not self.signer.verifies(str(self.run_id), slug, raw):
-            log.warning("run %s: approval %s: the signature of the decision from %s does not verify (forged, or "
-                        "this worker's FLOWMAESTRO_DECISION_KEY differs from the API's): taken as unverified at "
-                        "most", self.run_id, slug, source)
+        verdict = take(
+            raw, config, run_id=str(self.run_id), slug=slug, signer=self.signer, allow_unverified=self.allow_unverified
+        )
+        if isinstance(raw, dict) and "signature" in raw and not self.signer.verifies(str(self.run_id), slug, raw):
+            log.warning(
+                "run %s: approval %s: the signature of the decision from %s does not verify (forged, or "
+                "this worker's FLOWMAESTRO_DECISION_KEY differs from the API's): taken as unverified at "
+                "most",
+                self.run_id,
+                slug,
+                source,
+            )
         if isinstance(verdict, Refused):
-            log.warning("run %s: approval %s: refused the decision from %s: %s", self.run_id, slug, source,
-                        verdict.reason)
+            log.warning(
+                "run %s: approval %s: refused the decision from %s: %s", self.run_id, slug, source, verdict.reason
+            )
             return None
         assert isinstance(verdict, Taken)
         return verdict.decision
@@ -244,9 +276,14 @@ class PrefectApprovals:
     def _may_release(self) -> bool:
         """Held long enough, nothing else running, and no approval whose timeout this
         process must keep (a released run has nobody to time it out)."""
-        return (self.hold_s is not None and self.paused_since is not None
-                and time.monotonic() - self.paused_since >= self.hold_s and self.current is not None
-                and all(w.deadline is None for w in self.waiting.values()) and not self.busy())
+        return (
+            self.hold_s is not None
+            and self.paused_since is not None
+            and time.monotonic() - self.paused_since >= self.hold_s
+            and self.current is not None
+            and all(w.deadline is None for w in self.waiting.values())
+            and not self.busy()
+        )
 
     async def _release(self, client: Any) -> None:
         """Suspend the run on the approval Prefect shows (its form, a new pause key): the
@@ -260,8 +297,7 @@ class PrefectApprovals:
         key = await prefect_compat.fresh_pause_key(client, self.run_id, slug)
         log.info("run %s: releasing it while approval %s waits (suspended on key %s)", self.run_id, slug, key)
         try:
-            await prefect_compat.release_flow_run(client, self.run_id, key, wait_for_input=model,
-                                                  holding=self.holding)
+            await prefect_compat.release_flow_run(client, self.run_id, key, wait_for_input=model, holding=self.holding)
         except Pause as signal:
             for waiting in self.waiting.values():
                 if not waiting.future.done():
@@ -270,8 +306,9 @@ class PrefectApprovals:
     async def _step(self, client: Any) -> None:
         # Decisions sent through resume_approval first: a person's answer through the API
         # to the approval Prefect is paused on must keep who decided.
-        decisions = await client.filter_flow_run_input(self.run_id, key_prefix=DECISION, limit=200,
-                                                       exclude_keys=self.seen_decisions)
+        decisions = await client.filter_flow_run_input(
+            self.run_id, key_prefix=DECISION, limit=200, exclude_keys=self.seen_decisions
+        )
         for item in decisions:
             if item.id in self.refused_inputs:
                 continue
@@ -292,9 +329,12 @@ class PrefectApprovals:
             if waiting is not None and not self.pause_task.cancelled() and self.pause_task.exception() is None:
                 answer = self.pause_task.result()
                 # Refused, the approval pauses again below (on a new key).
-                decision = self._take(slug, waiting.config, {"outcome": "decided",
-                                                             "input": answer.model_dump(exclude={"metadata"})},
-                                      "the Prefect pause's answer")
+                decision = self._take(
+                    slug,
+                    waiting.config,
+                    {"outcome": "decided", "input": answer.model_dump(exclude={"metadata"})},
+                    "the Prefect pause's answer",
+                )
                 if decision is not None:
                     self._resolve(slug, decision)
         now = time.monotonic()
@@ -309,9 +349,14 @@ class PrefectApprovals:
             self.current_key = await prefect_compat.fresh_pause_key(client, self.run_id, slug)
             waiting = self.waiting[slug]
             model = form_model(waiting.config.form, waiting.config.message, base=RunInput)
-            self.pause_task = asyncio.create_task(pause_flow_run(
-                wait_for_input=model, timeout=PREFECT_PAUSE_LIMIT_S, poll_interval=PAUSE_POLL_S,
-                key=self.current_key))
+            self.pause_task = asyncio.create_task(
+                pause_flow_run(
+                    wait_for_input=model,
+                    timeout=PREFECT_PAUSE_LIMIT_S,
+                    poll_interval=PAUSE_POLL_S,
+                    key=self.current_key,
+                )
+            )
             self.paused_since = time.monotonic()
 
     def _resolve(self, slug: str, decision: dict[str, Any]) -> None:
@@ -355,8 +400,13 @@ async def pending_approvals(run_id: str, client: Any = None) -> list[dict[str, A
     out = []
     for slug, record in pending.items():
         if slug not in done:
-            out.append({k: record[k] for k in ("node_id", "path", "message", "schema", "approvers", "requested_at",
-                                                "timeout_at")} | {"decision_sent": slug in asked})
+            out.append(
+                {
+                    k: record[k]
+                    for k in ("node_id", "path", "message", "schema", "approvers", "requested_at", "timeout_at")
+                }
+                | {"decision_sent": slug in asked}
+            )
     return sorted(out, key=lambda r: r["requested_at"])
 
 
@@ -365,9 +415,15 @@ async def _inputs(client: Any, run_id: str, prefix: str) -> dict[str, Any]:
     return {item.key.removeprefix(prefix): json.loads(item.value) for item in found}
 
 
-async def resume_approval(run_id: str, node_id: str, path: list[int] | None = None,
-                          values: dict[str, Any] | None = None, decided_by: str | None = None,
-                          client: Any = None, signer: DecisionSigner | None = None) -> ResumeAnswer:
+async def resume_approval(
+    run_id: str,
+    node_id: str,
+    path: list[int] | None = None,
+    values: dict[str, Any] | None = None,
+    decided_by: str | None = None,
+    client: Any = None,
+    signer: DecisionSigner | None = None,
+) -> ResumeAnswer:
     """Answer a waiting approval. ``path`` may be left out when the node waits once.
 
     ``signer``: the decision key of FlowMaestro's API/CLI. Signed, the run records the
@@ -384,8 +440,11 @@ async def resume_approval(run_id: str, node_id: str, path: list[int] | None = No
     if path is not None:
         waiting = [p for p in waiting if p["path"] == list(path)]
     if not waiting:
-        return ResumeAnswer("not_waiting", f"no approval of node {node_id!r}"
-                            f"{'' if path is None else f' at path {list(path)}'} is waiting in run {run_id}")
+        return ResumeAnswer(
+            "not_waiting",
+            f"no approval of node {node_id!r}"
+            f"{'' if path is None else f' at path {list(path)}'} is waiting in run {run_id}",
+        )
     if len(waiting) > 1:
         paths = ", ".join(str(p["path"]) for p in waiting)
         return ResumeAnswer("refused", f"node {node_id!r} waits at several paths ({paths}); give the path")
@@ -399,8 +458,9 @@ async def resume_approval(run_id: str, node_id: str, path: list[int] | None = No
         try:
             checked = model.model_validate(values or {})
         except ValidationError as exc:
-            issues = tuple({"field": ".".join(map(str, e["loc"])), "message": e["msg"]}
-                           for e in exc.errors(include_url=False))
+            issues = tuple(
+                {"field": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors(include_url=False)
+            )
             text = "; ".join(f"{i['field']}: {i['message']}" for i in issues)
             return ResumeAnswer("refused", f"the input does not fit the form: {text}", issues)
         slug = record["slug"]
@@ -411,8 +471,13 @@ async def resume_approval(run_id: str, node_id: str, path: list[int] | None = No
         # Written as a decision input for every approval, the one Prefect is paused on
         # included: the run picks it up (and ends Prefect's pause) within a second, and
         # the decision keeps who made it.
-        decision = {"outcome": "decided", "input": checked.model_dump(), "decided_at": _now(),
-                    "decided_by": decided_by, "via": "api"}
+        decision = {
+            "outcome": "decided",
+            "input": checked.model_dump(),
+            "decided_at": _now(),
+            "decided_by": decided_by,
+            "via": "api",
+        }
         if signer is not None:
             decision = signer.sign(str(run_uuid), slug, decision)
         try:
@@ -429,13 +494,15 @@ async def resume_approval(run_id: str, node_id: str, path: list[int] | None = No
             # Released by its worker (suspended): nobody polls for the decision, so schedule
             # the run again; a worker replays it and the approval reads the decision.
             await prefect_compat.schedule_released(client, run_uuid, "approval answered")
-            return ResumeAnswer("accepted", "approval answered; the run is scheduled again and continues when a "
-                                            "worker takes it")
+            return ResumeAnswer(
+                "accepted", "approval answered; the run is scheduled again and continues when a worker takes it"
+            )
     return ResumeAnswer("accepted", "approval answered; the run resumes within a second")
 
 
-async def _replace_unsigned(client: Any, run_uuid: uuid.UUID, slug: str, decision: dict[str, Any],
-                            signer: DecisionSigner) -> bool:
+async def _replace_unsigned(
+    client: Any, run_uuid: uuid.UUID, slug: str, decision: dict[str, Any], signer: DecisionSigner
+) -> bool:
     """Put the API's signed decision in place of one under the same key that FlowMaestro did
     not sign (written through Prefect's API: a run that refuses it, or has not read it yet,
     would otherwise never see the API's). False when the one there is signed: it stands."""

@@ -40,8 +40,9 @@ class _PollingLocks:
     def is_locked(self, key: str) -> bool:
         raise NotImplementedError
 
-    def acquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None,
-                     hold_timeout: float | None = None) -> bool:
+    def acquire_lock(
+        self, key: str, holder: str, acquire_timeout: float | None = None, hold_timeout: float | None = None
+    ) -> bool:
         deadline = _deadline(acquire_timeout)
         while not self._try(key, holder):
             if _past(deadline):
@@ -49,8 +50,9 @@ class _PollingLocks:
             time.sleep(POLL_S)
         return True
 
-    async def aacquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None,
-                            hold_timeout: float | None = None) -> bool:
+    async def aacquire_lock(
+        self, key: str, holder: str, acquire_timeout: float | None = None, hold_timeout: float | None = None
+    ) -> bool:
         deadline = _deadline(acquire_timeout)
         while not self._try(key, holder):
             if _past(deadline):
@@ -147,8 +149,10 @@ class RedisCacheLocks(_PollingLocks):
 
     def _try(self, key: str, holder: str) -> bool:
         name = self.prefix + key
-        return bool(self.redis.set(name, holder, nx=True, px=int(self.hold_s * 1000))) or \
-            self.redis.get(name) == holder.encode()
+        return (
+            bool(self.redis.set(name, holder, nx=True, px=int(self.hold_s * 1000)))
+            or self.redis.get(name) == holder.encode()
+        )
 
     def release_lock(self, key: str, holder: str) -> None:
         self.redis.eval(_RELEASE, 1, self.prefix + key, holder)

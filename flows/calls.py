@@ -121,8 +121,9 @@ class DirectRunner:
                 raise
             except Exception as exc:
                 if isinstance(exc, TimeoutError) and call.node.timeout_s:
-                    exc = NodeError(f"timed out after {call.node.timeout_s:g} s", retry_class="timeout",
-                                    error_type="Timeout")
+                    exc = NodeError(
+                        f"timed out after {call.node.timeout_s:g} s", retry_class="timeout", error_type="Timeout"
+                    )
                 if not should_retry(exc, policy, attempt):
                     return CallResult(None, exc, attempt)
                 delay = retry_delay(exc, policy, attempt)

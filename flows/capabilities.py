@@ -52,8 +52,13 @@ class RunCapabilities:
         subworkflows = self.execution.subworkflows
         if subworkflows is None:
             return await NO_CAPABILITIES.start_child_run(workflow, version, inputs)
-        return await subworkflows.run(self.execution, self.node, ChildRun(workflow, version, dict(inputs)),
-                                      journal=self.execution.child_journal_id(self.node, self.frame))
+        completed: Completed = await subworkflows.run(
+            self.execution,
+            self.node,
+            ChildRun(workflow, version, dict(inputs)),
+            journal=self.execution.child_journal_id(self.node, self.frame),
+        )
+        return completed
 
     async def journal_step(self, name: str, compute: Callable[[], Awaitable[Any]]) -> Any:
         return await self.execution.journal.step(self.node.id, self.frame.path, self.key, name, compute)

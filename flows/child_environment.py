@@ -12,19 +12,22 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-API_ONLY = frozenset({
-    "FLOWMAESTRO_API_KEYS",          # the bearer keys of every owner
-    "FLOWMAESTRO_API_KEY",           # a client's key (flowmaestro schedules ...)
-    "FLOWMAESTRO_API_KEY_FILE",
-    "FLOWMAESTRO_METRICS_KEY",
-    "FLOWMAESTRO_SECRET_KEY",        # encrypts webhook secrets: the API's alone
-    "FLOWMAESTRO_STREAM_TOKEN_KEY",
-    "PREFECT_SERVER_API_AUTH_STRING",  # the Prefect server's; clients use PREFECT_API_AUTH_STRING
-})
+API_ONLY = frozenset(
+    {
+        "FLOWMAESTRO_API_KEYS",  # the bearer keys of every owner
+        "FLOWMAESTRO_API_KEY",  # a client's key (flowmaestro schedules ...)
+        "FLOWMAESTRO_API_KEY_FILE",
+        "FLOWMAESTRO_METRICS_KEY",
+        "FLOWMAESTRO_SECRET_KEY",  # encrypts webhook secrets: the API's alone
+        "FLOWMAESTRO_STREAM_TOKEN_KEY",
+        "PREFECT_SERVER_API_AUTH_STRING",  # the Prefect server's; clients use PREFECT_API_AUTH_STRING
+    }
+)
 """Read by the API (or a client), never by a worker."""
 
-CREDENTIAL_NAME = re.compile(r"(^|_)(API_?KEY|KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?|AUTH_STRING)(_|$)",
-                             re.IGNORECASE)
+CREDENTIAL_NAME = re.compile(
+    r"(^|_)(API_?KEY|KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?|AUTH_STRING)(_|$)", re.IGNORECASE
+)
 
 
 def worker_environment(environ: Mapping[str, str]) -> dict[str, str]:
@@ -35,6 +38,9 @@ def worker_environment(environ: Mapping[str, str]) -> dict[str, str]:
 def prefect_server_environment(environ: Mapping[str, str]) -> dict[str, str]:
     """The Prefect server's environment: the parent's without FlowMaestro's settings and any
     credential-looking variable (provider keys, node secrets), Prefect's own settings kept."""
-    return {name: value for name, value in environ.items()
-            if name.upper().startswith("PREFECT_")
-            or not (name.upper().startswith("FLOWMAESTRO_") or CREDENTIAL_NAME.search(name))}
+    return {
+        name: value
+        for name, value in environ.items()
+        if name.upper().startswith("PREFECT_")
+        or not (name.upper().startswith("FLOWMAESTRO_") or CREDENTIAL_NAME.search(name))
+    }

@@ -22,7 +22,6 @@ from flows.scheduler import ScopeResult
 from node_handlers.base import NodeError
 from node_handlers.branching import is_truthy
 
-
 DEFAULT_BRANCHES_IN_FLIGHT = 100
 """Branches of a parallel started at once when it does not say: every branch in flight takes
 a step in each turn of the event loop, so thousands of them (of inline nodes that never
@@ -74,8 +73,11 @@ def _count(config: Any) -> int:
 def body_error(result: ScopeResult, where: str) -> NodeError:
     first = result.failures[0]
     message = f"{where}: node {first.node_id!r} failed: {first.error['message']}"
-    return NodeError(message, error_type="BodyFailed",
-                     details={"failed_nodes": [{"node_id": f.node_id, "path": list(f.path)} for f in result.failures]})
+    return NodeError(
+        message,
+        error_type="BodyFailed",
+        details={"failed_nodes": [{"node_id": f.node_id, "path": list(f.path)} for f in result.failures]},
+    )
 
 
 async def _run_loop(runner: ScopeRunner, node: PlanNode, frame: Frame, config: Any) -> dict[str, Any]:
@@ -83,20 +85,27 @@ async def _run_loop(runner: ScopeRunner, node: PlanNode, frame: Frame, config: A
     items: list[Any] | None = _items(config) if mode == "forEach" else None
     total: int | None = len(items) if items is not None else (_count(config) if mode == "for" else None)
     if total is not None and total > limit:
-        raise NodeError(f"the loop would run {total} iterations, more than {config.cap_name}",
-                        error_type="MaxIterationsExceeded")
+        raise NodeError(
+            f"the loop would run {total} iterations, more than {config.cap_name}", error_type="MaxIterationsExceeded"
+        )
     results: list[Any] = []
     index = 0
     while True:
         if total is not None and index >= total:
             break
-        state = {"index": index, "iteration": index + 1, "item": items[index] if items is not None else None,
-                 "total": total, "results": results}
+        state = {
+            "index": index,
+            "iteration": index + 1,
+            "item": items[index] if items is not None else None,
+            "total": total,
+            "results": results,
+        }
         if mode == "while" and not _condition(runner, node, frame, config, state):
             break
         if total is None and index >= limit:
-            raise NodeError(f"the loop reached {config.cap_name} and its condition still holds",
-                            error_type="MaxIterationsExceeded")
+            raise NodeError(
+                f"the loop reached {config.cap_name} and its condition still holds", error_type="MaxIterationsExceeded"
+            )
         if index and index % YIELD_EVERY == 0:
             await asyncio.sleep(0)
         label = f"{index + 1}/{total}" if total is not None else str(index + 1)
@@ -145,8 +154,9 @@ async def _run_parallel(runner: ScopeRunner, node: PlanNode, frame: Frame, confi
                 error = body_error(result, f"branch {index}")
                 if not collect:
                     raise error
-                errors.append({"index": index, "error": {"message": error.message, "type": error.error_type,
-                                                          **error.details}})
+                errors.append(
+                    {"index": index, "error": {"message": error.message, "type": error.error_type, **error.details}}
+                )
                 continue
             results[index] = result.output
     finally:

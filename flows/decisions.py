@@ -31,7 +31,7 @@ import hashlib
 import hmac
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,7 @@ def decision_key_text(decision_key: SecretStr | None, secret_key: SecretStr | No
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat()
+    return datetime.now(UTC).isoformat()
 
 
 @dataclass(frozen=True)
@@ -67,14 +67,17 @@ class DecisionSigner:
     key: bytes = field(repr=False)
 
     @classmethod
-    def from_settings(cls, decision_key: SecretStr | None, secret_key: SecretStr | None,
-                      home: Path) -> DecisionSigner:
+    def from_settings(cls, decision_key: SecretStr | None, secret_key: SecretStr | None, home: Path) -> DecisionSigner:
         return cls(decision_key_text(decision_key, secret_key, home).encode())
 
     def _mac(self, run_id: str, slug: str, decision: dict[str, Any]) -> str:
         unsigned = {k: v for k, v in decision.items() if k != "signature"}
-        message = json.dumps({"run": str(run_id), "slug": slug, "decision": unsigned}, sort_keys=True,
-                             separators=(",", ":"), ensure_ascii=True)
+        message = json.dumps(
+            {"run": str(run_id), "slug": slug, "decision": unsigned},
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=True,
+        )
         return f"{VERSION}:" + hmac.new(self.key, message.encode(), hashlib.sha256).hexdigest()
 
     def sign(self, run_id: str, slug: str, decision: dict[str, Any]) -> dict[str, Any]:
@@ -106,13 +109,15 @@ def form_issues(config: ApprovalConfig, values: Any) -> str | None:
     try:
         form_model(config.form, config.message).model_validate(values, strict=True)
     except ValidationError as exc:
-        return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'input'}: {e['msg']}"
-                         for e in exc.errors(include_url=False))
+        return "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'input'}: {e['msg']}" for e in exc.errors(include_url=False)
+        )
     return None
 
 
-def take(raw: Any, config: ApprovalConfig, *, run_id: str, slug: str, signer: DecisionSigner,
-         allow_unverified: bool) -> Taken | Refused:
+def take(
+    raw: Any, config: ApprovalConfig, *, run_id: str, slug: str, signer: DecisionSigner, allow_unverified: bool
+) -> Taken | Refused:
     """Whether the run takes the decision ``raw`` (read from an input or a Prefect answer)
     for the approval ``slug``, and as what."""
     if not isinstance(raw, dict):
@@ -131,7 +136,15 @@ def take(raw: Any, config: ApprovalConfig, *, run_id: str, slug: str, signer: De
     if issues is not None:
         return Refused(f"it does not fit the form ({issues})")
     if verified:
-        return Taken({"outcome": "decided", "input": raw["input"], "decided_at": raw.get("decided_at") or _now(),
-                      "decided_by": raw.get("decided_by"), "via": raw.get("via")})
-    return Taken({"outcome": "decided", "input": raw["input"], "decided_at": _now(), "decided_by": None,
-                  "via": PREFECT_UI})
+        return Taken(
+            {
+                "outcome": "decided",
+                "input": raw["input"],
+                "decided_at": raw.get("decided_at") or _now(),
+                "decided_by": raw.get("decided_by"),
+                "via": raw.get("via"),
+            }
+        )
+    return Taken(
+        {"outcome": "decided", "input": raw["input"], "decided_at": _now(), "decided_by": None, "via": PREFECT_UI}
+    )

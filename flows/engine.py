@@ -34,8 +34,15 @@ from flows.events import EventBus, utcnow
 from flows.frames import Frame
 from flows.journal import JournalUnavailable, RunJournal
 from flows.large_outputs import LargeOutputs
-from flows.policies import (is_dead_letter, journals_durably, kept_output, node_cache_key, oversize_error,
-                            restores, runs_inline)
+from flows.policies import (
+    is_dead_letter,
+    journals_durably,
+    kept_output,
+    node_cache_key,
+    oversize_error,
+    restores,
+    runs_inline,
+)
 from flows.recording import TaskRunMirror, task_run_name, upstream_task_runs
 from flows.records import NodeRun, RunRecord
 from flows.scheduler import Decision, NodeResult, ScopeResult, ScopeRun, error_info
@@ -48,12 +55,16 @@ from store.vocabulary import EventType, NodeStatus, RunStatus
 log = logging.getLogger("flowmaestro.engine")
 
 FINAL_EVENT_OF_RUN_STATUS: Mapping[str, EventType] = {
-    RunStatus.COMPLETED: EventType.EXECUTION_COMPLETED, RunStatus.FAILED: EventType.EXECUTION_FAILED,
-    RunStatus.CANCELLED: EventType.EXECUTION_CANCELLED}
+    RunStatus.COMPLETED: EventType.EXECUTION_COMPLETED,
+    RunStatus.FAILED: EventType.EXECUTION_FAILED,
+    RunStatus.CANCELLED: EventType.EXECUTION_CANCELLED,
+}
 """The last event of a run that ended with each status."""
 FINAL_EVENT_OF_NODE_STATUS: Mapping[str, EventType] = {
-    NodeStatus.COMPLETED: EventType.NODE_COMPLETED, NodeStatus.CACHED: EventType.NODE_CACHED,
-    NodeStatus.FAILED: EventType.NODE_ERROR}
+    NodeStatus.COMPLETED: EventType.NODE_COMPLETED,
+    NodeStatus.CACHED: EventType.NODE_CACHED,
+    NodeStatus.FAILED: EventType.NODE_ERROR,
+}
 """The event of a node that ended with each status (a skipped or cancelled one has its own)."""
 
 
@@ -97,16 +108,32 @@ class FailedCall:
 
 
 class Execution:
-    def __init__(self, plan: Plan, registry: HandlerRegistry, *, run_id: str, inputs: Mapping[str, Any],
-                 runner: NodeRunner | None = None, bus: EventBus | None = None,
-                 env: Mapping[str, str] | None = None, env_allowlist: frozenset[str] = frozenset(),
-                 workflow_id: str | None = None, version: int | None = None, owner: str | None = None,
-                 inline_control: bool = True,
-                 approvals: ApprovalGate | None = None, subworkflows: Any = None,
-                 journal: RunJournal | None = None, max_task_runs: int = 10_000,
-                 large_outputs: LargeOutputs | None = None, template_limits: TemplateLimits = TemplateLimits(),
-                 max_node_output_bytes: int | None = None, release: RunRelease | None = None,
-                 started_at: datetime | None = None, services: HandlerServices | None = None):
+    def __init__(
+        self,
+        plan: Plan,
+        registry: HandlerRegistry,
+        *,
+        run_id: str,
+        inputs: Mapping[str, Any],
+        runner: NodeRunner | None = None,
+        bus: EventBus | None = None,
+        env: Mapping[str, str] | None = None,
+        env_allowlist: frozenset[str] = frozenset(),
+        workflow_id: str | None = None,
+        version: int | None = None,
+        owner: str | None = None,
+        inline_control: bool = True,
+        approvals: ApprovalGate | None = None,
+        subworkflows: Any = None,
+        journal: RunJournal | None = None,
+        max_task_runs: int = 10_000,
+        large_outputs: LargeOutputs | None = None,
+        template_limits: TemplateLimits = TemplateLimits(),
+        max_node_output_bytes: int | None = None,
+        release: RunRelease | None = None,
+        started_at: datetime | None = None,
+        services: HandlerServices | None = None,
+    ):
         """``max_task_runs``: how many task runs the run shows one by one (``TaskRunMirror``).
         ``large_outputs``: how outputs over a size are shown in events and the run result
         (a reference to the store, ``flows.large_outputs``), so that a long run of large
@@ -141,8 +168,9 @@ class Execution:
         """What an earlier execution of this run completed, and where this one records it."""
         self.on_error = plan.settings.get("on_error", "fail_fast")
         self.slots = asyncio.Semaphore(int(plan.settings.get("max_concurrency") or 8))
-        self.record = RunRecord(id=run_id, workflow=plan.name, workflow_id=workflow_id, version=version,
-                                plan_hash=plan.hash)
+        self.record = RunRecord(
+            id=run_id, workflow=plan.name, workflow_id=workflow_id, version=version, plan_hash=plan.hash
+        )
         self.run_info = {"id": run_id, "workflow_id": workflow_id, "workflow": plan.name, "started_at": None}
         self.large_outputs = large_outputs or LargeOutputs(run_id, None)
         self.mirror = TaskRunMirror(plan, self.runner, max_task_runs=max_task_runs, redact=self.journal.redact)
@@ -169,18 +197,27 @@ class Execution:
             raise
         except TimeoutError:
             self._cancel_open_records()
-            self._finish(RunStatus.FAILED, {"message": f"the run exceeded its time limit of {timeout:g} s",
-                                    "type": "RunTimeout"})
+            self._finish(
+                RunStatus.FAILED, {"message": f"the run exceeded its time limit of {timeout:g} s", "type": "RunTimeout"}
+            )
             return record
         if result.failed:
             first = result.failures[0]
             failed_nodes = [{"node_id": f.node_id, "path": list(f.path), "error": f.error} for f in result.failures]
-            self._finish(RunStatus.FAILED, {"message": f"node {first.node_id!r} failed: {first.error['message']}",
-                                    "node_id": first.node_id, "type": first.error.get("type"),
-                                    "failed_nodes": failed_nodes})
+            self._finish(
+                RunStatus.FAILED,
+                {
+                    "message": f"node {first.node_id!r} failed: {first.error['message']}",
+                    "node_id": first.node_id,
+                    "type": first.error.get("type"),
+                    "failed_nodes": failed_nodes,
+                },
+            )
         elif result.output_error is not None:
-            self._finish(RunStatus.FAILED, {"message": f"the workflow output could not be built: {result.output_error}",
-                                    "type": "TemplateError"})
+            self._finish(
+                RunStatus.FAILED,
+                {"message": f"the workflow output could not be built: {result.output_error}", "type": "TemplateError"},
+            )
         else:
             record.output = result.output  # whole: it is what the run answers
             self._finish(RunStatus.COMPLETED, None, await self.large_outputs.shown(result.output))
@@ -198,13 +235,18 @@ class Execution:
         """Whether a node other than ``run`` and the containers around it is executing,
         waiting (an approval) or launched and about to start (a parallel branch) now: then
         the run is not let go of, they would be cut short."""
-        return any(other is not run and other.status in (NodeStatus.PENDING, NodeStatus.RUNNING, NodeStatus.PAUSED)
-                   and not self.plan.nodes[other.node_id].container for other in self.record.trace)
+        return any(
+            other is not run
+            and other.status in (NodeStatus.PENDING, NodeStatus.RUNNING, NodeStatus.PAUSED)
+            and not self.plan.nodes[other.node_id].container
+            for other in self.record.trace
+        )
 
     def leaf_running(self) -> bool:
         """Whether a node other than a container or an approval is executing now."""
-        return any(run.status == NodeStatus.RUNNING and not self.plan.nodes[run.node_id].container
-                   for run in self.record.trace)
+        return any(
+            run.status == NodeStatus.RUNNING and not self.plan.nodes[run.node_id].container for run in self.record.trace
+        )
 
     def _cancel_open_records(self) -> None:
         for run in self.record.trace:
@@ -242,8 +284,9 @@ class Execution:
                         await self._journal_failure(node_id, frame, failed_call, result, decision)
                     if decision.broken_condition is not None:
                         run.status, run.error, run.output = NodeStatus.FAILED, decision.broken_condition, None
-                        self.bus.publish(EventType.NODE_ERROR, node_id=node_id, path=frame.path,
-                                         error=decision.broken_condition)
+                        self.bus.publish(
+                            EventType.NODE_ERROR, node_id=node_id, path=frame.path, error=decision.broken_condition
+                        )
                     for skipped in decision.skipped:
                         self._new_run(skipped, frame, trace=False).end(NodeStatus.SKIPPED)
                         self.bus.publish(EventType.NODE_SKIPPED, node_id=skipped, path=frame.path)
@@ -258,15 +301,23 @@ class Execution:
         self._never_started(state.never_started(), frame)
         return state.result(self._base_scope(frame) if frame.scope_id == TOP else None)
 
-    async def _journal_failure(self, node_id: str, frame: Frame, failed_call: FailedCall, result: NodeResult,
-                               decision: Decision) -> None:
+    async def _journal_failure(
+        self, node_id: str, frame: Frame, failed_call: FailedCall, result: NodeResult, decision: Decision
+    ) -> None:
         """Keep a leaf's failure in the journal, a dead letter when the scheduler found
         nothing to catch it. Buffered (written with the next durable write): a store that
         does not take a batch meanwhile keeps it buffered, and the node has failed anyway."""
         assert result.error is not None
         try:
-            await self.journal.failed(node_id, frame.path, failed_call.key, result.error, failed_call.attempts,
-                                      failed_call.config, dead_letter=is_dead_letter(decision))
+            await self.journal.failed(
+                node_id,
+                frame.path,
+                failed_call.key,
+                result.error,
+                failed_call.attempts,
+                failed_call.config,
+                dead_letter=is_dead_letter(decision),
+            )
         except JournalUnavailable as exc:
             log.warning("node %s: its failure stays buffered in the journal: %s", node_id, exc)
 
@@ -285,8 +336,7 @@ class Execution:
     # --- one node -------------------------------------------------------------------------------------
 
     def _base_scope(self, frame: Frame) -> dict[str, Any]:
-        scope: dict[str, Any] = {"inputs": self.inputs, "var": self.variables, "env": self.env,
-                                 "run": self.run_info}
+        scope: dict[str, Any] = {"inputs": self.inputs, "var": self.variables, "env": self.env, "run": self.run_info}
         if frame.loop is not None:
             scope["loop"] = frame.loop
         if frame.parallel is not None:
@@ -333,16 +383,25 @@ class Execution:
         """The node's final event in the event log."""
         outcome, run = ended.result, ended.run
         extra = {"restored": True} if outcome.restored else {}
-        self.bus.publish(FINAL_EVENT_OF_NODE_STATUS[outcome.status], node_id=ended.node.id, path=ended.frame.path, status=outcome.status,
-                         output=ended.shown, error=outcome.error, attempts=run.attempts,
-                         handles=sorted(outcome.handles), **extra)
+        self.bus.publish(
+            FINAL_EVENT_OF_NODE_STATUS[outcome.status],
+            node_id=ended.node.id,
+            path=ended.frame.path,
+            status=outcome.status,
+            output=ended.shown,
+            error=outcome.error,
+            attempts=run.attempts,
+            handles=sorted(outcome.handles),
+            **extra,
+        )
 
     def _mirror_outcome(self, ended: NodeEnded) -> None:
         """Its task run found by downstream nodes in Prefect, and its log line."""
         self.mirror.outcome(ended.node, ended.frame, ended.run, ended.result)
 
-    async def execute_container(self, node: PlanNode, frame: Frame, run: NodeRun,
-                                upstream: Mapping[str, Any]) -> NodeResult:
+    async def execute_container(
+        self, node: PlanNode, frame: Frame, run: NodeRun, upstream: Mapping[str, Any]
+    ) -> NodeResult:
         """A loop or parallel: its configuration resolved here, its bodies run by
         ``flows.containers`` through ``run_scope``. Its ``source`` edges fire when it
         completes, its ``error`` edges when it fails."""
@@ -375,21 +434,34 @@ class Execution:
             outcome = await self._run_in_flow(node, frame, run, handler, config, upstream, key)
         else:
             outcome = await self._run_leaf(node, frame, run, handler, config, upstream, key, inline)
-        oversize = oversize_error(outcome.output, self.max_node_output_bytes, node.id, run.attempts) \
-            if outcome.succeeded else None
+        oversize = (
+            oversize_error(outcome.output, self.max_node_output_bytes, node.id, run.attempts)
+            if outcome.succeeded
+            else None
+        )
         if oversize is not None:  # refused before it is journaled, kept in result storage or shown
             outcome = NodeResult(NodeStatus.FAILED, error=oversize)
         if outcome.succeeded:
-            completed = Completed(output=outcome.output, handles=outcome.handles,
-                                  variables=outcome.variables, usage=outcome.usage)
-            await self.journal.completed(node.id, frame.path, key, completed, run.attempts,
-                                         durable=journals_durably(handler, inline=inline))
+            completed = Completed(
+                output=outcome.output, handles=outcome.handles, variables=outcome.variables, usage=outcome.usage
+            )
+            await self.journal.completed(
+                node.id, frame.path, key, completed, run.attempts, durable=journals_durably(handler, inline=inline)
+            )
         else:  # journaled by run_scope once the scheduler has decided whether it was caught
             self._failed_calls[(node.id, frame.path)] = FailedCall(key, config.model_dump(mode="json"), run.attempts)
         return outcome
 
-    async def _run_in_flow(self, node: PlanNode, frame: Frame, run: NodeRun, handler: NodeHandler, config: Any,
-                           upstream: Mapping[str, Any], key: str) -> NodeResult:
+    async def _run_in_flow(
+        self,
+        node: PlanNode,
+        frame: Frame,
+        run: NodeRun,
+        handler: NodeHandler,
+        config: Any,
+        upstream: Mapping[str, Any],
+        key: str,
+    ) -> NodeResult:
         """A handler that uses the run itself (``NodeHandler.in_flow``): called once, here."""
         call = self._call(node, frame, handler, config, upstream, run, key)
         try:
@@ -400,8 +472,17 @@ class Execution:
             run.attempts = 1
         return self._completed(node, completed)
 
-    async def _run_leaf(self, node: PlanNode, frame: Frame, run: NodeRun, handler: NodeHandler, config: Any,
-                        upstream: Mapping[str, Any], key: str, inline: bool) -> NodeResult:
+    async def _run_leaf(
+        self,
+        node: PlanNode,
+        frame: Frame,
+        run: NodeRun,
+        handler: NodeHandler,
+        config: Any,
+        upstream: Mapping[str, Any],
+        key: str,
+        inline: bool,
+    ) -> NodeResult:
         first_started = await self.journal.started(node.id, frame.path, key) if handler.resumes_waiting else None
         call = self._call(node, frame, handler, config, upstream, run, key, first_started, releasable=inline)
         if inline:
@@ -436,30 +517,51 @@ class Execution:
             for key, value in completed.usage.items():
                 if isinstance(value, (int, float)):
                     self.record.usage[key] = self.record.usage.get(key, 0) + value
-        return NodeResult(NodeStatus.COMPLETED, completed.output, frozenset(completed.handles),
-                           variables=dict(completed.variables), usage=dict(completed.usage or {}))
+        return NodeResult(
+            NodeStatus.COMPLETED,
+            completed.output,
+            frozenset(completed.handles),
+            variables=dict(completed.variables),
+            usage=dict(completed.usage or {}),
+        )
 
-    def resolve_config(self, node: PlanNode, handler: NodeHandler, frame: Frame,
-                       skip_keys: frozenset[str] = frozenset()) -> Any:
+    def resolve_config(
+        self, node: PlanNode, handler: NodeHandler, frame: Frame, skip_keys: frozenset[str] = frozenset()
+    ) -> Any:
         """Resolve the node's templates and validate the result with the handler's schema."""
         data = {k: v for k, v in node.data.items() if k not in skip_keys}
         try:
-            resolved = render_value(data, self.template_scope(node, frame), expression_keys=handler.expression_keys,
-                                    limits=self.template_limits)
+            resolved = render_value(
+                data,
+                self.template_scope(node, frame),
+                expression_keys=handler.expression_keys,
+                limits=self.template_limits,
+            )
         except TemplateRenderError as exc:
             raise NodeError(exc.message, error_type="TemplateError") from exc
         resolved.update({k: node.data[k] for k in skip_keys if k in node.data})
         try:
             return handler.Config.model_validate(resolved, context={RESOLVED: True})
         except ValidationError as exc:
-            problems = "; ".join(f"data.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
-                                 for e in exc.errors(include_url=False))
-            raise NodeError(f"invalid configuration after resolving templates: {problems}",
-                            error_type="ConfigError") from exc
+            problems = "; ".join(
+                f"data.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False)
+            )
+            raise NodeError(
+                f"invalid configuration after resolving templates: {problems}", error_type="ConfigError"
+            ) from exc
 
-    def _call(self, node: PlanNode, frame: Frame, handler: NodeHandler, config: Any,
-              upstream: Mapping[str, Any], run: NodeRun, key: str, first_started: Any = None,
-              releasable: bool = False) -> NodeCall:
+    def _call(
+        self,
+        node: PlanNode,
+        frame: Frame,
+        handler: NodeHandler,
+        config: Any,
+        upstream: Mapping[str, Any],
+        run: NodeRun,
+        key: str,
+        first_started: Any = None,
+        releasable: bool = False,
+    ) -> NodeCall:
         """``key``: the node execution's cache key (``policies.node_cache_key``), Prefect's
         cache key when the node caches. ``releasable``: the node runs in the flow itself
         (inline), so it may let go of the run (a task run would take the release signal for
@@ -473,23 +575,46 @@ class Execution:
                 await release(node.id, path, until)
 
         def make_context(attempt: int) -> NodeContext:
-            return NodeContext(node_id=node.id, path=path, run_id=self.record.id, workflow=self.plan.name,
-                               attempt=attempt, upstream=upstream, inputs=self.inputs, first_started=first_started,
-                               owner=self.owner, release_until=release_until, capabilities=capabilities, services=self.services,
-                               idempotency_key=f"{self.journal.journal_id}:{node.id}:{'.'.join(map(str, path))}",
-                               emit=lambda event_type, data: self.bus.publish(event_type, node_id=node.id,
-                                                                              path=path, **data))
+            return NodeContext(
+                node_id=node.id,
+                path=path,
+                run_id=self.record.id,
+                workflow=self.plan.name,
+                attempt=attempt,
+                upstream=upstream,
+                inputs=self.inputs,
+                first_started=first_started,
+                owner=self.owner,
+                release_until=release_until,
+                capabilities=capabilities,
+                services=self.services,
+                idempotency_key=f"{self.journal.journal_id}:{node.id}:{'.'.join(map(str, path))}",
+                emit=lambda event_type, data: self.bus.publish(event_type, node_id=node.id, path=path, **data),
+            )
 
         def on_retry(attempt: int, exc: BaseException, delay: float) -> None:
             run.attempts = attempt
-            self.bus.publish(EventType.NODE_RETRYING, node_id=node.id, path=path, attempt=attempt,
-                             next_attempt_in_s=round(delay, 3), error=error_info(exc, node.id, attempt))
+            self.bus.publish(
+                EventType.NODE_RETRYING,
+                node_id=node.id,
+                path=path,
+                attempt=attempt,
+                next_attempt_in_s=round(delay, 3),
+                error=error_info(exc, node.id, attempt),
+            )
 
-        return NodeCall(node=node, path=path, handler=handler, config=config, make_context=make_context,
-                        cache_key=key if node.cache.enabled else None, on_retry=on_retry,
-                        task_run_name=task_run_name(node, frame),
-                        upstream_task_runs=upstream_task_runs(frame, upstream),
-                        parent_task_run=frame.container_task_run)
+        return NodeCall(
+            node=node,
+            path=path,
+            handler=handler,
+            config=config,
+            make_context=make_context,
+            cache_key=key if node.cache.enabled else None,
+            on_retry=on_retry,
+            task_run_name=task_run_name(node, frame),
+            upstream_task_runs=upstream_task_runs(frame, upstream),
+            parent_task_run=frame.container_task_run,
+        )
 
 
 async def _cancel_all(running: Mapping[asyncio.Task[Any], str]) -> None:

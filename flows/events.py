@@ -60,14 +60,27 @@ class EventBus:
     def subscribe(self, subscriber: Subscriber) -> None:
         self._subscribers.append(subscriber)
 
-    def publish(self, event_type: EventType | str, *, node_id: str | None = None,
-                path: tuple[int, ...] | None = None, **data: Any) -> RunEvent:
+    def publish(
+        self,
+        event_type: EventType | str,
+        *,
+        node_id: str | None = None,
+        path: tuple[int, ...] | None = None,
+        **data: Any,
+    ) -> RunEvent:
         if event_type not in EVENT_TYPES:
             # Clients (the run page, the CLI) know only these: a new type goes into EventType.
             raise ValueError(f"unknown event type {event_type!r}: not an EventType (store/vocabulary.py)")
         self._seq += 1
-        event = RunEvent(self._seq, event_type, self.execution_id, utcnow().isoformat(), node_id,
-                         None if node_id is None else tuple(path or ()), data)
+        event = RunEvent(
+            self._seq,
+            event_type,
+            self.execution_id,
+            utcnow().isoformat(),
+            node_id,
+            None if node_id is None else tuple(path or ()),
+            data,
+        )
         for subscriber in list(self._subscribers):
             try:
                 subscriber(event)

@@ -62,16 +62,25 @@ def _generic_flow(fn: Callable[..., Coroutine[Any, Any, Any]]) -> Flow:
     # file there holding node outputs verbatim is one a forged state could point Prefect's
     # reader at. Callers in this process read the state's in-memory result
     # (``prefect_compat.run_result``); should a result ever be persisted, it is plain JSON.
-    return flow(name=FLOW_NAME, persist_result=False, validate_parameters=False,
-                result_serializer=prefect_compat.RESULT_SERIALIZER)(fn)
+    return flow(
+        name=FLOW_NAME,
+        persist_result=False,
+        validate_parameters=False,
+        result_serializer=prefect_compat.RESULT_SERIALIZER,
+    )(fn)
 
 
 async def _name_after_canvas(flow_context: FlowRunContext | None, canvas: Any) -> None:
     """A run given a canvas is named after it; a run of a saved workflow keeps the name it
     was created with (the API names it after the workflow)."""
     name = canvas.get("name") if isinstance(canvas, dict) else None
-    if flow_context is None or flow_context.flow_run is None or not isinstance(name, str) or not name \
-            or flow_context.flow_run.name == name:
+    if (
+        flow_context is None
+        or flow_context.flow_run is None
+        or not isinstance(name, str)
+        or not name
+        or flow_context.flow_run.name == name
+    ):
         return
     await flow_context.client.set_flow_run_name(flow_context.flow_run.id, name)
     flow_context.flow_run.name = name
@@ -81,35 +90,55 @@ def workflow_flow(context: RunContext) -> Flow:
     """The generic flow bound to ``context``: call it as ``await bound(canvas=..., inputs=...,
     return_state=True)``. Child workflows run through it too, so they share the context."""
 
-    async def run_workflow(canvas: dict[str, Any] | None = None, inputs: dict[str, Any] | None = None,
-                           workflow_id: str | None = None, version: int | None = None,
-                           owner: str | None = None, trigger: dict[str, Any] | None = None,
-                           depth: int = 0, journal: str | None = None, started_at: str | None = None) -> Any:
+    async def run_workflow(
+        canvas: dict[str, Any] | None = None,
+        inputs: dict[str, Any] | None = None,
+        workflow_id: str | None = None,
+        version: int | None = None,
+        owner: str | None = None,
+        trigger: dict[str, Any] | None = None,
+        depth: int = 0,
+        journal: str | None = None,
+        started_at: str | None = None,
+    ) -> Any:
         """Run a FlowMaestro canvas (canvas-v1 JSON) with the given inputs: the ``canvas``
         given, or version ``version`` (the latest when empty) of the saved workflow
         ``workflow_id`` of ``owner``. ``depth``: how deep a sub-workflow run is nested;
         ``journal``: where a child run keeps what it completed (the flow run id otherwise);
         ``started_at``: a child run's ``run.started_at``, its parent's first start."""
-        return await _run_in_flow(context, bound, RunRequest(canvas, dict(inputs or {}), workflow_id, version, owner,
-                                                             trigger, depth, journal, started_at))
+        return await _run_in_flow(
+            context,
+            bound,
+            RunRequest(canvas, dict(inputs or {}), workflow_id, version, owner, trigger, depth, journal, started_at),
+        )
 
     bound = _generic_flow(run_workflow)
     return bound
 
 
 @_generic_flow
-async def run_workflow(canvas: dict[str, Any] | None = None, inputs: dict[str, Any] | None = None,
-                       workflow_id: str | None = None, version: int | None = None,
-                       owner: str | None = None, trigger: dict[str, Any] | None = None, depth: int = 0,
-                       journal: str | None = None, started_at: str | None = None) -> Any:
+async def run_workflow(
+    canvas: dict[str, Any] | None = None,
+    inputs: dict[str, Any] | None = None,
+    workflow_id: str | None = None,
+    version: int | None = None,
+    owner: str | None = None,
+    trigger: dict[str, Any] | None = None,
+    depth: int = 0,
+    journal: str | None = None,
+    started_at: str | None = None,
+) -> Any:
     """Run a FlowMaestro canvas (canvas-v1 JSON) with the given inputs."""
     # An entry point for processes that run one flow run (Prefect's own workers): the
     # context is built from the environment for this run. FlowMaestro's worker
     # (deployments/worker.py) binds the flow to one context for all its runs instead.
     context = RunContext.from_environment()
     try:
-        return await _run_in_flow(context, workflow_flow(context), RunRequest(
-            canvas, dict(inputs or {}), workflow_id, version, owner, trigger, depth, journal, started_at))
+        return await _run_in_flow(
+            context,
+            workflow_flow(context),
+            RunRequest(canvas, dict(inputs or {}), workflow_id, version, owner, trigger, depth, journal, started_at),
+        )
     finally:
         await context.close()
 
@@ -225,10 +254,19 @@ async def open_run(context: RunContext, request: RunRequest) -> AsyncIterator[Op
         stack.push_async_callback(writer.close)
         # Closed first: what it has not sent yet goes before the run ends.
         recorder = await stack.enter_async_context(
-            prefect_compat.task_run_recorder(context.task_run_sender, logs=context.settings.node_logs))
-        yield OpenedRun(context=context, request=request, run_id=run_id, flow_run=flow_run,
-                        started_at=first_start(flow_run, request.started_at),
-                        store=context.store if saved else None, bus=bus, writer=writer, recorder=recorder)
+            prefect_compat.task_run_recorder(context.task_run_sender, logs=context.settings.node_logs)
+        )
+        yield OpenedRun(
+            context=context,
+            request=request,
+            run_id=run_id,
+            flow_run=flow_run,
+            started_at=first_start(flow_run, request.started_at),
+            store=context.store if saved else None,
+            bus=bus,
+            writer=writer,
+            recorder=recorder,
+        )
 
 
 def first_start(flow_run: Any, given: str | None) -> datetime:
@@ -261,20 +299,38 @@ async def prepare_run(opened: OpenedRun, child_flow: ChildFlow) -> PreparedRun |
         try:
             found = await store.load(request.owner, request.workflow_id, request.version)
         except LookupError as exc:
-            return Refusal(_refused(opened, name, "workflow not found",
-                                    [{"message": str(exc), "code": "workflow_not_found"}]), recorded=False)
+            return Refusal(
+                _refused(opened, name, "workflow not found", [{"message": str(exc), "code": "workflow_not_found"}]),
+                recorded=False,
+            )
         canvas, version, name = found.canvas, found.version, found.name
         flow_run = opened.flow_run
         crashes = await _crashes(opened.run_id) if flow_run is not None and flow_run.run_count > 1 else 0
         if crashes > context.settings.crash_retries:
             times = f"{crashes} time{'s' if crashes > 1 else ''}"
-            return Refusal(_refused(opened, name, "crashed too often", [{
-                "message": f"its worker died {times} (FLOWMAESTRO_CRASH_RETRIES="
-                           f"{context.settings.crash_retries}); retry it when the cause is fixed",
-                "code": "crash_retries_exhausted"}]))
-        await store.started(opened.run_id, owner=request.owner, workflow_id=request.workflow_id,
-                            version=found.version, name=found.name, inputs=dict(request.inputs),
-                            trigger=request.trigger or _trigger_of(flow_run))
+            return Refusal(
+                _refused(
+                    opened,
+                    name,
+                    "crashed too often",
+                    [
+                        {
+                            "message": f"its worker died {times} (FLOWMAESTRO_CRASH_RETRIES="
+                            f"{context.settings.crash_retries}); retry it when the cause is fixed",
+                            "code": "crash_retries_exhausted",
+                        }
+                    ],
+                )
+            )
+        await store.started(
+            opened.run_id,
+            owner=request.owner,
+            workflow_id=request.workflow_id,
+            version=found.version,
+            name=found.name,
+            inputs=dict(request.inputs),
+            trigger=request.trigger or _trigger_of(flow_run),
+        )
     compiled = _compile(context, canvas, (request.workflow_id, version) if store is not None else None)
     if isinstance(compiled, list):
         return Refusal(_refused(opened, name, "invalid canvas", compiled, version))
@@ -282,16 +338,26 @@ async def prepare_run(opened: OpenedRun, child_flow: ChildFlow) -> PreparedRun |
     if isinstance(inputs, InputsInvalid):
         return Refusal(_refused(opened, name, "invalid inputs", [i.to_dict() for i in inputs.issues], version))
     # Only saved runs keep their journal: they are the ones Prefect can run again.
-    journal = await RunJournal.open(request.journal_id or opened.run_id, store, workflow_id=request.workflow_id,
-                                    owner=request.owner,
-                                    secrets=[context.environ.get(n, "") for n in context.settings.env_allowlist])
+    journal = await RunJournal.open(
+        request.journal_id or opened.run_id,
+        store,
+        workflow_id=request.workflow_id,
+        owner=request.owner,
+        secrets=[context.environ.get(n, "") for n in context.settings.env_allowlist],
+    )
     # A child is given this run's first start: its ``run.started_at`` too.
     children = functools.partial(child_flow, started_at=opened.started_at.isoformat())
-    subworkflows = PrefectSubworkflows(context.resolve_workflow, children, request.owner,
-                                       by_reference=store is not None, depth=request.depth,
-                                       max_depth=context.settings.max_subworkflow_depth)
-    return PreparedRun(opened=opened, plan=compiled, version=version, inputs=inputs, journal=journal,
-                       subworkflows=subworkflows)
+    subworkflows = PrefectSubworkflows(
+        context.resolve_workflow,
+        children,
+        request.owner,
+        by_reference=store is not None,
+        depth=request.depth,
+        max_depth=context.settings.max_subworkflow_depth,
+    )
+    return PreparedRun(
+        opened=opened, plan=compiled, version=version, inputs=inputs, journal=journal, subworkflows=subworkflows
+    )
 
 
 def _compile(context: RunContext, canvas: dict[str, Any], saved_as: tuple[Any, Any] | None) -> Plan | list[dict]:
@@ -313,10 +379,10 @@ def _compile(context: RunContext, canvas: dict[str, Any], saved_as: tuple[Any, A
     return compiled.plan
 
 
-def _refused(opened: OpenedRun, name: str, what: str, issues: list[dict[str, Any]],
-             version: int | None = None) -> RunRecord:
-    return RunRecord.refused(opened.run_id, name, what, issues, workflow_id=opened.request.workflow_id,
-                             version=version)
+def _refused(
+    opened: OpenedRun, name: str, what: str, issues: list[dict[str, Any]], version: int | None = None
+) -> RunRecord:
+    return RunRecord.refused(opened.run_id, name, what, issues, workflow_id=opened.request.workflow_id, version=version)
 
 
 async def execute_run(prepared: PreparedRun) -> RunRecord:
@@ -329,29 +395,44 @@ async def execute_run(prepared: PreparedRun) -> RunRecord:
     # A worker lets go of a run of a deployment that waits long for a person or on a delay
     # (the run replays from its journal when answered or due); other runs have nobody to
     # replay them.
-    releasable = opened.store is not None and opened.flow_run is not None \
-        and opened.flow_run.deployment_id is not None
+    releasable = opened.store is not None and opened.flow_run is not None and opened.flow_run.deployment_id is not None
     signals = context.cancellations
     holding = functools.partial(signals.holding, run_id) if signals is not None else _holds_anyway
     execution: Execution
-    approvals = PrefectApprovals(run_id, hold_s=settings.approval_hold_s if releasable else None, holding=holding,
-                                 signer=DecisionSigner.from_settings(settings.decision_key, settings.secret_key,
-                                                                     settings.home),
-                                 allow_unverified=settings.approval_prefect_ui,
-                                 # The two need each other: an approval is not released while
-                                 # another node of the execution runs.
-                                 busy=lambda: execution.leaf_running())
-    execution = Execution(prepared.plan, context.registry, run_id=run_id, inputs=prepared.inputs,
-                          runner=PrefectRunner(recorder=opened.recorder, cached=context.cached_task), bus=opened.bus,
-                          env=context.environ, env_allowlist=settings.env_allowlist, workflow_id=request.workflow_id,
-                          version=prepared.version, owner=request.owner,
-                          inline_control=settings.inline_control_nodes and opened.recorder is not None,
-                          approvals=approvals, subworkflows=prepared.subworkflows, journal=prepared.journal,
-                          max_task_runs=settings.max_task_runs,
-                          large_outputs=_large_outputs(run_id, settings.event_output_max_bytes, opened.store),
-                          template_limits=settings.template_limits, max_node_output_bytes=settings.max_node_output_bytes,
-                          release=_delay_release(run_id, settings.delay_release_s, holding) if releasable else None,
-                          started_at=opened.started_at, services=context.services)
+    approvals = PrefectApprovals(
+        run_id,
+        hold_s=settings.approval_hold_s if releasable else None,
+        holding=holding,
+        signer=DecisionSigner.from_settings(settings.decision_key, settings.secret_key, settings.home),
+        allow_unverified=settings.approval_prefect_ui,
+        # The two need each other: an approval is not released while
+        # another node of the execution runs.
+        busy=lambda: execution.leaf_running(),
+    )
+    execution = Execution(
+        prepared.plan,
+        context.registry,
+        run_id=run_id,
+        inputs=prepared.inputs,
+        runner=PrefectRunner(recorder=opened.recorder, cached=context.cached_task),
+        bus=opened.bus,
+        env=context.environ,
+        env_allowlist=settings.env_allowlist,
+        workflow_id=request.workflow_id,
+        version=prepared.version,
+        owner=request.owner,
+        inline_control=settings.inline_control_nodes and opened.recorder is not None,
+        approvals=approvals,
+        subworkflows=prepared.subworkflows,
+        journal=prepared.journal,
+        max_task_runs=settings.max_task_runs,
+        large_outputs=_large_outputs(run_id, settings.event_output_max_bytes, opened.store),
+        template_limits=settings.template_limits,
+        max_node_output_bytes=settings.max_node_output_bytes,
+        release=_delay_release(run_id, settings.delay_release_s, holding) if releasable else None,
+        started_at=opened.started_at,
+        services=context.services,
+    )
     try:
         return await _run_watching_cancellation(execution, run_id, settings.cancel_poll_s, signals)
     finally:
@@ -424,8 +505,9 @@ def _large_outputs(run_id: str, limit: int, store: RunStore | None) -> LargeOutp
     return LargeOutputs(run_id, limit, keep)
 
 
-async def _run_watching_cancellation(execution: Execution, run_id: str, poll_s: float,
-                                     signals: CancelSignals | None) -> RunRecord:
+async def _run_watching_cancellation(
+    execution: Execution, run_id: str, poll_s: float, signals: CancelSignals | None
+) -> RunRecord:
     """Prefect does not interrupt an in-process flow run that is cancelled: watch the
     run's state and cancel the execution ourselves (running async nodes are cancelled at
     their next await). A worker delivers the cancellations of all its runs (``signals``);
@@ -466,8 +548,9 @@ async def _run_watching_cancellation(execution: Execution, run_id: str, poll_s: 
             signals.forget(run_id)
 
 
-async def _summary_artifact(record: RunRecord, public_url: str,
-                            recorder: prefect_compat.TaskRunRecorder | None) -> None:
+async def _summary_artifact(
+    record: RunRecord, public_url: str, recorder: prefect_compat.TaskRunRecorder | None
+) -> None:
     """A markdown artifact of the run (the Prefect UI's Artifacts tab), linking back to the
     run in FlowMaestro for runs of saved workflows (the API knows only those). Sent after the
     run's task runs, off the critical path, by the ``recorder`` when there is one."""
@@ -475,12 +558,16 @@ async def _summary_artifact(record: RunRecord, public_url: str,
     for run in record.trace[:500]:
         path = "/".join(map(str, run.path)) or "-"
         duration = f"{run.duration_ms} ms" if run.duration_ms is not None else "-"
-        rows.append(f"| {run.node_id} | {path} | {run.status} | {run.attempts} | {duration} | "
-                    f"{'yes' if run.cached else ''} |")
+        rows.append(
+            f"| {run.node_id} | {path} | {run.status} | {run.attempts} | {duration} | {'yes' if run.cached else ''} |"
+        )
     if len(record.trace) > 500:
         rows.append(f"| ... {len(record.trace) - 500} more | | | | | |")
-    skipped = [n for n, r in record.nodes.items() if r.status in (NodeStatus.SKIPPED, NodeStatus.CANCELLED, NodeStatus.PENDING)
-               and r not in record.trace]
+    skipped = [
+        n
+        for n, r in record.nodes.items()
+        if r.status in (NodeStatus.SKIPPED, NodeStatus.CANCELLED, NodeStatus.PENDING) and r not in record.trace
+    ]
     header = f"**{record.workflow}**: {record.status}"
     if record.error:
         header += f" — {record.error.get('message')}"
@@ -488,8 +575,10 @@ async def _summary_artifact(record: RunRecord, public_url: str,
         header += f"\n\nNot run: {', '.join(skipped)}"
     if record.workflow_id is not None:
         base = public_url.rstrip("/")
-        header += (f"\n\n[Run page]({base}/ui/executions/{record.id}) · "
-                   f"[API: GET /api/executions/{record.id}]({base}/api/executions/{record.id})")
+        header += (
+            f"\n\n[Run page]({base}/ui/executions/{record.id}) · "
+            f"[API: GET /api/executions/{record.id}]({base}/api/executions/{record.id})"
+        )
     markdown, description = header + "\n\n" + "\n".join(rows), f"FlowMaestro summary of {record.workflow}"
     if recorder is not None:
         recorder.markdown_artifact(markdown, key="flowmaestro-summary", description=description)

@@ -37,10 +37,23 @@ class Frame:
         """The task run of the container execution this frame is a body of."""
         return self.parent.task_runs.get(self.scope_id) if self.parent is not None else None
 
-    def child(self, scope_id: ScopeId, index: int, label: str, *, loop: dict[str, Any] | None = None,
-              parallel: dict[str, Any] | None = None) -> Frame:
-        return Frame(scope_id, self.path + (index,), self, loop or self.loop, parallel or self.parallel,
-                     labels=self.labels + (label,))
+    def child(
+        self,
+        scope_id: ScopeId,
+        index: int,
+        label: str,
+        *,
+        loop: dict[str, Any] | None = None,
+        parallel: dict[str, Any] | None = None,
+    ) -> Frame:
+        return Frame(
+            scope_id,
+            self.path + (index,),
+            self,
+            loop or self.loop,
+            parallel or self.parallel,
+            labels=self.labels + (label,),
+        )
 
     def lookup(self, plan: Plan, node_id: str) -> Any:
         """Output of ``node_id`` as seen from this frame; ``None`` if it was skipped."""

@@ -49,13 +49,22 @@ class OutcomeStore(Protocol):
 
     async def outcomes(self, journal_id: str) -> list[NodeOutcome]: ...
 
-    async def save_outcomes(self, journal_id: str, outcomes: Sequence[NodeOutcome], *, workflow_id: str | None,
-                            owner: str | None) -> None: ...
+    async def save_outcomes(
+        self, journal_id: str, outcomes: Sequence[NodeOutcome], *, workflow_id: str | None, owner: str | None
+    ) -> None: ...
 
 
 class RunJournal:
-    def __init__(self, journal_id: str, entries: Sequence[NodeOutcome] = (), *, store: OutcomeStore | None = None,
-                 workflow_id: str | None = None, owner: str | None = None, secrets: Sequence[str] = ()):
+    def __init__(
+        self,
+        journal_id: str,
+        entries: Sequence[NodeOutcome] = (),
+        *,
+        store: OutcomeStore | None = None,
+        workflow_id: str | None = None,
+        owner: str | None = None,
+        secrets: Sequence[str] = (),
+    ):
         """``journal_id``: the flow run id (a child run's: parent's id, node and path).
         ``secrets``: values to redact from the configurations kept with failures."""
         self.journal_id = journal_id
@@ -81,8 +90,12 @@ class RunJournal:
     def restored(entry: NodeOutcome) -> tuple[Completed, int]:
         """The outcome and attempts of a node execution that completed."""
         data = entry.outcome
-        completed = Completed(output=data.get("output"), handles=frozenset(data.get("handles") or ()),
-                              variables=data.get("variables") or {}, usage=data.get("usage") or None)
+        completed = Completed(
+            output=data.get("output"),
+            handles=frozenset(data.get("handles") or ()),
+            variables=data.get("variables") or {},
+            usage=data.get("usage") or None,
+        )
         return completed, entry.attempts
 
     def first_started(self, node_id: str, path: Path, key: str) -> datetime | None:
@@ -98,8 +111,7 @@ class RunJournal:
         await self._write(NodeOutcome(node_id, path, key, "started", {}, 0, started_at=now, ended_at=now), True)
         return now
 
-    async def step(self, node_id: str, path: Path, key: str, name: str,
-                   compute: Callable[[], Awaitable[Any]]) -> Any:
+    async def step(self, node_id: str, path: Path, key: str, name: str, compute: Callable[[], Awaitable[Any]]) -> Any:
         """A named sub-step of a node execution (an agent's turn, a tool call): its result as
         an earlier execution of the run wrote it (same node configuration), else computed
         now and written before the node goes on. Kept as the entry ``<node id>#<name>`` at
@@ -109,25 +121,51 @@ class RunJournal:
         if earlier is not None and earlier.status == "completed" and earlier.key == key:
             return earlier.outcome.get("output")
         output = await compute()
-        await self._write(NodeOutcome(step_id, path, key, "completed", {"output": output}, 1, ended_at=utcnow()),
-                          True)
+        await self._write(NodeOutcome(step_id, path, key, "completed", {"output": output}, 1, ended_at=utcnow()), True)
         return output
 
-    async def completed(self, node_id: str, path: Path, key: str, completed: Completed, attempts: int, *,
-                        durable: bool) -> None:
+    async def completed(
+        self, node_id: str, path: Path, key: str, completed: Completed, attempts: int, *, durable: bool
+    ) -> None:
         earlier = self.entries.get((node_id, path))
-        outcome = {"output": completed.output, "handles": sorted(completed.handles),
-                   "variables": dict(completed.variables), "usage": dict(completed.usage or {})}
-        await self._write(NodeOutcome(node_id, path, key, "completed", outcome, attempts,
-                                      started_at=earlier.started_at if earlier else None, ended_at=utcnow()), durable)
+        outcome = {
+            "output": completed.output,
+            "handles": sorted(completed.handles),
+            "variables": dict(completed.variables),
+            "usage": dict(completed.usage or {}),
+        }
+        await self._write(
+            NodeOutcome(
+                node_id,
+                path,
+                key,
+                "completed",
+                outcome,
+                attempts,
+                started_at=earlier.started_at if earlier else None,
+                ended_at=utcnow(),
+            ),
+            durable,
+        )
 
-    async def failed(self, node_id: str, path: Path, key: str, error: Mapping[str, Any], attempts: int,
-                     config: Mapping[str, Any] | None, *, dead_letter: bool) -> None:
+    async def failed(
+        self,
+        node_id: str,
+        path: Path,
+        key: str,
+        error: Mapping[str, Any],
+        attempts: int,
+        config: Mapping[str, Any] | None,
+        *,
+        dead_letter: bool,
+    ) -> None:
         """A node execution that failed after its last attempt; a dead letter when no error
         edge caught it. Kept with its configuration, secrets redacted."""
         outcome = {"error": self.redact(dict(error)), "config": self.redact(dict(config or {}))}
-        await self._write(NodeOutcome(node_id, path, key, "failed", outcome, attempts, dead_letter=dead_letter,
-                                      ended_at=utcnow()), False)
+        await self._write(
+            NodeOutcome(node_id, path, key, "failed", outcome, attempts, dead_letter=dead_letter, ended_at=utcnow()),
+            False,
+        )
 
     async def flush(self) -> None:
         """Write everything buffered, in one transaction."""
@@ -141,15 +179,14 @@ class RunJournal:
         batch, self._buffer = self._buffer, []
         for attempt in range(WRITE_ATTEMPTS):
             try:
-                await self.store.save_outcomes(self.journal_id, batch, workflow_id=self.workflow_id,
-                                               owner=self.owner)
+                await self.store.save_outcomes(self.journal_id, batch, workflow_id=self.workflow_id, owner=self.owner)
                 return
             except Exception as exc:  # a database hiccup must not cost the run its journal
                 if attempt == WRITE_ATTEMPTS - 1:
                     self._buffer[:0] = batch  # not written: whoever flushes next tries again
                     raise JournalUnavailable(f"the run's journal could not be written: {exc}") from exc
                 log.warning("journal write failed (%s); trying again", exc)
-                await asyncio.sleep(0.5 * 2 ** attempt)
+                await asyncio.sleep(0.5 * 2**attempt)
 
     async def _write(self, entry: NodeOutcome, durable: bool) -> None:
         if entry.status == "started":  # read back by completed() and first_started()

@@ -53,8 +53,7 @@ def _oversize_json(output: Any, limit: int | None) -> bytes | None:
 class LargeOutputs:
     """Shows the outputs of one run's nodes: each itself, or a reference to where it is kept."""
 
-    def __init__(self, run_id: str, limit: int | None,
-                 keep: Callable[[str, bytes], Awaitable[None]] | None = None):
+    def __init__(self, run_id: str, limit: int | None, keep: Callable[[str, bytes], Awaitable[None]] | None = None):
         """``keep(ref, content)`` keeps an output of this run in the store (None: there is none)."""
         self.run_id = run_id
         self.limit = limit
@@ -66,15 +65,15 @@ class LargeOutputs:
         content = _oversize_json(output, self.limit)
         if content is None:
             return output
-        shown: dict[str, Any] = {"truncated": True, "bytes": len(content),
-                                 "preview": content[:PREVIEW_CHARS].decode()}
+        shown: dict[str, Any] = {"truncated": True, "bytes": len(content), "preview": content[:PREVIEW_CHARS].decode()}
         if self.keep is not None:
             ref = uuid.uuid4().hex
             try:
                 await self.keep(ref, content)
             except Exception as exc:  # store down: the run goes on, the record keeps the whole
-                log.warning("run %s: could not keep an output of %d bytes in the store: %s",
-                            self.run_id, len(content), exc)
+                log.warning(
+                    "run %s: could not keep an output of %d bytes in the store: %s", self.run_id, len(content), exc
+                )
             else:
                 shown["ref"] = ref
         return shown

@@ -106,8 +106,9 @@ def status(home: Path | None = None) -> ServerInfo | None:
         return None
     state = json.loads(state_file.read_text())
     if healthy(state["api_url"]):
-        return ServerInfo(state["api_url"], ui_url_for(state["api_url"]), state.get("pid"), managed=True,
-                          auth=bool(state.get("auth")))
+        return ServerInfo(
+            state["api_url"], ui_url_for(state["api_url"]), state.get("pid"), managed=True, auth=bool(state.get("auth"))
+        )
     return None
 
 
@@ -120,8 +121,10 @@ def ensure_server(home: Path | None = None, port: int | None = None, *, quiet: b
         _use(running, home)
         return running
     if os.environ.get("PREFECT_API_URL"):
-        raise ServerError(f"PREFECT_API_URL is set to {os.environ['PREFECT_API_URL']} but no Prefect server "
-                          "answers there; start it, or unset PREFECT_API_URL to use the embedded server")
+        raise ServerError(
+            f"PREFECT_API_URL is set to {os.environ['PREFECT_API_URL']} but no Prefect server "
+            "answers there; start it, or unset PREFECT_API_URL to use the embedded server"
+        )
     info = start_server(home, port or EngineSettings().server_port, quiet=quiet)
     _use(info, home)
     return info
@@ -135,8 +138,9 @@ def _use(info: ServerInfo, home: Path) -> None:
         os.environ["PREFECT_API_AUTH_STRING"] = auth_string(home)
 
 
-def start_server(home: Path, port: int, *, quiet: bool = True, env: dict[str, str] | None = None,
-                 auth: bool = True) -> ServerInfo:
+def start_server(
+    home: Path, port: int, *, quiet: bool = True, env: dict[str, str] | None = None, auth: bool = True
+) -> ServerInfo:
     """Start ``prefect server start`` in the background (its own session, so it outlives
     this process) with its ``PREFECT_HOME`` under ``home``, and wait until it answers.
     ``env`` adds settings of the server, e.g. ``PREFECT_SERVER_DATABASE_CONNECTION_URL``
@@ -149,19 +153,29 @@ def start_server(home: Path, port: int, *, quiet: bool = True, env: dict[str, st
     prefect_home.mkdir(mode=0o700, parents=True, exist_ok=True)  # its database and results: private
     origin = api_url.removesuffix("/api")
     # Not our API keys, node secrets or provider keys: the server reads none of them.
-    env = dict(prefect_server_environment(os.environ), PREFECT_HOME=str(prefect_home),
-               PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_API_URL=api_url, PREFECT_API_URL=api_url,
-               PREFECT_SERVER_CORS_ALLOWED_ORIGINS=origin, **RECORDER_SETTINGS, **(env or {}))
+    env = dict(
+        prefect_server_environment(os.environ),
+        PREFECT_HOME=str(prefect_home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_UI_API_URL=api_url,
+        PREFECT_API_URL=api_url,
+        PREFECT_SERVER_CORS_ALLOWED_ORIGINS=origin,
+        **RECORDER_SETTINGS,
+        **(env or {}),
+    )
     if auth:  # the server's own clients (its services) present it too
         env["PREFECT_SERVER_API_AUTH_STRING"] = env["PREFECT_API_AUTH_STRING"] = auth_string(home)
     log_path = home / "prefect-server.log"
     if not quiet:
-        print(f"Starting a local Prefect server on port {port} (the first start takes ~30 s) ...",
-              file=sys.stderr)
+        print(f"Starting a local Prefect server on port {port} (the first start takes ~30 s) ...", file=sys.stderr)
     with log_path.open("ab") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:

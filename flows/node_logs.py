@@ -15,8 +15,9 @@ from flows.records import NodeRun
 from flows.scheduler import NodeResult
 
 
-def node_log_line(node: PlanNode, name: str, run: NodeRun, outcome: NodeResult,
-                  redact: Callable[[Any], Any] = lambda value: value) -> str:
+def node_log_line(
+    node: PlanNode, name: str, run: NodeRun, outcome: NodeResult, redact: Callable[[Any], Any] = lambda value: value
+) -> str:
     """``fetch [2/10] (http) completed in 52 ms, 1 attempt: HTTP 200``."""
     parts = [f"{name} ({node.type}) {outcome.status}"]
     if outcome.restored:

@@ -31,9 +31,12 @@ def cache_key(node: PlanNode, config: Any, upstream: Mapping[str, Any] | None) -
     """Handler type and version, resolved configuration and (for nodes that read them)
     upstream outputs: the same key means the same work. ``upstream``: None unless the
     handler ``reads_upstream`` (``node_cache_key``)."""
-    body = {"type": node.type, "version": node.version,
-            "config": config.model_dump(mode="json", exclude={"label", "description"}),
-            "upstream": upstream}
+    body = {
+        "type": node.type,
+        "version": node.version,
+        "config": config.model_dump(mode="json", exclude={"label", "description"}),
+        "upstream": upstream,
+    }
     digest = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
     return f"flowmaestro-{node.type}-{digest}"
 
@@ -54,8 +57,13 @@ def runs_inline(node: PlanNode, handler: NodeHandler, *, inline_control: bool) -
     """Whether a node runs in the flow itself instead of as a task run of the runner: its
     handler has no side effect (``inline_safe``) and nothing needs a task run (retries,
     caching, a timeout)."""
-    return (inline_control and handler.inline_safe and node.retry.max_attempts == 1
-            and not node.cache.enabled and node.timeout_s is None)
+    return (
+        inline_control
+        and handler.inline_safe
+        and node.retry.max_attempts == 1
+        and not node.cache.enabled
+        and node.timeout_s is None
+    )
 
 
 def journals_durably(handler: NodeHandler, *, inline: bool) -> bool:
@@ -78,9 +86,15 @@ def oversize_error(output: Any, max_bytes: int | None, node_id: str, attempts: i
     if over is None:
         return None
     assert max_bytes is not None
-    return error_info(NodeError(
-        f"its output (over {over:,} bytes as JSON) is larger than FLOWMAESTRO_MAX_NODE_OUTPUT_BYTES "
-        f"({max_bytes:,})", error_type="OutputTooLarge"), node_id, attempts)
+    return error_info(
+        NodeError(
+            f"its output (over {over:,} bytes as JSON) is larger than FLOWMAESTRO_MAX_NODE_OUTPUT_BYTES "
+            f"({max_bytes:,})",
+            error_type="OutputTooLarge",
+        ),
+        node_id,
+        attempts,
+    )
 
 
 def kept_output(scope_id: ScopeId, succeeded: bool, output: Any, shown: Any) -> Any:

@@ -24,7 +24,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import prefect
@@ -33,11 +33,16 @@ from packaging.version import InvalidVersion, Version
 from prefect._internal.compatibility.blocks import call_explicitly_async_block_method
 from prefect.client.orchestration import get_client
 from prefect.client.schemas import OrchestrationResult
-from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType, WorkPoolFilter,
-                                           WorkPoolFilterName)
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+    WorkPoolFilter,
+    WorkPoolFilterName,
+)
 from prefect.client.schemas.objects import FlowRun, StateType, TaskRunResult
-from prefect.client.schemas.sorting import FlowRunSort
 from prefect.client.schemas.responses import SetStateStatus
+from prefect.client.schemas.sorting import FlowRunSort
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.events.related import related_resources_from_run_context
 from prefect.exceptions import Pause
@@ -67,8 +72,12 @@ def inline_recording_supported() -> bool:
     is not, a warning says so (once per process)."""
     if prefect_version_tested(prefect.__version__):
         return True
-    log.warning("Prefect %s is outside the versions FlowMaestro was tested on (%s): control nodes run as "
-                "normal task runs instead of being recorded inline", prefect.__version__, TESTED_PREFECT)
+    log.warning(
+        "Prefect %s is outside the versions FlowMaestro was tested on (%s): control nodes run as "
+        "normal task runs instead of being recorded inline",
+        prefect.__version__,
+        TESTED_PREFECT,
+    )
     return False
 
 
@@ -121,10 +130,10 @@ class TaskRunSender:
                 self._wake.clear()
                 while self._events or self._logs or self._artifacts:
                     if self._events:
-                        batch, self._events = self._events[:self.BATCH], self._events[self.BATCH:]
+                        batch, self._events = self._events[: self.BATCH], self._events[self.BATCH :]
                         await self._post(client, "/events", batch)
                     if self._logs:
-                        batch, self._logs = self._logs[:self.BATCH], self._logs[self.BATCH:]
+                        batch, self._logs = self._logs[: self.BATCH], self._logs[self.BATCH :]
                         await self._post(client, "/logs/", batch)
                     if self._artifacts:  # after the events: the artifact's task runs are there
                         await self._post(client, "/artifacts/", self._artifacts.pop(0))
@@ -153,8 +162,12 @@ class TaskRunSender:
             await asyncio.wait_for(asyncio.shield(self._sender), timeout=timeout_s)
         except TimeoutError:
             self._sender.cancel()
-            log.warning("gave up sending %d task-run records and %d artifacts to Prefect after %g s",
-                        len(self._events) + len(self._logs), len(self._artifacts), timeout_s)
+            log.warning(
+                "gave up sending %d task-run records and %d artifacts to Prefect after %g s",
+                len(self._events) + len(self._logs),
+                len(self._artifacts),
+                timeout_s,
+            )
 
 
 class TaskRunRecorder:
@@ -169,16 +182,29 @@ class TaskRunRecorder:
     for a while (a container, a delay) also reports Running when it starts, so the Prefect
     UI shows it meanwhile. Build it with ``task_run_recorder()`` inside a flow run."""
 
-    def __init__(self, sender: TaskRunSender, flow_run_id: uuid.UUID, related: list[dict[str, str]], *,
-                 logs: bool = True) -> None:
+    def __init__(
+        self, sender: TaskRunSender, flow_run_id: uuid.UUID, related: list[dict[str, str]], *, logs: bool = True
+    ) -> None:
         self._sender = sender
         self._flow_run_id = str(flow_run_id)
         self._related = related
         self._logs_on = logs
 
-    def record(self, *, task_run_id: str, name: str, task_key: str, dynamic_key: str, tags: Iterable[str],
-               started: datetime, ended: datetime | None, error: BaseException | None = None,
-               upstream: Iterable[str] = (), parent: str | None = None, attempts: int = 1) -> None:
+    def record(
+        self,
+        *,
+        task_run_id: str,
+        name: str,
+        task_key: str,
+        dynamic_key: str,
+        tags: Iterable[str],
+        started: datetime,
+        ended: datetime | None,
+        error: BaseException | None = None,
+        upstream: Iterable[str] = (),
+        parent: str | None = None,
+        attempts: int = 1,
+    ) -> None:
         """Report the task run ``task_run_id``: ended (Completed, or Failed with ``error``), or
         Running when ``ended`` is None. ``upstream``: task runs whose results it used (the
         Prefect UI's run graph draws them as edges); ``parent``: the task run it ran inside."""
@@ -194,42 +220,83 @@ class TaskRunRecorder:
             inputs["__parents__"] = [{"input_type": "task_run", "id": parent}]
         start_iso, at_iso = started.isoformat(), at.isoformat()
         task_run: dict[str, Any] = {
-            "name": name, "task_key": task_key, "dynamic_key": f"{dynamic_key}-{task_run_id[:8]}",
-            "empirical_policy": {}, "tags": tags, "task_inputs": inputs, "run_count": attempts,
-            "expected_start_time": start_iso, "start_time": start_iso, "state_details": {}}
+            "name": name,
+            "task_key": task_key,
+            "dynamic_key": f"{dynamic_key}-{task_run_id[:8]}",
+            "empirical_policy": {},
+            "tags": tags,
+            "task_inputs": inputs,
+            "run_count": attempts,
+            "expected_start_time": start_iso,
+            "start_time": start_iso,
+            "state_details": {},
+        }
         if ended is not None:
             task_run["end_time"] = at_iso
             task_run["total_run_time"] = (at - started).total_seconds()
-        self._sender.add_event({
-            "id": str(uuid.uuid4()), "occurred": at_iso, "event": f"prefect.task-run.{state_name}",
-            "resource": {"prefect.resource.id": f"prefect.task-run.{task_run_id}", "prefect.resource.name": name,
-                         "prefect.run-count": str(attempts), "prefect.state-message": message,
-                         "prefect.state-name": state_name, "prefect.state-timestamp": at_iso,
-                         "prefect.state-type": state_type, "prefect.orchestration": "client"},
-            "related": self._related + [{"prefect.resource.id": f"prefect.tag.{tag}", "prefect.resource.role": "tag"}
-                                        for tag in tags],
-            "payload": {"intended": {"from": None, "to": state_type}, "initial_state": None,
-                        "validated_state": {"type": state_type, "name": state_name, "message": message,
-                                            "state_details": {}, "data": None},
-                        "task_run": task_run},
-        })
+        self._sender.add_event(
+            {
+                "id": str(uuid.uuid4()),
+                "occurred": at_iso,
+                "event": f"prefect.task-run.{state_name}",
+                "resource": {
+                    "prefect.resource.id": f"prefect.task-run.{task_run_id}",
+                    "prefect.resource.name": name,
+                    "prefect.run-count": str(attempts),
+                    "prefect.state-message": message,
+                    "prefect.state-name": state_name,
+                    "prefect.state-timestamp": at_iso,
+                    "prefect.state-type": state_type,
+                    "prefect.orchestration": "client",
+                },
+                "related": self._related
+                + [{"prefect.resource.id": f"prefect.tag.{tag}", "prefect.resource.role": "tag"} for tag in tags],
+                "payload": {
+                    "intended": {"from": None, "to": state_type},
+                    "initial_state": None,
+                    "validated_state": {
+                        "type": state_type,
+                        "name": state_name,
+                        "message": message,
+                        "state_details": {},
+                        "data": None,
+                    },
+                    "task_run": task_run,
+                },
+            }
+        )
 
     def log(self, message: str, *, task_run_id: str | None, level: int = logging.INFO) -> None:
         """A line in the flow run's Prefect logs (attached to ``task_run_id``'s task run)."""
         if self._logs_on:
-            self._sender.add_log({"name": "flowmaestro.node", "level": level, "message": message,
-                                  "timestamp": datetime.now(timezone.utc).isoformat(),
-                                  "flow_run_id": self._flow_run_id, "task_run_id": task_run_id})
+            self._sender.add_log(
+                {
+                    "name": "flowmaestro.node",
+                    "level": level,
+                    "message": message,
+                    "timestamp": datetime.now(UTC).isoformat(),
+                    "flow_run_id": self._flow_run_id,
+                    "task_run_id": task_run_id,
+                }
+            )
 
     def markdown_artifact(self, markdown: str, *, key: str, description: str) -> None:
         """A markdown artifact of the flow run (the Prefect UI's Artifacts tab)."""
-        self._sender.add_artifact({"key": key, "type": "markdown", "description": description, "data": markdown,
-                                   "flow_run_id": self._flow_run_id})
+        self._sender.add_artifact(
+            {
+                "key": key,
+                "type": "markdown",
+                "description": description,
+                "data": markdown,
+                "flow_run_id": self._flow_run_id,
+            }
+        )
 
 
 @asynccontextmanager
-async def task_run_recorder(sender: TaskRunSender | None = None, *,
-                            logs: bool = True) -> AsyncIterator[TaskRunRecorder | None]:
+async def task_run_recorder(
+    sender: TaskRunSender | None = None, *, logs: bool = True
+) -> AsyncIterator[TaskRunRecorder | None]:
     """A ``TaskRunRecorder`` for the current flow run; None outside one, and when the
     installed Prefect is not one inline recording was tested on (control nodes then run as
     normal task runs, containers are not recorded). Without a ``sender`` (the process's), it
@@ -332,16 +399,18 @@ def schedule_id_of(flow_run: Any) -> str | None:
     return parts[2] if len(parts) > 3 and parts[0] == "scheduled" else None
 
 
-async def read_pause_answers(client: Any, flow_run_id: uuid.UUID, pause_key: str,
-                             limit: int = 50) -> list[tuple[str, str]]:
+async def read_pause_answers(
+    client: Any, flow_run_id: uuid.UUID, pause_key: str, limit: int = 50
+) -> list[tuple[str, str]]:
     """The answers (input key, JSON text) given through Prefect's Resume (its UI, ``resume_flow_run``)
     to every pause or suspension of a flow run on ``pause_key`` or one of its fresh
     variants (``fresh_pause_key``). Prefect keeps each as the run input
     ``<state name>-<pause key>-response`` (``prefect.input.keyset_from_paused_state``)."""
     answers: list[tuple[str, str]] = []
     for state_name in ("paused", "suspended"):
-        found = await client.filter_flow_run_input(flow_run_id, key_prefix=f"{state_name}-{pause_key}", limit=limit,
-                                                   exclude_keys=set())
+        found = await client.filter_flow_run_input(
+            flow_run_id, key_prefix=f"{state_name}-{pause_key}", limit=limit, exclude_keys=set()
+        )
         answers += [(item.key, item.value) for item in found if item.key.endswith("-response")]
     return answers
 
@@ -400,9 +469,15 @@ async def fresh_pause_key(client: Any, flow_run_id: uuid.UUID, base: str) -> str
     return key
 
 
-async def release_flow_run(client: Any, flow_run_id: uuid.UUID, key: str, *, wait_for_input: Any = None,
-                           until: datetime | None = None,
-                           holding: Callable[[bool], None] = lambda held: None) -> NoReturn:
+async def release_flow_run(
+    client: Any,
+    flow_run_id: uuid.UUID,
+    key: str,
+    *,
+    wait_for_input: Any = None,
+    until: datetime | None = None,
+    holding: Callable[[bool], None] = lambda held: None,
+) -> NoReturn:
     """Let go of the flow run this process executes: Prefect's suspend ends it ``Suspended``
     (pause key ``key``, fresh: ``fresh_pause_key``; ``wait_for_input``: the form the Prefect
     UI's Resume shows) and raises ``Pause``, which the flow lets out: Prefect's engine then
@@ -420,7 +495,7 @@ async def release_flow_run(client: Any, flow_run_id: uuid.UUID, key: str, *, wai
     would be marked Crashed), ``holding(True)`` if the run was not suspended after all."""
     timeout = None
     if until is not None:
-        timeout = max(1, int((until - datetime.now(timezone.utc)).total_seconds() + 0.999))
+        timeout = max(1, int((until - datetime.now(UTC)).total_seconds() + 0.999))
     holding(False)
     try:
         await asuspend_flow_run(wait_for_input=wait_for_input, key=key, timeout=timeout)
@@ -438,13 +513,20 @@ async def release_flow_run(client: Any, flow_run_id: uuid.UUID, key: str, *, wai
 async def schedule_delayed(client: Any, flow_run_id: uuid.UUID | str, until: datetime) -> None:
     """Put a run released while a delay waits back in its pool's queue for ``until``.
     Forced: Prefect's orchestration keeps a Suspended run for its Resume otherwise."""
-    await client.set_flow_run_state(flow_run_id, Scheduled(
-        scheduled_time=until, name=DELAY_RELEASE_STATE,
-        message=f"released while a delay waits: continues at {until.isoformat()}"), force=True)
+    await client.set_flow_run_state(
+        flow_run_id,
+        Scheduled(
+            scheduled_time=until,
+            name=DELAY_RELEASE_STATE,
+            message=f"released while a delay waits: continues at {until.isoformat()}",
+        ),
+        force=True,
+    )
 
 
-async def read_stranded_delay_releases(client: Any, pool: str, suspended_before: datetime,
-                                       page: int = 200) -> list[FlowRun]:
+async def read_stranded_delay_releases(
+    client: Any, pool: str, suspended_before: datetime, page: int = 200
+) -> list[FlowRun]:
     """Runs of work pool ``pool`` still ``Suspended`` on a delay (``release_flow_run``) since
     before ``suspended_before``: their worker died between suspending them and scheduling
     them, which it does within a second. Found by when they were suspended, not when their
@@ -454,17 +536,26 @@ async def read_stranded_delay_releases(client: Any, pool: str, suspended_before:
     found: list[FlowRun] = []
     while True:
         batch = await client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
-                any_=[StateType.PAUSED]))),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))
+            ),
             work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool])),
-            sort=FlowRunSort.ID_DESC, limit=page, offset=len(found))
+            sort=FlowRunSort.ID_DESC,
+            limit=page,
+            offset=len(found),
+        )
         found += batch
         if len(batch) < page:
             break
-    return [run for run in found
-            if run.state is not None and run.state.state_details.pause_reschedule
-            and (run.state.state_details.pause_key or "").startswith(DELAY_RELEASE)
-            and run.state.state_details.pause_timeout is not None and run.state.timestamp < suspended_before]
+    return [
+        run
+        for run in found
+        if run.state is not None
+        and run.state.state_details.pause_reschedule
+        and (run.state.state_details.pause_key or "").startswith(DELAY_RELEASE)
+        and run.state.state_details.pause_timeout is not None
+        and run.state.timestamp < suspended_before
+    ]
 
 
 async def continue_delay_release(client: Any, flow_run: FlowRun) -> bool:
@@ -483,14 +574,21 @@ async def read_crashed_runs(client: Any, pool: str, limit: int = 200) -> list[Fl
     """The flow runs of work pool ``pool``'s deployments whose state is ``Crashed`` (child
     runs of sub-workflow nodes have no pool: their parent runs them again), the most recently
     expected first."""
-    return list(await client.read_flow_runs(
-        flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.CRASHED]))),
-        work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool])),
-        sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=limit))
+    return list(
+        await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.CRASHED]))
+            ),
+            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool])),
+            sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+            limit=limit,
+        )
+    )
 
 
-async def continue_crashed_run(client: Any, flow_run_id: uuid.UUID | str, crashed_state_id: uuid.UUID | str,
-                               message: str) -> bool:
+async def continue_crashed_run(
+    client: Any, flow_run_id: uuid.UUID | str, crashed_state_id: uuid.UUID | str, message: str
+) -> bool:
     """Set ``Scheduled`` a flow run that is still in the ``Crashed`` state ``crashed_state_id``
     (what the automation "continue crashed runs" does); False when it is no longer in that
     state, or another worker continued it first.
@@ -510,9 +608,12 @@ async def continue_crashed_run(client: Any, flow_run_id: uuid.UUID | str, crashe
     proposed.state_details.flow_run_id = uuid.UUID(str(flow_run_id))
     # The client's set_flow_run_state gives every proposal a fresh transition_id: posted here.
     proposed.state_details.transition_id = uuid.uuid5(uuid.NAMESPACE_URL, f"flowmaestro:continue:{crashed_state_id}")
-    response = await client.request("POST", "/flow_runs/{id}/set_state", path_params={"id": str(flow_run_id)},
-                                    json={"state": proposed.model_dump(mode="json", serialize_as_any=True),
-                                          "force": False})
+    response = await client.request(
+        "POST",
+        "/flow_runs/{id}/set_state",
+        path_params={"id": str(flow_run_id)},
+        json={"state": proposed.model_dump(mode="json", serialize_as_any=True), "force": False},
+    )
     return OrchestrationResult.model_validate(response.json()).status == SetStateStatus.ACCEPT
 
 
@@ -522,8 +623,9 @@ async def restore_state(client: Any, flow_run_id: uuid.UUID | str, earlier: Stat
     still executes while the recovery machinery wrongly moved it. Forced: the run left
     ``Running`` for ``Crashed``, a final state orchestration does not leave for ``Paused``."""
     details = earlier.state_details.model_copy(update={"transition_id": None})
-    await client.set_flow_run_state(flow_run_id, State(type=earlier.type, name=earlier.name, message=message,
-                                                       state_details=details), force=True)
+    await client.set_flow_run_state(
+        flow_run_id, State(type=earlier.type, name=earlier.name, message=message, state_details=details), force=True
+    )
 
 
 async def next_schedule_dates(schedule: Any, n: int, start: datetime | None = None) -> list[datetime]:
@@ -607,8 +709,11 @@ async def run_result(state: State) -> Any:
     # Prefect writes the serialized value alone (the state holds the metadata), or a whole
     # record (metadata and value) when no metadata storage is configured.
     if isinstance(stored, dict) and stored.keys() == {"metadata", "result"}:
-        serializer = (stored["metadata"] or {}).get("serializer", {}).get("type") \
-            if isinstance(stored["metadata"], dict) else None
+        serializer = (
+            (stored["metadata"] or {}).get("serializer", {}).get("type")
+            if isinstance(stored["metadata"], dict)
+            else None
+        )
         if serializer != RESULT_SERIALIZER.type or not isinstance(stored["result"], str):
             raise UntrustedResult(f"the stored record's serializer is {serializer!r}, not {RESULT_SERIALIZER.type!r}")
         return json.loads(stored["result"])

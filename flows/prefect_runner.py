@@ -59,8 +59,12 @@ async def _node_body(call: NodeCall) -> dict[str, Any]:
                 await asyncio.sleep(delay - scheduled)
         raise
     # A plain dict, so a cached result can be read back by any process.
-    return {"output": completed.output, "handles": sorted(completed.handles),
-            "variables": dict(completed.variables), "usage": dict(completed.usage or {})}
+    return {
+        "output": completed.output,
+        "handles": sorted(completed.handles),
+        "variables": dict(completed.variables),
+        "usage": dict(completed.usage or {}),
+    }
 
 
 def _call_of(parameters: dict[str, Any]) -> NodeCall:
@@ -92,8 +96,9 @@ def cache_lock_manager(settings: EngineSettings) -> LockManager:
 
 def cached_task(lock_manager: LockManager) -> Task:
     """The task of nodes with caching on: keyed by ``NodeCall.cache_key``, SERIALIZABLE."""
-    policy = CacheKeyFnPolicy(cache_key_fn=_cache_key).configure(isolation_level="SERIALIZABLE",
-                                                                   lock_manager=lock_manager)
+    policy = CacheKeyFnPolicy(cache_key_fn=_cache_key).configure(
+        isolation_level="SERIALIZABLE", lock_manager=lock_manager
+    )
     return task(_node_body, name="node", cache_policy=policy, persist_result=True)
 
 
@@ -148,8 +153,12 @@ class PrefectRunner:
         # cache read for it); never read from wherever a state set through the API points.
         if state.is_completed():
             value = await prefect_compat.run_result(state)
-            completed = Completed(output=value["output"], handles=frozenset(value["handles"]),
-                                  variables=value.get("variables") or {}, usage=value.get("usage") or None)
+            completed = Completed(
+                output=value["output"],
+                handles=frozenset(value["handles"]),
+                variables=value.get("variables") or {},
+                usage=value.get("usage") or None,
+            )
             cached = prefect_compat.is_cached(state)
             return CallResult(completed, None, 0 if cached else max(call.attempts, 1), cached=cached)
         try:
@@ -159,19 +168,26 @@ class PrefectRunner:
         if not isinstance(error, BaseException):
             error = NodeError(state.message or "the task run failed", error_type=state.name or "Failed")
         if isinstance(error, TimeoutError) or prefect_compat.is_timed_out(state):
-            error = NodeError(f"timed out after {call.node.timeout_s:g} s", retry_class="timeout",
-                              error_type="Timeout")
+            error = NodeError(f"timed out after {call.node.timeout_s:g} s", retry_class="timeout", error_type="Timeout")
         return CallResult(None, error, max(call.attempts, 1))
 
     def record(self, entry: MirroredRun) -> None:
         if self.recorder is None:
             return
         node = entry.node
-        self.recorder.record(task_run_id=entry.task_run_id, name=entry.name, task_key=f"{TASK_KEY}-{node.type}",
-                             dynamic_key=f"{node.id}-{'.'.join(map(str, entry.path)) or 'top'}",
-                             tags=node_tags(node) + ["inline"], started=entry.started, ended=entry.ended,
-                             error=entry.error, upstream=entry.upstream, parent=entry.parent,
-                             attempts=entry.attempts)
+        self.recorder.record(
+            task_run_id=entry.task_run_id,
+            name=entry.name,
+            task_key=f"{TASK_KEY}-{node.type}",
+            dynamic_key=f"{node.id}-{'.'.join(map(str, entry.path)) or 'top'}",
+            tags=node_tags(node) + ["inline"],
+            started=entry.started,
+            ended=entry.ended,
+            error=entry.error,
+            upstream=entry.upstream,
+            parent=entry.parent,
+            attempts=entry.attempts,
+        )
 
     def log(self, line: str, *, task_run_id: str | None, failed: bool) -> None:
         if self.recorder is not None:

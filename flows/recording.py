@@ -35,8 +35,9 @@ def upstream_task_runs(frame: Frame, upstream: Mapping[str, Any]) -> tuple[str, 
 
 
 class TaskRunMirror:
-    def __init__(self, plan: Plan, runner: NodeRunner, *, max_task_runs: int,
-                 redact: Callable[[Any], Any] = lambda value: value) -> None:
+    def __init__(
+        self, plan: Plan, runner: NodeRunner, *, max_task_runs: int, redact: Callable[[Any], Any] = lambda value: value
+    ) -> None:
         """``max_task_runs``: how many task runs the run shows one by one (Prefect's run graph
         draws at most 10,000 nodes, and its in-memory broker drops messages it cannot queue).
         ``redact``: applied to error messages in log lines."""
@@ -60,8 +61,9 @@ class TaskRunMirror:
         if run.task_run_id is not None:
             frame.task_runs[node.id] = run.task_run_id
 
-    def ended(self, node: PlanNode, frame: Frame, run: NodeRun, upstream: Mapping[str, Any],
-              error: BaseException | None) -> None:
+    def ended(
+        self, node: PlanNode, frame: Frame, run: NodeRun, upstream: Mapping[str, Any], error: BaseException | None
+    ) -> None:
         """A node that ran without the runner has ended (with ``error`` if it failed)."""
         if node.container:
             self._record_summaries(node, frame, run)
@@ -81,8 +83,16 @@ class TaskRunMirror:
         made all the task runs it shows one by one); top-level nodes always are shown."""
         return frame.scope_id != TOP and self.task_runs >= self.max_task_runs
 
-    def _record(self, node: PlanNode, frame: Frame, run: NodeRun, upstream: Mapping[str, Any], *,
-                ended: Any, error: BaseException | None = None) -> None:
+    def _record(
+        self,
+        node: PlanNode,
+        frame: Frame,
+        run: NodeRun,
+        upstream: Mapping[str, Any],
+        *,
+        ended: Any,
+        error: BaseException | None = None,
+    ) -> None:
         if not self.runner.recording:
             return
         if run.task_run_id is None:  # its first record: it gets a task run, or is counted
@@ -94,10 +104,20 @@ class TaskRunMirror:
             run.task_run_id = str(uuid.uuid4())
             self.task_runs += 1
         assert run.started_at is not None
-        self.runner.record(MirroredRun(
-            node=node, path=frame.path, name=task_run_name(node, frame), task_run_id=run.task_run_id,
-            started=run.started_at, ended=ended, error=error, attempts=max(run.attempts, 1),
-            upstream=upstream_task_runs(frame, upstream), parent=frame.container_task_run))
+        self.runner.record(
+            MirroredRun(
+                node=node,
+                path=frame.path,
+                name=task_run_name(node, frame),
+                task_run_id=run.task_run_id,
+                started=run.started_at,
+                ended=ended,
+                error=error,
+                attempts=max(run.attempts, 1),
+                upstream=upstream_task_runs(frame, upstream),
+                parent=frame.container_task_run,
+            )
+        )
 
     def _record_summaries(self, container: PlanNode, frame: Frame, run: NodeRun) -> None:
         """One task run (and log line) per body node of a container execution for what its
@@ -113,12 +133,23 @@ class TaskRunMirror:
         for node_id, tally in tallies.items():
             node = self.plan.nodes[node_id]
             name = f"{node.label} [{' / '.join(frame.labels + (f'{tally.count} more',))}]"
-            summary = f"{tally.count} executions not shown one by one: {tally.count - tally.failed} completed, " \
-                      f"{tally.failed} failed"
+            summary = (
+                f"{tally.count} executions not shown one by one: {tally.count - tally.failed} completed, "
+                f"{tally.failed} failed"
+            )
             task_run_id = str(uuid.uuid4())
-            self.runner.record(MirroredRun(
-                node=node, path=frame.path, name=name, task_run_id=task_run_id, started=tally.started,
-                ended=tally.ended, error=NodeError(summary) if tally.failed else None, parent=run.task_run_id))
+            self.runner.record(
+                MirroredRun(
+                    node=node,
+                    path=frame.path,
+                    name=name,
+                    task_run_id=task_run_id,
+                    started=tally.started,
+                    ended=tally.ended,
+                    error=NodeError(summary) if tally.failed else None,
+                    parent=run.task_run_id,
+                )
+            )
             self.runner.log(f"{name} ({node.type}): {summary}", task_run_id=task_run_id, failed=tally.failed > 0)
 
 

@@ -60,9 +60,14 @@ class NodeRun:
         return out
 
     def trace_entry(self) -> dict[str, Any]:
-        return {"node_id": self.node_id, "path": list(self.path), "status": self.status,
-                "started_at": _iso(self.started_at), "ended_at": _iso(self.ended_at),
-                "attempts": self.attempts}
+        return {
+            "node_id": self.node_id,
+            "path": list(self.path),
+            "status": self.status,
+            "started_at": _iso(self.started_at),
+            "ended_at": _iso(self.ended_at),
+            "attempts": self.attempts,
+        }
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -90,15 +95,30 @@ class RunRecord:
     plan_hash: str | None = None
 
     @classmethod
-    def refused(cls, run_id: str, workflow: str, what: str, issues: list[dict[str, Any]], *,
-                workflow_id: str | None = None, version: int | None = None) -> RunRecord:
+    def refused(
+        cls,
+        run_id: str,
+        workflow: str,
+        what: str,
+        issues: list[dict[str, Any]],
+        *,
+        workflow_id: str | None = None,
+        version: int | None = None,
+    ) -> RunRecord:
         """A run refused before anything ran (``what``: invalid canvas, invalid inputs...),
         failed with each issue in its error."""
         now = utcnow()
         message = f"{what}: " + "; ".join(issue["message"] for issue in issues)
-        return cls(id=run_id, workflow=workflow, workflow_id=workflow_id, version=version, status="failed",
-                   error={"message": message, "type": what.replace(" ", "_"), "issues": issues},
-                   started_at=now, ended_at=now)
+        return cls(
+            id=run_id,
+            workflow=workflow,
+            workflow_id=workflow_id,
+            version=version,
+            status="failed",
+            error={"message": message, "type": what.replace(" ", "_"), "issues": issues},
+            started_at=now,
+            ended_at=now,
+        )
 
     def result(self) -> dict[str, Any]:
         return {

@@ -14,7 +14,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from prefect.client.orchestration import get_client
 
@@ -41,11 +41,16 @@ class DelayRelease:
     """Tells the worker the run lets go of it (``prefect_compat.release_flow_run``)."""
 
     async def __call__(self, node_id: str, path: tuple[int, ...], until: datetime) -> None:
-        left = (until - datetime.now(timezone.utc)).total_seconds()
+        left = (until - datetime.now(UTC)).total_seconds()
         if left <= self.after_s:
             return
         async with get_client() as client:
             key = await prefect_compat.fresh_pause_key(client, self.run_id, delay_pause_key(node_id, path))
-            log.info("run %s: releasing it while delay %s waits %.0f s (until %s)", self.run_id, node_id, left,
-                     until.isoformat())
+            log.info(
+                "run %s: releasing it while delay %s waits %.0f s (until %s)",
+                self.run_id,
+                node_id,
+                left,
+                until.isoformat(),
+            )
             await prefect_compat.release_flow_run(client, self.run_id, key, until=until, holding=self.holding)

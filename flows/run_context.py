@@ -17,7 +17,6 @@ from typing import Any, Protocol
 from prefect import Task
 
 from builder.plan_cache import PlanCache
-
 from flows.event_log import EventLog, event_log_from_env
 from flows.events import EventBus
 from flows.journal import OutcomeStore
@@ -52,8 +51,17 @@ class RunStore(OutcomeStore, Protocol):
         """The version (the latest when None); ``LookupError`` when there is none."""
         ...
 
-    async def started(self, run_id: str, *, owner: str, workflow_id: str, version: int, name: str,
-                      inputs: dict[str, Any], trigger: dict[str, Any]) -> None: ...
+    async def started(
+        self,
+        run_id: str,
+        *,
+        owner: str,
+        workflow_id: str,
+        version: int,
+        name: str,
+        inputs: dict[str, Any],
+        trigger: dict[str, Any],
+    ) -> None: ...
 
     async def ended(self, run_id: str, result: dict[str, Any]) -> None: ...
 
@@ -66,8 +74,9 @@ class CancelSignals:
     for all of them (the worker reads all its runs' states at once); without one, each run
     polls its own state."""
 
-    def __init__(self, *, on_watch: Callable[[str], None] | None = None,
-                 on_holding: Callable[[str, bool], None] | None = None) -> None:
+    def __init__(
+        self, *, on_watch: Callable[[str], None] | None = None, on_holding: Callable[[str, bool], None] | None = None
+    ) -> None:
         """``on_watch``: called with each run that starts being watched (the worker's first
         heartbeat for it). ``on_holding``: told when a run is about to let go of its worker
         (False: suspended, the worker stops its heartbeats first) or keeps it after all (True)."""
@@ -132,9 +141,16 @@ class RunContext:
         settings it names, canvas files as subworkflows."""
         settings = EngineSettings()
         services = HandlerServices.from_environment()
-        return cls(registry=build_registry(services.settings), event_log=event_log_from_env(), settings=settings,
-                   listeners=listeners, cached_task=cached_task(cache_lock_manager(settings)),
-                   task_run_sender=TaskRunSender(), environ=os.environ, services=services)
+        return cls(
+            registry=build_registry(services.settings),
+            event_log=event_log_from_env(),
+            settings=settings,
+            listeners=listeners,
+            cached_task=cached_task(cache_lock_manager(settings)),
+            task_run_sender=TaskRunSender(),
+            environ=os.environ,
+            services=services,
+        )
 
     async def close(self) -> None:
         """Send what runs recorded in Prefect, close the event log and the clients of http

@@ -254,8 +254,15 @@ class ScopeRun:
     see it, ``{error: {...}}`` for a failed one.
     """
 
-    def __init__(self, plan: Plan, scope_id: ScopeId, *, on_error: OnError = "fail_fast",
-                 path: tuple[int, ...] = (), outputs: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        plan: Plan,
+        scope_id: ScopeId,
+        *,
+        on_error: OnError = "fail_fast",
+        path: tuple[int, ...] = (),
+        outputs: dict[str, Any] | None = None,
+    ):
         self.plan = plan
         self.scope_id = scope_id
         self.on_error = on_error
@@ -277,8 +284,7 @@ class ScopeRun:
         joins); taken when the node starts, so a join-any ignores later arrivals."""
         return {source: self.outputs.get(source) for source in self.graph.fired_sources(node_id)}
 
-    def node_ended(self, node_id: str, outcome: NodeResult, edge_scope: EdgeScope, *,
-                   attempts: int = 1) -> Decision:
+    def node_ended(self, node_id: str, outcome: NodeResult, edge_scope: EdgeScope, *, attempts: int = 1) -> Decision:
         """``node_id`` ended with ``outcome`` after ``attempts`` attempts: what follows."""
         node = self.plan.nodes[node_id]
         error = outcome.error
@@ -322,15 +328,22 @@ class ScopeRun:
             return ScopeResult(output_error=exc.message)
         return ScopeResult(output=output)
 
-    def _follow(self, node_id: str, fired: frozenset[str], failure: NodeFailure | None,
-                broken: dict[str, Any] | None) -> Decision:
+    def _follow(
+        self, node_id: str, fired: frozenset[str], failure: NodeFailure | None, broken: dict[str, Any] | None
+    ) -> Decision:
         step = self.graph.resolve(node_id, fired)
         ready, cancelled = ((), tuple(step.ready)) if self.stopping else (tuple(step.ready), ())
         return Decision(fired, ready, tuple(step.skipped), cancelled, failure, broken)
 
 
-def scope_result(plan: Plan, scope_id: ScopeId, completed: Mapping[str, Any], *, kind: ResultKind,
-                 template_scope: Mapping[str, Any] | None = None) -> Any:
+def scope_result(
+    plan: Plan,
+    scope_id: ScopeId,
+    completed: Mapping[str, Any],
+    *,
+    kind: ResultKind,
+    template_scope: Mapping[str, Any] | None = None,
+) -> Any:
     """What a scope returns, from ``completed`` (``{node_id: output}`` of its nodes that
     completed). The run and a container body follow different rules, by design:
 

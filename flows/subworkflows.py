@@ -48,8 +48,9 @@ async def tag_run_with_workflow(flow_context: Any, workflow_id: str) -> None:
 WorkflowResolver = Callable[[str, int | None, str, str | None], Awaitable[dict[str, Any]]]
 
 
-async def canvas_file_resolver(reference: str, version: int | None, parent_run_id: str,
-                               owner: str | None) -> dict[str, Any]:
+async def canvas_file_resolver(
+    reference: str, version: int | None, parent_run_id: str, owner: str | None
+) -> dict[str, Any]:
     path = Path(reference)
     if not path.is_file():
         raise NodeError(f"subworkflow {reference!r}: no such canvas file", error_type="SubworkflowNotFound")
@@ -63,17 +64,35 @@ class ChildFlow(Protocol):
     """The generic flow as a subworkflow node calls it (``flows.flow.workflow_flow``): called
     inside a flow run, Prefect records the call as a subflow run and returns its final state."""
 
-    def __call__(self, *, canvas: dict[str, Any] | None, inputs: dict[str, Any], workflow_id: str | None,
-                 version: int | None, owner: str | None, depth: int, journal: str | None,
-                 return_state: bool, started_at: str | None = None) -> Awaitable[Any]: ...
+    def __call__(
+        self,
+        *,
+        canvas: dict[str, Any] | None,
+        inputs: dict[str, Any],
+        workflow_id: str | None,
+        version: int | None,
+        owner: str | None,
+        depth: int,
+        journal: str | None,
+        return_state: bool,
+        started_at: str | None = None,
+    ) -> Awaitable[Any]: ...
 
 
 class PrefectSubworkflows:
     """Runs a child canvas through the generic flow: Prefect records it as a subflow run
     of the parent, with its own events and result. The child belongs to the parent's owner."""
 
-    def __init__(self, resolver: WorkflowResolver, child_flow: ChildFlow, owner: str | None, *,
-                 by_reference: bool = False, depth: int = 0, max_depth: int = 10):
+    def __init__(
+        self,
+        resolver: WorkflowResolver,
+        child_flow: ChildFlow,
+        owner: str | None,
+        *,
+        by_reference: bool = False,
+        depth: int = 0,
+        max_depth: int = 10,
+    ):
         """``by_reference``: the child is a saved workflow the child run loads itself (on a
         worker), so its parameters name it instead of carrying its canvas. ``depth``: how
         deep the parent run is nested (0 at the top); children deeper than ``max_depth``
@@ -89,23 +108,42 @@ class PrefectSubworkflows:
         """Run ``config`` as a child of ``execution``'s run; its output. ``journal``: the child
         run's journal id (``Execution.child_journal_id``)."""
         if self.depth + 1 > self.max_depth:
-            raise NodeError(f"subworkflow {config.workflow!r}: sub-workflows nest at most {self.max_depth} deep "
-                            "(FLOWMAESTRO_MAX_SUBWORKFLOW_DEPTH)", error_type="SubworkflowTooDeep")
-        canvas = None if self.by_reference else await self.resolver(config.workflow, config.version,
-                                                                    execution.record.id, self.owner)
-        state = await self.child_flow(canvas=canvas, inputs=dict(config.inputs), workflow_id=config.workflow,
-                                      version=config.version, owner=self.owner, depth=self.depth + 1,
-                                      journal=journal, return_state=True)
+            raise NodeError(
+                f"subworkflow {config.workflow!r}: sub-workflows nest at most {self.max_depth} deep "
+                "(FLOWMAESTRO_MAX_SUBWORKFLOW_DEPTH)",
+                error_type="SubworkflowTooDeep",
+            )
+        canvas = (
+            None
+            if self.by_reference
+            else await self.resolver(config.workflow, config.version, execution.record.id, self.owner)
+        )
+        state = await self.child_flow(
+            canvas=canvas,
+            inputs=dict(config.inputs),
+            workflow_id=config.workflow,
+            version=config.version,
+            owner=self.owner,
+            depth=self.depth + 1,
+            journal=journal,
+            return_state=True,
+        )
         child_id = str(state.state_details.flow_run_id)
         try:
             # The child ran in this process: its result is the engine's, in memory. Never
             # Prefect's ``State.result()``, which would unpickle whatever a forged state names.
             result = await run_result(state)
         except UntrustedResult as exc:
-            raise NodeError(f"child run {child_id}: its result was refused ({exc})", error_type="SubworkflowFailed",
-                            details={"child_run_id": child_id}) from exc
+            raise NodeError(
+                f"child run {child_id}: its result was refused ({exc})",
+                error_type="SubworkflowFailed",
+                details={"child_run_id": child_id},
+            ) from exc
         if not isinstance(result, dict) or result.get("status") != "completed":
             message = (result or {}).get("error", {}).get("message") if isinstance(result, dict) else str(result)
-            raise NodeError(f"child run {child_id} did not complete: {message}", error_type="SubworkflowFailed",
-                            details={"child_run_id": child_id})
+            raise NodeError(
+                f"child run {child_id} did not complete: {message}",
+                error_type="SubworkflowFailed",
+                details={"child_run_id": child_id},
+            )
         return Completed(output=result.get("output"), usage=result.get("usage") or None)

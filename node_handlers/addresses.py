@@ -42,7 +42,8 @@ _REFUSED_NETWORKS: tuple[tuple[str, str], ...] = (
     ("5f00::/16", "a reserved (segment routing) address"),
 )
 REFUSED_NETWORKS: tuple[tuple[IPNetwork, str], ...] = tuple(
-    (ipaddress.ip_network(net), reason) for net, reason in _REFUSED_NETWORKS)
+    (ipaddress.ip_network(net), reason) for net, reason in _REFUSED_NETWORKS
+)
 
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")

@@ -61,8 +61,14 @@ HANDLERS = [ApprovalHandler]
 
 # Booleans are strict: a decision of "yes", "on" or 1 is not an approval (pydantic's lax
 # mode would read them as true); only JSON true and false are.
-_PY_TYPES: dict[JsonType, Any] = {"string": str, "number": float, "integer": int, "boolean": StrictBool,
-                                  "object": dict, "array": list}
+_PY_TYPES: dict[JsonType, Any] = {
+    "string": str,
+    "number": float,
+    "integer": int,
+    "boolean": StrictBool,
+    "object": dict,
+    "array": list,
+}
 
 
 class FormAnswer(BaseModel):

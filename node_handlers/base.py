@@ -45,8 +45,15 @@ class NodeError(Exception):
     retrying), or ``None`` for failures that retrying cannot fix (a 404, bad input).
     """
 
-    def __init__(self, message: str, *, retry_class: str | None = None, retry_after_s: float | None = None,
-                 error_type: str | None = None, details: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_class: str | None = None,
+        retry_after_s: float | None = None,
+        error_type: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ):
         super().__init__(message)
         self.message = message
         self.retry_class = retry_class
@@ -98,8 +105,9 @@ class NoCapabilities:
     """Capabilities where no run is there to give them (a handler called on its own)."""
 
     async def pause_for_person(self, request: Any) -> Completed:
-        raise NodeError("approval nodes need a Prefect flow run to pause; run the workflow with "
-                        "'flowmaestro run' or the API")
+        raise NodeError(
+            "approval nodes need a Prefect flow run to pause; run the workflow with 'flowmaestro run' or the API"
+        )
 
     async def start_child_run(self, workflow: str, version: int | None, inputs: Mapping[str, Any]) -> Completed:
         raise NodeError("subworkflow nodes run only inside a Prefect flow run (flowmaestro run, or the API)")
@@ -198,8 +206,16 @@ class NodeHandler:
 
     def spec(self) -> NodeTypeSpec:
         return NodeTypeSpec(
-            type=self.type, config_model=self.Config, handles=self.handles, version=self.version,
-            description=self.description, container=self.container,  # type: ignore[arg-type]
-            default_retry=self.default_retry, default_cache=self.default_cache, cacheable=self.cacheable,
-            expression_keys=self.expression_keys, own_scope_keys=self.own_scope_keys, terminal=self.terminal,
+            type=self.type,
+            config_model=self.Config,
+            handles=self.handles,
+            version=self.version,
+            description=self.description,
+            container=self.container,  # type: ignore[arg-type]
+            default_retry=self.default_retry,
+            default_cache=self.default_cache,
+            cacheable=self.cacheable,
+            expression_keys=self.expression_keys,
+            own_scope_keys=self.own_scope_keys,
+            terminal=self.terminal,
         )

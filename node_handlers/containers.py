@@ -33,7 +33,7 @@ class LoopConfig(NodeConfig):
     handler's ``Config``, both apply the cap of the registry they were given."""
 
     @model_validator(mode="after")
-    def _fields_of_mode(self, info: ValidationInfo) -> "LoopConfig":
+    def _fields_of_mode(self, info: ValidationInfo) -> LoopConfig:
         needed = {"for": "count", "forEach": "items", "while": "condition", "doWhile": "condition"}[self.mode]
         if getattr(self, needed) is None:
             raise ValueError(f"a {self.mode} loop needs '{needed}'")
@@ -43,8 +43,13 @@ class LoopConfig(NodeConfig):
         # resolved the templates, the loop itself fails (MaxIterationsExceeded, its error edge).
         if info.context and info.context.get(RESOLVED):
             return self
-        static = self.count if self.mode == "for" and isinstance(self.count, int) else \
-            len(self.items) if self.mode == "forEach" and isinstance(self.items, list) else None
+        static = (
+            self.count
+            if self.mode == "for" and isinstance(self.count, int)
+            else len(self.items)
+            if self.mode == "forEach" and isinstance(self.items, list)
+            else None
+        )
         if static is not None and static > self.iteration_cap:
             raise ValueError(f"the loop would run {static} iterations, more than {self.cap_name}")
         return self
@@ -69,8 +74,11 @@ def loop_config(installation_cap: int) -> type[LoopConfig]:
     if installation_cap == LoopConfig.installation_cap:
         return LoopConfig
     # Same name and module: the canvas's JSON Schema does not change with the cap.
-    capped = type("LoopConfig", (LoopConfig,), {"__module__": LoopConfig.__module__, "__qualname__": "LoopConfig",
-                                                "installation_cap": installation_cap})
+    capped = type(
+        "LoopConfig",
+        (LoopConfig,),
+        {"__module__": LoopConfig.__module__, "__qualname__": "LoopConfig", "installation_cap": installation_cap},
+    )
     return capped
 
 
@@ -92,12 +100,13 @@ class ParallelConfig(NodeConfig):
     mode: Literal["count", "collection"]
     count: Templatable[int] | None = None
     items: list[Any] | TemplateStr | None = None
-    max_concurrency: int | None = Field(None, ge=1, le=1000, description="Branches in flight at once (100 when "
-                                        "not given).")
+    max_concurrency: int | None = Field(
+        None, ge=1, le=1000, description="Branches in flight at once (100 when not given)."
+    )
     on_error: Literal["fail_fast", "collect"] = "fail_fast"
 
     @model_validator(mode="after")
-    def _fields_of_mode(self) -> "ParallelConfig":
+    def _fields_of_mode(self) -> ParallelConfig:
         needed = "count" if self.mode == "count" else "items"
         if getattr(self, needed) is None:
             raise ValueError(f"parallel mode {self.mode!r} needs '{needed}'")

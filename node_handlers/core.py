@@ -28,8 +28,11 @@ class StartHandler(NodeHandler):
 
 
 class EndConfig(NodeConfig):
-    output: Any = Field(None, description="Template of the result. Without it, the end node passes on "
-                                          "its upstream output (one upstream) or a mapping of them.")
+    output: Any = Field(
+        None,
+        description="Template of the result. Without it, the end node passes on "
+        "its upstream output (one upstream) or a mapping of them.",
+    )
 
 
 class EndHandler(NodeHandler):

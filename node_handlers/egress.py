@@ -28,8 +28,7 @@ from typing import Any
 import httpcore
 import httpx
 
-from node_handlers.addresses import (IPAddress, IPNetwork, forms_of, interface_addresses, normalize_host,
-                                     refusal_reason)
+from node_handlers.addresses import IPAddress, IPNetwork, forms_of, interface_addresses, normalize_host, refusal_reason
 from node_handlers.base import NodeError
 from node_handlers.protected import ProtectedService, ServiceAddress, protect
 
@@ -96,8 +95,12 @@ class EgressPolicy:
     """This machine's interface addresses: global ones are refused too, unless an entry with a port allows them."""
 
     @classmethod
-    def parse(cls, allow_hosts: str, protected: tuple[ProtectedService, ...] = (),
-              own_addresses: frozenset[IPAddress] = frozenset()) -> EgressPolicy:
+    def parse(
+        cls,
+        allow_hosts: str,
+        protected: tuple[ProtectedService, ...] = (),
+        own_addresses: frozenset[IPAddress] = frozenset(),
+    ) -> EgressPolicy:
         entries = [e.strip() for e in allow_hosts.split(",") if e.strip()]
         rules = tuple(AllowRule.parse(entry) for entry in entries if entry != ALLOW_ALL)
         return cls(allow_all=ALLOW_ALL in entries, rules=rules, protected=protected, own_addresses=own_addresses)
@@ -119,8 +122,10 @@ class EgressPolicy:
         if self._is_own(address):
             if any(rule.port is not None for rule in rules):
                 return None
-            return "an address of this machine (allow it with a port, e.g. " \
-                   f"{_show(address)}:{port or 8080}, to reach one of its services)"
+            return (
+                "an address of this machine (allow it with a port, e.g. "
+                f"{_show(address)}:{port or 8080}, to reach one of its services)"
+            )
         if rules:
             return None
         return refusal_reason(address)
@@ -131,7 +136,8 @@ class EgressPolicy:
     def allows_host(self, host: str, port: int | None = None) -> bool:
         """Whether an entry allows ``host`` by name (on ``port``; None: on some port)."""
         return self.allow_all or any(
-            r.host == normalize_host(host) and (port is None or r.port in (None, port)) for r in self.rules)
+            r.host == normalize_host(host) and (port is None or r.port in (None, port)) for r in self.rules
+        )
 
     def allows_address(self, address: IPAddress, port: int | None = None) -> bool:
         """Whether ``address`` may be reached (on ``port``; None: on some port), services aside."""
@@ -167,13 +173,19 @@ def deny(host: str, address: IPAddress, reason: str, port: int | None = None) ->
         f"({target}) or the address or its network (e.g. {shown}) to {ALLOW_HOSTS_ENV} (comma-separated "
         f"host:port or network:port entries, the port optional; '*' allows everything but FlowMaestro's own "
         f"services)",
-        host=host, address=str(address))
+        host=host,
+        address=str(address),
+    )
 
 
 def deny_service(host: str, address: IPAddress, port: int, service: ServiceAddress) -> EgressDenied:
     return EgressDenied(
         f"outbound request to {_show(host)}:{port} refused: it reaches {service}, which workflow nodes may never "
-        f"call, whatever {ALLOW_HOSTS_ENV} says", host=host, address=str(address), service=service.name)
+        f"call, whatever {ALLOW_HOSTS_ENV} says",
+        host=host,
+        address=str(address),
+        service=service.name,
+    )
 
 
 async def resolve_host(host: str, port: int) -> list[IPAddress]:
@@ -223,8 +235,9 @@ async def check_url(url: str | httpx.URL, policy: EgressPolicy) -> None:
     try:
         await allowed_addresses(parsed.host, port, policy)
     except OSError as exc:
-        raise NodeError(f"cannot resolve {parsed.host}: {exc}", retry_class="connection",
-                        error_type="ConnectError") from exc
+        raise NodeError(
+            f"cannot resolve {parsed.host}: {exc}", retry_class="connection", error_type="ConnectError"
+        ) from exc
 
 
 class PinnedNetworkBackend(httpcore.AsyncNetworkBackend):
@@ -244,9 +257,14 @@ class PinnedNetworkBackend(httpcore.AsyncNetworkBackend):
         self._inner = inner or httpcore.AnyIOBackend()
         self._policy = policy
 
-    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
-                          local_address: str | None = None,
-                          socket_options: Iterable[Any] | None = None) -> httpcore.AsyncNetworkStream:
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
         try:
             async with asyncio.timeout(timeout):
                 addresses = await allowed_addresses(host, port, self._policy)
@@ -257,15 +275,17 @@ class PinnedNetworkBackend(httpcore.AsyncNetworkBackend):
         last_error: Exception | None = None
         for address in addresses:  # like a browser: the next address if one refuses
             try:
-                return await self._inner.connect_tcp(str(address), port, timeout=timeout,
-                                                     local_address=local_address, socket_options=socket_options)
+                return await self._inner.connect_tcp(
+                    str(address), port, timeout=timeout, local_address=local_address, socket_options=socket_options
+                )
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 last_error = exc
         assert last_error is not None
         raise last_error
 
-    async def connect_unix_socket(self, path: str, timeout: float | None = None,
-                                  socket_options: Iterable[Any] | None = None) -> httpcore.AsyncNetworkStream:
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.AsyncNetworkStream:
         raise httpcore.ConnectError("unix sockets are not reachable from workflow nodes")
 
     async def sleep(self, seconds: float) -> None:
@@ -280,15 +300,21 @@ class PinnedTransport(httpx.AsyncHTTPTransport):
     No proxy: a proxy would resolve the host itself, out of the policy's reach.
     """
 
-    def __init__(self, *, limits: httpx.Limits = httpx.Limits(max_connections=100, max_keepalive_connections=20),
-                 http2: bool = False, policy: EgressPolicy):
+    def __init__(
+        self,
+        *,
+        limits: httpx.Limits = httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        http2: bool = False,
+        policy: EgressPolicy,
+    ):
         super().__init__(trust_env=False, limits=limits, http2=http2)
         self._pool = httpcore.AsyncConnectionPool(
             ssl_context=httpx.create_ssl_context(trust_env=False),
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
-            http1=True, http2=http2,
+            http1=True,
+            http2=http2,
             network_backend=PinnedNetworkBackend(policy=policy),
         )
 
@@ -301,6 +327,6 @@ def _refuse_all_cookies() -> CookieJar:
 def pinned_client(*, policy: EgressPolicy, **kwargs: Any) -> httpx.AsyncClient:
     """A new client whose connections obey ``policy`` (``HandlerServices.egress``; no proxy,
     no cookie jar)."""
-    return httpx.AsyncClient(transport=PinnedTransport(policy=policy), trust_env=False, cookies=_refuse_all_cookies(),
-                             **kwargs)
-
+    return httpx.AsyncClient(
+        transport=PinnedTransport(policy=policy), trust_env=False, cookies=_refuse_all_cookies(), **kwargs
+    )

@@ -15,7 +15,7 @@ import asyncio
 import base64
 import json
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Annotated, Any, Literal
 
@@ -68,22 +68,28 @@ class HttpConfig(NodeConfig):
     method: Templatable[Method] = Field("GET", description="HTTP method.")
     url: str = Field(min_length=1, description="http(s) URL; a template.")
     headers: Templatable[dict[str, Any]] = Field(default_factory=dict, description="Request headers.")
-    query: Templatable[dict[str, Any]] = Field(default_factory=dict, description="Query parameters (a list "
-                                               "value repeats the parameter).")
+    query: Templatable[dict[str, Any]] = Field(
+        default_factory=dict, description="Query parameters (a list value repeats the parameter)."
+    )
     json_body: Any = Field(None, alias="json", description="JSON body (sets Content-Type: application/json).")
     body: str | None = Field(None, description="Raw text body.")
     form: Templatable[dict[str, Any]] | None = Field(None, description="Form body (x-www-form-urlencoded).")
     auth: Auth | None = Field(None, description="Credentials by secret name: bearer, basic or header.")
     timeout_s: Templatable[float] = Field(30.0, description="Deadline of the whole request, redirects included.")
     expected_status: Templatable[list[int | str]] = Field(
-        default_factory=lambda: ["2xx"], description="Statuses that count as success: codes or classes "
-                                                     "such as '2xx'. Others fail the node.")
+        default_factory=lambda: ["2xx"],
+        description="Statuses that count as success: codes or classes such as '2xx'. Others fail the node.",
+    )
     follow_redirects: Templatable[bool] = Field(True, description=f"Follow up to {MAX_REDIRECTS} redirects.")
-    max_response_bytes: Templatable[int] = Field(DEFAULT_MAX_RESPONSE_BYTES, description="Larger responses fail "
-                                                 "the node (decompressed size).")
-    idempotency_key: Templatable[str] | bool = Field(True, description="The Idempotency-Key header: true sends "
-                                                     "'<run id>:<node id>:<path>' (the same when a run executed "
-                                                     "again repeats the request), a string sends that, false none.")
+    max_response_bytes: Templatable[int] = Field(
+        DEFAULT_MAX_RESPONSE_BYTES, description="Larger responses fail the node (decompressed size)."
+    )
+    idempotency_key: Templatable[str] | bool = Field(
+        True,
+        description="The Idempotency-Key header: true sends "
+        "'<run id>:<node id>:<path>' (the same when a run executed "
+        "again repeats the request), a string sends that, false none.",
+    )
 
     @field_validator("method", mode="before")
     @classmethod
@@ -107,8 +113,11 @@ class HttpConfig(NodeConfig):
 
     @model_validator(mode="after")
     def _one_body(self) -> HttpConfig:
-        given = [name for name, value in (("json", self.json_body), ("body", self.body), ("form", self.form))
-                 if value is not None]
+        given = [
+            name
+            for name, value in (("json", self.json_body), ("body", self.body), ("form", self.form))
+            if value is not None
+        ]
         if len(given) > 1:
             raise ValueError(f"give at most one of json, body and form; got {' and '.join(given)}")
         return self
@@ -132,14 +141,17 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds())
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 class ResponseTooLarge(NodeError):
     def __init__(self, limit: int, url: httpx.URL):
-        super().__init__(f"the response of {url} is larger than max_response_bytes ({limit} bytes); raise the "
-                         f"limit or ask for less", error_type="ResponseTooLarge", details={"limit": limit})
+        super().__init__(
+            f"the response of {url} is larger than max_response_bytes ({limit} bytes); raise the limit or ask for less",
+            error_type="ResponseTooLarge",
+            details={"limit": limit},
+        )
 
 
 class HttpHandler(NodeHandler):
@@ -147,8 +159,14 @@ class HttpHandler(NodeHandler):
     version = "1"
     description = "Sends an HTTP request; output {status, headers, body, url}."
     Config = HttpConfig
-    default_retry = RetryPolicy(max_attempts=3, initial_delay_s=1.0, backoff_factor=2.0, max_delay_s=30.0,
-                                jitter=0.2, retry_on=frozenset({"5xx", "429", "timeout", "connection"}))
+    default_retry = RetryPolicy(
+        max_attempts=3,
+        initial_delay_s=1.0,
+        backoff_factor=2.0,
+        max_delay_s=30.0,
+        jitter=0.2,
+        retry_on=frozenset({"5xx", "429", "timeout", "connection"}),
+    )
 
     async def run(self, config: HttpConfig, ctx: NodeContext) -> Completed:
         credentials, secrets, bound = credentials_of(config.auth, ctx.owner)
@@ -162,26 +180,45 @@ class HttpHandler(NodeHandler):
             async with asyncio.timeout(deadline), services_for(ctx.services) as services:
                 response, body = await self._exchange(services.http_client(), config, credentials, bound, extra)
         except (TimeoutError, httpx.TimeoutException):
-            raise NodeError(f"{config.method} {config.url} timed out after {deadline:g} s",
-                            retry_class="timeout", error_type="Timeout") from None
+            raise NodeError(
+                f"{config.method} {config.url} timed out after {deadline:g} s",
+                retry_class="timeout",
+                error_type="Timeout",
+            ) from None
         except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:  # retrying cannot fix the URL
             raise NodeError(f"invalid URL {config.url!r}: {exc}", error_type="InvalidUrl") from None
         except httpx.TransportError as exc:
             message = redact(f"{config.method} {config.url} failed: {type(exc).__name__}: {exc}", secrets)
             raise NodeError(message, retry_class="connection", error_type="ConnectError") from None
-        output = {"status": response.status_code, "headers": dict(response.headers),
-                  "body": decode_body(response, body), "url": str(response.url)}
+        output = {
+            "status": response.status_code,
+            "headers": dict(response.headers),
+            "body": decode_body(response, body),
+            "url": str(response.url),
+        }
         output = redact(output, secrets)
         if not is_expected(response.status_code, list(config.expected_status)):  # type: ignore[arg-type]
             raise status_error(response, output["body"], str(config.method))
         return Completed(output=output)
 
-    async def _exchange(self, client: httpx.AsyncClient, config: HttpConfig, credentials: dict[str, str],
-                        bound: OperatorSecret | None, extra: dict[str, str]) -> tuple[httpx.Response, bytes]:
+    async def _exchange(
+        self,
+        client: httpx.AsyncClient,
+        config: HttpConfig,
+        credentials: dict[str, str],
+        bound: OperatorSecret | None,
+        extra: dict[str, str],
+    ) -> tuple[httpx.Response, bytes]:
         request = client.build_request(
-            str(config.method), config.url, headers={**stringify(config.headers), **extra, **credentials},
-            params=config.query or None, json=config.json_body, content=config.body,
-            data=config.form, timeout=float(config.timeout_s))
+            str(config.method),
+            config.url,
+            headers={**stringify(config.headers), **extra, **credentials},
+            params=config.query or None,
+            json=config.json_body,
+            content=config.body,
+            data=config.form,
+            timeout=float(config.timeout_s),
+        )
         origin = request.url.copy_with(path="/", query=None, fragment=None)
         for _hop in range(MAX_REDIRECTS + 1):
             if bound is not None and any(name in request.headers for name in credentials):
@@ -207,8 +244,9 @@ def stringify(headers: Any) -> dict[str, str]:
     return {str(k): str(v) for k, v in dict(headers).items() if v is not None}
 
 
-def credentials_of(auth: BearerAuth | BasicAuth | HeaderAuth | None, owner: str | None
-                   ) -> tuple[dict[str, str], list[str], OperatorSecret | None]:
+def credentials_of(
+    auth: BearerAuth | BasicAuth | HeaderAuth | None, owner: str | None
+) -> tuple[dict[str, str], list[str], OperatorSecret | None]:
     """The headers carrying the node's credentials, every form the secret takes on the wire
     (the value, the header value, the base64 of basic auth), to redact, and the secret
     (``owner``'s to use, else NodeError), whose hosts every request carrying it must go to."""
@@ -229,8 +267,13 @@ def is_redirect(response: httpx.Response) -> bool:
     return response.status_code in REDIRECT_STATUSES and "location" in response.headers
 
 
-def redirect_request(client: httpx.AsyncClient, request: httpx.Request, response: httpx.Response,
-                     origin: httpx.URL, credentials: dict[str, str]) -> httpx.Request:
+def redirect_request(
+    client: httpx.AsyncClient,
+    request: httpx.Request,
+    response: httpx.Response,
+    origin: httpx.URL,
+    credentials: dict[str, str],
+) -> httpx.Request:
     """The next hop, as browsers do it: 303 (and 301/302 after a POST) become a GET without
     a body; credentials go only to the origin of the first request."""
     url = response.url.join(response.headers["location"])
@@ -248,8 +291,9 @@ def redirect_request(client: httpx.AsyncClient, request: httpx.Request, response
     if url.copy_with(path="/", query=None, fragment=None) != origin:
         for name in ("Authorization", "Cookie", *credentials):
             headers.pop(name, None)
-    return client.build_request(method, url, headers=headers, content=content,
-                                extensions={"timeout": request.extensions.get("timeout")})
+    return client.build_request(
+        method, url, headers=headers, content=content, extensions={"timeout": request.extensions.get("timeout")}
+    )
 
 
 async def read_limited(response: httpx.Response, limit: int) -> bytes:
@@ -297,8 +341,13 @@ def status_error(response: httpx.Response, body: Any, method: str) -> NodeError:
     details = {"status": status, "body_excerpt": excerpt}
     if status == 429:
         retry_after = parse_retry_after(response.headers.get("retry-after"))
-        return NodeError(message, retry_class="429", retry_after_s=retry_after, error_type="HttpStatusError",
-                         details={**details, "retry_after_s": retry_after})
+        return NodeError(
+            message,
+            retry_class="429",
+            retry_after_s=retry_after,
+            error_type="HttpStatusError",
+            details={**details, "retry_after_s": retry_after},
+        )
     retry_class = "5xx" if status >= 500 else None
     return NodeError(message, retry_class=retry_class, error_type="HttpStatusError", details=details)
 

@@ -4,8 +4,8 @@ Every call streams: each content delta is published as ``stream:chunk`` while th
 writes, then ``stream:done``. The API key comes from the node's ``api_key_secret`` (the
 environment variable ``FLOWMAESTRO_SECRET_<NAME>``, bound to owners and hosts) or from the
 handler settings (``FLOWMAESTRO_OPENAI_API_KEY`` / ``OPENAI_API_KEY``), which goes to the
-configured default base URL only; it is redacted from every error message. The base URL passes the egress policy, and the connection is pinned to the
-checked address (``node_handlers.egress``).
+configured default base URL only; it is redacted from every error message. The base URL
+passes the egress policy, and the connection is pinned to the checked address (``node_handlers.egress``).
 """
 
 from __future__ import annotations
@@ -39,8 +39,14 @@ OPENAI_BASE_URL = "https://api.openai.com/v1"
 CHARS_PER_TOKEN = 4
 """Rough size of a token in English text, to estimate usage when the server reports none."""
 EXCERPT_CHARS = 200
-LLM_RETRY = RetryPolicy(max_attempts=3, initial_delay_s=1.0, backoff_factor=2.0, max_delay_s=30.0, jitter=0.2,
-                        retry_on=frozenset({"timeout", "connection", "5xx", "429", "error"}))
+LLM_RETRY = RetryPolicy(
+    max_attempts=3,
+    initial_delay_s=1.0,
+    backoff_factor=2.0,
+    max_delay_s=30.0,
+    jitter=0.2,
+    retry_on=frozenset({"timeout", "connection", "5xx", "429", "error"}),
+)
 
 
 class Message(BaseModel):
@@ -90,19 +96,26 @@ class ModelCallConfig(NodeConfig):
     system: str | None = Field(None, description="System instructions.")
     temperature: Templatable[Temperature] | None = None
     max_tokens: Templatable[PositiveInt] | None = Field(None, description="Limit of generated tokens.")
-    base_url: str | None = Field(None, description="OpenAI-compatible API base URL (e.g. http://host:11434/v1); "
-                                 "FLOWMAESTRO_OPENAI_BASE_URL or OpenAI's when absent.")
-    api_key_secret: SecretName | None = Field(None, description="Secret holding the API key; the handler "
-                                              "settings' key (OPENAI_API_KEY) when absent.")
+    base_url: str | None = Field(
+        None,
+        description="OpenAI-compatible API base URL (e.g. http://host:11434/v1); "
+        "FLOWMAESTRO_OPENAI_BASE_URL or OpenAI's when absent.",
+    )
+    api_key_secret: SecretName | None = Field(
+        None, description="Secret holding the API key; the handler settings' key (OPENAI_API_KEY) when absent."
+    )
     timeout_s: Templatable[PositiveFloat] = Field(120.0, description="Deadline of the whole streamed reply.")
 
 
 class LlmConfig(ModelCallConfig):
     prompt: str | None = Field(None, description="The user message; a template.")
     messages: Templatable[list[Message]] | None = Field(None, description="The conversation instead of prompt.")
-    response_format: ResponseFormat | None = Field(None, description="Ask for JSON ({type: json_object}) or "
-                                                   "JSON fitting a schema ({type: json_schema, json_schema: "
-                                                   "{name, schema}}); the reply is parsed into output.json.")
+    response_format: ResponseFormat | None = Field(
+        None,
+        description="Ask for JSON ({type: json_object}) or "
+        "JSON fitting a schema ({type: json_schema, json_schema: "
+        "{name, schema}}); the reply is parsed into output.json.",
+    )
 
     @model_validator(mode="after")
     def _prompt_or_messages(self) -> LlmConfig:
@@ -135,14 +148,23 @@ class LlmHandler(NodeHandler):
     default_retry = LLM_RETRY
 
     async def run(self, config: LlmConfig, ctx: NodeContext) -> Completed:
-        response_format = (config.response_format.model_dump(by_alias=True, exclude_none=True)
-                           if config.response_format else None)
+        response_format = (
+            config.response_format.model_dump(by_alias=True, exclude_none=True) if config.response_format else None
+        )
         reply = await stream_chat(config, build_messages(config), ctx, response_format)
-        output: dict[str, Any] = {"text": reply.text, "usage": reply.usage, "model": reply.model,
-                                  "finish_reason": reply.finish_reason, "latency_ms": reply.latency_ms}
+        output: dict[str, Any] = {
+            "text": reply.text,
+            "usage": reply.usage,
+            "model": reply.model,
+            "finish_reason": reply.finish_reason,
+            "latency_ms": reply.latency_ms,
+        }
         if config.response_format is not None:
-            schema = (config.response_format.json_schema.schema_
-                      if isinstance(config.response_format, JsonSchemaFormat) else None)
+            schema = (
+                config.response_format.json_schema.schema_
+                if isinstance(config.response_format, JsonSchemaFormat)
+                else None
+            )
             output["json"] = parse_json_reply(reply.text, schema)
         if reply.cost_usd is not None:
             output["cost_usd"] = reply.cost_usd
@@ -187,35 +209,49 @@ class RouterHandler(NodeHandler):
 
     async def run(self, config: RouterConfig, ctx: NodeContext) -> Completed:
         ids = [r.id for r in config.routes]
-        messages = [{"role": "system", "content": router_instructions(config)},
-                    {"role": "user", "content": config.prompt}]
+        messages = [
+            {"role": "system", "content": router_instructions(config)},
+            {"role": "user", "content": config.prompt},
+        ]
         reply = await stream_chat(config, messages, ctx, router_response_format(ids))
         # The schema's enum also catches a server that ignored it: an unknown route is retried.
         choice = parse_json_reply(reply.text, router_schema(ids))
         route = choice["route"]
-        return Completed(output={"route": route, "reasoning": choice.get("reasoning", "")},
-                         handles=frozenset({f"route-{route}"}), usage=reply.usage_totals())
+        return Completed(
+            output={"route": route, "reasoning": choice.get("reasoning", "")},
+            handles=frozenset({f"route-{route}"}),
+            usage=reply.usage_totals(),
+        )
 
 
 def router_instructions(config: RouterConfig) -> str:
     routes = "\n".join(f"- {r.id}: {r.description or r.id}" for r in config.routes)
-    text = ("Classify the user's message into exactly one of these routes:\n"
-            f"{routes}\n"
-            'Reply with JSON only: {"route": "<one route id>", "reasoning": "<one short sentence>"}.')
+    text = (
+        "Classify the user's message into exactly one of these routes:\n"
+        f"{routes}\n"
+        'Reply with JSON only: {"route": "<one route id>", "reasoning": "<one short sentence>"}.'
+    )
     return f"{config.system}\n\n{text}" if config.system else text
 
 
 def router_schema(ids: list[str]) -> dict[str, Any]:
-    return {"type": "object", "additionalProperties": False, "required": ["route", "reasoning"],
-            "properties": {"route": {"type": "string", "enum": ids}, "reasoning": {"type": "string"}}}
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["route", "reasoning"],
+        "properties": {"route": {"type": "string", "enum": ids}, "reasoning": {"type": "string"}},
+    }
 
 
 def router_response_format(ids: list[str]) -> dict[str, Any]:
-    return {"type": "json_schema",
-            "json_schema": {"name": "route_choice", "strict": True, "schema": router_schema(ids)}}
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": "route_choice", "strict": True, "schema": router_schema(ids)},
+    }
 
 
 # The streamed call, shared by both nodes.
+
 
 def resolve_endpoint(config: ModelCallConfig, owner: str | None, settings: HandlerSettings) -> tuple[str, str]:
     """Base URL and API key of a node of ``owner``'s run. The operator's default key goes only
@@ -230,30 +266,46 @@ def resolve_endpoint(config: ModelCallConfig, owner: str | None, settings: Handl
     operator_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key is not None else ""
     if operator_key:
         if base_url != default_url:
-            raise NodeError(f"base_url {base_url} is not the configured model API ({default_url}): the operator's "
-                            f"API key goes there only; name a secret of yours for {base_url} in api_key_secret",
-                            error_type="MissingSecret")
+            raise NodeError(
+                f"base_url {base_url} is not the configured model API ({default_url}): the operator's "
+                f"API key goes there only; name a secret of yours for {base_url} in api_key_secret",
+                error_type="MissingSecret",
+            )
         return base_url, operator_key
     if base_url == OPENAI_BASE_URL:
-        raise NodeError("no API key for OpenAI: set OPENAI_API_KEY (or FLOWMAESTRO_OPENAI_API_KEY) where the "
-                        "workflow runs, or name a secret in the node's api_key_secret", error_type="MissingSecret")
+        raise NodeError(
+            "no API key for OpenAI: set OPENAI_API_KEY (or FLOWMAESTRO_OPENAI_API_KEY) where the "
+            "workflow runs, or name a secret in the node's api_key_secret",
+            error_type="MissingSecret",
+        )
     return base_url, "unused"  # no key configured at all: local servers (Ollama, vLLM) accept any
 
 
-async def stream_chat(config: ModelCallConfig, messages: list[dict[str, Any]], ctx: NodeContext,
-                      response_format: dict[str, Any] | None) -> ChatReply:
+async def stream_chat(
+    config: ModelCallConfig, messages: list[dict[str, Any]], ctx: NodeContext, response_format: dict[str, Any] | None
+) -> ChatReply:
     async with services_for(ctx.services) as services:
         return await _stream_chat(config, messages, ctx, response_format, services)
 
 
-async def _stream_chat(config: ModelCallConfig, messages: list[dict[str, Any]], ctx: NodeContext,
-                       response_format: dict[str, Any] | None, services: HandlerServices) -> ChatReply:
+async def _stream_chat(
+    config: ModelCallConfig,
+    messages: list[dict[str, Any]],
+    ctx: NodeContext,
+    response_format: dict[str, Any] | None,
+    services: HandlerServices,
+) -> ChatReply:
     settings = services.settings
     base_url, api_key = resolve_endpoint(config, ctx.owner, settings)
     await check_url(base_url, services.egress)
     model = config.model or settings.default_model
-    request: dict[str, Any] = {"model": model, "messages": messages, "stream": True,
-                               "stream_options": {"include_usage": True}, "timeout": float(config.timeout_s)}
+    request: dict[str, Any] = {
+        "model": model,
+        "messages": messages,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "timeout": float(config.timeout_s),
+    }
     if config.temperature is not None:
         request["temperature"] = float(config.temperature)
     if config.max_tokens is not None:
@@ -269,9 +321,14 @@ async def _stream_chat(config: ModelCallConfig, messages: list[dict[str, Any]], 
     text = "".join(collected.parts)
     ctx.emit("stream:done", {"text_length": len(text), "attempt": ctx.attempt})
     usage = collected.usage or estimate_usage(messages, len(collected.parts))
-    return ChatReply(text=text, model=collected.model or model, finish_reason=collected.finish_reason,
-                     usage=usage, latency_ms=round((time.monotonic() - started) * 1000),
-                     cost_usd=cost_of(usage, model, collected.model, prices=settings.llm_prices))
+    return ChatReply(
+        text=text,
+        model=collected.model or model,
+        finish_reason=collected.finish_reason,
+        usage=usage,
+        latency_ms=round((time.monotonic() - started) * 1000),
+        cost_usd=cost_of(usage, model, collected.model, prices=settings.llm_prices),
+    )
 
 
 @dataclass
@@ -289,8 +346,10 @@ async def collect_stream(client: openai.AsyncOpenAI, request: dict[str, Any], ct
         async for chunk in stream:
             state.model = chunk.model or state.model
             if chunk.usage is not None:
-                state.usage = {"input_tokens": chunk.usage.prompt_tokens,
-                               "output_tokens": chunk.usage.completion_tokens}
+                state.usage = {
+                    "input_tokens": chunk.usage.prompt_tokens,
+                    "output_tokens": chunk.usage.completion_tokens,
+                }
             for choice in chunk.choices[:1]:
                 delta = choice.delta.content if choice.delta else None
                 if delta:
@@ -303,8 +362,7 @@ async def collect_stream(client: openai.AsyncOpenAI, request: dict[str, Any], ct
 
 def estimate_usage(messages: list[dict[str, Any]], chunks: int) -> dict[str, Any]:
     """Usage when the server reports none: a chunk is about a token, a token about 4 characters."""
-    chars = sum(len(m["content"]) if isinstance(m["content"], str) else len(json.dumps(m["content"]))
-                for m in messages)
+    chars = sum(len(m["content"]) if isinstance(m["content"], str) else len(json.dumps(m["content"])) for m in messages)
     return {"input_tokens": math.ceil(chars / CHARS_PER_TOKEN), "output_tokens": chunks, "estimated": True}
 
 
@@ -327,14 +385,20 @@ def parse_json_reply(text: str, schema: dict[str, Any] | None) -> Any:
         value = json.loads(match.group(1) if match else text)
     except ValueError as exc:  # a JSONDecodeError, or a plain ValueError (an integer past 4,300 digits)
         reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
-        raise NodeError(f"the model's reply is not valid JSON ({reason}): {text[:EXCERPT_CHARS]!r}",
-                        retry_class="error", error_type="InvalidModelOutput") from None
+        raise NodeError(
+            f"the model's reply is not valid JSON ({reason}): {text[:EXCERPT_CHARS]!r}",
+            retry_class="error",
+            error_type="InvalidModelOutput",
+        ) from None
     if schema is not None:
         error = jsonschema_exceptions.best_match(validator_for(schema)(schema).iter_errors(value))
         if error is not None:
             where = "/".join(str(p) for p in error.absolute_path) or "the reply"
-            raise NodeError(f"the model's JSON does not fit the schema at {where}: {error.message}",
-                            retry_class="error", error_type="InvalidModelOutput")
+            raise NodeError(
+                f"the model's JSON does not fit the schema at {where}: {error.message}",
+                retry_class="error",
+                error_type="InvalidModelOutput",
+            )
     return value
 
 
@@ -352,8 +416,9 @@ def api_error(exc: BaseException, base_url: str, timeout_s: float, *, secrets: l
             retry_after = _retry_after(exc.response.headers)
     else:
         retry_class, message = "error", f"the model call failed: {type(exc).__name__}: {exc}"
-    return NodeError(redact(message, secrets), retry_class=retry_class, retry_after_s=retry_after,
-                     error_type=type(exc).__name__)
+    return NodeError(
+        redact(message, secrets), retry_class=retry_class, retry_after_s=retry_after, error_type=type(exc).__name__
+    )
 
 
 def status_retry_class(status: int) -> str | None:

@@ -86,28 +86,46 @@ class OperatorSecret:
             parsed = httpx.URL(str(url))
             where = f"{parsed.host}:{parsed.port}" if parsed.port else parsed.host
             allowed = ", ".join(sorted(self.hosts)) or "none declared"
-            raise NodeError(f"secret {self.name!r} may not be sent to {where} (its hosts: {allowed}; the operator "
-                            f"lists them in {secret_env_name(self.name)}{HOSTS_SUFFIX})",
-                            error_type="SecretHostDenied", details={"secret": self.name, "host": where})
+            raise NodeError(
+                f"secret {self.name!r} may not be sent to {where} (its hosts: {allowed}; the operator "
+                f"lists them in {secret_env_name(self.name)}{HOSTS_SUFFIX})",
+                error_type="SecretHostDenied",
+                details={"secret": self.name, "host": where},
+            )
 
 
 def read_secret(name: str, owner: str | None, environ: Mapping[str, str] | None = None) -> OperatorSecret:
     """The secret ``name`` as the run of ``owner`` may use it; ``NodeError`` naming the
     secret when it is not set or not the owner's."""
     env = os.environ if environ is None else environ
-    if not re.match(SECRET_NAME_PATTERN, name) or name.upper().endswith((OWNERS_SUFFIX, HOSTS_SUFFIX)) \
-            or name.upper() in RESERVED_NAMES:
-        raise NodeError(f"{name!r} is not a secret name (letters, digits and underscores; not KEY, not ending "
-                        f"in {OWNERS_SUFFIX} or {HOSTS_SUFFIX})", error_type="MissingSecret")
+    if (
+        not re.match(SECRET_NAME_PATTERN, name)
+        or name.upper().endswith((OWNERS_SUFFIX, HOSTS_SUFFIX))
+        or name.upper() in RESERVED_NAMES
+    ):
+        raise NodeError(
+            f"{name!r} is not a secret name (letters, digits and underscores; not KEY, not ending "
+            f"in {OWNERS_SUFFIX} or {HOSTS_SUFFIX})",
+            error_type="MissingSecret",
+        )
     variable = secret_env_name(name)
-    secret = OperatorSecret(name=name, value=env.get(variable, ""), owners=_names(env.get(variable + OWNERS_SUFFIX)),
-                            hosts=_names(env.get(variable + HOSTS_SUFFIX)))
+    secret = OperatorSecret(
+        name=name,
+        value=env.get(variable, ""),
+        owners=_names(env.get(variable + OWNERS_SUFFIX)),
+        hosts=_names(env.get(variable + HOSTS_SUFFIX)),
+    )
     # The owner first: whether a secret exists is none of another owner's business.
     if not secret.allows_owner(owner):
         whose = f"owner {owner!r}" if owner is not None else "a run without an owner"
-        raise NodeError(f"secret {name!r} is not available to {whose} (the operator lists its owners in "
-                        f"{variable}{OWNERS_SUFFIX})", error_type="SecretNotAllowed", details={"secret": name})
+        raise NodeError(
+            f"secret {name!r} is not available to {whose} (the operator lists its owners in {variable}{OWNERS_SUFFIX})",
+            error_type="SecretNotAllowed",
+            details={"secret": name},
+        )
     if not secret.value:
-        raise NodeError(f"secret {name!r} is not set: define the environment variable {variable} "
-                        f"where the workflow runs", error_type="MissingSecret")
+        raise NodeError(
+            f"secret {name!r} is not set: define the environment variable {variable} where the workflow runs",
+            error_type="MissingSecret",
+        )
     return secret

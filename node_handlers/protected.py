@@ -143,8 +143,11 @@ def resolve_now(host: str, port: int) -> frozenset[IPAddress]:
     return frozenset(ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos)
 
 
-def protect(services: Iterable[ServiceAddress], own: frozenset[IPAddress],
-            resolve: Callable[[str, int], frozenset[IPAddress]] = resolve_now) -> tuple[ProtectedService, ...]:
+def protect(
+    services: Iterable[ServiceAddress],
+    own: frozenset[IPAddress],
+    resolve: Callable[[str, int], frozenset[IPAddress]] = resolve_now,
+) -> tuple[ProtectedService, ...]:
     protected = []
     for service in services:
         service = ServiceAddress(service.name, normalize_host(service.host), service.port)

@@ -56,8 +56,10 @@ def builtin_handlers(settings: HandlerSettings | None = None) -> list[NodeHandle
     settings = settings if settings is not None else HandlerSettings()
     handlers: list[NodeHandler] = []
     for module in (core, branching, timing, containers, http, llm, approval, subworkflow):
-        handlers += [containers.LoopHandler(settings.max_loop_iterations) if cls is containers.LoopHandler
-                     else cls() for cls in module.HANDLERS]
+        handlers += [
+            containers.LoopHandler(settings.max_loop_iterations) if cls is containers.LoopHandler else cls()
+            for cls in module.HANDLERS
+        ]
     return handlers
 
 

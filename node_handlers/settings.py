@@ -19,12 +19,18 @@ from typing import Annotated
 from pydantic import AliasChoices, BaseModel, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from store.settings import StoreSettings
 from node_handlers.operator_secrets import SECRET_NAME_PATTERN
+from store.settings import StoreSettings
 
-SecretName = Annotated[str, Field(pattern=SECRET_NAME_PATTERN, description="Name of a secret: its value is "
-                                  "read from the environment variable FLOWMAESTRO_SECRET_<NAME>, bound to owners "
-                                  "and hosts (FLOWMAESTRO_SECRET_<NAME>_OWNERS, _HOSTS).")]
+SecretName = Annotated[
+    str,
+    Field(
+        pattern=SECRET_NAME_PATTERN,
+        description="Name of a secret: its value is "
+        "read from the environment variable FLOWMAESTRO_SECRET_<NAME>, bound to owners "
+        "and hosts (FLOWMAESTRO_SECRET_<NAME>_OWNERS, _HOSTS).",
+    ),
+]
 
 
 class ModelPrice(BaseModel):
@@ -38,41 +44,59 @@ class HandlerSettings(StoreSettings):
 
     model_config = SettingsConfigDict(env_prefix="FLOWMAESTRO_", extra="ignore", populate_by_name=True)
 
-    http_allow_hosts: str = Field("", description="What http and llm nodes may reach beyond globally routable "
-                                  "addresses, comma-separated: host, host:port, network, network:port (IPv6 in "
-                                  "brackets: [::1]:8080); '*' allows everything. This machine's own non-loopback "
-                                  "addresses need an entry with a port. FlowMaestro's own services are refused "
-                                  "whatever it says.")
+    http_allow_hosts: str = Field(
+        "",
+        description="What http and llm nodes may reach beyond globally routable "
+        "addresses, comma-separated: host, host:port, network, network:port (IPv6 in "
+        "brackets: [::1]:8080); '*' allows everything. This machine's own non-loopback "
+        "addresses need an entry with a port. FlowMaestro's own services are refused "
+        "whatever it says.",
+    )
     # FlowMaestro's own services, refused to nodes whatever http_allow_hosts says.
-    prefect_api_url: str | None = Field(None, validation_alias=AliasChoices("PREFECT_API_URL"),
-                                        description="The Prefect API this process uses.")
+    prefect_api_url: str | None = Field(
+        None, validation_alias=AliasChoices("PREFECT_API_URL"), description="The Prefect API this process uses."
+    )
     server_port: int = Field(4200, description="Port of the embedded Prefect server, when PREFECT_API_URL is unset.")
     # No default, unlike EngineSettings.public_url: 'flowmaestro run' has no API, and its
     # default port (8000) is vLLM's too.
-    public_url: str | None = Field(None, description="The FlowMaestro API's URL, when set ('flowmaestro serve' "
-                                   "sets it for its workers).")
-    api_bind: str | None = Field(None, description="host:port the FlowMaestro API listens on ('flowmaestro serve' "
-                                 "sets it for its workers).")
+    public_url: str | None = Field(
+        None, description="The FlowMaestro API's URL, when set ('flowmaestro serve' sets it for its workers)."
+    )
+    api_bind: str | None = Field(
+        None, description="host:port the FlowMaestro API listens on ('flowmaestro serve' sets it for its workers)."
+    )
     redis_url: str | None = Field(None, description="Redis of the event log and rate limits.")
     cache_lock_redis_url: str | None = Field(None, description="Redis of the cache lock manager.")
     prefect_redis_messaging_url: str | None = Field(
-        None, validation_alias=AliasChoices("PREFECT_REDIS_MESSAGING_URL"), description="Redis of Prefect's "
-        "messaging, when this process sees it.")
+        None,
+        validation_alias=AliasChoices("PREFECT_REDIS_MESSAGING_URL"),
+        description="Redis of Prefect's messaging, when this process sees it.",
+    )
     prefect_database_url: str | None = Field(
-        None, validation_alias=AliasChoices("PREFECT_SERVER_DATABASE_CONNECTION_URL",
-                                            "PREFECT_API_DATABASE_CONNECTION_URL"),
-        description="The Prefect server's database, when this process sees it.")
-    openai_base_url: str | None = Field(None, description="Default base URL of llm and router nodes (an "
-                                        "OpenAI-compatible API); OpenAI's own when unset.")
+        None,
+        validation_alias=AliasChoices("PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_API_DATABASE_CONNECTION_URL"),
+        description="The Prefect server's database, when this process sees it.",
+    )
+    openai_base_url: str | None = Field(
+        None,
+        description="Default base URL of llm and router nodes (an OpenAI-compatible API); OpenAI's own when unset.",
+    )
     openai_api_key: SecretStr | None = Field(
-        None, validation_alias=AliasChoices("FLOWMAESTRO_OPENAI_API_KEY", "OPENAI_API_KEY"),
+        None,
+        validation_alias=AliasChoices("FLOWMAESTRO_OPENAI_API_KEY", "OPENAI_API_KEY"),
         description="API key of llm and router nodes without their own api_key_secret "
-                    "(FLOWMAESTRO_OPENAI_API_KEY, else OPENAI_API_KEY).")
+        "(FLOWMAESTRO_OPENAI_API_KEY, else OPENAI_API_KEY).",
+    )
     default_model: str = Field("gpt-4o-mini", description="Model of llm and router nodes that name none.")
-    max_loop_iterations: int = Field(10_000, ge=1, description="Most iterations one execution of a loop node "
-                                     "runs, whatever its max_iterations says: a loop over more items fails the node "
-                                     "(and a canvas whose loop count is known fails to compile), so one run cannot "
-                                     "keep a shared worker busy for long.")
-    llm_prices: dict[str, ModelPrice] = Field(default_factory=dict, description="JSON mapping a model name to "
-                                              "{input_per_1m, output_per_1m} in USD, to report cost_usd.")
-
+    max_loop_iterations: int = Field(
+        10_000,
+        ge=1,
+        description="Most iterations one execution of a loop node "
+        "runs, whatever its max_iterations says: a loop over more items fails the node "
+        "(and a canvas whose loop count is known fails to compile), so one run cannot "
+        "keep a shared worker busy for long.",
+    )
+    llm_prices: dict[str, ModelPrice] = Field(
+        default_factory=dict,
+        description="JSON mapping a model name to {input_per_1m, output_per_1m} in USD, to report cost_usd.",
+    )

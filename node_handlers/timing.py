@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from pydantic import Field, model_validator
 
@@ -19,7 +19,7 @@ class DelayConfig(NodeConfig):
     until: Templatable[datetime] | None = Field(None, description="ISO 8601 time to wait for (UTC if no zone).")
 
     @model_validator(mode="after")
-    def _one_of(self) -> "DelayConfig":
+    def _one_of(self) -> DelayConfig:
         if (self.seconds is None) == (self.until is None):
             raise ValueError("give exactly one of 'seconds' or 'until'")
         return self
@@ -38,18 +38,18 @@ class DelayHandler(NodeHandler):
 
     async def run(self, config: DelayConfig, ctx: NodeContext) -> Completed:
         if config.until is not None:
-            until = config.until if config.until.tzinfo else config.until.replace(tzinfo=timezone.utc)
-            wait = (until - datetime.now(timezone.utc)).total_seconds()
+            until = config.until if config.until.tzinfo else config.until.replace(tzinfo=UTC)
+            wait = (until - datetime.now(UTC)).total_seconds()
         else:
             wait = float(config.seconds)  # type: ignore[arg-type]
             if ctx.first_started is not None:  # executed again: only what is left
-                wait -= (datetime.now(timezone.utc) - ctx.first_started).total_seconds()
+                wait -= (datetime.now(UTC) - ctx.first_started).total_seconds()
         wait = max(0.0, wait)
         if wait > MAX_DELAY_S:
             raise NodeError(f"a delay of {wait:.0f} s is longer than the 30-day limit")
         started = time.monotonic()
         if wait > 0:  # a long wait lets go of the run when it may: it comes back for what is left
-            await ctx.release_until(datetime.now(timezone.utc) + timedelta(seconds=wait))
+            await ctx.release_until(datetime.now(UTC) + timedelta(seconds=wait))
         await asyncio.sleep(wait)
         return Completed(output={"waited_s": round(time.monotonic() - started, 3)})
 

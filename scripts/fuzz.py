@@ -35,8 +35,14 @@ def fuzz_api(home: Path, examples: int, seed: int | None) -> int:
     print("starting a Prefect server and flowmaestro serve ...", flush=True)
     prefect = start_server(home / "prefect", free_port(), auth=False)  # its clients carry no auth string
     try:
-        env = stack_env(home, prefect, f"sqlite+aiosqlite:///{home / 'fuzz.db'}", owner,
-                        FLOWMAESTRO_API_KEYS=f"owner:{owner},other:{other}", FLOWMAESTRO_WORKER_GRACE_S="2")
+        env = stack_env(
+            home,
+            prefect,
+            f"sqlite+aiosqlite:///{home / 'fuzz.db'}",
+            owner,
+            FLOWMAESTRO_API_KEYS=f"owner:{owner},other:{other}",
+            FLOWMAESTRO_WORKER_GRACE_S="2",
+        )
         serve, base = start_serve(home, env, workers=1)
         try:
             with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {owner}"}, timeout=60) as api:
@@ -57,8 +63,20 @@ def fuzz_api(home: Path, examples: int, seed: int | None) -> int:
 def fuzz_canvases(examples: int) -> int:
     print(f"canvas properties with {examples} examples each ...", flush=True)
     env = dict(os.environ, FLOWMAESTRO_FUZZ_EXAMPLES=str(examples))
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           "--hypothesis-show-statistics", "tests/test_fuzz_canvas.py"], cwd=ROOT, env=env)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--hypothesis-show-statistics",
+            "tests/test_fuzz_canvas.py",
+        ],
+        cwd=ROOT,
+        env=env,
+    )
     return done.returncode
 
 
@@ -73,8 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["FLOWMAESTRO_HOME"] = str(Path(tmp) / "home")
         failures = fuzz_api(Path(tmp), args.examples, args.seed)
     canvas_failed = fuzz_canvases(args.canvas_examples)
-    print(f"done in {time.monotonic() - started:.0f} s: {failures} API failures, canvas properties "
-          f"{'failed' if canvas_failed else 'passed'}")
+    print(
+        f"done in {time.monotonic() - started:.0f} s: {failures} API failures, canvas properties "
+        f"{'failed' if canvas_failed else 'passed'}"
+    )
     return 1 if failures or canvas_failed else 0
 
 

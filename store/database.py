@@ -6,7 +6,7 @@ the SQL event log (``flows.event_log``), which may share one SQLite file.
 from __future__ import annotations
 
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +14,10 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+
 def utcnow() -> datetime:
     """Now, timezone-aware (UTC): every timestamp FlowMaestro stores or sends."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 SQLITE_BUSY_TIMEOUT_S = 30
@@ -27,32 +28,43 @@ PG_COMMAND_TIMEOUT_S = 10
 query after this long instead of holding the request, the run or the health check forever."""
 
 
-def create_database_engine(url: str, *, pool_size: int | None = None, max_overflow: int | None = None,
-                           command_timeout_s: float | None = PG_COMMAND_TIMEOUT_S, **options: Any) -> AsyncEngine:
+def create_database_engine(
+    url: str,
+    *,
+    pool_size: int | None = None,
+    max_overflow: int | None = None,
+    command_timeout_s: float | None = PG_COMMAND_TIMEOUT_S,
+    **options: Any,
+) -> AsyncEngine:
     """An async engine on ``url``; ``options`` go to SQLAlchemy's ``create_async_engine``.
 
     SQLite: the database file's directory is created; every connection uses WAL (readers never
     block the writer, nor it them, so any number of processes can share the file), waits
     ``SQLITE_BUSY_TIMEOUT_S`` for a writer's lock instead of failing, and enforces foreign keys.
     ``pool_size`` and ``max_overflow`` apply to a database named by its path only (an in-memory
-    database has a single connection, no pool to size). Other databases: connections are pinged before use, so that one the server
-    closed is replaced instead of failing a request; PostgreSQL connects within
-    ``PG_CONNECT_TIMEOUT_S`` and each statement ends within ``command_timeout_s`` (None: no
+    database has a single connection, no pool to size). Other databases: connections are
+    pinged before use, so that one the server closed is replaced instead of failing a request;
+    PostgreSQL connects within ``PG_CONNECT_TIMEOUT_S`` and each statement ends within ``command_timeout_s`` (None: no
     bound, for migrations, which may take long on big tables).
     """
     parsed = make_url(url)
-    pool = {name: value for name, value in (("pool_size", pool_size), ("max_overflow", max_overflow))
-            if value is not None}
+    pool = {
+        name: value for name, value in (("pool_size", pool_size), ("max_overflow", max_overflow)) if value is not None
+    }
     if parsed.get_backend_name() != "sqlite":
-        connect_args = {"timeout": PG_CONNECT_TIMEOUT_S, "command_timeout": command_timeout_s} \
-            if parsed.get_backend_name() == "postgresql" else {}
+        connect_args = (
+            {"timeout": PG_CONNECT_TIMEOUT_S, "command_timeout": command_timeout_s}
+            if parsed.get_backend_name() == "postgresql"
+            else {}
+        )
         return create_async_engine(url, **{"pool_pre_ping": True, "connect_args": connect_args, **pool, **options})
     path = parsed.database or ""
     named_by_path = path not in ("", ":memory:") and not path.startswith("file:")  # file:...: a URI
     if named_by_path:
         private_database_file(Path(path))
-    engine = create_async_engine(url, **{"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S},
-                                         **(pool if named_by_path else {}), **options})
+    engine = create_async_engine(
+        url, **{"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}, **(pool if named_by_path else {}), **options}
+    )
     event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine
 

@@ -37,8 +37,14 @@ class Workflow(Base):
 
     __table_args__ = (
         # Names are unique per owner among workflows that are not deleted.
-        Index("uq_workflow_owner_name", "owner", "name", unique=True,
-              sqlite_where=text("deleted_at IS NULL"), postgresql_where=text("deleted_at IS NULL")),
+        Index(
+            "uq_workflow_owner_name",
+            "owner",
+            "name",
+            unique=True,
+            sqlite_where=text("deleted_at IS NULL"),
+            postgresql_where=text("deleted_at IS NULL"),
+        ),
     )
 
 

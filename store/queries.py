@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select, update
@@ -50,13 +50,23 @@ class Workflows:
             found = await session.get(WorkflowVersion, (workflow.id, version or workflow.latest_version))
         if found is None:
             raise NotFound(f"workflow {workflow_id} has no version {version}")
-        return SavedVersion(workflow.id, workflow.owner, workflow.name, found.version, workflow.latest_version,
-                            found.canvas, found.plan_hash)
+        return SavedVersion(
+            workflow.id,
+            workflow.owner,
+            workflow.name,
+            found.version,
+            workflow.latest_version,
+            found.canvas,
+            found.plan_hash,
+        )
 
     async def list(self, owner: str) -> Sequence[Workflow]:
         async with self.sessions() as session:
-            rows = await session.scalars(select(Workflow).where(Workflow.owner == owner, Workflow.deleted_at.is_(None))
-                                         .order_by(Workflow.created_at))
+            rows = await session.scalars(
+                select(Workflow)
+                .where(Workflow.owner == owner, Workflow.deleted_at.is_(None))
+                .order_by(Workflow.created_at)
+            )
             return list(rows)
 
     async def create(self, owner: str, name: str, canvas: dict[str, Any], plan_hash: str) -> SavedVersion:
@@ -67,17 +77,22 @@ class Workflows:
             await _commit_or_conflict(session, name)
         return SavedVersion(workflow.id, owner, name, 1, 1, canvas, plan_hash)
 
-    async def add_version(self, owner: str, workflow_id: str, name: str, canvas: dict[str, Any],
-                          plan_hash: str) -> SavedVersion:
+    async def add_version(
+        self, owner: str, workflow_id: str, name: str, canvas: dict[str, Any], plan_hash: str
+    ) -> SavedVersion:
         async with self.sessions() as session:
             workflow = await _workflow(session, owner, workflow_id)
             workflow.latest_version += 1
             workflow.name, workflow.updated_at = name, utcnow()
-            session.add(WorkflowVersion(workflow_id=workflow.id, version=workflow.latest_version, canvas=canvas,
-                                        plan_hash=plan_hash))
+            session.add(
+                WorkflowVersion(
+                    workflow_id=workflow.id, version=workflow.latest_version, canvas=canvas, plan_hash=plan_hash
+                )
+            )
             await _commit_or_conflict(session, name)
-            return SavedVersion(workflow.id, owner, name, workflow.latest_version, workflow.latest_version, canvas,
-                                plan_hash)
+            return SavedVersion(
+                workflow.id, owner, name, workflow.latest_version, workflow.latest_version, canvas, plan_hash
+            )
 
     async def delete(self, owner: str, workflow_id: str) -> None:
         """Mark deleted: versions and runs stay readable for history."""
@@ -98,8 +113,15 @@ class Executions:
             raise NotFound(f"execution {execution_id} not found")
         return row
 
-    async def list(self, owner: str, *, workflow_id: str | None = None, status: str | None = None,
-                   trigger: str | None = None, limit: int = 500) -> list[ExecutionRow]:
+    async def list(
+        self,
+        owner: str,
+        *,
+        workflow_id: str | None = None,
+        status: str | None = None,
+        trigger: str | None = None,
+        limit: int = 500,
+    ) -> list[ExecutionRow]:
         query = select(ExecutionRow).where(ExecutionRow.owner == owner)
         if workflow_id:
             query = query.where(ExecutionRow.workflow_id == workflow_id)
@@ -111,17 +133,36 @@ class Executions:
         async with self.sessions() as session:
             return list(await session.scalars(query))
 
-    async def record_start(self, *, execution_id: str, owner: str, workflow_id: str, version: int,
-                           workflow_name: str, inputs: dict[str, Any], trigger: dict[str, Any],
-                           status: str = "pending") -> None:
+    async def record_start(
+        self,
+        *,
+        execution_id: str,
+        owner: str,
+        workflow_id: str,
+        version: int,
+        workflow_name: str,
+        inputs: dict[str, Any],
+        trigger: dict[str, Any],
+        status: str = "pending",
+    ) -> None:
         """Create the row of a run; a worker starting a run that has one (registered by the
         API, or a run executed again) marks it running and clears the old result."""
         async with self.sessions() as session:
             row = await session.get(ExecutionRow, execution_id)
             if row is None:
-                session.add(ExecutionRow(id=execution_id, owner=owner, workflow_id=workflow_id, version=version,
-                                         workflow_name=workflow_name, status=status, inputs=inputs,
-                                         trigger_type=str(trigger.get("type", "api")), trigger=trigger))
+                session.add(
+                    ExecutionRow(
+                        id=execution_id,
+                        owner=owner,
+                        workflow_id=workflow_id,
+                        version=version,
+                        workflow_name=workflow_name,
+                        status=status,
+                        inputs=inputs,
+                        trigger_type=str(trigger.get("type", "api")),
+                        trigger=trigger,
+                    )
+                )
             elif status != "pending":  # a worker (re)starting it; an API retry changes nothing
                 row.version, row.status, row.updated_at, row.result = version, status, utcnow(), None
             try:
@@ -213,7 +254,7 @@ class DeadLetter:
 
 def _aware(moment: datetime) -> datetime:
     """SQLite gives back naive datetimes; FlowMaestro stores UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _path_text(path: Sequence[int]) -> str:
@@ -234,19 +275,46 @@ class NodeOutcomes:
     async def of_run(self, run_id: str) -> list[NodeOutcome]:
         async with self.sessions() as session:
             rows = await session.scalars(select(NodeOutcomeRow).where(NodeOutcomeRow.run_id == run_id))
-            return [NodeOutcome(r.node_id, _path_of(r.path), r.key, r.status, r.outcome, r.attempts,
-                                r.dead_letter, _aware(r.started_at), _aware(r.ended_at)) for r in rows]
+            return [
+                NodeOutcome(
+                    r.node_id,
+                    _path_of(r.path),
+                    r.key,
+                    r.status,
+                    r.outcome,
+                    r.attempts,
+                    r.dead_letter,
+                    _aware(r.started_at),
+                    _aware(r.ended_at),
+                )
+                for r in rows
+            ]
 
-    async def save(self, run_id: str, outcomes: Sequence[NodeOutcome], *, workflow_id: str | None,
-                   owner: str | None) -> None:
+    async def save(
+        self, run_id: str, outcomes: Sequence[NodeOutcome], *, workflow_id: str | None, owner: str | None
+    ) -> None:
         """Insert or replace, in one transaction (one statement)."""
         if not outcomes:
             return
         now = utcnow()
-        values = [{"id": str(uuid.uuid4()), "run_id": run_id, "node_id": o.node_id, "path": _path_text(o.path),
-                   "key": o.key, "status": o.status, "outcome": o.outcome, "attempts": o.attempts,
-                   "workflow_id": workflow_id, "owner": owner, "dead_letter": o.dead_letter,
-                   "started_at": o.started_at or now, "ended_at": o.ended_at or now} for o in outcomes]
+        values = [
+            {
+                "id": str(uuid.uuid4()),
+                "run_id": run_id,
+                "node_id": o.node_id,
+                "path": _path_text(o.path),
+                "key": o.key,
+                "status": o.status,
+                "outcome": o.outcome,
+                "attempts": o.attempts,
+                "workflow_id": workflow_id,
+                "owner": owner,
+                "dead_letter": o.dead_letter,
+                "started_at": o.started_at or now,
+                "ended_at": o.ended_at or now,
+            }
+            for o in outcomes
+        ]
         async with self.sessions() as session:
             assert session.bind is not None  # the store's sessions are made bound to its engine
             dialect = session.bind.dialect.name
@@ -254,8 +322,11 @@ class NodeOutcomes:
             statement = insert(NodeOutcomeRow)
             statement = statement.on_conflict_do_update(
                 index_elements=["run_id", "node_id", "path"],
-                set_={name: statement.excluded[name] for name in
-                      ("key", "status", "outcome", "attempts", "dead_letter", "ended_at")})
+                set_={
+                    name: statement.excluded[name]
+                    for name in ("key", "status", "outcome", "attempts", "dead_letter", "ended_at")
+                },
+            )
             await session.execute(statement, values)
             await session.commit()
 
@@ -278,19 +349,29 @@ class NodeOutcomes:
         """No longer a dead letter (the failed outcome stays, for the run's history)."""
         await self.dead_letter(owner, dead_letter_id)
         async with self.sessions() as session:
-            await session.execute(update(NodeOutcomeRow).where(NodeOutcomeRow.id == dead_letter_id)
-                                  .values(dead_letter=False))
+            await session.execute(
+                update(NodeOutcomeRow).where(NodeOutcomeRow.id == dead_letter_id).values(dead_letter=False)
+            )
             await session.commit()
 
     async def dismiss_run(self, run_id: str) -> None:
         """A run retried: its dead letters are handled (they come back if it fails again)."""
         async with self.sessions() as session:
-            await session.execute(update(NodeOutcomeRow).where(NodeOutcomeRow.run_id == run_id)
-                                  .values(dead_letter=False))
+            await session.execute(
+                update(NodeOutcomeRow).where(NodeOutcomeRow.run_id == run_id).values(dead_letter=False)
+            )
             await session.commit()
 
 
 def _dead_letter(row: NodeOutcomeRow) -> DeadLetter:
-    return DeadLetter(row.id, row.run_id, row.workflow_id, row.node_id, _path_of(row.path),
-                      row.outcome.get("error") or {}, row.outcome.get("config") or {}, row.attempts,
-                      _aware(row.ended_at))
+    return DeadLetter(
+        row.id,
+        row.run_id,
+        row.workflow_id,
+        row.node_id,
+        _path_of(row.path),
+        row.outcome.get("error") or {},
+        row.outcome.get("config") or {},
+        row.attempts,
+        _aware(row.ended_at),
+    )

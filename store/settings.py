@@ -21,11 +21,16 @@ def default_home() -> Path:
 class StoreSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FLOWMAESTRO_", extra="ignore")
 
-    home: Path = Field(default_factory=default_home, description="Where local state lives: the default SQLite "
-                       "database, the embedded Prefect server's files.")
-    database_url: str | None = Field(None, description="SQLAlchemy async URL of FlowMaestro's database "
-                                     "(workflows, executions; run events without Redis); SQLite under home by "
-                                     "default, e.g. postgresql+asyncpg://user@host/db in production.")
+    home: Path = Field(
+        default_factory=default_home,
+        description="Where local state lives: the default SQLite database, the embedded Prefect server's files.",
+    )
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy async URL of FlowMaestro's database "
+        "(workflows, executions; run events without Redis); SQLite under home by "
+        "default, e.g. postgresql+asyncpg://user@host/db in production.",
+    )
 
     def sqlalchemy_url(self) -> str:
         return self.database_url or f"sqlite+aiosqlite:///{self.home / 'flowmaestro.db'}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
@@ -47,8 +47,14 @@ class Webhooks:
         self.sessions, self.box = sessions, box
 
     async def create(self, owner: str, workflow_id: str, name: str, secret: str) -> Webhook:
-        row = WebhookRow(id=str(uuid.uuid4()), owner=owner, workflow_id=workflow_id, name=name,
-                         secret_encrypted=self.box.seal(secret), created_at=utcnow())
+        row = WebhookRow(
+            id=str(uuid.uuid4()),
+            owner=owner,
+            workflow_id=workflow_id,
+            name=name,
+            secret_encrypted=self.box.seal(secret),
+            created_at=utcnow(),
+        )
         async with self.sessions() as session:
             session.add(row)
             await session.commit()
@@ -56,8 +62,11 @@ class Webhooks:
 
     async def list(self, owner: str, workflow_id: str) -> list[Webhook]:
         async with self.sessions() as session:
-            rows = await session.scalars(select(WebhookRow).where(
-                WebhookRow.owner == owner, WebhookRow.workflow_id == workflow_id).order_by(WebhookRow.created_at))
+            rows = await session.scalars(
+                select(WebhookRow)
+                .where(WebhookRow.owner == owner, WebhookRow.workflow_id == workflow_id)
+                .order_by(WebhookRow.created_at)
+            )
             return [_webhook(r) for r in rows]
 
     async def rotate(self, owner: str, workflow_id: str, hook_id: str, secret: str) -> Webhook:
@@ -95,8 +104,11 @@ class Webhooks:
         async with self.sessions() as session:
             row = await session.get(WebhookDelivery, (hook_id, key))
             if row is None:
-                session.add(WebhookDelivery(webhook_id=hook_id, idempotency_key=key, execution_id=execution_id,
-                                            created_at=utcnow()))
+                session.add(
+                    WebhookDelivery(
+                        webhook_id=hook_id, idempotency_key=key, execution_id=execution_id, created_at=utcnow()
+                    )
+                )
             else:  # an expired one: the key starts a new run
                 row.execution_id, row.created_at = execution_id, utcnow()
             try:
@@ -109,7 +121,7 @@ class Webhooks:
 
 
 def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)  # SQLite drops the zone
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)  # SQLite drops the zone
 
 
 async def _owned(session: AsyncSession, owner: str, workflow_id: str, hook_id: str) -> WebhookRow:
@@ -127,8 +139,15 @@ class ScheduleOverlaps:
         async with self.sessions() as session:
             row = await session.get(ScheduleOverlap, schedule_id)
             if row is None:
-                session.add(ScheduleOverlap(schedule_id=schedule_id, owner=owner, workflow_id=workflow_id,
-                                            overlap=overlap, created_at=utcnow()))
+                session.add(
+                    ScheduleOverlap(
+                        schedule_id=schedule_id,
+                        owner=owner,
+                        workflow_id=workflow_id,
+                        overlap=overlap,
+                        created_at=utcnow(),
+                    )
+                )
             elif row.owner == owner:
                 row.overlap = overlap
             await session.commit()
@@ -136,14 +155,20 @@ class ScheduleOverlaps:
     async def of_workflow(self, owner: str, workflow_id: str) -> dict[str, str]:
         """Schedule id -> policy; schedules made in the Prefect UI have none (``allow``)."""
         async with self.sessions() as session:
-            rows = await session.scalars(select(ScheduleOverlap).where(
-                ScheduleOverlap.owner == owner, ScheduleOverlap.workflow_id == workflow_id))
+            rows = await session.scalars(
+                select(ScheduleOverlap).where(
+                    ScheduleOverlap.owner == owner, ScheduleOverlap.workflow_id == workflow_id
+                )
+            )
             return {r.schedule_id: r.overlap for r in rows}
 
     async def forget(self, owner: str, schedule_ids: list[str]) -> None:
         if not schedule_ids:
             return
         async with self.sessions() as session:
-            await session.execute(delete(ScheduleOverlap).where(
-                ScheduleOverlap.owner == owner, ScheduleOverlap.schedule_id.in_(schedule_ids)))
+            await session.execute(
+                delete(ScheduleOverlap).where(
+                    ScheduleOverlap.owner == owner, ScheduleOverlap.schedule_id.in_(schedule_ids)
+                )
+            )
             await session.commit()

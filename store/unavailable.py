@@ -18,12 +18,19 @@ from store.errors import Unavailable
 
 RETRY_AFTER_S = 5
 
-_ASYNCPG_DOWN = (asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up, crashed
-                 asyncpg.exceptions.ConnectionDoesNotExistError, asyncpg.exceptions.InterfaceError)
+_ASYNCPG_DOWN = (
+    asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up, crashed
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.InterfaceError,
+)
 """asyncpg errors that SQLAlchemy lets through unwrapped while connecting."""
-_DOWN = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, sqlalchemy.exc.TimeoutError,
-         *_ASYNCPG_DOWN,
-         OSError)  # a socket error the driver did not wrap (refused, reset; TimeoutError is one too)
+_DOWN = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.TimeoutError,
+    *_ASYNCPG_DOWN,
+    OSError,
+)  # a socket error the driver did not wrap (refused, reset; TimeoutError is one too)
 
 
 def database_down(exc: BaseException) -> bool:

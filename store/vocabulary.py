@@ -68,24 +68,30 @@ class EventType(StrEnum):
 
 FINAL_RUN_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
 """A run in one of these has ended; its stored result is final."""
-FINAL_NODE_STATUSES = frozenset({NodeStatus.COMPLETED, NodeStatus.CACHED, NodeStatus.FAILED, NodeStatus.SKIPPED,
-                                 NodeStatus.CANCELLED})
+FINAL_NODE_STATUSES = frozenset(
+    {NodeStatus.COMPLETED, NodeStatus.CACHED, NodeStatus.FAILED, NodeStatus.SKIPPED, NodeStatus.CANCELLED}
+)
 """A node execution in one of these has ended."""
-FINAL_EVENT_TYPES = frozenset({EventType.EXECUTION_COMPLETED, EventType.EXECUTION_FAILED,
-                               EventType.EXECUTION_CANCELLED})
+FINAL_EVENT_TYPES = frozenset(
+    {EventType.EXECUTION_COMPLETED, EventType.EXECUTION_FAILED, EventType.EXECUTION_CANCELLED}
+)
 """The last event of a run: a stream ends after it."""
-RUN_STATUS_OF_FINAL_EVENT = MappingProxyType({
-    EventType.EXECUTION_COMPLETED: RunStatus.COMPLETED,
-    EventType.EXECUTION_FAILED: RunStatus.FAILED,
-    EventType.EXECUTION_CANCELLED: RunStatus.CANCELLED,
-})
-NODE_STATUS_OF_EVENT = MappingProxyType({
-    EventType.NODE_STARTED: NodeStatus.RUNNING,
-    EventType.NODE_RETRYING: NodeStatus.RUNNING,  # between attempts it is still running
-    EventType.NODE_PAUSED: NodeStatus.PAUSED,
-    EventType.NODE_COMPLETED: NodeStatus.COMPLETED,
-    EventType.NODE_CACHED: NodeStatus.CACHED,
-    EventType.NODE_ERROR: NodeStatus.FAILED,
-    EventType.NODE_SKIPPED: NodeStatus.SKIPPED,
-})
+RUN_STATUS_OF_FINAL_EVENT = MappingProxyType(
+    {
+        EventType.EXECUTION_COMPLETED: RunStatus.COMPLETED,
+        EventType.EXECUTION_FAILED: RunStatus.FAILED,
+        EventType.EXECUTION_CANCELLED: RunStatus.CANCELLED,
+    }
+)
+NODE_STATUS_OF_EVENT = MappingProxyType(
+    {
+        EventType.NODE_STARTED: NodeStatus.RUNNING,
+        EventType.NODE_RETRYING: NodeStatus.RUNNING,  # between attempts it is still running
+        EventType.NODE_PAUSED: NodeStatus.PAUSED,
+        EventType.NODE_COMPLETED: NodeStatus.COMPLETED,
+        EventType.NODE_CACHED: NodeStatus.CACHED,
+        EventType.NODE_ERROR: NodeStatus.FAILED,
+        EventType.NODE_SKIPPED: NodeStatus.SKIPPED,
+    }
+)
 """The status a node has after each of its events (the ``node:*`` events)."""

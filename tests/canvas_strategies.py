@@ -27,7 +27,8 @@ INVALID_FIXTURES = [_fixture(p) for p in sorted((FIXTURES / "invalid").glob("*.j
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
-    max_leaves=12)
+    max_leaves=12,
+)
 """Any JSON value (NaN included: the API parses it, so the compiler may see it)."""
 
 ids = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=12)
@@ -47,8 +48,12 @@ def generated_dag(draw: st.DrawFn) -> dict[str, Any]:
             edges.append({"id": f"e{len(edges)}", "source": source, "target": name})
     nodes.append({"id": "end", "type": "end", "data": {"output": "done"}})
     edges.append({"id": f"e{len(edges)}", "source": names[-1], "target": "end"})
-    return {"name": draw(st.text(min_size=1, max_size=30)), "inputs": {"who": {"type": "string"}},
-            "nodes": nodes, "edges": edges}
+    return {
+        "name": draw(st.text(min_size=1, max_size=30)),
+        "inputs": {"who": {"type": "string"}},
+        "nodes": nodes,
+        "edges": edges,
+    }
 
 
 @st.composite
@@ -60,9 +65,15 @@ def react_flow_export(draw: st.DrawFn) -> dict[str, Any]:
     raw["edges"] = draw(st.permutations(raw.get("edges", [])))
     for node in raw["nodes"]:
         if draw(st.booleans()):
-            node.update(position={"x": draw(st.floats(-1e4, 1e4)), "y": draw(st.floats(-1e4, 1e4))},
-                        width=150, height=40, selected=draw(st.booleans()), dragging=False,
-                        measured={"width": 150, "height": 40}, positionAbsolute={"x": 0, "y": 0})
+            node.update(
+                position={"x": draw(st.floats(-1e4, 1e4)), "y": draw(st.floats(-1e4, 1e4))},
+                width=150,
+                height=40,
+                selected=draw(st.booleans()),
+                dragging=False,
+                measured={"width": 150, "height": 40},
+                positionAbsolute={"x": 0, "y": 0},
+            )
     for edge in raw["edges"]:
         if draw(st.booleans()):
             edge.update(animated=True, markerEnd={"type": "arrowclosed"}, style={"stroke": "#999"}, selected=False)
@@ -96,9 +107,14 @@ def _reached(raw, node_id):
 
 
 def _cycle(raw, draw):
-    raw["nodes"] += [{"id": "cy-a", "type": "transform", "data": {"output": 1}},
-                     {"id": "cy-b", "type": "transform", "data": {"output": 2}}]
-    raw["edges"] += [{"id": "cy-1", "source": "cy-a", "target": "cy-b"}, {"id": "cy-2", "source": "cy-b", "target": "cy-a"}]
+    raw["nodes"] += [
+        {"id": "cy-a", "type": "transform", "data": {"output": 1}},
+        {"id": "cy-b", "type": "transform", "data": {"output": 2}},
+    ]
+    raw["edges"] += [
+        {"id": "cy-1", "source": "cy-a", "target": "cy-b"},
+        {"id": "cy-2", "source": "cy-b", "target": "cy-a"},
+    ]
     _reached(raw, "cy-a")
 
 
@@ -117,8 +133,7 @@ def _bad_parent(raw, draw):
 
 def _wrong_shape(raw, draw):
     key = draw(st.sampled_from(["nodes", "edges", "inputs", "settings", "name"]))
-    raw[key] = draw(json_values.filter(lambda v: not isinstance(v, (list, dict)) or v != raw.get(key)) |
-                    st.just(12345))
+    raw[key] = draw(json_values.filter(lambda v: not isinstance(v, (list, dict)) or v != raw.get(key)) | st.just(12345))
 
 
 BREAKING = [_dangling, _duplicate, _unknown_type, _cycle, _bad_template, _missing_id, _bad_parent]

@@ -62,8 +62,9 @@ def prefect_server():
     # schedule tests would wait on it for minutes.
     # Without auth: the test process and the servers it starts are its clients, set up before
     # Prefect is imported (the embedded default's auth: tests/security/test_prefect_results.py).
-    info: ServerInfo = start_server(home, _PORT, env={"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2"},
-                                    auth=False)
+    info: ServerInfo = start_server(
+        home, _PORT, env={"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2"}, auth=False
+    )
     assert info.api_url == os.environ["PREFECT_API_URL"], "the chosen port was taken; rerun the tests"
     yield info
     stop(home)
@@ -125,9 +126,19 @@ class InProcessWorkers:
         manager = worker_context(database_url)
         context = await manager.__aenter__()
         stop, ready = asyncio.Event(), asyncio.Event()
-        task = asyncio.create_task(run_worker(workflow_flow(context), pool=pool, limit=50, poll_s=0.5,
-                                              cancel_poll_s=0.5, grace_s=5, on_cancel=context.cancellations.cancel,
-                                              started=lambda _line: ready.set(), stop=stop))
+        task = asyncio.create_task(
+            run_worker(
+                workflow_flow(context),
+                pool=pool,
+                limit=50,
+                poll_s=0.5,
+                cancel_poll_s=0.5,
+                grace_s=5,
+                on_cancel=context.cancellations.cancel,
+                started=lambda _line: ready.set(),
+                stop=stop,
+            )
+        )
         await asyncio.wait_for(ready.wait(), timeout=60)
         self.running.append((stop, task, manager))
 
@@ -196,11 +207,20 @@ def served(tmp_path_factory, prefect_server):
 
     home = tmp_path_factory.mktemp("served")
     owner, other, secret, metrics = (f"{what}-{uuid.uuid4().hex}" for what in ("owner", "other", "secret", "metrics"))
-    env = stack_env(home, prefect_server, f"sqlite+aiosqlite:///{home / 'store.db'}", owner,
-                    FLOWMAESTRO_API_KEYS=f"owner:{owner},other:{other}", FLOWMAESTRO_SECRET_TOKEN=secret,
-                    FLOWMAESTRO_SECRET_TOKEN_OWNERS="owner", FLOWMAESTRO_SECRET_TOKEN_HOSTS="127.0.0.1",
-                    FLOWMAESTRO_WORK_POOL=f"served-{uuid.uuid4().hex[:6]}", FLOWMAESTRO_WORKER_GRACE_S="2",
-                    FLOWMAESTRO_MAX_STREAMS_PER_RUN=str(STREAMS_PER_RUN), FLOWMAESTRO_METRICS_KEY=metrics)
+    env = stack_env(
+        home,
+        prefect_server,
+        f"sqlite+aiosqlite:///{home / 'store.db'}",
+        owner,
+        FLOWMAESTRO_API_KEYS=f"owner:{owner},other:{other}",
+        FLOWMAESTRO_SECRET_TOKEN=secret,
+        FLOWMAESTRO_SECRET_TOKEN_OWNERS="owner",
+        FLOWMAESTRO_SECRET_TOKEN_HOSTS="127.0.0.1",
+        FLOWMAESTRO_WORK_POOL=f"served-{uuid.uuid4().hex[:6]}",
+        FLOWMAESTRO_WORKER_GRACE_S="2",
+        FLOWMAESTRO_MAX_STREAMS_PER_RUN=str(STREAMS_PER_RUN),
+        FLOWMAESTRO_METRICS_KEY=metrics,
+    )
     serve, base = start_serve(home, env, workers=1)
     try:
         yield Served(base, home, owner, other, secret, _SESSION_DIR / "server" / "prefect-server.log", metrics)

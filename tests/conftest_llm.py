@@ -16,14 +16,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from tests.openai_server import FakeOpenAI
 
 from builder.plan import CachePolicy, PlanNode, RetryPolicy
 from flows.calls import CallResult, DirectRunner, NodeCall
 from node_handlers.base import NodeContext, NodeHandler
+from tests.openai_server import FakeOpenAI
 
-HANDLER_ENV = ("FLOWMAESTRO_HTTP_ALLOW_HOSTS", "FLOWMAESTRO_OPENAI_BASE_URL", "FLOWMAESTRO_OPENAI_API_KEY",
-               "OPENAI_API_KEY", "FLOWMAESTRO_LLM_PRICES", "FLOWMAESTRO_DEFAULT_MODEL", "OPENAI_BASE_URL")
+HANDLER_ENV = (
+    "FLOWMAESTRO_HTTP_ALLOW_HOSTS",
+    "FLOWMAESTRO_OPENAI_BASE_URL",
+    "FLOWMAESTRO_OPENAI_API_KEY",
+    "OPENAI_API_KEY",
+    "FLOWMAESTRO_LLM_PRICES",
+    "FLOWMAESTRO_DEFAULT_MODEL",
+    "OPENAI_BASE_URL",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -67,14 +74,35 @@ class Emitted:
 
 def make_context(emitted: Emitted | None = None, attempt: int = 1, node_id: str = "node") -> NodeContext:
     sink = emitted if emitted is not None else Emitted()
-    return NodeContext(node_id=node_id, path=(), run_id="run-test", workflow="test", attempt=attempt,
-                       upstream={}, inputs={}, emit=lambda kind, data: sink.events.append((kind, dict(data))))
+    return NodeContext(
+        node_id=node_id,
+        path=(),
+        run_id="run-test",
+        workflow="test",
+        attempt=attempt,
+        upstream={},
+        inputs={},
+        emit=lambda kind, data: sink.events.append((kind, dict(data))),
+    )
 
 
 def plan_node(node_type: str, retry: RetryPolicy, timeout_s: float | None = None) -> PlanNode:
-    return PlanNode(id="node", type=node_type, label="node", scope="", data={}, retry=retry, timeout_s=timeout_s,
-                    cache=CachePolicy(), join="all", handles=frozenset(), incoming=(), outgoing=(),
-                    references=frozenset(), level=0)
+    return PlanNode(
+        id="node",
+        type=node_type,
+        label="node",
+        scope="",
+        data={},
+        retry=retry,
+        timeout_s=timeout_s,
+        cache=CachePolicy(),
+        join="all",
+        handles=frozenset(),
+        incoming=(),
+        outgoing=(),
+        references=frozenset(),
+        level=0,
+    )
 
 
 @dataclass
@@ -90,14 +118,21 @@ def fast(policy: RetryPolicy, **changes: Any) -> RetryPolicy:
     return dataclasses.replace(policy, **{"initial_delay_s": 0.01, "jitter": 0.0, **changes})
 
 
-async def run_with_retries(handler: NodeHandler, data: dict[str, Any], retry: RetryPolicy | None = None,
-                           timeout_s: float | None = None) -> RetriedRun:
+async def run_with_retries(
+    handler: NodeHandler, data: dict[str, Any], retry: RetryPolicy | None = None, timeout_s: float | None = None
+) -> RetriedRun:
     """Run ``handler`` the way the engine does: validated config, retry policy, DirectRunner."""
     emitted = Emitted()
     retries: list[tuple[int, BaseException, float]] = []
-    call = NodeCall(node=plan_node(handler.type, retry or fast(handler.default_retry), timeout_s), path=(),
-                    handler=handler, config=handler.Config.model_validate(data),
-                    make_context=lambda attempt: make_context(emitted, attempt), cache_key=None,
-                    on_retry=lambda attempt, exc, delay: retries.append((attempt, exc, delay)), task_run_name="node")
+    call = NodeCall(
+        node=plan_node(handler.type, retry or fast(handler.default_retry), timeout_s),
+        path=(),
+        handler=handler,
+        config=handler.Config.model_validate(data),
+        make_context=lambda attempt: make_context(emitted, attempt),
+        cache_key=None,
+        on_retry=lambda attempt, exc, delay: retries.append((attempt, exc, delay)),
+        task_run_name="node",
+    )
     result = await DirectRunner().run(call)
     return RetriedRun(result, retries, emitted)

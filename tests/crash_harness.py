@@ -16,8 +16,8 @@ from prefect.client.schemas.objects import StateType
 
 from store.db import make_engine, sessions
 from store.queries import NodeOutcomes
-from tests.support import eventually as until  # noqa: F401  (test_durability uses it from here)
-from tests.support import execute, wait_final  # noqa: F401
+from tests.support import eventually as until
+from tests.support import execute, wait_final
 from tests.support import save as save_workflow
 
 KEY = "durability-test-key"
@@ -37,8 +37,12 @@ async def save(http: httpx.AsyncClient, raw: dict) -> str:
 
 
 def http_node(node_id: str, path: str, parent: str | None = None, delay: float = 0.4) -> dict:
-    found = {"id": node_id, "type": "http", "data": {"method": "POST", "url": f"{{{{ inputs.base }}}}{path}?delay={delay}"},
-             "retry": {"max_attempts": 1}}
+    found = {
+        "id": node_id,
+        "type": "http",
+        "data": {"method": "POST", "url": f"{{{{ inputs.base }}}}{path}?delay={delay}"},
+        "retry": {"max_attempts": 1},
+    }
     if parent:
         found["parentId"] = parent
     return found
@@ -46,17 +50,28 @@ def http_node(node_id: str, path: str, parent: str | None = None, delay: float =
 
 def crash_canvas(name: str) -> dict:
     """HTTP nodes before, inside a loop and a parallel, and after a delay."""
-    nodes = [{"id": "start", "type": "start", "data": {}},
-             http_node("before", "/before"),
-             {"id": "lp", "type": "loop", "data": {"mode": "for", "count": 3}},
-             http_node("step", "/loop/{{ loop.index }}", parent="lp"),
-             {"id": "par", "type": "parallel", "data": {"mode": "collection", "items": [1, 2, 3]}},
-             http_node("hit", "/par/{{ parallel.item }}", parent="par", delay=0.8),
-             {"id": "wait", "type": "delay", "data": {"seconds": 3}},
-             http_node("after", "/after"),
-             {"id": "end", "type": "end", "data": {"output": {
-                 "before": "{{ before.body.path }}", "loop": "{{ lp.results | length }}",
-                 "par": "{{ par.results | length }}", "after": "{{ after.body.path }}"}}}]
+    nodes = [
+        {"id": "start", "type": "start", "data": {}},
+        http_node("before", "/before"),
+        {"id": "lp", "type": "loop", "data": {"mode": "for", "count": 3}},
+        http_node("step", "/loop/{{ loop.index }}", parent="lp"),
+        {"id": "par", "type": "parallel", "data": {"mode": "collection", "items": [1, 2, 3]}},
+        http_node("hit", "/par/{{ parallel.item }}", parent="par", delay=0.8),
+        {"id": "wait", "type": "delay", "data": {"seconds": 3}},
+        http_node("after", "/after"),
+        {
+            "id": "end",
+            "type": "end",
+            "data": {
+                "output": {
+                    "before": "{{ before.body.path }}",
+                    "loop": "{{ lp.results | length }}",
+                    "par": "{{ par.results | length }}",
+                    "after": "{{ after.body.path }}",
+                }
+            },
+        },
+    ]
     chain = ["start", "before", "lp", "par", "wait", "after", "end"]
     edges = [{"id": f"e{i}", "source": a, "target": b} for i, (a, b) in enumerate(zip(chain, chain[1:]))]
     return {"name": name, "inputs": {"base": {"type": "string", "required": True}}, "nodes": nodes, "edges": edges}
@@ -109,11 +124,16 @@ async def one_crash_trial(http, workers, victim, counting, database_url, prefect
     except AssertionError as exc:
         history = [(s.timestamp.isoformat(), s.name, s.message) for s in await states_of(prefect_url, run_id)]
         async with httpx.AsyncClient(base_url=prefect_url, timeout=30) as prefect:
-            found = (await prefect.post("/events/filter", json={
-                "filter": {"any_resource": {"id": [f"prefect.flow-run.{run_id}"]}}, "limit": 100})).json()
+            found = (
+                await prefect.post(
+                    "/events/filter",
+                    json={"filter": {"any_resource": {"id": [f"prefect.flow-run.{run_id}"]}}, "limit": 100},
+                )
+            ).json()
         events = sorted((e["occurred"], e["event"]) for e in found.get("events", []))
-        raise AssertionError(f"{exc}\nPrefect states: {history}\nevents: {events}\n"
-                             f"killed at {killed_at}\nfresh worker: {fresh.output()}") from None
+        raise AssertionError(
+            f"{exc}\nPrefect states: {history}\nevents: {events}\nkilled at {killed_at}\nfresh worker: {fresh.output()}"
+        ) from None
     requests = [r for r in counting.requests[already:] if (r["key"] or "").startswith(run_id)]
     journal = await journal_of(database_url, run_id)
     states = await states_of(prefect_url, run_id)
@@ -121,16 +141,23 @@ async def one_crash_trial(http, workers, victim, counting, database_url, prefect
     resumed = [s for s in states if s.type == StateType.RUNNING and crashed and s.timestamp > crashed[0].timestamp]
     detect_s = crashed[0].timestamp.timestamp() - killed_at if crashed else None
     resume_s = resumed[0].timestamp.timestamp() - crashed[0].timestamp.timestamp() if resumed else None
-    return {"run_id": run_id, "kill_after": kill_after, "result": result, "requests": requests,
-            "journal": journal, "crashed": len(crashed), "detect_s": detect_s, "resume_s": resume_s,
-            "repeated": repeated_completed_nodes(requests, journal, run_id), "fresh": fresh,
-            "states": [(s.timestamp.isoformat(), s.name, s.message) for s in states]}
+    return {
+        "run_id": run_id,
+        "kill_after": kill_after,
+        "result": result,
+        "requests": requests,
+        "journal": journal,
+        "crashed": len(crashed),
+        "detect_s": detect_s,
+        "resume_s": resume_s,
+        "repeated": repeated_completed_nodes(requests, journal, run_id),
+        "fresh": fresh,
+        "states": [(s.timestamp.isoformat(), s.name, s.message) for s in states],
+    }
 
 
 def seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} s"
-
-
 
 
 EXPECTED_OUTPUT = {"before": "/before", "loop": 3, "par": 3, "after": "/after"}

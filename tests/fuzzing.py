@@ -24,8 +24,8 @@ from typing import Any
 import hypothesis
 import requests
 import schemathesis
-from schemathesis import GenerationMode
 from hypothesis import strategies as st
+from schemathesis import GenerationMode
 from schemathesis.checks import response_schema_conformance
 
 TIMEOUT_S = 30.0
@@ -54,8 +54,9 @@ class Report:
             statuses = " ".join(f"{code}x{n}" for code, n in sorted(stats.statuses.items()))
             lines.append(f"{route:<62} {stats.requests:>8}  {statuses}")
         total = sum(s.requests for s in self.routes.values())
-        lines.append(f"{len(self.routes)} routes, {total} requests, {len(self.failures)} failures, "
-                     f"{self.seconds:.0f} s")
+        lines.append(
+            f"{len(self.routes)} routes, {total} requests, {len(self.failures)} failures, {self.seconds:.0f} s"
+        )
         return "\n".join(lines)
 
 
@@ -68,12 +69,18 @@ def _problems(response: requests.Response, elapsed: float) -> list[str]:
         found.append(f"traceback in the body: {text[:200]}")
     if response.status_code >= 500:
         body = _json(response)
-        if not (response.status_code == 503 and isinstance(body, dict) and body.get("service")
-                and response.headers.get("retry-after")):
+        if not (
+            response.status_code == 503
+            and isinstance(body, dict)
+            and body.get("service")
+            and response.headers.get("retry-after")
+        ):
             found.append(f"{response.status_code}: {text[:300]}")
     elif response.status_code >= 400:
         body = _json(response)
-        if not (isinstance(body, dict) and isinstance(body.get("detail"), str) and isinstance(body.get("issues"), list)):
+        if not (
+            isinstance(body, dict) and isinstance(body.get("detail"), str) and isinstance(body.get("issues"), list)
+        ):
             found.append(f"{response.status_code} without the error body: {text[:200]}")
     return found
 
@@ -85,8 +92,14 @@ def _json(response: requests.Response) -> Any:
         return None
 
 
-def fuzz(base_url: str, credentials: dict[str, dict[str, str]], real_ids: dict[str, str], *, examples: int,
-         seed: int | None = None) -> Report:
+def fuzz(
+    base_url: str,
+    credentials: dict[str, dict[str, str]],
+    real_ids: dict[str, str],
+    *,
+    examples: int,
+    seed: int | None = None,
+) -> Report:
     """Fuzz every operation of the API at ``base_url`` (its /openapi.json). ``credentials``:
     headers by name, the owner's first; ``real_ids``: path parameter name -> an id of the owner's."""
     schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
@@ -102,18 +115,30 @@ def fuzz(base_url: str, credentials: dict[str, dict[str, str]], real_ids: dict[s
     return report
 
 
-def _fuzz_operation(operation: Any, stats: RouteStats, session: requests.Session, base_url: str,
-                    credentials: dict[str, dict[str, str]], real_ids: dict[str, str], examples: int,
-                    seed: int | None) -> None:
+def _fuzz_operation(
+    operation: Any,
+    stats: RouteStats,
+    session: requests.Session,
+    base_url: str,
+    credentials: dict[str, dict[str, str]],
+    real_ids: dict[str, str],
+    examples: int,
+    seed: int | None,
+) -> None:
     # The owner's key half of the time (the others stop at the 401); valid and invalid requests.
     owner, *others = credentials
     who_strategy = st.one_of(st.just(owner), st.sampled_from(others))
     cases = st.one_of(operation.as_strategy(GenerationMode.POSITIVE), operation.as_strategy(GenerationMode.NEGATIVE))
 
     @hypothesis.given(case=cases, who=who_strategy, real=st.booleans())
-    @hypothesis.settings(max_examples=examples, deadline=None, database=None, derandomize=seed is not None,
-                         suppress_health_check=list(hypothesis.HealthCheck),
-                         phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate])
+    @hypothesis.settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        derandomize=seed is not None,
+        suppress_health_check=list(hypothesis.HealthCheck),
+        phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate],
+    )
     def one(case: Any, who: str, real: bool) -> None:
         if real and case.path_parameters:
             case.path_parameters = {k: real_ids.get(k, v) for k, v in case.path_parameters.items()}
@@ -147,22 +172,39 @@ def build_world(api: Any) -> dict[str, str]:
     a schedule, a webhook."""
     from tests.processes import wait_until
 
-    raw = {"name": "fuzzed", "inputs": {"who": {"type": "string"}},
-           "nodes": [{"id": "start", "type": "start", "data": {}},
-                     {"id": "end", "type": "end", "data": {"output": "{{ inputs.who }}"}}],
-           "edges": [{"id": "e", "source": "start", "target": "end"}]}
+    raw = {
+        "name": "fuzzed",
+        "inputs": {"who": {"type": "string"}},
+        "nodes": [
+            {"id": "start", "type": "start", "data": {}},
+            {"id": "end", "type": "end", "data": {"output": "{{ inputs.who }}"}},
+        ],
+        "edges": [{"id": "e", "source": "start", "target": "end"}],
+    }
     workflow_id = api.post("/api/workflows", json={"canvas": raw}).json()["id"]
     run_id = api.post(f"/api/workflows/{workflow_id}/execute", json={"inputs": {"who": "x"}}).json()["execution_id"]
     schedule = api.post(f"/api/workflows/{workflow_id}/schedules", json={"interval_s": 3600, "active": False})
     hook = api.post(f"/api/workflows/{workflow_id}/webhooks", json={"name": "fuzz"})
     assert schedule.status_code == hook.status_code == 201, (schedule.text, hook.text)
-    wait_until(lambda: api.get(f"/api/executions/{run_id}").json()["status"] == "completed", timeout=120,
-               what="the fuzzed workflow's run completing")
-    return {"workflow_id": workflow_id, "execution_id": run_id, "schedule_id": schedule.json()["id"],
-            "hook_id": hook.json()["id"], "dead_letter_id": str(uuid.uuid4())}
+    wait_until(
+        lambda: api.get(f"/api/executions/{run_id}").json()["status"] == "completed",
+        timeout=120,
+        what="the fuzzed workflow's run completing",
+    )
+    return {
+        "workflow_id": workflow_id,
+        "execution_id": run_id,
+        "schedule_id": schedule.json()["id"],
+        "hook_id": hook.json()["id"],
+        "dead_letter_id": str(uuid.uuid4()),
+    }
 
 
 def credentials_of(owner_key: str, other_key: str) -> dict[str, dict[str, str]]:
     """The four credentials, the owner's first."""
-    return {"owner": {"Authorization": f"Bearer {owner_key}"}, "none": {},
-            "wrong": {"Authorization": "Bearer nope"}, "other": {"Authorization": f"Bearer {other_key}"}}
+    return {
+        "owner": {"Authorization": f"Bearer {owner_key}"},
+        "none": {},
+        "wrong": {"Authorization": "Bearer nope"},
+        "other": {"Authorization": f"Bearer {other_key}"},
+    }

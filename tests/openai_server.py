@@ -166,8 +166,11 @@ def error_response(reply: Reply, authorization: str) -> JSONResponse:
     message = reply.error_message
     if reply.echo_authorization:
         message = f"Incorrect API key provided: {authorization.removeprefix('Bearer ')}"
-    return JSONResponse({"error": {"message": message, "type": "scripted", "code": None}},
-                        status_code=reply.status, headers=reply.headers)
+    return JSONResponse(
+        {"error": {"message": message, "type": "scripted", "code": None}},
+        status_code=reply.status,
+        headers=reply.headers,
+    )
 
 
 async def sse_events(reply: Reply, model: str, include_usage: bool, body: dict[str, Any]) -> AsyncIterator[bytes]:
@@ -181,8 +184,11 @@ async def sse_events(reply: Reply, model: str, include_usage: bool, body: dict[s
     yield sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": reply.finish_reason}]})
     if include_usage:
         prompt_tokens = 7 + len(json.dumps(body.get("messages", []))) // 10
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(reply.chunks),
-                 "total_tokens": prompt_tokens + len(reply.chunks)}
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": len(reply.chunks),
+            "total_tokens": prompt_tokens + len(reply.chunks),
+        }
         yield sse({**base, "choices": [], "usage": usage})
     yield b"data: [DONE]\n\n"
 

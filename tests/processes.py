@@ -37,8 +37,11 @@ def free_port() -> int:
 
 
 def _psql(sql: str) -> None:
-    subprocess.run(["psql", "-h", PG_HOST, "-U", PG_USER, "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-qc", sql],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["psql", "-h", PG_HOST, "-U", PG_USER, "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-qc", sql],
+        check=True,
+        capture_output=True,
+    )
 
 
 @contextmanager
@@ -72,13 +75,20 @@ def stack_env(home: Path, prefect: ServerInfo, database_url: str, api_key: str, 
     manager, loopback allowed for http nodes, and a work pool of its own (several
     installations share the session's Prefect servers: a pool's workers must find only its
     runs, and its crash-recovery automations are the pool's)."""
-    return {**os.environ, "PREFECT_API_URL": prefect.api_url, "FLOWMAESTRO_HOME": str(home),
-            "FLOWMAESTRO_WORK_POOL": f"stack-{uuid.uuid4().hex[:8]}",
-            "FLOWMAESTRO_DATABASE_URL": database_url, "FLOWMAESTRO_API_KEYS": f"tester:{api_key}",
-            "FLOWMAESTRO_REDIS_URL": "redis://127.0.0.1:6379/0", "FLOWMAESTRO_HTTP_ALLOW_HOSTS": "127.0.0.1",
-            "FLOWMAESTRO_CACHE_LOCK_REDIS_URL": "redis://127.0.0.1:6379/1",
-            "PREFECT_LOCAL_STORAGE_PATH": str(home / "results"), "PREFECT_HOME": str(home / "prefect-client"),
-            **extra}  # extra may replace any of them (a private Redis, say)
+    return {
+        **os.environ,
+        "PREFECT_API_URL": prefect.api_url,
+        "FLOWMAESTRO_HOME": str(home),
+        "FLOWMAESTRO_WORK_POOL": f"stack-{uuid.uuid4().hex[:8]}",
+        "FLOWMAESTRO_DATABASE_URL": database_url,
+        "FLOWMAESTRO_API_KEYS": f"tester:{api_key}",
+        "FLOWMAESTRO_REDIS_URL": "redis://127.0.0.1:6379/0",
+        "FLOWMAESTRO_HTTP_ALLOW_HOSTS": "127.0.0.1",
+        "FLOWMAESTRO_CACHE_LOCK_REDIS_URL": "redis://127.0.0.1:6379/1",
+        "PREFECT_LOCAL_STORAGE_PATH": str(home / "results"),
+        "PREFECT_HOME": str(home / "prefect-client"),
+        **extra,
+    }  # extra may replace any of them (a private Redis, say)
 
 
 def wait_until(check, *, timeout: float, interval: float = 0.2, what: str = "the condition"):
@@ -98,8 +108,15 @@ class Proc:
     def __init__(self, args: list[str], env: dict[str, str], log: Path):
         self.args, self.log = args, log
         self._log_file = log.open("ab")
-        self.process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self._log_file, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, start_new_session=True)
+        self.process = subprocess.Popen(
+            args,
+            cwd=ROOT,
+            env=env,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
     @property
     def pid(self) -> int:
@@ -182,10 +199,10 @@ class CountingServer:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 self._answer()
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 self.rfile.read(length)
                 self._answer()

@@ -56,8 +56,11 @@ class PrivatePostgres:
         self._as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         if self._as:
             shutil.chown(self.dir, "postgres")
-        done = subprocess.run(self._as + [_postgres_bin("initdb"), "-D", str(self.data), "-U", "postgres",
-                                          "-A", "trust", "--no-sync"], capture_output=True, text=True)
+        done = subprocess.run(
+            self._as + [_postgres_bin("initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync"],
+            capture_output=True,
+            text=True,
+        )
         assert done.returncode == 0, f"initdb failed: {done.stderr}"
 
     @property
@@ -66,14 +69,31 @@ class PrivatePostgres:
 
     def start(self) -> None:
         # fsync off: a crash of the OS is not what these tests are about; a killed server is.
-        self.proc = Proc(self._as + [_postgres_bin("postgres"), "-D", str(self.data), "-p", str(self.port),
-                                     "-k", str(self.dir), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"],
-                         dict(os.environ), self.root / "postgres.log")
+        self.proc = Proc(
+            self._as
+            + [
+                _postgres_bin("postgres"),
+                "-D",
+                str(self.data),
+                "-p",
+                str(self.port),
+                "-k",
+                str(self.dir),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+            ],
+            dict(os.environ),
+            self.root / "postgres.log",
+        )
         wait_until(self.answers, timeout=60, what="the private PostgreSQL accepting connections")
 
     def answers(self) -> bool:
         assert self.proc is not None and self.proc.alive(), self.proc and self.proc.output()
-        return subprocess.run([_postgres_bin("pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)]).returncode == 0
+        return (
+            subprocess.run([_postgres_bin("pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)]).returncode == 0
+        )
 
     def _signal_all(self, signum: int) -> None:
         """To the server and every backend: backends make themselves process group leaders
@@ -120,9 +140,25 @@ class PrivateRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        self.proc = Proc(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.root),
-                          "--save", "", "--appendonly", "yes", "--appendfsync", "always"],
-                         dict(os.environ), self.root / "redis.log")
+        self.proc = Proc(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.root),
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ],
+            dict(os.environ),
+            self.root / "redis.log",
+        )
         wait_until(self.answers, timeout=30, what="the private Redis answering")
 
     def answers(self) -> bool:
@@ -146,4 +182,3 @@ class PrivateRedis:
         if self.proc is not None:
             self.resume()
             self.proc.stop(timeout=30)
-

@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
-
 from pydantic import Field
 
 from builder.catalog import NodeConfig, Templatable
@@ -27,8 +26,9 @@ def canvas(nodes: list[dict[str, Any]], edges: list[Any] = (), **extra: Any) -> 
             out_edges.append(edge)
         else:
             source, target, *handle = edge
-            out_edges.append({"id": f"e{i}", "source": source, "target": target,
-                              "sourceHandle": handle[0] if handle else None})
+            out_edges.append(
+                {"id": f"e{i}", "source": source, "target": target, "sourceHandle": handle[0] if handle else None}
+            )
     return {"name": extra.pop("name", "test"), "nodes": nodes, "edges": out_edges, **extra}
 
 
@@ -84,8 +84,9 @@ class FlakyHandler(NodeHandler):
 
     type = "test_flaky"
     Config = FlakyConfig
-    default_retry = RetryPolicy(max_attempts=3, initial_delay_s=0.05, backoff_factor=2,
-                                retry_on=frozenset({"5xx", "timeout"}))
+    default_retry = RetryPolicy(
+        max_attempts=3, initial_delay_s=0.05, backoff_factor=2, retry_on=frozenset({"5xx", "timeout"})
+    )
 
     async def run(self, config: FlakyConfig, ctx: NodeContext) -> Completed:
         JOURNAL.calls.append((ctx.node_id, ctx.path, ctx.attempt))
@@ -128,8 +129,7 @@ def compiled(raw: dict[str, Any], registry: HandlerRegistry | None = None):
     return result.plan
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], *, timeout: float, what: str,
-                     interval: float = 0.2) -> Any:
+async def eventually(check: Callable[[], Awaitable[Any]], *, timeout: float, what: str, interval: float = 0.2) -> Any:
     """Await ``check()`` until it answers something truthy; that answer. Fails naming ``what``
     at the deadline (a generous one: the machine may be loaded)."""
     deadline = time.monotonic() + timeout
@@ -159,13 +159,15 @@ async def execute(client: httpx.AsyncClient, workflow_id: str, inputs: dict[str,
     return started.json()["execution_id"]
 
 
-async def save_and_execute(client: httpx.AsyncClient, raw: dict[str, Any], inputs: dict[str, Any] | None = None, *,
-                           deployed: bool = True) -> str:
+async def save_and_execute(
+    client: httpx.AsyncClient, raw: dict[str, Any], inputs: dict[str, Any] | None = None, *, deployed: bool = True
+) -> str:
     return await execute(client, (await save(client, raw, deployed=deployed))["id"], inputs)
 
 
-async def wait_execution(client: httpx.AsyncClient, execution_id: str, check: Callable[[dict[str, Any]], Any], *,
-                         timeout: float, what: str) -> dict[str, Any]:
+async def wait_execution(
+    client: httpx.AsyncClient, execution_id: str, check: Callable[[dict[str, Any]], Any], *, timeout: float, what: str
+) -> dict[str, Any]:
     """Read ``GET /api/executions/{id}`` until ``check(body)`` holds; that body."""
     last: dict[str, Any] = {}
 
@@ -183,16 +185,24 @@ async def wait_execution(client: httpx.AsyncClient, execution_id: str, check: Ca
 
 async def wait_final(client: httpx.AsyncClient, execution_id: str, *, timeout: float) -> dict[str, Any]:
     """Read ``GET /api/executions/{id}`` until the run has ended; its body."""
-    return await wait_execution(client, execution_id, lambda body: body.get("status") in FINAL_STATUSES,
-                                timeout=timeout, what="ending")
+    return await wait_execution(
+        client, execution_id, lambda body: body.get("status") in FINAL_STATUSES, timeout=timeout, what="ending"
+    )
 
 
-async def wait_running(client: httpx.AsyncClient, execution_id: str, node_id: str, *, timeout: float = 120) -> dict[str, Any]:
+async def wait_running(
+    client: httpx.AsyncClient, execution_id: str, node_id: str, *, timeout: float = 120
+) -> dict[str, Any]:
     """Wait until the run is running ``node_id`` (a worker took it and the node started)."""
     return await wait_execution(
-        client, execution_id,
-        lambda body: body.get("status") == "running" and (body.get("nodes") or {}).get(node_id, {}).get("status") == "running",
-        timeout=timeout, what=f"running node {node_id}")
+        client,
+        execution_id,
+        lambda body: (
+            body.get("status") == "running" and (body.get("nodes") or {}).get(node_id, {}).get("status") == "running"
+        ),
+        timeout=timeout,
+        what=f"running node {node_id}",
+    )
 
 
 FINAL_STATUSES = ("completed", "failed", "cancelled")
@@ -216,8 +226,9 @@ async def task_runs_of(flow_run_id: str, expected: int, *, timeout: float = 120.
         while True:
             runs: list[Any] = []
             while True:
-                page = await client.read_task_runs(flow_run_filter=flow_runs, limit=200, offset=len(runs),
-                                                   sort=TaskRunSort.EXPECTED_START_TIME_ASC)
+                page = await client.read_task_runs(
+                    flow_run_filter=flow_runs, limit=200, offset=len(runs), sort=TaskRunSort.EXPECTED_START_TIME_ASC
+                )
                 runs += page
                 if len(page) < 200:
                     break
@@ -256,6 +267,9 @@ async def api_without_prefect(settings: Any, key: str) -> AsyncIterator[httpx.As
     with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{free_port()}/api"}):
         app = create_app(settings)
         async with app.router.lifespan_context(app):
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test",
-                                         headers={"Authorization": f"Bearer {key}"}) as client:
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app),
+                base_url="http://test",
+                headers={"Authorization": f"Bearer {key}"},
+            ) as client:
                 yield client

@@ -47,8 +47,10 @@ async def databases(sqlite_url, postgres_url, prefect_server, in_process_workers
     """Each database with the work pool its worker polls; workers start on first use."""
     from store.db import upgrade_schema
 
-    pools = {"sqlite": (sqlite_url, f"api-sqlite-{uuid.uuid4().hex[:6]}"),
-             "postgres": (postgres_url, f"api-postgres-{uuid.uuid4().hex[:6]}")}
+    pools = {
+        "sqlite": (sqlite_url, f"api-sqlite-{uuid.uuid4().hex[:6]}"),
+        "postgres": (postgres_url, f"api-postgres-{uuid.uuid4().hex[:6]}"),
+    }
     started: set[str] = set()
 
     async def database(kind: str) -> tuple[str, str]:
@@ -67,23 +69,35 @@ async def api(request, tmp_path, databases, test_handlers):
     url, pool = await databases(request.param)
     # Fresh owners per test: each database is shared by the module's tests.
     alice, bob = f"alice-{uuid.uuid4().hex}", f"bob-{uuid.uuid4().hex}"
-    settings = ApiSettings(database_url=url, api_keys=f"{alice}:{ALICE}-{alice},{bob}:{BOB}-{bob}",
-                           max_request_bytes=200_000, home=tmp_path, work_pool=pool,
-                           metrics_public=True)  # /metrics is closed by default (tests/security/test_secrets_hygiene.py)
+    settings = ApiSettings(
+        database_url=url,
+        api_keys=f"{alice}:{ALICE}-{alice},{bob}:{BOB}-{bob}",
+        max_request_bytes=200_000,
+        home=tmp_path,
+        work_pool=pool,
+        metrics_public=True,
+    )  # /metrics is closed by default (tests/security/test_secrets_hygiene.py)
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test",
-                                     headers={"Authorization": f"Bearer {ALICE}-{alice}"}) as client:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://test", headers={"Authorization": f"Bearer {ALICE}-{alice}"}
+        ) as client:
             client.bob = {"Authorization": f"Bearer {BOB}-{bob}"}
             yield client
 
 
 def hello(name: str | None = None):
-    return canvas([node("start", "start"), node("greet", data={"output": "Hello {{ inputs.who }}"}),
-                   node("end", "end", data={"output": "{{ greet }}"})],
-                  [("start", "greet"), ("greet", "end")], name=name or f"hello-{uuid.uuid4().hex[:6]}",
-                  inputs={"who": {"type": "string", "required": True}})
+    return canvas(
+        [
+            node("start", "start"),
+            node("greet", data={"output": "Hello {{ inputs.who }}"}),
+            node("end", "end", data={"output": "{{ greet }}"}),
+        ],
+        [("start", "greet"), ("greet", "end")],
+        name=name or f"hello-{uuid.uuid4().hex[:6]}",
+        inputs={"who": {"type": "string", "required": True}},
+    )
 
 
 async def create(api, raw):
@@ -119,8 +133,11 @@ async def test_workflow_crud_with_versions(api):
 
 
 async def test_invalid_canvas_is_422_with_every_issue(api):
-    bad = {"name": "bad", "nodes": [{"id": "a", "type": "nope"}, {"id": "b", "type": "transform"}],
-           "edges": [{"id": "e", "source": "a", "target": "ghost"}]}
+    bad = {
+        "name": "bad",
+        "nodes": [{"id": "a", "type": "nope"}, {"id": "b", "type": "transform"}],
+        "edges": [{"id": "e", "source": "a", "target": "ghost"}],
+    }
     response = await api.post("/api/workflows", json={"canvas": bad})
     assert response.status_code == 422
     codes = sorted(i["code"] for i in response.json()["issues"] if i["severity"] == "error")
@@ -144,7 +161,9 @@ async def test_another_owners_ids_are_404(api):
     bob = api.bob
     assert (await api.get(f"/api/workflows/{saved['id']}", headers=bob)).status_code == 404
     assert (await api.delete(f"/api/workflows/{saved['id']}", headers=bob)).status_code == 404
-    assert (await api.post(f"/api/workflows/{saved['id']}/execute", json={"inputs": {}}, headers=bob)).status_code == 404
+    assert (
+        await api.post(f"/api/workflows/{saved['id']}/execute", json={"inputs": {}}, headers=bob)
+    ).status_code == 404
     assert (await api.get("/api/workflows", headers=bob)).json() == []
 
 
@@ -181,8 +200,7 @@ async def test_execute_and_read_the_result(api, prefect_server):
     listed = (await api.get("/api/executions", params={"workflow_id": saved["id"]})).json()
     assert [e["id"] for e in listed] == [accepted["execution_id"]]
     assert (await api.get("/api/executions", params={"status": "failed"})).json() == []
-    assert (await api.get(f"/api/executions/{accepted['execution_id']}",
-                          headers=api.bob)).status_code == 404
+    assert (await api.get(f"/api/executions/{accepted['execution_id']}", headers=api.bob)).status_code == 404
     metrics = (await api.get("/metrics")).text
     assert 'flowmaestro_runs_finished_total{status="completed"' in metrics
     # the Prefect UI's summary artifact links back to the run here
@@ -210,8 +228,13 @@ async def test_cancel_a_running_execution(api, prefect_server):
 
 @pytest.mark.prefect
 async def test_resume_an_approval_through_the_api(api, prefect_server):
-    raw = canvas([node("ask", "approval", data={"form": {"reason": {"type": "string", "required": True}}}),
-                  node("yes", data={"output": "{{ ask.input.reason }}"})], [("ask", "yes", "approved")])
+    raw = canvas(
+        [
+            node("ask", "approval", data={"form": {"reason": {"type": "string", "required": True}}}),
+            node("yes", data={"output": "{{ ask.input.reason }}"}),
+        ],
+        [("ask", "yes", "approved")],
+    )
     saved = await create(api, raw)
     execution_id = (await api.post(f"/api/workflows/{saved['id']}/execute", json={})).json()["execution_id"]
     for _ in range(150):  # the approval is announced, then Prefect's pause starts
@@ -224,27 +247,38 @@ async def test_resume_an_approval_through_the_api(api, prefect_server):
     assert body["nodes"]["ask"]["status"] == "paused"  # node states of a live run, from its event log
     paused = (await api.get("/api/executions", params={"status": "paused"})).json()
     assert [e["id"] for e in paused] == [execution_id]
-    refused = await api.post(f"/api/executions/{execution_id}/resume", json={"node_id": "ask", "input": {"approved": True}})
+    refused = await api.post(
+        f"/api/executions/{execution_id}/resume", json={"node_id": "ask", "input": {"approved": True}}
+    )
     assert refused.status_code == 422 and "reason" in refused.json()["detail"]
     nobody = await api.post(f"/api/executions/{execution_id}/resume", json={"node_id": "nobody", "input": {}})
     assert nobody.status_code == 409
-    accepted = await api.post(f"/api/executions/{execution_id}/resume",
-                              json={"node_id": "ask", "input": {"approved": True, "reason": "ok"}})
+    accepted = await api.post(
+        f"/api/executions/{execution_id}/resume", json={"node_id": "ask", "input": {"approved": True, "reason": "ok"}}
+    )
     assert accepted.status_code == 200 and accepted.json()["status"] == "accepted"
     result = await wait_final(api, execution_id)
     assert result["output"] == {"yes": "ok"}
-    again = await api.post(f"/api/executions/{execution_id}/resume",
-                           json={"node_id": "ask", "input": {"approved": True, "reason": "twice"}})
+    again = await api.post(
+        f"/api/executions/{execution_id}/resume",
+        json={"node_id": "ask", "input": {"approved": True, "reason": "twice"}},
+    )
     assert again.status_code == 409
 
 
 async def test_saving_a_cycle_between_saved_workflows_is_refused_naming_it(api):
     first = await create(api, hello("first"))
-    calls_first = canvas([node("start", "start"), node("call", "subworkflow", data={"workflow": first["id"]})],
-                         [("start", "call")], name="second")
+    calls_first = canvas(
+        [node("start", "start"), node("call", "subworkflow", data={"workflow": first["id"]})],
+        [("start", "call")],
+        name="second",
+    )
     second = await create(api, calls_first)
-    calls_second = canvas([node("start", "start"), node("call", "subworkflow", data={"workflow": second["id"]})],
-                          [("start", "call")], name="first")
+    calls_second = canvas(
+        [node("start", "start"), node("call", "subworkflow", data={"workflow": second["id"]})],
+        [("start", "call")],
+        name="first",
+    )
     refused = await api.put(f"/api/workflows/{first['id']}", json={"canvas": calls_second})
     assert refused.status_code == 422, refused.text
     body = refused.json()
@@ -255,7 +289,9 @@ async def test_saving_a_cycle_between_saved_workflows_is_refused_naming_it(api):
 
 def test_cors_origins_read_as_a_list_or_json():
     assert ApiSettings(cors_origins="https://a.example, https://b.example").cors_origins == [
-        "https://a.example", "https://b.example"]
+        "https://a.example",
+        "https://b.example",
+    ]
     assert ApiSettings(cors_origins='["https://a.example"]').cors_origins == ["https://a.example"]
 
 

@@ -15,8 +15,9 @@ from api.settings import ApiSettings
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
     home = tmp_path_factory.mktemp("contract")
-    app = create_app(ApiSettings(home=home, database_url=f"sqlite+aiosqlite:///{home / 'store.db'}",
-                                 api_keys="owner:owner-key"))
+    app = create_app(
+        ApiSettings(home=home, database_url=f"sqlite+aiosqlite:///{home / 'store.db'}", api_keys="owner:owner-key")
+    )
     return TestClient(app)  # no lifespan: nothing here reaches a route
 
 
@@ -24,9 +25,15 @@ def documented_methods(client: TestClient, path: str) -> set[str]:
     return {method.upper() for method in client.app.openapi()["paths"][path]}
 
 
-@pytest.mark.parametrize("path", ["/api/workflows", "/api/workflows/{workflow_id}",
-                                  "/api/workflows/{workflow_id}/schedules/{schedule_id}",
-                                  "/api/workflows/{workflow_id}/webhooks/{hook_id}"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/workflows",
+        "/api/workflows/{workflow_id}",
+        "/api/workflows/{workflow_id}/schedules/{schedule_id}",
+        "/api/workflows/{workflow_id}/webhooks/{hook_id}",
+    ],
+)
 def test_a_405_allows_every_documented_method_of_the_path(client, path):
     url = path.replace("{workflow_id}", "w1").replace("{schedule_id}", "s1").replace("{hook_id}", "h1")
     answer = client.request("OPTIONS", url)
@@ -38,12 +45,18 @@ def test_a_405_allows_every_documented_method_of_the_path(client, path):
 
 @pytest.mark.parametrize("body", [b"\xff\xfe{", b'{"canvas": "\xc3"}'])
 def test_a_body_that_is_not_utf8_json_is_a_422_naming_the_body(client, body):
-    answer = client.post("/api/workflows/validate", content=body, headers={"Content-Type": "application/json",
-                                                                            "Authorization": "Bearer owner-key"})
+    answer = client.post(
+        "/api/workflows/validate",
+        content=body,
+        headers={"Content-Type": "application/json", "Authorization": "Bearer owner-key"},
+    )
     assert answer.status_code == 422, answer.text
     assert answer.json()["issues"][0]["field"] == "body"
-    assert 400 not in {int(code) for code in client.app.openapi()["paths"]["/api/workflows/validate"]["post"]
-                       ["responses"] if code.isdigit()}  # the 400 it used to be is documented nowhere
+    assert 400 not in {
+        int(code)
+        for code in client.app.openapi()["paths"]["/api/workflows/validate"]["post"]["responses"]
+        if code.isdigit()
+    }  # the 400 it used to be is documented nowhere
 
 
 def test_the_schema_documents_the_content_types_answered(client):
@@ -61,7 +74,10 @@ def test_the_schema_documents_the_content_types_answered(client):
         for method, operation in operations.items():
             for code, response in operation["responses"].items():
                 if code[0] in "45":
-                    assert list(response.get("content", {"application/json": {}})) == ["application/json"], \
-                        (method, path, code)
+                    assert list(response.get("content", {"application/json": {}})) == ["application/json"], (
+                        method,
+                        path,
+                        code,
+                    )
     answer = client.get("/metrics", headers={"Authorization": "Bearer not-the-metrics-key"})
     assert answer.status_code in (401, 403) and answer.headers["content-type"] == "application/json"

@@ -74,11 +74,17 @@ async def start(run_context):
 def approval_canvas(**approval_data):
     data = {"message": "Ship {{ inputs.what }}?", "form": {"reason": {"type": "string", "required": True}}}
     data.update(approval_data)
-    return canvas([node("start", "start"), node("ask", "approval", data=data),
-                   node("ship", data={"output": "shipped because {{ ask.input.reason }}"}),
-                   node("drop", data={"output": "dropped"}), node("late", data={"output": "too late"})],
-                  [("start", "ask"), ("ask", "ship", "approved"), ("ask", "drop", "rejected"),
-                   ("ask", "late", "timeout")], inputs={"what": {"type": "string", "default": "v2"}})
+    return canvas(
+        [
+            node("start", "start"),
+            node("ask", "approval", data=data),
+            node("ship", data={"output": "shipped because {{ ask.input.reason }}"}),
+            node("drop", data={"output": "dropped"}),
+            node("late", data={"output": "too late"}),
+        ],
+        [("start", "ask"), ("ask", "ship", "approved"), ("ask", "drop", "rejected"), ("ask", "late", "timeout")],
+        inputs={"what": {"type": "string", "default": "v2"}},
+    )
 
 
 async def test_resume_through_prefects_own_api_like_the_ui(prefect_server, start):
@@ -109,21 +115,31 @@ async def test_resume_through_prefects_own_api_like_the_ui(prefect_server, start
     assert result["nodes"]["ask"]["output"]["via"] == "prefect-ui"
     assert result["nodes"]["drop"]["status"] == "skipped"
     assert [e.type for e in run.events if e.type.startswith("execution:")] == [
-        "execution:started", "execution:paused", "execution:resumed", "execution:completed"]
+        "execution:started",
+        "execution:paused",
+        "execution:resumed",
+        "execution:completed",
+    ]
 
 
 def signer_of(context) -> DecisionSigner:
     """The decision key FlowMaestro's API and CLI sign with, as the run's process has it."""
-    return DecisionSigner.from_settings(context.settings.decision_key, context.settings.secret_key,
-                                        context.settings.home)
+    return DecisionSigner.from_settings(
+        context.settings.decision_key, context.settings.secret_key, context.settings.home
+    )
 
 
 async def test_reject_through_our_resume_function(start, run_context):
     run = start(approval_canvas())
     await run.pending(1)
     # Signed, as the API and the CLI sign: unsigned, who decided would not be believed.
-    answer = await resume_approval(await run.id(), "ask", values={"approved": False, "reason": "not yet"},
-                                   decided_by="ada", signer=signer_of(run_context))
+    answer = await resume_approval(
+        await run.id(),
+        "ask",
+        values={"approved": False, "reason": "not yet"},
+        decided_by="ada",
+        signer=signer_of(run_context),
+    )
     assert answer.status == "accepted", answer.message
     state, result = await run.result()
     assert result["nodes"]["drop"]["status"] == "completed"
@@ -170,9 +186,15 @@ async def test_timeout_with_nothing_connected_fails_the_node_not_by_prefect(star
 
 
 async def test_two_approvals_in_parallel_branches_answered_in_reverse_order(start):
-    raw = canvas([node("a", "approval", data={"message": "first"}), node("b", "approval", data={"message": "second"}),
-                  node("busy", "test_sleep", data={"seconds": 0.3}), node("j", "merge", join="all")],
-                 [("a", "j", "approved"), ("b", "j", "approved"), ("busy", "j")])
+    raw = canvas(
+        [
+            node("a", "approval", data={"message": "first"}),
+            node("b", "approval", data={"message": "second"}),
+            node("busy", "test_sleep", data={"seconds": 0.3}),
+            node("j", "merge", join="all"),
+        ],
+        [("a", "j", "approved"), ("b", "j", "approved"), ("busy", "j")],
+    )
     run = start(raw)
     pending = await run.pending(2)
     assert sorted(p["node_id"] for p in pending) == ["a", "b"]
@@ -193,10 +215,14 @@ async def test_two_approvals_in_parallel_branches_answered_in_reverse_order(star
 
 
 async def test_approval_inside_a_loop_pauses_each_iteration(start):
-    raw = canvas([node("lp", "loop", data={"mode": "for", "count": 2}),
-                  node("ask", "approval", parentId="lp", data={"message": "iteration {{ loop.index }}"}),
-                  node("rec", "transform", parentId="lp", data={"output": "{{ ask.approved }}"})],
-                 [("ask", "rec", "approved"), ("ask", "rec", "rejected")])
+    raw = canvas(
+        [
+            node("lp", "loop", data={"mode": "for", "count": 2}),
+            node("ask", "approval", parentId="lp", data={"message": "iteration {{ loop.index }}"}),
+            node("rec", "transform", parentId="lp", data={"output": "{{ ask.approved }}"}),
+        ],
+        [("ask", "rec", "approved"), ("ask", "rec", "rejected")],
+    )
     run = start(raw)
     run_id = await run.id()
     for index, approved in ((0, True), (1, False)):
@@ -248,22 +274,32 @@ class FailingPrefect:
             body += message.get("body", b"")
             more = message.get("more_body", False)
         path = scope["path"]
-        if self.failing.is_set() and scope["method"] == "POST" and path.endswith("/input") \
-                and b'"fm-decision-' in body:
+        if self.failing.is_set() and scope["method"] == "POST" and path.endswith("/input") and b'"fm-decision-' in body:
             self.failed.append(path)
-            await send({"type": "http.response.start", "status": 500,
-                        "headers": [(b"content-type", b"application/json")]})
+            await send(
+                {"type": "http.response.start", "status": 500, "headers": [(b"content-type", b"application/json")]}
+            )
             await send({"type": "http.response.body", "body": b'{"detail": "Internal Server Error"}'})
             return
         upstream = self.upstream + path.removeprefix("/api")
-        headers = [(k.decode(), v.decode()) for k, v in scope["headers"] if k.lower() not in (b"host",
-                                                                                          b"content-length")]
+        headers = [
+            (k.decode(), v.decode()) for k, v in scope["headers"] if k.lower() not in (b"host", b"content-length")
+        ]
         async with httpx.AsyncClient(timeout=60) as client:
-            answer = await client.request(scope["method"], upstream, params=scope["query_string"].decode(),
-                                          headers=headers, content=body)
-        await send({"type": "http.response.start", "status": answer.status_code,
-                    "headers": [(k.encode(), v.encode()) for k, v in answer.headers.items()
-                                if k.lower() not in ("content-length", "content-encoding", "transfer-encoding")]})
+            answer = await client.request(
+                scope["method"], upstream, params=scope["query_string"].decode(), headers=headers, content=body
+            )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": answer.status_code,
+                "headers": [
+                    (k.encode(), v.encode())
+                    for k, v in answer.headers.items()
+                    if k.lower() not in ("content-length", "content-encoding", "transfer-encoding")
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": answer.content})
 
 
@@ -288,7 +324,8 @@ async def failing_prefect(prefect_server):
 
 
 async def test_prefect_failing_while_a_decision_is_sent_answers_503_naming_it_not_409(
-        tmp_path, failing_prefect, in_process_workers):
+    tmp_path, failing_prefect, in_process_workers
+):
     """Bug: any failure of Prefect while the decision was written answered 409 "already sent".
     The API here reaches Prefect through a proxy that fails that write with a 500: 503 naming
     Prefect, and the approval still waits; once Prefect answers again, the same request goes
@@ -301,21 +338,33 @@ async def test_prefect_failing_while_a_decision_is_sent_answers_503_naming_it_no
 
     key, pool = f"key-{uuid.uuid4().hex}", f"approvals-{uuid.uuid4().hex[:6]}"
     database = f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
-    settings = ApiSettings(database_url=database, api_keys=f"ada:{key}", home=tmp_path, work_pool=pool,
-                           prefect_timeout_s=20)
+    settings = ApiSettings(
+        database_url=database, api_keys=f"ada:{key}", home=tmp_path, work_pool=pool, prefect_timeout_s=20
+    )
     # The worker talks to Prefect directly; only the API goes through the proxy.
     from store.db import upgrade_schema
 
     await upgrade_schema(database)
     await in_process_workers.start(database, pool)
-    raw = canvas([node("ask", "approval", data={"form": {"reason": {"type": "string", "required": True}}}),
-                  node("yes", data={"output": "{{ ask.input.reason }}"})], [("ask", "yes", "approved")],
-                 name=f"ask-{uuid.uuid4().hex[:6]}")
+    raw = canvas(
+        [
+            node("ask", "approval", data={"form": {"reason": {"type": "string", "required": True}}}),
+            node("yes", data={"output": "{{ ask.input.reason }}"}),
+        ],
+        [("ask", "yes", "approved")],
+        name=f"ask-{uuid.uuid4().hex[:6]}",
+    )
     with temporary_settings({PREFECT_API_URL: failing_prefect.url}):
         app = create_app(settings)
-        async with app.router.lifespan_context(app), httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app), base_url="http://test",
-                headers={"Authorization": f"Bearer {key}"}, timeout=120) as api:
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app),
+                base_url="http://test",
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=120,
+            ) as api,
+        ):
             saved = await api.post("/api/workflows", json={"canvas": raw})
             assert saved.status_code == 201, saved.text
             started = await api.post(f"/api/workflows/{saved.json()['id']}/execute", json={})

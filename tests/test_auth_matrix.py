@@ -74,8 +74,9 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     ("POST", "/api/executions/{execution_id}/cancel"): Recipe({"execution_id": "execution"}),
     ("POST", "/api/executions/{execution_id}/retry"): Recipe({"execution_id": "cancelled"}, json={}),
     # Nothing of that node waits: the owner is let in and told so.
-    ("POST", "/api/executions/{execution_id}/resume"): Recipe({"execution_id": "execution"},
-                                                              json={"node_id": "nobody", "input": {}}, owner=409),
+    ("POST", "/api/executions/{execution_id}/resume"): Recipe(
+        {"execution_id": "execution"}, json={"node_id": "nobody", "input": {}}, owner=409
+    ),
     ("GET", "/api/executions/{execution_id}/stream"): Recipe({"execution_id": "streamed"}),
     ("POST", "/api/executions/{execution_id}/stream-token"): Recipe({"execution_id": "execution"}),
     ("GET", "/api/executions/{execution_id}/outputs/{ref}"): Recipe({"execution_id": "execution", "ref": "output_ref"}),
@@ -83,19 +84,24 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     # A retry dismisses its run's dead letters: the one deleted below is of another run.
     ("POST", "/api/dead-letters/{dead_letter_id}/retry"): Recipe({"dead_letter_id": "retried_letter"}),
     ("DELETE", "/api/dead-letters/{dead_letter_id}"): Recipe({"dead_letter_id": "dead_letter"}),
-    ("POST", "/api/workflows/{workflow_id}/schedules"): Recipe({"workflow_id": "workflow"},
-                                                               json={"interval_s": 3600, "active": False}),
+    ("POST", "/api/workflows/{workflow_id}/schedules"): Recipe(
+        {"workflow_id": "workflow"}, json={"interval_s": 3600, "active": False}
+    ),
     ("GET", "/api/workflows/{workflow_id}/schedules"): Recipe({"workflow_id": "workflow"}),
     ("PATCH", "/api/workflows/{workflow_id}/schedules/{schedule_id}"): Recipe(
-        {"workflow_id": "workflow", "schedule_id": "schedule"}, json={"active": False}),
+        {"workflow_id": "workflow", "schedule_id": "schedule"}, json={"active": False}
+    ),
     ("DELETE", "/api/workflows/{workflow_id}/schedules/{schedule_id}"): Recipe(
-        {"workflow_id": "workflow", "schedule_id": "schedule"}),
+        {"workflow_id": "workflow", "schedule_id": "schedule"}
+    ),
     ("POST", "/api/workflows/{workflow_id}/webhooks"): Recipe({"workflow_id": "workflow"}, json={"name": "again"}),
     ("GET", "/api/workflows/{workflow_id}/webhooks"): Recipe({"workflow_id": "workflow"}),
     ("POST", "/api/workflows/{workflow_id}/webhooks/{hook_id}/rotate"): Recipe(
-        {"workflow_id": "workflow", "hook_id": "hook"}),
+        {"workflow_id": "workflow", "hook_id": "hook"}
+    ),
     ("DELETE", "/api/workflows/{workflow_id}/webhooks/{hook_id}"): Recipe(
-        {"workflow_id": "workflow", "hook_id": "hook"}),
+        {"workflow_id": "workflow", "hook_id": "hook"}
+    ),
 }
 
 
@@ -156,19 +162,23 @@ def order(route: Route) -> tuple[int, int]:
 
 
 def hello(name: str) -> dict[str, Any]:
-    return canvas([node("start", "start"), node("end", "end", data={"output": "done"})], [("start", "end")],
-                  name=name)
+    return canvas([node("start", "start"), node("end", "end", data={"output": "done"})], [("start", "end")], name=name)
 
 
 @pytest.fixture
 async def clients(tmp_path, prefect_server):
-    settings = ApiSettings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'matrix.db'}", home=tmp_path,
-                           api_keys=f"owner:{OWNER_KEY},other:{OTHER_KEY}", metrics_key=METRICS_KEY,
-                           work_pool=f"matrix-{uuid.uuid4().hex[:8]}")  # no worker: runs stay put
+    settings = ApiSettings(
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'matrix.db'}",
+        home=tmp_path,
+        api_keys=f"owner:{OWNER_KEY},other:{OTHER_KEY}",
+        metrics_key=METRICS_KEY,
+        work_pool=f"matrix-{uuid.uuid4().hex[:8]}",
+    )  # no worker: runs stay put
     app = create_app(settings)
     async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test",
-                                     timeout=60) as client:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://test", timeout=60
+        ) as client:
             yield app, client
 
 
@@ -184,8 +194,9 @@ async def build_world(app, client: httpx.AsyncClient) -> World:
         assert response.status_code < 300, response.text
         return response.json()
 
-    world.workflow = (await ok(await client.post("/api/workflows", json={"canvas": hello(world.name)},
-                                                 headers=owner)))["id"]
+    world.workflow = (await ok(await client.post("/api/workflows", json={"canvas": hello(world.name)}, headers=owner)))[
+        "id"
+    ]
 
     async def run() -> str:
         answer = await ok(await client.post(f"/api/workflows/{world.workflow}/execute", json={}, headers=owner))
@@ -195,16 +206,24 @@ async def build_world(app, client: httpx.AsyncClient) -> World:
     for run_id in (world.cancelled, *lettered):  # retryable: not started yet, so cancelled at once
         assert (await ok(await client.post(f"/api/executions/{run_id}/cancel", headers=owner)))["status"] == "cancelled"
     # The stream of a run whose final event is stored ends at once.
-    await app.state.event_log.append([RunEvent(1, "execution:completed", world.streamed, utcnow().isoformat(),
-                                               data={"status": "completed"})])
+    await app.state.event_log.append(
+        [RunEvent(1, "execution:completed", world.streamed, utcnow().isoformat(), data={"status": "completed"})]
+    )
     outcome = NodeOutcome("end", (), "key", "failed", {"error": {"message": "boom"}, "config": {}}, 3, True)
     for run_id in lettered:
         await app.state.runs.outcomes.save(run_id, [outcome], workflow_id=world.workflow, owner="owner")
-    letters = {letter["execution_id"]: letter["id"] for letter in
-               await ok(await client.get("/api/dead-letters", headers=owner))}
+    letters = {
+        letter["execution_id"]: letter["id"]
+        for letter in await ok(await client.get("/api/dead-letters", headers=owner))
+    }
     world.dead_letter, world.retried_letter = letters[lettered[0]], letters[lettered[1]]
-    world.schedule = (await ok(await client.post(f"/api/workflows/{world.workflow}/schedules",
-                                                 json={"interval_s": 3600, "active": False}, headers=owner)))["id"]
+    world.schedule = (
+        await ok(
+            await client.post(
+                f"/api/workflows/{world.workflow}/schedules", json={"interval_s": 3600, "active": False}, headers=owner
+            )
+        )
+    )["id"]
     hook = await ok(await client.post(f"/api/workflows/{world.workflow}/webhooks", json={"name": "h"}, headers=owner))
     world.hook, world.hook_secret = hook["id"], hook["secret"]
     # A large output of the run, where a worker would have kept it.
@@ -226,11 +245,14 @@ async def test_every_route_is_classified_and_guarded(clients):
     assert not unclassified, (
         f"routes with no access class: {unclassified}. Add each to PUBLIC, OPERATOR, SIGNED or TOKEN_ALSO in "
         "tests/test_auth_matrix.py (or put it under /api/ with a bearer key, or /ui/ as a public shell), "
-        "and say how it is protected in docs/security.md")
+        "and say how it is protected in docs/security.md"
+    )
     missing = [f"{r.method} {r.path}" for r in routes if access_of(r) == "bearer" and (r.method, r.path) not in RECIPES]
-    assert not missing, (f"bearer routes with no recipe: {missing}. Add a Recipe to RECIPES in "
-                         "tests/test_auth_matrix.py: which world objects its path takes, its body, the "
-                         "owner's status if not the declared one")
+    assert not missing, (
+        f"bearer routes with no recipe: {missing}. Add a Recipe to RECIPES in "
+        "tests/test_auth_matrix.py: which world objects its path takes, its body, the "
+        "owner's status if not the declared one"
+    )
 
     world = await build_world(app, client)
     checked: list[str] = []
@@ -253,10 +275,16 @@ async def check_bearer(client: httpx.AsyncClient, route: Route, recipe: Recipe, 
     ghosts = {name: str(uuid.uuid4()) for name in ids}
     what = f"{route.method} {route.path}"
 
-    async def call(headers: dict[str, str], query: dict[str, str] | None = None,
-                   params: dict[str, str] = ids) -> httpx.Response:
-        return await client.request(route.method, route.path.format(**params), json=body_of(recipe, world),
-                                    headers=headers, params=query if query is not None else recipe.query)
+    async def call(
+        headers: dict[str, str], query: dict[str, str] | None = None, params: dict[str, str] = ids
+    ) -> httpx.Response:
+        return await client.request(
+            route.method,
+            route.path.format(**params),
+            json=body_of(recipe, world),
+            headers=headers,
+            params=query if query is not None else recipe.query,
+        )
 
     def anonymous(answer: httpx.Response, params: dict[str, str]) -> str:
         text = answer.text
@@ -265,8 +293,11 @@ async def check_bearer(client: httpx.AsyncClient, route: Route, recipe: Recipe, 
         return text
 
     missing = "missing bearer API key" + (" (or ?token= stream token)" if route.path in TOKEN_ALSO else "")
-    for headers, detail in (({}, missing), (bearer("wrong-" + OWNER_KEY), "invalid API key"),
-                            ({"Authorization": f"Basic {OWNER_KEY}"}, missing)):
+    for headers, detail in (
+        ({}, missing),
+        (bearer("wrong-" + OWNER_KEY), "invalid API key"),
+        ({"Authorization": f"Basic {OWNER_KEY}"}, missing),
+    ):
         answer = await call(headers)
         assert answer.status_code == 401, f"{what} with {headers or 'no key'}: {answer.status_code} {answer.text}"
         assert answer.json()["detail"] == detail and answer.headers["www-authenticate"] == "Bearer", what
@@ -298,8 +329,12 @@ async def check_signed(client: httpx.AsyncClient, route: Route, world: World) ->
     body = b"{}"
     now = str(int(time.time()))
     good = {TIMESTAMP_HEADER: now, SIGNATURE_HEADER: sign(world.hook_secret, now, body)}
-    for headers in ({}, bearer(OWNER_KEY), {TIMESTAMP_HEADER: now, SIGNATURE_HEADER: sign("wrong", now, body)},
-                    dict(good, **{SIGNATURE_HEADER: sign(world.hook_secret, now, b"{ }")})):
+    for headers in (
+        {},
+        bearer(OWNER_KEY),
+        {TIMESTAMP_HEADER: now, SIGNATURE_HEADER: sign("wrong", now, body)},
+        dict(good, **{SIGNATURE_HEADER: sign(world.hook_secret, now, b"{ }")}),
+    ):
         answer = await client.post(path, content=body, headers=headers)
         assert answer.status_code == 401, f"{route.path} with {list(headers)}: {answer.status_code} {answer.text}"
     unknown = await client.post(route.path.format(hook_id=uuid.uuid4()), content=body, headers=good)
@@ -334,8 +369,10 @@ async def check_public(client: httpx.AsyncClient, route: Route, world: World) ->
         return
     known = route.path in PUBLIC_PAGE_PARAMS
     if route.method != "GET" or ("{" in route.path and not known):
-        raise AssertionError(f"{route.method} {route.path}: public routes are GET pages without parameters here; "
-                             "add a check for this one to tests/test_auth_matrix.py (PUBLIC_PAGE_PARAMS)")
+        raise AssertionError(
+            f"{route.method} {route.path}: public routes are GET pages without parameters here; "
+            "add a check for this one to tests/test_auth_matrix.py (PUBLIC_PAGE_PARAMS)"
+        )
     in_path = getattr(world, PUBLIC_PAGE_PARAMS[route.path]) if known else None
     answer = await client.get(route.path.format(execution_id=in_path))
     assert answer.status_code < 500 and answer.status_code != 401, f"{route.path}: {answer.status_code}"

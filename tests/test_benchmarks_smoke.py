@@ -19,12 +19,23 @@ BENCH_TIMEOUT_S = 900
 
 def run_benchmark(name: str, *args: str, home: Path, prefect_url: str | None = None) -> str:
     """Runs ``python -m benchmarks.<name> ARGS``; its output, once it exited 0."""
-    env = dict(os.environ, FLOWMAESTRO_HOME=str(home / "flowmaestro"), PREFECT_HOME=str(home / "prefect"),
-               PREFECT_LOCAL_STORAGE_PATH=str(home / "results"))
+    env = dict(
+        os.environ,
+        FLOWMAESTRO_HOME=str(home / "flowmaestro"),
+        PREFECT_HOME=str(home / "prefect"),
+        PREFECT_LOCAL_STORAGE_PATH=str(home / "results"),
+    )
     if prefect_url:  # the session's server: the benchmark starts none of its own that outlives it
         env["PREFECT_API_URL"] = prefect_url
-    done = subprocess.run([sys.executable, "-m", f"benchmarks.{name}", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=BENCH_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    done = subprocess.run(
+        [sys.executable, "-m", f"benchmarks.{name}", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=BENCH_TIMEOUT_S,
+        stdin=subprocess.DEVNULL,
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 0, f"benchmarks.{name} exited {done.returncode}:\n{output[-6000:]}"
     return output
@@ -37,22 +48,50 @@ def test_compile(tmp_path):
 
 @pytest.mark.services
 def test_engine(tmp_path, prefect_server):
-    run_benchmark("engine", "--quick", "--reps", "1", "--only", "chain", "--no-check", home=tmp_path,
-                  prefect_url=prefect_server.api_url)
+    run_benchmark(
+        "engine",
+        "--quick",
+        "--reps",
+        "1",
+        "--only",
+        "chain",
+        "--no-check",
+        home=tmp_path,
+        prefect_url=prefect_server.api_url,
+    )
 
 
 @pytest.mark.services
 def test_containers(tmp_path, prefect_server):
-    run_benchmark("containers", "--quick", "--reps", "1", "--only", "parallel", "--no-check", home=tmp_path,
-                  prefect_url=prefect_server.api_url)
+    run_benchmark(
+        "containers",
+        "--quick",
+        "--reps",
+        "1",
+        "--only",
+        "parallel",
+        "--no-check",
+        home=tmp_path,
+        prefect_url=prefect_server.api_url,
+    )
 
 
 @pytest.mark.services
 def test_durability(tmp_path, prefect_server):
     """The journal's cost; its crash trials are tests/test_durability.py's harness, run there
     (one trial here took 4 minutes on a loaded machine)."""
-    run_benchmark("durability", "--quick", "--reps", "1", "--database", "sqlite", "--crash-trials", "0",
-                  home=tmp_path, prefect_url=prefect_server.api_url)
+    run_benchmark(
+        "durability",
+        "--quick",
+        "--reps",
+        "1",
+        "--database",
+        "sqlite",
+        "--crash-trials",
+        "0",
+        home=tmp_path,
+        prefect_url=prefect_server.api_url,
+    )
 
 
 @pytest.mark.services
@@ -60,14 +99,38 @@ def test_durability(tmp_path, prefect_server):
 def test_api(tmp_path, pg_prefect):
     """The API benchmark, its raw-Prefect baseline (benchmarks/raw_prefect_worker.py) and its
     in-process one."""
-    run_benchmark("api", "--quick", "--only", "latency,concurrent,raw,inprocess", "--runs", "2", "--budget-a", "10",
-                  "--concurrent", "3", "--workers", "1", "--prefect-url", pg_prefect.api_url, home=tmp_path)
+    run_benchmark(
+        "api",
+        "--quick",
+        "--only",
+        "latency,concurrent,raw,inprocess",
+        "--runs",
+        "2",
+        "--budget-a",
+        "10",
+        "--concurrent",
+        "3",
+        "--workers",
+        "1",
+        "--prefect-url",
+        pg_prefect.api_url,
+        home=tmp_path,
+    )
 
 
 @pytest.mark.services
 def test_events(tmp_path, prefect_server):
-    run_benchmark("events", "--quick", "--only", "latency", "--backends", "sql", "--no-bare", home=tmp_path,
-                  prefect_url=prefect_server.api_url)
+    run_benchmark(
+        "events",
+        "--quick",
+        "--only",
+        "latency",
+        "--backends",
+        "sql",
+        "--no-bare",
+        home=tmp_path,
+        prefect_url=prefect_server.api_url,
+    )
 
 
 @pytest.mark.services

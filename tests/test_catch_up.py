@@ -3,13 +3,13 @@ scheduled run records as its trigger (flows/flow.py), on flow runs shaped like P
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 from deployments.catch_up import missed_to_skip, schedule_of
 from flows.flow import _trigger_of
 
-NOW = datetime(2027, 3, 28, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2027, 3, 28, 12, 0, tzinfo=UTC)
 LATE = timedelta(seconds=60)
 DEPLOYMENT = "0f9d1c9e-0000-4000-8000-000000000001"
 
@@ -19,9 +19,14 @@ def run(name: str, minutes_ago: float, schedule: str | None = "s1") -> SimpleNam
     # Prefect's scheduler: f"scheduled {deployment.id} {deployment_schedule.id} {date}", the
     # date as str() prints it, with a space.
     key = f"scheduled {DEPLOYMENT} {schedule} {when}" if schedule else f"api:owner:{name}"
-    return SimpleNamespace(name=name, auto_scheduled=schedule is not None, idempotency_key=key,
-                           expected_start_time=when, parent_task_run_id=None,
-                           state=SimpleNamespace(state_details=SimpleNamespace(scheduled_time=when)))
+    return SimpleNamespace(
+        name=name,
+        auto_scheduled=schedule is not None,
+        idempotency_key=key,
+        expected_start_time=when,
+        parent_task_run_id=None,
+        state=SimpleNamespace(state_details=SimpleNamespace(scheduled_time=when)),
+    )
 
 
 def names(runs) -> list[str]:
@@ -29,8 +34,15 @@ def names(runs) -> list[str]:
 
 
 def test_latest_starts_only_the_last_missed_run_of_each_schedule():
-    due = [run("a1", 180), run("a2", 120), run("a3", 60), run("b1", 90, "s2"), run("b2", 30, "s2"),
-           run("on-time", 0.2), run("by-hand", 500, schedule=None)]
+    due = [
+        run("a1", 180),
+        run("a2", 120),
+        run("a3", 60),
+        run("b1", 90, "s2"),
+        run("b2", 30, "s2"),
+        run("on-time", 0.2),
+        run("by-hand", 500, schedule=None),
+    ]
     assert names(missed_to_skip(due, NOW, "latest", LATE)) == ["a1", "a2", "b1"]
 
 

@@ -26,15 +26,40 @@ async def test_a_child_run_of_a_saved_workflow_carries_the_childs_workflow_tag(t
     await upgrade_schema(database)
     await in_process_workers.start(database, pool)
     app = create_app(ApiSettings(database_url=database, api_keys=f"ada:{key}", home=tmp_path, work_pool=pool))
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://test",
-            headers={"Authorization": f"Bearer {key}"}, timeout=120) as api:
-        child = (await api.post("/api/workflows", json={"canvas": canvas(
-            [node("greet", data={"output": "hello {{ inputs.who }}"})], [], name=f"child-{uuid.uuid4().hex[:6]}",
-            inputs={"who": {"type": "string", "required": True}})})).json()
-        parent = (await api.post("/api/workflows", json={"canvas": canvas(
-            [node("call", "subworkflow", data={"workflow": child["id"], "inputs": {"who": "child"}})], [],
-            name=f"parent-{uuid.uuid4().hex[:6]}")})).json()
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://test",
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=120,
+        ) as api,
+    ):
+        child = (
+            await api.post(
+                "/api/workflows",
+                json={
+                    "canvas": canvas(
+                        [node("greet", data={"output": "hello {{ inputs.who }}"})],
+                        [],
+                        name=f"child-{uuid.uuid4().hex[:6]}",
+                        inputs={"who": {"type": "string", "required": True}},
+                    )
+                },
+            )
+        ).json()
+        parent = (
+            await api.post(
+                "/api/workflows",
+                json={
+                    "canvas": canvas(
+                        [node("call", "subworkflow", data={"workflow": child["id"], "inputs": {"who": "child"}})],
+                        [],
+                        name=f"parent-{uuid.uuid4().hex[:6]}",
+                    )
+                },
+            )
+        ).json()
         started = await api.post(f"/api/workflows/{parent['id']}/execute", json={})
         assert started.status_code == 202, started.text
         run_id = started.json()["execution_id"]
@@ -42,8 +67,9 @@ async def test_a_child_run_of_a_saved_workflow_carries_the_childs_workflow_tag(t
         assert result["status"] == "completed", result
     async with get_client() as client:
         parent_run = await client.read_flow_run(uuid.UUID(run_id))
-        [child_run] = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
-            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[uuid.UUID(run_id)])))
+        [child_run] = await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[uuid.UUID(run_id)]))
+        )
     assert f"workflow:{parent['id']}" in parent_run.tags
     assert f"workflow:{child['id']}" in child_run.tags, child_run.tags
     assert f"workflow:{parent['id']}" not in child_run.tags

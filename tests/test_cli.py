@@ -29,13 +29,20 @@ def test_validate_a_valid_canvas_exits_0():
 
 
 def test_validate_reports_every_problem_and_exits_2(tmp_path):
-    bad = {"name": "bad", "nodes": [
-        {"id": "a", "type": "transform", "data": {"output": "{{ ghost.x }}"}},
-        {"id": "b", "type": "nope"},
-        {"id": "c", "type": "transform", "data": {"output": 1}},
-        {"id": "d", "type": "transform", "data": {"output": 1}}],
-        "edges": [{"id": "e1", "source": "c", "target": "d"}, {"id": "e2", "source": "d", "target": "c"},
-                  {"id": "e3", "source": "a", "target": "zzz"}]}
+    bad = {
+        "name": "bad",
+        "nodes": [
+            {"id": "a", "type": "transform", "data": {"output": "{{ ghost.x }}"}},
+            {"id": "b", "type": "nope"},
+            {"id": "c", "type": "transform", "data": {"output": 1}},
+            {"id": "d", "type": "transform", "data": {"output": 1}},
+        ],
+        "edges": [
+            {"id": "e1", "source": "c", "target": "d"},
+            {"id": "e2", "source": "d", "target": "c"},
+            {"id": "e3", "source": "a", "target": "zzz"},
+        ],
+    }
     result = runner.invoke(app, ["validate", str(write(tmp_path, bad)), "--json"])
     assert result.exit_code == 2
     report = json.loads(result.stdout)
@@ -85,9 +92,24 @@ def test_run_refuses_a_missing_required_input():
 
 @pytest.mark.prefect
 def test_run_json_prints_the_run_result_alone(prefect_server):
-    proc = subprocess.run([sys.executable, "-m", "cli", "run", str(HELLO), "--input", "name=Grace",
-                           "--input", 'languages=["fr"]', "--json"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "run",
+            str(HELLO),
+            "--input",
+            "name=Grace",
+            "--input",
+            'languages=["fr"]',
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout)
     assert result["status"] == "completed"
@@ -98,10 +120,17 @@ def test_run_json_prints_the_run_result_alone(prefect_server):
 
 @pytest.mark.prefect
 def test_run_exit_code_1_when_the_run_fails(prefect_server, tmp_path):
-    failing = {"name": "failing", "nodes": [
-        {"id": "t", "type": "transform", "data": {"output": "{{ inputs.missing.deeper }}"}}]}
-    proc = subprocess.run([sys.executable, "-m", "cli", "run", str(write(tmp_path, failing)), "--json"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    failing = {
+        "name": "failing",
+        "nodes": [{"id": "t", "type": "transform", "data": {"output": "{{ inputs.missing.deeper }}"}}],
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli", "run", str(write(tmp_path, failing)), "--json"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert proc.returncode == 1, proc.stderr[-2000:]
     result = json.loads(proc.stdout)
     assert result["status"] == "failed"

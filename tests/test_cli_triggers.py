@@ -26,8 +26,12 @@ KEY = "cli-key"
 @pytest.fixture(scope="module")
 def api_url(prefect_server, tmp_path_factory):
     home = tmp_path_factory.mktemp("cli-triggers")
-    settings = ApiSettings(database_url=f"sqlite+aiosqlite:///{home / 'api.db'}", api_keys=f"cli:{KEY}", home=home,
-                           work_pool=f"cli-{uuid.uuid4().hex[:6]}")
+    settings = ApiSettings(
+        database_url=f"sqlite+aiosqlite:///{home / 'api.db'}",
+        api_keys=f"cli:{KEY}",
+        home=home,
+        work_pool=f"cli-{uuid.uuid4().hex[:6]}",
+    )
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -51,14 +55,31 @@ def run(api_url: str, *args: str) -> tuple[int, object, str]:
 
 
 def test_schedules_and_webhooks_from_the_command_line(api_url):
-    raw = canvas([node("start", "start"), node("greet", data={"output": "Hi {{ inputs.who }}"})], [("start", "greet")],
-                 name=f"cli-{uuid.uuid4().hex[:6]}", inputs={"who": {"type": "string", "required": True}})
-    saved = httpx.post(f"{api_url}/api/workflows", json={"canvas": raw}, headers={"Authorization": f"Bearer {KEY}"},
-                       timeout=60)
+    raw = canvas(
+        [node("start", "start"), node("greet", data={"output": "Hi {{ inputs.who }}"})],
+        [("start", "greet")],
+        name=f"cli-{uuid.uuid4().hex[:6]}",
+        inputs={"who": {"type": "string", "required": True}},
+    )
+    saved = httpx.post(
+        f"{api_url}/api/workflows", json={"canvas": raw}, headers={"Authorization": f"Bearer {KEY}"}, timeout=60
+    )
     workflow_id = saved.json()["id"]
 
-    code, added, _ = run(api_url, "schedules", "add", workflow_id, "--cron", "0 9 * * 1-5", "--timezone",
-                         "Europe/Paris", "--inputs-json", '{"who": "Ada"}', "--overlap", "skip")
+    code, added, _ = run(
+        api_url,
+        "schedules",
+        "add",
+        workflow_id,
+        "--cron",
+        "0 9 * * 1-5",
+        "--timezone",
+        "Europe/Paris",
+        "--inputs-json",
+        '{"who": "Ada"}',
+        "--overlap",
+        "skip",
+    )
     assert code == 0 and added["cron"] == "0 9 * * 1-5" and added["overlap"] == "skip", added
     code, updated, _ = run(api_url, "schedules", "update", workflow_id, added["id"], "--paused")
     assert code == 0 and updated["active"] is False
@@ -82,8 +103,11 @@ def test_schedules_and_webhooks_from_the_command_line(api_url):
 
 
 def test_the_api_down_exits_1_and_deploy_is_gone():
-    result = CliRunner().invoke(cli, ["schedules", "list", "w"], env={
-        "FLOWMAESTRO_API_URL": f"http://127.0.0.1:{free_port()}", "FLOWMAESTRO_API_KEY": KEY})
+    result = CliRunner().invoke(
+        cli,
+        ["schedules", "list", "w"],
+        env={"FLOWMAESTRO_API_URL": f"http://127.0.0.1:{free_port()}", "FLOWMAESTRO_API_KEY": KEY},
+    )
     assert result.exit_code == 1 and "did not answer" in result.stderr
     assert CliRunner().invoke(cli, ["deploy", "x.json"]).exit_code == 2  # no such command
 
@@ -94,12 +118,17 @@ def test_retry_from_the_command_line(api_url):
     raw = canvas([node("start", "start"), node("t")], [("start", "t")], name=f"cli-retry-{uuid.uuid4().hex[:6]}")
     auth = {"Authorization": f"Bearer {KEY}"}
     workflow_id = httpx.post(f"{api_url}/api/workflows", json={"canvas": raw}, headers=auth, timeout=60).json()["id"]
-    run_id = httpx.post(f"{api_url}/api/workflows/{workflow_id}/execute", json={}, headers=auth, timeout=60).json()["execution_id"]
+    run_id = httpx.post(f"{api_url}/api/workflows/{workflow_id}/execute", json={}, headers=auth, timeout=60).json()[
+        "execution_id"
+    ]
     env = {"FLOWMAESTRO_API_URL": api_url, "FLOWMAESTRO_API_KEY": KEY}
     refused = CliRunner().invoke(cli, ["retry", run_id], env=env)
     assert refused.exit_code == 2, refused.output
     assert "only a failed or cancelled run can be retried" in " ".join(refused.stderr.split())  # rich wraps lines
-    assert httpx.post(f"{api_url}/api/executions/{run_id}/cancel", headers=auth, timeout=60).json()["status"] == "cancelled"
+    assert (
+        httpx.post(f"{api_url}/api/executions/{run_id}/cancel", headers=auth, timeout=60).json()["status"]
+        == "cancelled"
+    )
     retried = CliRunner().invoke(cli, ["retry", run_id], env=env)
     assert retried.exit_code == 0 and f"{run_id}: pending" in " ".join(retried.stdout.split()), retried.output
     assert httpx.get(f"{api_url}/api/executions/{run_id}", headers=auth, timeout=60).json()["status"] == "pending"

@@ -57,7 +57,8 @@ def _expected_errors(path: Path) -> list[dict[str, Any]]:
     side = _side_expectations()
     inline = raw.get("expect") if isinstance(raw, dict) else None
     assert (inline is None) != (path.name not in side), (
-        f"{path.name}: give its expectations exactly once, inline under 'expect' or in expectations.json")
+        f"{path.name}: give its expectations exactly once, inline under 'expect' or in expectations.json"
+    )
     return inline if inline is not None else side[path.name]
 
 
@@ -83,8 +84,10 @@ def assert_issues_match(actual: list[Issue], expected: list[dict[str, Any]], wha
     """Exact multiset of (code, node_id, edge_id); fields where the expectation gives one."""
     got, want = Counter(map(_key, actual)), Counter(map(_key, expected))
     listing = "\n".join(f"  {issue}" for issue in actual) or "  (none)"
-    assert got == want, (f"{what} differ\n unexpected: {sorted((got - want).elements())}\n"
-                         f" missing: {sorted((want - got).elements())}\n reported:\n{listing}")
+    assert got == want, (
+        f"{what} differ\n unexpected: {sorted((got - want).elements())}\n"
+        f" missing: {sorted((want - got).elements())}\n reported:\n{listing}"
+    )
     remaining = Counter((*_key(issue), issue.field) for issue in actual)
     for item in expected:
         if "field" in item:
@@ -105,8 +108,10 @@ def test_side_expectations_name_existing_non_object_canvases():
 
 def test_top_level_expect_key_is_ignored_by_the_compiler():
     """Verified, not assumed: an unknown top-level key yields no issue and no plan change."""
-    canvas = {"nodes": [{"id": "s", "type": "start"}, {"id": "e", "type": "end"}],
-              "edges": [{"id": "e1", "source": "s", "target": "e"}]}
+    canvas = {
+        "nodes": [{"id": "s", "type": "start"}, {"id": "e", "type": "end"}],
+        "edges": [{"id": "e1", "source": "s", "target": "e"}],
+    }
     plain = compile_canvas(canvas, build_registry())
     annotated = compile_canvas({**canvas, "expect": [{"code": "cycle", "node_id": "s"}]}, build_registry())
     assert plain.issues == annotated.issues == ()
@@ -118,7 +123,7 @@ def test_every_compile_issue_code_has_a_fixture():
     """Each code the compiler can emit (grepped from builder/) is shown by some fixture."""
     source = "\n".join(p.read_text() for p in (ROOT / "builder").glob("*.py"))
     codes = set(re.findall(r'Issue\(\s*"([a-z_]+)"', source))
-    if '{namespace}_outside_container' in source:
+    if "{namespace}_outside_container" in source:
         codes |= {"loop_outside_container", "parallel_outside_container"}
     codes -= RUN_TIME_CODES | GUARD_CODES
     shown = {item["code"] for path in INVALID for item in _expected_errors(path)}
@@ -173,24 +178,48 @@ def test_many_problems_are_reported_together():
         "containers": {"unknown_parent"},
         "edges": {"dangling_edge", "edge_into_start", "unknown_handle", "unknown_operator"},
         "cycles": {"cycle"},
-        "references": {"template_syntax", "unknown_reference", "reference_not_upstream", "loop_outside_container",
-                       "output_unknown_reference"},
+        "references": {
+            "template_syntax",
+            "unknown_reference",
+            "reference_not_upstream",
+            "loop_outside_container",
+            "output_unknown_reference",
+        },
     }
     for stage, expected in stages.items():
         assert expected <= codes, f"{stage}: missing {expected - codes}"
     assert len(codes) >= 18
 
 
-@pytest.mark.parametrize(("node_type", "data", "field", "message"), [
-    ("condition", {"conditions": [{"id": "a", "expression": "true"}, {"id": "a", "expression": "false"},
-                                  {"id": "b", "expression": "true"}]},
-     "data.conditions", "condition ids must be unique; repeated: a"),
-    ("router", {"prompt": "{{ inputs.text }}", "routes": [{"id": "x"}, {"id": "y"}, {"id": "y"}, {"id": "x"}]},
-     "data.routes", "route ids must be unique; repeated: x, y"),
-])
+@pytest.mark.parametrize(
+    ("node_type", "data", "field", "message"),
+    [
+        (
+            "condition",
+            {
+                "conditions": [
+                    {"id": "a", "expression": "true"},
+                    {"id": "a", "expression": "false"},
+                    {"id": "b", "expression": "true"},
+                ]
+            },
+            "data.conditions",
+            "condition ids must be unique; repeated: a",
+        ),
+        (
+            "router",
+            {"prompt": "{{ inputs.text }}", "routes": [{"id": "x"}, {"id": "y"}, {"id": "y"}, {"id": "x"}]},
+            "data.routes",
+            "route ids must be unique; repeated: x, y",
+        ),
+    ],
+)
 def test_ids_that_name_one_handle_twice_are_refused(node_type: str, data: dict[str, Any], field: str, message: str):
-    raw = {"name": "ids", "nodes": [{"id": "start", "type": "start"}, {"id": "pick", "type": node_type, "data": data}],
-           "edges": [{"source": "start", "target": "pick"}]}
+    raw = {
+        "name": "ids",
+        "nodes": [{"id": "start", "type": "start"}, {"id": "pick", "type": node_type, "data": data}],
+        "edges": [{"source": "start", "target": "pick"}],
+    }
     [issue] = compile_canvas(raw, build_registry()).errors
     assert (issue.code, issue.node_id, issue.field) == ("invalid_config", "pick", field)
     assert message in issue.message

@@ -62,17 +62,32 @@ FAKE_SPECS = {
     spec.type: spec
     for spec in (
         NodeTypeSpec("begin", NodeConfig, _fixed("source")),
-        NodeTypeSpec("task", TaskConfig, _fixed("source", "error"),
-                     default_retry=RetryPolicy(max_attempts=3, initial_delay_s=2.0, backoff_factor=3.0,
-                                               retry_on=frozenset({"5xx", "429"})),
-                     default_cache=CachePolicy(enabled=True, ttl_s=60.0)),
-        NodeTypeSpec("switch", SwitchConfig,
-                     lambda config: frozenset(f"case-{c}" for c in config.cases) | {"else"},
-                     expression_keys=frozenset({"when"})),
+        NodeTypeSpec(
+            "task",
+            TaskConfig,
+            _fixed("source", "error"),
+            default_retry=RetryPolicy(
+                max_attempts=3, initial_delay_s=2.0, backoff_factor=3.0, retry_on=frozenset({"5xx", "429"})
+            ),
+            default_cache=CachePolicy(enabled=True, ttl_s=60.0),
+        ),
+        NodeTypeSpec(
+            "switch",
+            SwitchConfig,
+            lambda config: frozenset(f"case-{c}" for c in config.cases) | {"else"},
+            expression_keys=frozenset({"when"}),
+        ),
         NodeTypeSpec("effect", TaskConfig, _fixed("source"), cacheable=False),
         NodeTypeSpec("sink", NodeConfig, _fixed(), terminal=True),
-        NodeTypeSpec("box", BoxConfig, _fixed("source", "error"), container="loop", cacheable=False,
-                     expression_keys=frozenset({"condition"}), own_scope_keys=frozenset({"condition"})),
+        NodeTypeSpec(
+            "box",
+            BoxConfig,
+            _fixed("source", "error"),
+            container="loop",
+            cacheable=False,
+            expression_keys=frozenset({"condition"}),
+            own_scope_keys=frozenset({"condition"}),
+        ),
         NodeTypeSpec("fan", BoxConfig, _fixed("source", "error"), container="parallel", cacheable=False),
     )
 }
@@ -145,7 +160,8 @@ def test_builder_imports_neither_handlers_nor_prefect_nor_fastapi():
     code = (
         "import sys\n"
         "import builder.compiler, builder.schema, builder.describe, builder.references, builder.inputs\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in {'node_handlers', 'prefect', 'fastapi', 'flows', 'api'})\n"
+        "top = {'node_handlers', 'prefect', 'fastapi', 'flows', 'api'}\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in top)\n"
         "print(','.join(bad))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
@@ -154,8 +170,12 @@ def test_builder_imports_neither_handlers_nor_prefect_nor_fastapi():
 
 
 def test_a_fake_catalog_is_enough_to_compile():
-    result = compile_(canvas([node("s", "start"), node("a", data={"text": "{{ inputs.x }}"}), node("z", "sink")],
-                             [edge("s", "a"), edge("a", "z")]))
+    result = compile_(
+        canvas(
+            [node("s", "start"), node("a", data={"text": "{{ inputs.x }}"}), node("z", "sink")],
+            [edge("s", "a"), edge("a", "z")],
+        )
+    )
     assert result.issues == ()
     assert result.plan is not None and set(result.plan.nodes) == {"s", "a", "z"}
 
@@ -165,11 +185,35 @@ def test_a_fake_catalog_is_enough_to_compile():
 
 def test_parse_ignores_react_flow_ui_keys():
     raw = canvas(
-        [node("a", position={"x": 1, "y": 2}, positionAbsolute={"x": 1, "y": 2}, measured={"width": 10, "height": 5},
-              selected=True, dragging=False, style={"color": "red"}, width=100, height=40, className="n", zIndex=3),
-         node("b")],
-        [edge("a", "b", animated=True, type="smoothstep", style={"stroke": "#000"}, markerEnd={"type": "arrow"},
-              selected=False, label="go", targetHandle=None)],
+        [
+            node(
+                "a",
+                position={"x": 1, "y": 2},
+                positionAbsolute={"x": 1, "y": 2},
+                measured={"width": 10, "height": 5},
+                selected=True,
+                dragging=False,
+                style={"color": "red"},
+                width=100,
+                height=40,
+                className="n",
+                zIndex=3,
+            ),
+            node("b"),
+        ],
+        [
+            edge(
+                "a",
+                "b",
+                animated=True,
+                type="smoothstep",
+                style={"stroke": "#000"},
+                markerEnd={"type": "arrow"},
+                selected=False,
+                label="go",
+                targetHandle=None,
+            )
+        ],
         viewport={"x": 0, "y": 0, "zoom": 1.5},
     )
     draft = parse_document(Draft(raw=raw))
@@ -190,8 +234,15 @@ def test_parse_warns_about_unknown_keys_on_nodes_and_edges():
 
 
 def test_parse_warns_about_unknown_top_level_keys_but_not_harmless_frontend_ones():
-    raw = canvas([node("a")], setings={"on_error": "continue"}, viewport={"zoom": 1}, expect=[], id="w1",
-                 version=3, metadata={"owner": "me"})
+    raw = canvas(
+        [node("a")],
+        setings={"on_error": "continue"},
+        viewport={"zoom": 1},
+        expect=[],
+        id="w1",
+        version=3,
+        metadata={"owner": "me"},
+    )
     raw["$schema"] = "https://example.test/canvas.json"
     draft = parse_document(Draft(raw=raw))
     assert [(i.code, i.severity, i.field) for i in draft.issues] == [("unknown_key", "warning", "setings")]
@@ -200,9 +251,10 @@ def test_parse_warns_about_unknown_top_level_keys_but_not_harmless_frontend_ones
 
 
 def test_parse_accepts_react_flow_v11_parent_node():
-    raw = canvas([node("L", "box", data={"items": [1]}), node("a", parentNode="L"), node("b", parentNode="L",
-                                                                                        parentId="L")],
-                 [edge("a", "b")])
+    raw = canvas(
+        [node("L", "box", data={"items": [1]}), node("a", parentNode="L"), node("b", parentNode="L", parentId="L")],
+        [edge("a", "b")],
+    )
     result = compile_(raw)
     assert result.issues == ()
     assert result.plan.nodes["a"].scope == result.plan.nodes["b"].scope == "L"
@@ -212,28 +264,45 @@ def test_parse_accepts_react_flow_v11_parent_node():
 
 
 def test_parse_header_problems_do_not_hide_each_other():
-    raw = canvas([node("a")], settings={"on_error": "explode", "max_concurrency": 3},
-                 inputs={"bad": {"type": "date"}, "limit": {"type": "integer", "default": "ten"}},
-                 output={"x": "{{ ghost.y }}"})
+    raw = canvas(
+        [node("a")],
+        settings={"on_error": "explode", "max_concurrency": 3},
+        inputs={"bad": {"type": "date"}, "limit": {"type": "integer", "default": "ten"}},
+        output={"x": "{{ ghost.y }}"},
+    )
     draft = parse_document(Draft(raw=raw))
     assert [(i.code, i.field) for i in draft.issues] == [
-        ("invalid_document", "inputs.bad.type"), ("invalid_document", "settings.on_error"),
-        ("input_default_type", "inputs.limit.default")]
+        ("invalid_document", "inputs.bad.type"),
+        ("invalid_document", "settings.on_error"),
+        ("input_default_type", "inputs.limit.default"),
+    ]
     assert draft.header.settings.max_concurrency == 3 and set(draft.header.inputs) == {"limit"}
     assert ("output_unknown_reference", None, None) in errors(raw)
 
 
 def test_parse_reports_a_bad_node_by_its_id_and_still_checks_the_others():
-    raw = canvas([node("first"), {"id": "typeless", "data": {}}, node("ok"), node("bad_join", join="sometimes"),
-                  node("late_unknown", "nonesuch")])
+    raw = canvas(
+        [
+            node("first"),
+            {"id": "typeless", "data": {}},
+            node("ok"),
+            node("bad_join", join="sometimes"),
+            node("late_unknown", "nonesuch"),
+        ]
+    )
     draft = parse_document(Draft(raw=raw))
     assert [(i.code, i.node_id, i.field) for i in draft.issues] == [
-        ("invalid_node", "typeless", "type"), ("invalid_node", "bad_join", "join")]
+        ("invalid_node", "typeless", "type"),
+        ("invalid_node", "bad_join", "join"),
+    ]
     assert "nodes[1]" in draft.issues[0].message and "nodes[3]" in draft.issues[1].message
     assert set(draft.nodes) == {"first", "ok", "late_unknown"}
     # later stages still look at the nodes that parsed
-    assert errors(raw) == [("invalid_node", "bad_join", None), ("invalid_node", "typeless", None),
-                           ("unknown_node_type", "late_unknown", None)]
+    assert errors(raw) == [
+        ("invalid_node", "bad_join", None),
+        ("invalid_node", "typeless", None),
+        ("unknown_node_type", "late_unknown", None),
+    ]
 
 
 @pytest.mark.parametrize(("raw", "kind"), [([], "list"), ("{}", "str"), (None, "NoneType"), (3, "int")])
@@ -244,8 +313,10 @@ def test_parse_refuses_what_is_not_an_object(raw, kind):
 
 
 def test_parse_keeps_the_first_of_duplicate_nodes_and_names_positional_edge_ids():
-    raw = canvas([node("a", data={"text": 1}), node("a", data={"text": 2}), node("b")],
-                 [{"source": "a", "target": "b"}, {"source": "b", "target": "a", "id": None}])
+    raw = canvas(
+        [node("a", data={"text": 1}), node("a", data={"text": 2}), node("b")],
+        [{"source": "a", "target": "b"}, {"source": "b", "target": "a", "id": None}],
+    )
     draft = parse_document(Draft(raw=raw))
     assert codes(draft.issues) == [("duplicate_node_id", "a", None)]
     assert draft.nodes["a"].data == {"text": 1}
@@ -254,8 +325,9 @@ def test_parse_keeps_the_first_of_duplicate_nodes_and_names_positional_edge_ids(
 
 def test_parse_refuses_reserved_ids():
     raw = canvas([node(name) for name in ("inputs", "var", "env", "loop", "parallel", "run", "nodes", "fine")])
-    assert errors(raw) == sorted(("reserved_id", n, None)
-                                 for n in ("inputs", "var", "env", "loop", "parallel", "run", "nodes"))
+    assert errors(raw) == sorted(
+        ("reserved_id", n, None) for n in ("inputs", "var", "env", "loop", "parallel", "run", "nodes")
+    )
 
 
 def test_parse_reports_document_fields_by_path():
@@ -275,10 +347,14 @@ def test_check_nodes_unknown_type_lists_the_catalog():
 
 
 def test_check_nodes_validates_data_with_the_type_model():
-    draft = check_nodes(parse_document(Draft(raw=canvas([node("s", "switch", data={"cases": []}),
-                                                         node("t", data={"label": 5})]))), CATALOG)
+    draft = check_nodes(
+        parse_document(Draft(raw=canvas([node("s", "switch", data={"cases": []}), node("t", data={"label": 5})]))),
+        CATALOG,
+    )
     assert [(i.code, i.node_id, i.field) for i in draft.issues] == [
-        ("invalid_config", "s", "data.cases"), ("invalid_config", "t", "data.label")]
+        ("invalid_config", "s", "data.cases"),
+        ("invalid_config", "t", "data.label"),
+    ]
     assert set(draft.configs) == set()
     assert set(draft.specs) == {"s", "t"}
 
@@ -289,10 +365,15 @@ def test_check_nodes_warns_about_unknown_data_keys():
 
 
 def test_check_nodes_warns_when_cache_is_asked_of_a_non_cacheable_type():
-    draft = check_nodes(parse_document(Draft(raw=canvas([node("fx", "effect", cache={"enabled": True}),
-                                                         node("t", cache={"enabled": True})]))), CATALOG)
+    draft = check_nodes(
+        parse_document(
+            Draft(raw=canvas([node("fx", "effect", cache={"enabled": True}), node("t", cache={"enabled": True})]))
+        ),
+        CATALOG,
+    )
     assert [(i.code, i.severity, i.node_id, i.field) for i in draft.issues] == [
-        ("not_cacheable", "warning", "fx", "cache.enabled")]
+        ("not_cacheable", "warning", "fx", "cache.enabled")
+    ]
 
 
 def test_check_nodes_allows_one_start_and_names_every_start():
@@ -310,18 +391,35 @@ def _containers(nodes: list[dict]) -> Draft:
 
 
 def test_build_containers_records_each_scope():
-    draft = _containers([node("outer", "box", data={"items": [1]}), node("inner", "fan", "outer"),
-                         node("leaf", parent="inner"), node("top")])
+    draft = _containers(
+        [
+            node("outer", "box", data={"items": [1]}),
+            node("inner", "fan", "outer"),
+            node("leaf", parent="inner"),
+            node("top"),
+        ]
+    )
     assert dict(draft.scope_of) == {"outer": TOP, "inner": "outer", "leaf": "inner", "top": TOP}
     assert container_path(draft.scope_of, "leaf") == ("inner", "outer")
     assert draft.issues == ()
 
 
 def test_build_containers_reports_bad_parents():
-    draft = _containers([node("c", "box"), node("lost", parent="nowhere"), node("plain"),
-                         node("adopted", parent="plain"), node("s", "start", "c"), node("b", parent="c")])
-    assert codes(draft.issues) == [("parent_not_container", "adopted", None), ("start_in_container", "s", None),
-                                   ("unknown_parent", "lost", None)]
+    draft = _containers(
+        [
+            node("c", "box"),
+            node("lost", parent="nowhere"),
+            node("plain"),
+            node("adopted", parent="plain"),
+            node("s", "start", "c"),
+            node("b", parent="c"),
+        ]
+    )
+    assert codes(draft.issues) == [
+        ("parent_not_container", "adopted", None),
+        ("start_in_container", "s", None),
+        ("unknown_parent", "lost", None),
+    ]
     assert draft.scope_of["lost"] == TOP and draft.scope_of["adopted"] == TOP
 
 
@@ -341,12 +439,23 @@ def test_build_containers_warns_about_an_empty_container():
 
 
 def test_check_edges_accepts_only_the_handles_a_node_offers():
-    raw = canvas([node("sw", "switch", data={"cases": ["a", "b"]}), node("x"), node("y"), node("z"), node("end", "sink")],
-                 [edge("sw", "x", "case-a", "ok1"), edge("sw", "y", "else", "ok2"), edge("sw", "z", "case-c", "bad1"),
-                  edge("sw", "z", None, "bad2"), edge("x", "end", None, "ok3"), edge("end", "z", "source", "bad3")])
+    raw = canvas(
+        [node("sw", "switch", data={"cases": ["a", "b"]}), node("x"), node("y"), node("z"), node("end", "sink")],
+        [
+            edge("sw", "x", "case-a", "ok1"),
+            edge("sw", "y", "else", "ok2"),
+            edge("sw", "z", "case-c", "bad1"),
+            edge("sw", "z", None, "bad2"),
+            edge("x", "end", None, "ok3"),
+            edge("end", "z", "source", "bad3"),
+        ],
+    )
     draft = upto_edges(raw)
-    assert codes(draft.issues) == [("unknown_handle", None, "bad1"), ("unknown_handle", None, "bad2"),
-                                   ("unknown_handle", None, "bad3")]
+    assert codes(draft.issues) == [
+        ("unknown_handle", None, "bad1"),
+        ("unknown_handle", None, "bad2"),
+        ("unknown_handle", None, "bad3"),
+    ]
     bad1 = next(i for i in draft.issues if i.edge_id == "bad1")
     assert "'case-c'" in bad1.message and "case-a, case-b, else" in bad1.message
     assert "no handles" in next(i for i in draft.issues if i.edge_id == "bad3").message
@@ -376,17 +485,30 @@ def test_check_edges_absent_handle_means_source(handle):
     ],
 )
 def test_check_edges_condition_operators(condition, expected):
-    assert errors(canvas([node("a"), node("b")], [edge("a", "b", None, "e", data={"condition": condition})])) == expected
+    assert (
+        errors(canvas([node("a"), node("b")], [edge("a", "b", None, "e", data={"condition": condition})])) == expected
+    )
 
 
 def test_check_edges_structure_problems():
-    raw = canvas([node("s", "start"), node("a"), node("box", "box", data={"items": [1]}), node("in", parent="box")],
-                 [edge("s", "a", edge_id="ok"), edge("a", "ghost", edge_id="dangling"),
-                  edge("a", "s", edge_id="into_start"), edge("a", "in", edge_id="crossing"),
-                  edge("s", "a", edge_id="again"), edge("a", "box", edge_id="ok2")])
+    raw = canvas(
+        [node("s", "start"), node("a"), node("box", "box", data={"items": [1]}), node("in", parent="box")],
+        [
+            edge("s", "a", edge_id="ok"),
+            edge("a", "ghost", edge_id="dangling"),
+            edge("a", "s", edge_id="into_start"),
+            edge("a", "in", edge_id="crossing"),
+            edge("s", "a", edge_id="again"),
+            edge("a", "box", edge_id="ok2"),
+        ],
+    )
     draft = upto_edges(raw)
-    assert codes(draft.issues) == [("dangling_edge", None, "dangling"), ("duplicate_edge", None, "again"),
-                                   ("edge_crosses_container", None, "crossing"), ("edge_into_start", None, "into_start")]
+    assert codes(draft.issues) == [
+        ("dangling_edge", None, "dangling"),
+        ("duplicate_edge", None, "again"),
+        ("edge_crosses_container", None, "crossing"),
+        ("edge_into_start", None, "into_start"),
+    ]
     crossing = next(i for i in draft.issues if i.edge_id == "crossing")
     assert "the top level" in crossing.message and "'box'" in crossing.message
     assert next(i for i in draft.issues if i.code == "duplicate_edge").severity == "warning"
@@ -397,13 +519,23 @@ def test_check_edges_structure_problems():
 
 
 def test_mark_reachable_warns_and_excludes_from_the_plan():
-    raw = canvas([node("s", "start"), node("a"), node("island"), node("after_island"),
-                  node("far_box", "box", data={"items": [1]}), node("far_body", parent="far_box")],
-                 [edge("s", "a"), edge("island", "after_island")])
+    raw = canvas(
+        [
+            node("s", "start"),
+            node("a"),
+            node("island"),
+            node("after_island"),
+            node("far_box", "box", data={"items": [1]}),
+            node("far_body", parent="far_box"),
+        ],
+        [edge("s", "a"), edge("island", "after_island")],
+    )
     draft = mark_reachable(upto_edges(raw))
     assert [(i.code, i.severity, i.node_id) for i in draft.issues] == [
-        ("unreachable", "warning", "island"), ("unreachable", "warning", "after_island"),
-        ("unreachable", "warning", "far_box")]
+        ("unreachable", "warning", "island"),
+        ("unreachable", "warning", "after_island"),
+        ("unreachable", "warning", "far_box"),
+    ]
     assert draft.excluded == {"island", "after_island", "far_box", "far_body"}
     result = compile_(raw)
     assert result.ok and set(result.plan.nodes) == {"s", "a"}
@@ -423,8 +555,9 @@ def test_without_start_every_root_runs():
 
 
 def test_cycle_message_follows_the_edges_from_the_smallest_id():
-    raw = canvas([node("a"), node("b"), node("c"), node("d")],
-                 [edge("a", "c"), edge("c", "b"), edge("b", "a"), edge("b", "d")])
+    raw = canvas(
+        [node("a"), node("b"), node("c"), node("d")], [edge("a", "c"), edge("c", "b"), edge("b", "a"), edge("b", "d")]
+    )
     issue = only(upto_cycles(raw).issues, "cycle")
     assert issue.node_id == "a" and set(issue.related) == {"a", "b", "c"}
     assert "a -> c -> b -> a" in issue.message and "loop container" in issue.message
@@ -436,30 +569,40 @@ def test_self_loop_is_a_cycle():
 
 
 def test_cycle_inside_a_container_body_names_the_container():
-    raw = canvas([node("L", "box", data={"items": [1]}), node("p", parent="L"), node("q", parent="L")],
-                 [edge("p", "q"), edge("q", "p")])
+    raw = canvas(
+        [node("L", "box", data={"items": [1]}), node("p", parent="L"), node("q", parent="L")],
+        [edge("p", "q"), edge("q", "p")],
+    )
     issue = only(upto_cycles(raw).issues, "cycle")
     assert "inside 'L'" in issue.message and "p -> q -> p" in issue.message
     assert "use a loop container" not in issue.message
 
 
 def test_separate_cycles_are_each_reported():
-    raw = canvas([node(n) for n in "abcxy"], [edge("a", "b"), edge("b", "a"), edge("x", "y"), edge("y", "x"),
-                                              edge("b", "c")])
+    raw = canvas(
+        [node(n) for n in "abcxy"], [edge("a", "b"), edge("b", "a"), edge("x", "y"), edge("y", "x"), edge("b", "c")]
+    )
     assert codes(upto_cycles(raw).issues) == [("cycle", "a", None), ("cycle", "x", None)]
 
 
 def test_levels_are_longest_paths_per_scope():
-    raw = canvas([node("a"), node("b"), node("c"), node("L", "box", data={"items": [1]}), node("i", parent="L"),
-                  node("j", parent="L")],
-                 [edge("a", "b"), edge("b", "c"), edge("a", "c"), edge("c", "L"), edge("i", "j")])
+    raw = canvas(
+        [
+            node("a"),
+            node("b"),
+            node("c"),
+            node("L", "box", data={"items": [1]}),
+            node("i", parent="L"),
+            node("j", parent="L"),
+        ],
+        [edge("a", "b"), edge("b", "c"), edge("a", "c"), edge("c", "L"), edge("i", "j")],
+    )
     draft = upto_cycles(raw)
     assert dict(draft.levels) == {"a": 0, "b": 1, "c": 2, "L": 3, "i": 0, "j": 1}
 
 
 def test_cycle_message_only_names_edges_that_exist():
-    raw = canvas([node("a"), node("b"), node("c")],
-                 [edge("a", "b"), edge("b", "a"), edge("a", "c"), edge("c", "a")])
+    raw = canvas([node("a"), node("b"), node("c")], [edge("a", "b"), edge("b", "a"), edge("a", "c"), edge("c", "a")])
     issue = only(upto_cycles(raw).issues, "cycle")
     path = issue.message.split(": ", 1)[1].split(";")[0].split(" -> ")
     existing = {("a", "b"), ("b", "a"), ("a", "c"), ("c", "a")}
@@ -470,15 +613,17 @@ def test_cycle_message_only_names_edges_that_exist():
 
 def test_cycle_message_is_a_shortest_real_cycle_through_the_smallest_id():
     # a -> b -> c -> d -> a and a shortcut c -> a: the component is {a, b, c, d}
-    raw = canvas([node(n) for n in "abcd"],
-                 [edge("a", "b"), edge("b", "c"), edge("c", "d"), edge("d", "a"), edge("c", "a")])
+    raw = canvas(
+        [node(n) for n in "abcd"], [edge("a", "b"), edge("b", "c"), edge("c", "d"), edge("d", "a"), edge("c", "a")]
+    )
     issue = only(upto_cycles(raw).issues, "cycle")
     assert "cycle: a -> b -> c -> a; also involved: d;" in issue.message
 
 
 def test_levels_count_a_cycle_as_one_step():
-    raw = canvas([node(n) for n in "sabcd"],
-                 [edge("s", "a"), edge("a", "b"), edge("b", "a"), edge("b", "c"), edge("c", "d")])
+    raw = canvas(
+        [node(n) for n in "sabcd"], [edge("s", "a"), edge("a", "b"), edge("b", "a"), edge("b", "c"), edge("c", "d")]
+    )
     draft = upto_cycles(raw)
     assert dict(draft.levels) == {"s": 0, "a": 1, "b": 1, "c": 2, "d": 3}
     assert dict(draft.components) == {"a": "a", "b": "a"}
@@ -492,8 +637,10 @@ def refs(raw: Any) -> list[tuple[str, str | None, str | None]]:
 
 
 def test_references_to_upstream_nodes_are_fine_and_recorded():
-    raw = canvas([node("s", "start"), node("a"), node("b"), node("c", data={"text": "{{ a.x }} {{ b.y }}"})],
-                 [edge("s", "a"), edge("a", "b"), edge("b", "c")])
+    raw = canvas(
+        [node("s", "start"), node("a"), node("b"), node("c", data={"text": "{{ a.x }} {{ b.y }}"})],
+        [edge("s", "a"), edge("a", "b"), edge("b", "c")],
+    )
     draft = check_references(upto_cycles(raw))
     assert draft.issues == ()
     assert draft.references["c"] == {"a", "b"}
@@ -501,8 +648,10 @@ def test_references_to_upstream_nodes_are_fine_and_recorded():
 
 
 def test_reference_not_upstream_names_both_nodes_and_the_field():
-    raw = canvas([node("s", "start"), node("left"), node("right", data={"text": {"deep": ["{{ left.x }}"]}})],
-                 [edge("s", "left"), edge("s", "right")])
+    raw = canvas(
+        [node("s", "start"), node("left"), node("right", data={"text": {"deep": ["{{ left.x }}"]}})],
+        [edge("s", "left"), edge("s", "right")],
+    )
     issue = only(check_references(upto_cycles(raw)).issues, "reference_not_upstream")
     assert (issue.node_id, issue.field, issue.related) == ("right", "data.text.deep[0]", ("left",))
     assert "'right'" in issue.message and "'left'" in issue.message and "data.text.deep[0]" in issue.message
@@ -514,13 +663,21 @@ def test_reference_to_a_downstream_node_is_not_upstream():
 
 
 def test_reference_into_a_container_body():
-    raw = canvas([node("L", "box", data={"items": [1]}), node("inside", parent="L"),
-                  node("after", data={"text": "{{ inside.x }}"}),
-                  node("F", "fan", data={"items": [1]}), node("other_body", parent="F", data={"text": "{{ inside }}"})],
-                 [edge("L", "after"), edge("after", "F")])
+    raw = canvas(
+        [
+            node("L", "box", data={"items": [1]}),
+            node("inside", parent="L"),
+            node("after", data={"text": "{{ inside.x }}"}),
+            node("F", "fan", data={"items": [1]}),
+            node("other_body", parent="F", data={"text": "{{ inside }}"}),
+        ],
+        [edge("L", "after"), edge("after", "F")],
+    )
     issues = check_references(upto_cycles(raw)).issues
-    assert codes(issues) == [("reference_into_container", "after", None),
-                             ("reference_into_container", "other_body", None)]
+    assert codes(issues) == [
+        ("reference_into_container", "after", None),
+        ("reference_into_container", "other_body", None),
+    ]
     assert all("'L'" in i.message for i in issues)
 
 
@@ -531,11 +688,17 @@ def test_a_body_node_cannot_read_its_own_container():
 
 
 def test_body_nodes_read_upstream_nodes_of_their_containers():
-    raw = canvas([node("s", "start"), node("before"), node("L", "box", data={"items": "{{ before.list }}"}),
-                  node("prep", parent="L"), node("F", "fan", "L", data={"items": "{{ prep.x }}"}),
-                  node("deep", parent="F", data={"text": "{{ before.x }} {{ prep.y }} {{ loop.item }} "
-                                                          "{{ parallel.index }}"})],
-                 [edge("s", "before"), edge("before", "L"), edge("prep", "F")])
+    raw = canvas(
+        [
+            node("s", "start"),
+            node("before"),
+            node("L", "box", data={"items": "{{ before.list }}"}),
+            node("prep", parent="L"),
+            node("F", "fan", "L", data={"items": "{{ prep.x }}"}),
+            node("deep", parent="F", data={"text": "{{ before.x }} {{ prep.y }} {{ loop.item }} {{ parallel.index }}"}),
+        ],
+        [edge("s", "before"), edge("before", "L"), edge("prep", "F")],
+    )
     assert refs(raw) == []
 
 
@@ -544,16 +707,27 @@ def test_body_nodes_read_upstream_nodes_of_their_containers():
     [
         ([node("t", data={"text": "{{ loop.index }}"})], [("loop_outside_container", "t", None)]),
         ([node("t", data={"text": "{{ parallel.item }}"})], [("parallel_outside_container", "t", None)]),
-        ([node("F", "fan", data={"items": [1]}), node("t", parent="F", data={"text": "{{ loop.item }}"})],
-         [("loop_outside_container", "t", None)]),
-        ([node("L", "box", data={"items": [1]}), node("t", parent="L", data={"text": "{{ parallel.index }}"})],
-         [("parallel_outside_container", "t", None)]),
+        (
+            [node("F", "fan", data={"items": [1]}), node("t", parent="F", data={"text": "{{ loop.item }}"})],
+            [("loop_outside_container", "t", None)],
+        ),
+        (
+            [node("L", "box", data={"items": [1]}), node("t", parent="L", data={"text": "{{ parallel.index }}"})],
+            [("parallel_outside_container", "t", None)],
+        ),
         # a loop's items are evaluated before it starts: loop.* there is not its own
-        ([node("L", "box", data={"items": "{{ loop.results }}"}), node("b", parent="L")],
-         [("loop_outside_container", "L", None)]),
+        (
+            [node("L", "box", data={"items": "{{ loop.results }}"}), node("b", parent="L")],
+            [("loop_outside_container", "L", None)],
+        ),
         # ... but its condition runs inside its own iterations
-        ([node("L", "box", data={"condition": "loop.index < 3 and loop.results | length < 5"}),
-          node("b", parent="L")], []),
+        (
+            [
+                node("L", "box", data={"condition": "loop.index < 3 and loop.results | length < 5"}),
+                node("b", parent="L"),
+            ],
+            [],
+        ),
         ([node("L", "box", data={"items": [1]}), node("t", parent="L", data={"text": "{{ loop.iteration }}"})], []),
     ],
 )
@@ -562,37 +736,68 @@ def test_loop_and_parallel_namespaces_need_their_container(nodes, expected):
 
 
 def test_edge_conditions_may_read_their_source_node():
-    raw = canvas([node("a"), node("b"), node("c")],
-                 [edge("a", "b", edge_id="own", data={"condition": {"field": "{{ a.status }}", "operator": "eq",
-                                                                    "value": "{{ inputs.want }}"}}),
-                  edge("b", "c", edge_id="target", data={"condition": {"field": "{{ c }}", "operator": "exists"}})])
+    raw = canvas(
+        [node("a"), node("b"), node("c")],
+        [
+            edge(
+                "a",
+                "b",
+                edge_id="own",
+                data={"condition": {"field": "{{ a.status }}", "operator": "eq", "value": "{{ inputs.want }}"}},
+            ),
+            edge("b", "c", edge_id="target", data={"condition": {"field": "{{ c }}", "operator": "exists"}}),
+        ],
+    )
     issues = check_references(upto_cycles(raw)).issues
     assert codes(issues) == [("reference_not_upstream", None, "target")]
     assert issues[0].field == "data.condition.field"
 
 
 def test_namespaces_need_no_node():
-    raw = canvas([node("t", data={"text": ["{{ inputs.a }} {{ var.b }} {{ env.C }} {{ run.id }} {{ run.started_at }}",
-                                           "{% for x in inputs.list %}{{ loop.index }}{{ x }}{% endfor %}"]})])
+    raw = canvas(
+        [
+            node(
+                "t",
+                data={
+                    "text": [
+                        "{{ inputs.a }} {{ var.b }} {{ env.C }} {{ run.id }} {{ run.started_at }}",
+                        "{% for x in inputs.list %}{{ loop.index }}{{ x }}{% endfor %}",
+                    ]
+                },
+            )
+        ]
+    )
     assert compile_(raw).issues == ()
 
 
 def test_unknown_reference_and_syntax_errors():
-    raw = canvas([node("sw", "switch", data={"cases": ["a"], "when": "ghost.x > 1"}),
-                  node("t", data={"text": "{{ unclosed"})])
+    raw = canvas(
+        [node("sw", "switch", data={"cases": ["a"], "when": "ghost.x > 1"}), node("t", data={"text": "{{ unclosed"})]
+    )
     issues = check_references(upto_cycles(raw)).issues
     assert [(i.code, i.node_id, i.field) for i in issues] == [
-        ("unknown_reference", "sw", "data.when"), ("template_syntax", "t", "data.text")]
+        ("unknown_reference", "sw", "data.when"),
+        ("template_syntax", "t", "data.text"),
+    ]
     assert "'ghost'" in issues[0].message
 
 
 def test_document_output_references():
-    raw = canvas([node("a"), node("L", "box", data={"items": [1]}), node("in", parent="L")],
-                 output={"ok": "{{ a.x }}", "ghost": "{{ nope }}", "inner": "{{ in }}", "lp": "{{ loop.index }}",
-                         "whole": "{{ L.results }}"})
+    raw = canvas(
+        [node("a"), node("L", "box", data={"items": [1]}), node("in", parent="L")],
+        output={
+            "ok": "{{ a.x }}",
+            "ghost": "{{ nope }}",
+            "inner": "{{ in }}",
+            "lp": "{{ loop.index }}",
+            "whole": "{{ L.results }}",
+        },
+    )
     assert [(i.code, i.field) for i in compile_(raw).errors] == [
-        ("output_unknown_reference", "output.ghost"), ("reference_into_container", "output.inner"),
-        ("loop_outside_container", "output.lp")]
+        ("output_unknown_reference", "output.ghost"),
+        ("reference_into_container", "output.inner"),
+        ("loop_outside_container", "output.lp"),
+    ]
 
 
 def test_loop_condition_reading_its_own_body_does_not_crash():
@@ -605,19 +810,30 @@ def test_loop_condition_reading_its_own_body_does_not_crash():
 
 
 def test_loop_condition_may_read_loop_state_and_nodes_upstream_of_the_loop():
-    raw = canvas([node("a"), node("L", "box", data={"condition": "loop.results[-1].done != a.x"}),
-                  node("body", parent="L"), node("deep", "box", parent="L"), node("deeper", parent="deep"),
-                  node("M", "box", data={"condition": "deeper.x"})],
-                 [edge("a", "L"), edge("L", "M")])
+    raw = canvas(
+        [
+            node("a"),
+            node("L", "box", data={"condition": "loop.results[-1].done != a.x"}),
+            node("body", parent="L"),
+            node("deep", "box", parent="L"),
+            node("deeper", parent="deep"),
+            node("M", "box", data={"condition": "deeper.x"}),
+        ],
+        [edge("a", "L"), edge("L", "M")],
+    )
     result = compile_(raw)
     assert codes(result.errors) == [("reference_into_container", "M", None)]
-    assert compile_(canvas([node("N", "box", data={"condition": "N.x"}), node("b", parent="N")])).errors[0].code \
+    assert (
+        compile_(canvas([node("N", "box", data={"condition": "N.x"}), node("b", parent="N")])).errors[0].code
         == "reference_not_upstream"
+    )
 
 
 def test_a_cycle_elsewhere_does_not_invent_reference_errors():
-    raw = canvas([node("a"), node("b"), node("c"), node("d", data={"text": "{{ c.x }}"})],
-                 [edge("a", "b"), edge("b", "a"), edge("b", "c"), edge("c", "d")])
+    raw = canvas(
+        [node("a"), node("b"), node("c"), node("d", data={"text": "{{ c.x }}"})],
+        [edge("a", "b"), edge("b", "a"), edge("b", "c"), edge("c", "d")],
+    )
     assert errors(raw) == [("cycle", "a", None)]
 
 
@@ -647,12 +863,26 @@ def test_every_name_jinja_provides_is_a_reserved_id():
 
 
 PLAN_CANVAS = canvas(
-    [node("s", "start"), node("a", data={"text": "{{ inputs.x }}", "label": "A"}, retry={"initial_delay_s": 0.5}),
-     node("sw", "switch", data={"cases": ["hi", "lo"], "when": "a.n > 1"}), node("L", "box", data={"items": [1, 2]}),
-     node("i", parent="L", data={"text": "{{ loop.item }}"}), node("j", parent="L"), node("end", "sink")],
-    [edge("s", "a", edge_id="e1"), edge("a", "sw", edge_id="e2"), edge("sw", "L", "case-hi", "e3"),
-     edge("sw", "end", "else", "e4"), edge("L", "end", edge_id="e5"), edge("i", "j", edge_id="e6")],
-    inputs={"x": {"type": "integer", "default": 1}}, variables={"v": [1, 2]}, output={"o": "{{ a.text }}"},
+    [
+        node("s", "start"),
+        node("a", data={"text": "{{ inputs.x }}", "label": "A"}, retry={"initial_delay_s": 0.5}),
+        node("sw", "switch", data={"cases": ["hi", "lo"], "when": "a.n > 1"}),
+        node("L", "box", data={"items": [1, 2]}),
+        node("i", parent="L", data={"text": "{{ loop.item }}"}),
+        node("j", parent="L"),
+        node("end", "sink"),
+    ],
+    [
+        edge("s", "a", edge_id="e1"),
+        edge("a", "sw", edge_id="e2"),
+        edge("sw", "L", "case-hi", "e3"),
+        edge("sw", "end", "else", "e4"),
+        edge("L", "end", edge_id="e5"),
+        edge("i", "j", edge_id="e6"),
+    ],
+    inputs={"x": {"type": "integer", "default": 1}},
+    variables={"v": [1, 2]},
+    output={"o": "{{ a.text }}"},
 )
 
 
@@ -729,23 +959,35 @@ def test_plan_to_dict_is_json():
 
 
 def test_retry_defaults_come_from_the_type_merged_with_the_node():
-    raw = canvas([node("plain"), node("tuned", retry={"initial_delay_s": 0.5, "retry_on": ["timeout"]}),
-                  node("sw", "switch", data={"cases": ["a"]}, retry={"max_attempts": 2})])
+    raw = canvas(
+        [
+            node("plain"),
+            node("tuned", retry={"initial_delay_s": 0.5, "retry_on": ["timeout"]}),
+            node("sw", "switch", data={"cases": ["a"]}, retry={"max_attempts": 2}),
+        ]
+    )
     result = compile_(raw)
     nodes = result.plan.nodes
     assert nodes["plain"].retry == FAKE_SPECS["task"].default_retry
-    assert nodes["tuned"].retry == RetryPolicy(max_attempts=3, initial_delay_s=0.5, backoff_factor=3.0,
-                                               retry_on=frozenset({"timeout"}))
+    assert nodes["tuned"].retry == RetryPolicy(
+        max_attempts=3, initial_delay_s=0.5, backoff_factor=3.0, retry_on=frozenset({"timeout"})
+    )
     # switch retries nothing by default: attempts asked for without retry_on retry every class,
     # and a warning says so
-    assert nodes["sw"].retry == RetryPolicy(max_attempts=2, retry_on=frozenset(
-        {"timeout", "connection", "5xx", "429", "error"}))
+    assert nodes["sw"].retry == RetryPolicy(
+        max_attempts=2, retry_on=frozenset({"timeout", "connection", "5xx", "429", "error"})
+    )
     assert [(w.code, w.node_id, w.field) for w in result.warnings] == [("retry_on_defaulted", "sw", "retry.retry_on")]
 
 
 def test_cache_defaults_and_non_cacheable_types():
-    raw = canvas([node("plain"), node("off", cache={"enabled": False}), node("fx", "effect", cache={"enabled": True,
-                                                                                                  "ttl_s": 9})])
+    raw = canvas(
+        [
+            node("plain"),
+            node("off", cache={"enabled": False}),
+            node("fx", "effect", cache={"enabled": True, "ttl_s": 9}),
+        ]
+    )
     result = compile_(raw)
     assert [(i.code, i.node_id) for i in result.warnings] == [("not_cacheable", "fx")]
     nodes = result.plan.nodes
@@ -758,8 +1000,11 @@ def test_errors_mean_no_plan_but_every_issue():
     raw = canvas([node("a", "nonesuch"), node("b", data={"text": "{{ ghost }}"})], [edge("a", "zz")])
     result = compile_(raw)
     assert result.plan is None and not result.ok
-    assert codes(result.errors) == [("dangling_edge", None, "a->zz"), ("unknown_node_type", "a", None),
-                                    ("unknown_reference", "b", None)]
+    assert codes(result.errors) == [
+        ("dangling_edge", None, "a->zz"),
+        ("unknown_node_type", "a", None),
+        ("unknown_reference", "b", None),
+    ]
 
 
 def test_the_plan_does_not_change_when_the_input_canvas_does():
@@ -794,9 +1039,14 @@ def test_plan_data_reads_like_json_and_thaws_into_plain_values():
     assert isinstance(data, dict) and isinstance(data["text"]["nested"], list)  # dict and list to every reader
     assert type(data) is FrozenDict and type(data["text"]["nested"]) is FrozenList
     assert json.loads(json.dumps(data)) == {"text": {"nested": [1, {"deep": "{{ inputs.x }}"}]}, "label": "A"}
-    for change in (lambda: data["text"]["nested"].append(2), lambda: data["text"].update(x=1),
-                   lambda: data.pop("text"), lambda: plan.variables["v"].append(3),
-                   lambda: plan.output.clear(), lambda: plan.inputs["x"].update(type="string")):
+    for change in (
+        lambda: data["text"]["nested"].append(2),
+        lambda: data["text"].update(x=1),
+        lambda: data.pop("text"),
+        lambda: plan.variables["v"].append(3),
+        lambda: plan.output.clear(),
+        lambda: plan.inputs["x"].update(type="string"),
+    ):
         with pytest.raises(TypeError):
             change()
     assert pickle.loads(pickle.dumps(data)) == data and type(pickle.loads(pickle.dumps(data))) is FrozenDict
@@ -869,8 +1119,10 @@ def test_compile_leaves_the_garbage_collector_as_it_was():
 
 
 def test_node_and_edge_order_do_not_change_issues():
-    raw = canvas([node("a", data={"text": "{{ c }}"}), node("b"), node("c"), node("z", "nonesuch")],
-                 [edge("a", "b"), edge("b", "c"), edge("c", "ghost")])
+    raw = canvas(
+        [node("a", data={"text": "{{ c }}"}), node("b"), node("c"), node("z", "nonesuch")],
+        [edge("a", "b"), edge("b", "c"), edge("c", "ghost")],
+    )
     baseline = sorted(map(str, compile_(raw).issues))
     for nodes in itertools.permutations(raw["nodes"]):
         assert sorted(map(str, compile_({**raw, "nodes": list(nodes)}).issues)) == baseline

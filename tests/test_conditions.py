@@ -19,7 +19,7 @@ CANVAS_DOC = Path(__file__).resolve().parent.parent / "docs" / "canvas.md"
 def documented_operators() -> dict[str, bool]:
     """The operators of the edge-condition table in docs/canvas.md: name -> unary."""
     text = CANVAS_DOC.read_text()
-    table = text[text.index("| operator | true when"):].split("\n\n", 1)[0].splitlines()[2:]
+    table = text[text.index("| operator | true when") :].split("\n\n", 1)[0].splitlines()[2:]
     found = {}
     for row in table:
         names, meaning = row.strip("|").split("|", 1)

@@ -20,8 +20,21 @@ import httpx
 import pytest
 from prefect.client.schemas.objects import StateType
 
-from tests.crash_harness import (KEY, NODE_EXECUTIONS, client, crash_canvas, execute, final, http_node,
-                                 one_crash_trial, problems_of, save, seconds, states_of, until)
+from tests.crash_harness import (
+    KEY,
+    NODE_EXECUTIONS,
+    client,
+    crash_canvas,
+    execute,
+    final,
+    http_node,
+    one_crash_trial,
+    problems_of,
+    save,
+    seconds,
+    states_of,
+    until,
+)
 from tests.processes import postgres_database, stack_env, start_serve, start_worker
 
 pytestmark = [pytest.mark.prefect, pytest.mark.workers]
@@ -71,7 +84,8 @@ def workers(stack, api):
 
 
 async def test_a_worker_killed_mid_run_is_replaced_and_nothing_completed_runs_twice(
-        api, workers, counting, stack, pg_prefect):
+    api, workers, counting, stack, pg_prefect
+):
     _, base = api
     _, _, database_url = stack
     seed = int(os.environ.get("FLOWMAESTRO_CRASH_SEED", time.time()))
@@ -81,12 +95,15 @@ async def test_a_worker_killed_mid_run_is_replaced_and_nothing_completed_runs_tw
     async with client(base) as http:
         workflow_id = await save(http, crash_canvas(f"crash-{uuid.uuid4().hex[:6]}"))
         for trial in range(TRIALS):
-            outcome = await one_crash_trial(http, workers, victim, counting, database_url, pg_prefect.api_url,
-                                            workflow_id, rng)
+            outcome = await one_crash_trial(
+                http, workers, victim, counting, database_url, pg_prefect.api_url, workflow_id, rng
+            )
             victim = outcome["fresh"]
-            print(f"trial {trial}: killed after {outcome['kill_after']} requests; detected in "
-                  f"{seconds(outcome['detect_s'])}, resumed {seconds(outcome['resume_s'])} later; "
-                  f"{len(outcome['requests'])} requests for {NODE_EXECUTIONS} node executions")
+            print(
+                f"trial {trial}: killed after {outcome['kill_after']} requests; detected in "
+                f"{seconds(outcome['detect_s'])}, resumed {seconds(outcome['resume_s'])} later; "
+                f"{len(outcome['requests'])} requests for {NODE_EXECUTIONS} node executions"
+            )
             assert problems_of(outcome, CRASH_DETECT_S + 15) == []
 
 
@@ -94,8 +111,9 @@ async def test_a_run_whose_worker_keeps_dying_ends_failed_saying_why(api, worker
     _, base = api
     victim = workers.start()
     async with client(base) as http:
-        run_id = await execute(http, await save(http, crash_canvas(f"doomed-{uuid.uuid4().hex[:6]}")),
-                               {"base": counting.url})
+        run_id = await execute(
+            http, await save(http, crash_canvas(f"doomed-{uuid.uuid4().hex[:6]}")), {"base": counting.url}
+        )
 
         async def started():
             return any((r["key"] or "").startswith(run_id) for r in counting.requests)
@@ -109,17 +127,24 @@ async def test_a_run_whose_worker_keeps_dying_ends_failed_saying_why(api, worker
     assert "its worker died 1 time (FLOWMAESTRO_CRASH_RETRIES=0)" in result["error"]["message"]
 
 
-async def test_retry_of_a_failed_run_reuses_completed_nodes_and_its_dead_letter_is_listed(
-        api, workers, counting):
+async def test_retry_of_a_failed_run_reuses_completed_nodes_and_its_dead_letter_is_listed(api, workers, counting):
     _, base = api
     workers.start()
     tag = uuid.uuid4().hex[:6]
-    nodes = [{"id": "start", "type": "start", "data": {}}, http_node("a", f"/r{tag}/a", delay=0),
-             http_node("b", f"/r{tag}/b", delay=0), http_node("c", f"/r{tag}/c", delay=0),
-             {"id": "end", "type": "end", "data": {"output": "{{ c.body.count }}"}}]
+    nodes = [
+        {"id": "start", "type": "start", "data": {}},
+        http_node("a", f"/r{tag}/a", delay=0),
+        http_node("b", f"/r{tag}/b", delay=0),
+        http_node("c", f"/r{tag}/c", delay=0),
+        {"id": "end", "type": "end", "data": {"output": "{{ c.body.count }}"}},
+    ]
     chain = ["start", "a", "b", "c", "end"]
-    raw = {"name": f"retry-{tag}", "inputs": {"base": {"type": "string", "required": True}}, "nodes": nodes,
-           "edges": [{"id": f"e{i}", "source": x, "target": y} for i, (x, y) in enumerate(zip(chain, chain[1:]))]}
+    raw = {
+        "name": f"retry-{tag}",
+        "inputs": {"base": {"type": "string", "required": True}},
+        "nodes": nodes,
+        "edges": [{"id": f"e{i}", "source": x, "target": y} for i, (x, y) in enumerate(zip(chain, chain[1:]))],
+    }
     counting.failing.add(f"/r{tag}/c")
     async with client(base) as http:
         workflow_id = await save(http, raw)
@@ -147,19 +172,29 @@ async def test_retry_through_prefects_api_as_its_ui_retry_button_does(api, worke
     _, base = api
     workers.start()
     tag = uuid.uuid4().hex[:6]
-    raw = {"name": f"ui-retry-{tag}", "inputs": {"base": {"type": "string", "required": True}},
-           "nodes": [{"id": "start", "type": "start", "data": {}}, http_node("a", f"/u{tag}/a", delay=0),
-                     http_node("b", f"/u{tag}/b", delay=0)],
-           "edges": [{"id": "e1", "source": "start", "target": "a"}, {"id": "e2", "source": "a", "target": "b"}]}
+    raw = {
+        "name": f"ui-retry-{tag}",
+        "inputs": {"base": {"type": "string", "required": True}},
+        "nodes": [
+            {"id": "start", "type": "start", "data": {}},
+            http_node("a", f"/u{tag}/a", delay=0),
+            http_node("b", f"/u{tag}/b", delay=0),
+        ],
+        "edges": [{"id": "e1", "source": "start", "target": "a"}, {"id": "e2", "source": "a", "target": "b"}],
+    }
     counting.failing.add(f"/u{tag}/b")
     async with client(base) as http:
         run_id = await execute(http, await save(http, raw), {"base": counting.url})
         assert (await final(http, run_id))["status"] == "failed"
         counting.failing.discard(f"/u{tag}/b")
         async with httpx.AsyncClient(base_url=pg_prefect.api_url, timeout=30) as prefect:
-            answer = await prefect.post(f"/flow_runs/{run_id}/set_state", json={
-                "state": {"type": "SCHEDULED", "name": "AwaitingRetry", "message": "Retry from the UI"},
-                "force": True})
+            answer = await prefect.post(
+                f"/flow_runs/{run_id}/set_state",
+                json={
+                    "state": {"type": "SCHEDULED", "name": "AwaitingRetry", "message": "Retry from the UI"},
+                    "force": True,
+                },
+            )
             assert answer.json()["status"] == "ACCEPT", answer.text
 
         async def running_again():
@@ -174,15 +209,23 @@ async def test_retry_through_prefects_api_as_its_ui_retry_button_does(api, worke
 
 
 def approval_canvas(name: str) -> dict:
-    return {"name": name, "inputs": {"base": {"type": "string", "required": True}},
-            "nodes": [{"id": "start", "type": "start", "data": {}}, http_node("before", f"/{name}/before", delay=0),
-                      {"id": "ask", "type": "approval", "data": {"message": "Ship?"}},
-                      http_node("ship", f"/{name}/ship", delay=0),
-                      {"id": "end", "type": "end", "data": {"output": "{{ ask.approved }}"}}],
-            "edges": [{"id": "e1", "source": "start", "target": "before"},
-                      {"id": "e2", "source": "before", "target": "ask"},
-                      {"id": "e3", "source": "ask", "target": "ship", "sourceHandle": "approved"},
-                      {"id": "e4", "source": "ship", "target": "end"}]}
+    return {
+        "name": name,
+        "inputs": {"base": {"type": "string", "required": True}},
+        "nodes": [
+            {"id": "start", "type": "start", "data": {}},
+            http_node("before", f"/{name}/before", delay=0),
+            {"id": "ask", "type": "approval", "data": {"message": "Ship?"}},
+            http_node("ship", f"/{name}/ship", delay=0),
+            {"id": "end", "type": "end", "data": {"output": "{{ ask.approved }}"}},
+        ],
+        "edges": [
+            {"id": "e1", "source": "start", "target": "before"},
+            {"id": "e2", "source": "before", "target": "ask"},
+            {"id": "e3", "source": "ask", "target": "ship", "sourceHandle": "approved"},
+            {"id": "e4", "source": "ship", "target": "end"},
+        ],
+    }
 
 
 async def pending(http, run_id):
@@ -202,8 +245,9 @@ async def test_a_worker_killed_while_paused_then_the_approval_answered(api, work
         await pending(http, run_id)
         victim.kill()
         workers.start()
-        answer = await http.post(f"/api/executions/{run_id}/resume", json={"node_id": "ask",
-                                                                          "input": {"approved": True}})
+        answer = await http.post(
+            f"/api/executions/{run_id}/resume", json={"node_id": "ask", "input": {"approved": True}}
+        )
         assert answer.status_code == 200 and answer.json()["status"] == "accepted", answer.text
         result = await final(http, run_id)
     assert result["status"] == "completed" and result["output"] is True, result
@@ -212,7 +256,8 @@ async def test_a_worker_killed_while_paused_then_the_approval_answered(api, work
 
 
 async def test_a_long_wait_is_released_by_its_worker_and_answered_from_the_prefect_ui_or_the_api(
-        api, workers, counting, pg_prefect):
+    api, workers, counting, pg_prefect
+):
     _, base = api
     workers.start(FLOWMAESTRO_APPROVAL_HOLD_S="2")
     name = f"released-{uuid.uuid4().hex[:6]}"
@@ -232,7 +277,9 @@ async def test_a_long_wait_is_released_by_its_worker_and_answered_from_the_prefe
         async with httpx.AsyncClient(base_url=pg_prefect.api_url, timeout=30) as prefect:
             answer = await prefect.post(f"/flow_runs/{by_ui}/resume", json={"run_input": {"approved": True}})
             assert answer.json()["status"] == "ACCEPT", answer.text
-        answer = await http.post(f"/api/executions/{by_api}/resume", json={"node_id": "ask", "input": {"approved": True}})
+        answer = await http.post(
+            f"/api/executions/{by_api}/resume", json={"node_id": "ask", "input": {"approved": True}}
+        )
         assert answer.status_code == 200 and answer.json()["status"] == "accepted", answer.text
         results = {run_id: await final(http, run_id) for run_id in (by_ui, by_api)}
     for run_id, via in ((by_ui, "prefect-ui"), (by_api, "api")):
@@ -255,8 +302,9 @@ async def test_the_api_killed_while_a_run_is_paused(stack, api, workers, countin
         proc.kill()
         proc, base = start_serve(home, env, workers=0)
         async with client(base) as http:
-            answer = await http.post(f"/api/executions/{run_id}/resume", json={"node_id": "ask",
-                                                                              "input": {"approved": True}})
+            answer = await http.post(
+                f"/api/executions/{run_id}/resume", json={"node_id": "ask", "input": {"approved": True}}
+            )
             assert answer.status_code == 200, answer.text
             result = await final(http, run_id)
     finally:
@@ -265,26 +313,31 @@ async def test_the_api_killed_while_a_run_is_paused(stack, api, workers, countin
     assert not result["nodes"]["before"]["restored"], "the worker never stopped: nothing to restore"
 
 
-async def test_an_approval_is_answered_once_however_often_the_run_executes_again(api, workers, counting,
-                                                                                  pg_prefect):
+async def test_an_approval_is_answered_once_however_often_the_run_executes_again(api, workers, counting, pg_prefect):
     _, base = api
     workers.start()
     name = f"thrice-{uuid.uuid4().hex[:6]}"
     async with client(base) as http:
         run_id = await execute(http, await save(http, approval_canvas(name)), {"base": counting.url})
         await pending(http, run_id)
-        answer = await http.post(f"/api/executions/{run_id}/resume", json={"node_id": "ask",
-                                                                          "input": {"approved": True}})
+        answer = await http.post(
+            f"/api/executions/{run_id}/resume", json={"node_id": "ask", "input": {"approved": True}}
+        )
         assert answer.json()["status"] == "accepted"
         assert (await final(http, run_id))["status"] == "completed"
         for replay in range(3):
             # Executed again from the top, through Prefect (as a Retry would, even on a completed run).
             async with httpx.AsyncClient(base_url=pg_prefect.api_url, timeout=30) as prefect:
-                forced = await prefect.post(f"/flow_runs/{run_id}/set_state", json={
-                    "state": {"type": "SCHEDULED", "name": "AwaitingRetry"}, "force": True})
+                forced = await prefect.post(
+                    f"/flow_runs/{run_id}/set_state",
+                    json={"state": {"type": "SCHEDULED", "name": "AwaitingRetry"}, "force": True},
+                )
                 assert forced.json()["status"] == "ACCEPT"
-            await until(lambda replay=replay: _runs(pg_prefect.api_url, run_id, replay + 2), timeout=90,
-                        what=f"execution {replay + 2} of the run")
+            await until(
+                lambda replay=replay: _runs(pg_prefect.api_url, run_id, replay + 2),
+                timeout=90,
+                what=f"execution {replay + 2} of the run",
+            )
             result = await final(http, run_id)
             assert result["status"] == "completed" and result["output"] is True, result
             assert result["nodes"]["ask"]["restored"] is True
@@ -307,12 +360,21 @@ async def test_a_node_using_run_started_at_is_not_executed_again_after_its_worke
     tag = uuid.uuid4().hex[:6]
     stamp = http_node("stamp", f"/s{tag}/stamp", delay=0)
     stamp["data"]["headers"] = {"X-Run-Started": "{{ run.started_at }}"}
-    raw = {"name": f"started-at-{tag}", "inputs": {"base": {"type": "string", "required": True}},
-           "nodes": [{"id": "start", "type": "start", "data": {}}, stamp, http_node("slow", f"/s{tag}/slow", delay=5),
-                     {"id": "end", "type": "end", "data": {"output": "{{ stamp.body.count }}"}}],
-           "edges": [{"id": "e1", "source": "start", "target": "stamp"},
-                     {"id": "e2", "source": "stamp", "target": "slow"},
-                     {"id": "e3", "source": "slow", "target": "end"}]}
+    raw = {
+        "name": f"started-at-{tag}",
+        "inputs": {"base": {"type": "string", "required": True}},
+        "nodes": [
+            {"id": "start", "type": "start", "data": {}},
+            stamp,
+            http_node("slow", f"/s{tag}/slow", delay=5),
+            {"id": "end", "type": "end", "data": {"output": "{{ stamp.body.count }}"}},
+        ],
+        "edges": [
+            {"id": "e1", "source": "start", "target": "stamp"},
+            {"id": "e2", "source": "stamp", "target": "slow"},
+            {"id": "e3", "source": "slow", "target": "end"},
+        ],
+    }
     async with client(base) as http:
         run_id = await execute(http, await save(http, raw), {"base": counting.url})
 

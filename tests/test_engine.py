@@ -9,7 +9,7 @@ import pytest
 
 from flows.engine import Execution
 from flows.large_outputs import REF, LargeOutputs, is_ref, is_reference
-from tests.support import JOURNAL, canvas, compiled, node, make_registry
+from tests.support import JOURNAL, canvas, compiled, make_registry, node
 
 
 @pytest.fixture(autouse=True)
@@ -32,11 +32,15 @@ def sleep(node_id, seconds=0.0, value=None, **fields):
 
 
 async def test_outputs_flow_through_templates_and_keep_types():
-    raw = canvas([node("start", "start"),
-                  node("double", data={"output": {"n": "{{ inputs.n * 2 }}", "text": "n={{ inputs.n }}"}}),
-                  node("end", "end", data={"output": "{{ double.n + 1 }}"})],
-                 [("start", "double"), ("double", "end")],
-                 inputs={"n": {"type": "integer", "required": True}})
+    raw = canvas(
+        [
+            node("start", "start"),
+            node("double", data={"output": {"n": "{{ inputs.n * 2 }}", "text": "n={{ inputs.n }}"}}),
+            node("end", "end", data={"output": "{{ double.n + 1 }}"}),
+        ],
+        [("start", "double"), ("double", "end")],
+        inputs={"n": {"type": "integer", "required": True}},
+    )
     result, _ = await run(raw, {"n": 20})
     assert result["status"] == "completed"
     assert result["output"] == 41
@@ -44,10 +48,15 @@ async def test_outputs_flow_through_templates_and_keep_types():
 
 
 async def test_condition_routes_and_skips_the_other_branch():
-    raw = canvas([node("start", "start"),
-                  node("cond", "condition", data={"conditions": [{"id": "big", "expression": "inputs.n > 10"}]}),
-                  node("big"), node("small")],
-                 [("start", "cond"), ("cond", "big", "condition-big"), ("cond", "small", "else")])
+    raw = canvas(
+        [
+            node("start", "start"),
+            node("cond", "condition", data={"conditions": [{"id": "big", "expression": "inputs.n > 10"}]}),
+            node("big"),
+            node("small"),
+        ],
+        [("start", "cond"), ("cond", "big", "condition-big"), ("cond", "small", "else")],
+    )
     result, events = await run(raw, {"n": 3})
     assert result["nodes"]["small"]["status"] == "completed"
     assert result["nodes"]["big"]["status"] == "skipped"
@@ -57,31 +66,70 @@ async def test_condition_routes_and_skips_the_other_branch():
 
 
 async def test_condition_mode_all_fires_every_match():
-    raw = canvas([node("cond", "condition", data={"mode": "all", "conditions": [
-                      {"id": "a", "expression": "true"}, {"id": "b", "expression": "{{ 1 == 1 }}"},
-                      {"id": "c", "expression": "false"}]}),
-                  node("a"), node("b"), node("c")],
-                 [("cond", "a", "condition-a"), ("cond", "b", "condition-b"), ("cond", "c", "condition-c")])
+    raw = canvas(
+        [
+            node(
+                "cond",
+                "condition",
+                data={
+                    "mode": "all",
+                    "conditions": [
+                        {"id": "a", "expression": "true"},
+                        {"id": "b", "expression": "{{ 1 == 1 }}"},
+                        {"id": "c", "expression": "false"},
+                    ],
+                },
+            ),
+            node("a"),
+            node("b"),
+            node("c"),
+        ],
+        [("cond", "a", "condition-a"), ("cond", "b", "condition-b"), ("cond", "c", "condition-c")],
+    )
     result, _ = await run(raw)
     assert {n: r["status"] for n, r in result["nodes"].items()} == {
-        "cond": "completed", "a": "completed", "b": "completed", "c": "skipped"}
+        "cond": "completed",
+        "a": "completed",
+        "b": "completed",
+        "c": "skipped",
+    }
 
 
 async def test_edge_conditions_gate_edges():
-    raw = canvas([node("src", data={"output": {"status": 404}}), node("ok"), node("missing")],
-                 [{"id": "e1", "source": "src", "target": "ok",
-                   "data": {"condition": {"field": "{{ src.status }}", "operator": "lt", "value": 400}}},
-                  {"id": "e2", "source": "src", "target": "missing",
-                   "data": {"condition": {"field": "{{ src.status }}", "operator": "eq", "value": 404}}}])
+    raw = canvas(
+        [node("src", data={"output": {"status": 404}}), node("ok"), node("missing")],
+        [
+            {
+                "id": "e1",
+                "source": "src",
+                "target": "ok",
+                "data": {"condition": {"field": "{{ src.status }}", "operator": "lt", "value": 400}},
+            },
+            {
+                "id": "e2",
+                "source": "src",
+                "target": "missing",
+                "data": {"condition": {"field": "{{ src.status }}", "operator": "eq", "value": 404}},
+            },
+        ],
+    )
     result, _ = await run(raw)
     assert result["nodes"]["ok"]["status"] == "skipped"
     assert result["nodes"]["missing"]["status"] == "completed"
 
 
 async def test_a_broken_edge_condition_fails_its_node_and_the_run():
-    raw = canvas([node("src", data={"output": "text"}), node("next")],
-                 [{"id": "e1", "source": "src", "target": "next",
-                   "data": {"condition": {"field": "{{ src }}", "operator": "gt", "value": 3}}}])
+    raw = canvas(
+        [node("src", data={"output": "text"}), node("next")],
+        [
+            {
+                "id": "e1",
+                "source": "src",
+                "target": "next",
+                "data": {"condition": {"field": "{{ src }}", "operator": "gt", "value": 3}},
+            }
+        ],
+    )
     result, events = await run(raw)
     assert result["status"] == "failed"
     assert result["error"]["node_id"] == "src" and result["error"]["type"] == "ConditionError"
@@ -91,13 +139,16 @@ async def test_a_broken_edge_condition_fails_its_node_and_the_run():
 
 
 async def test_merge_after_an_error_edge_joins_the_error_output():
-    raw = canvas([node("f", "test_flaky", data={"failures": 9, "retry_class": None}), node("ok"),
-                  node("m", "merge")], [("f", "m", "error"), ("ok", "m")])
+    raw = canvas(
+        [node("f", "test_flaky", data={"failures": 9, "retry_class": None}), node("ok"), node("m", "merge")],
+        [("f", "m", "error"), ("ok", "m")],
+    )
     result, _ = await run(raw)
     assert result["status"] == "completed"
-    assert result["nodes"]["m"]["output"] == {"f": {"error": {"message": "attempt 1 failed", "type": "NodeError",
-                                                              "node_id": "f", "attempts": 1}},
-                                              "ok": "ok"}
+    assert result["nodes"]["m"]["output"] == {
+        "f": {"error": {"message": "attempt 1 failed", "type": "NodeError", "node_id": "f", "attempts": 1}},
+        "ok": "ok",
+    }
 
 
 async def test_independent_nodes_overlap_in_time():
@@ -133,17 +184,21 @@ async def test_errors_outside_retry_on_are_not_retried():
 
 
 async def test_retry_policy_override_per_node():
-    raw = canvas([node("f", "test_flaky", data={"failures": 3},
-                       retry={"max_attempts": 2, "initial_delay_s": 0})])
+    raw = canvas([node("f", "test_flaky", data={"failures": 3}, retry={"max_attempts": 2, "initial_delay_s": 0})])
     result, _ = await run(raw)
     assert result["nodes"]["f"]["status"] == "failed"
     assert result["nodes"]["f"]["attempts"] == 2
 
 
 async def test_error_edge_catches_a_failure_and_the_run_goes_on():
-    raw = canvas([node("f", "test_flaky", data={"failures": 9, "retry_class": None}),
-                  node("after"), node("handler", data={"output": "caught {{ f.error.message }}"})],
-                 [("f", "after"), ("f", "handler", "error")])
+    raw = canvas(
+        [
+            node("f", "test_flaky", data={"failures": 9, "retry_class": None}),
+            node("after"),
+            node("handler", data={"output": "caught {{ f.error.message }}"}),
+        ],
+        [("f", "after"), ("f", "handler", "error")],
+    )
     result, _ = await run(raw)
     assert result["status"] == "completed"
     assert result["nodes"]["f"]["status"] == "failed"
@@ -152,8 +207,10 @@ async def test_error_edge_catches_a_failure_and_the_run_goes_on():
 
 
 async def test_fail_fast_cancels_running_nodes_and_starts_nothing_new():
-    raw = canvas([node("boom", "test_flaky", data={"failures": 9, "retry_class": None}),
-                  sleep("slow", 5), node("after_slow")], [("slow", "after_slow")])
+    raw = canvas(
+        [node("boom", "test_flaky", data={"failures": 9, "retry_class": None}), sleep("slow", 5), node("after_slow")],
+        [("slow", "after_slow")],
+    )
     result, _ = await run(raw)
     assert result["status"] == "failed"
     assert result["nodes"]["slow"]["status"] == "cancelled"
@@ -162,10 +219,17 @@ async def test_fail_fast_cancels_running_nodes_and_starts_nothing_new():
 
 
 async def test_continue_lets_other_branches_finish_and_lists_every_failure():
-    raw = canvas([node("bad1", "test_flaky", data={"failures": 9, "retry_class": None}),
-                  node("bad2", "test_flaky", data={"failures": 9, "retry_class": None}),
-                  node("after_bad"), sleep("good", 0.1), node("after_good")],
-                 [("bad1", "after_bad"), ("good", "after_good")], settings={"on_error": "continue"})
+    raw = canvas(
+        [
+            node("bad1", "test_flaky", data={"failures": 9, "retry_class": None}),
+            node("bad2", "test_flaky", data={"failures": 9, "retry_class": None}),
+            node("after_bad"),
+            sleep("good", 0.1),
+            node("after_good"),
+        ],
+        [("bad1", "after_bad"), ("good", "after_good")],
+        settings={"on_error": "continue"},
+    )
     result, _ = await run(raw)
     assert result["status"] == "failed"
     assert result["nodes"]["after_bad"]["status"] == "skipped"
@@ -182,24 +246,38 @@ async def test_missing_reference_at_run_time_fails_the_node_with_the_field():
 
 
 async def test_skipped_upstream_reads_as_none():
-    raw = canvas([node("cond", "condition", data={"conditions": [{"id": "x", "expression": "false"}]}),
-                  node("maybe"), node("j", data={"output": "{{ maybe is none }}"}, join="any"), node("other")],
-                 [("cond", "maybe", "condition-x"), ("cond", "other", "else"), ("maybe", "j"), ("other", "j")])
+    raw = canvas(
+        [
+            node("cond", "condition", data={"conditions": [{"id": "x", "expression": "false"}]}),
+            node("maybe"),
+            node("j", data={"output": "{{ maybe is none }}"}, join="any"),
+            node("other"),
+        ],
+        [("cond", "maybe", "condition-x"), ("cond", "other", "else"), ("maybe", "j"), ("other", "j")],
+    )
     result, _ = await run(raw)
     assert result["nodes"]["j"]["output"] is True
 
 
 async def test_set_variable_is_seen_downstream():
-    raw = canvas([node("set", "set_variable", data={"name": "greeting", "value": "hi {{ inputs.who }}"}),
-                  node("use", data={"output": "{{ var.greeting }}!"})], [("set", "use")],
-                 variables={"greeting": "hello"})
+    raw = canvas(
+        [
+            node("set", "set_variable", data={"name": "greeting", "value": "hi {{ inputs.who }}"}),
+            node("use", data={"output": "{{ var.greeting }}!"}),
+        ],
+        [("set", "use")],
+        variables={"greeting": "hello"},
+    )
     result, _ = await run(raw, {"who": "Ada"})
     assert result["nodes"]["use"]["output"] == "hi Ada!"
 
 
 async def test_document_output_mapping():
-    raw = canvas([node("a", data={"output": 1}), node("b", data={"output": 2})], [("a", "b")],
-                 output={"sum": "{{ a + b }}", "label": "a={{ a }}"})
+    raw = canvas(
+        [node("a", data={"output": 1}), node("b", data={"output": 2})],
+        [("a", "b")],
+        output={"sum": "{{ a + b }}", "label": "a={{ a }}"},
+    )
     result, _ = await run(raw)
     assert result["output"] == {"sum": 3, "label": "a=1"}
 
@@ -216,8 +294,14 @@ async def test_event_sequence_is_strictly_increasing_and_ordered_per_node():
     raw = canvas([node("a"), node("b")], [("a", "b")])
     _, events = await run(raw)
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
-    assert [e.type for e in events] == ["execution:started", "node:started", "node:completed", "node:started",
-                                        "node:completed", "execution:completed"]
+    assert [e.type for e in events] == [
+        "execution:started",
+        "node:started",
+        "node:completed",
+        "node:started",
+        "node:completed",
+        "execution:completed",
+    ]
 
 
 async def test_cancelling_the_run_cancels_running_nodes():
@@ -259,10 +343,16 @@ class KeptOutputs:
 
 
 async def test_an_output_over_the_limit_is_kept_in_the_store_and_referred_to_in_events_and_the_result():
-    raw = canvas([node("big", data={"output": "{{ ['é' * 2000, 7] }}"}), node("size", data={"output": "{{ big[0] | length }}"}),
-                  node("repeat", "loop", data={"mode": "for", "count": 2, "max_iterations": 2}),
-                  node("inner", parentId="repeat", data={"output": "{{ 'y' * 3000 }}"})],
-                 [("big", "size")], output="{{ big }}")
+    raw = canvas(
+        [
+            node("big", data={"output": "{{ ['é' * 2000, 7] }}"}),
+            node("size", data={"output": "{{ big[0] | length }}"}),
+            node("repeat", "loop", data={"mode": "for", "count": 2, "max_iterations": 2}),
+            node("inner", parentId="repeat", data={"output": "{{ 'y' * 3000 }}"}),
+        ],
+        [("big", "size")],
+        output="{{ big }}",
+    )
     storage = KeptOutputs()
     record, events = await run(raw, large_outputs=LargeOutputs("run-1", 2048, storage.keep))
     shown = {(e.node_id, tuple(e.path)): e.data["output"] for e in events if e.type == "node:completed"}
@@ -306,9 +396,14 @@ def test_an_output_reference_is_nothing_but_32_hex_digits():
 
 
 async def test_body_executions_keep_no_output_once_their_iteration_is_over():
-    raw = canvas([node("repeat", "loop", data={"mode": "for", "count": 3, "max_iterations": 3}),
-                  node("big", parentId="repeat", data={"output": "{{ 'x' * 100 ~ loop.index }}"}),
-                  node("size", parentId="repeat", data={"output": "{{ big | length }}"})], [("big", "size")])
+    raw = canvas(
+        [
+            node("repeat", "loop", data={"mode": "for", "count": 3, "max_iterations": 3}),
+            node("big", parentId="repeat", data={"output": "{{ 'x' * 100 ~ loop.index }}"}),
+            node("size", parentId="repeat", data={"output": "{{ big | length }}"}),
+        ],
+        [("big", "size")],
+    )
     registry = make_registry()
     record = await Execution(compiled(raw, registry), registry, run_id="run-1", inputs={}).run()
     assert record.nodes["repeat"].output["results"] == [101, 101, 101]
@@ -332,22 +427,29 @@ async def test_approvals_and_sub_workflows_are_handlers_using_the_runs_capabilit
             seen["child"] = (child.workflow, child.version, child.inputs, journal)
             return Completed(output={"child": "done"})
 
-    raw = canvas([node("ask", "approval", data={"message": "ship {{ inputs.what }}?"}),
-                  node("sub", "subworkflow",
-                       data={"workflow": "wf-2", "version": 3, "inputs": {"x": "{{ ask.approved }}"}}),
-                  node("no", data={"output": "rejected"})],
-                 [("ask", "sub", "approved"), ("ask", "no", "rejected")])
+    raw = canvas(
+        [
+            node("ask", "approval", data={"message": "ship {{ inputs.what }}?"}),
+            node("sub", "subworkflow", data={"workflow": "wf-2", "version": 3, "inputs": {"x": "{{ ask.approved }}"}}),
+            node("no", data={"output": "rejected"}),
+        ],
+        [("ask", "sub", "approved"), ("ask", "no", "rejected")],
+    )
     result, _ = await run(raw, {"what": "it"}, approvals=Gate(), subworkflows=Children())
     assert result["status"] == "completed"
-    assert seen == {"status while waiting": "paused", "message": "ship it?",
-                    "child": ("wf-2", 3, {"x": True}, "run-1:sub:")}
+    assert seen == {
+        "status while waiting": "paused",
+        "message": "ship it?",
+        "child": ("wf-2", 3, {"x": True}, "run-1:sub:"),
+    }
     assert result["nodes"]["sub"]["output"] == {"child": "done"} and result["nodes"]["no"]["status"] == "skipped"
     assert result["nodes"]["ask"]["attempts"] == result["nodes"]["sub"]["attempts"] == 1
 
 
 async def test_without_a_run_to_pause_or_start_children_those_nodes_fail_saying_so():
-    raw = canvas([node("ask", "approval"), node("sub", "subworkflow", data={"workflow": "x"})],
-                 settings={"on_error": "continue"})
+    raw = canvas(
+        [node("ask", "approval"), node("sub", "subworkflow", data={"workflow": "x"})], settings={"on_error": "continue"}
+    )
     result, _ = await run(raw)
     assert result["status"] == "failed"
     assert "need a Prefect flow run to pause" in result["nodes"]["ask"]["error"]["message"]

@@ -15,14 +15,22 @@ import logging
 import os
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import pytest
 
-from flows.event_log import (EventLog, EventLogSettings, EventLogWriter, RedisEventLog,
-                             SqlEventLog, StoredEvent, event_log_from_env, event_log_from_settings)
+from flows.event_log import (
+    EventLog,
+    EventLogSettings,
+    EventLogWriter,
+    RedisEventLog,
+    SqlEventLog,
+    StoredEvent,
+    event_log_from_env,
+    event_log_from_settings,
+)
 from flows.events import EventBus, RunEvent
 
 PG_ADMIN_DSN = os.environ.get("FLOWMAESTRO_TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -106,7 +114,9 @@ def _pg_url_if_needed(request) -> str | None:
     return request.getfixturevalue("pg_url") if request.param == "postgresql" else None
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=ON_SERVICES), pytest.param("redis", marks=ON_SERVICES)])
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgresql", marks=ON_SERVICES), pytest.param("redis", marks=ON_SERVICES)]
+)
 async def logs(request, tmp_path):
     factory = Logs(request.param, _url(request.param, tmp_path, _pg_url_if_needed(request)))
     yield factory
@@ -133,8 +143,15 @@ async def redis_logs():
 def event(execution_id: str, seq: int, type_: str | None = None, **data: Any) -> RunEvent:
     type_ = type_ or ("execution:started" if seq == 1 else ("stream:chunk" if seq % 3 else "node:completed"))
     node = None if type_.startswith("execution:") else f"node-{seq % 7}"
-    return RunEvent(seq, type_, execution_id, f"2026-01-01T00:00:{seq % 60:02d}+00:00", node,
-                    None if node is None else (seq % 5,), {"i": seq, **data})
+    return RunEvent(
+        seq,
+        type_,
+        execution_id,
+        f"2026-01-01T00:00:{seq % 60:02d}+00:00",
+        node,
+        None if node is None else (seq % 5,),
+        {"i": seq, **data},
+    )
 
 
 def run_events(execution_id: str, count: int, final: str = "execution:completed") -> list[RunEvent]:
@@ -144,13 +161,18 @@ def run_events(execution_id: str, count: int, final: str = "execution:completed"
 
 async def append_in_chunks(log: EventLog, events: Sequence[RunEvent], size: int, pause: float = 0.0) -> None:
     for start in range(0, len(events), size):
-        await log.append(events[start:start + size])
+        await log.append(events[start : start + size])
         await asyncio.sleep(pause)
 
 
-async def collect(log: EventLog, execution_id: str, after: int = 0, *,
-                  on_event: Callable[[StoredEvent], bool | None] | None = None,
-                  idle_timeout: float | None = None) -> list[StoredEvent]:
+async def collect(
+    log: EventLog,
+    execution_id: str,
+    after: int = 0,
+    *,
+    on_event: Callable[[StoredEvent], bool | None] | None = None,
+    idle_timeout: float | None = None,
+) -> list[StoredEvent]:
     """Follow a run; stop early when ``on_event`` returns True."""
     received: list[StoredEvent] = []
     async with asyncio.timeout(TIMEOUT):
@@ -180,7 +202,8 @@ def assert_exactly(received: Sequence[StoredEvent], first: int, last: int) -> No
     assert got == list(range(first, last + 1)), (
         f"expected seq {first}..{last}, got {len(got)} events"
         f" (missing {sorted(set(range(first, last + 1)) - set(got))[:10]},"
-        f" unordered={any(b <= a for a, b in zip(got, got[1:]))})")
+        f" unordered={any(b <= a for a, b in zip(got, got[1:]))})"
+    )
 
 
 async def wait_for(condition: Callable[[], bool], what: str) -> None:
@@ -201,7 +224,8 @@ async def test_append_and_read_after(logs):
     everything = await log.read(run)
     assert_exactly(everything, 1, 25)
     assert [(s.execution_id, s.type, s.data) for s in everything] == [
-        (e.execution_id, e.type, e.payload()) for e in events]
+        (e.execution_id, e.type, e.payload()) for e in events
+    ]
     assert_exactly(await log.read(run, after=10), 11, 25)
     assert_exactly(await log.read(run, after=10, limit=5), 11, 15)
     assert await log.read(run, after=25) == []
@@ -237,9 +261,13 @@ async def test_append_is_idempotent(logs):
 async def test_payloads_json_cannot_express_are_stored_as_strict_json(logs):
     log = logs.new()
     run = logs.run_id()
-    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
-    odd = event(run, 1, "node:completed", output={"nan": float("nan"), "inf": float("-inf"), "when": when,
-                                                  "tags": ("a", "b"), 7: "int key"})
+    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    odd = event(
+        run,
+        1,
+        "node:completed",
+        output={"nan": float("nan"), "inf": float("-inf"), "when": when, "tags": ("a", "b"), 7: "int key"},
+    )
     plain = event(run, 2, "node:completed", output={"when": when})
     await log.append([odd, plain])
     first, second = await log.read(run)
@@ -469,8 +497,9 @@ async def test_sql_purge_deletes_runs_whose_last_event_is_older_than_retention(s
         if up_to_seq is not None:
             condition = condition & (c.seq <= up_to_seq)
         async with log.engine.begin() as connection:
-            await connection.execute(update(log.table).where(condition)
-                                     .values(created_at=datetime.now(timezone.utc) - timedelta(days=days)))
+            await connection.execute(
+                update(log.table).where(condition).values(created_at=datetime.now(UTC) - timedelta(days=days))
+            )
 
     await age(old, 10)
     await age(mixed, 10, up_to_seq=20)  # a long run: its first events are old, its last are recent
@@ -526,6 +555,7 @@ async def test_sql_schema_is_created_lazily_by_concurrent_instances(tmp_path):
         assert await instances[1].last_seq(run) == 4
         async with instances[0].engine.connect() as connection:
             from sqlalchemy import text
+
             mode = (await connection.execute(text("PRAGMA journal_mode"))).scalar()
             timeout = (await connection.execute(text("PRAGMA busy_timeout"))).scalar()
         assert mode == "wal" and timeout == 30000
@@ -538,18 +568,25 @@ async def test_sqlite_engines_share_one_setup(tmp_path):
     """store.database.create_database_engine, behind both the event log and the API's tables."""
     from sqlalchemy import text
 
-    from store.db import make_engine
     from store.database import create_database_engine
+    from store.db import make_engine
 
     path = tmp_path / "new" / "dir" / "shared.db"
-    engines = [make_engine(f"sqlite+aiosqlite:///{path}"), SqlEventLog(f"sqlite+aiosqlite:///{path}").engine,
-               create_database_engine("sqlite+aiosqlite:///:memory:", pool_size=10, max_overflow=20)]
+    engines = [
+        make_engine(f"sqlite+aiosqlite:///{path}"),
+        SqlEventLog(f"sqlite+aiosqlite:///{path}").engine,
+        create_database_engine("sqlite+aiosqlite:///:memory:", pool_size=10, max_overflow=20),
+    ]
     try:
         found = []
         for engine in engines:
             async with engine.connect() as connection:
-                found.append([(await connection.execute(text(f"PRAGMA {name}"))).scalar()
-                              for name in ("busy_timeout", "foreign_keys", "journal_mode")])
+                found.append(
+                    [
+                        (await connection.execute(text(f"PRAGMA {name}"))).scalar()
+                        for name in ("busy_timeout", "foreign_keys", "journal_mode")
+                    ]
+                )
         assert found == [[30000, 1, "wal"], [30000, 1, "wal"], [30000, 1, "memory"]]  # in memory: no WAL
         assert path.parent.is_dir()
     finally:
@@ -616,14 +653,18 @@ async def test_event_log_from_settings_uses_the_settings_given_not_the_environme
     monkeypatch.setenv("FLOWMAESTRO_EVENT_RETENTION_DAYS", "99")
     url = f"sqlite+aiosqlite:///{tmp_path / 'injected.db'}"
     # model_construct: no environment at all, as when a caller injects its own settings.
-    sql = event_log_from_settings(EventLogSettings.model_construct(redis_url=None, database_url=url,
-                                                                   home=tmp_path, event_retention_days=3.0))
+    sql = event_log_from_settings(
+        EventLogSettings.model_construct(redis_url=None, database_url=url, home=tmp_path, event_retention_days=3.0)
+    )
     try:
         assert isinstance(sql, SqlEventLog) and sql.url == url and sql.retention_days == 3.0
     finally:
         await sql.close()
-    redis_log = event_log_from_settings(EventLogSettings.model_construct(
-        redis_url=REDIS_URL, database_url=None, home=tmp_path, event_retention_days=0.25))
+    redis_log = event_log_from_settings(
+        EventLogSettings.model_construct(
+            redis_url=REDIS_URL, database_url=None, home=tmp_path, event_retention_days=0.25
+        )
+    )
     try:
         assert isinstance(redis_log, RedisEventLog) and redis_log.url == REDIS_URL
         assert redis_log.ttl_seconds == 6 * 3600
@@ -636,8 +677,9 @@ async def test_a_follower_ends_at_each_final_event_and_not_at_a_pause(tmp_path, 
     log = SqlEventLog(f"sqlite+aiosqlite:///{tmp_path / 'final.db'}", poll_interval=0.02)
     try:
         run = str(uuid.uuid4())
-        await log.append([event(run, 1), event(run, 2, "execution:paused"), event(run, 3, "execution:resumed"),
-                          event(run, 4, final)])
+        await log.append(
+            [event(run, 1), event(run, 2, "execution:paused"), event(run, 3, "execution:resumed"), event(run, 4, final)]
+        )
         received = await collect(log, run)  # returns only because the stream ends by itself
         assert [e.type for e in received] == ["execution:started", "execution:paused", "execution:resumed", final]
         assert received[-1].final and not any(e.final for e in received[:-1])
@@ -662,6 +704,8 @@ async def test_a_held_final_event_is_stored_only_once_released(tmp_path):
     assert [e.type for e in await log.read("run-held", after=0, limit=10)] == ["execution:started"]
     writer.release_final()
     await writer.close()
-    assert [e.type for e in await log.read("run-held", after=0, limit=10)] == ["execution:started",
-                                                                                 "execution:completed"]
+    assert [e.type for e in await log.read("run-held", after=0, limit=10)] == [
+        "execution:started",
+        "execution:completed",
+    ]
     await log.close()

@@ -60,9 +60,18 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
     redis.start()
     prefect_home = root / "prefect"
     prefect = start_server(prefect_home, free_port(), auth=False)  # its clients carry no auth string
-    env = stack_env(root, prefect, postgres.url, KEY, FLOWMAESTRO_API_KEYS=f"tester:{KEY}",
-                    FLOWMAESTRO_REDIS_URL=redis.url, FLOWMAESTRO_CACHE_LOCK_REDIS_URL=redis.url,
-                    FLOWMAESTRO_PREFECT_TIMEOUT_S="5", FLOWMAESTRO_WORKER_GRACE_S="2", FLOWMAESTRO_WORK_POOL=f"failing-{uuid.uuid4().hex[:6]}")
+    env = stack_env(
+        root,
+        prefect,
+        postgres.url,
+        KEY,
+        FLOWMAESTRO_API_KEYS=f"tester:{KEY}",
+        FLOWMAESTRO_REDIS_URL=redis.url,
+        FLOWMAESTRO_CACHE_LOCK_REDIS_URL=redis.url,
+        FLOWMAESTRO_PREFECT_TIMEOUT_S="5",
+        FLOWMAESTRO_WORKER_GRACE_S="2",
+        FLOWMAESTRO_WORK_POOL=f"failing-{uuid.uuid4().hex[:6]}",
+    )
     serve, base = start_serve(root, env, workers=1)
     api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
     stack = Stack(root, postgres, redis, prefect_home, prefect, serve, api)
@@ -84,11 +93,15 @@ def services_back(stack):
 
 
 def slow_workflow(api: httpx.Client, seconds: float) -> str:
-    raw = {"name": f"slow-{uuid.uuid4().hex[:6]}",
-           "nodes": [{"id": "start", "type": "start", "data": {}},
-                     {"id": "wait", "type": "delay", "data": {"seconds": seconds}},
-                     {"id": "end", "type": "end", "data": {"output": "done"}}],
-           "edges": [{"id": "a", "source": "start", "target": "wait"}, {"id": "b", "source": "wait", "target": "end"}]}
+    raw = {
+        "name": f"slow-{uuid.uuid4().hex[:6]}",
+        "nodes": [
+            {"id": "start", "type": "start", "data": {}},
+            {"id": "wait", "type": "delay", "data": {"seconds": seconds}},
+            {"id": "end", "type": "end", "data": {"output": "done"}},
+        ],
+        "edges": [{"id": "a", "source": "start", "target": "wait"}, {"id": "b", "source": "wait", "target": "end"}],
+    }
     saved = api.post("/api/workflows", json={"canvas": raw})
     assert saved.status_code == 201 and not saved.json()["warnings"], saved.text
     return saved.json()["id"]
@@ -97,32 +110,47 @@ def slow_workflow(api: httpx.Client, seconds: float) -> str:
 def start_running(api: httpx.Client, workflow_id: str) -> str:
     """Execute and wait until the worker runs it (its delay node started)."""
     run_id = api.post(f"/api/workflows/{workflow_id}/execute", json={}).json()["execution_id"]
-    wait_until(lambda: api.get(f"/api/executions/{run_id}").json()["nodes"].get("wait", {}).get("status") == "running",
-               timeout=120, what=f"run {run_id} running its delay node")
+    wait_until(
+        lambda: api.get(f"/api/executions/{run_id}").json()["nodes"].get("wait", {}).get("status") == "running",
+        timeout=120,
+        what=f"run {run_id} running its delay node",
+    )
     return run_id
 
 
 def approval_waiting(api: httpx.Client) -> str:
     """A run paused on an approval ``ask`` (``approved`` leads to the output ``yes``)."""
-    raw = {"name": f"ask-{uuid.uuid4().hex[:6]}",
-           "nodes": [{"id": "start", "type": "start", "data": {}}, {"id": "ask", "type": "approval", "data": {}},
-                     {"id": "end", "type": "end", "data": {"output": "yes"}}],
-           "edges": [{"id": "a", "source": "start", "target": "ask"},
-                     {"id": "b", "source": "ask", "target": "end", "sourceHandle": "approved"}]}
+    raw = {
+        "name": f"ask-{uuid.uuid4().hex[:6]}",
+        "nodes": [
+            {"id": "start", "type": "start", "data": {}},
+            {"id": "ask", "type": "approval", "data": {}},
+            {"id": "end", "type": "end", "data": {"output": "yes"}},
+        ],
+        "edges": [
+            {"id": "a", "source": "start", "target": "ask"},
+            {"id": "b", "source": "ask", "target": "end", "sourceHandle": "approved"},
+        ],
+    }
     saved = api.post("/api/workflows", json={"canvas": raw})
     assert saved.status_code == 201, saved.text
     run_id = api.post(f"/api/workflows/{saved.json()['id']}/execute", json={}).json()["execution_id"]
-    wait_until(lambda: api.get(f"/api/executions/{run_id}").json()["status"] == "paused", timeout=120,
-               what=f"run {run_id} waiting for its approval")
+    wait_until(
+        lambda: api.get(f"/api/executions/{run_id}").json()["status"] == "paused",
+        timeout=120,
+        what=f"run {run_id} waiting for its approval",
+    )
     return run_id
 
 
 def refused(answer: httpx.Response, service: str) -> None:
     """A 503 that names ``service`` and says when to retry; no traceback."""
-    assert answer.status_code == 503, f"{answer.request.method} {answer.request.url.path}: {answer.status_code} {answer.text}"
+    assert answer.status_code == 503, (
+        f"{answer.request.method} {answer.request.url.path}: {answer.status_code} {answer.text}"
+    )
     body = answer.json()
     assert body["service"] == service and answer.headers["retry-after"].isdigit(), answer.text
-    assert "Traceback" not in answer.text and "File \"" not in answer.text
+    assert "Traceback" not in answer.text and 'File "' not in answer.text
 
 
 def timed(call, *args, **kwargs) -> httpx.Response:
@@ -142,8 +170,12 @@ def health(api: httpx.Client) -> dict[str, str]:
 def wait_ended(api: httpx.Client, run_id: str, timeout: float = 120) -> dict:
     def ended():
         answer = api.get(f"/api/executions/{run_id}")
-        return answer.status_code == 200 and answer.json()["status"] in ("completed", "failed", "cancelled") \
+        return (
+            answer.status_code == 200
+            and answer.json()["status"] in ("completed", "failed", "cancelled")
             and answer.json()
+        )
+
     return wait_until(ended, timeout=timeout, interval=0.5, what=f"run {run_id} ending")
 
 
@@ -169,9 +201,14 @@ def test_postgres_killed_then_back(stack):
     workflow_id = slow_workflow(api, 3)
     before = start_running(api, workflow_id)
     stack.postgres.kill()
-    for method, path in (("GET", "/api/workflows"), ("GET", f"/api/workflows/{workflow_id}"),
-                         ("POST", f"/api/workflows/{workflow_id}/execute"), ("GET", "/api/executions"),
-                         ("GET", f"/api/executions/{before}"), ("GET", f"/api/executions/{before}/stream")):
+    for method, path in (
+        ("GET", "/api/workflows"),
+        ("GET", f"/api/workflows/{workflow_id}"),
+        ("POST", f"/api/workflows/{workflow_id}/execute"),
+        ("GET", "/api/executions"),
+        ("GET", f"/api/executions/{before}"),
+        ("GET", f"/api/executions/{before}/stream"),
+    ):
         refused(timed(api.request, method, path, json={} if method == "POST" else None), "database")
     checks = health(api)
     assert checks["database"].startswith("error") and checks["prefect"] == checks["redis"] == "ok", checks
@@ -256,8 +293,11 @@ def test_prefect_killed_then_back(stack):
     again = api.post(f"/api/workflows/{workflow_id}/execute", json={})
     assert again.status_code == 202, again.text
     # The approval asked before the outage is still waiting, and answered now, the run goes on.
-    pending = wait_until(lambda: api.get(f"/api/executions/{waiting}").json()["pending_approvals"], timeout=60,
-                         what="the approval listed again")
+    pending = wait_until(
+        lambda: api.get(f"/api/executions/{waiting}").json()["pending_approvals"],
+        timeout=60,
+        what="the approval listed again",
+    )
     assert [a["node_id"] for a in pending] == ["ask"]
     answer = api.post(f"/api/executions/{waiting}/resume", json={"node_id": "ask", "input": {"approved": True}})
     assert answer.status_code == 200, answer.text

@@ -31,11 +31,17 @@ def listening(context, listener):
     return workflow_flow(dataclasses.replace(context, listeners=(listener,)))
 
 
-
 async def test_a_run_completes_and_every_node_is_a_task_run_tagged_with_its_id():
-    raw = canvas([node("start", "start"), node("greet", data={"output": "hi {{ inputs.who }}"}),
-                  node("wait", "test_sleep", data={"seconds": 0.05}), node("end", "end", data={"output": "{{ greet }}"})],
-                 [("start", "greet"), ("greet", "wait"), ("wait", "end")], name="greeter")
+    raw = canvas(
+        [
+            node("start", "start"),
+            node("greet", data={"output": "hi {{ inputs.who }}"}),
+            node("wait", "test_sleep", data={"seconds": 0.05}),
+            node("end", "end", data={"output": "{{ greet }}"}),
+        ],
+        [("start", "greet"), ("greet", "wait"), ("wait", "end")],
+        name="greeter",
+    )
     state, result = await execute(raw, {"who": "Ada"})
     assert state.is_completed()
     assert result["status"] == "completed" and result["output"] == "hi Ada"
@@ -50,8 +56,16 @@ async def test_a_run_completes_and_every_node_is_a_task_run_tagged_with_its_id()
 
 
 async def test_retries_are_prefect_retries_with_attempts_reported(run_context):
-    raw = canvas([node("flaky", "test_flaky", data={"failures": 2},
-                       retry={"max_attempts": 3, "initial_delay_s": 0.2, "backoff_factor": 2})])
+    raw = canvas(
+        [
+            node(
+                "flaky",
+                "test_flaky",
+                data={"failures": 2},
+                retry={"max_attempts": 3, "initial_delay_s": 0.2, "backoff_factor": 2},
+            )
+        ]
+    )
     events = []
     state, result = await execute(raw, flow=listening(run_context, lambda bus: bus.subscribe(events.append)))
     assert result["nodes"]["flaky"]["status"] == "completed"
@@ -63,16 +77,28 @@ async def test_retries_are_prefect_retries_with_attempts_reported(run_context):
     assert runs[0].total_run_time is not None
     started, ended = result["nodes"]["flaky"]["started_at"], result["nodes"]["flaky"]["ended_at"]
     from datetime import datetime
+
     assert (datetime.fromisoformat(ended) - datetime.fromisoformat(started)).total_seconds() >= 0.6
 
 
 async def test_cache_hit_in_a_second_run_skips_the_handler():
     marker = uuid.uuid4().hex  # a fresh key for this test session
+
     def build(value):
-        return canvas([node("start", "start"),
-                       node("count", "test_count", data={"value": "{{ inputs.v }}-" + marker},
-                            cache={"enabled": True, "ttl_s": 600})],
-                      [("start", "count")], inputs={"v": {"type": "string"}})
+        return canvas(
+            [
+                node("start", "start"),
+                node(
+                    "count",
+                    "test_count",
+                    data={"value": "{{ inputs.v }}-" + marker},
+                    cache={"enabled": True, "ttl_s": 600},
+                ),
+            ],
+            [("start", "count")],
+            inputs={"v": {"type": "string"}},
+        )
+
     _, first = await execute(build(1), {"v": "a"})
     _, second = await execute(build(1), {"v": "a"})
     _, third = await execute(build(1), {"v": "b"})
@@ -85,8 +111,12 @@ async def test_cache_hit_in_a_second_run_skips_the_handler():
 
 
 async def test_fail_fast_ends_the_prefect_run_failed_with_the_result_attached():
-    raw = canvas([node("boom", "test_flaky", data={"failures": 9, "retry_class": None}),
-                  node("slow", "test_sleep", data={"seconds": 30})])
+    raw = canvas(
+        [
+            node("boom", "test_flaky", data={"failures": 9, "retry_class": None}),
+            node("slow", "test_sleep", data={"seconds": 30}),
+        ]
+    )
     state, result = await execute(raw)
     assert state.is_failed()
     assert result["status"] == "failed"
@@ -96,9 +126,16 @@ async def test_fail_fast_ends_the_prefect_run_failed_with_the_result_attached():
 
 
 async def test_continue_runs_the_other_branches():
-    raw = canvas([node("boom", "test_flaky", data={"failures": 9, "retry_class": None}), node("after_boom"),
-                  node("fine", "test_sleep", data={"seconds": 0.05}), node("after_fine")],
-                 [("boom", "after_boom"), ("fine", "after_fine")], settings={"on_error": "continue"})
+    raw = canvas(
+        [
+            node("boom", "test_flaky", data={"failures": 9, "retry_class": None}),
+            node("after_boom"),
+            node("fine", "test_sleep", data={"seconds": 0.05}),
+            node("after_fine"),
+        ],
+        [("boom", "after_boom"), ("fine", "after_fine")],
+        settings={"on_error": "continue"},
+    )
     state, result = await execute(raw)
     assert state.is_failed()
     assert result["nodes"]["after_fine"]["status"] == "completed"
@@ -120,8 +157,11 @@ async def test_parallel_nodes_overlap_as_task_runs():
 
 
 async def test_invalid_inputs_fail_before_anything_runs():
-    raw = canvas([node("start", "start"), node("count", "test_count")], [("start", "count")],
-                 inputs={"n": {"type": "integer", "required": True}})
+    raw = canvas(
+        [node("start", "start"), node("count", "test_count")],
+        [("start", "count")],
+        inputs={"n": {"type": "integer", "required": True}},
+    )
     state, result = await execute(raw, {"n": "three"})
     assert state.is_failed()
     assert "input 'n' must be an integer" in result["error"]["message"]
@@ -149,15 +189,27 @@ async def test_cancelling_in_prefect_ends_the_run_cancelled(run_context):
 
 
 async def test_subworkflow_runs_a_child_canvas_as_a_subflow(tmp_path, monkeypatch):
-    child = canvas([node("start", "start"), node("twice", data={"output": "{{ inputs.n * 2 }}"}),
-                    node("end", "end", data={"output": "{{ twice }}"})], [("start", "twice"), ("twice", "end")],
-                   name="child", inputs={"n": {"type": "integer", "required": True}})
+    child = canvas(
+        [
+            node("start", "start"),
+            node("twice", data={"output": "{{ inputs.n * 2 }}"}),
+            node("end", "end", data={"output": "{{ twice }}"}),
+        ],
+        [("start", "twice"), ("twice", "end")],
+        name="child",
+        inputs={"n": {"type": "integer", "required": True}},
+    )
     (tmp_path / "child.json").write_text(json.dumps(child))
     monkeypatch.chdir(tmp_path)
-    parent = canvas([node("call", "subworkflow", data={"workflow": "child.json", "inputs": {"n": 21}}),
-                     node("use", data={"output": "{{ call + 1 }}"}),
-                     node("broken", "subworkflow", data={"workflow": "missing.json"}), node("fallback")],
-                    [("call", "use"), ("broken", "fallback", "error")])
+    parent = canvas(
+        [
+            node("call", "subworkflow", data={"workflow": "child.json", "inputs": {"n": 21}}),
+            node("use", data={"output": "{{ call + 1 }}"}),
+            node("broken", "subworkflow", data={"workflow": "missing.json"}),
+            node("fallback"),
+        ],
+        [("call", "use"), ("broken", "fallback", "error")],
+    )
     state, result = await execute(parent)
     assert result["nodes"]["call"]["output"] == 42
     assert result["nodes"]["use"]["output"] == 43
@@ -167,19 +219,30 @@ async def test_subworkflow_runs_a_child_canvas_as_a_subflow(tmp_path, monkeypatc
 
     parent_id = result["id"]
     async with get_client() as client:  # the parent's children, not the session's latest runs
-        children = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
-            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[uuid.UUID(parent_id)])))
+        children = await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[uuid.UUID(parent_id)]))
+        )
     assert any(run.parent_task_run_id is not None and run.name == "child" for run in children), parent_id
 
 
 async def test_a_subworkflow_is_resolved_for_the_runs_owner_through_its_context(run_context):
     """The owner is a flow parameter handed to the context's resolver, for nested children too;
     the context's listeners see the parent and every child run."""
-    child = canvas([node("start", "start"), node("end", "end", data={"output": "{{ inputs.n + 1 }}"})],
-                   [("start", "end")], name="owned-child", inputs={"n": {"type": "integer", "required": True}})
-    middle = canvas([node("start", "start"), node("inner", "subworkflow", data={"workflow": "child", "inputs": {"n": 1}}),
-                     node("end", "end", data={"output": "{{ inner }}"})], [("start", "inner"), ("inner", "end")],
-                    name="owned-middle")
+    child = canvas(
+        [node("start", "start"), node("end", "end", data={"output": "{{ inputs.n + 1 }}"})],
+        [("start", "end")],
+        name="owned-child",
+        inputs={"n": {"type": "integer", "required": True}},
+    )
+    middle = canvas(
+        [
+            node("start", "start"),
+            node("inner", "subworkflow", data={"workflow": "child", "inputs": {"n": 1}}),
+            node("end", "end", data={"output": "{{ inner }}"}),
+        ],
+        [("start", "inner"), ("inner", "end")],
+        name="owned-middle",
+    )
     asked = []
 
     async def resolver(reference, version, parent_run_id, owner):
@@ -187,7 +250,9 @@ async def test_a_subworkflow_is_resolved_for_the_runs_owner_through_its_context(
         return {"middle": middle, "child": child}[reference]
 
     runs = []
-    context = dataclasses.replace(run_context, resolve_workflow=resolver, listeners=(lambda bus: runs.append(bus.execution_id),))
+    context = dataclasses.replace(
+        run_context, resolve_workflow=resolver, listeners=(lambda bus: runs.append(bus.execution_id),)
+    )
     parent = canvas([node("call", "subworkflow", data={"workflow": "middle"})], [])
     state = await workflow_flow(context)(canvas=parent, inputs={}, owner="ada", return_state=True)
     result = await state.result(raise_on_failure=False)

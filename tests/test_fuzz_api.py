@@ -19,10 +19,16 @@ pytestmark = pytest.mark.prefect
 EXAMPLES = 10
 SCHEMATHESIS_EXAMPLES = 5
 """Per operation and phase: about 600 requests, a minute or two."""
-REFUSED_BY_CONTENT = ("/api/workflows", "/api/workflows/{workflow_id}", "/api/workflows/{workflow_id}/execute",
-                      "/api/workflows/{workflow_id}/schedules", "/api/workflows/{workflow_id}/schedules/{schedule_id}",
-                      "/api/executions/{execution_id}/resume", "/api/executions/{execution_id}/retry",
-                      "/hooks/{hook_id}")
+REFUSED_BY_CONTENT = (
+    "/api/workflows",
+    "/api/workflows/{workflow_id}",
+    "/api/workflows/{workflow_id}/execute",
+    "/api/workflows/{workflow_id}/schedules",
+    "/api/workflows/{workflow_id}/schedules/{schedule_id}",
+    "/api/executions/{execution_id}/resume",
+    "/api/executions/{execution_id}/retry",
+    "/hooks/{hook_id}",
+)
 """Operations whose bodies the schema cannot fully describe: a canvas that does not compile,
 run inputs that do not fit the workflow's own declaration, an approval input that does not fit
 its form, a schedule less than 10 s apart. Schema-valid data may get their documented 422
@@ -30,8 +36,7 @@ there (``positive_data_acceptance`` is told so); everywhere else it must be acce
 
 
 def test_fuzz_every_route(served):
-    with httpx.Client(base_url=served.base, headers={"Authorization": f"Bearer {served.owner_key}"},
-                      timeout=60) as api:
+    with httpx.Client(base_url=served.base, headers={"Authorization": f"Bearer {served.owner_key}"}, timeout=60) as api:
         ids = build_world(api)
     report = fuzz(served.base, credentials_of(served.owner_key, served.other_key), ids, examples=EXAMPLES, seed=0)
     print("\n" + report.table())
@@ -47,13 +52,34 @@ def test_schemathesis_with_every_check_finds_nothing(served, tmp_path):
 include-path = [{paths}]
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422", "429", "5xx"]
 """)
-    command = [sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "--no-color", "run",
-               f"{served.base}/openapi.json", "--checks", "all", "--max-examples", str(SCHEMATHESIS_EXAMPLES),
-               "--seed", "0", "--request-timeout", "30", "--suppress-health-check", "all",
-               "--header", f"Authorization: Bearer {served.owner_key}"]
+    command = [
+        sys.executable,
+        "-m",
+        "schemathesis.cli",
+        "--config-file",
+        str(config),
+        "--no-color",
+        "run",
+        f"{served.base}/openapi.json",
+        "--checks",
+        "all",
+        "--max-examples",
+        str(SCHEMATHESIS_EXAMPLES),
+        "--seed",
+        "0",
+        "--request-timeout",
+        "30",
+        "--suppress-health-check",
+        "all",
+        "--header",
+        f"Authorization: Bearer {served.owner_key}",
+    ]
     # In tmp_path: schemathesis keeps a cache (.schemathesis/) in its working directory.
     done = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=tmp_path)
-    summary = done.stdout[done.stdout.find("=== FAILURES ==="):] if "=== FAILURES ===" in done.stdout \
+    summary = (
+        done.stdout[done.stdout.find("=== FAILURES ===") :]
+        if "=== FAILURES ===" in done.stdout
         else done.stdout[-3000:]
+    )
     print(done.stdout[-1500:])
     assert done.returncode == 0, summary[:12000] + done.stderr[-2000:]

@@ -27,12 +27,25 @@ FAST = settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_he
 
 
 def _strip_react_flow(raw: dict) -> dict:
-    keys = ("position", "width", "height", "selected", "dragging", "measured", "positionAbsolute",
-            "animated", "markerEnd", "style")
+    keys = (
+        "position",
+        "width",
+        "height",
+        "selected",
+        "dragging",
+        "measured",
+        "positionAbsolute",
+        "animated",
+        "markerEnd",
+        "style",
+    )
     plain = {k: v for k, v in raw.items() if k != "viewport"}
-    plain["nodes"] = sorted(({k: v for k, v in n.items() if k not in keys} for n in raw["nodes"]), key=lambda n: n["id"])
-    plain["edges"] = sorted(({k: v for k, v in e.items() if k not in keys} for e in raw["edges"]),
-                            key=lambda e: str(e.get("id")))
+    plain["nodes"] = sorted(
+        ({k: v for k, v in n.items() if k not in keys} for n in raw["nodes"]), key=lambda n: n["id"]
+    )
+    plain["edges"] = sorted(
+        ({k: v for k, v in e.items() if k not in keys} for e in raw["edges"]), key=lambda e: str(e.get("id"))
+    )
     return plain
 
 
@@ -66,10 +79,15 @@ def test_anything_compiles_or_is_refused_never_raises(raw):
 @pytest.fixture(scope="module")
 def api(tmp_path_factory):
     home = tmp_path_factory.mktemp("canvas-fuzz")
-    settings_ = ApiSettings(database_url=f"sqlite+aiosqlite:///{home / 'api.db'}", home=home,
-                            api_keys=f"fuzz:{KEY}", max_request_bytes=2_000_000)
-    with TestClient(create_app(settings_), headers={"Authorization": f"Bearer {KEY}"},
-                    raise_server_exceptions=False) as client:
+    settings_ = ApiSettings(
+        database_url=f"sqlite+aiosqlite:///{home / 'api.db'}",
+        home=home,
+        api_keys=f"fuzz:{KEY}",
+        max_request_bytes=2_000_000,
+    )
+    with TestClient(
+        create_app(settings_), headers={"Authorization": f"Bearer {KEY}"}, raise_server_exceptions=False
+    ) as client:
         yield client
 
 
@@ -96,8 +114,13 @@ def test_the_api_agrees_with_the_compiler(api, raw):
 
 
 def test_nan_in_a_canvas_is_not_a_500(api):
-    raw = {"name": "nan", "nodes": [{"id": "start", "type": "start", "data": {}},
-                                    {"id": "t", "type": "transform", "data": {"output": math.nan}}],
-           "edges": [{"id": "e", "source": "start", "target": "t"}]}
+    raw = {
+        "name": "nan",
+        "nodes": [
+            {"id": "start", "type": "start", "data": {}},
+            {"id": "t", "type": "transform", "data": {"output": math.nan}},
+        ],
+        "edges": [{"id": "e", "source": "start", "target": "t"}],
+    }
     answer = api.post("/api/workflows/validate", content=_json_body(raw), headers={"content-type": "application/json"})
     assert answer.status_code in (200, 422), answer.text

@@ -20,8 +20,17 @@ from tests.support import canvas, compiled, make_registry, node
 
 
 def context_with(services: HandlerServices) -> NodeContext:
-    return NodeContext(node_id="n", path=(), run_id="r", workflow="w", attempt=1, upstream={}, inputs={},
-                       emit=lambda kind, data: None, services=services)
+    return NodeContext(
+        node_id="n",
+        path=(),
+        run_id="r",
+        workflow="w",
+        attempt=1,
+        upstream={},
+        inputs={},
+        emit=lambda kind, data: None,
+        services=services,
+    )
 
 
 async def test_two_contexts_in_one_process_keep_their_own_egress_policy(counting):
@@ -52,14 +61,20 @@ async def test_clients_are_pooled_per_services_and_closed_with_them():
 async def test_the_engine_hands_the_runs_services_to_every_node(counting):
     """Whatever the environment says: one of the two runs would be wrong without them."""
     registry = make_registry()
-    raw = canvas([node("start", "start"), node("get", "http", data={"url": f"{counting.url}/engine"},
-                                                retry={"max_attempts": 1})], [("start", "get")])
+    raw = canvas(
+        [
+            node("start", "start"),
+            node("get", "http", data={"url": f"{counting.url}/engine"}, retry={"max_attempts": 1}),
+        ],
+        [("start", "get")],
+    )
     records = {}
     for allow in ("127.0.0.1", ""):
         services = HandlerServices(HandlerSettings(http_allow_hosts=allow))
         try:
-            records[allow] = await Execution(compiled(raw, registry), registry, run_id="r", inputs={},
-                                             services=services).run()
+            records[allow] = await Execution(
+                compiled(raw, registry), registry, run_id="r", inputs={}, services=services
+            ).run()
         finally:
             await services.close()
     assert records["127.0.0.1"].status == "completed", records["127.0.0.1"].error
@@ -78,7 +93,10 @@ async def test_a_run_context_closes_its_handler_services():
 
 async def test_one_client_per_services_and_another_for_other_settings():
     """(Was the process's shared client: replaced when the policy changed.)"""
-    services, other = HandlerServices(HandlerSettings()), HandlerServices(HandlerSettings(http_allow_hosts="10.0.0.0/8"))
+    services, other = (
+        HandlerServices(HandlerSettings()),
+        HandlerServices(HandlerSettings(http_allow_hosts="10.0.0.0/8")),
+    )
     try:
         first = services.http_client()
         assert services.http_client() is first
@@ -112,8 +130,9 @@ async def test_a_handler_called_on_its_own_closes_the_services_it_built(counting
         return built[-1]
 
     monkeypatch.setattr(HandlerServices, "from_environment", staticmethod(from_environment))
-    alone = NodeContext(node_id="n", path=(), run_id="r", workflow="w", attempt=1, upstream={}, inputs={},
-                        emit=lambda kind, data: None)
+    alone = NodeContext(
+        node_id="n", path=(), run_id="r", workflow="w", attempt=1, upstream={}, inputs={}, emit=lambda kind, data: None
+    )
     completed = await HttpHandler().run(HttpConfig.model_validate({"url": f"{counting.url}/alone"}), alone)
     assert completed.output["status"] == 200
     [services] = built

@@ -10,13 +10,11 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
 
 import pytest
-from tests.conftest_llm import allow_hosts, handler_env, make_context, run_with_retries, set_env  # noqa: F401
-from tests.openai_server import ServerThread, serve_in_thread
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -27,6 +25,8 @@ from node_handlers import egress
 from node_handlers.base import NodeError
 from node_handlers.egress import EgressPolicy, refusal_reason
 from node_handlers.http import HttpConfig, HttpHandler, parse_retry_after
+from tests.conftest_llm import allow_hosts, handler_env, make_context, run_with_retries, set_env  # noqa: F401
+from tests.openai_server import ServerThread, serve_in_thread
 
 TOKEN = "tok-very-secret-4711"
 PASSWORD = "pa55-word-very-secret"
@@ -39,21 +39,29 @@ class RecordingApp:
         self.requests: list[dict[str, Any]] = []
         self.counters: dict[str, int] = {}
         self._lock = threading.Lock()
-        self.app = Starlette(routes=[
-            Route("/json", self.json), Route("/text", self.text),
-            Route("/redirect", self.redirect, methods=["GET", "POST"]),
-            Route("/loop", self.loop), Route("/echo", self.echo, methods=["GET", "POST", "PUT", "DELETE"]),
-            Route("/status/{code:int}", self.status), Route("/flaky/{key}", self.flaky),
-            Route("/ratelimit/{key}", self.ratelimit), Route("/slow", self.slow), Route("/big", self.big),
-            Route("/stream", self.stream),
-        ])
+        self.app = Starlette(
+            routes=[
+                Route("/json", self.json),
+                Route("/text", self.text),
+                Route("/redirect", self.redirect, methods=["GET", "POST"]),
+                Route("/loop", self.loop),
+                Route("/echo", self.echo, methods=["GET", "POST", "PUT", "DELETE"]),
+                Route("/status/{code:int}", self.status),
+                Route("/flaky/{key}", self.flaky),
+                Route("/ratelimit/{key}", self.ratelimit),
+                Route("/slow", self.slow),
+                Route("/big", self.big),
+                Route("/stream", self.stream),
+            ]
+        )
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             headers = {k.decode(): v.decode() for k, v in scope["headers"]}
             with self._lock:
-                self.requests.append({"path": scope["path"], "method": scope["method"], "headers": headers,
-                                      "at": time.monotonic()})
+                self.requests.append(
+                    {"path": scope["path"], "method": scope["method"], "headers": headers, "at": time.monotonic()}
+                )
         await self.app(scope, receive, send)
 
     def paths(self) -> list[str]:
@@ -78,8 +86,14 @@ class RecordingApp:
 
     async def echo(self, request: Request) -> Response:
         body = (await request.body()).decode()
-        return JSONResponse({"method": request.method, "headers": dict(request.headers), "body": body,
-                             "query": dict(request.query_params)})
+        return JSONResponse(
+            {
+                "method": request.method,
+                "headers": dict(request.headers),
+                "body": body,
+                "query": dict(request.query_params),
+            }
+        )
 
     async def status(self, request: Request) -> Response:
         code = request.path_params["code"]
@@ -94,8 +108,9 @@ class RecordingApp:
 
     async def ratelimit(self, request: Request) -> Response:
         if self.count(request.path_params["key"]) == 1:
-            return PlainTextResponse("slow down", status_code=429,
-                                     headers={"Retry-After": request.query_params.get("after", "1")})
+            return PlainTextResponse(
+                "slow down", status_code=429, headers={"Retry-After": request.query_params.get("after", "1")}
+            )
         return JSONResponse({"ok": True})
 
     async def slow(self, request: Request) -> Response:
@@ -174,8 +189,15 @@ async def test_2xx_text_body_stays_text(web: RecordingApp, base: str) -> None:
 
 @pytest.mark.usefixtures("loopback_allowed")
 async def test_post_sends_json_query_and_headers(web: RecordingApp, base: str) -> None:
-    output = await call({"method": "post", "url": f"{base}/echo", "json": {"a": [1, 2]},
-                         "query": {"q": "x y", "n": 3}, "headers": {"X-Trace": "t-1", "X-Num": 5}})
+    output = await call(
+        {
+            "method": "post",
+            "url": f"{base}/echo",
+            "json": {"a": [1, 2]},
+            "query": {"q": "x y", "n": 3},
+            "headers": {"X-Trace": "t-1", "X-Num": 5},
+        }
+    )
     echoed = output["body"]
     assert echoed["method"] == "POST"
     assert json.loads(echoed["body"]) == {"a": [1, 2]}
@@ -188,8 +210,12 @@ async def test_post_sends_json_query_and_headers(web: RecordingApp, base: str) -
 async def test_idempotency_key_by_default_overridden_or_off(web: RecordingApp, base: str) -> None:
     handler = HttpHandler()
     context = dataclasses.replace(make_context(), idempotency_key="run-7:charge:2.0")
-    for data in ({}, {"idempotency_key": "order-{{ 1 }}"}, {"idempotency_key": False},
-                 {"headers": {"idempotency-key": "mine"}}):
+    for data in (
+        {},
+        {"idempotency_key": "order-{{ 1 }}"},
+        {"idempotency_key": False},
+        {"headers": {"idempotency-key": "mine"}},
+    ):
         await handler.run(HttpConfig.model_validate({"method": "POST", "url": f"{base}/echo", **data}), context)
     sent = [r["headers"].get("idempotency-key") for r in web.requests]
     assert sent == ["run-7:charge:2.0", "order-{{ 1 }}", None, "mine"]
@@ -200,8 +226,9 @@ async def test_form_and_text_bodies(web: RecordingApp, base: str) -> None:
     form = await call({"method": "PUT", "url": f"{base}/echo", "form": {"name": "Ada", "n": "1"}})
     assert form["body"]["body"] == "name=Ada&n=1"
     assert form["body"]["headers"]["content-type"] == "application/x-www-form-urlencoded"
-    text = await call({"method": "POST", "url": f"{base}/echo", "body": "raw text",
-                       "headers": {"Content-Type": "text/plain"}})
+    text = await call(
+        {"method": "POST", "url": f"{base}/echo", "body": "raw text", "headers": {"Content-Type": "text/plain"}}
+    )
     assert text["body"]["body"] == "raw text"
 
 
@@ -221,8 +248,14 @@ def test_expected_status_accepts_codes_and_classes_only() -> None:
 
 
 def test_templates_are_accepted_before_they_are_resolved() -> None:
-    config = HttpConfig.model_validate({"url": "{{ inputs.url }}", "timeout_s": "{{ inputs.t }}",
-                                        "expected_status": "{{ inputs.ok }}", "headers": "{{ inputs.h }}"})
+    config = HttpConfig.model_validate(
+        {
+            "url": "{{ inputs.url }}",
+            "timeout_s": "{{ inputs.t }}",
+            "expected_status": "{{ inputs.ok }}",
+            "headers": "{{ inputs.h }}",
+        }
+    )
     assert config.timeout_s == "{{ inputs.t }}"
 
 
@@ -311,7 +344,7 @@ async def test_429_waits_at_least_retry_after(web: RecordingApp, base: str) -> N
 
 
 def test_retry_after_as_seconds_or_http_date() -> None:
-    now = datetime(2030, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+    now = datetime(2030, 1, 1, 12, 0, 0, tzinfo=UTC)
     assert parse_retry_after("7") == 7.0
     assert parse_retry_after(format_datetime(now + timedelta(seconds=30), usegmt=True), now=now) == 30.0
     assert parse_retry_after(format_datetime(now - timedelta(seconds=30), usegmt=True), now=now) == 0.0
@@ -324,8 +357,10 @@ async def test_by_default_a_timeout_or_a_refused_connection_is_tried_three_times
     tests above)."""
     from tests.processes import free_port
 
-    for data, retry_class in (({"url": f"{base}/slow?delay=1", "timeout_s": 0.3}, "timeout"),
-                              ({"url": f"http://127.0.0.1:{free_port()}/"}, "connection")):
+    for data, retry_class in (
+        ({"url": f"{base}/slow?delay=1", "timeout_s": 0.3}, "timeout"),
+        ({"url": f"http://127.0.0.1:{free_port()}/"}, "connection"),
+    ):
         run = await run_with_retries(HttpHandler(), data)
         assert isinstance(run.result.error, NodeError) and run.result.attempts == 3, (retry_class, run.result)
         assert [getattr(exc, "retry_class", None) for _, exc, _ in run.retries] == [retry_class] * 2
@@ -372,7 +407,8 @@ async def test_loopback_is_refused_by_default(web: RecordingApp, base: str) -> N
 
 
 async def test_redirect_to_loopback_is_refused_when_only_the_first_host_is_allowed(
-        web: RecordingApp, port: int, handler_env: pytest.MonkeyPatch) -> None:
+    web: RecordingApp, port: int, handler_env: pytest.MonkeyPatch
+) -> None:
     allow_hosts(handler_env, "localhost")
     error = await call_error({"url": f"http://localhost:{port}/redirect?to=http://127.0.0.1:{port}/json"})
     assert error.error_type == "EgressDenied"
@@ -409,8 +445,9 @@ async def test_every_resolved_address_must_be_allowed(fake_dns: dict[str, list[s
 
 
 @pytest.mark.usefixtures("loopback_allowed")
-async def test_the_connection_goes_to_the_checked_address(web: RecordingApp, port: int,
-                                                          fake_dns: dict[str, list[str]]) -> None:
+async def test_the_connection_goes_to_the_checked_address(
+    web: RecordingApp, port: int, fake_dns: dict[str, list[str]]
+) -> None:
     # pinned.example exists only in the policy's resolver: reaching the server proves the
     # connection used the checked address, while Host still names the host.
     fake_dns["pinned.example"] = ["127.0.0.1"]
@@ -419,7 +456,8 @@ async def test_the_connection_goes_to_the_checked_address(web: RecordingApp, por
 
 
 async def test_an_allowlisted_name_may_resolve_to_a_private_address(
-        fake_dns: dict[str, list[str]], handler_env: pytest.MonkeyPatch, web: RecordingApp, port: int) -> None:
+    fake_dns: dict[str, list[str]], handler_env: pytest.MonkeyPatch, web: RecordingApp, port: int
+) -> None:
     fake_dns["internal.example"] = ["127.0.0.1"]
     allow_hosts(handler_env, "internal.example")
     output = await call({"url": f"http://internal.example:{port}/json"})
@@ -437,13 +475,28 @@ async def test_a_cidr_allows_its_network(web: RecordingApp, base: str, handler_e
     assert (await call({"url": f"{base}/json"}))["status"] == 200
 
 
-@pytest.mark.parametrize(("address", "reason"), [
-    ("169.254.169.254", "metadata"), ("fd00:ec2::254", "metadata"), ("127.0.0.1", "loopback"),
-    ("::1", "loopback"), ("10.0.0.1", "private"), ("172.16.5.4", "private"), ("192.168.1.1", "private"),
-    ("100.64.0.1", "private"), ("fc00::1", "private"), ("169.254.1.1", "link-local"), ("fe80::1", "link-local"),
-    ("0.0.0.0", "unspecified"), ("::", "unspecified"), ("224.0.0.1", "multicast"), ("ff02::1", "multicast"),
-    ("::ffff:127.0.0.1", "loopback"), ("255.255.255.255", "broadcast"),
-])
+@pytest.mark.parametrize(
+    ("address", "reason"),
+    [
+        ("169.254.169.254", "metadata"),
+        ("fd00:ec2::254", "metadata"),
+        ("127.0.0.1", "loopback"),
+        ("::1", "loopback"),
+        ("10.0.0.1", "private"),
+        ("172.16.5.4", "private"),
+        ("192.168.1.1", "private"),
+        ("100.64.0.1", "private"),
+        ("fc00::1", "private"),
+        ("169.254.1.1", "link-local"),
+        ("fe80::1", "link-local"),
+        ("0.0.0.0", "unspecified"),
+        ("::", "unspecified"),
+        ("224.0.0.1", "multicast"),
+        ("ff02::1", "multicast"),
+        ("::ffff:127.0.0.1", "loopback"),
+        ("255.255.255.255", "broadcast"),
+    ],
+)
 def test_refused_address_kinds(address: str, reason: str) -> None:
     found = refusal_reason(ipaddress.ip_address(address))
     assert found is not None and reason in found
@@ -469,10 +522,15 @@ def test_allowlist_entries() -> None:
 
 
 @pytest.mark.usefixtures("loopback_allowed")
-async def test_bearer_secret_reaches_the_server_but_not_the_output(web: RecordingApp, base: str,
-                                                                   handler_env: pytest.MonkeyPatch) -> None:
-    set_env(handler_env, FLOWMAESTRO_SECRET_API_TOKEN=TOKEN, FLOWMAESTRO_SECRET_API_TOKEN_OWNERS="*",
-            FLOWMAESTRO_SECRET_API_TOKEN_HOSTS="127.0.0.1")
+async def test_bearer_secret_reaches_the_server_but_not_the_output(
+    web: RecordingApp, base: str, handler_env: pytest.MonkeyPatch
+) -> None:
+    set_env(
+        handler_env,
+        FLOWMAESTRO_SECRET_API_TOKEN=TOKEN,
+        FLOWMAESTRO_SECRET_API_TOKEN_OWNERS="*",
+        FLOWMAESTRO_SECRET_API_TOKEN_HOSTS="127.0.0.1",
+    )
     output = await call({"url": f"{base}/echo", "auth": {"type": "bearer", "token_secret": "API_TOKEN"}})
     assert web.requests[0]["headers"]["authorization"] == f"Bearer {TOKEN}"
     assert TOKEN not in json.dumps(output)
@@ -480,12 +538,18 @@ async def test_bearer_secret_reaches_the_server_but_not_the_output(web: Recordin
 
 
 @pytest.mark.usefixtures("loopback_allowed")
-async def test_basic_secret_is_absent_from_the_error(web: RecordingApp, base: str,
-                                                     handler_env: pytest.MonkeyPatch) -> None:
-    set_env(handler_env, FLOWMAESTRO_SECRET_SVC_PASSWORD=PASSWORD, FLOWMAESTRO_SECRET_SVC_PASSWORD_OWNERS="*",
-            FLOWMAESTRO_SECRET_SVC_PASSWORD_HOSTS="127.0.0.1")
-    error = await call_error({"url": f"{base}/status/401",
-                              "auth": {"type": "basic", "username": "svc", "password_secret": "svc_password"}})
+async def test_basic_secret_is_absent_from_the_error(
+    web: RecordingApp, base: str, handler_env: pytest.MonkeyPatch
+) -> None:
+    set_env(
+        handler_env,
+        FLOWMAESTRO_SECRET_SVC_PASSWORD=PASSWORD,
+        FLOWMAESTRO_SECRET_SVC_PASSWORD_OWNERS="*",
+        FLOWMAESTRO_SECRET_SVC_PASSWORD_HOSTS="127.0.0.1",
+    )
+    error = await call_error(
+        {"url": f"{base}/status/401", "auth": {"type": "basic", "username": "svc", "password_secret": "svc_password"}}
+    )
     sent = web.requests[0]["headers"]["authorization"]
     assert sent == "Basic " + base64.b64encode(f"svc:{PASSWORD}".encode()).decode()
     assert "401" in error.message
@@ -493,12 +557,22 @@ async def test_basic_secret_is_absent_from_the_error(web: RecordingApp, base: st
         assert leaked not in error.message and leaked not in json.dumps(error.details)
 
 
-async def test_credentials_are_not_forwarded_to_another_origin(web: RecordingApp, port: int,
-                                                               handler_env: pytest.MonkeyPatch) -> None:
-    set_env(handler_env, FLOWMAESTRO_SECRET_SVC_KEY=TOKEN, FLOWMAESTRO_SECRET_SVC_KEY_OWNERS="*",
-            FLOWMAESTRO_SECRET_SVC_KEY_HOSTS="127.0.0.1,localhost", FLOWMAESTRO_HTTP_ALLOW_HOSTS="127.0.0.1,localhost")
-    output = await call({"url": f"http://127.0.0.1:{port}/redirect?to=http://localhost:{port}/echo",
-                         "auth": {"type": "header", "header": "X-Api-Key", "value_secret": "SVC_KEY"}})
+async def test_credentials_are_not_forwarded_to_another_origin(
+    web: RecordingApp, port: int, handler_env: pytest.MonkeyPatch
+) -> None:
+    set_env(
+        handler_env,
+        FLOWMAESTRO_SECRET_SVC_KEY=TOKEN,
+        FLOWMAESTRO_SECRET_SVC_KEY_OWNERS="*",
+        FLOWMAESTRO_SECRET_SVC_KEY_HOSTS="127.0.0.1,localhost",
+        FLOWMAESTRO_HTTP_ALLOW_HOSTS="127.0.0.1,localhost",
+    )
+    output = await call(
+        {
+            "url": f"http://127.0.0.1:{port}/redirect?to=http://localhost:{port}/echo",
+            "auth": {"type": "header", "header": "X-Api-Key", "value_secret": "SVC_KEY"},
+        }
+    )
     assert web.requests[0]["headers"]["x-api-key"] == TOKEN
     assert "x-api-key" not in web.requests[1]["headers"]
     assert "x-api-key" not in output["body"]["headers"]
@@ -514,4 +588,3 @@ async def test_a_missing_secret_names_its_variable(handler_env: pytest.MonkeyPat
 def test_a_secret_name_cannot_be_a_template() -> None:
     with pytest.raises(ValidationError):
         HttpConfig.model_validate({"url": "http://x", "auth": {"type": "bearer", "token_secret": "{{ env.T }}"}})
-

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from builder.inputs import checked_inputs
 from builder.issues import InputsInvalid
-from tests.support import compiled, node, canvas
+from tests.support import canvas, compiled, node
 
 
 def plan_with_inputs():

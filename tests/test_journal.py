@@ -10,11 +10,11 @@ from typing import ClassVar
 
 import pytest
 
+from builder.catalog import NodeConfig
 from flows.engine import Execution
 from flows.journal import RunJournal
-from store.queries import NodeOutcome
-from builder.catalog import NodeConfig
 from node_handlers.base import Completed, NodeContext, NodeError, NodeHandler
+from store.queries import NodeOutcome
 from tests.support import JOURNAL, canvas, compiled, make_registry, node
 
 
@@ -60,9 +60,10 @@ def calls_of(node_id):
 
 
 async def test_a_run_executed_again_restores_completed_nodes_and_runs_the_rest():
-    raw = canvas([count("a"), count("b"), node("boom", "test_flaky", data={"failures": 1, "retry_class": None}),
-                  count("after")],
-                 [("a", "b"), ("b", "boom"), ("boom", "after")])
+    raw = canvas(
+        [count("a"), count("b"), node("boom", "test_flaky", data={"failures": 1, "retry_class": None}), count("after")],
+        [("a", "b"), ("b", "boom"), ("boom", "after")],
+    )
     store = MemoryOutcomes()
     first, _ = await execute(raw, store)
     assert first["status"] == "failed"
@@ -93,11 +94,15 @@ async def test_a_changed_configuration_runs_the_node_again():
 
 
 async def test_loop_iterations_and_variables_are_restored_per_path():
-    raw = canvas([node("set", "set_variable", data={"name": "who", "value": "Ada"}),
-                  node("lp", "loop", data={"mode": "for", "count": 3}),
-                  node("step", "test_count", parentId="lp", data={"value": "{{ var.who }} {{ loop.index }}"}),
-                  node("stop", "test_flaky", data={"failures": 1, "retry_class": None})],
-                 [("set", "lp"), ("lp", "stop")])
+    raw = canvas(
+        [
+            node("set", "set_variable", data={"name": "who", "value": "Ada"}),
+            node("lp", "loop", data={"mode": "for", "count": 3}),
+            node("step", "test_count", parentId="lp", data={"value": "{{ var.who }} {{ loop.index }}"}),
+            node("stop", "test_flaky", data={"failures": 1, "retry_class": None}),
+        ],
+        [("set", "lp"), ("lp", "stop")],
+    )
     store = MemoryOutcomes()
     await execute(raw, store)
     assert len(calls_of("step")) == 3
@@ -125,11 +130,19 @@ async def test_a_delay_executed_again_waits_only_what_is_left():
 
 
 async def test_failed_nodes_without_an_error_edge_are_dead_letters_with_secrets_redacted():
-    raw = canvas([node("call", "test_flaky", data={"failures": 9, "retry_class": None,
-                                                   "value": {"api_key": "sk-123", "note": "x"}}),
-                  node("caught", "test_flaky", data={"failures": 9, "retry_class": None}),
-                  count("fix")],
-                 [("caught", "fix", "error")], settings={"on_error": "continue"})
+    raw = canvas(
+        [
+            node(
+                "call",
+                "test_flaky",
+                data={"failures": 9, "retry_class": None, "value": {"api_key": "sk-123", "note": "x"}},
+            ),
+            node("caught", "test_flaky", data={"failures": 9, "retry_class": None}),
+            count("fix"),
+        ],
+        [("caught", "fix", "error")],
+        settings={"on_error": "continue"},
+    )
     store = MemoryOutcomes()
     await execute(raw, store)
     rows = store.rows["run-1"]
@@ -183,15 +196,18 @@ async def _roundtrip(url, make_engine, sessions, upgrade_schema, NodeOutcomes):
     engine = make_engine(url)
     try:
         table = NodeOutcomes(sessions(engine))
-        failed = NodeOutcome("n", (0, 2), "k1", "failed", {"error": {"message": "boom"}, "config": {}}, 3,
-                             dead_letter=True)
-        await table.save("run-x", [failed, NodeOutcome("m", (), "k2", "completed", {"output": 1})],
-                         workflow_id="wf", owner="alice")
+        failed = NodeOutcome(
+            "n", (0, 2), "k1", "failed", {"error": {"message": "boom"}, "config": {}}, 3, dead_letter=True
+        )
+        await table.save(
+            "run-x", [failed, NodeOutcome("m", (), "k2", "completed", {"output": 1})], workflow_id="wf", owner="alice"
+        )
         [letter] = await table.dead_letters("alice")
         assert (letter.node_id, letter.path, letter.attempts) == ("n", (0, 2), 3)
         assert await table.dead_letters("bob") == []
-        await table.save("run-x", [NodeOutcome("n", (0, 2), "k1", "completed", {"output": 2})],
-                         workflow_id="wf", owner="alice")
+        await table.save(
+            "run-x", [NodeOutcome("n", (0, 2), "k1", "completed", {"output": 2})], workflow_id="wf", owner="alice"
+        )
         rows = {(o.node_id, o.path): o for o in await table.of_run("run-x")}
         assert rows[("n", (0, 2))].status == "completed" and rows[("n", (0, 2))].outcome == {"output": 2}
         assert rows[("n", (0, 2))].started_at.tzinfo is not None
@@ -201,8 +217,14 @@ async def _roundtrip(url, make_engine, sessions, upgrade_schema, NodeOutcomes):
 
 
 async def test_a_node_with_replay_off_executes_again():
-    raw = canvas([count("a"), {**count("poll"), "replay": False}, node("boom", "test_flaky",
-                  data={"failures": 1, "retry_class": None})], [("a", "poll"), ("poll", "boom")])
+    raw = canvas(
+        [
+            count("a"),
+            {**count("poll"), "replay": False},
+            node("boom", "test_flaky", data={"failures": 1, "retry_class": None}),
+        ],
+        [("a", "poll"), ("poll", "boom")],
+    )
     store = MemoryOutcomes()
     await execute(raw, store)
     JOURNAL.clear()
@@ -246,8 +268,9 @@ async def test_durable_writes_that_meet_share_one_transaction_and_a_failed_one_i
 
     store = SlowStore()
     journal = RunJournal("run-1", store=store)
-    await asyncio.gather(*(journal.completed(f"n{i}", (), "k", Completed(output=i), 1, durable=True)
-                           for i in range(10)))
+    await asyncio.gather(
+        *(journal.completed(f"n{i}", (), "k", Completed(output=i), 1, durable=True) for i in range(10))
+    )
     assert sorted(name for batch in store.batches for name in batch) == sorted(f"n{i}" for i in range(10))
     assert len(store.batches) == 2  # the first alone, the nine that came during it together
     store.fail = 4  # every attempt of the next write fails: the entry stays buffered
@@ -261,16 +284,31 @@ async def test_a_failure_whose_error_edge_does_not_fire_is_a_dead_letter():
     # Bug 2: one rule for "caught". The error edge's condition does not hold, so the failure
     # goes uncaught (the run fails) and the journal keeps it as a dead letter; the one whose
     # error edge fires is caught and is not.
-    raw = canvas([node("missed", "test_flaky", data={"failures": 9, "retry_class": None}),
-                  node("caught", "test_flaky", data={"failures": 9, "retry_class": None}),
-                  count("fix_missed"), count("fix_caught")],
-                 [{"id": "e1", "source": "missed", "target": "fix_missed", "sourceHandle": "error",
-                   "data": {"condition": {"field": "{{ missed.error.type }}", "operator": "eq",
-                                          "value": "SomethingElse"}}},
-                  {"id": "e2", "source": "caught", "target": "fix_caught", "sourceHandle": "error",
-                   "data": {"condition": {"field": "{{ caught.error.type }}", "operator": "eq",
-                                          "value": "NodeError"}}}],
-                 settings={"on_error": "continue"})
+    raw = canvas(
+        [
+            node("missed", "test_flaky", data={"failures": 9, "retry_class": None}),
+            node("caught", "test_flaky", data={"failures": 9, "retry_class": None}),
+            count("fix_missed"),
+            count("fix_caught"),
+        ],
+        [
+            {
+                "id": "e1",
+                "source": "missed",
+                "target": "fix_missed",
+                "sourceHandle": "error",
+                "data": {"condition": {"field": "{{ missed.error.type }}", "operator": "eq", "value": "SomethingElse"}},
+            },
+            {
+                "id": "e2",
+                "source": "caught",
+                "target": "fix_caught",
+                "sourceHandle": "error",
+                "data": {"condition": {"field": "{{ caught.error.type }}", "operator": "eq", "value": "NodeError"}},
+            },
+        ],
+        settings={"on_error": "continue"},
+    )
     store = MemoryOutcomes()
     result, _ = await execute(raw, store)
     assert result["status"] == "failed"
@@ -285,8 +323,12 @@ def test_the_journal_redacts_like_the_handlers_keys_and_tuples_included():
     from node_handlers.redaction import redact
 
     journal = RunJournal("run-1", secrets=["sk-abc", "sk-abc-long-tail"])
-    value = {"message": "sent sk-abc-long-tail and sk-abc", "sk-abc-long-tail": 1,
-             "pair": ("sk-abc", "x"), "headers": {"Authorization": "Bearer whatever"}}
+    value = {
+        "message": "sent sk-abc-long-tail and sk-abc",
+        "sk-abc-long-tail": 1,
+        "pair": ("sk-abc", "x"),
+        "headers": {"Authorization": "Bearer whatever"},
+    }
     kept = journal.redact(value)
     text = repr(kept)
     assert "sk-abc" not in text and "long-tail" not in text and "whatever" not in text

@@ -27,8 +27,7 @@ def chunks(total: int, size: int = 64_000):
 
 @pytest.mark.prefect
 def test_chunked_bodies_over_the_limit_answer_413_on_a_real_server(served):
-    with httpx.Client(base_url=served.base, headers={"Authorization": f"Bearer {served.owner_key}"},
-                      timeout=60) as api:
+    with httpx.Client(base_url=served.base, headers={"Authorization": f"Bearer {served.owner_key}"}, timeout=60) as api:
         for path, limit in (("/api/workflows", 2_000_000), (f"/hooks/{uuid.uuid4()}", 1_048_576)):
             answer = api.post(path, content=chunks(limit + 100_000), headers={"content-type": "application/json"})
             assert answer.status_code == 413, f"{path}: {answer.status_code} {answer.text}"
@@ -38,12 +37,25 @@ def test_chunked_bodies_over_the_limit_answer_413_on_a_real_server(served):
         assert small.status_code == 422, small.text
 
 
-@pytest.mark.parametrize("template", ["{{ 'x' * 300000000 }}", "{{ [0] * 10 ** 8 }}", "{{ 9 ** 9999999 }}",
-                                      "{{ 'x'.ljust(10 ** 9) }}", "{{ 'x' | center(10 ** 9) }}"])
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ 'x' * 300000000 }}",
+        "{{ [0] * 10 ** 8 }}",
+        "{{ 9 ** 9999999 }}",
+        "{{ 'x'.ljust(10 ** 9) }}",
+        "{{ 'x' | center(10 ** 9) }}",
+    ],
+)
 def test_templates_that_build_huge_values_are_refused(template):
-    raw = {"name": "huge", "nodes": [{"id": "start", "type": "start", "data": {}},
-                                     {"id": "t", "type": "transform", "data": {"output": template}}],
-           "edges": [{"id": "e", "source": "start", "target": "t"}]}
+    raw = {
+        "name": "huge",
+        "nodes": [
+            {"id": "start", "type": "start", "data": {}},
+            {"id": "t", "type": "transform", "data": {"output": template}},
+        ],
+        "edges": [{"id": "e", "source": "start", "target": "t"}],
+    }
     # Compiling evaluates nothing (Jinja folded constant operators: 9 ** 9999999 took 40 s of the API's loop).
     assert compile_canvas(raw, build_registry()).ok
     with pytest.raises(SecurityError, match="too large"):
@@ -52,8 +64,10 @@ def test_templates_that_build_huge_values_are_refused(template):
 
 def test_templates_within_the_bounds_still_work():
     render = lambda template: get_environment().from_string(template).render()  # noqa: E731
-    assert render("{{ 'ab' * 3 }}|{{ 3 * 'ab' }}|{{ 2 ** 10 }}|{{ [1] * 2 }}|{{ 'x'.ljust(3) }}|{{ 'x' | center(3) }}") \
+    assert (
+        render("{{ 'ab' * 3 }}|{{ 3 * 'ab' }}|{{ 2 ** 10 }}|{{ [1] * 2 }}|{{ 'x'.ljust(3) }}|{{ 'x' | center(3) }}")
         == "ababab|ababab|1024|[1, 1]|x  | x "
+    )
     assert len(render("{{ 'x' * %d }}" % DEFAULT_LIMITS.max_chars)) == DEFAULT_LIMITS.max_chars  # noqa: UP031 (Jinja's braces)
 
 
@@ -61,10 +75,14 @@ def test_templates_within_the_bounds_still_work():
 def test_streams_of_one_run_are_capped_and_given_back(served):
     headers = {"Authorization": f"Bearer {served.owner_key}"}
     with httpx.Client(base_url=served.base, headers=headers, timeout=60) as api:
-        raw = {"name": f"long-{uuid.uuid4().hex[:6]}",
-               "nodes": [{"id": "start", "type": "start", "data": {}},
-                         {"id": "wait", "type": "delay", "data": {"seconds": 60}}],
-               "edges": [{"id": "e", "source": "start", "target": "wait"}]}
+        raw = {
+            "name": f"long-{uuid.uuid4().hex[:6]}",
+            "nodes": [
+                {"id": "start", "type": "start", "data": {}},
+                {"id": "wait", "type": "delay", "data": {"seconds": 60}},
+            ],
+            "edges": [{"id": "e", "source": "start", "target": "wait"}],
+        }
         workflow_id = api.post("/api/workflows", json={"canvas": raw}).json()["id"]
         run_id = api.post(f"/api/workflows/{workflow_id}/execute", json={}).json()["execution_id"]
         stream = f"/api/executions/{run_id}/stream"
@@ -93,11 +111,15 @@ def test_a_large_output_is_kept_in_result_storage_and_read_by_reference_across_p
     headers = {"Authorization": f"Bearer {served.owner_key}"}
     size = 300_000  # over FLOWMAESTRO_EVENT_OUTPUT_MAX_BYTES (256 kB)
     with httpx.Client(base_url=served.base, headers=headers, timeout=60) as api:
-        raw = {"name": f"large-{uuid.uuid4().hex[:6]}",
-               "nodes": [{"id": "start", "type": "start", "data": {}},
-                         {"id": "big", "type": "transform", "data": {"output": f"{{{{ 'x' * {size} }}}}"}},
-                         {"id": "end", "type": "end", "data": {"output": "{{ big | length }}"}}],
-               "edges": [{"id": "a", "source": "start", "target": "big"}, {"id": "b", "source": "big", "target": "end"}]}
+        raw = {
+            "name": f"large-{uuid.uuid4().hex[:6]}",
+            "nodes": [
+                {"id": "start", "type": "start", "data": {}},
+                {"id": "big", "type": "transform", "data": {"output": f"{{{{ 'x' * {size} }}}}"}},
+                {"id": "end", "type": "end", "data": {"output": "{{ big | length }}"}},
+            ],
+            "edges": [{"id": "a", "source": "start", "target": "big"}, {"id": "b", "source": "big", "target": "end"}],
+        }
         workflow_id = api.post("/api/workflows", json={"canvas": raw}).json()["id"]
         run_id = api.post(f"/api/workflows/{workflow_id}/execute", json={}).json()["execution_id"]
 
@@ -114,8 +136,9 @@ def test_a_large_output_is_kept_in_result_storage_and_read_by_reference_across_p
         assert whole.json() == "x" * size
         events = api.get(f"/api/executions/{run_id}/stream").text  # the whole stream: the run has ended
         assert shown["ref"] in events and "x" * 1000 not in events  # the event refers to it too
-        other = api.get(f"/api/executions/{run_id}/outputs/{shown['ref']}",
-                        headers={"Authorization": f"Bearer {served.other_key}"})
+        other = api.get(
+            f"/api/executions/{run_id}/outputs/{shown['ref']}", headers={"Authorization": f"Bearer {served.other_key}"}
+        )
         assert other.status_code == 404, other.text
         for ref in ("0" * 32, "..%2F..%2Fstore.db", "x"):
             assert api.get(f"/api/executions/{run_id}/outputs/{ref}").status_code == 404, ref

@@ -36,10 +36,16 @@ from tests.conftest_llm import (  # noqa: F401
 from tests.openai_server import JSON_CHUNKS, FakeOpenAI, Reply, serve_in_thread
 
 API_KEY = "sk-test-THIS-KEY-MUST-NOT-LEAK-0123456789"
-ANSWER_SCHEMA = {"type": "object", "required": ["answer", "tags"], "additionalProperties": False,
-                 "properties": {"answer": {"type": "integer"}, "tags": {"type": "array", "items": {"type": "string"}}}}
-ROUTES = [{"id": "billing", "description": "invoices, payments, refunds"},
-          {"id": "tech", "description": "bugs, errors, outages"}]
+ANSWER_SCHEMA = {
+    "type": "object",
+    "required": ["answer", "tags"],
+    "additionalProperties": False,
+    "properties": {"answer": {"type": "integer"}, "tags": {"type": "array", "items": {"type": "string"}}},
+}
+ROUTES = [
+    {"id": "billing", "description": "invoices, payments, refunds"},
+    {"id": "tech", "description": "bugs, errors, outages"},
+]
 
 
 @pytest.fixture(autouse=True)
@@ -97,13 +103,17 @@ async def test_usage_comes_from_the_server(openai_server: FakeOpenAI) -> None:
 async def test_usage_is_estimated_when_the_server_sends_none(openai_server: FakeOpenAI) -> None:
     completed = await run_llm(llm_data(openai_server, model="no-usage", system="Be brief."))
     usage = completed.output["usage"]
-    assert usage == {"input_tokens": math.ceil(len("Be brief." + "Say hello") / 4), "output_tokens": 4,
-                     "estimated": True}
+    assert usage == {
+        "input_tokens": math.ceil(len("Be brief." + "Say hello") / 4),
+        "output_tokens": 4,
+        "estimated": True,
+    }
     assert completed.usage == {"input_tokens": usage["input_tokens"], "output_tokens": 4}
 
 
-async def test_cost_is_reported_when_the_price_is_known(openai_server: FakeOpenAI,
-                                                        handler_env: pytest.MonkeyPatch) -> None:
+async def test_cost_is_reported_when_the_price_is_known(
+    openai_server: FakeOpenAI, handler_env: pytest.MonkeyPatch
+) -> None:
     set_env(handler_env, FLOWMAESTRO_LLM_PRICES=json.dumps({"text": {"input_per_1m": 1.0, "output_per_1m": 2.0}}))
     completed = await run_llm(llm_data(openai_server))
     usage = completed.output["usage"]
@@ -113,9 +123,17 @@ async def test_cost_is_reported_when_the_price_is_known(openai_server: FakeOpenA
 
 
 async def test_messages_system_and_options_reach_the_server(openai_server: FakeOpenAI) -> None:
-    data = llm_data(openai_server, temperature=0.2, max_tokens=50, system="You are terse.",
-                    messages=[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
-                              {"role": "user", "content": "Again"}])
+    data = llm_data(
+        openai_server,
+        temperature=0.2,
+        max_tokens=50,
+        system="You are terse.",
+        messages=[
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello"},
+            {"role": "user", "content": "Again"},
+        ],
+    )
     del data["prompt"]
     await run_llm(data)
     body = openai_server.requests[0].body
@@ -150,21 +168,34 @@ async def test_json_object_reply_in_a_code_fence_is_parsed(openai_server: FakeOp
 
 async def test_json_that_does_not_fit_the_schema_is_a_retryable_error(openai_server: FakeOpenAI) -> None:
     schema = {"type": "object", "required": ["answer"], "properties": {"answer": {"type": "string"}}}
-    error = await llm_error(llm_data(openai_server, model="json", response_format={
-        "type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}))
+    error = await llm_error(
+        llm_data(
+            openai_server,
+            model="json",
+            response_format={"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}},
+        )
+    )
     assert error.retry_class == "error" and "answer" in error.message
 
 
 def test_an_invalid_schema_is_refused_when_the_canvas_is_compiled() -> None:
     with pytest.raises(ValidationError, match="not a valid JSON Schema"):
-        LlmConfig.model_validate({"prompt": "x", "response_format": {
-            "type": "json_schema", "json_schema": {"name": "bad", "schema": {"type": "no-such-type"}}}})
+        LlmConfig.model_validate(
+            {
+                "prompt": "x",
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "bad", "schema": {"type": "no-such-type"}},
+                },
+            }
+        )
 
 
 async def test_a_malformed_reply_is_retried(openai_server: FakeOpenAI) -> None:
     response_format = {"type": "json_schema", "json_schema": {"name": "answer", "schema": ANSWER_SCHEMA}}
-    run = await run_with_retries(LlmHandler(), llm_data(openai_server, model="malformed-once",
-                                                        response_format=response_format))
+    run = await run_with_retries(
+        LlmHandler(), llm_data(openai_server, model="malformed-once", response_format=response_format)
+    )
     assert run.result.completed is not None, run.result.error
     assert run.result.attempts == 2 and len(openai_server.requests) == 2
     assert run.result.completed.output["json"] == {"answer": 42, "tags": ["a", "b"]}
@@ -216,14 +247,18 @@ async def test_a_slow_stream_times_out(openai_server: FakeOpenAI) -> None:
 
 
 @pytest.mark.parametrize("handler", [LlmHandler, RouterHandler])
-async def test_by_default_a_model_out_of_reach_or_too_slow_is_tried_three_times(openai_server: FakeOpenAI,
-                                                                                 handler: type) -> None:
+async def test_by_default_a_model_out_of_reach_or_too_slow_is_tried_three_times(
+    openai_server: FakeOpenAI, handler: type
+) -> None:
     """The default policy's classes and attempts, as a run sees them (a 5xx, a 429 and a
     malformed reply: the tests above)."""
     from tests.processes import free_port
 
     data = llm_data(openai_server) if handler is LlmHandler else router_data(openai_server)
-    cases = (({"base_url": f"http://127.0.0.1:{free_port()}/v1"}, "connection"), ({"model": "slow", "timeout_s": 0.3}, "timeout"))
+    cases = (
+        ({"base_url": f"http://127.0.0.1:{free_port()}/v1"}, "connection"),
+        ({"model": "slow", "timeout_s": 0.3}, "timeout"),
+    )
     for changes, retry_class in cases:
         run = await run_with_retries(handler(), {**data, **changes})
         assert run.result.error is not None and run.result.attempts == 3, (retry_class, run.result)
@@ -285,11 +320,15 @@ def test_router_handles_and_route_ids() -> None:
 # The API key
 
 
-async def test_the_api_key_reaches_the_server_and_nothing_else(openai_server: FakeOpenAI,
-                                                               handler_env: pytest.MonkeyPatch,
-                                                               caplog: pytest.LogCaptureFixture) -> None:
-    set_env(handler_env, FLOWMAESTRO_SECRET_LLM_KEY=API_KEY, FLOWMAESTRO_SECRET_LLM_KEY_OWNERS="*",
-            FLOWMAESTRO_SECRET_LLM_KEY_HOSTS="127.0.0.1")
+async def test_the_api_key_reaches_the_server_and_nothing_else(
+    openai_server: FakeOpenAI, handler_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    set_env(
+        handler_env,
+        FLOWMAESTRO_SECRET_LLM_KEY=API_KEY,
+        FLOWMAESTRO_SECRET_LLM_KEY_OWNERS="*",
+        FLOWMAESTRO_SECRET_LLM_KEY_HOSTS="127.0.0.1",
+    )
     caplog.set_level(logging.DEBUG)
     emitted = Emitted()
     completed = await run_llm(llm_data(openai_server, api_key_secret="LLM_KEY"), emitted)
@@ -300,8 +339,14 @@ async def test_the_api_key_reaches_the_server_and_nothing_else(openai_server: Fa
     assert [r.headers["authorization"] for r in openai_server.requests] == [f"Bearer {API_KEY}"] * 3
     assert "Incorrect API key provided" in error.message  # the server echoed the key, redacted here
     assert "HTTP Request: POST" in caplog.text  # the logs were captured, at debug level
-    for where in (json.dumps(completed.output), json.dumps(routed.output), json.dumps(emitted.events),
-                  error.message, json.dumps(error.details), caplog.text):
+    for where in (
+        json.dumps(completed.output),
+        json.dumps(routed.output),
+        json.dumps(emitted.events),
+        error.message,
+        json.dumps(error.details),
+        caplog.text,
+    ):
         assert API_KEY not in where
 
 
@@ -319,8 +364,9 @@ async def test_openai_without_a_key_is_refused_before_any_request() -> None:
 # Egress
 
 
-async def test_a_private_base_url_is_refused_unless_allowed(openai_server: FakeOpenAI,
-                                                            handler_env: pytest.MonkeyPatch) -> None:
+async def test_a_private_base_url_is_refused_unless_allowed(
+    openai_server: FakeOpenAI, handler_env: pytest.MonkeyPatch
+) -> None:
     allow_hosts(handler_env, "")
     error = await llm_error(llm_data(openai_server))
     assert error.error_type == "EgressDenied" and error.retry_class is None
@@ -333,8 +379,9 @@ async def test_a_private_base_url_is_refused_unless_allowed(openai_server: FakeO
     assert completed.output["text"] == "Hello, world!"
 
 
-async def test_the_model_connection_goes_to_the_checked_address(openai_server: FakeOpenAI,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_the_model_connection_goes_to_the_checked_address(
+    openai_server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async def resolve(host: str, port: int) -> list[Any]:
         assert host == "models.example"
         return [ipaddress.ip_address("127.0.0.1")]
@@ -356,16 +403,18 @@ async def ticket(request: Any) -> JSONResponse:
     return JSONResponse({"title": "How do I export?", "body": "Where is the export button?"})
 
 
-async def test_the_example_canvas_runs_against_local_servers(openai_server: FakeOpenAI,
-                                                             handler_env: pytest.MonkeyPatch) -> None:
+async def test_the_example_canvas_runs_against_local_servers(
+    openai_server: FakeOpenAI, handler_env: pytest.MonkeyPatch
+) -> None:
     # The example's model is the configured one: it takes no base_url from its inputs.
     set_env(handler_env, FLOWMAESTRO_OPENAI_BASE_URL=openai_server.base_url)
     registry = build_registry()
     compiled = compile_canvas(json.loads(EXAMPLE.read_text()), registry)
     assert compiled.ok, [str(i) for i in compiled.errors]
     plan = compiled.plan
-    openai_server.enqueue(route_reply("question"), Reply(chunks=['{"reply": "Use the ', 'Export menu.", ',
-                                                                '"confidence": 0.9}']))
+    openai_server.enqueue(
+        route_reply("question"), Reply(chunks=['{"reply": "Use the ', 'Export menu.", ', '"confidence": 0.9}'])
+    )
     with serve_in_thread(Starlette(routes=[Route("/ticket", ticket)])) as tickets:
         inputs = validate_inputs(plan.inputs, {"ticket_url": f"{tickets.url}/ticket", "model": "local-model"})
         execution = Execution(plan, registry, run_id="run-example", inputs=inputs)
@@ -382,8 +431,9 @@ async def test_the_example_canvas_runs_against_local_servers(openai_server: Fake
     assert [e.node_id for e in chunks] == ["triage"] * 3 + ["answer"] * 3
 
 
-async def test_dns_rebinding_after_the_check_is_refused_at_connection(openai_server: FakeOpenAI,
-                                                                      handler_env: pytest.MonkeyPatch) -> None:
+async def test_dns_rebinding_after_the_check_is_refused_at_connection(
+    openai_server: FakeOpenAI, handler_env: pytest.MonkeyPatch
+) -> None:
     allow_hosts(handler_env, "")
     answers = iter(["93.184.216.34", "127.0.0.1"])  # public for the base_url check, loopback after
 

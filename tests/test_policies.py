@@ -5,8 +5,16 @@ from __future__ import annotations
 import dataclasses
 
 from builder.plan import TOP, CachePolicy, RetryPolicy
-from flows.policies import (cache_key, is_dead_letter, journals_durably, kept_output, node_cache_key,
-                            oversize_error, restores, runs_inline)
+from flows.policies import (
+    cache_key,
+    is_dead_letter,
+    journals_durably,
+    kept_output,
+    node_cache_key,
+    oversize_error,
+    restores,
+    runs_inline,
+)
 from flows.scheduler import NodeResult, ScopeRun
 from tests.support import canvas, compiled, make_registry, node
 
@@ -40,10 +48,12 @@ def test_upstream_outputs_enter_the_key_of_handlers_that_read_them_only():
     count, merge = planned("test_count", {"value": 1}), planned("merge")
     reads, ignores = REGISTRY.handler("merge"), REGISTRY.handler("test_count")
     assert reads.reads_upstream and not ignores.reads_upstream
-    assert node_cache_key(count, ignores, config_of(count), {"a": 1}) == \
-        node_cache_key(count, ignores, config_of(count), {"a": 2})
-    assert node_cache_key(merge, reads, config_of(merge), {"a": 1}) != \
-        node_cache_key(merge, reads, config_of(merge), {"a": 2})
+    assert node_cache_key(count, ignores, config_of(count), {"a": 1}) == node_cache_key(
+        count, ignores, config_of(count), {"a": 2}
+    )
+    assert node_cache_key(merge, reads, config_of(merge), {"a": 1}) != node_cache_key(
+        merge, reads, config_of(merge), {"a": 2}
+    )
 
 
 # --- restore or execute --------------------------------------------------------------------------------
@@ -66,10 +76,10 @@ def test_side_effect_free_nodes_without_retries_cache_or_timeout_run_inline():
     control, handler = planned(), REGISTRY.handler("transform")
     assert runs_inline(control, handler, inline_control=True)
     assert not runs_inline(control, handler, inline_control=False)
-    assert not runs_inline(dataclasses.replace(control, retry=RetryPolicy(max_attempts=2)), handler,
-                           inline_control=True)
-    assert not runs_inline(dataclasses.replace(control, cache=CachePolicy(enabled=True)), handler,
-                           inline_control=True)
+    assert not runs_inline(
+        dataclasses.replace(control, retry=RetryPolicy(max_attempts=2)), handler, inline_control=True
+    )
+    assert not runs_inline(dataclasses.replace(control, cache=CachePolicy(enabled=True)), handler, inline_control=True)
     assert not runs_inline(dataclasses.replace(control, timeout_s=5.0), handler, inline_control=True)
     side_effect = planned("test_count")
     assert not runs_inline(side_effect, REGISTRY.handler("test_count"), inline_control=True)
@@ -86,10 +96,18 @@ def test_nodes_with_side_effects_are_journaled_before_the_run_moves_on():
 
 
 def _ended_with_an_error_edge(condition_value: str):
-    raw = canvas([node("boom", "test_flaky"), node("fix")],
-                 [{"id": "e", "source": "boom", "target": "fix", "sourceHandle": "error",
-                   "data": {"condition": {"field": "{{ boom.error.type }}", "operator": "eq",
-                                          "value": condition_value}}}])
+    raw = canvas(
+        [node("boom", "test_flaky"), node("fix")],
+        [
+            {
+                "id": "e",
+                "source": "boom",
+                "target": "fix",
+                "sourceHandle": "error",
+                "data": {"condition": {"field": "{{ boom.error.type }}", "operator": "eq", "value": condition_value}},
+            }
+        ],
+    )
     state = ScopeRun(compiled(raw, REGISTRY), TOP)
     state.start()
     failed = NodeResult("failed", error={"message": "x", "type": "NodeError", "node_id": "boom", "attempts": 1})

@@ -10,25 +10,24 @@ import json
 import logging
 import pickle
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from datetime import datetime, timedelta, timezone
 
 import prefect
 import pytest
 from prefect import flow, task
+from prefect._internal.compatibility.blocks import call_explicitly_async_block_method
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
-from prefect.runtime import flow_run as current_flow_run
-from prefect._internal.compatibility.blocks import call_explicitly_async_block_method
 from prefect.results import aget_default_result_storage
+from prefect.runtime import flow_run as current_flow_run
 from prefect.states import Cancelled, Completed, Pending
 
 from flows import prefect_compat
 from flows.flow import run_workflow
 from tests.support import canvas, node, task_runs_of
-
 
 
 async def state_of(client, flow_run_id) -> StateType | None:
@@ -74,8 +73,11 @@ def test_outside_the_range_inline_recording_is_off_with_one_warning(untested_pre
 @pytest.mark.prefect
 @pytest.mark.usefixtures("prefect_server", "untested_prefect")
 async def test_outside_the_range_control_nodes_run_as_normal_task_runs():
-    raw = canvas([node("start", "start"), node("shape", "transform", data={"output": "{{ inputs.x }}"})],
-                 [("start", "shape")], inputs={"x": {"type": "integer", "default": 3}})
+    raw = canvas(
+        [node("start", "start"), node("shape", "transform", data={"output": "{{ inputs.x }}"})],
+        [("start", "shape")],
+        inputs={"x": {"type": "integer", "default": 3}},
+    )
     state = await run_workflow(canvas=raw, inputs={}, return_state=True)
     result = await state.result()
     assert result["nodes"]["shape"]["output"] == 3
@@ -91,7 +93,7 @@ async def test_outside_the_range_control_nodes_run_as_normal_task_runs():
 @pytest.mark.prefect
 @pytest.mark.usefixtures("prefect_server")
 async def test_recorded_task_runs_appear_in_the_server_with_names_states_tags_times_inputs_and_logs():
-    started = datetime.now(timezone.utc) - timedelta(seconds=2)
+    started = datetime.now(UTC) - timedelta(seconds=2)
     ended = started + timedelta(seconds=1)
     ids = {name: str(uuid.uuid4()) for name in ("loop", "shape", "check")}
 
@@ -99,20 +101,49 @@ async def test_recorded_task_runs_appear_in_the_server_with_names_states_tags_ti
     async def recording() -> None:
         async with prefect_compat.task_run_recorder() as recorder:
             # a container reports Running when it starts, its final state when it ends
-            recorder.record(task_run_id=ids["loop"], name="loop", task_key="flowmaestro-node-loop",
-                            dynamic_key="loop-top", tags=["node:loop"], started=started, ended=None)
-            recorder.record(task_run_id=ids["shape"], name="shape [1/3]", task_key="flowmaestro-node-transform",
-                            dynamic_key="shape-0", tags=["flowmaestro", "node:shape", "inline"],
-                            started=started, ended=ended, parent=ids["loop"])
-            recorder.record(task_run_id=ids["check"], name="check {weird}", task_key="flowmaestro-node-condition",
-                            dynamic_key="check-0", tags=["node:check"], started=started, ended=ended,
-                            error=ValueError("no such field"), upstream=[ids["shape"]], parent=ids["loop"],
-                            attempts=2)
+            recorder.record(
+                task_run_id=ids["loop"],
+                name="loop",
+                task_key="flowmaestro-node-loop",
+                dynamic_key="loop-top",
+                tags=["node:loop"],
+                started=started,
+                ended=None,
+            )
+            recorder.record(
+                task_run_id=ids["shape"],
+                name="shape [1/3]",
+                task_key="flowmaestro-node-transform",
+                dynamic_key="shape-0",
+                tags=["flowmaestro", "node:shape", "inline"],
+                started=started,
+                ended=ended,
+                parent=ids["loop"],
+            )
+            recorder.record(
+                task_run_id=ids["check"],
+                name="check {weird}",
+                task_key="flowmaestro-node-condition",
+                dynamic_key="check-0",
+                tags=["node:check"],
+                started=started,
+                ended=ended,
+                error=ValueError("no such field"),
+                upstream=[ids["shape"]],
+                parent=ids["loop"],
+                attempts=2,
+            )
             recorder.log("check failed", task_run_id=ids["check"], level=logging.ERROR)
             recorder.markdown_artifact("**recording**: failed", key="recording-summary", description="the summary")
-            recorder.record(task_run_id=ids["loop"], name="loop", task_key="flowmaestro-node-loop",
-                            dynamic_key="loop-top", tags=["node:loop"], started=started,
-                            ended=ended + timedelta(seconds=1))
+            recorder.record(
+                task_run_id=ids["loop"],
+                name="loop",
+                task_key="flowmaestro-node-loop",
+                dynamic_key="loop-top",
+                tags=["node:loop"],
+                started=started,
+                ended=ended + timedelta(seconds=1),
+            )
 
     async with prefect_compat.task_run_recorder() as outside:
         assert outside is None  # outside a flow run
@@ -133,16 +164,24 @@ async def test_recorded_task_runs_appear_in_the_server_with_names_states_tags_ti
     assert check.state.message == "no such field" and check.run_count == 2
     assert [str(i.id) for i in check.task_inputs["upstream"]] == [ids["shape"]]
     async with get_client() as client:
-        logs = (await client.request("POST", "/logs/filter",
-                                     json={"logs": {"flow_run_id": {"any_": [flow_run_id]}}})).json()
+        logs = (
+            await client.request("POST", "/logs/filter", json={"logs": {"flow_run_id": {"any_": [flow_run_id]}}})
+        ).json()
     [line] = [entry for entry in logs if entry["name"] == "flowmaestro.node"]
     assert line["message"] == "check failed" and line["task_run_id"] == ids["check"]
     assert line["level"] == logging.ERROR
     async with get_client() as client:
-        [artifact] = (await client.request("POST", "/artifacts/filter", json={
-            "artifacts": {"flow_run_id": {"any_": [flow_run_id]}}})).json()
+        [artifact] = (
+            await client.request(
+                "POST", "/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}}
+            )
+        ).json()
     assert (artifact["key"], artifact["type"], artifact["data"], artifact["description"]) == (
-        "recording-summary", "markdown", "**recording**: failed", "the summary")
+        "recording-summary",
+        "markdown",
+        "**recording**: failed",
+        "the summary",
+    )
 
 
 @pytest.mark.prefect
@@ -286,8 +325,7 @@ async def test_ending_a_pause_resumes_the_paused_run():
     @flow(name="compat-paused")
     async def pausing() -> dict[str, object]:
         run_id = uuid.UUID(current_flow_run.id)
-        pause = asyncio.create_task(pause_flow_run(wait_for_input=Decision, timeout=3600, poll_interval=1,
-                                                   key="ask-1"))
+        pause = asyncio.create_task(pause_flow_run(wait_for_input=Decision, timeout=3600, poll_interval=1, key="ask-1"))
         async with get_client() as client:
             for _ in range(300):
                 if await state_of(client, run_id) == StateType.PAUSED:
@@ -300,13 +338,25 @@ async def test_ending_a_pause_resumes_the_paused_run():
             ended = await prefect_compat.end_pause(client, run_id, "ask-1")
             resumed = await state_of(client, run_id)
             again = await prefect_compat.end_pause(client, run_id, "ask-1")  # no longer paused
-        return {"paused": paused, "other_key": other_key, "still": still, "ended": ended, "resumed": resumed,
-                "again": again}
+        return {
+            "paused": paused,
+            "other_key": other_key,
+            "still": still,
+            "ended": ended,
+            "resumed": resumed,
+            "again": again,
+        }
 
     state = await asyncio.wait_for(pausing(return_state=True), 120)
     assert state.is_completed(), state
-    assert await state.result() == {"paused": StateType.PAUSED, "other_key": False, "still": StateType.PAUSED,
-                                    "ended": True, "resumed": StateType.RUNNING, "again": False}
+    assert await state.result() == {
+        "paused": StateType.PAUSED,
+        "other_key": False,
+        "still": StateType.PAUSED,
+        "ended": True,
+        "resumed": StateType.RUNNING,
+        "again": False,
+    }
 
 
 async def test_recovery_automations_are_created_once_and_not_updated_when_unchanged(prefect_server):
@@ -354,8 +404,9 @@ def test_an_automation_read_back_from_another_process_is_not_a_change():
     dumped = wanted.trigger.model_dump(mode="json")
     reordered = {**dumped, "after": list(reversed(dumped["after"])), "expect": list(reversed(dumped["expect"]))}
     assert reordered != dumped
-    stored = SimpleNamespace(trigger=reordered, actions=[a.model_dump(mode="json") for a in wanted.actions],
-                             enabled=True)
+    stored = SimpleNamespace(
+        trigger=reordered, actions=[a.model_dump(mode="json") for a in wanted.actions], enabled=True
+    )
     assert not _differs(stored, wanted)
     assert _differs(SimpleNamespace(**{**vars(stored), "trigger": {**reordered, "within": 31.0}}), wanted)
 
@@ -368,10 +419,14 @@ async def test_next_schedule_dates_are_the_server_schedules_dates():
 
     from flows.prefect_compat import next_schedule_dates
 
-    start = datetime(2027, 3, 26, tzinfo=timezone.utc)
+    start = datetime(2027, 3, 26, tzinfo=UTC)
     dates = await next_schedule_dates(CronSchedule(cron="30 2 * * *", timezone="Europe/Paris"), 4, start)
-    assert [d.isoformat() for d in dates] == ["2027-03-26T02:30:00+01:00", "2027-03-27T02:30:00+01:00",
-                                              "2027-03-28T03:30:00+02:00", "2027-03-29T02:30:00+02:00"]
+    assert [d.isoformat() for d in dates] == [
+        "2027-03-26T02:30:00+01:00",
+        "2027-03-27T02:30:00+01:00",
+        "2027-03-28T03:30:00+02:00",
+        "2027-03-29T02:30:00+02:00",
+    ]
     every = await next_schedule_dates(IntervalSchedule(interval=60, anchor_date=start), 2, start)
     assert [d.isoformat() for d in every] == ["2027-03-26T00:00:00+00:00", "2027-03-26T00:01:00+00:00"]
 
@@ -386,9 +441,17 @@ async def plant(storage, key: str, content: bytes) -> None:
 
 def stored_record(serializer: str, result: str) -> bytes:
     """A result record as Prefect's result store writes one to storage."""
-    return json.dumps({"metadata": {"storage_key": None, "serializer": {"type": serializer},
-                                    "prefect_version": prefect.__version__, "storage_block_id": None},
-                       "result": result}).encode()
+    return json.dumps(
+        {
+            "metadata": {
+                "storage_key": None,
+                "serializer": {"type": serializer},
+                "prefect_version": prefect.__version__,
+                "storage_block_id": None,
+            },
+            "result": result,
+        }
+    ).encode()
 
 
 async def forged_state(storage_key: str, serializer: dict, block_id: uuid.UUID | None = None):
@@ -397,10 +460,23 @@ async def forged_state(storage_key: str, serializer: dict, block_id: uuid.UUID |
     async with get_client() as client:
         flow_id = await client.create_flow_from_name(f"forged-{uuid.uuid4().hex[:6]}")
         run_id = (await client.request("POST", "/flow_runs/", json={"flow_id": str(flow_id)})).json()["id"]
-        await client.request("POST", "/flow_runs/{id}/set_state", path_params={"id": run_id}, json={
-            "force": True, "state": {"type": "COMPLETED", "name": "Completed", "data": {
-                "storage_key": storage_key, "serializer": serializer,
-                "storage_block_id": str(block_id) if block_id else None}}})
+        await client.request(
+            "POST",
+            "/flow_runs/{id}/set_state",
+            path_params={"id": run_id},
+            json={
+                "force": True,
+                "state": {
+                    "type": "COMPLETED",
+                    "name": "Completed",
+                    "data": {
+                        "storage_key": storage_key,
+                        "serializer": serializer,
+                        "storage_block_id": str(block_id) if block_id else None,
+                    },
+                },
+            },
+        )
         return (await client.read_flow_run(run_id)).state
 
 
@@ -447,8 +523,11 @@ async def test_results_a_state_set_through_the_api_points_elsewhere_are_refused(
     # Prefect's pickle serializer would run this; Prefect's json one would import and call it.
     pickled = base64.b64encode(pickle.dumps(MarkerOnUnpickle(str(marker)))).decode()
     await plant(storage, key, stored_record("pickle", pickled))
-    await plant(storage, key + "-json", stored_record(
-        "json", json.dumps({"__class__": "pathlib.Path.touch", "data": str(marker)})))
+    await plant(
+        storage,
+        key + "-json",
+        stored_record("json", json.dumps({"__class__": "pathlib.Path.touch", "data": str(marker)})),
+    )
     await plant(storage, key + "-ours", stored_record("pickle", pickled))
     await plant(storage, key + "-raw", pickled.encode())
     refused = [
@@ -477,7 +556,6 @@ class MarkerOnUnpickle:
         return (Path(self.path).touch, ())
 
 
-
 async def deployment_of(client, a_flow) -> uuid.UUID:
     """A deployment of ``a_flow`` in a work pool of its own (Prefect suspends only runs of
     deployments)."""
@@ -493,7 +571,7 @@ async def deployment_of(client, a_flow) -> uuid.UUID:
 async def test_releasing_a_run_until_a_time_suspends_it_then_schedules_it_for_that_time():
     """Suspended first (the lost-worker automation counts it as an end), then Scheduled for
     ``until``; the engine lets ``Pause`` out and changes no state after it; keys are fresh."""
-    until = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(hours=1)
+    until = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
     keys = {}
 
     @flow(name="compat-released")
@@ -528,7 +606,7 @@ async def test_runs_left_suspended_on_a_delay_are_found_and_scheduled_for_its_en
     once. (Delays end an hour ahead: Prefect itself fails a paused run whose pause timed out.)"""
     from prefect.states import Suspended
 
-    ends = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(hours=1)
+    ends = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
 
     @flow(name="compat-delay-sweep")
     async def nothing() -> None:
@@ -540,10 +618,11 @@ async def test_runs_left_suspended_on_a_delay_are_found_and_scheduled_for_its_en
         runs = {}
         for name, key, expires in (("delay", "fm-delay:wait", ends), ("approval", "ask-1", None)):
             flow_run = await client.create_flow_run_from_deployment(deployment_id)
-            await client.set_flow_run_state(flow_run.id, Suspended(pause_key=key, pause_expiration_time=expires),
-                                            force=True)
+            await client.set_flow_run_state(
+                flow_run.id, Suspended(pause_key=key, pause_expiration_time=expires), force=True
+            )
             runs[name] = flow_run.id
-        written = datetime.now(timezone.utc)
+        written = datetime.now(UTC)
         # Suspended just now: not stranded yet (its worker schedules it within a second).
         assert await prefect_compat.read_stranded_delay_releases(client, pool, written - timedelta(minutes=5)) == []
         later = written + timedelta(minutes=5)
@@ -575,16 +654,22 @@ async def test_a_run_of_a_deployment_schedule_names_its_schedule():
 
     async with get_client() as client:
         deployment_id = await client.create_deployment(
-            flow_id=await client.create_flow(nothing), name=f"compat-{uuid.uuid4().hex[:6]}",
-            schedules=[DeploymentScheduleCreate(schedule=IntervalSchedule(interval=timedelta(days=30)))])
+            flow_id=await client.create_flow(nothing),
+            name=f"compat-{uuid.uuid4().hex[:6]}",
+            schedules=[DeploymentScheduleCreate(schedule=IntervalSchedule(interval=timedelta(days=30)))],
+        )
         [schedule] = (await client.read_deployment(deployment_id)).schedules
         # What the scheduler service does every loop (it may well have done it already).
-        response = await client.request("POST", "/deployments/{id}/schedule", path_params={"id": deployment_id},
-                                        json={"max_runs": 2})
+        response = await client.request(
+            "POST", "/deployments/{id}/schedule", path_params={"id": deployment_id}, json={"max_runs": 2}
+        )
         assert response.status_code < 300
         deadline = asyncio.get_running_loop().time() + 60
-        while not (runs := await client.read_flow_runs(deployment_filter=DeploymentFilter(
-                id=DeploymentFilterId(any_=[deployment_id])))):
+        while not (
+            runs := await client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+            )
+        ):
             assert asyncio.get_running_loop().time() < deadline, "the scheduler made no run"
             await asyncio.sleep(0.5)
         by_hand = await client.create_flow_run_from_deployment(deployment_id)
@@ -612,8 +697,9 @@ async def test_an_answer_through_prefects_resume_is_read_back_by_its_pause_key()
         answers = {}
         async with get_client() as client:
             for key in ("ask-9", "ask-9-2"):
-                pause = asyncio.create_task(pause_flow_run(wait_for_input=Decision, timeout=3600, poll_interval=1,
-                                                           key=key))
+                pause = asyncio.create_task(
+                    pause_flow_run(wait_for_input=Decision, timeout=3600, poll_interval=1, key=key)
+                )
                 for _ in range(300):
                     if await state_of(client, run_id) == StateType.PAUSED:
                         break
@@ -629,7 +715,9 @@ async def test_an_answer_through_prefects_resume_is_read_back_by_its_pause_key()
         found = await prefect_compat.read_pause_answers(client, state.state_details.flow_run_id, "ask-9")
         other = await prefect_compat.read_pause_answers(client, state.state_details.flow_run_id, "ask-8")
     assert sorted((key, json.loads(value)["approved"]) for key, value in found) == [
-        ("paused-ask-9-2-response", False), ("paused-ask-9-response", True)]
+        ("paused-ask-9-2-response", False),
+        ("paused-ask-9-response", True),
+    ]
     assert other == []
 
 
@@ -696,8 +784,9 @@ async def test_a_polling_worker_hands_its_due_runs_to_filter_due_and_submits_wha
     pool = f"compat-poll-{uuid.uuid4().hex[:6]}"
     async with get_client() as client:
         created = await client.create_work_pool(WorkPoolCreate(name=pool, type=Polling.type))
-        deployment_id = await client.create_deployment(flow_id=await client.create_flow(nothing), name=pool,
-                                                       work_pool_name=pool)
+        deployment_id = await client.create_deployment(
+            flow_id=await client.create_flow(nothing), name=pool, work_pool_name=pool
+        )
         keep = await client.create_flow_run_from_deployment(deployment_id, name="keep")
         drop = await client.create_flow_run_from_deployment(deployment_id, name="drop")
     async with Polling(work_pool_name=pool) as worker:

@@ -23,17 +23,28 @@ loaded machine."""
 
 @pytest.fixture
 async def client(tmp_path):
-    settings = ApiSettings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'api.db'}", api_keys=f"solo:{KEY}",
-                           home=tmp_path, prefect_timeout_s=PREFECT_TIMEOUT_S, work_pool="nowhere")
+    settings = ApiSettings(
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'api.db'}",
+        api_keys=f"solo:{KEY}",
+        home=tmp_path,
+        prefect_timeout_s=PREFECT_TIMEOUT_S,
+        work_pool="nowhere",
+    )
     async with api_without_prefect(settings, KEY) as client:
         yield client
 
 
 def hello() -> dict:
-    return canvas([node("start", "start"), node("greet", data={"output": "Hello {{ inputs.who }}"}),
-                   node("end", "end", data={"output": "{{ greet }}"})],
-                  [("start", "greet"), ("greet", "end")], name=f"hello-{uuid.uuid4().hex[:6]}",
-                  inputs={"who": {"type": "string", "required": True}})
+    return canvas(
+        [
+            node("start", "start"),
+            node("greet", data={"output": "Hello {{ inputs.who }}"}),
+            node("end", "end", data={"output": "{{ greet }}"}),
+        ],
+        [("start", "greet"), ("greet", "end")],
+        name=f"hello-{uuid.uuid4().hex[:6]}",
+        inputs={"who": {"type": "string", "required": True}},
+    )
 
 
 async def execute(client, workflow_id: str):
@@ -41,7 +52,9 @@ async def execute(client, workflow_id: str):
 
 
 async def add_schedule(client, workflow_id: str):
-    return await client.post(f"/api/workflows/{workflow_id}/schedules", json={"cron": "0 1 * * *", "inputs": {"who": "x"}})
+    return await client.post(
+        f"/api/workflows/{workflow_id}/schedules", json={"cron": "0 1 * * *", "inputs": {"who": "x"}}
+    )
 
 
 async def list_schedules(client, workflow_id: str):
@@ -52,13 +65,18 @@ async def deliver_webhook(client, workflow_id: str):
     hook = await client.post(f"/api/workflows/{workflow_id}/webhooks", json={"name": "x"})
     assert hook.status_code == 201, hook.text  # webhooks are FlowMaestro's records: no Prefect needed
     body, now = json.dumps({"who": "x"}).encode(), int(time.time())
-    headers = {TIMESTAMP_HEADER: str(now), SIGNATURE_HEADER: sign(hook.json()["secret"], now, body),
-               "content-type": "application/json", "Authorization": ""}  # the signature is the credential
+    headers = {
+        TIMESTAMP_HEADER: str(now),
+        SIGNATURE_HEADER: sign(hook.json()["secret"], now, body),
+        "content-type": "application/json",
+        "Authorization": "",
+    }  # the signature is the credential
     return await client.post(hook.json()["url"], content=body, headers=headers)
 
 
-@pytest.mark.parametrize("request_needing_prefect", [execute, add_schedule, list_schedules, deliver_webhook],
-                         ids=lambda call: call.__name__)
+@pytest.mark.parametrize(
+    "request_needing_prefect", [execute, add_schedule, list_schedules, deliver_webhook], ids=lambda call: call.__name__
+)
 async def test_prefect_down_answers_503_naming_it_and_loses_no_saved_workflow(client, request_needing_prefect):
     saved = await client.post("/api/workflows", json={"canvas": hello()})
     assert saved.status_code == 201, saved.text

@@ -26,6 +26,7 @@ def raising(error: BaseException):
     async def call(client: object) -> None:
         assert client is CLIENT
         raise error
+
     return call
 
 
@@ -47,17 +48,21 @@ async def test_a_call_that_does_not_answer_in_time_is_prefect_unavailable():
     assert raised.value.service == "prefect" and "could not start the run" in raised.value.message
 
 
-@pytest.mark.parametrize("error, expected", [
-    (httpx.ConnectError("refused"), Unavailable),
-    (httpx.ReadTimeout("slow"), Unavailable),
-    (status_error(500), Unavailable),
-    (status_error(503), Unavailable),
-    (status_error(429), Unavailable),
-    (status_error(404), NotFound),
-    (status_error(409), Conflict),
-    (ObjectNotFound(http_exc=status_error(404)), NotFound),
-    (ObjectAlreadyExists(http_exc=status_error(409)), Conflict),
-], ids=["refused", "timeout", "500", "503", "429", "404", "409", "not-found", "already-exists"])
+@pytest.mark.parametrize(
+    "error, expected",
+    [
+        (httpx.ConnectError("refused"), Unavailable),
+        (httpx.ReadTimeout("slow"), Unavailable),
+        (status_error(500), Unavailable),
+        (status_error(503), Unavailable),
+        (status_error(429), Unavailable),
+        (status_error(404), NotFound),
+        (status_error(409), Conflict),
+        (ObjectNotFound(http_exc=status_error(404)), NotFound),
+        (ObjectAlreadyExists(http_exc=status_error(409)), Conflict),
+    ],
+    ids=["refused", "timeout", "500", "503", "429", "404", "409", "not-found", "already-exists"],
+)
 async def test_prefect_failures_become_domain_errors(error, expected):
     with pytest.raises(expected) as raised:
         await PrefectGateway(CLIENT, timeout_s=5).call("cancel the run", raising(error))  # type: ignore[arg-type]

@@ -24,17 +24,27 @@ ARTIFACTS = Path(os.environ.get("FLOWMAESTRO_TEST_ARTIFACTS", Path(__file__).par
 
 
 def graph_canvas(base_url: str) -> dict:
-    return canvas([node("start", "start"),
-                   node("shape", "transform", data={"output": {"n": 2}}),
-                   # a real task run, named by its label: braces once broke Prefect's name template
-                   node("fetch", "http", data={"url": f"{base_url}/graph", "method": "GET",
-                                               "label": "fetch {users}"}),
-                   node("both", "merge", data={"mode": "all"}),
-                   node("repeat", "loop", data={"mode": "for", "count": 2, "max_iterations": 5}),
-                   node("step", "transform", parentId="repeat", data={"output": "{{ loop.index }}"}),
-                   node("done", "transform", data={"output": "{{ repeat.results }}"})],
-                  [("start", "shape"), ("start", "fetch"), ("shape", "both"), ("fetch", "both"),
-                   ("both", "repeat"), ("repeat", "done")], name="run-graph")
+    return canvas(
+        [
+            node("start", "start"),
+            node("shape", "transform", data={"output": {"n": 2}}),
+            # a real task run, named by its label: braces once broke Prefect's name template
+            node("fetch", "http", data={"url": f"{base_url}/graph", "method": "GET", "label": "fetch {users}"}),
+            node("both", "merge", data={"mode": "all"}),
+            node("repeat", "loop", data={"mode": "for", "count": 2, "max_iterations": 5}),
+            node("step", "transform", parentId="repeat", data={"output": "{{ loop.index }}"}),
+            node("done", "transform", data={"output": "{{ repeat.results }}"}),
+        ],
+        [
+            ("start", "shape"),
+            ("start", "fetch"),
+            ("shape", "both"),
+            ("fetch", "both"),
+            ("both", "repeat"),
+            ("repeat", "done"),
+        ],
+        name="run-graph",
+    )
 
 
 async def graph_of(flow_run_id: str, expected_nodes: int, timeout: float = 60.0) -> dict:
@@ -51,7 +61,8 @@ async def graph_of(flow_run_id: str, expected_nodes: int, timeout: float = 60.0)
 
 
 async def test_the_run_graph_has_the_canvas_edges_and_the_loop_around_its_bodies(
-        prefect_server, run_context, counting, handler_env):  # noqa: F811
+    prefect_server, run_context, counting, handler_env
+):
     allow_hosts(handler_env, "127.0.0.1")
     state = await workflow_flow(run_context)(canvas=graph_canvas(counting.url), inputs={}, return_state=True)
     assert (await state.result())["status"] == "completed"

@@ -17,8 +17,15 @@ from tests.support import canvas, node
 pytestmark = [pytest.mark.prefect, pytest.mark.usefixtures("prefect_server")]
 CHROMIUM = shutil.which("chromium")
 # Chromium flags for a closed network (no background calls to Google's hosts).
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-quic"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 
 
 def require_chromium() -> None:
@@ -35,10 +42,19 @@ async def test_resume_an_approval_in_the_prefect_ui(prefect_server, run_context)
     require_chromium()
     from playwright.async_api import async_playwright
 
-    raw = canvas([node("ask", "approval", data={"message": "Ship it?",
-                                                "form": {"reason": {"type": "string", "required": True}}}),
-                  node("ship", data={"output": "{{ ask.input.reason }}"}), node("stop", data={"output": "no"})],
-                 [("ask", "ship", "approved"), ("ask", "stop", "rejected")], name="ui-approval")
+    raw = canvas(
+        [
+            node(
+                "ask",
+                "approval",
+                data={"message": "Ship it?", "form": {"reason": {"type": "string", "required": True}}},
+            ),
+            node("ship", data={"output": "{{ ask.input.reason }}"}),
+            node("stop", data={"output": "no"}),
+        ],
+        [("ask", "ship", "approved"), ("ask", "stop", "rejected")],
+        name="ui-approval",
+    )
     ids: list[str] = []
     listener = lambda bus: ids.append(bus.execution_id)  # noqa: E731
     workflow = workflow_flow(dataclasses.replace(run_context, listeners=(listener,)))

@@ -60,8 +60,11 @@ def _defined_names(tree: ast.AST) -> Iterator[tuple[str, ast.ClassDef | None]]:
                     for leaf in ast.walk(target):
                         if isinstance(leaf, ast.Name):
                             yield leaf.id, owner
-                        elif isinstance(leaf, ast.Attribute) and isinstance(leaf.value, ast.Name) \
-                                and leaf.value.id in ("self", "cls"):
+                        elif (
+                            isinstance(leaf, ast.Attribute)
+                            and isinstance(leaf.value, ast.Name)
+                            and leaf.value.id in ("self", "cls")
+                        ):
                             yield leaf.attr, owner
             yield from walk(child, owner)
 
@@ -106,10 +109,18 @@ def _prefect_classes(trees: dict[str, ast.Module]) -> set[str]:
         for tree in trees.values():
             for node in ast.walk(tree):
                 if isinstance(node, ast.ClassDef) and node.name not in derived:
-                    bases = {b.id if isinstance(b, ast.Name) else b.attr if isinstance(b, ast.Attribute) else
-                             b.value.id if isinstance(b, ast.Subscript) and isinstance(b.value, ast.Name) else
-                             b.value.attr if isinstance(b, ast.Subscript) and isinstance(b.value, ast.Attribute)
-                             else "" for b in node.bases}
+                    bases = {
+                        b.id
+                        if isinstance(b, ast.Name)
+                        else b.attr
+                        if isinstance(b, ast.Attribute)
+                        else b.value.id
+                        if isinstance(b, ast.Subscript) and isinstance(b.value, ast.Name)
+                        else b.value.attr
+                        if isinstance(b, ast.Subscript) and isinstance(b.value, ast.Attribute)
+                        else ""
+                        for b in node.bases
+                    }
                     if bases & (imported_from_prefect | derived):
                         derived.add(node.name)
                         changed = True
@@ -122,8 +133,7 @@ def private_prefect_uses(trees: dict[str, ast.Module], door: str | None = None) 
     from_prefect = _prefect_classes(trees)
     ours: set[str] = set()
     for tree in trees.values():
-        ours.update(name for name, owner in _defined_names(tree)
-                    if owner is None or owner.name not in from_prefect)
+        ours.update(name for name, owner in _defined_names(tree) if owner is None or owner.name not in from_prefect)
     uses: list[Use] = []
     for path, tree in trees.items():
         if path == door:
@@ -143,8 +153,12 @@ def private_prefect_uses(trees: dict[str, ast.Module], door: str | None = None) 
             elif isinstance(node, ast.Attribute):
                 if node.attr in INTERNAL_FIELDS:
                     uses.append(Use(path, node.lineno, f"Prefect's internal field .{node.attr}"))
-                elif is_private(node.attr) and node.attr in prefect_names and node.attr not in ours \
-                        and node.attr not in NOT_PREFECTS:
+                elif (
+                    is_private(node.attr)
+                    and node.attr in prefect_names
+                    and node.attr not in ours
+                    and node.attr not in NOT_PREFECTS
+                ):
                     uses.append(Use(path, node.lineno, f"Prefect's private attribute .{node.attr}"))
             elif isinstance(node, ast.ClassDef) and node.name in from_prefect:
                 for name, owner in _defined_names(node):  # owner None: the class itself, its methods
@@ -154,8 +168,11 @@ def private_prefect_uses(trees: dict[str, ast.Module], door: str | None = None) 
 
 
 def our_modules() -> dict[str, ast.Module]:
-    return {str(path.relative_to(ROOT)): ast.parse(path.read_text(encoding="utf-8"), str(path))
-            for package in PACKAGES for path in sorted((ROOT / package).rglob("*.py"))}
+    return {
+        str(path.relative_to(ROOT)): ast.parse(path.read_text(encoding="utf-8"), str(path))
+        for package in PACKAGES
+        for path in sorted((ROOT / package).rglob("*.py"))
+    }
 
 
 def test_no_private_prefect_name_outside_prefect_compat():
@@ -167,7 +184,7 @@ def test_no_private_prefect_name_outside_prefect_compat():
 
 def test_the_scan_finds_each_kind_of_use():
     """The check itself: each kind of use is found, our own private names are not."""
-    source = '''
+    source = """
 from prefect._internal.compatibility.blocks import call_explicitly_async_block_method
 from prefect.flows import _raise_on_name_with_banned_characters
 import prefect._internal.concurrency
@@ -189,7 +206,7 @@ class Worker(BaseWorker):
 
 def keys(flow_run):
     return flow_run.empirical_policy.pause_keys
-'''
+"""
     uses = private_prefect_uses({"sample.py": ast.parse(source)})
     found = {(u.line, u.what) for u in uses}
     assert (2, "import from private module prefect._internal.compatibility.blocks") in found

@@ -47,12 +47,16 @@ async def execute(raw, runner: KeepingRunner, **options):
 
 
 def loop_canvas(iterations: int) -> dict:
-    return canvas([node("start", "start"),
-                   node("repeat", "loop", data={"mode": "for", "count": iterations, "max_iterations": 100_000}),
-                   node("a", "transform", parentId="repeat", data={"output": "{{ loop.index }}"}),
-                   node("b", "transform", parentId="repeat", data={"output": "{{ a }}"}),
-                   node("done", "transform", data={"output": "{{ repeat.results }}"})],
-                  [("start", "repeat"), ("a", "b"), ("repeat", "done")])
+    return canvas(
+        [
+            node("start", "start"),
+            node("repeat", "loop", data={"mode": "for", "count": iterations, "max_iterations": 100_000}),
+            node("a", "transform", parentId="repeat", data={"output": "{{ loop.index }}"}),
+            node("b", "transform", parentId="repeat", data={"output": "{{ a }}"}),
+            node("done", "transform", data={"output": "{{ repeat.results }}"}),
+        ],
+        [("start", "repeat"), ("a", "b"), ("repeat", "done")],
+    )
 
 
 async def test_each_execution_is_recorded_once_with_its_upstream_and_its_container():
@@ -60,8 +64,17 @@ async def test_each_execution_is_recorded_once_with_its_upstream_and_its_contain
     await execute(loop_canvas(3), runner)
     final = runner.final()
     by_name = {r.name: r for r in final.values()}
-    assert sorted(by_name) == ["a [1/3]", "a [2/3]", "a [3/3]", "b [1/3]", "b [2/3]", "b [3/3]", "done", "repeat",
-                               "start"]
+    assert sorted(by_name) == [
+        "a [1/3]",
+        "a [2/3]",
+        "a [3/3]",
+        "b [1/3]",
+        "b [2/3]",
+        "b [3/3]",
+        "done",
+        "repeat",
+        "start",
+    ]
     repeat = by_name["repeat"]
     assert repeat.upstream == (by_name["start"].task_run_id,)
     assert by_name["done"].upstream == (repeat.task_run_id,)
@@ -94,37 +107,55 @@ async def test_past_the_limit_body_nodes_are_summarised_per_node_and_top_level_n
     final = runner.final()
     names = sorted(r.name for r in final.values())
     # start and repeat, then a and b of the first two iterations; the limit is reached
-    assert names == ["a [1/10]", "a [2/10]", "a [8 more]", "b [1/10]", "b [2/10]", "b [8 more]", "done", "repeat",
-                     "start"]
+    assert names == [
+        "a [1/10]",
+        "a [2/10]",
+        "a [8 more]",
+        "b [1/10]",
+        "b [2/10]",
+        "b [8 more]",
+        "done",
+        "repeat",
+        "start",
+    ]
     summaries = [r for r in final.values() if "more]" in r.name]
     repeat = next(r for r in final.values() if r.name == "repeat")
     assert all(r.parent == repeat.task_run_id and r.error is None for r in summaries)
     summary_logs = [line for line, _, _ in runner.logs if "not shown one by one" in line]
     assert sorted(summary_logs) == [
         "a [8 more] (transform): 8 executions not shown one by one: 8 completed, 0 failed",
-        "b [8 more] (transform): 8 executions not shown one by one: 8 completed, 0 failed"]
+        "b [8 more] (transform): 8 executions not shown one by one: 8 completed, 0 failed",
+    ]
     # no log line for an execution that has no task run of its own
     assert all(task_run is not None for _, task_run, _ in runner.logs)
 
 
 async def test_nested_containers_past_the_limit_count_into_the_outer_summary():
     runner = KeepingRunner()
-    raw = canvas([node("outer", "loop", data={"mode": "for", "count": 4, "max_iterations": 10}),
-                  node("inner", "loop", parentId="outer", data={"mode": "for", "count": 3, "max_iterations": 10}),
-                  node("x", "transform", parentId="inner", data={"output": 1})])
+    raw = canvas(
+        [
+            node("outer", "loop", data={"mode": "for", "count": 4, "max_iterations": 10}),
+            node("inner", "loop", parentId="outer", data={"mode": "for", "count": 3, "max_iterations": 10}),
+            node("x", "transform", parentId="inner", data={"output": 1}),
+        ]
+    )
     await execute(raw, runner, max_task_runs=3)
     names = sorted(r.name for r in runner.final().values())
     # outer, the first inner and its first x; then everything else is counted
     assert names == ["inner [1/4]", "inner [3 more]", "outer", "x [1/4 / 1/3]", "x [1/4 / 2 more]", "x [9 more]"]
 
 
-
 async def node_logs_of(flow_run_id: str) -> list[dict]:
     async with get_client() as client:
         logs: list[dict] = []
         while True:
-            page = (await client.request("POST", "/logs/filter", json={
-                "logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200, "offset": len(logs)})).json()
+            page = (
+                await client.request(
+                    "POST",
+                    "/logs/filter",
+                    json={"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200, "offset": len(logs)},
+                )
+            ).json()
             logs += page
             if len(page) < 200:
                 return [entry for entry in logs if entry["name"] == "flowmaestro.node"]

@@ -3,7 +3,7 @@ start, refusals recorded like any run, and plans compiled once per saved version
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 from prefect.states import Crashed, Running
@@ -15,7 +15,7 @@ from flows.records import RunRecord
 from flows.settings import EngineSettings
 from tests.support import canvas, compiled, make_registry, node
 
-FIRST = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=timezone.utc)
+FIRST = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 
 
 def test_the_first_start_is_prefects_start_time_which_every_execution_of_the_run_sees():
@@ -35,16 +35,15 @@ def test_a_child_run_is_given_its_parents_first_start():
 
 
 def test_outside_a_flow_run_the_run_starts_now():
-    before = datetime.now(timezone.utc)
-    assert before <= first_start(None, None) <= datetime.now(timezone.utc)
+    before = datetime.now(UTC)
+    assert before <= first_start(None, None) <= datetime.now(UTC)
     not_running = SimpleNamespace(start_time=None, state=Crashed())
     assert before <= first_start(not_running, None)
 
 
 async def test_templates_read_the_runs_first_start_not_this_executions():
     registry = make_registry()
-    raw = canvas([node("start", "start"), node("stamp", data={"output": "{{ run.started_at }}"})],
-                 [("start", "stamp")])
+    raw = canvas([node("start", "start"), node("stamp", data={"output": "{{ run.started_at }}"})], [("start", "stamp")])
     record = await Execution(compiled(raw, registry), registry, run_id="r", inputs={}, started_at=FIRST).run()
     assert record.nodes["stamp"].output == FIRST.isoformat()
     assert record.started_at is not None and record.started_at > FIRST  # this execution's own clock
@@ -52,21 +51,27 @@ async def test_templates_read_the_runs_first_start_not_this_executions():
 
 async def test_without_a_first_start_templates_read_this_executions_start():
     registry = make_registry()
-    raw = canvas([node("start", "start"), node("stamp", data={"output": "{{ run.started_at }}"})],
-                 [("start", "stamp")])
+    raw = canvas([node("start", "start"), node("stamp", data={"output": "{{ run.started_at }}"})], [("start", "stamp")])
     record = await Execution(compiled(raw, registry), registry, run_id="r", inputs={}).run()
     assert record.started_at is not None and record.nodes["stamp"].output == record.started_at.isoformat()
 
 
 def test_a_refused_run_is_a_run_record_like_any_other():
-    record = RunRecord.refused("run-1", "greeter", "invalid inputs",
-                               [{"message": "who: required", "code": "required"}, {"message": "n: not a number"}],
-                               workflow_id="wf", version=3)
+    record = RunRecord.refused(
+        "run-1",
+        "greeter",
+        "invalid inputs",
+        [{"message": "who: required", "code": "required"}, {"message": "n: not a number"}],
+        workflow_id="wf",
+        version=3,
+    )
     result = record.result()
     assert result["status"] == "failed" and result["output"] is None
-    assert result["error"] == {"message": "invalid inputs: who: required; n: not a number", "type": "invalid_inputs",
-                               "issues": [{"message": "who: required", "code": "required"},
-                                          {"message": "n: not a number"}]}
+    assert result["error"] == {
+        "message": "invalid inputs: who: required; n: not a number",
+        "type": "invalid_inputs",
+        "issues": [{"message": "who: required", "code": "required"}, {"message": "n: not a number"}],
+    }
     assert (result["id"], result["workflow"], result["workflow_id"], result["version"]) == ("run-1", "greeter", "wf", 3)
     assert result["nodes"] == {} and result["trace"] == []
     assert result["started_at"] == result["ended_at"] is not None

@@ -29,9 +29,12 @@ def test_roots_start_and_a_chain_runs_in_order():
 
 
 def test_diamond_after_condition_joins_only_the_branch_taken():
-    plan = compiled(canvas(
-        [condition("cond", "x"), node("a"), node("b"), node("m", "merge")],
-        [("cond", "a", "condition-x"), ("cond", "b", "else"), ("a", "m"), ("b", "m")]))
+    plan = compiled(
+        canvas(
+            [condition("cond", "x"), node("a"), node("b"), node("m", "merge")],
+            [("cond", "a", "condition-x"), ("cond", "b", "else"), ("a", "m"), ("b", "m")],
+        )
+    )
     sched = ScopeScheduler(plan, TOP)
     sched.start()
     step = sched.resolve("cond", edges_of(plan, "cond", "condition-x"))
@@ -40,8 +43,7 @@ def test_diamond_after_condition_joins_only_the_branch_taken():
 
 
 def test_condition_without_match_and_no_else_edge_skips_everything_downstream():
-    plan = compiled(canvas([condition("cond", "x"), node("a"), node("b")],
-                           [("cond", "a", "condition-x"), ("a", "b")]))
+    plan = compiled(canvas([condition("cond", "x"), node("a"), node("b")], [("cond", "a", "condition-x"), ("a", "b")]))
     sched = ScopeScheduler(plan, TOP)
     sched.start()
     step = sched.resolve("cond", set())  # "else" selected, but nothing is connected to it
@@ -76,7 +78,7 @@ def test_join_any_runs_on_the_first_fired_edge_and_ignores_later_ones():
     sched = ScopeScheduler(plan, TOP)
     sched.start()
     assert sched.resolve("a", edges_of(plan, "a")).ready == ["j"]
-    assert sched.resolve("b", edges_of(plan, "b")) .ready == []
+    assert sched.resolve("b", edges_of(plan, "b")).ready == []
 
 
 def test_join_any_is_skipped_only_when_every_edge_is_dead():
@@ -96,8 +98,11 @@ def test_join_all_waits_for_every_edge():
 
 
 def test_skips_propagate_through_chains_but_stop_at_live_joins():
-    plan = compiled(canvas([node("a"), node("b"), node("c"), node("d"), node("j")],
-                           [("a", "b"), ("b", "c"), ("c", "j"), ("d", "j")]))
+    plan = compiled(
+        canvas(
+            [node("a"), node("b"), node("c"), node("d"), node("j")], [("a", "b"), ("b", "c"), ("c", "j"), ("d", "j")]
+        )
+    )
     sched = ScopeScheduler(plan, TOP)
     assert sched.start() == ["a", "d"]
     step = sched.resolve("a", set())
@@ -128,8 +133,9 @@ def done(output=None, *handles: str) -> NodeResult:
 
 
 def failed(node_id: str, error_type: str = "NodeError") -> NodeResult:
-    return NodeResult("failed", error={"message": f"{node_id} broke", "type": error_type, "node_id": node_id,
-                                        "attempts": 1})
+    return NodeResult(
+        "failed", error={"message": f"{node_id} broke", "type": error_type, "node_id": node_id, "attempts": 1}
+    )
 
 
 def no_scope():
@@ -184,8 +190,10 @@ def test_a_failure_never_fires_source_edges_even_when_its_handles_name_source():
 
 
 def test_selected_handles_fire_their_edges_only():
-    plan = plan_of([condition("cond", "x", "y"), node("x"), node("y"), node("other")],
-                   [("cond", "x", "condition-x"), ("cond", "y", "condition-y"), ("cond", "other", "else")])
+    plan = plan_of(
+        [condition("cond", "x", "y"), node("x"), node("y"), node("other")],
+        [("cond", "x", "condition-x"), ("cond", "y", "condition-y"), ("cond", "other", "else")],
+    )
     state = ScopeRun(plan, TOP)
     state.start()
     decision = state.node_ended("cond", done({"matched": ["x", "y"]}, "condition-x", "condition-y"), no_scope)
@@ -193,9 +201,13 @@ def test_selected_handles_fire_their_edges_only():
 
 
 def test_edge_conditions_gate_edges_on_the_selected_handle():
-    plan = plan_of([node("src"), node("ok"), node("missing")],
-                   [edge("e1", "src", "ok", **when("{{ src.status }}", "lt", 400)),
-                    edge("e2", "src", "missing", **when("{{ src.status }}", "eq", 404))])
+    plan = plan_of(
+        [node("src"), node("ok"), node("missing")],
+        [
+            edge("e1", "src", "ok", **when("{{ src.status }}", "lt", 400)),
+            edge("e2", "src", "missing", **when("{{ src.status }}", "eq", 404)),
+        ],
+    )
     state = ScopeRun(plan, TOP)
     state.start()
     decision = state.node_ended("src", done({"status": 404}), outputs_scope(state))
@@ -204,9 +216,13 @@ def test_edge_conditions_gate_edges_on_the_selected_handle():
 
 
 def test_a_condition_on_an_unselected_handle_is_not_evaluated():
-    plan = plan_of([condition("cond", "x"), node("a"), node("b")],
-                   [edge("e1", "cond", "a", "condition-x"),
-                    edge("e2", "cond", "b", "else", **when("{{ cond.missing }}", "exists"))])
+    plan = plan_of(
+        [condition("cond", "x"), node("a"), node("b")],
+        [
+            edge("e1", "cond", "a", "condition-x"),
+            edge("e2", "cond", "b", "else", **when("{{ cond.missing }}", "exists")),
+        ],
+    )
     state = ScopeRun(plan, TOP)
     state.start()
     decision = state.node_ended("cond", done({"matched": ["x"]}, "condition-x"), no_scope)
@@ -214,9 +230,10 @@ def test_a_condition_on_an_unselected_handle_is_not_evaluated():
 
 
 def test_the_condition_scope_is_built_once_per_node_end():
-    plan = plan_of([node("src"), node("a"), node("b")],
-                   [edge("e1", "src", "a", **when("{{ src }}", "eq", 1)),
-                    edge("e2", "src", "b", **when("{{ src }}", "neq", 1))])
+    plan = plan_of(
+        [node("src"), node("a"), node("b")],
+        [edge("e1", "src", "a", **when("{{ src }}", "eq", 1)), edge("e2", "src", "b", **when("{{ src }}", "neq", 1))],
+    )
     state = ScopeRun(plan, TOP)
     state.start()
     built = []
@@ -225,8 +242,10 @@ def test_the_condition_scope_is_built_once_per_node_end():
 
 
 def test_merge_upstream_holds_the_fired_inputs_only():
-    plan = plan_of([condition("cond", "x"), node("a"), node("b"), node("m", "merge")],
-                   [("cond", "a", "condition-x"), ("cond", "b", "else"), ("a", "m"), ("b", "m")])
+    plan = plan_of(
+        [condition("cond", "x"), node("a"), node("b"), node("m", "merge")],
+        [("cond", "a", "condition-x"), ("cond", "b", "else"), ("a", "m"), ("b", "m")],
+    )
     state = ScopeRun(plan, TOP)
     state.start()
     state.node_ended("cond", done({"matched": ["x"]}, "condition-x"), no_scope)
@@ -253,9 +272,15 @@ def test_join_any_starts_on_the_first_arrival_and_ignores_later_ones():
 
 
 def test_skips_propagate_from_a_dead_branch_through_a_container():
-    plan = plan_of([condition("cond", "no"), node("lp", "loop", data={"mode": "for", "count": 2}),
-                    node("body", parentId="lp"), node("after")],
-                   [("cond", "lp", "condition-no"), ("lp", "after")])
+    plan = plan_of(
+        [
+            condition("cond", "no"),
+            node("lp", "loop", data={"mode": "for", "count": 2}),
+            node("body", parentId="lp"),
+            node("after"),
+        ],
+        [("cond", "lp", "condition-no"), ("lp", "after")],
+    )
     state = ScopeRun(plan, TOP)
     state.start()
     decision = state.node_ended("cond", done({"matched": []}, "else"), no_scope)
@@ -270,8 +295,12 @@ def test_a_broken_edge_condition_fails_the_node():
     state = ScopeRun(plan, TOP)
     state.start()
     decision = state.node_ended("src", done({"status": 200}), outputs_scope(state), attempts=2)
-    assert decision.broken_condition == {"message": "'src' has no attribute 'nope'", "type": "TemplateRenderError",
-                                         "node_id": "src", "attempts": 2}
+    assert decision.broken_condition == {
+        "message": "'src' has no attribute 'nope'",
+        "type": "TemplateRenderError",
+        "node_id": "src",
+        "attempts": 2,
+    }
     assert decision.fired == frozenset() and decision.skipped == ("next",)
     assert decision.failure == NodeFailure("src", (), decision.broken_condition)
     assert state.outputs["src"] == {"error": decision.broken_condition}
@@ -281,8 +310,10 @@ def test_a_broken_edge_condition_fails_the_node():
 
 
 def test_a_condition_that_cannot_compare_its_values_fails_the_node_and_its_error_edge_catches_it():
-    plan = plan_of([node("src"), node("next"), node("handler")],
-                   [edge("e1", "src", "next", **when("{{ src }}", "gt", 3)), edge("e2", "src", "handler", "error")])
+    plan = plan_of(
+        [node("src"), node("next"), node("handler")],
+        [edge("e1", "src", "next", **when("{{ src }}", "gt", 3)), edge("e2", "src", "handler", "error")],
+    )
     state = ScopeRun(plan, TOP)
     state.start()
     decision = state.node_ended("src", done("text"), outputs_scope(state))
@@ -293,8 +324,10 @@ def test_a_condition_that_cannot_compare_its_values_fails_the_node_and_its_error
 
 
 def test_an_error_edge_whose_condition_does_not_hold_leaves_the_failure_uncaught():
-    plan = plan_of([node("n"), node("retry_later")],
-                   [edge("e1", "n", "retry_later", "error", **when("{{ n.error.type }}", "eq", "Timeout"))])
+    plan = plan_of(
+        [node("n"), node("retry_later")],
+        [edge("e1", "n", "retry_later", "error", **when("{{ n.error.type }}", "eq", "Timeout"))],
+    )
     caught, uncaught = ScopeRun(plan, TOP), ScopeRun(plan, TOP)
     for state in (caught, uncaught):
         state.start()
@@ -305,8 +338,9 @@ def test_an_error_edge_whose_condition_does_not_hold_leaves_the_failure_uncaught
 
 
 def test_a_broken_condition_on_an_error_edge_catches_nothing():
-    plan = plan_of([node("n"), node("handler")],
-                   [edge("e1", "n", "handler", "error", **when("{{ n.error.nope }}", "exists"))])
+    plan = plan_of(
+        [node("n"), node("handler")], [edge("e1", "n", "handler", "error", **when("{{ n.error.nope }}", "exists"))]
+    )
     state = ScopeRun(plan, TOP)
     state.start()
     decision = state.node_ended("n", failed("n"), outputs_scope(state))
@@ -325,8 +359,11 @@ def test_fail_fast_starts_nothing_new_and_cancels_what_would_run():
 
 
 def test_continue_skips_the_failed_branch_and_lists_every_failure():
-    plan = plan_of([node("bad1"), node("bad2"), node("after_bad"), node("good"), node("after_good")],
-                   [("bad1", "after_bad"), ("good", "after_good")], settings={"on_error": "continue"})
+    plan = plan_of(
+        [node("bad1"), node("bad2"), node("after_bad"), node("good"), node("after_good")],
+        [("bad1", "after_bad"), ("good", "after_good")],
+        settings={"on_error": "continue"},
+    )
     state = ScopeRun(plan, TOP, on_error="continue")
     state.start()
     assert state.node_ended("bad1", failed("bad1"), no_scope).skipped == ("after_bad",)
@@ -366,8 +403,7 @@ def test_body_result_is_the_single_terminal_output_or_none_when_it_did_not_compl
 
 
 def test_body_result_of_several_terminals_maps_the_completed_ones():
-    plan = loop_body(node("a", parentId="lp"), node("b", parentId="lp"), node("c", parentId="lp"),
-                     edges=[("a", "b")])
+    plan = loop_body(node("a", parentId="lp"), node("b", parentId="lp"), node("c", parentId="lp"), edges=[("a", "b")])
     assert scope_result(plan, "lp", {"a": 1, "b": 2, "c": 3}, kind="body") == {"b": 2, "c": 3}
     assert scope_result(plan, "lp", {"a": 1, "c": 3}, kind="body") == {"c": 3}
 
@@ -380,19 +416,36 @@ def test_run_result_maps_the_terminals_even_when_there_is_one():
 
 
 def test_run_result_is_the_single_completed_end_node_or_a_mapping_of_the_completed_ones():
-    plan = plan_of([condition("cond", "x"), node("e1", "end", data={"output": 1}), node("e2", "end", data={"output": 2}),
-                    node("stray")],
-                   [("cond", "e1", "condition-x"), ("cond", "e2", "else")])
+    plan = plan_of(
+        [
+            condition("cond", "x"),
+            node("e1", "end", data={"output": 1}),
+            node("e2", "end", data={"output": 2}),
+            node("stray"),
+        ],
+        [("cond", "e1", "condition-x"), ("cond", "e2", "else")],
+    )
     assert scope_result(plan, TOP, {"cond": {}, "e1": 1, "stray": "s"}, kind="run") == 1
     assert scope_result(plan, TOP, {"cond": {}, "e1": 1, "e2": 2}, kind="run") == {"e1": 1, "e2": 2}
     assert scope_result(plan, TOP, {"cond": {}, "stray": "s"}, kind="run") == {}
 
 
 def test_run_result_renders_the_document_output_with_nodes_that_did_not_complete_as_none():
-    plan = plan_of([node("a"), node("b")], output={"a": "{{ a }}", "b_missing": "{{ b is none }}",
-                                                   "via_nodes": "{{ nodes.a }}", "who": "{{ inputs.who }}"})
+    plan = plan_of(
+        [node("a"), node("b")],
+        output={
+            "a": "{{ a }}",
+            "b_missing": "{{ b is none }}",
+            "via_nodes": "{{ nodes.a }}",
+            "who": "{{ inputs.who }}",
+        },
+    )
     assert scope_result(plan, TOP, {"a": "A"}, kind="run", template_scope={"inputs": {"who": "Ada"}}) == {
-        "a": "A", "b_missing": True, "via_nodes": "A", "who": "Ada"}
+        "a": "A",
+        "b_missing": True,
+        "via_nodes": "A",
+        "who": "Ada",
+    }
 
 
 def test_a_scope_run_returns_its_result_and_reports_a_broken_document_output():

@@ -9,7 +9,7 @@ import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -46,22 +46,32 @@ async def stack(tmp_path_factory, prefect_server, in_process_workers):
 async def api(stack, tmp_path, test_handlers):
     url, pool = stack
     alice, bob = f"alice-{uuid.uuid4().hex}", f"bob-{uuid.uuid4().hex}"
-    settings = ApiSettings(database_url=url, api_keys=f"{alice}:{KEY}-{alice},{bob}:{KEY}-{bob}", home=tmp_path,
-                           work_pool=pool)
+    settings = ApiSettings(
+        database_url=url, api_keys=f"{alice}:{KEY}-{alice},{bob}:{KEY}-{bob}", home=tmp_path, work_pool=pool
+    )
     app = create_app(settings)
     async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test",
-                                     headers={"Authorization": f"Bearer {KEY}-{alice}"}) as client:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://test",
+            headers={"Authorization": f"Bearer {KEY}-{alice}"},
+        ) as client:
             client.bob = {"Authorization": f"Bearer {KEY}-{bob}"}
             client.app = app
             yield client
 
 
 def hello(name: str | None = None, input_name: str = "who") -> dict[str, Any]:
-    return canvas([node("start", "start"), node("greet", data={"output": f"Hello {{{{ inputs.{input_name} }}}}"}),
-                   node("end", "end", data={"output": "{{ greet }}"})],
-                  [("start", "greet"), ("greet", "end")], name=name or f"sched-{uuid.uuid4().hex[:6]}",
-                  inputs={input_name: {"type": "string", "required": True}})
+    return canvas(
+        [
+            node("start", "start"),
+            node("greet", data={"output": f"Hello {{{{ inputs.{input_name} }}}}"}),
+            node("end", "end", data={"output": "{{ greet }}"}),
+        ],
+        [("start", "greet"), ("greet", "end")],
+        name=name or f"sched-{uuid.uuid4().hex[:6]}",
+        inputs={input_name: {"type": "string", "required": True}},
+    )
 
 
 async def create(api, raw) -> str:
@@ -94,8 +104,9 @@ def owner_of(api) -> str:
 
 async def flow_runs(deployment) -> list[Any]:
     async with get_client() as client:
-        return await client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment])),
-                                           limit=200)
+        return await client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment])), limit=200
+        )
 
 
 async def scheduled_executions(api, workflow_id: str, schedule_id: str, status: str = "completed") -> list[Any]:
@@ -131,13 +142,19 @@ async def no_future_runs(deployment) -> bool:
 
 async def test_an_interval_schedule_runs_with_its_inputs_pauses_resumes_and_stops_when_deleted(api):
     workflow_id = await create(api, hello())
-    created = await api.post(f"/api/workflows/{workflow_id}/schedules",
-                             json={"interval_s": 10, "inputs": {"who": "Sched"}})
+    created = await api.post(
+        f"/api/workflows/{workflow_id}/schedules", json={"interval_s": 10, "inputs": {"who": "Sched"}}
+    )
     assert created.status_code == 201, created.text
     schedule = created.json()
     assert {k: schedule[k] for k in ("workflow_id", "interval_s", "timezone", "inputs", "active", "overlap")} == {
-        "workflow_id": workflow_id, "interval_s": 10.0, "timezone": "UTC", "inputs": {"who": "Sched"},
-        "active": True, "overlap": "allow"}
+        "workflow_id": workflow_id,
+        "interval_s": 10.0,
+        "timezone": "UTC",
+        "inputs": {"who": "Sched"},
+        "active": True,
+        "overlap": "allow",
+    }
     assert "cron" not in schedule and "rrule" not in schedule
     times = [datetime.fromisoformat(t) for t in schedule["next_runs"]]
     assert len(times) == 5 and {(b - a).total_seconds() for a, b in zip(times, times[1:])} == {10.0}
@@ -176,25 +193,32 @@ async def test_cron_next_runs_follow_the_time_zone_across_daylight_saving(api):
     workflow_id = await create(api, hello())
     # 09:00 in Paris on March 1 (winter time, +01:00) and March 31 (always after the last
     # Sunday of March, when summer time starts: +02:00).
-    created = await api.post(f"/api/workflows/{workflow_id}/schedules",
-                             json={"cron": "0 9 1,31 3 *", "timezone": "Europe/Paris", "inputs": {"who": "x"}})
+    created = await api.post(
+        f"/api/workflows/{workflow_id}/schedules",
+        json={"cron": "0 9 1,31 3 *", "timezone": "Europe/Paris", "inputs": {"who": "x"}},
+    )
     assert created.status_code == 201, created.text
     body = created.json()
     assert body["cron"] == "0 9 1,31 3 *" and body["timezone"] == "Europe/Paris"
     times = [datetime.fromisoformat(t) for t in body["next_runs"]]
     assert len(times) == 5 and all(t.hour == 9 and t.minute == 0 for t in times)
-    utc_hours = [t.astimezone(timezone.utc).hour for t in times]
+    utc_hours = [t.astimezone(UTC).hour for t in times]
     offsets = [t.utcoffset().total_seconds() / 3600 for t in times]
-    expected = [datetime(t.year, t.month, t.day, 9, tzinfo=ZoneInfo("Europe/Paris")).utcoffset().total_seconds()
-                / 3600 for t in times]
+    expected = [
+        datetime(t.year, t.month, t.day, 9, tzinfo=ZoneInfo("Europe/Paris")).utcoffset().total_seconds() / 3600
+        for t in times
+    ]
     assert offsets == expected and set(offsets) == {1.0, 2.0}
     assert set(utc_hours) == {8, 7}
-    assert times[0] > datetime.now(timezone.utc)
+    assert times[0] > datetime.now(UTC)
 
 
 async def test_overlap_skip_cancels_a_scheduled_run_while_one_goes(api):
-    slow = canvas([node("start", "start"), node("slow", "test_sleep", data={"seconds": 25})], [("start", "slow")],
-                  name=f"slow-{uuid.uuid4().hex[:6]}")
+    slow = canvas(
+        [node("start", "start"), node("slow", "test_sleep", data={"seconds": 25})],
+        [("start", "slow")],
+        name=f"slow-{uuid.uuid4().hex[:6]}",
+    )
     workflow_id = await create(api, slow)
     created = await api.post(f"/api/workflows/{workflow_id}/schedules", json={"interval_s": 10, "overlap": "skip"})
     assert created.status_code == 201 and created.json()["overlap"] == "skip", created.text
@@ -225,8 +249,11 @@ async def test_overlap_skip_cancels_a_scheduled_run_while_one_goes(api):
 
 
 async def test_overlap_queue_runs_the_colliding_run_later_and_keeps_at_most_one_waiting(api):
-    slow = canvas([node("start", "start"), node("slow", "test_sleep", data={"seconds": 25})], [("start", "slow")],
-                  name=f"queued-{uuid.uuid4().hex[:6]}")
+    slow = canvas(
+        [node("start", "start"), node("slow", "test_sleep", data={"seconds": 25})],
+        [("start", "slow")],
+        name=f"queued-{uuid.uuid4().hex[:6]}",
+    )
     workflow_id = await create(api, slow)
     created = await api.post(f"/api/workflows/{workflow_id}/schedules", json={"interval_s": 10, "overlap": "queue"})
     assert created.status_code == 201 and created.json()["overlap"] == "queue", created.text
@@ -237,16 +264,18 @@ async def test_overlap_queue_runs_the_colliding_run_later_and_keeps_at_most_one_
 
         async def waited_then_ran_and_one_dropped():
             runs = await flow_runs(deployment)
-            dropped = [r for r in runs if r.state and r.state.is_cancelled()
-                       and "at most one waits" in (r.state.message or "")]
+            dropped = [
+                r for r in runs if r.state and r.state.is_cancelled() and "at most one waits" in (r.state.message or "")
+            ]
             for run in (r for r in runs if r.state and r.state.is_completed()):
                 names = [s.name for s in await client.read_flow_run_states(run.id)]
                 if "AwaitingConcurrencySlot" in names and dropped:
                     return run, dropped
             return None
 
-        queued, dropped = await eventually(waited_then_ran_and_one_dropped,
-                                           "a run queued then ran, and one beyond the queue dropped", 180)
+        queued, dropped = await eventually(
+            waited_then_ran_and_one_dropped, "a run queued then ran, and one beyond the queue dropped", 180
+        )
     assert all(r.run_count == 0 for r in dropped)
     ran = sorted((r for r in await flow_runs(deployment) if r.run_count), key=lambda r: r.start_time)
     for first, second in zip(ran, ran[1:]):  # never two at once
@@ -256,30 +285,54 @@ async def test_overlap_queue_runs_the_colliding_run_later_and_keeps_at_most_one_
 
 async def test_a_schedule_paused_or_edited_in_prefect_is_reported_so(api):
     workflow_id = await create(api, hello())
-    created = (await api.post(f"/api/workflows/{workflow_id}/schedules",
-                              json={"cron": "*/5 * * * *", "inputs": {"who": "x"}, "overlap": "queue"})).json()
+    created = (
+        await api.post(
+            f"/api/workflows/{workflow_id}/schedules",
+            json={"cron": "*/5 * * * *", "inputs": {"who": "x"}, "overlap": "queue"},
+        )
+    ).json()
     deployment = await deployment_id(api, workflow_id)
     # As the Prefect UI's pause toggle does it (prefect/server/ui: updateDeploymentSchedule
     # with the schedule's slug, schedule and parameters): a PATCH on Prefect's REST API.
     async with httpx.AsyncClient(base_url=os.environ["PREFECT_API_URL"], timeout=30) as prefect:
         url = f"/deployments/{deployment}/schedules/{created['id']}"
-        current = next(s for s in (await prefect_rest(prefect, "GET", f"/deployments/{deployment}/schedules")).json()
-                       if s["id"] == created["id"])
-        answer = await prefect_rest(prefect, "PATCH", url, json={
-            "slug": current["slug"], "schedule": current["schedule"], "parameters": current["parameters"],
-            "active": False})
+        current = next(
+            s
+            for s in (await prefect_rest(prefect, "GET", f"/deployments/{deployment}/schedules")).json()
+            if s["id"] == created["id"]
+        )
+        answer = await prefect_rest(
+            prefect,
+            "PATCH",
+            url,
+            json={
+                "slug": current["slug"],
+                "schedule": current["schedule"],
+                "parameters": current["parameters"],
+                "active": False,
+            },
+        )
         assert answer.status_code == 204, answer.text
         listed = (await api.get(f"/api/workflows/{workflow_id}/schedules")).json()
         assert [(s["id"], s["active"], s["inputs"], s["next_runs"]) for s in listed] == [
-            (created["id"], False, {"who": "x"}, [])]
+            (created["id"], False, {"who": "x"}, [])
+        ]
         # Edited there (as the UI's schedule form does): ours reports the new timing.
-        answer = await prefect_rest(prefect, "PATCH", url, json={
-            "schedule": {"cron": "0 12 * * *", "timezone": "Asia/Tokyo"},
-            "parameters": {"inputs": {"who": "from the UI"}}, "active": True})
+        answer = await prefect_rest(
+            prefect,
+            "PATCH",
+            url,
+            json={
+                "schedule": {"cron": "0 12 * * *", "timezone": "Asia/Tokyo"},
+                "parameters": {"inputs": {"who": "from the UI"}},
+                "active": True,
+            },
+        )
         assert answer.status_code == 204, answer.text
     listed = (await api.get(f"/api/workflows/{workflow_id}/schedules")).json()
     assert [(s["id"], s["active"], s["cron"], s["timezone"], s["inputs"], s["overlap"]) for s in listed] == [
-        (created["id"], True, "0 12 * * *", "Asia/Tokyo", {"who": "from the UI"}, "queue")]
+        (created["id"], True, "0 12 * * *", "Asia/Tokyo", {"who": "from the UI"}, "queue")
+    ]
     assert datetime.fromisoformat(listed[0]["next_runs"][0]).utcoffset().total_seconds() == 9 * 3600
     # Paused through ours, the inputs stay (Prefect's PATCH alone would reset them).
     paused = await api.patch(f"/api/workflows/{workflow_id}/schedules/{created['id']}", json={"active": False})
@@ -289,8 +342,12 @@ async def test_a_schedule_paused_or_edited_in_prefect_is_reported_so(api):
 async def test_a_new_version_keeps_the_schedules_and_warns_about_inputs_that_no_longer_fit(api):
     name = f"versions-{uuid.uuid4().hex[:6]}"
     workflow_id = await create(api, hello(name))
-    sid = (await api.post(f"/api/workflows/{workflow_id}/schedules",
-                          json={"cron": "0 3 * * *", "inputs": {"who": "x"}, "overlap": "skip"})).json()["id"]
+    sid = (
+        await api.post(
+            f"/api/workflows/{workflow_id}/schedules",
+            json={"cron": "0 3 * * *", "inputs": {"who": "x"}, "overlap": "skip"},
+        )
+    ).json()["id"]
     same_inputs = await api.put(f"/api/workflows/{workflow_id}", json={"canvas": hello(name)})
     assert same_inputs.status_code == 200 and same_inputs.json()["warnings"] == []
     other_inputs = await api.put(f"/api/workflows/{workflow_id}", json={"canvas": hello(name, input_name="person")})
@@ -334,8 +391,9 @@ async def test_invalid_schedule_requests_are_precise_4xx(api):
     sid = (await api.post(url, json={"cron": "0 1 * * *", "inputs": {"who": "x"}})).json()["id"]
     assert (await api.patch(f"{url}/{sid}", json={"interval_s": 1})).status_code == 422
     assert (await api.patch(f"{url}/{sid}", json={"inputs": {"who": 1}})).json()["issues"][0]["field"] == "inputs.who"
-    assert (await api.patch(f"{url}/{sid}", json={"timezone": "Nowhere/At_All"})).json()["issues"][0]["field"] \
-        == "timezone"
+    assert (await api.patch(f"{url}/{sid}", json={"timezone": "Nowhere/At_All"})).json()["issues"][0][
+        "field"
+    ] == "timezone"
     assert (await api.patch(f"{url}/not-a-schedule", json={"active": False})).status_code == 404
     assert (await api.delete(f"{url}/{uuid.uuid4()}")).status_code == 404
     assert (await api.get(url, headers=api.bob)).status_code == 404
@@ -344,4 +402,6 @@ async def test_invalid_schedule_requests_are_precise_4xx(api):
     assert (await api.get("/api/workflows/nope/schedules")).status_code == 404
     changed = await api.patch(f"{url}/{sid}", json={"timezone": "America/New_York"})
     assert changed.status_code == 200 and (changed.json()["cron"], changed.json()["timezone"]) == (
-        "0 1 * * *", "America/New_York")
+        "0 1 * * *",
+        "America/New_York",
+    )

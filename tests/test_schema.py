@@ -74,8 +74,10 @@ def _load(path: Path) -> Any:
 
 
 def _problems(validator: Draft202012Validator, document: Any) -> list[str]:
-    return [f"{'/'.join(map(str, error.absolute_path)) or '(root)'}: {error.message}"
-            for error in validator.iter_errors(document)]
+    return [
+        f"{'/'.join(map(str, error.absolute_path)) or '(root)'}: {error.message}"
+        for error in validator.iter_errors(document)
+    ]
 
 
 def test_schema_is_draft_2020_12_and_lists_every_node_type(validator):
@@ -113,8 +115,8 @@ def _one_node(type_: str, data: Any, **extra: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("document", "path"),
     [
-        (_one_node("transform", {}), "nodes/0/data"),                                 # output required
-        (_one_node("condition", {"conditions": []}), "nodes/0/data/conditions"),      # at least one
+        (_one_node("transform", {}), "nodes/0/data"),  # output required
+        (_one_node("condition", {"conditions": []}), "nodes/0/data/conditions"),  # at least one
         (_one_node("condition", {"conditions": [{"id": "a b", "expression": "x"}]}), "nodes/0/data/conditions/0/id"),
         (_one_node("loop", {"mode": "foreach", "items": [1]}), "nodes/0/data/mode"),  # enum, case matters
         (_one_node("http", {"url": ""}), "nodes/0/data/url"),
@@ -123,8 +125,8 @@ def _one_node(type_: str, data: Any, **extra: Any) -> dict[str, Any]:
         (_one_node("transform", {"output": 1}, join="first"), "nodes/0/join"),
         (_one_node("transform", {"output": 1}, retry={"max_attempts": 0}), "nodes/0/retry"),
         (_one_node("webhook", {}), "nodes/0/type"),
-        ({"nodes": [{"type": "start"}]}, "nodes/0"),                                   # id required
-        ({"nodes": [], "edges": [{"source": "a"}]}, "edges/0"),                        # target required
+        ({"nodes": [{"type": "start"}]}, "nodes/0"),  # id required
+        ({"nodes": [], "edges": [{"source": "a"}]}, "edges/0"),  # target required
         ({"nodes": [], "settings": {"on_error": "later"}}, "settings/on_error"),
         ({"nodes": [], "inputs": {"x": {"type": "date"}}}, "inputs/x/type"),
         ({"schema_version": 2, "nodes": []}, "schema_version"),

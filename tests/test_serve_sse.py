@@ -18,8 +18,8 @@ import httpx
 import pytest
 from httpx_sse import aconnect_sse
 
-from tests.openai_server import FakeOpenAI
 from tests import support
+from tests.openai_server import FakeOpenAI
 from tests.processes import free_port
 
 pytestmark = [pytest.mark.prefect, pytest.mark.usefixtures("prefect_server")]
@@ -39,17 +39,28 @@ def served(request, tmp_path_factory, prefect_server, fake_llm):
     """A `flowmaestro serve` process, with Redis or with the SQL event log."""
     home = tmp_path_factory.mktemp(f"serve-{request.param}")
     port = free_port()
-    env = dict(os.environ, FLOWMAESTRO_API_KEYS=f"tester:{KEY}", FLOWMAESTRO_HOME=str(home),
-               FLOWMAESTRO_DATABASE_URL=f"sqlite+aiosqlite:///{home / 'api.db'}",
-               FLOWMAESTRO_HTTP_ALLOW_HOSTS="127.0.0.1", OPENAI_API_KEY="sk-test-secret",
-               FLOWMAESTRO_OPENAI_BASE_URL=fake_llm.base_url,  # the operator's key goes there only
-               # The session's Prefect server is on SQLite and busy after the fan-out tests.
-               FLOWMAESTRO_PREFECT_TIMEOUT_S="60")
+    env = dict(
+        os.environ,
+        FLOWMAESTRO_API_KEYS=f"tester:{KEY}",
+        FLOWMAESTRO_HOME=str(home),
+        FLOWMAESTRO_DATABASE_URL=f"sqlite+aiosqlite:///{home / 'api.db'}",
+        FLOWMAESTRO_HTTP_ALLOW_HOSTS="127.0.0.1",
+        OPENAI_API_KEY="sk-test-secret",
+        FLOWMAESTRO_OPENAI_BASE_URL=fake_llm.base_url,  # the operator's key goes there only
+        # The session's Prefect server is on SQLite and busy after the fan-out tests.
+        FLOWMAESTRO_PREFECT_TIMEOUT_S="60",
+    )
     env.pop("FLOWMAESTRO_REDIS_URL", None)
     if request.param == "redis":
         env["FLOWMAESTRO_REDIS_URL"] = "redis://127.0.0.1:6379/0"
-    process = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--port", str(port)], cwd=ROOT, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cli", "serve", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
@@ -95,10 +106,15 @@ async def collect(base: str, execution_id: str, *, last_event_id: str | None = N
 
 
 async def test_serve_saves_executes_and_reads_the_result(served):
-    raw = {"name": f"e2e-{uuid.uuid4().hex[:6]}", "inputs": {"n": {"type": "integer", "required": True}},
-           "nodes": [{"id": "start", "type": "start", "data": {}},
-                     {"id": "double", "type": "transform", "data": {"output": "{{ inputs.n * 2 }}"}}],
-           "edges": [{"id": "e", "source": "start", "target": "double"}]}
+    raw = {
+        "name": f"e2e-{uuid.uuid4().hex[:6]}",
+        "inputs": {"n": {"type": "integer", "required": True}},
+        "nodes": [
+            {"id": "start", "type": "start", "data": {}},
+            {"id": "double", "type": "transform", "data": {"output": "{{ inputs.n * 2 }}"}},
+        ],
+        "edges": [{"id": "e", "source": "start", "target": "double"}],
+    }
     async with httpx.AsyncClient(base_url=served, headers=AUTH, timeout=30) as client:
         execution_id = await save_and_execute(client, raw, {"n": 21})
         for _ in range(300):
@@ -110,10 +126,15 @@ async def test_serve_saves_executes_and_reads_the_result(served):
 
 
 async def test_fan_out_streamed_to_20_subscribers_each_gets_every_event_once(served):
-    raw = {"name": f"fanout-{uuid.uuid4().hex[:6]}", "settings": {"max_concurrency": 64},
-           "nodes": [{"id": "fan", "type": "parallel", "data": {"mode": "count", "count": 500}},
-                     {"id": "work", "type": "transform", "parentId": "fan", "data": {"output": "{{ parallel.index }}"}}],
-           "edges": []}
+    raw = {
+        "name": f"fanout-{uuid.uuid4().hex[:6]}",
+        "settings": {"max_concurrency": 64},
+        "nodes": [
+            {"id": "fan", "type": "parallel", "data": {"mode": "count", "count": 500}},
+            {"id": "work", "type": "transform", "parentId": "fan", "data": {"output": "{{ parallel.index }}"}},
+        ],
+        "edges": [],
+    }
     async with httpx.AsyncClient(base_url=served, headers=AUTH, timeout=30) as client:
         execution_id = await save_and_execute(client, raw)
     streams = await asyncio.gather(*(collect(served, execution_id) for _ in range(20)))
@@ -131,10 +152,14 @@ async def test_fan_out_streamed_to_20_subscribers_each_gets_every_event_once(ser
 
 
 async def test_reconnect_with_last_event_id_gets_exactly_the_rest(served):
-    raw = {"name": f"resume-{uuid.uuid4().hex[:6]}",
-           "nodes": [{"id": "fan", "type": "parallel", "data": {"mode": "count", "count": 50, "max_concurrency": 5}},
-                     {"id": "wait", "type": "delay", "parentId": "fan", "data": {"seconds": 0.05}}],
-           "edges": []}
+    raw = {
+        "name": f"resume-{uuid.uuid4().hex[:6]}",
+        "nodes": [
+            {"id": "fan", "type": "parallel", "data": {"mode": "count", "count": 50, "max_concurrency": 5}},
+            {"id": "wait", "type": "delay", "parentId": "fan", "data": {"seconds": 0.05}},
+        ],
+        "edges": [],
+    }
     async with httpx.AsyncClient(base_url=served, headers=AUTH, timeout=30) as client:
         execution_id = await save_and_execute(client, raw)
     first = await collect(served, execution_id, stop_after=30)
@@ -145,9 +170,17 @@ async def test_reconnect_with_last_event_id_gets_exactly_the_rest(served):
 
 
 async def test_llm_token_chunks_stream_in_order(served, fake_llm):
-    raw = {"name": f"llm-{uuid.uuid4().hex[:6]}",
-           "nodes": [{"id": "ask", "type": "llm", "data": {"model": "text", "prompt": "Say hello",
-                                                           "base_url": fake_llm.base_url}}], "edges": []}
+    raw = {
+        "name": f"llm-{uuid.uuid4().hex[:6]}",
+        "nodes": [
+            {
+                "id": "ask",
+                "type": "llm",
+                "data": {"model": "text", "prompt": "Say hello", "base_url": fake_llm.base_url},
+            }
+        ],
+        "edges": [],
+    }
     async with httpx.AsyncClient(base_url=served, headers=AUTH, timeout=30) as client:
         execution_id = await save_and_execute(client, raw)
     events = await collect(served, execution_id)

@@ -24,8 +24,12 @@ ORIGIN = "http://frontend.example:3000"
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory):
     home = tmp_path_factory.mktemp("stream-token")
-    return ApiSettings(api_keys=f"alice:{ALICE},bob:{BOB}", home=home,
-                       database_url=f"sqlite+aiosqlite:///{home / 'api.db'}", cors_origins=[ORIGIN])
+    return ApiSettings(
+        api_keys=f"alice:{ALICE},bob:{BOB}",
+        home=home,
+        database_url=f"sqlite+aiosqlite:///{home / 'api.db'}",
+        cors_origins=[ORIGIN],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -38,13 +42,23 @@ async def finished_run(client: httpx.AsyncClient, owner: str = "alice") -> str:
     """A run of ``owner`` in the store with three events, the last one final."""
     app = client._transport.app  # type: ignore[attr-defined]
     run_id = str(uuid.uuid4())
-    await app.state.runs.executions.record_start(execution_id=run_id, owner=owner, workflow_id=str(uuid.uuid4()),
-                                                 version=1, workflow_name="w", inputs={}, trigger={"type": "api"})
+    await app.state.runs.executions.record_start(
+        execution_id=run_id,
+        owner=owner,
+        workflow_id=str(uuid.uuid4()),
+        version=1,
+        workflow_name="w",
+        inputs={},
+        trigger={"type": "api"},
+    )
     now = utcnow().isoformat()
-    await app.state.event_log.append([
-        RunEvent(1, "execution:started", run_id, now, data={"workflow": "w"}),
-        RunEvent(2, "node:started", run_id, now, node_id="a", path=(), data={"type": "transform", "label": "a"}),
-        RunEvent(3, "execution:completed", run_id, now, data={"status": "completed", "output": 1, "error": None})])
+    await app.state.event_log.append(
+        [
+            RunEvent(1, "execution:started", run_id, now, data={"workflow": "w"}),
+            RunEvent(2, "node:started", run_id, now, node_id="a", path=(), data={"type": "transform", "label": "a"}),
+            RunEvent(3, "execution:completed", run_id, now, data={"status": "completed", "output": 1, "error": None}),
+        ]
+    )
     return run_id
 
 
@@ -91,24 +105,31 @@ async def test_an_expired_token_is_401_saying_so(client):
     app = client._transport.app  # type: ignore[attr-defined]
     tokens: StreamTokens = app.state.stream_tokens
     token, _ = tokens.issue(run_id, "alice", now=time.time() - tokens.ttl_s - 1)
-    answer = await client.get(f"/api/executions/{run_id}/stream", params={"token": token}, headers={"Authorization": ""})
+    answer = await client.get(
+        f"/api/executions/{run_id}/stream", params={"token": token}, headers={"Authorization": ""}
+    )
     assert answer.status_code == 401
     assert answer.json()["detail"].startswith("stream token expired at ")
     assert f"POST /api/executions/{run_id}/stream-token" in answer.json()["detail"]
 
 
-@pytest.mark.parametrize("mangle", [
-    lambda t: t[:-2] + ("AA" if not t.endswith("AA") else "BB"),  # signature changed
-    lambda t: "v1." + t.split(".")[1][:-1] + "x." + t.split(".")[2],  # payload changed
-    lambda t: "v2" + t[2:],
-    lambda t: "garbage",
-    lambda t: "",
-], ids=["signature", "payload", "version", "garbage", "empty"])
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda t: t[:-2] + ("AA" if not t.endswith("AA") else "BB"),  # signature changed
+        lambda t: "v1." + t.split(".")[1][:-1] + "x." + t.split(".")[2],  # payload changed
+        lambda t: "v2" + t[2:],
+        lambda t: "garbage",
+        lambda t: "",
+    ],
+    ids=["signature", "payload", "version", "garbage", "empty"],
+)
 async def test_a_forged_or_mangled_token_is_401(client, mangle):
     run_id = await finished_run(client)
     token = (await token_for(client, run_id))["token"]
-    answer = await client.get(f"/api/executions/{run_id}/stream", params={"token": mangle(token)},
-                              headers={"Authorization": ""})
+    answer = await client.get(
+        f"/api/executions/{run_id}/stream", params={"token": mangle(token)}, headers={"Authorization": ""}
+    )
     assert answer.status_code == 401, answer.text
     assert answer.json()["detail"] in ("invalid stream token", "missing bearer API key (or ?token= stream token)")
 
@@ -116,17 +137,24 @@ async def test_a_forged_or_mangled_token_is_401(client, mangle):
 async def test_a_token_signed_with_another_key_is_401(client):
     run_id = await finished_run(client)
     token, _ = StreamTokens(b"another deployment's key", 600).issue(run_id, "alice")
-    answer = await client.get(f"/api/executions/{run_id}/stream", params={"token": token}, headers={"Authorization": ""})
+    answer = await client.get(
+        f"/api/executions/{run_id}/stream", params={"token": token}, headers={"Authorization": ""}
+    )
     assert answer.status_code == 401 and answer.json()["detail"] == "invalid stream token"
 
 
 async def test_a_token_opens_no_other_route(client):
     run_id = await finished_run(client)
     token = (await token_for(client, run_id))["token"]
-    for method, path in [("GET", f"/api/executions/{run_id}"), ("POST", f"/api/executions/{run_id}/cancel"),
-                         ("POST", f"/api/executions/{run_id}/stream-token"), ("GET", "/api/workflows")]:
-        answer = await client.request(method, path, params={"token": token},
-                                      headers={"Authorization": f"Bearer {token}"})
+    for method, path in [
+        ("GET", f"/api/executions/{run_id}"),
+        ("POST", f"/api/executions/{run_id}/cancel"),
+        ("POST", f"/api/executions/{run_id}/stream-token"),
+        ("GET", "/api/workflows"),
+    ]:
+        answer = await client.request(
+            method, path, params={"token": token}, headers={"Authorization": f"Bearer {token}"}
+        )
         assert answer.status_code == 401, (method, path, answer.text)
 
 
@@ -148,24 +176,34 @@ async def test_a_token_ends_with_its_owner_key(client):
     run_id = await finished_run(client, owner="carol")
     app = client._transport.app  # type: ignore[attr-defined]
     token, _ = app.state.stream_tokens.issue(run_id, "carol")
-    answer = await client.get(f"/api/executions/{run_id}/stream", params={"token": token}, headers={"Authorization": ""})
+    answer = await client.get(
+        f"/api/executions/{run_id}/stream", params={"token": token}, headers={"Authorization": ""}
+    )
     assert answer.status_code == 401 and "no longer accepted" in answer.json()["detail"]
 
 
 async def test_cors_lets_the_configured_origin_ask_for_a_token_and_stream(client):
     run_id = await finished_run(client)
-    preflight = await client.options(f"/api/executions/{run_id}/stream-token", headers={
-        "Origin": ORIGIN, "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "authorization"})
+    preflight = await client.options(
+        f"/api/executions/{run_id}/stream-token",
+        headers={
+            "Origin": ORIGIN,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization",
+        },
+    )
     assert preflight.status_code == 200
     assert preflight.headers["access-control-allow-origin"] == ORIGIN
     assert "authorization" in preflight.headers["access-control-allow-headers"].lower()
     token = (await token_for(client, run_id))["token"]
-    stream = await client.get(f"/api/executions/{run_id}/stream", params={"token": token},
-                              headers={"Authorization": "", "Origin": ORIGIN})
+    stream = await client.get(
+        f"/api/executions/{run_id}/stream", params={"token": token}, headers={"Authorization": "", "Origin": ORIGIN}
+    )
     assert stream.status_code == 200 and stream.headers["access-control-allow-origin"] == ORIGIN
-    elsewhere = await client.options(f"/api/executions/{run_id}/stream-token", headers={
-        "Origin": "http://evil.example", "Access-Control-Request-Method": "POST"})
+    elsewhere = await client.options(
+        f"/api/executions/{run_id}/stream-token",
+        headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"},
+    )
     assert "access-control-allow-origin" not in elsewhere.headers
 
 
@@ -175,7 +213,9 @@ async def test_ui_pages_are_public_shells_with_a_strict_policy(client):
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
         assert "script-src 'self'" in page.headers["content-security-policy"]
         assert "connect-src 'self'" in page.headers["content-security-policy"]
-    assert (await client.get("/ui", headers={"Authorization": ""}, follow_redirects=False)).headers["location"] == "/ui/"
+    assert (await client.get("/ui", headers={"Authorization": ""}, follow_redirects=False)).headers[
+        "location"
+    ] == "/ui/"
     script = await client.get("/ui/static/run.js", headers={"Authorization": ""})
     assert script.status_code == 200 and "javascript" in script.headers["content-type"]
     assert "innerHTML" not in script.text
@@ -186,7 +226,16 @@ def test_access_logs_do_not_keep_tokens():
 
     from api.stream_tokens import RedactStreamTokens
 
-    record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d', (
-        "127.0.0.1:5000", "GET", "/api/executions/x/stream?after=3&token=v1.abc.def", "1.1", 200), None)
+    record = logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5000", "GET", "/api/executions/x/stream?after=3&token=v1.abc.def", "1.1", 200),
+        None,
+    )
     RedactStreamTokens().filter(record)
-    assert record.getMessage() == '127.0.0.1:5000 - "GET /api/executions/x/stream?after=3&token=[redacted] HTTP/1.1" 200'
+    assert (
+        record.getMessage() == '127.0.0.1:5000 - "GET /api/executions/x/stream?after=3&token=[redacted] HTTP/1.1" 200'
+    )

@@ -48,9 +48,22 @@ async def test_a_child_within_the_limit_is_called_one_level_deeper():
 
     subworkflows = PrefectSubworkflows(resolver, child_flow, "alice", by_reference=True, depth=2, max_depth=3)
     execution = SimpleNamespace(record=SimpleNamespace(id="run-1"))
-    completed = await subworkflows.run(execution, SimpleNamespace(id="call"),
-                                       SimpleNamespace(workflow="wf-1", version=4, inputs={"x": 1}),
-                                       journal="run-1:call:")
+    completed = await subworkflows.run(
+        execution,
+        SimpleNamespace(id="call"),
+        SimpleNamespace(workflow="wf-1", version=4, inputs={"x": 1}),
+        journal="run-1:call:",
+    )
     assert completed.output == "done"
-    assert calls == [{"canvas": None, "inputs": {"x": 1}, "workflow_id": "wf-1", "version": 4, "owner": "alice",
-                      "depth": 3, "journal": "run-1:call:", "return_state": True}]
+    assert calls == [
+        {
+            "canvas": None,
+            "inputs": {"x": 1},
+            "workflow_id": "wf-1",
+            "version": 4,
+            "owner": "alice",
+            "depth": 3,
+            "journal": "run-1:call:",
+            "return_state": True,
+        }
+    ]

@@ -11,19 +11,27 @@ from builder.templates import (
     TemplateError,
     TemplateRefs,
     TemplateRenderError,
+    analysis,
     evaluate_expression,
     find_references,
     is_template,
     render_value,
+    token_reader,
 )
-from builder.templates import analysis, token_reader
 
 
 def make_scope(**extra):
     fetch = {"status": 200, "body": {"items": [{"name": "first"}, {"name": "second"}], "total": 2}}
     scope = {
-        "inputs": {"name": "Ada", "count": 3, "score": 0.75, "tags": ["a", "b"], "options": {"x": 1},
-                   "nothing": None, "flag": True},
+        "inputs": {
+            "name": "Ada",
+            "count": 3,
+            "score": 0.75,
+            "tags": ["a", "b"],
+            "options": {"x": 1},
+            "nothing": None,
+            "flag": True,
+        },
         "var": {"greeting": "hi"},
         "env": EnvNamespace({"API_URL": "https://api", "SECRET_KEY": "s3cret"}, frozenset({"API_URL", "REGION"})),
         "run": {"id": "run-1"},
@@ -307,11 +315,13 @@ def test_expression_keeps_type():
 
 
 def test_expression_keys_in_render_value():
-    value = {"conditions": [{"expression": "inputs.count >= 3", "label": "inputs.count >= 3"}],
-             "condition": "{{ loop.index < 10 }}", "other": 5}
+    value = {
+        "conditions": [{"expression": "inputs.count >= 3", "label": "inputs.count >= 3"}],
+        "condition": "{{ loop.index < 10 }}",
+        "other": 5,
+    }
     result = render_value(value, make_scope(), expression_keys=frozenset({"expression", "condition"}))
-    assert result == {"conditions": [{"expression": True, "label": "inputs.count >= 3"}], "condition": True,
-                      "other": 5}
+    assert result == {"conditions": [{"expression": True, "label": "inputs.count >= 3"}], "condition": True, "other": 5}
 
 
 def test_expression_key_with_non_string_value_is_left_alone():
@@ -398,12 +408,14 @@ def refs_by_field(value, **kwargs) -> dict[str, TemplateRefs]:
 
 
 def test_find_references_collects_names_and_node_keys():
-    found = refs_by_field({
-        "url": "https://x/{{ fetch.body.id }}?q={{ inputs.q }}",
-        "a": '{{ nodes["my-node"].x }}',
-        "b": "{{ nodes['other'].y + nodes.third.z }}",
-        "c": "{{ loop.index }} of {{ parallel.count }} {{ var.x }} {{ env.A }} {{ run.id }}",
-    })
+    found = refs_by_field(
+        {
+            "url": "https://x/{{ fetch.body.id }}?q={{ inputs.q }}",
+            "a": '{{ nodes["my-node"].x }}',
+            "b": "{{ nodes['other'].y + nodes.third.z }}",
+            "c": "{{ loop.index }} of {{ parallel.count }} {{ var.x }} {{ env.A }} {{ run.id }}",
+        }
+    )
     assert found["data.url"] == TemplateRefs("data.url", frozenset({"fetch", "inputs"}), frozenset(), None)
     assert found["data.a"].names == {"nodes"}
     assert found["data.a"].node_keys == {"my-node"}
@@ -416,10 +428,12 @@ def test_plain_strings_and_non_strings_produce_nothing():
 
 
 def test_names_bound_inside_the_template_are_not_reported():
-    found = refs_by_field({
-        "for": "{% for item in fetch.items %}{{ item.name }}{{ loop.index }}{% endfor %}",
-        "set": "{% set total = inputs.a + 1 %}{{ total }}",
-    })
+    found = refs_by_field(
+        {
+            "for": "{% for item in fetch.items %}{{ item.name }}{{ loop.index }}{% endfor %}",
+            "set": "{% set total = inputs.a + 1 %}{{ total }}",
+        }
+    )
     assert found["data.for"].names == {"fetch"}
     assert found["data.set"].names == {"inputs"}
 
@@ -458,8 +472,10 @@ def test_unknown_filter_is_a_compile_time_error():
 
 
 def test_find_references_on_expressions():
-    value = {"conditions": [{"expression": "inputs.score > fetch.min"}, {"expression": "{{ nodes['x'].ok }}"}],
-             "label": "inputs.unused"}
+    value = {
+        "conditions": [{"expression": "inputs.score > fetch.min"}, {"expression": "{{ nodes['x'].ok }}"}],
+        "label": "inputs.unused",
+    }
     found = refs_by_field(value, expression_keys=frozenset({"expression"}))
     assert set(found) == {"data.conditions[0].expression", "data.conditions[1].expression"}
     assert found["data.conditions[0].expression"].names == {"inputs", "fetch"}
@@ -551,19 +567,19 @@ def test_token_reader_answers_the_usual_strings_like_the_parser(text, as_express
 @pytest.mark.parametrize(
     ("text", "as_expression"),
     [
-        ("{{ a | shout }}", False),           # unknown filter: the parser reports it
-        ("{{ a is shouting }}", False),       # unknown test
-        ("{{ a[1:2] }}", False),              # slice
-        ("{{ a, b }}", False),                # tuple
-        ("{{ 'it\\'s' }}", False),           # escape in a string
-        ("{{ a.b.c | upper.x }}", False),     # dotted filter name
+        ("{{ a | shout }}", False),  # unknown filter: the parser reports it
+        ("{{ a is shouting }}", False),  # unknown test
+        ("{{ a[1:2] }}", False),  # slice
+        ("{{ a, b }}", False),  # tuple
+        ("{{ 'it\\'s' }}", False),  # escape in a string
+        ("{{ a.b.c | upper.x }}", False),  # dotted filter name
         ("{% if a %}{{ b }}{% endif %}", False),
-        ("{{ {'a': {'b': 1}} }}", False),     # "}}" inside brackets
-        ("{{ x is sameas none }}", False),    # test argument without parentheses
-        ("{{ nodes[('k')] }}", False),        # a constant key the reader cannot see
+        ("{{ {'a': {'b': 1}} }}", False),  # "}}" inside brackets
+        ("{{ x is sameas none }}", False),  # test argument without parentheses
+        ("{{ nodes[('k')] }}", False),  # a constant key the reader cannot see
         ("{{ (nodes)['k'] }}", False),
         ("a }} b", True),
-        ("{{ a + }}", False),                 # syntax error
+        ("{{ a + }}", False),  # syntax error
         ("{{ f(x=1, y) }}", False),
         ("{{ 1e5 }}", False),
         ("{{ é }}", False),
@@ -574,16 +590,113 @@ def test_token_reader_leaves_the_rest_to_the_parser(text, as_expression):
     assert analysis.analyse(text, as_expression) == analysis.analyse_parsed(text, as_expression)
 
 
-_FUZZ_WORDS = ["a", "b", "nodes", "inputs", "x_1", "range", "self", "true", "None", "and", "or", "not", "in", "is",
-               "if", "else", "defined", "none", "upper", "tojson", "shout", "map", "attribute", "filter", "test",
-               "1", "0", "2.5", "007", "1e3", "'k'", '"my-node"', "'a\\'b'", '""', "'}}'", '"{{"', "'open",
-               "+", "-", "*", "/", "//", "%", "**", "~", "==", "!=", "<", "<=", ">", ">=", "=",
-               "(", ")", "[", "]", "{", "}", ".", ",", "|", ":", ";", "}}", "{{", "{%", "-}}", "é", "#", "!",
-               "\n", "\t", "1.x", "x.0", "3.", ".5", "(nodes)", "nodes[('k')]", "nodes['a' 'b']"]
-_FUZZ_SEEDS = ["a.b", "nodes['k'].v", "nodes.k", "a | upper", "a is defined", "a is not none", "a if b else c",
-               "not a and b", "a not in b", "[a, b,]", "{'k': a}", "(a, b)", "f(a, x=b)",
-               "a | map(attribute='x') | list", "-a ** 2", "a ~ 'x'", 'nodes["my-node"] | tojson', "a[b]",
-               "a.b(c)(d)", "x is divisibleby(3)", "'a' 'b'", "a if b", "()", "nodes[0]"]
+_FUZZ_WORDS = [
+    "a",
+    "b",
+    "nodes",
+    "inputs",
+    "x_1",
+    "range",
+    "self",
+    "true",
+    "None",
+    "and",
+    "or",
+    "not",
+    "in",
+    "is",
+    "if",
+    "else",
+    "defined",
+    "none",
+    "upper",
+    "tojson",
+    "shout",
+    "map",
+    "attribute",
+    "filter",
+    "test",
+    "1",
+    "0",
+    "2.5",
+    "007",
+    "1e3",
+    "'k'",
+    '"my-node"',
+    "'a\\'b'",
+    '""',
+    "'}}'",
+    '"{{"',
+    "'open",
+    "+",
+    "-",
+    "*",
+    "/",
+    "//",
+    "%",
+    "**",
+    "~",
+    "==",
+    "!=",
+    "<",
+    "<=",
+    ">",
+    ">=",
+    "=",
+    "(",
+    ")",
+    "[",
+    "]",
+    "{",
+    "}",
+    ".",
+    ",",
+    "|",
+    ":",
+    ";",
+    "}}",
+    "{{",
+    "{%",
+    "-}}",
+    "é",
+    "#",
+    "!",
+    "\n",
+    "\t",
+    "1.x",
+    "x.0",
+    "3.",
+    ".5",
+    "(nodes)",
+    "nodes[('k')]",
+    "nodes['a' 'b']",
+]
+_FUZZ_SEEDS = [
+    "a.b",
+    "nodes['k'].v",
+    "nodes.k",
+    "a | upper",
+    "a is defined",
+    "a is not none",
+    "a if b else c",
+    "not a and b",
+    "a not in b",
+    "[a, b,]",
+    "{'k': a}",
+    "(a, b)",
+    "f(a, x=b)",
+    "a | map(attribute='x') | list",
+    "-a ** 2",
+    "a ~ 'x'",
+    'nodes["my-node"] | tojson',
+    "a[b]",
+    "a.b(c)(d)",
+    "x is divisibleby(3)",
+    "'a' 'b'",
+    "a if b",
+    "()",
+    "nodes[0]",
+]
 
 
 def test_token_reader_agrees_with_the_parser_on_random_strings():
@@ -604,8 +717,12 @@ def test_token_reader_agrees_with_the_parser_on_random_strings():
                 else:
                     words.insert(position, rng.choice(_FUZZ_WORDS))
         expr = rng.choice([" ", ""]).join(words)
-        for text, as_expression in [(expr, True), ("{{ " + expr + " }}", False), ("x {{ " + expr + " }} y", False),
-                                    ("{{" + expr + "-}} {{ a }}", False)]:
+        for text, as_expression in [
+            (expr, True),
+            ("{{ " + expr + " }}", False),
+            ("x {{ " + expr + " }} y", False),
+            ("{{" + expr + "-}} {{ a }}", False),
+        ]:
             fast = analysis.analyse_tokens(text, as_expression)
             if fast is not None:
                 answered += 1
@@ -632,8 +749,14 @@ def test_tree_walk_agrees_with_jinja_meta(text):
 
 @pytest.mark.parametrize(
     "shape",
-    ["{{ nodes[@] }}", "{{ nodes[@].x | default(@) }}", "{{ @ ~ nodes[@] ~ nodes.k }} and {{ nodes[@] }}",
-     "{{ nodes[@][@] }}", "{{ x | replace(@, @) }} {{ nodes[@] if a else nodes[@] }}", "{{ [@, nodes[@]] }}"],
+    [
+        "{{ nodes[@] }}",
+        "{{ nodes[@].x | default(@) }}",
+        "{{ @ ~ nodes[@] ~ nodes.k }} and {{ nodes[@] }}",
+        "{{ nodes[@][@] }}",
+        "{{ x | replace(@, @) }} {{ nodes[@] if a else nodes[@] }}",
+        "{{ [@, nodes[@]] }}",
+    ],
 )
 def test_expressions_of_one_shape_read_their_own_keys(shape):
     """The fast path reads an expression once per shape (string literals blanked); each
@@ -678,15 +801,19 @@ def test_env_namespace_internals_stay_behind_the_sandbox():
 # A node's resolved configuration is its key: a value that differs on another execution of the
 # same run makes the node run again after a crash or retry.
 
-@pytest.mark.parametrize(("template", "name"), [
-    ("{{ lipsum() }}", "lipsum"),
-    ("{{ [1, 2] | random }}", "random filter"),
-    ("Hello {{ inputs.name }} {{ lipsum(1) }}", "lipsum"),
-    ("{% for x in [1] %}{{ [x, 2] | random }}{% endfor %}", "random filter"),
-    # True for a value read in this execution, False once restored from the journal.
-    ("{{ inputs.name is sameas inputs.name }}", "sameas test"),
-    ("{% if inputs.name is not sameas none %}x{% endif %}", "sameas test"),
-])
+
+@pytest.mark.parametrize(
+    ("template", "name"),
+    [
+        ("{{ lipsum() }}", "lipsum"),
+        ("{{ [1, 2] | random }}", "random filter"),
+        ("Hello {{ inputs.name }} {{ lipsum(1) }}", "lipsum"),
+        ("{% for x in [1] %}{{ [x, 2] | random }}{% endfor %}", "random filter"),
+        # True for a value read in this execution, False once restored from the journal.
+        ("{{ inputs.name is sameas inputs.name }}", "sameas test"),
+        ("{% if inputs.name is not sameas none %}x{% endif %}", "sameas test"),
+    ],
+)
 def test_a_non_deterministic_name_is_a_compile_issue_naming_node_field_and_name(template, name):
     from builder.compiler import compile_canvas
     from tests.support import canvas, make_registry, node
@@ -698,11 +825,24 @@ def test_a_non_deterministic_name_is_a_compile_issue_naming_node_field_and_name(
 
 
 ADDRESS_BEARING = [
-    "{{ 'a'.upper }}", "x {{ 'a'.upper }}", "x {{ inputs.tags.count }}", "{{ inputs.get }}", "x {{ range }}",
-    "x {{ cycler(1, 2) }}", "{{ cycler(1, 2) }}", "x {{ joiner() }}", "{{ [inputs.get] }}", "x {{ [inputs.get] }}",
-    "{{ 'x' ~ inputs.name.upper }}", "{{ inputs.name.upper | string }}", "{{ inputs.name.upper | e }}",
-    "{{ '%s' % inputs.name.upper }}", "{{ '{}'.format(inputs.name.upper) }}", "{{ [inputs.name.upper] | join }}",
-    "{{ '%s' | format(inputs.name.upper) }}", "{{ inputs.name | attr('upper') | pprint }}",
+    "{{ 'a'.upper }}",
+    "x {{ 'a'.upper }}",
+    "x {{ inputs.tags.count }}",
+    "{{ inputs.get }}",
+    "x {{ range }}",
+    "x {{ cycler(1, 2) }}",
+    "{{ cycler(1, 2) }}",
+    "x {{ joiner() }}",
+    "{{ [inputs.get] }}",
+    "x {{ [inputs.get] }}",
+    "{{ 'x' ~ inputs.name.upper }}",
+    "{{ inputs.name.upper | string }}",
+    "{{ inputs.name.upper | e }}",
+    "{{ '%s' % inputs.name.upper }}",
+    "{{ '{}'.format(inputs.name.upper) }}",
+    "{{ [inputs.name.upper] | join }}",
+    "{{ '%s' | format(inputs.name.upper) }}",
+    "{{ inputs.name | attr('upper') | pprint }}",
 ]
 
 
@@ -712,25 +852,31 @@ def test_an_object_whose_text_holds_its_memory_address_is_refused(template):
     assert "memory address" in message and "run again after a crash or retry" in message
 
 
-@pytest.mark.parametrize(("template", "expected"), [
-    ("x {{ inputs.tags | map('upper') }}", 'x ["A", "B"]'),
-    ("x {{ inputs.tags | reverse }}", 'x ["b", "a"]'),
-    ("x {{ inputs.tags | select }}", 'x ["a", "b"]'),
-    ("x {{ inputs.tags | batch(1) }}", 'x [["a"], ["b"]]'),
-])
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        ("x {{ inputs.tags | map('upper') }}", 'x ["A", "B"]'),
+        ("x {{ inputs.tags | reverse }}", 'x ["b", "a"]'),
+        ("x {{ inputs.tags | select }}", 'x ["a", "b"]'),
+        ("x {{ inputs.tags | batch(1) }}", 'x [["a"], ["b"]]'),
+    ],
+)
 def test_a_generator_written_into_text_gives_its_items_as_json(template, expected):
     assert render_value(template, make_scope()) == expected
     assert render_value(template, make_scope()) == render_value(template, make_scope())
 
 
-@pytest.mark.parametrize(("template", "expected"), [
-    ("{{ 'x' ~ inputs.where }}", "x['meet at 0x10 street']"),
-    ("x {{ inputs.where }}", 'x ["meet at 0x10 street"]'),
-    ("{{ '%s' % inputs.where[0] }}", "meet at 0x10 street"),
-    ("{{ inputs.where | join }}", "meet at 0x10 street"),
-    ("{% for i in [1] %}{{ loop }}{% endfor %}", "<LoopContext 1/1>"),
-    ("x {{ namespace(a=1) }}", "x <Namespace {'a': 1}>"),
-    ("{{ 'a'.upper() ~ inputs.count }}", "A3"),
-])
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        ("{{ 'x' ~ inputs.where }}", "x['meet at 0x10 street']"),
+        ("x {{ inputs.where }}", 'x ["meet at 0x10 street"]'),
+        ("{{ '%s' % inputs.where[0] }}", "meet at 0x10 street"),
+        ("{{ inputs.where | join }}", "meet at 0x10 street"),
+        ("{% for i in [1] %}{{ loop }}{% endfor %}", "<LoopContext 1/1>"),
+        ("x {{ namespace(a=1) }}", "x <Namespace {'a': 1}>"),
+        ("{{ 'a'.upper() ~ inputs.count }}", "A3"),
+    ],
+)
 def test_data_that_looks_like_an_address_and_deterministic_objects_still_render(template, expected):
     assert render_value(template, make_scope(inputs={"where": ["meet at 0x10 street"], "count": 3})) == expected

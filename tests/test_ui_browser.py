@@ -83,7 +83,7 @@ window.follow = async (api, key, run) => {
         page = self.PAGE
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 self.send_response(200)
                 self.send_header("content-type", "text/html")
                 self.end_headers()
@@ -115,15 +115,21 @@ def served(tmp_path_factory, prefect_server, fake_llm, frontend):
     import os
 
     home = tmp_path_factory.mktemp("ui-serve")
-    env = dict(os.environ, FLOWMAESTRO_API_KEYS=f"tester:{KEY}", FLOWMAESTRO_HOME=str(home),
-               FLOWMAESTRO_DATABASE_URL=f"sqlite+aiosqlite:///{home / 'api.db'}",
-               FLOWMAESTRO_REDIS_URL="redis://127.0.0.1:6379/0", OPENAI_API_KEY="sk-test-secret",
-               FLOWMAESTRO_OPENAI_BASE_URL=fake_llm.base_url,  # the operator's key goes there only
-               FLOWMAESTRO_HTTP_ALLOW_HOSTS="127.0.0.1", FLOWMAESTRO_CORS_ORIGINS=frontend.url,
-               # The run page links to the run in the Prefect UI only at an address the operator publishes.
-               FLOWMAESTRO_PREFECT_PUBLIC_URL=prefect_server.ui_url,
-               # The session's Prefect server is on SQLite and may be slow after other modules.
-               FLOWMAESTRO_PREFECT_TIMEOUT_S="60")
+    env = dict(
+        os.environ,
+        FLOWMAESTRO_API_KEYS=f"tester:{KEY}",
+        FLOWMAESTRO_HOME=str(home),
+        FLOWMAESTRO_DATABASE_URL=f"sqlite+aiosqlite:///{home / 'api.db'}",
+        FLOWMAESTRO_REDIS_URL="redis://127.0.0.1:6379/0",
+        OPENAI_API_KEY="sk-test-secret",
+        FLOWMAESTRO_OPENAI_BASE_URL=fake_llm.base_url,  # the operator's key goes there only
+        FLOWMAESTRO_HTTP_ALLOW_HOSTS="127.0.0.1",
+        FLOWMAESTRO_CORS_ORIGINS=frontend.url,
+        # The run page links to the run in the Prefect UI only at an address the operator publishes.
+        FLOWMAESTRO_PREFECT_PUBLIC_URL=prefect_server.ui_url,
+        # The session's Prefect server is on SQLite and may be slow after other modules.
+        FLOWMAESTRO_PREFECT_TIMEOUT_S="60",
+    )
     proc, base = start_serve(home, env)
     yield base
     proc.stop(60)
@@ -148,8 +154,12 @@ async def context(browser):
     context.on("weberror", lambda e: errors.append(str(e.error)))
     # Console errors too (a Content-Security-Policy violation is one), except the failed
     # requests some tests cause on purpose.
-    context.on("console", lambda m: errors.append(m.text) if m.type == "error"
-               and not m.text.startswith("Failed to load resource") else None)
+    context.on(
+        "console",
+        lambda m: (
+            errors.append(m.text) if m.type == "error" and not m.text.startswith("Failed to load resource") else None
+        ),
+    )
     yield context
     await context.close()
     assert not errors, f"errors in the page: {errors}"
@@ -187,7 +197,9 @@ def chain(*nodes: dict) -> dict:
     all_nodes = [{"id": "start", "type": "start", "position": {"x": 0, "y": 0}, "data": {"label": "Start"}}]
     for i, n in enumerate(nodes, 1):
         all_nodes.append({"position": {"x": 220 * i, "y": 0}, **n})
-    edges = [{"id": f"e{i}", "source": a["id"], "target": b["id"]} for i, (a, b) in enumerate(zip(all_nodes, all_nodes[1:]))]
+    edges = [
+        {"id": f"e{i}", "source": a["id"], "target": b["id"]} for i, (a, b) in enumerate(zip(all_nodes, all_nodes[1:]))
+    ]
     return {"nodes": all_nodes, "edges": edges}
 
 
@@ -221,21 +233,51 @@ async def test_node_states_change_in_order_as_the_run_proceeds(served, context):
 
 async def test_tokens_stream_into_their_node_and_containers_count_iterations(served, context, fake_llm):
     fake_llm.enqueue(Reply(chunks=["Once ", "upon ", "a ", "time"], chunk_delay_s=0.4))
-    raw = {"name": name("ui-tokens"),
-           "nodes": [{"id": "start", "type": "start", "position": {"x": 0, "y": 60}, "data": {}},
-                     {"id": "laps", "type": "loop", "position": {"x": 200, "y": 0},
-                      "style": {"width": 220, "height": 130}, "data": {"label": "Laps", "mode": "for", "count": 4}},
-                     {"id": "lap", "type": "delay", "parentId": "laps", "position": {"x": 20, "y": 50},
-                      "data": {"seconds": 0.3}},
-                     {"id": "fan", "type": "parallel", "position": {"x": 480, "y": 0},
-                      "style": {"width": 220, "height": 130}, "data": {"mode": "count", "count": 3}},
-                     {"id": "leg", "type": "transform", "parentId": "fan", "position": {"x": 20, "y": 50},
-                      "data": {"output": "{{ parallel.index }}"}},
-                     {"id": "story", "type": "llm", "position": {"x": 760, "y": 40},
-                      "data": {"label": "Tell a story", "model": "text", "prompt": "A story",
-                               "base_url": fake_llm.base_url}}],
-           "edges": [{"id": "e1", "source": "start", "target": "laps"}, {"id": "e2", "source": "laps", "target": "fan"},
-                     {"id": "e3", "source": "fan", "target": "story"}]}
+    raw = {
+        "name": name("ui-tokens"),
+        "nodes": [
+            {"id": "start", "type": "start", "position": {"x": 0, "y": 60}, "data": {}},
+            {
+                "id": "laps",
+                "type": "loop",
+                "position": {"x": 200, "y": 0},
+                "style": {"width": 220, "height": 130},
+                "data": {"label": "Laps", "mode": "for", "count": 4},
+            },
+            {
+                "id": "lap",
+                "type": "delay",
+                "parentId": "laps",
+                "position": {"x": 20, "y": 50},
+                "data": {"seconds": 0.3},
+            },
+            {
+                "id": "fan",
+                "type": "parallel",
+                "position": {"x": 480, "y": 0},
+                "style": {"width": 220, "height": 130},
+                "data": {"mode": "count", "count": 3},
+            },
+            {
+                "id": "leg",
+                "type": "transform",
+                "parentId": "fan",
+                "position": {"x": 20, "y": 50},
+                "data": {"output": "{{ parallel.index }}"},
+            },
+            {
+                "id": "story",
+                "type": "llm",
+                "position": {"x": 760, "y": 40},
+                "data": {"label": "Tell a story", "model": "text", "prompt": "A story", "base_url": fake_llm.base_url},
+            },
+        ],
+        "edges": [
+            {"id": "e1", "source": "start", "target": "laps"},
+            {"id": "e2", "source": "laps", "target": "fan"},
+            {"id": "e3", "source": "fan", "target": "story"},
+        ],
+    }
     run_id = await execute(served, raw)
     page = await open_run(context, served, run_id)
     await caught_up(page)
@@ -255,27 +297,64 @@ async def test_tokens_stream_into_their_node_and_containers_count_iterations(ser
 
 async def test_an_approval_answered_on_the_page_resumes_the_run(served, context, fake_llm):
     fake_llm.enqueue(Reply(chunks=["Release ", "notes: ", "all ", "green"]))
-    raw = {"name": name("ui-approval"),
-           "nodes": [{"id": "start", "type": "start", "position": {"x": 0, "y": 60}, "data": {"label": "Start"}},
-                     {"id": "checks", "type": "loop", "position": {"x": 220, "y": 20},
-                      "style": {"width": 220, "height": 130}, "data": {"label": "Checks", "mode": "for", "count": 3}},
-                     {"id": "check", "type": "delay", "parentId": "checks", "position": {"x": 20, "y": 50},
-                      "data": {"label": "Run a check", "seconds": 0.1}},
-                     {"id": "notes", "type": "llm", "position": {"x": 450, "y": 60},
-                      "data": {"label": "Write notes", "model": "text", "prompt": "notes", "base_url": fake_llm.base_url}},
-                     {"id": "ask", "type": "approval", "position": {"x": 655, "y": 60},
-                      "data": {"label": "Ship it?", "message": "Ship the release?",
-                               "form": {"reason": {"type": "string", "required": True, "description": "Why"},
-                                        "copies": {"type": "integer"}}}},
-                     {"id": "ship", "type": "transform", "position": {"x": 860, "y": 0},
-                      "data": {"label": "Ship", "output": "{{ ask.input.reason }} x{{ ask.input.copies }}"}},
-                     {"id": "stop", "type": "transform", "position": {"x": 860, "y": 120},
-                      "data": {"label": "Stop", "output": "no"}}],
-           "edges": [{"id": "e0", "source": "start", "target": "checks"},
-                     {"id": "e1", "source": "checks", "target": "notes"},
-                     {"id": "e2", "source": "notes", "target": "ask"},
-                     {"id": "e3", "source": "ask", "sourceHandle": "approved", "target": "ship"},
-                     {"id": "e4", "source": "ask", "sourceHandle": "rejected", "target": "stop"}]}
+    raw = {
+        "name": name("ui-approval"),
+        "nodes": [
+            {"id": "start", "type": "start", "position": {"x": 0, "y": 60}, "data": {"label": "Start"}},
+            {
+                "id": "checks",
+                "type": "loop",
+                "position": {"x": 220, "y": 20},
+                "style": {"width": 220, "height": 130},
+                "data": {"label": "Checks", "mode": "for", "count": 3},
+            },
+            {
+                "id": "check",
+                "type": "delay",
+                "parentId": "checks",
+                "position": {"x": 20, "y": 50},
+                "data": {"label": "Run a check", "seconds": 0.1},
+            },
+            {
+                "id": "notes",
+                "type": "llm",
+                "position": {"x": 450, "y": 60},
+                "data": {"label": "Write notes", "model": "text", "prompt": "notes", "base_url": fake_llm.base_url},
+            },
+            {
+                "id": "ask",
+                "type": "approval",
+                "position": {"x": 655, "y": 60},
+                "data": {
+                    "label": "Ship it?",
+                    "message": "Ship the release?",
+                    "form": {
+                        "reason": {"type": "string", "required": True, "description": "Why"},
+                        "copies": {"type": "integer"},
+                    },
+                },
+            },
+            {
+                "id": "ship",
+                "type": "transform",
+                "position": {"x": 860, "y": 0},
+                "data": {"label": "Ship", "output": "{{ ask.input.reason }} x{{ ask.input.copies }}"},
+            },
+            {
+                "id": "stop",
+                "type": "transform",
+                "position": {"x": 860, "y": 120},
+                "data": {"label": "Stop", "output": "no"},
+            },
+        ],
+        "edges": [
+            {"id": "e0", "source": "start", "target": "checks"},
+            {"id": "e1", "source": "checks", "target": "notes"},
+            {"id": "e2", "source": "notes", "target": "ask"},
+            {"id": "e3", "source": "ask", "sourceHandle": "approved", "target": "ship"},
+            {"id": "e4", "source": "ask", "sourceHandle": "rejected", "target": "stop"},
+        ],
+    }
     run_id = await execute(served, raw)
     page = await open_run(context, served, run_id)
     form = page.locator("form[data-node-id='ask']")
@@ -298,8 +377,10 @@ async def test_an_approval_answered_on_the_page_resumes_the_run(served, context,
     assert result["status"] == "completed" and result["nodes"]["ship"]["output"] == "tests are green x3"
     assert result["nodes"]["ask"]["output"]["decided_by"] == "tester"
     states = [(n, s) for kind, n, s in await page.evaluate("__seen") if kind == "state" and n == "ask"]
-    assert states == [("ask", "running"), ("ask", "paused"), ("ask", "completed")] or \
-        states == [("ask", "paused"), ("ask", "completed")], states
+    assert states == [("ask", "running"), ("ask", "paused"), ("ask", "completed")] or states == [
+        ("ask", "paused"),
+        ("ask", "completed"),
+    ], states
 
 
 async def test_a_page_reloaded_mid_run_catches_up(served, context):
@@ -316,7 +397,7 @@ async def test_a_page_reloaded_mid_run_catches_up(served, context):
     await caught_up(page)
     seen = [(n, s) for kind, n, s in await page.evaluate("__seen") if kind == "state"]
     assert seen.index(("b", "completed")) < seen.index(("c", "running")) < seen.index(("c", "completed")), seen
-    assert ("a", "running") not in seen[seen.index(("b", "completed")):], "history is not replayed twice"
+    assert ("a", "running") not in seen[seen.index(("b", "completed")) :], "history is not replayed twice"
     ids = []
     async with httpx.AsyncClient(base_url=served, timeout=60) as client:
         async with aconnect_sse(client, "GET", f"/api/executions/{run_id}/stream", headers=AUTH) as source:
@@ -328,9 +409,13 @@ async def test_a_page_reloaded_mid_run_catches_up(served, context):
 
 
 async def test_an_error_is_shown_on_the_node_that_failed(served, context):
-    raw = {"name": name("ui-error"),
-           **chain({"id": "boom", "type": "transform", "data": {"label": "Divide", "output": "{{ 1 // 0 }}"}},
-                   {"id": "after", "type": "transform", "data": {"output": "never"}})}
+    raw = {
+        "name": name("ui-error"),
+        **chain(
+            {"id": "boom", "type": "transform", "data": {"label": "Divide", "output": "{{ 1 // 0 }}"}},
+            {"id": "after", "type": "transform", "data": {"output": "never"}},
+        ),
+    }
     run_id = await execute(served, raw)
     page = await open_run(context, served, run_id)
     await caught_up(page)
@@ -363,15 +448,25 @@ async def test_playground_shows_compile_issues_on_their_nodes_then_runs(served, 
     await login.wait_for(state="detached")
     assert await page.evaluate("sessionStorage.getItem('flowmaestro.apiKey')") == KEY
     assert await page.evaluate("localStorage.length") == 0, "the key is kept for the session only"
-    broken = {"name": name("ui-playground"),
-              "nodes": [{"id": "start", "type": "start", "position": {"x": 0, "y": 0}, "data": {}},
-                        {"id": "mystery", "type": "nope", "position": {"x": 220, "y": 0}, "data": {}},
-                        {"id": "shape", "type": "transform", "position": {"x": 440, "y": 0}, "data": {}}],
-              "edges": [{"id": "e1", "source": "start", "target": "mystery"},
-                        {"id": "e2", "source": "mystery", "target": "shape"},
-                        {"id": "e3", "source": "shape", "target": "ghost"}]}
-    await page.set_input_files("[data-role='canvas-file']", files=[  # uploaded; the fixed one below is pasted
-        {"name": "broken.json", "mimeType": "application/json", "buffer": json.dumps(broken, indent=1).encode()}])
+    broken = {
+        "name": name("ui-playground"),
+        "nodes": [
+            {"id": "start", "type": "start", "position": {"x": 0, "y": 0}, "data": {}},
+            {"id": "mystery", "type": "nope", "position": {"x": 220, "y": 0}, "data": {}},
+            {"id": "shape", "type": "transform", "position": {"x": 440, "y": 0}, "data": {}},
+        ],
+        "edges": [
+            {"id": "e1", "source": "start", "target": "mystery"},
+            {"id": "e2", "source": "mystery", "target": "shape"},
+            {"id": "e3", "source": "shape", "target": "ghost"},
+        ],
+    }
+    await page.set_input_files(
+        "[data-role='canvas-file']",
+        files=[  # uploaded; the fixed one below is pasted
+            {"name": "broken.json", "mimeType": "application/json", "buffer": json.dumps(broken, indent=1).encode()}
+        ],
+    )
     await page.wait_for_selector("[data-node-id='mystery'][data-issue-severity='error']", timeout=30_000)
     assert "unknown_node_type" in await page.get_attribute("[data-node-id='mystery']", "data-issue-codes")
     assert "invalid_config" in await page.get_attribute("[data-node-id='shape']", "data-issue-codes")
@@ -381,8 +476,11 @@ async def test_playground_shows_compile_issues_on_their_nodes_then_runs(served, 
     assert await page.locator("[data-role='issues'] li[data-code='dangling_edge']").count() == 1
     assert await page.get_attribute("body", "data-valid") == "false"
     await page.screenshot(path=str(ARTIFACTS / "playground-issues.png"))
-    fixed = {"name": broken["name"], "inputs": {"who": {"type": "string", "required": True}},
-             **chain({"id": "greet", "type": "transform", "data": {"output": "Hello {{ inputs.who }}"}})}
+    fixed = {
+        "name": broken["name"],
+        "inputs": {"who": {"type": "string", "required": True}},
+        **chain({"id": "greet", "type": "transform", "data": {"output": "Hello {{ inputs.who }}"}}),
+    }
     await page.fill("[data-role='canvas-json']", json.dumps(fixed))
     await page.fill("[data-role='inputs-json']", '{"who": "Ada"}')
     await page.click("[data-role='run']")
@@ -397,8 +495,9 @@ async def test_a_frontend_of_another_origin_follows_a_run_with_a_plain_event_sou
     run_id = await execute(served, {"name": name("ui-cors"), **chain(delay("a", 0.2))})
     page = await context.new_page()
     await page.goto(frontend.url)
-    events = await asyncio.wait_for(page.evaluate("([api, key, run]) => follow(api, key, run)", [served, KEY, run_id]),
-                                    timeout=120)
+    events = await asyncio.wait_for(
+        page.evaluate("([api, key, run]) => follow(api, key, run)", [served, KEY, run_id]), timeout=120
+    )
     assert events[0] == [1, "execution:started"] and events[-1][1] == "execution:completed"
     assert [e[0] for e in events] == sorted({e[0] for e in events})
 
@@ -415,8 +514,11 @@ async def test_the_page_renews_a_refused_token_and_resumes_after_the_last_event(
     async def flaky(route):
         urls.append(route.request.url)
         if len(urls) == 1:
-            await route.fulfill(status=401, content_type="application/json",
-                                body=json.dumps({"detail": "stream token expired", "issues": []}))
+            await route.fulfill(
+                status=401,
+                content_type="application/json",
+                body=json.dumps({"detail": "stream token expired", "issues": []}),
+            )
             return
         answer = await route.fetch()
         body = await answer.text()
@@ -442,17 +544,26 @@ async def test_the_page_renews_a_refused_token_and_resumes_after_the_last_event(
 
 async def test_a_canvas_without_positions_is_laid_out_without_overlaps(served, context):
     """Hand-written canvases have no positions: columns by depth, bodies inside their containers."""
-    raw = {"name": name("ui-layout"),
-           "nodes": [{"id": "start", "type": "start", "data": {}},
-                     {"id": "left", "type": "transform", "data": {"output": 1}},
-                     {"id": "right", "type": "transform", "data": {"output": 2}},
-                     {"id": "each", "type": "loop", "data": {"mode": "for", "count": 2}},
-                     {"id": "inner", "type": "transform", "parentId": "each", "data": {"output": 3}},
-                     {"id": "inner2", "type": "transform", "parentId": "each", "data": {"output": 4}},
-                     {"id": "end", "type": "end", "data": {}}],
-           "edges": [{"id": "a", "source": "start", "target": "left"}, {"id": "b", "source": "start", "target": "right"},
-                     {"id": "c", "source": "left", "target": "each"}, {"id": "d", "source": "right", "target": "each"},
-                     {"id": "e", "source": "inner", "target": "inner2"}, {"id": "f", "source": "each", "target": "end"}]}
+    raw = {
+        "name": name("ui-layout"),
+        "nodes": [
+            {"id": "start", "type": "start", "data": {}},
+            {"id": "left", "type": "transform", "data": {"output": 1}},
+            {"id": "right", "type": "transform", "data": {"output": 2}},
+            {"id": "each", "type": "loop", "data": {"mode": "for", "count": 2}},
+            {"id": "inner", "type": "transform", "parentId": "each", "data": {"output": 3}},
+            {"id": "inner2", "type": "transform", "parentId": "each", "data": {"output": 4}},
+            {"id": "end", "type": "end", "data": {}},
+        ],
+        "edges": [
+            {"id": "a", "source": "start", "target": "left"},
+            {"id": "b", "source": "start", "target": "right"},
+            {"id": "c", "source": "left", "target": "each"},
+            {"id": "d", "source": "right", "target": "each"},
+            {"id": "e", "source": "inner", "target": "inner2"},
+            {"id": "f", "source": "each", "target": "end"},
+        ],
+    }
     page = await context.new_page()
     await page.add_init_script(RECORDER % json.dumps(KEY))
     await page.goto(f"{served}/ui/new")

@@ -47,8 +47,11 @@ async def test_the_sql_event_log_names_the_database_when_it_refuses_connections(
     log = SqlEventLog(down_database_url)
     run = str(uuid.uuid4())
     try:
-        for call in (lambda: log.last_seq(run), lambda: log.read(run),
-                     lambda: log.append([RunEvent(1, "execution:started", run, "2026-01-01T00:00:00+00:00")])):
+        for call in (
+            lambda: log.last_seq(run),
+            lambda: log.read(run),
+            lambda: log.append([RunEvent(1, "execution:started", run, "2026-01-01T00:00:00+00:00")]),
+        ):
             with pytest.raises(Unavailable) as raised:
                 await call()
             assert raised.value.service == "database"
@@ -60,8 +63,11 @@ async def test_the_redis_event_log_names_redis_when_it_refuses_connections():
     log = RedisEventLog(f"redis://127.0.0.1:{closed_port()}/0")
     run = str(uuid.uuid4())
     try:
-        for call in (lambda: log.last_seq(run), lambda: log.read(run),
-                     lambda: log.append([RunEvent(1, "execution:started", run, "2026-01-01T00:00:00+00:00")])):
+        for call in (
+            lambda: log.last_seq(run),
+            lambda: log.read(run),
+            lambda: log.append([RunEvent(1, "execution:started", run, "2026-01-01T00:00:00+00:00")]),
+        ):
             with pytest.raises(Unavailable) as raised:
                 await call()
             assert raised.value.service == "redis"

@@ -42,7 +42,8 @@ def test_the_openapi_schema_lists_every_status():
     for model in ("ExecutionAccepted", "ExecutionSummary", "RunResult"):
         assert components[model]["properties"]["status"] == run_status, model
     assert components["RunResult"]["properties"]["nodes"]["additionalProperties"] == {
-        "$ref": "#/components/schemas/NodeResult"}
+        "$ref": "#/components/schemas/NodeResult"
+    }
     assert components["NodeResult"]["properties"]["status"] == {"$ref": "#/components/schemas/NodeStatus"}
 
 
@@ -69,8 +70,9 @@ async def test_the_pages_vocabulary_module_has_every_value():
 
 def test_the_pages_hold_no_copy_of_the_event_types():
     for script in sorted((ROOT / "api" / "static").glob("*.js")):
-        copies = [text for text in re.findall(r"""["'`]([^"'`]*)["'`]""", script.read_text())
-                  if EVENT_LIKE.fullmatch(text)]
+        copies = [
+            text for text in re.findall(r"""["'`]([^"'`]*)["'`]""", script.read_text()) if EVENT_LIKE.fullmatch(text)
+        ]
         assert not copies, f"{script.name} writes event types by hand: {copies}; import them from ../vocabulary.js"
     assert 'from "../vocabulary.js"' in (ROOT / "api" / "static" / "run.js").read_text()
 
@@ -80,8 +82,12 @@ def test_no_code_names_an_event_type_the_enum_does_not_have():
     for package in PACKAGES:
         for path in sorted((ROOT / package).rglob("*.py")):
             for node in ast.walk(ast.parse(path.read_text(), str(path))):
-                if isinstance(node, ast.Constant) and isinstance(node.value, str) \
-                        and EVENT_LIKE.fullmatch(node.value) and node.value not in frozenset(EventType):
+                if (
+                    isinstance(node, ast.Constant)
+                    and isinstance(node.value, str)
+                    and EVENT_LIKE.fullmatch(node.value)
+                    and node.value not in frozenset(EventType)
+                ):
                     unknown.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}")
     assert not unknown, "event types missing from store/vocabulary.py EventType:\n" + "\n".join(unknown)
 
@@ -95,6 +101,6 @@ def test_the_bus_refuses_an_event_type_outside_the_enum():
 
 def test_the_api_docs_describe_every_event_type():
     api_doc = (ROOT / "docs" / "api.md").read_text()
-    table = api_doc[api_doc.index("#### Event types"):]
+    table = api_doc[api_doc.index("#### Event types") :]
     documented = set(re.findall(r"^\| `([a-z]+:[a-z_]+)` \|", table, re.MULTILINE))
     assert documented == set(EventType)

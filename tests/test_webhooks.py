@@ -57,12 +57,20 @@ def make_api(stack, tmp_path, test_handlers):
     @asynccontextmanager
     async def make(**overrides: Any):
         alice, bob = f"alice-{uuid.uuid4().hex}", f"bob-{uuid.uuid4().hex}"
-        settings = ApiSettings(database_url=url, api_keys=f"{alice}:{KEY}-{alice},{bob}:{KEY}-{bob}", home=tmp_path,
-                               work_pool=pool, **overrides)
+        settings = ApiSettings(
+            database_url=url,
+            api_keys=f"{alice}:{KEY}-{alice},{bob}:{KEY}-{bob}",
+            home=tmp_path,
+            work_pool=pool,
+            **overrides,
+        )
         app = create_app(settings)
         async with app.router.lifespan_context(app):
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test",
-                                         headers={"Authorization": f"Bearer {KEY}-{alice}"}) as client:
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app),
+                base_url="http://test",
+                headers={"Authorization": f"Bearer {KEY}-{alice}"},
+            ) as client:
                 client.bob = {"Authorization": f"Bearer {KEY}-{bob}"}
                 yield client
 
@@ -76,10 +84,16 @@ async def api(make_api):
 
 
 def hello() -> dict[str, Any]:
-    return canvas([node("start", "start"), node("greet", data={"output": "Hello {{ inputs.who }}"}),
-                   node("end", "end", data={"output": "{{ greet }}"})],
-                  [("start", "greet"), ("greet", "end")], name=f"hook-{uuid.uuid4().hex[:6]}",
-                  inputs={"who": {"type": "string", "required": True}})
+    return canvas(
+        [
+            node("start", "start"),
+            node("greet", data={"output": "Hello {{ inputs.who }}"}),
+            node("end", "end", data={"output": "{{ greet }}"}),
+        ],
+        [("start", "greet"), ("greet", "end")],
+        name=f"hook-{uuid.uuid4().hex[:6]}",
+        inputs={"who": {"type": "string", "required": True}},
+    )
 
 
 async def workflow_with_hook(api) -> tuple[str, dict[str, Any]]:
@@ -91,16 +105,30 @@ async def workflow_with_hook(api) -> tuple[str, dict[str, Any]]:
 
 def signed(secret: str, body: bytes, timestamp: int | None = None, **more: str) -> dict[str, str]:
     timestamp = int(time.time()) if timestamp is None else timestamp
-    return {"X-FlowMaestro-Timestamp": str(timestamp), "X-FlowMaestro-Signature": sign(secret, timestamp, body),
-            "content-type": "application/json", **more}
+    return {
+        "X-FlowMaestro-Timestamp": str(timestamp),
+        "X-FlowMaestro-Signature": sign(secret, timestamp, body),
+        "content-type": "application/json",
+        **more,
+    }
 
 
-async def deliver(api, hook: dict[str, Any], inputs: Any, params: dict[str, Any] | None = None,
-                  timestamp: int | None = None, **headers: str) -> httpx.Response:
+async def deliver(
+    api,
+    hook: dict[str, Any],
+    inputs: Any,
+    params: dict[str, Any] | None = None,
+    timestamp: int | None = None,
+    **headers: str,
+) -> httpx.Response:
     body = json.dumps(inputs).encode()
     # No bearer key: the signature is the credential.
-    return await api.post(hook["url"], content=body, params=params,
-                          headers={"Authorization": "", **signed(hook["secret"], body, timestamp), **headers})
+    return await api.post(
+        hook["url"],
+        content=body,
+        params=params,
+        headers={"Authorization": "", **signed(hook["secret"], body, timestamp), **headers},
+    )
 
 
 async def executions(api, workflow_id: str) -> list[dict[str, Any]]:
@@ -135,8 +163,10 @@ async def test_missing_wrong_and_stale_signatures_are_401_and_start_nothing(api)
         "stale": signed(hook["secret"], body, timestamp=now - 301),
         "future": signed(hook["secret"], body, timestamp=now + 301),
         "not a number": {**signed(hook["secret"], body), "X-FlowMaestro-Timestamp": "yesterday"},
-        "bare hex": {**signed(hook["secret"], body),
-                     "X-FlowMaestro-Signature": sign(hook["secret"], now, body).removeprefix("sha256=")},
+        "bare hex": {
+            **signed(hook["secret"], body),
+            "X-FlowMaestro-Signature": sign(hook["secret"], now, body).removeprefix("sha256="),
+        },
     }
     for why, headers in refused.items():
         answer = await api.post(hook["url"], content=body, headers={"Authorization": "", **headers})
@@ -254,8 +284,11 @@ async def test_wait_answers_the_result_when_the_run_ends_in_time(api):
     assert answer.json()["trigger"] == {"type": "webhook", "webhook_id": hook["id"]}
     too_long = await deliver(api, hook, {"who": "x"}, params={"wait": 31})
     assert too_long.status_code == 422 and too_long.json()["issues"][0]["field"] == "query.wait"
-    slow = canvas([node("start", "start"), node("slow", "test_sleep", data={"seconds": 20})], [("start", "slow")],
-                  name=f"slow-{uuid.uuid4().hex[:6]}")
+    slow = canvas(
+        [node("start", "start"), node("slow", "test_sleep", data={"seconds": 20})],
+        [("start", "slow")],
+        name=f"slow-{uuid.uuid4().hex[:6]}",
+    )
     slow_id = (await api.post("/api/workflows", json={"canvas": slow})).json()["id"]
     slow_hook = (await api.post(f"/api/workflows/{slow_id}/webhooks", json={"name": "slow"})).json()
     started = time.monotonic()
@@ -278,10 +311,10 @@ async def test_managing_webhooks_never_shows_a_secret_again(api, stack):
         await connection.close()
     assert stored and hook["secret"] not in stored
     assert (await api.get(f"/api/workflows/{workflow_id}/webhooks", headers=api.bob)).status_code == 404
-    assert (await api.delete(f"/api/workflows/{workflow_id}/webhooks/{hook['id']}", headers=api.bob)).status_code \
-        == 404
-    assert (await api.post(f"/api/workflows/{workflow_id}/webhooks/{hook['id']}/rotate",
-                           headers=api.bob)).status_code == 404
+    assert (await api.delete(f"/api/workflows/{workflow_id}/webhooks/{hook['id']}", headers=api.bob)).status_code == 404
+    assert (
+        await api.post(f"/api/workflows/{workflow_id}/webhooks/{hook['id']}/rotate", headers=api.bob)
+    ).status_code == 404
     for body in ({}, {"name": ""}, {"name": "x", "extra": 1}):
         bad = await api.post(f"/api/workflows/{workflow_id}/webhooks", json=body)
         assert bad.status_code == 422 and bad.json()["issues"][0]["field"].startswith("body"), bad.text

@@ -55,12 +55,16 @@ def client(base: str) -> httpx.AsyncClient:
 
 
 def greeting(name: str) -> dict:
-    return {"name": name, "inputs": {"who": {"type": "string", "required": True, "description": "Who to greet"}},
-            "nodes": [{"id": "start", "type": "start", "data": {}},
-                      {"id": "greet", "type": "transform", "data": {"output": "Hello {{ inputs.who }}"}},
-                      {"id": "end", "type": "end", "data": {"output": "{{ greet }}"}}],
-            "edges": [{"id": "e1", "source": "start", "target": "greet"},
-                      {"id": "e2", "source": "greet", "target": "end"}]}
+    return {
+        "name": name,
+        "inputs": {"who": {"type": "string", "required": True, "description": "Who to greet"}},
+        "nodes": [
+            {"id": "start", "type": "start", "data": {}},
+            {"id": "greet", "type": "transform", "data": {"output": "Hello {{ inputs.who }}"}},
+            {"id": "end", "type": "end", "data": {"output": "{{ greet }}"}},
+        ],
+        "edges": [{"id": "e1", "source": "start", "target": "greet"}, {"id": "e2", "source": "greet", "target": "end"}],
+    }
 
 
 async def test_a_run_from_the_api_executes_on_a_worker(api, workers, pg_prefect):
@@ -92,7 +96,9 @@ async def test_a_run_started_as_the_prefect_ui_does_it(api, workers, pg_prefect)
             assert form["properties"]["who"]["type"] == "string" and form["required"] == ["who"]
             assert form["properties"]["who"]["description"] == "Who to greet"
             # The UI posts the form's values; the deployment's own parameters name the workflow.
-            flow_run = await prefect.create_flow_run_from_deployment(deployment.id, parameters={"inputs": {"who": "UI"}})
+            flow_run = await prefect.create_flow_run_from_deployment(
+                deployment.id, parameters={"inputs": {"who": "UI"}}
+            )
         result = await final(http, str(flow_run.id))
         assert result["status"] == "completed" and result["output"] == "Hello UI"
         assert result["trigger"]["type"] == "prefect-ui"
@@ -104,13 +110,18 @@ async def test_a_child_workflow_runs_as_a_subflow_of_its_parent(api, workers, pg
     proc, base = api
     async with client(base) as http:
         child = await save(http, greeting(f"child-{uuid.uuid4().hex[:6]}"))
-        parent = {"name": f"parent-{uuid.uuid4().hex[:6]}",
-                  "nodes": [{"id": "start", "type": "start", "data": {}},
-                            {"id": "call", "type": "subworkflow",
-                             "data": {"workflow": child["id"], "inputs": {"who": "child"}}},
-                            {"id": "end", "type": "end", "data": {"output": "{{ call }}"}}],
-                  "edges": [{"id": "e1", "source": "start", "target": "call"},
-                            {"id": "e2", "source": "call", "target": "end"}]}
+        parent = {
+            "name": f"parent-{uuid.uuid4().hex[:6]}",
+            "nodes": [
+                {"id": "start", "type": "start", "data": {}},
+                {"id": "call", "type": "subworkflow", "data": {"workflow": child["id"], "inputs": {"who": "child"}}},
+                {"id": "end", "type": "end", "data": {"output": "{{ call }}"}},
+            ],
+            "edges": [
+                {"id": "e1", "source": "start", "target": "call"},
+                {"id": "e2", "source": "call", "target": "end"},
+            ],
+        }
         saved = await save(http, parent)
         run_id = (await http.post(f"/api/workflows/{saved['id']}/execute", json={})).json()["execution_id"]
         result = await final(http, run_id)
@@ -118,27 +129,39 @@ async def test_a_child_workflow_runs_as_a_subflow_of_its_parent(api, workers, pg
     async with PrefectClient(pg_prefect.api_url) as prefect:
         from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 
-        children = await prefect.read_flow_runs(flow_run_filter=FlowRunFilter(
-            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[uuid.UUID(run_id)])))
+        children = await prefect.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[uuid.UUID(run_id)]))
+        )
     assert len(children) == 1 and children[0].state.is_completed()
 
 
 async def test_twenty_runs_over_two_workers_none_lost_and_a_cached_node_executed_once(api, workers, counting):
     proc, base = api
     path = f"/cached-{uuid.uuid4().hex[:6]}"
-    raw = {"name": f"cached-{uuid.uuid4().hex[:6]}",
-           "nodes": [{"id": "start", "type": "start", "data": {}},
-                     {"id": "fetch", "type": "http", "cache": {"enabled": True, "ttl_s": 600},
-                      "data": {"method": "GET", "url": f"{counting.url}{path}?delay=0.5"}},
-                     {"id": "wait", "type": "delay", "data": {"seconds": 0.2}},
-                     {"id": "end", "type": "end", "data": {"output": "{{ fetch.body.path }}"}}],
-           "edges": [{"id": "e1", "source": "start", "target": "fetch"},
-                     {"id": "e2", "source": "fetch", "target": "wait"},
-                     {"id": "e3", "source": "wait", "target": "end"}]}
+    raw = {
+        "name": f"cached-{uuid.uuid4().hex[:6]}",
+        "nodes": [
+            {"id": "start", "type": "start", "data": {}},
+            {
+                "id": "fetch",
+                "type": "http",
+                "cache": {"enabled": True, "ttl_s": 600},
+                "data": {"method": "GET", "url": f"{counting.url}{path}?delay=0.5"},
+            },
+            {"id": "wait", "type": "delay", "data": {"seconds": 0.2}},
+            {"id": "end", "type": "end", "data": {"output": "{{ fetch.body.path }}"}},
+        ],
+        "edges": [
+            {"id": "e1", "source": "start", "target": "fetch"},
+            {"id": "e2", "source": "fetch", "target": "wait"},
+            {"id": "e3", "source": "wait", "target": "end"},
+        ],
+    }
     async with client(base) as http:
         saved = await save(http, raw)
-        answers = await asyncio.gather(*(http.post(f"/api/workflows/{saved['id']}/execute", json={})
-                                         for _ in range(20)))
+        answers = await asyncio.gather(
+            *(http.post(f"/api/workflows/{saved['id']}/execute", json={}) for _ in range(20))
+        )
         assert [a.status_code for a in answers] == [202] * 20
         results = await asyncio.gather(*(final(http, a.json()["execution_id"], timeout=240) for a in answers))
     assert [r["status"] for r in results] == ["completed"] * 20, [r.get("error") for r in results]
@@ -152,8 +175,9 @@ async def test_runs_are_named_after_their_workflow_in_prefect(api, workers, pg_p
     name = f"named-{uuid.uuid4().hex[:6]}"
     async with client(base) as http:
         saved = await save(http, greeting(name))
-        run_id = (await http.post(f"/api/workflows/{saved['id']}/execute", json={"inputs": {"who": "N"}})
-                  ).json()["execution_id"]
+        run_id = (await http.post(f"/api/workflows/{saved['id']}/execute", json={"inputs": {"who": "N"}})).json()[
+            "execution_id"
+        ]
         assert (await final(http, run_id))["status"] == "completed"
     async with PrefectClient(pg_prefect.api_url) as prefect:
         assert (await prefect.read_flow_run(uuid.UUID(run_id))).name == name
@@ -163,14 +187,20 @@ async def test_the_api_killed_mid_run_changes_nothing_for_the_run(stack, workers
     """Its own API process, killed: the module's stays up for the other tests, in any order."""
     home, env = stack
     path = f"/after-{uuid.uuid4().hex[:6]}"
-    raw = {"name": f"slow-{uuid.uuid4().hex[:6]}",
-           "nodes": [{"id": "start", "type": "start", "data": {}},
-                     {"id": "wait", "type": "delay", "data": {"seconds": 4}},
-                     {"id": "after", "type": "http", "data": {"method": "POST", "url": f"{counting.url}{path}"}},
-                     {"id": "end", "type": "end", "data": {"output": "{{ after.status }}"}}],
-           "edges": [{"id": "e1", "source": "start", "target": "wait"},
-                     {"id": "e2", "source": "wait", "target": "after"},
-                     {"id": "e3", "source": "after", "target": "end"}]}
+    raw = {
+        "name": f"slow-{uuid.uuid4().hex[:6]}",
+        "nodes": [
+            {"id": "start", "type": "start", "data": {}},
+            {"id": "wait", "type": "delay", "data": {"seconds": 4}},
+            {"id": "after", "type": "http", "data": {"method": "POST", "url": f"{counting.url}{path}"}},
+            {"id": "end", "type": "end", "data": {"output": "{{ after.status }}"}},
+        ],
+        "edges": [
+            {"id": "e1", "source": "start", "target": "wait"},
+            {"id": "e2", "source": "wait", "target": "after"},
+            {"id": "e3", "source": "after", "target": "end"},
+        ],
+    }
     doomed, base = start_serve(home, env, workers=0)
     try:
         async with client(base) as http:

@@ -87,8 +87,9 @@ def _is_container(value: Any) -> bool:
     return isinstance(value, (dict, list, tuple)) or (type(value) not in _SCALARS and isinstance(value, Mapping))
 
 
-def _collect_references(value: Any, expression_keys: frozenset[str], field: str, found: list[TemplateRefs],
-                        limits: TemplateShapeLimits) -> None:
+def _collect_references(
+    value: Any, expression_keys: frozenset[str], field: str, found: list[TemplateRefs], limits: TemplateShapeLimits
+) -> None:
     if isinstance(value, str):
         if "{{" in value or "{%" in value:
             found.append(_refs(value, field, as_expression=False, limits=limits))
@@ -125,13 +126,16 @@ def _refs(text: str, field: str, *, as_expression: bool, limits: TemplateShapeLi
 def _over_limits(text: str, limits: TemplateShapeLimits) -> tuple[str, str] | None:
     """The issue code and message of a string too large to parse, else None."""
     if len(text) > limits.max_chars:
-        return "template_too_long", (f"the template is {len(text)} characters long; at most "
-                                     f"{limits.max_chars} are allowed")
+        return "template_too_long", (
+            f"the template is {len(text)} characters long; at most {limits.max_chars} are allowed"
+        )
     if len(text) > limits.max_nesting:  # (fewer characters cannot open that many brackets)
         depth = bracket_depth(text)
         if depth > limits.max_nesting:
-            return "template_too_deep", (f"the template is nested too deeply: {depth} brackets open at once, at "
-                                         f"most {limits.max_nesting} are allowed")
+            return "template_too_deep", (
+                f"the template is nested too deeply: {depth} brackets open at once, at "
+                f"most {limits.max_nesting} are allowed"
+            )
     return None
 
 
@@ -162,8 +166,7 @@ def analyse(text: str, as_expression: bool) -> Analysis:
         # Nesting that the bracket count does not see (chains of unary operators, inline
         # ifs, nested blocks): Jinja's recursive parser ran out of stack. An issue, never
         # a traceback (thousands of lines) in the API's log.
-        return Analysis(NO_NAMES, NO_NAMES, "the template is nested too deeply to be parsed", None,
-                        "template_too_deep")
+        return Analysis(NO_NAMES, NO_NAMES, "the template is nested too deeply to be parsed", None, "template_too_deep")
 
 
 def analyse_tokens(text: str, as_expression: bool) -> Analysis | None:
@@ -186,8 +189,7 @@ def analyse_parsed(text: str, as_expression: bool) -> Analysis:
     except RefusedName as exc:
         return Analysis(NO_NAMES, NO_NAMES, exc.message, exc.lineno, NONDETERMINISTIC_CODE)
     except TemplateSyntaxError as exc:
-        return Analysis(NO_NAMES, NO_NAMES, syntax_message(exc, expression=as_expression, source=text),
-                        exc.lineno)
+        return Analysis(NO_NAMES, NO_NAMES, syntax_message(exc, expression=as_expression, source=text), exc.lineno)
     return Analysis(names, node_keys if "nodes" in names else NO_NAMES, None, None)
 
 
@@ -207,8 +209,11 @@ def _refused(node: nodes.Name | nodes.Filter | nodes.Test) -> RefusedName:
         advice = "use 'is none', 'is true', 'is false' or '=='"
     else:
         what, why = node.name, REFUSED_GLOBALS[node.name]
-    return RefusedName(f"{what} is not allowed: {why}, so the node would get a new configuration each time "
-                       f"it runs and run again after a crash or retry; {advice}", node.lineno)
+    return RefusedName(
+        f"{what} is not allowed: {why}, so the node would get a new configuration each time "
+        f"it runs and run again after a crash or retry; {advice}",
+        node.lineno,
+    )
 
 
 def _check_refused(tree: nodes.Node) -> None:

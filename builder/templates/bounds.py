@@ -46,8 +46,10 @@ def check_format(budget: RenderBudget, template: str) -> None:
         total += len(literal)
         if spec:
             if "{" in spec:
-                raise SecurityError("a format spec taken from another field ('{:{width}}') is not allowed "
-                                    "in templates; write the width itself")
+                raise SecurityError(
+                    "a format spec taken from another field ('{:{width}}') is not allowed "
+                    "in templates; write the width itself"
+                )
             total += _widths(spec)
     budget.will_build(total, "a str.format result")
 
@@ -57,8 +59,9 @@ def check_percent(budget: RenderBudget, template: str) -> None:
     total = len(template)
     for match in _PERCENT_SPEC.finditer(template):
         if "*" in match.group(1):
-            raise SecurityError("a '*' width or precision in '%' formatting is not allowed in templates; "
-                                "write the number itself")
+            raise SecurityError(
+                "a '*' width or precision in '%' formatting is not allowed in templates; write the number itself"
+            )
         total += _widths(match.group(1))
     budget.will_build(total, "a '%' formatting result")
 
@@ -92,10 +95,11 @@ def bounded_binop(budget: RenderBudget, operator: str, left: Any, right: Any) ->
     if operator == "//":
         return operator_module.floordiv(left, right)
     if operator == "*":
-        if isinstance(left, int) and isinstance(right, int) \
-                and left.bit_length() + right.bit_length() > MAX_POWER_BITS:
-            raise TemplateBudgetError(f"multiplying integers of {left.bit_length():,} and {right.bit_length():,} "
-                                      f"bits is too large (over {MAX_POWER_BITS:,} bits)")
+        if isinstance(left, int) and isinstance(right, int) and left.bit_length() + right.bit_length() > MAX_POWER_BITS:
+            raise TemplateBudgetError(
+                f"multiplying integers of {left.bit_length():,} and {right.bit_length():,} "
+                f"bits is too large (over {MAX_POWER_BITS:,} bits)"
+            )
         for sequence, count in ((left, right), (right, left)):
             if isinstance(sequence, (str, list, tuple)) and isinstance(count, int):
                 budget.will_build(len(sequence) * max(count, 0), f"repeating a {type(sequence).__name__}")
@@ -131,15 +135,17 @@ def _replaced_size(text: str, old: Any, new: Any, count: Any) -> int:
 
 
 def _joined_size(separator: str, items: list[Any]) -> int:
-    return sum(len(item) if isinstance(item, str) else len(str(item)) for item in items) \
-        + len(separator) * max(len(items) - 1, 0)
+    return sum(len(item) if isinstance(item, str) else len(str(item)) for item in items) + len(separator) * max(
+        len(items) - 1, 0
+    )
 
 
 _WIDTH_METHODS = frozenset({"ljust", "rjust", "center", "zfill"})
 
 
-def check_str_method(budget: RenderBudget, text: str, name: str, args: tuple[Any, ...],
-                     kwargs: Mapping[str, Any]) -> tuple[Any, ...]:
+def check_str_method(
+    budget: RenderBudget, text: str, name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+) -> tuple[Any, ...]:
     """Refuse a call of ``text.<name>(...)`` that would build too much; the arguments to call
     it with (``join``'s iterable is read once, here)."""
     if name in _WIDTH_METHODS:
@@ -151,8 +157,9 @@ def check_str_method(budget: RenderBudget, text: str, name: str, args: tuple[Any
         if isinstance(tabsize, int):
             budget.will_build(len(text) + text.count("\t") * max(tabsize, 0), "str.expandtabs")
     elif name == "replace" and len(args) >= 2:
-        budget.will_build(_replaced_size(text, args[0], args[1], _argument(args, kwargs, 2, "count", -1)),
-                          "str.replace")
+        budget.will_build(
+            _replaced_size(text, args[0], args[1], _argument(args, kwargs, 2, "count", -1)), "str.replace"
+        )
     elif name == "join" and args:
         items = list(args[0])
         budget.will_build(_joined_size(text, items), "str.join")
@@ -167,8 +174,9 @@ def format_method_of(obj: Any) -> str | None:
     """The string of a sandboxed ``'...'.format`` / ``format_map`` (Jinja wraps them at
     attribute access), or None."""
     wrapped = getattr(obj, "__wrapped__", None)
-    if getattr(wrapped, "__name__", None) in ("format", "format_map") \
-            and isinstance(getattr(wrapped, "__self__", None), str):
+    if getattr(wrapped, "__name__", None) in ("format", "format_map") and isinstance(
+        getattr(wrapped, "__self__", None), str
+    ):
         return wrapped.__self__
     return None
 
@@ -299,16 +307,47 @@ CONSTANT_TIME_FILTERS = frozenset({"length", "count", "first", "last", "default"
 SORTING_FILTERS = frozenset({"sort", "dictsort", "groupby", "unique"})
 """Filters that sort their input (or hash every item with a key function): a step per item
 and per comparison round (n log n)."""
-STRING_SCANNING_FILTERS = frozenset({
-    "upper", "lower", "capitalize", "trim", "replace", "reverse", "list", "string", "indent", "center",
-    "truncate", "format", "e", "escape", "forceescape", "safe", "int", "float", "tojson", "wordwrap",
-    "striptags", "urlencode", "filesizeformat",
-})
+STRING_SCANNING_FILTERS = frozenset(
+    {
+        "upper",
+        "lower",
+        "capitalize",
+        "trim",
+        "replace",
+        "reverse",
+        "list",
+        "string",
+        "indent",
+        "center",
+        "truncate",
+        "format",
+        "e",
+        "escape",
+        "forceescape",
+        "safe",
+        "int",
+        "float",
+        "tojson",
+        "wordwrap",
+        "striptags",
+        "urlencode",
+        "filesizeformat",
+    }
+)
 """Filters that read a string in C (or with one regular expression): a step per
 ``CHARS_PER_STEP`` characters. Any other filter given a string reads it character by
 character in Python (``max``, ``unique``, ``map``...): a step per character."""
-ITEM_STEPS = {"selectattr": 4, "rejectattr": 4, "map": 4, "groupby": 4, "pprint": 4, "xmlattr": 4, "urlize": 12,
-              "title": 2, "urlencode": 2}
+ITEM_STEPS = {
+    "selectattr": 4,
+    "rejectattr": 4,
+    "map": 4,
+    "groupby": 4,
+    "pprint": 4,
+    "xmlattr": 4,
+    "urlize": 12,
+    "title": 2,
+    "urlencode": 2,
+}
 """Filters slower per item (or character) than a plain step, measured: the sandbox's
 attribute lookup per item, pprint's Python formatting, urlize's and title's regular
 expressions per word (urlize of a list reads its text, several characters per item)."""
@@ -371,8 +410,9 @@ def _budgeted(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
 # --------------------------------------------------------------------------- tests
 
 _CONTAINER_TESTS = frozenset({"in"})
-_COMPARING_TESTS = frozenset({"==", "eq", "equalto", "!=", "ne", ">", "gt", "greaterthan", "ge", ">=",
-                              "<", "lt", "lessthan", "<=", "le"})
+_COMPARING_TESTS = frozenset(
+    {"==", "eq", "equalto", "!=", "ne", ">", "gt", "greaterthan", "ge", ">=", "<", "lt", "lessthan", "<=", "le"}
+)
 _STRING_TESTS = frozenset({"lower", "upper"})
 
 
@@ -401,8 +441,9 @@ def _budgeted_test(name: str, function: Callable[..., Any]) -> Callable[..., Any
     return budgeted
 
 
-def charge_method_call(budget: RenderBudget, owner: Any, name: str, args: tuple[Any, ...],
-                       kwargs: Mapping[str, Any]) -> None:
+def charge_method_call(
+    budget: RenderBudget, owner: Any, name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+) -> None:
     """A method of a string, list or tuple reads its owner (``count``, ``find``, ``split``,
     ``index``...) and its arguments; a mapping's methods are lookups or views (charged
     when read)."""

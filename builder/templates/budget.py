@@ -5,9 +5,9 @@ the API while it compiles. A Python thread cannot be interrupted, so a deadline 
 stop a template that loops for minutes; a counter checked *inside* the render does. Every
 loop iteration, call, filter and intercepted operator is a step; building text costs a
 step per ``CHARS_PER_STEP`` characters, and reading a large value (a filter's input, the
-right side of ``in`` or ``==``, a string a method scans) costs steps by its size. A render that runs out of steps, or builds one
-string or list longer than ``max_chars``, stops with :class:`TemplateBudgetError` naming
-the limit, before it allocates the value.
+right side of ``in`` or ``==``, a string a method scans) costs steps by its size. A render
+that runs out of steps, or builds one string or list longer than ``max_chars``, stops with
+:class:`TemplateBudgetError` naming the limit, before it allocates the value.
 
 One :class:`RenderBudget` covers one ``render_value`` call (all the strings of a node's
 configuration, or one condition), so a configuration of many strings shares it.
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from jinja2 import Undefined
-from jinja2.runtime import LoopContext
 from jinja2.exceptions import SecurityError
+from jinja2.runtime import LoopContext
 
 from builder.templates.determinism import text_of
 
@@ -87,8 +87,10 @@ class RenderBudget:
         """Spend ``count`` steps; True (so generated code can use it inside a test)."""
         self.steps += count
         if self.steps > self.limits.max_steps:
-            raise TemplateBudgetError(f"the template ran out of its budget of {self.limits.max_steps:,} steps "
-                                      "(FLOWMAESTRO_TEMPLATE_MAX_STEPS): a loop or recursion runs too long")
+            raise TemplateBudgetError(
+                f"the template ran out of its budget of {self.limits.max_steps:,} steps "
+                "(FLOWMAESTRO_TEMPLATE_MAX_STEPS): a loop or recursion runs too long"
+            )
         return True
 
     def scan(self, value: Any, per_step: int = CHARS_PER_STEP) -> None:
@@ -136,8 +138,10 @@ class RenderBudget:
     def will_build(self, size: int, what: str = "a value") -> None:
         """Refuse, before it is allocated, a string or list of ``size`` characters or items."""
         if size > self.limits.max_chars:
-            raise TemplateBudgetError(f"{what} of {size:,} characters or items is too large (over the template "
-                                      f"limit of {self.limits.max_chars:,}, FLOWMAESTRO_TEMPLATE_MAX_CHARS)")
+            raise TemplateBudgetError(
+                f"{what} of {size:,} characters or items is too large (over the template "
+                f"limit of {self.limits.max_chars:,}, FLOWMAESTRO_TEMPLATE_MAX_CHARS)"
+            )
         self.step(1 + size // CHARS_PER_STEP)
 
     def grew(self, result: Any, source: Any, what: str) -> Any:

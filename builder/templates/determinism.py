@@ -32,8 +32,10 @@ REFUSED_FILTERS = {"random": "it picks another item on every run"}
 configuration changes gets a new key, so it would run again after a crash or retry."""
 REFUSED_GLOBALS = {"lipsum": "it writes random text on every run"}
 """Jinja globals refused for the same reason (removed from the sandbox too)."""
-REFUSED_TESTS = {"sameas": "whether two values are the same Python object depends on whether they were computed in "
-                           "this execution or restored from the run's journal"}
+REFUSED_TESTS = {
+    "sameas": "whether two values are the same Python object depends on whether they were computed in "
+    "this execution or restored from the run's journal"
+}
 """Jinja tests refused for the same reason: ``is none``, ``is true``, ``is false`` and ``==``
 say what ``sameas`` was used for."""
 
@@ -61,7 +63,8 @@ def check_printable(value: Any) -> None:
             raise TemplateRenderError(
                 f"{_kind(item)} cannot be written as text: its text holds its memory address, which changes on every "
                 "run, so the node would get a new configuration each time it runs and run again after a crash or "
-                "retry; call it, or add '| list' to a generator")
+                "retry; call it, or add '| list' to a generator"
+            )
 
 
 def text_of(value: Any) -> str:

@@ -60,8 +60,15 @@ def _did_you_mean(name: Any, candidates: Mapping[str, Any]) -> str:
 
 
 def _kind_of(value: Any) -> str:
-    kinds = {dict: "an object", list: "a list", tuple: "a list", str: "a string", bool: "a boolean",
-             int: "a number", float: "a number"}
+    kinds = {
+        dict: "an object",
+        list: "a list",
+        tuple: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+    }
     for kind, description in kinds.items():
         if isinstance(value, kind):
             return description

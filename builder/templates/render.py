@@ -54,8 +54,9 @@ def render_value(
     return _render(value, scope, expression_keys, field, RenderBudget(limits))
 
 
-def _render(value: Any, scope: Mapping[str, Any], expression_keys: frozenset[str], field: str,
-            budget: RenderBudget) -> Any:
+def _render(
+    value: Any, scope: Mapping[str, Any], expression_keys: frozenset[str], field: str, budget: RenderBudget
+) -> Any:
     if isinstance(value, str):
         return _evaluate(value, scope, field, budget, as_expression=False) if is_template(value) else value
     if isinstance(value, Mapping):
@@ -68,15 +69,13 @@ def _render(value: Any, scope: Mapping[str, Any], expression_keys: frozenset[str
                 rendered[key] = _render(item, scope, expression_keys, item_field, budget)
         return rendered
     if isinstance(value, (list, tuple)):
-        return [
-            _render(item, scope, expression_keys, f"{field}[{index}]", budget)
-            for index, item in enumerate(value)
-        ]
+        return [_render(item, scope, expression_keys, f"{field}[{index}]", budget) for index, item in enumerate(value)]
     return value
 
 
-def evaluate_expression(expression: str, scope: Mapping[str, Any], *, field: str = "expression",
-                        limits: TemplateLimits = DEFAULT_LIMITS) -> Any:
+def evaluate_expression(
+    expression: str, scope: Mapping[str, Any], *, field: str = "expression", limits: TemplateLimits = DEFAULT_LIMITS
+) -> Any:
     """Evaluate an expression written bare (``a > 1``) or wrapped (``{{ a > 1 }}``) to its Python value."""
     return _evaluate(expression, scope, field, RenderBudget(limits), as_expression=True)
 

@@ -228,7 +228,7 @@ class _SandboxEnvironment(ImmutableSandboxedEnvironment):
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         return bounded_binop(context.budget, operator, left, right)
 
-    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805 (Jinja's names)
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         budget: RenderBudget = __context.budget
         # A macro (or a recursive loop's loop()) costs about as much as 30 plain steps.
         budget.step(MACRO_CALL_STEPS if isinstance(__obj, (Macro, LoopContext)) else 1)

@@ -75,8 +75,10 @@ def syntax_message(exc: TemplateSyntaxError, *, expression: bool, source: str) -
     for jargon, plain in _SYNTAX_WORDS.items():
         text = text.replace(jargon, plain)
     if expression and is_template(source) and single_expression(source) is None:
-        return ("expected one expression, bare (inputs.score > 0.5) or wrapped in a single {{ ... }}, "
-                f"not text mixed with template tags: {text}")
+        return (
+            "expected one expression, bare (inputs.score > 0.5) or wrapped in a single {{ ... }}, "
+            f"not text mixed with template tags: {text}"
+        )
     return f"template syntax error: {text}"
 
 

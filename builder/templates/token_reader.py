@@ -64,7 +64,7 @@ def _tag_sources(text: str) -> list[str] | None:
         end = text.find("}}", start)
         if end < 0:
             return None
-        parts.append(text[start:end - 1] if end > start and text[end - 1] == "-" else text[start:end])
+        parts.append(text[start : end - 1] if end > start and text[end - 1] == "-" else text[start:end])
         start = text.find("{{", end + 2)
     return parts
 
@@ -141,8 +141,10 @@ _INDEX = r"(?:0|[1-9][0-9]*+)"  # Jinja reads 007 as 00 then 7, a syntax error
 _STEP = rf"""\.{_IDENT}|\[(?:"[^"\\{{}}]*+"|'[^'\\{{}}]*+'|{_INDEX})\]"""
 # A whole expression that is a lookup path: its head and, when it is a name or a string
 # key, its first step (for nodes["id"] / nodes.id).
-_LOOKUP = re.compile(rf"""[ \t]*+(?P<head>{_IDENT})(?:\.(?P<attr>{_IDENT})|\["(?P<dq>[^"\\{{}}]*+)"\]"""
-                     rf"""|\['(?P<sq>[^'\\{{}}]*+)'\]|\[{_INDEX}\])?+(?:{_STEP})*+[ \t]*+""")
+_LOOKUP = re.compile(
+    rf"""[ \t]*+(?P<head>{_IDENT})(?:\.(?P<attr>{_IDENT})|\["(?P<dq>[^"\\{{}}]*+)"\]"""
+    rf"""|\['(?P<sq>[^'\\{{}}]*+)'\]|\[{_INDEX}\])?+(?:{_STEP})*+[ \t]*+"""
+)
 # Words Jinja reads as constants or operators, not as variable names.
 _NOT_NAMES = frozenset({"true", "false", "none", "True", "False", "None", "and", "or", "not", "in", "is", "if", "else"})
 
@@ -156,17 +158,51 @@ _NOT_NAMES = frozenset({"true", "false", "none", "True", "False", "None", "and",
 # tests, syntax errors) makes it answer None, and the parser decides.
 # One token per match, whitespace skipped; the final "." takes any other character so that
 # nothing is skipped silently (it is then refused, or read as Jinja would: see _tokenize).
-_TOKEN = re.compile(r"""\s*+(
+_TOKEN = re.compile(
+    r"""\s*+(
     [A-Za-z_][A-Za-z0-9_]*+
   | // | \*\* | == | != | <= | >= | [-+*/%~<>=()\[\]{}.,|:]
   | "[^"\\\r]*+" | '[^'\\\r]*+'
   | (?:0|[1-9][0-9]*+)(?:\.[0-9]++)?(?![\w.])
   | .
-)""", re.VERBOSE | re.DOTALL)
-_FIRST_CHAR = {**{c: "name" for c in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_"},
-               **{c: "num" for c in "0123456789"}, '"': "str", "'": "str"}
-_OPERATORS = frozenset({"//", "**", "==", "!=", "<=", ">=", "-", "+", "*", "/", "%", "~", "<", ">", "=", "(", ")",
-                        "[", "]", "{", "}", ".", ",", "|", ":"})
+)""",
+    re.VERBOSE | re.DOTALL,
+)
+_FIRST_CHAR = {
+    **{c: "name" for c in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_"},
+    **{c: "num" for c in "0123456789"},
+    '"': "str",
+    "'": "str",
+}
+_OPERATORS = frozenset(
+    {
+        "//",
+        "**",
+        "==",
+        "!=",
+        "<=",
+        ">=",
+        "-",
+        "+",
+        "*",
+        "/",
+        "%",
+        "~",
+        "<",
+        ">",
+        "=",
+        "(",
+        ")",
+        "[",
+        "]",
+        "{",
+        "}",
+        ".",
+        ",",
+        "|",
+        ":",
+    }
+)
 _KEYWORDS = frozenset({"and", "or", "not", "in", "is", "if", "else"})
 _CONSTANTS = frozenset({"true", "false", "none", "True", "False", "None"})
 # The kind of a name token: a keyword is its own kind, a constant "const", others "name".
@@ -206,7 +242,7 @@ class _Reader:
     """Recognises one expression over a token list (see ``_tokenize``), mirroring
     ``jinja2.parser.Parser.parse_expression``; every method returns False to give up."""
 
-    __slots__ = ("kinds", "values", "i", "names", "keys", "key_tokens", "filters", "tests", "globals")
+    __slots__ = ("filters", "globals", "i", "key_tokens", "keys", "kinds", "names", "tests", "values")
 
     def __init__(self, kinds: list[str], values: list[str], names: set[str], keys: set[str]) -> None:
         env = get_environment()

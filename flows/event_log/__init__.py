@@ -35,6 +35,14 @@ from flows.event_log.sql import EVENTS_TABLE, SqlEventLog
 from flows.event_log.writer import EventLogWriter
 
 __all__ = [
-    "EVENTS_TABLE", "REDIS_KEY_PREFIX", "EventLog", "EventLogSettings", "EventLogWriter",
-    "RedisEventLog", "SqlEventLog", "StoredEvent", "event_log_from_env", "event_log_from_settings",
+    "EVENTS_TABLE",
+    "REDIS_KEY_PREFIX",
+    "EventLog",
+    "EventLogSettings",
+    "EventLogWriter",
+    "RedisEventLog",
+    "SqlEventLog",
+    "StoredEvent",
+    "event_log_from_env",
+    "event_log_from_settings",
 ]

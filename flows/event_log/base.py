@@ -11,7 +11,6 @@ from typing import Any, Protocol, runtime_checkable
 
 from flows.events import FINAL_EVENT_TYPES, RunEvent
 
-
 MAX_SEQ = 2**63 - 1
 """The largest seq: a signed 64-bit integer (the SQL column, a Redis stream id's half)."""
 
@@ -51,8 +50,9 @@ class EventLog(Protocol):
     async def read(self, execution_id: str, after: int = 0, limit: int = 1000) -> list[StoredEvent]:
         """At most ``limit`` events of the run with ``seq > after``, ascending."""
 
-    def follow(self, execution_id: str, after: int = 0, *,
-               idle_timeout: float | None = None) -> AsyncIterator[StoredEvent]:
+    def follow(
+        self, execution_id: str, after: int = 0, *, idle_timeout: float | None = None
+    ) -> AsyncIterator[StoredEvent]:
         """Every event after ``after``, then the live ones as they are appended, ending after
         the run's final event (or after ``idle_timeout`` seconds without a new event)."""
 
@@ -60,8 +60,7 @@ class EventLog(Protocol):
         """The highest seq stored for the run (0 when none)."""
         ...
 
-    async def close(self) -> None:
-        ...
+    async def close(self) -> None: ...
 
 
 class IdleClock:

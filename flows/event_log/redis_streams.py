@@ -23,8 +23,9 @@ def redis_down(exc: BaseException) -> bool:
     refused, reset or timed out, a server still loading its data."""
     import redis.exceptions as redis_errors
 
-    return isinstance(exc, (redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.BusyLoadingError,
-                            OSError))
+    return isinstance(
+        exc, (redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.BusyLoadingError, OSError)
+    )
 
 
 @asynccontextmanager
@@ -35,8 +36,7 @@ async def redis_calls() -> AsyncIterator[None]:
     except Exception as exc:
         if not redis_down(exc):
             raise
-        raise Unavailable("redis", f"Redis is unavailable ({type(exc).__name__}); retry later",
-                          RETRY_AFTER_S) from exc
+        raise Unavailable("redis", f"Redis is unavailable ({type(exc).__name__}); retry later", RETRY_AFTER_S) from exc
 
 
 class RedisEventLog:
@@ -58,9 +58,16 @@ class RedisEventLog:
     ``follow`` blocks on ``XREAD`` (``block_ms`` at a time) on a connection pool of its own, so
     waiting followers never hold up appends."""
 
-    def __init__(self, url: str, *, retention_days: float = 7.0, block_ms: int = 1000,
-                 max_follow_connections: int = 1000, key_prefix: str = REDIS_KEY_PREFIX,
-                 use_script: bool = True):
+    def __init__(
+        self,
+        url: str,
+        *,
+        retention_days: float = 7.0,
+        block_ms: int = 1000,
+        max_follow_connections: int = 1000,
+        key_prefix: str = REDIS_KEY_PREFIX,
+        use_script: bool = True,
+    ):
         import redis.asyncio as redis
         import redis.exceptions as redis_errors
         from redis.asyncio.retry import Retry
@@ -76,16 +83,24 @@ class RedisEventLog:
         # After Redis restarts, every pooled connection fails its next command ("Connection closed
         # by server"): retry those on a new connection (reads and the idempotent append are safe
         # to repeat), or the next run of each worker fails at its start and streams break.
-        reconnect = {"retry": Retry(ExponentialBackoff(cap=1.0, base=0.1), 3),
-                     "retry_on_error": [redis_errors.ConnectionError]}
-        self.redis = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=30, socket_timeout=30,
-                                          **reconnect)
+        reconnect = {
+            "retry": Retry(ExponentialBackoff(cap=1.0, base=0.1), 3),
+            "retry_on_error": [redis_errors.ConnectionError],
+        }
+        self.redis = redis.Redis.from_url(
+            url, decode_responses=True, socket_connect_timeout=30, socket_timeout=30, **reconnect
+        )
         self._append_script = self.redis.register_script(_APPEND_LUA)
         # Followers wait in XREAD BLOCK for up to block_ms: their own pool, which queues (rather
         # than refuses) followers beyond its size, with a socket timeout longer than the block.
         self._follow_pool = redis.BlockingConnectionPool.from_url(
-            url, decode_responses=True, max_connections=max_follow_connections, timeout=None,
-            socket_timeout=block_ms / 1000 + 10, **reconnect)
+            url,
+            decode_responses=True,
+            max_connections=max_follow_connections,
+            timeout=None,
+            socket_timeout=block_ms / 1000 + 10,
+            **reconnect,
+        )
         self.follow_redis = redis.Redis(connection_pool=self._follow_pool)
 
     def key(self, execution_id: str) -> str:
@@ -117,8 +132,12 @@ class RedisEventLog:
         key = self.key(execution_id)
         async with self.redis.pipeline(transaction=False) as pipe:
             for event in batch:
-                pipe.xadd(key, {"type": event.type, "data": strict_json(event.payload())}, id=f"{event.seq}-0",
-                          nomkstream=False)
+                pipe.xadd(
+                    key,
+                    {"type": event.type, "data": strict_json(event.payload())},
+                    id=f"{event.seq}-0",
+                    nomkstream=False,
+                )
             pipe.expire(key, self.ttl_seconds)
             results = await pipe.execute(raise_on_error=False)
         for result in results:
@@ -129,12 +148,14 @@ class RedisEventLog:
 
     @redis_calls()
     async def read(self, execution_id: str, after: int = 0, limit: int = 1000) -> list[StoredEvent]:
-        entries = await self.redis.xrange(self.key(execution_id), min=f"({checked_after(after)}-0" if after else "-",
-                                          max="+", count=limit)
+        entries = await self.redis.xrange(
+            self.key(execution_id), min=f"({checked_after(after)}-0" if after else "-", max="+", count=limit
+        )
         return [self._stored(execution_id, entry_id, fields) for entry_id, fields in entries]
 
-    async def follow(self, execution_id: str, after: int = 0, *,
-                     idle_timeout: float | None = None) -> AsyncIterator[StoredEvent]:
+    async def follow(
+        self, execution_id: str, after: int = 0, *, idle_timeout: float | None = None
+    ) -> AsyncIterator[StoredEvent]:
         key = self.key(execution_id)
         last_id = f"{checked_after(after)}-0"
         idle = IdleClock(idle_timeout)

@@ -13,14 +13,21 @@ from store.settings import StoreSettings
 class EventLogSettings(StoreSettings):
     """The events of a run live in Redis when ``redis_url`` is set, else in the database."""
 
-    redis_url: str | None = Field(None, description="Redis URL (redis://host:6379/0); when set, run events "
-                                  "are kept in Redis streams instead of the database.")
-    event_retention_days: float = Field(7.0, gt=0, description="How long the events of a run are kept after "
-                                        "its last event (days), whether the run ended or not: in the "
-                                        "database, runs whose last event is older are purged now and then; "
-                                        "in Redis, this is the TTL of the run's stream, set again on every "
-                                        "append, so the stream of a run that never wrote its final event "
-                                        "(its process died) expires too.")
+    redis_url: str | None = Field(
+        None,
+        description="Redis URL (redis://host:6379/0); when set, run events "
+        "are kept in Redis streams instead of the database.",
+    )
+    event_retention_days: float = Field(
+        7.0,
+        gt=0,
+        description="How long the events of a run are kept after "
+        "its last event (days), whether the run ended or not: in the "
+        "database, runs whose last event is older are purged now and then; "
+        "in Redis, this is the TTL of the run's stream, set again on every "
+        "append, so the stream of a run that never wrote its final event "
+        "(its process died) expires too.",
+    )
 
 
 def event_log_from_settings(settings: EventLogSettings) -> EventLog:

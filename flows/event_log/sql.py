@@ -27,12 +27,14 @@ P = ParamSpec("P")
 def _database_calls(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
     """A method whose database down raises ``Unavailable("database")`` (``store.unavailable``),
     imported at the first call, with SQLAlchemy."""
+
     @functools.wraps(method)
     async def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
         from store.unavailable import database_calls
 
         async with database_calls():
             return await method(*args, **kwargs)
+
     return guarded
 
 
@@ -40,7 +42,8 @@ def _sql_table(metadata: Any) -> Any:
     from sqlalchemy import JSON, Column, DateTime, Index, Integer, String, Table
 
     return Table(
-        EVENTS_TABLE, metadata,
+        EVENTS_TABLE,
+        metadata,
         Column("execution_id", String(64), primary_key=True),
         Column("seq", Integer, primary_key=True, autoincrement=False),
         Column("type", String(64), nullable=False),
@@ -67,8 +70,14 @@ class SqlEventLog:
     """How long ``follow`` waits for a missing seq (a batch committed out of order) before
     skipping it."""
 
-    def __init__(self, url: str, *, poll_interval: float = 0.1, retention_days: float | None = None,
-                 engine_options: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        url: str,
+        *,
+        poll_interval: float = 0.1,
+        retention_days: float | None = None,
+        engine_options: dict[str, Any] | None = None,
+    ):
         from sqlalchemy import MetaData
 
         from store.database import create_database_engine
@@ -78,8 +87,9 @@ class SqlEventLog:
         self.retention_days = retention_days
         self.metadata = MetaData()
         self.table = _sql_table(self.metadata)
-        self.engine = create_database_engine(url, **{"pool_size": 10, "max_overflow": 20,
-                                                     "json_serializer": strict_json, **(engine_options or {})})
+        self.engine = create_database_engine(
+            url, **{"pool_size": 10, "max_overflow": 20, "json_serializer": strict_json, **(engine_options or {})}
+        )
         self._schema_ready = False
         self._schema_lock = asyncio.Lock()
         self._last_purge = 0.0
@@ -120,31 +130,39 @@ class SqlEventLog:
             return
         await self.ensure_schema()
         now = utcnow()
-        rows = [{"execution_id": e.execution_id, "seq": e.seq, "type": e.type, "data": e.payload(),
-                 "created_at": now} for e in events]
+        rows = [
+            {"execution_id": e.execution_id, "seq": e.seq, "type": e.type, "data": e.payload(), "created_at": now}
+            for e in events
+        ]
         async with self.engine.begin() as connection:
             statement = self._insert(connection)
             for start in range(0, len(rows), 1000):
-                chunk = rows[start:start + 1000]
+                chunk = rows[start : start + 1000]
                 if statement is not None:
                     await connection.execute(statement, chunk)
                 else:
                     await self._insert_missing(connection, chunk)
-        if self.retention_days is not None and any(e.type in FINAL_EVENT_TYPES for e in events) and (
-                time.monotonic() - self._last_purge >= self.purge_every_s or not self._last_purge):
-                self._last_purge = time.monotonic()
-                try:
-                    await self.purge(self.retention_days)
-                except Exception:
-                    log.exception("event log: purging events older than %s days failed", self.retention_days)
+        if (
+            self.retention_days is not None
+            and any(e.type in FINAL_EVENT_TYPES for e in events)
+            and (time.monotonic() - self._last_purge >= self.purge_every_s or not self._last_purge)
+        ):
+            self._last_purge = time.monotonic()
+            try:
+                await self.purge(self.retention_days)
+            except Exception:
+                log.exception("event log: purging events older than %s days failed", self.retention_days)
 
     async def _insert_missing(self, connection: Any, rows: list[dict[str, Any]]) -> None:
         """Other dialects: insert the rows that are not stored yet (one writer per run)."""
         from sqlalchemy import select, tuple_
 
         keys = [(r["execution_id"], r["seq"]) for r in rows]
-        found = await connection.execute(select(self.table.c.execution_id, self.table.c.seq)
-                                         .where(tuple_(self.table.c.execution_id, self.table.c.seq).in_(keys)))
+        found = await connection.execute(
+            select(self.table.c.execution_id, self.table.c.seq).where(
+                tuple_(self.table.c.execution_id, self.table.c.seq).in_(keys)
+            )
+        )
         existing = {tuple(row) for row in found}
         missing = [r for r in rows if (r["execution_id"], r["seq"]) not in existing]
         if missing:
@@ -157,14 +175,19 @@ class SqlEventLog:
         checked_after(after)
         await self.ensure_schema()
         c = self.table.c
-        query = (select(c.seq, c.type, c.data).where(c.execution_id == execution_id, c.seq > after)
-                 .order_by(c.seq).limit(limit))
+        query = (
+            select(c.seq, c.type, c.data)
+            .where(c.execution_id == execution_id, c.seq > after)
+            .order_by(c.seq)
+            .limit(limit)
+        )
         async with self.engine.connect() as connection:
             result = await connection.execute(query)
             return [StoredEvent(execution_id, seq, type_, data) for seq, type_, data in result]
 
-    async def follow(self, execution_id: str, after: int = 0, *,
-                     idle_timeout: float | None = None) -> AsyncIterator[StoredEvent]:
+    async def follow(
+        self, execution_id: str, after: int = 0, *, idle_timeout: float | None = None
+    ) -> AsyncIterator[StoredEvent]:
         last = checked_after(after)
         idle = IdleClock(idle_timeout)
         gap_since: float | None = None
@@ -179,8 +202,9 @@ class SqlEventLog:
                     gap_since = gap_since or now
                     if now - gap_since < self.gap_grace_s:
                         break
-                    log.warning("event log: run %s has no events %d..%d; skipping them", execution_id,
-                                last + 1, event.seq - 1)
+                    log.warning(
+                        "event log: run %s has no events %d..%d; skipping them", execution_id, last + 1, event.seq - 1
+                    )
                 gap_since = None
                 last = event.seq
                 progressed = True
@@ -218,8 +242,9 @@ class SqlEventLog:
 
         await self.ensure_schema()
         async with self.engine.connect() as connection:
-            value = await connection.scalar(select(func.max(self.table.c.seq))
-                                            .where(self.table.c.execution_id == execution_id))
+            value = await connection.scalar(
+                select(func.max(self.table.c.seq)).where(self.table.c.execution_id == execution_id)
+            )
         return int(value or 0)
 
     async def close(self) -> None:

@@ -23,12 +23,20 @@ class EventLogWriter:
     (and starts again should anything follow); ``close()`` flushes whatever is still queued.
     """
 
-    def __init__(self, log: EventLog, *, max_batch: int = 200, max_delay_s: float = 0.05, retries: int = 30,
-                 backoff_s: float = 0.2, hold_final: bool = False):
+    def __init__(
+        self,
+        log: EventLog,
+        *,
+        max_batch: int = 200,
+        max_delay_s: float = 0.05,
+        retries: int = 30,
+        backoff_s: float = 0.2,
+        hold_final: bool = False,
+    ):
         """``retries``: 30 at most 5 s apart ride out an event store down for about two minutes
-        (a restart, a failover); 5 gave up after 6 s and lost the events. ``hold_final``: keep the run's final event back until ``release_final()`` (or
-        ``close()``), so that whoever sees it in the log can read what the run stored
-        after it ended (its result)."""
+        (a restart, a failover); 5 gave up after 6 s and lost the events. ``hold_final``: keep
+        the run's final event back until ``release_final()`` (or ``close()``), so that whoever
+        sees it in the log can read what the run stored after it ended (its result)."""
         self.log = log
         self.hold_final = hold_final
         self._held: RunEvent | None = None
@@ -112,7 +120,7 @@ class EventLogWriter:
                 wake.clear()
                 try:
                     await asyncio.wait_for(wake.wait(), self.max_delay_s)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
             count = min(len(self._queue), self.max_batch)
             batch = [self._queue.popleft() for _ in range(count)]
@@ -128,12 +136,24 @@ class EventLogWriter:
             except Exception as exc:
                 if attempt == self.retries:
                     self.lost += len(batch)
-                    log.error("event log: lost %d events of run %s (seq %d..%d) after %d attempts: %s: %s",
-                              len(batch), batch[0].execution_id, batch[0].seq, batch[-1].seq, attempt + 1,
-                              type(exc).__name__, exc)
+                    log.error(
+                        "event log: lost %d events of run %s (seq %d..%d) after %d attempts: %s: %s",
+                        len(batch),
+                        batch[0].execution_id,
+                        batch[0].seq,
+                        batch[-1].seq,
+                        attempt + 1,
+                        type(exc).__name__,
+                        exc,
+                    )
                     return
-                log.warning("event log: appending %d events failed (%s: %s); retrying in %.2fs", len(batch),
-                            type(exc).__name__, exc, delay)
+                log.warning(
+                    "event log: appending %d events failed (%s: %s); retrying in %.2fs",
+                    len(batch),
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -160,4 +180,3 @@ class EventLogWriter:
                 self._wake.set()
             assert self._task is not None
             await asyncio.shield(self._task)
-

@@ -17,8 +17,9 @@ def _include(obj, name, type_, reflected, compare_to) -> bool:  # type: ignore[n
 
 
 def _run(connection) -> None:  # type: ignore[no-untyped-def]
-    context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True,
-                      include_object=_include)
+    context.configure(
+        connection=connection, target_metadata=target_metadata, render_as_batch=True, include_object=_include
+    )
     with context.begin_transaction():
         context.run_migrations()
 

@@ -13,6 +13,9 @@ from deployments import recovery
 def sent(monkeypatch):
     """The heartbeat events emitted, with the time each was sent."""
     events: list[tuple[float, str, str]] = []
-    monkeypatch.setattr(recovery, "emit_event", lambda event, resource, related=None: events.append(
-        (time.monotonic(), event, resource["prefect.resource.id"])))
+    monkeypatch.setattr(
+        recovery,
+        "emit_event",
+        lambda event, resource, related=None: events.append((time.monotonic(), event, resource["prefect.resource.id"])),
+    )
     return events

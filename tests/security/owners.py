@@ -20,13 +20,23 @@ from tests.support import canvas, execute, node, save
 
 
 @contextmanager
-def owners_stack(home: Path, prefect: Any, *, bob: str, alice: str, pool: str, **settings: str) -> Iterator[tuple[str, str]]:
+def owners_stack(
+    home: Path, prefect: Any, *, bob: str, alice: str, pool: str, **settings: str
+) -> Iterator[tuple[str, str]]:
     """``flowmaestro serve`` (the API and one worker of 20 slots) on the work pool ``pool``,
     with ``settings`` (``FLOWMAESTRO_*``) on top; its base URL and store's database URL."""
     with postgres_database("fm_store") as database_url:
-        env = stack_env(home, prefect, database_url, bob, FLOWMAESTRO_API_KEYS=f"bob:{bob},alice:{alice}",
-                        FLOWMAESTRO_WORK_POOL=pool, FLOWMAESTRO_WORKER_LIMIT="20", FLOWMAESTRO_WORKER_GRACE_S="2",
-                        **settings)
+        env = stack_env(
+            home,
+            prefect,
+            database_url,
+            bob,
+            FLOWMAESTRO_API_KEYS=f"bob:{bob},alice:{alice}",
+            FLOWMAESTRO_WORK_POOL=pool,
+            FLOWMAESTRO_WORKER_LIMIT="20",
+            FLOWMAESTRO_WORKER_GRACE_S="2",
+            **settings,
+        )
         proc, base = start_serve(home, env, workers=1)
         try:
             yield base, database_url
@@ -49,9 +59,11 @@ def sleeper(name: str, seconds: float, held: bool = False) -> dict:
     along (a ``timeout_s`` makes the delay a task run of its own, which is never released:
     tests/security/test_delay_release.py shows the release)."""
     wait = node("wait", "delay", data={"seconds": seconds}, **({"timeout_s": seconds + 600} if held else {}))
-    return canvas([node("start", "start"), wait,
-                   node("end", "end", data={"output": "{{ wait.waited_s }}"})],
-                  [("start", "wait"), ("wait", "end")], name=name)
+    return canvas(
+        [node("start", "start"), wait, node("end", "end", data={"output": "{{ wait.waited_s }}"})],
+        [("start", "wait"), ("wait", "end")],
+        name=name,
+    )
 
 
 async def statuses(http: httpx.AsyncClient, run_ids: list[str]) -> list[str]:

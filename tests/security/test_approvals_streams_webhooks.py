@@ -19,8 +19,7 @@ from api.app import create_app
 from api.settings import ApiSettings
 from flows.event_log import RedisEventLog, SqlEventLog
 from store.queries import Executions
-from tests.test_webhooks import KEY, deliver, executions, signed, workflow_with_hook
-from tests.test_webhooks import api, make_api, stack  # noqa: F401  (fixtures)
+from tests.test_webhooks import KEY, api, deliver, executions, make_api, signed, stack, workflow_with_hook  # noqa: F401  (fixtures)
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -36,17 +35,27 @@ async def api_with_a_run(tmp_path):
 
     from tests.processes import free_port
 
-    settings = ApiSettings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'api.db'}", api_keys=f"ada:{KEY}-ada",
-                           home=tmp_path)
+    settings = ApiSettings(
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'api.db'}", api_keys=f"ada:{KEY}-ada", home=tmp_path
+    )
     with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{free_port()}/api"}):
         app = create_app(settings)
         async with app.router.lifespan_context(app):
             run_id = str(uuid.uuid4())
             await Executions(app.state.sessions).record_start(
-                execution_id=run_id, owner="ada", workflow_id="w", version=1, workflow_name="w", inputs={},
-                trigger={"type": "api"})
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test",
-                                         headers={"Authorization": f"Bearer {KEY}-ada"}) as client:
+                execution_id=run_id,
+                owner="ada",
+                workflow_id="w",
+                version=1,
+                workflow_name="w",
+                inputs={},
+                trigger={"type": "api"},
+            )
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app),
+                base_url="http://test",
+                headers={"Authorization": f"Bearer {KEY}-ada"},
+            ) as client:
                 yield client, run_id
 
 
@@ -65,8 +74,9 @@ async def test_stream_resume_ids_beyond_a_64_bit_seq_are_a_clean_422(tmp_path):
 
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("redis", marks=pytest.mark.services)])
 async def test_event_logs_refuse_an_after_no_seq_can_reach(backend, tmp_path):
-    log = RedisEventLog(REDIS_URL) if backend == "redis" \
-        else SqlEventLog(f"sqlite+aiosqlite:///{tmp_path / 'events.db'}")
+    log = (
+        RedisEventLog(REDIS_URL) if backend == "redis" else SqlEventLog(f"sqlite+aiosqlite:///{tmp_path / 'events.db'}")
+    )
     run = str(uuid.uuid4())
     try:
         assert await log.read(run, after=2**63 - 1) == []
@@ -83,7 +93,7 @@ async def test_event_logs_refuse_an_after_no_seq_can_reach(backend, tmp_path):
 
 
 @pytest.mark.prefect
-async def test_a_replayed_signed_webhook_request_starts_no_second_run(api):  # noqa: F811
+async def test_a_replayed_signed_webhook_request_starts_no_second_run(api):
     workflow_id, hook = await workflow_with_hook(api)
     body = json.dumps({"who": "once"}).encode()
     headers = {"Authorization": "", **signed(hook["secret"], body)}
@@ -97,14 +107,15 @@ async def test_a_replayed_signed_webhook_request_starts_no_second_run(api):  # n
     assert keyed.status_code == 409, keyed.text
     assert [e["id"] for e in await executions(api, workflow_id)] == [first.json()["execution_id"]]
     # The same body signed anew (its own timestamp) is a new request.
-    again = await api.post(hook["url"], content=body,
-                           headers={"Authorization": "", **signed(hook["secret"], body, int(time.time()) - 1)})
+    again = await api.post(
+        hook["url"], content=body, headers={"Authorization": "", **signed(hook["secret"], body, int(time.time()) - 1)}
+    )
     assert again.status_code == 202, again.text
     assert len(await executions(api, workflow_id)) == 2
 
 
 @pytest.mark.prefect
-async def test_a_request_that_started_nothing_may_be_sent_again(make_api):  # noqa: F811
+async def test_a_request_that_started_nothing_may_be_sent_again(make_api):
     async with make_api(webhook_rate_limit=1) as api:
         workflow_id, hook = await workflow_with_hook(api)
         assert (await deliver(api, hook, {"who": "first"})).status_code == 202
@@ -117,23 +128,30 @@ async def test_a_request_that_started_nothing_may_be_sent_again(make_api):  # no
 
 
 @pytest.mark.prefect
-async def test_a_timestamp_more_than_30_s_ahead_is_refused(api):  # noqa: F811
+async def test_a_timestamp_more_than_30_s_ahead_is_refused(api):
     workflow_id, hook = await workflow_with_hook(api)
     body = json.dumps({"who": "future"}).encode()
     now = int(time.time())
-    ahead = await api.post(hook["url"], content=body, headers={"Authorization": "",
-                                                                **signed(hook["secret"], body, now + 120)})
+    ahead = await api.post(
+        hook["url"], content=body, headers={"Authorization": "", **signed(hook["secret"], body, now + 120)}
+    )
     assert ahead.status_code == 401, ahead.text
-    assert ahead.json()["detail"] == "invalid webhook signature: X-FlowMaestro-Timestamp is more than 30 s ahead " \
-                                     "of the server's time"
+    assert (
+        ahead.json()["detail"] == "invalid webhook signature: X-FlowMaestro-Timestamp is more than 30 s ahead "
+        "of the server's time"
+    )
     for not_a_time in ("²".encode(), b"1" * 40):  # isdigit() accepts '²'; int() refuses it
-        odd = await api.post(hook["url"], content=body, headers={"Authorization": "", **signed(
-            hook["secret"], body), "X-FlowMaestro-Timestamp": not_a_time})
+        odd = await api.post(
+            hook["url"],
+            content=body,
+            headers={"Authorization": "", **signed(hook["secret"], body), "X-FlowMaestro-Timestamp": not_a_time},
+        )
         assert odd.status_code == 401, odd.text
     assert await executions(api, workflow_id) == []
     # Clock drift within the skew is fine.
-    slightly = await api.post(hook["url"], content=body, headers={"Authorization": "",
-                                                                   **signed(hook["secret"], body, now + 20)})
+    slightly = await api.post(
+        hook["url"], content=body, headers={"Authorization": "", **signed(hook["secret"], body, now + 20)}
+    )
     assert slightly.status_code == 202, slightly.text
 
 
@@ -173,16 +191,20 @@ def test_decisions_are_checked_strictly_against_the_form_and_believed_only_when_
     from flows.decisions import DecisionSigner, Refused, Taken, take
     from node_handlers.approval import ApprovalConfig
 
-    config = ApprovalConfig(form={"reason": {"type": "string", "required": True},
-                                  "count": {"type": "integer"}})
+    config = ApprovalConfig(form={"reason": {"type": "string", "required": True}, "count": {"type": "integer"}})
     ours, theirs = DecisionSigner(b"the decision key"), DecisionSigner(b"a guess")
     run, slug = str(uuid.uuid4()), "ask-1234abcd"
 
     def verdict(raw, signer=ours, allow=True, run_id=run):
         return take(raw, config, run_id=run_id, slug=slug, signer=signer, allow_unverified=allow)
 
-    forged = {"outcome": "decided", "input": {"approved": True, "reason": "ok"}, "decided_at": "2020-01-01T00:00:00Z",
-              "decided_by": "mallory", "via": "api"}
+    forged = {
+        "outcome": "decided",
+        "input": {"approved": True, "reason": "ok"},
+        "decided_at": "2020-01-01T00:00:00Z",
+        "decided_by": "mallory",
+        "via": "api",
+    }
     refused = {
         "missing required field": {**forged, "input": {"approved": True}},
         "unknown field": {**forged, "input": {"approved": True, "reason": "ok", "admin": True}},
@@ -199,8 +221,13 @@ def test_decisions_are_checked_strictly_against_the_form_and_believed_only_when_
     assert "admin: Extra inputs are not permitted" in verdict(refused["unknown field"]).reason
     # Unsigned (or signed with another key, or for another run): taken as an answer through
     # Prefect, never as who it says decided.
-    for raw in (forged, {**forged, "signature": "v1:" + "0" * 64}, theirs.sign(run, slug, forged),
-                ours.sign(str(uuid.uuid4()), slug, forged), ours.sign(run, "other-slug", forged)):
+    for raw in (
+        forged,
+        {**forged, "signature": "v1:" + "0" * 64},
+        theirs.sign(run, slug, forged),
+        ours.sign(str(uuid.uuid4()), slug, forged),
+        ours.sign(run, "other-slug", forged),
+    ):
         taken = verdict(raw)
         assert isinstance(taken, Taken)
         assert taken.decision["via"] == "prefect-ui" and taken.decision["decided_by"] is None
@@ -254,8 +281,13 @@ async def write_as_anyone_reaching_prefect(run_id: str, key: str, decision: dict
         await client.create_flow_run_input(uuid.UUID(run_id), key=key, value=json.dumps(decision))
 
 
-FORGED = {"outcome": "decided", "decided_at": "2020-01-01T00:00:00+00:00", "decided_by": "mallory", "via": "api",
-          "signature": "v1:" + "0" * 64}
+FORGED = {
+    "outcome": "decided",
+    "decided_at": "2020-01-01T00:00:00+00:00",
+    "decided_by": "mallory",
+    "via": "api",
+    "signature": "v1:" + "0" * 64,
+}
 
 
 @pytest.mark.prefect
@@ -270,12 +302,14 @@ async def test_decisions_forged_through_prefect_are_refused_or_recorded_as_unver
     await write_as_anyone_reaching_prefect(run_id, key, {**FORGED, "input": {"approved": True}})
     await refusals.wait_for(1, run)
     assert "reason: Field required" in refusals.messages[-1]
-    await write_as_anyone_reaching_prefect(run_id, key, {**FORGED, "input": {"approved": True, "reason": "x",
-                                                                            "admin": True}})
+    await write_as_anyone_reaching_prefect(
+        run_id, key, {**FORGED, "input": {"approved": True, "reason": "x", "admin": True}}
+    )
     await refusals.wait_for(2, run)
     assert "admin: Extra inputs are not permitted" in refusals.messages[-1]
-    await write_as_anyone_reaching_prefect(run_id, "fm-result-" + approval_slug("ask", ()),
-                                           {"outcome": "timeout", "decided_at": FORGED["decided_at"]})
+    await write_as_anyone_reaching_prefect(
+        run_id, "fm-result-" + approval_slug("ask", ()), {"outcome": "timeout", "decided_at": FORGED["decided_at"]}
+    )
     # A decision that fits the form, unsigned: taken as an answer through Prefect, not as mallory's.
     await write_as_anyone_reaching_prefect(run_id, key, {**FORGED, "input": {"approved": True, "reason": "forged"}})
     state, result = await run.result()
@@ -293,8 +327,9 @@ async def test_with_prefect_answers_off_only_the_apis_signed_decision_is_taken(r
     from flows.approvals import approval_slug, resume_approval
     from tests.test_approvals import Started, approval_canvas, signer_of
 
-    strict = dataclasses.replace(run_context, settings=run_context.settings.model_copy(
-        update={"approval_prefect_ui": False}))
+    strict = dataclasses.replace(
+        run_context, settings=run_context.settings.model_copy(update={"approval_prefect_ui": False})
+    )
     run = Started(strict, approval_canvas())
     await run.pending(1)
     run_id, key = await run.id(), "fm-decision-" + approval_slug("ask", ())
@@ -302,8 +337,9 @@ async def test_with_prefect_answers_off_only_the_apis_signed_decision_is_taken(r
     await refusals.wait_for(1, run)
     assert "FLOWMAESTRO_APPROVAL_PREFECT_UI is off" in refusals.messages[-1]
     # The forged input under the key does not block the API: its signed decision replaces it.
-    answer = await resume_approval(run_id, "ask", values={"approved": True, "reason": "reviewed"}, decided_by="ada",
-                                   signer=signer_of(run_context))
+    answer = await resume_approval(
+        run_id, "ask", values={"approved": True, "reason": "reviewed"}, decided_by="ada", signer=signer_of(run_context)
+    )
     assert answer.status == "accepted", answer.message
     state, result = await run.result()
     output = result["nodes"]["ask"]["output"]

@@ -53,7 +53,8 @@ def compact(value: dict) -> bytes:
 
 
 def test_reference_checks_of_the_16000_chain_are_linear():
-    """Before: 4,000 nodes took 10 s, 16,000 about 3 minutes (quadratic). Now a second or so (bound: 20 s, for a loaded machine)."""
+    """Before: 4,000 nodes took 10 s, 16,000 about 3 minutes (quadratic). Now a second or so
+    (bound: 20 s, for a loaded machine)."""
     started = time.monotonic()
     result = compile_canvas(chain(16_000), build_registry(), CompileLimits.unlimited())
     elapsed = time.monotonic() - started
@@ -109,8 +110,13 @@ def test_the_time_budget_stops_a_compile_with_an_issue():
 
 
 def test_5000_nested_parentheses_are_an_issue_naming_node_and_field():
-    raw = {"nodes": [{"id": "start", "type": "start"}, {"id": "deep", "type": "transform", "data": {"output": DEEP_TEMPLATE}}],
-           "edges": [{"source": "start", "target": "deep"}]}
+    raw = {
+        "nodes": [
+            {"id": "start", "type": "start"},
+            {"id": "deep", "type": "transform", "data": {"output": DEEP_TEMPLATE}},
+        ],
+        "edges": [{"source": "start", "target": "deep"}],
+    }
     [issue] = compile_canvas(raw, build_registry()).errors
     assert (issue.code, issue.node_id, issue.field) == ("template_too_deep", "deep", "data.output")
     assert "5000 brackets" in issue.message
@@ -118,8 +124,10 @@ def test_5000_nested_parentheses_are_an_issue_naming_node_and_field():
 
 def test_nesting_the_parser_would_recurse_on_without_brackets_is_an_issue():
     inline_ifs = "{{ " + "1 if 1 else " * 3000 + "0 }}"
-    raw = {"nodes": [{"id": "start", "type": "start"}, {"id": "ifs", "type": "transform", "data": {"output": inline_ifs}}],
-           "edges": [{"source": "start", "target": "ifs"}]}
+    raw = {
+        "nodes": [{"id": "start", "type": "start"}, {"id": "ifs", "type": "transform", "data": {"output": inline_ifs}}],
+        "edges": [{"source": "start", "target": "ifs"}],
+    }
     [issue] = compile_canvas(raw, build_registry()).errors
     assert (issue.code, issue.node_id, issue.field) == ("template_too_deep", "ifs", "data.output")
 
@@ -132,14 +140,20 @@ def test_deployment_names_never_hold_what_prefect_refuses():
     assert deployment_name("0123456789", "hello (v2)") == "hello (v2) [01234567]"  # unchanged when safe
 
 
-@pytest.mark.parametrize("timing, field", [
-    (Timing(rrule="FREQ=SECONDLY"), "rrule"),
-    (Timing(rrule="FREQ=SECONDLY;INTERVAL=30"), "rrule"),
-    (Timing(rrule="FREQ=MINUTELY;BYSECOND=0,5"), "rrule"),
-    (Timing(rrule="DTSTART:20200101T000000Z\nRRULE:FREQ=MINUTELY;BYSECOND=0\nRRULE:FREQ=MINUTELY;BYSECOND=1"), "rrule"),
-    (Timing(cron="* * * * * *"), "cron"),
-    (Timing(cron="* * * * * */2"), "cron"),
-])
+@pytest.mark.parametrize(
+    "timing, field",
+    [
+        (Timing(rrule="FREQ=SECONDLY"), "rrule"),
+        (Timing(rrule="FREQ=SECONDLY;INTERVAL=30"), "rrule"),
+        (Timing(rrule="FREQ=MINUTELY;BYSECOND=0,5"), "rrule"),
+        (
+            Timing(rrule="DTSTART:20200101T000000Z\nRRULE:FREQ=MINUTELY;BYSECOND=0\nRRULE:FREQ=MINUTELY;BYSECOND=1"),
+            "rrule",
+        ),
+        (Timing(cron="* * * * * *"), "cron"),
+        (Timing(cron="* * * * * */2"), "cron"),
+    ],
+)
 async def test_schedules_closer_than_10_s_are_refused(timing, field):
     with pytest.raises(Invalid) as caught:
         await refuse_short_gaps(timing)
@@ -147,9 +161,16 @@ async def test_schedules_closer_than_10_s_are_refused(timing, field):
     assert (issue["code"], issue["field"]) == ("invalid_schedule", field)
 
 
-@pytest.mark.parametrize("timing", [Timing(cron="*/5 * * * *"), Timing(cron="* * * * * 0"),
-                                    Timing(cron="* * * * * */15"), Timing(rrule="FREQ=MINUTELY;BYSECOND=0,30"),
-                                    Timing(rrule="FREQ=HOURLY")])
+@pytest.mark.parametrize(
+    "timing",
+    [
+        Timing(cron="*/5 * * * *"),
+        Timing(cron="* * * * * 0"),
+        Timing(cron="* * * * * */15"),
+        Timing(rrule="FREQ=MINUTELY;BYSECOND=0,30"),
+        Timing(rrule="FREQ=HOURLY"),
+    ],
+)
 async def test_schedules_10_s_apart_or_more_are_accepted(timing):
     await refuse_short_gaps(timing)
 
@@ -158,8 +179,11 @@ async def test_schedules_10_s_apart_or_more_are_accepted(timing):
 
 
 def _client(served) -> httpx.Client:
-    return httpx.Client(base_url=served.base, headers={"Authorization": f"Bearer {served.owner_key}",
-                                                       "content-type": "application/json"}, timeout=300)
+    return httpx.Client(
+        base_url=served.base,
+        headers={"Authorization": f"Bearer {served.owner_key}", "content-type": "application/json"},
+        timeout=300,
+    )
 
 
 def _health_while(served, request) -> tuple[httpx.Response, list[float]]:
@@ -230,15 +254,21 @@ def test_a_saved_version_is_not_compiled_again_to_run(served):
 
 @pytest.mark.prefect
 def test_5000_nested_parentheses_answer_422_without_a_traceback(served):
-    canvas = {"name": "deep template", "nodes": [{"id": "start", "type": "start"},
-                                                 {"id": "deep", "type": "transform", "data": {"output": DEEP_TEMPLATE}}],
-              "edges": [{"source": "start", "target": "deep"}]}
+    canvas = {
+        "name": "deep template",
+        "nodes": [
+            {"id": "start", "type": "start"},
+            {"id": "deep", "type": "transform", "data": {"output": DEEP_TEMPLATE}},
+        ],
+        "edges": [{"source": "start", "target": "deep"}],
+    }
     log_before = len(_serve_log(served))
     with _client(served) as api:
         answer = api.post("/api/workflows", content=compact({"canvas": canvas}))
         assert answer.status_code == 422, answer.text
         assert [(i["code"], i["node_id"], i["field"]) for i in answer.json()["issues"]] == [
-            ("template_too_deep", "deep", "data.output")]
+            ("template_too_deep", "deep", "data.output")
+        ]
         report = api.post("/api/workflows/validate", content=compact({"canvas": canvas}))
         assert report.status_code == 200 and report.json()["valid"] is False
     new_lines = _serve_log(served)[log_before:]
@@ -268,8 +298,9 @@ def test_a_workflow_named_with_characters_prefect_refuses_saves_and_runs(served)
         assert saved.json()["name"] == name and not saved.json()["warnings"]
         started = api.post(f"/api/workflows/{saved.json()['id']}/execute", json={})
         assert started.status_code == 202, started.text
-        client = httpx.AsyncClient(base_url=served.base, headers={"Authorization": f"Bearer {served.owner_key}"},
-                                   timeout=60)
+        client = httpx.AsyncClient(
+            base_url=served.base, headers={"Authorization": f"Bearer {served.owner_key}"}, timeout=60
+        )
         result = asyncio.run(_final(client, started.json()["execution_id"]))
         assert result["status"] == "completed", result
         assert result["workflow"] == name

@@ -13,15 +13,14 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from deployments import recovery
-from flows import prefect_compat
 from deployments.worker import BeatingSignals
+from flows import prefect_compat
 from tests.security.owners import owner_client, owners_stack, prefect_states, save_and_start, sleeper
-
 
 BOB, ALICE = "bob-key-delay-release", "alice-key-delay-release"
 CRASH_DETECT_S = 15
@@ -49,8 +48,9 @@ async def test_a_run_letting_go_of_its_worker_gets_no_heartbeat_after_it_said_so
     await asyncio.sleep(0.2)
     beating.cancel()
     await asyncio.gather(beating, return_exceptions=True)
-    assert [event for at, event, run in sent if run == "prefect.flow-run.delayed" and at >= let_go_at
-            ] and all(event == recovery.HEARTBEAT for _, event, _ in sent)
+    assert [event for at, event, run in sent if run == "prefect.flow-run.delayed" and at >= let_go_at] and all(
+        event == recovery.HEARTBEAT for _, event, _ in sent
+    )
 
 
 class Released(BaseException):
@@ -79,14 +79,21 @@ async def run_with_release(raw: dict) -> list:
 async def test_a_delay_asks_to_release_the_run_until_its_end_only_when_nothing_else_runs():
     from tests.support import canvas, node
 
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     alone = await run_with_release(sleeper("alone", 3600))
     assert [(node_id, path) for node_id, path, _ in alone] == [("wait", ())]
-    assert before + timedelta(seconds=3599) <= alone[0][2] <= datetime.now(timezone.utc) + timedelta(seconds=3600)
+    assert before + timedelta(seconds=3599) <= alone[0][2] <= datetime.now(UTC) + timedelta(seconds=3600)
     # Two delays in parallel branches: releasing the run would cut the other short.
-    side_by_side = canvas([node("start", "start"), node("a", "delay", data={"seconds": 0.3}),
-                           node("b", "delay", data={"seconds": 0.3}), node("end", "end", data={"output": 1})],
-                          [("start", "a"), ("start", "b"), ("a", "end"), ("b", "end")], name="side-by-side")
+    side_by_side = canvas(
+        [
+            node("start", "start"),
+            node("a", "delay", data={"seconds": 0.3}),
+            node("b", "delay", data={"seconds": 0.3}),
+            node("end", "end", data={"output": 1}),
+        ],
+        [("start", "a"), ("start", "b"), ("a", "end"), ("b", "end")],
+        name="side-by-side",
+    )
     assert await run_with_release(side_by_side) == []
     # A delay that runs as a task run of its own (timeout_s) is held: its task would take the
     # release signal for its own failure.
@@ -96,9 +103,16 @@ async def test_a_delay_asks_to_release_the_run_until_its_end_only_when_nothing_e
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, pg_prefect):
     pool = f"delays-{uuid.uuid4().hex[:6]}"
-    with owners_stack(tmp_path_factory.mktemp("delay-release"), pg_prefect, bob=BOB, alice=ALICE, pool=pool,
-                      FLOWMAESTRO_OWNER_MAX_RUNS="", FLOWMAESTRO_DELAY_RELEASE_S=str(RELEASE_S),
-                      FLOWMAESTRO_CRASH_DETECT_S=str(CRASH_DETECT_S)) as (base, database_url):
+    with owners_stack(
+        tmp_path_factory.mktemp("delay-release"),
+        pg_prefect,
+        bob=BOB,
+        alice=ALICE,
+        pool=pool,
+        FLOWMAESTRO_OWNER_MAX_RUNS="",
+        FLOWMAESTRO_DELAY_RELEASE_S=str(RELEASE_S),
+        FLOWMAESTRO_CRASH_DETECT_S=str(CRASH_DETECT_S),
+    ) as (base, database_url):
         yield base, pool, database_url
 
 
@@ -111,15 +125,24 @@ async def delayed_state(prefect_url: str, run_id: str):
 
 async def running_in_pool(prefect_url: str, pool: str) -> int:
     from prefect.client.orchestration import PrefectClient
-    from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType,
-                                               WorkPoolFilter, WorkPoolFilterName)
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+        WorkPoolFilter,
+        WorkPoolFilterName,
+    )
     from prefect.client.schemas.objects import StateType
 
     async with PrefectClient(prefect_url) as prefect:
-        return len(await prefect.read_flow_runs(
-            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
-                any_=[StateType.RUNNING, StateType.PENDING]))),
-            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool]))))
+        return len(
+            await prefect.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING]))
+                ),
+                work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool])),
+            )
+        )
 
 
 @pytest.mark.prefect
@@ -134,7 +157,7 @@ async def test_twenty_runs_on_a_long_delay_are_released_and_another_owner_runs(s
 
     base, pool, _ = stack
     async with owner_client(base, BOB) as bob, owner_client(base, ALICE) as alice:
-        started_at = datetime.now(timezone.utc)
+        started_at = datetime.now(UTC)
         bobs = await save_and_start(bob, sleeper("bob-sleeps", 3600), runs=20)
         deadline = time.monotonic() + 240
         released = {}
@@ -144,7 +167,7 @@ async def test_twenty_runs_on_a_long_delay_are_released_and_another_owner_runs(s
                     released[run_id] = state
             await asyncio.sleep(0.5)
         assert len(released) == 20, f"{len(released)} of bob's 20 runs released"
-        last_release = datetime.now(timezone.utc)
+        last_release = datetime.now(UTC)
         for state in released.values():  # each comes back when its own hour is over
             when = state.state_details.scheduled_time
             assert started_at + timedelta(seconds=3600) <= when + timedelta(seconds=1), when
@@ -161,7 +184,7 @@ async def test_twenty_runs_on_a_long_delay_are_released_and_another_owner_runs(s
 
         # Suspended before Scheduled: the lost-worker automation saw an end, so a detection
         # window (plus Prefect's 5 s evaluation) after the last release nothing is crashed.
-        wait_s = CRASH_DETECT_S + 15 - (datetime.now(timezone.utc) - last_release).total_seconds()
+        wait_s = CRASH_DETECT_S + 15 - (datetime.now(UTC) - last_release).total_seconds()
         if wait_s > 0:
             await asyncio.sleep(wait_s)  # waiting out the window in which a false crash would show
         for run_id in bobs:
@@ -207,17 +230,25 @@ async def test_a_released_delay_completes_on_a_worker_after_waiting_only_what_wa
     engine = create_async_engine(database_url)
     try:
         async with engine.connect() as connection:
-            rows = (await connection.execute(text(
-                "SELECT node_id, status, started_at, ended_at FROM node_outcomes WHERE run_id = :run_id "
-                "AND node_id = 'wait'"), {"run_id": run_id})).all()
+            rows = (
+                await connection.execute(
+                    text(
+                        "SELECT node_id, status, started_at, ended_at FROM node_outcomes WHERE run_id = :run_id "
+                        "AND node_id = 'wait'"
+                    ),
+                    {"run_id": run_id},
+                )
+            ).all()
     finally:
         await engine.dispose()
     assert len(rows) == 1 and rows[0].status == "completed", rows
     lasted = (rows[0].ended_at - rows[0].started_at).total_seconds()
     waited = float(result["output"])
     came_back = states[types.index(StateType.RUNNING, states.index(delayed[0]))].timestamp
-    print(f"delay of 20 s: {lasted:.1f} s from its first start to its end, {waited} s waited after the run "
-          f"came back, scheduled for {delayed[0].state_details.scheduled_time}, running again at {came_back}")
+    print(
+        f"delay of 20 s: {lasted:.1f} s from its first start to its end, {waited} s waited after the run "
+        f"came back, scheduled for {delayed[0].state_details.scheduled_time}, running again at {came_back}"
+    )
     assert 19.5 <= lasted < 60, lasted
     assert 0 <= waited <= 10.5 + 1, waited  # what was left when a worker took it (up to 10 s early)
     assert came_back >= delayed[0].state_details.scheduled_time - timedelta(seconds=11)

@@ -71,13 +71,21 @@ def installation(handler_env: pytest.MonkeyPatch) -> dict[str, int]:
     session, the API on a port of its own, the store on the real PostgreSQL, Redis; and
     loopback allowed for a local model, as the pentest found it."""
     api_port = free_port()
-    set_env(handler_env, FLOWMAESTRO_API_BIND=f"127.0.0.1:{api_port}", FLOWMAESTRO_PUBLIC_URL=f"http://127.0.0.1:{api_port}",
-            FLOWMAESTRO_DATABASE_URL=f"postgresql+asyncpg://postgres@127.0.0.1:{PG_PORT}/flowmaestro",
-            FLOWMAESTRO_REDIS_URL=f"redis://127.0.0.1:{REDIS_PORT}/0",
-            FLOWMAESTRO_CACHE_LOCK_REDIS_URL=f"redis://localhost:{REDIS_PORT}/1")
+    set_env(
+        handler_env,
+        FLOWMAESTRO_API_BIND=f"127.0.0.1:{api_port}",
+        FLOWMAESTRO_PUBLIC_URL=f"http://127.0.0.1:{api_port}",
+        FLOWMAESTRO_DATABASE_URL=f"postgresql+asyncpg://postgres@127.0.0.1:{PG_PORT}/flowmaestro",
+        FLOWMAESTRO_REDIS_URL=f"redis://127.0.0.1:{REDIS_PORT}/0",
+        FLOWMAESTRO_CACHE_LOCK_REDIS_URL=f"redis://localhost:{REDIS_PORT}/1",
+    )
     allow_hosts(handler_env, "127.0.0.1")
-    return {"the Prefect API": prefect_port(), "the FlowMaestro API": api_port,
-            "the FlowMaestro database": PG_PORT, "Redis": REDIS_PORT}
+    return {
+        "the Prefect API": prefect_port(),
+        "the FlowMaestro API": api_port,
+        "the FlowMaestro database": PG_PORT,
+        "Redis": REDIS_PORT,
+    }
 
 
 # Finding 1a: FlowMaestro's own services, whatever the allowlist says
@@ -86,10 +94,14 @@ def installation(handler_env: pytest.MonkeyPatch) -> dict[str, int]:
 async def test_allowing_loopback_does_not_open_the_prefect_api(installation: dict[str, int]) -> None:
     port = installation["the Prefect API"]
     health = await refused(f"http://127.0.0.1:{port}/api/health")
-    set_state = await refused(f"http://127.0.0.1:{port}/api/flow_runs/{uuid.uuid4()}/set_state", "POST",
-                              json={"state": {"type": "COMPLETED", "data": {"storage_key": "/tmp/evil.pickle",
-                                                                            "serializer": "pickle"}},
-                                    "force": True})
+    set_state = await refused(
+        f"http://127.0.0.1:{port}/api/flow_runs/{uuid.uuid4()}/set_state",
+        "POST",
+        json={
+            "state": {"type": "COMPLETED", "data": {"storage_key": "/tmp/evil.pickle", "serializer": "pickle"}},
+            "force": True,
+        },
+    )
     for error in (health, set_state):
         assert error.error_type == "EgressDenied" and error.retry_class is None
         assert "the Prefect API" in error.message and f"127.0.0.1:{port}" in error.message
@@ -104,12 +116,37 @@ async def test_allowing_loopback_does_not_open_the_other_services(installation: 
     assert service in error.message and error.details["service"] == service
 
 
-@pytest.mark.parametrize("allowed", ["*", "127.0.0.0/8", "127.0.0.1:6379", "localhost", "localhost:6379",
-                                     "::1", "[::1]:6379", "::ffff:127.0.0.1", "0.0.0.0/0,::/0"])
-@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "127.0.0.2", "[::1]", "[::ffff:127.0.0.1]", "0.0.0.0",
-                                  "[::]", "[::127.0.0.1]", "[64:ff9b::127.0.0.1]"])
+@pytest.mark.parametrize(
+    "allowed",
+    [
+        "*",
+        "127.0.0.0/8",
+        "127.0.0.1:6379",
+        "localhost",
+        "localhost:6379",
+        "::1",
+        "[::1]:6379",
+        "::ffff:127.0.0.1",
+        "0.0.0.0/0,::/0",
+    ],
+)
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.1",
+        "localhost",
+        "127.0.0.2",
+        "[::1]",
+        "[::ffff:127.0.0.1]",
+        "0.0.0.0",
+        "[::]",
+        "[::127.0.0.1]",
+        "[64:ff9b::127.0.0.1]",
+    ],
+)
 async def test_redis_is_refused_whatever_the_allowlist_and_the_spelling(
-        installation: dict[str, int], handler_env: pytest.MonkeyPatch, allowed: str, host: str) -> None:
+    installation: dict[str, int], handler_env: pytest.MonkeyPatch, allowed: str, host: str
+) -> None:
     allow_hosts(handler_env, allowed)
     error = await refused(f"http://{host}:{REDIS_PORT}/")
     assert error.error_type == "EgressDenied", error.message
@@ -117,7 +154,8 @@ async def test_redis_is_refused_whatever_the_allowlist_and_the_spelling(
 
 
 async def test_a_name_resolving_to_a_protected_service_is_refused(
-        installation: dict[str, int], handler_env: pytest.MonkeyPatch, monkeypatch: pytest.MonkeyPatch) -> None:
+    installation: dict[str, int], handler_env: pytest.MonkeyPatch, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async def resolve(host: str, port: int) -> list[Any]:
         return [ipaddress.ip_address("127.0.0.1")]  # attacker.example's DNS answers loopback
 
@@ -153,8 +191,9 @@ def redirector() -> Iterator[tuple[Redirector, int]]:
         yield app, server.port
 
 
-async def test_a_redirect_to_the_prefect_api_is_refused(installation: dict[str, int], handler_env: pytest.MonkeyPatch,
-                                                        redirector: tuple[Redirector, int]) -> None:
+async def test_a_redirect_to_the_prefect_api_is_refused(
+    installation: dict[str, int], handler_env: pytest.MonkeyPatch, redirector: tuple[Redirector, int]
+) -> None:
     app, port = redirector
     allow_hosts(handler_env, f"127.0.0.1:{port}")
     target = f"http://localhost:{installation['the Prefect API']}/api/health"
@@ -163,12 +202,17 @@ async def test_a_redirect_to_the_prefect_api_is_refused(installation: dict[str, 
 
 
 async def test_an_allowed_port_still_works_and_only_that_port(
-        installation: dict[str, int], handler_env: pytest.MonkeyPatch, openai_server: FakeOpenAI,
-        redirector: tuple[Redirector, int]) -> None:
+    installation: dict[str, int],
+    handler_env: pytest.MonkeyPatch,
+    openai_server: FakeOpenAI,
+    redirector: tuple[Redirector, int],
+) -> None:
     model_port = urlsplit(openai_server.base_url).port
     allow_hosts(handler_env, f"127.0.0.1:{model_port}")
-    completed = await LlmHandler().run(LlmConfig.model_validate(
-        {"model": "text", "prompt": "Say hello", "base_url": openai_server.base_url}), make_context())
+    completed = await LlmHandler().run(
+        LlmConfig.model_validate({"model": "text", "prompt": "Say hello", "base_url": openai_server.base_url}),
+        make_context(),
+    )
     assert completed.output["text"] == "Hello, world!"
     app, other_port = redirector
     app.paths.clear()
@@ -187,8 +231,11 @@ def test_service_addresses_resolve_to_every_loopback_spelling() -> None:
         assert policy.protected_service("x", ipaddress.ip_address(address), 4201) is None
     assert policy.protected_service("x", ipaddress.ip_address("93.184.216.34"), 4200) is None
     # A service on another machine is that machine's addresses only.
-    [remote] = protect([ServiceAddress("Redis", "redis.internal", 6379)], own=frozenset(),
-                       resolve=lambda host, port: frozenset([ipaddress.ip_address("10.0.0.7")]))
+    [remote] = protect(
+        [ServiceAddress("Redis", "redis.internal", 6379)],
+        own=frozenset(),
+        resolve=lambda host, port: frozenset([ipaddress.ip_address("10.0.0.7")]),
+    )
     policy = EgressPolicy.parse("*", (remote,))
     assert policy.protected_service("x", ipaddress.ip_address("10.0.0.7"), 6379) == remote.service
     assert policy.protected_service("x", ipaddress.ip_address("::ffff:10.0.0.7"), 6379) == remote.service
@@ -205,17 +252,24 @@ def test_a_service_bound_to_every_interface_is_protected_on_the_machines_address
 
 
 def test_service_addresses_come_from_the_processs_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = HandlerSettings.model_validate({
-        "PREFECT_API_URL": "https://prefect.internal/api", "public_url": "https://flows.example.com",
-        "api_bind": "[::]:8000", "database_url": "postgresql+asyncpg://fm:pw@db.internal/fm",
-        "redis_url": "rediss://:pw@cache.internal:6380/0", "cache_lock_redis_url": "unix:///run/redis.sock",
-        "PREFECT_SERVER_DATABASE_CONNECTION_URL": "sqlite+aiosqlite:///prefect.db"})
+    settings = HandlerSettings.model_validate(
+        {
+            "PREFECT_API_URL": "https://prefect.internal/api",
+            "public_url": "https://flows.example.com",
+            "api_bind": "[::]:8000",
+            "database_url": "postgresql+asyncpg://fm:pw@db.internal/fm",
+            "redis_url": "rediss://:pw@cache.internal:6380/0",
+            "cache_lock_redis_url": "unix:///run/redis.sock",
+            "PREFECT_SERVER_DATABASE_CONNECTION_URL": "sqlite+aiosqlite:///prefect.db",
+        }
+    )
     assert service_addresses(settings) == (
         ServiceAddress("the Prefect API", "prefect.internal", 443),
         ServiceAddress("the FlowMaestro API", "flows.example.com", 443),
         ServiceAddress("the FlowMaestro API", "::", 8000),
         ServiceAddress("the FlowMaestro database", "db.internal", 5432),
-        ServiceAddress("Redis", "cache.internal", 6380))  # SQLite and unix sockets are not TCP
+        ServiceAddress("Redis", "cache.internal", 6380),
+    )  # SQLite and unix sockets are not TCP
     monkeypatch.delenv("PREFECT_API_URL")  # then the embedded server's
     embedded = HandlerSettings.model_validate({"server_port": 4300})
     assert ServiceAddress("the Prefect API", "127.0.0.1", 4300) in service_addresses(embedded)
@@ -225,23 +279,27 @@ def test_service_addresses_come_from_the_processs_settings(monkeypatch: pytest.M
 # The allowlist's syntax
 
 
-@pytest.mark.parametrize(("entry", "rule"), [
-    ("models.internal", AllowRule(host="models.internal")),
-    ("Models.Internal.:8080", AllowRule(host="models.internal", port=8080)),
-    ("10.0.0.0/8", AllowRule(network=ipaddress.ip_network("10.0.0.0/8"))),
-    ("10.0.0.0/8:443", AllowRule(network=ipaddress.ip_network("10.0.0.0/8"), port=443)),
-    ("127.0.0.1:11434", AllowRule(network=ipaddress.ip_network("127.0.0.1/32"), port=11434)),
-    ("[::1]:8080", AllowRule(network=ipaddress.ip_network("::1/128"), port=8080)),
-    ("[fd00::/8]:443", AllowRule(network=ipaddress.ip_network("fd00::/8"), port=443)),
-    ("fd00::1", AllowRule(network=ipaddress.ip_network("fd00::1/128"))),
-    ("[fd00::1]", AllowRule(network=ipaddress.ip_network("fd00::1/128"))),
-])
+@pytest.mark.parametrize(
+    ("entry", "rule"),
+    [
+        ("models.internal", AllowRule(host="models.internal")),
+        ("Models.Internal.:8080", AllowRule(host="models.internal", port=8080)),
+        ("10.0.0.0/8", AllowRule(network=ipaddress.ip_network("10.0.0.0/8"))),
+        ("10.0.0.0/8:443", AllowRule(network=ipaddress.ip_network("10.0.0.0/8"), port=443)),
+        ("127.0.0.1:11434", AllowRule(network=ipaddress.ip_network("127.0.0.1/32"), port=11434)),
+        ("[::1]:8080", AllowRule(network=ipaddress.ip_network("::1/128"), port=8080)),
+        ("[fd00::/8]:443", AllowRule(network=ipaddress.ip_network("fd00::/8"), port=443)),
+        ("fd00::1", AllowRule(network=ipaddress.ip_network("fd00::1/128"))),
+        ("[fd00::1]", AllowRule(network=ipaddress.ip_network("fd00::1/128"))),
+    ],
+)
 def test_allowlist_entries_take_a_port(entry: str, rule: AllowRule) -> None:
     assert AllowRule.parse(entry) == rule
 
 
-@pytest.mark.parametrize("entry", ["127.0.0.1:http", "127.0.0.1:0", "127.0.0.1:70000", "[::1", "[::1]8080",
-                                   "a b.example", "host:"])
+@pytest.mark.parametrize(
+    "entry", ["127.0.0.1:http", "127.0.0.1:0", "127.0.0.1:70000", "[::1", "[::1]8080", "a b.example", "host:"]
+)
 async def test_a_bad_entry_fails_the_node_naming_it(handler_env: pytest.MonkeyPatch, entry: str) -> None:
     allow_hosts(handler_env, f"example.com, {entry}")
     with pytest.raises(NodeError) as caught:
@@ -295,18 +353,30 @@ def test_ipv6_forms_name_the_address_inside(address: str) -> None:
     assert not EgressPolicy.parse("").allows_address(ipaddress.ip_address(address))
 
 
-@pytest.mark.parametrize(("address", "reason"), [
-    ("::8.8.8.8", "deprecated"), ("::ffff:0:8.8.8.8", "deprecated"), ("2001:0:4136:e378:8000:63bf:f7f7:f7f7", "global"),
-    ("fec0::1", "site-local"), ("3fff::1", "documentation"), ("5f00::1", "reserved"), ("ff0e::1", "multicast"),
-    ("100::1", "global"), ("2001:db8::1", "global"), ("192.0.2.1", "global"), ("198.18.0.1", "global"),
-])
+@pytest.mark.parametrize(
+    ("address", "reason"),
+    [
+        ("::8.8.8.8", "deprecated"),
+        ("::ffff:0:8.8.8.8", "deprecated"),
+        ("2001:0:4136:e378:8000:63bf:f7f7:f7f7", "global"),
+        ("fec0::1", "site-local"),
+        ("3fff::1", "documentation"),
+        ("5f00::1", "reserved"),
+        ("ff0e::1", "multicast"),
+        ("100::1", "global"),
+        ("2001:db8::1", "global"),
+        ("192.0.2.1", "global"),
+        ("198.18.0.1", "global"),
+    ],
+)
 def test_non_global_addresses_are_refused(address: str, reason: str) -> None:
     found = refusal_reason(ipaddress.ip_address(address))
     assert found is not None and reason in found
 
 
-@pytest.mark.parametrize("address", ["8.8.8.8", "2606:4700::1111", "::ffff:8.8.8.8", "64:ff9b::808:808",
-                                     "2002:808:808::1"])
+@pytest.mark.parametrize(
+    "address", ["8.8.8.8", "2606:4700::1111", "::ffff:8.8.8.8", "64:ff9b::808:808", "2002:808:808::1"]
+)
 def test_global_addresses_and_their_forms_pass(address: str) -> None:
     assert refusal_reason(ipaddress.ip_address(address)) is None
 
@@ -326,7 +396,8 @@ def test_the_machines_own_global_address_needs_an_entry_with_a_port() -> None:
 
 
 async def test_the_machines_public_address_is_refused_by_default(
-        handler_env: pytest.MonkeyPatch, monkeypatch: pytest.MonkeyPatch) -> None:
+    handler_env: pytest.MonkeyPatch, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # This machine had a public address (as the pentest's did): as a global address it passed.
     public = ipaddress.ip_address("93.184.216.34")
     monkeypatch.setattr(egress, "interface_addresses", lambda: interface_addresses() | {public})
@@ -340,7 +411,7 @@ def own_ipv4() -> ipaddress.IPv4Address | None:
 
 
 class _Ok(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         body = b'{"ok": true}'
         self.send_response(200)
         self.send_header("content-type", "application/json")
@@ -380,47 +451,76 @@ async def test_a_server_on_the_machines_own_address(handler_env: pytest.MonkeyPa
 def attack_canvas(prefect_port: int, api_port: int, victim_run: str, allowed_url: str) -> dict[str, Any]:
     targets = {
         "prefect_health": {"url": f"http://127.0.0.1:{prefect_port}/api/health"},
-        "prefect_set_state": {"url": f"http://127.0.0.1:{prefect_port}/api/flow_runs/{victim_run}/set_state",
-                              "method": "POST", "json": {"state": {"type": "FAILED", "message": "pwned"},
-                                                         "force": True}},
+        "prefect_set_state": {
+            "url": f"http://127.0.0.1:{prefect_port}/api/flow_runs/{victim_run}/set_state",
+            "method": "POST",
+            "json": {"state": {"type": "FAILED", "message": "pwned"}, "force": True},
+        },
         "api_health": {"url": f"http://127.0.0.1:{api_port}/health"},
         "redis": {"url": f"http://localhost:{REDIS_PORT}/"},
     }
-    nodes: list[dict[str, Any]] = [{"id": "start", "type": "start", "data": {}},
-                                   {"id": "allowed", "type": "http", "data": {"url": allowed_url}}]
+    nodes: list[dict[str, Any]] = [
+        {"id": "start", "type": "start", "data": {}},
+        {"id": "allowed", "type": "http", "data": {"url": allowed_url}},
+    ]
     edges: list[dict[str, Any]] = [{"id": "to-allowed", "source": "start", "target": "allowed"}]
     for node_id, data in targets.items():
-        nodes += [{"id": node_id, "type": "http", "data": data},
-                  {"id": f"{node_id}_caught", "type": "transform", "data": {"output": "caught"}}]
-        edges += [{"id": f"to-{node_id}", "source": "start", "target": node_id},
-                  {"id": f"catch-{node_id}", "source": node_id, "target": f"{node_id}_caught", "sourceHandle": "error"}]
+        nodes += [
+            {"id": node_id, "type": "http", "data": data},
+            {"id": f"{node_id}_caught", "type": "transform", "data": {"output": "caught"}},
+        ]
+        edges += [
+            {"id": f"to-{node_id}", "source": "start", "target": node_id},
+            {"id": f"catch-{node_id}", "source": node_id, "target": f"{node_id}_caught", "sourceHandle": "error"},
+        ]
     return {"name": f"egress-{uuid.uuid4().hex[:6]}", "nodes": nodes, "edges": edges}
 
 
 @pytest.mark.prefect  # `served`, like tests/test_secrets.py: the session's Prefect server, one serve
-def test_a_canvas_cannot_reach_prefect_the_api_or_redis(served, counting, prefect_server) -> None:  # noqa: ANN001
+def test_a_canvas_cannot_reach_prefect_the_api_or_redis(served, counting, prefect_server) -> None:
     owner = {"Authorization": f"Bearer {served.owner_key}"}
     api_port = urlsplit(served.base).port
     with httpx.Client(base_url=served.base, headers=owner, timeout=60) as api:
+
         def run(canvas: dict[str, Any]) -> dict[str, Any]:
             saved = api.post("/api/workflows", json={"canvas": canvas})
             assert saved.status_code == 201, saved.text
-            run_id = api.post(f"/api/workflows/{saved.json()['id']}/execute", json={"inputs": {}}).json()["execution_id"]
-            return wait_until(lambda: (body := api.get(f"/api/executions/{run_id}").json())["status"] in
-                              ("completed", "failed", "cancelled") and body, timeout=180, what=f"run {run_id} ending")
+            run_id = api.post(f"/api/workflows/{saved.json()['id']}/execute", json={"inputs": {}}).json()[
+                "execution_id"
+            ]
+            return wait_until(
+                lambda: (
+                    (body := api.get(f"/api/executions/{run_id}").json())["status"]
+                    in ("completed", "failed", "cancelled")
+                    and body
+                ),
+                timeout=180,
+                what=f"run {run_id} ending",
+            )
 
-        victim = run({"name": f"victim-{uuid.uuid4().hex[:6]}", "nodes": [
-            {"id": "start", "type": "start", "data": {}},
-            {"id": "fetch", "type": "http", "data": {"url": f"{counting.url}/victim"}}],
-            "edges": [{"id": "a", "source": "start", "target": "fetch"}]})
+        victim = run(
+            {
+                "name": f"victim-{uuid.uuid4().hex[:6]}",
+                "nodes": [
+                    {"id": "start", "type": "start", "data": {}},
+                    {"id": "fetch", "type": "http", "data": {"url": f"{counting.url}/victim"}},
+                ],
+                "edges": [{"id": "a", "source": "start", "target": "fetch"}],
+            }
+        )
         assert victim["status"] == "completed", victim
-        result = run(attack_canvas(urlsplit(prefect_server.api_url).port, api_port, victim["id"],
-                                   f"{counting.url}/allowed"))
+        result = run(
+            attack_canvas(urlsplit(prefect_server.api_url).port, api_port, victim["id"], f"{counting.url}/allowed")
+        )
     assert result["status"] == "completed", result
     nodes = result["nodes"]
     assert nodes["allowed"]["status"] == "completed" and nodes["allowed"]["output"]["status"] == 200
-    for node_id, service in (("prefect_health", "the Prefect API"), ("prefect_set_state", "the Prefect API"),
-                             ("api_health", "the FlowMaestro API"), ("redis", "Redis")):
+    for node_id, service in (
+        ("prefect_health", "the Prefect API"),
+        ("prefect_set_state", "the Prefect API"),
+        ("api_health", "the FlowMaestro API"),
+        ("redis", "Redis"),
+    ):
         error = nodes[node_id]["error"]
         assert nodes[node_id]["status"] == "failed", nodes[node_id]
         assert error["type"] == "EgressDenied" and service in error["message"], error

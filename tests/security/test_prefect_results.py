@@ -49,19 +49,40 @@ def payload(marker: Path) -> str:
 def record_shaped(marker: Path) -> dict:
     """What a node outputs to look like a Prefect result record (``ResultRecord``) whose
     pickle touches ``marker``; the padding makes it a large output."""
-    return {"metadata": {"storage_key": None, "expiration": None, "prefect_version": "3.9.1",
-                         "serializer": {"type": "pickle", "picklelib": "pickle"}, "storage_block_id": None},
-            "result": payload(marker), "padding": "x" * SIZE}
+    return {
+        "metadata": {
+            "storage_key": None,
+            "expiration": None,
+            "prefect_version": "3.9.1",
+            "serializer": {"type": "pickle", "picklelib": "pickle"},
+            "storage_block_id": None,
+        },
+        "result": payload(marker),
+        "padding": "x" * SIZE,
+    }
 
 
 async def forge_completed(run_id: str, storage_key: str) -> None:
     """Force a flow run Completed with its result "at" ``storage_key``, pickled: a plain request
     to Prefect's API, as an http node or anyone reaching Prefect sends it."""
     async with get_client() as client:
-        answer = await client.request("POST", "/flow_runs/{id}/set_state", path_params={"id": run_id}, json={
-            "force": True, "state": {"type": "COMPLETED", "name": "Completed", "data": {
-                "storage_key": storage_key, "serializer": {"type": "pickle", "picklelib": "pickle"},
-                "storage_block_id": None}}})
+        answer = await client.request(
+            "POST",
+            "/flow_runs/{id}/set_state",
+            path_params={"id": run_id},
+            json={
+                "force": True,
+                "state": {
+                    "type": "COMPLETED",
+                    "name": "Completed",
+                    "data": {
+                        "storage_key": storage_key,
+                        "serializer": {"type": "pickle", "picklelib": "pickle"},
+                        "storage_block_id": None,
+                    },
+                },
+            },
+        )
         assert answer.json()["status"] == "ACCEPT", answer.text
 
 
@@ -101,10 +122,14 @@ async def test_plant_forge_read_runs_no_code_in_the_api(served, tmp_path):
     results_root = served.home / "results"  # PREFECT_LOCAL_STORAGE_PATH of serve and its worker
     async with httpx.AsyncClient(base_url=served.base, headers=bob, timeout=60) as api:
         # (b) plant: a transform whose large output is shaped like a result record.
-        planted = {"name": f"plant-{uuid.uuid4().hex[:6]}",
-                   "nodes": [{"id": "start", "type": "start", "data": {}},
-                             {"id": "big", "type": "transform", "data": {"output": record_shaped(marker)}}],
-                   "edges": [{"id": "a", "source": "start", "target": "big"}]}
+        planted = {
+            "name": f"plant-{uuid.uuid4().hex[:6]}",
+            "nodes": [
+                {"id": "start", "type": "start", "data": {}},
+                {"id": "big", "type": "transform", "data": {"output": record_shaped(marker)}},
+            ],
+            "edges": [{"id": "a", "source": "start", "target": "big"}],
+        }
         workflow = (await api.post("/api/workflows", json={"canvas": planted})).json()["id"]
         plant_run = (await api.post(f"/api/workflows/{workflow}/execute", json={})).json()["execution_id"]
         result = await wait_for(api, plant_run, ("completed", "failed"))
@@ -197,8 +222,11 @@ async def test_no_prefect_address_is_given_out_unless_a_public_one_is_configured
     prefect_host = prefect_server.api_url.removesuffix("/api")
     bob = {"Authorization": f"Bearer {served.owner_key}"}
     async with httpx.AsyncClient(base_url=served.base, headers=bob, timeout=60) as api:
-        hello = {"name": f"hello-{uuid.uuid4().hex[:6]}", "nodes": [{"id": "start", "type": "start", "data": {}}],
-                 "edges": []}
+        hello = {
+            "name": f"hello-{uuid.uuid4().hex[:6]}",
+            "nodes": [{"id": "start", "type": "start", "data": {}}],
+            "edges": [],
+        }
         workflow = (await api.post("/api/workflows", json={"canvas": hello})).json()["id"]
         started = await api.post(f"/api/workflows/{workflow}/execute", json={})
         assert started.status_code == 202 and set(started.json()["links"]) == {"self", "stream"}
@@ -208,12 +236,16 @@ async def test_no_prefect_address_is_given_out_unless_a_public_one_is_configured
         assert '<meta name="flowmaestro-prefect-ui" content="">' in shell.text
 
     public = "https://prefect.example.org"
-    settings = ApiSettings(api_keys="bob:bob-key", prefect_public_url=public,
-                           database_url=f"sqlite+aiosqlite:///{served.home / f'public-{uuid.uuid4().hex}.db'}")
+    settings = ApiSettings(
+        api_keys="bob:bob-key",
+        prefect_public_url=public,
+        database_url=f"sqlite+aiosqlite:///{served.home / f'public-{uuid.uuid4().hex}.db'}",
+    )
     app = create_app(settings)
     async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test",
-                                     headers={"Authorization": "Bearer bob-key"}) as api:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://test", headers={"Authorization": "Bearer bob-key"}
+        ) as api:
             assert f'content="{public}"' in (await api.get("/ui/")).text
             workflow = (await api.post("/api/workflows", json={"canvas": hello})).json()["id"]
             started = (await api.post(f"/api/workflows/{workflow}/execute", json={})).json()
@@ -232,15 +264,22 @@ def test_the_embedded_prefect_server_refuses_requests_without_its_auth_string(tm
     home = tmp_path / "home"
     key = "key-" + uuid.uuid4().hex
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING")}
-    env.update(FLOWMAESTRO_HOME=str(home), FLOWMAESTRO_API_KEYS=f"bob:{key}", FLOWMAESTRO_SERVER_PORT=str(free_port()),
-               FLOWMAESTRO_DATABASE_URL=f"sqlite+aiosqlite:///{home / 'store.db'}",
-               FLOWMAESTRO_WORK_POOL=f"embedded-{uuid.uuid4().hex[:6]}", FLOWMAESTRO_WORKER_GRACE_S="2",
-               PREFECT_HOME=str(home / "prefect-client"), PREFECT_LOCAL_STORAGE_PATH=str(home / "results"))
+    env.update(
+        FLOWMAESTRO_HOME=str(home),
+        FLOWMAESTRO_API_KEYS=f"bob:{key}",
+        FLOWMAESTRO_SERVER_PORT=str(free_port()),
+        FLOWMAESTRO_DATABASE_URL=f"sqlite+aiosqlite:///{home / 'store.db'}",
+        FLOWMAESTRO_WORK_POOL=f"embedded-{uuid.uuid4().hex[:6]}",
+        FLOWMAESTRO_WORKER_GRACE_S="2",
+        PREFECT_HOME=str(home / "prefect-client"),
+        PREFECT_LOCAL_STORAGE_PATH=str(home / "results"),
+    )
     port = free_port()
     home.mkdir()
     serve = Proc(cli("serve", "--port", str(port), "--workers", "1"), env, tmp_path / "serve.log")
     base = f"http://127.0.0.1:{port}"
     try:
+
         def up() -> bool:
             assert serve.alive(), serve.output()
             try:
@@ -258,17 +297,26 @@ def test_the_embedded_prefect_server_refuses_requests_without_its_auth_string(tm
         with httpx.Client(timeout=60) as prefect:
             body = {"limit": 1}
             assert prefect.post(f"{api_url}/flow_runs/filter", json=body).status_code == 401
-            assert prefect.post(f"{api_url}/flow_runs/filter", json=body, auth=("flowmaestro", "wrong")).status_code == 401
+            assert (
+                prefect.post(f"{api_url}/flow_runs/filter", json=body, auth=("flowmaestro", "wrong")).status_code == 401
+            )
             user, password = secret.split(":", 1)
             assert prefect.post(f"{api_url}/flow_runs/filter", json=body, auth=(user, password)).status_code == 200
-            preflight = prefect.options(f"{api_url}/flow_runs/filter", headers={
-                "Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+            preflight = prefect.options(
+                f"{api_url}/flow_runs/filter",
+                headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+            )
             assert preflight.headers.get("access-control-allow-origin") not in ("*", "https://evil.example")
 
         with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=60) as api:
-            hello = {"name": "hello", "nodes": [{"id": "start", "type": "start", "data": {}},
-                                                {"id": "greet", "type": "transform", "data": {"output": "hi"}}],
-                     "edges": [{"id": "a", "source": "start", "target": "greet"}]}
+            hello = {
+                "name": "hello",
+                "nodes": [
+                    {"id": "start", "type": "start", "data": {}},
+                    {"id": "greet", "type": "transform", "data": {"output": "hi"}},
+                ],
+                "edges": [{"id": "a", "source": "start", "target": "greet"}],
+            }
             workflow = api.post("/api/workflows", json={"canvas": hello}).json()["id"]
             started = api.post(f"/api/workflows/{workflow}/execute", json={})
             assert started.status_code == 202 and api_url.removesuffix("/api") not in started.text
@@ -306,10 +354,14 @@ async def wait_for(api: httpx.AsyncClient, run_id: str, statuses: tuple[str, ...
 
 async def start_paused(api: httpx.AsyncClient) -> str:
     """A run of bob's waiting on an approval."""
-    raw = {"name": f"ask-{uuid.uuid4().hex[:6]}",
-           "nodes": [{"id": "start", "type": "start", "data": {}},
-                     {"id": "ask", "type": "approval", "data": {"message": "Ship?"}}],
-           "edges": [{"id": "a", "source": "start", "target": "ask"}]}
+    raw = {
+        "name": f"ask-{uuid.uuid4().hex[:6]}",
+        "nodes": [
+            {"id": "start", "type": "start", "data": {}},
+            {"id": "ask", "type": "approval", "data": {"message": "Ship?"}},
+        ],
+        "edges": [{"id": "a", "source": "start", "target": "ask"}],
+    }
     workflow = (await api.post("/api/workflows", json={"canvas": raw})).json()["id"]
     run_id = (await api.post(f"/api/workflows/{workflow}/execute", json={})).json()["execution_id"]
     await wait_for(api, run_id, ("paused",))

@@ -7,8 +7,8 @@ key goes only to the configured base URL; redaction catches the common encodings
 from __future__ import annotations
 
 import base64
-import contextlib
 import binascii
+import contextlib
 import json
 from typing import Any
 from urllib.parse import quote, quote_plus
@@ -42,14 +42,20 @@ class Recorder:
             self.requests.append({"path": request.url.path, "headers": dict(request.headers)})
             sent = request.headers.get("authorization", "").removeprefix("Bearer ")
             data = sent.encode()
-            return JSONResponse({
-                "b64": base64.b64encode(data).decode(), "b64url": base64.urlsafe_b64encode(data).decode(),
-                "b64_unpadded": base64.b64encode(data).decode().rstrip("="),
-                "basic": base64.b64encode(b"bob:" + data).decode(),
-                "embedded": base64.b64encode(b"xy" + data + b"tail").decode(),
-                "quoted": quote(sent, safe=""), "quoted_plus": quote_plus(sent),
-                "hex": binascii.hexlify(data).decode(), "HEX": binascii.hexlify(data).decode().upper(),
-                "plain": sent})
+            return JSONResponse(
+                {
+                    "b64": base64.b64encode(data).decode(),
+                    "b64url": base64.urlsafe_b64encode(data).decode(),
+                    "b64_unpadded": base64.b64encode(data).decode().rstrip("="),
+                    "basic": base64.b64encode(b"bob:" + data).decode(),
+                    "embedded": base64.b64encode(b"xy" + data + b"tail").decode(),
+                    "quoted": quote(sent, safe=""),
+                    "quoted_plus": quote_plus(sent),
+                    "hex": binascii.hexlify(data).decode(),
+                    "HEX": binascii.hexlify(data).decode().upper(),
+                    "plain": sent,
+                }
+            )
 
         async def redirect(request: Request) -> RedirectResponse:
             self.requests.append({"path": request.url.path, "headers": dict(request.headers)})
@@ -68,25 +74,39 @@ def recorder():
 
 def the_encodings(secret: str) -> dict[str, str]:
     data = secret.encode()
-    return {"b64": base64.b64encode(data).decode(), "b64url": base64.urlsafe_b64encode(data).decode(),
-            "quoted": quote(secret, safe=""), "quoted_plus": quote_plus(secret),
-            "hex": binascii.hexlify(data).decode(), "HEX": binascii.hexlify(data).decode().upper(),
-            "plain": secret}
+    return {
+        "b64": base64.b64encode(data).decode(),
+        "b64url": base64.urlsafe_b64encode(data).decode(),
+        "quoted": quote(secret, safe=""),
+        "quoted_plus": quote_plus(secret),
+        "hex": binascii.hexlify(data).decode(),
+        "HEX": binascii.hexlify(data).decode().upper(),
+        "plain": secret,
+    }
 
 
-async def run_canvas(nodes: list[dict[str, Any]], owner: str | None, inputs: dict[str, Any] | None = None,
-                     declared: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[Any]]:
+async def run_canvas(
+    nodes: list[dict[str, Any]],
+    owner: str | None,
+    inputs: dict[str, Any] | None = None,
+    declared: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], list[Any]]:
     """Runs the nodes, one after the other, in process as ``owner``'s run: its result and events."""
     chain = ["start", *(n["id"] for n in nodes)]
     edges = [{"id": f"e{i}", "source": a, "target": b} for i, (a, b) in enumerate(zip(chain, chain[1:]))]
-    canvas = {"name": "attack", "inputs": declared or {}, "nodes": [{"id": "start", "type": "start", "data": {}},
-                                                                    *nodes], "edges": edges}
+    canvas = {
+        "name": "attack",
+        "inputs": declared or {},
+        "nodes": [{"id": "start", "type": "start", "data": {}}, *nodes],
+        "edges": edges,
+    }
     registry = build_registry()
     compiled = compile_canvas(canvas, registry)
     assert compiled.ok, [str(i) for i in compiled.errors]
     plan = compiled.plan
-    execution = Execution(plan, registry, run_id="run-attack", owner=owner,
-                          inputs=validate_inputs(plan.inputs, inputs or {}))
+    execution = Execution(
+        plan, registry, run_id="run-attack", owner=owner, inputs=validate_inputs(plan.inputs, inputs or {})
+    )
     events: list[Any] = []
     execution.bus.subscribe(events.append)
     return (await execution.run()).result(), events
@@ -100,37 +120,51 @@ def bearer(url: str, secret: str = "TOKEN") -> dict[str, Any]:
 
 
 async def test_bobs_canvas_cannot_use_alices_secret(recorder: Recorder, handler_env: pytest.MonkeyPatch) -> None:
-    set_env(handler_env, FLOWMAESTRO_HTTP_ALLOW_HOSTS="127.0.0.1", FLOWMAESTRO_SECRET_TOKEN=TOKEN,
-            FLOWMAESTRO_SECRET_TOKEN_OWNERS="alice", FLOWMAESTRO_SECRET_TOKEN_HOSTS="127.0.0.1")
-    result, _ = await run_canvas([{"id": "steal", "type": "http", "data": bearer(f"{recorder.url}/echo")}],
-                                 owner="bob")
+    set_env(
+        handler_env,
+        FLOWMAESTRO_HTTP_ALLOW_HOSTS="127.0.0.1",
+        FLOWMAESTRO_SECRET_TOKEN=TOKEN,
+        FLOWMAESTRO_SECRET_TOKEN_OWNERS="alice",
+        FLOWMAESTRO_SECRET_TOKEN_HOSTS="127.0.0.1",
+    )
+    result, _ = await run_canvas([{"id": "steal", "type": "http", "data": bearer(f"{recorder.url}/echo")}], owner="bob")
     assert result["status"] == "failed"
     error = result["nodes"]["steal"]["error"]
     assert error["type"] == "SecretNotAllowed" and "'TOKEN'" in error["message"] and "'bob'" in error["message"]
     assert recorder.requests == []  # nothing reached bob's server
 
-    result, _ = await run_canvas([{"id": "use", "type": "http", "data": bearer(f"{recorder.url}/echo")}],
-                                 owner="alice")
+    result, _ = await run_canvas([{"id": "use", "type": "http", "data": bearer(f"{recorder.url}/echo")}], owner="alice")
     assert result["status"] == "completed", result
     assert [r["headers"]["authorization"] for r in recorder.requests] == [f"Bearer {TOKEN}"]
 
 
 async def test_a_secret_without_owners_is_nobodys(recorder: Recorder, handler_env: pytest.MonkeyPatch) -> None:
-    set_env(handler_env, FLOWMAESTRO_HTTP_ALLOW_HOSTS="127.0.0.1", FLOWMAESTRO_SECRET_TOKEN=TOKEN,
-            FLOWMAESTRO_SECRET_TOKEN_HOSTS="*")
+    set_env(
+        handler_env,
+        FLOWMAESTRO_HTTP_ALLOW_HOSTS="127.0.0.1",
+        FLOWMAESTRO_SECRET_TOKEN=TOKEN,
+        FLOWMAESTRO_SECRET_TOKEN_HOSTS="*",
+    )
     for owner in ("alice", None):
-        result, _ = await run_canvas([{"id": "use", "type": "http", "data": bearer(f"{recorder.url}/echo")}],
-                                     owner=owner)
+        result, _ = await run_canvas(
+            [{"id": "use", "type": "http", "data": bearer(f"{recorder.url}/echo")}], owner=owner
+        )
         assert result["nodes"]["use"]["error"]["type"] == "SecretNotAllowed"
     assert recorder.requests == []
 
 
 async def test_the_store_key_is_no_node_secret(recorder: Recorder, handler_env: pytest.MonkeyPatch) -> None:
     # FLOWMAESTRO_SECRET_KEY encrypts the store's webhook secrets: a canvas once sent it as "KEY".
-    set_env(handler_env, FLOWMAESTRO_HTTP_ALLOW_HOSTS="127.0.0.1", FLOWMAESTRO_SECRET_KEY="fernet-key-material",
-            FLOWMAESTRO_SECRET_KEY_OWNERS="*", FLOWMAESTRO_SECRET_KEY_HOSTS="*")
-    result, _ = await run_canvas([{"id": "steal", "type": "http", "data": bearer(f"{recorder.url}/echo", "KEY")}],
-                                 owner="bob")
+    set_env(
+        handler_env,
+        FLOWMAESTRO_HTTP_ALLOW_HOSTS="127.0.0.1",
+        FLOWMAESTRO_SECRET_KEY="fernet-key-material",
+        FLOWMAESTRO_SECRET_KEY_OWNERS="*",
+        FLOWMAESTRO_SECRET_KEY_HOSTS="*",
+    )
+    result, _ = await run_canvas(
+        [{"id": "steal", "type": "http", "data": bearer(f"{recorder.url}/echo", "KEY")}], owner="bob"
+    )
     assert "not a secret name" in result["nodes"]["steal"]["error"]["message"]
     assert recorder.requests == []
 
@@ -140,25 +174,38 @@ async def test_the_store_key_is_no_node_secret(recorder: Recorder, handler_env: 
 
 async def test_a_secret_goes_only_to_its_hosts(recorder: Recorder, handler_env: pytest.MonkeyPatch) -> None:
     port = int(recorder.url.rsplit(":", 1)[1])
-    set_env(handler_env, FLOWMAESTRO_HTTP_ALLOW_HOSTS="127.0.0.1,localhost", FLOWMAESTRO_SECRET_TOKEN=TOKEN,
-            FLOWMAESTRO_SECRET_TOKEN_OWNERS="alice", FLOWMAESTRO_SECRET_TOKEN_HOSTS=f"api.example.com,127.0.0.1:{port}")
-    result, _ = await run_canvas([{"id": "elsewhere", "type": "http",
-                                   "data": bearer(f"http://localhost:{port}/echo")}], owner="alice")
+    set_env(
+        handler_env,
+        FLOWMAESTRO_HTTP_ALLOW_HOSTS="127.0.0.1,localhost",
+        FLOWMAESTRO_SECRET_TOKEN=TOKEN,
+        FLOWMAESTRO_SECRET_TOKEN_OWNERS="alice",
+        FLOWMAESTRO_SECRET_TOKEN_HOSTS=f"api.example.com,127.0.0.1:{port}",
+    )
+    result, _ = await run_canvas(
+        [{"id": "elsewhere", "type": "http", "data": bearer(f"http://localhost:{port}/echo")}], owner="alice"
+    )
     error = result["nodes"]["elsewhere"]["error"]
     assert error["type"] == "SecretHostDenied"
     assert "'TOKEN'" in error["message"] and f"localhost:{port}" in error["message"]
     assert recorder.requests == []
 
 
-async def test_a_redirect_to_another_host_does_not_carry_the_secret(recorder: Recorder,
-                                                                     handler_env: pytest.MonkeyPatch) -> None:
+async def test_a_redirect_to_another_host_does_not_carry_the_secret(
+    recorder: Recorder, handler_env: pytest.MonkeyPatch
+) -> None:
     port = int(recorder.url.rsplit(":", 1)[1])
-    set_env(handler_env, FLOWMAESTRO_HTTP_ALLOW_HOSTS="127.0.0.1,localhost", FLOWMAESTRO_SECRET_TOKEN=TOKEN,
-            FLOWMAESTRO_SECRET_TOKEN_OWNERS="alice", FLOWMAESTRO_SECRET_TOKEN_HOSTS="127.0.0.1")
+    set_env(
+        handler_env,
+        FLOWMAESTRO_HTTP_ALLOW_HOSTS="127.0.0.1,localhost",
+        FLOWMAESTRO_SECRET_TOKEN=TOKEN,
+        FLOWMAESTRO_SECRET_TOKEN_OWNERS="alice",
+        FLOWMAESTRO_SECRET_TOKEN_HOSTS="127.0.0.1",
+    )
     target = f"http://localhost:{port}/echo"
-    result, _ = await run_canvas([{"id": "hop", "type": "http",
-                                   "data": bearer(f"{recorder.url}/redirect?to={quote(target, safe='')}")}],
-                                 owner="alice")
+    result, _ = await run_canvas(
+        [{"id": "hop", "type": "http", "data": bearer(f"{recorder.url}/redirect?to={quote(target, safe='')}")}],
+        owner="alice",
+    )
     assert result["status"] == "completed", result
     assert [r["path"] for r in recorder.requests] == ["/redirect", "/echo"]
     assert recorder.requests[0]["headers"]["authorization"] == f"Bearer {TOKEN}"
@@ -173,19 +220,28 @@ LLM_CANVAS_INPUTS = {"base_url": {"type": "string"}}
 
 async def test_the_operator_key_does_not_follow_a_templated_base_url(handler_env: pytest.MonkeyPatch) -> None:
     with FakeOpenAI().running() as attacker, FakeOpenAI().running() as configured:
-        set_env(handler_env, FLOWMAESTRO_HTTP_ALLOW_HOSTS="127.0.0.1", OPENAI_API_KEY=OPERATOR_KEY,
-                FLOWMAESTRO_OPENAI_BASE_URL=configured.base_url)
-        ask = {"id": "ask", "type": "llm", "data": {"model": "text", "prompt": "hi",
-                                                     "base_url": "{{ inputs.base_url }}"}}
-        result, _ = await run_canvas([ask], owner="bob", inputs={"base_url": attacker.base_url},
-                                     declared=LLM_CANVAS_INPUTS)
+        set_env(
+            handler_env,
+            FLOWMAESTRO_HTTP_ALLOW_HOSTS="127.0.0.1",
+            OPENAI_API_KEY=OPERATOR_KEY,
+            FLOWMAESTRO_OPENAI_BASE_URL=configured.base_url,
+        )
+        ask = {
+            "id": "ask",
+            "type": "llm",
+            "data": {"model": "text", "prompt": "hi", "base_url": "{{ inputs.base_url }}"},
+        }
+        result, _ = await run_canvas(
+            [ask], owner="bob", inputs={"base_url": attacker.base_url}, declared=LLM_CANVAS_INPUTS
+        )
         error = result["nodes"]["ask"]["error"]
         assert error["type"] == "MissingSecret" and "api_key_secret" in error["message"]
         assert attacker.requests == []
 
         # The configured endpoint, templated or not, gets the key.
-        result, _ = await run_canvas([ask], owner="bob", inputs={"base_url": configured.base_url},
-                                     declared=LLM_CANVAS_INPUTS)
+        result, _ = await run_canvas(
+            [ask], owner="bob", inputs={"base_url": configured.base_url}, declared=LLM_CANVAS_INPUTS
+        )
         assert result["status"] == "completed", result
         assert [r.headers["authorization"] for r in configured.requests] == [f"Bearer {OPERATOR_KEY}"]
 
@@ -193,11 +249,19 @@ async def test_the_operator_key_does_not_follow_a_templated_base_url(handler_env
 async def test_another_base_url_needs_a_secret_bound_to_its_host(handler_env: pytest.MonkeyPatch) -> None:
     with FakeOpenAI().running() as own:
         port = own.base_url.split(":")[2].split("/")[0]
-        set_env(handler_env, FLOWMAESTRO_HTTP_ALLOW_HOSTS="127.0.0.1", OPENAI_API_KEY=OPERATOR_KEY,
-                FLOWMAESTRO_SECRET_BOBS_MODEL="sk-bob", FLOWMAESTRO_SECRET_BOBS_MODEL_OWNERS="bob",
-                FLOWMAESTRO_SECRET_BOBS_MODEL_HOSTS=f"127.0.0.1:{port}")
-        ask = {"id": "ask", "type": "llm", "data": {"model": "text", "prompt": "hi", "base_url": own.base_url,
-                                                     "api_key_secret": "BOBS_MODEL"}}
+        set_env(
+            handler_env,
+            FLOWMAESTRO_HTTP_ALLOW_HOSTS="127.0.0.1",
+            OPENAI_API_KEY=OPERATOR_KEY,
+            FLOWMAESTRO_SECRET_BOBS_MODEL="sk-bob",
+            FLOWMAESTRO_SECRET_BOBS_MODEL_OWNERS="bob",
+            FLOWMAESTRO_SECRET_BOBS_MODEL_HOSTS=f"127.0.0.1:{port}",
+        )
+        ask = {
+            "id": "ask",
+            "type": "llm",
+            "data": {"model": "text", "prompt": "hi", "base_url": own.base_url, "api_key_secret": "BOBS_MODEL"},
+        }
         result, _ = await run_canvas([ask], owner="bob")
         assert result["status"] == "completed", result
         assert [r.headers["authorization"] for r in own.requests] == ["Bearer sk-bob"]
@@ -209,13 +273,23 @@ async def test_another_base_url_needs_a_secret_bound_to_its_host(handler_env: py
 # Finding 2: redaction of encodings
 
 
-async def test_encoded_echoes_are_redacted_in_output_and_events(recorder: Recorder,
-                                                                handler_env: pytest.MonkeyPatch) -> None:
-    set_env(handler_env, FLOWMAESTRO_HTTP_ALLOW_HOSTS="127.0.0.1", FLOWMAESTRO_SECRET_TOKEN=TOKEN,
-            FLOWMAESTRO_SECRET_TOKEN_OWNERS="alice", FLOWMAESTRO_SECRET_TOKEN_HOSTS="127.0.0.1")
-    result, events = await run_canvas([{"id": "echo", "type": "http", "data": bearer(f"{recorder.url}/echo")},
-                                       {"id": "end", "type": "end", "data": {"output": "{{ echo.body }}"}}],
-                                      owner="alice")
+async def test_encoded_echoes_are_redacted_in_output_and_events(
+    recorder: Recorder, handler_env: pytest.MonkeyPatch
+) -> None:
+    set_env(
+        handler_env,
+        FLOWMAESTRO_HTTP_ALLOW_HOSTS="127.0.0.1",
+        FLOWMAESTRO_SECRET_TOKEN=TOKEN,
+        FLOWMAESTRO_SECRET_TOKEN_OWNERS="alice",
+        FLOWMAESTRO_SECRET_TOKEN_HOSTS="127.0.0.1",
+    )
+    result, events = await run_canvas(
+        [
+            {"id": "echo", "type": "http", "data": bearer(f"{recorder.url}/echo")},
+            {"id": "end", "type": "end", "data": {"output": "{{ echo.body }}"}},
+        ],
+        owner="alice",
+    )
     assert result["status"] == "completed", result
     assert recorder.requests[0]["headers"]["authorization"] == f"Bearer {TOKEN}"  # it was sent
     body = result["nodes"]["echo"]["output"]["body"]
@@ -224,8 +298,10 @@ async def test_encoded_echoes_are_redacted_in_output_and_events(recorder: Record
     seen = json.dumps(result) + json.dumps([e.payload() for e in events], default=str)
     for what, form in the_encodings(TOKEN).items():
         assert form not in seen, what
-    for blob in (base64.b64encode(b"bob:" + TOKEN.encode()).decode(),
-                 base64.b64encode(b"xy" + TOKEN.encode() + b"tail").decode()):
+    for blob in (
+        base64.b64encode(b"bob:" + TOKEN.encode()).decode(),
+        base64.b64encode(b"xy" + TOKEN.encode() + b"tail").decode(),
+    ):
         assert blob[4:-4] not in seen
 
 
@@ -256,12 +332,25 @@ def test_the_stream_token_is_redacted_from_a_real_access_log(tmp_path) -> None:
         return {"path": path}
 
     log_file = tmp_path / "access.log"
-    config = uvicorn.Config(app, access_log=True, log_level="info", lifespan="off", log_config={
-        "version": 1, "disable_existing_loggers": False,
-        "formatters": {"access": {"()": "uvicorn.logging.AccessFormatter", "use_colors": False,
-                                  "fmt": '%(client_addr)s - "%(request_line)s" %(status_code)s'}},
-        "handlers": {"file": {"class": "logging.FileHandler", "filename": str(log_file), "formatter": "access"}},
-        "loggers": {"uvicorn.access": {"handlers": ["file"], "level": "INFO", "propagate": False}}})
+    config = uvicorn.Config(
+        app,
+        access_log=True,
+        log_level="info",
+        lifespan="off",
+        log_config={
+            "version": 1,
+            "disable_existing_loggers": False,
+            "formatters": {
+                "access": {
+                    "()": "uvicorn.logging.AccessFormatter",
+                    "use_colors": False,
+                    "fmt": '%(client_addr)s - "%(request_line)s" %(status_code)s',
+                }
+            },
+            "handlers": {"file": {"class": "logging.FileHandler", "filename": str(log_file), "formatter": "access"}},
+            "loggers": {"uvicorn.access": {"handlers": ["file"], "level": "INFO", "propagate": False}},
+        },
+    )
     redact_access_logs()  # as create_app does
     server = uvicorn.Server(config)
     sock = socket.socket()
@@ -306,8 +395,12 @@ async def local_api(tmp_path, client: tuple[str, int] = ("127.0.0.1", 50000), **
     from api.app import create_app
     from api.settings import ApiSettings
 
-    settings = ApiSettings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'api.db'}", home=tmp_path,
-                           api_keys=f"owner:{OWNER_KEY}", **overrides)
+    settings = ApiSettings(
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'api.db'}",
+        home=tmp_path,
+        api_keys=f"owner:{OWNER_KEY}",
+        **overrides,
+    )
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, client=client)
@@ -321,21 +414,51 @@ async def local_api(tmp_path, client: tuple[str, int] = ("127.0.0.1", 50000), **
 def test_workers_and_the_prefect_server_get_no_api_keys() -> None:
     from flows.child_environment import prefect_server_environment, worker_environment
 
-    parent = {"PATH": "/usr/bin", "HOME": "/home/x", "FLOWMAESTRO_API_KEYS": "alice:k", "FLOWMAESTRO_METRICS_KEY": "m",
-              "FLOWMAESTRO_SECRET_KEY": "fernet", "FLOWMAESTRO_STREAM_TOKEN_KEY": "s", "FLOWMAESTRO_API_KEY": "c",
-              "FLOWMAESTRO_SECRET_GITHUB": "ghp", "FLOWMAESTRO_SECRET_GITHUB_OWNERS": "alice", "OPENAI_API_KEY": "sk",
-              "FLOWMAESTRO_DATABASE_URL": "sqlite://", "PREFECT_API_URL": "http://p", "AWS_SECRET_ACCESS_KEY": "a",
-              "PREFECT_SERVER_API_AUTH_STRING": "u:p", "PREFECT_API_AUTH_STRING": "u:p", "GITHUB_TOKEN": "t"}
+    parent = {
+        "PATH": "/usr/bin",
+        "HOME": "/home/x",
+        "FLOWMAESTRO_API_KEYS": "alice:k",
+        "FLOWMAESTRO_METRICS_KEY": "m",
+        "FLOWMAESTRO_SECRET_KEY": "fernet",
+        "FLOWMAESTRO_STREAM_TOKEN_KEY": "s",
+        "FLOWMAESTRO_API_KEY": "c",
+        "FLOWMAESTRO_SECRET_GITHUB": "ghp",
+        "FLOWMAESTRO_SECRET_GITHUB_OWNERS": "alice",
+        "OPENAI_API_KEY": "sk",
+        "FLOWMAESTRO_DATABASE_URL": "sqlite://",
+        "PREFECT_API_URL": "http://p",
+        "AWS_SECRET_ACCESS_KEY": "a",
+        "PREFECT_SERVER_API_AUTH_STRING": "u:p",
+        "PREFECT_API_AUTH_STRING": "u:p",
+        "GITHUB_TOKEN": "t",
+    }
     worker = worker_environment(parent)
-    for name in ("FLOWMAESTRO_API_KEYS", "FLOWMAESTRO_METRICS_KEY", "FLOWMAESTRO_SECRET_KEY",
-                 "FLOWMAESTRO_STREAM_TOKEN_KEY", "FLOWMAESTRO_API_KEY", "PREFECT_SERVER_API_AUTH_STRING"):
+    for name in (
+        "FLOWMAESTRO_API_KEYS",
+        "FLOWMAESTRO_METRICS_KEY",
+        "FLOWMAESTRO_SECRET_KEY",
+        "FLOWMAESTRO_STREAM_TOKEN_KEY",
+        "FLOWMAESTRO_API_KEY",
+        "PREFECT_SERVER_API_AUTH_STRING",
+    ):
         assert name not in worker, name
-    for name in ("FLOWMAESTRO_SECRET_GITHUB", "OPENAI_API_KEY", "FLOWMAESTRO_DATABASE_URL", "PREFECT_API_URL",
-                 "PREFECT_API_AUTH_STRING", "PATH"):  # what running nodes needs
+    for name in (
+        "FLOWMAESTRO_SECRET_GITHUB",
+        "OPENAI_API_KEY",
+        "FLOWMAESTRO_DATABASE_URL",
+        "PREFECT_API_URL",
+        "PREFECT_API_AUTH_STRING",
+        "PATH",
+    ):  # what running nodes needs
         assert worker[name] == parent[name], name
     server = prefect_server_environment(parent)
-    assert sorted(server) == ["HOME", "PATH", "PREFECT_API_AUTH_STRING", "PREFECT_API_URL",
-                              "PREFECT_SERVER_API_AUTH_STRING"]
+    assert sorted(server) == [
+        "HOME",
+        "PATH",
+        "PREFECT_API_AUTH_STRING",
+        "PREFECT_API_URL",
+        "PREFECT_SERVER_API_AUTH_STRING",
+    ]
 
 
 @pytest.mark.prefect
@@ -366,9 +489,11 @@ def test_the_workers_of_serve_do_not_see_the_api_keys(served) -> None:
 
     parent = serve_pid()
     assert b"FLOWMAESTRO_API_KEYS=" in Path(f"/proc/{parent}/environ").read_bytes()
-    workers = wait_until(lambda: [c for c in children_of(parent)
-                                  if b"worker" in Path(f"/proc/{c}/cmdline").read_bytes().split(b"\0")],
-                         timeout=120, what="the worker of flowmaestro serve")
+    workers = wait_until(
+        lambda: [c for c in children_of(parent) if b"worker" in Path(f"/proc/{c}/cmdline").read_bytes().split(b"\0")],
+        timeout=120,
+        what="the worker of flowmaestro serve",
+    )
     for worker in workers:
         environ = Path(f"/proc/{worker}/environ").read_bytes()
         assert b"FLOWMAESTRO_SECRET_TOKEN=" in environ  # it runs nodes
@@ -468,8 +593,13 @@ def test_an_approval_of_yes_is_not_true() -> None:
     form = form_model({"notify": {"type": "boolean"}})
     assert form.model_validate({"approved": True}).approved is True
     assert form.model_validate({"approved": False, "notify": True}).notify is True
-    for lax in ({"approved": "yes"}, {"approved": "true"}, {"approved": 1}, {"approved": "on"},
-                {"approved": True, "notify": "yes"}):
+    for lax in (
+        {"approved": "yes"},
+        {"approved": "true"},
+        {"approved": 1},
+        {"approved": "on"},
+        {"approved": True, "notify": "yes"},
+    ):
         with pytest.raises(ValidationError):
             form.model_validate(lax)
 
@@ -493,14 +623,16 @@ async def test_unsigned_webhook_requests_are_rate_limited_per_hook_and_per_clien
         # Per hook: from many addresses, the hook's refused budget runs out.
         codes = []
         for i in range(REFUSED_LIMIT + 2):
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=(f"10.0.0.{i + 1}", 4000)),
-                                         base_url="http://test") as one:
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app, client=(f"10.0.0.{i + 1}", 4000)), base_url="http://test"
+            ) as one:
                 codes.append(await one.post(f"/hooks/{hook.id}", content=b"{}", headers=bad))
         assert [a.status_code for a in codes] == [401] * REFUSED_LIMIT + [429, 429], [a.text for a in codes]
         assert 1 <= int(codes[-1].headers["retry-after"]) <= 60
 
         # Per client address: unknown hooks from one address.
-        answers = [await api.post(f"/hooks/{uuid.uuid4()}", content=b"{}", headers=bad)
-                   for _ in range(REFUSED_LIMIT + 1)]
+        answers = [
+            await api.post(f"/hooks/{uuid.uuid4()}", content=b"{}", headers=bad) for _ in range(REFUSED_LIMIT + 1)
+        ]
         assert [a.status_code for a in answers] == [404] * REFUSED_LIMIT + [429]
         assert "retry-after" in answers[-1].headers

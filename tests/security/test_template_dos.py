@@ -37,12 +37,12 @@ OVERSIZE = {
     "batch": "{{ [1] | batch(50000000, 0) | list | length }}",
     "slice": "{{ [1] | slice(50000000) | list | length }}",
     "tilde_doubling": "{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}"
-                      "{% endfor %}{{ ns.s | length }}",
+    "{% endfor %}{{ ns.s | length }}",
     "int_multiply": "{% set ns = namespace(n=7) %}{% for i in range(40) %}{% set ns.n = ns.n * ns.n %}"
-                    "{% endfor %}{{ ns.n > 1 }}",
+    "{% endfor %}{{ ns.n > 1 }}",
     "str_multiply": "{{ 'x' * 50000000 }}",
     "plus_doubling": "{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s + ns.s %}"
-                     "{% endfor %}{{ ns.s | length }}",
+    "{% endfor %}{{ ns.s | length }}",
     "block_buffer": "{% set x %}{% for i in range(100000) %}" + "x" * 200 + "{% endfor %}{% endset %}{{ x | length }}",
     "map_center": "{{ range(100000) | map('center', 900000) | list | length }}",
 }
@@ -85,15 +85,17 @@ def test_the_nested_range_loop_runs_out_of_its_step_budget_quickly():
 
 
 def test_exponential_macro_recursion_runs_out_of_budget():
-    message, seconds = _refused("{% macro f(n) %}{% if n %}{{ f(n-1) }}{{ f(n-1) }}{% endif %}{% endmacro %}"
-                                   "{{ f(40) }}")
+    message, seconds = _refused(
+        "{% macro f(n) %}{% if n %}{{ f(n-1) }}{{ f(n-1) }}{% endif %}{% endmacro %}{{ f(40) }}"
+    )
     assert "FLOWMAESTRO_TEMPLATE_MAX_STEPS" in message
     assert seconds < 5
 
 
 def test_a_loop_whose_filter_drops_every_item_still_spends_steps():
-    message, seconds = _refused("{% for i in range(100000) %}{% for j in range(6000) if false %}"
-                                   "{% endfor %}{% endfor %}")
+    message, seconds = _refused(
+        "{% for i in range(100000) %}{% for j in range(6000) if false %}{% endfor %}{% endfor %}"
+    )
     assert "FLOWMAESTRO_TEMPLATE_MAX_STEPS" in message
     assert seconds < 5
 
@@ -109,9 +111,14 @@ def test_the_budget_is_shared_by_every_string_of_a_configuration():
 
 def test_ordinary_templates_and_formatting_still_work():
     scope = {"inputs": {"n": 3, "items": ["a", "b"], "text": "x\ny"}}
-    assert render_value("{{ '%05d' % inputs.n }} {{ '{:>4}'.format(inputs.n) }} {{ inputs.items | join(',') }}"
-                        " {{ inputs.text | indent(2) }} {{ [[1], [2]] | sum(start=[]) }}", scope) \
+    assert (
+        render_value(
+            "{{ '%05d' % inputs.n }} {{ '{:>4}'.format(inputs.n) }} {{ inputs.items | join(',') }}"
+            " {{ inputs.text | indent(2) }} {{ [[1], [2]] | sum(start=[]) }}",
+            scope,
+        )
         == "00003    3 a,b x\n  y [1, 2]"
+    )
     assert render_value("{{ inputs.items * 2 }}", scope) == ["a", "b", "a", "b"]
     big = "y" * 2_000_000  # data read as is is never refused: only what a template builds
     assert render_value("{{ inputs.big }}", {"inputs": {"big": big}}) is big
@@ -126,22 +133,38 @@ def test_the_pentest_regex_completes_in_linear_time():
 
 
 def _compile_errors(raw):
-    return [(issue.code, issue.node_id, issue.edge_id, issue.field, issue.message)
-            for issue in compile_canvas(raw, make_registry()).errors]
+    return [
+        (issue.code, issue.node_id, issue.edge_id, issue.field, issue.message)
+        for issue in compile_canvas(raw, make_registry()).errors
+    ]
 
 
 @pytest.mark.parametrize("pattern", [r"(a)\1", "(?=a)a", "(?<!b)a"])
 def test_a_pattern_re2_cannot_run_is_a_compile_time_issue_naming_the_edge_and_field(pattern):
-    raw = canvas([node("a"), node("b")], [{"id": "e1", "source": "a", "target": "b", "data": {"condition": {
-        "field": "{{ a }}", "operator": "matches", "value": pattern}}}])
+    raw = canvas(
+        [node("a"), node("b")],
+        [
+            {
+                "id": "e1",
+                "source": "a",
+                "target": "b",
+                "data": {"condition": {"field": "{{ a }}", "operator": "matches", "value": pattern}},
+            }
+        ],
+    )
     [(code, _, edge_id, field, message)] = _compile_errors(raw)
     assert (code, edge_id, field) == ("invalid_pattern", "e1", "data.condition.value")
     assert "backreferences and lookaround are not supported" in message
 
 
-@pytest.mark.parametrize(("template", "what"), [("{{ lipsum(1) }}", "lipsum"),
-                                                 ("{{ [1, 2, 3] | random }}", "random filter"),
-                                                 ("{% for x in [1] %}{{ lipsum() }}{% endfor %}", "lipsum")])
+@pytest.mark.parametrize(
+    ("template", "what"),
+    [
+        ("{{ lipsum(1) }}", "lipsum"),
+        ("{{ [1, 2, 3] | random }}", "random filter"),
+        ("{% for x in [1] %}{{ lipsum() }}{% endfor %}", "lipsum"),
+    ],
+)
 def test_non_deterministic_names_are_refused_at_compile_time(template, what):
     raw = canvas([node("a", data={"output": template})])
     [(_, node_id, _, field, message)] = _compile_errors(raw)
@@ -151,8 +174,10 @@ def test_non_deterministic_names_are_refused_at_compile_time(template, what):
 
 async def test_a_node_whose_template_exceeds_the_budget_fails_with_the_limit_in_its_error():
     registry = make_registry()
-    plan = compiled(canvas([node("heavy", data={"output": NESTED_RANGE}),
-                            node("big", data={"output": OVERSIZE["percent"]})]), registry)
+    plan = compiled(
+        canvas([node("heavy", data={"output": NESTED_RANGE}), node("big", data={"output": OVERSIZE["percent"]})]),
+        registry,
+    )
     started = time.perf_counter()
     record = await Execution(plan, registry, run_id="dos-1", inputs={}).run()
     result = record.result()
@@ -166,8 +191,14 @@ async def test_a_node_output_over_the_limit_fails_the_node_before_it_is_kept():
     registry = make_registry()
     # 40 strings of 900,000 characters: each within the template limit, 36 MB together.
     plan = compiled(canvas([node("wide", data={"output": ["{{ 'x' * 900000 }}"] * 40})]), registry)
-    record = await Execution(plan, registry, run_id="dos-2", inputs={}, max_node_output_bytes=16_000_000,
-                             template_limits=TemplateLimits(max_steps=10**8)).run()
+    record = await Execution(
+        plan,
+        registry,
+        run_id="dos-2",
+        inputs={},
+        max_node_output_bytes=16_000_000,
+        template_limits=TemplateLimits(max_steps=10**8),
+    ).run()
     result = record.result()
     assert result["nodes"]["wide"]["status"] == "failed"
     assert result["nodes"]["wide"]["error"]["type"] == "OutputTooLarge"
@@ -202,10 +233,16 @@ def _wait(api: httpx.Client, key: str, execution_id: str, statuses: tuple[str, .
 def test_another_owners_run_is_not_held_by_a_heavy_template_on_the_same_worker(served):
     """Bob's node loops 6e8 times (19 s of the worker's event loop before); Alice's simple
     run, started while Bob's runs on the same worker, takes about as long as alone."""
-    simple = canvas([node("start", "start"), node("hello", data={"output": "hi {{ run.id }}"})],
-                    [("start", "hello")], name=f"alice-{uuid.uuid4().hex[:6]}")
-    heavy = canvas([node("start", "start")] + [node(f"heavy{i}", data={"output": NESTED_RANGE}) for i in range(3)],
-                   [("start", f"heavy{i}") for i in range(3)], name=f"bob-{uuid.uuid4().hex[:6]}")
+    simple = canvas(
+        [node("start", "start"), node("hello", data={"output": "hi {{ run.id }}"})],
+        [("start", "hello")],
+        name=f"alice-{uuid.uuid4().hex[:6]}",
+    )
+    heavy = canvas(
+        [node("start", "start")] + [node(f"heavy{i}", data={"output": NESTED_RANGE}) for i in range(3)],
+        [("start", f"heavy{i}") for i in range(3)],
+        name=f"bob-{uuid.uuid4().hex[:6]}",
+    )
     alice, bob = served.other_key, served.owner_key
     with httpx.Client(base_url=served.base, timeout=120) as api:
         simple, heavy = _save(api, alice, simple), _save(api, bob, heavy)
@@ -236,19 +273,19 @@ SCANNING = {
     "sort": "{% set l = range(100000)|list|reverse|list %}{% for i in range(2000) %}{{ l|sort|first }}{% endfor %}",
     "max_of_string": "{% set s = 'ab ' * 300000 %}{% for i in range(2000) %}{{ s|max }}{% endfor %}",
     "selectattr": "{% set l = range(100000)|list %}{% for i in range(2000) %}{{ l|selectattr('real')|list|length }}"
-                  "{% endfor %}",
+    "{% endfor %}",
     "big_int_division": "{% set x = 2 ** 49000 %}{% set y = 3 ** 30000 %}{% for i in range(100000) %}"
-                        "{% if x // y %}{% endif %}{% endfor %}",
+    "{% if x // y %}{% endif %}{% endfor %}",
     "unique": "{% set l = range(100000)|list %}{% for i in range(2000) %}{{ l|unique|list|length }}{% endfor %}",
     "in_string": "{% set s = 'ab' * 400000 %}{% for i in range(900) %}{% for j in range(1000) %}"
-                 "{% if 'c' in s %}x{% endif %}{% endfor %}{% endfor %}",
+    "{% if 'c' in s %}x{% endif %}{% endfor %}{% endfor %}",
     "str_count": "{% set s = 'ab' * 400000 %}{% for i in range(100000) %}{{ s.count('c') }}{% endfor %}",
     "equal_lists": "{% set a = range(100000)|list %}{% set b = range(100000)|list %}"
-                   "{% for i in range(100000) %}{{ a == b }}{% endfor %}",
+    "{% for i in range(100000) %}{{ a == b }}{% endfor %}",
     "is_in_test": "{% set l = range(100000)|list %}{% for i in range(100000) %}{{ -1 is in l }}{% endfor %}",
     "slice_copy": "{% set l = range(100000)|list %}{% for i in range(100000) %}{{ l[1:]|length }}{% endfor %}",
     "loop_as_list": "{% for x in range(1000) %}{% for y in range(100000) %}{{ loop|list|length }}{% endfor %}"
-                    "{% endfor %}",
+    "{% endfor %}",
 }
 
 
@@ -262,15 +299,21 @@ def test_a_loop_of_operations_on_a_big_value_runs_out_of_budget_quickly(name):
 def test_the_length_of_a_big_list_in_a_loop_finishes_quickly():
     """``length`` does not read the list: it is not charged by its size."""
     started = time.perf_counter()
-    assert render_value("{% set l = range(100000)|list %}{% for i in range(20000) %}{{ l|length }}{% endfor %}"
-                        "", {}).startswith("100000100000")
+    assert render_value(
+        "{% set l = range(100000)|list %}{% for i in range(20000) %}{{ l|length }}{% endfor %}", {}
+    ).startswith("100000100000")
     assert time.perf_counter() - started < 15
 
 
 def test_ordinary_operations_on_data_keep_their_results():
     scope = {"inputs": {"ids": [1, 2, 3], "text": "a,b,a", "rows": [{"k": 2}, {"k": 1}], "m": {"x": 1}}}
-    assert render_value("{{ 2 in inputs.ids }} {{ 'x' in inputs.m }} {{ inputs.text.count('a') }} "
-                        "{{ inputs.ids[1:] }} {{ inputs.ids[::-1] }} {{ inputs.rows|sort(attribute='k')|map(attribute='k')|join }} "
-                        "{{ inputs.ids|select('in', [1, 3])|list }} {{ inputs.ids == [1, 2, 3] }} "
-                        "{{ inputs.text.split(',')|unique|list }} {{ 'b' not in inputs.text }}", scope) \
+    assert (
+        render_value(
+            "{{ 2 in inputs.ids }} {{ 'x' in inputs.m }} {{ inputs.text.count('a') }} "
+            "{{ inputs.ids[1:] }} {{ inputs.ids[::-1] }} {{ inputs.rows|sort(attribute='k')|map(attribute='k')|join }} "
+            "{{ inputs.ids|select('in', [1, 3])|list }} {{ inputs.ids == [1, 2, 3] }} "
+            "{{ inputs.text.split(',')|unique|list }} {{ 'b' not in inputs.text }}",
+            scope,
+        )
         == 'true true 2 [2, 3] [3, 2, 1] 12 [1, 3] true ["a", "b"] false'
+    )

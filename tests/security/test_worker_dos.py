@@ -15,14 +15,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from deployments import recovery
-from tests.security.owners import (owner_client, owners_stack, prefect_states, save_and_start, sleeper, state_types,
-                                   statuses, wait_for_state)
-
+from tests.security.owners import (
+    owner_client,
+    owners_stack,
+    prefect_states,
+    save_and_start,
+    sleeper,
+    state_types,
+    statuses,
+    wait_for_state,
+)
 
 # --- heartbeats that do not need an idle event loop ------------------------------------------------
 
@@ -101,8 +108,12 @@ def loop_cap(monkeypatch):
 def big_loop(count, max_iterations=1_000_000):
     from tests.support import canvas, node
 
-    return canvas([node("lp", "loop", data={"mode": "for", "count": count, "max_iterations": max_iterations}),
-                   node("step", "transform", parentId="lp", data={"output": "{{ loop.index }}"})])
+    return canvas(
+        [
+            node("lp", "loop", data={"mode": "for", "count": count, "max_iterations": max_iterations}),
+            node("step", "transform", parentId="lp", data={"output": "{{ loop.index }}"}),
+        ]
+    )
 
 
 def test_a_static_loop_over_the_cap_is_refused_when_the_canvas_compiles(loop_cap):
@@ -122,9 +133,13 @@ async def test_a_templated_loop_over_the_cap_fails_its_node_naming_the_cap(loop_
     from tests.test_engine import run
 
     loop_cap(10_000)
-    raw = canvas([node("lp", "loop", data={"mode": "for", "count": "{{ inputs.n }}", "max_iterations": 1_000_000}),
-                  node("step", "transform", parentId="lp", data={"output": "{{ loop.index }}"})],
-                 inputs={"n": {"type": "integer"}})
+    raw = canvas(
+        [
+            node("lp", "loop", data={"mode": "for", "count": "{{ inputs.n }}", "max_iterations": 1_000_000}),
+            node("step", "transform", parentId="lp", data={"output": "{{ loop.index }}"}),
+        ],
+        inputs={"n": {"type": "integer"}},
+    )
     result, _ = await run(raw, {"n": 20_000})
     assert result["status"] == "failed"
     error = result["nodes"]["lp"]["error"]
@@ -177,8 +192,14 @@ def pool() -> str:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, pg_prefect, pool):
     """Crash detection at its shortest (15 s), owners limited to 10 runs in flight (the default)."""
-    with owners_stack(tmp_path_factory.mktemp("worker-dos"), pg_prefect, bob=BOB, alice=ALICE, pool=pool,
-                      FLOWMAESTRO_CRASH_DETECT_S=str(CRASH_DETECT_S)) as (base, _database_url):
+    with owners_stack(
+        tmp_path_factory.mktemp("worker-dos"),
+        pg_prefect,
+        bob=BOB,
+        alice=ALICE,
+        pool=pool,
+        FLOWMAESTRO_CRASH_DETECT_S=str(CRASH_DETECT_S),
+    ) as (base, _database_url):
         yield base
 
 
@@ -225,23 +246,32 @@ async def test_a_long_loop_of_one_owner_strands_no_run_of_another_owner(stack, p
     promise that matters, every run ends as it should, once, and none is left Crashed."""
     from tests.support import canvas, node, wait_final
 
-    loop = canvas([node("start", "start"),
-                   node("lp", "loop", data={"mode": "for", "count": "{{ inputs.n }}", "max_iterations": 100_000}),
-                   node("step", "transform", parentId="lp", data={"output": "{{ loop.index * 2 }}"}),
-                   node("end", "end", data={"output": "{{ lp.iterations }}"})],
-                  [("start", "lp"), ("lp", "end")], inputs={"n": {"type": "integer", "required": True}},
-                  name="bob-loops")
+    loop = canvas(
+        [
+            node("start", "start"),
+            node("lp", "loop", data={"mode": "for", "count": "{{ inputs.n }}", "max_iterations": 100_000}),
+            node("step", "transform", parentId="lp", data={"output": "{{ loop.index * 2 }}"}),
+            node("end", "end", data={"output": "{{ lp.iterations }}"}),
+        ],
+        [("start", "lp"), ("lp", "end")],
+        inputs={"n": {"type": "integer", "required": True}},
+        name="bob-loops",
+    )
     async with owner_client(stack, BOB) as bob, owner_client(stack, ALICE) as alice:
-        static = dict(loop, nodes=[dict(n, data=dict(n["data"], count=20_000)) if n["id"] == "lp" else n
-                                   for n in loop["nodes"]])
+        static = dict(
+            loop, nodes=[dict(n, data=dict(n["data"], count=20_000)) if n["id"] == "lp" else n for n in loop["nodes"]]
+        )
         saved = await bob.post("/api/workflows", json={"canvas": static})
         assert saved.status_code == 422 and "FLOWMAESTRO_MAX_LOOP_ITERATIONS=10000" in saved.text, saved.text
         [refused] = await save_and_start(bob, loop, inputs={"n": 20_000})
         [looping] = await save_and_start(bob, dict(loop, name="bob-loops-at-the-cap"), inputs={"n": 10_000})
         [mine] = await save_and_start(alice, sleeper("alice-waits", CRASH_DETECT_S * 2))
         started = time.monotonic()
-        ended = await asyncio.gather(wait_final(alice, mine, timeout=300), wait_final(bob, looping, timeout=300),
-                                     wait_final(bob, refused, timeout=300))
+        ended = await asyncio.gather(
+            wait_final(alice, mine, timeout=300),
+            wait_final(bob, looping, timeout=300),
+            wait_final(bob, refused, timeout=300),
+        )
         took = time.monotonic() - started
         print(f"alice's {CRASH_DETECT_S * 2} s run and bob's 10,000 iterations ended within {took:.1f} s")
     alice_result, loop_result, refused_result = ended
@@ -267,13 +297,17 @@ async def test_a_long_loop_of_one_owner_strands_no_run_of_another_owner(stack, p
 
 
 def _at(seconds: float):
-    return datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=seconds)
+    return datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=seconds)
 
 
 def test_the_sweep_continues_runs_crashed_longer_than_the_grace_and_not_held_here():
-    crashed = [recovery.CrashedRun("old", "s1", _at(0)), recovery.CrashedRun("fresh", "s2", _at(95)),
-               recovery.CrashedRun("mine", "s3", _at(0)), recovery.CrashedRun("just", "s4", _at(10)),
-               recovery.CrashedRun("long ago", "s5", _at(100 - 90 * recovery.SWEEP_WINDOWS))]
+    crashed = [
+        recovery.CrashedRun("old", "s1", _at(0)),
+        recovery.CrashedRun("fresh", "s2", _at(95)),
+        recovery.CrashedRun("mine", "s3", _at(0)),
+        recovery.CrashedRun("just", "s4", _at(10)),
+        recovery.CrashedRun("long ago", "s5", _at(100 - 90 * recovery.SWEEP_WINDOWS)),
+    ]
     chosen = recovery.runs_to_continue(crashed, now=_at(100), grace_s=90, held=["mine"])
     assert [run.run_id for run in chosen] == ["old", "just"]  # not "long ago": before sweeps began
 
@@ -286,12 +320,22 @@ def test_a_held_run_marked_crashed_by_recovery_gets_back_the_state_it_had():
     running = restore([Pending(timestamp=_at(0)), Running(timestamp=_at(1)), Crashed(message=lost, timestamp=_at(20))])
     assert running is not None and running.type.value == "RUNNING"
     # the automation "continue" already scheduled it again: still back to Running
-    again = restore([Running(timestamp=_at(1)), Crashed(message=lost, timestamp=_at(20)),
-                     Scheduled(message=recovery.CONTINUED_MESSAGE, timestamp=_at(21))])
+    again = restore(
+        [
+            Running(timestamp=_at(1)),
+            Crashed(message=lost, timestamp=_at(20)),
+            Scheduled(message=recovery.CONTINUED_MESSAGE, timestamp=_at(21)),
+        ]
+    )
     assert again is not None and again.type.value == "RUNNING"
     # paused on an approval: paused again on the same key, so its engine goes on waiting
-    paused = restore([Running(timestamp=_at(1)), Paused(pause_key="approval-1", timestamp=_at(5)),
-                      Crashed(message=lost, timestamp=_at(30))])
+    paused = restore(
+        [
+            Running(timestamp=_at(1)),
+            Paused(pause_key="approval-1", timestamp=_at(5)),
+            Crashed(message=lost, timestamp=_at(30)),
+        ]
+    )
     assert paused is not None and paused.type.value == "PAUSED" and paused.state_details.pause_key == "approval-1"
     # states recovery did not write are never overridden
     assert restore([Running(timestamp=_at(1)), Crashed(message="Execution was cancelled", timestamp=_at(2))]) is None
@@ -321,15 +365,20 @@ async def test_workers_sweeping_at_once_continue_a_crashed_run_once(server, requ
         flow_run = await client.create_flow_run_from_deployment(deployment_id)
         await client.set_flow_run_state(flow_run.id, Crashed(message=recovery.LOST_MESSAGE), force=True)
         crashed = (await client.read_flow_run(flow_run.id)).state
-        moved = await asyncio.gather(*(prefect_compat.continue_crashed_run(
-            client, flow_run.id, crashed.id, recovery.CONTINUED_MESSAGE) for _ in range(5)))
+        moved = await asyncio.gather(
+            *(
+                prefect_compat.continue_crashed_run(client, flow_run.id, crashed.id, recovery.CONTINUED_MESSAGE)
+                for _ in range(5)
+            )
+        )
         assert sorted(moved) == [False] * 4 + [True]
         states = await client.read_flow_run_states(flow_run.id)
         assert [s.type for s in states].count(StateType.SCHEDULED) == 2  # created, then continued once
         # a worker took it: a sweep that read the old Crashed state changes nothing
         await client.set_flow_run_state(flow_run.id, Pending())
-        assert not await prefect_compat.continue_crashed_run(client, flow_run.id, crashed.id,
-                                                             recovery.CONTINUED_MESSAGE)
+        assert not await prefect_compat.continue_crashed_run(
+            client, flow_run.id, crashed.id, recovery.CONTINUED_MESSAGE
+        )
         assert (await client.read_flow_run(flow_run.id)).state.type == StateType.PENDING
 
 
@@ -390,8 +439,11 @@ async def test_a_crashed_run_the_automation_did_not_continue_is_continued_by_the
             started = await bob.post(f"/api/workflows/{saved.json()['id']}/execute", json={"inputs": {}})
             assert started.status_code == 202, started.text
             run_id = started.json()["execution_id"]
-            await prefect.set_flow_run_state(uuid.UUID(run_id), Crashed(
-                message=f"{recovery.LOST_MESSAGE} for {CRASH_DETECT_S} s: marked by hand"), force=True)
+            await prefect.set_flow_run_state(
+                uuid.UUID(run_id),
+                Crashed(message=f"{recovery.LOST_MESSAGE} for {CRASH_DETECT_S} s: marked by hand"),
+                force=True,
+            )
             await prefect.update_work_queue(queues[0].id, is_paused=False)
             result = await wait_final(bob, run_id, timeout=240)
         finally:
@@ -401,7 +453,7 @@ async def test_a_crashed_run_the_automation_did_not_continue_is_continued_by_the
     states = await prefect_states(pg_prefect.api_url, run_id)
     crashed = [i for i, s in enumerate(states) if s.type == StateType.CRASHED]
     assert len(crashed) == 1, [(s.name, s.message) for s in states]
-    after = states[crashed[0] + 1:]
+    after = states[crashed[0] + 1 :]
     assert after[0].type == StateType.SCHEDULED and after[0].message == recovery.CONTINUED_MESSAGE
     waited = (after[0].timestamp - states[crashed[0]].timestamp).total_seconds()
     print(f"crashed run continued by the sweep {waited:.1f} s after it crashed")
@@ -426,22 +478,33 @@ async def test_a_run_marked_crashed_while_its_worker_executes_it_is_set_back_to_
 
     async with owner_client(stack, BOB) as bob:
         [run_id] = await save_and_start(bob, sleeper("bob-false-alarm", 45))
-        await wait_for_state(pg_prefect.api_url, run_id, lambda ss: ss[-1].type == StateType.RUNNING,
-                             timeout=120, what="running")
+        await wait_for_state(
+            pg_prefect.api_url, run_id, lambda ss: ss[-1].type == StateType.RUNNING, timeout=120, what="running"
+        )
         async with PrefectClient(pg_prefect.api_url) as prefect:
-            await prefect.set_flow_run_state(uuid.UUID(run_id), Crashed(
-                message=f"{recovery.LOST_MESSAGE} for {CRASH_DETECT_S} s: marked by hand"), force=True)
+            await prefect.set_flow_run_state(
+                uuid.UUID(run_id),
+                Crashed(message=f"{recovery.LOST_MESSAGE} for {CRASH_DETECT_S} s: marked by hand"),
+                force=True,
+            )
         marked = time.monotonic()
         # Settled: the automation scheduled it again (once) and the worker set it back after that.
-        await wait_for_state(pg_prefect.api_url, run_id, lambda ss: ss[-1].type == StateType.RUNNING
-                             and (ss[-1].message or "").startswith("set back to Running")
-                             and any(s.message == recovery.CONTINUED_MESSAGE for s in ss), timeout=40,
-                             what="scheduled again by the automation and set back to Running")
+        await wait_for_state(
+            pg_prefect.api_url,
+            run_id,
+            lambda ss: (
+                ss[-1].type == StateType.RUNNING
+                and (ss[-1].message or "").startswith("set back to Running")
+                and any(s.message == recovery.CONTINUED_MESSAGE for s in ss)
+            ),
+            timeout=40,
+            what="scheduled again by the automation and set back to Running",
+        )
         print(f"set back to Running {time.monotonic() - marked:.1f} s after it was marked Crashed")
         assert (await bob.get(f"/api/executions/{run_id}")).json()["status"] == "running"
         result = await wait_final(bob, run_id, timeout=240)
     assert result["status"] == "completed", result
     states = await prefect_states(pg_prefect.api_url, run_id)
-    after = [s.type for s in states[[s.type for s in states].index(StateType.CRASHED) + 1:]]
+    after = [s.type for s in states[[s.type for s in states].index(StateType.CRASHED) + 1 :]]
     assert StateType.PENDING not in after, after  # no worker took it a second time
     assert after.count(StateType.COMPLETED) == 1 and after[-1] == StateType.COMPLETED, after
