@@ -44,7 +44,14 @@ class ErrorBody(BaseModel):
     issues: list[IssueOut] = Field(default_factory=list)
 
 
-class CanvasBody(BaseModel):
+class RequestBody(BaseModel):
+    """A request body: its values have the types the schema says, none converted (``0`` is not
+    ``false``, ``"10"`` not ``10``), so the API accepts exactly what it documents."""
+
+    model_config = ConfigDict(strict=True)
+
+
+class CanvasBody(RequestBody):
     model_config = ConfigDict(json_schema_extra={"examples": [{"canvas": EXAMPLE_CANVAS}]})
     canvas: dict[str, Any] = Field(description="A canvas-v1 document (React Flow export accepted).")
 
@@ -76,7 +83,7 @@ class ValidationReport(BaseModel):
     plan: dict[str, Any] | None = None
 
 
-class ExecuteBody(BaseModel):
+class ExecuteBody(RequestBody):
     model_config = ConfigDict(json_schema_extra={"examples": [{"inputs": {"name": "Ada"}}]})
     inputs: dict[str, Any] = Field(default_factory=dict)
     version: int | None = Field(None, ge=1, description="Version to run; the latest when absent.")
@@ -135,7 +142,7 @@ class RunResult(BaseModel):
         return cls.model_validate({**stored, **{k: v for k, v in more.items() if v is not None}})
 
 
-class RetryBody(BaseModel):
+class RetryBody(RequestBody):
     model_config = ConfigDict(json_schema_extra={"examples": [{}, {"version": 3}]})
     version: int | None = Field(
         None,
@@ -191,7 +198,7 @@ class StreamEvent(BaseModel):
     )
 
 
-class ResumeBody(BaseModel):
+class ResumeBody(RequestBody):
     model_config = ConfigDict(json_schema_extra={"examples": [{"node_id": "approve", "input": {"approved": True}}]})
     node_id: str
     path: list[int] | None = Field(None, description="Iteration/branch indices when the node waits in a body.")
@@ -214,7 +221,7 @@ class StreamTokenOut(BaseModel):
 Overlap = Literal["allow", "skip", "queue"]
 
 
-class ScheduleBody(BaseModel):
+class ScheduleBody(RequestBody):
     """Exactly one of ``cron``, ``interval_s``, ``rrule``."""
 
     model_config = ConfigDict(
@@ -234,7 +241,7 @@ class ScheduleBody(BaseModel):
     overlap: Overlap = Field("allow", description="allow; skip: no new run while one goes; queue: wait.")
 
 
-class SchedulePatch(BaseModel):
+class SchedulePatch(RequestBody):
     """What is given changes; a new cron, interval_s or rrule replaces the timing."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"active": False}]})
@@ -262,7 +269,7 @@ class ScheduleOut(BaseModel):
     )
 
 
-class WebhookBody(BaseModel):
+class WebhookBody(RequestBody):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"name": "github push"}]})
     name: str = Field(min_length=1, max_length=200)
 
