@@ -99,7 +99,7 @@ from benchmarks._measure import (  # noqa: E402
 )
 from benchmarks._prefect_record import state_times, wait_tagged_final  # noqa: E402
 from benchmarks._report import comparison, targets  # noqa: E402
-from benchmarks._stack import (  # noqa: E402  # noqa: E402,F401  (events.py uses them from here)
+from benchmarks._stack import (  # noqa: E402
     AUTH,
     PrefectServer,
     Served,

@@ -70,6 +70,7 @@ from typing import Any
 import httpx
 from httpx_sse import aconnect_sse
 
+from benchmarks import _stack
 from benchmarks import api as B
 
 pct, ms, table, CpuMeter, loadavg = B.pct, B.ms, B.table, B.CpuMeter, B.loadavg
@@ -592,7 +593,7 @@ def serve_bare(port: int) -> None:
 
 class BareServer:
     def __init__(self, in_thread: bool):
-        self.port = B.free_port()
+        self.port = _stack.free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.in_thread = in_thread
         self.process: subprocess.Popen[bytes] | None = None
@@ -720,7 +721,7 @@ async def main_async(args: argparse.Namespace) -> int:
     servers = [start(name) for name in backends]
     t0 = time.perf_counter()
     try:
-        await asyncio.gather(*(asyncio.to_thread(B.wait_healthy, s, t0) for s in servers))
+        await asyncio.gather(*(asyncio.to_thread(_stack.wait_healthy, s, t0) for s in servers))
         print(
             "serve processes: "
             + ", ".join(f"{s.name} pid {s.pid} ({s.startup_s:.1f} s to healthy)" for s in servers)

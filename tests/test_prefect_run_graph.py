@@ -15,6 +15,7 @@ import pytest
 from prefect.client.orchestration import get_client
 
 from flows.flow import workflow_flow
+from flows.run_context import RunContext
 from tests.conftest_llm import allow_hosts, handler_env  # noqa: F401
 from tests.support import canvas, node
 from tests.test_prefect_ui import CHROMIUM, CHROMIUM_ARGS, require_chromium
@@ -61,12 +62,16 @@ async def graph_of(flow_run_id: str, expected_nodes: int, timeout: float = 60.0)
 
 
 async def test_the_run_graph_has_the_canvas_edges_and_the_loop_around_its_bodies(
-    prefect_server, run_context, counting, handler_env
+    prefect_server, test_handler_plugin, counting, handler_env
 ):
     allow_hosts(handler_env, "127.0.0.1")
-    state = await workflow_flow(run_context)(canvas=graph_canvas(counting.url), inputs={}, return_state=True)
-    assert (await state.result())["status"] == "completed"
-    await run_context.task_run_sender.close()
+    # Built after the allow list is set: a context reads the handlers' settings when it is built.
+    run_context = RunContext.from_environment()
+    try:
+        state = await workflow_flow(run_context)(canvas=graph_canvas(counting.url), inputs={}, return_state=True)
+        assert (await state.result())["status"] == "completed"
+    finally:
+        await run_context.close()
     flow_run_id = str(state.state_details.flow_run_id)
     graph = await graph_of(flow_run_id, 8)
     nodes = {n["label"]: n for _, n in graph["nodes"]}
