@@ -31,6 +31,10 @@ KEY = "failing-" + uuid.uuid4().hex
 ANSWER_WITHIN_S = 20
 """The longest any request may take while a service is down or frozen (the bounds are
 5 s for a check, 5 s to connect and 10 s per query on PostgreSQL, FLOWMAESTRO_PREFECT_TIMEOUT_S)."""
+PREFECT_TIMEOUT_S = 12
+"""Below ANSWER_WITHIN_S, and long enough for a deployment's creation (three calls) on this
+stack's SQLite Prefect server while a worker writes to it on a loaded CI machine: 5 s was
+not (a save answered ``deployment_pending`` with Prefect up)."""
 
 
 @dataclass
@@ -68,7 +72,7 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         FLOWMAESTRO_API_KEYS=f"tester:{KEY}",
         FLOWMAESTRO_REDIS_URL=redis.url,
         FLOWMAESTRO_CACHE_LOCK_REDIS_URL=redis.url,
-        FLOWMAESTRO_PREFECT_TIMEOUT_S="5",
+        FLOWMAESTRO_PREFECT_TIMEOUT_S=str(PREFECT_TIMEOUT_S),
         FLOWMAESTRO_WORKER_GRACE_S="2",
         FLOWMAESTRO_WORK_POOL=f"failing-{uuid.uuid4().hex[:6]}",
     )
