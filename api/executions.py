@@ -29,6 +29,7 @@ from api.schemas import (
     RunResult,
     StreamEvent,
     StreamTokenOut,
+    retries_of,
 )
 from api.stream_slots import released_after
 from api.stream_tokens import StreamReader
@@ -100,6 +101,7 @@ async def list_executions(
             version=r.version,
             status=r.status,
             trigger=r.trigger or {"type": r.trigger_type},
+            retries=retries_of(r.trigger),
             created_at=r.created_at,
             updated_at=r.updated_at,
         )
@@ -270,6 +272,7 @@ async def stream_execution(
     async def events():
         last = start
         ended: str | None = None
+        retried = False
         while True:
             # Once the run has ended, one last short pass drains what was stored meanwhile.
             async for event in log.follow(execution_id, after=last, idle_timeout=1.0 if ended else IDLE_CHECK_S):
@@ -278,7 +281,12 @@ async def stream_execution(
                 last = event.seq
                 yield event.sse()
                 if event.type in FINAL_EVENT_TYPES:
-                    return
+                    if await log.last_seq(execution_id) <= last:
+                        return  # the final event of the run's latest execution
+                    retried = True  # a retry's events follow: go on to its final event
+            if retried:
+                retried = False
+                continue
             if ended is not None:
                 # The run ended without its final event (its process died, or it was
                 # cancelled outside FlowMaestro): end the stream with what Prefect says.

@@ -28,12 +28,13 @@ from prefect.client.schemas.objects import State, StateType
 from api.compiling import CanvasCompiler
 from api.metrics import Metrics
 from api.prefect_gateway import PrefectGateway
-from api.schemas import RunResult
+from api.schemas import RunResult, retries_of
 from builder.plan import Plan
 from deployments.workflow_deployments import WorkflowDeployment, WorkflowDeployments
 from flows.approvals import pending_approvals, resume_approval
 from flows.decisions import DecisionSigner
 from flows.event_log import EventLog
+from flows.events import RunEvent, utcnow
 from flows.large_outputs import is_ref
 from flows.prefect_compat import mark_cancelled, request_cancellation, schedule_again
 from node_handlers.registry import HandlerRegistry
@@ -200,7 +201,7 @@ class RunService:
             # yet: it is the owner's when the run names a workflow of theirs.
             return await self._not_started(owner, run_id)
         if row.result is not None and row.status in FINAL_STATUSES:
-            return RunResult.of(row.result, trigger=row.trigger)
+            return RunResult.of(row.result, trigger=row.trigger, retries=retries_of(row.trigger))
         flow_run = await self.prefect.call("read the run", lambda client: client.read_flow_run(uuid.UUID(run_id)))
         state = flow_run.state
         status = STATUS_OF_STATE.get(state.type, RunStatus.RUNNING) if state else RunStatus.PENDING
@@ -223,6 +224,7 @@ class RunService:
             status=status,
             nodes=await self._live_nodes(run_id),
             trigger=row.trigger,
+            retries=retries_of(row.trigger),
             pending_approvals=approvals,
             started_at=flow_run.start_time.isoformat() if flow_run.start_time else None,
         )
@@ -271,6 +273,7 @@ class RunService:
             status=status,
             error={"message": message} if message else None,
             trigger=row.trigger,
+            retries=retries_of(row.trigger),
             nodes=await self._live_nodes(row.id),
         )
 
@@ -394,8 +397,22 @@ class RunService:
             await self.prefect.call(
                 "set the version to run", lambda client: client.update_flow_run(flow_run.id, parameters=parameters)
             )
-        await self.executions.reopen(run_id, version)
+        retries = await self.executions.reopen(run_id, version, retried_by=owner)
         await self.outcomes.dismiss_run(run_id)
+        # Before the run is scheduled again: a stream opened from now on does not end at the
+        # previous execution's final event, and the worker numbers its events after this one.
+        last = await self.event_log.last_seq(run_id)
+        await self.event_log.append(
+            [
+                RunEvent(
+                    last + 1,
+                    EventType.EXECUTION_RETRIED,
+                    run_id,
+                    utcnow().isoformat(),
+                    data={"status": RunStatus.PENDING, "retries": retries, "retried_by": owner, "version": version},
+                )
+            ]
+        )
         await self.prefect.call(
             "schedule the run again",
             lambda client: schedule_again(client, flow_run.id, f"retried by {owner} through FlowMaestro's API"),

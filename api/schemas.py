@@ -95,6 +95,12 @@ class ExecutionAccepted(BaseModel):
     links: dict[str, str]
 
 
+def retries_of(trigger: dict[str, Any] | None) -> int:
+    """How many times a run was retried, as its trigger records it (``store.queries.Executions.reopen``)."""
+    retries = (trigger or {}).get("retries", 0)
+    return retries if isinstance(retries, int) else 0
+
+
 class ExecutionSummary(BaseModel):
     id: str
     workflow_id: str
@@ -104,6 +110,7 @@ class ExecutionSummary(BaseModel):
     trigger: dict[str, Any] = Field(
         description="What started the run: {'type': 'api'|'schedule'|'webhook'|'prefect-ui'|'retry'|'parent', ...}."
     )
+    retries: int = Field(0, description="How many times the run was retried (POST .../retry).")
     created_at: Timestamp
     updated_at: Timestamp
 
@@ -134,6 +141,7 @@ class RunResult(BaseModel):
     started_at: str | None = None
     ended_at: str | None = None
     trigger: dict[str, Any] = Field(default_factory=dict)
+    retries: int = Field(0, description="How many times the run was retried (POST .../retry).")
     pending_approvals: list[dict[str, Any]] = Field(default_factory=list)
 
     @classmethod

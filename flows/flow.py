@@ -41,7 +41,7 @@ from flows.approvals import PrefectApprovals
 from flows.decisions import DecisionSigner
 from flows.engine import Execution
 from flows.event_log import EventLogWriter
-from flows.events import EventBus, utcnow
+from flows.events import FINAL_EVENT_TYPES, EventBus, utcnow
 from flows.journal import RunJournal
 from flows.large_outputs import LargeOutputs
 from flows.prefect_runner import PrefectRunner
@@ -250,6 +250,10 @@ async def open_run(context: RunContext, request: RunRequest) -> AsyncIterator[Op
     # its result.
     writer = EventLogWriter(context.event_log, hold_final=saved)
     writer.attach(bus)
+    if start_seq and await _ended_before(context, run_id, start_seq):
+        # Executed again after its final event without the API's retry saying so (the
+        # Prefect UI's Retry button): say it here, or streams would end at that final event.
+        bus.publish(EventType.EXECUTION_RETRIED, status=RunStatus.PENDING, retried_by="prefect-ui")
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(writer.close)
         # Closed first: what it has not sent yet goes before the run ends.
@@ -267,6 +271,12 @@ async def open_run(context: RunContext, request: RunRequest) -> AsyncIterator[Op
             writer=writer,
             recorder=recorder,
         )
+
+
+async def _ended_before(context: RunContext, run_id: str, last_seq: int) -> bool:
+    """Whether the run's last stored event is a final one: an earlier execution ended there."""
+    last = await context.event_log.read(run_id, after=last_seq - 1, limit=1)
+    return bool(last) and last[0].type in FINAL_EVENT_TYPES
 
 
 def first_start(flow_run: Any, given: str | None) -> datetime:

@@ -178,13 +178,22 @@ class Executions:
                 row.status, row.updated_at = status, utcnow()
                 await session.commit()
 
-    async def reopen(self, execution_id: str, version: int) -> None:
-        """A run retried: pending again (with the version it will run), its old result gone."""
+    async def reopen(self, execution_id: str, version: int, *, retried_by: str) -> int:
+        """A run retried: pending again (with the version it will run), its old result gone,
+        its trigger saying it is a retry (what first started it under ``first``). Returns how
+        many times it has been retried, this one included."""
         async with self.sessions() as session:
             row = await session.get(ExecutionRow, execution_id)
-            if row is not None:
-                row.status, row.result, row.version, row.updated_at = "pending", None, version, utcnow()
-                await session.commit()
+            if row is None:
+                return 0
+            trigger = dict(row.trigger or {"type": row.trigger_type})
+            retries = int(trigger.get("retries", 0)) + 1
+            first = trigger.get("first", trigger) if trigger.get("type") == "retry" else trigger
+            row.trigger = {"type": "retry", "retries": retries, "retried_by": retried_by, "first": first}
+            row.trigger_type = "retry"
+            row.status, row.result, row.version, row.updated_at = "pending", None, version, utcnow()
+            await session.commit()
+            return retries
 
     async def record_result(self, execution_id: str, result: dict[str, Any]) -> None:
         async with self.sessions() as session:

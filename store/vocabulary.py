@@ -55,6 +55,9 @@ class EventType(StrEnum):
     EXECUTION_COMPLETED = "execution:completed"
     EXECUTION_FAILED = "execution:failed"
     EXECUTION_CANCELLED = "execution:cancelled"
+    EXECUTION_RETRIED = "execution:retried"
+    """The run was retried after its final event: the events that follow are its next
+    execution's, and a stream goes on to that execution's final event."""
     NODE_STARTED = "node:started"
     NODE_COMPLETED = "node:completed"
     NODE_CACHED = "node:cached"

@@ -24,7 +24,7 @@ from httpx_sse import aconnect_sse
 
 from tests.openai_server import FakeOpenAI, Reply
 from tests.processes import free_port, start_serve
-from tests.support import save_and_execute, summary_artifact_of, wait_final
+from tests.support import save, save_and_execute, summary_artifact_of, wait_final
 from tests.test_prefect_ui import CHROMIUM, CHROMIUM_ARGS, require_chromium
 
 pytestmark = [pytest.mark.prefect, pytest.mark.usefixtures("prefect_server")]
@@ -434,6 +434,55 @@ async def test_an_error_is_shown_on_the_node_that_failed(served, context):
     assert await row.locator("[data-status]").text_content() == "failed"
     await row.locator("a").click()
     await page.wait_for_url(f"{served}/ui/executions/{run_id}")
+
+
+async def test_a_retried_run_streams_and_shows_up_to_its_latest_executions_end(served, context):
+    """Issue 31, major 1: after POST .../retry, a stream (and the run page) replays the failed
+    execution, says the run was retried, and ends only at the retry's own final event."""
+
+    def canvas(output: str, *tail: dict) -> dict:
+        return chain(delay("pre", 0.1), {"id": "boom", "type": "transform", "data": {"output": output}}, *tail)
+
+    async with httpx.AsyncClient(base_url=served, headers=AUTH, timeout=120) as client:
+        saved = await save(client, {"name": name("ui-retry"), **canvas("{{ 1 // 0 }}")}, deployed=False)
+        started = await client.post(f"/api/workflows/{saved['id']}/execute", json={"inputs": {}})
+        run_id = started.json()["execution_id"]
+        assert (await wait_final(client, run_id, timeout=120))["status"] == "failed"
+        fixed = await client.put(
+            f"/api/workflows/{saved['id']}",
+            json={"canvas": {"name": saved["name"], **canvas("{{ 6 // 3 }}", delay("after", 1))}},
+        )
+        assert fixed.status_code == 200, fixed.text
+        retried = await client.post(f"/api/executions/{run_id}/retry", json={"version": fixed.json()["version"]})
+        assert retried.status_code == 202, retried.text
+        events = []
+        async with aconnect_sse(client, "GET", f"/api/executions/{run_id}/stream") as source:
+            async for sse in source.aiter_sse():
+                if sse.data:
+                    events.append((int(sse.id), sse.event, json.loads(sse.data)))
+        result = (await client.get(f"/api/executions/{run_id}")).json()
+        listed = (await client.get("/api/executions", params={"trigger": "retry"})).json()
+    types = [t for _, t, _ in events]
+    assert [i for i, _, _ in events] == list(range(1, len(events) + 1)), "every event once, in order"
+    assert types.count("execution:failed") == 1 and types.count("execution:retried") == 1, types
+    assert types.index("execution:retried") == types.index("execution:failed") + 1, types
+    assert types[-1] == "execution:completed" and types.count("execution:completed") == 1, types
+    retried_event = events[types.index("execution:retried")][2]
+    assert (retried_event["retries"], retried_event["retried_by"], retried_event["status"]) == (1, "tester", "pending")
+    assert result["status"] == "completed" and result["output"] is not None, result
+    assert result["retries"] == 1 and result["trigger"]["type"] == "retry", result["trigger"]
+    assert result["trigger"]["first"]["type"] == "api" and result["trigger"]["retried_by"] == "tester"
+    assert [(r["id"], r["retries"]) for r in listed if r["id"] == run_id] == [(run_id, 1)], listed
+
+    page = await open_run(context, served, run_id)
+    await caught_up(page)
+    assert await page.text_content("[data-role='run-status']") == "completed"
+    assert await page.get_attribute("body", "data-retries") == "1"
+    assert await page.is_hidden("[data-role='run-error']"), "the failed execution's error is gone"
+    assert await page.get_attribute("[data-node-id='after']", "data-state") == "completed"
+    boom = [s for kind, n, s in await page.evaluate("__seen") if kind == "state" and n == "boom"]
+    assert boom[-2:] == ["failed", "completed"] or boom[-3:] == ["failed", "running", "completed"], boom
+    assert await page.get_attribute("body", "data-last-event-id") == str(events[-1][0])
 
 
 async def test_playground_shows_compile_issues_on_their_nodes_then_runs(served, context):

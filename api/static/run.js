@@ -121,6 +121,13 @@ class RunModel {
     if (type === EventType.EXECUTION_STARTED) this.status = RunStatus.RUNNING;
     else if (type === EventType.EXECUTION_PAUSED) this.status = RunStatus.PAUSED;
     else if (type === EventType.EXECUTION_RESUMED) this.status = RunStatus.RUNNING;
+    else if (type === EventType.EXECUTION_RETRIED) {
+      // The run executes again: its previous end is no longer its status.
+      this.status = RunStatus.PENDING;
+      this.error = null;
+      this.output = undefined;
+      this.retries = data.retries || (this.retries || 0) + 1;
+    }
     else if (FINAL.has(type)) {
       this.status = data.status || RUN_STATUS_OF_FINAL_EVENT[type];
       this.error = data.error || null;
@@ -211,6 +218,10 @@ class RunPage {
       try { data = JSON.parse(raw); } catch { continue; }
       this.model.apply(type, seq, data);
       if (FINAL.has(type)) this.finalSeen = true;
+      else if (type === EventType.EXECUTION_RETRIED) {  // that end was not the last: wait for the next
+        this.finalSeen = this.finalMarked = false;
+        delete document.body.dataset.caughtUp;
+      }
       if (performance.now() - started > FRAME_BUDGET_MS) { i++; break; }
     }
     this.queue.splice(0, i);
@@ -272,11 +283,17 @@ class RunPage {
     this.statusBadge.textContent = m.status;
     this.statusBadge.dataset.status = m.status;
     document.body.dataset.runStatus = m.status;
+    document.body.dataset.retries = String(m.retries || 0);
+    this.statusBadge.title = m.retries ? `retried ${m.retries} time${m.retries > 1 ? "s" : ""}` : "";
     if (m.error) {
       const where = m.error.node_id ? ` (node ${m.error.node_id})` : "";
       this.banner.textContent = `Run ${m.status}${where}: ${m.error.message ?? m.error.type ?? ""}`;
+      this.banner.dataset.kind = "run-error";
       this.banner.hidden = false;
       if (m.error.node_id) this.select(m.error.node_id);
+    } else if (this.banner.dataset.kind === "run-error") {  // a retry runs: its previous error is gone
+      this.banner.hidden = true;
+      delete this.banner.dataset.kind;
     }
   }
 
@@ -343,10 +360,9 @@ class Follower {
       source.addEventListener(type, (event) => {
         this.delay = 500;
         this.page.push(type, Number(event.lastEventId) || 0, event.data);
-        if (FINAL.has(type)) {  // the server ends the stream here: no reconnection
-          this.done = true;
-          source.close();
-        }
+        // After a final event the server ends the stream, unless the run was retried since:
+        // then the retry's events follow on the same stream.
+        this.done = FINAL.has(type);
       });
     }
     let opened = false;
@@ -389,6 +405,7 @@ async function main() {
     canvas = null;  // its workflow was deleted: the run's status and events still show
   }
   const page = new RunPage(execution, canvas || { nodes: [], edges: [] });
+  page.model.retries = execution.retries || 0;
   if (!canvas) {
     page.banner.textContent = "The workflow of this run was deleted: its canvas cannot be drawn.";
     page.banner.hidden = false;
