@@ -20,7 +20,9 @@ class WorkerSettings(StoreSettings):
         1.0, gt=0, description="How often a worker asks Prefect for runs to start (Prefect's own default is 10 s)."
     )
     worker_grace_s: float = Field(
-        30.0, ge=0, description="On SIGTERM, how long a worker lets its runs in flight finish before cancelling them."
+        30.0,
+        ge=0,
+        description="On SIGTERM, how long a worker lets its runs in flight finish before handing the rest back.",
     )
     schedule_catch_up: Literal["none", "latest", "all"] = Field(
         "latest",

@@ -13,9 +13,9 @@ process boundary would give for free is done here:
 - cancellation: one watcher per worker reads the states of all its runs at once (instead
   of every run polling its own), and a cancelled run is stopped by its flow, which
   records it as cancelled;
-- SIGTERM/SIGINT stop polling, let the runs in flight finish for ``grace_s``, then cancel
-  what is left the way a cancel request does: those runs end ``cancelled`` with their
-  result so far;
+- SIGTERM/SIGINT stop polling, let the runs in flight finish for ``grace_s``, then hand
+  back what is left (running, or paused on an approval it holds): each is stopped, put
+  back ``Scheduled`` and continued by another worker from its journal;
 - liveness: heartbeats for every run it holds, so that a run whose worker died is found
   and continued by another, a sweep of the pool's runs left Crashed, and a run it still
   executes set back when it was marked Crashed by mistake (``deployments.recovery``).
@@ -61,7 +61,13 @@ from deployments.recovery import (
 from deployments.run_store import SqlRunStore
 from deployments.settings import WorkerSettings
 from deployments.workflow_deployments import DEFAULT_POOL, WORKER_TYPE
-from flows.prefect_compat import PollingWorker, mark_cancelled, restore_state, start_flow_run_in_process
+from flows.prefect_compat import (
+    PollingWorker,
+    leave_sigterm_to_the_worker,
+    mark_cancelled,
+    restore_state,
+    start_flow_run_in_process,
+)
 from flows.run_context import CancelSignals, RunContext
 
 AWAITING_SLOT = "AwaitingConcurrencySlot"
@@ -98,6 +104,7 @@ class FlowMaestroWorker(PollingWorker):
         heartbeats: HeartbeatEmitter | None = None,
         catch_up: str = "latest",
         late_after_s: float = 60.0,
+        on_hand_back: Callable[[str], None] | None = None,
         **kwargs: Any,
     ):
         """``flow`` is the generic flow bound to this worker's run context; ``on_cancel``
@@ -113,6 +120,7 @@ class FlowMaestroWorker(PollingWorker):
         self.flow = flow
         self.cancel_poll_s = cancel_poll_s
         self.on_cancel = on_cancel
+        self.on_hand_back = on_hand_back
         self.heartbeats = heartbeats
         self.running: dict[str, asyncio.Task[Any]] = {}
         self.draining = False
@@ -301,18 +309,22 @@ class FlowMaestroWorker(PollingWorker):
             self.logger.warning("could not set back flow run %s: %s", flow_run.id, exc)
 
     async def shutdown(self, grace_s: float) -> None:
-        """Take no new runs; wait up to ``grace_s`` for runs in flight, then cancel the rest."""
+        """Take no new runs; wait up to ``grace_s`` for runs in flight, then hand the rest back."""
         self.draining = True
         tasks = list(self.running.values())
         if tasks:
             self.logger.info("waiting up to %.0f s for %d run(s) in flight", grace_s, len(tasks))
             _done, pending = await asyncio.wait(tasks, timeout=grace_s)
-            if pending and self.on_cancel is not None:
-                # As if cancelled in Prefect: each flow stops its execution and ends
-                # Cancelled with its result, instead of being torn down (Crashed).
+            stop = self.on_hand_back or self.on_cancel
+            if pending and stop is not None:
+                # Each flow stops its execution and puts its run back in the queue (or, with
+                # no hand-back, ends it Cancelled), instead of being torn down (Crashed).
+                self.logger.warning(
+                    "grace period over: handing %d run(s) back to the work pool for another worker", len(pending)
+                )
                 for run_id, task in list(self.running.items()):
                     if task in pending:
-                        self.on_cancel(run_id)
+                        stop(run_id)
                 _done, pending = await asyncio.wait(pending, timeout=10)
             for task in pending:
                 task.cancel()
@@ -343,6 +355,7 @@ async def run_worker(
     signals: CancelSignals | None = None,
     catch_up: str = "latest",
     late_after_s: float = 60.0,
+    on_hand_back: Callable[[str], None] | None = None,
 ) -> None:
     """Run one worker until ``stop`` is set (by default: SIGTERM or SIGINT), then drain it
     (see ``FlowMaestroWorker.shutdown``). With ``crash_detect_s``, it makes sure the
@@ -350,6 +363,7 @@ async def run_worker(
     when they are ``BeatingSignals`` (its child runs too), its own otherwise."""
     from prefect.settings import PREFECT_WORKER_QUERY_SECONDS, temporary_settings
 
+    leave_sigterm_to_the_worker()
     if stop is None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -381,6 +395,7 @@ async def run_worker(
             heartbeats=heartbeats,
             catch_up=catch_up,
             late_after_s=late_after_s,
+            on_hand_back=on_hand_back,
         )
         if crash_detect_s is not None:
             sweeper = CrashSweeper(
@@ -473,6 +488,7 @@ async def serve_worker(
             grace_s=settings.worker_grace_s,
             name=name,
             on_cancel=context.cancellations.cancel,
+            on_hand_back=context.cancellations.hand_back,
             started=started,
             crash_detect_s=context.settings.crash_detect_s,
             signals=context.cancellations,

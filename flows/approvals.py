@@ -256,6 +256,23 @@ class PrefectApprovals:
             await client.delete_flow_run_input(self.run_id, RESULT + slug)
             await client.create_flow_run_input(self.run_id, key=RESULT + slug, value=value)
 
+    async def stop(self) -> None:
+        """Stop serving approvals once the execution is over or was stopped (cancelled, handed
+        back): the loop and Prefect's pause are ended and awaited, so that no task of the run
+        outlives it ("Task was destroyed but it is pending") and no pause is left behind."""
+        loop_task, self.loop_task = self.loop_task, None
+        if loop_task is not None and not loop_task.done():
+            loop_task.cancel()
+            await asyncio.gather(loop_task, return_exceptions=True)
+        if self.pause_task is not None and not self.pause_task.done():
+            pause_task = self.pause_task
+            try:
+                async with get_client() as client:
+                    await self._stop_pause(client)
+            except Exception as exc:  # the run is handed back or ends anyway
+                log.warning("run %s: could not end the approval's pause: %s", self.run_id, exc)
+            await asyncio.gather(pause_task, return_exceptions=True)
+
     # --- the loop that serves every waiting approval of the run ---------------------------------
 
     async def _run(self) -> None:

@@ -23,7 +23,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from prefect import Flow, flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
@@ -218,13 +218,37 @@ class Refusal:
     recorded: bool = True
 
 
+class HandedBack(Exception):
+    """The run's worker stopped it to hand it back (its drain at SIGTERM ran out of grace)."""
+
+
 async def _run_in_flow(context: RunContext, child_flow: ChildFlow, request: RunRequest) -> Any:
     async with open_run(context, request) as opened:
         prepared = await prepare_run(opened, child_flow)
         if isinstance(prepared, Refusal):
             return await finish_run(opened, prepared.record, ran=False, recorded=prepared.recorded)
-        record = await execute_run(prepared)
+        try:
+            record = await execute_run(prepared)
+        except HandedBack:
+            await _hand_back(opened)
         return await finish_run(opened, record, ran=True)
+
+
+async def _hand_back(opened: OpenedRun) -> NoReturn:
+    """Put a run its worker stopped back in the pool's queue: not ended (its cancelled final
+    event is dropped, nothing is recorded), Scheduled now for any other worker, which
+    continues it from its journal. Raises Prefect's ``Pause``, as a release does."""
+    opened.writer.drop_final()
+    signals = opened.context.cancellations
+    assert signals is not None
+    get_run_logger().info("run %s: handed back to the work pool by its stopping worker", opened.run_id)
+    async with get_client() as client:
+        await prefect_compat.hand_back_flow_run(
+            client,
+            uuid.UUID(opened.run_id),
+            holding=functools.partial(signals.holding, opened.run_id),
+            message="handed back by its worker, stopping (SIGTERM): any worker of the pool continues it",
+        )
 
 
 @contextlib.asynccontextmanager
@@ -446,6 +470,7 @@ async def execute_run(prepared: PreparedRun) -> RunRecord:
     try:
         return await _run_watching_cancellation(execution, run_id, settings.cancel_poll_s, signals)
     finally:
+        await approvals.stop()
         await prepared.journal.flush()
 
 
@@ -550,6 +575,8 @@ async def _run_watching_cancellation(
     except asyncio.CancelledError:
         if not cancelled.is_set():
             raise
+        if signals is not None and signals.handing_back(run_id):
+            raise HandedBack(run_id) from None
         return execution.record
     finally:
         if watcher is not None:

@@ -23,7 +23,7 @@ import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -360,6 +360,18 @@ def is_timed_out(state: State) -> bool:
 # --- flow runs -----------------------------------------------------------------------------------
 
 
+def leave_sigterm_to_the_worker() -> None:
+    """Stop Prefect's flow engine from installing its own SIGTERM handler around every flow
+    run (``capture_sigterm``): in a worker running many flow runs in one process, that handler
+    replaces the worker's, and a SIGTERM then raises ``TerminationSignal`` at a random await
+    of the event loop (tracebacks, runs left Crashed) instead of starting the worker's drain.
+    The handler serves Prefect's runner, which kills a flow run's own process; this worker
+    stops its runs itself. Process-wide: call it only in a worker process."""
+    import prefect.flow_engine
+
+    prefect.flow_engine.capture_sigterm = nullcontext  # type: ignore[assignment]
+
+
 def start_flow_run_in_process(flow: Any, flow_run: FlowRun, parameters: dict[str, Any]) -> asyncio.Task[State]:
     """Run ``flow`` for a flow run created beforehand (so its id is known at once), as an
     asyncio task of this process; the task's result is the run's final state. Calling a flow
@@ -477,6 +489,7 @@ async def release_flow_run(
     wait_for_input: Any = None,
     until: datetime | None = None,
     holding: Callable[[bool], None] = lambda held: None,
+    message: str | None = None,
 ) -> NoReturn:
     """Let go of the flow run this process executes: Prefect's suspend ends it ``Suspended``
     (pause key ``key``, fresh: ``fresh_pause_key``; ``wait_for_input``: the form the Prefect
@@ -492,7 +505,8 @@ async def release_flow_run(
 
     ``holding(False)`` is called just before the suspension (the worker stops the run's
     heartbeats: one sent after it would start the automation's watch again, and the run
-    would be marked Crashed), ``holding(True)`` if the run was not suspended after all."""
+    would be marked Crashed), ``holding(True)`` if the run was not suspended after all.
+    ``message``: the Scheduled state's, when it is not a delay's (a worker handing its run back)."""
     timeout = None
     if until is not None:
         timeout = max(1, int((until - datetime.now(UTC)).total_seconds() + 0.999))
@@ -501,7 +515,7 @@ async def release_flow_run(
         await asuspend_flow_run(wait_for_input=wait_for_input, key=key, timeout=timeout)
     except Pause:
         if until is not None:
-            await schedule_delayed(client, flow_run_id, until)
+            await schedule_delayed(client, flow_run_id, until, message)
         raise
     except BaseException:
         holding(True)
@@ -510,15 +524,32 @@ async def release_flow_run(
     raise RuntimeError("the run was not suspended")  # Prefect answers Pause or refuses
 
 
-async def schedule_delayed(client: Any, flow_run_id: uuid.UUID | str, until: datetime) -> None:
-    """Put a run released while a delay waits back in its pool's queue for ``until``.
-    Forced: Prefect's orchestration keeps a Suspended run for its Resume otherwise."""
+async def hand_back_flow_run(
+    client: Any, flow_run_id: uuid.UUID, *, holding: Callable[[bool], None], message: str
+) -> NoReturn:
+    """Let go of a flow run this process stopped before its end (a worker's drain), to be
+    continued by another worker at once: released as a delay is (``release_flow_run``, due
+    now), so the lost-worker automation sees an end, not a silence. A run still paused on
+    an approval (held in memory) is set Running first: Prefect suspends only a running run;
+    an answer already given is a run input, which the next execution finds."""
+    state = (await client.read_flow_run(flow_run_id)).state
+    if state is not None and state.type == StateType.PAUSED:
+        await client.set_flow_run_state(flow_run_id, Running(), force=True)
+    key = await fresh_pause_key(client, flow_run_id, DELAY_RELEASE + "handed-back")
+    await release_flow_run(client, flow_run_id, key, until=datetime.now(UTC), holding=holding, message=message)
+
+
+async def schedule_delayed(
+    client: Any, flow_run_id: uuid.UUID | str, until: datetime, message: str | None = None
+) -> None:
+    """Put a run released while a delay waits (or handed back) in its pool's queue for
+    ``until``. Forced: Prefect's orchestration keeps a Suspended run for its Resume otherwise."""
     await client.set_flow_run_state(
         flow_run_id,
         Scheduled(
             scheduled_time=until,
             name=DELAY_RELEASE_STATE,
-            message=f"released while a delay waits: continues at {until.isoformat()}",
+            message=message or f"released while a delay waits: continues at {until.isoformat()}",
         ),
         force=True,
     )

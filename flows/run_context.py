@@ -81,6 +81,7 @@ class CancelSignals:
         heartbeat for it). ``on_holding``: told when a run is about to let go of its worker
         (False: suspended, the worker stops its heartbeats first) or keeps it after all (True)."""
         self._events: dict[str, asyncio.Event] = {}
+        self._handed_back: set[str] = set()
         self.on_watch = on_watch
         self.on_holding = on_holding
 
@@ -99,11 +100,21 @@ class CancelSignals:
 
     def forget(self, run_id: str) -> None:
         self._events.pop(run_id, None)
+        self._handed_back.discard(run_id)
 
     def cancel(self, run_id: str) -> None:
         event = self._events.get(run_id)
         if event is not None:
             event.set()
+
+    def hand_back(self, run_id: str) -> None:
+        """Stop the run as ``cancel`` does, but to be continued by another worker: its flow
+        puts it back in the pool's queue instead of ending it (a worker's drain)."""
+        self._handed_back.add(run_id)
+        self.cancel(run_id)
+
+    def handing_back(self, run_id: str) -> bool:
+        return run_id in self._handed_back
 
 
 @dataclass(frozen=True)

@@ -163,6 +163,12 @@ class EventLogWriter:
         if held is not None:
             self._on_event(held)
 
+    def drop_final(self) -> None:
+        """Forget the final event held back (``hold_final``): the run did not end after all
+        (its worker handed it back), and its next execution goes on numbering after the
+        events stored."""
+        self._held, self.hold_final = None, False
+
     async def close(self) -> None:
         """Store everything still queued (call when the run ends). Returns once it is stored,
         or given up on after the retries."""
