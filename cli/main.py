@@ -325,7 +325,9 @@ def serve(
     worker_env = {
         "FLOWMAESTRO_DECISION_KEY": decision_key_text(settings.decision_key, settings.secret_key, settings.home)
     }
-    with Children.workers(workers, pool=settings.work_pool, env=worker_env) as children:
+    with Children.workers(
+        workers, pool=settings.work_pool, env=worker_env, log=lambda line: out.print(line, soft_wrap=True)
+    ) as children:
         if workers:
             out.print(f"Workers:         {workers} on pool {settings.work_pool!r} (pids {children.pids()})")
         uvicorn.run(create_app(settings), host=host, port=port, log_level="info", timeout_graceful_shutdown=10)
