@@ -29,6 +29,7 @@ from api.schemas import (
     RunResult,
     StreamEvent,
     StreamTokenOut,
+    reason_of,
     retries_of,
 )
 from api.stream_slots import released_after
@@ -102,6 +103,7 @@ async def list_executions(
             status=r.status,
             trigger=r.trigger or {"type": r.trigger_type},
             retries=retries_of(r.trigger),
+            reason=reason_of(r.status, r.result),
             created_at=r.created_at,
             updated_at=r.updated_at,
         )

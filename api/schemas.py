@@ -101,6 +101,13 @@ def retries_of(trigger: dict[str, Any] | None) -> int:
     return retries if isinstance(retries, int) else 0
 
 
+def reason_of(status: str, result: dict[str, Any] | None) -> str | None:
+    """Why a cancelled run ended, from its stored result's error."""
+    error = (result or {}).get("error") if status == "cancelled" else None
+    message = error.get("message") if isinstance(error, dict) else None
+    return message if isinstance(message, str) else None
+
+
 class ExecutionSummary(BaseModel):
     id: str
     workflow_id: str
@@ -111,6 +118,9 @@ class ExecutionSummary(BaseModel):
         description="What started the run: {'type': 'api'|'schedule'|'webhook'|'prefect-ui'|'retry'|'parent', ...}."
     )
     retries: int = Field(0, description="How many times the run was retried (POST .../retry).")
+    reason: str | None = Field(
+        None, description="Why a cancelled run ended: a scheduled run skipped says why (overlap, missed)."
+    )
     created_at: Timestamp
     updated_at: Timestamp
 

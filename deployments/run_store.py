@@ -78,6 +78,36 @@ class SqlRunStore:
             status="running",
         )
 
+    async def skipped(
+        self, run_id: str, *, owner: str, workflow_id: str, inputs: dict[str, Any], trigger: dict[str, Any], reason: str
+    ) -> None:
+        """A run that ended without executing (a scheduled run skipped or cancelled before a
+        worker ran it): listed ``cancelled`` with ``reason`` as its error, like any run."""
+        try:
+            saved = await self.load(owner, workflow_id, None)
+        except LookupError:  # its workflow is gone: nothing to list it under
+            return
+        await self.executions.record_start(
+            execution_id=run_id,
+            owner=owner,
+            workflow_id=saved.workflow_id,
+            version=saved.version,
+            workflow_name=saved.name,
+            inputs=inputs,
+            trigger=trigger,
+            status="cancelled",
+        )
+        result = {
+            "id": run_id,
+            "workflow": saved.name,
+            "workflow_id": saved.workflow_id,
+            "version": saved.version,
+            "status": "cancelled",
+            "error": {"message": reason, "type": "Skipped"},
+            "trigger": trigger,
+        }
+        await self.executions.record_result(run_id, result)
+
     async def ended(self, run_id: str, result: dict[str, Any]) -> None:
         await self.executions.record_result(run_id, result)
 

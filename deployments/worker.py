@@ -24,10 +24,11 @@ process boundary would give for free is done here:
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -66,6 +67,7 @@ from flows.prefect_compat import (
     leave_sigterm_to_the_worker,
     mark_cancelled,
     restore_state,
+    schedule_id_of,
     start_flow_run_in_process,
 )
 from flows.run_context import CancelSignals, RunContext
@@ -105,6 +107,7 @@ class FlowMaestroWorker(PollingWorker):
         catch_up: str = "latest",
         late_after_s: float = 60.0,
         on_hand_back: Callable[[str], None] | None = None,
+        on_skipped: Callable[[FlowRun, str], Awaitable[None]] | None = None,
         **kwargs: Any,
     ):
         """``flow`` is the generic flow bound to this worker's run context; ``on_cancel``
@@ -121,6 +124,7 @@ class FlowMaestroWorker(PollingWorker):
         self.cancel_poll_s = cancel_poll_s
         self.on_cancel = on_cancel
         self.on_hand_back = on_hand_back
+        self.on_skipped = on_skipped
         self.heartbeats = heartbeats
         self.running: dict[str, asyncio.Task[Any]] = {}
         self.draining = False
@@ -144,29 +148,67 @@ class FlowMaestroWorker(PollingWorker):
         policy does not start (deployments/catch_up.py); those end Cancelled, saying why."""
         skip = missed_to_skip([entry.flow_run for entry in due], datetime.now(UTC), self.catch_up, self.late_after)
         for flow_run in skip:
+            reason = (
+                f"missed while no worker ran (scheduled for "
+                f"{scheduled_time(flow_run)}); FLOWMAESTRO_SCHEDULE_CATCH_UP={self.catch_up}"
+            )
             try:
-                await mark_cancelled(
-                    self.client,
-                    flow_run.id,
-                    f"missed while no worker ran (scheduled for "
-                    f"{scheduled_time(flow_run)}); FLOWMAESTRO_SCHEDULE_CATCH_UP={self.catch_up}",
-                )
+                await mark_cancelled(self.client, flow_run.id, reason)
+                await self._skipped(flow_run, reason)
             except Exception as exc:  # left for the next poll
                 self.logger.warning("could not skip missed run %s: %s", flow_run.id, exc)
         skipped = {flow_run.id for flow_run in skip}
         due = [entry for entry in due if entry.flow_run.id not in skipped]
+        early = await self._early_for_their_limit([entry.flow_run for entry in due])
+        due = [entry for entry in due if entry.flow_run.id not in early]
         for flow_run in await self._beyond_the_queue([entry.flow_run for entry in due]):
+            reason = "overlap queue: a run of this workflow already waits for the one going to end (at most one waits)"
             try:
-                await mark_cancelled(
-                    self.client,
-                    flow_run.id,
-                    "overlap queue: a run of this workflow already waits for the one going to end (at most one waits)",
-                )
+                await mark_cancelled(self.client, flow_run.id, reason)
                 skipped.add(flow_run.id)
+                await self._skipped(flow_run, reason)
             except Exception as exc:  # left for the next poll
                 self.logger.warning("could not skip queued run %s: %s", flow_run.id, exc)
         due = [entry for entry in due if entry.flow_run.id not in skipped]
         return self._after_submissions_of_their_queue(due)
+
+    async def _early_for_their_limit(self, due: list[FlowRun]) -> set[Any]:
+        """Prefect's worker takes scheduled runs up to its prefetch (10 s) before their time
+        and proposes Pending at once. For a deployment with a concurrency limit (an overlap
+        policy), a run taken early collides with the run before it, which has not ended
+        only because the next one came too soon: Prefect then cancels it (skip) though the
+        two would never have overlapped. Such runs are left for the poll at which they are
+        due, one per deployment per poll: only a real overlap hits the limit."""
+        now = datetime.now(UTC)
+        candidates = [r for r in due if schedule_of(r) and r.deployment_id and not r.run_count]
+        early: set[Any] = set()
+        for deployment_id in dict.fromkeys(r.deployment_id for r in candidates):
+            deployment = await self.client.read_deployment(deployment_id)
+            if deployment.global_concurrency_limit is None:
+                continue
+            mine = sorted(
+                (r for r in candidates if r.deployment_id == deployment_id),
+                key=lambda r: scheduled_time(r) or now,
+            )
+            now_due = [r for r in mine if (scheduled_time(r) or now) <= now][:1]
+            early |= {r.id for r in mine if r not in now_due}
+        return early
+
+    async def not_taken(self, flow_run: FlowRun) -> None:
+        """A scheduled run Prefect cancelled when this worker proposed Pending (the
+        deployment's limit: overlap ``skip``) is listed with Prefect's reason."""
+        if not schedule_of(flow_run):
+            return
+        try:
+            current = await self.client.read_flow_run(flow_run.id)
+            if current.state is not None and current.state.type == StateType.CANCELLED:
+                await self._skipped(current, current.state.message or "cancelled by Prefect before it started")
+        except Exception as exc:  # listing it is a courtesy: the run is Prefect's anyway
+            self.logger.warning("could not record skipped run %s: %s", flow_run.id, exc)
+
+    async def _skipped(self, flow_run: FlowRun, reason: str) -> None:
+        if self.on_skipped is not None:
+            await self.on_skipped(flow_run, reason)
 
     def _after_submissions_of_their_queue(self, due: list[Any]) -> list[Any]:
         """Prefect counts a queue's runs in flight (its concurrency limit: an owner's runs,
@@ -356,6 +398,7 @@ async def run_worker(
     catch_up: str = "latest",
     late_after_s: float = 60.0,
     on_hand_back: Callable[[str], None] | None = None,
+    on_skipped: Callable[[FlowRun, str], Awaitable[None]] | None = None,
 ) -> None:
     """Run one worker until ``stop`` is set (by default: SIGTERM or SIGINT), then drain it
     (see ``FlowMaestroWorker.shutdown``). With ``crash_detect_s``, it makes sure the
@@ -396,6 +439,7 @@ async def run_worker(
             catch_up=catch_up,
             late_after_s=late_after_s,
             on_hand_back=on_hand_back,
+            on_skipped=on_skipped,
         )
         if crash_detect_s is not None:
             sweeper = CrashSweeper(
@@ -468,6 +512,23 @@ async def worker_context(database_url: str, *, beating_pool: str | None = None) 
         await store.close()
 
 
+async def record_skipped(store: SqlRunStore, flow_run: FlowRun, reason: str) -> None:
+    """List a scheduled run that ended without executing among the owner's runs, with why."""
+    parameters = flow_run.parameters or {}
+    owner, workflow_id = parameters.get("owner"), parameters.get("workflow_id")
+    if not isinstance(owner, str) or not isinstance(workflow_id, str):
+        return
+    schedule_id = schedule_id_of(flow_run)
+    await store.skipped(
+        str(flow_run.id),
+        owner=owner,
+        workflow_id=workflow_id,
+        inputs=dict(parameters.get("inputs") or {}),
+        trigger={"type": "schedule", "schedule_id": schedule_id} if schedule_id else {"type": "schedule"},
+        reason=reason,
+    )
+
+
 async def serve_worker(
     settings: WorkerSettings, *, name: str | None = None, started: Callable[[str], None] | None = None
 ) -> None:
@@ -478,7 +539,7 @@ async def serve_worker(
     url = settings.sqlalchemy_url()
     await upgrade_schema(url)  # a no-op when the API (or another worker) already did it
     async with worker_context(url, beating_pool=settings.work_pool) as context:
-        assert context.cancellations is not None
+        assert context.cancellations is not None and isinstance(context.store, SqlRunStore)
         await run_worker(
             workflow_flow(context),
             pool=settings.work_pool,
@@ -489,6 +550,7 @@ async def serve_worker(
             name=name,
             on_cancel=context.cancellations.cancel,
             on_hand_back=context.cancellations.hand_back,
+            on_skipped=functools.partial(record_skipped, context.store),
             started=started,
             crash_detect_s=context.settings.crash_detect_s,
             signals=context.cancellations,

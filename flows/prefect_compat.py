@@ -786,6 +786,16 @@ def _polling_worker_class() -> type:
         async def filter_due(self, due: list[Any]) -> list[Any]:
             return due
 
+        async def not_taken(self, flow_run: FlowRun) -> None:
+            """A run this worker took that Prefect did not let go Pending (cancelled by the
+            deployment's concurrency limit, taken by another worker...)."""
+
+        async def _propose_pending_state(self, flow_run: FlowRun) -> bool:
+            taken: bool = await super()._propose_pending_state(flow_run)
+            if not taken:
+                await self.not_taken(flow_run)
+            return taken
+
         async def _get_scheduled_flow_runs(self) -> list[Any]:
             return await self.filter_due(list(await super()._get_scheduled_flow_runs()))
 
