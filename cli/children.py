@@ -29,7 +29,7 @@ class Backoff:
     stable_s: float = 60.0
 
     def delay(self, deaths_in_a_row: int) -> float:
-        return min(self.first_s * 2 ** max(deaths_in_a_row - 1, 0), self.max_s)
+        return float(min(self.first_s * 2.0 ** max(deaths_in_a_row - 1, 0), self.max_s))
 
 
 class Children:

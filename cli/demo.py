@@ -4,6 +4,12 @@ The canvas is saved through the API (in this process, on the same database as th
 workers), executed, picked up by a worker process (started in the background the first
 time and reused, like the embedded Prefect server), followed over the API's event
 stream, and its result printed with the link to the run in the Prefect UI.
+
+The demo's worker polls a pool of its own (``<pool>-demo``): left running, it must not take
+the runs of a ``flowmaestro serve`` started later with other settings. It is reused only
+while it runs with the settings the demo has now (``deployments.settings_fingerprint``),
+and started again otherwise. The demo's workflows and runs belong to the owner ``demo``
+(key ``demo-local-key``, a key for this machine's demo only).
 """
 
 from __future__ import annotations
@@ -22,10 +28,16 @@ from httpx_sse import aconnect_sse
 from rich.console import Console
 
 from cli.progress import NODE_EVENTS, STYLES, print_result, run_link
+from deployments.settings_fingerprint import settings_fingerprint
 from flows.child_environment import worker_environment
 from store.vocabulary import FINAL_EVENT_TYPES
 
 DEMO_OWNER, DEMO_KEY = "demo", "demo-local-key"
+
+
+def demo_pool(pool: str) -> str:
+    """The demo worker's own pool, beside the installation's ``pool``."""
+    return f"{pool}-demo"
 
 
 def _worker_file(home: Path) -> Path:
@@ -41,12 +53,23 @@ def _alive(pid: int) -> bool:
 
 
 def ensure_worker(home: Path, pool: str, console: Console) -> int:
-    """The background worker of the embedded default: reused when alive, else started."""
+    """The background worker of the demo on ``pool``: reused when alive with the settings
+    the demo has now, else (re)started."""
+    environment = worker_environment(os.environ)  # not the API's keys
+    fingerprint = settings_fingerprint(environment)
     state = _worker_file(home)
     if state.exists():
-        pid = json.loads(state.read_text()).get("pid")
+        found = json.loads(state.read_text())
+        pid = found.get("pid")
         if pid and _alive(pid):
-            return pid
+            if found.get("settings") == fingerprint and found.get("pool") == pool:
+                return int(pid)
+            console.print(
+                f"The demo's background worker (pid {pid}) runs with other settings "
+                f"(settings:{found.get('settings')}, now settings:{fingerprint}): stopping it.",
+                soft_wrap=True,
+            )
+            stop_worker(home)
     home.mkdir(parents=True, exist_ok=True)
     log = (home / "demo-worker.log").open("ab")
     process = subprocess.Popen(
@@ -55,12 +78,12 @@ def ensure_worker(home: Path, pool: str, console: Console) -> int:
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         start_new_session=True,
-        env=worker_environment(os.environ),
-    )  # not the API's keys
-    state.write_text(json.dumps({"pid": process.pid}))
+        env=environment,
+    )
+    state.write_text(json.dumps({"pid": process.pid, "pool": pool, "settings": fingerprint}))
     console.print(
-        f"Started a worker in the background (pid {process.pid}, log {home / 'demo-worker.log'}); "
-        "`flowmaestro server stop` stops it.",
+        f"Started the demo's worker in the background on pool {pool!r} (pid {process.pid}, "
+        f"settings:{fingerprint}, log {home / 'demo-worker.log'}); `flowmaestro demo --stop` stops it.",
         soft_wrap=True,
     )
     return process.pid
@@ -83,12 +106,15 @@ def stop_worker(home: Path) -> bool:
     return True
 
 
-async def run_demo(canvas: dict[str, Any], inputs: dict[str, Any], ui_url: str, console: Console) -> dict[str, Any]:
-    """Save (or add a version to) the workflow, execute it, follow it, return its result."""
+async def run_demo(
+    canvas: dict[str, Any], inputs: dict[str, Any], ui_url: str, console: Console, *, pool: str
+) -> dict[str, Any]:
+    """Save (or add a version to) the workflow on ``pool``, execute it, follow it, return
+    its result."""
     from api.app import create_app
     from api.settings import ApiSettings
 
-    settings = ApiSettings(api_keys=f"{DEMO_OWNER}:{DEMO_KEY}")
+    settings = ApiSettings(api_keys=f"{DEMO_OWNER}:{DEMO_KEY}", work_pool=pool)
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)

@@ -197,24 +197,39 @@ def demo(
     file: Path = typer.Argument(Path("examples/hello.json"), help="The canvas to run."),
     inputs_json: str | None = typer.Option(None, "--inputs-json", help="Inputs as a JSON object."),
     input_pairs: list[str] = typer.Option([], "--input", help="One input as key=value (repeatable)."),
+    stop: bool = typer.Option(False, "--stop", help="Stop the demo's background worker, and run nothing."),
 ) -> None:
     """The whole path on the embedded default: save the canvas through the API, execute
-    it, let a worker run it (started in the background and reused), print the result and
-    the Prefect UI link. Exit 0 completed, 1 otherwise."""
+    it, let a worker run it (started in the background on a pool of its own, reused while
+    its settings are the same), print the result and the Prefect UI link. Exit 0
+    completed, 1 otherwise. The demo's runs belong to the owner 'demo' (key
+    demo-local-key)."""
     import os
 
+    if stop:
+        from cli.demo import stop_worker
+        from deployments.settings import WorkerSettings
+
+        out.print("stopped the demo's worker" if stop_worker(WorkerSettings().home) else "no demo worker was running")
+        return
     raw, inputs = _canvas_and_inputs(file, inputs_json, input_pairs)
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     server = _prefect_server()
-    from cli.demo import ensure_worker, print_result, run_demo
+    from cli.demo import DEMO_KEY, DEMO_OWNER, demo_pool, ensure_worker, print_result, run_demo
     from deployments.settings import WorkerSettings
     from store.db import upgrade_schema
 
     settings = WorkerSettings()
     asyncio.run(upgrade_schema(settings.sqlalchemy_url()))  # before the worker starts, so one process migrates
-    ensure_worker(settings.home, settings.work_pool, err)
-    result = asyncio.run(run_demo(raw, inputs, server.ui_url, err))
+    pool = demo_pool(settings.work_pool)
+    ensure_worker(settings.home, pool, err)
+    result = asyncio.run(run_demo(raw, inputs, server.ui_url, err, pool=pool))
     print_result(result, server.ui_url, out)
+    err.print(
+        f"This run belongs to the demo's owner {DEMO_OWNER!r}: to see it on the run pages (/ui/), start "
+        f"`FLOWMAESTRO_API_KEYS={DEMO_OWNER}:{DEMO_KEY} flowmaestro serve` and give the page that key.",
+        soft_wrap=True,
+    )
     raise typer.Exit(EXIT_OK if result.get("status") == "completed" else EXIT_FAILED)
 
 
@@ -325,11 +340,23 @@ def serve(
     worker_env = {
         "FLOWMAESTRO_DECISION_KEY": decision_key_text(settings.decision_key, settings.secret_key, settings.home)
     }
-    with Children.workers(
-        workers, pool=settings.work_pool, env=worker_env, log=lambda line: out.print(line, soft_wrap=True)
-    ) as children:
+    from cli.pool_settings import watching
+    from deployments.settings_fingerprint import settings_fingerprint
+    from flows.child_environment import worker_environment
+
+    def say(line: str) -> None:
+        out.print(line, soft_wrap=True)
+
+    fingerprint = settings_fingerprint(worker_environment({**os.environ, **worker_env}))
+    with (
+        Children.workers(workers, pool=settings.work_pool, env=worker_env, log=say) as children,
+        watching(settings.work_pool, fingerprint, say),
+    ):
         if workers:
-            out.print(f"Workers:         {workers} on pool {settings.work_pool!r} (pids {children.pids()})")
+            out.print(
+                f"Workers:         {workers} on pool {settings.work_pool!r} (pids {children.pids()}, "
+                f"settings:{fingerprint})"
+            )
         uvicorn.run(create_app(settings), host=host, port=port, log_level="info", timeout_graceful_shutdown=10)
 
 

@@ -28,6 +28,7 @@ import functools
 import os
 import signal
 import socket
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -61,6 +62,7 @@ from deployments.recovery import (
 )
 from deployments.run_store import SqlRunStore
 from deployments.settings import WorkerSettings
+from deployments.settings_fingerprint import settings_fingerprint, tagged_name
 from deployments.workflow_deployments import DEFAULT_POOL, WORKER_TYPE
 from flows.prefect_compat import (
     PollingWorker,
@@ -547,7 +549,9 @@ async def serve_worker(
             poll_s=settings.worker_poll_s,
             cancel_poll_s=context.settings.cancel_poll_s,
             grace_s=settings.worker_grace_s,
-            name=name,
+            # The settings its runs see, in its Prefect worker name: serve warns when the
+            # workers of a pool differ (deployments/settings_fingerprint.py).
+            name=tagged_name(name or f"FlowMaestroWorker {uuid.uuid4()}", settings_fingerprint(os.environ)),
             on_cancel=context.cancellations.cancel,
             on_hand_back=context.cancellations.hand_back,
             on_skipped=functools.partial(record_skipped, context.store),

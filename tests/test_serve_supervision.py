@@ -22,7 +22,7 @@ from tests.support import eventually, save_and_execute, wait_final
 pytestmark = [pytest.mark.prefect, pytest.mark.workers]
 KEY = "supervision-test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-STARTED = re.compile(r"Workers:\s+1 on pool '[^']+' \(pids (\d+)\)")
+STARTED = re.compile(r"Workers:\s+1 on pool '[^']+' \(pids (\d+), settings:[0-9a-f]{8}\)")
 RESTARTED = re.compile(r"worker serve-\d+-0 \(pid (\d+)\) exited with code -9; starting another in 1 s")
 AGAIN = re.compile(r"worker serve-\d+-0 started again \(pid (\d+)\)")
 
