@@ -480,9 +480,10 @@ async def test_a_retried_run_streams_and_shows_up_to_its_latest_executions_end(s
     assert await page.get_attribute("body", "data-retries") == "1"
     assert await page.is_hidden("[data-role='run-error']"), "the failed execution's error is gone"
     assert await page.get_attribute("[data-node-id='after']", "data-state") == "completed"
-    boom = [s for kind, n, s in await page.evaluate("__seen") if kind == "state" and n == "boom"]
-    assert boom[-2:] == ["failed", "completed"] or boom[-3:] == ["failed", "running", "completed"], boom
+    # It followed the stream past the failed execution's end, to the retry's (the replay may
+    # apply several events in one frame, so the states it went through are not all drawn).
     assert await page.get_attribute("body", "data-last-event-id") == str(events[-1][0])
+    assert await page.text_content("[data-role='event-count']") == f"{len(events)} events"
 
 
 async def test_playground_shows_compile_issues_on_their_nodes_then_runs(served, context):
