@@ -1,0 +1,207 @@
+"""The agent node: a model that calls tools in a loop, every step of it durable.
+
+The loop: a model turn (``node_handlers.model_turns``); if the model asks for tools, the
+calls run (concurrently when it asked for several, ``node_handlers.agent_tools``) and their
+results go back to it; until it answers without tool calls, or a limit is reached
+(``max_turns``, ``max_tool_calls``, ``timeout_s``: a node error of type ``agent_limit``).
+
+Every completed turn and every completed tool call is a journaled sub-step of the node
+execution (``NodeCapabilities.journal_step``): a run executed again (a crashed worker, a
+suspended approval, a retry) reads them back instead of asking the model or calling the tool
+again, and so continues after its last completed step. The conversation is rebuilt from the
+journaled steps alone, so it is the same one.
+
+The node runs in the flow (``in_flow``): it starts child runs for workflow tools, and its
+steps are journaled as they complete, so the runner's retries and timeout do not apply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import Field, PositiveInt, field_validator
+
+from builder.catalog import Templatable
+from node_handlers.agent_tools import CallResult, HttpTool, Tool, WorkflowTool, call_tool, tool_specs
+from node_handlers.base import Completed, NodeContext, NodeError, NodeHandler
+from node_handlers.egress import check_url
+from node_handlers.llm import ModelCallConfig, PositiveFloat, cost_of
+from node_handlers.model_turns import ModelTurns, OpenAITurns, ToolCall, ToolSpec, TurnReply, TurnRequest, endpoint_of
+from node_handlers.services import HandlerServices, services_for
+
+LIMIT = "agent_limit"
+
+
+class AgentConfig(ModelCallConfig):
+    provider: Literal["openai"] = Field("openai", description="The model API's protocol: openai chat completions.")
+    prompt: str = Field(description="The user message; a template.")
+    tools: list[Tool] = Field(default_factory=list, description="What the model may call: http and workflow tools.")
+    max_turns: PositiveInt = Field(10, le=200, description="Model turns at most; then the node fails (agent_limit).")
+    max_tool_calls: PositiveInt = Field(
+        20, le=1000, description="Tool calls at most; then the node fails (agent_limit)."
+    )
+    timeout_s: Templatable[PositiveFloat] = Field(
+        600.0, description="Deadline of the whole loop, every turn and tool call; then the node fails (agent_limit)."
+    )
+
+    @field_validator("tools")
+    @classmethod
+    def _unique_names(cls, tools: list[HttpTool | WorkflowTool]) -> list[HttpTool | WorkflowTool]:
+        names = [t.name for t in tools]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"tool names must be unique; repeated: {', '.join(repeated)}")
+        return tools
+
+
+class AgentHandler(NodeHandler):
+    type = "agent"
+    description = (
+        "A model that calls tools (http, saved workflows) in a loop until it answers; every turn and "
+        "tool call is journaled. Output {text, tool_calls, turns, usage, cost_usd, model, finish_reason}."
+    )
+    Config = AgentConfig
+    cacheable = False
+    in_flow = True
+    own_scope_keys = frozenset({"tools"})
+    """A tool's templates read the model's arguments (``args``) when it is called, not the run's."""
+
+    async def run(self, config: AgentConfig, ctx: NodeContext) -> Completed:
+        async with services_for(ctx.services) as services:
+            provider = await openai_turns(config, ctx, services)
+            specs = await tool_specs(config.tools, ctx)
+            loop = AgentLoop(config, ctx, provider, specs, services)
+            try:
+                async with asyncio.timeout(float(config.timeout_s)):
+                    return await loop.run()
+            except TimeoutError:
+                raise limit_error(
+                    f"the agent did not finish within timeout_s ({float(config.timeout_s):g} s)", loop
+                ) from None
+
+
+async def openai_turns(config: AgentConfig, ctx: NodeContext, services: HandlerServices) -> ModelTurns:
+    base_url, api_key = endpoint_of(config, ctx.owner, services.settings)
+    await check_url(base_url, services.egress)
+    return OpenAITurns(services.openai_client(base_url, api_key), base_url, secrets=[api_key])
+
+
+@dataclass
+class AgentLoop:
+    """One execution of an agent node: its conversation and what it has done so far."""
+
+    config: AgentConfig
+    ctx: NodeContext
+    provider: ModelTurns
+    specs: list[ToolSpec]
+    services: HandlerServices
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    calls: list[CallResult] = field(default_factory=list)
+    turns: int = 0
+    usage: dict[str, int] = field(default_factory=lambda: {"input_tokens": 0, "output_tokens": 0})
+    last: TurnReply | None = None
+    streamed: int = 0
+    """``stream:chunk`` events published so far (their index)."""
+
+    async def run(self) -> Completed:
+        self.messages.append({"role": "user", "content": self.config.prompt})
+        while True:
+            if self.turns >= self.config.max_turns:
+                raise limit_error(f"the agent reached max_turns ({self.config.max_turns}) without an answer", self)
+            reply = await self.turn()
+            if not reply.tool_calls:
+                return self.completed(reply)
+            if len(self.calls) + len(reply.tool_calls) > self.config.max_tool_calls:
+                raise limit_error(
+                    f"the model asked for {len(reply.tool_calls)} more tool calls after {len(self.calls)}: "
+                    f"more than max_tool_calls ({self.config.max_tool_calls})",
+                    self,
+                )
+            results = await asyncio.gather(
+                *(self.tool_call(call, index) for index, call in enumerate(reply.tool_calls))
+            )
+            for result in results:
+                self.calls.append(result)
+                self.messages.append(
+                    {"role": "tool", "tool_call_id": result.id, "name": result.name, "content": result.for_model()}
+                )
+
+    async def turn(self) -> TurnReply:
+        self.turns += 1
+        number = self.turns
+        request = TurnRequest(
+            model=self.config.model or self.services.settings.default_model,
+            system=self.config.system,
+            messages=list(self.messages),
+            tools=self.specs,
+            temperature=float(self.config.temperature) if self.config.temperature is not None else None,
+            max_tokens=int(self.config.max_tokens) if self.config.max_tokens is not None else None,
+            timeout_s=float(self.config.timeout_s),
+        )
+
+        async def ask() -> dict[str, Any]:
+            reply = await self.provider.turn(request, self.stream_text)
+            self.ctx.emit("agent:turn", {"turn": number, "usage": dict(reply.usage)})
+            return reply.as_json()
+
+        reply = TurnReply.from_json(await self.step(f"turn-{number}", ask))
+        self.last = reply
+        for key in ("input_tokens", "output_tokens"):
+            self.usage[key] += int(reply.usage.get(key, 0))
+        self.messages.append(
+            {"role": "assistant", "content": reply.text, "tool_calls": [c.as_json() for c in reply.tool_calls]}
+        )
+        return reply
+
+    async def tool_call(self, call: ToolCall, index: int) -> CallResult:
+        tools = {t.name: t for t in self.config.tools}
+
+        async def run_call() -> dict[str, Any]:
+            self.ctx.emit("agent:tool_call", {"call_id": call.id, "tool": call.name, "arguments": call.arguments})
+            result = await call_tool(tools.get(call.name), call, self.ctx)
+            status = "error" if result.error is not None else "ok"
+            self.ctx.emit(
+                "agent:tool_result",
+                {"call_id": call.id, "tool": call.name, "status": status, "duration_ms": result.duration_ms},
+            )
+            return result.as_json()
+
+        return CallResult.from_json(await self.step(f"turn-{self.turns}-call-{index}", run_call))
+
+    async def step(self, name: str, compute: Callable[[], Awaitable[Any]]) -> Any:
+        return await self.ctx.capabilities.journal_step(name, compute)
+
+    def stream_text(self, text: str) -> None:
+        self.ctx.emit("stream:chunk", {"index": self.streamed, "text": text, "attempt": self.ctx.attempt})
+        self.streamed += 1
+
+    def completed(self, reply: TurnReply) -> Completed:
+        model = reply.model or self.config.model or self.services.settings.default_model
+        cost = cost_of(dict(self.usage), model, self.config.model, prices=self.services.settings.llm_prices)
+        output: dict[str, Any] = {
+            "text": reply.text,
+            "tool_calls": [c.as_json() for c in self.calls],
+            "turns": self.turns,
+            "usage": dict(self.usage),
+            "cost_usd": cost,
+            "model": model,
+            "finish_reason": reply.finish_reason,
+        }
+        totals: dict[str, Any] = dict(self.usage)
+        if cost is not None:
+            totals["cost_usd"] = cost
+        return Completed(output=output, usage=totals)
+
+
+def limit_error(message: str, loop: AgentLoop) -> NodeError:
+    return NodeError(
+        message,
+        error_type=LIMIT,
+        details={"turns": loop.turns, "tool_calls": len(loop.calls), "usage": dict(loop.usage)},
+    )
+
+
+HANDLERS = [AgentHandler]
