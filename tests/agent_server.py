@@ -10,6 +10,7 @@ split over several chunks, the usage chunk last.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -145,3 +146,51 @@ def tool_model() -> Iterator[ToolModel]:
     with serve_in_thread(model.app()) as thread:
         model.url = thread.url
         yield model
+
+
+@dataclass
+class ToolServer:
+    """A local HTTP server for http tools: answers ``{"path": ...}`` after
+    ``?delay=<s>``, and records every request (path, Idempotency-Key, when it arrived and
+    when it was answered, wall clock). Its answers depend on the request only, so two runs
+    that send the same requests get the same answers."""
+
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    failing: set[str] = field(default_factory=set)
+    """Paths answered 500."""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    url: str = ""
+
+    def of_run(self, run_id: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return [r for r in self.requests if str(r["key"] or "").startswith(f"{run_id}:")]
+
+    def app(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.api_route("/{path:path}", methods=["GET", "POST"])
+        async def answer(path: str, request: Request) -> Response:
+            record: dict[str, Any] = {
+                "path": f"/{path}",
+                "key": request.headers.get("idempotency-key"),
+                "at": time.time(),
+                "answered": None,
+            }
+            with self.lock:
+                self.requests.append(record)
+            delay = float(request.query_params.get("delay", 0))
+            if delay:
+                await asyncio.sleep(delay)
+            record["answered"] = time.time()
+            status = 500 if f"/{path}" in self.failing else 200
+            return JSONResponse({"path": f"/{path}"}, status_code=status)
+
+        return app
+
+
+@contextmanager
+def tool_server() -> Iterator[ToolServer]:
+    server = ToolServer()
+    with serve_in_thread(server.app()) as thread:
+        server.url = thread.url
+        yield server
