@@ -20,23 +20,22 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, PositiveInt, field_validator
 
 from builder.catalog import Templatable
 from node_handlers.agent_tools import CallResult, HttpTool, Tool, WorkflowTool, call_tool, tool_specs
 from node_handlers.base import Completed, NodeContext, NodeError, NodeHandler
-from node_handlers.egress import check_url
 from node_handlers.llm import ModelCallConfig, PositiveFloat, cost_of
-from node_handlers.model_turns import ModelTurns, OpenAITurns, ToolCall, ToolSpec, TurnReply, TurnRequest, endpoint_of
+from node_handlers.model_turns import ModelTurns, ToolCall, ToolSpec, TurnReply, TurnRequest
+from node_handlers.providers import turns_for
 from node_handlers.services import HandlerServices, services_for
 
 LIMIT = "agent_limit"
 
 
 class AgentConfig(ModelCallConfig):
-    provider: Literal["openai"] = Field("openai", description="The model API's protocol: openai chat completions.")
     prompt: str = Field(description="The user message; a template.")
     tools: list[Tool] = Field(default_factory=list, description="What the model may call: http and workflow tools.")
     max_turns: PositiveInt = Field(10, le=200, description="Model turns at most; then the node fails (agent_limit).")
@@ -71,7 +70,7 @@ class AgentHandler(NodeHandler):
 
     async def run(self, config: AgentConfig, ctx: NodeContext) -> Completed:
         async with services_for(ctx.services) as services:
-            provider = await openai_turns(config, ctx, services)
+            provider = await turns_for(config, ctx.owner, services)
             specs = await tool_specs(config.tools, ctx)
             loop = AgentLoop(config, ctx, provider, specs, services)
             try:
@@ -81,12 +80,6 @@ class AgentHandler(NodeHandler):
                 raise limit_error(
                     f"the agent did not finish within timeout_s ({float(config.timeout_s):g} s)", loop
                 ) from None
-
-
-async def openai_turns(config: AgentConfig, ctx: NodeContext, services: HandlerServices) -> ModelTurns:
-    base_url, api_key = endpoint_of(config, ctx.owner, services.settings)
-    await check_url(base_url, services.egress)
-    return OpenAITurns(services.openai_client(base_url, api_key), base_url, secrets=[api_key])
 
 
 @dataclass

@@ -22,9 +22,7 @@ from typing import Any, Protocol
 import httpx
 import openai
 
-from node_handlers.base import NodeError
-from node_handlers.llm import CHARS_PER_TOKEN, ModelCallConfig, api_error, resolve_endpoint
-from node_handlers.settings import HandlerSettings
+from node_handlers.llm import CHARS_PER_TOKEN, api_error
 
 OnText = Callable[[str], None]
 
@@ -113,13 +111,6 @@ class ModelTurns(Protocol):
     async def turn(self, request: TurnRequest, on_text: OnText) -> TurnReply: ...
 
 
-def endpoint_of(config: ModelCallConfig, owner: str | None, settings: HandlerSettings) -> tuple[str, str]:
-    """Base URL and API key of a model-calling node of ``owner``'s run: the one place the
-    agent resolves a provider's key (a named secret, else the operator's key for the
-    configured default URL only, as the llm node does)."""
-    return resolve_endpoint(config, owner, settings)
-
-
 @dataclass
 class _PartialCall:
     id: str = ""
@@ -198,15 +189,19 @@ class OpenAITurns:
 
 
 def parsed_call(partial: _PartialCall, index: int) -> ToolCall:
-    raw = "".join(partial.arguments) or "{}"
-    call_id = partial.id or f"call_{index}"
+    return ToolCall(partial.id or f"call_{index}", partial.name, *parsed_arguments("".join(partial.arguments)))
+
+
+def parsed_arguments(raw: str) -> tuple[dict[str, Any], str | None]:
+    """A tool call's arguments as the model wrote them: the object, or why it is not one."""
+    raw = raw or "{}"
     try:
         arguments = json.loads(raw)
     except ValueError as exc:
-        return ToolCall(call_id, partial.name, {}, f"the arguments are not valid JSON ({exc}): {raw[:200]!r}")
+        return {}, f"the arguments are not valid JSON ({exc}): {raw[:200]!r}"
     if not isinstance(arguments, dict):
-        return ToolCall(call_id, partial.name, {}, f"the arguments are not a JSON object: {raw[:200]!r}")
-    return ToolCall(call_id, partial.name, arguments)
+        return {}, f"the arguments are not a JSON object: {raw[:200]!r}"
+    return arguments, None
 
 
 def openai_messages(system: str | None, messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -238,7 +233,3 @@ def estimate_usage(messages: Any, text: str, calls: Sequence[ToolCall]) -> dict[
     sent = len(json.dumps(messages))
     written = len(text) + sum(len(json.dumps(c.arguments)) for c in calls)
     return {"input_tokens": -(-sent // CHARS_PER_TOKEN), "output_tokens": -(-written // CHARS_PER_TOKEN)}
-
-
-def provider_error(message: str) -> NodeError:
-    return NodeError(message, error_type="ProviderError")

@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 from functools import cached_property
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 
@@ -69,6 +70,20 @@ class HandlerServices:
                 max_retries=0,
                 # openai 3.54 annotates httpx2's client; httpx's works (the llm tests run it)
                 http_client=pinned_client(follow_redirects=False, policy=self.egress),  # type: ignore[arg-type]
+            ),
+        )
+        return client
+
+    def anthropic_client(self, base_url: str, api_key: str) -> anthropic.AsyncAnthropic:
+        """As ``openai_client``, for the Anthropic Messages protocol."""
+        key_id = hashlib.sha256(api_key.encode()).hexdigest()
+        client: anthropic.AsyncAnthropic = self._client(
+            ("anthropic", base_url, key_id),
+            lambda: anthropic.AsyncAnthropic(
+                api_key=api_key,
+                base_url=base_url,
+                max_retries=0,
+                http_client=pinned_client(follow_redirects=False, policy=self.egress),
             ),
         )
         return client
