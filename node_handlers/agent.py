@@ -22,17 +22,22 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from jsonschema import exceptions as jsonschema_exceptions
+from jsonschema.validators import validator_for
 from pydantic import Field, PositiveInt, field_validator
 
 from builder.catalog import Templatable
 from node_handlers.agent_tools import CallResult, HttpTool, Tool, WorkflowTool, call_tool, tool_specs
 from node_handlers.base import Completed, NodeContext, NodeError, NodeHandler
-from node_handlers.llm import ModelCallConfig, PositiveFloat, cost_of
+from node_handlers.llm import EXCERPT_CHARS, ModelCallConfig, PositiveFloat, cost_of, parse_json_reply
 from node_handlers.model_turns import ModelTurns, ToolCall, ToolSpec, TurnReply, TurnRequest
 from node_handlers.providers import turns_for
 from node_handlers.services import HandlerServices, services_for
 
 LIMIT = "agent_limit"
+OUTPUT_INVALID = "output_invalid"
+REPAIR_TURNS = 2
+"""Times an answer that does not fit ``output_schema`` is sent back to the model to be fixed."""
 
 
 class AgentConfig(ModelCallConfig):
@@ -45,6 +50,22 @@ class AgentConfig(ModelCallConfig):
     timeout_s: Templatable[PositiveFloat] = Field(
         600.0, description="Deadline of the whole loop, every turn and tool call; then the node fails (agent_limit)."
     )
+
+    output_schema: dict[str, Any] | None = Field(
+        None,
+        description="JSON Schema of the final answer: parsed into output.json; an answer that does not fit "
+        f"is sent back with the errors up to {REPAIR_TURNS} times, then the node fails (output_invalid).",
+    )
+
+    @field_validator("output_schema")
+    @classmethod
+    def _valid_schema(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
+        if schema is not None:
+            try:
+                validator_for(schema).check_schema(schema)
+            except jsonschema_exceptions.SchemaError as exc:
+                raise ValueError(f"not a valid JSON Schema: {exc.message}") from None
+        return schema
 
     @field_validator("tools")
     @classmethod
@@ -82,6 +103,12 @@ class AgentHandler(NodeHandler):
                 ) from None
 
 
+@dataclass(frozen=True)
+class Answer:
+    json: Any
+    """The answer's JSON when the node has an ``output_schema``."""
+
+
 @dataclass
 class AgentLoop:
     """One execution of an agent node: its conversation and what it has done so far."""
@@ -97,6 +124,7 @@ class AgentLoop:
     usage: dict[str, int] = field(default_factory=lambda: {"input_tokens": 0, "output_tokens": 0})
     last: TurnReply | None = None
     streamed: int = 0
+    repairs: int = 0
     """``stream:chunk`` events published so far (their index)."""
 
     async def run(self) -> Completed:
@@ -106,7 +134,10 @@ class AgentLoop:
                 raise limit_error(f"the agent reached max_turns ({self.config.max_turns}) without an answer", self)
             reply = await self.turn()
             if not reply.tool_calls:
-                return self.completed(reply)
+                answer = self.checked_answer(reply)
+                if answer is not None:
+                    return self.completed(reply, answer)
+                continue
             if len(self.calls) + len(reply.tool_calls) > self.config.max_tool_calls:
                 raise limit_error(
                     f"the model asked for {len(reply.tool_calls)} more tool calls after {len(self.calls)}: "
@@ -122,6 +153,32 @@ class AgentLoop:
                     {"role": "tool", "tool_call_id": result.id, "name": result.name, "content": result.for_model()}
                 )
 
+    def checked_answer(self, reply: TurnReply) -> Answer | None:
+        """The final answer, its JSON checked against ``output_schema``; None when the model was
+        asked to repair it (the error is the next user message); output_invalid after the
+        repairs."""
+        schema = self.config.output_schema
+        if schema is None:
+            return Answer(None)
+        try:
+            return Answer(parse_json_reply(reply.text, schema))
+        except NodeError as exc:
+            if self.repairs >= REPAIR_TURNS:
+                raise NodeError(
+                    f"the agent's answer does not fit output_schema after {REPAIR_TURNS} repair turns: {exc.message}",
+                    error_type=OUTPUT_INVALID,
+                    details={"turns": self.turns, "text": reply.text[:EXCERPT_CHARS]},
+                ) from None
+            self.repairs += 1
+            self.messages.append(
+                {
+                    "role": "user",
+                    "content": f"Your answer is not valid: {exc.message}. Answer again with JSON only, "
+                    "valid against the schema.",
+                }
+            )
+            return None
+
     async def turn(self) -> TurnReply:
         self.turns += 1
         number = self.turns
@@ -132,6 +189,7 @@ class AgentLoop:
             tools=self.specs,
             temperature=float(self.config.temperature) if self.config.temperature is not None else None,
             max_tokens=int(self.config.max_tokens) if self.config.max_tokens is not None else None,
+            json_schema=self.config.output_schema,
             timeout_s=float(self.config.timeout_s),
         )
 
@@ -171,11 +229,12 @@ class AgentLoop:
         self.ctx.emit("stream:chunk", {"index": self.streamed, "text": text, "attempt": self.ctx.attempt})
         self.streamed += 1
 
-    def completed(self, reply: TurnReply) -> Completed:
+    def completed(self, reply: TurnReply, answer: Answer) -> Completed:
         model = reply.model or self.config.model or self.services.settings.default_model
         cost = cost_of(dict(self.usage), model, self.config.model, prices=self.services.settings.llm_prices)
         output: dict[str, Any] = {
             "text": reply.text,
+            **({"json": answer.json} if self.config.output_schema is not None else {}),
             "tool_calls": [c.as_json() for c in self.calls],
             "turns": self.turns,
             "usage": dict(self.usage),

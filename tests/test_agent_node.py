@@ -215,3 +215,41 @@ async def test_tool_templates_compile_with_args_and_names_must_be_unique(model: 
     [issue] = [str(i) for i in refused.errors]
     assert "agent" in issue and "tool names must be unique; repeated: a" in issue, issue
     assert compile_canvas(agent_canvas(model, "m", tools[:1]), registry).ok
+
+
+ANSWER_SCHEMA = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
+
+
+async def test_an_answer_that_does_not_fit_output_schema_is_repaired(model: ToolModel, counting: Any) -> None:
+    name = model.script(
+        "schema-repair", Call((("lookup", {"n": 1}),)), Say(('{"answer": ', "1}")), Say(('{"answer": "ok"}',))
+    )
+    tools = [http_tool("lookup", counting.url + "/schema")]
+    result, _ = await execute(agent_canvas(model, name, tools, output_schema=ANSWER_SCHEMA), MemoryOutcomes())
+
+    assert result["status"] == "completed", result["error"]
+    output = result["output"]
+    assert output["json"] == {"answer": "ok"} and output["text"] == '{"answer": "ok"}' and output["turns"] == 3
+    bodies = [r.body for r in model.requests if r.model == name]
+    assert bodies[0]["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "answer", "schema": ANSWER_SCHEMA},
+    }
+    repair = bodies[2]["messages"][-1]
+    assert repair["role"] == "user" and repair["content"].startswith("Your answer is not valid: ")
+    assert "answer" in repair["content"] and "not of type 'string'" in repair["content"]
+
+
+async def test_an_answer_still_invalid_after_two_repairs_fails_output_invalid(model: ToolModel) -> None:
+    name = model.script("schema-never", Say(("not json",)))
+    result, _ = await execute(agent_canvas(model, name, [], output_schema=ANSWER_SCHEMA), MemoryOutcomes())
+    assert result["status"] == "failed"
+    error = result["nodes"]["agent"]["error"]
+    assert error["type"] == "output_invalid" and "after 2 repair turns" in error["message"], error
+    assert model.turns_of(name) == [1, 2, 3]
+
+
+async def test_an_invalid_output_schema_does_not_compile(model: ToolModel) -> None:
+    refused = compile_canvas(agent_canvas(model, "m", [], output_schema={"type": "nonsense"}), build_registry())
+    assert not refused.ok
+    assert "data.output_schema" in str(refused.errors[0]) and "not a valid JSON Schema" in str(refused.errors[0])
