@@ -5,7 +5,9 @@ turns and tool calls across two executions of one run."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -253,3 +255,18 @@ async def test_an_invalid_output_schema_does_not_compile(model: ToolModel) -> No
     refused = compile_canvas(agent_canvas(model, "m", [], output_schema={"type": "nonsense"}), build_registry())
     assert not refused.ok
     assert "data.output_schema" in str(refused.errors[0]) and "not a valid JSON Schema" in str(refused.errors[0])
+
+
+@pytest.mark.parametrize("name", ["order-support-agent.json", "lookup-order.json"])
+def test_the_bundled_agent_examples_compile(name: str) -> None:
+    raw = json.loads((Path(__file__).parent.parent / "examples" / name).read_text())
+    result = compile_canvas(raw, build_registry())
+    assert result.ok, [str(i) for i in result.errors]
+
+
+def test_fields_this_version_does_not_honour_are_refused_not_ignored(model: ToolModel) -> None:
+    raw = agent_canvas(model, "m", [], require_approval=["refund"], memory={"key": "k", "max_tokens": 100})
+    refused = compile_canvas(raw, build_registry())
+    assert not refused.ok
+    message = str(refused.errors[0])
+    assert "require_approval, memory: not supported by this version of the agent node" in message, message
