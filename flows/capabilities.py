@@ -46,7 +46,9 @@ class RunCapabilities:
 
     async def pause_for_person(self, request: Any) -> Completed:
         self.run.status = "paused"  # not "running": the run may be released meanwhile
-        return await self.execution.approvals.wait(self.execution, self.node, self.frame, request)
+        decided: Completed = await self.execution.approvals.wait(self.execution, self.node, self.frame, request)
+        self.run.status = "running"  # an agent goes on after its tool approval
+        return decided
 
     async def start_child_run(
         self, workflow: str, version: int | None, inputs: Mapping[str, Any], *, step: str | None = None

@@ -18,7 +18,8 @@ steps are journaled as they complete, so the runner's retries and timeout do not
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,7 @@ from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from builder.catalog import Templatable
 from node_handlers.agent_tools import CallResult, HttpTool, Tool, WorkflowTool, call_tool, tool_specs
+from node_handlers.approval import FormField, ToolCallApproval
 from node_handlers.base import Completed, NodeContext, NodeError, NodeHandler
 from node_handlers.llm import EXCERPT_CHARS, ModelCallConfig, PositiveFloat, cost_of, parse_json_reply
 from node_handlers.model_turns import ModelTurns, ToolCall, ToolSpec, TurnReply, TurnRequest
@@ -36,7 +38,7 @@ from node_handlers.services import HandlerServices, services_for
 
 LIMIT = "agent_limit"
 OUTPUT_INVALID = "output_invalid"
-NOT_BUILT = ("require_approval", "memory", "credential")
+NOT_BUILT = ("memory", "credential")
 """Fields of the agent contract this version does not honour: refused, never ignored (an
 unknown key of data is only a warning, and a tool approval silently skipped would be worse)."""
 REPAIR_TURNS = 2
@@ -54,6 +56,11 @@ class AgentConfig(ModelCallConfig):
         600.0, description="Deadline of the whole loop, every turn and tool call; then the node fails (agent_limit)."
     )
 
+    require_approval: list[str] = Field(
+        default_factory=list,
+        description="Tools whose every call waits for a person's approval (approve, reject, or approve "
+        "with edited arguments); a rejection is the tool's result for the model.",
+    )
     output_schema: dict[str, Any] | None = Field(
         None,
         description="JSON Schema of the final answer: parsed into output.json; an answer that does not fit "
@@ -87,6 +94,13 @@ class AgentConfig(ModelCallConfig):
             raise ValueError(f"tool names must be unique; repeated: {', '.join(repeated)}")
         return tools
 
+    @model_validator(mode="after")
+    def _approvals_name_tools(self) -> AgentConfig:
+        unknown = sorted(set(self.require_approval) - {t.name for t in self.tools})
+        if unknown:
+            raise ValueError(f"require_approval names tools the agent does not have: {', '.join(unknown)}")
+        return self
+
 
 class AgentHandler(NodeHandler):
     type = "agent"
@@ -106,7 +120,8 @@ class AgentHandler(NodeHandler):
             specs = await tool_specs(config.tools, ctx)
             loop = AgentLoop(config, ctx, provider, specs, services)
             try:
-                async with asyncio.timeout(float(config.timeout_s)):
+                async with asyncio.timeout(float(config.timeout_s)) as deadline:
+                    loop.deadline = deadline
                     return await loop.run()
             except TimeoutError:
                 raise limit_error(
@@ -136,6 +151,9 @@ class AgentLoop:
     last: TurnReply | None = None
     streamed: int = 0
     repairs: int = 0
+    asking: asyncio.Lock = field(default_factory=asyncio.Lock)
+    deadline: asyncio.Timeout | None = None
+    """The loop's ``timeout_s``, stopped while a person decides."""
     """``stream:chunk`` events published so far (their index)."""
 
     async def run(self) -> Completed:
@@ -222,8 +240,14 @@ class AgentLoop:
         tools = {t.name: t for t in self.config.tools}
 
         async def run_call() -> dict[str, Any]:
-            self.ctx.emit("agent:tool_call", {"call_id": call.id, "tool": call.name, "arguments": call.arguments})
-            result = await call_tool(tools.get(call.name), call, self.ctx)
+            approved = await self.approval(call) if call.name in self.config.require_approval else call
+            if isinstance(approved, CallResult):  # refused: the refusal is the result
+                self.ctx.emit(
+                    "agent:tool_result", {"call_id": call.id, "tool": call.name, "status": "refused", "duration_ms": 0}
+                )
+                return approved.as_json()
+            self.ctx.emit("agent:tool_call", {"call_id": call.id, "tool": call.name, "arguments": approved.arguments})
+            result = await call_tool(tools.get(call.name), approved, self.ctx)
             status = "error" if result.error is not None else "ok"
             self.ctx.emit(
                 "agent:tool_result",
@@ -232,6 +256,45 @@ class AgentLoop:
             return result.as_json()
 
         return CallResult.from_json(await self.step(f"turn-{self.turns}-call-{index}", run_call))
+
+    async def approval(self, call: ToolCall) -> ToolCall | CallResult:
+        """Ask a person about ``call``: the call to make (with edited arguments if they gave
+        some), or its refusal as the result the model reads. One at a time: a run shows one
+        pending approval per node."""
+        request = ToolCallApproval(
+            message=f"The agent wants to call {call.name}.",
+            form={
+                "arguments": FormField(type="object", description="Edited arguments; the model's when left out."),
+                "message": FormField(type="string", description="Why (told to the model when you reject)."),
+            },
+            step=f"call-{call.id}",
+            tool=call.name,
+            arguments=call.arguments,
+        )
+        async with self.asking, self.stopped_clock():
+            decision = await self.ctx.capabilities.pause_for_person(request)
+        answer = decision.output if isinstance(decision.output, dict) else {}
+        values = answer.get("input") or {}
+        if answer.get("approved"):
+            edited = values.get("arguments")
+            return ToolCall(call.id, call.name, dict(edited)) if isinstance(edited, dict) else call
+        why = values.get("message") or ("no decision in time" if answer.get("timed_out") else "no reason given")
+        return CallResult(call.id, call.name, call.arguments, None, f"a person refused this call: {why}", 0)
+
+    @contextlib.asynccontextmanager
+    async def stopped_clock(self) -> AsyncIterator[None]:
+        """``timeout_s`` does not count the time a person takes to decide."""
+        deadline, clock = self.deadline, asyncio.get_running_loop()
+        when = deadline.when() if deadline is not None else None
+        if deadline is None or when is None:
+            yield
+            return
+        left = when - clock.time()
+        deadline.reschedule(None)
+        try:
+            yield
+        finally:
+            deadline.reschedule(clock.time() + left)
 
     async def step(self, name: str, compute: Callable[[], Awaitable[Any]]) -> Any:
         return await self.ctx.capabilities.journal_step(name, compute)

@@ -19,7 +19,7 @@ from tests.agent_crash import agent_crash_canvas, one_agent_crash_trial, problem
 from tests.agent_server import Call, Say, ToolModel, ToolServer, tool_model, tool_server
 from tests.crash_harness import KEY, client, save
 from tests.processes import postgres_database, stack_env, start_serve
-from tests.support import execute, wait_final
+from tests.support import execute, wait_execution, wait_final
 from tests.test_durability import Workers
 
 pytestmark = [pytest.mark.prefect, pytest.mark.workers]
@@ -134,3 +134,69 @@ async def test_a_saved_workflow_is_a_tool_whose_parameters_are_its_declared_inpu
         },
     }
     assert result["output"]["text"] == "Shipped."
+
+
+async def test_tool_calls_wait_for_approval_edited_and_rejected_answers_reach_the_model(
+    api: str, workers: Workers, model: ToolModel, tools: ToolServer
+) -> None:
+    workers.start()
+    tag = uuid.uuid4().hex[:6]
+    name = model.script(
+        f"approve-{tag}",
+        Call((("refund", {"order": "A-1", "amount": 50}),)),
+        Call((("refund", {"order": "B-2", "amount": 900}),)),
+        Say(("One refund done.",)),
+    )
+    refund = {
+        "type": "http",
+        "name": "refund",
+        "method": "POST",
+        "url": tools.url + f"/refund-{tag}/{{{{ args.order }}}}/{{{{ args.amount }}}}",
+        "parameters": {"type": "object", "properties": {"order": {"type": "string"}, "amount": {"type": "number"}}},
+    }
+    data = {
+        "model": name,
+        "base_url": model.base_url,
+        "prompt": "Refund both.",
+        "tools": [refund],
+        "require_approval": ["refund"],
+    }
+    raw = {
+        "name": f"refunds-{tag}",
+        "nodes": [
+            {"id": "start", "type": "start", "data": {}},
+            {"id": "agent", "type": "agent", "data": data},
+            {"id": "end", "type": "end", "data": {"output": "{{ agent }}"}},
+        ],
+        "edges": [{"id": "e0", "source": "start", "target": "agent"}, {"id": "e1", "source": "agent", "target": "end"}],
+    }
+
+    def pending_call(order: str):
+        def check(body: dict[str, Any]) -> Any:
+            found = [p for p in body.get("pending_approvals") or [] if p.get("arguments", {}).get("order") == order]
+            return body["status"] == "paused" and found
+
+        return check
+
+    async with client(api) as http:
+        run_id = await execute(http, await save(http, raw))
+        body = await wait_execution(http, run_id, pending_call("A-1"), timeout=180, what="the first refund's approval")
+        [pending] = body["pending_approvals"]
+        assert (pending["node_id"], pending["kind"], pending["tool"]) == ("agent", "tool_call", "refund")
+        assert pending["arguments"] == {"order": "A-1", "amount": 50}
+        assert [r for r in tools.requests if f"/refund-{tag}/" in r["path"]] == []  # nothing sent before the decision
+        edited = {"node_id": "agent", "input": {"approved": True, "arguments": {"order": "A-1", "amount": 20}}}
+        assert (await http.post(f"/api/executions/{run_id}/resume", json=edited)).status_code == 200
+
+        await wait_execution(http, run_id, pending_call("B-2"), timeout=180, what="the second refund's approval")
+        rejected = {"node_id": "agent", "input": {"approved": False, "message": "too large"}}
+        assert (await http.post(f"/api/executions/{run_id}/resume", json=rejected)).status_code == 200
+        result = await wait_final(http, run_id, timeout=180)
+
+    assert result["status"] == "completed", result
+    assert [r["path"] for r in tools.requests if f"/refund-{tag}/" in r["path"]] == [f"/refund-{tag}/A-1/20"]
+    first, second = result["output"]["tool_calls"]
+    assert first["arguments"] == {"order": "A-1", "amount": 20} and first["error"] is None
+    assert second["error"] == "a person refused this call: too large" and second["result"] is None
+    told = [m for m in model.requests[-1].body["messages"] if m["role"] == "tool"]
+    assert told[-1]["content"] == "Error: a person refused this call: too large"

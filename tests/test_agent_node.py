@@ -265,8 +265,15 @@ def test_the_bundled_agent_examples_compile(name: str) -> None:
 
 
 def test_fields_this_version_does_not_honour_are_refused_not_ignored(model: ToolModel) -> None:
-    raw = agent_canvas(model, "m", [], require_approval=["refund"], memory={"key": "k", "max_tokens": 100})
+    raw = agent_canvas(model, "m", [], credential="openai", memory={"key": "k", "max_tokens": 100})
     refused = compile_canvas(raw, build_registry())
     assert not refused.ok
     message = str(refused.errors[0])
-    assert "require_approval, memory: not supported by this version of the agent node" in message, message
+    assert "memory, credential: not supported by this version of the agent node" in message, message
+
+
+def test_require_approval_names_tools_of_the_agent(model: ToolModel) -> None:
+    raw = agent_canvas(model, "m", [http_tool("refund", "http://x")], require_approval=["refund", "wire"])
+    refused = compile_canvas(raw, build_registry())
+    assert not refused.ok
+    assert "require_approval names tools the agent does not have: wire" in str(refused.errors[0])
