@@ -589,6 +589,7 @@ class Execution:
                 inputs=self.inputs,
                 first_started=first_started,
                 owner=self.owner,
+                workflow_id=self.record.workflow_id,
                 release_until=release_until,
                 capabilities=capabilities,
                 services=self.services,

@@ -28,6 +28,7 @@ from jsonschema.validators import validator_for
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from builder.catalog import Templatable
+from node_handlers.agent_memory import AgentMemories, MemoryConfig
 from node_handlers.agent_tools import CallResult, HttpTool, Tool, WorkflowTool, call_tool, tool_specs
 from node_handlers.approval import FormField, ToolCallApproval
 from node_handlers.base import Completed, NodeContext, NodeError, NodeHandler
@@ -38,7 +39,7 @@ from node_handlers.services import HandlerServices, services_for
 
 LIMIT = "agent_limit"
 OUTPUT_INVALID = "output_invalid"
-NOT_BUILT = ("memory", "credential")
+NOT_BUILT = ("credential",)
 """Fields of the agent contract this version does not honour: refused, never ignored (an
 unknown key of data is only a warning, and a tool approval silently skipped would be worse)."""
 REPAIR_TURNS = 2
@@ -60,6 +61,11 @@ class AgentConfig(ModelCallConfig):
         default_factory=list,
         description="Tools whose every call waits for a person's approval (approve, reject, or approve "
         "with edited arguments); a rejection is the tool's result for the model.",
+    )
+    memory: MemoryConfig | None = Field(
+        None,
+        description="Keep the conversation under a key (per owner and workflow): loaded before the first "
+        "turn, saved after the last, trimmed to max_tokens oldest exchange first.",
     )
     output_schema: dict[str, Any] | None = Field(
         None,
@@ -157,6 +163,8 @@ class AgentLoop:
     """``stream:chunk`` events published so far (their index)."""
 
     async def run(self) -> Completed:
+        remembered = await self.step("memory-load", self.load_memory) if self.config.memory else []
+        self.messages.extend(remembered)
         self.messages.append({"role": "user", "content": self.config.prompt})
         while True:
             if self.turns >= self.config.max_turns:
@@ -165,6 +173,8 @@ class AgentLoop:
             if not reply.tool_calls:
                 answer = self.checked_answer(reply)
                 if answer is not None:
+                    if self.config.memory:
+                        await self.step("memory-save", self.save_memory)
                     return self.completed(reply, answer)
                 continue
             if len(self.calls) + len(reply.tool_calls) > self.config.max_tool_calls:
@@ -181,6 +191,24 @@ class AgentLoop:
                 self.messages.append(
                     {"role": "tool", "tool_call_id": result.id, "name": result.name, "content": result.for_model()}
                 )
+
+    def memory_place(self) -> tuple[str, str]:
+        """Whose memory: the run's owner and workflow (a local run: its workflow's name)."""
+        return self.ctx.owner or "", self.ctx.workflow_id or self.ctx.workflow
+
+    async def load_memory(self) -> list[dict[str, Any]]:
+        assert self.config.memory is not None
+        owner, workflow = self.memory_place()
+        return await AgentMemories(self.services.database()).load(owner, workflow, self.config.memory.key)
+
+    async def save_memory(self) -> dict[str, Any]:
+        memory = self.config.memory
+        assert memory is not None
+        owner, workflow = self.memory_place()
+        kept = await AgentMemories(self.services.database()).save(
+            owner, workflow, memory.key, self.messages, memory.max_tokens
+        )
+        return {"messages": kept}
 
     def checked_answer(self, reply: TurnReply) -> Answer | None:
         """The final answer, its JSON checked against ``output_schema``; None when the model was

@@ -152,6 +152,8 @@ class NodeContext:
     owner: str | None = None
     """Whose run it is (the API key's owner of a saved workflow); None for a local run
     (``flowmaestro run``). Secrets are bound to owners (``node_handlers.operator_secrets``)."""
+    workflow_id: str | None = None
+    """The saved workflow's id; None for a canvas file run with ``flowmaestro run``."""
     first_started: datetime | None = None
     """For handlers that ``resumes_waiting``: when this node execution first started, in an
     earlier execution of the run if there was one (a delay then waits only what is left)."""

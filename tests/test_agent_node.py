@@ -15,9 +15,11 @@ import pytest
 from builder.compiler import compile_canvas
 from flows.engine import Execution
 from flows.journal import RunJournal
+from node_handlers.agent_memory import AgentMemories, tokens_of, trimmed
 from node_handlers.registry import build_registry
+from store.db import make_engine, upgrade_schema
 from tests.agent_server import Call, Say, ToolModel, tool_model
-from tests.conftest_llm import allow_hosts, handler_env  # noqa: F401
+from tests.conftest_llm import allow_hosts, handler_env, set_env  # noqa: F401
 from tests.support import canvas, compiled, node
 from tests.test_journal import MemoryOutcomes
 
@@ -265,11 +267,12 @@ def test_the_bundled_agent_examples_compile(name: str) -> None:
 
 
 def test_fields_this_version_does_not_honour_are_refused_not_ignored(model: ToolModel) -> None:
-    raw = agent_canvas(model, "m", [], credential="openai", memory={"key": "k", "max_tokens": 100})
-    refused = compile_canvas(raw, build_registry())
+    refused = compile_canvas(agent_canvas(model, "m", [], credential="openai"), build_registry())
     assert not refused.ok
     message = str(refused.errors[0])
-    assert "memory, credential: not supported by this version of the agent node" in message, message
+    assert "credential: not supported by this version of the agent node" in message, message
+    mcp = {"type": "mcp", "url": "https://tools.example/mcp", "include": ["search"]}
+    assert not compile_canvas(agent_canvas(model, "m", [mcp]), build_registry()).ok
 
 
 def test_require_approval_names_tools_of_the_agent(model: ToolModel) -> None:
@@ -277,3 +280,46 @@ def test_require_approval_names_tools_of_the_agent(model: ToolModel) -> None:
     refused = compile_canvas(raw, build_registry())
     assert not refused.ok
     assert "require_approval names tools the agent does not have: wire" in str(refused.errors[0])
+
+
+async def test_memory_carries_a_conversation_across_runs_by_key_and_is_trimmed(
+    model: ToolModel, handler_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'memory.db'}"
+    await upgrade_schema(url)
+    set_env(handler_env, FLOWMAESTRO_DATABASE_URL=url)
+    name = model.script("memory", Say(("Hi ", "Alice.")), Say(("You are ", "Alice.")), Say(("Noted.",)))
+
+    def run(key: str, prompt: str, max_tokens: int = 4000) -> dict[str, Any]:
+        raw = agent_canvas(model, name, [], memory={"key": "{{ inputs.who }}", "max_tokens": max_tokens})
+        raw["nodes"][1]["data"]["prompt"] = prompt
+        return raw
+
+    first, _ = await execute(run("alice", "My name is Alice."), MemoryOutcomes(), {"who": "alice"})
+    assert first["status"] == "completed", first["error"]
+    assert first["output"]["text"] == "Hi Alice."
+    second, _ = await execute(run("alice", "Who am I?"), MemoryOutcomes(), {"who": "alice"})
+    assert second["output"]["text"] == "You are Alice."
+    sent = [r.body["messages"] for r in model.requests if r.model == name]
+    assert sent[1] == [
+        {"role": "user", "content": "My name is Alice."},
+        {"role": "assistant", "content": "Hi Alice."},
+        {"role": "user", "content": "Who am I?"},
+    ]
+    await execute(run("bob", "Who am I?"), MemoryOutcomes(), {"who": "bob"})
+    assert [r.body["messages"] for r in model.requests if r.model == name][-1] == [
+        {"role": "user", "content": "Who am I?"}
+    ]
+
+    engine = make_engine(url)
+    memories = AgentMemories(engine)
+    stored = await memories.load("", "test", "alice")
+    assert [m["content"] for m in stored] == ["My name is Alice.", "Hi Alice.", "Who am I?", "You are Alice."]
+    # A third run with room for about one exchange: the oldest go first, whole.
+    one_exchange = tokens_of(stored[2:]) + 8
+    await execute(run("alice", "Remember it.", max_tokens=one_exchange), MemoryOutcomes(), {"who": "alice"})
+    stored = await memories.load("", "test", "alice")
+    assert [m["content"] for m in stored] == ["Remember it.", "Noted."]
+    assert tokens_of(stored) <= one_exchange
+    assert trimmed(stored, 1) == []
+    await engine.dispose()
