@@ -28,8 +28,9 @@ from jsonschema.validators import validator_for
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from builder.catalog import Templatable
+from node_handlers.agent_mcp import McpTool
 from node_handlers.agent_memory import AgentMemories, MemoryConfig
-from node_handlers.agent_tools import CallResult, HttpTool, Tool, WorkflowTool, call_tool, tool_specs
+from node_handlers.agent_tools import CallResult, HttpTool, NamedTool, Tool, WorkflowTool, call_tool, toolbox
 from node_handlers.approval import FormField, ToolCallApproval
 from node_handlers.base import Completed, NodeContext, NodeError, NodeHandler
 from node_handlers.llm import EXCERPT_CHARS, ModelCallConfig, PositiveFloat, cost_of, parse_json_reply
@@ -48,7 +49,9 @@ REPAIR_TURNS = 2
 
 class AgentConfig(ModelCallConfig):
     prompt: str = Field(description="The user message; a template.")
-    tools: list[Tool] = Field(default_factory=list, description="What the model may call: http and workflow tools.")
+    tools: list[Tool] = Field(
+        default_factory=list, description="What the model may call: http, workflow and mcp tools."
+    )
     max_turns: PositiveInt = Field(10, le=200, description="Model turns at most; then the node fails (agent_limit).")
     max_tool_calls: PositiveInt = Field(
         20, le=1000, description="Tool calls at most; then the node fails (agent_limit)."
@@ -93,8 +96,8 @@ class AgentConfig(ModelCallConfig):
 
     @field_validator("tools")
     @classmethod
-    def _unique_names(cls, tools: list[HttpTool | WorkflowTool]) -> list[HttpTool | WorkflowTool]:
-        names = [t.name for t in tools]
+    def _unique_names(cls, tools: list[HttpTool | WorkflowTool | McpTool]) -> list[HttpTool | WorkflowTool | McpTool]:
+        names = [t.name for t in tools if not isinstance(t, McpTool)]
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ValueError(f"tool names must be unique; repeated: {', '.join(repeated)}")
@@ -102,16 +105,21 @@ class AgentConfig(ModelCallConfig):
 
     @model_validator(mode="after")
     def _approvals_name_tools(self) -> AgentConfig:
-        unknown = sorted(set(self.require_approval) - {t.name for t in self.tools})
+        known = {t.name for t in self.tools if not isinstance(t, McpTool)}
+        known |= {name for t in self.tools if isinstance(t, McpTool) for name in t.include or ()}
+        unknown = sorted(set(self.require_approval) - known)
         if unknown:
-            raise ValueError(f"require_approval names tools the agent does not have: {', '.join(unknown)}")
+            raise ValueError(
+                f"require_approval names tools the agent does not have: {', '.join(unknown)} "
+                "(an MCP server's tools count when its include lists them)"
+            )
         return self
 
 
 class AgentHandler(NodeHandler):
     type = "agent"
     description = (
-        "A model that calls tools (http, saved workflows) in a loop until it answers; every turn and "
+        "A model that calls tools (http, saved workflows, MCP servers) in a loop until it answers; every turn and "
         "tool call is journaled. Output {text, tool_calls, turns, usage, cost_usd, model, finish_reason}."
     )
     Config = AgentConfig
@@ -123,8 +131,8 @@ class AgentHandler(NodeHandler):
     async def run(self, config: AgentConfig, ctx: NodeContext) -> Completed:
         async with services_for(ctx.services) as services:
             provider = await turns_for(config, ctx.owner, services)
-            specs = await tool_specs(config.tools, ctx)
-            loop = AgentLoop(config, ctx, provider, specs, services)
+            specs, named = await toolbox(config.tools, ctx, services)
+            loop = AgentLoop(config, ctx, provider, specs, services, named)
             try:
                 async with asyncio.timeout(float(config.timeout_s)) as deadline:
                     loop.deadline = deadline
@@ -150,6 +158,8 @@ class AgentLoop:
     provider: ModelTurns
     specs: list[ToolSpec]
     services: HandlerServices
+    named: dict[str, NamedTool]
+    """What each tool name the model may call stands for."""
     messages: list[dict[str, Any]] = field(default_factory=list)
     calls: list[CallResult] = field(default_factory=list)
     turns: int = 0
@@ -265,8 +275,6 @@ class AgentLoop:
         return reply
 
     async def tool_call(self, call: ToolCall, index: int) -> CallResult:
-        tools = {t.name: t for t in self.config.tools}
-
         async def run_call() -> dict[str, Any]:
             approved = await self.approval(call) if call.name in self.config.require_approval else call
             if isinstance(approved, CallResult):  # refused: the refusal is the result
@@ -275,7 +283,7 @@ class AgentLoop:
                 )
                 return approved.as_json()
             self.ctx.emit("agent:tool_call", {"call_id": call.id, "tool": call.name, "arguments": approved.arguments})
-            result = await call_tool(tools.get(call.name), approved, self.ctx)
+            result = await call_tool(self.named.get(call.name), approved, self.ctx)
             status = "error" if result.error is not None else "ok"
             self.ctx.emit(
                 "agent:tool_result",

@@ -7,6 +7,7 @@
 - ``workflow``: a saved workflow of the run's owner as a child run (as the subworkflow node
   runs one, with its depth and cycle guards); the workflow's declared inputs are the tool's
   parameters and its output the result.
+- ``mcp``: the tools of an MCP server (``node_handlers.agent_mcp``).
 
 A call never raises for the tool's own failure: it returns the error, which the agent gives
 to the model as the result, and the run goes on.
@@ -24,10 +25,12 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from builder.templates import TemplateRenderError, render_value
+from node_handlers.agent_mcp import McpServer, McpTool
 from node_handlers.base import NodeContext, NodeError
 from node_handlers.containers import RESOLVED
 from node_handlers.http import Auth, HttpConfig, HttpHandler, Method
 from node_handlers.model_turns import ToolCall, ToolSpec
+from node_handlers.services import HandlerServices
 
 TOOL_NAME = r"^[A-Za-z0-9_-]{1,64}$"
 EMPTY_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
@@ -61,7 +64,9 @@ class WorkflowTool(BaseModel):
     description: str = ""
 
 
-Tool = Annotated[HttpTool | WorkflowTool, Field(discriminator="type")]
+Tool = Annotated[HttpTool | WorkflowTool | McpTool, Field(discriminator="type")]
+NamedTool = HttpTool | WorkflowTool | McpServer
+"""What a tool name the model calls stands for: an MCP server's tool goes to its server."""
 
 
 @dataclass(frozen=True)
@@ -116,20 +121,34 @@ def inputs_schema(declared: Mapping[str, Any]) -> dict[str, Any]:
     return schema
 
 
-async def tool_specs(tools: list[HttpTool | WorkflowTool], ctx: NodeContext) -> list[ToolSpec]:
-    """The tools as the model sees them; a workflow tool's parameters are its declared inputs."""
-    specs = []
+async def toolbox(
+    tools: list[HttpTool | WorkflowTool | McpTool], ctx: NodeContext, services: HandlerServices
+) -> tuple[list[ToolSpec], dict[str, NamedTool]]:
+    """The tools as the model sees them, and what each name stands for. A workflow tool's
+    parameters are its declared inputs; an MCP server's tools are listed from it."""
+    specs: list[ToolSpec] = []
+    named: dict[str, NamedTool] = {}
     for tool in tools:
         if isinstance(tool, HttpTool):
-            specs.append(ToolSpec(tool.name, tool.description, tool.parameters))
-        else:
+            found = [ToolSpec(tool.name, tool.description, tool.parameters)]
+            stands: NamedTool = tool
+        elif isinstance(tool, WorkflowTool):
             declared = await ctx.capabilities.workflow_inputs(tool.workflow, tool.version)
             description = tool.description or f"Runs the workflow {tool.workflow}."
-            specs.append(ToolSpec(tool.name, description, inputs_schema(declared)))
-    return specs
+            found = [ToolSpec(tool.name, description, inputs_schema(declared))]
+            stands = tool
+        else:
+            stands = McpServer(tool, ctx.owner, services)
+            found = await stands.specs()
+        for spec in found:
+            if spec.name in named:
+                raise NodeError(f"two tools of the agent are named {spec.name!r} (an MCP server's tool, say)")
+            named[spec.name] = stands
+        specs += found
+    return specs, named
 
 
-async def call_tool(tool: HttpTool | WorkflowTool | None, call: ToolCall, ctx: NodeContext) -> CallResult:
+async def call_tool(tool: NamedTool | None, call: ToolCall, ctx: NodeContext) -> CallResult:
     """Run one call; its failure becomes the result's ``error``."""
     started = time.monotonic()
     result: Any = None
@@ -141,6 +160,8 @@ async def call_tool(tool: HttpTool | WorkflowTool | None, call: ToolCall, ctx: N
             raise NodeError(call.arguments_error)
         if isinstance(tool, HttpTool):
             result = await call_http(tool, call, ctx)
+        elif isinstance(tool, McpServer):
+            result = await tool.call(call.name, call.arguments)
         else:
             step = f"call-{call.id}"
             result = (

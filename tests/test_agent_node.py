@@ -20,6 +20,7 @@ from node_handlers.registry import build_registry
 from store.db import make_engine, upgrade_schema
 from tests.agent_server import Call, Say, ToolModel, tool_model
 from tests.conftest_llm import allow_hosts, handler_env, set_env  # noqa: F401
+from tests.mcp_server import mcp_server
 from tests.support import canvas, compiled, node
 from tests.test_journal import MemoryOutcomes
 
@@ -271,8 +272,6 @@ def test_fields_this_version_does_not_honour_are_refused_not_ignored(model: Tool
     assert not refused.ok
     message = str(refused.errors[0])
     assert "credential: not supported by this version of the agent node" in message, message
-    mcp = {"type": "mcp", "url": "https://tools.example/mcp", "include": ["search"]}
-    assert not compile_canvas(agent_canvas(model, "m", [mcp]), build_registry()).ok
 
 
 def test_require_approval_names_tools_of_the_agent(model: ToolModel) -> None:
@@ -323,3 +322,47 @@ async def test_memory_carries_a_conversation_across_runs_by_key_and_is_trimmed(
     assert tokens_of(stored) <= one_exchange
     assert trimmed(stored, 1) == []
     await engine.dispose()
+
+
+MCP_TOKEN = "mcp-THIS-TOKEN-MUST-NOT-LEAK-42"
+
+
+async def test_mcp_tools_are_listed_allowlisted_and_called(model: ToolModel, handler_env: pytest.MonkeyPatch) -> None:
+    set_env(
+        handler_env,
+        FLOWMAESTRO_SECRET_MCP_TOKEN=MCP_TOKEN,
+        FLOWMAESTRO_SECRET_MCP_TOKEN_OWNERS="*",
+        FLOWMAESTRO_SECRET_MCP_TOKEN_HOSTS="127.0.0.1",
+    )
+    with mcp_server() as server:
+        mcp = {
+            "type": "mcp",
+            "url": server.url,
+            "include": ["search", "refuse"],
+            "auth": {"type": "bearer", "token_secret": "MCP_TOKEN"},
+        }
+        name = model.script(
+            "mcp",
+            Call((("search", {"query": "lamps"}), ("refuse", {"reason": "no"}), ("drop_tables", {}))),
+            Say(("Found lamps.",)),
+        )
+        result, _ = await execute(agent_canvas(model, name, [mcp]), MemoryOutcomes())
+
+    assert result["status"] == "completed", result["error"]
+    search, refuse, drop = result["output"]["tool_calls"]
+    assert search["result"] == {"result": "3 results for lamps"} and search["error"] is None  # structured content
+    assert "refused: no" in refuse["error"]
+    assert drop["error"] == "there is no tool named 'drop_tables'"  # left out of include: never offered
+    assert sorted(server.calls) == [("refuse", {"reason": "no"}), ("search", {"query": "lamps"})]  # concurrent
+    offered = [t["function"]["name"] for t in model.requests[-2].body["tools"]]
+    assert offered == ["search", "refuse"]
+    assert model.requests[-2].body["tools"][0]["function"]["parameters"]["required"] == ["query"]
+    assert set(server.authorizations) == {f"Bearer {MCP_TOKEN}"}
+    assert MCP_TOKEN not in json.dumps(result)
+
+
+async def test_an_mcp_server_that_is_down_fails_the_node_saying_so(model: ToolModel) -> None:
+    mcp = {"type": "mcp", "url": "http://127.0.0.1:9/mcp", "timeout_s": 5}
+    result, _ = await execute(agent_canvas(model, "m", [mcp]), MemoryOutcomes())
+    error = result["nodes"]["agent"]["error"]
+    assert "cannot list the tools of the MCP server http://127.0.0.1:9/mcp" in error["message"], error
