@@ -59,13 +59,19 @@ DECISION_POLL_S = 0.5
 PAUSE_POLL_S = 1
 
 
-def approval_slug(node_id: str, path: tuple[int, ...] | list[int]) -> str:
+def approval_slug(node_id: str, path: tuple[int, ...] | list[int], step: str | None = None) -> str:
     """A Prefect pause/input key for one approval execution: lowercase letters, digits
-    and dashes, unique per (node, path)."""
+    and dashes, unique per (node, path), and per ``step`` of a node that asks several times
+    (an agent's tool calls)."""
     base = re.sub(r"[^a-z0-9]+", "-", node_id.lower()).strip("-")[:40] or "node"
     where = "-".join(map(str, path))
-    digest = hashlib.sha1(f"{node_id}|{list(path)}".encode()).hexdigest()[:8]
+    key = f"{node_id}|{list(path)}" if step is None else f"{node_id}|{list(path)}|{step}"
+    digest = hashlib.sha1(key.encode()).hexdigest()[:8]
     return f"{base}-{where + '-' if where else ''}{digest}"
+
+
+TOOL_CALL_FIELDS = ("kind", "tool", "arguments")
+"""What a pending approval of an agent's tool call shows besides the form."""
 
 
 def _now() -> str:
@@ -130,7 +136,7 @@ class PrefectApprovals:
         """Decision inputs refused (each logged once); the API may replace one with its own."""
 
     async def wait(self, execution: Any, node: PlanNode, frame: Any, config: ApprovalConfig) -> Completed:
-        slug = approval_slug(node.id, frame.path)
+        slug = approval_slug(node.id, frame.path, getattr(config, "step", None))
         deadline = time.monotonic() + config.timeout_s if config.timeout_s else None
         timeout_at = (datetime.now(UTC) + timedelta(seconds=config.timeout_s)).isoformat() if config.timeout_s else None
         record = {
@@ -143,6 +149,7 @@ class PrefectApprovals:
             "approvers": config.approvers,
             "requested_at": _now(),
             "timeout_at": timeout_at,
+            **{k: getattr(config, k) for k in TOOL_CALL_FIELDS if hasattr(config, k)},
         }
         async with get_client() as client:
             earlier = await self._earlier_decision(client, slug, config)
@@ -420,8 +427,9 @@ async def pending_approvals(run_id: str, client: Any = None) -> list[dict[str, A
             out.append(
                 {
                     k: record[k]
-                    for k in ("node_id", "path", "message", "schema", "approvers", "requested_at", "timeout_at")
+                    for k in ("node_id", "path", "slug", "message", "schema", "approvers", "requested_at", "timeout_at")
                 }
+                | {k: record[k] for k in TOOL_CALL_FIELDS if k in record}
                 | {"decision_sent": slug in asked}
             )
     return sorted(out, key=lambda r: r["requested_at"])
@@ -470,7 +478,11 @@ async def resume_approval(
         return ResumeAnswer("not_waiting", "a decision for this approval was already sent")
     async with _client(client) as client:
         pending = await _inputs(client, run_id, PENDING)
-        record = next(r for r in pending.values() if r["node_id"] == node_id and r["path"] == target["path"])
+        record = next(
+            r
+            for slug, r in pending.items()
+            if r["node_id"] == node_id and r["path"] == target["path"] and r["slug"] == target["slug"]
+        )
         model = form_model(record["form"], record["message"])
         try:
             checked = model.model_validate(values or {})

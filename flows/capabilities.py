@@ -46,9 +46,13 @@ class RunCapabilities:
 
     async def pause_for_person(self, request: Any) -> Completed:
         self.run.status = "paused"  # not "running": the run may be released meanwhile
-        return await self.execution.approvals.wait(self.execution, self.node, self.frame, request)
+        decided: Completed = await self.execution.approvals.wait(self.execution, self.node, self.frame, request)
+        self.run.status = "running"  # an agent goes on after its tool approval
+        return decided
 
-    async def start_child_run(self, workflow: str, version: int | None, inputs: Mapping[str, Any]) -> Completed:
+    async def start_child_run(
+        self, workflow: str, version: int | None, inputs: Mapping[str, Any], *, step: str | None = None
+    ) -> Completed:
         subworkflows = self.execution.subworkflows
         if subworkflows is None:
             return await NO_CAPABILITIES.start_child_run(workflow, version, inputs)
@@ -56,9 +60,17 @@ class RunCapabilities:
             self.execution,
             self.node,
             ChildRun(workflow, version, dict(inputs)),
-            journal=self.execution.child_journal_id(self.node, self.frame),
+            journal=self.execution.child_journal_id(self.node, self.frame, step),
         )
         return completed
+
+    async def workflow_inputs(self, workflow: str, version: int | None) -> Mapping[str, Any]:
+        subworkflows = self.execution.subworkflows
+        if subworkflows is None:
+            return await NO_CAPABILITIES.workflow_inputs(workflow, version)
+        canvas = await subworkflows.resolver(workflow, version, self.execution.record.id, subworkflows.owner)
+        inputs = canvas.get("inputs") if isinstance(canvas, dict) else None
+        return inputs if isinstance(inputs, dict) else {}
 
     async def journal_step(self, name: str, compute: Callable[[], Awaitable[Any]]) -> Any:
         return await self.execution.journal.step(self.node.id, self.frame.path, self.key, name, compute)

@@ -419,7 +419,8 @@ class Execution:
     async def execute_leaf(self, node: PlanNode, frame: Frame, run: NodeRun, upstream: Mapping[str, Any]) -> NodeResult:
         handler = self.registry.handler(node.type)
         try:
-            config = self.resolve_config(node, handler, frame)
+            # Own-scope keys are the handler's to render (an agent's tools, with their call's args).
+            config = self.resolve_config(node, handler, frame, skip_keys=handler.own_scope_keys)
         except NodeError as exc:
             run.attempts = 1
             self.mirror.ended(node, frame, run, upstream, exc)
@@ -502,10 +503,13 @@ class Execution:
         outcome = self._completed(node, result.completed)
         return dataclasses.replace(outcome, status=NodeStatus.CACHED) if result.cached else outcome
 
-    def child_journal_id(self, node: PlanNode, frame: Frame) -> str:
+    def child_journal_id(self, node: PlanNode, frame: Frame, step: str | None = None) -> str:
         """Where a sub-workflow node's child run keeps its journal: the child executed again
-        is a new flow run, which must find what the first one completed."""
+        is a new flow run, which must find what the first one completed. ``step``: which of
+        the node execution's children (an agent's tool call), when it starts several."""
         journal_id = f"{self.journal.journal_id}:{node.id}:{'.'.join(map(str, frame.path))}"
+        if step:
+            journal_id = f"{journal_id}:{step}"
         if len(journal_id) > 200:  # deep nesting: the store keeps 255 characters
             journal_id = f"{journal_id[:36]}:{hashlib.sha256(journal_id.encode()).hexdigest()[:40]}"
         return journal_id
@@ -585,6 +589,7 @@ class Execution:
                 inputs=self.inputs,
                 first_started=first_started,
                 owner=self.owner,
+                workflow_id=self.record.workflow_id,
                 release_until=release_until,
                 capabilities=capabilities,
                 services=self.services,

@@ -42,6 +42,17 @@ class ApprovalConfig(NodeConfig):
         return form
 
 
+class ToolCallApproval(ApprovalConfig):
+    """What an agent node asks a person before one of its tool calls runs
+    (``NodeCapabilities.pause_for_person``): the call, shown with the approval, and the step
+    it belongs to (one node execution may ask several times: each is an approval of its own)."""
+
+    step: str
+    kind: Literal["tool_call"] = "tool_call"
+    tool: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
 class ApprovalHandler(NodeHandler):
     type = "approval"
     description = "Pauses the run until a person approves or rejects, or the timeout passes."

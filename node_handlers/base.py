@@ -86,7 +86,11 @@ class NodeCapabilities(Protocol):
       timeout_s, approvers); the run shows it paused meanwhile and may be released. Returns
       the decision as the approval node's ``Completed`` (handles approved, rejected, timeout).
     - ``start_child_run``: run another workflow as a child run (a sub-workflow); returns its
-      output (and usage) once it completed, raises ``NodeError`` otherwise.
+      output (and usage) once it completed, raises ``NodeError`` otherwise. ``step`` names
+      the child among several of one node execution (an agent's tool calls), so that each
+      keeps a journal of its own.
+    - ``workflow_inputs``: the declared inputs of a workflow a child run would run (an
+      agent's workflow tool describes its parameters with them).
     - ``journal_step``: a named sub-step whose result is written durably in the run's journal
       and, when the run executes again with the same node configuration, read back instead
       of computed (an agent's turns and tool calls). ``compute`` returns JSON-able data.
@@ -96,7 +100,11 @@ class NodeCapabilities(Protocol):
 
     async def pause_for_person(self, request: Any) -> Completed: ...
 
-    async def start_child_run(self, workflow: str, version: int | None, inputs: Mapping[str, Any]) -> Completed: ...
+    async def start_child_run(
+        self, workflow: str, version: int | None, inputs: Mapping[str, Any], *, step: str | None = None
+    ) -> Completed: ...
+
+    async def workflow_inputs(self, workflow: str, version: int | None) -> Mapping[str, Any]: ...
 
     async def journal_step(self, name: str, compute: Callable[[], Awaitable[Any]]) -> Any: ...
 
@@ -109,8 +117,13 @@ class NoCapabilities:
             "approval nodes need a Prefect flow run to pause; run the workflow with 'flowmaestro run' or the API"
         )
 
-    async def start_child_run(self, workflow: str, version: int | None, inputs: Mapping[str, Any]) -> Completed:
+    async def start_child_run(
+        self, workflow: str, version: int | None, inputs: Mapping[str, Any], *, step: str | None = None
+    ) -> Completed:
         raise NodeError("subworkflow nodes run only inside a Prefect flow run (flowmaestro run, or the API)")
+
+    async def workflow_inputs(self, workflow: str, version: int | None) -> Mapping[str, Any]:
+        raise NodeError("workflow tools run only inside a Prefect flow run (flowmaestro run, or the API)")
 
     async def journal_step(self, name: str, compute: Callable[[], Awaitable[Any]]) -> Any:
         return await compute()  # no journal: nothing to read back
@@ -139,6 +152,8 @@ class NodeContext:
     owner: str | None = None
     """Whose run it is (the API key's owner of a saved workflow); None for a local run
     (``flowmaestro run``). Secrets are bound to owners (``node_handlers.operator_secrets``)."""
+    workflow_id: str | None = None
+    """The saved workflow's id; None for a canvas file run with ``flowmaestro run``."""
     first_started: datetime | None = None
     """For handlers that ``resumes_waiting``: when this node execution first started, in an
     earlier execution of the run if there was one (a delay then waits only what is left)."""

@@ -1,4 +1,5 @@
-"""The llm and router nodes: streamed chat completions from an OpenAI-compatible API.
+"""The llm and router nodes: streamed chat completions from an OpenAI-compatible API, or
+from the Anthropic Messages API (``provider: anthropic``).
 
 Every call streams: each content delta is published as ``stream:chunk`` while the model
 writes, then ``stream:done``. The API key comes from the node's ``api_key_secret`` (the
@@ -92,6 +93,11 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 class ModelCallConfig(NodeConfig):
     """What every node calling a chat model has."""
 
+    provider: Literal["openai", "anthropic"] = Field(
+        "openai",
+        description="The model API's protocol: openai (chat completions, any compatible server) or "
+        "anthropic (Messages).",
+    )
     model: str | None = Field(None, description="Model name; FLOWMAESTRO_DEFAULT_MODEL when absent.")
     system: str | None = Field(None, description="System instructions.")
     temperature: Templatable[Temperature] | None = None
@@ -285,7 +291,58 @@ async def stream_chat(
     config: ModelCallConfig, messages: list[dict[str, Any]], ctx: NodeContext, response_format: dict[str, Any] | None
 ) -> ChatReply:
     async with services_for(ctx.services) as services:
+        if config.provider == "anthropic":
+            return await _anthropic_chat(config, messages, ctx, response_format, services)
         return await _stream_chat(config, messages, ctx, response_format, services)
+
+
+async def _anthropic_chat(
+    config: ModelCallConfig,
+    messages: list[dict[str, Any]],
+    ctx: NodeContext,
+    response_format: dict[str, Any] | None,
+    services: HandlerServices,
+) -> ChatReply:
+    """A reply through the Anthropic Messages protocol (``node_handlers.anthropic_turns``);
+    JSON replies are asked for in the system prompt (Messages has no JSON mode) and checked
+    by the caller as for any provider."""
+    # Imported here: the provider modules build on this one.
+    from node_handlers.model_turns import TurnRequest
+    from node_handlers.providers import turns_for
+
+    turns = await turns_for(config, ctx.owner, services)
+    system = "\n\n".join(str(m["content"]) for m in messages if m["role"] in ("system", "developer")) or None
+    schema = None
+    if response_format is not None:
+        schema = (response_format.get("json_schema") or {}).get("schema") or {"type": "object"}
+    model = config.model or services.settings.default_model
+    request = TurnRequest(
+        model=model,
+        system=system,
+        messages=[m for m in messages if m["role"] not in ("system", "developer")],
+        temperature=float(config.temperature) if config.temperature is not None else None,
+        max_tokens=int(config.max_tokens) if config.max_tokens is not None else None,
+        json_schema=schema,
+        timeout_s=float(config.timeout_s),
+    )
+    parts: list[str] = []
+
+    def on_text(text: str) -> None:
+        ctx.emit("stream:chunk", {"index": len(parts), "text": text, "attempt": ctx.attempt})
+        parts.append(text)
+
+    started = time.monotonic()
+    reply = await turns.turn(request, on_text)
+    ctx.emit("stream:done", {"text_length": len(reply.text), "attempt": ctx.attempt})
+    usage = dict(reply.usage)
+    return ChatReply(
+        text=reply.text,
+        model=reply.model,
+        finish_reason=reply.finish_reason,
+        usage=usage,
+        latency_ms=round((time.monotonic() - started) * 1000),
+        cost_usd=cost_of(usage, model, reply.model, prices=services.settings.llm_prices),
+    )
 
 
 async def _stream_chat(

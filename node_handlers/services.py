@@ -18,12 +18,15 @@ from contextlib import asynccontextmanager
 from functools import cached_property
 from typing import Any
 
+import anthropic
 import httpx
 import openai
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from node_handlers.egress import EgressPolicy, make_policy, pinned_client
 from node_handlers.protected import service_addresses
 from node_handlers.settings import HandlerSettings
+from store.db import make_engine
 
 
 class HandlerServices:
@@ -73,6 +76,27 @@ class HandlerServices:
         )
         return client
 
+    def anthropic_client(self, base_url: str, api_key: str) -> anthropic.AsyncAnthropic:
+        """As ``openai_client``, for the Anthropic Messages protocol."""
+        key_id = hashlib.sha256(api_key.encode()).hexdigest()
+        client: anthropic.AsyncAnthropic = self._client(
+            ("anthropic", base_url, key_id),
+            lambda: anthropic.AsyncAnthropic(
+                api_key=api_key,
+                base_url=base_url,
+                max_retries=0,
+                http_client=pinned_client(follow_redirects=False, policy=self.egress),
+            ),
+        )
+        return client
+
+    def database(self) -> AsyncEngine:
+        """FlowMaestro's own database (what an agent's memory is kept in), one engine per
+        event loop."""
+        url = self.settings.sqlalchemy_url()
+        engine: AsyncEngine = self._client(("database", url), lambda: make_engine(url))
+        return engine
+
     def _client(self, key: Any, create: Any) -> Any:
         loop = asyncio.get_running_loop()
         for stale in [k for k in self._clients if k[0].is_closed()]:  # their loop ended: nothing to close
@@ -87,10 +111,15 @@ class HandlerServices:
         loop = asyncio.get_running_loop()
         for key in [k for k in self._clients if k[0] is loop]:
             client = self._clients.pop(key)
-            await (client.aclose() if isinstance(client, httpx.AsyncClient) else client.close())
+            if isinstance(client, AsyncEngine):
+                await client.dispose()
+            else:
+                await (client.aclose() if isinstance(client, httpx.AsyncClient) else client.close())
 
 
 def _is_closed(client: Any) -> bool:
+    if isinstance(client, AsyncEngine):
+        return False  # an engine opens connections again when asked
     return client.is_closed if isinstance(client, httpx.AsyncClient) else client.is_closed()
 
 

@@ -87,6 +87,15 @@ class HandlerSettings(StoreSettings):
         description="API key of llm and router nodes without their own api_key_secret "
         "(FLOWMAESTRO_OPENAI_API_KEY, else OPENAI_API_KEY).",
     )
+    anthropic_base_url: str | None = Field(
+        None, description="Default base URL of nodes with provider: anthropic; Anthropic's own when unset."
+    )
+    anthropic_api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("FLOWMAESTRO_ANTHROPIC_API_KEY", "ANTHROPIC_API_KEY"),
+        description="API key of nodes with provider: anthropic without their own api_key_secret "
+        "(FLOWMAESTRO_ANTHROPIC_API_KEY, else ANTHROPIC_API_KEY); sent to anthropic_base_url only.",
+    )
     default_model: str = Field("gpt-4o-mini", description="Model of llm and router nodes that name none.")
     max_loop_iterations: int = Field(
         10_000,

@@ -92,6 +92,20 @@ class LargeOutputRow(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class AgentMemoryRow(Base):
+    """An agent node's conversation under a key of its ``memory``, per owner and workflow
+    (``node_handlers.agent_memory``): loaded before its first turn, saved after its last."""
+
+    __tablename__ = "agent_memories"
+    owner: Mapped[str] = mapped_column(String(200), primary_key=True)
+    workflow_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    messages: Mapped[list[Any]] = mapped_column(JSON)
+    tokens: Mapped[int] = mapped_column(Integer)
+    """The stored messages' size in tokens, as counted when they were trimmed."""
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class NodeOutcomeRow(Base):
     """One node execution ``(node_id, path)`` of a run that ended: what a run executed again
     (after a crash, a suspend, a retry) restores instead of executing it again. A failed one

@@ -67,6 +67,12 @@ class EventType(StrEnum):
     NODE_PAUSED = "node:paused"
     STREAM_CHUNK = "stream:chunk"
     STREAM_DONE = "stream:done"
+    AGENT_TURN = "agent:turn"
+    """An agent node's model turn completed (its usage)."""
+    AGENT_TOOL_CALL = "agent:tool_call"
+    """An agent node calls a tool (its arguments)."""
+    AGENT_TOOL_RESULT = "agent:tool_result"
+    """An agent node's tool call ended (ok or error, and how long it took)."""
 
 
 FINAL_RUN_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})

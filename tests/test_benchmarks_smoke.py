@@ -146,3 +146,23 @@ def test_ui_page(tmp_path):
 
     require_chromium()
     run_benchmark("ui_page", "--nodes", "20", "--chunks", "2", "--trials", "1", home=tmp_path)
+
+
+@pytest.mark.services
+def test_agent_crash(tmp_path, prefect_server):
+    """The agent journal's overhead; its crash trials are tests/test_agent_durability.py's
+    harness, run there."""
+    output = run_benchmark(
+        "agent_crash",
+        "--turns",
+        "3",
+        "--reps",
+        "1",
+        "--database",
+        "sqlite",
+        "--crash-trials",
+        "0",
+        home=tmp_path,
+        prefect_url=prefect_server.api_url,
+    )
+    assert "overhead ms/turn" in output

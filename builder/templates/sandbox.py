@@ -43,8 +43,9 @@ from builder.templates.errors import TemplateRenderError
 
 ENV_ALLOWLIST_SETTING = "FLOWMAESTRO_ENV_ALLOWLIST"
 
-NAMESPACES = frozenset({"inputs", "var", "env", "run", "loop", "parallel", "nodes"})
-"""The template namespaces the engine fills (section 8 of the spec); never node ids."""
+NAMESPACES = frozenset({"inputs", "var", "env", "run", "loop", "parallel", "nodes", "args"})
+"""The template namespaces the engine fills (section 8 of the spec); never node ids. ``args``:
+the arguments of an agent's tool call, in the templates of its http tools."""
 JINJA_GLOBALS = frozenset(DEFAULT_NAMESPACE) | {"self"}
 """Names Jinja itself provides in every template (``range``, ``dict``, ``namespace``, ...,
 ``self``): ``{{ range.x }}`` reads Jinja's, never a node, so they are not reported as

@@ -1,0 +1,29 @@
+"""agent memories: an agent node's conversation by key, per owner and workflow
+
+Revision ID: 0006
+Revises: 0005
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0006"
+down_revision = "0005"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "agent_memories",
+        sa.Column("owner", sa.String(200), primary_key=True),
+        sa.Column("workflow_id", sa.String(200), primary_key=True),
+        sa.Column("key", sa.String(200), primary_key=True),
+        sa.Column("messages", sa.JSON(), nullable=False),
+        sa.Column("tokens", sa.Integer(), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("agent_memories")
