@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prefect.client.orchestration import get_client
 from prometheus_client import generate_latest
 
-from api import dead_letters, executions, schedules, ui, webhooks, workflows
+from api import dead_letters, executions, node_types, schedules, ui, webhooks, workflows
 from api.auth import require_metrics_key
 from api.compiling import CanvasCompiler
 from api.docs import install_docs
@@ -31,6 +31,7 @@ from builder.plan_cache import PlanCache
 from deployments.workflow_deployments import WorkflowDeployments
 from flows.decisions import DecisionSigner
 from flows.event_log import event_log_from_env
+from node_handlers.catalog import NodeTypeCatalog
 from node_handlers.registry import build_registry
 from store.db import make_engine, sessions, upgrade_schema
 from store.queries import Executions, NodeOutcomes, Workflows
@@ -114,6 +115,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             prefect = PrefectGateway(await stack.enter_async_context(get_client()), settings.prefect_timeout_s)
             app.state.engine, app.state.sessions, app.state.event_log = engine, database, event_log
             registry = build_registry()  # the handler settings of the environment (the loop cap)
+            app.state.node_types = NodeTypeCatalog(registry)  # described once: the schemas do not change
             compiler = CanvasCompiler(
                 registry, settings.compile_limits(), PlanCache(settings.plan_cache_nodes), metrics.canvas_compiles
             )
@@ -189,6 +191,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(schedules.router)
     app.include_router(webhooks.router)
     app.include_router(webhooks.intake)
+    app.include_router(node_types.router)
     ui.mount(app)  # the run page, the list and the playground under /ui (docs/ui.md)
 
     def openapi() -> dict[str, Any]:

@@ -22,10 +22,10 @@ from typing import Annotated, Any, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from builder.catalog import NodeConfig, Templatable
+from builder.catalog import NodeConfig, Templatable, at_most_one_of
 from builder.plan import RetryPolicy
 from builder.templates import is_template
-from node_handlers.base import Completed, NodeContext, NodeError, NodeHandler
+from node_handlers.base import ERROR_HANDLE, SOURCE_HANDLE, Completed, NodeContext, NodeError, NodeHandler
 from node_handlers.operator_secrets import OperatorSecret, read_secret
 from node_handlers.redaction import redact
 from node_handlers.services import services_for
@@ -62,8 +62,20 @@ class HeaderAuth(BaseModel):
 Auth = Annotated[BearerAuth | BasicAuth | HeaderAuth, Field(discriminator="type")]
 
 
+def _http_json_schema(schema: dict[str, Any]) -> None:
+    """What the validators check, as JSON Schema: one body at most, statuses that exist."""
+    schema.update(at_most_one_of("json", "body", "form"))
+    statuses = schema["properties"]["expected_status"]["anyOf"][0]
+    statuses["items"] = {
+        "anyOf": [
+            {"type": "integer", "minimum": 100, "maximum": 599},
+            {"type": "string", "pattern": "^[1-5][xX][xX]$"},
+        ]
+    }
+
+
 class HttpConfig(NodeConfig):
-    model_config = ConfigDict(populate_by_name=True)
+    model_config = ConfigDict(populate_by_name=True, json_schema_extra=_http_json_schema)
 
     method: Templatable[Method] = Field("GET", description="HTTP method.")
     url: str = Field(min_length=1, description="http(s) URL; a template.")
@@ -157,6 +169,10 @@ class ResponseTooLarge(NodeError):
 class HttpHandler(NodeHandler):
     type = "http"
     version = "1"
+    label = "HTTP request"
+    category = "integration"
+    side_effects = True
+    handle_docs = (SOURCE_HANDLE, ERROR_HANDLE)
     description = "Sends an HTTP request; output {status, headers, body, url}."
     Config = HttpConfig
     default_retry = RetryPolicy(

@@ -24,9 +24,9 @@ from jsonschema import exceptions as jsonschema_exceptions
 from jsonschema.validators import validator_for
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from builder.catalog import NodeConfig, Templatable
+from builder.catalog import UNIQUE_KEYS, NodeConfig, Templatable, exactly_one_of
 from builder.plan import RetryPolicy
-from node_handlers.base import Completed, NodeContext, NodeError, NodeHandler
+from node_handlers.base import ERROR_HANDLE, SOURCE_HANDLE, Completed, HandleDoc, NodeContext, NodeError, NodeHandler
 from node_handlers.branching import HANDLE_ID, check_unique_ids
 from node_handlers.egress import check_url
 from node_handlers.http import parse_retry_after
@@ -108,6 +108,7 @@ class ModelCallConfig(NodeConfig):
 
 
 class LlmConfig(ModelCallConfig):
+    model_config = ConfigDict(json_schema_extra=exactly_one_of("prompt", "messages"))
     prompt: str | None = Field(None, description="The user message; a template.")
     messages: Templatable[list[Message]] | None = Field(None, description="The conversation instead of prompt.")
     response_format: ResponseFormat | None = Field(
@@ -143,6 +144,10 @@ class ChatReply:
 
 class LlmHandler(NodeHandler):
     type = "llm"
+    label = "LLM"
+    category = "ai"
+    side_effects = True  # a call to a model provider, billed
+    handle_docs = (SOURCE_HANDLE, ERROR_HANDLE)
     description = "Streams a chat completion from an OpenAI-compatible API; output {text, json?, usage, ...}."
     Config = LlmConfig
     default_retry = LLM_RETRY
@@ -187,7 +192,7 @@ class Route(BaseModel):
 
 
 class RouterConfig(ModelCallConfig):
-    routes: list[Route] = Field(min_length=1)
+    routes: list[Route] = Field(min_length=1, json_schema_extra={UNIQUE_KEYS: ["id"]})
     prompt: str = Field(description="The text to classify; usually a template.")
     temperature: Templatable[Temperature] | None = 0.0
 
@@ -200,6 +205,13 @@ class RouterConfig(ModelCallConfig):
 
 class RouterHandler(NodeHandler):
     type = "router"
+    label = "LLM router"
+    category = "ai"
+    side_effects = True  # a call to a model provider, billed
+    handle_docs = (
+        HandleDoc("route-<id>", "Fires when the model picked that route.", "data.routes[].id"),
+        ERROR_HANDLE,
+    )
     description = "A model picks one of data.routes for the prompt; fires route-<id>; output {route, reasoning}."
     Config = RouterConfig
     default_retry = LLM_RETRY
