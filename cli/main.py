@@ -1,6 +1,6 @@
 """The ``flowmaestro`` command line (canvas spec, section 11).
 
-``validate``, ``plan`` and ``schema`` need no server and do not import Prefect.
+``validate``, ``plan``, ``schema`` and ``node-types`` need no server and do not import Prefect.
 ``run`` uses the Prefect server at ``PREFECT_API_URL``, or starts the embedded one.
 """
 
@@ -113,6 +113,24 @@ def schema() -> None:
     from builder.schema import canvas_json_schema
 
     print(json.dumps(canvas_json_schema(_registry()), indent=2))
+
+
+@app.command("node-types")
+def node_types(node_type: str | None = typer.Argument(None, help="One type; every type when absent.")) -> None:
+    """Print the node catalog as GET /api/node-types answers it: every node type of this
+    installation (plugins included) with its data schema, handles and defaults."""
+    from node_handlers.catalog import NodeTypeCatalog
+
+    catalog = NodeTypeCatalog(_registry())
+    if node_type is None:
+        print(json.dumps([entry.to_dict() for entry in catalog.entries()], indent=2))
+        return
+    entry = catalog.entry(node_type)
+    if entry is None:
+        known = ", ".join(e.type for e in catalog.entries())
+        Console(stderr=True).print(f"unknown node type {node_type!r}; known types: {known}", markup=False)
+        raise typer.Exit(EXIT_INVALID)
+    print(json.dumps(entry.to_dict(), indent=2))
 
 
 def _parse_inputs(inputs_json: str | None, pairs: list[str], declared: dict[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ service, so this module needs none."""
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -96,6 +97,21 @@ def test_one_type_and_its_fields(client):
     plugin = client.get("/api/node-types/test_count", headers=AUTH).json()
     assert (plugin["label"], plugin["category"], plugin["side_effects"]) == ("Test count", "other", True)
     assert [h["id"] for h in plugin["handles"]] == ["source", "error"]
+
+
+def test_the_cli_prints_the_catalog_the_api_serves(client):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    runner = CliRunner()
+    printed = runner.invoke(app, ["node-types"])
+    assert printed.exit_code == 0, printed.output
+    assert json.loads(printed.stdout) == client.get("/api/node-types", headers=AUTH).json()
+    one = runner.invoke(app, ["node-types", "router"])
+    assert json.loads(one.stdout) == client.get("/api/node-types/router", headers=AUTH).json()
+    unknown = runner.invoke(app, ["node-types", "nope"])
+    assert unknown.exit_code == 2 and "unknown node type 'nope'" in unknown.output
 
 
 def test_unknown_type_is_404_naming_the_known_ones(client):
