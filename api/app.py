@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prefect.client.orchestration import get_client
 from prometheus_client import generate_latest
 
-from api import dead_letters, executions, schedules, ui, webhooks, workflows
+from api import credentials, dead_letters, executions, schedules, ui, webhooks, workflows
 from api.auth import require_metrics_key
 from api.compiling import CanvasCompiler
 from api.docs import install_docs
@@ -32,6 +32,7 @@ from deployments.workflow_deployments import WorkflowDeployments
 from flows.decisions import DecisionSigner
 from flows.event_log import event_log_from_env
 from node_handlers.registry import build_registry
+from store.credentials import Credentials
 from store.db import make_engine, sessions, upgrade_schema
 from store.queries import Executions, NodeOutcomes, Workflows
 from store.secrets import SecretBox
@@ -135,6 +136,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             app.state.schedules = ScheduleService(app.state.runs, prefect, ScheduleOverlaps(database))
             secret_key = settings.secret_key.get_secret_value() if settings.secret_key else None
             box = SecretBox.from_settings(secret_key, settings.home)
+            app.state.credentials = Credentials(database, box)
             limiter = (
                 RedisRateLimiter(settings.redis_url, settings.webhook_rate_limit)
                 if settings.redis_url
@@ -189,6 +191,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(schedules.router)
     app.include_router(webhooks.router)
     app.include_router(webhooks.intake)
+    app.include_router(credentials.router)
     ui.mount(app)  # the run page, the list and the playground under /ui (docs/ui.md)
 
     def openapi() -> dict[str, Any]:
