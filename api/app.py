@@ -119,6 +119,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                 registry, settings.compile_limits(), PlanCache(settings.plan_cache_nodes), metrics.canvas_compiles
             )
             stack.callback(compiler.close)
+            secret_key = settings.secret_key.get_secret_value() if settings.secret_key else None
+            box = SecretBox.from_settings(secret_key, settings.home)
+            app.state.credentials = Credentials(database, box)
             app.state.runs = RunService(
                 workflows=Workflows(database),
                 executions=Executions(database),
@@ -131,12 +134,10 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                 compiler=compiler,
                 decisions=DecisionSigner.from_settings(settings.decision_key, settings.secret_key, settings.home),
                 prefect_public_url=settings.prefect_public_url,
+                credentials=app.state.credentials,
             )
             app.state.prefect = prefect
             app.state.schedules = ScheduleService(app.state.runs, prefect, ScheduleOverlaps(database))
-            secret_key = settings.secret_key.get_secret_value() if settings.secret_key else None
-            box = SecretBox.from_settings(secret_key, settings.home)
-            app.state.credentials = Credentials(database, box)
             limiter = (
                 RedisRateLimiter(settings.redis_url, settings.webhook_rate_limit)
                 if settings.redis_url

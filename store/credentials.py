@@ -38,6 +38,8 @@ FIELDS_OF_TYPE: dict[str, tuple[str, ...]] = {
 }
 """The fields each type requires, and the only ones it takes; ``custom`` takes any."""
 CUSTOM_FIELD_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+HEADER_NAME_PATTERN = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$"
+"""An HTTP header name (RFC 9110 token): the ``name`` of a header credential."""
 MAX_FIELDS = 32
 MAX_VALUE_CHARS = 16_384
 TOUCH_EVERY_S = 60.0
@@ -102,6 +104,10 @@ def check_data(credential_type: str, data: Mapping[str, Any]) -> dict[str, str]:
             issue(name, "must be a non-empty string")
         elif len(value) > MAX_VALUE_CHARS:
             issue(name, f"longer than {MAX_VALUE_CHARS} characters")
+        elif credential_type == "header" and name == "name" and not re.match(HEADER_NAME_PATTERN, value):
+            issue(name, "not an HTTP header name (letters, digits and !#$%&'*+.^_`|~-)")
+        elif "\r" in value or "\n" in value:
+            issue(name, "holds a line break (it would split an HTTP header)")
     if issues:
         raise Invalid(f"invalid {credential_type} credential: {issues[0]['message']}", issues)
     return {name: str(value) for name, value in data.items()}
