@@ -19,6 +19,7 @@ from builder.compiler import CompileResult, collector_paused, compile_canvas
 from builder.inputs import checked_inputs, coerce_text
 from builder.issues import InputsInvalid, Issue
 from builder.limits import CompileSettings
+from cli.credentials import credentials_app, secrets_app
 from cli.triggers import ApiKey, ApiUrl, call_api, schedules_app, webhooks_app
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_CANCELLED = 0, 1, 2, 4
@@ -30,6 +31,8 @@ server_app = typer.Typer(no_args_is_help=True, help="The embedded local Prefect 
 app.add_typer(server_app, name="server")
 app.add_typer(schedules_app, name="schedules")
 app.add_typer(webhooks_app, name="webhooks")
+app.add_typer(credentials_app, name="credentials")
+app.add_typer(secrets_app, name="secrets")
 err = Console(stderr=True)
 out = Console()
 

@@ -63,6 +63,10 @@ from deployments.settings import WorkerSettings
 from deployments.workflow_deployments import DEFAULT_POOL, WORKER_TYPE
 from flows.prefect_compat import PollingWorker, mark_cancelled, restore_state, start_flow_run_in_process
 from flows.run_context import CancelSignals, RunContext
+from node_handlers.services import HandlerServices
+from store.credentials import Credentials
+from store.db import sessions
+from store.secrets import SecretBox
 
 AWAITING_SLOT = "AwaitingConcurrencySlot"
 """The Scheduled state Prefect puts a run in when its deployment's limit is reached (ENQUEUE)."""
@@ -434,6 +438,10 @@ async def worker_context(database_url: str, *, beating_pool: str | None = None) 
     ``beating_pool``: crash detection), the plans of saved versions."""
     store = SqlRunStore.from_url(database_url)
     base = RunContext.from_environment()
+    # Nodes naming a stored credential read it here, sealed with the API's key ring.
+    secret_key = base.settings.secret_key.get_secret_value() if base.settings.secret_key else None
+    credentials = Credentials(sessions(store.engine), SecretBox.from_settings(secret_key, base.settings.home))
+    handler_settings = base.services.settings if base.services is not None else None
     signals = (
         CancelSignals()
         if beating_pool is None
@@ -441,6 +449,7 @@ async def worker_context(database_url: str, *, beating_pool: str | None = None) 
     )
     context = replace(
         base,
+        services=HandlerServices(handler_settings, credentials=credentials),
         store=store,
         resolve_workflow=store.resolve_subworkflow,
         cancellations=signals,

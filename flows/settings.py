@@ -130,8 +130,9 @@ class EngineSettings(StoreSettings, CompileSettings):
     )
     secret_key: SecretStr | None = Field(
         None,
-        description="The API's key that encrypts webhook secrets: only "
-        "to derive decision_key from when that is unset (a key file under home "
+        description="The key ring that encrypts webhook secrets and stored "
+        "credentials (the API's): workers open the credentials nodes name with it, "
+        "and derive decision_key from it when that is unset (a key file under home "
         "when both are).",
     )
     cache_lock_redis_url: str | None = Field(
