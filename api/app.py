@@ -196,7 +196,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(webhooks.intake)
     app.include_router(node_types.router)
     app.include_router(credentials.router)
-    ui.mount(app)  # the run page, the list and the playground under /ui (docs/ui.md)
+    ui.mount(app)  # the run page, the list, the playground and the credentials under /ui (docs/ui.md)
 
     def openapi() -> dict[str, Any]:
         # The stream's events are no JSON body, so FastAPI leaves their schemas out: added here.
