@@ -51,7 +51,7 @@ def read_values(credential_type: str, from_stdin: bool, custom_fields: list[str]
     if not fields:
         err.print("[red]a custom credential: name its fields with --field (or give them with --stdin)[/red]")
         raise typer.Exit(EXIT_INVALID)
-    return {name: typer.prompt(name, hide_input=True) for name in fields}
+    return {name: typer.prompt(name, hide_input=True, err=True) for name in fields}  # stdout stays JSON
 
 
 def _print(answer: Any) -> None:
