@@ -123,7 +123,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             stack.callback(compiler.close)
             secret_key = settings.secret_key.get_secret_value() if settings.secret_key else None
             box = SecretBox.from_settings(secret_key, settings.home)
-            app.state.credentials = Credentials(database, box)
+            app.state.credentials = Credentials(database, SecretBox.for_credentials(secret_key, settings.home))
             app.state.runs = RunService(
                 workflows=Workflows(database),
                 executions=Executions(database),

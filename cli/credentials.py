@@ -51,7 +51,7 @@ def read_values(credential_type: str, from_stdin: bool, custom_fields: list[str]
     if not fields:
         err.print("[red]a custom credential: name its fields with --field (or give them with --stdin)[/red]")
         raise typer.Exit(EXIT_INVALID)
-    return {name: typer.prompt(name, hide_input=True) for name in fields}
+    return {name: typer.prompt(name, hide_input=True, err=True) for name in fields}  # stdout stays JSON
 
 
 def _print(answer: Any) -> None:
@@ -111,6 +111,17 @@ def credentials_delete(name: str, api_url: str = ApiUrl, api_key: str = ApiKey) 
     call_api(api_url, api_key, "DELETE", f"/api/credentials/{_id_of(api_url, api_key, name)}")
 
 
+@secrets_app.command("worker-key")
+def secrets_worker_key() -> None:
+    """Print FLOWMAESTRO_CREDENTIALS_KEY for workers started apart from 'flowmaestro serve':
+    derived from FLOWMAESTRO_SECRET_KEY, it opens stored credentials and nothing else."""
+    from api.settings import ApiSettings
+    from store.secrets import credentials_key_text
+
+    settings = ApiSettings()
+    print(credentials_key_text(settings.secret_key.get_secret_value() if settings.secret_key else None, settings.home))
+
+
 @secrets_app.command("reseal")
 def secrets_reseal() -> None:
     """Encrypt every stored secret (webhook secrets, credentials) again under the first key of
@@ -128,7 +139,11 @@ def secrets_reseal() -> None:
         await upgrade_schema(url)
         engine = make_engine(url)
         try:
-            counts = await reseal_all(sessions(engine), SecretBox.from_settings(secret_key, settings.home))
+            counts = await reseal_all(
+                sessions(engine),
+                SecretBox.from_settings(secret_key, settings.home),
+                SecretBox.for_credentials(secret_key, settings.home),
+            )
         finally:
             await engine.dispose()
         print(f"re-sealed {counts.webhooks} webhook secrets and {counts.credentials} credentials under the first key")

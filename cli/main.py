@@ -343,8 +343,13 @@ def serve(
     # it cannot decrypt webhook secrets), explicitly, whatever else of the environment they see.
     from flows.decisions import decision_key_text
 
+    # And the key ring of stored credentials (derived too: it opens nothing else).
+    from store.secrets import credentials_key_text
+
+    secret_key = settings.secret_key.get_secret_value() if settings.secret_key else None
     worker_env = {
-        "FLOWMAESTRO_DECISION_KEY": decision_key_text(settings.decision_key, settings.secret_key, settings.home)
+        "FLOWMAESTRO_DECISION_KEY": decision_key_text(settings.decision_key, settings.secret_key, settings.home),
+        "FLOWMAESTRO_CREDENTIALS_KEY": credentials_key_text(secret_key, settings.home),
     }
     with Children.workers(workers, pool=settings.work_pool, env=worker_env) as children:
         if workers:

@@ -438,9 +438,14 @@ async def worker_context(database_url: str, *, beating_pool: str | None = None) 
     ``beating_pool``: crash detection), the plans of saved versions."""
     store = SqlRunStore.from_url(database_url)
     base = RunContext.from_environment()
-    # Nodes naming a stored credential read it here, sealed with the API's key ring.
-    secret_key = base.settings.secret_key.get_secret_value() if base.settings.secret_key else None
-    credentials = Credentials(sessions(store.engine), SecretBox.from_settings(secret_key, base.settings.home))
+    # Nodes naming a stored credential read it here, with the ring derived from the API's.
+    settings = base.settings
+    box = SecretBox.for_credentials(
+        settings.secret_key.get_secret_value() if settings.secret_key else None,
+        settings.home,
+        settings.credentials_key.get_secret_value() if settings.credentials_key else None,
+    )
+    credentials = Credentials(sessions(store.engine), box)
     handler_settings = base.services.settings if base.services is not None else None
     signals = (
         CancelSignals()

@@ -111,7 +111,8 @@ async def read_credential(
         ) from None
     except ValueError:
         raise NodeError(
-            f"credential {name!r} cannot be decrypted with this worker's FLOWMAESTRO_SECRET_KEY",
+            f"credential {name!r} cannot be decrypted with this worker's key ring (FLOWMAESTRO_CREDENTIALS_KEY "
+            "must be derived from the API's FLOWMAESTRO_SECRET_KEY: 'flowmaestro secrets worker-key')",
             error_type="CredentialUnreadable",
             details={"credential": name},
         ) from None

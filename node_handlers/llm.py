@@ -312,7 +312,8 @@ async def resolve_endpoint(config: ModelCallConfig, owner: str | None, services:
         if base_url != default_url:
             raise NodeError(
                 f"base_url {base_url} is not the configured model API ({default_url}): the operator's "
-                f"API key goes there only; name a credential of yours for {base_url} in credential",
+                f"API key goes there only; name a stored credential of yours in credential, or a secret "
+                f"bound to {base_url} in api_key_secret",
                 error_type="MissingSecret",
             )
         return ModelEndpoint(base_url, operator_key)

@@ -246,12 +246,14 @@ class ResealCount:
     credentials: int
 
 
-async def reseal_all(sessions: Sessions, box: SecretBox, batch: int = 200) -> ResealCount:
+async def reseal_all(
+    sessions: Sessions, webhook_box: SecretBox, credential_box: SecretBox, batch: int = 200
+) -> ResealCount:
     """Encrypt every stored secret (webhook secrets, credentials) again under the first key
-    of ``box``'s ring, so that the ring's other keys can be retired. ``ValueError`` naming
+    of its box's ring, so that the ring's other keys can be retired. ``ValueError`` naming
     the row when a secret opens with no key of the ring (its batch is not written)."""
-    webhooks = await _reseal_table(sessions, box, WebhookRow, "secret_encrypted", batch)
-    credentials = await _reseal_table(sessions, box, CredentialRow, "data_encrypted", batch)
+    webhooks = await _reseal_table(sessions, webhook_box, WebhookRow, "secret_encrypted", batch)
+    credentials = await _reseal_table(sessions, credential_box, CredentialRow, "data_encrypted", batch)
     return ResealCount(webhooks=webhooks, credentials=credentials)
 
 

@@ -12,14 +12,21 @@ with HMAC-SHA256, from ``cryptography``) under a key that is not in the database
   (docs/credentials.md);
 - otherwise ``<FLOWMAESTRO_HOME>/secret.key``, generated on first use with mode 0600.
 
-Every API process and worker of one deployment must see the same ring; losing every key
-that sealed a secret makes it unreadable (rotate each webhook, store each credential again).
+Stored credentials are sealed with keys DERIVED from the ring (``credentials_key_ring``),
+one per key and in the same order: workers open credentials, so they get the derived ring
+(``FLOWMAESTRO_CREDENTIALS_KEY``, which ``flowmaestro serve`` hands its workers), never the
+ring itself, which also opens webhook secrets and signs what the API hands out.
+
+Every API process of one deployment must see the same ring, and every worker the same
+derived ring; losing every key that sealed a secret makes it unreadable (rotate each
+webhook, store each credential again).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import os
 import secrets
 from collections.abc import Callable
@@ -76,6 +83,25 @@ def key_ring(secret_key: str) -> list[bytes]:
     return keys
 
 
+CREDENTIALS_LABEL = b"flowmaestro credentials v1"
+
+
+def credentials_key_ring(secret_key: str | None, home: Path) -> list[bytes]:
+    """The Fernet keys that seal stored credentials: one derived from each key of the ring
+    (``FLOWMAESTRO_SECRET_KEY``, else the key file under ``home``), in its order. A derived
+    key reveals nothing of the key it comes from (HMAC-SHA256)."""
+    ring = key_ring(secret_key) if secret_key and secret_key.strip() else [_key_file(home)]
+    return [
+        base64.urlsafe_b64encode(hmac.new(base64.urlsafe_b64decode(key), CREDENTIALS_LABEL, hashlib.sha256).digest())
+        for key in ring
+    ]
+
+
+def credentials_key_text(secret_key: str | None, home: Path) -> str:
+    """The derived ring as ``FLOWMAESTRO_CREDENTIALS_KEY`` holds it (comma-separated)."""
+    return KEY_SEPARATOR.join(key.decode() for key in credentials_key_ring(secret_key, home))
+
+
 class SecretBox:
     def __init__(self, key: bytes | list[bytes]):
         """``key``: one Fernet key, or a ring of them (the first encrypts, all decrypt)."""
@@ -85,6 +111,14 @@ class SecretBox:
     @classmethod
     def from_settings(cls, secret_key: str | None, home: Path) -> SecretBox:
         return cls(key_ring(secret_key) if secret_key and secret_key.strip() else _key_file(home))
+
+    @classmethod
+    def for_credentials(cls, secret_key: str | None, home: Path, credentials_key: str | None = None) -> SecretBox:
+        """The box of stored credentials: ``credentials_key`` (the derived ring, as workers
+        get it) when given, else derived from ``secret_key`` or the key file under ``home``."""
+        if credentials_key and credentials_key.strip():
+            return cls(key_ring(credentials_key))
+        return cls(credentials_key_ring(secret_key, home))
 
     def seal(self, secret: str) -> str:
         return self._fernet.encrypt(secret.encode()).decode()

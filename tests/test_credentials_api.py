@@ -179,25 +179,31 @@ async def test_key_ring_rotation_keeps_old_secrets_readable_and_reseal_retires_t
     engine = make_engine(f"postgresql+asyncpg://postgres@127.0.0.1:5432/{database}")
     database_sessions = sessions(engine)
     owner = f"ring-{uuid.uuid4().hex}"
-    old, ring, new = (SecretBox.from_settings(k, None) for k in ("old-key", "new-key, old-key", "new-key"))  # type: ignore[arg-type]
+    old, ring, new = (SecretBox.for_credentials(k, None) for k in ("old-key", "new-key, old-key", "new-key"))  # type: ignore[arg-type]
     try:
+        hooks_old, hooks_ring, hooks_new = (
+            SecretBox.from_settings(k, None) for k in ("old-key", "new-key, old-key", "new-key")
+        )
         await Credentials(database_sessions, old).create(owner, "svc", "bearer", {"token": TOKEN})
-        hook = await Webhooks(database_sessions, old).create(owner, "wf-1", "hook", "whsec_" + PASSWORD)
+        hook = await Webhooks(database_sessions, hooks_old).create(owner, "wf-1", "hook", "whsec_" + PASSWORD)
 
         assert (await Credentials(database_sessions, ring).read(owner, "svc")).data == {"token": TOKEN}
-        assert (await Webhooks(database_sessions, ring).for_delivery(hook.id)).secret == "whsec_" + PASSWORD
+        assert (await Webhooks(database_sessions, hooks_ring).for_delivery(hook.id)).secret == "whsec_" + PASSWORD
         with pytest.raises(ValueError, match="any key of FLOWMAESTRO_SECRET_KEY"):
             await Credentials(database_sessions, new).read(owner, "svc")
 
-        counts = await reseal_all(database_sessions, ring)
+        counts = await reseal_all(database_sessions, hooks_ring, ring)
         assert counts.credentials >= 1 and counts.webhooks >= 1
 
         assert (await Credentials(database_sessions, new).read(owner, "svc")).data == {"token": TOKEN}
-        assert (await Webhooks(database_sessions, new).for_delivery(hook.id)).secret == "whsec_" + PASSWORD
+        assert (await Webhooks(database_sessions, hooks_new).for_delivery(hook.id)).secret == "whsec_" + PASSWORD
         with pytest.raises(ValueError):
             await Credentials(database_sessions, old).read(owner, "svc")
         with pytest.raises(ValueError):
-            await Webhooks(database_sessions, old).for_delivery(hook.id)
+            await Webhooks(database_sessions, hooks_old).for_delivery(hook.id)
+        # The ring of credentials is derived: the webhook ring itself opens no credential.
+        with pytest.raises(ValueError):
+            await Credentials(database_sessions, hooks_new).read(owner, "svc")
     finally:
         await engine.dispose()
 
