@@ -213,7 +213,7 @@ def catalog_canvas(draw: st.DrawFn, catalog: NodeTypeCatalog) -> dict[str, Any]:
 
 
 def test_a_canvas_drawn_from_the_catalog_compiles(catalog, registry):
-    @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+    @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
     @given(catalog_canvas(catalog))
     def compiles(raw: dict[str, Any]) -> None:
         result = compile_canvas(raw, registry)
