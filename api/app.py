@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prefect.client.orchestration import get_client
 from prometheus_client import generate_latest
 
-from api import dead_letters, executions, schedules, ui, webhooks, workflows
+from api import credentials, dead_letters, executions, node_types, schedules, ui, webhooks, workflows
 from api.auth import require_metrics_key
 from api.compiling import CanvasCompiler
 from api.docs import install_docs
@@ -31,7 +31,9 @@ from builder.plan_cache import PlanCache
 from deployments.workflow_deployments import WorkflowDeployments
 from flows.decisions import DecisionSigner
 from flows.event_log import event_log_from_env
+from node_handlers.catalog import NodeTypeCatalog
 from node_handlers.registry import build_registry
+from store.credentials import Credentials
 from store.db import make_engine, sessions, upgrade_schema
 from store.queries import Executions, NodeOutcomes, Workflows
 from store.secrets import SecretBox
@@ -114,10 +116,14 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             prefect = PrefectGateway(await stack.enter_async_context(get_client()), settings.prefect_timeout_s)
             app.state.engine, app.state.sessions, app.state.event_log = engine, database, event_log
             registry = build_registry()  # the handler settings of the environment (the loop cap)
+            app.state.node_types = NodeTypeCatalog(registry)  # described once: the schemas do not change
             compiler = CanvasCompiler(
                 registry, settings.compile_limits(), PlanCache(settings.plan_cache_nodes), metrics.canvas_compiles
             )
             stack.callback(compiler.close)
+            secret_key = settings.secret_key.get_secret_value() if settings.secret_key else None
+            box = SecretBox.from_settings(secret_key, settings.home)
+            app.state.credentials = Credentials(database, SecretBox.for_credentials(secret_key, settings.home))
             app.state.runs = RunService(
                 workflows=Workflows(database),
                 executions=Executions(database),
@@ -130,11 +136,10 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                 compiler=compiler,
                 decisions=DecisionSigner.from_settings(settings.decision_key, settings.secret_key, settings.home),
                 prefect_public_url=settings.prefect_public_url,
+                credentials=app.state.credentials,
             )
             app.state.prefect = prefect
             app.state.schedules = ScheduleService(app.state.runs, prefect, ScheduleOverlaps(database))
-            secret_key = settings.secret_key.get_secret_value() if settings.secret_key else None
-            box = SecretBox.from_settings(secret_key, settings.home)
             limiter = (
                 RedisRateLimiter(settings.redis_url, settings.webhook_rate_limit)
                 if settings.redis_url
@@ -189,7 +194,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(schedules.router)
     app.include_router(webhooks.router)
     app.include_router(webhooks.intake)
-    ui.mount(app)  # the run page, the list and the playground under /ui (docs/ui.md)
+    app.include_router(node_types.router)
+    app.include_router(credentials.router)
+    ui.mount(app)  # the run page, the list, the playground and the credentials under /ui (docs/ui.md)
 
     def openapi() -> dict[str, Any]:
         # The stream's events are no JSON body, so FastAPI leaves their schemas out: added here.

@@ -65,7 +65,8 @@ async def execute_workflow(
         ),
     ),
 ) -> ExecutionAccepted:
-    """Start a run on a worker. Inputs are checked first (422 naming each bad input); the
+    """Start a run on a worker. Inputs are checked first (422 naming each bad input, and
+    each node naming a credential the owner has not stored); the
     answer comes as soon as the run exists in Prefect, with links to follow it."""
     # Every execute has a key: when Prefect answers too late, the run may exist all the same,
     # and a retry with the key the 503 names answers that run instead of starting another.
@@ -77,6 +78,7 @@ async def execute_workflow(
             version=body.version,
             inputs=body.inputs,
             idempotency_key=f"api:{owner}:{workflow_id}:{given}",
+            check_credentials=True,
         )
     except Unavailable as exc:
         exc.message += "; the run may still start: retry with the header Idempotency-Key: " + given

@@ -37,6 +37,7 @@ from flows.event_log import EventLog
 from flows.events import RunEvent, utcnow
 from flows.large_outputs import is_ref
 from flows.prefect_compat import mark_cancelled, request_cancellation, schedule_again
+from node_handlers.credentials import CredentialReader, missing_credentials
 from node_handlers.registry import HandlerRegistry
 from store.db import ExecutionRow
 from store.errors import Conflict, Invalid, NotFound
@@ -79,12 +80,14 @@ class RunService:
         compiler: CanvasCompiler,
         decisions: DecisionSigner,
         prefect_public_url: str | None = None,
+        credentials: CredentialReader | None = None,
     ):
         """``prefect``: every call to Prefect goes through it (bounded, errors mapped).
         ``decisions``: signs the approval decisions this API writes (workers check them).
         ``prefect_public_url``: the Prefect UI as browsers reach it, for links; None gives
         out no Prefect address (its API is code execution on every host that reads its
-        results, so where it is stays the operator's to publish)."""
+        results, so where it is stays the operator's to publish). ``credentials``: the
+        owners' stored credentials, to refuse a run naming one its owner lacks."""
         self.workflows = workflows
         self.executions = executions
         self.outcomes = outcomes
@@ -96,6 +99,7 @@ class RunService:
         self.metrics = metrics
         self.prefect_public_url = prefect_public_url.rstrip("/") if prefect_public_url else None
         self.decisions = decisions
+        self.credentials = credentials
         self._deployment_ids: dict[tuple[str, int], uuid.UUID] = {}
 
     def links(self, run_id: str) -> dict[str, str]:
@@ -155,10 +159,17 @@ class RunService:
         inputs: dict[str, Any],
         trigger: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
+        check_credentials: bool = False,
     ) -> str:
-        """Check the inputs, create the flow run, record it; the worker does the rest."""
+        """Check the inputs, create the flow run, record it; the worker does the rest.
+        ``check_credentials``: refuse (``Invalid``) a workflow naming a credential its owner
+        has not stored (a trigger's run fails at its worker instead, where the owner sees it)."""
         saved = await self.workflows.version(owner, workflow_id, version)
         plan, _resolved = await self.compiler.checked_inputs(saved, inputs)
+        if check_credentials and self.credentials is not None:
+            missing = await missing_credentials(self.credentials, owner, saved.canvas)
+            if missing:
+                raise Invalid("; ".join(issue["message"] for issue in missing), missing)
         trigger = trigger or {"type": "api"}
         deployment_id = self._deployment_ids.get((saved.workflow_id, saved.latest_version))
         if deployment_id is None:  # first run since this process started, or a new version

@@ -309,3 +309,50 @@ class WebhookCreated(BaseModel):
 
 class WebhookAccepted(BaseModel):
     execution_id: str
+
+
+CredentialName = Annotated[
+    str,
+    Field(
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$",
+        description="Unique per owner; nodes name the credential by it (data.credential).",
+    ),
+]
+CredentialData = Annotated[
+    dict[str, str],
+    Field(
+        description="The values, write-only: api_key {api_key}; bearer {token}; basic {username, "
+        "password}; header {name, value}; custom: string fields of any names. No answer contains them."
+    ),
+]
+
+
+class CredentialBody(RequestBody):
+    model_config = ConfigDict(
+        strict=True,
+        extra="forbid",
+        json_schema_extra={"examples": [{"name": "openai", "type": "api_key", "data": {"api_key": "sk-..."}}]},
+    )
+    name: CredentialName
+    type: Literal["api_key", "bearer", "basic", "header", "custom"]
+    data: CredentialData
+    description: str = Field("", max_length=500)
+
+
+class CredentialRotation(RequestBody):
+    model_config = ConfigDict(strict=True, extra="forbid")
+    data: CredentialData
+    description: str | None = Field(None, max_length=500, description="A new description; unchanged when absent.")
+
+
+class CredentialOut(BaseModel):
+    id: str
+    name: str
+    type: str
+    description: str
+    fields: list[str] = Field(description="The names of the fields of data (never their values).")
+    created_at: Timestamp
+    updated_at: Timestamp
+    last_used_at: Timestamp | None = Field(
+        None, description="When a node last used it (kept to the minute: not written at every use)."
+    )

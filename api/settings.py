@@ -46,9 +46,11 @@ class ApiSettings(StoreSettings, CompileSettings):
     )
     secret_key: SecretStr | None = Field(
         None,
-        description="Key that encrypts webhook secrets at rest (a Fernet "
-        "key, or any string to derive one from); a key file under home "
-        "(secret.key, mode 0600) is generated when unset.",
+        description="Key ring that encrypts webhook secrets and stored credentials at "
+        "rest: comma-separated keys (each a Fernet key, or any string to derive one "
+        "from), the first encrypts, all decrypt ('flowmaestro secrets reseal' moves "
+        "everything to the first); a key file under home (secret.key, mode 0600) is "
+        "generated when unset.",
     )
     redis_url: str | None = Field(
         None,

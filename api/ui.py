@@ -1,5 +1,5 @@
-"""The pages a browser opens: runs (``/ui/``), a run live (``/ui/executions/{id}``) and the
-playground (``/ui/new``).
+"""The pages a browser opens: runs (``/ui/``), a run live (``/ui/executions/{id}``), the
+playground (``/ui/new``) and the owner's stored credentials (``/ui/credentials``).
 
 Each page is a static HTML shell plus plain JavaScript modules and one CSS file shipped in
 ``api/static`` (package data: no build step, nothing fetched from the internet). The
@@ -39,7 +39,7 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
-PAGES = {"list": "Runs", "run": "Run", "new": "Playground"}
+PAGES = {"list": "Runs", "run": "Run", "new": "Playground", "credentials": "Credentials"}
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
@@ -113,6 +113,11 @@ async def runs_page(request: Request) -> HTMLResponse:
 @router.get("/new", response_class=HTMLResponse)
 async def playground_page(request: Request) -> HTMLResponse:
     return _shell(request, "new")
+
+
+@router.get("/credentials", response_class=HTMLResponse)
+async def credentials_page(request: Request) -> HTMLResponse:
+    return _shell(request, "credentials")
 
 
 @router.get("/executions/{execution_id}", response_class=HTMLResponse)

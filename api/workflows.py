@@ -20,6 +20,7 @@ from api.schemas import (
     WorkflowSummary,
 )
 from builder.compiler import CompileResult
+from node_handlers.credentials import missing_credentials
 from store.errors import Invalid, NotFound, Unavailable
 from store.queries import SavedVersion, Workflows
 
@@ -75,6 +76,9 @@ async def refuse_cycles(workflows: Workflows, owner: str, workflow_id: str, canv
 
 async def _saved(saved: SavedVersion, result: CompileResult, runs: RunsDep) -> WorkflowSaved:
     warnings = [IssueOut(**i.to_dict()) for i in result.warnings]
+    if runs.credentials is not None:
+        missing = await missing_credentials(runs.credentials, saved.owner, saved.canvas, severity="warning")
+        warnings += [IssueOut(**issue) for issue in missing]
     assert result.plan is not None
     runs.compiler.remember(saved, result.plan)
     try:

@@ -42,6 +42,35 @@ class NodeConfig(BaseModel):
     description: str | None = None
 
 
+# Rules of a node's data that standard JSON Schema cannot state, written into the published
+# schemas as annotations (validators ignore unknown keywords; docs/node-catalog.md). The
+# compiler enforces them; a form may too.
+UNIQUE_KEYS = "x-unique-keys"
+"""On an array of objects: the listed keys of its items are unique (ids that name handles)."""
+NOT_ABOVE = "x-not-above"
+"""On an object: ``{field: other}``, the number ``field`` (or its array's length) is at most
+the number ``other`` (its default when absent), e.g. a loop's count and its max_iterations."""
+EXPRESSION = "x-expression"
+"""On a field: text there is an expression (``inputs.score > 0.5``), not a template."""
+IDENTIFIER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+def not_null(*names: str) -> dict[str, Any]:
+    """JSON Schema: each of ``names`` is given, and not null (what ``is not None`` checks)."""
+    return {"required": list(names), "properties": {name: {"not": {"type": "null"}} for name in names}}
+
+
+def exactly_one_of(*names: str) -> dict[str, Any]:
+    """JSON Schema: exactly one of ``names`` is given and not null."""
+    return {"oneOf": [not_null(name) for name in names]}
+
+
+def at_most_one_of(*names: str) -> dict[str, Any]:
+    """JSON Schema: no two of ``names`` are given and not null."""
+    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
+    return {"not": {"anyOf": [not_null(a, b) for a, b in pairs]}}
+
+
 def _must_be_template(text: str) -> str:
     if not is_template(text):
         raise ValueError("expected a template such as '{{ inputs.count }}'")

@@ -10,7 +10,16 @@ from __future__ import annotations
 from typing import Any
 
 from builder.canvas import CanvasDocument
-from builder.catalog import NodeCatalog
+from builder.catalog import NodeCatalog, NodeTypeSpec
+
+JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+
+def config_json_schema(spec: NodeTypeSpec) -> dict[str, Any]:
+    """The JSON Schema of a node's ``data``, made from the very model the compiler validates
+    ``data`` with (its ``$defs`` inside: the schema stands alone). The canvas schema and the
+    node catalog (``GET /api/node-types``) both publish this one."""
+    return spec.config_model.model_json_schema(ref_template="#/$defs/{model}")
 
 
 def canvas_json_schema(catalog: NodeCatalog) -> dict[str, Any]:
@@ -21,7 +30,7 @@ def canvas_json_schema(catalog: NodeCatalog) -> dict[str, Any]:
     for node_type in catalog.types():
         spec = catalog.spec(node_type)
         assert spec is not None
-        config_schema = spec.config_model.model_json_schema(ref_template="#/$defs/{model}")
+        config_schema = config_json_schema(spec)
         for name, definition in config_schema.pop("$defs", {}).items():
             defs.setdefault(name, definition)
         config_name = f"{spec.config_model.__name__}_{node_type}"
@@ -38,6 +47,6 @@ def canvas_json_schema(catalog: NodeCatalog) -> dict[str, Any]:
         "description": "A registered node type.",
     }
     node_base["allOf"] = variants
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$schema"] = JSON_SCHEMA_DIALECT
     schema["title"] = "FlowMaestro canvas v1"
     return schema

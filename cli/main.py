@@ -1,6 +1,6 @@
 """The ``flowmaestro`` command line (canvas spec, section 11).
 
-``validate``, ``plan`` and ``schema`` need no server and do not import Prefect.
+``validate``, ``plan``, ``schema`` and ``node-types`` need no server and do not import Prefect.
 ``run`` uses the Prefect server at ``PREFECT_API_URL``, or starts the embedded one.
 """
 
@@ -19,6 +19,7 @@ from builder.compiler import CompileResult, collector_paused, compile_canvas
 from builder.inputs import checked_inputs, coerce_text
 from builder.issues import InputsInvalid, Issue
 from builder.limits import CompileSettings
+from cli.credentials import credentials_app, secrets_app
 from cli.triggers import ApiKey, ApiUrl, call_api, schedules_app, webhooks_app
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_CANCELLED = 0, 1, 2, 4
@@ -30,6 +31,8 @@ server_app = typer.Typer(no_args_is_help=True, help="The embedded local Prefect 
 app.add_typer(server_app, name="server")
 app.add_typer(schedules_app, name="schedules")
 app.add_typer(webhooks_app, name="webhooks")
+app.add_typer(credentials_app, name="credentials")
+app.add_typer(secrets_app, name="secrets")
 err = Console(stderr=True)
 out = Console()
 
@@ -113,6 +116,24 @@ def schema() -> None:
     from builder.schema import canvas_json_schema
 
     print(json.dumps(canvas_json_schema(_registry()), indent=2))
+
+
+@app.command("node-types")
+def node_types(node_type: str | None = typer.Argument(None, help="One type; every type when absent.")) -> None:
+    """Print the node catalog as GET /api/node-types answers it: every node type of this
+    installation (plugins included) with its data schema, handles and defaults."""
+    from node_handlers.catalog import NodeTypeCatalog
+
+    catalog = NodeTypeCatalog(_registry())
+    if node_type is None:
+        print(json.dumps([entry.to_dict() for entry in catalog.entries()], indent=2))
+        return
+    entry = catalog.entry(node_type)
+    if entry is None:
+        known = ", ".join(e.type for e in catalog.entries())
+        Console(stderr=True).print(f"unknown node type {node_type!r}; known types: {known}", markup=False)
+        raise typer.Exit(EXIT_INVALID)
+    print(json.dumps(entry.to_dict(), indent=2))
 
 
 def _parse_inputs(inputs_json: str | None, pairs: list[str], declared: dict[str, Any]) -> dict[str, Any]:
@@ -337,8 +358,13 @@ def serve(
     # it cannot decrypt webhook secrets), explicitly, whatever else of the environment they see.
     from flows.decisions import decision_key_text
 
+    # And the key ring of stored credentials (derived too: it opens nothing else).
+    from store.secrets import credentials_key_text
+
+    secret_key = settings.secret_key.get_secret_value() if settings.secret_key else None
     worker_env = {
-        "FLOWMAESTRO_DECISION_KEY": decision_key_text(settings.decision_key, settings.secret_key, settings.home)
+        "FLOWMAESTRO_DECISION_KEY": decision_key_text(settings.decision_key, settings.secret_key, settings.home),
+        "FLOWMAESTRO_CREDENTIALS_KEY": credentials_key_text(secret_key, settings.home),
     }
     from cli.pool_settings import watching
     from deployments.settings_fingerprint import settings_fingerprint

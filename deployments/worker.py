@@ -73,6 +73,10 @@ from flows.prefect_compat import (
     start_flow_run_in_process,
 )
 from flows.run_context import CancelSignals, RunContext
+from node_handlers.services import HandlerServices
+from store.credentials import Credentials
+from store.db import sessions
+from store.secrets import SecretBox
 
 AWAITING_SLOT = "AwaitingConcurrencySlot"
 """The Scheduled state Prefect puts a run in when its deployment's limit is reached (ENQUEUE)."""
@@ -495,6 +499,15 @@ async def worker_context(database_url: str, *, beating_pool: str | None = None) 
     ``beating_pool``: crash detection), the plans of saved versions."""
     store = SqlRunStore.from_url(database_url)
     base = RunContext.from_environment()
+    # Nodes naming a stored credential read it here, with the ring derived from the API's.
+    settings = base.settings
+    box = SecretBox.for_credentials(
+        settings.secret_key.get_secret_value() if settings.secret_key else None,
+        settings.home,
+        settings.credentials_key.get_secret_value() if settings.credentials_key else None,
+    )
+    credentials = Credentials(sessions(store.engine), box)
+    handler_settings = base.services.settings if base.services is not None else None
     signals = (
         CancelSignals()
         if beating_pool is None
@@ -502,6 +515,7 @@ async def worker_context(database_url: str, *, beating_pool: str | None = None) 
     )
     context = replace(
         base,
+        services=HandlerServices(handler_settings, credentials=credentials),
         store=store,
         resolve_workflow=store.resolve_subworkflow,
         cancellations=signals,

@@ -49,6 +49,9 @@ from flows.records import RunRecord
 from flows.releases import DelayRelease
 from flows.run_context import CancelSignals, RunContext, RunStore
 from flows.subworkflows import ChildFlow, PrefectSubworkflows, tag_run_with_workflow
+from node_handlers.credentials import missing_credentials
+from node_handlers.services import HandlerServices
+from store.errors import Unavailable
 from store.vocabulary import EventType, NodeStatus, RunStatus
 
 FLOW_NAME = "flowmaestro"
@@ -379,6 +382,12 @@ async def prepare_run(opened: OpenedRun, child_flow: ChildFlow) -> PreparedRun |
         owner=request.owner,
         secrets=[context.environ.get(n, "") for n in context.settings.env_allowlist],
     )
+    if store is not None and not journal.entries and context.services is not None:
+        # A new run (schedule, webhook, Prefect UI...) naming a credential its owner lacks
+        # fails at once, naming it; a run executed again fails at the node instead.
+        refusal = await _missing_credentials(opened, context.services, canvas, name, version)
+        if refusal is not None:
+            return refusal
     # A child is given this run's first start: its ``run.started_at`` too.
     children = functools.partial(child_flow, started_at=opened.started_at.isoformat())
     subworkflows = PrefectSubworkflows(
@@ -392,6 +401,19 @@ async def prepare_run(opened: OpenedRun, child_flow: ChildFlow) -> PreparedRun |
     return PreparedRun(
         opened=opened, plan=compiled, version=version, inputs=inputs, journal=journal, subworkflows=subworkflows
     )
+
+
+async def _missing_credentials(
+    opened: OpenedRun, services: HandlerServices, canvas: dict[str, Any], name: str, version: int | None
+) -> Refusal | None:
+    reader, owner = services.credentials, opened.request.owner
+    if reader is None or owner is None:
+        return None
+    try:
+        issues = await missing_credentials(reader, owner, canvas)
+    except Unavailable:  # the nodes read them again, and fail (and retry) on their own
+        return None
+    return Refusal(_refused(opened, name, "missing credentials", issues, version)) if issues else None
 
 
 def _compile(context: RunContext, canvas: dict[str, Any], saved_as: tuple[Any, Any] | None) -> Plan | list[dict]:

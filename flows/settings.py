@@ -130,9 +130,15 @@ class EngineSettings(StoreSettings, CompileSettings):
     )
     secret_key: SecretStr | None = Field(
         None,
-        description="The API's key that encrypts webhook secrets: only "
-        "to derive decision_key from when that is unset (a key file under home "
-        "when both are).",
+        description="The API's key ring that encrypts webhook secrets: only to derive "
+        "decision_key and credentials_key from when those are unset (a key file under "
+        "home when all are).",
+    )
+    credentials_key: SecretStr | None = Field(
+        None,
+        description="The key ring that opens stored credentials, derived from the "
+        "API's secret_key ('flowmaestro serve' passes it to its workers; 'flowmaestro "
+        "secrets worker-key' prints it); derived from secret_key when unset.",
     )
     cache_lock_redis_url: str | None = Field(
         None,

@@ -11,9 +11,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, create_model, field_validator
 
-from builder.catalog import NodeConfig
+from builder.catalog import IDENTIFIER_PATTERN, NodeConfig
 from builder.json_types import JsonType
-from node_handlers.base import Completed, NodeContext, NodeHandler
+from node_handlers.base import ERROR_HANDLE, Completed, HandleDoc, NodeContext, NodeHandler
 
 
 class FormField(BaseModel):
@@ -27,7 +27,11 @@ class FormField(BaseModel):
 
 class ApprovalConfig(NodeConfig):
     message: str | None = Field(None, description="Shown to the approver; a template.")
-    form: dict[str, FormField] = Field(default_factory=dict, description="Extra fields the approver fills in.")
+    form: dict[str, FormField] = Field(
+        default_factory=dict,
+        description="Extra fields the approver fills in.",
+        json_schema_extra={"propertyNames": {"pattern": IDENTIFIER_PATTERN, "not": {"const": "approved"}}},
+    )
     timeout_s: float | None = Field(None, gt=0, description="After this, the timeout handle fires.")
     approvers: list[str] = Field(default_factory=list, description="Who may decide; recorded with the decision.")
 
@@ -55,6 +59,14 @@ class ToolCallApproval(ApprovalConfig):
 
 class ApprovalHandler(NodeHandler):
     type = "approval"
+    category = "human"
+    side_effects = True  # waits for a person, whose decision is recorded
+    handle_docs = (
+        HandleDoc("approved", "Fires when a person approved; the output is {approved, input, decided_at}."),
+        HandleDoc("rejected", "Fires when a person rejected."),
+        HandleDoc("timeout", "Fires when no one decided within data.timeout_s."),
+        ERROR_HANDLE,
+    )
     description = "Pauses the run until a person approves or rejects, or the timeout passes."
     Config = ApprovalConfig
     cacheable = False

@@ -26,6 +26,26 @@ SOURCE_AND_ERROR = frozenset({"source", "error"})
 
 
 @dataclass(frozen=True)
+class HandleDoc:
+    """One source handle of a node type, as the node catalog describes it to a frontend."""
+
+    id: str
+    """The handle's id, or its shape when it is made from the node's data (``condition-<id>``)."""
+    description: str
+    dynamic_from: str | None = None
+    """For a handle made from the node's data: where its ``<id>`` comes from
+    (``data.conditions[].id``): one handle per item."""
+
+
+SOURCE_HANDLE = HandleDoc("source", "Fires when the node completes.")
+ERROR_HANDLE = HandleDoc(
+    "error",
+    "Fires when the node failed after its last attempt, with {error: {message, type, node_id, attempts}}; "
+    "the run goes on along it instead of failing.",
+)
+
+
+@dataclass(frozen=True)
 class Completed:
     """A node finished. ``handles`` are the source handles it selected."""
 
@@ -172,6 +192,11 @@ class NodeContext:
     is called on its own (then the environment's)."""
 
 
+def _handle_order(handle: str) -> tuple[bool, bool, str]:
+    """source first, error last, the rest by name."""
+    return handle == "error", handle != "source", handle
+
+
 async def _stays() -> None:
     """The default ``release_until``: the run is never let go of."""
 
@@ -181,7 +206,17 @@ class NodeHandler:
 
     type: ClassVar[str]
     version: ClassVar[str] = "1"
+    label: ClassVar[str] = ""
+    """What a palette shows; the type in words (``set_variable``: "Set variable") when empty."""
+    category: ClassVar[str] = "other"
+    """The palette group: core, data, logic, ai, integration, human, or other (docs/node-catalog.md)."""
     description: ClassVar[str] = ""
+    side_effects: ClassVar[bool | None] = None
+    """True when running the node does more than compute its output (it calls a service,
+    changes the run, waits on a person or the clock): running it twice is not harmless.
+    None: decided from the other attributes (``has_side_effects``)."""
+    handle_docs: ClassVar[tuple[HandleDoc, ...] | None] = None
+    """The source handles described for the node catalog; None: read from ``handles``."""
     Config: ClassVar[builtins.type[NodeConfig]] = NodeConfig  # `type` above is an attribute
     default_retry: ClassVar[RetryPolicy] = RetryPolicy()
     default_cache: ClassVar[CachePolicy] = CachePolicy()
@@ -212,6 +247,33 @@ class NodeHandler:
     @property
     def inline_safe(self) -> bool:
         return self.control or self.inline
+
+    @property
+    def display_label(self) -> str:
+        return self.label or self.type.replace("_", " ").replace("-", " ").capitalize()
+
+    @property
+    def has_side_effects(self) -> bool:
+        """``side_effects`` when the handler says; otherwise only a pure control node, whose
+        results may be cached, has none (a handler that says nothing is assumed to act)."""
+        if self.side_effects is not None:
+            return self.side_effects
+        return not (self.control and self.cacheable)
+
+    def describe_handles(self) -> tuple[HandleDoc, ...]:
+        """``handle_docs``, or the handles ``handles`` gives for the configuration's defaults
+        (source and error unless overridden), described; a handler whose handles depend on
+        data it does not describe gets one entry saying so."""
+        if self.handle_docs is not None:
+            return self.handle_docs
+        known = {SOURCE_HANDLE.id: SOURCE_HANDLE, ERROR_HANDLE.id: ERROR_HANDLE}
+        try:
+            ids = self.handles(self.Config.model_construct())
+        except Exception:  # handles read data the defaults do not give: say so rather than guess
+            return (HandleDoc("<dynamic>", "Handles depend on the node's data; see its description.", "data"),)
+        return tuple(
+            known.get(i) or HandleDoc(i, f"Fires when the node selects {i!r}.") for i in sorted(ids, key=_handle_order)
+        )
 
     def handles(self, config: NodeConfig) -> frozenset[str]:
         return SOURCE_AND_ERROR

@@ -6,8 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from builder.catalog import NodeConfig
-from node_handlers.base import Completed, NodeContext, NodeHandler
+from builder.catalog import EXPRESSION, UNIQUE_KEYS, NodeConfig
+from node_handlers.base import ERROR_HANDLE, Completed, HandleDoc, NodeContext, NodeHandler
 
 HANDLE_ID = r"^[A-Za-z0-9_-]{1,64}$"
 """The id of a condition or a route, which names a handle (``condition-<id>``, ``route-<id>``)."""
@@ -24,11 +24,14 @@ def check_unique_ids(ids: list[str], what: str) -> None:
 class ConditionItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: str = Field(pattern=HANDLE_ID, description="Names the handle condition-<id>.")
-    expression: Any = Field(description="Expression such as 'inputs.score > 0.5' (or wrapped in {{ }}).")
+    expression: Any = Field(
+        description="Expression such as 'inputs.score > 0.5' (or wrapped in {{ }}).",
+        json_schema_extra={EXPRESSION: True},
+    )
 
 
 class ConditionConfig(NodeConfig):
-    conditions: list[ConditionItem] = Field(min_length=1)
+    conditions: list[ConditionItem] = Field(min_length=1, json_schema_extra={UNIQUE_KEYS: ["id"]})
     mode: Literal["first", "all"] = "first"
 
     @field_validator("conditions")
@@ -48,6 +51,17 @@ def is_truthy(value: Any) -> bool:
 
 class ConditionHandler(NodeHandler):
     type = "condition"
+    category = "logic"
+    side_effects = False
+    handle_docs = (
+        HandleDoc(
+            "condition-<id>",
+            "Fires when that condition matched (the first match, or each in mode 'all').",
+            "data.conditions[].id",
+        ),
+        HandleDoc("else", "Fires when no condition matched."),
+        ERROR_HANDLE,
+    )
     description = "Picks branches by ordered expressions; fires condition-<id> or else."
     Config = ConditionConfig
     expression_keys = frozenset({"expression"})

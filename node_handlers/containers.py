@@ -9,10 +9,10 @@ from __future__ import annotations
 import functools
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, ValidationInfo, model_validator
+from pydantic import ConfigDict, Field, ValidationInfo, model_validator
 
-from builder.catalog import NodeConfig, Templatable, TemplateStr
-from node_handlers.base import NodeHandler
+from builder.catalog import EXPRESSION, NOT_ABOVE, NodeConfig, Templatable, TemplateStr, not_null
+from node_handlers.base import ERROR_HANDLE, HandleDoc, NodeHandler
 
 DEFAULT_MAX_ITERATIONS = 1000
 INSTALLATION_CAP = 10_000
@@ -21,11 +21,31 @@ RESOLVED = "resolved"
 """Validation context key: the configuration is the one a run resolved, not the canvas's."""
 
 
+def _loop_json_schema(schema: dict[str, Any], model: type[LoopConfig]) -> None:
+    """What ``_fields_of_mode`` checks, as JSON Schema: each mode's field, a count that is
+    not negative, and no more iterations known before the run than the caps allow."""
+    cap = model.installation_cap
+    schema["allOf"] = [
+        {"if": {"properties": {"mode": {"const": mode}}, "required": ["mode"]}, "then": not_null(needed)}
+        for mode, needed in _NEEDED.items()
+    ]
+    schema["allOf"].append({"properties": {"count": {"minimum": 0, "maximum": cap}, "items": {"maxItems": cap}}})
+    schema[NOT_ABOVE] = {"count": "max_iterations", "items": "max_iterations"}
+
+
+_NEEDED = {"for": "count", "forEach": "items", "while": "condition", "doWhile": "condition"}
+
+
 class LoopConfig(NodeConfig):
+    model_config = ConfigDict(json_schema_extra=_loop_json_schema)  # type: ignore[typeddict-item]
     mode: Literal["for", "forEach", "while", "doWhile"]
     count: Templatable[int] | None = Field(None, description="Iterations of a 'for' loop.")
     items: list[Any] | TemplateStr | None = Field(None, description="Array (or template giving one) for 'forEach'.")
-    condition: Any = Field(None, description="Expression for while/doWhile; sees loop.index and loop.results.")
+    condition: Any = Field(
+        None,
+        description="Expression for while/doWhile; sees loop.index and loop.results.",
+        json_schema_extra={EXPRESSION: True},
+    )
     max_iterations: int = Field(DEFAULT_MAX_ITERATIONS, ge=1, le=1_000_000)
     installation_cap: ClassVar[int] = INSTALLATION_CAP
     """The installation's cap (FLOWMAESTRO_MAX_LOOP_ITERATIONS): a class of its own per cap
@@ -34,7 +54,7 @@ class LoopConfig(NodeConfig):
 
     @model_validator(mode="after")
     def _fields_of_mode(self, info: ValidationInfo) -> LoopConfig:
-        needed = {"for": "count", "forEach": "items", "while": "condition", "doWhile": "condition"}[self.mode]
+        needed = _NEEDED[self.mode]
         if getattr(self, needed) is None:
             raise ValueError(f"a {self.mode} loop needs '{needed}'")
         if isinstance(self.count, int) and self.count < 0:
@@ -84,6 +104,12 @@ def loop_config(installation_cap: int) -> type[LoopConfig]:
 
 class LoopHandler(NodeHandler):
     type = "loop"
+    category = "logic"
+    side_effects = False  # its body nodes have their own
+    handle_docs = (
+        HandleDoc("source", "Fires when the last iteration ended; the output is {results, iterations}."),
+        ERROR_HANDLE,
+    )
     description = "Runs its body for a count, for each item, or while a condition holds, in order."
     Config = LoopConfig
     container = "loop"
@@ -97,6 +123,18 @@ class LoopHandler(NodeHandler):
 
 
 class ParallelConfig(NodeConfig):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": [
+                {"if": {"properties": {"mode": {"const": "count"}}, "required": ["mode"]}, "then": not_null("count")},
+                {
+                    "if": {"properties": {"mode": {"const": "collection"}}, "required": ["mode"]},
+                    "then": not_null("items"),
+                },
+                {"properties": {"count": {"minimum": 0}}},
+            ]
+        }
+    )
     mode: Literal["count", "collection"]
     count: Templatable[int] | None = None
     items: list[Any] | TemplateStr | None = None
@@ -117,6 +155,12 @@ class ParallelConfig(NodeConfig):
 
 class ParallelHandler(NodeHandler):
     type = "parallel"
+    category = "logic"
+    side_effects = False  # its body nodes have their own
+    handle_docs = (
+        HandleDoc("source", "Fires when every branch ended; the output is {results, errors}."),
+        ERROR_HANDLE,
+    )
     description = "Runs its body once per branch, concurrently, results in index order."
     Config = ParallelConfig
     container = "parallel"

@@ -11,12 +11,15 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from builder.catalog import NodeConfig
-from node_handlers.base import SOURCE, Completed, NodeContext, NodeHandler
+from builder.catalog import IDENTIFIER_PATTERN, NodeConfig
+from node_handlers.base import ERROR_HANDLE, SOURCE, SOURCE_HANDLE, Completed, HandleDoc, NodeContext, NodeHandler
 
 
 class StartHandler(NodeHandler):
     type = "start"
+    category = "core"
+    side_effects = False
+    handle_docs = (HandleDoc("source", "Fires when the run starts; the output is the run's inputs."),)
     description = "Entry point; its output is the run inputs."
     control = True
 
@@ -37,6 +40,9 @@ class EndConfig(NodeConfig):
 
 class EndHandler(NodeHandler):
     type = "end"
+    category = "core"
+    side_effects = False
+    handle_docs = ()
     description = "Marks a result of the workflow."
     Config = EndConfig
     control = True
@@ -59,6 +65,9 @@ class TransformConfig(NodeConfig):
 
 class TransformHandler(NodeHandler):
     type = "transform"
+    category = "data"
+    side_effects = False
+    handle_docs = (SOURCE_HANDLE, ERROR_HANDLE)
     description = "Builds JSON from a template."
     Config = TransformConfig
     control = True
@@ -69,6 +78,9 @@ class TransformHandler(NodeHandler):
 
 class MergeHandler(NodeHandler):
     type = "merge"
+    category = "data"
+    side_effects = False
+    handle_docs = (SOURCE_HANDLE,)
     description = "Joins branches; output maps each fired source node to its output."
     control = True
     reads_upstream = True
@@ -80,11 +92,13 @@ class MergeHandler(NodeHandler):
         return Completed(output=dict(ctx.upstream))
 
 
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_IDENTIFIER = re.compile(IDENTIFIER_PATTERN)
 
 
 class SetVariableConfig(NodeConfig):
-    name: str = Field(description="Variable to set; read it as var.<name>.")
+    name: str = Field(
+        description="Variable to set; read it as var.<name>.", json_schema_extra={"pattern": IDENTIFIER_PATTERN}
+    )
     value: Any = Field(None, description="New value; strings are templates.")
 
     @field_validator("name")
@@ -97,6 +111,9 @@ class SetVariableConfig(NodeConfig):
 
 class SetVariableHandler(NodeHandler):
     type = "set_variable"
+    category = "data"
+    side_effects = True  # changes the run's variables
+    handle_docs = (SOURCE_HANDLE,)
     description = "Sets var.<name> for the nodes that run after it."
     Config = SetVariableConfig
     cacheable = False

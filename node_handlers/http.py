@@ -1,9 +1,13 @@
 """The http node: one HTTP request with httpx, typed errors, egress policy, secrets.
 
-Credentials never live in a canvas: ``auth`` names secrets, read from the environment as
-``FLOWMAESTRO_SECRET_<NAME>`` when the node runs, if the run's owner may use them and only
-to the hosts they are bound to (``node_handlers.operator_secrets``); their values, in every
-common encoding, are redacted from the node's output and error messages (servers echo them
+Credentials never live in a canvas. ``credential`` names one the run's owner stored
+(``node_handlers.credentials``), sent by its type: ``bearer`` as ``Authorization: Bearer``,
+``basic`` as ``Authorization: Basic``, ``header`` as its header, ``api_key`` as
+``X-API-Key`` (or the header ``credential_header`` names). Or ``auth`` names operator
+secrets, read from the environment as ``FLOWMAESTRO_SECRET_<NAME>`` when the node runs, if
+the run's owner may use them and only to the hosts they are bound to
+(``node_handlers.operator_secrets``). Their values, in every common encoding, are redacted
+from the node's output and error messages (servers echo them
 back). Redirects are followed here, hop by hop, so that credentials are sent to the
 original origin only, and to a host of the secret; every hop's connection passes the
 egress policy (``egress``).
@@ -22,13 +26,14 @@ from typing import Annotated, Any, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from builder.catalog import NodeConfig, Templatable
+from builder.catalog import NodeConfig, Templatable, at_most_one_of
 from builder.plan import RetryPolicy
 from builder.templates import is_template
-from node_handlers.base import Completed, NodeContext, NodeError, NodeHandler
+from node_handlers.base import ERROR_HANDLE, SOURCE_HANDLE, Completed, NodeContext, NodeError, NodeHandler
+from node_handlers.credentials import CredentialName, read_credential
 from node_handlers.operator_secrets import OperatorSecret, read_secret
 from node_handlers.redaction import redact
-from node_handlers.services import services_for
+from node_handlers.services import HandlerServices, services_for
 from node_handlers.settings import SecretName
 
 Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
@@ -37,6 +42,9 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 STATUS_CLASS = re.compile(r"^[1-5]xx$")
 BODY_EXCERPT_CHARS = 300
 DEFAULT_MAX_RESPONSE_BYTES = 10 * 1024 * 1024
+API_KEY_HEADER = "X-API-Key"
+"""The header an ``api_key`` credential goes in unless the node names another."""
+HTTP_CREDENTIAL_TYPES = ("bearer", "basic", "header", "api_key")
 
 
 class BearerAuth(BaseModel):
@@ -62,8 +70,21 @@ class HeaderAuth(BaseModel):
 Auth = Annotated[BearerAuth | BasicAuth | HeaderAuth, Field(discriminator="type")]
 
 
+def _http_json_schema(schema: dict[str, Any]) -> None:
+    """What the validators check, as JSON Schema: one body at most, one way to authenticate,
+    statuses that exist."""
+    schema["allOf"] = [at_most_one_of("json", "body", "form"), at_most_one_of("auth", "credential")]
+    statuses = schema["properties"]["expected_status"]["anyOf"][0]
+    statuses["items"] = {
+        "anyOf": [
+            {"type": "integer", "minimum": 100, "maximum": 599},
+            {"type": "string", "pattern": "^[1-5][xX][xX]$"},
+        ]
+    }
+
+
 class HttpConfig(NodeConfig):
-    model_config = ConfigDict(populate_by_name=True)
+    model_config = ConfigDict(populate_by_name=True, json_schema_extra=_http_json_schema)
 
     method: Templatable[Method] = Field("GET", description="HTTP method.")
     url: str = Field(min_length=1, description="http(s) URL; a template.")
@@ -75,6 +96,17 @@ class HttpConfig(NodeConfig):
     body: str | None = Field(None, description="Raw text body.")
     form: Templatable[dict[str, Any]] | None = Field(None, description="Form body (x-www-form-urlencoded).")
     auth: Auth | None = Field(None, description="Credentials by secret name: bearer, basic or header.")
+    credential: CredentialName | None = Field(
+        None,
+        description="A stored credential sent by its type: bearer as Authorization: Bearer, basic as "
+        f"Authorization: Basic, header as its header, api_key as {API_KEY_HEADER} (or credential_header).",
+    )
+    credential_header: str | None = Field(
+        None,
+        min_length=1,
+        pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$",
+        description=f"The header of an api_key credential ({API_KEY_HEADER} when absent).",
+    )
     timeout_s: Templatable[float] = Field(30.0, description="Deadline of the whole request, redirects included.")
     expected_status: Templatable[list[int | str]] = Field(
         default_factory=lambda: ["2xx"],
@@ -120,6 +152,8 @@ class HttpConfig(NodeConfig):
         ]
         if len(given) > 1:
             raise ValueError(f"give at most one of json, body and form; got {' and '.join(given)}")
+        if self.auth is not None and self.credential is not None:
+            raise ValueError("give auth (operator secrets) or credential (a stored one), not both")
         return self
 
 
@@ -157,6 +191,10 @@ class ResponseTooLarge(NodeError):
 class HttpHandler(NodeHandler):
     type = "http"
     version = "1"
+    label = "HTTP request"
+    category = "integration"
+    side_effects = True
+    handle_docs = (SOURCE_HANDLE, ERROR_HANDLE)
     description = "Sends an HTTP request; output {status, headers, body, url}."
     Config = HttpConfig
     default_retry = RetryPolicy(
@@ -169,7 +207,17 @@ class HttpHandler(NodeHandler):
     )
 
     async def run(self, config: HttpConfig, ctx: NodeContext) -> Completed:
-        credentials, secrets, bound = credentials_of(config.auth, ctx.owner)
+        async with services_for(ctx.services) as services:
+            return await self._run(config, ctx, services)
+
+    async def _run(self, config: HttpConfig, ctx: NodeContext, services: HandlerServices) -> Completed:
+        if config.credential is not None:
+            credentials, secrets = await stored_credentials_of(
+                services, ctx.owner, config.credential, config.credential_header
+            )
+            bound: OperatorSecret | None = None  # the owner's own credential: the owner chose the URL
+        else:
+            credentials, secrets, bound = credentials_of(config.auth, ctx.owner)
         extra = {}
         if config.idempotency_key is not False and not _has_header(config.headers, IDEMPOTENCY_HEADER):
             key = ctx.idempotency_key if config.idempotency_key is True else str(config.idempotency_key)
@@ -177,7 +225,7 @@ class HttpHandler(NodeHandler):
                 extra[IDEMPOTENCY_HEADER] = key
         deadline = float(config.timeout_s)
         try:
-            async with asyncio.timeout(deadline), services_for(ctx.services) as services:
+            async with asyncio.timeout(deadline):
                 response, body = await self._exchange(services.http_client(), config, credentials, bound, extra)
         except (TimeoutError, httpx.TimeoutException):
             raise NodeError(
@@ -261,6 +309,23 @@ def credentials_of(
         return {"Authorization": f"Basic {encoded}"}, [secret.value, encoded, f"Basic {encoded}"], secret
     secret = read_secret(auth.value_secret, owner)
     return {auth.header: secret.value}, [secret.value], secret
+
+
+async def stored_credentials_of(
+    services: HandlerServices, owner: str | None, name: str, api_key_header: str | None
+) -> tuple[dict[str, str], list[str]]:
+    """The headers carrying the stored credential ``name`` of ``owner``, and every form its
+    values take on the wire, to redact."""
+    credential = await read_credential(services, owner, name, HTTP_CREDENTIAL_TYPES)
+    data = credential.data
+    if credential.type == "bearer":
+        return {"Authorization": f"Bearer {data['token']}"}, [data["token"], f"Bearer {data['token']}"]
+    if credential.type == "basic":
+        encoded = base64.b64encode(f"{data['username']}:{data['password']}".encode()).decode()
+        return {"Authorization": f"Basic {encoded}"}, [data["password"], encoded, f"Basic {encoded}"]
+    if credential.type == "header":
+        return {data["name"]: data["value"]}, [data["value"]]
+    return {api_key_header or API_KEY_HEADER: data["api_key"]}, [data["api_key"]]
 
 
 def is_redirect(response: httpx.Response) -> bool:

@@ -2,7 +2,8 @@
 from the Anthropic Messages API (``provider: anthropic``).
 
 Every call streams: each content delta is published as ``stream:chunk`` while the model
-writes, then ``stream:done``. The API key comes from the node's ``api_key_secret`` (the
+writes, then ``stream:done``. The API key comes from the node's ``credential`` (a credential
+its owner stored, ``node_handlers.credentials``), its ``api_key_secret`` (the
 environment variable ``FLOWMAESTRO_SECRET_<NAME>``, bound to owners and hosts) or from the
 handler settings (``FLOWMAESTRO_OPENAI_API_KEY`` / ``OPENAI_API_KEY``), which goes to the
 configured default base URL only; it is redacted from every error message. The base URL
@@ -16,7 +17,7 @@ import json
 import math
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 import httpx
@@ -25,16 +26,17 @@ from jsonschema import exceptions as jsonschema_exceptions
 from jsonschema.validators import validator_for
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from builder.catalog import NodeConfig, Templatable
+from builder.catalog import UNIQUE_KEYS, NodeConfig, Templatable, at_most_one_of, exactly_one_of
 from builder.plan import RetryPolicy
-from node_handlers.base import Completed, NodeContext, NodeError, NodeHandler
+from node_handlers.base import ERROR_HANDLE, SOURCE_HANDLE, Completed, HandleDoc, NodeContext, NodeError, NodeHandler
 from node_handlers.branching import HANDLE_ID, check_unique_ids
+from node_handlers.credentials import CredentialName, read_credential
 from node_handlers.egress import check_url
 from node_handlers.http import parse_retry_after
 from node_handlers.operator_secrets import read_secret
 from node_handlers.redaction import redact
 from node_handlers.services import HandlerServices, services_for
-from node_handlers.settings import HandlerSettings, SecretName
+from node_handlers.settings import SecretName
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 CHARS_PER_TOKEN = 4
@@ -90,8 +92,13 @@ PositiveInt = Annotated[int, Field(ge=1)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 
 
+ONE_KEY_SOURCE = at_most_one_of("credential", "api_key_secret")
+
+
 class ModelCallConfig(NodeConfig):
     """What every node calling a chat model has."""
+
+    model_config = ConfigDict(json_schema_extra=ONE_KEY_SOURCE)
 
     provider: Literal["openai", "anthropic"] = Field(
         "openai",
@@ -110,10 +117,21 @@ class ModelCallConfig(NodeConfig):
     api_key_secret: SecretName | None = Field(
         None, description="Secret holding the API key; the handler settings' key (OPENAI_API_KEY) when absent."
     )
+    credential: CredentialName | None = Field(
+        None,
+        description="A stored credential holding the API key: api_key (its api_key) or bearer (its token).",
+    )
     timeout_s: Templatable[PositiveFloat] = Field(120.0, description="Deadline of the whole streamed reply.")
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> ModelCallConfig:
+        if self.credential is not None and self.api_key_secret is not None:
+            raise ValueError("give credential (a stored one) or api_key_secret (an operator secret), not both")
+        return self
 
 
 class LlmConfig(ModelCallConfig):
+    model_config = ConfigDict(json_schema_extra={"allOf": [ONE_KEY_SOURCE, exactly_one_of("prompt", "messages")]})
     prompt: str | None = Field(None, description="The user message; a template.")
     messages: Templatable[list[Message]] | None = Field(None, description="The conversation instead of prompt.")
     response_format: ResponseFormat | None = Field(
@@ -149,6 +167,10 @@ class ChatReply:
 
 class LlmHandler(NodeHandler):
     type = "llm"
+    label = "LLM"
+    category = "ai"
+    side_effects = True  # a call to a model provider, billed
+    handle_docs = (SOURCE_HANDLE, ERROR_HANDLE)
     description = "Streams a chat completion from an OpenAI-compatible API; output {text, json?, usage, ...}."
     Config = LlmConfig
     default_retry = LLM_RETRY
@@ -193,7 +215,7 @@ class Route(BaseModel):
 
 
 class RouterConfig(ModelCallConfig):
-    routes: list[Route] = Field(min_length=1)
+    routes: list[Route] = Field(min_length=1, json_schema_extra={UNIQUE_KEYS: ["id"]})
     prompt: str = Field(description="The text to classify; usually a template.")
     temperature: Templatable[Temperature] | None = 0.0
 
@@ -206,6 +228,13 @@ class RouterConfig(ModelCallConfig):
 
 class RouterHandler(NodeHandler):
     type = "router"
+    label = "LLM router"
+    category = "ai"
+    side_effects = True  # a call to a model provider, billed
+    handle_docs = (
+        HandleDoc("route-<id>", "Fires when the model picked that route.", "data.routes[].id"),
+        ERROR_HANDLE,
+    )
     description = "A model picks one of data.routes for the prompt; fires route-<id>; output {route, reasoning}."
     Config = RouterConfig
     default_retry = LLM_RETRY
@@ -259,32 +288,72 @@ def router_response_format(ids: list[str]) -> dict[str, Any]:
 # The streamed call, shared by both nodes.
 
 
-def resolve_endpoint(config: ModelCallConfig, owner: str | None, settings: HandlerSettings) -> tuple[str, str]:
-    """Base URL and API key of a node of ``owner``'s run. The operator's default key goes only
-    to the configured default base URL: a canvas (or a template of its inputs) pointing
-    ``base_url`` elsewhere would otherwise receive it."""
-    default_url = (settings.openai_base_url or OPENAI_BASE_URL).rstrip("/")
-    base_url = (config.base_url or default_url).rstrip("/")
+MODEL_CREDENTIAL_TYPES = ("api_key", "bearer")
+
+
+@dataclass(frozen=True)
+class ModelEndpoint:
+    base_url: str
+    api_key: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ModelApi:
+    """A provider's API as the operator configured it: where its calls go by default, and
+    the operator's key, which goes there only."""
+
+    name: str
+    public_url: str
+    default_url: str
+    operator_key: str = field(repr=False)
+    key_variables: str
+    """The environment variables that set ``operator_key``, for the error without one."""
+
+
+def openai_api(settings: HandlerSettings) -> ModelApi:
+    return ModelApi(
+        "OpenAI",
+        OPENAI_BASE_URL,
+        (settings.openai_base_url or OPENAI_BASE_URL).rstrip("/"),
+        settings.openai_api_key.get_secret_value() if settings.openai_api_key is not None else "",
+        "OPENAI_API_KEY (or FLOWMAESTRO_OPENAI_API_KEY)",
+    )
+
+
+async def resolve_endpoint(
+    config: ModelCallConfig, owner: str | None, services: HandlerServices, api: ModelApi | None = None
+) -> ModelEndpoint:
+    """Base URL and API key of a model node of ``owner``'s run: the one function every node
+    calling a model asks (``api``: the provider's, OpenAI's by default). The key: the node's
+    stored ``credential`` (the owner's, read now), its ``api_key_secret`` (bound to hosts),
+    else the operator's default key, which goes only to the configured default base URL: a
+    canvas (or a template of its inputs) pointing ``base_url`` elsewhere would otherwise
+    receive it."""
+    api = api or openai_api(services.settings)
+    base_url = (config.base_url or api.default_url).rstrip("/")
+    if config.credential:
+        credential = await read_credential(services, owner, config.credential, MODEL_CREDENTIAL_TYPES)
+        return ModelEndpoint(base_url, credential.data["api_key" if credential.type == "api_key" else "token"])
     if config.api_key_secret:
         secret = read_secret(config.api_key_secret, owner)
         secret.check_url(base_url)
-        return base_url, secret.value
-    operator_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key is not None else ""
-    if operator_key:
-        if base_url != default_url:
+        return ModelEndpoint(base_url, secret.value)
+    if api.operator_key:
+        if base_url != api.default_url:
             raise NodeError(
-                f"base_url {base_url} is not the configured model API ({default_url}): the operator's "
-                f"API key goes there only; name a secret of yours for {base_url} in api_key_secret",
+                f"base_url {base_url} is not the configured model API ({api.default_url}): the operator's "
+                f"API key goes there only; name a stored credential of yours in credential, or a secret "
+                f"bound to {base_url} in api_key_secret",
                 error_type="MissingSecret",
             )
-        return base_url, operator_key
-    if base_url == OPENAI_BASE_URL:
+        return ModelEndpoint(base_url, api.operator_key)
+    if base_url == api.public_url:
         raise NodeError(
-            "no API key for OpenAI: set OPENAI_API_KEY (or FLOWMAESTRO_OPENAI_API_KEY) where the "
-            "workflow runs, or name a secret in the node's api_key_secret",
+            f"no API key for {api.name}: name a stored credential in the node's credential, or set "
+            f"{api.key_variables} where the workflow runs",
             error_type="MissingSecret",
         )
-    return base_url, "unused"  # no key configured at all: local servers (Ollama, vLLM) accept any
+    return ModelEndpoint(base_url, "unused")  # no key configured at all: local servers (Ollama, vLLM) accept any
 
 
 async def stream_chat(
@@ -353,7 +422,8 @@ async def _stream_chat(
     services: HandlerServices,
 ) -> ChatReply:
     settings = services.settings
-    base_url, api_key = resolve_endpoint(config, ctx.owner, settings)
+    endpoint = await resolve_endpoint(config, ctx.owner, services)
+    base_url, api_key = endpoint.base_url, endpoint.api_key
     await check_url(base_url, services.egress)
     model = config.model or settings.default_model
     request: dict[str, Any] = {

@@ -16,7 +16,7 @@ import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anthropic
 import httpx
@@ -28,13 +28,19 @@ from node_handlers.protected import service_addresses
 from node_handlers.settings import HandlerSettings
 from store.db import make_engine
 
+if TYPE_CHECKING:  # credentials.py imports this module
+    from node_handlers.credentials import CredentialReader
+
 
 class HandlerServices:
     """The handler services of one context (``RunContext.services``)."""
 
-    def __init__(self, settings: HandlerSettings | None = None):
-        """``settings``: read from the environment (``FLOWMAESTRO_*``) on first use when not given."""
+    def __init__(self, settings: HandlerSettings | None = None, credentials: CredentialReader | None = None):
+        """``settings``: read from the environment (``FLOWMAESTRO_*``) on first use when not
+        given. ``credentials``: where nodes naming a stored credential read it (a worker's
+        store); None: such nodes fail, saying the run has no credential store."""
         self._given = settings
+        self.credentials = credentials
         self._clients: dict[tuple[asyncio.AbstractEventLoop, Any], Any] = {}
         """Clients by (event loop, key): pooled connections belong to the loop that opened them."""
 

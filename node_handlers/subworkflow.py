@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import Field
 
 from builder.catalog import NodeConfig
-from node_handlers.base import Completed, NodeContext, NodeHandler
+from node_handlers.base import ERROR_HANDLE, Completed, HandleDoc, NodeContext, NodeHandler
 
 
 class SubworkflowConfig(NodeConfig):
@@ -18,6 +18,9 @@ class SubworkflowConfig(NodeConfig):
 
 class SubworkflowHandler(NodeHandler):
     type = "subworkflow"
+    category = "logic"
+    side_effects = True  # starts a child run
+    handle_docs = (HandleDoc("source", "Fires when the child run completed; the output is its output."), ERROR_HANDLE)
     description = "Runs another workflow as a child Prefect flow run; its output is the child's output."
     Config = SubworkflowConfig
     cacheable = False

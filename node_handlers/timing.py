@@ -6,15 +6,16 @@ import asyncio
 import time
 from datetime import UTC, datetime, timedelta
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
-from builder.catalog import NodeConfig, Templatable
-from node_handlers.base import SOURCE, Completed, NodeContext, NodeError, NodeHandler
+from builder.catalog import NodeConfig, Templatable, exactly_one_of
+from node_handlers.base import SOURCE, Completed, HandleDoc, NodeContext, NodeError, NodeHandler
 
 MAX_DELAY_S = 30 * 24 * 3600
 
 
 class DelayConfig(NodeConfig):
+    model_config = ConfigDict(json_schema_extra=exactly_one_of("seconds", "until"))
     seconds: Templatable[float] | None = Field(None, description="How long to wait.")
     until: Templatable[datetime] | None = Field(None, description="ISO 8601 time to wait for (UTC if no zone).")
 
@@ -27,6 +28,9 @@ class DelayConfig(NodeConfig):
 
 class DelayHandler(NodeHandler):
     type = "delay"
+    category = "logic"
+    side_effects = True  # holds the run (never cached)
+    handle_docs = (HandleDoc("source", "Fires when the wait is over."),)
     description = "Waits a number of seconds or until a time."
     Config = DelayConfig
     cacheable = False

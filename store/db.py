@@ -22,7 +22,7 @@ from store.unavailable import database_calls
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON, datetime: DateTime(timezone=True), bool: Boolean}  # noqa: RUF012 (SQLAlchemy's hook)
+    type_annotation_map = {dict[str, Any]: JSON, list[str]: JSON, datetime: DateTime(timezone=True), bool: Boolean}  # noqa: RUF012 (SQLAlchemy's hook)
 
 
 class Workflow(Base):
@@ -158,6 +158,25 @@ class WebhookRow(Base):
     secret_encrypted: Mapped[str] = mapped_column(String(500))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     rotated_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class CredentialRow(Base):
+    """A credential an owner stored (``store.credentials``): its values sealed together as one
+    JSON object (``store.secrets``); the names of its fields in clear, to list them."""
+
+    __tablename__ = "credentials"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    type: Mapped[str] = mapped_column(String(16))
+    description: Mapped[str] = mapped_column(String(500), default="")
+    fields: Mapped[list[str]] = mapped_column(JSON)
+    data_encrypted: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+    __table_args__ = (Index("uq_credential_owner_name", "owner", "name", unique=True),)
 
 
 class WebhookDelivery(Base):

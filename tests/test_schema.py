@@ -2,12 +2,12 @@
 ``jsonschema``'s Draft 2020-12 validator against the fixture canvases.
 
 The schema describes the *shape* of a canvas: types, required fields, known node types and
-each handler's ``data`` model. Graph rules (cycles, handles, edges crossing containers,
-template references, reachability) and the handlers' cross-field validators ("a for loop
-needs count") cannot be written in JSON Schema: those need the compiler
-(``flowmaestro validate`` / ``POST /api/workflows/validate``). So the structural invalid
-fixtures must fail here, and the graph-rule fixtures must pass here while the compiler
-rejects them.
+each handler's ``data`` model, with the handlers' cross-field rules JSON Schema can state
+("a for loop needs count": tests/test_node_catalog.py). Graph rules (cycles, handles, edges
+crossing containers, template references, reachability) cannot be written in JSON Schema:
+those need the compiler (``flowmaestro validate`` / ``POST /api/workflows/validate``). So
+the structural invalid fixtures must fail here, and the graph-rule fixtures must pass here
+while the compiler rejects them.
 """
 
 from __future__ import annotations

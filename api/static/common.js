@@ -112,7 +112,8 @@ export function header(...extra) {
                      "Sign out");
   return el("header", { class: "bar" },
     el("a", { href: pageUrl("/ui/"), class: "brand" }, "FlowMaestro"),
-    el("nav", {}, el("a", { href: pageUrl("/ui/") }, "Runs"), el("a", { href: pageUrl("/ui/new") }, "Playground")),
+    el("nav", {}, el("a", { href: pageUrl("/ui/") }, "Runs"), el("a", { href: pageUrl("/ui/new") }, "Playground"),
+       el("a", { href: pageUrl("/ui/credentials") }, "Credentials")),
     ...extra, el("span", { class: "spacer" }), signOut);
 }
 

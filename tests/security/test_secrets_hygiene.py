@@ -512,6 +512,7 @@ async def test_the_sqlite_store_is_private(tmp_path) -> None:
     from store.database import create_database_engine
 
     home = tmp_path / "home"
+    home.mkdir()
     engine = create_database_engine(f"sqlite+aiosqlite:///{home / 'store.db'}")
     async with engine.begin() as connection:
         await connection.execute(text("CREATE TABLE t (x TEXT)"))
@@ -636,3 +637,146 @@ async def test_unsigned_webhook_requests_are_rate_limited_per_hook_and_per_clien
         ]
         assert [a.status_code for a in answers] == [404] * REFUSED_LIMIT + [429]
         assert "retry-after" in answers[-1].headers
+
+
+# Issue 22: stored credentials leave no trace
+
+
+@pytest.mark.services
+def test_stored_credentials_leave_no_trace_anywhere_a_run_goes(prefect_server, tmp_path) -> None:
+    """A run on a real ``flowmaestro serve`` (API and worker processes, PostgreSQL store,
+    Redis events, a key ring of two keys) uses two stored credentials: a bearer token for an
+    http node whose server echoes it back, and an API key for llm nodes, one of which fails
+    with the model server echoing the key in its error (a dead letter). Then the run's result,
+    its event stream, the dead letters, every credentials answer, Prefect's flow run
+    (parameters), task runs, logs and artifacts, every file the installation and the Prefect
+    server wrote (API and worker logs, result storage, Prefect's database) and a pg_dump of
+    the store are swept for every common encoding of both values."""
+    import subprocess
+    import uuid
+
+    import httpx
+
+    from node_handlers.redaction import secret_forms
+    from tests.conftest import _SESSION_DIR
+    from tests.processes import PG_HOST, PG_USER, postgres_database, stack_env, start_serve, wait_until
+
+    token, llm_key = f"tok-{uuid.uuid4().hex}/+=", f"sk-{uuid.uuid4().hex}"
+    api_key = f"key-{uuid.uuid4().hex}"
+    recording = Recorder()
+    home = tmp_path / "home"
+    home.mkdir()
+    with (
+        serve_in_thread(recording.app()) as echo,
+        FakeOpenAI().running() as model,
+        postgres_database("fm_credsweep") as url,
+    ):
+        env = stack_env(
+            home, prefect_server, url, api_key, FLOWMAESTRO_SECRET_KEY=f"new-{uuid.uuid4().hex},old-{uuid.uuid4().hex}"
+        )
+        serve, base = start_serve(home, env, workers=1)
+        try:
+            with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {api_key}"}, timeout=60) as api:
+                seen: list[str] = []
+                for body in (
+                    {"name": "svc", "type": "bearer", "data": {"token": token}},
+                    {"name": "model", "type": "api_key", "data": {"api_key": llm_key}},
+                ):
+                    created = api.post("/api/credentials", json=body)
+                    assert created.status_code == 201, created.text
+                    seen.append(created.text)
+                llm = {"prompt": "hi", "base_url": model.base_url, "credential": "model"}
+                raw = {
+                    "name": "uses-credentials",
+                    "nodes": [
+                        {"id": "call", "type": "http", "data": {"url": f"{echo.url}/echo", "credential": "svc"}},
+                        {"id": "ask", "type": "llm", "data": llm},
+                        {"id": "bad", "type": "llm", "data": {**llm, "model": "unauthorized"}},
+                    ],
+                    "edges": [
+                        {"id": "a", "source": "call", "target": "ask"},
+                        {"id": "b", "source": "ask", "target": "bad"},
+                    ],
+                }
+                saved = api.post("/api/workflows", json={"canvas": raw})
+                assert saved.status_code == 201, saved.text
+                started = api.post(f"/api/workflows/{saved.json()['id']}/execute", json={"inputs": {}})
+                assert started.status_code == 202, started.text
+                run_id = started.json()["execution_id"]
+                result = wait_until(
+                    lambda: (
+                        (r := api.get(f"/api/executions/{run_id}")).json()["status"] in ("completed", "failed") and r
+                    ),
+                    timeout=120,
+                    what=f"run {run_id} ending",
+                )
+                body = result.json()
+                assert body["status"] == "failed", result.text
+                assert [body["nodes"][n]["status"] for n in ("call", "ask", "bad")] == ["completed"] * 2 + ["failed"], (
+                    json.dumps(body["nodes"])
+                )
+                # The values did go where they were meant to (the sweep below is not vacuous),
+                # and both servers echoed them back.
+                assert recording.requests[-1]["headers"]["authorization"] == f"Bearer {token}"
+                assert [r.headers["authorization"] for r in model.requests] == [f"Bearer {llm_key}"] * 2
+                assert "[redacted]" in json.dumps(body["nodes"]["call"]["output"])
+                assert "[redacted]" in body["nodes"]["bad"]["error"]["message"]
+                dead_letters = api.get("/api/dead-letters")
+                assert [d["node_id"] for d in dead_letters.json()] == ["bad"], dead_letters.text
+                seen += [
+                    result.text,
+                    api.get(f"/api/executions/{run_id}/stream", timeout=30).text,
+                    dead_letters.text,
+                    api.get("/api/credentials").text,
+                    api.get("/api/executions").text,
+                ]
+                seen += prefect_records_of(prefect_server.api_url, run_id)
+        finally:
+            serve.stop()
+        database = url.rsplit("/", 1)[1]
+        dump = subprocess.run(
+            ["pg_dump", "-h", PG_HOST, "-U", PG_USER, database], check=True, capture_output=True
+        ).stdout
+        assert b"CREATE TABLE public.credentials" in dump and b"svc" in dump
+    files = [p for p in [*home.rglob("*"), *(_SESSION_DIR / "server").rglob("*")] if p.is_file()]
+    assert any(p.suffix == ".log" for p in files) and any("prefect.db" in p.name for p in files), files
+    for what, value in {"the bearer token": token, "the llm key": llm_key}.items():
+        forms = secret_forms(value)
+        for i, text in enumerate(seen):
+            assert not [f for f in forms if f in text], f"{what} in answer {i}: {text[:500]}"
+        assert not [f for f in forms if f.encode() in dump], f"{what} in the pg_dump"
+        for path in files:
+            content = path.read_bytes()
+            assert not [f for f in forms if f.encode() in content], f"{what} in {path}"
+
+
+def prefect_records_of(api_url: str, run_id: str) -> list[str]:
+    """What Prefect keeps of the run, as JSON text, once its task runs call, ask and bad and
+    its summary artifact are there (as ``tests.test_secrets.prefect_records`` for its nodes)."""
+    by_run = {"flow_runs": {"id": {"any_": [run_id]}}, "limit": 200}
+    import httpx
+
+    from tests.processes import wait_until
+
+    with httpx.Client(base_url=api_url, timeout=30) as prefect:
+
+        def tasks_recorded() -> str | None:
+            text = prefect.post("/task_runs/filter", json=by_run).text
+            return text if {"call", "ask", "bad"} <= {task["name"] for task in json.loads(text)} else None
+
+        tasks_text = wait_until(tasks_recorded, timeout=60, what=f"Prefect recording the task runs of {run_id}")
+
+        def summary_kept() -> str | None:
+            text = prefect.post("/artifacts/filter", json=by_run).text
+            return text if json.loads(text) else None
+
+        found = [
+            prefect.get(f"/flow_runs/{run_id}").text,
+            tasks_text,
+            wait_until(summary_kept, timeout=60, what=f"the summary artifact of {run_id}"),
+        ]
+        logs = prefect.post("/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})
+        assert logs.status_code == 200, logs.text
+        found.append(logs.text)
+        found += [prefect.get(f"/task_runs/{task['id']}").text for task in json.loads(tasks_text)]
+    return found
