@@ -36,7 +36,7 @@ from node_handlers.http import parse_retry_after
 from node_handlers.operator_secrets import read_secret
 from node_handlers.redaction import redact
 from node_handlers.services import HandlerServices, services_for
-from node_handlers.settings import SecretName
+from node_handlers.settings import HandlerSettings, SecretName
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 CHARS_PER_TOKEN = 4
