@@ -40,9 +40,6 @@ from node_handlers.services import HandlerServices, services_for
 
 LIMIT = "agent_limit"
 OUTPUT_INVALID = "output_invalid"
-NOT_BUILT = ("credential",)
-"""Fields of the agent contract this version does not honour: refused, never ignored (an
-unknown key of data is only a warning, and a tool approval silently skipped would be worse)."""
 REPAIR_TURNS = 2
 """Times an answer that does not fit ``output_schema`` is sent back to the model to be fixed."""
 
@@ -75,14 +72,6 @@ class AgentConfig(ModelCallConfig):
         description="JSON Schema of the final answer: parsed into output.json; an answer that does not fit "
         f"is sent back with the errors up to {REPAIR_TURNS} times, then the node fails (output_invalid).",
     )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _not_built(cls, data: Any) -> Any:
-        found = [key for key in NOT_BUILT if isinstance(data, dict) and key in data]
-        if found:
-            raise ValueError(f"{', '.join(found)}: not supported by this version of the agent node (docs/agents.md)")
-        return data
 
     @field_validator("output_schema")
     @classmethod

@@ -14,39 +14,67 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import httpx
 from mcp import ClientSession
 from mcp.client.streamable_http import streamablehttp_client
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from builder.catalog import at_most_one_of
 from node_handlers.base import NodeError
+from node_handlers.credentials import CredentialName
 from node_handlers.egress import check_url, pinned_client
-from node_handlers.http import Auth, credentials_of
+from node_handlers.http import Auth, credentials_of, stored_credentials_of
 from node_handlers.model_turns import ToolSpec
+from node_handlers.operator_secrets import OperatorSecret
 from node_handlers.redaction import redact
 from node_handlers.services import HandlerServices
 
 
 class McpTool(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=at_most_one_of("auth", "credential"))
     type: Literal["mcp"]
     url: str = Field(min_length=1, description="The MCP server's streamable HTTP endpoint, e.g. https://host/mcp.")
     include: list[str] | None = Field(
         None, description="The server's tools the model may call; all of them when absent."
     )
     auth: Auth | None = Field(None, description="A secret for the server's auth header, as for http tools.")
+    credential: CredentialName | None = Field(
+        None, description="A stored credential for the server's auth header, sent as the http node sends it."
+    )
     timeout_s: float = Field(30.0, gt=0, description="Deadline of listing the tools, and of each call.")
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> Self:
+        if self.auth is not None and self.credential is not None:
+            raise ValueError("give auth (operator secrets) or credential (a stored one), not both")
+        return self
 
 
 class McpServer:
     """One MCP server of an agent, with the owner's credentials for it."""
 
-    def __init__(self, tool: McpTool, owner: str | None, services: HandlerServices):
+    def __init__(
+        self,
+        tool: McpTool,
+        services: HandlerServices,
+        headers: dict[str, str],
+        secrets: list[str],
+        bound: OperatorSecret | None,
+    ):
         self.tool = tool
-        self.headers, self.secrets, self.bound = credentials_of(tool.auth, owner)
         self.services = services
+        self.headers, self.secrets, self.bound = headers, secrets, bound
+
+    @classmethod
+    async def open(cls, tool: McpTool, owner: str | None, services: HandlerServices) -> McpServer:
+        """The server with its auth header: the owner's stored credential, read now, or
+        operator secrets (bound to their hosts)."""
+        if tool.credential is not None:
+            headers, secrets = await stored_credentials_of(services, owner, tool.credential, None)
+            return cls(tool, services, headers, secrets, None)
+        return cls(tool, services, *credentials_of(tool.auth, owner))
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[ClientSession]:

@@ -20,14 +20,16 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from builder.catalog import at_most_one_of
 from builder.templates import TemplateRenderError, render_value
 from node_handlers.agent_mcp import McpServer, McpTool
 from node_handlers.base import NodeContext, NodeError
 from node_handlers.containers import RESOLVED
+from node_handlers.credentials import CredentialName
 from node_handlers.http import Auth, HttpConfig, HttpHandler, Method
 from node_handlers.model_turns import ToolCall, ToolSpec
 from node_handlers.services import HandlerServices
@@ -39,7 +41,9 @@ RESULT_CHARS = 20_000
 
 
 class HttpTool(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid", populate_by_name=True, json_schema_extra=at_most_one_of("auth", "credential")
+    )
     type: Literal["http"]
     name: str = Field(pattern=TOOL_NAME)
     description: str = ""
@@ -49,10 +53,17 @@ class HttpTool(BaseModel):
     query: dict[str, Any] = Field(default_factory=dict)
     json_body: Any = Field(None, alias="json", description="JSON body; templates of args.")
     auth: Auth | None = None
+    credential: CredentialName | None = Field(None, description="A stored credential, sent as the http node sends it.")
     parameters: dict[str, Any] = Field(
         default_factory=lambda: dict(EMPTY_PARAMETERS), description="JSON Schema of the arguments."
     )
     timeout_s: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> Self:
+        if self.auth is not None and self.credential is not None:
+            raise ValueError("give auth (operator secrets) or credential (a stored one), not both")
+        return self
 
 
 class WorkflowTool(BaseModel):
@@ -138,7 +149,7 @@ async def toolbox(
             found = [ToolSpec(tool.name, description, inputs_schema(declared))]
             stands = tool
         else:
-            stands = McpServer(tool, ctx.owner, services)
+            stands = await McpServer.open(tool, ctx.owner, services)
             found = await stands.specs()
         for spec in found:
             if spec.name in named:
@@ -181,6 +192,8 @@ async def call_http(tool: HttpTool, call: ToolCall, ctx: NodeContext) -> Any:
         raise NodeError(f"tool {tool.name}: {exc.message}") from None
     if tool.auth is not None:
         rendered["auth"] = tool.auth.model_dump()
+    if tool.credential is not None:
+        rendered["credential"] = tool.credential
     config = HttpConfig.model_validate(rendered, context={RESOLVED: True})
     key = f"{ctx.idempotency_key}:{call.id}" if ctx.idempotency_key else ""
     completed = await HttpHandler().run(config, dataclasses.replace(ctx, idempotency_key=key))
