@@ -50,6 +50,10 @@ UNIQUE_KEYS = "x-unique-keys"
 NOT_ABOVE = "x-not-above"
 """On an object: ``{field: other}``, the number ``field`` (or its array's length) is at most
 the number ``other`` (its default when absent), e.g. a loop's count and its max_iterations."""
+NAMES_FROM = "x-names-from"
+"""On an object: ``{field: [array, key, ...]}``, every string of the array ``field`` is one
+of the ``key``s (a string, or a list of strings) of the items of the array ``array``, e.g.
+the tools an agent's require_approval names."""
 EXPRESSION = "x-expression"
 """On a field: text there is an expression (``inputs.score > 0.5``), not a template."""
 IDENTIFIER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"

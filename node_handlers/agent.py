@@ -25,15 +25,15 @@ from typing import Any
 
 from jsonschema import exceptions as jsonschema_exceptions
 from jsonschema.validators import validator_for
-from pydantic import Field, PositiveInt, field_validator, model_validator
+from pydantic import ConfigDict, Field, PositiveInt, field_validator, model_validator
 
-from builder.catalog import Templatable
+from builder.catalog import NAMES_FROM, UNIQUE_KEYS, Templatable
 from node_handlers.agent_mcp import McpTool
 from node_handlers.agent_memory import AgentMemories, MemoryConfig
 from node_handlers.agent_tools import CallResult, HttpTool, NamedTool, Tool, WorkflowTool, call_tool, toolbox
 from node_handlers.approval import FormField, ToolCallApproval
 from node_handlers.base import Completed, NodeContext, NodeError, NodeHandler
-from node_handlers.llm import EXCERPT_CHARS, ModelCallConfig, PositiveFloat, cost_of, parse_json_reply
+from node_handlers.llm import EXCERPT_CHARS, ONE_KEY_SOURCE, ModelCallConfig, PositiveFloat, cost_of, parse_json_reply
 from node_handlers.model_turns import ModelTurns, ToolCall, ToolSpec, TurnReply, TurnRequest
 from node_handlers.providers import turns_for
 from node_handlers.services import HandlerServices, services_for
@@ -45,9 +45,15 @@ REPAIR_TURNS = 2
 
 
 class AgentConfig(ModelCallConfig):
+    model_config = ConfigDict(
+        json_schema_extra={**ONE_KEY_SOURCE, NAMES_FROM: {"require_approval": ["tools", "name", "include"]}}
+    )
+
     prompt: str = Field(description="The user message; a template.")
     tools: list[Tool] = Field(
-        default_factory=list, description="What the model may call: http, workflow and mcp tools."
+        default_factory=list,
+        description="What the model may call: http, workflow and mcp tools.",
+        json_schema_extra={UNIQUE_KEYS: ["name"]},
     )
     max_turns: PositiveInt = Field(10, le=200, description="Model turns at most; then the node fails (agent_limit).")
     max_tool_calls: PositiveInt = Field(

@@ -4,7 +4,7 @@
 Hypothesis this project pins (``AttributeError: 'many' object has no attribute 'more'``
 inside its array strategy), so this module generates instances itself, for the keywords
 pydantic publishes and the catalog's annotations (``builder.catalog``: x-unique-keys,
-x-not-above, x-expression). Every instance is checked against the whole schema with
+x-not-above, x-names-from, x-expression). Every instance is checked against the whole schema with
 ``jsonschema`` (``oneOf``, ``not``, ``if``/``then``): the generator only aims, the
 validator decides, so nothing the schema refuses is ever drawn.
 
@@ -21,7 +21,7 @@ from typing import Any
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from builder.catalog import EXPRESSION, NOT_ABOVE, TEMPLATE_JSON_SCHEMA, UNIQUE_KEYS
+from builder.catalog import EXPRESSION, NAMES_FROM, NOT_ABOVE, TEMPLATE_JSON_SCHEMA, UNIQUE_KEYS
 
 INPUTS = {"n": {"type": "integer", "default": 2}, "items": {"type": "array", "default": [1, 2]}}
 """The run inputs a generated canvas declares, which its templates read."""
@@ -128,7 +128,10 @@ class _Generator:
             return out
 
         not_above = schema.get(NOT_ABOVE, {})
-        return draw_object().filter(lambda value: _within(value, not_above, properties))
+        names_from = schema.get(NAMES_FROM, {})
+        return draw_object().filter(
+            lambda value: _within(value, not_above, properties) and names_known(value, names_from)
+        )
 
 
 def _key(name: str) -> Any:
@@ -142,5 +145,18 @@ def _within(value: dict[str, Any], not_above: dict[str, str], properties: dict[s
         size = len(size) if isinstance(size, list) else size
         limit = value.get(other, properties.get(other, {}).get("default"))
         if isinstance(size, int) and isinstance(limit, int) and size > limit:
+            return False
+    return True
+
+
+def names_known(value: dict[str, Any], names_from: dict[str, list[str]]) -> bool:
+    """The ``x-names-from`` rule: every name of ``field`` is a key of an item of ``array``."""
+    for field, (array, *keys) in names_from.items():
+        known: set[str] = set()
+        for item in value.get(array) or []:
+            for key in keys:
+                found = item.get(key) if isinstance(item, dict) else None
+                known |= {found} if isinstance(found, str) else {n for n in found or () if isinstance(n, str)}
+        if not set(value.get(field) or ()) <= known:
             return False
     return True

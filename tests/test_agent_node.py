@@ -267,11 +267,12 @@ def test_the_bundled_agent_examples_compile(name: str) -> None:
     assert result.ok, [str(i) for i in result.errors]
 
 
-def test_fields_this_version_does_not_honour_are_refused_not_ignored(model: ToolModel) -> None:
-    refused = compile_canvas(agent_canvas(model, "m", [], credential="openai"), build_registry())
+def test_a_key_source_is_one_of_credential_and_api_key_secret(model: ToolModel) -> None:
+    refused = compile_canvas(
+        agent_canvas(model, "m", [], credential="openai", api_key_secret="OPENAI"), build_registry()
+    )
     assert not refused.ok
-    message = str(refused.errors[0])
-    assert "credential: not supported by this version of the agent node" in message, message
+    assert "credential" in str(refused.errors[0]) and "api_key_secret" in str(refused.errors[0])
 
 
 def test_require_approval_names_tools_of_the_agent(model: ToolModel) -> None:

@@ -19,13 +19,13 @@ from jsonschema import Draft202012Validator
 
 from api.app import create_app
 from api.settings import ApiSettings
-from builder.catalog import NOT_ABOVE, UNIQUE_KEYS
+from builder.catalog import NAMES_FROM, NOT_ABOVE, UNIQUE_KEYS
 from builder.compiler import compile_canvas
 from builder.schema import canvas_json_schema
 from node_handlers.catalog import CATEGORIES, NodeTypeCatalog
 from node_handlers.registry import build_registry
 from node_handlers.settings import HandlerSettings
-from tests.json_schema_strategy import INPUTS, instances
+from tests.json_schema_strategy import INPUTS, instances, names_known
 from tests.support import TEST_HANDLERS
 
 KEY = "catalog-key"
@@ -261,7 +261,7 @@ REFUSED = [
 
 
 def catalog_refuses(schema: dict[str, Any], data: dict[str, Any]) -> bool:
-    """The schema refuses ``data``, its annotations (x-unique-keys, x-not-above) included."""
+    """The schema refuses ``data``, its annotations (x-unique-keys, x-not-above, x-names-from) included."""
     if not Draft202012Validator(schema).is_valid(data):
         return True
     for name, field in schema.get("properties", {}).items():
@@ -275,7 +275,7 @@ def catalog_refuses(schema: dict[str, Any], data: dict[str, Any]) -> bool:
         limit = data.get(other, schema["properties"][other].get("default"))
         if isinstance(size, int) and size > limit:
             return True
-    return False
+    return not names_known(data, schema.get(NAMES_FROM, {}))
 
 
 @pytest.mark.parametrize(("node_type", "data"), REFUSED, ids=[f"{t}-{i}" for i, (t, _) in enumerate(REFUSED)])
