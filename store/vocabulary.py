@@ -64,6 +64,8 @@ class EventType(StrEnum):
     NODE_PAUSED = "node:paused"
     STREAM_CHUNK = "stream:chunk"
     STREAM_DONE = "stream:done"
+    LOG_LINES = "log:lines"
+    """What a node printed (a code node's ``print``/``console.log``), after it ran."""
 
 
 FINAL_RUN_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
