@@ -9,9 +9,9 @@ libraries, read-only), the operator's allowed package directories (read-only), a
 sets the limits before the interpreter starts: address space (memory), CPU seconds,
 processes and threads, file size, open files. The worker kills the process at the wall-clock
 deadline and when its output passes the limit; the PID namespace dies with its first
-process, so nothing the code started survives it. A worker running as root starts the
-sandbox as an unprivileged user (``code_sandbox_uid``): the kernel does not apply the process
-limit to root.
+process, so nothing the code started survives it. The network namespace has only a loopback
+of its own (nothing listens there). A worker running as root starts the sandbox as an
+unprivileged user (``code_sandbox_uid``): the kernel does not apply the process limit to root.
 
 Nothing is reused: no state passes from one execution to the next, or between owners.
 """
@@ -93,7 +93,8 @@ class CodeSandbox:
         self._spares: dict[asyncio.AbstractEventLoop, list[asyncio.subprocess.Process]] = {}
         """Spare Python sandboxes by event loop (a process's pipes belong to the loop that started it)."""
         self._starting: dict[asyncio.AbstractEventLoop, int] = {}
-        self._refills: set[asyncio.Task[None]] = set()
+        self._refills: set[asyncio.Future[None]] = set()
+        self._closing = False
 
     @property
     def enabled(self) -> bool:
@@ -191,6 +192,8 @@ class CodeSandbox:
             "/proc",
             "--dev",
             "/dev",
+            "--remount-ro",  # a tmpfs too: writable, it would hold files beyond the scratch size
+            "/dev",
             "--size",
             str(self.settings.code_scratch_mb * 1024 * 1024),
             "--tmpfs",
@@ -259,7 +262,7 @@ class CodeSandbox:
 
     def _spare(self, limits: SandboxLimits) -> _Started | None:
         """A spare Python sandbox of this event loop, if one is ready; starts its replacement."""
-        if not self.enabled or self.settings.code_warm_pool == 0:
+        if not self.enabled or self.settings.code_warm_pool == 0 or self._closing:
             return None
         loop = asyncio.get_running_loop()
         spares = self._spares.setdefault(loop, [])
@@ -274,7 +277,7 @@ class CodeSandbox:
 
     async def _refill(self, loop: asyncio.AbstractEventLoop, limits: SandboxLimits) -> None:
         spares = self._spares.setdefault(loop, [])
-        while len(spares) + self._starting.get(loop, 0) < self.settings.code_warm_pool:
+        while not self._closing and len(spares) + self._starting.get(loop, 0) < self.settings.code_warm_pool:
             self._starting[loop] = self._starting.get(loop, 0) + 1
             try:
                 started = await self._start("python", limits)
@@ -287,8 +290,8 @@ class CodeSandbox:
     async def close(self) -> None:
         """Kill the spares of the running event loop: call it before that loop ends."""
         loop = asyncio.get_running_loop()
-        for refill in list(self._refills):
-            refill.cancel()
+        self._closing = True
+        # Not cancelled: a process being started would be lost; it is killed below instead.
         await asyncio.gather(*self._refills, return_exceptions=True)
         for process in self._spares.pop(loop, []):
             await self._kill(process)

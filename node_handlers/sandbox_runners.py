@@ -83,6 +83,9 @@ JAVASCRIPT_RUNNER = r"""
 const fs = require("fs");
 const vm = require("vm");
 const MARKER = MARKER_VALUE;
+// Blocking, so that a loop printing without end fills the pipe (and meets the output limit)
+// instead of Node.js's memory.
+if (process.stdout._handle && process.stdout._handle.setBlocking) process.stdout._handle.setBlocking(true);
 const toLog = (...args) => console.log(...args);
 console.error = toLog; console.warn = toLog; console.info = toLog; console.debug = toLog;
 process.stderr.write = process.stdout.write.bind(process.stdout);
@@ -90,11 +93,49 @@ function lineOf(error) {
   const found = /<code>:(\d+)/.exec(String(error && error.stack));
   return found ? Number(found[1]) : null;
 }
+let finished = false;
+function write(text) {
+  // Node.js makes its stdio pipes non-blocking: a long result is written in parts.
+  const data = Buffer.from(text);
+  let offset = 0;
+  while (offset < data.length) {
+    try { offset += fs.writeSync(2, data, offset); }
+    catch (error) { if (error.code !== "EAGAIN") throw error; }
+  }
+}
 function finish(payload) {
-  fs.writeSync(2, MARKER + JSON.stringify(payload) + "\n");
+  if (!finished) write(MARKER + JSON.stringify(payload) + "\n");
+  finished = true;
+}
+function fail(error) {
+  const isError = error instanceof Error;
+  if (isError && error.stack) console.log(error.stack);
+  finish({
+    ok: false,
+    type: isError ? error.name : typeof error,
+    message: String(isError ? error.message : error).slice(0, 2000),
+    // a parse error found at the line the runner appends is one of the code's last line
+    line: lineOf(error) === null ? null : Math.min(lineOf(error), codeLines),
+  });
+}
+let codeLines = 1;
+// An error thrown in a callback or a promise nobody awaits ends the execution too.
+process.on("uncaughtException", (error) => { fail(error); process.exit(0); });
+process.on("unhandledRejection", (error) => { fail(error); process.exit(0); });
+function readRequest() {
+  const parts = [];
+  const buffer = Buffer.alloc(65536);
+  for (;;) {
+    let size;
+    try { size = fs.readSync(0, buffer, 0, buffer.length, null); }
+    catch (error) { if (error.code === "EAGAIN") continue; throw error; }
+    if (size === 0) return Buffer.concat(parts).toString("utf8");
+    parts.push(Buffer.from(buffer.subarray(0, size)));
+  }
 }
 async function run() {
-  const request = JSON.parse(fs.readFileSync(0, "utf8"));
+  const request = JSON.parse(readRequest());
+  codeLines = request.code.split("\n").length;
   try {
     const body = request.code + "\n;return typeof main === 'function' ? main : undefined;";
     const load = vm.compileFunction(body, ["require", "console"], { filename: "<code>" });
@@ -104,16 +145,10 @@ async function run() {
     let text;
     try { text = JSON.stringify(output === undefined ? null : output); }
     catch (error) { throw new TypeError("main returned a value that is not JSON: " + error.message); }
-    fs.writeSync(2, MARKER + '{"ok":true,"output":' + text + "}\n");
+    if (!finished) write(MARKER + '{"ok":true,"output":' + text + "}\n");
+    finished = true;
   } catch (error) {
-    const isError = error instanceof Error;
-    if (isError && error.stack) console.log(error.stack);
-    finish({
-      ok: false,
-      type: isError ? error.name : typeof error,
-      message: String(isError ? error.message : error).slice(0, 2000),
-      line: lineOf(error),
-    });
+    fail(error);
   }
 }
 run().then(() => process.exit(0));
