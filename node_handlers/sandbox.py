@@ -33,11 +33,18 @@ from typing import Any, Literal
 from node_handlers.sandbox_runners import JAVASCRIPT_RUNNER, PYTHON_RUNNER, RESULT_MARKER
 from node_handlers.settings import HandlerSettings
 
+RESULT_MARKER_BYTES = RESULT_MARKER.encode()
+
 Language = Literal["python", "javascript"]
 
 STARTUP_ALLOWANCE_S = 1.0
 """Added to a node's ``timeout_s`` for the wall clock: starting the sandbox and the
 interpreter is not the code's time (~20-40 ms, more on a loaded machine)."""
+LOG_GRACE_S = 0.2
+"""How long the log lines may trail the result: the runner closes them before it writes the
+result, so only what a process the code left behind holds open waits this long."""
+REAP_GRACE_S = 5.0
+"""How long a sandbox may take to end by itself after its result before it is killed."""
 KILL_WAIT_S = 10.0
 """How long to wait for a killed sandbox's pipes to close (its PID namespace to die)."""
 JS_ADDRESS_SPACE_EXTRA_MB = 1024
@@ -95,6 +102,7 @@ class CodeSandbox:
         self._starting: dict[asyncio.AbstractEventLoop, int] = {}
         self._refills: set[asyncio.Future[None]] = set()
         self._closing = False
+        self._reaping: set[asyncio.Future[None]] = set()
 
     @property
     def enabled(self) -> bool:
@@ -118,12 +126,12 @@ class CodeSandbox:
         command = self._sandboxed(["/usr/bin/true"], bwrap=bwrap)
         try:
             process = await asyncio.create_subprocess_exec(
+                *self._as_user(),
                 *command,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,
                 env={},
-                **self._user(),
             )
             _, err = await asyncio.wait_for(process.communicate(), 30)
         except (OSError, TimeoutError) as exc:
@@ -133,12 +141,14 @@ class CodeSandbox:
             return f"bubblewrap could not create its namespaces: {why}"
         return None
 
-    def _user(self) -> dict[str, Any]:
-        """Root is exempt from the process limit: a root worker starts sandboxes as another user."""
+    def _as_user(self) -> list[str]:
+        """Root is exempt from the process limit: a root worker starts sandboxes as another
+        user. Through ``setpriv`` rather than subprocess's ``user=``: with it, Python forks the
+        whole worker instead of using vfork, which blocks the event loop for ~10-30 ms."""
         if os.geteuid() != 0:
-            return {}
+            return []
         uid = self.settings.code_sandbox_uid
-        return {"user": uid, "group": uid, "extra_groups": []}
+        return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
 
     def _interpreter(self, language: Language) -> str:
         return self.settings.code_python if language == "python" else self.settings.code_node
@@ -222,7 +232,7 @@ class CodeSandbox:
         inner = self._inner(language, limits)
         if self.enabled:
             bwrap = shutil.which(self.settings.code_bwrap) or self.settings.code_bwrap
-            process = await _spawn(self._sandboxed(inner, bwrap=bwrap), env={}, cwd=None, extra=self._user())
+            process = await _spawn([*self._as_user(), *self._sandboxed(inner, bwrap=bwrap)], env={}, cwd=None, extra={})
             return _Started(process, None)
         # Unsafe by the operator's choice: the limits only, as the worker's user, with its files.
         scratch = tempfile.TemporaryDirectory(prefix="flowmaestro-code-")
@@ -251,7 +261,7 @@ class CodeSandbox:
                 },
             }
         ).encode()
-        started = self._spare(limits) if language == "python" else None
+        started = self._spare() if language == "python" else None
         if started is None:
             started = await self._start(language, limits)
         try:
@@ -259,21 +269,27 @@ class CodeSandbox:
         finally:
             if started.scratch is not None:
                 started.scratch.cleanup()
+            if language == "python":
+                self._start_spares(limits)  # after the execution: starting one would slow it down
 
-    def _spare(self, limits: SandboxLimits) -> _Started | None:
-        """A spare Python sandbox of this event loop, if one is ready; starts its replacement."""
+    def _spare(self) -> _Started | None:
+        """A spare Python sandbox of this event loop, if one is ready."""
         if not self.enabled or self.settings.code_warm_pool == 0 or self._closing:
             return None
-        loop = asyncio.get_running_loop()
-        spares = self._spares.setdefault(loop, [])
-        found = None
-        while spares and found is None:
+        spares = self._spares.setdefault(asyncio.get_running_loop(), [])
+        while spares:
             candidate = spares.pop(0)
-            found = candidate if candidate.returncode is None else None
-        refill = asyncio.ensure_future(self._refill(loop, limits))
+            if candidate.returncode is None:
+                return _Started(candidate, None)
+        return None
+
+    def _start_spares(self, limits: SandboxLimits) -> None:
+        """Start spares of this event loop up to ``code_warm_pool``, in the background."""
+        if not self.enabled or self.settings.code_warm_pool == 0 or self._closing:
+            return
+        refill = asyncio.ensure_future(self._refill(asyncio.get_running_loop(), limits))
         self._refills.add(refill)
         refill.add_done_callback(self._refills.discard)
-        return None if found is None else _Started(found, None)
 
     async def _refill(self, loop: asyncio.AbstractEventLoop, limits: SandboxLimits) -> None:
         spares = self._spares.setdefault(loop, [])
@@ -292,7 +308,7 @@ class CodeSandbox:
         loop = asyncio.get_running_loop()
         self._closing = True
         # Not cancelled: a process being started would be lost; it is killed below instead.
-        await asyncio.gather(*self._refills, return_exceptions=True)
+        await asyncio.gather(*self._refills, *self._reaping, return_exceptions=True)
         for process in self._spares.pop(loop, []):
             await self._kill(process)
         for stale in [other for other in self._spares if other.is_closed()]:
@@ -302,6 +318,7 @@ class CodeSandbox:
         self, process: asyncio.subprocess.Process, request: bytes, limits: SandboxLimits
     ) -> SandboxOutcome:
         assert process.stdin is not None and process.stdout is not None and process.stderr is not None
+        out, err = bytearray(), bytearray()
         budget = [limits.max_output_bytes]
 
         async def feed() -> None:
@@ -311,31 +328,39 @@ class CodeSandbox:
                 await process.stdin.drain()
                 process.stdin.close()
 
-        async def read(stream: asyncio.StreamReader, cap: int, shared: bool) -> bytes:
-            parts: list[bytes] = []
-            size = 0
+        async def read(stream: asyncio.StreamReader, sink: bytearray, cap: int, shared: bool) -> None:
+            """Into ``sink`` until the end of the pipe or, on the result channel, a whole result."""
             while chunk := await stream.read(65536):
-                size += len(chunk)
+                sink.extend(chunk)
                 if shared:
                     budget[0] -= len(chunk)
-                if size > cap or budget[0] < 0:
+                if len(sink) > cap or budget[0] < 0:
                     raise _OutputLimit
-                parts.append(chunk)
-            return b"".join(parts)
+                if not shared and _has_result(sink):
+                    return
 
+        logs = asyncio.ensure_future(read(process.stdout, out, limits.max_output_bytes, True))
         # The result channel holds the result (up to the limit) and its marker.
-        out = asyncio.ensure_future(read(process.stdout, limits.max_output_bytes, True))
-        err = asyncio.ensure_future(read(process.stderr, limits.max_output_bytes + 4096, False))
-        tasks: list[asyncio.Future[Any]] = [
-            asyncio.ensure_future(feed()),
-            out,
-            err,
-            asyncio.ensure_future(process.wait()),
-        ]
-        work = asyncio.gather(*tasks)
+        result = asyncio.ensure_future(read(process.stderr, err, limits.max_output_bytes + 4096, False))
+        tasks: list[asyncio.Future[Any]] = [asyncio.ensure_future(feed()), logs, result]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limits.timeout_s + STARTUP_ALLOWANCE_S
         try:
-            await asyncio.wait_for(work, limits.timeout_s + STARTUP_ALLOWANCE_S)
+            while not result.done():  # the result (or the channel's end), a reader past its limit, the deadline
+                watched = {result} if logs.done() else {result, logs}
+                done, _ = await asyncio.wait(
+                    watched, timeout=max(0.0, deadline - loop.time()), return_when=asyncio.FIRST_COMPLETED
+                )
+                if not done:
+                    raise TimeoutError
+                for task in done:
+                    task.result()  # raises _OutputLimit
+            if not logs.done():  # what the code printed is in the pipe already: it ends at once
+                await asyncio.wait({logs}, timeout=max(0.0, min(LOG_GRACE_S, deadline - loop.time())))
+            if logs.done():
+                logs.result()
         except TimeoutError:
+            await _cancelled(tasks)
             await self._kill(process)
             return SandboxOutcome(
                 False, error_type="timeout", message=f"the code ran longer than its timeout_s ({limits.timeout_s:g} s)"
@@ -352,7 +377,22 @@ class CodeSandbox:
             await _cancelled(tasks)
             await self._kill(process)
             raise
-        return _outcome(process.returncode, out.result(), err.result(), limits)
+        await _cancelled(tasks)
+        # The sandbox ends by itself (its runner exits after the result); its teardown is not
+        # the node's time. A process the code left behind dies with it.
+        reaping = asyncio.ensure_future(self._reap(process))
+        self._reaping.add(reaping)
+        reaping.add_done_callback(self._reaping.discard)
+        returncode = process.returncode if _has_result(err) else await _exit_status(process)
+        return _outcome(returncode, bytes(out), bytes(err), limits)
+
+    async def _reap(self, process: asyncio.subprocess.Process) -> None:
+        try:
+            await asyncio.wait_for(asyncio.shield(process.wait()), REAP_GRACE_S)
+        except TimeoutError:
+            pass
+        finally:
+            await self._kill(process)
 
     async def _kill(self, process: asyncio.subprocess.Process) -> None:
         """Kill the sandbox; its PID namespace, and every process the code started in it, dies
@@ -380,6 +420,18 @@ class _Started:
     process: asyncio.subprocess.Process
     scratch: tempfile.TemporaryDirectory[str] | None
     """The scratch directory of an unsandboxed process (the sandbox has its own tmpfs)."""
+
+
+def _has_result(channel: bytearray | bytes) -> bool:
+    at = channel.rfind(RESULT_MARKER_BYTES)
+    return at >= 0 and channel.find(b"\n", at) >= 0
+
+
+async def _exit_status(process: asyncio.subprocess.Process) -> int | None:
+    """The exit status of a sandbox that ended without a result (a crash, a kill)."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(process.wait()), KILL_WAIT_S)
+    return process.returncode
 
 
 async def _cancelled(tasks: Sequence[asyncio.Future[Any]]) -> None:
@@ -427,6 +479,7 @@ def _log_lines(out: bytes, extra: str, cap: int) -> tuple[str, ...]:
 def _outcome(returncode: int | None, out: bytes, err: bytes, limits: SandboxLimits) -> SandboxOutcome:
     channel = err.decode("utf-8", errors="replace")
     before, marker, result = channel.rpartition(RESULT_MARKER)
+    result = result.split("\n", 1)[0]
     stray = before.strip() if marker else channel.strip()
     logs = _log_lines(out, stray, limits.max_output_bytes)
     if marker:

@@ -71,9 +71,17 @@ def _run():
         if not isinstance(exc, MemoryError):
             traceback.print_exc()
         text = json.dumps({"ok": False, "type": type(exc).__name__, "message": str(exc)[:2000], "line": _line_of(exc)})
-    sys.stdout.flush()
+    try:
+        sys.stdout.flush()
+    except BaseException:
+        pass
+    # The log lines end before the result: the worker has both once the result is there,
+    # even if the code left processes of its own behind (they die with the sandbox).
+    os.close(1)
+    os.close(2)
     result.write(MARKER + text + "\n")
     result.flush()
+    os._exit(0)
 
 _run()
 """.replace("MARKER", repr(RESULT_MARKER))
@@ -103,20 +111,23 @@ function write(text) {
     catch (error) { if (error.code !== "EAGAIN") throw error; }
   }
 }
-function finish(payload) {
-  if (!finished) write(MARKER + JSON.stringify(payload) + "\n");
+function finish(text) {
+  if (finished) return;
   finished = true;
+  // The log lines end before the result: the worker has both once the result is there.
+  try { fs.closeSync(1); } catch (error) { /* already closed */ }
+  write(MARKER + text + "\n");
 }
 function fail(error) {
   const isError = error instanceof Error;
   if (isError && error.stack) console.log(error.stack);
-  finish({
+  finish(JSON.stringify({
     ok: false,
     type: isError ? error.name : typeof error,
     message: String(isError ? error.message : error).slice(0, 2000),
     // a parse error found at the line the runner appends is one of the code's last line
     line: lineOf(error) === null ? null : Math.min(lineOf(error), codeLines),
-  });
+  }));
 }
 let codeLines = 1;
 // An error thrown in a callback or a promise nobody awaits ends the execution too.
@@ -145,8 +156,7 @@ async function run() {
     let text;
     try { text = JSON.stringify(output === undefined ? null : output); }
     catch (error) { throw new TypeError("main returned a value that is not JSON: " + error.message); }
-    if (!finished) write(MARKER + '{"ok":true,"output":' + text + "}\n");
-    finished = true;
+    finish('{"ok":true,"output":' + text + "}");
   } catch (error) {
     fail(error);
   }
