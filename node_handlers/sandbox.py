@@ -26,7 +26,7 @@ import os
 import shutil
 import signal
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -287,9 +287,18 @@ class CodeSandbox:
         """Start spares of this event loop up to ``code_warm_pool``, in the background."""
         if not self.enabled or self.settings.code_warm_pool == 0 or self._closing:
             return
+        self._drop_spares(lambda other: other.is_closed())
         refill = asyncio.ensure_future(self._refill(asyncio.get_running_loop(), limits))
         self._refills.add(refill)
         refill.add_done_callback(self._refills.discard)
+
+    def _drop_spares(self, which: Callable[[asyncio.AbstractEventLoop], bool]) -> None:
+        """Kill the spares of the event loops ``which`` selects (loops that ended: their pipes
+        can no longer be used), without waiting: they have run nothing."""
+        for loop in [other for other in self._spares if which(other)]:
+            for process in self._spares.pop(loop):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGKILL)
 
     async def _refill(self, loop: asyncio.AbstractEventLoop, limits: SandboxLimits) -> None:
         spares = self._spares.setdefault(loop, [])
@@ -311,8 +320,7 @@ class CodeSandbox:
         await asyncio.gather(*self._refills, *self._reaping, return_exceptions=True)
         for process in self._spares.pop(loop, []):
             await self._kill(process)
-        for stale in [other for other in self._spares if other.is_closed()]:
-            del self._spares[stale]
+        self._drop_spares(lambda other: True)
 
     async def _execute(
         self, process: asyncio.subprocess.Process, request: bytes, limits: SandboxLimits

@@ -19,7 +19,7 @@ from node_handlers.registry import HandlerRegistry, builtin_handlers
 from node_handlers.services import HandlerServices
 from node_handlers.settings import HandlerSettings
 from tests.code_support import run_code, sandbox_processes
-from tests.support import canvas, node
+from tests.support import canvas, eventually, node
 
 SECRET = "code-test-secret-7f3a9c"
 SLOW = pytest.mark.services
@@ -174,6 +174,47 @@ async def test_a_failing_code_node_takes_its_error_edge(services):
     assert result["nodes"]["fallback"]["output"] == "handled"
     assert result["nodes"]["risky"]["error"]["type"] == "Error"
     assert "boom" in result["nodes"]["risky"]["error"]["message"]
+
+
+@SLOW
+async def test_a_timeout_is_retried_and_a_node_timeout_kills_the_sandbox(services):
+    spin = "def main(i):\n    while True:\n        pass"
+    raw = canvas(
+        [
+            node("start", "start"),
+            node(
+                "retried",
+                "code",
+                data={"language": "python", "code": spin, "timeout_s": 0.5},
+                retry={"max_attempts": 2, "initial_delay_s": 0, "retry_on": ["timeout"]},
+            ),
+            node(
+                "cut",
+                "code",
+                data={"language": "javascript", "code": "function main() { for (;;) {} }", "timeout_s": 30},
+                timeout_s=1,
+            ),
+            node("after_retried", data={"output": "ok"}),
+            node("after_cut", data={"output": "ok"}),
+        ],
+        [("start", "retried"), ("start", "cut"), ("retried", "after_retried", "error"), ("cut", "after_cut", "error")],
+    )
+    started = time.monotonic()
+    result, events = await _run_canvas(raw, services)
+    assert result["status"] == "completed", result
+    retried, cut = result["nodes"]["retried"], result["nodes"]["cut"]
+    assert retried["error"]["type"] == "timeout" and retried["attempts"] == 2, retried
+    assert [e.data["attempt"] for e in events if e.type == "node:retrying" and e.node_id == "retried"] == [1]
+    assert cut["error"]["type"] == "Timeout" and "timed out after 1 s" in cut["error"]["message"], cut
+    assert time.monotonic() - started < 20  # the node's 1 s, not the code's 30 s
+    # JavaScript sandboxes are not pooled: the one cut short is gone; Python's left are the spares.
+    spares = services.settings.code_warm_pool
+
+    async def only_spares() -> bool:
+        names = [name for _, name in sandbox_processes()]
+        return "node" not in names and names.count("python3") <= spares
+
+    await eventually(only_spares, timeout=15, what="the sandbox cut short ends")
 
 
 async def test_limits_above_the_installation_s_are_refused(services):
