@@ -47,6 +47,9 @@ REAP_GRACE_S = 5.0
 """How long a sandbox may take to end by itself after its result before it is killed."""
 KILL_WAIT_S = 10.0
 """How long to wait for a killed sandbox's pipes to close (its PID namespace to die)."""
+POOLED_JS_MEMORY_MB = 256
+"""JavaScript spares are started with this heap limit (a node's default ``memory_mb``): its
+limit is a command-line flag, so a node asking for another starts a sandbox of its own."""
 JS_ADDRESS_SPACE_EXTRA_MB = 1024
 """V8 reserves address space it does not use (Node.js does not start under ~1 GB): for
 JavaScript ``memory_mb`` bounds the heap and this much more bounds the address space."""
@@ -89,17 +92,18 @@ def _split(paths: str) -> list[str]:
 class CodeSandbox:
     """Runs code nodes with one installation's settings. It keeps nothing between
     executions but whether the sandbox could be set up on this machine (probed once) and,
-    for Python, a few spare processes started ahead (``code_warm_pool``): each serves one
-    execution, and has run nothing before it."""
+    a few spare processes per language started ahead (``code_warm_pool``; for JavaScript,
+    with the default heap): each serves one execution, and has run nothing before it."""
 
     def __init__(self, settings: HandlerSettings):
         self.settings = settings
         self._problem: str | None = None
         self._probed = False
         self._probe_lock = asyncio.Lock()
-        self._spares: dict[asyncio.AbstractEventLoop, list[asyncio.subprocess.Process]] = {}
-        """Spare Python sandboxes by event loop (a process's pipes belong to the loop that started it)."""
-        self._starting: dict[asyncio.AbstractEventLoop, int] = {}
+        self._spares: dict[_PoolKey, list[asyncio.subprocess.Process]] = {}
+        """Spare sandboxes by event loop (a process's pipes belong to the loop that started it)
+        and kind: Python's, or JavaScript's with the default heap (its limit is a flag)."""
+        self._starting: dict[_PoolKey, int] = {}
         self._refills: set[asyncio.Future[None]] = set()
         self._closing = False
         self._reaping: set[asyncio.Future[None]] = set()
@@ -154,13 +158,14 @@ class CodeSandbox:
         return self.settings.code_python if language == "python" else self.settings.code_node
 
     def _inner(self, language: Language, limits: SandboxLimits) -> list[str]:
-        """The interpreter under its limits. Python's are the installation's largest (a spare
-        is started before its node is known): the runner lowers them to the node's."""
+        """The interpreter under its limits, the installation's largest (a spare is started
+        before its node is known): Python's runner lowers them to the node's; for JavaScript
+        the heap and address space are the node's, and its wall clock bounds its CPU time."""
+        outer = self._largest(limits)
         if language == "python":
-            outer = self._largest(limits)
             return [*_prlimit(outer, outer.memory_mb), self.settings.code_python, "-I", "-S", "-B", "-c", PYTHON_RUNNER]
         return [
-            *_prlimit(limits, limits.memory_mb + JS_ADDRESS_SPACE_EXTRA_MB),
+            *_prlimit(outer, limits.memory_mb + JS_ADDRESS_SPACE_EXTRA_MB),
             self.settings.code_node,
             f"--max-old-space-size={limits.memory_mb}",
             "-e",
@@ -261,7 +266,8 @@ class CodeSandbox:
                 },
             }
         ).encode()
-        started = self._spare() if language == "python" else None
+        pooled = self._pooled(language, limits)
+        started = self._spare(language) if pooled else None
         if started is None:
             started = await self._start(language, limits)
         try:
@@ -269,47 +275,56 @@ class CodeSandbox:
         finally:
             if started.scratch is not None:
                 started.scratch.cleanup()
-            if language == "python":
-                self._start_spares(limits)  # after the execution: starting one would slow it down
+            if pooled:  # after the execution: starting one during it would slow it down
+                self._start_spares(language, limits)
 
-    def _spare(self) -> _Started | None:
-        """A spare Python sandbox of this event loop, if one is ready."""
+    def _pooled(self, language: Language, limits: SandboxLimits) -> bool:
+        """Whether executions like this one have spares: every Python one, JavaScript ones
+        with the default heap."""
         if not self.enabled or self.settings.code_warm_pool == 0 or self._closing:
-            return None
-        spares = self._spares.setdefault(asyncio.get_running_loop(), [])
+            return False
+        return language == "python" or limits.memory_mb == POOLED_JS_MEMORY_MB
+
+    def spare_pids(self) -> frozenset[int]:
+        """The process ids of the spares waiting now (what tests tell apart from leftovers)."""
+        return frozenset(process.pid for spares in self._spares.values() for process in spares)
+
+    def _spare(self, language: Language) -> _Started | None:
+        """A spare sandbox of this event loop for ``language``, if one is there."""
+        spares = self._spares.setdefault((asyncio.get_running_loop(), language), [])
         while spares:
             candidate = spares.pop(0)
             if candidate.returncode is None:
                 return _Started(candidate, None)
         return None
 
-    def _start_spares(self, limits: SandboxLimits) -> None:
+    def _start_spares(self, language: Language, limits: SandboxLimits) -> None:
         """Start spares of this event loop up to ``code_warm_pool``, in the background."""
-        if not self.enabled or self.settings.code_warm_pool == 0 or self._closing:
+        if self._closing:
             return
         self._drop_spares(lambda other: other.is_closed())
-        refill = asyncio.ensure_future(self._refill(asyncio.get_running_loop(), limits))
+        refill = asyncio.ensure_future(self._refill((asyncio.get_running_loop(), language), limits))
         self._refills.add(refill)
         refill.add_done_callback(self._refills.discard)
 
     def _drop_spares(self, which: Callable[[asyncio.AbstractEventLoop], bool]) -> None:
         """Kill the spares of the event loops ``which`` selects (loops that ended: their pipes
         can no longer be used), without waiting: they have run nothing."""
-        for loop in [other for other in self._spares if which(other)]:
-            for process in self._spares.pop(loop):
+        for key in [key for key in self._spares if which(key[0])]:
+            for process in self._spares.pop(key):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(process.pid, signal.SIGKILL)
 
-    async def _refill(self, loop: asyncio.AbstractEventLoop, limits: SandboxLimits) -> None:
-        spares = self._spares.setdefault(loop, [])
-        while not self._closing and len(spares) + self._starting.get(loop, 0) < self.settings.code_warm_pool:
-            self._starting[loop] = self._starting.get(loop, 0) + 1
+    async def _refill(self, key: _PoolKey, limits: SandboxLimits) -> None:
+        spares = self._spares.setdefault(key, [])
+        while not self._closing and len(spares) + self._starting.get(key, 0) < self.settings.code_warm_pool:
+            self._starting[key] = self._starting.get(key, 0) + 1
             try:
-                started = await self._start("python", limits)
+                started = await self._start(key[1], limits)
             except OSError:
                 return  # the next execution starts its own, and says what is wrong
             finally:
-                self._starting[loop] -= 1
+                self._starting[key] -= 1
             spares.append(started.process)
 
     async def close(self) -> None:
@@ -318,8 +333,9 @@ class CodeSandbox:
         self._closing = True
         # Not cancelled: a process being started would be lost; it is killed below instead.
         await asyncio.gather(*self._refills, *self._reaping, return_exceptions=True)
-        for process in self._spares.pop(loop, []):
-            await self._kill(process)
+        for key in [key for key in self._spares if key[0] is loop]:
+            for process in self._spares.pop(key):
+                await self._kill(process)
         self._drop_spares(lambda other: True)
 
     async def _execute(
@@ -421,6 +437,9 @@ class CodeSandbox:
             await asyncio.wait_for(
                 asyncio.gather(drain(process.stdout), drain(process.stderr), process.wait()), KILL_WAIT_S
             )
+
+
+_PoolKey = tuple[asyncio.AbstractEventLoop, Language]
 
 
 @dataclass(frozen=True)

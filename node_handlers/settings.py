@@ -134,8 +134,8 @@ class HandlerSettings(StoreSettings):
         2,
         ge=0,
         le=64,
-        description="Python sandboxes each worker process keeps started ahead, each for one execution "
-        "(0: start one per execution, ~30 ms more).",
+        description="Sandboxes per language each worker process keeps started ahead, each for one "
+        "execution (JavaScript: for nodes with the default memory_mb); 0: one started per execution.",
     )
     code_scratch_mb: int = Field(16, ge=1, description="Size of a code node's scratch directory (/tmp).")
     code_sandbox_uid: int = Field(

@@ -79,6 +79,12 @@ def descendants(root: int | None = None) -> list[tuple[int, str]]:
     return below
 
 
-def sandbox_processes() -> list[tuple[int, str]]:
-    """Descendants of this process that are sandboxes or started inside one."""
-    return [(pid, name) for pid, name in descendants() if name in {"bwrap", "python3", "node", "prlimit", "sh"}]
+SANDBOX_NAMES = frozenset({"bwrap", "python3", "node", "prlimit", "setpriv", "sh"})
+
+
+def sandbox_processes(*spare_owners: HandlerServices) -> list[tuple[int, str]]:
+    """Descendants of this process that are sandboxes or started inside one, but the spares
+    (and what runs in them) of ``spare_owners``' warm pools."""
+    spares = {pid for owner in spare_owners for pid in owner.code_sandbox.spare_pids()}
+    inside = {pid for spare in spares for pid, _ in descendants(spare)}
+    return [(pid, name) for pid, name in descendants() if name in SANDBOX_NAMES and pid not in spares | inside]

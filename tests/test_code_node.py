@@ -19,7 +19,7 @@ from node_handlers.registry import HandlerRegistry, builtin_handlers
 from node_handlers.services import HandlerServices
 from node_handlers.settings import HandlerSettings
 from tests.code_support import run_code, sandbox_processes
-from tests.support import canvas, eventually, node
+from tests.support import canvas, node
 
 SECRET = "code-test-secret-7f3a9c"
 SLOW = pytest.mark.services
@@ -39,10 +39,10 @@ async def services():
     assert await _no_sandbox_left(), f"sandbox processes left behind: {sandbox_processes()}"
 
 
-async def _no_sandbox_left(timeout: float = 15.0, besides: frozenset[int] = frozenset()) -> bool:
-    """No sandbox process is left (but ``besides``: another one's spares), within ``timeout``."""
+async def _no_sandbox_left(*spare_owners: HandlerServices, timeout: float = 15.0) -> bool:
+    """No sandbox process is left (but the spares of ``spare_owners``), within ``timeout``."""
     deadline = time.monotonic() + timeout
-    while [pid for pid, _ in sandbox_processes() if pid not in besides]:
+    while sandbox_processes(*spare_owners):
         if time.monotonic() > deadline:
             return False
         await asyncio.sleep(0.1)
@@ -178,6 +178,7 @@ async def test_a_failing_code_node_takes_its_error_edge(services):
 
 @SLOW
 async def test_a_timeout_is_retried_and_a_node_timeout_kills_the_sandbox(services):
+    own = HandlerServices(HandlerSettings(code_warm_pool=0))  # no spare: every sandbox left is one too many
     spin = "def main(i):\n    while True:\n        pass"
     raw = canvas(
         [
@@ -200,21 +201,17 @@ async def test_a_timeout_is_retried_and_a_node_timeout_kills_the_sandbox(service
         [("start", "retried"), ("start", "cut"), ("retried", "after_retried", "error"), ("cut", "after_cut", "error")],
     )
     started = time.monotonic()
-    result, events = await _run_canvas(raw, services)
+    try:
+        result, events = await _run_canvas(raw, own)
+        assert await _no_sandbox_left(services), f"left behind: {sandbox_processes(services)}"
+    finally:
+        await own.close()
     assert result["status"] == "completed", result
     retried, cut = result["nodes"]["retried"], result["nodes"]["cut"]
     assert retried["error"]["type"] == "timeout" and retried["attempts"] == 2, retried
     assert [e.data["attempt"] for e in events if e.type == "node:retrying" and e.node_id == "retried"] == [1]
     assert cut["error"]["type"] == "Timeout" and "timed out after 1 s" in cut["error"]["message"], cut
     assert time.monotonic() - started < 20  # the node's 1 s, not the code's 30 s
-    # JavaScript sandboxes are not pooled: the one cut short is gone; Python's left are the spares.
-    spares = services.settings.code_warm_pool
-
-    async def only_spares() -> bool:
-        names = [name for _, name in sandbox_processes()]
-        return "node" not in names and names.count("python3") <= spares
-
-    await eventually(only_spares, timeout=15, what="the sandbox cut short ends")
 
 
 async def test_limits_above_the_installation_s_are_refused(services):
@@ -573,7 +570,7 @@ async def test_child_process_tricks_stay_inside(services, listener):
 
 
 @SLOW
-async def test_200_code_nodes_in_a_parallel_of_20_leave_no_process_behind():
+async def test_200_code_nodes_in_a_parallel_of_20_leave_no_process_behind(services):
     own = HandlerServices(HandlerSettings())
     code = "def main(inputs):\n    return inputs['item'] * 2"
     raw = canvas(
@@ -589,13 +586,12 @@ async def test_200_code_nodes_in_a_parallel_of_20_leave_no_process_behind():
         ],
         [("start", "par")],
     )
-    before = frozenset(pid for pid, _ in sandbox_processes())  # the module's spares
     peak = 0
 
     async def watch() -> None:
         nonlocal peak
         while True:
-            peak = max(peak, sum(1 for pid, name in sandbox_processes() if name == "bwrap" and pid not in before))
+            peak = max(peak, sum(1 for _, name in sandbox_processes(services) if name == "bwrap"))
             await asyncio.sleep(0.05)
 
     watcher = asyncio.ensure_future(watch())
@@ -608,4 +604,4 @@ async def test_200_code_nodes_in_a_parallel_of_20_leave_no_process_behind():
     assert result["nodes"]["par"]["output"]["results"] == [index * 2 for index in range(200)]
     # Each sandbox is two bwrap processes (its parent, the PID namespace's first); spares add 2 each.
     assert 0 < peak <= 2 * (20 + own.settings.code_warm_pool)
-    assert await _no_sandbox_left(besides=before), f"left behind: {sandbox_processes()}"
+    assert await _no_sandbox_left(services), f"left behind: {sandbox_processes(services)}"
