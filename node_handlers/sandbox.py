@@ -427,6 +427,9 @@ class CodeSandbox:
             else:
                 os.killpg(process.pid, signal.SIGKILL)
 
+        if process.stdin is not None:  # a spare's is still open: its transport would outlive the loop
+            process.stdin.close()
+
         async def drain(stream: asyncio.StreamReader | None) -> None:
             # A stream nobody reads stops at its buffer's limit and never sees the end of
             # the pipe: asyncio's wait() would never return.
@@ -496,7 +499,7 @@ def _prlimit(limits: SandboxLimits, address_mb: int) -> list[str]:
     ]
 
 
-def _log_lines(out: bytes, extra: str, cap: int) -> tuple[str, ...]:
+def _log_lines(out: bytes, extra: str) -> tuple[str, ...]:
     text = out.decode("utf-8", errors="replace")
     if extra:
         text = text + ("" if not text or text.endswith("\n") else "\n") + extra
@@ -508,7 +511,7 @@ def _outcome(returncode: int | None, out: bytes, err: bytes, limits: SandboxLimi
     before, marker, result = channel.rpartition(RESULT_MARKER)
     result = result.split("\n", 1)[0]
     stray = before.strip() if marker else channel.strip()
-    logs = _log_lines(out, stray, limits.max_output_bytes)
+    logs = _log_lines(out, stray)
     if marker:
         try:
             payload = json.loads(result)

@@ -137,6 +137,7 @@ async def _run_canvas(raw, services, inputs=None):
 async def test_in_a_run_inputs_are_templates_and_code_is_taken_as_written(services):
     code = (
         "def main(inputs):\n"
+        "    # {% not jinja either\n"
         "    print('{{ not a template }}')\n"
         "    return {'sum': sum(inputs['values']), 'text': '{{ x }}'}"
     )
