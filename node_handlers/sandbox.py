@@ -1,19 +1,21 @@
 """The OS sandbox of code nodes: one fresh process per execution, in namespaces of its own.
 
 Each execution is a new ``bwrap`` (bubblewrap) process: new user, PID, network, IPC, UTS and
-cgroup namespaces, all capabilities dropped, no network but an unconfigured loopback, a
-root of its own that is read-only and holds only ``/usr`` (the interpreter and its
-libraries, read-only), the operator's allowed package directories (read-only), a fresh
-``/proc`` of its PID namespace, a minimal ``/dev`` and a small tmpfs scratch directory
-``/tmp``. The environment is empty but ``PATH``, ``HOME`` and ``LANG``. Inside, ``prlimit``
-sets the limits before the interpreter starts: address space (memory), CPU seconds,
-processes and threads, file size, open files. The worker kills the process at the wall-clock
-deadline and when its output passes the limit; the PID namespace dies with its first
-process, so nothing the code started survives it. The network namespace has only a loopback
-of its own (nothing listens there). A worker running as root starts the sandbox as an
-unprivileged user (``code_sandbox_uid``): the kernel does not apply the process limit to root.
+cgroup namespaces, all capabilities dropped, a network of nothing but a loopback of its own
+(nothing listens there), a root of its own that is read-only and holds only ``/usr`` (the
+interpreter and its libraries), the operator's allowed package directories (read-only), a
+fresh ``/proc`` of its PID namespace, a minimal read-only ``/dev`` and a small tmpfs scratch
+directory ``/tmp``. The environment is empty but ``PATH``, ``HOME`` and ``LANG``. Inside,
+``prlimit`` sets the limits before the interpreter starts (address space, CPU seconds,
+processes and threads, file size, open files), the installation's largest; Python's runner
+lowers them to the node's before the code runs. The worker kills the sandbox at the
+wall-clock deadline and when its output passes the limit; the PID namespace dies with its
+first process, so nothing the code started survives it. A worker running as root starts the
+sandbox as an unprivileged user (``code_sandbox_uid``): the kernel does not apply the process
+limit to root.
 
-Nothing is reused: no state passes from one execution to the next, or between owners.
+Nothing is reused: a sandbox serves one execution. A few are started ahead (the warm pool):
+they have run nothing when they get their request.
 """
 
 from __future__ import annotations
