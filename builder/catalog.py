@@ -191,6 +191,8 @@ class NodeTypeSpec:
     own_scope_keys: frozenset[str] = frozenset()
     """Keys of a container's ``data`` evaluated inside its own iteration (a loop's
     ``condition`` sees ``loop.*`` of that loop); the rest is evaluated before it starts."""
+    literal_keys: frozenset[str] = frozenset()
+    """Keys in ``data`` taken as written: not templates (a code node's ``code``)."""
     terminal: bool = False
     """True for ``end``: offers no handles, marks a result."""
 

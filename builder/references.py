@@ -43,7 +43,7 @@ def check_references(draft: Draft, limits: CompileLimits = CompileLimits(), dead
             continue
         spec = specs[node_id]
         own_keys = spec.own_scope_keys
-        data = node.data
+        data = {k: v for k, v in node.data.items() if k not in spec.literal_keys}
         found: set[str] = set()  # targets checked and fine (strings of a node often share them)
         if own_keys and not own_keys.isdisjoint(data):
             outer_data = {k: v for k, v in data.items() if k not in own_keys}

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import os
 import signal
 import socket
@@ -556,6 +557,11 @@ async def serve_worker(
     await upgrade_schema(url)  # a no-op when the API (or another worker) already did it
     async with worker_context(url, beating_pool=settings.work_pool) as context:
         assert context.cancellations is not None and isinstance(context.store, SqlRunStore)
+        if context.services is not None and context.services.settings.code_sandbox == "off":
+            logging.getLogger(__name__).warning(
+                "FLOWMAESTRO_CODE_SANDBOX=off: code nodes run unsandboxed, with this worker's user, files "
+                "and network. UNSAFE unless every canvas this worker runs is trusted (docs/code.md)"
+            )
         await run_worker(
             workflow_flow(context),
             pool=settings.work_pool,

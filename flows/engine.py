@@ -532,7 +532,9 @@ class Execution:
     def resolve_config(
         self, node: PlanNode, handler: NodeHandler, frame: Frame, skip_keys: frozenset[str] = frozenset()
     ) -> Any:
-        """Resolve the node's templates and validate the result with the handler's schema."""
+        """Resolve the node's templates and validate the result with the handler's schema.
+        ``skip_keys`` and the handler's ``literal_keys`` are taken as written."""
+        skip_keys = skip_keys | handler.literal_keys
         data = {k: v for k, v in node.data.items() if k not in skip_keys}
         try:
             resolved = render_value(

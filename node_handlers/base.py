@@ -223,6 +223,8 @@ class NodeHandler:
     cacheable: ClassVar[bool] = True
     expression_keys: ClassVar[frozenset[str]] = frozenset()
     own_scope_keys: ClassVar[frozenset[str]] = frozenset()
+    literal_keys: ClassVar[frozenset[str]] = frozenset()
+    """Keys of ``data`` taken as written, never rendered as templates (a code node's ``code``)."""
     container: ClassVar[str | None] = None
     terminal: ClassVar[bool] = False
     control: ClassVar[bool] = False
@@ -294,5 +296,6 @@ class NodeHandler:
             cacheable=self.cacheable,
             expression_keys=self.expression_keys,
             own_scope_keys=self.own_scope_keys,
+            literal_keys=self.literal_keys,
             terminal=self.terminal,
         )

@@ -51,11 +51,11 @@ class HandlerRegistry:
 def builtin_handlers(settings: HandlerSettings | None = None) -> list[NodeHandler]:
     """The built-in handlers, with the installation's settings the compiler applies (the
     loop cap); ``settings``: read from the environment when not given."""
-    from node_handlers import agent, approval, branching, containers, core, http, llm, subworkflow, timing
+    from node_handlers import agent, approval, branching, code, containers, core, http, llm, subworkflow, timing
 
     settings = settings if settings is not None else HandlerSettings()
     handlers: list[NodeHandler] = []
-    for module in (core, branching, timing, containers, http, llm, approval, subworkflow, agent):
+    for module in (core, branching, timing, containers, http, llm, approval, subworkflow, code, agent):
         handlers += [
             containers.LoopHandler(settings.max_loop_iterations) if cls is containers.LoopHandler else cls()
             for cls in module.HANDLERS

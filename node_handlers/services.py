@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from node_handlers.egress import EgressPolicy, make_policy, pinned_client
 from node_handlers.protected import service_addresses
+from node_handlers.sandbox import CodeSandbox
 from node_handlers.settings import HandlerSettings
 from store.db import make_engine
 
@@ -57,6 +58,11 @@ class HandlerServices:
         """The outbound policy of these settings (built on first use: it resolves the names of
         FlowMaestro's own services and reads this machine's addresses)."""
         return make_policy(self.settings.http_allow_hosts, service_addresses(self.settings))
+
+    @cached_property
+    def code_sandbox(self) -> CodeSandbox:
+        """The sandbox of code nodes with these settings (it probes the machine once)."""
+        return CodeSandbox(self.settings)
 
     def http_client(self) -> httpx.AsyncClient:
         """The client of http nodes, one per event loop: connections are pooled."""
@@ -113,7 +119,10 @@ class HandlerServices:
         return client
 
     async def close(self) -> None:
-        """Close the clients opened in the running event loop: call it before that loop ends."""
+        """Close the clients opened in the running event loop, and the code sandbox's spare
+        processes: call it before that loop ends."""
+        if "code_sandbox" in self.__dict__:
+            await self.code_sandbox.close()
         loop = asyncio.get_running_loop()
         for key in [k for k in self._clients if k[0] is loop]:
             client = self._clients.pop(key)

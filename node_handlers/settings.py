@@ -14,7 +14,7 @@ redacted (``node_handlers.redaction``).
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
@@ -108,4 +108,48 @@ class HandlerSettings(StoreSettings):
     llm_prices: dict[str, ModelPrice] = Field(
         default_factory=dict,
         description="JSON mapping a model name to {input_per_1m, output_per_1m} in USD, to report cost_usd.",
+    )
+    code_sandbox: Literal["on", "off"] = Field(
+        "on",
+        description="'on': code nodes run in the OS sandbox (bubblewrap), and fail saying why where it "
+        "cannot be set up. 'off' runs them as plain processes of the worker's user, with its files and "
+        "network: UNSAFE, for a machine whose every canvas is trusted; the worker warns at start.",
+    )
+    code_bwrap: str = Field("bwrap", description="The bubblewrap executable of code nodes' sandbox.")
+    code_python: str = Field("/usr/bin/python3", description="The Python interpreter of code nodes.")
+    code_node: str = Field("/usr/bin/node", description="The Node.js executable of code nodes (JavaScript).")
+    code_python_paths: str = Field(
+        "",
+        description="Directories of Python packages the operator allows in code nodes, comma-separated: "
+        "mounted read-only in the sandbox and put on sys.path.",
+    )
+    code_node_paths: str = Field(
+        "",
+        description="Directories of node_modules the operator allows in JavaScript code nodes, "
+        "comma-separated: mounted read-only in the sandbox and put on NODE_PATH.",
+    )
+    code_max_timeout_s: float = Field(60.0, gt=0, description="Largest timeout_s a code node may ask for.")
+    code_max_memory_mb: int = Field(1024, ge=16, description="Largest memory_mb a code node may ask for.")
+    code_max_output_bytes: int = Field(
+        1_000_000,
+        ge=1024,
+        description="Most bytes a code node may print, and most bytes of its JSON result: past it the node "
+        "fails with type output_limit.",
+    )
+    code_max_processes: int = Field(
+        32, ge=4, description="Most processes and threads at once in one code node's sandbox (Node.js uses ~12)."
+    )
+    code_warm_pool: int = Field(
+        2,
+        ge=0,
+        le=64,
+        description="Sandboxes per language each worker process keeps started ahead, each for one "
+        "execution (JavaScript: for nodes with the default memory_mb); 0: one started per execution.",
+    )
+    code_scratch_mb: int = Field(16, ge=1, description="Size of a code node's scratch directory (/tmp).")
+    code_sandbox_uid: int = Field(
+        65534,
+        ge=1,
+        description="The user id code nodes run as when the worker runs as root (the kernel exempts root "
+        "from the process limit).",
     )

@@ -73,6 +73,8 @@ class EventType(StrEnum):
     """An agent node calls a tool (its arguments)."""
     AGENT_TOOL_RESULT = "agent:tool_result"
     """An agent node's tool call ended (ok or error, and how long it took)."""
+    LOG_LINES = "log:lines"
+    """What a node printed (a code node's ``print``/``console.log``), after it ran."""
 
 
 FINAL_RUN_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})

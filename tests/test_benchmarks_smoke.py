@@ -47,6 +47,13 @@ def test_compile(tmp_path):
 
 
 @pytest.mark.services
+def test_code_node(tmp_path):
+    """Starts code sandboxes (processes), a few seconds: not in ``make test-fast``."""
+    output = run_benchmark("code_node", "--quick", home=tmp_path)
+    assert "code javascript" in output and "target: Python code node p50" in output
+
+
+@pytest.mark.services
 def test_engine(tmp_path, prefect_server):
     run_benchmark(
         "engine",
