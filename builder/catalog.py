@@ -54,6 +54,9 @@ NAMES_FROM = "x-names-from"
 """On an object: ``{field: [array, key, ...]}``, every string of the array ``field`` is one
 of the ``key``s (a string, or a list of strings) of the items of the array ``array``, e.g.
 the tools an agent's require_approval names."""
+SOURCE_CODE = "x-source-code"
+"""On a field: its text is a program in the language the object's ``language`` names (a code
+editor fits); the compiler checks a Python program's syntax."""
 EXPRESSION = "x-expression"
 """On a field: text there is an expression (``inputs.score > 0.5``), not a template."""
 IDENTIFIER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"

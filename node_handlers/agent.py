@@ -113,6 +113,9 @@ class AgentConfig(ModelCallConfig):
 
 class AgentHandler(NodeHandler):
     type = "agent"
+    label = "Agent"
+    category = "ai"
+    side_effects = True  # billed model calls, and tools that act
     description = (
         "A model that calls tools (http, saved workflows, MCP servers) in a loop until it answers; every turn and "
         "tool call is journaled. Output {text, tool_calls, turns, usage, cost_usd, model, finish_reason}."

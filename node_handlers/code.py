@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from builder.catalog import NodeConfig
+from builder.catalog import SOURCE_CODE, NodeConfig
 from node_handlers.base import Completed, NodeContext, NodeError, NodeHandler
 from node_handlers.sandbox import Language, SandboxLimits, SandboxUnavailable
 from node_handlers.services import services_for
@@ -29,6 +29,7 @@ class CodeConfig(NodeConfig):
     code: str = Field(
         min_length=1,
         max_length=MAX_CODE_CHARS,
+        json_schema_extra={SOURCE_CODE: True},
         description="Source defining main(inputs) (JavaScript: sync or async); its return value (JSON) is the "
         "output. Taken as written, never as a template.",
     )
@@ -61,6 +62,9 @@ class CodeConfig(NodeConfig):
 class CodeHandler(NodeHandler):
     type = "code"
     version = "1"
+    label = "Code"
+    category = "data"
+    side_effects = False  # the sandbox reaches no network and no file outside its run
     description = "Runs main(inputs) in Python or JavaScript in a sandbox; output is its return value."
     Config = CodeConfig
     literal_keys = frozenset({"code"})
