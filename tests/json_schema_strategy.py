@@ -10,8 +10,9 @@ validator decides, so nothing the schema refuses is ever drawn.
 
 What JSON Schema cannot say about text is drawn from small valid sets: a template field
 gets a template about the canvas's declared inputs (``TEMPLATES``), an expression field an
-expression (``EXPRESSIONS``), a program field a program (``PROGRAMS``); other text has no ``{`` (text with one is a template, whose
-content is the compiler's business, like the graph's rules).
+expression (``EXPRESSIONS``), a program field a program (``PROGRAMS``); other text has no
+``{`` (text with one is a template, whose content is the compiler's business, like the
+graph's rules).
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ INPUTS = {"n": {"type": "integer", "default": 2}, "items": {"type": "array", "de
 """The run inputs a generated canvas declares, which its templates read."""
 TEMPLATES = ["{{ inputs.n }}", "{{ inputs.items }}", "{{ inputs }}"]
 EXPRESSIONS = ["inputs.n > 0", "true", "1 < 2", "{{ inputs.n > 1 }}"]
-PROGRAMS = ["def main(inputs):\n    return inputs\n", "def main(inputs):\n    return {'n': 1}  # {{ not a template }}\n"]
+PROGRAMS = [
+    "def main(inputs):\n    return inputs\n",
+    "def main(inputs):\n    return {'n': 1}  # {{ not a template }}\n",
+]
 """Programs valid in Python (and, as far as the compiler checks, in JavaScript: not at all)."""
 
 plain_text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",), exclude_characters="{}"), max_size=12)
