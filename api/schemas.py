@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from api.webhook_schemes import InputMapping, Verification
 from store.vocabulary import EventType, NodeStatus, RunStatus
 
 
@@ -270,8 +271,35 @@ class ScheduleOut(BaseModel):
 
 
 class WebhookBody(RequestBody):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"name": "github push"}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"name": "github push"},
+                {"name": "github push", "verification": {"scheme": "github"}, "inputs": {"body": "payload"}},
+            ]
+        },
+    )
     name: str = Field(min_length=1, max_length=200)
+    verification: Verification | None = Field(
+        None, description="How requests are signed; unset: FlowMaestro's scheme (docs/triggers.md)."
+    )
+    inputs: InputMapping | None = Field(
+        None, description="How a request becomes run inputs; unset: the JSON body is the inputs."
+    )
+    secret: str | None = Field(
+        None,
+        min_length=16,
+        max_length=300,
+        description="The sender's own signing secret (Stripe's, Slack's); unset: a new one is generated.",
+    )
+
+
+class WebhookRotateBody(RequestBody):
+    model_config = ConfigDict(extra="forbid")
+    secret: str | None = Field(
+        None, min_length=16, max_length=300, description="The sender's new secret; unset: a new one is generated."
+    )
 
 
 class WebhookOut(BaseModel):
@@ -281,6 +309,8 @@ class WebhookOut(BaseModel):
     url: str
     created_at: Timestamp
     rotated_at: Timestamp | None = None
+    verification: dict[str, Any] = Field(description="The verification scheme and the options set (see WebhookBody).")
+    inputs: InputMapping | None = None
 
 
 class WebhookCreated(BaseModel):

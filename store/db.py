@@ -144,6 +144,10 @@ class WebhookRow(Base):
     secret_encrypted: Mapped[str] = mapped_column(String(500))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     rotated_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    verification: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    """The verification scheme and its options (``api.webhook_schemes``); null: ours."""
+    inputs_map: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    """How a request becomes inputs; null: the JSON body is the inputs."""
 
 
 class WebhookDelivery(Base):
