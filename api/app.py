@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prefect.client.orchestration import get_client
 from prometheus_client import generate_latest
 
-from api import dead_letters, executions, schedules, ui, webhooks, workflows
+from api import admin_keys, dead_letters, executions, schedules, ui, webhooks, workflows
 from api.auth import require_metrics_key
 from api.compiling import CanvasCompiler
 from api.docs import install_docs
@@ -32,6 +32,7 @@ from deployments.workflow_deployments import WorkflowDeployments
 from flows.decisions import DecisionSigner
 from flows.event_log import event_log_from_env
 from node_handlers.registry import build_registry
+from store.api_keys import ApiKeys
 from store.db import make_engine, sessions, upgrade_schema
 from store.queries import Executions, NodeOutcomes, Workflows
 from store.secrets import SecretBox
@@ -156,6 +157,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                 app.state.runs, Webhooks(database, box), limiter, replays, refused_limiter
             )
             app.state.stream_tokens = StreamTokens(token_key(settings), settings.stream_token_ttl_s)
+            app.state.api_keys = ApiKeys(database)
             yield
 
     metrics = Metrics()
@@ -169,6 +171,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     )
     install_docs(app)  # Swagger UI and ReDoc from here, not a CDN
     app.state.key_owners = settings.key_owners()
+    app.state.admin_key = settings.admin_key
     redact_access_logs()  # stream tokens travel in URLs
     app.state.stream_slots = StreamSlots(settings.max_streams_per_run)
     install_error_handlers(app)
@@ -189,6 +192,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(schedules.router)
     app.include_router(webhooks.router)
     app.include_router(webhooks.intake)
+    app.include_router(admin_keys.router)
     ui.mount(app)  # the run page, the list and the playground under /ui (docs/ui.md)
 
     def openapi() -> dict[str, Any]:

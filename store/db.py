@@ -160,6 +160,22 @@ class WebhookDelivery(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class ApiKeyRow(Base):
+    """An owner's API key made through the API: only its SHA-256 is kept (the key is random,
+    32 bytes, so a fast hash is enough: nothing to guess), with what identifies it to people."""
+
+    __tablename__ = "api_keys"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    """The key's first characters, to recognise it in a list."""
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
 def make_engine(url: str, **options: Any) -> AsyncEngine:
     """The API's engine: the same connection setup as the event log's (SQLite: WAL, busy
     timeout, foreign keys), with SQLAlchemy's default pool; ``options`` as
