@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import uuid
+from datetime import datetime
 from http import HTTPStatus
 from typing import Any
 
@@ -90,8 +91,12 @@ async def list_executions(
     workflow_id: str | None = None,
     status: str | None = None,
     trigger: str | None = Query(None, description=f"One of {', '.join(TRIGGERS)}."),
+    limit: int = Query(500, ge=1, le=500, description="At most this many runs, the newest."),
+    since: datetime | None = Query(None, description="Runs created at or after this time (RFC 3339)."),
+    until: datetime | None = Query(None, description="Runs created before this time (RFC 3339)."),
 ) -> list[ExecutionSummary]:
-    rows = await runs.list(owner, workflow_id, status, trigger)
+    """Runs of the owner, newest first."""
+    rows = await runs.list(owner, workflow_id, status, trigger, limit=limit, since=since, until=until)
     return [
         ExecutionSummary(
             id=r.id,
@@ -186,7 +191,7 @@ def resume_point(last_event_id: str | None) -> int:
                 {
                     "code": "invalid_request",
                     "field": "header.Last-Event-ID",
-                    "message": f"Last-Event-ID: must be at most {MAX_SEQ}",
+                    "message": f"must be at most {MAX_SEQ}",
                 }
             ],
         )

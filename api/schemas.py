@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from api.webhook_schemes import InputMapping, Verification
 from store.vocabulary import EventType, NodeStatus, RunStatus
@@ -53,8 +53,94 @@ class RequestBody(BaseModel):
 
 
 class CanvasBody(RequestBody):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"canvas": EXAMPLE_CANVAS}]})
-    canvas: dict[str, Any] = Field(description="A canvas-v1 document (React Flow export accepted).")
+    """A canvas: under ``canvas``, or the document itself (a React Flow export as
+    ``toObject()`` gives it: ``nodes``, ``edges``, ``viewport``...), with ``name`` and
+    ``types`` beside it."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {"canvas": EXAMPLE_CANVAS},
+                {
+                    "name": "from the editor",
+                    "types": {"input": "start", "output": "end", "group": None},
+                    "nodes": EXAMPLE_CANVAS["nodes"],
+                    "edges": EXAMPLE_CANVAS["edges"],
+                    "viewport": {"x": 0, "y": 0, "zoom": 1},
+                },
+            ]
+        },
+    )
+    canvas: dict[str, Any] | None = Field(
+        None, description="A canvas-v1 document (React Flow export accepted); or send the document itself as the body."
+    )
+    name: str | None = Field(None, min_length=1, max_length=200, description="The workflow's name, over the canvas's.")
+    types: dict[str, str | None] = Field(
+        default_factory=dict,
+        max_length=100,
+        description="Node types of the export -> FlowMaestro's (React Flow's built-in 'input', 'default', "
+        "'output', 'group'; a node without a type is 'default'); null drops those nodes (a visual group), "
+        "their edges, and makes their children top-level.",
+    )
+    nodes: list[Any] | None = Field(None, description="The export's nodes, when the body is the document itself.")
+    edges: list[Any] | None = Field(None, description="The export's edges, when the body is the document itself.")
+
+    @model_validator(mode="after")
+    def _one_document(self) -> CanvasBody:
+        if self.canvas is None and self.nodes is None:
+            raise ValueError("give the canvas as 'canvas', or send the document (its 'nodes' and 'edges') as the body")
+        if self.canvas is not None and (self.nodes is not None or self.edges is not None):
+            raise ValueError("give either 'canvas' or the document's 'nodes' and 'edges', not both")
+        return self
+
+    def document(self) -> dict[str, Any]:
+        """The canvas to compile, with ``name`` and ``types`` applied."""
+        if self.canvas is not None:
+            document = dict(self.canvas)
+        else:
+            document = {**(self.model_extra or {}), "nodes": self.nodes, "edges": self.edges or []}
+        if self.name is not None:
+            document["name"] = self.name
+        if self.types:
+            document = map_node_types(document, self.types)
+        return document
+
+
+def _names(value: Any, ids: set[str]) -> bool:
+    return isinstance(value, str) and value in ids
+
+
+def map_node_types(document: dict[str, Any], types: dict[str, str | None]) -> dict[str, Any]:
+    """The document with its nodes' types mapped; nodes mapped to None dropped with their edges
+    (their children, if any, move to the top level)."""
+    nodes: list[Any] = []
+    dropped: set[str] = set()
+    for raw in document.get("nodes") or []:
+        if not isinstance(raw, dict):
+            nodes.append(raw)
+            continue
+        kind = raw.get("type") if raw.get("type") is not None else "default"
+        if isinstance(kind, str) and kind in types:
+            if types[kind] is None:
+                if isinstance(raw.get("id"), str):
+                    dropped.add(raw["id"])
+                continue
+            raw = {**raw, "type": types[kind]}
+        nodes.append(raw)
+    if dropped:
+        nodes = [
+            {k: v for k, v in n.items() if k not in ("parentId", "parentNode")}
+            if isinstance(n, dict) and (_names(n.get("parentId"), dropped) or _names(n.get("parentNode"), dropped))
+            else n
+            for n in nodes
+        ]
+    edges = document.get("edges")
+    if dropped and isinstance(edges, list):
+        edges = [
+            e for e in edges if not (isinstance(e, dict) and (e.get("source") in dropped or e.get("target") in dropped))
+        ]
+    return {**document, "nodes": nodes, "edges": edges}
 
 
 class WorkflowSaved(BaseModel):

@@ -142,6 +142,8 @@ class WebhookService:
             # answered with its run, as before: it starts nothing.
             earlier = await self.webhooks.delivered(hook.id, idempotency_key, IDEMPOTENCY_WINDOW)
             if earlier is not None:
+                if isinstance(inputs, dict):  # the key reused for another request: 422
+                    await self.runs.refuse_other_request(hook.owner, earlier, inputs, None)
                 return Delivery(earlier, replayed=True)
         # Any other copy of a signed request is a replay: refused, whatever unsigned headers
         # (an Idempotency-Key) it carries, and before the rate limit so replays use none of
