@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from api.webhook_schemes import InputMapping, Verification
 from store.vocabulary import EventType, NodeStatus, RunStatus
@@ -69,10 +70,11 @@ class CanvasBody(RequestBody):
                     "edges": EXAMPLE_CANVAS["edges"],
                     "viewport": {"x": 0, "y": 0, "zoom": 1},
                 },
-            ]
+            ],
+            "anyOf": [{"required": ["canvas"]}, {"required": ["nodes"]}],
         },
     )
-    canvas: dict[str, Any] | None = Field(
+    canvas: dict[str, Any] | SkipJsonSchema[None] = Field(
         None, description="A canvas-v1 document (React Flow export accepted); or send the document itself as the body."
     )
     name: str | None = Field(None, min_length=1, max_length=200, description="The workflow's name, over the canvas's.")
@@ -83,20 +85,32 @@ class CanvasBody(RequestBody):
         "'output', 'group'; a node without a type is 'default'); null drops those nodes (a visual group), "
         "their edges, and makes their children top-level.",
     )
-    nodes: list[Any] | None = Field(None, description="The export's nodes, when the body is the document itself.")
-    edges: list[Any] | None = Field(None, description="The export's edges, when the body is the document itself.")
+    nodes: list[Any] | SkipJsonSchema[None] = Field(
+        None, description="The export's nodes, when the body is the document itself."
+    )
+    edges: list[Any] | SkipJsonSchema[None] = Field(
+        None, description="The export's edges, when the body is the document itself."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nulls(cls, data: Any) -> Any:
+        # Absent, never null: the schema documents objects and lists (null is not "absent").
+        if isinstance(data, dict):
+            for key in ("canvas", "nodes", "edges"):
+                if key in data and data[key] is None:
+                    raise ValueError(f"{key} may be left out but not null")
+        return data
 
     @model_validator(mode="after")
     def _one_document(self) -> CanvasBody:
         if self.canvas is None and self.nodes is None:
             raise ValueError("give the canvas as 'canvas', or send the document (its 'nodes' and 'edges') as the body")
-        if self.canvas is not None and (self.nodes is not None or self.edges is not None):
-            raise ValueError("give either 'canvas' or the document's 'nodes' and 'edges', not both")
         return self
 
     def document(self) -> dict[str, Any]:
         """The canvas to compile, with ``name`` and ``types`` applied."""
-        if self.canvas is not None:
+        if self.canvas is not None:  # the document; other keys beside it but name and types are ignored
             document = dict(self.canvas)
         else:
             document = {**(self.model_extra or {}), "nodes": self.nodes, "edges": self.edges or []}

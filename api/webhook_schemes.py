@@ -27,10 +27,10 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
 
 from api.signing import FUTURE_SKEW_S, SIGNATURE_HEADER, TIMESTAMP_HEADER, TOLERANCE_S, BadSignature
 from api.signing import verify as verify_ours
@@ -39,28 +39,12 @@ Scheme = Literal["flowmaestro", "github", "stripe", "slack", "hmac"]
 HEADER_NAME = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}$"
 """An HTTP header name (RFC 9110 token)."""
 DEFAULT_IDEMPOTENCY_HEADER: dict[str, str] = {"github": "X-GitHub-Delivery"}
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+HeaderName = Annotated[str, StringConstraints(pattern=HEADER_NAME)]
 
 
-class Verification(BaseModel):
-    """How a hook checks a request's signature (docs/triggers.md#verification-schemes)."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        strict=True,
-        json_schema_extra={"examples": [{"scheme": "github"}, {"scheme": "hmac", "header": "X-Signature"}]},
-    )
-    scheme: Scheme = "flowmaestro"
-    header: str | None = Field(
-        None, pattern=HEADER_NAME, description="hmac only (required): the header holding the signature."
-    )
-    algorithm: Literal["sha256", "sha1", "sha512"] | None = Field(None, description="hmac only; default sha256.")
-    encoding: Literal["hex", "base64"] | None = Field(None, description="hmac only; default hex.")
-    prefix: str | None = Field(
-        None, max_length=32, description="hmac only: text before the digest in the header, e.g. 'sha256='."
-    )
-    tolerance_s: int | None = Field(
-        None, ge=1, le=TOLERANCE_S, description="stripe only: how old its signed timestamp may be; default 300."
-    )
+class _Scheme(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
     idempotency_header: str | None = Field(
         None,
         pattern=HEADER_NAME,
@@ -68,25 +52,60 @@ class Verification(BaseModel):
         "when none is sent (github: X-GitHub-Delivery by default).",
     )
 
-    @model_validator(mode="after")
-    def _fields_of_the_scheme(self) -> Verification:
-        own = {"hmac": {"header", "algorithm", "encoding", "prefix"}, "stripe": {"tolerance_s"}}.get(self.scheme, set())
-        for name in ("header", "algorithm", "encoding", "prefix", "tolerance_s"):
-            if getattr(self, name) is not None and name not in own:
-                raise ValueError(f"{name} does not apply to the {self.scheme} scheme")
-        if self.scheme == "hmac" and self.header is None:
-            raise ValueError("the hmac scheme needs the header that holds the signature")
-        return self
 
-    def delivery_id_header(self) -> str | None:
-        return self.idempotency_header or DEFAULT_IDEMPOTENCY_HEADER.get(self.scheme)
+class OursScheme(_Scheme):
+    scheme: Literal["flowmaestro"]
+
+
+class GithubScheme(_Scheme):
+    scheme: Literal["github"]
+
+
+class StripeScheme(_Scheme):
+    scheme: Literal["stripe"]
+    tolerance_s: int = Field(TOLERANCE_S, ge=1, le=TOLERANCE_S, description="How old its signed timestamp may be.")
+
+
+class SlackScheme(_Scheme):
+    scheme: Literal["slack"]
+
+
+class HmacScheme(_Scheme):
+    scheme: Literal["hmac"]
+    header: str = Field(pattern=HEADER_NAME, description="The header holding the signature.")
+    algorithm: Literal["sha256", "sha1", "sha512"] = "sha256"
+    encoding: Literal["hex", "base64"] = "hex"
+    prefix: str = Field("", max_length=32, description="Text before the digest in the header, e.g. 'sha256='.")
+
+
+Verification = Annotated[
+    OursScheme | GithubScheme | StripeScheme | SlackScheme | HmacScheme, Field(discriminator="scheme")
+]
+"""How a hook checks a request's signature (docs/triggers.md#verification-schemes)."""
+VERIFICATION: TypeAdapter[OursScheme | GithubScheme | StripeScheme | SlackScheme | HmacScheme] = TypeAdapter(
+    Verification
+)
+OURS = OursScheme(scheme="flowmaestro")
+
+
+def stored_verification(
+    stored: Mapping[str, Any] | None,
+) -> OursScheme | GithubScheme | StripeScheme | SlackScheme | HmacScheme:
+    """A hook's scheme as stored (None: ours, the hooks made before schemes existed)."""
+    return OURS if not stored else VERIFICATION.validate_python(dict(stored))
+
+
+def delivery_id_header(verification: _Scheme) -> str | None:
+    scheme = getattr(verification, "scheme", "")
+    return verification.idempotency_header or DEFAULT_IDEMPOTENCY_HEADER.get(scheme)
 
 
 class InputMapping(BaseModel):
     """How a request becomes the run's inputs. Unset (``null``): the body is a JSON object
     of the inputs. ``body`` names one input that receives the whole body (JSON when it
     parses, form fields as an object, else the text); ``headers`` and ``query`` map input
-    names to request headers and query parameters (absent ones are left out)."""
+    names to request headers and query parameters (absent ones are left out; a header's
+    value replaces a key of the body of the same name, a parameter's either)."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -96,23 +115,8 @@ class InputMapping(BaseModel):
         },
     )
     body: str | None = Field(None, min_length=1, max_length=200)
-    headers: dict[str, str] = Field(default_factory=dict, max_length=50)
-    query: dict[str, str] = Field(default_factory=dict, max_length=50)
-
-    @model_validator(mode="after")
-    def _names(self) -> InputMapping:
-        for kind in ("headers", "query"):
-            for name, source in getattr(self, kind).items():
-                if not name or len(name) > 200 or not source or len(source) > 200:
-                    raise ValueError(f"{kind}: input and {kind} names are 1 to 200 characters")
-                if kind == "headers" and not re.match(HEADER_NAME, source):
-                    raise ValueError(f"headers.{name}: {source!r} is not a header name")
-        taken = [self.body] if self.body else []
-        for name in [*self.headers, *self.query]:
-            if name in taken:
-                raise ValueError(f"input {name!r} is mapped twice")
-            taken.append(name)
-        return self
+    headers: dict[Name, HeaderName] = Field(default_factory=dict, max_length=50)
+    query: dict[Name, Name] = Field(default_factory=dict, max_length=50)
 
 
 @dataclass(frozen=True)
@@ -124,7 +128,11 @@ class Verified:
 
 
 def verify_request(
-    verification: Verification, secret: str, headers: Mapping[str, str], body: bytes, now: float
+    verification: OursScheme | GithubScheme | StripeScheme | SlackScheme | HmacScheme,
+    secret: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    now: float,
 ) -> Verified:
     """Check a request against its hook's scheme; raises ``BadSignature`` saying why.
     ``headers``: case-insensitive (Starlette's), or lower-case keys."""
@@ -134,7 +142,7 @@ def verify_request(
         return value if value is not None else headers.get(name)
 
     scheme = verification.scheme
-    delivery_header = verification.delivery_id_header()
+    delivery_header = delivery_id_header(verification)
     delivery_id = header(delivery_header) if delivery_header else None
     if scheme == "flowmaestro":
         signature = header(SIGNATURE_HEADER)
@@ -145,7 +153,7 @@ def verify_request(
         signature = _required(header("X-Hub-Signature-256"), "X-Hub-Signature-256")
         _compare("sha256=" + _hmac(secret, body, "sha256").hex(), signature, "X-Hub-Signature-256", "the body")
         return Verified(signature.strip(), delivery_id)
-    if scheme == "stripe":
+    if isinstance(verification, StripeScheme):
         return Verified(_stripe(secret, header("Stripe-Signature"), body, now, verification.tolerance_s), delivery_id)
     if scheme == "slack":
         timestamp = _required(header("X-Slack-Request-Timestamp"), "X-Slack-Request-Timestamp")
@@ -154,11 +162,11 @@ def verify_request(
         expected = "v0=" + _hmac(secret, b"v0:" + timestamp.strip().encode() + b":" + body, "sha256").hex()
         _compare(expected, signature, "X-Slack-Signature", "the body and timestamp")
         return Verified(f"{timestamp.strip()}:{signature.strip()}", delivery_id)
-    assert verification.header is not None  # the hmac scheme needs it (validated)
+    assert isinstance(verification, HmacScheme)
     signature = _required(header(verification.header), verification.header)
-    digest = _hmac(secret, body, verification.algorithm or "sha256")
-    encoded = digest.hex() if (verification.encoding or "hex") == "hex" else base64.b64encode(digest).decode()
-    _compare((verification.prefix or "") + encoded, signature, verification.header, "the body")
+    digest = _hmac(secret, body, verification.algorithm)
+    encoded = digest.hex() if verification.encoding == "hex" else base64.b64encode(digest).decode()
+    _compare(verification.prefix + encoded, signature, verification.header, "the body")
     return Verified(signature.strip(), delivery_id)
 
 
@@ -189,7 +197,7 @@ def _check_time(timestamp: str, now: float, tolerance_s: int, name: str) -> int:
     return moment
 
 
-def _stripe(secret: str, header: str | None, body: bytes, now: float, tolerance_s: int | None) -> str:
+def _stripe(secret: str, header: str | None, body: bytes, now: float, tolerance_s: int) -> str:
     """Stripe's scheme: every ``v1`` of the header is tried (several while Stripe rolls a
     secret); ``v0`` and unknown keys are ignored, as Stripe's libraries do."""
     value = _required(header, "Stripe-Signature")
@@ -200,7 +208,7 @@ def _stripe(secret: str, header: str | None, body: bytes, now: float, tolerance_
         raise BadSignature("Stripe-Signature has no timestamp (t=...)")
     if not signatures:
         raise BadSignature("Stripe-Signature has no v1 signature")
-    _check_time(timestamps[0], now, tolerance_s or TOLERANCE_S, "the Stripe-Signature timestamp")
+    _check_time(timestamps[0], now, tolerance_s, "the Stripe-Signature timestamp")
     expected = _hmac(secret, timestamps[0].encode() + b"." + body, "sha256").hex().encode()
     matched = [s for s in signatures if hmac.compare_digest(expected, s.encode("utf-8", "replace"))]
     if not matched:

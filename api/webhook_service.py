@@ -23,7 +23,7 @@ from api.replay_guard import ReplayGuard
 from api.runs import RunService
 from api.schemas import RunResult
 from api.signing import BadSignature
-from api.webhook_schemes import InputMapping, Verification, map_inputs, verify_request
+from api.webhook_schemes import InputMapping, Verification, map_inputs, stored_verification, verify_request
 from store.errors import Invalid, NotFound, Unavailable
 from store.queries import FINAL_STATUSES
 from store.triggers import Webhook, Webhooks
@@ -86,7 +86,7 @@ class WebhookService:
             workflow_id,
             name,
             secret or new_secret(),
-            verification=verification.model_dump(exclude_none=True) if verification else None,
+            verification=verification.model_dump() if verification else None,
             inputs_map=inputs.model_dump() if inputs else None,
         )
 
@@ -122,7 +122,7 @@ class WebhookService:
             await self._count_refused(f"client:{client}")
             raise
         assert hook.secret is not None
-        verification = Verification.model_validate(hook.verification or {})
+        verification = stored_verification(hook.verification)
         try:
             verified = verify_request(verification, hook.secret, headers, body, now=time.time())
         except BadSignature as exc:

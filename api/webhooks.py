@@ -12,7 +12,7 @@ from api.auth import Owner
 from api.deps import WebhooksDep
 from api.schemas import ErrorBody, WebhookAccepted, WebhookBody, WebhookCreated, WebhookOut, WebhookRotateBody
 from api.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER
-from api.webhook_schemes import InputMapping, Verification
+from api.webhook_schemes import InputMapping, stored_verification
 from store.triggers import Webhook
 
 MAX_WAIT_S = 30
@@ -29,7 +29,7 @@ def _out(hook: Webhook) -> WebhookOut:
         url=hook.url,
         created_at=hook.created_at,
         rotated_at=hook.rotated_at,
-        verification=Verification.model_validate(hook.verification or {}).model_dump(exclude_none=True),
+        verification=stored_verification(hook.verification).model_dump(exclude_none=True),
         inputs=InputMapping.model_validate(hook.inputs_map) if hook.inputs_map is not None else None,
     )
 

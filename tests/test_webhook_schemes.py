@@ -21,7 +21,7 @@ import pytest
 from pydantic import ValidationError
 
 from api.signing import BadSignature
-from api.webhook_schemes import InputMapping, Verification, map_inputs, verify_request
+from api.webhook_schemes import VERIFICATION, InputMapping, map_inputs, verify_request
 from tests.support import canvas, node
 from tests.test_webhooks import executions, make_api, stack, wait_final  # noqa: F401 (fixtures)
 
@@ -72,7 +72,7 @@ def stripe_header(secret: str, body: bytes, timestamp: int) -> str:
 
 
 def test_github_documented_test_vector_verifies_and_a_changed_byte_does_not():
-    scheme = Verification(scheme="github")
+    scheme = VERIFICATION.validate_python({"scheme": "github"})
     verified = verify_request(scheme, GITHUB_SECRET, {"x-hub-signature-256": GITHUB_SIGNATURE}, GITHUB_PAYLOAD, 0)
     assert verified.signature == GITHUB_SIGNATURE
     with pytest.raises(BadSignature, match="X-Hub-Signature-256 does not match the body"):
@@ -82,7 +82,7 @@ def test_github_documented_test_vector_verifies_and_a_changed_byte_does_not():
 
 
 def test_slack_documented_test_vector_verifies_within_five_minutes_only():
-    scheme = Verification(scheme="slack")
+    scheme = VERIFICATION.validate_python({"scheme": "slack"})
     headers = {"x-slack-request-timestamp": SLACK_TIMESTAMP, "x-slack-signature": SLACK_SIGNATURE}
     now = int(SLACK_TIMESTAMP) + 10
     assert verify_request(scheme, SLACK_SECRET, headers, SLACK_BODY, now).signature.endswith(SLACK_SIGNATURE)
@@ -95,7 +95,7 @@ def test_slack_documented_test_vector_verifies_within_five_minutes_only():
 def test_stripe_signature_with_its_tolerance_and_several_v1():
     body = json.dumps(STRIPE_EVENT).encode()
     now = 1_700_000_000
-    scheme = Verification(scheme="stripe", tolerance_s=120)
+    scheme = VERIFICATION.validate_python({"scheme": "stripe", "tolerance_s": 120})
     good = stripe_header(STRIPE_SECRET, body, now - 100)
     assert verify_request(scheme, STRIPE_SECRET, {"stripe-signature": good}, body, now).signature.startswith(
         f"{now - 100}:"
@@ -125,7 +125,7 @@ def test_stripe_signature_with_its_tolerance_and_several_v1():
     ],
 )
 def test_a_generic_hmac_header_with_its_name_algorithm_and_encoding(options, encode):
-    scheme = Verification(scheme="hmac", header="X-Acme-Signature", **options)
+    scheme = VERIFICATION.validate_python({"scheme": "hmac", "header": "X-Acme-Signature", **options})
     body = b'{"order": 7}'
     digest = hmac.new(b"acme-shared-secret", body, getattr(hashlib, options.get("algorithm", "sha256"))).digest()
     verify_request(scheme, "acme-shared-secret", {"x-acme-signature": encode(digest)}, body, 0)
@@ -135,16 +135,18 @@ def test_a_generic_hmac_header_with_its_name_algorithm_and_encoding(options, enc
 
 def test_scheme_options_are_checked_and_name_the_field():
     for bad, message in [
-        ({"scheme": "hmac"}, "needs the header"),
-        ({"scheme": "github", "header": "X-Sig"}, "header does not apply to the github scheme"),
+        ({"scheme": "hmac"}, "hmac.header\n  Field required"),
+        ({"scheme": "github", "header": "X-Sig"}, "github.header\n  Extra inputs are not permitted"),
         ({"scheme": "stripe", "tolerance_s": 3600}, "less than or equal to 300"),
-        ({"scheme": "svix"}, "'flowmaestro', 'github', 'stripe', 'slack' or 'hmac'"),
+        ({"scheme": "svix"}, "'flowmaestro', 'github', 'stripe', 'slack', 'hmac'"),
         ({"scheme": "hmac", "header": "bad header"}, "should match pattern"),
+        ({}, "Unable to extract tag using discriminator 'scheme'"),
     ]:
         with pytest.raises(ValidationError, match=message):
-            Verification.model_validate(bad)
-    with pytest.raises(ValidationError, match="mapped twice"):
-        InputMapping(body="payload", headers={"payload": "X-Event"})
+            VERIFICATION.validate_python(bad)
+    for bad in ({"headers": {"event": ""}}, {"query": {"": "src"}}, {"headers": {"event": "bad header"}}):
+        with pytest.raises(ValidationError):
+            InputMapping.model_validate(bad)
 
 
 def test_the_request_maps_to_inputs():
@@ -304,4 +306,4 @@ async def test_bad_scheme_options_are_422_naming_the_field(make_api):
         )
         assert answer.status_code == 422, answer.text
         (issue,) = answer.json()["issues"]
-        assert issue["field"] == "body.verification" and "needs the header" in issue["message"], issue
+        assert issue["field"] == "body.verification.hmac.header" and issue["message"] == "Field required", issue
