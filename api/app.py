@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prefect.client.orchestration import get_client
 from prometheus_client import generate_latest
 
-from api import credentials, dead_letters, executions, node_types, schedules, ui, webhooks, workflows
+from api import admin_keys, credentials, dead_letters, executions, node_types, schedules, ui, webhooks, workflows
 from api.auth import require_metrics_key
 from api.compiling import CanvasCompiler
 from api.docs import install_docs
@@ -33,6 +33,7 @@ from flows.decisions import DecisionSigner
 from flows.event_log import event_log_from_env
 from node_handlers.catalog import NodeTypeCatalog
 from node_handlers.registry import build_registry
+from store.api_keys import ApiKeys
 from store.credentials import Credentials
 from store.db import make_engine, sessions, upgrade_schema
 from store.queries import Executions, NodeOutcomes, Workflows
@@ -161,6 +162,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                 app.state.runs, Webhooks(database, box), limiter, replays, refused_limiter
             )
             app.state.stream_tokens = StreamTokens(token_key(settings), settings.stream_token_ttl_s)
+            app.state.api_keys = ApiKeys(database)
             yield
 
     metrics = Metrics()
@@ -174,6 +176,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     )
     install_docs(app)  # Swagger UI and ReDoc from here, not a CDN
     app.state.key_owners = settings.key_owners()
+    app.state.admin_key = settings.admin_key
     redact_access_logs()  # stream tokens travel in URLs
     app.state.stream_slots = StreamSlots(settings.max_streams_per_run)
     install_error_handlers(app)
@@ -196,6 +199,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(webhooks.intake)
     app.include_router(node_types.router)
     app.include_router(credentials.router)
+    app.include_router(admin_keys.router)
     ui.mount(app)  # the run page, the list, the playground and the credentials under /ui (docs/ui.md)
 
     def openapi() -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 
 from api.auth import Owner
 from api.deps import RunsDep
@@ -31,8 +31,13 @@ def _out(letter: DeadLetter) -> DeadLetterOut:
 
 
 @router.get("/api/dead-letters", response_model=list[DeadLetterOut], responses=ERRORS)
-async def list_dead_letters(owner: Owner, runs: RunsDep, workflow_id: str | None = None) -> list[DeadLetterOut]:
-    return [_out(letter) for letter in await runs.outcomes.dead_letters(owner, workflow_id=workflow_id)]
+async def list_dead_letters(
+    owner: Owner,
+    runs: RunsDep,
+    workflow_id: str | None = None,
+    limit: int = Query(500, ge=1, le=500, description="At most this many, the newest."),
+) -> list[DeadLetterOut]:
+    return [_out(letter) for letter in await runs.outcomes.dead_letters(owner, workflow_id=workflow_id, limit=limit)]
 
 
 @router.post(

@@ -82,7 +82,8 @@ def install_error_handlers(app: FastAPI) -> None:
         for error in exc.errors():
             loc = [str(part) for part in error.get("loc", ())]
             issues.append(
-                {"code": "invalid_request", "field": ".".join(loc), "message": f"{'.'.join(loc)}: {error.get('msg')}"}
+                # The field is in "field": the message does not say it again (a client shows both).
+                {"code": "invalid_request", "field": ".".join(loc), "message": str(error.get("msg"))}
             )
         return JSONResponse(_body("invalid request", issues), status_code=422)
 
@@ -94,7 +95,7 @@ def install_error_handlers(app: FastAPI) -> None:
             return JSONResponse(
                 _body(
                     "invalid request",
-                    [{"code": "invalid_request", "field": "body", "message": "body: not JSON text (UTF-8)"}],
+                    [{"code": "invalid_request", "field": "body", "message": "not JSON text (UTF-8)"}],
                 ),
                 status_code=422,
             )

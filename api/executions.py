@@ -6,10 +6,12 @@ import asyncio
 import json
 import re
 import uuid
+from datetime import datetime
 from http import HTTPStatus
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
+from pydantic import BeforeValidator
 from pydantic.json_schema import models_json_schema
 from sse_starlette.sse import EventSourceResponse
 from starlette.background import BackgroundTask
@@ -43,6 +45,18 @@ IDLE_CHECK_S = 5.0
 PROBE_S = 5
 """How long the event log may take to answer before a stream starts (else 503)."""
 
+RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
+
+
+def _rfc3339(value: object) -> object:
+    """A date-time as RFC 3339 writes it, with its offset: pydantic alone would also take a
+    number (seconds since 1970) or a bare date, which the schema does not document."""
+    if not isinstance(value, str) or not RFC3339.fullmatch(value):
+        raise ValueError("not an RFC 3339 date-time such as 2026-11-22T08:00:00Z")
+    return value
+
+
+Rfc3339 = Annotated[datetime, BeforeValidator(_rfc3339)]
 router = APIRouter(tags=["executions"])
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (401, 404, 409, 422, 503)}
 TRIGGERS = ("api", "schedule", "webhook", "prefect-ui", "retry", "parent")
@@ -94,8 +108,12 @@ async def list_executions(
     workflow_id: str | None = None,
     status: str | None = None,
     trigger: str | None = Query(None, description=f"One of {', '.join(TRIGGERS)}."),
+    limit: int = Query(500, ge=1, le=500, description="At most this many runs, the newest."),
+    since: Rfc3339 | None = Query(None, description="Runs created at or after this time (RFC 3339)."),
+    until: Rfc3339 | None = Query(None, description="Runs created before this time (RFC 3339)."),
 ) -> list[ExecutionSummary]:
-    rows = await runs.list(owner, workflow_id, status, trigger)
+    """Runs of the owner, newest first."""
+    rows = await runs.list(owner, workflow_id, status, trigger, limit=limit, since=since, until=until)
     return [
         ExecutionSummary(
             id=r.id,
@@ -192,7 +210,7 @@ def resume_point(last_event_id: str | None) -> int:
                 {
                     "code": "invalid_request",
                     "field": "header.Last-Event-ID",
-                    "message": f"Last-Event-ID: must be at most {MAX_SEQ}",
+                    "message": f"must be at most {MAX_SEQ}",
                 }
             ],
         )

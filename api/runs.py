@@ -20,6 +20,7 @@ import asyncio
 import builtins
 import logging
 import uuid
+from datetime import datetime
 from typing import Any, cast
 
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -192,6 +193,8 @@ class RunService:
             ),
         )
         run_id = str(flow_run.id)
+        if idempotency_key is not None:
+            await self.refuse_other_request(owner, run_id, inputs, saved.version if version else None)
         await self.executions.record_start(
             execution_id=run_id,
             owner=owner,
@@ -203,6 +206,33 @@ class RunService:
         )
         self.metrics.runs_started.labels(saved.name).inc()
         return run_id
+
+    async def refuse_other_request(self, owner: str, run_id: str, inputs: dict[str, Any], version: int | None) -> None:
+        """A key Prefect already knew answers the run it started; when that run was started
+        with other inputs (or another version), the key was reused by mistake: 422 naming
+        what differs, as payment APIs do, rather than the other request's run."""
+        try:
+            earlier = await self.executions.get(owner, run_id)
+        except NotFound:
+            return  # a new run (or the first request is still being recorded)
+        differs = sorted(k for k in set(earlier.inputs) | set(inputs) if earlier.inputs.get(k) != inputs.get(k))
+        fields = [f"inputs.{k}" for k in differs]
+        if version is not None and earlier.version != version:
+            fields.append("version")
+        if not fields:
+            return
+        raise Invalid(
+            f"this Idempotency-Key already started run {run_id} with other values ({', '.join(fields)}); "
+            "send a new key for a new run",
+            [
+                {
+                    "code": "idempotency_mismatch",
+                    "field": field,
+                    "message": f"differs from the request that used this key first (run {run_id})",
+                }
+                for field in fields
+            ],
+        )
 
     async def read(self, owner: str, run_id: str) -> RunResult:
         try:
@@ -333,11 +363,29 @@ class RunService:
         return status if status in FINAL_STATUSES else None
 
     async def list(
-        self, owner: str, workflow_id: str | None, status: str | None, trigger: str | None = None
+        self,
+        owner: str,
+        workflow_id: str | None,
+        status: str | None,
+        trigger: str | None = None,
+        *,
+        limit: int = 500,
+        since: datetime | None = None,
+        until: datetime | None = None,
     ) -> list[ExecutionRow]:
-        """Runs of an owner, newest first. The stored status of a run in progress is
-        refreshed from Prefect, so ``status=running`` or ``paused`` finds it."""
-        rows = await self.executions.list(owner, workflow_id=workflow_id, status=status, trigger=trigger)
+        """Runs of an owner, newest first, at most ``limit``. The stored status of a run in
+        progress is refreshed from Prefect, so ``status=running`` or ``paused`` finds it."""
+        live_status = status is not None and status not in FINAL_STATUSES
+        rows = await self.executions.list(
+            owner,
+            workflow_id=workflow_id,
+            status=status,
+            trigger=trigger,
+            # Runs in progress are filtered once refreshed: read them all (up to the cap).
+            limit=500 if live_status else limit,
+            since=since,
+            until=until,
+        )
         live = [row for row in rows if row.status not in FINAL_STATUSES]
         if live:
             flow_runs = await self.prefect.call(
@@ -352,7 +400,7 @@ class RunService:
                 state = states.get(row.id)
                 if state is not None:
                     row.status = STATUS_OF_STATE.get(state.type, row.status)
-        return [row for row in rows if status is None or row.status == status]
+        return [row for row in rows if status is None or row.status == status][:limit]
 
     async def cancel(self, owner: str, run_id: str) -> str:
         row = await self.executions.get(owner, run_id)

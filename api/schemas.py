@@ -5,8 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
+from api.webhook_schemes import InputMapping, Verification
 from store.vocabulary import EventType, NodeStatus, RunStatus
 
 
@@ -52,8 +54,107 @@ class RequestBody(BaseModel):
 
 
 class CanvasBody(RequestBody):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"canvas": EXAMPLE_CANVAS}]})
-    canvas: dict[str, Any] = Field(description="A canvas-v1 document (React Flow export accepted).")
+    """A canvas: under ``canvas``, or the document itself (a React Flow export as
+    ``toObject()`` gives it: ``nodes``, ``edges``, ``viewport``...), with ``name`` and
+    ``types`` beside it."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {"canvas": EXAMPLE_CANVAS},
+                {
+                    "name": "from the editor",
+                    "types": {"input": "start", "output": "end", "group": None},
+                    "nodes": EXAMPLE_CANVAS["nodes"],
+                    "edges": EXAMPLE_CANVAS["edges"],
+                    "viewport": {"x": 0, "y": 0, "zoom": 1},
+                },
+            ],
+            "anyOf": [{"required": ["canvas"]}, {"required": ["nodes"]}],
+        },
+    )
+    canvas: dict[str, Any] | SkipJsonSchema[None] = Field(
+        None, description="A canvas-v1 document (React Flow export accepted); or send the document itself as the body."
+    )
+    name: str | None = Field(None, min_length=1, max_length=200, description="The workflow's name, over the canvas's.")
+    types: dict[str, str | None] = Field(
+        default_factory=dict,
+        max_length=100,
+        description="Node types of the export -> FlowMaestro's (React Flow's built-in 'input', 'default', "
+        "'output', 'group'; a node without a type is 'default'); null drops those nodes (a visual group), "
+        "their edges, and makes their children top-level.",
+    )
+    nodes: list[Any] | SkipJsonSchema[None] = Field(
+        None, description="The export's nodes, when the body is the document itself."
+    )
+    edges: list[Any] | SkipJsonSchema[None] = Field(
+        None, description="The export's edges, when the body is the document itself."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nulls(cls, data: Any) -> Any:
+        # Absent, never null: the schema documents objects and lists (null is not "absent").
+        if isinstance(data, dict):
+            for key in ("canvas", "nodes", "edges"):
+                if key in data and data[key] is None:
+                    raise ValueError(f"{key} may be left out but not null")
+        return data
+
+    @model_validator(mode="after")
+    def _one_document(self) -> CanvasBody:
+        if self.canvas is None and self.nodes is None:
+            raise ValueError("give the canvas as 'canvas', or send the document (its 'nodes' and 'edges') as the body")
+        return self
+
+    def document(self) -> dict[str, Any]:
+        """The canvas to compile, with ``name`` and ``types`` applied."""
+        if self.canvas is not None:  # the document; other keys beside it but name and types are ignored
+            document = dict(self.canvas)
+        else:
+            document = {**(self.model_extra or {}), "nodes": self.nodes, "edges": self.edges or []}
+        if self.name is not None:
+            document["name"] = self.name
+        if self.types:
+            document = map_node_types(document, self.types)
+        return document
+
+
+def _names(value: Any, ids: set[str]) -> bool:
+    return isinstance(value, str) and value in ids
+
+
+def map_node_types(document: dict[str, Any], types: dict[str, str | None]) -> dict[str, Any]:
+    """The document with its nodes' types mapped; nodes mapped to None dropped with their edges
+    (their children, if any, move to the top level)."""
+    nodes: list[Any] = []
+    dropped: set[str] = set()
+    for raw in document.get("nodes") or []:
+        if not isinstance(raw, dict):
+            nodes.append(raw)
+            continue
+        kind = raw.get("type") if raw.get("type") is not None else "default"
+        if isinstance(kind, str) and kind in types:
+            if types[kind] is None:
+                if isinstance(raw.get("id"), str):
+                    dropped.add(raw["id"])
+                continue
+            raw = {**raw, "type": types[kind]}
+        nodes.append(raw)
+    if dropped:
+        nodes = [
+            {k: v for k, v in n.items() if k not in ("parentId", "parentNode")}
+            if isinstance(n, dict) and (_names(n.get("parentId"), dropped) or _names(n.get("parentNode"), dropped))
+            else n
+            for n in nodes
+        ]
+    edges = document.get("edges")
+    if dropped and isinstance(edges, list):
+        edges = [
+            e for e in edges if not (isinstance(e, dict) and (e.get("source") in dropped or e.get("target") in dropped))
+        ]
+    return {**document, "nodes": nodes, "edges": edges}
 
 
 class WorkflowSaved(BaseModel):
@@ -288,8 +389,35 @@ class ScheduleOut(BaseModel):
 
 
 class WebhookBody(RequestBody):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"name": "github push"}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"name": "github push"},
+                {"name": "github push", "verification": {"scheme": "github"}, "inputs": {"body": "payload"}},
+            ]
+        },
+    )
     name: str = Field(min_length=1, max_length=200)
+    verification: Verification | None = Field(
+        None, description="How requests are signed; unset: FlowMaestro's scheme (docs/triggers.md)."
+    )
+    inputs: InputMapping | None = Field(
+        None, description="How a request becomes run inputs; unset: the JSON body is the inputs."
+    )
+    secret: str | None = Field(
+        None,
+        min_length=16,
+        max_length=300,
+        description="The sender's own signing secret (Stripe's, Slack's); unset: a new one is generated.",
+    )
+
+
+class WebhookRotateBody(RequestBody):
+    model_config = ConfigDict(extra="forbid")
+    secret: str | None = Field(
+        None, min_length=16, max_length=300, description="The sender's new secret; unset: a new one is generated."
+    )
 
 
 class WebhookOut(BaseModel):
@@ -299,6 +427,8 @@ class WebhookOut(BaseModel):
     url: str
     created_at: Timestamp
     rotated_at: Timestamp | None = None
+    verification: dict[str, Any] = Field(description="The verification scheme and the options set (see WebhookBody).")
+    inputs: InputMapping | None = None
 
 
 class WebhookCreated(BaseModel):

@@ -18,6 +18,11 @@ class ApiSettings(StoreSettings, CompileSettings):
     api_keys: str = Field(
         "", description="Comma-separated bearer keys, each 'owner:key' or a bare key (then the key is its own owner)."
     )
+    admin_key: SecretStr | None = Field(
+        None,
+        description="Bearer key of the key management routes (/api/admin/keys), which "
+        "create and revoke owners' API keys; closed when unset.",
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Origins allowed to call the API from a browser (a canvas frontend)."
     )

@@ -27,7 +27,7 @@ from urllib.parse import unquote_plus
 
 from fastapi import Depends, Query, Request
 
-from api.auth import require_owner
+from api.auth import known_owner, require_owner
 from api.errors import ApiError
 from api.settings import ApiSettings
 from node_handlers.redaction import REDACTED
@@ -108,7 +108,7 @@ class StreamTokens:
         return grant
 
 
-def stream_reader(
+async def stream_reader(
     request: Request,
     execution_id: str,
     token: str | None = Query(
@@ -125,13 +125,13 @@ def stream_reader(
     from ``FLOWMAESTRO_API_KEYS`` end their tokens too)."""
     if token is None or request.headers.get("authorization"):
         try:
-            return require_owner(request)
+            return await require_owner(request)
         except ApiError as exc:
             if token is None and exc.detail == "missing bearer API key":
                 exc.detail = "missing bearer API key (or ?token= stream token)"
             raise
     grant = request.app.state.stream_tokens.verify(token, execution_id)
-    if grant.owner not in request.app.state.key_owners.values():
+    if not await known_owner(request, grant.owner):
         raise ApiError(401, "the API key this stream token was issued for is no longer accepted")
     return grant.owner
 

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -21,7 +22,8 @@ from api.rate_limit import RateLimiter, retry_after
 from api.replay_guard import ReplayGuard
 from api.runs import RunService
 from api.schemas import RunResult
-from api.signing import BadSignature, verify
+from api.signing import BadSignature
+from api.webhook_schemes import InputMapping, Verification, map_inputs, stored_verification, verify_request
 from store.errors import Invalid, NotFound, Unavailable
 from store.queries import FINAL_STATUSES
 from store.triggers import Webhook, Webhooks
@@ -67,16 +69,33 @@ class WebhookService:
         self.runs, self.webhooks, self.limiter, self.replays = runs, webhooks, limiter, replays
         self.refused_limiter = refused_limiter
 
-    async def create(self, owner: str, workflow_id: str, name: str) -> Webhook:
+    async def create(
+        self,
+        owner: str,
+        workflow_id: str,
+        name: str,
+        *,
+        verification: Verification | None = None,
+        inputs: InputMapping | None = None,
+        secret: str | None = None,
+    ) -> Webhook:
+        """``secret``: the sender's own (Stripe's and Slack's give theirs), else a new one."""
         await self.runs.workflows.get(owner, workflow_id)  # 404 for another owner's workflow
-        return await self.webhooks.create(owner, workflow_id, name, new_secret())
+        return await self.webhooks.create(
+            owner,
+            workflow_id,
+            name,
+            secret or new_secret(),
+            verification=verification.model_dump() if verification else None,
+            inputs_map=inputs.model_dump() if inputs else None,
+        )
 
     async def list(self, owner: str, workflow_id: str) -> list[Webhook]:
         await self.runs.workflows.get(owner, workflow_id)
         return await self.webhooks.list(owner, workflow_id)
 
-    async def rotate(self, owner: str, workflow_id: str, hook_id: str) -> Webhook:
-        return await self.webhooks.rotate(owner, workflow_id, hook_id, new_secret())
+    async def rotate(self, owner: str, workflow_id: str, hook_id: str, secret: str | None = None) -> Webhook:
+        return await self.webhooks.rotate(owner, workflow_id, hook_id, secret or new_secret())
 
     async def delete(self, owner: str, workflow_id: str, hook_id: str) -> None:
         await self.webhooks.delete(owner, workflow_id, hook_id)
@@ -85,16 +104,16 @@ class WebhookService:
         self,
         hook_id: str,
         *,
-        timestamp: str | None,
-        signature: str | None,
+        headers: Mapping[str, str],
         body: bytes,
-        inputs: Any,
+        query: Mapping[str, str],
         idempotency_key: str | None,
         wait_s: float | None,
         client: str = "unknown",
     ) -> Delivery:
         """Check, count, start (or find the run of an earlier request with the same key).
-        ``client``: the requesting address, whose refused requests are counted."""
+        ``headers``: the request's, case-insensitive; ``query``: its parameters but ours
+        (``wait``). ``client``: the requesting address, whose refused requests are counted."""
         try:
             hook = await self.webhooks.for_delivery(hook_id)
         except ValueError as exc:  # encrypted under another key: the operator must fix it
@@ -103,17 +122,28 @@ class WebhookService:
             await self._count_refused(f"client:{client}")
             raise
         assert hook.secret is not None
+        verification = stored_verification(hook.verification)
         try:
-            verify(hook.secret, timestamp, signature, body, now=time.time())
+            verified = verify_request(verification, hook.secret, headers, body, now=time.time())
         except BadSignature as exc:
             await self._count_refused(f"hook:{hook.id}", f"client:{client}")
             raise ApiError(401, f"invalid webhook signature: {exc}") from None
-        assert signature is not None  # verified
+        signature = verified.signature
+        idempotency_key = idempotency_key or verified.delivery_id
+        if idempotency_key and len(idempotency_key) > 200:
+            raise Invalid(
+                "the idempotency key is longer than 200 characters",
+                [{"code": "invalid_request", "field": "Idempotency-Key", "message": "at most 200 characters"}],
+            )
+        mapping = InputMapping.model_validate(hook.inputs_map) if hook.inputs_map is not None else None
+        inputs, problem = map_inputs(mapping, body, headers.get("content-type"), headers, query)
         if idempotency_key:
             # A retry of a delivered request (the same signed request, the same key) is
             # answered with its run, as before: it starts nothing.
             earlier = await self.webhooks.delivered(hook.id, idempotency_key, IDEMPOTENCY_WINDOW)
             if earlier is not None:
+                if isinstance(inputs, dict):  # the key reused for another request: 422
+                    await self.runs.refuse_other_request(hook.owner, earlier, inputs, None)
                 return Delivery(earlier, replayed=True)
         # Any other copy of a signed request is a replay: refused, whatever unsigned headers
         # (an Idempotency-Key) it carries, and before the rate limit so replays use none of
@@ -129,7 +159,7 @@ class WebhookService:
                 409, "this signed request was already delivered (a replay); sign each request with its own timestamp"
             )
         try:
-            run_id, replayed = await self._start(hook, inputs, idempotency_key)
+            run_id, replayed = await self._start(hook, inputs, problem, idempotency_key)
         except Exception as exc:
             if started_nothing(exc):  # the sender may send the very same request again
                 with contextlib.suppress(Exception):  # the original error is the answer
@@ -140,15 +170,18 @@ class WebhookService:
         result = await self._wait(hook.owner, run_id, wait_s) if wait_s else None
         return Delivery(run_id, result=result)
 
-    async def _start(self, hook: Webhook, inputs: Any, idempotency_key: str | None) -> tuple[str, bool]:
+    async def _start(
+        self, hook: Webhook, inputs: Any, problem: str | None, idempotency_key: str | None
+    ) -> tuple[str, bool]:
         """Count the request, check its inputs, start its run: (run id, whether an earlier
-        request with the same key, at the same moment, started it)."""
+        request with the same key, at the same moment, started it). ``problem``: why the
+        request gave no inputs."""
         # Signed requests have their own budget: unsigned ones cannot use it up.
         await self._limit(self.limiter, hook.id, "webhook rate limit reached")
-        if not isinstance(inputs, dict):
+        if problem is not None or not isinstance(inputs, dict):
             raise Invalid(
-                "the request body must be a JSON object of the workflow's inputs",
-                [{"code": "invalid_request", "field": "body", "message": "body: expected a JSON object"}],
+                problem or "the request body must be a JSON object of the workflow's inputs",
+                [{"code": "invalid_request", "field": "body", "message": "expected a JSON object"}],
             )
         # Hook-scoped, and scoped to the day: past the 24 h window the same key starts a
         # new run, which Prefect's flow-run idempotency (forever) would otherwise refuse.

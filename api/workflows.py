@@ -102,9 +102,10 @@ async def create_workflow(
 ) -> WorkflowSaved:
     """Save a new workflow (version 1) and its Prefect deployment. An invalid canvas
     answers 422 with every issue, one too large to compile 413."""
-    result = await compiler.valid(body.canvas)
+    canvas = body.document()
+    result = await compiler.valid(canvas)
     assert result.plan is not None
-    saved = await workflows.create(owner, result.plan.name, body.canvas, result.plan.hash)
+    saved = await workflows.create(owner, result.plan.name, canvas, result.plan.hash)
     try:
         return await _saved(saved, result, runs)
     except Exception:
@@ -123,7 +124,7 @@ async def list_workflows(owner: Owner, workflows: WorkflowsDep) -> list[Workflow
 async def validate_workflow(body: CanvasBody, owner: Owner, compiler: CompilerDep) -> ValidationReport:
     """Compile without saving: every issue, and the plan when valid (413 when the canvas is
     too large to compile)."""
-    result = await compiler.compile(body.canvas)
+    result = await compiler.compile(body.document())
     plan = await asyncio.to_thread(result.plan.to_dict) if result.plan else None  # (large: off the loop too)
     return ValidationReport(valid=result.ok, issues=[IssueOut(**i.to_dict()) for i in result.issues], plan=plan)
 
@@ -159,10 +160,27 @@ async def update_workflow(
     """Save a new version; earlier versions stay readable and runnable. The workflow's
     schedules stay; one whose inputs the new version refuses is named in a warning."""
     before = await workflows.get(owner, workflow_id)  # 404 before 422: the workflow must be there
-    result = await compiler.valid(body.canvas)
+    canvas = body.document()
+    result = await compiler.valid(canvas)
     assert result.plan is not None
-    await refuse_cycles(workflows, owner, workflow_id, body.canvas)
-    saved = await workflows.add_version(owner, workflow_id, result.plan.name, body.canvas, result.plan.hash)
+    latest = await workflows.version(owner, workflow_id)
+    if latest.canvas == canvas and latest.plan_hash == result.plan.hash:
+        # An editor's autosave of what is saved already: the current version, not a new one.
+        return WorkflowSaved(
+            id=workflow_id,
+            version=latest.version,
+            name=latest.name,
+            warnings=[IssueOut(**i.to_dict()) for i in result.warnings]
+            + [
+                IssueOut(
+                    code="unchanged",
+                    severity="warning",
+                    message=f"the canvas is the one of version {latest.version}; no new version was made",
+                )
+            ],
+        )
+    await refuse_cycles(workflows, owner, workflow_id, canvas)
+    saved = await workflows.add_version(owner, workflow_id, result.plan.name, canvas, result.plan.hash)
     answer = await _saved(saved, result, runs)
     if before.name != saved.name:  # the deployment is named after the workflow: drop the old name's
         await _move_schedules(runs, schedules, owner, workflow_id, before.name)

@@ -42,6 +42,7 @@ from builder.plan import (
     plan_hash,
 )
 from builder.references import check_references
+from builder.skippable import check_skippable_reads
 from builder.templates import is_template
 
 
@@ -94,6 +95,7 @@ def compile_canvas(raw: Any, catalog: NodeCatalog, limits: CompileLimits | None 
         deadline.check("the graph")
         draft = check_references(draft, limits, deadline)
         deadline.check("template references")
+        draft = check_skippable_reads(draft, deadline)
         return build_plan(draft)
     except BudgetExceeded as exc:
         return CompileResult(

@@ -321,14 +321,30 @@ def serve(
     when PREFECT_API_URL is not set. Runs execute on the workers, never in the API.
     Ctrl-C or SIGTERM stops them all cleanly."""
     import os
-    import secrets
     import signal
 
+    from cli.listening import PortTaken, bind
+
+    # The port first: a taken one fails here, before any address is printed or any
+    # process started.
+    try:
+        listener = bind(host, port)
+    except PortTaken as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(EXIT_FAILED) from None
     server = _prefect_server()
     if not os.environ.get("FLOWMAESTRO_API_KEYS"):
-        key = secrets.token_urlsafe(24)
-        os.environ["FLOWMAESTRO_API_KEYS"] = f"local:{key}"  # the worker children need not see it
-        out.print(f"No FLOWMAESTRO_API_KEYS set; generated one for this session:\n  Authorization: Bearer {key}")
+        from cli.local_key import LOCAL_OWNER, local_api_key
+        from store.settings import StoreSettings
+
+        key, key_file, generated = local_api_key(StoreSettings().home)
+        os.environ["FLOWMAESTRO_API_KEYS"] = f"{LOCAL_OWNER}:{key}"  # the worker children need not see it
+        done = "generated it into" if generated else "using the one in"
+        out.print(
+            f"No FLOWMAESTRO_API_KEYS set; {done} {key_file} (kept across restarts):\n"
+            f"  Authorization: Bearer $(cat {key_file})   or   --api-key-file {key_file}",
+            soft_wrap=True,
+        )
     import uvicorn
 
     from api.app import create_app
@@ -383,7 +399,8 @@ def serve(
                 f"Workers:         {workers} on pool {settings.work_pool!r} (pids {children.pids()}, "
                 f"settings:{fingerprint})"
             )
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="info", timeout_graceful_shutdown=10)
+        config = uvicorn.Config(create_app(settings), log_level="info", timeout_graceful_shutdown=10)
+        uvicorn.Server(config).run(sockets=[listener])
 
 
 @app.command()

@@ -89,16 +89,16 @@ def _print(answer: Any) -> None:
         print(json.dumps(answer, indent=2))
 
 
-def _inputs(inputs_json: str | None) -> dict[str, Any] | None:
+def _inputs(inputs_json: str | None, option: str = "--inputs-json") -> dict[str, Any] | None:
     if inputs_json is None:
         return None
     try:
         inputs = json.loads(inputs_json)
     except json.JSONDecodeError as exc:
-        err.print(f"[red]--inputs-json is not valid JSON: {exc.msg}[/red]")
+        err.print(f"[red]{option} is not valid JSON: {exc.msg}[/red]")
         raise typer.Exit(EXIT_INVALID) from None
     if not isinstance(inputs, dict):
-        err.print("[red]--inputs-json must be a JSON object[/red]")
+        err.print(f"[red]{option} must be a JSON object[/red]")
         raise typer.Exit(EXIT_INVALID)
     return inputs
 
@@ -174,11 +174,30 @@ def webhooks_list(workflow_id: str, api_url: str = ApiUrl, api_key: str = ApiKey
 def webhooks_add(
     workflow_id: str,
     name: str = typer.Option(..., "--name", help="What sends to it."),
+    scheme: str | None = typer.Option(
+        None, "--scheme", help="flowmaestro (default), github, stripe, slack or hmac (docs/triggers.md)."
+    ),
+    verification_json: str | None = typer.Option(
+        None, "--verification-json", help='All the scheme\'s options, e.g. \'{"scheme": "hmac", "header": "X-Sig"}\'.'
+    ),
+    inputs_json: str | None = typer.Option(
+        None, "--inputs-map-json", help='How a request becomes inputs, e.g. \'{"body": "payload"}\'.'
+    ),
     api_url: str = ApiUrl,
     api_key: str = ApiKey,
 ) -> None:
-    """A new webhook; its secret is printed this once."""
-    _print(call_api(api_url, api_key, "POST", f"/api/workflows/{workflow_id}/webhooks", {"name": name}))
+    """A new webhook; its secret is printed this once. A sender's own secret (Stripe's,
+    Slack's) is set through the API, never on the command line."""
+    body: dict[str, Any] = {"name": name}
+    verification = _inputs(verification_json, "--verification-json")
+    if scheme is not None:
+        verification = {**(verification or {}), "scheme": scheme}
+    if verification is not None:
+        body["verification"] = verification
+    mapping = _inputs(inputs_json, "--inputs-map-json")
+    if mapping is not None:
+        body["inputs"] = mapping
+    _print(call_api(api_url, api_key, "POST", f"/api/workflows/{workflow_id}/webhooks", body))
 
 
 @webhooks_app.command("rotate")

@@ -79,7 +79,7 @@ class Timing:
                         {
                             "code": "invalid_schedule",
                             "field": "interval_s",
-                            "message": f"interval_s: {self.interval_s} is not between {MIN_INTERVAL_S} "
+                            "message": f"{self.interval_s} is not between {MIN_INTERVAL_S} "
                             f"and {MAX_INTERVAL_S} seconds",
                         }
                     ],
@@ -91,7 +91,7 @@ class Timing:
                         {
                             "code": "invalid_schedule",
                             "field": "interval_s",
-                            "message": f"interval_s: {self.interval_s} is below {MIN_INTERVAL_S} seconds",
+                            "message": f"{self.interval_s} is below {MIN_INTERVAL_S} seconds",
                         }
                     ],
                 )
@@ -105,10 +105,12 @@ class Timing:
                     {
                         "code": "invalid_schedule",
                         "field": name,
-                        "message": f"{name}: {str(error['msg']).removeprefix('Value error, ')}",
+                        "message": str(error["msg"]).removeprefix("Value error, "),
                     }
                 )
-            raise Invalid("invalid schedule: " + "; ".join(i["message"] for i in issues), issues) from exc
+            raise Invalid(
+                "invalid schedule: " + "; ".join(f"{i['field']}: {i['message']}" for i in issues), issues
+            ) from exc
 
 
 async def refuse_short_gaps(timing: Timing) -> None:

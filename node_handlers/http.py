@@ -83,6 +83,19 @@ def _http_json_schema(schema: dict[str, Any]) -> None:
     }
 
 
+DEFAULT_RESPONSE_HEADERS = (
+    "content-type",
+    "content-length",
+    "content-disposition",
+    "location",
+    "etag",
+    "last-modified",
+    "retry-after",
+    "link",
+)
+"""What a flow usually reads of a response; ``response_headers`` changes it per node."""
+
+
 class HttpConfig(NodeConfig):
     model_config = ConfigDict(populate_by_name=True, json_schema_extra=_http_json_schema)
 
@@ -115,6 +128,12 @@ class HttpConfig(NodeConfig):
     follow_redirects: Templatable[bool] = Field(True, description=f"Follow up to {MAX_REDIRECTS} redirects.")
     max_response_bytes: Templatable[int] = Field(
         DEFAULT_MAX_RESPONSE_BYTES, description="Larger responses fail the node (decompressed size)."
+    )
+    response_headers: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_RESPONSE_HEADERS),
+        max_length=100,
+        description="Response headers kept in the output (case-insensitive); ['*'] keeps all. "
+        "By default: " + ", ".join(DEFAULT_RESPONSE_HEADERS) + ".",
     )
     idempotency_key: Templatable[str] | bool = Field(
         True,
@@ -240,7 +259,7 @@ class HttpHandler(NodeHandler):
             raise NodeError(message, retry_class="connection", error_type="ConnectError") from None
         output = {
             "status": response.status_code,
-            "headers": dict(response.headers),
+            "headers": kept_headers(response.headers, config.response_headers),
             "body": decode_body(response, body),
             "url": str(response.url),
         }
@@ -282,6 +301,15 @@ class HttpHandler(NodeHandler):
 
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+def kept_headers(headers: httpx.Headers, wanted: list[str]) -> dict[str, str]:
+    """The response headers a node's output keeps: every header of every response went into
+    results and events (cookies, tracing ids, server banners) when most flows read two."""
+    if "*" in wanted:
+        return dict(headers)
+    names = {name.lower() for name in wanted}
+    return {name: value for name, value in headers.items() if name.lower() in names}
 
 
 def _has_header(headers: Any, name: str) -> bool:

@@ -158,6 +158,10 @@ class WebhookRow(Base):
     secret_encrypted: Mapped[str] = mapped_column(String(500))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     rotated_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    verification: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    """The verification scheme and its options (``api.webhook_schemes``); null: ours."""
+    inputs_map: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    """How a request becomes inputs; null: the JSON body is the inputs."""
 
 
 class CredentialRow(Base):
@@ -187,6 +191,22 @@ class WebhookDelivery(Base):
     idempotency_key: Mapped[str] = mapped_column(String(200), primary_key=True)
     execution_id: Mapped[str] = mapped_column(String(36))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiKeyRow(Base):
+    """An owner's API key made through the API: only its SHA-256 is kept (the key is random,
+    32 bytes, so a fast hash is enough: nothing to guess), with what identifies it to people."""
+
+    __tablename__ = "api_keys"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    """The key's first characters, to recognise it in a list."""
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
 def make_engine(url: str, **options: Any) -> AsyncEngine:

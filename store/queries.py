@@ -74,7 +74,7 @@ class Workflows:
         async with self.sessions() as session:
             session.add(workflow)
             session.add(WorkflowVersion(workflow_id=workflow.id, version=1, canvas=canvas, plan_hash=plan_hash))
-            await _commit_or_conflict(session, name)
+            await _commit_or_conflict(session, owner, name)
         return SavedVersion(workflow.id, owner, name, 1, 1, canvas, plan_hash)
 
     async def add_version(
@@ -89,7 +89,7 @@ class Workflows:
                     workflow_id=workflow.id, version=workflow.latest_version, canvas=canvas, plan_hash=plan_hash
                 )
             )
-            await _commit_or_conflict(session, name)
+            await _commit_or_conflict(session, owner, name)
             return SavedVersion(
                 workflow.id, owner, name, workflow.latest_version, workflow.latest_version, canvas, plan_hash
             )
@@ -121,14 +121,25 @@ class Executions:
         status: str | None = None,
         trigger: str | None = None,
         limit: int = 500,
+        since: datetime | None = None,
+        until: datetime | None = None,
     ) -> list[ExecutionRow]:
+        """Newest first. A status that is not final selects every run not ended yet (their
+        stored status may be behind Prefect's: the caller refreshes and filters them).
+        ``since`` (inclusive) and ``until`` (exclusive) bound the creation time."""
         query = select(ExecutionRow).where(ExecutionRow.owner == owner)
         if workflow_id:
             query = query.where(ExecutionRow.workflow_id == workflow_id)
         if status in FINAL_STATUSES:
             query = query.where(ExecutionRow.status == status)
+        elif status is not None:
+            query = query.where(ExecutionRow.status.not_in(list(FINAL_STATUSES)))
         if trigger:
             query = query.where(ExecutionRow.trigger_type == trigger)
+        if since is not None:
+            query = query.where(ExecutionRow.created_at >= _utc(since))
+        if until is not None:
+            query = query.where(ExecutionRow.created_at < _utc(until))
         query = query.order_by(ExecutionRow.created_at.desc()).limit(limit)
         async with self.sessions() as session:
             return list(await session.scalars(query))
@@ -218,6 +229,12 @@ class Executions:
         return row.content.encode()
 
 
+def _utc(moment: datetime) -> datetime:
+    """The moment in UTC (a naive one is taken as UTC): PostgreSQL compares aware times, and
+    SQLite, which keeps the wall time without its zone, then compares UTC with UTC."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
 async def _workflow(session: AsyncSession, owner: str, workflow_id: str) -> Workflow:
     workflow = await session.get(Workflow, workflow_id)
     if workflow is None or workflow.owner != owner or workflow.deleted_at is not None:
@@ -225,12 +242,28 @@ async def _workflow(session: AsyncSession, owner: str, workflow_id: str) -> Work
     return workflow
 
 
-async def _commit_or_conflict(session: AsyncSession, name: str) -> None:
+async def _commit_or_conflict(session: AsyncSession, owner: str, name: str) -> None:
+    """Commit; a name the owner already uses is a 409 naming the workflow that has it, so a
+    client can save a new version of it instead (``PUT /api/workflows/{id}``)."""
     try:
         await session.commit()
     except IntegrityError as exc:
         await session.rollback()
-        raise Conflict(f"a workflow named {name!r} already exists") from exc
+        existing = await session.scalar(
+            select(Workflow.id).where(Workflow.owner == owner, Workflow.name == name, Workflow.deleted_at.is_(None))
+        )
+        where = f" (id {existing}): save a new version of it with PUT /api/workflows/{existing}, or use another name"
+        raise Conflict(
+            f"a workflow named {name!r} already exists" + (where if existing else ""),
+            [
+                {
+                    "code": "name_taken",
+                    "field": "name",
+                    "message": f"{name!r} is the name of workflow {existing}",
+                    "related": [existing] if existing else [],
+                }
+            ],
+        ) from exc
 
 
 @dataclass(frozen=True)

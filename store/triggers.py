@@ -9,8 +9,10 @@ intake, which proves who it is with the signature instead.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
@@ -32,6 +34,10 @@ class Webhook:
     created_at: datetime
     rotated_at: datetime | None = None
     secret: str | None = None
+    verification: Mapping[str, Any] | None = None
+    """The verification scheme and its options as stored; None: ours."""
+    inputs_map: Mapping[str, Any] | None = None
+    """How a request becomes inputs as stored; None: the JSON body is the inputs."""
 
     @property
     def url(self) -> str:
@@ -39,14 +45,32 @@ class Webhook:
 
 
 def _webhook(row: WebhookRow, secret: str | None = None) -> Webhook:
-    return Webhook(row.id, row.owner, row.workflow_id, row.name, row.created_at, row.rotated_at, secret)
+    return Webhook(
+        row.id,
+        row.owner,
+        row.workflow_id,
+        row.name,
+        row.created_at,
+        row.rotated_at,
+        secret,
+        verification=row.verification,
+        inputs_map=row.inputs_map,
+    )
 
 
 class Webhooks:
     def __init__(self, sessions: Sessions, box: SecretBox):
         self.sessions, self.box = sessions, box
 
-    async def create(self, owner: str, workflow_id: str, name: str, secret: str) -> Webhook:
+    async def create(
+        self,
+        owner: str,
+        workflow_id: str,
+        name: str,
+        secret: str,
+        verification: dict[str, Any] | None = None,
+        inputs_map: dict[str, Any] | None = None,
+    ) -> Webhook:
         row = WebhookRow(
             id=str(uuid.uuid4()),
             owner=owner,
@@ -54,6 +78,8 @@ class Webhooks:
             name=name,
             secret_encrypted=self.box.seal(secret),
             created_at=utcnow(),
+            verification=verification,
+            inputs_map=inputs_map,
         )
         async with self.sessions() as session:
             session.add(row)

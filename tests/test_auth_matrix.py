@@ -32,6 +32,7 @@ pytestmark = pytest.mark.prefect
 
 OWNER_KEY, OTHER_KEY = "owner-key-" + uuid.uuid4().hex, "other-key-" + uuid.uuid4().hex
 METRICS_KEY = "metrics-key-" + uuid.uuid4().hex
+ADMIN_KEY = "admin-key-" + uuid.uuid4().hex
 
 # How each route is protected. A route in none of these fails the test.
 PUBLIC = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/health", "/docs/static"}
@@ -39,6 +40,9 @@ PUBLIC = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/health"
 OPERATOR = {"/metrics"}
 """Everyone's numbers: the metrics key when one is set (it is here); closed otherwise unless
 FLOWMAESTRO_METRICS_PUBLIC=true (tests/security/test_secrets_hygiene.py)."""
+ADMIN = {"/api/admin/keys", "/api/admin/keys/{key_id}"}
+"""Owners' keys, managed with the admin key only (an owner's key is refused); closed
+without one (tests/test_api_keys.py)."""
 SIGNED = {"/hooks/{hook_id}"}
 """Authenticated by the webhook's HMAC signature; a bearer key grants nothing."""
 PUBLIC_SHELL_PREFIX = "/ui"
@@ -146,6 +150,8 @@ def access_of(route: Route) -> str:
         return "signed"
     if route.path in OPERATOR:
         return "operator"
+    if route.path in ADMIN:
+        return "admin"
     if route.path == PUBLIC_SHELL_PREFIX or route.path.startswith(PUBLIC_SHELL_PREFIX + "/"):
         return "shell"
     if route.path.startswith("/api/"):
@@ -172,6 +178,7 @@ async def clients(tmp_path, prefect_server):
         home=tmp_path,
         api_keys=f"owner:{OWNER_KEY},other:{OTHER_KEY}",
         metrics_key=METRICS_KEY,
+        admin_key=ADMIN_KEY,
         work_pool=f"matrix-{uuid.uuid4().hex[:8]}",
     )  # no worker: runs stay put
     app = create_app(settings)
@@ -243,7 +250,7 @@ async def test_every_route_is_classified_and_guarded(clients):
     routes = sorted(app_routes(app), key=order)
     unclassified = [f"{r.method} {r.path}" for r in routes if access_of(r) == "unclassified"]
     assert not unclassified, (
-        f"routes with no access class: {unclassified}. Add each to PUBLIC, OPERATOR, SIGNED or TOKEN_ALSO in "
+        f"routes with no access class: {unclassified}. Add each to PUBLIC, OPERATOR, ADMIN, SIGNED or TOKEN_ALSO in "
         "tests/test_auth_matrix.py (or put it under /api/ with a bearer key, or /ui/ as a public shell), "
         "and say how it is protected in docs/security.md"
     )
@@ -264,6 +271,8 @@ async def test_every_route_is_classified_and_guarded(clients):
             await check_signed(client, route, world)
         elif access == "operator":
             await check_operator(client, route, world)
+        elif access == "admin":
+            await check_admin(client, route)
         else:
             await check_public(client, route, world)
         checked.append(f"{route.method} {route.path}")
@@ -349,6 +358,21 @@ async def check_operator(client: httpx.AsyncClient, route: Route, world: World) 
         assert answer.status_code == 401, f"{route.path} with {headers or 'no key'}: {answer.status_code}"
         assert world.name not in answer.text
     assert (await client.get(route.path, headers=bearer(METRICS_KEY))).status_code == 200
+
+
+async def check_admin(client: httpx.AsyncClient, route: Route) -> None:
+    made = await client.post("/api/admin/keys", json={"owner": "matrix", "name": "m"}, headers=bearer(ADMIN_KEY))
+    assert made.status_code == 201, made.text
+    path = route.path.format(key_id=made.json()["id"])
+    body = {"owner": "matrix", "name": "m"} if route.method == "POST" else None
+    for headers in ({}, bearer(OWNER_KEY), bearer(made.json()["key"]), bearer("wrong-" + ADMIN_KEY)):
+        answer = await client.request(route.method, path, json=body, headers=headers)
+        assert answer.status_code == 401, (
+            f"{route.method} {route.path} with {headers or 'no key'}: {answer.status_code}"
+        )
+        assert made.json()["key"] not in answer.text
+    answer = await client.request(route.method, path, json=body, headers=bearer(ADMIN_KEY))
+    assert answer.status_code == (route.declared_status or 200), answer.text
 
 
 # Public pages that take ids: the page is the same shell for any id (it reads the run with the

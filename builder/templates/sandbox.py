@@ -46,10 +46,20 @@ ENV_ALLOWLIST_SETTING = "FLOWMAESTRO_ENV_ALLOWLIST"
 NAMESPACES = frozenset({"inputs", "var", "env", "run", "loop", "parallel", "nodes", "args"})
 """The template namespaces the engine fills (section 8 of the spec); never node ids. ``args``:
 the arguments of an agent's tool call, in the templates of its http tools."""
-JINJA_GLOBALS = frozenset(DEFAULT_NAMESPACE) | {"self"}
-"""Names Jinja itself provides in every template (``range``, ``dict``, ``namespace``, ...,
-``self``): ``{{ range.x }}`` reads Jinja's, never a node, so they are not reported as
-names a template reads, and no node may take one as its id."""
+
+
+def coalesce(*values: Any) -> Any:
+    """The first value that is not none (a skipped node reads as none), else none:
+    ``coalesce(refund and refund.body.id, "no refund")``."""
+    return next((value for value in values if value is not None), None)
+
+
+OUR_GLOBALS: dict[str, Any] = {"coalesce": coalesce}
+"""Functions FlowMaestro adds to every template."""
+JINJA_GLOBALS = frozenset(DEFAULT_NAMESPACE) | {"self"} | frozenset(OUR_GLOBALS)
+"""Names every template has (Jinja's ``range``, ``dict``, ``namespace``, ..., ``self``, and
+ours, ``coalesce``): ``{{ range.x }}`` reads Jinja's, never a node, so they are not reported
+as names a template reads, and no node may take one as its id."""
 
 
 class EnvNamespace(Mapping[str, str]):
@@ -225,6 +235,7 @@ class _SandboxEnvironment(ImmutableSandboxedEnvironment):
         self.tests = budgeted_tests(self.tests)
         for name in REFUSED_GLOBALS:
             del self.globals[name]
+        self.globals.update(OUR_GLOBALS)
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         return bounded_binop(context.budget, operator, left, right)
