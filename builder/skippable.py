@@ -88,7 +88,8 @@ class ScopeFacts:
                 for nxt in nexts:
                     sure |= self.certain[nxt]
             self.certain[vertex] = self.bit[vertex] | sure
-        self._guards: dict[Vertex, frozenset[Vertex]] = {}
+        self._surely: dict[Vertex, dict[Vertex, bool]] = {}
+        """Per target: whether some dominator of a vertex (itself included) has it certain."""
 
     def _node_certain(self, vertex: Vertex, nexts: list[Vertex], handles: frozenset[str]) -> int:
         """What surely runs after a node: at least one of its handles fires."""
@@ -124,13 +125,28 @@ class ScopeFacts:
             return bool(self.certain[ROOT] & bit)
         if reader not in self.idom:
             return True
+        # Up the dominator tree from the reader's immediate dominator, until one has the
+        # target among its certain successors. Each vertex's answer is kept per target, so a
+        # walk stops where an earlier one passed: linear in all, where a chain of n nodes
+        # each reading the first would otherwise walk n * n / 2 steps.
+        known = self._surely.setdefault(target, {})
+        path: list[Vertex] = []
         vertex = self.idom[reader]
         while True:
+            answer = known.get(vertex)
+            if answer is not None:
+                break
+            path.append(vertex)
             if self.certain[vertex] & bit:
-                return True
+                answer = True
+                break
             if vertex == ROOT:
-                return False
+                answer = False
+                break
             vertex = self.idom[vertex]
+        for passed in path:
+            known[passed] = answer
+        return answer
 
     def guard_of(self, target: Vertex) -> Vertex | None:
         """The conditional handle or edge nearest in front of ``target``, for the message."""
