@@ -28,7 +28,7 @@ from prefect.states import Cancelled, Completed, Pending
 
 from flows import prefect_compat
 from flows.flow import run_workflow
-from tests.support import canvas, node, task_runs_of
+from tests.support import canvas, forge_completed, new_flow_run, node, task_runs_of
 
 
 async def state_of(client, flow_run_id) -> StateType | None:
@@ -456,29 +456,9 @@ def stored_record(serializer: str, result: str) -> bytes:
 
 
 async def forged_state(storage_key: str, serializer: dict, block_id: uuid.UUID | None = None):
-    """A flow run forced Completed through the API (a plain request, as anyone reaching
-    Prefect sends it) with data pointing at ``storage_key``, as read back from the server."""
-    async with get_client() as client:
-        flow_id = await client.create_flow_from_name(f"forged-{uuid.uuid4().hex[:6]}")
-        run_id = (await client.request("POST", "/flow_runs/", json={"flow_id": str(flow_id)})).json()["id"]
-        await client.request(
-            "POST",
-            "/flow_runs/{id}/set_state",
-            path_params={"id": run_id},
-            json={
-                "force": True,
-                "state": {
-                    "type": "COMPLETED",
-                    "name": "Completed",
-                    "data": {
-                        "storage_key": storage_key,
-                        "serializer": serializer,
-                        "storage_block_id": str(block_id) if block_id else None,
-                    },
-                },
-            },
-        )
-        return (await client.read_flow_run(run_id)).state
+    """A new flow run forced Completed through the API with data pointing at ``storage_key``,
+    as read back from the server (``tests.support.forge_completed``)."""
+    return await forge_completed(await new_flow_run(), storage_key, serializer, block_id)
 
 
 @pytest.mark.prefect
