@@ -19,13 +19,23 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/flowmaestro demo examples/hello.json --input name=Ada
 
+# The tests that need no service run on TEST_PROCESSES processes (pytest-xdist: each has its
+# own session directory, ports and databases, see tests/conftest.py); much of their time is
+# waiting (timeouts, retries' backoff), which overlaps. The tests with services stay in one
+# process: they share the session's Prefect servers and this machine's PostgreSQL and Redis.
+# TEST_PROCESSES=0 runs everything in this process.
+TEST_PROCESSES ?= 2
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -ra --durations=25
+	@status=0; \
+	$(BIN)/python -m pytest -q -ra -n $(TEST_PROCESSES) -m "not services" || status=1; \
+	$(BIN)/python -m pytest -q -ra --durations=25 -m services || status=1; \
+	exit $$status
 
 # Only the tests that need no service: no Prefect server, PostgreSQL, Redis or process of
 # their own (the "services" marker, tests/conftest.py); under a minute.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not services"
+	$(BIN)/python -m pytest -q -n $(TEST_PROCESSES) -m "not services"
 
 # ruff (lint, then the format check: `ruff format --diff <file>` shows what it would change)
 # and mypy; every check runs, and any that fails fails the target. The packages, tests,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
 from api.webhook_schemes import InputMapping, Verification
@@ -19,7 +19,7 @@ def _utc(moment: datetime) -> datetime:
 Timestamp = Annotated[datetime, AfterValidator(_utc)]
 """Stored in UTC; SQLite gives it back without its zone, which is no RFC 3339 date-time."""
 
-EXAMPLE_CANVAS = {
+EXAMPLE_CANVAS: dict[str, JsonValue] = {
     "name": "hello",
     "inputs": {"name": {"type": "string", "required": True}},
     "nodes": [

@@ -50,6 +50,6 @@ def missed_to_skip(flow_runs: Sequence[Any], now: datetime, policy: str, late_af
             missed.setdefault(schedule, []).append(flow_run)
     skipped = []
     for runs in missed.values():
-        runs.sort(key=scheduled_time)
+        runs.sort(key=lambda run: scheduled_time(run) or now)  # every one has its time (above)
         skipped += runs if policy == "none" else runs[:-1]
     return skipped

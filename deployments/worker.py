@@ -48,7 +48,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import ConcurrencyLimitStrategy, FlowRun, StateType
 from prefect.exceptions import Pause
 from prefect.flows import Flow
-from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorkerResult
+from prefect.workers.base import BaseVariables, BaseWorkerResult
 
 from builder.plan_cache import PlanCache
 from deployments.catch_up import missed_to_skip, schedule_of, scheduled_time
@@ -66,12 +66,14 @@ from deployments.settings import WorkerSettings
 from deployments.settings_fingerprint import settings_fingerprint, tagged_name
 from deployments.workflow_deployments import DEFAULT_POOL, WORKER_TYPE
 from flows.prefect_compat import (
+    InProcessJobConfiguration,
     PollingWorker,
     leave_sigterm_to_the_worker,
     mark_cancelled,
     restore_state,
     schedule_id_of,
     start_flow_run_in_process,
+    with_default_result_storage,
 )
 from flows.run_context import CancelSignals, RunContext
 from node_handlers.services import HandlerServices
@@ -83,7 +85,7 @@ AWAITING_SLOT = "AwaitingConcurrencySlot"
 """The Scheduled state Prefect puts a run in when its deployment's limit is reached (ENQUEUE)."""
 
 
-class FlowMaestroJobConfiguration(BaseJobConfiguration):
+class FlowMaestroJobConfiguration(InProcessJobConfiguration):
     """Nothing to configure per run: runs execute in the worker's process."""
 
 
@@ -422,6 +424,7 @@ async def run_worker(
     # Prefect's default poll is every 10 s; runs started through the API should start
     # within about a second. The poll is one cheap query per worker.
     with temporary_settings({PREFECT_WORKER_QUERY_SECONDS: poll_s}):
+        flow = await with_default_result_storage(flow)  # once, not once per run
         heartbeats, sweeper = None, None
         if crash_detect_s is not None:
             async with get_client() as client:

@@ -25,6 +25,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager, nullcontext
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, NoReturn
 
 import prefect
@@ -46,6 +47,7 @@ from prefect.client.schemas.sorting import FlowRunSort
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.events.related import related_resources_from_run_context
 from prefect.exceptions import Pause
+from prefect.filesystems import LocalFileSystem
 from prefect.flow_engine import run_flow_async
 from prefect.flow_runs import asuspend_flow_run
 from prefect.results import ResultRecord, ResultRecordMetadata, aget_default_result_storage
@@ -813,13 +815,82 @@ def _polling_worker_class() -> type:
         def logger(self) -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
             return self._logger
 
+        async def _propose_submitting_state(self, flow_run: Any) -> None:
+            """No ``Submitting`` state: Prefect 3.9's worker proposes it between Pending and
+            the infrastructure's start, a Pending sub-state for its UI. A run of ours starts
+            in this process at once; the Pending proposal is what keeps a second worker from
+            taking the run (core policy: a second Pending is refused), so one request and
+            one state row fewer per run lose no guarantee."""
+            return None
+
     PollingWorker.__qualname__ = "PollingWorker"
     return PollingWorker
 
 
+def _in_process_job_configuration_class() -> type:
+    """``InProcessJobConfiguration``, built on first use like ``PollingWorker``."""
+    from prefect.workers.base import BaseJobConfiguration
+
+    class InProcessJobConfiguration(BaseJobConfiguration):
+        """The job configuration of a worker that runs flow runs in its own process: nothing
+        in it is used to start the run, so it is built from the work pool's template alone.
+        Prefect's ``resolve_for_flow_run`` reads the run's deployment (the worker has just
+        read it to check that it exists) and its flow again, two requests per run, for job
+        variables and the names that label the worker's own submitted/executed events; those
+        events still name the flow run, and through it its deployment and flow."""
+
+        @classmethod
+        async def resolve_for_flow_run(
+            cls,
+            flow_run: FlowRun,
+            *,
+            client: Any,
+            work_pool: Any,
+            worker_name: str,
+            worker_id: uuid.UUID | None = None,
+            deployment: Any = None,
+        ) -> Any:
+            configuration: Any = await cls.from_template_and_values(
+                base_job_template=work_pool.base_job_template, values={}, client=client
+            )
+            configuration.prepare_for_flow_run(
+                flow_run=flow_run,
+                deployment=deployment,
+                flow=None,
+                work_pool=work_pool,
+                worker_name=worker_name,
+                worker_id=worker_id,
+            )
+            return configuration
+
+    InProcessJobConfiguration.__qualname__ = "InProcessJobConfiguration"
+    return InProcessJobConfiguration
+
+
+async def with_default_result_storage(a_flow: Any) -> Any:
+    """``a_flow`` with Prefect's default result storage resolved once, now: otherwise the flow
+    engine resolves it for every flow run (``GET /admin/storage``, the server's default
+    storage block, one request per run). The same storage a run would have found, read when
+    the worker starts: a server default changed later takes effect at the next start. A flow
+    takes a saved block (the server's default) or a path (a local directory: Prefect's own
+    default, ``PREFECT_LOCAL_STORAGE_PATH``, is no saved block)."""
+    storage = await aget_default_result_storage()
+    if getattr(storage, "_block_document_id", None) is not None:
+        return a_flow.with_options(result_storage=storage)
+    if isinstance(storage, LocalFileSystem):
+        return a_flow.with_options(result_storage=Path(storage.basepath))
+    return a_flow  # neither: left to the engine, run by run
+
+
+_LAZY_CLASSES: dict[str, Callable[[], type]] = {
+    "PollingWorker": _polling_worker_class,
+    "InProcessJobConfiguration": _in_process_job_configuration_class,
+}
+
+
 def __getattr__(name: str) -> Any:
-    if name == "PollingWorker":
-        cls = _polling_worker_class()
-        globals()["PollingWorker"] = cls
+    if name in _LAZY_CLASSES:
+        cls = _LAZY_CLASSES[name]()
+        globals()[name] = cls
         return cls
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

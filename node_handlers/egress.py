@@ -65,7 +65,9 @@ class AllowRule:
             raise ValueError(f"{entry!r} is neither a host name nor an IP network")
         return cls(host=host, network=network, port=_port(entry, port))
 
-    def matches(self, host: str, address: IPAddress, port: int) -> bool:
+    def matches(self, host: str, address: IPAddress, port: int | None) -> bool:
+        """Whether a connection to ``host`` at ``address`` on ``port`` is one this rule allows
+        (``port`` None: on no port in particular, only for a rule of any port)."""
         if self.port is not None and port != self.port:
             return False
         if self.host is not None:

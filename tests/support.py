@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -30,6 +31,21 @@ def canvas(nodes: list[dict[str, Any]], edges: list[Any] = (), **extra: Any) -> 
                 {"id": f"e{i}", "source": source, "target": target, "sourceHandle": handle[0] if handle else None}
             )
     return {"name": extra.pop("name", "test"), "nodes": nodes, "edges": out_edges, **extra}
+
+
+def hello(name: str | None = None, input_name: str = "who") -> dict[str, Any]:
+    """start -> greet ("Hello {{ inputs.<input_name> }}") -> end, with one required string
+    input: the saved workflow of the API tests; named ``name``, or a name of its own."""
+    return canvas(
+        [
+            node("start", "start"),
+            node("greet", data={"output": f"Hello {{{{ inputs.{input_name} }}}}"}),
+            node("end", "end", data={"output": "{{ greet }}"}),
+        ],
+        [("start", "greet"), ("greet", "end")],
+        name=name or f"hello-{uuid.uuid4().hex[:6]}",
+        inputs={input_name: {"type": "string", "required": True}},
+    )
 
 
 def node(node_id: str, node_type: str = "transform", **fields: Any) -> dict[str, Any]:
@@ -273,3 +289,40 @@ async def api_without_prefect(settings: Any, key: str) -> AsyncIterator[httpx.As
                 headers={"Authorization": f"Bearer {key}"},
             ) as client:
                 yield client
+
+
+async def new_flow_run() -> str:
+    """A flow run of a new flow, made through the API with no deployment: nothing executes it."""
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        flow_id = await client.create_flow_from_name(f"forged-{uuid.uuid4().hex[:6]}")
+        return (await client.request("POST", "/flow_runs/", json={"flow_id": str(flow_id)})).json()["id"]
+
+
+async def forge_completed(flow_run_id: str, storage_key: str, serializer: dict[str, Any], block_id: Any = None) -> Any:
+    """Force a flow run Completed with its result "at" ``storage_key`` through a plain request to
+    Prefect's API, as an http node or anyone reaching Prefect sends it; the state Prefect now
+    hands back for that run."""
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        answer = await client.request(
+            "POST",
+            "/flow_runs/{id}/set_state",
+            path_params={"id": flow_run_id},
+            json={
+                "force": True,
+                "state": {
+                    "type": "COMPLETED",
+                    "name": "Completed",
+                    "data": {
+                        "storage_key": storage_key,
+                        "serializer": serializer,
+                        "storage_block_id": str(block_id) if block_id else None,
+                    },
+                },
+            },
+        )
+        assert answer.json()["status"] == "ACCEPT", answer.text
+        return (await client.read_flow_run(flow_run_id)).state

@@ -14,7 +14,7 @@ import pytest
 
 from api.app import create_app
 from api.settings import ApiSettings
-from tests.support import canvas, node, summary_artifact_of, wait_running
+from tests.support import canvas, hello, node, save, summary_artifact_of, wait_running
 from tests.support import wait_final as _wait_final
 
 wait_final = partial(_wait_final, timeout=60)
@@ -87,25 +87,6 @@ async def api(request, tmp_path, databases, test_handlers):
             yield client
 
 
-def hello(name: str | None = None):
-    return canvas(
-        [
-            node("start", "start"),
-            node("greet", data={"output": "Hello {{ inputs.who }}"}),
-            node("end", "end", data={"output": "{{ greet }}"}),
-        ],
-        [("start", "greet"), ("greet", "end")],
-        name=name or f"hello-{uuid.uuid4().hex[:6]}",
-        inputs={"who": {"type": "string", "required": True}},
-    )
-
-
-async def create(api, raw):
-    response = await api.post("/api/workflows", json={"canvas": raw})
-    assert response.status_code == 201, response.text
-    return response.json()
-
-
 async def test_requests_need_a_valid_key(api):
     assert (await api.get("/api/workflows", headers={"Authorization": ""})).status_code == 401
     wrong = await api.get("/api/workflows", headers={"Authorization": "Bearer nope"})
@@ -113,7 +94,7 @@ async def test_requests_need_a_valid_key(api):
 
 
 async def test_workflow_crud_with_versions(api):
-    saved = await create(api, hello("crud"))
+    saved = await save(api, hello("crud"), deployed=False)
     assert saved["version"] == 1 and saved["name"] == "crud"
     changed = hello("crud")
     changed["nodes"][1]["data"]["output"] = "Hi {{ inputs.who }}"
@@ -129,7 +110,7 @@ async def test_workflow_crud_with_versions(api):
     assert (await api.get(f"/api/workflows/{saved['id']}")).status_code == 404
     assert (await api.get("/api/workflows")).json() == []
     # The name is free again once deleted.
-    await create(api, hello("crud"))
+    await save(api, hello("crud"), deployed=False)
 
 
 async def test_invalid_canvas_is_422_with_every_issue(api):
@@ -151,13 +132,13 @@ async def test_validate_does_not_save(api):
 
 
 async def test_duplicate_name_is_409(api):
-    await create(api, hello("same"))
+    await save(api, hello("same"), deployed=False)
     response = await api.post("/api/workflows", json={"canvas": hello("same")})
     assert response.status_code == 409 and "already exists" in response.json()["detail"]
 
 
 async def test_another_owners_ids_are_404(api):
-    saved = await create(api, hello())
+    saved = await save(api, hello(), deployed=False)
     bob = api.bob
     assert (await api.get(f"/api/workflows/{saved['id']}", headers=bob)).status_code == 404
     assert (await api.delete(f"/api/workflows/{saved['id']}", headers=bob)).status_code == 404
@@ -186,7 +167,7 @@ async def test_health_and_metrics(api):
 
 @pytest.mark.prefect
 async def test_execute_and_read_the_result(api, prefect_server):
-    saved = await create(api, hello())
+    saved = await save(api, hello(), deployed=False)
     bad = await api.post(f"/api/workflows/{saved['id']}/execute", json={"inputs": {"who": 5}})
     assert bad.status_code == 422 and bad.json()["issues"][0]["field"] == "inputs.who"
     started = await api.post(f"/api/workflows/{saved['id']}/execute", json={"inputs": {"who": "Ada"}})
@@ -212,7 +193,7 @@ async def test_execute_and_read_the_result(api, prefect_server):
 @pytest.mark.prefect
 async def test_cancel_a_running_execution(api, prefect_server):
     raw = canvas([node("slow", "test_sleep", data={"seconds": 60}), node("after")], [("slow", "after")])
-    saved = await create(api, raw)
+    saved = await save(api, raw, deployed=False)
     execution_id = (await api.post(f"/api/workflows/{saved['id']}/execute", json={})).json()["execution_id"]
     # Running for sure (a worker took it and its node started): a run still scheduled would
     # be cancelled too, by another path, and the test would pass without cancelling a run.
@@ -235,7 +216,7 @@ async def test_resume_an_approval_through_the_api(api, prefect_server):
         ],
         [("ask", "yes", "approved")],
     )
-    saved = await create(api, raw)
+    saved = await save(api, raw, deployed=False)
     execution_id = (await api.post(f"/api/workflows/{saved['id']}/execute", json={})).json()["execution_id"]
     for _ in range(150):  # the approval is announced, then Prefect's pause starts
         body = (await api.get(f"/api/executions/{execution_id}")).json()
@@ -267,13 +248,13 @@ async def test_resume_an_approval_through_the_api(api, prefect_server):
 
 
 async def test_saving_a_cycle_between_saved_workflows_is_refused_naming_it(api):
-    first = await create(api, hello("first"))
+    first = await save(api, hello("first"), deployed=False)
     calls_first = canvas(
         [node("start", "start"), node("call", "subworkflow", data={"workflow": first["id"]})],
         [("start", "call")],
         name="second",
     )
-    second = await create(api, calls_first)
+    second = await save(api, calls_first, deployed=False)
     calls_second = canvas(
         [node("start", "start"), node("call", "subworkflow", data={"workflow": second["id"]})],
         [("start", "call")],
@@ -306,7 +287,7 @@ async def test_a_chunked_body_over_the_limit_answers_413(api):
 
 
 async def test_execute_with_the_same_idempotency_key_starts_one_run(api):
-    saved = await create(api, hello())
+    saved = await save(api, hello(), deployed=False)
     headers = {"Idempotency-Key": f"retry-{uuid.uuid4().hex}"}
     first = await api.post(f"/api/workflows/{saved['id']}/execute", json={"inputs": {"who": "A"}}, headers=headers)
     again = await api.post(f"/api/workflows/{saved['id']}/execute", json={"inputs": {"who": "A"}}, headers=headers)

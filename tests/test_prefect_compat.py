@@ -19,6 +19,7 @@ from prefect import flow, task
 from prefect._internal.compatibility.blocks import call_explicitly_async_block_method
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.responses import SetStateStatus
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from prefect.results import aget_default_result_storage
@@ -27,7 +28,7 @@ from prefect.states import Cancelled, Completed, Pending
 
 from flows import prefect_compat
 from flows.flow import run_workflow
-from tests.support import canvas, node, task_runs_of
+from tests.support import canvas, forge_completed, new_flow_run, node, task_runs_of
 
 
 async def state_of(client, flow_run_id) -> StateType | None:
@@ -455,29 +456,9 @@ def stored_record(serializer: str, result: str) -> bytes:
 
 
 async def forged_state(storage_key: str, serializer: dict, block_id: uuid.UUID | None = None):
-    """A flow run forced Completed through the API (a plain request, as anyone reaching
-    Prefect sends it) with data pointing at ``storage_key``, as read back from the server."""
-    async with get_client() as client:
-        flow_id = await client.create_flow_from_name(f"forged-{uuid.uuid4().hex[:6]}")
-        run_id = (await client.request("POST", "/flow_runs/", json={"flow_id": str(flow_id)})).json()["id"]
-        await client.request(
-            "POST",
-            "/flow_runs/{id}/set_state",
-            path_params={"id": run_id},
-            json={
-                "force": True,
-                "state": {
-                    "type": "COMPLETED",
-                    "name": "Completed",
-                    "data": {
-                        "storage_key": storage_key,
-                        "serializer": serializer,
-                        "storage_block_id": str(block_id) if block_id else None,
-                    },
-                },
-            },
-        )
-        return (await client.read_flow_run(run_id)).state
+    """A new flow run forced Completed through the API with data pointing at ``storage_key``,
+    as read back from the server (``tests.support.forge_completed``)."""
+    return await forge_completed(await new_flow_run(), storage_key, serializer, block_id)
 
 
 @pytest.mark.prefect
@@ -799,3 +780,94 @@ async def test_a_polling_worker_hands_its_due_runs_to_filter_due_and_submits_wha
             await asyncio.sleep(0.5)
     assert any({keep.id, drop.id} <= set(ids) for ids in seen), seen
     assert submitted == [keep.id]
+
+
+@pytest.mark.prefect
+@pytest.mark.usefixtures("prefect_server")
+async def test_a_polling_worker_proposes_pending_only_and_builds_its_configuration_reading_nothing():
+    """Two requests fewer per run: no ``Submitting`` sub-state after Pending, and the job
+    configuration of ``InProcessJobConfiguration`` built from the work pool alone (Prefect's
+    reads the run's deployment, again, and its flow). The run is still taken Pending, once:
+    a second Pending proposal is refused, so a second worker cannot take it."""
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.workers.base import BaseWorkerResult
+
+    configurations: list[object] = []
+
+    class InProcess(prefect_compat.PollingWorker):
+        type = "fm-compat-in-process"
+        job_configuration = prefect_compat.InProcessJobConfiguration
+
+        async def run(self, flow_run, configuration, task_status=None):
+            configurations.append(configuration)
+            if task_status is not None:
+                task_status.started("in-test")
+            return BaseWorkerResult(identifier="in-test", status_code=0)
+
+    @flow(name="compat-in-process")
+    async def nothing() -> None:
+        return None
+
+    pool = f"compat-inproc-{uuid.uuid4().hex[:6]}"
+    async with get_client() as client:
+        await client.create_work_pool(WorkPoolCreate(name=pool, type=InProcess.type))
+        deployment_id = await client.create_deployment(
+            flow_id=await client.create_flow(nothing), name=pool, work_pool_name=pool
+        )
+        flow_run = await client.create_flow_run_from_deployment(deployment_id)
+    async with InProcess(work_pool_name=pool) as worker:
+        await worker.sync_with_backend()
+
+        async def no_read(*args, **kwargs):
+            raise AssertionError(f"the configuration read Prefect: {args}")
+
+        worker.client.read_flow = no_read  # Prefect's configuration reads the run's flow here
+        deadline = asyncio.get_running_loop().time() + 60
+        while not configurations:
+            assert asyncio.get_running_loop().time() < deadline, "the run was not submitted"
+            await worker.get_and_submit_flow_runs()
+            await asyncio.sleep(0.5)
+    assert [type(c) for c in configurations] == [prefect_compat.InProcessJobConfiguration]
+    assert configurations[0].labels["prefect.io/flow-run-id"] == str(flow_run.id)
+    async with get_client() as client:
+        names = [s.name for s in await client.read_flow_run_states(flow_run.id)]
+        assert names == ["Scheduled", "Pending"], names
+        second = await client.set_flow_run_state(flow_run.id, Pending())
+    assert second.status != SetStateStatus.ACCEPT, "a second Pending was accepted"
+
+
+@pytest.mark.prefect
+@pytest.mark.usefixtures("prefect_server")
+async def test_a_flow_bound_to_the_default_result_storage_runs_without_reading_it_again(monkeypatch):
+    """``with_default_result_storage`` reads the server's default result storage once; runs of
+    the flow it returns do not (the engine reads it for every run otherwise), and keep what
+    they persist where an unbound flow would: Prefect's local storage path here."""
+    from prefect.client.orchestration import PrefectClient, SyncPrefectClient
+    from prefect.settings import get_current_settings
+
+    @flow(name="compat-storage", persist_result=True, result_serializer=prefect_compat.RESULT_SERIALIZER)
+    async def answer() -> int:
+        return 42
+
+    bound = await prefect_compat.with_default_result_storage(answer)
+    assert bound.result_storage == Path(get_current_settings().results.local_storage_path)
+    reads: list[str] = []
+    read_async, read_sync = (c.read_server_default_result_storage for c in (PrefectClient, SyncPrefectClient))
+
+    async def counted_async(self):
+        reads.append("admin/storage")
+        return await read_async(self)
+
+    def counted_sync(self):  # the flow engine's (``ResultStore.update_for_flow``)
+        reads.append("admin/storage")
+        return read_sync(self)
+
+    monkeypatch.setattr(PrefectClient, "read_server_default_result_storage", counted_async)
+    monkeypatch.setattr(SyncPrefectClient, "read_server_default_result_storage", counted_sync)
+    unbound_state = await answer(return_state=True)
+    assert reads == ["admin/storage"]  # what the binding saves: one read per run
+    bound_state = await bound(return_state=True)
+    assert reads == ["admin/storage"]
+    assert await prefect_compat.run_result(bound_state) == await prefect_compat.run_result(unbound_state) == 42
+    stored = Path(bound_state.data.metadata.storage_key).name
+    assert (Path(get_current_settings().results.local_storage_path) / stored).is_file(), stored

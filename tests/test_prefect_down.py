@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 
 import pytest
 
 from api.settings import ApiSettings
 from api.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
-from tests.support import api_without_prefect, canvas, node
+from tests.support import api_without_prefect, hello
 
 KEY = "solo-key"
-PREFECT_TIMEOUT_S = 1  # every call to Prefect fails here: a short bound keeps the test short
+PREFECT_TIMEOUT_S = 0.3  # every call to Prefect fails here (nothing listens): a short bound keeps the test short
 ANSWER_WITHIN_S = 15
 """The bound on a request while Prefect is down: PREFECT_TIMEOUT_S per call to Prefect, and a
 loaded machine."""
@@ -32,19 +31,6 @@ async def client(tmp_path):
     )
     async with api_without_prefect(settings, KEY) as client:
         yield client
-
-
-def hello() -> dict:
-    return canvas(
-        [
-            node("start", "start"),
-            node("greet", data={"output": "Hello {{ inputs.who }}"}),
-            node("end", "end", data={"output": "{{ greet }}"}),
-        ],
-        [("start", "greet"), ("greet", "end")],
-        name=f"hello-{uuid.uuid4().hex[:6]}",
-        inputs={"who": {"type": "string", "required": True}},
-    )
 
 
 async def execute(client, workflow_id: str):

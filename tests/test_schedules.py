@@ -8,7 +8,6 @@ import asyncio
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -23,12 +22,22 @@ from prefect.exceptions import ObjectNotFound
 from api.app import create_app
 from api.settings import ApiSettings
 from deployments.workflow_deployments import deployment_name
-from tests.support import canvas, node
+from tests.support import canvas, eventually, hello, node, save
 
 pytestmark = pytest.mark.prefect
 
 KEY = "sched-key"
 DEADLINE_S = 120  # generous: the scheduler loops every 2 s, the worker polls every 0.5 s
+INTERVAL_S = 10  # the shortest interval a schedule may have
+SCHEDULER_LOOP_S = 2  # PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS of the session's server (conftest)
+QUIET_S = INTERVAL_S + 2 * SCHEDULER_LOOP_S
+"""How long a paused or deleted schedule is watched for new runs: an active schedule gets its
+next runs from the scheduler's next loop (it creates them ahead, at least three), and a run
+left behind would come due within an interval."""
+SLOW_S = 15
+"""How long a run of the overlap tests' slow workflow takes: half an interval more than the
+interval, so its runs come due faster than they end and every one after the first collides
+(one collision missed under load is followed by the next, ten seconds later)."""
 
 
 @pytest.fixture(scope="module")
@@ -61,35 +70,13 @@ async def api(stack, tmp_path, test_handlers):
             yield client
 
 
-def hello(name: str | None = None, input_name: str = "who") -> dict[str, Any]:
-    return canvas(
-        [
-            node("start", "start"),
-            node("greet", data={"output": f"Hello {{{{ inputs.{input_name} }}}}"}),
-            node("end", "end", data={"output": "{{ greet }}"}),
-        ],
-        [("start", "greet"), ("greet", "end")],
-        name=name or f"sched-{uuid.uuid4().hex[:6]}",
-        inputs={input_name: {"type": "string", "required": True}},
-    )
-
-
 async def create(api, raw) -> str:
-    response = await api.post("/api/workflows", json={"canvas": raw})
-    assert response.status_code == 201, response.text
-    return response.json()["id"]
+    return (await save(api, raw))["id"]
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], what: str, timeout: float = DEADLINE_S) -> Any:
-    """Poll ``check`` until it answers something truthy; fail naming ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = await check()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        await asyncio.sleep(0.5)
+async def until(check, what: str, timeout: float = DEADLINE_S) -> Any:
+    """``tests.support.eventually`` at this module's pace (Prefect is polled twice a second)."""
+    return await eventually(check, timeout=timeout, what=what, interval=0.5)
 
 
 async def deployment_id(api, workflow_id: str):
@@ -114,14 +101,25 @@ async def scheduled_executions(api, workflow_id: str, schedule_id: str, status: 
     return [e for e in listed if e["status"] == status and e["trigger"].get("schedule_id") == schedule_id]
 
 
-async def stays_quiet(deployment, known: set, seconds: float) -> None:
-    """No new flow run of the deployment appears for ``seconds`` (longer than two
-    intervals plus scheduler loops): the one check here that must watch a while."""
+async def stays_quiet(deployment, known: set, seconds: float = QUIET_S) -> None:
+    """No new flow run of the deployment appears for ``seconds`` (``QUIET_S``): the one
+    check here that must watch a while."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         new = {str(r.id) for r in await flow_runs(deployment)} - known
         assert not new, f"runs appeared: {new}"
         await asyncio.sleep(1)
+
+
+async def runs_after_a_scheduler_loop(deployment) -> set[str]:
+    """The ids of the deployment's flow runs, once a scheduler loop under way when the
+    schedule was paused or deleted has ended: Prefect drops the schedule's future runs in
+    the request's transaction, and a loop that read the schedule before it may insert the
+    runs it computed after it; nothing tells when a loop has ended. (Waiting instead for
+    every run of the deployment to end failed once in four runs of this module on a loaded
+    machine, cause not found.)"""
+    await asyncio.sleep(SCHEDULER_LOOP_S)
+    return {str(r.id) for r in await flow_runs(deployment)}
 
 
 async def prefect_rest(client: httpx.AsyncClient, method: str, url: str, **kwargs: Any) -> httpx.Response:
@@ -143,7 +141,7 @@ async def no_future_runs(deployment) -> bool:
 async def test_an_interval_schedule_runs_with_its_inputs_pauses_resumes_and_stops_when_deleted(api):
     workflow_id = await create(api, hello())
     created = await api.post(
-        f"/api/workflows/{workflow_id}/schedules", json={"interval_s": 10, "inputs": {"who": "Sched"}}
+        f"/api/workflows/{workflow_id}/schedules", json={"interval_s": INTERVAL_S, "inputs": {"who": "Sched"}}
     )
     assert created.status_code == 201, created.text
     schedule = created.json()
@@ -160,7 +158,7 @@ async def test_an_interval_schedule_runs_with_its_inputs_pauses_resumes_and_stop
     assert len(times) == 5 and {(b - a).total_seconds() for a, b in zip(times, times[1:])} == {10.0}
     sid = schedule["id"]
 
-    ran = await eventually(lambda: scheduled_executions(api, workflow_id, sid), "a scheduled run completed")
+    ran = await until(lambda: scheduled_executions(api, workflow_id, sid), "a scheduled run completed")
     result = (await api.get(f"/api/executions/{ran[0]['id']}")).json()
     assert result["output"] == "Hello Sched"
     assert ran[0]["trigger"] == {"type": "schedule", "schedule_id": sid}
@@ -169,9 +167,8 @@ async def test_an_interval_schedule_runs_with_its_inputs_pauses_resumes_and_stop
     assert paused.status_code == 200 and paused.json()["active"] is False and paused.json()["next_runs"] == []
     assert [s["active"] for s in (await api.get(f"/api/workflows/{workflow_id}/schedules")).json()] == [False]
     deployment = await deployment_id(api, workflow_id)
-    await eventually(lambda: no_future_runs(deployment), "paused: Prefect dropped the future runs")
-    await asyncio.sleep(2)  # a run already handed to the worker may still be starting
-    await stays_quiet(deployment, {str(r.id) for r in await flow_runs(deployment)}, 25)
+    await until(lambda: no_future_runs(deployment), "paused: Prefect dropped the future runs")
+    await stays_quiet(deployment, await runs_after_a_scheduler_loop(deployment))
 
     before = {e["id"] for e in await scheduled_executions(api, workflow_id, sid)}
     resumed = await api.patch(f"/api/workflows/{workflow_id}/schedules/{sid}", json={"active": True})
@@ -180,13 +177,12 @@ async def test_an_interval_schedule_runs_with_its_inputs_pauses_resumes_and_stop
     async def new_run():
         return [e for e in await scheduled_executions(api, workflow_id, sid) if e["id"] not in before]
 
-    await eventually(new_run, "resumed: a new scheduled run completed")
+    await until(new_run, "resumed: a new scheduled run completed")
 
     assert (await api.delete(f"/api/workflows/{workflow_id}/schedules/{sid}")).status_code == 204
     assert (await api.get(f"/api/workflows/{workflow_id}/schedules")).json() == []
-    await eventually(lambda: no_future_runs(deployment), "deleted: Prefect dropped the future runs")
-    await asyncio.sleep(2)
-    await stays_quiet(deployment, {str(r.id) for r in await flow_runs(deployment)}, 25)
+    await until(lambda: no_future_runs(deployment), "deleted: Prefect dropped the future runs")
+    await stays_quiet(deployment, await runs_after_a_scheduler_loop(deployment))
 
 
 async def test_cron_next_runs_follow_the_time_zone_across_daylight_saving(api):
@@ -215,12 +211,14 @@ async def test_cron_next_runs_follow_the_time_zone_across_daylight_saving(api):
 
 async def test_overlap_skip_cancels_a_scheduled_run_while_one_goes(api):
     slow = canvas(
-        [node("start", "start"), node("slow", "test_sleep", data={"seconds": 25})],
+        [node("start", "start"), node("slow", "test_sleep", data={"seconds": SLOW_S})],
         [("start", "slow")],
         name=f"slow-{uuid.uuid4().hex[:6]}",
     )
     workflow_id = await create(api, slow)
-    created = await api.post(f"/api/workflows/{workflow_id}/schedules", json={"interval_s": 10, "overlap": "skip"})
+    created = await api.post(
+        f"/api/workflows/{workflow_id}/schedules", json={"interval_s": INTERVAL_S, "overlap": "skip"}
+    )
     assert created.status_code == 201 and created.json()["overlap"] == "skip", created.text
     deployment = await deployment_id(api, workflow_id)
     async with get_client() as client:
@@ -234,7 +232,7 @@ async def test_overlap_skip_cancels_a_scheduled_run_while_one_goes(api):
         completed = [r for r in runs if r.state and r.state.is_completed()]
         return (cancelled, completed) if cancelled and completed else None
 
-    cancelled, completed = await eventually(skipped_and_finished, "a scheduled run skipped, one completed", 150)
+    cancelled, completed = await until(skipped_and_finished, "a scheduled run skipped, one completed", 150)
     # Skipped by Prefect when the worker proposed Pending: the run never ran.
     assert all("concurrency limit" in (r.state.message or "") and r.run_count == 0 for r in cancelled), cancelled
     ran = sorted((r for r in await flow_runs(deployment) if r.run_count), key=lambda r: r.start_time)
@@ -250,12 +248,14 @@ async def test_overlap_skip_cancels_a_scheduled_run_while_one_goes(api):
 
 async def test_overlap_queue_runs_the_colliding_run_later_and_keeps_at_most_one_waiting(api):
     slow = canvas(
-        [node("start", "start"), node("slow", "test_sleep", data={"seconds": 25})],
+        [node("start", "start"), node("slow", "test_sleep", data={"seconds": SLOW_S})],
         [("start", "slow")],
         name=f"queued-{uuid.uuid4().hex[:6]}",
     )
     workflow_id = await create(api, slow)
-    created = await api.post(f"/api/workflows/{workflow_id}/schedules", json={"interval_s": 10, "overlap": "queue"})
+    created = await api.post(
+        f"/api/workflows/{workflow_id}/schedules", json={"interval_s": INTERVAL_S, "overlap": "queue"}
+    )
     assert created.status_code == 201 and created.json()["overlap"] == "queue", created.text
     deployment = await deployment_id(api, workflow_id)
     async with get_client() as client:
@@ -273,7 +273,7 @@ async def test_overlap_queue_runs_the_colliding_run_later_and_keeps_at_most_one_
                     return run, dropped
             return None
 
-        queued, dropped = await eventually(
+        queued, dropped = await until(
             waited_then_ran_and_one_dropped, "a run queued then ran, and one beyond the queue dropped", 180
         )
     assert all(r.run_count == 0 for r in dropped)

@@ -174,10 +174,9 @@ def format_method_of(obj: Any) -> str | None:
     """The string of a sandboxed ``'...'.format`` / ``format_map`` (Jinja wraps them at
     attribute access), or None."""
     wrapped = getattr(obj, "__wrapped__", None)
-    if getattr(wrapped, "__name__", None) in ("format", "format_map") and isinstance(
-        getattr(wrapped, "__self__", None), str
-    ):
-        return wrapped.__self__
+    bound_to = getattr(wrapped, "__self__", None)
+    if getattr(wrapped, "__name__", None) in ("format", "format_map") and isinstance(bound_to, str):
+        return bound_to
     return None
 
 

@@ -36,9 +36,10 @@ def read_references(text: str, as_expression: bool) -> tuple[frozenset[str], fro
     else:
         if "{%" in text or "{#" in text:
             return None
-        parts = _tag_sources(text)
-        if not parts:
+        tags = _tag_sources(text)
+        if not tags:
             return None
+        parts = tags
     names: set[str] = set()
     keys: set[str] = set()
     for part in parts:

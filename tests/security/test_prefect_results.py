@@ -19,15 +19,14 @@ import json
 import os
 import pickle
 import stat
-import time
 import uuid
 from pathlib import Path
 
 import httpx
 import pytest
-from prefect.client.orchestration import get_client
 
 from tests.processes import Proc, cli, free_port, wait_until
+from tests.support import forge_completed, new_flow_run, save_and_execute, wait_execution
 
 SIZE = 300_000  # over FLOWMAESTRO_EVENT_OUTPUT_MAX_BYTES (256 kB): a large output
 
@@ -62,33 +61,8 @@ def record_shaped(marker: Path) -> dict:
     }
 
 
-async def forge_completed(run_id: str, storage_key: str) -> None:
-    """Force a flow run Completed with its result "at" ``storage_key``, pickled: a plain request
-    to Prefect's API, as an http node or anyone reaching Prefect sends it."""
-    async with get_client() as client:
-        answer = await client.request(
-            "POST",
-            "/flow_runs/{id}/set_state",
-            path_params={"id": run_id},
-            json={
-                "force": True,
-                "state": {
-                    "type": "COMPLETED",
-                    "name": "Completed",
-                    "data": {
-                        "storage_key": storage_key,
-                        "serializer": {"type": "pickle", "picklelib": "pickle"},
-                        "storage_block_id": None,
-                    },
-                },
-            },
-        )
-        assert answer.json()["status"] == "ACCEPT", answer.text
-
-
-async def forged_state_of(run_id: str):
-    async with get_client() as client:
-        return (await client.read_flow_run(run_id)).state
+PICKLED = {"type": "pickle", "picklelib": "pickle"}
+"""The serializer a forged state names: Prefect's reader would unpickle what it points at."""
 
 
 def plant(path: Path, record: dict) -> None:
@@ -107,8 +81,7 @@ async def forged_completed_run(marker: Path):
     key = f"present-{uuid.uuid4().hex}"
     plant(Path(storage.basepath) / key, record_shaped(marker))
     run_id = await new_flow_run()
-    await forge_completed(run_id, key)
-    return await forged_state_of(run_id)
+    return await forge_completed(run_id, key, PICKLED)
 
 
 def files_under(root: Path) -> list[Path]:
@@ -146,8 +119,8 @@ async def test_plant_forge_read_runs_no_code_in_the_api(served, tmp_path):
         results_root.mkdir(parents=True, exist_ok=True)
         present, present_marker = results_root / f"present-{uuid.uuid4().hex}", tmp_path / "api-unpickled-present"
         present.write_text(json.dumps(record_shaped(present_marker)))
-        await forge_completed(paused[0], str(old_place))
-        await forge_completed(paused[1], str(present))  # live: see test_prefects_own_reader_would_run...
+        await forge_completed(paused[0], str(old_place), PICKLED)
+        await forge_completed(paused[1], str(present), PICKLED)  # live: see test_prefects_own_reader_would_run...
         # (d) read: the API answers from its store and the event log, and runs no code.
         for run_id in paused:
             answer = await api.get(f"/api/executions/{run_id}")
@@ -340,16 +313,9 @@ def test_the_embedded_prefect_server_refuses_requests_without_its_auth_string(tm
 
 
 async def wait_for(api: httpx.AsyncClient, run_id: str, statuses: tuple[str, ...], timeout: float = 300) -> dict:
-    import asyncio
-
-    deadline = time.monotonic() + timeout
-    body: dict = {}
-    while time.monotonic() < deadline:
-        body = (await api.get(f"/api/executions/{run_id}")).json()
-        if body.get("status") in statuses:
-            return body
-        await asyncio.sleep(0.3)
-    raise AssertionError(f"run {run_id} not {statuses} within {timeout} s: {body}")
+    return await wait_execution(
+        api, run_id, lambda body: body.get("status") in statuses, timeout=timeout, what=" or ".join(statuses)
+    )
 
 
 async def start_paused(api: httpx.AsyncClient) -> str:
@@ -362,13 +328,6 @@ async def start_paused(api: httpx.AsyncClient) -> str:
         ],
         "edges": [{"id": "a", "source": "start", "target": "ask"}],
     }
-    workflow = (await api.post("/api/workflows", json={"canvas": raw})).json()["id"]
-    run_id = (await api.post(f"/api/workflows/{workflow}/execute", json={})).json()["execution_id"]
+    run_id = await save_and_execute(api, raw, deployed=False)
     await wait_for(api, run_id, ("paused",))
     return run_id
-
-
-async def new_flow_run() -> str:
-    async with get_client() as client:
-        flow_id = await client.create_flow_from_name(f"forged-{uuid.uuid4().hex[:6]}")
-        return (await client.request("POST", "/flow_runs/", json={"flow_id": str(flow_id)})).json()["id"]
