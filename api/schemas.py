@@ -306,7 +306,9 @@ CredentialValue = Annotated[
 ]
 CredentialFields = Annotated[
     dict[Annotated[str, Field(pattern=CUSTOM_FIELD_PATTERN)], CredentialValue],
-    Field(min_length=1, max_length=MAX_FIELDS),
+    # additionalProperties: pydantic says what names match the pattern take, not that no
+    # other name is allowed (the API refuses them).
+    Field(min_length=1, max_length=MAX_FIELDS, json_schema_extra={"additionalProperties": False}),
 ]
 
 
