@@ -53,7 +53,9 @@ def _out(credential: Credential) -> CredentialOut:
 @router.post("", status_code=201, response_model=CredentialOut, responses=_errors(401, 409, 422, 503))
 async def create_credential(body: CredentialBody, owner: Owner, credentials: CredentialsDep) -> CredentialOut:
     """Store a credential; the answer names its fields, never their values."""
-    return _out(await credentials.create(owner, body.name, body.type, body.data, body.description))
+    new = body.root
+    data = new.data if isinstance(new.data, dict) else new.data.model_dump()
+    return _out(await credentials.create(owner, new.name, new.type, data, new.description))
 
 
 @router.get("", response_model=list[CredentialOut], responses=_errors(401, 503))

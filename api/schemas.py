@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, RootModel, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
 from api.webhook_schemes import InputMapping, Verification
+from store.credentials import CUSTOM_FIELD_PATTERN, HEADER_NAME_PATTERN, MAX_FIELDS, MAX_VALUE_CHARS
 from store.vocabulary import EventType, NodeStatus, RunStatus
 
 
@@ -448,30 +449,92 @@ CredentialName = Annotated[
         description="Unique per owner; nodes name the credential by it (data.credential).",
     ),
 ]
-CredentialData = Annotated[
-    dict[str, str],
-    Field(
-        description="The values, write-only: api_key {api_key}; bearer {token}; basic {username, "
-        "password}; header {name, value}; custom: string fields of any names. No answer contains them."
-    ),
+CredentialValue = Annotated[
+    str, Field(min_length=1, max_length=MAX_VALUE_CHARS, pattern=r"^[^\r\n]+$", description="Write-only.")
+]
+CredentialFields = Annotated[
+    dict[Annotated[str, Field(pattern=CUSTOM_FIELD_PATTERN)], CredentialValue],
+    # additionalProperties: pydantic says what names match the pattern take, not that no
+    # other name is allowed (the API refuses them).
+    Field(min_length=1, max_length=MAX_FIELDS, json_schema_extra={"additionalProperties": False}),
 ]
 
 
-class CredentialBody(RequestBody):
+class ApiKeyData(RequestBody):
+    model_config = ConfigDict(strict=True, extra="forbid")
+    api_key: CredentialValue
+
+
+class BearerData(RequestBody):
+    model_config = ConfigDict(strict=True, extra="forbid")
+    token: CredentialValue
+
+
+class BasicData(RequestBody):
+    model_config = ConfigDict(strict=True, extra="forbid")
+    username: CredentialValue
+    password: CredentialValue
+
+
+class HeaderData(RequestBody):
+    model_config = ConfigDict(strict=True, extra="forbid")
+    name: str = Field(pattern=HEADER_NAME_PATTERN, description="The header's name, e.g. X-Api-Token.")
+    value: CredentialValue
+
+
+class CredentialBase(RequestBody):
+    model_config = ConfigDict(strict=True, extra="forbid")
+    name: CredentialName
+    description: str = Field("", max_length=500)
+
+
+class ApiKeyCredential(CredentialBase):
     model_config = ConfigDict(
         strict=True,
         extra="forbid",
         json_schema_extra={"examples": [{"name": "openai", "type": "api_key", "data": {"api_key": "sk-..."}}]},
     )
-    name: CredentialName
-    type: Literal["api_key", "bearer", "basic", "header", "custom"]
-    data: CredentialData
-    description: str = Field("", max_length=500)
+    type: Literal["api_key"]
+    data: ApiKeyData
+
+
+class BearerCredential(CredentialBase):
+    type: Literal["bearer"]
+    data: BearerData
+
+
+class BasicCredential(CredentialBase):
+    type: Literal["basic"]
+    data: BasicData
+
+
+class HeaderCredential(CredentialBase):
+    type: Literal["header"]
+    data: HeaderData
+
+
+class CustomCredential(CredentialBase):
+    type: Literal["custom"]
+    data: CredentialFields = Field(description="String fields of any names.")
+
+
+class CredentialBody(
+    RootModel[
+        Annotated[
+            ApiKeyCredential | BearerCredential | BasicCredential | HeaderCredential | CustomCredential,
+            Field(discriminator="type"),
+        ]
+    ]
+):
+    """A new credential: its ``data`` has the fields of its ``type``; no answer ever holds a value."""
 
 
 class CredentialRotation(RequestBody):
     model_config = ConfigDict(strict=True, extra="forbid")
-    data: CredentialData
+    data: CredentialFields = Field(
+        description="Every field of the credential's type (api_key {api_key}, bearer {token}, basic "
+        "{username, password}, header {name, value}, custom any); a field the type does not take is a 422."
+    )
     description: str | None = Field(None, max_length=500, description="A new description; unchanged when absent.")
 
 

@@ -106,6 +106,14 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     ("DELETE", "/api/workflows/{workflow_id}/webhooks/{hook_id}"): Recipe(
         {"workflow_id": "workflow", "hook_id": "hook"}
     ),
+    # Credential names are unique per owner, like workflow names.
+    ("POST", "/api/credentials"): Recipe(
+        json={"name": "matrix-credential", "type": "bearer", "data": {"token": "t"}}, owner=409
+    ),
+    ("GET", "/api/credentials"): Recipe(lists="credential"),
+    ("GET", "/api/credentials/{credential_id}"): Recipe({"credential_id": "credential"}),
+    ("PUT", "/api/credentials/{credential_id}"): Recipe({"credential_id": "credential"}, json={"data": {"token": "u"}}),
+    ("DELETE", "/api/credentials/{credential_id}"): Recipe({"credential_id": "credential"}),
 }
 
 
@@ -124,6 +132,7 @@ class World:
     hook: str = ""
     hook_secret: str = ""
     output_ref: str = ""
+    credential: str = ""
 
 
 @dataclass(frozen=True)
@@ -236,6 +245,8 @@ async def build_world(app, client: httpx.AsyncClient) -> World:
     # A large output of the run, where a worker would have kept it.
     world.output_ref = uuid.uuid4().hex
     await app.state.runs.executions.keep_output(world.execution, world.output_ref, b'"large"')
+    credential = {"name": "matrix-credential", "type": "bearer", "data": {"token": "t"}}
+    world.credential = (await ok(await client.post("/api/credentials", json=credential, headers=owner)))["id"]
     return world
 
 

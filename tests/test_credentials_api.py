@@ -124,18 +124,20 @@ async def test_names_are_unique_per_owner_and_owners_are_isolated(make_api):
 @pytest.mark.parametrize(
     ("body", "field"),
     [
-        ({"name": "Bad Name", "type": "bearer", "data": {"token": "t"}}, "body.name"),
-        ({"name": "-x", "type": "bearer", "data": {"token": "t"}}, "body.name"),
-        ({"name": "x" * 65, "type": "bearer", "data": {"token": "t"}}, "body.name"),
-        ({"name": "ok", "type": "oauth", "data": {"token": "t"}}, "body.type"),
-        ({"name": "ok", "type": "bearer", "data": {}}, "data.token"),
-        ({"name": "ok", "type": "basic", "data": {"username": "u"}}, "data.password"),
-        ({"name": "ok", "type": "header", "data": {"name": "X-Key"}}, "data.value"),
-        ({"name": "ok", "type": "api_key", "data": {"api_key": "k", "extra": "v"}}, "data.extra"),
-        ({"name": "ok", "type": "bearer", "data": {"token": ""}}, "data.token"),
-        ({"name": "ok", "type": "bearer", "data": {"token": 5}}, "body.data.token"),
-        ({"name": "ok", "type": "custom", "data": {}}, "data"),
-        ({"name": "ok", "type": "custom", "data": {"bad name": "v"}}, "data.bad name"),
+        ({"name": "Bad Name", "type": "bearer", "data": {"token": "t"}}, "body.bearer.name"),
+        ({"name": "-x", "type": "bearer", "data": {"token": "t"}}, "body.bearer.name"),
+        ({"name": "x" * 65, "type": "bearer", "data": {"token": "t"}}, "body.bearer.name"),
+        ({"name": "ok", "type": "oauth", "data": {"token": "t"}}, "body"),
+        ({"name": "ok", "type": "bearer", "data": {}}, "body.bearer.data.token"),
+        ({"name": "ok", "type": "basic", "data": {"username": "u"}}, "body.basic.data.password"),
+        ({"name": "ok", "type": "header", "data": {"name": "X-Key"}}, "body.header.data.value"),
+        ({"name": "ok", "type": "header", "data": {"name": "X Key", "value": "v"}}, "body.header.data.name"),
+        ({"name": "ok", "type": "api_key", "data": {"api_key": "k", "extra": "v"}}, "body.api_key.data.extra"),
+        ({"name": "ok", "type": "bearer", "data": {"token": ""}}, "body.bearer.data.token"),
+        ({"name": "ok", "type": "bearer", "data": {"token": "a\nb"}}, "body.bearer.data.token"),
+        ({"name": "ok", "type": "bearer", "data": {"token": 5}}, "body.bearer.data.token"),
+        ({"name": "ok", "type": "custom", "data": {}}, "body.custom.data"),
+        ({"name": "ok", "type": "custom", "data": {"bad name": "v"}}, "body.custom.data.bad name.[key]"),
     ],
 )
 async def test_invalid_bodies_are_422_naming_the_field(make_api, body, field):
@@ -143,6 +145,7 @@ async def test_invalid_bodies_are_422_naming_the_field(make_api, body, field):
         answer = await api.post("/api/credentials", json=body)
         assert answer.status_code == 422, answer.text
         assert field in [issue["field"] for issue in answer.json()["issues"]], answer.json()
+        assert "a\nb" not in answer.text
         assert (await api.get("/api/credentials")).json() == []
 
 
@@ -156,6 +159,8 @@ async def test_rotation_checks_the_fields_of_the_type(make_api):
         ).json()["id"]
         wrong = await api.put(f"/api/credentials/{cid}", json={"data": {"password": "p2"}})
         assert wrong.status_code == 422 and wrong.json()["issues"][0]["field"] == "data.username"
+        wrong = await api.put(f"/api/credentials/{cid}", json={"data": {"username": "u", "password": "p", "x": "y"}})
+        assert wrong.status_code == 422 and wrong.json()["issues"][0]["field"] == "data.x"
         custom = await api.post(
             "/api/credentials", json={"name": "misc", "type": "custom", "data": {"a": "1", "b": "2"}}
         )

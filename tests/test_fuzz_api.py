@@ -28,10 +28,12 @@ REFUSED_BY_CONTENT = (
     "/api/executions/{execution_id}/resume",
     "/api/executions/{execution_id}/retry",
     "/hooks/{hook_id}",
+    "/api/credentials/{credential_id}",
 )
 """Operations whose bodies the schema cannot fully describe: a canvas that does not compile,
 run inputs that do not fit the workflow's own declaration, an approval input that does not fit
-its form, a schedule less than 10 s apart. Schema-valid data may get their documented 422
+its form, a schedule less than 10 s apart, new values that are not the fields of the stored
+credential's type. Schema-valid data may get their documented 422
 there (``positive_data_acceptance`` is told so); everywhere else it must be accepted."""
 
 
