@@ -5,7 +5,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, RootModel, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    RootModel,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.json_schema import SkipJsonSchema
 
 from api.webhook_schemes import InputMapping, Verification
@@ -93,15 +103,18 @@ class CanvasBody(RequestBody):
         None, description="The export's edges, when the body is the document itself."
     )
 
-    @model_validator(mode="before")
+    @field_validator("canvas", "nodes", "edges", mode="before")
     @classmethod
-    def _no_nulls(cls, data: Any) -> Any:
+    def _given_as_documented(cls, value: Any, info: ValidationInfo) -> Any:
         # Absent, never null: the schema documents objects and lists (null is not "absent").
-        if isinstance(data, dict):
-            for key in ("canvas", "nodes", "edges"):
-                if key in data and data[key] is None:
-                    raise ValueError(f"{key} may be left out but not null")
-        return data
+        # Checked here, before the optional type's union, so that the 422 names the field
+        # itself (body.canvas), not one member of the union.
+        if value is None:
+            raise ValueError(f"{info.field_name} may be left out but not null")
+        expected = dict if info.field_name == "canvas" else list
+        if not isinstance(value, expected):
+            raise ValueError(f"{info.field_name} must be {'an object' if expected is dict else 'a list'}")
+        return value
 
     @model_validator(mode="after")
     def _one_document(self) -> CanvasBody:

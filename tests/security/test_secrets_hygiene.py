@@ -512,7 +512,6 @@ async def test_the_sqlite_store_is_private(tmp_path) -> None:
     from store.database import create_database_engine
 
     home = tmp_path / "home"
-    home.mkdir()
     engine = create_database_engine(f"sqlite+aiosqlite:///{home / 'store.db'}")
     async with engine.begin() as connection:
         await connection.execute(text("CREATE TABLE t (x TEXT)"))
@@ -665,7 +664,6 @@ def test_stored_credentials_leave_no_trace_anywhere_a_run_goes(prefect_server, t
     api_key = f"key-{uuid.uuid4().hex}"
     recording = Recorder()
     home = tmp_path / "home"
-    home.mkdir()
     with (
         serve_in_thread(recording.app()) as echo,
         FakeOpenAI().running() as model,
