@@ -62,6 +62,8 @@ class Recipe:
     owner: int | None = None
     lists: str | None = None
     """For a collection: the world field whose id the owner sees in it and another owner does not."""
+    shared: bool = False
+    """The installation's, not an owner's (the node catalog): every owner gets the same answer."""
 
 
 RECIPES: dict[tuple[str, str], Recipe] = {
@@ -114,6 +116,8 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     ("GET", "/api/credentials/{credential_id}"): Recipe({"credential_id": "credential"}),
     ("PUT", "/api/credentials/{credential_id}"): Recipe({"credential_id": "credential"}, json={"data": {"token": "u"}}),
     ("DELETE", "/api/credentials/{credential_id}"): Recipe({"credential_id": "credential"}),
+    ("GET", "/api/node-types"): Recipe(shared=True),
+    ("GET", "/api/node-types/{node_type}"): Recipe({"node_type": "node_type"}, shared=True),
 }
 
 
@@ -133,6 +137,7 @@ class World:
     hook_secret: str = ""
     output_ref: str = ""
     credential: str = ""
+    node_type: str = "transform"
 
 
 @dataclass(frozen=True)
@@ -326,6 +331,11 @@ async def check_bearer(client: httpx.AsyncClient, route: Route, recipe: Recipe, 
         assert answer.status_code == 401, f"{what} with a made-up token: {answer.status_code}"
 
     other = await call(bearer(OTHER_KEY))
+    if recipe.shared:
+        mine = await call(bearer(OWNER_KEY))
+        assert other.status_code == mine.status_code == 200, f"{what}: {other.status_code}, {mine.status_code}"
+        assert other.json() == mine.json(), f"{what} answers owners differently"
+        return
     if recipe.params:
         assert other.status_code == 404, f"{what} as another owner: {other.status_code} {other.text}"
         # As if it did not exist: the same answer as for ids nobody has.
