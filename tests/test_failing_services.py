@@ -35,6 +35,8 @@ PREFECT_TIMEOUT_S = 12
 """Below ANSWER_WITHIN_S, and long enough for a deployment's creation (three calls) on this
 stack's SQLite Prefect server while a worker writes to it on a loaded CI machine: 5 s was
 not (a save answered ``deployment_pending`` with Prefect up)."""
+IN_FLIGHT_S = 2 * PREFECT_TIMEOUT_S + 10
+"""The delay of the run in flight while Prefect is killed (see test_prefect_killed_then_back)."""
 
 
 @dataclass
@@ -276,19 +278,21 @@ def test_prefect_killed_then_back(stack):
     api = stack.api
     finished = api.post(f"/api/workflows/{slow_workflow(api, 0.1)}/execute", json={}).json()["execution_id"]
     assert wait_ended(api, finished)["status"] == "completed"
-    # Long enough to be in flight when the API is asked about it, short enough to end while
-    # Prefect is away (a restart takes ~20 s): delays run inline, needing no Prefect to end.
-    workflow_id = slow_workflow(api, 8)
+    # The run in flight outlasts the kill and a request answered at the API's Prefect timeout
+    # (asked first, while it surely runs), then ends while Prefect is away: delays run inline,
+    # needing no Prefect to end.
+    workflow_id = slow_workflow(api, IN_FLIGHT_S)
     waiting = approval_waiting(api)
     before = start_running(api, workflow_id)
+    delay_over = time.monotonic() + IN_FLIGHT_S  # its delay started before this
     stack.prefect_kill()
     wait_until(lambda: not healthy(stack.prefect.api_url), timeout=30, what="the Prefect server gone")
-    refused(timed(api.post, f"/api/workflows/{workflow_id}/execute", json={}), "prefect")
     refused(timed(api.get, f"/api/executions/{before}"), "prefect")  # in flight: its state is Prefect's
+    refused(timed(api.post, f"/api/workflows/{workflow_id}/execute", json={}), "prefect")
     assert timed(api.get, f"/api/executions/{finished}").json()["output"] == "done"  # ended: the store is enough
     checks = health(api)
     assert checks["prefect"].startswith(("error", "unreachable")) and checks["database"] == "ok", checks
-    time.sleep(2)  # the run's delay ends while Prefect is away
+    time.sleep(max(0.0, delay_over + 1 - time.monotonic()))  # the run's delay ends while Prefect is away
     stack.prefect_start()
     wait_until(lambda: health(api)["prefect"] == "ok", timeout=60, what="the API seeing Prefect again")
     result = wait_ended(api, before, timeout=180)

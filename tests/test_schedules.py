@@ -348,8 +348,11 @@ async def test_a_new_version_keeps_the_schedules_and_warns_about_inputs_that_no_
             json={"cron": "0 3 * * *", "inputs": {"who": "x"}, "overlap": "skip"},
         )
     ).json()["id"]
-    same_inputs = await api.put(f"/api/workflows/{workflow_id}", json={"canvas": hello(name)})
-    assert same_inputs.status_code == 200 and same_inputs.json()["warnings"] == []
+    changed = hello(name)  # a new version (an identical canvas would be the same one) with the same inputs
+    changed["nodes"][1]["data"]["output"] = "Hi {{ inputs.who }}"
+    same_inputs = await api.put(f"/api/workflows/{workflow_id}", json={"canvas": changed})
+    assert same_inputs.status_code == 200 and same_inputs.json()["warnings"] == [], same_inputs.text
+    assert same_inputs.json()["version"] == 2
     other_inputs = await api.put(f"/api/workflows/{workflow_id}", json={"canvas": hello(name, input_name="person")})
     assert other_inputs.status_code == 200
     warnings = [w for w in other_inputs.json()["warnings"] if w["code"] == "schedule_inputs_invalid"]

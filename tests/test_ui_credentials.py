@@ -161,8 +161,11 @@ async def test_add_list_rotate_delete_and_no_value_ever_shown(served, page):
     await new_input.fill(second)
     await rotate.locator("button[type='submit']").click()
     await status_reads(page, f"Rotated {name}:")
-    assert await page.locator("[data-role='rotate-credential']").count() == 0  # the list was drawn again
-    assert await page.locator(f"tr[data-credential-name='{name}'] [data-role='updated']").text_content() != updated
+    # The status is said before the list is drawn again (an await later): wait for the redraw.
+    await expect(page.locator("[data-role='rotate-credential']")).to_have_count(0, timeout=30_000)
+    await expect(page.locator(f"tr[data-credential-name='{name}'] [data-role='updated']")).not_to_have_text(
+        updated or "", timeout=30_000
+    )
     assert await stored(served, "tester", name) == {"api_key": second}
     await assert_nowhere(page, first, second)
 
