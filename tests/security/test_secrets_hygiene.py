@@ -664,6 +664,7 @@ def test_stored_credentials_leave_no_trace_anywhere_a_run_goes(prefect_server, t
     api_key = f"key-{uuid.uuid4().hex}"
     recording = Recorder()
     home = tmp_path / "home"
+    home.mkdir()
     with (
         serve_in_thread(recording.app()) as echo,
         FakeOpenAI().running() as model,
