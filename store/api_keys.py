@@ -8,10 +8,11 @@ import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
 
+from store.database import as_utc
 from store.db import ApiKeyRow, Sessions, utcnow
 from store.errors import NotFound
 
@@ -88,7 +89,7 @@ class ApiKeys:
                 return None
             now = utcnow()
             last = row.last_used_at
-            if last is None or _aware(last) < now - TOUCH_EVERY:
+            if last is None or as_utc(last) < now - TOUCH_EVERY:
                 await session.execute(update(ApiKeyRow).where(ApiKeyRow.id == row.id).values(last_used_at=now))
                 await session.commit()
             return row.owner
@@ -100,7 +101,3 @@ class ApiKeys:
                 select(ApiKeyRow.id).where(ApiKeyRow.owner == owner, ApiKeyRow.revoked_at.is_(None)).limit(1)
             )
             return found is not None
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)  # SQLite drops the zone

@@ -20,6 +20,12 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(moment: datetime) -> datetime:
+    """A stored timestamp, timezone-aware: SQLite gives back naive datetimes, and FlowMaestro
+    stores UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 SQLITE_BUSY_TIMEOUT_S = 30
 """How long a SQLite connection waits for another's write lock before "database is locked"."""
 PG_CONNECT_TIMEOUT_S = 5

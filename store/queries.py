@@ -15,6 +15,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from store.database import as_utc
 from store.db import ExecutionRow, LargeOutputRow, NodeOutcomeRow, Sessions, Workflow, WorkflowVersion, utcnow
 from store.errors import Conflict, NotFound
 from store.vocabulary import FINAL_RUN_STATUSES
@@ -294,11 +295,6 @@ class DeadLetter:
     failed_at: datetime
 
 
-def _aware(moment: datetime) -> datetime:
-    """SQLite gives back naive datetimes; FlowMaestro stores UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 def _path_text(path: Sequence[int]) -> str:
     return ".".join(map(str, path))
 
@@ -326,8 +322,8 @@ class NodeOutcomes:
                     r.outcome,
                     r.attempts,
                     r.dead_letter,
-                    _aware(r.started_at),
-                    _aware(r.ended_at),
+                    as_utc(r.started_at),
+                    as_utc(r.ended_at),
                 )
                 for r in rows
             ]
@@ -415,5 +411,5 @@ def _dead_letter(row: NodeOutcomeRow) -> DeadLetter:
         row.outcome.get("error") or {},
         row.outcome.get("config") or {},
         row.attempts,
-        _aware(row.ended_at),
+        as_utc(row.ended_at),
     )

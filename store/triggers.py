@@ -11,13 +11,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from store.database import as_utc
 from store.db import ScheduleOverlap, Sessions, WebhookDelivery, WebhookRow, utcnow
 from store.errors import NotFound
 from store.secrets import SecretBox
@@ -121,7 +122,7 @@ class Webhooks:
         """The run a request with this key started within ``within``, if any."""
         async with self.sessions() as session:
             row = await session.get(WebhookDelivery, (hook_id, key))
-        if row is None or _aware(row.created_at) < utcnow() - within:
+        if row is None or as_utc(row.created_at) < utcnow() - within:
             return None
         return row.execution_id
 
@@ -144,10 +145,6 @@ class Webhooks:
                 found = await session.get(WebhookDelivery, (hook_id, key))
                 return found.execution_id if found else execution_id
         return execution_id
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)  # SQLite drops the zone
 
 
 async def _owned(session: AsyncSession, owner: str, workflow_id: str, hook_id: str) -> WebhookRow:
