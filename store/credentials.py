@@ -5,25 +5,25 @@ key ring (``store.secrets``), and come out only through ``read``, which a worker
 the handler of a node that names the credential, in the run owner's namespace. Everything
 else (``list``, ``get``) answers what a credential is, never what it holds.
 
-``last_used_at`` is maintained without a write per node execution: ``read`` writes it at most
-once per credential per ``touch_every_s`` in one process (``UsageClock``).
+``last_used_at`` is maintained without a write per node execution: ``read`` writes it only
+when the stored one is older than ``touch_every`` (whichever process reads).
 """
 
 from __future__ import annotations
 
 import json
 import re
-import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from store.database import as_utc
 from store.db import CredentialRow, Sessions, WebhookRow, utcnow
 from store.errors import Conflict, Invalid, NotFound
 from store.secrets import SecretBox
@@ -42,7 +42,7 @@ HEADER_NAME_PATTERN = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$"
 """An HTTP header name (RFC 9110 token): the ``name`` of a header credential."""
 MAX_FIELDS = 32
 MAX_VALUE_CHARS = 16_384
-TOUCH_EVERY_S = 60.0
+TOUCH_EVERY = timedelta(seconds=60)
 
 
 @dataclass(frozen=True)
@@ -113,23 +113,6 @@ def check_data(credential_type: str, data: Mapping[str, Any]) -> dict[str, str]:
     return {name: str(value) for name, value in data.items()}
 
 
-class UsageClock:
-    """When each credential was last marked used by this process: a node execution marks it
-    in the database at most once per ``every_s`` (the rest are free)."""
-
-    def __init__(self, every_s: float = TOUCH_EVERY_S):
-        self.every_s = every_s
-        self._marked: dict[str, float] = {}
-
-    def due(self, credential_id: str) -> bool:
-        now = time.monotonic()
-        last = self._marked.get(credential_id)
-        if last is not None and now - last < self.every_s:
-            return False
-        self._marked[credential_id] = now
-        return True
-
-
 def _credential(row: CredentialRow) -> Credential:
     return Credential(
         id=row.id,
@@ -147,9 +130,9 @@ def _credential(row: CredentialRow) -> Credential:
 class Credentials:
     """The credentials table, every call within one owner's namespace."""
 
-    def __init__(self, sessions: Sessions, box: SecretBox, usage: UsageClock | None = None):
-        self.sessions, self.box = sessions, box
-        self.usage = usage or UsageClock()
+    def __init__(self, sessions: Sessions, box: SecretBox, touch_every: timedelta = TOUCH_EVERY):
+        """``touch_every``: how stale ``last_used_at`` may get before a read writes it again."""
+        self.sessions, self.box, self.touch_every = sessions, box, touch_every
 
     def _seal(self, data: Mapping[str, str]) -> str:
         return self.box.seal(json.dumps(dict(data), sort_keys=True))
@@ -225,10 +208,9 @@ class Credentials:
             if row is None:
                 raise NotFound(f"credential {name!r} not found")
             data = json.loads(self.box.open(row.data_encrypted))
-            if self.usage.due(row.id):
-                await session.execute(
-                    update(CredentialRow).where(CredentialRow.id == row.id).values(last_used_at=utcnow())
-                )
+            now = utcnow()
+            if row.last_used_at is None or as_utc(row.last_used_at) < now - self.touch_every:
+                await session.execute(update(CredentialRow).where(CredentialRow.id == row.id).values(last_used_at=now))
                 await session.commit()
         return CredentialValue(name=row.name, type=row.type, data=data)
 

@@ -213,14 +213,16 @@ async def test_key_ring_rotation_keeps_old_secrets_readable_and_reseal_retires_t
         await engine.dispose()
 
 
-async def test_last_used_at_is_written_once_per_minute_per_process_not_per_read(database):
-    from store.credentials import Credentials, UsageClock
+async def test_last_used_at_is_written_once_per_period_not_per_read(database):
+    from datetime import timedelta
+
+    from store.credentials import Credentials
     from store.db import make_engine, sessions
     from store.secrets import SecretBox
 
     engine = make_engine(f"postgresql+asyncpg://postgres@127.0.0.1:5432/{database}")
     owner = f"usage-{uuid.uuid4().hex}"
-    credentials = Credentials(sessions(engine), SecretBox.from_settings("usage-key", None), UsageClock(every_s=3600))  # type: ignore[arg-type]
+    credentials = Credentials(sessions(engine), SecretBox.from_settings("usage-key", None), timedelta(hours=1))  # type: ignore[arg-type]
     try:
         created = await credentials.create(owner, "svc", "api_key", {"api_key": TOKEN})
         assert created.last_used_at is None
