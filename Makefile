@@ -19,17 +19,17 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/flowmaestro demo examples/hello.json --input name=Ada
 
-# The tests that need no service run on TEST_PROCESSES processes (pytest-xdist: each has its
-# own session directory, ports and databases, see tests/conftest.py); much of their time is
-# waiting (timeouts, retries' backoff), which overlaps. The tests with services stay in one
-# process: they share the session's Prefect servers and this machine's PostgreSQL and Redis.
-# TEST_PROCESSES=0 runs everything in this process.
+# The tests run on TEST_PROCESSES processes (pytest-xdist: each has its own session directory,
+# Prefect servers, ports and databases, see tests/conftest.py); much of their time is waiting
+# (timeouts, retries' backoff, a worker's poll, a run's delay), which overlaps. The tests with
+# services are handed out a file at a time (--dist loadfile), so a module's stack and the
+# tests that share it stay in one process. TEST_PROCESSES=0 runs everything in this process.
 TEST_PROCESSES ?= 2
 
 test: $(STAMP)
 	@status=0; \
 	$(BIN)/python -m pytest -q -ra -n $(TEST_PROCESSES) -m "not services" || status=1; \
-	$(BIN)/python -m pytest -q -ra --durations=25 -m services || status=1; \
+	$(BIN)/python -m pytest -q -ra --durations=25 -n $(TEST_PROCESSES) --dist loadfile -m services || status=1; \
 	exit $$status
 
 # Only the tests that need no service: no Prefect server, PostgreSQL, Redis or process of
