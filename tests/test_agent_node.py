@@ -236,13 +236,24 @@ async def test_an_answer_that_does_not_fit_output_schema_is_repaired(model: Tool
     output = result["output"]
     assert output["json"] == {"answer": "ok"} and output["text"] == '{"answer": "ok"}' and output["turns"] == 3
     bodies = [r.body for r in model.requests if r.model == name]
+    # Not strict: OpenAI's strict mode refuses a schema whose objects are not closed.
     assert bodies[0]["response_format"] == {
         "type": "json_schema",
-        "json_schema": {"name": "answer", "schema": ANSWER_SCHEMA},
+        "json_schema": {"name": "answer", "schema": ANSWER_SCHEMA, "strict": False},
     }
     repair = bodies[2]["messages"][-1]
     assert repair["role"] == "user" and repair["content"].startswith("Your answer is not valid: ")
     assert "answer" in repair["content"] and "not of type 'string'" in repair["content"]
+
+
+async def test_a_strict_output_schema_is_answered_within_it(model: ToolModel) -> None:
+    closed = {**ANSWER_SCHEMA, "additionalProperties": False}
+    name = model.script("schema-strict", Say(("free text",)))  # the server in strict mode writes JSON instead
+    result, _ = await execute(agent_canvas(model, name, [], output_schema=closed), MemoryOutcomes())
+    assert result["status"] == "completed", result["error"]
+    assert result["output"]["json"] == {"answer": ""} and result["output"]["turns"] == 1
+    [body] = [r.body for r in model.requests if r.model == name]
+    assert body["response_format"]["json_schema"]["strict"] is True
 
 
 async def test_an_answer_still_invalid_after_two_repairs_fails_output_invalid(model: ToolModel) -> None:
