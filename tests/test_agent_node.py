@@ -336,6 +336,27 @@ async def test_memory_carries_a_conversation_across_runs_by_key_and_is_trimmed(
     await engine.dispose()
 
 
+def test_memory_counts_with_the_models_tokenizer_where_it_ships_else_estimates() -> None:
+    conversation = [
+        {"role": "user", "content": "tiktoken is great!"},
+        {"role": "assistant", "content": "hello world"},
+        {"role": "user", "content": "hello world"},
+        {"role": "assistant", "content": "hello world"},
+    ]
+    # cl100k_base (gpt-4): "tiktoken is great!" is 6 tokens, "hello world" 2, each role 1,
+    # and 3 for the chat format around every message.
+    assert tokens_of(conversation, "gpt-4") == (3 + 1 + 6) + 3 * (3 + 1 + 2) == 28
+    assert tokens_of(conversation, "gpt-3.5-turbo-0125") == 28
+    # Text that reads as a special token is counted as the text it is.
+    assert tokens_of([{"role": "user", "content": "<|endoftext|>"}], "gpt-4") == 3 + 1 + 7
+    # gpt-4o's tokenizer (o200k_base) does not ship, nor Anthropic's: 4 characters a token of the JSON.
+    estimate = sum(-(-len(json.dumps(m)) // 4) for m in conversation)
+    assert tokens_of(conversation, "gpt-4o-mini") == tokens_of(conversation, "claude-sonnet-4") == estimate == 48
+    # Trimming counts the same way: the last exchange (12 tokens) fits in 20 for gpt-4, not estimated.
+    assert trimmed(conversation, 20, "gpt-4") == conversation[2:]
+    assert trimmed(conversation, 20, "gpt-4o-mini") == []
+
+
 MCP_TOKEN = "mcp-THIS-TOKEN-MUST-NOT-LEAK-42"
 
 
