@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import inspect
 import re
+from typing import TYPE_CHECKING
 
-import click
 from typer.core import TyperGroup
+
+if TYPE_CHECKING:  # typer bundles its own click; these are its classes
+    from typer._click.core import Command, Context
 
 _KEEP_BREAK = re.compile(r"^(\s|[-*] )")
 
@@ -35,16 +38,15 @@ def reflowed(text: str) -> str:
     return "\n\n".join(joined)
 
 
-def reflow(command: click.Command) -> click.Command:
+def reflow(command: Command) -> Command:
     if command.help:
         command.help = reflowed(command.help)
-    if isinstance(command, click.Group):
-        for child in command.commands.values():
-            reflow(child)
+    for child in getattr(command, "commands", {}).values():  # a group's commands
+        reflow(child)
     return command
 
 
 class ReflowedGroup(TyperGroup):
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+    def get_command(self, ctx: Context, cmd_name: str) -> Command | None:
         command = super().get_command(ctx, cmd_name)
         return reflow(command) if command is not None else None
