@@ -16,7 +16,7 @@ from api.auth import require_metrics_key
 from api.compiling import CanvasCompiler
 from api.docs import install_docs
 from api.errors import install_error_handlers
-from api.health import health_checks
+from api.health import health_checks, prefect_database
 from api.metrics import Metrics
 from api.prefect_gateway import PrefectGateway
 from api.rate_limit import MemoryRateLimiter, RedisRateLimiter
@@ -226,7 +226,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         checks = await health_checks(state.engine, state.prefect.client, state.redis)
         ok = all(v == "ok" for v in checks.values())
         return JSONResponse(
-            {"status": "ok" if ok else "degraded", "checks": checks},
+            {"status": "ok" if ok else "degraded", "checks": checks, **prefect_database(settings.home)},
             status_code=200 if ok else 503,
             headers=None if ok else {"Retry-After": "5"},
         )

@@ -5,13 +5,20 @@ answers within that bound even when a service hangs, and names the one that does
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 CHECK_TIMEOUT_S = 5.0
+SQLITE_WARNING = (
+    "Prefect runs on SQLite (the embedded default): fine to try FlowMaestro, not for production; a burst of "
+    "concurrent runs makes it answer 'database is locked'. Set PREFECT_API_URL to a Prefect server on "
+    "PostgreSQL (docs/operations.md)."
+)
 
 
 async def _database(engine: AsyncEngine) -> None:
@@ -45,3 +52,17 @@ async def health_checks(engine: AsyncEngine, prefect: Any, redis: Any | None) ->
         checks["redis"] = redis.ping
     results = await asyncio.gather(*(_check(call) for call in checks.values()))
     return dict(zip(checks, results))
+
+
+def prefect_database(home: Path) -> dict[str, Any]:
+    """``{"prefect_database": "sqlite" | "postgresql" | "unknown"}``, with ``warnings`` when it
+    is SQLite. Known for the embedded server (recorded when it started); a server of
+    ``PREFECT_API_URL`` is ``unknown``: Prefect's API does not tell its database."""
+    # Imported here: flows.local_server is for the CLI's processes; the API reads its state file only.
+    from flows.local_server import embedded_database
+
+    database = embedded_database(home, os.environ.get("PREFECT_API_URL"))
+    found: dict[str, Any] = {"prefect_database": database or "unknown"}
+    if database == "sqlite":
+        found["warnings"] = [SQLITE_WARNING]
+    return found

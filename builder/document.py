@@ -300,9 +300,12 @@ def validation_issues(
     edge_id: str | None = None,
     what: str = "",
 ) -> list[Issue]:
-    """One issue per field a pydantic error is about (see ``issues.readable_errors``)."""
+    """One issue per field a pydantic error is about (see ``issues.readable_errors``). The
+    field is the issue's ``field``; the message does not repeat it (an issue is shown with
+    both, ``field data.x: data.x: ...`` otherwise). ``what`` (``nodes[3] ``) says which item
+    of the document the field belongs to, when no id does."""
     return [
-        Issue(code, f"{what}{where}: {message}", node_id=node_id, edge_id=edge_id, field=where)
+        Issue(code, f"{what.strip()}: {message}" if what else message, node_id=node_id, edge_id=edge_id, field=where)
         for where, message in readable_errors(error, prefix)
     ]
 

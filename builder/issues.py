@@ -128,6 +128,7 @@ def readable_errors(error: ValidationError, prefix: str = "") -> list[tuple[str,
             worded = all(expected_kind(err) != err["msg"] for err in remaining)
             message = f"expected {' or '.join(kinds)}" if worded else "; or ".join(kinds)
         else:
-            message = str(remaining[0]["msg"])
+            # "Value error, " is how pydantic prefixes a validator's own ValueError: noise to a reader.
+            message = str(remaining[0]["msg"]).removeprefix("Value error, ")
         out.append((where, message))
     return out

@@ -20,12 +20,16 @@ from builder.inputs import checked_inputs, coerce_text
 from builder.issues import InputsInvalid, Issue
 from builder.limits import CompileSettings
 from cli.credentials import credentials_app, secrets_app
+from cli.help_text import ReflowedGroup
 from cli.triggers import ApiKey, ApiUrl, call_api, schedules_app, webhooks_app
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_CANCELLED = 0, 1, 2, 4
 
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, help="FlowMaestro: run canvas workflows durably on Prefect."
+    add_completion=False,
+    no_args_is_help=True,
+    help="FlowMaestro: run canvas workflows durably on Prefect.",
+    cls=ReflowedGroup,  # help paragraphs rewrapped to the terminal, not broken where the docstring is
 )
 server_app = typer.Typer(no_args_is_help=True, help="The embedded local Prefect server.")
 app.add_typer(server_app, name="server")
@@ -333,6 +337,10 @@ def serve(
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(EXIT_FAILED) from None
     server = _prefect_server()
+    if server.database == "sqlite":
+        from api.health import SQLITE_WARNING
+
+        err.print(f"[bold yellow]Warning: {SQLITE_WARNING}[/bold yellow]", highlight=False, soft_wrap=True)
     if not os.environ.get("FLOWMAESTRO_API_KEYS"):
         from cli.local_key import LOCAL_OWNER, local_api_key
         from store.settings import StoreSettings

@@ -59,6 +59,33 @@ class ServerInfo:
     """True when FlowMaestro started it (and may stop it)."""
     auth: bool = False
     """True when it requires the auth string under the home (``auth_string``)."""
+    database: str | None = None
+    """``sqlite`` or ``postgresql`` for the embedded server (as it was started); None for a
+    server of ``PREFECT_API_URL``, whose API does not tell its database."""
+
+
+DATABASE_URL_VARIABLES = ("PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_API_DATABASE_CONNECTION_URL")
+
+
+def database_kind(env: dict[str, str]) -> str:
+    """The database a Prefect server started with ``env`` uses: SQLite unless a connection
+    URL (or driver) names PostgreSQL."""
+    url = next((env[name] for name in DATABASE_URL_VARIABLES if env.get(name)), "")
+    driver = env.get("PREFECT_SERVER_DATABASE_DRIVER") or env.get("PREFECT_API_DATABASE_DRIVER") or ""
+    return "postgresql" if url.startswith("postgresql") or driver.startswith("postgresql") else "sqlite"
+
+
+def embedded_database(home: Path, api_url: str | None) -> str | None:
+    """The database of the embedded server when ``api_url`` is it; None otherwise (or unknown:
+    a state file written before the database was recorded)."""
+    try:
+        state = json.loads(_state_file(home).read_text())
+    except (OSError, ValueError):
+        return None
+    if not api_url or state.get("api_url") != api_url.rstrip("/"):
+        return None
+    database = state.get("database")
+    return database if isinstance(database, str) else None
 
 
 def _state_file(home: Path) -> Path:
@@ -107,7 +134,12 @@ def status(home: Path | None = None) -> ServerInfo | None:
     state = json.loads(state_file.read_text())
     if healthy(state["api_url"]):
         return ServerInfo(
-            state["api_url"], ui_url_for(state["api_url"]), state.get("pid"), managed=True, auth=bool(state.get("auth"))
+            state["api_url"],
+            ui_url_for(state["api_url"]),
+            state.get("pid"),
+            managed=True,
+            auth=bool(state.get("auth")),
+            database=state.get("database"),
         )
     return None
 
@@ -182,8 +214,10 @@ def start_server(
         if process.poll() is not None:
             raise ServerError(f"the Prefect server exited with code {process.returncode}; see {log_path}")
         if healthy(api_url, timeout=1.0):
-            _state_file(home).write_text(json.dumps({"api_url": api_url, "pid": process.pid, "auth": auth}))
-            return ServerInfo(api_url, ui_url_for(api_url), process.pid, managed=True, auth=auth)
+            database = database_kind(env)
+            state = {"api_url": api_url, "pid": process.pid, "auth": auth, "database": database}
+            _state_file(home).write_text(json.dumps(state))
+            return ServerInfo(api_url, ui_url_for(api_url), process.pid, managed=True, auth=auth, database=database)
         time.sleep(0.5)
     os.killpg(process.pid, signal.SIGTERM)
     raise ServerError(f"the Prefect server did not answer within {START_TIMEOUT_S} s; see {log_path}")

@@ -23,8 +23,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from jsonschema import exceptions as jsonschema_exceptions
-from jsonschema.validators import validator_for
 from pydantic import ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 from builder.catalog import NAMES_FROM, UNIQUE_KEYS, Templatable
@@ -33,15 +31,20 @@ from node_handlers.agent_memory import AgentMemories, MemoryConfig
 from node_handlers.agent_tools import CallResult, HttpTool, NamedTool, Tool, WorkflowTool, call_tool, toolbox
 from node_handlers.approval import FormField, ToolCallApproval
 from node_handlers.base import Completed, NodeContext, NodeError, NodeHandler
-from node_handlers.llm import EXCERPT_CHARS, ONE_KEY_SOURCE, ModelCallConfig, PositiveFloat, cost_of, parse_json_reply
+from node_handlers.llm import EXCERPT_CHARS, ONE_KEY_SOURCE, ModelCallConfig, PositiveFloat, cost_of
 from node_handlers.model_turns import ModelTurns, ToolCall, ToolSpec, TurnReply, TurnRequest
 from node_handlers.providers import turns_for
 from node_handlers.services import HandlerServices, services_for
+from node_handlers.structured_output import (
+    REPAIR_TURNS,
+    InvalidAnswer,
+    OutputSchema,
+    StructuredOutput,
+    output_invalid,
+    repair_message,
+)
 
 LIMIT = "agent_limit"
-OUTPUT_INVALID = "output_invalid"
-REPAIR_TURNS = 2
-"""Times an answer that does not fit ``output_schema`` is sent back to the model to be fixed."""
 
 
 class AgentConfig(ModelCallConfig):
@@ -73,21 +76,11 @@ class AgentConfig(ModelCallConfig):
         description="Keep the conversation under a key (per owner and workflow): loaded before the first "
         "turn, saved after the last, trimmed to max_tokens oldest exchange first.",
     )
-    output_schema: dict[str, Any] | None = Field(
+    output_schema: OutputSchema | None = Field(
         None,
         description="JSON Schema of the final answer: parsed into output.json; an answer that does not fit "
         f"is sent back with the errors up to {REPAIR_TURNS} times, then the node fails (output_invalid).",
     )
-
-    @field_validator("output_schema")
-    @classmethod
-    def _valid_schema(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
-        if schema is not None:
-            try:
-                validator_for(schema).check_schema(schema)
-            except jsonschema_exceptions.SchemaError as exc:
-                raise ValueError(f"not a valid JSON Schema: {exc.message}") from None
-        return schema
 
     @field_validator("tools")
     @classmethod
@@ -213,8 +206,9 @@ class AgentLoop:
         memory = self.config.memory
         assert memory is not None
         owner, workflow = self.memory_place()
+        model = self.config.model or self.services.settings.default_model
         kept = await AgentMemories(self.services.database()).save(
-            owner, workflow, memory.key, self.messages, memory.max_tokens
+            owner, workflow, memory.key, self.messages, memory.max_tokens, model
         )
         return {"messages": kept}
 
@@ -226,22 +220,14 @@ class AgentLoop:
         if schema is None:
             return Answer(None)
         try:
-            return Answer(parse_json_reply(reply.text, schema))
-        except NodeError as exc:
+            return Answer(StructuredOutput(schema).parse(reply.text))
+        except InvalidAnswer as problem:
             if self.repairs >= REPAIR_TURNS:
-                raise NodeError(
-                    f"the agent's answer does not fit output_schema after {REPAIR_TURNS} repair turns: {exc.message}",
-                    error_type=OUTPUT_INVALID,
-                    details={"turns": self.turns, "text": reply.text[:EXCERPT_CHARS]},
+                raise output_invalid(
+                    problem, "the agent's answer", {"turns": self.turns, "text": reply.text[:EXCERPT_CHARS]}
                 ) from None
             self.repairs += 1
-            self.messages.append(
-                {
-                    "role": "user",
-                    "content": f"Your answer is not valid: {exc.message}. Answer again with JSON only, "
-                    "valid against the schema.",
-                }
-            )
+            self.messages.append({"role": "user", "content": repair_message(problem)})
             return None
 
     async def turn(self) -> TurnReply:

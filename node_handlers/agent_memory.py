@@ -6,15 +6,16 @@ the last (the whole conversation: earlier messages, the prompt, every turn and t
 trimmed to ``max_tokens`` oldest exchange first. An exchange is a user message and what
 followed it up to the next one, so a tool result never outlives the call it answers.
 
-Tokens are estimated, not counted with a tokenizer: 4 characters a token over each
-message as JSON. No model's own tokenizer ships with its data on this machine (OpenAI's
-``tiktoken`` downloads its tables on first use), and an estimate that is the same for every
-provider keeps trimming predictable. It overestimates English prose slightly, so a memory
-trimmed to ``max_tokens`` fits in that many real tokens.
+Tokens are counted with the model's own tokenizer where FlowMaestro ships it
+(``node_handlers.token_counts``: cl100k_base, for gpt-4, gpt-4-turbo and gpt-3.5-turbo),
+and estimated otherwise: 4 characters a token over each message as JSON, which
+overestimates English prose slightly, so a memory trimmed to ``max_tokens`` fits in that
+many real tokens.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from node_handlers.token_counts import message_tokens, text_counter
 from store.database import utcnow
 from store.db import AgentMemoryRow, sessions
 
@@ -32,19 +34,27 @@ CHARS_PER_TOKEN = 4
 class MemoryConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     key: str = Field(min_length=1, max_length=200, description="Whose conversation; usually a template.")
-    max_tokens: int = Field(4000, ge=1, description="The most tokens kept (estimated); the oldest exchanges go first.")
+    max_tokens: int = Field(
+        4000,
+        ge=1,
+        description="The most tokens kept (the model's tokenizer where known, else estimated); the oldest "
+        "exchanges go first.",
+    )
 
 
-def tokens_of(messages: Sequence[dict[str, Any]]) -> int:
-    return sum(math.ceil(len(json.dumps(m, default=str)) / CHARS_PER_TOKEN) for m in messages)
+def tokens_of(messages: Sequence[dict[str, Any]], model: str | None = None) -> int:
+    how, count = text_counter(model)
+    if how == "estimate":
+        return sum(math.ceil(len(json.dumps(m, default=str)) / CHARS_PER_TOKEN) for m in messages)
+    return sum(message_tokens(m, count) for m in messages)
 
 
-def trimmed(messages: Sequence[dict[str, Any]], max_tokens: int) -> list[dict[str, Any]]:
+def trimmed(messages: Sequence[dict[str, Any]], max_tokens: int, model: str | None = None) -> list[dict[str, Any]]:
     """``messages`` without their oldest exchanges, until they fit in ``max_tokens``."""
     starts = [i for i, m in enumerate(messages) if m.get("role") == "user"] or [0]
     for start in starts:
         kept = list(messages[start:])
-        if tokens_of(kept) <= max_tokens:
+        if tokens_of(kept, model) <= max_tokens:
             return kept
     return []  # even the last exchange alone is too large
 
@@ -59,11 +69,18 @@ class AgentMemories:
             return list(row.messages) if row is not None else []
 
     async def save(
-        self, owner: str, workflow_id: str, key: str, messages: Sequence[dict[str, Any]], max_tokens: int
+        self,
+        owner: str,
+        workflow_id: str,
+        key: str,
+        messages: Sequence[dict[str, Any]],
+        max_tokens: int,
+        model: str | None = None,
     ) -> int:
-        """Keep ``messages`` trimmed to ``max_tokens``; how many were kept."""
-        kept = trimmed(messages, max_tokens)
-        tokens = tokens_of(kept)
+        """Keep ``messages`` trimmed to ``max_tokens`` (counted for ``model``); how many were kept."""
+        # In a thread: tokenizing is CPU work (and the first use loads the tokenizer's table).
+        kept = await asyncio.to_thread(trimmed, messages, max_tokens, model)
+        tokens = await asyncio.to_thread(tokens_of, kept, model)
         async with self.session() as session, session.begin():
             row = await session.get(AgentMemoryRow, (owner, workflow_id, key), with_for_update=True)
             if row is None:

@@ -4,14 +4,16 @@ Streamed (``stream: true``): text deltas go to ``on_text`` as they arrive; ``too
 blocks are gathered from their ``input_json_delta`` pieces. The neutral conversation maps
 onto Messages as Anthropic wants it: the system prompt apart, an assistant turn's tool calls
 as ``tool_use`` blocks, and the results of one turn's calls together in one user message of
-``tool_result`` blocks. Messages has no JSON-schema mode: an ``output_schema`` is asked for
-in the system prompt and checked afterwards (the agent repairs, the llm node retries).
+``tool_result`` blocks. A JSON schema (``output_schema``, a route choice) is asked for the
+way Messages does structured output: a tool (``final_answer``) whose ``input_schema`` is the
+schema, which the model must call (``tool_choice: {type: tool}``; ``{type: any}`` beside
+the agent's own tools, so that it may call those first). The answer's JSON streams to
+``on_text`` as the model writes it and is the reply's text; the caller validates it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +25,7 @@ from node_handlers.base import NodeError
 from node_handlers.llm import status_retry_class
 from node_handlers.model_turns import OnText, ToolCall, TurnReply, TurnRequest, parsed_arguments
 from node_handlers.redaction import redact
+from node_handlers.structured_output import ANSWER_TOOL, StructuredOutput
 
 ANTHROPIC_BASE_URL = "https://api.anthropic.com"
 DEFAULT_MAX_TOKENS = 4096
@@ -45,9 +48,6 @@ class AnthropicTurns:
 
     async def turn(self, request: TurnRequest, on_text: OnText) -> TurnReply:
         system = request.system or ""
-        if request.json_schema is not None:
-            schema = json.dumps(request.json_schema)
-            system = f"{system}\n\nYour final answer is JSON only, valid against this JSON Schema: {schema}".strip()
         body: dict[str, Any] = {
             "model": request.model,
             "messages": anthropic_messages(request.messages),
@@ -57,20 +57,25 @@ class AnthropicTurns:
         }
         if system:
             body["system"] = system
-        if request.tools:
-            body["tools"] = [
-                {"name": t.name, "description": t.description, "input_schema": dict(t.parameters)}
-                for t in request.tools
-            ]
+        tools = [
+            {"name": t.name, "description": t.description, "input_schema": dict(t.parameters)} for t in request.tools
+        ]
+        answer_tool = None
+        if request.json_schema is not None:
+            answer_tool = answer_tool_name({t.name for t in request.tools})
+            tools.append(StructuredOutput(request.json_schema).anthropic_tool(answer_tool))
+            body["tool_choice"] = {"type": "any"} if request.tools else {"type": "tool", "name": answer_tool}
+        if tools:
+            body["tools"] = tools
         if request.temperature is not None:
             body["temperature"] = min(request.temperature, 1.0)  # Messages takes 0..1
         try:
             async with asyncio.timeout(request.timeout_s):
-                return await self._stream(body, on_text)
+                return await self._stream(body, on_text, answer_tool)
         except (anthropic.AnthropicError, httpx.HTTPError, TimeoutError) as exc:
             raise anthropic_error(exc, self.base_url, request.timeout_s, self.secrets) from None
 
-    async def _stream(self, body: dict[str, Any], on_text: OnText) -> TurnReply:
+    async def _stream(self, body: dict[str, Any], on_text: OnText, answer_tool: str | None) -> TurnReply:
         blocks: dict[int, _Block] = {}
         model, stop_reason = str(body["model"]), None
         usage = {"input_tokens": 0, "output_tokens": 0}
@@ -94,17 +99,34 @@ class AnthropicTurns:
                     on_text(delta.text)
                 elif delta.type == "input_json_delta":
                     found.parts.append(delta.partial_json)
+                    if found.kind == "tool_use" and found.name == answer_tool:
+                        on_text(delta.partial_json)  # the answer streams as text does
             elif event.type == "message_delta":
                 stop_reason = event.delta.stop_reason or stop_reason
                 if event.usage is not None and event.usage.output_tokens is not None:
                     usage["output_tokens"] = event.usage.output_tokens
-        text = "".join("".join(b.parts) for _, b in sorted(blocks.items()) if b.kind == "text")
+        ordered = [b for _, b in sorted(blocks.items())]
+        text = "".join("".join(b.parts) for b in ordered if b.kind == "text")
         calls = tuple(
             ToolCall(b.id, b.name, *parsed_arguments("".join(b.parts)))
-            for _, b in sorted(blocks.items())
-            if b.kind == "tool_use"
+            for b in ordered
+            if b.kind == "tool_use" and b.name != answer_tool
         )
+        answers = [b for b in ordered if b.kind == "tool_use" and b.name == answer_tool]
+        if answers and not calls:
+            # The answer tool's input is the answer; its call is no tool call of the
+            # conversation (no result follows it), and the turn ends with it.
+            return TurnReply("".join(answers[0].parts) or "{}", (), usage, "end_turn", model)
         return TurnReply(text, calls, usage, stop_reason, model)
+
+
+def answer_tool_name(taken: set[str]) -> str:
+    """``final_answer``, unless one of the agent's tools has that name."""
+    name, n = ANSWER_TOOL, 1
+    while name in taken:
+        n += 1
+        name = f"{ANSWER_TOOL}_{n}"
+    return name
 
 
 def anthropic_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -7,9 +7,18 @@ The handler describes the form and asks the engine to pause for a person
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, create_model, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    TypeAdapter,
+    WithJsonSchema,
+    create_model,
+    field_validator,
+)
 
 from builder.catalog import IDENTIFIER_PATTERN, NodeConfig
 from builder.json_types import JsonType
@@ -116,7 +125,15 @@ def form_model(form: dict[str, Any], message: str | None = None, base: type[Base
         if spec.required:
             fields[name] = (annotation, Field(description=spec.description))
         else:
-            fields[name] = (annotation | None, Field(spec.default, description=spec.description))
-    model = create_model("ApprovalForm", __base__=base, **fields)
+            # Published as the field's own type: the Prefect UI draws "str | None" as a toggle
+            # between a string and null, where the approver expects a field to leave empty.
+            # Validation is unchanged: the field may be left out, or null.
+            shown = WithJsonSchema(TypeAdapter(annotation).json_schema())
+            fields[name] = (Annotated[annotation | None, shown], Field(spec.default, description=spec.description))
+    built = create_model("ApprovalForm", __base__=base, **fields)
+    describe = getattr(built, "with_initial_data", None)
+    # A Prefect RunInput: its Resume form shows this description (markdown) above the
+    # fields; the schema's own description it does not show.
+    model: type[BaseModel] = describe(description=message) if message and describe is not None else built
     model.__doc__ = message or "Approve or reject to continue the run."
     return model

@@ -22,8 +22,6 @@ from typing import Annotated, Any, Literal
 
 import httpx
 import openai
-from jsonschema import exceptions as jsonschema_exceptions
-from jsonschema.validators import validator_for
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from builder.catalog import UNIQUE_KEYS, NodeConfig, Templatable, at_most_one_of, exactly_one_of
@@ -37,6 +35,16 @@ from node_handlers.operator_secrets import read_secret
 from node_handlers.redaction import redact
 from node_handlers.services import HandlerServices, services_for
 from node_handlers.settings import HandlerSettings, SecretName
+from node_handlers.structured_output import (
+    REPAIR_TURNS,
+    InvalidAnswer,
+    OutputSchema,
+    StructuredOutput,
+    check_schema,
+    output_invalid,
+    repair_message,
+    schema_problem,
+)
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 CHARS_PER_TOKEN = 4
@@ -68,11 +76,7 @@ class JsonSchemaSpec(BaseModel):
     @field_validator("schema_")
     @classmethod
     def _valid_schema(cls, schema: dict[str, Any]) -> dict[str, Any]:
-        try:
-            validator_for(schema).check_schema(schema)
-        except jsonschema_exceptions.SchemaError as exc:
-            raise ValueError(f"not a valid JSON Schema: {exc.message}") from None
-        return schema
+        return check_schema(schema)
 
 
 class JsonSchemaFormat(BaseModel):
@@ -131,7 +135,15 @@ class ModelCallConfig(NodeConfig):
 
 
 class LlmConfig(ModelCallConfig):
-    model_config = ConfigDict(json_schema_extra={"allOf": [ONE_KEY_SOURCE, exactly_one_of("prompt", "messages")]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": [
+                ONE_KEY_SOURCE,
+                exactly_one_of("prompt", "messages"),
+                at_most_one_of("response_format", "output_schema"),
+            ]
+        }
+    )
     prompt: str | None = Field(None, description="The user message; a template.")
     messages: Templatable[list[Message]] | None = Field(None, description="The conversation instead of prompt.")
     response_format: ResponseFormat | None = Field(
@@ -140,11 +152,19 @@ class LlmConfig(ModelCallConfig):
         "JSON fitting a schema ({type: json_schema, json_schema: "
         "{name, schema}}); the reply is parsed into output.json.",
     )
+    output_schema: OutputSchema | None = Field(
+        None,
+        description="JSON Schema of the answer, asked for in the provider's JSON-schema mode and parsed into "
+        f"output.json; an answer that does not fit is sent back with the errors up to {REPAIR_TURNS} times, "
+        "then the node fails (output_invalid).",
+    )
 
     @model_validator(mode="after")
     def _prompt_or_messages(self) -> LlmConfig:
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("give exactly one of 'prompt' or 'messages'")
+        if self.response_format is not None and self.output_schema is not None:
+            raise ValueError("give response_format or output_schema, not both")
         return self
 
 
@@ -156,6 +176,15 @@ class ChatReply:
     usage: dict[str, Any]
     latency_ms: int
     cost_usd: float | None
+
+    def then(self, later: ChatReply) -> ChatReply:
+        """This reply followed by ``later`` (a repair): the later text, the usage, cost and
+        time of both."""
+        usage = {k: self.usage[k] + later.usage[k] for k in ("input_tokens", "output_tokens")}
+        if self.usage.get("estimated") or later.usage.get("estimated"):
+            usage["estimated"] = True
+        cost = None if self.cost_usd is None or later.cost_usd is None else round(self.cost_usd + later.cost_usd, 8)
+        return ChatReply(later.text, later.model, later.finish_reason, usage, self.latency_ms + later.latency_ms, cost)
 
     def usage_totals(self) -> dict[str, Any]:
         """What the engine sums per run."""
@@ -179,7 +208,13 @@ class LlmHandler(NodeHandler):
         response_format = (
             config.response_format.model_dump(by_alias=True, exclude_none=True) if config.response_format else None
         )
-        reply = await stream_chat(config, build_messages(config), ctx, response_format)
+        answer: Any = None
+        if config.output_schema is not None:
+            reply, answer = await ask_structured(
+                config, build_messages(config), ctx, StructuredOutput(config.output_schema)
+            )
+        else:
+            reply = await stream_chat(config, build_messages(config), ctx, response_format)
         output: dict[str, Any] = {
             "text": reply.text,
             "usage": reply.usage,
@@ -194,6 +229,8 @@ class LlmHandler(NodeHandler):
                 else None
             )
             output["json"] = parse_json_reply(reply.text, schema)
+        if config.output_schema is not None:
+            output["json"] = answer
         if reply.cost_usd is not None:
             output["cost_usd"] = reply.cost_usd
         return Completed(output=output, usage=reply.usage_totals())
@@ -248,9 +285,10 @@ class RouterHandler(NodeHandler):
             {"role": "system", "content": router_instructions(config)},
             {"role": "user", "content": config.prompt},
         ]
-        reply = await stream_chat(config, messages, ctx, router_response_format(ids))
-        # The schema's enum also catches a server that ignored it: an unknown route is retried.
-        choice = parse_json_reply(reply.text, router_schema(ids))
+        # The schema's enum also catches a server that ignored it: an unknown route is repaired.
+        reply, choice = await ask_structured(
+            config, messages, ctx, StructuredOutput(router_schema(ids), name="route_choice")
+        )
         route = choice["route"]
         return Completed(
             output={"route": route, "reasoning": choice.get("reasoning", "")},
@@ -279,10 +317,7 @@ def router_schema(ids: list[str]) -> dict[str, Any]:
 
 
 def router_response_format(ids: list[str]) -> dict[str, Any]:
-    return {
-        "type": "json_schema",
-        "json_schema": {"name": "route_choice", "strict": True, "schema": router_schema(ids)},
-    }
+    return StructuredOutput(router_schema(ids), name="route_choice").openai_response_format()
 
 
 # The streamed call, shared by both nodes.
@@ -356,34 +391,74 @@ async def resolve_endpoint(
     return ModelEndpoint(base_url, "unused")  # no key configured at all: local servers (Ollama, vLLM) accept any
 
 
+async def ask_structured(
+    config: ModelCallConfig, messages: list[dict[str, Any]], ctx: NodeContext, structured: StructuredOutput
+) -> tuple[ChatReply, Any]:
+    """A reply in the provider's JSON-schema mode and its JSON, valid against the schema. An
+    answer that does not fit goes back to the model with the reason, ``REPAIR_TURNS`` times
+    at most; then the node fails with ``output_invalid``. The chunks of a repair carry
+    ``repair: n``: a client shows the latest repair's text."""
+    reply: ChatReply | None = None
+    for repair in range(REPAIR_TURNS + 1):
+        later = await stream_chat(config, messages, ctx, None, structured=structured, repair=repair)
+        reply = later if reply is None else reply.then(later)
+        try:
+            return reply, structured.parse(later.text)
+        except InvalidAnswer as problem:
+            if repair == REPAIR_TURNS:
+                raise output_invalid(
+                    problem,
+                    "the model's answer",
+                    {"requests": repair + 1, "text": later.text[:EXCERPT_CHARS], "usage": reply.usage_totals()},
+                ) from None
+            messages = [
+                *messages,
+                {"role": "assistant", "content": later.text},
+                {"role": "user", "content": repair_message(problem)},
+            ]
+    raise AssertionError("unreachable")
+
+
 async def stream_chat(
-    config: ModelCallConfig, messages: list[dict[str, Any]], ctx: NodeContext, response_format: dict[str, Any] | None
+    config: ModelCallConfig,
+    messages: list[dict[str, Any]],
+    ctx: NodeContext,
+    response_format: dict[str, Any] | None,
+    *,
+    structured: StructuredOutput | None = None,
+    repair: int = 0,
 ) -> ChatReply:
+    """One streamed reply. ``structured``: ask in the provider's JSON-schema mode (instead of
+    ``response_format``, which goes to OpenAI-compatible servers as it is)."""
+    tag = {"repair": repair} if repair else {}
     async with services_for(ctx.services) as services:
         if config.provider == "anthropic":
-            return await _anthropic_chat(config, messages, ctx, response_format, services)
-        return await _stream_chat(config, messages, ctx, response_format, services)
+            if structured is None and response_format is not None:
+                schema = (response_format.get("json_schema") or {}).get("schema") or {"type": "object"}
+                structured = StructuredOutput(schema)
+            return await _anthropic_chat(config, messages, ctx, structured, services, tag)
+        if structured is not None:
+            response_format = structured.openai_response_format()
+        return await _stream_chat(config, messages, ctx, response_format, services, tag)
 
 
 async def _anthropic_chat(
     config: ModelCallConfig,
     messages: list[dict[str, Any]],
     ctx: NodeContext,
-    response_format: dict[str, Any] | None,
+    structured: StructuredOutput | None,
     services: HandlerServices,
+    tag: dict[str, Any],
 ) -> ChatReply:
     """A reply through the Anthropic Messages protocol (``node_handlers.anthropic_turns``);
-    JSON replies are asked for in the system prompt (Messages has no JSON mode) and checked
-    by the caller as for any provider."""
+    JSON replies are asked for with a forced answer tool and checked by the caller as for
+    any provider."""
     # Imported here: the provider modules build on this one.
     from node_handlers.model_turns import TurnRequest
     from node_handlers.providers import turns_for
 
     turns = await turns_for(config, ctx.owner, services)
     system = "\n\n".join(str(m["content"]) for m in messages if m["role"] in ("system", "developer")) or None
-    schema = None
-    if response_format is not None:
-        schema = (response_format.get("json_schema") or {}).get("schema") or {"type": "object"}
     model = config.model or services.settings.default_model
     request = TurnRequest(
         model=model,
@@ -391,18 +466,19 @@ async def _anthropic_chat(
         messages=[m for m in messages if m["role"] not in ("system", "developer")],
         temperature=float(config.temperature) if config.temperature is not None else None,
         max_tokens=int(config.max_tokens) if config.max_tokens is not None else None,
-        json_schema=schema,
+        json_schema=structured.schema if structured is not None else None,
+        json_schema_name=structured.name if structured is not None else "answer",
         timeout_s=float(config.timeout_s),
     )
     parts: list[str] = []
 
     def on_text(text: str) -> None:
-        ctx.emit("stream:chunk", {"index": len(parts), "text": text, "attempt": ctx.attempt})
+        ctx.emit("stream:chunk", {"index": len(parts), "text": text, "attempt": ctx.attempt, **tag})
         parts.append(text)
 
     started = time.monotonic()
     reply = await turns.turn(request, on_text)
-    ctx.emit("stream:done", {"text_length": len(reply.text), "attempt": ctx.attempt})
+    ctx.emit("stream:done", {"text_length": len(reply.text), "attempt": ctx.attempt, **tag})
     usage = dict(reply.usage)
     return ChatReply(
         text=reply.text,
@@ -420,6 +496,7 @@ async def _stream_chat(
     ctx: NodeContext,
     response_format: dict[str, Any] | None,
     services: HandlerServices,
+    tag: dict[str, Any],
 ) -> ChatReply:
     settings = services.settings
     endpoint = await resolve_endpoint(config, ctx.owner, services)
@@ -442,11 +519,11 @@ async def _stream_chat(
     started = time.monotonic()
     try:
         async with asyncio.timeout(float(config.timeout_s)):
-            collected = await collect_stream(services.openai_client(base_url, api_key), request, ctx)
+            collected = await collect_stream(services.openai_client(base_url, api_key), request, ctx, tag)
     except (openai.OpenAIError, httpx.HTTPError, TimeoutError) as exc:
         raise api_error(exc, base_url, float(config.timeout_s), secrets=[api_key]) from None
     text = "".join(collected.parts)
-    ctx.emit("stream:done", {"text_length": len(text), "attempt": ctx.attempt})
+    ctx.emit("stream:done", {"text_length": len(text), "attempt": ctx.attempt, **tag})
     usage = collected.usage or estimate_usage(messages, len(collected.parts))
     return ChatReply(
         text=text,
@@ -466,7 +543,9 @@ class StreamState:
     usage: dict[str, Any] | None = None
 
 
-async def collect_stream(client: openai.AsyncOpenAI, request: dict[str, Any], ctx: NodeContext) -> StreamState:
+async def collect_stream(
+    client: openai.AsyncOpenAI, request: dict[str, Any], ctx: NodeContext, tag: dict[str, Any] | None = None
+) -> StreamState:
     state = StreamState(parts=[])
     stream = await client.chat.completions.create(**request)
     async with stream:
@@ -481,7 +560,10 @@ async def collect_stream(client: openai.AsyncOpenAI, request: dict[str, Any], ct
                 delta = choice.delta.content if choice.delta else None
                 if delta:
                     # attempt: a client can drop the chunks of an attempt that failed halfway.
-                    ctx.emit("stream:chunk", {"index": len(state.parts), "text": delta, "attempt": ctx.attempt})
+                    ctx.emit(
+                        "stream:chunk",
+                        {"index": len(state.parts), "text": delta, "attempt": ctx.attempt, **(tag or {})},
+                    )
                     state.parts.append(delta)
                 state.finish_reason = choice.finish_reason or state.finish_reason
     return state
@@ -517,15 +599,9 @@ def parse_json_reply(text: str, schema: dict[str, Any] | None) -> Any:
             retry_class="error",
             error_type="InvalidModelOutput",
         ) from None
-    if schema is not None:
-        error = jsonschema_exceptions.best_match(validator_for(schema)(schema).iter_errors(value))
-        if error is not None:
-            where = "/".join(str(p) for p in error.absolute_path) or "the reply"
-            raise NodeError(
-                f"the model's JSON does not fit the schema at {where}: {error.message}",
-                retry_class="error",
-                error_type="InvalidModelOutput",
-            )
+    problem = schema_problem(schema, value) if schema is not None else None
+    if problem is not None:
+        raise NodeError(f"the model's reply: {problem}", retry_class="error", error_type="InvalidModelOutput")
     return value
 
 

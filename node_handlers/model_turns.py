@@ -23,6 +23,7 @@ import httpx
 import openai
 
 from node_handlers.llm import CHARS_PER_TOKEN, api_error
+from node_handlers.structured_output import StructuredOutput
 
 OnText = Callable[[str], None]
 
@@ -101,7 +102,9 @@ class TurnRequest:
     temperature: float | None = None
     max_tokens: int | None = None
     json_schema: Mapping[str, Any] | None = None
-    """Ask for JSON fitting this schema, where the protocol has such a mode."""
+    """Ask for JSON fitting this schema in the protocol's JSON-schema mode
+    (``node_handlers.structured_output``); the caller validates the answer."""
+    json_schema_name: str = "answer"
     timeout_s: float = 120.0
 
 
@@ -147,10 +150,9 @@ class OpenAITurns:
         if request.max_tokens is not None:
             body["max_tokens"] = request.max_tokens
         if request.json_schema is not None:
-            body["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {"name": "answer", "schema": dict(request.json_schema)},
-            }
+            body["response_format"] = StructuredOutput(
+                request.json_schema, request.json_schema_name
+            ).openai_response_format()
         try:
             async with asyncio.timeout(request.timeout_s):
                 return await self._stream(body, on_text)

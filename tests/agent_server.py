@@ -3,7 +3,9 @@
 What it answers depends on the conversation it is sent, never on how many requests came
 before: the n-th turn of a conversation (n-1 assistant messages in it) gets the n-th step
 of the model's script, so a run executed again that sends the same conversation gets the
-same answer. Scripts are set by model name (``script``); every request is recorded with
+same answer. A ``response_format`` is checked and honoured as OpenAI does
+(``tests.structured_mode``): refused with 400 when malformed; under ``strict``, a text
+answer always fits the schema. Scripts are set by model name (``script``); every request is recorded with
 its turn number. Replies stream as the OpenAI API streams them: text deltas, tool calls
 split over several chunks, the usage chunk last.
 """
@@ -23,6 +25,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from tests.openai_server import serve_in_thread, sse
+from tests.structured_mode import conforming_text, openai_format_problem, strict_schema
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,8 @@ class Say:
     """The model answers with text."""
 
     chunks: tuple[str, ...] = ("Done", ".")
+    tool: str | None = None
+    """Anthropic, under ``tool_choice: any``: the tool whose input the text (JSON) is."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,13 @@ class ToolModel:
                 step = Fail()
             if isinstance(step, Fail):
                 return JSONResponse({"error": {"message": "scripted failure"}}, status_code=step.status)
+            problem = openai_format_problem(body)
+            if problem is not None:
+                return JSONResponse({"error": {"message": problem, "type": "invalid_request_error"}}, status_code=400)
+            if isinstance(step, Say):
+                scripted = "".join(step.chunks)
+                answer = conforming_text(strict_schema(body), scripted)
+                step = step if answer == scripted else Say((answer,))
             return StreamingResponse(stream(step, model, turn, body), media_type="text/event-stream")
 
         return app

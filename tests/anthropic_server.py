@@ -4,7 +4,11 @@
 
 Scripted as ``tests.agent_server.ToolModel`` is: the n-th turn of a conversation (n-1
 assistant messages in it) gets the n-th step of the model's script (``Say``, ``Call``,
-``Fail``). Every request is recorded with its headers (``x-api-key``).
+``Fail``). Every request is recorded with its headers (``x-api-key``). Tools, ``tool_choice``
+and the pairing of ``tool_use`` with ``tool_result`` are checked as the API checks them
+(``tests.structured_mode``: 400 otherwise). Under a forced tool (``tool_choice`` ``tool``, or
+``any`` with ``Say(tool=...)``), a ``Say`` step is the model calling that tool with the
+step's text as its input (JSON; an object of the tool's schema when the text is none).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from tests.agent_server import Call, Fail, Say, Step
 from tests.openai_server import serve_in_thread
+from tests.structured_mode import anthropic_request_problem, instance_of
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,16 @@ class AnthropicModel:
             if isinstance(step, Fail):
                 error = {"type": "error", "error": {"type": "api_error", "message": "scripted failure"}}
                 return JSONResponse(error, status_code=step.status)
+            problem = anthropic_request_problem(body)
+            if problem is not None:
+                error = {"type": "error", "error": {"type": "invalid_request_error", "message": problem}}
+                return JSONResponse(error, status_code=400)
+            if isinstance(step, Say):
+                forced = forced_call(step, body)
+                if isinstance(forced, str):
+                    error = {"type": "error", "error": {"type": "api_error", "message": forced}}
+                    return JSONResponse(error, status_code=500)
+                step = forced or step
             blocks = content_blocks(step, turn)
             usage = {"input_tokens": 10 + len(json.dumps(body.get("messages", []))) // 10, "output_tokens": 0}
             usage["output_tokens"] = sum(len(b["text"]) if b["type"] == "text" else 3 for b in blocks)
@@ -76,6 +91,26 @@ class AnthropicModel:
             return JSONResponse(message)
 
         return app
+
+
+def forced_call(step: Say, body: dict[str, Any]) -> Call | str | None:
+    """The tool call a forced ``tool_choice`` makes of a ``Say`` step; a str: a script error."""
+    choice = body.get("tool_choice") or {}
+    if choice.get("type") not in ("tool", "any"):
+        return None
+    name = choice.get("name") if choice["type"] == "tool" else step.tool
+    if name is None:
+        return "test script: under tool_choice any the model calls a tool; give Say(tool=...)"
+    tool = next((t for t in body.get("tools", []) if t["name"] == name), None)
+    if tool is None:
+        return f"test script: no tool {name} in the request"
+    try:
+        arguments = json.loads("".join(step.chunks))
+    except ValueError:
+        arguments = None
+    if not isinstance(arguments, dict):
+        arguments = instance_of(tool["input_schema"], tool["input_schema"])
+    return Call(((name, arguments),))
 
 
 def content_blocks(step: Say | Call, turn: int) -> list[dict[str, Any]]:

@@ -4,7 +4,10 @@
 OpenAI API streams (``data: {chunk}`` lines, the usage chunk last, ``data: [DONE]``).
 What it answers is scripted: by the model name (``PRESETS``: "text", "no-usage", "json",
 "malformed-once", "error-500-once", "rate-limited-once", "unauthorized", ...), or by
-replies a test queues with ``enqueue``. It records every request it receives.
+replies a test queues with ``enqueue``. It records every request it receives. A
+``response_format`` is checked and honoured as OpenAI does (``tests.structured_mode``):
+a malformed one is refused with 400, and under ``strict`` the answer always fits the
+schema, unless the reply plays a compatible server that ignores it (``ignore_schema``).
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from tests.structured_mode import conforming_text, openai_format_problem, strict_schema
 
 
 class ServerThread:
@@ -75,6 +80,8 @@ class Reply:
     """Put the request's Authorization header into the error message (as careless servers do)."""
     finish_reason: str = "stop"
     chunk_delay_s: float = 0.0
+    ignore_schema: bool = False
+    """Answer as scripted even under a strict response_format (a server that ignores it)."""
 
 
 JSON_CHUNKS = ['{"answer": ', '42, "tags": ', '["a", ', '"b"]}']
@@ -152,9 +159,17 @@ class FakeOpenAI:
             body = await request.json()
             with self._lock:
                 self.requests.append(RecordedRequest(request.url.path, dict(request.headers), body, time.monotonic()))
+            problem = openai_format_problem(body)
+            if problem is not None:
+                error = {"message": problem, "type": "invalid_request_error", "param": "response_format"}
+                return JSONResponse({"error": error}, status_code=400)
             reply = self._next_reply(str(body.get("model", "")))
             if reply.status != 200:
                 return error_response(reply, request.headers.get("authorization", ""))
+            scripted = "".join(reply.chunks)
+            answer = scripted if reply.ignore_schema else conforming_text(strict_schema(body), scripted)
+            if answer != scripted:
+                reply = replace(reply, chunks=[answer])
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             events = sse_events(reply, str(body.get("model", "")), include_usage and reply.usage, body)
             return StreamingResponse(events, media_type="text/event-stream", headers=reply.headers)

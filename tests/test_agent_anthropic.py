@@ -4,6 +4,7 @@ the agent's loop with parallel tool calls, and the llm and router nodes with
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -37,7 +38,7 @@ def operator_key(handler_env: pytest.MonkeyPatch, server: AnthropicModel) -> Non
     set_env(handler_env, FLOWMAESTRO_ANTHROPIC_BASE_URL=server.url, FLOWMAESTRO_ANTHROPIC_API_KEY=KEY)
 
 
-def agent_canvas(model: str, tools: ToolServer) -> dict[str, Any]:
+def agent_canvas(model: str, tools: ToolServer, **extra: Any) -> dict[str, Any]:
     tool = {
         "type": "http",
         "name": "weather",
@@ -45,7 +46,14 @@ def agent_canvas(model: str, tools: ToolServer) -> dict[str, Any]:
         "url": tools.url + "/weather/{{ args.city }}",
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
     }
-    data = {"provider": "anthropic", "model": model, "system": "Be brief.", "prompt": "{{ inputs.q }}", "tools": [tool]}
+    data = {
+        "provider": "anthropic",
+        "model": model,
+        "system": "Be brief.",
+        "prompt": "{{ inputs.q }}",
+        "tools": [tool],
+        **extra,
+    }
     nodes = [
         {"id": "start", "type": "start", "data": {}},
         {"id": "agent", "type": "agent", "data": data},
@@ -98,7 +106,63 @@ async def test_llm_and_router_speak_anthropic(server: AnthropicModel) -> None:
     )
     choice = await RouterHandler().run(config, make_context())
     assert choice.output == {"route": "billing", "reasoning": "a refund"} and choice.handles == {"route-billing"}
-    assert "JSON Schema" in server.requests[-1].body["system"]  # Messages has no JSON mode: asked in the prompt
+    # Messages' structured output: a tool of the schema, which the model must call.
+    body = server.requests[-1].body
+    assert body["tool_choice"] == {"type": "tool", "name": "final_answer"}
+    [answer_tool] = body["tools"]
+    assert answer_tool["name"] == "final_answer"
+    assert answer_tool["input_schema"]["properties"]["route"]["enum"] == ["billing", "tech"]
+
+
+ANSWER_SCHEMA = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
+
+
+async def test_the_agent_answers_through_the_answer_tool_and_repairs_it(
+    server: AnthropicModel, tools: ToolServer
+) -> None:
+    name = server.script(
+        "claude-structured",
+        Call((("weather", {"city": "Rome"}),)),
+        Say(('{"answer": 7}',), tool="final_answer"),
+        Say(('{"answer": "warm"}',), tool="final_answer"),
+    )
+    result, events = await execute(agent_canvas(name, tools, output_schema=ANSWER_SCHEMA), MemoryOutcomes())
+
+    assert result["status"] == "completed", result["error"]
+    output = result["output"]
+    assert output["json"] == {"answer": "warm"} and output["turns"] == 3 and output["finish_reason"] == "end_turn"
+    assert json.loads(output["text"]) == {"answer": "warm"}
+    assert [c["name"] for c in output["tool_calls"]] == ["weather"]  # the answer is no tool call
+    first, second, third = [r.body for r in server.requests if r.model == name]
+    # Beside its own tools the model may call those first: any tool, the answer tool among them.
+    assert first["tool_choice"] == {"type": "any"}
+    assert [t["name"] for t in first["tools"]] == ["weather", "final_answer"]
+    assert first["tools"][1]["input_schema"] == ANSWER_SCHEMA
+    assert "system" in first and "JSON" not in first["system"]
+    # The invalid answer went back as text and a user message (the server checked that no
+    # tool_use was left without its tool_result).
+    assert third["messages"][-2] == {"role": "assistant", "content": [{"type": "text", "text": '{"answer": 7}'}]}
+    assert third["messages"][-1]["role"] == "user"
+    assert "7 is not of type 'string'" in third["messages"][-1]["content"]
+    # The answer streams as the model writes the tool's input.
+    assert [c["text"] for c in of_type(events, "stream:chunk")][-2:] == ['{"answer"', ': "warm"}']
+
+
+async def test_the_llm_node_repairs_through_the_answer_tool(server: AnthropicModel) -> None:
+    schema = {"type": "array", "items": {"type": "integer"}}
+    name = server.script("claude-llm-structured", Say(('{"value": ["one"]}',)), Say(('{"value": [1]}',)))
+    data = {"provider": "anthropic", "model": name, "prompt": "Count", "output_schema": schema}
+    completed = await LlmHandler().run(LlmConfig.model_validate(data), make_context())
+
+    assert completed.output["json"] == [1]
+    first, second = [r.body for r in server.requests if r.model == name]
+    assert first["tool_choice"] == {"type": "tool", "name": "final_answer"}
+    assert first["tools"][0]["input_schema"]["properties"] == {"value": schema}  # an array travels wrapped
+    assert (
+        second["messages"][-1]["role"] == "user"
+        and "'one' is not of type 'integer'" in second["messages"][-1]["content"]
+    )
+    assert completed.usage is not None and completed.usage["output_tokens"] == 6  # both requests, 3 each
 
 
 async def test_the_operator_key_goes_to_the_configured_url_only(

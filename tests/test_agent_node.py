@@ -236,13 +236,24 @@ async def test_an_answer_that_does_not_fit_output_schema_is_repaired(model: Tool
     output = result["output"]
     assert output["json"] == {"answer": "ok"} and output["text"] == '{"answer": "ok"}' and output["turns"] == 3
     bodies = [r.body for r in model.requests if r.model == name]
+    # Not strict: OpenAI's strict mode refuses a schema whose objects are not closed.
     assert bodies[0]["response_format"] == {
         "type": "json_schema",
-        "json_schema": {"name": "answer", "schema": ANSWER_SCHEMA},
+        "json_schema": {"name": "answer", "schema": ANSWER_SCHEMA, "strict": False},
     }
     repair = bodies[2]["messages"][-1]
     assert repair["role"] == "user" and repair["content"].startswith("Your answer is not valid: ")
     assert "answer" in repair["content"] and "not of type 'string'" in repair["content"]
+
+
+async def test_a_strict_output_schema_is_answered_within_it(model: ToolModel) -> None:
+    closed = {**ANSWER_SCHEMA, "additionalProperties": False}
+    name = model.script("schema-strict", Say(("free text",)))  # the server in strict mode writes JSON instead
+    result, _ = await execute(agent_canvas(model, name, [], output_schema=closed), MemoryOutcomes())
+    assert result["status"] == "completed", result["error"]
+    assert result["output"]["json"] == {"answer": ""} and result["output"]["turns"] == 1
+    [body] = [r.body for r in model.requests if r.model == name]
+    assert body["response_format"]["json_schema"]["strict"] is True
 
 
 async def test_an_answer_still_invalid_after_two_repairs_fails_output_invalid(model: ToolModel) -> None:
@@ -323,6 +334,27 @@ async def test_memory_carries_a_conversation_across_runs_by_key_and_is_trimmed(
     assert tokens_of(stored) <= one_exchange
     assert trimmed(stored, 1) == []
     await engine.dispose()
+
+
+def test_memory_counts_with_the_models_tokenizer_where_it_ships_else_estimates() -> None:
+    conversation = [
+        {"role": "user", "content": "tiktoken is great!"},
+        {"role": "assistant", "content": "hello world"},
+        {"role": "user", "content": "hello world"},
+        {"role": "assistant", "content": "hello world"},
+    ]
+    # cl100k_base (gpt-4): "tiktoken is great!" is 6 tokens, "hello world" 2, each role 1,
+    # and 3 for the chat format around every message.
+    assert tokens_of(conversation, "gpt-4") == (3 + 1 + 6) + 3 * (3 + 1 + 2) == 28
+    assert tokens_of(conversation, "gpt-3.5-turbo-0125") == 28
+    # Text that reads as a special token is counted as the text it is.
+    assert tokens_of([{"role": "user", "content": "<|endoftext|>"}], "gpt-4") == 3 + 1 + 7
+    # gpt-4o's tokenizer (o200k_base) does not ship, nor Anthropic's: 4 characters a token of the JSON.
+    estimate = sum(-(-len(json.dumps(m)) // 4) for m in conversation)
+    assert tokens_of(conversation, "gpt-4o-mini") == tokens_of(conversation, "claude-sonnet-4") == estimate == 48
+    # Trimming counts the same way: the last exchange (12 tokens) fits in 20 for gpt-4, not estimated.
+    assert trimmed(conversation, 20, "gpt-4") == conversation[2:]
+    assert trimmed(conversation, 20, "gpt-4o-mini") == []
 
 
 MCP_TOKEN = "mcp-THIS-TOKEN-MUST-NOT-LEAK-42"

@@ -5,6 +5,8 @@ running in this process (so the test handlers are there too), on a work pool per
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import uuid
 from functools import partial
 
@@ -160,9 +162,16 @@ async def test_malformed_requests_are_4xx_not_500(api):
     assert (await api.get("/api/executions/not-a-run")).status_code == 404
 
 
-async def test_health_and_metrics(api):
+async def test_health_and_metrics(api, tmp_path):
     health = await api.get("/health")
     assert health.json()["checks"]["database"] == "ok"
+    # The session's Prefect server is not one this home started: its database is unknown.
+    assert health.json()["prefect_database"] == "unknown" and "warnings" not in health.json()
+    # As if the embedded server of this home (the API's) were the one in use, on SQLite.
+    started = {"api_url": os.environ["PREFECT_API_URL"], "pid": 1, "auth": False, "database": "sqlite"}
+    (tmp_path / "prefect-server.json").write_text(json.dumps(started))
+    on_sqlite = (await api.get("/health")).json()
+    assert on_sqlite["prefect_database"] == "sqlite" and "Prefect runs on SQLite" in on_sqlite["warnings"][0]
     metrics = await api.get("/metrics")
     assert "flowmaestro_runs_started_total" in metrics.text
 

@@ -160,3 +160,33 @@ def test_resume_when_prefect_fails_is_one_line_naming_prefect_not_a_traceback(mo
     assert isinstance(result.exception, SystemExit), result.exception  # not the client's error, uncaught
     assert "Prefect" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_help_rewraps_docstrings_instead_of_breaking_sentences_where_the_source_does():
+    # Wide enough for every summary on one line: a line break left in would still show.
+    wide = runner.invoke(app, ["--help"], env={"COLUMNS": "250", "TERMINAL_WIDTH": "250"})
+    assert wide.exit_code == 0, wide.output
+    assert "completed nodes are restored, the rest run. Prints the execution id and its status." in wide.output
+    assert "reused while its settings are the same), print the result" in wide.output
+    one = runner.invoke(app, ["retry", "--help"], env={"COLUMNS": "250", "TERMINAL_WIDTH": "250"})
+    assert "Execute a failed or cancelled run again through the API: completed nodes are restored, the rest" in (
+        one.output
+    )
+    # Nested groups' commands too.
+    nested = runner.invoke(app, ["schedules", "--help"], env={"COLUMNS": "250", "TERMINAL_WIDTH": "250"})
+    assert nested.exit_code == 0 and "\n│              " not in nested.output.split("Commands")[-1], nested.output
+
+
+def test_validation_issues_name_the_field_once(tmp_path):
+    raw = json.loads(HELLO.read_text())
+    raw["nodes"].append({"id": "pause-x", "type": "delay", "data": {"seconds": "soon"}})
+    raw["nodes"].append({"id": "ask", "type": "llm", "data": {"prompt": "x", "output_schema": {"type": "nope"}}})
+    result = runner.invoke(app, ["validate", str(write(tmp_path, raw))])
+    assert result.exit_code == 2
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error")]
+    assert any(
+        line.startswith("error  node 'pause-x', field data.seconds: expected a number, or a template") for line in lines
+    ), lines
+    schema_issue = "error  node 'ask', field data.output_schema: not a valid JSON Schema at type: "
+    assert any(line.startswith(schema_issue) for line in lines), lines
+    assert "data.seconds: data.seconds" not in result.stderr and "Value error" not in result.stderr

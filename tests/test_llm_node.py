@@ -204,6 +204,95 @@ async def test_a_malformed_reply_is_retried(openai_server: FakeOpenAI) -> None:
     assert [c["attempt"] for c in run.emitted.of_type("stream:chunk")] == [1, 1, 2, 2, 2, 2]
 
 
+# output_schema: the provider's JSON-schema mode, validation, repairs
+
+
+STRICT_SCHEMA = ANSWER_SCHEMA  # closed, every property required: what strict mode takes
+LOOSE_SCHEMA = {"type": "object", "required": ["answer"], "properties": {"answer": {"type": "integer"}}}
+
+
+async def test_output_schema_asks_in_strict_mode_and_the_server_answers_within_it(openai_server: FakeOpenAI) -> None:
+    # The script says "Hello, world!": a server in strict mode writes JSON of the schema instead.
+    completed = await run_llm(llm_data(openai_server, output_schema=STRICT_SCHEMA))
+    assert completed.output["json"] == {"answer": 0, "tags": []}
+    assert json.loads(completed.output["text"]) == completed.output["json"]
+    assert [r.body["response_format"] for r in openai_server.requests] == [
+        {"type": "json_schema", "json_schema": {"name": "answer", "schema": STRICT_SCHEMA, "strict": True}}
+    ]
+
+
+async def test_an_answer_that_does_not_fit_output_schema_is_repaired(openai_server: FakeOpenAI) -> None:
+    openai_server.enqueue(Reply(chunks=['{"answer": ', '"forty-two"}']), Reply(chunks=['{"answer": 42}']))
+    emitted = Emitted()
+    completed = await run_llm(llm_data(openai_server, output_schema=LOOSE_SCHEMA), emitted)
+
+    assert completed.output["json"] == {"answer": 42} and completed.output["text"] == '{"answer": 42}'
+    first, second = (r.body for r in openai_server.requests)
+    # Not strict: OpenAI refuses strict mode for a schema with optional or extra properties.
+    assert first["response_format"]["json_schema"] == {"name": "answer", "schema": LOOSE_SCHEMA, "strict": False}
+    assert second["messages"][:1] == first["messages"] == [{"role": "user", "content": "Say hello"}]
+    assert second["messages"][1] == {"role": "assistant", "content": '{"answer": "forty-two"}'}
+    repair = second["messages"][2]
+    assert repair["role"] == "user" and repair["content"].startswith("Your answer is not valid: ")
+    assert "at answer" in repair["content"] and "'forty-two' is not of type 'integer'" in repair["content"]
+    chunks = emitted.of_type("stream:chunk")
+    assert [(c["text"], c.get("repair")) for c in chunks] == [
+        ('{"answer": ', None),
+        ('"forty-two"}', None),
+        ('{"answer": 42}', 1),
+    ]
+    assert completed.output["usage"]["output_tokens"] == 3 and completed.usage["output_tokens"] == 3
+
+
+async def test_an_answer_still_invalid_after_the_repairs_fails_output_invalid(openai_server: FakeOpenAI) -> None:
+    openai_server.enqueue(*[Reply(chunks=['{"answer": "no"}'])] * 3)
+    error = await llm_error(llm_data(openai_server, output_schema=LOOSE_SCHEMA))
+    assert error.error_type == "output_invalid" and error.retry_class is None
+    assert error.message.startswith("the model's answer does not fit output_schema after 2 repair turns: ")
+    assert "'no' is not of type 'integer'" in error.message
+    assert error.details["requests"] == 3 and len(openai_server.requests) == 3
+
+
+async def test_a_schema_that_is_no_object_travels_wrapped(openai_server: FakeOpenAI) -> None:
+    schema = {"type": "array", "items": {"type": "string"}, "minItems": 1}
+    openai_server.enqueue(Reply(chunks=['{"value": ["a", "b"]}']))
+    completed = await run_llm(llm_data(openai_server, output_schema=schema))
+    assert completed.output["json"] == ["a", "b"]
+    sent = openai_server.requests[0].body["response_format"]["json_schema"]
+    assert sent["strict"] is True and sent["schema"] == {
+        "type": "object",
+        "properties": {"value": schema},
+        "required": ["value"],
+        "additionalProperties": False,
+    }
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"output_schema": {"type": "nonsense"}}, "data.output_schema"),
+        ({"output_schema": {"$ref": "http://169.254.169.254/latest"}}, "$ref may only point inside the schema"),
+        (
+            {"output_schema": {"type": "object"}, "response_format": {"type": "json_object"}},
+            "give response_format or output_schema, not both",
+        ),
+    ],
+)
+def test_a_bad_output_schema_is_refused_when_the_canvas_is_compiled(data: dict[str, Any], expected: str) -> None:
+    raw = {
+        "name": "schema",
+        "nodes": [
+            {"id": "start", "type": "start", "data": {}},
+            {"id": "ask", "type": "llm", "data": {"prompt": "x", **data}},
+        ],
+        "edges": [{"id": "e", "source": "start", "target": "ask"}],
+    }
+    refused = compile_canvas(raw, build_registry())
+    assert not refused.ok
+    [issue] = [str(i) for i in refused.errors]
+    assert "node 'ask'" in issue and expected in issue, issue
+
+
 def test_a_reply_python_cannot_parse_as_json_is_a_retryable_error_too() -> None:
     # json.loads raises a plain ValueError (not a JSONDecodeError, which has .msg) for an
     # integer past Python's 4,300-digit limit; found by mypy.
@@ -292,20 +381,34 @@ async def test_the_router_fires_the_chosen_route(openai_server: FakeOpenAI) -> N
     assert completed.usage is not None and completed.usage["output_tokens"] == 3
 
 
-async def test_an_unknown_route_is_retried(openai_server: FakeOpenAI) -> None:
-    openai_server.enqueue(route_reply("sales"), route_reply("tech"))
-    run = await run_with_retries(RouterHandler(), router_data(openai_server))
-    assert run.result.completed is not None and run.result.attempts == 2
-    assert run.result.completed.handles == frozenset({"route-tech"})
-    error = run.retries[0][1]
-    assert isinstance(error, NodeError) and error.retry_class == "error" and "sales" in error.message
-
-
-async def test_a_router_reply_that_is_not_json_is_a_retryable_error(openai_server: FakeOpenAI) -> None:
+async def test_the_router_asks_in_strict_mode_and_the_answer_fits(openai_server: FakeOpenAI) -> None:
+    # Under strict mode the server answers within the schema, whatever the script says.
     openai_server.enqueue(Reply(chunks=["billing, I think"]))
+    completed = await run_router(router_data(openai_server))
+    assert completed.handles == frozenset({"route-billing"}) and len(openai_server.requests) == 1
+    spec = openai_server.requests[0].body["response_format"]["json_schema"]
+    assert spec["name"] == "route_choice" and spec["strict"] is True
+
+
+async def test_an_unknown_route_from_a_server_that_ignores_the_schema_is_repaired(openai_server: FakeOpenAI) -> None:
+    sales = Reply(chunks=['{"route": "sales", "reasoning": "a deal"}'], ignore_schema=True)
+    openai_server.enqueue(sales, route_reply("tech"))
+    run = await run_with_retries(RouterHandler(), router_data(openai_server))
+    assert run.result.completed is not None and run.result.attempts == 1, run.result.error
+    assert run.result.completed.handles == frozenset({"route-tech"}) and len(openai_server.requests) == 2
+    repaired = openai_server.requests[1].body["messages"]
+    assert repaired[-2] == {"role": "assistant", "content": '{"route": "sales", "reasoning": "a deal"}'}
+    assert repaired[-1]["role"] == "user" and "'sales' is not one of ['billing', 'tech']" in repaired[-1]["content"]
+    assert run.result.completed.usage is not None and run.result.completed.usage["output_tokens"] == 1 + 3
+
+
+async def test_a_router_reply_that_never_fits_fails_output_invalid(openai_server: FakeOpenAI) -> None:
+    openai_server.enqueue(*[Reply(chunks=["billing, I think"], ignore_schema=True)] * 3)
     with pytest.raises(NodeError) as caught:
         await run_router(router_data(openai_server))
-    assert caught.value.retry_class == "error"
+    assert caught.value.error_type == "output_invalid" and caught.value.retry_class is None
+    assert "after 2 repair turns" in caught.value.message and "not valid JSON" in caught.value.message
+    assert len(openai_server.requests) == 3
 
 
 def test_router_handles_and_route_ids() -> None:
