@@ -34,6 +34,7 @@ from flows.events import EventBus, utcnow
 from flows.frames import Frame
 from flows.journal import JournalUnavailable, RunJournal
 from flows.large_outputs import LargeOutputs
+from flows.node_executions import NodeExecutionRecorder
 from flows.policies import (
     is_dead_letter,
     journals_durably,
@@ -180,6 +181,12 @@ class Execution:
         mirror in Prefect and its node log line). The journal is not one of them: its
         write must be awaited before the run moves on (``execute_leaf``, ``run_scope``)."""
         self._failed_calls: dict[tuple[str, tuple[int, ...]], FailedCall] = {}
+        self.node_executions = NodeExecutionRecorder(self.journal)
+        """What ``GET /api/executions/{id}/nodes`` lists, written with the journal."""
+        self.outcome_listeners.append(
+            lambda ended: self.node_executions.ended(ended.node, ended.frame, ended.run, ended.result, ended.shown)
+        )
+        self.bus.subscribe(self.node_executions.on_event)
 
     # --- the run ---------------------------------------------------------------------------------
 
@@ -409,6 +416,7 @@ class Execution:
         self.mirror.started(node, frame, run, upstream)
         try:
             config = self.resolve_config(node, handler, frame, skip_keys=handler.own_scope_keys)
+            self.node_executions.resolved(node.id, frame.path, config)
             outcome = NodeResult(NodeStatus.COMPLETED, await run_container(self, node, frame, config), SOURCE)
         except NodeError as exc:
             outcome = NodeResult(NodeStatus.FAILED, error=error_info(exc, node.id, 1))
@@ -425,6 +433,7 @@ class Execution:
             run.attempts = 1
             self.mirror.ended(node, frame, run, upstream, exc)
             return NodeResult(NodeStatus.FAILED, error=error_info(exc, node.id, 1))
+        self.node_executions.resolved(node.id, frame.path, config)
         key = node_cache_key(node, handler, config, upstream)
         entry = self.journal.entry(node.id, frame.path)
         if entry is not None and restores(node, entry.status, entry.key, key):

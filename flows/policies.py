@@ -46,11 +46,20 @@ def node_cache_key(node: PlanNode, handler: NodeHandler, config: Any, upstream: 
     return cache_key(node, config, upstream if handler.reads_upstream else None)
 
 
+SEEDED_KEY = "seeded"
+"""The key of a journal entry the API seeded (a rerun's restored and pinned nodes, a node
+test's pinned outputs, ``api.reruns``): restored whatever the node's configuration now."""
+
+
 def restores(node: PlanNode, entry_status: str | None, entry_key: str | None, key: str) -> bool:
     """Whether a node execution is restored from the run's journal instead of executed: the
     node replays (``replay``, on unless a node says otherwise), and an earlier execution of
-    the run completed it with the same key (a changed configuration executes it again)."""
-    return node.replay and entry_status == "completed" and entry_key == key
+    the run completed it with the same key (a changed configuration executes it again); or
+    the entry was seeded (``SEEDED_KEY``): a rerun restores what its source completed, and
+    pinned outputs, even under new inputs or another version."""
+    if entry_status != "completed":
+        return False
+    return entry_key == SEEDED_KEY or (node.replay and entry_key == key)
 
 
 def runs_inline(node: PlanNode, handler: NodeHandler, *, inline_control: bool) -> bool:
