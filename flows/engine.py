@@ -43,6 +43,7 @@ from flows.policies import (
     oversize_error,
     restores,
     runs_inline,
+    seeded,
 )
 from flows.recording import TaskRunMirror, task_run_name, upstream_task_runs
 from flows.records import NodeRun, RunRecord
@@ -414,6 +415,10 @@ class Execution:
         completes, its ``error`` edges when it fails."""
         handler = self.registry.handler(node.type)
         self.mirror.started(node, frame, run, upstream)
+        restored = self._seeded(node, frame, run)
+        if restored is not None:
+            self.mirror.ended(node, frame, run, upstream, None)
+            return restored
         try:
             config = self.resolve_config(node, handler, frame, skip_keys=handler.own_scope_keys)
             self.node_executions.resolved(node.id, frame.path, config)
@@ -424,7 +429,19 @@ class Execution:
         self.mirror.ended(node, frame, run, upstream, failure)
         return outcome
 
+    def _seeded(self, node: PlanNode, frame: Frame, run: NodeRun) -> NodeResult | None:
+        """The outcome the API seeded the journal with for this node execution, restored
+        without resolving its templates (``policies.seeded``); None when there is none."""
+        entry = self.journal.entry(node.id, frame.path)
+        if entry is None or not seeded(entry.status, entry.key):
+            return None
+        completed, run.attempts = self.journal.restored(entry)
+        return dataclasses.replace(self._completed(node, completed), restored=True)
+
     async def execute_leaf(self, node: PlanNode, frame: Frame, run: NodeRun, upstream: Mapping[str, Any]) -> NodeResult:
+        restored = self._seeded(node, frame, run)
+        if restored is not None:
+            return restored
         handler = self.registry.handler(node.type)
         try:
             # Own-scope keys are the handler's to render (an agent's tools, with their call's args).

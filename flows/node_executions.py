@@ -18,8 +18,8 @@ from flows.events import RunEvent, utcnow
 from flows.frames import Frame
 from flows.journal import RunJournal
 from flows.node_logs import node_log_line
-from flows.records import NodeRun
 from flows.recording import task_run_name
+from flows.records import NodeRun
 from flows.scheduler import NodeResult
 from store.node_executions import NodeExecution
 from store.vocabulary import EventType, NodeStatus
