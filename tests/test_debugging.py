@@ -8,6 +8,10 @@ Every test uses request paths of its own on the counting server, so counts do no
 
 from __future__ import annotations
 
+import asyncio
+import json
+import threading
+import time
 import uuid
 from functools import partial
 from typing import Any
@@ -15,9 +19,13 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+import uvicorn
+from typer.testing import CliRunner
 
 from api.app import create_app
 from api.settings import ApiSettings
+from cli.main import app as cli
+from tests.processes import free_port
 from tests.support import canvas, node, save
 from tests.support import wait_final as _wait_final
 
@@ -26,6 +34,10 @@ wait_final = partial(_wait_final, timeout=120)
 pytestmark = pytest.mark.prefect
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+OWNER = f"dev-{uuid.uuid4().hex}"
+KEY = f"key-{OWNER}"
+SECRET = "sk-debugging-" + uuid.uuid4().hex
+"""A key written into a node's headers: its input is listed with it redacted."""
 
 
 @pytest.fixture(scope="module")
@@ -52,16 +64,15 @@ async def stack(prefect_server, in_process_workers):
 @pytest.fixture(scope="module")
 async def api(stack, tmp_path_factory):
     url, pool = stack
-    owner = f"dev-{uuid.uuid4().hex}"
     settings = ApiSettings(
-        database_url=url, api_keys=f"{owner}:key-{owner}", home=tmp_path_factory.mktemp("debugging"), work_pool=pool
+        database_url=url, api_keys=f"{OWNER}:{KEY}", home=tmp_path_factory.mktemp("debugging"), work_pool=pool
     )
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app),
             base_url="http://test",
-            headers={"Authorization": f"Bearer key-{owner}"},
+            headers={"Authorization": f"Bearer {KEY}"},
             timeout=90,
         ) as client:
             yield client
@@ -76,7 +87,7 @@ def chain(counting, prefix: str) -> dict[str, Any]:
     return canvas(
         [
             node("start", "start"),
-            http("a", f"{counting.url}/{prefix}/a"),
+            http("a", f"{counting.url}/{prefix}/a", headers={"X-Api-Key": SECRET}),
             http("b", f"{counting.url}/{prefix}/b"),
             http("c", f"{counting.url}/{prefix}/c", query={"from_b": "{{ b.body.count }}"}),
             node("end", "end", data={"output": {"c": "{{ c.body.count }}", "b": "{{ b.body.count }}"}}),
@@ -120,7 +131,11 @@ async def test_rerun_from_the_middle_of_a_chain_calls_nothing_upstream_and_every
     assert source["status"] == "completed", source
     assert counts(counting, prefix) == {"a": 1, "b": 1, "c": 1}
 
-    first = by_node(await node_executions(api, source["id"]))
+    answer = await api.get(f"/api/executions/{source['id']}/nodes")
+    assert answer.status_code == 200 and "link" not in answer.headers
+    assert SECRET not in answer.text
+    first = by_node(answer.json())
+    assert set(first["a"]["input"]["headers"]) == {"X-Api-Key"}
     assert list(first) == ["start", "a", "b", "c", "end"]  # start order
     assert first["b"]["input"]["url"] == f"{counting.url}/{prefix}/b"
     assert first["c"]["input"]["query"] == {"from_b": 1}  # resolved against b's output
@@ -347,3 +362,67 @@ async def test_one_node_tested_with_a_pinned_upstream_output(api, counting):
     ):
         answer = await api.post(f"/api/workflows/{workflow['id']}/{path}", json=body)
         assert answer.status_code == 422 and answer.json()["issues"][0]["field"] == field, answer.text
+
+
+@pytest.fixture(scope="module")
+def api_url(stack, tmp_path_factory):
+    """The same API over HTTP (uvicorn in a thread), for the command line."""
+    url, pool = stack
+    settings = ApiSettings(
+        database_url=url, api_keys=f"{OWNER}:{KEY}", home=tmp_path_factory.mktemp("debugging-cli"), work_pool=pool
+    )
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the API did not start"
+        time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(30)
+
+
+async def flowmaestro(api_url: str, *args: str) -> tuple[int, Any, str]:
+    """The command in a thread: the worker runs on this event loop, which must not block."""
+    env = {"FLOWMAESTRO_API_URL": api_url, "FLOWMAESTRO_API_KEY": KEY}
+    result = await asyncio.to_thread(CliRunner().invoke, cli, list(args), env=env)
+    try:
+        answer = json.loads(result.stdout) if result.stdout.strip() else None
+    except ValueError:
+        answer = result.stdout
+    return result.exit_code, answer, result.stderr
+
+
+async def test_the_command_line(api, api_url, counting):
+    prefix = uuid.uuid4().hex[:8]
+    workflow = await save(api, chain(counting, prefix))
+    source = await execute(api, workflow["id"])
+
+    code, listed, _ = await flowmaestro(api_url, "executions", "nodes", source["id"], "--limit", "2", "--all")
+    assert code == 0 and [e["node_id"] for e in listed] == ["start", "a", "b", "c", "end"]
+    code, page, more = await flowmaestro(api_url, "executions", "nodes", source["id"], "--limit", "2")
+    assert code == 0 and [e["node_id"] for e in page] == ["start", "a"] and "--all" in more
+    code, only, _ = await flowmaestro(api_url, "executions", "nodes", source["id"], "--node", "c")
+    assert code == 0 and [(e["node_id"], e["input"]["query"]) for e in only] == [("c", {"from_b": 1})]
+
+    code, started, _ = await flowmaestro(
+        api_url, "executions", "rerun", source["id"], "--from", "c", "--pinned-json", '{"b": {"body": {"count": 7}}}'
+    )
+    assert code == 0 and started["status"] == "pending", started
+    again = await wait_final(api, started["execution_id"])
+    assert again["output"] == {"c": 2, "b": 7}
+    assert counts(counting, prefix) == {"a": 1, "b": 1, "c": 2}
+
+    code, _, stderr = await flowmaestro(api_url, "executions", "rerun", source["id"], "--from", "nope")
+    assert code == 2 and "from_node" in stderr
+
+    code, tested, _ = await flowmaestro(
+        api_url, "test-node", workflow["id"], "c", "--pinned-json", '{"b": {"body": {"count": 5}}}'
+    )
+    assert code == 0 and tested["status"] == "completed", tested
+    assert tested["output"]["body"]["count"] == 3
+    assert counts(counting, prefix) == {"a": 1, "b": 1, "c": 3}
+    nodes = by_node(await node_executions(api, tested["execution_id"]))
+    assert nodes["c"]["input"]["query"] == {"from_b": 5}
