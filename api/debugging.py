@@ -221,7 +221,8 @@ class DebugService:
 
 
 def get_debugging(request: Request) -> DebugService:
-    return request.app.state.debugging
+    service: DebugService = request.app.state.debugging
+    return service
 
 
 DebugDep = Annotated[DebugService, Depends(get_debugging)]
