@@ -426,3 +426,70 @@ async def test_the_command_line(api, api_url, counting):
     assert counts(counting, prefix) == {"a": 1, "b": 1, "c": 3}
     nodes = by_node(await node_executions(api, tested["execution_id"]))
     assert nodes["c"]["input"]["query"] == {"from_b": 5}
+
+
+async def test_the_store_pages_in_start_order_on_sqlite_keeps_what_ran_and_purges(tmp_path):
+    """The same queries on SQLite (the default store), without a run: pages by cursor in start
+    order, a restored execution does not replace the one that ran, the retention's purge."""
+    from datetime import timedelta
+
+    from store.db import make_engine, sessions, upgrade_schema
+    from store.node_executions import NodeExecution, NodeExecutions
+    from store.queries import NodeOutcomes, utcnow
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+    await upgrade_schema(url)
+    engine = make_engine(url)
+    try:
+        database = sessions(engine)
+        table, outcomes = NodeExecutions(database), NodeOutcomes(database)
+        start = utcnow()
+
+        def execution(node_id: str, offset_ms: int, path: tuple[int, ...] = (), **more: Any) -> NodeExecution:
+            at = start + timedelta(milliseconds=offset_ms)
+            fields: dict[str, Any] = {
+                "type": "transform",
+                "status": "completed",
+                "attempts": 1,
+                "input": {"output": node_id},
+                "output": node_id,
+                "error": None,
+                "started_at": at,
+                "ended_at": at,
+                "duration_ms": 0,
+            }
+            fields.update(more)
+            return NodeExecution(node_id=node_id, path=path, **fields)
+
+        ran = [
+            execution("a", 0),
+            execution("b", 5, (1,)),
+            execution("b", 5, (0,)),
+            execution("c", 7),
+            execution("d", 9),
+        ]
+        await outcomes.save("journal", [], workflow_id=None, owner=None, executions=ran, execution_id="run-1")
+        # Executed again: a restored record of "a" does not replace the one that ran.
+        again = [execution("a", 50, output="restored", restored=True)]
+        await outcomes.save("journal", [], workflow_id=None, owner=None, executions=again, execution_id="run-1")
+
+        seen: list[tuple[str, tuple[int, ...]]] = []
+        cursor = None
+        pages = 0
+        while True:
+            page = await table.page("run-1", limit=2, cursor=cursor)
+            seen += [(e.node_id, e.path) for e in page.items]
+            pages += 1
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+        assert seen == [("a", ()), ("b", (0,)), ("b", (1,)), ("c", ()), ("d", ())] and pages == 3
+        first = (await table.page("run-1", node_id="a")).items
+        assert [(e.output, e.restored) for e in first] == [("a", False)]
+        assert (await table.page("other-run")).items == []
+
+        assert await table.purge(1) == 0  # recorded just now
+        assert await table.purge(-1) == 5  # a cutoff a day ahead: every one is older
+        assert (await table.page("run-1")).items == []
+    finally:
+        await engine.dispose()
