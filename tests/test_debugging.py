@@ -26,7 +26,7 @@ from api.app import create_app
 from api.settings import ApiSettings
 from cli.main import app as cli
 from tests.processes import free_port
-from tests.support import canvas, node, save
+from tests.support import canvas, node, save, wait_execution
 from tests.support import wait_final as _wait_final
 
 wait_final = partial(_wait_final, timeout=120)
@@ -493,3 +493,31 @@ async def test_the_store_pages_in_start_order_on_sqlite_keeps_what_ran_and_purge
         assert (await table.page("run-1")).items == []
     finally:
         await engine.dispose()
+
+
+async def test_nodes_that_ended_before_an_approval_are_listed_while_it_waits(api, counting):
+    prefix = uuid.uuid4().hex[:8]
+    raw = canvas(
+        [
+            node("start", "start"),
+            http("a", f"{counting.url}/{prefix}/a"),
+            node("ask", "approval", data={"message": "go on?"}),
+            node("done", data={"output": "{{ a.body.count }}"}),
+        ],
+        [("start", "a"), ("a", "ask"), ("ask", "done", "approved")],
+        name=f"approval-{prefix}",
+    )
+    workflow = await save(api, raw)
+    started = await api.post(f"/api/workflows/{workflow['id']}/execute", json={"inputs": {}})
+    run_id = started.json()["execution_id"]
+    await wait_execution(api, run_id, lambda body: body.get("pending_approvals"), timeout=120, what="an approval")
+    waiting = by_node(await node_executions(api, run_id))
+    assert list(waiting) == ["start", "a"] and waiting["a"]["output"]["body"]["count"] == 1
+    answer = await api.post(f"/api/executions/{run_id}/resume", json={"node_id": "ask", "input": {"approved": True}})
+    assert answer.status_code == 200, answer.text
+    ended = await wait_final(api, run_id)
+    assert ended["status"] == "completed", ended
+    listed = by_node(await node_executions(api, run_id))
+    assert list(listed) == ["start", "a", "ask", "done"]
+    assert listed["a"]["restored"] is False and listed["done"]["output"] == 1
+    assert counts(counting, prefix) == {"a": 1}
