@@ -22,7 +22,7 @@ The journal also carries the run's node executions (``store.node_executions``: w
 node received, returned and logged, ``GET /api/executions/{id}/nodes``): each is buffered
 when its node ends and written with the journal's next write, in the same transaction, at
 the latest when the run stops executing (it ends, is released or handed back); an approval
-flushes the journal before it waits (``flows.capabilities``)
+flushes the journal before it waits (``flows.capabilities``).
 """
 
 from __future__ import annotations
