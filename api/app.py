@@ -14,6 +14,8 @@ from prometheus_client import generate_latest
 from api import admin_keys, credentials, dead_letters, executions, node_types, schedules, ui, webhooks, workflows
 from api.auth import require_metrics_key
 from api.compiling import CanvasCompiler
+from api.debugging import DebugService
+from api.debugging import router as debugging_router
 from api.docs import install_docs
 from api.errors import install_error_handlers
 from api.health import health_checks, prefect_database
@@ -36,6 +38,7 @@ from node_handlers.registry import build_registry
 from store.api_keys import ApiKeys
 from store.credentials import Credentials
 from store.db import make_engine, sessions, upgrade_schema
+from store.node_executions import NodeExecutions
 from store.queries import Executions, NodeOutcomes, Workflows
 from store.secrets import SecretBox
 from store.triggers import ScheduleOverlaps, Webhooks
@@ -163,6 +166,13 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             )
             app.state.stream_tokens = StreamTokens(token_key(settings), settings.stream_token_ttl_s)
             app.state.api_keys = ApiKeys(database)
+            app.state.debugging = DebugService(
+                app.state.runs,
+                NodeOutcomes(database),
+                NodeExecutions(database),
+                event_log,
+                test_wait_s=settings.node_test_wait_s,
+            )
             yield
 
     metrics = Metrics()
@@ -200,6 +210,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(node_types.router)
     app.include_router(credentials.router)
     app.include_router(admin_keys.router)
+    app.include_router(debugging_router)
     ui.mount(app)  # the run page, the list, the playground and the credentials under /ui (docs/ui.md)
 
     def openapi() -> dict[str, Any]:

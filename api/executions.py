@@ -59,7 +59,7 @@ def _rfc3339(value: object) -> object:
 Rfc3339 = Annotated[datetime, BeforeValidator(_rfc3339)]
 router = APIRouter(tags=["executions"])
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (401, 404, 409, 422, 503)}
-TRIGGERS = ("api", "schedule", "webhook", "prefect-ui", "retry", "parent")
+TRIGGERS = ("api", "schedule", "webhook", "prefect-ui", "retry", "parent", "rerun", "test")
 
 
 @router.post(

@@ -44,6 +44,12 @@ class ApiSettings(StoreSettings, CompileSettings):
         "their own (owner-<name>) with this concurrency limit, so their further runs "
         "wait in Prefect without taking a worker slot. Empty: no limit.",
     )
+    node_test_wait_s: float = Field(
+        60.0,
+        ge=0,
+        description="How long POST /api/workflows/{id}/nodes/{node_id}/test waits for its run "
+        "to end before answering 202 with the run to follow.",
+    )
     prefect_timeout_s: float = Field(
         20.0,
         gt=0,

@@ -60,7 +60,7 @@ class NoJournalStore(SqlRunStore):
         return []
 
     async def save_outcomes(
-        self, journal_id: str, outcomes: Any, *, workflow_id: str | None, owner: str | None
+        self, journal_id: str, outcomes: Any, *, workflow_id: str | None, owner: str | None, **_: Any
     ) -> None:
         return None
 

@@ -17,22 +17,26 @@ from flows.run_context import SavedCanvas
 from node_handlers.base import NodeError
 from store.db import make_engine, sessions
 from store.errors import NotFound
+from store.node_executions import NodeExecution, NodeExecutions
 from store.queries import Executions, NodeOutcome, NodeOutcomes, Workflows
 
 
 class SqlRunStore:
     """The ``flows.run_context.RunStore`` of a worker: FlowMaestro's SQL store as its runs see it."""
 
-    def __init__(self, engine: AsyncEngine):
+    def __init__(self, engine: AsyncEngine, *, node_execution_retention_days: float | None = None):
+        """``node_execution_retention_days``: node executions recorded longer ago than this
+        are deleted (at most hourly, after a write); None keeps them with the run's record."""
         self.engine = engine
         database = sessions(engine)
         self.workflows = Workflows(database)
         self.executions = Executions(database)
         self.outcomes_table = NodeOutcomes(database)
+        self.node_executions = NodeExecutions(database, retention_days=node_execution_retention_days)
 
     @classmethod
-    def from_url(cls, url: str) -> SqlRunStore:
-        return cls(make_engine(url))
+    def from_url(cls, url: str, *, node_execution_retention_days: float | None = None) -> SqlRunStore:
+        return cls(make_engine(url), node_execution_retention_days=node_execution_retention_days)
 
     async def load(self, owner: str, workflow_id: str, version: int | None) -> SavedCanvas:
         try:
@@ -118,9 +122,20 @@ class SqlRunStore:
         return await self.outcomes_table.of_run(journal_id)
 
     async def save_outcomes(
-        self, journal_id: str, outcomes: Sequence[NodeOutcome], *, workflow_id: str | None, owner: str | None
+        self,
+        journal_id: str,
+        outcomes: Sequence[NodeOutcome],
+        *,
+        workflow_id: str | None,
+        owner: str | None,
+        executions: Sequence[NodeExecution] = (),
+        execution_id: str | None = None,
     ) -> None:
-        await self.outcomes_table.save(journal_id, outcomes, workflow_id=workflow_id, owner=owner)
+        await self.outcomes_table.save(
+            journal_id, outcomes, workflow_id=workflow_id, owner=owner, executions=executions, execution_id=execution_id
+        )
+        if executions:
+            await self.node_executions.purge_due()
 
     async def close(self) -> None:
         await self.engine.dispose()

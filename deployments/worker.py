@@ -501,8 +501,10 @@ async def worker_context(database_url: str, *, beating_pool: str | None = None) 
     """The run context every run of one worker process shares: warm pools, one store, one
     cancellation watcher (with the heartbeats of a worker that beats for its runs of
     ``beating_pool``: crash detection), the plans of saved versions."""
-    store = SqlRunStore.from_url(database_url)
     base = RunContext.from_environment()
+    store = SqlRunStore.from_url(
+        database_url, node_execution_retention_days=base.settings.node_execution_retention_days
+    )
     # Nodes naming a stored credential read it here, with the ring derived from the API's.
     settings = base.settings
     box = SecretBox.for_credentials(

@@ -182,9 +182,13 @@ class WorkflowDeployments:
         inputs: dict[str, Any],
         trigger: dict[str, Any],
         idempotency_key: str | None = None,
+        journal: str | None = None,
     ) -> FlowRun:
-        """Create a flow run of the deployment; a worker picks it up (Scheduled now)."""
-        parameters = {"inputs": inputs, "version": version, "trigger": trigger}
+        """Create a flow run of the deployment; a worker picks it up (Scheduled now).
+        ``journal``: a journal the run starts from (a rerun's, seeded by the API)."""
+        parameters: dict[str, Any] = {"inputs": inputs, "version": version, "trigger": trigger}
+        if journal is not None:
+            parameters["journal"] = journal
         tags = [
             "flowmaestro",
             WORKFLOW_TAG.format(id=workflow_id),

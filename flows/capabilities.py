@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from builder.plan import PlanNode
 from flows.frames import Frame
+from flows.journal import JournalUnavailable
 from flows.records import NodeRun
 from node_handlers.base import NO_CAPABILITIES, Completed
 
@@ -46,6 +47,11 @@ class RunCapabilities:
 
     async def pause_for_person(self, request: Any) -> Completed:
         self.run.status = "paused"  # not "running": the run may be released meanwhile
+        # What ended before the wait is listed (GET .../nodes) while the person decides.
+        try:
+            await self.execution.journal.flush()
+        except JournalUnavailable:  # still buffered: the next write takes it
+            pass
         decided: Completed = await self.execution.approvals.wait(self.execution, self.node, self.frame, request)
         self.run.status = "running"  # an agent goes on after its tool approval
         return decided

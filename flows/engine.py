@@ -34,6 +34,7 @@ from flows.events import EventBus, utcnow
 from flows.frames import Frame
 from flows.journal import JournalUnavailable, RunJournal
 from flows.large_outputs import LargeOutputs
+from flows.node_executions import NodeExecutionRecorder
 from flows.policies import (
     is_dead_letter,
     journals_durably,
@@ -42,6 +43,7 @@ from flows.policies import (
     oversize_error,
     restores,
     runs_inline,
+    seeded,
 )
 from flows.recording import TaskRunMirror, task_run_name, upstream_task_runs
 from flows.records import NodeRun, RunRecord
@@ -180,6 +182,12 @@ class Execution:
         mirror in Prefect and its node log line). The journal is not one of them: its
         write must be awaited before the run moves on (``execute_leaf``, ``run_scope``)."""
         self._failed_calls: dict[tuple[str, tuple[int, ...]], FailedCall] = {}
+        self.node_executions = NodeExecutionRecorder(self.journal)
+        """What ``GET /api/executions/{id}/nodes`` lists, written with the journal."""
+        self.outcome_listeners.append(
+            lambda ended: self.node_executions.ended(ended.node, ended.frame, ended.run, ended.result, ended.shown)
+        )
+        self.bus.subscribe(self.node_executions.on_event)
 
     # --- the run ---------------------------------------------------------------------------------
 
@@ -407,8 +415,13 @@ class Execution:
         completes, its ``error`` edges when it fails."""
         handler = self.registry.handler(node.type)
         self.mirror.started(node, frame, run, upstream)
+        restored = self._seeded(node, frame, run)
+        if restored is not None:
+            self.mirror.ended(node, frame, run, upstream, None)
+            return restored
         try:
             config = self.resolve_config(node, handler, frame, skip_keys=handler.own_scope_keys)
+            self.node_executions.resolved(node.id, frame.path, config)
             outcome = NodeResult(NodeStatus.COMPLETED, await run_container(self, node, frame, config), SOURCE)
         except NodeError as exc:
             outcome = NodeResult(NodeStatus.FAILED, error=error_info(exc, node.id, 1))
@@ -416,7 +429,19 @@ class Execution:
         self.mirror.ended(node, frame, run, upstream, failure)
         return outcome
 
+    def _seeded(self, node: PlanNode, frame: Frame, run: NodeRun) -> NodeResult | None:
+        """The outcome the API seeded the journal with for this node execution, restored
+        without resolving its templates (``policies.seeded``); None when there is none."""
+        entry = self.journal.entry(node.id, frame.path)
+        if entry is None or not seeded(entry.status, entry.key):
+            return None
+        completed, run.attempts = self.journal.restored(entry)
+        return dataclasses.replace(self._completed(node, completed), restored=True)
+
     async def execute_leaf(self, node: PlanNode, frame: Frame, run: NodeRun, upstream: Mapping[str, Any]) -> NodeResult:
+        restored = self._seeded(node, frame, run)
+        if restored is not None:
+            return restored
         handler = self.registry.handler(node.type)
         try:
             # Own-scope keys are the handler's to render (an agent's tools, with their call's args).
@@ -425,6 +450,7 @@ class Execution:
             run.attempts = 1
             self.mirror.ended(node, frame, run, upstream, exc)
             return NodeResult(NodeStatus.FAILED, error=error_info(exc, node.id, 1))
+        self.node_executions.resolved(node.id, frame.path, config)
         key = node_cache_key(node, handler, config, upstream)
         entry = self.journal.entry(node.id, frame.path)
         if entry is not None and restores(node, entry.status, entry.key, key):

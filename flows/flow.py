@@ -381,6 +381,7 @@ async def prepare_run(opened: OpenedRun, child_flow: ChildFlow) -> PreparedRun |
         workflow_id=request.workflow_id,
         owner=request.owner,
         secrets=[context.environ.get(n, "") for n in context.settings.env_allowlist],
+        execution_id=opened.run_id,
     )
     if store is not None and not journal.entries and context.services is not None:
         # A new run (schedule, webhook, Prefect UI...) naming a credential its owner lacks

@@ -17,6 +17,12 @@ When a write happens decides what is exactly-once:
   what is left.
 
 Runs without a store (``flowmaestro run``) keep the journal in memory only.
+
+The journal also carries the run's node executions (``store.node_executions``: what each
+node received, returned and logged, ``GET /api/executions/{id}/nodes``): each is buffered
+when its node ends and written with the journal's next write, in the same transaction, at
+the latest when the run stops executing (it ends, is released or handed back); an approval
+flushes the journal before it waits (``flows.capabilities``).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from typing import Any, Protocol
 from flows.events import utcnow
 from node_handlers.base import Completed
 from node_handlers.redaction import SECRET_FIELDS, redact
+from store.node_executions import NodeExecution
 from store.queries import NodeOutcome
 
 log = logging.getLogger("flowmaestro.journal")
@@ -50,8 +57,17 @@ class OutcomeStore(Protocol):
     async def outcomes(self, journal_id: str) -> list[NodeOutcome]: ...
 
     async def save_outcomes(
-        self, journal_id: str, outcomes: Sequence[NodeOutcome], *, workflow_id: str | None, owner: str | None
-    ) -> None: ...
+        self,
+        journal_id: str,
+        outcomes: Sequence[NodeOutcome],
+        *,
+        workflow_id: str | None,
+        owner: str | None,
+        executions: Sequence[NodeExecution] = (),
+        execution_id: str | None = None,
+    ) -> None:
+        """The outcomes, with the node ``executions`` of run ``execution_id`` (given only
+        when there are some) in the same transaction."""
 
 
 class RunJournal:
@@ -64,10 +80,15 @@ class RunJournal:
         workflow_id: str | None = None,
         owner: str | None = None,
         secrets: Sequence[str] = (),
+        execution_id: str | None = None,
     ):
-        """``journal_id``: the flow run id (a child run's: parent's id, node and path).
-        ``secrets``: values to redact from the configurations kept with failures."""
+        """``journal_id``: the flow run id (a child run's: parent's id, node and path; a
+        rerun's: the journal the API seeded, ``api.reruns``). ``secrets``: values to redact
+        from the configurations kept with failures. ``execution_id``: the run its node
+        executions are listed under; None keeps none (a journal used on its own)."""
         self.journal_id = journal_id
+        self.execution_id = execution_id
+        self._executions: list[NodeExecution] = []
         self.store = store
         self.workflow_id = workflow_id
         self.owner = owner
@@ -172,18 +193,35 @@ class RunJournal:
         async with self._writing:
             await self._flush()
 
+    def node_execution(self, execution: NodeExecution) -> None:
+        """Keep a node execution that ended; written with the next write (no store: dropped)."""
+        if self.records_executions:
+            self._executions.append(execution)
+
+    @property
+    def records_executions(self) -> bool:
+        """Whether node executions are kept: the run has a store and says which run it is."""
+        return self.store is not None and self.execution_id is not None
+
     async def _flush(self) -> None:
-        if not self._buffer or self.store is None:
+        if (not self._buffer and not self._executions) or self.store is None:
             self._buffer.clear()
+            self._executions.clear()
             return
         batch, self._buffer = self._buffer, []
+        executions, self._executions = self._executions, []
+        # Only with executions to write: a store that keeps no node executions is called as before.
+        more: dict[str, Any] = {"executions": executions, "execution_id": self.execution_id} if executions else {}
         for attempt in range(WRITE_ATTEMPTS):
             try:
-                await self.store.save_outcomes(self.journal_id, batch, workflow_id=self.workflow_id, owner=self.owner)
+                await self.store.save_outcomes(
+                    self.journal_id, batch, workflow_id=self.workflow_id, owner=self.owner, **more
+                )
                 return
             except Exception as exc:  # a database hiccup must not cost the run its journal
                 if attempt == WRITE_ATTEMPTS - 1:
                     self._buffer[:0] = batch  # not written: whoever flushes next tries again
+                    self._executions[:0] = executions
                     raise JournalUnavailable(f"the run's journal could not be written: {exc}") from exc
                 log.warning("journal write failed (%s); trying again", exc)
                 await asyncio.sleep(0.5 * 2**attempt)

@@ -7,6 +7,7 @@ canvas rules (which edges fire, what is caught, when a scope stops) are in
 
 - ``cache_key``: the key of a node execution's work (journal and Prefect's cache);
 - ``restores``: restore a node execution from the journal instead of executing it;
+- ``seeded``: give it the outcome the API seeded its journal with (reruns, node tests);
 - ``runs_inline``: run it in the flow itself rather than as a task run;
 - ``journals_durably``: write its completion before the run moves on, or buffer it;
 - ``is_dead_letter``: keep its failure as a dead letter;
@@ -46,11 +47,23 @@ def node_cache_key(node: PlanNode, handler: NodeHandler, config: Any, upstream: 
     return cache_key(node, config, upstream if handler.reads_upstream else None)
 
 
+SEEDED_KEY = "seeded"
+"""The key of a journal entry the API seeded (a rerun's restored and pinned nodes, the
+pinned and stand-in outputs of a node test, ``api.reruns``)."""
+
+
 def restores(node: PlanNode, entry_status: str | None, entry_key: str | None, key: str) -> bool:
     """Whether a node execution is restored from the run's journal instead of executed: the
     node replays (``replay``, on unless a node says otherwise), and an earlier execution of
     the run completed it with the same key (a changed configuration executes it again)."""
     return node.replay and entry_status == "completed" and entry_key == key
+
+
+def seeded(entry_status: str | None, entry_key: str | None) -> bool:
+    """Whether a node execution takes a seeded outcome (``SEEDED_KEY``) instead of executing:
+    before its templates are resolved (a rerun restores what its source completed, and
+    pinned outputs, even under new inputs or another version), containers included."""
+    return entry_status == "completed" and entry_key == SEEDED_KEY
 
 
 def runs_inline(node: PlanNode, handler: NodeHandler, *, inline_control: bool) -> bool:

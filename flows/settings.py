@@ -81,6 +81,13 @@ class EngineSettings(StoreSettings, CompileSettings):
         "it: the run summary in the Prefect UI links to the run page there ('flowmaestro "
         "serve' sets it for its workers).",
     )
+    node_execution_retention_days: float | None = Field(
+        None,
+        gt=0,
+        description="Node executions (GET /api/executions/{id}/nodes: inputs, outputs, "
+        "logs) recorded longer ago than this are deleted by workers (at most hourly); unset: "
+        "kept as long as the run's record.",
+    )
     cancel_poll_s: float = Field(1.0, gt=0, description="How often a run checks whether it was cancelled.")
     max_subworkflow_depth: int = Field(
         10, ge=1, description="How deep sub-workflows may nest; a child deeper than this fails its subworkflow node."

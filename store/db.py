@@ -135,6 +135,33 @@ class NodeOutcomeRow(Base):
     ended_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class NodeExecutionRow(Base):
+    """One node execution ``(node_id, path)`` of a run as ``GET /api/executions/{id}/nodes``
+    shows it (``store.node_executions``): written by the run's worker with its journal."""
+
+    __tablename__ = "node_executions"
+    execution_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    node_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    path: Mapped[str] = mapped_column(String(200), primary_key=True)
+    """The iteration/branch indexes, dot-separated ("" at the top level)."""
+    type: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer)
+    input: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    """The resolved configuration, secrets redacted."""
+    output: Mapped[Any] = mapped_column(JSON, nullable=True)
+    """The output, or its large-output reference (``flows.large_outputs``)."""
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    restored: Mapped[bool] = mapped_column(default=False)
+    logs: Mapped[list[Any]] = mapped_column(JSON)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    duration_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    recorded_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+    __table_args__ = (Index("ix_node_executions_order", "execution_id", "started_at", "node_id", "path"),)
+
+
 class ScheduleOverlap(Base):
     """What Prefect cannot keep of a schedule: its overlap policy (the rest is Prefect's)."""
 

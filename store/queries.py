@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from store.database import as_utc
 from store.db import ExecutionRow, LargeOutputRow, NodeOutcomeRow, Sessions, Workflow, WorkflowVersion, utcnow
 from store.errors import Conflict, NotFound
+from store.node_executions import NodeExecution, NodeExecutions
 from store.vocabulary import FINAL_RUN_STATUSES
 
 FINAL_STATUSES = FINAL_RUN_STATUSES  # a run that has ended: its row's status and result stay
@@ -329,10 +330,18 @@ class NodeOutcomes:
             ]
 
     async def save(
-        self, run_id: str, outcomes: Sequence[NodeOutcome], *, workflow_id: str | None, owner: str | None
+        self,
+        run_id: str,
+        outcomes: Sequence[NodeOutcome],
+        *,
+        workflow_id: str | None,
+        owner: str | None,
+        executions: Sequence[NodeExecution] = (),
+        execution_id: str | None = None,
     ) -> None:
-        """Insert or replace, in one transaction (one statement)."""
-        if not outcomes:
+        """Insert or replace, in one transaction (one statement); with the node ``executions``
+        of the run ``execution_id`` (``store.node_executions``) in the same transaction."""
+        if not outcomes and not executions:
             return
         now = utcnow()
         values = [
@@ -365,7 +374,9 @@ class NodeOutcomes:
                     for name in ("key", "status", "outcome", "attempts", "dead_letter", "ended_at")
                 },
             )
-            await session.execute(statement, values)
+            if values:
+                await session.execute(statement, values)
+            await NodeExecutions.save_in(session, execution_id or run_id, executions)
             await session.commit()
 
     async def dead_letters(self, owner: str, *, workflow_id: str | None = None, limit: int = 500) -> list[DeadLetter]:

@@ -116,6 +116,14 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     ("GET", "/api/credentials/{credential_id}"): Recipe({"credential_id": "credential"}),
     ("PUT", "/api/credentials/{credential_id}"): Recipe({"credential_id": "credential"}, json={"data": {"token": "u"}}),
     ("DELETE", "/api/credentials/{credential_id}"): Recipe({"credential_id": "credential"}),
+    ("GET", "/api/executions/{execution_id}/nodes"): Recipe({"execution_id": "execution"}),
+    ("POST", "/api/executions/{execution_id}/rerun"): Recipe(
+        {"execution_id": "rerun_source"}, json={"from_node": "end"}
+    ),
+    # No worker: the test's run does not end within the (shortened) wait.
+    ("POST", "/api/workflows/{workflow_id}/nodes/{node_id}/test"): Recipe(
+        {"workflow_id": "workflow", "node_id": "tested_node"}, json={}, owner=202
+    ),
     ("GET", "/api/node-types"): Recipe(shared=True),
     ("GET", "/api/node-types/{node_type}"): Recipe({"node_type": "node_type"}, shared=True),
 }
@@ -138,6 +146,9 @@ class World:
     output_ref: str = ""
     credential: str = ""
     node_type: str = "transform"
+    tested_node: str = "end"
+    rerun_source: str = ""
+    """A cancelled run that nothing retries."""
 
 
 @dataclass(frozen=True)
@@ -194,6 +205,7 @@ async def clients(tmp_path, prefect_server):
         metrics_key=METRICS_KEY,
         admin_key=ADMIN_KEY,
         work_pool=f"matrix-{uuid.uuid4().hex[:8]}",
+        node_test_wait_s=0.5,
     )  # no worker: runs stay put
     app = create_app(settings)
     async with app.router.lifespan_context(app):
@@ -238,6 +250,7 @@ async def build_world(app, client: httpx.AsyncClient) -> World:
         for letter in await ok(await client.get("/api/dead-letters", headers=owner))
     }
     world.dead_letter, world.retried_letter = letters[lettered[0]], letters[lettered[1]]
+    world.rerun_source = lettered[0]
     world.schedule = (
         await ok(
             await client.post(
