@@ -20,8 +20,8 @@ from builder.inputs import checked_inputs, coerce_text
 from builder.issues import InputsInvalid, Issue
 from builder.limits import CompileSettings
 from cli.credentials import credentials_app, secrets_app
-from cli.help_text import ReflowedGroup
 from cli.debugging import executions_app, node_test_command
+from cli.help_text import ReflowedGroup
 from cli.triggers import ApiKey, ApiUrl, call_api, schedules_app, webhooks_app
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_CANCELLED = 0, 1, 2, 4

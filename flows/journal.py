@@ -210,8 +210,12 @@ class RunJournal:
             return
         batch, self._buffer = self._buffer, []
         executions, self._executions = self._executions, []
-        # Only with executions to write: a store that keeps no node executions is called as before.
-        more: dict[str, Any] = {"executions": executions, "execution_id": self.execution_id} if executions else {}
+        # The execution the outcomes belong to: a rerun's or node test's journal has an id of its
+        # own, and its dead letters must name the run. A store that keeps no node executions is
+        # called as before when there are none.
+        more: dict[str, Any] = {"execution_id": self.execution_id} if self.execution_id else {}
+        if executions:
+            more["executions"] = executions
         for attempt in range(WRITE_ATTEMPTS):
             try:
                 await self.store.save_outcomes(

@@ -117,6 +117,8 @@ class NodeOutcomeRow(Base):
     run_id: Mapped[str] = mapped_column(String(255), primary_key=True)
     """The flow run id; for a sub-workflow's child run, ``<parent's>:<node id>:<path>`` (the
     child executed again is a new flow run that must find its nodes)."""
+    execution_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    """The execution, when its journal has an id of its own (a rerun's, a node test's)."""
     node_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     path: Mapped[str] = mapped_column(String(200), primary_key=True)
     """The iteration/branch indexes, dot-separated ("" at the top level)."""

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -348,6 +348,7 @@ class NodeOutcomes:
             {
                 "id": str(uuid.uuid4()),
                 "run_id": run_id,
+                "execution_id": execution_id if execution_id != run_id else None,
                 "node_id": o.node_id,
                 "path": _path_text(o.path),
                 "key": o.key,
@@ -407,7 +408,9 @@ class NodeOutcomes:
         """A run retried: its dead letters are handled (they come back if it fails again)."""
         async with self.sessions() as session:
             await session.execute(
-                update(NodeOutcomeRow).where(NodeOutcomeRow.run_id == run_id).values(dead_letter=False)
+                update(NodeOutcomeRow)
+                .where(or_(NodeOutcomeRow.run_id == run_id, NodeOutcomeRow.execution_id == run_id))
+                .values(dead_letter=False)
             )
             await session.commit()
 
@@ -415,7 +418,7 @@ class NodeOutcomes:
 def _dead_letter(row: NodeOutcomeRow) -> DeadLetter:
     return DeadLetter(
         row.id,
-        row.run_id,
+        row.execution_id or row.run_id,
         row.workflow_id,
         row.node_id,
         _path_of(row.path),

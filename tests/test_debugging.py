@@ -186,6 +186,30 @@ async def test_rerun_with_pinned_replaces_an_output_and_calls_it_not(api, counti
     assert listed["c"]["input"]["query"] == {"from_b": 41}
 
 
+async def test_a_failed_reruns_dead_letter_names_the_rerun_and_its_retry_completes_it(api, counting):
+    """A rerun's journal has an id of its own: its dead letter still names the rerun."""
+    prefix = uuid.uuid4().hex[:8]
+    workflow = await save(api, chain(counting, prefix))
+    source = await execute(api, workflow["id"])
+    assert source["status"] == "completed", source
+    counting.failing.add(f"/{prefix}/c")
+    try:
+        again = await rerun(api, source["id"], from_node="c")
+        assert again["status"] == "failed", again
+        letters = (await api.get("/api/dead-letters", params={"workflow_id": workflow["id"]})).json()
+        assert [(d["execution_id"], d["node_id"]) for d in letters] == [(again["id"], "c")], letters
+    finally:
+        counting.failing.discard(f"/{prefix}/c")
+    calls = counts(counting, prefix)
+    assert calls["a"] == 1 and calls["b"] == 1 and calls["c"] == 1 + letters[0]["attempts"], (calls, letters)
+    retried = await api.post(f"/api/dead-letters/{letters[0]['id']}/retry")
+    assert retried.status_code == 202 and retried.json()["execution_id"] == again["id"], retried.text
+    done = await wait_final(api, again["id"])
+    assert done["status"] == "completed", done
+    assert counts(counting, prefix) == {**calls, "c": calls["c"] + 1}  # the retry: c alone, once
+    assert (await api.get("/api/dead-letters", params={"workflow_id": workflow["id"]})).json() == []
+
+
 async def test_rerun_into_a_loop_body_reruns_its_container_and_lists_body_executions(api, counting):
     prefix = uuid.uuid4().hex[:8]
     raw = canvas(

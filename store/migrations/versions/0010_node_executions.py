@@ -33,8 +33,11 @@ def upgrade() -> None:
         sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False, index=True),
     )
     op.create_index("ix_node_executions_order", "node_executions", ["execution_id", "started_at", "node_id", "path"])
+    # A rerun's or node test's journal has an id of its own: its dead letters name the execution.
+    op.add_column("node_outcomes", sa.Column("execution_id", sa.String(36), nullable=True))
 
 
 def downgrade() -> None:
+    op.drop_column("node_outcomes", "execution_id")
     op.drop_index("ix_node_executions_order", "node_executions")
     op.drop_table("node_executions")
