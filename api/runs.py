@@ -161,10 +161,12 @@ class RunService:
         trigger: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
         check_credentials: bool = False,
+        traceparent: str | None = None,
     ) -> str:
         """Check the inputs, create the flow run, record it; the worker does the rest.
         ``check_credentials``: refuse (``Invalid``) a workflow naming a credential its owner
-        has not stored (a trigger's run fails at its worker instead, where the owner sees it)."""
+        has not stored (a trigger's run fails at its worker instead, where the owner sees it).
+        ``traceparent``: the request's, the parent of the run's span (a label of its flow run)."""
         saved = await self.workflows.version(owner, workflow_id, version)
         plan, _resolved = await self.compiler.checked_inputs(saved, inputs)
         if check_credentials and self.credentials is not None:
@@ -190,6 +192,7 @@ class RunService:
                 inputs=inputs,
                 trigger=trigger,
                 idempotency_key=idempotency_key,
+                traceparent=traceparent,
             ),
         )
         run_id = str(flow_run.id)

@@ -33,6 +33,7 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from flows.subworkflows import WORKFLOW_TAG  # one definition: child runs carry it too
+from flows.tracing import TRACEPARENT_LABEL
 
 FLOW_NAME = "flowmaestro"
 """The name of the generic flow (``flows.flow.run_workflow``)."""
@@ -182,8 +183,10 @@ class WorkflowDeployments:
         inputs: dict[str, Any],
         trigger: dict[str, Any],
         idempotency_key: str | None = None,
+        traceparent: str | None = None,
     ) -> FlowRun:
-        """Create a flow run of the deployment; a worker picks it up (Scheduled now)."""
+        """Create a flow run of the deployment; a worker picks it up (Scheduled now).
+        ``traceparent``: the parent of the run's span, as a label its worker reads (flows/tracing.py)."""
         parameters = {"inputs": inputs, "version": version, "trigger": trigger}
         tags = [
             "flowmaestro",
@@ -192,7 +195,12 @@ class WorkflowDeployments:
             f"trigger:{trigger.get('type', 'api')}",
         ]
         return await client.create_flow_run_from_deployment(
-            deployment_id, parameters=parameters, tags=tags, name=name, idempotency_key=idempotency_key
+            deployment_id,
+            parameters=parameters,
+            tags=tags,
+            name=name,
+            idempotency_key=idempotency_key,
+            labels={TRACEPARENT_LABEL: traceparent} if traceparent else None,
         )
 
     async def _generic_flow(self, client: PrefectClient) -> UUID:

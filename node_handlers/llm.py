@@ -158,8 +158,9 @@ class ChatReply:
     cost_usd: float | None
 
     def usage_totals(self) -> dict[str, Any]:
-        """What the engine sums per run."""
+        """What the engine sums per run (its numbers)."""
         totals = {"input_tokens": self.usage["input_tokens"], "output_tokens": self.usage["output_tokens"]}
+        totals["model"] = self.model  # by which model, for metrics and traces (not summed: a string)
         if self.cost_usd is not None:
             totals["cost_usd"] = self.cost_usd
         return totals
