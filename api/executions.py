@@ -18,7 +18,6 @@ from starlette.background import BackgroundTask
 
 from api.auth import Owner
 from api.deps import RunsDep
-from flows.tracing import valid_traceparent
 from api.schemas import (
     CancelAccepted,
     ErrorBody,
@@ -40,6 +39,7 @@ from api.stream_tokens import StreamReader
 from flows.event_log import RedisEventLog
 from flows.event_log.base import MAX_SEQ
 from flows.events import FINAL_EVENT_TYPES, utcnow
+from flows.tracing import valid_traceparent
 from store.errors import Invalid, Unavailable
 
 IDLE_CHECK_S = 5.0

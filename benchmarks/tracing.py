@@ -26,18 +26,17 @@ import asyncio
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from flows.engine import Execution  # noqa: E402
-from flows.observing import NO_OBSERVER, Observability, RunFacts  # noqa: E402
-from flows.run_metrics import RunMetrics  # noqa: E402
-from flows.tracing import Tracing  # noqa: E402
-from node_handlers.registry import build_registry  # noqa: E402
-from tests.otlp_server import OtlpReceiver  # noqa: E402
-from tests.support import canvas, compiled, node  # noqa: E402
+from flows.engine import Execution
+from flows.observing import NO_OBSERVER, Observability, RunFacts
+from flows.run_metrics import RunMetrics
+from flows.tracing import Tracing
+from node_handlers.registry import build_registry
+from tests.otlp_server import OtlpReceiver
+from tests.support import canvas, compiled, node
 
 VARIANTS = ("off", "metrics", "traces", "both")
 
@@ -83,8 +82,7 @@ async def main(nodes: int, reps: int) -> None:
     executions = nodes + 3
     with OtlpReceiver().running() as receiver:
         endpoint = receiver.url
-        builders: dict[str, Callable[[], Observability]] = {v: (lambda v=v: observability(v, endpoint)) for v in VARIANTS}
-        observers = {variant: build() for variant, build in builders.items()}
+        observers = {variant: observability(variant, endpoint) for variant in VARIANTS}
         for variant in VARIANTS:  # warm-up: imports, first compiles, the exporter's connection
             await one_run(plan, registry, observers[variant])
         times: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
@@ -102,9 +100,7 @@ async def main(nodes: int, reps: int) -> None:
     print(f"{'variant':<9} {'wall s':>8} {'us/node':>9} {'+us/node vs off':>16}")
     for variant in VARIANTS:
         wall = statistics.median(times[variant])
-        print(
-            f"{variant:<9} {wall:8.3f} {wall / executions * 1e6:9.1f} {(wall - base) / executions * 1e6:16.1f}"
-        )
+        print(f"{variant:<9} {wall:8.3f} {wall / executions * 1e6:9.1f} {(wall - base) / executions * 1e6:16.1f}")
 
 
 if __name__ == "__main__":

@@ -66,6 +66,7 @@ from deployments.settings import WorkerSettings
 from deployments.settings_fingerprint import settings_fingerprint, tagged_name
 from deployments.worker_metrics import MetricsServer, track_slots
 from deployments.workflow_deployments import DEFAULT_POOL, WORKER_TYPE
+from flows.observing import Observability
 from flows.prefect_compat import (
     InProcessJobConfiguration,
     PollingWorker,
@@ -76,7 +77,6 @@ from flows.prefect_compat import (
     start_flow_run_in_process,
     with_default_result_storage,
 )
-from flows.observing import Observability
 from flows.run_context import CancelSignals, RunContext
 from flows.run_metrics import RunMetrics
 from node_handlers.services import HandlerServices

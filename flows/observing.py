@@ -99,7 +99,9 @@ def start_delay_of(flow_run: Any, now: datetime | None = None) -> float | None:
         return None
     if (getattr(flow_run, "run_count", 0) or 0) > 1:
         return None
-    accepted = [t for t in (getattr(flow_run, "created", None), getattr(flow_run, "expected_start_time", None)) if t]
+    accepted: list[datetime] = [
+        t for t in (getattr(flow_run, "created", None), getattr(flow_run, "expected_start_time", None)) if t
+    ]
     if not accepted:
         return None
     return ((now or datetime.now(UTC)) - max(accepted)).total_seconds()

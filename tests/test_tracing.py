@@ -95,7 +95,7 @@ async def test_a_runs_spans_nest_as_its_scopes_under_the_requests_span() -> None
             node("start", "start"),
             node("lp", "loop", data={"mode": "forEach", "items": [1, 2, 3]}),
             node("double", parentId="lp", data={"output": "{{ loop.item * 2 }}"}),
-            node("bad", data={"output": "{{ lp.results | nosuchfilter }}"}),
+            node("bad", data={"output": "{{ lp.results[0] // 0 }}"}),
         ],
         [("start", "lp"), ("lp", "bad")],
         name="nesting",
@@ -122,22 +122,34 @@ async def test_a_runs_spans_nest_as_its_scopes_under_the_requests_span() -> None
     metrics = observability.metrics
     assert metrics is not None
     registry = metrics.registry
-    assert registry.get_sample_value(
-        "flowmaestro_node_executions_total", {"workflow": "nesting", "node_type": "transform", "status": "completed"}
-    ) == 3
-    assert registry.get_sample_value(
-        "flowmaestro_node_executions_total", {"workflow": "nesting", "node_type": "transform", "status": "failed"}
-    ) == 1
-    assert registry.get_sample_value(
-        "flowmaestro_run_duration_seconds_count", {"workflow": "nesting", "status": "failed"}
-    ) == 1
+    assert (
+        registry.get_sample_value(
+            "flowmaestro_node_executions_total",
+            {"workflow": "nesting", "node_type": "transform", "status": "completed"},
+        )
+        == 3
+    )
+    assert (
+        registry.get_sample_value(
+            "flowmaestro_node_executions_total", {"workflow": "nesting", "node_type": "transform", "status": "failed"}
+        )
+        == 1
+    )
+    assert (
+        registry.get_sample_value("flowmaestro_run_duration_seconds_count", {"workflow": "nesting", "status": "failed"})
+        == 1
+    )
 
 
 async def test_http_nodes_send_their_spans_traceparent_only_when_traced(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLOWMAESTRO_HTTP_ALLOW_HOSTS", "127.0.0.1")
     with CountingServer() as server:
         raw = canvas(
-            [node("call", "http", data={"url": f"{server.url}/echo?echo=1"})],
+            [
+                node("call", "http", data={"url": f"{server.url}/echo?echo=1"}),
+                node("end", "end", data={"output": "{{ call }}"}),
+            ],
+            [("call", "end")],
             name="calls",
         )
         observability, exporter = traced()
@@ -146,5 +158,7 @@ async def test_http_nodes_send_their_spans_traceparent_only_when_traced(monkeypa
     (call,) = by_node(exporter.get_finished_spans(), "call")
     sent = traced_result["output"]["body"]["headers"]
     context = call.context
-    assert sent["traceparent"] == f"00-{context.trace_id:032x}-{context.span_id:016x}-01"
+    version, trace_id, span_id, flags = sent["traceparent"].split("-")
+    assert (version, trace_id, span_id) == ("00", f"{context.trace_id:032x}", f"{context.span_id:016x}")
+    assert int(flags, 16) & 1  # sampled
     assert "traceparent" not in untraced_result["output"]["body"]["headers"]
