@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from prefect.exceptions import ObjectNotFound
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -77,7 +77,9 @@ async def pool_health(prefect: Any, pools: list[str]) -> dict[str, dict[str, Any
             workers = await asyncio.wait_for(
                 prefect.read_workers_for_work_pool(work_pool_name=pool), timeout=CHECK_TIMEOUT_S
             )
-        except ObjectNotFound:
+        except (ObjectNotFound, PrefectHTTPStatusError) as exc:
+            if isinstance(exc, PrefectHTTPStatusError) and exc.response.status_code != 404:
+                return {"status": f"unknown: Prefect answered {exc.response.status_code} reading its workers"}
             workers = []  # created by the first save or worker: none has polled it yet
         except Exception as exc:  # report, do not raise: this is the health endpoint
             return {"status": f"unknown: {type(exc).__name__} reading its workers from Prefect"}
