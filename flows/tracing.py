@@ -79,7 +79,12 @@ def _exporter(name: str, environ: Mapping[str, str]) -> SpanExporter:
     # Imported here: the exporter pulls in protobuf and requests, which an untraced process never needs.
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-    return OTLPSpanExporter()  # endpoint, headers, timeout, compression: its OTEL_* variables
+    # The endpoint as the environment given says (the exporter itself reads only the process's);
+    # headers, timeout, compression, certificates: the exporter reads its OTEL_* variables.
+    endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    if not endpoint and environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        endpoint = environ["OTEL_EXPORTER_OTLP_ENDPOINT"].rstrip("/") + "/v1/traces"
+    return OTLPSpanExporter(endpoint=endpoint or None)
 
 
 class Tracing:

@@ -50,6 +50,14 @@ class OtlpReceiver:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # /count: how many spans arrived (a receiver in another process)
+                with outer.lock:
+                    answer = str(len(outer.spans)).encode()
+                self.send_response(200)
+                self.send_header("content-length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
                 if self.headers.get("content-encoding") == "gzip":
@@ -115,3 +123,11 @@ class OtlpReceiver:
             self.server.shutdown()
             self.server.server_close()
             thread.join(timeout=10)
+
+
+if __name__ == "__main__":  # a receiver of its own process: prints its URL, serves until stdin closes
+    import sys
+
+    with OtlpReceiver().running() as receiver:
+        print(receiver.url, flush=True)
+        sys.stdin.read()

@@ -65,6 +65,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, prefect_server) -> Iterator[
             FLOWMAESTRO_LLM_PRICES=json.dumps({"text": PRICE}),
             FLOWMAESTRO_WORKER_METRICS_PORT=str(metrics_port),
             FLOWMAESTRO_METRICS_KEY=metrics_key,
+            FLOWMAESTRO_WORKER_GRACE_S="2",
         )
         serve, base = start_serve(home, env, workers=0)
         try:
