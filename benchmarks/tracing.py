@@ -5,6 +5,7 @@ in-process ``DirectRunner``, no Prefect) runs one canvas, a loop of N transform 
 ``off``      no ``OTEL_*`` variable: the engine's per-node hook is the shared no-op
              (``flows.observing.NO_OBSERVER``), the default;
 ``metrics``  a worker serving metrics, no traces (``flows.run_metrics``);
+``spans``    the SDK's spans kept in memory, not exported (what creating them costs);
 ``traces``   tracing on as ``OTEL_EXPORTER_OTLP_ENDPOINT`` turns it on: the SDK's batch
              processor and the OTLP/HTTP exporter, sending to a local receiver (a process of
              its own that decodes every span, tests/otlp_server.py); the timing includes the
@@ -30,6 +31,9 @@ import time
 from pathlib import Path
 
 import httpx
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -40,7 +44,7 @@ from flows.tracing import Tracing
 from node_handlers.registry import build_registry
 from tests.support import canvas, compiled, node
 
-VARIANTS = ("off", "metrics", "traces", "both")
+VARIANTS = ("off", "metrics", "spans", "traces", "both")
 
 
 def loop_canvas(iterations: int) -> dict:
@@ -60,6 +64,10 @@ def observability(variant: str, endpoint: str) -> Observability:
     tracing = (
         Tracing.from_environment({"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint}) if variant in ("traces", "both") else None
     )
+    if variant == "spans":
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
+        tracing = Tracing(provider)
     return Observability(tracing, RunMetrics() if variant in ("metrics", "both") else None)
 
 
@@ -121,7 +129,7 @@ async def main(nodes: int, reps: int) -> None:
     finally:
         receiver.communicate(timeout=30)  # its stdin closes: it stops
     hook_ns = off_hook_ns()
-    expected_spans = 2 * (reps + 1) * (executions + 1)
+    expected_spans = 2 * (reps + 1) * (executions + 1)  # traces and both: a span per node and the run's
     print(f"{nodes} loop iterations: {executions} node executions a run, {reps} runs a variant (median)")
     print(f"spans received by the OTLP receiver: {spans} (expected {expected_spans})")
     print(f"the engine's per-node hook with tracing and metrics off: {hook_ns:.0f} ns a node execution")
