@@ -243,9 +243,14 @@ def test_a_runs_span_tree_and_its_metrics(stack: Stack, worker: Proc) -> None:
     assert output["sub"] == 42
 
     # The worker's metrics count the same run.
-    scraped = httpx.get(f"http://127.0.0.1:{stack.metrics_port}/metrics", timeout=10)
-    assert scraped.status_code == 200
-    samples = metric_samples(scraped.text)
+    def scraped() -> dict | None:
+        answer = httpx.get(f"http://127.0.0.1:{stack.metrics_port}/metrics", timeout=10)
+        assert answer.status_code == 200
+        samples = metric_samples(answer.text)
+        # The run's slot is let go once its flow has told Prefect, just after the result is stored.
+        return samples if sample(samples, "flowmaestro_worker_slots_in_use") == 0 else None
+
+    samples = wait_until(scraped, timeout=60, what="the worker's slot let go")
     assert (
         sample(samples, "flowmaestro_node_executions_total", workflow=parent_name, node_type="http", status="completed")
         == 2
