@@ -282,7 +282,8 @@ async def open_run(context: RunContext, request: RunRequest) -> AsyncIterator[Op
     writer = EventLogWriter(context.event_log, hold_final=saved)
     writer.attach(bus)
     observer = observed_run(context, request, run_id, flow_run)
-    bus.subscribe(observer.event)
+    if observer is not NO_OBSERVER:
+        bus.subscribe(observer.event)
     if start_seq and await _ended_before(context, run_id, start_seq):
         # Executed again after its final event without the API's retry saying so (the
         # Prefect UI's Retry button): say it here, or streams would end at that final event.
@@ -311,7 +312,7 @@ async def open_run(context: RunContext, request: RunRequest) -> AsyncIterator[Op
 def observed_run(context: RunContext, request: RunRequest, run_id: str, flow_run: Any) -> RunObserver | NoObserver:
     """The run's observer (``flows.observing``): its span under the request's ``traceparent``
     (a label of its flow run) or its sub-workflow node's, its metrics."""
-    if context.observability is None:
+    if context.observability is None or not context.observability.active:
         return NO_OBSERVER
     labels = (getattr(flow_run, "labels", None) or {}) if flow_run is not None else {}
     trigger = request.trigger.get("type") if isinstance(request.trigger, dict) else None

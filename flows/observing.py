@@ -257,8 +257,13 @@ class Observability:
     def from_environment(cls, environ: Mapping[str, str]) -> Observability:
         return cls(Tracing.from_environment(environ))
 
+    @property
+    def active(self) -> bool:
+        """Whether runs are watched at all (traces or metrics)."""
+        return self.tracing is not None or self.metrics is not None
+
     def run(self, facts: RunFacts) -> RunObserver | NoObserver:
-        if self.tracing is None and self.metrics is None:
+        if not self.active:
             return NO_OBSERVER
         return RunObserver(facts, self.tracing, self.metrics)
 
