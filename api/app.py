@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -18,7 +19,7 @@ from api.debugging import DebugService
 from api.debugging import router as debugging_router
 from api.docs import install_docs
 from api.errors import install_error_handlers
-from api.health import health_checks, prefect_database
+from api.health import health_checks, pool_health, prefect_database
 from api.metrics import Metrics
 from api.prefect_gateway import PrefectGateway
 from api.rate_limit import MemoryRateLimiter, RedisRateLimiter
@@ -232,12 +233,17 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         },
     )
     async def health(request: Request) -> JSONResponse:
-        """Checks the database, the Prefect server and Redis (when used); 503 names what is down."""
+        """Checks the database, the Prefect server and Redis (when used); 503 names what is down.
+        ``pools``: the work pool runs go to, and whether a live worker polls it (none: runs wait;
+        not a 503, the API itself is up)."""
         state = request.app.state
-        checks = await health_checks(state.engine, state.prefect.client, state.redis)
+        checks, pools = await asyncio.gather(
+            health_checks(state.engine, state.prefect.client, state.redis),
+            pool_health(state.prefect.client, [settings.work_pool]),
+        )
         ok = all(v == "ok" for v in checks.values())
         return JSONResponse(
-            {"status": "ok" if ok else "degraded", "checks": checks, **prefect_database(settings.home)},
+            {"status": "ok" if ok else "degraded", "checks": checks, "pools": pools, **prefect_database(settings.home)},
             status_code=200 if ok else 503,
             headers=None if ok else {"Retry-After": "5"},
         )

@@ -39,6 +39,7 @@ from api.stream_tokens import StreamReader
 from flows.event_log import RedisEventLog
 from flows.event_log.base import MAX_SEQ
 from flows.events import FINAL_EVENT_TYPES, utcnow
+from flows.tracing import valid_traceparent
 from store.errors import Invalid, Unavailable
 
 IDLE_CHECK_S = 5.0
@@ -78,6 +79,12 @@ async def execute_workflow(
             "workflow answers the run the first one started."
         ),
     ),
+    traceparent: str | None = Header(
+        None,
+        max_length=100,
+        description="W3C Trace Context: the run's span is its child (traces on, docs/operations.md#traces); "
+        "an invalid one is ignored.",
+    ),
 ) -> ExecutionAccepted:
     """Start a run on a worker. Inputs are checked first (422 naming each bad input, and
     each node naming a credential the owner has not stored); the
@@ -93,6 +100,7 @@ async def execute_workflow(
             inputs=body.inputs,
             idempotency_key=f"api:{owner}:{workflow_id}:{given}",
             check_credentials=True,
+            traceparent=valid_traceparent(traceparent),
         )
     except Unavailable as exc:
         exc.message += "; the run may still start: retry with the header Idempotency-Key: " + given

@@ -162,11 +162,13 @@ class RunService:
         idempotency_key: str | None = None,
         check_credentials: bool = False,
         journal: str | None = None,
+        traceparent: str | None = None,
     ) -> str:
         """Check the inputs, create the flow run, record it; the worker does the rest.
         ``check_credentials``: refuse (``Invalid``) a workflow naming a credential its owner
         has not stored (a trigger's run fails at its worker instead, where the owner sees it).
-        ``journal``: the journal the run starts from (``api.reruns`` seeds it)."""
+        ``journal``: the journal the run starts from (``api.reruns`` seeds it).
+        ``traceparent``: the request's, the parent of the run's span (a label of its flow run)."""
         saved = await self.workflows.version(owner, workflow_id, version)
         plan, _resolved = await self.compiler.checked_inputs(saved, inputs)
         if check_credentials and self.credentials is not None:
@@ -193,6 +195,7 @@ class RunService:
                 trigger=trigger,
                 idempotency_key=idempotency_key,
                 journal=journal,
+                traceparent=traceparent,
             ),
         )
         run_id = str(flow_run.id)

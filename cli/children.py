@@ -73,10 +73,11 @@ class Children:
         approval decision key)."""
 
         def start(index: int) -> subprocess.Popen[bytes]:
+            environ = worker_environment({**os.environ, **(env or {})})  # not the API's keys
             return subprocess.Popen(
                 [sys.executable, "-m", "cli", "worker", "--pool", pool, "--name", f"serve-{os.getpid()}-{index}"],
                 start_new_session=True,
-                env=worker_environment({**os.environ, **(env or {})}),  # not the API's keys
+                env=metrics_port_of(environ, index),
             )
 
         children = cls(start, count, log=log, backoff=backoff)
@@ -129,3 +130,12 @@ class Children:
                 process.wait()
         if self._supervisor.is_alive():
             self._supervisor.join(5)
+
+
+def metrics_port_of(environ: dict[str, str], index: int) -> dict[str, str]:
+    """Worker ``index``'s environment: its own metrics port, the next after the one before
+    (``FLOWMAESTRO_WORKER_METRICS_PORT`` is the first worker's)."""
+    port = environ.get("FLOWMAESTRO_WORKER_METRICS_PORT", "").strip()
+    if port.isdigit() and int(port) > 0:
+        return {**environ, "FLOWMAESTRO_WORKER_METRICS_PORT": str(int(port) + index)}
+    return environ

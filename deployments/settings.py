@@ -36,3 +36,15 @@ class WorkerSettings(StoreSettings):
         description="A scheduled run that a worker sees this "
         "much after its time is a missed run (see schedule_catch_up).",
     )
+    worker_metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Port of the worker's Prometheus metrics (GET /metrics: its runs, nodes, model tokens, "
+        "slots); unset: none. `flowmaestro serve` gives its workers this port and the next ones.",
+    )
+    worker_metrics_host: str = Field(
+        "127.0.0.1",
+        description="Address the worker's metrics listen on; their labels name workflows: "
+        "open them (0.0.0.0) only to the network Prometheus scrapes from.",
+    )

@@ -28,6 +28,8 @@ PROCESS_ONLY = frozenset(
         "FLOWMAESTRO_WORKER_POLL_S",
         "FLOWMAESTRO_WORKER_GRACE_S",
         "FLOWMAESTRO_PUBLIC_URL",  # links in Prefect summaries, not what a run does
+        "FLOWMAESTRO_WORKER_METRICS_PORT",  # each worker of serve has its own
+        "FLOWMAESTRO_WORKER_METRICS_HOST",
     }
 )
 """How the worker process runs, not what its runs do: workers may differ there."""

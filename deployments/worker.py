@@ -64,7 +64,9 @@ from deployments.recovery import (
 from deployments.run_store import SqlRunStore
 from deployments.settings import WorkerSettings
 from deployments.settings_fingerprint import settings_fingerprint, tagged_name
+from deployments.worker_metrics import MetricsServer, track_slots
 from deployments.workflow_deployments import DEFAULT_POOL, WORKER_TYPE
+from flows.observing import Observability
 from flows.prefect_compat import (
     InProcessJobConfiguration,
     PollingWorker,
@@ -76,6 +78,7 @@ from flows.prefect_compat import (
     with_default_result_storage,
 )
 from flows.run_context import CancelSignals, RunContext
+from flows.run_metrics import RunMetrics
 from node_handlers.services import HandlerServices
 from store.credentials import Credentials
 from store.db import sessions
@@ -408,6 +411,7 @@ async def run_worker(
     late_after_s: float = 60.0,
     on_hand_back: Callable[[str], None] | None = None,
     on_skipped: Callable[[FlowRun, str], Awaitable[None]] | None = None,
+    metrics: RunMetrics | None = None,
 ) -> None:
     """Run one worker until ``stop`` is set (by default: SIGTERM or SIGINT), then drain it
     (see ``FlowMaestroWorker.shutdown``). With ``crash_detect_s``, it makes sure the
@@ -451,6 +455,8 @@ async def run_worker(
             on_hand_back=on_hand_back,
             on_skipped=on_skipped,
         )
+        if metrics is not None:
+            track_slots(metrics, lambda: worker.running, limit)
         if crash_detect_s is not None:
             sweeper = CrashSweeper(
                 pool=pool, grace_s=crash_detect_s, interval_s=heartbeat_interval(crash_detect_s), held=worker.held
@@ -497,10 +503,13 @@ class BeatingSignals(CancelSignals):
 
 
 @asynccontextmanager
-async def worker_context(database_url: str, *, beating_pool: str | None = None) -> AsyncIterator[RunContext]:
+async def worker_context(
+    database_url: str, *, beating_pool: str | None = None, metrics: RunMetrics | None = None
+) -> AsyncIterator[RunContext]:
     """The run context every run of one worker process shares: warm pools, one store, one
     cancellation watcher (with the heartbeats of a worker that beats for its runs of
-    ``beating_pool``: crash detection), the plans of saved versions."""
+    ``beating_pool``: crash detection), the plans of saved versions, the traces of its runs
+    (``OTEL_*``) and their ``metrics`` when it serves them."""
     base = RunContext.from_environment()
     store = SqlRunStore.from_url(
         database_url, node_execution_retention_days=base.settings.node_execution_retention_days
@@ -526,6 +535,7 @@ async def worker_context(database_url: str, *, beating_pool: str | None = None) 
         resolve_workflow=store.resolve_subworkflow,
         cancellations=signals,
         plans=PlanCache(base.settings.plan_cache_nodes),
+        observability=Observability(base.observability.tracing if base.observability else None, metrics),
     )
     try:
         yield context
@@ -554,13 +564,35 @@ async def record_skipped(store: SqlRunStore, flow_run: FlowRun, reason: str) -> 
 async def serve_worker(
     settings: WorkerSettings, *, name: str | None = None, started: Callable[[str], None] | None = None
 ) -> None:
-    """``flowmaestro worker``: one worker process with its context, until SIGTERM/SIGINT."""
-    from flows.flow import workflow_flow
+    """``flowmaestro worker``: one worker process with its context, until SIGTERM/SIGINT;
+    with a metrics port, its ``/metrics`` (``deployments/worker_metrics.py``)."""
     from store.db import upgrade_schema
 
     url = settings.sqlalchemy_url()
     await upgrade_schema(url)  # a no-op when the API (or another worker) already did it
-    async with worker_context(url, beating_pool=settings.work_pool) as context:
+    metrics = RunMetrics() if settings.worker_metrics_port is not None else None
+    server = (
+        MetricsServer(metrics, settings.worker_metrics_host, settings.worker_metrics_port)
+        if metrics is not None and settings.worker_metrics_port is not None
+        else None
+    )
+    try:
+        await _serve_worker(settings, url, metrics, name, started)
+    finally:
+        if server is not None:
+            server.close()
+
+
+async def _serve_worker(
+    settings: WorkerSettings,
+    url: str,
+    metrics: RunMetrics | None,
+    name: str | None,
+    started: Callable[[str], None] | None,
+) -> None:
+    from flows.flow import workflow_flow
+
+    async with worker_context(url, beating_pool=settings.work_pool, metrics=metrics) as context:
         assert context.cancellations is not None and isinstance(context.store, SqlRunStore)
         if context.services is not None and context.services.settings.code_sandbox == "off":
             logging.getLogger(__name__).warning(
@@ -585,4 +617,5 @@ async def serve_worker(
             signals=context.cancellations,
             catch_up=settings.schedule_catch_up,
             late_after_s=settings.schedule_late_after_s,
+            metrics=metrics,
         )

@@ -33,6 +33,7 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from flows.subworkflows import WORKFLOW_TAG  # one definition: child runs carry it too
+from flows.tracing import TRACEPARENT_LABEL
 
 FLOW_NAME = "flowmaestro"
 """The name of the generic flow (``flows.flow.run_workflow``)."""
@@ -183,9 +184,11 @@ class WorkflowDeployments:
         trigger: dict[str, Any],
         idempotency_key: str | None = None,
         journal: str | None = None,
+        traceparent: str | None = None,
     ) -> FlowRun:
         """Create a flow run of the deployment; a worker picks it up (Scheduled now).
-        ``journal``: a journal the run starts from (a rerun's, seeded by the API)."""
+        ``journal``: a journal the run starts from (a rerun's, seeded by the API).
+        ``traceparent``: the parent of the run's span, as a label its worker reads (flows/tracing.py)."""
         parameters: dict[str, Any] = {"inputs": inputs, "version": version, "trigger": trigger}
         if journal is not None:
             parameters["journal"] = journal
@@ -196,7 +199,12 @@ class WorkflowDeployments:
             f"trigger:{trigger.get('type', 'api')}",
         ]
         return await client.create_flow_run_from_deployment(
-            deployment_id, parameters=parameters, tags=tags, name=name, idempotency_key=idempotency_key
+            deployment_id,
+            parameters=parameters,
+            tags=tags,
+            name=name,
+            idempotency_key=idempotency_key,
+            labels={TRACEPARENT_LABEL: traceparent} if traceparent else None,
         )
 
     async def _generic_flow(self, client: PrefectClient) -> UUID:

@@ -35,6 +35,7 @@ from flows.frames import Frame
 from flows.journal import JournalUnavailable, RunJournal
 from flows.large_outputs import LargeOutputs
 from flows.node_executions import NodeExecutionRecorder
+from flows.observing import NO_OBSERVER, NodeObserver
 from flows.policies import (
     is_dead_letter,
     journals_durably,
@@ -135,6 +136,7 @@ class Execution:
         release: RunRelease | None = None,
         started_at: datetime | None = None,
         services: HandlerServices | None = None,
+        observer: NodeObserver | None = None,
     ):
         """``max_task_runs``: how many task runs the run shows one by one (``TaskRunMirror``).
         ``large_outputs``: how outputs over a size are shown in events and the run result
@@ -147,6 +149,8 @@ class Execution:
         ``started_at``: the run's first start, ``run.started_at`` in templates (the same in every
         execution of the run, so keys stay); this execution's start by default."""
         self.started_at = started_at
+        self.observer: NodeObserver = observer or NO_OBSERVER
+        """Around every node execution: its span and metrics (``flows.observing``)."""
         self.services = services
         """Handed to every node (``NodeContext.services``): the process's handler services."""
         self.release = release
@@ -362,7 +366,12 @@ class Execution:
 
     async def execute(self, node: PlanNode, frame: Frame, run: NodeRun, upstream: Mapping[str, Any]) -> NodeResult:
         """Run one node and record how it ended. ``upstream``: outputs of the nodes whose
-        edges fired into it."""
+        edges fired into it. Observed throughout (its span current, its metrics: ``flows.observing``)."""
+        with self.observer.node(node, frame, run) as seen:
+            seen.result = await self._execute(node, frame, run, upstream)
+            return seen.result
+
+    async def _execute(self, node: PlanNode, frame: Frame, run: NodeRun, upstream: Mapping[str, Any]) -> NodeResult:
         run.start()
         self.bus.publish(EventType.NODE_STARTED, node_id=node.id, path=frame.path, type=node.type, label=node.label)
         try:

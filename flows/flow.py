@@ -44,11 +44,13 @@ from flows.event_log import EventLogWriter
 from flows.events import FINAL_EVENT_TYPES, EventBus, utcnow
 from flows.journal import RunJournal
 from flows.large_outputs import LargeOutputs
+from flows.observing import NO_OBSERVER, NoObserver, RunFacts, RunObserver, start_delay_of
 from flows.prefect_runner import PrefectRunner
 from flows.records import RunRecord
 from flows.releases import DelayRelease
 from flows.run_context import CancelSignals, RunContext, RunStore
 from flows.subworkflows import ChildFlow, PrefectSubworkflows, tag_run_with_workflow
+from flows.tracing import TRACEPARENT_LABEL, valid_traceparent
 from node_handlers.credentials import missing_credentials
 from node_handlers.services import HandlerServices
 from store.errors import Unavailable
@@ -197,6 +199,8 @@ class OpenedRun:
     bus: EventBus
     writer: EventLogWriter
     recorder: prefect_compat.TaskRunRecorder | None
+    observer: RunObserver | NoObserver = NO_OBSERVER
+    """Its span and metrics (``flows.observing``), when the process traces or counts runs."""
 
 
 @dataclass(frozen=True)
@@ -277,11 +281,15 @@ async def open_run(context: RunContext, request: RunRequest) -> AsyncIterator[Op
     # its result.
     writer = EventLogWriter(context.event_log, hold_final=saved)
     writer.attach(bus)
+    observer = observed_run(context, request, run_id, flow_run)
+    if observer is not NO_OBSERVER:
+        bus.subscribe(observer.event)
     if start_seq and await _ended_before(context, run_id, start_seq):
         # Executed again after its final event without the API's retry saying so (the
         # Prefect UI's Retry button): say it here, or streams would end at that final event.
         bus.publish(EventType.EXECUTION_RETRIED, status=RunStatus.PENDING, retried_by="prefect-ui")
     async with contextlib.AsyncExitStack() as stack:
+        stack.callback(observer.close)  # the run's span ends last
         stack.push_async_callback(writer.close)
         # Closed first: what it has not sent yet goes before the run ends.
         recorder = await stack.enter_async_context(
@@ -297,7 +305,27 @@ async def open_run(context: RunContext, request: RunRequest) -> AsyncIterator[Op
             bus=bus,
             writer=writer,
             recorder=recorder,
+            observer=observer,
         )
+
+
+def observed_run(context: RunContext, request: RunRequest, run_id: str, flow_run: Any) -> RunObserver | NoObserver:
+    """The run's observer (``flows.observing``): its span under the request's ``traceparent``
+    (a label of its flow run) or its sub-workflow node's, its metrics."""
+    if context.observability is None or not context.observability.active:
+        return NO_OBSERVER
+    labels = (getattr(flow_run, "labels", None) or {}) if flow_run is not None else {}
+    trigger = request.trigger.get("type") if isinstance(request.trigger, dict) else None
+    facts = RunFacts(
+        run_id=run_id,
+        workflow=request.name if request.canvas is not None or flow_run is None else str(flow_run.name),
+        workflow_id=request.workflow_id,
+        version=request.version,
+        trigger=str(trigger) if trigger else None,
+        traceparent=valid_traceparent(labels.get(TRACEPARENT_LABEL)),
+        start_delay_s=start_delay_of(flow_run) if request.depth == 0 else None,
+    )
+    return context.observability.run(facts)
 
 
 async def _ended_before(context: RunContext, run_id: str, last_seq: int) -> bool:
@@ -489,6 +517,7 @@ async def execute_run(prepared: PreparedRun) -> RunRecord:
         release=_delay_release(run_id, settings.delay_release_s, holding) if releasable else None,
         started_at=opened.started_at,
         services=context.services,
+        observer=opened.observer,
     )
     try:
         return await _run_watching_cancellation(execution, run_id, settings.cancel_poll_s, signals)

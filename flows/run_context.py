@@ -20,6 +20,7 @@ from builder.plan_cache import PlanCache
 from flows.event_log import EventLog, event_log_from_env
 from flows.events import EventBus
 from flows.journal import OutcomeStore
+from flows.observing import Observability
 from flows.prefect_compat import TaskRunSender
 from flows.prefect_runner import cache_lock_manager, cached_task
 from flows.settings import EngineSettings
@@ -144,6 +145,9 @@ class RunContext:
     plans: PlanCache | None = field(default=None, compare=False)
     """Plans of saved versions, compiled once per ``(workflow_id, version)`` (a worker);
     None: every run compiles its canvas."""
+    observability: Observability | None = field(default=None, compare=False)
+    """Traces (the ``OTEL_*`` variables) and metrics (a worker's) of the runs; closed with
+    the context. None: neither."""
 
     @classmethod
     def from_environment(cls, *, listeners: tuple[RunListener, ...] = ()) -> RunContext:
@@ -161,6 +165,7 @@ class RunContext:
             task_run_sender=TaskRunSender(),
             environ=os.environ,
             services=services,
+            observability=Observability.from_environment(os.environ),
         )
 
     async def close(self) -> None:
@@ -172,3 +177,5 @@ class RunContext:
         await self.event_log.close()
         if self.services is not None:
             await self.services.close()
+        if self.observability is not None:
+            await self.observability.close()

@@ -336,7 +336,7 @@ class AgentLoop:
             "model": model,
             "finish_reason": reply.finish_reason,
         }
-        totals: dict[str, Any] = dict(self.usage)
+        totals: dict[str, Any] = {**self.usage, "model": model}  # the model: for metrics and traces
         if cost is not None:
             totals["cost_usd"] = cost
         return Completed(output=output, usage=totals)

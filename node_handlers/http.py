@@ -24,6 +24,7 @@ from email.utils import parsedate_to_datetime
 from typing import Annotated, Any, Literal
 
 import httpx
+from opentelemetry import propagate
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from builder.catalog import NodeConfig, Templatable, at_most_one_of
@@ -242,6 +243,9 @@ class HttpHandler(NodeHandler):
             key = ctx.idempotency_key if config.idempotency_key is True else str(config.idempotency_key)
             if key:
                 extra[IDEMPOTENCY_HEADER] = key
+        if not _has_header(config.headers, TRACEPARENT_HEADER):
+            # The node's span, when the run is traced (flows/observing.py): the server's spans join the trace.
+            propagate.inject(extra)
         deadline = float(config.timeout_s)
         try:
             async with asyncio.timeout(deadline):
@@ -301,6 +305,7 @@ class HttpHandler(NodeHandler):
 
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+TRACEPARENT_HEADER = "traceparent"
 
 
 def kept_headers(headers: httpx.Headers, wanted: list[str]) -> dict[str, str]:

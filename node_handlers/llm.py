@@ -187,8 +187,9 @@ class ChatReply:
         return ChatReply(later.text, later.model, later.finish_reason, usage, self.latency_ms + later.latency_ms, cost)
 
     def usage_totals(self) -> dict[str, Any]:
-        """What the engine sums per run."""
+        """What the engine sums per run (its numbers)."""
         totals = {"input_tokens": self.usage["input_tokens"], "output_tokens": self.usage["output_tokens"]}
+        totals["model"] = self.model  # by which model, for metrics and traces (not summed: a string)
         if self.cost_usd is not None:
             totals["cost_usd"] = self.cost_usd
         return totals

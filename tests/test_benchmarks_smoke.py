@@ -46,6 +46,12 @@ def test_compile(tmp_path):
     assert "layered" in output and "nested" in output
 
 
+def test_tracing(tmp_path):
+    """In-process (a thread for the OTLP receiver): every span of every traced run arrives."""
+    output = run_benchmark("tracing", "--quick", home=tmp_path)
+    assert "spans received by the OTLP receiver: 1224 (expected 1224)" in output
+
+
 @pytest.mark.services
 def test_code_node(tmp_path):
     """Starts code sandboxes (processes), a few seconds: not in ``make test-fast``."""

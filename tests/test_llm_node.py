@@ -97,7 +97,11 @@ async def test_usage_comes_from_the_server(openai_server: FakeOpenAI) -> None:
     usage = completed.output["usage"]
     assert usage["output_tokens"] == 4 and usage["input_tokens"] > 0
     assert "estimated" not in usage
-    assert completed.usage == {"input_tokens": usage["input_tokens"], "output_tokens": 4}
+    assert completed.usage == {
+        "input_tokens": usage["input_tokens"],
+        "output_tokens": 4,
+        "model": completed.output["model"],
+    }
 
 
 async def test_usage_is_estimated_when_the_server_sends_none(openai_server: FakeOpenAI) -> None:
@@ -108,7 +112,7 @@ async def test_usage_is_estimated_when_the_server_sends_none(openai_server: Fake
         "output_tokens": 4,
         "estimated": True,
     }
-    assert completed.usage == {"input_tokens": usage["input_tokens"], "output_tokens": 4}
+    assert completed.usage == {"input_tokens": usage["input_tokens"], "output_tokens": 4, "model": "no-usage"}
 
 
 async def test_cost_is_reported_when_the_price_is_known(
