@@ -184,6 +184,11 @@ class WorkflowSummary(BaseModel):
     latest_version: int
     created_at: Timestamp
     updated_at: Timestamp
+    description: str = ""
+    tags: list[str] = Field(default_factory=list)
+    status: Literal["active", "draft", "archived"] = Field(
+        "active", description="active: runs start; draft: only by hand (no schedule, no webhook); archived: none."
+    )
 
 
 class WorkflowPublic(WorkflowSummary):
