@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from api.auth import Owner
 from api.deps import SchedulesDep
@@ -32,7 +32,10 @@ CatalogDep = Annotated[WorkflowCatalog, Depends(get_catalog)]
 
 
 class WorkflowPatch(RequestBody):
-    """What is left out (or null) stays as it is."""
+    """What is left out (or null) stays as it is; anything else (a name, a canvas) is refused:
+    those make a version (``PUT``)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
 
     description: str | None = Field(None, max_length=MAX_DESCRIPTION)
     tags: list[str] | None = Field(
