@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Select, and_, or_
+from sqlalchemy import Select, literal, tuple_
 from sqlalchemy.orm import InstrumentedAttribute
 
 from store.database import as_utc
@@ -101,11 +101,10 @@ def keyset(
     """``query`` ordered by (``sort``, ``unique``), after ``cursor``, one row more than
     ``limit`` (whether a next page exists, without counting)."""
     if cursor is not None:
-        if descending:
-            after = or_(sort < cursor.key, and_(sort == cursor.key, unique < cursor.id))
-        else:
-            after = or_(sort > cursor.key, and_(sort == cursor.key, unique > cursor.id))
-        query = query.where(after)
+        # A row value comparison, not (a < x OR a = x AND b < y): PostgreSQL reads it as one
+        # range of the (..., sort, unique) index; SQLite has row values since 3.15.
+        row, key = tuple_(sort, unique), tuple_(literal(cursor.key, sort.type), literal(cursor.id, unique.type))
+        query = query.where(row < key if descending else row > key)
     order = (sort.desc(), unique.desc()) if descending else (sort.asc(), unique.asc())
     return query.order_by(*order).limit(limit + 1)
 

@@ -116,6 +116,8 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     ("GET", "/api/credentials/{credential_id}"): Recipe({"credential_id": "credential"}),
     ("PUT", "/api/credentials/{credential_id}"): Recipe({"credential_id": "credential"}, json={"data": {"token": "u"}}),
     ("DELETE", "/api/credentials/{credential_id}"): Recipe({"credential_id": "credential"}),
+    ("PATCH", "/api/workflows/{workflow_id}"): Recipe({"workflow_id": "workflow"}, json={"tags": ["matrix"]}),
+    ("GET", "/api/audit"): Recipe(lists="workflow"),
     ("GET", "/api/node-types"): Recipe(shared=True),
     ("GET", "/api/node-types/{node_type}"): Recipe({"node_type": "node_type"}, shared=True),
 }
