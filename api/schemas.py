@@ -179,6 +179,9 @@ class WorkflowSaved(BaseModel):
 
 
 class WorkflowSummary(BaseModel):
+    # Always in the answers: required in the published schema (typed clients need not check).
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
     id: str
     name: str
     latest_version: int
