@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from api.auth import Owner
 from api.executions import Rfc3339
-from api.pagination import Paged, link_next, list_responses
+from api.pagination import NO_NUL, Paged, link_next, list_responses
 from api.schemas import ErrorBody, Timestamp
 from store.audit import ACTIONS, AuditLog
 from store.errors import Invalid
@@ -47,7 +47,7 @@ async def list_audit(
     log: AuditDep,
     paged: Paged,
     action: str | None = Query(None, max_length=64, description="Entries of this action (e.g. workflow.update)."),
-    target_id: str | None = Query(None, max_length=255, description="Entries about this object."),
+    target_id: str | None = Query(None, max_length=255, pattern=NO_NUL, description="Entries about this object."),
     since: Rfc3339 | None = Query(None, description="Entries at or after this time (RFC 3339)."),
 ) -> list[AuditEntryOut]:
     """Who did what to the owner's workflows, runs, credentials, schedules and webhooks,

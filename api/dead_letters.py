@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from api.auth import Owner
 from api.deps import RunsDep
-from api.pagination import Paged, link_next, list_responses
+from api.pagination import NO_NUL, Paged, link_next, list_responses
 from api.schemas import DeadLetterOut, ErrorBody, ExecutionAccepted
 from store.lists import dead_letters_page
 from store.queries import DeadLetter
@@ -39,7 +39,7 @@ async def list_dead_letters(
     owner: Owner,
     runs: RunsDep,
     paged: Paged,
-    workflow_id: str | None = Query(None, max_length=36),
+    workflow_id: str | None = Query(None, max_length=36, pattern=NO_NUL),
 ) -> list[DeadLetterOut]:
     """Dead letters of the owner, newest first, a page at a time (the next in the ``Link`` header)."""
     page = await dead_letters_page(

@@ -18,7 +18,7 @@ from starlette.background import BackgroundTask
 
 from api.auth import Owner
 from api.deps import RunsDep
-from api.pagination import Paged, link_next, list_responses
+from api.pagination import NO_NUL, Paged, link_next, list_responses
 from api.schemas import (
     CancelAccepted,
     ErrorBody,
@@ -112,7 +112,7 @@ async def list_executions(
     owner: Owner,
     runs: RunsDep,
     paged: Paged,
-    workflow_id: str | None = Query(None, max_length=36),
+    workflow_id: str | None = Query(None, max_length=36, pattern=NO_NUL),
     status: RunStatus | None = None,
     trigger: Literal["api", "schedule", "webhook", "prefect-ui", "retry", "parent"] | None = Query(
         None, description=f"One of {', '.join(TRIGGERS)}."

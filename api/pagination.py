@@ -23,6 +23,10 @@ LINK_HEADER = {
 """The list routes' documented response header (OpenAPI)."""
 
 
+NO_NUL = r"^[^\x00]*$"
+"""A text filter's pattern: PostgreSQL refuses NUL characters in text (a 422 here, not a 500 there)."""
+
+
 @dataclass(frozen=True)
 class PageParams:
     limit: int

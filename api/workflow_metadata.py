@@ -16,6 +16,7 @@ from pydantic import ConfigDict, Field
 
 from api.auth import Owner
 from api.deps import SchedulesDep
+from api.pagination import NO_NUL
 from api.schemas import ErrorBody, RequestBody, WorkflowSummary
 from store.workflow_meta import MAX_DESCRIPTION, MAX_TAGS, MetaChange, WorkflowCatalog, checked_tags
 
@@ -37,7 +38,7 @@ class WorkflowPatch(RequestBody):
 
     model_config = ConfigDict(strict=True, extra="forbid")
 
-    description: str | None = Field(None, max_length=MAX_DESCRIPTION)
+    description: str | None = Field(None, max_length=MAX_DESCRIPTION, pattern=NO_NUL)
     tags: list[str] | None = Field(
         None, max_length=MAX_TAGS, description="The whole set of tags (replaces the current one)."
     )

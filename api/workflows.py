@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from api.auth import Owner
 from api.deps import CompilerDep, RunsDep, SchedulesDep, WorkflowsDep
-from api.pagination import Paged, link_next, list_responses
+from api.pagination import NO_NUL, Paged, link_next, list_responses
 from api.schemas import (
     CanvasBody,
     ErrorBody,
@@ -124,8 +124,10 @@ async def list_workflows(
     owner: Owner,
     catalog: CatalogDep,
     paged: Paged,
-    q: str | None = Query(None, max_length=200, description="Words in the name or the description (any case)."),
-    tag: str | None = Query(None, max_length=64, description="Workflows with this tag."),
+    q: str | None = Query(
+        None, max_length=200, pattern=NO_NUL, description="Words in the name or the description (any case)."
+    ),
+    tag: str | None = Query(None, max_length=64, pattern=NO_NUL, description="Workflows with this tag."),
     status: Literal["active", "draft", "archived"] | None = Query(None, description="Workflows in this status."),
 ) -> list[WorkflowSummary]:
     """The owner's workflows, oldest first, a page at a time (the next in the ``Link`` header)."""

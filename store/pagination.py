@@ -65,7 +65,7 @@ def decode_cursor(text: str | None, *, key_is_time: bool = True) -> Cursor | Non
         key, row_id = json.loads(raw)
     except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
         raise bad_cursor("not a cursor of this API") from None
-    if not isinstance(row_id, str) or len(row_id) > 255:
+    if not isinstance(row_id, str) or len(row_id) > 255 or "\x00" in row_id:
         raise bad_cursor("not a cursor of this API")
     if key_is_time:
         if not isinstance(key, str):
@@ -75,7 +75,7 @@ def decode_cursor(text: str | None, *, key_is_time: bool = True) -> Cursor | Non
         except ValueError:
             raise bad_cursor("not a cursor of this list") from None
         key = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-    elif not isinstance(key, str | int):
+    elif not isinstance(key, str | int) or (isinstance(key, str) and "\x00" in key):
         raise bad_cursor("not a cursor of this list")
     return Cursor(key, row_id)
 

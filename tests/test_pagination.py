@@ -122,6 +122,18 @@ async def test_bad_limits_cursors_and_filters_are_422_naming_the_parameter(api):
         assert answer.status_code == 422 and answer.json()["issues"][0]["field"] == field, answer.text
     answer = await api.get("/api/workflows", params={"status": "deleted"})
     assert answer.status_code == 422 and answer.json()["issues"][0]["field"] == "query.status"
+    # PostgreSQL refuses NUL in text: refused here, naming the parameter, on both databases.
+    for path, name in (
+        ("/api/workflows", "q"),
+        ("/api/workflows", "tag"),
+        ("/api/executions", "workflow_id"),
+        ("/api/audit", "target_id"),
+    ):
+        answer = await api.get(path, params={name: "a\x00b"})
+        assert answer.status_code == 422 and answer.json()["issues"][0]["field"] == f"query.{name}", answer.text
+    forged = Cursor("2026-11-01T08:00:00+00:00", "id\x00").encode()
+    answer = await api.get("/api/executions", params={"cursor": forged})
+    assert answer.status_code == 422 and answer.json()["issues"][0]["field"] == "query.cursor", answer.text
 
 
 def test_a_cursor_of_another_list_is_refused():

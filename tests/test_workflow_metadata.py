@@ -98,6 +98,7 @@ async def test_patch_changes_metadata_without_a_version_and_reads_show_it(api):
         ({"tags": "demo"}, "body.tags"),
         ({"tags": [f"t{i}" for i in range(21)]}, "body.tags"),
         ({"description": "x" * 2001}, "body.description"),
+        ({"description": "nul \x00 inside"}, "body.description"),
         ({"name": "renamed"}, "body.name"),
     ):
         answer = await api.patch(f"/api/workflows/{workflow_id}", json=bad)
