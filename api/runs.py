@@ -20,7 +20,6 @@ import asyncio
 import builtins
 import logging
 import uuid
-from datetime import datetime
 from typing import Any, cast
 
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -373,33 +372,6 @@ class RunService:
         flow_run = await self.prefect.call("read the run", lambda client: client.read_flow_run(uuid.UUID(run_id)))
         status = STATUS_OF_STATE.get(flow_run.state.type) if flow_run.state else None
         return status if status in FINAL_STATUSES else None
-
-    async def list(
-        self,
-        owner: str,
-        workflow_id: str | None,
-        status: str | None,
-        trigger: str | None = None,
-        *,
-        limit: int = 500,
-        since: datetime | None = None,
-        until: datetime | None = None,
-    ) -> list[ExecutionRow]:
-        """Runs of an owner, newest first, at most ``limit``. The stored status of a run in
-        progress is refreshed from Prefect, so ``status=running`` or ``paused`` finds it."""
-        live_status = status is not None and status not in FINAL_STATUSES
-        rows = await self.executions.list(
-            owner,
-            workflow_id=workflow_id,
-            status=status,
-            trigger=trigger,
-            # Runs in progress are filtered once refreshed: read them all (up to the cap).
-            limit=500 if live_status else limit,
-            since=since,
-            until=until,
-        )
-        await self._refresh(rows)
-        return [row for row in rows if status is None or row.status == status][:limit]
 
     async def page(
         self, owner: str, where: ExecutionFilter, *, limit: int, cursor: str | None = None
