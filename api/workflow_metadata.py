@@ -12,13 +12,13 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, StringConstraints
 
 from api.auth import Owner
 from api.deps import SchedulesDep
 from api.pagination import NO_NUL
 from api.schemas import ErrorBody, RequestBody, WorkflowSummary
-from store.workflow_meta import MAX_DESCRIPTION, MAX_TAGS, MetaChange, WorkflowCatalog, checked_tags
+from store.workflow_meta import MAX_DESCRIPTION, MAX_TAGS, TAG, MetaChange, WorkflowCatalog, checked_tags
 
 router = APIRouter(prefix="/api/workflows", tags=["workflows"])
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (401, 404, 422, 503)}
@@ -39,8 +39,11 @@ class WorkflowPatch(RequestBody):
     model_config = ConfigDict(strict=True, extra="forbid")
 
     description: str | None = Field(None, max_length=MAX_DESCRIPTION, pattern=NO_NUL)
-    tags: list[str] | None = Field(
-        None, max_length=MAX_TAGS, description="The whole set of tags (replaces the current one)."
+    tags: list[Annotated[str, StringConstraints(pattern=TAG.pattern)]] | None = Field(
+        None,
+        max_length=MAX_TAGS,
+        description="The whole set of tags (replaces the current one): each 1 to 64 letters, digits, "
+        "space, _ . : / -, starting with a letter or digit.",
     )
     status: Literal["active", "draft", "archived"] | None = Field(
         None,

@@ -28,7 +28,8 @@ from store.pagination import Page, decode_cursor, keyset, page_of
 
 WorkflowStatus = Literal["active", "draft", "archived"]
 STATUSES: tuple[WorkflowStatus, ...] = ("active", "draft", "archived")
-TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.:/-]{0,63}")
+TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.:/-]{0,63}$")
+"""A tag (anchored: the API publishes it as a JSON Schema pattern, which matches anywhere otherwise)."""
 MAX_TAGS = 20
 MAX_DESCRIPTION = 2000
 

@@ -94,7 +94,7 @@ async def test_patch_changes_metadata_without_a_version_and_reads_show_it(api):
 
     for bad, field in (
         ({"status": "deleted"}, "body.status"),
-        ({"tags": ["ok", " leading space"]}, "tags[1]"),
+        ({"tags": ["ok", " leading space"]}, "body.tags.1"),
         ({"tags": "demo"}, "body.tags"),
         ({"tags": [f"t{i}" for i in range(21)]}, "body.tags"),
         ({"description": "x" * 2001}, "body.description"),
