@@ -115,6 +115,17 @@ def record(
     )
 
 
+async def recorded(session: AsyncSession, *, owner: str, action: str, target_id: str) -> bool:
+    """Whether the log has an entry of ``action`` on ``target_id`` (an idempotent request
+    replayed records nothing new)."""
+    found = await session.scalar(
+        select(AuditRow.id)
+        .where(AuditRow.owner == owner, AuditRow.target_id == target_id, AuditRow.action == action)
+        .limit(1)
+    )
+    return found is not None
+
+
 class AuditLog:
     def __init__(self, sessions: Sessions):
         self.sessions = sessions

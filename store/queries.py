@@ -222,7 +222,12 @@ class Executions:
                 "target_id": execution_id,
                 "details": {"workflow_id": workflow_id, "version": version, "trigger": trigger.get("type", "api")},
             }
-            if actor is not None:
+            # A row already there: a worker recorded the run first, or an Idempotency-Key
+            # replayed a request (then its entry exists and the replay started nothing).
+            if actor is not None and (
+                row is None
+                or not await audit.recorded(session, owner=owner, action="execution.start", target_id=execution_id)
+            ):
                 audit.record(session, **started)
             if row is None:
                 session.add(

@@ -71,8 +71,14 @@ async def test_every_change_of_a_lifecycle_is_recorded_newest_first_without_secr
     await ok(await api.patch(f"/api/workflows/{workflow_id}", json={"tags": ["audited"], "description": "d"}))
     expected.append(("workflow.update", workflow_id))
 
-    approved = (await ok(await api.post(f"/api/workflows/{workflow_id}/execute", json={}), 202))["execution_id"]
+    once = {"Idempotency-Key": f"k-{uuid.uuid4().hex}"}
+    approved = (await ok(await api.post(f"/api/workflows/{workflow_id}/execute", json={}, headers=once), 202))[
+        "execution_id"
+    ]
     expected.append(("execution.start", approved))
+    # The same request again answers the same run and records nothing new.
+    replayed = await ok(await api.post(f"/api/workflows/{workflow_id}/execute", json={}, headers=once), 202)
+    assert replayed["execution_id"] == approved
     await paused(api, approved)
     resume = {"node_id": "ask", "input": {"approved": True, "comment": TOKEN}}
     await ok(await api.post(f"/api/executions/{approved}/resume", json=resume))
