@@ -12,7 +12,19 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prefect.client.orchestration import get_client
 from prometheus_client import generate_latest
 
-from api import admin_keys, credentials, dead_letters, executions, node_types, schedules, ui, webhooks, workflows
+from api import (
+    admin_keys,
+    credentials,
+    dead_letters,
+    executions,
+    node_types,
+    schedules,
+    ui,
+    webhooks,
+    workflow_metadata,
+    workflows,
+)
+from api import audit as audit_routes
 from api.auth import require_metrics_key
 from api.compiling import CanvasCompiler
 from api.debugging import DebugService
@@ -37,12 +49,14 @@ from flows.event_log import event_log_from_env
 from node_handlers.catalog import NodeTypeCatalog
 from node_handlers.registry import build_registry
 from store.api_keys import ApiKeys
+from store.audit import AuditLog
 from store.credentials import Credentials
 from store.db import make_engine, sessions, upgrade_schema
 from store.node_executions import NodeExecutions
 from store.queries import Executions, NodeOutcomes, Workflows
 from store.secrets import SecretBox
 from store.triggers import ScheduleOverlaps, Webhooks
+from store.workflow_meta import WorkflowCatalog
 
 METRICS_ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"description": why, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
@@ -142,9 +156,13 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                 decisions=DecisionSigner.from_settings(settings.decision_key, settings.secret_key, settings.home),
                 prefect_public_url=settings.prefect_public_url,
                 credentials=app.state.credentials,
+                audit=AuditLog(database),
             )
             app.state.prefect = prefect
-            app.state.schedules = ScheduleService(app.state.runs, prefect, ScheduleOverlaps(database))
+            app.state.audit, app.state.catalog = AuditLog(database), WorkflowCatalog(database)
+            app.state.schedules = ScheduleService(
+                app.state.runs, prefect, ScheduleOverlaps(database), audit=app.state.audit
+            )
             limiter = (
                 RedisRateLimiter(settings.redis_url, settings.webhook_rate_limit)
                 if settings.redis_url
@@ -212,6 +230,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(credentials.router)
     app.include_router(admin_keys.router)
     app.include_router(debugging_router)
+    app.include_router(workflow_metadata.router)
+    app.include_router(audit_routes.router)
     ui.mount(app)  # the run page, the list, the playground and the credentials under /ui (docs/ui.md)
 
     def openapi() -> dict[str, Any]:

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response
 
 from api.auth import Owner
+from api.pagination import Paged, link_next, list_responses
 from api.schemas import CredentialBody, CredentialOut, CredentialRotation, ErrorBody
 from store.credentials import Credential, Credentials
 
@@ -55,13 +56,17 @@ async def create_credential(body: CredentialBody, owner: Owner, credentials: Cre
     """Store a credential; the answer names its fields, never their values."""
     new = body.root
     data = new.data if isinstance(new.data, dict) else new.data.model_dump()
-    return _out(await credentials.create(owner, new.name, new.type, data, new.description))
+    return _out(await credentials.create(owner, new.name, new.type, data, new.description, actor=owner))
 
 
-@router.get("", response_model=list[CredentialOut], responses=_errors(401, 503))
-async def list_credentials(owner: Owner, credentials: CredentialsDep) -> list[CredentialOut]:
-    """The owner's credentials by name, without values."""
-    return [_out(credential) for credential in await credentials.list(owner)]
+@router.get("", response_model=list[CredentialOut], responses=list_responses(_errors(401, 422, 503)))
+async def list_credentials(
+    request: Request, response: Response, owner: Owner, credentials: CredentialsDep, paged: Paged
+) -> list[CredentialOut]:
+    """The owner's credentials by name, without values, a page at a time (the next in the ``Link`` header)."""
+    page = await credentials.page(owner, limit=paged.limit, cursor=paged.cursor)
+    link_next(request, response, page.next_cursor)
+    return [_out(credential) for credential in page.items]
 
 
 @router.get("/{credential_id}", response_model=CredentialOut, responses=_errors(401, 404, 503))
@@ -74,11 +79,11 @@ async def rotate_credential(
     credential_id: str, body: CredentialRotation, owner: Owner, credentials: CredentialsDep
 ) -> CredentialOut:
     """New values (every field of its type): the next node execution that names it uses them."""
-    return _out(await credentials.rotate(owner, credential_id, body.data, body.description))
+    return _out(await credentials.rotate(owner, credential_id, body.data, body.description, actor=owner))
 
 
 @router.delete("/{credential_id}", status_code=204, responses=_errors(401, 404, 503))
 async def delete_credential(credential_id: str, owner: Owner, credentials: CredentialsDep) -> Response:
     """Delete it: nodes that name it fail from their next execution on, saying so."""
-    await credentials.delete(owner, credential_id)
+    await credentials.delete(owner, credential_id, actor=owner)
     return Response(status_code=204)

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request, Response
 
 from api.auth import Owner
 from api.deps import RunsDep
+from api.pagination import NO_NUL, Paged, link_next, list_responses
 from api.schemas import DeadLetterOut, ErrorBody, ExecutionAccepted
+from store.lists import dead_letters_page
 from store.queries import DeadLetter
 
 router = APIRouter(tags=["dead letters"])
@@ -30,14 +32,21 @@ def _out(letter: DeadLetter) -> DeadLetterOut:
     )
 
 
-@router.get("/api/dead-letters", response_model=list[DeadLetterOut], responses=ERRORS)
+@router.get("/api/dead-letters", response_model=list[DeadLetterOut], responses=list_responses(ERRORS))
 async def list_dead_letters(
+    request: Request,
+    response: Response,
     owner: Owner,
     runs: RunsDep,
-    workflow_id: str | None = None,
-    limit: int = Query(500, ge=1, le=500, description="At most this many, the newest."),
+    paged: Paged,
+    workflow_id: str | None = Query(None, max_length=36, pattern=NO_NUL),
 ) -> list[DeadLetterOut]:
-    return [_out(letter) for letter in await runs.outcomes.dead_letters(owner, workflow_id=workflow_id, limit=limit)]
+    """Dead letters of the owner, newest first, a page at a time (the next in the ``Link`` header)."""
+    page = await dead_letters_page(
+        runs.outcomes.sessions, owner, workflow_id=workflow_id, limit=paged.limit, cursor=paged.cursor
+    )
+    link_next(request, response, page.next_cursor)
+    return [_out(letter) for letter in page.items]
 
 
 @router.post(

@@ -8,7 +8,7 @@ import re
 import uuid
 from datetime import datetime
 from http import HTTPStatus
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import BeforeValidator
@@ -18,6 +18,7 @@ from starlette.background import BackgroundTask
 
 from api.auth import Owner
 from api.deps import RunsDep
+from api.pagination import NO_NUL, Paged, link_next, list_responses
 from api.schemas import (
     CancelAccepted,
     ErrorBody,
@@ -41,6 +42,8 @@ from flows.event_log.base import MAX_SEQ
 from flows.events import FINAL_EVENT_TYPES, utcnow
 from flows.tracing import valid_traceparent
 from store.errors import Invalid, Unavailable
+from store.lists import ExecutionFilter
+from store.vocabulary import RunStatus
 
 IDLE_CHECK_S = 5.0
 PROBE_S = 5
@@ -101,6 +104,7 @@ async def execute_workflow(
             idempotency_key=f"api:{owner}:{workflow_id}:{given}",
             check_credentials=True,
             traceparent=valid_traceparent(traceparent),
+            actor=owner,
         )
     except Unavailable as exc:
         exc.message += "; the run may still start: retry with the header Idempotency-Key: " + given
@@ -109,19 +113,26 @@ async def execute_workflow(
     return ExecutionAccepted(execution_id=run_id, status="pending", links=runs.links(run_id))
 
 
-@router.get("/api/executions", response_model=list[ExecutionSummary], responses=ERRORS)
+@router.get("/api/executions", response_model=list[ExecutionSummary], responses=list_responses(ERRORS))
 async def list_executions(
+    request: Request,
+    response: Response,
     owner: Owner,
     runs: RunsDep,
-    workflow_id: str | None = None,
-    status: str | None = None,
-    trigger: str | None = Query(None, description=f"One of {', '.join(TRIGGERS)}."),
-    limit: int = Query(500, ge=1, le=500, description="At most this many runs, the newest."),
+    paged: Paged,
+    workflow_id: str | None = Query(None, max_length=36, pattern=NO_NUL),
+    status: RunStatus | None = None,
+    trigger: Literal["api", "schedule", "webhook", "prefect-ui", "retry", "parent"] | None = Query(
+        None, description=f"One of {', '.join(TRIGGERS)}."
+    ),
     since: Rfc3339 | None = Query(None, description="Runs created at or after this time (RFC 3339)."),
     until: Rfc3339 | None = Query(None, description="Runs created before this time (RFC 3339)."),
 ) -> list[ExecutionSummary]:
-    """Runs of the owner, newest first."""
-    rows = await runs.list(owner, workflow_id, status, trigger, limit=limit, since=since, until=until)
+    """Runs of the owner, newest first, a page at a time (the next in the ``Link`` header)."""
+    where = ExecutionFilter(workflow_id, status, trigger, since, until)
+    page = await runs.page(owner, where, limit=paged.limit, cursor=paged.cursor)
+    link_next(request, response, page.next_cursor)
+    rows = page.items
     return [
         ExecutionSummary(
             id=r.id,

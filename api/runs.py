@@ -20,7 +20,6 @@ import asyncio
 import builtins
 import logging
 import uuid
-from datetime import datetime
 from typing import Any, cast
 
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -40,10 +39,14 @@ from flows.large_outputs import is_ref
 from flows.prefect_compat import mark_cancelled, request_cancellation, schedule_again
 from node_handlers.credentials import CredentialReader, missing_credentials
 from node_handlers.registry import HandlerRegistry
+from store.audit import AuditLog
 from store.db import ExecutionRow
 from store.errors import Conflict, Invalid, NotFound
+from store.lists import ExecutionFilter, executions_page
+from store.pagination import Page
 from store.queries import FINAL_STATUSES, Executions, NodeOutcomes, SavedVersion, Workflows
 from store.vocabulary import NODE_STATUS_OF_EVENT, EventType, RunStatus
+from store.workflow_meta import refusal
 
 log = logging.getLogger("flowmaestro.api.runs")
 
@@ -82,6 +85,7 @@ class RunService:
         decisions: DecisionSigner,
         prefect_public_url: str | None = None,
         credentials: CredentialReader | None = None,
+        audit: AuditLog | None = None,
     ):
         """``prefect``: every call to Prefect goes through it (bounded, errors mapped).
         ``decisions``: signs the approval decisions this API writes (workers check them).
@@ -101,6 +105,8 @@ class RunService:
         self.prefect_public_url = prefect_public_url.rstrip("/") if prefect_public_url else None
         self.decisions = decisions
         self.credentials = credentials
+        self.audit = audit
+        """Where cancels and approval decisions (kept by Prefect) are recorded; None: nowhere."""
         self._deployment_ids: dict[tuple[str, int], uuid.UUID] = {}
 
     def links(self, run_id: str) -> dict[str, str]:
@@ -163,6 +169,7 @@ class RunService:
         check_credentials: bool = False,
         journal: str | None = None,
         traceparent: str | None = None,
+        actor: str | None = None,
     ) -> str:
         """Check the inputs, create the flow run, record it; the worker does the rest.
         ``check_credentials``: refuse (``Invalid``) a workflow naming a credential its owner
@@ -170,12 +177,15 @@ class RunService:
         ``journal``: the journal the run starts from (``api.reruns`` seeds it).
         ``traceparent``: the request's, the parent of the run's span (a label of its flow run)."""
         saved = await self.workflows.version(owner, workflow_id, version)
+        trigger = trigger or {"type": "api"}
+        refused = refusal(workflow_id, saved.status, str(trigger.get("type", "api")))
+        if refused is not None:  # a draft or archived workflow (store.workflow_meta)
+            raise refused
         plan, _resolved = await self.compiler.checked_inputs(saved, inputs)
         if check_credentials and self.credentials is not None:
             missing = await missing_credentials(self.credentials, owner, saved.canvas)
             if missing:
                 raise Invalid("; ".join(issue["message"] for issue in missing), missing)
-        trigger = trigger or {"type": "api"}
         deployment_id = self._deployment_ids.get((saved.workflow_id, saved.latest_version))
         if deployment_id is None:  # first run since this process started, or a new version
             latest, latest_plan = saved, plan
@@ -209,6 +219,7 @@ class RunService:
             workflow_name=saved.name,
             inputs=inputs,
             trigger=trigger,
+            actor=actor,
         )
         self.metrics.runs_started.labels(saved.name).inc()
         return run_id
@@ -368,30 +379,20 @@ class RunService:
         status = STATUS_OF_STATE.get(flow_run.state.type) if flow_run.state else None
         return status if status in FINAL_STATUSES else None
 
-    async def list(
-        self,
-        owner: str,
-        workflow_id: str | None,
-        status: str | None,
-        trigger: str | None = None,
-        *,
-        limit: int = 500,
-        since: datetime | None = None,
-        until: datetime | None = None,
-    ) -> list[ExecutionRow]:
-        """Runs of an owner, newest first, at most ``limit``. The stored status of a run in
-        progress is refreshed from Prefect, so ``status=running`` or ``paused`` finds it."""
-        live_status = status is not None and status not in FINAL_STATUSES
-        rows = await self.executions.list(
-            owner,
-            workflow_id=workflow_id,
-            status=status,
-            trigger=trigger,
-            # Runs in progress are filtered once refreshed: read them all (up to the cap).
-            limit=500 if live_status else limit,
-            since=since,
-            until=until,
-        )
+    async def page(
+        self, owner: str, where: ExecutionFilter, *, limit: int, cursor: str | None = None
+    ) -> Page[ExecutionRow]:
+        """A page of an owner's runs, newest first (``store.lists``), the stored status of
+        runs in progress refreshed from Prefect. For a status not final the page holds those
+        of its rows in that status: fewer than ``limit``, and the next page goes on after."""
+        page = await executions_page(self.executions.sessions, owner, where, limit=limit, cursor=cursor)
+        await self._refresh(page.items)
+        if where.status is None or where.status in FINAL_STATUSES:
+            return page
+        return Page([row for row in page.items if row.status == where.status], page.next_cursor)
+
+    async def _refresh(self, rows: builtins.list[ExecutionRow]) -> None:
+        """Runs in progress take the status Prefect has for them (in place)."""
         live = [row for row in rows if row.status not in FINAL_STATUSES]
         if live:
             flow_runs = await self.prefect.call(
@@ -406,9 +407,21 @@ class RunService:
                 state = states.get(row.id)
                 if state is not None:
                     row.status = STATUS_OF_STATE.get(state.type, row.status)
-        return [row for row in rows if status is None or row.status == status][:limit]
 
     async def cancel(self, owner: str, run_id: str) -> str:
+        status = await self._cancel(owner, run_id)
+        if self.audit is not None:
+            await self.audit.append(
+                owner=owner,
+                actor=owner,
+                action="execution.cancel",
+                target_type="execution",
+                target_id=run_id,
+                details={"status": status},
+            )
+        return status
+
+    async def _cancel(self, owner: str, run_id: str) -> str:
         row = await self.executions.get(owner, run_id)
         if row.status in FINAL_STATUSES:
             raise Conflict(f"execution {run_id} has already ended ({row.status})")
@@ -440,6 +453,22 @@ class RunService:
             raise Invalid(answer.message, [{"code": "refused", **i} for i in answer.issues])
         if answer.status == "not_waiting":
             raise Conflict(answer.message)
+        if self.audit is not None:
+            approved = values.get("approved")
+            await self.audit.append(
+                owner=owner,
+                actor=owner,
+                action="approval.decide",
+                target_type="execution",
+                target_id=run_id,
+                # The decision, never the form's values (they may be anything).
+                details={
+                    "node_id": node_id,
+                    "path": list(path or []),
+                    "approved": approved if isinstance(approved, bool) else None,
+                    "answer": answer.status,
+                },
+            )
         return {"status": answer.status, "message": answer.message}
 
     async def retry(self, owner: str, run_id: str, version: int | None) -> str:

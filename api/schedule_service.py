@@ -9,6 +9,7 @@ concurrency is set from the policies of all the workflow's schedules.
 from __future__ import annotations
 
 import builtins
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 from uuid import UUID
@@ -26,7 +27,8 @@ from deployments.schedules import (
     overlap_strategy,
     refuse_short_gaps,
 )
-from store.errors import NotFound
+from store.audit import AuditLog
+from store.errors import Conflict, NotFound
 from store.triggers import ScheduleOverlaps
 
 
@@ -57,11 +59,39 @@ class ScheduleService:
         prefect: PrefectGateway,
         overlaps: ScheduleOverlaps,
         schedules: DeploymentSchedules | None = None,
+        audit: AuditLog | None = None,
     ):
         """``runs``: the workflow's latest version, its plan and deployment. ``prefect``: the
-        schedules' own calls to Prefect."""
+        schedules' own calls to Prefect. ``audit``: where changes are recorded, once Prefect
+        has them (a schedule is Prefect's: no transaction of ours holds it)."""
         self.runs, self.prefect, self.overlaps = runs, prefect, overlaps
         self.schedules = schedules or DeploymentSchedules()
+        self.audit = audit
+
+    async def _record(self, owner: str, action: str, schedule_id: str, details: dict[str, Any]) -> None:
+        if self.audit is not None:
+            await self.audit.append(
+                owner=owner, actor=owner, action=action, target_type="schedule", target_id=schedule_id, details=details
+            )
+
+    async def set_all_active(
+        self, owner: str, workflow_id: str, active: bool, only: Iterable[str] | None = None
+    ) -> builtins.list[str]:
+        """Pause (or resume) every schedule of the workflow in Prefect (``only`` those ids when
+        given): the ids of the schedules changed. A workflow's status does this
+        (``store.workflow_meta``), so the Prefect UI shows what runs."""
+        _saved, _plan, deployment_id = await self.runs.deployment_of(owner, workflow_id)
+        found = await self.prefect.call("read the schedules", lambda client: self.schedules.list(client, deployment_id))
+        wanted = set(only) if only is not None else None
+        changed = [s.id for s in found if s.active != active and (wanted is None or s.id in wanted)]
+        for schedule_id in changed:
+            await self.prefect.call(
+                "pause the schedule" if not active else "resume the schedule",
+                lambda client, schedule_id=schedule_id: self.schedules.update(  # type: ignore[misc]
+                    client, deployment_id, schedule_id, active=active
+                ),
+            )
+        return changed
 
     async def list(self, owner: str, workflow_id: str) -> list[ScheduleView]:
         _saved, _plan, deployment_id = await self.runs.deployment_of(owner, workflow_id)
@@ -73,6 +103,8 @@ class ScheduleService:
         self, owner: str, workflow_id: str, timing: Timing, inputs: dict[str, Any], active: bool, overlap: Overlap
     ) -> ScheduleView:
         saved, _plan, deployment_id = await self.runs.deployment_of(owner, workflow_id)
+        if active:
+            _refuse_inactive(saved.status, workflow_id)
         timing.schedule()  # 422 naming the field before anything is created
         await refuse_short_gaps(timing)
         await self.runs.compiler.checked_inputs(saved, inputs)
@@ -92,10 +124,15 @@ class ScheduleService:
                 lambda client: self.schedules.update(client, deployment_id, created.id, active=True),
             )
             created = await self._read(deployment_id, created.id)
+        await self._record(
+            owner, "schedule.create", created.id, {"workflow_id": workflow_id, "active": active, "overlap": overlap}
+        )
         return ScheduleView(workflow_id, created, overlap)
 
     async def update(self, owner: str, workflow_id: str, schedule_id: str, change: ScheduleChange) -> ScheduleView:
         saved, _plan, deployment_id = await self.runs.deployment_of(owner, workflow_id)
+        if change.active:
+            _refuse_inactive(saved.status, workflow_id)
         current = await self._read(deployment_id, schedule_id)
         timing = None
         if change.cron is not None or change.interval_s is not None or change.rrule is not None:
@@ -118,6 +155,15 @@ class ScheduleService:
             await self.overlaps.set(owner, workflow_id, schedule_id, change.overlap)
             await self._apply_overlap(owner, workflow_id, deployment_id)
         updated = await self._read(deployment_id, schedule_id)
+        changed = [
+            name
+            for name in ("cron", "interval_s", "rrule", "timezone", "inputs", "active", "overlap")
+            if getattr(change, name) is not None
+        ]
+        details: dict[str, Any] = {"workflow_id": workflow_id, "changed": changed}
+        if change.active is not None:
+            details["active"] = change.active
+        await self._record(owner, "schedule.update", schedule_id, details)
         policies = await self.overlaps.of_workflow(owner, workflow_id)
         return ScheduleView(workflow_id, updated, policies.get(schedule_id, "allow"))
 
@@ -129,6 +175,7 @@ class ScheduleService:
         )
         await self.overlaps.forget(owner, [schedule_id])
         await self._apply_overlap(owner, workflow_id, deployment_id)
+        await self._record(owner, "schedule.delete", schedule_id, {"workflow_id": workflow_id})
 
     async def move(self, owner: str, workflow_id: str, old_deployment: UUID) -> None:
         """A renamed workflow: its schedules (and their policies) move to the deployment of
@@ -183,4 +230,14 @@ class ScheduleService:
         await self.prefect.call(
             "set the deployment's concurrency",
             lambda client: self.schedules.set_overlap(client, deployment_id, strategy),
+        )
+
+
+def _refuse_inactive(status: str, workflow_id: str) -> None:
+    """A schedule of a draft or archived workflow stays paused (its status paused it in Prefect)."""
+    if status != "active":
+        raise Conflict(
+            f"workflow {workflow_id} is {status}: its schedules stay paused until it is active "
+            f'(PATCH /api/workflows/{workflow_id} {{"status": "active"}})',
+            [{"code": f"workflow_{status}", "field": "active", "message": f"the workflow is {status}"}],
         )

@@ -13,7 +13,7 @@ from api.schemas import ErrorBody, ScheduleBody, ScheduleOut, SchedulePatch
 from deployments.schedules import Timing
 
 router = APIRouter(prefix="/api/workflows/{workflow_id}/schedules", tags=["schedules"])
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (401, 404, 422, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (401, 404, 409, 422, 503)}
 
 
 def _out(view: ScheduleView) -> ScheduleOut:

@@ -179,11 +179,19 @@ class WorkflowSaved(BaseModel):
 
 
 class WorkflowSummary(BaseModel):
+    # Always in the answers: required in the published schema (typed clients need not check).
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
     id: str
     name: str
     latest_version: int
     created_at: Timestamp
     updated_at: Timestamp
+    description: str = ""
+    tags: list[str] = Field(default_factory=list)
+    status: Literal["active", "draft", "archived"] = Field(
+        "active", description="active: runs start; draft: only by hand (no schedule, no webhook); archived: none."
+    )
 
 
 class WorkflowPublic(WorkflowSummary):

@@ -88,6 +88,7 @@ class WebhookService:
             secret or new_secret(),
             verification=verification.model_dump() if verification else None,
             inputs_map=inputs.model_dump() if inputs else None,
+            actor=owner,
         )
 
     async def list(self, owner: str, workflow_id: str) -> list[Webhook]:
@@ -95,10 +96,10 @@ class WebhookService:
         return await self.webhooks.list(owner, workflow_id)
 
     async def rotate(self, owner: str, workflow_id: str, hook_id: str, secret: str | None = None) -> Webhook:
-        return await self.webhooks.rotate(owner, workflow_id, hook_id, secret or new_secret())
+        return await self.webhooks.rotate(owner, workflow_id, hook_id, secret or new_secret(), actor=owner)
 
     async def delete(self, owner: str, workflow_id: str, hook_id: str) -> None:
-        await self.webhooks.delete(owner, workflow_id, hook_id)
+        await self.webhooks.delete(owner, workflow_id, hook_id, actor=owner)
 
     async def deliver(
         self,

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Literal
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from api.auth import Owner
 from api.deps import CompilerDep, RunsDep, SchedulesDep, WorkflowsDep
+from api.pagination import NO_NUL, Paged, link_next, list_responses
 from api.schemas import (
     CanvasBody,
     ErrorBody,
@@ -19,6 +20,7 @@ from api.schemas import (
     WorkflowSaved,
     WorkflowSummary,
 )
+from api.workflow_metadata import CatalogDep
 from builder.compiler import CompileResult
 from node_handlers.credentials import missing_credentials
 from store.errors import Invalid, NotFound, Unavailable
@@ -105,19 +107,33 @@ async def create_workflow(
     canvas = body.document()
     result = await compiler.valid(canvas)
     assert result.plan is not None
-    saved = await workflows.create(owner, result.plan.name, canvas, result.plan.hash)
+    saved = await workflows.create(owner, result.plan.name, canvas, result.plan.hash, actor=owner)
     try:
         return await _saved(saved, result, runs)
     except Exception:
         # Prefect refused the deployment (Prefect down is a warning, not this): nothing is
         # left half-saved, the workflow goes and its name is free again.
-        await workflows.delete(owner, saved.workflow_id)
+        await workflows.delete(owner, saved.workflow_id, actor=owner)
         raise
 
 
-@router.get("", response_model=list[WorkflowSummary], responses=ERRORS)
-async def list_workflows(owner: Owner, workflows: WorkflowsDep) -> list[WorkflowSummary]:
-    return [WorkflowSummary.model_validate(row, from_attributes=True) for row in await workflows.list(owner)]
+@router.get("", response_model=list[WorkflowSummary], responses=list_responses(ERRORS))
+async def list_workflows(
+    request: Request,
+    response: Response,
+    owner: Owner,
+    catalog: CatalogDep,
+    paged: Paged,
+    q: str | None = Query(
+        None, max_length=200, pattern=NO_NUL, description="Words in the name or the description (any case)."
+    ),
+    tag: str | None = Query(None, max_length=64, pattern=NO_NUL, description="Workflows with this tag."),
+    status: Literal["active", "draft", "archived"] | None = Query(None, description="Workflows in this status."),
+) -> list[WorkflowSummary]:
+    """The owner's workflows, oldest first, a page at a time (the next in the ``Link`` header)."""
+    page = await catalog.page(owner, q=q, tag=tag, status=status, limit=paged.limit, cursor=paged.cursor)
+    link_next(request, response, page.next_cursor)
+    return [WorkflowSummary.model_validate(meta, from_attributes=True) for meta in page.items]
 
 
 @router.post("/validate", response_model=ValidationReport, responses=ERRORS)
@@ -131,9 +147,9 @@ async def validate_workflow(body: CanvasBody, owner: Owner, compiler: CompilerDe
 
 @router.get("/{workflow_id}", response_model=WorkflowPublic, responses=ERRORS)
 async def read_workflow(
-    workflow_id: str, owner: Owner, workflows: WorkflowsDep, version: int | None = None
+    workflow_id: str, owner: Owner, workflows: WorkflowsDep, catalog: CatalogDep, version: int | None = None
 ) -> WorkflowPublic:
-    workflow = await workflows.get(owner, workflow_id)
+    workflow = await catalog.get(owner, workflow_id)
     found = await workflows.version(owner, workflow_id, version)
     return WorkflowPublic(
         id=workflow.id,
@@ -141,6 +157,9 @@ async def read_workflow(
         latest_version=workflow.latest_version,
         created_at=workflow.created_at,
         updated_at=workflow.updated_at,
+        description=workflow.description,
+        tags=workflow.tags,
+        status=workflow.status,  # type: ignore[arg-type]
         version=found.version,
         canvas=found.canvas,
         plan_hash=found.plan_hash,
@@ -180,7 +199,7 @@ async def update_workflow(
             ],
         )
     await refuse_cycles(workflows, owner, workflow_id, canvas)
-    saved = await workflows.add_version(owner, workflow_id, result.plan.name, canvas, result.plan.hash)
+    saved = await workflows.add_version(owner, workflow_id, result.plan.name, canvas, result.plan.hash, actor=owner)
     answer = await _saved(saved, result, runs)
     if before.name != saved.name:  # the deployment is named after the workflow: drop the old name's
         await _move_schedules(runs, schedules, owner, workflow_id, before.name)
@@ -197,7 +216,7 @@ async def update_workflow(
 async def delete_workflow(workflow_id: str, owner: Owner, workflows: WorkflowsDep, runs: RunsDep) -> Response:
     """Delete a workflow and its Prefect deployment; its runs keep their history."""
     workflow = await workflows.get(owner, workflow_id)
-    await workflows.delete(owner, workflow_id)
+    await workflows.delete(owner, workflow_id, actor=owner)
     await _remove_deployment(runs, workflow_id, workflow.name)
     return Response(status_code=204)
 

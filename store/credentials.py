@@ -23,9 +23,11 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from store import audit
 from store.database import as_utc
 from store.db import CredentialRow, Sessions, WebhookRow, utcnow
 from store.errors import Conflict, Invalid, NotFound
+from store.pagination import Page, decode_cursor, keyset, page_of
 from store.secrets import SecretBox
 
 CredentialType = Literal["api_key", "bearer", "basic", "header", "custom"]
@@ -138,8 +140,17 @@ class Credentials:
         return self.box.seal(json.dumps(dict(data), sort_keys=True))
 
     async def create(
-        self, owner: str, name: str, credential_type: str, data: Mapping[str, Any], description: str = ""
+        self,
+        owner: str,
+        name: str,
+        credential_type: str,
+        data: Mapping[str, Any],
+        description: str = "",
+        *,
+        actor: str | None = None,
     ) -> Credential:
+        """``actor``: who stores it, recorded in the audit log (name, type and fields: never
+        values) in the same transaction."""
         values = check_data(credential_type, data)
         now = utcnow()
         row = CredentialRow(
@@ -156,6 +167,7 @@ class Credentials:
         )
         async with self.sessions() as session:
             session.add(row)
+            self._audit(session, owner, actor, "credential.create", row)
             try:
                 await session.commit()
             except IntegrityError as exc:
@@ -170,12 +182,46 @@ class Credentials:
             )
             return [_credential(row) for row in rows]
 
+    async def page(self, owner: str, *, limit: int, cursor: str | None = None) -> Page[Credential]:
+        """The owner's credentials by name, a page after ``cursor``."""
+        query = keyset(
+            select(CredentialRow).where(CredentialRow.owner == owner),
+            CredentialRow.name,
+            CredentialRow.id,
+            decode_cursor(cursor, key_is_time=False),
+            limit,
+            descending=False,
+        )
+        async with self.sessions() as session:
+            rows = list(await session.scalars(query))
+        page = page_of(rows, limit, lambda row: (row.name, row.id))
+        return Page([_credential(row) for row in page.items], page.next_cursor)
+
+    @staticmethod
+    def _audit(session: AsyncSession, owner: str, actor: str | None, action: str, row: CredentialRow) -> None:
+        if actor is not None:
+            audit.record(
+                session,
+                owner=owner,
+                actor=actor,
+                action=action,
+                target_type="credential",
+                target_id=row.id,
+                details={"name": row.name, "type": row.type, "fields": list(row.fields)},
+            )
+
     async def get(self, owner: str, credential_id: str) -> Credential:
         async with self.sessions() as session:
             return _credential(await _owned(session, owner, credential_id))
 
     async def rotate(
-        self, owner: str, credential_id: str, data: Mapping[str, Any], description: str | None = None
+        self,
+        owner: str,
+        credential_id: str,
+        data: Mapping[str, Any],
+        description: str | None = None,
+        *,
+        actor: str | None = None,
     ) -> Credential:
         """New values (all of them) for the credential: the next node execution uses them."""
         async with self.sessions() as session:
@@ -184,12 +230,14 @@ class Credentials:
             row.fields, row.data_encrypted, row.updated_at = sorted(values), self._seal(values), utcnow()
             if description is not None:
                 row.description = description
+            self._audit(session, owner, actor, "credential.rotate", row)
             await session.commit()
             return _credential(row)
 
-    async def delete(self, owner: str, credential_id: str) -> None:
+    async def delete(self, owner: str, credential_id: str, *, actor: str | None = None) -> None:
         async with self.sessions() as session:
             row = await _owned(session, owner, credential_id)
+            self._audit(session, owner, actor, "credential.delete", row)
             await session.delete(row)
             await session.commit()
 

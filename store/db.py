@@ -34,6 +34,11 @@ class Workflow(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    description: Mapped[str] = mapped_column(String(2000), default="")
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    """active | draft | archived (``store.workflow_meta``)."""
+    paused_schedules: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    """The Prefect schedules its status paused, resumed when it is active again."""
 
     __table_args__ = (
         # Names are unique per owner among workflows that are not deleted.
@@ -46,6 +51,28 @@ class Workflow(Base):
             postgresql_where=text("deleted_at IS NULL"),
         ),
     )
+
+
+class WorkflowTag(Base):
+    """A tag of a workflow: a row each, so a list filters by tag with an index on both databases."""
+
+    __tablename__ = "workflow_tags"
+    workflow_id: Mapped[str] = mapped_column(ForeignKey("workflows.id"), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
+class AuditRow(Base):
+    """An entry of the audit log (``store.audit``): appended, never changed or deleted by a route."""
+
+    __tablename__ = "audit_log"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    owner: Mapped[str] = mapped_column(String(128))
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(64))
+    target_type: Mapped[str] = mapped_column(String(32))
+    target_id: Mapped[str] = mapped_column(String(255))
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
 class WorkflowVersion(Base):

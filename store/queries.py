@@ -15,6 +15,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from store import audit
 from store.database import as_utc
 from store.db import ExecutionRow, LargeOutputRow, NodeOutcomeRow, Sessions, Workflow, WorkflowVersion, utcnow
 from store.errors import Conflict, NotFound
@@ -35,6 +36,8 @@ class SavedVersion:
     latest_version: int
     canvas: dict[str, Any]
     plan_hash: str
+    status: str = "active"
+    """The workflow's status (``store.workflow_meta``): what may start its runs."""
 
 
 class Workflows:
@@ -60,6 +63,7 @@ class Workflows:
             workflow.latest_version,
             found.canvas,
             found.plan_hash,
+            workflow.status or "active",
         )
 
     async def list(self, owner: str) -> Sequence[Workflow]:
@@ -71,16 +75,36 @@ class Workflows:
             )
             return list(rows)
 
-    async def create(self, owner: str, name: str, canvas: dict[str, Any], plan_hash: str) -> SavedVersion:
+    async def create(
+        self, owner: str, name: str, canvas: dict[str, Any], plan_hash: str, *, actor: str | None = None
+    ) -> SavedVersion:
+        """``actor``: who saves it, recorded in the audit log in the same transaction."""
         workflow = Workflow(id=str(uuid.uuid4()), owner=owner, name=name, latest_version=1)
         async with self.sessions() as session:
             session.add(workflow)
             session.add(WorkflowVersion(workflow_id=workflow.id, version=1, canvas=canvas, plan_hash=plan_hash))
+            if actor is not None:
+                audit.record(
+                    session,
+                    owner=owner,
+                    actor=actor,
+                    action="workflow.create",
+                    target_type="workflow",
+                    target_id=workflow.id,
+                    details={"name": name, "version": 1, "plan_hash": plan_hash},
+                )
             await _commit_or_conflict(session, owner, name)
         return SavedVersion(workflow.id, owner, name, 1, 1, canvas, plan_hash)
 
     async def add_version(
-        self, owner: str, workflow_id: str, name: str, canvas: dict[str, Any], plan_hash: str
+        self,
+        owner: str,
+        workflow_id: str,
+        name: str,
+        canvas: dict[str, Any],
+        plan_hash: str,
+        *,
+        actor: str | None = None,
     ) -> SavedVersion:
         async with self.sessions() as session:
             workflow = await _workflow(session, owner, workflow_id)
@@ -91,16 +115,43 @@ class Workflows:
                     workflow_id=workflow.id, version=workflow.latest_version, canvas=canvas, plan_hash=plan_hash
                 )
             )
+            if actor is not None:
+                audit.record(
+                    session,
+                    owner=owner,
+                    actor=actor,
+                    action="workflow.save",
+                    target_type="workflow",
+                    target_id=workflow.id,
+                    details={"name": name, "version": workflow.latest_version, "plan_hash": plan_hash},
+                )
             await _commit_or_conflict(session, owner, name)
             return SavedVersion(
-                workflow.id, owner, name, workflow.latest_version, workflow.latest_version, canvas, plan_hash
+                workflow.id,
+                owner,
+                name,
+                workflow.latest_version,
+                workflow.latest_version,
+                canvas,
+                plan_hash,
+                workflow.status or "active",
             )
 
-    async def delete(self, owner: str, workflow_id: str) -> None:
+    async def delete(self, owner: str, workflow_id: str, *, actor: str | None = None) -> None:
         """Mark deleted: versions and runs stay readable for history."""
         async with self.sessions() as session:
             workflow = await _workflow(session, owner, workflow_id)
             workflow.deleted_at = utcnow()
+            if actor is not None:
+                audit.record(
+                    session,
+                    owner=owner,
+                    actor=actor,
+                    action="workflow.delete",
+                    target_type="workflow",
+                    target_id=workflow.id,
+                    details={"name": workflow.name},
+                )
             await session.commit()
 
 
@@ -157,11 +208,28 @@ class Executions:
         inputs: dict[str, Any],
         trigger: dict[str, Any],
         status: str = "pending",
+        actor: str | None = None,
     ) -> None:
         """Create the row of a run; a worker starting a run that has one (registered by the
-        API, or a run executed again) marks it running and clears the old result."""
+        API, or a run executed again) marks it running and clears the old result. ``actor``:
+        who started it through the API, recorded in the audit log with the row."""
         async with self.sessions() as session:
             row = await session.get(ExecutionRow, execution_id)
+            started: dict[str, Any] = {
+                "owner": owner,
+                "actor": actor,
+                "action": "execution.start",
+                "target_type": "execution",
+                "target_id": execution_id,
+                "details": {"workflow_id": workflow_id, "version": version, "trigger": trigger.get("type", "api")},
+            }
+            # A row already there: a worker recorded the run first, or an Idempotency-Key
+            # replayed a request (then its entry exists and the replay started nothing).
+            if actor is not None and (
+                row is None
+                or not await audit.recorded(session, owner=owner, action="execution.start", target_id=execution_id)
+            ):
+                audit.record(session, **started)
             if row is None:
                 session.add(
                     ExecutionRow(
@@ -183,6 +251,10 @@ class Executions:
             except IntegrityError:  # the API and the worker raced to create it: it exists now
                 await session.rollback()
                 await self.set_status(execution_id, status)
+                if actor is not None:  # the entry went with the rolled back insert
+                    async with self.sessions() as again:
+                        audit.record(again, **started)
+                        await again.commit()
 
     async def set_status(self, execution_id: str, status: str) -> None:
         async with self.sessions() as session:
@@ -205,6 +277,15 @@ class Executions:
             row.trigger = {"type": "retry", "retries": retries, "retried_by": retried_by, "first": first}
             row.trigger_type = "retry"
             row.status, row.result, row.version, row.updated_at = "pending", None, version, utcnow()
+            audit.record(
+                session,
+                owner=row.owner,
+                actor=retried_by,
+                action="execution.retry",
+                target_type="execution",
+                target_id=execution_id,
+                details={"workflow_id": row.workflow_id, "version": version, "retries": retries},
+            )
             await session.commit()
             return retries
 

@@ -18,6 +18,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from store import audit
 from store.database import as_utc
 from store.db import ScheduleOverlap, Sessions, WebhookDelivery, WebhookRow, utcnow
 from store.errors import NotFound
@@ -59,6 +60,19 @@ def _webhook(row: WebhookRow, secret: str | None = None) -> Webhook:
     )
 
 
+def _audit(session: AsyncSession, actor: str | None, action: str, row: WebhookRow) -> None:
+    if actor is not None:
+        audit.record(
+            session,
+            owner=row.owner,
+            actor=actor,
+            action=action,
+            target_type="webhook",
+            target_id=row.id,
+            details={"workflow_id": row.workflow_id, "name": row.name},
+        )
+
+
 class Webhooks:
     def __init__(self, sessions: Sessions, box: SecretBox):
         self.sessions, self.box = sessions, box
@@ -71,7 +85,10 @@ class Webhooks:
         secret: str,
         verification: dict[str, Any] | None = None,
         inputs_map: dict[str, Any] | None = None,
+        *,
+        actor: str | None = None,
     ) -> Webhook:
+        """``actor``: who made it, recorded in the audit log (never the secret) with it."""
         row = WebhookRow(
             id=str(uuid.uuid4()),
             owner=owner,
@@ -84,6 +101,7 @@ class Webhooks:
         )
         async with self.sessions() as session:
             session.add(row)
+            _audit(session, actor, "webhook.create", row)
             await session.commit()
         return _webhook(row, secret)
 
@@ -96,16 +114,20 @@ class Webhooks:
             )
             return [_webhook(r) for r in rows]
 
-    async def rotate(self, owner: str, workflow_id: str, hook_id: str, secret: str) -> Webhook:
+    async def rotate(
+        self, owner: str, workflow_id: str, hook_id: str, secret: str, *, actor: str | None = None
+    ) -> Webhook:
         async with self.sessions() as session:
             row = await _owned(session, owner, workflow_id, hook_id)
             row.secret_encrypted, row.rotated_at = self.box.seal(secret), utcnow()
+            _audit(session, actor, "webhook.rotate", row)
             await session.commit()
             return _webhook(row, secret)
 
-    async def delete(self, owner: str, workflow_id: str, hook_id: str) -> None:
+    async def delete(self, owner: str, workflow_id: str, hook_id: str, *, actor: str | None = None) -> None:
         async with self.sessions() as session:
             row = await _owned(session, owner, workflow_id, hook_id)
+            _audit(session, actor, "webhook.delete", row)
             await session.delete(row)
             await session.execute(delete(WebhookDelivery).where(WebhookDelivery.webhook_id == hook_id))
             await session.commit()

@@ -124,6 +124,8 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     ("POST", "/api/workflows/{workflow_id}/nodes/{node_id}/test"): Recipe(
         {"workflow_id": "workflow", "node_id": "tested_node"}, json={}, owner=202
     ),
+    ("PATCH", "/api/workflows/{workflow_id}"): Recipe({"workflow_id": "workflow"}, json={"tags": ["matrix"]}),
+    ("GET", "/api/audit"): Recipe(lists="workflow"),
     ("GET", "/api/node-types"): Recipe(shared=True),
     ("GET", "/api/node-types/{node_type}"): Recipe({"node_type": "node_type"}, shared=True),
 }

@@ -179,3 +179,10 @@ def test_agent_crash(tmp_path, prefect_server):
         prefect_url=prefect_server.api_url,
     )
     assert "overhead ms/turn" in output
+
+
+@pytest.mark.services
+def test_store(tmp_path):
+    """A scratch PostgreSQL database (created and dropped by the benchmark) with a few hundred rows."""
+    output = run_benchmark("store", "--executions", "500", "--workflows", "100", "--repeat", "3", home=tmp_path)
+    assert "executions: a page in the middle (cursor)" in output and "p95 ms" in output

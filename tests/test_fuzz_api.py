@@ -29,6 +29,11 @@ REFUSED_BY_CONTENT = (
     "/api/executions/{execution_id}/retry",
     "/hooks/{hook_id}",
     "/api/credentials/{credential_id}",
+    # Lists: a cursor is opaque, and one the API did not write (any other string) is a 422.
+    "/api/executions",
+    "/api/dead-letters",
+    "/api/credentials",
+    "/api/audit",
 )
 """Operations whose bodies the schema cannot fully describe: a canvas that does not compile,
 run inputs that do not fit the workflow's own declaration, an approval input that does not fit

@@ -6,7 +6,7 @@ async function main() {
   const main = el("main", { class: "list" }, el("h1", {}, "Runs"),
                   el("p", {}, el("a", { href: pageUrl("/ui/new") }, "Run a canvas in the playground")));
   document.body.append(header(), main);
-  const runs = await api("/api/executions");
+  const runs = await api("/api/executions?limit=500"); // the newest 500, as before lists had pages
   if (!runs.length) {
     main.append(el("p", { class: "muted" }, "No runs yet."));
     return;
