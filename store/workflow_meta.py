@@ -33,8 +33,9 @@ TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.:/-]{0,63}$")
 MAX_TAGS = 20
 MAX_DESCRIPTION = 2000
 
-STARTED_BY_PEOPLE = frozenset({"api", "retry", "prefect-ui", "parent"})
-"""Triggers a person is behind (a parent run counts: its own status was checked when it started)."""
+STARTED_BY_PEOPLE = frozenset({"api", "retry", "rerun", "test", "prefect-ui", "parent"})
+"""Triggers a person is behind, reruns and node tests included (a parent run counts: its own
+status was checked when it started)."""
 
 
 def refusal(workflow_id: str, status: str, trigger_type: str) -> Conflict | None:
