@@ -59,6 +59,9 @@ SOURCE_CODE = "x-source-code"
 editor fits); the compiler checks a Python program's syntax."""
 EXPRESSION = "x-expression"
 """On a field: text there is an expression (``inputs.score > 0.5``), not a template."""
+JSON_SCHEMA = "x-json-schema"
+"""On a field: its object is a JSON Schema (the answer's shape of a model node); the compiler
+checks it is a valid one that fetches nothing (no remote ``$ref``)."""
 IDENTIFIER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 

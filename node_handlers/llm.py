@@ -24,7 +24,7 @@ import httpx
 import openai
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from builder.catalog import UNIQUE_KEYS, NodeConfig, Templatable, at_most_one_of, exactly_one_of
+from builder.catalog import JSON_SCHEMA, UNIQUE_KEYS, NodeConfig, Templatable, at_most_one_of, exactly_one_of
 from builder.plan import RetryPolicy
 from node_handlers.base import ERROR_HANDLE, SOURCE_HANDLE, Completed, HandleDoc, NodeContext, NodeError, NodeHandler
 from node_handlers.branching import HANDLE_ID, check_unique_ids
@@ -69,7 +69,9 @@ class Message(BaseModel):
 class JsonSchemaSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
-    schema_: dict[str, Any] = Field(alias="schema", description="JSON Schema the reply must fit.")
+    schema_: dict[str, Any] = Field(
+        alias="schema", description="JSON Schema the reply must fit.", json_schema_extra={JSON_SCHEMA: True}
+    )
     strict: bool | None = None
     description: str | None = None
 

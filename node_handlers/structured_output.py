@@ -29,9 +29,10 @@ from typing import Annotated, Any
 from jsonschema import exceptions as jsonschema_exceptions
 from jsonschema.validators import validator_for
 from jsonschema_specifications import REGISTRY as METASCHEMAS
-from pydantic import AfterValidator
+from pydantic import AfterValidator, Field
 from referencing.exceptions import Unresolvable
 
+from builder.catalog import JSON_SCHEMA
 from node_handlers.base import NodeError
 
 REPAIR_TURNS = 2
@@ -70,7 +71,7 @@ def _refs(value: Any) -> Iterator[str]:
             yield from _refs(item)
 
 
-OutputSchema = Annotated[dict[str, Any], AfterValidator(check_schema)]
+OutputSchema = Annotated[dict[str, Any], AfterValidator(check_schema), Field(json_schema_extra={JSON_SCHEMA: True})]
 
 
 class InvalidAnswer(Exception):

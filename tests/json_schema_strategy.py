@@ -4,13 +4,14 @@
 Hypothesis this project pins (``AttributeError: 'many' object has no attribute 'more'``
 inside its array strategy), so this module generates instances itself, for the keywords
 pydantic publishes and the catalog's annotations (``builder.catalog``: x-unique-keys,
-x-not-above, x-names-from, x-expression, x-source-code). Every instance is checked against the whole schema with
+x-not-above, x-names-from, x-expression, x-source-code, x-json-schema). Every instance is checked against the whole schema with
 ``jsonschema`` (``oneOf``, ``not``, ``if``/``then``): the generator only aims, the
 validator decides, so nothing the schema refuses is ever drawn.
 
 What JSON Schema cannot say about text is drawn from small valid sets: a template field
 gets a template about the canvas's declared inputs (``TEMPLATES``), an expression field an
-expression (``EXPRESSIONS``), a program field a program (``PROGRAMS``); other text has no
+expression (``EXPRESSIONS``), a program field a program (``PROGRAMS``), a JSON Schema field a
+schema (``JSON_SCHEMAS``); other text has no
 ``{`` (text with one is a template, whose content is the compiler's business, like the
 graph's rules).
 """
@@ -22,12 +23,27 @@ from typing import Any
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from builder.catalog import EXPRESSION, NAMES_FROM, NOT_ABOVE, SOURCE_CODE, TEMPLATE_JSON_SCHEMA, UNIQUE_KEYS
+from builder.catalog import (
+    EXPRESSION,
+    JSON_SCHEMA,
+    NAMES_FROM,
+    NOT_ABOVE,
+    SOURCE_CODE,
+    TEMPLATE_JSON_SCHEMA,
+    UNIQUE_KEYS,
+)
 
 INPUTS = {"n": {"type": "integer", "default": 2}, "items": {"type": "array", "default": [1, 2]}}
 """The run inputs a generated canvas declares, which its templates read."""
 TEMPLATES = ["{{ inputs.n }}", "{{ inputs.items }}", "{{ inputs }}"]
 EXPRESSIONS = ["inputs.n > 0", "true", "1 < 2", "{{ inputs.n > 1 }}"]
+JSON_SCHEMAS = [
+    {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]},
+    {"type": "array", "items": {"type": "integer"}},
+    {"type": "string", "enum": ["yes", "no"]},
+    {},
+]
+"""What a field annotated as a JSON Schema is drawn from."""
 PROGRAMS = [
     "def main(inputs):\n    return inputs\n",
     "def main(inputs):\n    return {'n': 1}  # {{ not a template }}\n",
@@ -70,6 +86,8 @@ class _Generator:
             return st.sampled_from(EXPRESSIONS) | st.booleans()
         if schema.get(SOURCE_CODE):
             return st.sampled_from(PROGRAMS)
+        if schema.get(JSON_SCHEMA):
+            return st.sampled_from(JSON_SCHEMAS)
         if schema.get("pattern") == TEMPLATE_JSON_SCHEMA["pattern"]:
             return st.sampled_from(TEMPLATES)
         if "const" in schema:
