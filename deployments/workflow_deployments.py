@@ -182,9 +182,13 @@ class WorkflowDeployments:
         inputs: dict[str, Any],
         trigger: dict[str, Any],
         idempotency_key: str | None = None,
+        breakpoints: list[str] | None = None,
     ) -> FlowRun:
-        """Create a flow run of the deployment; a worker picks it up (Scheduled now)."""
-        parameters = {"inputs": inputs, "version": version, "trigger": trigger}
+        """Create a flow run of the deployment; a worker picks it up (Scheduled now).
+        ``breakpoints``: nodes the run pauses before (``flows.pauses``)."""
+        parameters: dict[str, Any] = {"inputs": inputs, "version": version, "trigger": trigger}
+        if breakpoints:
+            parameters["breakpoints"] = list(breakpoints)
         tags = [
             "flowmaestro",
             WORKFLOW_TAG.format(id=workflow_id),
