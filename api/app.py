@@ -11,13 +11,14 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prefect.client.orchestration import get_client
 from prometheus_client import generate_latest
 
-from api import admin_keys, credentials, dead_letters, executions, node_types, pauses, schedules, ui, webhooks, workflows
+from api import admin_keys, credentials, dead_letters, executions, node_types, schedules, ui, webhooks, workflows
 from api.auth import require_metrics_key
 from api.compiling import CanvasCompiler
 from api.docs import install_docs
 from api.errors import install_error_handlers
 from api.health import health_checks
 from api.metrics import Metrics
+from api.pauses import router as pauses_router
 from api.prefect_gateway import PrefectGateway
 from api.rate_limit import MemoryRateLimiter, RedisRateLimiter
 from api.replay_guard import MemoryReplayGuard, RedisReplayGuard
@@ -200,7 +201,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(node_types.router)
     app.include_router(credentials.router)
     app.include_router(admin_keys.router)
-    app.include_router(pauses.router)
+    app.include_router(pauses_router)
     ui.mount(app)  # the run page, the list, the playground and the credentials under /ui (docs/ui.md)
 
     def openapi() -> dict[str, Any]:
