@@ -197,6 +197,7 @@ class RunPage {
     this.actions = el("div", { class: "actions", "data-role": "actions" });
     this.actionStatus = el("span", { class: "muted", "data-role": "action-status", role: "status" });
     this.pauseBanner = el("div", { class: "banner paused", "data-role": "pause", hidden: true });
+    document.body.classList.add("run-page");
     document.body.append(header(), el("main", { class: "run" }, title,
       el("div", { class: "title" }, this.actions, this.actionStatus), this.banner, this.pauseBanner,
       el("div", { class: "split" }, frame,
