@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
 import time
 import uuid
 
@@ -16,7 +18,7 @@ import httpx
 import pytest
 
 from tests.crash_harness import KEY, client, final, http_node, save, states_of, until
-from tests.processes import postgres_database, stack_env, start_serve, start_worker
+from tests.processes import cli, postgres_database, stack_env, start_serve, start_worker
 
 pytestmark = [pytest.mark.prefect, pytest.mark.workers]
 CRASH_DETECT_S = 15
@@ -86,6 +88,14 @@ async def events_of(http: httpx.AsyncClient, run_id: str) -> list[tuple[str, dic
     return found
 
 
+async def flowmaestro(base: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI against the stack's API."""
+    env = {**os.environ, "FLOWMAESTRO_API_URL": base, "FLOWMAESTRO_API_KEY": KEY}
+    return await asyncio.to_thread(
+        subprocess.run, cli(*args), env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
 def requested(counting, path: str):
     async def check() -> bool:
         return counting.counts[path] >= 1
@@ -109,8 +119,8 @@ async def test_a_pause_while_a_node_runs_takes_effect_at_the_boundary_and_nothin
         assert body["pause"]["reason"] == "manual" and body["pause"]["by"] == "tester", body
         assert body["pending_approvals"] == [], "a pause is not an approval to answer"
         assert body["nodes"]["a"]["status"] == "completed", "the node running was not cut short"
-        again = await http.post(f"/api/executions/{run_id}/pause")
-        assert again.status_code == 202 and again.json()["status"] == "paused", again.text
+        again = await flowmaestro(base, "executions", "pause", run_id)
+        assert again.returncode == 0 and f"{run_id}: paused" in again.stdout, again
         # Paused: time passes and b does not start (the counter, and its request's time below).
         await asyncio.sleep(2)
         assert counting.counts[f"/{name}/b"] == 0
@@ -196,8 +206,8 @@ async def test_a_paused_run_survives_its_worker_killed_and_resumes_on_another(st
         body = (await http.get(f"/api/executions/{run_id}")).json()
         assert body["status"] in ("paused", "pending"), body  # pending: recovery already rescheduled it
         assert counting.counts[f"/{name}/b"] == 0
-        answer = await http.post(f"/api/executions/{run_id}/resume", json={})
-        assert answer.status_code == 200, answer.text
+        answer = await flowmaestro(base, "executions", "resume", run_id)
+        assert answer.returncode == 0 and f"{run_id}: accepted" in answer.stdout, answer
         result = await final(http, run_id)
     assert result["status"] == "completed" and result["output"] == f"/{name}/a /{name}/b /{name}/c", result
     assert [counting.counts[f"/{name}/{n}"] for n in "abc"] == [1, 1, 1], "a restored, b and c once"
