@@ -39,8 +39,10 @@ def stack(tmp_path_factory, pg_prefect):
             proc.stop()
 
 
-def chain(name: str, first_delay: float = 1.5) -> dict:
-    """start -> a (a slow request) -> b -> c -> end: each http node counted by its path."""
+def chain(name: str, first_delay: float = 4) -> dict:
+    """start -> a (a slow request) -> b -> c -> end: each http node counted by its path. ``a``
+    is slow enough that a pause asked for once it has started reaches the run before it ends
+    (the API's writes, then the worker's watcher, which reads its runs every second)."""
     return {
         "name": name,
         "inputs": {"base": {"type": "string", "required": True}},
