@@ -365,7 +365,7 @@ async def test_an_approval_answered_on_the_page_resumes_the_run(served, context,
     await form.locator("textarea[name='reason']").fill("tests are green")
     await form.locator("input[name='copies']").fill("3")
     await page.click("[data-node-id='notes']")
-    # docs/ui-run-page.png is this picture.
+    # (docs/ui-run-page.png is the hello example paused at a breakpoint, below.)
     await page.set_viewport_size({"width": 1500, "height": 800})
     await page.screenshot(path=str(ARTIFACTS / "run-approval.png"), clip={"x": 0, "y": 0, "width": 1500, "height": 540})
     await form.locator("[data-role='approve']").click()
