@@ -766,3 +766,36 @@ async def test_a_clicked_node_shows_its_input_and_output_and_reruns_from_there(s
     assert result["status"] == "completed" and result["nodes"]["twice"]["output"] == "HEY! HEY!", result
     assert result["trigger"] == {"type": "rerun", "execution_id": run_id, "from_node": "twice"}, result
     assert result["nodes"]["shout"]["restored"] is True
+
+
+async def test_the_runs_list_shows_whole_ids_durations_and_filters_by_status_and_workflow(served, context):
+    failing = {
+        "name": name("ui-list"),
+        **chain({"id": "boom", "type": "transform", "data": {"output": "{{ 1 // 0 }}"}}),
+    }
+    failed_id = await execute(served, failing)
+    ok_id = await execute(served, {"name": name("ui-list-ok"), **chain(delay("d", 0.1))})
+    await final(served, failed_id)
+    await final(served, ok_id)
+    page = await context.new_page()
+    await page.add_init_script(RECORDER % json.dumps(KEY))
+    await page.goto(f"{served}/ui/")
+    row = page.locator(f"tr[data-execution-id='{failed_id}']")
+    await row.wait_for(timeout=30_000)
+    assert await row.locator("td.id").text_content() == failed_id, "the whole id"
+    assert re.fullmatch(r"\d+(\.\d)? s|\d+ min \d+ s", await row.locator("[data-role='duration']").text_content())
+    await page.select_option("[data-role='status-filter']", "failed")
+    await page.wait_for_url(re.compile(r".*\?status=failed$"))
+    await page.locator(f"tr[data-execution-id='{failed_id}']").wait_for(timeout=30_000)
+    statuses = await page.locator("tbody [data-status]").all_text_contents()
+    assert statuses and set(statuses) == {"failed"}, statuses
+    assert await page.locator(f"tr[data-execution-id='{ok_id}']").count() == 0
+    async with httpx.AsyncClient(base_url=served, headers=AUTH, timeout=60) as client:
+        workflow_id = (await client.get(f"/api/executions/{ok_id}")).json()["workflow_id"]
+    await page.select_option("[data-role='status-filter']", "")
+    await page.wait_for_url(re.compile(r".*/ui/\??$"))
+    await page.locator(f"tr[data-execution-id='{ok_id}']").wait_for(timeout=30_000)
+    await page.select_option("[data-role='workflow-filter']", workflow_id)
+    await page.wait_for_url(re.compile(r".*\?workflow_id=.*"))
+    await page.locator(f"tr[data-execution-id='{ok_id}']").wait_for(timeout=30_000)
+    assert await page.locator("tbody tr").count() == 1
