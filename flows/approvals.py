@@ -304,18 +304,25 @@ class PrefectApprovals:
 
     async def _run(self) -> None:
         async with get_client() as client:
-            while self.waiting:
-                try:
-                    await self._step(client)
-                    if self._may_release():
-                        await self._release(client)
-                        return
-                except asyncio.CancelledError:
-                    raise
-                except Exception:  # an API hiccup must not lose approvals: try again
-                    log.exception("approval loop step failed")
-                await asyncio.sleep(DECISION_POLL_S)
-            await self._stop_pause(client)
+            while True:
+                while self.waiting:
+                    try:
+                        await self._step(client)
+                        if self._may_release():
+                            await self._release(client)
+                            return
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception:  # an API hiccup must not lose approvals: try again
+                        log.exception("approval loop step failed")
+                    await asyncio.sleep(DECISION_POLL_S)
+                await self._stop_pause(client)
+                # Something may have started waiting while the pause ended (a pause or a
+                # breakpoint right after a fast node): it found this loop still running and
+                # started none, so this one serves it. Checked with no await before the
+                # return, so a later ``wait`` finds the loop done and starts another.
+                if not self.waiting:
+                    return
 
     def _may_release(self) -> bool:
         """Held long enough, nothing else running, and no approval whose timeout this
