@@ -17,6 +17,7 @@ import uuid
 import httpx
 import pytest
 
+from flows.pauses import breakpoint_slug
 from tests.crash_harness import KEY, client, final, http_node, save, states_of, until
 from tests.processes import cli, postgres_database, stack_env, start_serve, start_worker
 
@@ -183,10 +184,13 @@ async def test_breakpoints_twice_in_one_run_resumed_from_our_api_then_prefects(s
         # The Prefect UI's Resume: Prefect's own API, once Prefect has the run paused.
         async with httpx.AsyncClient(base_url=pg_prefect.api_url, timeout=30) as prefect:
 
-            async def prefect_paused():
-                return (await prefect.get(f"/flow_runs/{run_id}")).json()["state"]["type"] == "PAUSED"
+            async def prefect_paused_at_c():
+                # On c's own pause key: Prefect's pause of b may not have been ended yet.
+                state = (await prefect.get(f"/flow_runs/{run_id}")).json()["state"]
+                key = (state.get("state_details") or {}).get("pause_key") or ""
+                return state["type"] == "PAUSED" and key.startswith(breakpoint_slug("c", ()))
 
-            await until(prefect_paused, timeout=60, what="Prefect showing the run paused")
+            await until(prefect_paused_at_c, timeout=60, what="Prefect showing the run paused before c")
             resumed = await prefect.post(f"/flow_runs/{run_id}/resume", json={"run_input": {"approved": True}})
             assert resumed.json()["status"] == "ACCEPT", resumed.text
         result = await final(http, run_id)
