@@ -33,6 +33,7 @@ from api.docs import install_docs
 from api.errors import install_error_handlers
 from api.health import health_checks, pool_health, prefect_database
 from api.metrics import Metrics
+from api.pauses import router as pauses_router
 from api.prefect_gateway import PrefectGateway
 from api.rate_limit import MemoryRateLimiter, RedisRateLimiter
 from api.replay_guard import MemoryReplayGuard, RedisReplayGuard
@@ -232,6 +233,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(debugging_router)
     app.include_router(workflow_metadata.router)
     app.include_router(audit_routes.router)
+    app.include_router(pauses_router)
     ui.mount(app)  # the run page, the list, the playground and the credentials under /ui (docs/ui.md)
 
     def openapi() -> dict[str, Any]:

@@ -19,6 +19,7 @@ from starlette.background import BackgroundTask
 from api.auth import Owner
 from api.deps import RunsDep
 from api.pagination import NO_NUL, Paged, link_next, list_responses
+from api.pauses import resume_paused
 from api.schemas import (
     CancelAccepted,
     ErrorBody,
@@ -105,6 +106,7 @@ async def execute_workflow(
             check_credentials=True,
             traceparent=valid_traceparent(traceparent),
             actor=owner,
+            breakpoints=body.breakpoints,
         )
     except Unavailable as exc:
         exc.message += "; the run may still start: retry with the header Idempotency-Key: " + given
@@ -189,7 +191,10 @@ async def retry_execution(
 @router.post("/api/executions/{execution_id}/resume", response_model=ResumeOut, responses=ERRORS)
 async def resume_execution(execution_id: str, body: ResumeBody, owner: Owner, runs: RunsDep) -> ResumeOut:
     """Answer a waiting approval: 422 when the input does not fit its form (the run stays
-    paused), 409 when nothing of that node is waiting."""
+    paused), 409 when nothing of that node is waiting. Without ``node_id``: continue a run
+    paused by a person or a breakpoint (``api/pauses.py``), 409 when it is not paused."""
+    if body.node_id is None:
+        return ResumeOut(**await resume_paused(runs, owner, execution_id))
     return ResumeOut(**await runs.resume(owner, execution_id, body.node_id, body.path, body.input))
 
 

@@ -36,6 +36,7 @@ from flows.decisions import DecisionSigner
 from flows.event_log import EventLog
 from flows.events import RunEvent, utcnow
 from flows.large_outputs import is_ref
+from flows.pauses import split_pause
 from flows.prefect_compat import mark_cancelled, request_cancellation, schedule_again
 from node_handlers.credentials import CredentialReader, missing_credentials
 from node_handlers.registry import HandlerRegistry
@@ -170,6 +171,7 @@ class RunService:
         journal: str | None = None,
         traceparent: str | None = None,
         actor: str | None = None,
+        breakpoints: builtins.list[str] | None = None,
     ) -> str:
         """Check the inputs, create the flow run, record it; the worker does the rest.
         ``check_credentials``: refuse (``Invalid``) a workflow naming a credential its owner
@@ -182,6 +184,15 @@ class RunService:
         if refused is not None:  # a draft or archived workflow (store.workflow_meta)
             raise refused
         plan, _resolved = await self.compiler.checked_inputs(saved, inputs)
+        unknown = [(i, node_id) for i, node_id in enumerate(breakpoints or ()) if node_id not in plan.nodes]
+        if unknown:
+            raise Invalid(
+                f"breakpoints name nodes the workflow does not have: {', '.join(repr(n) for _, n in unknown)}",
+                [
+                    {"code": "unknown_node", "field": f"body.breakpoints.{i}", "message": f"no node {n!r}"}
+                    for i, n in unknown
+                ],
+            )
         if check_credentials and self.credentials is not None:
             missing = await missing_credentials(self.credentials, owner, saved.canvas)
             if missing:
@@ -206,6 +217,7 @@ class RunService:
                 idempotency_key=idempotency_key,
                 journal=journal,
                 traceparent=traceparent,
+                breakpoints=breakpoints,
             ),
         )
         run_id = str(flow_run.id)
@@ -274,6 +286,7 @@ class RunService:
             if status in (RunStatus.PAUSED, RunStatus.RUNNING)
             else []
         )
+        pause, approvals = split_pause(approvals)  # a pause waits in the approvals' gate
         return RunResult(
             id=run_id,
             workflow=row.workflow_name,
@@ -284,6 +297,7 @@ class RunService:
             trigger=row.trigger,
             retries=retries_of(row.trigger),
             pending_approvals=approvals,
+            pause=pause if status == RunStatus.PAUSED else None,
             started_at=flow_run.start_time.isoformat() if flow_run.start_time else None,
         )
 

@@ -210,6 +210,11 @@ class ExecuteBody(RequestBody):
     model_config = ConfigDict(json_schema_extra={"examples": [{"inputs": {"name": "Ada"}}]})
     inputs: dict[str, Any] = Field(default_factory=dict)
     version: int | None = Field(None, ge=1, description="Version to run; the latest when absent.")
+    breakpoints: list[str] = Field(
+        default_factory=list,
+        max_length=200,
+        description="Node ids the run pauses before (pause reason 'breakpoint'); resume continues to the next.",
+    )
 
 
 class ExecutionAccepted(BaseModel):
@@ -276,6 +281,10 @@ class RunResult(BaseModel):
     trigger: dict[str, Any] = Field(default_factory=dict)
     retries: int = Field(0, description="How many times the run was retried (POST .../retry).")
     pending_approvals: list[dict[str, Any]] = Field(default_factory=list)
+    pause: dict[str, Any] | None = Field(
+        None,
+        description="While paused by a person or a breakpoint: {reason: manual, by} or {reason: breakpoint, node_id}.",
+    )
 
     @classmethod
     def of(cls, stored: dict[str, Any], **more: Any) -> RunResult:
@@ -341,13 +350,20 @@ class StreamEvent(BaseModel):
 
 class ResumeBody(RequestBody):
     model_config = ConfigDict(json_schema_extra={"examples": [{"node_id": "approve", "input": {"approved": True}}]})
-    node_id: str
+    node_id: str | None = Field(
+        None, description="The approval to answer; absent: continue a run paused by a person or a breakpoint."
+    )
     path: list[int] | None = Field(None, description="Iteration/branch indices when the node waits in a body.")
     input: dict[str, Any] = Field(default_factory=dict, description="Form values, with 'approved'.")
 
 
 class ResumeOut(BaseModel):
     status: str
+    message: str
+
+
+class PauseAccepted(BaseModel):
+    status: str = Field(description="'pausing' (running nodes finish first) or 'paused'.")
     message: str
 
 

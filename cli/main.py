@@ -22,6 +22,7 @@ from builder.limits import CompileSettings
 from cli.credentials import credentials_app, secrets_app
 from cli.debugging import executions_app, node_test_command
 from cli.help_text import ReflowedGroup
+from cli.pausing import add_pause_commands
 from cli.triggers import ApiKey, ApiUrl, call_api, schedules_app, webhooks_app
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_CANCELLED = 0, 1, 2, 4
@@ -38,6 +39,7 @@ app.add_typer(schedules_app, name="schedules")
 app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(credentials_app, name="credentials")
 app.add_typer(secrets_app, name="secrets")
+add_pause_commands(executions_app)
 app.add_typer(executions_app, name="executions")
 app.command("test-node")(node_test_command)
 err = Console(stderr=True)

@@ -67,6 +67,7 @@ from deployments.settings_fingerprint import settings_fingerprint, tagged_name
 from deployments.worker_metrics import MetricsServer, track_slots
 from deployments.workflow_deployments import DEFAULT_POOL, WORKER_TYPE
 from flows.observing import Observability
+from flows.pauses import is_pause_requested
 from flows.prefect_compat import (
     InProcessJobConfiguration,
     PollingWorker,
@@ -120,6 +121,7 @@ class FlowMaestroWorker(PollingWorker):
         late_after_s: float = 60.0,
         on_hand_back: Callable[[str], None] | None = None,
         on_skipped: Callable[[FlowRun, str], Awaitable[None]] | None = None,
+        on_pause: Callable[[str], None] | None = None,
         **kwargs: Any,
     ):
         """``flow`` is the generic flow bound to this worker's run context; ``on_cancel``
@@ -137,6 +139,9 @@ class FlowMaestroWorker(PollingWorker):
         self.on_cancel = on_cancel
         self.on_hand_back = on_hand_back
         self.on_skipped = on_skipped
+        self.on_pause = on_pause
+        """Told of a run asked to pause (its flow run tagged, ``flows.pauses``), by the watcher
+        that reads the states of all the worker's runs at once."""
         self.heartbeats = heartbeats
         self.running: dict[str, asyncio.Task[Any]] = {}
         self.draining = False
@@ -331,6 +336,8 @@ class FlowMaestroWorker(PollingWorker):
                 if flow_run.state and flow_run.state.type in (StateType.CANCELLING, StateType.CANCELLED):
                     assert self.on_cancel is not None
                     self.on_cancel(str(flow_run.id))
+                elif self.on_pause is not None and is_pause_requested(flow_run):
+                    self.on_pause(str(flow_run.id))
                 elif self.heartbeats is not None and written_by_recovery(flow_run.state):
                     await self._set_back(flow_run)
 
@@ -454,6 +461,7 @@ async def run_worker(
             late_after_s=late_after_s,
             on_hand_back=on_hand_back,
             on_skipped=on_skipped,
+            on_pause=signals.pause if signals is not None else None,
         )
         if metrics is not None:
             track_slots(metrics, lambda: worker.running, limit)

@@ -185,13 +185,17 @@ class WorkflowDeployments:
         idempotency_key: str | None = None,
         journal: str | None = None,
         traceparent: str | None = None,
+        breakpoints: list[str] | None = None,
     ) -> FlowRun:
         """Create a flow run of the deployment; a worker picks it up (Scheduled now).
         ``journal``: a journal the run starts from (a rerun's, seeded by the API).
-        ``traceparent``: the parent of the run's span, as a label its worker reads (flows/tracing.py)."""
+        ``traceparent``: the parent of the run's span, as a label its worker reads (flows/tracing.py).
+        ``breakpoints``: nodes the run pauses before (``flows.pauses``)."""
         parameters: dict[str, Any] = {"inputs": inputs, "version": version, "trigger": trigger}
         if journal is not None:
             parameters["journal"] = journal
+        if breakpoints:
+            parameters["breakpoints"] = list(breakpoints)
         tags = [
             "flowmaestro",
             WORKFLOW_TAG.format(id=workflow_id),

@@ -89,7 +89,7 @@ def _loads(value: str) -> Any:
 @dataclass
 class Waiting:
     slug: str
-    node: PlanNode
+    node: PlanNode | None
     path: tuple[int, ...]
     config: ApprovalConfig
     deadline: float | None
@@ -135,13 +135,26 @@ class PrefectApprovals:
         self.refused_inputs: set[uuid.UUID] = set()
         """Decision inputs refused (each logged once); the API may replace one with its own."""
 
-    async def wait(self, execution: Any, node: PlanNode, frame: Any, config: ApprovalConfig) -> Completed:
-        slug = approval_slug(node.id, frame.path, getattr(config, "step", None))
+    async def wait(
+        self,
+        execution: Any,
+        node: PlanNode | None,
+        frame: Any,
+        config: ApprovalConfig,
+        *,
+        pause: dict[str, Any] | None = None,
+    ) -> Completed:
+        """Wait for the decision. ``pause``: a pause of the run rather than an approval
+        (``flows.pauses``: ``{reason, ...}``), recorded and announced as such; ``node`` None
+        for a person's pause of the whole run (recorded under the node id ``run``)."""
+        node_id = node.id if node is not None else "run"
+        path = tuple(frame.path) if node is not None else ()
+        slug = approval_slug(node_id, path, getattr(config, "step", None))
         deadline = time.monotonic() + config.timeout_s if config.timeout_s else None
         timeout_at = (datetime.now(UTC) + timedelta(seconds=config.timeout_s)).isoformat() if config.timeout_s else None
         record = {
-            "node_id": node.id,
-            "path": list(frame.path),
+            "node_id": node_id,
+            "path": list(path),
             "slug": slug,
             "message": config.message,
             "form": {k: v.model_dump() for k, v in config.form.items()},
@@ -150,31 +163,34 @@ class PrefectApprovals:
             "requested_at": _now(),
             "timeout_at": timeout_at,
             **{k: getattr(config, k) for k in TOOL_CALL_FIELDS if hasattr(config, k)},
+            **({"pause": pause} if pause is not None else {}),
         }
         async with get_client() as client:
             earlier = await self._earlier_decision(client, slug, config)
             if earlier is not None:  # the run executed again: a decision is never asked twice
-                timeout_connected = any(execution.plan.edges[e].handle == "timeout" for e in node.outgoing)
-                return self._outcome(config, earlier, timeout_connected)
+                return self._outcome(config, earlier, self._timeout_connected(execution, node))
             try:
                 await client.create_flow_run_input(self.run_id, key=PENDING + slug, value=json.dumps(record))
             except httpx.HTTPStatusError as exc:
                 if exc.response.status_code != 409:
                     raise  # 409: announced by an earlier execution of the run
-        waiting = Waiting(slug, node, frame.path, config, deadline)
+        waiting = Waiting(slug, node, path, config, deadline)
         first = not self.waiting
         self.waiting[slug] = waiting
-        execution.bus.publish(
-            "node:paused",
-            node_id=node.id,
-            path=frame.path,
-            message=config.message,
-            form=record["schema"],
-            timeout_at=timeout_at,
-            approvers=config.approvers,
-        )
-        if first:
-            execution.bus.publish("execution:paused", pending=[{"node_id": node.id, "path": list(frame.path)}])
+        if pause is None:
+            execution.bus.publish(
+                "node:paused",
+                node_id=node_id,
+                path=path,
+                message=config.message,
+                form=record["schema"],
+                timeout_at=timeout_at,
+                approvers=config.approvers,
+            )
+        if pause is not None:  # a pause is announced whether or not an approval waits too
+            execution.bus.publish("execution:paused", pending=[], pause=pause)
+        elif first:
+            execution.bus.publish("execution:paused", pending=[{"node_id": node_id, "path": list(path)}])
         if self.loop_task is None or self.loop_task.done():
             self.loop_task = asyncio.create_task(self._run())
         try:
@@ -183,10 +199,14 @@ class PrefectApprovals:
             self.waiting.pop(slug, None)
         async with get_client() as client:
             await self._record_result(client, slug, decision)
-        if not self.waiting:
-            execution.bus.publish("execution:resumed", node_id=node.id, path=list(frame.path))
-        timeout_connected = any(execution.plan.edges[e].handle == "timeout" for e in node.outgoing)
-        return self._outcome(config, decision, timeout_connected)
+        if not self.waiting or pause is not None:
+            extra = {"pause": pause} if pause is not None else {}
+            execution.bus.publish("execution:resumed", node_id=node_id, path=list(path), **extra)
+        return self._outcome(config, decision, self._timeout_connected(execution, node))
+
+    @staticmethod
+    def _timeout_connected(execution: Any, node: PlanNode | None) -> bool:
+        return node is not None and any(execution.plan.edges[e].handle == "timeout" for e in node.outgoing)
 
     @staticmethod
     def _outcome(config: ApprovalConfig, decision: dict[str, Any], timeout_connected: bool) -> Completed:
@@ -284,18 +304,25 @@ class PrefectApprovals:
 
     async def _run(self) -> None:
         async with get_client() as client:
-            while self.waiting:
-                try:
-                    await self._step(client)
-                    if self._may_release():
-                        await self._release(client)
-                        return
-                except asyncio.CancelledError:
-                    raise
-                except Exception:  # an API hiccup must not lose approvals: try again
-                    log.exception("approval loop step failed")
-                await asyncio.sleep(DECISION_POLL_S)
-            await self._stop_pause(client)
+            while True:
+                while self.waiting:
+                    try:
+                        await self._step(client)
+                        if self._may_release():
+                            await self._release(client)
+                            return
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception:  # an API hiccup must not lose approvals: try again
+                        log.exception("approval loop step failed")
+                    await asyncio.sleep(DECISION_POLL_S)
+                await self._stop_pause(client)
+                # Something may have started waiting while the pause ended (a pause or a
+                # breakpoint right after a fast node): it found this loop still running and
+                # started none, so this one serves it. Checked with no await before the
+                # return, so a later ``wait`` finds the loop done and starts another.
+                if not self.waiting:
+                    return
 
     def _may_release(self) -> bool:
         """Held long enough, nothing else running, and no approval whose timeout this
@@ -429,7 +456,7 @@ async def pending_approvals(run_id: str, client: Any = None) -> list[dict[str, A
                     k: record[k]
                     for k in ("node_id", "path", "slug", "message", "schema", "approvers", "requested_at", "timeout_at")
                 }
-                | {k: record[k] for k in TOOL_CALL_FIELDS if k in record}
+                | {k: record[k] for k in (*TOOL_CALL_FIELDS, "pause") if k in record}
                 | {"decision_sent": slug in asked}
             )
     return sorted(out, key=lambda r: r["requested_at"])

@@ -75,6 +75,12 @@ class ApprovalGate(Protocol):
     async def wait(self, execution: Execution, node: PlanNode, frame: Frame, config: Any) -> Completed: ...
 
 
+class StartGate(Protocol):
+    """Called before nodes of a scope start; may hold them (a pause, ``flows.pauses``)."""
+
+    async def before_start(self, execution: Execution, frame: Frame, node_ids: tuple[str, ...]) -> None: ...
+
+
 RunRelease = Callable[[str, tuple[int, ...], datetime], Awaitable[None]]
 """Lets go of the run until a time (node id, path, time): raises the runner's release signal
 (Prefect's ``Pause``), or returns when the run is not let go of (``flows.releases``)."""
@@ -192,6 +198,8 @@ class Execution:
             lambda ended: self.node_executions.ended(ended.node, ended.frame, ended.run, ended.result, ended.shown)
         )
         self.bus.subscribe(self.node_executions.on_event)
+        self.start_gate: StartGate | None = None
+        """Holds nodes before they start while the run is to pause (``flows.pauses``)."""
 
     # --- the run ---------------------------------------------------------------------------------
 
@@ -274,7 +282,9 @@ class Execution:
         running: dict[asyncio.Task[NodeResult], str] = {}
         runs: dict[str, NodeRun] = {}
 
-        def launch(node_ids: tuple[str, ...] | list[str]) -> None:
+        async def launch(node_ids: tuple[str, ...] | list[str]) -> None:
+            if node_ids and self.start_gate is not None:
+                await self.start_gate.before_start(self, frame, tuple(node_ids))
             for node_id in node_ids:
                 run = self._new_run(node_id, frame)
                 runs[node_id] = run
@@ -282,7 +292,7 @@ class Execution:
                 running[task] = node_id
 
         try:
-            launch(state.start())
+            await launch(state.start())
             while running:
                 done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 for task in sorted(done, key=lambda t: state.order[running[t]]):
@@ -303,7 +313,7 @@ class Execution:
                         self._new_run(skipped, frame, trace=False).end(NodeStatus.SKIPPED)
                         self.bus.publish(EventType.NODE_SKIPPED, node_id=skipped, path=frame.path)
                     self._never_started(decision.cancelled, frame)
-                    launch(decision.ready)
+                    await launch(decision.ready)
                 if state.stopping and running:
                     await _cancel_all(running)  # each execute() records its node as cancelled
                     running.clear()

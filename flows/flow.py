@@ -45,6 +45,7 @@ from flows.events import FINAL_EVENT_TYPES, EventBus, utcnow
 from flows.journal import RunJournal
 from flows.large_outputs import LargeOutputs
 from flows.observing import NO_OBSERVER, NoObserver, RunFacts, RunObserver, start_delay_of
+from flows.pauses import PauseGate, is_pause_requested
 from flows.prefect_runner import PrefectRunner
 from flows.records import RunRecord
 from flows.releases import DelayRelease
@@ -105,6 +106,7 @@ def workflow_flow(context: RunContext) -> Flow:
         depth: int = 0,
         journal: str | None = None,
         started_at: str | None = None,
+        breakpoints: list[str] | None = None,
     ) -> Any:
         """Run a FlowMaestro canvas (canvas-v1 JSON) with the given inputs: the ``canvas``
         given, or version ``version`` (the latest when empty) of the saved workflow
@@ -114,7 +116,18 @@ def workflow_flow(context: RunContext) -> Flow:
         return await _run_in_flow(
             context,
             bound,
-            RunRequest(canvas, dict(inputs or {}), workflow_id, version, owner, trigger, depth, journal, started_at),
+            RunRequest(
+                canvas,
+                dict(inputs or {}),
+                workflow_id,
+                version,
+                owner,
+                trigger,
+                depth,
+                journal,
+                started_at,
+                tuple(breakpoints or ()),
+            ),
         )
 
     bound = _generic_flow(run_workflow)
@@ -132,6 +145,7 @@ async def run_workflow(
     depth: int = 0,
     journal: str | None = None,
     started_at: str | None = None,
+    breakpoints: list[str] | None = None,
 ) -> Any:
     """Run a FlowMaestro canvas (canvas-v1 JSON) with the given inputs."""
     # An entry point for processes that run one flow run (Prefect's own workers): the
@@ -142,7 +156,18 @@ async def run_workflow(
         return await _run_in_flow(
             context,
             workflow_flow(context),
-            RunRequest(canvas, dict(inputs or {}), workflow_id, version, owner, trigger, depth, journal, started_at),
+            RunRequest(
+                canvas,
+                dict(inputs or {}),
+                workflow_id,
+                version,
+                owner,
+                trigger,
+                depth,
+                journal,
+                started_at,
+                tuple(breakpoints or ()),
+            ),
         )
     finally:
         await context.close()
@@ -176,6 +201,8 @@ class RunRequest:
     journal_id: str | None = None
     started_at: str | None = None
     """Given to a child run by its parent: the parent's first start."""
+    breakpoints: tuple[str, ...] = ()
+    """Nodes the run pauses before (``flows.pauses``)."""
 
     @property
     def name(self) -> str:
@@ -519,8 +546,20 @@ async def execute_run(prepared: PreparedRun) -> RunRecord:
         services=context.services,
         observer=opened.observer,
     )
+    gate = None
+    if run_id != "local":  # a pause is asked for and answered through the run's flow run
+        execution.start_gate = gate = PauseGate(
+            run_id,
+            approvals,
+            breakpoints=request.breakpoints,
+            requested=signals.pause_event(run_id) if signals is not None else None,
+        )
     try:
-        return await _run_watching_cancellation(execution, run_id, settings.cancel_poll_s, signals)
+        flow_run = opened.flow_run
+        # A first execution reads no requests unless its flow run was tagged before it started.
+        if gate is not None and (flow_run is None or flow_run.run_count > 1 or is_pause_requested(flow_run)):
+            await gate.open()
+        return await _run_watching_cancellation(execution, run_id, settings.cancel_poll_s, signals, gate)
     finally:
         await approvals.stop()
         await prepared.journal.flush()
@@ -593,7 +632,7 @@ def _large_outputs(run_id: str, limit: int, store: RunStore | None) -> LargeOutp
 
 
 async def _run_watching_cancellation(
-    execution: Execution, run_id: str, poll_s: float, signals: CancelSignals | None
+    execution: Execution, run_id: str, poll_s: float, signals: CancelSignals | None, gate: PauseGate | None = None
 ) -> RunRecord:
     """Prefect does not interrupt an in-process flow run that is cancelled: watch the
     run's state and cancel the execution ourselves (running async nodes are cancelled at
@@ -611,9 +650,12 @@ async def _run_watching_cancellation(
             while not main.done():
                 await asyncio.sleep(poll_s)
                 try:
-                    state = (await client.read_flow_run(run_id)).state
+                    flow_run = await client.read_flow_run(run_id)
                 except Exception:  # a hiccup of the API must not end the run
                     continue
+                state = flow_run.state
+                if gate is not None and is_pause_requested(flow_run):
+                    gate.requested.set()
                 if state is not None and state.type in (StateType.CANCELLING, StateType.CANCELLED):
                     cancelled.set()
                     main.cancel()

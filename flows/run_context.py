@@ -82,6 +82,7 @@ class CancelSignals:
         heartbeat for it). ``on_holding``: told when a run is about to let go of its worker
         (False: suspended, the worker stops its heartbeats first) or keeps it after all (True)."""
         self._events: dict[str, asyncio.Event] = {}
+        self._pauses: dict[str, asyncio.Event] = {}
         self._handed_back: set[str] = set()
         self.on_watch = on_watch
         self.on_holding = on_holding
@@ -99,8 +100,18 @@ class CancelSignals:
         """The runs of this process executing now, children of sub-workflow nodes included."""
         return list(self._events)
 
+    def pause_event(self, run_id: str) -> asyncio.Event:
+        """Set when the run was asked to pause (``flows.pauses``)."""
+        return self._pauses.setdefault(run_id, asyncio.Event())
+
+    def pause(self, run_id: str) -> None:
+        event = self._pauses.get(run_id)
+        if event is not None:
+            event.set()
+
     def forget(self, run_id: str) -> None:
         self._events.pop(run_id, None)
+        self._pauses.pop(run_id, None)
         self._handed_back.discard(run_id)
 
     def cancel(self, run_id: str) -> None:

@@ -4,8 +4,8 @@
 Hypothesis this project pins (``AttributeError: 'many' object has no attribute 'more'``
 inside its array strategy), so this module generates instances itself, for the keywords
 pydantic publishes and the catalog's annotations (``builder.catalog``: x-unique-keys,
-x-not-above, x-names-from, x-expression, x-source-code, x-json-schema). Every instance is checked against the whole schema with
-``jsonschema`` (``oneOf``, ``not``, ``if``/``then``): the generator only aims, the
+x-not-above, x-names-from, x-expression, x-source-code, x-json-schema). Every instance is
+checked against the whole schema with ``jsonschema`` (``oneOf``, ``not``, ``if``/``then``): the generator only aims, the
 validator decides, so nothing the schema refuses is ever drawn.
 
 What JSON Schema cannot say about text is drawn from small valid sets: a template field

@@ -83,6 +83,8 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     ("POST", "/api/executions/{execution_id}/resume"): Recipe(
         {"execution_id": "execution"}, json={"node_id": "nobody", "input": {}}, owner=409
     ),
+    # A run not started yet (no worker here) takes the request: it pauses before its first node.
+    ("POST", "/api/executions/{execution_id}/pause"): Recipe({"execution_id": "streamed"}),
     ("GET", "/api/executions/{execution_id}/stream"): Recipe({"execution_id": "streamed"}),
     ("POST", "/api/executions/{execution_id}/stream-token"): Recipe({"execution_id": "execution"}),
     ("GET", "/api/executions/{execution_id}/outputs/{ref}"): Recipe({"execution_id": "execution", "ref": "output_ref"}),

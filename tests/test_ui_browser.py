@@ -365,7 +365,7 @@ async def test_an_approval_answered_on_the_page_resumes_the_run(served, context,
     await form.locator("textarea[name='reason']").fill("tests are green")
     await form.locator("input[name='copies']").fill("3")
     await page.click("[data-node-id='notes']")
-    # docs/ui-run-page.png is this picture.
+    # (docs/ui-run-page.png is the hello example paused at a breakpoint, below.)
     await page.set_viewport_size({"width": 1500, "height": 800})
     await page.screenshot(path=str(ARTIFACTS / "run-approval.png"), clip={"x": 0, "y": 0, "width": 1500, "height": 540})
     await form.locator("[data-role='approve']").click()
@@ -636,3 +636,160 @@ async def test_a_canvas_without_positions_is_laid_out_without_overlaps(served, c
     assert not overlap(boxes["inner"], boxes["inner2"]) and boxes["inner"][2] <= boxes["inner2"][0], "inner -> inner2"
     assert boxes["start"][2] <= boxes["left"][0] and boxes["left"][2] <= boxes["each"][0] <= boxes["end"][0]
     assert boxes["left"][0] == boxes["right"][0], "same depth, same column"
+
+
+# --- the run page as people debug with it: fitted, without overlaps, pause/resume, node details -----
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+BOXES = """() => Object.fromEntries([...document.querySelectorAll("[data-node-id]")].map((g) => {
+  const box = (e) => { const r = e.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; };
+  return [g.getAttribute("data-node-id"), {box: box(g.querySelector("rect")), label: box(g.querySelector(".label")),
+          kind: box(g.querySelector(".kind")), parent: g.closest("svg") && null}];
+}))"""
+
+
+def _overlap(a, b):
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _inside(a, b, slack=0.5):
+    return b[0] - slack <= a[0] and b[1] - slack <= a[1] and a[2] <= b[2] + slack and a[3] <= b[3] + slack
+
+
+async def test_the_hello_example_fits_the_window_without_overlaps_and_resumes_from_a_breakpoint(served, context):
+    raw = json.loads((EXAMPLES / "hello.json").read_text())
+    raw["name"] = name("ui-hello")
+    async with httpx.AsyncClient(base_url=served, headers=AUTH, timeout=120) as client:
+        workflow_id = (await save(client, raw, deployed=False))["id"]
+        started = await client.post(
+            f"/api/workflows/{workflow_id}/execute", json={"inputs": {"name": "Ada"}, "breakpoints": ["summary"]}
+        )
+        assert started.status_code == 202, started.text
+        run_id = started.json()["execution_id"]
+    page = await open_run(context, served, run_id)
+    await page.wait_for_selector("body[data-run-status='paused']", timeout=90_000)
+    banner = page.locator("[data-role='pause']")
+    await banner.wait_for(state="visible", timeout=30_000)
+    assert "breakpoint before summary" in await banner.text_content()
+    assert await page.get_attribute("[data-node-id='summary']", "data-state") == "pending"
+    assert await page.locator("[data-role='pause']").count() == 1
+    assert await page.locator("button[data-role='resume']").is_visible()
+    assert await page.locator("button[data-role='pause']").count() == 0, "a paused run has nothing to pause"
+    assert await page.locator("button[data-role='cancel']").is_visible()
+
+    found = await page.evaluate(BOXES)
+    parents = {n["id"]: n.get("parentId") for n in raw["nodes"]}
+    pairs = [
+        (a, b)
+        for a in found
+        for b in found
+        if a < b and parents.get(a) != b and parents.get(b) != a and _overlap(found[a]["box"], found[b]["box"])
+    ]
+    assert pairs == [], f"overlapping nodes: {pairs}"
+    for node_id in ("wait", "greet"):
+        assert _inside(found[node_id]["box"], found["translate"]["box"]), (node_id, found)
+    for node_id, seen in found.items():
+        assert not _overlap(seen["label"], seen["kind"]), f"{node_id}: its label runs into its type"
+        assert _inside(seen["label"], seen["box"]) and _inside(seen["kind"], seen["box"]), (node_id, seen)
+    # Fitted: the whole canvas in its frame, and the frame takes most of the window's height.
+    frame = await page.eval_on_selector(
+        ".canvas-frame", "e => { const r = e.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; }"
+    )
+    assert all(_inside(seen["box"], frame) for seen in found.values()), (frame, found)
+    assert frame[3] - frame[1] >= 0.6 * 800, f"the canvas frame is {frame[3] - frame[1]} px high in an 800 px window"
+    assert frame[2] <= 1300 and frame[3] <= 800, f"the canvas frame {frame} goes beyond the 1300x800 window"
+    await page.click("[data-node-id='greet']")
+    await page.screenshot(path=str(ARTIFACTS / "run-breakpoint.png"))
+    (DOCS / "ui-run-page.png").write_bytes((ARTIFACTS / "run-breakpoint.png").read_bytes())
+
+    await page.click("button[data-role='resume']")
+    await caught_up(page)
+    assert await page.text_content("[data-role='run-status']") == "completed"
+    assert await page.get_attribute("[data-node-id='summary']", "data-state") == "completed"
+    assert await banner.is_hidden()
+    assert await page.locator("button[data-role='rerun']").is_visible()
+    assert await page.locator("button[data-role='resume']").count() == 0
+    result = await final(served, run_id)
+    assert result["output"]["summary"] == "3 greetings for Ada", result
+
+
+async def test_the_pause_button_pauses_at_the_next_node_and_resume_continues(served, context):
+    raw = {"name": name("ui-pause"), **chain(delay("pre", 2.0), delay("a", 0.2), delay("b", 0.2))}
+    run_id = await execute(served, raw)
+    page = await open_run(context, served, run_id)
+    await page.wait_for_selector("[data-node-id='pre'][data-state='running']", timeout=90_000)
+    await page.click("button[data-role='pause']")
+    await page.wait_for_selector("body[data-run-status='paused']", timeout=60_000)
+    assert "by tester" in await page.text_content("[data-role='pause']")
+    assert await page.get_attribute("[data-node-id='pre']", "data-state") == "completed", "pre was not cut short"
+    assert await page.get_attribute("[data-node-id='a']", "data-state") == "pending"
+    await page.click("button[data-role='resume']")
+    await caught_up(page)
+    assert await page.text_content("[data-role='run-status']") == "completed"
+    states = [(n, s) for kind, n, s in await page.evaluate("__seen") if kind == "state" and n in ("pre", "a")]
+    assert states == [("pre", "running"), ("pre", "completed"), ("a", "running"), ("a", "completed")], states
+    run_states = [s for kind, n, s in await page.evaluate("__seen") if kind == "state" and n == "b"]
+    assert run_states == ["running", "completed"], run_states
+
+
+async def test_a_clicked_node_shows_its_input_and_output_and_reruns_from_there(served, context):
+    raw = {
+        "name": name("ui-nodes"),
+        **chain(
+            {"id": "shout", "type": "transform", "data": {"label": "Shout", "output": "{{ inputs.word | upper }}!"}},
+            {"id": "twice", "type": "transform", "data": {"label": "Twice", "output": "{{ shout }} {{ shout }}"}},
+        ),
+        "inputs": {"word": {"type": "string", "default": "hey"}},
+    }
+    run_id = await execute(served, raw)
+    await final(served, run_id)
+    page = await open_run(context, served, run_id)
+    await caught_up(page)
+    await page.click("[data-node-id='twice']")
+    executions = page.locator("[data-role='node-executions']")
+    await page.wait_for_selector("[data-role='node-executions'][data-loaded='1']", timeout=30_000)
+    assert "HEY! HEY!" in await executions.locator("[data-role='node-output']").text_content()
+    assert "HEY!" in await executions.locator("[data-role='node-input']").text_content()
+    await page.screenshot(path=str(ARTIFACTS / "run-node-details.png"))
+    await page.click("button[data-role='rerun-from-here']")
+    await page.wait_for_url(re.compile(r".*/ui/executions/(?!" + run_id + r")[0-9a-f-]+$"), timeout=30_000)
+    new_id = page.url.rstrip("/").split("/")[-1]
+    await page.wait_for_selector("body[data-painted='true']", timeout=60_000)
+    result = await final(served, new_id)
+    assert result["status"] == "completed" and result["nodes"]["twice"]["output"] == "HEY! HEY!", result
+    assert result["trigger"] == {"type": "rerun", "execution_id": run_id, "from_node": "twice"}, result
+    assert result["nodes"]["shout"]["restored"] is True
+
+
+async def test_the_runs_list_shows_whole_ids_durations_and_filters_by_status_and_workflow(served, context):
+    failing = {
+        "name": name("ui-list"),
+        **chain({"id": "boom", "type": "transform", "data": {"output": "{{ 1 // 0 }}"}}),
+    }
+    failed_id = await execute(served, failing)
+    ok_id = await execute(served, {"name": name("ui-list-ok"), **chain(delay("d", 0.1))})
+    await final(served, failed_id)
+    await final(served, ok_id)
+    page = await context.new_page()
+    await page.add_init_script(RECORDER % json.dumps(KEY))
+    await page.goto(f"{served}/ui/")
+    row = page.locator(f"tr[data-execution-id='{failed_id}']")
+    await row.wait_for(timeout=30_000)
+    assert await row.locator("td.id").text_content() == failed_id, "the whole id"
+    assert re.fullmatch(r"\d+(\.\d)? s|\d+ min \d+ s", await row.locator("[data-role='duration']").text_content())
+    await page.select_option("[data-role='status-filter']", "failed")
+    await page.wait_for_url(re.compile(r".*\?status=failed$"))
+    await page.locator(f"tr[data-execution-id='{failed_id}']").wait_for(timeout=30_000)
+    statuses = await page.locator("tbody [data-status]").all_text_contents()
+    assert statuses and set(statuses) == {"failed"}, statuses
+    assert await page.locator(f"tr[data-execution-id='{ok_id}']").count() == 0
+    async with httpx.AsyncClient(base_url=served, headers=AUTH, timeout=60) as client:
+        workflow_id = (await client.get(f"/api/executions/{ok_id}")).json()["workflow_id"]
+    await page.select_option("[data-role='status-filter']", "")
+    await page.wait_for_url(re.compile(r".*/ui/\??$"))
+    await page.locator(f"tr[data-execution-id='{ok_id}']").wait_for(timeout=30_000)
+    await page.select_option("[data-role='workflow-filter']", workflow_id)
+    await page.wait_for_url(re.compile(r".*\?workflow_id=.*"))
+    await page.locator(f"tr[data-execution-id='{ok_id}']").wait_for(timeout=30_000)
+    assert await page.locator("tbody tr").count() == 1

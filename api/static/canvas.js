@@ -4,11 +4,17 @@
 // in width/height or measured; canvases written by hand often have neither, so a scope
 // (the top level, or one container's body) with a node lacking a position is laid out
 // left to right by depth along its edges. Containers are drawn around their body.
+//
+// Positions written by hand (or by an editor whose nodes were smaller than ours) may make
+// boxes overlap once drawn, a container grown around its body above all: the nodes of a
+// scope are then moved right, in the order of their x, just enough that no two overlap
+// (``separate``). A node's label and its type are on lines of their own, so neither runs
+// into the other.
 
 import { el, svg } from "./common.js";
 import { NodeStatus } from "../vocabulary.js";
 
-const NODE_W = 180, NODE_H = 58, GAP_X = 60, GAP_Y = 26, PAD = 20, HEADER = 34;
+const NODE_W = 180, NODE_H = 64, GAP_X = 60, GAP_Y = 26, PAD = 20, HEADER = 44, SEPARATION = 24;
 const CONTAINERS = new Set(["loop", "parallel"]);
 
 function given(node) {
@@ -53,7 +59,10 @@ export function layout(canvas) {
     const autoLayout = body.some((n) => !given(n));
     const offset = scopeId ? { x: PAD, y: HEADER } : { x: 0, y: 0 };
     if (autoLayout) placeByDepth(body, edges, size, local, offset);
-    else for (const n of body) local.set(n.id, given(n));
+    else {
+      for (const n of body) local.set(n.id, given(n));
+      separate(body, size, local);
+    }
     let w = 0, h = 0;
     for (const n of body) {
       const p = local.get(n.id), s = size.get(n.id);
@@ -81,6 +90,25 @@ export function layout(canvas) {
   };
   for (const n of nodes) absolute(n.id);
   return { nodes, edges, boxes };
+}
+
+/** Moves the nodes of a scope right, in the order of their x, until no two boxes overlap
+ * (with SEPARATION between them): every node keeps its place relative to the others. */
+function separate(body, size, local) {
+  const order = [...body].sort((a, b) => local.get(a.id).x - local.get(b.id).x || local.get(a.id).y - local.get(b.id).y);
+  const placed = [];
+  let shift = 0;
+  for (const n of order) {
+    const p = local.get(n.id), s = size.get(n.id);
+    let x = p.x + shift;
+    for (const q of placed) {
+      const apart = q.y + q.h + SEPARATION <= p.y || p.y + s.h + SEPARATION <= q.y || q.x + q.w + SEPARATION <= x;
+      if (!apart) x = Math.max(x, q.x + q.w + SEPARATION);
+    }
+    shift = x - p.x;
+    local.set(n.id, { x, y: p.y });
+    placed.push({ x, y: p.y, w: s.w, h: s.h });
+  }
 }
 
 /** Columns by longest path from the scope's roots; rows in document order. */
@@ -129,7 +157,9 @@ export function drawCanvas(canvas) {
   const margin = 24;
   const width = maxX - minX + 2 * margin, height = maxY - minY + 2 * margin;
   const root = svg("svg", { class: "canvas", width, height, viewBox: `${minX - margin} ${minY - margin} ${width} ${height}`,
-                            role: "img", "aria-label": "workflow canvas" });
+                            role: "img", "aria-label": "workflow canvas", "data-width": width, "data-height": height });
+  // Fitted to its frame, a small canvas grows at most this much (its text stays readable, not huge).
+  root.style.setProperty("--fit-max-width", `${Math.round(width * 1.6)}px`);
   const defs = svg("defs", {}, svg("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 7,
                                               markerHeight: 7, orient: "auto-start-reverse" },
                                    svg("path", { d: "M0,0 L10,5 L0,10 z", class: "arrowhead" })));
@@ -143,14 +173,16 @@ export function drawCanvas(canvas) {
     const container = CONTAINERS.has(n.type);
     const label = String(n.data?.label ?? n.id);
     const title = svg("title", {}, `${label} (${n.type ?? "?"}, id ${n.id})`);
-    const detail = svg("text", { class: "detail", x: 10, y: container ? 46 : 46, "data-role": "detail" });
+    // Three lines: the label, the type, what the run says of it (the detail, or a container's progress).
+    const detail = svg("text", { class: "detail", x: 10, y: 54, "data-role": "detail" });
     const g = svg("g", { class: container ? "node container" : "node", "data-node-id": n.id, "data-type": n.type ?? "",
                          "data-state": NodeStatus.PENDING, transform: `translate(${box.x},${box.y})`, tabindex: 0 },
       title,
       svg("rect", { class: "box", width: box.w, height: box.h, rx: 8 }),
-      svg("text", { class: "label", x: 10, y: 20 }, clip(label, Math.floor(box.w / 8))),
-      svg("text", { class: "kind", x: box.w - 8, y: 20, "text-anchor": "end" }, n.type ?? ""),
-      container ? svg("text", { class: "progress", x: 10, y: 20 + 14, "data-role": "progress" }) : detail);
+      svg("text", { class: "label", x: 10, y: 19 }, clip(label, Math.floor((box.w - 16) / 8))),
+      svg("text", { class: "kind", x: 10, y: 35 }, clip(n.type ?? "", Math.floor((box.w - 16) / 6.5))),
+      container ? svg("text", { class: "progress", x: box.w - 10, y: 35, "text-anchor": "end", "data-role": "progress" })
+                : detail);
     (container ? containerLayer : nodeLayer).append(g);
     views.set(n.id, { g, title, detail: container ? g.querySelector('[data-role="progress"]') : detail, box,
                       node: n, chars: Math.floor(box.w / 7) });
@@ -179,7 +211,7 @@ export function clip(text, chars) {
   return text.length > chars ? `${text.slice(0, Math.max(1, chars - 1))}…` : text;
 }
 
-/** A scrollable frame for the SVG. */
-export function canvasFrame(content) {
-  return el("div", { class: "canvas-frame" }, content);
+/** A frame for the SVG: ``fit`` scales the canvas to the frame, otherwise it scrolls. */
+export function canvasFrame(content, { fit = false } = {}) {
+  return el("div", { class: fit ? "canvas-frame fit" : "canvas-frame" }, content);
 }
