@@ -11,7 +11,20 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prefect.client.orchestration import get_client
 from prometheus_client import generate_latest
 
-from api import admin_keys, credentials, dead_letters, executions, node_types, schedules, ui, webhooks, workflows
+from api import (
+    admin_keys,
+    bundles,
+    credentials,
+    dead_letters,
+    executions,
+    node_types,
+    schedules,
+    templates,
+    ui,
+    versions,
+    webhooks,
+    workflows,
+)
 from api.auth import require_metrics_key
 from api.compiling import CanvasCompiler
 from api.docs import install_docs
@@ -200,6 +213,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(node_types.router)
     app.include_router(credentials.router)
     app.include_router(admin_keys.router)
+    app.include_router(versions.router)  # versions, diff, rollback
+    app.include_router(bundles.router)  # export, import
+    app.include_router(templates.router)
     ui.mount(app)  # the run page, the list, the playground and the credentials under /ui (docs/ui.md)
 
     def openapi() -> dict[str, Any]:

@@ -209,8 +209,5 @@ class WorkflowHistory:
 def _name_conflict(names: Sequence[str], why: str) -> Conflict:
     return Conflict(
         f"workflow name {', '.join(map(repr, names))} {why}",
-        [
-            {"code": "name_taken", "field": "name", "message": f"{name!r} {why}; give another name"}
-            for name in names
-        ],
+        [{"code": "name_taken", "field": "name", "message": f"{name!r} {why}; give another name"} for name in names],
     )
