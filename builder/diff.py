@@ -31,7 +31,7 @@ def diff_canvases(before: dict[str, Any], after: dict[str, Any]) -> dict[str, An
         "edges": _keyed(_edges(before), _edges(after)),
         "inputs": _keyed(_mapping(before.get("inputs")), _mapping(after.get("inputs"))),
         "variables": _keyed(_mapping(before.get("variables")), _mapping(after.get("variables"))),
-        "settings": changes(before.get("settings"), after.get("settings")),
+        "settings": changes(before.get("settings") or {}, after.get("settings") or {}),  # absent: the defaults
         "output": changes(before.get("output"), after.get("output")),
         "document": [c for key in _DOCUMENT_KEYS for c in changes(before.get(key), after.get(key), key)],
     }
