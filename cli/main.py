@@ -20,6 +20,7 @@ from builder.inputs import checked_inputs, coerce_text
 from builder.issues import InputsInvalid, Issue
 from builder.limits import CompileSettings
 from cli.credentials import credentials_app, secrets_app
+from cli.library import export_workflows, import_workflows
 from cli.triggers import ApiKey, ApiUrl, call_api, schedules_app, webhooks_app
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_CANCELLED = 0, 1, 2, 4
@@ -33,6 +34,8 @@ app.add_typer(schedules_app, name="schedules")
 app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(credentials_app, name="credentials")
 app.add_typer(secrets_app, name="secrets")
+app.command("export")(export_workflows)
+app.command("import")(import_workflows)
 err = Console(stderr=True)
 out = Console()
 

@@ -176,32 +176,32 @@ class WorkflowHistory:
             if taken:
                 raise _name_conflict(sorted(taken), "is the name of one of your workflows already")
             now = utcnow()
-            for new in workflows:
-                session.add(
-                    Workflow(
-                        id=new.id,
-                        owner=owner,
-                        name=new.name,
-                        latest_version=len(new.versions),
-                        created_at=now,
-                        updated_at=now,
-                    )
-                )
-            await session.flush()  # the workflows before their versions (PostgreSQL checks the key at once)
-            for new in workflows:
-                for number, version in enumerate(new.versions, start=1):
+            try:
+                for new in workflows:
                     session.add(
-                        WorkflowVersion(
-                            workflow_id=new.id,
-                            version=number,
-                            canvas=version.canvas,
-                            plan_hash=version.plan_hash,
-                            created_at=version.created_at or now,
+                        Workflow(
+                            id=new.id,
+                            owner=owner,
+                            name=new.name,
+                            latest_version=len(new.versions),
+                            created_at=now,
+                            updated_at=now,
                         )
                     )
-            try:
+                await session.flush()  # the workflows before their versions (PostgreSQL checks the key at once)
+                for new in workflows:
+                    for number, version in enumerate(new.versions, start=1):
+                        session.add(
+                            WorkflowVersion(
+                                workflow_id=new.id,
+                                version=number,
+                                canvas=version.canvas,
+                                plan_hash=version.plan_hash,
+                                created_at=version.created_at or now,
+                            )
+                        )
                 await session.commit()
-            except IntegrityError as exc:  # another request took a name meanwhile
+            except IntegrityError as exc:  # another request took a name (or an id) meanwhile: none is made
                 await session.rollback()
                 raise _name_conflict(names, "may be taken: another save raced this one") from exc
 
