@@ -116,11 +116,15 @@ async def instantiate_template(
     history: HistoryDep,
 ) -> Instantiated:
     """A new workflow from the template (named ``name``, else the template canvas's name:
-    409 when that name is taken), with the workflows it runs saved first under their own
-    names; all or none."""
+    409 when that name is taken), with the workflows it runs saved first, named
+    ``<name>: <child>``; all or none."""
     template = await _find(owner, template_id, mine)
+    # The children are named after the new workflow, so a template can be used more than once.
+    main_name = body.name or str(template.canvas.get("name") or template.id)
     incoming = [
-        Incoming(key=CHILD_PREFIX + key, canvases=((canvas, None),), where=f"child {key}")
+        Incoming(
+            key=CHILD_PREFIX + key, canvases=((canvas, None),), name=f"{main_name}: {key}"[:200], where=f"child {key}"
+        )
         for key, canvas in template.children.items()
     ]
     incoming.append(Incoming(key=template.id, canvases=((template.canvas, None),), name=body.name, where="template"))

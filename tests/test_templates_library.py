@@ -238,6 +238,14 @@ async def test_the_template_routes(api) -> None:
     assert taken.status_code == 409
     assert (await api.post("/api/templates/nope/instantiate", json={})).status_code == 404
 
+    # A template with a child, used twice: each use has its own child, the reference set to it.
+    for name in ("agent-one", "agent-two"):
+        used = await ok(await api.post("/api/templates/order-support-agent/instantiate", json={"name": name}), 201)
+        (child,) = used["children"]
+        assert child["name"] == f"{name}: order-lookup"
+        read = await ok(await api.get(f"/api/workflows/{used['id']}"))
+        assert read["canvas"]["nodes"][1]["data"]["tools"][0]["workflow"] == child["id"]
+
 
 def scripts(model: ToolModel, tag: str) -> dict[str, str]:
     """A model name per template using one, its replies scripted."""
