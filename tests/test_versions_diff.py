@@ -24,7 +24,7 @@ from api.template_library import bundled
 from builder.diff import apply_changes, changes, diff_canvases, is_empty
 from tests.support import canvas, hello, node, save
 
-FAST = settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 # JSON without nulls (the diff reads None as absent) and with plain keys (paths are dotted).
