@@ -14,12 +14,15 @@ from prometheus_client import generate_latest
 
 from api import (
     admin_keys,
+    bundles,
     credentials,
     dead_letters,
     executions,
     node_types,
     schedules,
+    templates,
     ui,
+    versions,
     webhooks,
     workflow_metadata,
     workflows,
@@ -234,6 +237,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(workflow_metadata.router)
     app.include_router(audit_routes.router)
     app.include_router(pauses_router)
+    app.include_router(versions.router)  # versions, diff, rollback
+    app.include_router(bundles.router)  # export, import
+    app.include_router(templates.router)
     ui.mount(app)  # the run page, the list, the playground and the credentials under /ui (docs/ui.md)
 
     def openapi() -> dict[str, Any]:

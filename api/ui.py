@@ -40,6 +40,9 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 PAGES = {"list": "Runs", "run": "Run", "new": "Playground", "credentials": "Credentials"}
+PAGES |= {"workflows": "Workflows", "templates": "Templates"}
+LIBRARY_PAGES = frozenset({"workflows", "templates"})
+"""Pages with a stylesheet of their own beside ui.css (static/library.css)."""
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
@@ -80,6 +83,7 @@ def _shell(request: Request, page: str) -> HTMLResponse:
     root = request.scope.get("root_path", "")
     prefect_ui = getattr(getattr(request.app.state, "runs", None), "prefect_public_url", None) or ""
     e = html.escape
+    extra_css = f'\n<link rel="stylesheet" href="{e(root)}/ui/static/library.css">' if page in LIBRARY_PAGES else ""
     body = f"""<!doctype html>
 <html lang="en">
 <head>
@@ -89,7 +93,7 @@ def _shell(request: Request, page: str) -> HTMLResponse:
 <meta name="flowmaestro-prefect-ui" content="{e(prefect_ui)}">
 <title>{e(PAGES[page])} · FlowMaestro</title>
 <link rel="icon" href="data:,">
-<link rel="stylesheet" href="{e(root)}/ui/static/ui.css">
+<link rel="stylesheet" href="{e(root)}/ui/static/ui.css">{extra_css}
 <script type="module" src="{e(root)}/ui/static/{page}.js"></script>
 </head>
 <body data-page="{page}">
@@ -118,6 +122,16 @@ async def playground_page(request: Request) -> HTMLResponse:
 @router.get("/credentials", response_class=HTMLResponse)
 async def credentials_page(request: Request) -> HTMLResponse:
     return _shell(request, "credentials")
+
+
+@router.get("/workflows", response_class=HTMLResponse)
+async def workflows_page(request: Request) -> HTMLResponse:
+    return _shell(request, "workflows")
+
+
+@router.get("/templates", response_class=HTMLResponse)
+async def templates_page(request: Request) -> HTMLResponse:
+    return _shell(request, "templates")
 
 
 @router.get("/executions/{execution_id}", response_class=HTMLResponse)

@@ -22,6 +22,7 @@ from builder.limits import CompileSettings
 from cli.credentials import credentials_app, secrets_app
 from cli.debugging import executions_app, node_test_command
 from cli.help_text import ReflowedGroup
+from cli.library import export_workflows, import_workflows
 from cli.pausing import add_pause_commands
 from cli.triggers import ApiKey, ApiUrl, call_api, schedules_app, webhooks_app
 
@@ -42,6 +43,8 @@ app.add_typer(secrets_app, name="secrets")
 add_pause_commands(executions_app)
 app.add_typer(executions_app, name="executions")
 app.command("test-node")(node_test_command)
+app.command("export")(export_workflows)
+app.command("import")(import_workflows)
 err = Console(stderr=True)
 out = Console()
 

@@ -64,6 +64,9 @@ class Recipe:
     """For a collection: the world field whose id the owner sees in it and another owner does not."""
     shared: bool = False
     """The installation's, not an owner's (the node catalog): every owner gets the same answer."""
+    other: int | None = None
+    """The status another owner gets from a route without ids in its path whose body names the
+    owner's objects (the declared one when None)."""
 
 
 RECIPES: dict[tuple[str, str], Recipe] = {
@@ -129,6 +132,21 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     ("PATCH", "/api/workflows/{workflow_id}"): Recipe({"workflow_id": "workflow"}, json={"tags": ["matrix"]}),
     ("GET", "/api/audit"): Recipe(lists="workflow"),
     ("GET", "/api/node-types"): Recipe(shared=True),
+    # The workflow library (api/versions.py, api/bundles.py, api/templates.py).
+    ("GET", "/api/workflows/{workflow_id}/versions"): Recipe({"workflow_id": "workflow"}),
+    ("GET", "/api/workflows/{workflow_id}/diff"): Recipe({"workflow_id": "workflow"}, query={"from": "1"}),
+    # The latest version is version 1's canvas already (a PUT of the same canvas makes none).
+    ("POST", "/api/workflows/{workflow_id}/rollback"): Recipe(
+        {"workflow_id": "workflow"}, json={"version": 1}, owner=409
+    ),
+    ("GET", "/api/workflows/{workflow_id}/export"): Recipe({"workflow_id": "workflow"}),
+    ("POST", "/api/workflows/import"): Recipe(json={"import": "bundle"}),
+    ("GET", "/api/templates"): Recipe(lists="template"),
+    ("GET", "/api/templates/{template_id}"): Recipe({"template_id": "template"}),
+    ("POST", "/api/templates"): Recipe(json={"template_of": "workflow"}, other=404),
+    ("POST", "/api/templates/{template_id}/instantiate"): Recipe(
+        {"template_id": "template"}, json={"name": "matrix-instantiated"}
+    ),
     ("GET", "/api/node-types/{node_type}"): Recipe({"node_type": "node_type"}, shared=True),
 }
 
@@ -153,6 +171,7 @@ class World:
     tested_node: str = "end"
     rerun_source: str = ""
     """A cancelled run that nothing retries."""
+    template: str = ""
 
 
 @dataclass(frozen=True)
@@ -269,12 +288,19 @@ async def build_world(app, client: httpx.AsyncClient) -> World:
     await app.state.runs.executions.keep_output(world.execution, world.output_ref, b'"large"')
     credential = {"name": "matrix-credential", "type": "bearer", "data": {"token": "t"}}
     world.credential = (await ok(await client.post("/api/credentials", json=credential, headers=owner)))["id"]
+    template = {"workflow_id": world.workflow, "name": "matrix template", "category": "matrix"}
+    world.template = (await ok(await client.post("/api/templates", json=template, headers=owner)))["id"]
     return world
 
 
 def body_of(recipe: Recipe, world: World) -> Any:
     if recipe.json == {"canvas": "same-name"}:  # the owner's workflow name: another owner may use it too
         return {"canvas": hello(world.name)}
+    if recipe.json == {"import": "bundle"}:  # a bundle of one workflow, each owner imports it once
+        version = {"version": 1, "canvas": hello(world.name + "-imported")}
+        return {"workflows": [{"id": "exported-id", "name": world.name + "-imported", "versions": [version]}]}
+    if recipe.json == {"template_of": "workflow"}:
+        return {"workflow_id": world.workflow, "name": "from the matrix", "category": "matrix"}
     return recipe.json
 
 
@@ -362,7 +388,8 @@ async def check_bearer(client: httpx.AsyncClient, route: Route, recipe: Recipe, 
         assert other.status_code == 200, f"{what} as another owner: {other.status_code} {other.text}"
         assert getattr(world, recipe.lists) not in other.text, f"{what} shows another owner's {recipe.lists}"
     else:  # creating or validating: another owner may use the owner's workflow name
-        assert other.status_code == (route.declared_status or 200), f"{what} as another owner: {other.text}"
+        expected_other = recipe.other or route.declared_status or 200
+        assert other.status_code == expected_other, f"{what} as another owner: {other.text}"
 
     mine = await call(bearer(OWNER_KEY))
     expected = recipe.owner or route.declared_status or 200
