@@ -20,6 +20,7 @@ from builder.plan_cache import PlanCache
 from flows.event_log import EventLog, event_log_from_env
 from flows.events import EventBus
 from flows.journal import OutcomeStore
+from flows.node_limits import NodeLimiter, PrefectNodeLimits
 from flows.prefect_compat import TaskRunSender
 from flows.prefect_runner import cache_lock_manager, cached_task
 from flows.settings import EngineSettings
@@ -144,6 +145,9 @@ class RunContext:
     plans: PlanCache | None = field(default=None, compare=False)
     """Plans of saved versions, compiled once per ``(workflow_id, version)`` (a worker);
     None: every run compiles its canvas."""
+    node_limits: NodeLimiter = field(default_factory=PrefectNodeLimits, compare=False)
+    """Where nodes' ``concurrency`` and ``rate_limit`` slots are taken (Prefect's global
+    concurrency limits, ``flows.node_limits``), shared by the process's runs."""
 
     @classmethod
     def from_environment(cls, *, listeners: tuple[RunListener, ...] = ()) -> RunContext:
