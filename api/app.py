@@ -13,6 +13,7 @@ from prometheus_client import generate_latest
 
 from api import admin_keys, credentials, dead_letters, executions, node_types, schedules, ui, webhooks, workflows
 from api.auth import require_metrics_key
+from api.budgets import router as budgets_router
 from api.compiling import CanvasCompiler
 from api.docs import install_docs
 from api.errors import install_error_handlers
@@ -34,6 +35,7 @@ from flows.event_log import event_log_from_env
 from node_handlers.catalog import NodeTypeCatalog
 from node_handlers.registry import build_registry
 from store.api_keys import ApiKeys
+from store.budgets import Budgets
 from store.credentials import Credentials
 from store.db import make_engine, sessions, upgrade_schema
 from store.queries import Executions, NodeOutcomes, Workflows
@@ -163,6 +165,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             )
             app.state.stream_tokens = StreamTokens(token_key(settings), settings.stream_token_ttl_s)
             app.state.api_keys = ApiKeys(database)
+            app.state.budgets = Budgets(database)
             yield
 
     metrics = Metrics()
@@ -200,6 +203,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(node_types.router)
     app.include_router(credentials.router)
     app.include_router(admin_keys.router)
+    app.include_router(budgets_router)
     ui.mount(app)  # the run page, the list, the playground and the credentials under /ui (docs/ui.md)
 
     def openapi() -> dict[str, Any]:

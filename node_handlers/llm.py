@@ -30,6 +30,7 @@ from builder.catalog import UNIQUE_KEYS, NodeConfig, Templatable, at_most_one_of
 from builder.plan import RetryPolicy
 from node_handlers.base import ERROR_HANDLE, SOURCE_HANDLE, Completed, HandleDoc, NodeContext, NodeError, NodeHandler
 from node_handlers.branching import HANDLE_ID, check_unique_ids
+from node_handlers.budgets import budgeted_request, record_usage
 from node_handlers.credentials import CredentialName, read_credential
 from node_handlers.egress import check_url
 from node_handlers.http import parse_retry_after
@@ -359,10 +360,13 @@ async def resolve_endpoint(
 async def stream_chat(
     config: ModelCallConfig, messages: list[dict[str, Any]], ctx: NodeContext, response_format: dict[str, Any] | None
 ) -> ChatReply:
-    async with services_for(ctx.services) as services:
+    async with services_for(ctx.services) as services, budgeted_request(ctx, services) as usage:
         if config.provider == "anthropic":
-            return await _anthropic_chat(config, messages, ctx, response_format, services)
-        return await _stream_chat(config, messages, ctx, response_format, services)
+            reply = await _anthropic_chat(config, messages, ctx, response_format, services)
+        else:
+            reply = await _stream_chat(config, messages, ctx, response_format, services)
+        record_usage(usage, reply.usage, reply.cost_usd)  # charged to the run's budgets
+        return reply
 
 
 async def _anthropic_chat(

@@ -116,6 +116,11 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     ("GET", "/api/credentials/{credential_id}"): Recipe({"credential_id": "credential"}),
     ("PUT", "/api/credentials/{credential_id}"): Recipe({"credential_id": "credential"}, json={"data": {"token": "u"}}),
     ("DELETE", "/api/credentials/{credential_id}"): Recipe({"credential_id": "credential"}),
+    ("POST", "/api/budgets"): Recipe(json={"scope": "owner", "period": "day", "max_tokens": 1000}),
+    ("GET", "/api/budgets"): Recipe(lists="budget"),
+    ("GET", "/api/budgets/{budget_id}"): Recipe({"budget_id": "budget"}),
+    ("PATCH", "/api/budgets/{budget_id}"): Recipe({"budget_id": "budget"}, json={"max_tokens": 2000}),
+    ("DELETE", "/api/budgets/{budget_id}"): Recipe({"budget_id": "budget"}),
     ("GET", "/api/node-types"): Recipe(shared=True),
     ("GET", "/api/node-types/{node_type}"): Recipe({"node_type": "node_type"}, shared=True),
 }
@@ -137,6 +142,7 @@ class World:
     hook_secret: str = ""
     output_ref: str = ""
     credential: str = ""
+    budget: str = ""
     node_type: str = "transform"
 
 
@@ -252,6 +258,8 @@ async def build_world(app, client: httpx.AsyncClient) -> World:
     await app.state.runs.executions.keep_output(world.execution, world.output_ref, b'"large"')
     credential = {"name": "matrix-credential", "type": "bearer", "data": {"token": "t"}}
     world.credential = (await ok(await client.post("/api/credentials", json=credential, headers=owner)))["id"]
+    budget = {"scope": "workflow", "workflow_id": world.workflow, "period": "month", "max_cost_usd": 5.0}
+    world.budget = (await ok(await client.post("/api/budgets", json=budget, headers=owner)))["id"]
     return world
 
 
