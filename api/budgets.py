@@ -128,7 +128,7 @@ async def create_budget(body: BudgetBody, owner: Owner, budgets: BudgetsDep, wor
 
 @router.get("", response_model=list[BudgetOut], responses=_errors(401, 503))
 async def list_budgets(owner: Owner, budgets: BudgetsDep) -> list[BudgetOut]:
-    return [BudgetOut(**_out(b)) for b in await budgets.list(owner)]
+    return [BudgetOut(**_out(b)) for b in await budgets.of_owner(owner)]
 
 
 @router.get("/{budget_id}", response_model=BudgetWithSpend, responses=_errors(401, 404, 503))

@@ -51,8 +51,8 @@ LEASE_S = 300.0
 node runs): a worker that dies gives its slots back after this."""
 
 WAITING_AFTER_S = 0.5
-"""A node not granted its slot within this is reported waiting (``node:waiting``); an
-uncontended acquisition is one request to the Prefect server, tens of milliseconds."""
+"""A node not granted its slot within this, whose limit is full on the server, is reported
+waiting (``node:waiting``); an uncontended acquisition is one request to the Prefect server."""
 
 
 @dataclass(frozen=True)
@@ -178,7 +178,7 @@ async def _acquire(
     on_long_wait: OnLongWait | None,
     release_after_s: float | None,
 ) -> None:
-    waiting = asyncio.get_running_loop().call_later(WAITING_AFTER_S, on_waiting, limit)
+    waiting = asyncio.create_task(_report_waiting(limit, on_waiting))
     try:
         while True:
             try:
@@ -191,6 +191,20 @@ async def _acquire(
                 await on_long_wait(limit)  # raises the release signal, or returns: wait on
     finally:
         waiting.cancel()
+
+
+async def _report_waiting(limit: ResolvedLimit, on_waiting: OnWaiting) -> None:
+    """``node:waiting`` once the acquisition has taken ``WAITING_AFTER_S`` and the limit is
+    full on the server: a slow answer of a loaded Prefect server is not a wait for a slot."""
+    await asyncio.sleep(WAITING_AFTER_S)
+    try:
+        async with get_client() as client:
+            current = await client.read_global_concurrency_limit_by_name(limit.name)
+    except Exception:  # the report is a courtesy: the acquisition says what really happened
+        log.debug("could not read %s", limit.name, exc_info=True)
+        return
+    if current.active_slots >= current.limit:
+        on_waiting(limit)
 
 
 async def _upsert(client: object, name: str, slots: int, decay: float) -> None:

@@ -165,7 +165,7 @@ class Budgets:
             await session.commit()
         return _budget(row)
 
-    async def list(self, owner: str) -> list[Budget]:
+    async def of_owner(self, owner: str) -> list[Budget]:
         async with self.sessions() as session:
             rows = await session.scalars(
                 select(BudgetRow).where(BudgetRow.owner == owner).order_by(BudgetRow.created_at, BudgetRow.id)
@@ -235,7 +235,7 @@ class BudgetLedger:
         room = [_room(spend.cost_usd, spend.largest_cost_usd, budget.max_cost_usd)]
         room.append(_room(spend.tokens, spend.largest_tokens, budget.max_tokens))
         async with self.sessions() as session:
-            await session.execute(_insert_missing(session.bind.dialect.name, budget.id, window))
+            await session.execute(_insert_missing(session.get_bind().dialect.name, budget.id, window))
             admitted = await session.execute(
                 update(BudgetSpendRow)
                 .where(BudgetSpendRow.budget_id == budget.id, BudgetSpendRow.period_key == window, *room)

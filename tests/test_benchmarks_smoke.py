@@ -173,3 +173,9 @@ def test_agent_crash(tmp_path, prefect_server):
         prefect_url=prefect_server.api_url,
     )
     assert "overhead ms/turn" in output
+
+
+@pytest.mark.services
+def test_limits(tmp_path, prefect_server):
+    output = run_benchmark("limits", "--quick", home=tmp_path, prefect_url=prefect_server.api_url)
+    assert "one concurrency slot costs" in output
