@@ -16,9 +16,10 @@ second, so starts are spread evenly (never two within ``60 / per_minute`` second
 than a burst of ``per_minute`` followed by a wait.
 
 Waiting happens in the flow, before the node takes one of the run's ``max_concurrency``
-slots and before its task run exists. A node that is still waiting after ``release_after_s``
-lets go of the run when nothing else of it executes (``Execution.release``, as a long
-delay does): the worker's slot is freed and the run is scheduled again later.
+slots and before its task run exists. A node that is still waiting for a concurrency slot
+after ``release_after_s`` lets go of the run when nothing else of it executes
+(``Execution.release``, as a long delay does): the worker's slot is freed and the run is
+scheduled again later. A rate-limit wait is not cut short (see ``held``).
 """
 
 from __future__ import annotations
@@ -158,10 +159,15 @@ class PrefectNodeLimits:
                 await self.ensure(limit)
                 acquire: Callable[[], Awaitable[object]]
                 if limit.kind == "concurrency":
-                    acquire = functools.partial(stack.enter_async_context, _slot(limit.name))
+                    # A fresh context manager for each attempt: a wait cut short consumed the last one.
+                    acquire = functools.partial(_enter_slot, stack, limit.name)
                 else:
                     acquire = functools.partial(rate_limit, limit.name, occupy=1, strict=True)
-                await _acquire(limit, acquire, on_waiting, on_long_wait, release_after_s)
+                # Only a concurrency wait lets go of the run: Prefect hands a rate-limit slot granted
+                # after its caller gave up to nobody, so cut-short waits would waste the spaced
+                # starts (a rate-limit wait is bounded: the queue ahead times 60/per_minute s).
+                releasing = on_long_wait if limit.kind == "concurrency" else None
+                await _acquire(limit, acquire, on_waiting, releasing, release_after_s)
             yield
 
 
@@ -169,6 +175,10 @@ def _slot(name: str) -> contextlib.AbstractAsyncContextManager[None]:
     # A failed renewal (the Prefect server briefly away) must not kill the node: the lease
     # outlives it by minutes.
     return concurrency(name, occupy=1, lease_duration=LEASE_S, strict=True, raise_on_lease_renewal_failure=False)
+
+
+async def _enter_slot(stack: contextlib.AsyncExitStack, name: str) -> None:
+    await stack.enter_async_context(_slot(name))
 
 
 async def _acquire(

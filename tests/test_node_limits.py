@@ -13,11 +13,12 @@ from typing import Any
 import httpx
 import pytest
 from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 
 from builder.compiler import compile_canvas
 from flows.event_log.redis_streams import RedisEventLog
 from tests.processes import postgres_database, stack_env, start_serve, start_worker
-from tests.support import canvas, compiled, make_registry, node, save, save_and_execute, wait_final
+from tests.support import canvas, compiled, eventually, make_registry, node, save, save_and_execute, wait_final
 
 final = partial(wait_final, timeout=150)
 KEY = "limits-test-key"
@@ -102,7 +103,8 @@ def test_a_key_template_is_checked_like_any_template():
 def stack(tmp_path_factory, pg_prefect, counting):
     home = tmp_path_factory.mktemp("limits")
     with postgres_database("fm_limits") as database_url:
-        yield home, stack_env(home, pg_prefect, database_url, KEY)
+        # A node waiting longer than the workers' prefetch (10 s) lets go of its run.
+        yield home, stack_env(home, pg_prefect, database_url, KEY, FLOWMAESTRO_DELAY_RELEASE_S="10")
 
 
 @pytest.fixture(scope="module")
@@ -245,3 +247,42 @@ async def test_a_key_that_names_no_limit_fails_its_node(api, workers, counting):
     error = result["nodes"]["call"]["error"]
     assert error["type"] == "ConfigError" and "concurrency.key" in error["message"] and "'/'" in error["message"], error
     assert not calls_to(counting, "/never")
+
+
+@pytest.mark.workers
+async def test_a_node_waiting_long_lets_go_of_its_worker_and_runs_later(api, workers, counting, pg_prefect):
+    """The slot is held by someone else (here the test) for 30 s: the run's only node waits,
+    the run is released (Suspended, its worker free), scheduled again, and completes once the
+    slot is free, its node executed once."""
+    from prefect.concurrency.asyncio import concurrency
+
+    key = f"held-{uuid.uuid4().hex[:8]}"
+    path = f"/held-{key}"
+    raw = canvas(
+        [
+            node("start", "start"),
+            node("call", "http", data={"url": f"{counting.url}{path}"}, concurrency={"key": key, "limit": 1}),
+        ],
+        [("start", "call")],
+        name=f"held-{key}",
+    )
+    async with client(api) as http, PrefectClient(pg_prefect.api_url) as prefect:
+        saved = await save(http, raw)
+        await prefect.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=f"fm:{OWNER}:{key}", limit=1))
+        async with concurrency(f"fm:{OWNER}:{key}", occupy=1, strict=True):
+            run_id = (await http.post(f"/api/workflows/{saved['id']}/execute", json={"inputs": {}})).json()[
+                "execution_id"
+            ]
+
+            async def released() -> bool:
+                states = await prefect.read_flow_run_states(uuid.UUID(run_id))
+                return any(s.name == "Suspended" for s in states)
+
+            await eventually(released, timeout=90, what="the waiting run released")
+            assert not calls_to(counting, path)
+            await asyncio.sleep(3)  # the worker is free meanwhile: nothing of the run runs
+        result = await final(http, run_id)
+    assert result["status"] == "completed", result
+    assert len(calls_to(counting, path)) == 1
+    waiting = [e for e in await events_of(run_id) if e.type == "node:waiting"]
+    assert waiting and waiting[0].data["key"] == key, waiting
