@@ -204,9 +204,14 @@ async def _acquire(
 
 
 async def _report_waiting(limit: ResolvedLimit, on_waiting: OnWaiting) -> None:
-    """``node:waiting`` once the acquisition has taken ``WAITING_AFTER_S`` and the limit is
-    full on the server: a slow answer of a loaded Prefect server is not a wait for a slot."""
+    """``node:waiting`` once the acquisition has taken ``WAITING_AFTER_S`` and, for a
+    concurrency limit, the limit is full on the server: a slow answer of a loaded Prefect
+    server is not a wait for a slot. (A rate limit's stored slots do not say whether the next
+    start is due: its wait is reported on time alone.)"""
     await asyncio.sleep(WAITING_AFTER_S)
+    if limit.kind == "rate_limit":
+        on_waiting(limit)
+        return
     try:
         async with get_client() as client:
             current = await client.read_global_concurrency_limit_by_name(limit.name)

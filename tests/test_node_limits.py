@@ -254,8 +254,6 @@ async def test_a_node_waiting_long_lets_go_of_its_worker_and_runs_later(api, wor
     """The slot is held by someone else (here the test) for 30 s: the run's only node waits,
     the run is released (Suspended, its worker free), scheduled again, and completes once the
     slot is free, its node executed once."""
-    from prefect.concurrency.asyncio import concurrency
-
     key = f"held-{uuid.uuid4().hex[:8]}"
     path = f"/held-{key}"
     raw = canvas(
@@ -269,7 +267,11 @@ async def test_a_node_waiting_long_lets_go_of_its_worker_and_runs_later(api, wor
     async with client(api) as http, PrefectClient(pg_prefect.api_url) as prefect:
         saved = await save(http, raw)
         await prefect.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=f"fm:{OWNER}:{key}", limit=1))
-        async with concurrency(f"fm:{OWNER}:{key}", occupy=1, strict=True):
+        # Held through the run's Prefect server (this process's default is another one).
+        held = await prefect.increment_concurrency_slots_with_lease(
+            names=[f"fm:{OWNER}:{key}"], slots=1, mode="concurrency", lease_duration=120
+        )
+        try:
             run_id = (await http.post(f"/api/workflows/{saved['id']}/execute", json={"inputs": {}})).json()[
                 "execution_id"
             ]
@@ -281,6 +283,8 @@ async def test_a_node_waiting_long_lets_go_of_its_worker_and_runs_later(api, wor
             await eventually(released, timeout=90, what="the waiting run released")
             assert not calls_to(counting, path)
             await asyncio.sleep(3)  # the worker is free meanwhile: nothing of the run runs
+        finally:
+            await prefect.release_concurrency_slots_with_lease(uuid.UUID(held.json()["lease_id"]))
         result = await final(http, run_id)
     assert result["status"] == "completed", result
     assert len(calls_to(counting, path)) == 1
