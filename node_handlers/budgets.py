@@ -9,7 +9,7 @@ a model without a price costs nothing there, its tokens still count).
 Over a budget, ``on_exceed: fail`` fails the node (``budget_exceeded``, not retried);
 ``pause`` asks a person through the run's approvals (``kind: "budget"``): approved, the run
 goes on past that budget (still charged, never asked again for it); rejected or timed out,
-the node fails as with ``fail``. Runs without an owner (``flowmaestro run``) have no budgets.
+the node fails as with ``fail``. Only runs on workers have budgets (not ``flowmaestro run``).
 """
 
 from __future__ import annotations
@@ -70,7 +70,9 @@ class _Held:
 async def budgeted_request(ctx: NodeContext, services: HandlerServices) -> AsyncIterator[Usage]:
     """Admission before the request, the charge after it (``Usage`` filled in by the caller)."""
     usage = Usage()
-    if ctx.owner is None:
+    # Budgets live in the store of the processes that run saved workflows (workers: they are
+    # the ones with a credential store); a local run or a handler called alone has none.
+    if ctx.owner is None or services.credentials is None:
         yield usage
         return
     ledger = BudgetLedger(sessions(services.database()))
