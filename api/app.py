@@ -29,6 +29,7 @@ from api import (
 )
 from api import audit as audit_routes
 from api.auth import require_metrics_key
+from api.budgets import router as budgets_router
 from api.compiling import CanvasCompiler
 from api.debugging import DebugService
 from api.debugging import router as debugging_router
@@ -54,6 +55,7 @@ from node_handlers.catalog import NodeTypeCatalog
 from node_handlers.registry import build_registry
 from store.api_keys import ApiKeys
 from store.audit import AuditLog
+from store.budgets import Budgets
 from store.credentials import Credentials
 from store.db import make_engine, sessions, upgrade_schema
 from store.node_executions import NodeExecutions
@@ -196,6 +198,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                 event_log,
                 test_wait_s=settings.node_test_wait_s,
             )
+            app.state.budgets = Budgets(database)
             yield
 
     metrics = Metrics()
@@ -240,6 +243,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(versions.router)  # versions, diff, rollback
     app.include_router(bundles.router)  # export, import
     app.include_router(templates.router)
+    app.include_router(budgets_router)
     ui.mount(app)  # the run page, the list, the playground and the credentials under /ui (docs/ui.md)
 
     def openapi() -> dict[str, Any]:

@@ -132,6 +132,28 @@ class CacheSpec(BaseModel):
     ttl_s: float | None = Field(None, gt=0, description="Lifetime of a stored result; none means no expiry.")
 
 
+class ConcurrencySpec(BaseModel):
+    """At most ``limit`` executions of nodes with the same resolved ``key`` at once, across
+    every worker (a Prefect global concurrency limit per key)."""
+
+    model_config = ConfigDict(extra="forbid")
+    key: str = Field(
+        min_length=1, max_length=200, description="A template; nodes whose keys resolve alike share the limit."
+    )
+    limit: int = Field(ge=1, le=10_000, description="Executions at once with this key.")
+
+
+class RateLimitSpec(BaseModel):
+    """At most ``per_minute`` starts a minute of nodes with the same resolved ``key``, spread
+    evenly (one every 60/per_minute seconds), across every worker."""
+
+    model_config = ConfigDict(extra="forbid")
+    key: str = Field(
+        min_length=1, max_length=200, description="A template; nodes whose keys resolve alike share the limit."
+    )
+    per_minute: int = Field(ge=1, le=60_000, description="Starts a minute with this key.")
+
+
 class RunSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     max_concurrency: int = Field(8, ge=1, le=1000, description="Nodes running at once in a run.")
@@ -152,6 +174,8 @@ class NodeModel(_Lenient):
     retry: RetrySpec | None = None
     timeout_s: float | None = Field(None, gt=0, le=86400)
     cache: CacheSpec | None = None
+    concurrency: ConcurrencySpec | None = None
+    rate_limit: RateLimitSpec | None = None
     join: JoinMode = "all"
     replay: bool = Field(
         True,

@@ -32,6 +32,7 @@ from builder.plan import (
     CachePolicy,
     EdgeConditionSpec,
     FrozenDict,
+    KeyLimit,
     Plan,
     PlanEdge,
     PlanNode,
@@ -546,6 +547,12 @@ def build_plan(draft: Draft) -> CompileResult:
                 "version": spec.version,
                 "container": spec.container,
                 "replay": node.replay,
+                "concurrency": None
+                if node.concurrency is None
+                else KeyLimit(node.concurrency.key, node.concurrency.limit),
+                "rate_limit": None
+                if node.rate_limit is None
+                else KeyLimit(node.rate_limit.key, node.rate_limit.per_minute),
             },
         )
     scopes = {}

@@ -187,6 +187,18 @@ class PlanEdge:
 
 
 @dataclass(frozen=True)
+class KeyLimit:
+    """A node's ``concurrency`` (``limit``: executions at once) or ``rate_limit``
+    (``limit``: starts a minute); ``key`` is a template, resolved per node execution."""
+
+    key: str
+    limit: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "limit": self.limit}
+
+
+@dataclass(frozen=True)
 class PlanNode:
     id: NodeId
     type: str
@@ -212,6 +224,10 @@ class PlanNode:
     """``loop`` or ``parallel`` when this node is a container."""
     replay: bool = True
     """Restored from the run's journal when the run executes again (``flows.journal``)."""
+    concurrency: KeyLimit | None = None
+    """At most ``limit`` executions with the same resolved key at once (``flows.node_limits``)."""
+    rate_limit: KeyLimit | None = None
+    """At most ``limit`` starts a minute with the same resolved key (``flows.node_limits``)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -232,6 +248,8 @@ class PlanNode:
             "version": self.version,
             "container": self.container,
             "replay": self.replay,
+            "concurrency": None if self.concurrency is None else self.concurrency.to_dict(),
+            "rate_limit": None if self.rate_limit is None else self.rate_limit.to_dict(),
         }
 
 
@@ -311,6 +329,7 @@ def content_hash(plan_dict: Mapping[str, Any]) -> str:
                 n["version"],
                 n["container"],
                 *_replay_key(n.get("replay", True)),
+                *_limits_key(n.get("concurrency"), n.get("rate_limit")),
             ]
         )
     edges = [
@@ -366,6 +385,10 @@ def plan_hash(plan: Plan) -> str:
                 node.version,
                 node.container,
                 *_replay_key(node.replay),
+                *_limits_key(
+                    None if node.concurrency is None else node.concurrency.to_dict(),
+                    None if node.rate_limit is None else node.rate_limit.to_dict(),
+                ),
             ]
         )
     edges = []
@@ -387,6 +410,13 @@ def plan_hash(plan: Plan) -> str:
 def _replay_key(replay: bool) -> list[bool]:
     """Only ``replay: false`` enters the hash, so plans written before it existed keep theirs."""
     return [] if replay else [False]
+
+
+def _limits_key(concurrency: Mapping[str, Any] | None, rate_limit: Mapping[str, Any] | None) -> list[Any]:
+    """Only nodes with a limit enter it in the hash, so plans written before limits existed keep theirs."""
+    if concurrency is None and rate_limit is None:
+        return []
+    return [{"concurrency": concurrency, "rate_limit": rate_limit}]
 
 
 PLAN_FORMAT = 2

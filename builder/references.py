@@ -59,6 +59,11 @@ def check_references(draft: Draft, limits: CompileLimits = CompileLimits(), dead
         else:
             for refs in find(data, expression_keys=spec.expression_keys):
                 checker.check(refs, reader=node_id, inside=None, issues=issues, found=found)
+        for name in ("concurrency", "rate_limit"):  # their keys are templates too
+            limit = getattr(node, name)
+            if limit is not None:
+                for refs in find(limit.key, field=f"{name}.key"):
+                    checker.check(refs, reader=node_id, inside=None, issues=issues, found=found)
         references[node_id] = frozenset(found)
 
     for edge_id in draft.handles:

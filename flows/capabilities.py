@@ -46,7 +46,11 @@ class RunCapabilities:
     key: str
 
     async def pause_for_person(self, request: Any) -> Completed:
-        self.run.status = "paused"  # not "running": the run may be released meanwhile
+        # A budget's question may come from inside a task run (an llm node), which the run's
+        # release signal must never reach: such a node stays "running", and the run is held.
+        releasable = getattr(request, "kind", None) != "budget"
+        if releasable:
+            self.run.status = "paused"  # not "running": the run may be released meanwhile
         # What ended before the wait is listed (GET .../nodes) while the person decides.
         try:
             await self.execution.journal.flush()

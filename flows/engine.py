@@ -15,12 +15,13 @@ sub-workflows) get it through their ``NodeContext.capabilities`` (``flows.capabi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from pydantic import ValidationError
@@ -35,6 +36,7 @@ from flows.frames import Frame
 from flows.journal import JournalUnavailable, RunJournal
 from flows.large_outputs import LargeOutputs
 from flows.node_executions import NodeExecutionRecorder
+from flows.node_limits import NodeLimiter, ResolvedLimit, resolved_limit
 from flows.observing import NO_OBSERVER, NodeObserver
 from flows.policies import (
     is_dead_letter,
@@ -143,6 +145,8 @@ class Execution:
         started_at: datetime | None = None,
         services: HandlerServices | None = None,
         observer: NodeObserver | None = None,
+        limiter: NodeLimiter | None = None,
+        limit_release_s: float | None = None,
     ):
         """``max_task_runs``: how many task runs the run shows one by one (``TaskRunMirror``).
         ``large_outputs``: how outputs over a size are shown in events and the run result
@@ -157,6 +161,11 @@ class Execution:
         self.started_at = started_at
         self.observer: NodeObserver = observer or NO_OBSERVER
         """Around every node execution: its span and metrics (``flows.observing``)."""
+        self.limiter = limiter
+        """Holds nodes' ``concurrency`` and ``rate_limit`` slots (``flows.node_limits``);
+        without it, those settings are not enforced."""
+        self.limit_release_s = limit_release_s
+        """A node waiting this long for a limit's slot lets go of the run (with ``release``)."""
         self.services = services
         """Handed to every node (``NodeContext.services``): the process's handler services."""
         self.release = release
@@ -441,7 +450,9 @@ class Execution:
         try:
             config = self.resolve_config(node, handler, frame, skip_keys=handler.own_scope_keys)
             self.node_executions.resolved(node.id, frame.path, config)
-            outcome = NodeResult(NodeStatus.COMPLETED, await run_container(self, node, frame, config), SOURCE)
+            async with self.limits_held(self.resolve_limits(node, frame), node, frame, run):
+                output = await run_container(self, node, frame, config)
+            outcome = NodeResult(NodeStatus.COMPLETED, output, SOURCE)
         except NodeError as exc:
             outcome = NodeResult(NodeStatus.FAILED, error=error_info(exc, node.id, 1))
         failure = None if outcome.error is None else NodeError(outcome.error["message"])
@@ -476,10 +487,17 @@ class Execution:
             completed, run.attempts = self.journal.restored(entry)
             return dataclasses.replace(self._completed(node, completed), restored=True)
         inline = runs_inline(node, handler, inline_control=self.inline_control)
-        if handler.in_flow:
-            outcome = await self._run_in_flow(node, frame, run, handler, config, upstream, key)
-        else:
-            outcome = await self._run_leaf(node, frame, run, handler, config, upstream, key, inline)
+        try:
+            limits = self.resolve_limits(node, frame)
+        except NodeError as exc:
+            run.attempts = 1
+            self.mirror.ended(node, frame, run, upstream, exc)
+            return NodeResult(NodeStatus.FAILED, error=error_info(exc, node.id, 1))
+        async with self.limits_held(limits, node, frame, run):
+            if handler.in_flow:
+                outcome = await self._run_in_flow(node, frame, run, handler, config, upstream, key)
+            else:
+                outcome = await self._run_leaf(node, frame, run, handler, config, upstream, key, inline)
         oversize = (
             oversize_error(outcome.output, self.max_node_output_bytes, node.id, run.attempts)
             if outcome.succeeded
@@ -572,6 +590,56 @@ class Execution:
             frozenset(completed.handles),
             variables=dict(completed.variables),
             usage=dict(completed.usage or {}),
+        )
+
+    def resolve_limits(self, node: PlanNode, frame: Frame) -> tuple[ResolvedLimit, ...]:
+        """The node's ``concurrency`` and ``rate_limit`` with their keys resolved (a key that
+        does not render, names no limit or holds a secret fails the node)."""
+        if self.limiter is None or (node.concurrency is None and node.rate_limit is None):
+            return ()
+        resolved = []
+        for kind, spec in (("concurrency", node.concurrency), ("rate_limit", node.rate_limit)):
+            if spec is None:
+                continue
+            try:
+                rendered = render_value(spec.key, self.template_scope(node, frame), limits=self.template_limits)
+            except TemplateRenderError as exc:
+                raise NodeError(f"{kind}.key: {exc.message}", error_type="TemplateError") from exc
+            if self.journal.redact(rendered) != rendered:  # it would be a limit's name, shown everywhere
+                raise NodeError(f"{kind}.key must not contain a secret", error_type="ConfigError")
+            resolved.append(resolved_limit(kind, self.owner, rendered, spec.limit))  # type: ignore[arg-type]
+        return tuple(resolved)
+
+    def limits_held(
+        self, limits: tuple[ResolvedLimit, ...], node: PlanNode, frame: Frame, run: NodeRun
+    ) -> contextlib.AbstractAsyncContextManager[None]:
+        """The node's limits' slots, waited for (``node:waiting``) and held around its call."""
+        if not limits or self.limiter is None:
+            return contextlib.nullcontext()
+
+        def waiting(limit: ResolvedLimit) -> None:
+            self.bus.publish(
+                EventType.NODE_WAITING,
+                node_id=node.id,
+                path=frame.path,
+                reason=limit.kind,
+                key=limit.key,
+                limit=limit.limit,
+            )
+
+        async def long_wait(limit: ResolvedLimit) -> None:
+            if self.release is not None and self.limit_release_s is not None and not self.others_running(run):
+                log.info(
+                    "node %s waited %.0f s for %s: letting go of the run", node.id, self.limit_release_s, limit.name
+                )
+                await self.release(node.id, frame.path, utcnow() + timedelta(seconds=self.limit_release_s + 1))
+
+        releasing = self.release is not None and self.limit_release_s is not None
+        return self.limiter.held(
+            limits,
+            on_waiting=waiting,
+            on_long_wait=long_wait if releasing else None,
+            release_after_s=self.limit_release_s,
         )
 
     def resolve_config(

@@ -521,6 +521,7 @@ async def execute_run(prepared: PreparedRun) -> RunRecord:
         # another node of the execution runs.
         busy=lambda: execution.leaf_running(),
     )
+    release = _delay_release(run_id, settings.delay_release_s, holding) if releasable else None
     execution = Execution(
         prepared.plan,
         context.registry,
@@ -541,10 +542,12 @@ async def execute_run(prepared: PreparedRun) -> RunRecord:
         large_outputs=_large_outputs(run_id, settings.event_output_max_bytes, opened.store),
         template_limits=settings.template_limits,
         max_node_output_bytes=settings.max_node_output_bytes,
-        release=_delay_release(run_id, settings.delay_release_s, holding) if releasable else None,
+        release=release,
         started_at=opened.started_at,
         services=context.services,
         observer=opened.observer,
+        limiter=context.node_limits,
+        limit_release_s=release.after_s if release is not None else None,
     )
     gate = None
     if run_id != "local":  # a pause is asked for and answered through the run's flow run

@@ -20,6 +20,7 @@ from builder.plan_cache import PlanCache
 from flows.event_log import EventLog, event_log_from_env
 from flows.events import EventBus
 from flows.journal import OutcomeStore
+from flows.node_limits import NodeLimiter, PrefectNodeLimits
 from flows.observing import Observability
 from flows.prefect_compat import TaskRunSender
 from flows.prefect_runner import cache_lock_manager, cached_task
@@ -159,6 +160,9 @@ class RunContext:
     observability: Observability | None = field(default=None, compare=False)
     """Traces (the ``OTEL_*`` variables) and metrics (a worker's) of the runs; closed with
     the context. None: neither."""
+    node_limits: NodeLimiter = field(default_factory=PrefectNodeLimits, compare=False)
+    """Where nodes' ``concurrency`` and ``rate_limit`` slots are taken (Prefect's global
+    concurrency limits, ``flows.node_limits``), shared by the process's runs."""
 
     @classmethod
     def from_environment(cls, *, listeners: tuple[RunListener, ...] = ()) -> RunContext:

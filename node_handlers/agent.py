@@ -31,6 +31,7 @@ from node_handlers.agent_memory import AgentMemories, MemoryConfig
 from node_handlers.agent_tools import CallResult, HttpTool, NamedTool, Tool, WorkflowTool, call_tool, toolbox
 from node_handlers.approval import FormField, ToolCallApproval
 from node_handlers.base import Completed, NodeContext, NodeError, NodeHandler
+from node_handlers.budgets import budgeted_request, record_usage
 from node_handlers.llm import EXCERPT_CHARS, ONE_KEY_SOURCE, ModelCallConfig, PositiveFloat, cost_of
 from node_handlers.model_turns import ModelTurns, ToolCall, ToolSpec, TurnReply, TurnRequest
 from node_handlers.providers import turns_for
@@ -245,7 +246,10 @@ class AgentLoop:
         )
 
         async def ask() -> dict[str, Any]:
-            reply = await self.provider.turn(request, self.stream_text)
+            async with budgeted_request(self.ctx, self.services) as usage:  # checked before every turn
+                reply = await self.provider.turn(request, self.stream_text)
+                cost = cost_of(dict(reply.usage), request.model, reply.model, prices=self.services.settings.llm_prices)
+                record_usage(usage, dict(reply.usage), cost)
             self.ctx.emit("agent:turn", {"turn": number, "usage": dict(reply.usage)})
             return reply.as_json()
 

@@ -28,6 +28,7 @@ from builder.catalog import JSON_SCHEMA, UNIQUE_KEYS, NodeConfig, Templatable, a
 from builder.plan import RetryPolicy
 from node_handlers.base import ERROR_HANDLE, SOURCE_HANDLE, Completed, HandleDoc, NodeContext, NodeError, NodeHandler
 from node_handlers.branching import HANDLE_ID, check_unique_ids
+from node_handlers.budgets import budgeted_request, record_usage
 from node_handlers.credentials import CredentialName, read_credential
 from node_handlers.egress import check_url
 from node_handlers.http import parse_retry_after
@@ -431,18 +432,22 @@ async def stream_chat(
     structured: StructuredOutput | None = None,
     repair: int = 0,
 ) -> ChatReply:
-    """One streamed reply. ``structured``: ask in the provider's JSON-schema mode (instead of
+    """One streamed reply, checked against the run's budgets before it is asked for and charged
+    to them after. ``structured``: ask in the provider's JSON-schema mode (instead of
     ``response_format``, which goes to OpenAI-compatible servers as it is)."""
     tag = {"repair": repair} if repair else {}
-    async with services_for(ctx.services) as services:
+    async with services_for(ctx.services) as services, budgeted_request(ctx, services) as usage:
         if config.provider == "anthropic":
             if structured is None and response_format is not None:
                 schema = (response_format.get("json_schema") or {}).get("schema") or {"type": "object"}
                 structured = StructuredOutput(schema)
-            return await _anthropic_chat(config, messages, ctx, structured, services, tag)
-        if structured is not None:
-            response_format = structured.openai_response_format()
-        return await _stream_chat(config, messages, ctx, response_format, services, tag)
+            reply = await _anthropic_chat(config, messages, ctx, structured, services, tag)
+        else:
+            if structured is not None:
+                response_format = structured.openai_response_format()
+            reply = await _stream_chat(config, messages, ctx, response_format, services, tag)
+        record_usage(usage, reply.usage, reply.cost_usd)  # charged to the run's budgets
+        return reply
 
 
 async def _anthropic_chat(

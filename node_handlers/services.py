@@ -43,6 +43,8 @@ class HandlerServices:
         self._given = settings
         self.credentials = credentials
         self._clients: dict[tuple[asyncio.AbstractEventLoop, Any], Any] = {}
+        self.budget_waivers: set[tuple[str, str]] = set()
+        """Budgets a person let a run go past, ``(run id, budget id)`` (``node_handlers.budgets``)."""
         """Clients by (event loop, key): pooled connections belong to the loop that opened them."""
 
     @classmethod

@@ -65,6 +65,8 @@ class EventType(StrEnum):
     NODE_SKIPPED = "node:skipped"
     NODE_RETRYING = "node:retrying"
     NODE_PAUSED = "node:paused"
+    NODE_WAITING = "node:waiting"
+    """A node waits for a slot of its ``concurrency`` key or its ``rate_limit``."""
     STREAM_CHUNK = "stream:chunk"
     STREAM_DONE = "stream:done"
     AGENT_TURN = "agent:turn"
@@ -99,6 +101,7 @@ NODE_STATUS_OF_EVENT = MappingProxyType(
         EventType.NODE_STARTED: NodeStatus.RUNNING,
         EventType.NODE_RETRYING: NodeStatus.RUNNING,  # between attempts it is still running
         EventType.NODE_PAUSED: NodeStatus.PAUSED,
+        EventType.NODE_WAITING: NodeStatus.RUNNING,  # started, waiting for its limit's slot
         EventType.NODE_COMPLETED: NodeStatus.COMPLETED,
         EventType.NODE_CACHED: NodeStatus.CACHED,
         EventType.NODE_ERROR: NodeStatus.FAILED,

@@ -131,6 +131,11 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     ),
     ("PATCH", "/api/workflows/{workflow_id}"): Recipe({"workflow_id": "workflow"}, json={"tags": ["matrix"]}),
     ("GET", "/api/audit"): Recipe(lists="workflow"),
+    ("POST", "/api/budgets"): Recipe(json={"scope": "owner", "period": "day", "max_tokens": 1000}),
+    ("GET", "/api/budgets"): Recipe(lists="budget"),
+    ("GET", "/api/budgets/{budget_id}"): Recipe({"budget_id": "budget"}),
+    ("PATCH", "/api/budgets/{budget_id}"): Recipe({"budget_id": "budget"}, json={"max_tokens": 2000}),
+    ("DELETE", "/api/budgets/{budget_id}"): Recipe({"budget_id": "budget"}),
     ("GET", "/api/node-types"): Recipe(shared=True),
     # The workflow library (api/versions.py, api/bundles.py, api/templates.py).
     ("GET", "/api/workflows/{workflow_id}/versions"): Recipe({"workflow_id": "workflow"}),
@@ -167,6 +172,7 @@ class World:
     hook_secret: str = ""
     output_ref: str = ""
     credential: str = ""
+    budget: str = ""
     node_type: str = "transform"
     tested_node: str = "end"
     rerun_source: str = ""
@@ -290,6 +296,8 @@ async def build_world(app, client: httpx.AsyncClient) -> World:
     world.credential = (await ok(await client.post("/api/credentials", json=credential, headers=owner)))["id"]
     template = {"workflow_id": world.workflow, "name": "matrix template", "category": "matrix"}
     world.template = (await ok(await client.post("/api/templates", json=template, headers=owner)))["id"]
+    budget = {"scope": "workflow", "workflow_id": world.workflow, "period": "month", "max_cost_usd": 5.0}
+    world.budget = (await ok(await client.post("/api/budgets", json=budget, headers=owner)))["id"]
     return world
 
 

@@ -186,3 +186,8 @@ def test_store(tmp_path):
     """A scratch PostgreSQL database (created and dropped by the benchmark) with a few hundred rows."""
     output = run_benchmark("store", "--executions", "500", "--workflows", "100", "--repeat", "3", home=tmp_path)
     assert "executions: a page in the middle (cursor)" in output and "p95 ms" in output
+
+
+def test_limits(tmp_path, prefect_server):
+    output = run_benchmark("limits", "--quick", home=tmp_path, prefect_url=prefect_server.api_url)
+    assert "one concurrency slot costs" in output
