@@ -11,7 +11,10 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prefect.client.orchestration import get_client
 from prometheus_client import generate_latest
 
-from api import admin_keys, credentials, dead_letters, executions, node_types, schedules, ui, webhooks, workflows
+from api import admin_keys, approvals, credentials, dead_letters, executions, node_types, schedules, ui, webhooks, workflows
+from api.approval_desk import ApprovalDesk
+from api.approval_links import LinkSigner
+from api.approval_notifier import run_approval_notifier
 from api.auth import require_metrics_key
 from api.compiling import CanvasCompiler
 from api.docs import install_docs
@@ -34,6 +37,9 @@ from flows.event_log import event_log_from_env
 from node_handlers.catalog import NodeTypeCatalog
 from node_handlers.registry import build_registry
 from store.api_keys import ApiKeys
+from store.approval_groups import ApprovalGroups
+from store.approval_notices import ApprovalNotices
+from store.approval_votes import ApprovalVotes
 from store.credentials import Credentials
 from store.db import make_engine, sessions, upgrade_schema
 from store.queries import Executions, NodeOutcomes, Workflows
@@ -163,6 +169,16 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             )
             app.state.stream_tokens = StreamTokens(token_key(settings), settings.stream_token_ttl_s)
             app.state.api_keys = ApiKeys(database)
+            app.state.approval_desk = ApprovalDesk(
+                prefect=prefect,
+                sessions=database,
+                groups=ApprovalGroups(database),
+                votes=ApprovalVotes(database),
+                signer=app.state.runs.decisions,
+            )
+            app.state.approval_links = LinkSigner(app.state.runs.decisions.key)
+            app.state.approval_notices = ApprovalNotices(database)
+            await stack.enter_async_context(run_approval_notifier(app, settings))
             yield
 
     metrics = Metrics()
@@ -200,6 +216,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(node_types.router)
     app.include_router(credentials.router)
     app.include_router(admin_keys.router)
+    app.include_router(approvals.router)
     ui.mount(app)  # the run page, the list, the playground and the credentials under /ui (docs/ui.md)
 
     def openapi() -> dict[str, Any]:

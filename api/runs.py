@@ -33,6 +33,7 @@ from api.schemas import RunResult, retries_of
 from builder.plan import Plan
 from deployments.workflow_deployments import WorkflowDeployment, WorkflowDeployments
 from flows.approvals import pending_approvals, resume_approval
+from flows.prefect_compat import is_delay_released
 from flows.decisions import DecisionSigner
 from flows.event_log import EventLog
 from flows.events import RunEvent, utcnow
@@ -254,7 +255,7 @@ class RunService:
             return result
         approvals = (
             await self.prefect.call("read approvals", lambda client: pending_approvals(run_id, client))
-            if status in (RunStatus.PAUSED, RunStatus.RUNNING)
+            if status in (RunStatus.PAUSED, RunStatus.RUNNING) or is_delay_released(state)  # an approval's timeout
             else []
         )
         return RunResult(

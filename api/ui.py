@@ -39,7 +39,7 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
-PAGES = {"list": "Runs", "run": "Run", "new": "Playground", "credentials": "Credentials"}
+PAGES = {"list": "Runs", "run": "Run", "new": "Playground", "credentials": "Credentials", "decide": "Approval"}
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
@@ -118,6 +118,12 @@ async def playground_page(request: Request) -> HTMLResponse:
 @router.get("/credentials", response_class=HTMLResponse)
 async def credentials_page(request: Request) -> HTMLResponse:
     return _shell(request, "credentials")
+
+
+@router.get("/decide", response_class=HTMLResponse)
+async def decide_page(request: Request) -> HTMLResponse:
+    """A decision link's page: the token is in the URL's fragment, never sent here."""
+    return _shell(request, "decide")
 
 
 @router.get("/executions/{execution_id}", response_class=HTMLResponse)

@@ -103,7 +103,7 @@ class EngineSettings(StoreSettings, CompileSettings):
         description="How long a worker holds a run paused on an "
         "approval (a fast resume) before releasing it (Prefect suspend: waiting "
         "costs no process; an answer schedules it again). 'never' (or empty): "
-        "hold until answered. Approvals with a timeout_s are always held.",
+        "hold until answered. An approval with a timeout_s is released until its timeout.",
     )
     delay_release_s: float | None = Field(
         60.0,

@@ -7,9 +7,9 @@ The handler describes the form and asks the engine to pause for a person
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints, create_model, field_validator
 
 from builder.catalog import IDENTIFIER_PATTERN, NodeConfig
 from builder.json_types import JsonType
@@ -25,6 +25,45 @@ class FormField(BaseModel):
     enum: list[Any] | None = None
 
 
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$"
+"""An identity (an API key's owner name) or a group's name."""
+
+
+class Approvers(BaseModel):
+    """Who may decide an approval: identities (the owner names of API keys) and groups of the
+    run owner's (``/api/groups``), members at the time of the decision."""
+
+    model_config = ConfigDict(extra="forbid")
+    users: list[Annotated[str, StringConstraints(pattern=NAME_PATTERN)]] = Field(default_factory=list)
+    groups: list[Annotated[str, StringConstraints(pattern=NAME_PATTERN)]] = Field(default_factory=list)
+
+
+class WebhookNotify(BaseModel):
+    """A POST of a Slack-compatible JSON body, signed as FlowMaestro's webhooks are."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["webhook"]
+    url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$", max_length=2000)]
+
+
+class EmailNotify(BaseModel):
+    """An email through ``FLOWMAESTRO_SMTP_URL``."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["email"]
+    to: list[Annotated[str, StringConstraints(pattern=r"^[^@\s,<>]+@[^@\s,<>]+$", max_length=320)]] = Field(
+        min_length=1, max_length=50
+    )
+
+    @field_validator("to", mode="before")
+    @classmethod
+    def _one_address(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+Notify = Annotated[WebhookNotify | EmailNotify, Field(discriminator="type")]
+
+
 class ApprovalConfig(NodeConfig):
     message: str | None = Field(None, description="Shown to the approver; a template.")
     form: dict[str, FormField] = Field(
@@ -33,7 +72,35 @@ class ApprovalConfig(NodeConfig):
         json_schema_extra={"propertyNames": {"pattern": IDENTIFIER_PATTERN, "not": {"const": "approved"}}},
     )
     timeout_s: float | None = Field(None, gt=0, description="After this, the timeout handle fires.")
-    approvers: list[str] = Field(default_factory=list, description="Who may decide; recorded with the decision.")
+    approvers: Approvers = Field(
+        default_factory=lambda: Approvers(),
+        description="Who may decide: {users, groups} (a plain list names users). None: the run's owner.",
+    )
+    required: int = Field(1, ge=1, le=100, description="Approvals needed; the first rejection rejects.")
+    allow_self_approval: bool = Field(True, description="False: whoever started the run may not decide.")
+    notify: list[Notify] = Field(
+        default_factory=list,
+        max_length=10,
+        description="Where to tell approvers: [{type: webhook, url}, {type: email, to}], each with a decision link.",
+    )
+    remind_every_s: float | None = Field(None, ge=1, description="Notify again this often while it waits.")
+    escalate_after_s: float | None = Field(None, ge=1, description="After this, escalate_to may decide too, notified.")
+    escalate_to: Approvers = Field(
+        default_factory=lambda: Approvers(), description="Who is added after escalate_after_s: {users, groups}."
+    )
+
+    @field_validator("approvers", "escalate_to", mode="before")
+    @classmethod
+    def _plain_list(cls, value: Any) -> Any:
+        # A plain list of names is the node's older form: users.
+        return {"users": value} if isinstance(value, list) else value
+
+    @property
+    def organisational(self) -> bool:
+        """Whether anyone but the run's owner decides, or more than one must, or the owner may
+        not: then only decisions the API signed are taken (it checks who decides)."""
+        named = self.approvers.users or self.approvers.groups or self.escalate_to.users or self.escalate_to.groups
+        return bool(named) or self.required > 1 or not self.allow_self_approval
 
     @field_validator("form")
     @classmethod

@@ -45,6 +45,9 @@ ADMIN = {"/api/admin/keys", "/api/admin/keys/{key_id}"}
 without one (tests/test_api_keys.py)."""
 SIGNED = {"/hooks/{hook_id}"}
 """Authenticated by the webhook's HMAC signature; a bearer key grants nothing."""
+LINKED = {"/api/approval-link", "/api/approval-link/decide"}
+"""Authorised by a decision link's signed token in the body (api/approval_links.py); a bearer
+key grants nothing."""
 PUBLIC_SHELL_PREFIX = "/ui"
 """HTML pages that are shells: public, their data comes from the bearer routes."""
 TOKEN_ALSO = {"/api/executions/{execution_id}/stream"}
@@ -116,6 +119,19 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     ("GET", "/api/credentials/{credential_id}"): Recipe({"credential_id": "credential"}),
     ("PUT", "/api/credentials/{credential_id}"): Recipe({"credential_id": "credential"}, json={"data": {"token": "u"}}),
     ("DELETE", "/api/credentials/{credential_id}"): Recipe({"credential_id": "credential"}),
+    # Approvals are decided across owners by the people they name: nothing waits in the world's
+    # runs, so every caller is told the approval is not found (not whose run it is).
+    ("GET", "/api/approvals"): Recipe(),
+    ("GET", "/api/approvals/{approval_id}"): Recipe({"approval_id": "approval"}, owner=404),
+    ("POST", "/api/approvals/{approval_id}/decide"): Recipe(
+        {"approval_id": "approval"}, json={"approved": True}, owner=404
+    ),
+    # Group names are unique per owner, like workflow names.
+    ("POST", "/api/groups"): Recipe(json={"name": "matrix-group", "members": ["owner"]}, owner=409),
+    ("GET", "/api/groups"): Recipe(lists="group"),
+    ("GET", "/api/groups/{group_id}"): Recipe({"group_id": "group"}),
+    ("PUT", "/api/groups/{group_id}"): Recipe({"group_id": "group"}, json={"name": "matrix-group", "members": []}),
+    ("DELETE", "/api/groups/{group_id}"): Recipe({"group_id": "group"}),
     ("GET", "/api/node-types"): Recipe(shared=True),
     ("GET", "/api/node-types/{node_type}"): Recipe({"node_type": "node_type"}, shared=True),
 }
@@ -138,6 +154,8 @@ class World:
     output_ref: str = ""
     credential: str = ""
     node_type: str = "transform"
+    group: str = ""
+    approval: str = ""
 
 
 @dataclass(frozen=True)
@@ -166,6 +184,8 @@ def access_of(route: Route) -> str:
         return "operator"
     if route.path in ADMIN:
         return "admin"
+    if route.path in LINKED:
+        return "link"
     if route.path == PUBLIC_SHELL_PREFIX or route.path.startswith(PUBLIC_SHELL_PREFIX + "/"):
         return "shell"
     if route.path.startswith("/api/"):
@@ -252,6 +272,9 @@ async def build_world(app, client: httpx.AsyncClient) -> World:
     await app.state.runs.executions.keep_output(world.execution, world.output_ref, b'"large"')
     credential = {"name": "matrix-credential", "type": "bearer", "data": {"token": "t"}}
     world.credential = (await ok(await client.post("/api/credentials", json=credential, headers=owner)))["id"]
+    group = {"name": "matrix-group", "members": ["owner"]}
+    world.group = (await ok(await client.post("/api/groups", json=group, headers=owner)))["id"]
+    world.approval = f"{world.execution}.nobody-waits"
     return world
 
 
@@ -289,6 +312,8 @@ async def test_every_route_is_classified_and_guarded(clients):
             await check_operator(client, route, world)
         elif access == "admin":
             await check_admin(client, route)
+        elif access == "link":
+            await check_link(client, route)
         else:
             await check_public(client, route, world)
         checked.append(f"{route.method} {route.path}")
@@ -379,6 +404,17 @@ async def check_operator(client: httpx.AsyncClient, route: Route, world: World) 
         assert answer.status_code == 401, f"{route.path} with {headers or 'no key'}: {answer.status_code}"
         assert world.name not in answer.text
     assert (await client.get(route.path, headers=bearer(METRICS_KEY))).status_code == 200
+
+
+async def check_link(client: httpx.AsyncClient, route: Route) -> None:
+    """No token: 422 naming it; a made-up or forged token: 401, with or without a bearer key."""
+    decision = {"nonce": "n", "approved": True} if route.path.endswith("/decide") else {}
+    missing = await client.post(route.path, json=decision, headers=bearer(OWNER_KEY))
+    assert missing.status_code == 422 and "token" in missing.text, f"{route.path}: {missing.text}"
+    forged = "eyJhIjoieCIsInUiOiJvd25lciIsImUiOjk5OTk5OTk5OTksIm4iOiJ4In0.bm90LWEtbWFj"
+    for token, headers in (("not-a-link", {}), (forged, {}), (forged, bearer(OWNER_KEY))):
+        answer = await client.post(route.path, json={**decision, "token": token}, headers=headers)
+        assert answer.status_code == 401, f"{route.path} with {token[:10]}: {answer.status_code} {answer.text}"
 
 
 async def check_admin(client: httpx.AsyncClient, route: Route) -> None:

@@ -1,0 +1,137 @@
+"""Waits that cost no worker: an approval with a timeout and a long delay are released by
+their worker and woken on time by Prefect (the run Scheduled for the deadline), whatever
+happened to the worker meanwhile. Real API and worker processes on a Prefect server on
+PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import datetime
+
+import httpx
+import pytest
+from prefect.client.orchestration import PrefectClient
+
+from flows.prefect_compat import DELAY_RELEASE_STATE
+from tests.processes import postgres_database, stack_env, start_serve, start_worker
+from tests.support import canvas, eventually, execute, node, save, wait_final
+
+pytestmark = [pytest.mark.prefect, pytest.mark.workers]
+KEY = f"timed-key-{uuid.uuid4().hex}"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, pg_prefect):
+    home = tmp_path_factory.mktemp("timed-waits")
+    with postgres_database("fm_store") as database_url:
+        env = stack_env(
+            home, pg_prefect, database_url, KEY, FLOWMAESTRO_APPROVAL_HOLD_S="5", FLOWMAESTRO_DELAY_RELEASE_S="15"
+        )
+        api, base = start_serve(home, env, workers=0)
+        yield home, env, base, pg_prefect.api_url
+        api.stop()
+
+
+def client(base: str) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
+
+
+async def released(prefect_url: str, run_id: str) -> datetime:
+    """Wait until the run is Scheduled again by its release (its worker let go of it); the
+    time it is due."""
+
+    async def state():
+        async with PrefectClient(prefect_url) as prefect:
+            current = (await prefect.read_flow_run(uuid.UUID(run_id))).state
+        if current is not None and current.name == DELAY_RELEASE_STATE:
+            return current.state_details.scheduled_time
+        return None
+
+    return await eventually(state, timeout=60, what=f"run {run_id} released")
+
+
+async def infrastructure_pid(prefect_url: str, run_id: str) -> int:
+    async with PrefectClient(prefect_url) as prefect:
+        flow_run = await prefect.read_flow_run(uuid.UUID(run_id))
+    return int(str(flow_run.infrastructure_pid).split(":")[-1])
+
+
+async def test_an_approval_timeout_fires_on_time_after_its_worker_was_killed(stack):
+    home, env, base, prefect_url = stack
+    first = start_worker(home, env, name=f"timed-a-{uuid.uuid4().hex[:4]}")
+    fresh = None
+    try:
+        raw = canvas(
+            [
+                node("start", "start"),
+                node("ask", "approval", data={"message": "Within 30 s?", "timeout_s": 30}),
+                node("yes", data={"output": "answered"}),
+                node("late", data={"output": "timed out"}),
+            ],
+            [("start", "ask"), ("ask", "yes", "approved"), ("ask", "late", "timeout")],
+            name=f"timed-approval-{uuid.uuid4().hex[:6]}",
+        )
+        async with client(base) as http:
+            saved = await save(http, raw)
+            started = time.time()
+            run_id = await execute(http, saved["id"])
+            due = await released(prefect_url, run_id)  # after the 5-s hold, for the timeout
+            assert 20 < due.timestamp() - started < 35, (due, started)
+            # Still answerable while no worker holds it: listed for the owner.
+            listed = (await http.get("/api/approvals")).json()
+            assert [a["node_id"] for a in listed if a["execution_id"] == run_id] == ["ask"], listed
+            first.kill()  # SIGKILL: nothing of it cleans up
+            fresh = start_worker(home, env, name=f"timed-b-{uuid.uuid4().hex[:4]}")
+            result = await wait_final(http, run_id, timeout=60)
+        ended = time.time()
+        assert result["status"] == "completed", result
+        nodes = result["nodes"]
+        assert nodes["late"]["status"] == "completed" and nodes["yes"]["status"] == "skipped", nodes
+        output = nodes["ask"]["output"]
+        assert output["timed_out"] is True, output
+        timed_out_after = datetime.fromisoformat(output["decided_at"]).timestamp() - started
+        assert 28 <= timed_out_after <= 35, timed_out_after  # the timeout (30 s) +- the start's latency
+        assert ended - started <= 45
+        assert await infrastructure_pid(prefect_url, run_id) == fresh.pid
+    finally:
+        for worker in (first, fresh):
+            if worker is not None:
+                worker.stop()
+
+
+async def test_a_long_delay_frees_its_workers_slot_and_ends_on_time(stack):
+    home, env, base, prefect_url = stack
+    worker = start_worker(home, env, name=f"timed-c-{uuid.uuid4().hex[:4]}", limit=1)
+    try:
+        sleepy = canvas(
+            [node("start", "start"), node("wait", "delay", data={"seconds": 60}), node("end", "end")],
+            [("start", "wait"), ("wait", "end")],
+            name=f"long-delay-{uuid.uuid4().hex[:6]}",
+        )
+        quick = canvas(
+            [node("start", "start"), node("end", "end", data={"output": "quick"})],
+            [("start", "end")],
+            name=f"quick-{uuid.uuid4().hex[:6]}",
+        )
+        async with client(base) as http:
+            sleepy_id, quick_id = (await save(http, sleepy))["id"], (await save(http, quick))["id"]
+            started = time.time()
+            delayed = await execute(http, sleepy_id)
+            due = await released(prefect_url, delayed)
+            assert 55 < due.timestamp() - started < 65, (due, started)
+            # The worker's one slot is free: another run executes on it meanwhile.
+            other = await execute(http, quick_id)
+            quick_result = await wait_final(http, other, timeout=40)
+            assert quick_result["status"] == "completed" and quick_result["output"] == "quick", quick_result
+            meanwhile = (await http.get(f"/api/executions/{delayed}")).json()
+            assert meanwhile["status"] == "pending", meanwhile  # released, nobody holds it
+            result = await wait_final(http, delayed, timeout=60)
+        ended = time.time()
+        assert result["status"] == "completed", result
+        assert 60 <= ended - started <= 70, ended - started
+        assert result["nodes"]["wait"]["status"] == "completed"
+        assert await infrastructure_pid(prefect_url, delayed) == worker.pid
+        assert await infrastructure_pid(prefect_url, other) == worker.pid
+    finally:
+        worker.stop()
