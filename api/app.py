@@ -11,7 +11,18 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prefect.client.orchestration import get_client
 from prometheus_client import generate_latest
 
-from api import admin_keys, approvals, credentials, dead_letters, executions, node_types, schedules, ui, webhooks, workflows
+from api import (
+    admin_keys,
+    approvals,
+    credentials,
+    dead_letters,
+    executions,
+    node_types,
+    schedules,
+    ui,
+    webhooks,
+    workflows,
+)
 from api.approval_desk import ApprovalDesk
 from api.approval_links import LinkSigner
 from api.approval_notifier import run_approval_notifier

@@ -128,7 +128,9 @@ class ApprovalDesk:
             allowed.update(members)
         return Deciders(frozenset(allowed), owner, record.get("allow_self_approval") is not False)
 
-    def _view(self, run_id: str, owner: str, record: dict[str, Any], deciders: Deciders, votes: list[Vote]) -> dict[str, Any]:
+    def _view(
+        self, run_id: str, owner: str, record: dict[str, Any], deciders: Deciders, votes: list[Vote]
+    ) -> dict[str, Any]:
         required = int(record.get("required") or 1)
         users, groups = approvers_of(record)
         return {
@@ -175,11 +177,11 @@ class ApprovalDesk:
         owners = await run_owners(self.sessions, [str(f.id) for f in waiting])
         found: list[tuple[str, str, dict[str, Any]]] = []
         for run_id, owner in owners.items():
-            records = await self.prefect.call(
-                "read approvals", lambda client, run_id=run_id: pending_approvals(run_id, client)
-            )
-            found.extend((run_id, owner, r) for r in records)
+            found.extend((run_id, owner, r) for r in await self._pending_of(run_id))
         return found
+
+    async def _pending_of(self, run_id: str) -> list[dict[str, Any]]:
+        return await self.prefect.call("read approvals", lambda client: pending_approvals(run_id, client))
 
     async def pending(self, identity: str) -> list[dict[str, Any]]:
         """The approvals waiting that ``identity`` may decide and has not decided yet,
@@ -190,6 +192,8 @@ class ApprovalDesk:
         for run_id, owner, record in found:
             deciders = await self.deciders(owner, record)
             mine = votes.get(approval_id(run_id, record["slug"]), [])
+            if record.get("decision_sent"):
+                continue  # decided; the run takes it within a second
             if deciders.refusal(identity) is None and all(v.by != identity for v in mine):
                 out.append(self._view(run_id, owner, record, deciders, mine))
         return sorted(out, key=lambda a: a["requested_at"] or "")

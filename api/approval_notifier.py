@@ -20,10 +20,10 @@ import json
 import logging
 import smtplib
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 

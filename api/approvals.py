@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
-from pydantic import Field, StringConstraints
+from pydantic import BaseModel, Field, StringConstraints
 
 from api.approval_desk import ApprovalDesk
 from api.approval_links import BadLink, Link, LinkSigner
@@ -61,7 +61,7 @@ class GroupBody(RequestBody):
     members: list[Name] = Field(max_length=1000, description="Identities: the owner names of API keys.")
 
 
-class GroupOut(RequestBody):
+class GroupOut(BaseModel):
     id: str
     name: str
     members: list[str]

@@ -33,12 +33,11 @@ from api.schemas import RunResult, retries_of
 from builder.plan import Plan
 from deployments.workflow_deployments import WorkflowDeployment, WorkflowDeployments
 from flows.approvals import pending_approvals, resume_approval
-from flows.prefect_compat import is_delay_released
 from flows.decisions import DecisionSigner
 from flows.event_log import EventLog
 from flows.events import RunEvent, utcnow
 from flows.large_outputs import is_ref
-from flows.prefect_compat import mark_cancelled, request_cancellation, schedule_again
+from flows.prefect_compat import is_delay_released, mark_cancelled, request_cancellation, schedule_again
 from node_handlers.credentials import CredentialReader, missing_credentials
 from node_handlers.registry import HandlerRegistry
 from store.db import ExecutionRow

@@ -134,7 +134,8 @@ class ApiSettings(StoreSettings, CompileSettings):
         86_400.0, gt=0, description="How long a decision link works (not beyond its approval's timeout)."
     )
     http_allow_hosts: str = Field(
-        "", description="The same as the workers': where approval notification webhooks may be sent beyond global addresses."
+        "",
+        description="As the workers': where approval notification webhooks may go beyond global addresses.",
     )
 
     @field_validator("owner_max_runs", mode="before")

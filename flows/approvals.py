@@ -220,6 +220,7 @@ class PrefectApprovals:
             approvers=config.approvers.model_dump(),
             required=config.required,
             allow_self_approval=config.allow_self_approval,
+            escalate_to=config.escalate_to.model_dump(),
             approval_id=f"{self.run_id}.{slug}",
         )
         if first:
@@ -587,7 +588,7 @@ async def resume_approval(
         # Written as a decision input for every approval, the one Prefect is paused on
         # included: the run picks it up (and ends Prefect's pause) within a second, and
         # the decision keeps who made it.
-        decision = {
+        decision: dict[str, Any] = {
             "outcome": "decided",
             "input": checked.model_dump(),
             "decided_at": _now(),

@@ -70,7 +70,7 @@ class AgentConfig(ModelCallConfig):
     )
     approvers: Approvers = Field(
         default_factory=lambda: Approvers(),
-        description="Who decides the tool approvals: {users, groups} (a plain list names users). None: the run's owner.",
+        description="Who decides the tool approvals: {users, groups} (a plain list: users). None: the run's owner.",
     )
     required: int = Field(1, ge=1, le=100, description="Approvals each tool call needs; the first rejection rejects.")
     allow_self_approval: bool = Field(True, description="False: whoever started the run may not decide.")

@@ -4,6 +4,7 @@ store: a group is resolved in the namespace of the run's owner."""
 
 from __future__ import annotations
 
+import builtins
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,7 +39,7 @@ class ApprovalGroups:
     def __init__(self, sessions: Sessions):
         self.sessions = sessions
 
-    async def create(self, owner: str, name: str, members: list[str]) -> Group:
+    async def create(self, owner: str, name: str, members: builtins.list[str]) -> Group:
         now = utcnow()
         row = ApprovalGroupRow(
             id=str(uuid.uuid4()), owner=owner, name=name, members=_unique(members), created_at=now, updated_at=now
@@ -62,7 +63,7 @@ class ApprovalGroups:
         async with self.sessions() as session:
             return _group(await self._row(session, owner, group_id))
 
-    async def replace(self, owner: str, group_id: str, name: str, members: list[str]) -> Group:
+    async def replace(self, owner: str, group_id: str, name: str, members: builtins.list[str]) -> Group:
         async with self.sessions() as session:
             row = await self._row(session, owner, group_id)
             row.name, row.members, row.updated_at = name, _unique(members), utcnow()
@@ -79,7 +80,7 @@ class ApprovalGroups:
             await session.delete(await self._row(session, owner, group_id))
             await session.commit()
 
-    async def members(self, owner: str, names: list[str]) -> dict[str, tuple[str, ...]]:
+    async def members(self, owner: str, names: builtins.list[str]) -> dict[str, tuple[str, ...]]:
         """The members of ``owner``'s groups among ``names`` (a group that does not exist,
         or no longer, has no members)."""
         if not names:

@@ -21,8 +21,8 @@ from aiosmtpd.controller import Controller
 
 from api.signing import sign
 from tests.processes import free_port, postgres_database, stack_env, start_serve, start_worker
-from tests.test_prefect_ui import CHROMIUM, CHROMIUM_ARGS, require_chromium
 from tests.support import canvas, eventually, execute, node, save, wait_final
+from tests.test_prefect_ui import CHROMIUM, CHROMIUM_ARGS, require_chromium
 
 pytestmark = [pytest.mark.prefect, pytest.mark.workers]
 
@@ -100,7 +100,9 @@ async def test_two_of_three_by_user_and_group_with_refusals(stack):
     async with as_(base, "olivia") as olivia:
         refused = await olivia.post(decide, json={"approved": True})
         assert refused.status_code == 403 and "self-approval" in refused.json()["detail"], refused.text
-        old = await olivia.post(f"/api/executions/{run_id}/resume", json={"node_id": "ask", "input": {"approved": True}})
+        old = await olivia.post(
+            f"/api/executions/{run_id}/resume", json={"node_id": "ask", "input": {"approved": True}}
+        )
         assert old.status_code == 409 and "/api/approvals/" in old.json()["detail"], old.text
     async with as_(base, "bob") as bob:
         wrong = await bob.post(decide, json={"approved": True, "input": {"note": 3}})
@@ -183,7 +185,7 @@ def inbox():
     received = Inbox()
 
     class Hook(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 (http.server's name)
+        def do_POST(self):
             body = self.rfile.read(int(self.headers.get("content-length", 0)))
             received.hooks.append(({k.lower(): v for k, v in self.headers.items()}, body))
             self.send_response(200)
@@ -194,7 +196,7 @@ def inbox():
             pass
 
     class Mail:
-        async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd's name)
+        async def handle_DATA(self, server, session, envelope):
             received.mails.append(message_from_bytes(envelope.content, policy=email_policy))
             return "250 OK"
 
@@ -254,9 +256,7 @@ def mails_of(inbox: Inbox, run_id: str) -> list[EmailMessage]:
     return [m for m in list(inbox.mails) if run_id in m["Subject"]]
 
 
-async def test_reminders_and_escalation_by_webhook_and_email_then_a_decision_through_the_emailed_link(
-    stack, inbox
-):
+async def test_reminders_and_escalation_by_webhook_and_email_then_a_decision_through_the_emailed_link(stack, inbox):
     require_chromium()
     from playwright.async_api import async_playwright
 

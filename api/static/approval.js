@@ -9,7 +9,9 @@ import { api, ApiError, el } from "./common.js";
 export function organisational(data) {
   const who = data.approvers || {};
   const users = Array.isArray(who) ? who : who.users || [];
-  return users.length > 0 || (who.groups || []).length > 0 || (data.required || 1) > 1 || data.allow_self_approval === false;
+  const later = data.escalate_to || {};
+  return users.length > 0 || (who.groups || []).length > 0 || (later.users || []).length > 0 ||
+    (later.groups || []).length > 0 || (data.required || 1) > 1 || data.allow_self_approval === false;
 }
 
 function approversText(data) {
