@@ -59,6 +59,11 @@ DECISION_POLL_S = 0.5
 PAUSE_POLL_S = 1
 TIMED_RELEASE_MARGIN_S = 5
 """Beyond the workers' prefetch: the time a replay takes to reach the approval again."""
+WAKE_EARLY_S = 10.0
+"""A run released until a time (an approval's timeout, a delay's end) is scheduled this much
+earlier: a worker takes it at its scheduled time, not before (Prefect holds a run's Pending
+until then), and replaying it to the wait costs seconds (a cold worker's first run: ~8 s
+measured); the wait then ends in the process, on time."""
 
 
 def approval_slug(node_id: str, path: tuple[int, ...] | list[int], step: str | None = None) -> str:
@@ -152,7 +157,7 @@ class PrefectApprovals:
         self.allow_unverified = allow_unverified
         self.hold_s = hold_s
         self.busy = busy
-        self.timed_release_after_s = prefect_compat.worker_prefetch_s() + TIMED_RELEASE_MARGIN_S
+        self.timed_release_after_s = prefect_compat.worker_prefetch_s() + WAKE_EARLY_S + TIMED_RELEASE_MARGIN_S
         """An approval whose timeout is nearer than this is not released: a worker would take
         its run back at once."""
         self.paused_since: float | None = None
@@ -388,7 +393,8 @@ class PrefectApprovals:
                 # timeout; any worker takes it then and the approval times out on replay
                 # (its deadline is the first announcement's). A decision before then
                 # schedules it at once (resume_approval).
-                until = datetime.now(UTC) + timedelta(seconds=deadline - time.monotonic())
+                timeout_at = datetime.now(UTC) + timedelta(seconds=deadline - time.monotonic())
+                until = timeout_at - timedelta(seconds=WAKE_EARLY_S)
                 key = await prefect_compat.fresh_pause_key(client, self.run_id, prefect_compat.DELAY_RELEASE + slug)
                 log.info("run %s: releasing it while approval %s waits, until %s", self.run_id, slug, until)
                 await prefect_compat.release_flow_run(
@@ -397,7 +403,7 @@ class PrefectApprovals:
                     key,
                     until=until,
                     holding=self.holding,
-                    message=f"released while approval {slug} waits: times out at {until.isoformat()}",
+                    message=f"released while approval {slug} waits: times out at {timeout_at.isoformat()}",
                 )
         except Pause as signal:
             for waiting in self.waiting.values():
