@@ -111,7 +111,7 @@ class EngineSettings(StoreSettings, CompileSettings):
         description="A delay in a run of a saved workflow that "
         "still has longer than this to wait (and longer than the workers' "
         "prefetch, 10 s) lets go of its worker slot: the run is suspended and "
-        "scheduled again for the delay's end, when any worker continues it. "
+        "scheduled again for shortly before the delay's end, when any worker continues it. "
         "'never' (or empty): delays wait in their worker.",
     )
     approval_prefect_ui: bool = Field(
