@@ -60,8 +60,9 @@ async def infrastructure_pid(prefect_url: str, run_id: str) -> int:
 
 async def test_an_approval_timeout_fires_on_time_after_its_worker_was_killed(stack):
     home, env, base, prefect_url = stack
-    first = start_worker(home, env, name=f"timed-a-{uuid.uuid4().hex[:4]}")
-    fresh = None
+    # Two workers from the start: the one that holds the run is killed once it let go of it,
+    # the other (already up: a worker takes 10-20 s to start on a loaded machine) continues it.
+    workers = [start_worker(home, env, name=f"timed-{n}-{uuid.uuid4().hex[:4]}") for n in "ab"]
     try:
         raw = canvas(
             [
@@ -77,6 +78,10 @@ async def test_an_approval_timeout_fires_on_time_after_its_worker_was_killed(sta
             saved = await save(http, raw)
             run_id = await execute(http, saved["id"])
             due = await released(prefect_url, run_id)  # after the 5-s hold, for the timeout
+            holder_pid = await infrastructure_pid(prefect_url, run_id)
+            holder = next(w for w in workers if w.pid == holder_pid)
+            holder.kill()  # SIGKILL: nothing of it cleans up
+            fresh = next(w for w in workers if w is not holder)
             # Still answerable while no worker holds it: listed for the owner, with its timeout.
             listed = [a for a in (await http.get("/api/approvals")).json() if a["execution_id"] == run_id]
             assert [a["node_id"] for a in listed] == ["ask"], listed
@@ -84,9 +89,7 @@ async def test_an_approval_timeout_fires_on_time_after_its_worker_was_killed(sta
             asked = timeout_at - 30
             # Woken shortly before the timeout, so that the replay is done by then.
             assert abs(due.timestamp() - (timeout_at - WAKE_EARLY_S)) < 1, (due, timeout_at)
-            assert time.time() < due.timestamp()
-            fresh = start_worker(home, env, name=f"timed-b-{uuid.uuid4().hex[:4]}")
-            first.kill()  # SIGKILL: nothing of it cleans up
+            assert time.time() < due.timestamp()  # killed before it was due
             result = await wait_final(http, run_id, timeout=60)
         ended = time.time()
         assert result["status"] == "completed", result
@@ -97,11 +100,10 @@ async def test_an_approval_timeout_fires_on_time_after_its_worker_was_killed(sta
         timed_out_after = datetime.fromisoformat(output["decided_at"]).timestamp() - asked
         assert 30 <= timed_out_after <= 33, timed_out_after  # on time, whatever became of the first worker
         assert ended - asked <= 60, ended - asked  # the rest of the run after the timeout, on a loaded machine
-        assert not first.alive() and fresh.alive()  # only the fresh worker could have continued it
+        assert not holder.alive() and fresh.alive()  # only the other worker could have continued it
     finally:
-        for worker in (first, fresh):
-            if worker is not None:
-                worker.stop()
+        for worker in workers:
+            worker.stop()
 
 
 async def test_a_long_delay_frees_its_workers_slot_and_ends_on_time(stack):
