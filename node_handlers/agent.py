@@ -31,7 +31,7 @@ from builder.catalog import NAMES_FROM, UNIQUE_KEYS, Templatable
 from node_handlers.agent_mcp import McpTool
 from node_handlers.agent_memory import AgentMemories, MemoryConfig
 from node_handlers.agent_tools import CallResult, HttpTool, NamedTool, Tool, WorkflowTool, call_tool, toolbox
-from node_handlers.approval import Approvers, FormField, ToolCallApproval
+from node_handlers.approval import Approvers, ApproversField, FormField, ToolCallApproval
 from node_handlers.base import Completed, NodeContext, NodeError, NodeHandler
 from node_handlers.llm import EXCERPT_CHARS, ONE_KEY_SOURCE, ModelCallConfig, PositiveFloat, cost_of, parse_json_reply
 from node_handlers.model_turns import ModelTurns, ToolCall, ToolSpec, TurnReply, TurnRequest
@@ -68,7 +68,7 @@ class AgentConfig(ModelCallConfig):
         description="Tools whose every call waits for a person's approval (approve, reject, or approve "
         "with edited arguments); a rejection is the tool's result for the model.",
     )
-    approvers: Approvers = Field(
+    approvers: ApproversField = Field(
         default_factory=lambda: Approvers(),
         description="Who decides the tool approvals: {users, groups} (a plain list: users). None: the run's owner.",
     )

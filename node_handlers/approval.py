@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints, create_model, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StringConstraints,
+    WithJsonSchema,
+    create_model,
+    field_validator,
+)
 
 from builder.catalog import IDENTIFIER_PATTERN, NodeConfig
 from builder.json_types import JsonType
@@ -36,6 +45,25 @@ class Approvers(BaseModel):
     model_config = ConfigDict(extra="forbid")
     users: list[Annotated[str, StringConstraints(pattern=NAME_PATTERN)]] = Field(default_factory=list)
     groups: list[Annotated[str, StringConstraints(pattern=NAME_PATTERN)]] = Field(default_factory=list)
+
+
+_NAMES = {"type": "array", "items": {"type": "string", "pattern": NAME_PATTERN}}
+ApproversField = Annotated[
+    Approvers,
+    # The published schema says both forms a canvas may hold: the object, or a plain list of users.
+    WithJsonSchema(
+        {
+            "anyOf": [
+                _NAMES,
+                {
+                    "type": "object",
+                    "properties": {"users": _NAMES, "groups": _NAMES},
+                    "additionalProperties": False,
+                },
+            ]
+        }
+    ),
+]
 
 
 class WebhookNotify(BaseModel):
@@ -72,7 +100,7 @@ class ApprovalConfig(NodeConfig):
         json_schema_extra={"propertyNames": {"pattern": IDENTIFIER_PATTERN, "not": {"const": "approved"}}},
     )
     timeout_s: float | None = Field(None, gt=0, description="After this, the timeout handle fires.")
-    approvers: Approvers = Field(
+    approvers: ApproversField = Field(
         default_factory=lambda: Approvers(),
         description="Who may decide: {users, groups} (a plain list names users). None: the run's owner.",
     )
@@ -85,7 +113,7 @@ class ApprovalConfig(NodeConfig):
     )
     remind_every_s: float | None = Field(None, ge=1, description="Notify again this often while it waits.")
     escalate_after_s: float | None = Field(None, ge=1, description="After this, escalate_to may decide too, notified.")
-    escalate_to: Approvers = Field(
+    escalate_to: ApproversField = Field(
         default_factory=lambda: Approvers(), description="Who is added after escalate_after_s: {users, groups}."
     )
 
