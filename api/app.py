@@ -14,6 +14,7 @@ from prometheus_client import generate_latest
 
 from api import (
     admin_keys,
+    approvals,
     bundles,
     credentials,
     dead_letters,
@@ -28,6 +29,9 @@ from api import (
     workflows,
 )
 from api import audit as audit_routes
+from api.approval_desk import ApprovalDesk
+from api.approval_links import LinkSigner
+from api.approval_notifier import run_approval_notifier
 from api.auth import require_metrics_key
 from api.budgets import router as budgets_router
 from api.compiling import CanvasCompiler
@@ -54,6 +58,9 @@ from flows.event_log import event_log_from_env
 from node_handlers.catalog import NodeTypeCatalog
 from node_handlers.registry import build_registry
 from store.api_keys import ApiKeys
+from store.approval_groups import ApprovalGroups
+from store.approval_notices import ApprovalNotices
+from store.approval_votes import ApprovalVotes
 from store.audit import AuditLog
 from store.budgets import Budgets
 from store.credentials import Credentials
@@ -199,6 +206,16 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                 test_wait_s=settings.node_test_wait_s,
             )
             app.state.budgets = Budgets(database)
+            app.state.approval_desk = ApprovalDesk(
+                prefect=prefect,
+                sessions=database,
+                groups=ApprovalGroups(database),
+                votes=ApprovalVotes(database),
+                signer=app.state.runs.decisions,
+            )
+            app.state.approval_links = LinkSigner(app.state.runs.decisions.key)
+            app.state.approval_notices = ApprovalNotices(database)
+            await stack.enter_async_context(run_approval_notifier(app, settings))
             yield
 
     metrics = Metrics()
@@ -244,6 +261,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(bundles.router)  # export, import
     app.include_router(templates.router)
     app.include_router(budgets_router)
+    app.include_router(approvals.router)
     ui.mount(app)  # the run page, the list, the playground and the credentials under /ui (docs/ui.md)
 
     def openapi() -> dict[str, Any]:

@@ -37,7 +37,7 @@ from flows.event_log import EventLog
 from flows.events import RunEvent, utcnow
 from flows.large_outputs import is_ref
 from flows.pauses import split_pause
-from flows.prefect_compat import mark_cancelled, request_cancellation, schedule_again
+from flows.prefect_compat import is_delay_released, mark_cancelled, request_cancellation, schedule_again
 from node_handlers.credentials import CredentialReader, missing_credentials
 from node_handlers.registry import HandlerRegistry
 from store.audit import AuditLog
@@ -283,7 +283,7 @@ class RunService:
             return result
         approvals = (
             await self.prefect.call("read approvals", lambda client: pending_approvals(run_id, client))
-            if status in (RunStatus.PAUSED, RunStatus.RUNNING)
+            if status in (RunStatus.PAUSED, RunStatus.RUNNING) or is_delay_released(state)  # an approval's timeout
             else []
         )
         pause, approvals = split_pause(approvals)  # a pause waits in the approvals' gate

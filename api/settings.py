@@ -118,6 +118,31 @@ class ApiSettings(StoreSettings, CompileSettings):
     stream_token_ttl_s: float = Field(
         600.0, gt=0, le=86_400, description="How long a stream token reads its run's stream."
     )
+    # Approval notifications (docs/approvals.md): sent by the API processes, not the workers.
+    public_url: str | None = Field(
+        None,
+        description="This API's address as browsers reach it, for the decision links of approval "
+        "notifications (e.g. https://flows.example.com). Unset: links are relative paths.",
+    )
+    smtp_url: SecretStr | None = Field(
+        None, description="smtp://[user:password@]host[:port], smtps://... or smtp+starttls://... for approval emails."
+    )
+    smtp_from: str = Field("flowmaestro@localhost", description="The From of approval emails.")
+    approval_webhook_secret: SecretStr | None = Field(
+        None,
+        description="Signs approval notification webhooks (X-FlowMaestro-Signature, as webhooks are "
+        "signed); unset: webhook notifications are not sent.",
+    )
+    approval_notify_poll_s: float = Field(
+        10.0, gt=0, le=3600, description="How often an API process looks for approval notices due."
+    )
+    approval_link_ttl_s: float = Field(
+        86_400.0, gt=0, description="How long a decision link works (not beyond its approval's timeout)."
+    )
+    http_allow_hosts: str = Field(
+        "",
+        description="As the workers': where approval notification webhooks may go beyond global addresses.",
+    )
 
     @field_validator("owner_max_runs", mode="before")
     @classmethod

@@ -40,7 +40,7 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 PAGES = {"list": "Runs", "run": "Run", "new": "Playground", "credentials": "Credentials"}
-PAGES |= {"workflows": "Workflows", "templates": "Templates"}
+PAGES |= {"workflows": "Workflows", "templates": "Templates", "decide": "Approval"}
 LIBRARY_PAGES = frozenset({"workflows", "templates"})
 """Pages with a stylesheet of their own beside ui.css (static/library.css)."""
 
@@ -132,6 +132,12 @@ async def workflows_page(request: Request) -> HTMLResponse:
 @router.get("/templates", response_class=HTMLResponse)
 async def templates_page(request: Request) -> HTMLResponse:
     return _shell(request, "templates")
+
+
+@router.get("/decide", response_class=HTMLResponse)
+async def decide_page(request: Request) -> HTMLResponse:
+    """A decision link's page: the token is in the URL's fragment, never sent here."""
+    return _shell(request, "decide")
 
 
 @router.get("/executions/{execution_id}", response_class=HTMLResponse)

@@ -57,6 +57,13 @@ PENDING, DECISION, RESULT = "fm-pending-", "fm-decision-", "fm-result-"
 PREFECT_PAUSE_LIMIT_S = 365 * 24 * 3600  # Prefect fails a run at its pause timeout: keep it out of reach
 DECISION_POLL_S = 0.5
 PAUSE_POLL_S = 1
+TIMED_RELEASE_MARGIN_S = 5
+"""Beyond the workers' prefetch: the time a replay takes to reach the approval again."""
+WAKE_EARLY_S = 10.0
+"""A run released until a time (an approval's timeout, a delay's end) is scheduled this much
+earlier: a worker takes it at its scheduled time, not before (Prefect holds a run's Pending
+until then), and replaying it to the wait costs seconds (a cold worker's first run: ~8 s
+measured); the wait then ends in the process, on time."""
 
 
 def approval_slug(node_id: str, path: tuple[int, ...] | list[int], step: str | None = None) -> str:
@@ -73,9 +80,36 @@ def approval_slug(node_id: str, path: tuple[int, ...] | list[int], step: str | N
 TOOL_CALL_FIELDS = ("kind", "tool", "arguments")
 """What a pending approval of an agent's tool call shows besides the form."""
 
+ORGANISATIONAL_FIELDS = (
+    "required",
+    "allow_self_approval",
+    "notify",
+    "remind_every_s",
+    "escalate_after_s",
+    "escalate_to",
+)
+"""Who decides besides ``approvers`` (``api/approval_desk.py`` enforces them)."""
+
 
 def _now() -> str:
     return datetime.now(UTC).isoformat()
+
+
+def approvers_of(record: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(users, groups) a pending approval names; an older record's plain list is users."""
+    named = record.get("approvers") or {}
+    if isinstance(named, list):
+        return [str(u) for u in named], []
+    return list(named.get("users") or []), list(named.get("groups") or [])
+
+
+def is_organisational(record: dict[str, Any]) -> bool:
+    """Whether a pending approval is decided through the approval desk only (it names who
+    decides, needs several, or refuses its run's starter): see ``ApprovalConfig.organisational``."""
+    users, groups = approvers_of(record)
+    escalated = record.get("escalate_to") or {}
+    named = users or groups or escalated.get("users") or escalated.get("groups")
+    return bool(named) or int(record.get("required") or 1) > 1 or record.get("allow_self_approval") is False
 
 
 def _loads(value: str) -> Any:
@@ -123,6 +157,9 @@ class PrefectApprovals:
         self.allow_unverified = allow_unverified
         self.hold_s = hold_s
         self.busy = busy
+        self.timed_release_after_s = max(prefect_compat.worker_prefetch_s(), WAKE_EARLY_S) + TIMED_RELEASE_MARGIN_S
+        """An approval whose timeout is nearer than this is not released: a worker would take
+        its run back at once."""
         self.paused_since: float | None = None
         self.waiting: dict[str, Waiting] = {}
         self.current: str | None = None
@@ -159,7 +196,13 @@ class PrefectApprovals:
             "message": config.message,
             "form": {k: v.model_dump() for k, v in config.form.items()},
             "schema": form_model(config.form, config.message).model_json_schema(),
-            "approvers": config.approvers,
+            "approvers": config.approvers.model_dump(),
+            "required": config.required,
+            "allow_self_approval": config.allow_self_approval,
+            "notify": [n.model_dump() for n in config.notify],
+            "remind_every_s": config.remind_every_s,
+            "escalate_after_s": config.escalate_after_s,
+            "escalate_to": config.escalate_to.model_dump(),
             "requested_at": _now(),
             "timeout_at": timeout_at,
             **{k: getattr(config, k) for k in TOOL_CALL_FIELDS if hasattr(config, k)},
@@ -174,6 +217,14 @@ class PrefectApprovals:
             except httpx.HTTPStatusError as exc:
                 if exc.response.status_code != 409:
                     raise  # 409: announced by an earlier execution of the run
+                # The run executed again (a release, a crash): the timeout runs from the first
+                # announcement, not from this execution.
+                announced = _loads(await client.read_flow_run_input(self.run_id, PENDING + slug))
+                first_timeout = announced.get("timeout_at") if isinstance(announced, dict) else None
+                if config.timeout_s and isinstance(first_timeout, str):
+                    timeout_at = first_timeout
+                    left = (datetime.fromisoformat(first_timeout) - datetime.now(UTC)).total_seconds()
+                    deadline = time.monotonic() + left
         waiting = Waiting(slug, node, path, config, deadline)
         first = not self.waiting
         self.waiting[slug] = waiting
@@ -185,7 +236,11 @@ class PrefectApprovals:
                 message=config.message,
                 form=record["schema"],
                 timeout_at=timeout_at,
-                approvers=config.approvers,
+                approvers=config.approvers.model_dump(),
+                required=config.required,
+                allow_self_approval=config.allow_self_approval,
+                escalate_to=config.escalate_to.model_dump(),
+                approval_id=f"{self.run_id}.{slug}",
             )
         if pause is not None:  # a pause is announced whether or not an approval waits too
             execution.bus.publish("execution:paused", pending=[], pause=pause)
@@ -224,6 +279,8 @@ class PrefectApprovals:
             "decided_by": decision.get("decided_by"),
             "via": decision.get("via"),
         }
+        if decision.get("decisions"):
+            output["decisions"] = decision["decisions"]
         return Completed(output=output, handles=frozenset({"approved" if approved else "rejected"}))
 
     async def _earlier_decision(self, client: Any, slug: str, config: ApprovalConfig) -> dict[str, Any] | None:
@@ -325,16 +382,21 @@ class PrefectApprovals:
                     return
 
     def _may_release(self) -> bool:
-        """Held long enough, nothing else running, and no approval whose timeout this
-        process must keep (a released run has nobody to time it out)."""
+        """Held long enough, nothing else running, and no timeout due before a worker would
+        take the run back (the prefetch: a run taken early must not be let go of again)."""
+        deadline = self._next_deadline()
         return (
             self.hold_s is not None
             and self.paused_since is not None
             and time.monotonic() - self.paused_since >= self.hold_s
             and self.current is not None
-            and all(w.deadline is None for w in self.waiting.values())
+            and (deadline is None or deadline - time.monotonic() > self.timed_release_after_s)
             and not self.busy()
         )
+
+    def _next_deadline(self) -> float | None:
+        deadlines = [w.deadline for w in self.waiting.values() if w.deadline is not None]
+        return min(deadlines) if deadlines else None
 
     async def _release(self, client: Any) -> None:
         """Suspend the run on the approval Prefect shows (its form, a new pause key): the
@@ -345,10 +407,31 @@ class PrefectApprovals:
         assert slug is not None
         model = form_model(self.waiting[slug].config.form, self.waiting[slug].config.message, base=RunInput)
         await self._stop_pause(client)
-        key = await prefect_compat.fresh_pause_key(client, self.run_id, slug)
-        log.info("run %s: releasing it while approval %s waits (suspended on key %s)", self.run_id, slug, key)
+        deadline = self._next_deadline()
         try:
-            await prefect_compat.release_flow_run(client, self.run_id, key, wait_for_input=model, holding=self.holding)
+            if deadline is None:
+                key = await prefect_compat.fresh_pause_key(client, self.run_id, slug)
+                log.info("run %s: releasing it while approval %s waits (suspended on key %s)", self.run_id, slug, key)
+                await prefect_compat.release_flow_run(
+                    client, self.run_id, key, wait_for_input=model, holding=self.holding
+                )
+            else:
+                # A timeout to keep: released as a delay is, scheduled for the earliest
+                # timeout; any worker takes it then and the approval times out on replay
+                # (its deadline is the first announcement's). A decision before then
+                # schedules it at once (resume_approval).
+                timeout_at = datetime.now(UTC) + timedelta(seconds=deadline - time.monotonic())
+                until = timeout_at - timedelta(seconds=WAKE_EARLY_S)
+                key = await prefect_compat.fresh_pause_key(client, self.run_id, prefect_compat.DELAY_RELEASE + slug)
+                log.info("run %s: releasing it while approval %s waits, until %s", self.run_id, slug, until)
+                await prefect_compat.release_flow_run(
+                    client,
+                    self.run_id,
+                    key,
+                    until=until,
+                    holding=self.holding,
+                    message=f"released while approval {slug} waits: times out at {timeout_at.isoformat()}",
+                )
         except Pause as signal:
             for waiting in self.waiting.values():
                 if not waiting.future.done():
@@ -456,6 +539,8 @@ async def pending_approvals(run_id: str, client: Any = None) -> list[dict[str, A
                     k: record[k]
                     for k in ("node_id", "path", "slug", "message", "schema", "approvers", "requested_at", "timeout_at")
                 }
+                | {"form": record.get("form", {}), "approval_id": f"{run_id}.{slug}"}
+                | {k: record[k] for k in ORGANISATIONAL_FIELDS if k in record}
                 | {k: record[k] for k in (*TOOL_CALL_FIELDS, "pause") if k in record}
                 | {"decision_sent": slug in asked}
             )
@@ -475,6 +560,8 @@ async def resume_approval(
     decided_by: str | None = None,
     client: Any = None,
     signer: DecisionSigner | None = None,
+    decisions: list[dict[str, Any]] | None = None,
+    desk: bool = False,
 ) -> ResumeAnswer:
     """Answer a waiting approval. ``path`` may be left out when the node waits once.
 
@@ -501,6 +588,13 @@ async def resume_approval(
         paths = ", ".join(str(p["path"]) for p in waiting)
         return ResumeAnswer("refused", f"node {node_id!r} waits at several paths ({paths}); give the path")
     target = waiting[0]
+    if not desk and is_organisational(target):
+        # Who decides is checked by the approval desk (the API's /api/approvals), not here.
+        return ResumeAnswer(
+            "not_waiting",
+            f"approval {target['slug']} of node {node_id!r} names who decides: "
+            f"decide it through POST /api/approvals/{run_id}.{target['slug']}/decide",
+        )
     if target["decision_sent"] and signer is None:
         return ResumeAnswer("not_waiting", "a decision for this approval was already sent")
     async with _client(client) as client:
@@ -527,13 +621,15 @@ async def resume_approval(
         # Written as a decision input for every approval, the one Prefect is paused on
         # included: the run picks it up (and ends Prefect's pause) within a second, and
         # the decision keeps who made it.
-        decision = {
+        decision: dict[str, Any] = {
             "outcome": "decided",
             "input": checked.model_dump(),
             "decided_at": _now(),
             "decided_by": decided_by,
             "via": "api",
         }
+        if decisions:  # every person's decision of an approval several decide (api/approval_desk.py)
+            decision["decisions"] = decisions
         if signer is not None:
             decision = signer.sign(str(run_uuid), slug, decision)
         try:
@@ -546,7 +642,7 @@ async def resume_approval(
                 raise
             if signer is None or not await _replace_unsigned(client, run_uuid, slug, decision, signer):
                 return ResumeAnswer("not_waiting", "a decision for this approval was already sent")
-        if prefect_compat.is_released(state):
+        if prefect_compat.is_released(state) or prefect_compat.is_delay_released(state):
             # Released by its worker (suspended): nobody polls for the decision, so schedule
             # the run again; a worker replays it and the approval reads the decision.
             await prefect_compat.schedule_released(client, run_uuid, "approval answered")

@@ -132,6 +132,10 @@ def take(
         return Refused("its outcome is neither 'decided' nor 'timeout'")
     if not verified and not allow_unverified:
         return Refused("it is not signed by FlowMaestro's API and FLOWMAESTRO_APPROVAL_PREFECT_UI is off")
+    if not verified and config.organisational:
+        # Who decides, how many must, and whether the run's starter may are checked by the
+        # API (api/approval_desk.py): an answer through Prefect checked none of it.
+        return Refused("it is not signed by FlowMaestro's API and the approval names its approvers")
     issues = form_issues(config, raw.get("input"))
     if issues is not None:
         return Refused(f"it does not fit the form ({issues})")
@@ -144,6 +148,7 @@ def take(
                 "decided_by": raw.get("decided_by"),
                 "via": raw.get("via"),
             }
+            | ({"decisions": raw["decisions"]} if isinstance(raw.get("decisions"), list) else {})
         )
     return Taken(
         {"outcome": "decided", "input": raw["input"], "decided_at": _now(), "decided_by": None, "via": PREFECT_UI}

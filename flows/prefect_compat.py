@@ -464,6 +464,19 @@ DELAY_RELEASE_STATE = "Delayed"
 """The name of the Scheduled state such a run comes back in."""
 
 
+def is_delay_released(state: State | None) -> bool:
+    """A flow run released until a given time (``release_flow_run`` with ``until``: a delay,
+    or an approval with a timeout) and not yet due: scheduled again now, it continues at once
+    (an approval answered before its timeout)."""
+    return (
+        state is not None
+        and state.type == StateType.SCHEDULED
+        and state.name == DELAY_RELEASE_STATE
+        and state.state_details.scheduled_time is not None
+        and state.state_details.scheduled_time > datetime.now(UTC)
+    )
+
+
 def worker_prefetch_s() -> float:
     """How early Prefect's workers take a scheduled run (``PREFECT_WORKER_PREFETCH_SECONDS``,
     10 s by default): a delay released for less than this would be taken back at once."""

@@ -3,9 +3,10 @@
 A ``delay`` node whose remaining wait is longer than ``FLOWMAESTRO_DELAY_RELEASE_S`` (and
 than the workers' prefetch: a run they take early must not be let go of again) in a run of
 a deployment, with no other node of the run executing, calls ``DelayRelease``: the run is
-suspended and scheduled again for the delay's end (``prefect_compat.release_flow_run``, the
-same release as an approval's), any worker takes it then, and the run replays from its
-journal, where the delay keeps its first start: it waits only what is left.
+suspended and scheduled again for ``WAKE_EARLY_S`` before the delay's end
+(``prefect_compat.release_flow_run``, the same release as an approval's), any worker takes it
+then, and the run replays from its journal, where the delay keeps its first start: it waits
+only what is left, and ends on time.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from prefect.client.orchestration import get_client
 
 from flows import prefect_compat
-from flows.approvals import approval_slug
+from flows.approvals import WAKE_EARLY_S, approval_slug
 
 log = logging.getLogger("flowmaestro.releases")
 
@@ -42,8 +43,12 @@ class DelayRelease:
 
     async def __call__(self, node_id: str, path: tuple[int, ...], until: datetime) -> None:
         left = (until - datetime.now(UTC)).total_seconds()
-        if left <= self.after_s:
+        if left <= self.after_s or left <= WAKE_EARLY_S + 1:
             return
+        ends = until
+        # Woken early: the replay's cost is paid before the end, the rest is waited in the
+        # process (the delay waits only what is left), so it ends on time.
+        until = until - timedelta(seconds=WAKE_EARLY_S)
         async with get_client() as client:
             key = await prefect_compat.fresh_pause_key(client, self.run_id, delay_pause_key(node_id, path))
             log.info(
@@ -51,6 +56,6 @@ class DelayRelease:
                 self.run_id,
                 node_id,
                 left,
-                until.isoformat(),
+                ends.isoformat(),
             )
             await prefect_compat.release_flow_run(client, self.run_id, key, until=until, holding=self.holding)

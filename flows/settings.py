@@ -110,7 +110,7 @@ class EngineSettings(StoreSettings, CompileSettings):
         description="How long a worker holds a run paused on an "
         "approval (a fast resume) before releasing it (Prefect suspend: waiting "
         "costs no process; an answer schedules it again). 'never' (or empty): "
-        "hold until answered. Approvals with a timeout_s are always held.",
+        "hold until answered. An approval with a timeout_s is released until its timeout.",
     )
     delay_release_s: float | None = Field(
         60.0,
@@ -118,7 +118,7 @@ class EngineSettings(StoreSettings, CompileSettings):
         description="A delay in a run of a saved workflow that "
         "still has longer than this to wait (and longer than the workers' "
         "prefetch, 10 s) lets go of its worker slot: the run is suspended and "
-        "scheduled again for the delay's end, when any worker continues it. "
+        "scheduled again for shortly before the delay's end, when any worker continues it. "
         "'never' (or empty): delays wait in their worker.",
     )
     approval_prefect_ui: bool = Field(

@@ -29,7 +29,7 @@ from builder.catalog import NAMES_FROM, UNIQUE_KEYS, Templatable
 from node_handlers.agent_mcp import McpTool
 from node_handlers.agent_memory import AgentMemories, MemoryConfig
 from node_handlers.agent_tools import CallResult, HttpTool, NamedTool, Tool, WorkflowTool, call_tool, toolbox
-from node_handlers.approval import FormField, ToolCallApproval
+from node_handlers.approval import Approvers, ApproversField, FormField, ToolCallApproval
 from node_handlers.base import Completed, NodeContext, NodeError, NodeHandler
 from node_handlers.budgets import budgeted_request, record_usage
 from node_handlers.llm import EXCERPT_CHARS, ONE_KEY_SOURCE, ModelCallConfig, PositiveFloat, cost_of
@@ -72,6 +72,18 @@ class AgentConfig(ModelCallConfig):
         description="Tools whose every call waits for a person's approval (approve, reject, or approve "
         "with edited arguments); a rejection is the tool's result for the model.",
     )
+    approvers: ApproversField = Field(
+        default_factory=lambda: Approvers(),
+        description="Who decides the tool approvals: {users, groups} (a plain list: users). None: the run's owner.",
+    )
+    required: int = Field(1, ge=1, le=100, description="Approvals each tool call needs; the first rejection rejects.")
+    allow_self_approval: bool = Field(True, description="False: whoever started the run may not decide.")
+
+    @field_validator("approvers", mode="before")
+    @classmethod
+    def _plain_approvers(cls, value: Any) -> Any:
+        return {"users": value} if isinstance(value, list) else value
+
     memory: MemoryConfig | None = Field(
         None,
         description="Keep the conversation under a key (per owner and workflow): loaded before the first "
@@ -294,6 +306,9 @@ class AgentLoop:
             step=f"call-{call.id}",
             tool=call.name,
             arguments=call.arguments,
+            approvers=self.config.approvers,
+            required=self.config.required,
+            allow_self_approval=self.config.allow_self_approval,
         )
         async with self.asking, self.stopped_clock():
             decision = await self.ctx.capabilities.pause_for_person(request)

@@ -14,6 +14,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
+    StringConstraints,
     TypeAdapter,
     WithJsonSchema,
     create_model,
@@ -34,6 +35,64 @@ class FormField(BaseModel):
     enum: list[Any] | None = None
 
 
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$"
+"""An identity (an API key's owner name) or a group's name."""
+
+
+class Approvers(BaseModel):
+    """Who may decide an approval: identities (the owner names of API keys) and groups of the
+    run owner's (``/api/groups``), members at the time of the decision."""
+
+    model_config = ConfigDict(extra="forbid")
+    users: list[Annotated[str, StringConstraints(pattern=NAME_PATTERN)]] = Field(default_factory=list)
+    groups: list[Annotated[str, StringConstraints(pattern=NAME_PATTERN)]] = Field(default_factory=list)
+
+
+_NAMES = {"type": "array", "items": {"type": "string", "pattern": NAME_PATTERN}}
+ApproversField = Annotated[
+    Approvers,
+    # The published schema says both forms a canvas may hold: the object, or a plain list of users.
+    WithJsonSchema(
+        {
+            "anyOf": [
+                _NAMES,
+                {
+                    "type": "object",
+                    "properties": {"users": _NAMES, "groups": _NAMES},
+                    "additionalProperties": False,
+                },
+            ]
+        }
+    ),
+]
+
+
+class WebhookNotify(BaseModel):
+    """A POST of a Slack-compatible JSON body, signed as FlowMaestro's webhooks are."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["webhook"]
+    url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$", max_length=2000)]
+
+
+class EmailNotify(BaseModel):
+    """An email through ``FLOWMAESTRO_SMTP_URL``."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["email"]
+    to: list[Annotated[str, StringConstraints(pattern=r"^[^@\s,<>]+@[^@\s,<>]+$", max_length=320)]] = Field(
+        min_length=1, max_length=50
+    )
+
+    @field_validator("to", mode="before")
+    @classmethod
+    def _one_address(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+Notify = Annotated[WebhookNotify | EmailNotify, Field(discriminator="type")]
+
+
 class ApprovalConfig(NodeConfig):
     message: str | None = Field(None, description="Shown to the approver; a template.")
     form: dict[str, FormField] = Field(
@@ -42,7 +101,35 @@ class ApprovalConfig(NodeConfig):
         json_schema_extra={"propertyNames": {"pattern": IDENTIFIER_PATTERN, "not": {"const": "approved"}}},
     )
     timeout_s: float | None = Field(None, gt=0, description="After this, the timeout handle fires.")
-    approvers: list[str] = Field(default_factory=list, description="Who may decide; recorded with the decision.")
+    approvers: ApproversField = Field(
+        default_factory=lambda: Approvers(),
+        description="Who may decide: {users, groups} (a plain list names users). None: the run's owner.",
+    )
+    required: int = Field(1, ge=1, le=100, description="Approvals needed; the first rejection rejects.")
+    allow_self_approval: bool = Field(True, description="False: whoever started the run may not decide.")
+    notify: list[Notify] = Field(
+        default_factory=list,
+        max_length=10,
+        description="Where to tell approvers: [{type: webhook, url}, {type: email, to}], each with a decision link.",
+    )
+    remind_every_s: float | None = Field(None, ge=1, description="Notify again this often while it waits.")
+    escalate_after_s: float | None = Field(None, ge=1, description="After this, escalate_to may decide too, notified.")
+    escalate_to: ApproversField = Field(
+        default_factory=lambda: Approvers(), description="Who is added after escalate_after_s: {users, groups}."
+    )
+
+    @field_validator("approvers", "escalate_to", mode="before")
+    @classmethod
+    def _plain_list(cls, value: Any) -> Any:
+        # A plain list of names is the node's older form: users.
+        return {"users": value} if isinstance(value, list) else value
+
+    @property
+    def organisational(self) -> bool:
+        """Whether anyone but the run's owner decides, or more than one must, or the owner may
+        not: then only decisions the API signed are taken (it checks who decides)."""
+        named = self.approvers.users or self.approvers.groups or self.escalate_to.users or self.escalate_to.groups
+        return bool(named) or self.required > 1 or not self.allow_self_approval
 
     @field_validator("form")
     @classmethod

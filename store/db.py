@@ -265,6 +265,52 @@ class ApiKeyRow(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
+class ApprovalGroupRow(Base):
+    """A group of identities an owner's approvals name (``approvers.groups``)."""
+
+    __tablename__ = "approval_groups"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128), index=True)
+    name: Mapped[str] = mapped_column(String(128))
+    members: Mapped[list[str]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (Index("uq_approval_group_owner_name", "owner", "name", unique=True),)
+
+
+class ApprovalVoteRow(Base):
+    """One person's decision on an approval that several decide: at most one per person
+    (the primary key), so a second one is a conflict whichever API process takes it."""
+
+    __tablename__ = "approval_votes"
+    approval_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    decided_by: Mapped[str] = mapped_column(String(128), primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(36), index=True)
+    approved: Mapped[bool] = mapped_column(Boolean)
+    input: Mapped[dict[str, Any]] = mapped_column(JSON)
+    decided_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApprovalNoticeRow(Base):
+    """A notification of an approval (its request, the k-th reminder, its escalation), claimed
+    by the API process that sends it: the primary key lets one process of several win."""
+
+    __tablename__ = "approval_notices"
+    approval_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    notice: Mapped[str] = mapped_column(String(32), primary_key=True)
+    sent_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApprovalLinkUseRow(Base):
+    """A decision link used: each link decides once."""
+
+    __tablename__ = "approval_link_uses"
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    approval_id: Mapped[str] = mapped_column(String(200))
+    used_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 def make_engine(url: str, **options: Any) -> AsyncEngine:
     """The API's engine: the same connection setup as the event log's (SQLite: WAL, busy
     timeout, foreign keys), with SQLAlchemy's default pool; ``options`` as

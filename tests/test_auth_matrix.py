@@ -45,6 +45,9 @@ ADMIN = {"/api/admin/keys", "/api/admin/keys/{key_id}"}
 without one (tests/test_api_keys.py)."""
 SIGNED = {"/hooks/{hook_id}"}
 """Authenticated by the webhook's HMAC signature; a bearer key grants nothing."""
+LINKED = {"/api/approval-link", "/api/approval-link/decide"}
+"""Authorised by a decision link's signed token in the body (api/approval_links.py); a bearer
+key grants nothing."""
 PUBLIC_SHELL_PREFIX = "/ui"
 """HTML pages that are shells: public, their data comes from the bearer routes."""
 TOKEN_ALSO = {"/api/executions/{execution_id}/stream"}
@@ -136,6 +139,19 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     ("GET", "/api/budgets/{budget_id}"): Recipe({"budget_id": "budget"}),
     ("PATCH", "/api/budgets/{budget_id}"): Recipe({"budget_id": "budget"}, json={"max_tokens": 2000}),
     ("DELETE", "/api/budgets/{budget_id}"): Recipe({"budget_id": "budget"}),
+    # Approvals are decided across owners by the people they name: nothing waits in the world's
+    # runs, so every caller is told the approval is not found (not whose run it is).
+    ("GET", "/api/approvals"): Recipe(),
+    ("GET", "/api/approvals/{approval_id}"): Recipe({"approval_id": "approval"}, owner=404),
+    ("POST", "/api/approvals/{approval_id}/decide"): Recipe(
+        {"approval_id": "approval"}, json={"approved": True}, owner=404
+    ),
+    # Group names are unique per owner, like workflow names.
+    ("POST", "/api/groups"): Recipe(json={"name": "matrix-group", "members": ["owner"]}, owner=409),
+    ("GET", "/api/groups"): Recipe(lists="group"),
+    ("GET", "/api/groups/{group_id}"): Recipe({"group_id": "group"}),
+    ("PUT", "/api/groups/{group_id}"): Recipe({"group_id": "group"}, json={"name": "matrix-group", "members": []}),
+    ("DELETE", "/api/groups/{group_id}"): Recipe({"group_id": "group"}),
     ("GET", "/api/node-types"): Recipe(shared=True),
     # The workflow library (api/versions.py, api/bundles.py, api/templates.py).
     ("GET", "/api/workflows/{workflow_id}/versions"): Recipe({"workflow_id": "workflow"}),
@@ -178,6 +194,8 @@ class World:
     rerun_source: str = ""
     """A cancelled run that nothing retries."""
     template: str = ""
+    group: str = ""
+    approval: str = ""
 
 
 @dataclass(frozen=True)
@@ -206,6 +224,8 @@ def access_of(route: Route) -> str:
         return "operator"
     if route.path in ADMIN:
         return "admin"
+    if route.path in LINKED:
+        return "link"
     if route.path == PUBLIC_SHELL_PREFIX or route.path.startswith(PUBLIC_SHELL_PREFIX + "/"):
         return "shell"
     if route.path.startswith("/api/"):
@@ -298,6 +318,9 @@ async def build_world(app, client: httpx.AsyncClient) -> World:
     world.template = (await ok(await client.post("/api/templates", json=template, headers=owner)))["id"]
     budget = {"scope": "workflow", "workflow_id": world.workflow, "period": "month", "max_cost_usd": 5.0}
     world.budget = (await ok(await client.post("/api/budgets", json=budget, headers=owner)))["id"]
+    group = {"name": "matrix-group", "members": ["owner"]}
+    world.group = (await ok(await client.post("/api/groups", json=group, headers=owner)))["id"]
+    world.approval = f"{world.execution}.nobody-waits"
     return world
 
 
@@ -340,6 +363,8 @@ async def test_every_route_is_classified_and_guarded(clients):
             await check_operator(client, route, world)
         elif access == "admin":
             await check_admin(client, route)
+        elif access == "link":
+            await check_link(client, route)
         else:
             await check_public(client, route, world)
         checked.append(f"{route.method} {route.path}")
@@ -431,6 +456,17 @@ async def check_operator(client: httpx.AsyncClient, route: Route, world: World) 
         assert answer.status_code == 401, f"{route.path} with {headers or 'no key'}: {answer.status_code}"
         assert world.name not in answer.text
     assert (await client.get(route.path, headers=bearer(METRICS_KEY))).status_code == 200
+
+
+async def check_link(client: httpx.AsyncClient, route: Route) -> None:
+    """No token: 422 naming it; a made-up or forged token: 401, with or without a bearer key."""
+    decision = {"nonce": "n", "approved": True} if route.path.endswith("/decide") else {}
+    missing = await client.post(route.path, json=decision, headers=bearer(OWNER_KEY))
+    assert missing.status_code == 422 and "token" in missing.text, f"{route.path}: {missing.text}"
+    forged = "eyJhIjoieCIsInUiOiJvd25lciIsImUiOjk5OTk5OTk5OTksIm4iOiJ4In0.bm90LWEtbWFj"
+    for token, headers in (("not-a-link", {}), (forged, {}), (forged, bearer(OWNER_KEY))):
+        answer = await client.post(route.path, json={**decision, "token": token}, headers=headers)
+        assert answer.status_code == 401, f"{route.path} with {token[:10]}: {answer.status_code} {answer.text}"
 
 
 async def check_admin(client: httpx.AsyncClient, route: Route) -> None:

@@ -2,7 +2,34 @@
 // the API and the Prefect UI validate answers with): Approve / Reject set `approved`, the
 // other properties become inputs. The API's refusal (422) is shown beside the fields.
 
-import { ApiError, el } from "./common.js";
+import { api, ApiError, el } from "./common.js";
+
+/** Whether the approval names who decides (or needs several, or refuses its run's starter):
+ * then it is decided through the approval desk (/api/approvals), as each person. */
+export function organisational(data) {
+  const who = data.approvers || {};
+  const users = Array.isArray(who) ? who : who.users || [];
+  const later = data.escalate_to || {};
+  return users.length > 0 || (who.groups || []).length > 0 || (later.users || []).length > 0 ||
+    (later.groups || []).length > 0 || (data.required || 1) > 1 || data.allow_self_approval === false;
+}
+
+function approversText(data) {
+  const who = data.approvers || {};
+  const users = Array.isArray(who) ? who : who.users || [];
+  const parts = [...users, ...(who.groups || []).map((g) => `group ${g}`)];
+  if (!parts.length) return null;
+  const needed = (data.required || 1) > 1 ? ` (${data.required} must approve)` : "";
+  return `Approvers: ${parts.join(", ")}${needed}`;
+}
+
+/** Who decided so far and who is still awaited, from the desk's view of the approval. */
+function progressText(view) {
+  const decided = (view.decisions || []).map((d) => `${d.by} ${d.approved ? "approved" : "rejected"}`);
+  const awaiting = (view.awaiting || []).join(", ") || "nobody";
+  return `${view.approvals ?? 0} of ${view.required ?? 1} approvals` +
+    (decided.length ? `: ${decided.join(", ")}` : "") + `; awaiting ${awaiting}`;
+}
 
 /** The schema of a property, without pydantic's "or null" of optional fields. */
 function plain(schema) {
@@ -60,13 +87,30 @@ export function approvalForm(data, submit, key) {
   const form = el("form", { class: "approval", "data-approval": key, "data-node-id": data.node_id },
     el("h3", {}, `Approval: ${data.label ?? data.node_id}${data.path?.length ? ` [${data.path.join(", ")}]` : ""}`),
     data.message ? el("p", { class: "message" }, data.message) : null,
-    data.approvers?.length ? el("p", { class: "muted" }, `Approvers: ${data.approvers.join(", ")}`) : null,
+    approversText(data) ? el("p", { class: "muted" }, approversText(data)) : null,
     data.timeout_at ? el("p", { class: "muted" }, `Answer before ${data.timeout_at}`) : null,
     ...rows,
     el("div", { class: "buttons" },
        el("button", { type: "submit", value: "approve", "data-role": "approve" }, "Approve"),
        el("button", { type: "submit", value: "reject", class: "secondary", "data-role": "reject" }, "Reject")),
     status);
+  const desk = organisational(data) && data.approval_id;
+  const progress = el("p", { class: "muted", "data-role": "approval-progress" });
+  if (desk) {
+    form.insertBefore(progress, status);
+    // Best effort: someone who may not see the approval's progress still gets the form.
+    api(`/api/approvals/${encodeURIComponent(data.approval_id)}`)
+      .then((view) => { progress.textContent = progressText(view); }).catch(() => {});
+    submit = (input) => {
+      const { approved, ...rest } = input;
+      return api(`/api/approvals/${encodeURIComponent(data.approval_id)}/decide`,
+                 { method: "POST", body: { approved, input: rest } }).then((view) => {
+        progress.textContent = progressText(view);
+        return { message: view.status === "waiting" ? "Your decision is recorded; more are needed." :
+                 `Decided: ${view.status}.` };
+      });
+    };
+  }
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     const input = { approved: event.submitter?.value !== "reject" };
