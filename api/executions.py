@@ -8,7 +8,7 @@ import re
 import uuid
 from datetime import datetime
 from http import HTTPStatus
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import BeforeValidator
@@ -64,7 +64,8 @@ def _rfc3339(value: object) -> object:
 Rfc3339 = Annotated[datetime, BeforeValidator(_rfc3339)]
 router = APIRouter(tags=["executions"])
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (401, 404, 409, 422, 503)}
-TRIGGERS = ("api", "schedule", "webhook", "prefect-ui", "retry", "parent", "rerun", "test")
+Trigger = Literal["api", "schedule", "webhook", "prefect-ui", "retry", "parent", "rerun", "test"]
+TRIGGERS = get_args(Trigger)
 
 
 @router.post(
@@ -124,7 +125,7 @@ async def list_executions(
     paged: Paged,
     workflow_id: str | None = Query(None, max_length=36, pattern=NO_NUL),
     status: RunStatus | None = None,
-    trigger: Literal["api", "schedule", "webhook", "prefect-ui", "retry", "parent"] | None = Query(
+    trigger: Trigger | None = Query(
         None, description=f"One of {', '.join(TRIGGERS)}."
     ),
     since: Rfc3339 | None = Query(None, description="Runs created at or after this time (RFC 3339)."),

@@ -538,7 +538,7 @@ async def worker_context(
     )
     context = replace(
         base,
-        services=HandlerServices(handler_settings, credentials=credentials),
+        services=HandlerServices(handler_settings, credentials=credentials, database_url=database_url),
         store=store,
         resolve_workflow=store.resolve_subworkflow,
         cancellations=signals,

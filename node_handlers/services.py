@@ -36,16 +36,24 @@ if TYPE_CHECKING:  # credentials.py imports this module
 class HandlerServices:
     """The handler services of one context (``RunContext.services``)."""
 
-    def __init__(self, settings: HandlerSettings | None = None, credentials: CredentialReader | None = None):
+    def __init__(
+        self,
+        settings: HandlerSettings | None = None,
+        credentials: CredentialReader | None = None,
+        database_url: str | None = None,
+    ):
         """``settings``: read from the environment (``FLOWMAESTRO_*``) on first use when not
         given. ``credentials``: where nodes naming a stored credential read it (a worker's
-        store); None: such nodes fail, saying the run has no credential store."""
+        store); None: such nodes fail, saying the run has no credential store.
+        ``database_url``: the store of the worker these services belong to (agent memories,
+        budgets); the settings' database when not given."""
         self._given = settings
         self.credentials = credentials
+        self.database_url = database_url
         self._clients: dict[tuple[asyncio.AbstractEventLoop, Any], Any] = {}
+        """Clients by (event loop, key): pooled connections belong to the loop that opened them."""
         self.budget_waivers: set[tuple[str, str]] = set()
         """Budgets a person let a run go past, ``(run id, budget id)`` (``node_handlers.budgets``)."""
-        """Clients by (event loop, key): pooled connections belong to the loop that opened them."""
 
     @classmethod
     def from_environment(cls) -> HandlerServices:
@@ -107,7 +115,7 @@ class HandlerServices:
     def database(self) -> AsyncEngine:
         """FlowMaestro's own database (what an agent's memory is kept in), one engine per
         event loop."""
-        url = self.settings.sqlalchemy_url()
+        url = self.database_url or self.settings.sqlalchemy_url()
         engine: AsyncEngine = self._client(("database", url), lambda: make_engine(url))
         return engine
 

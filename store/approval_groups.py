@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from store.database import as_utc
 from store.db import ApprovalGroupRow, Sessions, utcnow
 from store.errors import Conflict, NotFound
 
@@ -28,7 +29,8 @@ class Group:
 
 
 def _group(row: ApprovalGroupRow) -> Group:
-    return Group(row.id, row.owner, row.name, tuple(row.members), row.created_at, row.updated_at)
+    # SQLite gives timestamps back without their zone (store.database.as_utc).
+    return Group(row.id, row.owner, row.name, tuple(row.members), as_utc(row.created_at), as_utc(row.updated_at))
 
 
 def _unique(members: list[str]) -> list[str]:

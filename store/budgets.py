@@ -26,6 +26,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.sql.elements import ColumnElement
 
+from store.database import as_utc
 from store.db import Base, Sessions, utcnow
 from store.errors import Invalid, NotFound
 
@@ -116,8 +117,8 @@ def _budget(row: BudgetRow) -> Budget:
         row.max_cost_usd,
         row.max_tokens,
         row.on_exceed,
-        row.created_at,
-        row.updated_at,
+        as_utc(row.created_at),
+        as_utc(row.updated_at),
     )
 
 

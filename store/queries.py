@@ -52,7 +52,14 @@ class Workflows:
         """A version of a workflow of ``owner`` (the latest when ``version`` is None)."""
         async with self.sessions() as session:
             workflow = await _workflow(session, owner, workflow_id)
-            found = await session.get(WorkflowVersion, (workflow.id, version or workflow.latest_version))
+            # Versions are 1..latest: a number beyond is not asked of the database (one too
+            # large for its integers would be an error there, not a 404).
+            beyond = version is not None and not 1 <= version <= workflow.latest_version
+            found = (
+                None
+                if beyond
+                else await session.get(WorkflowVersion, (workflow.id, version or workflow.latest_version))
+            )
         if found is None:
             raise NotFound(f"workflow {workflow_id} has no version {version}")
         return SavedVersion(

@@ -10,23 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.ports import free_port
+
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="flowmaestro-tests-"))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-_PORT = _free_port()
+_PORT = free_port()
 os.environ["PREFECT_HOME"] = str(_SESSION_DIR / "client-prefect-home")
 os.environ["FLOWMAESTRO_HOME"] = str(_SESSION_DIR / "flowmaestro-home")
 os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{_PORT}/api"

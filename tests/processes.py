@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,18 +21,14 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from tests.ports import free_port
+
 if TYPE_CHECKING:
     from flows.local_server import ServerInfo
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_HOST = os.environ.get("FLOWMAESTRO_TEST_PG_HOST", "127.0.0.1")
 PG_USER = os.environ.get("FLOWMAESTRO_TEST_PG_USER", "postgres")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _psql(sql: str) -> None:

@@ -35,14 +35,16 @@ function showIssues(canvas, issues) {
     const edge = issue.edge_id && drawn.edges.get(issue.edge_id);
     if (edge) edge.classList.add(issue.severity === "error" ? "issue-error" : "issue-warning");
   }
+  // An issue's message says what is wrong; its field, where (the compiler no longer repeats it).
+  const said = (i) => (i.field ? `${i.field}: ${i.message}` : i.message);
   for (const [id, found] of byNode) {
     const view = drawn.views.get(id);
     const severity = found.some((i) => i.severity === "error") ? "error" : "warning";
     view.g.setAttribute("data-issues", String(found.length));
     view.g.setAttribute("data-issue-severity", severity);
     view.g.setAttribute("data-issue-codes", found.map((i) => i.code).join(" "));
-    view.detail.textContent = clip(`${severity === "error" ? "⚠" : "•"} ${found[0].message}`, view.chars);
-    view.title.textContent = found.map((i) => `${i.severity} ${i.code}: ${i.message}`).join("\n");
+    view.detail.textContent = clip(`${severity === "error" ? "⚠" : "•"} ${said(found[0])}`, view.chars);
+    view.title.textContent = found.map((i) => `${i.severity} ${i.code}: ${said(i)}`).join("\n");
   }
   preview.replaceChildren(canvasFrame(drawn.root));
   issuesList.replaceChildren(...issues.map((i) => el("li", { class: i.severity, "data-code": i.code },
@@ -73,7 +75,7 @@ async function save(canvas) {
     return await api("/api/workflows", { method: "POST", body: { canvas } });
   } catch (error) {
     if (!(error instanceof ApiError) || error.status !== 409) throw error;
-    const existing = (await api("/api/workflows")).find((w) => w.name === canvas.name);
+    const existing = (await api("/api/workflows?limit=500")).find((w) => w.name === canvas.name);
     if (!existing) throw error;
     return await api(`/api/workflows/${encodeURIComponent(existing.id)}`, { method: "PUT", body: { canvas } });
   }

@@ -30,7 +30,7 @@ function drawList() {
   const rows = shown().map((w) => el("li", { "data-workflow-id": w.id },
     el("button", { type: "button", class: "link", "data-role": "open", onclick: () => open(w.id) }, w.name),
     el("span", { class: "muted" }, ` v${w.latest_version}`),
-    w.status ? el("span", { class: "tag", "data-role": "status" }, w.status) : null,
+    w.status ? el("span", { class: "tag", "data-role": "workflow-status" }, w.status) : null,
     ...(w.tags || []).map((t) => el("span", { class: "tag" }, t))));
   listing.replaceChildren(...(rows.length ? rows : [el("li", { class: "muted" }, "No workflow.")]));
   document.body.dataset.workflows = String(rows.length);
@@ -117,7 +117,7 @@ async function rollback(id, version) {
 }
 
 async function refresh() {
-  workflows = await api("/api/workflows");
+  workflows = await api("/api/workflows?limit=500");
   drawList();
 }
 
