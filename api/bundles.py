@@ -84,11 +84,18 @@ class Created:
 
 
 async def create_workflows(
-    owner: str, incoming: list[Incoming], *, runs: RunService, compiler: CanvasCompiler, history: WorkflowHistory
+    owner: str,
+    incoming: list[Incoming],
+    *,
+    runs: RunService,
+    compiler: CanvasCompiler,
+    history: WorkflowHistory,
+    via: str = "import",
 ) -> list[Created]:
     """Compile every version (422 naming the workflow and version), create everything in one
-    transaction, then each workflow's deployment (``api.workflows._saved``: a Prefect that is
-    down is a warning). A deployment Prefect refuses deletes them all again."""
+    transaction (audited as made ``via`` an import or a template), then each workflow's
+    deployment (``api.workflows._saved``: a Prefect that is down is a warning). A deployment
+    Prefect refuses deletes them all again."""
     ids = {item.key: str(uuid.uuid4()) for item in incoming}
     prepared: list[tuple[Incoming, NewWorkflow, list[CompileResult]]] = []
     for item in incoming:
@@ -104,7 +111,7 @@ async def create_workflows(
         latest = results[-1].plan
         assert latest is not None
         prepared.append((item, NewWorkflow(name=latest.name, versions=tuple(versions), id=ids[item.key]), results))
-    await history.create_all(owner, [workflow for _, workflow, _ in prepared])
+    await history.create_all(owner, [workflow for _, workflow, _ in prepared], via=via)
     created = []
     try:
         for item, workflow, results in prepared:

@@ -119,6 +119,8 @@ async def test_every_change_of_a_lifecycle_is_recorded_newest_first_without_secr
     expected.append(("webhook.create", hook["id"]))
     rotated = await ok(await api.post(f"/api/workflows/{workflow_id}/webhooks/{hook['id']}/rotate"))
     expected.append(("webhook.rotate", hook["id"]))
+    back = await ok(await api.post(f"/api/workflows/{workflow_id}/rollback", json={"version": 1}), 201)
+    expected += [("workflow.save", workflow_id), ("workflow.rollback", workflow_id)]
 
     await ok(await api.delete(f"/api/credentials/{credential['id']}"), 204)
     expected.append(("credential.delete", credential["id"]))
@@ -145,10 +147,18 @@ async def test_every_change_of_a_lifecycle_is_recorded_newest_first_without_secr
     }
     assert by_action["credential.rotate"]["details"] == {"name": f"c-{name}", "type": "bearer", "fields": ["token"]}
     assert by_action["schedule.update"]["details"]["changed"] == ["interval_s"]
+    assert by_action["workflow.rollback"]["details"] == {"to_version": 1, "version": back["version"]}
 
     # Filters
     about = [(e["action"]) for e in (await api.get("/api/audit", params={"target_id": workflow_id})).json()]
-    assert about == ["workflow.delete", "workflow.update", "workflow.save", "workflow.create"]
+    assert about == [
+        "workflow.delete",
+        "workflow.rollback",
+        "workflow.save",
+        "workflow.update",
+        "workflow.save",
+        "workflow.create",
+    ]
     starts = (await api.get("/api/audit", params={"action": "execution.start"})).json()
     assert [e["target_id"] for e in starts] == [cancelled, approved]
     since = entries[2]["at"]
