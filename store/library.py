@@ -16,8 +16,9 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from store import audit
 from store.database import as_utc
-from store.db import Base, Sessions, Workflow, WorkflowVersion, utcnow
+from store.db import Base, Sessions, Workflow, WorkflowTag, WorkflowVersion, utcnow
 from store.errors import Conflict, NotFound
+from store.workflow_meta import checked_tags
 
 
 class TemplateRow(Base):
@@ -74,6 +75,8 @@ class NewWorkflow:
     name: str
     versions: tuple[NewVersion, ...]
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    description: str = ""
+    tags: tuple[str, ...] = ()
 
 
 def _template(row: TemplateRow) -> OwnerTemplate:
@@ -184,6 +187,7 @@ class WorkflowHistory:
                             id=new.id,
                             owner=owner,
                             name=new.name,
+                            description=new.description,
                             latest_version=len(new.versions),
                             created_at=now,
                             updated_at=now,
@@ -199,6 +203,8 @@ class WorkflowHistory:
                         details={"name": new.name, "versions": len(new.versions), "via": via},
                     )
                 await session.flush()  # the workflows before their versions (PostgreSQL checks the key at once)
+                for new in workflows:
+                    session.add_all([WorkflowTag(workflow_id=new.id, tag=tag) for tag in checked_tags(new.tags)])
                 for new in workflows:
                     for number, version in enumerate(new.versions, start=1):
                         session.add(
