@@ -172,3 +172,22 @@ async def test_every_change_of_a_lifecycle_is_recorded_newest_first_without_secr
     for method in ("POST", "PUT", "PATCH", "DELETE"):
         assert (await api.request(method, "/api/audit")).status_code == 405
         assert (await api.request(method, f"/api/audit/{entries[0]['id']}")).status_code in (404, 405)
+
+
+async def test_a_run_the_prefect_ui_starts_of_an_archived_workflow_is_refused_by_its_worker(api):
+    """Prefect's Run button is outside the API: the worker applies the status rules to a new run."""
+    from prefect.client.orchestration import get_client
+
+    from deployments.workflow_deployments import FLOW_NAME, deployment_name
+
+    name = f"archived-{uuid.uuid4().hex[:8]}"
+    workflow_id = (await ok(await api.post("/api/workflows", json={"canvas": approval_canvas(name)}), 201))["id"]
+    await ok(await api.patch(f"/api/workflows/{workflow_id}", json={"status": "archived"}))
+    async with get_client() as prefect:
+        deployment = await prefect.read_deployment_by_name(f"{FLOW_NAME}/{deployment_name(workflow_id, name)}")
+        flow_run = await prefect.create_flow_run_from_deployment(deployment.id)
+    refused = await wait_final(api, str(flow_run.id), timeout=120)
+    assert refused["status"] == "failed", refused
+    assert refused["trigger"]["type"] == "prefect-ui"
+    assert refused["error"]["type"] == "workflow_archived", refused["error"]
+    assert refused["nodes"] == {} or all(n["status"] != "completed" for n in refused["nodes"].values())
