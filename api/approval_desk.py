@@ -44,6 +44,7 @@ from flows.prefect_compat import DELAY_RELEASE_STATE, is_delay_released
 from node_handlers.approval import form_model
 from store.approval_groups import ApprovalGroups
 from store.approval_votes import ApprovalVotes, Vote
+from store.audit import AuditLog
 from store.db import Sessions
 from store.errors import Invalid, NotFound
 from store.run_owners import run_owners
@@ -285,5 +286,19 @@ class ApprovalDesk:
             f"approval {record['node_id']} {list(record['path']) or ''}: {identity} "
             f"{'approved' if approved else 'rejected'} ({approvals} of {required} approvals); "
             + (f"{status}" if status != "waiting" else f"awaiting {awaiting}"),
+        )
+        # The decision, never the form's values; the run's owner sees it in their log.
+        await AuditLog(self.sessions).append(
+            owner=owner,
+            actor=identity,
+            action="approval.decide",
+            target_type="execution",
+            target_id=run_id,
+            details={
+                "node_id": record["node_id"],
+                "path": list(record["path"]),
+                "approved": approved,
+                "answer": status,
+            },
         )
         return view | {"status": status}

@@ -73,6 +73,8 @@ class Incoming:
     name: str | None = None
     where: str = ""
     """How an error names it (``body.workflows[0]``)."""
+    description: str = ""
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -84,11 +86,18 @@ class Created:
 
 
 async def create_workflows(
-    owner: str, incoming: list[Incoming], *, runs: RunService, compiler: CanvasCompiler, history: WorkflowHistory
+    owner: str,
+    incoming: list[Incoming],
+    *,
+    runs: RunService,
+    compiler: CanvasCompiler,
+    history: WorkflowHistory,
+    via: str = "import",
 ) -> list[Created]:
     """Compile every version (422 naming the workflow and version), create everything in one
-    transaction, then each workflow's deployment (``api.workflows._saved``: a Prefect that is
-    down is a warning). A deployment Prefect refuses deletes them all again."""
+    transaction (audited as made ``via`` an import or a template), then each workflow's
+    deployment (``api.workflows._saved``: a Prefect that is down is a warning). A deployment
+    Prefect refuses deletes them all again."""
     ids = {item.key: str(uuid.uuid4()) for item in incoming}
     prepared: list[tuple[Incoming, NewWorkflow, list[CompileResult]]] = []
     for item in incoming:
@@ -103,8 +112,9 @@ async def create_workflows(
             results.append(result)
         latest = results[-1].plan
         assert latest is not None
-        prepared.append((item, NewWorkflow(name=latest.name, versions=tuple(versions), id=ids[item.key]), results))
-    await history.create_all(owner, [workflow for _, workflow, _ in prepared])
+        made = NewWorkflow(latest.name, tuple(versions), ids[item.key], item.description, item.tags)
+        prepared.append((item, made, results))
+    await history.create_all(owner, [workflow for _, workflow, _ in prepared], via=via)
     created = []
     try:
         for item, workflow, results in prepared:
@@ -230,6 +240,9 @@ async def import_workflows(
             canvases=tuple((v.canvas, v.created_at) for v in sorted(w.versions, key=lambda v: v.version)),
             name=body.name,
             where=f"body.workflows[{i}] ({w.name})",
+            # Its description and tags come along; its status does not: an import starts active.
+            description=str(w.metadata.get("description") or ""),
+            tags=tuple(str(t) for t in w.metadata.get("tags") or ()),
         )
         for i, w in enumerate(body.workflows)
     ]

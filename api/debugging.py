@@ -144,6 +144,7 @@ class DebugService:
             trigger=trigger,
             check_credentials=True,
             journal=journal,
+            actor=owner,
         )
 
     async def _journal_of(self, execution_id: str) -> str:
@@ -184,6 +185,7 @@ class DebugService:
             trigger={"type": "test", "node_id": node_id},
             check_credentials=True,
             journal=journal,
+            actor=owner,
         )
         if not await self._ended_within(run_id, self.test_wait_s):
             return run_id

@@ -26,6 +26,14 @@ PAUSING = "pausing"
 is ``running`` until it has paused, then ``paused``)."""
 
 
+async def _audit(runs: RunService, owner: str, action: str, run_id: str, details: dict[str, Any]) -> None:
+    """Kept by Prefect, so recorded once Prefect took it (``store.audit``)."""
+    if runs.audit is not None:
+        await runs.audit.append(
+            owner=owner, actor=owner, action=action, target_type="execution", target_id=run_id, details=details
+        )
+
+
 async def _live(runs: RunService, owner: str, run_id: str) -> Any:
     """The run's flow run, once it is the owner's and has not ended (else 404, 409)."""
     row = await runs.executions.get(owner, run_id)
@@ -49,6 +57,7 @@ async def pause_execution(execution_id: str, owner: Owner, runs: RunsDep) -> Pau
     await runs.prefect.call(
         "ask the run to pause", lambda client: request_pause(client, uuid.UUID(execution_id), owner)
     )
+    await _audit(runs, owner, "execution.pause", execution_id, {})
     return PauseAccepted(
         status=PAUSING, message="the run pauses once the nodes running now have finished; no other node starts"
     )
@@ -77,11 +86,13 @@ async def resume_paused(runs: RunService, owner: str, run_id: str) -> dict[str, 
         if answer.status != "accepted":
             raise Conflict(answer.message)
         message = answer.message.replace("approval answered", "resumed")
+        await _audit(runs, owner, "execution.resume", run_id, {"reason": target["pause"].get("reason")})
         return {"status": answer.status, "message": message}
     withdrawn = await runs.prefect.call(
         "withdraw the pause", lambda client: withdraw_requests(client, uuid.UUID(run_id))
     )
     if withdrawn:
+        await _audit(runs, owner, "execution.resume", run_id, {"reason": "withdrawn"})
         return {"status": "accepted", "message": "the pause asked for was withdrawn before it took effect"}
     if pending:
         nodes = ", ".join(sorted({str(p["node_id"]) for p in pending}))

@@ -128,6 +128,6 @@ async def instantiate_template(
         for key, canvas in template.children.items()
     ]
     incoming.append(Incoming(key=template.id, canvases=((template.canvas, None),), name=body.name, where="template"))
-    created = await create_workflows(owner, incoming, runs=runs, compiler=compiler, history=history)
+    created = await create_workflows(owner, incoming, runs=runs, compiler=compiler, history=history, via="template")
     main = created[-1].saved
     return Instantiated(**main.model_dump(), children=[c.saved for c in created[:-1]])

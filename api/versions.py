@@ -80,9 +80,19 @@ async def rollback(
             f"the latest version ({latest.version}) has the canvas of version {body.version} already",
             [{"code": "unchanged", "field": "body.version", "message": "the latest version is that canvas already"}],
         )
-    return await update_workflow(
+    saved = await update_workflow(
         workflow_id, CanvasBody(canvas=target.canvas), owner, workflows, runs, compiler, schedules
     )
+    if runs.audit is not None:  # after the save's own entry (workflow.save), in a transaction of its own
+        await runs.audit.append(
+            owner=owner,
+            actor=owner,
+            action="workflow.rollback",
+            target_type="workflow",
+            target_id=workflow_id,
+            details={"to_version": body.version, "version": saved.version},
+        )
+    return saved
 
 
 async def _version(

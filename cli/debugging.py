@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 
 import typer
 
-from cli.triggers import EXIT_FAILED, EXIT_INVALID, ApiKey, ApiUrl, call_api, err
+from cli.triggers import EXIT_FAILED, EXIT_INVALID, ApiKey, ApiUrl, call_api, err, get_page
 
 executions_app = typer.Typer(no_args_is_help=True, help="Runs: their node executions, reruns, through the API.")
 
@@ -28,22 +28,6 @@ def _json_object(text: str | None, option: str) -> dict[str, Any] | None:
         err.print(f"[red]{option} must be a JSON object[/red]")
         raise typer.Exit(EXIT_INVALID)
     return value
-
-
-def _page(api_url: str, api_key: str, path: str) -> tuple[list[Any], str | None]:
-    """A page of a list and the path of the next one (its ``Link: <...>; rel="next"``)."""
-    import httpx
-
-    try:
-        response = httpx.get(api_url.rstrip("/") + path, timeout=60, headers={"Authorization": f"Bearer {api_key}"})
-    except httpx.HTTPError as exc:
-        err.print(f"[red]the API at {api_url} did not answer: {exc}[/red]")
-        raise typer.Exit(EXIT_FAILED) from None
-    if response.status_code >= 400:  # the same report as every other command's
-        return call_api(api_url, api_key, "GET", path), None
-    link = response.headers.get("link", "")
-    following = link.split(">", 1)[0].lstrip("<") if link.endswith('rel="next"') else None
-    return response.json(), following
 
 
 @executions_app.command("nodes")
@@ -63,7 +47,7 @@ def executions_nodes(
     path: str | None = f"/api/executions/{execution_id}/nodes?{urlencode(query)}"
     found: list[Any] = []
     while path is not None:
-        page, path = _page(api_url, api_key, path)
+        page, path = get_page(api_url, api_key, path)
         found += page
         if not every:
             break

@@ -18,7 +18,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from cli.triggers import EXIT_INVALID, ApiKey, ApiUrl, call_api
+from cli.triggers import EXIT_INVALID, ApiKey, ApiUrl, call_api, get_page
 
 err = Console(stderr=True)
 
@@ -29,7 +29,10 @@ def export_workflows(
     api_key: str = ApiKey,
 ) -> None:
     """Export every workflow of the key's owner as one bundle (JSON)."""
-    listed = call_api(api_url, api_key, "GET", "/api/workflows")
+    listed, following = get_page(api_url, api_key, "/api/workflows?limit=500")
+    while following is not None:  # every page of the list
+        more, following = get_page(api_url, api_key, following)
+        listed += more
     workflows: list[dict[str, Any]] = []
     exported_at = None
     for summary in listed:

@@ -84,6 +84,22 @@ def call_api(api_url: str, api_key: str, method: str, path: str, body: dict[str,
     return response.json() if response.content else None
 
 
+def get_page(api_url: str, api_key: str, path: str) -> tuple[list[Any], str | None]:
+    """A page of a list and the path of the next one (its ``Link: <...>; rel="next"``)."""
+    import httpx
+
+    try:
+        response = httpx.get(api_url.rstrip("/") + path, timeout=60, headers={"Authorization": f"Bearer {api_key}"})
+    except httpx.HTTPError as exc:
+        err.print(f"[red]the API at {api_url} did not answer: {exc}[/red]")
+        raise typer.Exit(EXIT_FAILED) from None
+    if response.status_code >= 400:  # the same report as every other command's
+        return call_api(api_url, api_key, "GET", path), None
+    link = response.headers.get("link", "")
+    following = link.split(">", 1)[0].lstrip("<") if link.endswith('rel="next"') else None
+    return response.json(), following
+
+
 def _print(answer: Any) -> None:
     if answer is not None:
         print(json.dumps(answer, indent=2))

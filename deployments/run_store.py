@@ -43,7 +43,13 @@ class SqlRunStore:
             saved = await self.workflows.version(owner, workflow_id, version)
         except NotFound as exc:
             raise LookupError(f"workflow {workflow_id} of {owner!r}: {exc.message} (deleted?)") from exc
-        return SavedCanvas(workflow_id=saved.workflow_id, name=saved.name, version=saved.version, canvas=saved.canvas)
+        return SavedCanvas(
+            workflow_id=saved.workflow_id,
+            name=saved.name,
+            version=saved.version,
+            canvas=saved.canvas,
+            status=saved.status,
+        )
 
     async def resolve_subworkflow(
         self, reference: str, version: int | None, parent_run_id: str, owner: str | None

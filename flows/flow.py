@@ -54,6 +54,7 @@ from flows.subworkflows import ChildFlow, PrefectSubworkflows, tag_run_with_work
 from flows.tracing import TRACEPARENT_LABEL, valid_traceparent
 from node_handlers.credentials import missing_credentials
 from node_handlers.services import HandlerServices
+from store import workflow_meta
 from store.errors import Unavailable
 from store.vocabulary import EventType, NodeStatus, RunStatus
 
@@ -397,6 +398,7 @@ async def prepare_run(opened: OpenedRun, child_flow: ChildFlow) -> PreparedRun |
             )
         canvas, version, name = found.canvas, found.version, found.name
         flow_run = opened.flow_run
+        trigger = request.trigger or _trigger_of(flow_run)
         crashes = await _crashes(opened.run_id) if flow_run is not None and flow_run.run_count > 1 else 0
         if crashes > context.settings.crash_retries:
             times = f"{crashes} time{'s' if crashes > 1 else ''}"
@@ -421,8 +423,13 @@ async def prepare_run(opened: OpenedRun, child_flow: ChildFlow) -> PreparedRun |
             version=found.version,
             name=found.name,
             inputs=dict(request.inputs),
-            trigger=request.trigger or _trigger_of(flow_run),
+            trigger=trigger,
         )
+        # A new run the API did not start (the Prefect UI's Run, a schedule's run made before
+        # the workflow was archived) meets the status rules here; a run executed again goes on.
+        refused = workflow_meta.refusal(request.workflow_id, found.status, str(trigger.get("type", "api")))
+        if refused is not None and (flow_run is None or flow_run.run_count <= 1):
+            return Refusal(_refused(opened, name, f"workflow {found.status}", refused.issues, found.version))
     compiled = _compile(context, canvas, (request.workflow_id, version) if store is not None else None)
     if isinstance(compiled, list):
         return Refusal(_refused(opened, name, "invalid canvas", compiled, version))

@@ -42,6 +42,8 @@ class SavedCanvas:
     name: str
     version: int
     canvas: dict[str, Any]
+    status: str = "active"
+    """The workflow's: ``draft`` or ``archived`` refuse some new runs (``store.workflow_meta``)."""
 
 
 class RunStore(OutcomeStore, Protocol):

@@ -8,9 +8,11 @@ operator's (docs/operations.md).
 
 Actions (``target_type`` in brackets); other capabilities add theirs here:
 
-- ``workflow.create``, ``workflow.save`` (a new version), ``workflow.update`` (metadata),
-  ``workflow.delete`` [workflow]
-- ``execution.start``, ``execution.cancel``, ``execution.retry`` [execution]
+- ``workflow.create`` (saved, imported or made from a template: ``details.via``),
+  ``workflow.save`` (a new version), ``workflow.rollback`` (after the ``workflow.save`` of
+  its new version), ``workflow.update`` (metadata), ``workflow.delete`` [workflow]
+- ``execution.start`` (reruns and node tests too: ``details.trigger``), ``execution.cancel``,
+  ``execution.retry``, ``execution.pause``, ``execution.resume`` [execution]
 - ``approval.decide`` [execution] (the node, path and decision; never the form's values)
 - ``credential.create``, ``credential.rotate``, ``credential.delete`` [credential] (names and
   fields, never values)
@@ -40,9 +42,12 @@ ACTIONS = frozenset(
         "workflow.save",
         "workflow.update",
         "workflow.delete",
+        "workflow.rollback",
         "execution.start",
         "execution.cancel",
         "execution.retry",
+        "execution.pause",
+        "execution.resume",
         "approval.decide",
         "credential.create",
         "credential.rotate",

@@ -14,9 +14,11 @@ from sqlalchemy import JSON, DateTime, Integer, String, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
+from store import audit
 from store.database import as_utc
-from store.db import Base, Sessions, Workflow, WorkflowVersion, utcnow
+from store.db import Base, Sessions, Workflow, WorkflowTag, WorkflowVersion, utcnow
 from store.errors import Conflict, NotFound
+from store.workflow_meta import checked_tags
 
 
 class TemplateRow(Base):
@@ -73,6 +75,8 @@ class NewWorkflow:
     name: str
     versions: tuple[NewVersion, ...]
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    description: str = ""
+    tags: tuple[str, ...] = ()
 
 
 def _template(row: TemplateRow) -> OwnerTemplate:
@@ -157,10 +161,10 @@ class WorkflowHistory:
             )
             return [VersionRecord(r.version, as_utc(r.created_at), r.plan_hash, r.canvas) for r in rows]
 
-    async def create_all(self, owner: str, workflows: Sequence[NewWorkflow]) -> None:
-        """Create ``workflows`` with their versions in one transaction: all or none. A name
-        the owner already uses (or used twice here) is a 409 naming it, before anything is
-        written."""
+    async def create_all(self, owner: str, workflows: Sequence[NewWorkflow], *, via: str = "import") -> None:
+        """Create ``workflows`` with their versions in one transaction: all or none, their
+        audit entries (``workflow.create``, ``details.via``) with them. A name the owner
+        already uses (or used twice here) is a 409 naming it, before anything is written."""
         names = [w.name for w in workflows]
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
@@ -183,12 +187,24 @@ class WorkflowHistory:
                             id=new.id,
                             owner=owner,
                             name=new.name,
+                            description=new.description,
                             latest_version=len(new.versions),
                             created_at=now,
                             updated_at=now,
                         )
                     )
+                    audit.record(
+                        session,
+                        owner=owner,
+                        actor=owner,
+                        action="workflow.create",
+                        target_type="workflow",
+                        target_id=new.id,
+                        details={"name": new.name, "versions": len(new.versions), "via": via},
+                    )
                 await session.flush()  # the workflows before their versions (PostgreSQL checks the key at once)
+                for new in workflows:
+                    session.add_all([WorkflowTag(workflow_id=new.id, tag=tag) for tag in checked_tags(new.tags)])
                 for new in workflows:
                     for number, version in enumerate(new.versions, start=1):
                         session.add(

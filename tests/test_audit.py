@@ -119,6 +119,8 @@ async def test_every_change_of_a_lifecycle_is_recorded_newest_first_without_secr
     expected.append(("webhook.create", hook["id"]))
     rotated = await ok(await api.post(f"/api/workflows/{workflow_id}/webhooks/{hook['id']}/rotate"))
     expected.append(("webhook.rotate", hook["id"]))
+    back = await ok(await api.post(f"/api/workflows/{workflow_id}/rollback", json={"version": 1}), 201)
+    expected += [("workflow.save", workflow_id), ("workflow.rollback", workflow_id)]
 
     await ok(await api.delete(f"/api/credentials/{credential['id']}"), 204)
     expected.append(("credential.delete", credential["id"]))
@@ -145,10 +147,18 @@ async def test_every_change_of_a_lifecycle_is_recorded_newest_first_without_secr
     }
     assert by_action["credential.rotate"]["details"] == {"name": f"c-{name}", "type": "bearer", "fields": ["token"]}
     assert by_action["schedule.update"]["details"]["changed"] == ["interval_s"]
+    assert by_action["workflow.rollback"]["details"] == {"to_version": 1, "version": back["version"]}
 
     # Filters
     about = [(e["action"]) for e in (await api.get("/api/audit", params={"target_id": workflow_id})).json()]
-    assert about == ["workflow.delete", "workflow.update", "workflow.save", "workflow.create"]
+    assert about == [
+        "workflow.delete",
+        "workflow.rollback",
+        "workflow.save",
+        "workflow.update",
+        "workflow.save",
+        "workflow.create",
+    ]
     starts = (await api.get("/api/audit", params={"action": "execution.start"})).json()
     assert [e["target_id"] for e in starts] == [cancelled, approved]
     since = entries[2]["at"]
@@ -162,3 +172,22 @@ async def test_every_change_of_a_lifecycle_is_recorded_newest_first_without_secr
     for method in ("POST", "PUT", "PATCH", "DELETE"):
         assert (await api.request(method, "/api/audit")).status_code == 405
         assert (await api.request(method, f"/api/audit/{entries[0]['id']}")).status_code in (404, 405)
+
+
+async def test_a_run_the_prefect_ui_starts_of_an_archived_workflow_is_refused_by_its_worker(api):
+    """Prefect's Run button is outside the API: the worker applies the status rules to a new run."""
+    from prefect.client.orchestration import get_client
+
+    from deployments.workflow_deployments import FLOW_NAME, deployment_name
+
+    name = f"archived-{uuid.uuid4().hex[:8]}"
+    workflow_id = (await ok(await api.post("/api/workflows", json={"canvas": approval_canvas(name)}), 201))["id"]
+    await ok(await api.patch(f"/api/workflows/{workflow_id}", json={"status": "archived"}))
+    async with get_client() as prefect:
+        deployment = await prefect.read_deployment_by_name(f"{FLOW_NAME}/{deployment_name(workflow_id, name)}")
+        flow_run = await prefect.create_flow_run_from_deployment(deployment.id)
+    refused = await wait_final(api, str(flow_run.id), timeout=120)
+    assert refused["status"] == "failed", refused
+    assert refused["trigger"]["type"] == "prefect-ui"
+    assert refused["error"]["type"] == "workflow_archived", refused["error"]
+    assert refused["nodes"] == {} or all(n["status"] != "completed" for n in refused["nodes"].values())

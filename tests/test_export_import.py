@@ -105,6 +105,7 @@ async def test_an_import_of_an_export_reproduces_the_workflow_without_secrets(ap
     schedule = {"interval_s": 3600, "active": False, "inputs": {"who": "Grace"}, "overlap": "skip"}
     await ok(await api.post(f"/api/workflows/{wid}/schedules", json=schedule), 201)
     hook = await ok(await api.post(f"/api/workflows/{wid}/webhooks", json={"name": "push"}), 201)
+    await ok(await api.patch(f"/api/workflows/{wid}", json={"description": "fetches", "tags": ["io", "daily"]}))
 
     exported = await api.get(f"/api/workflows/{wid}/export")
     bundle = await ok(exported)
@@ -133,6 +134,7 @@ async def test_an_import_of_an_export_reproduces_the_workflow_without_secrets(ap
     assert [v["plan_hash"] for v in theirs] == [v["plan_hash"] for v in versions]
     read = await ok(await api.get(f"/api/workflows/{made['id']}", params={"version": 1}, headers=api.bob))
     assert read["canvas"] == v1
+    assert (read["description"], read["tags"], read["status"]) == ("fetches", ["io", "daily"], "active")
     (their_schedule,) = await ok(await api.get(f"/api/workflows/{made['id']}/schedules", headers=api.bob))
     assert (their_schedule["interval_s"], their_schedule["active"], their_schedule["overlap"]) == (
         3600.0,
