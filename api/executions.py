@@ -65,7 +65,7 @@ Rfc3339 = Annotated[datetime, BeforeValidator(_rfc3339)]
 router = APIRouter(tags=["executions"])
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (401, 404, 409, 422, 503)}
 Trigger = Literal["api", "schedule", "webhook", "prefect-ui", "retry", "parent", "rerun", "test"]
-TRIGGERS = get_args(Trigger)
+TRIGGERS = ", ".join(get_args(Trigger))  # for the filter's description
 
 
 @router.post(
@@ -125,9 +125,7 @@ async def list_executions(
     paged: Paged,
     workflow_id: str | None = Query(None, max_length=36, pattern=NO_NUL),
     status: RunStatus | None = None,
-    trigger: Trigger | None = Query(
-        None, description=f"One of {', '.join(TRIGGERS)}."
-    ),
+    trigger: Trigger | None = Query(None, description=f"One of {TRIGGERS}."),
     since: Rfc3339 | None = Query(None, description="Runs created at or after this time (RFC 3339)."),
     until: Rfc3339 | None = Query(None, description="Runs created before this time (RFC 3339)."),
 ) -> list[ExecutionSummary]:
