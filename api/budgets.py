@@ -144,6 +144,12 @@ async def update_budget(
 ) -> BudgetOut:
     """Change the fields given (its scope stays: make another budget for another scope)."""
     changes = body.model_dump(exclude_unset=True)
+    cleared = [name for name in ("period", "on_exceed") if name in changes and changes[name] is None]
+    if cleared:  # a cap may be removed with null; these always have a value
+        raise Invalid(
+            f"{', '.join(cleared)} cannot be null: give a value or leave it out",
+            [{"field": f"body.{name}", "message": "cannot be null"} for name in cleared],
+        )
     await _check_workflow(owner, changes.get("workflow_id"), workflows)
     return BudgetOut(**_out(await budgets.update(owner, budget_id, changes)))
 

@@ -49,6 +49,7 @@ from store.database import utcnow
 from store.errors import DomainError, Invalid
 from store.library import NewVersion, NewWorkflow, WorkflowHistory
 from store.queries import SavedVersion
+from store.workflow_meta import WorkflowCatalog
 
 log = logging.getLogger("flowmaestro.api.bundles")
 router = APIRouter(prefix="/api/workflows", tags=["workflows"])
@@ -173,9 +174,8 @@ async def exported(
     workflow = await workflows.get(owner, workflow_id)
     versions = await history.versions(owner, workflow_id)
     metadata: dict[str, Any] = {"created_at": workflow.created_at.isoformat(), "latest_version": len(versions)}
-    for name in ("description", "tags", "status"):  # metadata columns, where the store has them
-        if getattr(workflow, name, None) is not None:
-            metadata[name] = getattr(workflow, name)
+    meta = await WorkflowCatalog(history.sessions).get(owner, workflow_id)
+    metadata |= {"description": meta.description, "tags": list(meta.tags), "status": meta.status}
     return BundleWorkflow(
         id=workflow.id,
         name=workflow.name,
