@@ -28,6 +28,7 @@ from pydantic import ValidationError
 
 from builder.plan import TOP, Plan, PlanNode
 from builder.templates import EnvNamespace, TemplateLimits, TemplateRenderError, render_value
+from flows.approvals import WAKE_EARLY_S
 from flows.calls import DirectRunner, NodeCall, NodeRunner
 from flows.capabilities import RunCapabilities
 from flows.containers import run_container
@@ -632,7 +633,10 @@ class Execution:
                 log.info(
                     "node %s waited %.0f s for %s: letting go of the run", node.id, self.limit_release_s, limit.name
                 )
-                await self.release(node.id, frame.path, utcnow() + timedelta(seconds=self.limit_release_s + 1))
+                # Back to try again in limit_release_s: a release wakes a run WAKE_EARLY_S before
+                # the time it is given (a delay's replay is paid before its end).
+                again_s = self.limit_release_s + 1 + WAKE_EARLY_S
+                await self.release(node.id, frame.path, utcnow() + timedelta(seconds=again_s))
 
         releasing = self.release is not None and self.limit_release_s is not None
         return self.limiter.held(
