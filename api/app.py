@@ -244,6 +244,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.add_middleware(
         BodySizeLimit, limit=settings.max_request_bytes, path_limits=(("/hooks/", settings.webhook_max_body_bytes),)
     )
+    # Before the workflows' routes: another method on /api/workflows/import then answers 405
+    # with Allow: POST, not the methods of /api/workflows/{workflow_id}.
+    app.include_router(bundles.router)  # export, import
     app.include_router(workflows.router)
     app.include_router(executions.router)
     app.include_router(dead_letters.router)
@@ -258,7 +261,6 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(audit_routes.router)
     app.include_router(pauses_router)
     app.include_router(versions.router)  # versions, diff, rollback
-    app.include_router(bundles.router)  # export, import
     app.include_router(templates.router)
     app.include_router(budgets_router)
     app.include_router(approvals.router)
