@@ -215,7 +215,10 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             )
             app.state.approval_links = LinkSigner(app.state.runs.decisions.key)
             app.state.approval_notices = ApprovalNotices(database)
-            await stack.enter_async_context(run_approval_notifier(app, settings))
+            if settings.smtp_url is not None or settings.approval_webhook_secret is not None:
+                # Notices go by email or signed webhook: with neither set up there is nothing to
+                # send, and no process scans Prefect for them.
+                await stack.enter_async_context(run_approval_notifier(app, settings))
             yield
 
     metrics = Metrics()
