@@ -215,6 +215,8 @@ def served(tmp_path_factory, prefect_server):
         FLOWMAESTRO_WORKER_GRACE_S="2",
         FLOWMAESTRO_MAX_STREAMS_PER_RUN=str(STREAMS_PER_RUN),
         FLOWMAESTRO_METRICS_KEY=metrics,
+        # A node test answers 202 after this wait: the fuzz's requests time out at 30 s.
+        FLOWMAESTRO_NODE_TEST_WAIT_S="5",
     )
     serve, base = start_serve(home, env, workers=1)
     try:
