@@ -111,6 +111,8 @@ class RecordedRequest:
 class FakeOpenAI:
     def __init__(self) -> None:
         self.requests: list[RecordedRequest] = []
+        self.hold: tuple[int, int] | None = None
+        """``(n, m)``: the n-th request is answered once m have come (two runs made to overlap)."""
         self._queue: list[Reply] = []
         self._served: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -159,6 +161,11 @@ class FakeOpenAI:
             body = await request.json()
             with self._lock:
                 self.requests.append(RecordedRequest(request.url.path, dict(request.headers), body, time.monotonic()))
+                number = len(self.requests)
+            if self.hold is not None and number == self.hold[0]:
+                deadline = time.monotonic() + 60  # a bound for a test gone wrong, not a wait that passes it
+                while len(self.requests) < self.hold[1] and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
             problem = openai_format_problem(body)
             if problem is not None:
                 error = {"message": problem, "type": "invalid_request_error", "param": "response_format"}

@@ -200,11 +200,17 @@ async def test_a_budget_shared_by_two_concurrent_runs_is_overspent_by_one_reques
         cap = int(5.5 * probe_tokens)
         shared = await budget(http, scope="workflow", workflow_id=saved["id"], period="day", max_tokens=cap)
         first = len(model_server.requests)
-        run_ids = [
-            (await http.post(f"/api/workflows/{saved['id']}/execute", json={"inputs": {}})).json()["execution_id"]
-            for _ in range(2)
-        ]
-        results = await asyncio.gather(*(final(http, run_id) for run_id in run_ids))
+        # The second request waits for a third: whichever run went first, the other has sent
+        # its first request before the budget can be spent (workers may take the runs apart).
+        model_server.hold = (first + 2, first + 3)
+        try:
+            run_ids = [
+                (await http.post(f"/api/workflows/{saved['id']}/execute", json={"inputs": {}})).json()["execution_id"]
+                for _ in range(2)
+            ]
+            results = await asyncio.gather(*(final(http, run_id) for run_id in run_ids))
+        finally:
+            model_server.hold = None
         sent = requests_for(model_server, first)
         spent = (await http.get(f"/api/budgets/{shared['id']}")).json()["spent"]
     model_server.reset()
