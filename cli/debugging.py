@@ -11,23 +11,9 @@ from urllib.parse import urlencode
 
 import typer
 
-from cli.triggers import EXIT_FAILED, EXIT_INVALID, ApiKey, ApiUrl, call_api, err, get_page
+from cli.triggers import EXIT_FAILED, ApiKey, ApiUrl, call_api, err, get_page, json_object
 
 executions_app = typer.Typer(no_args_is_help=True, help="Runs: their node executions, reruns, through the API.")
-
-
-def _json_object(text: str | None, option: str) -> dict[str, Any] | None:
-    if text is None:
-        return None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        err.print(f"[red]{option} is not valid JSON: {exc.msg}[/red]")
-        raise typer.Exit(EXIT_INVALID) from None
-    if not isinstance(value, dict):
-        err.print(f"[red]{option} must be a JSON object[/red]")
-        raise typer.Exit(EXIT_INVALID)
-    return value
 
 
 @executions_app.command("nodes")
@@ -71,8 +57,8 @@ def executions_rerun(
     """A new run of an ended run from a node: what completed upstream is restored, nothing
     paid again. Prints the new execution id and its status."""
     body: dict[str, Any] = {"from_node": from_node}
-    pinned = _json_object(pinned_json, "--pinned-json")
-    inputs = _json_object(inputs_json, "--inputs-json")
+    pinned = json_object(pinned_json, "--pinned-json")
+    inputs = json_object(inputs_json, "--inputs-json")
     if pinned is not None:
         body["pinned"] = pinned
     if inputs is not None:
@@ -99,7 +85,7 @@ def node_test_command(
     the node failed."""
     body: dict[str, Any] = {}
     for key, text, option in (("inputs", inputs_json, "--inputs-json"), ("pinned", pinned_json, "--pinned-json")):
-        value = _json_object(text, option)
+        value = json_object(text, option)
         if value is not None:
             body[key] = value
     if version is not None:

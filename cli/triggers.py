@@ -105,7 +105,8 @@ def _print(answer: Any) -> None:
         print(json.dumps(answer, indent=2))
 
 
-def _inputs(inputs_json: str | None, option: str = "--inputs-json") -> dict[str, Any] | None:
+def json_object(inputs_json: str | None, option: str = "--inputs-json") -> dict[str, Any] | None:
+    """An option's JSON object (None when not given); anything else exits 2 naming the option."""
     if inputs_json is None:
         return None
     try:
@@ -146,7 +147,7 @@ def schedules_add(
     """Add a schedule: exactly one of --cron, --interval, --rrule."""
     body = {
         **_timing(cron, interval, rrule, timezone),
-        "inputs": _inputs(inputs_json) or {},
+        "inputs": json_object(inputs_json) or {},
         "overlap": overlap,
         "active": not paused,
     }
@@ -169,7 +170,7 @@ def schedules_update(
 ) -> None:
     """Change what is given; the rest stays."""
     body: dict[str, Any] = _timing(cron, interval, rrule, timezone)
-    inputs = _inputs(inputs_json)
+    inputs = json_object(inputs_json)
     body.update({k: v for k, v in (("inputs", inputs), ("overlap", overlap), ("active", active)) if v is not None})
     _print(call_api(api_url, api_key, "PATCH", f"/api/workflows/{workflow_id}/schedules/{schedule_id}", body))
 
@@ -205,12 +206,12 @@ def webhooks_add(
     """A new webhook; its secret is printed this once. A sender's own secret (Stripe's,
     Slack's) is set through the API, never on the command line."""
     body: dict[str, Any] = {"name": name}
-    verification = _inputs(verification_json, "--verification-json")
+    verification = json_object(verification_json, "--verification-json")
     if scheme is not None:
         verification = {**(verification or {}), "scheme": scheme}
     if verification is not None:
         body["verification"] = verification
-    mapping = _inputs(inputs_json, "--inputs-map-json")
+    mapping = json_object(inputs_json, "--inputs-map-json")
     if mapping is not None:
         body["inputs"] = mapping
     _print(call_api(api_url, api_key, "POST", f"/api/workflows/{workflow_id}/webhooks", body))
