@@ -41,6 +41,7 @@ from api.schedule_service import ScheduleService
 from api.schemas import ErrorBody, IssueOut, WorkflowSaved
 from api.webhook_schemes import InputMapping, Verification
 from api.webhook_service import WebhookService
+from api.workflow_metadata import CatalogDep
 from api.workflows import _saved
 from builder.compiler import CompileResult
 from builder.workflow_refs import remap_workflow_refs, workflow_refs
@@ -153,13 +154,14 @@ async def export_workflow(
     history: HistoryDep,
     schedules: SchedulesDep,
     webhooks: WebhooksDep,
+    catalog: CatalogDep,
 ) -> Bundle:
     """The workflow as a bundle: every version, its schedules, its webhooks (names,
     verification scheme, input mapping: never a secret) and its metadata. Reads the
     schedules from Prefect: 503 when Prefect is down."""
     return Bundle(
         exported_at=utcnow(),
-        workflows=[await exported(owner, workflow_id, workflows, history, schedules, webhooks)],
+        workflows=[await exported(owner, workflow_id, workflows, history, catalog, schedules, webhooks)],
     )
 
 
@@ -168,13 +170,14 @@ async def exported(
     workflow_id: str,
     workflows: WorkflowsDep,
     history: WorkflowHistory,
+    catalog: WorkflowCatalog,
     schedules: ScheduleService,
     webhooks: WebhookService,
 ) -> BundleWorkflow:
     workflow = await workflows.get(owner, workflow_id)
     versions = await history.versions(owner, workflow_id)
     metadata: dict[str, Any] = {"created_at": workflow.created_at.isoformat(), "latest_version": len(versions)}
-    meta = await WorkflowCatalog(history.sessions).get(owner, workflow_id)
+    meta = await catalog.get(owner, workflow_id)
     metadata |= {"description": meta.description, "tags": list(meta.tags), "status": meta.status}
     return BundleWorkflow(
         id=workflow.id,
