@@ -41,10 +41,13 @@ from api.docs import install_docs
 from api.errors import install_error_handlers
 from api.health import health_checks, pool_health, prefect_database
 from api.metrics import Metrics
+from api.outbox import Drainer
+from api.outbox import running as running_drainer
 from api.pauses import router as pauses_router
 from api.prefect_gateway import PrefectGateway
 from api.rate_limit import MemoryRateLimiter, RedisRateLimiter
 from api.replay_guard import MemoryReplayGuard, RedisReplayGuard
+from api.run_end_watcher import RunEndWatcher
 from api.runs import RunService
 from api.schedule_service import ScheduleService
 from api.settings import ApiSettings
@@ -66,6 +69,7 @@ from store.budgets import Budgets
 from store.credentials import Credentials
 from store.db import make_engine, sessions, upgrade_schema
 from store.node_executions import NodeExecutions
+from store.outbox import RunOutbox
 from store.queries import Executions, NodeOutcomes, Workflows
 from store.secrets import SecretBox
 from store.triggers import ScheduleOverlaps, Webhooks
@@ -168,10 +172,28 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                 compiler=compiler,
                 decisions=DecisionSigner.from_settings(settings.decision_key, settings.secret_key, settings.home),
                 prefect_public_url=settings.prefect_public_url,
+                outbox=RunOutbox(database),
                 credentials=app.state.credentials,
                 audit=AuditLog(database),
+                max_waiting=settings.accept_max_waiting,
             )
+            # Accepted runs get their flow runs from this process's drainer (api/outbox.py),
+            # those a dead API process left too.
+            drainer = Drainer(
+                app.state.runs.outbox,
+                app.state.runs.create_flow_run,
+                app.state.runs.fail_unsent,
+                concurrency=settings.accept_create_concurrency,
+                scan_s=settings.accept_scan_s,
+                lease_s=settings.prefect_timeout_s + 10,
+            )
+            app.state.runs.accepted = drainer.wake
+            await stack.enter_async_context(running_drainer(drainer))
             app.state.prefect = prefect
+            # The streams' question "has my run ended?", asked of Prefect once for all of them.
+            app.state.run_ends = await stack.enter_async_context(
+                RunEndWatcher(prefect, app.state.runs.executions, settings.stream_end_check_s).running()
+            )
             app.state.audit, app.state.catalog = AuditLog(database), WorkflowCatalog(database)
             app.state.schedules = ScheduleService(
                 app.state.runs, prefect, ScheduleOverlaps(database), audit=app.state.audit

@@ -136,7 +136,7 @@ class ApprovalDesk:
         users, groups = approvers_of(record)
         return {
             "id": approval_id(run_id, record["slug"]),
-            "execution_id": run_id,
+            "execution_id": record.get("execution_id", run_id),
             "owner": owner,
             "node_id": record["node_id"],
             "path": record["path"],
@@ -177,8 +177,8 @@ class ApprovalDesk:
         waiting = [f for f in paused] + [f for f in released if is_delay_released(f.state)]
         owners = await run_owners(self.sessions, [str(f.id) for f in waiting])
         found: list[tuple[str, str, dict[str, Any]]] = []
-        for run_id, owner in owners.items():
-            found.extend((run_id, owner, r) for r in await self._pending_of(run_id))
+        for run_id, (execution_id, owner) in owners.items():
+            found.extend((run_id, owner, r | {"execution_id": execution_id}) for r in await self._pending_of(run_id))
         return found
 
     async def _pending_of(self, run_id: str) -> list[dict[str, Any]]:
@@ -203,14 +203,15 @@ class ApprovalDesk:
         """(run id, run owner, pending record) of an approval still waiting; NotFound, the
         same for an id nobody has, otherwise."""
         run_id, slug = split_id(approval)
-        owner = (await run_owners(self.sessions, [run_id])).get(run_id)
-        if owner is None:
+        known = (await run_owners(self.sessions, [run_id])).get(run_id)
+        if known is None:
             raise NotFound(f"approval {approval} not found")
+        execution_id, owner = known
         records = await self.prefect.call("read approvals", lambda client: pending_approvals(run_id, client))
         record = next((r for r in records if r["slug"] == slug), None)
         if record is None:
             raise NotFound(f"approval {approval} not found")
-        return run_id, owner, record
+        return run_id, owner, record | {"execution_id": execution_id}
 
     async def get(self, identity: str, approval: str) -> dict[str, Any]:
         """A waiting approval as its approvers and the run's owner see it: who decided, who

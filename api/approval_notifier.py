@@ -133,14 +133,15 @@ class ApprovalNotifier:
         return f"{self.settings.public_url}/ui/decide#{token}"
 
     async def send(self, run_id: str, owner: str, record: dict[str, Any], notice: str) -> None:
-        approval = approval_id(run_id, record["slug"])
+        approval = approval_id(run_id, record["slug"])  # ``run_id``: the flow run, where approvals live
+        execution_id = str(record.get("execution_id", run_id))  # what the owner knows the run by
         deciders = await self.desk.deciders(owner, record)
         votes = (await self.desk.votes.of([approval])).get(approval, [])
         awaiting = deciders.awaiting(votes)
         links = {identity: self._link(approval, identity, record) for identity in awaiting}
         kind = "reminder" if notice.startswith("remind-") else notice
         what = {"request": "waits for a decision", "reminder": "still waits", "escalate": "is escalated"}[kind]
-        head = f"Approval {record['node_id']} of run {run_id} ({owner}) {what}"
+        head = f"Approval {record['node_id']} of run {execution_id} ({owner}) {what}"
         lines = [head + (f": {record['message']}" if record.get("message") else "")]
         lines.append(f"{sum(1 for v in votes if v.approved)} of {record.get('required') or 1} approvals so far.")
         lines += [f"{identity}: {link}" for identity, link in links.items()]
@@ -149,7 +150,7 @@ class ApprovalNotifier:
             "kind": kind,
             "notice": notice,
             "approval_id": approval,
-            "execution_id": run_id,
+            "execution_id": execution_id,
             "node_id": record["node_id"],
             "awaiting": awaiting,
             "links": links,

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import Owner
 from api.reruns import check_node, check_pinned, node_test_seed, rerun_seed
-from api.runs import RunService
+from api.runs import RunService, flow_run_of
 from api.schemas import ErrorBody, ExecutionAccepted, RequestBody
 from builder.plan import TOP
 from flows.event_log import EventLog
@@ -130,7 +130,7 @@ class DebugService:
         plan = await self.runs.compiler.plan_of(saved)
         check_node(plan, body.from_node, "from_node")
         check_pinned(plan, body.pinned)
-        source = await self.outcomes.of_run(await self._journal_of(source_id))
+        source = await self.outcomes.of_run(await self._journal_of(owner, source_id))
         _start, entries = rerun_seed(plan, body.from_node, source, body.pinned, utcnow())
         journal = str(uuid.uuid4())
         await self.outcomes.save(journal, entries, workflow_id=row.workflow_id, owner=owner)
@@ -147,12 +147,16 @@ class DebugService:
             actor=owner,
         )
 
-    async def _journal_of(self, execution_id: str) -> str:
-        """Where a run's journal is: its own id, or the one its API seeded (a rerun)."""
-        parameters = await self.runs.prefect.call(
-            "read the run", lambda client: client.read_flow_run(uuid.UUID(execution_id))
-        )
-        journal = (parameters.parameters or {}).get("journal")
+    async def _journal_of(self, owner: str, execution_id: str) -> str:
+        """Where a run's journal is: its own id, or the one its API seeded (a rerun), as the
+        run was accepted; for a run accepted before the store kept it, its flow run's."""
+        row = await self.runs.executions.get(owner, execution_id)
+        if row.start_request is not None:
+            journal = row.start_request.get("journal")
+        else:
+            flow_run_id = flow_run_of(row)
+            flow_run = await self.runs.prefect.call("read the run", lambda client: client.read_flow_run(flow_run_id))
+            journal = (flow_run.parameters or {}).get("journal")
         return journal if isinstance(journal, str) and journal else execution_id
 
     async def _version(self, owner: str, workflow_id: str, version: int | None) -> Any:

@@ -20,6 +20,7 @@ from api.auth import Owner
 from api.deps import RunsDep
 from api.pagination import NO_NUL, Paged, link_next, list_responses
 from api.pauses import resume_paused
+from api.run_end_watcher import until_ended
 from api.schemas import (
     CancelAccepted,
     ErrorBody,
@@ -46,7 +47,6 @@ from store.errors import Invalid, Unavailable
 from store.lists import ExecutionFilter
 from store.vocabulary import RunStatus
 
-IDLE_CHECK_S = 5.0
 PROBE_S = 5
 """How long the event log may take to answer before a stream starts (else 503)."""
 
@@ -93,9 +93,10 @@ async def execute_workflow(
 ) -> ExecutionAccepted:
     """Start a run on a worker. Inputs are checked first (422 naming each bad input, and
     each node naming a credential the owner has not stored); the
-    answer comes as soon as the run exists in Prefect, with links to follow it."""
-    # Every execute has a key: when Prefect answers too late, the run may exist all the same,
-    # and a retry with the key the 503 names answers that run instead of starting another.
+    answer comes as soon as the run is recorded in the store, with links to follow it; its
+    Prefect flow run is created right after (docs/operations.md#accepting-runs)."""
+    # Every execute has a key: when the store answers too late, the run may be recorded all
+    # the same, and a retry with the key the 503 names answers that run, not another.
     given = idempotency_key or str(uuid.uuid4())
     try:
         run_id = await runs.start(
@@ -143,6 +144,7 @@ async def list_executions(
             status=r.status,
             trigger=r.trigger or {"type": r.trigger_type},
             retries=retries_of(r.trigger),
+            flow_run_id=r.flow_run_id,
             reason=reason_of(r.status, r.result),
             created_at=r.created_at,
             updated_at=r.updated_at,
@@ -312,15 +314,23 @@ async def stream_execution(
     start = after if after is not None else resume_point(last_event_id)
     log = request.app.state.event_log
     await probe_event_log(log, execution_id)  # a 503 is possible only before the stream starts
-    give_back = request.app.state.stream_slots.lease(execution_id)  # 429 beyond the cap
+    give_slot_back = request.app.state.stream_slots.lease(execution_id)  # 429 beyond the cap
+    run_ends = request.app.state.run_ends
+    run_end = run_ends.watch(execution_id)
+
+    def give_back() -> None:
+        give_slot_back()
+        run_ends.forget(run_end)
 
     async def events():
         last = start
         ended: str | None = None
         retried = False
         while True:
-            # Once the run has ended, one last short pass drains what was stored meanwhile.
-            async for event in log.follow(execution_id, after=last, idle_timeout=1.0 if ended else IDLE_CHECK_S):
+            # Until the run's final event, or until Prefect says the run has ended (the
+            # watcher); then one last short pass drains what was stored meanwhile.
+            follow = log.follow(execution_id, after=last, idle_timeout=1.0 if ended else None)
+            async for event in follow if ended else until_ended(follow, run_end):
                 if await request.is_disconnected():
                     return
                 last = event.seq
@@ -330,7 +340,8 @@ async def stream_execution(
                         return  # the final event of the run's latest execution
                     retried = True  # a retry's events follow: go on to its final event
             if retried:
-                retried = False
+                retried, ended = False, None
+                run_ends.rearm(run_end)  # an end seen so far was the execution before the retry
                 continue
             if ended is not None:
                 # The run ended without its final event (its process died, or it was
@@ -348,12 +359,8 @@ async def stream_execution(
                     ),
                 }
                 return
-            try:
-                ended = await runs.ended_status(execution_id)
-            except Unavailable:
-                # The response has started: a 503 cannot be sent now. Prefect is slow, so
-                # keep following the event log and ask again at the next idle check.
-                ended = None
+            # Set once the watcher saw the run ended (it keeps asking while Prefect is down).
+            ended = run_end.status
 
     # Given back when the stream ends, and after the response in any case (a client gone
     # before the first event leaves a generator that never started).

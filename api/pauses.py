@@ -4,14 +4,13 @@ this module only records the request, and answers the pause once the run waits i
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from fastapi import APIRouter
 
 from api.auth import Owner
 from api.deps import RunsDep
-from api.runs import RunService
+from api.runs import RunService, flow_run_of
 from api.schemas import ErrorBody, PauseAccepted
 from flows.approvals import pending_approvals, resume_approval
 from flows.pauses import request_pause, split_pause, withdraw_requests
@@ -35,11 +34,13 @@ async def _audit(runs: RunService, owner: str, action: str, run_id: str, details
 
 
 async def _live(runs: RunService, owner: str, run_id: str) -> Any:
-    """The run's flow run, once it is the owner's and has not ended (else 404, 409)."""
+    """The run's flow run, once it is the owner's and has not ended (else 404, 409; 409 too
+    while it is accepted and its flow run not created yet)."""
     row = await runs.executions.get(owner, run_id)
     if row.status in FINAL_STATUSES:
         raise Conflict(f"execution {run_id} has already ended ({row.status})")
-    flow_run = await runs.prefect.call("read the run", lambda client: client.read_flow_run(uuid.UUID(run_id)))
+    flow_run_id = flow_run_of(row)
+    flow_run = await runs.prefect.call("read the run", lambda client: client.read_flow_run(flow_run_id))
     if flow_run.state is not None and flow_run.state.is_final():
         raise Conflict(f"execution {run_id} has already ended ({flow_run.state.name})")
     return flow_run
@@ -50,13 +51,11 @@ async def pause_execution(execution_id: str, owner: Owner, runs: RunsDep) -> Pau
     """Pause a run at its next node boundary: no new node starts, the running ones finish,
     then the run is ``paused`` (``pause: {reason: "manual", by}``, event ``execution:paused``).
     Answers ``pausing``, or ``paused`` when it already waits in a pause. 409 once it has ended."""
-    await _live(runs, owner, execution_id)
-    pending = await runs.prefect.call("read the pauses", lambda client: pending_approvals(execution_id, client))
+    flow_run_id = (await _live(runs, owner, execution_id)).id
+    pending = await runs.prefect.call("read the pauses", lambda client: pending_approvals(str(flow_run_id), client))
     if split_pause(pending)[0] is not None:
         return PauseAccepted(status=RunStatus.PAUSED, message="the run is paused already")
-    await runs.prefect.call(
-        "ask the run to pause", lambda client: request_pause(client, uuid.UUID(execution_id), owner)
-    )
+    await runs.prefect.call("ask the run to pause", lambda client: request_pause(client, flow_run_id, owner))
     await _audit(runs, owner, "execution.pause", execution_id, {})
     return PauseAccepted(
         status=PAUSING, message="the run pauses once the nodes running now have finished; no other node starts"
@@ -66,15 +65,15 @@ async def pause_execution(execution_id: str, owner: Owner, runs: RunsDep) -> Pau
 async def resume_paused(runs: RunService, owner: str, run_id: str) -> dict[str, str]:
     """``resume`` without ``node_id``: continue a run paused by a person or a breakpoint (to
     its next breakpoint), or withdraw a pause asked for that has not taken effect yet."""
-    await _live(runs, owner, run_id)
-    pending = await runs.prefect.call("read the pauses", lambda client: pending_approvals(run_id, client))
+    flow_run_id = (await _live(runs, owner, run_id)).id
+    pending = await runs.prefect.call("read the pauses", lambda client: pending_approvals(str(flow_run_id), client))
     pauses = [p for p in pending if isinstance(p.get("pause"), dict)]
     if pauses:
         target = pauses[0]
         answer = await runs.prefect.call(
             "resume the run",
             lambda client: resume_approval(
-                run_id,
+                str(flow_run_id),
                 target["node_id"],
                 target["path"],
                 {"approved": True},
@@ -88,9 +87,7 @@ async def resume_paused(runs: RunService, owner: str, run_id: str) -> dict[str, 
         message = answer.message.replace("approval answered", "resumed")
         await _audit(runs, owner, "execution.resume", run_id, {"reason": target["pause"].get("reason")})
         return {"status": answer.status, "message": message}
-    withdrawn = await runs.prefect.call(
-        "withdraw the pause", lambda client: withdraw_requests(client, uuid.UUID(run_id))
-    )
+    withdrawn = await runs.prefect.call("withdraw the pause", lambda client: withdraw_requests(client, flow_run_id))
     if withdrawn:
         await _audit(runs, owner, "execution.resume", run_id, {"reason": "withdrawn"})
         return {"status": "accepted", "message": "the pause asked for was withdrawn before it took effect"}

@@ -20,6 +20,7 @@ import asyncio
 import builtins
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any, cast
 
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -42,8 +43,9 @@ from node_handlers.credentials import CredentialReader, missing_credentials
 from node_handlers.registry import HandlerRegistry
 from store.audit import AuditLog
 from store.db import ExecutionRow
-from store.errors import Conflict, Invalid, NotFound
+from store.errors import Conflict, Invalid, NotFound, Unavailable
 from store.lists import ExecutionFilter, executions_page
+from store.outbox import Accepted, RunOutbox, Unsent
 from store.pagination import Page
 from store.queries import FINAL_STATUSES, Executions, NodeOutcomes, SavedVersion, Workflows
 from store.vocabulary import NODE_STATUS_OF_EVENT, EventType, RunStatus
@@ -70,6 +72,35 @@ CANCELLING = "cancelling"
 (the run is ``running`` until its worker has stopped it, then ``cancelled``)."""
 
 
+WAITING_RETRY_AFTER_S = 10
+WAITING_COUNT_S = 0.5
+
+
+def refuse_other_request(earlier: Accepted, inputs: dict[str, Any], version: int | None) -> None:
+    """A key already used answers the run it accepted; when that run was accepted with other
+    inputs (or another version), the key was reused by mistake: 422 naming what differs, as
+    payment APIs do, rather than the other request's run."""
+    run_id = earlier.execution_id
+    differs = sorted(k for k in set(earlier.inputs) | set(inputs) if earlier.inputs.get(k) != inputs.get(k))
+    fields = [f"inputs.{k}" for k in differs]
+    if version is not None and earlier.version != version:
+        fields.append("version")
+    if not fields:
+        return
+    raise Invalid(
+        f"this Idempotency-Key already started run {run_id} with other values ({', '.join(fields)}); "
+        "send a new key for a new run",
+        [
+            {
+                "code": "idempotency_mismatch",
+                "field": field,
+                "message": f"differs from the request that used this key first (run {run_id})",
+            }
+            for field in fields
+        ],
+    )
+
+
 class RunService:
     def __init__(
         self,
@@ -85,15 +116,19 @@ class RunService:
         compiler: CanvasCompiler,
         decisions: DecisionSigner,
         prefect_public_url: str | None = None,
+        outbox: RunOutbox,
         credentials: CredentialReader | None = None,
         audit: AuditLog | None = None,
+        max_waiting: int = 5000,
     ):
         """``prefect``: every call to Prefect goes through it (bounded, errors mapped).
         ``decisions``: signs the approval decisions this API writes (workers check them).
         ``prefect_public_url``: the Prefect UI as browsers reach it, for links; None gives
         out no Prefect address (its API is code execution on every host that reads its
         results, so where it is stays the operator's to publish). ``credentials``: the
-        owners' stored credentials, to refuse a run naming one its owner lacks."""
+        owners' stored credentials, to refuse a run naming one its owner lacks. ``outbox``:
+        where a run is accepted before its flow run exists (``api.outbox`` creates them);
+        ``max_waiting``: the most accepted runs waiting for their flow run."""
         self.workflows = workflows
         self.executions = executions
         self.outcomes = outcomes
@@ -109,12 +144,24 @@ class RunService:
         self.audit = audit
         """Where cancels and approval decisions (kept by Prefect) are recorded; None: nowhere."""
         self._deployment_ids: dict[tuple[str, int], uuid.UUID] = {}
+        self.outbox = outbox
+        self.max_waiting = max_waiting
+        self._waiting_count: tuple[float, int] = (float("-inf"), 0)
+        self.accepted: Callable[[], None] = lambda: None
+        """Called when a run was accepted: the drainer wakes up (set by the app)."""
 
-    def links(self, run_id: str) -> dict[str, str]:
+    def links(self, run_id: str, flow_run_id: str | None = None) -> dict[str, str]:
+        """Where to follow a run; its Prefect UI page once its flow run is known."""
         links = {"self": f"/api/executions/{run_id}", "stream": f"/api/executions/{run_id}/stream"}
-        if self.prefect_public_url:
-            links["prefect_ui"] = f"{self.prefect_public_url}/runs/flow-run/{run_id}"
+        if self.prefect_public_url and flow_run_id:
+            links["prefect_ui"] = f"{self.prefect_public_url}/runs/flow-run/{flow_run_id}"
         return links
+
+    async def flow_run_id(self, owner: str, run_id: str) -> uuid.UUID:
+        """The flow run of a run of ``owner`` (404 when none; 409 while it is accepted and not
+        created yet): what every call to Prefect about the run names."""
+        row = await self.executions.get(owner, run_id)
+        return flow_run_of(row)
 
     # --- deployments -----------------------------------------------------------------
 
@@ -173,7 +220,11 @@ class RunService:
         actor: str | None = None,
         breakpoints: builtins.list[str] | None = None,
     ) -> str:
-        """Check the inputs, create the flow run, record it; the worker does the rest.
+        """Check the inputs and record the run as accepted: its execution id (a uuid4 of our
+        own). Its flow run is created after (``create_flow_run``, by ``api.outbox``); the
+        worker does the rest. An ``idempotency_key`` used before answers the run it accepted
+        (422 when the inputs or version differ). 503 naming Prefect when too many accepted
+        runs wait for their flow run, naming the database when the store is down.
         ``check_credentials``: refuse (``Invalid``) a workflow naming a credential its owner
         has not stored (a trigger's run fails at its worker instead, where the owner sees it).
         ``journal``: the journal the run starts from (``api.reruns`` seeds it).
@@ -197,71 +248,104 @@ class RunService:
             missing = await missing_credentials(self.credentials, owner, saved.canvas)
             if missing:
                 raise Invalid("; ".join(issue["message"] for issue in missing), missing)
-        deployment_id = self._deployment_ids.get((saved.workflow_id, saved.latest_version))
-        if deployment_id is None:  # first run since this process started, or a new version
-            latest, latest_plan = saved, plan
-            if saved.version != saved.latest_version:  # an older version runs; the form is the latest's
-                latest = await self.workflows.version(owner, workflow_id, None)
-                latest_plan = await self.compiler.plan_of(latest)
-            deployment_id = await self.sync_deployment(latest, latest_plan)
-        flow_run = await self.prefect.call(
-            "start the run",
-            lambda client: self.deployments.start(
-                client,
-                deployment_id,
-                workflow_id=saved.workflow_id,
-                name=saved.name,
-                version=saved.version,
-                inputs=inputs,
-                trigger=trigger,
-                idempotency_key=idempotency_key,
-                journal=journal,
-                traceparent=traceparent,
-                breakpoints=breakpoints,
-            ),
-        )
-        run_id = str(flow_run.id)
-        if idempotency_key is not None:
-            await self.refuse_other_request(owner, run_id, inputs, saved.version if version else None)
-        await self.executions.record_start(
-            execution_id=run_id,
+        if await self._waiting() >= self.max_waiting:
+            raise Unavailable(
+                "prefect",
+                f"{self.max_waiting} accepted runs are waiting for Prefect to create them "
+                "(FLOWMAESTRO_ACCEPT_MAX_WAITING); nothing was recorded, retry later",
+                WAITING_RETRY_AFTER_S,
+            )
+        request: dict[str, Any] = {}
+        if journal is not None:
+            request["journal"] = journal
+        if traceparent is not None:
+            request["traceparent"] = traceparent
+        if breakpoints:
+            request["breakpoints"] = list(breakpoints)
+        accepted = await self.outbox.accept(
+            execution_id=str(uuid.uuid4()),
             owner=owner,
             workflow_id=saved.workflow_id,
             version=saved.version,
             workflow_name=saved.name,
             inputs=inputs,
             trigger=trigger,
+            request=request,
+            idempotency_key=idempotency_key,
             actor=actor,
         )
+        if not accepted.new:
+            refuse_other_request(accepted, inputs, saved.version if version else None)
+            return accepted.execution_id
+        self._waiting_count = (self._waiting_count[0], self._waiting_count[1] + 1)
         self.metrics.runs_started.labels(saved.name).inc()
-        return run_id
+        self.accepted()
+        return accepted.execution_id
+
+    async def _waiting(self) -> int:
+        """How many accepted runs wait for their flow run: counted in the store at most every
+        ``WAITING_COUNT_S`` (a burst of executes does not count the table once each), plus
+        those this process accepted since."""
+        counted_at, count = self._waiting_count
+        now = asyncio.get_running_loop().time()
+        if now - counted_at > WAITING_COUNT_S:
+            count = await self.outbox.awaiting()
+            self._waiting_count = (now, count)
+        return count
 
     async def refuse_other_request(self, owner: str, run_id: str, inputs: dict[str, Any], version: int | None) -> None:
-        """A key Prefect already knew answers the run it started; when that run was started
-        with other inputs (or another version), the key was reused by mistake: 422 naming
-        what differs, as payment APIs do, rather than the other request's run."""
+        """422 when the run ``run_id``, answered for a key used before, had other inputs."""
         try:
             earlier = await self.executions.get(owner, run_id)
         except NotFound:
-            return  # a new run (or the first request is still being recorded)
-        differs = sorted(k for k in set(earlier.inputs) | set(inputs) if earlier.inputs.get(k) != inputs.get(k))
-        fields = [f"inputs.{k}" for k in differs]
-        if version is not None and earlier.version != version:
-            fields.append("version")
-        if not fields:
-            return
-        raise Invalid(
-            f"this Idempotency-Key already started run {run_id} with other values ({', '.join(fields)}); "
-            "send a new key for a new run",
-            [
-                {
-                    "code": "idempotency_mismatch",
-                    "field": field,
-                    "message": f"differs from the request that used this key first (run {run_id})",
-                }
-                for field in fields
-            ],
+            return  # gone since
+        refuse_other_request(Accepted(earlier.id, False, earlier.inputs, earlier.version), inputs, version)
+
+    async def create_flow_run(self, unsent: Unsent) -> None:
+        """Create the flow run of an accepted run (``api.outbox``) and record it. Its
+        idempotency key is the execution id's: a second create (another drainer, a retry
+        after a timeout that did create it) answers the first's flow run."""
+        _latest, _plan, deployment_id = await self.deployment_of(unsent.owner, unsent.workflow_id)
+        request = unsent.request
+        try:
+            flow_run = await self.prefect.call(
+                "start the run",
+                lambda client: self.deployments.start(
+                    client,
+                    deployment_id,
+                    workflow_id=unsent.workflow_id,
+                    name=unsent.workflow_name,
+                    version=unsent.version,
+                    inputs=unsent.inputs,
+                    trigger=unsent.trigger,
+                    idempotency_key=f"execution:{unsent.execution_id}",
+                    journal=request.get("journal"),
+                    traceparent=request.get("traceparent"),
+                    breakpoints=request.get("breakpoints"),
+                    execution_id=unsent.execution_id,
+                ),
+            )
+        except NotFound:  # the deployment was removed since it was cached: make it again
+            self._deployment_ids = {k: v for k, v in self._deployment_ids.items() if v != deployment_id}
+            raise
+        status = await self.outbox.created(unsent.execution_id, str(flow_run.id))
+        if status == RunStatus.CANCELLED:  # cancelled while it was being created
+            await self.prefect.call(
+                "cancel the run", lambda client: mark_cancelled(client, flow_run.id, "cancelled before it started")
+            )
+
+    async def fail_unsent(self, unsent: Unsent, reason: str) -> None:
+        """End a run whose flow run cannot be created (its workflow is gone, say)."""
+        result = RunResult(
+            id=unsent.execution_id,
+            workflow=unsent.workflow_name,
+            workflow_id=unsent.workflow_id,
+            version=unsent.version,
+            status=RunStatus.FAILED,
+            error={"message": f"its flow run could not be created: {reason}"},
+            trigger=unsent.trigger,
         )
+        await self.executions.record_result(unsent.execution_id, result.model_dump())
 
     async def read(self, owner: str, run_id: str) -> RunResult:
         try:
@@ -271,8 +355,21 @@ class RunService:
             # yet: it is the owner's when the run names a workflow of theirs.
             return await self._not_started(owner, run_id)
         if row.result is not None and row.status in FINAL_STATUSES:
-            return RunResult.of(row.result, trigger=row.trigger, retries=retries_of(row.trigger))
-        flow_run = await self.prefect.call("read the run", lambda client: client.read_flow_run(uuid.UUID(run_id)))
+            return RunResult.of(
+                row.result, trigger=row.trigger, retries=retries_of(row.trigger), flow_run_id=row.flow_run_id
+            )
+        if row.flow_run_id is None:  # accepted, its flow run not created yet
+            return RunResult(
+                id=run_id,
+                workflow=row.workflow_name,
+                workflow_id=row.workflow_id,
+                version=row.version,
+                status=row.status,
+                trigger=row.trigger,
+                retries=retries_of(row.trigger),
+            )
+        flow_run_id = row.flow_run_id
+        flow_run = await self.prefect.call("read the run", lambda client: client.read_flow_run(uuid.UUID(flow_run_id)))
         state = flow_run.state
         status = STATUS_OF_STATE.get(state.type, RunStatus.RUNNING) if state else RunStatus.PENDING
         if status in FINAL_STATUSES:
@@ -282,7 +379,7 @@ class RunService:
             await self.executions.record_result(run_id, result.model_dump())
             return result
         approvals = (
-            await self.prefect.call("read approvals", lambda client: pending_approvals(run_id, client))
+            await self.prefect.call("read approvals", lambda client: pending_approvals(flow_run_id, client))
             if status in (RunStatus.PAUSED, RunStatus.RUNNING) or is_delay_released(state)  # an approval's timeout
             else []
         )
@@ -299,6 +396,7 @@ class RunService:
             pending_approvals=approvals,
             pause=pause if status == RunStatus.PAUSED else None,
             started_at=flow_run.start_time.isoformat() if flow_run.start_time else None,
+            flow_run_id=flow_run_id,
         )
 
     async def large_output(self, owner: str, run_id: str, ref: str) -> bytes:
@@ -331,6 +429,7 @@ class RunService:
             version=parameters.get("version"),
             status=STATUS_OF_STATE.get(state.type, RunStatus.PENDING) if state else RunStatus.PENDING,
             trigger=parameters.get("trigger") or {},
+            flow_run_id=run_id,
         )
 
     async def _final_without_result(self, row: ExecutionRow, status: str, state: State | None) -> RunResult:
@@ -347,6 +446,7 @@ class RunService:
             trigger=row.trigger,
             retries=retries_of(row.trigger),
             nodes=await self._live_nodes(row.id),
+            flow_run_id=row.flow_run_id,
         )
 
     async def _live_nodes(self, run_id: str) -> dict[str, Any]:
@@ -387,12 +487,6 @@ class RunService:
                 return nodes
             after = batch[-1].seq
 
-    async def ended_status(self, run_id: str) -> str | None:
-        """The final status Prefect has for a run, or None while it goes on."""
-        flow_run = await self.prefect.call("read the run", lambda client: client.read_flow_run(uuid.UUID(run_id)))
-        status = STATUS_OF_STATE.get(flow_run.state.type) if flow_run.state else None
-        return status if status in FINAL_STATUSES else None
-
     async def page(
         self, owner: str, where: ExecutionFilter, *, limit: int, cursor: str | None = None
     ) -> Page[ExecutionRow]:
@@ -407,18 +501,21 @@ class RunService:
 
     async def _refresh(self, rows: builtins.list[ExecutionRow]) -> None:
         """Runs in progress take the status Prefect has for them (in place)."""
-        live = [row for row in rows if row.status not in FINAL_STATUSES]
+        # Runs accepted and not created yet are pending, as stored.
+        live = [row for row in rows if row.status not in FINAL_STATUSES and row.flow_run_id is not None]
         if live:
             flow_runs = await self.prefect.call(
                 "read run states",
                 lambda client: client.read_flow_runs(
-                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[uuid.UUID(r.id) for r in live])),
+                    flow_run_filter=FlowRunFilter(
+                        id=FlowRunFilterId(any_=[uuid.UUID(r.flow_run_id) for r in live if r.flow_run_id])
+                    ),
                     limit=len(live),
                 ),
             )
             states = {str(f.id): f.state for f in flow_runs}
             for row in live:
-                state = states.get(row.id)
+                state = states.get(row.flow_run_id or "")
                 if state is not None:
                     row.status = STATUS_OF_STATE.get(state.type, row.status)
 
@@ -439,28 +536,44 @@ class RunService:
         row = await self.executions.get(owner, run_id)
         if row.status in FINAL_STATUSES:
             raise Conflict(f"execution {run_id} has already ended ({row.status})")
-        flow_run = await self.prefect.call("read the run", lambda client: client.read_flow_run(uuid.UUID(run_id)))
+        if row.flow_run_id is None:
+            # Accepted, its flow run not created: cancelled in the store, no drainer creates
+            # it now (one creating it at this moment cancels the flow run it made).
+            ended = RunResult(
+                id=run_id,
+                workflow=row.workflow_name,
+                workflow_id=row.workflow_id,
+                version=row.version,
+                status=RunStatus.CANCELLED,
+                error={"message": "cancelled before it started"},
+                trigger=row.trigger,
+            )
+            if await self.outbox.cancel_unsent(run_id, ended.model_dump()):
+                return RunStatus.CANCELLED
+            row = await self.executions.get(owner, run_id)  # its flow run was created meanwhile
+        flow_run_id = flow_run_of(row)
+        flow_run = await self.prefect.call("read the run", lambda client: client.read_flow_run(flow_run_id))
         if flow_run.state and flow_run.state.is_final():
             raise Conflict(f"execution {run_id} has already ended ({flow_run.state.name})")
         if flow_run.state and flow_run.state.type in (StateType.SCHEDULED, StateType.PENDING):
             # No worker runs it yet: nothing would answer a Cancelling, so end it here.
             await self.prefect.call(
                 "cancel the run",
-                lambda client: mark_cancelled(client, uuid.UUID(run_id), "cancelled before it started"),
+                lambda client: mark_cancelled(client, flow_run_id, "cancelled before it started"),
             )
             return RunStatus.CANCELLED
         # The run's worker watches its runs' states and stops this one within a second.
-        await self.prefect.call("cancel the run", lambda client: request_cancellation(client, uuid.UUID(run_id)))
+        await self.prefect.call("cancel the run", lambda client: request_cancellation(client, flow_run_id))
         return CANCELLING
 
     async def resume(
         self, owner: str, run_id: str, node_id: str, path: builtins.list[int] | None, values: dict[str, Any]
     ) -> dict[str, str]:
-        await self.executions.get(owner, run_id)
+        flow_run_id = str(await self.flow_run_id(owner, run_id))
         answer = await self.prefect.call(
             "answer the approval",
             lambda client: resume_approval(
-                run_id, node_id, path, values, decided_by=owner, client=client, signer=self.decisions
+                flow_run_id, node_id, path, values, decided_by=owner, client=client, signer=self.decisions
             ),
         )
         if answer.status == "refused":
@@ -490,7 +603,13 @@ class RunService:
         node that completed with the same resolved configuration and runs the rest. With
         ``version``, that version's canvas runs (nodes it left unchanged are reused)."""
         row = await self.executions.get(owner, run_id)
-        flow_run = await self._settled_flow_run(run_id, row)
+        if row.flow_run_id is None:  # accepted, its flow run not created (or cancelled before)
+            if row.status == RunStatus.CANCELLED:
+                raise Conflict(
+                    f"execution {run_id} was cancelled before it started: nothing to retry; execute the workflow again"
+                )
+            raise Conflict(f"execution {run_id} is {row.status}: only a failed or cancelled run can be retried")
+        flow_run = await self._settled_flow_run(row)
         state = flow_run.state
         if state is None or state.type not in RETRYABLE_STATES:
             status = STATUS_OF_STATE.get(state.type, row.status) if state else row.status
@@ -527,13 +646,14 @@ class RunService:
         )
         return RunStatus.PENDING
 
-    async def _settled_flow_run(self, run_id: str, row: ExecutionRow, wait_s: float = 10.0) -> Any:
+    async def _settled_flow_run(self, row: ExecutionRow, wait_s: float = 10.0) -> Any:
         """The run's flow run. When the store has the run's result but Prefect still has it
         running (its worker stored the result and is ending the flow run), once Prefect has
         caught up: a client that saw the run fail may retry it at once."""
         deadline = asyncio.get_running_loop().time() + wait_s
+        flow_run_id = flow_run_of(row)
         while True:
-            flow_run = await self.prefect.call("read the run", lambda client: client.read_flow_run(uuid.UUID(run_id)))
+            flow_run = await self.prefect.call("read the run", lambda client: client.read_flow_run(flow_run_id))
             state = flow_run.state
             if (
                 row.status not in FINAL_STATUSES
@@ -543,3 +663,10 @@ class RunService:
             ):
                 return flow_run
             await asyncio.sleep(0.2)
+
+
+def flow_run_of(row: ExecutionRow) -> uuid.UUID:
+    """The flow run of a run; 409 while the run is accepted and its flow run not created yet."""
+    if row.flow_run_id is None:
+        raise Conflict(f"execution {row.id} is {row.status}: its flow run is not created yet; try again shortly")
+    return uuid.UUID(row.flow_run_id)

@@ -246,6 +246,9 @@ class ExecutionSummary(BaseModel):
         description="What started the run: {'type': 'api'|'schedule'|'webhook'|'prefect-ui'|'retry'|'parent', ...}."
     )
     retries: int = Field(0, description="How many times the run was retried (POST .../retry).")
+    flow_run_id: str | None = Field(
+        None, description="Its Prefect flow run; null while the run is accepted and its flow run not created yet."
+    )
     reason: str | None = Field(
         None, description="Why a cancelled run ended: a scheduled run skipped says why (overlap, missed)."
     )
@@ -280,6 +283,9 @@ class RunResult(BaseModel):
     ended_at: str | None = None
     trigger: dict[str, Any] = Field(default_factory=dict)
     retries: int = Field(0, description="How many times the run was retried (POST .../retry).")
+    flow_run_id: str | None = Field(
+        None, description="Its Prefect flow run; null while the run is accepted and its flow run not created yet."
+    )
     pending_approvals: list[dict[str, Any]] = Field(default_factory=list)
     pause: dict[str, Any] | None = Field(
         None,

@@ -33,6 +33,12 @@ class ApiSettings(StoreSettings, CompileSettings):
         description="Live event streams of one run one API process keeps "
         "open at once; more answer 429 with Retry-After.",
     )
+    stream_end_check_s: float = Field(
+        5.0,
+        gt=0,
+        description="How often an API process asks Prefect whether the runs its open streams "
+        "follow have ended without their final event (one request for all of them).",
+    )
     work_pool: str = Field(
         "flowmaestro", description="Prefect work pool of the workflows' deployments; workers poll it."
     )
@@ -54,6 +60,24 @@ class ApiSettings(StoreSettings, CompileSettings):
         20.0,
         gt=0,
         description="Longest a request waits on the Prefect server (its client retries included) before answering 503.",
+    )
+    accept_max_waiting: int = Field(
+        5000,
+        ge=1,
+        description="Most runs accepted whose Prefect flow run is not created yet, across "
+        "every API process (docs/operations.md#accepting-runs): beyond it an execute answers "
+        "503 naming Prefect, with Retry-After, and records nothing.",
+    )
+    accept_create_concurrency: int = Field(
+        8,
+        ge=1,
+        description="Flow runs one API process creates at once for the runs it accepted.",
+    )
+    accept_scan_s: float = Field(
+        3.0,
+        gt=0,
+        description="How often an API process looks for accepted runs with no flow run yet "
+        "(left by an API that died, or due again after Prefect failed).",
     )
     secret_key: SecretStr | None = Field(
         None,

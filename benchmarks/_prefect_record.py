@@ -82,6 +82,23 @@ async def wait_final(
         await asyncio.sleep(poll_s)
 
 
+async def flow_runs_of_executions(prefect_url: str, execution_ids: list[str]) -> dict[str, str]:
+    """``{execution id: flow run id}``: a run the API accepted has an execution id of its own,
+    which its flow run carries as the tag ``execution:<id>`` (a run started elsewhere is its
+    own flow run, and is missing here)."""
+    found: dict[str, str] = {}
+    async with client(prefect_url) as http:
+        for start in range(0, len(execution_ids), PAGE):
+            tags = [f"execution:{i}" for i in execution_ids[start : start + PAGE]]
+            answer = await http.post("flow_runs/filter", json={"flow_runs": {"tags": {"any_": tags}}, "limit": PAGE})
+            answer.raise_for_status()
+            for run in answer.json():
+                for tag in run.get("tags") or ():
+                    if tag.startswith("execution:"):
+                        found[tag.removeprefix("execution:")] = run["id"]
+    return found
+
+
 async def state_times(prefect_url: str, ids: list[str], concurrency: int = 8) -> dict[str, dict[str, float]]:
     """For each run, the first time it entered each state type and each state name:
     ``{"SCHEDULED": t, "PENDING": t, "Submitting": t, "RUNNING": t, "COMPLETED": t, ...}``

@@ -97,7 +97,7 @@ from benchmarks._measure import (  # noqa: E402
     spread_row,
     table,
 )
-from benchmarks._prefect_record import state_times, wait_tagged_final  # noqa: E402
+from benchmarks._prefect_record import flow_runs_of_executions, state_times, wait_tagged_final  # noqa: E402
 from benchmarks._report import comparison, targets  # noqa: E402
 from benchmarks._stack import (  # noqa: E402
     AUTH,
@@ -332,9 +332,10 @@ class FmStack:
 
 async def read_states(prefect_url: str, runs: list[Execution]) -> None:
     ids = [r.execution_id for r in runs if r.execution_id]
-    times = await state_times(prefect_url, ids)
+    flow_run_of = await flow_runs_of_executions(prefect_url, ids)
+    times = await state_times(prefect_url, [flow_run_of.get(i, i) for i in ids])
     for r in runs:
-        r.states = times.get(r.execution_id or "", {})
+        r.states = times.get(flow_run_of.get(r.execution_id or "", r.execution_id or ""), {})
 
 
 @dataclass

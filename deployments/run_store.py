@@ -76,7 +76,9 @@ class SqlRunStore:
         name: str,
         inputs: dict[str, Any],
         trigger: dict[str, Any],
+        flow_run_id: str | None = None,
     ) -> None:
+        """``flow_run_id``: the run's flow run, when its id is not that (a run the API accepted)."""
         await self.executions.record_start(
             execution_id=run_id,
             owner=owner,
@@ -86,10 +88,19 @@ class SqlRunStore:
             inputs=inputs,
             trigger=trigger,
             status="running",
+            flow_run_id=flow_run_id or run_id,
         )
 
     async def skipped(
-        self, run_id: str, *, owner: str, workflow_id: str, inputs: dict[str, Any], trigger: dict[str, Any], reason: str
+        self,
+        run_id: str,
+        *,
+        owner: str,
+        workflow_id: str,
+        inputs: dict[str, Any],
+        trigger: dict[str, Any],
+        reason: str,
+        flow_run_id: str | None = None,
     ) -> None:
         """A run that ended without executing (a scheduled run skipped or cancelled before a
         worker ran it): listed ``cancelled`` with ``reason`` as its error, like any run."""
@@ -106,6 +117,7 @@ class SqlRunStore:
             inputs=inputs,
             trigger=trigger,
             status="cancelled",
+            flow_run_id=flow_run_id or run_id,
         )
         result = {
             "id": run_id,

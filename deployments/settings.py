@@ -19,6 +19,13 @@ class WorkerSettings(StoreSettings):
     worker_poll_s: float = Field(
         1.0, gt=0, description="How often a worker asks Prefect for runs to start (Prefect's own default is 10 s)."
     )
+    worker_events: bool = Field(
+        False,
+        description="Workers also listen to Prefect's event stream (one websocket each) and poll as soon as a "
+        "run of their pool is scheduled; the poll every worker_poll_s goes on, so a run is never left to an event. "
+        "Off by default: it starts a run ~0.2 s sooner at the median, but doubled the Prefect server's CPU in a "
+        "burst of runs (docs/performance.md).",
+    )
     worker_grace_s: float = Field(
         30.0,
         ge=0,

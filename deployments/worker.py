@@ -62,6 +62,7 @@ from deployments.recovery import (
     written_by_recovery,
 )
 from deployments.run_store import SqlRunStore
+from deployments.run_wakeups import RunWakeups
 from deployments.settings import WorkerSettings
 from deployments.settings_fingerprint import settings_fingerprint, tagged_name
 from deployments.worker_metrics import MetricsServer, track_slots
@@ -72,11 +73,14 @@ from flows.prefect_compat import (
     InProcessJobConfiguration,
     PollingWorker,
     leave_sigterm_to_the_worker,
+    leave_suspensions_to_the_worker,
     mark_cancelled,
+    mark_suspended,
     restore_state,
     schedule_id_of,
     start_flow_run_in_process,
     with_default_result_storage,
+    worker_events_supported,
 )
 from flows.run_context import CancelSignals, RunContext
 from flows.run_metrics import RunMetrics
@@ -122,6 +126,7 @@ class FlowMaestroWorker(PollingWorker):
         on_hand_back: Callable[[str], None] | None = None,
         on_skipped: Callable[[FlowRun, str], Awaitable[None]] | None = None,
         on_pause: Callable[[str], None] | None = None,
+        watch_suspensions: bool = False,
         **kwargs: Any,
     ):
         """``flow`` is the generic flow bound to this worker's run context; ``on_cancel``
@@ -135,6 +140,7 @@ class FlowMaestroWorker(PollingWorker):
             **kwargs,
         )
         self.flow = flow
+        self.pool_name = work_pool_name
         self.cancel_poll_s = cancel_poll_s
         self.on_cancel = on_cancel
         self.on_hand_back = on_hand_back
@@ -143,6 +149,9 @@ class FlowMaestroWorker(PollingWorker):
         """Told of a run asked to pause (its flow run tagged, ``flows.pauses``), by the watcher
         that reads the states of all the worker's runs at once."""
         self.heartbeats = heartbeats
+        self.watch_suspensions = watch_suspensions
+        """Whether its watcher tells a run suspended from outside to let go (``mark_suspended``):
+        set when Prefect's per-run suspension observer is off (``leave_suspensions_to_the_worker``)."""
         self.running: dict[str, asyncio.Task[Any]] = {}
         self.draining = False
         self._watcher: asyncio.Task[None] | None = None
@@ -150,19 +159,57 @@ class FlowMaestroWorker(PollingWorker):
         self.catch_up, self.late_after = catch_up, timedelta(seconds=late_after_s)
         self._queue_of: dict[Any, str | None] = {}
         """The work queue of each run this worker took and is still submitting."""
+        self._polling = asyncio.Lock()
+        """One poll at a time: the regular one and those Prefect's events start (``RunWakeups``)."""
+        self._taking: Callable[[str], bool] | None = None
+        """During a poll an event started: which due runs it may take."""
+        self._deployments: dict[Any, Any] = {}
+        """The deployments the poll under way read (each once per poll)."""
 
     def held(self) -> list[str]:
         """The runs this worker executes now (a crash sweep leaves them alone)."""
         return list(self.running)
 
     async def get_and_submit_flow_runs(self) -> list[FlowRun]:
+        return await self._poll(None)
+
+    async def poll_for(self, answers: Callable[[str], bool]) -> list[FlowRun]:
+        """A poll that takes only the due runs ``answers`` names (``RunWakeups``: the runs
+        this worker answers the events of; the others are other workers' to take)."""
+        return await self._poll(answers)
+
+    async def _poll(self, taking: Callable[[str], bool] | None) -> list[FlowRun]:
         if self.draining:  # shutting down: leave new runs to other workers
             return []
-        return await super().get_and_submit_flow_runs()
+        async with self._polling:
+            self._deployments, self._taking = {}, taking
+            try:
+                return await super().get_and_submit_flow_runs()
+            finally:
+                self._taking = None
+
+    async def online_peers(self) -> list[str]:
+        """The names of the pool's workers that sent a heartbeat lately (this one among them
+        once it has): Prefect marks a silent worker offline only after three heartbeat
+        intervals, read here as two and a half."""
+        since = datetime.now(UTC) - timedelta(seconds=2.5 * float(self.heartbeat_interval_seconds))
+        workers = await self.client.read_workers_for_work_pool(self.pool_name)
+        return [w.name for w in workers if w.last_heartbeat_time is not None and w.last_heartbeat_time >= since]
+
+    async def _deployment(self, deployment_id: Any) -> Any:
+        """A deployment the filters of this poll need, read once per poll (both filters
+        read the same ones)."""
+        if deployment_id not in self._deployments:
+            self._deployments[deployment_id] = await self.client.read_deployment(deployment_id)
+        return self._deployments[deployment_id]
 
     async def filter_due(self, due: list[Any]) -> list[Any]:
         """The runs Prefect's poll found due, less the missed scheduled runs the catch-up
-        policy does not start (deployments/catch_up.py); those end Cancelled, saying why."""
+        policy does not start (deployments/catch_up.py); those end Cancelled, saying why.
+        A poll an event started considers only the runs it may take (``poll_for``)."""
+        taking = self._taking
+        if taking is not None:
+            due = [entry for entry in due if taking(str(entry.flow_run.id))]
         skip = missed_to_skip([entry.flow_run for entry in due], datetime.now(UTC), self.catch_up, self.late_after)
         for flow_run in skip:
             reason = (
@@ -200,7 +247,7 @@ class FlowMaestroWorker(PollingWorker):
         candidates = [r for r in due if schedule_of(r) and r.deployment_id and not r.run_count]
         early: set[Any] = set()
         for deployment_id in dict.fromkeys(r.deployment_id for r in candidates):
-            deployment = await self.client.read_deployment(deployment_id)
+            deployment = await self._deployment(deployment_id)
             if deployment.global_concurrency_limit is None:
                 continue
             mine = sorted(
@@ -258,7 +305,7 @@ class FlowMaestroWorker(PollingWorker):
         )
         drop: list[FlowRun] = []
         for deployment_id in dict.fromkeys(r.deployment_id for r in candidates):
-            deployment = await self.client.read_deployment(deployment_id)
+            deployment = await self._deployment(deployment_id)
             options = deployment.concurrency_options
             if (
                 deployment.global_concurrency_limit is None
@@ -283,7 +330,7 @@ class FlowMaestroWorker(PollingWorker):
         configuration: FlowMaestroJobConfiguration,
         task_status: anyio.abc.TaskStatus[Any] | None = None,
     ) -> FlowMaestroWorkerResult:
-        if self._watcher is None and self.on_cancel is not None:
+        if self._watcher is None and (self.on_cancel is not None or self.watch_suspensions):
             self._watcher = asyncio.create_task(self._watch_cancellations())
         run_id = str(flow_run.id)
         task = start_flow_run_in_process(self.flow, flow_run, dict(flow_run.parameters))
@@ -334,8 +381,10 @@ class FlowMaestroWorker(PollingWorker):
                 continue
             for flow_run in flow_runs:
                 if flow_run.state and flow_run.state.type in (StateType.CANCELLING, StateType.CANCELLED):
-                    assert self.on_cancel is not None
-                    self.on_cancel(str(flow_run.id))
+                    if self.on_cancel is not None:
+                        self.on_cancel(str(flow_run.id))
+                elif self.watch_suspensions and mark_suspended(flow_run):
+                    self.logger.info("flow run %s is suspended: its engine lets go of it", flow_run.id)
                 elif self.on_pause is not None and is_pause_requested(flow_run):
                     self.on_pause(str(flow_run.id))
                 elif self.heartbeats is not None and written_by_recovery(flow_run.state):
@@ -419,21 +468,27 @@ async def run_worker(
     on_hand_back: Callable[[str], None] | None = None,
     on_skipped: Callable[[FlowRun, str], Awaitable[None]] | None = None,
     metrics: RunMetrics | None = None,
+    events: bool = False,
 ) -> None:
     """Run one worker until ``stop`` is set (by default: SIGTERM or SIGINT), then drain it
     (see ``FlowMaestroWorker.shutdown``). With ``crash_detect_s``, it makes sure the
     recovery automations exist and beats for its runs: with the heartbeats of ``signals``
-    when they are ``BeatingSignals`` (its child runs too), its own otherwise."""
+    when they are ``BeatingSignals`` (its child runs too), its own otherwise. With
+    ``events``, it polls as soon as Prefect's event stream says a run of its pool was
+    scheduled (``deployments.run_wakeups``), besides every ``poll_s``."""
     from prefect.settings import PREFECT_WORKER_QUERY_SECONDS, temporary_settings
 
     leave_sigterm_to_the_worker()
+    watch_suspensions = leave_suspensions_to_the_worker()
     if stop is None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
     # Prefect's default poll is every 10 s; runs started through the API should start
-    # within about a second. The poll is one cheap query per worker.
+    # within about a second. The poll is one cheap query per worker. It keeps its interval
+    # when the event stream wakes it: the runs a poll leaves for the next one (a queue's
+    # submissions under way, runs early for their limit) have no event to wake it again.
     with temporary_settings({PREFECT_WORKER_QUERY_SECONDS: poll_s}):
         flow = await with_default_result_storage(flow)  # once, not once per run
         heartbeats, sweeper = None, None
@@ -462,6 +517,7 @@ async def run_worker(
             on_hand_back=on_hand_back,
             on_skipped=on_skipped,
             on_pause=signals.pause if signals is not None else None,
+            watch_suspensions=watch_suspensions,
         )
         if metrics is not None:
             track_slots(metrics, lambda: worker.running, limit)
@@ -469,8 +525,19 @@ async def run_worker(
             sweeper = CrashSweeper(
                 pool=pool, grace_s=crash_detect_s, interval_s=heartbeat_interval(crash_detect_s), held=worker.held
             )
+        wakeups = (
+            RunWakeups(
+                worker.poll_for,
+                lambda: worker.work_pool_id if worker.synced else None,
+                name=worker.name,
+                read_peers=worker.online_peers,
+            )
+            if events and worker_events_supported()
+            else None
+        )
         beating = asyncio.create_task(heartbeats.run()) if heartbeats is not None else None
         sweeping = asyncio.create_task(sweeper.run()) if sweeper is not None else None
+        waking = asyncio.create_task(wakeups.run()) if wakeups is not None else None
         main = asyncio.create_task(worker.start(printer=started or (lambda _line: None)))
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({main, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -479,7 +546,7 @@ async def run_worker(
             main.cancel()
         await asyncio.gather(main, return_exceptions=True)
         stopping.cancel()
-        for background in (beating, sweeping):
+        for background in (beating, sweeping, waking):
             if background is not None:
                 background.cancel()
 
@@ -560,12 +627,13 @@ async def record_skipped(store: SqlRunStore, flow_run: FlowRun, reason: str) -> 
         return
     schedule_id = schedule_id_of(flow_run)
     await store.skipped(
-        str(flow_run.id),
+        str(parameters.get("execution_id") or flow_run.id),  # a run the API accepted has an id of its own
         owner=owner,
         workflow_id=workflow_id,
         inputs=dict(parameters.get("inputs") or {}),
         trigger={"type": "schedule", "schedule_id": schedule_id} if schedule_id else {"type": "schedule"},
         reason=reason,
+        flow_run_id=str(flow_run.id),
     )
 
 
@@ -626,4 +694,5 @@ async def _serve_worker(
             catch_up=settings.schedule_catch_up,
             late_after_s=settings.schedule_late_after_s,
             metrics=metrics,
+            events=settings.worker_events,
         )

@@ -40,6 +40,8 @@ FLOW_NAME = "flowmaestro"
 WORKER_TYPE = "flowmaestro"
 DEFAULT_POOL = "flowmaestro"
 ENTRYPOINT = "flows/flow.py:run_workflow"
+EXECUTION_TAG = "execution:{id}"
+"""The tag of a flow run the API created for a run it accepted: its execution id."""
 
 
 _UNSAFE_IN_DEPLOYMENT_NAMES = re.compile(r"[/%&<>?#\\\x00-\x1f\x7f]+")
@@ -186,12 +188,17 @@ class WorkflowDeployments:
         journal: str | None = None,
         traceparent: str | None = None,
         breakpoints: list[str] | None = None,
+        execution_id: str | None = None,
     ) -> FlowRun:
         """Create a flow run of the deployment; a worker picks it up (Scheduled now).
         ``journal``: a journal the run starts from (a rerun's, seeded by the API).
         ``traceparent``: the parent of the run's span, as a label its worker reads (flows/tracing.py).
-        ``breakpoints``: nodes the run pauses before (``flows.pauses``)."""
+        ``breakpoints``: nodes the run pauses before (``flows.pauses``). ``execution_id``: the
+        run's id as the API accepted it, which its worker uses as the run's id (its flow run
+        id otherwise)."""
         parameters: dict[str, Any] = {"inputs": inputs, "version": version, "trigger": trigger}
+        if execution_id is not None:
+            parameters["execution_id"] = execution_id
         if journal is not None:
             parameters["journal"] = journal
         if breakpoints:
@@ -202,6 +209,8 @@ class WorkflowDeployments:
             f"version:{version}",
             f"trigger:{trigger.get('type', 'api')}",
         ]
+        if execution_id is not None:  # the Prefect UI finds the run by its FlowMaestro id
+            tags.append(EXECUTION_TAG.format(id=execution_id))
         return await client.create_flow_run_from_deployment(
             deployment_id,
             parameters=parameters,

@@ -108,12 +108,14 @@ def workflow_flow(context: RunContext) -> Flow:
         journal: str | None = None,
         started_at: str | None = None,
         breakpoints: list[str] | None = None,
+        execution_id: str | None = None,
     ) -> Any:
         """Run a FlowMaestro canvas (canvas-v1 JSON) with the given inputs: the ``canvas``
         given, or version ``version`` (the latest when empty) of the saved workflow
         ``workflow_id`` of ``owner``. ``depth``: how deep a sub-workflow run is nested;
         ``journal``: where a child run keeps what it completed (the flow run id otherwise);
-        ``started_at``: a child run's ``run.started_at``, its parent's first start."""
+        ``started_at``: a child run's ``run.started_at``, its parent's first start;
+        ``execution_id``: the run's id as the API accepted it (its flow run id otherwise)."""
         return await _run_in_flow(
             context,
             bound,
@@ -128,6 +130,7 @@ def workflow_flow(context: RunContext) -> Flow:
                 journal,
                 started_at,
                 tuple(breakpoints or ()),
+                execution_id,
             ),
         )
 
@@ -147,6 +150,7 @@ async def run_workflow(
     journal: str | None = None,
     started_at: str | None = None,
     breakpoints: list[str] | None = None,
+    execution_id: str | None = None,
 ) -> Any:
     """Run a FlowMaestro canvas (canvas-v1 JSON) with the given inputs."""
     # An entry point for processes that run one flow run (Prefect's own workers): the
@@ -168,6 +172,7 @@ async def run_workflow(
                 journal,
                 started_at,
                 tuple(breakpoints or ()),
+                execution_id,
             ),
         )
     finally:
@@ -204,6 +209,10 @@ class RunRequest:
     """Given to a child run by its parent: the parent's first start."""
     breakpoints: tuple[str, ...] = ()
     """Nodes the run pauses before (``flows.pauses``)."""
+    execution_id: str | None = None
+    """The run's id as the API accepted it (``api.outbox``): its id everywhere (events,
+    journal, store rows). A run started elsewhere (a schedule, the Prefect UI, a parent) has
+    none and is known by its flow run id."""
 
     @property
     def name(self) -> str:
@@ -218,6 +227,7 @@ class OpenedRun:
     context: RunContext
     request: RunRequest
     run_id: str
+    """The execution id: what the run's events, journal and store rows are keyed by."""
     flow_run: Any
     """Prefect's ``FlowRun``; None outside a flow run."""
     started_at: datetime
@@ -229,6 +239,9 @@ class OpenedRun:
     recorder: prefect_compat.TaskRunRecorder | None
     observer: RunObserver | NoObserver = NO_OBSERVER
     """Its span and metrics (``flows.observing``), when the process traces or counts runs."""
+    flow_run_id: str = "local"
+    """What Prefect knows the run by (approvals, pauses, releases, cancellation): its flow
+    run id, the same as ``run_id`` unless the API accepted the run under an id of its own."""
 
 
 @dataclass(frozen=True)
@@ -280,8 +293,8 @@ async def _hand_back(opened: OpenedRun) -> NoReturn:
     async with get_client() as client:
         await prefect_compat.hand_back_flow_run(
             client,
-            uuid.UUID(opened.run_id),
-            holding=functools.partial(signals.holding, opened.run_id),
+            uuid.UUID(opened.flow_run_id),
+            holding=functools.partial(signals.holding, opened.flow_run_id),
             message="handed back by its worker, stopping (SIGTERM): any worker of the pool continues it",
         )
 
@@ -293,7 +306,8 @@ async def open_run(context: RunContext, request: RunRequest) -> AsyncIterator[Op
     the writer and the recorder are closed when the run is over."""
     flow_context = FlowRunContext.get()
     flow_run = flow_context.flow_run if flow_context else None
-    run_id = str(flow_run.id) if flow_run else "local"
+    flow_run_id = str(flow_run.id) if flow_run else "local"
+    run_id = request.execution_id if request.execution_id and flow_run else flow_run_id
     await _name_after_canvas(flow_context, request.canvas)
     # A run executed again (a Prefect retry, elsewhere) continues its event numbering.
     start_seq = await context.event_log.last_seq(run_id) if run_id != "local" else 0
@@ -328,6 +342,7 @@ async def open_run(context: RunContext, request: RunRequest) -> AsyncIterator[Op
             request=request,
             run_id=run_id,
             flow_run=flow_run,
+            flow_run_id=flow_run_id,
             started_at=first_start(flow_run, request.started_at),
             store=context.store if saved else None,
             bus=bus,
@@ -399,7 +414,7 @@ async def prepare_run(opened: OpenedRun, child_flow: ChildFlow) -> PreparedRun |
         canvas, version, name = found.canvas, found.version, found.name
         flow_run = opened.flow_run
         trigger = request.trigger or _trigger_of(flow_run)
-        crashes = await _crashes(opened.run_id) if flow_run is not None and flow_run.run_count > 1 else 0
+        crashes = await _crashes(opened.flow_run_id) if flow_run is not None and flow_run.run_count > 1 else 0
         if crashes > context.settings.crash_retries:
             times = f"{crashes} time{'s' if crashes > 1 else ''}"
             return Refusal(
@@ -424,6 +439,7 @@ async def prepare_run(opened: OpenedRun, child_flow: ChildFlow) -> PreparedRun |
             name=found.name,
             inputs=dict(request.inputs),
             trigger=trigger,
+            flow_run_id=opened.flow_run_id,
         )
         # A new run the API did not start (the Prefect UI's Run, a schedule's run made before
         # the workflow was archived) meets the status rules here; a run executed again goes on.
@@ -510,16 +526,17 @@ async def execute_run(prepared: PreparedRun) -> RunRecord:
     flushed whatever happens."""
     opened = prepared.opened
     context, request, run_id = opened.context, opened.request, opened.run_id
+    flow_run_id = opened.flow_run_id  # what Prefect knows it by: approvals, pauses, cancels
     settings = context.settings
     # A worker lets go of a run of a deployment that waits long for a person or on a delay
     # (the run replays from its journal when answered or due); other runs have nobody to
     # replay them.
     releasable = opened.store is not None and opened.flow_run is not None and opened.flow_run.deployment_id is not None
     signals = context.cancellations
-    holding = functools.partial(signals.holding, run_id) if signals is not None else _holds_anyway
+    holding = functools.partial(signals.holding, flow_run_id) if signals is not None else _holds_anyway
     execution: Execution
     approvals = PrefectApprovals(
-        run_id,
+        flow_run_id,
         hold_s=settings.approval_hold_s if releasable else None,
         holding=holding,
         signer=DecisionSigner.from_settings(settings.decision_key, settings.secret_key, settings.home),
@@ -528,7 +545,7 @@ async def execute_run(prepared: PreparedRun) -> RunRecord:
         # another node of the execution runs.
         busy=lambda: execution.leaf_running(),
     )
-    release = _delay_release(run_id, settings.delay_release_s, holding) if releasable else None
+    release = _delay_release(flow_run_id, settings.delay_release_s, holding) if releasable else None
     execution = Execution(
         prepared.plan,
         context.registry,
@@ -559,17 +576,17 @@ async def execute_run(prepared: PreparedRun) -> RunRecord:
     gate = None
     if run_id != "local":  # a pause is asked for and answered through the run's flow run
         execution.start_gate = gate = PauseGate(
-            run_id,
+            flow_run_id,
             approvals,
             breakpoints=request.breakpoints,
-            requested=signals.pause_event(run_id) if signals is not None else None,
+            requested=signals.pause_event(flow_run_id) if signals is not None else None,
         )
     try:
         flow_run = opened.flow_run
         # A first execution reads no requests unless its flow run was tagged before it started.
         if gate is not None and (flow_run is None or flow_run.run_count > 1 or is_pause_requested(flow_run)):
             await gate.open()
-        return await _run_watching_cancellation(execution, run_id, settings.cancel_poll_s, signals, gate)
+        return await _run_watching_cancellation(execution, flow_run_id, settings.cancel_poll_s, signals, gate)
     finally:
         await approvals.stop()
         await prepared.journal.flush()
@@ -642,14 +659,14 @@ def _large_outputs(run_id: str, limit: int, store: RunStore | None) -> LargeOutp
 
 
 async def _run_watching_cancellation(
-    execution: Execution, run_id: str, poll_s: float, signals: CancelSignals | None, gate: PauseGate | None = None
+    execution: Execution, flow_run_id: str, poll_s: float, signals: CancelSignals | None, gate: PauseGate | None = None
 ) -> RunRecord:
     """Prefect does not interrupt an in-process flow run that is cancelled: watch the
     run's state and cancel the execution ourselves (running async nodes are cancelled at
     their next await). A worker delivers the cancellations of all its runs (``signals``);
     otherwise the run polls its own state."""
     main = asyncio.create_task(execution.run())
-    cancelled = signals.watch(run_id) if signals is not None else asyncio.Event()
+    cancelled = signals.watch(flow_run_id) if signals is not None else asyncio.Event()
 
     async def wait_for_signal() -> None:
         await cancelled.wait()
@@ -660,7 +677,7 @@ async def _run_watching_cancellation(
             while not main.done():
                 await asyncio.sleep(poll_s)
                 try:
-                    flow_run = await client.read_flow_run(run_id)
+                    flow_run = await client.read_flow_run(flow_run_id)
                 except Exception:  # a hiccup of the API must not end the run
                     continue
                 state = flow_run.state
@@ -672,21 +689,21 @@ async def _run_watching_cancellation(
                     return
 
     watcher = None
-    if run_id != "local":
+    if flow_run_id != "local":
         watcher = asyncio.create_task(wait_for_signal() if signals is not None else watch())
     try:
         return await main
     except asyncio.CancelledError:
         if not cancelled.is_set():
             raise
-        if signals is not None and signals.handing_back(run_id):
-            raise HandedBack(run_id) from None
+        if signals is not None and signals.handing_back(flow_run_id):
+            raise HandedBack(flow_run_id) from None
         return execution.record
     finally:
         if watcher is not None:
             watcher.cancel()
         if signals is not None:
-            signals.forget(run_id)
+            signals.forget(flow_run_id)
 
 
 async def _summary_artifact(

@@ -22,8 +22,8 @@ import functools
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager, nullcontext
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
@@ -820,6 +820,11 @@ def _polling_worker_class() -> type:
             return str(self._work_pool.id) if self._work_pool is not None else None
 
         @property
+        def synced(self) -> bool:
+            """Whether the worker has synced with its pool: polls before that find nothing."""
+            return bool(self._has_successfully_synced)
+
+        @property
         def submitting_ids(self) -> set[Any]:
             """Ids of the flow runs this worker took and is still submitting (not yet Pending)."""
             return set(self._submitting_flow_run_ids)
@@ -878,6 +883,95 @@ def _in_process_job_configuration_class() -> type:
 
     InProcessJobConfiguration.__qualname__ = "InProcessJobConfiguration"
     return InProcessJobConfiguration
+
+
+# --- the worker's wake-ups and suspensions -------------------------------------------------------
+
+
+@functools.cache  # a fact of the installed Prefect, which does not change while the process runs
+def worker_events_supported() -> bool:
+    """Whether the worker may lean on what ``scheduled_runs_of_pool`` and
+    ``leave_suspensions_to_the_worker`` assume of Prefect (tested versions only); the first
+    time it may not, a warning says so: the worker then polls only, and keeps Prefect's
+    per-run suspension observer."""
+    if prefect_version_tested(prefect.__version__):
+        return True
+    log.warning(
+        "Prefect %s is outside the versions FlowMaestro was tested on (%s): workers poll for new runs "
+        "without listening to Prefect's events, and keep Prefect's per-run suspension observer",
+        prefect.__version__,
+        TESTED_PREFECT,
+    )
+    return False
+
+
+SCHEDULED_STATE_NAMES = ("Scheduled", "AwaitingRetry", "Resuming", DELAY_RELEASE_STATE, "Late")
+"""The names of the Scheduled states a run comes to its pool in: created (``Scheduled``),
+retried (``AwaitingRetry``, also the API's retry and the Prefect UI's), an approval answered
+while released (``Resuming``), released or handed back (``Delayed``), left late (``Late``).
+Not ``AwaitingConcurrencySlot``: the worker itself put it there, and it waits for a slot."""
+
+
+async def scheduled_runs_of_pool(pool_id: str, connected: Callable[[], None]) -> AsyncGenerator[str, None]:
+    """The ids of the flow runs of work pool ``pool_id`` that go into a Scheduled state, as
+    Prefect's event stream tells them (one websocket, ``/api/events/out``), from when it is
+    connected (``connected()`` is called then). Prefect's server names a flow run's
+    state-change event ``prefect.flow-run.<state name>`` and relates it to the run's work pool
+    (``prefect.work-pool.<id>``), with the state's type as ``prefect.state-type``: the filter
+    and the check below lean on that, read in Prefect's ``server.models.events``. The
+    subscriber reconnects by itself a few times (asking for the events it missed) and raises
+    when it gives up; a clean close ends the iteration."""
+    from prefect.events.clients import get_events_subscriber
+    from prefect.events.filters import EventAnyResourceFilter, EventFilter, EventNameFilter
+
+    event_filter = EventFilter(  # type: ignore[call-arg]  # the other fields have defaults
+        event=EventNameFilter(name=[f"prefect.flow-run.{name}" for name in SCHEDULED_STATE_NAMES]),  # type: ignore[call-arg]
+        any_resource=EventAnyResourceFilter(id=[f"prefect.work-pool.{pool_id}"]),  # type: ignore[call-arg]
+    )
+    async with get_events_subscriber(filter=event_filter, reconnection_attempts=3) as subscriber:
+        connected()
+        async for event in subscriber:
+            if event.resource.get("prefect.state-type") == StateType.SCHEDULED.value:
+                yield event.resource.id.removeprefix("prefect.flow-run.")
+
+
+@contextmanager
+def _no_suspension_observer(*args: Any, **kwargs: Any) -> Iterator[None]:
+    yield
+
+
+def leave_suspensions_to_the_worker() -> bool:
+    """Stop Prefect's flow engine from starting its suspension observer around every flow run
+    of a deployment (``observe_flow_run_suspension``): a thread with its own event loop,
+    Prefect client and events websocket per run, which the engine waits for and joins while
+    blocking the event loop all runs of a worker share (about 115 ms at each start and end,
+    ``benchmarks/prefect_observer.py``), and a ``GET /flow_runs/{id}`` per run. It notices a
+    run suspended from outside its process (``suspend_flow_run(flow_run_id=...)``); a run
+    suspending itself (FlowMaestro's releases, ``release_flow_run``) raises ``Pause`` without
+    it. The worker notices outside suspensions instead, in the one read of all its runs'
+    states it makes anyway (``mark_suspended``). Process-wide: call it only in a worker
+    process. False (nothing changed) outside the tested Prefect versions."""
+    if not worker_events_supported():
+        return False
+    import prefect.flow_engine
+
+    if not hasattr(prefect.flow_engine, "observe_flow_run_suspension"):
+        return False
+    prefect.flow_engine.observe_flow_run_suspension = _no_suspension_observer  # type: ignore[assignment]
+    return True
+
+
+def mark_suspended(flow_run: FlowRun) -> bool:
+    """Tell the flow engine executing ``flow_run`` in this process that the run was suspended
+    from outside, as Prefect's suspension observer does: the engine raises ``Pause`` at its
+    next step and lets go of the run. False when the run is not ``Suspended`` or no engine of
+    this process executes it."""
+    from prefect._flow_run_suspension import is_suspended_flow_run_state, mark_flow_run_suspension_requested
+
+    state = flow_run.state
+    if state is None or not is_suspended_flow_run_state(state):
+        return False
+    return bool(mark_flow_run_suspension_requested(flow_run.id, state))
 
 
 async def with_default_result_storage(a_flow: Any) -> Any:

@@ -65,6 +65,7 @@ class RunStore(OutcomeStore, Protocol):
         name: str,
         inputs: dict[str, Any],
         trigger: dict[str, Any],
+        flow_run_id: str | None = None,
     ) -> None: ...
 
     async def ended(self, run_id: str, result: dict[str, Any]) -> None: ...

@@ -89,7 +89,19 @@ class ExecutionRow(Base):
 
     __tablename__ = "executions"
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    """The Prefect flow run id."""
+    """The execution id: one of our own for a run the API accepted (``api.outbox``), the
+    flow run id for a run started elsewhere (a schedule, the Prefect UI, a parent run)."""
+    flow_run_id: Mapped[str | None] = mapped_column(String(36), nullable=True, unique=True)
+    """Its Prefect flow run; null while the API has accepted the run and not created it yet."""
+    start_request: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    """What creating its flow run takes beyond the row (journal, traceparent, breakpoints);
+    never a secret. Kept for the record once the flow run exists."""
+    idempotency_key: Mapped[str | None] = mapped_column(String(400), nullable=True, unique=True)
+    """The key the run was accepted under: the same key answers the same execution."""
+    create_after: Mapped[datetime | None] = mapped_column(nullable=True, index=True)
+    """When a drainer may (next) try to create its flow run: a lease while one tries, the
+    backoff after a failure."""
+    create_attempts: Mapped[int] = mapped_column(Integer, default=0)
     owner: Mapped[str] = mapped_column(String(128), index=True)
     workflow_id: Mapped[str] = mapped_column(String(36), index=True)
     version: Mapped[int] = mapped_column(Integer)

@@ -173,6 +173,18 @@ class Executions:
             raise NotFound(f"execution {execution_id} not found")
         return row
 
+    async def flow_runs_of(self, execution_ids: Sequence[str]) -> dict[str, tuple[str | None, str]]:
+        """``{execution id: (its flow run id or None while not created, its stored status)}``
+        for those of ``execution_ids`` the store has, in one query."""
+        if not execution_ids:
+            return {}
+        query = select(ExecutionRow.id, ExecutionRow.flow_run_id, ExecutionRow.status).where(
+            ExecutionRow.id.in_(list(execution_ids))
+        )
+        async with self.sessions() as session:
+            rows = (await session.execute(query)).all()
+        return {row.id: (row.flow_run_id, row.status) for row in rows}
+
     async def list(
         self,
         owner: str,
@@ -216,10 +228,13 @@ class Executions:
         trigger: dict[str, Any],
         status: str = "pending",
         actor: str | None = None,
+        flow_run_id: str | None = None,
     ) -> None:
         """Create the row of a run; a worker starting a run that has one (registered by the
         API, or a run executed again) marks it running and clears the old result. ``actor``:
-        who started it through the API, recorded in the audit log with the row."""
+        who started it through the API, recorded in the audit log with the row.
+        ``flow_run_id``: its flow run, recorded when the row has none yet (the API that
+        created it died before it could record it)."""
         async with self.sessions() as session:
             row = await session.get(ExecutionRow, execution_id)
             started: dict[str, Any] = {
@@ -251,10 +266,13 @@ class Executions:
                         inputs=inputs,
                         trigger_type=str(trigger.get("type", "api")),
                         trigger=trigger,
+                        flow_run_id=flow_run_id,
                     )
                 )
             elif status != "pending":  # a worker (re)starting it; an API retry changes nothing
                 row.version, row.status, row.updated_at, row.result = version, status, utcnow(), None
+                if row.flow_run_id is None and flow_run_id is not None:
+                    row.flow_run_id = flow_run_id
             try:
                 await session.commit()
             except IntegrityError:  # the API and the worker raced to create it: it exists now

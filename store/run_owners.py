@@ -8,10 +8,17 @@ from sqlalchemy import select
 from store.db import ExecutionRow, Sessions
 
 
-async def run_owners(sessions: Sessions, run_ids: list[str]) -> dict[str, str]:
-    """``{run_id: owner}`` of the runs FlowMaestro knows among ``run_ids``."""
-    if not run_ids:
+async def run_owners(sessions: Sessions, flow_run_ids: list[str]) -> dict[str, tuple[str, str]]:
+    """``{flow_run_id: (execution id, owner)}`` of the runs FlowMaestro knows among
+    ``flow_run_ids`` (approvals live on flow runs; a run the API accepted has an execution
+    id of its own)."""
+    if not flow_run_ids:
         return {}
-    query = select(ExecutionRow.id, ExecutionRow.owner).where(ExecutionRow.id.in_(run_ids))
+    query = select(ExecutionRow.flow_run_id, ExecutionRow.id, ExecutionRow.owner).where(
+        ExecutionRow.flow_run_id.in_(flow_run_ids)
+    )
     async with sessions() as session:
-        return {run_id: owner for run_id, owner in (await session.execute(query)).all()}
+        return {
+            str(flow_run_id): (execution_id, owner)
+            for flow_run_id, execution_id, owner in (await session.execute(query)).all()
+        }

@@ -17,7 +17,7 @@ from prefect.client.schemas.objects import StateType
 from store.db import make_engine, sessions
 from store.queries import NodeOutcomes
 from tests.support import eventually as until
-from tests.support import execute, wait_final
+from tests.support import execute, prefect_flow_run_id, wait_final
 from tests.support import save as save_workflow
 
 KEY = "durability-test-key"
@@ -86,8 +86,10 @@ async def journal_of(database_url: str, run_id: str) -> dict:
 
 
 async def states_of(prefect_url: str, run_id: str):
+    """The states of a run's flow run, oldest first (``run_id``: its execution id, or a flow run id)."""
+    flow_run_id = await prefect_flow_run_id(run_id, prefect_url)
     async with PrefectClient(prefect_url) as prefect:
-        return sorted(await prefect.read_flow_run_states(uuid.UUID(run_id)), key=lambda s: s.timestamp)
+        return sorted(await prefect.read_flow_run_states(uuid.UUID(flow_run_id)), key=lambda s: s.timestamp)
 
 
 def repeated_completed_nodes(requests: list[dict], journal: dict, run_id: str) -> list[str]:
@@ -127,7 +129,14 @@ async def one_crash_trial(http, workers, victim, counting, database_url, prefect
             found = (
                 await prefect.post(
                     "/events/filter",
-                    json={"filter": {"any_resource": {"id": [f"prefect.flow-run.{run_id}"]}}, "limit": 100},
+                    json={
+                        "filter": {
+                            "any_resource": {
+                                "id": [f"prefect.flow-run.{await prefect_flow_run_id(run_id, prefect_url)}"]
+                            }
+                        },
+                        "limit": 100,
+                    },
                 )
             ).json()
         events = sorted((e["occurred"], e["event"]) for e in found.get("events", []))

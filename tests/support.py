@@ -199,6 +199,30 @@ async def wait_execution(
         raise AssertionError(f"{exc}; last seen: {last}") from None
 
 
+async def flow_run_of(client: httpx.AsyncClient, execution_id: str, *, timeout: float = 60) -> str:
+    """The Prefect flow run of a run the API accepted, once the API has created it (the
+    execution id is the API's own, not the flow run's)."""
+    body = await wait_execution(
+        client, execution_id, lambda body: body.get("flow_run_id"), timeout=timeout, what="getting its flow run"
+    )
+    return str(body["flow_run_id"])
+
+
+async def prefect_flow_run_id(run_id: str, prefect_url: str | None = None) -> str:
+    """The flow run of a run, asking Prefect (at ``prefect_url``, or the session's): the one
+    tagged with the execution id when the API accepted the run, else the id itself (a flow
+    run started elsewhere is its own execution)."""
+    from prefect.client.orchestration import PrefectClient, get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+
+    from deployments.workflow_deployments import EXECUTION_TAG
+
+    tagged = FlowRunFilter(tags=FlowRunFilterTags(all_=[EXECUTION_TAG.format(id=run_id)]))
+    async with PrefectClient(prefect_url) if prefect_url else get_client() as prefect:
+        found = await prefect.read_flow_runs(flow_run_filter=tagged, limit=2)
+    return str(found[0].id) if found else run_id
+
+
 async def wait_final(client: httpx.AsyncClient, execution_id: str, *, timeout: float) -> dict[str, Any]:
     """Read ``GET /api/executions/{id}`` until the run has ended; its body."""
     return await wait_execution(

@@ -196,7 +196,9 @@ async def test_execute_and_read_the_result(api, prefect_server):
     metrics = (await api.get("/metrics")).text
     assert 'flowmaestro_runs_finished_total{status="completed"' in metrics
     # the Prefect UI's summary artifact links back to the run here
-    summary = await summary_artifact_of(accepted["execution_id"])
+    # The execution id is the API's own; the flow run has its id and is named in the result.
+    assert result["flow_run_id"] and result["flow_run_id"] != accepted["execution_id"]
+    summary = await summary_artifact_of(result["flow_run_id"])
     assert f"/ui/executions/{accepted['execution_id']})" in summary
     assert f"/api/executions/{accepted['execution_id']})" in summary
 

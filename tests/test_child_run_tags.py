@@ -66,9 +66,11 @@ async def test_a_child_run_of_a_saved_workflow_carries_the_childs_workflow_tag(t
         result = await wait_final(api, run_id, timeout=120)
         assert result["status"] == "completed", result
     async with get_client() as client:
-        parent_run = await client.read_flow_run(uuid.UUID(run_id))
+        parent_run = await client.read_flow_run(uuid.UUID(result["flow_run_id"]))
         [child_run] = await client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[uuid.UUID(run_id)]))
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[uuid.UUID(result["flow_run_id"])])
+            )
         )
     assert f"workflow:{parent['id']}" in parent_run.tags
     assert f"workflow:{child['id']}" in child_run.tags, child_run.tags

@@ -21,7 +21,7 @@ from prefect.client.schemas.objects import StateType
 
 from tests.crash_harness import http_node
 from tests.processes import postgres_database, stack_env, start_serve, start_worker
-from tests.support import eventually, save, wait_execution, wait_final
+from tests.support import eventually, prefect_flow_run_id, save, wait_execution, wait_final
 
 pytestmark = [pytest.mark.prefect, pytest.mark.workers]
 KEY = "drain-test-key"
@@ -62,7 +62,7 @@ def chain(name: str, *nodes: dict) -> dict:
 
 async def prefect_state(api_url: str, run_id: str) -> StateType | None:
     async with PrefectClient(api_url) as client:
-        state = (await client.read_flow_run(uuid.UUID(run_id))).state
+        state = (await client.read_flow_run(uuid.UUID(await prefect_flow_run_id(run_id, api_url)))).state
     return state.type if state else None
 
 

@@ -36,6 +36,7 @@ from tests.crash_harness import (
     until,
 )
 from tests.processes import postgres_database, stack_env, start_serve, start_worker
+from tests.support import prefect_flow_run_id
 
 pytestmark = [pytest.mark.prefect, pytest.mark.workers]
 CRASH_DETECT_S = 15
@@ -187,9 +188,10 @@ async def test_retry_through_prefects_api_as_its_ui_retry_button_does(api, worke
         run_id = await execute(http, await save(http, raw), {"base": counting.url})
         assert (await final(http, run_id))["status"] == "failed"
         counting.failing.discard(f"/u{tag}/b")
+        flow_run_id = await prefect_flow_run_id(run_id, pg_prefect.api_url)
         async with httpx.AsyncClient(base_url=pg_prefect.api_url, timeout=30) as prefect:
             answer = await prefect.post(
-                f"/flow_runs/{run_id}/set_state",
+                f"/flow_runs/{flow_run_id}/set_state",
                 json={
                     "state": {"type": "SCHEDULED", "name": "AwaitingRetry", "message": "Retry from the UI"},
                     "force": True,
@@ -275,7 +277,8 @@ async def test_a_long_wait_is_released_by_its_worker_and_answered_from_the_prefe
             body = (await http.get(f"/api/executions/{run_id}")).json()
             assert body["status"] == "paused" and [p["node_id"] for p in body["pending_approvals"]] == ["ask"], body
         async with httpx.AsyncClient(base_url=pg_prefect.api_url, timeout=30) as prefect:
-            answer = await prefect.post(f"/flow_runs/{by_ui}/resume", json={"run_input": {"approved": True}})
+            by_ui_flow_run = await prefect_flow_run_id(by_ui, pg_prefect.api_url)
+            answer = await prefect.post(f"/flow_runs/{by_ui_flow_run}/resume", json={"run_input": {"approved": True}})
             assert answer.json()["status"] == "ACCEPT", answer.text
         answer = await http.post(
             f"/api/executions/{by_api}/resume", json={"node_id": "ask", "input": {"approved": True}}
@@ -325,11 +328,12 @@ async def test_an_approval_is_answered_once_however_often_the_run_executes_again
         )
         assert answer.json()["status"] == "accepted"
         assert (await final(http, run_id))["status"] == "completed"
+        flow_run_id = await prefect_flow_run_id(run_id, pg_prefect.api_url)
         for replay in range(3):
             # Executed again from the top, through Prefect (as a Retry would, even on a completed run).
             async with httpx.AsyncClient(base_url=pg_prefect.api_url, timeout=30) as prefect:
                 forced = await prefect.post(
-                    f"/flow_runs/{run_id}/set_state",
+                    f"/flow_runs/{flow_run_id}/set_state",
                     json={"state": {"type": "SCHEDULED", "name": "AwaitingRetry"}, "force": True},
                 )
                 assert forced.json()["status"] == "ACCEPT"

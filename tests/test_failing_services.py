@@ -4,7 +4,8 @@ worker) runs on them, then started again.
 Every service is a private instance of this module (its own port and data), killed with
 SIGKILL or frozen with SIGSTOP, so the rest of the suite keeps the machine's services.
 While one is down the API answers 503 with Retry-After naming it (never a 500, never a
-hang), /health says which is down, and a run in flight ends as it would have once the
+hang; an execute needs only the store, so it is accepted while Prefect is down), /health
+says which is down, and a run in flight ends as it would have once the
 service is back; nothing written before (workflows, executions, events) is lost.
 """
 
@@ -288,7 +289,12 @@ def test_prefect_killed_then_back(stack):
     stack.prefect_kill()
     wait_until(lambda: not healthy(stack.prefect.api_url), timeout=30, what="the Prefect server gone")
     refused(timed(api.get, f"/api/executions/{before}"), "prefect")  # in flight: its state is Prefect's
-    refused(timed(api.post, f"/api/workflows/{workflow_id}/execute", json={}), "prefect")
+    # A run started while Prefect is away is accepted all the same (the store is enough); its
+    # flow run is created once Prefect is back (docs/operations.md#accepting-runs).
+    accepted = timed(api.post, f"/api/workflows/{workflow_id}/execute", json={})
+    assert accepted.status_code == 202, accepted.text
+    while_away = accepted.json()["execution_id"]
+    assert api.get(f"/api/executions/{while_away}").json()["flow_run_id"] is None
     assert timed(api.get, f"/api/executions/{finished}").json()["output"] == "done"  # ended: the store is enough
     checks = health(api)
     assert checks["prefect"].startswith(("error", "unreachable")) and checks["database"] == "ok", checks
@@ -312,3 +318,4 @@ def test_prefect_killed_then_back(stack):
     approved = wait_ended(api, waiting)
     assert approved["status"] == "completed" and approved["output"] == "yes", approved
     assert wait_ended(api, again.json()["execution_id"], timeout=180)["status"] == "completed"
+    assert wait_ended(api, while_away, timeout=180)["status"] == "completed"

@@ -18,7 +18,17 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from builder.compiler import compile_canvas
 from flows.event_log.redis_streams import RedisEventLog
 from tests.processes import postgres_database, stack_env, start_serve, start_worker
-from tests.support import canvas, compiled, eventually, make_registry, node, save, save_and_execute, wait_final
+from tests.support import (
+    canvas,
+    compiled,
+    eventually,
+    make_registry,
+    node,
+    prefect_flow_run_id,
+    save,
+    save_and_execute,
+    wait_final,
+)
 
 final = partial(wait_final, timeout=150)
 KEY = "limits-test-key"
@@ -200,7 +210,12 @@ async def test_the_limit_holds_across_two_worker_processes(api, workers, countin
         results = await asyncio.gather(*(final(http, run_id) for run_id in run_ids))
     assert [r["status"] for r in results] == ["completed", "completed"], results
     async with PrefectClient(pg_prefect.api_url) as prefect:
-        pids = {(await prefect.read_flow_run(uuid.UUID(run_id))).infrastructure_pid for run_id in run_ids}
+        pids = {
+            (
+                await prefect.read_flow_run(uuid.UUID(await prefect_flow_run_id(run_id, pg_prefect.api_url)))
+            ).infrastructure_pid
+            for run_id in run_ids
+        }
     assert len(pids) == 2, f"both runs ran in one worker process: {pids}"
     calls = calls_to(counting, path)
     assert len(calls) == 4, calls
@@ -277,7 +292,9 @@ async def test_a_node_waiting_long_lets_go_of_its_worker_and_runs_later(api, wor
             ]
 
             async def released() -> bool:
-                states = await prefect.read_flow_run_states(uuid.UUID(run_id))
+                states = await prefect.read_flow_run_states(
+                    uuid.UUID(await prefect_flow_run_id(run_id, pg_prefect.api_url))
+                )
                 return any(s.name == "Suspended" for s in states)
 
             await eventually(released, timeout=90, what="the waiting run released")

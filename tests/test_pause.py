@@ -20,6 +20,7 @@ import pytest
 from flows.pauses import breakpoint_slug
 from tests.crash_harness import KEY, client, final, http_node, save, states_of, until
 from tests.processes import cli, postgres_database, stack_env, start_serve, start_worker
+from tests.support import prefect_flow_run_id
 
 pytestmark = [pytest.mark.prefect, pytest.mark.workers]
 CRASH_DETECT_S = 15
@@ -182,16 +183,17 @@ async def test_breakpoints_twice_in_one_run_resumed_from_our_api_then_prefects(s
         assert second["status"] == "paused" and second["nodes"]["b"]["status"] == "completed", second
         assert [counting.counts[f"/{name}/{n}"] for n in "abc"] == [1, 1, 0]
         # The Prefect UI's Resume: Prefect's own API, once Prefect has the run paused.
+        flow_run_id = await prefect_flow_run_id(run_id, pg_prefect.api_url)
         async with httpx.AsyncClient(base_url=pg_prefect.api_url, timeout=30) as prefect:
 
             async def prefect_paused_at_c():
                 # On c's own pause key: Prefect's pause of b may not have been ended yet.
-                state = (await prefect.get(f"/flow_runs/{run_id}")).json()["state"]
+                state = (await prefect.get(f"/flow_runs/{flow_run_id}")).json()["state"]
                 key = (state.get("state_details") or {}).get("pause_key") or ""
                 return state["type"] == "PAUSED" and key.startswith(breakpoint_slug("c", ()))
 
             await until(prefect_paused_at_c, timeout=60, what="Prefect showing the run paused before c")
-            resumed = await prefect.post(f"/flow_runs/{run_id}/resume", json={"run_input": {"approved": True}})
+            resumed = await prefect.post(f"/flow_runs/{flow_run_id}/resume", json={"run_input": {"approved": True}})
             assert resumed.json()["status"] == "ACCEPT", resumed.text
         result = await final(http, run_id)
     assert result["status"] == "completed" and result["output"] == f"/{name}/a /{name}/b /{name}/c", result

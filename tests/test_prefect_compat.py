@@ -871,3 +871,47 @@ async def test_a_flow_bound_to_the_default_result_storage_runs_without_reading_i
     assert await prefect_compat.run_result(bound_state) == await prefect_compat.run_result(unbound_state) == 42
     stored = Path(bound_state.data.metadata.storage_key).name
     assert (Path(get_current_settings().results.local_storage_path) / stored).is_file(), stored
+
+
+@pytest.mark.prefect
+@pytest.mark.usefixtures("prefect_server")
+async def test_with_the_suspension_observer_off_a_run_suspended_from_outside_lets_go_when_marked(monkeypatch):
+    """A worker turns off the engine's per-run suspension observer; a deployment run it
+    executes that is suspended through the API (not by itself) stops at its next task once
+    the worker marks it, as the observer would have made it."""
+    import prefect.flow_engine
+    from prefect.states import Suspended
+
+    # Restored after the test: the switch is process-wide.
+    monkeypatch.setattr(
+        prefect.flow_engine, "observe_flow_run_suspension", prefect.flow_engine.observe_flow_run_suspension
+    )
+    assert prefect_compat.leave_suspensions_to_the_worker()
+    steps: list[int] = []
+
+    @task
+    async def tick(n: int) -> int:
+        steps.append(n)
+        return n
+
+    @flow(name="compat-suspended-outside")
+    async def stepping() -> None:
+        for n in range(600):
+            await tick(n)
+            await asyncio.sleep(0.05)
+
+    async with get_client() as client:
+        flow_run = await client.create_flow_run_from_deployment(await deployment_of(client, stepping))
+        running = prefect_compat.start_flow_run_in_process(stepping, flow_run, {})
+        for _ in range(300):
+            if steps:
+                break
+            await asyncio.sleep(0.1)
+        await client.set_flow_run_state(flow_run.id, Suspended(pause_key="outside"), force=True)
+        await asyncio.sleep(0.5)
+        assert not running.done(), "nothing noticed the suspension without the observer"
+        assert prefect_compat.mark_suspended(await client.read_flow_run(flow_run.id))
+        with pytest.raises(prefect.exceptions.Pause):
+            await asyncio.wait_for(running, 60)
+        assert (await client.read_flow_run(flow_run.id)).state.name == "Suspended"
+        assert not prefect_compat.mark_suspended(await client.read_flow_run(flow_run.id)), "no engine runs it now"

@@ -1,6 +1,8 @@
 """With nothing listening at the Prefect API URL, every route that needs Prefect answers 503
 naming it, with Retry-After, within the configured bound; saving keeps the workflow (with a
-warning) and nothing saved is lost. The API in this process on SQLite: no service needed."""
+warning) and nothing saved is lost. Starting a run needs only the store: an execute or a
+webhook delivery is accepted (202), the run pending until Prefect is back to create its flow
+run (docs/operations.md#accepting-runs). The API in this process on SQLite: no service needed."""
 
 from __future__ import annotations
 
@@ -60,9 +62,7 @@ async def deliver_webhook(client, workflow_id: str):
     return await client.post(hook.json()["url"], content=body, headers=headers)
 
 
-@pytest.mark.parametrize(
-    "request_needing_prefect", [execute, add_schedule, list_schedules, deliver_webhook], ids=lambda call: call.__name__
-)
+@pytest.mark.parametrize("request_needing_prefect", [add_schedule, list_schedules], ids=lambda call: call.__name__)
 async def test_prefect_down_answers_503_naming_it_and_loses_no_saved_workflow(client, request_needing_prefect):
     saved = await client.post("/api/workflows", json={"canvas": hello()})
     assert saved.status_code == 201, saved.text
@@ -74,9 +74,22 @@ async def test_prefect_down_answers_503_naming_it_and_loses_no_saved_workflow(cl
     assert time.monotonic() - started < ANSWER_WITHIN_S
     assert answer.status_code == 503, answer.text
     assert answer.json()["service"] == "prefect" and answer.headers["retry-after"] == "5", answer.text
-    if request_needing_prefect is execute:
-        key = answer.json()["idempotency_key"]  # to retry safely: the run may exist all the same
-        assert key and f"Idempotency-Key: {key}" in answer.json()["detail"]
     health = await client.get("/health")
     assert health.status_code == 503 and health.json()["checks"]["prefect"] != "ok"
     assert [w["id"] for w in (await client.get("/api/workflows")).json()] == [workflow_id]
+
+
+@pytest.mark.parametrize("start", [execute, deliver_webhook], ids=lambda call: call.__name__)
+async def test_prefect_down_a_run_is_still_accepted_and_waits_pending_for_its_flow_run(client, start):
+    saved = await client.post("/api/workflows", json={"canvas": hello()})
+    workflow_id = saved.json()["id"]
+    started = time.monotonic()
+    answer = await start(client, workflow_id)
+    assert time.monotonic() - started < ANSWER_WITHIN_S
+    assert answer.status_code == 202, answer.text
+    run_id = answer.json()["execution_id"]
+    read = await client.get(f"/api/executions/{run_id}")
+    assert read.status_code == 200, read.text
+    assert read.json()["status"] == "pending" and read.json()["flow_run_id"] is None, read.text
+    [listed] = (await client.get("/api/executions")).json()
+    assert listed["id"] == run_id and listed["status"] == "pending" and listed["flow_run_id"] is None

@@ -107,7 +107,7 @@ def test_no_secret_in_anything_a_run_leaves(served, counting, prefect_server):
             assert result.json()["nodes"]["refused"]["status"] == "failed"  # its error is swept too
             seen.append(result.text)
             seen.append(api.get(f"/api/executions/{run_id}/stream", timeout=30).text)
-            seen += prefect_records(prefect_server.api_url, run_id)
+            seen += prefect_records(prefect_server.api_url, result.json()["flow_run_id"])
         for path in (
             "/api/executions",
             f"/api/workflows/{workflow_id}",

@@ -62,7 +62,7 @@ async def test_a_killed_embedded_worker_is_replaced_and_takes_the_next_run(tmp_p
                 result = await wait_final(http, after, timeout=120)
             assert result["status"] == "completed", result
             async with PrefectClient(pg_prefect.api_url) as prefect:
-                flow_run = await prefect.read_flow_run(uuid.UUID(after))
+                flow_run = await prefect.read_flow_run(uuid.UUID(result["flow_run_id"]))
             assert flow_run.infrastructure_pid.endswith(f":{second_pid}"), "taken by the new worker"
             assert _alive(second_pid) and not _alive(first_pid)
         finally:

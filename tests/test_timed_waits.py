@@ -16,7 +16,7 @@ from prefect.client.orchestration import PrefectClient
 from flows.approvals import WAKE_EARLY_S
 from flows.prefect_compat import DELAY_RELEASE_STATE
 from tests.processes import postgres_database, stack_env, start_serve, start_worker
-from tests.support import canvas, eventually, execute, node, save, wait_final
+from tests.support import canvas, eventually, execute, node, prefect_flow_run_id, save, wait_final
 
 pytestmark = [pytest.mark.prefect, pytest.mark.workers]
 KEY = f"timed-key-{uuid.uuid4().hex}"
@@ -44,7 +44,7 @@ async def released(prefect_url: str, run_id: str) -> datetime:
 
     async def state():
         async with PrefectClient(prefect_url) as prefect:
-            current = (await prefect.read_flow_run(uuid.UUID(run_id))).state
+            current = (await prefect.read_flow_run(uuid.UUID(await prefect_flow_run_id(run_id, prefect_url)))).state
         if current is not None and current.name == DELAY_RELEASE_STATE:
             return current.state_details.scheduled_time
         return None
@@ -54,7 +54,7 @@ async def released(prefect_url: str, run_id: str) -> datetime:
 
 async def infrastructure_pid(prefect_url: str, run_id: str) -> int:
     async with PrefectClient(prefect_url) as prefect:
-        flow_run = await prefect.read_flow_run(uuid.UUID(run_id))
+        flow_run = await prefect.read_flow_run(uuid.UUID(await prefect_flow_run_id(run_id, prefect_url)))
     return int(str(flow_run.infrastructure_pid).split(":")[-1])
 
 

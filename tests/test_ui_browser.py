@@ -24,7 +24,7 @@ from httpx_sse import aconnect_sse
 
 from tests.openai_server import FakeOpenAI, Reply
 from tests.processes import free_port, start_serve
-from tests.support import save, save_and_execute, summary_artifact_of, wait_final
+from tests.support import flow_run_of, save, save_and_execute, summary_artifact_of, wait_final
 from tests.test_prefect_ui import CHROMIUM, CHROMIUM_ARGS, require_chromium
 
 pytestmark = [pytest.mark.prefect, pytest.mark.usefixtures("prefect_server")]
@@ -211,6 +211,8 @@ async def test_node_states_change_in_order_as_the_run_proceeds(served, context):
     # "pre" gives the page time to be live before "a" starts: what follows is seen as it happens.
     raw = {"name": name("ui-order"), **chain(delay("pre", 1.5), delay("a", 0.6), delay("b", 0.6))}
     run_id = await execute(served, raw)
+    async with httpx.AsyncClient(base_url=served, headers=AUTH, timeout=60) as client:
+        flow_run_id = await flow_run_of(client, run_id)  # the page links to it once it exists
     page = await open_run(context, served, run_id)
     await caught_up(page)
     seen = await page.evaluate("__seen")
@@ -222,12 +224,12 @@ async def test_node_states_change_in_order_as_the_run_proceeds(served, context):
     colour = await page.eval_on_selector("[data-node-id='a'] rect", "r => getComputedStyle(r).stroke")
     assert colour == "rgb(22, 163, 74)", "completed nodes are drawn green"
     link = await page.get_attribute("[data-role='prefect-link']", "href")
-    assert link.endswith(f"/runs/flow-run/{run_id}") and link.startswith("http://127.0.0.1:")
+    assert link.endswith(f"/runs/flow-run/{flow_run_id}") and link.startswith("http://127.0.0.1:")
     events = await page.text_content("[data-role='event-count']")
     assert events == f"{await page.get_attribute('body', 'data-last-event-id')} events", "every event once"
     await page.screenshot(path=str(ARTIFACTS / "run-completed.png"))
     # And back: the run's summary in Prefect links to this page (written once the result is out).
-    summary = await summary_artifact_of(run_id)
+    summary = await summary_artifact_of(flow_run_id)
     assert f"[Run page]({served}/ui/executions/{run_id})" in summary, summary
 
 

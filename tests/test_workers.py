@@ -78,7 +78,7 @@ async def test_a_run_from_the_api_executes_on_a_worker(api, workers, pg_prefect)
         assert result["status"] == "completed" and result["output"] == "Hello Ada", result
         assert result["trigger"] == {"type": "api"}
     async with PrefectClient(pg_prefect.api_url) as prefect:
-        flow_run = await prefect.read_flow_run(uuid.UUID(run_id))
+        flow_run = await prefect.read_flow_run(uuid.UUID(result["flow_run_id"]))
         deployment = await prefect.read_deployment(flow_run.deployment_id)
     assert f"workflow:{saved['id']}" in deployment.tags and saved["name"] in deployment.name
     # Executed by one of the worker processes, not by the API's.
@@ -130,7 +130,9 @@ async def test_a_child_workflow_runs_as_a_subflow_of_its_parent(api, workers, pg
         from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 
         children = await prefect.read_flow_runs(
-            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[uuid.UUID(run_id)]))
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[uuid.UUID(result["flow_run_id"])])
+            )
         )
     assert len(children) == 1 and children[0].state.is_completed()
 
@@ -178,9 +180,10 @@ async def test_runs_are_named_after_their_workflow_in_prefect(api, workers, pg_p
         run_id = (await http.post(f"/api/workflows/{saved['id']}/execute", json={"inputs": {"who": "N"}})).json()[
             "execution_id"
         ]
-        assert (await final(http, run_id))["status"] == "completed"
+        result = await final(http, run_id)
+        assert result["status"] == "completed"
     async with PrefectClient(pg_prefect.api_url) as prefect:
-        assert (await prefect.read_flow_run(uuid.UUID(run_id))).name == name
+        assert (await prefect.read_flow_run(uuid.UUID(result["flow_run_id"]))).name == name
 
 
 async def test_the_api_killed_mid_run_changes_nothing_for_the_run(stack, workers, counting):

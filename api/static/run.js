@@ -176,7 +176,9 @@ class RunPage {
   }
 
   build() {
-    const prefect = PREFECT_UI ? `${PREFECT_UI}/runs/flow-run/${encodeURIComponent(executionId)}` : null;
+    // Its flow run, once the API has created it (an accepted run has none for a moment).
+    const flowRun = this.execution.flow_run_id;
+    const prefect = PREFECT_UI && flowRun ? `${PREFECT_UI}/runs/flow-run/${encodeURIComponent(flowRun)}` : null;
     this.statusBadge = el("span", { class: "status", "data-role": "run-status", "data-status": RunStatus.PENDING },
                           RunStatus.PENDING);
     this.counter = el("span", { class: "muted", "data-role": "event-count" }, "0 events");

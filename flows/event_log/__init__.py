@@ -13,9 +13,11 @@ Two stores:
     in the table ``fm_events``. **That table is owned by the event log**, which creates it itself
     (``ensure_schema``, lazily on first use); it is not part of the API's Alembic migrations,
     which manage only the API's own tables (an Alembic autogenerate run should ignore it).
-    ``follow`` polls. The engine is ``store.database.create_database_engine``'s, whose SQLite
-    connections use WAL and a busy timeout so the writer and any number of readers, in any
-    processes, do not fail with "database is locked".
+    ``follow`` waits for notifications on PostgreSQL (``append`` sends NOTIFY, one connection
+    per log LISTENs: ``pg_listener.py``) and polls on SQLite. The engine is
+    ``store.database.create_database_engine``'s, whose SQLite connections use WAL and a busy
+    timeout so the writer and any number of readers, in any processes, do not fail with
+    "database is locked".
 
 ``RedisEventLog`` (``redis_streams.py``)
     One Redis stream per run, ``flowmaestro:events:<execution_id>``, whose entry ids are

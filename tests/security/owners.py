@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from tests.processes import postgres_database, stack_env, start_serve
-from tests.support import canvas, execute, node, save
+from tests.support import canvas, execute, node, prefect_flow_run_id, save
 
 
 @contextmanager
@@ -76,7 +76,8 @@ async def prefect_states(prefect_url: str, run_id: str) -> list:
     from prefect.client.orchestration import PrefectClient
 
     async with PrefectClient(prefect_url) as prefect:
-        return sorted(await prefect.read_flow_run_states(uuid.UUID(run_id)), key=lambda s: s.timestamp)
+        flow_run_id = await prefect_flow_run_id(run_id, prefect_url)  # an execution id, or a flow run's
+        return sorted(await prefect.read_flow_run_states(uuid.UUID(flow_run_id)), key=lambda s: s.timestamp)
 
 
 async def state_types(prefect_url: str, run_id: str) -> list[str]:

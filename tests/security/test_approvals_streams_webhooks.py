@@ -19,6 +19,7 @@ from api.app import create_app
 from api.settings import ApiSettings
 from flows.event_log import RedisEventLog, SqlEventLog
 from store.queries import Executions
+from tests.support import prefect_flow_run_id
 from tests.test_webhooks import KEY, api, deliver, executions, make_api, signed, stack, workflow_with_hook  # noqa: F401  (fixtures)
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -106,10 +107,10 @@ async def test_a_replayed_signed_webhook_request_starts_no_second_run(api):
     keyed = await api.post(hook["url"], content=body, headers={**headers, "Idempotency-Key": uuid.uuid4().hex})
     assert keyed.status_code == 409, keyed.text
     assert [e["id"] for e in await executions(api, workflow_id)] == [first.json()["execution_id"]]
-    # The same body signed anew (its own timestamp) is a new request.
-    again = await api.post(
-        hook["url"], content=body, headers={"Authorization": "", **signed(hook["secret"], body, int(time.time()) - 1)}
-    )
+    # The same body signed anew (its own timestamp, not the first's) is a new request.
+    anew = int(headers["X-FlowMaestro-Timestamp"]) - 1
+    headers_anew = {"Authorization": "", **signed(hook["secret"], body, anew)}
+    again = await api.post(hook["url"], content=body, headers=headers_anew)
     assert again.status_code == 202, again.text
     assert len(await executions(api, workflow_id)) == 2
 
@@ -274,11 +275,12 @@ async def write_as_anyone_reaching_prefect(run_id: str, key: str, decision: dict
     """What anyone who reaches the Prefect API can do to a run's inputs."""
     from prefect.client.orchestration import get_client
 
+    flow_run = uuid.UUID(await prefect_flow_run_id(run_id))  # approvals live on the flow run
     async with get_client() as client:
-        existing = await client.filter_flow_run_input(uuid.UUID(run_id), key_prefix=key, limit=1, exclude_keys=set())
+        existing = await client.filter_flow_run_input(flow_run, key_prefix=key, limit=1, exclude_keys=set())
         if existing:
-            await client.delete_flow_run_input(uuid.UUID(run_id), key)
-        await client.create_flow_run_input(uuid.UUID(run_id), key=key, value=json.dumps(decision))
+            await client.delete_flow_run_input(flow_run, key)
+        await client.create_flow_run_input(flow_run, key=key, value=json.dumps(decision))
 
 
 FORGED = {

@@ -524,4 +524,5 @@ def test_a_canvas_cannot_reach_prefect_the_api_or_redis(served, counting, prefec
         error = nodes[node_id]["error"]
         assert nodes[node_id]["status"] == "failed", nodes[node_id]
         assert error["type"] == "EgressDenied" and service in error["message"], error
-    assert httpx.get(f"{prefect_server.api_url}/flow_runs/{victim['id']}").json()["state"]["type"] == "COMPLETED"
+    victim_flow_run = httpx.get(f"{prefect_server.api_url}/flow_runs/{victim['flow_run_id']}").json()
+    assert victim_flow_run["state"]["type"] == "COMPLETED"

@@ -26,7 +26,7 @@ import httpx
 import pytest
 
 from tests.processes import Proc, cli, free_port, wait_until
-from tests.support import forge_completed, new_flow_run, save_and_execute, wait_execution
+from tests.support import flow_run_of, forge_completed, new_flow_run, save_and_execute, wait_execution
 
 SIZE = 300_000  # over FLOWMAESTRO_EVENT_OUTPUT_MAX_BYTES (256 kB): a large output
 
@@ -119,8 +119,9 @@ async def test_plant_forge_read_runs_no_code_in_the_api(served, tmp_path):
         results_root.mkdir(parents=True, exist_ok=True)
         present, present_marker = results_root / f"present-{uuid.uuid4().hex}", tmp_path / "api-unpickled-present"
         present.write_text(json.dumps(record_shaped(present_marker)))
-        await forge_completed(paused[0], str(old_place), PICKLED)
-        await forge_completed(paused[1], str(present), PICKLED)  # live: see test_prefects_own_reader_would_run...
+        flow_runs = [await flow_run_of(api, run_id) for run_id in paused]  # what Prefect knows them by
+        await forge_completed(flow_runs[0], str(old_place), PICKLED)
+        await forge_completed(flow_runs[1], str(present), PICKLED)  # live: see test_prefects_own_reader_would_run...
         # (d) read: the API answers from its store and the event log, and runs no code.
         for run_id in paused:
             answer = await api.get(f"/api/executions/{run_id}")
@@ -222,7 +223,11 @@ async def test_no_prefect_address_is_given_out_unless_a_public_one_is_configured
             assert f'content="{public}"' in (await api.get("/ui/")).text
             workflow = (await api.post("/api/workflows", json={"canvas": hello})).json()["id"]
             started = (await api.post(f"/api/workflows/{workflow}/execute", json={})).json()
-            assert started["links"]["prefect_ui"] == f"{public}/runs/flow-run/{started['execution_id']}"
+            # Answered before its flow run exists: the Prefect page is linked once it does.
+            assert "prefect_ui" not in started["links"]
+            flow_run_id = await flow_run_of(api, started["execution_id"])
+            links = app.state.runs.links(started["execution_id"], flow_run_id)
+            assert links["prefect_ui"] == f"{public}/runs/flow-run/{flow_run_id}"
             await api.post(f"/api/executions/{started['execution_id']}/cancel")
 
 

@@ -729,7 +729,7 @@ def test_stored_credentials_leave_no_trace_anywhere_a_run_goes(prefect_server, t
                     api.get("/api/credentials").text,
                     api.get("/api/executions").text,
                 ]
-                seen += prefect_records_of(prefect_server.api_url, run_id)
+                seen += prefect_records_of(prefect_server.api_url, result.json()["flow_run_id"])
         finally:
             serve.stop()
         database = url.rsplit("/", 1)[1]

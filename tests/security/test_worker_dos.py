@@ -30,6 +30,7 @@ from tests.security.owners import (
     statuses,
     wait_for_state,
 )
+from tests.support import flow_run_of, prefect_flow_run_id
 
 # --- heartbeats that do not need an idle event loop ------------------------------------------------
 
@@ -439,8 +440,9 @@ async def test_a_crashed_run_the_automation_did_not_continue_is_continued_by_the
             started = await bob.post(f"/api/workflows/{saved.json()['id']}/execute", json={"inputs": {}})
             assert started.status_code == 202, started.text
             run_id = started.json()["execution_id"]
+            flow_run_id = await flow_run_of(bob, run_id)  # created by the API just after its answer
             await prefect.set_flow_run_state(
-                uuid.UUID(run_id),
+                uuid.UUID(flow_run_id),
                 Crashed(message=f"{recovery.LOST_MESSAGE} for {CRASH_DETECT_S} s: marked by hand"),
                 force=True,
             )
@@ -483,7 +485,7 @@ async def test_a_run_marked_crashed_while_its_worker_executes_it_is_set_back_to_
         )
         async with PrefectClient(pg_prefect.api_url) as prefect:
             await prefect.set_flow_run_state(
-                uuid.UUID(run_id),
+                uuid.UUID(await prefect_flow_run_id(run_id, pg_prefect.api_url)),
                 Crashed(message=f"{recovery.LOST_MESSAGE} for {CRASH_DETECT_S} s: marked by hand"),
                 force=True,
             )
