@@ -603,15 +603,14 @@ class RunService:
         node that completed with the same resolved configuration and runs the rest. With
         ``version``, that version's canvas runs (nodes it left unchanged are reused)."""
         row = await self.executions.get(owner, run_id)
-        if row.flow_run_id is None:  # accepted, its flow run not created (or cancelled before)
-            if row.status == RunStatus.CANCELLED:
-                raise Conflict(
-                    f"execution {run_id} was cancelled before it started: nothing to retry; execute the workflow again"
-                )
+        if row.flow_run_id is None and row.status != RunStatus.CANCELLED:  # accepted, not created yet
             raise Conflict(f"execution {run_id} is {row.status}: only a failed or cancelled run can be retried")
-        flow_run = await self._settled_flow_run(row)
-        state = flow_run.state
-        if state is None or state.type not in RETRYABLE_STATES:
+        # Cancelled before its flow run was created: it goes back to the outbox, and its flow
+        # run is created as an accepted run's is (with the version it runs now).
+        unsent = row.flow_run_id is None
+        flow_run = None if unsent else await self._settled_flow_run(row)
+        state = flow_run.state if flow_run is not None else None
+        if flow_run is not None and (state is None or state.type not in RETRYABLE_STATES):
             status = STATUS_OF_STATE.get(state.type, row.status) if state else row.status
             raise Conflict(f"execution {run_id} is {status}: only a failed or cancelled run can be retried")
         version = version or row.version
@@ -620,11 +619,13 @@ class RunService:
             await self.compiler.checked_inputs(
                 saved, row.inputs, refused=f"the run's inputs do not fit version {version}"
             )
-            parameters = dict(flow_run.parameters, version=version)
-            await self.prefect.call(
-                "set the version to run", lambda client: client.update_flow_run(flow_run.id, parameters=parameters)
-            )
-        retries = await self.executions.reopen(run_id, version, retried_by=owner)
+            if flow_run is not None:
+                parameters = dict(flow_run.parameters, version=version)
+                await self.prefect.call(
+                    "set the version to run",
+                    lambda client: client.update_flow_run(flow_run.id, parameters=parameters),
+                )
+        retries = await self.executions.reopen(run_id, version, retried_by=owner, resend=unsent)
         await self.outcomes.dismiss_run(run_id)
         # Before the run is scheduled again: a stream opened from now on does not end at the
         # previous execution's final event, and the worker numbers its events after this one.
@@ -640,6 +641,9 @@ class RunService:
                 )
             ]
         )
+        if flow_run is None:
+            self.accepted()  # the drainer creates its flow run
+            return RunStatus.PENDING
         await self.prefect.call(
             "schedule the run again",
             lambda client: schedule_again(client, flow_run.id, f"retried by {owner} through FlowMaestro's API"),
@@ -648,8 +652,9 @@ class RunService:
 
     async def _settled_flow_run(self, row: ExecutionRow, wait_s: float = 10.0) -> Any:
         """The run's flow run. When the store has the run's result but Prefect still has it
-        running (its worker stored the result and is ending the flow run), once Prefect has
-        caught up: a client that saw the run fail may retry it at once."""
+        running (its worker stored the result and is ending the flow run) or not started (a
+        run cancelled while its flow run was being created: the drainer is cancelling it),
+        once Prefect has caught up: a client that saw the run end may retry it at once."""
         deadline = asyncio.get_running_loop().time() + wait_s
         flow_run_id = flow_run_of(row)
         while True:
@@ -658,7 +663,7 @@ class RunService:
             if (
                 row.status not in FINAL_STATUSES
                 or state is None
-                or state.type != StateType.RUNNING
+                or state.type not in (StateType.RUNNING, StateType.SCHEDULED, StateType.PENDING)
                 or asyncio.get_running_loop().time() > deadline
             ):
                 return flow_run

@@ -15,12 +15,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import redis
 
 from benchmarks._measure import Procs
 from tests.processes import ROOT, Proc, free_port, postgres_database, wait_until
@@ -94,28 +95,81 @@ def postgres_backends(*urls_or_names: str | None) -> Procs:
     return Procs(match=names)
 
 
-@contextmanager
-def prefect_on_postgres(home: Path) -> Iterator[PrefectServer]:
-    """A Prefect server of the benchmark's own: its own port, its own PostgreSQL database."""
-    from flows.local_server import start_server, stop  # no Prefect import there
+def scaled_out_settings(redis_url: str) -> dict[str, str]:
+    """Prefect's settings for an API in several processes beside its services in their own:
+    messaging, event ordering and concurrency leases in Redis (``prefect-redis``), as
+    ``prefect server start --workers N`` requires."""
+    url = httpx.URL(redis_url)
+    return {
+        "PREFECT_MESSAGING_BROKER": "prefect_redis.messaging",
+        "PREFECT_MESSAGING_CACHE": "prefect_redis.messaging",
+        "PREFECT_SERVER_EVENTS_CAUSAL_ORDERING": "prefect_redis.ordering",
+        "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect_redis.lease_storage",
+        "PREFECT_REDIS_MESSAGING_HOST": url.host or "127.0.0.1",
+        "PREFECT_REDIS_MESSAGING_PORT": str(url.port or 6379),
+        "PREFECT_REDIS_MESSAGING_DB": url.path.strip("/") or "0",
+    }
 
-    with postgres_database("fm_bench_prefect") as url:
+
+@contextmanager
+def prefect_on_postgres(home: Path, *, api_processes: int = 0, redis_url: str | None = None) -> Iterator[PrefectServer]:
+    """A Prefect server of the benchmark's own: its own port, its own PostgreSQL database.
+    ``api_processes`` 0: one process, services inside, in-memory messaging (Prefect's
+    default); N: N API processes (``--workers N``) and ``prefect server services start``
+    in a process of its own, with messaging in Redis at ``redis_url`` (a database the
+    benchmark empties before and after: give it one nothing else uses)."""
+    from flows.local_server import RECORDER_SETTINGS, start_server, stop  # no Prefect import there
+
+    with postgres_database("fm_bench_prefect") as url, ExitStack() as cleanup:
         # INFO: uvicorn's access log, one line per request (``_measure.PrefectRequests`` counts them).
-        info = start_server(
-            home,
-            free_port(),
-            env={"PREFECT_SERVER_DATABASE_CONNECTION_URL": url, "PREFECT_SERVER_LOGGING_LEVEL": "INFO"},
-            auth=False,
-        )
-        try:
-            yield PrefectServer(
-                info.api_url,
-                Procs((info.pid,), tree=True) if info.pid else None,
-                home / "prefect-server.log",
-                database=database_name(url),
+        env = {"PREFECT_SERVER_DATABASE_CONNECTION_URL": url, "PREFECT_SERVER_LOGGING_LEVEL": "INFO"}
+        if api_processes:
+            if redis_url is None:
+                raise ValueError("an API in several processes needs Redis for Prefect's messaging")
+            env |= scaled_out_settings(redis_url)
+            messaging = redis.Redis.from_url(redis_url)
+            messaging.flushdb()
+            cleanup.callback(messaging.flushdb)
+        args = ("--workers", str(api_processes), "--no-services") if api_processes else ()
+        info = start_server(home, free_port(), env=env, auth=False, args=args)
+        cleanup.callback(stop, home)
+        pids = [info.pid] if info.pid else []
+        if api_processes:
+            services_env = dict(
+                os.environ,
+                **env,
+                **RECORDER_SETTINGS,
+                PREFECT_HOME=str(home / "prefect"),
+                PREFECT_API_URL=info.api_url,
+                PREFECT_SERVER_ANALYTICS_ENABLED="false",
             )
-        finally:
-            stop(home)
+            with (home / "prefect-services.log").open("ab") as log:
+                services = subprocess.Popen(
+                    [sys.executable, "-m", "prefect", "server", "services", "start"],
+                    env=services_env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            cleanup.callback(_stop_group, services)
+            pids.append(services.pid)
+        yield PrefectServer(
+            info.api_url,
+            Procs(tuple(pids), tree=True) if pids else None,
+            home / "prefect-server.log",
+            database=database_name(url),
+        )
+
+
+def _stop_group(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
 
 
 def external_prefect(api_url: str) -> PrefectServer:

@@ -6,6 +6,7 @@ Usage::
     python -m benchmarks.api [--quick] [--redis] [--only latency,concurrent,raw,inprocess]
                              [--runs 50] [--budget-a 60] [--concurrent 100] [--post-limits 0,10]
                              [--workers 2] [--worker-limit 20] [--prefect-url URL] [--keep]
+                             [--prefect-api-processes N [--prefect-redis-url URL]]
 
 The script starts a Prefect server of its own on PostgreSQL (its own port and database;
 ``--prefect-url`` uses a running one instead), a PostgreSQL database for FlowMaestro's store
@@ -669,7 +670,11 @@ async def main_async(args: argparse.Namespace) -> int:
         prefect = (
             external_prefect(args.prefect_url)
             if args.prefect_url
-            else cleanup.enter_context(prefect_on_postgres(home / "prefect-server"))
+            else cleanup.enter_context(
+                prefect_on_postgres(
+                    home / "prefect-server", api_processes=args.prefect_api_processes, redis_url=args.prefect_redis_url
+                )
+            )
         )
         database_url = cleanup.enter_context(postgres_database("fm_bench_store"))
         env = base_env(
@@ -682,7 +687,8 @@ async def main_async(args: argparse.Namespace) -> int:
         point_this_process_at(env)
         print(
             f"FlowMaestro API benchmark: Prefect {prefect.api_url} "
-            f"({'given' if args.prefect_url else 'on PostgreSQL, started'} in {time.perf_counter() - t:.1f} s), "
+            f"({'given' if args.prefect_url else 'on PostgreSQL, started'} in {time.perf_counter() - t:.1f} s, "
+            f"{server_layout(args)}), "
             f"store on PostgreSQL, event log {'Redis ' + redis_url if redis_url else 'SQL (PostgreSQL)'}, "
             f"{args.workers} workers x limit {args.worker_limit}, code {code_fingerprint()}, {os.cpu_count()} "
             f"CPUs, load average {loadavg()}",
@@ -735,6 +741,14 @@ async def main_async(args: argparse.Namespace) -> int:
     return 0
 
 
+def server_layout(args: argparse.Namespace) -> str:
+    if args.prefect_url:
+        return "as it is"
+    if not args.prefect_api_processes:
+        return "one process, services inside"
+    return f"{args.prefect_api_processes} API processes, services apart, messaging in Redis"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="10 sequential runs (20 s at most), 20 concurrent")
@@ -751,6 +765,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker-limit", type=int, default=20, help="runs at once per worker (default 20)")
     parser.add_argument(
         "--prefect-url", default=None, help="use this Prefect server instead of starting one on PostgreSQL"
+    )
+    parser.add_argument(
+        "--prefect-api-processes",
+        type=int,
+        default=0,
+        help="0: Prefect's server in one process (default); N: N API processes, its services in one of their own, "
+        "messaging in Redis (--prefect-redis-url)",
+    )
+    parser.add_argument(
+        "--prefect-redis-url",
+        default="redis://127.0.0.1:6379/7",
+        help="Redis database for Prefect's messaging with --prefect-api-processes (emptied before and after)",
     )
     parser.add_argument("--redis", action="store_true", help="event log in Redis (FLOWMAESTRO_REDIS_URL)")
     parser.add_argument("--redis-url", default=None, help=f"Redis URL for --redis (default {DEFAULT_REDIS})")

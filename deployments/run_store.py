@@ -77,9 +77,10 @@ class SqlRunStore:
         inputs: dict[str, Any],
         trigger: dict[str, Any],
         flow_run_id: str | None = None,
-    ) -> None:
-        """``flow_run_id``: the run's flow run, when its id is not that (a run the API accepted)."""
-        await self.executions.record_start(
+    ) -> bool:
+        """``flow_run_id``: the run's flow run, when its id is not that (a run the API accepted).
+        False: the run was cancelled before its flow run was recorded, and must not run."""
+        return await self.executions.record_start(
             execution_id=run_id,
             owner=owner,
             workflow_id=workflow_id,

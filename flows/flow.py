@@ -259,8 +259,9 @@ class PreparedRun:
 
 @dataclass(frozen=True)
 class Refusal:
-    """A run refused before anything ran; ``recorded``: whether its execution row takes the
-    result (not for a workflow that is gone)."""
+    """A run that ends before anything ran: refused (failed), or cancelled through the API
+    before it started; ``recorded``: whether its execution row takes the result (not for a
+    workflow that is gone, nor for a run cancelled already)."""
 
     record: RunRecord
     recorded: bool = True
@@ -431,7 +432,7 @@ async def prepare_run(opened: OpenedRun, child_flow: ChildFlow) -> PreparedRun |
                     ],
                 )
             )
-        await store.started(
+        started = await store.started(
             opened.run_id,
             owner=request.owner,
             workflow_id=request.workflow_id,
@@ -441,6 +442,11 @@ async def prepare_run(opened: OpenedRun, child_flow: ChildFlow) -> PreparedRun |
             trigger=trigger,
             flow_run_id=opened.flow_run_id,
         )
+        if not started:  # cancelled through the API before it knew this flow run: left as it is
+            cancelled = RunRecord.cancelled_before_start(
+                opened.run_id, found.name, workflow_id=request.workflow_id, version=found.version
+            )
+            return Refusal(cancelled, recorded=False)
         # A new run the API did not start (the Prefect UI's Run, a schedule's run made before
         # the workflow was archived) meets the status rules here; a run executed again goes on.
         refused = workflow_meta.refusal(request.workflow_id, found.status, str(trigger.get("type", "api")))
@@ -597,12 +603,12 @@ def _holds_anyway(held: bool) -> None:
 
 
 async def finish_run(opened: OpenedRun, record: RunRecord, *, ran: bool, recorded: bool = True) -> Any:
-    """End the run: a refused run publishes its final event; a saved run stores its result
+    """End the run: a refused run publishes its failed event; a saved run stores its result
     (then its final event goes out); a run that ran sends its summary to Prefect. What the
     flow returns: the result, or the final Prefect state carrying it."""
     result = record.result()
     message = (record.error or {}).get("message") or record.status
-    if not ran:
+    if not ran and record.status == RunStatus.FAILED:
         opened.bus.publish(EventType.EXECUTION_FAILED, status=RunStatus.FAILED, error=record.error, output=None)
     elif record.status != RunStatus.COMPLETED:
         get_run_logger().error("run %s: %s", record.status, message)

@@ -171,13 +171,20 @@ def _use(info: ServerInfo, home: Path) -> None:
 
 
 def start_server(
-    home: Path, port: int, *, quiet: bool = True, env: dict[str, str] | None = None, auth: bool = True
+    home: Path,
+    port: int,
+    *,
+    quiet: bool = True,
+    env: dict[str, str] | None = None,
+    auth: bool = True,
+    args: tuple[str, ...] = (),
 ) -> ServerInfo:
     """Start ``prefect server start`` in the background (its own session, so it outlives
     this process) with its ``PREFECT_HOME`` under ``home``, and wait until it answers.
     ``env`` adds settings of the server, e.g. ``PREFECT_SERVER_DATABASE_CONNECTION_URL``
-    for PostgreSQL. ``auth``: require ``auth_string(home)`` of every request (``/health``
-    excepted); its CORS allows its own origin only either way."""
+    for PostgreSQL; ``args`` options of ``prefect server start`` (``--workers 2``).
+    ``auth``: require ``auth_string(home)`` of every request (``/health`` excepted); its
+    CORS allows its own origin only either way."""
     if not _port_free(port):
         port = _free_port()
     api_url = f"http://127.0.0.1:{port}/api"
@@ -202,7 +209,7 @@ def start_server(
         print(f"Starting a local Prefect server on port {port} (the first start takes ~30 s) ...", file=sys.stderr)
     with log_path.open("ab") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port), *args],
             env=env,
             stdout=log_file,
             stderr=subprocess.STDOUT,

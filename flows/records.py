@@ -120,6 +120,23 @@ class RunRecord:
             ended_at=now,
         )
 
+    @classmethod
+    def cancelled_before_start(
+        cls, run_id: str, workflow: str, *, workflow_id: str | None = None, version: int | None = None
+    ) -> RunRecord:
+        """A run cancelled before anything ran (through the API, before its flow run existed)."""
+        now = utcnow()
+        return cls(
+            id=run_id,
+            workflow=workflow,
+            workflow_id=workflow_id,
+            version=version,
+            status="cancelled",
+            error={"message": "cancelled before it started"},
+            started_at=now,
+            ended_at=now,
+        )
+
     def result(self) -> dict[str, Any]:
         return {
             "id": self.id,

@@ -66,7 +66,10 @@ class RunStore(OutcomeStore, Protocol):
         inputs: dict[str, Any],
         trigger: dict[str, Any],
         flow_run_id: str | None = None,
-    ) -> None: ...
+    ) -> bool:
+        """The run is recorded running; False when it was cancelled before it started (it
+        must not run)."""
+        ...
 
     async def ended(self, run_id: str, result: dict[str, Any]) -> None: ...
 

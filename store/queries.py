@@ -229,12 +229,14 @@ class Executions:
         status: str = "pending",
         actor: str | None = None,
         flow_run_id: str | None = None,
-    ) -> None:
+    ) -> bool:
         """Create the row of a run; a worker starting a run that has one (registered by the
         API, or a run executed again) marks it running and clears the old result. ``actor``:
         who started it through the API, recorded in the audit log with the row.
         ``flow_run_id``: its flow run, recorded when the row has none yet (the API that
-        created it died before it could record it)."""
+        created it died before it could record it). False, changing nothing, for a run the
+        API accepted and cancelled before it learnt of its flow run: that flow run (its
+        create answered after the drainer gave up waiting) must not run it."""
         async with self.sessions() as session:
             row = await session.get(ExecutionRow, execution_id)
             started: dict[str, Any] = {
@@ -270,6 +272,8 @@ class Executions:
                     )
                 )
             elif status != "pending":  # a worker (re)starting it; an API retry changes nothing
+                if row.status == "cancelled" and row.flow_run_id is None and flow_run_id not in (None, execution_id):
+                    return False
                 row.version, row.status, row.updated_at, row.result = version, status, utcnow(), None
                 if row.flow_run_id is None and flow_run_id is not None:
                     row.flow_run_id = flow_run_id
@@ -282,6 +286,7 @@ class Executions:
                     async with self.sessions() as again:
                         audit.record(again, **started)
                         await again.commit()
+            return True
 
     async def set_status(self, execution_id: str, status: str) -> None:
         async with self.sessions() as session:
@@ -290,10 +295,11 @@ class Executions:
                 row.status, row.updated_at = status, utcnow()
                 await session.commit()
 
-    async def reopen(self, execution_id: str, version: int, *, retried_by: str) -> int:
+    async def reopen(self, execution_id: str, version: int, *, retried_by: str, resend: bool = False) -> int:
         """A run retried: pending again (with the version it will run), its old result gone,
-        its trigger saying it is a retry (what first started it under ``first``). Returns how
-        many times it has been retried, this one included."""
+        its trigger saying it is a retry (what first started it under ``first``). ``resend``:
+        a run cancelled before its flow run was created, back in the outbox (``store.outbox``)
+        as if just accepted. Returns how many times it has been retried, this one included."""
         async with self.sessions() as session:
             row = await session.get(ExecutionRow, execution_id)
             if row is None:
@@ -304,6 +310,8 @@ class Executions:
             row.trigger = {"type": "retry", "retries": retries, "retried_by": retried_by, "first": first}
             row.trigger_type = "retry"
             row.status, row.result, row.version, row.updated_at = "pending", None, version, utcnow()
+            if resend and row.flow_run_id is None:
+                row.create_after, row.create_attempts = utcnow(), 0
             audit.record(
                 session,
                 owner=row.owner,

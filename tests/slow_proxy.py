@@ -7,6 +7,8 @@ It runs its own event loop in a thread, so synchronous fixtures and async tests 
         ... PREFECT_API_URL = f"{proxy.url}/api" ...
         proxy.stop()    # connections refused, open ones cut
         proxy.start()   # on the same port again
+        proxy.hold()    # connections accepted, requests held (not forwarded) ...
+        proxy.release() # ... until released
 
 A request is what a client sends after the upstream's last answer on that connection
 (HTTP/1.1 keep-alive: one request at a time), so each is delayed once, however many
@@ -31,6 +33,8 @@ class SlowProxy:
         self.requests = 0
         """Requests forwarded so far (each delayed ``delay_s``)."""
         self._loop = asyncio.new_event_loop()
+        self._open = asyncio.Event()  # cleared while held; used on the proxy's loop only
+        self._open.set()
         self._thread = threading.Thread(target=self._loop.run_forever, name="slow-proxy", daemon=True)
         self._thread.start()
         self._server: asyncio.Server | None = None
@@ -52,6 +56,20 @@ class SlowProxy:
         if self._server is not None:
             server, self._server = self._server, None
             self._run(self._close(server))
+
+    def hold(self) -> None:
+        """Hold every request from now on (a Prefect that does not answer at all): none is
+        forwarded until ``release``; a client sees no error, only no answer."""
+        self._run(self._set_open(False))
+
+    def release(self) -> None:
+        self._run(self._set_open(True))
+
+    async def _set_open(self, forwarding: bool) -> None:
+        if forwarding:
+            self._open.set()
+        else:
+            self._open.clear()
 
     def close(self) -> None:
         self.stop()
@@ -85,10 +103,11 @@ class SlowProxy:
 
         async def requests() -> None:
             while data := await client_reader.read(CHUNK):
-                if answered.is_set():  # a new request: delay it
+                if answered.is_set():  # a new request: hold it while held, then delay it
                     answered.clear()
-                    self.requests += 1
+                    await self._open.wait()
                     await asyncio.sleep(self.delay_s)
+                    self.requests += 1
                 upstream_writer.write(data)
                 await upstream_writer.drain()
 

@@ -125,14 +125,20 @@ async def test_the_api_killed_between_accepting_a_run_and_creating_its_flow_run(
         worker.stop()
 
 
-async def test_a_burst_of_executes_against_a_slow_prefect_is_answered_at_once(stack, pg_prefect, counting):
+async def test_a_burst_of_executes_while_prefect_answers_nothing_is_answered_at_once(stack, pg_prefect, counting):
+    """Every request the API makes to Prefect is held (not answered) while 200 executes come at
+    once: all 200 are answered 202 all the same, before Prefect has created any of their flow
+    runs. Then Prefect answers again, slowly (1 s a request): each run gets exactly one flow
+    run, and a sample of them completes with its node executed once. The answer times are
+    printed; their quiet-machine target is the benchmark's (benchmarks/api.py, docs/performance.md)."""
     home, env, api_env, proxy = stack
     api, base = start_serve(home, api_env, workers=0)
     worker = start_worker(home, env, name=f"burst-{uuid.uuid4().hex[:6]}", limit=50)
     try:
         async with http(base) as client, http(base, burst=True) as bursting:
             saved = await save_workflow(client, counted_canvas(f"burst-{uuid.uuid4().hex[:6]}", counting.url))
-            proxy.delay_s = 1.0  # every request the API makes to Prefect takes a second more
+            proxy.hold()
+            forwarded = proxy.requests
             tags = [f"burst-{i}-{uuid.uuid4().hex[:6]}" for i in range(BURST)]
 
             async def execute(tag: str) -> tuple[float, httpx.Response]:
@@ -140,29 +146,23 @@ async def test_a_burst_of_executes_against_a_slow_prefect_is_answered_at_once(st
                 answer = await bursting.post(f"/api/workflows/{saved['id']}/execute", json={"inputs": {"tag": tag}})
                 return time.perf_counter() - began, answer
 
-            # The floor of this machine: the same burst of the cheapest authenticated read.
-            async def read(_: str) -> float:
-                began = time.perf_counter()
-                assert (await bursting.get(f"/api/workflows/{saved['id']}")).status_code == 200
-                return time.perf_counter() - began
-
-            floor = sorted(await asyncio.gather(*(read(tag) for tag in tags)))[int(BURST * 0.95) - 1]
             answers = await asyncio.gather(*(execute(tag) for tag in tags))
             assert [a.status_code for _, a in answers] == [202] * BURST, [
                 a.text for _, a in answers if a.status_code != 202
             ][:3]
+            # Answered without Prefect: none of the API's requests reached it meanwhile.
+            assert proxy.requests == forwarded
+            assert await flow_runs_of(pg_prefect.api_url, saved["id"]) == {}
             times = sorted(t for t, _ in answers)
-            p50, p95 = times[BURST // 2], times[int(BURST * 0.95) - 1]
             print(
-                f"burst of {BURST} executes, Prefect 1 s away: p50 {p50:.3f} s, p95 {p95:.3f} s, "
-                f"max {times[-1]:.3f} s; the same burst of reads: p95 {floor:.3f} s"
+                f"burst of {BURST} executes, Prefect holding every request: p50 {times[BURST // 2]:.3f} s, "
+                f"p95 {times[int(BURST * 0.95) - 1]:.3f} s, max {times[-1]:.3f} s"
             )
-            # An answer that waited for Prefect would take a second more than the API's own
-            # time to answer at all under this burst (the same burst of the cheapest read:
-            # on a machine shared with other work that is more than the P95_BOUND_S a quiet
-            # one gives).
-            assert p95 <= max(P95_BOUND_S, floor + 0.6), f"p95 {p95:.3f} s (reads: {floor:.3f} s)"
             executions = [a.json()["execution_id"] for _, a in answers]
+            read = (await client.get(f"/api/executions/{executions[0]}")).json()
+            assert read["status"] == "pending" and read["flow_run_id"] is None, read
+            proxy.delay_s = 1.0
+            proxy.release()
 
             async def all_created() -> dict[str, list[str]] | None:
                 runs = await flow_runs_of(pg_prefect.api_url, saved["id"])
@@ -178,8 +178,36 @@ async def test_a_burst_of_executes_against_a_slow_prefect_is_answered_at_once(st
                 assert counting.counts[f"/{tags[i]}"] == 1
     finally:
         proxy.delay_s = 0.0
+        proxy.release()
         api.stop()
         worker.stop()
 
 
-P95_BOUND_S = 0.3
+async def test_a_run_cancelled_before_its_flow_run_existed_runs_once_when_retried(stack, pg_prefect, counting):
+    """Cancelled while Prefect answered nothing: no flow run is created for it. Retried, it is
+    accepted anew: one flow run, and its node executes once."""
+    home, env, api_env, proxy = stack
+    api, base = start_serve(home, api_env, workers=0)
+    worker = start_worker(home, env, name=f"retry-{uuid.uuid4().hex[:6]}")
+    tag = f"retry-{uuid.uuid4().hex[:8]}"
+    try:
+        async with http(base) as client:
+            saved = await save_workflow(client, counted_canvas(f"accept-{tag}", counting.url))
+            proxy.hold()
+            started = await client.post(f"/api/workflows/{saved['id']}/execute", json={"inputs": {"tag": tag}})
+            assert started.status_code == 202, started.text
+            execution_id = started.json()["execution_id"]
+            cancelled = await client.post(f"/api/executions/{execution_id}/cancel")
+            assert cancelled.status_code == 202 and cancelled.json()["status"] == "cancelled", cancelled.text
+            proxy.release()
+            retried = await client.post(f"/api/executions/{execution_id}/retry", json={})
+            assert retried.status_code == 202, retried.text
+            result = await wait_final(client, execution_id, timeout=180)
+        assert result["status"] == "completed" and result["output"] == 1, result
+        assert result["trigger"]["type"] == "retry" and counting.counts[f"/{tag}"] == 1
+        runs = await flow_runs_of(pg_prefect.api_url, saved["id"])
+        assert runs == {execution_id: [result["flow_run_id"]]}
+    finally:
+        proxy.release()
+        api.stop()
+        worker.stop()

@@ -5,7 +5,8 @@ stays accepted and not created. No service needed.
 - bounded: beyond ``accept_max_waiting`` an execute answers 503 naming Prefect, with
   Retry-After, and records nothing;
 - a run accepted and not created is cancelled in the store, and no drainer creates it;
-- what needs its flow run (pause, retry) is a 409 until it exists;
+- what needs its flow run (pause) is a 409 until it exists; a run cancelled before it has
+  one is retried by putting it back in the outbox;
 - an Idempotency-Key answers the run it accepted, and 422 for other inputs.
 """
 
@@ -80,8 +81,12 @@ async def test_a_run_not_created_yet_is_cancelled_in_the_store_and_never_created
     assert await waiting(api) == 0, "no drainer takes it any more"
     again = await api.post(f"/api/executions/{run_id}/cancel")
     assert again.status_code == 409, again.text
-    retried = await api.post(f"/api/executions/{run_id}/retry")
-    assert retried.status_code == 409, retried.text
+    # A retry puts it back in the outbox, as accepted anew: its flow run is created then.
+    retried = await api.post(f"/api/executions/{run_id}/retry", json={})
+    assert retried.status_code == 202 and retried.json()["status"] == "pending", retried.text
+    read = (await api.get(f"/api/executions/{run_id}")).json()
+    assert read["status"] == "pending" and read["error"] is None and read["trigger"]["type"] == "retry", read
+    assert await waiting(api) == 1
 
 
 async def test_an_idempotency_key_answers_the_run_it_accepted(api):
@@ -93,3 +98,38 @@ async def test_an_idempotency_key_answers_the_run_it_accepted(api):
     assert other.status_code == 422 and "inputs.who" in other.text, other.text
     assert len((await api.get("/api/executions")).json()) == 1
     assert await waiting(api) == 1
+
+
+async def test_a_flow_run_made_for_a_run_cancelled_before_the_api_knew_it_does_not_run_it(api):
+    """A drainer's create can reach Prefect after the drainer stopped waiting for its answer;
+    if the run is cancelled then, its flow run exists with no row naming it. The worker that
+    takes that flow run is told not to run it (``record_start`` False), and the row stays
+    cancelled; retried, the run is the flow run's to run."""
+    from store.queries import Executions
+
+    run_id = (await execute(api)).json()["execution_id"]
+    assert (await api.post(f"/api/executions/{run_id}/cancel")).json()["status"] == "cancelled"
+    engine = make_engine(api.database_url)
+    try:
+        executions = Executions(sessions(engine))
+        start = dict(
+            execution_id=run_id,
+            owner="solo",
+            workflow_id=api.workflow_id,
+            version=1,
+            workflow_name="hello",
+            inputs={"who": "Ada"},
+            trigger={"type": "api"},
+            status="running",
+            flow_run_id="a-late-flow-run",
+        )
+        assert await executions.record_start(**start) is False
+        row = await executions.get("solo", run_id)
+        assert (row.status, row.flow_run_id) == ("cancelled", None)
+        assert row.result["error"]["message"] == "cancelled before it started"
+        assert (await api.post(f"/api/executions/{run_id}/retry", json={})).status_code == 202
+        assert await executions.record_start(**start) is True
+        row = await executions.get("solo", run_id)
+        assert (row.status, row.flow_run_id, row.result) == ("running", "a-late-flow-run", None)
+    finally:
+        await engine.dispose()

@@ -93,3 +93,37 @@ async def wait_for_state(prefect_url: str, run_id: str, check, *, timeout: float
             return states
         await asyncio.sleep(0.5)
     raise AssertionError(f"not {what} within {timeout:.0f} s: {[(s.name, s.message) for s in states]}")
+
+
+async def pool_report(prefect_url: str, pool: str) -> str:
+    """The flow runs of ``pool`` that have not ended (queue, state, message, last change),
+    and its workers' last heartbeats: what a test that waited in vain prints, to tell a
+    full queue from a worker that stopped polling."""
+    from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+        WorkPoolFilter,
+        WorkPoolFilterName,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    live = [t for t in StateType if t not in (StateType.COMPLETED, StateType.FAILED, StateType.CANCELLED)]
+    async with PrefectClient(prefect_url) as prefect:
+        flow_runs = await prefect.read_flow_runs(
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=live))),
+            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool])),
+            limit=200,
+        )
+        queues = {q.id: q for q in await prefect.read_work_queues(work_pool_name=pool)}
+        workers = await prefect.read_workers_for_work_pool(pool)
+    lines = [
+        f"{r.id} {queues[r.work_queue_id].name if r.work_queue_id in queues else r.work_queue_name} "
+        f"{r.state.name if r.state else None} since {r.state.timestamp if r.state else None}: "
+        f"{(r.state.message or '')[:80] if r.state else ''}"
+        for r in flow_runs
+    ]
+    lines += [f"queue {q.name}: limit {q.concurrency_limit}, paused {q.is_paused}" for q in queues.values()]
+    lines += [f"worker {w.name}: last heartbeat {w.last_heartbeat_time}" for w in workers]
+    return "\n".join([f"pool {pool} now:", *lines])

@@ -23,6 +23,7 @@ from deployments import recovery
 from tests.security.owners import (
     owner_client,
     owners_stack,
+    pool_report,
     prefect_states,
     save_and_start,
     sleeper,
@@ -297,6 +298,14 @@ async def test_a_long_loop_of_one_owner_strands_no_run_of_another_owner(stack, p
 # duplicate submission: it showed pending until its first execution ended.
 
 
+async def explained(waiting, prefect_url: str, pool: str):
+    """What ``waiting`` returns; when it times out, its error says what the pool holds."""
+    try:
+        return await waiting
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{await pool_report(prefect_url, pool)}") from None
+
+
 def _at(seconds: float):
     return datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=seconds)
 
@@ -447,7 +456,7 @@ async def test_a_crashed_run_the_automation_did_not_continue_is_continued_by_the
                 force=True,
             )
             await prefect.update_work_queue(queues[0].id, is_paused=False)
-            result = await wait_final(bob, run_id, timeout=240)
+            result = await explained(wait_final(bob, run_id, timeout=240), pg_prefect.api_url, pool)
         finally:
             await prefect.update_work_queue(queues[0].id, is_paused=False)
             await prefect.resume_automation(automation.id)
@@ -466,7 +475,7 @@ async def test_a_crashed_run_the_automation_did_not_continue_is_continued_by_the
 
 @pytest.mark.prefect
 @pytest.mark.workers
-async def test_a_run_marked_crashed_while_its_worker_executes_it_is_set_back_to_running(stack, pg_prefect):
+async def test_a_run_marked_crashed_while_its_worker_executes_it_is_set_back_to_running(stack, pg_prefect, pool):
     """Before: the automation set it Scheduled, its worker skipped it as a duplicate
     submission, and it showed pending until that execution ended. Now the worker sets it back
     to Running at once, and it completes once, on the same worker."""
@@ -480,8 +489,12 @@ async def test_a_run_marked_crashed_while_its_worker_executes_it_is_set_back_to_
 
     async with owner_client(stack, BOB) as bob:
         [run_id] = await save_and_start(bob, sleeper("bob-false-alarm", 45))
-        await wait_for_state(
-            pg_prefect.api_url, run_id, lambda ss: ss[-1].type == StateType.RUNNING, timeout=120, what="running"
+        await explained(
+            wait_for_state(
+                pg_prefect.api_url, run_id, lambda ss: ss[-1].type == StateType.RUNNING, timeout=120, what="running"
+            ),
+            pg_prefect.api_url,
+            pool,
         )
         async with PrefectClient(pg_prefect.api_url) as prefect:
             await prefect.set_flow_run_state(
