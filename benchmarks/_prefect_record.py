@@ -82,6 +82,13 @@ async def wait_final(
         await asyncio.sleep(poll_s)
 
 
+def execution_of(run: dict[str, Any]) -> str:
+    """The execution a flow run (as the API returns it) runs: its ``execution:<id>`` tag (a
+    run the API accepted), else its own id (a run started elsewhere)."""
+    tags = [t for t in run.get("tags") or () if t.startswith("execution:")]
+    return tags[0].removeprefix("execution:") if tags else str(run["id"])
+
+
 async def flow_runs_of_executions(prefect_url: str, execution_ids: list[str]) -> dict[str, str]:
     """``{execution id: flow run id}``: a run the API accepted has an execution id of its own,
     which its flow run carries as the tag ``execution:<id>`` (a run started elsewhere is its

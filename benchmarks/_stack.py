@@ -127,6 +127,13 @@ def prefect_on_postgres(home: Path, *, api_processes: int = 0, redis_url: str | 
             if redis_url is None:
                 raise ValueError("an API in several processes needs Redis for Prefect's messaging")
             env |= scaled_out_settings(redis_url)
+            # The database migrated and the block types registered by one process first: N
+            # processes doing it at once on a new database collide ("relation already exists",
+            # a duplicate block type slug) and the server stops.
+            start_server(home, free_port(), env=env, auth=False, args=("--no-services",))
+            stop(home)
+            env["PREFECT_SERVER_DATABASE_MIGRATE_ON_START"] = "false"
+            env["PREFECT_SERVER_REGISTER_BLOCKS_ON_START"] = "false"
             messaging = redis.Redis.from_url(redis_url)
             messaging.flushdb()
             cleanup.callback(messaging.flushdb)

@@ -98,7 +98,12 @@ from benchmarks._measure import (  # noqa: E402
     spread_row,
     table,
 )
-from benchmarks._prefect_record import flow_runs_of_executions, state_times, wait_tagged_final  # noqa: E402
+from benchmarks._prefect_record import (  # noqa: E402
+    execution_of,
+    flow_runs_of_executions,
+    state_times,
+    wait_tagged_final,
+)
 from benchmarks._report import comparison, targets  # noqa: E402
 from benchmarks._stack import (  # noqa: E402
     AUTH,
@@ -416,8 +421,9 @@ async def bench_concurrent(stack: FmStack, count: int, post_limit: int) -> tuple
     loop_probe, prefect_pr = probes(served, prefect_url)
     async with api_client(served.base) as client:
         workflow_id = await save_workflow(client, chain_canvas("bench-concurrent", 3))
+        warm_up: list[Execution] = []
         if not served.run_ids:  # nothing warmed the workers up yet (--only concurrent)
-            await asyncio.gather(
+            warm_up = await asyncio.gather(
                 *(
                     execute_and_follow(client, workflow_id, registry=served.run_ids)
                     for _ in range(2 * len(stack.workers))
@@ -456,7 +462,8 @@ async def bench_concurrent(stack: FmStack, count: int, post_limit: int) -> tuple
     stream_errors = Counter(r.error for r in results if r.status_code == 202 and r.error)
     stored = Counter(statuses.values())
     lost = sum(n for status, n in stored.items() if status not in ("completed", "failed", "cancelled"))
-    ghosts = [run for run in in_prefect if run["id"] not in statuses]
+    warmed = {r.execution_id for r in warm_up}
+    ghosts = [run for run in in_prefect if execution_of(run) not in statuses and execution_of(run) not in warmed]
     completed_in_prefect = sum(run.get("state_type") == "COMPLETED" for run in in_prefect)
     last_202 = max((r.accepted for r in results if r.accepted is not None), default=first_post)
     last_done = max(done_at.values(), default=first_post)
@@ -534,9 +541,9 @@ async def bench_concurrent(stack: FmStack, count: int, post_limit: int) -> tuple
     if ghosts:
         lines.append(
             f"ghost runs: Prefect has {len(in_prefect)} flow runs of this workflow for {len(statuses)} "
-            f"accepted executions: {len(ghosts)} exist although the API did not answer 202 (it gave up "
-            f"waiting on Prefect), {sum(g.get('state_type') == 'COMPLETED' for g in ghosts)} of them "
-            f"executed to completion by the workers"
+            f"accepted executions (and {len(warmed)} warming up): {len(ghosts)} exist although the API did "
+            f"not answer 202 (it gave up waiting on Prefect), "
+            f"{sum(g.get('state_type') == 'COMPLETED' for g in ghosts)} of them executed to completion by the workers"
         )
     lines.append(
         "completed: the final event arrived over SSE, or (stream broken) the stored status is completed; "
