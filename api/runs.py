@@ -603,10 +603,10 @@ class RunService:
         node that completed with the same resolved configuration and runs the rest. With
         ``version``, that version's canvas runs (nodes it left unchanged are reused)."""
         row = await self.executions.get(owner, run_id)
-        if row.flow_run_id is None and row.status != RunStatus.CANCELLED:  # accepted, not created yet
+        if row.flow_run_id is None and row.status not in (RunStatus.CANCELLED, RunStatus.FAILED):
             raise Conflict(f"execution {run_id} is {row.status}: only a failed or cancelled run can be retried")
-        # Cancelled before its flow run was created: it goes back to the outbox, and its flow
-        # run is created as an accepted run's is (with the version it runs now).
+        # Cancelled before its flow run was created (or failed for want of one): it goes back
+        # to the outbox, and its flow run is created as an accepted run's is.
         unsent = row.flow_run_id is None
         flow_run = None if unsent else await self._settled_flow_run(row)
         state = flow_run.state if flow_run is not None else None

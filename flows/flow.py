@@ -442,7 +442,7 @@ async def prepare_run(opened: OpenedRun, child_flow: ChildFlow) -> PreparedRun |
             trigger=trigger,
             flow_run_id=opened.flow_run_id,
         )
-        if not started:  # cancelled through the API before it knew this flow run: left as it is
+        if not started:  # ended through the API before it knew this flow run: left as it is
             cancelled = RunRecord.cancelled_before_start(
                 opened.run_id, found.name, workflow_id=request.workflow_id, version=found.version
             )

@@ -235,8 +235,9 @@ class Executions:
         who started it through the API, recorded in the audit log with the row.
         ``flow_run_id``: its flow run, recorded when the row has none yet (the API that
         created it died before it could record it). False, changing nothing, for a run the
-        API accepted and cancelled before it learnt of its flow run: that flow run (its
-        create answered after the drainer gave up waiting) must not run it."""
+        API accepted and ended (cancelled, or failed for want of a flow run) before it learnt
+        of its flow run: that flow run (its create answered after the drainer gave up
+        waiting) must not run it."""
         async with self.sessions() as session:
             row = await session.get(ExecutionRow, execution_id)
             started: dict[str, Any] = {
@@ -272,7 +273,7 @@ class Executions:
                     )
                 )
             elif status != "pending":  # a worker (re)starting it; an API retry changes nothing
-                if row.status == "cancelled" and row.flow_run_id is None and flow_run_id not in (None, execution_id):
+                if row.status in FINAL_STATUSES and row.flow_run_id is None and flow_run_id not in (None, execution_id):
                     return False
                 row.version, row.status, row.updated_at, row.result = version, status, utcnow(), None
                 if row.flow_run_id is None and flow_run_id is not None:
