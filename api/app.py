@@ -160,6 +160,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             secret_key = settings.secret_key.get_secret_value() if settings.secret_key else None
             box = SecretBox.from_settings(secret_key, settings.home)
             app.state.credentials = Credentials(database, SecretBox.for_credentials(secret_key, settings.home))
+            accepted = asyncio.Event()  # a run waits in the outbox: its drainer looks at once
             app.state.runs = RunService(
                 workflows=Workflows(database),
                 executions=Executions(database),
@@ -176,6 +177,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                 credentials=app.state.credentials,
                 audit=AuditLog(database),
                 max_waiting=settings.accept_max_waiting,
+                accepted=accepted.set,
             )
             # Accepted runs get their flow runs from this process's drainer (api/outbox.py),
             # those a dead API process left too.
@@ -186,8 +188,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                 concurrency=settings.accept_create_concurrency,
                 scan_s=settings.accept_scan_s,
                 lease_s=settings.prefect_timeout_s + 10,
+                wake=accepted,
             )
-            app.state.runs.accepted = drainer.wake
             await stack.enter_async_context(running_drainer(drainer))
             app.state.prefect = prefect
             # The streams' question "has my run ended?", asked of Prefect once for all of them.

@@ -51,22 +51,24 @@ class Drainer:
         concurrency: int,
         scan_s: float,
         lease_s: float,
+        wake: asyncio.Event | None = None,
     ):
         """``create``: creates the run's flow run and records it (``RunService.create_flow_run``);
         ``fail``: ends a run that cannot be created. ``lease_s``: how long a claimed row is
-        this process's (longer than one create may take)."""
+        this process's (longer than one create may take). ``wake``: set when a run was
+        accepted (its setter is handed to whoever accepts runs)."""
         self.outbox, self.create, self.fail = outbox, create, fail
         self.concurrency, self.scan_s, self.lease_s = concurrency, scan_s, lease_s
-        self._wake = asyncio.Event()
+        self._wake = wake if wake is not None else asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._stopping = False
 
-    def wake(self) -> None:
-        """A run was accepted (or a slot freed): look at once rather than at the next scan."""
-        self._wake.set()
-
     async def run(self) -> None:
         while not self._stopping:
+            # Cleared before the claim, not after: a run accepted while the claim reads the
+            # store (too late for its query) sets it again, and is claimed next, not at the
+            # next scan.
+            self._wake.clear()
             free = self.concurrency - len(self._in_flight)
             claimed: list[Unsent] = []
             if free > 0:
@@ -82,7 +84,6 @@ class Drainer:
                 task.add_done_callback(self._done)
             if claimed and len(claimed) == free:
                 continue  # there may be more due: go on as slots free up
-            self._wake.clear()
             # Not wait_for: on Python 3.11 it loses a cancellation that comes as the event is
             # set (a create ending as the app stops), and the drainer would never stop.
             with contextlib.suppress(TimeoutError):

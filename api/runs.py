@@ -120,6 +120,7 @@ class RunService:
         credentials: CredentialReader | None = None,
         audit: AuditLog | None = None,
         max_waiting: int = 5000,
+        accepted: Callable[[], None] = lambda: None,
     ):
         """``prefect``: every call to Prefect goes through it (bounded, errors mapped).
         ``decisions``: signs the approval decisions this API writes (workers check them).
@@ -128,7 +129,8 @@ class RunService:
         results, so where it is stays the operator's to publish). ``credentials``: the
         owners' stored credentials, to refuse a run naming one its owner lacks. ``outbox``:
         where a run is accepted before its flow run exists (``api.outbox`` creates them);
-        ``max_waiting``: the most accepted runs waiting for their flow run."""
+        ``max_waiting``: the most accepted runs waiting for their flow run; ``accepted``:
+        called when a run waits there (the drainer wakes up)."""
         self.workflows = workflows
         self.executions = executions
         self.outcomes = outcomes
@@ -147,8 +149,7 @@ class RunService:
         self.outbox = outbox
         self.max_waiting = max_waiting
         self._waiting_count: tuple[float, int] = (float("-inf"), 0)
-        self.accepted: Callable[[], None] = lambda: None
-        """Called when a run was accepted: the drainer wakes up (set by the app)."""
+        self.accepted = accepted
 
     def links(self, run_id: str, flow_run_id: str | None = None) -> dict[str, str]:
         """Where to follow a run; its Prefect UI page once its flow run is known."""
