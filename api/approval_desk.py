@@ -294,7 +294,7 @@ class ApprovalDesk:
             actor=identity,
             action="approval.decide",
             target_type="execution",
-            target_id=run_id,
+            target_id=record["execution_id"],  # run_id is its flow run's: the approval's id names that
             details={
                 "node_id": record["node_id"],
                 "path": list(record["path"]),
