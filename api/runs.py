@@ -329,10 +329,14 @@ class RunService:
         except NotFound:  # the deployment was removed since it was cached: make it again
             self._deployment_ids = {k: v for k, v in self._deployment_ids.items() if v != deployment_id}
             raise
-        status = await self.outbox.created(unsent.execution_id, str(flow_run.id))
-        if status == RunStatus.CANCELLED:  # cancelled while it was being created
+        await self.outbox.created(unsent.execution_id, str(flow_run.id))
+        if (flow_run.parameters or {}).get("version") != unsent.version:
+            # An earlier create made it (the run was cancelled, then retried with another
+            # version): it runs the version the retry asked for. (A worker taking it before
+            # this lands runs the earlier one.)
+            parameters = dict(flow_run.parameters or {}, version=unsent.version)
             await self.prefect.call(
-                "cancel the run", lambda client: mark_cancelled(client, flow_run.id, "cancelled before it started")
+                "set the version to run", lambda client: client.update_flow_run(flow_run.id, parameters=parameters)
             )
 
     async def fail_unsent(self, unsent: Unsent, reason: str) -> None:
@@ -602,34 +606,55 @@ class RunService:
     async def retry(self, owner: str, run_id: str, version: int | None) -> str:
         """Execute a failed or cancelled run again, the same run: its worker restores every
         node that completed with the same resolved configuration and runs the rest. With
-        ``version``, that version's canvas runs (nodes it left unchanged are reused)."""
+        ``version``, that version's canvas runs (nodes it left unchanged are reused). A run
+        that ended before its flow run was known (cancelled, or failed for want of one) goes
+        back to the outbox, and its flow run is created as an accepted run's is."""
         row = await self.executions.get(owner, run_id)
-        if row.flow_run_id is None and row.status not in (RunStatus.CANCELLED, RunStatus.FAILED):
-            raise Conflict(f"execution {run_id} is {row.status}: only a failed or cancelled run can be retried")
-        # Cancelled before its flow run was created (or failed for want of one): it goes back
-        # to the outbox, and its flow run is created as an accepted run's is.
-        unsent = row.flow_run_id is None
-        flow_run = None if unsent else await self._settled_flow_run(row)
-        state = flow_run.state if flow_run is not None else None
-        if flow_run is not None and (state is None or state.type not in RETRYABLE_STATES):
+        if row.flow_run_id is None:
+            if row.status not in (RunStatus.CANCELLED, RunStatus.FAILED):
+                raise Conflict(f"execution {run_id} is {row.status}: only a failed or cancelled run can be retried")
+            version = await self._version_to_retry(owner, row, version)
+            retries = await self.executions.reopen(run_id, version, retried_by=owner, resend=True)
+            if retries is not None:
+                await self._announce_retry(owner, run_id, retries, version)
+                self.accepted()  # the drainer creates its flow run
+                return RunStatus.PENDING
+            # A late flow run of it was refused and recorded meanwhile: retried through it.
+            row = await self.executions.get(owner, run_id)
+        flow_run = await self._settled_flow_run(row)
+        state = flow_run.state
+        if state is None or state.type not in RETRYABLE_STATES:
             status = STATUS_OF_STATE.get(state.type, row.status) if state else row.status
             raise Conflict(f"execution {run_id} is {status}: only a failed or cancelled run can be retried")
+        version = await self._version_to_retry(owner, row, version)
+        if version != row.version:
+            parameters = dict(flow_run.parameters, version=version)
+            await self.prefect.call(
+                "set the version to run", lambda client: client.update_flow_run(flow_run.id, parameters=parameters)
+            )
+        retries = await self.executions.reopen(run_id, version, retried_by=owner)
+        await self._announce_retry(owner, run_id, retries or 0, version)
+        await self.prefect.call(
+            "schedule the run again",
+            lambda client: schedule_again(client, flow_run.id, f"retried by {owner} through FlowMaestro's API"),
+        )
+        return RunStatus.PENDING
+
+    async def _version_to_retry(self, owner: str, row: ExecutionRow, version: int | None) -> int:
+        """The version a retry runs: ``version`` when given (422 when the run's inputs do not
+        fit it), else the run's own."""
         version = version or row.version
         if version != row.version:
             saved = await self.workflows.version(owner, row.workflow_id, version)
             await self.compiler.checked_inputs(
                 saved, row.inputs, refused=f"the run's inputs do not fit version {version}"
             )
-            if flow_run is not None:
-                parameters = dict(flow_run.parameters, version=version)
-                await self.prefect.call(
-                    "set the version to run",
-                    lambda client: client.update_flow_run(flow_run.id, parameters=parameters),
-                )
-        retries = await self.executions.reopen(run_id, version, retried_by=owner, resend=unsent)
+        return version
+
+    async def _announce_retry(self, owner: str, run_id: str, retries: int, version: int) -> None:
+        """Before the run is scheduled again: a stream opened from now on does not end at the
+        previous execution's final event, and the worker numbers its events after this one."""
         await self.outcomes.dismiss_run(run_id)
-        # Before the run is scheduled again: a stream opened from now on does not end at the
-        # previous execution's final event, and the worker numbers its events after this one.
         last = await self.event_log.last_seq(run_id)
         await self.event_log.append(
             [
@@ -642,20 +667,12 @@ class RunService:
                 )
             ]
         )
-        if flow_run is None:
-            self.accepted()  # the drainer creates its flow run
-            return RunStatus.PENDING
-        await self.prefect.call(
-            "schedule the run again",
-            lambda client: schedule_again(client, flow_run.id, f"retried by {owner} through FlowMaestro's API"),
-        )
-        return RunStatus.PENDING
 
     async def _settled_flow_run(self, row: ExecutionRow, wait_s: float = 10.0) -> Any:
         """The run's flow run. When the store has the run's result but Prefect still has it
-        running (its worker stored the result and is ending the flow run) or not started (a
-        run cancelled while its flow run was being created: the drainer is cancelling it),
-        once Prefect has caught up: a client that saw the run end may retry it at once."""
+        running (its worker stored the result and is ending the flow run, or refused a late
+        flow run of a run already ended), once Prefect has caught up: a client that saw the
+        run end may retry it at once."""
         deadline = asyncio.get_running_loop().time() + wait_s
         flow_run_id = flow_run_of(row)
         while True:
@@ -664,7 +681,7 @@ class RunService:
             if (
                 row.status not in FINAL_STATUSES
                 or state is None
-                or state.type not in (StateType.RUNNING, StateType.SCHEDULED, StateType.PENDING)
+                or state.type != StateType.RUNNING
                 or asyncio.get_running_loop().time() > deadline
             ):
                 return flow_run

@@ -79,7 +79,8 @@ class SqlRunStore:
         flow_run_id: str | None = None,
     ) -> bool:
         """``flow_run_id``: the run's flow run, when its id is not that (a run the API accepted).
-        False: the run was cancelled before its flow run was recorded, and must not run."""
+        False: the run ended through the API before it knew of this flow run, which must
+        not run it."""
         return await self.executions.record_start(
             execution_id=run_id,
             owner=owner,

@@ -67,8 +67,8 @@ class RunStore(OutcomeStore, Protocol):
         trigger: dict[str, Any],
         flow_run_id: str | None = None,
     ) -> bool:
-        """The run is recorded running; False when it was cancelled before it started (it
-        must not run)."""
+        """The run is recorded running; False when it ended through the API before it
+        started (this flow run must not run it)."""
         ...
 
     async def ended(self, run_id: str, result: dict[str, Any]) -> None: ...

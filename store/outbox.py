@@ -150,17 +150,19 @@ class RunOutbox:
                 for r in rows
             ]
 
-    async def created(self, execution_id: str, flow_run_id: str) -> str:
-        """Record its flow run; the row's status now (``cancelled``: cancelled meanwhile,
-        the caller cancels the flow run)."""
+    async def created(self, execution_id: str, flow_run_id: str) -> None:
+        """Record its flow run, unless the run ended meanwhile (cancelled through the API):
+        then that flow run is left to the worker that takes it, which refuses it and
+        records it then (``Executions.record_start``), in one statement against a retry's
+        (``Executions.reopen``). Cancelling it in Prefect from here could land after a
+        retry made the run pending again, and the retried run would never execute."""
         async with self.sessions() as session:
-            row = await session.get(ExecutionRow, execution_id)
-            if row is None:
-                return "gone"
-            if row.flow_run_id is None:
-                row.flow_run_id, row.create_after, row.updated_at = flow_run_id, None, utcnow()
-                await session.commit()
-            return row.status
+            await session.execute(
+                update(ExecutionRow)
+                .where(*AWAITING, ExecutionRow.id == execution_id)
+                .values(flow_run_id=flow_run_id, create_after=None, updated_at=utcnow())
+            )
+            await session.commit()
 
     async def retry_later(self, execution_id: str, delay_s: float) -> None:
         async with self.sessions() as session:

@@ -234,10 +234,16 @@ class Executions:
         API, or a run executed again) marks it running and clears the old result. ``actor``:
         who started it through the API, recorded in the audit log with the row.
         ``flow_run_id``: its flow run, recorded when the row has none yet (the API that
-        created it died before it could record it). False, changing nothing, for a run the
-        API accepted and ended (cancelled, or failed for want of a flow run) before it learnt
-        of its flow run: that flow run (its create answered after the drainer gave up
-        waiting) must not run it."""
+        created it died before it could record it). False for a run the API accepted and
+        ended (cancelled, or failed for want of a flow run) before it knew of this flow run
+        (``_refuse_late_flow_run``): the flow run must not run it."""
+        if (  # the flow run of a run the API accepted: refused when the run ended before it was known
+            status != "pending"
+            and flow_run_id is not None
+            and flow_run_id != execution_id
+            and await self._refuse_late_flow_run(execution_id, flow_run_id)
+        ):
+            return False
         async with self.sessions() as session:
             row = await session.get(ExecutionRow, execution_id)
             started: dict[str, Any] = {
@@ -273,8 +279,6 @@ class Executions:
                     )
                 )
             elif status != "pending":  # a worker (re)starting it; an API retry changes nothing
-                if row.status in FINAL_STATUSES and row.flow_run_id is None and flow_run_id not in (None, execution_id):
-                    return False
                 row.version, row.status, row.updated_at, row.result = version, status, utcnow(), None
                 if row.flow_run_id is None and flow_run_id is not None:
                     row.flow_run_id = flow_run_id
@@ -289,6 +293,23 @@ class Executions:
                         await again.commit()
             return True
 
+    async def _refuse_late_flow_run(self, execution_id: str, flow_run_id: str) -> bool:
+        """Whether ``flow_run_id`` is a late flow run of a run the API ended before it knew
+        of one (then recorded as the run's, which stays as it ended). One statement, so a
+        retry of the run (``reopen``) and this refusal cannot both win."""
+        async with self.sessions() as session:
+            refused = await session.execute(
+                update(ExecutionRow)
+                .where(
+                    ExecutionRow.id == execution_id,
+                    ExecutionRow.flow_run_id.is_(None),
+                    ExecutionRow.status.in_(FINAL_STATUSES),
+                )
+                .values(flow_run_id=flow_run_id, updated_at=utcnow())
+            )
+            await session.commit()
+            return bool(getattr(refused, "rowcount", 0))
+
     async def set_status(self, execution_id: str, status: str) -> None:
         async with self.sessions() as session:
             row = await session.get(ExecutionRow, execution_id)
@@ -296,12 +317,28 @@ class Executions:
                 row.status, row.updated_at = status, utcnow()
                 await session.commit()
 
-    async def reopen(self, execution_id: str, version: int, *, retried_by: str, resend: bool = False) -> int:
+    async def reopen(self, execution_id: str, version: int, *, retried_by: str, resend: bool = False) -> int | None:
         """A run retried: pending again (with the version it will run), its old result gone,
-        its trigger saying it is a retry (what first started it under ``first``). ``resend``:
-        a run cancelled before its flow run was created, back in the outbox (``store.outbox``)
-        as if just accepted. Returns how many times it has been retried, this one included."""
+        its trigger saying it is a retry (what first started it under ``first``). Returns how
+        many times it has been retried, this one included. ``resend``: a run that ended with
+        no flow run, back in the outbox (``store.outbox``) as if just accepted; None, changing
+        nothing, when a flow run of it was recorded meanwhile (``record_start`` refusing a
+        late one): one statement decides which came first, so either the retry or the
+        refusal wins, never both."""
         async with self.sessions() as session:
+            if resend:
+                claimed = await session.execute(
+                    update(ExecutionRow)
+                    .where(
+                        ExecutionRow.id == execution_id,
+                        ExecutionRow.flow_run_id.is_(None),
+                        ExecutionRow.status.in_(FINAL_STATUSES),
+                    )
+                    .values(status="pending", create_after=utcnow(), create_attempts=0)
+                )
+                if not getattr(claimed, "rowcount", 0):
+                    await session.rollback()
+                    return None
             row = await session.get(ExecutionRow, execution_id)
             if row is None:
                 return 0
@@ -311,8 +348,6 @@ class Executions:
             row.trigger = {"type": "retry", "retries": retries, "retried_by": retried_by, "first": first}
             row.trigger_type = "retry"
             row.status, row.result, row.version, row.updated_at = "pending", None, version, utcnow()
-            if resend and row.flow_run_id is None:
-                row.create_after, row.create_attempts = utcnow(), 0
             audit.record(
                 session,
                 owner=row.owner,

@@ -103,33 +103,44 @@ async def test_an_idempotency_key_answers_the_run_it_accepted(api):
 async def test_a_flow_run_made_for_a_run_cancelled_before_the_api_knew_it_does_not_run_it(api):
     """A drainer's create can reach Prefect after the drainer stopped waiting for its answer;
     if the run is cancelled then, its flow run exists with no row naming it. The worker that
-    takes that flow run is told not to run it (``record_start`` False), and the row stays
-    cancelled; retried, the run is the flow run's to run."""
+    takes that flow run is refused (``record_start`` False): the row stays cancelled and now
+    names the flow run, so a retry goes through it. A retry that came first wins instead:
+    the run is pending again, and the same flow run runs it. Which came first is one
+    statement each, so never both."""
     from store.queries import Executions
 
-    run_id = (await execute(api)).json()["execution_id"]
-    assert (await api.post(f"/api/executions/{run_id}/cancel")).json()["status"] == "cancelled"
     engine = make_engine(api.database_url)
     try:
         executions = Executions(sessions(engine))
-        start = dict(
-            execution_id=run_id,
-            owner="solo",
-            workflow_id=api.workflow_id,
-            version=1,
-            workflow_name="hello",
-            inputs={"who": "Ada"},
-            trigger={"type": "api"},
-            status="running",
-            flow_run_id="a-late-flow-run",
-        )
-        assert await executions.record_start(**start) is False
-        row = await executions.get("solo", run_id)
-        assert (row.status, row.flow_run_id) == ("cancelled", None)
+
+        async def worker_starts(run_id: str) -> bool:
+            return await executions.record_start(
+                execution_id=run_id,
+                owner="solo",
+                workflow_id=api.workflow_id,
+                version=1,
+                workflow_name="hello",
+                inputs={"who": "Ada"},
+                trigger={"type": "api"},
+                status="running",
+                flow_run_id=f"late-{run_id}",
+            )
+
+        refused_first = (await execute(api)).json()["execution_id"]
+        assert (await api.post(f"/api/executions/{refused_first}/cancel")).json()["status"] == "cancelled"
+        assert await worker_starts(refused_first) is False
+        row = await executions.get("solo", refused_first)
+        assert (row.status, row.flow_run_id) == ("cancelled", f"late-{refused_first}")
         assert row.result["error"]["message"] == "cancelled before it started"
-        assert (await api.post(f"/api/executions/{run_id}/retry", json={})).status_code == 202
-        assert await executions.record_start(**start) is True
-        row = await executions.get("solo", run_id)
-        assert (row.status, row.flow_run_id, row.result) == ("running", "a-late-flow-run", None)
+        # Its retry cannot go back to the outbox now: the flow run is the way.
+        assert await executions.reopen(refused_first, 1, retried_by="solo", resend=True) is None
+        assert (await executions.get("solo", refused_first)).status == "cancelled"
+
+        retried_first = (await execute(api)).json()["execution_id"]
+        assert (await api.post(f"/api/executions/{retried_first}/cancel")).json()["status"] == "cancelled"
+        assert (await api.post(f"/api/executions/{retried_first}/retry", json={})).status_code == 202
+        assert await worker_starts(retried_first) is True
+        row = await executions.get("solo", retried_first)
+        assert (row.status, row.flow_run_id, row.result) == ("running", f"late-{retried_first}", None)
     finally:
         await engine.dispose()

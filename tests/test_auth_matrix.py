@@ -26,7 +26,7 @@ from api.settings import ApiSettings
 from api.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from flows.events import RunEvent, utcnow
 from store.queries import NodeOutcome
-from tests.support import canvas, node
+from tests.support import canvas, eventually, node
 
 pytestmark = pytest.mark.prefect
 
@@ -285,6 +285,12 @@ async def build_world(app, client: httpx.AsyncClient) -> World:
         return answer["execution_id"]
 
     world.execution, world.cancelled, world.streamed, *lettered = [await run() for _ in range(5)]
+
+    async def created() -> bool:  # pause and resume need the run's flow run: the drainer makes it
+        answer = await ok(await client.get(f"/api/executions/{world.execution}", headers=owner))
+        return answer["flow_run_id"] is not None
+
+    await eventually(created, timeout=60, what="the world's run's flow run created")
     for run_id in (world.cancelled, *lettered):  # retryable: not started yet, so cancelled at once
         assert (await ok(await client.post(f"/api/executions/{run_id}/cancel", headers=owner)))["status"] == "cancelled"
     # The stream of a run whose final event is stored ends at once.
