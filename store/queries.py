@@ -25,6 +25,17 @@ from store.vocabulary import FINAL_RUN_STATUSES
 FINAL_STATUSES = FINAL_RUN_STATUSES  # a run that has ended: its row's status and result stay
 
 
+def _ended_without_flow_run(execution_id: str) -> tuple[Any, ...]:
+    """The run, when the API ended it before it knew of a flow run of it (cancelled, or failed
+    for want of one): what a retry (back to the outbox) and a worker's refusal of a late flow
+    run each claim in one statement, so that exactly one of them wins."""
+    return (
+        ExecutionRow.id == execution_id,
+        ExecutionRow.flow_run_id.is_(None),
+        ExecutionRow.status.in_(FINAL_STATUSES),
+    )
+
+
 @dataclass(frozen=True)
 class SavedVersion:
     """A workflow version as the rest of the system sees it (no ORM object escapes)."""
@@ -300,11 +311,7 @@ class Executions:
         async with self.sessions() as session:
             refused = await session.execute(
                 update(ExecutionRow)
-                .where(
-                    ExecutionRow.id == execution_id,
-                    ExecutionRow.flow_run_id.is_(None),
-                    ExecutionRow.status.in_(FINAL_STATUSES),
-                )
+                .where(*_ended_without_flow_run(execution_id))
                 .values(flow_run_id=flow_run_id, updated_at=utcnow())
             )
             await session.commit()
@@ -329,11 +336,7 @@ class Executions:
             if resend:
                 claimed = await session.execute(
                     update(ExecutionRow)
-                    .where(
-                        ExecutionRow.id == execution_id,
-                        ExecutionRow.flow_run_id.is_(None),
-                        ExecutionRow.status.in_(FINAL_STATUSES),
-                    )
+                    .where(*_ended_without_flow_run(execution_id))
                     .values(status="pending", create_after=utcnow(), create_attempts=0)
                 )
                 if not getattr(claimed, "rowcount", 0):
