@@ -93,6 +93,13 @@ def scrubbed(details: Mapping[str, Any] | None) -> dict[str, Any]:
     return cleaned
 
 
+def start_details(workflow_id: str, version: int, trigger: Mapping[str, Any]) -> dict[str, Any]:
+    """The details of an ``execution.start`` entry: the workflow, its version, what started
+    the run, and a rerun's source and node or a node test's node."""
+    details = {"workflow_id": workflow_id, "version": version, "trigger": trigger.get("type", "api")}
+    return details | {k: trigger[k] for k in ("execution_id", "from_node", "node_id") if k in trigger}
+
+
 def record(
     session: AsyncSession,
     *,

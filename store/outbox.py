@@ -98,8 +98,7 @@ class RunOutbox:
                     action="execution.start",
                     target_type="execution",
                     target_id=execution_id,
-                    details={"workflow_id": workflow_id, "version": version, "trigger": trigger.get("type", "api")}
-                    | {k: trigger[k] for k in ("execution_id", "from_node", "node_id") if k in trigger},
+                    details=audit.start_details(workflow_id, version, trigger),
                 )
             try:
                 await session.commit()

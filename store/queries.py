@@ -263,9 +263,7 @@ class Executions:
                 "action": "execution.start",
                 "target_type": "execution",
                 "target_id": execution_id,
-                "details": {"workflow_id": workflow_id, "version": version, "trigger": trigger.get("type", "api")}
-                # a rerun's source and node; a node test's node
-                | {k: trigger[k] for k in ("execution_id", "from_node", "node_id") if k in trigger},
+                "details": audit.start_details(workflow_id, version, trigger),
             }
             # A row already there: a worker recorded the run first, or an Idempotency-Key
             # replayed a request (then its entry exists and the replay started nothing).

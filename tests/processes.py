@@ -150,7 +150,27 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "cli", *args]
 
 
-def start_serve(home: Path, env: dict[str, str], *, workers: int = 1, port: int | None = None) -> tuple[Proc, str]:
+def embedded_env(home: Path, key: str) -> dict[str, str]:
+    """The environment of ``flowmaestro serve`` on the embedded default: no PREFECT_API_URL
+    (serve starts Prefect itself, under ``home``), owner ``bob`` with ``key``, a pool of its own."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING")}
+    env.update(
+        FLOWMAESTRO_HOME=str(home),
+        FLOWMAESTRO_API_KEYS=f"bob:{key}",
+        FLOWMAESTRO_SERVER_PORT=str(free_port()),
+        FLOWMAESTRO_WORK_POOL=f"embedded-{uuid.uuid4().hex[:6]}",
+        FLOWMAESTRO_WORKER_GRACE_S="2",
+        PREFECT_HOME=str(home / "prefect-client"),
+        PREFECT_LOCAL_STORAGE_PATH=str(home / "results"),
+    )
+    return env
+
+
+def start_serve(
+    home: Path, env: dict[str, str], *, workers: int = 1, port: int | None = None, timeout: float = 120
+) -> tuple[Proc, str]:
+    """``flowmaestro serve`` answering ``/health`` within ``timeout`` (an embedded Prefect
+    server's first start takes longer than the default allows); the process and its URL."""
     port = port or free_port()
     proc = Proc(cli("serve", "--port", str(port), "--workers", str(workers)), env, home / f"serve-{port}.log")
     base = f"http://127.0.0.1:{port}"
@@ -162,7 +182,7 @@ def start_serve(home: Path, env: dict[str, str], *, workers: int = 1, port: int 
         except httpx.HTTPError:
             return False
 
-    wait_until(up, timeout=120, what="flowmaestro serve answering /health")
+    wait_until(up, timeout=timeout, what="flowmaestro serve answering /health")
     return proc, base
 
 

@@ -7,13 +7,12 @@ every execute of the burst answers 202, and every run completes."""
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 
 import httpx
 import pytest
 
-from tests.processes import Proc, cli, free_port, wait_until
+from tests.processes import embedded_env, start_serve
 from tests.support import wait_final
 
 pytestmark = [pytest.mark.prefect, pytest.mark.workers]
@@ -26,31 +25,11 @@ async def test_a_burst_of_executes_on_the_embedded_default_all_answer_202_and_co
     home = tmp_path / "home"
     home.mkdir()
     key = "key-" + uuid.uuid4().hex
-    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING")}
-    env.update(
-        FLOWMAESTRO_HOME=str(home),
-        FLOWMAESTRO_API_KEYS=f"bob:{key}",
-        FLOWMAESTRO_SERVER_PORT=str(free_port()),
-        FLOWMAESTRO_WORK_POOL=f"embedded-{uuid.uuid4().hex[:6]}",
-        FLOWMAESTRO_WORKER_GRACE_S="2",
-        PREFECT_HOME=str(home / "prefect-client"),
-        PREFECT_LOCAL_STORAGE_PATH=str(home / "results"),
-    )
+    env = embedded_env(home, key)
     for name in ("FLOWMAESTRO_DATABASE_URL", "FLOWMAESTRO_REDIS_URL", "FLOWMAESTRO_EVENT_LOG_URL"):
         env.pop(name, None)  # the defaults: SQLite under the home
-    port = free_port()
-    serve = Proc(cli("serve", "--port", str(port), "--workers", "1"), env, tmp_path / "serve.log")
-    base = f"http://127.0.0.1:{port}"
+    serve, base = start_serve(tmp_path, env, timeout=600)
     try:
-
-        def up() -> bool:
-            assert serve.alive(), serve.output()
-            try:
-                return httpx.get(f"{base}/health", timeout=5).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(up, timeout=600, interval=1, what="flowmaestro serve with the embedded Prefect server")
         limits = httpx.Limits(max_connections=BURST, max_keepalive_connections=0)
         async with httpx.AsyncClient(
             base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=120, limits=limits

@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import pickle
 import stat
 import uuid
@@ -25,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.processes import Proc, cli, free_port, wait_until
+from tests.processes import embedded_env, start_serve, wait_until
 from tests.support import flow_run_of, forge_completed, new_flow_run, save_and_execute, wait_execution
 
 SIZE = 300_000  # over FLOWMAESTRO_EVENT_OUTPUT_MAX_BYTES (256 kB): a large output
@@ -241,31 +240,10 @@ def test_the_embedded_prefect_server_refuses_requests_without_its_auth_string(tm
 
     home = tmp_path / "home"
     key = "key-" + uuid.uuid4().hex
-    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING")}
-    env.update(
-        FLOWMAESTRO_HOME=str(home),
-        FLOWMAESTRO_API_KEYS=f"bob:{key}",
-        FLOWMAESTRO_SERVER_PORT=str(free_port()),
-        FLOWMAESTRO_DATABASE_URL=f"sqlite+aiosqlite:///{home / 'store.db'}",
-        FLOWMAESTRO_WORK_POOL=f"embedded-{uuid.uuid4().hex[:6]}",
-        FLOWMAESTRO_WORKER_GRACE_S="2",
-        PREFECT_HOME=str(home / "prefect-client"),
-        PREFECT_LOCAL_STORAGE_PATH=str(home / "results"),
-    )
-    port = free_port()
+    env = embedded_env(home, key) | {"FLOWMAESTRO_DATABASE_URL": f"sqlite+aiosqlite:///{home / 'store.db'}"}
     home.mkdir()
-    serve = Proc(cli("serve", "--port", str(port), "--workers", "1"), env, tmp_path / "serve.log")
-    base = f"http://127.0.0.1:{port}"
+    serve, base = start_serve(tmp_path, env, timeout=600)
     try:
-
-        def up() -> bool:
-            assert serve.alive(), serve.output()
-            try:
-                return httpx.get(f"{base}/health", timeout=5).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(up, timeout=600, interval=1, what="flowmaestro serve with the embedded Prefect server")
         auth_file = home / "prefect-auth"
         assert stat.S_IMODE(auth_file.stat().st_mode) == 0o600
         secret = auth_file.read_text().strip()
