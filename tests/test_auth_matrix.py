@@ -286,11 +286,12 @@ async def build_world(app, client: httpx.AsyncClient) -> World:
 
     world.execution, world.cancelled, world.streamed, *lettered = [await run() for _ in range(5)]
 
+    in_flight = (world.execution, world.streamed)
+
     async def created() -> bool:  # what pauses or resumes them needs their flow runs: the drainer makes them
         answers = [await ok(await client.get(f"/api/executions/{i}", headers=owner)) for i in in_flight]
         return all(answer["flow_run_id"] is not None for answer in answers)
 
-    in_flight = (world.execution, world.streamed)
     await eventually(created, timeout=60, what="the world's runs' flow runs created")
     for run_id in (world.cancelled, *lettered):  # retryable: not started yet, so cancelled at once
         assert (await ok(await client.post(f"/api/executions/{run_id}/cancel", headers=owner)))["status"] == "cancelled"
