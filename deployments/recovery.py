@@ -338,16 +338,22 @@ def written_by_recovery(state: State | None) -> bool:
     )
 
 
-def state_to_restore(history: Iterable[State]) -> State | None:
-    """For a run its worker still executes: when its current state is one recovery wrote
+def state_to_restore(current: State | None, history: Iterable[State]) -> State | None:
+    """For a run its worker still executes: when its ``current`` state is one recovery wrote
     (so the crash was a false alarm), the state it had before, if that was ``Running`` or
     ``Paused`` (on an approval, its engine waiting); else None, and nothing is changed.
-    States recovery did not write (a cancellation, the engine's own) are never overridden."""
+    States recovery did not write (a cancellation, the engine's own) are never overridden.
+
+    The current state is the one the flow run points to, not the newest of ``history``:
+    Prefect mints a state's timestamp when the request arrives, so a state proposed before
+    another and committed after it (the automation's Scheduled against this worker's set-back)
+    sorts before it. A ``current`` missing from ``history`` (it moved between the two reads)
+    gives None: the next poll looks again."""
     ordered = sorted(history, key=lambda state: state.timestamp)
-    if not ordered or not written_by_recovery(ordered[-1]):
+    if current is None or not written_by_recovery(current) or current.id not in {s.id for s in ordered}:
         return None
     for state in reversed(ordered):
-        if not written_by_recovery(state):
+        if state.id != current.id and not written_by_recovery(state):
             return state if state.type in (StateType.RUNNING, StateType.PAUSED) else None
     return None
 

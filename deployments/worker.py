@@ -398,21 +398,22 @@ class FlowMaestroWorker(PollingWorker):
         if task is None or task.done():
             return
         try:
-            earlier = state_to_restore(await self.client.read_flow_run_states(flow_run.id))
-            if earlier is None or task.done():
+            history = await self.client.read_flow_run_states(flow_run.id)
+            current = (await self.client.read_flow_run(flow_run.id)).state
+            earlier = state_to_restore(current, history)
+            if earlier is None or current is None or task.done():
                 return
-            assert flow_run.state is not None
             await restore_state(
                 self.client,
                 flow_run.id,
                 earlier,
                 f"set back to {earlier.name}: it was marked "
-                f"{flow_run.state.name} while its worker {self.identifier} still executes it",
+                f"{current.name} while its worker {self.identifier} still executes it",
             )
             self.logger.warning(
                 "flow run %s was marked %s while this worker executes it: set back to %s",
                 flow_run.id,
-                flow_run.state.name,
+                current.name,
                 earlier.name,
             )
         except Exception as exc:  # the next poll tries again

@@ -326,7 +326,10 @@ def test_a_held_run_marked_crashed_by_recovery_gets_back_the_state_it_had():
     from prefect.states import Cancelling, Crashed, Paused, Pending, Running, Scheduled
 
     lost = f"{recovery.LOST_MESSAGE} for 15 s: the worker died or lost its connection"
-    restore = recovery.state_to_restore
+
+    def restore(history):  # the run points to the newest of its states
+        return recovery.state_to_restore(max(history, key=lambda s: s.timestamp) if history else None, history)
+
     running = restore([Pending(timestamp=_at(0)), Running(timestamp=_at(1)), Crashed(message=lost, timestamp=_at(20))])
     assert running is not None and running.type.value == "RUNNING"
     # the automation "continue" already scheduled it again: still back to Running
@@ -354,6 +357,24 @@ def test_a_held_run_marked_crashed_by_recovery_gets_back_the_state_it_had():
     # taken but not started: the engine moves it to Running itself
     assert restore([Pending(timestamp=_at(0)), Crashed(message=lost, timestamp=_at(20))]) is None
     assert restore([]) is None
+
+
+def test_a_set_back_committed_before_a_recovery_state_minted_earlier_is_restored_again():
+    """Prefect mints a state's timestamp when the request arrives: the automation's Scheduled,
+    proposed before this worker's set-back and committed after it, sorts before the set-back
+    though the run now points to it. Before, the newest by timestamp was taken for the current
+    state (the set-back Running, not recovery's), and the run stayed Scheduled."""
+    from prefect.states import Crashed, Running, Scheduled
+
+    crashed = Crashed(message=recovery.LOST_MESSAGE, timestamp=_at(20))
+    continued = Scheduled(message=recovery.CONTINUED_MESSAGE, timestamp=_at(21))
+    set_back = Running(message="set back to Running", timestamp=_at(22))
+    history = [Running(timestamp=_at(1)), crashed, continued, set_back]
+    earlier = recovery.state_to_restore(continued, history)
+    assert earlier is not None and earlier.id == set_back.id
+    # the run's current state is not among the states read (it moved between the reads)
+    assert recovery.state_to_restore(Scheduled(message=recovery.CONTINUED_MESSAGE, timestamp=_at(23)), history) is None
+    assert recovery.state_to_restore(None, history) is None
 
 
 @pytest.mark.prefect
@@ -411,7 +432,8 @@ async def test_setting_back_a_paused_run_keeps_its_pause_key(prefect_server):
         await client.set_flow_run_state(flow_run.id, Running(), force=True)
         await client.set_flow_run_state(flow_run.id, Paused(pause_key="approval-1", timeout_seconds=3600), force=True)
         await client.set_flow_run_state(flow_run.id, Crashed(message=recovery.LOST_MESSAGE), force=True)
-        earlier = recovery.state_to_restore(await client.read_flow_run_states(flow_run.id))
+        current = (await client.read_flow_run(flow_run.id)).state
+        earlier = recovery.state_to_restore(current, await client.read_flow_run_states(flow_run.id))
         assert earlier is not None
         await prefect_compat.restore_state(client, flow_run.id, earlier, "set back to Paused: test")
         state = (await client.read_flow_run(flow_run.id)).state
