@@ -1,6 +1,7 @@
 """Every benchmark runs to its end at tiny sizes, as ``python -m benchmarks.<name>`` from the
 repository root, so that none of them rots between the times someone measures with it.
-The numbers are not checked: on a loaded test machine they mean nothing."""
+The numbers are not checked: on a loaded test machine they mean nothing. Each benchmark is a
+process of its own (some start more): all are ``services``, none runs in ``make test-fast``."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.processes import ROOT
+
+pytestmark = pytest.mark.services
 
 BENCH_TIMEOUT_S = 900
 """Generous: the larger ones start a Prefect server, API and worker processes of their own."""
@@ -52,14 +55,11 @@ def test_tracing(tmp_path):
     assert "spans received by the OTLP receiver: 1224 (expected 1224)" in output
 
 
-@pytest.mark.services
 def test_code_node(tmp_path):
-    """Starts code sandboxes (processes), a few seconds: not in ``make test-fast``."""
     output = run_benchmark("code_node", "--quick", home=tmp_path)
     assert "code javascript" in output and "target: Python code node p50" in output
 
 
-@pytest.mark.services
 def test_engine(tmp_path, prefect_server):
     run_benchmark(
         "engine",
@@ -74,7 +74,6 @@ def test_engine(tmp_path, prefect_server):
     )
 
 
-@pytest.mark.services
 def test_containers(tmp_path, prefect_server):
     run_benchmark(
         "containers",
@@ -89,7 +88,6 @@ def test_containers(tmp_path, prefect_server):
     )
 
 
-@pytest.mark.services
 def test_durability(tmp_path, prefect_server):
     """The journal's cost; its crash trials are tests/test_durability.py's harness, run there
     (one trial here took 4 minutes on a loaded machine)."""
@@ -107,7 +105,6 @@ def test_durability(tmp_path, prefect_server):
     )
 
 
-@pytest.mark.services
 @pytest.mark.workers
 def test_api(tmp_path, pg_prefect):
     """The API benchmark, its raw-Prefect baseline (benchmarks/raw_prefect_worker.py) and its
@@ -131,7 +128,6 @@ def test_api(tmp_path, pg_prefect):
     )
 
 
-@pytest.mark.services
 def test_events(tmp_path, prefect_server):
     run_benchmark(
         "events",
@@ -146,13 +142,11 @@ def test_events(tmp_path, prefect_server):
     )
 
 
-@pytest.mark.services
 def test_prefect_observer(tmp_path):
     """It starts a Prefect server of its own on PostgreSQL, and stops it."""
     run_benchmark("prefect_observer", "--runs", "2", "--rounds", "1", home=tmp_path)
 
 
-@pytest.mark.services
 def test_ui_page(tmp_path):
     """Headless Chromium on the run page of a run written straight to the store (no Prefect)."""
     from tests.test_prefect_ui import require_chromium
@@ -161,7 +155,6 @@ def test_ui_page(tmp_path):
     run_benchmark("ui_page", "--nodes", "20", "--chunks", "2", "--trials", "1", home=tmp_path)
 
 
-@pytest.mark.services
 def test_agent_crash(tmp_path, prefect_server):
     """The agent journal's overhead; its crash trials are tests/test_agent_durability.py's
     harness, run there."""
@@ -181,7 +174,6 @@ def test_agent_crash(tmp_path, prefect_server):
     assert "overhead ms/turn" in output
 
 
-@pytest.mark.services
 def test_store(tmp_path):
     """A scratch PostgreSQL database (created and dropped by the benchmark) with a few hundred rows."""
     output = run_benchmark("store", "--executions", "500", "--workflows", "100", "--repeat", "3", home=tmp_path)
