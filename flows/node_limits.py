@@ -206,20 +206,25 @@ async def _acquire(
 async def _report_waiting(limit: ResolvedLimit, on_waiting: OnWaiting) -> None:
     """``node:waiting`` once the acquisition has taken ``WAITING_AFTER_S`` and, for a
     concurrency limit, the limit is full on the server: a slow answer of a loaded Prefect
-    server is not a wait for a slot. (A rate limit's stored slots do not say whether the next
-    start is due: its wait is reported on time alone.)"""
+    server is not a wait for a slot. Until then it looks again every ``WAITING_AFTER_S``: a
+    first look can fall before the holder's slot was granted, or between one holder and the
+    next, while this node waits on. (A rate limit's stored slots do not say whether the next
+    start is due: its wait is reported on time alone.) Cancelled once the slot is granted."""
     await asyncio.sleep(WAITING_AFTER_S)
     if limit.kind == "rate_limit":
         on_waiting(limit)
         return
-    try:
-        async with get_client() as client:
-            current = await client.read_global_concurrency_limit_by_name(limit.name)
-    except Exception:  # the report is a courtesy: the acquisition says what really happened
-        log.debug("could not read %s", limit.name, exc_info=True)
-        return
-    if current.active_slots >= current.limit:
-        on_waiting(limit)
+    while True:
+        try:
+            async with get_client() as client:
+                current = await client.read_global_concurrency_limit_by_name(limit.name)
+        except Exception:  # the report is a courtesy: the acquisition says what really happened
+            log.debug("could not read %s", limit.name, exc_info=True)
+            return
+        if current.active_slots >= current.limit:
+            on_waiting(limit)
+            return
+        await asyncio.sleep(WAITING_AFTER_S)
 
 
 async def _upsert(client: object, name: str, slots: int, decay: float) -> None:
