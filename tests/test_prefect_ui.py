@@ -72,10 +72,14 @@ async def test_resume_an_approval_in_the_prefect_ui(prefect_server, run_context)
             resume = page.get_by_role("button", name="Resume")
             await resume.wait_for(timeout=60_000)  # shown once Prefect's pause has started
             await resume.click()
+            # Its form drawn first (its Submit button shown), so that on a slow page "the first
+            # textarea" is the form's and not another one of the page.
+            submit = page.get_by_role("button", name="Submit")
+            await submit.wait_for(timeout=60_000)
             await page.get_by_role("switch").click()  # approved: true
             await page.locator("textarea").first.fill("the tests are green")
-            await page.get_by_role("button", name="Submit").click()
-            state = await asyncio.wait_for(run, 60)
+            await submit.click()
+            state = await asyncio.wait_for(run, 120)
         finally:
             await browser.close()
     result = await state.result()
