@@ -208,19 +208,27 @@ async def flow_run_of(client: httpx.AsyncClient, execution_id: str, *, timeout: 
     return str(body["flow_run_id"])
 
 
-async def prefect_flow_run_id(run_id: str, prefect_url: str | None = None) -> str:
+async def prefect_flow_run_id(run_id: str, prefect_url: str | None = None, *, timeout: float = 60) -> str:
     """The flow run of a run, asking Prefect (at ``prefect_url``, or the session's): the one
     tagged with the execution id when the API accepted the run, else the id itself (a flow
-    run started elsewhere is its own execution)."""
+    run started elsewhere is its own execution). An accepted run's flow run is created after
+    the 202: waits for one of the two to exist."""
     from prefect.client.orchestration import PrefectClient, get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterTags
 
     from deployments.workflow_deployments import EXECUTION_TAG
 
     tagged = FlowRunFilter(tags=FlowRunFilterTags(all_=[EXECUTION_TAG.format(id=run_id)]))
-    async with PrefectClient(prefect_url) if prefect_url else get_client() as prefect:
-        found = await prefect.read_flow_runs(flow_run_filter=tagged, limit=2)
-    return str(found[0].id) if found else run_id
+    itself = FlowRunFilter(id=FlowRunFilterId(any_=[uuid.UUID(run_id)]))
+
+    async def found() -> str | None:
+        async with PrefectClient(prefect_url) if prefect_url else get_client() as prefect:
+            for where in (tagged, itself):
+                if runs := await prefect.read_flow_runs(flow_run_filter=where, limit=1):
+                    return str(runs[0].id)
+        return None
+
+    return await eventually(found, timeout=timeout, what=f"the flow run of {run_id}")
 
 
 async def wait_final(client: httpx.AsyncClient, execution_id: str, *, timeout: float) -> dict[str, Any]:
