@@ -188,10 +188,15 @@ class RunService:
         e.g. when Prefect was down at the save)."""
         saved = await self.workflows.version(owner, workflow_id, None)
         plan = await self.compiler.plan_of(saved)
+        return saved, plan, await self.ensure_deployment(saved, plan)
+
+    async def ensure_deployment(self, saved: SavedVersion, plan: Plan) -> uuid.UUID:
+        """The deployment of the workflow's latest version: the one this process made, or
+        made now (``sync_deployment``)."""
         deployment_id = self._deployment_ids.get((saved.workflow_id, saved.latest_version))
         if deployment_id is None:
             deployment_id = await self.sync_deployment(saved, plan)
-        return saved, plan, deployment_id
+        return deployment_id
 
     async def find_deployment(self, workflow_id: str, name: str) -> uuid.UUID | None:
         """The deployment of the workflow under ``name`` (an earlier name), if Prefect has it."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
@@ -83,19 +84,22 @@ async def _saved(saved: SavedVersion, result: CompileResult, runs: RunsDep) -> W
         warnings += [IssueOut(**issue) for issue in missing]
     assert result.plan is not None
     runs.compiler.remember(saved, result.plan)
-    try:
-        await runs.sync_deployment(saved, result.plan)
-    except Unavailable as exc:
-        # The version is saved (nothing is lost); its deployment follows at the first run.
-        log.warning("deployment of workflow %s not updated: %s", saved.workflow_id, exc.message)
-        warnings.append(
-            IssueOut(
-                code="deployment_pending",
-                severity="warning",
-                message=f"{exc.message}; the Prefect deployment is updated at the next run",
-            )
-        )
+    warnings += await _deploy(runs.sync_deployment(saved, result.plan), saved.workflow_id)
     return WorkflowSaved(id=saved.workflow_id, version=saved.version, name=saved.name, warnings=warnings)
+
+
+async def _deploy(deployment: Awaitable[object], workflow_id: str) -> list[IssueOut]:
+    """Await the deployment's creation or update: nothing, or the ``deployment_pending``
+    warning when Prefect did not answer."""
+    try:
+        await deployment
+    except Unavailable as exc:
+        # The version is saved (nothing is lost); its deployment follows at the first run,
+        # or at the next save, of this canvas or another.
+        log.warning("deployment of workflow %s not updated: %s", workflow_id, exc.message)
+        message = f"{exc.message}; the Prefect deployment is updated at the next run or save"
+        return [IssueOut(code="deployment_pending", severity="warning", message=message)]
+    return []
 
 
 @router.post("", status_code=201, response_model=WorkflowSaved, responses=ERRORS)
@@ -184,7 +188,8 @@ async def update_workflow(
     assert result.plan is not None
     latest = await workflows.version(owner, workflow_id)
     if latest.canvas == canvas and latest.plan_hash == result.plan.hash:
-        # An editor's autosave of what is saved already: the current version, not a new one.
+        # An editor's autosave of what is saved already: the current version, not a new one;
+        # its deployment is made if an earlier save could not (``deployment_pending``).
         return WorkflowSaved(
             id=workflow_id,
             version=latest.version,
@@ -196,7 +201,8 @@ async def update_workflow(
                     severity="warning",
                     message=f"the canvas is the one of version {latest.version}; no new version was made",
                 )
-            ],
+            ]
+            + await _deploy(runs.ensure_deployment(latest, result.plan), workflow_id),
         )
     await refuse_cycles(workflows, owner, workflow_id, canvas)
     saved = await workflows.add_version(owner, workflow_id, result.plan.name, canvas, result.plan.hash, actor=owner)

@@ -160,11 +160,18 @@ async def eventually(check: Callable[[], Awaitable[Any]], *, timeout: float, wha
 
 async def save(client: httpx.AsyncClient, raw: dict[str, Any], *, deployed: bool = True) -> dict[str, Any]:
     """``POST /api/workflows``: the saved workflow (id, version, name, warnings). ``deployed``:
-    its Prefect deployment must be there too (no ``deployment_pending``)."""
+    its Prefect deployment must be there too. A Prefect server slow under the load of a whole
+    suite may answer the save with ``deployment_pending``: the same canvas is saved again
+    (``PUT``, which makes the deployment then) until it is there."""
     saved = await client.post("/api/workflows", json={"canvas": raw})
     assert saved.status_code == 201, saved.text
     if deployed:
-        assert not [w for w in saved.json()["warnings"] if w["code"] == "deployment_pending"], saved.text
+        answer = saved
+        deadline = time.monotonic() + 120
+        while [w for w in answer.json()["warnings"] if w["code"] == "deployment_pending"]:
+            assert time.monotonic() < deadline, f"no deployment within 120 s: {answer.text}"
+            answer = await client.put(f"/api/workflows/{saved.json()['id']}", json={"canvas": raw})
+            assert answer.status_code == 200, answer.text
     return saved.json()
 
 

@@ -64,11 +64,14 @@ async def deliver_webhook(client, workflow_id: str):
 
 @pytest.mark.parametrize("request_needing_prefect", [add_schedule, list_schedules], ids=lambda call: call.__name__)
 async def test_prefect_down_answers_503_naming_it_and_loses_no_saved_workflow(client, request_needing_prefect):
-    saved = await client.post("/api/workflows", json={"canvas": hello()})
+    raw = hello()
+    saved = await client.post("/api/workflows", json={"canvas": raw})
     assert saved.status_code == 201, saved.text
     assert [w["code"] for w in saved.json()["warnings"]] == ["deployment_pending"]
     workflow_id = saved.json()["id"]
     assert (await client.get(f"/api/workflows/{workflow_id}")).status_code == 200
+    again = await client.put(f"/api/workflows/{workflow_id}", json={"canvas": raw})  # tries the deployment again
+    assert [w["code"] for w in again.json()["warnings"]] == ["unchanged", "deployment_pending"], again.text
     started = time.monotonic()
     answer = await request_needing_prefect(client, workflow_id)
     assert time.monotonic() - started < ANSWER_WITHIN_S
