@@ -29,8 +29,9 @@ demo: $(STAMP)
 # SERVICE_TEST_PROCESSES, handed out a file at a time (--dist loadfile), so a module's stack
 # and the tests that share it stay in one process, longest files first (tests/conftest.py,
 # LONGEST_FILES_FIRST). Two: three overloaded a two-core machine in a clean run (39 min, four
-# failures, docs/testing.md). 0 runs everything in this process.
-TEST_PROCESSES ?= 2
+# failures, docs/testing.md). Three for the others: they mostly wait, and three took test-fast
+# from 61-75 s to 53-65 s on two cores. 0 runs everything in this process.
+TEST_PROCESSES ?= 3
 SERVICE_TEST_PROCESSES ?= 2
 
 test: $(STAMP)

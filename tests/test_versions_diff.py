@@ -70,15 +70,33 @@ def test_a_canvas_against_itself_is_no_change() -> None:
     check()
 
 
+def same(a: Any, b: Any) -> bool:
+    """Whether two JSON values are the same, leaf by leaf: ``True`` is not ``1``, nor ``1``
+    ``1.0`` (Python's ``==`` says they are, even inside lists and dicts)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    return bool(a == b)
+
+
 def test_the_changes_applied_give_the_other_value() -> None:
     @FAST
     @given(values, values)
     def check(a: Any, b: Any) -> None:
         found = changes(a, b)
-        assert (found == []) == (a == b and type(a) is type(b))
-        assert apply_changes(a, found) == b
+        assert (found == []) == same(a, b)
+        assert same(apply_changes(a, found), b)
 
     check()
+
+
+def test_a_change_of_type_inside_a_list_is_a_change() -> None:
+    assert changes([True, True, True], [True, True, 1]) == [{"path": "[2]", "from": True, "to": 1}]
+    assert changes({"a": [1]}, {"a": [1.0]}) == [{"path": "a[0]", "from": 1, "to": 1.0}]
+    assert not same([True], [1]) and same({"a": [1, {"b": "x"}]}, {"a": [1, {"b": "x"}]})
 
 
 def test_node_changes_applied_give_the_other_canvas_and_diffs_are_symmetric() -> None:
