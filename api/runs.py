@@ -364,10 +364,8 @@ class RunService:
             # Started outside the API (Prefect UI, a schedule) and not picked up by a worker
             # yet: it is the owner's when the run names a workflow of theirs.
             return await self._not_started(owner, run_id)
-        if row.result is not None and row.status in FINAL_STATUSES:
-            return RunResult.of(
-                row.result, trigger=row.trigger, retries=retries_of(row.trigger), flow_run_id=row.flow_run_id
-            )
+        if (stored := _stored_result(row)) is not None:
+            return stored
         if row.flow_run_id is None:  # accepted, its flow run not created yet
             return RunResult(
                 id=run_id,
@@ -383,10 +381,15 @@ class RunService:
         state = flow_run.state
         status = STATUS_OF_STATE.get(state.type, RunStatus.RUNNING) if state else RunStatus.PENDING
         if status in FINAL_STATUSES:
+            # A worker stores the result before it ends the flow run: it may have landed
+            # since the row was read.
+            row = await self.executions.get(owner, run_id)
+            if (stored := _stored_result(row)) is not None:
+                return stored
             # Ended without its worker storing the result (the worker died, or the run was
             # cancelled before it started): take Prefect's word, and keep it.
             result = await self._final_without_result(row, status, state)
-            await self.executions.record_result(run_id, result.model_dump())
+            await self.executions.record_result(run_id, result.model_dump(), unless_stored=True)
             return result
         approvals = (
             await self.prefect.call("read approvals", lambda client: pending_approvals(flow_run_id, client))
@@ -698,3 +701,10 @@ def flow_run_of(row: ExecutionRow) -> uuid.UUID:
     if row.flow_run_id is None:
         raise Conflict(f"execution {row.id} is {row.status}: its flow run is not created yet; try again shortly")
     return uuid.UUID(row.flow_run_id)
+
+
+def _stored_result(row: ExecutionRow) -> RunResult | None:
+    """The result the run's worker stored once it ended, if it has."""
+    if row.result is None or row.status not in FINAL_STATUSES:
+        return None
+    return RunResult.of(row.result, trigger=row.trigger, retries=retries_of(row.trigger), flow_run_id=row.flow_run_id)

@@ -361,10 +361,12 @@ class Executions:
             await session.commit()
             return retries
 
-    async def record_result(self, execution_id: str, result: dict[str, Any]) -> None:
+    async def record_result(self, execution_id: str, result: dict[str, Any], *, unless_stored: bool = False) -> None:
+        """Store the run's result. ``unless_stored``: only if it has none (what the API makes
+        up from Prefect's state never replaces what the run's worker stored)."""
         async with self.sessions() as session:
-            row = await session.get(ExecutionRow, execution_id)
-            if row is not None:
+            row = await session.get(ExecutionRow, execution_id, with_for_update=unless_stored)
+            if row is not None and not (unless_stored and row.result is not None):
                 row.status, row.result, row.updated_at = str(result.get("status", "failed")), result, utcnow()
                 await session.commit()
 
