@@ -215,7 +215,7 @@ async def flow_run_of(client: httpx.AsyncClient, execution_id: str, *, timeout: 
     return str(body["flow_run_id"])
 
 
-async def prefect_flow_run_id(run_id: str, prefect_url: str | None = None, *, timeout: float = 60) -> str:
+async def prefect_flow_run_id(run_id: str, prefect_url: str | None = None) -> str:
     """The flow run of a run, asking Prefect (at ``prefect_url``, or the session's): the one
     tagged with the execution id when the API accepted the run, else the id itself (a flow
     run started elsewhere is its own execution). An accepted run's flow run is created after
@@ -235,7 +235,7 @@ async def prefect_flow_run_id(run_id: str, prefect_url: str | None = None, *, ti
                     return str(runs[0].id)
         return None
 
-    return await eventually(found, timeout=timeout, what=f"the flow run of {run_id}")
+    return await eventually(found, timeout=60, what=f"the flow run of {run_id}")
 
 
 async def wait_final(client: httpx.AsyncClient, execution_id: str, *, timeout: float) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from api.settings import ApiSettings
 from tests.support import api_without_prefect
 
 KEY = "race-key"
+WORKFLOW_ID = str(uuid.uuid4())
 
 
 @pytest.fixture(scope="module")
@@ -28,23 +29,29 @@ async def client(tmp_path_factory):
         yield client
 
 
-async def test_a_result_stored_between_the_two_reads_is_answered_and_kept(client, monkeypatch):
-    runs = client._transport.app.state.runs  # type: ignore[attr-defined]
-    run_id, workflow_id = str(uuid.uuid4()), str(uuid.uuid4())
-    await runs.executions.record_start(
+async def new_run(executions, **more) -> str:
+    """A run of alice's workflow ``w`` in the store, started and not ended; its id."""
+    run_id = str(uuid.uuid4())
+    await executions.record_start(
         execution_id=run_id,
         owner="alice",
-        workflow_id=workflow_id,
+        workflow_id=WORKFLOW_ID,
         version=1,
         workflow_name="w",
         inputs={},
         trigger={"type": "api"},
-        flow_run_id=str(uuid.uuid4()),
+        **more,
     )
+    return run_id
+
+
+async def test_a_result_stored_between_the_two_reads_is_answered_and_kept(client, monkeypatch):
+    runs = client._transport.app.state.runs  # type: ignore[attr-defined]
+    run_id = await new_run(runs.executions, flow_run_id=str(uuid.uuid4()))
     stored = {
         "id": run_id,
         "workflow": "w",
-        "workflow_id": workflow_id,
+        "workflow_id": WORKFLOW_ID,
         "version": 1,
         "status": "completed",
         "output": "the worker's output",
@@ -65,16 +72,7 @@ async def test_a_result_stored_between_the_two_reads_is_answered_and_kept(client
 
 async def test_a_result_made_up_from_prefect_never_replaces_the_workers(client):
     executions = client._transport.app.state.runs.executions  # type: ignore[attr-defined]
-    run_id = str(uuid.uuid4())
-    await executions.record_start(
-        execution_id=run_id,
-        owner="alice",
-        workflow_id=str(uuid.uuid4()),
-        version=1,
-        workflow_name="w",
-        inputs={},
-        trigger={"type": "api"},
-    )
+    run_id = await new_run(executions)
     made_up = {"status": "failed", "error": {"message": "from Prefect"}}
     await executions.record_result(run_id, made_up, unless_stored=True)
     assert (await executions.get("alice", run_id)).result == made_up  # there was none
