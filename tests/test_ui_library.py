@@ -13,7 +13,7 @@ import uuid
 
 import httpx
 import pytest
-from playwright.async_api import expect
+from playwright.async_api import Expect
 
 from tests.processes import start_serve
 from tests.support import hello
@@ -21,6 +21,12 @@ from tests.test_prefect_ui import CHROMIUM, CHROMIUM_ARGS, require_chromium
 
 pytestmark = [pytest.mark.prefect, pytest.mark.usefixtures("prefect_server")]
 KEY = f"ui-library-{uuid.uuid4().hex}"
+
+# Playwright's default of 5 s is too short here: a save (a rollback, a template used) answers
+# once its Prefect deployment is made, which can take up to the serve's Prefect timeout (60 s)
+# while the other test process loads Prefect on SQLite; a clean CI run lost this module so.
+expect = Expect()
+expect.set_options(timeout=90_000)
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +105,7 @@ async def test_versions_diff_on_the_canvas_and_rollback(served, open_page):
     await expect(page.locator("body")).to_have_attribute("data-workflows", "0")
     await page.fill("[data-role='search']", name)
     await page.click(f"li[data-workflow-id='{wid}'] [data-role='open']")
-    await expect(page.locator("body")).to_have_attribute("data-diff", "1-2", timeout=30_000)
+    await expect(page.locator("body")).to_have_attribute("data-diff", "1-2")
     await expect(page.locator("[data-role='versions'] tbody tr")).to_have_count(2)
     # The changed node is outlined on the canvas; the others are not.
     await expect(page.locator(".node[data-node-id='greet']")).to_have_attribute("data-diff", "changed")
@@ -108,7 +114,7 @@ async def test_versions_diff_on_the_canvas_and_rollback(served, open_page):
 
     await page.click("tr[data-version='1'] [data-role='rollback']")
     await expect(page.locator("[data-role='status']")).to_have_text(re.compile("^Rolled back: version 3"))
-    await expect(page.locator("[data-role='versions'] tbody tr")).to_have_count(3, timeout=30_000)
+    await expect(page.locator("[data-role='versions'] tbody tr")).to_have_count(3)
     async with client(served) as api:
         read = (await api.get(f"/api/workflows/{wid}")).json()
     assert read["version"] == 3 and read["canvas"] == v1
@@ -122,13 +128,13 @@ async def test_the_gallery_filters_and_instantiates(served, open_page):
     support = page.locator(".template-card[data-template-id='support-triage-approval']")
     await expect(support.locator("[data-role='needs-credentials']")).to_contain_text("helpdesk (bearer)")
     await page.select_option("[data-role='category']", "data")
-    await expect(page.locator(".template-card")).to_have_count(2, timeout=30_000)
+    await expect(page.locator(".template-card")).to_have_count(2)
     assert set(await page.locator(".template-card").evaluate_all("cards => cards.map(c => c.dataset.category)")) == {
         "data"
     }
     await page.select_option("[data-role='category']", "")
     await page.fill("[data-role='search']", "reminder")
-    await expect(page.locator(".template-card")).to_have_count(1, timeout=30_000)
+    await expect(page.locator(".template-card")).to_have_count(1)
 
     name = f"reminder-{uuid.uuid4().hex[:6]}"
     card = page.locator(".template-card[data-template-id='delay-reminder']")
