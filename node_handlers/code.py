@@ -10,6 +10,7 @@ message and line. Timeouts and the memory limit fail it with ``type`` ``timeout`
 from __future__ import annotations
 
 import ast
+import threading
 from typing import Any
 
 from pydantic import Field, field_validator, model_validator
@@ -22,6 +23,12 @@ from node_handlers.services import services_for
 MAX_CODE_CHARS = 100_000
 MAX_LOG_LINES = 1000
 """Most log lines one execution publishes (each already counted in the output limit)."""
+
+_ONE_PARSE_AT_A_TIME = threading.Lock()
+"""CPython 3.11 keeps the AST constructor's recursion depth in state the whole interpreter
+shares (python/cpython#106905): a parse that another thread's parse interrupts (threads switch
+in a finaliser the collector runs) fails with a SystemError, which would escape this config's
+validation as a 500. The API checks canvases in two threads at once (``api.compiling``)."""
 
 
 class CodeConfig(NodeConfig):
@@ -51,7 +58,8 @@ class CodeConfig(NodeConfig):
         """A Python syntax error is found when the canvas is saved, not when it runs."""
         if self.language == "python":
             try:
-                ast.parse(self.code, "<code>")
+                with _ONE_PARSE_AT_A_TIME:
+                    ast.parse(self.code, "<code>")
             except SyntaxError as exc:
                 raise ValueError(f"Python syntax error in code at line {exc.lineno}: {exc.msg}") from None
             except (ValueError, RecursionError, MemoryError) as exc:

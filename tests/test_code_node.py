@@ -5,9 +5,13 @@ execution works. tests/test_code_node_worker.py runs them on a real worker."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import gc
 import json
 import os
+import sys
+import threading
 import time
 
 import ifaddr
@@ -15,6 +19,7 @@ import pytest
 
 from builder.compiler import compile_canvas
 from flows.engine import Execution
+from node_handlers.code import CodeConfig
 from node_handlers.registry import HandlerRegistry, builtin_handlers
 from node_handlers.services import HandlerServices
 from node_handlers.settings import HandlerSettings
@@ -121,6 +126,54 @@ def test_a_python_syntax_error_is_refused_when_the_canvas_is_compiled():
     problems = [(issue.node_id, issue.message) for issue in result.errors]
     assert len(problems) == 1
     assert problems[0][0] == "bad" and "Python syntax error in code at line 1" in problems[0][1]
+
+
+def test_python_code_checked_in_two_threads_at_once_parses_in_both():
+    """The API checks canvases in two threads. CPython 3.11 shares the AST constructor's
+    recursion depth between threads (python/cpython#106905): here a garbage collection inside
+    the first thread's parse hands over to the second, which parses a whole canvas's code before
+    the first goes on (unguarded, the first failed with a SystemError every time)."""
+    code = "def main(inputs):\n    return 1\n" + "".join(
+        f"def f{i}(a):\n    return [x * {i} for x in a]\n" for i in range(200)
+    )
+    errors: list[Exception] = []
+    second_may_start, second_done = threading.Event(), threading.Event()
+    handed_over: list[bool] = []
+
+    def check() -> None:
+        try:
+            CodeConfig.model_validate({"language": "python", "code": code})
+        except Exception as exc:
+            errors.append(exc)
+
+    def second_check() -> None:
+        second_may_start.wait(60)
+        check()
+        second_done.set()
+
+    def inside_the_first_parse(phase: str, info: dict) -> None:
+        if (
+            phase == "start"
+            and not handed_over
+            and threading.current_thread() is first
+            and sys._getframe(1).f_code is ast.parse.__code__
+        ):
+            handed_over.append(True)
+            second_may_start.set()
+            second_done.wait(1)  # guarded, the second waits for the first: it goes on after 1 s
+
+    first, second = threading.Thread(target=check), threading.Thread(target=second_check)
+    gc.callbacks.append(inside_the_first_parse)
+    try:
+        second.start()
+        first.start()
+        first.join()
+        second_may_start.set()
+        second.join()
+    finally:
+        gc.callbacks.remove(inside_the_first_parse)
+    assert handed_over, "no garbage collection happened inside the first parse"
+    assert second_done.is_set() and not errors, errors
 
 
 async def _run_canvas(raw, services, inputs=None):
